@@ -1,6 +1,6 @@
 """Peak memory of a traced function's calls against the same function run eagerly, for code that
-detaches values: the recording (first) call and a checked call of ``jit.trace`` (``symbolic``
-False and True), each over eager's peak in the same process.
+detaches values or updates parameters: the recording (first) call and a checked call of
+``jit.trace`` (``symbolic`` False and True), each over eager's peak in the same process.
 
 Memory is numpy's array buffers as ``tracemalloc`` traces them (numpy reports its allocations to
 it): the peak during the call above what was allocated before it, after a ``gc.collect()``.
@@ -9,7 +9,9 @@ Cases (float32):
 * ``detached_chain``: ``x = F.tanh(F.matmul(x, w)).detach()`` 32 times on a 256 x 256 value (an
   iterative refinement or a rollout without gradients), then a sum;
 * ``tbptt``: truncated backpropagation through time: a 256-wide tanh RNN over 32 steps at batch
-  128, its hidden state detached every 8 steps, a GradManager backward per chunk.
+  128, its hidden state detached every 8 steps, a GradManager backward per chunk;
+* ``sgd_step``: a training step with the optimizer inside the traced function: six 1024 x 1024
+  ``M.Linear`` layers (24 MiB of weights) at batch 64, SGD with momentum.
 
 Eager code lets go of each detached value once the next one is made; a trace that keeps them
 to the end of its call holds every step's array. tracemalloc also counts the Python objects a
@@ -19,7 +21,11 @@ recording / checked call over eager, symbolic False and True alike, before -> af
 held detach() results weakly and checked calls let go of a detached value's source after the op
 that first reads the detached value: ``detached_chain`` 16.3x / 16.0x -> 1.19x / 1.01x,
 ``tbptt`` 1.38x / 1.24x -> 1.25x / 1.11x (at width 1024, eager 16 MiB: 1.05x / 1.04x, the rest
-being the trace's Python objects).
+being the trace's Python objects). ``sgd_step``'s recording call copied every parameter
+before its update (the recorder held each external's array, so the update found it shared):
+46.8x eager's peak (eager 0.5 MiB, the update allocating nothing: +23 MiB, the weights) ->
+1.05x, symbolic False and True, once it held only the arrays of tensors made in the call
+(2026-12-03); checked calls 1.01x before and after.
 
     python benchmarks/bench_jit_memory.py [--case NAME|all]
 """
@@ -75,7 +81,27 @@ def tbptt():
     return fn, (xs,)
 
 
-CASES = {"detached_chain": detached_chain, "tbptt": tbptt}
+def sgd_step():
+    import megengine.module as M
+    from megengine.optimizer import SGD
+
+    mge.random.seed(0)
+    net = M.Sequential(*[M.Linear(1024, 1024) for _ in range(6)])
+    gm = GradManager().attach(net.parameters())
+    opt = SGD(net.parameters(), lr=0.01, momentum=0.9)
+
+    def fn(x):
+        with gm:
+            loss = (net(x) ** 2).mean()
+            gm.backward(loss)
+        opt.step().clear_grad()
+        return loss
+
+    x = mge.tensor(np.random.RandomState(1).rand(64, 1024).astype("float32"))
+    return fn, (x,)
+
+
+CASES = {"detached_chain": detached_chain, "tbptt": tbptt, "sgd_step": sgd_step}
 
 
 def peak(call):

@@ -330,6 +330,52 @@ def run_micro(args):
             cells.append(f"{label} x{med:.2f} [{q1:.2f}-{q3:.2f}]")
         print(f"  {name:38s} eager {eager_us:6.0f} us | " + " | ".join(cells))
         _timing.flush()
+    run_batch_norm_step(args)
+
+
+def run_batch_norm_step(args):
+    """A training step of 20 conv + batch norm layers on tiny images, where each layer's two
+    running-statistics writes are events of the trace (``running_mean._reset(mean.detach())``,
+    checked on the fast path since 2026-12-03), in the checked-call modes against eager, each
+    mode training its own network from the same weights; measured as `run_micro`, in thread
+    time."""
+    def make():
+        mge.random.seed(0)
+        layers = []
+        for _ in range(20):
+            layers += [M.Conv2d(4, 4, 3, padding=1, bias=False), M.BatchNorm2d(4), M.ReLU()]
+        net = M.Sequential(*layers)
+        gm = GradManager().attach(net.parameters())
+        opt = optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+
+        def step(x):
+            with gm:
+                loss = net(x).mean()
+                gm.backward(loss)
+            opt.step().clear_grad()
+            return loss
+
+        return step
+
+    x = mge.tensor(np.random.RandomState(1).randn(2, 4, 4, 4).astype("float32"))
+    fns = {"eager": lambda step=make(): step(x)}
+    for label in ("sym=False", "sym=True"):
+        traced = trace(make(), **MICRO_MODES[label])
+        fns[label] = lambda traced=traced: traced(x)
+    for fn in fns.values():  # the first call records; then warm up
+        for _ in range(3):
+            fn()
+    # (this thread's CPU time: the step is ~50 ms, which other processes on shared cores
+    # disturb more than the few percent measured)
+    times = paired_rounds(fns, max(args.steps // 4, 3), args.rounds, time.thread_time)
+    eager_ms = np.median([np.median(r) for r in times["eager"]])
+    cells = []
+    for label in ("sym=False", "sym=True"):
+        ratios = [_timing.paired_ratio(v, e) for v, e in zip(times[label], times["eager"])]
+        med, q1, q3, _, _ = _timing.spread(ratios)
+        cells.append(f"{label} x{med:.3f} [{q1:.3f}-{q3:.3f}]")
+    print(f"training step, 20 conv + batch norm layers, (2, 4, 4, 4) input: eager "
+          f"{eager_ms:.1f} ms | " + " | ".join(cells))
 
 
 def main():

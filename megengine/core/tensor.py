@@ -297,6 +297,9 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
                 self._data = _fmt.channels_last(self._data, self._device)
         elif isinstance(data, Tensor):
             self._format = data._format  # a tensor made from a tensor keeps its format label
+        hook = dispatch._trace_hook
+        if hook is not None and hasattr(hook, "made"):  # megengine.jit.trace's recording call
+            hook.made(self)  # notes it: its first value may become a constant of the program
 
     # Upstream's tensor keeps its value (and autodiff identity) in C++, outside the Python
     # ``__dict__``: a subclass that adopts another tensor's attributes, basedet's

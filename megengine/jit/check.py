@@ -47,6 +47,8 @@ from .record import (_COMPUTED, _INPLACE, _Hook, _is_iterator, _may_hold_dims,
 
 _MAY_HOLD_TENSORS = (Tensor, tuple, list, dict)  # what an event's result may return tensors in
 
+_RESET = Tensor._reset  # ``set_value``'s write (batch norm's running statistics)
+
 
 _NO_VALUE = object()  # (`_dims_value`: no match)
 
@@ -797,6 +799,9 @@ class _Checker(_Hook):
             step = self.steps[pc]
         except IndexError:
             step = _NO_STEP
+        if type(step) is _AliasStep and not kwargs:
+            pc = self._take_detached(pc, args)
+            step = self.steps[pc]
         # (op and detach() steps have fn None; n_args is -1 where the slow path must compare)
         if step.fn is fn and step.n_args == len(args) and not kwargs:
             # the recorded event, with positional arguments that are objects or tensors
@@ -822,6 +827,44 @@ class _Checker(_Hook):
         if step.free:
             self._free(step.free)
         return result
+
+    def _take_detached(self, pc, args):
+        """The event's fast path for the detach() steps before it (``pc`` the first): where
+        each alias step's value is passed to the event, at the position where the event step
+        has that slot, as a detach() made in this call of the tensor that holds the step's
+        source and not used before, the alias steps are taken up as `check_source` would (the
+        detached tensor holds the alias slot) and the index of the event step is returned;
+        else ``pc`` (the slow path compares). Batch norm's running statistics come this way,
+        two per layer (``running_mean._reset(new_mean.detach())``)."""
+        steps, detached = self.steps, self.detached_from
+        k = pc + 1
+        while k < len(steps) and type(steps[k]) is _AliasStep:
+            k += 1
+        event = steps[k] if k < len(steps) and detached else _NO_STEP
+        if event.fn is None or event.n_args != len(args):  # (an event of positional
+            return pc  # arguments only, none of them a structure, as the fast path takes)
+        values, arrays, by_tensor = self.values, self.arrays, self.by_tensor
+        taken = []
+        for alias in steps[pc:k]:
+            for j in event.ref_pos:
+                if event.args[j].slot == alias.out:
+                    break
+            else:
+                return pc
+            t, src = args[j], values[alias.src]
+            e = detached.get(id(t))
+            # a detach() of the source's holder, on the array the source had (an external has
+            # none: its detach() is known by the tensor, see `check_source`), without an
+            # autodiff link, holding no slot yet, as the recording's new alias step says
+            if (e is None or e[0] is not src or src is None or e[1] is not None
+                    or t._data is not arrays[alias.src] or t._node is not None
+                    or (by_tensor is not None and id(t) in by_tensor)
+                    or (taken and any(t is u for u in taken))):
+                return pc
+            taken.append(t)
+        for alias, t in zip(steps[pc:k], taken):
+            self._register(t, alias.out)
+        return k
 
     def _outside(self, t):
         return (id(t) in self.ext_seen or id(t) in self.prog.ext_ids
@@ -868,10 +911,14 @@ class _Checker(_Hook):
         # value: later uses must come from its slot.
         if step.ref_pos is not None and not kwargs:
             values, arrays = self.values, self.arrays
+            reset = step.fn is _RESET
             for j in step.ref_pos:
                 t = args[j]
                 s = step.args[j].slot
-                if not (t is values[s] and t._data is arrays[s]):
+                if not (t is values[s] and (t._data is arrays[s]
+                                            or reset and arrays[s] is None)):
+                    # (an external, arrays[s] None, that `Tensor._reset` wrote holds its own
+                    # storage or a copy, never a value of this call: `_rebound` would find none)
                     self._rebound(t)
         else:
             for t in _tensors_in((args, kwargs)):

@@ -201,6 +201,8 @@ class _Recorder(_Hook):
         self.slot_node = {}  # slot -> (a weak reference to its weakly held tensor's autodiff
         # node, the output index)
         self.names = {}  # slot -> its tensor's name (see `named`; the live ones' at the end)
+        self.made_here = {}  # id(tensor) -> a weak reference to it: made by Tensor() in the
+        # call, so it may be a constant made from Python data (see `made`)
 
     # ----- values held weakly -----
     # A value the call makes (an op's or an event's output, a detached alias) of FREE_BYTES or
@@ -228,8 +230,7 @@ class _Recorder(_Hook):
         array is the external's, kept out of ``by_array``). A large one is held weakly, as
         `_register` holds values: held to the end of the call, each ``w.detach()`` kept the
         array the Parameter had then, after a write gave it a new one (0.x's updates
-        ``w._reset(w.detach() * a + x)``): a parameter's worth of memory per update but the
-        first (whose array the external's slot keeps, ``info.const``, until the call ends)."""
+        ``w._reset(w.detach() * a + x)``): a parameter's worth of memory per update."""
         arr = t._data
         if arr.nbytes >= FREE_BYTES and self._hold_weakly(t, slot) is not None:
             return
@@ -404,6 +405,14 @@ class _Recorder(_Hook):
             if s is not None and not alias and self._held(s) is t:
                 self.names[s] = name
 
+    def made(self, t):
+        """``Tensor(...)`` (or ``Parameter(...)``) made ``t`` in the call (see `source`)."""
+        self.made_here[id(t)] = weakref.ref(t, functools.partial(_forget, self.made_here, id(t)))
+
+    def _made_here(self, t):
+        ref = self.made_here.get(id(t))
+        return ref is not None and ref() is t
+
     def _outside_parameter(self, t):
         """The slot of ``t`` if it is a Parameter from outside the call, read live; else None.
         It stays itself after a write into it (see `_after_event`)."""
@@ -440,12 +449,19 @@ class _Recorder(_Hook):
             s = self.prog.new_slot("ext")
             info = self.prog.slots[s]
             info.tensor, info.device = t, t._device
-            info.const = t._data
             if self.const_mode and id(t) not in self.live and not self._is_grad(t):
                 info.kind = "const"
                 with dispatch.on_device(t._device):  # CuPy copies onto the current GPU
                     info.const = t._data.copy()
             else:
+                # An external that dies by the end of the call becomes a constant of the value
+                # it had here (`finish_recording`). A tensor made in the call keeps that array
+                # here: a write into it (p[...] += x) then gives it a new one. Any other one
+                # (the model's parameters and buffers) is not held: holding its array made the
+                # optimizer's update copy every parameter (`Tensor._shared`), a model's worth
+                # of memory in this call only
+                if self._made_here(t):
+                    info.const = t._data
                 self.unresolved.append(s)
                 # now, while it is one: the function may reset the .grad later (x.grad = None)
                 self._resolve_grads()
@@ -726,8 +742,12 @@ class _Recorder(_Hook):
         weak = []
         for s in self.unresolved:
             info = prog.slots[s]
-            weak.append((s, weakref.ref(info.tensor)))
-            info.tensor = None
+            # (the array it has now: the value it was read with unless the call wrote into it
+            # in place, which a tensor from before the call that the call then let go of is
+            # not expected to be; made in the call, its first array is kept: `source`)
+            weak.append((s, weakref.ref(info.tensor),
+                         info.tensor._data if info.const is None else info.const))
+            info.tensor, info.const = None, None
         names = self.names
         for s in list(self.slot_tensor):
             t = self._held(s)
@@ -744,13 +764,14 @@ class _Recorder(_Hook):
         self.candidates.clear()
         self.grads_seen.clear()
         self.detached_from.clear()
-        for s, ref in weak:
+        self.made_here.clear()
+        for s, ref, value in weak:
             info = prog.slots[s]
             t = ref()
             if t is None:
-                info.kind = "const"
+                info.kind, info.const = "const", value
             else:
-                info.tensor, info.const = t, None
+                info.tensor = t
         self._sort_reads()
 
     def _sort_reads(self):
