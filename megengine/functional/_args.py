@@ -4,7 +4,7 @@ import numpy as np
 from ..core._trace_option import as_int, is_dim, is_int
 from ..core.dtype import float_value
 from ..core.dtype_rules import complex_error, promote_types
-from ..core.ops import AxisError, _size_item
+from ..core.ops import ArgumentTypeError, AxisError, _size_item
 from ..core.tensor import Tensor
 
 
@@ -44,6 +44,17 @@ def _int_pair(value, name, what):
         return int(h), int(w)
     except (TypeError, ValueError):
         raise TypeError(f"{what}: {name} must be an int or a pair of ints, got {value!r}") from None
+
+
+def _real(value, name, what):
+    """A real-number argument (``eps``) as a Python float; a string (also one that reads as a
+    number), a sequence or None raises, naming ``what`` and ``name``."""
+    if not isinstance(value, (str, bytes)):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            pass
+    raise ArgumentTypeError(f"{what}: {name} must be a number, got {value!r}")
 
 
 def _as_float(x, what="this function"):

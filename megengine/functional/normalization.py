@@ -11,7 +11,7 @@ from ..core.ops import (ArgumentError, ShapeError, acc_dtype, all_ints, half_ope
                         unbroadcast, xp_of)
 from ..core.tensor import Tensor
 from . import _aten
-from ._args import _as_float, _size, _tensor
+from ._args import _as_float, _real, _size, _tensor
 
 __all__ = ["batch_norm", "general_norm", "group_norm", "instance_norm", "layer_norm",
            "local_response_norm", "sync_batch_norm"]
@@ -84,6 +84,8 @@ class _BatchNorm(Op):
     what = "batch_norm"  # (the public function, for errors)
 
     def __init__(self, eps, momentum, training, has_weight, has_bias, has_stats):
+        # (ATen's own refusal of a string eps names neither batch_norm nor eps)
+        eps = eps if type(eps) is float else _real(eps, "eps", "batch_norm")
         self.eps, self.momentum, self.training = eps, momentum, training
         self.has_weight, self.has_bias, self.has_stats = has_weight, has_bias, has_stats
 
@@ -283,6 +285,7 @@ class _Normalize(Op):
 
     def __init__(self, view, affine_view, affine_shape, eps, has_weight, has_bias, family=None,
                  what="layer_norm"):
+        eps = eps if type(eps) is float else _real(eps, "eps", what)  # (as _BatchNorm's)
         self.view, self.eps, self.what = view, eps, what  # (what: the public function, for errors)
         self.affine_view, self.affine_shape = affine_view, affine_shape
         self.has_weight, self.has_bias = has_weight, has_bias

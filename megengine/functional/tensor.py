@@ -95,7 +95,7 @@ def transpose(inp, pattern):
     """
     inp = _tensor(inp)
     pattern = tuple(pattern)
-    if "x" not in pattern and len(pattern) == inp.ndim:
+    if len(pattern) == inp.ndim and all(type(p) is int for p in pattern):
         return Tensor.transpose(inp, pattern)  # the engine's method, not a subclass's override
     kept = [_axis(p, inp.ndim, "transpose") for p in pattern if p != "x"]
     dropped = [i for i in range(inp.ndim) if i not in kept]
