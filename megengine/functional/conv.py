@@ -67,9 +67,13 @@ def _geometry(nd, what, stride, padding, dilation, output_padding=0):
     s, p, d, op = (_ntuple(v, nd, name, what) for v, name in (
         (stride, "stride"), (padding, "padding"), (dilation, "dilation"),
         (output_padding, "output_padding")))
-    if min(s + d) < 1 or min(p + op) < 0:
-        raise ArgumentError(f"{what}: stride {s} and dilation {d} must be positive, padding {p} "
-                            f"and output_padding {op} non-negative")
+    for name, sizes in (("stride", s), ("dilation", d)):
+        if min(sizes) < 1:
+            axis = _AXES[nd][sizes.index(min(sizes))]
+            raise ArgumentError(f"{what}: {name} must be a positive int, got {min(sizes)} "
+                                f"along {axis}")
+    if min(p + op) < 0:
+        raise ArgumentError(f"{what}: padding {p} and output_padding {op} must be non-negative")
     return s, p, d, op
 
 

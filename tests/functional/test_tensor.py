@@ -568,3 +568,9 @@ def test_bad_arguments_raise_what_upstream_raises(call, upstream, match):
     # repeat's Python assert; earlier versions of this fork raised a plain ValueError.
     # The error is also a ValueError (what the mistake is) and says what was wrong
     raises_as_upstream(call, (3, 4), upstream, match)
+
+
+def test_transpose_of_a_pattern_holding_a_string_names_the_function():
+    # numpy's "'str' object cannot be interpreted as an integer" came out here before
+    with pytest.raises(TypeError, match="transpose: axis must be an int, got str"):
+        F.transpose(mge.tensor(np.zeros((2, 3), np.float32)), ("1", 0))
