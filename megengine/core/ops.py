@@ -172,10 +172,11 @@ class ShapeError(ValueError, RuntimeError):
     Both ValueError (numpy's) and RuntimeError (upstream's C++ shape check), as BroadcastError."""
 
 
-class ArgumentTypeError(TypeError, RuntimeError):
+class ArgumentTypeError(TypeError, ValueError, RuntimeError):
     """An argument of a type the function cannot take (a list for ``groups``, a string for
-    ``eps``): a TypeError, which is what the mistake is, and a RuntimeError, which is what
-    upstream raises where pybind converts it for its C++ op ("Unable to cast Python instance")."""
+    ``eps``): a TypeError, which is what the mistake is; a ValueError, which ``int("x")`` raises
+    and upstream's one_hot too; a RuntimeError, which is what upstream raises where pybind
+    converts it for its C++ op ("Unable to cast Python instance"). Caught as any of them."""
 
 
 class ArgumentError(ValueError, AssertionError, RuntimeError):

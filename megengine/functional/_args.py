@@ -32,6 +32,16 @@ def _size(value):
     return value if is_dim(value) else _size_item(value)
 
 
+def _int(value, name, what):
+    """An int argument (a count, a factor, an offset) as `_size` makes it; what ``int()``
+    refuses (a list, None, a string of no number) raises, naming ``what`` and ``name``, where
+    ``int()``'s own words named neither."""
+    try:
+        return _size(value)
+    except (TypeError, ValueError):
+        raise ArgumentTypeError(f"{what}: {name} must be an int, got {value!r}") from None
+
+
 def _int_pair(value, name, what):
     """An int or a pair of ints as a (h, w) tuple of Python ints."""
     if isinstance(value, Tensor):

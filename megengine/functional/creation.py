@@ -10,6 +10,7 @@ from ..core._trace_option import Shape, dumpable, is_dim, is_int, is_sym, sizes_
 from ..core.dispatch import Op, apply, on_device
 from ..core.dtype_rules import _check_dtype, is_complex_data, complex_error
 from ..core.tensor import Tensor, as_array
+from ._args import _int
 from .elemwise import _tensor
 
 
@@ -283,7 +284,7 @@ def _from_tensors(op_type, args, dtype, device):  # (``dtype`` checked by the ca
 
 
 def _count(num):
-    num = num if is_dim(num) else int(num)
+    num = _int(num, "num", "linspace")
     if num < 0:
         raise ArgumentError(f"linspace: num must be >= 0, got {num}")
     return num

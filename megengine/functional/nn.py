@@ -19,7 +19,7 @@ from ..core.ops import (ArgumentError, ShapeError, ShapeOnly, _norm_axes, _produ
 from ..core.ops import matmul as _matmul
 from ..core.tensor import Tensor, promote_types
 from . import _aten
-from ._args import _as_float, _bias_widened, _out_of_range, _tensor
+from ._args import _as_float, _bias_widened, _int, _out_of_range, _tensor
 # the activations, and every private name of theirs that code, tests, pickles and dumped
 # programs (which name ops "megengine.functional.nn:_Relu") look up here
 from .activation import (  # noqa: F401
@@ -452,7 +452,7 @@ def embedding(inp, weight, padding_idx=None, max_norm=None, norm_type=None):
 def pixel_shuffle(inp, upscale_factor):
     """Rearrange (..., C*r*r, H, W) into (..., C, H*r, W*r), ``r`` = ``upscale_factor``."""
     inp = _tensor(inp)
-    r = int(upscale_factor)
+    r = _int(upscale_factor, "upscale_factor", "pixel_shuffle")
     if r < 1 or inp.ndim < 3 or inp.shape[-3] % (r * r):
         raise ShapeError(f"pixel_shuffle: input of shape {inp.shape} needs >= 3 dims and "
                          f"channels (dim -3) divisible by upscale_factor**2 = {r * r}")

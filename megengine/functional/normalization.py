@@ -11,7 +11,7 @@ from ..core.ops import (ArgumentError, ShapeError, acc_dtype, all_ints, half_ope
                         unbroadcast, xp_of)
 from ..core.tensor import Tensor
 from . import _aten
-from ._args import _as_float, _real, _size, _tensor
+from ._args import _as_float, _int, _real, _tensor
 
 __all__ = ["batch_norm", "general_norm", "group_norm", "instance_norm", "layer_norm",
            "local_response_norm", "sync_batch_norm"]
@@ -748,8 +748,8 @@ def _group_norm(inp, num_groups, affine, weight, bias, eps, what):
     if inp.ndim < 2:
         raise ValueError(f"{what}: expected an input (N, C, ...), got shape {inp.shape}")
     n, c = inp.shape[:2]
-    if isinstance(num_groups, Tensor):  # (a TracedModule's size tensor: its SymDim or value)
-        num_groups = _size(num_groups)
+    # (a TracedModule's size tensor gives its SymDim or value)
+    num_groups = _int(num_groups, "num_groups", what)
     if num_groups < 1 or c % num_groups:
         raise ValueError(f"{what}: {c} channels (input shape {inp.shape}) are not divisible "
                          f"into num_groups={num_groups}")

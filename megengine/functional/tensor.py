@@ -13,7 +13,7 @@ from ..core.ops import (ArgumentError, AxisError, BroadcastError, ShapeError,  #
                         int_tuple, unbroadcast, xp_of)
 from ..core.tensor import Tensor, _operand, as_array, promote_types  # noqa: F401
 from . import _aten
-from ._args import _size
+from ._args import _int, _size
 from .elemwise import _tensor, complex, imag, polar, real  # noqa: F401  (upstream's home for them)
 from .creation import (  # noqa: F401  (upstream's names here; `creation` holds them)
     _Arange, _ArangeOf, _Eye, _Linspace, _LinspaceOf, _dtype, _like, _num, _place, _shape,
@@ -431,7 +431,7 @@ def repeat(inp, repeats, axis=None):
                         "np.repeat(np.arange(n), counts)")
     # (a count from x.shape in a dumpable trace, or a TracedModule's size tensor, stays an
     # expression: the broadcast and reshape below carry it)
-    repeats = _size(repeats)
+    repeats = _int(repeats, "repeats", "repeat")
     if repeats < 1:
         raise ArgumentError(f"repeat: repeats must be >= 1, got {repeats}")
     if axis is None:
@@ -553,7 +553,7 @@ def diag(inp, k=0):
     inp = _tensor(inp)
     if inp.ndim not in (1, 2):
         raise ShapeError(f"diag: input must be 1-D or 2-D, got shape {inp.shape}")
-    return apply(Diag(int(k)), inp)
+    return apply(Diag(_int(k, "k", "diag")), inp)
 
 
 # ----- padding -----

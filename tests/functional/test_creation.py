@@ -171,3 +171,10 @@ def test_an_unknown_dtype_name_says_which_function_and_what_to_pass(call):
         with pytest.raises(error, match=r"^(zeros|ones|full|eye|arange|linspace): '\w+' is not "
                                         "a dtype .*use a dtype name such as 'float32'"):
             call()
+
+
+def test_linspace_of_a_num_that_is_no_int_names_it():
+    # (int()'s "int() argument must be ... not 'list'" came out here before)
+    with pytest.raises(TypeError, match=r"linspace: num must be an int, got \[3, 3\]"):
+        F.linspace(0, 1, [3, 3])
+    assert F.linspace(0, 1, mge.tensor(3)).tolist() == [0.0, 0.5, 1.0]  # (a size tensor: its value)

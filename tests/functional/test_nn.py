@@ -730,3 +730,12 @@ def test_bad_arguments_raise_what_upstream_raises(call, upstream, match):
     # upstream 1.13 measured: RuntimeError from its C++ shape checks; earlier versions of this fork raised a plain ValueError.
     # The error is also a ValueError (what the mistake is) and says what was wrong
     raises_as_upstream(call, (3, 4), upstream, match)
+
+
+def test_pixel_shuffle_of_a_factor_that_is_no_int_names_it():
+    # upstream 1.13 measured: TypeError; int()'s "int() argument must be ... not 'list'" came
+    # out here before
+    x = mge.tensor(np.ones((1, 4, 2, 2), "float32"))
+    with pytest.raises(TypeError, match=r"pixel_shuffle: upscale_factor must be an int, got "
+                                        r"\[2, 2\]"):
+        F.nn.pixel_shuffle(x, [2, 2])

@@ -957,3 +957,12 @@ def test_an_eps_that_is_no_number_is_a_typeerror_naming_the_function(call):
     # a number of another type still works: an int, a numpy float, a 0-d tensor's item
     np.testing.assert_allclose(F.nn.layer_norm(x, (5,), affine=False, eps=np.float64(1)).numpy(),
                                0, atol=1e-6)
+
+
+def test_group_norm_of_num_groups_that_is_no_int_names_it():
+    # upstream 1.13 measured: RuntimeError ("Unable to cast"); Python's "'<' not supported
+    # between instances of 'str' and 'int'" came out here before
+    x = mge.tensor(np.ones((1, 2, 3, 3), "float32"))
+    for error in (TypeError, RuntimeError):
+        with pytest.raises(error, match="group_norm: num_groups must be an int, got 'x'"):
+            F.nn.group_norm(x, "x")

@@ -574,3 +574,17 @@ def test_transpose_of_a_pattern_holding_a_string_names_the_function():
     # numpy's "'str' object cannot be interpreted as an integer" came out here before
     with pytest.raises(TypeError, match="transpose: axis must be an int, got str"):
         F.transpose(mge.tensor(np.zeros((2, 3), np.float32)), ("1", 0))
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda x: F.diag(x, k=[1, 1]), r"diag: k must be an int, got \[1, 1\]"),
+    (lambda x: F.repeat(x, "x"), "repeat: repeats must be an int, got 'x'"),
+    (lambda x: F.repeat(x, None), "repeat: repeats must be an int, got None"),
+])
+def test_an_int_argument_of_another_type_names_the_function_and_argument(call, match):
+    # upstream 1.13 measured: diag RuntimeError ("Unable to cast"), repeat TypeError; int()'s
+    # "int() argument must be ... not 'list'" came out here before, naming neither
+    x = mge.tensor(np.zeros((2, 3), np.float32))
+    for error in (TypeError, RuntimeError):
+        with pytest.raises(error, match=match):
+            call(x)
