@@ -5,6 +5,7 @@ from ..core.dispatch import Op, apply
 from ..core.dtype_rules import complex_error
 from ..core.ops import xp_of
 from ..core.tensor import Tensor
+from ._args import _int
 
 __all__ = ["ctc_loss"]
 
@@ -156,6 +157,7 @@ def ctc_loss(pred, pred_lengths, label, label_lengths, blank=0, reduction="mean"
     if lengths.size != n or lab_len.size != n:
         raise ValueError(f"ctc_loss: pred_lengths and label_lengths need one entry per sample "
                          f"({n}), got {lengths.size} and {lab_len.size}")
+    blank = _int(blank, "blank", "ctc_loss")
     if not 0 <= blank < c:
         raise ValueError(f"ctc_loss: blank must be in [0, {c}), got {blank}")
     if lengths.min() < 1 or lengths.max() > t_max:
