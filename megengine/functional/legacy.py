@@ -10,7 +10,7 @@ import numpy as np
 
 from ..core._trace_option import is_int
 from ..core.tensor import Tensor
-from ._args import _as_float, _tensor
+from ._args import _as_float, _real, _tensor
 from .creation import copy
 from .elemwise import abs as _abs
 from .elemwise import acos, asin, clip, div, maximum, mul, pow, sub
@@ -217,5 +217,5 @@ def triplet_margin_loss(anchor, positive, negative, margin=1.0, p=2):
         anchor, positive, negative = (t.astype(np.float32) for t in (anchor, positive, negative))
     d_pos = pow(pow(_abs(anchor - positive), p).sum(axis=1), 1.0 / p)
     d_neg = pow(pow(_abs(anchor - negative), p).sum(axis=1), 1.0 / p)
-    loss = maximum(d_pos - d_neg + margin, 0.0).mean()
+    loss = maximum(d_pos - d_neg + _real(margin, "margin", "triplet_margin_loss"), 0.0).mean()
     return loss.astype(np.float16) if half else loss

@@ -442,7 +442,7 @@ def embedding(inp, weight, padding_idx=None, max_norm=None, norm_type=None):
         raise ValueError("embedding: max_norm and norm_type are not supported; pass None")
     weight = _tensor(weight)
     if padding_idx is not None:
-        padding_idx = int(padding_idx)
+        padding_idx = _int(padding_idx, "padding_idx", "embedding")
         if not -weight.shape[0] <= padding_idx < weight.shape[0]:
             raise ValueError(f"embedding: padding_idx {padding_idx} is out of range for "
                              f"{weight.shape[0]} embeddings")

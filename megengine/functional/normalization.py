@@ -785,8 +785,11 @@ def general_norm(inp, normalized_axis, affine=True, weight=None, bias=None, eps=
     from .tensor import transpose
 
     inp = _tensor(inp)
-    axes = [as_int(normalized_axis)] if is_int(normalized_axis) \
-        else [as_int(a) for a in normalized_axis]  # (a SymDim axis: its value, a guard)
+    axes = [normalized_axis] if is_int(normalized_axis) else list(normalized_axis)
+    if not all(is_int(a) or is_dim(a) for a in axes):
+        raise TypeError(f"general_norm: normalized_axis must be an int or a sequence of ints, "
+                        f"got {normalized_axis!r}")
+    axes = [as_int(a) for a in axes]  # (a SymDim axis: its value, a guard)
     if not axes:
         raise ValueError("general_norm: normalized_axis names no axis")
     axes = [a + inp.ndim if a < 0 else a for a in axes]

@@ -123,7 +123,11 @@ def expand_dims(inp, axis):
     n = inp.ndim + 1
     if type(axis) is int and -n <= axis < n:  # one axis, the usual call (F.expand_dims(label,
         return apply(_ops.AddAxis((axis % n,)), inp)  # 1)): ~1.5 us less than parsing a list
-    axis = [axis] if is_int(axis) else list(axis)
+    try:
+        axis = [axis] if is_int(axis) else list(axis)
+    except TypeError:  # (not iterable: list()'s words named no function)
+        raise TypeError(f"expand_dims: axis must be an int or a sequence of ints, got "
+                        f"{axis!r}") from None
     if not axis:
         raise ValueError("expand_dims: axis could not be empty; give an int or a sequence")
     # a repeated axis is allowed, as upstream: the sorted positions are inserted one after
@@ -410,7 +414,10 @@ def split(inp, nsplits_or_sections, axis=0):
     else:
         # (sections from x.shape in a dumpable trace, or a TracedModule's size tensors, stay
         # expressions: the bounds follow the input)
-        points = [_size(p) for p in nsplits_or_sections]
+        if not isinstance(nsplits_or_sections, (list, tuple, Tensor, np.ndarray)):
+            raise TypeError(f"split: nsplits_or_sections must be an int (a number of parts) or "
+                            f"a sequence of ints (split points), got {nsplits_or_sections!r}")
+        points = [_int(p, "nsplits_or_sections", "split") for p in nsplits_or_sections]
         bounds = [0] + points + [size]
         if any(b > c for b, c in zip(bounds, bounds[1:])):
             # upstream's exact text (code matches it); what is wrong shows as a note under it

@@ -739,3 +739,9 @@ def test_pixel_shuffle_of_a_factor_that_is_no_int_names_it():
     with pytest.raises(TypeError, match=r"pixel_shuffle: upscale_factor must be an int, got "
                                         r"\[2, 2\]"):
         F.nn.pixel_shuffle(x, [2, 2])
+
+
+def test_embedding_of_a_padding_idx_that_is_no_int_names_it():
+    # (int()'s "int() argument must be ... not 'list'" came out here before)
+    with pytest.raises(TypeError, match=r"embedding: padding_idx must be an int, got \[1\]"):
+        F.embedding(mge.tensor([0, 1]), mge.tensor(np.ones((3, 2), "float32")), padding_idx=[1])

@@ -966,3 +966,10 @@ def test_group_norm_of_num_groups_that_is_no_int_names_it():
     for error in (TypeError, RuntimeError):
         with pytest.raises(error, match="group_norm: num_groups must be an int, got 'x'"):
             F.nn.group_norm(x, "x")
+
+
+def test_general_norm_of_an_axis_that_is_no_int_names_it():
+    # Python's "'str' object cannot be interpreted as an integer" came out here before
+    with pytest.raises(TypeError, match="general_norm: normalized_axis must be an int or a "
+                                        r"sequence of ints, got \['a', 1\]"):
+        F.nn.general_norm(mge.tensor(np.ones((2, 3), "float32")), ["a", 1])

@@ -588,3 +588,16 @@ def test_an_int_argument_of_another_type_names_the_function_and_argument(call, m
     for error in (TypeError, RuntimeError):
         with pytest.raises(error, match=match):
             call(x)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda x: F.expand_dims(x, 0.5),
+     "expand_dims: axis must be an int or a sequence of ints, got 0.5"),
+    (lambda x: F.split(x, 1.5),
+     r"split: nsplits_or_sections must be an int \(a number of parts\) or a sequence"),
+    (lambda x: F.split(x, [1, "a"], axis=1), "split: nsplits_or_sections must be an int, got 'a'"),
+])
+def test_axis_and_sections_of_another_type_name_the_function(call, match):
+    # list()'s "'float' object is not iterable" came out here before, naming no function
+    with pytest.raises(TypeError, match=match):
+        call(mge.tensor(np.zeros((2, 3), np.float32)))
