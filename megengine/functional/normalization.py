@@ -785,7 +785,8 @@ def general_norm(inp, normalized_axis, affine=True, weight=None, bias=None, eps=
     from .tensor import transpose
 
     inp = _tensor(inp)
-    axes = [normalized_axis] if is_int(normalized_axis) else list(normalized_axis)
+    axes = [normalized_axis] if is_int(normalized_axis) or not hasattr(
+        normalized_axis, "__iter__") else list(normalized_axis)
     if not all(is_int(a) or is_dim(a) for a in axes):
         raise TypeError(f"general_norm: normalized_axis must be an int or a sequence of ints, "
                         f"got {normalized_axis!r}")

@@ -225,3 +225,13 @@ def test_triplet_margin_loss_of_a_margin_that_is_no_number_names_it():
     x = mge.tensor(np.ones((2, 3), "float32"))
     with pytest.raises(TypeError, match="triplet_margin_loss: margin must be a number, got 'm'"):
         F.triplet_margin_loss(x, x, x, margin="m")
+
+
+def test_shapeof_of_a_bad_axis_names_it():
+    # numpy's "index 5 is out of bounds for axis 0 with size 2" came out here before
+    x = mge.tensor(np.ones((2, 3), "float32"))
+    assert F.shapeof(x, -1).item() == 3
+    with pytest.raises(ValueError, match="shapeof: axis 5 is out of range for 2 dims"):
+        F.shapeof(x, 5)
+    with pytest.raises(TypeError, match="shapeof: axis must be an int, got str"):
+        F.shapeof(x, "0")

@@ -1,4 +1,5 @@
 """Tests of megengine/functional/normalization.py: values, gradients and running statistics against torch."""
+import re
 from functools import partial
 
 import numpy as np
@@ -968,8 +969,10 @@ def test_group_norm_of_num_groups_that_is_no_int_names_it():
             F.nn.group_norm(x, "x")
 
 
-def test_general_norm_of_an_axis_that_is_no_int_names_it():
-    # Python's "'str' object cannot be interpreted as an integer" came out here before
+@pytest.mark.parametrize("axis", [["a", 1], 1.5])
+def test_general_norm_of_an_axis_that_is_no_int_names_it(axis):
+    # Python's "'str' object cannot be interpreted as an integer" and list()'s "'float' object
+    # is not iterable" came out here before
     with pytest.raises(TypeError, match="general_norm: normalized_axis must be an int or a "
-                                        r"sequence of ints, got \['a', 1\]"):
-        F.nn.general_norm(mge.tensor(np.ones((2, 3), "float32")), ["a", 1])
+                                        f"sequence of ints, got {re.escape(repr(axis))}"):
+        F.nn.general_norm(mge.tensor(np.ones((2, 3), "float32")), axis)

@@ -93,13 +93,14 @@ def capture(case):
                                    if k in local}))
 
     xs = [mge.tensor(a, dtype=a.dtype) for a in case.inputs]
+    old = sys.getprofile()
     sys.setprofile(hook)
     try:
         case.mge_fn(*xs)
     except Exception:  # noqa: BLE001 (a case upstream refuses: nothing valid to break)
         return None
     finally:
-        sys.setprofile(None)
+        sys.setprofile(old)
     return found[0] if found else None
 
 
