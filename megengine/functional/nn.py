@@ -19,7 +19,7 @@ from ..core.ops import (ArgumentError, ShapeError, ShapeOnly, _norm_axes, _produ
 from ..core.ops import matmul as _matmul
 from ..core.tensor import Tensor, promote_types
 from . import _aten
-from ._args import _as_float, _bias_widened, _int, _out_of_range, _tensor
+from ._args import _as_float, _bias_widened, _int, _out_of_range, _real, _tensor
 # the activations, and every private name of theirs that code, tests, pickles and dumped
 # programs (which name ops "megengine.functional.nn:_Relu") look up here
 from .activation import (  # noqa: F401
@@ -356,7 +356,7 @@ def dropout(inp, drop_prob, training=True):
 
     With ``training`` False (or p == 0) the input is returned as is.
     """
-    if not 0 <= drop_prob < 1:
+    if not 0 <= _real(drop_prob, "drop_prob", "dropout") < 1:
         raise ArgumentError(f"dropout: drop_prob must be in [0, 1), got {drop_prob}")
     inp = _tensor(inp)
     if not training or drop_prob == 0:

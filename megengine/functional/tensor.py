@@ -227,17 +227,21 @@ def broadcast_to(inp, shape):
     return apply(BroadcastTo(shape), inp)
 
 
-def _joined_tensors(inps):
-    """The items of concat's or stack's list as tensors: the list as it is when they are
-    tensors already (the usual call, one pass); else arrays and numbers go to the first
+def _joined_tensors(inps, what):
+    """The items of concat's or stack's (``what``'s) list as tensors: the list as it is when
+    they are tensors already (the usual call, one pass); else arrays and numbers go to the first
     tensor's device, and an empty shape piece (``x.shape[:0]``) is an empty int32 vector, not
-    numpy's float64 default."""
+    numpy's float64 default. A None raises: ``Tensor(None)`` is an empty float32 tensor, which
+    would join silently (and make an int32 result float32) where upstream refuses."""
     inps = list(inps)
     for t in inps:
         if not isinstance(t, Tensor):
             break
     else:
         return inps
+    if any(t is None for t in inps):
+        raise TypeError(f"{what}: item {[t is None for t in inps].index(True)} of the tensors to "
+                        "join is None; pass tensors (or numbers)")
     inps = [np.zeros(0, np.int32) if isinstance(t, (tuple, list)) and not t else t for t in inps]
     tensors = [t if isinstance(t, Tensor) else None for t in inps]
     dev = next((t._device for t in tensors if t is not None), None)
@@ -310,7 +314,7 @@ def concat(inps, axis=0, device=None):
     as shape ``(1,)``: ``F.concat([x.shape[:-2], n_heads, head_size])`` is a 1-D int32 shape.
     The tensors must be on one device, unless ``device`` is given: the result goes there, and
     tensors on other devices are copied there first (gradients flow back to each)."""
-    inps = _joined_tensors(inps)
+    inps = _joined_tensors(inps, "concat")
     if not inps:
         raise ValueError("concat: got no tensors to join")
     if device is not None:
@@ -366,7 +370,7 @@ def stack(inps, axis=0, device=None):
 
     As upstream (and as in `concat`), a 0-d item counts as shape ``(1,)``: three scalars stack
     to shape ``(3, 1)``, or ``(1, 3)`` with ``axis=-1``."""
-    inps = _joined_tensors(inps)
+    inps = _joined_tensors(inps, "stack")
     if not inps:
         raise ValueError("stack: got no tensors to join")
     if device is not None:

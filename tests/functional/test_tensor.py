@@ -601,3 +601,13 @@ def test_axis_and_sections_of_another_type_name_the_function(call, match):
     # list()'s "'float' object is not iterable" came out here before, naming no function
     with pytest.raises(TypeError, match=match):
         call(mge.tensor(np.zeros((2, 3), np.float32)))
+
+
+@pytest.mark.parametrize("join", [F.concat, F.stack])
+def test_joining_a_none_names_the_item(join):
+    # upstream 1.13 measured: TypeError ("py_apply expects tensor as inputs"); before, None
+    # became an empty float32 tensor and concat([int32 (3,), None]) gave a float32 (3,)
+    a = mge.tensor([1, 2, 3], dtype="int32")
+    with pytest.raises(TypeError, match=f"{join.__name__}: item 1 of the tensors to join is None"):
+        join([a, None])
+    assert join([a, [4, 5, 6]]).dtype == np.int32  # (numbers still join)
