@@ -14,9 +14,10 @@ _NARROW = {np.dtype(np.float64): np.dtype(np.float32), np.dtype(np.int64): np.dt
 _SUPPORTED_KINDS = "biufc"
 
 
-class DTypeNameError(ValueError, TypeError):
+class DTypeNameError(ValueError, TypeError, RuntimeError):
     """A dtype numpy cannot read (``astype('Float32')``). Upstream's ``astype`` raises
-    ValueError for it, numpy a TypeError: this one is caught as either."""
+    ValueError for it, numpy a TypeError, upstream's F.zeros, F.ones and F.eye a RuntimeError
+    (pybind's "Unable to cast"): this one is caught as any of them."""
 
 
 def _check_dtype(dtype, what):

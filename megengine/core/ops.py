@@ -172,6 +172,13 @@ class ShapeError(ValueError, RuntimeError):
     Both ValueError (numpy's) and RuntimeError (upstream's C++ shape check), as BroadcastError."""
 
 
+class ArgumentTypeError(TypeError, ValueError, RuntimeError):
+    """An argument of a type the function cannot take (a list for ``groups``, a string for
+    ``eps``): a TypeError, which is what the mistake is; a ValueError, which ``int("x")`` raises
+    and upstream's one_hot too; a RuntimeError, which is what upstream raises where pybind
+    converts it for its C++ op ("Unable to cast Python instance"). Caught as any of them."""
+
+
 class ArgumentError(ValueError, AssertionError, RuntimeError):
     """An argument out of its range or set of values (a dropout probability, a pad mode, a
     negative size, an axis named twice, ...): a ValueError, which is what the mistake is, and

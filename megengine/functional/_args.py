@@ -4,7 +4,7 @@ import numpy as np
 from ..core._trace_option import as_int, is_dim, is_int
 from ..core.dtype import float_value
 from ..core.dtype_rules import complex_error, promote_types
-from ..core.ops import AxisError, _size_item
+from ..core.ops import ArgumentTypeError, AxisError, _size_item
 from ..core.tensor import Tensor
 
 
@@ -32,6 +32,16 @@ def _size(value):
     return value if is_dim(value) else _size_item(value)
 
 
+def _int(value, name, what):
+    """An int argument (a count, a factor, an offset) as `_size` makes it; what ``int()``
+    refuses (a list, None, a string of no number) raises, naming ``what`` and ``name``, where
+    ``int()``'s own words named neither."""
+    try:
+        return _size(value)
+    except (TypeError, ValueError):
+        raise ArgumentTypeError(f"{what}: {name} must be an int, got {value!r}") from None
+
+
 def _int_pair(value, name, what):
     """An int or a pair of ints as a (h, w) tuple of Python ints."""
     if isinstance(value, Tensor):
@@ -44,6 +54,17 @@ def _int_pair(value, name, what):
         return int(h), int(w)
     except (TypeError, ValueError):
         raise TypeError(f"{what}: {name} must be an int or a pair of ints, got {value!r}") from None
+
+
+def _real(value, name, what):
+    """A real-number argument (``eps``) as a Python float; a string (also one that reads as a
+    number), a sequence or None raises, naming ``what`` and ``name``."""
+    if not isinstance(value, (str, bytes)):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            pass
+    raise ArgumentTypeError(f"{what}: {name} must be a number, got {value!r}")
 
 
 def _as_float(x, what="this function"):

@@ -21,7 +21,7 @@ from ..core import amp as _amp
 from ..core.dispatch import FLOAT16, Op, apply
 from ..core.dtype import _zero_point, no_quantized_form, refuse_quantized, saturated, stored
 from ..core.dtype_rules import complex_error
-from ..core.ops import ArgumentError, ShapeError, as_dtype, cast, xp_of
+from ..core.ops import ArgumentError, ArgumentTypeError, ShapeError, as_dtype, cast, xp_of
 from ..core.tensor import Tensor, promote_types
 from . import _aten
 from ._args import _bias_widened, _tensor
@@ -57,6 +57,33 @@ def _ntuple(value, n, name, what):
         kind = "an int or a pair of ints" if n == 2 else f"an int or {n} ints"
         raise TypeError(f"{what}: {name} must be {kind}, got {value!r}")
     return out
+
+
+def _geometry(nd, what, stride, padding, dilation, output_padding=0):
+    """(stride, padding, dilation, output_padding) of an ``nd``-d convolution as tuples of ints,
+    strides and dilations positive, paddings non-negative: torch's own checks ("dilation should
+    be greater than zero", "negative padding is not supported") say neither which function nor
+    what to pass."""
+    s, p, d, op = (_ntuple(v, nd, name, what) for v, name in (
+        (stride, "stride"), (padding, "padding"), (dilation, "dilation"),
+        (output_padding, "output_padding")))
+    for name, sizes in (("stride", s), ("dilation", d)):
+        if min(sizes) < 1:
+            axis = _AXES[nd][sizes.index(min(sizes))]
+            raise ArgumentError(f"{what}: {name} must be a positive int, got {min(sizes)} "
+                                f"along {axis}")
+    if min(p + op) < 0:
+        raise ArgumentError(f"{what}: padding {p} and output_padding {op} must be non-negative")
+    return s, p, d, op
+
+
+def _groups(groups, what):
+    """``groups`` as a positive Python int."""
+    if not is_int(groups) or isinstance(groups, bool):
+        raise ArgumentTypeError(f"{what}: groups must be an int, got {groups!r}")
+    if int(groups) < 1:
+        raise ArgumentError(f"{what}: groups must be positive, got {groups}")
+    return int(groups)
 
 
 def _compute_dtype(what, *dtypes):
@@ -352,13 +379,8 @@ def _conv(nd, transposed, what, inp, weight, bias, stride, padding, dilation, gr
             and args[2] is dilation and args[3] is groups and args[4] is output_padding:
         op = _Convolution(nd, transposed, *args[5], what)  # (the layer's, as last time)
     else:
-        made = (_ntuple(stride, nd, "stride", what), _ntuple(padding, nd, "padding", what),
-                _ntuple(dilation, nd, "dilation", what),
-                _ntuple(output_padding, nd, "output_padding", what), int(groups))
-        if min(made[1] + made[3]) < 0:  # (torch's "negative padding is not supported" said
-            # neither which nor what to pass; a stride below 1 is `_conv_out`'s)
-            raise ArgumentError(f"{what}: padding {made[1]} and output_padding {made[3]} must "
-                                "be non-negative")
+        made = _geometry(nd, what, stride, padding, dilation, output_padding) \
+            + (_groups(groups, what),)
         op = _Convolution(nd, transposed, *made, what)
         if views is not None and all(
                 type(a) is int or (type(a) is tuple and all(type(v) is int for v in a))
@@ -653,8 +675,7 @@ def local_conv2d(inp, weight, bias=None, stride=1, padding=0, dilation=1,
     what = "local_conv2d"
     _check_conv_mode(conv_mode, "default", what)
     _config._effective_conv_format("NCHW", what, supported=("NCHW",))
-    op = _LocalConv2d(_ntuple(stride, 2, "stride", what), _ntuple(padding, 2, "padding", what),
-                      _ntuple(dilation, 2, "dilation", what), what)
+    op = _LocalConv2d(*_geometry(2, what, stride, padding, dilation)[:3], what)
     inp, weight = _tensor(inp), _tensor(weight)
     refuse_quantized(what, inp, weight)
     out = apply(op, inp, weight)
@@ -943,9 +964,8 @@ def deformable_conv2d(inp, weight, offset, mask, bias=None, stride=1, padding=0,
     offset, mask = _tensor(offset), _tensor(mask)
     offset = offset if offset.dtype == np.float32 else offset.astype("float32")
     mask = mask if mask.dtype == np.float32 else mask.astype("float32")
-    op = _DeformableConv2d(_ntuple(stride, 2, "stride", what),
-                           _ntuple(padding, 2, "padding", what),
-                           _ntuple(dilation, 2, "dilation", what), int(groups), what)
+    op = _DeformableConv2d(*_geometry(2, what, stride, padding, dilation)[:3],
+                           _groups(groups, what), what)
     inp, weight = _tensor(inp), _tensor(weight)
     refuse_quantized(what, inp, weight)
     out = apply(op, inp, weight, offset, mask)

@@ -8,8 +8,9 @@ from ..core import ops as _ops
 from ..core.ops import ArgumentError
 from ..core._trace_option import Shape, dumpable, is_dim, is_int, is_sym, sizes_of
 from ..core.dispatch import Op, apply, on_device
-from ..core.dtype_rules import is_complex_data, complex_error
+from ..core.dtype_rules import _check_dtype, is_complex_data, complex_error
 from ..core.tensor import Tensor, as_array
+from ._args import _int
 from .elemwise import _tensor
 
 
@@ -18,9 +19,9 @@ def _place(device):
     return dev, _device.array_module_on(dev)  # allocates on dev's GPU, also when not current
 
 
-def _dtype(dtype):
+def _dtype(dtype, what):
     # None means the default float, as upstream (np.dtype(None) would be float64)
-    return np.dtype(np.float32 if dtype is None else dtype)
+    return _check_dtype(np.float32 if dtype is None else dtype, what)
 
 
 def _num(value):
@@ -126,19 +127,19 @@ def _filled(shape, value, dtype, device, what):
 
 def zeros(shape, dtype="float32", device=None):
     """A tensor of ``shape`` filled with zeros."""
-    return _filled(shape, 0, _dtype(dtype), device, "zeros")
+    return _filled(shape, 0, _dtype(dtype, "zeros"), device, "zeros")
 
 
 def ones(shape, dtype="float32", device=None):
     """A tensor of ``shape`` filled with ones."""
-    return _filled(shape, 1, _dtype(dtype), device, "ones")
+    return _filled(shape, 1, _dtype(dtype, "ones"), device, "ones")
 
 
 def full(shape, value, dtype=None, device=None):
     """A tensor of ``shape`` filled with ``value``; dtype None: int32, float32 or bool by value."""
     if dtype is None:
         dtype = value.dtype if isinstance(value, Tensor) else as_array(value, device="cpu0").dtype
-    return _filled(shape, value, np.dtype(dtype), device, "full")
+    return _filled(shape, value, _dtype(dtype, "full"), device, "full")
 
 
 def _like(inp, value):
@@ -182,7 +183,7 @@ def arange(start=0, stop=None, step=1, dtype="float32", device=None):
     if stop is None:
         start, stop = 0, start
     if dumpable() and any(isinstance(v, Tensor) for v in (start, stop, step)):
-        return _from_tensors(_ArangeOf, (start, stop, step), dtype, device)
+        return _from_tensors(_ArangeOf, (start, stop, step), _dtype(dtype, "arange"), device)
     start, stop, step = _num(start), _num(stop), _num(step)
     if step == 0:
         raise ArgumentError("arange: step must not be 0")
@@ -192,9 +193,9 @@ def arange(start=0, stop=None, step=1, dtype="float32", device=None):
             for v in (start, stop, step)):
         # bounds computed from traced shapes (F.arange(x.shape[0]), anchors' arange(s, n * s +
         # s / 2, s)): an op, so that a dumped program counts at the shapes it runs at
-        return apply(_Arange(start, stop, step, _dtype(dtype), dev))
+        return apply(_Arange(start, stop, step, _dtype(dtype, "arange"), dev))
     with on_device(dev):  # the arithmetic allocates on the current GPU
-        return Tensor._wrap(_arange_values(xp, start, stop, step, _dtype(dtype)), dev)
+        return Tensor._wrap(_arange_values(xp, start, stop, step, _dtype(dtype, "arange")), dev)
 
 
 def _arange_values(xp, start, stop, step, dtype):
@@ -275,15 +276,15 @@ class _LinspaceOf(_FromTensors):
         return xp.linspace(float(start), float(stop), _count(num)).astype(self.dtype)
 
 
-def _from_tensors(op_type, args, dtype, device):
+def _from_tensors(op_type, args, dtype, device):  # (``dtype`` checked by the caller)
     dev, _ = _place(device)
     tensors = [v for v in args if isinstance(v, Tensor)]
     numbers = tuple(None if isinstance(v, Tensor) else v for v in args)
-    return apply(op_type(numbers, _dtype(dtype), dev), *tensors)
+    return apply(op_type(numbers, dtype, dev), *tensors)
 
 
 def _count(num):
-    num = num if is_dim(num) else int(num)
+    num = _int(num, "num", "linspace")
     if num < 0:
         raise ArgumentError(f"linspace: num must be >= 0, got {num}")
     return num
@@ -292,13 +293,14 @@ def _count(num):
 def linspace(start, stop, num, dtype="float32", device=None):
     """``num`` evenly spaced values from ``start`` to ``stop``, both included."""
     if dumpable() and any(isinstance(v, Tensor) for v in (start, stop, num)):
-        return _from_tensors(_LinspaceOf, (start, stop, num), dtype, device)
+        return _from_tensors(_LinspaceOf, (start, stop, num), _dtype(dtype, "linspace"),
+                             device)
     num = _count(num)
     dev, xp = _place(device)
     if is_dim(num):  # a count from x.shape in a dumpable trace: an op, made at the run's shapes
-        return apply(_Linspace(float(start), float(stop), num, _dtype(dtype), dev))
+        return apply(_Linspace(float(start), float(stop), num, _dtype(dtype, "linspace"), dev))
     with on_device(dev):  # astype allocates on the current GPU
-        return Tensor._wrap(xp.linspace(float(start), float(stop), num).astype(_dtype(dtype)),
+        return Tensor._wrap(xp.linspace(float(start), float(stop), num).astype(_dtype(dtype, "linspace")),
                             dev)
 
 
@@ -316,8 +318,8 @@ def eye(N, M=None, dtype="float32", device=None):
         N, M = shape[0], shape[-1]
     n, m = _shape((N, N if M is None else M), "eye")
     if is_dim(n) or is_dim(m):  # sizes from x.shape in a dumpable trace: made at the run's shapes
-        return apply(_Eye(n, m, _dtype(dtype), dev))
-    return Tensor._wrap(xp.eye(n, m, dtype=_dtype(dtype)), dev)
+        return apply(_Eye(n, m, _dtype(dtype, "eye"), dev))
+    return Tensor._wrap(xp.eye(n, m, dtype=_dtype(dtype, "eye")), dev)
 
 
 class _Eye(Op):

@@ -3,8 +3,9 @@ import numpy as np
 
 from ..core.dispatch import Op, apply
 from ..core.dtype_rules import complex_error
-from ..core.ops import xp_of
+from ..core.ops import ArgumentTypeError, xp_of
 from ..core.tensor import Tensor
+from ._args import _int
 
 __all__ = ["ctc_loss"]
 
@@ -145,17 +146,23 @@ def ctc_loss(pred, pred_lengths, label, label_lengths, blank=0, reduction="mean"
         pred = pred.astype(np.float32)
     t_max, n, c = pred.shape
 
-    def as_ints(x):  # Tensors stay op inputs; numbers and arrays become int32 tensors
-        return x if isinstance(x, Tensor) else Tensor(np.asarray(x, np.int32), device=pred.device)
+    def as_ints(x, name):  # Tensors stay op inputs; numbers and arrays become int32 tensors
+        if isinstance(x, Tensor):
+            return x
+        try:
+            return Tensor(np.asarray(x, np.int32), device=pred.device)
+        except (TypeError, ValueError):  # (numpy's words named no argument)
+            raise ArgumentTypeError(f"ctc_loss: {name} must be integers, got {x!r}") from None
 
-    pred_lengths, label_lengths = as_ints(pred_lengths), as_ints(label_lengths)
-    label = as_ints(label)
+    pred_lengths = as_ints(pred_lengths, "pred_lengths")
+    label_lengths, label = as_ints(label_lengths, "label_lengths"), as_ints(label, "label")
     # argument checks on the host (values, not just shapes: as upstream's asserts)
     lengths = pred_lengths._peek().astype(np.int64).reshape(-1)  # checks only: unseen by
     lab_len = label_lengths._peek().astype(np.int64).reshape(-1)  # jit.trace (op inputs)
     if lengths.size != n or lab_len.size != n:
         raise ValueError(f"ctc_loss: pred_lengths and label_lengths need one entry per sample "
                          f"({n}), got {lengths.size} and {lab_len.size}")
+    blank = _int(blank, "blank", "ctc_loss")
     if not 0 <= blank < c:
         raise ValueError(f"ctc_loss: blank must be in [0, {c}), got {blank}")
     if lengths.min() < 1 or lengths.max() > t_max:

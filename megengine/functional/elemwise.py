@@ -881,7 +881,11 @@ def _elemwise_multi_type(*args, mode, dtype=None):
 class _MakeComplex(Op):
     def forward(self, re, im):
         dtype = np.complex128 if np.float64 in (re.dtype, im.dtype) else np.complex64
-        out = xp_of(re).empty(np.broadcast_shapes(re.shape, im.shape), dtype)
+        try:
+            shape = np.broadcast_shapes(re.shape, im.shape)
+        except ValueError as e:  # (numpy's words name neither the op nor the parts)
+            raise_unbroadcastable("complex", (re, im), e)
+        out = xp_of(re).empty(shape, dtype)
         out.real, out.imag = re, im
         self.shapes = re.shape, im.shape
         return out

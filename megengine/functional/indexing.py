@@ -8,7 +8,7 @@ from ..core.dispatch import KERNEL_FLOATS, Op, apply, on_device
 from ..core.ops import ArgumentError, ShapeError, raise_unbroadcastable, unbroadcast, xp_of
 from ..core.tensor import Tensor, _operand, promote_types
 from . import _aten
-from ._args import _size
+from ._args import _int
 from .elemwise import _tensor
 from .tensor import _axis  # (this file's names are re-exported at the end of that one)
 
@@ -258,7 +258,7 @@ def one_hot(inp, num_classes):
     # (a count from x.shape in a dumpable trace, or a TracedModule's size tensor, stays an
     # expression: Compute keeps it as an op parameter, which a dumped program computes at the
     # shapes it runs at)
-    num_classes = _size(num_classes)
+    num_classes = _int(num_classes, "num_classes", "one_hot")
     if type(num_classes) is int and num_classes < 0:
         raise ArgumentError(f"one_hot: num_classes must be >= 0, got {num_classes}")
     return apply(Compute(_one_hot, num_classes), _int_index(inp, "one_hot"))

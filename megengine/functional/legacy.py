@@ -10,14 +10,14 @@ import numpy as np
 
 from ..core._trace_option import is_int
 from ..core.tensor import Tensor
-from ._args import _as_float, _tensor
+from ._args import _as_float, _real, _tensor
 from .creation import copy
 from .elemwise import abs as _abs
 from .elemwise import acos, asin, clip, div, maximum, mul, pow, sub
 from .math import matmul, topk
 from .nn import indexing_one_hot
 from .normalization import batch_norm
-from .tensor import transpose
+from .tensor import _axis, transpose
 from .utils import topk_accuracy
 
 __all__ = [
@@ -116,7 +116,9 @@ def shapeof(x, axis=None):
     """
     x = _tensor(x)
     shape = np.asarray(x.shape, dtype=np.int32)
-    return Tensor(shape if axis is None else shape[axis], dtype="int32", device=x.device)
+    if axis is not None:  # (numpy's index error named neither shapeof nor axis)
+        shape = shape[_axis(axis, x.ndim, "shapeof")]
+    return Tensor(shape, dtype="int32", device=x.device)
 
 
 def accuracy(logits, target, topk=1):
@@ -125,8 +127,8 @@ def accuracy(logits, target, topk=1):
     1.x ``F.topk_accuracy``. As in 0.x, ``topk`` of one element (an int or a 1-tuple) gives one
     Tensor and a longer sequence a list of them.
     """
-    accs = topk_accuracy(logits, target, topk if is_int(topk)
-                         else tuple(topk))
+    accs = topk_accuracy(logits, target, topk if is_int(topk) or not hasattr(topk, "__iter__")
+                         else tuple(topk))  # (topk_accuracy names a topk of another type)
     if isinstance(accs, list) and len(accs) == 1:
         return accs[0]
     return accs
@@ -208,7 +210,7 @@ def triplet_margin_loss(anchor, positive, negative, margin=1.0, p=2):
     if not (anchor.ndim == 2 and anchor.shape == positive.shape == negative.shape):
         raise ValueError(f"triplet_margin_loss: anchor, positive and negative must be (N, D) of "
                          f"one shape, got {anchor.shape}, {positive.shape}, {negative.shape}")
-    if not p > 0:
+    if not _real(p, "p", "triplet_margin_loss") > 0:
         raise ValueError(f"triplet_margin_loss: the norm degree p must be > 0, got {p}")
     half = all(t.dtype == np.float16 for t in (anchor, positive, negative))
     if half:
@@ -217,5 +219,5 @@ def triplet_margin_loss(anchor, positive, negative, margin=1.0, p=2):
         anchor, positive, negative = (t.astype(np.float32) for t in (anchor, positive, negative))
     d_pos = pow(pow(_abs(anchor - positive), p).sum(axis=1), 1.0 / p)
     d_neg = pow(pow(_abs(anchor - negative), p).sum(axis=1), 1.0 / p)
-    loss = maximum(d_pos - d_neg + margin, 0.0).mean()
+    loss = maximum(d_pos - d_neg + _real(margin, "margin", "triplet_margin_loss"), 0.0).mean()
     return loss.astype(np.float16) if half else loss

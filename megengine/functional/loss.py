@@ -11,7 +11,7 @@ from ..core.ops import (ArgumentError, BroadcastError, ShapeError, acc_dtype, ac
                         unbroadcast, xp_of)
 from ..core.tensor import Tensor, _operand, promote_types
 from . import _aten
-from ._args import _UNSIGNED, _as_float, _out_of_range
+from ._args import _UNSIGNED, _as_float, _out_of_range, _real
 from .elemwise import log1p_array
 
 __all__ = [
@@ -405,6 +405,7 @@ mse_loss = square_loss
 def smooth_l1_loss(pred, label, beta=1.0, reduction="mean"):
     """Huber-like loss: ``0.5 d**2 / beta`` where ``|d| < beta``, else ``|d| - beta / 2``."""
     _check_reduction(reduction, "smooth_l1_loss")
+    beta = _real(beta, "beta", "smooth_l1_loss")
     if beta < 0:
         raise ValueError(f"smooth_l1_loss: beta must be >= 0, got {beta}")
     return _pair_loss(_SmoothL1(reduction, "smooth_l1_loss", float(beta)), pred, label)
@@ -831,13 +832,11 @@ def cross_entropy(pred, label, axis=1, with_logits=True, label_smooth=0, reducti
     if ndim != label._data.ndim + 1:
         raise ArgumentError(f"cross_entropy: label must have one dim less than pred, got pred "
                             f"of shape {pred.shape} and label of shape {label.shape}")
-    if not -ndim <= axis < ndim:
-        raise ValueError(f"cross_entropy: axis {axis} is out of range for pred of shape "
-                         f"{pred.shape}")
-    ls = float(label_smooth or 0)
+    axis = _axis(axis, ndim, "cross_entropy")
+    ls = _real(label_smooth or 0, "label_smooth", "cross_entropy")
     if not 0 <= ls <= 1:
         raise ValueError(f"cross_entropy: label_smooth must be in [0, 1], got {label_smooth}")
-    op = _CrossEntropy(int(axis) % ndim, bool(with_logits), ls, reduction)
+    op = _CrossEntropy(axis, bool(with_logits), ls, reduction)
     if _low_high_precision(op):
         # upstream's logsumexp(pred) - pred[label] (float functions in high_prec_dtype, pred's
         # own max added back), log(pred[label]) without logits, and with label smoothing a
@@ -893,6 +892,7 @@ from .elemwise import equal, log, logaddexp, maximum  # noqa: E402,F401
 from .math import logsumexp  # noqa: E402,F401
 from .tensor import (  # noqa: E402,F401
     broadcast_to, cumsum, indexing_one_hot, linspace, ones, where, zeros)
+from .tensor import _axis  # noqa: E402  (cross_entropy's axis check, imported as those above)
 
 
 def __getattr__(name):

@@ -19,7 +19,10 @@ def topk_accuracy(logits, target, topk=1):
         raise ValueError(f"topk_accuracy: target must hold {logits.shape[0]} integer class "
                          f"indices (N,), got shape {target.shape} and dtype {target.dtype}")
     # (sizes from x.shape in a dumpable trace: their values, guards)
-    ks = [as_int(topk)] if is_int(topk) else [as_int(k) if is_dim(k) else k for k in topk]
+    ks = [topk] if is_int(topk) or not hasattr(topk, "__iter__") else list(topk)
+    if not all(is_int(k) for k in ks):
+        raise TypeError(f"topk_accuracy: topk must be an int or a sequence of ints, got {topk!r}")
+    ks = [as_int(k) if is_dim(k) else k for k in ks]
     if not ks or any(not 1 <= int(k) <= logits.shape[1] for k in ks):
         raise ValueError(f"topk_accuracy: each k must be in [1, {logits.shape[1]}], got {topk}")
     _, pred = _topk(logits, max(ks), descending=True)  # (N, maxk), best first

@@ -19,7 +19,7 @@ from ..core.ops import (ArgumentError, ShapeError, ShapeOnly, _norm_axes, _produ
 from ..core.ops import matmul as _matmul
 from ..core.tensor import Tensor, promote_types
 from . import _aten
-from ._args import _as_float, _bias_widened, _out_of_range, _tensor
+from ._args import _as_float, _bias_widened, _int, _out_of_range, _real, _tensor
 # the activations, and every private name of theirs that code, tests, pickles and dumped
 # programs (which name ops "megengine.functional.nn:_Relu") look up here
 from .activation import (  # noqa: F401
@@ -365,7 +365,7 @@ def dropout(inp, drop_prob, training=True):
 
     With ``training`` False (or p == 0) the input is returned as is.
     """
-    if not 0 <= drop_prob < 1:
+    if not 0 <= _real(drop_prob, "drop_prob", "dropout") < 1:
         raise ArgumentError(f"dropout: drop_prob must be in [0, 1), got {drop_prob}")
     inp = _tensor(inp)
     if not training or drop_prob == 0:
@@ -451,7 +451,7 @@ def embedding(inp, weight, padding_idx=None, max_norm=None, norm_type=None):
         raise ValueError("embedding: max_norm and norm_type are not supported; pass None")
     weight = _tensor(weight)
     if padding_idx is not None:
-        padding_idx = int(padding_idx)
+        padding_idx = _int(padding_idx, "padding_idx", "embedding")
         if not -weight.shape[0] <= padding_idx < weight.shape[0]:
             raise ValueError(f"embedding: padding_idx {padding_idx} is out of range for "
                              f"{weight.shape[0]} embeddings")
@@ -461,7 +461,7 @@ def embedding(inp, weight, padding_idx=None, max_norm=None, norm_type=None):
 def pixel_shuffle(inp, upscale_factor):
     """Rearrange (..., C*r*r, H, W) into (..., C, H*r, W*r), ``r`` = ``upscale_factor``."""
     inp = _tensor(inp)
-    r = int(upscale_factor)
+    r = _int(upscale_factor, "upscale_factor", "pixel_shuffle")
     if r < 1 or inp.ndim < 3 or inp.shape[-3] % (r * r):
         raise ShapeError(f"pixel_shuffle: input of shape {inp.shape} needs >= 3 dims and "
                          f"channels (dim -3) divisible by upscale_factor**2 = {r * r}")

@@ -11,7 +11,7 @@ from ..core.ops import (ArgumentError, ShapeError, acc_dtype, all_ints, half_ope
                         unbroadcast, xp_of)
 from ..core.tensor import Tensor
 from . import _aten
-from ._args import _as_float, _size, _tensor
+from ._args import _as_float, _int, _real, _tensor
 
 __all__ = ["batch_norm", "general_norm", "group_norm", "instance_norm", "layer_norm",
            "local_response_norm", "sync_batch_norm"]
@@ -84,6 +84,8 @@ class _BatchNorm(Op):
     what = "batch_norm"  # (the public function, for errors)
 
     def __init__(self, eps, momentum, training, has_weight, has_bias, has_stats):
+        # (ATen's own refusal of a string eps names neither batch_norm nor eps)
+        eps = eps if type(eps) is float else _real(eps, "eps", "batch_norm")
         self.eps, self.momentum, self.training = eps, momentum, training
         self.has_weight, self.has_bias, self.has_stats = has_weight, has_bias, has_stats
 
@@ -283,6 +285,7 @@ class _Normalize(Op):
 
     def __init__(self, view, affine_view, affine_shape, eps, has_weight, has_bias, family=None,
                  what="layer_norm"):
+        eps = eps if type(eps) is float else _real(eps, "eps", what)  # (as _BatchNorm's)
         self.view, self.eps, self.what = view, eps, what  # (what: the public function, for errors)
         self.affine_view, self.affine_shape = affine_view, affine_shape
         self.has_weight, self.has_bias = has_weight, has_bias
@@ -745,8 +748,8 @@ def _group_norm(inp, num_groups, affine, weight, bias, eps, what):
     if inp.ndim < 2:
         raise ValueError(f"{what}: expected an input (N, C, ...), got shape {inp.shape}")
     n, c = inp.shape[:2]
-    if isinstance(num_groups, Tensor):  # (a TracedModule's size tensor: its SymDim or value)
-        num_groups = _size(num_groups)
+    # (a TracedModule's size tensor gives its SymDim or value)
+    num_groups = _int(num_groups, "num_groups", what)
     if num_groups < 1 or c % num_groups:
         raise ValueError(f"{what}: {c} channels (input shape {inp.shape}) are not divisible "
                          f"into num_groups={num_groups}")
@@ -782,8 +785,12 @@ def general_norm(inp, normalized_axis, affine=True, weight=None, bias=None, eps=
     from .tensor import transpose
 
     inp = _tensor(inp)
-    axes = [as_int(normalized_axis)] if is_int(normalized_axis) \
-        else [as_int(a) for a in normalized_axis]  # (a SymDim axis: its value, a guard)
+    axes = [normalized_axis] if is_int(normalized_axis) or not hasattr(
+        normalized_axis, "__iter__") else list(normalized_axis)
+    if not all(is_int(a) or is_dim(a) for a in axes):
+        raise TypeError(f"general_norm: normalized_axis must be an int or a sequence of ints, "
+                        f"got {normalized_axis!r}")
+    axes = [as_int(a) for a in axes]  # (a SymDim axis: its value, a guard)
     if not axes:
         raise ValueError("general_norm: normalized_axis names no axis")
     axes = [a + inp.ndim if a < 0 else a for a in axes]

@@ -8,7 +8,7 @@ from ..core import _config
 from ..core.dispatch import Op, apply
 from ..core.ops import ArgumentError, LinearMap, ShapeError, xp_of
 from . import _aten
-from ._args import _astype_real, _int_pair, _tensor
+from ._args import _astype_real, _int, _int_pair, _tensor
 
 __all__ = ["deformable_psroi_pooling", "roi_align", "roi_pooling"]
 
@@ -430,8 +430,9 @@ def deformable_psroi_pooling(inp, rois, trans, no_trans, part_size, pooled_h, po
         raise ValueError(f"{what}: inp must be a float32 (N, C, H, W) tensor, got {inp.dtype} "
                          f"of shape {inp.shape}")
     rois = _check_rois(what, inp, rois)
-    pooled_h, pooled_w, part, samples = (int(v) for v in (pooled_h, pooled_w, part_size,
-                                                           sample_per_part))
+    pooled_h, pooled_w, part, samples = (_int(v, name, what) for v, name in (
+        (pooled_h, "pooled_h"), (pooled_w, "pooled_w"), (part_size, "part_size"),
+        (sample_per_part, "sample_per_part")))
     if min(pooled_h, pooled_w, part, samples) < 1:
         raise ValueError(f"{what}: pooled_h, pooled_w, part_size and sample_per_part must be "
                          f"positive, got {pooled_h}, {pooled_w}, {part}, {samples}")

@@ -13,7 +13,7 @@ from ..core.ops import (ArgumentError, AxisError, BroadcastError, ShapeError,  #
                         int_tuple, unbroadcast, xp_of)
 from ..core.tensor import Tensor, _operand, as_array, promote_types  # noqa: F401
 from . import _aten
-from ._args import _size
+from ._args import _int, _size
 from .elemwise import _tensor, complex, imag, polar, real  # noqa: F401  (upstream's home for them)
 from .creation import (  # noqa: F401  (upstream's names here; `creation` holds them)
     _Arange, _ArangeOf, _Eye, _Linspace, _LinspaceOf, _dtype, _like, _num, _place, _shape,
@@ -95,7 +95,7 @@ def transpose(inp, pattern):
     """
     inp = _tensor(inp)
     pattern = tuple(pattern)
-    if "x" not in pattern and len(pattern) == inp.ndim:
+    if len(pattern) == inp.ndim and all(type(p) is int for p in pattern):
         return Tensor.transpose(inp, pattern)  # the engine's method, not a subclass's override
     kept = [_axis(p, inp.ndim, "transpose") for p in pattern if p != "x"]
     dropped = [i for i in range(inp.ndim) if i not in kept]
@@ -123,7 +123,11 @@ def expand_dims(inp, axis):
     n = inp.ndim + 1
     if type(axis) is int and -n <= axis < n:  # one axis, the usual call (F.expand_dims(label,
         return apply(_ops.AddAxis((axis % n,)), inp)  # 1)): ~1.5 us less than parsing a list
-    axis = [axis] if is_int(axis) else list(axis)
+    try:
+        axis = [axis] if is_int(axis) else list(axis)
+    except TypeError:  # (not iterable: list()'s words named no function)
+        raise TypeError(f"expand_dims: axis must be an int or a sequence of ints, got "
+                        f"{axis!r}") from None
     if not axis:
         raise ValueError("expand_dims: axis could not be empty; give an int or a sequence")
     # a repeated axis is allowed, as upstream: the sorted positions are inserted one after
@@ -223,17 +227,21 @@ def broadcast_to(inp, shape):
     return apply(BroadcastTo(shape), inp)
 
 
-def _joined_tensors(inps):
-    """The items of concat's or stack's list as tensors: the list as it is when they are
-    tensors already (the usual call, one pass); else arrays and numbers go to the first
+def _joined_tensors(inps, what):
+    """The items of concat's or stack's (``what``'s) list as tensors: the list as it is when
+    they are tensors already (the usual call, one pass); else arrays and numbers go to the first
     tensor's device, and an empty shape piece (``x.shape[:0]``) is an empty int32 vector, not
-    numpy's float64 default."""
+    numpy's float64 default. A None raises: ``Tensor(None)`` is an empty float32 tensor, which
+    would join silently (and make an int32 result float32) where upstream refuses."""
     inps = list(inps)
     for t in inps:
         if not isinstance(t, Tensor):
             break
     else:
         return inps
+    if any(t is None for t in inps):
+        raise TypeError(f"{what}: item {[t is None for t in inps].index(True)} of the tensors to "
+                        "join is None; pass tensors (or numbers)")
     inps = [np.zeros(0, np.int32) if isinstance(t, (tuple, list)) and not t else t for t in inps]
     tensors = [t if isinstance(t, Tensor) else None for t in inps]
     dev = next((t._device for t in tensors if t is not None), None)
@@ -306,7 +314,7 @@ def concat(inps, axis=0, device=None):
     as shape ``(1,)``: ``F.concat([x.shape[:-2], n_heads, head_size])`` is a 1-D int32 shape.
     The tensors must be on one device, unless ``device`` is given: the result goes there, and
     tensors on other devices are copied there first (gradients flow back to each)."""
-    inps = _joined_tensors(inps)
+    inps = _joined_tensors(inps, "concat")
     if not inps:
         raise ValueError("concat: got no tensors to join")
     if device is not None:
@@ -362,7 +370,7 @@ def stack(inps, axis=0, device=None):
 
     As upstream (and as in `concat`), a 0-d item counts as shape ``(1,)``: three scalars stack
     to shape ``(3, 1)``, or ``(1, 3)`` with ``axis=-1``."""
-    inps = _joined_tensors(inps)
+    inps = _joined_tensors(inps, "stack")
     if not inps:
         raise ValueError("stack: got no tensors to join")
     if device is not None:
@@ -410,7 +418,10 @@ def split(inp, nsplits_or_sections, axis=0):
     else:
         # (sections from x.shape in a dumpable trace, or a TracedModule's size tensors, stay
         # expressions: the bounds follow the input)
-        points = [_size(p) for p in nsplits_or_sections]
+        if not isinstance(nsplits_or_sections, (list, tuple, Tensor, np.ndarray)):
+            raise TypeError(f"split: nsplits_or_sections must be an int (a number of parts) or "
+                            f"a sequence of ints (split points), got {nsplits_or_sections!r}")
+        points = [_int(p, "nsplits_or_sections", "split") for p in nsplits_or_sections]
         bounds = [0] + points + [size]
         if any(b > c for b, c in zip(bounds, bounds[1:])):
             # upstream's exact text (code matches it); what is wrong shows as a note under it
@@ -431,7 +442,7 @@ def repeat(inp, repeats, axis=None):
                         "np.repeat(np.arange(n), counts)")
     # (a count from x.shape in a dumpable trace, or a TracedModule's size tensor, stays an
     # expression: the broadcast and reshape below carry it)
-    repeats = _size(repeats)
+    repeats = _int(repeats, "repeats", "repeat")
     if repeats < 1:
         raise ArgumentError(f"repeat: repeats must be >= 1, got {repeats}")
     if axis is None:
@@ -553,7 +564,7 @@ def diag(inp, k=0):
     inp = _tensor(inp)
     if inp.ndim not in (1, 2):
         raise ShapeError(f"diag: input must be 1-D or 2-D, got shape {inp.shape}")
-    return apply(Diag(int(k)), inp)
+    return apply(Diag(_int(k, "k", "diag")), inp)
 
 
 # ----- padding -----

@@ -14,7 +14,7 @@ from ..core.ops import ArgumentError, LinearMap, ShapeError, acc_dtype, as_dtype
 from ..core.ops import matmul as _mm
 from ..core.tensor import Tensor, promote_types
 from ..core.dtype_rules import complex_error, no_order
-from ._args import _as_float, _astype_real, _size, _tensor
+from ._args import _as_float, _astype_real, _int, _size, _tensor
 from .math import matmul
 from .tensor import Compute, _shape_arg, concat, pad, stack
 from .roi import deformable_psroi_pooling, roi_align, roi_pooling  # noqa: F401  (F.vision.*)
@@ -764,7 +764,8 @@ def nms(boxes, scores, iou_thresh, max_output=None):
             raise no_order("nms", t.dtype)
     if max_output is None:
         max_output = boxes.shape[0]
-    return apply(Compute(_nms_keep, float(iou_thresh), int(max_output)), boxes, scores)
+    return apply(Compute(_nms_keep, float(iou_thresh), _int(max_output, "max_output", "nms")),
+                 boxes, scores)
 
 
 # ----- correlation (FlowNet's cost volume) -----

@@ -225,3 +225,14 @@ def test_python_scalars_meeting_complex_take_torchs_dtype_without_rounding(dtype
     np.testing.assert_array_equal(out.numpy(), exact)
     np.testing.assert_array_equal((scalar - mge.tensor(a, dtype=dtype)).numpy(),
                                   np.array(scalar, out.dtype) - a.astype(out.dtype))
+
+
+def test_complex_of_parts_that_do_not_broadcast_names_the_function_and_shapes():
+    # numpy's "shape mismatch: objects cannot be broadcast to a single shape" came out here
+    # before, naming neither; torch.complex refuses these parts too
+    re, im = np.ones((2, 3), np.float32), np.ones((3, 2), np.float32)
+    with pytest.raises(RuntimeError):
+        torch.complex(torch.tensor(re), torch.tensor(im))
+    for error in (ValueError, RuntimeError):
+        with pytest.raises(error, match=r"complex: shapes \(2, 3\) and \(3, 2\) do not broadcast"):
+            F.complex(mge.tensor(re), mge.tensor(im))

@@ -869,6 +869,22 @@ def test_a_3d_input_is_a_valueerror_and_upstreams_runtimeerror(call):
     pytest.param(lambda x: F.conv2d(x, mge.tensor(np.ones((2, 2, 3, 3), "float32")),
                                     compute_mode="bogus"),
                  RuntimeError, "compute_mode must be 'default' or 'float32'", id="compute_mode"),
+    # (torch's "dilation should be greater than zero" and "non-positive stride is not
+    # supported" came out here before, naming neither the function nor the axis)
+    pytest.param(lambda x: F.conv2d(x, mge.tensor(np.ones((2, 2, 3, 3), "float32")),
+                                    dilation=(1, -3)),
+                 RuntimeError, "conv2d: dilation must be a positive int, got -3 along W",
+                 id="conv2d-negative-dilation"),
+    pytest.param(lambda x: F.conv_transpose2d(x, mge.tensor(np.ones((2, 2, 3, 3), "float32")),
+                                              stride=-3),
+                 RuntimeError, "conv_transpose2d: stride must be a positive int, got -3 along H",
+                 id="deconv-negative-stride"),
+    pytest.param(lambda x: F.local_conv2d(x, mge.tensor(np.ones((3, 3, 2, 3, 3, 2), "float32")),
+                                          dilation=0),
+                 RuntimeError, "local_conv2d: dilation must be a positive int, got 0 along H",
+                 id="local_conv2d-zero-dilation"),
+    pytest.param(lambda x: F.conv2d(x, mge.tensor(np.ones((2, 2, 3, 3), "float32")), groups=0),
+                 RuntimeError, "conv2d: groups must be positive, got 0", id="conv2d-zero-groups"),
 ])
 def test_bad_arguments_raise_what_upstream_raises(call, upstream, match):
     # upstream 1.13 measured: channel counts that do not match fail in its C++ checks
@@ -877,3 +893,17 @@ def test_bad_arguments_raise_what_upstream_raises(call, upstream, match):
     # versions of this fork raised a plain ValueError. The error is also a ValueError (what
     # the mistake is) and says what was wrong
     raises_as_upstream(call, (1, 2, 5, 5), upstream, match)
+
+
+@pytest.mark.parametrize("call", [
+    lambda x, w: F.conv2d(x, w, groups=[1, 1]),
+    lambda x, w: F.conv_transpose2d(x, w, groups="1"),
+])
+def test_groups_of_another_type_is_a_typeerror_and_upstreams_runtimeerror(call):
+    # upstream 1.13 measured: RuntimeError (its C++ check of the weight's rank); before, int()
+    # of the list raised "int() argument must be ... not 'list'", naming no argument
+    x = mge.tensor(np.ones((1, 2, 5, 5), "float32"))
+    w = mge.tensor(np.ones((2, 2, 3, 3), "float32"))
+    for error in (TypeError, RuntimeError):
+        with pytest.raises(error, match="groups must be an int, got"):
+            call(x, w)

@@ -156,3 +156,25 @@ def test_bad_arguments_raise_what_upstream_raises(call, upstream, match):
     # float value inf to int"), ValueError from full's Python check; earlier versions of this fork raised a plain ValueError.
     # The error is also a ValueError (what the mistake is) and says what was wrong
     raises_as_upstream(call, (3, 4), upstream, match)
+
+
+@pytest.mark.parametrize("call", [
+    lambda: F.zeros((2,), dtype="no_such"), lambda: F.ones((2,), dtype="flaot32"),
+    lambda: F.full((2,), 1.0, dtype="no_such"), lambda: F.eye(2, dtype="no_such"),
+    lambda: F.arange(3, dtype="no_such"), lambda: F.linspace(0, 1, 3, dtype="no_such"),
+])
+def test_an_unknown_dtype_name_says_which_function_and_what_to_pass(call):
+    # upstream 1.13 measured: RuntimeError ("Unable to cast") from zeros, ones and eye,
+    # TypeError from arange and linspace; numpy's "data type 'no_such' not understood" came
+    # out here before, naming no function
+    for error in (TypeError, RuntimeError, ValueError):
+        with pytest.raises(error, match=r"^(zeros|ones|full|eye|arange|linspace): '\w+' is not "
+                                        "a dtype .*use a dtype name such as 'float32'"):
+            call()
+
+
+def test_linspace_of_a_num_that_is_no_int_names_it():
+    # (int()'s "int() argument must be ... not 'list'" came out here before)
+    with pytest.raises(TypeError, match=r"linspace: num must be an int, got \[3, 3\]"):
+        F.linspace(0, 1, [3, 3])
+    assert F.linspace(0, 1, mge.tensor(3)).tolist() == [0.0, 0.5, 1.0]  # (a size tensor: its value)

@@ -154,3 +154,20 @@ def test_ctc_loss_clamps_the_unreachable_starts_at_float32s_tiny_for_every_dtype
                           reduction="sum")
     np.testing.assert_allclose(short.item(), -np.log(2 * np.float64(np.finfo(np.float32).tiny)),
                                rtol=1e-3)
+
+
+def test_ctc_loss_of_a_blank_that_is_no_int_names_it():
+    # Python's "'<=' not supported between instances of 'int' and 'str'" came out here before
+    pred = mge.tensor(np.full((4, 2, 3), 1 / 3, "float32"))
+    with pytest.raises(TypeError, match="ctc_loss: blank must be an int, got 'x'"):
+        F.nn.ctc_loss(pred, mge.tensor([4, 4]), mge.tensor([[1, 2], [1, 1]]), mge.tensor([2, 2]),
+                      blank="x")
+
+
+def test_ctc_loss_of_lengths_that_are_no_integers_names_them():
+    # int()'s "int() argument must be ... not 'NoneType'" came out here before
+    pred = mge.tensor(np.full((4, 2, 3), 1 / 3, "float32"))
+    with pytest.raises(TypeError, match="ctc_loss: pred_lengths must be integers, got None"):
+        F.nn.ctc_loss(pred, None, mge.tensor([[1, 2], [1, 1]]), mge.tensor([2, 2]))
+    with pytest.raises(TypeError, match="ctc_loss: label_lengths must be integers, got 'x'"):
+        F.nn.ctc_loss(pred, [4, 4], [[1, 2], [1, 1]], "x")

@@ -359,3 +359,11 @@ def test_bad_arguments_raise_what_upstream_raises(call, upstream, match):
     # one_hot); earlier versions of this fork raised a plain ValueError.
     # The error is also a ValueError (what the mistake is) and says what was wrong
     raises_as_upstream(call, (3, 4), upstream, match)
+
+
+def test_one_hot_of_num_classes_that_is_no_int_names_it():
+    # upstream 1.13 measured: ValueError (numpy's "setting an array element with a sequence");
+    # int()'s "int() argument must be ... not 'list'" came out here before
+    for error in (ValueError, TypeError):
+        with pytest.raises(error, match=r"one_hot: num_classes must be an int, got \[3, 3\]"):
+            F.one_hot(mge.tensor([0, 1]), [3, 3])

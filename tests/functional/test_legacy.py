@@ -218,3 +218,20 @@ def test_add_update_inside_a_traced_step_is_replayed():
         step(mge.tensor(np.array([1.0, 2.0], "float32")))
     # three times w = 0.5 w + x, by hand: [0.5,-0.5] -> [1.25,1.75] -> [1.625,2.875] -> ...
     np.testing.assert_allclose(w.numpy(), [1.8125, 3.4375])
+
+
+def test_triplet_margin_loss_of_a_margin_that_is_no_number_names_it():
+    # Python's "'>' not supported between instances of 'str' and 'int'" came out here before
+    x = mge.tensor(np.ones((2, 3), "float32"))
+    with pytest.raises(TypeError, match="triplet_margin_loss: margin must be a number, got 'm'"):
+        F.triplet_margin_loss(x, x, x, margin="m")
+
+
+def test_shapeof_of_a_bad_axis_names_it():
+    # numpy's "index 5 is out of bounds for axis 0 with size 2" came out here before
+    x = mge.tensor(np.ones((2, 3), "float32"))
+    assert F.shapeof(x, -1).item() == 3
+    with pytest.raises(ValueError, match="shapeof: axis 5 is out of range for 2 dims"):
+        F.shapeof(x, 5)
+    with pytest.raises(TypeError, match="shapeof: axis must be an int, got str"):
+        F.shapeof(x, "0")

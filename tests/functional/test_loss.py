@@ -954,3 +954,20 @@ def test_bad_arguments_raise_what_upstream_raises(call, upstream, match):
     # upstream 1.13 measured: AssertionError from its Python assert; earlier versions of this fork raised a plain ValueError.
     # The error is also a ValueError (what the mistake is) and says what was wrong
     raises_as_upstream(call, (3, 4), upstream, match)
+
+
+@pytest.mark.parametrize("call, error, match", [
+    # upstream 1.13 measured: TypeError for a string axis, RuntimeError (wrapping float()'s
+    # ValueError) for a string label_smooth; Python's "'<=' not supported between instances of
+    # 'int' and 'str'" and float()'s words came out here before
+    (lambda x, y: F.nn.cross_entropy(x, y, axis="1"), TypeError,
+     "cross_entropy: axis must be an int, got str"),
+    (lambda x, y: F.nn.cross_entropy(x, y, label_smooth="x"), RuntimeError,
+     "cross_entropy: label_smooth must be a number, got 'x'"),
+    (lambda x, y: F.nn.smooth_l1_loss(x, F.zeros_like(x), beta="x"), TypeError,
+     "smooth_l1_loss: beta must be a number, got 'x'"),
+])
+def test_loss_arguments_of_another_type_name_the_function_and_argument(call, error, match):
+    x, y = mge.tensor(np.ones((2, 3), "float32")), mge.tensor([0, 1])
+    with pytest.raises(error, match=match):
+        call(x, y)

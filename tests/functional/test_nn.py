@@ -747,3 +747,25 @@ def test_bad_arguments_raise_what_upstream_raises(call, upstream, match):
     # upstream 1.13 measured: RuntimeError from its C++ shape checks; earlier versions of this fork raised a plain ValueError.
     # The error is also a ValueError (what the mistake is) and says what was wrong
     raises_as_upstream(call, (3, 4), upstream, match)
+
+
+def test_pixel_shuffle_of_a_factor_that_is_no_int_names_it():
+    # upstream 1.13 measured: TypeError; int()'s "int() argument must be ... not 'list'" came
+    # out here before
+    x = mge.tensor(np.ones((1, 4, 2, 2), "float32"))
+    with pytest.raises(TypeError, match=r"pixel_shuffle: upscale_factor must be an int, got "
+                                        r"\[2, 2\]"):
+        F.nn.pixel_shuffle(x, [2, 2])
+
+
+def test_embedding_of_a_padding_idx_that_is_no_int_names_it():
+    # (int()'s "int() argument must be ... not 'list'" came out here before)
+    with pytest.raises(TypeError, match=r"embedding: padding_idx must be an int, got \[1\]"):
+        F.embedding(mge.tensor([0, 1]), mge.tensor(np.ones((3, 2), "float32")), padding_idx=[1])
+
+
+def test_dropout_of_a_drop_prob_that_is_no_number_names_it():
+    # upstream 1.13 measured: TypeError, in Python's "'<=' not supported between instances of
+    # 'int' and 'str'", which came out here too
+    with pytest.raises(TypeError, match="dropout: drop_prob must be a number, got '0.5'"):
+        F.nn.dropout(mge.tensor(np.ones((2, 3), "float32")), "0.5")

@@ -1,4 +1,5 @@
 """Tests of megengine/functional/normalization.py: values, gradients and running statistics against torch."""
+import re
 from functools import partial
 
 import numpy as np
@@ -936,3 +937,42 @@ def test_bad_arguments_raise_what_upstream_raises(call, upstream, match):
     # upstream 1.13 measured: RuntimeError from its C++ checks; earlier versions of this fork raised a plain ValueError.
     # The error is also a ValueError (what the mistake is) and says what was wrong
     raises_as_upstream(call, (1, 2, 5, 5), upstream, match)
+
+
+@pytest.mark.parametrize("call", [
+    lambda x: F.nn.batch_norm(x, training=True, eps="1e-5"),
+    lambda x: F.nn.layer_norm(x, (5,), eps="x"),
+    lambda x: F.nn.group_norm(x, 1, eps=[1e-5]),
+    lambda x: F.nn.instance_norm(x, eps=None),
+    lambda x: F.nn.general_norm(x, (2, 3), eps="x"),
+])
+def test_an_eps_that_is_no_number_is_a_typeerror_naming_the_function(call):
+    # upstream 1.13 measured: RuntimeError (pybind's "Unable to cast") from batch_norm; ATen's
+    # "native_layer_norm(): argument 'eps' (position 5) must be float, not str" came out here
+    # before, naming a kernel, not the function
+    x = mge.tensor(np.ones((1, 2, 5, 5), "float32"))
+    for error in (TypeError, RuntimeError):
+        with pytest.raises(error, match=r"^(batch|layer|group|instance|general)_norm: eps must "
+                                        "be a number, got"):
+            call(x)
+    # a number of another type still works: an int, a numpy float, a 0-d tensor's item
+    np.testing.assert_allclose(F.nn.layer_norm(x, (5,), affine=False, eps=np.float64(1)).numpy(),
+                               0, atol=1e-6)
+
+
+def test_group_norm_of_num_groups_that_is_no_int_names_it():
+    # upstream 1.13 measured: RuntimeError ("Unable to cast"); Python's "'<' not supported
+    # between instances of 'str' and 'int'" came out here before
+    x = mge.tensor(np.ones((1, 2, 3, 3), "float32"))
+    for error in (TypeError, RuntimeError):
+        with pytest.raises(error, match="group_norm: num_groups must be an int, got 'x'"):
+            F.nn.group_norm(x, "x")
+
+
+@pytest.mark.parametrize("axis", [["a", 1], 1.5])
+def test_general_norm_of_an_axis_that_is_no_int_names_it(axis):
+    # Python's "'str' object cannot be interpreted as an integer" and list()'s "'float' object
+    # is not iterable" came out here before
+    with pytest.raises(TypeError, match="general_norm: normalized_axis must be an int or a "
+                                        f"sequence of ints, got {re.escape(repr(axis))}"):
+        F.nn.general_norm(mge.tensor(np.ones((2, 3), "float32")), axis)

@@ -568,3 +568,46 @@ def test_bad_arguments_raise_what_upstream_raises(call, upstream, match):
     # repeat's Python assert; earlier versions of this fork raised a plain ValueError.
     # The error is also a ValueError (what the mistake is) and says what was wrong
     raises_as_upstream(call, (3, 4), upstream, match)
+
+
+def test_transpose_of_a_pattern_holding_a_string_names_the_function():
+    # numpy's "'str' object cannot be interpreted as an integer" came out here before
+    with pytest.raises(TypeError, match="transpose: axis must be an int, got str"):
+        F.transpose(mge.tensor(np.zeros((2, 3), np.float32)), ("1", 0))
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda x: F.diag(x, k=[1, 1]), r"diag: k must be an int, got \[1, 1\]"),
+    (lambda x: F.repeat(x, "x"), "repeat: repeats must be an int, got 'x'"),
+    (lambda x: F.repeat(x, None), "repeat: repeats must be an int, got None"),
+])
+def test_an_int_argument_of_another_type_names_the_function_and_argument(call, match):
+    # upstream 1.13 measured: diag RuntimeError ("Unable to cast"), repeat TypeError; int()'s
+    # "int() argument must be ... not 'list'" came out here before, naming neither
+    x = mge.tensor(np.zeros((2, 3), np.float32))
+    for error in (TypeError, RuntimeError):
+        with pytest.raises(error, match=match):
+            call(x)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda x: F.expand_dims(x, 0.5),
+     "expand_dims: axis must be an int or a sequence of ints, got 0.5"),
+    (lambda x: F.split(x, 1.5),
+     r"split: nsplits_or_sections must be an int \(a number of parts\) or a sequence"),
+    (lambda x: F.split(x, [1, "a"], axis=1), "split: nsplits_or_sections must be an int, got 'a'"),
+])
+def test_axis_and_sections_of_another_type_name_the_function(call, match):
+    # list()'s "'float' object is not iterable" came out here before, naming no function
+    with pytest.raises(TypeError, match=match):
+        call(mge.tensor(np.zeros((2, 3), np.float32)))
+
+
+@pytest.mark.parametrize("join", [F.concat, F.stack])
+def test_joining_a_none_names_the_item(join):
+    # upstream 1.13 measured: TypeError ("py_apply expects tensor as inputs"); before, None
+    # became an empty float32 tensor and concat([int32 (3,), None]) gave a float32 (3,)
+    a = mge.tensor([1, 2, 3], dtype="int32")
+    with pytest.raises(TypeError, match=f"{join.__name__}: item 1 of the tensors to join is None"):
+        join([a, None])
+    assert join([a, [4, 5, 6]]).dtype == np.int32  # (numbers still join)

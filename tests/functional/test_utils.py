@@ -51,3 +51,11 @@ def test_assert_equal_tolerance_is_absolute_below_one_relative_above():
         F.utils._assert_equal(x, F.ones((3, 2)))
     with pytest.raises(RuntimeError):
         F.utils._assert_equal(mge.tensor([float("nan")]), mge.tensor([1.0]))
+
+
+def test_topk_accuracy_of_a_k_that_is_no_int_names_it():
+    # Python's "'>' not supported between instances of 'int' and 'str'" came out here before
+    logits, target = mge.tensor(np.eye(3, dtype="float32")), mge.tensor([0, 1, 2])
+    with pytest.raises(TypeError, match=r"topk_accuracy: topk must be an int or a sequence of "
+                                        r"ints, got \('1', 2\)"):
+        F.topk_accuracy(logits, target, ("1", 2))

@@ -1216,3 +1216,11 @@ def test_bad_arguments_raise_what_upstream_raises(call, upstream, match):
     # cast"; earlier versions of this fork raised a plain ValueError), AssertionError for the
     # others. The error is also a ValueError (what the mistake is) and says what was wrong
     raises_as_upstream(call, (1, 2, 5, 5), upstream, match)
+
+
+def test_nms_of_a_max_output_that_is_no_int_names_it():
+    # upstream 1.13 measured: RuntimeError ("Unable to cast"); int()'s words came out before
+    boxes, scores = mge.tensor(np.array([[0, 0, 1, 1]], "float32")), mge.tensor([1.0])
+    for error in (TypeError, RuntimeError):
+        with pytest.raises(error, match=r"nms: max_output must be an int, got \[1, 1\]"):
+            F.vision.nms(boxes, scores, 0.5, max_output=[1, 1])

@@ -4,8 +4,11 @@ repository root with the checkout on PYTHONPATH; ``MGE_SIM_CUDA=1`` runs the eng
 simulated CUDA device (tests/simcuda: CuPy's code paths on the host); ``--quantized`` reruns
 the cases with their float32 inputs quantized, ``--int`` with them integers (int32, int8, uint8,
 int64, bool), against torch on the values; ``--float64`` and ``--float16`` with them in that
-dtype, against torch's float64 op and the exact result (tests/fuzz/float_inputs.py)."""
+dtype, against torch's float64 op and the exact result (tests/fuzz/float_inputs.py);
+``--misuse`` replays each case's functional call with one argument broken at a time and counts
+the errors that are clear, internal, accepted or hang (tests/fuzz/misuse.py)."""
 import argparse
+import collections
 import fnmatch
 import os
 import sys
@@ -44,6 +47,11 @@ def main(argv=None):
         p.add_argument(f"--{dt}", action="store_true",
                        help=f"rerun the cases with their float32 inputs {dt}: its dtype kept "
                             "and its precision (tests/fuzz/float_inputs.py)")
+    p.add_argument("--misuse", action="store_true",
+                   help="replay the cases' calls with one argument broken at a time and "
+                        "classify what the function did (tests/fuzz/misuse.py)")
+    p.add_argument("--accepted", action="store_true",
+                   help="with --misuse, also list the broken calls that were accepted")
     p.add_argument("--max-messages", type=int, default=5, help="discrepancies shown per op")
     p.add_argument("--list", action="store_true", help="list the ops and their families")
     a = p.parse_args(argv)
@@ -62,6 +70,10 @@ def main(argv=None):
     if len(modes) > 1:
         p.error(f"--{' and --'.join(modes)} are {len(modes)} modes: choose one")
     mode = modes[0] if modes else None
+    if a.misuse:
+        if mode:
+            p.error(f"--misuse and --{mode} are two modes: choose one")
+        return _misuse(names, a)
     bad = 0
     for name in names:
         t0 = time.time()
@@ -76,6 +88,25 @@ def main(argv=None):
     print(f"{len(names)} ops, {a.seeds} seeds each, {bad} discrepancies "
           f"(device {canonical_device(None)})")
     return 1 if bad else 0
+
+
+def _misuse(names, a):
+    """Print the misuse mode's classes per op, the internal errors and hangs in full (up to
+    ``--max-messages`` each) and the totals; 1 when any was internal or hung."""
+    from .misuse import misuse
+
+    total = collections.Counter()
+    for name in names:
+        t0 = time.time()
+        (counts, found), = misuse([name], a.seeds, a.start).values()
+        total.update(counts)
+        print(f"{OPS[name][0]:10s} {name:16s} {dict(counts)} ({time.time() - t0:.1f}s)",
+              flush=True)
+        for cls in ("internal", "hang", "fuzzer crash") + (("accepted",) if a.accepted else ()):
+            for m in found.get(cls, [])[:a.max_messages]:
+                print(f"    {cls}: {m}")
+    print(f"{len(names)} ops, {a.seeds} seeds each: {dict(total)}")
+    return 1 if total["internal"] or total["hang"] or total["fuzzer crash"] else 0
 
 
 if __name__ == "__main__":

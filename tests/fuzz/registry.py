@@ -23,13 +23,19 @@ MODES = {"quantized": run_quantized, "int": run_integer, "float64": run_float64,
          "float16": run_float16}
 
 
+def draw(name, seed, rng=None):
+    """Case ``seed`` of op ``name`` (drawn from ``rng``, the seed's generator by default)."""
+    rng = np.random.default_rng([seed, sum(map(ord, name))]) if rng is None else rng
+    return OPS[name][1](rng)
+
+
 def run_seed(name, seed, mode=None):
     """Draw and run case ``seed`` of op ``name``; returns "ok" or "error" (both refused), raises
     Mismatch on a discrepancy. ``mode`` "quantized", "int", "float64" or "float16": the case's
     float32 inputs quantized, integers or in the float dtype, checked against torch on their
     values (`quantized_inputs`, `integer_inputs`, `float_inputs`; also "refused" or "skip")."""
     rng = np.random.default_rng([seed, sum(map(ord, name))])
-    case = OPS[name][1](rng)
+    case = draw(name, seed, rng)
     if mode:
         return MODES[mode](case, rng)  # (it records numpy's warnings itself)
     with warnings.catch_warnings():
