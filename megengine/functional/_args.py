@@ -9,8 +9,15 @@ from ..core.tensor import Tensor
 
 
 def _tensor(x):
-    """``x`` as a Tensor: Tensors pass through, numbers, lists and arrays become one."""
-    return x if isinstance(x, Tensor) else Tensor(x)
+    """``x`` as a Tensor: Tensors pass through, numbers, lists and arrays become one. None
+    raises, as upstream's functions do (``Tensor(None)`` is an empty tensor, which would have
+    flowed on silently: ``F.relu(None)`` an empty result, ``F.sum(None)`` 0)."""
+    if isinstance(x, Tensor):
+        return x
+    if x is None:
+        raise TypeError("an input tensor is None; pass a Tensor (or a number, list or array); "
+                        "a function that returned None by mistake is the usual cause")
+    return Tensor(x)
 
 
 def _bias_widened(dtype, bias):
@@ -32,12 +39,14 @@ def _size(value):
     return value if is_dim(value) else _size_item(value)
 
 
-def _int(value, name, what):
-    """An int argument (a count, a factor, an offset) as `_size` makes it; what ``int()``
-    refuses (a list, None, a string of no number) raises, naming ``what`` and ``name``, where
-    ``int()``'s own words named neither."""
+def _int(value, name, what, follows=True):
+    """An int argument (a count, a factor, an offset) as a Python int, as `_size` makes it where
+    the op ``follows`` a size from ``x.shape`` (it stays an expression in a dumpable trace), else
+    as ``int()`` makes it (which guards such a size: the op is built from its value); what
+    ``int()`` refuses (a list, None, a string of no number) raises, naming ``what`` and
+    ``name``, where ``int()``'s own words named neither."""
     try:
-        return _size(value)
+        return _size(value) if follows else int(value)
     except (TypeError, ValueError):
         raise ArgumentTypeError(f"{what}: {name} must be an int, got {value!r}") from None
 

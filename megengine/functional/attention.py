@@ -258,7 +258,7 @@ def _unpack(packed, shapes):
 def _split_io_weight_bias(io_weight_bias, sizes, biases):
     """The projection weights (as linear's ``(out, in)``) and biases in upstream's packed order,
     as views of the one tensor."""
-    packed = _tensor(io_weight_bias)
+    packed = _tensor([] if io_weight_bias is None else io_weight_bias)  # (None: no values)
     shapes = [(i, o) for i, o in sizes] + [(o,) if b else None for (_, o), b in zip(sizes, biases)]
     shapes = [None if shape is None or shape[-1] == 0 else shape for shape in shapes]
     need = sum(math.prod(shape) for shape in shapes if shape is not None)

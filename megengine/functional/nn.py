@@ -451,7 +451,7 @@ def embedding(inp, weight, padding_idx=None, max_norm=None, norm_type=None):
         raise ValueError("embedding: max_norm and norm_type are not supported; pass None")
     weight = _tensor(weight)
     if padding_idx is not None:
-        padding_idx = _int(padding_idx, "padding_idx", "embedding")
+        padding_idx = _int(padding_idx, "padding_idx", "embedding", follows=False)
         if not -weight.shape[0] <= padding_idx < weight.shape[0]:
             raise ValueError(f"embedding: padding_idx {padding_idx} is out of range for "
                              f"{weight.shape[0]} embeddings")
@@ -461,7 +461,7 @@ def embedding(inp, weight, padding_idx=None, max_norm=None, norm_type=None):
 def pixel_shuffle(inp, upscale_factor):
     """Rearrange (..., C*r*r, H, W) into (..., C, H*r, W*r), ``r`` = ``upscale_factor``."""
     inp = _tensor(inp)
-    r = _int(upscale_factor, "upscale_factor", "pixel_shuffle")
+    r = _int(upscale_factor, "upscale_factor", "pixel_shuffle", follows=False)
     if r < 1 or inp.ndim < 3 or inp.shape[-3] % (r * r):
         raise ShapeError(f"pixel_shuffle: input of shape {inp.shape} needs >= 3 dims and "
                          f"channels (dim -3) divisible by upscale_factor**2 = {r * r}")

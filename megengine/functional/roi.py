@@ -430,7 +430,7 @@ def deformable_psroi_pooling(inp, rois, trans, no_trans, part_size, pooled_h, po
         raise ValueError(f"{what}: inp must be a float32 (N, C, H, W) tensor, got {inp.dtype} "
                          f"of shape {inp.shape}")
     rois = _check_rois(what, inp, rois)
-    pooled_h, pooled_w, part, samples = (_int(v, name, what) for v, name in (
+    pooled_h, pooled_w, part, samples = (_int(v, name, what, follows=False) for v, name in (
         (pooled_h, "pooled_h"), (pooled_w, "pooled_w"), (part_size, "part_size"),
         (sample_per_part, "sample_per_part")))
     if min(pooled_h, pooled_w, part, samples) < 1:

@@ -95,7 +95,8 @@ def transpose(inp, pattern):
     """
     inp = _tensor(inp)
     pattern = tuple(pattern)
-    if len(pattern) == inp.ndim and all(type(p) is int for p in pattern):
+    if len(pattern) == inp.ndim and all(is_int(p) for p in pattern):  # (sizes from x.shape
+        # in a dumpable trace too: Tensor.transpose keeps them as expressions)
         return Tensor.transpose(inp, pattern)  # the engine's method, not a subclass's override
     kept = [_axis(p, inp.ndim, "transpose") for p in pattern if p != "x"]
     dropped = [i for i in range(inp.ndim) if i not in kept]
@@ -564,7 +565,7 @@ def diag(inp, k=0):
     inp = _tensor(inp)
     if inp.ndim not in (1, 2):
         raise ShapeError(f"diag: input must be 1-D or 2-D, got shape {inp.shape}")
-    return apply(Diag(_int(k, "k", "diag")), inp)
+    return apply(Diag(_int(k, "k", "diag", follows=False)), inp)
 
 
 # ----- padding -----

@@ -764,7 +764,7 @@ def nms(boxes, scores, iou_thresh, max_output=None):
             raise no_order("nms", t.dtype)
     if max_output is None:
         max_output = boxes.shape[0]
-    return apply(Compute(_nms_keep, float(iou_thresh), _int(max_output, "max_output", "nms")),
+    return apply(Compute(_nms_keep, float(iou_thresh), _int(max_output, "max_output", "nms", follows=False)),
                  boxes, scores)
 
 

@@ -806,3 +806,15 @@ def test_bad_arguments_raise_what_upstream_raises(call, upstream, match):
     # upstream 1.13 measured: AssertionError from its Python assert; earlier versions of this fork raised a plain ValueError.
     # The error is also a ValueError (what the mistake is) and says what was wrong
     raises_as_upstream(call, (3, 4), upstream, match)
+
+
+@pytest.mark.parametrize("call", [
+    lambda: F.exp(None), lambda: F.relu(None), lambda: F.sum(None), lambda: F.softmax(None),
+    lambda: F.topk(None, 2), lambda: F.mean(None, axis=0), lambda: F.flatten(None),
+])
+def test_a_none_input_raises_instead_of_computing_on_an_empty_tensor(call):
+    # upstream's functions raise for None (its own words vary: "no dtype available", an
+    # AttributeError); Tensor(None) is an empty tensor, which earlier versions of this fork
+    # computed on: F.relu(None) an empty result, F.sum(None) 0
+    with pytest.raises(TypeError, match="input tensor is None"):
+        call()
