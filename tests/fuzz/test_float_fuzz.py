@@ -84,13 +84,13 @@ def test_float_modes_rerun_cases_holding_nan_and_infinity():
 
 
 def test_float16_mode_judges_an_overflow_to_infinity_by_value():
-    # 70000 ones sum past float16's range: logsumexp's float32 sum overflows as it is rounded
-    # (numpy warns of the cast), to inf as torch's float16 op and upstream's give; the value
+    # logsumexp of 70000 equal values sums 70000 ones in float32, which round to inf in
+    # float16 (numpy warns of the cast), as torch's float16 op and upstream's do; the value
     # rule, not the warning, judges it (float16 case 100021)
     x = np.full(70000, 1.5, np.float32)
     lse = lambda v: F.logsumexp(v, 0)  # noqa: E731
     assert _run(run_float16, lse, lambda v: torch.logsumexp(v, 0), x) == "ok"
-    with pytest.raises(Mismatch, match="value inf vs exact"):  # against a float16 op without
+    with pytest.raises(Mismatch, match="value inf vs exact"):  # torch's, finite, allows none
         _run(run_float16, lse, lambda v: torch.logsumexp(v.float(), 0).to(v.dtype), x)
 
 
