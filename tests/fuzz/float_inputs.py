@@ -19,8 +19,9 @@ to find silent precision and dtype loss inside the ops:
 - an integer or bool result (an index, a comparison) is exactly torch's, in its dtype or the
   case's;
 - a TypeError or ValueError of megengine's that names the dtype and says the op takes float32
-  is a refusal, accepted; anything else (another error, a numpy warning about a cast) is a
-  Mismatch. Gradients are not compared."""
+  is a refusal, accepted; anything else (another error, a numpy warning about a cast other
+  than a float overflow, whose infinity the value rules judge) is a Mismatch. Gradients are
+  not compared."""
 import numpy as np
 
 from .converted_inputs import Mode, run_converted
@@ -41,7 +42,9 @@ class _Float(Mode):
         self.native = self.dtype == np.float16  # (torch's float16 error: the allowance)
 
     def dtypes(self, rng, xs):
-        if any(np.abs(x).max(initial=0) > np.finfo(self.dtype).max for x in xs):
+        # (finite values only: NaN and infinity convert as they are, and a NaN maximum would
+        # let the values beyond float16's range through)
+        if any(np.abs(x[np.isfinite(x)]).max(initial=0) > np.finfo(self.dtype).max for x in xs):
             return None  # (beyond float16's range)
         return [self.dtype] * len(xs)
 
