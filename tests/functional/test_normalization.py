@@ -10,8 +10,7 @@ import megengine as mge
 import megengine.functional as F
 from megengine.autodiff import GradManager
 
-from devices import (address, pool_threads, record_aten_kernels,
-                     skip_unless_aten_serves_the_default_device)
+from devices import address, on_aten_or_arrays, pool_threads, record_aten_kernels
 from oracle import (check_against_torch, check_float16_against_torch, within_a_float16_step,
                     raises_as_upstream)
 from oracle import check_second_order_against_torch as check_second_order
@@ -145,17 +144,7 @@ def test_layer_norm(shape, normalized_shape, affine):
 # CuPy runs when torch has no CUDA: `_aten.avoided`); each test below runs on both paths
 @pytest.fixture(params=["aten", "arrays"])
 def layer_norm_path(request, monkeypatch):
-    from megengine.functional import _aten
-
-    used = record_aten_kernels(monkeypatch)
-    if request.param == "aten":
-        skip_unless_aten_serves_the_default_device()
-        yield request.param
-        assert "native_layer_norm" in used
-        return
-    with _aten.avoided("layer_norm"):
-        yield request.param
-    assert "native_layer_norm" not in used
+    yield from on_aten_or_arrays(request.param, monkeypatch, "layer_norm", ["native_layer_norm"])
 
 
 @pytest.mark.parametrize("params,diff", [
@@ -216,17 +205,7 @@ def test_group_norm(groups):
 # with a spatial size, else on array code; each test below runs on both paths
 @pytest.fixture(params=["aten", "arrays"])
 def group_norm_path(request, monkeypatch):
-    from megengine.functional import _aten
-
-    used = record_aten_kernels(monkeypatch)
-    if request.param == "aten":
-        skip_unless_aten_serves_the_default_device()
-        yield request.param
-        assert "native_group_norm" in used
-        return
-    with _aten.avoided("group_norm"):
-        yield request.param
-    assert "native_group_norm" not in used
+    yield from on_aten_or_arrays(request.param, monkeypatch, "group_norm", ["native_group_norm"])
 
 
 @pytest.mark.parametrize("params,diff", [
