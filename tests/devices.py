@@ -16,7 +16,7 @@ from megengine.device import canonical_device
 __all__ = ["address", "host", "shares_memory", "torch_host", "torch_device", "views_foreign_memory",
            "device_array", "host_default_device", "child_env", "run_python", "pool_threads",
            "requires_cuda", "requires_torch_cuda", "skip_unless_aten_serves_the_default_device",
-           "on_aten_or_arrays"]
+           "on_aten_or_arrays", "peak_rss_growth_kib"]
 
 
 def _raw(x):
@@ -184,6 +184,23 @@ def on_aten_or_arrays(path, monkeypatch, family, kernels):
     with _aten.avoided(family):
         yield path
     assert not set(kernels) & set(used), used
+
+
+def peak_rss_growth_kib(step, warmup=1000, steps=9000):
+    """How many KiB this process's peak RSS grows over ``steps`` calls of ``step`` made after
+    ``warmup`` calls (caches, pools and lazy imports fill during the warm-up, so that what grows
+    later is a leak)."""
+    import gc
+    import resource
+
+    for _ in range(warmup):
+        step()
+    gc.collect()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for _ in range(steps):
+        step()
+    gc.collect()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
 
 
 @contextlib.contextmanager
