@@ -1,4 +1,5 @@
-"""Timing helpers shared by the benchmark scripts: interleaved repeats, medians, the machine line.
+"""Timing helpers shared by the benchmark scripts: interleaved repeats, medians, the machine line,
+and the classifier training step that the scripts time on each side.
 
 Import this module *after* the script has pinned the thread counts (it imports numpy lazily, but
 the scripts import numpy themselves right after pinning).
@@ -158,6 +159,41 @@ def time_call_us(fn, calls, repeats):
 
 def verdict(ratio, aim):
     return f"aim <= {aim:.2f}x: {'met' if ratio <= aim else 'MISSED'}"
+
+
+def mge_training_step(net, opt):
+    """megengine's classifier training step as scripts write it: ``step(x, label)`` records the
+    forward and cross entropy under a GradManager attached to ``net``'s parameters, runs backward
+    and ``opt``'s update, and returns the loss tensor. A function of its batch, so that
+    ``jit.trace`` can wrap it."""
+    import megengine.functional as F
+    from megengine.autodiff import GradManager
+
+    gm = GradManager().attach(net.parameters())
+
+    def step(x, label):
+        with gm:
+            loss = F.loss.cross_entropy(net(x), label)
+            gm.backward(loss)
+        opt.step().clear_grad()
+        return loss
+
+    return step
+
+
+def torch_training_step(net, opt):
+    """The same step in PyTorch: ``step(x, label)`` clears the gradients (to None), runs forward,
+    cross entropy, backward and ``opt``'s update, and returns the loss tensor."""
+    import torch.nn.functional as TF
+
+    def step(x, label):
+        opt.zero_grad(set_to_none=True)
+        loss = TF.cross_entropy(net(x), label)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step
 
 
 def megengine_source():

@@ -45,7 +45,6 @@ import megengine as mge  # noqa: E402
 import megengine.functional as F  # noqa: E402
 import megengine.module as M  # noqa: E402
 import megengine.optimizer as optim  # noqa: E402
-from megengine.autodiff import GradManager  # noqa: E402
 
 torch.set_num_threads(1)
 BATCH, SIZE, CLASSES, LR, MOMENTUM = 8, 224, 1000, 0.01, 0.9
@@ -240,8 +239,7 @@ def mge_stepper(model, data, device):
     mge.random.seed(0)  # the same initial weights on every device
     mge.set_default_device(device)  # parameters are made on the default device
     net = MODELS[model][0]()
-    gm = GradManager().attach(net.parameters())
-    opt = optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
+    train_step = _timing.mge_training_step(net, optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM))
     batches = [(mge.tensor(x, device=device), mge.tensor(y, dtype="int32", device=device))
                for x, y in zip(*data)]
     state = {"i": 0}
@@ -249,11 +247,7 @@ def mge_stepper(model, data, device):
     def step():
         x, y = batches[state["i"] % len(batches)]
         state["i"] += 1
-        with gm:
-            loss = F.loss.cross_entropy(net(x), y)
-            gm.backward(loss)
-        opt.step().clear_grad()
-        return float(loss.numpy())
+        return float(train_step(x, y).numpy())
 
     return step, net
 
@@ -265,7 +259,8 @@ def torch_stepper(model, data, device, init_from=None):
         copy_weights(init_from, net)
     dev = "cpu" if device.startswith("cpu") else "cuda"
     net.to(dev)
-    opt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
+    train_step = _timing.torch_training_step(
+        net, torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM))
     batches = [(torch.from_numpy(x).to(dev), torch.from_numpy(y).long().to(dev))
                for x, y in zip(*data)]
     state = {"i": 0}
@@ -273,11 +268,7 @@ def torch_stepper(model, data, device, init_from=None):
     def step():
         x, y = batches[state["i"] % len(batches)]
         state["i"] += 1
-        opt.zero_grad(set_to_none=True)
-        loss = TF.cross_entropy(net(x), y)
-        loss.backward()
-        opt.step()
-        return float(loss.detach())
+        return float(train_step(x, y).detach())
 
     return step, net
 
