@@ -1,5 +1,5 @@
 """Timing helpers shared by the benchmark scripts: interleaved repeats, medians, the machine line,
-and the classifier training step that the scripts time on each side.
+the classifier training step that the scripts time on each side, and peak memory sampling.
 
 Import this module *after* the script has pinned the thread counts (it imports numpy lazily, but
 the scripts import numpy themselves right after pinning).
@@ -11,6 +11,7 @@ import os
 import platform
 import statistics
 import sys
+import threading
 import time
 
 
@@ -194,6 +195,36 @@ def torch_training_step(net, opt):
         return loss
 
     return step
+
+
+def rss_bytes():
+    """This process's resident memory now (``/proc/self/statm``: unlike ru_maxrss it can fall, so
+    a peak over a window is the peak of that window; unlike tracemalloc it sees torch's
+    allocations)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def sampled_peak(run, measure=rss_bytes):
+    """Run ``run()`` while a thread samples ``measure()`` every millisecond: returns (the reading
+    before, the highest reading before, during and after, what ``run`` returned)."""
+    base = measure()
+    peak = [base]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], measure())
+            time.sleep(0.001)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        result = run()
+    finally:
+        done.set()
+        sampler.join()
+    return base, max(peak[0], measure()), result
 
 
 def megengine_source():

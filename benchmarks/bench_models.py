@@ -30,8 +30,6 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -273,11 +271,6 @@ def torch_stepper(model, data, device, init_from=None):
     return step, net
 
 
-def _rss():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def _gpu_bytes():
     """Device memory in use: torch's caching allocator (which also holds the engine's ATen
     outputs) plus CuPy's pool (the engine's own arrays; its blocks stay reserved once used)."""
@@ -298,28 +291,13 @@ def worker(side, model, device, steps):
     if side == "megengine":  # the first kernel call loads torch's bridge: not the model's memory
         F.conv2d(mge.tensor(np.zeros((1, 1, 1, 1), "float32"), device=device),
                  mge.tensor(np.zeros((1, 1, 1, 1), "float32"), device=device))
-    measure = _rss if device.startswith("cpu") else _gpu_bytes
+    measure = _timing.rss_bytes if device.startswith("cpu") else _gpu_bytes
     if not device.startswith("cpu"):
         torch.cuda.synchronize()
-    base = measure()
-    peak = [base]
-    done = threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], measure())
-            time.sleep(0.001)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    for _ in range(steps):
-        step()
-    done.set()
-    sampler.join()
-    peak[0] = max(peak[0], measure())
+    base, peak, _ = _timing.sampled_peak(lambda: [step() for _ in range(steps)], measure)
     if not device.startswith("cpu"):  # torch's own peak counter sees between-sample spikes
-        peak[0] = max(peak[0], torch.cuda.max_memory_allocated())
-    print(json.dumps({"growth_mb": (peak[0] - base) / 2 ** 20}))
+        peak = max(peak, torch.cuda.max_memory_allocated())
+    print(json.dumps({"growth_mb": (peak - base) / 2 ** 20}))
 
 
 def memory_growth(side, model, device, steps, runs):
