@@ -3,10 +3,8 @@ import collections
 import copy
 import dataclasses
 import gc
-import importlib.util
 import io
 import weakref
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,18 +18,10 @@ import megengine.optimizer as optim
 from megengine.autodiff import GradManager
 from megengine.module.pytorch import PyTorchModule
 from devices import address, peak_rss_growth_kib, torch_device, torch_host, views_foreign_memory
+from module_oracle import load_guide_example
 
 
-def _load_guide_example():
-    """The guide's two classes as examples/lenet_pytorch.py ships them (one copy in the repo)."""
-    path = Path(__file__).resolve().parents[3] / "examples" / "lenet_pytorch.py"
-    spec = importlib.util.spec_from_file_location("lenet_pytorch_example", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_guide = _load_guide_example()
+_guide = load_guide_example()  # the guide's two classes as examples/lenet_pytorch.py ships them
 LeNet_Extract, LeNet = _guide.LeNet_Extract, _guide.LeNet
 
 
