@@ -147,21 +147,30 @@ def layer_norm_path(request, monkeypatch):
     yield from on_aten_or_arrays(request.param, monkeypatch, "layer_norm", ["native_layer_norm"])
 
 
-@pytest.mark.parametrize("params,diff", [
-    ("both", "all"), ("both", "input"), ("both", "params"), ("weight", "all"),
-    ("weight", "params"), ("bias", "all"), ("bias", "input"), ("none", "all"),
-])
-def test_layer_norm_parameters_and_gradients_on_both_paths(layer_norm_path, params, diff):
-    # weight and/or bias, and the gradients of only some inputs (ATen's output mask)
+def _optional_affine_case(x, channels, params, diff):
+    """A norm test's inputs with an optional weight and bias: (``[x]`` plus a random weight
+    and/or bias of ``channels``, as ``params`` says: "both", "weight", "bias" or "none"; the
+    inputs whose gradients are checked, as ``diff`` says: "all" (None), "input" or "params";
+    ``affine(ps)``, which turns the arrays after ``x`` back into (weight or None, bias or None))."""
     has_w, has_b = params in ("both", "weight"), params in ("both", "bias")
-    arrays = [rand(3, 5, 8)] + ([rand(8, low=0.5, high=1.5)] if has_w else []) + \
-        ([rand(8)] if has_b else [])
+    arrays = [x] + ([rand(channels, low=0.5, high=1.5)] if has_w else []) + \
+        ([rand(channels)] if has_b else [])
     which = {"all": None, "input": [0], "params": list(range(1, len(arrays)))}[diff]
 
     def affine(ps):
         it = iter(ps)
         return (next(it) if has_w else None), (next(it) if has_b else None)
 
+    return arrays, which, affine
+
+
+@pytest.mark.parametrize("params,diff", [
+    ("both", "all"), ("both", "input"), ("both", "params"), ("weight", "all"),
+    ("weight", "params"), ("bias", "all"), ("bias", "input"), ("none", "all"),
+])
+def test_layer_norm_parameters_and_gradients_on_both_paths(layer_norm_path, params, diff):
+    # weight and/or bias, and the gradients of only some inputs (ATen's output mask)
+    arrays, which, affine = _optional_affine_case(rand(3, 5, 8), 8, params, diff)
     check(lambda a, *ps: F.layer_norm(a, 8, True, *affine(ps)),
           lambda a, *ps: TF.layer_norm(a, (8,), *affine(ps)), *arrays, diff=which, rtol=1e-5,
           atol=1e-5)
@@ -213,14 +222,7 @@ def group_norm_path(request, monkeypatch):
 ])
 def test_group_norm_parameters_odd_sizes_and_gradients_on_both_paths(group_norm_path, params,
                                                                       diff):
-    has_w, has_b = params in ("both", "weight"), params in ("both", "bias")
-    arrays = [rand(3, 6, 5, 7)] + ([rand(6, low=0.5, high=1.5)] if has_w else []) + \
-        ([rand(6)] if has_b else [])
-    which = {"all": None, "input": [0], "params": list(range(1, len(arrays)))}[diff]
-
-    def affine(ps):
-        it = iter(ps)
-        return (next(it) if has_w else None), (next(it) if has_b else None)
+    arrays, which, affine = _optional_affine_case(rand(3, 6, 5, 7), 6, params, diff)
 
     def torch_affine(ps):  # torch's own backward fails for a bias without a weight: ones
         w, b = affine(ps)
