@@ -11,8 +11,8 @@ import megengine.functional as F
 from megengine.autodiff import GradManager
 
 from devices import address, on_aten_or_arrays, pool_threads, record_aten_kernels
-from oracle import (check_against_torch, check_float16_against_torch, within_a_float16_step,
-                    raises_as_upstream)
+from oracle import (check_against_torch, check_float16_against_torch, float64_value_and_grads,
+                    within_a_float16_step, raises_as_upstream)
 from oracle import check_second_order_against_torch as check_second_order
 
 
@@ -176,26 +176,23 @@ def test_layer_norm_parameters_and_gradients_on_both_paths(layer_norm_path, para
           atol=1e-5)
 
 
+def _check_float64(norm, torch_norm, shape, channels):
+    """``norm(x, weight, bias)`` in float64: its output and all three gradients against torch's
+    to ~1e-12 (float32 anywhere on the way would show as ~1e-7)."""
+    x, w, b = (np.random.randn(*s) for s in (shape, (channels,), (channels,)))
+    got, want = float64_value_and_grads(norm, torch_norm, x, w, b)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-12, atol=1e-12)
+    for g, r in zip(got[1:], want[1:]):
+        np.testing.assert_allclose(g, r, rtol=1e-11, atol=1e-12)
+
+
 def test_layer_norm_strided_input_and_float64_on_both_paths(layer_norm_path):
     x = rand(6, 4, 3)  # normalized over its first axis after the transpose: a strided input
     check(lambda a, c, d: F.layer_norm(a.transpose(2, 1, 0), 6, True, c, d),
           lambda a, c, d: TF.layer_norm(a.permute(2, 1, 0), (6,), c, d),
           x, rand(6, low=0.5, high=1.5), rand(6), rtol=1e-5, atol=1e-5)
-    x64, w64, b64 = (np.random.randn(*s) for s in ((4, 7), (7,), (7,)))
-    ts = [mge.tensor(a, dtype="float64") for a in (x64, w64, b64)]
-    gm = GradManager().attach(ts)
-    dy = np.random.randn(4, 7)
-    with gm:
-        y = F.layer_norm(ts[0], 7, True, ts[1], ts[2])
-        gm.backward(y, mge.tensor(dy, dtype="float64"))
-    tt = [torch.tensor(a, requires_grad=True) for a in (x64, w64, b64)]
-    ty = TF.layer_norm(tt[0], (7,), tt[1], tt[2])
-    ty.backward(torch.tensor(dy))
-    assert y.dtype == np.float64
-    np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), rtol=1e-12, atol=1e-12)
-    for t, r in zip(ts, tt):
-        assert t.grad.dtype == np.float64
-        np.testing.assert_allclose(t.grad.numpy(), r.grad.numpy(), rtol=1e-11, atol=1e-12)
+    _check_float64(lambda a, c, d: F.layer_norm(a, 7, True, c, d),
+                   lambda a, c, d: TF.layer_norm(a, (7,), c, d), (4, 7), 7)
 
 
 def test_layer_norm_shape_mismatch():
@@ -241,21 +238,8 @@ def test_group_norm_strided_input_and_float64_on_both_paths(group_norm_path):
     check(lambda a, c, d: F.group_norm(a.transpose(3, 2, 1, 0), 2, True, c[::2], F.flip(d, 0)),
           lambda a, c, d: TF.group_norm(a.permute(3, 2, 1, 0), 2, c[::2], d.flip(0)),
           x, rand(8, low=0.5, high=1.5), rand(4), rtol=1e-4, atol=1e-4)  # bias strided too
-    x64, w64, b64 = (np.random.randn(*s) for s in ((2, 4, 3, 5), (4,), (4,)))
-    ts = [mge.tensor(a, dtype="float64") for a in (x64, w64, b64)]
-    gm = GradManager().attach(ts)
-    dy = np.random.randn(2, 4, 3, 5)
-    with gm:
-        y = F.group_norm(ts[0], 2, True, ts[1], ts[2])
-        gm.backward(y, mge.tensor(dy, dtype="float64"))
-    tt = [torch.tensor(a, requires_grad=True) for a in (x64, w64, b64)]
-    ty = TF.group_norm(tt[0], 2, tt[1], tt[2])
-    ty.backward(torch.tensor(dy))
-    assert y.dtype == np.float64
-    np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), rtol=1e-12, atol=1e-12)
-    for t, r in zip(ts, tt):
-        assert t.grad.dtype == np.float64
-        np.testing.assert_allclose(t.grad.numpy(), r.grad.numpy(), rtol=1e-11, atol=1e-12)
+    _check_float64(lambda a, c, d: F.group_norm(a, 2, True, c, d),
+                   lambda a, c, d: TF.group_norm(a, 2, c, d), (2, 4, 3, 5), 4)
 
 
 def test_group_norm_of_a_2d_input_keeps_the_array_code(monkeypatch):
