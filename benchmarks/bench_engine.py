@@ -117,7 +117,8 @@ def mge_stepper(net_cls, data, mode):
     """A zero-argument callable running the next training step; returns (step, net, last loss)."""
     mge.random.seed(0)  # the same initial weights in every variant
     net = net_cls()
-    train_step = _timing.mge_training_step(net, optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM))
+    train_step = _timing.mge_training_step(
+        net, optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM))
     fn = train_step if mode == "eager" else trace(train_step, symbolic=(mode == "symbolic"))
     batches = [(mge.tensor(x), mge.tensor(y, dtype="int32")) for x, y in zip(*data)]
     state = {"i": 0}

@@ -237,7 +237,8 @@ def mge_stepper(model, data, device):
     mge.random.seed(0)  # the same initial weights on every device
     mge.set_default_device(device)  # parameters are made on the default device
     net = MODELS[model][0]()
-    train_step = _timing.mge_training_step(net, optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM))
+    train_step = _timing.mge_training_step(
+        net, optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM))
     batches = [(mge.tensor(x, device=device), mge.tensor(y, dtype="int32", device=device))
                for x, y in zip(*data)]
     state = {"i": 0}

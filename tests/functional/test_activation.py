@@ -16,8 +16,9 @@ from megengine.functional import _aten
 from megengine.functional import activation as act_module
 
 from cuda_kernels import emulate
-from devices import (host, host_default_device, on_aten_or_arrays, record_aten_kernels,  # noqa: F401
-                     requires_cuda, skip_unless_aten_serves_the_default_device)
+from devices import (host, host_default_device, on_aten_or_arrays,  # noqa: F401
+                     record_aten_kernels, requires_cuda,
+                     skip_unless_aten_serves_the_default_device)
 from oracle import check_against_torch, float64_value_and_grads, within_a_float16_step
 
 
