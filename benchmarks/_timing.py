@@ -1,4 +1,5 @@
-"""Timing helpers shared by the benchmark scripts: interleaved repeats, medians, the machine line.
+"""Timing helpers shared by the benchmark scripts: interleaved repeats, medians, the machine line,
+the classifier training step that the scripts time on each side, and peak memory sampling.
 
 Import this module *after* the script has pinned the thread counts (it imports numpy lazily, but
 the scripts import numpy themselves right after pinning).
@@ -10,6 +11,7 @@ import os
 import platform
 import statistics
 import sys
+import threading
 import time
 
 
@@ -158,6 +160,71 @@ def time_call_us(fn, calls, repeats):
 
 def verdict(ratio, aim):
     return f"aim <= {aim:.2f}x: {'met' if ratio <= aim else 'MISSED'}"
+
+
+def mge_training_step(net, opt):
+    """megengine's classifier training step as scripts write it: ``step(x, label)`` records the
+    forward and cross entropy under a GradManager attached to ``net``'s parameters, runs backward
+    and ``opt``'s update, and returns the loss tensor. A function of its batch, so that
+    ``jit.trace`` can wrap it."""
+    import megengine.functional as F
+    from megengine.autodiff import GradManager
+
+    gm = GradManager().attach(net.parameters())
+
+    def step(x, label):
+        with gm:
+            loss = F.loss.cross_entropy(net(x), label)
+            gm.backward(loss)
+        opt.step().clear_grad()
+        return loss
+
+    return step
+
+
+def torch_training_step(net, opt):
+    """The same step in PyTorch: ``step(x, label)`` clears the gradients (to None), runs forward,
+    cross entropy, backward and ``opt``'s update, and returns the loss tensor."""
+    import torch.nn.functional as TF
+
+    def step(x, label):
+        opt.zero_grad(set_to_none=True)
+        loss = TF.cross_entropy(net(x), label)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step
+
+
+def rss_bytes():
+    """This process's resident memory now (``/proc/self/statm``: unlike ru_maxrss it can fall, so
+    a peak over a window is the peak of that window; unlike tracemalloc it sees torch's
+    allocations)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def sampled_peak(run, measure=rss_bytes):
+    """Run ``run()`` while a thread samples ``measure()`` every millisecond: returns (the reading
+    before, the highest reading before, during and after, what ``run`` returned)."""
+    base = measure()
+    peak = [base]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], measure())
+            time.sleep(0.001)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        result = run()
+    finally:
+        done.set()
+        sampler.join()
+    return base, max(peak[0], measure()), result
 
 
 def megengine_source():

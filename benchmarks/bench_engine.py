@@ -34,7 +34,6 @@ import megengine as mge  # noqa: E402
 import megengine.functional as F  # noqa: E402
 import megengine.module as M  # noqa: E402
 import megengine.optimizer as optim  # noqa: E402
-from megengine.autodiff import GradManager  # noqa: E402
 from megengine.jit import trace  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -118,16 +117,8 @@ def mge_stepper(net_cls, data, mode):
     """A zero-argument callable running the next training step; returns (step, net, last loss)."""
     mge.random.seed(0)  # the same initial weights in every variant
     net = net_cls()
-    gm = GradManager().attach(net.parameters())
-    opt = optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
-
-    def train_step(x, label):
-        with gm:
-            loss = F.loss.cross_entropy(net(x), label)
-            gm.backward(loss)
-        opt.step().clear_grad()
-        return loss
-
+    train_step = _timing.mge_training_step(
+        net, optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM))
     fn = train_step if mode == "eager" else trace(train_step, symbolic=(mode == "symbolic"))
     batches = [(mge.tensor(x), mge.tensor(y, dtype="int32")) for x, y in zip(*data)]
     state = {"i": 0}
@@ -144,7 +135,8 @@ def torch_stepper(net_cls, data, init_from, device="cpu"):
     """``device``: the torch device ("cuda:0" for benchmarks/gpu_check.py)."""
     net = net_cls().to(device)
     copy_weights(init_from, net)
-    opt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
+    train_step = _timing.torch_training_step(
+        net, torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM))
     batches = [(torch.from_numpy(x).to(device), torch.from_numpy(y).long().to(device))
                for x, y in zip(*data)]
     state = {"i": 0}
@@ -152,11 +144,7 @@ def torch_stepper(net_cls, data, init_from, device="cpu"):
     def step():
         x, y = batches[state["i"] % N_BATCHES]
         state["i"] += 1
-        opt.zero_grad(set_to_none=True)
-        loss = TF.cross_entropy(net(x), y)
-        loss.backward()
-        opt.step()
-        return loss
+        return train_step(x, y)
 
     return step, net
 

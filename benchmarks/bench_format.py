@@ -30,7 +30,6 @@ import megengine.functional as F  # noqa: E402
 import megengine.module as M  # noqa: E402
 import megengine.optimizer as optim  # noqa: E402
 from megengine import amp  # noqa: E402
-from megengine.autodiff import GradManager  # noqa: E402
 from megengine.core import dispatch  # noqa: E402
 from megengine.core import format as _fmt  # noqa: E402
 
@@ -52,16 +51,11 @@ class Net(M.Module):
 
 
 def _step_fn(model, image, label, hook):
-    gm = GradManager().attach(model.parameters())
-    opt = optim.SGD(model.parameters(), lr=1e-3)
+    train_step = _timing.mge_training_step(model, optim.SGD(model.parameters(), lr=1e-3))
 
     def step():
         dispatch._format_hook = hook  # each variant runs with its own dispatcher state
-        with gm:
-            loss = F.nn.cross_entropy(model(image), label)
-            gm.backward(loss)
-        opt.step().clear_grad()
-        return loss
+        return train_step(image, label)
 
     return step
 

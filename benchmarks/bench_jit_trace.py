@@ -52,7 +52,6 @@ import megengine as mge  # noqa: E402
 import megengine.functional as F  # noqa: E402
 import megengine.module as M  # noqa: E402
 import megengine.optimizer as optim  # noqa: E402
-from megengine.autodiff import GradManager  # noqa: E402
 from megengine.jit import trace  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -65,15 +64,7 @@ def make_step(sizes, batch, mode, train=True):
     for a, b in zip(sizes[:-1], sizes[1:]):
         layers += [M.Linear(a, b), M.ReLU()]
     net = M.Sequential(*layers[:-1])
-    gm = GradManager().attach(net.parameters())
-    opt = optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
-
-    def train_step(x, label):
-        with gm:
-            loss = F.loss.cross_entropy(net(x), label)
-            gm.backward(loss)
-        opt.step().clear_grad()
-        return loss
+    train_step = _timing.mge_training_step(net, optim.SGD(net.parameters(), lr=0.01, momentum=0.9))
 
     def infer(x, label):
         return net(x)
@@ -143,15 +134,7 @@ def make_net_step(bm, model, options, batch, train, net=None):
     x = mge.tensor(rng.randn(batch, 3, 224, 224).astype("float32"))
     if train:
         label = mge.tensor(rng.randint(0, 1000, batch), dtype="int32")
-        gm = GradManager().attach(net.parameters())
-        opt = optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
-
-        def fn(x, label):
-            with gm:
-                loss = F.loss.cross_entropy(net(x), label)
-                gm.backward(loss)
-            opt.step().clear_grad()
-            return loss
+        fn = _timing.mge_training_step(net, optim.SGD(net.parameters(), lr=0.01, momentum=0.9))
     else:
         net.eval()
         label = None
@@ -165,7 +148,6 @@ def make_net_step(bm, model, options, batch, train, net=None):
 
 def make_torch_step(bm, model, batch, train):
     import torch
-    import torch.nn.functional as TF
 
     torch.manual_seed(0)
     net = bm.MODELS[model][1]()
@@ -179,15 +161,9 @@ def make_torch_step(bm, model, batch, train):
                 return net(x).numpy()
         return infer
     label = torch.from_numpy(rng.randint(0, 1000, batch)).long()
-    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        loss = TF.cross_entropy(net(x), label)
-        loss.backward()
-        opt.step()
-        return float(loss.detach())
-    return step
+    train_step = _timing.torch_training_step(
+        net, torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9))
+    return lambda: float(train_step(x, label).detach())
 
 
 def paired_rounds(fns, steps, rounds, clock):

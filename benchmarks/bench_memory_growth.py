@@ -62,8 +62,7 @@ RSS_MIB = 1.0
 
 
 def rss_mib():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+    return _timing.rss_bytes() / 2 ** 20
 
 
 def reading():

@@ -30,8 +30,6 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -45,7 +43,6 @@ import megengine as mge  # noqa: E402
 import megengine.functional as F  # noqa: E402
 import megengine.module as M  # noqa: E402
 import megengine.optimizer as optim  # noqa: E402
-from megengine.autodiff import GradManager  # noqa: E402
 
 torch.set_num_threads(1)
 BATCH, SIZE, CLASSES, LR, MOMENTUM = 8, 224, 1000, 0.01, 0.9
@@ -240,8 +237,8 @@ def mge_stepper(model, data, device):
     mge.random.seed(0)  # the same initial weights on every device
     mge.set_default_device(device)  # parameters are made on the default device
     net = MODELS[model][0]()
-    gm = GradManager().attach(net.parameters())
-    opt = optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
+    train_step = _timing.mge_training_step(
+        net, optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM))
     batches = [(mge.tensor(x, device=device), mge.tensor(y, dtype="int32", device=device))
                for x, y in zip(*data)]
     state = {"i": 0}
@@ -249,11 +246,7 @@ def mge_stepper(model, data, device):
     def step():
         x, y = batches[state["i"] % len(batches)]
         state["i"] += 1
-        with gm:
-            loss = F.loss.cross_entropy(net(x), y)
-            gm.backward(loss)
-        opt.step().clear_grad()
-        return float(loss.numpy())
+        return float(train_step(x, y).numpy())
 
     return step, net
 
@@ -265,7 +258,8 @@ def torch_stepper(model, data, device, init_from=None):
         copy_weights(init_from, net)
     dev = "cpu" if device.startswith("cpu") else "cuda"
     net.to(dev)
-    opt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
+    train_step = _timing.torch_training_step(
+        net, torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM))
     batches = [(torch.from_numpy(x).to(dev), torch.from_numpy(y).long().to(dev))
                for x, y in zip(*data)]
     state = {"i": 0}
@@ -273,18 +267,9 @@ def torch_stepper(model, data, device, init_from=None):
     def step():
         x, y = batches[state["i"] % len(batches)]
         state["i"] += 1
-        opt.zero_grad(set_to_none=True)
-        loss = TF.cross_entropy(net(x), y)
-        loss.backward()
-        opt.step()
-        return float(loss.detach())
+        return float(train_step(x, y).detach())
 
     return step, net
-
-
-def _rss():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def _gpu_bytes():
@@ -307,28 +292,13 @@ def worker(side, model, device, steps):
     if side == "megengine":  # the first kernel call loads torch's bridge: not the model's memory
         F.conv2d(mge.tensor(np.zeros((1, 1, 1, 1), "float32"), device=device),
                  mge.tensor(np.zeros((1, 1, 1, 1), "float32"), device=device))
-    measure = _rss if device.startswith("cpu") else _gpu_bytes
+    measure = _timing.rss_bytes if device.startswith("cpu") else _gpu_bytes
     if not device.startswith("cpu"):
         torch.cuda.synchronize()
-    base = measure()
-    peak = [base]
-    done = threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], measure())
-            time.sleep(0.001)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    for _ in range(steps):
-        step()
-    done.set()
-    sampler.join()
-    peak[0] = max(peak[0], measure())
+    base, peak, _ = _timing.sampled_peak(lambda: [step() for _ in range(steps)], measure)
     if not device.startswith("cpu"):  # torch's own peak counter sees between-sample spikes
-        peak[0] = max(peak[0], torch.cuda.max_memory_allocated())
-    print(json.dumps({"growth_mb": (peak[0] - base) / 2 ** 20}))
+        peak = max(peak, torch.cuda.max_memory_allocated())
+    print(json.dumps({"growth_mb": (peak - base) / 2 ** 20}))
 
 
 def memory_growth(side, model, device, steps, runs):

@@ -52,8 +52,6 @@ import json  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -270,33 +268,14 @@ def steppers(case, quick, sides=("megengine", "torch")):
 
 
 # ----- memory: one side per fresh process -----
-def _rss():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def worker(side, case, quick):
     """One side's peak RSS growth (MB) over 3 steps and its losses, as JSON."""
     step = steppers(case, quick, (side,))[side]
     if side == "megengine":  # the first kernel call loads torch's bridge: not the model's memory
         F.conv2d(mge.tensor(np.zeros((1, 1, 1, 1), "float32")),
                  mge.tensor(np.zeros((1, 1, 1, 1), "float32")))
-    base = _rss()
-    peak = [base]
-    done = threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss())
-            time.sleep(0.001)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    losses = [step() for _ in range(3)]
-    done.set()
-    sampler.join()
-    peak[0] = max(peak[0], _rss())
-    print(json.dumps({"growth_mb": (peak[0] - base) / 2 ** 20, "losses": losses}))
+    base, peak, losses = _timing.sampled_peak(lambda: [step() for _ in range(3)])
+    print(json.dumps({"growth_mb": (peak - base) / 2 ** 20, "losses": losses}))
 
 
 def memory(case, args):

@@ -50,7 +50,6 @@ import megengine as mge  # noqa: E402
 import megengine.functional as F  # noqa: E402
 import megengine.module as M  # noqa: E402
 import megengine.optimizer as optim  # noqa: E402
-from megengine.autodiff import GradManager  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _timing  # noqa: E402
@@ -231,8 +230,8 @@ def steppers(size, variant, data):
     net = MgeEncoder(s["d"], s["heads"], s["blocks"], mge_attn)
     tnet = TorchEncoder(s["d"], s["heads"], s["blocks"], torch_attn)
     copy_weights(net, tnet, variant)
-    gm = GradManager().attach(net.parameters())
-    opt, topt = mge_opt(net.parameters()), torch_opt(tnet.parameters())
+    mge_train = _timing.mge_training_step(net, mge_opt(net.parameters()))
+    torch_train = _timing.torch_training_step(tnet, torch_opt(tnet.parameters()))
     mb = [(mge.tensor(x), mge.tensor(y, dtype="int32")) for x, y in zip(*data)]
     tb = [(torch.from_numpy(x), torch.from_numpy(y).long()) for x, y in zip(*data)]
     state = {"m": 0, "t": 0}
@@ -240,20 +239,12 @@ def steppers(size, variant, data):
     def mge_step():
         x, y = mb[state["m"] % N_BATCHES]
         state["m"] += 1
-        with gm:
-            loss = F.loss.cross_entropy(net(x), y)
-            gm.backward(loss)
-        opt.step().clear_grad()
-        return float(loss.numpy())
+        return float(mge_train(x, y).numpy())
 
     def torch_step():
         x, y = tb[state["t"] % N_BATCHES]
         state["t"] += 1
-        topt.zero_grad(set_to_none=True)
-        loss = TF.cross_entropy(tnet(x), y)
-        loss.backward()
-        topt.step()
-        return float(loss.detach())
+        return float(torch_train(x, y).detach())
 
     return mge_step, torch_step
 

@@ -15,7 +15,8 @@ from megengine.device import canonical_device
 
 __all__ = ["address", "host", "shares_memory", "torch_host", "torch_device", "views_foreign_memory",
            "device_array", "host_default_device", "child_env", "run_python", "pool_threads",
-           "requires_cuda", "requires_torch_cuda", "skip_unless_aten_serves_the_default_device"]
+           "requires_cuda", "requires_torch_cuda", "skip_unless_aten_serves_the_default_device",
+           "on_aten_or_arrays", "peak_rss_growth_kib"]
 
 
 def _raw(x):
@@ -163,6 +164,43 @@ def record_aten_kernels(monkeypatch):
     monkeypatch.setattr(_aten, "aten", lambda: Recorder(real))
     monkeypatch.setattr(_aten, "ops", Recorder(_aten.ops))
     return used
+
+
+def on_aten_or_arrays(path, monkeypatch, family, kernels):
+    """The body of a fixture (``yield from``) that runs its test on one path of an op with both
+    an ATen and an array implementation: on ``"aten"`` (skipped where ATen cannot serve the
+    default device) every kernel named in ``kernels`` must have been looked up by the end of the
+    test; on ``"arrays"`` (``_aten.avoided(family)``: what CuPy arrays run when torch has no
+    CUDA) none of them."""
+    from megengine.functional import _aten
+
+    if path == "aten":
+        skip_unless_aten_serves_the_default_device()
+    used = record_aten_kernels(monkeypatch)
+    if path == "aten":
+        yield path
+        assert set(kernels) <= set(used), used
+        return
+    with _aten.avoided(family):
+        yield path
+    assert not set(kernels) & set(used), used
+
+
+def peak_rss_growth_kib(step, warmup=1000, steps=9000):
+    """How many KiB this process's peak RSS grows over ``steps`` calls of ``step`` made after
+    ``warmup`` calls (caches, pools and lazy imports fill during the warm-up, so that what grows
+    later is a leak)."""
+    import gc
+    import resource
+
+    for _ in range(warmup):
+        step()
+    gc.collect()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for _ in range(steps):
+        step()
+    gc.collect()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
 
 
 @contextlib.contextmanager

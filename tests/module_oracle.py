@@ -1,5 +1,9 @@
 """Modules against torch.nn: copy the parameters across by name, run both, compare outputs and
-every gradient (shared by the tests under tests/module/)."""
+every gradient (shared by the tests under tests/module/); and the guide's hybrid LeNet, loaded
+from the example that ships it."""
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -43,3 +47,15 @@ def run_both(mge_module, torch_module, x, dtype=np.float32, rtol=1e-5, atol=1e-5
 
 def randn(*shape):
     return np.random.randn(*shape).astype(np.float32)
+
+
+GUIDE_EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "lenet_pytorch.py"
+
+
+def load_guide_example():
+    """examples/lenet_pytorch.py as a fresh module (the guide's LeNet_Extract, LeNet and training
+    helpers: one copy in the repo, which the tests use as users get it)."""
+    spec = importlib.util.spec_from_file_location("lenet_pytorch_example", GUIDE_EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,7 +1,4 @@
 """The engine issue's training script, end to end, against the same network trained in PyTorch."""
-import gc
-import resource
-
 import numpy as np
 import pytest
 import torch
@@ -11,6 +8,8 @@ import megengine.functional as F
 import megengine.module as M
 import megengine.optimizer as optim
 from megengine.autodiff import GradManager
+
+from devices import peak_rss_growth_kib
 
 
 class Net(M.Module):
@@ -103,12 +102,5 @@ def test_no_memory_growth_over_10000_training_steps():
             gm.backward(loss)
         opt.step().clear_grad()
 
-    for _ in range(1000):
-        step()
-    gc.collect()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    for _ in range(9000):
-        step()
-    gc.collect()
-    grown_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    grown_kb = peak_rss_growth_kib(step, warmup=1000, steps=9000)
     assert grown_kb < 10 * 1024, f"peak RSS grew by {grown_kb} KiB over 9000 steps"

@@ -2,8 +2,6 @@
 into matmul, linear, convolutions and PyTorchModule calls): the state as upstream's tests check
 it, float16 values and float32 master gradients against PyTorch, torch.autocast inside
 PyTorchModule, and amp training of the guide's LeNet reaching the float32 accuracy."""
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +16,7 @@ from megengine.autodiff import GradManager
 from megengine.core import amp as origin_amp
 
 from devices import torch_device, torch_host
+from module_oracle import load_guide_example
 
 
 def test_state_as_upstream_checks_it():
@@ -193,14 +192,6 @@ def test_pytorch_module_runs_under_torch_autocast(dtype):
 
 
 # ----- the guide's LeNet, trained with amp --------------------------------------------------------
-def _example():
-    path = Path(__file__).resolve().parents[2] / "examples" / "lenet_pytorch.py"
-    spec = importlib.util.spec_from_file_location("lenet_pytorch_example_amp", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _digits(ex):
     train, test, _, test_transform = ex.load_digits_datasets(0)
 
@@ -245,7 +236,7 @@ def _train(ex, data, use_amp, epochs=2, batch=64, seed=0):
 
 def test_amp_training_of_the_guides_lenet_reaches_float32_accuracy():
     pytest.importorskip("sklearn")
-    ex = _example()
+    ex = load_guide_example()
     data = _digits(ex)
     fp32_acc, fp32_dtypes, _ = _train(ex, data, use_amp=False)
     amp_acc, amp_dtypes, scaler = _train(ex, data, use_amp=True)

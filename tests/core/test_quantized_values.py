@@ -138,6 +138,16 @@ def test_float_functions_compute_on_the_values(name, case):
 
 
 # ops the stored integers give exactly: the result keeps the quantized dtype
+
+def _assert_keeps_the_dtype_and_the_values(fn, oracle, name):
+    """``fn`` of a quantized tensor of dtype ``name`` keeps its dtype, and its values are exactly
+    ``oracle`` of the values in torch."""
+    q, v = _quantized(name)
+    out = fn(q)
+    assert dtype.is_dtype_equal(out.dtype, q.dtype)
+    np.testing.assert_array_equal(_values(out), oracle(v).double().numpy())
+
+
 ORDER_OPS = {
     "maximum": (lambda q: F.maximum(q, q[1]), lambda v: torch.maximum(v, v[1])),
     "minimum": (lambda q: F.minimum(q, q[1]), lambda v: torch.minimum(v, v[1])),
@@ -167,11 +177,7 @@ ORDER_OPS = {
 @pytest.mark.parametrize("name", sorted(_DTYPES))
 @pytest.mark.parametrize("case", sorted(ORDER_OPS))
 def test_order_and_data_ops_keep_the_dtype_and_the_values(name, case):
-    fn, oracle = ORDER_OPS[case]
-    q, v = _quantized(name)
-    out = fn(q)
-    assert dtype.is_dtype_equal(out.dtype, q.dtype)
-    np.testing.assert_array_equal(_values(out), oracle(v).double().numpy())
+    _assert_keeps_the_dtype_and_the_values(*ORDER_OPS[case], name)
 
 
 def test_comparisons_of_one_dtype_compare_the_values():
@@ -196,11 +202,7 @@ SUM_OPS = {
 @pytest.mark.parametrize("name", ["qint8", "qint32"])
 @pytest.mark.parametrize("case", sorted(SUM_OPS))
 def test_sums_of_one_scale_without_a_zero_point_keep_the_dtype_and_the_values(name, case):
-    fn, oracle = SUM_OPS[case]
-    q, v = _quantized(name)
-    out = fn(q)
-    assert dtype.is_dtype_equal(out.dtype, q.dtype)
-    np.testing.assert_array_equal(_values(out), oracle(v).double().numpy())
+    _assert_keeps_the_dtype_and_the_values(*SUM_OPS[case], name)
 
 
 def test_quantized_sums_saturate_to_the_dtype_range():

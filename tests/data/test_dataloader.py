@@ -38,6 +38,16 @@ def assert_no_children():
     assert multiprocessing.active_children() == []
 
 
+def assert_first_batch_times_out(loader):
+    """Asking ``loader`` (whose data sleeps or blocks far longer than its timeout) for its first
+    batch raises its timeout error within 5 s and leaves no worker process behind."""
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="timeout"):
+        next(iter(loader))
+    assert time.monotonic() - start < 5
+    assert_no_children()
+
+
 class AddOne(Transform):
     def apply(self, input):
         image, label = input
@@ -254,11 +264,7 @@ class Sleep(Transform):
 def test_worker_timeout_raises():
     ds = make_dataset(8)
     loader = DataLoader(ds, SequentialSampler(ds, batch_size=2), transform=Sleep(), num_workers=2, timeout=0.5)
-    start = time.monotonic()
-    with pytest.raises(RuntimeError, match="timeout"):
-        next(iter(loader))
-    assert time.monotonic() - start < 5
-    assert_no_children()
+    assert_first_batch_times_out(loader)
 
 
 def test_timeout_event_replaces_the_late_batch():
@@ -398,11 +404,7 @@ def test_stream_old_batched_format(num_workers):
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_stream_timeout(num_workers):
     loader = DataLoader(Blocking(), StreamSampler(batch_size=2), num_workers=num_workers, timeout=0.3)
-    start = time.monotonic()
-    with pytest.raises(RuntimeError, match="timeout"):
-        next(iter(loader))
-    assert time.monotonic() - start < 5
-    assert_no_children()
+    assert_first_batch_times_out(loader)
 
 
 def test_stream_timeout_event_supplies_items():
@@ -481,11 +483,7 @@ def test_parallel_stream_surfaces_a_worker_error():
 def test_parallel_stream_timeout():
     loader = DataLoader(Blocking(), StreamSampler(batch_size=1), num_workers=2,
                         parallel_stream=True, timeout=0.3)
-    start = time.monotonic()
-    with pytest.raises(RuntimeError, match="timeout"):
-        next(iter(loader))
-    assert time.monotonic() - start < 5
-    assert_no_children()
+    assert_first_batch_times_out(loader)
 
 
 class TensorSamples:

@@ -1,6 +1,4 @@
 """Data-parallel correctness (issue 13): N steps on 2 ranks with make_allreduce_cb("mean") equal one process on the concatenated batch, eagerly and traced."""
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +10,8 @@ import megengine.module as M
 import megengine.optimizer as optim
 from megengine.autodiff import GradManager
 from megengine.jit import trace
+
+from module_oracle import load_guide_example
 
 STEPS = 3
 PER_RANK = 4  # samples per rank per step
@@ -37,10 +37,7 @@ class SmallCNN(M.Module):
 
 def _guide_lenet():
     """The guide's hybrid LeNet (torch extractor inside PyTorchModule + megengine classifier)."""
-    path = Path(__file__).resolve().parents[2] / "examples" / "lenet_pytorch.py"
-    spec = importlib.util.spec_from_file_location("lenet_pytorch_example", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_guide_example()
     return module.LeNet(module.LeNet_Extract())
 
 

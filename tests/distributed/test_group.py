@@ -48,6 +48,23 @@ def _child(func, **kwargs):
             p.kill()
 
 
+def _two_forked_ranks(worker, port):
+    """Run ``worker(port, rank, queue)`` for ranks 0 and 1, each in a forked process; return what
+    they put on the queue, sorted (by rank when each result starts with it)."""
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=worker, args=(port, r, queue), daemon=True) for r in range(2)]
+    for p in procs:
+        p.start()
+    try:
+        return sorted(queue.get(timeout=60) for _ in procs)
+    finally:
+        for p in procs:
+            p.join(5)
+            if p.is_alive():
+                p.kill()
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -163,16 +180,7 @@ def _torchrun_worker(port, rank, queue):
 
 
 def test_no_arguments_reads_torchruns_environment():
-    ctx = multiprocessing.get_context("fork")
-    queue, port = ctx.Queue(), _free_port()
-    procs = [ctx.Process(target=_torchrun_worker, args=(port, r, queue), daemon=True) for r in range(2)]
-    for p in procs:
-        p.start()
-    try:
-        got = sorted(queue.get(timeout=60) for _ in procs)
-    finally:
-        for p in procs:
-            p.join(5)
+    got = _two_forked_ranks(_torchrun_worker, _free_port())
     assert got == [(0, 2, "gloo", [3.0]), (1, 2, "gloo", [3.0])]
 
 
@@ -230,19 +238,7 @@ def test_ranks_join_a_server_started_first_as_upstreams_hand_started_jobs_do():
     port = dist.get_free_ports(1)[0]
     server = dist.Server(port)  # holds the port: rank 0 joins it instead of hosting
     assert server.py_server_port == port
-    ctx = multiprocessing.get_context("fork")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_join_server_and_reduce, args=(port, r, queue), daemon=True)
-             for r in range(2)]
-    for p in procs:
-        p.start()
-    try:
-        results = sorted(queue.get(timeout=60) for _ in procs)
-    finally:
-        for p in procs:
-            p.join(5)
-            if p.is_alive():
-                p.kill()
+    results = _two_forked_ranks(_join_server_and_reduce, port)
     # all_reduce_sum of [1, 0] and [2, 10], by hand
     assert results == [(0, "ok", [3.0, 10.0], ("localhost", port)),
                        (1, "ok", [3.0, 10.0], ("localhost", port))]

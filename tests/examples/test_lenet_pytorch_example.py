@@ -1,7 +1,6 @@
 """Tests for examples/lenet_pytorch.py: the guide's LeNet trains, saves, plots and checks itself."""
 import gzip
 import importlib.util
-import pathlib
 import struct
 import subprocess
 import sys
@@ -11,24 +10,18 @@ import pytest
 
 import megengine as mge
 from devices import host, torch_host
+from module_oracle import GUIDE_EXAMPLE, load_guide_example
 
-EXAMPLE = pathlib.Path(__file__).resolve().parents[2] / "examples" / "lenet_pytorch.py"
+EXAMPLE = GUIDE_EXAMPLE
 
 
 def _has(name):
     return importlib.util.find_spec(name) is not None
 
 
-def _load_example():
-    spec = importlib.util.spec_from_file_location("lenet_pytorch_example", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def example():
-    return _load_example()
+    return load_guide_example()
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +56,7 @@ def test_outputs_exist_and_load(digits_run):
     assert state["mge_classifier.weight"].shape == (10, 84)
     assert state["mge_classifier.bias"].shape == (10,)
     # the saved weights load back into a fresh network of the same structure
-    ex = _load_example()
+    ex = load_guide_example()
     import torch
 
     net = ex.LeNet(ex.LeNet_Extract())

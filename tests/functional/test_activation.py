@@ -16,7 +16,8 @@ from megengine.functional import _aten
 from megengine.functional import activation as act_module
 
 from cuda_kernels import emulate
-from devices import (host, host_default_device, record_aten_kernels, requires_cuda,  # noqa: F401
+from devices import (host, host_default_device, on_aten_or_arrays,  # noqa: F401
+                     record_aten_kernels, requires_cuda,
                      skip_unless_aten_serves_the_default_device)
 from oracle import check_against_torch, float64_value_and_grads, within_a_float16_step
 
@@ -285,18 +286,7 @@ def test_prelu_bad_weight_shape_names_both():
 
 @pytest.fixture(params=["aten", "arrays"])
 def gelu_path(request, monkeypatch):
-    """Run the test on one path, checking that the ATen kernels ran on "aten" and not on
-    "arrays"."""
-    if request.param == "aten":
-        skip_unless_aten_serves_the_default_device()
-    used = record_aten_kernels(monkeypatch)
-    if request.param == "aten":
-        yield request.param
-        assert {"gelu", "gelu_backward"} <= set(used)
-        return
-    with _aten.avoided("gelu"):
-        yield request.param
-    assert not {"gelu", "gelu_backward"} & set(used)
+    yield from on_aten_or_arrays(request.param, monkeypatch, "gelu", ["gelu", "gelu_backward"])
 
 
 def test_gelu_float32_matches_torch_exact_gelu(gelu_path):

@@ -11,10 +11,9 @@ import megengine as mge
 import megengine.functional as F
 from megengine.autodiff import GradManager
 
-from devices import (address, pool_threads, record_aten_kernels,
-                     skip_unless_aten_serves_the_default_device)
-from oracle import (check_against_torch, check_float16_against_torch, within_a_float16_step,
-                    raises_as_upstream)
+from devices import address, on_aten_or_arrays, pool_threads, record_aten_kernels
+from oracle import (check_against_torch, check_float16_against_torch, float64_value_and_grads,
+                    within_a_float16_step, raises_as_upstream)
 from oracle import check_second_order_against_torch as check_second_order
 
 
@@ -146,17 +145,24 @@ def test_layer_norm(shape, normalized_shape, affine):
 # CuPy runs when torch has no CUDA: `_aten.avoided`); each test below runs on both paths
 @pytest.fixture(params=["aten", "arrays"])
 def layer_norm_path(request, monkeypatch):
-    from megengine.functional import _aten
+    yield from on_aten_or_arrays(request.param, monkeypatch, "layer_norm", ["native_layer_norm"])
 
-    used = record_aten_kernels(monkeypatch)
-    if request.param == "aten":
-        skip_unless_aten_serves_the_default_device()
-        yield request.param
-        assert "native_layer_norm" in used
-        return
-    with _aten.avoided("layer_norm"):
-        yield request.param
-    assert "native_layer_norm" not in used
+
+def _optional_affine_case(x, channels, params, diff):
+    """A norm test's inputs with an optional weight and bias: (``[x]`` plus a random weight
+    and/or bias of ``channels``, as ``params`` says: "both", "weight", "bias" or "none"; the
+    inputs whose gradients are checked, as ``diff`` says: "all" (None), "input" or "params";
+    ``affine(ps)``, which turns the arrays after ``x`` back into (weight or None, bias or None))."""
+    has_w, has_b = params in ("both", "weight"), params in ("both", "bias")
+    arrays = [x] + ([rand(channels, low=0.5, high=1.5)] if has_w else []) + \
+        ([rand(channels)] if has_b else [])
+    which = {"all": None, "input": [0], "params": list(range(1, len(arrays)))}[diff]
+
+    def affine(ps):
+        it = iter(ps)
+        return (next(it) if has_w else None), (next(it) if has_b else None)
+
+    return arrays, which, affine
 
 
 @pytest.mark.parametrize("params,diff", [
@@ -165,18 +171,20 @@ def layer_norm_path(request, monkeypatch):
 ])
 def test_layer_norm_parameters_and_gradients_on_both_paths(layer_norm_path, params, diff):
     # weight and/or bias, and the gradients of only some inputs (ATen's output mask)
-    has_w, has_b = params in ("both", "weight"), params in ("both", "bias")
-    arrays = [rand(3, 5, 8)] + ([rand(8, low=0.5, high=1.5)] if has_w else []) + \
-        ([rand(8)] if has_b else [])
-    which = {"all": None, "input": [0], "params": list(range(1, len(arrays)))}[diff]
-
-    def affine(ps):
-        it = iter(ps)
-        return (next(it) if has_w else None), (next(it) if has_b else None)
-
+    arrays, which, affine = _optional_affine_case(rand(3, 5, 8), 8, params, diff)
     check(lambda a, *ps: F.layer_norm(a, 8, True, *affine(ps)),
           lambda a, *ps: TF.layer_norm(a, (8,), *affine(ps)), *arrays, diff=which, rtol=1e-5,
           atol=1e-5)
+
+
+def _check_float64(norm, torch_norm, shape, channels):
+    """``norm(x, weight, bias)`` in float64: its output and all three gradients against torch's
+    to ~1e-12 (float32 anywhere on the way would show as ~1e-7)."""
+    x, w, b = (np.random.randn(*s) for s in (shape, (channels,), (channels,)))
+    got, want = float64_value_and_grads(norm, torch_norm, x, w, b)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-12, atol=1e-12)
+    for g, r in zip(got[1:], want[1:]):
+        np.testing.assert_allclose(g, r, rtol=1e-11, atol=1e-12)
 
 
 def test_layer_norm_strided_input_and_float64_on_both_paths(layer_norm_path):
@@ -184,21 +192,8 @@ def test_layer_norm_strided_input_and_float64_on_both_paths(layer_norm_path):
     check(lambda a, c, d: F.layer_norm(a.transpose(2, 1, 0), 6, True, c, d),
           lambda a, c, d: TF.layer_norm(a.permute(2, 1, 0), (6,), c, d),
           x, rand(6, low=0.5, high=1.5), rand(6), rtol=1e-5, atol=1e-5)
-    x64, w64, b64 = (np.random.randn(*s) for s in ((4, 7), (7,), (7,)))
-    ts = [mge.tensor(a, dtype="float64") for a in (x64, w64, b64)]
-    gm = GradManager().attach(ts)
-    dy = np.random.randn(4, 7)
-    with gm:
-        y = F.layer_norm(ts[0], 7, True, ts[1], ts[2])
-        gm.backward(y, mge.tensor(dy, dtype="float64"))
-    tt = [torch.tensor(a, requires_grad=True) for a in (x64, w64, b64)]
-    ty = TF.layer_norm(tt[0], (7,), tt[1], tt[2])
-    ty.backward(torch.tensor(dy))
-    assert y.dtype == np.float64
-    np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), rtol=1e-12, atol=1e-12)
-    for t, r in zip(ts, tt):
-        assert t.grad.dtype == np.float64
-        np.testing.assert_allclose(t.grad.numpy(), r.grad.numpy(), rtol=1e-11, atol=1e-12)
+    _check_float64(lambda a, c, d: F.layer_norm(a, 7, True, c, d),
+                   lambda a, c, d: TF.layer_norm(a, (7,), c, d), (4, 7), 7)
 
 
 def test_layer_norm_shape_mismatch():
@@ -217,17 +212,7 @@ def test_group_norm(groups):
 # with a spatial size, else on array code; each test below runs on both paths
 @pytest.fixture(params=["aten", "arrays"])
 def group_norm_path(request, monkeypatch):
-    from megengine.functional import _aten
-
-    used = record_aten_kernels(monkeypatch)
-    if request.param == "aten":
-        skip_unless_aten_serves_the_default_device()
-        yield request.param
-        assert "native_group_norm" in used
-        return
-    with _aten.avoided("group_norm"):
-        yield request.param
-    assert "native_group_norm" not in used
+    yield from on_aten_or_arrays(request.param, monkeypatch, "group_norm", ["native_group_norm"])
 
 
 @pytest.mark.parametrize("params,diff", [
@@ -235,14 +220,7 @@ def group_norm_path(request, monkeypatch):
 ])
 def test_group_norm_parameters_odd_sizes_and_gradients_on_both_paths(group_norm_path, params,
                                                                       diff):
-    has_w, has_b = params in ("both", "weight"), params in ("both", "bias")
-    arrays = [rand(3, 6, 5, 7)] + ([rand(6, low=0.5, high=1.5)] if has_w else []) + \
-        ([rand(6)] if has_b else [])
-    which = {"all": None, "input": [0], "params": list(range(1, len(arrays)))}[diff]
-
-    def affine(ps):
-        it = iter(ps)
-        return (next(it) if has_w else None), (next(it) if has_b else None)
+    arrays, which, affine = _optional_affine_case(rand(3, 6, 5, 7), 6, params, diff)
 
     def torch_affine(ps):  # torch's own backward fails for a bias without a weight: ones
         w, b = affine(ps)
@@ -261,21 +239,8 @@ def test_group_norm_strided_input_and_float64_on_both_paths(group_norm_path):
     check(lambda a, c, d: F.group_norm(a.transpose(3, 2, 1, 0), 2, True, c[::2], F.flip(d, 0)),
           lambda a, c, d: TF.group_norm(a.permute(3, 2, 1, 0), 2, c[::2], d.flip(0)),
           x, rand(8, low=0.5, high=1.5), rand(4), rtol=1e-4, atol=1e-4)  # bias strided too
-    x64, w64, b64 = (np.random.randn(*s) for s in ((2, 4, 3, 5), (4,), (4,)))
-    ts = [mge.tensor(a, dtype="float64") for a in (x64, w64, b64)]
-    gm = GradManager().attach(ts)
-    dy = np.random.randn(2, 4, 3, 5)
-    with gm:
-        y = F.group_norm(ts[0], 2, True, ts[1], ts[2])
-        gm.backward(y, mge.tensor(dy, dtype="float64"))
-    tt = [torch.tensor(a, requires_grad=True) for a in (x64, w64, b64)]
-    ty = TF.group_norm(tt[0], 2, tt[1], tt[2])
-    ty.backward(torch.tensor(dy))
-    assert y.dtype == np.float64
-    np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), rtol=1e-12, atol=1e-12)
-    for t, r in zip(ts, tt):
-        assert t.grad.dtype == np.float64
-        np.testing.assert_allclose(t.grad.numpy(), r.grad.numpy(), rtol=1e-11, atol=1e-12)
+    _check_float64(lambda a, c, d: F.group_norm(a, 2, True, c, d),
+                   lambda a, c, d: TF.group_norm(a, 2, c, d), (2, 4, 3, 5), 4)
 
 
 def test_group_norm_of_a_2d_input_keeps_the_array_code(monkeypatch):

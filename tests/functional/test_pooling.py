@@ -237,21 +237,15 @@ def test_max_pool2d_nan_and_infinite_inputs_like_torch():
     check(lambda a: F.max_pool2d(a, 3, 2, 1), lambda a: TF.max_pool2d(a, 3, 2, 1), x)
 
 
-@pytest.mark.parametrize("mode,padding", [("average_count_exclude_padding", 1),
-                                          ("average", 1), ("average_count_exclude_padding", 0)])
-def test_avg_pool2d_gradient_is_differentiable_like_torch(mode, padding):
-    # a gradient penalty (WGAN-GP on MegEngine/Models' WGAN discriminator, which average-pools):
-    # g = d sum(pool(x * x) * v) / dx, penalty = sum(g ** 2), differentiated for x and v
-    rng = np.random.RandomState(0)
-    x0 = rng.randn(2, 3, 5, 5).astype("float32")
-    oh = (5 + 2 * padding - 2) // 2 + 1
-    v0 = rng.randn(2, 3, oh, oh).astype("float32")
-
+def _check_gradient_penalty_against_torch(pool, torch_pool, x0, v0):
+    """WGAN-GP's gradient penalty through ``pool``: g = d sum(pool(x * x) * v) / dx, penalty =
+    sum(g ** 2), differentiated for x and v; g, the penalty and both gradients are compared
+    with torch's double backward through ``torch_pool``."""
     x, v = mge.Parameter(x0), mge.Parameter(v0)
     gm_outer, gm_inner = GradManager().attach([x, v]), GradManager().attach([x])
     with gm_outer:
         with gm_inner:
-            y = (F.avg_pool2d(x * x, 2, 2, padding, mode=mode) * v).sum()
+            y = (pool(x * x) * v).sum()
             gm_inner.backward(y)
         g = x.grad
         x.grad = None
@@ -260,8 +254,7 @@ def test_avg_pool2d_gradient_is_differentiable_like_torch(mode, padding):
 
     tx = torch.tensor(x0, requires_grad=True)
     tv = torch.tensor(v0, requires_grad=True)
-    ty = (TF.avg_pool2d(tx * tx, 2, 2, padding, count_include_pad=(mode == "average"))
-          * tv).sum()
+    ty = (torch_pool(tx * tx) * tv).sum()
     (tg,) = torch.autograd.grad(ty, tx, create_graph=True)
     tp = (tg ** 2).sum()
     tdx, tdv = torch.autograd.grad(tp, (tx, tv))
@@ -269,6 +262,19 @@ def test_avg_pool2d_gradient_is_differentiable_like_torch(mode, padding):
     np.testing.assert_allclose(penalty.numpy(), tp.detach().numpy(), rtol=1e-5)
     np.testing.assert_allclose(x.grad.numpy(), tdx.numpy(), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(v.grad.numpy(), tdv.numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode,padding", [("average_count_exclude_padding", 1),
+                                          ("average", 1), ("average_count_exclude_padding", 0)])
+def test_avg_pool2d_gradient_is_differentiable_like_torch(mode, padding):
+    # a gradient penalty (WGAN-GP on MegEngine/Models' WGAN discriminator, which average-pools)
+    rng = np.random.RandomState(0)
+    x0 = rng.randn(2, 3, 5, 5).astype("float32")
+    oh = (5 + 2 * padding - 2) // 2 + 1
+    v0 = rng.randn(2, 3, oh, oh).astype("float32")
+    _check_gradient_penalty_against_torch(
+        lambda a: F.avg_pool2d(a, 2, 2, padding, mode=mode),
+        lambda a: TF.avg_pool2d(a, 2, 2, padding, count_include_pad=(mode == "average")), x0, v0)
 
 
 MAX_SECOND_ORDER_CASES = [
@@ -288,33 +294,14 @@ def _torch_max_pool(tx, kernel, stride, padding):
 
 @pytest.mark.parametrize("kernel,stride,padding", MAX_SECOND_ORDER_CASES)
 def test_max_pool2d_gradient_is_differentiable_like_torch(kernel, stride, padding):
-    # WGAN-GP's penalty through max pooling: g = d sum(pool(x * x) * v) / dx, penalty =
-    # sum(g ** 2), differentiated for x and v; torch's double backward is the oracle
+    # WGAN-GP's penalty through max pooling
     rng = np.random.RandomState(1)
     x0 = rng.randn(2, 3, 6, 6).astype("float32")
     oh = (6 + 2 * padding - kernel) // stride + 1
     v0 = rng.randn(2, 3, oh, oh).astype("float32")
-
-    x, v = mge.Parameter(x0), mge.Parameter(v0)
-    gm_outer, gm_inner = GradManager().attach([x, v]), GradManager().attach([x])
-    with gm_outer:
-        with gm_inner:
-            y = (F.max_pool2d(x * x, kernel, stride, padding) * v).sum()
-            gm_inner.backward(y)
-        g = x.grad
-        x.grad = None
-        penalty = (g ** 2).sum()
-        gm_outer.backward(penalty)
-
-    tx = torch.tensor(x0, requires_grad=True)
-    tv = torch.tensor(v0, requires_grad=True)
-    ty = (_torch_max_pool(tx * tx, kernel, stride, padding) * tv).sum()
-    (tg,) = torch.autograd.grad(ty, tx, create_graph=True)
-    tp = (tg ** 2).sum()
-    tdx, tdv = torch.autograd.grad(tp, (tx, tv))
-    np.testing.assert_allclose(g.numpy(), tg.detach().numpy(), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(x.grad.numpy(), tdx.numpy(), rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(v.grad.numpy(), tdv.numpy(), rtol=1e-4, atol=1e-5)
+    _check_gradient_penalty_against_torch(
+        lambda a: F.max_pool2d(a, kernel, stride, padding),
+        lambda a: _torch_max_pool(a, kernel, stride, padding), x0, v0)
 
 
 @pytest.mark.parametrize("kernel,stride,padding", MAX_SECOND_ORDER_CASES)

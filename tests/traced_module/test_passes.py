@@ -82,6 +82,16 @@ def test_training_mode_and_unknown_passes_are_left_alone():
         optimize(net)
 
 
+def _eval_output_after_training(net, x, scale):
+    """Three training-mode calls of ``net`` on ``x * scale + 1`` (running statistics away from the
+    defaults, so that a fold that ignores them shows), then eval mode: returns its output on
+    ``x``, what the fused network must give."""
+    for _ in range(3):
+        net(x * scale + 1)
+    net.eval()
+    return net(x).numpy()
+
+
 class Twice(M.Module):  # one conv layer called twice, each call followed by its own bn
     def __init__(self):
         super().__init__()
@@ -95,10 +105,7 @@ class Twice(M.Module):  # one conv layer called twice, each call followed by its
 def test_fuse_conv_bn_is_quiet_and_renames_only_a_shared_layer(caplog):
     net = Twice()
     x = Tensor(np.random.randn(4, 3, 5, 5).astype(np.float32))
-    for _ in range(3):
-        net(x * 2 + 1)
-    net.eval()
-    expect = net(x).numpy()
+    expect = _eval_output_after_training(net, x, scale=2)
     with caplog.at_level(logging.WARNING):
         fused = optimize(trace_module(net, x), "FuseConvBn")
     np.testing.assert_allclose(fused(x).numpy(), expect, rtol=1e-4, atol=1e-5)
@@ -126,10 +133,7 @@ class SharedBlock(M.Module):  # one SubConv held by two parents: folding must no
 def test_fuse_conv_bn_leaves_a_layer_held_twice_alone(caplog):
     net = SharedBlock()
     x = Tensor(np.random.randn(2, 3, 4, 4).astype(np.float32))
-    for _ in range(3):
-        net(x * 3 + 1)
-    net.eval()
-    expect = net(x).numpy()
+    expect = _eval_output_after_training(net, x, scale=3)
     with caplog.at_level(logging.WARNING):
         fused = optimize(trace_module(net, x).flatten(), "FuseConvBn")
     assert fused.graph.get_module_by_type(M.BatchNorm2d).as_list() == []

@@ -13,8 +13,8 @@ from megengine.utils.bn_fusion import (fold_weight_bias, fuse_conv_bn_relu_modul
 rng = np.random.RandomState(0)
 
 
-def trained_bn(channels):
-    bn = M.BatchNorm2d(channels)
+def trained_bn(channels, bn_cls=M.BatchNorm2d):
+    bn = bn_cls(channels)
     bn.weight.set_value(rng.uniform(0.5, 2, bn.weight.shape).astype("float32"))
     bn.bias.set_value(rng.randn(*bn.bias.shape).astype("float32"))
     bn.running_mean.set_value(rng.randn(*bn.running_mean.shape).astype("float32"))
@@ -103,21 +103,12 @@ def test_bad_input_is_named():
         fuse_conv_bn_relu_module(M.Linear(2, 2), bn, None)
 
 
-def trained_bn1d(features):
-    bn = M.BatchNorm1d(features)
-    bn.weight.set_value(rng.uniform(0.5, 2, bn.weight.shape).astype("float32"))
-    bn.bias.set_value(rng.randn(*bn.bias.shape).astype("float32"))
-    bn.running_mean.set_value(rng.randn(*bn.running_mean.shape).astype("float32"))
-    bn.running_var.set_value(rng.uniform(0.5, 3, bn.running_var.shape).astype("float32"))
-    return bn
-
-
 def test_linear_fold_matches_torch():
     torch = pytest.importorskip("torch")
     from torch.nn.utils.fusion import fuse_linear_bn_weights
 
     w, b = rng.randn(5, 3).astype("float32"), rng.randn(5).astype("float32")
-    bn = trained_bn1d(5)
+    bn = trained_bn(5, M.BatchNorm1d)
     wf, bf = fold_weight_bias(mge.tensor(w), mge.tensor(b), bn.weight, bn.bias,
                               bn.running_mean, bn.running_var, bn.eps)
     t = lambda p: torch.from_numpy(np.asarray(p.numpy() if hasattr(p, "numpy") else p)
@@ -137,7 +128,7 @@ def test_linear_bn_relu_fuses(bias, with_relu, training):
     linear = M.Linear(4, 6, bias=bias)
     if bias:
         linear.bias.set_value(rng.randn(6).astype("float32"))
-    bn, relu = trained_bn1d(6), (M.ReLU() if with_relu else None)
+    bn, relu = trained_bn(6, M.BatchNorm1d), (M.ReLU() if with_relu else None)
     linear.train(training)
     bn.train(training)
     fused = fuse_linear_bn_relu_module(linear, bn, relu)
@@ -164,7 +155,7 @@ def test_linear_without_bn_and_bad_input():
     assert type(fused) is M.LinearRelu
     x = mge.tensor(rng.randn(4, 3).astype("float32"))
     np.testing.assert_allclose(fused(x).numpy(), np.maximum(linear(x).numpy(), 0), rtol=1e-6)
-    bn = trained_bn1d(2)
+    bn = trained_bn(2, M.BatchNorm1d)
     with pytest.raises(ValueError, match=r"fuse_linear_bn_relu_module: linear and bn must both "
                                          r"be in training or both in eval mode"):
         bn.eval()
@@ -172,7 +163,7 @@ def test_linear_without_bn_and_bad_input():
     linear.eval()
     with pytest.raises(ValueError, match=r"fuse_linear_bn_relu_module: bn.num_features \(5\) "
                                          r"must equal linear.out_features \(2\)"):
-        wide = trained_bn1d(5)
+        wide = trained_bn(5, M.BatchNorm1d)
         wide.eval()
         fuse_linear_bn_relu_module(linear, wide, None)
     with pytest.raises(TypeError, match="Linear"):

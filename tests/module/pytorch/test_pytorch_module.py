@@ -3,10 +3,8 @@ import collections
 import copy
 import dataclasses
 import gc
-import importlib.util
 import io
 import weakref
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,19 +17,11 @@ import megengine.module as M
 import megengine.optimizer as optim
 from megengine.autodiff import GradManager
 from megengine.module.pytorch import PyTorchModule
-from devices import address, torch_device, torch_host, views_foreign_memory
+from devices import address, peak_rss_growth_kib, torch_device, torch_host, views_foreign_memory
+from module_oracle import load_guide_example
 
 
-def _load_guide_example():
-    """The guide's two classes as examples/lenet_pytorch.py ships them (one copy in the repo)."""
-    path = Path(__file__).resolve().parents[3] / "examples" / "lenet_pytorch.py"
-    spec = importlib.util.spec_from_file_location("lenet_pytorch_example", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_guide = _load_guide_example()
+_guide = load_guide_example()  # the guide's two classes as examples/lenet_pytorch.py ships them
 LeNet_Extract, LeNet = _guide.LeNet_Extract, _guide.LeNet
 
 
@@ -893,8 +883,6 @@ def test_device_mismatch_is_an_error_not_a_copy():
 
 @pytest.mark.slow
 def test_no_memory_growth_over_10000_steps():
-    import resource
-
     tmod = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
     wrap = PyTorchModule(tmod)
     gm = GradManager().attach(list(wrap.parameters()))
@@ -907,14 +895,7 @@ def test_no_memory_growth_over_10000_steps():
             gm.backward(loss)
         opt.step().clear_grad()
 
-    for _ in range(1000):
-        step()
-    gc.collect()
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    for _ in range(9000):
-        step()
-    gc.collect()
-    grown_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
+    grown_kb = peak_rss_growth_kib(step, warmup=1000, steps=9000)
     assert grown_kb < 20 * 1024, f"peak RSS grew by {grown_kb} KiB over 9000 steps"
 
 
