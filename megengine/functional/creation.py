@@ -5,7 +5,7 @@ import numpy as np
 from .. import device as _device
 from ..core import dtype as _qd
 from ..core import ops as _ops
-from ..core.ops import ArgumentError
+from ..core.ops import ArgumentError, ArgumentTypeError, BroadcastError
 from ..core._trace_option import Shape, dumpable, is_dim, is_int, is_sym, sizes_of
 from ..core.dispatch import Op, apply, on_device
 from ..core.dtype_rules import _check_dtype, is_complex_data, complex_error
@@ -26,6 +26,24 @@ def _dtype(dtype, what):
 
 def _num(value):
     return value.item() if isinstance(value, Tensor) else value
+
+
+def _one_number(value, name, what):
+    """``value`` as one number: a number (or a size from ``x.shape`` while tracing) as it is; a
+    Tensor, array or sequence holding one number gives it (upstream reads ``F.arange([1], 4)``'s
+    start as 1); anything else raises, naming ``what`` and ``name``."""
+    if is_sym(value) or isinstance(value, (int, float, np.number)):
+        return value
+    try:
+        if isinstance(value, Tensor):
+            if value.size == 1:
+                return value.item()
+        elif np.size(value) == 1 and np.asarray(value).dtype.kind in "biuf":
+            return np.asarray(value).item()
+    except (TypeError, ValueError):  # (ragged nesting)
+        pass
+    raise ArgumentTypeError(f"{what}: {name} must be a number (or hold one number), got "
+                            f"{value!r}")
 
 
 def _unwrap_shape(shape):
@@ -95,7 +113,7 @@ def _shape(shape, what):
     return shape
 
 
-def _fill_value(value, dtype):
+def _fill_value(value, dtype, what):
     """``value`` as one element of ``dtype``, converted as ``Tensor(value, dtype)`` converts it:
     a Python int outside an integer dtype's range wraps (upstream's Fill and FillLike cast the
     value, as its guide's ``Tensor([127, 128, 129], dtype="int8")``; numpy 2 would raise
@@ -104,7 +122,26 @@ def _fill_value(value, dtype):
     zeros_like three times its ~2.5 us)"""
     if type(value) is int and 0 <= value <= 1 or type(value) is float and dtype.kind == "f":
         return value
-    return as_array(_num(value), dtype, device="cpu0")[()]
+    try:
+        value = as_array(_num(value), dtype, device="cpu0")[()]
+    except (TypeError, ValueError):  # (a string, a many-valued Tensor: numpy's words)
+        raise _bad_value(value, what) from None
+    return value
+
+
+def _bad_value(value, what):
+    return ArgumentTypeError(f"{what}: value must be a number, a one-element Tensor or a "
+                             f"sequence of numbers, got {value!r}")
+
+
+def _check_fills(value, shape, what):
+    """A sequence value (numpy's broadcasting, as upstream's) must broadcast to ``shape``."""
+    if np.ndim(value):
+        try:
+            np.broadcast_to(value, shape)
+        except ValueError:
+            raise BroadcastError(f"{what}: value of shape {np.shape(value)} does not broadcast "
+                                 f"to the shape {tuple(shape)}") from None
 
 
 def _filled(shape, value, dtype, device, what):
@@ -114,12 +151,13 @@ def _filled(shape, value, dtype, device, what):
     as upstream's Fill makes it: the value as a constant broadcast to the shape Tensor."""
     dev, xp = _place(device)
     shape = _unwrap_shape(shape)
-    value = _fill_value(value, dtype)
+    value = _fill_value(value, dtype, what)
     if dumpable() and (_ops.by_shape_tensor(shape) or _ops.computed_sizes(shape)):
         from .tensor import broadcast_to  # (tensor.py imports this module)
 
         return broadcast_to(Tensor._wrap(xp.full((), value, dtype), dev), shape)
     shape = _shape(shape, what)
+    _check_fills(value, shape, what)
     if any(map(is_dim, shape)):
         return apply(_ops.Full(shape, value, np.dtype(dtype), dev))
     return Tensor._wrap(xp.full(shape, value, np.dtype(dtype)), dev)
@@ -138,19 +176,24 @@ def ones(shape, dtype="float32", device=None):
 def full(shape, value, dtype=None, device=None):
     """A tensor of ``shape`` filled with ``value``; dtype None: int32, float32 or bool by value."""
     if dtype is None:
-        dtype = value.dtype if isinstance(value, Tensor) else as_array(value, device="cpu0").dtype
+        try:
+            dtype = (value.dtype if isinstance(value, Tensor)
+                     else as_array(value, device="cpu0").dtype)
+        except (TypeError, ValueError):
+            raise _bad_value(value, "full") from None
     return _filled(shape, value, _dtype(dtype, "full"), device, "full")
 
 
-def _like(inp, value):
+def _like(inp, value, what):
     inp = _tensor(inp)
     if inp.dtype.metadata is not None and _qd.is_quantize(inp.dtype):
         # a quantized tensor's like holds the value (zeros_like: the zero point), not an
         # integer taken for one
         value = _qd.quantize_array(np.asarray(value, np.float32), inp.dtype)[()]
     else:
-        value = _fill_value(value, inp.dtype)
+        value = _fill_value(value, inp.dtype, what)
     shape = inp.shape
+    _check_fills(value, shape, what)
     if any(map(is_dim, shape)):  # sizes of a dumpable trace: made at the shape a dump runs at
         return apply(_ops.Full(tuple(shape), value, inp.dtype, inp._device))
     xp = _device.array_module_on(inp._device)  # on inp's GPU, also when not current
@@ -159,12 +202,12 @@ def _like(inp, value):
 
 def zeros_like(inp):
     """Zeros with the shape, dtype and device of ``inp``."""
-    return _like(inp, 0)
+    return _like(inp, 0, "zeros_like")
 
 
 def ones_like(inp):
     """Ones with the shape, dtype and device of ``inp``."""
-    return _like(inp, 1)
+    return _like(inp, 1, "ones_like")
 
 
 def full_like(inp, value):
@@ -175,7 +218,7 @@ def full_like(inp, value):
         raise complex_error("full_like", getattr(value, "dtype", "complex128"), f"filling a {inp.dtype} "
                             "tensor with it would drop the imaginary part",
                             "give a complex inp (inp.astype('complex64')) or a real value")
-    return _like(inp, value)
+    return _like(inp, value, "full_like")
 
 
 def arange(start=0, stop=None, step=1, dtype="float32", device=None):
@@ -184,7 +227,8 @@ def arange(start=0, stop=None, step=1, dtype="float32", device=None):
         start, stop = 0, start
     if dumpable() and any(isinstance(v, Tensor) for v in (start, stop, step)):
         return _from_tensors(_ArangeOf, (start, stop, step), _dtype(dtype, "arange"), device)
-    start, stop, step = _num(start), _num(stop), _num(step)
+    start, stop, step = (_one_number(v, name, "arange") for v, name in (
+        (start, "start"), (stop, "stop"), (step, "step")))
     if step == 0:
         raise ArgumentError("arange: step must not be 0")
     dev, xp = _place(device)

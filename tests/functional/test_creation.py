@@ -178,3 +178,28 @@ def test_linspace_of_a_num_that_is_no_int_names_it():
     with pytest.raises(TypeError, match=r"linspace: num must be an int, got \[3, 3\]"):
         F.linspace(0, 1, [3, 3])
     assert F.linspace(0, 1, mge.tensor(3)).tolist() == [0.0, 0.5, 1.0]  # (a size tensor: its value)
+
+
+def test_arange_reads_a_bound_holding_one_number_and_names_any_other():
+    # upstream 1.13 reads F.arange([1], 4) as F.arange(1, 4) (as numpy's arange does not)
+    np.testing.assert_array_equal(F.arange([1], 4).numpy(), np.arange(1, 4, dtype=np.float32))
+    np.testing.assert_array_equal(F.arange(0, 4, np.array([2])).numpy(), [0.0, 2.0])
+    for bad, name in (([1, 2], "start"), ("x", "start"), (None, "start")):
+        with pytest.raises(TypeError, match=f"arange: {name} must be a number"):
+            F.arange(bad, 4)
+    with pytest.raises(TypeError, match="arange: step must be a number"):
+        F.arange(0, 4, [1, 2])
+
+
+def test_full_value_errors_name_the_function_and_the_value():
+    # a sequence value broadcasts as numpy's full broadcasts it (upstream's too)
+    np.testing.assert_array_equal(F.full((2, 3), [1.0, 2.0, 3.0]).numpy(),
+                                  np.full((2, 3), [1.0, 2.0, 3.0], np.float32))
+    with pytest.raises(ValueError, match=r"full: value of shape \(2,\) does not broadcast to "
+                                         r"the shape \(2, 3\)"):
+        F.full((2, 3), [1.0, 2.0])
+    with pytest.raises(ValueError, match=r"full_like: value of shape \(2,\) does not broadcast"):
+        F.full_like(mge.tensor([1.0, 2.0, 3.0]), [1.0, 2.0])
+    for bad in ("x", mge.tensor([1.0, 2.0, 3.0])):
+        with pytest.raises(TypeError, match="full: value must be a number"):
+            F.full((2, 3), bad)
