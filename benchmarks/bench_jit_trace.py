@@ -312,9 +312,9 @@ def run_micro(args):
 def run_batch_norm_step(args):
     """A training step of 20 conv + batch norm layers on tiny images, where each layer's two
     running-statistics writes are events of the trace (``running_mean._reset(mean.detach())``,
-    checked on the fast path since 2026-12-03), in the checked-call modes against eager, each
-    mode training its own network from the same weights; measured as `run_micro`, in thread
-    time."""
+    checked on the fast path since 2026-12-03, as the batch norm op's three outputs are), in
+    the checked-call modes against eager, each mode training its own network from the same
+    weights; measured as `run_micro`, in thread time."""
     def make():
         mge.random.seed(0)
         layers = []

@@ -643,14 +643,16 @@ class _Program:
                 step.may_be_none = any(s in grad_slots for s in step.ins)
                 step.no_grad = (False,) * len(step.ins)
                 # a checked call's fast path (see `check`): the parameters as one dict to
-                # compare with the op's, when they are plain immutable values and the op has
-                # one output (else None: the full path); per input its slot, shape and dtype,
-                # and the guards of its captured inputs (position, `captures.CaptureGuard`)
+                # compare with the op's, when they are plain immutable values (else None: the
+                # full path), for ops of one output or several (a training batch norm's three:
+                # the fast path compares their number with ``outs``); per input its slot,
+                # shape and dtype, and the guards of its captured inputs (position,
+                # `captures.CaptureGuard`)
                 # (a program loaded by `dump.load` has no input metas: it is only replayed)
                 # (and None for a rewritten op: the slow path runs its replacement, unless
                 # the op itself gives what the replacement gives: `_rewrite_is_the_op`)
                 step.pdict = (_plain_params(step.template.__dict__)
-                              if step.metas is not None and not step.multi
+                              if step.metas is not None
                               and (step.rewrite is None or _rewrite_is_the_op(step)) else None)
                 # ``==`` takes a 1-element array (``x[idx_tensor]``, ``axis=np.array([1])``)
                 # for the int it equals, in a tuple (an index, a shape, axes) or alone, which

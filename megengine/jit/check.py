@@ -4,8 +4,8 @@ recorded step as it runs.
 
 A checked call should cost what an eager call costs, so each op and event first takes a fast
 path built from what `_Program.compile` prepared: the op's type and its parameters compared
-as one dict (``step.pdict``, for ops with one output whose parameters are plain immutable
-values, index tuples with slices included; each must also hold plain values only, as
+as one dict (``step.pdict``, for ops whose parameters are plain immutable values, index
+tuples with slices included; each must also hold plain values only, as
 `_op_key` would ask: hashed, or walked where it holds slices; ``step.pcheck`` says what there
 is to ask, None for most ops: one or two inputs, no parameters), each input compared by
 identity with the tensor that holds the expected slot in this call (``values[slot]``:
@@ -17,7 +17,7 @@ only after the engine wrote into some tensor); an event's function and arguments
 and the outputs by identity. Parameters built from symbolic sizes are
 compared with the recorded expressions' values (`_recorded_sizes`) on the same fast path. What
 the fast path does not accept (a detach(), a constant made in the function, a ``.grad``, an op
-with array parameters or several outputs, or a real difference) goes through the full
+with array parameters, or a real difference) goes through the full
 comparison, which on a difference raises `TraceMismatchError` naming the op, the input and
 the values.
 
@@ -374,7 +374,7 @@ class _Checker(_Hook):
                 if sym is not None:
                     sizes = self._recorded_sizes(op, sym)
         # (detach() and event steps have cls None; pdict is None for an op whose parameters are
-        # not plain values or with several outputs: the slow path)
+        # not plain values: the slow path)
         # A parameter equal to a recorded one must hold plain values only, as `_op_key` asks
         # (``==`` takes a 1-element array for the int it equals, alone or in an index tuple):
         # most are hashed (an array is not hashable), others walked (``nested``); and the op
@@ -460,17 +460,34 @@ class _Checker(_Hook):
             out = dispatch.apply_unhooked(op, inputs)
         finally:
             self.pc = pc + 1
-        s = step.outs[0]
-        try:
-            self.arrays[s] = out._data
-        except AttributeError:  # several outputs where the trace had one
-            message, hint = count_mismatch_text(_Where(self.n_ops - 1, op), op, 1,
-                                                len(out))
-            self._mismatch(message, "operator mismatch", hint)
-        values[s] = out  # (the maps, if built, take it up when next needed: `_index`)
+        if step.multi:  # several outputs (a training batch norm's three): as many as recorded
+            self._take_outputs(op, step, out)
+        else:
+            s = step.outs[0]
+            try:
+                self.arrays[s] = out._data
+            except AttributeError:  # several outputs where the trace had one
+                message, hint = count_mismatch_text(_Where(self.n_ops - 1, op), op, 1,
+                                                    len(out))
+                self._mismatch(message, "operator mismatch", hint)
+            values[s] = out  # (the maps, if built, take it up when next needed: `_index`)
         if step.free_big:  # (the values as large as FREE_BYTES when recorded)
             self._free(step.free_big)
         return out
+
+    def _take_outputs(self, op, step, out):
+        """The fast path's outputs of op ``op`` recorded with several (``step.outs``): each
+        holds its slot, as one output does (``values``, ``arrays``; the maps take them up when
+        next needed). Another number of outputs raises, as `_call_slowly` does."""
+        outs = step.outs
+        if type(out) is not tuple or len(out) != len(outs):
+            message, hint = count_mismatch_text(_Where(self.n_ops - 1, op), op, len(outs),
+                                                len(out) if type(out) is tuple else 1)
+            self._mismatch(message, "operator mismatch", hint)
+        values, arrays = self.values, self.arrays
+        for s, o in zip(outs, out):
+            arrays[s] = o._data
+            values[s] = o
 
     def _check_inputs(self, op, inputs, step):
         """Where op ``op``'s inputs come from, each compared with ``step.checks``: the value of
@@ -570,7 +587,7 @@ class _Checker(_Hook):
 
     def _call_slowly(self, op, inputs, sizes=None):
         """`__call__` for what the fast path leaves: the full comparison, captured inputs,
-        several outputs, profiling. ``sizes``: parameters that were compared as recorded (see
+        profiling. ``sizes``: parameters that were compared as recorded (see
         `_recorded_sizes`) and run with these values."""
         step = self._check_slowly(op, inputs)
         if sizes is not None:

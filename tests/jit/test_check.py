@@ -233,8 +233,7 @@ def test_batch_norm_statistics_writes_take_the_fast_path(symbolic, slow_calls):
         return losses, [t.numpy() for t in (*net.parameters(), *net.buffers())]
 
     traced_losses, traced_state = run(True)
-    assert slow_calls and "Tensor._reset" not in slow_calls  # (batch norm's op, 3 outputs, is
-    # compared in full)
+    assert slow_calls == [], slow_calls  # (batch norm's op, three outputs, too)
     eager_losses, eager_state = run(False)
     for got, want in zip(traced_losses + traced_state, eager_losses + eager_state):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
@@ -269,6 +268,74 @@ def test_a_batch_norm_statistics_write_unlike_the_recorded_one_is_caught(how, sy
     state["write"] = BN_STATISTICS_WRITES[how]
     with pytest.raises(TraceMismatchError):
         f(x)
+
+
+class _Pieces(dispatch.Op):
+    """Its input cut into ``pieces`` equal parts along axis 0, one output each (one piece: the
+    input's copy, a single output). ``pieces`` is a class attribute, no parameter the trace
+    compares: a checked call of the recorded op may meet another number of outputs."""
+
+    pieces = 2
+
+    def forward(self, x):
+        if self.pieces == 1:
+            return x.copy()
+        n = x.shape[0] // self.pieces
+        return tuple(x[k * n:(k + 1) * n].copy() for k in range(self.pieces))
+
+
+SEVERAL_OUTPUTS_CHANGES = {  # what changes -> (the state it sets, the reason, words in detail)
+    "a parameter": ({"momentum": 0.5}, "operator mismatch", ["op #1", "parameters differ"]),
+    "an input": ({"input": "y"}, "expect external node, got internal", ["op #1", "input 0"]),
+    "the outputs' order": ({"order": "var, mean"}, "input id mismatch", ["op #3", "input 1"]),
+    "more outputs": ({"pieces": 3}, "operator mismatch",
+                     ["op #2", "the trace had 2 outputs, this call has 3"]),
+    "one output": ({"pieces": 1}, "operator mismatch",
+                   ["op #2", "the trace had 2 outputs, this call has 1"]),
+}
+
+
+@pytest.mark.parametrize("symbolic", MODES)
+@pytest.mark.parametrize("change", sorted(SEVERAL_OUTPUTS_CHANGES))
+def test_ops_of_several_outputs_take_the_fast_path_and_still_refuse_a_change(symbolic, change,
+                                                                             slow_calls):
+    # a training batch norm (three outputs) and `_Pieces` (two) are compared on the fast path
+    # (they went through the full comparison), with the values of eager calls; another
+    # parameter, an input from elsewhere, the outputs used in another order or another number
+    # of outputs (one: not a tuple) must still be refused
+    running_mean = mge.tensor(np.zeros((1, 2, 1, 1), "float32"))
+    running_var = mge.tensor(np.ones((1, 2, 1, 1), "float32"))
+    recorded = {"momentum": 0.9, "input": "x", "order": "mean, var", "pieces": 2}
+    state = dict(recorded)
+
+    def f(x):
+        y = x * 2
+        out, mean, var = F.batch_norm(x if state["input"] == "x" else y, running_mean,
+                                      running_var, training=True, inplace=False,
+                                      momentum=state["momentum"])
+        first, second = (mean, var) if state["order"] == "mean, var" else (var, mean)
+        _Pieces.pieces = state["pieces"]
+        try:
+            pieces = dispatch.apply(_Pieces(), out)
+        finally:
+            _Pieces.pieces = 2
+        return pieces[0] * first + pieces[-1] * second
+
+    tr = trace(f, symbolic=symbolic)
+    rng = np.random.RandomState(0)
+    for _ in range(3):
+        x = mge.tensor(rng.rand(6, 2, 2, 2).astype("float32"))
+        np.testing.assert_allclose(tr(x).numpy(), f(x).numpy(), rtol=1e-6, atol=1e-7)
+    assert slow_calls == [], slow_calls
+    values, reason, words = SEVERAL_OUTPUTS_CHANGES[change]
+    state.update(values)
+    with pytest.raises(TraceMismatchError) as info:
+        tr(x)
+    assert str(info.value) == f"trace error because {reason}"
+    for w in words:
+        assert w in info.value.detail, info.value.detail
+    state.update(recorded)  # the next call is checked anew
+    np.testing.assert_allclose(tr(x).numpy(), f(x).numpy(), rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("symbolic", MODES)
