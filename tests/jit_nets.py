@@ -1,6 +1,6 @@
 """What the trace tests (tests/jit) train and trace: a two-layer perceptron made of core Tensor
-ops and Parameters only, its loss, batches of a learnable task, the two checked modes, and a
-small traced program for the dump tests."""
+ops and Parameters only, its loss, batches of a learnable task, a training step as scripts
+write it, the two checked modes, and a small traced program for the dump tests."""
 import numpy as np
 
 import megengine as mge
@@ -35,6 +35,24 @@ class MLP:
 
 def mse(out, y):
     return ((out - y) ** 2).mean()
+
+
+def training_step(loss_of, params, opt):
+    """A training step as scripts write it: ``step(*batch)`` records ``loss_of(*batch)`` under
+    a GradManager attached to ``params``, runs backward and ``opt``'s update, clears the
+    gradients and returns the loss; a function of its batch, so that ``trace`` can wrap it."""
+    from megengine.autodiff import GradManager
+
+    gm = GradManager().attach(params)
+
+    def step(*batch):
+        with gm:
+            loss = loss_of(*batch)
+            gm.backward(loss)
+        opt.step().clear_grad()
+        return loss
+
+    return step
 
 
 def batches(n, batch=8, seed=1):

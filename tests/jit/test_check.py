@@ -15,6 +15,7 @@ from megengine.core import dispatch
 from megengine.jit import TraceMismatchError, check, exclude_from_trace, is_tracing, trace
 
 from devices import host_default_device  # noqa: F401  (fixture used by name)
+from jit_nets import training_step
 
 MODES = [False, True]
 
@@ -42,16 +43,8 @@ def _training(traced_with):
     """Three SGD steps of a small MLP, eager or traced: the losses and final weights."""
     mge.random.seed(0)  # the layers' initial weights
     net = M.Sequential(M.Linear(6, 8), M.ReLU(), M.Linear(8, 3))
-    gm = GradManager().attach(net.parameters())
-    opt = optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
-
-    def step(x, y):
-        with gm:
-            loss = F.loss.cross_entropy(net(x), y)
-            gm.backward(loss)
-        opt.step().clear_grad()
-        return loss
-
+    step = training_step(lambda x, y: F.loss.cross_entropy(net(x), y), net.parameters(),
+                         optim.SGD(net.parameters(), lr=0.1, momentum=0.9))
     if traced_with is not None:
         step = trace(step, **traced_with)
     rng = np.random.RandomState(1)
@@ -180,17 +173,8 @@ def test_buffers_rebound_between_traced_training_steps_are_used(symbolic):
     def make():
         mge.random.seed(3)
         net = M.Sequential(M.Conv2d(3, 4, 3), M.BatchNorm2d(4))
-        gm = GradManager().attach(net.parameters())
-        opt = optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
-
-        def step(x):
-            with gm:
-                loss = net(x).mean()
-                gm.backward(loss)
-            opt.step().clear_grad()
-            return loss
-
-        return net, step
+        return net, training_step(lambda x: net(x).mean(), net.parameters(),
+                                  optim.SGD(net.parameters(), lr=0.1, momentum=0.9))
 
     results = []
     for traced in (False, True):
@@ -217,16 +201,8 @@ def test_batch_norm_statistics_writes_take_the_fast_path(symbolic, slow_calls):
         mge.random.seed(3)
         net = M.Sequential(M.Conv2d(3, 4, 3), M.BatchNorm2d(4), M.ReLU(), M.Conv2d(4, 4, 3),
                            M.BatchNorm2d(4))
-        gm = GradManager().attach(net.parameters())
-        opt = optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
-
-        def step(x):
-            with gm:
-                loss = net(x).mean()
-                gm.backward(loss)
-            opt.step().clear_grad()
-            return loss
-
+        step = training_step(lambda x: net(x).mean(), net.parameters(),
+                             optim.SGD(net.parameters(), lr=0.1, momentum=0.9))
         f = trace(step, symbolic=symbolic) if traced else step
         losses = [f(mge.tensor(np.random.RandomState(i).rand(2, 3, 7, 7).astype("float32")))
                   .numpy() for i in range(3)]

@@ -14,7 +14,7 @@ from megengine.autodiff import GradManager
 from megengine.core.dispatch import Op, apply, xp_of
 from megengine.jit import TraceError, TraceMismatchError, trace
 
-from jit_nets import MLP, MODES, batches, mse
+from jit_nets import MLP, MODES, batches, mse, training_step
 
 
 @pytest.mark.parametrize("symbolic", MODES)
@@ -191,18 +191,9 @@ def test_the_recording_call_updates_parameters_in_place(opt_name, mode):
 
     def setup():
         net = MLP()
-        gm = GradManager().attach(net.params())
         opt = (optimizer.SGD(net.params(), lr=0.1, momentum=0.9) if opt_name == "sgd"
                else optimizer.Adam(net.params(), lr=0.01))
-
-        def step(x, y):
-            with gm:
-                loss = mse(net(x), y)
-                gm.backward(loss)
-            opt.step().clear_grad()
-            return loss
-
-        return net, step
+        return net, training_step(lambda x, y: mse(net(x), y), net.params(), opt)
 
     net, step = setup()
     eager_net, eager_step = setup()

@@ -10,7 +10,7 @@ from megengine.autodiff import GradManager
 from megengine.core import dispatch
 from megengine.jit import TraceError, TraceMismatchError, exclude_from_trace, is_tracing, trace
 
-from jit_nets import MLP, MODES, batches, mse, values
+from jit_nets import MLP, MODES, batches, mse, training_step, values
 
 
 # ----- (1) inference ---------------------------------------------------------------------------
@@ -157,16 +157,8 @@ def test_training_with_optimizer_matches_eager(symbolic):
     runs = []
     for traced in (False, True):
         net = MLP()
-        gm = GradManager().attach(net.params())
-        opt = optim.SGD(net.params(), lr=0.1, momentum=0.9)
-
-        def step(x, y):
-            with gm:
-                loss = mse(net(x), y)
-                gm.backward(loss)
-            opt.step().clear_grad()
-            return loss
-
+        step = training_step(lambda x, y: mse(net(x), y), net.params(),
+                             optim.SGD(net.params(), lr=0.1, momentum=0.9))
         f = trace(step, symbolic=symbolic) if traced else step
         runs.append([(f(x, y).numpy(), values(net.params())) for x, y in data])
     for (la, pa), (lb, pb) in zip(*runs):
@@ -188,16 +180,8 @@ def test_module_training_matches_eager(symbolic):
     for traced in (False, True):
         mge.random.seed(7)  # the layers' initial weights
         net = M.Sequential(M.Linear(10, 32), M.ReLU(), M.Linear(32, 4))
-        gm = GradManager().attach(net.parameters())
-        opt = optim.SGD(net.parameters(), lr=0.05)
-
-        def step(x, label):
-            with gm:
-                loss = F.loss.cross_entropy(net(x), label)
-                gm.backward(loss)
-            opt.step().clear_grad()
-            return loss
-
+        step = training_step(lambda x, label: F.loss.cross_entropy(net(x), label),
+                             net.parameters(), optim.SGD(net.parameters(), lr=0.05))
         f = trace(step, symbolic=symbolic) if traced else step
         runs.append([(f(x, y).numpy(), values(net.parameters())) for x, y in data])
     for (la, pa), (lb, pb) in zip(*runs):
