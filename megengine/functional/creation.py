@@ -160,7 +160,15 @@ def _filled(shape, value, dtype, device, what):
     _check_fills(value, shape, what)
     if any(map(is_dim, shape)):
         return apply(_ops.Full(shape, value, np.dtype(dtype), dev))
-    return Tensor._wrap(xp.full(shape, value, np.dtype(dtype)), dev)
+    return Tensor._wrap(_full(xp, shape, value, np.dtype(dtype)), dev)
+
+
+def _full(xp, shape, value, dtype):
+    """``xp.full`` (``xp`` from `array_module_on`); a sequence value (a numpy array, which
+    CuPy's full does not take) is broadcast on the device."""
+    if np.ndim(value):
+        return xp.ascontiguousarray(xp.broadcast_to(xp.asarray(value, dtype), shape))
+    return xp.full(shape, value, dtype)
 
 
 def zeros(shape, dtype="float32", device=None):
@@ -197,7 +205,7 @@ def _like(inp, value, what):
     if any(map(is_dim, shape)):  # sizes of a dumpable trace: made at the shape a dump runs at
         return apply(_ops.Full(tuple(shape), value, inp.dtype, inp._device))
     xp = _device.array_module_on(inp._device)  # on inp's GPU, also when not current
-    return Tensor._wrap(xp.full(inp.shape, value, inp.dtype), inp._device)
+    return Tensor._wrap(_full(xp, inp.shape, value, inp.dtype), inp._device)
 
 
 def zeros_like(inp):

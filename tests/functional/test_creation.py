@@ -195,6 +195,8 @@ def test_full_value_errors_name_the_function_and_the_value():
     # a sequence value broadcasts as numpy's full broadcasts it (upstream's too)
     np.testing.assert_array_equal(F.full((2, 3), [1.0, 2.0, 3.0]).numpy(),
                                   np.full((2, 3), [1.0, 2.0, 3.0], np.float32))
+    np.testing.assert_array_equal(F.full_like(mge.tensor(np.zeros((2, 3), np.int32)), [1, 2, 3])
+                                  .numpy(), np.full((2, 3), [1, 2, 3], np.int32))
     with pytest.raises(ValueError, match=r"full: value of shape \(2,\) does not broadcast to "
                                          r"the shape \(2, 3\)"):
         F.full((2, 3), [1.0, 2.0])
