@@ -352,8 +352,8 @@ def linspace(start, stop, num, dtype="float32", device=None):
     if is_dim(num):  # a count from x.shape in a dumpable trace: an op, made at the run's shapes
         return apply(_Linspace(float(start), float(stop), num, _dtype(dtype, "linspace"), dev))
     with on_device(dev):  # astype allocates on the current GPU
-        return Tensor._wrap(xp.linspace(float(start), float(stop), num).astype(_dtype(dtype, "linspace")),
-                            dev)
+        values = xp.linspace(float(start), float(stop), num)
+        return Tensor._wrap(values.astype(_dtype(dtype, "linspace")), dev)
 
 
 def eye(N, M=None, dtype="float32", device=None):

@@ -219,5 +219,7 @@ def triplet_margin_loss(anchor, positive, negative, margin=1.0, p=2):
         anchor, positive, negative = (t.astype(np.float32) for t in (anchor, positive, negative))
     d_pos = pow(pow(_abs(anchor - positive), p).sum(axis=1), 1.0 / p)
     d_neg = pow(pow(_abs(anchor - negative), p).sum(axis=1), 1.0 / p)
-    loss = maximum(d_pos - d_neg + _real(margin, "margin", "triplet_margin_loss"), 0.0).mean()
+    if not isinstance(margin, Tensor):  # (a Tensor margin stays an operand)
+        margin = _real(margin, "margin", "triplet_margin_loss")
+    loss = maximum(d_pos - d_neg + margin, 0.0).mean()
     return loss.astype(np.float16) if half else loss

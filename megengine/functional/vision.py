@@ -764,8 +764,8 @@ def nms(boxes, scores, iou_thresh, max_output=None):
             raise no_order("nms", t.dtype)
     if max_output is None:
         max_output = boxes.shape[0]
-    return apply(Compute(_nms_keep, float(iou_thresh), _int(max_output, "max_output", "nms", follows=False)),
-                 boxes, scores)
+    max_output = _int(max_output, "max_output", "nms", follows=False)
+    return apply(Compute(_nms_keep, float(iou_thresh), max_output), boxes, scores)
 
 
 # ----- correlation (FlowNet's cost volume) -----
