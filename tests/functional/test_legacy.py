@@ -140,7 +140,8 @@ def test_nll_loss_matches_0x_example_and_torch():
 def test_triplet_margin_loss_matches_torch():
     rs = np.random.RandomState(2)
     a, pos, neg = (rs.randn(4, 3).astype("float32") for _ in range(3))
-    for p in (1, 2):
+    # (a Tensor margin, as 0.x programs may pass, stays an operand)
+    for p, margin in ((1, 0.5), (2, 0.5), (2, mge.tensor(0.5))):
         ta = torch.tensor(a, requires_grad=True)
         ref = torch.nn.functional.triplet_margin_loss(ta, torch.tensor(pos), torch.tensor(neg),
                                                       margin=0.5, p=p, eps=0.0)
@@ -148,7 +149,7 @@ def test_triplet_margin_loss_matches_torch():
         x = mge.tensor(a)
         gm = GradManager().attach([x])
         with gm:
-            loss = F.triplet_margin_loss(x, mge.tensor(pos), mge.tensor(neg), margin=0.5, p=p)
+            loss = F.triplet_margin_loss(x, mge.tensor(pos), mge.tensor(neg), margin=margin, p=p)
             gm.backward(loss)
         np.testing.assert_allclose(loss.numpy(), ref.item(), rtol=1e-5)
         np.testing.assert_allclose(x.grad.numpy(), ta.grad.numpy(), rtol=1e-4, atol=1e-6)
