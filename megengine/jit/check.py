@@ -468,7 +468,7 @@ class _Checker(_Hook):
                 self.arrays[s] = out._data
             except AttributeError:  # several outputs where the trace had one
                 message, hint = count_mismatch_text(_Where(self.n_ops - 1, op), op, 1,
-                                                    len(out))
+                                                    len(out), now_tuple=True)
                 self._mismatch(message, "operator mismatch", hint)
             values[s] = out  # (the maps, if built, take it up when next needed: `_index`)
         if step.free_big:  # (the values as large as FREE_BYTES when recorded)
@@ -482,7 +482,8 @@ class _Checker(_Hook):
         outs = step.outs
         if type(out) is not tuple or len(out) != len(outs):
             message, hint = count_mismatch_text(_Where(self.n_ops - 1, op), op, len(outs),
-                                                len(out) if type(out) is tuple else 1)
+                                                len(out) if type(out) is tuple else 1,
+                                                now_tuple=type(out) is tuple)
             self._mismatch(message, "operator mismatch", hint)
         values, arrays = self.values, self.arrays
         for s, o in zip(outs, out):

@@ -22,13 +22,21 @@ _HINT = ("A traced function must apply the same ops, to values from the same pla
          "anew; within one such signature the ops must not change.")
 
 
-def count_mismatch_text(where, op, recorded, now):
-    """(message, hint) for op ``op`` giving ``now`` outputs where the trace had ``recorded``.
-    An op whose number of outputs may change between calls (a PyTorchModule with
-    ``output_cnt=None``) says what to do instead (its ``output_count_advice``)."""
+def count_mismatch_text(where, op, recorded, now, now_tuple=None):
+    """(message, hint) for op ``op`` giving ``now`` outputs where the trace had ``recorded``;
+    ``now_tuple`` says whether this call's outputs came in a tuple, which tells one tensor from
+    a tuple of one where the counts agree. An op whose number of outputs may change between
+    calls (a PyTorchModule with ``output_cnt=None``) says what to do instead (its
+    ``output_count_advice``)."""
     advice = getattr(op, "output_count_advice", None)
-    return (f"{where}: the trace had {recorded} output{'' if recorded == 1 else 's'}, this call "
-            f"has {now}", _HINT if advice is None else advice(recorded, now))
+    if recorded == now and now_tuple is not None:
+        got = ("a tuple of one output where the trace had one tensor" if now_tuple
+               else "one tensor where the trace had a tuple of one")
+        message = f"{where}: this call gives {got}"
+    else:
+        message = (f"{where}: the trace had {recorded} output{'' if recorded == 1 else 's'}, "
+                   f"this call has {now}")
+    return message, _HINT if advice is None else advice(recorded, now)
 
 
 _INPLACE = Tensor._inplace  # the in-place write of ``x += y``, ``x[i] = v`` on a non-Parameter

@@ -82,7 +82,7 @@ def _run(prog, leaves, profile):
                     step.outs):
                 message, hint = count_mismatch_text(
                     f"replaying op #{step.index} ({step.name})", op, len(step.outs),
-                    len(out) if type(out) is tuple else 1)
+                    len(out) if type(out) is tuple else 1, now_tuple=type(out) is tuple)
                 raise TraceMismatchError(f"{message}. {hint}", "operator mismatch")
             if step.multi:
                 for s, o in zip(step.outs, out):

@@ -314,6 +314,40 @@ def test_ops_of_several_outputs_take_the_fast_path_and_still_refuse_a_change(sym
     np.testing.assert_allclose(tr(x).numpy(), f(x).numpy(), rtol=1e-6, atol=1e-7)
 
 
+class _OneOrTuple(dispatch.Op):
+    """The input's copy, alone or (``in_tuple``, a class attribute the trace does not compare) as
+    a tuple of one."""
+
+    in_tuple = False
+
+    def forward(self, x):
+        return (x.copy(),) if self.in_tuple else x.copy()
+
+
+@pytest.mark.parametrize("symbolic", MODES)
+@pytest.mark.parametrize("recorded_in_tuple", [False, True])
+def test_one_output_against_a_tuple_of_one_says_which_is_which(symbolic, recorded_in_tuple):
+    # both have one output: "the trace had 1 output, this call has 1" said nothing
+    def f(x):
+        out = dispatch.apply(_OneOrTuple(), x * 2)
+        return (out[0] if type(out) is tuple else out) + 1
+
+    x = mge.tensor([1.0, 2.0])
+    tr = trace(f, symbolic=symbolic)
+    try:
+        _OneOrTuple.in_tuple = recorded_in_tuple
+        for _ in range(2):
+            np.testing.assert_array_equal(tr(x).numpy(), [3.0, 5.0])
+        _OneOrTuple.in_tuple = not recorded_in_tuple
+        with pytest.raises(TraceMismatchError) as info:
+            tr(x)
+    finally:
+        _OneOrTuple.in_tuple = False
+    expected = ("one tensor where the trace had a tuple of one" if recorded_in_tuple
+                else "a tuple of one output where the trace had one tensor")
+    assert "op #1" in info.value.detail and expected in info.value.detail, info.value.detail
+
+
 @pytest.mark.parametrize("symbolic", MODES)
 def test_the_same_tensor_passed_twice(symbolic):
     f = trace(lambda a, b: a * 2 + b, symbolic=symbolic)
