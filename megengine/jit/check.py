@@ -610,9 +610,11 @@ class _Checker(_Hook):
             if not self.failed:
                 dispatch._trace_hook = self
         outs = out if type(out) is tuple else (out,)
-        if len(outs) != len(step.outs):
+        if len(outs) != len(step.outs) or (type(out) is tuple) is not step.multi:
+            # (one tensor against a tuple of one too, as the fast path and replay refuse it)
             message, hint = count_mismatch_text(_Where(self.n_ops - 1, op), op,
-                                                len(step.outs), len(outs))
+                                                len(step.outs), len(outs),
+                                                now_tuple=type(out) is tuple)
             self._mismatch(message, "operator mismatch", hint)
         for o, s in zip(outs, step.outs):
             self._register(o, s)

@@ -316,9 +316,14 @@ def test_ops_of_several_outputs_take_the_fast_path_and_still_refuse_a_change(sym
 
 class _OneOrTuple(dispatch.Op):
     """The input's copy, alone or (``in_tuple``, a class attribute the trace does not compare) as
-    a tuple of one."""
+    a tuple of one; ``table``, an array parameter, sends its checks to the full comparison."""
 
     in_tuple = False
+
+    def __init__(self, table=None):
+        super().__init__()
+        if table is not None:
+            self.table = table
 
     def forward(self, x):
         return (x.copy(),) if self.in_tuple else x.copy()
@@ -326,10 +331,15 @@ class _OneOrTuple(dispatch.Op):
 
 @pytest.mark.parametrize("symbolic", MODES)
 @pytest.mark.parametrize("recorded_in_tuple", [False, True])
-def test_one_output_against_a_tuple_of_one_says_which_is_which(symbolic, recorded_in_tuple):
-    # both have one output: "the trace had 1 output, this call has 1" said nothing
+@pytest.mark.parametrize("path", ["fast", "full"])
+def test_one_output_against_a_tuple_of_one_says_which_is_which(symbolic, recorded_in_tuple,
+                                                               path):
+    # both have one output: "the trace had 1 output, this call has 1" said nothing, and the
+    # full comparison took one tensor for a tuple of one (the fast path and replay refused it)
+    table = np.zeros(2) if path == "full" else None
+
     def f(x):
-        out = dispatch.apply(_OneOrTuple(), x * 2)
+        out = dispatch.apply(_OneOrTuple(table), x * 2)
         return (out[0] if type(out) is tuple else out) + 1
 
     x = mge.tensor([1.0, 2.0])
