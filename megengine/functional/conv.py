@@ -64,14 +64,16 @@ def _geometry(nd, what, stride, padding, dilation, output_padding=0):
     strides and dilations positive, paddings non-negative: torch's own checks ("dilation should
     be greater than zero", "negative padding is not supported") say neither which function nor
     what to pass."""
-    s, p, d, op = (_ntuple(v, nd, name, what) for v, name in (
-        (stride, "stride"), (padding, "padding"), (dilation, "dilation"),
-        (output_padding, "output_padding")))
-    for name, sizes in (("stride", s), ("dilation", d)):
-        if min(sizes) < 1:
-            axis = _AXES[nd][sizes.index(min(sizes))]
-            raise ArgumentError(f"{what}: {name} must be a positive int, got {min(sizes)} "
-                                f"along {axis}")
+    # (written out, not a generator over the four: every F.conv call outside a layer runs this)
+    s, p = _ntuple(stride, nd, "stride", what), _ntuple(padding, nd, "padding", what)
+    d = _ntuple(dilation, nd, "dilation", what)
+    op = _ntuple(output_padding, nd, "output_padding", what)
+    if min(s) < 1 or min(d) < 1:
+        for name, sizes in (("stride", s), ("dilation", d)):
+            if min(sizes) < 1:
+                axis = _AXES[nd][sizes.index(min(sizes))]
+                raise ArgumentError(f"{what}: {name} must be a positive int, got {min(sizes)} "
+                                    f"along {axis}")
     if min(p + op) < 0:
         raise ArgumentError(f"{what}: padding {p} and output_padding {op} must be non-negative")
     return s, p, d, op
@@ -79,6 +81,8 @@ def _geometry(nd, what, stride, padding, dilation, output_padding=0):
 
 def _groups(groups, what):
     """``groups`` as a positive Python int."""
+    if type(groups) is int and groups >= 1:  # the usual call, at once
+        return groups
     if not is_int(groups) or isinstance(groups, bool):
         raise ArgumentTypeError(f"{what}: groups must be an int, got {groups!r}")
     if int(groups) < 1:

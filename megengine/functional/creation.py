@@ -136,7 +136,7 @@ def _bad_value(value, what):
 
 def _check_fills(value, shape, what):
     """A sequence value (numpy's broadcasting, as upstream's) must broadcast to ``shape``."""
-    if np.ndim(value):
+    if getattr(value, "ndim", 0):  # (np.ndim of a Python number costs ~1 us: asarray)
         try:
             np.broadcast_to(value, shape)
         except ValueError:
@@ -166,7 +166,7 @@ def _filled(shape, value, dtype, device, what):
 def _full(xp, shape, value, dtype):
     """``xp.full`` (``xp`` from `array_module_on`); a sequence value (a numpy array, which
     CuPy's full does not take) is broadcast on the device."""
-    if np.ndim(value):
+    if getattr(value, "ndim", 0):  # (np.ndim of a Python number costs ~1 us: asarray)
         return xp.ascontiguousarray(xp.broadcast_to(xp.asarray(value, dtype), shape))
     return xp.full(shape, value, dtype)
 

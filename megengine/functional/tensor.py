@@ -10,7 +10,7 @@ from ..core._trace_option import as_int, is_dim, is_int, same_sizes
 from ..core.dispatch import POOL_MIN, Op, apply
 from ..core.dtype import _zero_point, no_quantized_form, quantize_array, stored
 from ..core.ops import (ArgumentError, AxisError, BroadcastError, ShapeError,  # noqa: F401
-                        int_tuple, unbroadcast, xp_of)
+                        all_ints, int_tuple, unbroadcast, xp_of)
 from ..core.tensor import Tensor, _operand, as_array, promote_types  # noqa: F401
 from . import _aten
 from ._args import _int, _size
@@ -95,8 +95,9 @@ def transpose(inp, pattern):
     """
     inp = _tensor(inp)
     pattern = tuple(pattern)
-    if len(pattern) == inp.ndim and all(is_int(p) for p in pattern):  # (sizes from x.shape
-        # in a dumpable trace too: Tensor.transpose keeps them as expressions)
+    if len(pattern) == inp.ndim and (all_ints(pattern) or all(map(is_int, pattern))):
+        # (plain ints, or sizes from x.shape in a dumpable trace: Tensor.transpose keeps them
+        # as expressions)
         return Tensor.transpose(inp, pattern)  # the engine's method, not a subclass's override
     kept = [_axis(p, inp.ndim, "transpose") for p in pattern if p != "x"]
     dropped = [i for i in range(inp.ndim) if i not in kept]
