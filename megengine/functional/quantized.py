@@ -24,7 +24,8 @@ from ..core import dtype as _qd
 from ..core.dispatch import Op, apply, xp_of
 from ..core.tensor import Tensor
 from ._args import _tensor
-from .conv import _Convolution, _ntuple
+from .conv import _Convolution, _groups
+from .conv import _geometry as _conv_geometry
 
 __all__ = ["conv_bias_activation", "batch_conv_bias_activation", "conv_transpose2d"]
 
@@ -148,9 +149,10 @@ def _check_bias(bias_dtype, acc_scale, what):
 
 
 def _geometry(transposed, stride, padding, dilation, output_padding, groups, what):
-    return (transposed, _ntuple(stride, 2, "stride", what), _ntuple(padding, 2, "padding", what),
-            _ntuple(dilation, 2, "dilation", what),
-            _ntuple(output_padding, 2, "output_padding", what), int(groups))
+    """The convolution's geometry, checked as ``F.conv2d``'s (positive strides and dilations,
+    non-negative paddings: torch's own words would name no function)."""
+    return (transposed, *_conv_geometry(2, what, stride, padding, dilation, output_padding),
+            _groups(groups, what))
 
 
 def _is_quantized(t):

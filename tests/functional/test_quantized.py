@@ -168,6 +168,15 @@ def test_quantized_conv_errors_name_the_fix():
     # upstream 1.13 measured: its ConvBias refuses a qint32 output of another scale
     with pytest.raises(TypeError, match=r"qint32 output must have the accumulator's scale"):
         F.quantized.conv_bias_activation(x, w, None, dtype=dtype.qint32(S_OUT))
+    # the geometry is checked as F.conv2d's, naming the function (torch's own words did not)
+    for kw, message in ((dict(padding=-1), "padding .* must be non-negative"),
+                        (dict(dilation=0), "dilation must be a positive int"),
+                        (dict(stride=(1, 0)), "stride must be a positive int, got 0 along W"),
+                        (dict(groups=0), "groups must be positive")):
+        with pytest.raises(ValueError, match="conv_bias_activation: " + message):
+            F.quantized.conv_bias_activation(x, w, None, dtype=dtype.qint8(S_OUT), **kw)
+    with pytest.raises(TypeError, match="conv_transpose2d: groups must be an int"):
+        F.quantized.conv_transpose2d(x, w, dtype=dtype.qint8(S_OUT), groups="2")
 
 
 def _q(ints, qdt):
