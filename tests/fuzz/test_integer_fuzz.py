@@ -103,3 +103,23 @@ def test_scatter_cases_draw_no_duplicate_positions():
     for _ in range(50):
         case = OPS["scatter"][1](rng)
         assert not case.bcast
+
+
+def test_integer_mode_takes_a_float_result_of_wrapped_integers_from_torchs_integer_op():
+    # seed 100076: uint8 l1_loss's mean averages |1 - 2| = 255 (uint8 arithmetic wraps, in
+    # upstream and in torch), where torch's op on the float values says 1; torch's op on the
+    # integer arrays themselves is the second oracle, as it is for integer results
+    p, y = np.array([[1, 5]], np.float32), np.array([[2, 5]], np.float32)
+
+    def case(off):
+        return Case("probe", [p, y], lambda a, b: F.mean(F.abs(a - b)) + off,
+                    lambda a, b: (a - b).abs().sum() / 2, layouts=False)
+    for seed in range(30):  # (both uint8 at seeds 22, 26 and 29)
+        assert run_integer(case(0), np.random.default_rng(seed)) == "ok"
+        with pytest.raises(Mismatch, match="values differ"):
+            run_integer(case(0.5), np.random.default_rng(seed))
+    assert run_seed("l1_loss", 100076, "int") == "ok"
+    u8 = torch.tensor([[1, 5]], dtype=torch.uint8), torch.tensor([[2, 5]], dtype=torch.uint8)
+    want = torch.nn.functional.l1_loss(*u8, reduction="none").sum() / 2
+    got = F.nn.l1_loss(*[mge.tensor(t.numpy()) for t in u8])
+    assert got.dtype == np.float32 and got.numpy() == want.numpy()
