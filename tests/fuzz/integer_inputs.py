@@ -76,9 +76,10 @@ class _Integer(Mode):
                 # uint8 l1_loss's mean |1 - 2| is 255.0 in upstream and torch)
             _close(got, want_value, tol, what)
         elif dt.kind in "iub":
-            if native is not None and dt.kind in "iu" and native.dtype.kind in "iu" \
-                    and native.shape == got.shape and np.array_equal(got, native):
-                return  # (torch's integer arithmetic agrees: a wrapped intermediate)
+            if native is not None and native.shape == got.shape and np.array_equal(got, native) \
+                    and (dt.kind in "iu" and native.dtype.kind in "iu" or dt == native.dtype):
+                return  # (torch's integer arithmetic agrees: a wrapped intermediate, or bool
+                # True + True, which is True in torch and here: docs/compatibility.rst)
             _close_integer(got, want_value, tol, what)
         else:
             raise Mismatch(f"{what} dtype {dt} for a float result")

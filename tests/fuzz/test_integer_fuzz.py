@@ -76,14 +76,16 @@ def test_integer_mode_catches_other_errors_and_cast_warnings():
 def test_integer_mode_casts_torchs_values_into_a_written_input():
     # F.full_like(x, 2.5) stores x's dtype: torch's op on the float values shows 2.5, which
     # ``writes`` casts as the integer tensor holds it (2), a bool one (True)
-    def case(writes):
+    def case(writes, dtype=None):
         return Case("probe", [np.array([[0, 1], [1, 0]], np.float32)],
-                    lambda x: F.full_like(x, 2.5), lambda v: torch.full_like(v, 2.5),
+                    lambda x: F.full_like(x, 2.5), lambda v: torch.full_like(v, 2.5, dtype=dtype),
                     layouts=False, writes=writes)
     for seed in range(6):  # (int32, int8, uint8, int64 and bool, drawn by seed)
         assert run_integer(case(0), np.random.default_rng(seed)) == "ok"
+    # (float32 in torch's op on the integer arrays too, the mode's second oracle, which would
+    # otherwise store 2.5 as the input's dtype does)
     with pytest.raises(Mismatch, match="an integer result must be exact"):
-        run_integer(case(None), np.random.default_rng(0))
+        run_integer(case(None, torch.float32), np.random.default_rng(0))
 
 
 def test_pad_fills_a_bool_tensor_with_its_constant_cast_to_bool():
@@ -123,3 +125,20 @@ def test_integer_mode_takes_a_float_result_of_wrapped_integers_from_torchs_integ
     want = torch.nn.functional.l1_loss(*u8, reduction="none").sum() / 2
     got = F.nn.l1_loss(*[mge.tensor(t.numpy()) for t in u8])
     assert got.dtype == np.float32 and got.numpy() == want.numpy()
+
+
+def test_integer_mode_takes_bool_sums_that_torchs_bool_op_gives():
+    # bool True + True is True here as in torch (docs/compatibility.rst), where torch's op on
+    # the values says 2: seeds 100141 (x + y) and 100241 (sliding_window_transpose of bools,
+    # torch's fold of bools) compare with torch's op on the bools; F.einsum of bools is numpy's
+    # (an or of ands), which torch's int64 count says is > 0 (seed 100139)
+    for name, seed in (("add", 100141), ("sliding_window_transpose", 100241),
+                       ("einsum", 100139)):
+        assert run_seed(name, seed, "int") == "ok"
+    b = np.array([[True, True], [False, True]])
+    assert F.einsum("ij,jk->ik", mge.tensor(b), mge.tensor(b)).numpy().tolist() == \
+        (torch.einsum("ij,jk->ik", *[torch.tensor(b).long()] * 2) != 0).tolist()
+    # an integer sum given as bool still differs from torch's (its sum of bools, drawn by
+    # _run's rng, counts in int64)
+    with pytest.raises(Mismatch, match="an integer result must be exact"):
+        _run(lambda x: F.sum(x).astype("bool"), torch.sum, np.array([[1, 1]], np.float32))
