@@ -498,8 +498,16 @@ def _einsum(rng):
         kept.append(int(np.prod(list(own.values()))) * int(np.prod(dims)))
     summed = max(total // k for k in kept if k) if total else 1
     return Case(f"einsum({eq!r}, {', '.join(map(str, shapes))})", arrays,
-                lambda *xs: F.einsum(eq, *xs), lambda *xs: torch.einsum(eq, *xs),
+                lambda *xs: F.einsum(eq, *xs), lambda *xs: _torch_einsum(eq, *xs),
                 tol=(2e-4, 1e-5 + 4 * summed * 2.0 ** -24))
+
+
+def _torch_einsum(eq, *xs):
+    if all(x.dtype == torch.bool for x in xs):
+        # (F.einsum of bools is numpy's, as its docstring says: an or of ands, which is a bool
+        # count > 0; torch's counts in int64 for a sum and refuses bool products)
+        return torch.einsum(eq, *[x.long() for x in xs]) != 0
+    return torch.einsum(eq, *xs)
 
 
 @op("exp_log_large", "elemwise")

@@ -76,14 +76,16 @@ def test_integer_mode_catches_other_errors_and_cast_warnings():
 def test_integer_mode_casts_torchs_values_into_a_written_input():
     # F.full_like(x, 2.5) stores x's dtype: torch's op on the float values shows 2.5, which
     # ``writes`` casts as the integer tensor holds it (2), a bool one (True)
-    def case(writes):
+    def case(writes, dtype=None):
         return Case("probe", [np.array([[0, 1], [1, 0]], np.float32)],
-                    lambda x: F.full_like(x, 2.5), lambda v: torch.full_like(v, 2.5),
+                    lambda x: F.full_like(x, 2.5), lambda v: torch.full_like(v, 2.5, dtype=dtype),
                     layouts=False, writes=writes)
     for seed in range(6):  # (int32, int8, uint8, int64 and bool, drawn by seed)
         assert run_integer(case(0), np.random.default_rng(seed)) == "ok"
+    # (float32 in torch's op on the integer arrays too, the mode's second oracle, which would
+    # otherwise store 2.5 as the input's dtype does)
     with pytest.raises(Mismatch, match="an integer result must be exact"):
-        run_integer(case(None), np.random.default_rng(0))
+        run_integer(case(None, torch.float32), np.random.default_rng(0))
 
 
 def test_pad_fills_a_bool_tensor_with_its_constant_cast_to_bool():
@@ -103,3 +105,40 @@ def test_scatter_cases_draw_no_duplicate_positions():
     for _ in range(50):
         case = OPS["scatter"][1](rng)
         assert not case.bcast
+
+
+def test_integer_mode_takes_a_float_result_of_wrapped_integers_from_torchs_integer_op():
+    # seed 100076: uint8 l1_loss's mean averages |1 - 2| = 255 (uint8 arithmetic wraps, in
+    # upstream and in torch), where torch's op on the float values says 1; torch's op on the
+    # integer arrays themselves is the second oracle, as it is for integer results
+    p, y = np.array([[1, 5]], np.float32), np.array([[2, 5]], np.float32)
+
+    def case(off):
+        return Case("probe", [p, y], lambda a, b: F.mean(F.abs(a - b)) + off,
+                    lambda a, b: (a - b).abs().sum() / 2, layouts=False)
+    for seed in range(30):  # (both uint8 at seeds 22, 26 and 29)
+        assert run_integer(case(0), np.random.default_rng(seed)) == "ok"
+        with pytest.raises(Mismatch, match="values differ"):
+            run_integer(case(0.5), np.random.default_rng(seed))
+    assert run_seed("l1_loss", 100076, "int") == "ok"
+    u8 = torch.tensor([[1, 5]], dtype=torch.uint8), torch.tensor([[2, 5]], dtype=torch.uint8)
+    want = torch.nn.functional.l1_loss(*u8, reduction="none").sum() / 2
+    got = F.nn.l1_loss(*[mge.tensor(t.numpy()) for t in u8])
+    assert got.dtype == np.float32 and got.numpy() == want.numpy()
+
+
+def test_integer_mode_takes_bool_sums_that_torchs_bool_op_gives():
+    # bool True + True is True here as in torch (docs/compatibility.rst), where torch's op on
+    # the values says 2: seeds 100141 (x + y) and 100241 (sliding_window_transpose of bools,
+    # torch's fold of bools) compare with torch's op on the bools; F.einsum of bools is numpy's
+    # (an or of ands), which torch's int64 count says is > 0 (seed 100139)
+    for name, seed in (("add", 100141), ("sliding_window_transpose", 100241),
+                       ("einsum", 100139)):
+        assert run_seed(name, seed, "int") == "ok"
+    b = np.array([[True, True], [False, True]])
+    assert F.einsum("ij,jk->ik", mge.tensor(b), mge.tensor(b)).numpy().tolist() == \
+        (torch.einsum("ij,jk->ik", *[torch.tensor(b).long()] * 2) != 0).tolist()
+    # an integer sum given as bool still differs from torch's (its sum of bools, drawn by
+    # _run's rng, counts in int64)
+    with pytest.raises(Mismatch, match="an integer result must be exact"):
+        _run(lambda x: F.sum(x).astype("bool"), torch.sum, np.array([[1, 1]], np.float32))
