@@ -408,6 +408,19 @@ def _flatten(value, leaves):
     return _ValueLeaf(value)
 
 
+def _own_arrays(tree):
+    """``tree`` (a key or argument tree that `_flatten` made) with each array argument's
+    `_ValueLeaf` holding a copy, for a program to keep: holding the caller's array, it kept it
+    alive, and an in-place write into it changed the key, so that the next call with the new
+    value took the program recorded for the old one (a replay computed with the old value)."""
+    t = type(tree)
+    if t is _ValueLeaf:
+        return _ValueLeaf(_host(tree.value).copy()) if _is_array(tree.value) else tree
+    if t is tuple:
+        return tuple(_own_arrays(x) for x in tree)
+    return tree
+
+
 # --------------------------------------------------------------------------------------------
 # The recorded program
 # --------------------------------------------------------------------------------------------

@@ -106,7 +106,8 @@ from ..core import _trace_option, dispatch
 from ..core.tensor import Tensor
 from ..logger import get_logger
 from . import arith_opt
-from ._program import TraceError, TraceMismatchError, _flatten, _host, _Program
+from ._program import (TraceError, TraceMismatchError, _flatten, _host, _own_arrays,
+                       _Program)
 from .check import _Checker, _ExcludedBlock, _ProfilingChecker
 from .record import _Hook, _Recorder
 from .replay import Profile, replay
@@ -417,6 +418,7 @@ class trace:
         return (*base, _values_key(leaves, read, prog.arg_reads))
 
     def _keep(self, key, prog):
+        key = _own_arrays(key)
         self._busy = True
         try:
             programs = self._programs
@@ -475,7 +477,7 @@ class trace:
             leaves = []
             prog.in_tree = _flatten((args, kwargs), leaves)
         else:
-            prog.in_tree = _flatten((args, kwargs), [])
+            prog.in_tree = _own_arrays(_flatten((args, kwargs), []))
         rec = _Recorder(self, prog, self._live_externals(bound, args, kwargs)
                         if self._capture_as_const else ())
         rec.bind_args(leaves)
