@@ -500,7 +500,8 @@ class _Program:
         self.n_ops = 0
         # values read to the host while recording (see `record._Recorder.read`): first as
         # (steps before the read, slot, value); then sorted into the tensor arguments read
-        # ((leaf index, value), ...: part of the signature) and the guards a replay checks
+        # (their leaf indices: their values are part of the signature, which the trace's
+        # cache key holds) and the guards a replay checks
         self.reads = []
         self.arg_reads = ()
         self.guards = []

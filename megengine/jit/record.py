@@ -796,9 +796,10 @@ class _Recorder(_Hook):
         self._sort_reads()
 
     def _sort_reads(self):
-        """Split the host reads: an argument's value joins the signature (``arg_reads``: leaf
-        index -> value), a constant's never changes, any other is checked on replay
-        (``guards``: (steps before it, slot, value))."""
+        """Split the host reads: an argument's value joins the signature (the program's
+        ``arg_reads``: the leaf indices; ``arg_values``: (leaf index, value), ...: the trace
+        keys the program by them, and the program keeps no copy), a constant's never changes,
+        any other is checked on replay (``guards``: (steps before it, slot, value))."""
         prog = self.prog
         leaf_of = {s: i for i, s in enumerate(prog.arg_slots)}
         arg_reads, guards, seen = {}, [], set()
@@ -809,6 +810,7 @@ class _Recorder(_Hook):
             elif prog.slots[s].kind != "const" and (pos, s) not in seen:
                 seen.add((pos, s))
                 guards.append((pos, s, value))
-        prog.arg_reads = tuple(sorted(arg_reads.items(), key=lambda kv: kv[0]))
+        self.arg_values = tuple(sorted(arg_reads.items(), key=lambda kv: kv[0]))
+        prog.arg_reads = tuple(i for i, _ in self.arg_values)
         prog.guards = guards
         prog.reads = []
