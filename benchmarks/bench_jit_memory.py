@@ -1,6 +1,8 @@
 """Peak memory of a traced function's calls against the same function run eagerly, for code that
 detaches values or updates parameters: the recording (first) call and a checked call of
-``jit.trace`` (``symbolic`` False and True), each over eager's peak in the same process.
+``jit.trace`` (``symbolic`` False and True), each over eager's peak in the same process; and
+what stays allocated once a call on inputs given once (fresh copies the caller drops at once)
+has returned, eager's and a recording call's (the trace kept alive).
 
 Memory is numpy's array buffers as ``tracemalloc`` traces them (numpy reports its allocations to
 it): the peak during the call above what was allocated before it, after a ``gc.collect()``.
@@ -11,7 +13,9 @@ Cases (float32):
 * ``tbptt``: truncated backpropagation through time: a 256-wide tanh RNN over 32 steps at batch
   128, its hidden state detached every 8 steps, a GradManager backward per chunk;
 * ``sgd_step``: a training step with the optimizer inside the traced function: six 1024 x 1024
-  ``M.Linear`` layers (24 MiB of weights) at batch 64, SGD with momentum.
+  ``M.Linear`` layers (24 MiB of weights) at batch 64, SGD with momentum;
+* ``index_batch``: ``F.relu(table[idx]).sum()``, a 1 MiB int32 index batch into a 1024 x 16
+  table (a sampler's indices, a mask).
 
 Eager code lets go of each detached value once the next one is made; a trace that keeps them
 to the end of its call holds every step's array. tracemalloc also counts the Python objects a
@@ -25,7 +29,13 @@ being the trace's Python objects). ``sgd_step``'s recording call copied every pa
 before its update (the recorder held each external's array, so the update found it shared):
 46.8x eager's peak (eager 0.5 MiB, the update allocating nothing: +23 MiB, the weights) ->
 1.05x, symbolic False and True, once it held only the arrays of tensors made in the call
-(2026-12-03); checked calls 1.01x before and after.
+(2026-12-03); checked calls 1.01x before and after. What a recording call keeps: the
+program (0.02-0.2 MiB here; ``tbptt`` also its 128 KiB ``F.zeros`` constant, and its
+parameters' new ``.grad`` arrays, whose old ones went: tracemalloc shows both) and, until
+2026-12-03, the array of every argument or computed value used as an index (``x[idx]``,
+``x[mask]``, ``y[idx] = v`` put it into the recorded op): ``index_batch`` held 1.01 MiB (the
+index batch) -> 0.01 MiB once the recorded op left it out (checked calls and replays take each
+call's own from where the recording found it).
 
     python benchmarks/bench_jit_memory.py [--case NAME|all]
 """
@@ -101,7 +111,18 @@ def sgd_step():
     return fn, (x,)
 
 
-CASES = {"detached_chain": detached_chain, "tbptt": tbptt, "sgd_step": sgd_step}
+def index_batch():
+    def fn(table, idx):
+        return F.relu(table[idx]).sum()
+
+    rs = np.random.RandomState(1)
+    table = mge.tensor(rs.rand(1024, 16).astype("float32"))
+    idx = mge.tensor(rs.randint(0, 1024, 1 << 18).astype("int32"))
+    return fn, (table, idx)
+
+
+CASES = {"detached_chain": detached_chain, "tbptt": tbptt, "sgd_step": sgd_step,
+         "index_batch": index_batch}
 
 
 def peak(call):
@@ -114,6 +135,18 @@ def peak(call):
     high = tracemalloc.get_traced_memory()[1]
     del out
     return high - before
+
+
+def held(call, inputs):
+    """Memory still allocated once ``call`` has run on fresh copies of ``inputs``, which the
+    caller drops at once (a batch given once), in bytes."""
+    gc.collect()
+    before = tracemalloc.get_traced_memory()[0]
+    out = call(*[mge.tensor(t.numpy()) for t in inputs])
+    float(out)
+    del out
+    gc.collect()
+    return tracemalloc.get_traced_memory()[0] - before
 
 
 def main():
@@ -137,6 +170,12 @@ def main():
             row.append(f"symbolic={symbolic}: recording {recording / eager:5.2f}x, "
                        f"checked {checked / eager:5.2f}x")
         print(" | ".join(row))
+        kept = [f"{'':15s} held after a call on inputs given once: eager "
+                f"{held(fn, inputs) / 2 ** 20:5.2f} MiB"]
+        for symbolic in (False, True):
+            kept.append(f"recording (symbolic={symbolic}) "
+                        f"{held(trace(fn, symbolic=symbolic), inputs) / 2 ** 20:5.2f} MiB")
+        print(" | ".join(kept))
     tracemalloc.stop()
 
 

@@ -408,6 +408,19 @@ def _flatten(value, leaves):
     return _ValueLeaf(value)
 
 
+def _own_arrays(tree):
+    """``tree`` (a key or argument tree that `_flatten` made) with each array argument's
+    `_ValueLeaf` holding a copy, for a program to keep: holding the caller's array, it kept it
+    alive, and an in-place write into it changed the key, so that the next call with the new
+    value took the program recorded for the old one (a replay computed with the old value)."""
+    t = type(tree)
+    if t is _ValueLeaf:
+        return _ValueLeaf(_host(tree.value).copy()) if _is_array(tree.value) else tree
+    if t is tuple:
+        return tuple(_own_arrays(x) for x in tree)
+    return tree
+
+
 # --------------------------------------------------------------------------------------------
 # The recorded program
 # --------------------------------------------------------------------------------------------
@@ -487,7 +500,8 @@ class _Program:
         self.n_ops = 0
         # values read to the host while recording (see `record._Recorder.read`): first as
         # (steps before the read, slot, value); then sorted into the tensor arguments read
-        # ((leaf index, value), ...: part of the signature) and the guards a replay checks
+        # (their leaf indices: their values are part of the signature, which the trace's
+        # cache key holds) and the guards a replay checks
         self.reads = []
         self.arg_reads = ()
         self.guards = []

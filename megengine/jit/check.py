@@ -38,9 +38,9 @@ from ..core._trace_option import SymDim, has_dims
 from ..core.tensor import Parameter, Tensor, _writes
 from . import arith_opt, shape_tensors
 from ._program import (FREE_BYTES, _PLAIN, _AliasStep, _ArrayValue, _DimExpr, _EventStep,
-                       _OpStep, _Ref, _Struct, _ValueLeaf, _all_plain, _describe_params, _host,
-                       _is_array, _kind_text, _op_key, _step_text, _tensor_paths, _tensor_text,
-                       _tensors_in)
+                       _OpStep, _Ref, _Struct, _ValueLeaf, _all_plain, _describe_params, _holds,
+                       _host, _is_array, _kind_text, _op_key, _step_text, _tensor_paths,
+                       _tensor_text, _tensors_in, _thaw)
 from .record import (_COMPUTED, _INPLACE, _Hook, _is_iterator, _may_hold_dims,
                      count_mismatch_text)
 
@@ -129,6 +129,40 @@ def _dims_value(v, frozen):
             and frozen == v:
         return v
     return _NO_VALUE
+
+
+def _recorded_value(step, name, own):
+    """The value op step ``step``'s parameter ``name``, built from sizes, had when recorded,
+    for comparing this call's op (whose value is ``own``) with the record: the template's;
+    where the recording took it out of the template, holding arrays of the call's values
+    (``x[idx, :n]``: `record._drop_call_arrays`), the recorded form with ``own``'s arrays in
+    their places (the comparison then asks whether they are the recorded slots' values)."""
+    v = step.template.__dict__.get(name, _NO_VALUE)
+    if v is not _NO_VALUE:
+        return v
+    for k, frozen in step.key[1]:
+        if k == name:
+            return _with_own_arrays(frozen, own)
+    return own
+
+
+def _with_own_arrays(frozen, own):
+    """`_thaw` of ``frozen`` (a recorded parameter) with each array of a traced value (a
+    `_Ref`) taken from ``own`` at the same place; ``own`` itself where their structures differ
+    (the comparison says what differs)."""
+    t = type(frozen)
+    if t is _Ref:
+        return own
+    if t is tuple and frozen[0] in (tuple, list):
+        if type(own) is not frozen[0] or len(own) != len(frozen[1]):
+            return own
+        return frozen[0](_with_own_arrays(f, x) for f, x in zip(frozen[1], own))
+    if t is tuple and frozen[0] is slice:
+        if type(own) is not slice:
+            return own
+        return slice(*(_with_own_arrays(f, x)
+                       for f, x in zip(frozen[1:], (own.start, own.stop, own.step))))
+    return own if _holds(frozen, _Ref) else _thaw(frozen, ())
 
 
 class _NoStep:
@@ -561,9 +595,8 @@ class _Checker(_Hook):
         for name, v in params.items():
             if name not in now and _may_hold_dims(v) and has_dims(v):
                 return None
-        template = step.template.__dict__
         for name in now:
-            params[name] = template[name]
+            params[name] = _recorded_value(step, name, params[name])
         return now
 
     def _recorded_sizes(self, op, sym):
@@ -579,11 +612,10 @@ class _Checker(_Hook):
             k += 1
         if k >= len(steps) or type(steps[k]) is not _OpStep or steps[k].sym != sym:
             return None
-        template = steps[k].template.__dict__
         now = {}
         for name, _ in sym:
-            now[name] = getattr(op, name)
-            setattr(op, name, template[name])
+            now[name] = own = getattr(op, name)
+            setattr(op, name, _recorded_value(steps[k], name, own))
         return now
 
     def _call_slowly(self, op, inputs, sizes=None):

@@ -207,7 +207,7 @@ def program_json(prog, *, arg_names=None, output_names=None, user_info=None,
     varying = _input_dependent(prog)
     guards = [g for g in prog.guards if g[1] in varying]
     if prog.arg_reads or guards:
-        i, _ = prog.arg_reads[0] if prog.arg_reads else (None, None)
+        i = prog.arg_reads[0] if prog.arg_reads else None
         what = (f"the tensor argument {in_names[i]!r}" if i is not None else
                 prog.describe(guards[0][1]))
         raise DumpError(f"dump: the traced function read the value of {what} to the host "

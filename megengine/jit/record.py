@@ -12,8 +12,8 @@ from ..core.tensor import Parameter, Tensor
 from ..device import _Device
 from ..utils.naming import AutoNaming
 from ._program import (_COMPUTED, FREE_BYTES, TraceError, TraceMismatchError, _AliasStep,
-                       _EventStep, _OpStep, _Ref, _Struct, _dim_slots, _freeze, _host, _op_key,
-                       _refs_in, _same_bits, _tensor_paths, _tensors_in)
+                       _EventStep, _OpStep, _Ref, _Struct, _dim_slots, _freeze, _holds, _host,
+                       _op_key, _refs_in, _same_bits, _tensor_paths, _tensors_in)
 
 _HINT = ("A traced function must apply the same ops, to values from the same places, with the "
          "same shapes and dtypes, on every call (no data-dependent Python control flow). "
@@ -73,6 +73,17 @@ def _may_hold_dims(v):
 
 def _forget(table, key, _ref):
     table.pop(key, None)
+
+
+def _drop_call_arrays(template, dyn):
+    """Take out of recorded op ``template`` its parameters that hold arrays of the call's
+    values (``dyn``: ``x[idx]``'s index, where ``idx`` is an argument or a computed value).
+    Checked calls and replays rebuild them from ``dyn`` with each call's own arrays, as for an
+    op of a program loaded from a file, which has no such attribute; kept, they held the first
+    call's arrays (an argument's index, mask) for as long as the trace kept the program."""
+    for name, frozen in dyn:
+        if _holds(frozen, _Ref):
+            template.__dict__.pop(name, None)
 
 
 class _Hook:
@@ -525,6 +536,8 @@ class _Recorder(_Hook):
                 any(s in self.dyn for s in ins)
                 or any(r in self.dyn for _, f in dyn or () for r in _refs_in(f)))):
             self._data_shaped(slots)
+        if dyn is not None:
+            _drop_call_arrays(template, dyn)
         if AutoNaming.scopes:  # keyed by output slot: arith_opt's rewritten steps keep them
             scope = AutoNaming.get_scope()
             if scope:
@@ -783,9 +796,10 @@ class _Recorder(_Hook):
         self._sort_reads()
 
     def _sort_reads(self):
-        """Split the host reads: an argument's value joins the signature (``arg_reads``: leaf
-        index -> value), a constant's never changes, any other is checked on replay
-        (``guards``: (steps before it, slot, value))."""
+        """Split the host reads: an argument's value joins the signature (the program's
+        ``arg_reads``: the leaf indices; ``arg_values``: (leaf index, value), ...: the trace
+        keys the program by them, and the program keeps no copy), a constant's never changes,
+        any other is checked on replay (``guards``: (steps before it, slot, value))."""
         prog = self.prog
         leaf_of = {s: i for i, s in enumerate(prog.arg_slots)}
         arg_reads, guards, seen = {}, [], set()
@@ -796,6 +810,7 @@ class _Recorder(_Hook):
             elif prog.slots[s].kind != "const" and (pos, s) not in seen:
                 seen.add((pos, s))
                 guards.append((pos, s, value))
-        prog.arg_reads = tuple(sorted(arg_reads.items(), key=lambda kv: kv[0]))
+        self.arg_values = tuple(sorted(arg_reads.items(), key=lambda kv: kv[0]))
+        prog.arg_reads = tuple(i for i, _ in self.arg_values)
         prog.guards = guards
         prog.reads = []

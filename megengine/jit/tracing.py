@@ -106,7 +106,8 @@ from ..core import _trace_option, dispatch
 from ..core.tensor import Tensor
 from ..logger import get_logger
 from . import arith_opt
-from ._program import TraceError, TraceMismatchError, _flatten, _host, _Program
+from ._program import (TraceError, TraceMismatchError, _flatten, _host, _own_arrays,
+                       _Program)
 from .check import _Checker, _ExcludedBlock, _ProfilingChecker
 from .record import _Hook, _Recorder
 from .replay import Profile, replay
@@ -377,9 +378,9 @@ class trace:
             if self._record_only and self._last is not None:
                 raise TraceError("trace(record_only=True): the function was recorded for dump(); "
                                  "it cannot run again. Call dump(), or trace without record_only.")
-            prog, outputs = self._record(bound, args, kwargs, leaves)
-            if prog.arg_reads or read is not None:
-                key = self._key_with_reads(key[:2], read, prog, leaves)
+            prog, outputs, arg_values = self._record(bound, args, kwargs, leaves)
+            if arg_values or read is not None:
+                key = self._key_with_reads(key[:2], read, arg_values, leaves)
             self._keep(key, prog)
             return outputs
         self._last, self._last_owner = prog, owner
@@ -400,11 +401,12 @@ class trace:
         return self._check(prog, bound, args, kwargs, leaves)
 
     # ----- the program cache -----
-    def _key_with_reads(self, base, read, prog, leaves):
+    def _key_with_reads(self, base, read, arg_values, leaves):
         """The cache key of a program just recorded for signature ``base`` whose call read
-        arguments' values: ``base`` plus the values of the arguments that the programs of this
-        signature read (the recorded values where this call read them)."""
-        now = tuple(i for i, _ in prog.arg_reads)
+        arguments' values (``arg_values``: (leaf index, the value read), ...): ``base`` plus
+        the values of the arguments that the programs of this signature read (the recorded
+        values where this call read them)."""
+        now = tuple(i for i, _ in arg_values)
         if read is None or not set(now) <= set(read):
             read = tuple(sorted(set(now) | set(read or ())))
             self._busy = True
@@ -414,9 +416,10 @@ class trace:
                 self._read_args[base] = read
             finally:
                 self._done()
-        return (*base, _values_key(leaves, read, prog.arg_reads))
+        return (*base, _values_key(leaves, read, arg_values))
 
     def _keep(self, key, prog):
+        key = _own_arrays(key)
         self._busy = True
         try:
             programs = self._programs
@@ -469,13 +472,15 @@ class trace:
 
     # ----- first call of a signature -----
     def _record(self, bound, args, kwargs, leaves):
+        """Record a call: (program, outputs, (leaf index, value), ... of the arguments whose
+        values it read, which key the program)."""
         _not_nested()
         prog = _Program()
         if leaves is args:
             leaves = []
             prog.in_tree = _flatten((args, kwargs), leaves)
         else:
-            prog.in_tree = _flatten((args, kwargs), [])
+            prog.in_tree = _own_arrays(_flatten((args, kwargs), []))
         rec = _Recorder(self, prog, self._live_externals(bound, args, kwargs)
                         if self._capture_as_const else ())
         rec.bind_args(leaves)
@@ -492,7 +497,7 @@ class trace:
         prog.compile()
         if self._opt_level >= 1:
             prog.optimized = arith_opt.optimized(prog)
-        return prog, outputs
+        return prog, outputs, rec.arg_values
 
     def _live_externals(self, bound, args, kwargs):
         """Ids of the tensors a ``capture_as_const`` recording reads live instead of capturing

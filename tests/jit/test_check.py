@@ -1066,3 +1066,29 @@ def test_times_one_and_power_one_take_the_fast_path_with_the_ops_values(monkeypa
         assert np.signbit(z.numpy()[0, 1]) == (call > 0)
         np.testing.assert_array_equal(p.grad.numpy(), dy)
     assert "Mul" not in slow and "Pow" not in slow and "Add" in slow, slow
+
+
+@pytest.mark.parametrize("symbolic", MODES)
+def test_an_index_tensor_beside_a_size_from_a_shape(symbolic):
+    # ``x[i, :n]`` with n from x.shape in a dumpable trace: the index holds a symbolic size and
+    # an argument's array; a checked call compares it with the recorded sizes and this call's
+    # index (it was given the first call's index, and every later call raised "operator
+    # mismatch"), and an index from another place is still refused
+    state = {"other": False}
+
+    def f(x, i, j):
+        n = x.shape[1] // 2
+        return x[j if state["other"] else i, :n] * 2
+
+    tr = trace(f, symbolic=symbolic, capture_as_const=True)
+    data = np.arange(24, dtype=np.float32).reshape(6, 4)
+    x = mge.tensor(data)
+    rng = np.random.RandomState(0)
+    for _ in range(3):
+        i, j = rng.randint(0, 6, 5), rng.randint(0, 6, 5)
+        got = tr(x, mge.tensor(i, dtype="int32"), mge.tensor(j, dtype="int32"))
+        np.testing.assert_array_equal(got.numpy(), data[i, :2] * 2)
+    state["other"] = True
+    with pytest.raises(TraceMismatchError) as info:
+        tr(x, mge.tensor(i, dtype="int32"), mge.tensor(j, dtype="int32"))
+    assert "parameters differ" in info.value.detail

@@ -466,3 +466,76 @@ def test_checked_calls_let_go_of_values_once_the_maps_are_in_use(symbolic):
     want = [step(x).numpy() for x in xs]
     assert released == [True] * 4  # the recording call, a checked one, then eager's two
     np.testing.assert_array_equal(got, want)
+
+
+INDEX_ARGUMENT_USES = {
+    "x[idx]": (lambda x, idx: x[idx] * 2, lambda x, idx: x[idx] * 2),
+    "x[mask]": (lambda x, mask: x[mask] * 2, lambda x, mask: x[mask] * 2),
+    "y[idx] = v": (lambda x, idx: _written(x, idx, -1.0), lambda x, idx: _np_written(x, idx)),
+    "y[mask] = v": (lambda x, mask: _written(x, mask, -1.0), lambda x, mask: _np_written(x, mask)),
+}
+
+
+def _written(x, index, value):
+    y = x * 1
+    y[index] = value
+    return y
+
+
+def _np_written(x, index):
+    y = x.copy()
+    y[index] = -1.0
+    return y
+
+
+@pytest.mark.parametrize("mode", [{"symbolic": False}, {"symbolic": True},
+                                  {"symbolic": True, "capture_as_const": True},
+                                  {"without_host": True}])
+@pytest.mark.parametrize("use", sorted(INDEX_ARGUMENT_USES))
+def test_the_recording_call_lets_go_of_an_index_argument(use, mode):
+    # ``x[idx]`` puts idx's array into the op; the recorded op kept it for as long as the trace
+    # kept its program (a batch of indices or masks given once and dropped by the caller stayed
+    # alive), where eager code lets go of it. Later calls index with their own, as numpy does
+    fn, oracle = INDEX_ARGUMENT_USES[use]
+    f = trace(fn, **mode)
+    rng = np.random.RandomState(0)
+    data = rng.rand(300, 4).astype("float32")
+    x = mge.tensor(data)
+
+    def index():
+        if "mask" in use:
+            return data > rng.rand(300, 4)
+        return rng.randint(0, 300, 500).astype("int32")
+
+    i = index()
+    idx = mge.tensor(i)
+    gone = [weakref.ref(idx), weakref.ref(idx._data)]
+    np.testing.assert_array_equal(f(x, idx).numpy(), oracle(data, i))
+    del idx
+    gc.collect()
+    assert [r() for r in gone] == [None, None]
+    for _ in range(2):
+        i = index()
+        np.testing.assert_array_equal(f(x, mge.tensor(i)).numpy(), oracle(data, i))
+
+
+@pytest.mark.parametrize("symbolic", MODES)
+def test_the_recording_call_lets_go_of_a_computed_index(symbolic):
+    # the same for an index the function computes: held weakly as any value of the call, it
+    # was held by the recorded op to the end of the trace
+    import megengine.functional as F
+
+    seen = []
+
+    def fn(x):
+        order = F.argsort(x[:, 0])
+        seen.append(weakref.ref(order._data))
+        return x[order] * 2
+
+    f = trace(fn, symbolic=symbolic)
+    for seed in range(3):
+        data = np.random.RandomState(seed).rand(300, 4).astype("float32")
+        got = f(mge.tensor(data)).numpy()
+        gc.collect()
+        assert seen[-1]() is None
+        np.testing.assert_array_equal(got, data[np.argsort(data[:, 0])] * 2)

@@ -246,3 +246,23 @@ def test_a_dumped_method_names_its_own_arguments(tmp_path):
     assert info.inputs == ["arg_0"]  # the instance is not an input, as upstream's trace(model)
     out = GraphInference(str(tmp_path / "net.mgf")).run(x.numpy())
     np.testing.assert_allclose(list(out.values())[0], expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("mode", [{"symbolic": False}, {"symbolic": True},
+                                  {"without_host": True}])
+def test_an_array_argument_written_in_place_is_keyed_by_its_value_now(mode):
+    # a numpy array given by keyword (or inside a list) is part of the signature by value:
+    # the key held the caller's array itself, so after an in-place write the next call took
+    # the program recorded for the old value (a replay computed with it, a checked call
+    # refused), and the array stayed alive as long as the program
+    f = trace(lambda x, *, scale: x * mge.tensor(scale), **mode)
+    x = mge.tensor([1.0, 2.0])
+    scale = np.array([2.0, 3.0], "float32")
+    for value in ([2.0, 3.0], [5.0, 7.0], [2.0, 3.0]):
+        scale[:] = value
+        np.testing.assert_array_equal(f(x, scale=scale).numpy(), np.array([1.0, 2.0]) * value)
+    assert len(f._programs) == 2
+    gone = weakref.ref(scale)
+    del scale
+    gc.collect()
+    assert gone() is None

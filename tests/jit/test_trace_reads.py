@@ -202,3 +202,27 @@ def test_arguments_read_only_on_some_calls_join_the_key_when_first_read():
         np.testing.assert_array_equal(out.numpy(), expect.numpy())
     # (1, 6) reuses (1, 5)'s program (b unread); (2, 5) reads b; (2, 5) again replays
     assert runs == [(1, 5), (2, 5), (2, 6), (1, 7)]
+
+
+@pytest.mark.parametrize("options", ALL_MODES, ids=MODE_IDS)
+def test_a_read_argument_is_kept_once_by_the_trace(options):
+    # its value keys the program (held as bytes by the cache key); the program kept another
+    # copy of it, which nothing read again. Values still select programs (numpy the oracle)
+    import gc
+    import tracemalloc
+
+    f = trace(lambda x: x * float(x.numpy().max()), **options)
+    data = np.random.RandomState(0).rand(512, 512).astype("float32")  # (1 MiB)
+    tracemalloc.start()
+    try:
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        np.testing.assert_array_equal(f(mge.tensor(data)).numpy(), data * data.max())
+        gc.collect()
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert data.nbytes <= kept < 1.5 * data.nbytes
+    for d in (data * 2, data):
+        np.testing.assert_array_equal(f(mge.tensor(d)).numpy(), d * d.max())
+    assert len(f._programs) == 2
