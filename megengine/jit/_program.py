@@ -450,10 +450,11 @@ class _AliasStep:
 
     cls = fn = None  # neither an op nor an event (see the fast paths of `check`)
 
-    __slots__ = ("src", "out", "free", "reads")
+    __slots__ = ("src", "out", "free", "reads", "take")
 
     def __init__(self, src, out):
         self.src, self.out, self.free, self.reads = src, out, (), ()
+        self.take = None  # set by `_Program.compile` (see `_detach_plan`)
 
 
 class _EventStep:
@@ -472,6 +473,31 @@ class _EventStep:
         self.quiet = False
         self.free = self.reads = ()
         self.callbacks = None  # the GradManager callbacks' recorded ops (jit/grad_callbacks)
+
+
+def _detach_plan(steps, pc):
+    """What a checked call's event fast path (`check._Checker._take_detached`) needs for the
+    detach() steps from ``pc`` on, each of whose values an event step right after them takes
+    as a positional argument (batch norm's ``running_mean._reset(mean.detach())``): (the index
+    of the event step, its number of arguments, per detach() step (its source's slot, its
+    slot, the argument's position)); None where the fast path does not apply (another step
+    follows, an event with keyword or structured arguments, a detached value it does not
+    take)."""
+    k = pc + 1
+    while k < len(steps) and type(steps[k]) is _AliasStep:
+        k += 1
+    event = steps[k] if k < len(steps) else None
+    if type(event) is not _EventStep or event.n_args < 0:
+        return None
+    taken = []
+    for alias in steps[pc:k]:
+        for j in event.ref_pos:
+            if event.args[j].slot == alias.out:
+                break
+        else:
+            return None
+        taken.append((alias.src, alias.out, j))
+    return k, event.n_args, tuple(taken)
 
 
 class _Program:
@@ -698,6 +724,9 @@ class _Program:
                 step.pcheck = ((n_in, step.hashed, step.nested)
                                if n_in >= 0 or step.hashed is not None
                                or step.nested is not None else None)
+        for k, step in enumerate(self.steps):
+            if type(step) is _AliasStep:
+                step.take = _detach_plan(self.steps, k)
 
 
     def _dyn_checks(self, by_pos):
