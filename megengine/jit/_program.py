@@ -461,16 +461,16 @@ class _EventStep:
     cls = None  # not an op step (a checked call compares an op's type with ``step.cls``)
 
     __slots__ = ("fn", "args", "kwargs", "out_paths", "name", "args_text", "free", "reads",
-                 "ref_pos", "n_args", "quiet", "callbacks")
+                 "ref_pos", "n_args", "quiet", "writes_ext", "callbacks")
 
     def __init__(self, fn, args, kwargs):
         self.fn, self.args, self.kwargs = fn, args, kwargs
         self.out_paths = []  # (path into the result, slot) for new tensors it returned
         self.name = getattr(fn, "__qualname__", None) or repr(fn)
         self.args_text = f"the arguments of {self.name}()"  # for a checked call's messages
-        self.ref_pos = None  # these three are set by `_Program.compile`
+        self.ref_pos = None  # these four are set by `_Program.compile`
         self.n_args = -1
-        self.quiet = False
+        self.quiet = self.writes_ext = False
         self.free = self.reads = ()
         self.callbacks = None  # the GradManager callbacks' recorded ops (jit/grad_callbacks)
 
@@ -661,6 +661,13 @@ class _Program:
                     step.ref_pos = tuple(j for j, e in enumerate(step.args) if type(e) is _Ref)
                     step.n_args = len(step.args)
                     step.quiet = not step.ref_pos and not step.out_paths  # no tensor in or out
+                    # a write into an external (``running_mean._reset(mean.detach())``, as
+                    # batch norm writes its statistics): it rebinds none of its arguments (the
+                    # external keeps its identity; the value is only read), so the fast path
+                    # has nothing to note after it
+                    step.writes_ext = (step.fn is Tensor._reset and step.n_args == 2
+                                       and step.ref_pos[:1] == (0,) and not step.out_paths
+                                       and self.slots[step.args[0].slot].kind == "ext")
             if type(step) is _OpStep:
                 cls = type(step.template)
                 step.cls = cls

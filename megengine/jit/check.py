@@ -836,19 +836,28 @@ class _Checker(_Hook):
                     continue  # the value of this call the trace passed
                 self._match(v, e, step.args_text)
             self.pc = pc + 1
+            quiet = step.quiet or step.writes_ext  # (the arguments are the recorded ones)
         else:
             args, kwargs, step = self._check_event_slowly(fn, args, kwargs)
+            quiet = step.quiet
         dispatch._trace_hook = None
         try:
             result = fn(*args, **kwargs)
         finally:
             if not self.failed:
                 dispatch._trace_hook = self
-        if not step.quiet or kwargs or isinstance(result, _MAY_HOLD_TENSORS):
+        if not quiet or kwargs or isinstance(result, _MAY_HOLD_TENSORS):
             self._after_event(step, args, kwargs, result)
-        # (else no tensor went in, as the fast path saw, nor came out: nothing to note)
-        if step.free:
-            self._free(step.free)
+        # (else no tensor went in, as the fast path saw, nor came out, or the event wrote an
+        # external: nothing to note)
+        free = step.free
+        if free:  # (`_free` has work only for a large value or a detached external: not for
+            arrays, values = self.arrays, self.values  # batch norm's statistics)
+            for f in free:
+                a = arrays[f]
+                if a.nbytes >= FREE_BYTES if a is not None else values[f] is not None:
+                    self._free(free)
+                    break
         return result
 
     def _take_detached(self, pc, args):
