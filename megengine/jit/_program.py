@@ -433,7 +433,7 @@ class _OpStep:
     __slots__ = ("index", "template", "key", "dyn", "ins", "metas", "outs", "multi", "name",
                  "free", "fast", "tdict", "cls", "may_be_none", "no_grad", "reads",
                  "pdict", "checks", "n_in", "rewrite", "sym", "guards", "free_big", "nested",
-                 "hashed", "flat", "konst", "pcheck")
+                 "hashed", "flat", "konst", "pcheck", "many")
 
     def __init__(self, index, template, key, dyn, ins, metas, outs, multi, name):
         self.index, self.template, self.key, self.dyn = index, template, key, dyn
@@ -724,6 +724,13 @@ class _Program:
                     if (c0[3] is None) != (c1[3] is None):
                         jr = 0 if c0[3] is None else 1
                         step.konst = (jr, *step.checks[jr][:3], 1 - jr, *step.checks[1 - jr])
+                # (for ops of three inputs or more, none such a constant, as a training batch
+                # norm's five or a linear layer's three: their slots' getter and their
+                # recorded (shape, dtype) pairs, compared at once; a computed value whose
+                # shape data changed takes the loop, which does not compare it)
+                step.many = ((_itemgetter(*step.ins), list(step.metas))
+                             if len(step.checks) >= 3
+                             and all(c[3] is None for c in step.checks) else None)
                 # what the op fast path asks beyond ``==`` (see `check._Checker.__call__`): the
                 # number of inputs where no unpacking of ``flat`` tells it (-1: it does), the
                 # parameters to hash and to walk; None where there is nothing to ask
