@@ -150,6 +150,27 @@ def test_external_parameter_resized_between_calls_is_a_shape_mismatch():
 
 
 @pytest.mark.parametrize("symbolic", MODES)
+@pytest.mark.parametrize("change", ["shape", "dtype"])
+def test_an_input_of_a_many_input_op_changed_between_calls_is_refused(symbolic, change):
+    # ops of three inputs or more compare their inputs' shapes and dtypes at once on the fast
+    # path (a linear layer's three): a bias given another shape or dtype between calls is
+    # still refused, with the loop's message
+    mge.random.seed(0)
+    fc = M.Linear(3, 2)
+    f = trace(lambda x: fc(x), symbolic=symbolic)
+    x = mge.tensor(np.ones((4, 3), "float32"))
+    f(x)
+    f(x)
+    fc.bias.set_value(mge.tensor(np.zeros(3, "float32")) if change == "shape"
+                      else fc.bias.astype("float16"))
+    with pytest.raises(TraceMismatchError) as info:
+        f(x)
+    assert str(info.value) == "trace error because shape mismatch"
+    assert "input 2" in info.value.detail
+    assert ("(2,)" if change == "shape" else "float16") in info.value.detail
+
+
+@pytest.mark.parametrize("symbolic", MODES)
 def test_external_buffer_rebound_by_an_inplace_write(symbolic):
     # a global non-Parameter tensor: ``buf += x`` rebinds it to the sum (an event), and the
     # next op reads it from there; the next call starts from the rebound value, as eagerly
