@@ -197,14 +197,15 @@ class Conv2d(_ConvNd):
         hook = _dispatch._trace_hook
         hold = True
         if hook is not None or _dispatch._symbolic_hook is not None:
-            if _dispatch._symbolic_hook is not None or getattr(hook, "names_ops", True):
+            if _dispatch._symbolic_hook is not None or not getattr(hook, "checking", False):
                 # traced (jit.trace's recording, trace_module, a loaded program's VarNodes):
                 # the public call, which tracers patch and record (and a recorded op holds no
                 # views)
                 return F.conv2d(inp, weight, bias, self.stride, padding, self.dilation,
                                 self.groups, self.conv_mode, self.compute_mode)
-            hold = False  # a checked call of jit.trace: the recorded op, without views (its
-            # geometry normalized once, as the layer keeps it: ~4 us a call less)
+            hold = False  # a checked call of jit.trace (its hook is `checking`): the
+            # recorded op, without views (its geometry normalized once, as the layer keeps
+            # it: ~4 us a call less)
         if self.conv_mode != "cross_correlation" or self.compute_mode != "default":
             _check_conv_mode(self.conv_mode, self.compute_mode, "conv2d")
         # F.conv2d's body, with the layer's kept weight views (`_aten.LayerViews`)
