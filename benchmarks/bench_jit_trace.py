@@ -52,6 +52,7 @@ import megengine as mge  # noqa: E402
 import megengine.functional as F  # noqa: E402
 import megengine.module as M  # noqa: E402
 import megengine.optimizer as optim  # noqa: E402
+from megengine.autodiff import GradManager  # noqa: E402
 from megengine.jit import trace  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

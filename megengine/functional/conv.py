@@ -374,8 +374,9 @@ def _check_conv_mode(conv_mode, compute_mode, what):
 
 
 def _conv(nd, transposed, what, inp, weight, bias, stride, padding, dilation, groups,
-          output_padding=0, views=None):
-    """The convolutions' common body; ``views``: the calling layer's `_aten.LayerViews`."""
+          output_padding=0, views=None, hold=True):
+    """The convolutions' common body; ``views``: the calling layer's `_aten.LayerViews`,
+    which the op keeps unless ``hold`` is False (only their normalized geometry is used)."""
     if _CONFIG_VARS["__conv_format"] != "default":  # (the switch left alone: NCHW, no call)
         _config._effective_conv_format("NCHW", what, supported=("NCHW",))  # NHWC: refused
     args = None if views is None else views.args
@@ -390,7 +391,7 @@ def _conv(nd, transposed, what, inp, weight, bias, stride, padding, dilation, gr
                 type(a) is int or (type(a) is tuple and all(type(v) is int for v in a))
                 for a in (stride, padding, dilation, groups, output_padding)):
             views.args = (stride, padding, dilation, groups, output_padding, made)
-    if views is not None:
+    if views is not None and hold:
         op.cache = views
     inputs = (inp if isinstance(inp, Tensor) else Tensor(inp),
               weight if isinstance(weight, Tensor) else Tensor(weight))

@@ -446,7 +446,7 @@ class _OpStep:
     __slots__ = ("index", "template", "key", "dyn", "ins", "metas", "outs", "multi", "name",
                  "free", "fast", "tdict", "cls", "may_be_none", "no_grad", "reads",
                  "pdict", "checks", "n_in", "rewrite", "sym", "guards", "free_big", "nested",
-                 "hashed", "flat", "konst", "pcheck")
+                 "hashed", "flat", "konst", "pcheck", "many")
 
     def __init__(self, index, template, key, dyn, ins, metas, outs, multi, name):
         self.index, self.template, self.key, self.dyn = index, template, key, dyn
@@ -463,28 +463,54 @@ class _AliasStep:
 
     cls = fn = None  # neither an op nor an event (see the fast paths of `check`)
 
-    __slots__ = ("src", "out", "free", "reads")
+    __slots__ = ("src", "out", "free", "reads", "take")
 
     def __init__(self, src, out):
         self.src, self.out, self.free, self.reads = src, out, (), ()
+        self.take = None  # set by `_Program.compile` (see `_detach_plan`)
 
 
 class _EventStep:
     cls = None  # not an op step (a checked call compares an op's type with ``step.cls``)
 
     __slots__ = ("fn", "args", "kwargs", "out_paths", "name", "args_text", "free", "reads",
-                 "ref_pos", "n_args", "quiet", "callbacks")
+                 "ref_pos", "n_args", "quiet", "writes_ext", "callbacks")
 
     def __init__(self, fn, args, kwargs):
         self.fn, self.args, self.kwargs = fn, args, kwargs
         self.out_paths = []  # (path into the result, slot) for new tensors it returned
         self.name = getattr(fn, "__qualname__", None) or repr(fn)
         self.args_text = f"the arguments of {self.name}()"  # for a checked call's messages
-        self.ref_pos = None  # these three are set by `_Program.compile`
+        self.ref_pos = None  # these four are set by `_Program.compile`
         self.n_args = -1
-        self.quiet = False
+        self.quiet = self.writes_ext = False
         self.free = self.reads = ()
         self.callbacks = None  # the GradManager callbacks' recorded ops (jit/grad_callbacks)
+
+
+def _detach_plan(steps, pc):
+    """What a checked call's event fast path (`check._Checker._take_detached`) needs for the
+    detach() steps from ``pc`` on, each of whose values an event step right after them takes
+    as a positional argument (batch norm's ``running_mean._reset(mean.detach())``): (the index
+    of the event step, its number of arguments, per detach() step (its source's slot, its
+    slot, the argument's position)); None where the fast path does not apply (another step
+    follows, an event with keyword or structured arguments, a detached value it does not
+    take)."""
+    k = pc + 1
+    while k < len(steps) and type(steps[k]) is _AliasStep:
+        k += 1
+    event = steps[k] if k < len(steps) else None
+    if type(event) is not _EventStep or event.n_args < 0:
+        return None
+    taken = []
+    for alias in steps[pc:k]:
+        for j in event.ref_pos:
+            if event.args[j].slot == alias.out:
+                break
+        else:
+            return None
+        taken.append((alias.src, alias.out, j))
+    return k, event.n_args, tuple(taken)
 
 
 class _Program:
@@ -649,6 +675,13 @@ class _Program:
                     step.ref_pos = tuple(j for j, e in enumerate(step.args) if type(e) is _Ref)
                     step.n_args = len(step.args)
                     step.quiet = not step.ref_pos and not step.out_paths  # no tensor in or out
+                    # a write into an external (``running_mean._reset(mean.detach())``, as
+                    # batch norm writes its statistics): it rebinds none of its arguments (the
+                    # external keeps its identity; the value is only read), so the fast path
+                    # has nothing to note after it
+                    step.writes_ext = (step.fn is Tensor._reset and step.n_args == 2
+                                       and step.ref_pos[:1] == (0,) and not step.out_paths
+                                       and self.slots[step.args[0].slot].kind == "ext")
             if type(step) is _OpStep:
                 cls = type(step.template)
                 step.cls = cls
@@ -705,6 +738,13 @@ class _Program:
                     if (c0[3] is None) != (c1[3] is None):
                         jr = 0 if c0[3] is None else 1
                         step.konst = (jr, *step.checks[jr][:3], 1 - jr, *step.checks[1 - jr])
+                # (for ops of three inputs or more, none such a constant, as a training batch
+                # norm's five or a linear layer's three: their slots' getter and their
+                # recorded (shape, dtype) pairs, compared at once; a computed value whose
+                # shape data changed takes the loop, which does not compare it)
+                step.many = ((_itemgetter(*step.ins), list(step.metas))
+                             if len(step.checks) >= 3
+                             and all(c[3] is None for c in step.checks) else None)
                 # what the op fast path asks beyond ``==`` (see `check._Checker.__call__`): the
                 # number of inputs where no unpacking of ``flat`` tells it (-1: it does), the
                 # parameters to hash and to walk; None where there is nothing to ask
@@ -712,6 +752,9 @@ class _Program:
                 step.pcheck = ((n_in, step.hashed, step.nested)
                                if n_in >= 0 or step.hashed is not None
                                or step.nested is not None else None)
+        for k, step in enumerate(self.steps):
+            if type(step) is _AliasStep:
+                step.take = _detach_plan(self.steps, k)
 
 
     def _dyn_checks(self, by_pos):

@@ -297,7 +297,10 @@ class Module:
         return HookHandler(self._forward_hooks, hook)
 
     def __call__(self, *inputs, **kwargs):
-        if _dispatch._trace_hook is not None:  # a trace records: ops are named in its scope
+        hook = _dispatch._trace_hook
+        if hook is not None and getattr(hook, "names_ops", True):
+            # a trace records: ops are named in its scope (a checked call of a recorded
+            # trace names none: the recording's names are the program's)
             return self._call_in_scope(inputs, kwargs)
         if self._forward_pre_hooks or self._forward_hooks:
             return self._hooked_forward(inputs, kwargs)

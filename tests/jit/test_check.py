@@ -150,6 +150,27 @@ def test_external_parameter_resized_between_calls_is_a_shape_mismatch():
 
 
 @pytest.mark.parametrize("symbolic", MODES)
+@pytest.mark.parametrize("change", ["shape", "dtype"])
+def test_an_input_of_a_many_input_op_changed_between_calls_is_refused(symbolic, change):
+    # ops of three inputs or more compare their inputs' shapes and dtypes at once on the fast
+    # path (a linear layer's three): a bias given another shape or dtype between calls is
+    # still refused, with the loop's message
+    mge.random.seed(0)
+    fc = M.Linear(3, 2)
+    f = trace(lambda x: fc(x), symbolic=symbolic)
+    x = mge.tensor(np.ones((4, 3), "float32"))
+    f(x)
+    f(x)
+    fc.bias.set_value(mge.tensor(np.zeros(3, "float32")) if change == "shape"
+                      else fc.bias.astype("float16"))
+    with pytest.raises(TraceMismatchError) as info:
+        f(x)
+    assert str(info.value) == "trace error because shape mismatch"
+    assert "input 2" in info.value.detail
+    assert ("(2,)" if change == "shape" else "float16") in info.value.detail
+
+
+@pytest.mark.parametrize("symbolic", MODES)
 def test_external_buffer_rebound_by_an_inplace_write(symbolic):
     # a global non-Parameter tensor: ``buf += x`` rebinds it to the sum (an event), and the
     # next op reads it from there; the next call starts from the rebound value, as eagerly
@@ -1092,3 +1113,61 @@ def test_an_index_tensor_beside_a_size_from_a_shape(symbolic):
     with pytest.raises(TraceMismatchError) as info:
         tr(x, mge.tensor(i, dtype="int32"), mge.tensor(j, dtype="int32"))
     assert "parameters differ" in info.value.detail
+
+
+@pytest.mark.parametrize("symbolic", MODES)
+def test_a_conv_layer_in_a_checked_call_makes_the_recorded_op_without_views(symbolic,
+                                                                             monkeypatch):
+    # a checked call's Conv2d makes F.conv2d's op from the geometry the layer keeps (no
+    # normalizing per call), holding none of the layer's views, as the recorded op; a stride
+    # changed between calls is still refused
+    ops = []
+    apply = dispatch.apply_unhooked
+
+    def seen(op, inputs):
+        ops.append((type(op).__name__, op.__dict__.get("cache"), op.stride))
+        return apply(op, inputs)
+
+    monkeypatch.setattr(dispatch, "apply_unhooked", seen)
+    mge.random.seed(0)
+    conv = M.Conv2d(2, 3, 3, padding=1)
+    x = mge.tensor(np.random.RandomState(0).rand(1, 2, 5, 5).astype("float32"))
+    want = conv(x).numpy()  # eagerly: the layer keeps its views and geometry
+    f = trace(lambda x: conv(x), symbolic=symbolic)
+    for _ in range(3):
+        np.testing.assert_allclose(f(x).numpy(), want, rtol=1e-6)
+    assert ops[-1] == ("_Convolution", None, (1, 1))  # (the checked call's)
+    conv.stride = (2, 2)
+    with pytest.raises(TraceMismatchError, match="parameters differ"):
+        f(x)
+
+
+@pytest.mark.parametrize("symbolic", MODES)
+def test_a_write_into_an_external_lets_go_of_the_large_value_it_last_used(symbolic):
+    # the event fast path lets go of values only where there is one to let go of (batch
+    # norm's small statistics have none): a large value whose last use is a write into an
+    # external is freed at the write, as eagerly; the write's flag says it rebinds nothing,
+    # which a write into a value of the call does not say
+    buf = mge.tensor(np.zeros(check.FREE_BYTES // 4, "float32"))
+    alive = []
+
+    def f(x):
+        y = x * 2
+        ref = weakref.ref(y)
+        buf._reset(y.detach())
+        del y
+        alive.append(ref() is not None)
+        z = x[:4] * 3
+        z._reset(x[:4] + 1)
+        return z * 2 + buf[:4]
+
+    tr = trace(f, symbolic=symbolic)
+    x = mge.tensor(np.arange(check.FREE_BYTES // 4, dtype="float32"))
+    want = (x.numpy()[:4] + 1) * 2 + x.numpy()[:4] * 2
+    for _ in range(3):
+        np.testing.assert_array_equal(tr(x).numpy(), want)
+        np.testing.assert_array_equal(buf.numpy(), x.numpy() * 2)
+    assert alive == [False, False, False]
+    writes = [step for step in tr._program.steps if getattr(step, "fn", None) is
+              mge.Tensor._reset]
+    assert [step.writes_ext for step in writes] == [True, False]

@@ -116,6 +116,41 @@ def test_dumped_operators_are_named_by_module_scope(symbolic):
 
 
 @pytest.mark.parametrize("symbolic", [False, True])
+def test_checked_calls_open_no_scopes_and_the_dump_keeps_the_recorded_names(symbolic):
+    # only the recording names ops: a checked call's modules push no scope (it would name
+    # nothing), and a dump after checked calls writes the names the recording gave
+    seen = []
+
+    class Probe(M.Module):
+        def forward(self, x):
+            seen.append(AutoNaming.get_scope())
+            return F.relu(x)
+
+    class Outer(M.Module):
+        def __init__(self):
+            super().__init__(name="net")
+            self.probe = Probe()
+
+        def forward(self, x):
+            return self.probe(x) * 2
+
+    net = Outer()
+    calls = []
+    net.probe.register_forward_hook(lambda m, i, o: calls.append(len(i)))  # (hooks still run)
+    AutoNaming.clear()
+    f = trace(net, symbolic=symbolic, capture_as_const=True)
+    for _ in range(3):
+        np.testing.assert_array_equal(f(mge.tensor(X)).numpy(), np.maximum(X, 0) * 2)
+    assert seen == ["net.probe", "", ""] and calls == [1, 1, 1]
+    assert AutoNaming.scopes == []
+    file = io.BytesIO()
+    f.dump(file, arg_names=["x"], optimize_for_inference=False)
+    file.seek(0)
+    ops = cgtools.get_oprs_seq(G.load_graph(file).output_vars_list)
+    assert [o.name for o in ops] == ["x", "net.probe.RELU", "net.MUL"]
+
+
+@pytest.mark.parametrize("symbolic", [False, True])
 def test_names_of_values_the_call_lets_go_of_name_their_vars(symbolic):
     # values of 16 KiB or more are let go of as soon as the function drops them (jit/record.py);
     # a name given to one, before or after its last use, still names its var in the file, as
