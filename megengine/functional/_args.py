@@ -1,6 +1,7 @@
 """Argument helpers shared by the F.nn op files: tensors, int pairs, float inputs, axes, index ranges."""
 import numpy as np
 
+from ..core._caller import public_argument
 from ..core._trace_option import as_int, is_dim, is_int
 from ..core.dtype import float_value
 from ..core.dtype_rules import complex_error, promote_types
@@ -11,12 +12,16 @@ from ..core.tensor import Tensor
 def _tensor(x):
     """``x`` as a Tensor: Tensors pass through, numbers, lists and arrays become one. None
     raises, as upstream's functions do (``Tensor(None)`` is an empty tensor, which would have
-    flowed on silently: ``F.relu(None)`` an empty result, ``F.sum(None)`` 0)."""
+    flowed on silently: ``F.relu(None)`` an empty result, ``F.sum(None)`` 0), naming the
+    function called and the argument (``relu: x is None``; a string says so in `Tensor`)."""
     if isinstance(x, Tensor):
         return x
     if x is None:
-        raise TypeError("an input tensor is None; pass a Tensor (or a number, list or array); "
-                        "a function that returned None by mistake is the usual cause")
+        func, arg = public_argument(None)
+        raise ArgumentTypeError(
+            f"{func + ': ' if func else ''}{arg or 'an input tensor'} is None; pass a Tensor "
+            "(or a number, list or array); a function that returned None by mistake is the "
+            "usual cause")
     return Tensor(x)
 
 

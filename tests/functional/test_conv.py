@@ -907,3 +907,17 @@ def test_groups_of_another_type_is_a_typeerror_and_upstreams_runtimeerror(call):
     for error in (TypeError, RuntimeError):
         with pytest.raises(error, match="groups must be an int, got"):
             call(x, w)
+
+
+@pytest.mark.parametrize("name,arg,call", [
+    ("conv2d", "weight", lambda x: F.conv2d(x, "w")),
+    ("conv2d", "bias", lambda x: F.conv2d(x, np.ones((2, 3, 1, 1), np.float32), bias="b")),
+    ("conv_transpose2d", "weight", lambda x: F.conv_transpose2d(x, "w")),
+    ("local_conv2d", "inp", lambda x: F.local_conv2d(None, x)),
+])
+def test_a_string_or_none_for_a_tensor_names_the_function_and_the_argument(name, arg, call):
+    # (Tensor's constructor refused it, many calls below the function: its words named
+    # neither); upstream 1.13 raises TypeError ("py_apply expects tensor as inputs")
+    x = mge.tensor(np.ones((1, 3, 4, 4), np.float32))
+    with pytest.raises(TypeError, match=f"^{name}: {arg}(: cannot make a tensor| is None)"):
+        call(x)

@@ -44,8 +44,11 @@ def test_misuse_classes_tell_clear_errors_from_leaks():
     assert classify(_error(np.broadcast_shapes, (2,), (3,)), call, "pattern") == "internal"
     # an AttributeError is internal wherever it comes from
     assert classify(_error(lambda: None.shape), call, "pattern") == "internal"
-    # a clear type raised by megengine, whose message names neither: unnamed
-    assert run_broken(_call(F.exp, x=x), "x", "x")[0] == "unnamed"
+    # a clear type raised by megengine, whose message names neither: unnamed (Tensor's
+    # constructor called from the user's code names no function)
+    assert classify(_error(mge.tensor, "x"), call, "pattern") == "unnamed"
+    # ... which the same refusal inside a public function names: clear
+    assert run_broken(_call(F.exp, x=x), "x", "x")[0] == "clear"
     # a call that works is accepted
     assert run_broken(call, "pattern", [0, 1]) == ("accepted", "")
 
