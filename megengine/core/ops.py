@@ -673,7 +673,14 @@ class MatMul(Op):
             self.a = a.reshape(math.prod(a.shape[:-1]), a.shape[-1])
             self.a_shape = a.shape
             return matmul(self.a, b).reshape(a.shape[:-1] + b.shape[1:])
-        return matmul(a, b)
+        try:
+            return matmul(a, b)
+        except ValueError:  # (numpy's words, "remapped shapes", named neither op nor dims)
+            if a.ndim > 2 and b.ndim > 2:
+                raise ShapeError(
+                    f"matmul: shapes {a.shape} and {b.shape} do not match: their batch dims "
+                    f"{a.shape[:-2]} and {b.shape[:-2]} do not broadcast") from None
+            raise
 
     def backward(self, g):
         xp = xp_of(g)

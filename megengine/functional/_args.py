@@ -44,20 +44,33 @@ def _size(value):
     return value if is_dim(value) else _size_item(value)
 
 
+def _not_int(value):
+    """Whether ``value`` is a string or a float with a fraction, which ``int()`` takes (parsing
+    "2", truncating 2.5 to 2) and upstream refuses for an int argument: a string in its own
+    words, a float by pybind ("Unable to cast") or by the sizes it makes. (A whole float, 2.0,
+    is taken as the int it holds.)"""
+    return isinstance(value, (str, bytes)) or \
+        isinstance(value, (float, np.floating)) and not float(value).is_integer()
+
+
 def _int(value, name, what, follows=True):
     """An int argument (a count, a factor, an offset) as a Python int, as `_size` makes it where
     the op ``follows`` a size from ``x.shape`` (it stays an expression in a dumpable trace), else
     as ``int()`` makes it (which guards such a size: the op is built from its value); what
-    ``int()`` refuses (a list, None, a string of no number) raises, naming ``what`` and
+    ``int()`` refuses (a list, None) or would misread (`_not_int`) raises, naming ``what`` and
     ``name``, where ``int()``'s own words named neither."""
+    if type(value) is int:
+        return value
     try:
+        if _not_int(value):
+            raise TypeError
         return _size(value) if follows else int(value)
     except (TypeError, ValueError):
         raise ArgumentTypeError(f"{what}: {name} must be an int, got {value!r}") from None
 
 
 def _int_pair(value, name, what):
-    """An int or a pair of ints as a (h, w) tuple of Python ints."""
+    """An int or a pair of ints as a (h, w) tuple of Python ints (`_not_int` values raise)."""
     if isinstance(value, Tensor):
         value = value.numpy().tolist()
     if is_int(value):
@@ -65,9 +78,12 @@ def _int_pair(value, name, what):
         return int(value), int(value)
     try:
         h, w = value
+        if _not_int(h) or _not_int(w):
+            raise TypeError
         return int(h), int(w)
     except (TypeError, ValueError):
-        raise TypeError(f"{what}: {name} must be an int or a pair of ints, got {value!r}") from None
+        raise ArgumentTypeError(f"{what}: {name} must be an int or a pair of ints, got "
+                                f"{value!r}") from None
 
 
 def _real(value, name, what):

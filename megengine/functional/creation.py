@@ -348,11 +348,14 @@ def linspace(start, stop, num, dtype="float32", device=None):
         return _from_tensors(_LinspaceOf, (start, stop, num), _dtype(dtype, "linspace"),
                              device)
     num = _count(num)
+    # (float() took a string, "1", which upstream refuses, and named neither for a list)
+    start, stop = (float(_one_number(v, name, "linspace"))
+                   for v, name in ((start, "start"), (stop, "stop")))
     dev, xp = _place(device)
     if is_dim(num):  # a count from x.shape in a dumpable trace: an op, made at the run's shapes
-        return apply(_Linspace(float(start), float(stop), num, _dtype(dtype, "linspace"), dev))
+        return apply(_Linspace(start, stop, num, _dtype(dtype, "linspace"), dev))
     with on_device(dev):  # astype allocates on the current GPU
-        values = xp.linspace(float(start), float(stop), num)
+        values = xp.linspace(start, stop, num)
         return Tensor._wrap(values.astype(_dtype(dtype, "linspace")), dev)
 
 

@@ -10,7 +10,8 @@ from ..core import amp as _amp
 from ..core._trace_option import as_int, is_int, is_sym, sizes_of
 from ..core.dispatch import Op, apply
 from ..core.dtype import refuse_quantized, round_half_away
-from ..core.ops import ArgumentError, LinearMap, ShapeError, acc_dtype, as_dtype, cast, xp_of
+from ..core.ops import (ArgumentError, ArgumentTypeError, LinearMap, ShapeError, acc_dtype,
+                        as_dtype, cast, xp_of)
 from ..core.ops import matmul as _mm
 from ..core.tensor import Tensor, promote_types
 from ..core.dtype_rules import complex_error, no_order
@@ -622,8 +623,14 @@ def _warp(what, inp, mat, out_shape, mat_idx, border_mode, border_val, format, i
     n = inp.shape[0]
     batch = None
     if mat_idx is not None:
-        batch = mat_idx if isinstance(mat_idx, Tensor) else Tensor(
-            np.asarray(mat_idx, np.int32).reshape(-1), device=inp.device)
+        batch = mat_idx
+        if not isinstance(mat_idx, Tensor):
+            # (np.asarray(mat_idx, np.int32) truncated floats and refused a string in its words)
+            batch = Tensor(mat_idx, device=inp.device)
+            if batch.dtype.kind not in "iu":
+                raise ArgumentTypeError(f"{what}: mat_idx must hold image indices (integers), "
+                                        f"got {batch.dtype} values")
+            batch = batch.astype(np.int32).reshape(-1)
         idx = batch._peek().reshape(-1)  # a check only: unseen by jit.trace
         if idx.shape[0] != mat.shape[0] or (idx.size and (idx.min() < 0 or idx.max() >= n)):
             raise ValueError(f"{what}: mat_idx must give one image index in [0, {n}) per matrix "

@@ -851,6 +851,15 @@ def test_a_none_operand_of_a_binary_function_names_the_function_and_the_argument
             getattr(F, name)(*args)
 
 
+@pytest.mark.parametrize("name", ["maximum", "minimum", "add", "logical_and"])
+def test_a_none_beside_a_number_raises_instead_of_giving_an_empty_tensor(name):
+    # neither operand a Tensor: None became Tensor(None), an empty tensor, and F.maximum(None,
+    # 0.0) returned it; upstream 1.13 raises TypeError
+    other = True if name == "logical_and" else 0.0
+    with pytest.raises(TypeError, match=f"^{name}: x is None"):
+        getattr(F, name)(None, other)
+
+
 @pytest.mark.parametrize("name,op", [("left_shift", np.left_shift), ("floor_div", np.floor_divide),
                                      ("greater_equal", np.greater_equal)])
 def test_shapes_that_do_not_broadcast_name_the_function_called(name, op):

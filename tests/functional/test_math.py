@@ -1109,3 +1109,14 @@ def test_topk_k_that_is_no_int_says_what_to_pass():
     with pytest.raises(TypeError, match=r"topk: k must be an int or a one-element integer "
                                         r"tensor, got \[1, 2\]"):
         F.topk(x, [1, 2])
+
+
+def test_matmul_of_batch_dims_that_do_not_broadcast_raises_a_shape_error():
+    # torch is the oracle that these do not multiply; numpy's words ("remapped shapes") named
+    # neither the function nor the dims
+    a, b = np.ones((3, 2, 2), np.float32), np.ones((3, 2, 2, 3), np.float32)
+    with pytest.raises(RuntimeError):
+        torch.matmul(torch.tensor(a), torch.tensor(b))
+    with pytest.raises(RuntimeError, match=r"^matmul: shapes \(3, 2, 2\) and \(3, 2, 2, 3\) do "
+                                           r"not match: their batch dims \(3,\) and \(3, 2\)"):
+        F.matmul(mge.tensor(a), mge.tensor(b))
