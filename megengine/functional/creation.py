@@ -122,6 +122,8 @@ def _fill_value(value, dtype, what):
     zeros_like three times its ~2.5 us)"""
     if type(value) is int and 0 <= value <= 1 or type(value) is float and dtype.kind == "f":
         return value
+    if isinstance(value, (str, bytes)):  # (numpy parses "0.5" into a float dtype)
+        raise _bad_value(value, what)
     try:
         value = as_array(_num(value), dtype, device="cpu0")[()]
     except (TypeError, ValueError):  # (a string, a many-valued Tensor: numpy's words)

@@ -15,7 +15,7 @@ from ..core.ops import (ArgumentError, ArgumentTypeError, LinearMap, ShapeError,
 from ..core.ops import matmul as _mm
 from ..core.tensor import Tensor, promote_types
 from ..core.dtype_rules import complex_error, no_order
-from ._args import _as_float, _astype_real, _int, _size, _tensor
+from ._args import _as_float, _astype_real, _int, _real, _size, _tensor
 from .math import matmul
 from .tensor import Compute, _shape_arg, concat, pad, stack
 from .roi import deformable_psroi_pooling, roi_align, roi_pooling  # noqa: F401  (F.vision.*)
@@ -544,7 +544,7 @@ def _sample(what, inp, points, border_mode, border_val, interp_mode, batch, chan
     plain_int = int_dtype is not None and int_dtype.metadata is None
     if int_dtype is not None:
         img = _astype_real(img, np.float32, what)
-    border_val = float(border_val)
+    border_val = _real(border_val, "border_val", what)
     if plain_int and cv:  # upstream 1.13 measured (uint8): 300 -> 44, -1 -> 255, 8.7 -> 8
         # (x86 truncates to a 32-bit int first; beyond its range that is INT_MIN)
         whole = int(border_val) if abs(border_val) < 2.0 ** 31 else -2 ** 31
@@ -605,6 +605,7 @@ def remap(inp, map_xy, border_mode="replicate", scalar=0.0, interp_mode="linear"
         raise ValueError(f"remap: map_xy must be (N, OH, OW, 2) with N = {inp.shape[0]}, got "
                          f"shape {map_xy.shape}")
     map_xy = map_xy if map_xy.dtype.kind == "f" else _astype_real(map_xy, np.float32, "remap")
+    scalar = scalar if type(scalar) is float else _real(scalar, "scalar", "remap")
     if inp.dtype.kind in "iu" and inp.dtype.metadata is None:
         # an integer image's border value is rounded to its dtype first (upstream 1.13
         # measured: uint8 0.5 -> 1, 300 -> 255, -1 -> 0)
@@ -772,7 +773,11 @@ def nms(boxes, scores, iou_thresh, max_output=None):
     if max_output is None:
         max_output = boxes.shape[0]
     max_output = _int(max_output, "max_output", "nms", follows=False)
-    return apply(Compute(_nms_keep, float(iou_thresh), max_output), boxes, scores)
+    if max_output < 1:  # (upstream's pybind refuses a negative count, "Unable to cast", and
+        # 0 aborts it; the loop here would have kept every box)
+        raise ArgumentError(f"nms: max_output must be >= 1, got {max_output}")
+    return apply(Compute(_nms_keep, _real(iou_thresh, "iou_thresh", "nms"), max_output),
+                 boxes, scores)
 
 
 # ----- correlation (FlowNet's cost volume) -----

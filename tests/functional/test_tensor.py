@@ -618,3 +618,9 @@ def test_diag_of_a_fractional_or_string_offset_raises(k):
     # int() truncated 0.5 to the main diagonal and parsed "1"; upstream 1.13 refuses both
     with pytest.raises(TypeError, match="^diag: k must be an int"):
         F.diag(mge.tensor([1.0, 2.0]), k=k)
+
+
+def test_roll_of_a_string_shift_raises():
+    # int() parsed "1"; upstream 1.13 refuses it
+    with pytest.raises(TypeError, match="^roll: shift must be an int, got '1'"):
+        F.roll(mge.tensor([[1.0, 2.0]]), ("1",), (1,))

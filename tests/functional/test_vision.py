@@ -1244,3 +1244,28 @@ def test_warp_perspective_of_a_mat_idx_that_is_no_indices_raises(mat_idx, match)
     mat = mge.tensor(np.tile(np.eye(3, dtype=np.float32), (3, 1, 1)))
     with pytest.raises(TypeError, match=match):
         F.vision.warp_perspective(x, mat, (4, 4), mat_idx=mat_idx)
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda x, m, b, s: F.vision.warp_perspective(x, m, (4, 4), border_val="2.5"),
+     "^warp_perspective: border_val must be a number"),
+    (lambda x, m, b, s: F.vision.remap(x, mge.tensor(np.zeros((1, 2, 2, 2), np.float32)),
+                                       scalar="0.0"), "^remap: scalar must be a number"),
+    (lambda x, m, b, s: F.vision.nms(b, s, "0.5"), "^nms: iou_thresh must be a number"),
+])
+def test_a_string_for_a_number_of_the_vision_functions_raises(call, match):
+    # float() parsed these; upstream 1.13 refuses them ("Unable to cast": a RuntimeError)
+    x = mge.tensor(np.ones((1, 1, 4, 4), np.float32))
+    m = mge.tensor(np.eye(3, dtype=np.float32)[None])
+    boxes = mge.tensor(np.array([[0, 0, 2, 2], [1, 1, 3, 3]], np.float32))
+    with pytest.raises(RuntimeError, match=match):
+        call(x, m, boxes, mge.tensor([0.9, 0.8]))
+
+
+@pytest.mark.parametrize("max_output", [0, -1])
+def test_nms_of_a_max_output_below_one_raises(max_output):
+    # the loop kept every box (it stops when the count reaches max_output); upstream 1.13
+    # refuses a negative one and aborts on 0
+    boxes = mge.tensor(np.array([[0, 0, 2, 2], [5, 5, 7, 7]], np.float32))
+    with pytest.raises(ValueError, match="^nms: max_output must be >= 1"):
+        F.vision.nms(boxes, mge.tensor([0.9, 0.8]), 0.5, max_output=max_output)
