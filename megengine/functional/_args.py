@@ -78,6 +78,8 @@ def _int_pair(value, name, what):
         return int(value), int(value)
     try:
         h, w = value
+        if type(h) is int and type(w) is int:  # (the usual pair: no further test)
+            return h, w
         if _not_int(h) or _not_int(w):
             raise TypeError
         return int(h), int(w)
