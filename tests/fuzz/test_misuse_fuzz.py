@@ -25,7 +25,6 @@ UNNAMED = {
     "functional.legacy.nll_loss": ["indexing_one_hot"],
     "functional.math.matmul": ["dot"],  # (of two vectors)
     "functional.math.normalize": ["clip", "norm"],
-    "functional.math.std": ["var"],
     "functional.normalization.general_norm": ["layer_norm"],
     "functional.normalization.sync_batch_norm": ["batch_norm"],
     "functional.tensor.flatten": ["reshape"],
