@@ -4,6 +4,7 @@ import numpy as np
 
 from .. import device as _device_mod
 from . import dtype
+from ._caller import argument_prefix
 
 _refuse_on_gpu = dtype.refuse_on_gpu  # (`_as_array`'s argument named dtype hides the module)
 
@@ -12,6 +13,14 @@ _NARROW = {np.dtype(np.float64): np.dtype(np.float32), np.dtype(np.int64): np.dt
            np.dtype(np.uint64): np.dtype(np.int32),
            np.dtype(np.complex128): np.dtype(np.complex64)}  # upstream's complex is complex64
 _SUPPORTED_KINDS = "biufc"
+
+
+class ArgumentTypeError(TypeError, ValueError, RuntimeError):
+    """An argument of a type the function cannot take (a list for ``groups``, a string for
+    ``eps``, a string or None for a tensor): a TypeError, which is what the mistake is; a
+    ValueError, which ``int("x")`` raises, and upstream's one_hot and elementwise functions; a
+    RuntimeError, which is what upstream raises where pybind converts it for its C++ op ("Unable
+    to cast Python instance") and for a tensor of strings. Caught as any of them."""
 
 
 class DTypeNameError(ValueError, TypeError, RuntimeError):
@@ -123,15 +132,17 @@ def _as_array(value, dtype, device, copy):
         arr = xp.array(value, copy=copy) if copy else xp.asarray(value)
     except (ValueError, TypeError) as e:
         none = _none_at(value)
-        raise TypeError(f"cannot make a tensor from {type(value).__name__}"
-                        f"{f' ({none})' if none else ''}: {e}") from None
+        raise ArgumentTypeError(f"{argument_prefix(value)}cannot make a tensor from "
+                                f"{type(value).__name__}{f' ({none})' if none else ''}: {e}") \
+            from None
     narrow = _NARROW.get(arr.dtype)
     if narrow is not None:
         arr = arr.astype(narrow)
     elif arr.dtype.kind not in _SUPPORTED_KINDS:
         none = _none_at(value)
-        raise TypeError(
-            f"cannot make a tensor from data of dtype {arr.dtype} ({type(value).__name__}"
+        raise ArgumentTypeError(
+            f"{argument_prefix(value)}cannot make a tensor from data of dtype {arr.dtype} "
+            f"({type(value).__name__}"
             f"{'; ' + none if none else ''}); "
             "give numbers, nested lists of numbers or a numeric array"
         )

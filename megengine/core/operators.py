@@ -6,7 +6,8 @@ import numpy as np
 from .. import device as _device_mod
 from . import dispatch
 from . import dtype as _qd
-from .dtype_rules import numpy_scalar_is_weak
+from ._caller import public_argument
+from .dtype_rules import ArgumentTypeError, numpy_scalar_is_weak
 from . import ops as _ops
 from ._trace_option import is_sym
 from .tensor import Tensor
@@ -35,7 +36,7 @@ def _operand(value, like):
     if isinstance(value, Tensor):
         return value
     if value is None:  # Tensor(None) is an empty tensor: x + None would quietly give one
-        raise TypeError("the operand is None and is not supported.")
+        raise _none_operand()
     if type(value) in (bool, int, float, complex):
         dtype = like.dtype
         if dtype.metadata is not None and _qd.is_quantize(dtype):
@@ -66,6 +67,16 @@ def _operand(value, like):
         # its dtype instead of wrapping (x + np.int64(2 ** 40) added 0; upstream refuses it)
         return Tensor(value, dtype=value.dtype, device=like._device)
     return Tensor(value, device=like._device)
+
+
+def _none_operand():
+    """Upstream's TypeError for a None operand (``x + None``), its words kept; where a public
+    function got the None (``F.add(x, None)``, ``F.nn.l1_loss(x, None)``) it and the argument
+    are named first. (An `ArgumentTypeError`, so also upstream's type where a function's
+    conversion of None refuses it: ValueError, RuntimeError.)"""
+    func, arg = public_argument(None)
+    return ArgumentTypeError(f"{func + ': ' if func else ''}the operand "
+                             f"{arg + ' ' if arg else ''}is None and is not supported.")
 
 
 _INT_RANGE = {}  # integer dtype -> (min, max)

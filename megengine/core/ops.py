@@ -8,10 +8,11 @@ import math
 import numpy as np
 
 from . import dispatch
+from ._caller import public_function
 from .dispatch import FLOAT16 as _F16
 from .dispatch import KERNEL_FLOATS, POOL_MIN, Op, xp_of
 from .dtype import _zero_point, dtype_name, float_value, no_quantized_form, saturated, stored
-from .dtype_rules import complex_error, no_order
+from .dtype_rules import ArgumentTypeError, complex_error, no_order  # noqa: F401  (its old home)
 from ._trace_option import as_int, dumpable, is_dim, is_int, sizes_of
 
 __all__ = ["BINARY", "UNARY", "acc_dtype", "acc_sum", "div_count", "unbroadcast", "int_tuple",
@@ -156,27 +157,22 @@ class BroadcastError(ValueError, RuntimeError):
 
 def raise_unbroadcastable(name, arrays, error):
     """Called while numpy's (CuPy's) ValueError ``error`` from op ``name`` on ``arrays`` is
-    handled: a `BroadcastError` naming the op and the shapes where they do not broadcast; else
+    handled: a `BroadcastError` naming the public function the user called (``F.clip`` of its
+    ``Minimum`` op; else the op: ``x + y``) and the shapes where they do not broadcast; else
     ``error`` again (CuPy's device errors are ValueErrors too)."""
     shapes = [a.shape for a in arrays]
     try:
         np.broadcast_shapes(*shapes)
     except ValueError:
         listed = ", ".join(map(str, shapes[:-1])) + f" and {shapes[-1]}"
-        raise BroadcastError(f"{name}: shapes {listed} do not broadcast ({error})") from None
+        raise BroadcastError(f"{public_function() or name}: shapes {listed} do not broadcast "
+                             f"({error})") from None
     raise error
 
 
 class ShapeError(ValueError, RuntimeError):
     """Shapes an op cannot take (reshape to another element count, matmul's inner dims).
     Both ValueError (numpy's) and RuntimeError (upstream's C++ shape check), as BroadcastError."""
-
-
-class ArgumentTypeError(TypeError, ValueError, RuntimeError):
-    """An argument of a type the function cannot take (a list for ``groups``, a string for
-    ``eps``): a TypeError, which is what the mistake is; a ValueError, which ``int("x")`` raises
-    and upstream's one_hot too; a RuntimeError, which is what upstream raises where pybind
-    converts it for its C++ op ("Unable to cast Python instance"). Caught as any of them."""
 
 
 class ArgumentError(ValueError, AssertionError, RuntimeError):
@@ -677,7 +673,14 @@ class MatMul(Op):
             self.a = a.reshape(math.prod(a.shape[:-1]), a.shape[-1])
             self.a_shape = a.shape
             return matmul(self.a, b).reshape(a.shape[:-1] + b.shape[1:])
-        return matmul(a, b)
+        try:
+            return matmul(a, b)
+        except ValueError:  # (numpy's words, "remapped shapes", named neither op nor dims)
+            if a.ndim > 2 and b.ndim > 2:
+                raise ShapeError(
+                    f"matmul: shapes {a.shape} and {b.shape} do not match: their batch dims "
+                    f"{a.shape[:-2]} and {b.shape[:-2]} do not broadcast") from None
+            raise
 
     def backward(self, g):
         xp = xp_of(g)

@@ -1,6 +1,7 @@
 """Argument helpers shared by the F.nn op files: tensors, int pairs, float inputs, axes, index ranges."""
 import numpy as np
 
+from ..core._caller import public_argument
 from ..core._trace_option import as_int, is_dim, is_int
 from ..core.dtype import float_value
 from ..core.dtype_rules import complex_error, promote_types
@@ -11,12 +12,16 @@ from ..core.tensor import Tensor
 def _tensor(x):
     """``x`` as a Tensor: Tensors pass through, numbers, lists and arrays become one. None
     raises, as upstream's functions do (``Tensor(None)`` is an empty tensor, which would have
-    flowed on silently: ``F.relu(None)`` an empty result, ``F.sum(None)`` 0)."""
+    flowed on silently: ``F.relu(None)`` an empty result, ``F.sum(None)`` 0), naming the
+    function called and the argument (``relu: x is None``; a string says so in `Tensor`)."""
     if isinstance(x, Tensor):
         return x
     if x is None:
-        raise TypeError("an input tensor is None; pass a Tensor (or a number, list or array); "
-                        "a function that returned None by mistake is the usual cause")
+        func, arg = public_argument(None)
+        raise ArgumentTypeError(
+            f"{func + ': ' if func else ''}{arg or 'an input tensor'} is None; pass a Tensor "
+            "(or a number, list or array); a function that returned None by mistake is the "
+            "usual cause")
     return Tensor(x)
 
 
@@ -39,20 +44,33 @@ def _size(value):
     return value if is_dim(value) else _size_item(value)
 
 
+def _not_int(value):
+    """Whether ``value`` is a string or a float with a fraction, which ``int()`` takes (parsing
+    "2", truncating 2.5 to 2) and upstream refuses for an int argument: a string in its own
+    words, a float by pybind ("Unable to cast") or by the sizes it makes. (A whole float, 2.0,
+    is taken as the int it holds.)"""
+    return isinstance(value, (str, bytes)) or \
+        isinstance(value, (float, np.floating)) and not float(value).is_integer()
+
+
 def _int(value, name, what, follows=True):
     """An int argument (a count, a factor, an offset) as a Python int, as `_size` makes it where
     the op ``follows`` a size from ``x.shape`` (it stays an expression in a dumpable trace), else
     as ``int()`` makes it (which guards such a size: the op is built from its value); what
-    ``int()`` refuses (a list, None, a string of no number) raises, naming ``what`` and
+    ``int()`` refuses (a list, None) or would misread (`_not_int`) raises, naming ``what`` and
     ``name``, where ``int()``'s own words named neither."""
+    if type(value) is int:
+        return value
     try:
+        if _not_int(value):
+            raise TypeError
         return _size(value) if follows else int(value)
     except (TypeError, ValueError):
         raise ArgumentTypeError(f"{what}: {name} must be an int, got {value!r}") from None
 
 
 def _int_pair(value, name, what):
-    """An int or a pair of ints as a (h, w) tuple of Python ints."""
+    """An int or a pair of ints as a (h, w) tuple of Python ints (`_not_int` values raise)."""
     if isinstance(value, Tensor):
         value = value.numpy().tolist()
     if is_int(value):
@@ -60,9 +78,14 @@ def _int_pair(value, name, what):
         return int(value), int(value)
     try:
         h, w = value
+        if type(h) is int and type(w) is int:  # (the usual pair: no further test)
+            return h, w
+        if _not_int(h) or _not_int(w):
+            raise TypeError
         return int(h), int(w)
     except (TypeError, ValueError):
-        raise TypeError(f"{what}: {name} must be an int or a pair of ints, got {value!r}") from None
+        raise ArgumentTypeError(f"{what}: {name} must be an int or a pair of ints, got "
+                                f"{value!r}") from None
 
 
 def _real(value, name, what):

@@ -24,7 +24,7 @@ from ..core.dtype_rules import complex_error
 from ..core.ops import ArgumentError, ArgumentTypeError, ShapeError, as_dtype, cast, xp_of
 from ..core.tensor import Tensor, promote_types
 from . import _aten
-from ._args import _bias_widened, _tensor
+from ._args import _bias_widened, _not_int, _tensor
 from .indexing import Compute
 from .math import sum as _sum
 from .tensor import concat
@@ -50,12 +50,15 @@ def _ntuple(value, n, name, what):
     if is_int(value):  # (a size of a dumpable trace: its value, a guard)
         return (int(value),) * n
     try:
+        # (a string is a sequence: "12" read as (1, 2); int() parsed "1" and truncated 2.5)
+        if isinstance(value, (str, bytes)) or any(_not_int(v) for v in value):
+            raise TypeError
         out = tuple(int(v) for v in value)
     except (TypeError, ValueError):
         out = ()
     if len(out) != n:
         kind = "an int or a pair of ints" if n == 2 else f"an int or {n} ints"
-        raise TypeError(f"{what}: {name} must be {kind}, got {value!r}")
+        raise ArgumentTypeError(f"{what}: {name} must be {kind}, got {value!r}")
     return out
 
 

@@ -122,6 +122,8 @@ def _fill_value(value, dtype, what):
     zeros_like three times its ~2.5 us)"""
     if type(value) is int and 0 <= value <= 1 or type(value) is float and dtype.kind == "f":
         return value
+    if isinstance(value, (str, bytes)):  # (numpy parses "0.5" into a float dtype)
+        raise _bad_value(value, what)
     try:
         value = as_array(_num(value), dtype, device="cpu0")[()]
     except (TypeError, ValueError):  # (a string, a many-valued Tensor: numpy's words)
@@ -348,11 +350,14 @@ def linspace(start, stop, num, dtype="float32", device=None):
         return _from_tensors(_LinspaceOf, (start, stop, num), _dtype(dtype, "linspace"),
                              device)
     num = _count(num)
+    # (float() took a string, "1", which upstream refuses, and named neither for a list)
+    start, stop = (float(_one_number(v, name, "linspace"))
+                   for v, name in ((start, "start"), (stop, "stop")))
     dev, xp = _place(device)
     if is_dim(num):  # a count from x.shape in a dumpable trace: an op, made at the run's shapes
-        return apply(_Linspace(float(start), float(stop), num, _dtype(dtype, "linspace"), dev))
+        return apply(_Linspace(start, stop, num, _dtype(dtype, "linspace"), dev))
     with on_device(dev):  # astype allocates on the current GPU
-        values = xp.linspace(float(start), float(stop), num)
+        values = xp.linspace(start, stop, num)
         return Tensor._wrap(values.astype(_dtype(dtype, "linspace")), dev)
 
 

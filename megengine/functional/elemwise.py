@@ -36,7 +36,7 @@ def _operands(x, y, values=False):
             return x, _operand(y, x)
         if isinstance(y, Tensor):
             return _operand(x, y), y
-        x = Tensor(x)
+        x = _tensor(x)  # (None raises: Tensor(None) is empty, F.maximum(None, 0.0) was empty)
         return x, _operand(y, x)
     except QuantizedNumberError:
         if not values:

@@ -170,6 +170,8 @@ def _out_shape(shape, axes, keepdims):
 class Var(Op):
     """Population variance (divides by N) over some axes."""
 
+    what = "var"  # (the function its errors name: Std is F.std's)
+
     def __init__(self, axis, keepdims):
         self.axis, self.keepdims = axis, keepdims
 
@@ -186,7 +188,7 @@ class Var(Op):
         acc = acc_dtype(x.dtype)
         if acc is not None:  # (on ATen's conversion, `cast`: numpy's took most of the time)
             x = cast(x, acc)
-        self.axes = axes = _norm_axes(self.axis, x.ndim, "var")
+        self.axes = axes = _norm_axes(self.axis, x.ndim, self.what)
         self.count = int(np.prod([x.shape[i] for i in axes], dtype=np.int64))
         if self.count == 0:  # the variance of no values is NaN (as torch), without numpy's warning
             self.d = x
@@ -223,6 +225,8 @@ class Var(Op):
 class Std(Var):
     """Population standard deviation; where it is 0 the gradient is 0 (torch's choice), not
     the NaN of sqrt's infinite slope times var's zero gradient."""
+
+    what = "std"
 
     def forward(self, x):
         # (float16: the root of the float32 variance, rounded once)

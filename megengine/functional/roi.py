@@ -8,7 +8,7 @@ from ..core import _config
 from ..core.dispatch import Op, apply
 from ..core.ops import ArgumentError, LinearMap, ShapeError, xp_of
 from . import _aten
-from ._args import _astype_real, _int, _int_pair, _tensor
+from ._args import _astype_real, _int, _int_pair, _real, _tensor
 
 __all__ = ["deformable_psroi_pooling", "roi_align", "roi_pooling"]
 
@@ -177,7 +177,8 @@ def roi_align(inp, rois, output_shape, mode="average", spatial_scale=1.0, sample
     # compute in float32
     dtype = inp.dtype if inp.dtype in (np.float16, np.float64) else np.dtype(np.float32)
     work = inp if inp.dtype == np.float64 else _astype_real(inp, np.float32, "roi_align")
-    op = _ROIAlign(mode, float(spatial_scale), 0.5 if aligned else 0.0, pooled, samples)
+    op = _ROIAlign(mode, _real(spatial_scale, "spatial_scale", "roi_align"),
+                   0.5 if aligned else 0.0, pooled, samples)
     out = apply(op, work, rois)
     return out if out.dtype == dtype else out.astype(dtype)
 
@@ -293,7 +294,7 @@ def roi_pooling(inp, rois, output_shape, mode="max", scale=1.0):
         raise ArgumentError(f"roi_pooling: mode must be 'max' or 'average', got {mode!r}")
     pooled = _positive_pair(output_shape, "output_shape", "roi_pooling")
     inp = inp if inp.dtype.kind == "f" else _astype_real(inp, np.float32, "roi_pooling")
-    return apply(_ROIPooling(mode, float(scale), pooled), inp, rois)
+    return apply(_ROIPooling(mode, _real(scale, "scale", "roi_pooling"), pooled), inp, rois)
 
 
 # ----- deformable position-sensitive roi pooling (R-FCN / Deformable ConvNets) -----
@@ -451,5 +452,6 @@ def deformable_psroi_pooling(inp, rois, trans, no_trans, part_size, pooled_h, po
                 f"shape {trans.shape}")
         trans = trans if trans.dtype == np.float32 else _astype_real(trans, np.float32, what)
     op = _DeformablePSROIPooling(bool(no_trans), part, (pooled_h, pooled_w), samples,
-                                 float(spatial_scale), float(trans_std))
+                                 _real(spatial_scale, "spatial_scale", what),
+                                 _real(trans_std, "trans_std", what))
     return apply(op, inp, rois, trans)

@@ -533,7 +533,8 @@ def roll(inp, shift, axis=None):
         raise TypeError(f"roll: shift {shift!r} and axis {axis!r} must both be ints or sequences")
     if isinstance(axis, (int, np.integer)):
         return apply(Roll(int(shift), _axis(axis, inp.ndim, "roll")), inp)
-    shift, axis = tuple(int(s) for s in shift), tuple(_axis(a, inp.ndim, "roll") for a in axis)
+    shift = tuple(_int(s, "shift", "roll", follows=False) for s in shift)  # (int() parsed "1")
+    axis = tuple(_axis(a, inp.ndim, "roll") for a in axis)
     if len(shift) != len(axis):
         raise ValueError(f"roll: {len(shift)} shifts for {len(axis)} axes")
     return apply(Roll(shift, axis), inp)

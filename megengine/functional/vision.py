@@ -10,11 +10,12 @@ from ..core import amp as _amp
 from ..core._trace_option import as_int, is_int, is_sym, sizes_of
 from ..core.dispatch import Op, apply
 from ..core.dtype import refuse_quantized, round_half_away
-from ..core.ops import ArgumentError, LinearMap, ShapeError, acc_dtype, as_dtype, cast, xp_of
+from ..core.ops import (ArgumentError, ArgumentTypeError, LinearMap, ShapeError, acc_dtype,
+                        as_dtype, cast, xp_of)
 from ..core.ops import matmul as _mm
 from ..core.tensor import Tensor, promote_types
 from ..core.dtype_rules import complex_error, no_order
-from ._args import _as_float, _astype_real, _int, _size, _tensor
+from ._args import _as_float, _astype_real, _int, _real, _size, _tensor
 from .math import matmul
 from .tensor import Compute, _shape_arg, concat, pad, stack
 from .roi import deformable_psroi_pooling, roi_align, roi_pooling  # noqa: F401  (F.vision.*)
@@ -543,7 +544,7 @@ def _sample(what, inp, points, border_mode, border_val, interp_mode, batch, chan
     plain_int = int_dtype is not None and int_dtype.metadata is None
     if int_dtype is not None:
         img = _astype_real(img, np.float32, what)
-    border_val = float(border_val)
+    border_val = _real(border_val, "border_val", what)
     if plain_int and cv:  # upstream 1.13 measured (uint8): 300 -> 44, -1 -> 255, 8.7 -> 8
         # (x86 truncates to a 32-bit int first; beyond its range that is INT_MIN)
         whole = int(border_val) if abs(border_val) < 2.0 ** 31 else -2 ** 31
@@ -604,6 +605,7 @@ def remap(inp, map_xy, border_mode="replicate", scalar=0.0, interp_mode="linear"
         raise ValueError(f"remap: map_xy must be (N, OH, OW, 2) with N = {inp.shape[0]}, got "
                          f"shape {map_xy.shape}")
     map_xy = map_xy if map_xy.dtype.kind == "f" else _astype_real(map_xy, np.float32, "remap")
+    scalar = scalar if type(scalar) is float else _real(scalar, "scalar", "remap")
     if inp.dtype.kind in "iu" and inp.dtype.metadata is None:
         # an integer image's border value is rounded to its dtype first (upstream 1.13
         # measured: uint8 0.5 -> 1, 300 -> 255, -1 -> 0)
@@ -622,8 +624,14 @@ def _warp(what, inp, mat, out_shape, mat_idx, border_mode, border_val, format, i
     n = inp.shape[0]
     batch = None
     if mat_idx is not None:
-        batch = mat_idx if isinstance(mat_idx, Tensor) else Tensor(
-            np.asarray(mat_idx, np.int32).reshape(-1), device=inp.device)
+        batch = mat_idx
+        if not isinstance(mat_idx, Tensor):
+            # (np.asarray(mat_idx, np.int32) truncated floats and refused a string in its words)
+            batch = Tensor(mat_idx, device=inp.device)
+            if batch.dtype.kind not in "iu":
+                raise ArgumentTypeError(f"{what}: mat_idx must hold image indices (integers), "
+                                        f"got {batch.dtype} values")
+            batch = batch.astype(np.int32).reshape(-1)
         idx = batch._peek().reshape(-1)  # a check only: unseen by jit.trace
         if idx.shape[0] != mat.shape[0] or (idx.size and (idx.min() < 0 or idx.max() >= n)):
             raise ValueError(f"{what}: mat_idx must give one image index in [0, {n}) per matrix "
@@ -765,7 +773,11 @@ def nms(boxes, scores, iou_thresh, max_output=None):
     if max_output is None:
         max_output = boxes.shape[0]
     max_output = _int(max_output, "max_output", "nms", follows=False)
-    return apply(Compute(_nms_keep, float(iou_thresh), max_output), boxes, scores)
+    if max_output < 1:  # (upstream's pybind refuses a negative count, "Unable to cast", and
+        # 0 aborts it; the loop here would have kept every box)
+        raise ArgumentError(f"nms: max_output must be >= 1, got {max_output}")
+    return apply(Compute(_nms_keep, _real(iou_thresh, "iou_thresh", "nms"), max_output),
+                 boxes, scores)
 
 
 # ----- correlation (FlowNet's cost volume) -----

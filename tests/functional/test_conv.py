@@ -907,3 +907,36 @@ def test_groups_of_another_type_is_a_typeerror_and_upstreams_runtimeerror(call):
     for error in (TypeError, RuntimeError):
         with pytest.raises(error, match="groups must be an int, got"):
             call(x, w)
+
+
+@pytest.mark.parametrize("name,arg,call", [
+    ("conv2d", "weight", lambda x: F.conv2d(x, "w")),
+    ("conv2d", "bias", lambda x: F.conv2d(x, np.ones((2, 3, 1, 1), np.float32), bias="b")),
+    ("conv_transpose2d", "weight", lambda x: F.conv_transpose2d(x, "w")),
+    ("local_conv2d", "inp", lambda x: F.local_conv2d(None, x)),
+])
+def test_a_string_or_none_for_a_tensor_names_the_function_and_the_argument(name, arg, call):
+    # (Tensor's constructor refused it, many calls below the function: its words named
+    # neither); upstream 1.13 raises TypeError ("py_apply expects tensor as inputs")
+    x = mge.tensor(np.ones((1, 3, 4, 4), np.float32))
+    with pytest.raises(TypeError, match=f"^{name}: {arg}(: cannot make a tensor| is None)"):
+        call(x)
+
+
+@pytest.mark.parametrize("stride", ["12", ("1", 1), (2.5, 1), "2"])
+def test_a_string_or_a_fractional_stride_raises_where_it_was_read_as_ints(stride):
+    # int() parsed "1" and truncated 2.5, and a string is a sequence: "12" was stride (1, 2);
+    # upstream 1.13 refuses them (pybind's "Unable to cast": a RuntimeError)
+    x = mge.tensor(np.ones((1, 2, 5, 5), np.float32))
+    w = mge.tensor(np.ones((3, 2, 1, 1), np.float32))
+    for cls in (TypeError, RuntimeError):
+        with pytest.raises(cls, match="^conv2d: stride must be an int or a pair of ints"):
+            F.conv2d(x, w, stride=stride)
+
+
+def test_a_whole_float_stride_is_the_int_it_holds():
+    x = np.random.rand(1, 2, 5, 5).astype(np.float32)
+    w = np.random.rand(3, 2, 1, 1).astype(np.float32)
+    out = F.conv2d(mge.tensor(x), mge.tensor(w), stride=(2.0, 1))
+    want = TF.conv2d(torch.tensor(x), torch.tensor(w), stride=(2, 1)).numpy()
+    np.testing.assert_allclose(out.numpy(), want, rtol=1e-5, atol=1e-6)

@@ -205,3 +205,21 @@ def test_full_value_errors_name_the_function_and_the_value():
     for bad in ("x", mge.tensor([1.0, 2.0, 3.0])):
         with pytest.raises(TypeError, match="full: value must be a number"):
             F.full((2, 3), bad)
+
+
+@pytest.mark.parametrize("start", [[0, 0], "1"])
+def test_linspace_of_a_bound_that_is_no_number_raises(start):
+    # float() took "1" (upstream 1.13 raises RuntimeError) and a list raised float()'s words
+    with pytest.raises(RuntimeError, match="^linspace: start must be a number"):
+        F.linspace(start, 4, 3)
+
+
+def test_linspace_of_a_bound_holding_one_number_takes_it():
+    # as upstream reads F.linspace([1], 4, 3) (and numpy.linspace's bound)
+    np.testing.assert_allclose(F.linspace([1], 4, 3).numpy(), np.linspace(1, 4, 3))
+
+
+def test_full_like_of_a_string_value_raises():
+    # numpy parsed "0.5" into the float dtype; upstream 1.13 refuses it ("Unable to cast")
+    with pytest.raises(RuntimeError, match="^full_like: value must be a number"):
+        F.full_like(mge.tensor([1.0, 2.0]), "0.5")

@@ -808,13 +808,66 @@ def test_bad_arguments_raise_what_upstream_raises(call, upstream, match):
     raises_as_upstream(call, (3, 4), upstream, match)
 
 
-@pytest.mark.parametrize("call", [
-    lambda: F.exp(None), lambda: F.relu(None), lambda: F.sum(None), lambda: F.softmax(None),
-    lambda: F.topk(None, 2), lambda: F.mean(None, axis=0), lambda: F.flatten(None),
+@pytest.mark.parametrize("call,named", [
+    (lambda: F.exp(None), "exp: x"), (lambda: F.relu(None), "relu: x"),
+    (lambda: F.sum(None), "sum: inp"), (lambda: F.softmax(None), "softmax: inp"),
+    (lambda: F.topk(None, 2), "topk: inp"), (lambda: F.mean(None, axis=0), "mean: inp"),
+    (lambda: F.flatten(None), "flatten: inp"),
 ])
-def test_a_none_input_raises_instead_of_computing_on_an_empty_tensor(call):
+def test_a_none_input_raises_instead_of_computing_on_an_empty_tensor(call, named):
     # upstream's functions raise for None (its own words vary: "no dtype available", an
     # AttributeError); Tensor(None) is an empty tensor, which earlier versions of this fork
-    # computed on: F.relu(None) an empty result, F.sum(None) 0
-    with pytest.raises(TypeError, match="input tensor is None"):
-        call()
+    # computed on: F.relu(None) an empty result, F.sum(None) 0. The message names the function
+    # and the argument (earlier: "an input tensor is None"); the types are upstream's
+    for cls in (TypeError, ValueError):
+        with pytest.raises(cls, match=f"^{named} is None; pass a Tensor"):
+            call()
+
+
+@pytest.mark.parametrize("call,named", [
+    (lambda x: F.exp("x"), "exp: x"), (lambda x: F.add(x, "x"), "add: y"),
+    (lambda x: F.complex(x, "x"), "complex: imag"),
+])
+def test_a_string_for_a_tensor_names_the_function_and_the_argument(call, named):
+    # (Tensor's constructor refuses it, below the function: its words named neither)
+    x = mge.tensor([1.0, 2.0])
+    for cls in (TypeError, ValueError, RuntimeError):  # (upstream's: ValueError for F.exp,
+        with pytest.raises(cls, match=f"^{named}: cannot make a tensor from data of dtype "
+                                      "<U1 \\(str\\)"):  # RuntimeError for x + "x")
+            call(x)
+
+
+@pytest.mark.parametrize("name", ["add", "sub", "mul", "div", "pow", "maximum", "equal",
+                                  "logaddexp", "atan2", "left_shift"])
+def test_a_none_operand_of_a_binary_function_names_the_function_and_the_argument(name):
+    # upstream's TypeError "the operand is None and is not supported." (x + None), its words
+    # kept, after the function and the argument (F.add's y)
+    x = mge.tensor([1, 2]) if name == "left_shift" else mge.tensor([1.0, 2.0])
+    for args, arg in (((x, None), "y"), ((None, x), "x")):
+        if name == "atan2":
+            arg = {"x": "y", "y": "x"}[arg]  # (atan2(y, x))
+        with pytest.raises(TypeError, match=f"^{name}: (the operand {arg} is None and is not "
+                                            f"supported.|{arg} is None; pass a Tensor)"):
+            getattr(F, name)(*args)
+
+
+@pytest.mark.parametrize("name", ["maximum", "minimum", "add", "logical_and"])
+def test_a_none_beside_a_number_raises_instead_of_giving_an_empty_tensor(name):
+    # neither operand a Tensor: None became Tensor(None), an empty tensor, and F.maximum(None,
+    # 0.0) returned it; upstream 1.13 raises TypeError
+    other = True if name == "logical_and" else 0.0
+    with pytest.raises(TypeError, match=f"^{name}: x is None"):
+        getattr(F, name)(None, other)
+
+
+@pytest.mark.parametrize("name,op", [("left_shift", np.left_shift), ("floor_div", np.floor_divide),
+                                     ("greater_equal", np.greater_equal)])
+def test_shapes_that_do_not_broadcast_name_the_function_called(name, op):
+    # numpy is the oracle for which shapes do not broadcast; the message named the op inside
+    # (LShift, FloorDiv, GreaterEqual), which no user called
+    a, b = np.ones((2, 3), np.int32), np.ones(2, np.int32)
+    with pytest.raises(ValueError):
+        op(a, b)
+    with pytest.raises(RuntimeError,
+                       match=rf"^{name}: shapes \(2, 3\) and \(2,\) do not broadcast"):
+        getattr(F, name)(mge.tensor(a), mge.tensor(b))

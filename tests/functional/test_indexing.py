@@ -125,7 +125,7 @@ def test_where_of_shapes_that_do_not_broadcast_raises_upstreams_type_naming_them
     with pytest.raises(RuntimeError):
         torch.where(torch.tensor(mask), torch.tensor(x), torch.tensor(y))
     for cls in (RuntimeError, ValueError):
-        with pytest.raises(cls, match=r"Where: shapes \(4, 3\), \(4, 3\) and \(4,\) do not "
+        with pytest.raises(cls, match=r"where: shapes \(4, 3\), \(4, 3\) and \(4,\) do not "
                                       r"broadcast"):
             F.where(mge.tensor(mask), mge.tensor(x), mge.tensor(y))
 
@@ -343,7 +343,7 @@ def test_one_hot_refuses_a_class_out_of_range():
 
 @pytest.mark.parametrize("call, upstream, match", [
     pytest.param(lambda x: F.where(mge.tensor([True, False]), x, x),
-                 RuntimeError, r"Where: shapes \(2,\), \(3, 4\) and \(3, 4\) do not broadcast",
+                 RuntimeError, r"where: shapes \(2,\), \(3, 4\) and \(3, 4\) do not broadcast",
                  id="where"),
     pytest.param(lambda x: F.one_hot(mge.tensor([0, 1]), -1),
                  RuntimeError, "num_classes must be >= 0, got -1", id="one_hot"),
@@ -367,3 +367,14 @@ def test_one_hot_of_num_classes_that_is_no_int_names_it():
     for error in (ValueError, TypeError):
         with pytest.raises(error, match=r"one_hot: num_classes must be an int, got \[3, 3\]"):
             F.one_hot(mge.tensor([0, 1]), [3, 3])
+
+
+@pytest.mark.parametrize("args,arg", [((None, 1.0, 2.0), "mask"), (("m", 1.0, 2.0), "mask"),
+                                      ((True, 1.0, "y"), "y")])
+def test_where_of_a_string_or_none_names_the_argument(args, arg):
+    # upstream 1.13 raises TypeError ("mask must be a tensor") or RuntimeError (a string
+    # operand): the error is both
+    mask, x, y = (mge.tensor(v) if type(v) in (bool, float) else v for v in args)
+    for cls in (TypeError, RuntimeError):
+        with pytest.raises(cls, match=f"^where: {arg}( is None|: cannot make a tensor)"):
+            F.where(mask, x, y)

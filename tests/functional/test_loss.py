@@ -971,3 +971,15 @@ def test_loss_arguments_of_another_type_name_the_function_and_argument(call, err
     x, y = mge.tensor(np.ones((2, 3), "float32")), mge.tensor([0, 1])
     with pytest.raises(error, match=match):
         call(x, y)
+
+
+@pytest.mark.parametrize("name", ["square_loss", "l1_loss", "smooth_l1_loss", "hinge_loss",
+                                  "binary_cross_entropy"])
+def test_a_none_label_names_the_function_and_the_argument(name):
+    # upstream 1.13: TypeError "the operand is None and is not supported." (its words kept,
+    # after the loss and its argument: the operand of a subtraction inside it named neither)
+    pred = mge.tensor(np.full((2, 3), 0.5, np.float32))
+    with pytest.raises(TypeError, match=f"^{name}: (the operand label is None|label is None)"):
+        getattr(F.nn, name)(pred, None)
+    with pytest.raises(TypeError, match=f"^{name}: label: cannot make a tensor"):
+        getattr(F.nn, name)(pred, "x")

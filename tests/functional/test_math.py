@@ -1109,3 +1109,25 @@ def test_topk_k_that_is_no_int_says_what_to_pass():
     with pytest.raises(TypeError, match=r"topk: k must be an int or a one-element integer "
                                         r"tensor, got \[1, 2\]"):
         F.topk(x, [1, 2])
+
+
+def test_matmul_of_batch_dims_that_do_not_broadcast_raises_a_shape_error():
+    # torch is the oracle that these do not multiply; numpy's words ("remapped shapes") named
+    # neither the function nor the dims
+    a, b = np.ones((3, 2, 2), np.float32), np.ones((3, 2, 2, 3), np.float32)
+    with pytest.raises(RuntimeError):
+        torch.matmul(torch.tensor(a), torch.tensor(b))
+    with pytest.raises(RuntimeError, match=r"^matmul: shapes \(3, 2, 2\) and \(3, 2, 2, 3\) do "
+                                           r"not match: their batch dims \(3,\) and \(3, 2\)"):
+        F.matmul(mge.tensor(a), mge.tensor(b))
+
+
+@pytest.mark.parametrize("axis,match", [(5, r"^std: axis 5 is out of range for a tensor with 2 "
+                                            r"dims"),
+                                        ((1, -1), r"^std: axis \(1, -1\) names the same dim")])
+def test_std_of_a_bad_axis_names_std(axis, match):
+    # (its errors named var, the op it shares its code with, which the user did not call)
+    with pytest.raises(ValueError, match=match):
+        F.std(mge.tensor(np.ones((2, 3), np.float32)), axis=axis)
+    with pytest.raises(ValueError, match=match.replace("std", "var")):
+        F.var(mge.tensor(np.ones((2, 3), np.float32)), axis=axis)

@@ -769,3 +769,11 @@ def test_dropout_of_a_drop_prob_that_is_no_number_names_it():
     # 'int' and 'str'", which came out here too
     with pytest.raises(TypeError, match="dropout: drop_prob must be a number, got '0.5'"):
         F.nn.dropout(mge.tensor(np.ones((2, 3), "float32")), "0.5")
+
+
+@pytest.mark.parametrize("factor", [2.5, "2"])
+def test_pixel_shuffle_of_a_fractional_or_string_factor_raises(factor):
+    # int() truncated 2.5 to 2 and parsed "2"; upstream 1.13 refuses both (its sizes)
+    x = mge.tensor(np.ones((1, 8, 2, 2), np.float32))
+    with pytest.raises(TypeError, match="^pixel_shuffle: upscale_factor must be an int"):
+        F.nn.pixel_shuffle(x, factor)

@@ -941,3 +941,12 @@ def test_general_norm_of_an_axis_that_is_no_int_names_it(axis):
     with pytest.raises(TypeError, match="general_norm: normalized_axis must be an int or a "
                                         f"sequence of ints, got {re.escape(repr(axis))}"):
         F.nn.general_norm(mge.tensor(np.ones((2, 3), "float32")), axis)
+
+
+def test_batch_norm_of_a_string_momentum_raises():
+    # float() parsed "0.9"; upstream 1.13 refuses it
+    x = mge.tensor(np.ones((2, 3, 2, 2), np.float32))
+    mean, var = (mge.tensor(np.full((1, 3, 1, 1), v, np.float32)) for v in (0.0, 1.0))
+    with pytest.raises(TypeError, match="^batch_norm: momentum must be a number, got '0.9'"):
+        F.nn.batch_norm(x, mean, var, training=True, momentum="0.9")
+    np.testing.assert_array_equal(mean.numpy(), 0.0)  # (no running statistic written)

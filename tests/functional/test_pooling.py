@@ -494,3 +494,12 @@ def test_bad_arguments_raise_what_upstream_raises(call, upstream, match):
     # versions of this fork raised a plain ValueError. The error is also a ValueError (what
     # the mistake is) and says what was wrong
     raises_as_upstream(call, (1, 2, 5, 5), upstream, match)
+
+
+@pytest.mark.parametrize("kernel", [("2", 2), (2.5, 2), "22"])
+def test_pooling_of_a_string_or_fractional_window_raises(kernel):
+    # int() parsed "2" and truncated 2.5; upstream 1.13 refuses them ("Unable to cast")
+    x = mge.tensor(np.ones((1, 1, 4, 4), np.float32))
+    for f, name in ((F.max_pool2d, "max_pool2d"), (F.avg_pool2d, "avg_pool2d")):
+        with pytest.raises(RuntimeError, match=f"^{name}: kernel_size must be an int or a pair"):
+            f(x, kernel)

@@ -611,3 +611,16 @@ def test_joining_a_none_names_the_item(join):
     with pytest.raises(TypeError, match=f"{join.__name__}: item 1 of the tensors to join is None"):
         join([a, None])
     assert join([a, [4, 5, 6]]).dtype == np.int32  # (numbers still join)
+
+
+@pytest.mark.parametrize("k", [0.5, "1"])
+def test_diag_of_a_fractional_or_string_offset_raises(k):
+    # int() truncated 0.5 to the main diagonal and parsed "1"; upstream 1.13 refuses both
+    with pytest.raises(TypeError, match="^diag: k must be an int"):
+        F.diag(mge.tensor([1.0, 2.0]), k=k)
+
+
+def test_roll_of_a_string_shift_raises():
+    # int() parsed "1"; upstream 1.13 refuses it
+    with pytest.raises(TypeError, match="^roll: shift must be an int, got '1'"):
+        F.roll(mge.tensor([[1.0, 2.0]]), ("1",), (1,))

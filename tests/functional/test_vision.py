@@ -1224,3 +1224,48 @@ def test_nms_of_a_max_output_that_is_no_int_names_it():
     for error in (TypeError, RuntimeError):
         with pytest.raises(error, match=r"nms: max_output must be an int, got \[1, 1\]"):
             F.vision.nms(boxes, scores, 0.5, max_output=[1, 1])
+
+
+def test_roi_align_of_a_string_spatial_scale_raises():
+    # float() parsed "0.5"; upstream 1.13 refuses it ("Unable to cast": a RuntimeError)
+    x = mge.tensor(np.ones((1, 1, 4, 4), np.float32))
+    rois = mge.tensor(np.array([[0, 0, 0, 2, 2]], np.float32))
+    with pytest.raises(RuntimeError, match="^roi_align: spatial_scale must be a number"):
+        F.vision.roi_align(x, rois, (2, 2), spatial_scale="0.5")
+
+
+@pytest.mark.parametrize("mat_idx,match", [
+    ("x", "^warp_perspective: mat_idx: cannot make a tensor"),
+    ([0.5, 1, 1], r"^warp_perspective: mat_idx must hold image indices \(integers\)"),
+])
+def test_warp_perspective_of_a_mat_idx_that_is_no_indices_raises(mat_idx, match):
+    # numpy's words ("invalid literal for int()") for a string; 0.5 was truncated to image 0
+    x = mge.tensor(np.ones((2, 1, 4, 4), np.float32))
+    mat = mge.tensor(np.tile(np.eye(3, dtype=np.float32), (3, 1, 1)))
+    with pytest.raises(TypeError, match=match):
+        F.vision.warp_perspective(x, mat, (4, 4), mat_idx=mat_idx)
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda x, m, b, s: F.vision.warp_perspective(x, m, (4, 4), border_val="2.5"),
+     "^warp_perspective: border_val must be a number"),
+    (lambda x, m, b, s: F.vision.remap(x, mge.tensor(np.zeros((1, 2, 2, 2), np.float32)),
+                                       scalar="0.0"), "^remap: scalar must be a number"),
+    (lambda x, m, b, s: F.vision.nms(b, s, "0.5"), "^nms: iou_thresh must be a number"),
+])
+def test_a_string_for_a_number_of_the_vision_functions_raises(call, match):
+    # float() parsed these; upstream 1.13 refuses them ("Unable to cast": a RuntimeError)
+    x = mge.tensor(np.ones((1, 1, 4, 4), np.float32))
+    m = mge.tensor(np.eye(3, dtype=np.float32)[None])
+    boxes = mge.tensor(np.array([[0, 0, 2, 2], [1, 1, 3, 3]], np.float32))
+    with pytest.raises(RuntimeError, match=match):
+        call(x, m, boxes, mge.tensor([0.9, 0.8]))
+
+
+@pytest.mark.parametrize("max_output", [0, -1])
+def test_nms_of_a_max_output_below_one_raises(max_output):
+    # the loop kept every box (it stops when the count reaches max_output); upstream 1.13
+    # refuses a negative one and aborts on 0
+    boxes = mge.tensor(np.array([[0, 0, 2, 2], [5, 5, 7, 7]], np.float32))
+    with pytest.raises(ValueError, match="^nms: max_output must be >= 1"):
+        F.vision.nms(boxes, mge.tensor([0.9, 0.8]), 0.5, max_output=max_output)
