@@ -42,7 +42,7 @@ from ._program import (FREE_BYTES, _PLAIN, _AliasStep, _ArrayValue, _DimExpr, _E
                        _OpStep, _Ref, _Struct, _ValueLeaf, _all_plain, _describe_params, _holds,
                        _host, _is_array, _kind_text, _op_key, _step_text, _tensor_paths,
                        _tensor_text, _tensors_in, _thaw)
-from .record import (_COMPUTED, _INPLACE, _Hook, _is_iterator, _may_hold_dims,
+from .record import (_COMPUTED, _INPLACE, _RESET, _Hook, _is_iterator, _may_hold_dims,
                      count_mismatch_text)
 
 
@@ -855,15 +855,17 @@ class _Checker(_Hook):
         recorded (`record._Recorder.event`): it runs, and the tensor holds the result's slot."""
         if self.pc is None:  # announced by the forward of the op being checked: its own
             return dispatch.call_without_trace_hook(fn, *args, **kwargs)
-        if fn is _INPLACE:
-            written = self._internal_write(fn, args, kwargs)
-            if written is not None:
-                return self._write_internal(fn, args[0], args[1], *written)
         pc = self.pc
         try:
             step = self.steps[pc]
         except IndexError:
             step = _NO_STEP
+        # (a set_value() the recording took as an event, as batch norm's statistics writes,
+        # reaches its event step, or the detach() steps before it, without the question)
+        if fn is _INPLACE or fn is _RESET and step.fn is not fn and type(step) is not _AliasStep:
+            written = self._internal_write(fn, args, kwargs)
+            if written is not None:
+                return self._write_internal(fn, args[0], args[1], *written)
         if type(step) is _AliasStep and not kwargs:
             pc = self._take_detached(pc, args)
             step = self.steps[pc]
@@ -1031,6 +1033,15 @@ class _Checker(_Hook):
             # (ResNet-50 at batch 1, 106 writes, 669 slots: the walks took 6.0-8.6 ms of a checked
             # call's thread time, 0.8-1.2 ms with this return; a timer around this method, see
             # benchmarks/README.md "Traced ResNet-50 step")
+            return
+        if s is None and self.prog.slots[e[0]].kind in _COMPUTED:
+            # a value of this call given a new array by the event (``z.set_value(x)`` of an
+            # argument's, a Parameter's value, an array): it still holds its slot, as recorded
+            # (`record._Recorder._after_event`)
+            self.keep.append(e)
+            self.by_tensor[id(t)] = (e[0], t._data)
+            self.keep.append(t)
+            self.arrays[e[0]] = t._data
             return
         if s is not None:
             if e is not None:

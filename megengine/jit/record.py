@@ -40,6 +40,8 @@ def count_mismatch_text(where, op, recorded, now, now_tuple=None):
 
 
 _INPLACE = Tensor._inplace  # the in-place write of ``x += y``, ``x[i] = v`` on a non-Parameter
+_RESET = Tensor._reset  # ``x.set_value(v)``: for a value of the call given one, dataflow too
+_WRITES = (_INPLACE, _RESET)
 
 _ITERATOR_TYPES = {}  # type -> whether its instances are iterators (an event lists them)
 
@@ -149,14 +151,15 @@ class _Hook:
 
     def _internal_write(self, fn, args, kwargs):
         """(the slot ``t`` holds, the slot of ``op_result``) when ``fn(*args)`` is
-        ``Tensor._inplace(t, op_result)`` writing into a tensor this call made (an op's, a
-        detach()'s or an event's output, not a Parameter) a value it also made; else None.
+        ``Tensor._inplace(t, op_result)`` or ``Tensor._reset(t, op_result)`` (``set_value``)
+        writing into a tensor this call made (an op's, a detach()'s or an event's output, not a
+        Parameter) a value it also made; else None.
         Such a write has no effect outside the call: it is dataflow (``t`` holds the result's
         slot from then on), not an event, so replays, checked calls and `dump` go on from the
         result. (``self._outside(t)``, which the recorder and the checker each define, tells
         the tensors from outside the call: arguments, externals, constants made from Python
         data, even once a write rebound them.)"""
-        if fn is not _INPLACE or kwargs or len(args) != 2:
+        if (fn is not _INPLACE and fn is not _RESET) or kwargs or len(args) != 2:
             return None
         t, result = args
         if isinstance(t, Parameter) or not isinstance(result, Tensor) or self._outside(t):
@@ -598,7 +601,7 @@ class _Recorder(_Hook):
     def event(self, fn, *args, **kwargs):
         """Run ``fn(*args, **kwargs)`` (with tracing off) and record it as one step; an
         in-place write into a value of this call is recorded as dataflow instead."""
-        if fn is _INPLACE:
+        if fn in _WRITES:
             written = self._internal_write(fn, args, kwargs)
             if written is not None:
                 r, t = written[1], args[0]
@@ -668,6 +671,12 @@ class _Recorder(_Hook):
             s = self.by_array.get(id(t._data))
             if s is not None:
                 self.by_tensor[id(t)] = (s, t._data)
+                self.keep.append(t)
+            elif e is not None and self.prog.slots[e[0]].kind in _COMPUTED:
+                # a value of this call given a new array by the event (``z.set_value(x)`` of
+                # an argument's, a Parameter's value, an array: `Tensor._reset` copies it):
+                # it still holds its slot, which a replay's event writes the same way
+                self.by_tensor[id(t)] = (e[0], t._data)
                 self.keep.append(t)
         # New tensors it returned (megengine.autodiff.grad's gradients) become event slots.
         fresh = [(path, t) for path, t in _tensor_paths(result, ())
