@@ -26,10 +26,11 @@ def _tensor(x):
 
 
 def _bias_widened(dtype, bias):
-    """The dtype a product (linear, convolution) computes in: ``dtype``, or a wider float
-    bias's (float16 input and weight with a float32 bias give float32), as upstream's
-    product-then-add gives."""
-    if bias is not None and bias.dtype != dtype and bias.dtype.kind == dtype.kind == "f":
+    """The dtype a float product (linear, convolution) computes in: ``dtype``, or what it
+    promotes to with the bias (float16 input and weight with a float32, integer or bool bias
+    give float32, as float16 meeting another dtype does), as upstream's product-then-add gives."""
+    if bias is not None and bias.dtype != dtype and dtype.kind == "f" and \
+            bias.dtype.kind in "fiub":
         return promote_types(dtype, bias.dtype)
     return dtype
 

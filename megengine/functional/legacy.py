@@ -124,14 +124,11 @@ def shapeof(x, axis=None):
 def accuracy(logits, target, topk=1):
     """0.x ``F.accuracy``: the fraction of rows whose ``target`` is among the top-``k`` logits.
 
-    1.x ``F.topk_accuracy``. As in 0.x, ``topk`` of one element (an int or a 1-tuple) gives one
-    Tensor and a longer sequence a list of them.
+    1.x ``F.topk_accuracy``, which gives, as 0.x's, one Tensor for ``topk`` of one element (an
+    int or a 1-tuple) and a list of them for a longer sequence.
     """
-    accs = topk_accuracy(logits, target, topk if is_int(topk) or not hasattr(topk, "__iter__")
+    return topk_accuracy(logits, target, topk if is_int(topk) or not hasattr(topk, "__iter__")
                          else tuple(topk))  # (topk_accuracy names a topk of another type)
-    if isinstance(accs, list) and len(accs) == 1:
-        return accs[0]
-    return accs
 
 
 def zero_grad(inp):

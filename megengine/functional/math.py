@@ -8,11 +8,11 @@ from ..core._trace_option import as_int, is_dim
 from ..core.dispatch import FLOAT16, KERNEL_FLOATS, Op, apply, on_device
 from ..core.dtype import float_value, no_quantized_form
 from ..core.dtype_rules import complex_error, no_order, promote_types
-from ..core.ops import (BINARY, AxisError, IndexAdd, ShapeError, _norm_axes, acc_dtype, acc_sum,
-                        as_dtype, cast, half_operands, names_an_axis, xp_of)
+from ..core.ops import (BINARY, ArgumentTypeError, AxisError, IndexAdd, ShapeError, _norm_axes,
+                        acc_dtype, acc_sum, as_dtype, cast, half_operands, names_an_axis, xp_of)
 from ..core.tensor import Tensor
 from . import _aten
-from ._args import _as_float, _size
+from ._args import _as_float, _not_int, _size
 from .elemwise import _operands, _tensor, any_nan_array, clip, exp_array, log_array, sqrt
 from .tensor import Compute, _axis, _grid_index, concat, put_back, swapaxes
 # cumsum's home is F.tensor, as upstream's; F.math.cumsum stays, and dumps that name
@@ -711,10 +711,12 @@ def topk(inp, k, descending=False, kth_only=False, no_sort=False):
     # (a k from x.shape in a dumpable trace, or a TracedModule's size tensor, stays an
     # expression, TopK's parameter; its sign and its comparison with the row length are guards)
     try:
+        if _not_int(k):  # (int() would parse "2" and truncate 2.5 to 2)
+            raise TypeError
         k, n = _size(k), inp.shape[-1]
     except TypeError:  # (int()'s own message names no argument; upstream's TypeError too)
-        raise TypeError(f"topk: k must be an int or a one-element integer tensor, got "
-                        f"{k!r}") from None
+        raise ArgumentTypeError(f"topk: k must be an int or a one-element integer tensor, got "
+                                f"{k!r}") from None
     if k == 0:
         raise TopKZeroError("topk: k must not be 0")
     if k < 0:

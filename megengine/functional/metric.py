@@ -9,8 +9,9 @@ __all__ = ["topk_accuracy"]
 def topk_accuracy(logits, target, topk=1):
     """Fraction of rows whose ``target`` class is among the ``k`` largest ``logits``.
 
-    ``logits``: (N, C) scores; ``target``: (N,) class indices. ``topk`` an int gives one float32
-    scalar Tensor; a tuple of ints gives a list of them, one per k (upstream's signature).
+    ``logits``: (N, C) scores; ``target``: (N,) class indices. ``topk`` an int (or a sequence of
+    one int) gives one float32 scalar Tensor; a longer sequence gives a list of them, one per k,
+    as upstream 1.13's.
     """
     logits, target = _tensor(logits), _tensor(target)
     if logits.ndim != 2:
@@ -29,7 +30,7 @@ def topk_accuracy(logits, target, topk=1):
     hit = pred == target.astype(pred.dtype).reshape(-1, 1)
     n = logits.shape[0]
     accs = [hit[:, :int(k)].astype("float32").sum() / n for k in ks]
-    return accs[0] if is_int(topk) else accs
+    return accs[0] if len(accs) == 1 else accs
 
 
 # Upstream's metric module also holds these functions of F at module level (F.metric.abs, ...)

@@ -15,7 +15,7 @@ from ..core.ops import (ArgumentError, ArgumentTypeError, LinearMap, ShapeError,
 from ..core.ops import matmul as _mm
 from ..core.tensor import Tensor, promote_types
 from ..core.dtype_rules import complex_error, no_order
-from ._args import _as_float, _astype_real, _int, _real, _size, _tensor
+from ._args import _as_float, _astype_real, _int, _real, _tensor
 from .math import matmul
 from .tensor import Compute, _shape_arg, concat, pad, stack
 from .roi import deformable_psroi_pooling, roi_align, roi_pooling  # noqa: F401  (F.vision.*)
@@ -235,8 +235,8 @@ def interpolate(inp, size=None, scale_factor=None, mode="bilinear", align_corner
             size = size.numpy().tolist() if held is None else held.tolist()
         sizes = (size,) * spatial if is_int(size) else tuple(size)
         # (sizes from x.shape in a dumpable trace, or a TracedModule's size tensors, stay
-        # expressions; int() would fix them)
-        sizes = tuple(_size(s) for s in sizes)
+        # expressions; int() would fix them, and would parse "2" and truncate 2.5)
+        sizes = tuple(_int(s, "size", what) for s in sizes)
     else:
         scales = (scale_factor,) * spatial if isinstance(scale_factor, (int, float)) or \
             is_sym(scale_factor) else tuple(scale_factor)

@@ -1109,6 +1109,12 @@ def test_topk_k_that_is_no_int_says_what_to_pass():
     with pytest.raises(TypeError, match=r"topk: k must be an int or a one-element integer "
                                         r"tensor, got \[1, 2\]"):
         F.topk(x, [1, 2])
+    # a string or a float with a fraction is no count either: int() parsed "2" and truncated
+    # 2.5 to 2 here before; a whole float is the int it holds
+    for k in ("2", 2.5):
+        with pytest.raises(TypeError, match=rf"topk: k must be an int .*got {k!r}"):
+            F.topk(x, k)
+    np.testing.assert_array_equal(F.topk(x, 2.0)[0].numpy(), [[0, 1], [4, 5], [8, 9]])
 
 
 def test_matmul_of_batch_dims_that_do_not_broadcast_raises_a_shape_error():

@@ -289,6 +289,40 @@ def test_a_float32_bias_widens_float16_linear_and_conv_to_float32(fn):
                                    rtol=2e-3, atol=2e-3)
 
 
+@pytest.mark.parametrize("fn", ["linear", "conv2d", "conv_transpose2d"])
+@pytest.mark.parametrize("bias_dtype", ["int32", "bool"])
+def test_an_integer_bias_widens_float16_linear_and_conv_to_float32(fn, bias_dtype):
+    # float16 meeting an integer or bool counts as float32 (upstream's dtype promotion; its
+    # product-then-add gives float32 here, measured); torch's float32 the oracle
+    rs = np.random.RandomState(1)
+    b = rs.randint(0, 2, 4).astype(bias_dtype)
+    if fn == "linear":
+        x, w = rs.randn(3, 5), rs.randn(4, 5)
+        torch_fn, mge_fn = TF.linear, F.linear
+    elif fn == "conv2d":
+        x, w, b = rs.randn(2, 3, 5, 5), rs.randn(4, 3, 3, 3), b.reshape(1, 4, 1, 1)
+        torch_fn, mge_fn = (lambda x, w, b: TF.conv2d(x, w, b.reshape(-1))), F.conv2d
+    else:
+        x, w, b = rs.randn(2, 3, 5, 5), rs.randn(3, 4, 3, 3), b.reshape(1, 4, 1, 1)
+        torch_fn = lambda x, w, b: TF.conv_transpose2d(x, w, b.reshape(-1))
+        mge_fn = F.conv_transpose2d
+    x, w = x.astype(np.float16), w.astype(np.float16)
+    tx, tw = (torch.tensor(a.astype(np.float32), requires_grad=True) for a in (x, w))
+    want = torch_fn(tx, tw, torch.tensor(b.astype(np.float32)))
+    want.backward(torch.ones_like(want))
+    mx, mw = mge.tensor(x), mge.tensor(w)
+    gm = GradManager().attach([mx, mw])
+    with gm:
+        y = mge_fn(mx, mw, mge.tensor(b))
+        gm.backward(y, F.ones_like(y))
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y.numpy(), want.detach().numpy(), rtol=1e-5, atol=1e-5)
+    for m, t in ((mx, tx), (mw, tw)):  # each gradient in its tensor's dtype
+        assert m.grad.dtype == np.float16
+        np.testing.assert_allclose(m.grad.numpy().astype(np.float32), t.grad.numpy(),
+                                   rtol=2e-3, atol=2e-3)
+
+
 def test_float16_linear_adds_its_bias_before_rounding():
     # by hand: [1, 1] @ [0.25, 2**-14 + 2**-18] - 0.25 = 2**-14 + 2**-18, a float16 value; the
     # product rounded to float16 first (0.25) left 0.0 (upstream 1.13 measured: 0.0 under

@@ -909,6 +909,12 @@ def test_interpolate_upstream_example_and_argument_rules():
         F.vision.interpolate(line, scale_factor=[2.0, 3.0], mode="linear")
     with pytest.raises(ValueError):
         F.vision.interpolate(x, scale_factor=2.0, mode="linear")
+    # a size entry that is a string or a float with a fraction is refused, naming size (int()
+    # parsed "1" and truncated 2.5 before); a whole float is the int it holds
+    for size in (("1", 2), (2.5, 2)):
+        with pytest.raises(TypeError, match=r"interpolate: size must be an int"):
+            F.vision.interpolate(x, size, mode="nearest")
+    assert F.vision.interpolate(x, (3.0, 2), mode="nearest").shape == (1, 1, 3, 2)
 
 
 def test_vision_ops_keep_their_upstream_1_0_top_level_names():

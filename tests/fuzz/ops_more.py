@@ -421,9 +421,7 @@ def _accuracy_gen(name):
             ks = [topk] if isinstance(topk, int) else list(topk)
             rank = (lg > lg.gather(1, tg.long()[:, None])).sum(1)  # classes scoring higher
             accs = [(rank < k).float().mean() for k in ks]
-            # F.accuracy (0.x) gives one Tensor for a 1-tuple, F.topk_accuracy a list of one
-            one = isinstance(topk, int) or (name == "accuracy" and len(ks) == 1)
-            return accs[0] if one else accs
+            return accs[0] if len(ks) == 1 else accs  # (a 1-tuple too, as upstream 1.13's)
         return Case(f"{name}(logits({n}, {c}), target, topk={topk})", [logits, target],
                     lambda lg, tg: getattr(F, name)(lg, tg, topk), t, diff=[], refuse=refuse,
                     bcast=False, layouts=True)
