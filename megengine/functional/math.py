@@ -711,7 +711,7 @@ def topk(inp, k, descending=False, kth_only=False, no_sort=False):
     # (a k from x.shape in a dumpable trace, or a TracedModule's size tensor, stays an
     # expression, TopK's parameter; its sign and its comparison with the row length are guards)
     try:
-        if _not_int(k):  # (int() would parse "2" and truncate 2.5 to 2)
+        if type(k) is not int and _not_int(k):  # (int() would parse "2", truncate 2.5)
             raise TypeError
         k, n = _size(k), inp.shape[-1]
     except TypeError:  # (int()'s own message names no argument; upstream's TypeError too)
