@@ -310,31 +310,37 @@ def run_micro(args):
     run_batch_norm_step(args)
 
 
+def conv_bn_training_step():
+    """(step, its input): a training step of 20 conv + batch norm + ReLU layers (SGD with
+    momentum inside), from the same weights at every call, on (2, 4, 4, 4) images."""
+    mge.random.seed(0)
+    layers = []
+    for _ in range(20):
+        layers += [M.Conv2d(4, 4, 3, padding=1, bias=False), M.BatchNorm2d(4), M.ReLU()]
+    net = M.Sequential(*layers)
+    gm = GradManager().attach(net.parameters())
+    opt = optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+
+    def step(x):
+        with gm:
+            loss = net(x).mean()
+            gm.backward(loss)
+        opt.step().clear_grad()
+        return loss
+
+    return step, mge.tensor(np.random.RandomState(1).randn(2, 4, 4, 4).astype("float32"))
+
+
 def run_batch_norm_step(args):
-    """A training step of 20 conv + batch norm layers on tiny images, where each layer's two
-    running-statistics writes are events of the trace (``running_mean._reset(mean.detach())``,
-    checked on the fast path since 2026-12-03, as the batch norm op's three outputs are), in
-    the checked-call modes against eager, each mode training its own network from the same
-    weights; measured as `run_micro`, in thread time."""
+    """`conv_bn_training_step`, where each layer's two running-statistics writes are events of
+    the trace (``running_mean._reset(mean.detach())``, checked on the fast path since
+    2026-12-03, as the batch norm op's three outputs are), in the checked-call modes against
+    eager, each mode training its own network from the same weights; measured as `run_micro`,
+    in thread time."""
     def make():
-        mge.random.seed(0)
-        layers = []
-        for _ in range(20):
-            layers += [M.Conv2d(4, 4, 3, padding=1, bias=False), M.BatchNorm2d(4), M.ReLU()]
-        net = M.Sequential(*layers)
-        gm = GradManager().attach(net.parameters())
-        opt = optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+        return conv_bn_training_step()[0]
 
-        def step(x):
-            with gm:
-                loss = net(x).mean()
-                gm.backward(loss)
-            opt.step().clear_grad()
-            return loss
-
-        return step
-
-    x = mge.tensor(np.random.RandomState(1).randn(2, 4, 4, 4).astype("float32"))
+    x = conv_bn_training_step()[1]
     fns = {"eager": lambda step=make(): step(x)}
     for label in ("sym=False", "sym=True"):
         traced = trace(make(), **MICRO_MODES[label])

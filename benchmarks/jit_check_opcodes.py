@@ -20,45 +20,24 @@ import sys
 import numpy as np
 
 import megengine as mge
-import megengine.functional as F
 import megengine.module as M
 import megengine.optimizer as optim
-from megengine.autodiff import GradManager
 from megengine.jit import trace
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _timing  # noqa: E402
+import bench_jit_trace  # noqa: E402
 
 
 def conv_bn_step():
-    mge.random.seed(0)
-    layers = []
-    for _ in range(20):
-        layers += [M.Conv2d(4, 4, 3, padding=1, bias=False), M.BatchNorm2d(4), M.ReLU()]
-    net = M.Sequential(*layers)
-    gm = GradManager().attach(net.parameters())
-    opt = optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
-
-    def step(x):
-        with gm:
-            loss = net(x).mean()
-            gm.backward(loss)
-        opt.step().clear_grad()
-        return loss
-
-    return step, (mge.tensor(np.random.RandomState(1).randn(2, 4, 4, 4).astype("float32")),)
+    step, x = bench_jit_trace.conv_bn_training_step()
+    return step, (x,)
 
 
 def mlp_step():
     mge.random.seed(0)
     net = M.Sequential(M.Linear(784, 256), M.ReLU(), M.Linear(256, 10))
-    gm = GradManager().attach(net.parameters())
-    opt = optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
-
-    def step(x, label):
-        with gm:
-            loss = F.loss.cross_entropy(net(x), label)
-            gm.backward(loss)
-        opt.step().clear_grad()
-        return loss
-
+    step = _timing.mge_training_step(net, optim.SGD(net.parameters(), lr=0.01, momentum=0.9))
     rng = np.random.RandomState(1)
     return step, (mge.tensor(rng.randn(64, 784).astype("float32")),
                   mge.tensor(rng.randint(0, 10, 64), dtype="int32"))
