@@ -142,7 +142,7 @@ def _classification_worker(save_path):
     def valid_step(image, label):
         logits = model(image)
         loss = F.nn.cross_entropy(logits, label)
-        (acc1,) = F.topk_accuracy(logits, label, topk=(1,))
+        acc1 = F.topk_accuracy(logits, label, topk=(1,))  # one k: one Tensor (upstream 1.13)
         if world_size > 1:
             loss = F.distributed.all_reduce_sum(loss) / world_size
             acc1 = F.distributed.all_reduce_sum(acc1) / world_size
