@@ -386,6 +386,8 @@ def norm(inp, ord=None, axis=None, keepdims=False):
         ord = as_int(ord)
     if not isinstance(ord, (int, float)):
         raise TypeError(f"norm: ord must be a number, got {type(ord).__name__}")
+    if axis is not None and ord in (0, _pymath.inf, -_pymath.inf):
+        _norm_axes(axis, inp.ndim, "norm")  # (its errors name norm, not the sum, max, min)
     if ord == 0:
         return sum(inp != 0, axis=axis, keepdims=keepdims)
     if ord == _pymath.inf:

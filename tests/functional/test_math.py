@@ -128,6 +128,13 @@ def test_norm(ord, axis):
           lambda t: torch.linalg.vector_norm(t, p, dim=axis, keepdim=True), x, rtol=1e-4)
 
 
+@pytest.mark.parametrize("ord", [math.inf, -math.inf, 0, 2])
+def test_norm_axis_errors_name_norm(ord):
+    # the special orders compute with F.max / F.min / F.sum, whose errors named those
+    with pytest.raises(ValueError, match="norm: axis -3 is out of range for a tensor with 2"):
+        F.norm(mge.tensor(rand(3, 4)), ord, axis=-3)
+
+
 @pytest.mark.parametrize("ord", [math.inf, -math.inf, 0])
 def test_norm_special_orders(ord):
     x = rand(3, 4)
