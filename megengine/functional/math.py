@@ -744,6 +744,9 @@ def matmul(inp1, inp2, transpose_a=False, transpose_b=False, compute_mode="defau
 
         return _matmul(a, b, transpose_a, transpose_b, compute_mode)
     if a.ndim == 1 and b.ndim == 1:
+        if a.shape != b.shape:  # (dot's own error would name dot)
+            raise ShapeError(f"matmul: vectors must have one length, got shapes {a.shape} and "
+                             f"{b.shape}")
         return dot(a, b)
     if transpose_a and a.ndim >= 2:
         a = swapaxes(a, -1, -2)

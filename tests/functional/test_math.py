@@ -128,6 +128,13 @@ def test_norm(ord, axis):
           lambda t: torch.linalg.vector_norm(t, p, dim=axis, keepdim=True), x, rtol=1e-4)
 
 
+def test_matmul_of_vectors_of_two_lengths_names_matmul():
+    # two vectors go to F.dot, whose error named dot
+    with pytest.raises(ValueError, match=r"matmul: vectors must have one length, got shapes "
+                                         r"\(4,\) and \(5,\)"):
+        F.matmul(mge.tensor(rand(4)), mge.tensor(rand(5)))
+
+
 @pytest.mark.parametrize("ord", [math.inf, -math.inf, 0, 2])
 def test_norm_axis_errors_name_norm(ord):
     # the special orders compute with F.max / F.min / F.sum, whose errors named those

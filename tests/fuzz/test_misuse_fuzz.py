@@ -23,7 +23,6 @@ UNNAMED = {
     "functional.legacy.matrix_mul": ["matmul"],  # (0.x's names of F.matmul)
     "functional.legacy.batched_matrix_mul": ["matmul"],
     "functional.legacy.nll_loss": ["indexing_one_hot"],
-    "functional.math.matmul": ["dot"],  # (of two vectors)
     "functional.math.normalize": ["clip", "norm"],
     "functional.normalization.general_norm": ["layer_norm"],
     "functional.normalization.sync_batch_norm": ["batch_norm"],
