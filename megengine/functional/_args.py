@@ -92,6 +92,8 @@ def _int_pair(value, name, what):
 def _real(value, name, what):
     """A real-number argument (``eps``) as a Python float; a string (also one that reads as a
     number), a sequence or None raises, naming ``what`` and ``name``."""
+    if type(value) is float:  # the usual call (batch norm's momentum, every call), at once
+        return value
     if not isinstance(value, (str, bytes)):
         try:
             return float(value)

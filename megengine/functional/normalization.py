@@ -525,11 +525,6 @@ def batch_norm(inp, running_mean=None, running_var=None, weight=None, bias=None,
                        inplace)
 
 
-def _momentum(momentum):
-    """``momentum`` as a float; a string raises (float() parsed "0.9"; upstream refuses it)."""
-    return momentum if type(momentum) is float else _real(momentum, "momentum", "batch_norm")
-
-
 def _batch_norm(inp, running_mean, running_var, weight, bias, training, momentum, eps,
                 inplace, views=None):
     """`batch_norm`'s body, positional (BatchNorm layers call it directly); ``views``: an eval
@@ -556,7 +551,7 @@ def _batch_norm(inp, running_mean, running_var, weight, bias, training, momentum
         if c is None or running_mean._data.size != c or running_var._data.size != c \
                 or weight._data.size != c or bias._data.size != c:
             _check_bn_args(what, inp, running_mean, running_var, weight, bias)  # raises
-        op = _BatchNorm(eps, _momentum(momentum), False, True, True, True)
+        op = _BatchNorm(eps, _real(momentum, "momentum", "batch_norm"), False, True, True, True)
         if views is not None:
             op.cache = views
         out = apply(op, inp, weight, bias, running_mean, running_var)
@@ -587,8 +582,8 @@ def _batch_norm(inp, running_mean, running_var, weight, bias, training, momentum
                 shape = _tensor(running_mean if has_mean else running_var).shape
                 t = Tensor(np.full(shape, fill, np.float32), device=inp._device)
             inputs.append(_tensor(t))
-    op = _BatchNorm(eps, _momentum(momentum), bool(training), weight is not None, bias is not None,
-                    has_stats)
+    op = _BatchNorm(eps, _real(momentum, "momentum", "batch_norm"), bool(training),
+                    weight is not None, bias is not None, has_stats)
     out = apply(op, *inputs)
     if not (training and has_stats):
         return out if out_dtype is None else out.astype(out_dtype)

@@ -605,7 +605,7 @@ def remap(inp, map_xy, border_mode="replicate", scalar=0.0, interp_mode="linear"
         raise ValueError(f"remap: map_xy must be (N, OH, OW, 2) with N = {inp.shape[0]}, got "
                          f"shape {map_xy.shape}")
     map_xy = map_xy if map_xy.dtype.kind == "f" else _astype_real(map_xy, np.float32, "remap")
-    scalar = scalar if type(scalar) is float else _real(scalar, "scalar", "remap")
+    scalar = _real(scalar, "scalar", "remap")
     if inp.dtype.kind in "iu" and inp.dtype.metadata is None:
         # an integer image's border value is rounded to its dtype first (upstream 1.13
         # measured: uint8 0.5 -> 1, 300 -> 255, -1 -> 0)
