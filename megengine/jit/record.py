@@ -41,7 +41,6 @@ def count_mismatch_text(where, op, recorded, now, now_tuple=None):
 
 _INPLACE = Tensor._inplace  # the in-place write of ``x += y``, ``x[i] = v`` on a non-Parameter
 _RESET = Tensor._reset  # ``x.set_value(v)``: for a value of the call given one, dataflow too
-_WRITES = (_INPLACE, _RESET)
 
 _ITERATOR_TYPES = {}  # type -> whether its instances are iterators (an event lists them)
 
@@ -601,7 +600,7 @@ class _Recorder(_Hook):
     def event(self, fn, *args, **kwargs):
         """Run ``fn(*args, **kwargs)`` (with tracing off) and record it as one step; an
         in-place write into a value of this call is recorded as dataflow instead."""
-        if fn in _WRITES:
+        if fn is _INPLACE or fn is _RESET:
             written = self._internal_write(fn, args, kwargs)
             if written is not None:
                 r, t = written[1], args[0]
