@@ -104,9 +104,7 @@ def public_argument(value):
 def argument_prefix(value):
     """``"conv2d: weight: "``, ``"conv2d: "`` or ``""``: the words that start an error about
     ``value``, naming what `public_argument` finds."""
-    entry = _entry(sys._getframe(1))
-    if entry is None:
+    name, arg = public_argument(value)  # (from its frame too: the walk starts inside the package)
+    if name is None:
         return ""
-    frame, name, f = entry
-    arg = _argument(frame, f, value)
     return f"{name}: {arg}: " if arg else f"{name}: "
