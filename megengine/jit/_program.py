@@ -15,6 +15,10 @@ FREE_BYTES = 16384
 # slot kinds computed inside the call; arguments, externals, constants and .grad come from
 # outside (upstream calls them external nodes, and its mismatch reasons say which was expected)
 _COMPUTED = frozenset({"op", "alias", "event"})
+# the values a call owns: those it computes and its arguments. A write that gives such a
+# tensor a new array (``x.set_value(v)`` of an argument) leaves it in its slot, which a
+# replay's event writes the same way; other tensors from outside are read where used
+_OF_THE_CALL = _COMPUTED | {"arg"}
 
 
 class TraceError(RuntimeError):
