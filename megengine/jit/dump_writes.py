@@ -101,10 +101,10 @@ def with_writes(prog):
         else:  # set_value of a number or an array: a constant of the target's dtype
             dtype, device = _dtype_of(prog, target)
             if dtype is None:
-                raise DumpError(f"dump: the traced function writes a {type(value).__name__} "
-                                f"into {prog.describe(target)} with {step.name}(); the file "
-                                "does not know its dtype. Write a Tensor (set_value("
-                                "mge.tensor(v, dtype=...)))")
+                raise DumpError(f"dump: the traced function writes a value that is no Tensor "
+                                f"({type(value).__name__}) into {prog.describe(target)} with "
+                                f"{step.name}(); the file does not know its dtype. Write a "
+                                "Tensor (set_value(mge.tensor(v, dtype=...)))")
             src = len(slots)
             slots.append(_Slot("const", f"the value {step.name}() wrote"))
             slots[src].const = np.asarray(_host(value), dtype=dtype)

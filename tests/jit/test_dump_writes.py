@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import megengine as mge
+import megengine.functional as F
 import megengine.module as M
 from megengine.jit import trace
 from megengine.jit.dump import DumpError
@@ -115,6 +116,47 @@ def test_a_written_tensor_returned_is_the_value_written():
     file.seek(0)
     (out,) = GraphInference(file).run(inp_dict={"x": X_RUN}).values()
     np.testing.assert_array_equal(out, W0 * X_RUN)
+
+
+def test_a_detach_after_a_write_and_a_written_value_of_another_shape():
+    # w.detach() after the first write reads the value written; concat makes w longer
+    def body(w, x):
+        n = w.shape[0]
+        w[...] -= x * 0.5
+        d = w.detach()
+        y = d * 2 + d
+        w._reset(F.concat([w, x]))
+        return y, w.sum(axis=0) * n, w
+
+    def make_w():
+        return mge.Parameter(np.arange(6, dtype="float32").reshape(2, 3))
+
+    w = make_w()
+    f = trace(lambda x: body(w, x), symbolic=True, capture_as_const=True)
+    f(mge.tensor(np.ones((2, 3), "float32")))
+    file = io.BytesIO()
+    f.dump(file, arg_names=["x"])
+    file.seek(0)
+    x = np.arange(6, dtype="float32").reshape(2, 3) * 3
+    got = list(GraphInference(file).run(inp_dict={"x": x}).values())
+    want = [t.numpy() for t in body(make_w(), mge.tensor(x))]
+    assert [g.shape for g in got] == [(2, 3), (3,), (4, 3)]
+    for g, e in zip(got, want):
+        np.testing.assert_allclose(g, e, rtol=1e-6)
+
+
+def test_a_number_written_into_a_computed_value_is_refused_naming_the_write():
+    # (a computed value's dtype is not in the program; a Parameter's or an argument's is)
+    @trace(symbolic=True, capture_as_const=True)
+    def f(x):
+        z = x * 2
+        z.set_value(np.zeros(3))
+        return z + x
+
+    f(mge.tensor(X_TRACED))
+    with pytest.raises(DumpError, match=r"writes a value that is no Tensor \(ndarray\) into "
+                                        r"output 0 of op #0 \(Mul\).*set_value\(mge\.tensor"):
+        f.dump(io.BytesIO())
 
 
 def test_a_value_read_to_the_host_after_a_write_from_the_input_is_refused():
