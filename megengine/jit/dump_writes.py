@@ -20,20 +20,12 @@ import copy
 
 import numpy as np
 
-from ..core.tensor import Tensor
-from ._program import _AliasStep, _DimExpr, _EventStep, _OpStep, _Ref, _Slot, _Struct, _host
+from ._program import _AliasStep, _DimExpr, _OpStep, _Ref, _Slot, _Struct, _host
 from .dump_format import DumpError
 from .dump_names import _leaves
+from .record import is_write
 
 __all__ = ["refuse_training_batch_norm", "with_writes"]
-
-_WRITES = (Tensor._inplace, Tensor._reset)  # ``x += v``, ``x[i] = v``; ``set_value``, ``_reset``
-
-
-def _is_write(step):
-    return (type(step) is _EventStep and (step.fn is _WRITES[0] or step.fn is _WRITES[1])
-            and type(step.args) is tuple and len(step.args) == 2 and not step.kwargs
-            and type(step.args[0]) is _Ref)
 
 
 def _renamed(enc, slot_of):
@@ -69,7 +61,8 @@ def _renamed_step(step, slot_of):
 
 
 def _dtype_of(prog, s):
-    """The dtype slot ``s`` holds where the program records it (arguments, constants)."""
+    """(dtype, device) of slot ``s`` where the program records them (arguments, constants);
+    else (None, None)."""
     info = prog.slots[s]
     if info.kind == "const":
         return info.const.dtype, info.device
@@ -82,7 +75,7 @@ def _dtype_of(prog, s):
 def with_writes(prog):
     """``prog`` itself, or a copy whose write events are dataflow (see the module docstring);
     the recorded program, which its trace goes on replaying, is left unchanged."""
-    if not any(_is_write(st) for st in prog.steps):
+    if not any(is_write(st) for st in prog.steps):
         return prog
     slots = list(prog.slots)
     slot_of = {}  # a written slot -> the slot holding its value from here on
@@ -92,7 +85,7 @@ def with_writes(prog):
         while pending and pending[0][0] <= k:  # a host read before this step
             pos, s, value = pending.pop(0)
             guards.append((len(steps), slot_of.get(s, s), value))
-        if not _is_write(step):
+        if not is_write(step):
             steps.append(_renamed_step(step, slot_of) if slot_of else step)
             continue
         target, value = step.args[0].slot, step.args[1]

@@ -43,6 +43,14 @@ def count_mismatch_text(where, op, recorded, now, now_tuple=None):
 _INPLACE = Tensor._inplace  # the in-place write of ``x += y``, ``x[i] = v`` on a non-Parameter
 _RESET = Tensor._reset  # ``x.set_value(v)``: for a value of the call given one, dataflow too
 
+def is_write(step):
+    """Whether recorded step ``step`` is an event that writes into a tensor, ``t._inplace(v)``
+    or ``t._reset(v)``, whose target ``t`` (a `_Ref`) and value are its two arguments."""
+    return (type(step) is _EventStep and (step.fn is _INPLACE or step.fn is _RESET)
+            and type(step.args) is tuple and len(step.args) == 2 and not step.kwargs
+            and type(step.args[0]) is _Ref)
+
+
 _ITERATOR_TYPES = {}  # type -> whether its instances are iterators (an event lists them)
 
 
@@ -816,8 +824,7 @@ class _Recorder(_Hook):
         leaf_of = {s: i for i, s in enumerate(prog.arg_slots)}
         written = {}  # slot -> the index of the first event that writes into it
         for k, step in enumerate(prog.steps):
-            if (type(step) is _EventStep and (step.fn is _INPLACE or step.fn is _RESET)
-                    and type(step.args) is tuple and step.args and type(step.args[0]) is _Ref):
+            if is_write(step):
                 written.setdefault(step.args[0].slot, k)
         arg_reads, guards, seen = {}, [], set()
         for pos, s, value in prog.reads:
