@@ -1,5 +1,6 @@
 """The data of a trace: value snapshots that compare, argument trees, and the recorded program
 (its slots and steps) that `record` builds, `replay` runs and `dump` writes out."""
+import weakref
 from operator import itemgetter as _itemgetter
 
 import numpy as np
@@ -15,6 +16,10 @@ FREE_BYTES = 16384
 # slot kinds computed inside the call; arguments, externals, constants and .grad come from
 # outside (upstream calls them external nodes, and its mismatch reasons say which was expected)
 _COMPUTED = frozenset({"op", "alias", "event"})
+# the values a call owns: those it computes and its arguments. A write that gives such a
+# tensor a new array (``x.set_value(v)`` of an argument) leaves it in its slot, which a
+# replay's event writes the same way; other tensors from outside are read where used
+_OF_THE_CALL = _COMPUTED | {"arg"}
 
 
 class TraceError(RuntimeError):
@@ -355,8 +360,10 @@ class _TensorLeaf:
 
 
 class _ValueLeaf:
-    """A non-tensor argument: Python scalars and strings by value, arrays by value, others by
-    identity (a module passed in is the same module)."""
+    """A non-tensor argument: Python scalars and strings by value, arrays by value, objects
+    whose class defines value equality and a hash (a frozen dataclass) by value, others by
+    identity (a module passed in is the same module). In a key the trace keeps, an object
+    compared by identity is held weakly where it can be (`_kept`)."""
 
     __slots__ = ("value",)
 
@@ -367,13 +374,23 @@ class _ValueLeaf:
         if type(other) is not _ValueLeaf:
             return False
         a, b = self.value, other.value
+        if type(a) is _HeldWeakly or type(b) is _HeldWeakly:
+            a, b = _held(a), _held(b)
+            return a is b and a is not None  # (once dead, a weak leaf equals no argument)
         if type(a) is not type(b):
             return False
         if type(a) in _PLAIN or isinstance(a, (np.generic, np.dtype)):
             return bool(a == b) or a is b
         if _is_array(a):
             return _ArrayValue(a) == _ArrayValue(b)
-        return a is b
+        if a is b:
+            return True
+        if _by_value(a):
+            try:
+                return bool(a == b)
+            except Exception:  # (an __eq__ that gives an array, or raises: not equal)
+                return False
+        return False
 
     def __hash__(self):  # consistent with __eq__: by value, arrays by shape, others by identity
         v = self.value
@@ -384,15 +401,56 @@ class _ValueLeaf:
                 return hash(type(v))
         if _is_array(v):
             return hash((v.shape, str(v.dtype)))
+        if type(v) is _HeldWeakly:
+            return v.hash
+        if _by_value(v):
+            try:
+                return hash(v)
+            except Exception:  # (a frozen dataclass holding a list): equal values, same bucket
+                return hash(type(v))
         return id(v)
 
     def __repr__(self):
         v = self.value
+        if type(v) is _HeldWeakly:
+            v = _held(v)
+            if v is None:
+                return "an object that is gone (it was compared by identity)"
         if type(v) in _PLAIN or isinstance(v, np.generic):
             return repr(v)
         if _is_array(v):
             return f"the array {_ArrayValue(v)!r}"
+        if _by_value(v):
+            return f"a {type(v).__name__} object (compared by value)"
         return f"a {type(v).__name__} object (compared by identity)"
+
+    def held(self):
+        """The argument itself (None where a weakly held one is gone)."""
+        return _held(self.value)
+
+
+def _by_value(v):
+    """Whether argument ``v`` (not a plain value or an array) keys programs by value: its class
+    defines equality and a hash of its own (a frozen dataclass, a named value object), so an
+    equal object is the same argument, as it is for a number."""
+    cls = type(v)
+    return cls.__eq__ is not object.__eq__ and cls.__hash__ is not None
+
+
+class _HeldWeakly:
+    """An argument object compared by identity, held weakly inside a key the trace keeps: the
+    key does not keep the caller's object (a config, a module, a callable) alive, and the
+    trace drops the programs keyed by it when it goes (see `tracing._forget_instance`)."""
+
+    __slots__ = ("ref", "hash")
+
+    def __init__(self, obj, on_death=None):
+        self.ref = weakref.ref(obj) if on_death is None else weakref.ref(obj, on_death)
+        self.hash = id(obj)  # (what the caller's leaf hashes to: `_ValueLeaf.__hash__`)
+
+
+def _held(v):
+    return v.ref() if type(v) is _HeldWeakly else v
 
 
 def _flatten(value, leaves):
@@ -408,17 +466,38 @@ def _flatten(value, leaves):
     return _ValueLeaf(value)
 
 
-def _own_arrays(tree):
-    """``tree`` (a key or argument tree that `_flatten` made) with each array argument's
-    `_ValueLeaf` holding a copy, for a program to keep: holding the caller's array, it kept it
-    alive, and an in-place write into it changed the key, so that the next call with the new
-    value took the program recorded for the old one (a replay computed with the old value)."""
+def _kept(tree, on_death=None):
+    """``tree`` (a key or argument tree that `_flatten` made) as a trace keeps it:
+
+    - each array argument's `_ValueLeaf` holds a copy: holding the caller's array, it kept it
+      alive, and an in-place write into it changed the key, so that the next call with the new
+      value took the program recorded for the old one (a replay computed with the old value);
+    - each object compared by identity is held weakly (`_HeldWeakly`, ``on_death`` called when
+      it goes) where its class allows weak references: held, it stayed alive as long as its
+      program, which no later call could find once the caller let go of it."""
     t = type(tree)
     if t is _ValueLeaf:
-        return _ValueLeaf(_host(tree.value).copy()) if _is_array(tree.value) else tree
+        v = tree.value
+        if _is_array(v):
+            return _ValueLeaf(_host(v).copy())
+        if (type(v) in _PLAIN or isinstance(v, (np.generic, np.dtype)) or type(v) is _HeldWeakly
+                or _by_value(v)):
+            return tree
+        try:
+            return _ValueLeaf(_HeldWeakly(v, on_death))
+        except TypeError:  # no weak references (``object()``, __slots__ without __weakref__)
+            return tree
     if t is tuple:
-        return tuple(_own_arrays(x) for x in tree)
+        return tuple(_kept(x, on_death) for x in tree)
     return tree
+
+
+def _holds_gone(tree):
+    """Whether a kept tree (`_kept`) holds an object that is gone."""
+    t = type(tree)
+    if t is _ValueLeaf:
+        return type(tree.value) is _HeldWeakly and tree.value.ref() is None
+    return t is tuple and any(_holds_gone(x) for x in tree)
 
 
 # --------------------------------------------------------------------------------------------

@@ -42,8 +42,8 @@ from ._program import (FREE_BYTES, _PLAIN, _AliasStep, _ArrayValue, _DimExpr, _E
                        _OpStep, _Ref, _Struct, _ValueLeaf, _all_plain, _describe_params, _holds,
                        _host, _is_array, _kind_text, _op_key, _step_text, _tensor_paths,
                        _tensor_text, _tensors_in, _thaw)
-from .record import (_COMPUTED, _INPLACE, _RESET, _Hook, _is_iterator, _may_hold_dims,
-                     count_mismatch_text)
+from .record import (_COMPUTED, _INPLACE, _OF_THE_CALL, _RESET, _Hook, _is_iterator,
+                     _may_hold_dims, count_mismatch_text)
 
 
 _MAY_HOLD_TENSORS = (Tensor, tuple, list, dict)  # what an event's result may return tensors in
@@ -1034,10 +1034,10 @@ class _Checker(_Hook):
             # call's thread time, 0.8-1.2 ms with this return; a timer around this method, see
             # benchmarks/README.md "Traced ResNet-50 step")
             return
-        if s is None and self.prog.slots[e[0]].kind in _COMPUTED:
-            # a value of this call given a new array by the event (``z.set_value(x)`` of an
-            # argument's, a Parameter's value, an array): it still holds its slot, as recorded
-            # (`record._Recorder._after_event`)
+        if s is None and self.prog.slots[e[0]].kind in _OF_THE_CALL:
+            # a value of this call, an argument too, given a new array by the event
+            # (``z.set_value(x)`` of an argument's, a Parameter's value, an array): it still
+            # holds its slot, as recorded (`record._Recorder._after_event`)
             self.keep.append(e)
             self.by_tensor[id(t)] = (e[0], t._data)
             self.keep.append(t)

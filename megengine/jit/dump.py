@@ -30,11 +30,12 @@ Upstream's inference options (``enable_io16xc32``, ``enable_ioc16``, layouts, fu
 checked and applied by `megengine.utils.network_optimize` (the float16 ones rewrite the graph
 through `megengine.utils.network.Network`); see "Inference options of dump" in docs/api/jit.rst.
 
-What cannot be dumped, by design: programs with events (optimizer steps, in-place writes into
-arguments, externals or Parameters: calls on live Python objects) and values read live. A
-``GradManager.backward`` whose gradients the function returns becomes op steps of the file
-(`dump_backward`). In-place writes into tensors the function made (``out +=
-identity``) are plain dataflow in the program (see `tracing`) and are dumped.
+What cannot be dumped, by design: programs with events (optimizer steps: calls on live Python
+objects) and values read live. A ``GradManager.backward`` whose gradients the function returns
+becomes op steps of the file (`dump_backward`). In-place writes into tensors the function made
+(``out += identity``) are plain dataflow in the program (see `tracing`); writes into its
+arguments and into captured Parameters and tensors become dataflow of the file as upstream
+dumps them (`dump_writes`).
 Dump an inference function traced with ``capture_as_const=True``.
 
 The parts: `dump_format` (values as tagged JSON), `dump_names` (default names of inputs,
@@ -69,6 +70,7 @@ from .dump_names import (_input_defaults, _leaves, _names, _output_slots,  # noq
                          _param_names)
 from .dump_testcases import (_RAND, _case_feeds, _repeat, _spec_data,  # noqa: F401
                              make_testcases)
+from .dump_writes import refuse_training_batch_norm, with_writes
 
 # version 2: devices recorded by name (xpux for the default device); version 1 recorded the
 # device they resolved to (gpu0 on a GPU machine), read as explained in `dump_devices`.
@@ -136,26 +138,6 @@ def dump_program(prog, file, **options):
                     [c["name"] for c in consts if "name" in c])
 
 
-def _refuse_captured_write(prog, step):
-    """Raise for ``step``, an event, if it writes into a tensor that capture_as_const captured
-    (``w._reset(v)``, ``w[...] = v``, ``w += v`` on a Parameter), saying what to do instead.
-    Upstream's dump keeps such a write as dataflow within one run (later reads of ``w`` in the
-    run see ``v``) and starts every run from the captured value; here the write is an event on
-    the live Parameter, so the file is refused rather than written without it."""
-    args = step.args if type(step.args) is tuple else ()
-    if not args or type(args[0]) is not _Ref:
-        return
-    info = prog.slots[args[0].slot]
-    if info.kind != "const" or info.tensor is None:
-        return
-    raise DumpError(f"dump: the traced function writes into {prog.describe(args[0].slot)} "
-                    f"({step.name}()); a dumped program holds no state between runs, so it "
-                    "cannot keep the write. Compute the new value without writing it "
-                    "(y = w + x instead of w[...] = w + x), or dump a function that does not "
-                    "write its parameters and buffers (modules in eval mode: batch norm in "
-                    "training mode writes its running statistics)")
-
-
 def program_json(prog, *, arg_names=None, output_names=None, user_info=None,
                  enable_metadata=True, input_data=None, repeat=1, silent=False, no_assert=False,
                  maxerr=1e-4, resize_input=False, input_transform=None, _function=None,
@@ -175,6 +157,7 @@ def program_json(prog, *, arg_names=None, output_names=None, user_info=None,
     if optimize:
         from ..utils.network_optimize import check_options
         check_options({k: v for k, v in options.items() if k.startswith("enable_")}, "dump")
+    prog = with_writes(prog)  # writes into arguments and captured tensors: dataflow
     prog = with_backward(prog)  # a GradManager.backward inside: its ops join the program
     defaults = _input_defaults(prog.in_tree)
     own = getattr(prog, "arg_tensor_names", ())  # Tensor(..., name="data") names its input
@@ -247,10 +230,10 @@ def program_json(prog, *, arg_names=None, output_names=None, user_info=None,
             steps.append({"alias": step.ins[0], "out": step.outs[0]})
             continue
         if t is not _OpStep:
-            _refuse_captured_write(prog, step)
-            raise DumpError(f"dump: the program calls {step.name}() (a GradManager, optimizer or "
-                            "in-place write, run on live Python objects), which a file cannot "
-                            "hold. Dump an inference function")
+            raise DumpError(f"dump: the program calls {step.name}() (a GradManager or "
+                            "optimizer, run on live Python objects), which a file cannot hold. "
+                            "Dump an inference function")
+        refuse_training_batch_norm(step)
         ins = step.ins
         if type(step.template).__name__ in COMMUTATIVE and len(ins) == 2 and ins[0] > ins[1]:
             ins = ins[::-1]  # upstream's order: the older value first (slots grow with age)

@@ -1,7 +1,7 @@
 """How `trace.dump` names a program's inputs, outputs and constants, as upstream does: inputs
 ``arg_<i>`` / ``kwarg_<name>``, outputs ``output_<i>`` (a dict output by its keys), parameters and
 buffers by their module path (``conv1.bias``); names given by the caller are checked."""
-from ._program import _Ref, _Struct, _TensorLeaf
+from ._program import _Ref, _Struct, _TensorLeaf, _ValueLeaf
 from .dump_format import DumpError
 
 
@@ -101,8 +101,8 @@ def _param_names(function, in_tree):
         if type(node) is tuple:
             for x in node:
                 walk_tree(x)
-        elif hasattr(node, "value") and not isinstance(node, type):
-            add(getattr(node, "value", None))
+        elif type(node) is _ValueLeaf:  # (a Module argument is held weakly: `_program._kept`)
+            add(node.held())
 
     add(function)
     add(getattr(function, "__self__", None))

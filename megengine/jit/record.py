@@ -11,9 +11,10 @@ from . import arith_opt, shape_tensors
 from ..core.tensor import Parameter, Tensor
 from ..device import _Device
 from ..utils.naming import AutoNaming
-from ._program import (_COMPUTED, FREE_BYTES, TraceError, TraceMismatchError, _AliasStep,
-                       _EventStep, _OpStep, _Ref, _Struct, _dim_slots, _freeze, _holds, _host,
-                       _op_key, _refs_in, _same_bits, _tensor_paths, _tensors_in)
+from ._program import (_COMPUTED, _OF_THE_CALL, FREE_BYTES, TraceError, TraceMismatchError,
+                       _AliasStep, _EventStep, _OpStep, _Ref, _Struct, _dim_slots, _freeze,
+                       _holds, _host, _op_key, _refs_in, _same_bits, _tensor_paths,
+                       _tensors_in)
 
 _HINT = ("A traced function must apply the same ops, to values from the same places, with the "
          "same shapes and dtypes, on every call (no data-dependent Python control flow). "
@@ -41,6 +42,14 @@ def count_mismatch_text(where, op, recorded, now, now_tuple=None):
 
 _INPLACE = Tensor._inplace  # the in-place write of ``x += y``, ``x[i] = v`` on a non-Parameter
 _RESET = Tensor._reset  # ``x.set_value(v)``: for a value of the call given one, dataflow too
+
+def is_write(step):
+    """Whether recorded step ``step`` is an event that writes into a tensor, ``t._inplace(v)``
+    or ``t._reset(v)``, whose target ``t`` (a `_Ref`) and value are its two arguments."""
+    return (type(step) is _EventStep and (step.fn is _INPLACE or step.fn is _RESET)
+            and type(step.args) is tuple and len(step.args) == 2 and not step.kwargs
+            and type(step.args[0]) is _Ref)
+
 
 _ITERATOR_TYPES = {}  # type -> whether its instances are iterators (an event lists them)
 
@@ -671,10 +680,11 @@ class _Recorder(_Hook):
             if s is not None:
                 self.by_tensor[id(t)] = (s, t._data)
                 self.keep.append(t)
-            elif e is not None and self.prog.slots[e[0]].kind in _COMPUTED:
-                # a value of this call given a new array by the event (``z.set_value(x)`` of
-                # an argument's, a Parameter's value, an array: `Tensor._reset` copies it):
-                # it still holds its slot, which a replay's event writes the same way
+            elif e is not None and self.prog.slots[e[0]].kind in _OF_THE_CALL:
+                # a value of this call, an argument too, given a new array by the event
+                # (``z.set_value(x)`` of an argument's, a Parameter's value, an array:
+                # `Tensor._reset` copies it): it still holds its slot, which a replay's
+                # event writes the same way
                 self.by_tensor[id(t)] = (e[0], t._data)
                 self.keep.append(t)
         # New tensors it returned (megengine.autodiff.grad's gradients) become event slots.
@@ -806,16 +816,23 @@ class _Recorder(_Hook):
     def _sort_reads(self):
         """Split the host reads: an argument's value joins the signature (the program's
         ``arg_reads``: the leaf indices; ``arg_values``: (leaf index, value), ...: the trace
-        keys the program by them, and the program keeps no copy), a constant's never changes,
-        any other is checked on replay (``guards``: (steps before it, slot, value))."""
+        keys the program by them, and the program keeps no copy), a constant's never changes
+        unless the call wrote into it before the read (``w._reset(w + x)`` of a captured
+        Parameter: `dump` refuses the read of a value the input decides), any other is checked
+        on replay (``guards``: (steps before it, slot, value))."""
         prog = self.prog
         leaf_of = {s: i for i, s in enumerate(prog.arg_slots)}
+        written = {}  # slot -> the index of the first event that writes into it
+        for k, step in enumerate(prog.steps):
+            if is_write(step):
+                written.setdefault(step.args[0].slot, k)
         arg_reads, guards, seen = {}, [], set()
         for pos, s, value in prog.reads:
             i = leaf_of.get(s)
             if i is not None:
                 arg_reads.setdefault(i, value)  # the first read: the value the call came with
-            elif prog.slots[s].kind != "const" and (pos, s) not in seen:
+            elif (prog.slots[s].kind != "const" or pos > written.get(s, pos)) \
+                    and (pos, s) not in seen:
                 seen.add((pos, s))
                 guards.append((pos, s, value))
         self.arg_values = tuple(sorted(arg_reads.items(), key=lambda kv: kv[0]))

@@ -38,7 +38,8 @@ step for it, and `dump` writes such programs.
 
 Signatures. A trace keeps one program per call signature: the structure of the arguments
 (tuples, lists, dicts, keyword names), each tensor's shape, dtype and device, and the value of
-each non-tensor argument. A call with a signature not seen before is recorded anew (as
+each non-tensor argument (an object by value where its class defines equality and a hash, else
+by identity, held weakly: its programs go when it does; see `_program._kept`). A call with a signature not seen before is recorded anew (as
 upstream re-traces); the earlier programs stay and serve their signatures, up to
 ``max_programs`` of them (least recently used dropped first: a program holds the parameters and
 constants it read, so an unbounded cache grows with every new shape). ``@trace`` on a method
@@ -106,7 +107,7 @@ from ..core import _trace_option, dispatch
 from ..core.tensor import Tensor
 from ..logger import get_logger
 from . import arith_opt
-from ._program import (TraceError, TraceMismatchError, _flatten, _host, _own_arrays,
+from ._program import (TraceError, TraceMismatchError, _flatten, _holds_gone, _host, _kept,
                        _Program)
 from .check import _Checker, _ExcludedBlock, _ProfilingChecker
 from .record import _Hook, _Recorder
@@ -134,7 +135,8 @@ class trace:
     function takes positional and keyword arguments (tensors anywhere in tuples, lists, dicts).
 
     One program is kept per call signature (argument structure, each tensor's shape, dtype and
-    device, each non-tensor argument's value): a call with a new signature (a new batch size,
+    device, each non-tensor argument's value; an object without value equality by identity,
+    held weakly, so its programs go when the caller lets go of it): a call with a new signature (a new batch size,
     another keyword argument) runs the function and records it again, as upstream re-traces.
     A positional numpy array is made a Tensor first, as MegEngine 0.x did (0.x programs pass
     their batches so; upstream 1.x refuses them).
@@ -280,7 +282,9 @@ class trace:
         # that signature read to the host: their values are part of the cache key
         self._read_args = {}
         self._instances = {}  # id(instance) -> weakref to it, for a traced method's instances
-        self._dead = []  # ids of instances gone whose programs are still to drop
+        self._dead = []  # ids of instances gone whose programs are still to drop (_ARGUMENT:
+        # of an argument object gone)
+        self._argument_death = None  # (made once: `_on_argument_death`)
         self._busy = False  # the cache is being changed: a dying instance's drop waits
         self.max_programs = DEFAULT_MAX_PROGRAMS if max_programs is None else max_programs
         self._warned_full = False
@@ -413,13 +417,13 @@ class trace:
             try:  # programs kept under fewer values would never be found again: drop them
                 for k in [k for k in self._programs if k[:2] == base]:
                     del self._programs[k]
-                self._read_args[base] = read
+                self._read_args[_kept(base, self._on_argument_death())] = read
             finally:
                 self._done()
         return (*base, _values_key(leaves, read, arg_values))
 
     def _keep(self, key, prog):
-        key = _own_arrays(key)
+        key = _kept(key, self._on_argument_death())
         self._busy = True
         try:
             programs = self._programs
@@ -441,6 +445,13 @@ class trace:
         finally:
             self._done()
 
+    def _on_argument_death(self):
+        """The callback of the weak references to argument objects in the keys this trace
+        keeps (see `_program._kept`): their programs go when they do."""
+        if self._argument_death is None:
+            self._argument_death = _forget_instance(self, _ARGUMENT)
+        return self._argument_death
+
     def _drop_oldest(self):
         """Drop the least recently used program, and what its signature's arguments' values
         were read for when no other program keeps that signature (a signature seen once would
@@ -458,6 +469,11 @@ class trace:
             try:
                 while self._dead:
                     owner = self._dead.pop()
+                    if owner is _ARGUMENT:  # an argument object a key held weakly is gone
+                        for table in (self._programs, self._read_args):
+                            for key in [k for k in table if _holds_gone(k)]:
+                                del table[key]
+                        continue
                     ref = self._instances.get(owner)
                     if ref is not None and ref() is None:
                         del self._instances[owner]
@@ -480,7 +496,7 @@ class trace:
             leaves = []
             prog.in_tree = _flatten((args, kwargs), leaves)
         else:
-            prog.in_tree = _own_arrays(_flatten((args, kwargs), []))
+            prog.in_tree = _kept(_flatten((args, kwargs), []))
         rec = _Recorder(self, prog, self._live_externals(bound, args, kwargs)
                         if self._capture_as_const else ())
         rec.bind_args(leaves)
@@ -624,10 +640,15 @@ def _values_key(leaves, read, recorded):
     return tuple(key)
 
 
+# what `_forget_instance` notes for an argument object that a kept key held weakly
+_ARGUMENT = object()
+
+
 def _forget_instance(tr, owner):
-    """The callback of a weak reference to a traced method's instance: its programs go when it
-    does. It holds the trace weakly, and only notes the death while the cache is being changed
-    (garbage collection can run a callback in the middle of any allocation)."""
+    """The callback of a weak reference to a traced method's instance (``owner`` its id), or to
+    an argument object in a key (``owner`` `_ARGUMENT`): its programs go when it does. It holds
+    the trace weakly, and only notes the death while the cache is being changed (garbage
+    collection can run a callback in the middle of any allocation)."""
     tr_ref = weakref.ref(tr)
 
     def forget(ref):

@@ -170,33 +170,6 @@ def test_dump_errors_match_upstream():
     g.dump(io.BytesIO(), optimize_for_inference=True, keep_var_name=2)  # upstream's: accepted
 
 
-@pytest.mark.parametrize("write, written", [
-    (lambda w, x: w._reset(w + x), [11.0, 22.0, 33.0]),
-    (lambda w, x: w.__setitem__(slice(0, 2), x[:2]), [10.0, 20.0, 3.0]),
-    (lambda w, x: w.__iadd__(x), [11.0, 22.0, 33.0]),
-], ids=["_reset", "setitem", "iadd"])
-def test_dump_refuses_a_write_into_a_captured_parameter(write, written):
-    # upstream 1.13 measured: its dump keeps the write as dataflow within a run and starts
-    # every run from the captured value (w = [1, 2, 3]; w._reset(w + x); return w * 2 dumps a
-    # program giving (1 + x) * 2 on every run). Here the write is an event on the live
-    # Parameter, which the file cannot hold: refused, saying what to write instead (earlier
-    # versions of this fork said only "a GradManager, optimizer or in-place write")
-    w = mge.Parameter(np.array([1.0, 2.0, 3.0], "float32"))
-
-    def f(x):
-        write(w, x)
-        return w * 2
-
-    traced = trace(f, symbolic=True, capture_as_const=True)
-    y = traced(mge.tensor(np.array([10.0, 20.0, 30.0], "float32")))
-    np.testing.assert_array_equal(w.numpy(), written)  # (the call itself runs as eager code)
-    np.testing.assert_array_equal(y.numpy(), np.array(written) * 2)
-    with pytest.raises(DumpError, match=r"writes into the external Parameter of shape \(3,\) "
-                                        r"float32 \(captured as a constant\).*holds no state "
-                                        r"between runs.*\(y = w \+ x instead of w\[\.\.\.\]"):
-        traced.dump(io.BytesIO())
-
-
 def test_loaded_program_checks_its_inputs():
     # symbolic_shape=False: the file records fixed shapes (a symbolic-shape program runs at new
     # sizes, but not with another number of dims: tests/jit/test_symbolic_shapes.py)
@@ -378,22 +351,6 @@ def test_values_read_to_the_host_cannot_be_dumped_but_logged_ones_can():
     file.seek(0)
     np.testing.assert_array_equal(GraphInference(file).run(x)["MUL"], [2.0, 4.0])
     assert logged == [[2.0, 4.0]]
-
-
-def test_batch_norm_in_training_mode_cannot_be_dumped_and_raises_a_runtime_error():
-    # upstream's test_trace_dump: dumping batch norm traced in training mode (it writes its
-    # running statistics) raises RuntimeError; ours is a DumpError that is also one
-    bn = M.BatchNorm2d(3)
-
-    @trace(symbolic=True, capture_as_const=True)
-    def bn_train(data):
-        return bn(data).sum()
-
-    bn_train(mge.tensor(np.random.RandomState(0).rand(4, 3, 2, 2).astype("float32")))
-    with pytest.raises(RuntimeError, match=r"writes into .* \(captured as a constant\).*holds no "
-                                           r"state between runs.*modules in eval mode"):
-        bn_train.dump(io.BytesIO())
-    assert issubclass(DumpError, ValueError)  # what earlier versions of this engine raised
 
 
 _LABEL = np.array([0, 2], "int32")

@@ -1,6 +1,9 @@
 """The program cache of `trace` (megengine/jit/tracing.py): at most ``max_programs`` programs,
-least recently used dropped first, and a traced method holds its instances weakly."""
+least recently used dropped first, a traced method holds its instances weakly, and so do the
+keys the objects given as arguments (value objects key by value)."""
+import dataclasses
 import gc
+import io
 import weakref
 
 import numpy as np
@@ -266,3 +269,100 @@ def test_an_array_argument_written_in_place_is_keyed_by_its_value_now(mode):
     del scale
     gc.collect()
     assert gone() is None
+
+
+class _Config:
+    """A user's object passed to a traced function, compared by identity (no __eq__)."""
+
+    def __init__(self, k):
+        self.k = k
+
+
+@dataclasses.dataclass(frozen=True)
+class _FrozenConfig:
+    """A value object: equality and a hash of its own."""
+
+    k: float
+
+
+MODES = [{"symbolic": False}, {"symbolic": True}, {"without_host": True}]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_object_argument_is_freed_when_the_caller_lets_go_and_its_program_goes(mode):
+    # upstream's trace keeps no argument object; this cache held it by identity as long as its
+    # program, which no later call could find once the caller let go of the object
+    f = trace(lambda x, cfg: x * cfg.k, **mode)
+    x = mge.tensor([1.0, 2.0])
+    cfg = _Config(2.0)
+    for _ in range(2):  # record, then replay / check
+        assert f(x, cfg).tolist() == [2.0, 4.0]
+    other = _Config(3.0)
+    assert f(x, other).tolist() == [3.0, 6.0]  # another object: recorded anew, as before
+    assert len(f._programs) == 2
+    gone = weakref.ref(cfg)
+    del cfg
+    gc.collect()
+    assert gone() is None
+    assert len(f._programs) == 1  # its program went with it; the other's stays
+    assert f(x, other).tolist() == [3.0, 6.0]
+    assert len(f._programs) == 1
+
+
+def test_an_object_argument_that_dies_while_the_cache_changes_goes_after_the_change():
+    f = trace(lambda x, cfg: x * cfg.k, symbolic=True)
+    cfg = _Config(2.0)
+    f(mge.tensor([1.0]), cfg)
+    f._busy = True
+    del cfg
+    gc.collect()
+    assert len(f._programs) == 1 and f._dead
+    f._done()
+    assert not f._programs and not f._dead
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_equal_value_object_reuses_the_program(mode):
+    # upstream reruns (or replays) its one trace whatever object comes: an equal value object
+    # is the same argument, as an equal number is; an unequal one records anew
+    ran = []
+
+    def fn(x, cfg):
+        ran.append(cfg.k)
+        return x * cfg.k
+
+    f = trace(fn, **mode)
+    x = mge.tensor([1.0, 2.0])
+    for k in (2.0, 2.0, 3.0, 2.0):
+        assert f(x, _FrozenConfig(k)).tolist() == [k, 2 * k]
+    assert len(f._programs) == 2
+    recorded = [2.0, 3.0] if mode.get("without_host") else [2.0, 2.0, 3.0, 2.0]
+    assert ran == recorded  # (checked calls run the body each time: none recorded anew)
+
+
+def test_an_object_without_weak_references_is_held_until_its_program_goes():
+    class Slotted:
+        __slots__ = ("k",)
+
+        def __init__(self, k):
+            self.k = k
+
+    f = trace(lambda x, cfg: x * cfg.k, symbolic=True, max_programs=1)
+    x = mge.tensor([1.0, 2.0])
+    a = Slotted(2.0)
+    assert f(x, a).tolist() == [2.0, 4.0] and f(x, a).tolist() == [2.0, 4.0]
+    assert f(x, Slotted(3.0)).tolist() == [3.0, 6.0]  # drops a's program
+    assert len(f._programs) == 1
+
+
+def test_a_module_argument_is_held_weakly_and_names_its_parameters_in_a_dump():
+    net = M.Linear(3, 2)
+    f = trace(lambda x, m: m(x), symbolic=True, capture_as_const=True)
+    x = _x()
+    f(x, net)
+    info = f.dump(io.BytesIO())
+    assert {"weight", "bias"} <= set(info.params)  # found through the argument tree
+    gone = weakref.ref(net)
+    del net
+    gc.collect()
+    assert gone() is None and not f._programs
