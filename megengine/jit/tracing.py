@@ -39,12 +39,13 @@ step for it, and `dump` writes such programs.
 Signatures. A trace keeps one program per call signature: the structure of the arguments
 (tuples, lists, dicts, keyword names), each tensor's shape, dtype and device, and the value of
 each non-tensor argument (an object by value where its class defines equality and a hash, else
-by identity, held weakly: its programs go when it does; see `_program._kept`). A call with a signature not seen before is recorded anew (as
-upstream re-traces); the earlier programs stay and serve their signatures, up to
-``max_programs`` of them (least recently used dropped first: a program holds the parameters and
-constants it read, so an unbounded cache grows with every new shape). ``@trace`` on a method
-keys its programs by instance too, and holds the instances weakly: a deleted model is freed, and
-its programs (with the parameters they hold) are dropped when it goes.
+by identity, held weakly: its programs go when it does; see `_program._kept`). A call with a
+signature not seen before is recorded anew (as upstream re-traces); the earlier programs stay
+and serve their signatures, up to ``max_programs`` of them (least recently used dropped first: a
+program holds the parameters and constants it read, so an unbounded cache grows with every new
+shape). ``@trace`` on a method keys its programs by instance too, and holds the instances
+weakly: a deleted model is freed, and its programs (with the parameters they hold) are dropped
+when it goes.
 
 Checking (``symbolic=False`` or ``symbolic=True``, later calls of a known signature, see
 `check`): the function runs normally, so its Python side effects (prints, counters, list
@@ -136,8 +137,9 @@ class trace:
 
     One program is kept per call signature (argument structure, each tensor's shape, dtype and
     device, each non-tensor argument's value; an object without value equality by identity,
-    held weakly, so its programs go when the caller lets go of it): a call with a new signature (a new batch size,
-    another keyword argument) runs the function and records it again, as upstream re-traces.
+    held weakly, so its programs go when the caller lets go of it): a call with a new signature
+    (a new batch size, another keyword argument) runs the function and records it again, as
+    upstream re-traces.
     A positional numpy array is made a Tensor first, as MegEngine 0.x did (0.x programs pass
     their batches so; upstream 1.x refuses them).
 
