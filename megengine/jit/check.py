@@ -245,7 +245,23 @@ class _Checker(_Hook):
             arrays[s] = t._data
 
     def detached(self, owner, t):
-        """``t = owner.detach()`` in the call (see `check_source`)."""
+        """``t = owner.detach()`` in the call (see `check_source`). Where the next step is a
+        detach() of the value ``owner`` holds, which the event right after it takes (batch
+        norm's ``running_mean._reset(new_mean.detach())``: `_program._detach_plan`), ``t``
+        goes into that step's slot at once, not yet taken up: the event's fast path takes it
+        up there if it passes ``t`` (`_take_detached`), anything else finds it as the slow
+        path always did (a detached alias: the array of a value of this call without its
+        autodiff link, see `_Hook._internal`). ~70 Python steps a write fewer than the
+        dict entry and weak reference below."""
+        try:
+            step = self.steps[self.pc]
+        except (IndexError, TypeError):  # (past the end; pc None: inside an op's forward)
+            step = _NO_STEP
+        if type(step) is _AliasStep and step.take is not None:
+            src = step.src
+            if self.values[src] is owner and self.arrays[src] is t._data:
+                self.values[step.out] = t  # (its array is noted when taken up)
+                return
         if self.detached_from is None:
             self.detached_from = {}
         self.detached_from[id(t)] = [owner, None, self._detached_ref(t)]  # (the slot: once
@@ -853,20 +869,21 @@ class _Checker(_Hook):
         """Check the call ``fn(*args, **kwargs)`` against the next recorded event, then run it
         with tracing off. An in-place write into a value of this call is dataflow, as when
         recorded (`record._Recorder.event`): it runs, and the tensor holds the result's slot."""
-        if self.pc is None:  # announced by the forward of the op being checked: its own
-            return dispatch.call_without_trace_hook(fn, *args, **kwargs)
         pc = self.pc
         try:
             step = self.steps[pc]
         except IndexError:
             step = _NO_STEP
+        except TypeError:  # pc None: announced by the forward of the op being checked, its own
+            return dispatch.call_without_trace_hook(fn, *args, **kwargs)
         # (a set_value() the recording took as an event, as batch norm's statistics writes,
         # reaches its event step, or the detach() steps before it, without the question)
-        if fn is _INPLACE or fn is _RESET and step.fn is not fn and type(step) is not _AliasStep:
+        alias = type(step) is _AliasStep
+        if fn is _INPLACE or fn is _RESET and not alias and step.fn is not fn:
             written = self._internal_write(fn, args, kwargs)
             if written is not None:
                 return self._write_internal(fn, args[0], args[1], *written)
-        if type(step) is _AliasStep and not kwargs:
+        if alias and not kwargs:
             pc = self._take_detached(pc, args)
             step = self.steps[pc]
         # (op and detach() steps have fn None; n_args is -1 where the slow path must compare)
@@ -876,8 +893,9 @@ class _Checker(_Hook):
             for v, e in zip(args, step.args):
                 if v is e:
                     continue  # the same object (a GradManager, an optimizer, None)
-                if type(e) is _Ref and v is values[e.slot] and isinstance(v, Tensor):
-                    continue  # the value of this call the trace passed
+                if type(e) is _Ref and v is values[e.slot] and v is not None:
+                    continue  # the value of this call the trace passed (``values`` holds
+                    # tensors only)
                 self._match(v, e, step.args_text)
             self.pc = pc + 1
             quiet = step.quiet or step.writes_ext  # (the arguments are the recorded ones)
@@ -890,16 +908,16 @@ class _Checker(_Hook):
         finally:
             if not self.failed:
                 dispatch._trace_hook = self
-        if not quiet or kwargs or isinstance(result, _MAY_HOLD_TENSORS):
+        if not quiet or kwargs or result is not None and isinstance(result, _MAY_HOLD_TENSORS):
             self._after_event(step, args, kwargs, result)
         # (else no tensor went in, as the fast path saw, nor came out, or the event wrote an
         # external: nothing to note)
         free = step.free
-        if free:  # (`_free` has work only for a large value or a detached external: not for
-            arrays, values = self.arrays, self.values  # batch norm's statistics)
+        if free:  # (`_free` has work only for a large value or a detached external, whose
+            arrays = self.arrays  # array is None: not for batch norm's statistics)
             for f in free:
                 a = arrays[f]
-                if a.nbytes >= FREE_BYTES if a is not None else values[f] is not None:
+                if a is None or a.nbytes >= FREE_BYTES:
                     self._free(free)
                     break
         return result
@@ -914,10 +932,24 @@ class _Checker(_Hook):
         two per layer (``running_mean._reset(new_mean.detach())``); which argument takes which
         detached value was worked out once (`_program._detach_plan`)."""
         plan = self.steps[pc].take
-        detached = self.detached_from
-        if plan is None or not detached or plan[1] != len(args):  # (an event of positional
-            return pc  # arguments only, none of them a structure, as the fast path takes)
+        if plan is None or plan[1] != len(args):  # (an event of positional arguments only,
+            return pc  # none of them a structure, as the fast path takes)
         values, arrays, by_tensor = self.values, self.arrays, self.by_tensor
+        # the detach() results `detached` put in their slots, as they were made: each still
+        # on its source's array, without an autodiff link
+        for src_slot, out, j in plan[2]:
+            t = args[j]
+            if t is not values[out] or t._data is not arrays[src_slot] or t._node is not None:
+                break
+        else:
+            for _, out, j in plan[2]:
+                arrays[out] = args[j]._data
+                if by_tensor is not None or self.sized_arrays is not None:
+                    self._register(args[j], out)  # (the maps, if in use, take it up)
+            return plan[0]
+        detached = self.detached_from
+        if not detached:
+            return pc
         taken = ()
         for src_slot, _, j in plan[2]:
             t, src = args[j], values[src_slot]
