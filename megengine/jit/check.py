@@ -498,9 +498,10 @@ class _Checker(_Hook):
                 self._check_inputs(op, inputs, step)
         elif step.many is not None:  # three inputs or more: their identities with the
             # slots' values, then their (shape, dtype) pairs with the recorded ones, at once
-            # (~25 Python steps against ~30 an input in the loop)
+            # (~25 Python steps against ~30 an input in the loop; their number was compared
+            # above: ``step.pcheck`` holds it for every op without ``flat``)
             slot_values, metas = step.many
-            if not (len(inputs) == len(metas) and all(map(_is, inputs, slot_values(values)))
+            if not (all(map(_is, inputs, slot_values(values)))
                     and list(map(_shape_dtype, inputs)) == metas):
                 self._check_inputs(op, inputs, step)
         else:
@@ -523,8 +524,14 @@ class _Checker(_Hook):
             out = dispatch.apply_unhooked(op, inputs)
         finally:
             self.pc = pc + 1
-        if step.multi:  # several outputs (a training batch norm's three): as many as recorded
-            self._take_outputs(op, step, out)
+        if step.multi:  # several outputs (a training batch norm's three): as many as
+            outs = step.outs  # recorded, each in its slot as one output is
+            if type(out) is not tuple or len(out) != len(outs):
+                self._outputs_mismatch(op, outs, out)
+            arrays = self.arrays
+            for s, o in zip(outs, out):
+                arrays[s] = o._data
+                values[s] = o
         else:
             s = step.outs[0]
             try:
@@ -538,20 +545,13 @@ class _Checker(_Hook):
             self._free(step.free_big)
         return out
 
-    def _take_outputs(self, op, step, out):
-        """The fast path's outputs of op ``op`` recorded with several (``step.outs``): each
-        holds its slot, as one output does (``values``, ``arrays``; the maps take them up when
-        next needed). Another number of outputs raises, as `_call_slowly` does."""
-        outs = step.outs
-        if type(out) is not tuple or len(out) != len(outs):
-            message, hint = count_mismatch_text(_Where(self.n_ops - 1, op), op, len(outs),
-                                                len(out) if type(out) is tuple else 1,
-                                                now_tuple=type(out) is tuple)
-            self._mismatch(message, "operator mismatch", hint)
-        values, arrays = self.values, self.arrays
-        for s, o in zip(outs, out):
-            arrays[s] = o._data
-            values[s] = o
+    def _outputs_mismatch(self, op, outs, out):
+        """Raise for op ``op``, recorded with several outputs (slots ``outs``), giving ``out``
+        on the fast path: another number of them, or one tensor (as `_call_slowly` says)."""
+        message, hint = count_mismatch_text(_Where(self.n_ops - 1, op), op, len(outs),
+                                            len(out) if type(out) is tuple else 1,
+                                            now_tuple=type(out) is tuple)
+        self._mismatch(message, "operator mismatch", hint)
 
     def _check_inputs(self, op, inputs, step):
         """Where op ``op``'s inputs come from, each compared with ``step.checks``: the value of
