@@ -884,10 +884,17 @@ class _Checker(_Hook):
             if written is not None:
                 return self._write_internal(fn, args[0], args[1], *written)
         if alias and not kwargs:
-            pc = self._take_detached(pc, args)
+            pc = self._take_detached(pc, fn, args)
             step = self.steps[pc]
+            # (past the event step too where it compared the whole event: the recorded
+            # function on the recorded tensors)
+            compared = self.pc > pc
+        else:
+            compared = False
+        if compared:
+            quiet = step.quiet or step.writes_ext
         # (op and detach() steps have fn None; n_args is -1 where the slow path must compare)
-        if step.fn is fn and step.n_args == len(args) and not kwargs:
+        elif step.fn is fn and step.n_args == len(args) and not kwargs:
             # the recorded event, with positional arguments that are objects or tensors
             values = self.values
             for v, e in zip(args, step.args):
@@ -922,15 +929,17 @@ class _Checker(_Hook):
                     break
         return result
 
-    def _take_detached(self, pc, args):
+    def _take_detached(self, pc, fn, args):
         """The event's fast path for the detach() steps before it (``pc`` the first): where
-        each alias step's value is passed to the event, at the position where the event step
-        has that slot, as a detach() made in this call of the tensor that holds the step's
-        source and not used before, the alias steps are taken up as `check_source` would (the
-        detached tensor holds the alias slot) and the index of the event step is returned;
-        else ``pc`` (the slow path compares). Batch norm's running statistics come this way,
-        two per layer (``running_mean._reset(new_mean.detach())``); which argument takes which
-        detached value was worked out once (`_program._detach_plan`)."""
+        each alias step's value is passed to the event ``fn(*args)``, at the position where
+        the event step has that slot, as a detach() made in this call of the tensor that holds
+        the step's source and not used before, the alias steps are taken up as `check_source`
+        would (the detached tensor holds the alias slot) and the index of the event step is
+        returned; else ``pc`` (the slow path compares). Where the event is ``fn`` and its other
+        arguments are the recorded tensors too, ``pc`` moves past it: compared (`event`).
+        Batch norm's running statistics come this way, two per layer
+        (``running_mean._reset(new_mean.detach())``); which argument takes which detached
+        value was worked out once (`_program._detach_plan`)."""
         plan = self.steps[pc].take
         if plan is None or plan[1] != len(args):  # (an event of positional arguments only,
             return pc  # none of them a structure, as the fast path takes)
@@ -946,7 +955,15 @@ class _Checker(_Hook):
                 arrays[out] = args[j]._data
                 if by_tensor is not None or self.sized_arrays is not None:
                     self._register(args[j], out)  # (the maps, if in use, take it up)
-            return plan[0]
+            k, rest = plan[0], plan[3]
+            if rest is not None and self.steps[k].fn is fn:
+                for j, s in rest:
+                    v = args[j]
+                    if v is not values[s] or v is None:
+                        break
+                else:
+                    self.pc = k + 1
+            return k
         detached = self.detached_from
         if not detached:
             return pc

@@ -284,7 +284,13 @@ def _write_after_an_excluded_write(running_mean, mean):
     running_mean._reset(d)
 
 
+def _write_into_another_tensor(running_mean, mean):
+    mge.tensor(np.zeros((1, 2, 1, 1), "float16"))._reset(mean.detach())
+
+
 BN_DETACHED_WRITES = {  # how -> (the write, what a checked call says: None where it passes)
+    "into another tensor": (_write_into_another_tensor, (
+        "dtype mismatch: float32 vs float16", "the arguments of Tensor._reset()")),
     "an earlier detach() of the value": (_write_an_earlier_detach, None),
     "a detach() changed by an op": (_write_after_an_op, (
         "operator mismatch", "op #1 (Mul): the trace has a call of Tensor._reset() here")),
@@ -298,9 +304,10 @@ BN_DETACHED_WRITES = {  # how -> (the write, what a checked call says: None wher
 def test_a_detach_put_in_its_slot_as_made_is_still_compared(how, symbolic, monkeypatch):
     # a detach() that a write right after it takes (batch norm's statistics) goes into the
     # alias step's slot as it is made, with no entry in ``detached_from`` (no weak reference
-    # per write); a call that writes another tensor, or the same one after an op or a write,
-    # is still compared in full: the same dataflow passes and writes eager's value, anything
-    # else gets the full comparison's message
+    # per write), and the write is compared at once; a call that writes another detach(),
+    # the same one after an op or a write, or into another tensor, is still compared in full:
+    # the same dataflow passes and writes eager's value, anything else gets the full
+    # comparison's message
     running_mean = mge.tensor(np.zeros((1, 2, 1, 1), "float32"))
     running_var = mge.tensor(np.ones((1, 2, 1, 1), "float32"))
     state = {"write": lambda running_mean, mean: running_mean._reset(mean.detach())}
