@@ -15,11 +15,13 @@ not) by its bytes and by being held by its tensor alone (so no value of this cal
 tensor captured by ``capture_as_const`` by its `captures.CaptureGuard` (its bits are compared
 only after the engine wrote into some tensor); an event's function and arguments by identity,
 and the outputs by identity. Parameters built from symbolic sizes are
-compared with the recorded expressions' values (`_recorded_sizes`) on the same fast path. What
-the fast path does not accept (a detach(), a constant made in the function, a ``.grad``, an op
-with array parameters, or a real difference) goes through the full
-comparison, which on a difference raises `TraceMismatchError` naming the op, the input and
-the values.
+compared with the recorded expressions' values (`_recorded_sizes`) on the same fast path. A
+detach() that the event right after it takes (batch norm's ``running_mean._reset(
+mean.detach())``) is put in its recorded slot as it is made, and the event compared with it
+(`detached`, `_take_detached`). What the fast path does not accept (another detach(), a
+constant made in the function, a ``.grad``, an op with array parameters, or a real
+difference) goes through the full comparison, which on a difference raises
+`TraceMismatchError` naming the op, the input and the values.
 
 The op then runs through `dispatch.apply_unhooked` with the hook left in place and ``pc``
 None, which each entry point of the checker takes for "inside an op's forward": what the
