@@ -500,7 +500,10 @@ def _check_batch_stats(what, inp, hint, group_count=None):
     ``hint`` says what to do instead. ``group_count``: the values per channel over the ranks
     of a synced batch norm's group, which count instead of the input's own."""
     if group_count is None:
-        if inp.ndim >= 2 and inp.size == inp.shape[1] != 0:
+        # (the array's sizes: a check that decides no op, made twice per training batch norm
+        # layer, where a traced call's ``inp.shape`` is a `Shape` read item by item in Python)
+        d = inp._data
+        if d.ndim >= 2 and d.size == d.shape[1] != 0:
             raise ValueError(f"{what}: expected more than 1 value per channel when training, "
                              f"got input shape {inp.shape}; train on a batch of 2 or more, or "
                              f"{hint}")

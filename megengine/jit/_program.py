@@ -572,9 +572,10 @@ def _detach_plan(steps, pc):
     detach() steps from ``pc`` on, each of whose values an event step right after them takes
     as a positional argument (batch norm's ``running_mean._reset(mean.detach())``): (the index
     of the event step, its number of arguments, per detach() step (its source's slot, its
-    slot, the argument's position)); None where the fast path does not apply (another step
-    follows, an event with keyword or structured arguments, a detached value it does not
-    take)."""
+    slot, the argument's position), and where every other argument is a tensor too (the
+    running statistic written) their (position, slot) pairs, else None); None where the fast
+    path does not apply (another step follows, an event with keyword or structured arguments,
+    a detached value it does not take)."""
     k = pc + 1
     while k < len(steps) and type(steps[k]) is _AliasStep:
         k += 1
@@ -589,7 +590,11 @@ def _detach_plan(steps, pc):
         else:
             return None
         taken.append((alias.src, alias.out, j))
-    return k, event.n_args, tuple(taken)
+    rest = tuple((j, event.args[j].slot) for j in event.ref_pos
+                 if all(j != t[2] for t in taken))
+    if len(rest) + len(taken) != event.n_args:
+        rest = None  # (an argument that is no tensor: compared as any event's)
+    return k, event.n_args, tuple(taken), rest
 
 
 class _Program:

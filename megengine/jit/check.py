@@ -15,11 +15,13 @@ not) by its bytes and by being held by its tensor alone (so no value of this cal
 tensor captured by ``capture_as_const`` by its `captures.CaptureGuard` (its bits are compared
 only after the engine wrote into some tensor); an event's function and arguments by identity,
 and the outputs by identity. Parameters built from symbolic sizes are
-compared with the recorded expressions' values (`_recorded_sizes`) on the same fast path. What
-the fast path does not accept (a detach(), a constant made in the function, a ``.grad``, an op
-with array parameters, or a real difference) goes through the full
-comparison, which on a difference raises `TraceMismatchError` naming the op, the input and
-the values.
+compared with the recorded expressions' values (`_recorded_sizes`) on the same fast path. A
+detach() that the event right after it takes (batch norm's ``running_mean._reset(
+mean.detach())``) is put in its recorded slot as it is made, and the event compared with it
+(`detached`, `_take_detached`). What the fast path does not accept (another detach(), a
+constant made in the function, a ``.grad``, an op with array parameters, or a real
+difference) goes through the full comparison, which on a difference raises
+`TraceMismatchError` naming the op, the input and the values.
 
 The op then runs through `dispatch.apply_unhooked` with the hook left in place and ``pc``
 None, which each entry point of the checker takes for "inside an op's forward": what the
@@ -245,7 +247,23 @@ class _Checker(_Hook):
             arrays[s] = t._data
 
     def detached(self, owner, t):
-        """``t = owner.detach()`` in the call (see `check_source`)."""
+        """``t = owner.detach()`` in the call (see `check_source`). Where the next step is a
+        detach() of the value ``owner`` holds, which the event right after it takes (batch
+        norm's ``running_mean._reset(new_mean.detach())``: `_program._detach_plan`), ``t``
+        goes into that step's slot at once, not yet taken up: the event's fast path takes it
+        up there if it passes ``t`` (`_take_detached`), anything else finds it as the slow
+        path always did (a detached alias: the array of a value of this call without its
+        autodiff link, see `_Hook._internal`). ~70 Python steps a write fewer than the
+        dict entry and weak reference below."""
+        try:
+            step = self.steps[self.pc]
+        except (IndexError, TypeError):  # (past the end; pc None: inside an op's forward)
+            step = _NO_STEP
+        if type(step) is _AliasStep and step.take is not None:
+            src = step.src
+            if self.values[src] is owner and self.arrays[src] is t._data:
+                self.values[step.out] = t  # (its array is noted when taken up)
+                return
         if self.detached_from is None:
             self.detached_from = {}
         self.detached_from[id(t)] = [owner, None, self._detached_ref(t)]  # (the slot: once
@@ -482,9 +500,10 @@ class _Checker(_Hook):
                 self._check_inputs(op, inputs, step)
         elif step.many is not None:  # three inputs or more: their identities with the
             # slots' values, then their (shape, dtype) pairs with the recorded ones, at once
-            # (~25 Python steps against ~30 an input in the loop)
+            # (~25 Python steps against ~30 an input in the loop; their number was compared
+            # above: ``step.pcheck`` holds it for every op without ``flat``)
             slot_values, metas = step.many
-            if not (len(inputs) == len(metas) and all(map(_is, inputs, slot_values(values)))
+            if not (all(map(_is, inputs, slot_values(values)))
                     and list(map(_shape_dtype, inputs)) == metas):
                 self._check_inputs(op, inputs, step)
         else:
@@ -507,8 +526,14 @@ class _Checker(_Hook):
             out = dispatch.apply_unhooked(op, inputs)
         finally:
             self.pc = pc + 1
-        if step.multi:  # several outputs (a training batch norm's three): as many as recorded
-            self._take_outputs(op, step, out)
+        if step.multi:  # several outputs (a training batch norm's three): as many as
+            outs = step.outs  # recorded, each in its slot as one output is
+            if type(out) is not tuple or len(out) != len(outs):
+                self._outputs_mismatch(op, outs, out)
+            arrays = self.arrays
+            for s, o in zip(outs, out):
+                arrays[s] = o._data
+                values[s] = o
         else:
             s = step.outs[0]
             try:
@@ -522,20 +547,13 @@ class _Checker(_Hook):
             self._free(step.free_big)
         return out
 
-    def _take_outputs(self, op, step, out):
-        """The fast path's outputs of op ``op`` recorded with several (``step.outs``): each
-        holds its slot, as one output does (``values``, ``arrays``; the maps take them up when
-        next needed). Another number of outputs raises, as `_call_slowly` does."""
-        outs = step.outs
-        if type(out) is not tuple or len(out) != len(outs):
-            message, hint = count_mismatch_text(_Where(self.n_ops - 1, op), op, len(outs),
-                                                len(out) if type(out) is tuple else 1,
-                                                now_tuple=type(out) is tuple)
-            self._mismatch(message, "operator mismatch", hint)
-        values, arrays = self.values, self.arrays
-        for s, o in zip(outs, out):
-            arrays[s] = o._data
-            values[s] = o
+    def _outputs_mismatch(self, op, outs, out):
+        """Raise for op ``op``, recorded with several outputs (slots ``outs``), giving ``out``
+        on the fast path: another number of them, or one tensor (as `_call_slowly` says)."""
+        message, hint = count_mismatch_text(_Where(self.n_ops - 1, op), op, len(outs),
+                                            len(out) if type(out) is tuple else 1,
+                                            now_tuple=type(out) is tuple)
+        self._mismatch(message, "operator mismatch", hint)
 
     def _check_inputs(self, op, inputs, step):
         """Where op ``op``'s inputs come from, each compared with ``step.checks``: the value of
@@ -853,31 +871,40 @@ class _Checker(_Hook):
         """Check the call ``fn(*args, **kwargs)`` against the next recorded event, then run it
         with tracing off. An in-place write into a value of this call is dataflow, as when
         recorded (`record._Recorder.event`): it runs, and the tensor holds the result's slot."""
-        if self.pc is None:  # announced by the forward of the op being checked: its own
-            return dispatch.call_without_trace_hook(fn, *args, **kwargs)
         pc = self.pc
         try:
             step = self.steps[pc]
         except IndexError:
             step = _NO_STEP
+        except TypeError:  # pc None: announced by the forward of the op being checked, its own
+            return dispatch.call_without_trace_hook(fn, *args, **kwargs)
         # (a set_value() the recording took as an event, as batch norm's statistics writes,
         # reaches its event step, or the detach() steps before it, without the question)
-        if fn is _INPLACE or fn is _RESET and step.fn is not fn and type(step) is not _AliasStep:
+        alias = type(step) is _AliasStep
+        if fn is _INPLACE or fn is _RESET and not alias and step.fn is not fn:
             written = self._internal_write(fn, args, kwargs)
             if written is not None:
                 return self._write_internal(fn, args[0], args[1], *written)
-        if type(step) is _AliasStep and not kwargs:
-            pc = self._take_detached(pc, args)
+        if alias and not kwargs:
+            pc = self._take_detached(pc, fn, args)
             step = self.steps[pc]
+            # (past the event step too where it compared the whole event: the recorded
+            # function on the recorded tensors)
+            compared = self.pc > pc
+        else:
+            compared = False
+        if compared:
+            quiet = step.quiet or step.writes_ext
         # (op and detach() steps have fn None; n_args is -1 where the slow path must compare)
-        if step.fn is fn and step.n_args == len(args) and not kwargs:
+        elif step.fn is fn and step.n_args == len(args) and not kwargs:
             # the recorded event, with positional arguments that are objects or tensors
             values = self.values
             for v, e in zip(args, step.args):
                 if v is e:
                     continue  # the same object (a GradManager, an optimizer, None)
-                if type(e) is _Ref and v is values[e.slot] and isinstance(v, Tensor):
-                    continue  # the value of this call the trace passed
+                if type(e) is _Ref and v is values[e.slot] and v is not None:
+                    continue  # the value of this call the trace passed (``values`` holds
+                    # tensors only)
                 self._match(v, e, step.args_text)
             self.pc = pc + 1
             quiet = step.quiet or step.writes_ext  # (the arguments are the recorded ones)
@@ -890,34 +917,58 @@ class _Checker(_Hook):
         finally:
             if not self.failed:
                 dispatch._trace_hook = self
-        if not quiet or kwargs or isinstance(result, _MAY_HOLD_TENSORS):
+        if not quiet or kwargs or result is not None and isinstance(result, _MAY_HOLD_TENSORS):
             self._after_event(step, args, kwargs, result)
         # (else no tensor went in, as the fast path saw, nor came out, or the event wrote an
         # external: nothing to note)
         free = step.free
-        if free:  # (`_free` has work only for a large value or a detached external: not for
-            arrays, values = self.arrays, self.values  # batch norm's statistics)
+        if free:  # (`_free` has work only for a large value or a detached external, whose
+            arrays = self.arrays  # array is None: not for batch norm's statistics)
             for f in free:
                 a = arrays[f]
-                if a.nbytes >= FREE_BYTES if a is not None else values[f] is not None:
+                if a is None or a.nbytes >= FREE_BYTES:
                     self._free(free)
                     break
         return result
 
-    def _take_detached(self, pc, args):
+    def _take_detached(self, pc, fn, args):
         """The event's fast path for the detach() steps before it (``pc`` the first): where
-        each alias step's value is passed to the event, at the position where the event step
-        has that slot, as a detach() made in this call of the tensor that holds the step's
-        source and not used before, the alias steps are taken up as `check_source` would (the
-        detached tensor holds the alias slot) and the index of the event step is returned;
-        else ``pc`` (the slow path compares). Batch norm's running statistics come this way,
-        two per layer (``running_mean._reset(new_mean.detach())``); which argument takes which
-        detached value was worked out once (`_program._detach_plan`)."""
+        each alias step's value is passed to the event ``fn(*args)``, at the position where
+        the event step has that slot, as a detach() made in this call of the tensor that holds
+        the step's source and not used before, the alias steps are taken up as `check_source`
+        would (the detached tensor holds the alias slot) and the index of the event step is
+        returned; else ``pc`` (the slow path compares). Where the event is ``fn`` and its other
+        arguments are the recorded tensors too, ``pc`` moves past it: compared (`event`).
+        Batch norm's running statistics come this way, two per layer
+        (``running_mean._reset(new_mean.detach())``); which argument takes which detached
+        value was worked out once (`_program._detach_plan`)."""
         plan = self.steps[pc].take
-        detached = self.detached_from
-        if plan is None or not detached or plan[1] != len(args):  # (an event of positional
-            return pc  # arguments only, none of them a structure, as the fast path takes)
+        if plan is None or plan[1] != len(args):  # (an event of positional arguments only,
+            return pc  # none of them a structure, as the fast path takes)
         values, arrays, by_tensor = self.values, self.arrays, self.by_tensor
+        # the detach() results `detached` put in their slots, as they were made: each still
+        # on its source's array, without an autodiff link
+        for src_slot, out, j in plan[2]:
+            t = args[j]
+            if t is not values[out] or t._data is not arrays[src_slot] or t._node is not None:
+                break
+        else:
+            for _, out, j in plan[2]:
+                arrays[out] = args[j]._data
+                if by_tensor is not None or self.sized_arrays is not None:
+                    self._register(args[j], out)  # (the maps, if in use, take it up)
+            k, rest = plan[0], plan[3]
+            if rest is not None and self.steps[k].fn is fn:
+                for j, s in rest:
+                    v = args[j]
+                    if v is not values[s] or v is None:
+                        break
+                else:
+                    self.pc = k + 1
+            return k
+        detached = self.detached_from
+        if not detached:
+            return pc
         taken = ()
         for src_slot, _, j in plan[2]:
             t, src = args[j], values[src_slot]

@@ -894,6 +894,27 @@ def test_batch_norm_training_on_one_value_per_channel_is_refused_as_torch(shape)
                                rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("how", ["traced", "nhwc"])
+def test_batch_norm_refuses_one_value_per_channel_in_a_traced_call_and_in_nhwc(how):
+    # the check reads the array's sizes (a traced call's shapes are `Shape`s, an "nhwc"
+    # tensor's array is its NCHW value): the same refusal, and a batch of two still runs
+    from megengine.jit import trace
+
+    def bn(x):
+        return F.batch_norm(x, training=True)
+
+    run = trace(bn, symbolic=False) if how == "traced" else bn
+    fmt = {"format": "nhwc"} if how == "nhwc" else {}
+    x = np.arange(1, 4, dtype=np.float32).reshape(1, 3, 1, 1)
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        run(mge.Tensor(x, **fmt))
+    two = np.concatenate([x, x + 1], axis=2)  # (1, 3, 2, 1): two values per channel
+    expect = TF.batch_norm(torch.tensor(two), None, None, training=True).numpy()
+    for _ in range(2):  # (traced: the recording call, then a checked one)
+        np.testing.assert_allclose(run(mge.Tensor(two, **fmt)).numpy(), expect, rtol=1e-5,
+                                   atol=1e-5)
+
+
 @pytest.mark.parametrize("call, upstream, match", [
     pytest.param(lambda x: F.nn.batch_norm(x, F.zeros((1, 3, 1, 1)), F.ones((1, 3, 1, 1))),
                  RuntimeError, r"running_mean of shape \(1, 3, 1, 1\) does not match 2 channels",

@@ -267,6 +267,83 @@ def test_a_batch_norm_statistics_write_unlike_the_recorded_one_is_caught(how, sy
         f(x)
 
 
+def _write_an_earlier_detach(running_mean, mean):
+    d = mean.detach()
+    mean.detach()  # (the later one is what the fast path put in the alias step's slot)
+    running_mean._reset(d)
+
+
+def _write_after_an_op(running_mean, mean):
+    running_mean._reset(mean.detach() * 1)
+
+
+def _write_after_an_excluded_write(running_mean, mean):
+    d = mean.detach()
+    with exclude_from_trace():
+        d._reset(d + 1)  # (d gets an array of its own: no longer the batch's mean)
+    running_mean._reset(d)
+
+
+def _write_into_another_tensor(running_mean, mean):
+    mge.tensor(np.zeros((1, 2, 1, 1), "float16"))._reset(mean.detach())
+
+
+BN_DETACHED_WRITES = {  # how -> (the write, what a checked call says: None where it passes)
+    "into another tensor": (_write_into_another_tensor, (
+        "dtype mismatch: float32 vs float16", "the arguments of Tensor._reset()")),
+    "an earlier detach() of the value": (_write_an_earlier_detach, None),
+    "a detach() changed by an op": (_write_after_an_op, (
+        "operator mismatch", "op #1 (Mul): the trace has a call of Tensor._reset() here")),
+    "a detach() written into by an excluded block": (_write_after_an_excluded_write, (
+        "expect internal node, got external", "a tensor made outside the traced ops")),
+}
+
+
+@pytest.mark.parametrize("symbolic", MODES)
+@pytest.mark.parametrize("how", sorted(BN_DETACHED_WRITES))
+def test_a_detach_put_in_its_slot_as_made_is_still_compared(how, symbolic, monkeypatch):
+    # a detach() that a write right after it takes (batch norm's statistics) goes into the
+    # alias step's slot as it is made, with no entry in ``detached_from`` (no weak reference
+    # per write), and the write is compared at once; a call that writes another detach(),
+    # the same one after an op or a write, or into another tensor, is still compared in full:
+    # the same dataflow passes and writes eager's value, anything else gets the full
+    # comparison's message
+    running_mean = mge.tensor(np.zeros((1, 2, 1, 1), "float32"))
+    running_var = mge.tensor(np.ones((1, 2, 1, 1), "float32"))
+    state = {"write": lambda running_mean, mean: running_mean._reset(mean.detach())}
+
+    def f(x):
+        out, mean, _ = F.batch_norm(x, running_mean, running_var, training=True,
+                                    inplace=False)
+        state["write"](running_mean, mean)
+        return out
+
+    refs = []
+    made_ref = check._Checker._detached_ref
+    monkeypatch.setattr(check._Checker, "_detached_ref",
+                        lambda self, t: refs.append(t) or made_ref(self, t))
+    tr = trace(f, symbolic=symbolic)
+    x = mge.tensor(np.random.RandomState(0).rand(3, 2, 2, 2).astype("float32"))
+    tr(x)
+    tr(x)
+    assert refs == []  # the recorded write took the detach() as it was made
+    write, refused = BN_DETACHED_WRITES[how]
+    state["write"] = write
+    if refused is None:
+        before = running_mean.numpy()
+        _, mean, _ = F.batch_norm(x, mge.tensor(before), running_var, training=True,
+                                  inplace=False)  # (eager: what the write writes)
+        tr(x)
+        np.testing.assert_allclose(running_mean.numpy(), mean.numpy(), rtol=1e-6)
+        assert not np.allclose(before, mean.numpy())  # (what it held before differed)
+        return
+    with pytest.raises(TraceMismatchError) as info:
+        tr(x)
+    reason, words = refused
+    assert str(info.value) == f"trace error because {reason}"
+    assert words in info.value.detail, info.value.detail
+
+
 class _Pieces(dispatch.Op):
     """Its input cut into ``pieces`` equal parts along axis 0, one output each (one piece: the
     input's copy, a single output). ``pieces`` is a class attribute, no parameter the trace
