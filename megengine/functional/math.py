@@ -552,7 +552,7 @@ def sort(inp, descending=False, axis=-1):
     return swapaxes(values, axis, last), swapaxes(indices, axis, last)
 
 
-# Short rows on the CPU are ordered by one stable sort of the whole row (`TopK._short`): its
+# Short rows on the CPU are ordered by one stable sort of the whole row (`TopK.short`): its
 # fixed cost is lower than ATen's topk call with the views, the NaN and tie test and the cast
 # around it. One thread, 2 shared cores, TopK's forward alone, k = 5, us per call, ATen against
 # the sort: (8, 10) 13.0 against 7.7, (64, 10) 16.8-17.0 against 13.2-13.6, (128, 8) 33-38
@@ -568,17 +568,14 @@ class TopK(_PickLast):
         self.k, self.descending, self.kth_only, self.no_sort = k, descending, kth_only, no_sort
 
     tied = count = None  # kth_only: the elements equal to the k-th value, and how many
-
-    def _short(self, x):
-        """Whether ``x``'s rows are ordered by one stable sort each (see `_SHORT_ROW`): short
-        rows of a numpy array, unless a test forces ATen's path."""
-        return (type(x) is np.ndarray and x.size <= _SHORT_SIZE and x.shape[-1] <= _SHORT_ROW
-                and not self.kth_only and not _aten.is_forced("topk"))
+    short = False  # forward found short rows of a numpy array: one stable sort each (`indices`)
 
     def forward(self, x):
         if self.kth_only:
             return self._forward_kth(x)
-        if self._short(x):
+        if (type(x) is np.ndarray and x.size <= _SHORT_SIZE and x.shape[-1] <= _SHORT_ROW
+                and not _aten.is_forced("topk")):  # (see _SHORT_ROW)
+            self.short = True
             return super().forward(x)  # the array code, whose `indices` sorts each row once
         # (floats: the array code's descending key, -x, is exact for them)
         if (x.dtype in KERNEL_FLOATS and x.size
@@ -595,7 +592,7 @@ class TopK(_PickLast):
     def indices(self, xp, x):
         k, n = self.k, x.shape[-1]
         key = _sort_key(x, self.descending)
-        if self._short(x):  # one stable sort: equal keys in index order, NaN last
+        if self.short:  # one stable sort: equal keys in index order, NaN last
             return key.argsort(axis=-1, kind="stable")[..., :k]
         if k < n:
             # partial selection: O(n) per row instead of a full sort
@@ -736,7 +733,7 @@ def topk(inp, k, descending=False, kth_only=False, no_sort=False):
     try:
         if type(k) is not int and _not_int(k):  # (int() would parse "2", truncate 2.5)
             raise TypeError
-        k, n = _size(k), inp.shape[-1]
+        k, n = k if type(k) is int else _size(k), inp.shape[-1]  # (an int is its own size)
     except TypeError:  # (int()'s own message names no argument; upstream's TypeError too)
         raise ArgumentTypeError(f"topk: k must be an int or a one-element integer tensor, got "
                                 f"{k!r}") from None

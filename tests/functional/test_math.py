@@ -365,7 +365,7 @@ def test_topk_aten_and_array_code_agree_on_ties_nan_and_strides(monkeypatch, hos
     x = np.stack([rs.permutation(row) for _ in range(7)]).astype(dtype)  # (7, 21)
     stored = np.ascontiguousarray(x.T)  # used as stored.T: a transposed input
     def avoid():
-        # (forced: rows this short are otherwise sorted by the array code, see TopK._short)
+        # (forced: rows this short are otherwise sorted by the array code, see TopK.short)
         return _aten.avoided("topk") if path == "arrays" else _aten.forced("topk")
 
     with avoid():
@@ -392,7 +392,7 @@ def test_topk_aten_and_array_code_agree_on_ties_nan_and_strides(monkeypatch, hos
                          ids=str)
 def test_topk_of_short_rows_sorts_each_row_once(monkeypatch, host_default_device, shape, k,
                                                 descending, dtype):
-    # short rows on the CPU skip ATen's topk (TopK._short): the order is torch's stable sort of
+    # short rows on the CPU skip ATen's topk (TopK.short): the order is torch's stable sort of
     # the key (equal values by index, -0.0 equal to 0.0, NaN last), the gradient torch's
     # through the gather at that order
     from megengine.functional import _aten
