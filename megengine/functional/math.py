@@ -556,9 +556,9 @@ def sort(inp, descending=False, axis=-1):
 # fixed cost is lower than ATen's topk call with the views, the NaN and tie test and the cast
 # around it. One thread, 2 shared cores, TopK's forward alone, k = 5, us per call, ATen against
 # the sort: (8, 10) 13.0 against 7.7, (64, 10) 16.8-17.0 against 13.2-13.6, (128, 8) 33-38
-# against 20-28, (32, 32) 28-32 against 26-27, (1, 256) 26-27 against 17-18; from there it
-# loses: (256, 10) 29-30 against 30, (64, 32) 31-38 against 30-37, (16, 64) 30-34 against
-# 41-45, (4, 256) 29-31 against 46-48, (1, 1000) 25-26 against 43-45.
+# against 20-28, (32, 32) 28-32 against 26-27; even or lost from (256, 10) 29-30 against 30,
+# (64, 32) 31-38 against 30-37, (16, 64) 30-34 against 41-45, (4, 256) 29-31 against 46-48,
+# (1, 1000) 25-26 against 43-45 (a single row of 256, 26 against 17, is left to ATen too).
 _SHORT_ROW = 32
 _SHORT_SIZE = 1024
 
