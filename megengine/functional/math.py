@@ -573,9 +573,10 @@ class TopK(_PickLast):
     def forward(self, x):
         if self.kth_only:
             return self._forward_kth(x)
-        if (type(x) is np.ndarray and x.size <= _SHORT_SIZE and x.shape[-1] <= _SHORT_ROW
-                and not _aten.is_forced("topk")):  # (see _SHORT_ROW)
-            self.short = True
+        # (set on every call: a traced program may run this op object again on other shapes)
+        self.short = (type(x) is np.ndarray and x.size <= _SHORT_SIZE
+                      and x.shape[-1] <= _SHORT_ROW and not _aten.is_forced("topk"))
+        if self.short:  # (see _SHORT_ROW)
             return super().forward(x)  # the array code, whose `indices` sorts each row once
         # (floats: the array code's descending key, -x, is exact for them)
         if (x.dtype in KERNEL_FLOATS and x.size
