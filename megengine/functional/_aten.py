@@ -222,13 +222,15 @@ _forced = set()
 # faster than the array code forward + backward at 64K and 1M float32 values.
 # "cross_entropy": (N, C) float32/float64 logits (`functional/loss.py`), log-softmax on ATen;
 # forward 256 x 1000 178 us against numpy's 285, 64 x 32000 1.57 ms against 2.08 (other layouts,
-# probabilities and float16 stay on the array code, or on ATen's general path when forced).
+# probabilities and float16 stay on the array code, or on ATen's general path when forced);
+# without a gradient ATen's fused loss at any row width (`loss.py` _ATEN_MAX_NARROW).
 # "pair_loss": squared error and smooth L1 of two float32/float64 arrays of one shape, ATen's
 # fused loss and backward: 512K values, forward 144 us against numpy's 267 (square), 148
 # against 531 (smooth L1); binary cross entropy with logits from 1024 values, its backward's
 # sigmoid too (`functional/loss.py` _BinaryCrossEntropy, where the measurements are).
 # "topk": F.topk of float32/float64 (not kth_only), ATen's topk instead of numpy's argpartition:
-# (256, 1000), k = 5, 0.47 ms against 3.0 ms.
+# (256, 1000), k = 5, 0.47 ms against 3.0 ms; short rows take one stable sort each instead
+# (`functional/math.py` _SHORT_ROW, where the measurements are).
 # "norm": the 2-norm of F.norm / F.normalize, ATen's linalg_vector_norm: (512, 1024) over axis 1
 # 73 us against 180.
 # "reduce": sum, mean, max and min of float32/float64 arrays over some axes from 8192 elements

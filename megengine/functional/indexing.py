@@ -22,6 +22,8 @@ def _grid_index(xp, index, axis, shape=None):
 
     ``index`` has x's ndim; or, given x's ``shape``, x's ndim - 1 (no dim for ``axis``).
     """
+    if shape is None and axis == 1 and index.ndim == 2:  # (rows, k) along the last axis, the
+        return xp.arange(index.shape[0]).reshape(-1, 1), index  # usual call, without the loop
     nd = index.ndim
     dims = range(nd) if shape is None else range(nd + 1)
     out = []

@@ -420,12 +420,15 @@ def binary_cross_entropy(pred, label, with_logits=True, reduction="mean"):
                       autocast_dtype=lambda pred_dtype, label_dtype: _high(label_dtype))
 
 
-# Rows shorter than this stay on numpy: ATen's log_softmax is slow on rows narrower than its
-# vector width (one thread, float32: 1024 x 10 229 us against numpy's 107, 256 x 10 55 against
-# 38; 64 x 16 7 against 19, 64 x 100 10 against 19) ...
+# With a gradient, rows shorter than this stay on numpy: ATen's log_softmax is slow on rows
+# narrower than its vector width (one thread, float32: 1024 x 10 229 us against numpy's 107,
+# 256 x 10 55 against 38; 64 x 16 7 against 19, 64 x 100 10 against 19) ...
 _ATEN_MIN_CLASSES = 16
-# ... unless there are so few values that the calls' fixed costs decide (no gradient: 8 x 10
-# 7.5 us against 12.2, 16 x 10 12.9 against 18.0, 64 x 10 27.5 against 26.4)
+# ... unless there are so few values that the calls' fixed costs decide (8 x 10 7.5 us against
+# 12.2, 16 x 10 12.9 against 18.0, 64 x 10 27.5 against 26.4). Without a gradient ATen's fused
+# cross entropy (`_loss_rows_aten`, no log_softmax output) is the faster at every width: one
+# thread, 2 shared cores, nine paired rounds each, ATen / numpy median: 64 x 10 0.61, 256 x 10
+# 0.59, 1024 x 10 0.50, 4096 x 10 0.45, 256 x 4 0.71, 1024 x 2 0.45, 1024 x 15 0.41.
 _ATEN_MAX_NARROW = 320
 _NO_IGNORE_INDEX = -2 ** 63  # ATen's ignore_index that no label of 32 bits cast to int64 is
 _ROWS = {}  # n -> numpy arange(n), read-only: the row indices of (N, C) cross entropy
@@ -510,11 +513,13 @@ class _CrossEntropy(Op):
         classes = shape[ax]
         if (type(pred) is np.ndarray and ax == 1 and len(shape) == 2 and self.with_logits
                 and shape[0] and "cross_entropy" not in _aten._forced):  # is_forced inline
+            # evaluation, the loss alone: ATen's fused cross entropy at any row width
+            fused = not self.needs_input_grad[0] and not ls and label.dtype.itemsize <= 4
             # (the cheap tests first: the narrow rows that stay on numpy skip the use_aten call)
-            if ((classes >= _ATEN_MIN_CLASSES or pred.size <= _ATEN_MAX_NARROW)
+            if ((fused or classes >= _ATEN_MIN_CLASSES or pred.size <= _ATEN_MAX_NARROW)
                     and pred.dtype in KERNEL_FLOATS and _aten.use_aten(pred, "cross_entropy")):
-                if not self.needs_input_grad[0] and not ls and label.dtype.itemsize <= 4:
-                    return self._loss_rows_aten(pred, label)  # evaluation: the loss alone
+                if fused:
+                    return self._loss_rows_aten(pred, label)
                 # (N, C) logits on the CPU: ATen's log_softmax, the rest in numpy
                 self.loss_shape, self.label, self.rows = expected, label, _rows(np, pred.shape[0])
                 return self._forward_rows_aten(pred, label)

@@ -31,6 +31,26 @@ def test_gather(axis):
           lambda t: torch.gather(t, axis, torch.tensor(index, dtype=torch.int64)), x)
 
 
+@pytest.mark.parametrize("shape,axis", [((5, 4), 1), ((5, 4), 0), ((2, 3, 4), 2), ((2, 3, 4), 1),
+                                        ((6,), 0)], ids=str)
+def test_grid_index_picks_along_the_axis(shape, axis):
+    # the open grid (a shortcut for (rows, k) along axis 1, a loop otherwise) picks what torch's
+    # gather picks; also with index shorter than x on the axis and on another axis
+    from megengine.functional.indexing import _grid_index
+
+    x = rand(*shape)
+    rs = np.random.RandomState(3)
+    for short_off_axis in (False, True):
+        ishape = list(shape)
+        ishape[axis] = shape[axis] + 2  # (repeats)
+        if short_off_axis and len(shape) > 1:
+            ishape[(axis + 1) % len(shape)] -= 1
+        index = rs.randint(0, shape[axis], ishape)
+        grid = _grid_index(np, index, axis)
+        want = torch.gather(torch.tensor(x), axis, torch.tensor(index)).numpy()
+        np.testing.assert_array_equal(x[grid], want)
+
+
 def test_gather_upstream_example_and_errors():
     out = F.gather(mge.tensor([[1, 2], [3, 4], [5, 6]]), 0, mge.tensor([[0, 2], [1, 0]]))
     np.testing.assert_array_equal(out.numpy(), [[1, 6], [3, 2]])

@@ -774,6 +774,35 @@ def test_cross_entropy_rows_path_without_gradient_is_one_fused_call(monkeypatch,
 
 
 @pytest.mark.usefixtures("host_default_device")  # the path of numpy arrays
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("rows,classes", [(64, 10), (300, 2), (40, 15)], ids=str)
+def test_cross_entropy_of_narrow_rows_without_gradient_is_one_fused_call(monkeypatch, reduction,
+                                                                        rows, classes):
+    # narrow rows of more than 320 values: evaluation takes ATen's fused call, a training step
+    # the array code; both give torch's values, and an out-of-range label raises on both
+    fused, mean_2d = _spy(monkeypatch, "_loss_rows_aten"), _spy(monkeypatch, "_forward_mean_2d")
+    pred, label = rand(rows, classes), labels(rows, classes)
+    want = TF.cross_entropy(torch.tensor(pred.astype(np.float64)), torch.tensor(label).long(),
+                            reduction=reduction)
+    loss = F.nn.cross_entropy(mge.tensor(pred), mge.tensor(label), reduction=reduction)
+    assert fused and not mean_2d
+    assert loss.dtype == np.float32 and loss.shape == tuple(want.shape)
+    np.testing.assert_allclose(loss.numpy(), want.numpy(), rtol=1e-6, atol=1e-6)
+    fused.clear()
+    x = mge.tensor(pred)
+    with GradManager().attach(x) as gm:
+        loss = F.nn.cross_entropy(x, mge.tensor(label))
+        gm.backward(loss)
+    assert not fused and mean_2d
+    np.testing.assert_allclose(loss.numpy(), TF.cross_entropy(
+        torch.tensor(pred.astype(np.float64)), torch.tensor(label).long()).numpy(), rtol=1e-6)
+    label[rows // 2] = classes
+    with pytest.raises(ValueError, match=rf"labels must be in \[0, {classes}\)") as info:
+        F.nn.cross_entropy(mge.tensor(pred), mge.tensor(label), reduction=reduction)
+    assert info.value.__cause__ is None and info.value.__context__ is None
+
+
+@pytest.mark.usefixtures("host_default_device")  # the path of numpy arrays
 @pytest.mark.parametrize("attach", [False, True])
 @pytest.mark.parametrize("classes", [5, 20])  # numpy's rows and ATen's
 @pytest.mark.parametrize("bad", [[0, 20, 1], [0, -1, 1], [0, -100, 1]])

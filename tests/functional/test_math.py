@@ -365,7 +365,8 @@ def test_topk_aten_and_array_code_agree_on_ties_nan_and_strides(monkeypatch, hos
     x = np.stack([rs.permutation(row) for _ in range(7)]).astype(dtype)  # (7, 21)
     stored = np.ascontiguousarray(x.T)  # used as stored.T: a transposed input
     def avoid():
-        return _aten.avoided("topk") if path == "arrays" else contextlib.nullcontext()
+        # (forced: rows this short are otherwise sorted by the array code, see TopK.short)
+        return _aten.avoided("topk") if path == "arrays" else _aten.forced("topk")
 
     with avoid():
         t = mge.tensor(stored, dtype=dtype)
@@ -383,6 +384,44 @@ def test_topk_aten_and_array_code_agree_on_ties_nan_and_strides(monkeypatch, hos
     with avoid():
         v2, i2 = F.topk(mge.tensor(x, dtype=dtype), 6, descending=descending, no_sort=True)
     np.testing.assert_array_equal(np.sort(i2.numpy(), -1), np.sort(want_i, -1))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("descending", [False, True])
+@pytest.mark.parametrize("shape,k", [((8, 10), 5), ((64, 10), 1), ((2, 3, 7), 7), ((4, 32), 6)],
+                         ids=str)
+def test_topk_of_short_rows_sorts_each_row_once(monkeypatch, host_default_device, shape, k,
+                                                descending, dtype):
+    # short rows on the CPU skip ATen's topk (TopK.short): the order is torch's stable sort of
+    # the key (equal values by index, -0.0 equal to 0.0, NaN last), the gradient torch's
+    # through the gather at that order
+    from megengine.functional import _aten
+
+    ran = []
+    view = _aten.view
+    monkeypatch.setattr(_aten, "view", lambda a: ran.append(1) or view(a))
+    rs = np.random.RandomState(5)
+    x = rs.randint(-3, 4, shape).astype(dtype)  # many ties
+    x.reshape(-1)[::7] = np.nan
+    x.reshape(-1)[3::11] = -0.0
+    dy = rs.randn(*shape[:-1], k)
+    t = mge.tensor(x, dtype=dtype)
+    with GradManager().attach(t) as gm:
+        vals, idx = F.topk(t, k, descending=descending)
+        gm.backward(vals, mge.tensor(dy, dtype=dtype))
+    assert not ran
+    tx = torch.tensor(x, requires_grad=True)
+    key = -tx.detach() if descending else tx.detach()
+    order = torch.sort(key, dim=-1, stable=True)[1][..., :k]
+    tv = torch.gather(tx, -1, order)
+    tv.backward(torch.tensor(dy))
+    assert idx.dtype == np.int32 and vals.dtype == dtype
+    np.testing.assert_array_equal(idx.numpy(), order.numpy())
+    np.testing.assert_array_equal(vals.numpy(), tv.detach().numpy())
+    np.testing.assert_array_equal(np.signbit(vals.numpy()), np.signbit(tv.detach().numpy()))
+    np.testing.assert_array_equal(t.grad.numpy(), tx.grad.numpy())
+    v2, i2 = F.topk(t, k, descending=descending, no_sort=True)  # the same set, any order
+    np.testing.assert_array_equal(np.sort(i2.numpy(), -1), np.sort(order.numpy(), -1))
 
 
 @pytest.mark.parametrize("descending", [False, True])
