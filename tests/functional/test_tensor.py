@@ -523,6 +523,17 @@ def test_flatten_refuses_an_axis_out_of_range():
     assert F.flatten(mge.tensor(3.0)).shape == (1,)
 
 
+def test_flatten_of_axes_out_of_order_names_flatten_and_its_axes():
+    # reshape, which flatten computes with, named itself and a shape the user never gave
+    x = mge.tensor(np.zeros((1, 1, 3, 2), "float32"))
+    match = (r"^flatten: end_axis {} \(axis 1\) comes 2 axes before start_axis 3 \(axis 3\) of "
+             r"a tensor of shape \(1, 1, 3, 2\)")
+    with pytest.raises(ValueError, match=match.format(-3)):
+        F.flatten(x, 3, -3)
+    with pytest.raises(ValueError, match=match.format(1)):
+        x.flatten(3, 1)  # the method too
+
+
 def test_stack_of_0d_tensors_counts_each_as_shape_1():
     # upstream 1.13 measured: F.stack of three 0-d tensors is (3, 1), (1, 3) with axis=-1, and
     # [0-d, (1,)] stacks to (2, 1); a 0-d input's gradient is 0-d
