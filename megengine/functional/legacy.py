@@ -9,7 +9,7 @@ meaning changed in 1.x (``F.cross_entropy`` took probabilities in 0.x, logits in
 import numpy as np
 
 from ..core._trace_option import is_int
-from ..core.ops import ShapeError
+from ..core.ops import AxisError, ShapeError
 from ..core.tensor import Tensor
 from ._args import _as_float, _real, _tensor
 from .creation import copy
@@ -206,12 +206,15 @@ def nll_loss(pred, label, axis=1, ignore_index=-1):
 
 
 def _nll_loss_label_error(pred, label, keep, axis, ignore_index):
-    """What is wrong with `nll_loss`'s ``label`` or ``ignore_index`` where indexing_one_hot
-    refused the label they make, in nll_loss's words, or None: looked for only then, so a call
-    that succeeds pays nothing."""
+    """What is wrong with `nll_loss`'s ``axis``, ``label`` or ``ignore_index`` where
+    indexing_one_hot refused the label they make, in nll_loss's words, or None: looked for only
+    then, so a call that succeeds runs none of these checks."""
     if keep.shape != label.shape:  # (a sequence broadcast against the label)
         return TypeError(f"nll_loss: ignore_index must be a number, got {ignore_index!r}")
-    axis = _axis(axis, pred.ndim, "nll_loss")
+    try:
+        axis = _axis(axis, pred.ndim, "nll_loss")
+    except AxisError as e:
+        return e
     if label.shape != pred.shape[:axis] + pred.shape[axis + 1:]:
         return ShapeError(f"nll_loss: label of shape {label.shape} must be the shape of pred "
                           f"{pred.shape} without axis {axis}")

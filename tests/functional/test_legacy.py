@@ -173,6 +173,9 @@ def test_nll_loss_label_errors_name_nll_loss_and_its_arguments():
                    mge.tensor(np.zeros((2, 3), "int32")))
     with pytest.raises(TypeError, match=r"^nll_loss: ignore_index must be a number, got \[-1, "):
         F.nll_loss(logp[:1], mge.tensor([0], dtype="int32"), ignore_index=[-1, -1])
+    with pytest.raises(ValueError, match="^nll_loss: axis 4 is out of range for 2 dims") as e:
+        F.nll_loss(logp, mge.tensor([0, 1], dtype="int32"), axis=4)
+    assert e.value.__context__ is None or e.value.__suppress_context__  # (one error shown)
 
 
 def test_triplet_margin_loss_matches_torch():
