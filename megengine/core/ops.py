@@ -660,9 +660,9 @@ class MatMul(Op):
         if a.ndim == 0 or b.ndim == 0:
             raise ValueError("matmul: operands must be at least 1-D; use * for scalars")
         if a.shape[-1] != b.shape[-2 if b.ndim > 1 else 0]:
-            raise ShapeError(
-                f"matmul: shapes {a.shape} and {b.shape} do not match: the last dim of the "
-                "first must equal the second-to-last dim of the second"
+            raise ShapeError(  # (naming 0.x's F.matrix_mul where the user called that)
+                f"{public_function() or 'matmul'}: shapes {a.shape} and {b.shape} do not match: "
+                "the last dim of the first must equal the second-to-last dim of the second"
             )
         self.a, self.b, self.a_shape = a, b, None
         if a.ndim > 2 and b.ndim == 2:
@@ -1455,7 +1455,8 @@ def _norm_axes(axis, ndim, what):
     """``axis`` (None: every axis; an int or a sequence of ints) as a sorted tuple of
     non-negative axes below ``ndim``: out of range raises `AxisError`, an axis named twice
     `ArgumentError`, a value that is no int TypeError. Axis 0 of a 0-d tensor is taken
-    (upstream reduces a 0-d tensor as one of shape (1,))."""
+    (upstream reduces a 0-d tensor as one of shape (1,)). The errors name the public function
+    the user called (``F.normalize``, not the ``F.norm`` it computes with), else ``what``."""
     if axis is None:
         return tuple(range(ndim))
     # one int in range, the common case: 0.3 us, where the general path below takes 3 (a
@@ -1467,15 +1468,17 @@ def _norm_axes(axis, ndim, what):
     except TypeError:  # (not iterable)
         axes = None
     if axes is None or not all(is_int(a) or is_dim(a) for a in axes):
-        raise TypeError(f"{what}: axis must be an int or a sequence of ints, got {axis!r}")
+        raise TypeError(f"{public_function() or what}: axis must be an int or a sequence of "
+                        f"ints, got {axis!r}")
     out = []
     for a in axes:
         a = as_int(a) if is_dim(a) else a  # (an axis from a dumpable trace's sizes: a guard)
         if not -ndim <= a < max(ndim, 1):
-            raise AxisError(f"{what}: axis {a} is out of range for a tensor with {ndim} dims")
+            raise AxisError(f"{public_function() or what}: axis {a} is out of range for a tensor "
+                            f"with {ndim} dims")
         out.append(int(a) % max(ndim, 1))
     if len(set(out)) != len(out):
-        raise ArgumentError(f"{what}: axis {axis} names the same dim twice")
+        raise ArgumentError(f"{public_function() or what}: axis {axis} names the same dim twice")
     return tuple(sorted(out))
 
 
@@ -1549,9 +1552,10 @@ class Reduce(Op):
             empty = [a for a in (axes if ndim else ()) if x.shape[a] == 0] if not x.size else ()
             if empty:
                 # only an empty reduced axis is undefined; (0, 3) over axis 1 gives shape (0,)
-                raise ValueError(f"{mode}: cannot reduce over axis {empty[0]} of an empty "
-                                 f"tensor (shape {tuple(x.shape)}): the {mode} of no "
-                                 "elements is undefined")
+                # (named: F.norm of order -inf or inf computes with min or max)
+                raise ValueError(f"{public_function() or mode}: cannot reduce over axis "
+                                 f"{empty[0]} of an empty tensor (shape {tuple(x.shape)}): the "
+                                 f"{mode} of no elements is undefined")
         if x.dtype is _F16 and ndim and type(x) is np.ndarray:
             # float16 on the CPU reduces in float32, rounded once: numpy's float16 loops convert
             # one value at a time (one thread, (512, 512) over rows: max 67 ms against 0.19 in

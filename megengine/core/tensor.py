@@ -686,7 +686,17 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
         nd = len(shape)
         s, e = _axis(start_axis, max(nd, 1), "flatten"), _axis(end_axis, max(nd, 1), "flatten")
         new = shape[:s] + (math.prod(shape[s:e + 1]),) + shape[e + 1:]
-        return self.reshape(new)
+        try:
+            return self.reshape(new)
+        except ValueError:
+            if s <= e + 1:  # (then new has the tensor's size: not the axes' order)
+                raise
+            # (upstream takes end_axis one before start_axis, inserting a size-1 dim, and
+            # refuses more; its reshape's words, and ours, named neither axis)
+            raise _ops.ShapeError(
+                f"flatten: end_axis {end_axis} (axis {e}) comes {s - e} axes before start_axis "
+                f"{start_axis} (axis {s}) of a tensor of shape {shape}; the dims start_axis to "
+                "end_axis, in order, are merged") from None
 
     def detach(self):
         """A tensor with the same storage (and format label), cut off from autodiff. As

@@ -5,6 +5,7 @@ import numpy as np
 from .. import device as _device
 from ..core import dtype as _qd
 from ..core import ops as _ops
+from ..core._caller import public_argument
 from ..core.ops import ArgumentError, ArgumentTypeError, BroadcastError
 from ..core._trace_option import Shape, dumpable, is_dim, is_int, is_sym, sizes_of
 from ..core.dispatch import Op, apply, on_device
@@ -58,10 +59,15 @@ def _unwrap_shape(shape):
 def _shape_arg(shape, what):
     """A shape as upstream accepts it, as a tuple of Python ints: an int, a sequence (whose items
     may be ints, numpy ints or 0-d arrays, or one-element Tensors, e.g. pieces of ``x.shape``),
-    a 1-D Tensor or numpy array (what ``F.concat`` of shape pieces gives), or None for a
-    scalar's shape ``()``."""
+    a 1-D Tensor or numpy array (what ``F.concat`` of shape pieces gives); a scalar's is ``()``.
+    None raises, naming the function called and its argument, as upstream's ``F.zeros(None)``
+    raises (earlier versions of this fork took it for ``()``: a function that returned None
+    by mistake made a scalar)."""
     if shape is None:
-        return ()
+        func, arg = public_argument(None)
+        raise ArgumentTypeError(f"{func or what}: {arg or 'the shape'} is None; pass a shape: "
+                                "an int, a sequence of ints or a 1-D integer Tensor (() for a "
+                                "scalar)")
     shape = _unwrap_shape(shape)
     if isinstance(shape, Shape):  # x.shape while tracing: its items, SymDims kept (not numpy())
         shape = tuple(shape)

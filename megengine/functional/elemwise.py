@@ -4,6 +4,7 @@ import math
 import numpy as np
 
 from ..core import amp as _amp
+from ..core._caller import public_argument, public_function
 from ..core._trace_option import is_sym
 from ..core.dispatch import FLOAT16, KERNEL_FLOATS, Op, apply
 from ..core.dtype import float_value, no_quantized_form
@@ -579,7 +580,9 @@ def clip(x, lower=None, upper=None):
     and a numpy scalar bound (``np.int16(3)``) promotes ``x`` as ``x + bound`` does.
     """
     if lower is None and upper is None:
-        raise ArgumentError("clip: at least one of lower and upper must be given, got both None")
+        # (public_function: the error names F.clamp, 0.x's name, where the user called that)
+        raise ArgumentError(f"{public_function() or 'clip'}: at least one of lower and upper "
+                            "must be given, got both None")
     x = _tensor(x)
     if type(lower) in _PLAIN_BOUND and type(upper) in _PLAIN_BOUND and x._data.dtype.kind == "f":
         # the common call, F.clip(x, 0, 6) on a float tensor: the checks below would all pass
@@ -596,7 +599,9 @@ def clip(x, lower=None, upper=None):
     bounds = []
     for b in (lower, upper):
         if b is not None and not isinstance(b, (int, float, np.number, np.bool_)):
-            raise TypeError(f"clip: bounds must be numbers or Tensors, got {type(b).__name__}")
+            func, arg = public_argument(b)  # (F.normalize's eps is its lower)
+            raise TypeError(f"{func or 'clip'}: {arg or 'a bound'} must be a number or a "
+                            f"Tensor, got {type(b).__name__}")
         if isinstance(b, np.generic):
             # a numpy scalar is a typed operand, as in x + b (upstream's promotion): x takes
             # the dtype of x with Tensor(b)'s (which narrows float64 and int64 to 32 bits)

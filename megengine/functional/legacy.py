@@ -9,6 +9,7 @@ meaning changed in 1.x (``F.cross_entropy`` took probabilities in 0.x, logits in
 import numpy as np
 
 from ..core._trace_option import is_int
+from ..core.ops import AxisError, ShapeError
 from ..core.tensor import Tensor
 from ._args import _as_float, _real, _tensor
 from .creation import copy
@@ -193,9 +194,36 @@ def nll_loss(pred, label, axis=1, ignore_index=-1):
         raise ValueError(f"nll_loss: label must have one dim less than pred, got shapes "
                          f"{label.shape} and {pred.shape}")
     keep = label != ignore_index
-    picked = indexing_one_hot(pred, label * keep.astype(label.dtype), axis)
+    try:
+        picked = indexing_one_hot(pred, label * keep.astype(label.dtype), axis)
+    except (IndexError, ValueError):  # (in the words of indexing_one_hot's src and index)
+        error = _nll_loss_label_error(pred, label, keep, axis, ignore_index)
+        if error is None:
+            raise
+        raise error from None
     mask = keep.astype(pred.dtype)
     return -(picked * mask).sum() / maximum(mask.sum(), 1.0)
+
+
+def _nll_loss_label_error(pred, label, keep, axis, ignore_index):
+    """What is wrong with `nll_loss`'s ``axis``, ``label`` or ``ignore_index`` where
+    indexing_one_hot refused the label they make, in nll_loss's words, or None: looked for only
+    then, so a call that succeeds runs none of these checks."""
+    if keep.shape != label.shape:  # (a sequence broadcast against the label)
+        return TypeError(f"nll_loss: ignore_index must be a number, got {ignore_index!r}")
+    try:
+        axis = _axis(axis, pred.ndim, "nll_loss")
+    except AxisError as e:
+        return e
+    if label.shape != pred.shape[:axis] + pred.shape[axis + 1:]:
+        return ShapeError(f"nll_loss: label of shape {label.shape} must be the shape of pred "
+                          f"{pred.shape} without axis {axis}")
+    kept = label.numpy()[keep.numpy()]
+    n = pred.shape[axis]
+    if kept.size and (kept.min() < 0 or kept.max() >= n):
+        return IndexError(f"nll_loss: label values must be in [0, {n}) or be ignore_index "
+                          f"({ignore_index!r}), got min {kept.min()} and max {kept.max()}")
+    return None
 
 
 def triplet_margin_loss(anchor, positive, negative, margin=1.0, p=2):

@@ -12,7 +12,7 @@ from ..core.ops import (BINARY, ArgumentTypeError, AxisError, IndexAdd, ShapeErr
                         acc_dtype, acc_sum, as_dtype, cast, half_operands, names_an_axis, xp_of)
 from ..core.tensor import Tensor
 from . import _aten
-from ._args import _as_float, _not_int, _size
+from ._args import _as_float, _not_int, _real, _size
 from .elemwise import _operands, _tensor, any_nan_array, clip, exp_array, log_array, sqrt
 from .tensor import Compute, _axis, _grid_index, concat, put_back, swapaxes
 # cumsum's home is F.tensor, as upstream's; F.math.cumsum stays, and dumps that name
@@ -453,7 +453,8 @@ def normalize(inp, ord=None, axis=None, eps=1e-12):
     two = ord is None or type(ord) in (int, float) and ord == 2
     if two and (x.dtype in KERNEL_FLOATS or x.dtype is FLOAT16 and half_operands(x)) \
             and x.size and _aten.use_aten(x, "norm"):
-        return apply(Normalize(axis, float(eps)), inp)
+        # (_real: float() took eps "1e-3", and its words for "x" named nothing)
+        return apply(Normalize(axis, _real(eps, "eps", "normalize")), inp)
     if x.dtype.kind == "c":  # (else F.norm's error would name norm)
         raise complex_error("normalize", x.dtype)
     if x.dtype.metadata is not None:  # a quantized tensor: its values (q / norm mixed dtypes)

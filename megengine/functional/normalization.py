@@ -3,6 +3,7 @@ import math
 
 import numpy as np
 
+from ..core._caller import public_function
 from ..core._trace_option import as_int, is_dim, is_int
 from ..core import amp as _amp
 from ..core.dispatch import FLOAT16, KERNEL_FLOATS, Op, apply
@@ -474,17 +475,20 @@ def _normalize(op, inp, weight, bias):
 
 
 def _check_param(t, channels, what, name):
+    """Refuse a per-channel tensor ``t`` (argument ``name``) of other than ``channels`` values,
+    naming the public function called (`F.nn.sync_batch_norm` runs `batch_norm`), else
+    ``what``: the errors of the batch norm helpers below name it the same way."""
     if t is not None and _tensor(t).size != channels:
-        raise ShapeError(f"{what}: {name} of shape {_tensor(t).shape} does not match "
-                         f"{channels} channels")
+        raise ShapeError(f"{public_function() or what}: {name} of shape {_tensor(t).shape} does "
+                         f"not match {channels} channels")
 
 
 def _check_bn_args(what, inp, running_mean, running_var, weight, bias):
     """The channel count C of a batch norm's (N, C, ...) input, after checking that each
     per-channel tensor given has C values."""
     if inp.ndim < 2:
-        raise ValueError(f"{what}: expected an input (N, C, ...) of 2 or more dims, "
-                         f"got shape {inp.shape}")
+        raise ValueError(f"{public_function() or what}: expected an input (N, C, ...) of 2 or "
+                         f"more dims, got shape {inp.shape}")
     c = inp.shape[1]
     for t, name in ((running_mean, "running_mean"), (running_var, "running_var"),
                     (weight, "weight"), (bias, "bias")):
@@ -504,9 +508,9 @@ def _check_batch_stats(what, inp, hint, group_count=None):
         # layer, where a traced call's ``inp.shape`` is a `Shape` read item by item in Python)
         d = inp._data
         if d.ndim >= 2 and d.size == d.shape[1] != 0:
-            raise ValueError(f"{what}: expected more than 1 value per channel when training, "
-                             f"got input shape {inp.shape}; train on a batch of 2 or more, or "
-                             f"{hint}")
+            raise ValueError(f"{public_function() or what}: expected more than 1 value per "
+                             f"channel when training, got input shape {inp.shape}; train on a "
+                             f"batch of 2 or more, or {hint}")
     elif group_count == 1:
         raise ValueError(f"{what}: expected more than 1 value per channel over the ranks of the "
                          f"group when training, got 1 (input shape {inp.shape} on this rank); "
@@ -563,12 +567,13 @@ def _batch_norm(inp, running_mean, running_var, weight, bias, training, momentum
     if training:
         _check_batch_stats(what, inp, "pass training=False to normalize by running statistics")
     if not training and not (has_mean and has_var):
-        raise ValueError(f"{what}: running_mean and running_var are needed when training=False")
+        raise ValueError(f"{public_function() or what}: running_mean and running_var are "
+                         "needed when training=False")
     if training and inplace:
         for t, name in ((running_mean, "running_mean"), (running_var, "running_var")):
             if t is not None and not isinstance(t, Tensor):
-                raise TypeError(f"{what}: {name} must be a Tensor to be updated in place, "
-                                f"got {type(t).__name__}")
+                raise TypeError(f"{public_function() or what}: {name} must be a Tensor to be "
+                                f"updated in place, got {type(t).__name__}")
     has_stats = has_mean or has_var
     if training and inp._data.size == 0:
         # an empty batch has no statistics (ATen's kernel refuses it): as upstream, an empty
@@ -732,8 +737,9 @@ def layer_norm(inp, normalized_shape, affine=True, weight=None, bias=None, eps=1
         weight = bias = None
     for t, name in ((weight, "weight"), (bias, "bias")):
         if t is not None and _tensor(t).size != m:
-            raise ValueError(f"layer_norm: {name} of shape {_tensor(t).shape} does not match "
-                             f"normalized_shape {shape}")
+            # (named: F.nn.general_norm normalizes with this function)
+            raise ValueError(f"{public_function() or 'layer_norm'}: {name} of shape "
+                             f"{_tensor(t).shape} does not match the normalized shape {shape}")
     op = _Normalize(view, view, (1, m), eps, weight is not None, bias is not None,
                     family="layer_norm")
     return _normalize(op, inp, weight, bias)

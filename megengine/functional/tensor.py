@@ -70,7 +70,7 @@ def reshape(inp, target_shape):
     """``inp`` with a new shape of the same size; one dimension may be -1 (inferred).
 
     ``target_shape`` may be a tuple (with Tensor entries), a 1-D integer Tensor or array (e.g.
-    ``F.concat([x.shape[:-1], n_heads, -1])``), or None for a scalar."""
+    ``F.concat([x.shape[:-1], n_heads, -1])``); a scalar's is ``()``."""
     inp = _tensor(inp)
     given = _unwrap_shape(target_shape)
     target_shape = _shape_tensor(given)

@@ -173,6 +173,29 @@ def test_an_unknown_dtype_name_says_which_function_and_what_to_pass(call):
             call()
 
 
+@pytest.mark.parametrize("call, named", [
+    (lambda: F.zeros(None), "zeros: shape"), (lambda: F.ones(None), "ones: shape"),
+    (lambda: F.full(None, 2.0), "full: shape"), (lambda: F.zeros(shape=None), "zeros: shape"),
+    (lambda: F.eye(None), "eye: N"),
+    (lambda: F.reshape(mge.tensor([5.0]), None), "reshape: target_shape"),
+    (lambda: F.broadcast_to(mge.tensor([5.0]), None), "broadcast_to: shape"),
+])
+def test_a_none_shape_raises_naming_the_function_and_argument(call, named):
+    # upstream 1.13 raises TypeError for F.zeros(None) and F.broadcast_to(x, None); this fork
+    # took None for a scalar's shape (), so a shape that a function returned by mistake made
+    # a 0-d tensor
+    with pytest.raises(TypeError, match=f"^{named} is None; pass a shape"):
+        call()
+
+
+def test_an_empty_shape_is_a_scalars():
+    # (upstream 1.13's full gives 0-d here; its zeros and ones fail on the shape's first use)
+    for shape in ((), []):
+        assert F.zeros(shape).shape == () and F.ones(shape).tolist() == 1
+        assert F.full(shape, 2).tolist() == 2
+    assert F.reshape(mge.tensor([5.0]), ()).tolist() == 5.0
+
+
 def test_linspace_of_a_num_that_is_no_int_names_it():
     # (int()'s "int() argument must be ... not 'list'" came out here before)
     with pytest.raises(TypeError, match=r"linspace: num must be an int, got \[3, 3\]"):

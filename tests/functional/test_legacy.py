@@ -89,6 +89,25 @@ def test_matrix_mul_and_batched_match_numpy_and_check_ranks():
         F.batched_matrix_mul(mge.tensor(a), mge.tensor(b))
 
 
+def test_clamp_and_the_matrix_products_name_themselves_not_what_they_compute_with():
+    # (clamp is F.clip; matrix_mul and batched_matrix_mul are F.matmul: their errors named those)
+    x = mge.tensor(np.ones((2, 5), "float32"))
+    with pytest.raises(TypeError, match="^clamp: lower must be a number or a Tensor, got str"):
+        F.clamp(x, "0", 1)
+    with pytest.raises(TypeError, match="^clamp: upper must be a number or a Tensor, got list"):
+        F.clamp(x, 0, [1, 1])
+    with pytest.raises(ValueError, match="^clamp: at least one of lower and upper"):
+        F.clamp(x)
+    with pytest.raises(ValueError, match=r"^matrix_mul: shapes \(2, 5\) and \(4, 4\) do not "
+                                         "match"):
+        F.matrix_mul(x, mge.tensor(np.ones((4, 4), "float32")))
+    with pytest.raises(ValueError, match=r"^batched_matrix_mul: shapes \(1, 2, 5\) and "):
+        F.batched_matrix_mul(F.expand_dims(x, 0), mge.tensor(np.ones((1, 4, 4), "float32")))
+    # (the operator names matmul, the function it is)
+    with pytest.raises(ValueError, match=r"^matmul: shapes \(2, 5\) and \(4, 4\)"):
+        x @ mge.tensor(np.ones((4, 4), "float32"))
+
+
 def test_shapeof_zero_grad_identity():
     x = mge.tensor(np.ones((2, 3, 4), "float32"))
     s = F.shapeof(x)
@@ -135,6 +154,28 @@ def test_nll_loss_matches_0x_example_and_torch():
     tl.backward()
     np.testing.assert_allclose(loss.numpy(), tl.item(), rtol=1e-6)
     np.testing.assert_allclose(p.grad.numpy(), tp.grad.numpy(), rtol=1e-6)
+
+
+def test_nll_loss_label_errors_name_nll_loss_and_its_arguments():
+    # (indexing_one_hot, which picks the labels, named itself, its src and its index)
+    logp = mge.tensor(np.log(np.full((2, 3), 1 / 3, "float32")))
+    # a label out of range, not ignore_index: an IndexError, as torch's nll_loss raises
+    with pytest.raises(IndexError):
+        torch.nn.functional.nll_loss(torch.zeros(2, 3), torch.tensor([0, 3]))
+    with pytest.raises(IndexError, match=r"^nll_loss: label values must be in \[0, 3\) or be "
+                                         r"ignore_index \(-1\), got min 0 and max 3"):
+        F.nll_loss(logp, mge.tensor([0, 3], dtype="int32"))
+    with pytest.raises(IndexError, match=r"ignore_index \(-2\), got min -1 and max 0"):
+        F.nll_loss(logp, mge.tensor([0, -1], dtype="int32"), ignore_index=-2)
+    with pytest.raises(ValueError, match=r"^nll_loss: label of shape \(2, 3\) must be the shape "
+                                         r"of pred \(2, 3, 2\) without axis 1"):
+        F.nll_loss(F.broadcast_to(F.expand_dims(logp, 2), (2, 3, 2)),
+                   mge.tensor(np.zeros((2, 3), "int32")))
+    with pytest.raises(TypeError, match=r"^nll_loss: ignore_index must be a number, got \[-1, "):
+        F.nll_loss(logp[:1], mge.tensor([0], dtype="int32"), ignore_index=[-1, -1])
+    with pytest.raises(ValueError, match="^nll_loss: axis 4 is out of range for 2 dims") as e:
+        F.nll_loss(logp, mge.tensor([0, 1], dtype="int32"), axis=4)
+    assert e.value.__context__ is None or e.value.__suppress_context__  # (one error shown)
 
 
 def test_triplet_margin_loss_matches_torch():

@@ -142,6 +142,28 @@ def test_norm_axis_errors_name_norm(ord):
         F.norm(mge.tensor(rand(3, 4)), ord, axis=-3)
 
 
+@pytest.mark.parametrize("ord", [1, 2, math.inf])
+def test_normalize_errors_name_normalize_and_its_argument(ord):
+    # it computes with F.norm and F.clip, whose errors named those (order 2 of float32 runs an
+    # op of its own: those words were normalize's already)
+    x = mge.tensor(rand(3, 4))
+    with pytest.raises(ValueError, match="^normalize: axis 2 is out of range for a tensor with 2"):
+        F.normalize(x, ord, axis=2)
+    with pytest.raises(ValueError, match=r"^normalize: axis \(1, 1\) names the same dim twice"):
+        F.normalize(x, ord, axis=(1, 1))
+    # a string eps: float() took "1e-3" (and its words for "x" named nothing), F.clip named clip
+    for eps in ("x", "1e-3"):
+        with pytest.raises(TypeError, match="^normalize: eps must be a number"):
+            F.normalize(x, ord, axis=1, eps=eps)
+
+
+def test_norm_of_inf_order_over_an_empty_axis_names_norm():
+    # order -inf is the min of |x|, whose error named min
+    with pytest.raises(ValueError, match=r"^norm: cannot reduce over axis 0 of an empty tensor "
+                                         r"\(shape \(0,\)\): the min of no elements"):
+        F.norm(mge.tensor(np.zeros(0, np.float32)), -math.inf, axis=0)
+
+
 @pytest.mark.parametrize("ord", [math.inf, -math.inf, 0])
 def test_norm_special_orders(ord):
     x = rand(3, 4)

@@ -493,6 +493,28 @@ def test_general_norm_rejects_unordered_or_repeated_axes():
         F.nn.general_norm(x, (2, -1), affine=False)
 
 
+def test_general_norm_and_sync_batch_norm_errors_name_them():
+    # they compute with layer_norm and batch_norm, whose errors named those
+    x = mge.tensor(rand(2, 3, 4))
+    with pytest.raises(ValueError, match=r"^general_norm: weight of shape \(5,\) does not match "
+                                         r"the normalized shape \(3,\)"):
+        F.nn.general_norm(x, 1, weight=mge.tensor(np.ones(5, "f4")))
+    with pytest.raises(ValueError, match=r"^layer_norm: bias of shape \(5,\) does not match "):
+        F.nn.layer_norm(x, (4,), bias=mge.tensor(np.ones(5, "f4")))
+    stat = mge.tensor(np.zeros((1, 2), "f4"))
+    with pytest.raises(ValueError, match=r"^sync_batch_norm: running_mean of shape \(1, 2\) does "
+                                         "not match 3 channels"):
+        F.nn.sync_batch_norm(x, stat, mge.tensor(np.ones(3, "f4")))
+    with pytest.raises(ValueError, match=r"^sync_batch_norm: expected an input \(N, C, ...\) of 2 "
+                                         "or more dims"):
+        F.nn.sync_batch_norm(mge.tensor(rand(3)), stat, stat)
+    with pytest.raises(ValueError, match="^sync_batch_norm: running_mean and running_var are "
+                                         "needed when training=False"):
+        F.nn.sync_batch_norm(x, None, None)
+    with pytest.raises(ValueError, match="^batch_norm: running_mean of shape"):
+        F.nn.batch_norm(x, stat, mge.tensor(np.ones(3, "f4")))
+
+
 # ----- second order (gradients of gradients) -----
 
 @pytest.mark.parametrize("shape", [(4, 3, 3, 3), (6, 2)])
