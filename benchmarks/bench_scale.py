@@ -38,7 +38,7 @@ freed values as eager code does: resnet50_trace 3209 / 1832 (1.75x) -> 1720 / 18
 the recording call alone freeing them gave 2467 / 1822 (1.35x). Step times after, paired:
 resnet50 0.95x (load 1), resnet50_amp 1.03x, transformer 1.04x, lstm 1.01x, unet 1.09x,
 resnet50_trace 1.16x (load 4-7; traced / eager in thread time, paired: 1.06x at batch 16,
-its spread 0.91-1.21x, and benchmarks/README.md "Traced ResNet-50 step" on where the time and
+its spread 0.91-1.21x, and benchmarks/HISTORY.md "Traced ResNet-50 step" on where the time and
 the first call's memory go). A full run took ~16 minutes at load 4-7. The script prints
 which checkout's ``megengine`` it imported (put one first on PYTHONPATH to measure it).
 """

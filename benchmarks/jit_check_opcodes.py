@@ -1,7 +1,7 @@
 """Python bytecode a checked ``jit.trace`` call runs beyond eager, per function: a count that
 other processes on the cores cannot disturb, for the small steps where the checker's Python is
 what a checked call adds (timings of those move by more than the few percent at stake on a
-shared machine; see benchmarks/README.md, "jit.trace: a checked call's bytecode").
+shared machine; see benchmarks/HISTORY.md, "jit.trace: a checked call's bytecode").
 
 Two training steps (``trace(symbolic=False)``, calls after the first, against the same step
 eagerly, each from the same initial weights): the 20 conv + batch norm + ReLU layers on

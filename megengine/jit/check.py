@@ -1083,7 +1083,7 @@ class _Checker(_Hook):
             # op may hold their arrays: two such writes per batch norm, each walking every slot
             # (ResNet-50 at batch 1, 106 writes, 669 slots: the walks took 6.0-8.6 ms of a checked
             # call's thread time, 0.8-1.2 ms with this return; a timer around this method, see
-            # benchmarks/README.md "Traced ResNet-50 step")
+            # benchmarks/HISTORY.md "Traced ResNet-50 step")
             return
         if s is None and self.prog.slots[e[0]].kind in _OF_THE_CALL:
             # a value of this call, an argument too, given a new array by the event
