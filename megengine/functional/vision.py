@@ -770,12 +770,13 @@ def nms(boxes, scores, iou_thresh, max_output=None):
     for t in (boxes, scores):
         if t.dtype.kind == "c":
             raise no_order("nms", t.dtype)
-    if max_output is None:
+    if max_output is None:  # (no boxes keep none: the count below is the user's only)
         max_output = boxes.shape[0]
-    max_output = _int(max_output, "max_output", "nms", follows=False)
-    if max_output < 1:  # (upstream's pybind refuses a negative count, "Unable to cast", and
-        # 0 aborts it; the loop here would have kept every box)
-        raise ArgumentError(f"nms: max_output must be >= 1, got {max_output}")
+    else:
+        max_output = _int(max_output, "max_output", "nms", follows=False)
+        if max_output < 1:  # (upstream's pybind refuses a negative count, "Unable to cast",
+            # and 0 aborts it; the loop here would have kept every box)
+            raise ArgumentError(f"nms: max_output must be >= 1, got {max_output}")
     return apply(Compute(_nms_keep, _real(iou_thresh, "iou_thresh", "nms"), max_output),
                  boxes, scores)
 

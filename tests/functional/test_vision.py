@@ -1275,3 +1275,12 @@ def test_nms_of_a_max_output_below_one_raises(max_output):
     boxes = mge.tensor(np.array([[0, 0, 2, 2], [5, 5, 7, 7]], np.float32))
     with pytest.raises(ValueError, match="^nms: max_output must be >= 1"):
         F.vision.nms(boxes, mge.tensor([0.9, 0.8]), 0.5, max_output=max_output)
+
+
+@pytest.mark.parametrize("max_output", [None, 1, 3])
+def test_nms_of_no_boxes_keeps_none(max_output):
+    # the default count is the number of boxes, 0 here: that is no misuse (upstream 1.13
+    # returns an empty int32 index for each of these)
+    keep = F.vision.nms(mge.tensor(np.zeros((0, 4), np.float32)),
+                        mge.tensor(np.zeros(0, np.float32)), 0.5, max_output)
+    assert keep.dtype == np.int32 and keep.shape == (0,)
