@@ -246,6 +246,8 @@ class _Checker(_Hook):
 
     def detached(self, owner, t):
         """``t = owner.detach()`` in the call (see `check_source`)."""
+        if self.pc is None:  # inside an op's forward: its own, as the recording never saw it
+            return
         if self.detached_from is None:
             self.detached_from = {}
         self.detached_from[id(t)] = [owner, None, self._detached_ref(t)]  # (the slot: once
@@ -735,9 +737,10 @@ class _Checker(_Hook):
         s, alias = self._internal(t)
         e = self.detached_from.get(id(t)) if self.detached_from else None
         if e is not None and (s is None or self._outside_parameter(e[0])) \
-                and e[0]._data is t._data:
+                and (e[1] is not None or e[0]._data is t._data):
             # a detached alias of an external, as recorded (`_Recorder.source`): known by the
-            # tensor only (its array is the external's)
+            # tensor only (its array is the external's; once it holds its slot, also after a
+            # write gave the external another array)
             if e[1] is None:
                 step = self._expect(_AliasStep, where)
                 self.check_source(e[0], step.src, where)
@@ -752,6 +755,8 @@ class _Checker(_Hook):
                                    f"call detached {prog.describe(s)}", "input id mismatch")
                 self._register(t, step.out)
                 s = step.out
+                if e is not None:
+                    e[1] = s  # (read: not `_take_up_detached`'s any more)
             if s != expected:
                 was = prog.slots[expected].kind in _COMPUTED
                 now = prog.slots[s].kind in _COMPUTED
@@ -860,14 +865,20 @@ class _Checker(_Hook):
             step = self.steps[pc]
         except IndexError:
             step = _NO_STEP
+        if type(step) is _AliasStep:
+            if not kwargs:
+                pc = self._take_detached(pc, args)
+                step = self.steps[pc]
         # (a set_value() the recording took as an event, as batch norm's statistics writes,
-        # reaches its event step, or the detach() steps before it, without the question)
-        if fn is _INPLACE or fn is _RESET and step.fn is not fn and type(step) is not _AliasStep:
+        # reaches its event step without the question: also past the detach() steps taken up
+        # above, whose values, being detached, no internal write takes)
+        if fn is _INPLACE or fn is _RESET and step.fn is not fn:
             written = self._internal_write(fn, args, kwargs)
             if written is not None:
                 return self._write_internal(fn, args[0], args[1], *written)
-        if type(step) is _AliasStep and not kwargs:
-            pc = self._take_detached(pc, args)
+        if type(step) is _AliasStep and self.detached_from:
+            self._take_up_detached(fn)
+            pc = self.pc
             step = self.steps[pc]
         # (op and detach() steps have fn None; n_args is -1 where the slow path must compare)
         if step.fn is fn and step.n_args == len(args) and not kwargs:
@@ -933,7 +944,22 @@ class _Checker(_Hook):
             taken += (t,)
         for (_, out, _), t in zip(plan[2], taken):
             self._register(t, out)
+            detached[id(t)][1] = out
         return plan[0]
+
+    def _take_up_detached(self, fn):
+        """Before event ``fn``, past the recorded internal writes: the detach() results of the
+        call that no step has read yet take up the detach() steps that the recording made
+        for them before the event, in the order of their detach() calls
+        (`record._Recorder._take_up_detached`)."""
+        where = f"the call {getattr(fn, '__qualname__', None) or fn!r}()"
+        for e in list(self.detached_from.values()):
+            t = e[2]()
+            if t is not None and e[1] is None:
+                step = self.steps[self.pc] if self.pc < len(self.steps) else None
+                if type(step) is not _AliasStep:
+                    self._expect(_AliasStep, where)  # (raises: the trace has no step for it)
+                self.check_source(t, step.out, where)
 
     def _outside(self, t):
         return (id(t) in self.ext_seen or id(t) in self.prog.ext_ids
