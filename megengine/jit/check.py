@@ -394,6 +394,10 @@ class _Checker(_Hook):
                 made = e[2]()
                 return e[0], not (made is t or (made._node if made is not None else None)
                                   == t._node)
+        if found[0] is None and self.detached_from:
+            e = self.detached_from.get(id(t))
+            if e is not None and e[1] is not None:  # the detach() of an external, known by
+                return e[1], False  # the tensor only (as the recorder's ``by_tensor`` knows it)
         return found
 
     # ----- ops -----
@@ -956,10 +960,15 @@ class _Checker(_Hook):
         for e in list(self.detached_from.values()):
             t = e[2]()
             if t is not None and e[1] is None:
-                step = self.steps[self.pc] if self.pc < len(self.steps) else None
-                if type(step) is not _AliasStep:
-                    self._expect(_AliasStep, where)  # (raises: the trace has no step for it)
-                self.check_source(t, step.out, where)
+                self._take_up_alias(t, where)
+
+    def _take_up_alias(self, t, where):
+        """Take up the next step, which must be a detach() step, for ``t``: a detach() result
+        that holds no slot yet (see `check_source`)."""
+        step = self.steps[self.pc] if self.pc < len(self.steps) else None
+        if type(step) is not _AliasStep:
+            self._expect(_AliasStep, where)  # (raises: the trace has no step for it)
+        self.check_source(t, step.out, where)
 
     def _outside(self, t):
         return (id(t) in self.ext_seen or id(t) in self.prog.ext_ids
@@ -1130,9 +1139,12 @@ class _Checker(_Hook):
                 else:
                     if k == len(recorded):
                         return
+        detached = self.detached_from
         for t in _tensors_in(outputs):  # detached outputs: the recording added a step for each
             s, alias = self._internal(t)
-            if alias:
+            if s is None and detached and detached.get(id(t), (0, 0))[1] is None:
+                self._take_up_alias(t, "the outputs")  # (the detach() of an external)
+            elif alias:
                 step = self._expect(_AliasStep, "the outputs")
                 if step.src != s:
                     self._mismatch(f"the outputs: the trace detached "

@@ -602,6 +602,11 @@ class _Recorder(_Hook):
         checked call runs that Python code, and the ops it makes are checked.)"""
         s, _ = self._internal(t)  # a detached alias reads its source's value
         if s is None:
+            owner = self.detached_from.get(id(t), (None,))[0]
+            if owner is not None and owner._data is t._data:
+                t = owner  # so does the detach() of an external that no step read yet (a
+                # step made here would be one that a checked call, which notes no reads,
+                # does not take up)
             s = self.source(t)  # an external (or a constant made from Python data)
         self.prog.reads.append((len(self.prog.steps), s, _host(value).copy()))
 
