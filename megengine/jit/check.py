@@ -246,8 +246,6 @@ class _Checker(_Hook):
 
     def detached(self, owner, t):
         """``t = owner.detach()`` in the call (see `check_source`)."""
-        if self.pc is None:  # inside an op's forward: its own, as the recording never saw it
-            return
         if self.detached_from is None:
             self.detached_from = {}
         self.detached_from[id(t)] = [owner, None, self._detached_ref(t)]  # (the slot: once
@@ -741,10 +739,9 @@ class _Checker(_Hook):
         s, alias = self._internal(t)
         e = self.detached_from.get(id(t)) if self.detached_from else None
         if e is not None and (s is None or self._outside_parameter(e[0])) \
-                and (e[1] is not None or e[0]._data is t._data):
+                and e[0]._data is t._data:
             # a detached alias of an external, as recorded (`_Recorder.source`): known by the
-            # tensor only (its array is the external's; once it holds its slot, also after a
-            # write gave the external another array)
+            # tensor only (its array is the external's)
             if e[1] is None:
                 step = self._expect(_AliasStep, where)
                 self.check_source(e[0], step.src, where)
@@ -869,10 +866,9 @@ class _Checker(_Hook):
             step = self.steps[pc]
         except IndexError:
             step = _NO_STEP
-        if type(step) is _AliasStep:
-            if not kwargs:
-                pc = self._take_detached(pc, args)
-                step = self.steps[pc]
+        if type(step) is _AliasStep and not kwargs:
+            pc = self._take_detached(pc, args)
+            step = self.steps[pc]
         # (a set_value() the recording took as an event, as batch norm's statistics writes,
         # reaches its event step without the question: also past the detach() steps taken up
         # above, whose values, being detached, no internal write takes)
@@ -1142,8 +1138,9 @@ class _Checker(_Hook):
         detached = self.detached_from
         for t in _tensors_in(outputs):  # detached outputs: the recording added a step for each
             s, alias = self._internal(t)
-            if s is None and detached and detached.get(id(t), (0, 0))[1] is None:
-                self._take_up_alias(t, "the outputs")  # (the detach() of an external)
+            e = detached.get(id(t)) if detached and s is None else None
+            if e is not None and e[1] is None:  # the detach() of an external, read by no step
+                self._take_up_alias(t, "the outputs")
             elif alias:
                 step = self._expect(_AliasStep, "the outputs")
                 if step.src != s:
