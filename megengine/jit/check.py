@@ -756,8 +756,6 @@ class _Checker(_Hook):
                                    f"call detached {prog.describe(s)}", "input id mismatch")
                 self._register(t, step.out)
                 s = step.out
-                if e is not None:
-                    e[1] = s  # (read: not `_take_up_detached`'s any more)
             if s != expected:
                 was = prog.slots[expected].kind in _COMPUTED
                 now = prog.slots[s].kind in _COMPUTED
@@ -876,10 +874,6 @@ class _Checker(_Hook):
             written = self._internal_write(fn, args, kwargs)
             if written is not None:
                 return self._write_internal(fn, args[0], args[1], *written)
-        if type(step) is _AliasStep and self.detached_from:
-            self._take_up_detached(fn)
-            pc = self.pc
-            step = self.steps[pc]
         # (op and detach() steps have fn None; n_args is -1 where the slow path must compare)
         if step.fn is fn and step.n_args == len(args) and not kwargs:
             # the recorded event, with positional arguments that are objects or tensors
@@ -944,19 +938,19 @@ class _Checker(_Hook):
             taken += (t,)
         for (_, out, _), t in zip(plan[2], taken):
             self._register(t, out)
-            detached[id(t)][1] = out
         return plan[0]
 
-    def _take_up_detached(self, fn):
-        """Before event ``fn``, past the recorded internal writes: the detach() results of the
-        call that no step has read yet take up the detach() steps that the recording made
-        for them before the event, in the order of their detach() calls
-        (`record._Recorder._take_up_detached`)."""
-        where = f"the call {getattr(fn, '__qualname__', None) or fn!r}()"
+    def _take_up_detached(self, where):
+        """Before an event (not an internal write), past the detach() steps that the event
+        fast path took up (`_take_detached`): the detach() results of the call that no step
+        has read yet take up the detach() steps that the recording made for them before the
+        event, in the order of their detach() calls (`record._Recorder._take_up_detached`)."""
         for e in list(self.detached_from.values()):
             t = e[2]()
-            if t is not None and e[1] is None:
-                self._take_up_alias(t, where)
+            if t is not None:
+                s, alias = self._internal(t)
+                if s is None or alias:  # (else it holds a slot: read already)
+                    self._take_up_alias(t, where)
 
     def _take_up_alias(self, t, where):
         """Take up the next step, which must be a detach() step, for ``t``: a detach() result
@@ -997,6 +991,9 @@ class _Checker(_Hook):
         if kwargs and any(_is_iterator(a) for a in kwargs.values()):
             kwargs = {k: list(a) if _is_iterator(a) else a for k, a in kwargs.items()}
         name = getattr(fn, "__qualname__", None) or repr(fn)
+        if self.detached_from and self.pc < len(self.steps) \
+                and type(self.steps[self.pc]) is _AliasStep:
+            self._take_up_detached(f"the call {name}()")
         k, step = self._next_main(f"the call {name}()")
         if type(step) is not _EventStep or step.fn is not fn:
             self._mismatch(f"after op #{self.n_ops - 1}: the trace has {_step_text(step)} "
