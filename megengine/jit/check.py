@@ -868,8 +868,8 @@ class _Checker(_Hook):
             pc = self._take_detached(pc, args)
             step = self.steps[pc]
         # (a set_value() the recording took as an event, as batch norm's statistics writes,
-        # reaches its event step without the question: also past the detach() steps taken up
-        # above, whose values, being detached, no internal write takes)
+        # reaches its event step without the question, also past the detach() steps taken up
+        # above: an internal write takes no detach() that holds no slot yet)
         if fn is _INPLACE or fn is _RESET and step.fn is not fn:
             written = self._internal_write(fn, args, kwargs)
             if written is not None:
@@ -945,8 +945,8 @@ class _Checker(_Hook):
         fast path took up (`_take_detached`): the detach() results of the call that no step
         has read yet take up the detach() steps that the recording made for them before the
         event, in the order of their detach() calls (`record._Recorder._take_up_detached`)."""
-        for e in list(self.detached_from.values()):
-            t = e[2]()
+        for _, _, ref in list(self.detached_from.values()):
+            t = ref()
             if t is not None:
                 s, alias = self._internal(t)
                 if s is None or alias:  # (else it holds a slot: read already)
@@ -1135,9 +1135,8 @@ class _Checker(_Hook):
         detached = self.detached_from
         for t in _tensors_in(outputs):  # detached outputs: the recording added a step for each
             s, alias = self._internal(t)
-            e = detached.get(id(t)) if detached and s is None else None
-            if e is not None and e[1] is None:  # the detach() of an external, read by no step
-                self._take_up_alias(t, "the outputs")
+            if s is None and detached and id(t) in detached:  # the detach() of an external,
+                self._take_up_alias(t, "the outputs")  # read by no step
             elif alias:
                 step = self._expect(_AliasStep, "the outputs")
                 if step.src != s:

@@ -663,8 +663,8 @@ class _Recorder(_Hook):
         a constant of the first call (checked calls), where eager code keeps the value the
         source had at the detach(). A checked call takes the steps up in the same order
         (`check._Checker._take_up_detached`)."""
-        for entry in list(self.detached_from.values()):
-            t = entry[1]()
+        for _, ref in list(self.detached_from.values()):
+            t = ref()
             if t is not None:
                 s, alias = self._internal(t)
                 if s is None or alias:  # (else it holds a slot: read already)
