@@ -410,6 +410,10 @@ class _Checker(_Hook):
                 made = e[2]()
                 return e[0], not (made is t or (made._node if made is not None else None)
                                   == t._node)
+        if found[0] is None and self.detached_from:
+            e = self.detached_from.get(id(t))
+            if e is not None and e[1] is not None:  # the detach() of an external, known by
+                return e[1], False  # the tensor only (as the recorder's ``by_tensor`` knows it)
         return found
 
     # ----- ops -----
@@ -878,21 +882,20 @@ class _Checker(_Hook):
             step = _NO_STEP
         except TypeError:  # pc None: announced by the forward of the op being checked, its own
             return dispatch.call_without_trace_hook(fn, *args, **kwargs)
-        # (a set_value() the recording took as an event, as batch norm's statistics writes,
-        # reaches its event step, or the detach() steps before it, without the question)
-        alias = type(step) is _AliasStep
-        if fn is _INPLACE or fn is _RESET and not alias and step.fn is not fn:
-            written = self._internal_write(fn, args, kwargs)
-            if written is not None:
-                return self._write_internal(fn, args[0], args[1], *written)
-        if alias and not kwargs:
+        compared = False
+        if type(step) is _AliasStep and not kwargs:
             pc = self._take_detached(pc, fn, args)
             step = self.steps[pc]
             # (past the event step too where it compared the whole event: the recorded
             # function on the recorded tensors)
             compared = self.pc > pc
-        else:
-            compared = False
+        # (a set_value() the recording took as an event, as batch norm's statistics writes,
+        # reaches its event step without the question, also past the detach() steps taken up
+        # above: an internal write takes no detach() that holds no slot yet)
+        if not compared and (fn is _INPLACE or fn is _RESET and step.fn is not fn):
+            written = self._internal_write(fn, args, kwargs)
+            if written is not None:
+                return self._write_internal(fn, args[0], args[1], *written)
         if compared:
             quiet = step.quiet or step.writes_ext
         # (op and detach() steps have fn None; n_args is -1 where the slow path must compare)
@@ -986,6 +989,26 @@ class _Checker(_Hook):
             self._register(t, out)
         return plan[0]
 
+    def _take_up_detached(self, where):
+        """Before an event (not an internal write), past the detach() steps that the event
+        fast path took up (`_take_detached`): the detach() results of the call that no step
+        has read yet take up the detach() steps that the recording made for them before the
+        event, in the order of their detach() calls (`record._Recorder._take_up_detached`)."""
+        for _, _, ref in list(self.detached_from.values()):
+            t = ref()
+            if t is not None:
+                s, alias = self._internal(t)
+                if s is None or alias:  # (else it holds a slot: read already)
+                    self._take_up_alias(t, where)
+
+    def _take_up_alias(self, t, where):
+        """Take up the next step, which must be a detach() step, for ``t``: a detach() result
+        that holds no slot yet (see `check_source`)."""
+        step = self.steps[self.pc] if self.pc < len(self.steps) else None
+        if type(step) is not _AliasStep:
+            self._expect(_AliasStep, where)  # (raises: the trace has no step for it)
+        self.check_source(t, step.out, where)
+
     def _outside(self, t):
         return (id(t) in self.ext_seen or id(t) in self.prog.ext_ids
                 or any(t is a for a in self.leaves))
@@ -1017,6 +1040,9 @@ class _Checker(_Hook):
         if kwargs and any(_is_iterator(a) for a in kwargs.values()):
             kwargs = {k: list(a) if _is_iterator(a) else a for k, a in kwargs.items()}
         name = getattr(fn, "__qualname__", None) or repr(fn)
+        if self.detached_from and self.pc < len(self.steps) \
+                and type(self.steps[self.pc]) is _AliasStep:
+            self._take_up_detached(f"the call {name}()")
         k, step = self._next_main(f"the call {name}()")
         if type(step) is not _EventStep or step.fn is not fn:
             self._mismatch(f"after op #{self.n_ops - 1}: the trace has {_step_text(step)} "
@@ -1155,9 +1181,12 @@ class _Checker(_Hook):
                 else:
                     if k == len(recorded):
                         return
+        detached = self.detached_from
         for t in _tensors_in(outputs):  # detached outputs: the recording added a step for each
             s, alias = self._internal(t)
-            if alias:
+            if s is None and detached and id(t) in detached:  # the detach() of an external,
+                self._take_up_alias(t, "the outputs")  # read by no step
+            elif alias:
                 step = self._expect(_AliasStep, "the outputs")
                 if step.src != s:
                     self._mismatch(f"the outputs: the trace detached "

@@ -602,6 +602,11 @@ class _Recorder(_Hook):
         checked call runs that Python code, and the ops it makes are checked.)"""
         s, _ = self._internal(t)  # a detached alias reads its source's value
         if s is None:
+            owner = self.detached_from.get(id(t), (None,))[0]
+            if owner is not None and owner._data is t._data:
+                t = owner  # so does the detach() of an external that no step read yet (a
+                # step made here would be one that a checked call, which notes no reads,
+                # does not take up)
             s = self.source(t)  # an external (or a constant made from Python data)
         self.prog.reads.append((len(self.prog.steps), s, _host(value).copy()))
 
@@ -620,6 +625,8 @@ class _Recorder(_Hook):
                 self.by_tensor[id(t)] = (r, t._data)
                 self.keep.append(t)
                 return out
+        if self.detached_from:
+            self._take_up_detached()
         # a generator (model.parameters()) would be empty on replay: keep what it yields
         if any(_is_iterator(a) for a in args):
             args = tuple(list(a) if _is_iterator(a) else a for a in args)
@@ -646,6 +653,22 @@ class _Recorder(_Hook):
         self.rec_level = dispatch._recording
         self._after_event(step, args, kwargs, result)
         return result
+
+    def _take_up_detached(self):
+        """Before an event: give each detach() of the call that no step has read yet (its
+        step is made at its first use, see `source`) its step now, in the order of the
+        detach() calls. The event may write into the detached tensor's source (``d =
+        w.detach(); w._reset(w + x); return d * 1``, an optimizer's step), and a step made
+        after it would read the value written (replays, dumps) or take the detached value for
+        a constant of the first call (checked calls), where eager code keeps the value the
+        source had at the detach(). A checked call takes the steps up in the same order
+        (`check._Checker._take_up_detached`)."""
+        for _, ref in list(self.detached_from.values()):
+            t = ref()
+            if t is not None:
+                s, alias = self._internal(t)
+                if s is None or alias:  # (else it holds a slot: read already)
+                    self.source(t)
 
     def _after_event(self, step, args, kwargs, result):
         for obj in args:  # candidates serve _resolve_grads only

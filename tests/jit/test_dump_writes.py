@@ -186,3 +186,34 @@ def test_batch_norm_in_training_mode_is_refused_as_upstream_refuses_it():
     f(mge.tensor(np.random.RandomState(0).randn(4, 3).astype("float32")))
     with pytest.raises(RuntimeError, match=r"batch norm in training mode.*model\.eval\(\)"):
         f.dump(io.BytesIO())
+
+
+@pytest.mark.parametrize("target", ["Parameter", "argument"])
+def test_a_detach_before_a_write_dumps_the_value_before_the_write(target):
+    # d is w's value at the detach(), as eagerly; recorded where it was first used (after the
+    # write), an argument's detach() read the value written in each run of the file
+    def body(w, x):
+        d = w.detach()
+        w._reset(w + x)
+        return d * 2, w * 1
+
+    if target == "argument":
+        f = trace(body, symbolic=True, capture_as_const=True)
+        f(mge.tensor(W0), mge.tensor(X_TRACED))
+        names = ["w", "x"]
+    else:
+        w = mge.Parameter(W0.copy())
+        f = trace(lambda x: body(w, x), symbolic=True, capture_as_const=True)
+        f(mge.tensor(X_TRACED))
+        names = ["x"]
+    file = io.BytesIO()
+    f.dump(file, arg_names=names, output_names=["y", "z"])
+    file.seek(0)
+    net = GraphInference(file)
+    w_run = W0 * 3 if target == "argument" else W0  # (a captured w: its captured value)
+    feed = {"w": w_run, "x": X_RUN} if target == "argument" else {"x": X_RUN}
+    want = [t.numpy() for t in body(mge.tensor(w_run), mge.tensor(X_RUN))]
+    for _ in range(2):  # each run starts from the captured value
+        out = net.run(inp_dict=feed)
+        np.testing.assert_allclose(out["y"], want[0], rtol=1e-6)
+        np.testing.assert_allclose(out["z"], want[1], rtol=1e-6)

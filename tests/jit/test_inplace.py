@@ -11,6 +11,7 @@ import pytest
 import megengine as mge
 import megengine.functional as F
 import megengine.module as M
+import megengine.optimizer as optim
 from megengine.autodiff import GradManager
 from megengine.jit import TraceMismatchError, trace
 from megengine.jit._program import _EventStep
@@ -301,3 +302,195 @@ def test_a_write_moving_between_an_argument_and_a_value_of_the_call_is_a_mismatc
         h(mge.tensor(INPUTS[1]))
     assert str(info.value) == "trace error because operator mismatch"
     assert "Tensor._inplace" in info.value.detail
+
+
+# writes into a tensor ``w`` between a detach() of it and the detach's later uses
+DETACH_WRITES = {
+    "set_value": lambda w, x: w.set_value(w * 0.5 + x),
+    "_reset": lambda w, x: w._reset(w + x),
+    "setitem": lambda w, x: w.__setitem__(slice(0, 2), x[:2] * 3),
+    "iadd": lambda w, x: w.__iadd__(x),
+}
+
+
+def _detach_then_write(w, x, write):
+    d = w.detach()
+    e = w.detach()
+    r = w.detach()  # returned as it is
+    write(w, x)
+    return d + 0.5, e * 1, r, w * 1
+
+
+def _detach_used_before_and_after_a_write(w, x, write):
+    d = w.detach()
+    before = d * 2
+    e = w.detach()  # (its step is taken up before the write, d's was before)
+    write(w, x)
+    return d + 0, before, e * 1, w * 1
+
+
+def _make_written(target, size):
+    values = np.arange(size, dtype=np.float32)
+    return mge.Parameter(values) if target == "Parameter" else mge.tensor(values)
+
+
+def _check_detach_and_write(mode, target, fn, write, size):
+    """``fn(w, x, write)`` traced in ``mode`` against eager calls, ``w`` a captured tensor
+    (each written on every call, as eagerly) or a fresh argument."""
+    if target == "argument":
+        g = trace(lambda w, x: fn(w, x, write), **mode)
+
+        def traced(x):
+            return g(_make_written("Tensor", size), x)
+
+        def eager(x):
+            return fn(_make_written("Tensor", size), x, write)
+    else:
+        w, eager_w = _make_written(target, size), _make_written(target, size)
+        g = trace(lambda x: fn(w, x, write), **mode)
+
+        def traced(x):
+            return g(x)
+
+        def eager(x):
+            return fn(eager_w, x, write)
+    for v in INPUTS + INPUTS:  # a captured w changes from call to call, as eagerly
+        v = np.resize(np.float32(v), size)
+        _assert_all_equal([t.numpy() for t in traced(mge.tensor(v))],
+                          [t.numpy() for t in eager(mge.tensor(v))])
+    if target != "argument":
+        np.testing.assert_array_equal(w.numpy(), eager_w.numpy())
+
+
+# 8192 values (past `megengine.jit._program.FREE_BYTES`): values the call makes are held
+# weakly while recording, and let go of early in checked calls
+@pytest.mark.parametrize("size", [3, 8192])
+@pytest.mark.parametrize("how", sorted(DETACH_WRITES))
+@pytest.mark.parametrize("target", ["Parameter", "Tensor", "argument"])
+@pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
+def test_a_detach_before_a_write_keeps_the_value_it_had(mode, target, how, size):
+    # ``d = w.detach(); w._reset(w + x); return d * 1``: d is w's value before the write, as
+    # eager code gives it. Earlier versions of this fork recorded a detach() where it was
+    # first used: replays gave the first call's value on every call (or the value written),
+    # checked calls raised "tensors not equals" on the second call
+    _check_detach_and_write(mode, target, _detach_then_write, DETACH_WRITES[how], size)
+
+
+# (profiling=True: a checked call's every op takes the full comparison of where its inputs
+# come from, which took d, holding its slot, for a tensor made outside the traced ops once
+# the write had given w a new array)
+@pytest.mark.parametrize("target", ["Parameter", "Tensor", "argument"])
+@pytest.mark.parametrize("mode", MODES + [dict(profiling=True)], ids=MODE_IDS + ["profiling"])
+def test_a_detach_used_before_and_after_a_write_keeps_the_value_it_had(mode, target):
+    _check_detach_and_write(mode, target, _detach_used_before_and_after_a_write,
+                            DETACH_WRITES["_reset"], 3)
+
+
+def _training_state():
+    w = mge.Parameter(np.array([1.0, 2.0, 3.0], np.float32))
+    return w, GradManager().attach([w]), optim.SGD([w], lr=0.1)
+
+
+def _detach_then_step(state, x):
+    w, gm, opt = state
+    d = w.detach()
+    with gm:
+        gm.backward((w * x).sum())
+    g = w.grad.detach()
+    with gm:  # accumulates into w.grad
+        gm.backward((w * x * x).sum())
+    opt.step().clear_grad()  # writes into w
+    return d * 1, g * 1, w * 1
+
+
+@pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
+def test_a_detach_before_an_optimizer_step_or_a_backward_keeps_its_value(mode):
+    # (events other than writes may change a detached tensor's source too)
+    state, eager_state = _training_state(), _training_state()
+    g = trace(lambda x: _detach_then_step(state, x), **mode)
+    for v in INPUTS:
+        _assert_all_equal([t.numpy() for t in g(mge.tensor(v))],
+                          [t.numpy() for t in _detach_then_step(eager_state, mge.tensor(v))])
+
+
+def _detach_in_place(w, x):
+    d = w.detach()
+    d += x  # the detached tensor itself is written into, not w
+    c = w.detach()
+    c.set_value(x * 2)
+    return d * 1, c * 1, w * 1
+
+
+def _detach_of_a_value_written_as_dataflow(w, x):
+    y = x * 2
+    d = y.detach()
+    y.set_value(x * 3)  # dataflow: y holds x * 3 from here on
+    return d * 1, y * 1
+
+
+def _detach_of_a_value_written_by_an_event(w, x):
+    z = x * 4
+    e = z.detach()
+    z.set_value(x)  # an argument's value: an event writing into z
+    return e * 1, z * 1
+
+
+def _detach_written_into_a_parameter(w, x):
+    m = (x * 2).detach()
+    w._reset(m)  # as batch norm writes its statistics; m is still held below
+    d = w.detach()
+    w._reset(w + x)
+    return d * 1, m * 1, w * 1
+
+
+def _detach_returned(w, x):
+    return w.detach(), x * 1
+
+
+def _detach_read_to_the_host(w, x):
+    d = w.detach()
+    v = d.numpy()  # the same on every call (a replay checks it): w is written, then restored
+    w += x
+    y = w * 1
+    w -= x
+    return d * float(v[0] + 1), y
+
+
+@pytest.mark.parametrize("fn", [_detach_in_place, _detach_of_a_value_written_as_dataflow,
+                                _detach_of_a_value_written_by_an_event,
+                                _detach_written_into_a_parameter, _detach_returned,
+                                _detach_read_to_the_host])
+@pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
+def test_detaches_written_into_read_to_the_host_or_of_values_of_the_call(mode, fn):
+    # each raised a TraceMismatchError on the second checked call in earlier versions
+    w, eager_w = mge.Parameter(np.zeros(3, np.float32)), mge.Parameter(np.zeros(3, np.float32))
+    g = trace(lambda x: fn(w, x), **mode)
+    for v in INPUTS:
+        _assert_all_equal([t.numpy() for t in g(mge.tensor(v))],
+                          [t.numpy() for t in fn(eager_w, mge.tensor(v))])
+
+
+def _batch_norm_net():
+    mge.random.seed(0)
+    return M.Sequential(M.Conv2d(3, 4, 3), M.BatchNorm2d(4), M.ReLU(), M.Conv2d(4, 4, 3),
+                        M.BatchNorm2d(4))
+
+
+def _kept_across_batch_norm(net, x):
+    kept = net[1].running_mean.detach()  # taken before the batch norms write their statistics
+    return net(x).mean(), kept * 1, net[1].running_mean * 1
+
+
+@pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
+def test_a_detach_kept_across_batch_norm_statistics_writes(mode):
+    # (the batch norms' own detach() steps, which checked calls take up on a fast path, come
+    # after the kept one's: the first write takes both up)
+    net, eager_net = _batch_norm_net(), _batch_norm_net()
+    g = trace(lambda x: _kept_across_batch_norm(net, x), **mode)
+    rng = np.random.RandomState(0)
+    for _ in range(4):
+        x = rng.randn(2, 3, 8, 8).astype(np.float32)
+        got = [t.numpy() for t in g(mge.tensor(x))]
+        want = [t.numpy() for t in _kept_across_batch_norm(eager_net, mge.tensor(x))]
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
