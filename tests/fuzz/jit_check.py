@@ -9,7 +9,7 @@ call gives eager's value, or the error the jit docs' "Shapes that data decides" 
 program used that size as a Python value (`expected`). A program that writes into a Parameter
 of its module (`Program.writes_state`) is compared with eager code run on a copy of the state
 the traced call meets, and the state after the call with eager's too (across repeated calls
-both evolve alike; a refused call leaves it as it was); each run of its dumped file gives
+both evolve alike); each run of its dumped file gives
 eager's values on the state the trace captured (`state_refusals`)."""
 import copy
 import io
@@ -218,14 +218,15 @@ def check_inference(p, mode, rng):
 
     def traced_call(what, a, want, expect, seen):
         """``traced(a)``'s outcome (`_outcome`), the state after it checked."""
-        before = _param_values(m)
         res = _outcome(what, lambda: _flat(traced(mge.tensor(a))), want, expect, seen,
                        rewrites, also)
         # (the without_host refusal comes after the recording call has run, as eager code: its
-        # message says that the call changed the Parameter; other refusals change nothing)
-        ran = res == "followed" or (res == "state refused" and mode["without_host"])
-        if p.writes_state:
-            _check_state(what, m, _param_values(m_ref) if ran else before)
+        # message says that the call changed the Parameter. A checked call refused midway has
+        # run the function's writes before that point, as eager code raising there would:
+        # not compared; the next call starts from the state it left, `eager_now`)
+        if p.writes_state and (res == "followed" or (res == "state refused"
+                                                     and mode["without_host"])):
+            _check_state(what, m, _param_values(m_ref))
         return res
     shapes = [TRACE_SHAPE] + OTHER_SHAPES
     # (a) several calls at the traced shape, new values each time: the same sizes that data
