@@ -1027,6 +1027,13 @@ class _Checker(_Hook):
         if values[r] is result and t._data is self.arrays[r]:
             values[r] = t  # later ops take the fast path with t (result is a temporary; it
             # is still found through the maps if used)
+        elif r in self.prog.sized_slots:
+            # t's own array, written in place, holds the result now: a shape read of t must
+            # find slot r's sizes (`dim_slot` looks further only for the arrays noted here),
+            # as the recording did (``h.set_value(h * 2); h / h.shape[0]``)
+            if self.sized_next < self.prog.made_before[self.pc]:
+                self._take_up_sized()
+            self.sized_arrays[id(t._data)] = r
         return out
 
     def _check_event_slowly(self, fn, args, kwargs):

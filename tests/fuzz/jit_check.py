@@ -6,10 +6,15 @@ same program run eagerly, on repeated calls, at new shapes, after ``dump`` and l
 ``ShapeGuardError``, never a wrong value or another error. Later calls at the traced shape get
 other data too (values that empty and fill masks): where a size that data decides changes, a
 call gives eager's value, or the error the jit docs' "Shapes that data decides" names when the
-program used that size as a Python value (`expected`)."""
+program used that size as a Python value (`expected`). A program that writes into a Parameter
+of its module (`Program.writes_state`) is compared with eager code run on a copy of the state
+the traced call meets, and the state after the call with eager's too (across repeated calls
+both evolve alike); each run of its dumped file gives
+eager's values on the state the trace captured (`state_refusals`)."""
 import copy
 import io
 import itertools
+import re
 import warnings
 
 import numpy as np
@@ -17,7 +22,7 @@ import numpy as np
 import megengine as mge
 import megengine.optimizer as optim
 from megengine.autodiff import GradManager
-from megengine.jit import ShapeGuardError, TraceMismatchError, trace
+from megengine.jit import ShapeGuardError, TraceError, TraceMismatchError, trace
 from megengine.jit.dump import DumpError, load
 from megengine.utils.comp_graph_tools import GraphInference, load_and_inference
 from megengine.utils.network import Network
@@ -101,6 +106,30 @@ def _eager(p, prog, m, a):
         return None, e
 
 
+def state_refusals(p, mode):
+    """The errors a traced call of program ``p`` may raise because it writes its state. Under
+    capture_as_const the Parameters are constants of the program: after the call that recorded
+    it, the written Parameter no longer holds its captured value, so a checked call raises
+    TraceMismatchError (upstream: "tensors not equals"), and a ``without_host`` replay (which
+    checks nothing) refuses the program with TraceError after the recording call has run."""
+    if not (p.writes_state and mode["capture_as_const"]):
+        return ()
+    return (TraceError,) if mode["without_host"] else (TraceMismatchError,)
+
+
+def _copy_state(dst, src):
+    """Give module ``dst`` the parameter values of module ``src``."""
+    for (_, q), (_, v) in zip(dst.named_parameters(), src.named_parameters()):
+        q._reset(mge.tensor(v.numpy()))
+
+
+def _check_state(what, m, want):
+    """The parameters of ``m`` equal ``want`` ({name: array})."""
+    for name, v in _param_values(m).items():
+        if v.shape != want[name].shape or not np.allclose(v, want[name], rtol=RTOL, atol=ATOL):
+            raise JitMismatch(f"{what}: parameter {name} is {v}, eager leaves {want[name]}")
+
+
 def _seen(prog):
     """What the last eager run's probe saw (`jit_dyn.Probe`): (P, R, Q, O)."""
     return prog.probe.seen()
@@ -135,10 +164,10 @@ def _says_data_decides(e):
     # its reason only)
 
 
-def _outcome(what, run, want, expect, seen, rewrites):
+def _outcome(what, run, want, expect, seen, rewrites, also=()):
     """Run ``run``; it must give ``want`` (as `_close` compares, ``rewrites`` passed on), or
-    raise ``expect[0]`` where that is not None (or may raise ``expect[1]``). Returns "refused"
-    or "followed" (an outcome count)."""
+    raise ``expect[0]`` where that is not None (or may raise ``expect[1]``, or one of ``also``:
+    `state_refusals`). Returns "refused" or "followed" (an outcome count)."""
     must, may = expect
     try:
         got = run()
@@ -146,6 +175,8 @@ def _outcome(what, run, want, expect, seen, rewrites):
         if (must is not None and isinstance(e, must)) or (
                 may is not None and isinstance(e, may) and _says_data_decides(e)):
             return "refused"
+        if also and isinstance(e, also):
+            return "state refused"
         exp = f" (expected {must.__name__})" if must is not None else ""
         raise JitMismatch(f"{what}: {type(e).__name__}: {e}{exp}\n(sizes that data decides, "
                           f"traced -> now: {seen})") from e
@@ -171,26 +202,58 @@ def check_inference(p, mode, rng):
     rewrites = mode["opt_level"] > 0  # (dumped files hold the rewritten program too)
     prog, m = p.build()
     traced = trace(lambda x: prog(x, m), **mode)
+    # a program that writes its state: eager runs on a copy of the state each traced call
+    # meets (``m_ref``), a dumped file's runs on a copy of the state that the call recording
+    # it met (``fresh[0]``: each run of a file starts from the values the trace captured)
+    also = state_refusals(p, mode)
+    m_ref, fresh = (copy.deepcopy(m), [None]) if p.writes_state else (m, [m])
+
+    def eager_now(a):
+        if p.writes_state:
+            _copy_state(m_ref, m)
+        return _eager(p, prog, m_ref, a)
+
+    def eager_fresh(a):
+        return _eager(p, prog, copy.deepcopy(fresh[0]) if p.writes_state else m, a)
+
+    def traced_call(what, a, want, expect, seen):
+        """``traced(a)``'s outcome (`_outcome`), the state after it checked."""
+        res = _outcome(what, lambda: _flat(traced(mge.tensor(a))), want, expect, seen,
+                       rewrites, also)
+        # (the without_host refusal comes after the recording call has run, as eager code: its
+        # message says that the call changed the Parameter. A checked call refused midway has
+        # run the function's writes before that point, as eager code raising there would:
+        # not compared; the next call starts from the state it left, `eager_now`)
+        if p.writes_state and (res == "followed" or (res == "state refused"
+                                                     and mode["without_host"])):
+            _check_state(what, m, _param_values(m_ref))
+        return res
     shapes = [TRACE_SHAPE] + OTHER_SHAPES
     # (a) several calls at the traced shape, new values each time: the same sizes that data
     # decides, or others (see `expected`)
     traced_seen = None
     for k, a in enumerate(_later_data(rng, TRACE_SHAPE)[:3] if not p.dyn else
                           _first_and_later(rng)):
-        want, err = _eager(p, prog, m, a)
+        want, err = eager_now(a)
         if err is not None and k > 0:
             out["a invalid data"] = out.get("a invalid data", 0) + 1  # (eager refuses it too)
             continue
         if err is not None:
             raise JitMismatch(f"the generator drew a program invalid eagerly: {err!r}")
         seen = _seen(prog)
-        if traced_seen is None:
+        if traced_seen is None:  # (this call records)
             traced_seen, first_a = seen, a
+            if p.writes_state:
+                fresh[0] = copy.deepcopy(m)
         what = f"(a) call {k} at {TRACE_SHAPE}"
-        res = _outcome(what, lambda: _flat(traced(mge.tensor(a))), want,
-                       expected(mode, traced_seen, seen), (traced_seen, seen), rewrites)
+        res = traced_call(what, a, want, expected(mode, traced_seen, seen),
+                          (traced_seen, seen))
+        if res == "state refused" and mode["without_host"]:
+            traced_seen = None  # (it kept no program: the next call records)
         out[f"a {res}"] = out.get(f"a {res}", 0) + 1
     out["a"] = k + 1
+    if traced_seen is None:  # (every call refused to record: `state_refusals`)
+        return out
     dumped = None
     if mode["capture_as_const"]:
         buf = io.BytesIO()
@@ -206,16 +269,20 @@ def check_inference(p, mode, rng):
     # (b) other shapes re-trace; then the traced shape again (its cached program)
     for s in OTHER_SHAPES + [TRACE_SHAPE]:
         a = _data(rng, s)
-        want, err = _eager(p, prog, m, a)
+        want, err = eager_now(a)
         if err is not None:
             continue
         if s == TRACE_SHAPE:  # (its program, recorded by the first call: `expected`)
             seen = _seen(prog)
-            _outcome(f"(b) call at {s}", lambda: _flat(traced(mge.tensor(a))), want,
-                     expected(mode, traced_seen, seen), (traced_seen, seen), rewrites)
+            traced_call(f"(b) call at {s}", a, want, expected(mode, traced_seen, seen),
+                        (traced_seen, seen))
+        elif also:
+            traced_call(f"(b) call at {s}", a, want, (None, None), None)
         else:
             got = _call(f"(b) call at {s}", lambda: _flat(traced(mge.tensor(a))))
             _close(got, want, f"(b) call at {s}", rewrites)
+            if p.writes_state:
+                _check_state(f"(b) call at {s}", m, _param_values(m_ref))
         out["b"] = out.get("b", 0) + 1
     if dumped is None:
         return out
@@ -227,7 +294,7 @@ def check_inference(p, mode, rng):
 
     def run_loaded(what, runner, s, a=None):
         a = _data(rng, s) if a is None else a
-        want, err = _eager(p, prog, m, a)
+        want, err = eager_fresh(a)
         if s == TRACE_SHAPE and err is None:  # (the data decides what it must do: `expected`)
             seen = _seen(prog)
             res = _outcome(f"{what} at {s}", lambda: _flat(list(runner(a))), want,
@@ -275,7 +342,7 @@ def check_inference(p, mode, rng):
     # of fixed shapes runs them with the traced parameters: documented, not checked)
     for s in (() if fixed else OTHER_SHAPES[:2]):
         a = _data(rng, s)
-        want, err = _eager(p, prog, m, a)
+        want, err = eager_fresh(a)
         if err is not None:
             continue
         b4 = io.BytesIO()
@@ -549,7 +616,8 @@ def minimise(p, mode):
             q = copy.copy(p)
             q.steps = p.steps[:i] + p.steps[i + 1:]
             used = "\n".join(q.steps)
-            q.layers = [(n, c) for n, c in p.layers if f"m.{n}(" in used]
+            q.layers = [(n, c) for n, c in p.layers if re.search(rf"m\.{n}\b", used)]  # (a
+            # layer called, the state Parameter read or written)
             q.symshape = ".shape.numpy()" in used
             if _fails(q, mode):
                 p, changed = q, True

@@ -3,7 +3,9 @@
 ``F.zeros((n, c))``, ``x / n``, ``Tensor(x.shape)``, branches and loops on sizes), in-place
 updates, Python scalars and layers with parameters. A program is Python source, so a failure
 prints as a reproducer that can be pasted into a test. Blocks of `jit_dyn` add values whose shapes
-data decides (masks, ``cond_take``, ``nms``) to most programs."""
+data decides (masks, ``cond_take``, ``nms``) to most programs; blocks of writes
+(`_write_steps`) make some programs write into a captured Parameter (``m.w``), into the argument
+``x`` and into computed values, and read what they wrote."""
 import linecache
 import math
 
@@ -45,6 +47,12 @@ class Program:
         self.seed, self.symshape, self.train, self.dyn = seed, symshape, train, dyn
 
     @property
+    def writes_state(self):
+        """Whether the program writes into a Parameter of ``m`` (state that persists across
+        calls: the oracle runs eager code on a copy of the traced call's state)."""
+        return any(f"m.{STATE}" in s for s in self.steps)
+
+    @property
     def source(self):
         return jit_dyn.plain(self._marked())
 
@@ -65,7 +73,8 @@ class Program:
     def __str__(self):
         kind = "training step" if self.train else "inference"
         head = (f"# seed {self.seed}, {kind}{', needs symbolic shapes' if self.symshape else ''}"
-                f"{', shapes that data decides' if self.dyn else ''}")
+                f"{', shapes that data decides' if self.dyn else ''}"
+                f"{', writes its state' if self.writes_state else ''}")
         return "\n".join([head, self.layers_source(), self.source])
 
     def build(self):
@@ -330,16 +339,69 @@ def _shape_values(rng, st, L, symshape):
     return pick(rng, opts)
 
 
+# ----- writes (inserted by `_with_writes` after the other steps are drawn) -----
+
+STATE = "w"  # a Parameter of shape (4,) in ``m``: the state that some programs write
+STATE_LAYER = (STATE, "mge.Parameter(np.zeros(4, 'float32'))")
+STATE_WRITES = ["m.w.set_value(m.w * 0.5 + h.mean())", "m.w._reset(m.w + F.tanh(h.mean()))",
+                "m.w[1:3] = h.mean() * 0.5", "m.w += 0.25", "m.w *= F.sigmoid(h.mean()) + 0.5",
+                "m.w.set_value(np.array([0.5, -1.0, 2.0, 0.25], 'float32'))",
+                "m.w[...] = 1.5", "m.w[0] = m.w[3] * 2.0"]
+STATE_READS = ["h = h + m.w.mean()", "h = h * (1.0 + 0.1 * m.w[2])",
+               "h = h - m.w[1:3].sum() * 0.5"]
+# into the argument (``h`` is ``x`` itself until a step makes a new value)
+ARG_WRITES = ["x += 0.5", "x *= 1.5", "x[:, 0] = x[:, 1] * 0.5", "x[0] = 1.0",
+              "x.set_value(x * 0.5)", "x._reset(x + 1.0)", "x[:, :, 0] = np.float32(2.0)"]
+ARG_READS = ["h = h + x.mean()", "h = h * F.sigmoid(x.max())"]
+COMPUTED_WRITES = ["wv = h * 1.0\nwv += h.mean()\nh = h + wv * 0.5",
+                   "wv = F.relu(h)\nwv *= 2.0\nh = h - wv",
+                   "wv = h + 0.0\nwv[0] = wv[0] * 3.0\nh = wv",
+                   "wv = h * 1.0\nwv[:, 0] = np.float32(0.25)\nh = h + wv",
+                   "wv = h + 1.0\nwv._reset(wv * wv)\nh = h + wv * 0.1",
+                   "wv = h * 0.5\nwv.set_value(wv + h)\nh = wv",
+                   "wv = h * 1.0\nwv[...] = 2.0\nh = h * wv",
+                   "wv = h * 1.0\nwv.set_value(0.5)\nh = h + wv", "h += h.mean()"]
+
+
+def _with_writes(wrng, steps, layers, train):
+    """``steps`` with 1-3 write blocks inserted at drawn places (and ``layers`` with the state
+    Parameter where one writes it): into ``m.w`` (inference only: a training step's optimizer
+    owns the parameters), the argument or a computed value; a write is mostly read again by
+    the next step, and ``m.w`` sometimes also before it."""
+    steps, layers = list(steps), list(layers)
+    kinds = ["arg", "computed"] + ([] if train else ["state"] * 3)
+    for _ in range(int(wrng.integers(1, 4))):
+        kind = pick(wrng, kinds)
+        at = int(wrng.integers(1 if train else 0, len(steps) + 1))  # (a training step's conv
+        # stays first)
+        if kind == "computed":
+            block = [pick(wrng, COMPUTED_WRITES)]
+        else:
+            writes, reads = (STATE_WRITES, STATE_READS) if kind == "state" else (ARG_WRITES,
+                                                                                  ARG_READS)
+            block = [pick(wrng, writes)]
+            if wrng.random() < 0.7:
+                block.append(pick(wrng, reads))
+            if kind == "state" and wrng.random() < 0.3:
+                block.insert(0, pick(wrng, reads))
+        steps[at:at] = block
+    if any(f"m.{STATE}" in s for s in steps):
+        layers.append(STATE_LAYER)
+    return steps, layers
+
+
 STEPS = [_shape_ops, _shape_ops, _shape_ops, _shape_values, _unary, _unary, _scalar_of_shape, _inplace, _conv, _conv, _bn, _pool, _interp,
          _adaptive, _softmax, _reduce_bcast, _zeros, _concat, _split, _stack, _slice, _branch,
          _loop, _to_rank2, _linear, _linear, _matmul]
 
 
-def draw(seed, train=None, dyn=None):
+def draw(seed, train=None, dyn=None, writes=None):
     """Program ``seed``: 3-15 steps; a training step (parameters, GradManager, optimizer) when
     ``train`` (drawn when None); with blocks that make values whose shapes data decides
     (`jit_dyn`) when ``dyn`` (drawn when None, from a stream of its own: the other steps of
-    program ``seed`` are those it had before such blocks existed)."""
+    program ``seed`` are those it had before such blocks existed); with write blocks
+    (`_with_writes`) when ``writes`` (drawn when None, from a stream of its own, and inserted
+    among the steps drawn without them)."""
     rng = np.random.default_rng([seed, 7])
     drng = np.random.default_rng([seed, 13])
     if dyn is None:
@@ -374,4 +436,9 @@ def draw(seed, train=None, dyn=None):
             outputs += ", «O:v».shape[0]"  # (a size returned: a Tensor where it is symbolic)
     if train:
         outputs = "h"
+    wrng = np.random.default_rng([seed, 17])  # (its own stream: see ``dyn``)
+    if writes is None:
+        writes = wrng.random() < 0.5
+    if writes:
+        steps, layers = _with_writes(wrng, steps, layers, train)
     return Program(steps, layers, outputs, seed, bool(symshape), train, dyn)

@@ -128,3 +128,28 @@ def test_broadcast_to_its_own_shape_after_a_mask_index(symbolic, symbolic_shape)
     def fn(x):
         return F.broadcast_to(x * 2, x.shape) + x[x > 0].sum()
     _calls(fn, (2, 3), symbolic=symbolic, symbolic_shape=symbolic_shape)
+
+
+# program 91003: a mask index, then ``h.set_value(...)`` (or ``_reset``) of a value of the call
+# and a read of h's shape. The write goes into h's own array, which the checker did not note
+# as holding the written value's sizes: the recording made ``h / h.shape[0]`` divide by a Full
+# of the size, checked calls by a plain int ("the trace applied Full, this call applies
+# TrueDiv") from the second call on, wherever sizes were symbolic.
+_WRITES_OF_A_VALUE = {"set_value": lambda h: h.set_value(h * 2),
+                      "_reset": lambda h: h._reset(h + 1)}
+
+
+@pytest.mark.parametrize("write", sorted(_WRITES_OF_A_VALUE))
+@pytest.mark.parametrize("mode", [dict(symbolic_shape=True),
+                                  dict(symbolic=True, symbolic_shape=True),
+                                  dict(symbolic=True, capture_as_const=True)],
+                         ids=["checked", "symbolic", "dumpable"])
+def test_a_shape_read_after_a_write_into_a_value_after_a_mask(write, mode):
+    def fn(x):
+        h = x + x[x > 0].sum()
+        _WRITES_OF_A_VALUE[write](h)
+        return h / h.shape[0]
+    f = _calls(fn, (4, 3), n=4, **mode)
+    if mode.get("capture_as_const"):
+        x = _data(6, 3)
+        np.testing.assert_allclose(_dumped_run(f, x), fn(mge.tensor(x)).numpy(), rtol=1e-6)

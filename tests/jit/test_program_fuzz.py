@@ -6,7 +6,8 @@ import logging
 import numpy as np
 import pytest
 
-from tests.fuzz import jit_check
+import megengine as mge
+from tests.fuzz import jit_check, jit_programs
 from megengine.jit import ShapeGuardError, TraceMismatchError
 from tests.fuzz.jit_check import (MODES, JitMismatch, check, check_inference, check_training,
                                   expected, minimise)
@@ -236,3 +237,105 @@ def test_values_eager_computes_as_finite_are_still_compared_under_rewrites():
         jit_check._close([np.array([nan, 1.0])], [np.array([1.0, 1.0])], "x", rewrites=True)
     with pytest.raises(JitMismatch, match="differs from eager"):
         jit_check._close([np.array([0.0, 2.0])], [np.array([nan, 1.0])], "x", rewrites=True)
+
+
+# writes (`jit_programs._with_writes`): a captured Parameter read, written with a value computed
+# from the input, indexed, with a numpy array and a number, and read again; the argument and a
+# computed value written in place and read again; and a training step that writes its argument
+_STATE = [jit_programs.STATE_LAYER]
+WRITE_PROGRAMS = [
+    Program(["h = h + m.w.mean()", "m.w.set_value(m.w * 0.5 + h.mean())", "m.w[1:3] = h.max()",
+             "h = h * (1.0 + 0.1 * m.w[2])", "x += 0.5", "h = h + x.mean()",
+             "wv = h * 1.0\nwv[:, 0] = np.float32(0.25)\nh = h + wv"],
+            _STATE, "h, h.mean()", seed=0, symshape=False, train=False),
+    Program(["m.w.set_value(np.array([0.5, -1.0, 2.0, 0.25], 'float32'))", "m.w[...] = 1.5",
+             "h = h - m.w[1:3].sum() * 0.5", "x._reset(x * 2.0)", "h *= 0.5"],
+            _STATE, "h", seed=1, symshape=False, train=False),
+    Program(["h = m.l0(h)", "x[0] = 1.0", "h = h * F.sigmoid(x.max())",
+             "wv = F.relu(h)\nwv *= 2.0\nh = h - wv"],
+            [("l0", "M.Conv2d(3, 2, 3, padding=1)")], "h", seed=1, symshape=False, train=True),
+]
+
+
+@pytest.mark.parametrize("p", WRITE_PROGRAMS, ids=["state read and written", "state set",
+                                                   "training"])
+def test_writes_in_every_mode(p):
+    outcomes = {}
+    for mode in MODES:
+        if p.train and mode["capture_as_const"]:
+            continue
+        run = check_training if p.train else check_inference
+        for k, v in run(p, mode, np.random.default_rng(0)).items():
+            outcomes[k] = outcomes.get(k, 0) + v
+    if p.train:
+        assert outcomes["steps"] >= 16
+        return
+    # every call of the 16 modes without capture_as_const follows, the state evolving alike;
+    # under capture_as_const the calls after the recording one are refused (``m.w`` no longer
+    # holds the captured value), and the dumped files' runs start from it
+    assert outcomes["a followed"] >= 16 * 3 and outcomes["a state refused"] >= 16
+    assert outcomes["loaded ok"] >= 16 * 4
+
+
+def test_the_drawer_draws_writes():
+    progs = [draw(s) for s in range(100)]
+    src = "\n".join(p.source for p in progs)
+    for write in ("m.w.set_value(", "m.w._reset(", "m.w[", "m.w +=", "m.w *=", "x += ", "x *= ",
+                  "x[0] = ", "x.set_value(", "x._reset(", "wv[", "wv.set_value(", "np.array(",
+                  "np.float32("):
+        assert write in src, write
+    assert any(p.writes_state for p in progs) and not all(p.writes_state for p in progs)
+    # the draws without writes are those of before writes were drawn (their own stream)
+    p = draw(18, writes=False)
+    assert not any(w in p.source for w in ("x += ", "wv", "m.w"))
+    assert "s = Tensor(h.shape)" in p.source
+
+
+def test_a_trace_that_loses_a_write_is_caught(monkeypatch):
+    # traced calls whose write into the captured Parameter does not stay (undone after each
+    # call) give eager's value at the first call and a stale state after it: caught there
+    real = jit_check.trace
+
+    def tracing(fn, **mode):
+        t = real(fn, **mode)
+        m = next(c.cell_contents for c in fn.__closure__ if hasattr(c.cell_contents, "w"))
+
+        def call(*args):
+            before = m.w.numpy()
+            out = t(*args)
+            m.w._reset(mge.tensor(before))
+            return out
+        return call
+    monkeypatch.setattr(jit_check, "trace", tracing)
+    with pytest.raises(JitMismatch, match=r"\(a\) call 0 .*: parameter w is"):
+        check_inference(WRITE_PROGRAMS[0], _REWRITING, np.random.default_rng(0))
+
+
+def test_a_file_that_keeps_the_state_of_a_run_is_caught(monkeypatch):
+    # a loaded program whose runs start from the state the previous run left (as a live trace
+    # does) differs from eager code on the state the trace captured from its second run on
+    real = jit_check.GraphInference
+
+    class Stateful:
+        def __init__(self, f):
+            self.net, self.runs = real(f), 0
+
+        def run(self, a):
+            self.runs += 1
+            out = self.net.run(a)
+            return {k: v * (1.0 + 0.01 * (self.runs > 1)) for k, v in out.items()}
+    monkeypatch.setattr(jit_check, "GraphInference", Stateful)
+    with pytest.raises(JitMismatch, match=r"\(c\) GraphInference .* differs from eager"):
+        check_inference(WRITE_PROGRAMS[0], _DUMPING, np.random.default_rng(0))
+
+
+def test_minimise_keeps_the_state_parameter(monkeypatch):
+    real = jit_check.check_inference
+
+    def fails_on_set_value(p, mode, rng):  # a stand-in bug: any program that sets m.w
+        if any("m.w.set_value" in s for s in p.steps):
+            raise JitMismatch("stand-in")
+        return real(p, mode, rng)
+    monkeypatch.setattr(jit_check, "check_inference", fails_on_set_value)
+    small = minimise(WRITE_PROGRAMS[0], MODES[0])
+    assert small.steps == ["m.w.set_value(m.w * 0.5 + h.mean())"] and small.layers == _STATE
