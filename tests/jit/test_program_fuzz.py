@@ -116,8 +116,9 @@ DYN_PROGRAMS = [
 ]
 
 
-@pytest.mark.parametrize("p", DYN_PROGRAMS, ids=["mask", "training"])
-def test_data_decided_shapes_in_every_mode(p):
+def _outcomes_in_every_mode(p):
+    """Program ``p`` checked in every trace mode (training programs: those without
+    capture_as_const): the outcome counts summed over the modes."""
     outcomes = {}
     for mode in MODES:
         if p.train and mode["capture_as_const"]:
@@ -125,6 +126,12 @@ def test_data_decided_shapes_in_every_mode(p):
         run = check_training if p.train else check_inference
         for k, v in run(p, mode, np.random.default_rng(0)).items():
             outcomes[k] = outcomes.get(k, 0) + v
+    return outcomes
+
+
+@pytest.mark.parametrize("p", DYN_PROGRAMS, ids=["mask", "training"])
+def test_data_decided_shapes_in_every_mode(p):
+    outcomes = _outcomes_in_every_mode(p)
     # the sizes changed: some calls followed the data, some were refused as documented
     assert outcomes.get("a followed", outcomes.get("steps")) and (
         outcomes.get("a refused") or outcomes.get("refused"))
@@ -260,13 +267,7 @@ WRITE_PROGRAMS = [
 @pytest.mark.parametrize("p", WRITE_PROGRAMS, ids=["state read and written", "state set",
                                                    "training"])
 def test_writes_in_every_mode(p):
-    outcomes = {}
-    for mode in MODES:
-        if p.train and mode["capture_as_const"]:
-            continue
-        run = check_training if p.train else check_inference
-        for k, v in run(p, mode, np.random.default_rng(0)).items():
-            outcomes[k] = outcomes.get(k, 0) + v
+    outcomes = _outcomes_in_every_mode(p)
     if p.train:
         assert outcomes["steps"] >= 16
         return
