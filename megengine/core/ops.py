@@ -142,10 +142,23 @@ def _promote(a, b):
     return promote_types(a, b)
 
 
-def gemm_dtype(dtype):
+def refuse_bool_product(dtype, what):
+    """Refuse a matrix product (a dot product, a contraction) whose operands are all bool
+    (``dtype``: the dtype they meet in; a bool meeting an integer or a float is float32 and
+    goes on). numpy would give the logical or of ands, F.dot the count; upstream's MatrixMul
+    and torch's kernels refuse Bool, so a silent answer in one meaning would be a trap."""
+    if dtype.kind == "b":
+        raise TypeError(f"{public_function() or what}: the operands are bool, and a matrix "
+                        "product of bools is not defined (as in upstream and torch); cast them "
+                        "to an integer or float dtype first, such as x.astype('int32')")
+
+
+def gemm_dtype(dtype, what="matmul"):
     """The dtype a matrix product of two ``dtype`` matrices computes in and gives: 8- and
     16-bit integers accumulate in int32 and give int32, as upstream's int8 MatrixMul (Int8 x
-    Int8 -> Int32: [100, 100] @ [100, 100] is 20000 where int8 wraps to 32); others their own."""
+    Int8 -> Int32: [100, 100] @ [100, 100] is 20000 where int8 wraps to 32); others their own;
+    bools are refused (`refuse_bool_product`, naming ``what``)."""
+    refuse_bool_product(dtype, what)
     small = dtype.kind in "iu" and dtype.itemsize < 4 and dtype.metadata is None
     return np.dtype(np.int32) if small else dtype  # (quantized dtypes: their own rules)
 
@@ -656,6 +669,8 @@ class MatMul(Op):
                             "(a.astype('float32') @ b.astype('float32'))")
         if a.ndim > 1 or b.ndim > 1:  # (two vectors: a dot product, which keeps int8 upstream)
             dtype = gemm_dtype(dtype)
+        else:
+            refuse_bool_product(dtype, "matmul")
         a, b = a.astype(dtype, copy=False), b.astype(dtype, copy=False)
         if a.ndim == 0 or b.ndim == 0:
             raise ValueError("matmul: operands must be at least 1-D; use * for scalars")

@@ -7,7 +7,7 @@ import numpy as np
 
 from ..core.dispatch import Op, apply
 from ..core.dtype import refuse_quantized
-from ..core.ops import acc_dtype, acc_sum, matmul, xp_of
+from ..core.ops import acc_dtype, acc_sum, matmul, refuse_bool_product, xp_of
 from ..core.tensor import Tensor, promote_types
 from .elemwise import _tensor
 
@@ -243,6 +243,17 @@ def _grad_plan(equation, shapes, k):
     return eq, tuple(extras)
 
 
+def _bool_sum(xs):
+    """The operands of an einsum of bools that sums a label: two or more are a matrix product
+    of bools, refused as F.matmul's (torch: "bmm" not implemented for 'Bool'); one is a sum,
+    which counts the Trues in int32 as F.sum does (torch counts in int64; numpy's einsum, and
+    earlier versions of this fork, gave their or). Without a sum, a product of bools is their
+    and, as torch's."""
+    if len(xs) > 1:
+        refuse_bool_product(xs[0].dtype, "einsum")
+    return (xs[0].astype(np.int32),)
+
+
 class Einsum(Op):
     holomorphic = True  # complex gradients (core/dispatch.py): its contractions conjugate nothing
 
@@ -259,6 +270,8 @@ class Einsum(Op):
             # numpy's einsum's (int32 and float32 gave float64, int32 and complex64 complex128)
             want = functools.reduce(promote_types, self.dtypes)
             xs = tuple(x.astype(want, copy=False) for x in xs)
+        if xs[0].dtype.kind == "b" and not set("".join(self.subs)) <= set(self.out):
+            xs = _bool_sum(xs)
         self.xs = xs
         eq = ",".join(self.subs) + "->" + self.out
         xp, wide = xp_of(xs[0]), _wide(xs)

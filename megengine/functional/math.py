@@ -9,7 +9,8 @@ from ..core.dispatch import FLOAT16, KERNEL_FLOATS, Op, apply, on_device
 from ..core.dtype import float_value, no_quantized_form
 from ..core.dtype_rules import complex_error, no_order, promote_types
 from ..core.ops import (BINARY, ArgumentTypeError, AxisError, IndexAdd, ShapeError, _norm_axes,
-                        acc_dtype, acc_sum, as_dtype, cast, half_operands, names_an_axis, xp_of)
+                        acc_dtype, acc_sum, as_dtype, cast, half_operands, names_an_axis,
+                        refuse_bool_product, xp_of)
 from ..core.tensor import Tensor
 from . import _aten
 from ._args import _as_float, _not_int, _real, _size
@@ -785,6 +786,7 @@ def dot(inp1, inp2):
     # mul + sum rather than the core MatMul: its backward fails for two 1-D operands; float16
     # multiplies and adds in float32, rounded once, as torch's
     dtype = promote_types(np.dtype(a.dtype), np.dtype(b.dtype))
+    refuse_bool_product(dtype, "dot")  # (mul + sum would count the pairs of Trues)
     acc = acc_dtype(dtype)
     if acc is None:
         return (a * b).sum()

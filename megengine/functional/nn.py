@@ -215,7 +215,7 @@ class _Linear(Op):
                 "expected input (..., in_features) and weight (out_features, in_features)"
             )
         dtype = promote_types(x.dtype, w.dtype) if x.dtype != w.dtype else x.dtype
-        dtype = _bias_widened(gemm_dtype(dtype), b)  # (int8 gives int32)
+        dtype = _bias_widened(gemm_dtype(dtype, "linear"), b)  # (int8 gives int32)
         if x.dtype != dtype or w.dtype != dtype:
             x, w = x.astype(dtype, copy=False), w.astype(dtype, copy=False)
         out_shape = None

@@ -208,3 +208,41 @@ def test_float16_einsum_adds_in_float32(equation, shapes):
     check_float16_against_torch(lambda *xs: F.einsum(equation, *xs),
                                 lambda *ts: torch.einsum(equation, *ts),
                                 *[rs.rand(*s) for s in shapes])
+
+
+_BOOLS = np.array([[True, False, True], [True, True, False], [False, True, True]])
+
+
+_B3 = np.stack([_BOOLS, ~_BOOLS])
+
+
+@pytest.mark.parametrize("equation, ops", [
+    ("ij,jk->ik", [_BOOLS, _BOOLS]), ("ij,ij->i", [_BOOLS, _BOOLS]), ("ij,ij->", [_BOOLS, _BOOLS]),
+    ("bij,bjk->bik", [_B3, _B3]), ("ij,jk,kl->il", [_BOOLS] * 3), ("ij,j->i", [_BOOLS, _BOOLS[0]]),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_einsum_summing_a_label_of_bools_is_refused_as_matmul(equation, ops):
+    # as F.matmul of bools (torch: "bmm" not implemented for 'Bool'); earlier versions of this
+    # fork gave numpy's or of ands
+    with pytest.raises(NotImplementedError, match="Bool"):
+        torch.einsum(equation, *map(torch.from_numpy, ops))
+    with pytest.raises(TypeError, match=r"^einsum: the operands are bool.*integer or float"):
+        F.einsum(equation, *map(mge.tensor, ops))
+
+
+@pytest.mark.parametrize("equation, ops", [
+    ("ij,ij->ij", [_BOOLS, ~_BOOLS]), ("ij,ij->ji", [_BOOLS, _BOOLS.T]),
+    ("i,j->ij", [_BOOLS[0], _BOOLS[1]]), ("ij,jk->ijk", [_BOOLS, _BOOLS.T]),
+    ("ij,j->ij", [_BOOLS, _BOOLS[1]]), ("ii->i", [_BOOLS]), ("ij", [_BOOLS]), ("ij->", [_BOOLS]),
+    ("ij->j", [_BOOLS]), ("ii", [_BOOLS]), ("...j->...", [_BOOLS]),
+    ("ij,ij->ij", [_BOOLS, np.arange(9, dtype=np.int32).reshape(3, 3)]),  # (float32, as @)
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_einsum_of_bools_is_torchs_and_or_count(equation, ops):
+    # no label summed: the and of the operands, bool (as torch); one operand summed: the count
+    # of Trues, int32 as F.sum of bools (torch counts in int64; numpy's einsum gave their or);
+    # a bool meeting an integer: float32 (upstream's promotion), the product of the values
+    got = F.einsum(equation, *map(mge.tensor, ops))
+    want = torch.einsum(equation, *(torch.from_numpy(x.astype(np.float32)) if len(
+        {o.dtype for o in ops}) > 1 else torch.from_numpy(x) for x in ops)).numpy()
+    assert got.dtype == {np.dtype(bool): np.bool_, np.dtype(np.int64): np.int32,
+                         np.dtype(np.float32): np.float32}[want.dtype]
+    np.testing.assert_array_equal(got.numpy(), want)

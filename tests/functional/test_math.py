@@ -508,6 +508,47 @@ def test_dot():
         F.dot(mge.tensor(rand(2, 2)), mge.tensor(rand(2)))
 
 
+_BOOLS = np.array([[True, False, True], [True, True, False]])
+
+
+# torch has no bool gemm ("addmm_impl_cpu_" not implemented for 'Bool') and upstream 1.13's
+# MatrixMul refuses Bool x Bool (measured: "runtime does not support MatMul(Bool, Bool)");
+# numpy would give the logical or of ands, and F.dot (mul + sum) counted the pairs of Trues
+@pytest.mark.parametrize("what, call", [
+    ("matmul", lambda a, b: F.matmul(a, b.T)),
+    ("matmul", lambda a, b: a @ b.T),
+    ("matmul", lambda a, b: F.matmul(F.expand_dims(a, 0), F.expand_dims(b.T, 0))),
+    ("matmul", lambda a, b: F.matmul(a, b, transpose_b=True)),
+    ("matmul", lambda a, b: F.matmul(a[0], b[1])),  # (two vectors: a dot product)
+    ("matmul", lambda a, b: a[0] @ b[1]),
+    ("dot", lambda a, b: F.dot(a[0], b[1])),
+    ("batched_matrix_mul", lambda a, b: F.legacy.batched_matrix_mul(F.expand_dims(a, 0),
+                                                                     F.expand_dims(b.T, 0))),
+], ids=["matmul", "@", "batched", "transpose_b", "vectors", "@ vectors", "dot", "legacy"])
+def test_matrix_products_of_bools_are_refused(what, call):
+    a = b = mge.tensor(_BOOLS)
+    with pytest.raises(TypeError, match=rf"^{what}: the operands are bool.*astype\('int32'\)"):
+        call(a, b)
+    with pytest.raises(NotImplementedError, match="Bool"):  # (the oracle refuses it too)
+        torch.from_numpy(_BOOLS) @ torch.from_numpy(_BOOLS).T
+
+
+@pytest.mark.parametrize("other", ["int32", "int8", "float32", "float16"])
+def test_matrix_products_of_a_bool_and_another_dtype_promote(other):
+    # a bool meeting an integer or float16 is float32 (upstream's dtype_promotion,
+    # docs/compatibility.rst): the product of the values, as upstream computes it
+    a, b = _BOOLS, np.arange(6).reshape(3, 2).astype(other)
+    want = np.dtype("float32")
+    for got in (F.matmul(mge.tensor(a), mge.tensor(b)), mge.tensor(a) @ mge.tensor(b),
+                F.matmul(mge.tensor(b.T), mge.tensor(a.T))):
+        assert got.dtype == want
+    np.testing.assert_array_equal(F.matmul(mge.tensor(a), mge.tensor(b)).numpy(),
+                                  a.astype(np.float32) @ b.astype(np.float32))
+    d = F.dot(mge.tensor(a[0]), mge.tensor(b[:, 0]))
+    assert d.dtype == want and d.item() == float(a[0].astype(np.float32) @ b[:, 0])
+    assert F.matmul(mge.tensor(a).astype("int32"), mge.tensor(a.T)).dtype == np.float32
+
+
 def test_dot_of_float16_multiplies_in_float32():
     # earlier versions rounded each product to float16 before adding (the fuzzer's --float16
     # mode): error against the exact result beyond torch's float16 dot's

@@ -339,6 +339,21 @@ def test_float16_linear_adds_its_bias_before_rounding():
                                 rs.randn(48).astype(np.float32))
 
 
+@pytest.mark.parametrize("bias", [None, "bool", "int64"])
+def test_linear_of_bools_is_refused_and_of_a_bool_and_a_float_is_float32(bias):
+    x, w = np.array([[True, False, True]]), np.array([[True, True, False], [False, True, True]])
+    b = None if bias is None else mge.tensor(np.array([1, 0], dtype=bias), dtype=bias)
+    # as F.matmul of bools (torch: "addmm_impl_cpu_" not implemented for 'Bool'; upstream
+    # 1.13: MatMul(Bool, Bool) not supported), whatever the bias (earlier versions of this fork
+    # gave the or of ands, or with a wider bias the count of pairs of Trues)
+    with pytest.raises(TypeError, match=r"^linear: the operands are bool.*integer or float"):
+        F.linear(mge.tensor(x), mge.tensor(w), b)
+    got = F.linear(mge.tensor(x), mge.tensor(w.astype(np.float32)), b)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got.numpy(), x.astype(np.float32) @ w.T.astype(np.float32)
+                                  + (0 if bias is None else np.float32([1, 0])))
+
+
 def test_linear_shape_mismatch_names_both():
     with pytest.raises(ValueError, match=r"linear.*\(3, 6\).*\(4, 5\)"):
         F.linear(mge.tensor(rand(3, 6)), mge.tensor(rand(4, 5)))
@@ -373,7 +388,7 @@ def test_linear_nd_float64_matches_torch():
 
 
 @pytest.mark.parametrize("dtypes,want", [(("uint8", "int8", "int8"), "int32"),  # (an int32 product)
-                                         (("bool", "bool", "int64"), "float32"),
+                                         (("bool", "int8", "int64"), "float32"),
                                          (("int8", "int32", "float32"), "float32")])
 def test_linear_with_a_bias_of_a_wider_dtype_promotes(dtypes, want):
     # x @ w.T, then + bias, as upstream's: the sum takes the promoted dtype (earlier versions of

@@ -2,7 +2,7 @@
 per op, the cases run and every discrepancy against torch (not run in CI). Run it from the
 repository root with the checkout on PYTHONPATH; ``MGE_SIM_CUDA=1`` runs the engine on a
 simulated CUDA device (tests/simcuda: CuPy's code paths on the host); ``--quantized`` reruns
-the cases with their float32 inputs quantized, ``--int`` with them integers (int32, int8, uint8,
+the cases with their float32 inputs quantized (on cpu0, where quantized tensors live), ``--int`` with them integers (int32, int8, uint8,
 int64, bool), against torch on the values; ``--float64`` and ``--float16`` with them in that
 dtype, against torch's float64 op and the exact result (tests/fuzz/float_inputs.py);
 ``--misuse`` replays each case's functional call with one argument broken at a time and counts
@@ -74,6 +74,22 @@ def main(argv=None):
         if mode:
             p.error(f"--misuse and --{mode} are two modes: choose one")
         return _misuse(names, a)
+    if mode == "quantized":  # quantized tensors live on CPU devices only (megengine/core/
+        # dtype.py): on a GPU, real or simulated, every case would crash on the conversion
+        import megengine as mge
+
+        previous = mge.get_default_device()
+        mge.set_default_device("cpu0")
+        try:
+            return _fuzz(names, a, mode)
+        finally:
+            mge.set_default_device(previous)
+    return _fuzz(names, a, mode)
+
+
+def _fuzz(names, a, mode):
+    """Print each op's outcomes and its discrepancies (up to ``--max-messages``) and the
+    totals; 1 when any was found."""
     bad = 0
     for name in names:
         t0 = time.time()

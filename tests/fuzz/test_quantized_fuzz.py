@@ -59,3 +59,22 @@ def test_quantized_mode_catches_other_errors_and_cast_warnings():
     with pytest.raises(Mismatch, match="numpy warned: invalid value encountered in cast"):
         _run(lambda q: mge.tensor(np.full((2, 3), np.nan).astype(np.int32)).astype("float32"),
              lambda v: v)
+
+
+def test_command_line_runs_the_quantized_mode_on_cpu0(capsys):
+    # quantized tensors live on CPU devices only: with a GPU (real or simulated) as the default
+    # device every case crashed converting its inputs ("quantized tensors are supported on CPU
+    # devices only"); the command line runs the mode on cpu0 and puts the default back
+    from .__main__ import main
+
+    previous = mge.get_default_device()
+    other = "gpu0" if mge.is_cuda_available() else "cpu1"  # (tests/simcuda counts as CUDA)
+    mge.set_default_device(other)
+    try:
+        assert main(["--quantized", "--seeds", "3", "--op", "relu", "--op", "matmul",
+                     "--op", "conv2d"]) == 0
+        assert mge.get_default_device() == other
+    finally:
+        mge.set_default_device(previous)
+    out = capsys.readouterr().out
+    assert "crash" not in out and "3 ops, 3 seeds each, 0 discrepancies (device cpu0)" in out
