@@ -307,3 +307,59 @@ def test_a_once_differentiable_function_is_refused_at_the_order_torch_cannot_rea
     with pytest.raises(RuntimeError, match=f"PyTorchModule\\(Powers\\): a {nth}-order "
                                            "gradient.*@once_differentiable"):
         _power_grads(wrap, orders + 1, xa)
+
+
+class _TwoOutputs(torch.nn.Module):
+    """An index input, a frozen layer and two outputs, the second used only at the second order."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(4, 5), torch.nn.Linear(5, 3)
+        self.emb = torch.nn.Embedding(6, 4)
+        self.frozen = torch.nn.Linear(3, 3).requires_grad_(False)
+
+    def forward(self, x, idx):
+        h = torch.tanh(self.a(x + self.emb(idx)))
+        return self.frozen(torch.sigmoid(self.b(h))), h.sum(-1)
+
+
+def test_third_order_through_two_calls_with_two_outputs_an_index_and_a_frozen_layer():
+    torch.manual_seed(0)
+    tm, ref = _TwoOutputs(), _TwoOutputs()
+    ref.load_state_dict(tm.state_dict())
+    m = PyTorchModule(tm, output_cnt=2)
+    xa = np.random.RandomState(0).randn(3, 4).astype(np.float32)
+    ia = np.array([0, 2, 5])
+    x, idx = mge.tensor(xa), mge.tensor(ia, dtype="int32")
+    names = [n for n, _ in m.named_parameters()]
+    params = [p for _, p in m.named_parameters()]
+    gm_p, gm_outer, gm_inner = (GradManager().attach(params), GradManager().attach(x),
+                                GradManager().attach(x))
+    with gm_p:
+        with gm_outer:
+            with gm_inner:
+                y1, h1 = m(x, idx)
+                y2, _ = m(x * 2, idx)
+                gm_inner.backward((y1 ** 2).sum() + (y2 * y1).sum())
+            first = x.grad
+            x.grad = None
+            gm_outer.backward((first ** 2).sum() + (first * h1.reshape(3, 1)).sum())
+        second = x.grad
+        gm_p.backward((second ** 2).sum())
+    tx, ti = torch.tensor(xa, requires_grad=True), torch.tensor(ia)
+    ty1, th1 = ref(tx, ti)
+    ty2, _ = ref(tx * 2, ti)
+    t1, = torch.autograd.grad((ty1 ** 2).sum() + (ty2 * ty1).sum(), tx, create_graph=True)
+    t2, = torch.autograd.grad((t1 ** 2).sum() + (t1 * th1.reshape(3, 1)).sum(), tx,
+                              create_graph=True)
+    np.testing.assert_allclose(second.numpy(), t2.detach().numpy(), rtol=1e-4, atol=1e-7)
+    rp = dict(ref.named_parameters())
+    trained = [n for n in names if rp[n].requires_grad]
+    expected = dict(zip(trained, torch.autograd.grad((t2 ** 2).sum(), [rp[n] for n in trained])))
+    for n, p in zip(names, params):
+        if n.startswith("frozen."):
+            assert p.grad is None, n
+            continue
+        assert np.abs(expected[n].numpy()).max() > 1e-4
+        np.testing.assert_allclose(p.grad.numpy(), expected[n].numpy(), rtol=1e-4, atol=1e-7,
+                                   err_msg=n)
