@@ -57,16 +57,26 @@ def _dense(g):
 
 
 # The nodes torch puts in a gradient's graph where no further derivative exists: a
-# torch.autograd.Function's backward marked @once_differentiable (DelayedError) and an op whose
-# double backward torch lacks. They hang off stand-in leaves, so torch.autograd.grad(inputs=...)
-# never runs them and returns the gradient without their part (None for an input reached only
-# through them); torch's backward() runs them and raises.
-_NO_FURTHER_DERIVATIVE = frozenset(("torch::autograd::Error",
-                                    "torch::autograd::NotImplemented"))
+# torch.autograd.Function's backward marked @once_differentiable (DelayedError, an "Error" node)
+# and an op whose derivative of that order torch does not implement ("NotImplemented"). They hang
+# off stand-in leaves, so torch.autograd.grad(inputs=...) may never run them and return the
+# gradient without their part (None for an input reached only through them); torch's backward()
+# runs them and raises.
+_ONCE_DIFFERENTIABLE, _NOT_IMPLEMENTED = "torch::autograd::Error", "torch::autograd::NotImplemented"
 
 
 def _ordinal(k):
     return {2: "second", 3: "third"}.get(k, f"{k}th")
+
+
+def _torch_words(node):
+    """What torch's ``node`` (an Error or NotImplemented node) raises when run: its own message,
+    which names the op (``derivative for aten::_ctc_loss_backward is not implemented``)."""
+    try:
+        node(torch.zeros(()))
+    except Exception as e:  # noqa: BLE001  (the message is all that is wanted)
+        return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return None
 
 
 def _refuse_once_differentiable(call, ys, order):
@@ -78,15 +88,21 @@ def _refuse_once_differentiable(call, ys, order):
         if node is None or node in seen:
             continue
         seen.add(node)
-        if node.name() in _NO_FURTHER_DERIVATIVE:
+        kind = node.name()
+        if kind == _ONCE_DIFFERENTIABLE or kind == _NOT_IMPLEMENTED:
+            said = _torch_words(node)
+            said = f" (torch: '{said}')" if said else ""
+            where = f"{call!r}: a {_ordinal(order)}-order gradient through this module passes "
+            if kind == _ONCE_DIFFERENTIABLE:
+                raise RuntimeError(
+                    where + "through a torch.autograd.Function whose backward is marked "
+                    "@once_differentiable, which has no derivative; torch's backward() raises "
+                    f"there too{said}. Write that backward with differentiable torch operations "
+                    "(without @once_differentiable), or keep the module out of this gradient")
             raise RuntimeError(
-                f"{call!r}: a {_ordinal(order)}-order gradient through this module passes "
-                "through a torch.autograd.Function whose backward is marked "
-                "@once_differentiable (or a torch op without a double backward), which has "
-                "none; torch's backward raises 'trying to differentiate twice' there too. Write "
-                "that backward with differentiable torch operations (without "
-                "@once_differentiable), or keep the module out of this gradient"
-            )
+                where + "through a torch op whose derivative of this order torch does not "
+                f"implement{said}, as torch.autograd.grad raises there; keep the module out of "
+                "this gradient")
         stack.extend(next_node for next_node, _ in node.next_functions)
 
 

@@ -363,3 +363,29 @@ def test_third_order_through_two_calls_with_two_outputs_an_index_and_a_frozen_la
         assert np.abs(expected[n].numpy()).max() > 1e-4
         np.testing.assert_allclose(p.grad.numpy(), expected[n].numpy(), rtol=1e-4, atol=1e-7,
                                    err_msg=n)
+
+
+class _Ctc(torch.nn.Module):
+    def forward(self, x):
+        return torch.nn.functional.ctc_loss(x.log_softmax(-1), torch.tensor([[1, 2]]),
+                                            torch.tensor([5]), torch.tensor([2]))
+
+
+def test_a_torch_op_without_a_double_backward_is_refused_in_torchs_words():
+    """ctc_loss has a first derivative only: torch.autograd.grad raises at the second order,
+    and so does the wrapper, naming itself, the order and torch's op."""
+    xa = np.random.RandomState(0).randn(5, 1, 4).astype(np.float32)
+    tx = torch.tensor(xa, requires_grad=True)
+    g, = torch.autograd.grad(_Ctc()(tx), tx, create_graph=True)
+    with pytest.raises(RuntimeError, match="derivative for aten::_ctc_loss_backward is not "
+                                           "implemented"):
+        torch.autograd.grad((g ** 2).sum(), tx)
+    m = PyTorchModule(_Ctc())
+    got = _nested_grads(mge.tensor(xa), lambda x: m(x), lambda k, g: (g ** 2).sum(), 1)
+    np.testing.assert_allclose(got[0].numpy(), g.detach().numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(RuntimeError, match=r"PyTorchModule\(_Ctc\): a second-order gradient "
+                                           r"through this module passes through a torch op "
+                                           r"whose derivative of this order torch does not "
+                                           r"implement \(torch: 'derivative for "
+                                           r"aten::_ctc_loss_backward is not implemented'\)"):
+        _nested_grads(mge.tensor(xa), lambda x: m(x), lambda k, g: (g ** 2).sum(), 2)
