@@ -142,12 +142,16 @@ class Group:
 def _check_ranks(ranks, what):
     """Raise unless ``ranks`` are distinct ints in [0, world_size), naming the first that is
     not (the process group is initialized)."""
-    ranks = list(ranks)
+    given, ranks = list(ranks), []
     n = _sd.world_size
-    for r in ranks:
-        if not isinstance(r, int) or isinstance(r, bool):
+    for r in given:
+        # (numpy's ints too: ranks from np.arange)
+        if isinstance(r, bool) or type(r).__name__ == "bool_" or not (
+                isinstance(r, int) or type(r).__module__ == "numpy" and hasattr(r, "__index__")):
             raise TypeError(f"{what}: ranks must be ints in [0, world_size={n}), got {r!r} "
-                            f"({type(r).__name__}) in {ranks}")
+                            f"({type(r).__name__}) in {given}")
+        ranks.append(int(r))
+    for r in ranks:
         if not 0 <= r < n:
             raise ValueError(f"{what}: rank {r} is out of range (the world has {n} "
                              f"process{'es' if n != 1 else ''}); ranks must be ints in "

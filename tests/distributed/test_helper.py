@@ -97,6 +97,7 @@ def _bad_calls():
         "new_group int": lambda: dist.new_group(1),
         "new_group [0, 5]": lambda: dist.new_group([0, 5]),
         "new_group [1, 1]": lambda: dist.new_group([1, 1]),
+        "new_group [0, 1.0]": lambda: dist.new_group([0, 1.0]),
         "bcast_list_ tensor": lambda: dist.bcast_list_(x),
         "bcast_list_ [x, 1]": lambda: dist.bcast_list_([x, 1]),
         "cb [0, 5]": lambda: dist.make_allreduce_cb("mean", group=[0, 5]),
@@ -112,6 +113,7 @@ def _bad_calls():
     }
     out = {what: _error(call) for what, call in bad.items()}
     out["x kept"] = np.array_equal(x.numpy(), before)
+    out["numpy ranks"] = dist.new_group(list(np.arange(2)[::-1])).proc_ranks  # (as ints)
     # a tuple of tensors and a tuple of shapes are lists too (one reduce: both ranks run it)
     out["pack tuple"] = [r.numpy() for r in pack_allreduce_split((x, x), ((2, 2), (4,)),
                                                                  dist.WORLD, "mean")]
@@ -175,6 +177,8 @@ BAD_CALLS = {  # what: (error type, the words it must hold)
     "new_group [0, 5]": ("ValueError", "new_group: rank 5 is out of range (the world has 2 "
                                        "processes); ranks must be ints in [0, world_size=2)"),
     "new_group [1, 1]": ("ValueError", "ranks must be distinct, got rank 1 twice"),
+    "new_group [0, 1.0]": ("TypeError", "new_group: ranks must be ints in [0, world_size=2), "
+                                        "got 1.0 (float)"),
     "bcast_list_ tensor": ("TypeError", "bcast_list_: inps must be a list of Tensors, got a "
                                         "single Tensor; pass [x] for one tensor"),
     "bcast_list_ [x, 1]": ("TypeError", "bcast_list_: inps[1] must be a Tensor, got int"),
@@ -204,6 +208,7 @@ def test_helpers_refuse_bad_arguments_saying_what_is_wrong(helper_results):
         for what, (kind, words) in BAD_CALLS.items():
             assert got[what][0] == kind and words in got[what][1], (what, got[what])
         assert got["x kept"]
+        assert got["numpy ranks"] == [1, 0] and all(type(r) is int for r in got["numpy ranks"])
         want = np.full(4, 1.0, np.float32)
         np.testing.assert_array_equal(got["pack tuple"][0], want.reshape(2, 2))
         np.testing.assert_array_equal(got["pack tuple"][1], want)
