@@ -9,6 +9,7 @@ instead).
 import datetime
 import os
 import time
+from collections.abc import Iterable
 from typing import List, Optional
 
 from .server import Server  # noqa: F401  (upstream 1.0's programs import it from here)
@@ -93,13 +94,7 @@ class Group:
     def check(self, proc_ranks):
         if _sd is None:
             raise _not_initialized("Group")
-        ranks = list(proc_ranks)
-        for r in ranks:
-            if not isinstance(r, int) or isinstance(r, bool) or not 0 <= r < _sd.world_size:
-                raise ValueError(f"Group: ranks must be ints in [0, world_size={_sd.world_size}), "
-                                 f"got {ranks}")
-        if len(set(ranks)) != len(ranks):
-            raise ValueError(f"Group: ranks must be distinct, got {ranks}")
+        _check_ranks(proc_ranks, "Group")
 
     def _ranks(self):
         """The ranks, for a collective: raises unless this process is a member."""
@@ -144,6 +139,28 @@ class Group:
         return f"Group({self.proc_ranks})"
 
 
+def _check_ranks(ranks, what):
+    """Raise unless ``ranks`` are distinct ints in [0, world_size), naming the first that is
+    not (the process group is initialized)."""
+    given, ranks = list(ranks), []
+    n = _sd.world_size
+    for r in given:
+        # (numpy's ints too: ranks from np.arange)
+        if isinstance(r, bool) or type(r).__name__ == "bool_" or not (
+                isinstance(r, int) or type(r).__module__ == "numpy" and hasattr(r, "__index__")):
+            raise TypeError(f"{what}: ranks must be ints in [0, world_size={n}), got {r!r} "
+                            f"({type(r).__name__}) in {given}")
+        ranks.append(int(r))
+    for r in ranks:
+        if not 0 <= r < n:
+            raise ValueError(f"{what}: rank {r} is out of range (the world has {n} "
+                             f"process{'es' if n != 1 else ''}); ranks must be ints in "
+                             f"[0, world_size={n}), got {ranks}")
+    if len(set(ranks)) != len(ranks):
+        twice = next(r for r in ranks if ranks.count(r) > 1)
+        raise ValueError(f"{what}: ranks must be distinct, got rank {twice} twice in {ranks}")
+
+
 _groups = {}  # tuple(proc_ranks) -> the Group made last with those ranks (for group=[...] lists)
 _made = {}  # tuple(sorted ranks) -> how many torch groups of those ranks this process has made
 
@@ -184,6 +201,7 @@ def _group_of(ranks, what):
     if group is None:
         if _sd is None:
             raise _not_initialized(what)
+        _check_ranks(key, f"{what}: group={list(ranks)}")
         if sorted(key) != list(range(_sd.world_size)):
             raise ValueError(f"{what}: group={list(ranks)} names some of the ranks; create it first "
                              "with dist.new_group(ranks) on each of its members and pass that "
@@ -484,6 +502,18 @@ def new_group(proc_ranks: List[int]) -> Group:
     """A group of some ranks (the first is its root). Its members call ``new_group`` together
     (as upstream; the members make their groups in the same order); only the members use the
     group."""
+    if isinstance(proc_ranks, (str, bytes)) or not isinstance(proc_ranks, Iterable):
+        raise TypeError(f"new_group: proc_ranks must be a list of ranks (ints), got "
+                        f"{type(proc_ranks).__name__} {proc_ranks!r}")
+    proc_ranks = list(proc_ranks)
+    if not proc_ranks:
+        # (Group([]) is how WORLD is made, before the process group exists; upstream's
+        # new_group([]) returns a group that fails an assertion, "invalid group", at first use)
+        raise ValueError("new_group: proc_ranks is empty; a group needs at least one rank "
+                         "(dist.WORLD is the group of all ranks)")
+    if _sd is None:
+        raise _not_initialized("new_group")
+    _check_ranks(proc_ranks, "new_group")
     return Group(proc_ranks)
 
 

@@ -71,7 +71,27 @@ def get_device_count_by_fork(device_type: str) -> int:
     return queue.get()
 
 
+def _is_int(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
 def _pack_ranges(offsets, what):
+    """``offsets`` ([begin0, end0, begin1, end1, ...]: a list, a tuple, an integer array or
+    Tensor) as [(begin, end)] pairs, each checked."""
+    if isinstance(offsets, Tensor):
+        offsets = offsets.numpy()
+    if isinstance(offsets, np.ndarray):
+        if offsets.ndim != 1:
+            raise ValueError(f"{what}: offsets must be a flat list [begin0, end0, begin1, end1, "
+                             f"...], got an array of shape {offsets.shape}")
+        offsets = list(offsets)
+    if not isinstance(offsets, (list, tuple)):
+        raise TypeError(f"{what}: offsets must be a list [begin0, end0, begin1, end1, ...] of "
+                        f"ints, got {type(offsets).__name__}")
+    for o in offsets:
+        if not _is_int(o):
+            raise TypeError(f"{what}: offsets must be ints, got {o!r} ({type(o).__name__}) in "
+                            f"{list(offsets)}")
     offsets = [int(o) for o in offsets]
     if len(offsets) % 2:
         raise ValueError(f"{what}: offsets must be [begin0, end0, begin1, end1, ...] pairs, "
@@ -81,9 +101,38 @@ def _pack_ranges(offsets, what):
     for begin, end in ranges:
         if not last <= begin <= end:
             raise ValueError(f"{what}: offsets must be increasing, non-overlapping "
-                             f"[begin, end) pairs, got {offsets}")
+                             f"[begin, end) pairs from 0, got {offsets}")
         last = end
     return ranges
+
+
+def _shapes(shapes, what):
+    """``shapes`` (a list of shapes, one per tensor) as a list of tuples of ints, each checked
+    (upstream's op refuses anything else too, in C++ words)."""
+    if isinstance(shapes, Tensor) or not isinstance(shapes, (list, tuple)):
+        raise TypeError(f"{what}: shapes must be a list of shapes, one per tensor, as "
+                        f"[(2, 3), (4,)]; got {type(shapes).__name__}")
+    out = []
+    for i, shape in enumerate(shapes):
+        if _is_int(shape):
+            raise TypeError(f"{what}: shapes[{i}] is the int {shape}; shapes is a list of shapes, "
+                            f"one tuple per tensor: write ({shape},) for a 1-D tensor of {shape} "
+                            "elements")
+        if not isinstance(shape, (list, tuple)):
+            raise TypeError(f"{what}: shapes[{i}] must be a shape (a tuple or list of ints), got "
+                            f"{type(shape).__name__} {shape!r}")
+        for d in shape:
+            if not _is_int(d):
+                raise TypeError(f"{what}: shapes[{i}] = {tuple(shape)} must hold ints, got {d!r} "
+                                f"({type(d).__name__})")
+            if d < 0:
+                raise ValueError(f"{what}: shapes[{i}] = {tuple(shape)} has a negative size")
+        out.append(tuple(int(d) for d in shape))
+    return out
+
+
+def _numel(shape):
+    return int(np.prod(shape, dtype=np.int64))
 
 
 def param_pack_split(inp: Tensor, offsets: list, shapes: list) -> list:
@@ -91,18 +140,42 @@ def param_pack_split(inp: Tensor, offsets: list, shapes: list) -> list:
     ``inp[offsets[2i]:offsets[2i+1]]`` reshaped to ``shapes[i]`` (``()`` makes a scalar).
     The inverse of `param_pack_concat`; gradients flow back into ``inp``."""
     ranges = _pack_ranges(offsets, "param_pack_split")
+    shapes = _shapes(shapes, "param_pack_split")
     if len(ranges) != len(shapes):
         raise ValueError(f"param_pack_split: {len(ranges)} offset pairs for {len(shapes)} shapes")
+    if isinstance(inp, np.ndarray):  # (as the functional ops take one)
+        inp = Tensor(inp)
+    if not isinstance(inp, Tensor):
+        raise TypeError(f"param_pack_split: inp must be a 1-D Tensor, got {type(inp).__name__}")
     if inp.ndim != 1:
         raise ValueError(f"param_pack_split: inp must be 1-D, got shape {inp.shape}")
+    if ranges and ranges[-1][1] > inp.shape[0]:
+        raise ValueError(f"param_pack_split: offsets end at {ranges[-1][1]}, past the "
+                         f"{inp.shape[0]} elements of inp")
     outputs = []
-    for (begin, end), shape in zip(ranges, shapes):
-        shape = tuple(shape)
-        if end - begin != int(np.prod(shape, dtype=np.int64)):
+    for i, ((begin, end), shape) in enumerate(zip(ranges, shapes)):
+        if end - begin != _numel(shape):
             raise ValueError(f"param_pack_split: range [{begin}, {end}) holds {end - begin} "
-                             f"elements, shape {shape} needs {int(np.prod(shape))}")
+                             f"elements, shapes[{i}] = {shape} needs {_numel(shape)}")
         outputs.append(inp[begin:end].reshape(shape))
     return outputs
+
+
+def _tensor_list(tensors, what, name):
+    """``tensors`` (a list, tuple or other iterable of Tensors) as a list; a single Tensor is
+    refused (iterating over it would take its rows)."""
+    if isinstance(tensors, (Tensor, np.ndarray)):
+        raise TypeError(f"{what}: {name} must be a list of Tensors, got a single "
+                        f"{type(tensors).__name__}; pass [x] for one tensor")
+    try:
+        tensors = list(tensors)
+    except TypeError:
+        raise TypeError(f"{what}: {name} must be a list of Tensors, got "
+                        f"{type(tensors).__name__}") from None
+    for i, t in enumerate(tensors):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{what}: {name}[{i}] must be a Tensor, got {type(t).__name__}")
+    return tensors
 
 
 def param_pack_concat(inps: list, offsets: Tensor, offsets_val: list) -> Tensor:
@@ -112,6 +185,7 @@ def param_pack_concat(inps: list, offsets: Tensor, offsets_val: list) -> Tensor:
     agree with ``offsets_val``. Gradients flow back into each input."""
     from .. import functional as F
 
+    inps = _tensor_list(inps, "param_pack_concat", "inps")
     ranges = _pack_ranges(offsets_val, "param_pack_concat")
     if len(ranges) != len(inps):
         raise ValueError(f"param_pack_concat: {len(ranges)} offset pairs for {len(inps)} inputs")
@@ -142,11 +216,9 @@ def bcast_list_(inps: list, group: Group = WORLD):
     start from rank 0's parameters). Shapes and dtypes must already agree."""
     from ..functional import distributed as fd
 
-    tensors = list(inps)
+    tensors = _tensor_list(inps, "bcast_list_", "inps")
     group = fd._prepare(tensors[0], group, "bcast_list_") if tensors else None
     for t in tensors:
-        if not isinstance(t, Tensor):
-            raise TypeError(f"bcast_list_: expected Tensors, got {type(t).__name__}")
         if not t._pinned_storage and t._aliased():  # a view, its source, an alias keep values
             t._unshare()
         data = t._data if t._data.flags.c_contiguous else xp_of(t._data).ascontiguousarray(t._data)
@@ -181,11 +253,26 @@ def pack_allreduce_split(pack_list, shapes, group, reduce_method) -> list:
     differentiable, as the collective and the packing are."""
     from ..functional import distributed as fd
 
-    method = _reduce_method(reduce_method, "pack_allreduce_split")
+    what = "pack_allreduce_split"
+    method = _reduce_method(reduce_method, what)
+    pack_list = _tensor_list(pack_list, what, "pack_list")
+    shapes = _shapes(shapes, what)
+    if len(shapes) != len(pack_list):
+        raise ValueError(f"{what}: {len(shapes)} shapes for {len(pack_list)} tensors; give one "
+                         "shape per tensor of pack_list")
+    for i, (t, shape) in enumerate(zip(pack_list, shapes)):
+        if t.size != _numel(shape):
+            raise ValueError(f"{what}: pack_list[{i}] has shape {t.shape} ({t.size} elements), "
+                             f"shapes[{i}] = {shape} has {_numel(shape)}")
+        if t.dtype != pack_list[0].dtype:
+            raise TypeError(f"{what}: the tensors are packed into one buffer, so they must "
+                            f"share one dtype; pack_list[0] is {pack_list[0].dtype}, "
+                            f"pack_list[{i}] {t.dtype}")
+    group = fd._as_group(group, what)
     offsets = get_offsets(shapes)
     packed = fd.all_reduce_sum(param_pack_concat(pack_list, None, offsets), group)
     if method == "mean":
-        packed = packed / fd._as_group(group, "pack_allreduce_split").size
+        packed = packed / group.size
     return param_pack_split(packed, offsets, shapes)
 
 
@@ -194,6 +281,19 @@ def _bucket_size(value):
         raise ValueError(f"make_allreduce_cb: bucket_size must be a non-negative int (bytes; "
                          f"0 = one collective per gradient), got {value!r}")
     return value
+
+
+def _check_group(group, what):
+    """Raise unless ``group`` is a Group or a list of valid ranks (a callback checks it when
+    made, not at the first backward)."""
+    from .group import _check_ranks
+
+    if isinstance(group, Group):
+        return
+    if not isinstance(group, (list, tuple)):
+        raise TypeError(f"{what}: group must be a Group (dist.WORLD, dist.new_group(ranks)) or a "
+                        f"list of ranks, got {type(group).__name__} {group!r}")
+    _check_ranks(group, f"{what}: group={list(group)}")
 
 
 class AllreduceCallback:
@@ -222,6 +322,8 @@ class AllreduceCallback:
             if backend != get_backend():
                 raise ValueError(f"make_allreduce_cb: backend {backend!r} differs from the process "
                                  f"group's {get_backend()!r}")
+        if is_distributed():  # (the ranks are checked against the world, which exists then)
+            _check_group(group, "make_allreduce_cb")
         self.reduce_method = reduce_method
         self.group = group
         self.bucket_size = bucket_size

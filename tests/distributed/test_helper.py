@@ -74,6 +74,49 @@ def _helper_checks():
             reduced = pack_allreduce_split(params, SHAPES, dist.WORLD, method)
             gm.backward(sum((r * mge.tensor(w)).sum() for r, w in zip(reduced, _grads(rank + 2))))
         out["pack", method] = ([r.numpy() for r in reduced], [p.grad.numpy() for p in params])
+    out["errors"] = _bad_calls()
+    return out
+
+
+def _error(call):
+    try:
+        call()
+    except Exception as e:  # noqa: BLE001  (the test checks type and message)
+        return type(e).__name__, str(e)
+    return "no error", ""
+
+
+def _bad_calls():
+    """What the helpers raise for bad arguments on a 2-process world."""
+    from megengine.distributed.helper import pack_allreduce_split
+
+    x = mge.tensor(np.ones(4, np.float32))
+    before = x.numpy().copy()
+    bad = {
+        "new_group []": lambda: dist.new_group([]),
+        "new_group int": lambda: dist.new_group(1),
+        "new_group [0, 5]": lambda: dist.new_group([0, 5]),
+        "new_group [1, 1]": lambda: dist.new_group([1, 1]),
+        "new_group [0, 1.0]": lambda: dist.new_group([0, 1.0]),
+        "bcast_list_ tensor": lambda: dist.bcast_list_(x),
+        "bcast_list_ [x, 1]": lambda: dist.bcast_list_([x, 1]),
+        "cb [0, 5]": lambda: dist.make_allreduce_cb("mean", group=[0, 5]),
+        "cb int": lambda: dist.make_allreduce_cb("sum", group=1),
+        "pack tensor": lambda: pack_allreduce_split(x, [(4,)], dist.WORLD, "sum"),
+        "pack shapes ints": lambda: pack_allreduce_split([x], [4], dist.WORLD, "sum"),
+        "pack fewer shapes": lambda: pack_allreduce_split([x, x], [(4,)], dist.WORLD, "sum"),
+        "pack wrong size": lambda: pack_allreduce_split([x, x], [(4,), (2, 3)], dist.WORLD,
+                                                        "sum"),
+        "pack dtypes": lambda: pack_allreduce_split([x, x.astype("int32")], [(4,), (4,)],
+                                                    dist.WORLD, "sum"),
+        "pack group [0, 5]": lambda: pack_allreduce_split([x], [(4,)], [0, 5], "sum"),
+    }
+    out = {what: _error(call) for what, call in bad.items()}
+    out["x kept"] = np.array_equal(x.numpy(), before)
+    out["numpy ranks"] = dist.new_group(list(np.arange(2)[::-1])).proc_ranks  # (as ints)
+    # a tuple of tensors and a tuple of shapes are lists too (one reduce: both ranks run it)
+    out["pack tuple"] = [r.numpy() for r in pack_allreduce_split((x, x), ((2, 2), (4,)),
+                                                                 dist.WORLD, "mean")]
     return out
 
 
@@ -125,6 +168,50 @@ def test_synchronized_waits_for_every_rank(helper_results):
     assert helper_results[0]["synchronized"][0] == 0
     assert helper_results[1]["synchronized"][0] == 10
     assert helper_results[0]["synchronized"][1] >= 0.45  # rank 0 waited for rank 1's sleep
+
+
+BAD_CALLS = {  # what: (error type, the words it must hold)
+    "new_group []": ("ValueError", "new_group: proc_ranks is empty; a group needs at least one "
+                                   "rank (dist.WORLD is the group of all ranks)"),
+    "new_group int": ("TypeError", "new_group: proc_ranks must be a list of ranks"),
+    "new_group [0, 5]": ("ValueError", "new_group: rank 5 is out of range (the world has 2 "
+                                       "processes); ranks must be ints in [0, world_size=2)"),
+    "new_group [1, 1]": ("ValueError", "ranks must be distinct, got rank 1 twice"),
+    "new_group [0, 1.0]": ("TypeError", "new_group: ranks must be ints in [0, world_size=2), "
+                                        "got 1.0 (float)"),
+    "bcast_list_ tensor": ("TypeError", "bcast_list_: inps must be a list of Tensors, got a "
+                                        "single Tensor; pass [x] for one tensor"),
+    "bcast_list_ [x, 1]": ("TypeError", "bcast_list_: inps[1] must be a Tensor, got int"),
+    "cb [0, 5]": ("ValueError", "make_allreduce_cb: group=[0, 5]: rank 5 is out of range"),
+    "cb int": ("TypeError", "make_allreduce_cb: group must be a Group"),
+    "pack tensor": ("TypeError", "pack_allreduce_split: pack_list must be a list of Tensors, "
+                                 "got a single Tensor"),
+    "pack shapes ints": ("TypeError", "pack_allreduce_split: shapes[0] is the int 4; shapes is "
+                                      "a list of shapes"),
+    "pack fewer shapes": ("ValueError", "pack_allreduce_split: 1 shapes for 2 tensors"),
+    "pack wrong size": ("ValueError", "pack_allreduce_split: pack_list[1] has shape (4,) (4 "
+                                      "elements), shapes[1] = (2, 3) has 6"),
+    "pack dtypes": ("TypeError", "pack_allreduce_split: the tensors are packed into one "
+                                 "buffer, so they must share one dtype"),
+    "pack group [0, 5]": ("ValueError", "pack_allreduce_split: group=[0, 5]: rank 5 is out of "
+                                        "range"),
+}
+
+
+def test_helpers_refuse_bad_arguments_saying_what_is_wrong(helper_results):
+    """Upstream 1.13 (measured) returns new_group([]) to fail an assertion ("invalid group") at
+    first use, lets bcast_list_(x) iterate over x's rows (x unchanged), builds
+    make_allreduce_cb(group=[0, 5]), and pack_allreduce_split raises pybind11's "Unable to cast
+    Python instance to C++ type" for shapes of ints or an AttributeError for a list group."""
+    for rank in range(2):
+        got = helper_results[rank]["errors"]
+        for what, (kind, words) in BAD_CALLS.items():
+            assert got[what][0] == kind and words in got[what][1], (what, got[what])
+        assert got["x kept"]
+        assert got["numpy ranks"] == [1, 0] and all(type(r) is int for r in got["numpy ranks"])
+        want = np.full(4, 1.0, np.float32)
+        np.testing.assert_array_equal(got["pack tuple"][0], want.reshape(2, 2))
+        np.testing.assert_array_equal(got["pack tuple"][1], want)
 
 
 @pytest.mark.parametrize("method", ["sum", "mean"])
@@ -244,3 +331,55 @@ def test_param_pack_rejects_bad_offsets():
         param_pack_split(flat, [0, 2], [(3,)])
     with pytest.raises(ValueError, match="disagree"):
         param_pack_concat([flat], mge.Tensor([0, 5]), [0, 6])
+
+
+@pytest.mark.parametrize("offsets, shapes, kind, words", [
+    ([0, 4, 4, 6], [(2, 3), (2,)], ValueError,
+     "range [0, 4) holds 4 elements, shapes[0] = (2, 3) needs 6"),
+    ([0, 4, 4, 6], (2, 2), TypeError, "shapes[0] is the int 2; shapes is a list of shapes, one "
+                                      "tuple per tensor: write (2,)"),
+    ([0, 4, 4, 6], [4, 2], TypeError, "shapes[0] is the int 4"),
+    ([0, 4, 4, 6], None, TypeError, "shapes must be a list of shapes, one per tensor"),
+    ([0, 4, 4, 6], [(4,), None], TypeError, "shapes[1] must be a shape (a tuple or list of "
+                                            "ints), got NoneType"),
+    ([0, 4, 4, 6], [(4.0,), (2,)], TypeError, "shapes[0] = (4.0,) must hold ints, got 4.0"),
+    ([0, 4, 4, 6], [(-4,), (2,)], ValueError, "shapes[0] = (-4,) has a negative size"),
+    ([0, 4, 4, 6], [(4,)], ValueError, "2 offset pairs for 1 shapes"),
+    ([0, 4, 4, 8], [(4,), (4,)], ValueError, "offsets end at 8, past the 6 elements of inp"),
+    ([0, 4.5, 4.5, 6], [(4,), (2,)], TypeError, "offsets must be ints, got 4.5 (float)"),
+    (None, [(4,), (2,)], TypeError, "offsets must be a list [begin0, end0, begin1, end1, ...] "
+                                    "of ints, got NoneType"),
+    ("0,4,4,6", [(4,), (2,)], TypeError, "offsets must be a list"),
+])
+def test_param_pack_split_refuses_bad_shapes_and_offsets_saying_what_is_wrong(
+        offsets, shapes, kind, words):
+    """Upstream 1.13 (measured) accepts a shape of the wrong size and offsets past the input
+    (reading beyond it), and refuses the others with pybind11's "Unable to cast Python instance
+    to C++ type"."""
+    from megengine.distributed.helper import param_pack_split
+
+    with pytest.raises(kind) as error:
+        param_pack_split(mge.Tensor(np.arange(6, dtype="float32")), offsets, shapes)
+    assert str(error.value).startswith("param_pack_split: ") and words in str(error.value)
+
+
+def test_param_pack_split_takes_offsets_as_a_tensor_and_numpy_ints():
+    from megengine.distributed.helper import param_pack_split
+
+    flat = mge.Tensor(np.arange(6, dtype="float32"))
+    for offsets in (mge.Tensor([0, 4, 4, 6]), list(np.array([0, 4, 4, 6]))):
+        a, b = param_pack_split(flat, offsets, [(2, 2), [np.int64(2)]])
+        np.testing.assert_array_equal(a.numpy(), [[0, 1], [2, 3]])
+        np.testing.assert_array_equal(b.numpy(), [4, 5])
+
+
+def test_helpers_refuse_bad_arguments_before_the_process_group_exists():
+    assert not dist.is_distributed()
+    x = mge.tensor(np.ones(3, np.float32))
+    with pytest.raises(TypeError, match=r"bcast_list_: inps must be a list of Tensors, got a "
+                                        r"single Tensor; pass \[x\]"):
+        dist.bcast_list_(x)
+    with pytest.raises(ValueError, match="new_group: proc_ranks is empty"):
+        dist.new_group([])
+    with pytest.raises(RuntimeError, match="new_group: the process group is not initialized"):
+        dist.new_group([0])

@@ -29,7 +29,9 @@ the ``w``s, the root's ``w`` split for gather, for a max or min the sum to the r
 result, as the fork documents), also through a second collective applied to the first one's output.
 Between them come bad calls that every rank can tell are wrong on its own (a non-member calling a
 group's collective, a list of some ranks that is not a group, a shape that does not split, an axis
-out of range, a bad peer or reduce method, a bad new_group): each must raise its error, and the
+out of range, a bad peer or reduce method, a bad new_group, and from a stream of their own
+new_group([]), bcast_list_ of one tensor, a rank out of range in make_allreduce_cb's or
+pack_allreduce_split's group, a shape of the wrong size): each must raise its error, and the
 collectives after it must still work. Every ``MISMATCH_EVERY``-th seed also runs a program whose
 ranks give differently sized inputs to one collective (upstream requires equal shapes and checks
 nothing; neither rank can tell alone): it must fail with `WorkerError`/`TimeoutError` within its
@@ -65,6 +67,7 @@ import megengine.module as M
 import megengine.optimizer as optim
 from megengine.autodiff import GradManager
 from megengine.core.ops.builtin import CollectiveComm
+from megengine.distributed.helper import pack_allreduce_split
 from megengine.jit import trace
 
 FD = F.distributed
@@ -171,11 +174,26 @@ def draw_program(seed, mismatch=False):
             step["call"] = str(other.choice(["dist.functional", "collective_comm"]))
         steps.append(step)
     steps += _draw_newer_steps(seed, n, groups, len(steps))
+    steps += _draw_helper_errors(seed, len(steps))
     if mismatch:
         op = str(rng.choice(["all_reduce_sum", "all_gather", "reduce_scatter_sum"]))
         steps.append(dict(op=op, dtype="float32", group="world", shape=(n,), axis=0,
                           grad=False, mismatch=True))
     return n, groups, steps
+
+
+HELPER_ERRORS = ("empty_new_group", "bcast_one_tensor", "cb_rank_out_of_range",
+                 "pack_wrong_size", "pack_rank_out_of_range")
+
+
+def _draw_helper_errors(seed, first):
+    """Bad calls of the helpers, drawn after the steps above from their own stream (so that
+    those stay as they were): new_group([]), bcast_list_ given one tensor, a rank out of range
+    in make_allreduce_cb's or pack_allreduce_split's group, pack_allreduce_split given a shape
+    of the wrong size. Every rank tells on its own, before any communication."""
+    rng = np.random.default_rng([seed, 14])
+    return [dict(op="error", kind=str(rng.choice(HELPER_ERRORS)), group="world")
+            for _ in range(first, first + int(rng.integers(0, 2)))]
 
 
 def _draw_newer_steps(seed, n, groups, first):
@@ -354,6 +372,16 @@ def _run_error(step, rank, n, group):
             dist.make_allreduce_cb(step["method"])
         elif kind == "bad_new_group":
             dist.new_group(step["ranks"])
+        elif kind == "empty_new_group":
+            dist.new_group([])
+        elif kind == "bcast_one_tensor":
+            dist.bcast_list_(x)
+        elif kind == "cb_rank_out_of_range":
+            dist.make_allreduce_cb("mean", group=[0, n])
+        elif kind == "pack_wrong_size":
+            pack_allreduce_split([x, x], [x.shape, (x.size + 1,)], dist.WORLD, "sum")
+        elif kind == "pack_rank_out_of_range":
+            pack_allreduce_split([x], [x.shape], [n, 0], "mean")
         elif kind == "bad_dtype":  # (torch.distributed has no int16)
             FD.all_gather(x.astype("int16"), dist.WORLD)
         elif kind == "unsendable_root":  # more dims than a shape message holds, on the root
@@ -654,6 +682,12 @@ ERROR_MESSAGES = {  # what each bad call must raise: (exception type, words of i
     "bad_new_group": ("ValueError", "ranks must be"),
     "bad_dtype": ("TypeError", "int16 cannot be communicated"),
     "unsendable_root": ("ValueError", "at most 16 dims"),
+    "empty_new_group": ("ValueError", "new_group: proc_ranks is empty"),
+    "bcast_one_tensor": ("TypeError", "bcast_list_: inps must be a list of Tensors, got a single "
+                                      "Tensor; pass [x]"),
+    "cb_rank_out_of_range": ("ValueError", "is out of range (the world has"),
+    "pack_wrong_size": ("ValueError", "pack_allreduce_split: pack_list[1] has shape"),
+    "pack_rank_out_of_range": ("ValueError", "is out of range (the world has"),
 }
 
 

@@ -108,6 +108,15 @@ def _tensor(a, like):
     return mge.tensor(a, dtype=a.dtype, device=like.device)
 
 
+def _as_int32(a):
+    """``a`` rounded to int32 values; a nan or an infinity (a drawn case may hold them: the log of a
+    negative) becomes 0 and a value past int32's range its bound, where numpy's cast would warn
+    "invalid value encountered in cast" and give an undefined value."""
+    info = np.iinfo(np.int32)
+    r = np.round(a.astype(np.float64))
+    return np.clip(np.where(np.isnan(r), 0, r), info.min, info.max).astype(np.int32)
+
+
 def _tensor_breaks(t):
     if isinstance(t, mge.Parameter) or np.dtype(t.dtype).metadata:
         return []  # (a quantized tensor: its own mode's business)
@@ -119,7 +128,7 @@ def _tensor_breaks(t):
                     _tensor(np.concatenate([a, a[..., :1]], axis=-1), t)))
     out.append(("an extra dimension of 3", _tensor(np.repeat(a[..., None], 3, -1), t)))
     if a.dtype.kind == "f":
-        out.append(("int32 values", _tensor(np.round(a).astype(np.int32), t)))
+        out.append(("int32 values", _tensor(_as_int32(a), t)))
     return out
 
 

@@ -1,6 +1,7 @@
 """CI slice of the bridge fuzzer (`bridge.py`; full runs offline, ``python -m tests.fuzz.bridge``):
-a few drawn hybrid networks trained against pure torch, one trained data-parallel, and checks
-that the comparison catches what it must."""
+a few drawn hybrid networks trained against pure torch, one trained data-parallel, a few
+differentiated to the second and third order, and checks that the comparison catches what it
+must."""
 import numpy as np
 import pytest
 import torch
@@ -13,6 +14,23 @@ from . import bridge
 @pytest.mark.parametrize("seed", range(8))
 def test_drawn_networks_train_like_pure_torch(seed):
     bridge.check(seed)  # raises BridgeMismatch naming the first differing loss or tensor
+
+
+@pytest.mark.parametrize("seed, order", [(0, 2), (3, 3), (12, 3), (30, 3)])
+def test_drawn_networks_differentiate_to_higher_orders_like_pure_torch(seed, order):
+    # 12 and 30 hold a tied block whose weight a megengine layer uses too (the wrapper lists it
+    # as dec.weight, torch as enc.weight)
+    bridge.check_higher_order(seed, order)
+
+
+def test_a_wrong_higher_order_gradient_through_a_wrapper_is_caught(monkeypatch):
+    from megengine.module.pytorch import _higher_order
+
+    real = _higher_order.TorchGrad.backward
+    monkeypatch.setattr(_higher_order.TorchGrad, "backward", lambda self, *ggs: tuple(
+        None if g is None else g * 1.0001 for g in real(self, *ggs)))
+    with pytest.raises(bridge.BridgeMismatch, match="order 3 gradient of"):
+        bridge.check_higher_order(3, 3)
 
 
 def test_a_diverging_network_is_compared_until_its_twin_overflows():

@@ -2,6 +2,7 @@
 its functional call broken at a time must give no internal error, no hang and no unnamed error,
 and the classifier must tell megengine's clear errors from the leaks it is there to find."""
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -73,3 +74,16 @@ def test_misuse_reports_a_call_that_does_not_return_as_a_hang(monkeypatch):
         time.sleep(x)
 
     assert run_broken(_call(slow, x=0), "x", 30)[0] == "hang"
+
+
+def test_the_int32_break_of_nan_and_infinite_values_casts_without_a_warning():
+    """A drawn tensor may hold nan or infinities (the log of a negative): its "int32 values"
+    break is 0 and int32's bounds there, where numpy's cast warned "invalid value encountered
+    in cast" and gave an undefined value."""
+    x = mge.tensor(np.array([np.nan, np.inf, -np.inf, 1e20, 2.5, -3.7], np.float32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        broken = dict(misuse.breaks(x))["int32 values"]
+    info = np.iinfo(np.int32)
+    assert broken.dtype == np.int32
+    np.testing.assert_array_equal(broken.numpy(), [0, info.max, info.min, info.max, 2, -4])

@@ -3,7 +3,9 @@
 When an outer GradManager records a backward that passes through a torch call, the call's
 ``grad_graph`` applies `TorchGrad`: an op whose forward is ``torch.autograd.grad(...,
 create_graph=True)`` over the call's torch graph (so that graph, and the graph of the gradient,
-stay alive) and whose backward differentiates those gradients once more with torch.
+stay alive) and whose backward differentiates those gradients once more with torch. A
+`TorchGrad` is itself a torch graph with leaves and outputs, so its own ``grad_graph`` applies
+the next `TorchGrad` over it: nested GradManagers reach the third order and beyond.
 """
 import torch
 
@@ -27,23 +29,25 @@ def grad_graph(call, inputs, outputs, grads):
             "has no higher-order gradients (in torch either: its backward builds no graph); "
             "pass use_reentrant=False to checkpoint"
         )
-    wanted = _wanted(call)
-    if not any(wanted):
+    params = call.wrapper._torch_params.items
+    n = call.n_inputs
+    leaves = list(call.inputs[:n]) + list(params)
+    need = call.needs_input_grad
+    # an input is differentiated when it needs a gradient; a parameter when it is also trainable
+    wanted = [bool(g) for g in need[:n]] + [bool(g) and tp.requires_grad
+                                          for tp, g in zip(params, need[n:])]
+    return _apply(TorchGrad(call, leaves, call.outs, wanted, order=1), inputs, grads)
+
+
+def _apply(op, inputs, grads):
+    """Apply `TorchGrad` ``op`` to the source op's ``inputs`` and output ``grads``: one
+    gradient Tensor (or None) per source input."""
+    if not any(op.wanted):
         return (None,) * len(inputs)
-    n_out = len(call.outs)
-    got = apply(TorchGrad(call, wanted), *inputs, *grads[:n_out])
+    got = apply(op, *inputs, *grads[:len(op.source_outs)])
     got = got if isinstance(got, tuple) else (got,)
     it = iter(got)
-    return tuple(next(it) if w else None for w in wanted)
-
-
-def _wanted(call):
-    """Per input of the call: does it get a gradient (needed, and a trainable torch tensor)?"""
-    n = call.n_inputs
-    need = call.needs_input_grad
-    params = call.wrapper._torch_params.items
-    return [bool(g) for g in need[:n]] + [bool(g) and tp.requires_grad
-                                          for tp, g in zip(params, need[n:])]
+    return tuple(next(it) if w else None for w in op.wanted)
 
 
 def _dense(g):
@@ -52,102 +56,141 @@ def _dense(g):
     return g.to_dense() if g is not None and g.layout != torch.strided else g
 
 
-# The nodes torch puts in a gradient's graph where no second derivative exists: a
-# torch.autograd.Function's backward marked @once_differentiable (DelayedError) and an op whose
-# double backward torch lacks. They hang off stand-in leaves, so torch.autograd.grad(inputs=...)
-# never runs them and returns the gradient without their part (None for an input reached only
-# through them); torch's backward() runs them and raises.
-_NO_SECOND_DERIVATIVE = frozenset(("torch::autograd::Error", "torch::autograd::NotImplemented"))
+# The nodes torch puts in a gradient's graph where no further derivative exists: a
+# torch.autograd.Function's backward marked @once_differentiable (DelayedError, an "Error" node)
+# and an op whose derivative of that order torch does not implement ("NotImplemented"). They hang
+# off stand-in leaves, so torch.autograd.grad(inputs=...) may never run them and return the
+# gradient without their part (None for an input reached only through them); torch's backward()
+# runs them and raises.
+_ONCE_DIFFERENTIABLE, _NOT_IMPLEMENTED = "torch::autograd::Error", "torch::autograd::NotImplemented"
 
 
-def _refuse_once_differentiable(call, ys):
-    """Raise if torch's graph of the first-order gradients ``ys`` holds a node that has no
-    derivative, instead of a second-order gradient missing that node's part."""
+def _ordinal(k):
+    return {2: "second", 3: "third"}.get(k, f"{k}th")
+
+
+def _torch_words(node):
+    """What torch's ``node`` (an Error or NotImplemented node) raises when run: its own message,
+    which names the op (``derivative for aten::_ctc_loss_backward is not implemented``)."""
+    try:
+        node(torch.zeros(()))
+    except Exception as e:  # noqa: BLE001  (the message is all that is wanted)
+        return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return None
+
+
+def _refuse_once_differentiable(call, ys, order):
+    """Raise if torch's graph of the gradients ``ys`` (of order ``order - 1``) holds a node that
+    has no derivative, instead of a gradient of order ``order`` missing that node's part."""
     stack, seen = [y.grad_fn for y in ys], set()
     while stack:
         node = stack.pop()
         if node is None or node in seen:
             continue
         seen.add(node)
-        if node.name() in _NO_SECOND_DERIVATIVE:
+        kind = node.name()
+        if kind == _ONCE_DIFFERENTIABLE or kind == _NOT_IMPLEMENTED:
+            said = _torch_words(node)
+            said = f" (torch: '{said}')" if said else ""
+            where = f"{call!r}: a {_ordinal(order)}-order gradient through this module passes "
+            if kind == _ONCE_DIFFERENTIABLE:
+                raise RuntimeError(
+                    where + "through a torch.autograd.Function whose backward is marked "
+                    "@once_differentiable, which has no derivative; torch's backward() raises "
+                    f"there too{said}. Write that backward with differentiable torch operations "
+                    "(without @once_differentiable), or keep the module out of this gradient")
             raise RuntimeError(
-                f"{call!r}: a second-order gradient through this module passes through a "
-                "torch.autograd.Function whose backward is marked @once_differentiable (or a "
-                "torch op without a double backward), which has none; torch's backward raises "
-                "'trying to differentiate twice' there too. Write that backward with "
-                "differentiable torch operations (without @once_differentiable), or keep "
-                "the module out of the higher-order gradient"
-            )
+                where + "through a torch op whose derivative of this order torch does not "
+                f"implement{said}, as torch.autograd.grad raises there; keep the module out of "
+                "this gradient")
         stack.extend(next_node for next_node, _ in node.next_functions)
 
 
 class TorchGrad(Op):
-    """Inputs: the call's inputs and parameters, then one gradient per call output. Outputs:
-    the gradients of the wanted inputs/parameters, computed by torch with a kept graph."""
+    """The gradients of a torch graph, computed by torch with a kept graph.
 
-    def __init__(self, call, wanted):
-        self.call, self.wanted = call, wanted
+    The source is a torch graph seen as an op: ``source_leaves`` (one torch tensor, or None,
+    per input of the source op) and ``source_outs`` (one torch tensor, or None, per output).
+    Inputs: the source op's inputs, then one gradient per source output. Outputs: the gradients
+    of the ``wanted`` source inputs, of order ``order``. As a torch graph itself its leaves are
+    the source's and the incoming gradients', its outputs the gradients it computed, which is
+    what the next order's `TorchGrad` differentiates.
+    """
+
+    def __init__(self, call, source_leaves, source_outs, wanted, order):
+        self.call, self.wanted, self.order = call, wanted, order
+        self.source_leaves, self.source_outs = source_leaves, source_outs
 
     def __repr__(self):
-        return f"TorchGrad({self.call!r})"
+        return f"TorchGrad({self.call!r}, order={self.order})"
 
     def forward(self, *arrays):
-        call = self.call
-        n_in = len(self.wanted)
-        n = call.n_inputs
-        params = call.wrapper._torch_params.items
-        self.wrt = [t for t, w in zip(call.inputs, self.wanted[:n]) if w]
-        self.wrt += [tp for tp, w in zip(params, self.wanted[n:]) if w]
-        outs, out_grads, self.grad_slots = [], [], []
-        for i, (o, g) in enumerate(zip(call.outs, arrays[n_in:])):
-            if o.requires_grad:
+        n_in = len(self.source_leaves)
+        wrt = [t for t, w in zip(self.source_leaves, self.wanted) if w]
+        outs, out_grads = [], []
+        grad_leaves = [None] * len(self.source_outs)
+        for i, (o, g) in enumerate(zip(self.source_outs, arrays[n_in:])):
+            if o is not None and o.requires_grad:
                 t = _bridge.to_torch(g).detach()
                 if self.needs_input_grad[n_in + i]:
-                    t = t.clone().requires_grad_(True)
-                    self.grad_slots.append((n_in + i, t))
+                    t = grad_leaves[i] = t.clone().requires_grad_(True)
                 outs.append(o)
                 out_grads.append(t)
-        self.got = [None] * len(self.wrt)
-        if outs and self.wrt:
+        got = [None] * len(wrt)
+        if outs and wrt:
+            if self.order > 1:  # the source's outputs are gradients themselves
+                _refuse_once_differentiable(self.call, outs, self.order)
             with torch.enable_grad():
-                got = torch.autograd.grad(outs, self.wrt, out_grads, create_graph=True,
+                got = torch.autograd.grad(outs, wrt, out_grads, create_graph=True,
                                           allow_unused=True)
-            self.got = [_dense(g) for g in got]
+            got = [_dense(g) for g in got]
+        # this op as a torch graph, for its backward and the next order's TorchGrad
+        self.leaves = list(self.source_leaves) + grad_leaves
+        self.outs = got
         results = []
-        for g, target in zip(self.got, self.wrt):
+        for g, target in zip(got, wrt):
             if g is None:  # not used by the outputs: a zero gradient, on the target's device
                 results.append(_bridge.from_torch(torch.zeros_like(target, requires_grad=False)))
             else:
                 results.append(_bridge.from_torch(g.detach()))
         return tuple(results) if len(results) != 1 else results[0]
 
+    def _check_graph(self):
+        if self.outs is None:
+            raise RuntimeError(
+                f"{self!r}: its torch graph is gone (this gradient was already differentiated "
+                "by the GradManager recording around it)"
+            )
+
     def backward(self, *ggs):
-        n = self.call.n_inputs
-        # what the second backward differentiates with respect to: every tracked input
-        targets = []
-        for i, w in enumerate(self.wanted):
-            if not self.needs_input_grad[i]:
-                continue
-            if i < n:
-                t = self.call.inputs[i]
-            else:
-                t = self.call.wrapper._torch_params.items[i - n]
-            if t.requires_grad:
-                targets.append((i, t))
-        targets += self.grad_slots
+        self._check_graph()
+        # what the next backward differentiates with respect to: every tracked input
+        targets = [(i, t) for i, t in enumerate(self.leaves)
+                   if self.needs_input_grad[i] and t is not None and t.requires_grad]
         ys, dys = [], []
-        for g, gg in zip(self.got, ggs):
+        for g, gg in zip(self.outs, ggs):
             if g is not None and g.requires_grad:
                 ys.append(g)
                 dys.append(_bridge.to_torch(gg))
         result = [None] * len(self.needs_input_grad)
         if ys and targets:
-            _refuse_once_differentiable(self.call, ys)
-            # retain: the call's own backward may still run through the forward graph
+            _refuse_once_differentiable(self.call, ys, self.order + 1)
+            # retain: the call's own backward, and other orders', may still run through it
             got = torch.autograd.grad(ys, [t for _, t in targets], dys, allow_unused=True,
                                       retain_graph=True)
             for (i, _), g in zip(targets, got):
                 if g is not None:
                     result[i] = _bridge.from_torch(_dense(g))
-        self.got = None  # drop the torch graph of the gradient
+        self.outs = None  # drop the torch graph of the gradient
         return tuple(result)
+
+    def grad_graph(self, inputs, outputs, grads):
+        """The backward as a recorded op: the gradients of this op's gradients, of the next
+        order, by a `TorchGrad` over this op's torch graph."""
+        self._check_graph()
+        need = self.needs_input_grad
+        wanted = [bool(need[i]) and t is not None and t.requires_grad
+                  for i, t in enumerate(self.leaves)]
+        outs = [None if g is None or not g.requires_grad else g for g in self.outs]
+        return _apply(TorchGrad(self.call, self.leaves, outs, wanted, self.order + 1),
+                      inputs, grads)
