@@ -460,8 +460,8 @@ def tile(inp, reps):
     """Repeat the whole tensor ``reps[i]`` times along each dim (reps may add leading dims)."""
     inp = _tensor(inp)
     reps = int_tuple(reps, "tile")
-    if any(r < 1 for r in reps):
-        raise ArgumentError(f"tile: reps must be >= 1, got {reps}")
+    if any(r < 0 for r in reps):  # (0 is taken: an empty tensor, as upstream's and numpy's)
+        raise ArgumentError(f"tile: reps must be >= 0, got {reps}")
     nd = max(len(reps), inp.ndim)
     reps = (1,) * (nd - len(reps)) + reps
     shape = (1,) * (nd - inp.ndim) + inp.shape

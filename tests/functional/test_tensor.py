@@ -255,7 +255,7 @@ def test_repeat_takes_one_count_as_upstream_and_says_so_for_a_list():
             F.repeat(x, counts)
 
 
-@pytest.mark.parametrize("reps", [(2, 1), (1, 3), (2, 2, 3)], ids=str)
+@pytest.mark.parametrize("reps", [(2, 1), (1, 3), (2, 2, 3), (0, 1), (1, 0), (2, 0, 1)], ids=str)
 def test_tile(reps):
     check(lambda t: F.tile(t, reps), lambda t: t.repeat(*reps), rand(2, 3))
 
@@ -566,7 +566,7 @@ def test_pad_of_an_unknown_mode_is_a_valueerror_and_upstreams_assertionerror():
     pytest.param(lambda x: F.transpose(x, (0, 0)),
                  RuntimeError, r"axes \(0, 0\) are not a permutation", id="transpose"),
     pytest.param(lambda x: F.tile(x, (-1, 2)),
-                 RuntimeError, r"reps must be >= 1, got \(-1, 2\)", id="tile"),
+                 RuntimeError, r"reps must be >= 0, got \(-1, 2\)", id="tile"),
     pytest.param(lambda x: F.repeat(x, -1),
                  AssertionError, "repeats must be >= 1, got -1", id="repeat"),
     pytest.param(lambda x: F.diag(F.expand_dims(x, 0)),
