@@ -128,6 +128,23 @@ def test_norm(ord, axis):
           lambda t: torch.linalg.vector_norm(t, p, dim=axis, keepdim=True), x, rtol=1e-4)
 
 
+@pytest.mark.parametrize("ord", [np.int64(1), np.int32(2), np.float32(3), np.float64(np.inf),
+                                 np.int64(0)], ids=repr)
+def test_norm_takes_a_numpy_scalar_order(ord):
+    x = rand(3, 4)
+    x[1, 2] = 0
+    want = torch.linalg.vector_norm(torch.tensor(x), float(ord), dim=1).numpy()
+    got = F.norm(mge.tensor(x), ord, axis=1)
+    assert got.dtype == F.norm(mge.tensor(x), ord.item(), axis=1).dtype  # (int32 for order 0)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("ord", ["2", [2], mge.tensor([2.0, 1.0])], ids=repr)
+def test_norm_of_an_order_that_is_no_number_says_what_it_takes(ord):
+    with pytest.raises(TypeError, match="^norm: ord must be a number"):
+        F.norm(mge.tensor(rand(3, 4)), ord, axis=1)
+
+
 def test_matmul_of_vectors_of_two_lengths_names_matmul():
     # two vectors go to F.dot, whose error named dot
     with pytest.raises(ValueError, match=r"matmul: vectors must have one length, got shapes "
