@@ -127,9 +127,23 @@ def int_tuple(shape, what):
     if is_int(shape):
         return (shape if is_dim(shape) else int(shape),)
     try:  # (a size from x.shape in a dumpable trace stays one: see core._trace_option)
-        return tuple(s if type(s) is int or is_dim(s) else _size_item(s) for s in shape)
+        return tuple(s if type(s) is int or is_dim(s) else _size_item(_whole(s)) for s in shape)
     except (TypeError, ValueError):
-        raise TypeError(f"{what}: a shape must be ints or a sequence of ints, got {shape!r}") from None
+        raise TypeError(f"{what}: a shape must be ints or a sequence of ints (a float only if "
+                        f"it is a whole number), got {shape!r}") from None
+
+
+def _whole(s):
+    """A shape entry ``int()`` may take: a whole float (``2.0``, ``n / 2`` of an even n) is
+    the int it holds, as upstream's shape conversion reads it; a fraction or a string raises
+    TypeError (``int()`` would truncate 2.5 to 2 and parse "2")."""
+    if isinstance(s, (float, np.floating)):
+        if not float(s).is_integer():
+            raise TypeError(s)
+        return int(s)
+    if isinstance(s, (str, bytes)):
+        raise TypeError(s)
+    return s
 
 
 def _promote(a, b):

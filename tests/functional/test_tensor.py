@@ -357,7 +357,7 @@ def test_bad_shapes_say_so():
     with pytest.raises(TypeError, match="shape"):
         F.zeros((2.5, 3))
     with pytest.raises(TypeError, match="integers"):
-        F.ones(np.array([2.0]))
+        F.ones(np.array([2.5]))
     with pytest.raises(ValueError, match="at most one -1"):
         F.reshape(F.arange(6), (-1, -1))
 
@@ -443,7 +443,41 @@ def test_a_0d_numpy_array_is_a_shape_entry():
     assert F.broadcast_to(mge.tensor(x), (np.array(2), 6)).shape == (2, 6)
     assert F.zeros((np.array(2, dtype="uint8"), 3)).shape == (2, 3)
     with pytest.raises(TypeError, match="shape entries must be ints"):
-        F.reshape(mge.tensor(x), (np.array(2.0), 3))
+        F.reshape(mge.tensor(x), (np.array(2.5), 3))
+
+
+# a whole float is the size it holds, as upstream's shape conversion reads it (measured with
+# upstream 1.13: F.zeros((2.0, 3)), F.reshape(x, (3.0, 2)), F.ones(np.array([2.0, 3.0])),
+# F.tile(x, (2.0, 1)) and F.eye(2.0) give the int sizes); numpy's reshape of the ints is the oracle
+@pytest.mark.parametrize("make", [
+    lambda s: F.zeros(s).shape, lambda s: F.ones(s, dtype="int32").shape,
+    lambda s: F.full(s, 1.5).shape, lambda s: F.eye(s).shape,
+    lambda s: F.broadcast_to(mge.tensor([1.0, 2.0, 3.0]), s).shape,
+    lambda s: F.reshape(F.arange(6.0), s).shape, lambda s: F.arange(6.0).reshape(s).shape,
+], ids=["zeros", "ones", "full", "eye", "broadcast_to", "reshape", "Tensor.reshape"])
+@pytest.mark.parametrize("shape", [(2.0, 3), (np.float32(2), 3), (np.array(2.0), 3.0),
+                                   np.array([2.0, 3.0])], ids=str)
+def test_a_whole_float_is_the_size_it_holds(make, shape):
+    assert make(shape) == np.empty((2, 3)).shape
+
+
+@pytest.mark.parametrize("make", [
+    lambda s: F.zeros(s), lambda s: F.full(s, 1.5), lambda s: F.eye(s),
+    lambda s: F.broadcast_to(mge.tensor([1.0, 2.0, 3.0]), s), lambda s: F.tile(F.ones(3), s),
+    lambda s: F.reshape(F.arange(6.0), s), lambda s: F.arange(6.0).reshape(s),
+], ids=["zeros", "full", "eye", "broadcast_to", "tile", "reshape", "Tensor.reshape"])
+@pytest.mark.parametrize("shape", [(2.5, 3), ("2", 3), np.array([2.5, 3.0])], ids=str)
+def test_a_size_with_a_fraction_or_a_string_says_so(make, shape):
+    # int() would truncate 2.5 to 2 (upstream 1.13 does) and parse "2"
+    with pytest.raises(TypeError, match="(ints|integers).*(whole|got)"):
+        make(shape)
+
+
+def test_tile_takes_whole_float_reps():
+    x = np.arange(3, dtype=np.float32)
+    np.testing.assert_array_equal(F.tile(mge.tensor(x), (2.0, np.float32(1))).numpy(),
+                                  np.tile(x, (2, 1)))
+    assert F.zeros(2.0).shape == F.eye(2.0).shape[:1] == (2,)
 
 
 def test_shape_mismatches_are_both_value_and_runtime_errors():
