@@ -1465,6 +1465,18 @@ def names_an_axis(axis):
     return is_int(axis) or is_dim(axis) or bool(axis)
 
 
+def axis_of_array(axis):
+    """An axis given as an integer Tensor or numpy array, as the int (0-d) or tuple of ints
+    (1-d) it holds, as upstream reads ``F.sum(x, axis=Tensor([0, 1]))`` and
+    ``F.softmax(x, axis=Tensor(1))``; anything else as it is (a float or bool array stays an
+    array, which the axis checks refuse)."""
+    if isinstance(axis, np.ndarray) or hasattr(axis, "_data") and hasattr(axis, "numpy"):
+        if axis.dtype.kind in "iu" and axis.ndim <= 1 and axis.dtype.metadata is None:
+            values = axis if isinstance(axis, np.ndarray) else axis.numpy()
+            return int(values) if values.ndim == 0 else tuple(int(v) for v in values)
+    return axis
+
+
 def _norm_axes(axis, ndim, what):
     """``axis`` (None: every axis; an int or a sequence of ints) as a sorted tuple of
     non-negative axes below ``ndim``: out of range raises `AxisError`, an axis named twice
@@ -1477,6 +1489,7 @@ def _norm_axes(axis, ndim, what):
     # sixth of a (64, 10) softmax call)
     if type(axis) is int and -ndim <= axis < ndim:
         return (axis % ndim,)
+    axis = axis_of_array(axis)
     try:
         axes = (axis,) if is_int(axis) or is_dim(axis) else tuple(axis)
     except TypeError:  # (not iterable)

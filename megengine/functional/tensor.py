@@ -34,8 +34,9 @@ def _axis(axis, ndim, what):
     """``axis`` as a non-negative int below ``ndim``."""
     if type(axis) is int and -ndim <= axis < ndim:  # the usual call, at once (~0.3 us less)
         return axis % ndim
+    given, axis = axis, _ops.axis_of_array(axis)  # (a 0-d integer Tensor or array: its int)
     if not is_int(axis) or isinstance(axis, bool):
-        raise TypeError(f"{what}: axis must be an int, got {type(axis).__name__}")
+        raise TypeError(f"{what}: axis must be an int, got {type(given).__name__}")
     axis = as_int(axis)  # (an axis from a dumpable trace's sizes: its value, a guard)
     if not -ndim <= axis < ndim:
         raise AxisError(f"{what}: axis {axis} is out of range for {ndim} dims")
@@ -125,6 +126,7 @@ def expand_dims(inp, axis):
     n = inp.ndim + 1
     if type(axis) is int and -n <= axis < n:  # one axis, the usual call (F.expand_dims(label,
         return apply(_ops.AddAxis((axis % n,)), inp)  # 1)): ~1.5 us less than parsing a list
+    axis = _ops.axis_of_array(axis)  # (an integer Tensor or array: the ints it holds)
     try:
         axis = [axis] if is_int(axis) else list(axis)
     except TypeError:  # (not iterable: list()'s words named no function)
@@ -525,6 +527,7 @@ def roll(inp, shift, axis=None):
         shift = int(shift)
     if is_dim(axis):  # (an axis likewise)
         axis = as_int(axis)
+    axis = _ops.axis_of_array(axis)  # (an integer Tensor or array: the ints it holds)
     if axis is None:
         if not isinstance(shift, (int, np.integer)):
             raise TypeError(f"roll: with axis=None, shift must be an int, got {shift!r}")

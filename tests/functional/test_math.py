@@ -820,6 +820,38 @@ def test_reduction_with_a_repeated_axis_raises_valueerror_and_assertionerror():
     np.testing.assert_array_equal(F.sum(x, axis=(-2, 1)).numpy(), 6.0)
 
 
+# an integer Tensor or numpy array is the axis (0-d) or axes (1-d) it holds, as upstream 1.13
+# reads F.sum(x, axis=Tensor([0, 1])) and F.softmax(x, axis=Tensor(1)) (measured; its reductions
+# raise TypeError "ndim is 0" for a 0-d one, taken here as the int it holds); numpy is the oracle
+@pytest.mark.parametrize("name", ["sum", "mean", "max", "min", "prod", "var", "std", "argmax",
+                                  "argmin", "norm", "logsumexp"])
+@pytest.mark.parametrize("axis", [mge.tensor(1), mge.tensor([0, 1]), mge.tensor(-1, "int64"),
+                                  np.array(0), np.array([1, 0], np.int64)], ids=repr)
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_an_integer_tensor_or_array_is_the_axis_it_holds(name, axis, keepdims):
+    x = np.arange(1, 7, dtype=np.float32).reshape(2, 3)
+    ints = np.asarray(axis.numpy() if isinstance(axis, mge.Tensor) else axis).tolist()
+    ints = tuple(ints) if isinstance(ints, list) else ints
+    if name in ("argmax", "argmin") and isinstance(ints, tuple):
+        return  # (over several axes upstream's argmax reduces them one after another)
+    if name == "norm":
+        want = np.sqrt((x ** 2).sum(axis=ints, keepdims=keepdims))
+    elif name == "logsumexp":
+        want = np.log(np.exp(x).sum(axis=ints, keepdims=keepdims))
+    else:
+        want = getattr(np, name)(x, axis=ints, keepdims=keepdims)
+    got = getattr(F, name)(mge.tensor(x), axis=axis, keepdims=keepdims)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("axis", [mge.tensor(1.0), mge.tensor([True, False]), np.array(1.5),
+                                  mge.tensor([[0, 1]])], ids=repr)
+def test_a_tensor_axis_of_floats_bools_or_two_dims_says_what_an_axis_is(axis):
+    with pytest.raises(TypeError, match="sum: axis must be an int or a sequence of ints"):
+        F.sum(mge.tensor(np.ones((2, 3), np.float32)), axis=axis)
+
+
 def test_check_non_finite_scales_in_place_and_flags_inf_nan():
     a = np.arange(6, dtype=np.float32).reshape(2, 3)
     ts = [mge.tensor(a), mge.tensor(a + 1)]

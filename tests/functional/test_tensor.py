@@ -432,6 +432,36 @@ def test_reshape_takes_a_float_shape_tensor_of_whole_numbers():
         F.reshape(mge.tensor(x), mge.tensor([2.5, 1.6]))
 
 
+# a 0-d integer Tensor or numpy array is the axis it holds, as upstream 1.13 reads it
+# (measured: softmax, expand_dims, cumsum, concat, stack, split, roll and gather); numpy and
+# torch are the oracles
+@pytest.mark.parametrize("axis", [mge.tensor(1), mge.tensor(1, "int64"), np.array(1),
+                                  np.int64(1)], ids=repr)
+def test_a_0d_integer_tensor_or_array_is_the_axis_it_holds(axis):
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    t = mge.tensor(x)
+    np.testing.assert_array_equal(F.concat([t, t], axis).numpy(), np.concatenate([x, x], 1))
+    np.testing.assert_array_equal(F.stack([t, t], axis).numpy(), np.stack([x, x], 1))
+    np.testing.assert_array_equal(F.split(t, 3, axis)[2].numpy(), np.split(x, 3, 1)[2])
+    np.testing.assert_array_equal(F.roll(t, 1, axis).numpy(), np.roll(x, 1, 1))
+    np.testing.assert_array_equal(F.cumsum(t, axis).numpy(), np.cumsum(x, 1))
+    np.testing.assert_array_equal(F.flip(t, axis).numpy(), np.flip(x, 1))
+    assert F.expand_dims(t, axis).shape == np.expand_dims(x, 1).shape
+    index = np.array([[2, 0, 1], [1, 1, 0]], np.int32)
+    np.testing.assert_array_equal(F.gather(t, axis, mge.tensor(index)).numpy(),
+                                  np.take_along_axis(x, index, 1))
+    np.testing.assert_allclose(F.softmax(t, axis).numpy(),
+                               torch.softmax(torch.tensor(x), 1).numpy(), rtol=1e-6)
+
+
+def test_a_float_or_bool_axis_says_it_must_be_an_int():
+    # an axis of 1.0 or True is refused (upstream 1.13 takes both in some functions by int())
+    t = mge.tensor(np.ones((2, 3), np.float32))
+    for axis in (1.0, True, mge.tensor(1.0), np.array([1, 0])):
+        with pytest.raises(TypeError, match="concat: axis must be an int"):
+            F.concat([t, t], axis)
+
+
 def test_a_0d_numpy_array_is_a_shape_entry():
     # upstream's test_reshape passes (Tensor(1), -1, np.array(3, dtype="int64")); numpy's own
     # reshape, the oracle, takes 0-d integer arrays as sizes too
