@@ -139,6 +139,18 @@ def test_norm_takes_a_numpy_scalar_order(ord):
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-5)
 
 
+@pytest.mark.parametrize("ord", [None, 1, 3])
+@pytest.mark.parametrize("axis", [(), []], ids=repr)
+def test_norm_over_no_axis_is_each_absolute_value(ord, axis):
+    # as upstream 1.13's (measured); ATen's vector norm read dim=() as every axis and the
+    # result (one number) did not fit the input's shape
+    x = rand(3, 4)
+    check(lambda t: F.norm(t, ord, axis), lambda t: t.abs(), x, rtol=1e-5)
+    assert F.norm(mge.tensor(x), ord, axis, keepdims=True).shape == x.shape
+    np.testing.assert_allclose(F.normalize(mge.tensor(x), ord or 2, axis).numpy(), np.sign(x),
+                               rtol=1e-6)
+
+
 @pytest.mark.parametrize("ord", ["2", [2], mge.tensor([2.0, 1.0])], ids=repr)
 def test_norm_of_an_order_that_is_no_number_says_what_it_takes(ord):
     with pytest.raises(TypeError, match="^norm: ord must be a number"):
