@@ -386,6 +386,8 @@ def norm(inp, ord=None, axis=None, keepdims=False):
         ord = 2
     if is_dim(ord):  # (an order from a dumpable trace's sizes: its value, a guard)
         ord = as_int(ord)
+    if isinstance(ord, Tensor) and ord.ndim == 0 and ord.dtype.kind in "iuf":
+        ord = ord.item()  # (a 0-d Tensor, as upstream's: its number, a host read)
     if isinstance(ord, (np.integer, np.floating)):
         ord = ord.item()  # (np.int64(2) as 2: upstream 1.13 refuses it by accident, its
         # float64 power failing to convert)

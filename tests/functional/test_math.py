@@ -129,11 +129,12 @@ def test_norm(ord, axis):
 
 
 @pytest.mark.parametrize("ord", [np.int64(1), np.int32(2), np.float32(3), np.float64(np.inf),
-                                 np.int64(0)], ids=repr)
-def test_norm_takes_a_numpy_scalar_order(ord):
+                                 np.int64(0), mge.tensor(2), mge.tensor(3.0)], ids=repr)
+def test_norm_takes_a_numpy_scalar_or_0d_tensor_order(ord):
+    # upstream 1.13 takes a 0-d Tensor (measured) and refuses a numpy scalar by accident
     x = rand(3, 4)
     x[1, 2] = 0
-    want = torch.linalg.vector_norm(torch.tensor(x), float(ord), dim=1).numpy()
+    want = torch.linalg.vector_norm(torch.tensor(x), float(ord.item()), dim=1).numpy()
     got = F.norm(mge.tensor(x), ord, axis=1)
     assert got.dtype == F.norm(mge.tensor(x), ord.item(), axis=1).dtype  # (int32 for order 0)
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-5)
