@@ -1198,7 +1198,8 @@ def normalize_index(index):
         if hasattr(i, "_data"):
             i = i._data
             if i.dtype.kind == "f":
-                raise IndexError(f"tensor indices must be integer or bool, not {i.dtype}")
+                raise IndexingError(f"tensor indices must be integer or bool, not {i.dtype}; "
+                                    "convert it with .astype('int32')")
         elif isinstance(i, list):
             i = np.asarray(i)
             if i.size == 0 and i.dtype.kind == "f":
@@ -1270,7 +1271,7 @@ def _bool_masks_as_positions(index, shape):
             with dispatch.on_device(None if type(i) is np.ndarray else f"gpu{i.device.id}"):
                 if i.shape[0] > n and bool(i[n:].any()):  # checked here: CuPy wraps such a
                     past = n + int(i[n:].argmax())  # position around instead of raising
-                    raise IndexError(
+                    raise IndexingError(
                         f"index {past} is out of bounds for axis {axis} with size {n}")
                 i = i.nonzero()[0]
         out.append(i)
@@ -1301,7 +1302,9 @@ class GetItem(Op):
         try:
             return x[self.index]
         except IndexError as e:
-            raise IndexError(f"indexing a tensor of shape {x.shape}: {e}") from None
+            raise IndexingError(f"indexing a tensor of shape {x.shape}: {e}") from None
+        except TypeError as e:  # (numpy's for a float slice bound, x[0.0:1])
+            raise TypeError(f"indexing a tensor of shape {x.shape}: {e}") from None
 
     def backward(self, g):
         return IndexAdd(self.index, self.in_shape, self.in_dtype).forward(g)
@@ -1426,7 +1429,7 @@ class SetItem(Op):
                 # refuses, upstream broadcasts it to the element (and torch takes it)
                 out[self.index] = v.reshape(())
         except (IndexError, ValueError, TypeError) as e:  # (TypeError: numpy's, complex v)
-            raise type(e)(
+            raise (IndexingError if isinstance(e, IndexError) else type(e))(
                 f"setting a tensor of shape {x.shape} at an index with a value of shape "
                 f"{v.shape}: {e}"
             ) from None
@@ -1453,6 +1456,13 @@ class SetItem(Op):
             gv = t_unbroadcast(part, self.v_shape) if part.ndim >= len(self.v_shape) \
                 else part.reshape(self.v_shape)
         return gx, gv
+
+
+class IndexingError(IndexError, RuntimeError):
+    """An index a tensor cannot take (out of range, a float, a string): an IndexError, as
+    numpy's and torch's, and a RuntimeError, what upstream 1.13 raises there (pybind's "Unable
+    to cast" for a float or a string, its kernel's assertion or a later AsyncError for an index
+    out of range), so code written for either catches it."""
 
 
 class AxisError(ValueError, RuntimeError):

@@ -87,6 +87,28 @@ def test_an_integer_index_out_of_range_raises_index_error_as_torch():
             mge.tensor(a)[index]
 
 
+@pytest.mark.parametrize("index", [2, (0, 5), (Ellipsis, 3), 1.5, "a", {}, (0, 0, 0),
+                                   [0.5, 1], np.float32(1), mge.tensor([0.0, 1.0]),
+                                   np.array([True, False, True])], ids=repr)
+@pytest.mark.parametrize("write", [False, True], ids=["get", "set"])
+def test_a_bad_index_is_an_index_error_and_upstreams_runtime_error(index, write):
+    # numpy and torch raise IndexError for each of these (the oracle); upstream 1.13 raises
+    # RuntimeError (pybind's "Unable to cast" for a float or a string, its kernel's assertion)
+    # or reads past the end (x[2]), so the error here is both, and names the tensor's shape
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    with pytest.raises(IndexError):
+        a[np.asarray(index.numpy()) if isinstance(index, mge.Tensor) else index]
+    x = mge.tensor(a)
+    with pytest.raises(ops.IndexingError) as info:
+        if write:
+            x[index] = 1.0
+        else:
+            x[index]
+    assert isinstance(info.value, IndexError) and isinstance(info.value, RuntimeError)
+    assert "shape (2, 3)" in str(info.value) or "integer or bool" in str(info.value) or \
+        "out of bounds for axis 0 with size 2" in str(info.value)
+
+
 def test_a_tensor_slice_bound_is_read_where_a_trace_sees_it():
     import io
 
