@@ -670,6 +670,11 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
         return broadcast_to(self, shape)
 
     def transpose(self, *axes):
+        if len(axes) == 1 and isinstance(axes[0], (Tensor, np.ndarray)):
+            axes = (_ops.axis_of_array(axes[0]),)  # (an integer Tensor: its ints, as upstream)
+            if isinstance(axes[0], (Tensor, np.ndarray)):
+                raise TypeError(f"transpose: axes must be ints (a permutation of the dims), got "
+                                f"a {type(axes[0]).__name__} of dtype {axes[0].dtype}")
         if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
             axes = axes[0]
         return dispatch.apply(_ops.Transpose(tuple(axes) if axes else None), self)

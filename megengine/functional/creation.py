@@ -102,10 +102,10 @@ def _shape_arg(shape, what):
         if isinstance(s, Tensor) and sizes_of(s) is not None and sizes_of(s).size == 1:
             s = sizes_of(s).ravel()[0]  # (Tensor(x.shape)[0]: a size of a dumpable trace)
         if isinstance(s, Tensor):
-            if s.size != 1 or s.dtype.kind not in "iu":
-                raise TypeError(f"{what}: a shape entry Tensor must be one integer, got shape "
-                                f"{s.shape} and dtype {s.dtype}")
-            s = s.item()
+            if s.size != 1 or s.dtype.kind not in "iuf":
+                raise TypeError(f"{what}: a shape entry Tensor must be one integer (or a whole-"
+                                f"number float), got shape {s.shape} and dtype {s.dtype}")
+            s = s.item()  # (a float: refused below unless whole, Tensor(3.0) as upstream's)
         if isinstance(s, np.ndarray) and s.ndim == 0:
             s = s[()]  # a 0-d array is its numpy scalar (upstream's test_reshape passes one)
         if is_dim(s):

@@ -95,7 +95,11 @@ def transpose(inp, pattern):
     Dimensions left out of ``pattern`` must have size 1 and are dropped.
     """
     inp = _tensor(inp)
-    pattern = tuple(pattern)
+    pattern = _ops.axis_of_array(pattern)  # (an integer Tensor or array: its ints, as upstream)
+    if isinstance(pattern, (Tensor, np.ndarray)):
+        raise TypeError(f"transpose: pattern must be ints (a permutation of the dims, 'x' for a "
+                        f"new dim), got a {type(pattern).__name__} of dtype {pattern.dtype}")
+    pattern = (pattern,) if is_int(pattern) else tuple(pattern)
     if len(pattern) == inp.ndim and (all_ints(pattern) or all(map(is_int, pattern))):
         # (plain ints, or sizes from x.shape in a dumpable trace: Tensor.transpose keeps them
         # as expressions)

@@ -454,6 +454,21 @@ def test_a_0d_integer_tensor_or_array_is_the_axis_it_holds(axis):
                                torch.softmax(torch.tensor(x), 1).numpy(), rtol=1e-6)
 
 
+@pytest.mark.parametrize("perm", [mge.tensor([1, 0, 2]), np.array([1, 0, 2]),
+                                  mge.tensor([1, 0, 2], "int64")], ids=repr)
+def test_a_permutation_may_be_an_integer_tensor_or_array(perm):
+    # as upstream 1.13's x.transpose(Tensor([1, 0])) (measured); numpy's transpose the oracle
+    x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    want = np.transpose(x, (1, 0, 2))
+    np.testing.assert_array_equal(mge.tensor(x).transpose(perm).numpy(), want)
+    np.testing.assert_array_equal(F.transpose(mge.tensor(x), perm).numpy(), want)
+    bad = mge.tensor([1.0, 0.0, 2.0])
+    with pytest.raises(TypeError, match="transpose: axes must be ints.*float32"):
+        mge.tensor(x).transpose(bad)
+    with pytest.raises(TypeError, match="transpose: pattern must be ints.*float32"):
+        F.transpose(mge.tensor(x), bad)
+
+
 def test_a_float_or_bool_axis_says_it_must_be_an_int():
     # an axis of 1.0 or True is refused (upstream 1.13 takes both in some functions by int())
     t = mge.tensor(np.ones((2, 3), np.float32))
@@ -501,6 +516,15 @@ def test_a_size_with_a_fraction_or_a_string_says_so(make, shape):
     # int() would truncate 2.5 to 2 (upstream 1.13 does) and parse "2"
     with pytest.raises(TypeError, match="(ints|integers).*(whole|got)"):
         make(shape)
+
+
+def test_a_whole_number_float_tensor_is_a_size():
+    # as upstream 1.13's F.zeros((Tensor(3.0), 2)) and F.eye(Tensor(3.0), Tensor(3.0)) (measured)
+    assert F.zeros((mge.tensor(3.0), 2)).shape == (3, 2)
+    np.testing.assert_array_equal(F.eye(mge.tensor(3.0), mge.tensor(3.0)).numpy(), np.eye(3))
+    np.testing.assert_array_equal(F.eye(2, mge.tensor(3.0)).numpy(), np.eye(2, 3))
+    with pytest.raises(TypeError, match=r"zeros: shape entries must be ints.*got 2.5"):
+        F.zeros((mge.tensor(2.5), 2))
 
 
 def test_tile_takes_whole_float_reps():
