@@ -1505,8 +1505,8 @@ def _norm_axes(axis, ndim, what):
     except TypeError:  # (not iterable)
         axes = None
     if axes is None or not all(is_int(a) or is_dim(a) for a in axes):
-        raise TypeError(f"{public_function() or what}: axis must be an int or a sequence of "
-                        f"ints, got {axis!r}")
+        raise ArgumentTypeError(f"{public_function() or what}: axis must be an int or a "
+                                f"sequence of ints, got {axis!r}")
     out = []
     for a in axes:
         a = as_int(a) if is_dim(a) else a  # (an axis from a dumpable trace's sizes: a guard)

@@ -9,8 +9,8 @@ from ..core import ops as _ops
 from ..core._trace_option import as_int, is_dim, is_int, same_sizes
 from ..core.dispatch import POOL_MIN, Op, apply
 from ..core.dtype import _zero_point, no_quantized_form, quantize_array, stored
-from ..core.ops import (ArgumentError, AxisError, BroadcastError, ShapeError,  # noqa: F401
-                        all_ints, int_tuple, unbroadcast, xp_of)
+from ..core.ops import (ArgumentError, ArgumentTypeError, AxisError, BroadcastError,  # noqa: F401
+                        ShapeError, all_ints, int_tuple, unbroadcast, xp_of)
 from ..core.tensor import Tensor, _operand, as_array, promote_types  # noqa: F401
 from . import _aten
 from ._args import _int, _size
@@ -36,7 +36,8 @@ def _axis(axis, ndim, what):
         return axis % ndim
     given, axis = axis, _ops.axis_of_array(axis)  # (a 0-d integer Tensor or array: its int)
     if not is_int(axis) or isinstance(axis, bool):
-        raise TypeError(f"{what}: axis must be an int, got {type(given).__name__}")
+        # (also upstream's RuntimeError: pybind's "Unable to cast" there)
+        raise ArgumentTypeError(f"{what}: axis must be an int, got {type(given).__name__}")
     axis = as_int(axis)  # (an axis from a dumpable trace's sizes: its value, a guard)
     if not -ndim <= axis < ndim:
         raise AxisError(f"{what}: axis {axis} is out of range for {ndim} dims")
@@ -134,8 +135,8 @@ def expand_dims(inp, axis):
     try:
         axis = [axis] if is_int(axis) else list(axis)
     except TypeError:  # (not iterable: list()'s words named no function)
-        raise TypeError(f"expand_dims: axis must be an int or a sequence of ints, got "
-                        f"{axis!r}") from None
+        raise ArgumentTypeError(f"expand_dims: axis must be an int or a sequence of ints, "
+                                f"got {axis!r}") from None
     if not axis:
         raise ValueError("expand_dims: axis could not be empty; give an int or a sequence")
     # a repeated axis is allowed, as upstream: the sorted positions are inserted one after
