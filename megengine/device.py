@@ -1,6 +1,7 @@
 """Device names, the default device, the array module (numpy / CuPy) per device, device queries."""
 import enum
 import functools
+import numbers
 import os
 import re
 import sys
@@ -35,6 +36,8 @@ __all__ = [
     "canonical_device",
     "get_gpu_allocator",
     "CudaDeviceSwitcher",
+    "DeviceNameError",
+    "DeviceTypeError",
 ]
 
 
@@ -200,6 +203,17 @@ def what_is_xpu() -> str:
     return "cuda" if is_cuda_available() else "cpu"
 
 
+class DeviceNameError(ValueError, RuntimeError):
+    """A device name this engine cannot read (``"cuda:0"``, ``"cpu"``, a GPU not visible): a
+    ValueError saying which names it takes, and a RuntimeError, what upstream raises there (its
+    comp node locator's "invalid comp node id"), so code written for either catches it."""
+
+
+class DeviceTypeError(TypeError, RuntimeError):
+    """A device given as something that is no name (``device=0``): a TypeError, and a
+    RuntimeError as upstream's (its C++ check asserts a CompNode)."""
+
+
 def parse_device_name(name: str):
     """``(kind, number)`` of an upstream device name: kind "cpu", "gpu" or "xpu", number its
     digits or "x"; the stream is dropped (one stream per device here), a "multithread" name is
@@ -217,9 +231,9 @@ def parse_device_name(name: str):
         if number is not None:
             return kind, number
     if name.startswith(("rocm", "atlas", "cambricon")):
-        raise ValueError(f"device {name!r}: this engine has no ROCm, Atlas or Cambricon backend; "
-                         "use a CPU ('cpu0') or a CUDA GPU ('gpu0')")
-    raise ValueError(f"unknown device {name!r}: expected {_NAME_FORMS}")
+        raise DeviceNameError(f"device {name!r}: this engine has no ROCm, Atlas or Cambricon "
+                              "backend; use a CPU ('cpu0') or a CUDA GPU ('gpu0')")
+    raise DeviceNameError(f"unknown device {name!r}: expected {_NAME_FORMS}")
 
 
 class _Device(str):
@@ -268,6 +282,10 @@ def canonical_device(device=None) -> str:
     # a CompNode is a str naming the device, and may carry its tensor's logical name; other
     # objects (upstream's CompNode-likes) by their logical name
     logical = getattr(device, "_logical", None)
+    if isinstance(device, (numbers.Number, bytes, list, tuple, dict)):  # (str() would name
+        # some device: 0 was "unknown device '0'")
+        raise DeviceTypeError(f"a device must be a name such as 'cpu0', 'gpu0' or 'xpux' (or a "
+                              f"tensor's .device), got {type(device).__name__}: {device!r}")
     name = str(device) if isinstance(device, str) else str(getattr(device, "logical_name", device))
     kind, index = parse_device_name(name)
     if kind == "xpu":
@@ -279,7 +297,8 @@ def canonical_device(device=None) -> str:
                 "(pip install cupy-cuda12x) on a machine with an NVIDIA GPU, or use 'cpu0'/'xpux'"
             )
         if index != "x" and int(index) >= get_device_count("gpu"):
-            raise ValueError(f"device {name!r}: only {get_device_count('gpu')} GPU(s) are visible")
+            raise DeviceNameError(f"device {name!r}: only {get_device_count('gpu')} GPU(s) are "
+                                  "visible")
     key = (kind + ("0" if index == "x" else str(int(index))), logical or _logical_name(name))
     named = _NAMED.get(key)
     if named is None:

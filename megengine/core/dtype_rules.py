@@ -97,6 +97,16 @@ def _none_at(value):
     return ""
 
 
+def _is_text(value):
+    """Whether ``value`` is a string, bytes, or a list or array of them (numbers as text, which
+    a tensor of a given dtype parses, as upstream's)."""
+    if isinstance(value, (str, bytes)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return bool(value) and all(_is_text(v) for v in value)
+    return isinstance(value, np.ndarray) and value.dtype.kind in "US"
+
+
 def _as_array(value, dtype, device, copy):
     if type(value).__module__.startswith("torch"):
         value = _torch_data(value)
@@ -117,7 +127,15 @@ def _as_array(value, dtype, device, copy):
                                 "take F.real / F.imag / F.abs of it first, or ask for "
                                 "dtype='complex64'")
         try:
-            arr = xp.array(value, dtype=dtype, copy=copy) if copy else xp.asarray(value, dtype=dtype)
+            if dtype.kind == "b" and _is_text(value):  # numpy reads any non-empty string as
+                value = np.asarray(value).astype(np.int64)  # True; upstream's int() ("0": False)
+            arr = xp.array(value, dtype=dtype, copy=copy) if copy else \
+                xp.asarray(value, dtype=dtype)
+        except ValueError as e:  # text that is no number ("abc"): numpy's words named nothing
+            if not _is_text(value):
+                raise
+            raise ArgumentTypeError(f"{argument_prefix(value)}cannot make a tensor of dtype "
+                                    f"{dtype} from {value!r}: {e}; give numbers") from None
         except OverflowError:
             # numpy 2 refuses Python ints outside an integer dtype's range; upstream wraps them
             # (its guide: Tensor([127, 128, 129], dtype="int8") is [127, -128, -127])

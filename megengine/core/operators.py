@@ -58,8 +58,11 @@ def _operand(value, like):
     if isinstance(value, np.generic) and value.dtype.kind in "biufc" and \
             like.dtype.metadata is not None and _qd.is_quantize(like.dtype):
         raise _quantized_scalar(value.item(), like.dtype)  # a numpy number: as a Python one
-    if isinstance(value, np.generic) and numpy_scalar_is_weak(like.dtype, value.dtype):
-        # (two tensors of those dtypes give float32: float16 + int16, int8 + bool)
+    if isinstance(value, (np.generic, np.ndarray)) and \
+            numpy_scalar_is_weak(like.dtype, value.dtype):
+        # (two tensors of those dtypes give float32: float16 + int16, int8 + bool); a numpy
+        # array likewise, as upstream's: float16_x + np.array([1, 2]) is float16, int32_x + a
+        # bool mask int32
         return Tensor(value, dtype=like.dtype, device=like._device)
     if isinstance(value, np.integer) and value.dtype.itemsize == 8 and \
             value != value.astype(np.int32):

@@ -127,9 +127,23 @@ def int_tuple(shape, what):
     if is_int(shape):
         return (shape if is_dim(shape) else int(shape),)
     try:  # (a size from x.shape in a dumpable trace stays one: see core._trace_option)
-        return tuple(s if type(s) is int or is_dim(s) else _size_item(s) for s in shape)
+        return tuple(s if type(s) is int or is_dim(s) else _size_item(_whole(s)) for s in shape)
     except (TypeError, ValueError):
-        raise TypeError(f"{what}: a shape must be ints or a sequence of ints, got {shape!r}") from None
+        raise TypeError(f"{what}: a shape must be ints or a sequence of ints (a float only if "
+                        f"it is a whole number), got {shape!r}") from None
+
+
+def _whole(s):
+    """A shape entry ``int()`` may take: a whole float (``2.0``, ``n / 2`` of an even n) is
+    the int it holds, as upstream's shape conversion reads it; a fraction or a string raises
+    TypeError (``int()`` would truncate 2.5 to 2 and parse "2")."""
+    if isinstance(s, (float, np.floating)):
+        if not float(s).is_integer():
+            raise TypeError(s)
+        return int(s)
+    if isinstance(s, (str, bytes)):
+        raise TypeError(s)
+    return s
 
 
 def _promote(a, b):
@@ -1199,7 +1213,8 @@ def normalize_index(index):
         if hasattr(i, "_data"):
             i = i._data
             if i.dtype.kind == "f":
-                raise IndexError(f"tensor indices must be integer or bool, not {i.dtype}")
+                raise IndexingError(f"tensor indices must be integer or bool, not {i.dtype}; "
+                                    "convert it with .astype('int32')")
         elif isinstance(i, list):
             i = np.asarray(i)
             if i.size == 0 and i.dtype.kind == "f":
@@ -1271,7 +1286,7 @@ def _bool_masks_as_positions(index, shape):
             with dispatch.on_device(None if type(i) is np.ndarray else f"gpu{i.device.id}"):
                 if i.shape[0] > n and bool(i[n:].any()):  # checked here: CuPy wraps such a
                     past = n + int(i[n:].argmax())  # position around instead of raising
-                    raise IndexError(
+                    raise IndexingError(
                         f"index {past} is out of bounds for axis {axis} with size {n}")
                 i = i.nonzero()[0]
         out.append(i)
@@ -1302,7 +1317,9 @@ class GetItem(Op):
         try:
             return x[self.index]
         except IndexError as e:
-            raise IndexError(f"indexing a tensor of shape {x.shape}: {e}") from None
+            raise IndexingError(f"indexing a tensor of shape {x.shape}: {e}") from None
+        except TypeError as e:  # (numpy's for a float slice bound, x[0.0:1])
+            raise TypeError(f"indexing a tensor of shape {x.shape}: {e}") from None
 
     def backward(self, g):
         return IndexAdd(self.index, self.in_shape, self.in_dtype).forward(g)
@@ -1427,7 +1444,7 @@ class SetItem(Op):
                 # refuses, upstream broadcasts it to the element (and torch takes it)
                 out[self.index] = v.reshape(())
         except (IndexError, ValueError, TypeError) as e:  # (TypeError: numpy's, complex v)
-            raise type(e)(
+            raise (IndexingError if isinstance(e, IndexError) else type(e))(
                 f"setting a tensor of shape {x.shape} at an index with a value of shape "
                 f"{v.shape}: {e}"
             ) from None
@@ -1456,6 +1473,13 @@ class SetItem(Op):
         return gx, gv
 
 
+class IndexingError(IndexError, RuntimeError):
+    """An index a tensor cannot take (out of range, a float, a string): an IndexError, as
+    numpy's and torch's, and a RuntimeError, what upstream 1.13 raises there (pybind's "Unable
+    to cast" for a float or a string, its kernel's assertion or a later AsyncError for an index
+    out of range), so code written for either catches it."""
+
+
 class AxisError(ValueError, RuntimeError):
     """An axis out of range. A ValueError as numpy's AxisError; also a RuntimeError, which is
     what upstream raises (its C++ shape check) and its users catch."""
@@ -1464,6 +1488,18 @@ class AxisError(ValueError, RuntimeError):
 def names_an_axis(axis):
     """Whether ``axis`` names at least one axis (None and ``()`` name none)."""
     return is_int(axis) or is_dim(axis) or bool(axis)
+
+
+def axis_of_array(axis):
+    """An axis given as an integer Tensor or numpy array, as the int (0-d) or tuple of ints
+    (1-d) it holds, as upstream reads ``F.sum(x, axis=Tensor([0, 1]))`` and
+    ``F.softmax(x, axis=Tensor(1))``; anything else as it is (a float or bool array stays an
+    array, which the axis checks refuse)."""
+    if isinstance(axis, np.ndarray) or hasattr(axis, "_data") and hasattr(axis, "numpy"):
+        if axis.dtype.kind in "iu" and axis.ndim <= 1 and axis.dtype.metadata is None:
+            values = axis if isinstance(axis, np.ndarray) else axis.numpy()
+            return int(values) if values.ndim == 0 else tuple(int(v) for v in values)
+    return axis
 
 
 def _norm_axes(axis, ndim, what):
@@ -1478,13 +1514,14 @@ def _norm_axes(axis, ndim, what):
     # sixth of a (64, 10) softmax call)
     if type(axis) is int and -ndim <= axis < ndim:
         return (axis % ndim,)
+    axis = axis_of_array(axis)
     try:
         axes = (axis,) if is_int(axis) or is_dim(axis) else tuple(axis)
     except TypeError:  # (not iterable)
         axes = None
     if axes is None or not all(is_int(a) or is_dim(a) for a in axes):
-        raise TypeError(f"{public_function() or what}: axis must be an int or a sequence of "
-                        f"ints, got {axis!r}")
+        raise ArgumentTypeError(f"{public_function() or what}: axis must be an int or a "
+                                f"sequence of ints, got {axis!r}")
     out = []
     for a in axes:
         a = as_int(a) if is_dim(a) else a  # (an axis from a dumpable trace's sizes: a guard)

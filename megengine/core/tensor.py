@@ -238,6 +238,20 @@ class _InstanceDict:
 _instance_dict = _InstanceDict.__dict__["__dict__"]
 
 
+
+def _list_is_a_tuple(index):
+    """Whether a list index holding a sequence, an array, a Tensor, a slice, None or Ellipsis
+    (``x[[rows, cols]]``) means the tuple of those items, as upstream 1.13's ``x[...]`` reads
+    it (measured: ``x[[[0, 1], [1, 0]]]`` is ``[x[0, 1], x[1, 0]]``), as torch's and numpy's
+    before 1.23 did; numpy now reads it as one index array (a (2, 2, ...) result). A list of
+    ints or bools stays one index. (Upstream's ``x[...] = v`` takes numpy's reading: so does
+    this engine's.)"""
+    for i in index:
+        if i is None or i is Ellipsis or isinstance(i, (list, tuple, slice, np.ndarray)) or \
+                hasattr(i, "_data"):
+            return True
+    return False
+
 class Tensor(_InstanceDict, metaclass=_TensorType):
     """An n-dimensional array on a device, with autodiff through `megengine.autodiff`."""
 
@@ -656,6 +670,11 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
         return broadcast_to(self, shape)
 
     def transpose(self, *axes):
+        if len(axes) == 1 and isinstance(axes[0], (Tensor, np.ndarray)):
+            axes = (_ops.axis_of_array(axes[0]),)  # (an integer Tensor: its ints, as upstream)
+            if isinstance(axes[0], (Tensor, np.ndarray)):
+                raise TypeError(f"transpose: axes must be ints (a permutation of the dims), got "
+                                f"a {type(axes[0]).__name__} of dtype {axes[0].dtype}")
         if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
             axes = axes[0]
         return dispatch.apply(_ops.Transpose(tuple(axes) if axes else None), self)
@@ -890,6 +909,8 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
 
     # ----- indexing -----
     def __getitem__(self, index):
+        if type(index) is list and _list_is_a_tuple(index):
+            index = tuple(index)
         return dispatch.apply(_ops.GetItem(_ops.normalize_index(index)), self)
 
     def __setitem__(self, index, value):

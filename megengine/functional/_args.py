@@ -74,8 +74,9 @@ def _int_pair(value, name, what):
     """An int or a pair of ints as a (h, w) tuple of Python ints (`_not_int` values raise)."""
     if isinstance(value, Tensor):
         value = value.numpy().tolist()
-    if is_int(value):
-        # (a size of a dumpable trace, F.max_pool2d(x, x.shape[2] // 4): its value, a guard)
+    if is_int(value) or isinstance(value, (float, np.floating)) and not _not_int(value):
+        # (a size of a dumpable trace, F.max_pool2d(x, x.shape[2] // 4): its value, a guard;
+        # a whole float, F.max_pool2d(x, 2.0): the int it holds, as upstream's int() reads it)
         return int(value), int(value)
     try:
         h, w = value

@@ -47,7 +47,9 @@ def _ntuple(value, n, name, what):
         return (value,) * n
     if isinstance(value, Tensor):
         value = value.numpy().tolist()
-    if is_int(value):  # (a size of a dumpable trace: its value, a guard)
+    if is_int(value) or isinstance(value, (float, np.floating)) and not _not_int(value):
+        # (a size of a dumpable trace: its value, a guard; a whole float, padding=1.0: the int
+        # it holds, as in a sequence and as upstream's int() reads it)
         return (int(value),) * n
     try:
         # (a string is a sequence: "12" read as (1, 2); int() parsed "1" and truncated 2.5)

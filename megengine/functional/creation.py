@@ -56,6 +56,12 @@ def _unwrap_shape(shape):
     return shape
 
 
+def _whole(s):
+    """Whether ``s`` is a float holding a whole number (``2.0``, ``n / 2`` of an even n): a size
+    upstream's shape conversion reads as the int it holds (a fraction is refused)."""
+    return isinstance(s, (float, np.floating)) and float(s).is_integer()
+
+
 def _shape_arg(shape, what):
     """A shape as upstream accepts it, as a tuple of Python ints: an int, a sequence (whose items
     may be ints, numpy ints or 0-d arrays, or one-element Tensors, e.g. pieces of ``x.shape``),
@@ -71,23 +77,22 @@ def _shape_arg(shape, what):
     shape = _unwrap_shape(shape)
     if isinstance(shape, Shape):  # x.shape while tracing: its items, SymDims kept (not numpy())
         shape = tuple(shape)
-    computed = isinstance(shape, Tensor)
-    if computed:
+    if isinstance(shape, Tensor):
         sizes = sizes_of(shape)  # a shape tensor of a dumpable trace: its SymDims
         shape = shape.numpy() if sizes is None else sizes.tolist()  # (numpy: a noted read)
-        computed = sizes is None
     if hasattr(shape, "ndim") and hasattr(shape, "tolist"):  # numpy/CuPy array or numpy scalar
-        if computed and shape.dtype.kind == "f" and bool((shape == shape.round()).all()):
-            # upstream's shape check reads a float shape Tensor holding whole numbers (a
-            # shape computed by matmul, as upstream's test_interpreter does) as those ints
+        if shape.dtype.kind == "f" and bool((shape == shape.round()).all()):
+            # upstream's shape check reads a float shape holding whole numbers (a shape
+            # computed by matmul, as upstream's test_interpreter does; np.array([2.0, 3.0]))
+            # as those ints
             shape = shape.astype("int64")
         if shape.dtype.kind not in "iu":
-            raise TypeError(f"{what}: a shape array must hold integers (a Tensor may hold "
-                            f"whole-number floats), got dtype {shape.dtype}: {shape.tolist()}")
+            raise TypeError(f"{what}: a shape array must hold integers (or whole-number "
+                            f"floats), got dtype {shape.dtype}: {shape.tolist()}")
         shape = shape.tolist()
     if is_dim(shape):  # a size from x.shape in a dumpable trace (see core._trace_option)
         return (shape,)
-    if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
+    if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool) or _whole(shape):
         return (int(shape),)
     if not isinstance(shape, (list, tuple)):
         raise TypeError(f"{what}: a shape must be an int, a sequence of ints, a 1-D integer "
@@ -97,17 +102,18 @@ def _shape_arg(shape, what):
         if isinstance(s, Tensor) and sizes_of(s) is not None and sizes_of(s).size == 1:
             s = sizes_of(s).ravel()[0]  # (Tensor(x.shape)[0]: a size of a dumpable trace)
         if isinstance(s, Tensor):
-            if s.size != 1 or s.dtype.kind not in "iu":
-                raise TypeError(f"{what}: a shape entry Tensor must be one integer, got shape "
-                                f"{s.shape} and dtype {s.dtype}")
-            s = s.item()
+            if s.size != 1 or s.dtype.kind not in "iuf":
+                raise TypeError(f"{what}: a shape entry Tensor must be one integer (or a whole-"
+                                f"number float), got shape {s.shape} and dtype {s.dtype}")
+            s = s.item()  # (a float: refused below unless whole, Tensor(3.0) as upstream's)
         if isinstance(s, np.ndarray) and s.ndim == 0:
             s = s[()]  # a 0-d array is its numpy scalar (upstream's test_reshape passes one)
         if is_dim(s):
             out.append(s)
             continue
-        if isinstance(s, bool) or not isinstance(s, (int, np.integer)):
-            raise TypeError(f"{what}: shape entries must be ints, got {s!r} in {shape!r}")
+        if isinstance(s, bool) or not isinstance(s, (int, np.integer)) and not _whole(s):
+            raise TypeError(f"{what}: shape entries must be ints (or whole-number floats), "
+                            f"got {s!r} in {shape!r}")
         out.append(int(s))
     return tuple(out)
 

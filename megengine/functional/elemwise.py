@@ -573,10 +573,14 @@ def _all_float16(x, lower, upper):
 _PLAIN_BOUND = frozenset({int, float})  # bounds of these exact types need no conversion
 
 
+_ARRAY_BOUND = (Tensor, np.ndarray, list, tuple)  # bounds that are operands (clip's tensor path)
+
+
 def clip(x, lower=None, upper=None):
     """Limit each element of ``x`` to ``[lower, upper]``; either bound may be None (not both).
 
-    Bounds are numbers or Tensors; a float bound on an integer tensor gives a float32 result,
+    Bounds are numbers, Tensors, numpy arrays or lists (broadcast to ``x``: a bound per
+    element); a float bound on an integer tensor gives a float32 result,
     and a numpy scalar bound (``np.int16(3)``) promotes ``x`` as ``x + bound`` does.
     """
     if lower is None and upper is None:
@@ -590,8 +594,10 @@ def clip(x, lower=None, upper=None):
     if isinstance(lower, Tensor) and isinstance(upper, Tensor) and \
             _all_float16(x, lower, upper):
         return apply(ClipByTensors(), x, lower, upper)
-    if isinstance(lower, Tensor) or isinstance(upper, Tensor) or is_sym(lower) or \
-            is_sym(upper):  # (a bound from a dumpable trace's sizes: an operand, carried)
+    if isinstance(lower, _ARRAY_BOUND) or isinstance(upper, _ARRAY_BOUND) or is_sym(lower) or \
+            is_sym(upper):  # (a bound from a dumpable trace's sizes: an operand, carried; a
+        # numpy array or a list: an operand as in F.maximum(x, b), bounds per element, as
+        # upstream's F.clip(x, np.array([1, 2, 3]), 4))
         out = x if lower is None else maximum(x, lower)
         return out if upper is None else minimum(out, upper)
     if x.dtype.metadata is not None:  # a quantized tensor: the bounds are values
@@ -601,7 +607,8 @@ def clip(x, lower=None, upper=None):
         if b is not None and not isinstance(b, (int, float, np.number, np.bool_)):
             func, arg = public_argument(b)  # (F.normalize's eps is its lower)
             raise TypeError(f"{func or 'clip'}: {arg or 'a bound'} must be a number or a "
-                            f"Tensor, got {type(b).__name__}")
+                            f"Tensor (or a numpy array or list of numbers), got "
+                            f"{type(b).__name__}")
         if isinstance(b, np.generic):
             # a numpy scalar is a typed operand, as in x + b (upstream's promotion): x takes
             # the dtype of x with Tensor(b)'s (which narrows float64 and int64 to 32 bits)

@@ -329,7 +329,9 @@ class PNorm(Op):
             x = _as_float(x, self)
         self.x = x
         self.axes = axes = _norm_axes(self.axis, x.ndim, "norm")
-        if self.p == 2 and x.dtype in KERNEL_FLOATS and x.size and _aten.use_aten(x, "norm"):
+        # (no axis, axis=(): each |x|, which ATen's dim=() would take for every axis)
+        if self.p == 2 and x.dtype in KERNEL_FLOATS and x.size and axes and \
+                _aten.use_aten(x, "norm"):
             # ATen's vector norm: one pass, no x * x temporary; (512, 1024) float32 over axis 1
             # 73 us against numpy's 180 (whose sum over a row measured 120 us alone)
             out = _aten.array(_aten.op("linalg_vector_norm")(
@@ -385,8 +387,14 @@ def norm(inp, ord=None, axis=None, keepdims=False):
         ord = 2
     if is_dim(ord):  # (an order from a dumpable trace's sizes: its value, a guard)
         ord = as_int(ord)
+    if isinstance(ord, Tensor) and ord.ndim == 0 and ord.dtype.kind in "iuf":
+        ord = ord.item()  # (a 0-d Tensor, as upstream's: its number, a host read)
+    if isinstance(ord, (np.integer, np.floating)):
+        ord = ord.item()  # (np.int64(2) as 2: upstream 1.13 refuses it by accident, its
+        # float64 power failing to convert)
     if not isinstance(ord, (int, float)):
-        raise TypeError(f"norm: ord must be a number, got {type(ord).__name__}")
+        raise TypeError(f"norm: ord must be a number (an int, a float or inf), got "
+                        f"{type(ord).__name__}")
     if axis is not None and ord in (0, _pymath.inf, -_pymath.inf):
         _norm_axes(axis, inp.ndim, "norm")  # (its errors name norm, not the sum, max, min)
     if ord == 0:
@@ -453,7 +461,8 @@ def normalize(inp, ord=None, axis=None, eps=1e-12):
     x = inp._data
     two = ord is None or type(ord) in (int, float) and ord == 2
     if two and (x.dtype in KERNEL_FLOATS or x.dtype is FLOAT16 and half_operands(x)) \
-            and x.size and _aten.use_aten(x, "norm"):
+            and x.size and not (type(axis) in (tuple, list) and not axis) \
+            and _aten.use_aten(x, "norm"):  # (axis=(): x / |x|, which ATen's dim=() is not)
         # (_real: float() took eps "1e-3", and its words for "x" named nothing)
         return apply(Normalize(axis, _real(eps, "eps", "normalize")), inp)
     if x.dtype.kind == "c":  # (else F.norm's error would name norm)

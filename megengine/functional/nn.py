@@ -239,16 +239,19 @@ class _Linear(Op):
         if b is not None:
             if b.dtype.metadata is not None:  # a quantized bias next to float input: refused,
                 promote_types(y.dtype, b.dtype)  # as x + b is (it was added as integers)
-            if b.size != w.shape[0]:
+            if b.size != w.shape[0] and b.size != 1:
+                # (one value, a 0-d or (1,) bias, is added to every feature: upstream adds the
+                # bias as x @ W.T + b, which broadcasts it)
                 raise ShapeError(f"linear: bias of shape {b.shape} does not match "
-                                 f"{w.shape[0]} out_features")
+                                 f"{w.shape[0]} out_features; give one value per output "
+                                 "feature, or a single value for all of them")
             self.b_shape = b.shape
             # upstream's linear is a matmul, then + bias: the bias's gradient is ready first,
             # so its callbacks run before the weight's (as torch's addmm hands them out too)
             self.grad_order = (2, 0, 1)
             if b.dtype != y.dtype and (b.dtype.kind == "c" or y.dtype.kind in "iub"):
                 y = y.astype(promote_types(y.dtype, b.dtype))  # (+= would cast b to y's dtype)
-            y += b if b.ndim == 1 else b.reshape(-1)
+            y += b if b.ndim == 1 else b.reshape(-1 if b.size == w.shape[0] else ())
             if fused:
                 y = cast(y, np.float16)
         needs = self.needs_input_grad
@@ -272,8 +275,12 @@ class _Linear(Op):
         gw = (grad_matmul(g.T, x) if g.ndim == 2 else xp_of(g).outer(g, x)) if needs[1] else None
         if len(needs) == 2:
             return gx, gw
-        gb = (acc_sum(g, 0) if g.ndim == 2 else g).reshape(self.b_shape) if needs[2] else None
-        return gx, gw, gb
+        if not needs[2]:
+            return gx, gw, None
+        gb = acc_sum(g, 0) if g.ndim == 2 else g
+        if math.prod(self.b_shape) != w.shape[0]:  # one value added to every feature
+            gb = gb.sum(keepdims=True)
+        return gx, gw, gb.reshape(self.b_shape)
 
     def backward_reads(self):
         # as torch's addmm: x's gradient reads w, w's reads x (the bias's reads neither)
@@ -289,8 +296,10 @@ class _Linear(Op):
         gw = g2.transpose(1, 0) @ x.reshape(-1, x.shape[-1]) if needs[1] else None
         if len(needs) == 2:
             return gx, gw
-        gb = g2.sum(0).reshape(self.b_shape) if needs[2] else None
-        return gx, gw, gb
+        if not needs[2]:
+            return gx, gw, None
+        gb = g2.sum(0) if math.prod(self.b_shape) == w.shape[0] else g2.sum()
+        return gx, gw, gb.reshape(self.b_shape)
 
 
 def linear(inp, weight, bias=None, compute_mode="default"):

@@ -9,8 +9,8 @@ from ..core import ops as _ops
 from ..core._trace_option import as_int, is_dim, is_int, same_sizes
 from ..core.dispatch import POOL_MIN, Op, apply
 from ..core.dtype import _zero_point, no_quantized_form, quantize_array, stored
-from ..core.ops import (ArgumentError, AxisError, BroadcastError, ShapeError,  # noqa: F401
-                        all_ints, int_tuple, unbroadcast, xp_of)
+from ..core.ops import (ArgumentError, ArgumentTypeError, AxisError, BroadcastError,  # noqa: F401
+                        ShapeError, all_ints, int_tuple, unbroadcast, xp_of)
 from ..core.tensor import Tensor, _operand, as_array, promote_types  # noqa: F401
 from . import _aten
 from ._args import _int, _size
@@ -34,8 +34,10 @@ def _axis(axis, ndim, what):
     """``axis`` as a non-negative int below ``ndim``."""
     if type(axis) is int and -ndim <= axis < ndim:  # the usual call, at once (~0.3 us less)
         return axis % ndim
+    given, axis = axis, _ops.axis_of_array(axis)  # (a 0-d integer Tensor or array: its int)
     if not is_int(axis) or isinstance(axis, bool):
-        raise TypeError(f"{what}: axis must be an int, got {type(axis).__name__}")
+        # (also upstream's RuntimeError: pybind's "Unable to cast" there)
+        raise ArgumentTypeError(f"{what}: axis must be an int, got {type(given).__name__}")
     axis = as_int(axis)  # (an axis from a dumpable trace's sizes: its value, a guard)
     if not -ndim <= axis < ndim:
         raise AxisError(f"{what}: axis {axis} is out of range for {ndim} dims")
@@ -94,7 +96,11 @@ def transpose(inp, pattern):
     Dimensions left out of ``pattern`` must have size 1 and are dropped.
     """
     inp = _tensor(inp)
-    pattern = tuple(pattern)
+    pattern = _ops.axis_of_array(pattern)  # (an integer Tensor or array: its ints, as upstream)
+    if isinstance(pattern, (Tensor, np.ndarray)):
+        raise TypeError(f"transpose: pattern must be ints (a permutation of the dims, 'x' for a "
+                        f"new dim), got a {type(pattern).__name__} of dtype {pattern.dtype}")
+    pattern = (pattern,) if is_int(pattern) else tuple(pattern)
     if len(pattern) == inp.ndim and (all_ints(pattern) or all(map(is_int, pattern))):
         # (plain ints, or sizes from x.shape in a dumpable trace: Tensor.transpose keeps them
         # as expressions)
@@ -125,11 +131,12 @@ def expand_dims(inp, axis):
     n = inp.ndim + 1
     if type(axis) is int and -n <= axis < n:  # one axis, the usual call (F.expand_dims(label,
         return apply(_ops.AddAxis((axis % n,)), inp)  # 1)): ~1.5 us less than parsing a list
+    axis = _ops.axis_of_array(axis)  # (an integer Tensor or array: the ints it holds)
     try:
         axis = [axis] if is_int(axis) else list(axis)
     except TypeError:  # (not iterable: list()'s words named no function)
-        raise TypeError(f"expand_dims: axis must be an int or a sequence of ints, got "
-                        f"{axis!r}") from None
+        raise ArgumentTypeError(f"expand_dims: axis must be an int or a sequence of ints, "
+                                f"got {axis!r}") from None
     if not axis:
         raise ValueError("expand_dims: axis could not be empty; give an int or a sequence")
     # a repeated axis is allowed, as upstream: the sorted positions are inserted one after
@@ -460,8 +467,8 @@ def tile(inp, reps):
     """Repeat the whole tensor ``reps[i]`` times along each dim (reps may add leading dims)."""
     inp = _tensor(inp)
     reps = int_tuple(reps, "tile")
-    if any(r < 1 for r in reps):
-        raise ArgumentError(f"tile: reps must be >= 1, got {reps}")
+    if any(r < 0 for r in reps):  # (0 is taken: an empty tensor, as upstream's and numpy's)
+        raise ArgumentError(f"tile: reps must be >= 0, got {reps}")
     nd = max(len(reps), inp.ndim)
     reps = (1,) * (nd - len(reps)) + reps
     shape = (1,) * (nd - inp.ndim) + inp.shape
@@ -525,6 +532,7 @@ def roll(inp, shift, axis=None):
         shift = int(shift)
     if is_dim(axis):  # (an axis likewise)
         axis = as_int(axis)
+    axis = _ops.axis_of_array(axis)  # (an integer Tensor or array: the ints it holds)
     if axis is None:
         if not isinstance(shift, (int, np.integer)):
             raise TypeError(f"roll: with axis=None, shift must be an int, got {shift!r}")

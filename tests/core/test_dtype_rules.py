@@ -34,6 +34,25 @@ def test_creation_rejects_non_numbers():
         Tensor([object()])
 
 
+@pytest.mark.parametrize("dtype", ["float32", "int32", "bool", "uint8", "float16"])
+def test_text_with_a_dtype_is_parsed_as_numbers_or_refused(dtype):
+    # as upstream 1.13 (measured): mge.tensor("1.5", dtype="float32") is 1.5, ["0", "2"] with
+    # bool [False, True] (its int() reads them); "abc" raises its RuntimeError. Python's
+    # int()/float() are the oracle; numpy read any non-empty string as True for bool, and its
+    # ValueError named neither the tensor nor what to give
+    parse = float if dtype.startswith("float") else int
+    for text in ("0", "2", ["0", "2"], b"1"):
+        items = text if isinstance(text, list) else [text]
+        want = np.array([parse(t) for t in items]).astype(dtype)
+        got = Tensor(text, dtype=dtype).numpy().reshape(-1)
+        np.testing.assert_array_equal(got, want)
+    for bad in ("abc", ["1", "x"], np.array(["y"])):
+        for cls in (TypeError, ValueError, RuntimeError):
+            with pytest.raises(cls, match=f"cannot make a tensor of dtype {dtype} from .*give "
+                                          "numbers"):
+                Tensor(bad, dtype=dtype)
+
+
 def test_creation_names_a_none_element():
     # MegEngine/MegRL's DQNNet.inference hands a module's (logits, None) result to F.argmax:
     # numpy's own words ("inhomogeneous shape", "dtype object") do not say the None is the fault

@@ -1,4 +1,6 @@
 """Tensor indexing edge cases (empty index lists, empty tensors) against numpy, values and grads."""
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -85,6 +87,57 @@ def test_an_integer_index_out_of_range_raises_index_error_as_torch():
             torch.tensor(a)[index]
         with pytest.raises(IndexError, match=f"out of bounds for axis {axis} with size {size}"):
             mge.tensor(a)[index]
+
+
+@pytest.mark.parametrize("index", [2, (0, 5), (Ellipsis, 3), 1.5, "a", {}, (0, 0, 0),
+                                   [0.5, 1], np.float32(1), mge.tensor([0.0, 1.0]),
+                                   np.array([True, False, True])], ids=repr)
+@pytest.mark.parametrize("write", [False, True], ids=["get", "set"])
+def test_a_bad_index_is_an_index_error_and_upstreams_runtime_error(index, write):
+    # numpy and torch raise IndexError for each of these (the oracle); upstream 1.13 raises
+    # RuntimeError (pybind's "Unable to cast" for a float or a string, its kernel's assertion)
+    # or reads past the end (x[2]), so the error here is both, and names the tensor's shape
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    with pytest.raises(IndexError):
+        a[np.asarray(index.numpy()) if isinstance(index, mge.Tensor) else index]
+    x = mge.tensor(a)
+    with pytest.raises(ops.IndexingError) as info:
+        if write:
+            x[index] = 1.0
+        else:
+            x[index]
+    assert isinstance(info.value, IndexError) and isinstance(info.value, RuntimeError)
+    assert "shape (2, 3)" in str(info.value) or "integer or bool" in str(info.value) or \
+        "out of bounds for axis 0 with size 2" in str(info.value)
+
+
+@pytest.mark.parametrize("index", [[[0, 1], [1, 0]], [[0, 2]], [[0], [3]], [[True, False, True]],
+                                   [np.array([0, 2]), np.array([3, 1])], [slice(0, 2), 1],
+                                   [[0, 1], Ellipsis], [None, [0, 1]], [mge.tensor([1, 2]), 0]],
+                         ids=repr)
+def test_a_list_index_holding_sequences_is_the_tuple_of_them(index):
+    # upstream 1.13 reads x[[rows, cols]] as x[rows, cols] (measured: x[[[0, 1], [1, 0]]] is
+    # [x[0, 1], x[1, 0]]), as torch's indexing does (the oracle); numpy 2 reads it as one index
+    # array, which this engine did (a (2, 2, 4) result)
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    as_torch = [torch.tensor(i.numpy()) if isinstance(i, mge.Tensor) else i for i in index]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (torch's deprecation of the reading it still gives)
+        want = torch.tensor(a)[as_torch].numpy()
+    got = mge.tensor(a)[index]
+    assert got.shape == want.shape
+    np.testing.assert_array_equal(got.numpy(), want)
+
+
+def test_a_list_index_of_ints_or_bools_stays_one_index():
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    for index in ([0, 2], [True, False, True], [2]):
+        np.testing.assert_array_equal(mge.tensor(a)[index].numpy(), a[index])
+    t = mge.tensor(a)
+    t[[[0, 1], [1, 0]]] = -1  # a write keeps numpy's reading, as upstream's: rows 0 and 1
+    written = a.copy()
+    written[np.array([[0, 1], [1, 0]])] = -1
+    np.testing.assert_array_equal(t.numpy(), written)
 
 
 def test_a_tensor_slice_bound_is_read_where_a_trace_sees_it():

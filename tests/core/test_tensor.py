@@ -45,6 +45,33 @@ def test_is_const_is_taken_for_a_tensor_made_from_a_tensor():
         np.testing.assert_array_equal(host(cls(x, is_const=True)), [1.0, 2.0])
 
 
+_MAKERS = [lambda d: mge.tensor([1.0], device=d), lambda d: Tensor([1], device=d),
+           lambda d: F.ones(2).to(d), lambda d: F.zeros(2, device=d),
+           lambda d: F.arange(3, device=d), lambda d: F.linspace(0, 1, 3, device=d)]
+
+
+@pytest.mark.parametrize("make", _MAKERS, ids=["tensor", "Tensor", "to", "zeros", "arange",
+                                               "linspace"])
+@pytest.mark.parametrize("bad", ["foo", "cpu", "cuda:0", "cpu0:", "rocm0"])
+def test_a_bad_device_name_is_a_value_error_and_upstreams_runtime_error(make, bad):
+    # upstream 1.13 raises RuntimeError ("invalid comp node id: foo") in mge.tensor and
+    # ValueError in Tensor.to (measured): the error here is both, and says what names are taken
+    for cls in (ValueError, RuntimeError, mge.device.DeviceNameError):
+        with pytest.raises(cls, match=f"device '{bad}'.*(expected a name like 'cpu0'|no ROCm)"):
+            make(bad)
+
+
+@pytest.mark.parametrize("make", _MAKERS, ids=["tensor", "Tensor", "to", "zeros", "arange",
+                                               "linspace"])
+@pytest.mark.parametrize("bad", [0, 1.5, b"cpu0", ["cpu0"]], ids=repr)
+def test_a_device_that_is_no_name_is_a_type_error_saying_what_a_device_is(make, bad):
+    # upstream 1.13's C++ check asserts a CompNode (a RuntimeError); 0 was "unknown device '0'"
+    for cls in (TypeError, RuntimeError):
+        with pytest.raises(cls, match=f"a device must be a name such as 'cpu0'.*got "
+                                      f"{type(bad).__name__}"):
+            make(bad)
+
+
 def test_a_tensor_made_from_a_tensor_keeps_its_dtype_and_device():
     # upstream's TensorWrapper asserts both (its test_tensor_wrapper::test_tensor_construct_tensor
     # expects RuntimeError); converting is astype / to

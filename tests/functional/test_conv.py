@@ -940,3 +940,17 @@ def test_a_whole_float_stride_is_the_int_it_holds():
     out = F.conv2d(mge.tensor(x), mge.tensor(w), stride=(2.0, 1))
     want = TF.conv2d(torch.tensor(x), torch.tensor(w), stride=(2, 1)).numpy()
     np.testing.assert_allclose(out.numpy(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_whole_float_alone_is_both_ints_of_a_pair():
+    # as a pair's entries: F.conv2d(x, w, padding=1.0) and F.max_pool2d(x, 2.0), which upstream
+    # 1.13 reads with int() (measured), raised "must be an int or a pair of ints"
+    x = np.random.rand(1, 2, 5, 5).astype(np.float32)
+    w = np.random.rand(3, 2, 3, 3).astype(np.float32)
+    out = F.conv2d(mge.tensor(x), mge.tensor(w), padding=1.0, stride=np.float32(2))
+    want = TF.conv2d(torch.tensor(x), torch.tensor(w), padding=1, stride=2).numpy()
+    np.testing.assert_allclose(out.numpy(), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(F.max_pool2d(mge.tensor(x), 2.0).numpy(),
+                                  TF.max_pool2d(torch.tensor(x), 2).numpy())
+    with pytest.raises(TypeError, match="^max_pool2d: kernel_size must be an int or a pair"):
+        F.max_pool2d(mge.tensor(x), 2.5)

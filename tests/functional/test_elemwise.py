@@ -747,10 +747,25 @@ def test_clip_bounds_that_need_conversion_or_checks_keep_their_rules():
     out = F.clip(x, np.float64(0), True)  # numpy scalar and bool bounds: numbers too
     assert out.dtype == np.float32
     np.testing.assert_array_equal(out.numpy(), [0, 0.25, 1])
-    with pytest.raises(TypeError, match="^clip: lower must be a number or a Tensor, got str"):
+    with pytest.raises(TypeError, match="^clip: lower must be a number or a Tensor.*got str"):
         F.clip(x, "0", 6)
     with pytest.raises(ValueError, match="at least one of lower and upper"):
         F.clip(x)
+
+
+@pytest.mark.parametrize("dtype,lower,upper,want", [
+    ("float32", np.array([1, 2, 3]), 4, "float32"), ("float32", [1.5, 2, 3], (4, 4, 2), "float32"),
+    ("float16", np.array([1, 2, 3]), 4, "float16"), ("int32", [2, 2, 2], np.array(4), "int32"),
+    ("float32", None, np.array([[1.0], [4.0]], np.float32), "float32")], ids=str)
+def test_clip_takes_numpy_arrays_and_lists_as_bounds_per_element(dtype, lower, upper, want):
+    # as upstream 1.13's (measured: F.clip(x, np.array([1, 2, 3]), 4) clips each column to its
+    # bound), promoting as x + bound does; numpy's clip is the oracle
+    x = np.array([[0, 2, 5], [3, 1, 9]]).astype(dtype)
+    got = F.clip(mge.tensor(x, dtype=dtype), lower, upper)
+    assert got.dtype == np.dtype(want)
+    np.testing.assert_array_equal(got.numpy(), np.clip(
+        x, None if lower is None else np.asarray(lower, dtype=want),
+        np.asarray(upper, dtype=want)))
 
 
 # ----- float16 on the CPU: computed in float32, rounded once (functional/elemwise.py _Unary) -----

@@ -128,6 +128,36 @@ def test_norm(ord, axis):
           lambda t: torch.linalg.vector_norm(t, p, dim=axis, keepdim=True), x, rtol=1e-4)
 
 
+@pytest.mark.parametrize("ord", [np.int64(1), np.int32(2), np.float32(3), np.float64(np.inf),
+                                 np.int64(0), mge.tensor(2), mge.tensor(3.0)], ids=repr)
+def test_norm_takes_a_numpy_scalar_or_0d_tensor_order(ord):
+    # upstream 1.13 takes a 0-d Tensor (measured) and refuses a numpy scalar by accident
+    x = rand(3, 4)
+    x[1, 2] = 0
+    want = torch.linalg.vector_norm(torch.tensor(x), float(ord.item()), dim=1).numpy()
+    got = F.norm(mge.tensor(x), ord, axis=1)
+    assert got.dtype == F.norm(mge.tensor(x), ord.item(), axis=1).dtype  # (int32 for order 0)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("ord", [None, 1, 3])
+@pytest.mark.parametrize("axis", [(), []], ids=repr)
+def test_norm_over_no_axis_is_each_absolute_value(ord, axis):
+    # as upstream 1.13's (measured); ATen's vector norm read dim=() as every axis and the
+    # result (one number) did not fit the input's shape
+    x = rand(3, 4)
+    check(lambda t: F.norm(t, ord, axis), lambda t: t.abs(), x, rtol=1e-5)
+    assert F.norm(mge.tensor(x), ord, axis, keepdims=True).shape == x.shape
+    np.testing.assert_allclose(F.normalize(mge.tensor(x), ord or 2, axis).numpy(), np.sign(x),
+                               rtol=1e-6)
+
+
+@pytest.mark.parametrize("ord", ["2", [2], mge.tensor([2.0, 1.0])], ids=repr)
+def test_norm_of_an_order_that_is_no_number_says_what_it_takes(ord):
+    with pytest.raises(TypeError, match="^norm: ord must be a number"):
+        F.norm(mge.tensor(rand(3, 4)), ord, axis=1)
+
+
 def test_matmul_of_vectors_of_two_lengths_names_matmul():
     # two vectors go to F.dot, whose error named dot
     with pytest.raises(ValueError, match=r"matmul: vectors must have one length, got shapes "
@@ -842,6 +872,41 @@ def test_reduction_with_a_repeated_axis_raises_valueerror_and_assertionerror():
         with pytest.raises(cls, match="twice"):
             F.sum(x, axis=(-1, 1))
     np.testing.assert_array_equal(F.sum(x, axis=(-2, 1)).numpy(), 6.0)
+
+
+# an integer Tensor or numpy array is the axis (0-d) or axes (1-d) it holds, as upstream 1.13
+# reads F.sum(x, axis=Tensor([0, 1])) and F.softmax(x, axis=Tensor(1)) (measured; its reductions
+# raise TypeError "ndim is 0" for a 0-d one, taken here as the int it holds); numpy is the oracle
+@pytest.mark.parametrize("name", ["sum", "mean", "max", "min", "prod", "var", "std", "argmax",
+                                  "argmin", "norm", "logsumexp"])
+@pytest.mark.parametrize("axis", [mge.tensor(1), mge.tensor([0, 1]), mge.tensor(-1, "int64"),
+                                  np.array(0), np.array([1, 0], np.int64)], ids=repr)
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_an_integer_tensor_or_array_is_the_axis_it_holds(name, axis, keepdims):
+    x = np.arange(1, 7, dtype=np.float32).reshape(2, 3)
+    ints = np.asarray(axis.numpy() if isinstance(axis, mge.Tensor) else axis).tolist()
+    ints = tuple(ints) if isinstance(ints, list) else ints
+    if name in ("argmax", "argmin") and isinstance(ints, tuple):
+        return  # (over several axes upstream's argmax reduces them one after another)
+    if name == "norm":
+        want = np.sqrt((x ** 2).sum(axis=ints, keepdims=keepdims))
+    elif name == "logsumexp":
+        want = np.log(np.exp(x).sum(axis=ints, keepdims=keepdims))
+    else:
+        want = getattr(np, name)(x, axis=ints, keepdims=keepdims)
+    got = getattr(F, name)(mge.tensor(x), axis=axis, keepdims=keepdims)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("axis", [mge.tensor(1.0), mge.tensor([True, False]), np.array(1.5),
+                                  mge.tensor([[0, 1]])], ids=repr)
+def test_a_tensor_axis_of_floats_bools_or_two_dims_says_what_an_axis_is(axis):
+    # a TypeError, and upstream 1.13's RuntimeError (pybind's "Unable to cast" for an axis of
+    # another type, measured)
+    for cls in (TypeError, RuntimeError):
+        with pytest.raises(cls, match="sum: axis must be an int or a sequence of ints"):
+            F.sum(mge.tensor(np.ones((2, 3), np.float32)), axis=axis)
 
 
 def test_check_non_finite_scales_in_place_and_flags_inf_nan():

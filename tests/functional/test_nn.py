@@ -20,6 +20,7 @@ from devices import (host, host_default_device, pool_threads, record_aten_kernel
                      requires_cuda, requires_torch_cuda, skip_unless_aten_serves_the_default_device)
 from oracle import (check_against_torch, check_float16_against_torch, float64_value_and_grads,
                     raises_as_upstream)
+from oracle import check_second_order_against_torch as check_second_order
 
 
 def rand(*shape, low=-2.0, high=2.0):
@@ -216,6 +217,23 @@ def test_linear(xshape, bias):
         check(F.linear, TF.linear, x, w, b)
     else:
         check(F.linear, TF.linear, x, w)
+
+
+# one bias value for every output feature (0-d or (1,)): upstream adds the bias as
+# x @ W.T + b, which broadcasts it; its gradient is the sum over every output
+@pytest.mark.parametrize("xshape", [(5,), (3, 5), (2, 3, 5)], ids=str)
+@pytest.mark.parametrize("bshape", [(), (1,)], ids=str)
+def test_linear_with_one_bias_value_adds_it_to_every_feature(xshape, bshape):
+    x, w, b = rand(*xshape), rand(4, 5), rand(*bshape)
+    check(F.linear, lambda x, w, b: x @ w.T + b, x, w, b)
+    loss = lambda x, w, b: (F.linear(x, w, b) ** 2).sum()  # noqa: E731
+    check_second_order(loss, lambda x, w, b: ((x @ w.T + b) ** 2).sum(), x, w, b)
+
+
+def test_linear_with_a_bias_of_another_size_says_what_fits():
+    with pytest.raises(ValueError, match=r"linear: bias of shape \(3,\) does not match 4 "
+                       "out_features; give one value per output feature, or a single value"):
+        F.linear(mge.tensor(rand(2, 5)), mge.tensor(rand(4, 5)), mge.tensor(rand(3)))
 
 
 def test_linear_input_without_grad():

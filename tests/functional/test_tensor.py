@@ -255,7 +255,7 @@ def test_repeat_takes_one_count_as_upstream_and_says_so_for_a_list():
             F.repeat(x, counts)
 
 
-@pytest.mark.parametrize("reps", [(2, 1), (1, 3), (2, 2, 3)], ids=str)
+@pytest.mark.parametrize("reps", [(2, 1), (1, 3), (2, 2, 3), (0, 1), (1, 0), (2, 0, 1)], ids=str)
 def test_tile(reps):
     check(lambda t: F.tile(t, reps), lambda t: t.repeat(*reps), rand(2, 3))
 
@@ -357,7 +357,7 @@ def test_bad_shapes_say_so():
     with pytest.raises(TypeError, match="shape"):
         F.zeros((2.5, 3))
     with pytest.raises(TypeError, match="integers"):
-        F.ones(np.array([2.0]))
+        F.ones(np.array([2.5]))
     with pytest.raises(ValueError, match="at most one -1"):
         F.reshape(F.arange(6), (-1, -1))
 
@@ -432,6 +432,55 @@ def test_reshape_takes_a_float_shape_tensor_of_whole_numbers():
         F.reshape(mge.tensor(x), mge.tensor([2.5, 1.6]))
 
 
+# a 0-d integer Tensor or numpy array is the axis it holds, as upstream 1.13 reads it
+# (measured: softmax, expand_dims, cumsum, concat, stack, split, roll and gather); numpy and
+# torch are the oracles
+@pytest.mark.parametrize("axis", [mge.tensor(1), mge.tensor(1, "int64"), np.array(1),
+                                  np.int64(1)], ids=repr)
+def test_a_0d_integer_tensor_or_array_is_the_axis_it_holds(axis):
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    t = mge.tensor(x)
+    np.testing.assert_array_equal(F.concat([t, t], axis).numpy(), np.concatenate([x, x], 1))
+    np.testing.assert_array_equal(F.stack([t, t], axis).numpy(), np.stack([x, x], 1))
+    np.testing.assert_array_equal(F.split(t, 3, axis)[2].numpy(), np.split(x, 3, 1)[2])
+    np.testing.assert_array_equal(F.roll(t, 1, axis).numpy(), np.roll(x, 1, 1))
+    np.testing.assert_array_equal(F.cumsum(t, axis).numpy(), np.cumsum(x, 1))
+    np.testing.assert_array_equal(F.flip(t, axis).numpy(), np.flip(x, 1))
+    assert F.expand_dims(t, axis).shape == np.expand_dims(x, 1).shape
+    index = np.array([[2, 0, 1], [1, 1, 0]], np.int32)
+    np.testing.assert_array_equal(F.gather(t, axis, mge.tensor(index)).numpy(),
+                                  np.take_along_axis(x, index, 1))
+    np.testing.assert_allclose(F.softmax(t, axis).numpy(),
+                               torch.softmax(torch.tensor(x), 1).numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("perm", [mge.tensor([1, 0, 2]), np.array([1, 0, 2]),
+                                  mge.tensor([1, 0, 2], "int64")], ids=repr)
+def test_a_permutation_may_be_an_integer_tensor_or_array(perm):
+    # as upstream 1.13's x.transpose(Tensor([1, 0])) (measured); numpy's transpose the oracle
+    x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    want = np.transpose(x, (1, 0, 2))
+    np.testing.assert_array_equal(mge.tensor(x).transpose(perm).numpy(), want)
+    np.testing.assert_array_equal(F.transpose(mge.tensor(x), perm).numpy(), want)
+    bad = mge.tensor([1.0, 0.0, 2.0])
+    with pytest.raises(TypeError, match="transpose: axes must be ints.*float32"):
+        mge.tensor(x).transpose(bad)
+    with pytest.raises(TypeError, match="transpose: pattern must be ints.*float32"):
+        F.transpose(mge.tensor(x), bad)
+
+
+def test_a_float_or_bool_axis_says_it_must_be_an_int():
+    # an axis of 1.0 or True is refused (upstream 1.13 takes both in some functions by int())
+    t = mge.tensor(np.ones((2, 3), np.float32))
+    for axis in (1.0, True, mge.tensor(1.0), np.array([1, 0])):
+        for cls in (TypeError, RuntimeError):  # (RuntimeError: upstream's pybind cast error)
+            with pytest.raises(cls, match="concat: axis must be an int"):
+                F.concat([t, t], axis)
+    for axis in (1.0, mge.tensor(1.0), None):
+        with pytest.raises(RuntimeError, match="expand_dims: axis must be an int"):
+            F.expand_dims(t, axis)
+
+
 def test_a_0d_numpy_array_is_a_shape_entry():
     # upstream's test_reshape passes (Tensor(1), -1, np.array(3, dtype="int64")); numpy's own
     # reshape, the oracle, takes 0-d integer arrays as sizes too
@@ -443,7 +492,50 @@ def test_a_0d_numpy_array_is_a_shape_entry():
     assert F.broadcast_to(mge.tensor(x), (np.array(2), 6)).shape == (2, 6)
     assert F.zeros((np.array(2, dtype="uint8"), 3)).shape == (2, 3)
     with pytest.raises(TypeError, match="shape entries must be ints"):
-        F.reshape(mge.tensor(x), (np.array(2.0), 3))
+        F.reshape(mge.tensor(x), (np.array(2.5), 3))
+
+
+# a whole float is the size it holds, as upstream's shape conversion reads it (measured with
+# upstream 1.13: F.zeros((2.0, 3)), F.reshape(x, (3.0, 2)), F.ones(np.array([2.0, 3.0])),
+# F.tile(x, (2.0, 1)) and F.eye(2.0) give the int sizes); numpy's reshape of the ints is the oracle
+@pytest.mark.parametrize("make", [
+    lambda s: F.zeros(s).shape, lambda s: F.ones(s, dtype="int32").shape,
+    lambda s: F.full(s, 1.5).shape, lambda s: F.eye(s).shape,
+    lambda s: F.broadcast_to(mge.tensor([1.0, 2.0, 3.0]), s).shape,
+    lambda s: F.reshape(F.arange(6.0), s).shape, lambda s: F.arange(6.0).reshape(s).shape,
+], ids=["zeros", "ones", "full", "eye", "broadcast_to", "reshape", "Tensor.reshape"])
+@pytest.mark.parametrize("shape", [(2.0, 3), (np.float32(2), 3), (np.array(2.0), 3.0),
+                                   np.array([2.0, 3.0])], ids=str)
+def test_a_whole_float_is_the_size_it_holds(make, shape):
+    assert make(shape) == np.empty((2, 3)).shape
+
+
+@pytest.mark.parametrize("make", [
+    lambda s: F.zeros(s), lambda s: F.full(s, 1.5), lambda s: F.eye(s),
+    lambda s: F.broadcast_to(mge.tensor([1.0, 2.0, 3.0]), s), lambda s: F.tile(F.ones(3), s),
+    lambda s: F.reshape(F.arange(6.0), s), lambda s: F.arange(6.0).reshape(s),
+], ids=["zeros", "full", "eye", "broadcast_to", "tile", "reshape", "Tensor.reshape"])
+@pytest.mark.parametrize("shape", [(2.5, 3), ("2", 3), np.array([2.5, 3.0])], ids=str)
+def test_a_size_with_a_fraction_or_a_string_says_so(make, shape):
+    # int() would truncate 2.5 to 2 (upstream 1.13 does) and parse "2"
+    with pytest.raises(TypeError, match="(ints|integers).*(whole|got)"):
+        make(shape)
+
+
+def test_a_whole_number_float_tensor_is_a_size():
+    # as upstream 1.13's F.zeros((Tensor(3.0), 2)) and F.eye(Tensor(3.0), Tensor(3.0)) (measured)
+    assert F.zeros((mge.tensor(3.0), 2)).shape == (3, 2)
+    np.testing.assert_array_equal(F.eye(mge.tensor(3.0), mge.tensor(3.0)).numpy(), np.eye(3))
+    np.testing.assert_array_equal(F.eye(2, mge.tensor(3.0)).numpy(), np.eye(2, 3))
+    with pytest.raises(TypeError, match=r"zeros: shape entries must be ints.*got 2.5"):
+        F.zeros((mge.tensor(2.5), 2))
+
+
+def test_tile_takes_whole_float_reps():
+    x = np.arange(3, dtype=np.float32)
+    np.testing.assert_array_equal(F.tile(mge.tensor(x), (2.0, np.float32(1))).numpy(),
+                                  np.tile(x, (2, 1)))
+    assert F.zeros(2.0).shape == F.eye(2.0).shape[:1] == (2,)
 
 
 def test_shape_mismatches_are_both_value_and_runtime_errors():
@@ -566,7 +658,7 @@ def test_pad_of_an_unknown_mode_is_a_valueerror_and_upstreams_assertionerror():
     pytest.param(lambda x: F.transpose(x, (0, 0)),
                  RuntimeError, r"axes \(0, 0\) are not a permutation", id="transpose"),
     pytest.param(lambda x: F.tile(x, (-1, 2)),
-                 RuntimeError, r"reps must be >= 1, got \(-1, 2\)", id="tile"),
+                 RuntimeError, r"reps must be >= 0, got \(-1, 2\)", id="tile"),
     pytest.param(lambda x: F.repeat(x, -1),
                  AssertionError, "repeats must be >= 1, got -1", id="repeat"),
     pytest.param(lambda x: F.diag(F.expand_dims(x, 0)),
