@@ -238,7 +238,6 @@ class _InstanceDict:
 _instance_dict = _InstanceDict.__dict__["__dict__"]
 
 
-
 def _list_is_a_tuple(index):
     """Whether a list index holding a sequence, an array, a Tensor, a slice, None or Ellipsis
     (``x[[rows, cols]]``) means the tuple of those items, as upstream 1.13's ``x[...]`` reads
@@ -251,6 +250,7 @@ def _list_is_a_tuple(index):
                 hasattr(i, "_data"):
             return True
     return False
+
 
 class Tensor(_InstanceDict, metaclass=_TensorType):
     """An n-dimensional array on a device, with autodiff through `megengine.autodiff`."""
