@@ -1126,6 +1126,13 @@ class _Checker(_Hook):
             self.by_tensor[id(t)] = (e[0], t._data)
             self.keep.append(t)
             self.arrays[e[0]] = t._data
+            if e[0] in self.prog.sized_slots:
+                # a shape read of t finds the slot's sizes on its new array, as the recording
+                # did (``x._reset(x + 1); return x.shape[2] * 2`` of an argument; see
+                # `_write_internal`)
+                if self.sized_next < self.prog.made_before[self.pc]:
+                    self._take_up_sized()
+                self.sized_arrays[id(t._data)] = e[0]
             return
         if s is not None:
             if e is not None:
