@@ -509,7 +509,8 @@ class _Slot:
     __slots__ = ("kind", "what", "tensor", "owner", "owner_slot", "const", "device", "step")
 
     def __init__(self, kind, what=None):
-        self.kind = kind  # "arg", "op", "alias", "event", "ext", "grad" or "const"
+        self.kind = kind  # "arg", "op", "alias", "event", "ext", "grad" or "const" ("written":
+        # a dumped view's live external read nowhere, see `dump_writes.with_writes`)
         self.what = what  # for messages: an argument path, or "output 0 of op #3 (MatMul)"
         self.tensor = None  # "ext": the live tensor; "const" by capture_as_const: the tensor
         self.owner = None  # "grad": the tensor whose .grad this is
@@ -553,7 +554,7 @@ class _EventStep:
     cls = None  # not an op step (a checked call compares an op's type with ``step.cls``)
 
     __slots__ = ("fn", "args", "kwargs", "out_paths", "name", "args_text", "free", "reads",
-                 "ref_pos", "n_args", "quiet", "writes_ext", "callbacks")
+                 "ref_pos", "n_args", "quiet", "writes_ext", "callbacks", "target_meta")
 
     def __init__(self, fn, args, kwargs):
         self.fn, self.args, self.kwargs = fn, args, kwargs
@@ -565,6 +566,9 @@ class _EventStep:
         self.quiet = self.writes_ext = False
         self.free = self.reads = ()
         self.callbacks = None  # the GradManager callbacks' recorded ops (jit/grad_callbacks)
+        # a write (``t._reset(v)``, ``t._inplace(v)``): (dtype, device) ``t`` had before it, which
+        # a number or array written takes (`dump_writes`); else None
+        self.target_meta = None
 
 
 def _detach_plan(steps, pc):
@@ -623,6 +627,8 @@ class _Program:
         # of the sizes used otherwise, and whether runs check them (a loaded program)
         self.symbolic_shape = False
         self.shape_guards = []
+        self.shape_guard_writes = []  # per recorded shape guard: the write events before it
+        # (`dump_writes`: the sizes it reads are those of the values written by then)
         self.check_shapes = None  # a loaded program: `shape_guards.ShapeContext`
         # values whose shapes data decides (an output of a ``data_shaped`` op such as
         # cond_take, or computed from one); ``dyn_sizes``: their sizes were recorded as
@@ -692,6 +698,12 @@ class _Program:
         self.capture_guards = {s: CaptureGuard(info.tensor, info.const)
                                for s, info in enumerate(self.slots)
                                if info.kind == "const" and info.tensor is not None}
+        # the captures the program reads and then writes (`record._Recorder._written_capture`):
+        # a replay, which computes with the captured value, first asks that the tensor still
+        # holds it (the recording call left it so, or it was refused; a later call may not)
+        written = {id(info.tensor) for info in self.slots if info.kind == "ext"}
+        self.replay_guards = tuple((s, g) for s, g in self.capture_guards.items()
+                                   if id(g.tensor) in written)
         last = {}
         for k, step in enumerate(self.steps):
             for s in _slots_used(step):

@@ -45,6 +45,13 @@ def _run(prog, leaves, profile):
     clock = time.perf_counter if profile is not None else None
     if prog.first_reads:
         _check_reads(prog, prog.first_reads, values)
+    for s, guard in prog.replay_guards:
+        if not guard.unchanged():
+            raise TraceMismatchError(
+                f"replaying: {prog.describe(s)} has a new value since the trace captured it, "
+                "and the traced function reads it before writing it: the replay would compute "
+                "with the captured value where eager code reads the new one. Write the tensor "
+                "before reading it, or trace without capture_as_const", "tensors not equals")
     for step in prog.steps:
         if clock is not None:
             start = clock()
