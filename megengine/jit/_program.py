@@ -506,7 +506,8 @@ def _holds_gone(tree):
 class _Slot:
     """Where one value of the program comes from (see the module docstring)."""
 
-    __slots__ = ("kind", "what", "tensor", "owner", "owner_slot", "const", "device", "step")
+    __slots__ = ("kind", "what", "tensor", "owner", "owner_slot", "const", "device", "step",
+                 "fresh")
 
     def __init__(self, kind, what=None):
         self.kind = kind  # "arg", "op", "alias", "event", "ext", "grad" or "const" ("written":
@@ -518,6 +519,10 @@ class _Slot:
         self.const = None  # "const": the captured array
         self.device = None
         self.step = None  # index of the step that makes it ("op", "alias", "event")
+        # "ext" of a tensor the function made and then wrote into: the value it had before the
+        # write (a replay writes into a new tensor of it on each call; see
+        # `record._Recorder._written_capture`)
+        self.fresh = None
 
 
 class _OpStep:
@@ -676,9 +681,11 @@ class _Program:
         """Prepare the steps for fast replay and drop each value after its last use."""
         n = len(self.slots)
         self.base = [None] * n
-        self.consts, self.grads = [], []
+        self.consts, self.grads, self.fresh = [], [], []
         for i, info in enumerate(self.slots):
-            if info.kind == "ext":
+            if info.kind == "ext" and info.fresh is not None:
+                self.fresh.append((i, info.fresh, info.device))
+            elif info.kind == "ext":
                 self.base[i] = info.tensor
             elif info.kind == "const":
                 self.consts.append((i, info.const, info.device))
@@ -701,7 +708,8 @@ class _Program:
         # the captures the program reads and then writes (`record._Recorder._written_capture`):
         # a replay, which computes with the captured value, first asks that the tensor still
         # holds it (the recording call left it so, or it was refused; a later call may not)
-        written = {id(info.tensor) for info in self.slots if info.kind == "ext"}
+        written = {id(info.tensor) for info in self.slots
+                   if info.kind == "ext" and info.fresh is None}
         self.replay_guards = tuple((s, g) for s, g in self.capture_guards.items()
                                    if id(g.tensor) in written)
         last = {}

@@ -234,6 +234,7 @@ class _Recorder(_Hook):
         self.made_here = {}  # id(tensor) -> a weak reference to it: made by Tensor() in the
         # call, so it may be a constant made from Python data (see `made`)
         self.written_captures = set()  # the live slots of written captures (`_written_capture`)
+        self.made_read = set()  # "ext" slots of tensors made in the call, read, then written
         self.n_writes = 0  # write events so far (a guard's key: `guard`)
 
     # ----- values held weakly -----
@@ -682,7 +683,8 @@ class _Recorder(_Hook):
         the captured value its graph reads: ``w.set_value(c); return w * x`` runs on every
         call). So a function that writes before it reads is not refused, and no rewrite of
         `arith_opt` takes a value read after the write for the captured constant."""
-        if not self.const_mode or id(t) in self.live:
+        made = self._made_here(t)
+        if not (self.const_mode or made) or id(t) in self.live:
             return
         s = self.ext_by_tensor.get(id(t))
         if s is None:
@@ -691,11 +693,19 @@ class _Recorder(_Hook):
                 return
         else:
             info = self.prog.slots[s]
-            if info.kind != "const" or info.tensor is not t:
+            if info.kind not in ("const", "ext") or info.tensor is not t or (
+                    info.kind == "ext" and not made) or s in self.written_captures:
                 return
+        if made and s is not None and self.prog.slots[s].kind == "ext":
+            self.made_read.add(s)  # (read before the write: a constant of its first value)
         s = self.prog.new_slot("ext")
         info = self.prog.slots[s]
         info.tensor, info.device = t, t._device
+        if made:  # a tensor made in the function from Python data (``z = Tensor(0.0); z[...] =
+            # x``): each call makes its own, so a replay writes into a new one of this value,
+            # not into the first call's, which it would return again (every mode)
+            with dispatch.on_device(t._device):
+                info.fresh = t._data.copy()
         self.written_captures.add(s)
         self.ext_by_tensor[id(t)] = s
         self.ext_seen.add(id(t))
@@ -792,8 +802,8 @@ class _Recorder(_Hook):
         writes before any read of it is read live (`_written_capture`), and may change."""
         for s, info in enumerate(self.prog.slots):
             t = info.tensor
-            if info.kind != "const" or t is None:
-                continue
+            if info.kind != "const" or t is None or self._made_here(t):
+                continue  # (a tensor made in the call from Python data: made anew each call)
             with dispatch.on_device(t._device):  # (CuPy compares on the array's GPU)
                 same = _same_bits(t._data, info.const)
             if not same:
@@ -881,8 +891,8 @@ class _Recorder(_Hook):
         for s, ref, value in weak:
             info = prog.slots[s]
             t = ref()
-            if t is None:
-                info.kind, info.const = "const", value
+            if t is None or s in self.made_read:  # (made from Python data: the value it had,
+                info.kind, info.const = "const", value  # on every call)
             else:
                 info.tensor = t
         self._sort_reads()

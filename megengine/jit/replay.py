@@ -38,6 +38,8 @@ def _run(prog, leaves, profile):
         values[s] = t
     for s, arr, device in prog.consts:
         values[s] = Tensor._wrap(arr, device)
+    for s, arr, device in prog.fresh:  # (a tensor the function makes and writes into: a new
+        values[s] = Tensor._wrap(arr.copy(), device)  # one per call, as eager code makes)
     for s, owner, o in prog.grads:
         values[s] = (owner if o is None else values[o]).grad
     apply, wrap = dispatch.apply, Tensor._wrap
