@@ -738,6 +738,17 @@ class _Program:
         self.out_refs = tuple(_refs_in(self.out))
         self.sized_slots = frozenset(_sized_slots(self))
         self.sized_order = tuple(sorted(self.sized_slots))
+        # captured tensors written in the call whose sizes the record holds after the write
+        # (`record._Recorder._written_capture`): id(tensor) -> (the live slot, the index of
+        # the step that writes it first), for `check._Checker.dim_slot`
+        self.sized_ext = {}
+        for k, step in enumerate(self.steps):
+            if type(step) is _EventStep and type(step.args) is tuple and step.args \
+                    and type(step.args[0]) is _Ref:
+                w = step.args[0].slot
+                info = self.slots[w]
+                if info.kind == "ext" and w in self.sized_slots and info.tensor is not None:
+                    self.sized_ext.setdefault(id(info.tensor), (w, k))
         kept = set(self.out_refs)
         frees = {}
         steps = self.steps

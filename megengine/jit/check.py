@@ -294,6 +294,11 @@ class _Checker(_Hook):
         if self.sized_next < self.prog.made_before[self.pc]:
             self._take_up_sized()  # (most shape reads end at the next lines)
         a = t._data
+        if self.prog.sized_ext:  # a captured tensor after the call wrote it, as recorded
+            e = self.prog.sized_ext.get(id(t))
+            if e is not None and self.pc > e[1] and dispatch._trace_hook is self \
+                    and self._internal(t)[0] is None:
+                return e[0]
         s = self.sized_arrays.get(id(a))
         if s is None or dispatch._trace_hook is not self:
             return None  # (a value no op of the record took sizes from)

@@ -300,3 +300,22 @@ def test_a_detach_before_a_write_dumps_the_value_before_the_write(target):
         out = net.run(inp_dict=feed)
         np.testing.assert_allclose(out["y"], want[0], rtol=1e-6)
         np.testing.assert_allclose(out["z"], want[1], rtol=1e-6)
+
+
+@pytest.mark.parametrize("opt_level", [0, 2])
+@pytest.mark.parametrize("symbolic", [False, True])
+@pytest.mark.parametrize("how", sorted(SHAPE_WRITES))
+def test_checked_calls_read_sizes_after_a_shape_changing_write_as_recorded(how, symbolic,
+                                                                           opt_level):
+    # the recording built ops from a written Parameter's sizes (``w * w.shape[0]`` multiplies
+    # by a size tensor): later checked calls make the same ops (they made a plain Mul:
+    # "operator mismatch"); the Parameter gets its captured value back before each call
+    fn = SHAPE_WRITES[how]
+    w = mge.Parameter(np.array([1.0, 2.0], "float32"))
+    f = trace(lambda x: fn(x, w), symbolic=symbolic, capture_as_const=True,
+              opt_level=opt_level)
+    for k in range(3):
+        w._reset(mge.tensor(np.array([1.0, 2.0], "float32")))
+        x = np.arange(4, dtype="float32") + k
+        want = fn(mge.tensor(x), mge.Parameter(np.array([1.0, 2.0], "float32"))).numpy()
+        np.testing.assert_allclose(f(mge.tensor(x)).numpy(), want, rtol=1e-6)
