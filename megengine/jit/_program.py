@@ -506,10 +506,12 @@ def _holds_gone(tree):
 class _Slot:
     """Where one value of the program comes from (see the module docstring)."""
 
-    __slots__ = ("kind", "what", "tensor", "owner", "owner_slot", "const", "device", "step")
+    __slots__ = ("kind", "what", "tensor", "owner", "owner_slot", "const", "device", "step",
+                 "fresh")
 
     def __init__(self, kind, what=None):
-        self.kind = kind  # "arg", "op", "alias", "event", "ext", "grad" or "const"
+        self.kind = kind  # "arg", "op", "alias", "event", "ext", "grad" or "const" ("written":
+        # a dumped view's live external read nowhere, see `dump_writes.with_writes`)
         self.what = what  # for messages: an argument path, or "output 0 of op #3 (MatMul)"
         self.tensor = None  # "ext": the live tensor; "const" by capture_as_const: the tensor
         self.owner = None  # "grad": the tensor whose .grad this is
@@ -517,6 +519,10 @@ class _Slot:
         self.const = None  # "const": the captured array
         self.device = None
         self.step = None  # index of the step that makes it ("op", "alias", "event")
+        # "ext" of a tensor the function made and then wrote into: the value it had before the
+        # write (a replay writes into a new tensor of it on each call; see
+        # `record._Recorder._written_capture`)
+        self.fresh = None
 
 
 class _OpStep:
@@ -553,7 +559,7 @@ class _EventStep:
     cls = None  # not an op step (a checked call compares an op's type with ``step.cls``)
 
     __slots__ = ("fn", "args", "kwargs", "out_paths", "name", "args_text", "free", "reads",
-                 "ref_pos", "n_args", "quiet", "writes_ext", "callbacks")
+                 "ref_pos", "n_args", "quiet", "writes_ext", "callbacks", "target_meta")
 
     def __init__(self, fn, args, kwargs):
         self.fn, self.args, self.kwargs = fn, args, kwargs
@@ -565,6 +571,9 @@ class _EventStep:
         self.quiet = self.writes_ext = False
         self.free = self.reads = ()
         self.callbacks = None  # the GradManager callbacks' recorded ops (jit/grad_callbacks)
+        # a write (``t._reset(v)``, ``t._inplace(v)``): (dtype, device) ``t`` had before it, which
+        # a number or array written takes (`dump_writes`); else None
+        self.target_meta = None
 
 
 def _detach_plan(steps, pc):
@@ -623,6 +632,8 @@ class _Program:
         # of the sizes used otherwise, and whether runs check them (a loaded program)
         self.symbolic_shape = False
         self.shape_guards = []
+        self.shape_guard_writes = []  # per recorded shape guard: the write events before it
+        # (`dump_writes`: the sizes it reads are those of the values written by then)
         self.check_shapes = None  # a loaded program: `shape_guards.ShapeContext`
         # values whose shapes data decides (an output of a ``data_shaped`` op such as
         # cond_take, or computed from one); ``dyn_sizes``: their sizes were recorded as
@@ -670,9 +681,11 @@ class _Program:
         """Prepare the steps for fast replay and drop each value after its last use."""
         n = len(self.slots)
         self.base = [None] * n
-        self.consts, self.grads = [], []
+        self.consts, self.grads, self.fresh = [], [], []
         for i, info in enumerate(self.slots):
-            if info.kind == "ext":
+            if info.kind == "ext" and info.fresh is not None:
+                self.fresh.append((i, info.fresh, info.device))
+            elif info.kind == "ext":
                 self.base[i] = info.tensor
             elif info.kind == "const":
                 self.consts.append((i, info.const, info.device))
@@ -692,6 +705,13 @@ class _Program:
         self.capture_guards = {s: CaptureGuard(info.tensor, info.const)
                                for s, info in enumerate(self.slots)
                                if info.kind == "const" and info.tensor is not None}
+        # the captures the program reads and then writes (`record._Recorder._written_capture`):
+        # a replay, which computes with the captured value, first asks that the tensor still
+        # holds it (the recording call left it so, or it was refused; a later call may not)
+        written = {id(info.tensor) for info in self.slots
+                   if info.kind == "ext" and info.fresh is None}
+        self.replay_guards = tuple((s, g) for s, g in self.capture_guards.items()
+                                   if id(g.tensor) in written)
         last = {}
         for k, step in enumerate(self.steps):
             for s in _slots_used(step):
@@ -718,6 +738,17 @@ class _Program:
         self.out_refs = tuple(_refs_in(self.out))
         self.sized_slots = frozenset(_sized_slots(self))
         self.sized_order = tuple(sorted(self.sized_slots))
+        # captured tensors written in the call whose sizes the record holds after the write
+        # (`record._Recorder._written_capture`): id(tensor) -> (the live slot, the index of
+        # the step that writes it first), for `check._Checker.dim_slot`
+        self.sized_ext = {}
+        for k, step in enumerate(self.steps):
+            if type(step) is _EventStep and type(step.args) is tuple and step.args \
+                    and type(step.args[0]) is _Ref:
+                w = step.args[0].slot
+                info = self.slots[w]
+                if info.kind == "ext" and w in self.sized_slots and info.tensor is not None:
+                    self.sized_ext.setdefault(id(info.tensor), (w, k))
         kept = set(self.out_refs)
         frees = {}
         steps = self.steps

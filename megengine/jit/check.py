@@ -294,6 +294,11 @@ class _Checker(_Hook):
         if self.sized_next < self.prog.made_before[self.pc]:
             self._take_up_sized()  # (most shape reads end at the next lines)
         a = t._data
+        if self.prog.sized_ext:  # a captured tensor after the call wrote it, as recorded
+            e = self.prog.sized_ext.get(id(t))
+            if e is not None and self.pc > e[1] and dispatch._trace_hook is self \
+                    and self._internal(t)[0] is None:
+                return e[0]
         s = self.sized_arrays.get(id(a))
         if s is None or dispatch._trace_hook is not self:
             return None  # (a value no op of the record took sizes from)
@@ -1126,6 +1131,13 @@ class _Checker(_Hook):
             self.by_tensor[id(t)] = (e[0], t._data)
             self.keep.append(t)
             self.arrays[e[0]] = t._data
+            if e[0] in self.prog.sized_slots:
+                # a shape read of t finds the slot's sizes on its new array, as the recording
+                # did (``x._reset(x + 1); return x.shape[2] * 2`` of an argument; see
+                # `_write_internal`)
+                if self.sized_next < self.prog.made_before[self.pc]:
+                    self._take_up_sized()
+                self.sized_arrays[id(t._data)] = e[0]
             return
         if s is not None:
             if e is not None:

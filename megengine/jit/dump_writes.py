@@ -11,16 +11,20 @@ giving ``(w + x) * 2`` on every run; ``x += 1; return x * 2`` gives ``(x + 1) * 
 `with_writes` does the same to a recorded program: each write event goes, and the steps after
 it, the outputs and the host reads read the written value's slot where they read the tensor's.
 
+A number or array written by ``set_value`` is a constant of the dtype the tensor had at the
+write (the write event records it: an earlier write may have changed it, and a value the
+function computed has no dtype in the program otherwise). The shape guards read the sizes of
+the values written before them (``x.set_value(F.concat([x, x])); if x.shape[0] > 5``).
+
 Not dumped (DumpError): batch norm in training mode (upstream refuses it, "can not dump
-BatchNorm in training mode"; see `refuse_training_batch_norm`), and a number or array written
-by ``set_value`` into a value whose dtype the program does not record (a tensor the function
-computed).
+BatchNorm in training mode"; see `refuse_training_batch_norm`).
 """
 import copy
 
 import numpy as np
 
-from ._program import _AliasStep, _DimExpr, _OpStep, _Ref, _Slot, _Struct, _host
+from ._program import (_AliasStep, _DimExpr, _OpStep, _Ref, _Slot, _Struct, _host,
+                       _map_dim_slots)
 from .dump_format import DumpError
 from .dump_names import _leaves
 from .record import is_write
@@ -80,6 +84,18 @@ def with_writes(prog):
     slots = list(prog.slots)
     slot_of = {}  # a written slot -> the slot holding its value from here on
     steps, guards = [], []
+    # the shape guards: each reads the sizes of the values written before it (``x.set_value(
+    # F.concat([x, x])); if x.shape[0] > 5`` guards the written value's size, not the input's)
+    shape_guards = list(prog.shape_guards)
+    after = prog.shape_guard_writes if len(prog.shape_guard_writes) == len(shape_guards) else ()
+    n_writes = 0
+
+    def rename_shape_guards():
+        for i, n in enumerate(after):
+            if n == n_writes and slot_of:
+                tree, value, kind, where = shape_guards[i]
+                shape_guards[i] = (_map_dim_slots(tree, lambda s: slot_of.get(s, s)), value,
+                                   kind, where)
     pending = sorted(prog.guards, key=lambda g: g[0])  # (steps before the read, slot, value)
     for k, step in enumerate(prog.steps):
         while pending and pending[0][0] <= k:  # a host read before this step
@@ -91,8 +107,10 @@ def with_writes(prog):
         target, value = step.args[0].slot, step.args[1]
         if type(value) is _Ref:
             src = slot_of.get(value.slot, value.slot)
-        else:  # set_value of a number or an array: a constant of the target's dtype
-            dtype, device = _dtype_of(prog, target)
+        else:  # set_value of a number or an array: a constant of the dtype the target has
+            # then, as eager code makes it (an earlier write may have changed it: ``x.set_value(
+            # x.astype("float16")); x.set_value(1.5)`` writes a float16 1.5)
+            dtype, device = step.target_meta or _dtype_of(prog, target)
             if dtype is None:
                 raise DumpError(f"dump: the traced function writes a value that is no Tensor "
                                 f"({type(value).__name__}) into {prog.describe(target)} with "
@@ -105,9 +123,19 @@ def with_writes(prog):
         slot_of[target] = src
         for _, s in step.out_paths:  # (``x += v`` returns x: the value written)
             slot_of[s] = src
+        n_writes += 1
+        rename_shape_guards()
     guards += [(len(steps), slot_of.get(s, s), value) for _, s, value in pending]
+    for s in slot_of:
+        if slots[s].kind == "ext":
+            # a tensor captured by capture_as_const, live from its first write on (see
+            # `record._Recorder._written_capture`): every read of it comes after a write and
+            # reads the value written now; the slot itself is read nowhere
+            slots[s] = _Slot("written", slots[s].what)
+            slots[s].tensor = prog.slots[s].tensor
     view = copy.copy(prog)
     view.slots, view.steps, view.guards = slots, steps, guards
+    view.shape_guards = shape_guards
     view.out = _renamed(prog.out, slot_of)
     return view
 

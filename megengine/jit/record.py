@@ -233,6 +233,9 @@ class _Recorder(_Hook):
         self.names = {}  # slot -> its tensor's name (see `named`; the live ones' at the end)
         self.made_here = {}  # id(tensor) -> a weak reference to it: made by Tensor() in the
         # call, so it may be a constant made from Python data (see `made`)
+        self.written_captures = set()  # the live slots of written captures (`_written_capture`)
+        self.made_read = set()  # "ext" slots of tensors made in the call, read, then written
+        self.n_writes = 0  # write events so far (a guard's key: `guard`)
 
     # ----- values held weakly -----
     # A value the call makes (an op's or an event's output, a detached alias) of FREE_BYTES or
@@ -323,6 +326,13 @@ class _Recorder(_Hook):
         if dispatch._trace_hook is not self:
             return None
         s, _ = self._internal(t)  # (a detached alias has its source's shape)
+        if s is None and self.written_captures and self.prog.symbolic_shape:
+            # a captured tensor after a write into it (`_written_capture`): its shape is the
+            # written value's, which a dump computes (``w.set_value(F.concat([w, x]));
+            # w.shape[0]`` follows x's size), not the captured one
+            s = self.ext_by_tensor.get(id(t))
+            if s not in self.written_captures:
+                return None
         if s is not None and not self.prog.symbolic_shape:
             if s not in self.dyn:
                 return None  # (not dumpable: only the sizes that data decides)
@@ -335,11 +345,14 @@ class _Recorder(_Hook):
         """A size left its expression (``int(n)``, ``if n > 1``...): the program keeps it as a
         guard, with the user's source line (see `shape_guards`). Inside exclude_from_trace
         (logging) nothing is kept: what that block makes is a constant anyway."""
-        if dispatch._trace_hook is not self or (tree, value) in self.guard_keys:
+        key = (tree, value, self.n_writes)  # (after a write, a size of the same tree may be
+        # another value's: `dump_writes` renames the tree by where the guard was made)
+        if dispatch._trace_hook is not self or key in self.guard_keys:
             return
         from .shape_guards import user_line
-        self.guard_keys.add((tree, value))
+        self.guard_keys.add(key)
         self.prog.shape_guards.append((tree, value, kind, user_line()))
+        self.prog.shape_guard_writes.append(self.n_writes)
 
     def keep_dims(self, tree):
         """SymDims of ``tree`` decided a branch where their values would not have (see
@@ -627,6 +640,9 @@ class _Recorder(_Hook):
                 return out
         if self.detached_from:
             self._take_up_detached()
+        if (fn is _INPLACE or fn is _RESET) and args and isinstance(args[0], Tensor):
+            self._written_capture(args[0])
+            self.n_writes += 1
         # a generator (model.parameters()) would be empty on replay: keep what it yields
         if any(_is_iterator(a) for a in args):
             args = tuple(list(a) if _is_iterator(a) else a for a in args)
@@ -634,6 +650,8 @@ class _Recorder(_Hook):
             kwargs = {k: list(a) if _is_iterator(a) else a for k, a in kwargs.items()}
         self._resolve_grads()
         step = _EventStep(fn, self._encode(args), self._encode(kwargs))
+        if (fn is _INPLACE or fn is _RESET) and args and isinstance(args[0], Tensor):
+            step.target_meta = (args[0]._data.dtype, args[0]._device)
         self.prog.steps.append(step)
         dispatch._trace_hook = None
         tape = None
@@ -653,6 +671,45 @@ class _Recorder(_Hook):
         self.rec_level = dispatch._recording
         self._after_event(step, args, kwargs, result)
         return result
+
+    def _written_capture(self, t):
+        """Before a write event into ``t``: where ``t`` is a tensor that ``capture_as_const``
+        captures (or has captured), it is a live external from now on, a slot of its own
+        (kind "ext", read where it is used, as without capture_as_const). The reads before
+        the write read the captured value (a "const" slot: checked calls compare it with the
+        capture, upstream's "tensors not equals"; replays compute with it); the write itself
+        and the reads after it do not read that value: they read what the call wrote, which a
+        checked call takes as it is and a replay's event writes again (upstream guards only
+        the captured value its graph reads: ``w.set_value(c); return w * x`` runs on every
+        call). So a function that writes before it reads is not refused, and no rewrite of
+        `arith_opt` takes a value read after the write for the captured constant."""
+        made = self._made_here(t)
+        if not (self.const_mode or made) or id(t) in self.live:
+            return
+        s = self.ext_by_tensor.get(id(t))
+        if s is None:
+            if (self._internal(t)[0] is not None or id(t) in self.arg_ids
+                    or id(t) in self.detached_from or self._is_grad(t)):
+                return
+        else:
+            info = self.prog.slots[s]
+            if info.kind not in ("const", "ext") or info.tensor is not t or (
+                    info.kind == "ext" and not made) or s in self.written_captures:
+                return
+        if made and s is not None and self.prog.slots[s].kind == "ext":
+            self.made_read.add(s)  # (read before the write: a constant of its first value)
+        s = self.prog.new_slot("ext")
+        info = self.prog.slots[s]
+        info.tensor, info.device = t, t._device
+        if made:  # a tensor made in the function from Python data (``z = Tensor(0.0); z[...] =
+            # x``): each call makes its own, so a replay writes into a new one of this value,
+            # not into the first call's, which it would return again (every mode)
+            with dispatch.on_device(t._device):
+                info.fresh = t._data.copy()
+        self.written_captures.add(s)
+        self.ext_by_tensor[id(t)] = s
+        self.ext_seen.add(id(t))
+        self.keep.append(t)
 
     def _take_up_detached(self):
         """Before an event: give each detach() of the call that no step has read yet (its
@@ -741,20 +798,24 @@ class _Recorder(_Hook):
         """A replay computes with the values capture_as_const took; one the call itself has
         changed since (an optimizer step, an in-place write) would be stale from the next call
         on, silently. (Checked calls check them on each call instead, as upstream: see
-        `captures`.)"""
+        `captures`.) Only the captures the program reads are "const" slots: a tensor the call
+        writes before any read of it is read live (`_written_capture`), and may change."""
         for s, info in enumerate(self.prog.slots):
             t = info.tensor
-            if info.kind != "const" or t is None:
-                continue
+            if info.kind != "const" or t is None or self._made_here(t):
+                continue  # (a tensor made in the call from Python data: made anew each call)
             with dispatch.on_device(t._device):  # (CuPy compares on the array's GPU)
                 same = _same_bits(t._data, info.const)
             if not same:
                 raise TraceError(
                     f"trace(without_host=True, capture_as_const=True): the call changed "
                     f"{self.prog.describe(s)} after the trace captured its value (an "
-                    "optimizer step or an in-place write), so the next calls would compute "
-                    "with the old value. Trace a function that changes its parameters without "
-                    "capture_as_const (trace a separate inference function to dump)")
+                    "optimizer step or an in-place write), and the function reads that value "
+                    "before the change, so the next calls would compute with the old value "
+                    "where eager code reads the new one. Write the tensor before reading it "
+                    "(a write before any read is replayed), trace without capture_as_const, or "
+                    "with without_host=False (checked calls compare the capture on each call); "
+                    "trace a separate inference function to dump")
 
     def _is_grad(self, t):
         """Whether ``t`` is the ``.grad`` of a tensor an event may have written (it is read
@@ -830,8 +891,8 @@ class _Recorder(_Hook):
         for s, ref, value in weak:
             info = prog.slots[s]
             t = ref()
-            if t is None:
-                info.kind, info.const = "const", value
+            if t is None or s in self.made_read:  # (made from Python data: the value it had,
+                info.kind, info.const = "const", value  # on every call)
             else:
                 info.tensor = t
         self._sort_reads()

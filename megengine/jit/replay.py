@@ -38,6 +38,8 @@ def _run(prog, leaves, profile):
         values[s] = t
     for s, arr, device in prog.consts:
         values[s] = Tensor._wrap(arr, device)
+    for s, arr, device in prog.fresh:  # (a tensor the function makes and writes into: a new
+        values[s] = Tensor._wrap(arr.copy(), device)  # one per call, as eager code makes)
     for s, owner, o in prog.grads:
         values[s] = (owner if o is None else values[o]).grad
     apply, wrap = dispatch.apply, Tensor._wrap
@@ -45,6 +47,13 @@ def _run(prog, leaves, profile):
     clock = time.perf_counter if profile is not None else None
     if prog.first_reads:
         _check_reads(prog, prog.first_reads, values)
+    for s, guard in prog.replay_guards:
+        if not guard.unchanged():
+            raise TraceMismatchError(
+                f"replaying: {prog.describe(s)} has a new value since the trace captured it, "
+                "and the traced function reads it before writing it: the replay would compute "
+                "with the captured value where eager code reads the new one. Write the tensor "
+                "before reading it, or trace without capture_as_const", "tensors not equals")
     for step in prog.steps:
         if clock is not None:
             start = clock()

@@ -10,7 +10,7 @@ program used that size as a Python value (`expected`). A program that writes int
 of its module (`Program.writes_state`) is compared with eager code run on a copy of the state
 the traced call meets, and the state after the call with eager's too (across repeated calls
 both evolve alike); each run of its dumped file gives
-eager's values on the state the trace captured (`state_refusals`)."""
+eager's values on the state the trace captured (`reads_capture`)."""
 import copy
 import io
 import itertools
@@ -106,15 +106,20 @@ def _eager(p, prog, m, a):
         return None, e
 
 
-def state_refusals(p, mode):
-    """The errors a traced call of program ``p`` may raise because it writes its state. Under
-    capture_as_const the Parameters are constants of the program: after the call that recorded
-    it, the written Parameter no longer holds its captured value, so a checked call raises
-    TraceMismatchError (upstream: "tensors not equals"), and a ``without_host`` replay (which
-    checks nothing) refuses the program with TraceError after the recording call has run."""
-    if not (p.writes_state and mode["capture_as_const"]):
-        return ()
-    return (TraceError,) if mode["without_host"] else (TraceMismatchError,)
+def reads_capture(p, mode):
+    """Whether program ``p`` in ``mode`` computes with a captured value of its state that its
+    calls change: under capture_as_const a Parameter is captured when a call records, and a
+    read of it before the function writes it (`Program.reads_state_first`) reads that value.
+    Then, as upstream (only the captured values its graph reads are compared), a checked call
+    or a ``without_host`` replay that finds the Parameter changed since raises
+    TraceMismatchError ("tensors not equals"), and a ``without_host`` recording call that
+    changes it is refused with TraceError once it has run (its replays would compute with the
+    old value). A program that writes its state before reading it runs on every call."""
+    return p.writes_state and mode["capture_as_const"] and p.reads_state_first
+
+
+def _state_bits(m):
+    return tuple((v.shape, v.dtype.str, v.tobytes()) for v in _param_values(m).values())
 
 
 def _copy_state(dst, src):
@@ -167,7 +172,7 @@ def _says_data_decides(e):
 def _outcome(what, run, want, expect, seen, rewrites, also=()):
     """Run ``run``; it must give ``want`` (as `_close` compares, ``rewrites`` passed on), or
     raise ``expect[0]`` where that is not None (or may raise ``expect[1]``, or one of ``also``:
-    `state_refusals`). Returns "refused" or "followed" (an outcome count)."""
+    `reads_capture`). Returns "refused" or "followed" (an outcome count)."""
     must, may = expect
     try:
         got = run()
@@ -205,7 +210,8 @@ def check_inference(p, mode, rng):
     # a program that writes its state: eager runs on a copy of the state each traced call
     # meets (``m_ref``), a dumped file's runs on a copy of the state that the call recording
     # it met (``fresh[0]``: each run of a file starts from the values the trace captured)
-    also = state_refusals(p, mode)
+    captured = reads_capture(p, mode)
+    kept = {}  # input shape -> the state when the program the trace keeps for it recorded
     m_ref, fresh = (copy.deepcopy(m), [None]) if p.writes_state else (m, [m])
 
     def eager_now(a):
@@ -217,7 +223,18 @@ def check_inference(p, mode, rng):
         return _eager(p, prog, copy.deepcopy(fresh[0]) if p.writes_state else m, a)
 
     def traced_call(what, a, want, expect, seen):
-        """``traced(a)``'s outcome (`_outcome`), the state after it checked."""
+        """``traced(a)``'s outcome (`_outcome`), the state after it checked; the state
+        decides what it must raise where it computes with a captured value (`reads_capture`)."""
+        shape = a.shape
+        records = shape not in kept
+        before = _state_bits(m) if p.writes_state else None
+        snapshot = copy.deepcopy(m) if p.writes_state and records else None
+        also = ()
+        if captured and records and mode["without_host"]:
+            also = (TraceError,)  # (must, when the call changes the state: below)
+        elif captured and not records and before != kept[shape]:
+            expect = (TraceMismatchError, None)  # (before any other difference: the state
+            # is compared at its first read, a replay's before its first step)
         res = _outcome(what, lambda: _flat(traced(mge.tensor(a))), want, expect, seen,
                        rewrites, also)
         # (the without_host refusal comes after the recording call has run, as eager code: its
@@ -227,6 +244,17 @@ def check_inference(p, mode, rng):
         if p.writes_state and (res == "followed" or (res == "state refused"
                                                      and mode["without_host"])):
             _check_state(what, m, _param_values(m_ref))
+        if records and res != "refused":
+            changed = p.writes_state and _state_bits(m) != before
+            if also and (res == "state refused") != changed:
+                raise JitMismatch(
+                    f"{what}: the recording call {'changed' if changed else 'kept'} the "
+                    f"captured Parameter it reads, and it was "
+                    f"{'not ' if res != 'state refused' else ''}refused (TraceError)")
+            if res != "state refused":
+                kept[shape] = before
+                if shape == TRACE_SHAPE:
+                    fresh[0] = snapshot
         return res
     shapes = [TRACE_SHAPE] + OTHER_SHAPES
     # (a) several calls at the traced shape, new values each time: the same sizes that data
@@ -243,8 +271,6 @@ def check_inference(p, mode, rng):
         seen = _seen(prog)
         if traced_seen is None:  # (this call records)
             traced_seen, first_a = seen, a
-            if p.writes_state:
-                fresh[0] = copy.deepcopy(m)
         what = f"(a) call {k} at {TRACE_SHAPE}"
         res = traced_call(what, a, want, expected(mode, traced_seen, seen),
                           (traced_seen, seen))
@@ -252,7 +278,7 @@ def check_inference(p, mode, rng):
             traced_seen = None  # (it kept no program: the next call records)
         out[f"a {res}"] = out.get(f"a {res}", 0) + 1
     out["a"] = k + 1
-    if traced_seen is None:  # (every call refused to record: `state_refusals`)
+    if traced_seen is None:  # (every call refused to record: `reads_capture`)
         return out
     dumped = None
     if mode["capture_as_const"]:
@@ -276,7 +302,7 @@ def check_inference(p, mode, rng):
             seen = _seen(prog)
             traced_call(f"(b) call at {s}", a, want, expected(mode, traced_seen, seen),
                         (traced_seen, seen))
-        elif also:
+        elif p.writes_state:
             traced_call(f"(b) call at {s}", a, want, (None, None), None)
         else:
             got = _call(f"(b) call at {s}", lambda: _flat(traced(mge.tensor(a))))

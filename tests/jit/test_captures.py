@@ -225,3 +225,110 @@ def test_checked_captures_equal_eager_across_a_training_loop_of_another_net():
     for _ in range(3):
         _sgd_step(trained, optim.SGD, lr=0.1, momentum=0.9)
         np.testing.assert_allclose(f(x).numpy(), F.relu(frozen(x)).numpy(), rtol=1e-6)
+
+
+# ----- a traced function that writes into a tensor it captures -----
+# upstream 1.13 measured: only the captured value its graph reads is compared ("tensors not
+# equals"); a function that writes the tensor before reading it runs on every call, and so
+# does every mode here, each call equal to eager code on the state it meets
+W_FIRST = {
+    "set_value of an array": lambda w, x: w.set_value(np.array([0.5, -1.0, 2.0], "float32")),
+    "set_value of a number": lambda w, x: w.set_value(0.0),
+    "setitem ...": lambda w, x: w.__setitem__(Ellipsis, 1.5),
+    "_reset of a value of the call": lambda w, x: w._reset(x * 2),
+}
+ALL_MODES = [dict(symbolic=s, without_host=h, opt_level=o)
+             for s in (False, True) for h in (False, True) for o in (0, 2)]
+
+
+def _write_then_read(w, x, write):
+    write(w, x)
+    y = x * w  # (opt_level >= 1 would fold x * 0 and x * 1 for a constant w)
+    w += 1.0  # a second write, of the value written
+    return y + w
+
+
+@pytest.mark.parametrize("mode", ALL_MODES, ids=str)
+@pytest.mark.parametrize("how", sorted(W_FIRST))
+def test_a_capture_written_before_it_is_read_runs_every_call_as_eager(how, mode):
+    write = W_FIRST[how]
+    w = mge.Parameter(np.array([1.0, 2.0, 3.0], "float32"))
+    w_ref = mge.Parameter(w.numpy())
+    f = trace(lambda x: _write_then_read(w, x, write), capture_as_const=True, **mode)
+    for k in range(4):
+        x = np.array([1.0, -2.0, 0.5], "float32") * (k + 1)
+        want = _write_then_read(w_ref, mge.tensor(x), write).numpy()
+        np.testing.assert_allclose(f(mge.tensor(x)).numpy(), want, rtol=1e-6)
+        np.testing.assert_allclose(w.numpy(), w_ref.numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ALL_MODES, ids=str)
+def test_a_captured_scalar_written_before_an_op_is_not_folded(mode):
+    # x * w with w captured as 1.0 is x (opt_level >= 1), but w is 0 when the op runs: the
+    # recording call of symbolic=True computed x (arith_opt folded the captured value)
+    w = mge.Parameter(np.float32(1.0))
+
+    def f(x):
+        w.set_value(0.0)
+        return x * w + F.exp(w)
+
+    traced = trace(f, capture_as_const=True, **mode)
+    for _ in range(3):
+        np.testing.assert_allclose(traced(mge.tensor([1.0, 2.0])).numpy(), [1.0, 1.0])
+        assert float(w.numpy()) == 0.0
+
+
+@pytest.mark.parametrize("symbolic", MODES)
+def test_a_capture_read_before_its_write_is_compared_as_upstream(symbolic):
+    # its captured value is read: the second call finds another value there (upstream's
+    # "tensors not equals"); the reads after the write read what the call wrote
+    w = mge.Parameter(np.array([1.0, 2.0], "float32"))
+
+    def f(x):
+        y = x * w
+        w._reset(w + x)
+        return y + w
+
+    traced = trace(f, symbolic=symbolic, capture_as_const=True)
+    np.testing.assert_allclose(traced(mge.tensor([1.0, 1.0])).numpy(), [3.0, 5.0])
+    with pytest.raises(TraceMismatchError, match="tensors not equals"):
+        traced(mge.tensor([1.0, 1.0]))
+    w.set_value(np.array([1.0, 2.0], "float32"))  # the captured value again
+    np.testing.assert_allclose(traced(mge.tensor([2.0, 0.0])).numpy(), [5.0, 2.0])
+    np.testing.assert_allclose(w.numpy(), [3.0, 2.0])
+
+
+def test_without_host_refuses_a_capture_read_before_its_write_saying_what_to_do():
+    from megengine.jit import TraceError
+
+    w = mge.Parameter(np.array([1.0, 2.0], "float32"))
+
+    def f(x):
+        y = x * w
+        w._reset(w + x)
+        return y
+
+    traced = trace(f, without_host=True, capture_as_const=True)
+    with pytest.raises(TraceError, match="reads that value before the change.*Write the tensor "
+                                         "before reading it"):
+        traced(mge.tensor([1.0, 1.0]))
+    np.testing.assert_allclose(w.numpy(), [2.0, 3.0])  # (the call ran, as eager code)
+
+
+def test_a_replay_of_a_capture_read_before_its_write_asks_that_it_still_holds_its_value():
+    # the recording call left w as captured (0 * x), so the program is kept; once w holds
+    # another value, a replay would compute with the captured one where eager code reads the
+    # new one (upstream's compiled graph does so silently)
+    w = mge.Parameter(np.zeros(2, "float32"))
+
+    def f(x):
+        y = x * w.sum()
+        w[...] = w * x
+        return y + w
+
+    traced = trace(f, without_host=True, capture_as_const=True)
+    for _ in range(2):
+        np.testing.assert_allclose(traced(mge.tensor([1.0, 2.0])).numpy(), [0.0, 0.0])
+    w.set_value(np.array([1.0, 1.0], "float32"))
+    with pytest.raises(TraceMismatchError, match="tensors not equals"):
+        traced(mge.tensor([1.0, 2.0]))

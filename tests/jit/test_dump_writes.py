@@ -10,7 +10,7 @@ import pytest
 import megengine as mge
 import megengine.functional as F
 import megengine.module as M
-from megengine.jit import trace
+from megengine.jit import ShapeGuardError, trace
 from megengine.jit.dump import DumpError
 from megengine.utils.comp_graph_tools import GraphInference
 
@@ -145,18 +145,101 @@ def test_a_detach_after_a_write_and_a_written_value_of_another_shape():
         np.testing.assert_allclose(g, e, rtol=1e-6)
 
 
-def test_a_number_written_into_a_computed_value_is_refused_naming_the_write():
-    # (a computed value's dtype is not in the program; a Parameter's or an argument's is)
-    @trace(symbolic=True, capture_as_const=True)
-    def f(x):
-        z = x * 2
-        z.set_value(np.zeros(3))
-        return z + x
+def _loaded_equals_eager(fn, traced_x, run_xs, make_w=lambda: None, symbolic=True):
+    """Trace ``fn(x, w)`` (capture_as_const), dump it, and run the loaded file at each of
+    ``run_xs``: shapes, dtypes and values as eager code on a fresh ``make_w()`` gives."""
+    w = make_w()
+    f = trace(lambda x: fn(x, w), symbolic=symbolic, capture_as_const=True)
+    f(mge.tensor(traced_x))
+    file = io.BytesIO()
+    f.dump(file, arg_names=["x"])
+    net = GraphInference(io.BytesIO(file.getvalue()))
+    for x in run_xs:
+        (got,) = net.run(inp_dict={"x": x}).values()
+        want = fn(mge.tensor(x), make_w()).numpy()
+        assert (got.shape, got.dtype) == (want.shape, want.dtype)
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    return net
 
-    f(mge.tensor(X_TRACED))
-    with pytest.raises(DumpError, match=r"writes a value that is no Tensor \(ndarray\) into "
-                                        r"output 0 of op #0 \(Mul\).*set_value\(mge\.tensor"):
-        f.dump(io.BytesIO())
+
+def _computed_number(x, w):
+    z = x * 2
+    z.set_value(np.zeros(3))  # (float64 array: z keeps its dtype, float32)
+    return z + x
+
+
+def _computed_half_number(x, w):
+    z = x.astype("float16")
+    z.set_value(3.0)
+    return z + 1
+
+
+@pytest.mark.parametrize("symbolic", [False, True])
+@pytest.mark.parametrize("fn", [_computed_number, _computed_half_number])
+def test_a_number_written_into_a_computed_value_is_dumped_with_its_dtype(fn, symbolic):
+    # (earlier versions of this fork refused it: the program did not know the value's dtype,
+    # which the write event now records)
+    _loaded_equals_eager(fn, X_TRACED, [X_RUN, X_TRACED], symbolic=symbolic)
+
+
+DTYPE_WRITES = {
+    # a number written after a write changed the dtype takes the dtype eager code has then
+    "argument to float16": lambda x, w: (x.set_value(x.astype("float16")), x.set_value(1.5),
+                                         x * 2)[-1],
+    "argument to int32": lambda x, w: (x._reset(F.floor(x).astype("int32")), x.set_value(2.7),
+                                       x + 1)[-1],
+    "Parameter to int32": lambda x, w: (w.set_value(w.astype("int32")), w.set_value(7.9),
+                                        w * 2 + x.shape[0])[-1],
+    "Parameter to float16": lambda x, w: (w.set_value(w.astype("float16")), w.set_value(1.5),
+                                          w * 2)[-1],
+}
+
+
+@pytest.mark.parametrize("symbolic", [False, True])
+@pytest.mark.parametrize("how", sorted(DTYPE_WRITES))
+def test_a_dtype_changing_write_is_dumped_with_the_eager_dtype(how, symbolic):
+    # (earlier versions of this fork wrote the number in the dtype the tensor was captured or
+    # given with: float32 1.5 and 7.9 where eager code has float16 1.5 and int32 7)
+    _loaded_equals_eager(DTYPE_WRITES[how], X_TRACED, [X_RUN, X_TRACED],
+                         make_w=lambda: mge.Parameter(W0.copy()), symbolic=symbolic)
+
+
+SHAPE_WRITES = {
+    "argument": lambda x, w: (x.set_value(F.concat([x, x])), x * x.shape[0])[-1],
+    "argument, an array": lambda x, w: (x.set_value(np.ones((2, 5), "float32")),
+                                        x + x.shape[1])[-1],
+    "Parameter": lambda x, w: (w.set_value(F.concat([w, x])), w * w.shape[0])[-1],
+    "Parameter, a reshape": lambda x, w: (w.set_value(F.concat([w, x])),
+                                          w.reshape(w.shape[0] // 2, 2) * 1)[-1],
+    "Parameter written first": lambda x, w: (w.set_value(x[1:]), w * w.shape[0])[-1],
+}
+
+
+@pytest.mark.parametrize("symbolic", [False, True])
+@pytest.mark.parametrize("how", sorted(SHAPE_WRITES))
+def test_shape_reads_after_a_shape_changing_write_follow_the_written_value(how, symbolic):
+    # the file runs at other input sizes with the written value's sizes (earlier versions of
+    # this fork kept a Parameter's traced size there: 6 where eager code has 9)
+    _loaded_equals_eager(SHAPE_WRITES[how], np.arange(4, dtype="float32") + 0.5,
+                         [np.arange(n, dtype="float32") - 2.25 for n in (6, 4, 2)],
+                         make_w=lambda: mge.Parameter(np.array([1.0, 2.0], "float32")),
+                         symbolic=symbolic)
+
+
+@pytest.mark.parametrize("symbolic", [False, True])
+def test_a_guard_after_a_shape_changing_write_guards_the_written_size(symbolic):
+    # the branch was decided by the written value's size (8 > 5): a run whose written value
+    # has that size on the same side computes, one on the other side stops at the guard
+    # (earlier versions of this fork guarded the input's size: the traced input itself stopped)
+    def fn(x, w):
+        x.set_value(F.concat([x, x]))
+        return x * 2 if x.shape[0] > 5 else x
+
+    net = _loaded_equals_eager(fn, np.arange(4, dtype="float32"),
+                               [np.arange(n, dtype="float32") for n in (4, 3, 7)],
+                               symbolic=symbolic)
+    with pytest.raises(ShapeGuardError, match=r"x.shape\[0\] > 5"):
+        net.run(inp_dict={"x": np.arange(2, dtype="float32")})
 
 
 def test_a_value_read_to_the_host_after_a_write_from_the_input_is_refused():
@@ -217,3 +300,22 @@ def test_a_detach_before_a_write_dumps_the_value_before_the_write(target):
         out = net.run(inp_dict=feed)
         np.testing.assert_allclose(out["y"], want[0], rtol=1e-6)
         np.testing.assert_allclose(out["z"], want[1], rtol=1e-6)
+
+
+@pytest.mark.parametrize("opt_level", [0, 2])
+@pytest.mark.parametrize("symbolic", [False, True])
+@pytest.mark.parametrize("how", sorted(SHAPE_WRITES))
+def test_checked_calls_read_sizes_after_a_shape_changing_write_as_recorded(how, symbolic,
+                                                                           opt_level):
+    # the recording built ops from a written Parameter's sizes (``w * w.shape[0]`` multiplies
+    # by a size tensor): later checked calls make the same ops (they made a plain Mul:
+    # "operator mismatch"); the Parameter gets its captured value back before each call
+    fn = SHAPE_WRITES[how]
+    w = mge.Parameter(np.array([1.0, 2.0], "float32"))
+    f = trace(lambda x: fn(x, w), symbolic=symbolic, capture_as_const=True,
+              opt_level=opt_level)
+    for k in range(3):
+        w._reset(mge.tensor(np.array([1.0, 2.0], "float32")))
+        x = np.arange(4, dtype="float32") + k
+        want = fn(mge.tensor(x), mge.Parameter(np.array([1.0, 2.0], "float32"))).numpy()
+        np.testing.assert_allclose(f(mge.tensor(x)).numpy(), want, rtol=1e-6)

@@ -153,3 +153,27 @@ def test_a_shape_read_after_a_write_into_a_value_after_a_mask(write, mode):
     if mode.get("capture_as_const"):
         x = _data(6, 3)
         np.testing.assert_allclose(_dumped_run(f, x), fn(mge.tensor(x)).numpy(), rtol=1e-6)
+
+
+# program 91504: ``x._reset(x + 1.0)`` of the argument (an event: the argument is the caller's
+# tensor) and a size of x returned, under capture_as_const with symbolic shapes. The write gave
+# x a new array, which the checker did not note as holding the argument's sizes: the recording
+# returned the size as a Tensor (a Sizes op), checked calls as an int ("mismature end") from
+# the second call on.
+@pytest.mark.parametrize("write", sorted(_WRITES_OF_A_VALUE))
+@pytest.mark.parametrize("symbolic", [False, True])
+def test_a_size_of_an_argument_read_after_a_write_into_it(write, symbolic):
+    def fn(x):
+        a, b = F.split(x, [x.shape[1] // 2], axis=1)  # (an op built from x's sizes)
+        h = F.concat([b, a], axis=1)
+        _WRITES_OF_A_VALUE[write](x)
+        return h, x.shape[1] * 2
+
+    f = trace(fn, symbolic=symbolic, capture_as_const=True)
+    for _ in range(3):
+        x = _data(2, 4)
+        a, b = mge.tensor(x), mge.tensor(x)
+        got, want = f(a), fn(b)
+        np.testing.assert_allclose(got[0].numpy(), want[0].numpy(), rtol=1e-6)
+        assert int(got[1]) == int(want[1]) == 8
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)  # the argument written

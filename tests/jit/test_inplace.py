@@ -494,3 +494,34 @@ def test_a_detach_kept_across_batch_norm_statistics_writes(mode):
         want = [t.numpy() for t in _kept_across_batch_norm(eager_net, mge.tensor(x))]
         for a, b in zip(got, want):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+# a tensor made in the function from Python data and then written into by an event (the write
+# of a value that is not the call's own, ``z.set_value(x * 3)``, ``z[...] = x``): each call
+# makes its own, so a replay writes into a new one. Earlier versions of this fork replayed the
+# write into the first call's tensor and returned that tensor again (the first call's output
+# changed with every replay), and under capture_as_const refused it or raised "tensors not
+# equals" where the function read the tensor before the write
+def _made_written_first(x):
+    z = mge.tensor(np.zeros(3, "float32"))
+    z[...] = x * 2
+    return z, z * x
+
+
+def _made_read_then_written(x):
+    z = mge.tensor(np.ones(3, "float32"))
+    y = x * z
+    z.set_value(x * 3)
+    z += 1.0
+    return z, y + z
+
+
+@pytest.mark.parametrize("capture", [False, True])
+@pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("fn", [_made_written_first, _made_read_then_written])
+def test_a_tensor_made_in_the_function_and_written_is_new_on_every_call(fn, mode, capture):
+    f = trace(fn, capture_as_const=capture, **mode)
+    outs = [f(mge.tensor(v)) for v in INPUTS]
+    for out, v in zip(outs, INPUTS):  # (compared after all calls: no call's output changed)
+        for got, want in zip(out, fn(mge.tensor(v))):
+            np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6)

@@ -272,9 +272,16 @@ def test_writes_in_every_mode(p):
         assert outcomes["steps"] >= 16
         return
     # every call of the 16 modes without capture_as_const follows, the state evolving alike;
-    # under capture_as_const the calls after the recording one are refused (``m.w`` no longer
-    # holds the captured value), and the dumped files' runs start from it
-    assert outcomes["a followed"] >= 16 * 3 and outcomes["a state refused"] >= 16
+    # under capture_as_const a program that reads ``m.w`` before it writes it has its calls
+    # after the recording one refused (``m.w`` no longer holds the captured value: checked
+    # calls raise TraceMismatchError, without_host recording calls TraceError), one that
+    # writes ``m.w`` first follows in every mode; the dumped files' runs start from the
+    # captured state
+    if p.reads_state_first:
+        assert outcomes["a followed"] >= 16 * 3
+        assert outcomes["a state refused"] >= 8 and outcomes["a refused"] >= 8
+    else:
+        assert outcomes["a followed"] >= 32 * 3 and "a refused" not in outcomes
     assert outcomes["loaded ok"] >= 16 * 4
 
 
@@ -340,3 +347,31 @@ def test_minimise_keeps_the_state_parameter(monkeypatch):
     monkeypatch.setattr(jit_check, "check_inference", fails_on_set_value)
     small = minimise(WRITE_PROGRAMS[0], MODES[0])
     assert small.steps == ["m.w.set_value(m.w * 0.5 + h.mean())"] and small.layers == _STATE
+
+
+@pytest.mark.parametrize("p, refuses", [(WRITE_PROGRAMS[0], False), (WRITE_PROGRAMS[1], True)],
+                         ids=["reads first, never refused", "writes first, refused"])
+def test_a_trace_that_refuses_the_state_where_it_must_not_or_not_where_it_must_is_caught(
+        monkeypatch, p, refuses):
+    # the state decides exactly where a capture_as_const call is refused (`reads_capture`): a
+    # program that writes m.w first must follow on every call, one that reads it first must
+    # be refused once m.w changed since its program recorded
+    real = jit_check.trace
+
+    def tracing(fn, **mode):
+        t = real(fn, **mode)
+        calls = [0]
+
+        def call(*args):
+            calls[0] += 1
+            if refuses and calls[0] == 2:
+                raise TraceMismatchError("a refusal no capture asks for", "tensors not equals")
+            if not refuses:
+                return fn(*args)  # (a trace that never compares the capture)
+            return t(*args)
+        return call
+    monkeypatch.setattr(jit_check, "trace", tracing)
+    mode = dict(_REWRITING, capture_as_const=True, without_host=False)
+    with pytest.raises(JitMismatch, match="expected TraceMismatchError" if not refuses else
+                       r"\(a\) call 1 .*TraceMismatchError"):
+        check_inference(p, mode, np.random.default_rng(0))
