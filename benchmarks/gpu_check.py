@@ -178,6 +178,10 @@ def _run_suite(label, env_extra, args, log, start, tests, workers):
     env.pop("MGE_DEFAULT_DEVICE", None)
     env.update(env_extra)
     env["PYTHONUNBUFFERED"] = "1"  # a killed run's last lines must not die in a pipe buffer
+    # each failure's traceback as it ends (tests/failure_log.py), whatever ends the run; added to
+    # the run's log at the end (the device machine sends back 8 files at most)
+    failure_log = Path(tempfile.mkdtemp(prefix="gpu-check-failures-")) / "failures.txt"
+    env["MGE_FAILURE_LOG"] = str(failure_log)
     # 2 runs x 8 workers fill the cores already: a BLAS/OpenMP pool per worker sized to the whole
     # machine would put 16 threads on each core (the tests' torch runs one thread: conftest)
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -187,8 +191,9 @@ def _run_suite(label, env_extra, args, log, start, tests, workers):
     # share (or clean up) each other's tmp_path trees; not under the log directory, which the
     # device machine sends back.
     basetemp = tempfile.mkdtemp(prefix="gpu-check-tmp-")
-    cmd = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "--basetemp", basetemp,
-           *tests]
+    # (-p no:benchmark: pytest-benchmark, if installed, owns a "benchmark" fixture name)
+    cmd = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-p", "no:benchmark",
+           "-p", "tests.failure_log", "--basetemp", basetemp, *tests]
     if workers > 1 and xdist_available():
         cmd[4:4] = ["-n", str(workers)]
     print(f"[gpu-check] {label}: {' '.join(cmd[1:])} (log: {log})", flush=True)
@@ -208,6 +213,9 @@ def _run_suite(label, env_extra, args, log, start, tests, workers):
         code = -1
     seconds = time.perf_counter() - start
     shutil.rmtree(basetemp, ignore_errors=True)
+    if failure_log.exists():
+        output += "\n[gpu-check] each failure as it ended:\n" + failure_log.read_text(errors="replace")
+    shutil.rmtree(failure_log.parent, ignore_errors=True)
     log.write_text(output)
     counts, failures = parse_pytest(output)
     ok = code == 0 and counts["failed"] == 0 and counts["error"] == 0 and counts["passed"] > 0

@@ -15,6 +15,12 @@ def _seed():
     np.random.seed(0)  # the tests' own data draws
     seed(0)  # megengine.random's generator (module initialisers, dropout) and CuPy's on each GPU
     yield
+    # a test that failed while a GradManager recorded leaves it recording: released here, so
+    # the next tests of this process do not record too (and fail for this one's reason)
+    from megengine.autodiff import grad_manager
+
+    for gm in list(grad_manager._recording_managers):
+        gm.release()
 
 
 def pytest_report_header(config):

@@ -73,6 +73,20 @@ def test_a_run_past_its_timeout_is_stopped_and_counted_so_far(gpu_check, tmp_pat
     assert "TIMEOUT after 5 s" in Path(result["log"]).read_text()
 
 
+def test_a_killed_run_still_says_why_its_tests_failed(gpu_check, tmp_path):
+    # pytest prints tracebacks at its end, which a run stopped by its time limit never reaches
+    (tmp_path / "test_fail_then_hang.py").write_text(
+        "import time\n\ndef test_bad():\n    assert 6 * 7 == 41, 'the planted failure'\n\n"
+        "def test_hangs():\n    time.sleep(120)\n")
+    args = argparse.Namespace(workers=1, test_timeout=8,
+                              tests=[str(tmp_path / "test_fail_then_hang.py")])
+    result = gpu_check.run_suite("killed run", {"MGE_DEFAULT_DEVICE": "cpu0"}, args, tmp_path)
+    assert result["code"] == -1 and result["counts"]["failed"] == 1
+    log = Path(result["log"]).read_text()
+    assert "each failure as it ended" in log and "the planted failure" in log
+    assert "test_fail_then_hang.py:4: AssertionError" in log  # (the whole report)
+
+
 def test_a_suite_run_counts_what_pytest_reports(gpu_check, tmp_path):
     (tmp_path / "test_sample.py").write_text(
         "def test_ok():\n    assert True\n\ndef test_bad():\n    assert 1 == 2\n")

@@ -146,8 +146,14 @@ def _as_array(value, dtype, device, copy):
             _refuse_other_scale(arr.dtype, dtype)
             arr = arr.view(dtype)
         return _with_tensor_scale(arr)
+    # Python data (a list, a tuple, text) is read by numpy on every device (CuPy reads it
+    # through numpy too), so its checks and error words are the CPU's; then it moves to the
+    # device (CuPy's own words for text or a None name neither)
+    host = xp is not np and (type(value) in (list, tuple, str, bytes) or isinstance(
+        value, np.ndarray) and value.dtype.kind in "OUSV")
     try:
-        arr = xp.array(value, copy=copy) if copy else xp.asarray(value)
+        arr = np.asarray(value) if host else \
+            xp.array(value, copy=copy) if copy else xp.asarray(value)
     except (ValueError, TypeError) as e:
         none = _none_at(value)
         raise ArgumentTypeError(f"{argument_prefix(value)}cannot make a tensor from "
@@ -164,6 +170,8 @@ def _as_array(value, dtype, device, copy):
             f"{'; ' + none if none else ''}); "
             "give numbers, nested lists of numbers or a numeric array"
         )
+    if host:
+        arr = xp.asarray(arr)
     return _with_tensor_scale(arr)
 
 

@@ -13,6 +13,7 @@ from .dispatch import FLOAT16 as _F16
 from .dispatch import KERNEL_FLOATS, POOL_MIN, Op, xp_of
 from .dtype import _zero_point, dtype_name, float_value, no_quantized_form, saturated, stored
 from .dtype_rules import ArgumentTypeError, complex_error, no_order  # noqa: F401  (its old home)
+from .fused import fused_kernel
 from ._trace_option import as_int, dumpable, is_dim, is_int, sizes_of
 
 __all__ = ["BINARY", "UNARY", "acc_dtype", "acc_sum", "div_count", "unbroadcast", "int_tuple",
@@ -497,8 +498,21 @@ def _keep_half_operands(op):
     op.a, op.b = op.half_inputs
 
 
+# The same on the GPU, where the exponent is a 0-d CuPy array whose value the host does not
+# see without waiting for the device: one kernel picks per element what numpy's fast exponents
+# give (CuPy's power is CUDA's pow: pow(-0.0, 0.5) is +0 and pow(-inf, 0.5) +inf where sqrt
+# gives -0.0 and NaN, and pow(x, 2) may differ from x * x in the last bit)
+_POW_KERNEL = fused_kernel(
+    "T x, T e", "T y",
+    "y = e == (T)2 ? x * x : e == (T)0.5 ? sqrt(x) : e == (T)-1 ? (T)1 / x : pow(x, e)",
+    "megengine_pow")
+
+
 def _power(a, b):
     """``a ** b`` of arrays, ``b`` 0-d where it is one exponent (see above)."""
+    if type(a) is not np.ndarray and not isinstance(a, np.generic) and b.ndim == 0 \
+            and a.dtype in KERNEL_FLOATS and b.dtype == a.dtype and type(b) is type(a):  # (CuPy)
+        return _POW_KERNEL()(a, b)
     if (type(b) is np.ndarray or isinstance(b, np.generic)) and b.ndim == 0 \
             and a.dtype.char in "fd":  # (b - 1 of a 0-d array is a numpy scalar)
         same = _SAME_AS_POW.get(float(b))  # (float16: numpy's sqrt and pow differ)
@@ -1210,6 +1224,12 @@ def normalize_index(index):
         return index
     out = []
     for i in index:
+        if isinstance(i, (float, complex, str, bytes, np.floating, np.complexfloating)):
+            # (refused here, not by the array module: CuPy raises TypeError where numpy raises
+            # IndexError)
+            raise IndexingError(f"only integers, slices, ellipsis (...), None and integer or "
+                                f"bool arrays are valid indices, got {i!r} "
+                                f"({type(i).__name__}); convert it with int()")
         if hasattr(i, "_data"):
             i = i._data
             if i.dtype.kind == "f":

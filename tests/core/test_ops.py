@@ -94,6 +94,31 @@ def test_power_by_a_common_exponent_keeps_the_bits_of_numpys_power(dtype, expone
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_gpu_power_kernel_gives_numpys_bits_for_one_exponent(dtype, tmp_path):
+    # on CuPy the exponent is a 0-d device array: one kernel (its body compiled here as C++)
+    # picks square, sqrt or reciprocal per element, where CUDA's pow gives pow(-0.0, 0.5) = +0
+    # and pow(-inf, 0.5) = +inf; other exponents are pow's (numpy's loop: within a few ulps)
+    from cuda_kernels import emulate
+
+    kernel = emulate(ops._POW_KERNEL, tmp_path)
+    rs = np.random.RandomState(5)
+    a = (rs.randn(300) * np.exp(rs.uniform(-6, 6, 300))).astype(dtype)
+    a[:7] = [0.0, -0.0, np.inf, -np.inf, np.nan, 1.0, -1.0]
+    for exponent in (2.0, 0.5, -1.0, 3.0, 1.5, -2.0):
+        e = np.asarray(exponent, dtype)
+        with np.errstate(all="ignore"):
+            want = a ** e
+            got = kernel(a, e)
+        assert got.dtype == dtype
+        if exponent not in (2.0, 0.5, -1.0):
+            np.testing.assert_allclose(got, want, rtol=4 * np.finfo(dtype).eps, atol=0)
+            continue
+        assert np.array_equal(got, want, equal_nan=True), exponent
+        finite = ~np.isnan(want)
+        assert np.array_equal(np.signbit(got[finite]), np.signbit(want[finite])), exponent
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("exponent", [3, 1.5, -2.0, 4.0])
 def test_power_of_a_large_array_has_torchs_bits_and_gradient(dtype, exponent):
     # from 1024 values other exponents run on ATen's pow: torch's bits (x ** 3 is its

@@ -19,7 +19,7 @@ def restore_switches():
 
 
 # upstream's documented meanings: PROFILE = benchmark_kernel, REPRODUCIBLE = deterministic_kernel
-@pytest.mark.parametrize("option, benchmark, deterministic, name", [
+@pytest.mark.parametrize("option, profiled, deterministic, name", [
     ("HEURISTIC", False, False, "HEURISTIC"),
     ("PROFILE", True, False, "PROFILE"),
     ("PROFILE_HEURISTIC", True, False, "PROFILE"),
@@ -29,15 +29,16 @@ def restore_switches():
     ("REPRODUCIBLE", False, True, "HEURISTIC_REPRODUCIBLE"),
     ("heuristic | optimized", False, False, "HEURISTIC"),
 ])
-def test_strategy_sets_the_kernel_switches_and_reaches_cudnn(option, benchmark, deterministic,
+def test_strategy_sets_the_kernel_switches_and_reaches_cudnn(option, profiled, deterministic,
                                                              name):
+    # (not "benchmark": pytest-benchmark, where installed, owns a fixture of that name)
     for setter in (set_execution_strategy, set_conv_execution_strategy):
-        mge.config.benchmark_kernel = not benchmark
+        mge.config.benchmark_kernel = not profiled
         mge.config.deterministic_kernel = not deterministic
         setter(option)
-        assert mge.config.benchmark_kernel is benchmark
+        assert mge.config.benchmark_kernel is profiled
         assert mge.config.deterministic_kernel is deterministic
-        assert torch.backends.cudnn.benchmark is benchmark  # torch is loaded: applied now
+        assert torch.backends.cudnn.benchmark is profiled  # torch is loaded: applied now
         assert torch.backends.cudnn.deterministic is deterministic
         assert get_execution_strategy() == get_conv_execution_strategy() == name
 
