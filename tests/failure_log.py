@@ -4,10 +4,18 @@ ends, so a run stopped by a time limit, or by an error of pytest itself, still s
 tests failed (pytest prints the tracebacks only at the end)."""
 import os
 
+_path = None  # the file, in the process that writes it
+
+
+def pytest_configure(config):
+    global _path
+    # under pytest-xdist its controller writes each report once, its workers (which have
+    # ``workerinput``) nothing; an environment variable would not tell, since a run started
+    # from inside a worker (tests/test_gpu_check.py) inherits the worker's
+    _path = None if hasattr(config, "workerinput") else os.environ.get("MGE_FAILURE_LOG")
+
 
 def pytest_runtest_logreport(report):
-    path = os.environ.get("MGE_FAILURE_LOG")
-    # (under pytest-xdist the controller writes each report once; its workers write nothing)
-    if path and report.failed and not os.environ.get("PYTEST_XDIST_WORKER"):
-        with open(path, "a", encoding="utf-8") as f:
+    if _path and report.failed:
+        with open(_path, "a", encoding="utf-8") as f:
             f.write(f"===== {report.nodeid} ({report.when})\n{report.longreprtext[-6000:]}\n")
