@@ -558,20 +558,27 @@ def get_dep_vars(var, var_type=None):
     """The VarNodes ``var`` (one or a list) depends on, itself included, breadth first;
     ``var_type``: only those whose owner's ``type`` is that upstream type name (or one of a
     list of them)."""
-    queue = _as_var_list(var)
     if isinstance(var_type, str):
         var_type = (var_type,)
-    seen, out = set(), []
+    # each var is queued once, when first met: the order of first visits is the same as
+    # queueing every mention, whose copies made a graph of wide ops (F.split into 512 parts and
+    # their uses) take quadratic time (jit fuzz program 91507 hung here)
+    queue, seen, out = collections.deque(), set(), []
+
+    def meet(vs):
+        for v in vs:
+            if id(v) not in seen:
+                seen.add(id(v))
+                queue.append(v)
+
+    meet(_as_var_list(var))
     while queue:
-        v = queue.pop(0)
-        if id(v) in seen:
-            continue
-        seen.add(id(v))
+        v = queue.popleft()
         if var_type is None or (v.owner is not None and v.owner.type in var_type):
             out.append(v)
         if v.owner is not None:
-            queue.extend(v.owner.inputs)
-            queue.extend(v.owner._dyn_vars)
+            meet(v.owner.inputs)
+            meet(v.owner._dyn_vars)
     return out
 
 
