@@ -138,11 +138,12 @@ class _Pool2d(Op):
         (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.pad
         if ph or pw:  # ATen's implicit padding: the lowest value
             tx = _aten.aten().constant_pad_nd(tx, [pw, pw, ph, ph], _lowest(self.x_dtype))
-        maximum, y = _aten.torch_module().maximum, None
+        torch, y = _aten.torch_module(), None
         for i in range(kh):
             for j in range(kw):
                 tap = tx[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
-                y = tap.clone() if y is None else maximum(y, tap, out=y)
+                y = tap.clone(memory_format=torch.contiguous_format) if y is None \
+                    else torch.maximum(y, tap, out=y)
         return _aten.array(y)
 
     def _max_channels_last(self, tx):
