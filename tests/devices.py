@@ -137,6 +137,16 @@ def _simulated_cuda():
     return getattr(sys.modules.get("cupy"), "_simulated", None) is not None
 
 
+def aten_torch_device(device=None) -> str:
+    """The torch device whose ATen kernels serve the engine's arrays on ``device`` (default: the
+    default device): ``"cuda:N"`` for ``gpuN`` with a CUDA build of torch, else ``"cpu"`` (CPU
+    devices, and simulated GPUs, whose ATen kernels run on the CPU). A torch oracle computed
+    there runs the same kernels as the engine's ATen path, so exact comparisons hold (torch's
+    CUDA and CPU kernels differ in the last bits: erf, gelu)."""
+    dev = torch_device(device)
+    return dev if dev != "cpu" and _torch_cuda() and not _simulated_cuda() else "cpu"
+
+
 def skip_unless_aten_serves_the_default_device():
     """Skip when tensors live on a GPU but torch has no CUDA: CuPy arrays then stay on CuPy's
     array code, so an op's ATen path cannot run (megengine/functional/_aten.py, `use_aten`)."""

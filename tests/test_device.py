@@ -118,7 +118,10 @@ def test_cpu_memory_status_is_the_machines():
 def test_cpu_memory_grows_with_tensors_and_peaks_reset():
     size = 48 * 2**20
     before = dev.get_allocated_memory("cpu0")
-    big = mge.tensor(np.ones(size // 4, np.float32))  # written: the pages are resident
+    # written: the pages are resident (on cpu0 whatever the default device: a GPU tensor is
+    # not cpu0's memory, and the host memory CUDA takes around it stays when it is deleted)
+    big = mge.tensor(np.ones(size // 4, np.float32), device="cpu0")
+    assert big.device == "cpu0"
     during = dev.get_allocated_memory("cpu0")
     assert during - before > size * 0.8
     assert dev.get_max_allocated_memory("cpu0") >= during

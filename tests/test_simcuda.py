@@ -99,6 +99,19 @@ def test_numpy_functions_on_device_arrays_dispatch_to_the_simulation(cp):
     assert float(a[0, 1]) == 11.0
 
 
+def test_clip_answers_as_cupys_kernel_where_the_bounds_cross(cp):
+    # cupy_clip: in1 > in2 ? in2 : (in0 < in1 ? in1 : (in0 > in2 ? in2 : in0)), so a NaN
+    # becomes the upper bound where lower > upper (numpy's clip keeps it); elsewhere numpy's
+    x = np.array([np.nan, -np.inf, -1.0, 0.5, 3.0, np.inf], np.float32)
+    a = cp.asarray(x)
+    for got in (cp.clip(a, 2.0, 1.0), a.clip(2.0, 1.0)):
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got.get(), [1.0] * 6)
+    for got in (cp.clip(a, 0.0, 1.0), a.clip(0.0, 1.0)):
+        np.testing.assert_array_equal(got.get(), [np.nan, 0.0, 0.0, 0.5, 1.0, 1.0])
+    np.testing.assert_array_equal(cp.clip(cp.asarray([5, -5], np.int32), 3, 1).get(), [1, 1])
+
+
 def test_random_streams_are_per_device_and_seeded(cp):
     cp.random.seed(5)
     first = cp.random.random_sample(3).get()

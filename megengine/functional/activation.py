@@ -125,10 +125,14 @@ class _Activation(_Unary):
     # f'(x), where the array code's forward of a recorded call computed it (silu, gelu), so
     # that backward reads it alone (g * f'(x)), neither x nor a part of f (see `_Silu`)
     derivative = None
+    # whether ATen's CUDA kernels compute float64 in float64 (hardsigmoid's and hardswish's
+    # take 1/6 as the float32 1.0f / 6.0f: 3e-8 off; the array code serves there)
+    aten_cuda_float64 = True
 
     def _forward(self, x):
         self.x = x
         if self.aten_forward is not None and x.dtype in KERNEL_FLOATS and x.size \
+                and (self.aten_cuda_float64 or type(x) is np.ndarray or x.dtype != np.float64) \
                 and _aten.use_aten(x, "activation"):
             self.tx = _aten.view(x)
             self.ty = self.aten_forward(_aten.ops, self.tx)
@@ -259,6 +263,8 @@ class _Sigmoid(_Activation):
 
 class _HSigmoid(_Activation):
     autocast = "high"  # megengine.amp.autocast: float32 (upstream's rule)
+    aten_cuda_float64 = False  # (see `_Activation`)
+
     def aten_forward(self, aten, tx):
         return aten.hardsigmoid(tx)
 
@@ -276,6 +282,8 @@ class _HSigmoid(_Activation):
 
 
 class _HSwish(_Activation):
+    aten_cuda_float64 = False  # (see `_Activation`)
+
     def aten_forward(self, aten, tx):
         return aten.hardswish(tx)
 

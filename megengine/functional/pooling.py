@@ -23,6 +23,10 @@ from .elemwise import any_nan_array
 __all__ = ["adaptive_avg_pool2d", "adaptive_max_pool2d", "avg_pool2d", "max_pool2d"]
 
 
+def _lowest(dtype):
+    """The lowest value of a float or integer dtype as a Python number (max pooling's
+    padding; numpy's iinfo gives a Python int, finfo a numpy scalar)."""
+    return np.finfo(dtype).min.item() if dtype.kind == "f" else int(np.iinfo(dtype).min)
 
 
 class _Pool2d(Op):
@@ -85,10 +89,7 @@ class _Pool2d(Op):
         self.explicit = 2 * ph > kh or 2 * pw > kw
         pad = self.padding
         if self.explicit:
-            fill = 0.0
-            if is_max:
-                info = np.finfo if x.dtype.kind == "f" else np.iinfo
-                fill = info(x.dtype).min.item()
+            fill = _lowest(x.dtype) if is_max else 0.0
             tx = aten.constant_pad_nd(tx, [pw, pw, ph, ph], fill)
             pad = (0, 0)
         self.tx, self.pad = tx, pad
@@ -101,6 +102,11 @@ class _Pool2d(Op):
                 return self._disjoint_max(x, oh, ow)
             if type(x) is np.ndarray and x.dtype in KERNEL_FLOATS:
                 y = self._max_channels_last(tx)
+            elif type(x) is not np.ndarray and x.dtype.kind in "iu":
+                # ATen's CUDA max pooling has no integer kernels ("not implemented for
+                # 'Int'"; bools come here as uint8): the maximum over the kernel taps, exact
+                self.indices = None  # (integers take no gradient)
+                y = self._max_over_taps(tx, oh, ow)
             else:
                 ty, indices = aten.max_pool2d_with_indices(tx, self.kernel, self.stride, pad,
                                                            (1, 1), False)
@@ -124,6 +130,20 @@ class _Pool2d(Op):
                                  f"{self.kernel}, stride {self.stride})")
             self.scale = tx.new_tensor((kh * kw) / count)
             y = y.mul_(self.scale)
+        return _aten.array(y)
+
+    def _max_over_taps(self, tx, oh, ow):
+        """Max pooling as the elementwise maximum of one strided slice of the padded plane per
+        kernel tap (any dtype torch's maximum takes; the GPU's integers)."""
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.pad
+        if ph or pw:  # ATen's implicit padding: the lowest value
+            tx = _aten.aten().constant_pad_nd(tx, [pw, pw, ph, ph], _lowest(self.x_dtype))
+        torch, y = _aten.torch_module(), None
+        for i in range(kh):
+            for j in range(kw):
+                tap = tx[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
+                y = tap.clone(memory_format=torch.contiguous_format) if y is None \
+                    else torch.maximum(y, tap, out=y)
         return _aten.array(y)
 
     def _max_channels_last(self, tx):
@@ -210,8 +230,7 @@ class _Pool2d(Op):
         (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.pad
         tx, ty = self.tx, self.ty
         if ph or pw:  # ATen's implicit padding: the lowest value (cut off from the gradient)
-            info = np.finfo if self.x_dtype.kind == "f" else np.iinfo
-            tx = _aten.aten().constant_pad_nd(tx, [pw, pw, ph, ph], info(self.x_dtype).min.item())
+            tx = _aten.aten().constant_pad_nd(tx, [pw, pw, ph, ph], _lowest(self.x_dtype))
         oh, ow = ty.shape[2:]
         # a NaN maximum (ATen's forward propagates NaN) is matched by the window's NaNs
         nan = ty.isnan() if ty.is_floating_point() and bool(ty.isnan().any()) else None

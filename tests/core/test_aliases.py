@@ -376,11 +376,12 @@ def test_an_lstm_evaluated_then_trained_keeps_its_weights_in_place():
     gm, opt = GradManager().attach(lstm.parameters()), optim.SGD(lstm.parameters(), lr=0.1)
     with gm:
         gm.backward(lstm(x)[0].sum())
-    before = [host(p) - 0.1 * host(p.grad) for p in lstm.parameters()]
+    before = [host(p).astype(np.float64) - 0.1 * host(p.grad) for p in lstm.parameters()]
     opt.step()
     assert [address(p) for p in lstm.parameters()] == addresses
-    for p, want in zip(lstm.parameters(), before):
-        np.testing.assert_allclose(host(p), want, rtol=1e-6)
+    for p, want in zip(lstm.parameters(), before):  # (where p - 0.1 * g cancels, the float32
+        # rounding of the terms (weights below 0.45), fused on a GPU or not, sets the tolerance)
+        np.testing.assert_allclose(host(p), want, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("mode", [{}, {"symbolic": True}, {"without_host": True}])

@@ -84,9 +84,10 @@ def test_power_by_a_common_exponent_keeps_the_bits_of_numpys_power(dtype, expone
         got = (mge.tensor(a, dtype=dtype) ** exponent).numpy()
         by_f = F.pow(mge.tensor(a, dtype=dtype), exponent).numpy()
     assert got.dtype == by_f.dtype == dtype
+    number = ~np.isnan(want)  # (a NaN's sign means nothing: x86's sqrt(-1) sets it, CUDA's not)
     for out in (got, by_f):
         assert np.array_equal(out, want, equal_nan=True)
-        assert np.array_equal(np.signbit(out), np.signbit(want))  # -0.0 stays -0.0
+        assert np.array_equal(np.signbit(out[number]), np.signbit(want[number]))  # -0.0 stays
     finite = np.isfinite(want)
     t = torch.tensor(a) ** exponent
     np.testing.assert_allclose(got[finite], t.numpy()[finite], rtol=2e-3 if dtype == np.float16

@@ -134,6 +134,37 @@ def test_max_pool2d_keeps_integers():
         y.numpy(), TF.max_pool2d(torch.tensor(x, dtype=torch.float32), 2, padding=1).numpy())
 
 
+def _int_max_pool(x, kernel, stride, padding):
+    """Max pooling by hand, window by window, the padding the dtype's lowest value."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=np.iinfo(x.dtype).min)
+    oh, ow = (xp.shape[2] - kh) // sh + 1, (xp.shape[3] - kw) // sw + 1
+    return np.array([[[[xp[n, c, i * sh:i * sh + kh, j * sw:j * sw + kw].max()
+                        for j in range(ow)] for i in range(oh)]
+                      for c in range(x.shape[1])] for n in range(x.shape[0])], x.dtype)
+
+
+@pytest.mark.parametrize("dtype", ["int8", "uint8", "int16", "int32", "int64"])
+@pytest.mark.parametrize("kernel,stride,padding", [
+    ((2, 2), (2, 2), (0, 0)), ((3, 2), (1, 2), (1, 1)), ((2, 3), (1, 1), (0, 1)),
+    ((2, 2), (3, 3), (2, 2))])  # (the last: explicit padding, windows of padding alone)
+def test_max_pool2d_of_integers_is_exact_in_their_dtype(dtype, kernel, stride, padding):
+    # (ATen's CUDA max pooling has no integer kernels: the GPU takes the maximum over the
+    # kernel taps; int64 values beyond float64's integers must stay exact, and a window of
+    # padding alone gives the dtype's lowest value)
+    info = np.iinfo(dtype)
+    rs = np.random.RandomState(1)
+    x = rs.randint(info.min, info.max, (2, 3, 7, 6), dtype=dtype)
+    if dtype == "int64":
+        x[:, :, ::2] = info.max - rs.randint(0, 3, x[:, :, ::2].shape)  # 2**63 - 1, -2, -3
+    y = F.max_pool2d(mge.tensor(x, dtype=dtype), kernel, stride, padding)
+    assert y.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(y.numpy(), _int_max_pool(x, kernel, stride, padding))
+    got = F.adaptive_max_pool2d(mge.tensor(x, dtype=dtype), (3, 4))  # (3, 3) windows, (2, 1) apart
+    assert got.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(got.numpy(), _int_max_pool(x, (3, 3), (2, 1), (0, 0)))
+
+
 @pytest.mark.parametrize("kernel,stride,padding", [(2, 2, 0), (3, 1, 1), (2, 1, 0), (3, 2, 1)])
 def test_max_pool2d_of_bools_is_any_over_the_window(kernel, stride, padding):
     # (earlier versions of this fork raised ATen's "max_pool2d not implemented for 'Bool'" on

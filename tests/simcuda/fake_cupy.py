@@ -33,7 +33,8 @@ Not simulated, and failing loudly when reached: raw device pointers (``cupy.ndar
 memptr=...)``, ``UnownedMemory`` of another framework's memory), DLPack (``cupy.from_dlpack``,
 ``toDlpack``), external streams and events (``ExternalStream``, ``Event.record``); NCCL is absent.
 Streams are the null stream only (``get_current_stream().ptr == 0``). Numerical differences
-between CuPy's kernels and numpy's are not simulated, nor which numpy functions CuPy lacks.
+between CuPy's kernels and numpy's are not simulated (but for clip's NaN where its bounds cross:
+`_clip_as_cupy`), nor which numpy functions CuPy lacks.
 """
 import importlib.machinery
 import math
@@ -51,6 +52,23 @@ __all__ = ["build", "install", "SimulationGap", "CUDARuntimeError"]
 
 _NO_HOST = ("Implicit conversion to a NumPy array is not allowed. "
             "Please use `.get()` to construct a NumPy array explicitly.")
+
+
+def _clip_as_cupy(a, a_min=None, a_max=None, out=None, **kwargs):
+    """numpy's clip of ``a`` with the answer of CuPy's ``cupy_clip`` kernel where the bounds
+    cross: that kernel (cupy/_core/_routines_math.pyx) computes ``in1 > in2 ? in2 : (in0 < in1
+    ? in1 : (in0 > in2 ? in2 : in0))``, so where lower > upper a NaN of ``a`` becomes upper
+    (numpy's clip keeps the NaN; elsewhere the two agree)."""
+    result = np.clip(a, a_min, a_max, out=out, **kwargs)
+    if a_min is not None and a_max is not None and result.dtype.kind == "f":
+        with np.errstate(invalid="ignore"):
+            crossed = np.greater(a_min, a_max)
+        if np.any(crossed):
+            np.copyto(result, a_max, where=crossed)
+    return result
+
+
+_AS_CUPY = {"clip": _clip_as_cupy}  # numpy functions whose CuPy kernel answers differently
 
 
 def build(count):
@@ -309,7 +327,9 @@ def build(count):
             if check is not None:
                 check(args, kwargs)
             args, kwargs = _operands(args, kwargs, name, allow_host=lenient)
-            out = getattr(self._a, name)(*args, **kwargs)
+            as_cupy = _AS_CUPY.get(name)
+            out = (as_cupy(self._a, *args, **kwargs) if as_cupy is not None
+                   else getattr(self._a, name)(*args, **kwargs))
             if isinstance(out, np.ndarray) and np.may_share_memory(out, self._a):
                 return _view(self, out)  # reshape, transpose, squeeze, ...: no kernel
             _on_current(self, name)
@@ -587,6 +607,8 @@ def build(count):
                 raise AttributeError(f"module {self.__name__!r} has no attribute {name!r} "
                                      f"[simulated CUDA: CuPy {table['version']} has none]")
             value = getattr(self._np_space, name)
+            if space == "" and name in _AS_CUPY:
+                value = _AS_CUPY[name]
             if isinstance(value, np.ufunc):
                 value = ufunc(value)
             elif isinstance(value, types.ModuleType):
