@@ -2,10 +2,11 @@
 
 On a GPU, ``flatten_parameters()`` of torch's RNN, LSTM and GRU copies their weights into a new
 flat buffer for cuDNN and points every weight at it (ATen's ``_cudnn_rnn_flatten_weight``
-allocates one, copies, then ``set_``), on every call, also when they are such a buffer's views. Real code calls
-it at the top of ``forward`` (a habit from ``nn.DataParallel``), and ``.to()``/``.cuda()`` call it
-too. A wrapper shares the weights' memory with megengine, so each such call would end the sharing:
-megengine's optimizer would go on updating memory torch no longer reads.
+allocates one, copies, then ``set_``), on every call, also when they are such a buffer's views.
+Real code calls it at the top of ``forward`` (a habit from ``nn.DataParallel``), and
+``.to()``/``.cuda()`` call it too. A wrapper shares the weights' memory with megengine, so each
+such call would end the sharing: megengine's optimizer would go on updating memory torch no
+longer reads.
 
 So the wrapper flattens its RNNs once, when it is built and before it mirrors their weights (a
 no-op on the CPU, and after ``.to()`` had done it), and notes their addresses; from then on
@@ -31,7 +32,8 @@ def _addresses(rnn):
 
 
 def _flatten_parameters(self):
-    if _shared_at.get(self) == _addresses(self):
+    shared = _shared_at.get(self)
+    if shared is not None and shared == _addresses(self):
         return  # already the flat buffer's views, shared with megengine
     _torch_flatten(self)
 

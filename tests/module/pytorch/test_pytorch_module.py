@@ -345,8 +345,8 @@ def test_output_cnt_none_takes_outputs_that_differ_between_train_and_eval():
     wrap.eval()
     got = wrap(mge.tensor(x))
     assert type(got) is mge.Tensor
-    np.testing.assert_allclose(got.numpy(), torch_host(tmod.main(torch.tensor(x, device=torch_device()))),
-                               rtol=1e-6)
+    xt = torch.tensor(x, device=torch_device())
+    np.testing.assert_allclose(got.numpy(), torch_host(tmod.main(xt)), rtol=1e-6)
 
 
 def test_outputs_that_are_no_tensors_are_refused_clearly():
@@ -1159,7 +1159,8 @@ def test_megengine_tensors_reaching_torch_other_than_as_arguments_are_reported()
                                         r"attributes \['t'\].*Make the class a dataclass"):
         PyTorchModule(ReadsHolder())(x, Holder(mge.tensor([2.0])))
     assert not ran
-    PyTorchModule(ReadsHolder())(x, Holder(torch.tensor([2.0], device=torch_device())))  # (no megengine tensor in it)
+    # (no megengine tensor in it)
+    PyTorchModule(ReadsHolder())(x, Holder(torch.tensor([2.0], device=torch_device())))
 
     class ReadsGlobal(nn.Module):  # a megengine tensor reached through an attribute
         def __init__(self, t):
