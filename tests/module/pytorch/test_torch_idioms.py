@@ -715,9 +715,8 @@ def _flatten_into_new_memory(rnn):
             offset += w.numel()
 
 
-@pytest.mark.parametrize("mode", ["train", "eval"])
 def test_an_rnn_flattening_its_weights_in_forward_trains_like_torch_in_the_shared_memory(
-        monkeypatch, mode):
+        monkeypatch):
     """torch's flatten_parameters(), moving the weights as on a GPU: the wrapper flattens its
     RNNs once, when it is built, and their flatten_parameters() in forward then leaves the
     weights megengine shares where they are (earlier versions of this fork raised on a GPU)."""
@@ -729,7 +728,7 @@ def test_an_rnn_flattening_its_weights_in_forward_trains_like_torch_in_the_share
 
     monkeypatch.setattr(_flat_rnn, "_torch_flatten", flatten_as_on_a_gpu)
     net = _train_like_torch(lambda: _Recurrent(nn.LSTM, bidirectional=True), _batches((2, 5, 4)),
-                            mode=mode, output_cnt=None, rtol=1e-4, atol=1e-5)
+                            output_cnt=None, rtol=1e-4, atol=1e-5)
     rnn = net.wrap.torch_module.rnn
     assert sum(r is not rnn for r in flattened) >= 3, "torch's own twin: on each of its calls"
     when_built = sum(r is rnn for r in flattened)  # (made, moved by .to(), then the wrapper's)
