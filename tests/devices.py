@@ -16,7 +16,8 @@ from megengine.device import canonical_device
 __all__ = ["address", "host", "shares_memory", "torch_host", "torch_device", "views_foreign_memory",
            "device_array", "host_default_device", "child_env", "run_python", "pool_threads",
            "requires_cuda", "requires_torch_cuda", "skip_unless_aten_serves_the_default_device",
-           "on_aten_or_arrays", "peak_rss_growth_kib"]
+           "on_aten_or_arrays", "peak_rss_growth_kib", "CUDNN_RNN_EVAL_BACKWARD",
+           "cudnn_runs_torch_rnns"]
 
 
 def _raw(x):
@@ -95,6 +96,20 @@ def torch_device(device=None) -> str:
     ``"cuda:N"`` for ``gpuN``, ``"cpu"`` for every CPU name."""
     dev = canonical_device(device)
     return "cuda:" + dev[3:] if dev.startswith("gpu") else "cpu"
+
+
+# torch's words when asked for gradients of a cuDNN RNN in eval mode (on a GPU only)
+CUDNN_RNN_EVAL_BACKWARD = "cudnn RNN backward can only be called in training mode"
+
+
+def cudnn_runs_torch_rnns() -> bool:
+    """Whether a torch RNN (LSTM, GRU, RNN) on the default device's torch device runs on cuDNN,
+    whose kernels have no backward in eval mode: torch's backward raises
+    `CUDNN_RNN_EVAL_BACKWARD` there (also for a PyTorchModule, which runs torch's)."""
+    import torch
+
+    return (torch_device().startswith("cuda") and torch.backends.cudnn.is_available()
+            and torch.backends.cudnn.enabled)
 
 
 requires_cuda = pytest.mark.skipif(

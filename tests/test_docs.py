@@ -151,6 +151,7 @@ def test_the_front_page_example_runs(path):
     import torch
     import torch.nn as nn
     import megengine as mge
+    from devices import torch_device, torch_host
 
     scope = {}
     exec(compile(_front_page_code(ROOT / path), path, "exec"), scope)
@@ -159,8 +160,8 @@ def test_the_front_page_example_runs(path):
     net = scope["LeNet"](extractor)
     x = np.random.RandomState(0).rand(2, 1, 4, 4).astype("float32")
     out = net(mge.tensor(x)).numpy()
-    with torch.no_grad():
-        features = extractor(torch.from_numpy(x)).numpy()
+    with torch.no_grad():  # (the wrapper moved the extractor to the default device's torch device)
+        features = torch_host(extractor(torch.from_numpy(x).to(torch_device())))
     w, b = net.mge_classifier.weight.numpy(), net.mge_classifier.bias.numpy()
     np.testing.assert_allclose(out, features @ w.T + b, rtol=1e-5, atol=1e-6)
     assert "lenet_extractor_wrap.1.weight" in net.state_dict()  # torch's names under the wrapper

@@ -34,7 +34,7 @@ from ...core.dispatch import Op, apply, declare_fresh_gradient
 from ...core.tensor import Parameter, Tensor
 from ...device import canonical_device
 from ..module import Module
-from . import _graph, _watch
+from . import _flat_rnn, _graph, _watch
 from .shared import TorchBuffer, TorchParameter, loaded_device, mirror_of
 from .shared import torch_device as _torch_device
 
@@ -128,6 +128,7 @@ class PyTorchModule(Module):
         super().__init__()
         _bridge.load_extension()  # compile (once) now rather than inside the first forward
         torch_module.to(_torch_device(device))
+        _flat_rnn.flatten_once(torch_module)  # (before the mirrors: it may move the weights)
         self._torch_module = torch_module
         self._device = device
         self.output_cnt = None if output_cnt is None else int(output_cnt)
@@ -197,6 +198,7 @@ class PyTorchModule(Module):
         self.__dict__.setdefault("_added", _Hidden())
         self.__dict__.setdefault("_rebound", _Hidden())
         _watch.watch(self, self._torch_module)
+        _flat_rnn.flatten_once(self._torch_module, flatten=False)  # (the mirrors view them)
         self._device = loaded_device(self._device)
         where = _torch_device(self._device)
         for tmod, name, _ in self._shared.items:
@@ -419,12 +421,15 @@ def _moved_error(tmod, name, rnn=True, in_forward=False):
     the end of a call that moved it, or at the start of the next one)."""
     if rnn and isinstance(tmod, torch.nn.RNNBase):
         # on a GPU, flatten_parameters() copies the weights into new memory on every call
-        # (ATen's _cudnn_rnn_flatten_weight, then set_)
+        # (ATen's _cudnn_rnn_flatten_weight, then set_); torch's own keeps the shared weights
+        # in place (_flat_rnn.py), an override of it or a direct call of ATen's does not
         return RuntimeError(
             f"PyTorchModule: the weight {name!r} of torch {type(tmod).__name__} moved to new "
-            "memory, as flatten_parameters() does on a GPU on every call, so it no longer "
-            "shares memory with megengine. Call flatten_parameters() once, on the GPU, before "
-            "wrapping the module, not in forward; then wrap the module again"
+            "memory, as a flatten of its weights on a GPU does (torch's flatten_parameters() "
+            "leaves the weights a wrapper shares where they are; this was an override of it, "
+            "_cudnn_rnn_flatten_weight or set_), so it no longer shares memory with megengine. "
+            "Flatten the weights once, on the GPU, before wrapping the module, not in forward; "
+            "then wrap the module again"
         )
     if in_forward:
         return RuntimeError(

@@ -345,8 +345,8 @@ def test_output_cnt_none_takes_outputs_that_differ_between_train_and_eval():
     wrap.eval()
     got = wrap(mge.tensor(x))
     assert type(got) is mge.Tensor
-    np.testing.assert_allclose(got.numpy(), tmod.main(torch.tensor(x)).detach().numpy(),
-                               rtol=1e-6)
+    xt = torch.tensor(x, device=torch_device())
+    np.testing.assert_allclose(got.numpy(), torch_host(tmod.main(xt)), rtol=1e-6)
 
 
 def test_outputs_that_are_no_tensors_are_refused_clearly():
@@ -1121,22 +1121,23 @@ def test_namedtuple_and_dict_subclass_arguments_reach_torch_as_their_type(kind):
         return collections.OrderedDict(images=x, weights=w)
 
     tmod = ReadsBatch(kind)
-    ref = copy.deepcopy(tmod)
+    ref = copy.deepcopy(tmod).to(torch_device())  # the oracle on the wrapper's torch device
     wrap = PyTorchModule(tmod)
     x, w = mge.tensor(x_np), mge.tensor(w_np)
     given = batch(x, w)
     y = grads_of(lambda: wrap(given, torch.Size([8])), [x, w, *wrap.parameters()])
     if kind is BatchFields:  # the caller's dataclass is left as it was
         assert given.images is x and given.weights is w
-    xt, wt = torch.tensor(x_np, requires_grad=True), torch.tensor(w_np, requires_grad=True)
+    xt = torch.tensor(x_np, device=torch_device(), requires_grad=True)
+    wt = torch.tensor(w_np, device=torch_device(), requires_grad=True)
     yt = ref(batch(xt, wt), torch.Size([8]))
     yt.sum().backward()
-    np.testing.assert_allclose(y.numpy(), yt.detach().numpy(), rtol=1e-6)
+    np.testing.assert_allclose(y.numpy(), torch_host(yt), rtol=1e-6)
     for mine, theirs in ((x, xt), (w, wt)):
-        np.testing.assert_allclose(mine.grad.numpy(), theirs.grad.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(mine.grad.numpy(), torch_host(theirs.grad), rtol=1e-5, atol=1e-6)
     refp = dict(ref.named_parameters())
     for name, p in wrap.named_parameters():
-        np.testing.assert_allclose(p.grad.numpy(), refp[name].grad.numpy(), rtol=1e-5)
+        np.testing.assert_allclose(p.grad.numpy(), torch_host(refp[name].grad), rtol=1e-5)
 
 
 def test_megengine_tensors_reaching_torch_other_than_as_arguments_are_reported():
@@ -1158,7 +1159,8 @@ def test_megengine_tensors_reaching_torch_other_than_as_arguments_are_reported()
                                         r"attributes \['t'\].*Make the class a dataclass"):
         PyTorchModule(ReadsHolder())(x, Holder(mge.tensor([2.0])))
     assert not ran
-    PyTorchModule(ReadsHolder())(x, Holder(torch.tensor([2.0])))  # (no megengine tensor in it)
+    # (no megengine tensor in it)
+    PyTorchModule(ReadsHolder())(x, Holder(torch.tensor([2.0], device=torch_device())))
 
     class ReadsGlobal(nn.Module):  # a megengine tensor reached through an attribute
         def __init__(self, t):
@@ -1224,11 +1226,11 @@ def test_a_torch_state_dict_that_fails_to_load_loads_nothing(spoil):
     for k, v in wrap.state_dict().items():
         np.testing.assert_array_equal(v, before[k])
     for k, v in tmod.state_dict().items():
-        np.testing.assert_array_equal(v.numpy(), before[k])
+        np.testing.assert_array_equal(torch_host(v), before[k])
     if spoil not in ("shape", "last key's shape", "dtype"):  # without strict it loads, in place
         wrap.load_torch_state_dict(sd, strict=False)
         np.testing.assert_array_equal(wrap.state_dict()["0.weight"], before["0.weight"] + 100)
-        np.testing.assert_array_equal(tmod[0].weight.detach().numpy(), before["0.weight"] + 100)
+        np.testing.assert_array_equal(torch_host(tmod[0].weight), before["0.weight"] + 100)
 
 
 def test_loading_a_torch_state_dict_allocates_no_copy_of_the_state():
@@ -1244,10 +1246,13 @@ def test_loading_a_torch_state_dict_allocates_no_copy_of_the_state():
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
                                 profile_memory=True) as prof:
         wrap.load_torch_state_dict(sd)
-    largest = max([e.cpu_memory_usage for e in prof.events()], default=0)
+    # (on a GPU the state and its copies would be device memory: the profiler's memory events
+    # count those as device_memory_usage)
+    largest = max([max(e.cpu_memory_usage, e.device_memory_usage) for e in prof.events()],
+                  default=0)
     assert largest < 256 * 256 * 4, largest  # (one weight: 256 KiB)
     for k, v in want.state_dict().items():
-        np.testing.assert_array_equal(wrap.state_dict()[k], v.numpy())
+        np.testing.assert_array_equal(wrap.state_dict()[k], torch_host(v))
         assert tmod.state_dict()[k].dtype == v.dtype
 
 
@@ -1263,7 +1268,7 @@ def test_a_load_post_hook_sees_the_loaded_values_and_a_refusal_still_loads_nothi
     sd = {k: v + 100 for k, v in tmod.state_dict().items()}
     wrap.load_torch_state_dict(sd)
     torch.testing.assert_close(seen[-1], sd["0.weight"])
-    np.testing.assert_array_equal(wrap.state_dict()["0.weight"], sd["0.weight"].numpy())
+    np.testing.assert_array_equal(wrap.state_dict()["0.weight"], torch_host(sd["0.weight"]))
     before = {k: v.copy() for k, v in wrap.state_dict().items()}
     bad = {k: v + 1 for k, v in sd.items()}
     bad["1.weight"] = torch.zeros(9)
@@ -1354,7 +1359,8 @@ def test_a_forward_moving_a_shared_tensor_through_data_is_caught_in_that_call(wh
     np.testing.assert_array_equal(shared.numpy(), before)
     assert all(p.grad is None for p in wrap.parameters())  # nothing was recorded
     tmod.what = tmod.then_raise = None  # a forward that leaves its tensors alone runs on
-    np.testing.assert_allclose(wrap(x).numpy(), torch_host(tmod(torch.ones(1, 2))), rtol=1e-6)
+    np.testing.assert_allclose(wrap(x).numpy(),
+                               torch_host(tmod(torch.ones(1, 2, device=torch_device()))), rtol=1e-6)
 
 
 def test_a_call_without_tensor_inputs_on_a_parameterless_module_runs_on_its_device():
@@ -1379,7 +1385,7 @@ def test_lazy_modules_are_refused_with_the_fix_named():
 def test_scripted_module_trains_like_torch():
     torch.manual_seed(0)
     eager = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.Tanh())
-    reference = copy.deepcopy(eager)
+    reference = copy.deepcopy(eager).to(torch_device())  # the oracle on the wrapper's torch device
     wrap = PyTorchModule(torch.jit.script(eager))
     assert [n for n, _ in wrap.named_parameters()] == ["0.bias", "0.weight", "1.bias", "1.weight"]
     assert "1.running_mean" in dict(wrap.named_buffers())
@@ -1387,12 +1393,12 @@ def test_scripted_module_trains_like_torch():
     params = list(wrap.parameters())
     x = mge.tensor(x_np)
     y = grads_of(lambda: (wrap(x) ** 2).sum(), params + [x])
-    xt = torch.tensor(x_np, requires_grad=True)
+    xt = torch.tensor(x_np, device=torch_device(), requires_grad=True)
     (reference(xt) ** 2).sum().backward()
-    np.testing.assert_allclose(y.numpy(), (reference(torch.tensor(x_np)) ** 2).sum().item(), rtol=1e-5)
-    np.testing.assert_allclose(x.grad.numpy(), xt.grad.numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(y.numpy(), (reference(xt.detach()) ** 2).sum().item(), rtol=1e-5)
+    np.testing.assert_allclose(x.grad.numpy(), torch_host(xt.grad), rtol=1e-4, atol=1e-6)
     for name, p in wrap.named_parameters():
-        np.testing.assert_allclose(p.grad.numpy(), reference.get_parameter(name).grad.numpy(),
+        np.testing.assert_allclose(p.grad.numpy(), torch_host(reference.get_parameter(name).grad),
                                    rtol=1e-4, atol=1e-6, err_msg=name)
 
 
@@ -1605,7 +1611,7 @@ def test_a_reentrant_checkpoint_leaves_other_torch_leaves_grad_as_it_was():
 
     torch.manual_seed(0)
     tmod = Captures(use_reentrant=True)
-    reference = copy.deepcopy(tmod)
+    reference = copy.deepcopy(tmod).to(torch_device())  # (scale, no parameter, stays: 0-d)
     reference.use_reentrant = False  # torch.autograd.grad: no .grad touched
     wrap = PyTorchModule(tmod)
     tmod.scale.grad = kept = torch.full((), 7.0)
@@ -1665,7 +1671,8 @@ def test_a_reentrant_checkpoint_nested_in_another_trains_like_torch_and_keeps_gr
     tmod = _NestedCheckpoints().to(torch_device())
     reference = copy.deepcopy(tmod)
     wrap = PyTorchModule(tmod)
-    tmod.gain.grad = kept = torch.full((), 7.0, device=torch_device())
+    tmod.gain.grad = kept = torch.full((), 7.0, device=tmod.gain.device)  # (a plain attribute:
+    # .to() leaves it on the CPU, a 0-d tensor torch lets meet a CUDA one)
     x_np = np.random.RandomState(0).randn(3, 4).astype("float32")
     x = mge.tensor(x_np)
     grads_of(lambda: (wrap(x) ** 2).sum(), list(wrap.parameters()) + [x])

@@ -72,7 +72,8 @@ def _torch_forward(kind, tmod, x):
 def _build(kind):
     torch.manual_seed(1)
     tmod = TiedPair() if kind == "tied" else nn.Linear(6, 6)
-    reference = copy.deepcopy(tmod)  # deepcopy keeps the tie
+    reference = copy.deepcopy(tmod).to(torch_device())  # deepcopy keeps the tie; the oracle
+    # runs on the torch device the wrapper moves tmod to
     if kind == "tied":
         net = PyTorchModule(tmod)
     elif kind == "two wrappers":
@@ -111,7 +112,8 @@ def test_shared_parameters_train_exactly_like_pure_torch(kind, optimizer):
         opt.step()
         opt.clear_grad()
 
-        tloss = ((_torch_forward(kind, reference, torch.tensor(x)) - torch.tensor(target)) ** 2).mean()
+        xt, target_t = (torch.tensor(a, device=torch_device()) for a in (x, target))
+        tloss = ((_torch_forward(kind, reference, xt) - target_t) ** 2).mean()
         topt.zero_grad()
         tloss.backward()
         tnorm = torch.nn.utils.clip_grad_norm_(reference.parameters(), max_norm=0.5)
@@ -704,13 +706,14 @@ _USES = [
      lambda x, w: _TF.instance_norm(x, weight=w[0, :2], bias=w[1, :2])),
     ("abs", _X23, lambda x, w: F.abs(w) * x, lambda x, w: w.abs() * x),
     ("clip", _X23, lambda x, w: F.clip(w, 0.7, 1.2), lambda x, w: w.clamp(0.7, 1.2)),
-    ("clip by x", _X23, lambda x, w: F.clip(w, x, 1.2), lambda x, w: w.clamp(x, torch.tensor(1.2))),
+    ("clip by x", _X23, lambda x, w: F.clip(w, x, 1.2),
+     lambda x, w: w.clamp(x, torch.tensor(1.2, device=w.device))),
     ("where", _X23, lambda x, w: F.where(x > 1, w, x), lambda x, w: torch.where(x > 1, w, x)),
     ("w[0] + x[1]", _X23, lambda x, w: w[0] + x[1], None),
     ("w[[1, 0, 1]]", _X23, lambda x, w: w[[1, 0, 1]], None),
     ("w[x > 1]", _X23, lambda x, w: w[x > 1], None),
     ("gather", _X23, lambda x, w: F.gather(w, 1, mge.tensor([[0, 2], [1, 1]])),
-     lambda x, w: w.gather(1, torch.tensor([[0, 2], [1, 1]]))),
+     lambda x, w: w.gather(1, torch.tensor([[0, 2], [1, 1]], device=w.device))),
     ("concat", _X23, lambda x, w: F.concat([w, x]), lambda x, w: torch.cat([w, x])),
     ("stack", _X23, lambda x, w: F.stack([w, x]), lambda x, w: torch.stack([w, x])),
     ("split", _X23, lambda x, w: F.split(w, 3, axis=1)[1], lambda x, w: w.split(1, 1)[1]),
@@ -738,9 +741,9 @@ _USES = [
     ("gelu", _X23, lambda x, w: F.gelu(w), lambda x, w: _TF.gelu(w)),
     ("softmax", _X23, lambda x, w: F.softmax(w, 1), lambda x, w: torch.softmax(w, 1)),
     ("cross_entropy", _X23, lambda x, w: F.loss.cross_entropy(w, mge.tensor([0, 2])),
-     lambda x, w: _TF.cross_entropy(w, torch.tensor([0, 2]))),
+     lambda x, w: _TF.cross_entropy(w, torch.tensor([0, 2], device=w.device))),
     ("embedding", _X23, lambda x, w: F.embedding(mge.tensor([1, 0, 1]), w),
-     lambda x, w: _TF.embedding(torch.tensor([1, 0, 1]), w)),
+     lambda x, w: _TF.embedding(torch.tensor([1, 0, 1], device=w.device), w)),
     ("max_pool2d", _X23, lambda x, w: F.max_pool2d(w.reshape(1, 1, 2, 3), 2, 1),
      lambda x, w: _TF.max_pool2d(w.reshape(1, 1, 2, 3), 2, 1)),
     ("max_pool2d disjoint", _X23, lambda x, w: F.max_pool2d(w.reshape(1, 1, 2, 3), 1, 1),
@@ -761,21 +764,24 @@ _KEPT_WHAT_IT_READS = {"clip", "gather", "split", "var", "max_pool2d", "avg_pool
 
 def _torch_grads_after_a_write(use, x_value, needs, write):
     """The oracle: torch's gradients of (x, w) for ``use(x, w)``, with or without a write into
-    w's memory between the forward and the backward; None where torch's backward refuses."""
-    x = torch.tensor(x_value, requires_grad=needs[0])
-    w = torch.tensor(_W, requires_grad=needs[1])
+    w's memory between the forward and the backward; None where torch's backward refuses.
+    It runs on the wrapper's torch device: megengine runs the norms and convolutions on
+    ATen's kernels for that device, whose float32 results differ from the CPU's by ~1e-5."""
+    device = torch_device()
+    x = torch.tensor(x_value, device=device, requires_grad=needs[0])
+    w = torch.tensor(_W, device=device, requires_grad=needs[1])
     y = use(x, w)
     if write:
         with torch.no_grad():
             w.copy_(torch.tensor(_WRITTEN))
     try:
-        (y * torch.linspace(0.5, 2.0, y.numel()).reshape(y.shape)).sum().backward()
+        (y * torch.linspace(0.5, 2.0, y.numel(), device=device).reshape(y.shape)).sum().backward()
     except RuntimeError as e:
         if "modified by an inplace operation" not in str(e) \
                 and "has been modified inplace" not in str(e):  # (split's views)
             raise
         return None
-    return [None if t.grad is None else t.grad.numpy() for t in (x, w)]
+    return [None if t.grad is None else torch_host(t.grad) for t in (x, w)]
 
 
 @pytest.mark.parametrize("name, use, x_value, torch_use", [

@@ -24,7 +24,7 @@ from megengine.traced_module import trace_module
 from megengine.utils.module_stats import module_stats
 from megengine.utils.module_utils import set_module_mode_safe
 from megengine.utils.profiler import Profiler
-from devices import host, torch_host
+from devices import host, host_default_device, torch_device, torch_host  # noqa: F401  (a fixture)
 
 
 class _TorchBody(nn.Module):
@@ -156,8 +156,9 @@ def test_module_stats_of_a_torch_part_under_bfloat16_autocast_show_torch_dtypes(
     seen = {}
     handles = [m.register_forward_hook(lambda m, i, o, n=n: seen.__setitem__(n, o.dtype))
                for n, m in tmod.named_children()]
-    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
-        tmod.eval()(torch.from_numpy(x).to(tmod.conv.weight.device))
+    device = torch.device(torch_device())  # (where the wrapper moved tmod: CUDA on a GPU)
+    with torch.autocast(device.type, dtype=torch.bfloat16), torch.no_grad():
+        tmod.eval()(torch.from_numpy(x).to(device))
     for h in handles:
         h.remove()
     rows = details.activations[:-1]
@@ -309,7 +310,8 @@ def test_trace_module_of_a_hybrid_net_calls_the_wrapper_as_one_module():
     assert not np.array_equal(host(loaded(x)), want)
 
 
-def test_quantize_qat_converts_the_megengine_layers_and_keeps_the_torch_part_float():
+def test_quantize_qat_converts_the_megengine_layers_and_keeps_the_torch_part_float(
+        host_default_device):  # (quantized tensors live on CPU devices only, also on a GPU machine)
     class Net(M.Module):
         def __init__(self):
             super().__init__()
@@ -411,8 +413,8 @@ def test_named_parameters_of_a_wrapper_take_prefixes_as_torch_names():
     assert seen.count("PyTorchModule") == 1
     # an initialiser applied over the tree writes into torch's memory
     wrap.apply(lambda m: M.init.fill_(m.weight, 0.5) if "weight" in vars(m) else None)
-    assert torch.equal(tmod[0].weight, torch.full((3, 2), 0.5))
-    assert torch.equal(tmod[1].weight, torch.full((3,), 0.5))
+    np.testing.assert_array_equal(torch_host(tmod[0].weight), np.full((3, 2), 0.5))
+    np.testing.assert_array_equal(torch_host(tmod[1].weight), np.full((3,), 0.5))
 
 
 def test_hub_load_of_a_local_hubconf_building_a_hybrid_net(tmp_path):

@@ -17,8 +17,9 @@ import megengine.functional as F
 import megengine.module as M
 import megengine.optimizer as optim
 from megengine.autodiff import GradManager
-from megengine.module.pytorch import PyTorchModule
-from devices import address, torch_device, torch_host
+from megengine.module.pytorch import PyTorchModule, _flat_rnn
+from devices import (CUDNN_RNN_EVAL_BACKWARD, address, cudnn_runs_torch_rnns, torch_device,
+                     torch_host)
 
 OPTIMIZERS = {
     "sgd momentum": (lambda ps: optim.SGD(ps, lr=0.05, momentum=0.9),
@@ -549,10 +550,10 @@ class _StridedParameters(nn.Module):
     """Parameters on memory laid out otherwise than contiguously: a transposed weight (as
     tied or imported weights often are) and a bias viewing every other value of its storage."""
 
-    def __init__(self):
-        super().__init__()
-        self.w = nn.Parameter(torch.randn(3, 4).t())
-        self.b = nn.Parameter(torch.randn(6)[::2])
+    def __init__(self):  # (made on the wrapper's torch device: moving a module to a GPU copies
+        super().__init__()  # the every-other-value bias into contiguous memory)
+        self.w = nn.Parameter(torch.randn(3, 4).to(torch_device()).t())
+        self.b = nn.Parameter(torch.randn(6).to(torch_device())[::2])
 
     def forward(self, x):
         return torch.tanh(x @ self.w) + self.b
@@ -682,25 +683,74 @@ def test_rnns_train_like_torch(make, mode):
     batches = [[x] for x, in _batches((2, 5, 4))]
     if make is _Packed:
         batches = [[x, np.array([5, 3], "int64")] for x, in batches]
+    if mode == "eval" and cudnn_runs_torch_rnns():
+        # torch on a GPU gives no gradients of cuDNN's RNN kernels in eval mode, and neither
+        # does the wrapper, which runs torch's; with cuDNN off (what a torch user does for
+        # them) both train alike
+        with pytest.raises(RuntimeError, match=CUDNN_RNN_EVAL_BACKWARD):
+            _train_like_torch(make, batches[:1], mode=mode, output_cnt=None)
+        ref = make().to(torch_device())
+        ref.eval()
+        out = ref(*[torch.tensor(a, device=torch_device()) for a in batches[0]])
+        with pytest.raises(RuntimeError, match=CUDNN_RNN_EVAL_BACKWARD):
+            _torch_loss(out, torch.tensor(1.5, device=torch_device())).backward()
+        enabled = torch.backends.cudnn.enabled
+        torch.backends.cudnn.enabled = False
+        try:
+            _train_like_torch(make, batches, mode=mode, output_cnt=None, rtol=1e-4, atol=1e-5)
+        finally:
+            torch.backends.cudnn.enabled = enabled
+        return
     _train_like_torch(make, batches, mode=mode, output_cnt=None, rtol=1e-4, atol=1e-5)
 
 
-def test_an_rnn_whose_weights_flatten_parameters_moved_is_named_with_the_fix(monkeypatch):
-    """On a GPU, flatten_parameters() copies an RNN's weights into new memory on every call
-    (cuDNN's flat buffer, then set_); this does it on the CPU the same way."""
-    def flatten_into_new_memory(rnn):
-        with torch.no_grad():
-            flat = torch.cat([w.reshape(-1) for w in rnn._flat_weights])
-            offset = 0
-            for w in rnn._flat_weights:
-                w.set_(flat.untyped_storage(), offset, w.shape)
-                offset += w.numel()
+def _flatten_into_new_memory(rnn):
+    """What flatten_parameters() does on a GPU (a new flat buffer for cuDNN, every weight set_
+    to view it, on every call), on the CPU."""
+    with torch.no_grad():
+        flat = torch.cat([w.reshape(-1) for w in rnn._flat_weights])
+        offset = 0
+        for w in rnn._flat_weights:
+            w.set_(flat.untyped_storage(), offset, w.shape)
+            offset += w.numel()
 
-    monkeypatch.setattr(nn.LSTM, "flatten_parameters", flatten_into_new_memory)
+
+def test_an_rnn_flattening_its_weights_in_forward_trains_like_torch_in_the_shared_memory(
+        monkeypatch):
+    """torch's flatten_parameters(), moving the weights as on a GPU: the wrapper flattens its
+    RNNs once, when it is built, and their flatten_parameters() in forward then leaves the
+    weights megengine shares where they are (earlier versions of this fork raised on a GPU)."""
+    flattened = []
+
+    def flatten_as_on_a_gpu(rnn):
+        flattened.append(rnn)
+        _flatten_into_new_memory(rnn)
+
+    monkeypatch.setattr(_flat_rnn, "_torch_flatten", flatten_as_on_a_gpu)
+    net = _train_like_torch(lambda: _Recurrent(nn.LSTM, bidirectional=True), _batches((2, 5, 4)),
+                            output_cnt=None, rtol=1e-4, atol=1e-5)
+    rnn = net.wrap.torch_module.rnn
+    assert sum(r is not rnn for r in flattened) >= 3, "torch's own twin: on each of its calls"
+    when_built = sum(r is rnn for r in flattened)  # (made, moved by .to(), then the wrapper's)
+    for name, w in rnn.named_parameters():
+        assert w.data_ptr() == address(net.wrap.get_param_by_name("rnn." + name)), name
+    rnn.flatten_parameters()  # also called from outside
+    assert rnn.weight_ih_l0.data_ptr() == address(net.wrap.rnn.weight_ih_l0)
+    twin = PyTorchModule(net.wrap.torch_module, output_cnt=None)  # a second wrapper of it
+    assert rnn.weight_ih_l0.data_ptr() == address(twin.rnn.weight_ih_l0)
+    net.wrap(mge.tensor(np.zeros((2, 5, 4), "float32")))  # (the first one still runs)
+    assert sum(r is rnn for r in flattened) == when_built, "none since the wrapper was built"
+
+
+def test_an_rnn_whose_weights_an_override_of_flatten_parameters_moved_is_named_with_the_fix(
+        monkeypatch):
+    """A subclass's own flatten_parameters() moving the weights (here the GPU's way, on the
+    CPU) is not torch's, which the wrapper keeps from moving them: the call names the weight."""
+    monkeypatch.setattr(nn.LSTM, "flatten_parameters", _flatten_into_new_memory)
     wrap = PyTorchModule(_Recurrent(nn.LSTM), output_cnt=None)
     x = mge.tensor(np.zeros((2, 5, 4), "float32"))
-    moved = ("weight 'weight_ih_l0' of torch LSTM moved to new memory"
-             ".*flatten_parameters\\(\\) once.*before wrapping")
+    moved = ("weight 'weight_ih_l0' of torch LSTM moved to new memory.*override of it"
+             ".*Flatten the weights once.*before wrapping")
     with pytest.raises(RuntimeError, match=moved):
         wrap(x)  # caught at the end of the call that moved them
     rnn = wrap.torch_module.rnn

@@ -345,7 +345,8 @@ def test_a_functional_call_inside_forward_leaves_the_shared_buffers_as_they_were
             self.bn = nn.BatchNorm1d(5)
 
         def forward(self, x):
-            stats = {"running_mean": torch.ones(5), "running_var": torch.full((5,), 4.0)}
+            stats = {"running_mean": torch.ones(5, device=x.device),
+                     "running_var": torch.full((5,), 4.0, device=x.device)}
             return torch.func.functional_call(self.bn, stats, (x,))
 
     tmod = Swaps().eval()
@@ -376,7 +377,7 @@ def test_a_buffer_registered_empty_and_set_in_forward_is_named_until_wrapped_aft
     with pytest.raises(RuntimeError, match="gained buffer 'last' after it was wrapped"):
         PyTorchModule(tmod)(_x())
     PyTorchModule(_CachesLast(persistent=False))(_x())  # not state megengine saves: fine
-    tmod = _CachesLast(persistent=True)
+    tmod = _CachesLast(persistent=True).to(torch_device())
     tmod(torch.zeros(1, 5, device=torch_device()))  # the fix: one torch forward, then wrap
     wrap = PyTorchModule(tmod)
     wrap(_x())  # rebinding it in forward is then taken into the shared memory
