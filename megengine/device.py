@@ -319,6 +319,26 @@ def set_default_device(device: str = "xpux"):
     _default_device = str(device)
 
 
+def _saved_device_here(name):
+    """The device name a value saved or dumped on ``name`` goes to when the loader maps nothing
+    (``mge.load`` without ``map_location``, ``pickle.load``, a dumped program): ``name`` itself,
+    except upstream's default device name "xpux" (any stream), which goes to this program's
+    default device. A file records the name its program asked for, and "xpux" is the saver's
+    default ("the best device available"); upstream's ``load`` asks programs to set their
+    default device before loading, so a program that set it (``set_default_device("cpu0")``,
+    ``MGE_DEFAULT_DEVICE=cpu0``) runs such files there, also on a machine with a GPU, where
+    "xpux" alone would put the parameters on gpu0 and leave the program's inputs on cpu0. With
+    the default left at "xpux" the name stays as saved."""
+    try:
+        saved = parse_device_name(name)
+        default = parse_device_name(_default_device)
+    except ValueError:
+        return name  # (the caller reports a name it cannot read)
+    if saved == ("xpu", "x") and default != ("xpu", "x"):
+        return _default_device
+    return name
+
+
 def get_array_module(device: str):
     """The array module that serves ``device`` (a canonical name): numpy for CPUs, CuPy for GPUs."""
     if device.startswith("gpu"):
