@@ -64,6 +64,7 @@ _default_device = os.environ.get("MGE_DEFAULT_DEVICE", "xpux")
 
 
 _cuda_forgotten = False  # set by _forget_cuda in a process that must not touch CUDA
+_cuda_pid = None  # the process that asked CuPy's CUDA runtime first (is_cuda_available)
 
 
 @functools.lru_cache(maxsize=None)
@@ -81,9 +82,12 @@ def _cupy():
 @functools.lru_cache(maxsize=None)
 def is_cuda_available() -> bool:
     """True when a CUDA device can serve arrays (CuPy installed and a GPU visible)."""
+    global _cuda_pid
     cp = _cupy()
     if cp is None:
         return False
+    if _cuda_pid is None:
+        _cuda_pid = os.getpid()
     try:
         count = cp.cuda.runtime.getDeviceCount()
     except Exception:
@@ -142,6 +146,22 @@ def _cuda_touched() -> bool:
     torch = sys.modules.get("torch")
     try:
         return bool(torch is not None and torch.cuda.is_initialized())
+    except Exception:  # a torch without the cuda module
+        return False
+
+
+def _cuda_lost_in_fork() -> bool:
+    """Whether this process was forked from one that had called into CUDA (CuPy's runtime
+    through this module, or torch's CUDA state): no CUDA call can succeed here, as a CUDA
+    context does not survive ``fork`` (the answers cached in the parent still say CUDA is
+    usable). False once the process forgot CUDA (`_forget_cuda`: it works as one without)."""
+    if _cuda_forgotten:
+        return False
+    if _cuda_pid is not None and _cuda_pid != os.getpid():
+        return True
+    torch = sys.modules.get("torch")
+    try:  # (torch marks the children forked after it initialized CUDA)
+        return bool(torch is not None and torch.cuda._is_in_bad_fork())
     except Exception:  # a torch without the cuda module
         return False
 
