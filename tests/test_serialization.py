@@ -494,6 +494,26 @@ def test_a_program_whose_default_device_is_the_cpu_loads_default_device_tensors_
         mge.set_default_device(previous)
 
 
+def test_a_tensor_saved_under_xpux_goes_to_the_default_device_set_before_loading():
+    # (the rule above, on any machine: cpu1 is not what "xpux" resolves to anywhere)
+    f = io.BytesIO()
+    previous = mge.get_default_device()
+    try:
+        mge.set_default_device("xpux")
+        mge.save({"d": mge.Parameter([1.0, 2.0]), "c": mge.tensor([1.0], device="cpu0")}, f)
+        mge.set_default_device("cpu1")
+        for back in (mge.load(io.BytesIO(f.getvalue())), pickle.loads(f.getvalue())):
+            assert back["d"].device == "cpu1" and back["d"].device.logical_name == "cpu1:0"
+            assert back["c"].device == "cpu0"
+        back = mge.load(io.BytesIO(f.getvalue()), map_location={"cpu1": "cpu2"})
+        assert back["d"].device == "cpu2" and back["c"].device == "cpu0"
+        seen = []
+        mge.load(io.BytesIO(f.getvalue()), map_location=lambda dev: seen.append(dev) or dev)
+        assert seen == ["xpux:0", "cpu0:0"]  # a callable gets the saved names, as upstream's
+    finally:
+        mge.set_default_device(previous)
+
+
 def test_bad_arguments():
     f = io.BytesIO()
     mge.save(1, f)

@@ -124,6 +124,18 @@ def test_a_program_dumped_on_the_default_device_runs_on_the_loaders_default_devi
         mge.set_default_device(previous)
 
 
+def test_xpux_is_mapped_to_the_default_device_set_before_loading():
+    previous = mge.get_default_device()
+    try:
+        mge.set_default_device("cpu1")  # (what "xpux" resolves to on no machine)
+        assert device_mapper(None, 2)("xpux") == "cpu1"
+        assert device_mapper(None, 2)("cpu0") == "cpu0"
+        assert device_mapper(None, 1)("gpu0") == "cpu1"  # (version 1's gpu0: the default)
+        assert device_mapper({"xpux": "cpu2"}, 2)("xpux") == "cpu2"
+    finally:
+        mge.set_default_device(previous)
+
+
 def test_recorded_names_follow_the_default_device_as_it_was_set():
     here = canonical_device(None)
     assert recorded_name(here) == mge.get_default_device()
