@@ -64,6 +64,7 @@ _default_device = os.environ.get("MGE_DEFAULT_DEVICE", "xpux")
 
 
 _cuda_forgotten = False  # set by _forget_cuda in a process that must not touch CUDA
+_cuda_pid = None  # the process that asked CuPy's CUDA runtime first (is_cuda_available)
 
 
 @functools.lru_cache(maxsize=None)
@@ -81,9 +82,12 @@ def _cupy():
 @functools.lru_cache(maxsize=None)
 def is_cuda_available() -> bool:
     """True when a CUDA device can serve arrays (CuPy installed and a GPU visible)."""
+    global _cuda_pid
     cp = _cupy()
     if cp is None:
         return False
+    if _cuda_pid is None:
+        _cuda_pid = os.getpid()
     try:
         count = cp.cuda.runtime.getDeviceCount()
     except Exception:
@@ -142,6 +146,22 @@ def _cuda_touched() -> bool:
     torch = sys.modules.get("torch")
     try:
         return bool(torch is not None and torch.cuda.is_initialized())
+    except Exception:  # a torch without the cuda module
+        return False
+
+
+def _cuda_lost_in_fork() -> bool:
+    """Whether this process was forked from one that had called into CUDA (CuPy's runtime
+    through this module, or torch's CUDA state): no CUDA call can succeed here, as a CUDA
+    context does not survive ``fork`` (the answers cached in the parent still say CUDA is
+    usable). False once the process forgot CUDA (`_forget_cuda`: it works as one without)."""
+    if _cuda_forgotten:
+        return False
+    if _cuda_pid is not None and _cuda_pid != os.getpid():
+        return True
+    torch = sys.modules.get("torch")
+    try:  # (torch marks the children forked after it initialized CUDA)
+        return bool(torch is not None and torch.cuda._is_in_bad_fork())
     except Exception:  # a torch without the cuda module
         return False
 
@@ -317,6 +337,26 @@ def set_default_device(device: str = "xpux"):
     global _default_device
     canonical_device(device)
     _default_device = str(device)
+
+
+def _saved_device_here(name):
+    """The device name a value saved or dumped on ``name`` goes to when the loader maps nothing
+    (``mge.load`` without ``map_location``, ``pickle.load``, a dumped program): ``name`` itself,
+    except upstream's default device name "xpux" (any stream), which goes to this program's
+    default device. A file records the name its program asked for, and "xpux" is the saver's
+    default ("the best device available"); upstream's ``load`` asks programs to set their
+    default device before loading, so a program that set it (``set_default_device("cpu0")``,
+    ``MGE_DEFAULT_DEVICE=cpu0``) runs such files there, also on a machine with a GPU, where
+    "xpux" alone would put the parameters on gpu0 and leave the program's inputs on cpu0. With
+    the default left at "xpux" the name stays as saved."""
+    try:
+        saved = parse_device_name(name)
+        default = parse_device_name(_default_device)
+    except ValueError:
+        return name  # (the caller reports a name it cannot read)
+    if saved == ("xpu", "x") and default != ("xpu", "x"):
+        return _default_device
+    return name
 
 
 def get_array_module(device: str):

@@ -12,7 +12,7 @@ import threading
 import numpy as np
 
 from .core.tensor import Tensor
-from .device import canonical_device, parse_device_name
+from .device import _saved_device_here, canonical_device, parse_device_name
 
 __all__ = ["save", "load"]
 
@@ -108,7 +108,10 @@ def load(f, map_location=None, pickle_module=pickle):
     ``f`` is a file name or a binary file object. ``map_location`` says where the loaded tensors
     go, as upstream:
 
-    - ``None``: the device each tensor was saved from;
+    - ``None``: the device each tensor was saved from; a tensor saved under the default
+      device's name (``"xpux:0"``) goes to this program's default device (set it before
+      loading, as upstream asks: with ``set_default_device("cpu0")`` an upstream file runs on
+      cpu0 also on a machine with a GPU);
     - a device name, e.g. ``"cpu0"``: every tensor goes there;
     - a dict ``{saved device: device}``, e.g. ``{"gpu0": "cpu0"}``: a tensor whose saved device
       is a key goes to its value, others stay where they were saved; names are compared as the
@@ -116,7 +119,8 @@ def load(f, map_location=None, pickle_module=pickle):
       key, ``"cpu:0"`` is ``"cpu0"``, ``"multithread4:1"`` is ``"cpu1"``; ``"gpux"`` is not
       ``"gpu0"``); a tensor saved under the default device's name (``"xpux:0"``: ``save``
       records each tensor under the name it was made with, as upstream) also matches the key
-      of the device that name resolves to here (``"cpu0"``, or ``"gpu0"`` with a GPU);
+      of the device that name resolves to here (the default device: ``"cpu0"``, or ``"gpu0"``
+      with a GPU and the default left at ``"xpux"``), and goes there when no key matches;
     - a callable ``fn(saved device) -> device``; it receives the saved logical name, such as
       ``"gpu0:0"`` or ``"xpux:0"``.
 
@@ -194,16 +198,17 @@ def _mapped_by_table(table, dev):
     key = _saved_key(dev)
     if key in table or not key.endswith("x"):
         return table.get(key, dev)
+    here = _saved_device_here(dev)  # "xpux": this program's default device
     try:
-        return table.get(canonical_device(key), dev)
+        return table.get(canonical_device(here if here != dev else key), here)
     except (RuntimeError, ValueError):
-        return dev
+        return here
 
 
 def _device_mapper(map_location):
     """Turn ``map_location`` into a function: saved device name -> device name."""
     if map_location is None:
-        return lambda dev: dev
+        return _saved_device_here
     if isinstance(map_location, str):
         if map_location in ("cpu", "gpu", "xpu"):
             # torch's spelling, which programs ported from torch pass (CREStereo's train.py:

@@ -17,7 +17,7 @@ __all__ = ["address", "host", "shares_memory", "torch_host", "torch_device", "vi
            "device_array", "host_default_device", "child_env", "run_python", "pool_threads",
            "requires_cuda", "requires_torch_cuda", "skip_unless_aten_serves_the_default_device",
            "on_aten_or_arrays", "peak_rss_growth_kib", "CUDNN_RNN_EVAL_BACKWARD",
-           "cudnn_runs_torch_rnns"]
+           "cudnn_runs_torch_rnns", "skip_if_forked_torch_autograd_fails"]
 
 
 def _raw(x):
@@ -128,6 +128,49 @@ def _torch_cuda():
 requires_torch_cuda = pytest.mark.skipif(
     not (mge.is_cuda_available() and _torch_cuda()),
     reason="needs a CUDA GPU with both CuPy and a CUDA build of torch")
+
+
+def _autograd_in_a_forked_child():
+    import os
+
+    import torch
+    from megengine.distributed.launcher import _AUTOGRAD_FORK
+
+    code = 0
+    try:
+        torch.ones(1, requires_grad=True).sum().backward()
+    except RuntimeError as e:
+        code = 3 if _AUTOGRAD_FORK in str(e) else 4
+    os._exit(code)  # (not the parent's atexit handlers: pytest's)
+
+
+_forked_autograd_fails = False  # once true, for good: torch's autograd threads stay
+
+
+def skip_if_forked_torch_autograd_fails():
+    """Skip the calling test when processes forked from this one now fail in torch's autograd
+    ("Unable to handle autograd's threading in combination with fork-based multiprocessing"):
+    so it is once this process has run a torch backward pass where torch sees a GPU (its
+    autograd engine's device threads), and `megengine.distributed.launcher`'s forked ranks
+    could then not train a PyTorchModule. Found out by forking a child that runs a one-element
+    backward pass, right before the test launches its ranks; on machines without a GPU it never
+    skips."""
+    global _forked_autograd_fails
+    import multiprocessing
+
+    if not _forked_autograd_fails and "fork" in multiprocessing.get_all_start_methods():
+        child = multiprocessing.get_context("fork").Process(target=_autograd_in_a_forked_child)
+        child.start()
+        child.join(60)
+        if child.exitcode is None:
+            child.kill()
+            child.join()
+        _forked_autograd_fails = child.exitcode == 3
+    if _forked_autograd_fails:
+        pytest.skip("this process ran a torch backward pass where torch sees a GPU, and torch's "
+                    "autograd threads make forked ranks fail in theirs (a forked probe's "
+                    "backward raised 'Unable to handle autograd's threading in combination "
+                    "with fork-based multiprocessing'); the launcher says so to users")
 
 
 @pytest.fixture

@@ -432,8 +432,9 @@ def test_a_tensor_saved_on_a_gpu_loads_there_or_where_map_location_says():
               "d": mge.Parameter([1.0, 2.0], device="xpux")}, f)
     f.seek(0)
     back = mge.load(f)
-    for k in "wd":
-        assert back[k].device == "gpu0" and type(back[k]._data).__module__.startswith("cupy")
+    assert back["w"].device == "gpu0" and type(back["w"]._data).__module__.startswith("cupy")
+    # ("xpux:0" goes to the default device: gpu0 unless MGE_DEFAULT_DEVICE names another)
+    assert back["d"].device == mge.tensor([0.0]).device
     # saved as "gpu0:0" and "xpux:0", the names they were made with, as upstream saves them
     for map_location, where in (("cpu0", "cpu0"), ({"gpu0": "cpu0", "xpux": "cpu0"}, "cpu0"),
                                 ({"gpu0:0": "cpu1", "xpux:0": "cpu1"}, "cpu1")):
@@ -462,6 +463,53 @@ def test_a_tensor_on_the_default_device_is_saved_under_its_name_as_upstreams():
     mge.set_default_device("cpu1")
     try:
         assert mge.tensor([1.0]).__getnewargs__()[2] == "cpu1:0"  # the default's own name
+    finally:
+        mge.set_default_device(previous)
+
+
+@requires_cuda
+def test_a_program_whose_default_device_is_the_cpu_loads_default_device_tensors_there():
+    # upstream's load asks for set_default_device before load; a tensor saved under the default
+    # device's name ("xpux:0", as upstream's files name theirs) goes to the program's default
+    # device, so a program set to cpu0 runs such files on cpu0 on a GPU machine too (the first
+    # run on an H200: parameters on gpu0, inputs on cpu0, "inputs are on different devices")
+    f = io.BytesIO()
+    previous = mge.get_default_device()
+    try:
+        mge.set_default_device("xpux")
+        mge.save({"d": mge.Parameter([1.0, 2.0]), "w": mge.Parameter([3.0], device="gpu0")}, f)
+        assert mge.load(io.BytesIO(f.getvalue()))["d"].device == "gpu0"  # xpux: the GPU
+        mge.set_default_device("cpu0")
+        x = mge.tensor([1.0, 1.0])
+        for back in (mge.load(io.BytesIO(f.getvalue())), pickle.loads(f.getvalue()),
+                     mge.load(io.BytesIO(f.getvalue()), map_location={"cpu1": "cpu2"})):
+            assert back["d"].device == "cpu0" and isinstance(back["d"]._data, np.ndarray)
+            assert back["w"].device == "gpu0"  # a device named by the program stays its own
+            np.testing.assert_array_equal(host(back["d"] + x), [2.0, 3.0])
+        back = mge.load(io.BytesIO(f.getvalue()), map_location={"cpu0": "cpu1"})
+        assert back["d"].device == "cpu1"  # the key of the device "xpux" means here
+        # an explicit map_location still sends "xpux" where the default device would not
+        assert mge.load(io.BytesIO(f.getvalue()), map_location="xpux")["d"].device == "gpu0"
+    finally:
+        mge.set_default_device(previous)
+
+
+def test_a_tensor_saved_under_xpux_goes_to_the_default_device_set_before_loading():
+    # (the rule above, on any machine: cpu1 is not what "xpux" resolves to anywhere)
+    f = io.BytesIO()
+    previous = mge.get_default_device()
+    try:
+        mge.set_default_device("xpux")
+        mge.save({"d": mge.Parameter([1.0, 2.0]), "c": mge.tensor([1.0], device="cpu0")}, f)
+        mge.set_default_device("cpu1")
+        for back in (mge.load(io.BytesIO(f.getvalue())), pickle.loads(f.getvalue())):
+            assert back["d"].device == "cpu1" and back["d"].device.logical_name == "cpu1:0"
+            assert back["c"].device == "cpu0"
+        back = mge.load(io.BytesIO(f.getvalue()), map_location={"cpu1": "cpu2"})
+        assert back["d"].device == "cpu2" and back["c"].device == "cpu0"
+        seen = []
+        mge.load(io.BytesIO(f.getvalue()), map_location=lambda dev: seen.append(dev) or dev)
+        assert seen == ["xpux:0", "cpu0:0"]  # a callable gets the saved names, as upstream's
     finally:
         mge.set_default_device(previous)
 

@@ -980,8 +980,8 @@ def _astype_quantized(x, to):
 def _mapped_device(saved):
     """Where a tensor saved on ``saved`` goes: ``Tensor.dmap_callback`` decides while loading."""
     callback = Tensor.dmap_callback
-    if callback is None:
-        return saved
+    if callback is None:  # (pickle.load, copy.deepcopy)
+        return _device_mod._saved_device_here(saved)
     target = callback(saved)
     try:
         _device_mod.canonical_device(target)

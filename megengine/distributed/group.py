@@ -291,6 +291,20 @@ def init_process_group(master_ip: Optional[str] = None, port: Optional[int] = No
                          f"got {timeout!r}")
     backend = _pick_backend(backend, device_type)
 
+    from ..device import _cuda_lost_in_fork, _forget_cuda
+
+    if _cuda_lost_in_fork():  # (a process of multiprocessing's "fork", after GPU work)
+        if device_type != "cpu":
+            raise RuntimeError(
+                f"init_process_group: device_type={device_type!r}, but this process was forked "
+                "from one that had already used CUDA, and CUDA cannot be used in a forked "
+                "process; start the process with the 'spawn' start method "
+                "(megengine.distributed.launcher(..., start_method='spawn')), or pass "
+                "device_type='cpu' for a group on the CPU")
+        # a CPU group: tensors and random seeds stay off CUDA here, as the launcher's forked
+        # CPU workers (the cached answers would send the seed to CuPy, which fails here)
+        _forget_cuda()
+
     import torch
     import torch.distributed as dist
 

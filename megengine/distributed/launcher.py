@@ -163,7 +163,10 @@ class launcher:
             workers run torch's CPU kernels on one thread each (``torch.set_num_threads(1)``,
             as torch's DataLoader workers): torch's thread pool does not survive ``fork``, and
             a worker would hang in its first parallel op once the launching process has run
-            one. Spawned workers start with torch's default.
+            one. Spawned workers start with torch's default. Forked workers cannot run torch's
+            autograd (a PyTorchModule's backward) once the launching process has run a torch
+            backward pass on a machine where torch sees a GPU (torch's autograd threads): call
+            the launcher first, or use ``"spawn"``; a worker that fails so says this.
     """
 
     def __new__(cls, *args, **kwargs):
@@ -266,7 +269,8 @@ class launcher:
                     self._raise_if_one_died(procs, results, values, errors)
                 rank = next(iter(errors))  # the first report: the others followed from it
                 raise WorkerError(f"megengine.distributed.launcher: rank {rank} raised an exception "
-                                  f"(the other workers were stopped):\n{errors[rank]}", rank)
+                                  f"(the other workers were stopped):\n{errors[rank]}"
+                                  f"{_known_cause(errors[rank], self.context)}", rank)
             if deadline is not None and time.monotonic() > deadline:
                 waiting = sorted(r for r in procs if r not in values)
                 raise TimeoutError(f"megengine.distributed.launcher: ranks {waiting} did not finish "
@@ -292,6 +296,26 @@ class launcher:
                 (values if ok else errors)[r] = value
             except _queue.Empty:
                 pass
+
+
+# torch's words when a forked process runs autograd after its parent started the autograd
+# engine's device threads: the first torch backward pass (a PyTorchModule's too, even one on the
+# CPU) in a process where torch sees a GPU starts them, and no forked child can then run one
+_AUTOGRAD_FORK = ("Unable to handle autograd's threading in combination with fork-based "
+                  "multiprocessing")
+
+
+def _known_cause(report, context):
+    """What to do about a worker's failure whose cause lies in how it was started, as text to
+    append to its traceback ``report`` ("" for any other failure)."""
+    if _AUTOGRAD_FORK in report and context.get_start_method() == "fork":
+        return (
+            "\nThe cause: this process ran a torch backward pass (a PyTorchModule's, or torch's "
+            "own) on a machine where torch sees a GPU, which starts torch's autograd threads, "
+            "and workers forked after that cannot run torch autograd. Call the launcher before "
+            "any torch backward pass in this process, or launch with start_method='spawn' (the "
+            "function and its arguments must then be picklable: a module-level function).")
+    return ""
 
 
 def _describe(code):

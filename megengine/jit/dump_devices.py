@@ -12,7 +12,7 @@ Files of format version 1 recorded the resolved device, ``gpu0`` for the default
 machine; `device_mapper` reads their ``gpu0`` as ``xpux``, which is what they meant in almost
 every program (one run on the default device), so they load on CPU-only machines too.
 """
-from ..device import canonical_device, get_default_device
+from ..device import _saved_device_here, canonical_device, get_default_device
 
 __all__ = ["recorded_name", "device_mapper"]
 
@@ -61,8 +61,8 @@ def device_mapper(device, version):
             name = table[_bare(recorded)]
         elif callable(device) and not isinstance(device, dict):
             name = device(recorded)
-        elif version == 1 and recorded == "gpu0":
-            name = "xpux"
+        else:  # "xpux": this program's default device (see megengine.device._saved_device_here)
+            name = _saved_device_here("xpux" if version == 1 and recorded == "gpu0" else recorded)
         try:
             got = canonical_device(name)
         except (ValueError, RuntimeError) as e:

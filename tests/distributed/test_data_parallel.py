@@ -11,6 +11,7 @@ import megengine.optimizer as optim
 from megengine.autodiff import GradManager
 from megengine.jit import trace
 
+from devices import skip_if_forked_torch_autograd_fails
 from module_oracle import load_guide_example
 
 STEPS = 3
@@ -120,6 +121,8 @@ def test_two_ranks_match_one_process_on_the_concatenated_batch(run_ranks, kind, 
         reference = _train(kind, init)
     finally:
         mge.set_default_device(previous)
+    if kind == "lenet":  # (the guide's PyTorchModule: the ranks run torch's backward)
+        skip_if_forked_torch_autograd_fails()
     results = run_ranks(lambda: _train(kind, init, dist.get_rank(), bucket_size, traced), RANKS)
     assert set(results[0]) == set(reference)
     if kind == "cnn":

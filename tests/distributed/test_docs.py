@@ -4,6 +4,8 @@ from pathlib import Path
 
 import numpy as np
 
+from devices import skip_if_forked_torch_autograd_fails
+
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 BLOCK = re.compile(r"\.\. code-block:: (python|bash)\n\n((?:    .*\n|[ \t]*\n)+)")
 
@@ -19,6 +21,7 @@ def test_the_launcher_example_trains_on_two_processes(capsys):
     # CPU processes here (on a GPU machine the example would take two GPUs)
     code = code.replace("dist.launcher(train, n_gpus=2)",
                         "dist.launcher(train, n_gpus=2, device_type='cpu', timeout=120)")
+    skip_if_forked_torch_autograd_fails()  # (its ranks train a PyTorchModule)
     scope = {"__name__": "docs_distributed_example"}
     exec(compile(code, "docs/distributed.rst", "exec"), scope)
     results = scope["results"]

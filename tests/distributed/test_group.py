@@ -80,6 +80,59 @@ def _fresh_interpreter(code):
     return out
 
 
+def _groups_after_cuda_use_in_the_parent(port, queue):
+    # no _cpu_only() here: init_process_group itself must keep this process off CUDA
+    from megengine import device
+
+    try:
+        lost = device._cuda_lost_in_fork()
+        try:
+            dist.init_process_group("localhost", port, 1, 0, 0, device_type="xpu")
+            refused = "not refused"
+        except RuntimeError as error:
+            refused = str(error)
+        dist.init_process_group("localhost", port, 1, 0, 0, device_type="cpu")
+        mge.random.seed(1)  # (CuPy's generators too, where CUDA were usable)
+        x = fd.all_reduce_sum(mge.tensor([3.0])).numpy()
+        queue.put(("ok", (lost, refused, mge.is_cuda_available(), device._cuda_forgotten,
+                          mge.get_default_device(), x.tolist())))
+    except BaseException:  # noqa: BLE001  (reported, not a 60 s wait for nothing)
+        import traceback
+
+        queue.put(("error", traceback.format_exc()))
+    queue.close()
+    queue.join_thread()
+    os._exit(0)
+
+
+def test_a_process_forked_after_cuda_use_gets_a_cpu_group_and_a_clear_refusal(monkeypatch):
+    # on a GPU machine the pytest process has used CUDA (CuPy's runtime, this module's cached
+    # answers say it is usable), and a forked child cannot: a CPU group keeps it off CUDA
+    # (random seeds too, which went to CuPy and failed: test_legacy's child died so on an
+    # H200), a GPU group is refused naming the fix. Here: as if this process had used CUDA.
+    from megengine import device
+
+    monkeypatch.setattr(device, "_cuda_pid", os.getpid())
+    assert not device._cuda_lost_in_fork()  # (the process that used it)
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    p = ctx.Process(target=_groups_after_cuda_use_in_the_parent,
+                    args=(dist.get_free_ports(1)[0], queue), daemon=True)
+    p.start()
+    try:
+        status, got = queue.get(timeout=60)
+    finally:
+        p.join(5)
+        if p.is_alive():
+            p.kill()
+    assert status == "ok", got
+    lost, refused, cuda, forgotten, default, x = got
+    assert lost
+    assert "forked from one that had already used CUDA" in refused
+    assert "start_method='spawn'" in refused and "device_type='cpu'" in refused
+    assert (cuda, forgotten, default, x) == (False, True, "cpu0", [3.0])
+
+
 def test_importing_megengine_distributed_does_not_import_torch():
     code = ("import sys, megengine, megengine.distributed as d, megengine.functional.distributed; "
             "import megengine.module; assert d.get_rank() == 0; print('torch' in sys.modules)")

@@ -141,6 +141,32 @@ def test_cpu_workers_launch_from_a_process_that_used_cuda(monkeypatch):
         dist.launcher(_device_seen, n_gpus=1, device_type="gpu", timeout=60)()
 
 
+def _backward_as_after_gpu_autograd_in_the_parent():
+    # what torch raises in a forked rank once the launching process ran a torch backward pass
+    # where torch sees a GPU (not to be provoked on a machine without one)
+    if dist.get_rank() == 1:
+        from megengine.distributed.launcher import _AUTOGRAD_FORK
+
+        raise RuntimeError(f"{_AUTOGRAD_FORK}. See "
+                           "https://github.com/pytorch/pytorch/wiki/Autograd-and-Fork")
+    return "fine"
+
+
+def test_torch_autograd_refused_in_a_forked_rank_is_explained_with_what_to_do():
+    with pytest.raises(dist.WorkerError, match="rank 1 raised") as info:
+        dist.launcher(_backward_as_after_gpu_autograd_in_the_parent, n_gpus=2,
+                      device_type="cpu", timeout=120)()
+    message = str(info.value)
+    assert "Unable to handle autograd's threading" in message  # torch's own words first
+    assert "this process ran a torch backward pass" in message
+    assert "Call the launcher before any torch backward pass" in message
+    assert "start_method='spawn'" in message
+    # other failures get no such advice
+    with pytest.raises(dist.WorkerError) as info:
+        dist.launcher(_raise_on_rank_1, n_gpus=2, device_type="cpu", timeout=120)()
+    assert "start_method" not in str(info.value)
+
+
 def _scoped_multiply():
     from megengine.utils.profiler import scope
 

@@ -1,6 +1,8 @@
 """megengine.distributed's MegEngine 0.x collectives (megengine/distributed/legacy.py) and
 init_process_group's 0.x keywords, on local gloo ranks against numpy."""
 import multiprocessing as mp
+import queue as _queue
+import traceback
 
 import numpy as np
 import pytest
@@ -50,10 +52,14 @@ def test_0x_collectives_match_numpy(run_ranks):
 
 def _init_with_0x_keywords(port, queue):
     # 0.x's call (the model zoo's train.py): master_port= and dev= instead of port= and device=
-    dist.init_process_group(master_ip="localhost", master_port=port, world_size=1, rank=0,
-                            dev=0, device_type="cpu")
-    queue.put((dist.get_world_size(), dist.all_reduce_sum(mge.tensor([3.0]), "k").numpy(),
-               mge.get_default_device()))
+    try:
+        dist.init_process_group(master_ip="localhost", master_port=port, world_size=1, rank=0,
+                                dev=0, device_type="cpu")
+        queue.put(("ok", (dist.get_world_size(),
+                          dist.all_reduce_sum(mge.tensor([3.0]), "k").numpy(),
+                          mge.get_default_device())))
+    except BaseException:  # noqa: BLE001  (said through the queue: not a wait for nothing)
+        queue.put(("error", traceback.format_exc()))
 
 
 def test_init_process_group_takes_0x_keywords():
@@ -62,7 +68,15 @@ def test_init_process_group_takes_0x_keywords():
     queue = ctx.Queue()
     proc = ctx.Process(target=_init_with_0x_keywords, args=(port, queue))
     proc.start()
-    world, value, default = queue.get(timeout=60)
+    try:
+        status, got = queue.get(timeout=60)
+    except _queue.Empty:
+        proc.kill()
+        proc.join()
+        pytest.fail(f"the forked child neither reported nor ended in 60 s (exit code "
+                    f"{proc.exitcode})")
+    assert status == "ok", f"the forked child failed:\n{got}"
+    world, value, default = got
     proc.join(timeout=30)
     assert proc.exitcode == 0 and world == 1
     assert default == "cpu0"  # upstream: the default device becomes f"{device_type}{device}"

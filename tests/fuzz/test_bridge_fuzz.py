@@ -5,6 +5,7 @@ must."""
 import numpy as np
 import pytest
 import torch
+from devices import skip_if_forked_torch_autograd_fails
 
 from megengine import amp
 
@@ -43,6 +44,7 @@ def test_a_diverging_network_is_compared_until_its_twin_overflows():
 def test_a_drawn_network_trains_data_parallel_like_one_process_on_both_batches():
     if not torch.distributed.is_available():
         pytest.skip("this torch build has no torch.distributed")
+    skip_if_forked_torch_autograd_fails()
     bridge.check_dp(0)
 
 
@@ -50,6 +52,7 @@ def test_ranks_that_skip_the_gradient_all_reduce_are_caught(monkeypatch):
     # each rank then steps on its own half's gradient (the launcher forks: the patch reaches it)
     if not torch.distributed.is_available():
         pytest.skip("this torch build has no torch.distributed")
+    skip_if_forked_torch_autograd_fails()
     real = bridge._mge_step
     monkeypatch.setattr(bridge, "_mge_step",
                         lambda net, make_opt, plan, callbacks=(): real(net, make_opt, plan))

@@ -82,8 +82,8 @@ def test_a_program_dumped_on_a_gpu_records_xpux_and_runs_on_this_machine(dumped_
     # and numpy's value of the traced function
     w = np.arange(6, dtype="float32").reshape(2, 3) / 7
     np.testing.assert_allclose(got, np.maximum(x @ w - 0.3, 0) + 0.5, rtol=1e-6)
-    prog = load(str(tmp / "default.mgf"))
-    assert all(c[2] == canonical_device("xpux") for c in prog.prog.consts)
+    prog = load(str(tmp / "default.mgf"))  # "xpux": the loader's default device
+    assert all(c[2] == canonical_device(None) for c in prog.prog.consts)
 
 
 def test_an_explicit_gpu_the_loader_lacks_is_named_and_maps_like_map_location(dumped_on_two_gpus):
@@ -102,6 +102,40 @@ def test_an_explicit_gpu_the_loader_lacks_is_named_and_maps_like_map_location(du
         np.testing.assert_allclose(got, expected, rtol=1e-6)
 
 
+def test_a_program_dumped_on_the_default_device_runs_on_the_loaders_default_device(
+        dumped_on_two_gpus):
+    # "xpux" is the loader's default device: a program set to cpu0 runs such a file on cpu0,
+    # also on a machine with a GPU (where "xpux" alone is gpu0; MGE_SIM_CUDA=1 runs this so)
+    tmp = dumped_on_two_gpus
+    previous = mge.get_default_device()
+    try:
+        mge.set_default_device("xpux")
+        assert device_mapper(None, 2)("xpux") == canonical_device("xpux")
+        mge.set_default_device("cpu0")
+        assert device_mapper(None, 2)("xpux") == "cpu0"
+        assert device_mapper({"gpu1": "cpu1"}, 2)("xpux") == "cpu0"
+        assert device_mapper("xpux", 2)("cpu1") == canonical_device("xpux")  # (asked for)
+        prog = load(str(tmp / "default.mgf"))
+        assert prog.prog.consts and all(c[2] == "cpu0" for c in prog.prog.consts)
+        x = np.load(tmp / "x.npy")
+        (got,) = GraphInference(str(tmp / "default.mgf")).run(x).values()
+        np.testing.assert_allclose(got, np.load(tmp / "default_out.npy"), rtol=1e-6, atol=1e-7)
+    finally:
+        mge.set_default_device(previous)
+
+
+def test_xpux_is_mapped_to_the_default_device_set_before_loading():
+    previous = mge.get_default_device()
+    try:
+        mge.set_default_device("cpu1")  # (what "xpux" resolves to on no machine)
+        assert device_mapper(None, 2)("xpux") == "cpu1"
+        assert device_mapper(None, 2)("cpu0") == "cpu0"
+        assert device_mapper(None, 1)("gpu0") == "cpu1"  # (version 1's gpu0: the default)
+        assert device_mapper({"xpux": "cpu2"}, 2)("xpux") == "cpu2"
+    finally:
+        mge.set_default_device(previous)
+
+
 def test_recorded_names_follow_the_default_device_as_it_was_set():
     here = canonical_device(None)
     assert recorded_name(here) == mge.get_default_device()
@@ -115,7 +149,7 @@ def test_recorded_names_follow_the_default_device_as_it_was_set():
 
 def test_version_1_files_read_gpu0_as_the_default_device_and_bad_maps_are_refused():
     # version 1 wrote the device a value resolved to: gpu0 was the default device on a GPU
-    assert device_mapper(None, 1)("gpu0") == canonical_device("xpux")
+    assert device_mapper(None, 1)("gpu0") == canonical_device(None)
     assert device_mapper(None, 1)("cpu0") == "cpu0"
     assert device_mapper({"gpu0": "cpu0"}, 1)("gpu0") == "cpu0"
     with pytest.raises(ValueError, match="unknown device 'tpu3'"):
