@@ -20,6 +20,8 @@ What it does, in this order (about 5 minutes on one H200: the two runs 3 minutes
    allocator over 5,000 hybrid steps (it must not grow); then, in a process of its own,
    ``bench_fused_kernels.py --quick`` (softmax / cross entropy / relu: the fused CUDA paths
    against the array code and torch; its gpu0 rows are shown, without aims); then
+   ``profile_hybrid_step.py --device gpu0 --batch 64 --cprofile 25`` (the hybrid step phase by
+   phase against PyTorch's, and the fork's host-side hot spots); then
    ``bench_threads.py --quick --threads 1,<cores>`` (the CPU side: the engine's training step
    against torch's at one thread and at every core, which a 2-core machine cannot show).
 4. On a machine with two or more GPUs, also ``pytest tests/simcuda/multi_gpu_cases.py`` (engine
@@ -426,6 +428,17 @@ def run_fused_bench(args, log_dir, timeout=240):
                        ["--quick"], "gpu0", "us per forward+backward, no aims", log_dir, timeout)
 
 
+def run_phase_profile(args, log_dir, timeout=240):
+    """profile_hybrid_step.py on gpu0 at batch 64 in a process of its own: the hybrid step's
+    phases against pure PyTorch's, each timed to the device's end, and cProfile's top functions
+    of the fork's step (issue 12's speed aims: where the extra time goes). No aims: evidence."""
+    steps = ["--steps", "30", "--repeats", "1"] if args.quick else ["--steps", "100", "--repeats", "3"]
+    return _run_script("hybrid step by phase (profile_hybrid_step.py)", "profile_hybrid_step.py",
+                       ["--device", DEVICES["megengine"], "--batch", "64", *steps, "--cprofile", "25"],
+                       "hybrid LeNet step", "us per phase, each to the device's end; no aims",
+                       log_dir, timeout)
+
+
 def run_threads_bench(args, log_dir, timeout=240):
     """bench_threads.py --quick at one thread and at every core of this machine (its CPU side:
     the engine's step against torch's as the thread count grows; a 2-core machine cannot show
@@ -568,6 +581,8 @@ def main(argv=None):
         for name, stage in (("GPU benchmarks", lambda: run_benchmarks(args)),
                             ("fused kernels (bench_fused_kernels.py)",
                              lambda: [run_fused_bench(args, log_dir)]),
+                            ("hybrid step by phase (profile_hybrid_step.py)",
+                             lambda: [run_phase_profile(args, log_dir)]),
                             ("CPU threads (bench_threads.py)",
                              lambda: [run_threads_bench(args, log_dir)])):
             try:

@@ -18,7 +18,15 @@ A phase's figure includes the cold caches the previous phase left behind (right 
 convolutions, a numpy matmul of 8x84 by 84x10 takes ~13 us, not its ~2 us in a warm loop): the
 per-op overheads count here as they do in training.
 
+On a GPU (``--device gpu0``: the fork's tensors there, torch's on ``cuda:0``) each clock read
+waits for the device first (``torch.cuda.synchronize()``, which waits for CuPy's work too), so a
+phase is the time until its kernels have run; ``--cprofile N`` then prints the N functions of the
+fork's step with the most time of their own (``cProfile`` over 100 more steps, no waiting for the
+device): on a GPU, where a small step is bound by the host's work per op, where that goes.
+``benchmarks/gpu_check.py`` runs it so at batch 64.
+
     python benchmarks/profile_hybrid_step.py [--batch 8] [--steps 300] [--repeats 5]
+                                             [--device gpu0] [--cprofile 25]
 """
 import os
 
@@ -33,13 +41,24 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 import _timing  # noqa: E402
 import bench_pytorch_module as bench  # noqa: E402  (the same network, weights and data)
 
 PHASES = ("extractor", "linear", "cross entropy", "backward", "step", "loss value")
 
 
-def fork_phases(init, data):
+def _device_sync(device):
+    """A function that waits until ``device``'s queued work has run (nothing to wait for on a
+    CPU)."""
+    if not device.startswith("gpu"):
+        return lambda: None
+    import torch
+
+    return torch.cuda.synchronize
+
+
+def fork_phases(init, data, device="cpu0"):
     import copy
 
     import megengine as mge
@@ -53,8 +72,13 @@ def fork_phases(init, data):
     net.mge_classifier.bias.set_value(b)
     gm = GradManager().attach(net.parameters())
     opt = optim.SGD(net.parameters(), lr=bench.LR)
-    next_batch = bench.cycle([(mge.tensor(x), mge.tensor(y, dtype="int32")) for x, y in zip(*data)])
-    clock = time.perf_counter
+    next_batch = bench.cycle([(mge.tensor(x, device=device), mge.tensor(y, dtype="int32", device=device))
+                              for x, y in zip(*data)])
+    sync, now = _device_sync(device), time.perf_counter
+
+    def clock():
+        sync()
+        return now()
 
     def step():
         x, y = next_batch()
@@ -77,22 +101,28 @@ def fork_phases(init, data):
     return step
 
 
-def torch_phases(init, data):
+def torch_phases(init, data, device="cpu0"):
     import copy
 
     import torch
     import torch.nn as nn
     import torch.nn.functional as TF
 
+    where = f"cuda:{device[3:]}" if device.startswith("gpu") else "cpu"
     extractor, w, b = init
-    extractor = copy.deepcopy(extractor)
-    classifier = nn.Linear(84, 10)
+    extractor = copy.deepcopy(extractor).to(where)
+    classifier = nn.Linear(84, 10).to(where)
     with torch.no_grad():
         classifier.weight.copy_(torch.from_numpy(w))
         classifier.bias.copy_(torch.from_numpy(b))
     opt = torch.optim.SGD(list(extractor.parameters()) + list(classifier.parameters()), lr=bench.LR)
-    next_batch = bench.cycle([(torch.from_numpy(x), torch.from_numpy(y).long()) for x, y in zip(*data)])
-    clock = time.perf_counter
+    next_batch = bench.cycle([(torch.from_numpy(x).to(where), torch.from_numpy(y).long().to(where))
+                              for x, y in zip(*data)])
+    sync, now = _device_sync(device), time.perf_counter
+
+    def clock():
+        sync()
+        return now()
 
     def step():
         x, y = next_batch()
@@ -120,12 +150,21 @@ def main():
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=300, help="steps per repeat (default 300)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cpu0",
+                        help="cpu0 (default) or gpuN: the fork's tensors there, torch's on cuda:N")
+    parser.add_argument("--cprofile", type=int, default=0, metavar="N",
+                        help="then print the N functions of the fork's step with the most own time")
     args = parser.parse_args()
+    if not (args.device == "cpu0" or args.device[:3] == "gpu" and args.device[3:].isdigit()):
+        parser.error(f"--device: give cpu0 or gpuN (N a GPU's index), got {args.device!r}")
     import torch
 
+    import megengine as mge
+
     torch.set_num_threads(1)
+    mge.set_default_device(args.device)  # (the wrapper's device: bench.LeNet's default)
     init, data = bench.initial_weights(), bench.make_data(args.batch)
-    fork, pure = fork_phases(init, data), torch_phases(init, data)
+    fork, pure = fork_phases(init, data, args.device), torch_phases(init, data, args.device)
     for _ in range(20):
         fork(), pure()
     samples = {"fork": [], "torch": []}
@@ -148,6 +187,29 @@ def main():
           f"ratio x{f.sum() / t.sum():.3f}")
     print(f"  whole step per repeat, fork / torch over adjacent pairs of steps: "
           f"{_timing.describe_ratios(round_ratios)}")
+    if args.cprofile:
+        print_profile(fork, args.cprofile)
+
+
+def print_profile(step, top, steps=100):
+    """The ``top`` functions of ``steps`` calls of ``step`` with the most time of their own."""
+    import cProfile
+    import io
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(steps):
+        step()
+    profiler.disable()
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(top)
+    lines = out.getvalue().splitlines()
+    start = next((i for i, line in enumerate(lines) if line.lstrip().startswith("ncalls")), 0)
+    print(f"fork's step, {steps} steps under cProfile: the {top} functions with the most own time")
+    for line in lines[start:]:
+        if line.strip():
+            print("  " + line.replace(str(REPO) + "/", ""))
 
 
 if __name__ == "__main__":

@@ -218,6 +218,27 @@ def test_the_fused_kernel_rows_come_from_the_scripts_output(gpu_check, monkeypat
     assert "ERROR exit 1" in gpu_check.summary([], [result], 1.0)
 
 
+def test_the_phase_profile_runs_on_the_benchmark_device_and_shows_its_tables(gpu_check, monkeypatch,
+                                                                            tmp_path):
+    # the script itself, on the CPU and briefly: its phase table and its cProfile rows
+    monkeypatch.setattr(gpu_check, "DEVICES", {"torch": "cpu", "megengine": "cpu0"})
+    result = gpu_check.run_phase_profile(argparse.Namespace(quick=True), tmp_path, timeout=180)
+    assert result["ok"], result
+    rows = result["rows"]
+    assert rows[0].startswith("hybrid LeNet step, batch 64")
+    phases = {row.split()[0] for row in rows[2:8]}
+    assert phases == {"extractor", "linear", "cross", "backward", "step", "loss"}
+    profile = next(i for i, row in enumerate(rows) if row.startswith("fork's step"))
+    assert "ncalls" in rows[profile + 1] and len(rows) - profile - 2 == 25
+    assert "megengine/" in "".join(rows[profile + 2:])  # the engine's own functions, named
+
+
+def test_profile_hybrid_step_refuses_a_device_it_cannot_time():
+    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "profile_hybrid_step.py"),
+                          "--device", "cuda:0"], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "--device: give cpu0 or gpuN" in run.stderr
+
+
 def test_the_threads_bench_runs_at_one_thread_and_every_core(gpu_check, monkeypatch, tmp_path):
     output = ("machine line\nshufflenet_v2 ...\n  threads  variant  ratio\n  1  megengine  1.1x\n"
               "  megengine / torch at 16 threads over the same at 1: 1.05x (aim <= 1.10x: met)\n")
