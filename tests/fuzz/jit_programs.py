@@ -427,6 +427,7 @@ def draw(seed, train=None, dyn=None, writes=None):
     base = len(steps)
     while base < want:
         f = pick(rng, STEPS)
+        before, n_layers, n_symshape = dict(vars(st)), len(layers), len(symshape)
         if f in (_to_rank2, _shape_values):
             s = f(rng, st, layers, symshape)
         else:
@@ -436,6 +437,10 @@ def draw(seed, train=None, dyn=None, writes=None):
             base += 1
             if dyn and drng.random() < 0.3:
                 steps.append(jit_dyn.step(drng, st))
+        else:  # a step not taken leaves no trace (program 91814: a dropped concat's doubled
+            # channel count made a later convolution expect 96 channels of 48)
+            vars(st).update(before)
+            del layers[n_layers:], symshape[n_symshape:]
     if dyn and not any("«" in s or "[mk]" in s or "g = " in s or "v = " in s for s in steps):
         steps.append(jit_dyn.step(drng, st))
     outputs = pick(rng, ["h", "h", "h, h.mean()", "h * 1.0, F.relu(h).sum(axis=0)",

@@ -375,3 +375,12 @@ def test_a_trace_that_refuses_the_state_where_it_must_not_or_not_where_it_must_i
     with pytest.raises(JitMismatch, match="expected TraceMismatchError" if not refuses else
                        r"\(a\) call 1 .*TraceMismatchError"):
         check_inference(p, mode, np.random.default_rng(0))
+
+
+def test_a_step_the_generator_drops_leaves_its_state_as_it_was():
+    # program 91814: a concat drawn past the 48-channel cap was dropped, but its doubled channel
+    # count stayed, and a later convolution was drawn for 96 channels of 48 (invalid eagerly)
+    p = draw(91814)
+    mode = dict(symbolic=False, capture_as_const=False, without_host=False, opt_level=0,
+                symbolic_shape=True)
+    assert check_inference(p, mode, np.random.default_rng([p.seed, 11]))
