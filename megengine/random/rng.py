@@ -60,6 +60,8 @@ def _shape(size, what):
         return (1,)
     if is_int(size):
         size = (size,)
+    if isinstance(size, np.ndarray) and size.ndim == 0 and size.dtype.kind in "iu":
+        size = (int(size),)  # (a 0-d integer array, ``np.array(2)``: a count, as upstream's)
     if isinstance(size, Tensor):
         # upstream takes a shape tensor; a 0-d count (``mask.sum()``, as in the detection
         # programs' label sampling) is one dimension, as an int is

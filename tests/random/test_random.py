@@ -97,6 +97,16 @@ def test_whole_float_sizes_are_read_as_ints_as_upstream():
         rand.uniform(size=(2.5, 3))
 
 
+def test_numpy_array_sizes_are_read_as_upstream():
+    # upstream 1.13 measured: size=np.array(2) draws (2,), np.array([2, 3]) (2, 3); a 2-d array
+    # is refused
+    assert rand.uniform(size=np.array(2)).shape == (2,)
+    assert rand.normal(size=np.array(3, np.int64)).shape == (3,)
+    assert rand.uniform(size=np.array([2, 3])).shape == (2, 3)
+    with pytest.raises(TypeError, match="size"):
+        rand.uniform(size=np.array([[2, 3]]))
+
+
 def test_seeds_beyond_32_bits_are_accepted_as_upstream():
     # upstream's seed is a uint64: programs seed with int(time.time() * 1000) (upstream 1.13
     # measured: seed(2**32) and seed(2**40) draw; earlier versions of this fork refused them)
