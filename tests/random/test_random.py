@@ -99,7 +99,7 @@ def test_whole_float_sizes_are_read_as_ints_as_upstream():
 
 def test_numpy_array_sizes_are_read_as_upstream():
     # upstream 1.13 measured: size=np.array(2) draws (2,), np.array([2, 3]) (2, 3); a 2-d array
-    # is refused
+    # is refused (upstream: ValueError "ndim != 1 or 0")
     assert rand.uniform(size=np.array(2)).shape == (2,)
     assert rand.normal(size=np.array(3, np.int64)).shape == (3,)
     assert rand.uniform(size=np.array([2, 3])).shape == (2, 3)
