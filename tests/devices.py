@@ -17,7 +17,8 @@ __all__ = ["address", "host", "shares_memory", "torch_host", "torch_device", "vi
            "device_array", "host_default_device", "child_env", "run_python", "pool_threads",
            "requires_cuda", "requires_torch_cuda", "skip_unless_aten_serves_the_default_device",
            "on_aten_or_arrays", "peak_rss_growth_kib", "CUDNN_RNN_EVAL_BACKWARD",
-           "cudnn_runs_torch_rnns", "skip_if_forked_torch_autograd_fails"]
+           "cudnn_runs_torch_rnns", "forked_torch_autograd_fails",
+           "skip_if_forked_torch_autograd_fails"]
 
 
 def _raw(x):
@@ -147,14 +148,13 @@ def _autograd_in_a_forked_child():
 _forked_autograd_fails = False  # once true, for good: torch's autograd threads stay
 
 
-def skip_if_forked_torch_autograd_fails():
-    """Skip the calling test when processes forked from this one now fail in torch's autograd
-    ("Unable to handle autograd's threading in combination with fork-based multiprocessing"):
-    so it is once this process has run a torch backward pass where torch sees a GPU (its
-    autograd engine's device threads), and `megengine.distributed.launcher`'s forked ranks
-    could then not train a PyTorchModule. Found out by forking a child that runs a one-element
-    backward pass, right before the test launches its ranks; on machines without a GPU it never
-    skips."""
+def forked_torch_autograd_fails() -> bool:
+    """Whether processes forked from this one now fail in torch's autograd ("Unable to handle
+    autograd's threading in combination with fork-based multiprocessing"): so it is once this
+    process has run a torch backward pass where torch sees a GPU (its autograd engine's device
+    threads), and `megengine.distributed.launcher`'s forked ranks could then not train a
+    PyTorchModule. Found out by forking a child that runs a one-element backward pass; on
+    machines without a GPU it is never so."""
     global _forked_autograd_fails
     import multiprocessing
 
@@ -166,7 +166,13 @@ def skip_if_forked_torch_autograd_fails():
             child.kill()
             child.join()
         _forked_autograd_fails = child.exitcode == 3
-    if _forked_autograd_fails:
+    return _forked_autograd_fails
+
+
+def skip_if_forked_torch_autograd_fails():
+    """Skip the calling test when `forked_torch_autograd_fails` (right before it launches ranks
+    whose function cannot be pickled for spawned ranks)."""
+    if forked_torch_autograd_fails():
         pytest.skip("this process ran a torch backward pass where torch sees a GPU, and torch's "
                     "autograd threads make forked ranks fail in theirs (a forked probe's "
                     "backward raised 'Unable to handle autograd's threading in combination "

@@ -11,7 +11,7 @@ import megengine.optimizer as optim
 from megengine.autodiff import GradManager
 from megengine.jit import trace
 
-from devices import skip_if_forked_torch_autograd_fails
+from devices import forked_torch_autograd_fails
 from module_oracle import load_guide_example
 
 STEPS = 3
@@ -98,15 +98,24 @@ TRACED = {"symbolic=False": dict(symbolic=False), "symbolic=True": dict(symbolic
           "without_host": dict(symbolic=True, without_host=True)}
 
 
-@pytest.mark.parametrize("kind,bucket_size,traced", [
-    ("cnn", 1024, None), ("lenet", 10 * 1024 * 1024, None),
-    *[("cnn", 1024, m) for m in TRACED], ("lenet", 10 * 1024 * 1024, "without_host")],
+def _train_rank(kind, init, bucket_size, traced):
+    """`_train` on this rank (module level: spawned ranks import it)."""
+    return _train(kind, init, dist.get_rank(), bucket_size, traced)
+
+
+@pytest.mark.parametrize("kind,bucket_size,traced,start", [
+    ("cnn", 1024, None, None), ("lenet", 10 * 1024 * 1024, None, None),
+    *[("cnn", 1024, m, None) for m in TRACED], ("lenet", 10 * 1024 * 1024, "without_host", None),
+    ("lenet", 10 * 1024 * 1024, None, "spawn")],
     ids=["cnn-syncbn-small-buckets", "guide-lenet-one-bucket",
-         *[f"cnn-traced-{m}" for m in TRACED], "guide-lenet-traced-without_host"])
+         *[f"cnn-traced-{m}" for m in TRACED], "guide-lenet-traced-without_host",
+         "guide-lenet-spawned"])
 def test_two_ranks_match_one_process_on_the_concatenated_batch(run_ranks, kind, bucket_size,
-                                                                traced):
+                                                                traced, start):
     # traced: the step under megengine.jit.trace, whose checked calls and replays run the
-    # all-reduce callbacks' and SyncBatchNorm's collectives as the first call did
+    # all-reduce callbacks' and SyncBatchNorm's collectives as the first call did. start: the
+    # ranks' start method; the guide's LeNet trains a PyTorchModule, whose torch backward fails
+    # in forked ranks once this process has run one where torch sees a GPU: then spawned
     traced = TRACED.get(traced)
     import torch
 
@@ -121,9 +130,9 @@ def test_two_ranks_match_one_process_on_the_concatenated_batch(run_ranks, kind, 
         reference = _train(kind, init)
     finally:
         mge.set_default_device(previous)
-    if kind == "lenet":  # (the guide's PyTorchModule: the ranks run torch's backward)
-        skip_if_forked_torch_autograd_fails()
-    results = run_ranks(lambda: _train(kind, init, dist.get_rank(), bucket_size, traced), RANKS)
+    if kind == "lenet" and start is None and forked_torch_autograd_fails():
+        start = "spawn"  # (the reference's backward above made forked ranks fail in theirs)
+    results = run_ranks(_train_rank, RANKS, kind, init, bucket_size, traced, start_method=start)
     assert set(results[0]) == set(reference)
     if kind == "cnn":
         assert {"bn1.running_mean", "bn2.running_var"} <= set(reference)
