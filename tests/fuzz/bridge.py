@@ -81,11 +81,6 @@ TOLERANCES = {"float64": (1e-7, 1e-9), "float32": (8e-6, 8e-7), "autocast": (5e-
 # leaves room for machines whose rounding falls apart as differently. A lost or doubled
 # update differs by orders more (test_a_wrong_update_on_the_torch_side_is_caught).
 AMPLIFIED = 6
-# Under autocast no float64 twin measures the rounding a network amplifies; a diverging one
-# amplifies float16's without bound (network 102005, SGD with nesterov at lr 0.05: the loss 3.1,
-# 5.8, 17.7, 14.1, 974, then nan; the sides 2e-2 apart at the 4.5-fold loss, 0.19 at the 316-fold
-# one). So the comparison stops once the twin's loss has grown this many times its first.
-AUTOCAST_DIVERGING = 100
 CLASSES = 5
 DP_EVERY = 10  # every DP_EVERY-th network also trains on 2 ranks (check_dp: seconds each)
 
@@ -204,6 +199,14 @@ def draw(seed):
         blocks = [("conv", args[:3] + ("avg" if args[3] == "max" else args[3],) + args[4:])
                   if kind == "conv" else (kind, args) for kind, args in blocks]
         stages = [("mge_avg_pool",) if s == ("mge_pool",) else s for s in stages]
+        # Likewise an embedding's indices, int(|activation| * 4) % n: a float16 rounding
+        # difference across a whole number picks another row (network 102822: the sides 1.2e-4
+        # apart after one SGD step, 13 % after the next; 102005 one column of a weight 0.02
+        # off after four Nesterov steps). Under autocast its indices are fixed
+        # rows, the same for every sample (so data-parallel halves agree with the whole batch);
+        # every block, kind and option is drawn as before.
+        stages = [s + ("fixed_rows",) if s[:1] == ("call",) and s[2] == "embed" else s
+                  for s in stages]
     return blocks, wrappers, lins, stages, options
 
 
@@ -249,14 +252,18 @@ MGE_SIDE = dict(
     flatten=lambda v: F.flatten(v, 1), linear=F.linear,
     act={"relu": F.relu, "tanh": F.tanh, "none": lambda v: v},
     t=lambda v: v.T, to_nchw=lambda v: F.transpose(v, (0, 3, 1, 2)),
-    indices=lambda v, n: (F.abs(v[:, :2]) * 4).astype("int32") % n)
+    indices=lambda v, n: (F.abs(v[:, :2]) * 4).astype("int32") % n,
+    fixed_rows=lambda v, n: F.broadcast_to((F.arange(1, 3, dtype="int32") % n).reshape(1, 2),
+                                           (v.shape[0], 2)))
 TORCH_SIDE = dict(
     reverse=lambda v: torch.flip(v, [1]), mge_pool=lambda v: tF.max_pool2d(v, 2),
     mge_avg_pool=lambda v: tF.avg_pool2d(v, 2),
     flatten=lambda v: torch.flatten(v, 1), linear=tF.linear,
     act={"relu": torch.relu, "tanh": torch.tanh, "none": lambda v: v},
     t=lambda v: v.t(), to_nchw=lambda v: v.permute(0, 3, 1, 2),
-    indices=lambda v, n: (v[:, :2].abs() * 4).to(torch.int32) % n)
+    indices=lambda v, n: (v[:, :2].abs() * 4).to(torch.int32) % n,
+    fixed_rows=lambda v, n: (torch.arange(1, 3, dtype=torch.int32, device=v.device) % n
+                             ).reshape(1, 2).expand(v.shape[0], 2))
 
 
 def _forward(stages, x, side, layers, block, param):
@@ -287,8 +294,8 @@ def _call(module, stage, x, side):
     if kind == "packed":
         pair = {"x": x, "y": x * 0.5} if stage[3] == "dict" else [x, x * 0.5]
         return module(pair, shift=x * 0.25, scale=1.5)
-    if kind == "embed":
-        return module(x, side["indices"](x, stage[3]))
+    if kind == "embed":  # (stage[4:]: ("fixed_rows",) under autocast, see `draw`)
+        return module(x, side[stage[4] if len(stage) > 4 else "indices"](x, stage[3]))
     if kind == "masked":
         return module(x, stage[3], power=stage[4])
     if kind == "conv" and stage[3] == "nhwc":
@@ -550,7 +557,6 @@ def check(seed):
     topt = _twin_optimizer(twin, plan)
     twin64 = _Float64Twin.of(twin, plan)
     _compare_state(_state(net), _twin_state(twin, plan[1]), "initial state", tol)
-    first = None  # the twin's first loss
     for k in range(opts["steps"] * 2):
         _set_mode(([net, twin], [opt, topt]), k, opts)
         batches = _batches(plan, seed, k)
@@ -558,9 +564,6 @@ def check(seed):
         tlosses = _twin_step(twin, topt, batches, opts)
         if _diverged(tlosses):
             return opts
-        first = max(tlosses) if first is None else first
-        if opts["autocast"] and max(tlosses) > AUTOCAST_DIVERGING * first:
-            return opts  # (diverging under float16: `AUTOCAST_DIVERGING`)
         want = _twin_state(twin, plan[1])
         loss_slack, slack = twin64.step(k, batches, tlosses, want) if twin64 else (
             [0.0] * len(tlosses), {})
