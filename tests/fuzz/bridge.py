@@ -16,7 +16,7 @@ which the copy trains on; at the end, eval-mode outputs.
 Image networks (N, C, H, W) add torch blocks of Conv2d, BatchNorm2d and pooling that may return a
 channels-last or permuted (strided) output, with megengine's Conv2d, max_pool2d and flatten
 between them. Any network may hold an nn.Embedding block fed int32 indices computed on the
-megengine side, and a block with a non-persistent buffer taking non-tensor arguments (a string,
+megengine side (under autocast fixed rows: see `draw`), and a block with a non-persistent buffer taking non-tensor arguments (a string,
 an int); training may switch to eval mode for a step, attach only some parameters to the
 GradManager (the rest must stay unchanged), accumulate two backward passes per step, scale the
 loss with ``amp.GradScaler``, or change the learning rate through ``param_groups`` midway. A
