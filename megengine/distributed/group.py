@@ -12,6 +12,8 @@ import time
 from collections.abc import Iterable
 from typing import List, Optional
 
+import numpy as np
+
 from .server import Server  # noqa: F401  (upstream 1.0's programs import it from here)
 
 __all__ = [
@@ -139,15 +141,18 @@ class Group:
         return f"Group({self.proc_ranks})"
 
 
+def _is_int(value):
+    """Whether ``value`` is a Python or numpy int (ranks from np.arange), not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
 def _check_ranks(ranks, what):
     """Raise unless ``ranks`` are distinct ints in [0, world_size), naming the first that is
     not (the process group is initialized)."""
     given, ranks = list(ranks), []
     n = _sd.world_size
     for r in given:
-        # (numpy's ints too: ranks from np.arange)
-        if isinstance(r, bool) or type(r).__name__ == "bool_" or not (
-                isinstance(r, int) or type(r).__module__ == "numpy" and hasattr(r, "__index__")):
+        if not _is_int(r):
             raise TypeError(f"{what}: ranks must be ints in [0, world_size={n}), got {r!r} "
                             f"({type(r).__name__}) in {given}")
         ranks.append(int(r))

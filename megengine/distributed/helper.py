@@ -21,7 +21,8 @@ import numpy as np
 from ..autodiff.grad_manager import GradManager, get_backwarding_grad_manager
 from ..core.dispatch import xp_of
 from ..core.tensor import Tensor, _note_write
-from .group import WORLD, Group, _not_initialized, group_barrier, is_distributed
+from .group import (WORLD, Group, _check_ranks, _is_int, _not_initialized, group_barrier,
+                    is_distributed)
 
 __all__ = ["bcast_list_", "synchronized", "make_allreduce_cb", "AllreduceCallback",
            "DEFAULT_BUCKET_SIZE", "get_device_count_by_fork", "param_pack_split",
@@ -69,10 +70,6 @@ def get_device_count_by_fork(device_type: str) -> int:
         raise RuntimeError(f"get_device_count_by_fork({device_type!r}): the counting process "
                            f"exited with code {child.exitcode}")
     return queue.get()
-
-
-def _is_int(value):
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 def _pack_ranges(offsets, what):
@@ -286,8 +283,6 @@ def _bucket_size(value):
 def _check_group(group, what):
     """Raise unless ``group`` is a Group or a list of valid ranks (a callback checks it when
     made, not at the first backward)."""
-    from .group import _check_ranks
-
     if isinstance(group, Group):
         return
     if not isinstance(group, (list, tuple)):
