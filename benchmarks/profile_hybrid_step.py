@@ -48,14 +48,18 @@ import bench_pytorch_module as bench  # noqa: E402  (the same network, weights a
 PHASES = ("extractor", "linear", "cross entropy", "backward", "step", "loss value")
 
 
-def _device_sync(device):
-    """A function that waits until ``device``'s queued work has run (nothing to wait for on a
-    CPU)."""
+def _clock(device):
+    """``time.perf_counter`` read once ``device``'s queued work has run (on a GPU: after
+    ``torch.cuda.synchronize()``)."""
     if not device.startswith("gpu"):
-        return lambda: None
+        return time.perf_counter
     import torch
 
-    return torch.cuda.synchronize
+    def clock():
+        torch.cuda.synchronize()
+        return time.perf_counter()
+
+    return clock
 
 
 def fork_phases(init, data, device="cpu0"):
@@ -74,11 +78,7 @@ def fork_phases(init, data, device="cpu0"):
     opt = optim.SGD(net.parameters(), lr=bench.LR)
     next_batch = bench.cycle([(mge.tensor(x, device=device), mge.tensor(y, dtype="int32", device=device))
                               for x, y in zip(*data)])
-    sync, now = _device_sync(device), time.perf_counter
-
-    def clock():
-        sync()
-        return now()
+    clock = _clock(device)
 
     def step():
         x, y = next_batch()
@@ -118,11 +118,7 @@ def torch_phases(init, data, device="cpu0"):
     opt = torch.optim.SGD(list(extractor.parameters()) + list(classifier.parameters()), lr=bench.LR)
     next_batch = bench.cycle([(torch.from_numpy(x).to(where), torch.from_numpy(y).long().to(where))
                               for x, y in zip(*data)])
-    sync, now = _device_sync(device), time.perf_counter
-
-    def clock():
-        sync()
-        return now()
+    clock = _clock(device)
 
     def step():
         x, y = next_batch()

@@ -13,7 +13,7 @@ from .dispatch import FLOAT16 as _F16
 from .dispatch import KERNEL_FLOATS, POOL_MIN, Op, xp_of
 from .dtype import _zero_point, dtype_name, float_value, no_quantized_form, saturated, stored
 from .dtype_rules import ArgumentTypeError, complex_error, no_order  # noqa: F401  (its old home)
-from .fused import fused_kernel
+from .fused import fused_kernel, use_fused
 from ._trace_option import as_int, dumpable, is_dim, is_int, sizes_of
 
 __all__ = ["BINARY", "UNARY", "acc_dtype", "acc_sum", "div_count", "unbroadcast", "int_tuple",
@@ -510,8 +510,7 @@ _POW_KERNEL = fused_kernel(
 
 def _power(a, b):
     """``a ** b`` of arrays, ``b`` 0-d where it is one exponent (see above)."""
-    if type(a) is not np.ndarray and not isinstance(a, np.generic) and b.ndim == 0 \
-            and a.dtype in KERNEL_FLOATS and b.dtype == a.dtype and type(b) is type(a):  # (CuPy)
+    if use_fused(a, b) and b.ndim == 0:  # (CuPy arrays, one exponent)
         return _POW_KERNEL()(a, b)
     if (type(b) is np.ndarray or isinstance(b, np.generic)) and b.ndim == 0 \
             and a.dtype.char in "fd":  # (b - 1 of a 0-d array is a numpy scalar)
