@@ -730,7 +730,8 @@ def test_cpp_hand_over_equals_the_python_hand_over():
             ext.hand_over(grads, slots, result, taken, _FRESH_MIN_NUMEL,
                           dispatch.declare_fresh_gradient)
         else:
-            _TorchCall._hand_over(ext, grads, slots, result, taken[:1], taken[1:])
+            _TorchCall._hand_over(ext, grads, slots, result, taken[:1], taken[1:],
+                                  _FRESH_MIN_NUMEL)
         declared = [a is not None and dispatch.fresh_owner(a) is not None for a in result]
         dispatch.forget_fresh_gradients()
         assert all(result[2 * k] is None for k in range(len(grads) + 1))
@@ -754,6 +755,41 @@ def test_cpp_hand_over_equals_the_python_hand_over():
     # slice of a bigger buffer): the rest
     assert outcomes[0][1::2] == [False, False, True, True, False, True, True,
                                               False, True, True, True, False]
+
+def test_hand_over_without_copies_keeps_gradients_apart():
+    """min_numel 0 (PyTorchModule's CUDA setting, where a copy is a kernel launch): small
+    gradients pass the same storage checks as large ones instead of being copied. Every result
+    is a view of its torch gradient or of a clone torch made for it (no engine-side copy), its
+    values are the gradient's, and still no two results, nor a result and a ``taken`` tensor,
+    share memory; the small gradients that own their storage are declared fresh."""
+    from megengine.core import dispatch
+    from megengine.module.pytorch.module import _TorchCall
+
+    ext = bridge.load_extension()
+    grads, taken = _gradient_cases()
+    slots = list(range(len(grads)))
+    result = [None] * len(grads)
+    dispatch.forget_fresh_gradients()
+    _TorchCall._hand_over(ext, grads, slots, result, taken[:1], taken[1:], 0)
+    declared = [a is not None and dispatch.fresh_owner(a) is not None for a in result]
+    dispatch.forget_fresh_gradients()
+    for k, g in enumerate(grads):
+        a = result[k]
+        if g is None:
+            assert a is None
+            continue
+        dense = g.to_dense() if g.is_sparse else g
+        np.testing.assert_array_equal(a, dense.numpy())
+        assert a.base is not None and not a.flags.owndata, f"gradient {k} was copied"
+        assert not any(np.shares_memory(a, t.numpy()) for t in taken)
+    arrays = [a for a in result if a is not None]
+    for i, a in enumerate(arrays):
+        assert not any(np.shares_memory(a, b) for b in arrays[i + 1:])
+    # the first small one (fresh, contiguous) is now kept and declared fresh; the small
+    # transposed one is kept as a view, not declared (it is not contiguous)
+    assert declared[0] is True and declared[1] is False
+    assert np.shares_memory(result[0], grads[0].numpy())
+
 
 
 def test_cpp_hand_over_refuses_bad_arguments():

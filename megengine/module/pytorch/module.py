@@ -1075,14 +1075,18 @@ class _TorchCall(Op):
             if self.device.startswith("cpu"):  # all gradients in one C++ call (csrc: hand_over)
                 ext.hand_over(got, slots, result, (*out_grads, *inputs), _FRESH_MIN_NUMEL,
                               declare_fresh_gradient)
-            else:
-                self._hand_over(ext, got, slots, result, out_grads, inputs)
+            else:  # CUDA: no copies for small gradients (a copy is a kernel launch there)
+                self._hand_over(ext, got, slots, result, out_grads, inputs, 0)
         self.inputs = self.outs = None  # drop the torch graph
         return tuple(result)
 
     @staticmethod
-    def _hand_over(ext, got, slots, result, out_grads, inputs):
-        """``ext.hand_over`` written in Python, for CUDA gradients (CuPy views)."""
+    def _hand_over(ext, got, slots, result, out_grads, inputs, min_numel):
+        """``ext.hand_over`` written in Python, for CUDA gradients (CuPy views).
+
+        CUDA passes ``min_numel`` 0: a small gradient is kept under the same storage checks as a
+        large one instead of being copied, since a copy there is a kernel launch (tens of
+        microseconds of host time, more than the checks), not the memcpy it is on the CPU."""
         taken = None
         from_torch = ext.from_torch
         for i, g in zip(slots, got):
@@ -1090,7 +1094,7 @@ class _TorchCall(Op):
                 continue
             if g.layout is not torch.strided:  # sparse (nn.Embedding(sparse=True)): made dense
                 g = g.to_dense()
-            if g.numel() < _FRESH_MIN_NUMEL:
+            if g.numel() < min_numel:
                 result[i] = from_torch(g).copy()
                 continue
             if taken is None:
