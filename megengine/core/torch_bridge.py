@@ -148,8 +148,9 @@ def _torch_has_cuda():
     return _torch_cuda
 
 
-def _cuda_array_to_torch(array):
-    """to_torch for an array with __cuda_array_interface__ (called by the C++ to_torch)."""
+def _cuda_array_to_torch(array, owner=None):
+    """to_torch for an array with __cuda_array_interface__ (called by the C++ to_torch). The
+    tensor keeps ``owner`` alive (default: ``array``): see `functional._aten.memory_view`."""
     cai = array.__cuda_array_interface__
     if not _torch_has_cuda():
         raise RuntimeError(
@@ -161,7 +162,7 @@ def _cuda_array_to_torch(array):
     device = getattr(getattr(array, "device", None), "id", None)
     if device is None:
         device = torch.cuda.current_device()
-    tensor = _ext.cuda_to_torch(array, cai, device)
+    tensor = _ext.cuda_to_torch(array if owner is None else owner, cai, device)
     # __cuda_array_interface__ v3: "stream" is the stream the producer (CuPy's current stream) last
     # wrote the array on, 1 meaning the legacy default stream; None means the data is ready.
     stream = cai.get("stream")
@@ -209,6 +210,16 @@ def _cuda_tensor_to_cupy(tensor):
                                      owner, device)
     array = cupy.ndarray(tuple(shape), _numpy_dtype(owner.dtype), cupy.cuda.MemoryPointer(memory, 0),
                          tuple(s * itemsize for s in strides))
+    cupy_waits_for_torch(device, cupy)
+    return array
+
+
+def cupy_waits_for_torch(device, cupy=None):
+    """Order the kernels CuPy launches next on CUDA device ``device`` (its current stream)
+    after the work queued so far on torch's current stream there: an event, recorded only when
+    the two are different streams. For memory torch has written (an ATen kernel in place on a
+    view of an engine array: `functional._aten.written`, or a tensor `from_torch` hands over)."""
+    cupy = cupy or _cupy()
     producer = _torch_raw_stream(device)
     consumer = _cupy_stream_ptr(cupy, device)
     if producer != consumer:  # CuPy's current stream must not run ahead of torch's
@@ -218,7 +229,6 @@ def _cuda_tensor_to_cupy(tensor):
             # CuPy 14 deprecates (a DeprecationWarning on every crossing)
             cupy.cuda.runtime.eventRecord(event.ptr, producer)
             cupy.cuda.runtime.streamWaitEvent(consumer, event.ptr)
-    return array
 
 
 # --------------------------------------------------------------------------------------------------

@@ -23,9 +23,9 @@ import numpy as np
 
 from ..core import dispatch as _dispatch
 
-__all__ = ["aten", "op", "ops", "view", "array", "fresh_gradient", "torch_module",
-           "set_num_threads", "get_num_threads", "use_aten", "forced", "is_forced", "avoided",
-           "LayerViews", "layer_views", "binary", "pooled_concat",
+__all__ = ["aten", "op", "ops", "view", "memory_view", "array", "written", "fresh_gradient",
+           "torch_module", "set_num_threads", "get_num_threads", "use_aten", "forced",
+           "is_forced", "avoided", "LayerViews", "layer_views", "binary", "pooled_concat",
            "pooled_reshape", "half_cast"]
 
 _torch = None
@@ -124,11 +124,37 @@ def view(a):
     return _to_torch(a)
 
 
+def memory_view(a):
+    """`view` of engine array ``a`` whose tensor keeps ``a``'s memory alive rather than ``a``
+    itself (CuPy: the memory object behind it), for a cache of views kept between calls: it
+    is then no holder of ``a`` that a write in place into ``a`` must spare (`Tensor._shared`
+    counts ``a``'s references), and it stays valid as long as ``a``'s pointer, shape, strides
+    and dtype are what it was made from. numpy arrays: `view`."""
+    if type(a) is np.ndarray:
+        return view(a)
+    if _to_torch is None:
+        _load()
+    from ..core.torch_bridge import _cuda_array_to_torch
+
+    return _cuda_array_to_torch(a, a.data.mem)
+
+
 def array(t):
     """An engine array over torch tensor ``t``'s storage (numpy for CPU, CuPy for CUDA): no copy."""
     if _from_torch is None:
         _load()
     return _from_torch(t)
+
+
+def written(a):
+    """Say that an ATen kernel has written into engine array ``a`` in place, through a `view`:
+    for a CUDA array the engine's next kernels (CuPy's current stream) are ordered after torch's
+    current stream (nothing to do when they are one stream, the usual case; `array` orders a
+    result the same way). numpy arrays: nothing."""
+    if type(a) is not np.ndarray:
+        from ..core.torch_bridge import cupy_waits_for_torch
+
+        cupy_waits_for_torch(a.device.id)
 
 
 def fresh_gradient(t):

@@ -9,6 +9,7 @@ import numpy as np
 
 from ..autodiff import GradManager
 from ..core import dispatch
+from ..core.fused import use_fused
 from ..core.ops import ArgumentError
 from ..core.tensor import Parameter, Tensor, _note_write, check_grad_is_tensor
 from ..device import get_array_module
@@ -212,8 +213,10 @@ class Optimizer:
         if type(self)._updates is not Optimizer._updates:  # upstream's protocol (above)
             self._run_updates()
             groups = ()
+        batched = type(self)._update_batch is not Optimizer._update_batch
         try:
             for group in groups:
+                batches = None  # (device, dtype) -> [(param, grad, state)] for _update_batch
                 for p in group["params"]:
                     g = p.grad
                     if g is None:
@@ -226,13 +229,24 @@ class Optimizer:
                     state = states.get(p)
                     if state is None:
                         state = states[p] = {}
-                    if grad.dtype.kind == "c":
+                    if batched and _batchable(p._data, grad):
+                        if batches is None:
+                            batches = {}
+                        batches.setdefault((p._device, grad.dtype), []).append((p, grad, state))
+                    elif grad.dtype.kind == "c":
                         _update_as_real(update, p, grad, state, group)
                     else:
                         update(p, grad, state, group)
+                if batches:
+                    for (device, _), items in batches.items():
+                        if scope is not None:
+                            scope.enter(device)
+                        self._update_batch(items, group)
         finally:
             if scope is not None:
                 scope.close()
+        if batched:
+            self._torch_views().done()
         if self._gm is not None and self._gm._recording:
             # zero_grad() was used as a synonym of clear_grad() next to the user's own
             # GradManager (a PyTorch habit): stop the recording it started, which no
@@ -278,6 +292,20 @@ class Optimizer:
 
     def _update(self, param, grad, state, group):
         raise NotImplementedError(f"{type(self).__name__}._update")
+
+    def _update_batch(self, items, group):
+        """Optional: `_update` of several CUDA parameters of one device and dtype at once,
+        ``items`` a list of ``(param, grad, state)`` (C-contiguous CuPy arrays, see
+        `_batchable`), on a GPU where each kernel launch costs host time: a subclass that
+        defines it updates them with one multi-tensor kernel instead of one kernel each."""
+        raise NotImplementedError(f"{type(self).__name__}._update_batch")
+
+    def _torch_views(self):
+        """This optimizer's `TorchViews` (for `_update_batch`), made on first use."""
+        views = self.__dict__.get("_views")
+        if views is None:
+            views = self._views = TorchViews()
+        return views
 
     @staticmethod
     def _buffer(state, name, param):
@@ -546,6 +574,48 @@ def _as_real(a):
 # with two. Smaller parameters stay on numpy: a view and an ATen call cost more than the pass.
 # The updates of many passes (Adam's, Adagrad's, Adadelta's) have a rule of their own below.
 _ATEN_UPDATE_MIN = 65536
+
+
+def _batchable(data, grad):
+    """Whether CUDA parameter ``data`` with gradient ``grad`` may join a multi-tensor update
+    (`Optimizer._update_batch`): CuPy arrays of one float32/float64 dtype, C-contiguous (the
+    multi-tensor kernels walk each tensor's memory as one flat run), on a GPU whose torch has
+    CUDA (the kernels are ATen's)."""
+    return use_fused(data, grad) and data.flags.c_contiguous and grad.flags.c_contiguous \
+        and _aten.use_aten(data, "update")
+
+
+class TorchViews:
+    """torch views of the CUDA arrays an optimizer updates in place step after step (its
+    parameters and state buffers), made once (`functional._aten.memory_view`, a few
+    microseconds of host time each) and reused while the array's pointer, shape, strides and
+    dtype are the same. A kept view holds the array's memory, not the array, so it is no
+    alias that a write must spare (`Tensor._shared`); numpy arrays have no such memory
+    object, so their views are made anew each time. Streams: each step's gradients get fresh
+    views (`_aten.view`), which order torch's stream after CuPy's, and so after every write
+    queued before into a kept array. Call `done` at the end of each step: the views of arrays
+    that step did not ask for (a parameter given a new array, one left out) go then."""
+
+    __slots__ = ("_kept", "_used")
+
+    def __init__(self):
+        self._kept, self._used = {}, {}
+
+    def __call__(self, a):
+        if type(a) is np.ndarray:  # (a view of numpy memory holds the array: made anew)
+            return _aten.view(a)
+        key, where = id(a), (a.data.ptr, a.shape, a.strides, a.dtype)
+        hit = self._used.get(key) or self._kept.get(key)
+        if hit is None or hit[0] != where:
+            hit = (where, _aten.memory_view(a))
+        self._used[key] = hit
+        return hit[1]
+
+    def done(self):
+        self._kept, self._used = self._used, {}
+
+    def __reduce__(self):  # copied or pickled with its optimizer: empty (views are made anew)
+        return TorchViews, ()
 
 
 def update_on_aten(data, grad):

@@ -59,6 +59,28 @@ class SGD(Optimizer):
             grad = grad + momentum * v if self._nesterov(group) else v
         data -= lr * grad  # in place: the parameter keeps its storage
 
+    def _update_batch(self, items, group):
+        """CUDA: `_update` of the group's parameters of one device and dtype in one multi-tensor
+        kernel, ATen's ``_fused_sgd_`` (torch's ``SGD(fused=True)``), instead of one kernel per
+        parameter. Its formulas are `_update`'s with no dampening: the weight-decay term only
+        when ``weight_decay != 0``; the buffer ``v = momentum * v + g`` from zeros (so the first
+        step's ``v`` is ``g``, which is what ``is_first_step`` would set)."""
+        fused = _aten.op("_fused_sgd_") if _has_fused_sgd() else None
+        if fused is None:  # a torch older than 2.3: one kernel per parameter
+            for p, grad, state in items:
+                self._update(p, grad, state, group)
+            return
+        momentum = float(group["momentum"])
+        view, grad_view = self._torch_views(), _aten.view
+        params = [view(p._data) for p, _, _ in items]
+        grads = [grad_view(g) for _, g, _ in items]  # (a fresh array each step: not kept)
+        bufs = [view(self._buffer(state, "momentum_buffer", p)) for p, _, state in items] \
+            if momentum != 0 else []
+        fused(params, grads, bufs, weight_decay=float(group["weight_decay"]), momentum=momentum,
+              lr=float(group["lr"]), dampening=0.0, nesterov=bool(self._nesterov(group)),
+              maximize=False, is_first_step=False)
+        _aten.written(items[0][0]._data)  # (the next forward reads the parameters)
+
     def _update_aten(self, param, data, grad, state, group):
         """`_update`'s formulas as ATen's in-place ops on views of the arrays (torch's pool:
         threads, and no temporary for ``lr * grad``)."""
@@ -72,6 +94,10 @@ class SGD(Optimizer):
             v.mul_(float(momentum)).add_(g)
             g = g.add(v, alpha=float(momentum)) if self._nesterov(group) else v
         p.add_(g, alpha=-float(lr))
+
+
+def _has_fused_sgd():
+    return hasattr(_aten.torch_module(), "_fused_sgd_")
 
 
 # The same update as `SGD._update`'s array code, one CUDA kernel per parameter. The weight-decay

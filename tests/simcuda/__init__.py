@@ -106,9 +106,20 @@ def _route_aten(cupy):
         wrapped._a, wrapped._dev, wrapped._keep = out, device, None  # (torch's memory)
         return wrapped
 
+    def written(a):
+        if type(a) is not ndarray:
+            real_written(a)
+        # a simulated array: one stream (the null stream) per device, so nothing to order
+
+    def memory_view(a):
+        return view(a)  # a simulated array's view holds its numpy buffer only, not the array
+
+    real_written = _aten.written
     view.__doc__ = "simulated CUDA: " + (real_view.__doc__ or "")
     array.__doc__ = "simulated CUDA: " + (real_array.__doc__ or "")
-    _aten.view, _aten.array = view, array
+    written.__doc__ = "simulated CUDA: " + (real_written.__doc__ or "")
+    memory_view.__doc__ = "simulated CUDA: " + (_aten.memory_view.__doc__ or "")
+    _aten.view, _aten.array, _aten.written, _aten.memory_view = view, array, written, memory_view
     _aten._torch_cuda = True  # use_aten answers as where torch has CUDA: the GPU's code paths
 
 

@@ -1,0 +1,187 @@
+"""Multi-tensor optimizer steps (`Optimizer._update_batch`): SGD's CUDA update of many parameters in one kernel (ATen's ``_fused_sgd_``) against torch's SGD, and the torch views it keeps between steps (`optimizer.TorchViews`).
+
+On a GPU (or the simulated one, ``make sim-gpu-check``) the side-by-side tests of test_sgd.py
+take this path by themselves. Here it is forced for numpy parameters (ATen's CPU kernel of the
+same op), so the CPU-only suite checks the batching, the formulas and the kept views too.
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import megengine as mge
+from megengine.core.dispatch import KERNEL_FLOATS
+from megengine.optimizer import SGD, Adam
+from megengine.optimizer import optimizer as optimizer_module
+from megengine.optimizer.optimizer import TorchViews
+
+from devices import address, requires_cuda
+REPO = Path(__file__).resolve().parents[2]
+
+SGD_CASES = [
+    dict(lr=0.1),
+    dict(lr=0.05, momentum=0.9),
+    dict(lr=0.05, momentum=0.9, nesterov=True),
+    dict(lr=0.1, weight_decay=0.01),
+    dict(lr=0.05, momentum=0.8, nesterov=True, weight_decay=0.02),
+]
+
+
+@pytest.fixture
+def batched_on_cpu(monkeypatch):
+    """Numpy float32/float64 C-contiguous parameters join `_update_batch`, as CuPy ones do on a
+    GPU; returns the list of batch sizes each call updated."""
+    calls = []
+    real = SGD._update_batch
+
+    def batchable(data, grad):
+        return (data.dtype in KERNEL_FLOATS and grad.dtype == data.dtype
+                and data.flags.c_contiguous and grad.flags.c_contiguous)
+
+    def spy(self, items, group):
+        calls.append(len(items))
+        return real(self, items, group)
+
+    monkeypatch.setattr(optimizer_module, "_batchable", batchable)
+    monkeypatch.setattr(SGD, "_update_batch", spy)
+    return calls
+
+
+@pytest.mark.parametrize("kw", SGD_CASES)
+def test_sgd_batch_matches_torch(side_by_side_on_cpu, batched_on_cpu, kw):
+    side_by_side_on_cpu(lambda ps: SGD(ps, **kw), lambda ps: torch.optim.SGD(ps, **kw), steps=4)
+    assert batched_on_cpu == [3] * 4  # the three parameters in one call each step
+
+
+@pytest.mark.parametrize("kw", SGD_CASES)
+def test_sgd_batch_matches_the_per_parameter_update(batched_on_cpu, monkeypatch, kw):
+    """The batch and `_update` (the numpy code, which the fused per-parameter CUDA kernel is
+    checked against) agree to rounding on float64, momentum buffers included, and a gradient
+    that is not C-contiguous, or a parameter of another dtype, takes `_update` beside the batch."""
+    rng = np.random.RandomState(0)
+    shapes = [(4, 5), (7,), (), (3, 3)]
+    init = [np.asarray(rng.randn(*s)) for s in shapes]
+    results = []
+    for batched in (True, False):
+        if not batched:
+            monkeypatch.setattr(optimizer_module, "_batchable", lambda data, grad: False)
+        params = [mge.Parameter(v, dtype="float64") for v in init[:3]]
+        params.append(mge.Parameter(init[3], dtype="float32"))  # a dtype of its own
+        opt = SGD(params, **kw)
+        grads = np.random.RandomState(1)
+        for _ in range(3):
+            for p, s in zip(params, shapes):
+                g = np.asarray(grads.randn(*s), dtype=p.dtype)
+                # (4, 5): a transposed gradient, not C-contiguous
+                p.grad = mge.Tensor(np.ascontiguousarray(g.T), dtype=g.dtype).T if s == (4, 5) \
+                    else mge.Tensor(g, dtype=g.dtype)
+            opt.step()
+        state = [opt._state[p].get("momentum_buffer") for p in params]
+        results.append(([p.numpy() for p in params],
+                        [None if b is None else b.numpy() for b in state]))
+    assert batched_on_cpu == [2, 1] * 3  # float64 (7,) and (): one call; float32: another
+    (batch_values, batch_bufs), (plain_values, plain_bufs) = results
+    for a, b in zip(batch_values + batch_bufs, plain_values + plain_bufs):
+        if a is None:
+            assert b is None
+        else:
+            np.testing.assert_allclose(a, b, rtol=1e-12 if a.dtype == np.float64 else 1e-6,
+                                       atol=1e-14)
+
+
+@requires_cuda
+def test_sgd_batch_keeps_views_of_parameters_and_buffers(monkeypatch):
+    """On a GPU: one call a step, and the torch views of parameters and momentum buffers are
+    made once and reused while each array stays the same; they do not count as aliases (no copy
+    of a parameter per step), and a parameter given a new array gets a new view. A user's alias
+    still keeps its old value."""
+    made, calls = [], []
+    real_view, real_batch = optimizer_module._aten.memory_view, SGD._update_batch
+
+    def spy(a):
+        made.append(a.shape)
+        return real_view(a)
+
+    def batch_spy(self, items, group):
+        calls.append(len(items))
+        return real_batch(self, items, group)
+
+    monkeypatch.setattr(optimizer_module._aten, "memory_view", spy)
+    monkeypatch.setattr(SGD, "_update_batch", batch_spy)
+    w = mge.Parameter(np.ones((3, 2), "float32"), device="gpu0")
+    b = mge.Parameter(np.zeros(2, "float32"), device="gpu0")
+    opt = SGD([w, b], lr=0.5, momentum=0.9)
+    addresses = (address(w), address(b))  # (holding the arrays would make them shared)
+
+    def step():
+        w.grad = mge.Tensor(np.ones((3, 2), "float32"), device="gpu0")
+        b.grad = mge.Tensor(np.ones(2, "float32"), device="gpu0")
+        opt.step()
+
+    for _ in range(3):
+        step()
+    assert calls == [2] * 3
+    assert made == [(3, 2), (2,), (3, 2), (2,)]  # two parameters and two buffers, once
+    assert (address(w), address(b)) == addresses  # in place: never taken for shared
+    # momentum 0.9 from zeros with gradient 1: v = 1, 1.9, 2.71; w = 1 - 0.5 * (1 + 1.9 + 2.71)
+    np.testing.assert_allclose(w.numpy(), np.full((3, 2), 1 - 0.5 * 5.61), rtol=1e-6)
+    alias = w.detach()  # a user's alias: upstream never changes its value
+    kept = alias.numpy().copy()
+    step()
+    np.testing.assert_array_equal(alias.numpy(), kept)
+    assert address(w) != addresses[0] and made[-1] == (3, 2)  # a new array, a new view
+    np.testing.assert_allclose(w.numpy(), kept - 0.5 * 3.439, rtol=1e-6)  # v = 3.439
+
+
+def test_the_gpu_cases_pass_on_a_simulated_gpu():
+    """The GPU cases above, on a simulated GPU (tests/simcuda: CuPy's rules, ATen's kernels on
+    the CPU), so that a machine without one checks them too."""
+    if mge.is_cuda_available():
+        pytest.skip("a GPU is here: the cases ran on it")
+    env = dict(os.environ, MGE_SIM_CUDA="1", PYTHONPATH=os.pathsep.join(
+        filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          __file__, "-k", "keeps_views or matches_torch"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert " passed" in run.stdout and "skipped" not in run.stdout, run.stdout[-2000:]
+
+
+@requires_cuda
+def test_torch_views_are_dropped_with_the_arrays_a_step_no_longer_asks_for():
+    import copy
+    import pickle
+
+    from devices import host
+
+    views = TorchViews()
+    a = mge.Tensor(np.arange(3, dtype="float32"), device="gpu0")._data
+    b = mge.Tensor(np.ones(4, "float64"), device="gpu0")._data
+    va, vb = views(a), views(b)
+    assert views(a) is va and va.data_ptr() == address(a)
+    views.done()
+    assert views(a) is va  # kept from the last step
+    views.done()  # b was not asked for: its view goes
+    assert views(b) is not vb and views(b).data_ptr() == vb.data_ptr()
+    c = a.reshape(3, 1)  # the same memory as another shape: a view of its own
+    assert views(c).shape == (3, 1)
+    np.testing.assert_array_equal(host(a), [0, 1, 2])
+    assert copy.deepcopy(views)(a) is not va and pickle.loads(pickle.dumps(views))(b) is not vb
+
+
+def test_torch_views_of_numpy_arrays_are_made_each_time():
+    views = TorchViews()  # (a view of numpy memory holds the array: kept, it would be an alias)
+    a = np.zeros(3, "float32")
+    assert views(a) is not views(a) and views(a).data_ptr() == a.ctypes.data
+
+
+def test_optimizers_without_a_batch_update_keep_one_update_per_parameter(monkeypatch):
+    monkeypatch.setattr(optimizer_module, "_batchable", lambda data, grad: True)
+    p = mge.Parameter(np.ones(3, "float32"))
+    p.grad = mge.Tensor(np.full(3, 0.5, "float32"))
+    Adam([p], lr=0.1).step()  # Adam has no _update_batch: its _update runs
+    np.testing.assert_allclose(p.numpy(), np.full(3, 0.9), rtol=1e-6)
