@@ -136,13 +136,14 @@ _UNSIGNED.update({u: u for u in list(_UNSIGNED.values())})
 def _out_of_range(indices, n):
     """Whether any of the integer array ``indices`` lies outside [0, n), in one reduction: seen
     as unsigned, negatives wrap to huge values, so a single max checks both ends (on a GPU that
-    is one kernel and one device-to-host sync instead of two)."""
+    is one kernel and one device-to-host sync; the comparison is the host's, on the maximum
+    read back, not a second kernel)."""
     if not indices.size:
         return False
     unsigned = _UNSIGNED.get(indices.dtype)
     if unsigned is None:  # not a fixed-width integer: compare both ends
         return bool(indices.min() < 0 or indices.max() >= n)
-    return bool(indices.view(unsigned).max() >= n)
+    return int(indices.view(unsigned).max()) >= n
 
 
 def _renamed(func, name, value, old_name, old_value):

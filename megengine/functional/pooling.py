@@ -12,7 +12,8 @@ import numpy as np
 
 from ..core import _config
 from ..core._trace_option import is_dim
-from ..core.dispatch import FLOAT16, KERNEL_FLOATS, Op, apply
+from ..core.dispatch import FLOAT16, KERNEL_FLOATS, Op, apply, xp_of
+from ..core.fused import fused_kernel
 from ..core.dtype_rules import no_order
 from ..core.ops import ArgumentError, ShapeError, cast
 from ..core.tensor import Tensor
@@ -49,6 +50,7 @@ class _Pool2d(Op):
         self.mode, self.kernel, self.stride, self.padding, self.what = \
             mode, kernel, stride, padding, what
         self.slices = None  # the kernel taps, when disjoint max windows run as numpy slices
+        self.tiled = None  # (x, y) when the backward is `_tiled_max_backward`'s one kernel
 
     # float16 on the CPU pools in float32, each result rounded to float16 once (the maxima and
     # their gradients are exact either way; averages add in float32, as torch's): ATen's
@@ -114,6 +116,8 @@ class _Pool2d(Op):
                 y = _aten.array(ty)
             if self.tied:  # (backward compares the input with the maxima)
                 self.ty = _aten.view(y)
+                if _use_tiled_kernel(x, self.kernel, self.stride, self.padding):
+                    self.tiled = (x, y)
             return y
         include = self.mode == "average"
         y = _aten.op("avg_pool2d")(tx, self.kernel, self.stride, pad, False,
@@ -175,7 +179,6 @@ class _Pool2d(Op):
         rounded as stored (126.5 -> 127 with zero point 128), not as its distance to the zero
         point, as upstream 1.13 measured."""
         from ..core import dtype as qdtype
-        from ..core.dispatch import xp_of
 
         meta = qdtype.quant_meta(x.dtype)
         if meta is None:
@@ -250,6 +253,21 @@ class _Pool2d(Op):
             gx[:, :, si, sj].addcmul_(tg, hit.to(tg.dtype))
         return gx[:, :, ph:ph + h, pw:pw + w].contiguous()
 
+    def _tiled_max_backward(self, g):
+        """CUDA, windows that tile the input exactly (kernel == stride, no padding, the sides
+        multiples of the window: 2x2 stride 2 pooling of an even plane): `_tied_max_backward`'s
+        gradient in one kernel and no host sync, over the (N, C, OH, kh, OW, kw) view of the
+        input with the maxima and g broadcast along the taps, NaN maxima matched by the
+        window's NaNs (`_tied_hits`)."""
+        x, y = self.tiled
+        (kh, kw), (n, c, oh, ow) = self.kernel, y.shape
+        gx = xp_of(x).empty(x.shape, x.dtype)  # (every element is in one window)
+        at_taps = (slice(None), slice(None), slice(None), None, slice(None), None)
+        _tied_grad_kernel()(x.reshape(n, c, oh, kh, ow, kw), y[at_taps],
+                            g.astype(x.dtype, copy=False)[at_taps],
+                            gx.reshape(n, c, oh, kh, ow, kw))
+        return gx
+
     def _gather_at_max(self, gg):
         """The adjoint of max pooling's backward (a scatter of g to each window's maxima):
         ``gg`` (the input's shape) read at those maxima (summed over tied ones), in the
@@ -283,6 +301,8 @@ class _Pool2d(Op):
     def backward(self, g):
         if self.mode == "max" and self.slices is not None:
             return self._disjoint_max_backward(g)
+        if self.mode == "max" and self.tiled is not None:
+            return self._tiled_max_backward(g)
         aten = _aten.aten()
         tg = _aten.view(g)
         if self.mode == "max" and self.tied:
@@ -307,7 +327,7 @@ class _Pool2d(Op):
             return ()
         if self.slices is not None:
             return (self.x, self.out)
-        return (self.tx, self.ty) if self.tied else (self.indices,)
+        return (self.tx, self.ty) if self.tied else (self.indices,)  # (tiled: views of them)
 
     def grad_graph(self, inputs, outputs, grads):
         """The pooling's gradient as a recorded op, so that it can be differentiated again
@@ -319,6 +339,25 @@ class _Pool2d(Op):
     def same(self):
         """A fresh op with this one's window, stride, padding and mode."""
         return _Pool2d(self.mode, self.kernel, self.stride, self.padding, self.what)
+
+
+def _use_tiled_kernel(x, kernel, stride, padding):
+    """Whether max pooling of CUDA array ``x`` takes `_Pool2d._tiled_max_backward`: float32 or
+    float64, C-contiguous (its 6-d view is a reshape, no copy), windows of the stride's size
+    that tile the plane exactly, no padding."""
+    (kh, kw), (h, w) = kernel, x.shape[2:]
+    return (type(x) is not np.ndarray and x.dtype in KERNEL_FLOATS and x.flags.c_contiguous
+            and tuple(kernel) == tuple(stride) and not any(padding)
+            and h % kh == 0 and w % kw == 0)
+
+
+# Max pooling's backward on CUDA for windows that tile the input (`_Pool2d._tiled_max_backward`):
+# each element gets its window's gradient where it equals the maximum, every tied one as
+# upstream's kernel gives it, a NaN where the maximum is NaN; the ATen path it replaces is a
+# comparison, a cast and an addcmul per kernel tap, a NaN test with a host sync, and a copy.
+_TIED_GRAD = ("T x, T y, T g", "T gx", "gx = (x == y || (x != x && y != y)) ? g : (T)0;",
+              "megengine_max_pool_tied_grad")
+_tied_grad_kernel = fused_kernel(*_TIED_GRAD)  # () -> the kernel
 
 
 class _AvgPoolGrad(Op):

@@ -94,6 +94,53 @@ def test_max_pool2d_ties_after_a_relu_share_the_gradient(kernel, stride, padding
                                rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_tiled_max_pool_backward_kernel_matches_the_window_rule(dtype, tmp_path, monkeypatch):
+    """The one-kernel backward a GPU runs for windows that tile the input (2x2 stride 2 on an
+    even plane: `_Pool2d._tiled_max_backward`), its CUDA body compiled here as C++: every tied
+    maximum gets its window's gradient (the window-by-window oracle), and a NaN maximum is
+    matched by the window's NaNs (the other elements of that window get nothing)."""
+    from cuda_kernels import emulate
+    from megengine.functional import pooling
+
+    monkeypatch.setattr(pooling, "_tied_grad_kernel",
+                        lambda kernel=emulate(pooling._tied_grad_kernel, tmp_path): kernel)
+    rng = np.random.RandomState(4)
+    x = np.maximum(rng.randn(2, 3, 6, 8), 0).astype(dtype)  # after a relu: tied zeros
+    x[0, 1, 2:4, 4:6] = 0.25  # four tied maxima
+    x[1, 0, 0, 1] = np.nan  # a NaN maximum
+    y = x.reshape(2, 3, 3, 2, 4, 2).max(axis=(3, 5))  # (numpy's max propagates NaN)
+    g = rng.randn(2, 3, 3, 4).astype(dtype)
+    op = pooling._Pool2d("max", (2, 2), (2, 2), (0, 0), "max_pool2d")
+    op.tiled = (x, y)
+    gx = op._tiled_max_backward(g)
+    assert gx.dtype == np.dtype(dtype) and gx.shape == x.shape
+    finite = x.copy()
+    finite[1, 0, :2, :2] = 0  # the NaN window, checked by hand below
+    expect = _tied_max_pool_grad(finite, g, 2, 2, 0)
+    expect[1, 0, :2, :2] = [[0, g[1, 0, 0, 0]], [0, 0]]  # only the NaN takes the gradient
+    np.testing.assert_array_equal(gx, expect.astype(dtype))
+    assert (gx[0, 1, 2:4, 4:6] == g[0, 1, 1, 2]).all()
+
+
+def test_tiled_max_pool_backward_runs_only_where_windows_tile_the_plane():
+    from megengine.functional.pooling import _use_tiled_kernel
+
+    class Cuda:  # what the test reads of a CUDA array
+        def __init__(self, shape, dtype="float32", contiguous=True):
+            self.shape, self.dtype = shape, np.dtype(dtype)
+            self.flags = type("Flags", (), {"c_contiguous": contiguous})
+
+    assert _use_tiled_kernel(Cuda((2, 3, 8, 6)), (2, 2), (2, 2), (0, 0))
+    assert _use_tiled_kernel(Cuda((2, 3, 9, 6)), (3, 2), (3, 2), (0, 0))
+    assert not _use_tiled_kernel(Cuda((2, 3, 7, 6)), (2, 2), (2, 2), (0, 0))  # a row left
+    assert not _use_tiled_kernel(Cuda((2, 3, 8, 6)), (2, 2), (3, 3), (0, 0))  # gaps
+    assert not _use_tiled_kernel(Cuda((2, 3, 8, 6)), (2, 2), (2, 2), (1, 0))  # padding
+    assert not _use_tiled_kernel(Cuda((2, 3, 8, 6), "float16"), (2, 2), (2, 2), (0, 0))
+    assert not _use_tiled_kernel(Cuda((2, 3, 8, 6), contiguous=False), (2, 2), (2, 2), (0, 0))
+    assert not _use_tiled_kernel(np.zeros((2, 3, 8, 6), "float32"), (2, 2), (2, 2), (0, 0))
+
+
 def test_overlapping_windows_route_ties_like_torch():
     # overlapping windows give a window's gradient to its first maximum, ATen's scatter by
     # index (upstream's every-tie rule costs a pass per kernel tap there: documented)

@@ -14,11 +14,20 @@ class CUDARuntimeError(RuntimeError):
 
 
 class Runtime:
-    """The simulated CUDA runtime: device count and the calling thread's current device."""
+    """The simulated CUDA runtime: device count and the calling thread's current device.
+
+    ``kernels`` and ``syncs`` count, over all devices and threads, what a real GPU would be
+    asked for: a kernel (or copy) that fills new memory or writes in place, and a read of device
+    values by the host (``.get()``, ``float(a)``, ``bool(a)``, ...: a synchronisation). Views
+    and bare allocations count as neither. ATen's kernels, routed to the CPU, are not counted
+    here (torch's dispatcher sees them: benchmarks/count_launches.py).
+    """
 
     def __init__(self, count):
         self.count = count
         self._local = threading.local()
+        self.kernels = 0
+        self.syncs = 0
 
     def current(self):
         return getattr(self._local, "device", 0)

@@ -90,7 +90,10 @@ def build(count):
     # id(numpy buffer) -> the device array owning it: the memory pool's used bytes, and CuPy's
     # ``base`` (the same array object each time)
     live = weakref.WeakValueDictionary()
-    foreign = weakref.WeakValueDictionary()  # id(owner) -> UnownedMemory of a foreign buffer
+    # id(root) -> the UnownedMemory of a foreign buffer, ``root`` the numpy array over it that
+    # the bridge made: kept while root lives, as CuPy's array keeps its MemoryPointer's memory
+    # (the engine keys fresh gradients by that object: `dispatch._foreign_key`)
+    foreign = {}
 
     # ----- arrays -----
 
@@ -135,6 +138,7 @@ def build(count):
         def real(self, value):
             _on_current(self, "real")
             self._a.real = _operand(value, "real")
+            rt.kernels += 1
 
         @property
         def imag(self):
@@ -144,6 +148,7 @@ def build(count):
         def imag(self, value):
             _on_current(self, "imag")
             self._a.imag = _operand(value, "imag")
+            rt.kernels += 1
 
         @property
         def base(self):
@@ -154,7 +159,7 @@ def build(count):
                 return None
             owner = live.get(id(raw))
             if owner is None or owner._a is not raw:
-                owner = _wrap(raw, self._dev)
+                owner = _wrap(raw, self._dev, launched=False)
             return owner
 
         @property
@@ -168,12 +173,14 @@ def build(count):
                 return MemoryPointer(Memory(root, self._dev), offset)
             # another framework's memory (ATen's results through the route): one UnownedMemory
             # per owner, as CuPy keeps one per view it made (the engine compares them by identity)
-            memory = foreign.get(id(root.base))
+            memory = foreign.get(id(root))
             if memory is None or memory.owner is not root.base:
                 memory = object.__new__(UnownedMemory)
                 Memory.__init__(memory, root, self._dev)
+                memory._raw = None  # (held by the dict below: it must not keep root alive)
                 memory.owner = root.base
-                foreign[id(root.base)] = memory
+                foreign[id(root)] = memory
+                weakref.finalize(root, foreign.pop, id(root), None)
             return MemoryPointer(memory, offset)
 
         @property
@@ -209,6 +216,7 @@ def build(count):
 
         # -- host transfers --
         def get(self, stream=None, order="C", out=None, blocking=True):
+            rt.syncs += 1
             if out is not None:
                 np.copyto(out, self._a)
                 return out
@@ -220,26 +228,34 @@ def build(count):
             if arr.shape != self._a.shape:
                 raise ValueError(f"Shape mismatch: {arr.shape} vs {self._a.shape}")
             self._a[...] = arr
+            rt.kernels += 1
 
         def tobytes(self, order="C"):
+            rt.syncs += 1
             return self._a.tobytes(order)
 
         def tolist(self):
+            rt.syncs += 1
             return self._a.tolist()
 
         def item(self, *args):
+            rt.syncs += 1
             return self._a.item(*args)
 
         def __bool__(self):
+            rt.syncs += 1
             return bool(self._a)
 
         def __int__(self):
+            rt.syncs += 1
             return int(self._a)
 
         def __float__(self):
+            rt.syncs += 1
             return float(self._a)
 
         def __complex__(self):
+            rt.syncs += 1
             return complex(self._a)
 
         # no __index__: CuPy's arrays have none, so range(a), [..][a] and operator.index(a) of a
@@ -294,6 +310,7 @@ def build(count):
             elif isinstance(value, (list, tuple)):
                 value = _operand(value, "assignment", allow_host=True)
             self._a[key] = value
+            rt.kernels += 1
 
         # -- computing methods: a kernel on the current device --
         def copy(self, order="C"):
@@ -311,6 +328,7 @@ def build(count):
             if isinstance(value, ndarray):
                 value = value._a
             self._a.fill(value)
+            rt.kernels += 1
 
         def view(self, dtype=None):
             return _view(self, self._a.view() if dtype is None else self._a.view(dtype))
@@ -385,11 +403,14 @@ def build(count):
     ndarray.__divmod__ = lambda self, other: module.divmod(self, other)
     ndarray.__module__ = "cupy"  # what the engine tests to tell CuPy arrays from numpy's
 
-    def _wrap(raw, dev):
+    def _wrap(raw, dev, launched=True):
+        """A device array over numpy result ``raw``; ``launched``: memory no device array owned
+        before counts as a kernel's output (`Runtime.kernels`)."""
         a = object.__new__(ndarray)
         a._a, a._dev, a._keep = raw, dev, None
         if raw.base is None:
             live[id(raw)] = a
+            rt.kernels += launched
         else:  # a view of a device array's buffer holds that array, as CuPy's views do
             root = raw
             while isinstance(root.base, np.ndarray):
@@ -397,6 +418,8 @@ def build(count):
             owner = live.get(id(root))
             if owner is not None and owner._a is root:
                 a._keep = owner
+            else:  # a view of a temporary the computation made
+                rt.kernels += launched
         return a
 
     def _view(of, raw):
@@ -445,16 +468,17 @@ def build(count):
             kwargs = {k: _operand(v, what, allow_host) for k, v in kwargs.items()}
         return args, kwargs
 
-    def _result(out):
-        """numpy results as device arrays on the current device (numpy scalars become 0-d)."""
+    def _result(out, launched=True):
+        """numpy results as device arrays on the current device (numpy scalars become 0-d);
+        ``launched``: new memory counts as a kernel's output (`_wrap`)."""
         if isinstance(out, np.ndarray):
-            return _wrap(out, rt.current())
+            return _wrap(out, rt.current(), launched)
         if isinstance(out, np.generic):
-            return _wrap(np.asarray(out), rt.current())
+            return _wrap(np.asarray(out), rt.current(), launched)
         if isinstance(out, tuple):
-            return tuple(_result(o) for o in out)
+            return tuple(_result(o, launched) for o in out)
         if isinstance(out, list):
-            return [_result(o) for o in out]
+            return [_result(o, launched) for o in out]
         return out
 
     def _index(key):
@@ -504,11 +528,13 @@ def build(count):
                 out = [_view(first, p) for p in parts]
                 return out[0] if not isinstance(raw, (list, tuple)) else type(raw)(out)
         else:
+            launched = name not in ("empty", "empty_like")  # (an allocation, no kernel)
+
             def call(*args, **kwargs):
                 if check is not None:
                     check(args, kwargs)
                 args, kwargs = _args(args, kwargs)
-                return _result(fn(*args, **kwargs))
+                return _result(fn(*args, **kwargs), launched)
         call.__name__ = call.__qualname__ = name
         call.__doc__ = f"simulated cupy.{name} (numpy.{name} on the current device)"
         return call
@@ -527,6 +553,7 @@ def build(count):
             args, kwargs = _operands(args, kwargs, self.__name__)
             result = method(*args, **kwargs)
             if out is not None:  # written in place: hand back the device array(s) given
+                rt.kernels += 1
                 return out if not isinstance(out, tuple) or len(out) > 1 else out[0]
             return _result(result)
 
@@ -575,6 +602,7 @@ def build(count):
                 self._u.at(a_raw, indices)
             else:
                 self._u.at(a_raw, indices, _operand(b, self.__name__ + ".at"))
+            rt.kernels += 1
 
         def __repr__(self):
             return f"<ufunc '{self.__name__}' (simulated cupy)>"
@@ -715,6 +743,7 @@ def build(count):
                 self._host = host_kernel(self)
             result = self._host(*raw)
             if outs:  # written into the device arrays given: CuPy returns them
+                rt.kernels += 1
                 return outs[0] if len(outs) == 1 else tuple(outs)
             # the host kernel keeps bool outputs as uint8 0/1; CuPy allocates them as bool
             results = result if isinstance(result, tuple) else (result,)
@@ -749,6 +778,7 @@ def build(count):
             raise TypeError("scatter_add: the target must be a cupy.ndarray")
         _check_scatter_dtype("add", a, slices)
         np.add.at(_operand(a, "scatter_add"), _index(slices), _operand(value, "scatter_add"))
+        rt.kernels += 1
 
 
     cuda = build_cuda(rt, live)

@@ -1,0 +1,178 @@
+"""What one GPU training step asks of the device, without a GPU: kernels launched and host synchronisations per step, this engine against the same step in PyTorch.
+
+Where a small step is bound by the host (each kernel launch costs host time, far more under a
+sandboxed driver such as gVisor's: benchmarks/README.md, "GPU"), the number of launches and of
+host waits is what the fork must keep at torch's. This script counts them on the simulated GPU
+(tests/simcuda, installed here before megengine loads: CuPy's rules, ATen's kernels routed to the
+CPU), so every machine can see what a change does to them:
+
+* the engine: the simulated CuPy's kernels and syncs (`simcuda.cuda_runtime.Runtime`: new memory
+  a kernel filled, an in-place write, a host read of device values) plus the ATen kernels the
+  engine calls (torch's dispatcher sees them: every aten op that is not a view, an allocation or
+  a record-function marker);
+* torch: the same aten ops of its step on CPU tensors, its optimizer with the multi-tensor
+  (foreach) path it takes on CUDA by default; a sync is ``_local_scalar_dense`` (``.item()``).
+
+The networks and steps are benchmarks/bench_engine.py's (MLP 784-256-10 and the small CNN,
+batch 64, SGD momentum 0.9, cross entropy), the step as `_timing.mge_training_step` writes it,
+each counted over 3 steps after 2 of warm-up. Counts, not times: they are the same on every
+machine. ``--by-site`` lists where the engine's launches come from.
+
+    python benchmarks/count_launches.py [--by-site] [--json]
+"""
+import argparse
+import collections
+import json
+import os
+import sys
+import traceback
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tests"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import simcuda  # noqa: E402
+
+cupy = simcuda.install(1)  # before megengine: its tensors on "gpu0" are simulated CuPy arrays
+
+import torch  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+
+import bench_engine as bench  # noqa: E402
+import _timing  # noqa: E402
+import megengine as mge  # noqa: E402
+import megengine.optimizer as optim  # noqa: E402
+
+STEPS, WARM_UP = 3, 2
+_NOT_KERNELS = ("empty", "empty_strided", "empty_like", "new_empty", "_record_function_enter",
+                "_record_function_enter_new", "_record_function_exit", "_local_scalar_dense")
+
+
+class AtenKernels(TorchDispatchMode):
+    """Counts the aten ops that launch work on a device (views, allocations and markers do
+    not); ``.item()`` reads (``_local_scalar_dense``) count as syncs. With ``sites``, each
+    kernel is also counted by the engine line that called it."""
+
+    def __init__(self, sites=None):
+        super().__init__()
+        self.kernels = self.syncs = 0
+        self.sites = sites
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name == "_local_scalar_dense":
+            self.syncs += 1
+        elif not func.is_view and name not in _NOT_KERNELS:
+            self.kernels += 1
+            if self.sites is not None:
+                self.sites[(f"aten.{name}", _engine_site())] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _engine_site():
+    frames = [f for f in traceback.extract_stack()[:-2] if "/megengine/" in f.filename]
+    if not frames:
+        return "?"
+    f = frames[-1]
+    return f"{os.path.relpath(f.filename, REPO)}:{f.lineno} {f.name}"
+
+
+def _cupy_sites(sites):
+    """Attribute each simulated CuPy kernel to the engine line that launched it: the runtime's
+    counter is watched around every engine frame's calls (a profile hook)."""
+    rt = cupy._simulated
+    last = [rt.kernels]
+
+    def hook(frame, event, arg):
+        if event in ("return", "c_return") and rt.kernels != last[0]:
+            f = frame
+            while f is not None and "/megengine/" not in f.f_code.co_filename:
+                f = f.f_back
+            if f is not None and f is frame:
+                where = f"{os.path.relpath(f.f_code.co_filename, REPO)}:{f.f_lineno} " \
+                        f"{f.f_code.co_name}"
+                sites[("cupy", where)] += rt.kernels - last[0]
+                last[0] = rt.kernels
+        return hook
+    return hook
+
+
+def count_engine(net_cls, data, by_site=False):
+    rt = cupy._simulated
+    mge.random.seed(0)
+    net = net_cls()
+    step = _timing.mge_training_step(net, optim.SGD(net.parameters(), lr=bench.LR,
+                                                    momentum=bench.MOMENTUM))
+    batches = [(mge.tensor(x, device="gpu0"), mge.tensor(y, dtype="int32", device="gpu0"))
+               for x, y in zip(*data)]
+    for i in range(WARM_UP):
+        float(step(*batches[i % len(batches)]).numpy())
+    sites = collections.Counter() if by_site else None
+    aten = AtenKernels(sites)
+    kernels, syncs = rt.kernels, rt.syncs
+    if by_site:
+        sys.setprofile(_cupy_sites(sites))
+    try:
+        with aten:
+            for i in range(STEPS):
+                step(*batches[(WARM_UP + i) % len(batches)])
+    finally:
+        sys.setprofile(None)
+    return {"kernels": (rt.kernels - kernels + aten.kernels) / STEPS,
+            "syncs": (rt.syncs - syncs + aten.syncs) / STEPS,
+            "sites": {f"{k[0]} {k[1]}": v / STEPS for k, v in (sites or {}).items()}}
+
+
+def count_torch(torch_cls, mge_net_cls, data):
+    mge.random.seed(0)
+    net = torch_cls()
+    bench.copy_weights(mge_net_cls(), net)
+    step = _timing.torch_training_step(net, torch.optim.SGD(
+        net.parameters(), lr=bench.LR, momentum=bench.MOMENTUM, foreach=True))  # CUDA's default
+    batches = [(torch.from_numpy(x), torch.from_numpy(y).long()) for x, y in zip(*data)]
+    for i in range(WARM_UP):
+        step(*batches[i % len(batches)])
+    aten = AtenKernels()
+    with aten:
+        for i in range(STEPS):
+            step(*batches[(WARM_UP + i) % len(batches)])
+    return {"kernels": aten.kernels / STEPS, "syncs": aten.syncs / STEPS}
+
+
+NETWORKS = {
+    "MLP 784-256-10": (bench.MgeMLP, bench.TorchMLP, (784,), 1.0),
+    "CNN conv-bn-relu-pool-linear": (bench.MgeCNN, bench.TorchCNN, (1, 28, 28), 1.0),
+}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--by-site", action="store_true",
+                        help="list the engine's launches by the engine line that made them")
+    parser.add_argument("--json", action="store_true", help="print the counts as JSON only")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    results = {}
+    for name, (mge_cls, torch_cls, shape, signal) in NETWORKS.items():
+        data = bench.make_data(shape, signal)
+        results[name] = {"engine": count_engine(mge_cls, data, args.by_site),
+                         "torch": count_torch(torch_cls, mge_cls, data)}
+    if args.json:
+        print(json.dumps(results, indent=1))
+        return 0
+    print(f"per training step (batch {bench.BATCH}, SGD momentum {bench.MOMENTUM}, cross entropy), "
+          "on the simulated GPU:")
+    print(f"  {'network':30s} {'engine kernels':>15s} {'torch kernels':>14s} "
+          f"{'engine syncs':>13s} {'torch syncs':>12s}")
+    for name, r in results.items():
+        e, t = r["engine"], r["torch"]
+        print(f"  {name:30s} {e['kernels']:15.0f} {t['kernels']:14.0f} {e['syncs']:13.0f} "
+              f"{t['syncs']:12.0f}")
+        if args.by_site:
+            for site, n in sorted(e["sites"].items(), key=lambda kv: -kv[1]):
+                print(f"      {n:4.0f}  {site}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
