@@ -199,8 +199,14 @@ class _BatchNorm(Op):
             return y.reshape(x.shape), None, None
         return y.reshape(x.shape), _aten.view(mean), _aten.view(invstd)
 
+    # the running-stat outputs take no gradient: no zeros are made for theirs (two kernels a
+    # layer on a GPU), and g is None when only they were used
+    none_for_unused_grads = True
+
     def backward(self, g, *stat_grads):  # the running-stat outputs have no gradient
         needs = self.needs_input_grad
+        if g is None:
+            return (None,) * len(needs)
         tx, tw, rm, rv, save_mean, save_invstd = self.saved
         i_w, i_b = 1, 1 + self.has_weight
         mask = [needs[0], self.has_weight and needs[i_w], self.has_bias and needs[i_b]]
@@ -230,6 +236,8 @@ class _BatchNorm(Op):
         """
         x, g = inputs[0], grads[0]
         needs = self.needs_input_grad
+        if g is None:  # only the running statistics were used: they take no gradient
+            return (None,) * len(needs)
         bshape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
         axes = (0,) + tuple(range(2, x.ndim))
         if self.training:

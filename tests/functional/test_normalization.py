@@ -996,3 +996,34 @@ def test_batch_norm_of_a_string_momentum_raises():
     with pytest.raises(TypeError, match="^batch_norm: momentum must be a number, got '0.9'"):
         F.nn.batch_norm(x, mean, var, training=True, momentum="0.9")
     np.testing.assert_array_equal(mean.numpy(), 0.0)  # (no running statistic written)
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_batch_norm_statistics_alone_used_take_no_gradient(order):
+    """The new running statistics of F.batch_norm(inplace=False) carry no gradient: a loss of
+    them alone leaves x and the affine parameters' gradients None (upstream 1.13 measured; this
+    fork gave zeros), first order and under an outer GradManager alike; a loss of the output
+    and them gives the output's gradient (torch's)."""
+    rng = np.random.RandomState(0)
+    x0 = rng.randn(4, 3, 2, 2).astype("float32")
+    x, w, b = mge.Parameter(x0), mge.Parameter(np.ones((1, 3, 1, 1), "float32")), \
+        mge.Parameter(np.zeros((1, 3, 1, 1), "float32"))
+    rm = mge.tensor(np.zeros((1, 3, 1, 1), "float32"))
+    rv = mge.tensor(np.ones((1, 3, 1, 1), "float32"))
+    outer = GradManager().attach([w]) if order == 2 else None
+    gm = GradManager().attach([x, w, b])
+    if outer is not None:
+        outer.__enter__()
+    with gm:
+        y, new_mean, new_var = F.batch_norm(x, rm, rv, w, b, training=True, inplace=False)
+        gm.backward((new_mean * 2 + new_var).sum())
+    assert x.grad is None and w.grad is None and b.grad is None
+    with gm:
+        y, new_mean, new_var = F.batch_norm(x, rm, rv, w, b, training=True, inplace=False)
+        gm.backward((y * y).sum() + new_mean.sum())
+    if outer is not None:
+        outer.__exit__(None, None, None)
+    tx = torch.tensor(x0, requires_grad=True)
+    ty = TF.batch_norm(tx, None, None, training=True)
+    (ty * ty).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), tx.grad.numpy(), rtol=1e-4, atol=1e-5)
