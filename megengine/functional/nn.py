@@ -204,6 +204,14 @@ def logsoftmax(inp, axis):
 
 # ----- linear -----
 
+def _addmm_serves(x, w, b):
+    """Whether `_Linear`'s forward of 2-d CUDA input ``x`` takes ATen's addmm: one
+    float32/float64 dtype for the three, a bias of one value per output feature."""
+    return (type(x) is not np.ndarray and x.ndim == 2 and x.dtype in KERNEL_FLOATS
+            and w.dtype == x.dtype and b.dtype == x.dtype and b.shape == w.shape[:1]
+            and _aten.use_aten(x, "gemm"))
+
+
 class _Linear(Op):
     """``x @ W.T + b`` as one op: one matmul forward, at most two back."""
     holomorphic = True  # complex gradients (core/dispatch.py): bilinear, conjugates nothing
@@ -227,6 +235,14 @@ class _Linear(Op):
             out_shape = x.shape[:-1] + (w.shape[0],)
             x = x.reshape(math.prod(x.shape[:-1]), x.shape[-1])
         self.x, self.w, self.out_shape = x, w, out_shape
+        if b is not None and _addmm_serves(x, w, b):
+            # CUDA: the product and the bias in one kernel (ATen's addmm, whose cuBLASLt call
+            # adds the bias in the product's epilogue) where CuPy's product and += are two
+            # launches, each of them host time on a GPU that a small step is bound by
+            self.b_shape, self.grad_order = b.shape, (2, 0, 1)  # (as below)
+            y = _aten.array(_aten.ops.addmm(_aten.view(b), _aten.view(x), _aten.view(w).t()))
+            self._keep_what_backward_reads(x, w)
+            return y if out_shape is None else y.reshape(out_shape)
         # ndarray.dot is matmul for a 2-d (or 1-d) input, with less dispatch: ~5 us less per
         # call right after torch's convolutions (benchmarks/profile_hybrid_step.py); large
         # products go to ATen (`core.ops.matmul`)
@@ -254,6 +270,10 @@ class _Linear(Op):
             y += b if b.ndim == 1 else b.reshape(-1 if b.size == w.shape[0] else ())
             if fused:
                 y = cast(y, np.float16)
+        self._keep_what_backward_reads(x, w)
+        return y if out_shape is None else y.reshape(out_shape)
+
+    def _keep_what_backward_reads(self, x, w):
         needs = self.needs_input_grad
         if True in needs:  # recorded: keep only what backward reads (`backward_reads`), the
             # other operand as its shape (x, for a constant weight: as torch's addmm saves)
@@ -261,7 +281,6 @@ class _Linear(Op):
                 self.x = ShapeOnly(x)
             if not needs[0]:
                 self.w = ShapeOnly(w)
-        return y if out_shape is None else y.reshape(out_shape)
 
     def backward(self, g):
         needs = self.needs_input_grad

@@ -1,0 +1,47 @@
+"""What a GPU training step asks of the device, counted on the simulated GPU (benchmarks/count_launches.py): kernel launches and host syncs per step against torch's same step.
+
+A small step on a GPU is bound by the host's work per kernel launch (issue 12's measurements:
+the engine's step took 1.27-1.67x torch's where it launched that much more), so the count is
+kept at torch's: these tests fail when a change adds launches or syncs to the benchmark steps.
+Counts, not times: the same on every machine.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def counts():
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    env.pop("MGE_SIM_CUDA", None)  # (the script installs the simulation itself)
+    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "count_launches.py"),
+                          "--json"], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout)
+
+
+def test_an_mlp_step_launches_no_more_kernels_than_torch(counts):
+    # SGD's update of all parameters in one kernel, the bias in the product's kernel
+    mlp = counts["MLP 784-256-10"]
+    assert mlp["engine"]["kernels"] <= mlp["torch"]["kernels"], mlp
+    # one host sync: cross entropy's check that the labels are in [0, C), which torch does
+    # inside its kernel (a device-side assert that ends the process)
+    assert mlp["engine"]["syncs"] <= 1, mlp
+
+
+def test_a_cnn_step_launches_at_most_the_running_statistics_copies_more_than_torch(counts):
+    # max pooling's backward is one kernel. Above torch's count: batch norm's running
+    # statistics, copied for ATen and written back (four kernels a layer; torch updates its
+    # buffers in place), the labels' int64 cast and their range check (six); below it: SGD's
+    # momentum step in one kernel (torch's multi-tensor path: three), no num_batches_tracked
+    cnn = counts["CNN conv-bn-relu-pool-linear"]
+    assert cnn["engine"]["kernels"] <= cnn["torch"]["kernels"] + 3, cnn
+    assert cnn["engine"]["syncs"] <= 1, cnn
