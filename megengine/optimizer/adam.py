@@ -88,6 +88,40 @@ class Adam(Optimizer):
         data -= step
 
 
+    def _update_batch(self, items, group):
+        """CUDA: `_update` of the group's parameters of one device and dtype in one
+        multi-tensor kernel, ATen's ``_fused_adam_`` (``_fused_adamw_`` for AdamW: torch's
+        ``fused=True``), plus one that writes the step count, instead of one kernel per
+        parameter. The same formulas (the L2 term joins the gradient, or AdamW's decay the
+        step; eps after the square root of the corrected second moment); the bias corrections
+        are computed on the device in the parameters' dtype, where the per-parameter kernel
+        takes them from the host in double, so the two differ in the last bits. Parameters
+        that have taken different numbers of steps (one added to the group later) are updated
+        one by one."""
+        name = "_fused_adamw_" if self._decoupled else "_fused_adam_"
+        torch = _aten.torch_module()
+        steps = {state.get("step", 0) for _, _, state in items}
+        if len(steps) != 1 or not hasattr(torch, name):  # (a torch older than 2.x)
+            for p, grad, state in items:
+                self._update(p, grad, state, group)
+            return
+        step = steps.pop() + 1
+        view, grad_view = self._torch_views(), _aten.view
+        params = [view(p._data) for p, _, _ in items]
+        grads = [grad_view(g) for _, g, _ in items]  # (a fresh array each step: not kept)
+        ms = [view(self._buffer(state, "exp_avg", p)) for p, _, state in items]
+        vs = [view(self._buffer(state, "exp_avg_sq", p)) for p, _, state in items]
+        count = torch.full((), float(step), dtype=torch.float32, device=params[0].device)
+        beta1, beta2 = group["betas"]
+        _aten.op(name)(params, grads, ms, vs, [], [count] * len(params), lr=float(group["lr"]),
+                       beta1=float(beta1), beta2=float(beta2),
+                       weight_decay=float(group["weight_decay"]), eps=float(group["eps"]),
+                       amsgrad=False, maximize=False)
+        for _, _, state in items:
+            state["step"] = step
+        _aten.written(items[0][0]._data)  # (the next forward reads the parameters)
+
+
 def adam_fused(param, grad, state, group, decoupled):
     """Adam's (``decoupled``: AdamW's) whole update of one CuPy parameter in one kernel."""
     beta1, beta2 = group["betas"]

@@ -15,7 +15,7 @@ import torch
 
 import megengine as mge
 from megengine.core.dispatch import KERNEL_FLOATS
-from megengine.optimizer import SGD, Adam
+from megengine.optimizer import SGD, Adam, AdamW
 from megengine.optimizer import optimizer as optimizer_module
 from megengine.optimizer.optimizer import TorchViews
 
@@ -34,20 +34,22 @@ SGD_CASES = [
 @pytest.fixture
 def batched_on_cpu(monkeypatch):
     """Numpy float32/float64 C-contiguous parameters join `_update_batch`, as CuPy ones do on a
-    GPU; returns the list of batch sizes each call updated."""
+    GPU; returns the list of batch sizes each call (of SGD, Adam or AdamW) updated."""
     calls = []
-    real = SGD._update_batch
 
     def batchable(data, grad):
         return (data.dtype in KERNEL_FLOATS and grad.dtype == data.dtype
                 and data.flags.c_contiguous and grad.flags.c_contiguous)
 
-    def spy(self, items, group):
-        calls.append(len(items))
-        return real(self, items, group)
+    def spy(real):
+        def batch(self, items, group):
+            calls.append(len(items))
+            return real(self, items, group)
+        return batch
 
     monkeypatch.setattr(optimizer_module, "_batchable", batchable)
-    monkeypatch.setattr(SGD, "_update_batch", spy)
+    for cls in (SGD, Adam):  # (AdamW inherits Adam's)
+        monkeypatch.setattr(cls, "_update_batch", spy(cls.__dict__["_update_batch"]))
     return calls
 
 
@@ -179,9 +181,47 @@ def test_torch_views_of_numpy_arrays_are_made_each_time():
     assert views(a) is not views(a) and views(a).data_ptr() == a.ctypes.data
 
 
-def test_optimizers_without_a_batch_update_keep_one_update_per_parameter(monkeypatch):
-    monkeypatch.setattr(optimizer_module, "_batchable", lambda data, grad: True)
-    p = mge.Parameter(np.ones(3, "float32"))
-    p.grad = mge.Tensor(np.full(3, 0.5, "float32"))
-    Adam([p], lr=0.1).step()  # Adam has no _update_batch: its _update runs
-    np.testing.assert_allclose(p.numpy(), np.full(3, 0.9), rtol=1e-6)
+ADAM_CASES = [
+    (Adam, torch.optim.Adam, dict(lr=0.01)),
+    (Adam, torch.optim.Adam, dict(lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1)),
+    (AdamW, torch.optim.AdamW, dict(lr=0.01)),
+    (AdamW, torch.optim.AdamW, dict(lr=0.02, betas=(0.85, 0.995), weight_decay=0.05)),
+]
+
+
+@pytest.mark.parametrize("ours,theirs,kw", ADAM_CASES)
+def test_adam_batch_matches_torch(side_by_side_on_cpu, batched_on_cpu, ours, theirs, kw):
+    side_by_side_on_cpu(lambda ps: ours(ps, **kw), lambda ps: theirs(ps, **kw), steps=4)
+    assert batched_on_cpu == [3] * 4
+
+
+@pytest.mark.parametrize("ours,theirs,kw", ADAM_CASES)
+def test_adam_batch_matches_the_per_parameter_update(batched_on_cpu, monkeypatch, ours,
+                                                     theirs, kw):
+    """float64, against `_update` (the numpy code the per-parameter CUDA kernel is checked
+    against): moments and steps agree to rounding; a parameter added to the group later (a
+    step count of its own) is updated by `_update`, the others in one call."""
+    rng = np.random.RandomState(0)
+    init = [np.asarray(rng.randn(*s)) for s in ((4, 5), (6,), ())]
+    results = []
+    for batched in (True, False):
+        if not batched:
+            monkeypatch.setattr(optimizer_module, "_batchable", lambda data, grad: False)
+        params = [mge.Parameter(v, dtype="float64") for v in init]
+        opt = ours(params[:2], **kw)
+        grads = np.random.RandomState(1)
+        for step in range(4):
+            if step == 2:
+                opt.param_groups[0]["params"].append(params[2])
+            for p in opt.param_groups[0]["params"]:
+                p.grad = mge.Tensor(np.asarray(grads.randn(*p.shape)), dtype="float64")
+            opt.step()
+        results.append([p.numpy() for p in params]
+                       + [opt._state[p][k].numpy() for p in params
+                          for k in ("exp_avg", "exp_avg_sq")]
+                       + [[opt._state[p]["step"] for p in params]])
+    # steps 1-2: one call of two; steps 3-4: three, which the late parameter's count of its
+    # own sends to `_update` one by one
+    assert batched_on_cpu == [2, 2, 3, 3]
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)

@@ -117,7 +117,9 @@ def test_a_step_with_an_integer_parameter_to_update_updates_nothing(make):
     _assert_same(before, _optimizer_snapshot(opt))
     ps[2].grad = None  # skipped, as any parameter without a gradient
     opt.step()
-    assert [p.tolist() for p in ps] == [[0.5] * 3, [0.5] * 3, [1, 1, 1]]
+    # (Adam's multi-tensor kernel on a GPU rounds its bias corrections in float32: 0.50000006)
+    np.testing.assert_allclose([p.tolist() for p in ps[:2]], [[0.5] * 3] * 2, rtol=1e-6)
+    assert ps[2].tolist() == [1, 1, 1]
 
 
 def test_clear_grad_sets_grads_to_none_and_step_chains():
