@@ -13,9 +13,11 @@ CPU), so every machine can see what a change does to them:
 * torch: the same aten ops of its step on CPU tensors, its optimizer with the multi-tensor
   (foreach) path it takes on CUDA by default; a sync is ``_local_scalar_dense`` (``.item()``).
 
-The networks and steps are benchmarks/bench_engine.py's (MLP 784-256-10 and the small CNN,
-batch 64, SGD momentum 0.9, cross entropy), the step as `_timing.mge_training_step` writes it,
-each counted over 3 steps after 2 of warm-up. Counts, not times: they are the same on every
+The networks and steps: benchmarks/bench_engine.py's MLP 784-256-10 and small CNN (batch 64,
+SGD momentum 0.9, cross entropy), and a transformer's MLP block (LayerNorm, Linear, GELU,
+Linear, Dropout, a residual; 8 sequences of 16 tokens of 64 features, a linear head on their
+mean; Adam), the step as `_timing.mge_training_step` writes it, each counted over 3 steps after
+2 of warm-up. Counts, not times: they are the same on every
 machine. ``--by-site`` lists where the engine's launches come from.
 
     python benchmarks/count_launches.py [--by-site] [--json]
@@ -37,9 +39,15 @@ cupy = simcuda.install(1)  # before megengine: its tensors on "gpu0" are simulat
 import torch  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
+import numpy as np  # noqa: E402
+import torch.nn as tnn  # noqa: E402
+import torch.nn.functional as TF  # noqa: E402
+
 import bench_engine as bench  # noqa: E402
 import _timing  # noqa: E402
 import megengine as mge  # noqa: E402
+import megengine.functional as F  # noqa: E402
+import megengine.module as M  # noqa: E402
 import megengine.optimizer as optim  # noqa: E402
 
 STEPS, WARM_UP = 3, 2
@@ -52,15 +60,16 @@ class AtenKernels(TorchDispatchMode):
     not); ``.item()`` reads (``_local_scalar_dense``) count as syncs. With ``sites``, each
     kernel is also counted by the engine line that called it."""
 
-    def __init__(self, sites=None):
+    def __init__(self, sites=None, host_side=()):
         super().__init__()
         self.kernels = self.syncs = 0
         self.sites = sites
+        self.host_side = host_side  # ids of tensors a CUDA run keeps on the host
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.overloadpacket.__name__
         if name == "_local_scalar_dense":
-            self.syncs += 1
+            self.syncs += id(args[0]) not in self.host_side
         elif not func.is_view and name not in _NOT_KERNELS:
             self.kernels += 1
             if self.sites is not None:
@@ -96,12 +105,52 @@ def _cupy_sites(sites):
     return hook
 
 
-def count_engine(net_cls, data, by_site=False):
+class MgeBlock(M.Module):
+    """A transformer's MLP block with a residual, and a linear head on the tokens' mean."""
+
+    def __init__(self, d=64):
+        super().__init__()
+        self.ln, self.fc1, self.fc2 = M.LayerNorm(d), M.Linear(d, 4 * d), M.Linear(4 * d, d)
+        self.drop, self.head = M.Dropout(0.1), M.Linear(d, 10)
+
+    def forward(self, x):
+        x = x + self.drop(self.fc2(F.gelu(self.fc1(self.ln(x)))))
+        return self.head(x.mean(axis=1))
+
+
+class TorchBlock(tnn.Module):
+    def __init__(self, d=64):
+        super().__init__()
+        self.ln, self.fc1, self.fc2 = tnn.LayerNorm(d), tnn.Linear(d, 4 * d), tnn.Linear(4 * d, d)
+        self.drop, self.head = tnn.Dropout(0.1), tnn.Linear(d, 10)
+
+    def forward(self, x):
+        x = x + self.drop(self.fc2(TF.gelu(self.fc1(self.ln(x)))))
+        return self.head(x.mean(dim=1))
+
+
+def _sgd(params, torch_side=False):
+    if torch_side:  # foreach: torch's default on CUDA
+        return torch.optim.SGD(params, lr=bench.LR, momentum=bench.MOMENTUM, foreach=True)
+    return optim.SGD(params, lr=bench.LR, momentum=bench.MOMENTUM)
+
+
+def _adam(params, torch_side=False):
+    return (torch.optim.Adam(params, lr=1e-3, foreach=True) if torch_side
+            else optim.Adam(params, lr=1e-3))
+
+
+def _tokens(seed=0, batches=4):
+    rng = np.random.RandomState(seed)
+    return ([rng.randn(8, 16, 64).astype("float32") for _ in range(batches)],
+            [rng.randint(0, 10, 8).astype("int32") for _ in range(batches)])
+
+
+def count_engine(net_cls, make_opt, data, by_site=False):
     rt = cupy._simulated
     mge.random.seed(0)
     net = net_cls()
-    step = _timing.mge_training_step(net, optim.SGD(net.parameters(), lr=bench.LR,
-                                                    momentum=bench.MOMENTUM))
+    step = _timing.mge_training_step(net, make_opt(net.parameters()))
     batches = [(mge.tensor(x, device="gpu0"), mge.tensor(y, dtype="int32", device="gpu0"))
                for x, y in zip(*data)]
     for i in range(WARM_UP):
@@ -122,25 +171,29 @@ def count_engine(net_cls, data, by_site=False):
             "sites": {f"{k[0]} {k[1]}": v / STEPS for k, v in (sites or {}).items()}}
 
 
-def count_torch(torch_cls, mge_net_cls, data):
-    mge.random.seed(0)
+def count_torch(torch_cls, make_opt, data):
+    torch.manual_seed(0)
     net = torch_cls()
-    bench.copy_weights(mge_net_cls(), net)
-    step = _timing.torch_training_step(net, torch.optim.SGD(
-        net.parameters(), lr=bench.LR, momentum=bench.MOMENTUM, foreach=True))  # CUDA's default
+    opt = make_opt(net.parameters(), torch_side=True)
+    step = _timing.torch_training_step(net, opt)
     batches = [(torch.from_numpy(x), torch.from_numpy(y).long()) for x, y in zip(*data)]
     for i in range(WARM_UP):
         step(*batches[i % len(batches)])
-    aten = AtenKernels()
+    # torch's optimizers keep their step counts on the host for CUDA parameters too (reading
+    # one is no device sync); the counts here are those tensors
+    steps = [s["step"] for s in opt.state.values() if torch.is_tensor(s.get("step"))]
+    aten = AtenKernels(host_side={id(t) for t in steps})
     with aten:
         for i in range(STEPS):
             step(*batches[(WARM_UP + i) % len(batches)])
     return {"kernels": aten.kernels / STEPS, "syncs": aten.syncs / STEPS}
 
 
-NETWORKS = {
-    "MLP 784-256-10": (bench.MgeMLP, bench.TorchMLP, (784,), 1.0),
-    "CNN conv-bn-relu-pool-linear": (bench.MgeCNN, bench.TorchCNN, (1, 28, 28), 1.0),
+NETWORKS = {  # name: (engine network, torch network, optimizer, data)
+    "MLP 784-256-10": (bench.MgeMLP, bench.TorchMLP, _sgd, lambda: bench.make_data((784,), 1.0)),
+    "CNN conv-bn-relu-pool-linear": (bench.MgeCNN, bench.TorchCNN, _sgd,
+                                     lambda: bench.make_data((1, 28, 28), 1.0)),
+    "MLP block (LayerNorm, GELU, Adam)": (MgeBlock, TorchBlock, _adam, _tokens),
 }
 
 
@@ -153,20 +206,19 @@ def main(argv=None):
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     results = {}
-    for name, (mge_cls, torch_cls, shape, signal) in NETWORKS.items():
-        data = bench.make_data(shape, signal)
-        results[name] = {"engine": count_engine(mge_cls, data, args.by_site),
-                         "torch": count_torch(torch_cls, mge_cls, data)}
+    for name, (mge_cls, torch_cls, make_opt, make_data) in NETWORKS.items():
+        data = make_data()
+        results[name] = {"engine": count_engine(mge_cls, make_opt, data, args.by_site),
+                         "torch": count_torch(torch_cls, make_opt, data)}
     if args.json:
         print(json.dumps(results, indent=1))
         return 0
-    print(f"per training step (batch {bench.BATCH}, SGD momentum {bench.MOMENTUM}, cross entropy), "
-          "on the simulated GPU:")
-    print(f"  {'network':30s} {'engine kernels':>15s} {'torch kernels':>14s} "
+    print("per training step (cross entropy; the optimizers as above), on the simulated GPU:")
+    print(f"  {'network':34s} {'engine kernels':>15s} {'torch kernels':>14s} "
           f"{'engine syncs':>13s} {'torch syncs':>12s}")
     for name, r in results.items():
         e, t = r["engine"], r["torch"]
-        print(f"  {name:30s} {e['kernels']:15.0f} {t['kernels']:14.0f} {e['syncs']:13.0f} "
+        print(f"  {name:34s} {e['kernels']:15.0f} {t['kernels']:14.0f} {e['syncs']:13.0f} "
               f"{t['syncs']:12.0f}")
         if args.by_site:
             for site, n in sorted(e["sites"].items(), key=lambda kv: -kv[1]):

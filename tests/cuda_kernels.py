@@ -39,7 +39,7 @@ def _source(kernel):
     formal = [f"{'T' if t == 'T' else _FIXED[t][0]} {n}" for t, n in ins] + \
         [f"{'T' if t == 'T' else _FIXED[t][0]}& {n}" for t, n in outs]
     src = ("#include <cmath>\nusing std::sqrt; using std::trunc; using std::fabs; "
-           "using std::copysign; using std::exp; using std::log; using std::pow;\n"
+           "using std::copysign; using std::exp; using std::log; using std::pow; using std::isinf;\n"
            f"template <typename T> static void body({', '.join(formal)}) {{\n{kernel.body}\n;}}\n")
     # ";" after the body: CuPy's generated loop is "${operation};", so a body may end without one
     for c in ("float", "double"):

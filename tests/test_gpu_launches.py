@@ -45,3 +45,10 @@ def test_a_cnn_step_launches_at_most_the_running_statistics_copies_more_than_tor
     cnn = counts["CNN conv-bn-relu-pool-linear"]
     assert cnn["engine"]["kernels"] <= cnn["torch"]["kernels"] + 3, cnn
     assert cnn["engine"]["syncs"] <= 1, cnn
+
+
+def test_a_transformer_mlp_block_with_adam_launches_no_more_kernels_than_torch(counts):
+    # Adam's step in two kernels (torch's multi-tensor path: eight), gelu's limits fixed in one
+    block = counts["MLP block (LayerNorm, GELU, Adam)"]
+    assert block["engine"]["kernels"] <= block["torch"]["kernels"], block
+    assert block["engine"]["syncs"] <= 1 and block["torch"]["syncs"] == 0, block

@@ -308,6 +308,13 @@ def _aten_gelu(x):
     return x.dtype in _ATEN_HALF_FLOATS and _aten.use_aten(x, "gelu")
 
 
+# gelu's limits at +-inf on CUDA in one kernel (`_Gelu.forward`): the array code's two wheres
+# over isinf(x) and x > 0, fused.
+_gelu_limits_kernel = fused_kernel("T x, T y", "T out",
+                                   "out = isinf(x) ? (x > (T)0 ? x : -(T)0) : y;",
+                                   "megengine_gelu_limits")
+
+
 class _Gelu(_Activation):
     """gelu, exact: ATen's ``gelu(approximate='none')`` and ``gelu_backward`` (`_aten_gelu`), else
     array code with a polynomial erf (Abramowitz & Stegun 7.1.26: Phi's absolute error is below
@@ -330,7 +337,9 @@ class _Gelu(_Activation):
         # is inf * 0 (and ATen's float32 kernel gives NaN at +inf too, as torch's gelu). Only
         # there (and where x is NaN) is y NaN, which the min (a fast reduction NaN propagates
         # through) finds on the host; on a GPU asking would wait for it, so the fix-up always
-        # runs there. Finite inputs keep their results.
+        # runs there, as one kernel (the array code's is four). Finite inputs keep their results.
+        if xp is not np and use_fused(y, x):
+            return _gelu_limits_kernel()(x, y)
         if xp is not np or (y.size and any_nan_array(y)):
             y = xp.where(xp.isinf(x), xp.where(x > 0, x, x.dtype.type(-0.0)), y)
         return y

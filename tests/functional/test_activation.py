@@ -353,6 +353,19 @@ def test_gelu_at_the_infinities_is_its_limit(gelu_path, dtype):
     np.testing.assert_array_equal(got[3:], host(F.gelu(mge.tensor(finite, dtype=dtype))))
     assert np.isnan(host(xt.grad)[:3]).all()
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_gelu_limits_kernel_body_matches_the_array_code(dtype, tmp_path):
+    # the one-kernel fix-up a GPU runs after ATen's gelu, its CUDA body compiled here as C++:
+    # +inf stays inf, -inf gives -0, everything else (NaN included) keeps ATen's value
+    kernel = emulate(act_module._gelu_limits_kernel, tmp_path)
+    x = np.array([np.inf, -np.inf, np.nan, -3.0, 0.0, 2.5], dtype)
+    y = np.array([np.nan, np.nan, np.nan, -0.004, 0.0, 2.48], dtype)  # ATen's values stand-in
+    got = kernel(x, y)
+    expect = np.where(np.isinf(x), np.where(x > 0, x, x.dtype.type(-0.0)), y)
+    np.testing.assert_array_equal(got, expect)
+    assert got[0] == np.inf and got[1] == 0 and np.signbit(got[1]) and not np.signbit(got[4])
+
+
 def test_large_float16_gelu_finds_its_infinities_without_numpys_float16_min(monkeypatch):
     # the NaN test before the fix-up at the infinities takes ATen's min for float16 (numpy's
     # float16 min converts one element at a time: 1.8 ms for (512, 512)); the limits as above
