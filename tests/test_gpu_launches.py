@@ -37,13 +37,14 @@ def test_an_mlp_step_launches_no_more_kernels_than_torch(counts):
     assert mlp["engine"]["syncs"] <= 1, mlp
 
 
-def test_a_cnn_step_launches_at_most_the_running_statistics_copies_more_than_torch(counts):
-    # max pooling's backward is one kernel. Above torch's count: batch norm's running
-    # statistics, copied for ATen and written back (four kernels a layer; torch updates its
-    # buffers in place), the labels' int64 cast and their range check (six); below it: SGD's
+def test_a_cnn_step_launches_fewer_kernels_than_torch(counts):
+    # max pooling's backward is one kernel; batch norm's running statistics are updated by
+    # ATen in the buffers' own storage, as torch's (no copies for it, no write back). Above
+    # torch's count: the labels' int64 cast and their range check (two); below it: SGD's
     # momentum step in one kernel (torch's multi-tensor path: three), no num_batches_tracked
+    # (one): 20 against 21
     cnn = counts["CNN conv-bn-relu-pool-linear"]
-    assert cnn["engine"]["kernels"] <= cnn["torch"]["kernels"] + 3, cnn
+    assert cnn["engine"]["kernels"] <= cnn["torch"]["kernels"] - 1, cnn
     assert cnn["engine"]["syncs"] <= 1, cnn
 
 

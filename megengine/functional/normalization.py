@@ -10,7 +10,8 @@ from ..core.dispatch import FLOAT16, KERNEL_FLOATS, Op, apply
 from ..core.dtype import float_value, quantize_array
 from ..core.ops import (ArgumentError, ShapeError, acc_dtype, all_ints, half_operands,
                         unbroadcast, xp_of)
-from ..core.tensor import Tensor
+from ..core import dispatch
+from ..core.tensor import Tensor, _note_write
 from . import _aten
 from ._args import _as_float, _int, _real, _tensor
 
@@ -74,15 +75,18 @@ class _BatchNorm(Op):
     normalizes with the batch statistics and, with running stats, also returns their updates
     ``momentum * running + (1 - momentum) * batch`` (unbiased batch variance) as two more
     outputs (C elements each: copies of the running stats updated in place, as ATen does with
-    torch's momentum ``1 - momentum``; the caller writes them into the buffers' storage). Inference
-    normalizes with the running stats, which are constants. Backward is
-    ``native_batch_norm_backward`` on the saved views (the input, the weight, the saved mean and
-    inverse std), as torch keeps them.
+    torch's momentum ``1 - momentum``; the caller writes them into the buffers' storage). With
+    ``stats_in_place`` (set by `_batch_norm` when nothing else sees the buffers' arrays, see
+    `_stats_in_place`) ATen updates the running stats' own arrays instead and only the output
+    is returned: no copies, as torch updates its buffers. Inference normalizes with the running
+    stats, which are constants. Backward is ``native_batch_norm_backward`` on the saved views
+    (the input, the weight, the saved mean and inverse std), as torch keeps them.
     """
     format_rule = "keep"  # how a tensor format label passes (megengine.core.format)
     # an eval BatchNorm layer's `_aten.LayerViews`, set by `_batch_norm` (F.batch_norm: None)
     cache = None
     what = "batch_norm"  # (the public function, for errors)
+    stats_in_place = False  # training: update the running stats' own arrays (`_batch_norm`)
 
     def __init__(self, eps, momentum, training, has_weight, has_bias, has_stats):
         # (ATen's own refusal of a string eps names neither batch_norm nor eps)
@@ -133,12 +137,20 @@ class _BatchNorm(Op):
         tb = vec(params[int(self.has_weight)]) if self.has_bias else None
         m = x.size // max(c, 1)
         rm = rv = None
+        in_place = False
         if self.has_stats:
             rm_a, rv_a = params[-2:]
-            if self.training:  # ATen updates these in place: copies, written back by the caller
-                rm, rv = _stat_copy(rm_a, c, dtype), _stat_copy(rv_a, c, dtype)
-            else:
+            # ATen updates the running stats it is given in place: the buffers' own arrays when
+            # `_batch_norm` found no one else sees them and they are what the kernel takes
+            # (the compute dtype, contiguous: `_vec` makes views of them, no copies), else
+            # copies, written back by the caller
+            in_place = self.training and self.stats_in_place and all(
+                a.dtype == dtype and a.dtype.metadata is None and a.flags.c_contiguous
+                for a in (rm_a, rv_a))
+            if in_place or not self.training:
                 rm, rv = vec(rm_a), vec(rv_a)
+            else:
+                rm, rv = _stat_copy(rm_a, c, dtype), _stat_copy(rv_a, c, dtype)
         # one value per channel: the unbiased variance is undefined (torch's update gives nan);
         # upstream trains on, so the running variance takes the biased one (0) instead
         single = self.training and rm is not None and m < 2
@@ -153,12 +165,16 @@ class _BatchNorm(Op):
                 rm.mul_(self.momentum).add_(save_mean, alpha=1.0 - self.momentum)
                 rv.mul_(self.momentum)
         if any(self.needs_input_grad):  # what backward (and grad_graph) read
-            self.saved = (tx, tw, rm, rv, save_mean, save_invstd)
+            # (training: ATen's backward reads the saved batch statistics, not the running
+            # ones, so they are not kept: a kept view of a buffer would be a holder of its
+            # array, and the next step's update would have to copy it)
+            self.saved = (tx, tw, None if self.training else rm, None if self.training else rv,
+                          save_mean, save_invstd)
             self.param_shapes = [p.shape for p in params]
             self.param_dtypes = [p.dtype for p in params]
         if type(y) is not np.ndarray:
             y = _aten.array(y)
-        if not (self.training and self.has_stats):
+        if not (self.training and self.has_stats) or in_place:
             return y
         rm_a, rv_a = params[-2:]
         return y, _stat_update(rm, rm_a), _stat_update(rv, rv_a)
@@ -600,8 +616,17 @@ def _batch_norm(inp, running_mean, running_var, weight, bias, training, momentum
             inputs.append(_tensor(t))
     op = _BatchNorm(eps, _real(momentum, "momentum", "batch_norm"), bool(training),
                     weight is not None, bias is not None, has_stats)
+    in_place = training and inplace and has_mean and has_var and _stats_in_place(
+        inp, running_mean, running_var)
+    if in_place:
+        op.stats_in_place = True
     out = apply(op, *inputs)
     if not (training and has_stats):
+        return out if out_dtype is None else out.astype(out_dtype)
+    if in_place:
+        # the op wrote the buffers' own arrays (it returns only the output): a write the engine
+        # counts, as `_reset`'s (capture_as_const's check of captured values relies on it)
+        _note_write()
         return out if out_dtype is None else out.astype(out_dtype)
     out, new_mean, new_var = out
     if out_dtype is not None:
@@ -616,6 +641,49 @@ def _batch_norm(inp, running_mean, running_var, weight, bias, training, momentum
     if has_var:
         running_var._reset(new_var.detach())
     return out
+
+
+def _stats_in_place(inp, running_mean, running_var):
+    """Whether a training batch norm may let ATen update ``running_mean`` and ``running_var``
+    in their own arrays (skipping a copy of each for ATen and `Tensor._reset`'s write back: four
+    kernels a layer on a GPU, where torch updates its buffers in place), with the values the
+    copies would give. Only where `_reset` would write into the same storage and nothing can
+    tell the difference:
+
+    * plain tensors of the compute dtype (the input's float dtype, float32 for float16 and
+      integer input; another dtype is cast by the copy), C-contiguous, not quantized (the copy
+      computes on their values), no PyTorchModule mirror (`_reset`'s pinned path tells its
+      owner), not tracked by autodiff (`_reset` makes a computed tensor a constant);
+    * not `Tensor._aliased`: no other tensor, view or recorded op holds the array (as
+      upstream's values never change, ``old = bn.running_mean.detach()`` keeps its value and a
+      recorded backward computes with what its forward saw: `_reset` gives such a tensor a
+      new array). Recorded ops hold the arrays they keep by reference (numpy and CuPy views
+      keep their base, the bridge's torch views the array), so the reference count sees them;
+    * not traced (``jit.trace``, traced_module, a network_node graph): a trace records each op
+      as a function of its inputs and each write as a `_reset` event, which it replays (and a
+      dump or ``capture_as_const`` program carries) on every call. Whether the write may go in
+      place depends on who holds the arrays at that call, which a recorded program cannot
+      ask: a replayed in-place op would write through an alias taken after the recording
+      (``old = bn.running_mean.detach()`` between two calls), and a checked call that decides
+      otherwise than the recording is an op mismatch (measured: forcing the in-place path
+      under ``trace(symbolic=False)`` raised TraceMismatchError at the first call after such
+      an alias). Traced calls keep the copies and `_reset`, whose event decides per call.
+    """
+    if dispatch._trace_hook is not None or dispatch._symbolic_hook is not None:
+        return False
+    d = inp._data.dtype
+    dtype = d if d.kind == "f" else np.dtype(np.float32)  # (float16 arrives as float32 here)
+    for t in (running_mean, running_var):
+        if type(t) is not Tensor or t._node is not None or t._pinned_storage:
+            return False
+        a = t._data
+        if a.dtype != dtype or a.dtype.metadata is not None or not a.flags.c_contiguous \
+                or t._device != inp._device:
+            return False
+        del a  # (a reference of our own: `_aliased` counts the array's references)
+        if t._aliased():
+            return False
+    return True
 
 
 def _empty_batch_affine(inp, c, weight, bias):

@@ -1027,3 +1027,153 @@ def test_batch_norm_statistics_alone_used_take_no_gradient(order):
     ty = TF.batch_norm(tx, None, None, training=True)
     (ty * ty).sum().backward()
     np.testing.assert_allclose(x.grad.numpy(), tx.grad.numpy(), rtol=1e-4, atol=1e-5)
+
+
+# ----- training batch norm's running statistics, updated in the buffers' own storage -----
+# (ATen updates the buffers' arrays where nothing else sees them, as torch's BatchNorm updates
+# its own buffers; otherwise copies, written back by `Tensor._reset`. Oracle: torch's
+# BatchNorm2d over several steps, and the copy path's values bit for bit.)
+
+def _bn_layers(c=3, momentum=0.9):
+    import megengine.module as M
+
+    bn = M.BatchNorm2d(c, momentum=momentum)
+    tbn = torch.nn.BatchNorm2d(c, momentum=1 - momentum, dtype=torch.float64)
+    with torch.no_grad():
+        w, b = rand(c, low=0.5, high=1.5), rand(c)
+        bn.weight.set_value(w.reshape(bn.weight.shape))
+        bn.bias.set_value(b.reshape(bn.bias.shape))
+        tbn.weight.copy_(torch.tensor(w, dtype=torch.float64))
+        tbn.bias.copy_(torch.tensor(b, dtype=torch.float64))
+    return bn, tbn
+
+
+def _train_steps(bn, tbn, shape, steps=4, dtype="float32"):
+    """``steps`` recorded training steps of ``bn`` (after a multiplication by an attached
+    parameter, so that a recorded op precedes it, as a conv in a network) against torch's
+    float64 layer; returns the running stats' addresses before and after."""
+    p = mge.Parameter(np.full((1, shape[1], 1, 1), 1.5, np.float32))
+    gm = GradManager().attach([p] + list(bn.parameters()))
+    before = (address(bn.running_mean), address(bn.running_var))
+    for _ in range(steps):
+        x = rand(*shape)
+        with gm:
+            y = bn((mge.tensor(x) * p).astype(dtype))
+            gm.backward((y.astype("float32") ** 2).sum())
+        # (torch's input: the values the layer gets, float16's rounded ones included)
+        ty = tbn(torch.tensor((x * np.float32(1.5)).astype(dtype).astype(np.float64)))
+        tol = 1e-2 if dtype == "float16" else 1e-4
+        np.testing.assert_allclose(y.numpy().astype(np.float64), ty.detach().numpy(),
+                                   rtol=tol, atol=tol)
+        np.testing.assert_allclose(bn.running_mean.numpy().ravel(),
+                                   tbn.running_mean.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(bn.running_var.numpy().ravel(),
+                                   tbn.running_var.numpy(), rtol=1e-5, atol=1e-6)
+    return before, (address(bn.running_mean), address(bn.running_var))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", [(8, 3, 6, 6), (4, 3, 2, 2)], ids=["maps", "small"])
+def test_train_batch_norm_updates_its_statistics_in_their_own_storage_as_torch(shape, threads):
+    # (the CPU's numpy forward, `_forward_cpu`, for maps on one thread; ATen's kernel else)
+    bn, tbn = _bn_layers()
+    with pool_threads(threads):
+        before, after = _train_steps(bn, tbn, shape)
+    assert after == before
+    assert bn.running_mean._data.base is None  # the buffers' own arrays, not views of others
+
+
+def test_train_batch_norm_statistics_in_place_equal_the_copies_bit_for_bit():
+    # the same steps on the copy path (an alias of each buffer held) give the same bits
+    import megengine.module as M
+
+    a, b = M.BatchNorm2d(3), M.BatchNorm2d(3)
+    keep = (b.running_mean.detach(), b.running_var.detach())  # b's updates are copies
+    for step in range(3):
+        x = mge.tensor(rand(4, 3, 5, 5))
+        ya, yb = a(x), b(x)
+        np.testing.assert_array_equal(ya.numpy(), yb.numpy())
+        np.testing.assert_array_equal(a.running_mean.numpy(), b.running_mean.numpy())
+        np.testing.assert_array_equal(a.running_var.numpy(), b.running_var.numpy())
+        keep = keep + (b.running_mean.detach(), b.running_var.detach())
+    np.testing.assert_array_equal(keep[0].numpy(), 0)  # the aliases kept their values
+    np.testing.assert_array_equal(keep[1].numpy(), 1)
+
+
+@pytest.mark.parametrize("alias", ["detach", "reshape", "F.reshape", "slice"])
+def test_train_batch_norm_leaves_an_alias_of_its_statistics_as_it_was(alias):
+    # upstream's values never change: the update gives the buffer a new value, and what was
+    # taken from it before keeps the old one (torch's detach would see the update)
+    bn, tbn = _bn_layers()
+    bn.running_mean.set_value(np.full(bn.running_mean.shape, 0.25, np.float32))
+    with torch.no_grad():
+        tbn.running_mean.fill_(0.25)
+    take = {"detach": lambda t: t.detach(), "reshape": lambda t: t.reshape(-1),
+            "F.reshape": lambda t: F.reshape(t, (3,)), "slice": lambda t: t[:, :2]}[alias]
+    old_mean, old_var = take(bn.running_mean), take(bn.running_var)
+    expect_mean, expect_var = old_mean.numpy().copy(), old_var.numpy().copy()
+    _train_steps(bn, tbn, (4, 3, 5, 5), steps=2)
+    np.testing.assert_array_equal(old_mean.numpy(), expect_mean)
+    np.testing.assert_array_equal(old_var.numpy(), expect_var)
+
+
+def test_train_batch_norm_keeps_a_recorded_ops_value_of_its_statistics():
+    # a recorded op that keeps the running mean for its backward computes with the value its
+    # forward saw (upstream: the update is a new value), not the updated one
+    import megengine.module as M
+
+    bn = M.BatchNorm2d(3)
+    bn.running_mean.set_value(np.array([1.0, 2.0, 3.0], np.float32).reshape(1, 3, 1, 1))
+    p = mge.Parameter(np.ones((1, 3, 1, 1), np.float32))
+    gm = GradManager().attach([p])
+    with gm:
+        z = p * bn.running_mean  # mul keeps the running mean for p's gradient
+        bn(mge.tensor(rand(4, 3, 5, 5)) + 5)
+        gm.backward(z.sum())
+    np.testing.assert_array_equal(p.grad.numpy().ravel(), [1, 2, 3])
+    assert not np.allclose(bn.running_mean.numpy().ravel(), [1, 2, 3])
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float64"])
+def test_train_batch_norm_of_another_dtype_keeps_float32_statistics(dtype):
+    # float16 input computes in float32 (the statistics' dtype: updated in place); float64
+    # input computes in float64 (cast copies, written back as float32)
+    bn, tbn = _bn_layers()
+    before, after = _train_steps(bn, tbn, (4, 3, 5, 5), steps=3, dtype=dtype)
+    assert bn.running_mean.dtype == bn.running_var.dtype == np.float32
+    assert (after == before) == (dtype == "float16")
+
+
+def test_batch_norm_in_place_statistics_count_as_a_write():
+    # megengine.jit's capture_as_const skips comparing captured values while the engine's write
+    # count stands still: an update in place is a write like `_reset`'s
+    import importlib
+
+    core_tensor = importlib.import_module("megengine.core.tensor")
+
+    rm, rv = mge.tensor(np.zeros(3, np.float32)), mge.tensor(np.ones(3, np.float32))
+    where, count = address(rm), core_tensor._writes[0]
+    F.batch_norm(mge.tensor(rand(4, 3, 2, 2)), rm, rv, training=True)
+    assert address(rm) == where and core_tensor._writes[0] > count
+    assert not np.array_equal(rm.numpy(), 0)
+
+
+@pytest.mark.parametrize("symbolic", [False, True])
+def test_traced_train_batch_norm_layer_updates_its_statistics_on_every_call(symbolic):
+    # a traced call keeps the copies and `_reset`, which the trace records and replays; the
+    # untraced steps before and after update the same buffers in place
+    from megengine.jit import trace
+
+    bn, tbn = _bn_layers()
+    _train_steps(bn, tbn, (4, 3, 5, 5), steps=1)
+    step = trace(lambda a: bn(a), symbolic=symbolic)
+    for _ in range(3):
+        x = rand(4, 3, 5, 5)
+        out = step(mge.tensor(x))
+        expect = tbn(torch.tensor(x, dtype=torch.float64))
+        np.testing.assert_allclose(out.numpy(), expect.detach().numpy(), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(bn.running_mean.numpy().ravel(), tbn.running_mean.numpy(),
+                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(bn.running_var.numpy().ravel(), tbn.running_var.numpy(),
+                                   rtol=1e-5, atol=1e-6)
+    _train_steps(bn, tbn, (4, 3, 5, 5), steps=2)
