@@ -21,8 +21,8 @@ import numpy as np
 from ..autodiff.grad_manager import GradManager, get_backwarding_grad_manager
 from ..core.dispatch import xp_of
 from ..core.tensor import Tensor, _note_write
-from .group import (WORLD, Group, _check_ranks, _is_int, _not_initialized, group_barrier,
-                    is_distributed)
+from .group import (WORLD, Group, _check_ranks, _group_of, _is_int, _not_initialized,
+                    group_barrier, is_distributed)
 
 __all__ = ["bcast_list_", "synchronized", "make_allreduce_cb", "AllreduceCallback",
            "DEFAULT_BUCKET_SIZE", "get_device_count_by_fork", "param_pack_split",
@@ -281,14 +281,16 @@ def _bucket_size(value):
 
 
 def _check_group(group, what):
-    """Raise unless ``group`` is a Group or a list of valid ranks (a callback checks it when
-    made, not at the first backward)."""
+    """Raise unless ``group`` is a Group or a list of valid ranks that names a group the
+    collectives can use (all ranks, or a dist.new_group made of them): a callback checks it
+    when made, not at the first backward."""
     if isinstance(group, Group):
         return
     if not isinstance(group, (list, tuple)):
         raise TypeError(f"{what}: group must be a Group (dist.WORLD, dist.new_group(ranks)) or a "
                         f"list of ranks, got {type(group).__name__} {group!r}")
     _check_ranks(group, f"{what}: group={list(group)}")
+    _group_of(group, what)  # (some of the ranks, with no group made of them: its error)
 
 
 class AllreduceCallback:

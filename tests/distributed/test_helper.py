@@ -102,6 +102,7 @@ def _bad_calls():
         "bcast_list_ [x, 1]": lambda: dist.bcast_list_([x, 1]),
         "cb [0, 5]": lambda: dist.make_allreduce_cb("mean", group=[0, 5]),
         "cb int": lambda: dist.make_allreduce_cb("sum", group=1),
+        "cb [0]": lambda: dist.make_allreduce_cb("mean", group=[0]),
         "pack tensor": lambda: pack_allreduce_split(x, [(4,)], dist.WORLD, "sum"),
         "pack shapes ints": lambda: pack_allreduce_split([x], [4], dist.WORLD, "sum"),
         "pack fewer shapes": lambda: pack_allreduce_split([x, x], [(4,)], dist.WORLD, "sum"),
@@ -184,6 +185,10 @@ BAD_CALLS = {  # what: (error type, the words it must hold)
     "bcast_list_ [x, 1]": ("TypeError", "bcast_list_: inps[1] must be a Tensor, got int"),
     "cb [0, 5]": ("ValueError", "make_allreduce_cb: group=[0, 5]: rank 5 is out of range"),
     "cb int": ("TypeError", "make_allreduce_cb: group must be a Group"),
+    # some of the ranks with no group made of them: refused when the callback is made (it
+    # failed at the first backward, inside GradManager.backward)
+    "cb [0]": ("ValueError", "make_allreduce_cb: group=[0] names some of the ranks; create it "
+                             "first with dist.new_group(ranks)"),
     "pack tensor": ("TypeError", "pack_allreduce_split: pack_list must be a list of Tensors, "
                                  "got a single Tensor"),
     "pack shapes ints": ("TypeError", "pack_allreduce_split: shapes[0] is the int 4; shapes is "
