@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import megengine as mge
-from devices import address
+from devices import address, requires_cuda
 from megengine.optimizer import clip_grad_norm, clip_grad_value
 from oracle import check_recorded_clip_grad_norm
 
@@ -153,3 +153,35 @@ def test_clipping_a_recorded_gradient_by_value_keeps_it_recorded():
     tgw, = torch.autograd.grad(gx.clamp(-8.0, 5.0).pow(2).sum(), tw)
     np.testing.assert_allclose(x.grad.numpy(), gx.detach().clamp(-8.0, 5.0).numpy(), rtol=1e-5)
     np.testing.assert_allclose(w.grad.numpy(), tgw.numpy(), rtol=1e-5, atol=1e-6)
+
+
+@requires_cuda
+def test_clip_grad_norm_on_a_gpu_takes_the_multi_tensor_path_and_spares_aliases(monkeypatch):
+    # torch's foreach path (no host sync) where it applies: ord 1, 2 or inf, gradients seen by
+    # nothing else; an alias of a gradient (upstream's values never change) sends all of them
+    # to the array code, which gives the gradient a new value and leaves the alias as it was
+    from megengine.optimizer import clip_grad as module
+
+    taken = []
+    real = module._clip_norm_on_aten
+
+    def spy(*args):
+        out = real(*args)
+        taken.append(out is not None)
+        return out
+
+    monkeypatch.setattr(module, "_clip_norm_on_aten", spy)
+    for ord, alias, expect in ((2.0, False, True), (float("inf"), False, True),
+                               (3.0, False, False), (2.0, True, False)):
+        params, tparams = _pairs(scale=1.0)
+        kept = params[0].grad.detach() if alias else None
+        before = None if kept is None else kept.numpy().copy()
+        taken.clear()
+        total = clip_grad_norm(params, 0.5, ord=ord)
+        ttotal = torch.nn.utils.clip_grad_norm_(tparams, 0.5, norm_type=ord)
+        assert taken == [expect], (ord, alias)
+        np.testing.assert_allclose(total.numpy(), ttotal.numpy(), rtol=1e-5)
+        for p, tp in zip(params, tparams):
+            np.testing.assert_allclose(p.grad.numpy(), tp.grad.numpy(), rtol=1e-5, atol=1e-7)
+        if kept is not None:
+            np.testing.assert_array_equal(kept.numpy(), before)

@@ -1,14 +1,10 @@
-"""Multi-tensor optimizer steps (`Optimizer._update_batch`): SGD's CUDA update of many parameters in one kernel (ATen's ``_fused_sgd_``) against torch's SGD, and the torch views it keeps between steps (`optimizer.TorchViews`).
+"""Multi-tensor optimizer steps (`Optimizer._update_batch`): SGD's, Adam's and AdamW's CUDA update of many parameters in one kernel (ATen's ``_fused_sgd_`` / ``_fused_adam_`` / ``_fused_adamw_``) against torch's optimizers, and the torch views kept between steps (`optimizer.TorchViews`).
 
-On a GPU (or the simulated one, ``make sim-gpu-check``) the side-by-side tests of test_sgd.py
-take this path by themselves. Here it is forced for numpy parameters (ATen's CPU kernel of the
-same op), so the CPU-only suite checks the batching, the formulas and the kept views too.
+On a GPU (or the simulated one: ``make sim-gpu-check``, and tests/test_simulated_gpu_paths.py in
+every run) the side-by-side tests of test_sgd.py take this path by themselves. Here it is also
+forced for numpy parameters (ATen's CPU kernel of the same op), so the CPU-only suite checks
+the batching and the formulas directly.
 """
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -20,7 +16,6 @@ from megengine.optimizer import optimizer as optimizer_module
 from megengine.optimizer.optimizer import TorchViews
 
 from devices import address, requires_cuda
-REPO = Path(__file__).resolve().parents[2]
 
 SGD_CASES = [
     dict(lr=0.1),
@@ -137,20 +132,6 @@ def test_sgd_batch_keeps_views_of_parameters_and_buffers(monkeypatch):
     np.testing.assert_array_equal(alias.numpy(), kept)
     assert address(w) != addresses[0] and made[-1] == (3, 2)  # a new array, a new view
     np.testing.assert_allclose(w.numpy(), kept - 0.5 * 3.439, rtol=1e-6)  # v = 3.439
-
-
-def test_the_gpu_cases_pass_on_a_simulated_gpu():
-    """The GPU cases above, on a simulated GPU (tests/simcuda: CuPy's rules, ATen's kernels on
-    the CPU), so that a machine without one checks them too."""
-    if mge.is_cuda_available():
-        pytest.skip("a GPU is here: the cases ran on it")
-    env = dict(os.environ, MGE_SIM_CUDA="1", PYTHONPATH=os.pathsep.join(
-        filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                          __file__, "-k", "keeps_views or matches_torch"],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert " passed" in run.stdout and "skipped" not in run.stdout, run.stdout[-2000:]
 
 
 @requires_cuda
