@@ -2,7 +2,7 @@
 
 A machine without a GPU otherwise checks these paths only through ``make sim-gpu-check``:
 SGD's, Adam's and AdamW's multi-tensor steps with their kept torch views, clip_grad_norm's
-multi-tensor path, the one-kernel max-pooling backward of windows that tile the input, the
+and GradScaler.unscale's multi-tensor paths, the one-kernel max-pooling backward of windows that tile the input, the
 linear layer's addmm, gelu's one-kernel limits and batch norm's statistics in their own storage.
 The files' own tests run on the default device, which the simulation makes ``gpu0``.
 """
@@ -16,9 +16,10 @@ import pytest
 import megengine as mge
 
 REPO = Path(__file__).resolve().parents[1]
-FILES = ["tests/optimizer/test_multi_tensor.py", "tests/optimizer/test_sgd.py",
-         "tests/optimizer/test_adam.py", "tests/optimizer/test_adamw.py",
-         "tests/optimizer/test_clip_grad.py", "tests/functional/test_pooling.py",
+FILES = ["tests/amp/test_grad_scaler.py", "tests/optimizer/test_multi_tensor.py",
+         "tests/optimizer/test_sgd.py", "tests/optimizer/test_adam.py",
+         "tests/optimizer/test_adamw.py", "tests/optimizer/test_clip_grad.py",
+         "tests/functional/test_pooling.py",
          "tests/functional/test_activation.py", "tests/functional/test_normalization.py",
          "tests/functional/test_nn.py"]
 

@@ -2,6 +2,8 @@
 parameters' gradients, and adapt the scale: back off on inf/nan, grow after a run of good steps."""
 from typing import Iterable
 
+import numpy as np
+
 from ..core import dispatch
 from ..core.tensor import Tensor, check_grad_is_tensor
 from ..core.dispatch import on_device, xp_of
@@ -16,6 +18,43 @@ def _check_non_finite(grads) -> bool:
             if not bool(xp_of(g._data).isfinite(g._data).all()):
                 return True
     return False
+
+
+def _unscale_on_aten(grads, inv, check):
+    """CUDA float32 gradients of one device that nothing else holds
+    (`Tensor._aliased`): all unscaled in place by ``inv`` and checked for inf/nan in one kernel
+    (ATen's ``_amp_foreach_non_finite_check_and_unscale_``, torch's GradScaler's), with one host
+    read of the verdict (``check``; none without), where the array code launches four kernels
+    and reads back one verdict per gradient. The products are the array code's (each value
+    times ``inv`` in the gradient's dtype); after an inf/nan the caller drops the gradients, so
+    their unscaled values are never seen. Returns whether one was found (False when not
+    ``check``), or None where this does not apply."""
+    from ..functional import _aten
+
+    if not grads:
+        return None
+    kind, dtype, device = type(grads[0]._data), grads[0]._data.dtype, grads[0]._device
+    # float32 (what AMP's master weights take): the kernel's scale is a float32 value, which
+    # for float64 gradients would not be the array code's double
+    if kind is np.ndarray or dtype != np.float32 \
+            or not _aten.use_aten(grads[0]._data, "update"):
+        return None
+    for g in grads:  # (no array held in a local here: `_aliased` counts their references)
+        if type(g._data) is not kind or g._data.dtype != dtype or g._device != device \
+                or g._aliased():
+            return None
+    torch, view = _aten.torch_module(), _aten.view
+    views = [view(g._data) for g in grads]
+    where = views[0].device
+    if not check:
+        torch._foreach_mul_(views, inv)
+        _aten.written(grads[0]._data)
+        return False
+    found = torch.zeros((), dtype=torch.float32, device=where)
+    torch._amp_foreach_non_finite_check_and_unscale_(
+        views, found, torch.full((), inv, dtype=torch.float32, device=where))
+    _aten.written(grads[0]._data)
+    return bool(found.item())
 
 
 class GradScaler:
@@ -87,14 +126,17 @@ class GradScaler:
         tensors = [t for t in grad_tensors if getattr(t, "grad", None) is not None]
         for t in tensors:  # before any gradient changes
             check_grad_is_tensor(t, "GradScaler.unscale", "nothing was unscaled")
-        if self._check_gradients([t.grad for t in tensors]):
+        inv = 1.0 / self.scale_factor
+        found = _unscale_on_aten([t.grad for t in tensors], inv, self.growth_interval != 0)
+        if found is None:  # the array code: check all, then unscale each
+            found = self._check_gradients([t.grad for t in tensors])
+            if not found:
+                for t in tensors:
+                    t.grad._reset(t.grad * inv)
+        if found:
             self._found_non_finite = True
             for t in tensors:
                 t.grad = None
-        else:
-            inv = 1.0 / self.scale_factor
-            for t in tensors:
-                t.grad._reset(t.grad * inv)
         return self
 
     def _check_gradients(self, grads):

@@ -9,6 +9,8 @@ from megengine.amp import GradScaler
 from megengine.autodiff import GradManager
 from megengine.jit import trace
 
+from devices import requires_cuda
+
 
 def test_upstream_grad_scaler_example():
     # upstream's test_grad_scaler.py: y.grad is the scale before unscale, 1 after
@@ -219,3 +221,41 @@ def test_only_the_gradients_unscaled_decide_whether_they_are_dropped():
     np.testing.assert_allclose(lin.weight.grad.numpy(), [[0.75, 0.75, 0.5]] * 2)
     scaler.update()
     assert (scaler.scale_factor, scaler._growth_tracker) == (1.0, 0)
+
+
+@requires_cuda
+@pytest.mark.parametrize("case", ["finite", "inf", "alias", "fixed scale"])
+def test_unscale_on_a_gpu_checks_and_unscales_all_gradients_in_one_kernel(monkeypatch, case):
+    # torch's GradScaler kernel (one launch, one read of the verdict) where the gradients are
+    # float32 on one device and nothing else holds them; the values the array code gives
+    # (products by the same float32 scale), inf/nan dropping all, an alias sending all to the
+    # array code (it keeps its value there, as upstream's values never change)
+    from megengine.amp import grad_scaler as module
+
+    taken = []
+    real = module._unscale_on_aten
+
+    def spy(*args):
+        out = real(*args)
+        taken.append(out)
+        return out
+
+    monkeypatch.setattr(module, "_unscale_on_aten", spy)
+    rng = np.random.RandomState(0)
+    values = [rng.randn(*s).astype("float32") * 12 for s in ((4, 3), (3,), (2, 2, 2))]
+    if case == "inf":
+        values[1][2] = np.inf
+    ps = [mge.Parameter(np.zeros(v.shape, "float32")) for v in values]
+    for p, v in zip(ps, values):
+        p.grad = mge.Tensor(v)
+    alias = ps[0].grad.detach() if case == "alias" else None
+    scaler = GradScaler(init_scale=12.0, growth_interval=0 if case == "fixed scale" else 5)
+    scaler.unscale(ps)
+    assert taken == [{"finite": False, "inf": True, "alias": None, "fixed scale": False}[case]]
+    if case == "inf":
+        assert all(p.grad is None for p in ps) and scaler._found_non_finite
+        return
+    for p, v in zip(ps, values):  # the array code's product: v * float32(1 / 12)
+        np.testing.assert_array_equal(p.grad.numpy(), v * np.float32(1.0 / 12.0))
+    if alias is not None:
+        np.testing.assert_array_equal(alias.numpy(), values[0])
