@@ -20,6 +20,9 @@ def _check_non_finite(grads) -> bool:
     return False
 
 
+_FLOAT32 = (np.dtype(np.float32),)
+
+
 def _unscale_on_aten(grads, inv, check):
     """CUDA float32 gradients of one device that nothing else holds
     (`Tensor._aliased`): all unscaled in place by ``inv`` and checked for inf/nan in one kernel
@@ -31,20 +34,12 @@ def _unscale_on_aten(grads, inv, check):
     ``check``), or None where this does not apply."""
     from ..functional import _aten
 
-    if not grads:
-        return None
-    kind, dtype, device = type(grads[0]._data), grads[0]._data.dtype, grads[0]._device
     # float32 (what AMP's master weights take): the kernel's scale is a float32 value, which
     # for float64 gradients would not be the array code's double
-    if kind is np.ndarray or dtype != np.float32 \
-            or not _aten.use_aten(grads[0]._data, "update"):
+    views = _aten.exclusive_views(grads, _FLOAT32)
+    if views is None:
         return None
-    for g in grads:  # (no array held in a local here: `_aliased` counts their references)
-        if type(g._data) is not kind or g._data.dtype != dtype or g._device != device \
-                or g._aliased():
-            return None
-    torch, view = _aten.torch_module(), _aten.view
-    views = [view(g._data) for g in grads]
+    torch = _aten.torch_module()
     where = views[0].device
     if not check:
         torch._foreach_mul_(views, inv)

@@ -23,7 +23,8 @@ import numpy as np
 
 from ..core import dispatch as _dispatch
 
-__all__ = ["aten", "op", "ops", "view", "memory_view", "array", "written", "fresh_gradient",
+__all__ = ["aten", "op", "ops", "view", "memory_view", "exclusive_views", "array", "written",
+           "fresh_gradient",
            "torch_module", "set_num_threads", "get_num_threads", "use_aten", "forced",
            "is_forced", "avoided", "LayerViews", "layer_views", "binary", "pooled_concat",
            "pooled_reshape", "half_cast"]
@@ -144,6 +145,25 @@ def array(t):
     if _from_torch is None:
         _load()
     return _from_torch(t)
+
+
+def exclusive_views(tensors, dtypes):
+    """torch views of the arrays of Tensors ``tensors`` for one of ATen's multi-tensor ops to
+    write in place (clip_grad_norm, GradScaler.unscale): CUDA arrays of one device and of one
+    dtype among ``dtypes``, where torch has CUDA, none of them seen by another tensor
+    (`Tensor._aliased`: upstream's values never change, so an alias keeps its value, which the
+    array code's writes see to). None otherwise: the caller's array code serves."""
+    if not tensors:
+        return None
+    first = tensors[0]
+    kind, dtype, device = type(first._data), first._data.dtype, first._device
+    if kind is np.ndarray or dtype not in dtypes or not use_aten(first._data, "update"):
+        return None
+    for t in tensors:  # (no array held in a local here: `_aliased` counts their references)
+        if type(t._data) is not kind or t._data.dtype != dtype or t._device != device \
+                or t._aliased():
+            return None
+    return [view(t._data) for t in tensors]
 
 
 def written(a):

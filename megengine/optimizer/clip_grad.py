@@ -126,22 +126,16 @@ def _clip_norm_on_aten(tensors, max_norm, ord):
     if ord not in (1, 2, float("inf")):
         return None
     grads = [t.grad for t in tensors]
-    kind, dtype, device = type(grads[0]._data), grads[0]._data.dtype, grads[0]._device
-    if kind is np.ndarray or dtype not in dispatch.KERNEL_FLOATS \
-            or not _aten.use_aten(grads[0]._data, "update"):
+    views = _aten.exclusive_views(grads, dispatch.KERNEL_FLOATS)
+    if views is None:
         return None
-    for g in grads:  # (no array held in a local here: `_aliased` counts their references)
-        if type(g._data) is not kind or g._data.dtype != dtype or g._device != device \
-                or g._aliased():
-            return None
-    torch, view = _aten.torch_module(), _aten.view
-    views = [view(g._data) for g in grads]
+    torch = _aten.torch_module()
     total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(views, ord)), ord)
     coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
     torch._foreach_mul_(views, coef)
     _aten.written(grads[0]._data)
     _note_write()  # (the gradients were written in place)
-    return Tensor._wrap(_aten.array(total), device)
+    return Tensor._wrap(_aten.array(total), grads[0]._device)
 
 
 @_trace_event
