@@ -143,9 +143,24 @@ def clip_grad_value(tensors, lower: float, upper: float):
     """Clip every gradient element to ``[lower, upper]``, in place."""
     if lower > upper:
         raise ValueError(f"clip_grad_value: lower ({lower}) must not exceed upper ({upper})")
+    tensors = _with_grads(tensors, "clip_grad_value")
+    if tensors and not any(t.grad._tracked for t in tensors):
+        from ..functional import _aten
+
+        # CUDA gradients of one device and dtype that nothing else holds: clamped in place in
+        # two multi-tensor kernels (the array code: a clip and a write per gradient); the same
+        # values, a clamp computes nothing
+        views = _aten.exclusive_views([t.grad for t in tensors], dispatch.KERNEL_FLOATS)
+        if views is not None:
+            torch = _aten.torch_module()
+            torch._foreach_clamp_min_(views, lower)
+            torch._foreach_clamp_max_(views, upper)
+            _aten.written(tensors[0].grad._data)
+            _note_write()  # (the gradients were written in place)
+            return
     scope = dispatch.device_scope()  # None unless there are several GPUs
     try:
-        for t in _with_grads(tensors, "clip_grad_value"):
+        for t in tensors:
             if scope is not None:
                 scope.enter(t.grad._device)
             if t.grad._tracked:  # an outer GradManager records it: clip by a recorded op

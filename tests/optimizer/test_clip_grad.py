@@ -185,3 +185,25 @@ def test_clip_grad_norm_on_a_gpu_takes_the_multi_tensor_path_and_spares_aliases(
             np.testing.assert_allclose(p.grad.numpy(), tp.grad.numpy(), rtol=1e-5, atol=1e-7)
         if kept is not None:
             np.testing.assert_array_equal(kept.numpy(), before)
+
+
+@requires_cuda
+def test_clip_grad_value_on_a_gpu_clamps_in_place_and_spares_aliases():
+    # two multi-tensor kernels where nothing else holds the gradients, with the array code's
+    # values (NaN stays NaN, the bounds themselves kept); an alias sends them to the array code,
+    # which leaves the alias its value
+    for alias in (False, True):
+        values = [np.array([-3.0, 0.5, np.nan, 7.0, -1.0, 2.0], "float32"),
+                  np.array([[0.25, -9.0]], "float32")]
+        ps = [mge.Parameter(np.zeros(v.shape, "float32")) for v in values]
+        for p, v in zip(ps, values):
+            p.grad = mge.Tensor(v)
+        grads = [address(p.grad) for p in ps]
+        kept = ps[0].grad.detach() if alias else None
+        clip_grad_value(ps, -1.0, 2.0)
+        for p, v in zip(ps, values):
+            np.testing.assert_array_equal(p.grad.numpy(), np.clip(v, -1.0, 2.0))
+        if kept is None:
+            assert [address(p.grad) for p in ps] == grads  # in place
+        else:
+            np.testing.assert_array_equal(kept.numpy(), values[0])
