@@ -277,6 +277,15 @@ class Optimizer:
                     f"of shape {p.shape}; nothing was updated (set its .grad to a Tensor of "
                     "the parameter's shape, or None to skip it)"
                 )
+            if g._device != p._device and "gpu" in g._device + p._device:
+                # (a GPU's kernels read the memory of their own device only: the update of a
+                # parameter from another device's gradient failed midway, with CuPy's or
+                # torch's words; host memory is one, so cpu devices mix)
+                raise ValueError(
+                    f"{type(self).__name__}.step: the gradient of parameter {i} is on "
+                    f"{g._device}, the parameter on {p._device}; nothing was updated (move the "
+                    f"gradient: p.grad = p.grad.to(p.device))"
+                )
             if p._data.dtype.kind not in "fc":  # (upstream 1.13 measured: failed midway too)
                 raise TypeError(
                     f"{type(self).__name__}.step: parameter {i} is of dtype {p.dtype}, which an "
@@ -580,9 +589,9 @@ def _batchable(data, grad):
     """Whether CUDA parameter ``data`` with gradient ``grad`` may join a multi-tensor update
     (`Optimizer._update_batch`): CuPy arrays of one float32/float64 dtype, C-contiguous (the
     multi-tensor kernels walk each tensor's memory as one flat run), on a GPU whose torch has
-    CUDA (the kernels are ATen's)."""
-    return use_fused(data, grad) and data.flags.c_contiguous and grad.flags.c_contiguous \
-        and _aten.use_aten(data, "update")
+    CUDA (the kernels are ATen's). Empty ones have nothing to update, and no memory to view."""
+    return use_fused(data, grad) and data.size > 0 and data.flags.c_contiguous \
+        and grad.flags.c_contiguous and _aten.use_aten(data, "update")
 
 
 class TorchViews:

@@ -95,6 +95,26 @@ def test_optimizer_steps_on_gpu1_match_torch(make):
     assert _current() == 0
 
 
+@pytest.mark.parametrize("make", [lambda ps: SGD(ps, lr=0.5), lambda ps: Adam(ps, lr=0.5)],
+                         ids=["sgd", "adam"])
+def test_a_gradient_on_another_gpu_than_its_parameter_is_refused_before_any_update(make):
+    # a GPU's kernels read their own device's memory: the update failed midway (CuPy's peer
+    # access error, or torch's device check in a multi-tensor kernel), some parameters changed
+    ps = [mge.Parameter(np.ones(3, np.float32), device="gpu0") for _ in range(3)]
+    for i, p in enumerate(ps):
+        p.grad = mge.Tensor(np.ones(3, np.float32), device="gpu1" if i == 1 else "gpu0")
+    opt = make(ps)
+    with pytest.raises(ValueError, match="gradient of parameter 1 is on gpu1, the parameter on "
+                                         "gpu0; nothing was updated"):
+        opt.step()
+    assert all((p.numpy() == 1).all() for p in ps)
+    ps[1].grad = ps[1].grad.to(ps[1].device)  # what the message says to do
+    opt.step()
+    assert all((p.numpy() < 1).all() for p in ps)
+    for p in ps:
+        _on(p, 0)
+
+
 def test_clipping_recorded_gradients_on_gpu0_and_gpu1_matches_torch():
     pytest.importorskip("torch")
     from oracle import check_recorded_clip_grad_norm
