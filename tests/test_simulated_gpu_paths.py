@@ -1,7 +1,8 @@
 """The engine's CUDA-only paths, run on a simulated GPU in every test run: the tests of the files below again, in a process with ``MGE_SIM_CUDA=1`` (tests/simcuda: CuPy's rules, ATen's kernels on the CPU, the fused kernels' CUDA bodies compiled as C++).
 
 A machine without a GPU otherwise checks these paths only through ``make sim-gpu-check``:
-SGD's, Adam's and AdamW's multi-tensor steps with their kept torch views, clip_grad_norm's,
+SGD's, Adam's and AdamW's multi-tensor steps with their kept torch views, LAMB's one read of
+its trust ratios, clip_grad_norm's,
 clip_grad_value's and GradScaler.unscale's multi-tensor paths, the one-kernel max-pooling backward of windows that tile the input, the
 linear layer's addmm, gelu's one-kernel limits and batch norm's statistics in their own storage.
 The files' own tests run on the default device, which the simulation makes ``gpu0``.
@@ -18,7 +19,8 @@ import megengine as mge
 REPO = Path(__file__).resolve().parents[1]
 FILES = ["tests/amp/test_grad_scaler.py", "tests/optimizer/test_multi_tensor.py",
          "tests/optimizer/test_sgd.py", "tests/optimizer/test_adam.py",
-         "tests/optimizer/test_adamw.py", "tests/optimizer/test_clip_grad.py",
+         "tests/optimizer/test_adamw.py", "tests/optimizer/test_lamb.py",
+         "tests/optimizer/test_clip_grad.py",
          "tests/functional/test_pooling.py",
          "tests/functional/test_activation.py", "tests/functional/test_normalization.py",
          "tests/functional/test_nn.py"]

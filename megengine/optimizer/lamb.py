@@ -1,6 +1,7 @@
 """`LAMB` (and `LAMBFp16`): Adam's direction scaled per parameter by a trust ratio ||w|| / ||update||."""
 import numpy as np
 
+from ..core.dispatch import xp_of
 from ..core.tensor import Tensor
 from ..functional import _aten
 from .adam import _check_betas
@@ -37,6 +38,44 @@ class LAMB(Optimizer):
 
     def _lamb_step(self, weight, grad, state, group, param):
         """Update the moments in ``state`` and ``weight`` (an array, changed in place)."""
+        update = self._direction(weight, grad, state, group, param)
+        if update is None:  # (ATen's passes did it all)
+            return
+        ratio = 1.0
+        if self._adapts(group):
+            # norms in float64 on the host: a few scalars per parameter, no overflow in float16
+            ratio = _trust_ratio(*_squares(weight, update))
+        weight -= (group["lr"] * ratio) * update
+
+    def _adapts(self, group):
+        return self.always_adapt or group["weight_decay"] > 0
+
+    def _update_batch(self, items, group):
+        """CUDA: `_update` of the group's parameters of one device and dtype with one host read
+        for all their trust ratios (the sums of squares of each weight and update, in float64
+        on the device, read back together), where each parameter read its two back on its own:
+        two host syncs a parameter. The same operations and values as `_update`; only the
+        reads are gathered, so the updates wait for the last direction (their arrays are kept
+        till then: one parameter-sized array each)."""
+        if not self._adapts(group):  # (no ratio: nothing to read back)
+            for p, grad, state in items:
+                self._update(p, grad, state, group)
+            return
+        pending = [(p._data, self._direction(p._data, grad, state, group, p))
+                   for p, grad, state in items]
+        pending = [(weight, update) for weight, update in pending if update is not None]
+        if not pending:
+            return
+        xp = xp_of(pending[0][0])
+        squares = xp.stack([s for weight, update in pending
+                            for s in _squares(weight, update, read=False)])
+        squares = squares if xp is np else squares.get()  # (the one read)
+        for (weight, update), w2, u2 in zip(pending, squares[0::2], squares[1::2]):
+            weight -= (group["lr"] * _trust_ratio(float(w2), float(u2))) * update
+
+    def _direction(self, weight, grad, state, group, param):
+        """Update the moments in ``state`` and return LAMB's update direction ``u`` (before its
+        trust ratio and learning rate), or None when ATen's passes updated ``weight`` whole."""
         beta1, beta2 = group["betas"]
         m = Optimizer._buffer(state, "exp_avg", param)
         v = Optimizer._buffer(state, "exp_avg_sq", param)
@@ -46,10 +85,9 @@ class LAMB(Optimizer):
             state["exp_avg_sq"] = Tensor._wrap(v, param._device)
         state["step"] = step = state.get("step", 0) + 1
         grad = grad.astype(weight.dtype, copy=False)
-        adapt = self.always_adapt or group["weight_decay"] > 0
         if passes_on_aten(weight, grad, group):
-            _lamb_aten(weight, grad, m, v, step, group, self.bias_correction, adapt)
-            return
+            _lamb_aten(weight, grad, m, v, step, group, self.bias_correction, self._adapts(group))
+            return None
         m *= beta1
         m += (1 - beta1) * grad
         v *= beta2
@@ -61,15 +99,17 @@ class LAMB(Optimizer):
         decay = group["weight_decay"]
         if decay != 0:
             update += decay * weight
-        ratio = 1.0
-        if adapt:
-            # norms in float64 on the host: a few scalars per parameter, no overflow in float16
-            ratio = _trust_ratio(float((weight.astype("float64") ** 2).sum()),
-                                 float((update.astype("float64") ** 2).sum()))
-        weight -= (group["lr"] * ratio) * update
+        return update
 
     def _update(self, param, grad, state, group):
         self._lamb_step(param._data, grad, state, group, param)
+
+
+def _squares(weight, update, read=True):
+    """The sums of squares of ``weight`` and ``update`` in float64 (read back as Python floats,
+    or with ``read`` False left as 0-d arrays on their device)."""
+    sums = ((weight.astype("float64") ** 2).sum(), (update.astype("float64") ** 2).sum())
+    return tuple(float(s) for s in sums) if read else sums
 
 
 def _trust_ratio(weight_squares, update_squares):
@@ -118,6 +158,8 @@ class LAMBFp16(LAMB):
     """LAMB for float16 parameters: the moments and a float32 master copy of each parameter
     are kept in the optimizer's state; the update runs in float32 and the parameter receives
     the master copy rounded to its own dtype."""
+
+    _update_batch = Optimizer._update_batch  # (each update goes through its master copy)
 
     def _update(self, param, grad, state, group):
         if state.get("param_fp32") is None:  # a Tensor in the state, as every buffer

@@ -11,7 +11,7 @@ import torch
 
 import megengine as mge
 from megengine.core.dispatch import KERNEL_FLOATS
-from megengine.optimizer import SGD, Adam, AdamW
+from megengine.optimizer import LAMB, SGD, Adam, AdamW, LAMBFp16
 from megengine.optimizer import optimizer as optimizer_module
 from megengine.optimizer.optimizer import TorchViews
 
@@ -29,7 +29,7 @@ SGD_CASES = [
 @pytest.fixture
 def batched_on_cpu(monkeypatch):
     """Numpy float32/float64 C-contiguous parameters join `_update_batch`, as CuPy ones do on a
-    GPU; returns the list of batch sizes each call (of SGD, Adam or AdamW) updated."""
+    GPU; returns the list of batch sizes each call (of SGD, Adam, AdamW or LAMB) updated."""
     calls = []
 
     def batchable(data, grad):
@@ -43,7 +43,7 @@ def batched_on_cpu(monkeypatch):
         return batch
 
     monkeypatch.setattr(optimizer_module, "_batchable", batchable)
-    for cls in (SGD, Adam):  # (AdamW inherits Adam's)
+    for cls in (SGD, Adam, LAMB):  # (AdamW inherits Adam's)
         monkeypatch.setattr(cls, "_update_batch", spy(cls.__dict__["_update_batch"]))
     return calls
 
@@ -206,3 +206,41 @@ def test_adam_batch_matches_the_per_parameter_update(batched_on_cpu, monkeypatch
     assert batched_on_cpu == [2, 2, 3, 3]
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("kw", [dict(lr=0.01, weight_decay=0.1), dict(lr=0.02, always_adapt=True),
+                                dict(lr=0.01, weight_decay=0.05, bias_correction=False),
+                                dict(lr=0.01)])
+def test_lamb_batch_reads_the_trust_ratios_together_with_the_same_values(batched_on_cpu,
+                                                                         monkeypatch, kw):
+    """LAMB's batch (CUDA: one host read of all the sums of squares, where each parameter read
+    its two) gives `_update`'s values bit for bit, the moments too; without a trust ratio
+    (no decay, no always_adapt) it hands each parameter to `_update`."""
+    rng = np.random.RandomState(0)
+    init = [np.asarray(rng.randn(*s), dtype=np.float32) for s in ((4, 5), (6,), ())]
+    init[2] = np.zeros((), np.float32)  # a zero parameter: ratio 1
+    results, reads = [], []
+    for batched in (True, False):
+        if not batched:
+            monkeypatch.setattr(optimizer_module, "_batchable", lambda data, grad: False)
+        params = [mge.Parameter(v) for v in init]
+        opt = LAMB(params, **kw)
+        grads = np.random.RandomState(1)
+        for _ in range(3):
+            for p in params:
+                p.grad = mge.Tensor(np.asarray(grads.randn(*p.shape), dtype=np.float32))
+            opt.step()
+        results.append([p.numpy() for p in params]
+                       + [opt._state[p][k].numpy() for p in params
+                          for k in ("exp_avg", "exp_avg_sq")])
+    assert batched_on_cpu == [3] * 3
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_lamb_fp16_updates_each_parameter_through_its_master_copy(batched_on_cpu):
+    p = mge.Parameter(np.ones(4, np.float32))  # (float32: it could have joined a batch)
+    p.grad = mge.Tensor(np.full(4, 0.5, np.float32))
+    opt = LAMBFp16([p], lr=0.1, weight_decay=0.1)
+    opt.step()
+    assert batched_on_cpu == [] and "param_fp32" in opt._state[p]
