@@ -87,6 +87,7 @@ class _BatchNorm(Op):
     cache = None
     what = "batch_norm"  # (the public function, for errors)
     stats_in_place = False  # training: update the running stats' own arrays (`_batch_norm`)
+    stats_written = False  # whether forward did (then it returned the output alone)
 
     def __init__(self, eps, momentum, training, has_weight, has_bias, has_stats):
         # (ATen's own refusal of a string eps names neither batch_norm nor eps)
@@ -144,7 +145,7 @@ class _BatchNorm(Op):
             # `_batch_norm` found no one else sees them and they are what the kernel takes
             # (the compute dtype, contiguous: `_vec` makes views of them, no copies), else
             # copies, written back by the caller
-            in_place = self.training and self.stats_in_place and all(
+            in_place = self.stats_written = self.training and self.stats_in_place and all(
                 a.dtype == dtype and a.dtype.metadata is None and a.flags.c_contiguous
                 for a in (rm_a, rv_a))
             if in_place or not self.training:
@@ -616,14 +617,12 @@ def _batch_norm(inp, running_mean, running_var, weight, bias, training, momentum
             inputs.append(_tensor(t))
     op = _BatchNorm(eps, _real(momentum, "momentum", "batch_norm"), bool(training),
                     weight is not None, bias is not None, has_stats)
-    in_place = training and inplace and has_mean and has_var and _stats_in_place(
+    op.stats_in_place = training and inplace and has_mean and has_var and _stats_in_place(
         inp, running_mean, running_var)
-    if in_place:
-        op.stats_in_place = True
     out = apply(op, *inputs)
     if not (training and has_stats):
         return out if out_dtype is None else out.astype(out_dtype)
-    if in_place:
+    if op.stats_written:
         # the op wrote the buffers' own arrays (it returns only the output): a write the engine
         # counts, as `_reset`'s (capture_as_const's check of captured values relies on it)
         _note_write()
@@ -650,10 +649,11 @@ def _stats_in_place(inp, running_mean, running_var):
     copies would give. Only where `_reset` would write into the same storage and nothing can
     tell the difference:
 
-    * plain tensors of the compute dtype (the input's float dtype, float32 for float16 and
-      integer input; another dtype is cast by the copy), C-contiguous, not quantized (the copy
-      computes on their values), no PyTorchModule mirror (`_reset`'s pinned path tells its
-      owner), not tracked by autodiff (`_reset` makes a computed tensor a constant);
+    * plain tensors on the input's device, no PyTorchModule mirror (`_reset`'s pinned path tells
+      its owner), not tracked by autodiff (`_reset` makes a computed tensor a constant); the op
+      then takes their arrays only where they are what its kernel reads (the compute dtype,
+      C-contiguous, not quantized: `_BatchNorm.forward`, which says so in `stats_written`),
+      else copies, which a cast or a quantized value needs anyway;
     * not `Tensor._aliased`: no other tensor, view or recorded op holds the array (as
       upstream's values never change, ``old = bn.running_mean.detach()`` keeps its value and a
       recorded backward computes with what its forward saw: `_reset` gives such a tensor a
@@ -671,19 +671,9 @@ def _stats_in_place(inp, running_mean, running_var):
     """
     if dispatch._trace_hook is not None or dispatch._symbolic_hook is not None:
         return False
-    d = inp._data.dtype
-    dtype = d if d.kind == "f" else np.dtype(np.float32)  # (float16 arrives as float32 here)
-    for t in (running_mean, running_var):
-        if type(t) is not Tensor or t._node is not None or t._pinned_storage:
-            return False
-        a = t._data
-        if a.dtype != dtype or a.dtype.metadata is not None or not a.flags.c_contiguous \
-                or t._device != inp._device:
-            return False
-        del a  # (a reference of our own: `_aliased` counts the array's references)
-        if t._aliased():
-            return False
-    return True
+    return all(type(t) is Tensor and t._node is None and not t._pinned_storage
+               and t._device == inp._device and not t._aliased()
+               for t in (running_mean, running_var))
 
 
 def _empty_batch_affine(inp, c, weight, bias):
