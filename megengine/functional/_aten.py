@@ -24,10 +24,9 @@ import numpy as np
 from ..core import dispatch as _dispatch
 
 __all__ = ["aten", "op", "ops", "view", "memory_view", "exclusive_views", "array", "written",
-           "fresh_gradient",
-           "torch_module", "set_num_threads", "get_num_threads", "use_aten", "forced",
-           "is_forced", "avoided", "LayerViews", "layer_views", "binary", "pooled_concat",
-           "pooled_reshape", "half_cast"]
+           "fresh_gradient", "torch_module", "set_num_threads", "get_num_threads", "use_aten",
+           "forced", "is_forced", "avoided", "LayerViews", "layer_views", "binary",
+           "pooled_concat", "pooled_reshape", "half_cast"]
 
 _torch = None
 _aten = None

@@ -87,7 +87,6 @@ class Adam(Optimizer):
         step *= group["lr"]
         data -= step
 
-
     def _update_batch(self, items, group):
         """CUDA: `_update` of the group's parameters of one device and dtype in one
         multi-tensor kernel, ATen's ``_fused_adam_`` (``_fused_adamw_`` for AdamW: torch's
@@ -102,8 +101,7 @@ class Adam(Optimizer):
         torch = _aten.torch_module()
         steps = {state.get("step", 0) for _, _, state in items}
         if len(steps) != 1 or not hasattr(torch, name):  # (a torch older than 2.x)
-            for p, grad, state in items:
-                self._update(p, grad, state, group)
+            super()._update_batch(items, group)
             return
         step = steps.pop() + 1
         view, grad_view = self._torch_views(), _aten.view

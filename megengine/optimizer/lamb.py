@@ -58,8 +58,7 @@ class LAMB(Optimizer):
         reads are gathered, so the updates wait for the last direction (their arrays are kept
         till then: one parameter-sized array each)."""
         if not self._adapts(group):  # (no ratio: nothing to read back)
-            for p, grad, state in items:
-                self._update(p, grad, state, group)
+            super()._update_batch(items, group)
             return
         pending = [(p._data, self._direction(p._data, grad, state, group, p))
                    for p, grad, state in items]

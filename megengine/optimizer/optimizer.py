@@ -303,11 +303,13 @@ class Optimizer:
         raise NotImplementedError(f"{type(self).__name__}._update")
 
     def _update_batch(self, items, group):
-        """Optional: `_update` of several CUDA parameters of one device and dtype at once,
-        ``items`` a list of ``(param, grad, state)`` (C-contiguous CuPy arrays, see
-        `_batchable`), on a GPU where each kernel launch costs host time: a subclass that
-        defines it updates them with one multi-tensor kernel instead of one kernel each."""
-        raise NotImplementedError(f"{type(self).__name__}._update_batch")
+        """`_update` of several CUDA parameters of one device and dtype at once, ``items`` a
+        list of ``(param, grad, state)`` (C-contiguous CuPy arrays, see `_batchable`), on a GPU
+        where each kernel launch costs host time. A subclass that overrides it (`step` batches
+        only then) updates them with a multi-tensor kernel, and calls this where it cannot:
+        one `_update` each."""
+        for param, grad, state in items:
+            self._update(param, grad, state, group)
 
     def _torch_views(self):
         """This optimizer's `TorchViews` (for `_update_batch`), made on first use."""

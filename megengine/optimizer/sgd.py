@@ -67,8 +67,7 @@ class SGD(Optimizer):
         step's ``v`` is ``g``, which is what ``is_first_step`` would set)."""
         fused = _aten.op("_fused_sgd_") if _has_fused_sgd() else None
         if fused is None:  # a torch older than 2.3: one kernel per parameter
-            for p, grad, state in items:
-                self._update(p, grad, state, group)
+            super()._update_batch(items, group)
             return
         momentum = float(group["momentum"])
         view, grad_view = self._torch_views(), _aten.view
