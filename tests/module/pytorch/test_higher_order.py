@@ -68,6 +68,54 @@ def test_gradient_penalty_trains_the_torch_parameters():
         np.testing.assert_allclose(p.grad.numpy(), e.numpy(), rtol=1e-4, atol=1e-6, err_msg=n)
 
 
+@pytest.mark.parametrize("mode", ["eager", "trace", "trace-symbolic"])
+def test_gradient_penalty_training_steps_under_jit_trace_follow_torch(mode):
+    """A training step with a penalty on the input gradient (nested GradManagers, SGD) compiled
+    with jit.trace trains the torch parameters as torch's create_graph steps do, step by step
+    (float64: the replayed steps must not drift)."""
+    from megengine.jit import trace
+    import megengine.optimizer as optim
+
+    torch.manual_seed(0)
+    tm = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 1)).double()
+    ref = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 1)).double()
+    ref.load_state_dict(tm.state_dict())
+    m = PyTorchModule(tm)
+    params = [p for _, p in m.named_parameters()]
+    opt, gm_p = optim.SGD(params, lr=0.1), GradManager().attach(params)
+
+    def step(x):
+        gm_x = GradManager().attach(x)
+        with gm_p:
+            with gm_x:
+                out = m(x).sum()
+                gm_x.backward(out)
+            loss = out + (x.grad ** 2).sum()
+            gm_p.backward(loss)
+        opt.step().clear_grad()
+        return loss
+
+    if mode != "eager":
+        step = trace(step, symbolic=mode == "trace-symbolic")
+    topt = torch.optim.SGD(ref.parameters(), lr=0.1)
+    rng = np.random.RandomState(1)
+    for _ in range(4):
+        xa = rng.randn(5, 4)
+        loss = step(mge.tensor(xa, dtype="float64"))
+        tx = torch.tensor(xa, requires_grad=True)
+        tout = ref(tx).sum()
+        g, = torch.autograd.grad(tout, tx, create_graph=True)
+        tloss = tout + (g ** 2).sum()
+        topt.zero_grad()
+        tloss.backward()
+        topt.step()
+        np.testing.assert_allclose(float(loss.numpy()), tloss.item(), rtol=1e-12)
+    rp = dict(ref.named_parameters())
+    for n, p in m.named_parameters():
+        np.testing.assert_allclose(p.numpy(), rp[n].detach().numpy(), rtol=1e-12, atol=1e-14,
+                                   err_msg=n)
+
+
 def test_first_order_training_unchanged_by_the_mechanism():
     """One GradManager: the torch backward stays the raw path and frees torch's graph."""
     m, ref = _pair()
