@@ -1,8 +1,8 @@
 """The engine's CUDA-only paths, run on a simulated GPU in every test run: the tests of the files below again, in a process with ``MGE_SIM_CUDA=1`` (tests/simcuda: CuPy's rules, ATen's kernels on the CPU, the fused kernels' CUDA bodies compiled as C++).
 
 A machine without a GPU otherwise checks these paths only through ``make sim-gpu-check``:
-SGD's, Adam's and AdamW's multi-tensor steps with their kept torch views, LAMB's one read of
-its trust ratios, clip_grad_norm's,
+SGD's, Adam's and AdamW's multi-tensor steps with their kept torch views, LAMB's kernels and
+its one read of the trust ratios, clip_grad_norm's,
 clip_grad_value's and GradScaler.unscale's multi-tensor paths, the one-kernel max-pooling backward of windows that tile the input, the
 linear layer's addmm, gelu's one-kernel limits and batch norm's statistics in their own storage.
 The files' own tests run on the default device, which the simulation makes ``gpu0``.

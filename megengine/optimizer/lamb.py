@@ -2,9 +2,10 @@
 import numpy as np
 
 from ..core.dispatch import xp_of
+from ..core.fused import fused_kernel, use_fused
 from ..core.tensor import Tensor
 from ..functional import _aten
-from .adam import _check_betas
+from .adam import _adam_kernel, _check_betas
 from .optimizer import Optimizer, passes_on_aten
 
 __all__ = ["LAMB", "LAMBFp16"]
@@ -38,14 +39,12 @@ class LAMB(Optimizer):
 
     def _lamb_step(self, weight, grad, state, group, param):
         """Update the moments in ``state`` and ``weight`` (an array, changed in place)."""
-        update = self._direction(weight, grad, state, group, param)
-        if update is None:  # (ATen's passes did it all)
+        found = self._direction(weight, grad, state, group, param)
+        if found is None:  # (one pass did it all)
             return
-        ratio = 1.0
-        if self._adapts(group):
-            # norms in float64 on the host: a few scalars per parameter, no overflow in float16
-            ratio = _trust_ratio(*_squares(weight, update))
-        weight -= (group["lr"] * ratio) * update
+        update, squares = found
+        ratio = 1.0 if squares is None else _trust_ratio(*_read(squares))
+        _take_step(weight, group["lr"] * ratio, update)
 
     def _adapts(self, group):
         return self.always_adapt or group["weight_decay"] > 0
@@ -60,21 +59,23 @@ class LAMB(Optimizer):
         if not self._adapts(group):  # (no ratio: nothing to read back)
             super()._update_batch(items, group)
             return
-        pending = [(p._data, self._direction(p._data, grad, state, group, p))
-                   for p, grad, state in items]
-        pending = [(weight, update) for weight, update in pending if update is not None]
-        if not pending:
+        found = [(p._data, self._direction(p._data, grad, state, group, p))
+                 for p, grad, state in items]
+        found = [(weight, *f) for weight, f in found if f is not None]
+        if not found:
             return
-        xp = xp_of(pending[0][0])
-        squares = xp.stack([s for weight, update in pending
-                            for s in _squares(weight, update, read=False)])
-        squares = squares if xp is np else squares.get()  # (the one read)
-        for (weight, update), w2, u2 in zip(pending, squares[0::2], squares[1::2]):
-            weight -= (group["lr"] * _trust_ratio(float(w2), float(u2))) * update
+        xp = xp_of(found[0][0])
+        squares = xp.stack([s for _, _, pair in found for s in pair])
+        squares = squares.tolist()  # (on a GPU: the one read)
+        for (weight, update, _), w2, u2 in zip(found, squares[0::2], squares[1::2]):
+            _take_step(weight, group["lr"] * _trust_ratio(w2, u2), update)
 
     def _direction(self, weight, grad, state, group, param):
-        """Update the moments in ``state`` and return LAMB's update direction ``u`` (before its
-        trust ratio and learning rate), or None when ATen's passes updated ``weight`` whole."""
+        """Update the moments in ``state``; return LAMB's update direction ``u`` (before its
+        trust ratio and learning rate) with, where the trust ratio applies, the float64 sums of
+        squares of ``weight`` and ``u`` (a pair of values on their device, not read; else
+        None); or None when one pass updated ``weight`` whole (ATen's; on CUDA, without a
+        trust ratio, Adam's kernel)."""
         beta1, beta2 = group["betas"]
         m = Optimizer._buffer(state, "exp_avg", param)
         v = Optimizer._buffer(state, "exp_avg_sq", param)
@@ -84,9 +85,12 @@ class LAMB(Optimizer):
             state["exp_avg_sq"] = Tensor._wrap(v, param._device)
         state["step"] = step = state.get("step", 0) + 1
         grad = grad.astype(weight.dtype, copy=False)
+        adapt = self._adapts(group)
         if passes_on_aten(weight, grad, group):
-            _lamb_aten(weight, grad, m, v, step, group, self.bias_correction, self._adapts(group))
+            _lamb_aten(weight, grad, m, v, step, group, self.bias_correction, adapt)
             return None
+        if use_fused(weight, grad):  # CUDA: one kernel (the array code below is ~20)
+            return _lamb_fused(weight, grad, m, v, step, group, self.bias_correction, adapt)
         m *= beta1
         m += (1 - beta1) * grad
         v *= beta2
@@ -98,17 +102,28 @@ class LAMB(Optimizer):
         decay = group["weight_decay"]
         if decay != 0:
             update += decay * weight
-        return update
+        if not adapt:
+            return update, None
+        # norms in float64: no overflow in float16, and a few scalars per parameter to read
+        return update, ((weight.astype("float64") ** 2).sum(),
+                        (update.astype("float64") ** 2).sum())
 
     def _update(self, param, grad, state, group):
         self._lamb_step(param._data, grad, state, group, param)
 
 
-def _squares(weight, update, read=True):
-    """The sums of squares of ``weight`` and ``update`` in float64 (read back as Python floats,
-    or with ``read`` False left as 0-d arrays on their device)."""
-    sums = ((weight.astype("float64") ** 2).sum(), (update.astype("float64") ** 2).sum())
-    return tuple(float(s) for s in sums) if read else sums
+def _read(squares):
+    """A pair of sums of squares (`LAMB._direction`) as Python floats: one host read for the
+    CUDA kernel's pair, which is one array."""
+    return [float(s) for s in squares] if isinstance(squares, tuple) else squares.tolist()
+
+
+def _take_step(weight, scale, update):
+    """``weight -= scale * update``, in place (on CUDA in one kernel: the same operations)."""
+    if use_fused(weight, update):
+        _lamb_step_kernel()(update, scale, weight)
+    else:
+        weight -= scale * update
 
 
 def _trust_ratio(weight_squares, update_squares):
@@ -151,6 +166,54 @@ def _lamb_aten(weight, grad, m, v, step, group, bias_correction, adapt):
         sq.copy_(u).mul_(sq)
         ratio = _trust_ratio(weight_squares, float(squares.sum()))
     p.sub_(u.mul_(group["lr"] * ratio))
+
+
+def _lamb_fused(weight, grad, m, v, step, group, bias_correction, adapt):
+    """`LAMB._direction` of one CuPy parameter: the moments, the direction and its and the
+    weight's squares in float64 in one kernel, the two sums of squares in one reduction, where
+    the array code launches ~20 kernels; without a trust ratio (no decay: ``w -= lr * u``)
+    the whole update in Adam's kernel, whose formulas these are. The scalars are computed on
+    the host in double, as the array code computes them (without bias correction they are 1:
+    dividing by 1 is exact)."""
+    beta1, beta2 = group["betas"]
+    bias1, bias2 = (1 - beta1 ** step, 1 - beta2 ** step) if bias_correction else (1.0, 1.0)
+    if not adapt:  # (weight decay 0)
+        _adam_kernel()(grad, group["lr"], beta1, 1 - beta1, beta2, 1 - beta2, bias1, bias2,
+                       group["eps"], 0.0, False, weight, m, v)
+        return None
+    xp = xp_of(weight)
+    update = xp.empty_like(weight)
+    squares = xp.empty((2,) + weight.shape, np.float64)
+    _lamb_direction_kernel()(grad, weight, beta1, 1 - beta1, beta2, 1 - beta2, bias1, bias2,
+                             group["eps"], group["weight_decay"], m, v, update,
+                             squares[0, ...], squares[1, ...])  # (views, also of a 0-d weight)
+    return update, squares.reshape(2, -1).sum(axis=1)
+
+
+# The array code of `LAMB._direction` with a trust ratio, its operations in its order:
+# the moments, the direction u (eps after the square root of the corrected second moment, then
+# the decay term), and the float64 squares of the weight and of u for the trust ratio's norms.
+_lamb_direction_kernel = fused_kernel(
+    "T grad, T param, T beta1, T one_minus_beta1, T beta2, T one_minus_beta2, T bias1, "
+    "T bias2, T eps, T weight_decay",
+    "T m, T v, T update, float64 param_squares, float64 update_squares",
+    """
+    m = beta1 * m + one_minus_beta1 * grad;
+    v = beta2 * v + one_minus_beta2 * (grad * grad);
+    T u = (m / bias1) / (sqrt(v / bias2) + eps);
+    if (weight_decay != 0) {
+        u += weight_decay * param;
+    }
+    update = u;
+    param_squares = (double)param * (double)param;
+    update_squares = (double)u * (double)u;
+    """,
+    "megengine_lamb_direction")
+
+# The step, ``w -= (lr * ratio) * u`` (the scale a scalar of the parameter's dtype, as numpy
+# makes of a Python float)
+_lamb_step_kernel = fused_kernel("T update, T scale", "T param", "param -= scale * update;",
+                                 "megengine_lamb_step")
 
 
 class LAMBFp16(LAMB):

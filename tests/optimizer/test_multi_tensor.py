@@ -5,6 +5,8 @@ every run) the side-by-side tests of test_sgd.py take this path by themselves. H
 forced for numpy parameters (ATen's CPU kernel of the same op), so the CPU-only suite checks
 the batching and the formulas directly.
 """
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -244,3 +246,27 @@ def test_lamb_fp16_updates_each_parameter_through_its_master_copy(batched_on_cpu
     opt = LAMBFp16([p], lr=0.1, weight_decay=0.1)
     opt.step()
     assert batched_on_cpu == [] and "param_fp32" in opt._state[p]
+
+
+@pytest.mark.parametrize("make, dtype, kernels, syncs", [
+    # the moments, direction and squares; their sums; the step: three a parameter, and the
+    # group's sums stacked for one read (the array code launched ~22 a parameter)
+    (lambda ps: LAMB(ps, lr=0.01, weight_decay=0.01), "float32", 3 * 8 + 1, 1),
+    (lambda ps: LAMB(ps, lr=0.01, bias_correction=False), "float32", 8, 0),  # Adam's kernel
+    # master copies: the cast of the gradient, the three, the copy back; a read each
+    (lambda ps: LAMBFp16(ps, lr=0.01, weight_decay=0.01), "float16", 5 * 8, 8),
+])
+def test_lamb_on_a_gpu_launches_a_few_kernels_a_parameter(make, dtype, kernels, syncs):
+    rt = getattr(sys.modules.get("cupy"), "_simulated", None)
+    if rt is None:
+        pytest.skip("counts the simulated GPU's kernels (tests/test_simulated_gpu_paths.py "
+                    "runs this file on one)")
+    rng = np.random.RandomState(0)
+    params = [mge.Parameter(rng.randn(16, 8).astype(dtype), device="gpu0") for _ in range(8)]
+    opt = make(params)
+    for step in range(3):
+        for p in params:
+            p.grad = mge.Tensor(rng.randn(16, 8).astype(dtype), device="gpu0")
+        before = rt.kernels, rt.syncs
+        opt.step()
+    assert (rt.kernels - before[0], rt.syncs - before[1]) == (kernels, syncs)
