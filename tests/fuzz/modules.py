@@ -622,7 +622,8 @@ def _thin_layer(rng):
         x = shape(rng, 0, 2, zero=False) + (r * r * int(rng.integers(1, 3)),
                                             int(rng.integers(1, 4)), int(rng.integers(1, 4)))
         desc, mm, t = f"PixelShuffle({r})", M.PixelShuffle(r), (
-            lambda _, a: torch.nn.functional.pixel_shuffle(a, r))
+            # (torch's CPU kernel takes contiguous and channels-last layouts only: seed 110744)
+            lambda _, a: torch.nn.functional.pixel_shuffle(a.contiguous(), r))
     elif kind.startswith("SlidingWindow"):
         desc, mm, t, x = _sliding_window_layer(rng, kind.endswith("Transpose"))
     elif kind == "GeneralNorm":

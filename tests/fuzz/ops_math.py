@@ -15,8 +15,12 @@ OPS, op = registry()
 # ----- unary element-wise -----
 
 def _round_half_away(t):
-    # upstream rounds halves away from zero; torch.round rounds them to even
-    return torch.sign(t) * torch.floor(torch.abs(t) + 0.5) if t.is_floating_point() else t
+    # upstream rounds halves away from zero; torch.round rounds them to even. |t| + 0.5 in
+    # float64, where it is exact for float16/float32 values: in float16, 0.4998 + 0.5 rounds
+    # to 1 (seed 110794), which would round 0.4998 up
+    if not t.is_floating_point():
+        return t
+    return (torch.sign(t) * torch.floor(torch.abs(t.double()) + 0.5)).to(t.dtype)
 
 
 # name: (megengine fn, torch fn, value range, ints allowed)
