@@ -4,7 +4,8 @@ A machine without a GPU otherwise checks these paths only through ``make sim-gpu
 SGD's, Adam's and AdamW's multi-tensor steps with their kept torch views, LAMB's kernels and
 its one read of the trust ratios, clip_grad_norm's,
 clip_grad_value's and GradScaler.unscale's multi-tensor paths, the one-kernel max-pooling backward of windows that tile the input, the
-linear layer's addmm, gelu's one-kernel limits and batch norm's statistics in their own storage.
+linear layer's addmm, gelu's one-kernel limits, batch norm's statistics in their own storage and
+the Python-number operands made once.
 The files' own tests run on the default device, which the simulation makes ``gpu0``.
 """
 import os
@@ -17,7 +18,7 @@ import pytest
 import megengine as mge
 
 REPO = Path(__file__).resolve().parents[1]
-FILES = ["tests/amp/test_grad_scaler.py", "tests/optimizer/test_multi_tensor.py",
+FILES = ["tests/amp/test_grad_scaler.py", "tests/core/test_operators.py", "tests/optimizer/test_multi_tensor.py",
          "tests/optimizer/test_sgd.py", "tests/optimizer/test_adam.py",
          "tests/optimizer/test_adamw.py", "tests/optimizer/test_lamb.py",
          "tests/optimizer/test_clip_grad.py",

@@ -47,10 +47,12 @@ def _operand(value, like):
             if not lo <= value <= hi:
                 dtype = _wider_int(value, dtype)
         xp = _device_mod.get_array_module(like._device)
-        if dispatch._switcher is not None and like._device[0] == "g":  # CuPy allocates on the
-            with dispatch.on_device(like._device):  # current GPU: make it the tensor's
-                return Tensor._wrap(xp.asarray(value, dtype=dtype), like._device)
-        return Tensor._wrap(xp.asarray(value, dtype=dtype), like._device)
+        if xp is np:
+            return Tensor._wrap(xp.asarray(value, dtype=dtype), like._device)
+        if dispatch._switcher is not None:  # CuPy allocates on the current GPU: make it the
+            with dispatch.on_device(like._device):  # tensor's
+                return Tensor._wrap(_gpu_scalar(xp, value, dtype, like._device), like._device)
+        return Tensor._wrap(_gpu_scalar(xp, value, dtype, like._device), like._device)
     if is_sym(value):  # a size of a dumpable trace (x / x.shape[0]): an int, made by an op so
         # that a dumped program computes it at the shapes it runs at (core._trace_option)
         dtype = _scalar_dtype(type(value.value), like.dtype)  # (h / 2: typed as a float is)
@@ -70,6 +72,36 @@ def _operand(value, like):
         # its dtype instead of wrapping (x + np.int64(2 ** 40) added 0; upstream refuses it)
         return Tensor(value, dtype=value.dtype, device=like._device)
     return Tensor(value, device=like._device)
+
+
+# A Python scalar operand on a GPU (``x * 2``, ``1 - p``, ``x / 255``): a 0-d array on the
+# device, whose making is a kernel launch (CuPy fills it), where torch passes the number to the
+# op's kernel. A small step on a GPU is bound by the host's work per launch (docs/gpu.rst), so
+# each (device, stream, dtype, value) is made once and reused. Safe to share: the operand's
+# tensor is made to be one op's input (the operators, F's elementwise functions, where, the
+# losses, a value written by ``x[i] = 2.0``), and those ops compute new arrays from their
+# inputs: none writes an input or hands one back as its result (``x[...] = 2.0`` copies it
+# into x). Keyed by the current stream
+# too: the fill is ordered before any later use on that stream. Values by their exact bits
+# (``0.0`` and ``-0.0`` differ, NaN is one key); bounded, as a learning rate that changes every
+# step would otherwise add one each step.
+_GPU_SCALARS = {}
+_GPU_SCALARS_MAX = 1024
+
+
+def _gpu_scalar(xp, value, dtype, device):
+    """A 0-d CuPy array of ``value`` in ``dtype`` on the current GPU (``device``), made once
+    per stream (see above): to be read, never written."""
+    kind = type(value)
+    bits = value.hex() if kind is float else \
+        (value.real.hex(), value.imag.hex()) if kind is complex else value
+    key = (device, xp.cuda.get_current_stream().ptr, dtype, kind, bits)
+    array = _GPU_SCALARS.get(key)
+    if array is None:
+        if len(_GPU_SCALARS) >= _GPU_SCALARS_MAX:
+            _GPU_SCALARS.clear()
+        array = _GPU_SCALARS[key] = xp.asarray(value, dtype=dtype)
+    return array
 
 
 def _none_operand():

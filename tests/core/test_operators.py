@@ -363,3 +363,54 @@ def test_bit_operations_of_a_bool_and_an_integer_take_the_integer(a, b):
     got = mge.tensor(x, dtype=a) & mge.tensor(y, dtype=b)
     want = np.dtype(a if a != "bool" else b)
     assert got.dtype == want and got.numpy().tolist() == (x.astype(want) & y.astype(want)).tolist()
+
+
+def _simulated_runtime():
+    import sys
+
+    return getattr(sys.modules.get("cupy"), "_simulated", None)
+
+
+def test_python_scalar_operands_on_a_gpu_are_made_once_and_never_written():
+    """On a GPU a Python number next to a tensor is a 0-d device array, made once per value,
+    dtype and stream and reused (its making is a kernel launch; torch passes the number to
+    the op's kernel): ``x * 2`` launches one kernel. The shared arrays keep their values
+    whatever the results are used for, and 0.0 / -0.0 / NaN are values of their own."""
+    from megengine.core import operators
+
+    rt = _simulated_runtime()
+    if rt is None:
+        pytest.skip("counts the simulated GPU's kernels (tests/test_simulated_gpu_paths.py "
+                    "runs this file on one)")
+    x = mge.tensor(np.abs(rand(3, 4)) + 0.5, device="gpu0")
+    x * 2.5
+    before = rt.kernels
+    y = x * 2.5
+    assert rt.kernels - before == 1  # the product alone: 2.5 was made by the first call
+    np.testing.assert_array_equal(y.numpy(), x.numpy() * np.float32(2.5))
+    # results written in place, and a value written into a tensor, leave the shared 2.5 as it was
+    y += 1
+    y *= 3
+    t = mge.tensor(0.0, device="gpu0")
+    t[...] = 2.5
+    t += 1
+    w = mge.tensor(np.zeros((3, 4), np.float32), device="gpu0")
+    w[1] = 2.5
+    w[1] *= 2
+    np.testing.assert_array_equal((x * 2.5).numpy(), x.numpy() * np.float32(2.5))
+    assert float(t.numpy()) == 3.5 and w.numpy()[1, 0] == 5.0
+    # signed zeros and NaN: distinct values, one entry each
+    assert np.signbit((x * -0.0).numpy()).all() and not np.signbit((x * 0.0).numpy()).any()
+    n = len(operators._GPU_SCALARS)
+    for _ in range(3):
+        assert np.isnan((x + float("nan")).numpy()).all()
+    assert len(operators._GPU_SCALARS) == n + 1
+    # the same number in another dtype is another array: int tensor + 2 stays int32
+    i = mge.tensor(np.arange(4, dtype=np.int32), device="gpu0")
+    assert (i + 2).dtype == np.int32 and (i + 2.0).dtype == np.float32
+    np.testing.assert_array_equal((i + 2).numpy(), np.arange(4) + 2)
+    # bounded: a learning rate that changes every step does not grow it without end
+    for k in range(operators._GPU_SCALARS_MAX + 10):
+        x * (1.0 + k / 4096)
+    assert len(operators._GPU_SCALARS) <= operators._GPU_SCALARS_MAX
+    np.testing.assert_array_equal((x * 2.5).numpy(), x.numpy() * np.float32(2.5))
