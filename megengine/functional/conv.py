@@ -523,7 +523,8 @@ class _Im2Col(Op):
     def backward(self, g):
         n, c, oh, ow, kh, kw = g.shape
         tg = _aten.view(g).permute(0, 1, 4, 5, 2, 3).reshape(n, c * kh * kw, oh * ow)
-        return _aten.array(_aten.aten().col2im(tg, self.hw, self.k, self.d, self.p, self.s))
+        return _aten.fresh_gradient(_aten.aten().col2im(tg, self.hw, self.k, self.d, self.p,
+                                                        self.s))
 
     def grad_graph(self, inputs, outputs, grads):
         # linear: the gradient is col2im, whose own gradient is im2col again
@@ -668,10 +669,10 @@ class _LocalConv2d(Op):
             dcols = da.view(g, oh * ow, n, cgk).permute(2, 0, 3, 1).reshape(n, g * cgk, oh * ow)
             gx = aten.col2im(dcols, x_shape[2:], w_shape[-3:-1], self.dilation, self.padding,
                              self.stride)
-            gx = _aten.array(gx).astype(x_dtype, copy=False)
+            gx = _aten.fresh_gradient(gx).astype(x_dtype, copy=False)
         if needs[1]:
             gw = aten.bmm(self.a.transpose(1, 2), gyr)  # (G*L, Cg*K, Og)
-            gw = _aten.array(gw).reshape(w_shape).astype(w_dtype, copy=False)
+            gw = _aten.fresh_gradient(gw).reshape(w_shape).astype(w_dtype, copy=False)
         return gx, gw
 
 

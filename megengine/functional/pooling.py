@@ -293,10 +293,10 @@ class _Pool2d(Op):
             picked = tg.new_zeros(self.ty.shape)
             for si, sj, hit in self._tied_hits():
                 picked += tg[:, :, si, sj] * hit
-            return _aten.array(picked)
+            return _aten.fresh_gradient(picked)
         idx = self.indices
         picked = tg.flatten(2).gather(2, idx.flatten(2)).view(idx.shape)
-        return _aten.array(picked.contiguous())
+        return _aten.fresh_gradient(picked.contiguous())
 
     def backward(self, g):
         if self.mode == "max" and self.slices is not None:
@@ -318,7 +318,9 @@ class _Pool2d(Op):
         if self.explicit:
             (ph, pw) = self.padding
             gx = gx[:, :, ph:gx.shape[2] - ph, pw:gx.shape[3] - pw]
-        return _aten.array(gx)
+        # a buffer ATen's backward allocated: the gradient's alone, so that a GradManager hands
+        # it to an attached input's .grad without a copy
+        return _aten.fresh_gradient(gx)
 
     def backward_reads(self):
         # average pooling's gradient reads the input's shape alone; max pooling's the indices of

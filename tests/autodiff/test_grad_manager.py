@@ -1073,6 +1073,32 @@ def test_aten_gradients_reach_grad_without_a_copy_and_stay_exact(monkeypatch):
                                    rtol=2e-4, atol=1e-6)
 
 
+@pytest.mark.usefixtures("host_default_device")
+@pytest.mark.parametrize("layer, torch_layer", [
+    (lambda x: F.max_pool2d(x, 3, 2, 1), lambda x: torch.nn.functional.max_pool2d(x, 3, 2, 1)),
+    (lambda x: F.avg_pool2d(x, 2), lambda x: torch.nn.functional.avg_pool2d(x, 2)),
+    (lambda x: F.sliding_window(x, 3, padding=1),
+     lambda x: torch.nn.functional.unfold(x, 3, padding=1).reshape(2, 3, 9, 6, 6)
+     .permute(0, 1, 3, 4, 2).reshape(2, 3, 6, 6, 3, 3)),
+])
+def test_pooling_and_window_gradients_reach_an_attached_input_without_a_copy(monkeypatch, layer,
+                                                                             torch_layer):
+    """Max and average pooling's and sliding_window's input gradients are buffers ATen's
+    backward allocated (declared fresh): an attached input's .grad takes them uncopied."""
+    copied = record_grad_copies(monkeypatch)
+    xa = np.random.RandomState(0).randn(2, 3, 6, 6).astype(np.float32)
+    x = Tensor(xa)
+    gm = GradManager().attach(x)
+    with gm:
+        y = layer(x)
+        w = np.random.RandomState(1).randn(*y.shape).astype(np.float32)
+        gm.backward((y * Tensor(w)).sum())
+    assert copied == []
+    tx = torch.tensor(xa, requires_grad=True)
+    (torch_layer(tx) * torch.tensor(w)).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), tx.grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.usefixtures("host_default_device")  # (numpy's arrays: CuPy's take no weak reference)
 def test_gradients_declared_fresh_are_freed_once_backward_has_used_them(monkeypatch):
     """An input gradient an ATen kernel allocated (ReLU's, declared fresh so that .grad could
