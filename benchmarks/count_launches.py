@@ -17,8 +17,10 @@ The networks and steps: benchmarks/bench_engine.py's MLP 784-256-10 and small CN
 SGD momentum 0.9, cross entropy), and a transformer's MLP block (LayerNorm, Linear, GELU,
 Linear, Dropout, a residual; 8 sequences of 16 tokens of 64 features, a linear head on their
 mean; Adam), the step as `_timing.mge_training_step` writes it, each counted over 3 steps after
-2 of warm-up. Counts, not times: they are the same on every
-machine. ``--by-site`` lists where the engine's launches come from.
+2 of warm-up; then the losses that have fused ATen kernels (squared error, smooth L1, binary
+cross entropy with logits), forward and backward into an attached (64, 10) prediction (mean).
+Counts, not times: they are the same on every machine. ``--by-site`` lists where the engine's
+launches come from.
 
     python benchmarks/count_launches.py [--by-site] [--json]
 """
@@ -189,6 +191,52 @@ def count_torch(torch_cls, make_opt, data):
     return {"kernels": aten.kernels / STEPS, "syncs": aten.syncs / STEPS}
 
 
+LOSSES = {  # name: (engine loss, torch loss); pred attached, label fixed, mean reduction
+    "loss: squared error": (lambda p, y: F.nn.square_loss(p, y), TF.mse_loss),
+    "loss: smooth L1": (lambda p, y: F.nn.smooth_l1_loss(p, y), TF.smooth_l1_loss),
+    "loss: BCE with logits": (lambda p, y: F.nn.binary_cross_entropy(p, y, with_logits=True),
+                              TF.binary_cross_entropy_with_logits),
+}
+
+
+def count_loss(loss, torch_side=False, by_site=False):
+    """Kernels and syncs of one loss's forward and backward (see `LOSSES`)."""
+    rng = np.random.RandomState(0)
+    p, y = rng.randn(64, 10).astype("float32"), rng.rand(64, 10).astype("float32")
+    if torch_side:
+        tp, ty = torch.tensor(p, requires_grad=True), torch.tensor(y)
+
+        def step():
+            loss(tp, ty).backward()
+            tp.grad = None
+    else:
+        from megengine.autodiff import GradManager
+
+        mp, my = mge.tensor(p, device="gpu0"), mge.tensor(y, device="gpu0")
+        gm = GradManager().attach(mp)
+
+        def step():
+            with gm:
+                gm.backward(loss(mp, my))
+            mp.grad = None
+    step()
+    sites = collections.Counter() if by_site else None
+    aten, rt = AtenKernels(sites), cupy._simulated
+    kernels, syncs = rt.kernels, rt.syncs
+    if by_site:
+        sys.setprofile(_cupy_sites(sites))
+    try:
+        with aten:
+            for _ in range(STEPS):
+                step()
+    finally:
+        sys.setprofile(None)
+    engine = 0 if torch_side else 1  # (the simulated CuPy counts the engine's side only)
+    return {"kernels": (engine * (rt.kernels - kernels) + aten.kernels) / STEPS,
+            "syncs": (engine * (rt.syncs - syncs) + aten.syncs) / STEPS,
+            "sites": {f"{k[0]} {k[1]}": v / STEPS for k, v in (sites or {}).items()}}
+
+
 NETWORKS = {  # name: (engine network, torch network, optimizer, data)
     "MLP 784-256-10": (bench.MgeMLP, bench.TorchMLP, _sgd, lambda: bench.make_data((784,), 1.0)),
     "CNN conv-bn-relu-pool-linear": (bench.MgeCNN, bench.TorchCNN, _sgd,
@@ -210,10 +258,14 @@ def main(argv=None):
         data = make_data()
         results[name] = {"engine": count_engine(mge_cls, make_opt, data, args.by_site),
                          "torch": count_torch(torch_cls, make_opt, data)}
+    for name, (ours, theirs) in LOSSES.items():
+        results[name] = {"engine": count_loss(ours, by_site=args.by_site),
+                         "torch": count_loss(theirs, torch_side=True)}
     if args.json:
         print(json.dumps(results, indent=1))
         return 0
-    print("per training step (cross entropy; the optimizers as above), on the simulated GPU:")
+    print("per training step (cross entropy; the optimizers as above), per loss forward and "
+          "backward, on the simulated GPU:")
     print(f"  {'network':34s} {'engine kernels':>15s} {'torch kernels':>14s} "
           f"{'engine syncs':>13s} {'torch syncs':>12s}")
     for name, r in results.items():

@@ -4,8 +4,8 @@ A machine without a GPU otherwise checks these paths only through ``make sim-gpu
 SGD's, Adam's and AdamW's multi-tensor steps with their kept torch views, LAMB's kernels and
 its one read of the trust ratios, clip_grad_norm's,
 clip_grad_value's and GradScaler.unscale's multi-tensor paths, the one-kernel max-pooling backward of windows that tile the input, the
-linear layer's addmm, gelu's one-kernel limits, batch norm's statistics in their own storage and
-the Python-number operands made once.
+linear layer's addmm, gelu's one-kernel limits, batch norm's statistics in their own storage,
+the Python-number operands made once and the losses on ATen's fused kernels.
 The files' own tests run on the default device, which the simulation makes ``gpu0``.
 """
 import os
@@ -24,7 +24,7 @@ FILES = ["tests/amp/test_grad_scaler.py", "tests/core/test_operators.py", "tests
          "tests/optimizer/test_clip_grad.py",
          "tests/functional/test_pooling.py",
          "tests/functional/test_activation.py", "tests/functional/test_normalization.py",
-         "tests/functional/test_nn.py"]
+         "tests/functional/test_nn.py", "tests/functional/test_loss.py"]
 
 
 def test_the_cuda_paths_pass_on_a_simulated_gpu():
