@@ -1579,8 +1579,9 @@ def _reduced(x, mode, axes):
         return out
     if not x.ndim:
         return getattr(x, mode)(keepdims=True)
-    if mode == "mean" and x.dtype in KERNEL_FLOATS and x.size:
-        # numpy's mean is this sum and division behind ~2 us of Python (_methods._mean)
+    if mode == "mean" and x.dtype in KERNEL_FLOATS and x.size and type(x) is np.ndarray:
+        # numpy's mean is this sum and division behind ~2 us of Python (_methods._mean); CuPy's
+        # is one kernel (the same sum, divided in it), where these are two launches
         out = _reduce_kept(x, "sum", axes)
         out /= math.prod(x.shape[a] for a in axes)
         return out

@@ -8,6 +8,7 @@ from ..core._caller import public_argument, public_function
 from ..core._trace_option import is_sym
 from ..core.dispatch import FLOAT16, KERNEL_FLOATS, Op, apply
 from ..core.dtype import float_value, no_quantized_form
+from ..core.fused import fused_kernel, use_fused
 from ..core.dtype_rules import (_NARROW, complex_error, no_order, numpy_scalar_is_weak,
                                 promote_types)
 from ..core.ops import (BINARY, UNARY, ArgumentError, BroadcastError, ShapeOnly, _Binary,
@@ -254,8 +255,17 @@ class _Unary(Op):
     def backward(self, g):
         return self._backward(g)
 
+    # CUDA: ``grad`` in one kernel (`_unary`'s ``grad_body``), where its array code launches a
+    # kernel per operation (tanh's ``g * (1 - y * y)``: three)
+    grad_kernel = None
+
     def _backward(self, g):
         """The input's gradient in the dtype `_forward` computed in."""
+        kernel = self.grad_kernel
+        if kernel is not None:
+            operand = self.y if self.backward_reads == ("y",) else self.x
+            if use_fused(operand, g):
+                return kernel()(g, operand)
         return self.grad(xp_of(g), self.x, self.y, g)
 
     def grad_graph(self, inputs, outputs, grads):
@@ -265,11 +275,17 @@ class _Unary(Op):
         return (self.grad(_TENSOR_MATH, x, outputs[0], grads[0]),)
 
 
-def _unary(name, compute, grad, to_float=True, holomorphic=True, reads=("x",)):
-    return type(name, (_Unary,), {"compute": staticmethod(compute), "grad": staticmethod(grad),
-                                  "to_float": to_float, "holomorphic": holomorphic,
-                                  "backward_reads": reads,
-                                  "autocast": "high" if name in _AUTOCAST_HIGH else None})
+def _unary(name, compute, grad, to_float=True, holomorphic=True, reads=("x",), grad_body=None):
+    """A `_Unary` class; ``grad_body``: ``grad`` as the C++ body of a CUDA kernel of ``g`` and
+    the operand it reads (``reads``), giving ``gx``, with the array code's operations in its
+    order (tests/functional/test_elemwise.py compiles each body against the array code)."""
+    attrs = {"compute": staticmethod(compute), "grad": staticmethod(grad), "to_float": to_float,
+             "holomorphic": holomorphic, "backward_reads": reads,
+             "autocast": "high" if name in _AUTOCAST_HIGH else None}
+    if grad_body is not None:
+        attrs["grad_kernel"] = staticmethod(fused_kernel(
+            f"T g, T {reads[0]}", "T gx", grad_body, f"megengine_{name.lower()}_grad"))
+    return type(name, (_Unary,), attrs)
 
 
 # the functions upstream's autocast computes in its high precision dtype (float32; its atan is
@@ -356,27 +372,39 @@ def any_nan_array(a):
 
 log1p_array = _on_aten("log1p", "log1p", dict.fromkeys(KERNEL_FLOATS, LOG1P_ATEN_MIN))
 
-Log1p = _unary("Log1p", log1p_array, lambda xp, x, y, g: g / (x + 1))
+Log1p = _unary("Log1p", log1p_array, lambda xp, x, y, g: g / (x + 1),
+               grad_body="gx = g / (x + (T)1)")
 Sqrt = _unary("Sqrt", lambda xp, x: xp.sqrt(x), lambda xp, x, y, g: g / (2 * y),
-              reads=("y",))
-Square = _unary("Square", lambda xp, x: x * x, lambda xp, x, y, g: 2 * g * x, to_float=False)
-Sin = _unary("Sin", lambda xp, x: xp.sin(x), lambda xp, x, y, g: g * xp.cos(x))
-Cos = _unary("Cos", lambda xp, x: xp.cos(x), lambda xp, x, y, g: -g * xp.sin(x))
+              reads=("y",), grad_body="gx = g / ((T)2 * y)")
+Square = _unary("Square", lambda xp, x: x * x, lambda xp, x, y, g: 2 * g * x, to_float=False,
+                grad_body="gx = (T)2 * g * x")
+Sin = _unary("Sin", lambda xp, x: xp.sin(x), lambda xp, x, y, g: g * xp.cos(x),
+             grad_body="gx = g * cos(x)")
+Cos = _unary("Cos", lambda xp, x: xp.cos(x), lambda xp, x, y, g: -g * xp.sin(x),
+             grad_body="gx = -g * sin(x)")
 Tan = _unary("Tan", lambda xp, x: xp.tan(x), lambda xp, x, y, g: g * (1 + y * y),
-             reads=("y",))
-Asin = _unary("Asin", lambda xp, x: xp.arcsin(x), lambda xp, x, y, g: g / xp.sqrt(1 - x * x))
-Acos = _unary("Acos", lambda xp, x: xp.arccos(x), lambda xp, x, y, g: -g / xp.sqrt(1 - x * x))
-Atan = _unary("Atan", lambda xp, x: xp.arctan(x), lambda xp, x, y, g: g / (1 + x * x))
-Sinh = _unary("Sinh", lambda xp, x: xp.sinh(x), lambda xp, x, y, g: g * xp.cosh(x))
-Cosh = _unary("Cosh", lambda xp, x: xp.cosh(x), lambda xp, x, y, g: g * xp.sinh(x))
+             reads=("y",), grad_body="gx = g * ((T)1 + y * y)")
+Asin = _unary("Asin", lambda xp, x: xp.arcsin(x), lambda xp, x, y, g: g / xp.sqrt(1 - x * x),
+              grad_body="gx = g / sqrt((T)1 - x * x)")
+Acos = _unary("Acos", lambda xp, x: xp.arccos(x), lambda xp, x, y, g: -g / xp.sqrt(1 - x * x),
+              grad_body="gx = -g / sqrt((T)1 - x * x)")
+Atan = _unary("Atan", lambda xp, x: xp.arctan(x), lambda xp, x, y, g: g / (1 + x * x),
+              grad_body="gx = g / ((T)1 + x * x)")
+Sinh = _unary("Sinh", lambda xp, x: xp.sinh(x), lambda xp, x, y, g: g * xp.cosh(x),
+              grad_body="gx = g * cosh(x)")
+Cosh = _unary("Cosh", lambda xp, x: xp.cosh(x), lambda xp, x, y, g: g * xp.sinh(x),
+              grad_body="gx = g * sinh(x)")
 Tanh = _unary("Tanh", lambda xp, x: xp.tanh(x), lambda xp, x, y, g: g * (1 - y * y),
-              reads=("y",))
-Asinh = _unary("Asinh", lambda xp, x: xp.arcsinh(x), lambda xp, x, y, g: g / xp.sqrt(x * x + 1))
+              reads=("y",), grad_body="gx = g * ((T)1 - y * y)")
+Asinh = _unary("Asinh", lambda xp, x: xp.arcsinh(x), lambda xp, x, y, g: g / xp.sqrt(x * x + 1),
+               grad_body="gx = g / sqrt(x * x + (T)1)")
 # sqrt(x - 1) * sqrt(x + 1), not sqrt(x * x - 1): equal for real x, but only the former is
 # acosh's derivative on the complex plane (the latter's branch cut flips its sign off the axis)
 Acosh = _unary("Acosh", lambda xp, x: xp.arccosh(x),
-               lambda xp, x, y, g: g / (xp.sqrt(x - 1) * xp.sqrt(x + 1)))
-Atanh = _unary("Atanh", lambda xp, x: xp.arctanh(x), lambda xp, x, y, g: g / (1 - x * x))
+               lambda xp, x, y, g: g / (xp.sqrt(x - 1) * xp.sqrt(x + 1)),
+               grad_body="gx = g / (sqrt(x - (T)1) * sqrt(x + (T)1))")
+Atanh = _unary("Atanh", lambda xp, x: xp.arctanh(x), lambda xp, x, y, g: g / (1 - x * x),
+               grad_body="gx = g / ((T)1 - x * x)")
 Floor = _unary("Floor", _keep_ints(lambda xp, x: xp.floor(x)), _no_grad, to_float=False,
                holomorphic=False, reads=())
 Ceil = _unary("Ceil", _keep_ints(lambda xp, x: xp.ceil(x)), _no_grad, to_float=False,

@@ -886,3 +886,61 @@ def test_shapes_that_do_not_broadcast_name_the_function_called(name, op):
     with pytest.raises(RuntimeError,
                        match=rf"^{name}: shapes \(2, 3\) and \(2,\) do not broadcast"):
         getattr(F, name)(mge.tensor(a), mge.tensor(b))
+
+
+# (class, the operand's range, whether the body calls a transcendental function: the C library's
+# may differ from numpy's own loops in the last bit)
+_GRAD_KERNELS = [
+    ("Tanh", -3, 3, False), ("Sqrt", 0.1, 3, False), ("Log1p", -0.9, 3, False),
+    ("Square", -2, 2, False), ("Tan", -1.2, 1.2, False), ("Atan", -3, 3, False),
+    ("Atanh", -0.9, 0.9, False), ("Asin", -0.9, 0.9, False), ("Acos", -0.9, 0.9, False),
+    ("Asinh", -3, 3, False), ("Acosh", 1.1, 4, False), ("Sin", -3, 3, True),
+    ("Cos", -3, 3, True), ("Sinh", -3, 3, True), ("Cosh", -3, 3, True),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name, low, high, transcendental", _GRAD_KERNELS,
+                         ids=[k[0] for k in _GRAD_KERNELS])
+def test_unary_gradient_kernel_bodies_match_the_array_code(tmp_path, name, low, high,
+                                                           transcendental, dtype):
+    """Each unary function's CUDA gradient kernel (one launch where the array code takes one
+    per operation), its body compiled as C++: the array code's values, to the last bit where
+    it is arithmetic and square roots (correctly rounded in both), within a few ulps where it
+    calls sin, cos, sinh or cosh (the C library's and numpy's differ by an ulp, which the
+    product with g may round to two)."""
+    from cuda_kernels import emulate
+
+    op = getattr(elemwise_module, name)
+    rng = np.random.RandomState(0)
+    x = rng.uniform(low, high, 257).astype(dtype)
+    g = rng.randn(257).astype(dtype)
+    y = op.compute(np, x)
+    operand = y if op.backward_reads == ("y",) else x
+    got = emulate(op.grad_kernel, tmp_path)(g, operand)
+    expected = op.grad(np, x, y, g)
+    assert got.dtype == expected.dtype == dtype
+    if transcendental:
+        np.testing.assert_array_max_ulp(got, expected, maxulp=3)
+    else:
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_unary_gradients_on_a_gpu_are_one_kernel():
+    import sys
+
+    rt = getattr(sys.modules.get("cupy"), "_simulated", None)
+    if rt is None:
+        pytest.skip("counts the simulated GPU's kernels (tests/test_simulated_gpu_paths.py "
+                    "runs this file on one)")
+    x = mge.tensor(rand(4, 8), device="gpu0")
+    g = mge.tensor(rand(4, 8), device="gpu0")
+    gm = GradManager().attach(x)
+    for fn in (F.tanh, F.sin, lambda t: F.sqrt(F.abs(t) + 1)):
+        with gm:
+            y = fn(x)
+            before = rt.kernels
+            gm.backward(y, g)
+        # tanh, sin: the gradient kernel (its result is x.grad uncopied); sqrt's chain: three
+        assert rt.kernels - before == (1 if fn in (F.tanh, F.sin) else 3), fn
+        x.grad = None

@@ -298,7 +298,12 @@ def run_all(cupy, torch, fake):
 
 def kernel_specs():
     """{"module.attribute": getter} for every `fused_kernel` the engine defines: the modules
-    that call ``fused_kernel(`` are imported and their module-level getters collected."""
+    that call ``fused_kernel(`` are imported and their module-level getters collected, and the
+    getters their classes hold (elemwise's unary gradients: ``Tanh.grad_kernel``)."""
+    def is_getter(value):
+        return callable(value) and all(hasattr(value, a) for a in ("in_params", "out_params",
+                                                                   "body", "name"))
+
     specs = {}
     for path in sorted((REPO / "megengine").rglob("*.py")):
         text = path.read_text(encoding="utf-8")
@@ -307,9 +312,13 @@ def kernel_specs():
         name = ".".join(path.relative_to(REPO).with_suffix("").parts)
         module = importlib.import_module(name)
         for attr, value in vars(module).items():
-            if callable(value) and all(hasattr(value, a) for a in ("in_params", "out_params",
-                                                                   "body", "name")):
+            if is_getter(value):
                 specs[f"{name}.{attr}"] = value
+            elif isinstance(value, type) and value.__module__ == name:
+                for cattr, cvalue in vars(value).items():
+                    cvalue = getattr(cvalue, "__func__", cvalue)  # (a staticmethod's getter)
+                    if is_getter(cvalue):
+                        specs[f"{name}.{attr}.{cattr}"] = cvalue
     return specs
 
 
