@@ -491,6 +491,8 @@ class _PRelu(Op):
         x, w = x.astype(dtype, copy=False), w.astype(dtype, copy=False)
         self.x, self.w = x, w
         try:
+            if use_fused(x, w):  # CUDA: one kernel (the array code launches three)
+                return _prelu_kernel()(x, w)
             return xp_of(x).where(x > 0, x, x * w)
         except ValueError:
             raise ValueError(f"prelu: weight of shape {w.shape} does not broadcast to the input "
@@ -498,13 +500,18 @@ class _PRelu(Op):
 
     def backward(self, g):
         xp = xp_of(g)
-        pos = self.x > 0
+        needs = self.needs_input_grad
+        if use_fused(self.x, g) and use_fused(self.w, g):
+            # CUDA: both gradients' elements in one kernel (the array code launches six), then
+            # the slope's sum over what it was broadcast along
+            gx, gw = _prelu_grad_kernel()(g, self.x, self.w)
+        else:
+            pos = self.x > 0
+            gx = xp.where(pos, g, g * self.w) if needs[0] else None
+            gw = xp.where(pos, 0, g * self.x) if needs[1] else None
         # x may have been broadcast against w (upstream's rule): reduce back to x's shape
-        gx = unbroadcast(xp.where(pos, g, g * self.w), self.x.shape) \
-            if self.needs_input_grad[0] else None
-        gw = unbroadcast(xp.where(pos, 0, g * self.x), self.w.shape) \
-            if self.needs_input_grad[1] else None
-        return gx, gw
+        return (unbroadcast(gx, self.x.shape) if needs[0] else None,
+                unbroadcast(gw, self.w.shape) if needs[1] else None)
 
     def grad_graph(self, inputs, outputs, grads):
         g = grads[0]
@@ -564,6 +571,13 @@ def softplus(inp):
 def logsigmoid(inp):
     """Element-wise ``log(sigmoid(x)) = -softplus(-x)``."""
     return apply(_LogSigmoid(), _tensor(inp))
+
+
+# PReLU's array code, its selections and products as written there
+_prelu_kernel = fused_kernel("T x, T w", "T y", "y = x > (T)0 ? x : x * w", "megengine_prelu")
+_prelu_grad_kernel = fused_kernel("T g, T x, T w", "T gx, T gw",
+                                  "bool pos = x > (T)0; gx = pos ? g : g * w; "
+                                  "gw = pos ? (T)0 : g * x", "megengine_prelu_grad")
 
 
 def prelu(x=None, y=None, **older_names):

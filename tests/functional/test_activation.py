@@ -233,6 +233,38 @@ def test_prelu(wshape):
           grad_shape={1: lambda g: g.reshape(wshape)})
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("wshape", [(1, 3, 1, 1), (1,), (3, 1, 1)])
+def test_prelu_kernel_bodies_give_the_array_codes_values(tmp_path, monkeypatch,
+                                                         host_default_device, wshape, dtype):
+    """PReLU on CUDA: the forward and both gradients' elements in one kernel each, their
+    bodies compiled as C++ in the kernels' place: the array code's values bit for bit, zeros,
+    NaN and the slope's broadcasting included."""
+    x = rand(2, 3, 4, 4).astype(dtype)
+    x[0, 0, 0, :3] = [0.0, -0.0, np.nan]
+    w = rand(*wshape, low=-0.5, high=0.5).astype(dtype)
+    g = rand(2, 3, 4, 4).astype(dtype)
+
+    def run():
+        tx, tw = mge.tensor(x, dtype=dtype), mge.tensor(w, dtype=dtype)
+        with GradManager().attach([tx, tw]) as gm:
+            y = F.prelu(tx, tw)
+            gm.backward(y, mge.tensor(g, dtype=dtype))
+        return y.numpy(), tx.grad.numpy(), tw.grad.numpy()
+
+    expected = run()
+    used = []
+    for name in ("_prelu_kernel", "_prelu_grad_kernel"):
+        (tmp_path / name).mkdir()
+        kernel = emulate(getattr(act_module, name), tmp_path / name)
+        monkeypatch.setattr(act_module, name, lambda k=kernel, n=name: (used.append(n), k)[1])
+    monkeypatch.setattr(act_module, "use_fused", lambda data, grad: True)
+    got = run()
+    assert used == ["_prelu_kernel", "_prelu_grad_kernel"]
+    for a, b in zip(got, expected):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_kinks_at_zero_follow_torch(dtype):
     # at exactly 0: leaky_relu and prelu take the negative slope, abs 0, as torch's (upstream
