@@ -37,6 +37,17 @@ def _interp_matrix(n_in, n_out, mode, align_corners):
     return m
 
 
+@functools.lru_cache(maxsize=64)
+def _gpu_interp_matrix(n_in, n_out, mode, align_corners, dtype, device, stream):
+    """`_interp_matrix` in ``dtype`` on GPU ``device`` (the current one), copied there once
+    per stream, so that its copy is ordered before every later use on that stream: each call
+    copied it again (a transfer per matrix, a launch's worth of host time on a GPU). Read
+    only, as the host matrix: the products of `_Resize` read it, nothing writes it."""
+    import cupy
+
+    return cupy.asarray(_interp_matrix(n_in, n_out, mode, align_corners), dtype)
+
+
 def _make_interp_matrix(n_in, n_out, mode, align_corners):
     dst = np.arange(n_out, dtype=np.float64)
     m = np.zeros((n_out, n_in), np.float64)
@@ -86,15 +97,24 @@ class _Resize(Op):
     def __init__(self, sizes, mode, align_corners):
         self.sizes, self.mode, self.align_corners = tuple(sizes), mode, align_corners
 
-    def _matrices(self, in_sizes):
+    def _matrices(self, x):
+        """The matrices resampling H, W and D (None where ``x`` has no such axis) as arrays of
+        ``x``'s module and dtype; on a GPU each is copied there once per shape, dtype and
+        stream (`_gpu_interp_matrix`), not at every call."""
+        xp = xp_of(x)
         if self.sizes is None:
-            return self.mat_h, self.mat_w, self.mat_d
+            return [None if m is None else xp.asarray(m, x.dtype)
+                    for m in (self.mat_h, self.mat_w, self.mat_d)]
         mode = "bilinear" if self.mode == "trilinear" else self.mode  # linear along each axis
-        mats = [_interp_matrix(int(n_in), int(n_out), mode, self.align_corners)
-                for n_in, n_out in zip(in_sizes, self.sizes)]
-        if len(mats) == 3:  # (D, H, W): H and W as bilinear, D along axis 2
-            return mats[1], mats[2], mats[0]
-        return mats[0], (mats[1] if len(mats) == 2 else None), None
+        axes = [(int(n_in), int(n_out), mode, self.align_corners)
+                for n_in, n_out in zip(x.shape[2:], self.sizes)]
+        if len(axes) == 3:  # (D, H, W): H and W as bilinear, D along axis 2
+            axes = [axes[1], axes[2], axes[0]]
+        axes += [None] * (3 - len(axes))
+        if xp is np:
+            return [None if a is None else np.asarray(_interp_matrix(*a), x.dtype) for a in axes]
+        where = (x.dtype, x.device.id, xp.cuda.get_current_stream().ptr)
+        return [None if a is None else _gpu_interp_matrix(*a, *where) for a in axes]
 
     def forward(self, x):
         x = _as_float(x, self)
@@ -109,10 +129,7 @@ class _Resize(Op):
         # ms before, 7 after; float32 6-9)
         if acc is not None:
             x = cast(x, acc)
-        mat_h, mat_w, mat_d = self._matrices(x.shape[2:])
-        self.ah = xp.asarray(mat_h, x.dtype)
-        self.aw = None if mat_w is None else xp.asarray(mat_w, x.dtype)
-        self.ad = None if mat_d is None else xp.asarray(mat_d, x.dtype)
+        self.ah, self.aw, self.ad = self._matrices(x)
         # (products on ATen where numpy's BLAS would thread them: core/ops.py matmul)
         if self.aw is None:  # 1-d: (N, C, L)
             return as_dtype(_mm(x, self.ah.T), dtype)

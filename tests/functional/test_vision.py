@@ -1284,3 +1284,23 @@ def test_nms_of_no_boxes_keeps_none(max_output):
     keep = F.vision.nms(mge.tensor(np.zeros((0, 4), np.float32)),
                         mge.tensor(np.zeros(0, np.float32)), 0.5, max_output)
     assert keep.dtype == np.int32 and keep.shape == (0,)
+
+
+def test_a_gpu_resize_copies_its_matrices_there_once():
+    # the resampling matrices of a shape are copied to the GPU at the first call only: a
+    # bilinear resize is then its two products (each call copied both matrices again)
+    import sys
+
+    rt = getattr(sys.modules.get("cupy"), "_simulated", None)
+    if rt is None:
+        pytest.skip("counts the simulated GPU's kernels (tests/test_simulated_gpu_paths.py "
+                    "runs this file on one)")
+    x = mge.tensor(np.random.RandomState(0).randn(2, 3, 5, 7).astype(np.float32), device="gpu0")
+    first = F.nn.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+    before = rt.kernels
+    again = F.nn.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+    assert rt.kernels - before == 2
+    np.testing.assert_array_equal(again.numpy(), first.numpy())
+    expected = torch.nn.functional.interpolate(torch.tensor(x.numpy()), scale_factor=2,
+                                               mode="bilinear", align_corners=False)
+    np.testing.assert_allclose(again.numpy(), expected.numpy(), rtol=1e-5, atol=1e-6)
