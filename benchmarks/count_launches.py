@@ -20,9 +20,12 @@ mean; Adam), the step as `_timing.mge_training_step` writes it, each counted ove
 2 of warm-up; then the losses that have fused ATen kernels (squared error, smooth L1, binary
 cross entropy with logits), forward and backward into an attached (64, 10) prediction (mean).
 Counts, not times: they are the same on every machine. ``--by-site`` lists where the engine's
-launches come from.
+launches come from. ``--layers`` counts instead the forward and backward of single layers and
+functions (`LAYERS`: convolutions, norms, activations, pooling, resizing, reductions, joins,
+indexing, attention scores), engine against torch, and marks those where the engine launches
+more.
 
-    python benchmarks/count_launches.py [--by-site] [--json]
+    python benchmarks/count_launches.py [--by-site] [--json] [--layers]
 """
 import argparse
 import collections
@@ -199,6 +202,27 @@ LOSSES = {  # name: (engine loss, torch loss); pred attached, label fixed, mean 
 }
 
 
+def _count_steps(step, torch_side, by_site):
+    """Kernels and syncs per call of ``step`` over `STEPS` calls after one (the engine's: the
+    simulated CuPy's and the ATen kernels it calls; torch's: its aten kernels)."""
+    step()
+    sites = collections.Counter() if by_site else None
+    aten, rt = AtenKernels(sites), cupy._simulated
+    kernels, syncs = rt.kernels, rt.syncs
+    if by_site:
+        sys.setprofile(_cupy_sites(sites))
+    try:
+        with aten:
+            for _ in range(STEPS):
+                step()
+    finally:
+        sys.setprofile(None)
+    engine = 0 if torch_side else 1  # (the simulated CuPy counts the engine's side only)
+    return {"kernels": (engine * (rt.kernels - kernels) + aten.kernels) / STEPS,
+            "syncs": (engine * (rt.syncs - syncs) + aten.syncs) / STEPS,
+            "sites": {f"{k[0]} {k[1]}": v / STEPS for k, v in (sites or {}).items()}}
+
+
 def count_loss(loss, torch_side=False, by_site=False):
     """Kernels and syncs of one loss's forward and backward (see `LOSSES`)."""
     rng = np.random.RandomState(0)
@@ -219,22 +243,117 @@ def count_loss(loss, torch_side=False, by_site=False):
             with gm:
                 gm.backward(loss(mp, my))
             mp.grad = None
-    step()
-    sites = collections.Counter() if by_site else None
-    aten, rt = AtenKernels(sites), cupy._simulated
-    kernels, syncs = rt.kernels, rt.syncs
-    if by_site:
-        sys.setprofile(_cupy_sites(sites))
-    try:
-        with aten:
-            for _ in range(STEPS):
-                step()
-    finally:
-        sys.setprofile(None)
-    engine = 0 if torch_side else 1  # (the simulated CuPy counts the engine's side only)
-    return {"kernels": (engine * (rt.kernels - kernels) + aten.kernels) / STEPS,
-            "syncs": (engine * (rt.syncs - syncs) + aten.syncs) / STEPS,
-            "sites": {f"{k[0]} {k[1]}": v / STEPS for k, v in (sites or {}).items()}}
+    return _count_steps(step, torch_side, by_site)
+
+
+class _Fn(tnn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+def _gpu_int(values):
+    return mge.tensor(np.asarray(values), dtype="int32", device="gpu0")
+
+
+LAYERS = {  # name: (engine layer or function, torch's, input shape); ``--layers``
+    "Conv2d 3x3": (lambda: M.Conv2d(8, 16, 3, padding=1), lambda: tnn.Conv2d(8, 16, 3, padding=1),
+                   (4, 8, 16, 16)),
+    "ConvTranspose2d": (lambda: M.ConvTranspose2d(8, 4, 3, stride=2),
+                        lambda: tnn.ConvTranspose2d(8, 4, 3, stride=2), (2, 8, 8, 8)),
+    "BatchNorm2d (train)": (lambda: M.BatchNorm2d(8), lambda: tnn.BatchNorm2d(8), (4, 8, 16, 16)),
+    "BatchNorm1d (train)": (lambda: M.BatchNorm1d(64), lambda: tnn.BatchNorm1d(64), (16, 64)),
+    "Linear": (lambda: M.Linear(64, 32), lambda: tnn.Linear(64, 32), (16, 64)),
+    "Linear, 3-d input": (lambda: M.Linear(64, 32), lambda: tnn.Linear(64, 32), (4, 16, 64)),
+    "LayerNorm": (lambda: M.LayerNorm(64), lambda: tnn.LayerNorm(64), (16, 64)),
+    "GroupNorm": (lambda: M.GroupNorm(4, 8), lambda: tnn.GroupNorm(4, 8), (4, 8, 8, 8)),
+    "InstanceNorm": (lambda: M.InstanceNorm(8), lambda: tnn.InstanceNorm2d(8, affine=True),
+                     (2, 8, 8, 8)),
+    "Dropout": (lambda: M.Dropout(0.1), lambda: tnn.Dropout(0.1), (16, 64)),
+    "ReLU": (lambda: M.ReLU(), lambda: tnn.ReLU(), (16, 64)),
+    "GELU": (lambda: M.GELU(), lambda: tnn.GELU(), (16, 64)),
+    "SiLU": (lambda: M.SiLU(), lambda: tnn.SiLU(), (16, 64)),
+    "Sigmoid": (lambda: M.Sigmoid(), lambda: tnn.Sigmoid(), (16, 64)),
+    "LeakyReLU": (lambda: M.LeakyReLU(0.1), lambda: tnn.LeakyReLU(0.1), (16, 64)),
+    "PReLU": (lambda: M.PReLU(1), lambda: tnn.PReLU(1), (16, 64)),
+    "tanh": (lambda: F.tanh, lambda: _Fn(torch.tanh), (16, 64)),
+    "softplus": (lambda: F.softplus, lambda: tnn.Softplus(), (16, 64)),
+    "hswish": (lambda: F.hswish, lambda: tnn.Hardswish(), (16, 64)),
+    "softmax": (lambda: M.Softmax(axis=1), lambda: tnn.Softmax(dim=1), (16, 64)),
+    "log_softmax": (lambda: (lambda x: F.logsoftmax(x, axis=1)), lambda: tnn.LogSoftmax(dim=1),
+                    (16, 64)),
+    "AvgPool2d 2x2": (lambda: M.AvgPool2d(2), lambda: tnn.AvgPool2d(2), (4, 8, 16, 16)),
+    "MaxPool2d 3x3 s2": (lambda: M.MaxPool2d(3, 2, 1), lambda: tnn.MaxPool2d(3, 2, 1),
+                         (4, 8, 16, 16)),
+    "AdaptiveAvgPool2d(1)": (lambda: M.AdaptiveAvgPool2d(1), lambda: tnn.AdaptiveAvgPool2d(1),
+                             (4, 8, 16, 16)),
+    "interpolate x2 bilinear": (
+        lambda: (lambda x: F.nn.interpolate(x, scale_factor=2, mode="bilinear",
+                                            align_corners=False)),
+        lambda: _Fn(lambda x: TF.interpolate(x, scale_factor=2, mode="bilinear",
+                                             align_corners=False)), (2, 4, 8, 8)),
+    "x * 2 + 1": (lambda: (lambda x: x * 2 + 1), lambda: _Fn(lambda x: x * 2 + 1), (16, 64)),
+    "mean over axis 1": (lambda: (lambda x: x.mean(axis=1)), lambda: _Fn(lambda x: x.mean(1)),
+                         (16, 64)),
+    "var over axis 1": (lambda: (lambda x: F.var(x, axis=1)),
+                        lambda: _Fn(lambda x: x.var(1, unbiased=False)), (16, 64)),
+    "concat": (lambda: (lambda x: F.concat([x, x * 2], axis=1)),
+               lambda: _Fn(lambda x: torch.cat([x, x * 2], 1)), (16, 64)),
+    "batched matmul": (lambda: (lambda x: F.matmul(x, x.transpose(0, 2, 1))),
+                       lambda: _Fn(lambda x: x @ x.transpose(1, 2)), (4, 16, 32)),
+    "attention scores": (
+        lambda: (lambda x: F.matmul(F.softmax(F.matmul(x, x.transpose(0, 2, 1)) * 0.125,
+                                              axis=-1), x)),
+        lambda: _Fn(lambda x: torch.softmax((x @ x.transpose(1, 2)) * 0.125, -1) @ x),
+        (4, 16, 32)),
+    "x[idx]": (lambda: (lambda x: x[_gpu_int([0, 3, 3, 5])]),
+               lambda: _Fn(lambda x: x[torch.tensor([0, 3, 3, 5])]), (16, 64)),
+    "where(x > 0, x, 0.1 x)": (lambda: (lambda x: F.where(x > 0, x, x * 0.1)),
+                               lambda: _Fn(lambda x: torch.where(x > 0, x, x * 0.1)), (16, 64)),
+    "clip": (lambda: (lambda x: F.clip(x, -0.5, 0.5)),
+             lambda: _Fn(lambda x: torch.clamp(x, -0.5, 0.5)), (16, 64)),
+    "normalize": (lambda: (lambda x: F.normalize(x, axis=1)),
+                  lambda: _Fn(lambda x: TF.normalize(x, dim=1)), (16, 64)),
+    "cross entropy, label smoothing": (
+        lambda: (lambda x: F.loss.cross_entropy(x, _gpu_int(np.arange(16) % 64),
+                                                label_smooth=0.1)),
+        lambda: _Fn(lambda x: TF.cross_entropy(x, torch.arange(16) % 64, label_smoothing=0.1)),
+        (16, 64)),
+}
+
+
+def count_layer(make, shape, torch_side=False, by_site=False):
+    """Kernels and syncs of one layer's forward and backward into its input and parameters
+    (see `LAYERS`; the output gradient made once, outside the count)."""
+    torch.manual_seed(0)
+    mge.random.seed(0)
+    layer, x = make(), np.random.RandomState(0).randn(*shape).astype("float32")
+    if torch_side:
+        tx = torch.tensor(x, requires_grad=True)
+        params = list(layer.parameters())
+        dy = torch.ones_like(layer(tx))
+
+        def step():
+            layer(tx).backward(dy)
+            for t in params + [tx]:
+                t.grad = None
+    else:
+        from megengine.autodiff import GradManager
+
+        mx = mge.tensor(x, device="gpu0")
+        params = list(layer.parameters()) if isinstance(layer, M.Module) else []
+        gm = GradManager().attach(params + [mx])
+        dy = mge.tensor(np.ones(layer(mx).shape, "float32"), device="gpu0")
+
+        def step():
+            with gm:
+                gm.backward(layer(mx), dy)
+            for t in params + [mx]:
+                t.grad = None
+    return _count_steps(step, torch_side, by_site)
 
 
 NETWORKS = {  # name: (engine network, torch network, optimizer, data)
@@ -251,8 +370,12 @@ def main(argv=None):
     parser.add_argument("--by-site", action="store_true",
                         help="list the engine's launches by the engine line that made them")
     parser.add_argument("--json", action="store_true", help="print the counts as JSON only")
+    parser.add_argument("--layers", action="store_true",
+                        help="instead: each of LAYERS' forward and backward, engine against torch")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.layers:
+        return print_layers(args.by_site)
     results = {}
     for name, (mge_cls, torch_cls, make_opt, make_data) in NETWORKS.items():
         data = make_data()
@@ -273,6 +396,23 @@ def main(argv=None):
         print(f"  {name:34s} {e['kernels']:15.0f} {t['kernels']:14.0f} {e['syncs']:13.0f} "
               f"{t['syncs']:12.0f}")
         if args.by_site:
+            for site, n in sorted(e["sites"].items(), key=lambda kv: -kv[1]):
+                print(f"      {n:4.0f}  {site}")
+    return 0
+
+
+def print_layers(by_site):
+    print("forward and backward of one layer or function (the output gradient given), on the "
+          "simulated GPU:")
+    print(f"  {'layer':32s} {'engine kernels':>15s} {'torch kernels':>14s} "
+          f"{'engine syncs':>13s} {'torch syncs':>12s}")
+    for name, (ours, theirs, shape) in LAYERS.items():
+        e = count_layer(ours, shape, by_site=by_site)
+        t = count_layer(theirs, shape, torch_side=True)
+        more = "  <- more" if e["kernels"] > t["kernels"] else ""
+        print(f"  {name:32s} {e['kernels']:15.0f} {t['kernels']:14.0f} {e['syncs']:13.0f} "
+              f"{t['syncs']:12.0f}{more}")
+        if by_site and more:
             for site, n in sorted(e["sites"].items(), key=lambda kv: -kv[1]):
                 print(f"      {n:4.0f}  {site}")
     return 0
