@@ -30,7 +30,8 @@ def _params(spec):
     return [tuple(p.split()) for p in spec.split(",")]
 
 
-def _source(kernel):
+def _source(kernel, types=("float", "double")):
+    """The C++ file of ``kernel``'s body: ``run_<type>`` for each C type of ``types``."""
     ins, outs = _params(kernel.in_params), _params(kernel.out_params)
 
     def c_type(t, c):
@@ -42,11 +43,11 @@ def _source(kernel):
            "using std::copysign; using std::exp; using std::log; using std::pow; using std::isinf;\n"
            f"template <typename T> static void body({', '.join(formal)}) {{\n{kernel.body}\n;}}\n")
     # ";" after the body: CuPy's generated loop is "${operation};", so a body may end without one
-    for c in ("float", "double"):
+    for c in types:
         c_args = [f"const {c_type(t, c)}* {n}" for t, n in ins] + \
             [f"{c_type(t, c)}* {n}" for t, n in outs]
         actual = ", ".join(f"{n}[k_]" for _, n in ins + outs)
-        src += (f'extern "C" void run_{c}(long n_, {", ".join(c_args)}) {{\n'
+        src += (f'extern "C" void run_{c.strip("_")}(long n_, {", ".join(c_args)}) {{\n'
                 f"  for (long k_ = 0; k_ < n_; ++k_) body<{c}>({actual});\n}}\n")
     return src
 
@@ -56,23 +57,12 @@ def emulate(kernel, tmp_path, reuse=False):
 
     ``tmp_path``: a directory for the C++ file and the library. Skips the test when the machine
     has no C++ compiler; fails it when the body is not valid C++ for float and double
-    (``-Wall -Werror``). ``reuse``: load a library an earlier call built there from the same
+    (``-Wall -Werror``). A float16 call compiles the body once more for ``_Float16`` (GCC 12 and
+    Clang), each operation rounded to float16 as CuPy's ``half`` rounds it. ``reuse``: load a library an earlier call built there from the same
     source instead of compiling again (the simulated CuPy's cache, tests/simcuda/kernels.py).
     """
-    source = _source(kernel)
-    library = tmp_path / "kernel.so"
-    cpp = tmp_path / "kernel.cpp"
-    if not (reuse and library.exists() and cpp.exists() and cpp.read_text() == source):
-        if CXX is None:
-            pytest.skip("no C++ compiler on this machine")
-        cpp.write_text(source)
-        partial = tmp_path / f"kernel.so.{os.getpid()}"  # renamed when whole: readers in other
-        run = subprocess.run([CXX, "-O1", "-shared", "-fPIC", "-Wall", "-Werror", "-o",  # processes
-                              str(partial), str(cpp)],                   # never load half a file
-                             capture_output=True, text=True)
-        assert run.returncode == 0, f"{kernel.name}: the body is not valid C++:\n{run.stderr}"
-        os.replace(partial, library)
-    lib = ctypes.CDLL(str(library))
+    lib = _build(kernel, tmp_path, "kernel", _source(kernel), reuse)
+    half = []  # the float16 library, built on the first float16 call
     ins, outs = _params(kernel.in_params), _params(kernel.out_params)
 
     def call(*args):
@@ -82,7 +72,14 @@ def emulate(kernel, tmp_path, reuse=False):
         arrays = [a for a in args if isinstance(a, np.ndarray)]
         dtype = next(a.dtype for (t, _), a in zip(ins + outs, args)
                      if t == "T" and isinstance(a, np.ndarray))
-        c_name = _C_NAMES[dtype]  # the engine's kernels serve float32 and float64 only
+        if dtype == np.float16:  # (CuPy's half: each operation rounded to float16)
+            if not half:
+                half.append(_build(kernel, tmp_path, "kernel_half",
+                                   _source(kernel, ("_Float16",)), reuse,
+                                   ("-fexcess-precision=16",)))
+            fn = half[0].run_Float16
+        else:
+            fn = getattr(lib, f"run_{_C_NAMES[dtype]}")  # (float32 and float64 otherwise)
         shape = np.broadcast_shapes(*(a.shape for a in arrays))
 
         def buffer(t, value):
@@ -94,7 +91,6 @@ def emulate(kernel, tmp_path, reuse=False):
         out_bufs = [buffer(t, given[i]) if given else np.empty(shape, dtype if t == "T"
                                                                 else _FIXED[t][1])
                     for i, (t, _) in enumerate(outs)]
-        fn = getattr(lib, f"run_{c_name}")
         fn(ctypes.c_long(int(np.prod(shape))),
            *(b.ctypes.data_as(ctypes.c_void_p) for b in in_bufs + out_bufs))
         if given:  # CuPy writes into the outputs it was given
@@ -107,3 +103,21 @@ def emulate(kernel, tmp_path, reuse=False):
         return results[0] if len(results) == 1 else tuple(results)
 
     return call
+
+
+def _build(kernel, directory, stem, source, reuse, flags=()):
+    """Compile ``source`` into ``directory/<stem>.so`` (or, with ``reuse``, load the library an
+    earlier call built there from the same source) and load it."""
+    library = directory / f"{stem}.so"
+    cpp = directory / f"{stem}.cpp"
+    if not (reuse and library.exists() and cpp.exists() and cpp.read_text() == source):
+        if CXX is None:
+            pytest.skip("no C++ compiler on this machine")
+        cpp.write_text(source)
+        partial = directory / f"{stem}.so.{os.getpid()}"  # renamed when whole: readers in
+        run = subprocess.run([CXX, "-O1", "-shared", "-fPIC", "-Wall", "-Werror", *flags,
+                              "-o", str(partial), str(cpp)],  # other processes never load
+                             capture_output=True, text=True)  # half a file
+        assert run.returncode == 0, f"{kernel.name}: the body is not valid C++:\n{run.stderr}"
+        os.replace(partial, library)
+    return ctypes.CDLL(str(library))

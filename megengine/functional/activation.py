@@ -102,8 +102,11 @@ _relu_grad_kernel = fused_kernel(*_RELU_GRAD)  # () -> the kernel ``gx = y > 0 ?
 
 
 def _use_relu_kernel(y, g):
-    """A CuPy output and gradient of one float32/float64 dtype take the fused kernel."""
-    return type(g) is not np.ndarray and use_fused(y, g)
+    """A CuPy output and gradient of one float dtype take the fused kernel: float16 too (a
+    select is exact in any dtype), whose array code below reads a NaN check back to the host
+    (a sync per ReLU of an autocast step) and launches four kernels."""
+    return (type(g) is not np.ndarray and type(y) is type(g) and g.dtype == y.dtype
+            and (y.dtype in KERNEL_FLOATS or y.dtype is FLOAT16))
 
 
 class _Activation(_Unary):

@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 
 import megengine as mge
+import megengine.functional as F
+from megengine import amp
 from megengine.amp import GradScaler
 from megengine.autodiff import GradManager
 from megengine.jit import trace
@@ -259,3 +261,37 @@ def test_unscale_on_a_gpu_checks_and_unscales_all_gradients_in_one_kernel(monkey
         np.testing.assert_array_equal(p.grad.numpy(), v * np.float32(1.0 / 12.0))
     if alias is not None:
         np.testing.assert_array_equal(alias.numpy(), values[0])
+
+
+def test_an_autocast_relu_network_step_on_a_gpu_reads_back_only_the_scalers_verdict():
+    """Under autocast on a GPU: ReLU's float16 backward is its select kernel (the array code
+    read a NaN check back to the host, a sync per ReLU), a float16 bias gradient one float32-
+    accumulating sum (three kernels before). The step's host reads from CuPy arrays: the
+    labels' range check alone (GradScaler's verdict is read through torch, `_unscale_on_aten`;
+    the two ReLUs added two)."""
+    import sys
+
+    import megengine.module as M
+    import megengine.optimizer as optim
+    from megengine.autodiff import GradManager
+
+    rt = getattr(sys.modules.get("cupy"), "_simulated", None)
+    if rt is None:
+        pytest.skip("counts the simulated GPU's syncs (tests/test_simulated_gpu_paths.py runs "
+                    "this file on one)")
+    mge.random.seed(0)
+    net = M.Sequential(M.Linear(32, 16), M.ReLU(), M.Linear(16, 16), M.ReLU(), M.Linear(16, 4))
+    opt = optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    gm = GradManager().attach(net.parameters())
+    scaler = GradScaler()
+    rng = np.random.RandomState(0)
+    x = mge.tensor(rng.randn(8, 32).astype(np.float32), device="gpu0")
+    y = mge.tensor(rng.randint(0, 4, 8), dtype="int32", device="gpu0")
+    for step in range(3):
+        syncs = rt.syncs
+        with gm:
+            with amp.autocast():
+                loss = F.loss.cross_entropy(net(x), y)
+            scaler.backward(gm, loss)
+        opt.step().clear_grad()
+    assert rt.syncs - syncs == 1

@@ -149,7 +149,7 @@ def relu_kernel_used(relu_kernel_on_cpu, monkeypatch, host_default_device):
         yield used
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
 def test_relu_backward_kernel_body_matches_torch(relu_kernel_used, dtype):
     x, g = rand(5, 7).astype(dtype), np.random.randn(5, 7).astype(dtype)
     x[0, :3] = 0  # relu'(0) = 0, as torch
@@ -173,9 +173,13 @@ def _nan_gradient_case():
     return x, g, xt.grad.numpy()
 
 
-def test_relu_backward_kernel_body_selects_like_torch(relu_kernel_on_cpu):
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_relu_backward_kernel_body_selects_like_torch(relu_kernel_on_cpu, dtype):
+    # (float16: autocast's ReLUs on a GPU take the kernel too)
     x, g, expect = _nan_gradient_case()
-    np.testing.assert_array_equal(relu_kernel_on_cpu(g, np.maximum(x, 0)), expect)
+    got = relu_kernel_on_cpu(g.astype(dtype), np.maximum(x, 0).astype(dtype))
+    assert got.dtype == dtype
+    np.testing.assert_array_equal(got, expect.astype(dtype))
 
 
 def test_relu_backward_selects_like_torch():

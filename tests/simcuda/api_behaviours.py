@@ -397,6 +397,11 @@ def _compile(cupy, code, arch, cache_dir):
     return len(payload)
 
 
+# the kernels the engine also calls on float16 arrays (autocast's ReLUs: a select is exact in
+# any dtype); the others serve float32 and float64 only (`core.fused.use_fused`)
+HALF_KERNELS = {"megengine_relu_grad"}
+
+
 def compile_kernels(cupy, arch="90", compile_=True):
     """Generate and compile every engine kernel; returns (lines, number of MISMATCH lines)."""
     lines = []
@@ -417,7 +422,7 @@ def compile_kernels(cupy, arch="90", compile_=True):
     cache_dir = os.environ.get("CUPY_CACHE_DIR") or os.path.expanduser("~/.cupy/kernel_cache")
     bad = 0
     for qualname, spec in specs.items():
-        for dtype in ("float32", "float64"):
+        for dtype in ("float32", "float64") + (("float16",) if spec.name in HALF_KERNELS else ()):
             for scalars in (False, True):
                 label = f"kernel {spec.name} [{qualname}] T={dtype}" + \
                     (", inputs after the first as scalars" if scalars else ", all arrays")
