@@ -25,6 +25,10 @@ _FIXED = {"bool": ("unsigned char", np.uint8), "float32": ("float", np.float32),
           "int64": ("long long", np.int64)}
 
 
+_HALF_FUNCTIONS = ("sqrt", "exp", "log", "log1p", "sin", "cos", "tan", "sinh", "cosh", "tanh",
+                   "fabs", "trunc")
+
+
 def _params(spec):
     """``"T x, bool flag"`` -> [("T", "x"), ("bool", "flag")]."""
     return [tuple(p.split()) for p in spec.split(",")]
@@ -40,8 +44,11 @@ def _source(kernel, types=("float", "double")):
     formal = [f"{'T' if t == 'T' else _FIXED[t][0]} {n}" for t, n in ins] + \
         [f"{'T' if t == 'T' else _FIXED[t][0]}& {n}" for t, n in outs]
     src = ("#include <cmath>\nusing std::sqrt; using std::trunc; using std::fabs; "
-           "using std::copysign; using std::exp; using std::log; using std::pow; using std::isinf;\n"
-           f"template <typename T> static void body({', '.join(formal)}) {{\n{kernel.body}\n;}}\n")
+           "using std::copysign; using std::exp; using std::log; using std::pow; using std::isinf;\n")
+    if "_Float16" in types:  # CuPy's half functions: in float, rounded to half (float16.cuh)
+        src += "".join(f"static inline _Float16 {f}(_Float16 x) {{ return (_Float16)std::{f}"
+                       "((float)x); }\n" for f in _HALF_FUNCTIONS)
+    src += f"template <typename T> static void body({', '.join(formal)}) {{\n{kernel.body}\n;}}\n"
     # ";" after the body: CuPy's generated loop is "${operation};", so a body may end without one
     for c in types:
         c_args = [f"const {c_type(t, c)}* {n}" for t, n in ins] + \

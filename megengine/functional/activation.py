@@ -120,6 +120,10 @@ class _Activation(_Unary):
     against torch's 1.1, sigmoid 6.9 against 1.0, silu 7.2 against 1.3, hswish 5.3 against
     0.8; see benchmarks/bench_layers.py ``--case act``). ATen's backward rules are the array
     code's, kink for kink (tests/functional/test_nn.py checks both paths against torch).
+    CUDA float16 (autocast's activations) takes ATen's float16 kernels too, which compute in
+    float32 and round once, as the CPU computes float16 (`Op.half_in_float32`): CuPy's float16
+    array code rounded every step and launched a kernel per step (sigmoid's forward and
+    backward: 16 kernels, against 2).
     """
     holomorphic = False  # (the few that compute complex input say so)
     aten_forward = None
@@ -134,7 +138,8 @@ class _Activation(_Unary):
 
     def _forward(self, x):
         self.x = x
-        if self.aten_forward is not None and x.dtype in KERNEL_FLOATS and x.size \
+        if self.aten_forward is not None and x.size \
+                and (x.dtype in KERNEL_FLOATS or x.dtype is FLOAT16 and type(x) is not np.ndarray)\
                 and (self.aten_cuda_float64 or type(x) is np.ndarray or x.dtype != np.float64) \
                 and _aten.use_aten(x, "activation"):
             self.tx = _aten.view(x)

@@ -264,7 +264,9 @@ class _Unary(Op):
         kernel = self.grad_kernel
         if kernel is not None:
             operand = self.y if self.backward_reads == ("y",) else self.x
-            if use_fused(operand, g):
+            if use_fused(operand, g) or (operand.dtype is FLOAT16 and g.dtype is FLOAT16
+                                         and type(g) is not np.ndarray):
+                # (float16 too: CuPy's half rounds each operation, as its array code's)
                 return kernel()(g, operand)
         return self.grad(xp_of(g), self.x, self.y, g)
 

@@ -899,7 +899,7 @@ _GRAD_KERNELS = [
 ]
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
 @pytest.mark.parametrize("name, low, high, transcendental", _GRAD_KERNELS,
                          ids=[k[0] for k in _GRAD_KERNELS])
 def test_unary_gradient_kernel_bodies_match_the_array_code(tmp_path, name, low, high,
