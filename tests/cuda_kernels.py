@@ -48,6 +48,7 @@ def _source(kernel, types=("float", "double")):
     if "_Float16" in types:  # CuPy's half functions: in float, rounded to half (float16.cuh)
         src += "".join(f"static inline _Float16 {f}(_Float16 x) {{ return (_Float16)std::{f}"
                        "((float)x); }\n" for f in _HALF_FUNCTIONS)
+        src += "static inline bool isinf(_Float16 x) { return std::isinf((float)x); }\n"
     src += f"template <typename T> static void body({', '.join(formal)}) {{\n{kernel.body}\n;}}\n"
     # ";" after the body: CuPy's generated loop is "${operation};", so a body may end without one
     for c in types:

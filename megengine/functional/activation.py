@@ -319,7 +319,7 @@ def _aten_gelu(x):
 # gelu's limits at +-inf on CUDA in one kernel (`_Gelu.forward`): the array code's two wheres
 # over isinf(x) and x > 0, fused.
 _gelu_limits_kernel = fused_kernel("T x, T y", "T out",
-                                   "out = isinf(x) ? (x > (T)0 ? x : -(T)0) : y;",
+                                   "out = isinf(x) ? (x > (T)0 ? x : (T)(-0.0)) : y;",
                                    "megengine_gelu_limits")
 
 
@@ -346,8 +346,8 @@ class _Gelu(_Activation):
         # there (and where x is NaN) is y NaN, which the min (a fast reduction NaN propagates
         # through) finds on the host; on a GPU asking would wait for it, so the fix-up always
         # runs there, as one kernel (the array code's is four). Finite inputs keep their results.
-        if xp is not np and use_fused(y, x):
-            return _gelu_limits_kernel()(x, y)
+        if xp is not np and y.dtype == x.dtype and y.dtype in _ATEN_HALF_FLOATS:
+            return _gelu_limits_kernel()(x, y)  # (float16 too: a select, exact in any dtype)
         if xp is not np or (y.size and any_nan_array(y)):
             y = xp.where(xp.isinf(x), xp.where(x > 0, x, x.dtype.type(-0.0)), y)
         return y

@@ -389,7 +389,8 @@ def test_gelu_at_the_infinities_is_its_limit(gelu_path, dtype):
     np.testing.assert_array_equal(got[3:], host(F.gelu(mge.tensor(finite, dtype=dtype))))
     assert np.isnan(host(xt.grad)[:3]).all()
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])  # (float16: autocast's)
 def test_gelu_limits_kernel_body_matches_the_array_code(dtype, tmp_path):
     # the one-kernel fix-up a GPU runs after ATen's gelu, its CUDA body compiled here as C++:
     # +inf stays inf, -inf gives -0, everything else (NaN included) keeps ATen's value

@@ -397,10 +397,10 @@ def _compile(cupy, code, arch, cache_dir):
     return len(payload)
 
 
-# the kernels the engine also calls on float16 arrays (autocast's ReLUs: a select is exact in
-# any dtype; the unary functions' gradients, CuPy's half rounding each operation as its array
+# the kernels the engine also calls on float16 arrays (autocast's ReLUs and gelu's limits: a
+# select is exact in any dtype; the unary functions' gradients, CuPy's half rounding each operation as its array
 # code does); the others serve float32 and float64 only (`core.fused.use_fused`)
-HALF_KERNELS = {"megengine_relu_grad"} | {
+HALF_KERNELS = {"megengine_relu_grad", "megengine_gelu_limits"} | {
     f"megengine_{name}_grad" for name in ("log1p", "sqrt", "square", "sin", "cos", "tan", "asin",
                                           "acos", "atan", "sinh", "cosh", "tanh", "asinh",
                                           "acosh", "atanh")}
