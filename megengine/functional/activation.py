@@ -499,7 +499,7 @@ class _PRelu(Op):
         x, w = x.astype(dtype, copy=False), w.astype(dtype, copy=False)
         self.x, self.w = x, w
         try:
-            if use_fused(x, w):  # CUDA: one kernel (the array code launches three)
+            if _use_prelu_kernels(x, w):  # CUDA: one kernel (the array code launches three)
                 return _prelu_kernel()(x, w)
             return xp_of(x).where(x > 0, x, x * w)
         except ValueError:
@@ -509,7 +509,7 @@ class _PRelu(Op):
     def backward(self, g):
         xp = xp_of(g)
         needs = self.needs_input_grad
-        if use_fused(self.x, g) and use_fused(self.w, g):
+        if _use_prelu_kernels(self.x, self.w, g):
             # CUDA: both gradients' elements in one kernel (the array code launches six), then
             # the slope's sum over what it was broadcast along
             gx, gw = _prelu_grad_kernel()(g, self.x, self.w)
@@ -581,11 +581,21 @@ def logsigmoid(inp):
     return apply(_LogSigmoid(), _tensor(inp))
 
 
+def _use_prelu_kernels(*arrays):
+    """CuPy arrays of one float dtype take PReLU's kernels, float16 too (autocast's: a select
+    and a product rounded once, as the array code's float16 product)."""
+    first = arrays[0]
+    return (type(first) is not np.ndarray and first.dtype in _ATEN_HALF_FLOATS
+            and all(type(a) is type(first) and a.dtype == first.dtype for a in arrays))
+
+
 # PReLU's array code, its selections and products as written there
-_prelu_kernel = fused_kernel("T x, T w", "T y", "y = x > (T)0 ? x : x * w", "megengine_prelu")
+# (the products cast back to T: CuPy's half multiplies in float)
+_prelu_kernel = fused_kernel("T x, T w", "T y", "y = x > (T)0 ? x : (T)(x * w)",
+                             "megengine_prelu")
 _prelu_grad_kernel = fused_kernel("T g, T x, T w", "T gx, T gw",
-                                  "bool pos = x > (T)0; gx = pos ? g : g * w; "
-                                  "gw = pos ? (T)0 : g * x", "megengine_prelu_grad")
+                                  "bool pos = x > (T)0; gx = pos ? g : (T)(g * w); "
+                                  "gw = pos ? (T)0 : (T)(g * x)", "megengine_prelu_grad")
 
 
 def prelu(x=None, y=None, **older_names):

@@ -266,7 +266,9 @@ class _Unary(Op):
             operand = self.y if self.backward_reads == ("y",) else self.x
             if use_fused(operand, g) or (operand.dtype is FLOAT16 and g.dtype is FLOAT16
                                          and type(g) is not np.ndarray):
-                # (float16 too: CuPy's half rounds each operation, as its array code's)
+                # (float16 too: CuPy's half computes in float32 and rounds once, as torch's
+                # CUDA kernels and the CPU's float16 (`Op.half_in_float32`); the float16
+                # array code rounded after each operation)
                 return kernel()(g, operand)
         return self.grad(xp_of(g), self.x, self.y, g)
 

@@ -26,7 +26,8 @@ from .activation import (  # noqa: F401
     _AS_A, _AS_P, _ATEN_HALF_FLOATS, _RELU_GRAD, _Activation, _Gelu, _GeluGrad,
     _HSigmoid, _HSwish, _LeakyRelu, _LogSigmoid, _PRelu, _Relu, _Relu6, _Sigmoid, _Silu,
     _Softplus, _aten_gelu, _float_t, _gelu_derivative, _log1p_exp_neg_abs, _mask,
-    _normal_cdf, _relu_grad_kernel, _sigmoid, _use_relu_kernel, gelu, hsigmoid, hswish,
+    _normal_cdf, _relu_grad_kernel, _sigmoid, _use_prelu_kernels, _use_relu_kernel, gelu,
+    hsigmoid, hswish,
     leaky_relu, logsigmoid, prelu, relu, relu6, sigmoid, silu, softplus)
 
 __all__ = [

@@ -237,7 +237,7 @@ def test_prelu(wshape):
           grad_shape={1: lambda g: g.reshape(wshape)})
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
 @pytest.mark.parametrize("wshape", [(1, 3, 1, 1), (1,), (3, 1, 1)])
 def test_prelu_kernel_bodies_give_the_array_codes_values(tmp_path, monkeypatch,
                                                          host_default_device, wshape, dtype):
@@ -262,7 +262,7 @@ def test_prelu_kernel_bodies_give_the_array_codes_values(tmp_path, monkeypatch,
         (tmp_path / name).mkdir()
         kernel = emulate(getattr(act_module, name), tmp_path / name)
         monkeypatch.setattr(act_module, name, lambda k=kernel, n=name: (used.append(n), k)[1])
-    monkeypatch.setattr(act_module, "use_fused", lambda data, grad: True)
+    monkeypatch.setattr(act_module, "_use_prelu_kernels", lambda *arrays: True)
     got = run()
     assert used == ["_prelu_kernel", "_prelu_grad_kernel"]
     for a, b in zip(got, expected):

@@ -398,9 +398,11 @@ def _compile(cupy, code, arch, cache_dir):
 
 
 # the kernels the engine also calls on float16 arrays (autocast's ReLUs and gelu's limits: a
-# select is exact in any dtype; the unary functions' gradients, CuPy's half rounding each operation as its array
-# code does); the others serve float32 and float64 only (`core.fused.use_fused`)
-HALF_KERNELS = {"megengine_relu_grad", "megengine_gelu_limits"} | {
+# select is exact in any dtype; the unary functions' gradients and PReLU's, which CuPy's half
+# computes in float32 and rounds once); the others serve float32 and float64 only
+# (`core.fused.use_fused`)
+HALF_KERNELS = {"megengine_relu_grad", "megengine_gelu_limits", "megengine_prelu",
+                "megengine_prelu_grad"} | {
     f"megengine_{name}_grad" for name in ("log1p", "sqrt", "square", "sin", "cos", "tan", "asin",
                                           "acos", "atan", "sinh", "cosh", "tanh", "asinh",
                                           "acosh", "atanh")}
