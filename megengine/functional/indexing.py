@@ -8,7 +8,7 @@ from ..core.dispatch import KERNEL_FLOATS, Op, apply, on_device
 from ..core.ops import ArgumentError, ShapeError, raise_unbroadcastable, unbroadcast, xp_of
 from ..core.tensor import Tensor, _operand, promote_types
 from . import _aten
-from ._args import _int
+from ._args import _int, _out_of_range
 from .elemwise import _tensor
 from .tensor import _axis  # (this file's names are re-exported at the end of that one)
 
@@ -126,10 +126,11 @@ def _int_index(index, what):
 
 
 def _check_bounds(index, size, what):
-    if index.size:
-        with on_device(None if type(index) is np.ndarray else f"gpu{index.device.id}"):
-            lo, hi = int(index.min()), int(index.max())  # (CuPy reduces on the current GPU)
-        if lo < 0 or hi >= size:
+    """Refuse index values outside [0, size): one reduction and, on a GPU, one host read
+    (`_out_of_range`; the minimum and the maximum, two of each, only for the error's words)."""
+    with on_device(None if type(index) is np.ndarray else f"gpu{index.device.id}"):
+        if _out_of_range(index, size):  # (CuPy reduces on the current GPU)
+            lo, hi = int(index.min()), int(index.max())
             raise IndexError(
                 f"{what}: index values must be in [0, {size}), got min {lo} and max {hi}"
             )
