@@ -60,8 +60,9 @@ def emulate(kernel, tmp_path, reuse=False):
     (``-Wall -Werror``). A float16 call runs the float body on the values converted to float32
     and rounds the outputs to float16, which is what CuPy's ``float16`` does (it converts to
     float in every operation and function and rounds where a value is assigned to one): exact
-    for bodies without float16 locals, refused for the others. ``reuse``: load a library an earlier call built there from the same
-    source instead of compiling again (the simulated CuPy's cache, tests/simcuda/kernels.py).
+    for bodies without float16 locals, refused for the others. ``reuse``: load a library an
+    earlier call built there from the same source instead of compiling again (the simulated
+    CuPy's cache, tests/simcuda/kernels.py).
     """
     lib = _build(kernel, tmp_path, "kernel", _source(kernel), reuse)
     ins, outs = _params(kernel.in_params), _params(kernel.out_params)

@@ -20,7 +20,8 @@ import pytest
 import megengine as mge
 
 REPO = Path(__file__).resolve().parents[1]
-FILES = ["tests/amp/test_grad_scaler.py", "tests/core/test_operators.py", "tests/optimizer/test_multi_tensor.py",
+FILES = ["tests/amp/test_grad_scaler.py", "tests/core/test_operators.py",
+         "tests/optimizer/test_multi_tensor.py",
          "tests/optimizer/test_sgd.py", "tests/optimizer/test_adam.py",
          "tests/optimizer/test_adamw.py", "tests/optimizer/test_lamb.py",
          "tests/optimizer/test_clip_grad.py",

@@ -20,7 +20,8 @@ from cuda_kernels import emulate
 KERNELS = {"sgd": (sgd, "_sgd_kernel"), "sgd_momentum": (sgd, "_sgd_momentum_kernel"),
            "adam": (adam, "_adam_kernel"), "adagrad": (adagrad, "_adagrad_kernel"),
            "adadelta": (adadelta, "_adadelta_kernel"),
-           "lamb_direction": (lamb, "_lamb_direction_kernel"), "lamb_step": (lamb, "_lamb_step_kernel")}
+           "lamb_direction": (lamb, "_lamb_direction_kernel"),
+           "lamb_step": (lamb, "_lamb_step_kernel")}
 
 
 @pytest.fixture(scope="module")

@@ -77,8 +77,11 @@ def test_gradient_penalty_training_steps_under_jit_trace_follow_torch(mode):
     import megengine.optimizer as optim
 
     torch.manual_seed(0)
-    tm = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 1)).double()
-    ref = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 1)).double()
+    def make():
+        return torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(),
+                                   torch.nn.Linear(6, 1)).double()
+
+    tm, ref = make(), make()
     ref.load_state_dict(tm.state_dict())
     m = PyTorchModule(tm)
     params = [p for _, p in m.named_parameters()]
