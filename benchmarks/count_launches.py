@@ -29,6 +29,7 @@ more.
 """
 import argparse
 import collections
+import itertools
 import json
 import os
 import sys
@@ -152,28 +153,19 @@ def _tokens(seed=0, batches=4):
 
 
 def count_engine(net_cls, make_opt, data, by_site=False):
-    rt = cupy._simulated
     mge.random.seed(0)
     net = net_cls()
     step = _timing.mge_training_step(net, make_opt(net.parameters()))
     batches = [(mge.tensor(x, device="gpu0"), mge.tensor(y, dtype="int32", device="gpu0"))
                for x, y in zip(*data)]
-    for i in range(WARM_UP):
-        float(step(*batches[i % len(batches)]).numpy())
-    sites = collections.Counter() if by_site else None
-    aten = AtenKernels(sites)
-    kernels, syncs = rt.kernels, rt.syncs
-    if by_site:
-        sys.setprofile(_cupy_sites(sites))
-    try:
-        with aten:
-            for i in range(STEPS):
-                step(*batches[(WARM_UP + i) % len(batches)])
-    finally:
-        sys.setprofile(None)
-    return {"kernels": (rt.kernels - kernels + aten.kernels) / STEPS,
-            "syncs": (rt.syncs - syncs + aten.syncs) / STEPS,
-            "sites": {f"{k[0]} {k[1]}": v / STEPS for k, v in (sites or {}).items()}}
+    calls = itertools.count()
+
+    def next_step():  # the batches in turn
+        return step(*batches[next(calls) % len(batches)])
+
+    for _ in range(WARM_UP - 1):  # (`_count_steps` runs one more before counting)
+        float(next_step().numpy())
+    return _count_steps(next_step, False, by_site)
 
 
 def count_torch(torch_cls, make_opt, data):
