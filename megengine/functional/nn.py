@@ -207,8 +207,11 @@ def logsoftmax(inp, axis):
 
 def _addmm_serves(x, w, b):
     """Whether `_Linear`'s forward of 2-d CUDA input ``x`` takes ATen's addmm: one
-    float32/float64 dtype for the three, a bias of one value per output feature."""
-    return (type(x) is not np.ndarray and x.ndim == 2 and x.dtype in KERNEL_FLOATS
+    float16/float32/float64 dtype for the three, a bias of one value per output feature.
+    (float16, autocast's: the bias added to the float32 product before its one rounding, as
+    the CPU's float16 linear adds it; CuPy's product and sum rounded twice.)"""
+    return (type(x) is not np.ndarray and x.ndim == 2
+            and (x.dtype in KERNEL_FLOATS or x.dtype is FLOAT16)
             and w.dtype == x.dtype and b.dtype == x.dtype and b.shape == w.shape[:1]
             and _aten.use_aten(x, "gemm"))
 

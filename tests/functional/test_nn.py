@@ -344,11 +344,11 @@ def test_an_integer_bias_widens_float16_linear_and_conv_to_float32(fn, bias_dtyp
 def test_float16_linear_adds_its_bias_before_rounding():
     # by hand: [1, 1] @ [0.25, 2**-14 + 2**-18] - 0.25 = 2**-14 + 2**-18, a float16 value; the
     # product rounded to float16 first (0.25) left 0.0 (upstream 1.13 measured: 0.0 under
-    # autocast; torch's addmm rounds once, as here; float16 fuzz case 53381: 7 ulps)
-    # (on the CPU: a GPU keeps its float16 matrix kernel, the product rounded first)
-    x = mge.tensor(np.ones((1, 2), np.float16), device="cpu0")
-    w = mge.tensor(np.array([[0.25, 2.0 ** -14 + 2.0 ** -18]], np.float16), device="cpu0")
-    b = mge.tensor(np.array([-0.25], np.float16), device="cpu0")
+    # autocast; torch's addmm rounds once, as here; float16 fuzz case 53381: 7 ulps), on every
+    # device (a GPU's float16 linear is ATen's addmm, the bias in the product's epilogue)
+    x = mge.tensor(np.ones((1, 2), np.float16))
+    w = mge.tensor(np.array([[0.25, 2.0 ** -14 + 2.0 ** -18]], np.float16))
+    b = mge.tensor(np.array([-0.25], np.float16))
     y = F.linear(x, w, b)
     assert y.dtype == np.float16 and y.item() == 2.0 ** -14 + 2.0 ** -18
     rs = np.random.RandomState(0)
