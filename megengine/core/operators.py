@@ -81,10 +81,9 @@ def _operand(value, like):
 # tensor is made to be one op's input (the operators, F's elementwise functions, where, the
 # losses, a value written by ``x[i] = 2.0``), and those ops compute new arrays from their
 # inputs: none writes an input or hands one back as its result (``x[...] = 2.0`` copies it
-# into x). Keyed by the current stream
-# too: the fill is ordered before any later use on that stream. Values by their exact bits
-# (``0.0`` and ``-0.0`` differ, NaN is one key); bounded, as a learning rate that changes every
-# step would otherwise add one each step.
+# into x). Keyed by the current stream too: the fill is ordered before any later use on that
+# stream. Values by their exact bits (``0.0`` and ``-0.0`` differ, NaN is one key); bounded,
+# as a learning rate that changes every step would otherwise add one each step.
 _GPU_SCALARS = {}
 _GPU_SCALARS_MAX = 1024
 
