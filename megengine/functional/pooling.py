@@ -254,18 +254,24 @@ class _Pool2d(Op):
         return gx[:, :, ph:ph + h, pw:pw + w].contiguous()
 
     def _tiled_max_backward(self, g):
-        """CUDA, windows that tile the input exactly (kernel == stride, no padding, the sides
-        multiples of the window: 2x2 stride 2 pooling of an even plane): `_tied_max_backward`'s
-        gradient in one kernel and no host sync, over the (N, C, OH, kh, OW, kw) view of the
-        input with the maxima and g broadcast along the taps, NaN maxima matched by the
-        window's NaNs (`_tied_hits`)."""
+        """CUDA, windows side by side (kernel == stride, no padding: 2x2 stride 2 pooling):
+        `_tied_max_backward`'s gradient in one kernel and no host sync, over the (N, C, OH, kh,
+        OW, kw) view of the part of the input the windows cover, with the maxima and g
+        broadcast along the taps, NaN maxima matched by the window's NaNs (`_tied_hits`); the
+        rows and columns past the last window (an odd plane) get zeros."""
         x, y = self.tiled
         (kh, kw), (n, c, oh, ow) = self.kernel, y.shape
-        gx = xp_of(x).empty(x.shape, x.dtype)  # (every element is in one window)
+        xp, h, w = xp_of(x), oh * kh, ow * kw  # (the rows and columns the windows cover)
         at_taps = (slice(None), slice(None), slice(None), None, slice(None), None)
-        _tied_grad_kernel()(x.reshape(n, c, oh, kh, ow, kw), y[at_taps],
-                            g.astype(x.dtype, copy=False)[at_taps],
-                            gx.reshape(n, c, oh, kh, ow, kw))
+        covered = xp.empty((n, c, h, w), x.dtype)  # (every element is in one window)
+        _tied_grad_kernel()(xp.ascontiguousarray(x[:, :, :h, :w]).reshape(n, c, oh, kh, ow, kw),
+                            y[at_taps], g.astype(x.dtype, copy=False)[at_taps],
+                            covered.reshape(n, c, oh, kh, ow, kw))
+        if (h, w) == x.shape[2:]:
+            return covered
+        # a plane the windows do not tile: its last rows or columns are in no window
+        gx = xp.zeros(x.shape, x.dtype)
+        gx[:, :, :h, :w] = covered
         return gx
 
     def _gather_at_max(self, gg):
@@ -345,12 +351,11 @@ class _Pool2d(Op):
 
 def _use_tiled_kernel(x, kernel, stride, padding):
     """Whether max pooling of CUDA array ``x`` takes `_Pool2d._tiled_max_backward`: float32 or
-    float64, C-contiguous (its 6-d view is a reshape, no copy), windows of the stride's size
-    that tile the plane exactly, no padding."""
-    (kh, kw), (h, w) = kernel, x.shape[2:]
+    float64, C-contiguous, windows of the stride's size side by side, no padding (a plane that
+    is no multiple of the window: the rows and columns past the last window get no gradient;
+    the ATen path read a NaN test back to the host there)."""
     return (type(x) is not np.ndarray and x.dtype in KERNEL_FLOATS and x.flags.c_contiguous
-            and tuple(kernel) == tuple(stride) and not any(padding)
-            and h % kh == 0 and w % kw == 0)
+            and tuple(kernel) == tuple(stride) and not any(padding))
 
 
 # Max pooling's backward on CUDA for windows that tile the input (`_Pool2d._tiled_max_backward`):

@@ -95,21 +95,24 @@ def test_max_pool2d_ties_after_a_relu_share_the_gradient(kernel, stride, padding
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_tiled_max_pool_backward_kernel_matches_the_window_rule(dtype, tmp_path, monkeypatch):
-    """The one-kernel backward a GPU runs for windows that tile the input (2x2 stride 2 on an
-    even plane: `_Pool2d._tiled_max_backward`), its CUDA body compiled here as C++: every tied
-    maximum gets its window's gradient (the window-by-window oracle), and a NaN maximum is
-    matched by the window's NaNs (the other elements of that window get nothing)."""
+@pytest.mark.parametrize("odd", [False, True])
+def test_tiled_max_pool_backward_kernel_matches_the_window_rule(dtype, odd, tmp_path,
+                                                                monkeypatch):
+    """The one-kernel backward a GPU runs for windows side by side (2x2 stride 2:
+    `_Pool2d._tiled_max_backward`), its CUDA body compiled here as C++: every tied maximum gets
+    its window's gradient (the window-by-window oracle), a NaN maximum is matched by the
+    window's NaNs (the other elements of that window get nothing), and on an odd plane the last
+    row and column, in no window, get zeros."""
     from cuda_kernels import emulate
     from megengine.functional import pooling
 
     monkeypatch.setattr(pooling, "_tied_grad_kernel",
                         lambda kernel=emulate(pooling._tied_grad_kernel, tmp_path): kernel)
     rng = np.random.RandomState(4)
-    x = np.maximum(rng.randn(2, 3, 6, 8), 0).astype(dtype)  # after a relu: tied zeros
+    x = np.maximum(rng.randn(2, 3, 6 + odd, 8 + odd), 0).astype(dtype)  # (relu: tied zeros)
     x[0, 1, 2:4, 4:6] = 0.25  # four tied maxima
     x[1, 0, 0, 1] = np.nan  # a NaN maximum
-    y = x.reshape(2, 3, 3, 2, 4, 2).max(axis=(3, 5))  # (numpy's max propagates NaN)
+    y = x[:, :, :6, :8].reshape(2, 3, 3, 2, 4, 2).max(axis=(3, 5))  # (numpy's max: NaN)
     g = rng.randn(2, 3, 3, 4).astype(dtype)
     op = pooling._Pool2d("max", (2, 2), (2, 2), (0, 0), "max_pool2d")
     op.tiled = (x, y)
@@ -123,7 +126,7 @@ def test_tiled_max_pool_backward_kernel_matches_the_window_rule(dtype, tmp_path,
     assert (gx[0, 1, 2:4, 4:6] == g[0, 1, 1, 2]).all()
 
 
-def test_tiled_max_pool_backward_runs_only_where_windows_tile_the_plane():
+def test_tiled_max_pool_backward_runs_only_for_windows_side_by_side():
     from megengine.functional.pooling import _use_tiled_kernel
 
     class Cuda:  # what the test reads of a CUDA array
@@ -133,7 +136,7 @@ def test_tiled_max_pool_backward_runs_only_where_windows_tile_the_plane():
 
     assert _use_tiled_kernel(Cuda((2, 3, 8, 6)), (2, 2), (2, 2), (0, 0))
     assert _use_tiled_kernel(Cuda((2, 3, 9, 6)), (3, 2), (3, 2), (0, 0))
-    assert not _use_tiled_kernel(Cuda((2, 3, 7, 6)), (2, 2), (2, 2), (0, 0))  # a row left
+    assert _use_tiled_kernel(Cuda((2, 3, 7, 6)), (2, 2), (2, 2), (0, 0))  # a row left: zeros
     assert not _use_tiled_kernel(Cuda((2, 3, 8, 6)), (2, 2), (3, 3), (0, 0))  # gaps
     assert not _use_tiled_kernel(Cuda((2, 3, 8, 6)), (2, 2), (2, 2), (1, 0))  # padding
     assert not _use_tiled_kernel(Cuda((2, 3, 8, 6), "float16"), (2, 2), (2, 2), (0, 0))
@@ -581,3 +584,41 @@ def test_pooling_of_a_string_or_fractional_window_raises(kernel):
     for f, name in ((F.max_pool2d, "max_pool2d"), (F.avg_pool2d, "avg_pool2d")):
         with pytest.raises(RuntimeError, match=f"^{name}: kernel_size must be an int or a pair"):
             f(x, kernel)
+
+
+def test_max_pooling_of_an_odd_plane_on_a_gpu_reads_nothing_back(monkeypatch):
+    # windows side by side on a plane they do not tile: the one-kernel backward, not the ATen
+    # path per kernel tap (`_tied_hits`, whose NaN test torch reads back to the host: a sync on
+    # a real GPU, which the simulation's torch on the CPU does not count), the last row and
+    # column getting no gradient
+    import sys
+
+    from megengine.functional import pooling
+
+    rt = getattr(sys.modules.get("cupy"), "_simulated", None)
+    if rt is None:
+        pytest.skip("counts the simulated GPU's host reads (tests/test_simulated_gpu_paths.py "
+                    "runs this file on one)")
+
+    def per_tap(self):
+        raise AssertionError("the per-tap ATen path ran")
+
+    monkeypatch.setattr(pooling._Pool2d, "_tied_hits", per_tap)
+    xa = np.maximum(np.random.RandomState(0).randn(2, 3, 7, 9), 0).astype(np.float32)
+    x = mge.tensor(xa, device="gpu0")
+    gm = GradManager().attach(x)
+    for _ in range(2):
+        x.grad = None
+        syncs = rt.syncs
+        with gm:
+            y = F.max_pool2d(x, 2)
+            gm.backward((y * y).sum())
+        assert rt.syncs == syncs
+    t = torch.tensor(xa, requires_grad=True)
+    ty = TF.max_pool2d(t, 2)
+    (ty * ty).sum().backward()
+    np.testing.assert_allclose(y.numpy(), ty.detach().numpy())
+    got = x.grad.numpy()
+    np.testing.assert_allclose(got[:, :, :6, :8][got[:, :, :6, :8] != 0],
+                               t.grad.numpy()[:, :, :6, :8][got[:, :, :6, :8] != 0], rtol=1e-6)
+    assert (got[:, :, 6, :] == 0).all() and (got[:, :, :, 8] == 0).all()
