@@ -11,7 +11,7 @@ import numpy as np
 
 from .dispatch import KERNEL_FLOATS
 
-__all__ = ["fused_kernel", "use_fused"]
+__all__ = ["fused_kernel", "use_fused", "use_fused_with_half"]
 
 
 def fused_kernel(in_params, out_params, body, name):
@@ -37,3 +37,16 @@ def use_fused(data, grad):
     which works on either module."""
     return (type(data) is not np.ndarray and data.dtype in KERNEL_FLOATS
             and grad.dtype == data.dtype and type(grad) is type(data))
+
+
+_WITH_HALF = frozenset(map(np.dtype, ("float16", "float32", "float64")))
+
+
+def use_fused_with_half(*arrays):
+    """`use_fused` for the kernels that also serve float16 (autocast's arrays): CuPy arrays of
+    one float16, float32 or float64 dtype. For bodies whose float16 is exact (a select) or is
+    what torch's CUDA kernels compute: CuPy's float16 converts to float in every operation, so
+    a body computes in float32 and rounds once, where its value is assigned."""
+    first = arrays[0]
+    return (type(first) is not np.ndarray and first.dtype in _WITH_HALF
+            and all(type(a) is type(first) and a.dtype == first.dtype for a in arrays[1:]))

@@ -11,7 +11,7 @@ import numpy as np
 from ..core import dtype as _dtype
 from ..core.dispatch import FLOAT16, KERNEL_FLOATS, Op, apply
 from ..core.dtype_rules import no_order
-from ..core.fused import fused_kernel, use_fused
+from ..core.fused import fused_kernel, use_fused_with_half
 from ..core.ops import ShapeOnly, t_unbroadcast, unbroadcast, xp_of
 from ..core.tensor import _operand, promote_types
 from . import _aten
@@ -105,8 +105,7 @@ def _use_relu_kernel(y, g):
     """A CuPy output and gradient of one float dtype take the fused kernel: float16 too (a
     select is exact in any dtype), whose array code below reads a NaN check back to the host
     (a sync per ReLU of an autocast step) and launches four kernels."""
-    return (type(g) is not np.ndarray and type(y) is type(g) and g.dtype == y.dtype
-            and (y.dtype in KERNEL_FLOATS or y.dtype is FLOAT16))
+    return use_fused_with_half(y, g)
 
 
 class _Activation(_Unary):
@@ -346,8 +345,8 @@ class _Gelu(_Activation):
         # there (and where x is NaN) is y NaN, which the min (a fast reduction NaN propagates
         # through) finds on the host; on a GPU asking would wait for it, so the fix-up always
         # runs there, as one kernel (the array code's is four). Finite inputs keep their results.
-        if xp is not np and y.dtype == x.dtype and y.dtype in _ATEN_HALF_FLOATS:
-            return _gelu_limits_kernel()(x, y)  # (float16 too: a select, exact in any dtype)
+        if use_fused_with_half(x, y):  # (float16 too: a select, exact in any dtype)
+            return _gelu_limits_kernel()(x, y)
         if xp is not np or (y.size and any_nan_array(y)):
             y = xp.where(xp.isinf(x), xp.where(x > 0, x, x.dtype.type(-0.0)), y)
         return y
@@ -584,9 +583,7 @@ def logsigmoid(inp):
 def _use_prelu_kernels(*arrays):
     """CuPy arrays of one float dtype take PReLU's kernels, float16 too (autocast's: a select
     and a product rounded once, as the array code's float16 product)."""
-    first = arrays[0]
-    return (type(first) is not np.ndarray and first.dtype in _ATEN_HALF_FLOATS
-            and all(type(a) is type(first) and a.dtype == first.dtype for a in arrays))
+    return use_fused_with_half(*arrays)
 
 
 # PReLU's array code, its selections and products as written there

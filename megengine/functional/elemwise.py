@@ -8,7 +8,7 @@ from ..core._caller import public_argument, public_function
 from ..core._trace_option import is_sym
 from ..core.dispatch import FLOAT16, KERNEL_FLOATS, Op, apply
 from ..core.dtype import float_value, no_quantized_form
-from ..core.fused import fused_kernel, use_fused
+from ..core.fused import fused_kernel, use_fused_with_half
 from ..core.dtype_rules import (_NARROW, complex_error, no_order, numpy_scalar_is_weak,
                                 promote_types)
 from ..core.ops import (BINARY, UNARY, ArgumentError, BroadcastError, ShapeOnly, _Binary,
@@ -264,11 +264,10 @@ class _Unary(Op):
         kernel = self.grad_kernel
         if kernel is not None:
             operand = self.y if self.backward_reads == ("y",) else self.x
-            if use_fused(operand, g) or (operand.dtype is FLOAT16 and g.dtype is FLOAT16
-                                         and type(g) is not np.ndarray):
-                # (float16 too: CuPy's half computes in float32 and rounds once, as torch's
-                # CUDA kernels and the CPU's float16 (`Op.half_in_float32`); the float16
-                # array code rounded after each operation)
+            if use_fused_with_half(operand, g):
+                # (float16 too: computed in float32 and rounded once, as torch's CUDA kernels
+                # and the CPU's float16 (`Op.half_in_float32`); the float16 array code rounded
+                # after each operation)
                 return kernel()(g, operand)
         return self.grad(xp_of(g), self.x, self.y, g)
 
