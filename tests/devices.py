@@ -193,12 +193,30 @@ def host_default_device():
         mge.set_default_device(previous)
 
 
+def _simulated_runtime():
+    """The simulated CuPy's runtime (tests/simcuda.cuda_runtime.Runtime), or None where CuPy is
+    not simulated."""
+    import sys
+
+    return getattr(sys.modules.get("cupy"), "_simulated", None)
+
+
 def _simulated_cuda():
     """Whether the GPUs here are simulated (tests/simcuda), whose ATen kernels are routed to
     the CPU as a CUDA build of torch would run them."""
-    import sys
+    return _simulated_runtime() is not None
 
-    return getattr(sys.modules.get("cupy"), "_simulated", None) is not None
+
+def simulated_gpu_runtime():
+    """For a test that counts what a GPU is asked (kernel launches, host reads): the simulated
+    CuPy's runtime, whose ``kernels`` and ``syncs`` count them; the test is skipped where the
+    GPU is not simulated (tests/test_simulated_gpu_paths.py runs the counting test files on a
+    simulated GPU in every test run)."""
+    runtime = _simulated_runtime()
+    if runtime is None:
+        pytest.skip("counts the simulated GPU's kernels and host reads "
+                    "(tests/test_simulated_gpu_paths.py runs this file on one)")
+    return runtime
 
 
 def aten_torch_device(device=None) -> str:

@@ -11,7 +11,7 @@ from megengine.amp import GradScaler
 from megengine.autodiff import GradManager
 from megengine.jit import trace
 
-from devices import requires_cuda
+from devices import requires_cuda, simulated_gpu_runtime
 
 
 def test_upstream_grad_scaler_example():
@@ -269,16 +269,11 @@ def test_an_autocast_relu_network_step_on_a_gpu_reads_back_only_the_scalers_verd
     accumulating sum (three kernels before). The step's host reads from CuPy arrays: the
     labels' range check alone (GradScaler's verdict is read through torch, `_unscale_on_aten`;
     the two ReLUs added two)."""
-    import sys
-
     import megengine.module as M
     import megengine.optimizer as optim
     from megengine.autodiff import GradManager
 
-    rt = getattr(sys.modules.get("cupy"), "_simulated", None)
-    if rt is None:
-        pytest.skip("counts the simulated GPU's syncs (tests/test_simulated_gpu_paths.py runs "
-                    "this file on one)")
+    rt = simulated_gpu_runtime()
     mge.random.seed(0)
     net = M.Sequential(M.Linear(32, 16), M.ReLU(), M.Linear(16, 16), M.ReLU(), M.Linear(16, 4))
     opt = optim.SGD(net.parameters(), lr=0.1, momentum=0.9)

@@ -12,7 +12,7 @@ import megengine.functional as F
 from megengine import Parameter, Tensor
 from megengine.autodiff import GradManager
 
-from devices import address
+from devices import address, simulated_gpu_runtime
 from oracle import check_against_torch
 
 check = partial(check_against_torch, atol=1e-6)
@@ -365,12 +365,6 @@ def test_bit_operations_of_a_bool_and_an_integer_take_the_integer(a, b):
     assert got.dtype == want and got.numpy().tolist() == (x.astype(want) & y.astype(want)).tolist()
 
 
-def _simulated_runtime():
-    import sys
-
-    return getattr(sys.modules.get("cupy"), "_simulated", None)
-
-
 def test_python_scalar_operands_on_a_gpu_are_made_once_and_never_written():
     """On a GPU a Python number next to a tensor is a 0-d device array, made once per value,
     dtype and stream and reused (its making is a kernel launch; torch passes the number to
@@ -378,10 +372,7 @@ def test_python_scalar_operands_on_a_gpu_are_made_once_and_never_written():
     whatever the results are used for, and 0.0 / -0.0 / NaN are values of their own."""
     from megengine.core import operators
 
-    rt = _simulated_runtime()
-    if rt is None:
-        pytest.skip("counts the simulated GPU's kernels (tests/test_simulated_gpu_paths.py "
-                    "runs this file on one)")
+    rt = simulated_gpu_runtime()
     x = mge.tensor(np.abs(rand(3, 4)) + 0.5, device="gpu0")
     x * 2.5
     before = rt.kernels

@@ -14,7 +14,7 @@ from megengine.optimizer import SGD, Adam
 from megengine.functional import _aten
 from megengine.functional import elemwise as elemwise_module
 
-from devices import host_default_device  # noqa: F401  (a fixture)
+from devices import host_default_device, simulated_gpu_runtime  # noqa: F401  (a fixture)
 from oracle import check_against_torch, raises_as_upstream
 
 
@@ -935,12 +935,7 @@ def test_unary_gradient_kernel_bodies_match_the_array_code(tmp_path, name, low, 
 
 
 def test_unary_gradients_on_a_gpu_are_one_kernel():
-    import sys
-
-    rt = getattr(sys.modules.get("cupy"), "_simulated", None)
-    if rt is None:
-        pytest.skip("counts the simulated GPU's kernels (tests/test_simulated_gpu_paths.py "
-                    "runs this file on one)")
+    rt = simulated_gpu_runtime()
     x = mge.tensor(rand(4, 8), device="gpu0")
     g = mge.tensor(rand(4, 8), device="gpu0")
     gm = GradManager().attach(x)

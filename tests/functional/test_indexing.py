@@ -12,6 +12,7 @@ import megengine.functional as F
 from megengine.autodiff import GradManager
 
 from devices import host_default_device  # noqa: F401  (a fixture: the ATen path is the host's)
+from devices import simulated_gpu_runtime
 from oracle import check_against_torch, raises_as_upstream
 
 check = partial(check_against_torch, atol=1e-6)
@@ -403,12 +404,7 @@ def test_where_of_a_string_or_none_names_the_argument(args, arg):
 def test_index_bounds_are_one_host_read_on_a_gpu():
     # gather's, one_hot's and indexing_one_hot's range check: one reduction and one read of it
     # (the unsigned maximum, `_out_of_range`), where the minimum and the maximum were two each
-    import sys
-
-    rt = getattr(sys.modules.get("cupy"), "_simulated", None)
-    if rt is None:
-        pytest.skip("counts the simulated GPU's host reads (tests/test_simulated_gpu_paths.py "
-                    "runs this file on one)")
+    rt = simulated_gpu_runtime()
     x = mge.tensor(np.random.RandomState(0).randn(4, 6).astype(np.float32), device="gpu0")
     idx = mge.tensor(np.array([[0, 5], [1, 1], [2, 0], [3, 4]]), dtype="int32", device="gpu0")
     for f in (lambda: F.gather(x, 1, idx), lambda: F.one_hot(idx[:, 0], 6),

@@ -10,7 +10,7 @@ import megengine as mge
 import megengine.functional as F
 from megengine.autodiff import GradManager
 
-from devices import address, views_foreign_memory
+from devices import address, simulated_gpu_runtime, views_foreign_memory
 from oracle import check_against_torch, raises_as_upstream
 
 
@@ -591,14 +591,9 @@ def test_max_pooling_of_an_odd_plane_on_a_gpu_reads_nothing_back(monkeypatch):
     # path per kernel tap (`_tied_hits`, whose NaN test torch reads back to the host: a sync on
     # a real GPU, which the simulation's torch on the CPU does not count), the last row and
     # column getting no gradient
-    import sys
-
     from megengine.functional import pooling
 
-    rt = getattr(sys.modules.get("cupy"), "_simulated", None)
-    if rt is None:
-        pytest.skip("counts the simulated GPU's host reads (tests/test_simulated_gpu_paths.py "
-                    "runs this file on one)")
+    rt = simulated_gpu_runtime()
 
     def per_tap(self):
         raise AssertionError("the per-tap ATen path ran")

@@ -11,7 +11,8 @@ import megengine.functional as F
 from megengine import amp
 from megengine.autodiff import GradManager
 
-from devices import host_default_device, requires_cuda  # noqa: F401  (fixture used by name)
+from devices import (host_default_device, requires_cuda,  # noqa: F401  (fixture used by name)
+                     simulated_gpu_runtime)
 from oracle import check_against_torch, raises_as_upstream
 from oracle import check_second_order_against_torch as check_second_order
 from oracle import needs_torch
@@ -1289,12 +1290,7 @@ def test_nms_of_no_boxes_keeps_none(max_output):
 def test_a_gpu_resize_copies_its_matrices_there_once():
     # the resampling matrices of a shape are copied to the GPU at the first call only: a
     # bilinear resize is then its two products (each call copied both matrices again)
-    import sys
-
-    rt = getattr(sys.modules.get("cupy"), "_simulated", None)
-    if rt is None:
-        pytest.skip("counts the simulated GPU's kernels (tests/test_simulated_gpu_paths.py "
-                    "runs this file on one)")
+    rt = simulated_gpu_runtime()
     x = mge.tensor(np.random.RandomState(0).randn(2, 3, 5, 7).astype(np.float32), device="gpu0")
     first = F.nn.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
     before = rt.kernels
