@@ -17,6 +17,8 @@ absorbs any ratio into its weight and bias. A multiplication ``y = x * c`` is re
 ``g(x) = c * g(y)`` can hold with everything else; the passes try the multiplications from
 the last to the first and keep each one that stays consistent, so a graph whose scales
 cannot all move (two branches of one input scaled differently) keeps the ones that cannot.
+``x * 0`` stays as it is and ties nothing (zeros at any factor); a constant that is not finite
+(``x * inf``, ``x + nan``) keeps its step's factors at 1.
 """
 import math
 from collections import defaultdict
@@ -304,7 +306,11 @@ def backward_fold_scale(graph):
         if outs and all(n in consts.const for n in outs):
             continue
         affine = _affine(expr, consts)
-        if affine is not None:
+        if affine is not None and affine[0] == "mul" and affine[2] == 0:
+            continue  # x * 0 is zeros whatever x's factor: no tie, and the step stays
+        if affine is not None and math.isfinite(affine[2]):
+            # (x * inf, x + nan: no factor passes them, an inf's sign would turn with a
+            # negative one; they fall to the steps below, which keep theirs at 1)
             kind, x, c = affine
             (muls if kind == "mul" else adds).append((expr, x, c))
             if kind == "add":

@@ -157,3 +157,33 @@ def test_backward_fold_scale_through_a_residual_and_a_shape_read():
     np.testing.assert_allclose(opt.stem.bias.numpy(), bs / 4, rtol=1e-6)
     np.testing.assert_allclose(opt.conv2.weight.numpy(), w2, rtol=1e-6)
     np.testing.assert_allclose(opt.conv2.bias.numpy(), b2 / 4, rtol=1e-6)
+
+
+class Degenerate(M.Module):
+    """Multiplications no factor can pass: by zero (`acc = h * 0`, a zeros-like idiom) and by
+    constants that are not finite."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = M.Conv2d(2, 2, 1)
+        self.conv2 = M.Conv2d(2, 2, 1)
+
+    def forward(self, x):
+        h = self.conv(x)
+        acc = h * 0
+        h = h + acc * 0.1
+        big = self.conv2(x) * float("inf")
+        return h * 2, big * 0.5, (F.relu(self.conv2(x)) + float("nan")) * 3
+
+
+def test_backward_fold_scale_leaves_zero_and_non_finite_scales():
+    # drawn by the traced_module fuzzing (program 140: `acc = h * 0`): the pass divided by the
+    # zero scale (ZeroDivisionError)
+    net = Degenerate()
+    x = _x(1, 2, 3, 3)
+    expect = [t.numpy() for t in net(x)]
+    opt = optimize(trace_module(net, x), ["FuseConvBn", "BackwardFoldScale"])
+    for got, want in zip(opt(x), expect):
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
+    muls = [c for name, c in _arith(opt) if name in ("__mul__", "__rmul__")]
+    assert 0 in muls and float("inf") in muls  # both stay where they were
