@@ -34,6 +34,7 @@ from ..module.adaptive_pooling import AdaptiveAvgPool2d, AdaptiveMaxPool2d
 from ..module.pooling import AvgPool2d, MaxPool2d
 from .expr import CallFunction, CallMethod, Constant, GetAttr, Input, ShapeOf, is_call_module
 from .node import TensorNode
+from .tracer import _in_place
 
 # ----- recognising steps -----
 
@@ -157,12 +158,29 @@ def _same_tensor(x, out):
         and np.dtype(x.dtype) == np.dtype(out.dtype)
 
 
+def _written(node):
+    """Whether a step writes into ``node``'s tensor in place (``y[0] = v``, ``y += 1``) or hands
+    it to a traced module, whose graph may. Such a node must keep a tensor of its own: were
+    ``y = x * 1.0`` replaced by ``x``, the write into ``y`` would change ``x`` (the caller's
+    input, when ``x`` is the graph's)."""
+    for e in node.users:
+        if isinstance(e, CallMethod) and (_in_place(e.method) and e.inputs[0] is node
+                                          or e.graph is not None):
+            return True
+    return False
+
+
+def _may_alias(x, out):
+    """Whether ``out`` may be replaced by ``x`` itself (one tensor for both from then on)."""
+    return not (_written(x) or _written(out))
+
+
 def _rewrite_affine(graph, expr, x, kind, c):
-    """Replace ``expr`` by ``x + c`` / ``x * c`` (by ``x`` itself when that is the identity),
-    keeping its output's name."""
+    """Replace ``expr`` by ``x + c`` / ``x * c`` (by ``x`` itself when that is the identity and
+    neither is written in place, `_may_alias`), keeping its output's name."""
     out = expr.outputs[0]
     name = out.name
-    if (kind == "add" and c == 0) or (kind == "mul" and c == 1):
+    if ((kind == "add" and c == 0) or (kind == "mul" and c == 1)) and _may_alias(x, out):
         graph.replace_node({out: x})
         return
     with graph.insert_exprs(expr):
@@ -344,6 +362,8 @@ def backward_fold_scale(graph):
         return 0
     removed = []
     for expr, x, c in reversed(muls):  # backwards: the last scale travels farthest
+        if not _may_alias(x, expr.outputs[0]):
+            continue  # (a removed step's output becomes x)
         trial = plan.solve([(m_out, m_x, m_c) for m_out, m_x, m_c in removed]
                            + [(expr.outputs[0], x, c)])
         if trial is not None:

@@ -187,3 +187,36 @@ def test_backward_fold_scale_leaves_zero_and_non_finite_scales():
         np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
     muls = [c for name, c in _arith(opt) if name in ("__mul__", "__rmul__")]
     assert 0 in muls and float("inf") in muls  # both stay where they were
+
+
+class WritesItsCopy(M.Module):
+    """Scales whose outputs are written in place: removing one would make the write change the
+    tensor it was computed from."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = M.Conv2d(2, 2, 1)
+
+    def forward(self, x):
+        h = x * 1.0                 # an identity, but h is written below
+        h[:, 0] = 0.5
+        k = (x + 1.0) - 1.0         # FuseAddMul's identity, written below
+        k += 2.0
+        c = self.conv(x)
+        s = c * 3.0                 # BackwardFoldScale would fold 3 into conv, then write into c
+        s[:, 1] = 0.0
+        return h + x, k * x, s + c
+
+
+def test_passes_keep_a_scale_whose_output_is_written_in_place():
+    # drawn by the traced_module fuzzing (program 171: `h = h * 1.0; h[:, 0] = 0.5` on the
+    # input): the removed identity made the write change the caller's input
+    net = WritesItsCopy()
+    xa = np.random.randn(1, 2, 3, 3).astype(np.float32)
+    expect = [t.numpy() for t in net(Tensor(xa))]
+    tm = trace_module(net, Tensor(xa))
+    for passes in ("FuseAddMul", ["FuseConvBn", "BackwardFoldScale"]):
+        x = Tensor(xa)
+        for got, want in zip(optimize(tm, passes)(x), expect):
+            np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(x.numpy(), xa)  # the caller's input as it was
