@@ -43,6 +43,7 @@ from .node import ModuleNode, Node, TensorNode
 from .pytree import tree_flatten
 
 _active = None  # the Tracer that records right now, or None
+_RESET = vars(Tensor)["_reset"]  # (the write `set_value` makes; see `_ApplyHook.event`)
 
 # Tensor methods recorded as CallMethod: operators and the methods that return tensors.
 _BINARY = ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and", "or",
@@ -1090,6 +1091,25 @@ class _ApplyHook:
         return out
 
     def event(self, fn, *args, **kwargs):
+        tracer = self.tracer
+        if fn is _RESET and not tracer.depth and tracer.scopes:
+            tensor, value = args
+            if tracer.is_traced(tensor):
+                # `t.set_value(v)` / `t._reset(v)` in traced code: upstream's `t[...] = v` (what
+                # the write is here, `Tensor.__setitem__`), recorded as that write, so each
+                # call makes it (a graph input or a module's state) and later steps read it
+                setitem = vars(Tensor)["__setitem__"]
+                tracer.record_method("__setitem__", getattr(setitem, "__wrapped__", setitem),
+                                     tensor, (Ellipsis, value), {})
+                return None
+            dispatch.call_without_trace_hook(fn, *args, **kwargs)
+            if isinstance(value, Tensor) and tracer.is_traced(value):
+                # a tensor the trace did not know takes a traced value: it stands for that
+                # value's node from then on, as `adopt` makes it
+                node = tracer.node_of(value)
+                tracer.alias(tensor, node)
+                tracer.shared.add(node)
+            return None
         return dispatch.call_without_trace_hook(fn, *args, **kwargs)
 
     def read(self, t, value):

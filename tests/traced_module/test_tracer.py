@@ -1141,3 +1141,51 @@ def test_permutation_of_a_size_from_x_shape_permutes_range_as_the_module():
         assert [g.shape for g in got] == [(6, 2), (4,), (1,)]
         for g, e in zip(got, expected):
             np.testing.assert_array_equal(g, e)
+
+
+class ResetsAndSetsValues(M.Module):
+    """`_reset` / `set_value` in forward: of the input (as upstream's guide's `x._reset(...)`
+    helpers) and of a module's state, every call."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = Tensor(np.zeros((), dtype=np.float32))
+        self.last = Tensor(np.zeros((2,), dtype=np.float32))
+
+    def forward(self, x):
+        x._reset(x + 1.0)
+        self.count.set_value(self.count + 1)
+        self.last.set_value(x.sum(axis=0))
+        return x * 2, self.count * 1, self.last * 1
+
+
+def test_reset_and_set_value_in_forward_are_writes_each_call_makes():
+    # drawn by the traced_module fuzzing: the writes ran once, while tracing, and the graph
+    # read x as it was given (x * 2 of a zero input was 0, the module's eager 2)
+    net, twin = ResetsAndSetsValues(), ResetsAndSetsValues()
+    tm = trace_module(net, Tensor(np.zeros((3, 2), np.float32)))
+    twin(Tensor(np.zeros((3, 2), np.float32)))  # the tracing call's writes
+    methods = [e.method for e in tm.graph._exprs if isinstance(e, CallMethod)]
+    assert methods.count("__setitem__") == 3  # recorded as upstream's `t[...] = v`
+    for step in range(3):
+        xa = np.random.randn(3, 2).astype(np.float32)
+        x, y = Tensor(xa), Tensor(xa)
+        got, want = tm(x), twin(y)
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-6)
+        np.testing.assert_allclose(x.numpy(), xa + 1, rtol=1e-6)  # the caller's x, as eager
+        assert float(got[1]) == step + 2
+    again = pickle.loads(pickle.dumps(tm))
+    np.testing.assert_allclose(again(Tensor(xa))[1].numpy(), 5.0)
+
+
+def test_set_value_of_an_untraced_tensor_stands_for_the_traced_value():
+    holder = [Tensor(np.zeros((2,), np.float32))]  # no attribute: the trace does not know it
+
+    class Net(M.Module):
+        def forward(self, x):
+            holder[0].set_value(x * 3)
+            return holder[0] + 1
+
+    tm = trace_module(Net(), Tensor(np.ones((2,), np.float32)))
+    np.testing.assert_allclose(tm(Tensor(np.full((2,), 2.0, np.float32))).numpy(), [7.0, 7.0])
