@@ -24,7 +24,7 @@ from ..core.tensor import Parameter
 from ..module.batchnorm import BatchNorm2d
 from ..module.conv import Conv2d
 from ..module.module import Module, _access_structure, _expand_structure
-from ._scale_passes import backward_fold_scale, fuse_add_mul
+from ._scale_passes import backward_fold_scale, fuse_add_mul, written_values
 from .expr import CallFunction, GetAttr, is_call_module
 from .node import TensorNode
 
@@ -58,9 +58,12 @@ def optimize(module, enabled_pass: Union[str, Sequence[str]] = ("FuseConvBn",)):
         names.append("FuseConvBn")
     module = copy.deepcopy(module)
     graphs = _graphs(module)
-    steps = [("FuseConvBn", _fuse_conv_bn), ("FuseAddMul", fuse_add_mul)]
+    written = written_values(graphs)  # (state the graphs write: no constant to the passes)
+    fuse = lambda graph: fuse_add_mul(graph, written)  # noqa: E731
+    steps = [("FuseConvBn", _fuse_conv_bn), ("FuseAddMul", fuse)]
     if "BackwardFoldScale" in names:
-        steps += [("BackwardFoldScale", backward_fold_scale), ("FuseAddMul", fuse_add_mul)]
+        steps += [("BackwardFoldScale", lambda graph: backward_fold_scale(graph, written)),
+                  ("FuseAddMul", fuse)]
     for name, run in steps:
         if name in names:
             for graph in graphs:

@@ -73,18 +73,22 @@ def _binary(expr):
 
 class _Consts:
     """Which nodes of a graph hold values known without its tensor inputs, and those values
-    (evaluated once, on demand)."""
+    (evaluated once, on demand). ``written`` (`written_values`): the tensors that steps write
+    in place, which are no constants: the graph changes them on every call."""
 
-    def __init__(self, graph):
+    def __init__(self, graph, written=None):
         self.graph = graph
         self.const = set()
-        for expr in graph._exprs:
-            if isinstance(expr, Input):
-                continue
-            if isinstance(expr, (GetAttr, Constant)) or all(
-                    n in self.const or not isinstance(n, TensorNode) for n in expr.inputs):
-                self.const.update(n for n in expr.outputs if isinstance(n, TensorNode))
         self._values = {}
+        for expr in graph._exprs:
+            if isinstance(expr, Input) or isinstance(expr, CallMethod) and _in_place(expr.method):
+                continue
+            if isinstance(expr, (GetAttr, Constant)):
+                if written and id(self.value(expr.outputs[0])) in written:
+                    continue
+            elif not all(n in self.const or not isinstance(n, TensorNode) for n in expr.inputs):
+                continue
+            self.const.update(n for n in expr.outputs if isinstance(n, TensorNode))
 
     def scalar(self, operand):
         """The float a scalar operand is (a number or a one-element constant node), else
@@ -112,6 +116,27 @@ class _Consts:
         return self._values[node]
 
 
+def written_values(graphs):
+    """{id: tensor} of the attributes and captured tensors that steps of ``graphs`` write in
+    place (``self.w += 1``, ``self.w[...] = v``, ``self.w.set_value(v)``), in any of them: a
+    value read from one changes from call to call (a caller's graph may read what a callee's
+    writes), so the passes must not read it once as a constant."""
+    found = {}
+    for graph in graphs:
+        consts = None
+        for expr in graph._exprs:
+            if not (isinstance(expr, CallMethod) and _in_place(expr.method) and expr.inputs):
+                continue
+            root = expr.inputs[0]  # back through earlier writes to what was read
+            while isinstance(root.expr, CallMethod) and _in_place(root.expr.method):
+                root = root.expr.inputs[0]
+            if isinstance(root.expr, (GetAttr, Constant)):
+                consts = consts or _Consts(graph)
+                value = consts.value(root)
+                found[id(value)] = value  # (held: the id stays this tensor's)
+    return found
+
+
 def _is_float_node(node):
     if not isinstance(node, TensorNode) or node.dtype is None:
         return False
@@ -132,7 +157,8 @@ def _affine(expr, consts):
         x = expr.inputs[-1]
         return ("mul", x, -1.0) if _same_tensor(x, out) else None
     found = _binary(expr)
-    if found is None:
+    if found is None or isinstance(expr, CallMethod) and _in_place(expr.method) \
+            and not _rewritable_write(expr, consts.graph):
         return None
     kind, a, b = found
     ca, cb = consts.scalar(a), consts.scalar(b)
@@ -149,6 +175,18 @@ def _affine(expr, consts):
     if kind == _DIV:
         return ("mul", x, 1.0 / c) if c != 0 else None
     return ("add" if kind == _ADD else "mul"), x, c
+
+
+def _rewritable_write(expr, graph):
+    """Whether the in-place step ``expr`` (``h += c``) may become ``h + c``, which leaves ``h``
+    as it was: ``h`` is a value this graph computed (after any earlier writes) that no other
+    step reads and the graph does not return. A graph input, an attribute or a captured tensor
+    written so is seen by the caller or the next call."""
+    target = root = expr.inputs[0]
+    while isinstance(root.expr, CallMethod) and _in_place(root.expr.method):
+        root = root.expr.inputs[0]
+    return (not isinstance(root.expr, (Input, GetAttr, Constant)) and len(target.users) == 1
+            and target not in graph.outputs)
 
 
 def _same_tensor(x, out):
@@ -193,13 +231,14 @@ def _rewrite_affine(graph, expr, x, kind, c):
 # ----- FuseAddMul -----
 
 
-def fuse_add_mul(graph):
+def fuse_add_mul(graph, written=None):
     """Merge ``(x + a) + b`` into ``x + (a + b)`` and ``(x * a) * b`` into ``x * (a * b)``
-    (an identity result disappears) wherever the middle value has no other reader."""
+    (an identity result disappears) wherever the middle value has no other reader.
+    ``written``: `written_values` of the module's graphs."""
     changed = True
     while changed:
         changed = False
-        consts = _Consts(graph)
+        consts = _Consts(graph, written)
         for expr in graph._exprs:
             second = _affine(expr, consts)
             if second is None:
@@ -311,10 +350,11 @@ class _Plan:
         return factor
 
 
-def backward_fold_scale(graph):
+def backward_fold_scale(graph, written=None):
     """Move multiplications by scalar constants into the convolutions before them (see the
-    module docstring); returns how many multiplications went."""
-    consts = _Consts(graph)
+    module docstring); returns how many multiplications went. ``written``: `written_values`
+    of the module's graphs."""
+    consts = _Consts(graph, written)
     plan = _Plan()
     muls, adds, convs = [], [], []
     for expr in graph._exprs:

@@ -220,3 +220,38 @@ def test_passes_keep_a_scale_whose_output_is_written_in_place():
         for got, want in zip(optimize(tm, passes)(x), expect):
             np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
         np.testing.assert_array_equal(x.numpy(), xa)  # the caller's input as it was
+
+
+class CountsCalls(M.Module):
+    """State the graph writes in place each call, read in scalar arithmetic."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = M.Conv2d(2, 2, 1)
+        self.w = Tensor(np.zeros((4,), np.float32))
+
+    def forward(self, x):
+        self.w += 0.25
+        h = self.conv(x) * (1.0 + self.w[2])   # changes from call to call
+        h = h - self.w[1:3].sum() * 0.5
+        self.w[...] = self.w * 2
+        return h * 2.0
+
+
+def test_passes_read_no_constant_from_state_the_graph_writes():
+    # drawn by the traced_module fuzzing (program 137 with writes): the passes read
+    # `self.w[1:3].sum() * 0.5` once as a constant, and turned `self.w += 0.25` into an
+    # out-of-place add, so the state stopped changing
+    xa = np.random.randn(1, 2, 3, 3).astype(np.float32)
+    for passes in ("FuseAddMul", ["FuseConvBn", "BackwardFoldScale"], ["FuseConvBn",
+                                                                        "FuseAddMul"]):
+        net = CountsCalls()
+        twin = CountsCalls()
+        twin.conv.weight[...] = net.conv.weight
+        twin.conv.bias[...] = net.conv.bias
+        opt = optimize(trace_module(net, Tensor(xa)), passes)
+        twin(Tensor(xa))  # the tracing call's writes
+        for _ in range(3):
+            np.testing.assert_allclose(opt(Tensor(xa)).numpy(), twin(Tensor(xa)).numpy(),
+                                       rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(opt.w.numpy(), twin.w.numpy())
