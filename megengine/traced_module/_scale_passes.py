@@ -430,6 +430,8 @@ def backward_fold_scale(graph, written=None):
             continue
         _scale_conv(graph, expr, kind, weight * (s / t), None if bias is None else bias * s)
     for expr, pos, kind, c in actions:
+        if not any(e is expr for e in graph._exprs):
+            continue  # dead: a rewrite's compile() dropped it (`v = relu(v - 0.5)`, v unread)
         x = expr.inputs[pos]
         if c is None:
             graph.replace_node({expr.outputs[0]: x})

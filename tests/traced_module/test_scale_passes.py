@@ -255,3 +255,25 @@ def test_passes_read_no_constant_from_state_the_graph_writes():
             np.testing.assert_allclose(opt(Tensor(xa)).numpy(), twin(Tensor(xa)).numpy(),
                                        rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(opt.w.numpy(), twin.w.numpy())
+
+
+class DeadBranch(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = M.Conv2d(2, 2, 1)
+
+    def forward(self, x):
+        h = self.conv(x)
+        v = h * 2.0 + 1.0
+        v = F.relu(v - 0.5)  # never read: dropped when the pass recompiles the graph
+        return h * 3.0
+
+
+def test_backward_fold_scale_skips_the_steps_its_rewrites_dropped():
+    # drawn by the traced_module fuzzing (program 277): a rewrite's compile() dropped the
+    # unread `v - 0.5`, and its own rewrite then failed ("... is not in list")
+    net = DeadBranch()
+    x = _x(1, 2, 3, 3)
+    expect = net(x).numpy()
+    opt = optimize(trace_module(net, x), ["FuseConvBn", "BackwardFoldScale"])
+    np.testing.assert_allclose(opt(x).numpy(), expect, rtol=1e-5, atol=1e-6)
