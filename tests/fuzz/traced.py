@@ -1,0 +1,202 @@
+"""Offline fuzzing of ``megengine.traced_module``: ``python -m tests.fuzz.traced --seeds 300
+[--start S]`` turns each program the jit fuzzer draws (`jit_programs`: layers, shape-dependent
+Python, in-place writes into the input, into computed values and into a module's state, values
+whose shapes data decides, training steps) into a Module whose ``forward`` runs it, traces it
+with ``trace_module`` and checks the traced module against a twin of the Module (the same seed,
+the same weights) run eagerly, the oracle:
+
+* inference: the outputs on the traced input and on other values of its shape (only the traced
+  input where shapes depend on data: a Python branch on such a size is frozen by tracing, as
+  upstream's), and then the copies users make of a traced module, each from a copy of it, so
+  that state written in place stays in step: ``pickle``, ``mge.save``/``mge.load``,
+  ``flatten()`` and ``optimize`` with each pass (2e-4: folded weights round differently), and
+  the traced module itself again afterwards;
+* training: three SGD steps under a GradManager (one where shapes depend on data): outputs,
+  every parameter's gradient and the state dict (batch-norm statistics) after each.
+
+The twin runs once first for the tracing call, which wrote the state as a call does. Programs
+whose code needs symbolic shapes (``x.shape.numpy()``) are skipped; a program that
+``trace_module`` refuses with a TypeError or ValueError (a size tensor where an int is taken:
+``F.roll(h, h.shape[3] // 2)``, which upstream refuses too) is counted as refused. A failure
+prints the program (paste it into a test). Not run in CI beyond tests/fuzz/test_traced_fuzz.py's
+slice. Run it from the repository root with the checkout on PYTHONPATH."""
+import argparse
+import collections
+import copy
+import io
+import logging
+import pickle
+import sys
+import time
+
+import numpy as np
+
+import megengine as mge
+import megengine.module as M
+from megengine.autodiff import GradManager
+from megengine.traced_module import optimize, trace_module
+
+from .jit_programs import TRACE_SHAPE, draw
+
+PASSES = (["FuseConvBn"], ["FuseAddMul"], ["BackwardFoldScale"],
+          ["FuseConvBn", "FuseAddMul", "BackwardFoldScale"])
+
+
+class TracedMismatch(AssertionError):
+    """A traced module (or a copy of it) computed other values than its eager twin."""
+
+
+def _module(program):
+    prog, m = program.build()
+
+    class Program(M.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x):
+            return prog(x, self.m)
+
+    net = Program()
+    if not program.train:
+        net.eval()
+    return net
+
+
+def _flat(out):
+    if isinstance(out, (tuple, list)):
+        return [a for o in out for a in _flat(o)]
+    return [np.asarray(out.numpy() if isinstance(out, mge.Tensor) else out)]
+
+
+def _compare(got, want, what, tol=1e-5):
+    got, want = _flat(got), _flat(want)
+    if len(got) != len(want):
+        raise TracedMismatch(f"{what}: {len(got)} outputs, eager {len(want)}")
+    for i, (a, b) in enumerate(zip(got, want)):
+        if a.shape != b.shape:
+            raise TracedMismatch(f"{what}: output {i} of shape {a.shape}, eager {b.shape}")
+        if not np.allclose(a, b, rtol=tol, atol=tol, equal_nan=True):
+            diff = np.nanmax(np.abs(a.astype(np.float64) - b.astype(np.float64)))
+            raise TracedMismatch(f"{what}: output {i} differs from eager's by {diff:.3g}")
+
+
+def _saved(tm):
+    buf = io.BytesIO()
+    mge.save(tm, buf)
+    buf.seek(0)
+    return mge.load(buf)
+
+
+COPIES = {"pickle": lambda tm: pickle.loads(pickle.dumps(tm)), "mge.save": _saved,
+          "flatten": lambda tm: tm.flatten()}
+
+
+def _inference(tm, twin, inputs, dyn):
+    x, other = inputs
+    _compare(tm(x()), twin(x()), "the traced module")
+    probe = x if dyn else other  # (shapes that data decides: the traced input only)
+    if not dyn:
+        _compare(tm(other()), twin(other()), "the traced module on other values")
+    made = [(name, make, 1e-5) for name, make in COPIES.items()] + \
+        [(f"optimize {passes}", lambda t, p=passes: optimize(t, p), 2e-4) for passes in PASSES]
+    for what, make, tol in made:
+        want = copy.deepcopy(twin)(probe())
+        _compare(make(copy.deepcopy(tm))(probe()), want, what, tol)
+    _compare(tm(probe()), twin(probe()), "the traced module after its copies")
+
+
+def _training(tm, twin, inputs, dyn):
+    # (shapes that data decides: one step on the traced input, since a step's update changes
+    # them as other inputs do)
+    for step, x in enumerate(inputs[:1] if dyn else inputs + inputs[:1]):
+        results = []
+        for module in (twin, tm):
+            params = list(module.parameters())
+            gm = GradManager().attach(params)
+            with gm:
+                out = module(x())
+                gm.backward((out * out).mean())
+            grads = [None if p.grad is None else p.grad.numpy() for p in params]
+            state = {k: np.asarray(v.numpy() if hasattr(v, "numpy") else v)
+                     for k, v in module.state_dict().items()}
+            for p in params:
+                if p.grad is not None:
+                    p._reset(p - 0.01 * p.grad)
+                    p.grad = None
+            results.append((out, grads, state))
+        (want, want_grads, want_state), (got, grads, state) = results
+        _compare(got, want, f"training step {step}", 1e-4)
+        if len(grads) != len(want_grads):
+            raise TracedMismatch(f"step {step}: {len(grads)} parameters, eager {len(want_grads)}")
+        for i, (a, b) in enumerate(zip(grads, want_grads)):
+            if (a is None) != (b is None) or a is not None and not np.allclose(
+                    a, b, rtol=1e-4, atol=1e-5, equal_nan=True):
+                raise TracedMismatch(f"step {step}: parameter {i}'s gradient differs")
+        if sorted(state) != sorted(want_state):
+            raise TracedMismatch(f"state dict keys {sorted(state)}, eager {sorted(want_state)}")
+        for k in want_state:
+            if not np.allclose(state[k], want_state[k], rtol=1e-4, atol=1e-5, equal_nan=True):
+                raise TracedMismatch(f"step {step}: state {k} differs")
+
+
+def check(seed):
+    """Check program ``seed`` (`jit_programs.draw`); returns its outcome ("ok", "refused",
+    "symbolic shapes") or raises TracedMismatch."""
+    program = draw(seed)
+    if program.symshape:
+        return "symbolic shapes"
+    rng = np.random.default_rng(seed)
+    arrays = [rng.standard_normal(TRACE_SHAPE).astype(np.float32) for _ in range(2)]
+    inputs = [lambda a=a: mge.Tensor(a) for a in arrays]  # (fresh: programs write into x)
+    net, twin = _module(program), _module(program)
+    try:
+        tm = trace_module(net, inputs[0]())
+    except (TypeError, ValueError):
+        return "refused"
+    twin(inputs[0]())  # the tracing call's writes (state, batch-norm statistics)
+    try:
+        if program.train:
+            _training(tm, twin, inputs, program.dyn)
+        else:
+            _inference(tm, twin, inputs, program.dyn)
+    except TracedMismatch as e:
+        raise TracedMismatch(f"program {seed}: {e}\n{program}") from None
+    return "ok"
+
+
+def fuzz(seeds, start=0):
+    """Check programs ``start`` .. ``start + seeds - 1``; prints each failure; returns (number
+    failing, outcome counts)."""
+    outcomes, bad = collections.Counter(), 0
+    for seed in range(start, start + seeds):
+        try:
+            outcomes[check(seed)] += 1
+        except TracedMismatch as e:
+            bad += 1
+            print(f"=== {e}", flush=True)
+        except Exception as e:  # noqa: BLE001  (an internal error: a failure too)
+            bad += 1
+            print(f"=== program {seed}: {type(e).__name__}: {e}\n{draw(seed)}", flush=True)
+    return bad, outcomes
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m tests.fuzz.traced", description=__doc__)
+    p.add_argument("--seeds", type=int, default=100, help="programs (default 100)")
+    p.add_argument("--start", type=int, default=0, help="first seed (default 0)")
+    a = p.parse_args(argv)
+    log = logging.getLogger("megengine")
+    level, t0 = log.level, time.time()
+    log.setLevel(logging.ERROR)  # (optimize's "BackwardFoldScale requires FuseConvBn")
+    try:
+        bad, outcomes = fuzz(a.seeds, a.start)
+    finally:
+        log.setLevel(level)
+    print(f"{a.seeds} programs ({bad} failing) in {time.time() - t0:.0f}s; outcomes: "
+          f"{dict(outcomes)}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
