@@ -542,7 +542,11 @@ def _hue(rng):
             hsv[..., 0] = (hsv[..., 0].astype(np.int64) + int(alpha * 255)) % 256
             want = _cv_hsv2bgr(hsv)
         np.random.seed(seed)
-        return _compare(desc, T.HueTransform(value).apply(img), want)
+        # (one level: OpenCV's AVX2-dispatched HSV2BGR rounds 88 of the 16.7 million HSV
+        # values the other way from its float32 formula, which the transform computes; case
+        # 100825 drew one)
+        return _compare(desc, T.HueTransform(value).apply(img), want,
+                        int_tol=1 if cv2 is not None else 0)
     return Check(desc, fn)
 
 
