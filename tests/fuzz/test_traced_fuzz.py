@@ -20,7 +20,7 @@ def _outcome(seed):
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_drawn_programs_trace_like_eager(seed):
-    assert _outcome(seed) in ("ok", "refused", "symbolic shapes")
+    assert _outcome(seed) in ("ok", "refused", "symbolic shapes", "diverged", "float sizes")
 
 
 def test_the_slice_checks_programs_of_every_kind():
@@ -34,7 +34,8 @@ def test_the_slice_checks_programs_of_every_kind():
 
 
 def test_a_wrong_pass_is_caught(monkeypatch):
-    seed = next(s for s in SEEDS if not traced.draw(s).train and _outcome(s) == "ok")
+    seed = next(s for s in SEEDS if not traced.draw(s).train and not traced.draw(s).dyn
+                and _outcome(s) == "ok")
     real = _passes.fuse_add_mul
 
     def off_by_a_little(graph, written=None):  # merges, then adds 1e-3 to every output
@@ -51,7 +52,8 @@ def test_a_wrong_pass_is_caught(monkeypatch):
 
 
 def test_a_wrong_gradient_is_caught(monkeypatch):
-    seed = next(s for s in SEEDS if traced.draw(s).train and _outcome(s) == "ok")
+    seed = next(s for s in SEEDS if traced.draw(s).train and not traced.draw(s).dyn
+                and _outcome(s) == "ok")
     real = traced.trace_module
 
     def scaled(net, *args):  # the traced module's parameters start 1% off
@@ -63,6 +65,13 @@ def test_a_wrong_gradient_is_caught(monkeypatch):
     monkeypatch.setattr(traced, "trace_module", scaled)
     with pytest.raises(TracedMismatch, match="training step 0"):
         check(seed)
+
+
+def test_frozen_sizes_are_told_apart_from_failures():
+    # program 1975 writes its state, which moves a mask whose size int() reads: the traced
+    # module keeps the size of the tracing call; 2013 adds h.shape[1] ** 2 * 0.01 (float32
+    # when traced) before a mask
+    assert check(1975) == "diverged" and check(2013) == "float sizes"
 
 
 def test_command_line(capsys):

@@ -17,7 +17,13 @@ the same weights) run eagerly, the oracle:
 The twin runs once first for the tracing call, which wrote the state as a call does. Programs
 whose code needs symbolic shapes (``x.shape.numpy()``) are skipped; a program that
 ``trace_module`` refuses with a TypeError or ValueError (a size tensor where an int is taken:
-``F.roll(h, h.shape[3] // 2)``, which upstream refuses too) is counted as refused. A failure
+``F.roll(h, h.shape[3] // 2)``, which upstream refuses too) is counted as refused. Where
+shapes depend on data, a difference is no failure when the twin's Python read such a size
+(``int(v.shape[0])``, a branch on it: the program's probe copy logs them) with another value
+than at the tracing call, which froze it ("diverged": the state the program writes changed
+the mask), or when a graph computes a float from sizes alone ("float sizes": a traced size is
+an int32 tensor, as upstream's, so ``h.shape[1] ** 2 * 0.01`` is float32 arithmetic where the
+twin's is on Python numbers, one float32 step apart, which a mask may amplify). A failure
 prints the program (paste it into a test). Not run in CI beyond tests/fuzz/test_traced_fuzz.py's
 slice. Run it from the repository root with the checkout on PYTHONPATH."""
 import argparse
@@ -46,8 +52,12 @@ class TracedMismatch(AssertionError):
     """A traced module (or a copy of it) computed other values than its eager twin."""
 
 
-def _module(program):
+def _module(program, probe=False):
+    """A Module whose forward runs ``program``; ``probe``: the program's probe copy, which logs
+    the Python values it makes from sizes that data decides (`jit_dyn.Probe`), one list per
+    call in ``module.sizes_seen``."""
     prog, m = program.build()
+    run = prog.eager if probe else prog
 
     class Program(M.Module):
         def __init__(self):
@@ -55,9 +65,15 @@ def _module(program):
             self.m = m
 
         def forward(self, x):
-            return prog(x, self.m)
+            if probe:
+                prog.probe.reset()
+            out = run(x, self.m)
+            if probe:
+                sizes_seen.append(list(prog.probe.P))
+            return out
 
     net = Program()
+    sizes_seen = net.sizes_seen = []
     if not program.train:
         net.eval()
     return net
@@ -140,16 +156,45 @@ def _training(tm, twin, inputs, dyn):
                 raise TracedMismatch(f"step {step}: state {k} differs")
 
 
+def _float_sizes(tm):
+    """Whether a graph of ``tm`` computes a float from sizes alone (``h.shape[1] ** 2 * 0.01``):
+    a traced size is an int32 tensor, as upstream's, so that arithmetic is float32 where the
+    eager module's is on Python numbers (589824 * 0.01 one float32 step apart), and the masks
+    and sums after it may amplify the step."""
+    from megengine.traced_module.expr import Constant, GetAttr, ShapeOf
+    from megengine.traced_module.node import TensorNode
+
+    for graph in _passes_graphs(tm):
+        sizes = set()
+        for expr in graph._exprs:
+            tensors = [n for n in expr.inputs if isinstance(n, TensorNode)]
+            if isinstance(expr, ShapeOf) or tensors and not isinstance(expr, (Constant, GetAttr)) \
+                    and all(n in sizes for n in tensors):
+                for n in expr.outputs:
+                    if not isinstance(n, TensorNode):
+                        continue
+                    if n.dtype is not None and np.dtype(n.dtype).kind == "f":
+                        return True
+                    sizes.add(n)
+    return False
+
+
+def _passes_graphs(tm):
+    from megengine.traced_module._passes import _graphs
+
+    return _graphs(tm)
+
+
 def check(seed):
     """Check program ``seed`` (`jit_programs.draw`); returns its outcome ("ok", "refused",
-    "symbolic shapes") or raises TracedMismatch."""
+    "symbolic shapes", "diverged", "float sizes") or raises TracedMismatch."""
     program = draw(seed)
     if program.symshape:
         return "symbolic shapes"
     rng = np.random.default_rng(seed)
     arrays = [rng.standard_normal(TRACE_SHAPE).astype(np.float32) for _ in range(2)]
     inputs = [lambda a=a: mge.Tensor(a) for a in arrays]  # (fresh: programs write into x)
-    net, twin = _module(program), _module(program)
+    net, twin = _module(program), _module(program, probe=True)
     try:
         tm = trace_module(net, inputs[0]())
     except (TypeError, ValueError):
@@ -161,6 +206,13 @@ def check(seed):
         else:
             _inference(tm, twin, inputs, program.dyn)
     except TracedMismatch as e:
+        if program.dyn and any(seen != twin.sizes_seen[0] for seen in twin.sizes_seen):
+            # Python read a size that data decides (int(v.shape[0]), a branch on it), which
+            # tracing froze at its call's value; a later call (state the program writes,
+            # another step's weights) made another: the traced module computes another program
+            return "diverged"
+        if program.dyn and _float_sizes(tm):
+            return "float sizes"  # (amplified by a mask or a size data decides)
         raise TracedMismatch(f"program {seed}: {e}\n{program}") from None
     return "ok"
 
