@@ -753,14 +753,18 @@ class _ParallelStreamIter(_ParallelIter):
 
     def __init__(self, loader, base_seed):
         self._live = list(range(loader.num_workers))
-        self._turn = 0
+        self._asked = -1  # the worker asked last
         super().__init__(loader, iter(()), base_seed)
 
     def _dispatch(self):
         if not self._live:
             return
-        worker_id = self._live[self._turn % len(self._live)]
-        self._turn += 1
+        # the next live worker after the one asked last, cyclically (upstream's cycle over the
+        # workers, skipping those that ended): a worker's end leaves the others' turns as they
+        # were. (An index into the shrinking list of live workers moved the turns by one when
+        # a worker ended, so one worker came twice in a row, or not, as the end's answer came.)
+        later = [w for w in self._live if w > self._asked]
+        worker_id = self._asked = later[0] if later else self._live[0]
         batch_id = self._sent
         self._sent += 1
         self._pending[batch_id] = [None]

@@ -1,6 +1,6 @@
 """Offline fuzzing of ``megengine.data``'s loading: ``python -m tests.fuzz.loader --seeds 200
 [--start S]`` draws a dataset (``ArrayDataset`` of one to three arrays, a map-style dataset of
-dicts, a finite ``StreamDataset``), a sampler (sequential, random, with replacement and weights,
+dicts, a finite ``StreamDataset``, one read by each worker), a sampler (sequential, random, with replacement and weights,
 over given indices, wrapped in ``Infinite``, one rank's share of two or three), a transform and
 a ``DataLoader`` (0-2 workers, ``divide``, ``preload``, a timeout), and checks two epochs of
 batches, and ``len``, against an oracle written from the documented rules:
@@ -14,7 +14,8 @@ batches, and ``len``, against an oracle written from the documented rules:
   last short one dropped with ``drop_last``;
 * a batch: the transform of each sample, stacked field by field (numbers as 1-d arrays), in
   sampler order whatever the workers; ``preload`` gives Tensors of the same values;
-* a stream: consecutive ``batch_size`` samples, then what is left.
+* a stream: consecutive ``batch_size`` samples, then what is left; with ``parallel_stream``
+  the workers' own streams batched so, one batch of each live worker in turn.
 
 A failure prints the drawn configuration. Not run in CI beyond tests/fuzz/test_loader_fuzz.py's
 slice. Run it from the repository root with the checkout on PYTHONPATH."""
@@ -64,6 +65,22 @@ class CountStream(StreamDataset):
             yield np.full(self.shape, k, np.float32), k
 
 
+class ShardStream(StreamDataset):
+    """A stream per worker (``parallel_stream=True``): worker ``w`` reads ``lengths[w]``
+    samples ``(full(shape, 100 * w + k), w)``."""
+
+    def __init__(self, lengths, shape):
+        self.lengths, self.shape = lengths, shape
+
+    def __iter__(self):
+        from megengine.data.dataloader import get_worker_info
+
+        info = get_worker_info()
+        w = info.idx if info is not None else 0
+        for k in range(self.lengths[w]):
+            yield np.full(self.shape, 100 * w + k, np.float32), w
+
+
 class Affine(Transform):
     """``a * field + b`` on each sample's first array field (tuples) or its ``img`` (dicts)."""
 
@@ -87,10 +104,10 @@ class Draw:
 
     def __init__(self, rng):
         self.rng = rng
-        self.kind = rng.choice(["array", "array", "dict", "stream"])
+        self.kind = rng.choice(["array", "array", "dict", "stream", "shards"])
         n = int(rng.integers(1, 30))
         self.n = n
-        if self.kind == "stream":
+        if self.kind in ("stream", "shards"):
             self.shape = tuple(int(d) for d in rng.integers(1, 4, rng.integers(0, 3)))
         else:
             count = int(rng.integers(1, 4)) if self.kind == "array" else 1
@@ -103,9 +120,9 @@ class Draw:
             if rng.random() < 0.4 else None
         self.batch_size = int(rng.integers(1, 7))
         self.drop_last = bool(rng.random() < 0.3)
-        self.sampler = None if self.kind == "stream" else rng.choice(
+        self.sampler = None if self.kind in ("stream", "shards") else rng.choice(
             ["sequential", "random", "random", "replacement", "indices", "infinite"])
-        self.world_size = int(rng.choice([1, 1, 1, 2, 3])) if self.kind != "stream" else 1
+        self.world_size = int(rng.choice([1, 1, 1, 2, 3])) if self.sampler else 1
         self.rank = int(rng.integers(0, self.world_size))
         self.seed = int(rng.integers(0, 2 ** 31))
         self.num_samples = int(rng.integers(1, 40)) if rng.random() < 0.5 else None
@@ -113,6 +130,9 @@ class Draw:
         self.indices = [int(i) for i in rng.integers(0, n, rng.integers(1, 2 * n + 1))]
         self.infinite_of = rng.choice(["sequential", "random"])
         self.num_workers = int(rng.choice([0, 0, 1, 2]))
+        if self.kind == "shards":  # (a stream per worker: 1-3 workers, 0-12 samples each)
+            self.num_workers = int(rng.integers(1, 4))
+            self.lengths = [int(k) for k in rng.integers(0, 13, self.num_workers)]
         self.divide = bool(self.num_workers > 1 and rng.random() < 0.5)
         self.preload = bool(rng.random() < 0.3)
         self.timeout = float(rng.choice([0, 0, 30]))
@@ -120,7 +140,7 @@ class Draw:
     def __str__(self):
         skip = {"rng", "arrays"}
         parts = [f"{k}={v!r}" for k, v in vars(self).items() if k not in skip]
-        if self.kind != "stream":
+        if self.sampler:
             parts.append("arrays=" + ", ".join(f"{a.dtype}{a.shape}" for a in self.arrays))
         return " ".join(parts)
 
@@ -128,13 +148,15 @@ class Draw:
     def dataset(self):
         if self.kind == "stream":
             return CountStream(self.n, self.shape)
+        if self.kind == "shards":
+            return ShardStream(self.lengths, self.shape)
         if self.kind == "dict":
             return DictDataset(self.arrays[0])
         return ArrayDataset(*self.arrays)
 
     def make_sampler(self, ds):
         bs, dl, ws, rank = self.batch_size, self.drop_last, self.world_size, self.rank
-        if self.kind == "stream":
+        if not self.sampler:
             return StreamSampler(batch_size=bs)
         kind = self.infinite_of if self.sampler == "infinite" else self.sampler
         if kind == "sequential":
@@ -153,7 +175,8 @@ class Draw:
         transform = None if self.transform is None else Affine(*self.transform)
         return DataLoader(ds, self.make_sampler(ds), transform=transform,
                           num_workers=self.num_workers, timeout=self.timeout,
-                          preload=self.preload, divide=self.divide)
+                          preload=self.preload, divide=self.divide,
+                          parallel_stream=self.kind == "shards")
 
     # the oracle
     def _epoch(self, rng):
@@ -208,17 +231,29 @@ class Draw:
                     "w": np.array([s["w"] for s in samples], np.float64)}
         return [np.stack([s[f] for s in samples]) for f in range(len(samples[0]))]
 
+    def _stream_batches(self, samples):
+        if self.transform is not None:
+            a, b = self.transform
+            samples = [((x * a + b).astype(x.dtype), k) for x, k in samples]
+        bs = self.batch_size
+        return [[np.stack([s[0] for s in samples[i: i + bs]]),
+                 np.array([s[1] for s in samples[i: i + bs]])]
+                for i in range(0, len(samples), bs)]
+
     def expected(self, epochs=2, infinite_batches=None):
+        if self.kind == "shards":  # the workers' streams in turn, each while it lasts
+            per_worker = [self._stream_batches(
+                [(np.full(self.shape, 100 * w + k, np.float32), w) for k in range(length)])
+                for w, length in enumerate(self.lengths)]
+            one = []
+            while any(per_worker):
+                for batches in per_worker:
+                    if batches:
+                        one.append(batches.pop(0))
+            return [one] * epochs
         if self.kind == "stream":
             samples = [(np.full(self.shape, k, np.float32), k) for k in range(self.n)]
-            if self.transform is not None:
-                a, b = self.transform
-                samples = [((x * a + b).astype(x.dtype), k) for x, k in samples]
-            bs = self.batch_size
-            one = [[np.stack([s[0] for s in samples[i: i + bs]]),
-                    np.array([s[1] for s in samples[i: i + bs]])]
-                   for i in range(0, self.n, bs)]
-            return [one] * epochs
+            return [self._stream_batches(samples)] * epochs
         rng = np.random.RandomState(self.seed)
         kind = self.infinite_of if self.sampler == "infinite" else self.sampler
         if kind in ("sequential", "indices", "random"):
@@ -240,7 +275,7 @@ class Draw:
         return out
 
     def expected_len(self):
-        if self.kind == "stream" or self.sampler == "infinite":
+        if not self.sampler or self.sampler == "infinite":
             return None
         kind = self.sampler
         count = len(self.indices) if kind == "indices" else (

@@ -21,10 +21,10 @@ def test_drawn_loaders_give_the_documented_batches(seed):
 def test_the_slice_covers_every_kind():
     draws = [Draw(np.random.default_rng([s, 61])) for s in SEEDS]
     ok = [d for d, s in zip(draws, SEEDS) if check(s) == "ok"]
-    assert {d.kind for d in ok} == {"array", "dict", "stream"}
+    assert {d.kind for d in ok} == {"array", "dict", "stream", "shards"}
     assert {d.sampler for d in ok} >= {"sequential", "random", "replacement", "indices",
                                        "infinite"}
-    assert {d.num_workers for d in ok} == {0, 1, 2}
+    assert {d.num_workers for d in ok} >= {0, 1, 2}  # (parallel streams: up to 3)
     assert any(d.divide for d in ok) and any(d.preload for d in ok)
     assert any(d.world_size > 1 for d in ok)
 
