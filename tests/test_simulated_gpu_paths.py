@@ -6,8 +6,8 @@ its one read of the trust ratios, clip_grad_norm's,
 clip_grad_value's and GradScaler.unscale's multi-tensor paths, the one-kernel max-pooling backward of windows that tile the input, the
 linear layer's addmm, gelu's one-kernel limits, batch norm's statistics in their own storage,
 the Python-number operands made once, the losses on ATen's fused kernels, the unary
-functions' one-kernel gradients, the resize matrices copied once and the index range checks'
-one host read.
+functions' one-kernel gradients, the resize matrices copied once, the index range checks'
+one host read and var's and std's ATen var_mean with one gradient kernel.
 The files' own tests run on the default device, which the simulation makes ``gpu0``.
 """
 import os
@@ -29,7 +29,7 @@ FILES = ["tests/amp/test_grad_scaler.py", "tests/core/test_operators.py",
          "tests/functional/test_activation.py", "tests/functional/test_normalization.py",
          "tests/functional/test_nn.py", "tests/functional/test_loss.py",
          "tests/functional/test_elemwise.py", "tests/functional/test_vision.py",
-         "tests/functional/test_indexing.py"]
+         "tests/functional/test_indexing.py", "tests/functional/test_math.py"]
 
 
 def test_the_cuda_paths_pass_on_a_simulated_gpu():

@@ -10,7 +10,7 @@ import torch
 import megengine as mge
 import megengine.functional as F
 
-from devices import host_default_device, requires_cuda  # noqa: F401  (a fixture)
+from devices import host_default_device, requires_cuda, simulated_gpu_runtime  # noqa: F401
 from oracle import (check_against_torch, check_float16_against_torch, within_a_float16_step,
                     raises_as_upstream)
 from megengine.autodiff import GradManager
@@ -1318,3 +1318,27 @@ def test_std_of_a_bad_axis_names_std(axis, match):
         F.std(mge.tensor(np.ones((2, 3), np.float32)), axis=axis)
     with pytest.raises(ValueError, match=match.replace("std", "var")):
         F.var(mge.tensor(np.ones((2, 3), np.float32)), axis=axis)
+
+
+@pytest.mark.parametrize("name", ["var", "std"])
+def test_gpu_var_and_std_are_atens_var_mean_and_one_gradient_kernel(name):
+    # CUDA: ATen's var_mean forward, one kernel of x and the mean backward (the array code
+    # launched six kernels forward and two back, std five more); equal values keep std 0
+    # and its gradient 0, as torch's
+    rt = simulated_gpu_runtime()
+    a = np.random.RandomState(0).randn(3, 4, 5).astype(np.float32)
+    a[:, 1] = 0.94708097  # (whose float32 mean is not itself: see the test above)
+    x = mge.tensor(a, device="gpu0")
+    dy = mge.tensor(np.arange(4, dtype=np.float32), device="gpu0")
+    gm = GradManager().attach([x])
+    kernels, syncs = rt.kernels, rt.syncs
+    with gm:
+        y = getattr(F, name)(x, axis=(0, 2))
+        gm.backward(y, dy)
+    assert rt.kernels - kernels <= (1 if name == "var" else 2) and rt.syncs == syncs
+    t = torch.tensor(a, requires_grad=True)
+    ty = getattr(torch, name)(t, dim=(0, 2), correction=0)
+    ty.backward(torch.arange(4, dtype=torch.float32))
+    np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(x.grad.numpy(), t.grad.numpy(), rtol=1e-5, atol=1e-7)
+    assert y.numpy()[1] == 0 and (x.grad.numpy()[:, 1] == 0).all()
