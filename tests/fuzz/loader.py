@@ -1,8 +1,9 @@
 """Offline fuzzing of ``megengine.data``'s loading: ``python -m tests.fuzz.loader --seeds 200
 [--start S]`` draws a dataset (``ArrayDataset`` of one to three arrays, a map-style dataset of
-dicts, a finite ``StreamDataset``, one read by each worker), a sampler (sequential, random, with replacement and weights,
-over given indices, wrapped in ``Infinite``, one rank's share of two or three), a transform and
-a ``DataLoader`` (0-2 workers, ``divide``, ``preload``, a timeout), and checks two epochs of
+dicts or of named tuples holding megengine Tensors, a finite ``StreamDataset``, one read by
+each worker), a sampler (sequential, random, with replacement and weights, over given indices,
+wrapped in ``Infinite``, one rank's share of two or three), a transform and a ``DataLoader``
+(0-3 workers, ``divide``, ``preload``, a timeout), and checks two epochs of
 batches, and ``len``, against an oracle written from the documented rules:
 
 * an epoch's indices: ``range(len)`` or the given ones, in order; a random sampler's are
@@ -54,6 +55,23 @@ class DictDataset(Dataset):
         return len(self.images)
 
 
+class TensorDataset(Dataset):
+    """A map-style dataset whose samples hold megengine Tensors (RIFE's VimeoDataset returns
+    them), named tuples ``Sample(img, label)``."""
+
+    def __init__(self, images):
+        self.images = images
+
+    def __getitem__(self, i):
+        return Sample(mge.Tensor(self.images[i]), np.int32(i))
+
+    def __len__(self):
+        return len(self.images)
+
+
+Sample = collections.namedtuple("Sample", ["img", "label"])
+
+
 class CountStream(StreamDataset):
     """A finite stream of ``n`` samples ``(full(shape, k), k)``."""
 
@@ -90,9 +108,11 @@ class Affine(Transform):
     def apply(self, sample):
         if isinstance(sample, dict):
             return dict(sample, img=self.on(sample["img"]))
+        if isinstance(sample, Sample):
+            return Sample(self.on(sample.img), sample.label)
         return (self.on(sample[0]),) + tuple(sample[1:])
 
-    def on(self, x):
+    def on(self, x):  # (an array, or a Tensor: a Tensor back)
         return (x * self.a + self.b).astype(x.dtype)
 
 
@@ -104,7 +124,7 @@ class Draw:
 
     def __init__(self, rng):
         self.rng = rng
-        self.kind = rng.choice(["array", "array", "dict", "stream", "shards"])
+        self.kind = rng.choice(["array", "array", "dict", "tensors", "stream", "shards"])
         n = int(rng.integers(1, 30))
         self.n = n
         if self.kind in ("stream", "shards"):
@@ -114,7 +134,8 @@ class Draw:
             self.arrays = []
             for _ in range(count):
                 shape = (n,) + tuple(int(d) for d in rng.integers(1, 4, rng.integers(0, 3)))
-                dtype = rng.choice(["float32", "int32", "uint8"])
+                dtype = rng.choice(["float32", "int32", "uint8"] if self.kind != "tensors"
+                                   else ["float32", "int32"])  # (a Tensor's own dtypes)
                 self.arrays.append((rng.standard_normal(shape) * 50).astype(dtype))
         self.transform = (float(rng.integers(1, 4)), float(rng.integers(-2, 3))) \
             if rng.random() < 0.4 else None
@@ -152,6 +173,8 @@ class Draw:
             return ShardStream(self.lengths, self.shape)
         if self.kind == "dict":
             return DictDataset(self.arrays[0])
+        if self.kind == "tensors":
+            return TensorDataset(self.arrays[0])
         return ArrayDataset(*self.arrays)
 
     def make_sampler(self, ds):
@@ -214,6 +237,8 @@ class Draw:
     def _sample(self, i):
         if self.kind == "dict":
             sample = {"img": self.arrays[0][i], "label": i * 3, "w": i / 4}
+        elif self.kind == "tensors":
+            sample = (self.arrays[0][i], np.int32(i))
         else:
             sample = tuple(a[i] for a in self.arrays)
         if self.transform is not None:
@@ -229,6 +254,8 @@ class Draw:
             return {"img": np.stack([s["img"] for s in samples]),
                     "label": np.array([s["label"] for s in samples]),
                     "w": np.array([s["w"] for s in samples], np.float64)}
+        if self.kind == "tensors":  # (a named tuple's fields; numpy scalars as an array)
+            return [np.stack([s[0] for s in samples]), np.array([s[1] for s in samples])]
         return [np.stack([s[f] for s in samples]) for f in range(len(samples[0]))]
 
     def _stream_batches(self, samples):

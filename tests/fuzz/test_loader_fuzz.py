@@ -21,7 +21,7 @@ def test_drawn_loaders_give_the_documented_batches(seed):
 def test_the_slice_covers_every_kind():
     draws = [Draw(np.random.default_rng([s, 61])) for s in SEEDS]
     ok = [d for d, s in zip(draws, SEEDS) if check(s) == "ok"]
-    assert {d.kind for d in ok} == {"array", "dict", "stream", "shards"}
+    assert {d.kind for d in ok} == {"array", "dict", "tensors", "stream", "shards"}
     assert {d.sampler for d in ok} >= {"sequential", "random", "replacement", "indices",
                                        "infinite"}
     assert {d.num_workers for d in ok} >= {0, 1, 2}  # (parallel streams: up to 3)
