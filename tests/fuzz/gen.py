@@ -1,6 +1,7 @@
 """The fuzzer's library: random valid arguments (shapes, dtypes, layouts, axes) and the runner
 that compares one drawn case in megengine against torch (values, dtypes, shapes, gradients,
 errors)."""
+import collections
 import os
 import traceback
 
@@ -16,6 +17,23 @@ _MGE_DIR = os.path.dirname(os.path.abspath(mge.__file__))
 
 class Mismatch(AssertionError):
     """megengine and the oracle disagree on a drawn case."""
+
+
+def run_seeds(check, seeds, start, mismatch, describe):
+    """Run ``check(seed)`` (returning an outcome) for ``seeds`` seeds from ``start``, printing
+    each failure: a ``mismatch`` as raised, any other error with ``describe(seed)``, the drawn
+    case. Returns (how many failed, a Counter of the others' outcomes)."""
+    outcomes, bad = collections.Counter(), 0
+    for seed in range(start, start + seeds):
+        try:
+            outcomes[check(seed)] += 1
+        except mismatch as e:
+            bad += 1
+            print(f"=== {e}", flush=True)
+        except Exception as e:  # noqa: BLE001  (an error the oracle did not expect: a failure)
+            bad += 1
+            print(f"=== {seed}: {type(e).__name__}: {e}\n{describe(seed)}", flush=True)
+    return bad, outcomes
 
 
 # ----- drawing arguments -----

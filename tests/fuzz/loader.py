@@ -35,6 +35,8 @@ from megengine.data.sampler import (Infinite, RandomSampler, ReplacementSampler,
                                     SequentialSampler, StreamSampler)
 from megengine.data.transform import Transform
 
+from .gen import run_seeds
+
 
 class LoaderMismatch(AssertionError):
     """A DataLoader gave other batches (or another length) than the oracle."""
@@ -379,18 +381,10 @@ def check(seed):
 
 
 def fuzz(seeds, start=0):
-    outcomes, bad = collections.Counter(), 0
-    for seed in range(start, start + seeds):
-        try:
-            outcomes[check(seed)] += 1
-        except LoaderMismatch as e:
-            bad += 1
-            print(f"=== {e}", flush=True)
-        except Exception as e:  # noqa: BLE001  (an error the oracle did not expect: a failure)
-            bad += 1
-            print(f"=== configuration {seed}: {type(e).__name__}: {e}\n  "
-                  f"{Draw(np.random.default_rng([seed, 61]))}", flush=True)
-    return bad, outcomes
+    """Check configurations ``start`` .. ``start + seeds - 1``; prints each failure; returns
+    (number failing, outcome counts)."""
+    return run_seeds(check, seeds, start, LoaderMismatch,
+                     lambda seed: f"  configuration {seed}: {Draw(np.random.default_rng([seed, 61]))}")
 
 
 def main(argv=None):

@@ -27,7 +27,6 @@ twin's is on Python numbers, one float32 step apart, which a mask may amplify). 
 prints the program (paste it into a test). Not run in CI beyond tests/fuzz/test_traced_fuzz.py's
 slice. Run it from the repository root with the checkout on PYTHONPATH."""
 import argparse
-import collections
 import copy
 import io
 import logging
@@ -43,6 +42,7 @@ from megengine.autodiff import GradManager
 from megengine.core._trace_option import set_symbolic_shape
 from megengine.traced_module import optimize, trace_module
 
+from .gen import run_seeds
 from .jit_programs import TRACE_SHAPE, draw
 
 PASSES = (["FuseConvBn"], ["FuseAddMul"], ["BackwardFoldScale"],
@@ -229,17 +229,8 @@ def _check(seed, program):
 def fuzz(seeds, start=0):
     """Check programs ``start`` .. ``start + seeds - 1``; prints each failure; returns (number
     failing, outcome counts)."""
-    outcomes, bad = collections.Counter(), 0
-    for seed in range(start, start + seeds):
-        try:
-            outcomes[check(seed)] += 1
-        except TracedMismatch as e:
-            bad += 1
-            print(f"=== {e}", flush=True)
-        except Exception as e:  # noqa: BLE001  (an internal error: a failure too)
-            bad += 1
-            print(f"=== program {seed}: {type(e).__name__}: {e}\n{draw(seed)}", flush=True)
-    return bad, outcomes
+    return run_seeds(check, seeds, start, TracedMismatch,
+                     lambda seed: f"program {seed}:\n{draw(seed)}")
 
 
 def main(argv=None):
