@@ -196,7 +196,8 @@ class Var(Op):
         if self.count == 0:  # the variance of no values is NaN (as torch), without numpy's warning
             self.d = x
             return xp_of(x).full(_keep_shape(x.shape, axes), np.nan, x.dtype)
-        if type(x) is not np.ndarray and x.dtype in KERNEL_FLOATS and _aten.use_aten(x, "reduce"):
+        if type(x) is not np.ndarray and axes and x.dtype in KERNEL_FLOATS \
+                and _aten.use_aten(x, "reduce"):  # (no axes: ATen's dim=[] would mean all)
             # CUDA: ATen's var_mean, one pass (Welford's: the mean of equal values is exact, so
             # are their zero deviations), where the array code below launched six kernels;
             # backward is one kernel of x and the mean (`_var_grad_kernel`). A (16, 64) float32

@@ -1342,3 +1342,6 @@ def test_gpu_var_and_std_are_atens_var_mean_and_one_gradient_kernel(name):
     np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(x.grad.numpy(), t.grad.numpy(), rtol=1e-5, atol=1e-7)
     assert y.numpy()[1] == 0 and (x.grad.numpy()[:, 1] == 0).all()
+    # no axes (axis=()): each value is its own variance, 0 (ATen's dim=[] means every axis)
+    none = getattr(F, name)(x, axis=())
+    assert none.shape == x.shape and (none.numpy() == 0).all()
