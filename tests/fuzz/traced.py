@@ -11,6 +11,9 @@ the same weights) run eagerly, the oracle:
   that state written in place stays in step: ``pickle``, ``mge.save``/``mge.load``,
   ``flatten()`` and ``optimize`` with each pass (2e-4: folded weights round differently), and
   the traced module itself again afterwards;
+* deployed (programs without state the program writes or shapes data decides): ``jit.trace``
+  of the traced module on other values, and its ``dump`` run by ``GraphInference`` (a dump
+  refused with DumpError, a size read to the host, is counted as "dump refused");
 * training: three SGD steps under a GradManager (one where shapes depend on data): outputs,
   every parameter's gradient and the state dict (batch-norm statistics) after each.
 
@@ -109,6 +112,31 @@ COPIES = {"pickle": lambda tm: pickle.loads(pickle.dumps(tm)), "mge.save": _save
           "flatten": lambda tm: tm.flatten()}
 
 
+def _deployed(tm, twin, inputs):
+    """The deployment path of a traced module without state: ``jit.trace`` of it (symbolic,
+    constants captured) on another input, then its ``dump`` run by ``GraphInference``. A dump
+    refused with DumpError (a size the forward read to the host: ``math.floor(h.shape[2] *
+    1.5)`` given to interpolate) is counted."""
+    from megengine.jit import trace
+    from megengine.jit.dump_format import DumpError
+    from megengine.utils.comp_graph_tools import GraphInference
+
+    x, other = inputs
+    module = copy.deepcopy(tm)
+    traced = trace(lambda a: module(a), symbolic=True, capture_as_const=True)
+    traced(x())
+    want = twin(other())
+    _compare(traced(other()), want, "jit.trace of the traced module")
+    buf = io.BytesIO()
+    try:
+        traced.dump(buf, arg_names=["x"])
+    except DumpError:
+        return "dump refused"
+    outs = list(GraphInference(io.BytesIO(buf.getvalue())).run(inputs[1]().numpy()).values())
+    _compare(outs, want, "its dump run by GraphInference")
+    return "ok"
+
+
 def _inference(tm, twin, inputs, dyn):
     x, other = inputs
     _compare(tm(x()), twin(x()), "the traced module")
@@ -188,7 +216,7 @@ def _passes_graphs(tm):
 
 def check(seed):
     """Check program ``seed`` (`jit_programs.draw`); returns its outcome ("ok", "refused",
-    "diverged", "float sizes") or raises TracedMismatch."""
+    "diverged", "float sizes", "dump refused") or raises TracedMismatch."""
     program = draw(seed)
     if program.symshape:  # (its code reads x.shape.numpy(): the twin and the trace alike)
         old = set_symbolic_shape(True)
@@ -214,6 +242,10 @@ def _check(seed, program):
             _training(tm, twin, inputs, program.dyn)
         else:
             _inference(tm, twin, inputs, program.dyn)
+            if not (program.dyn or program.writes_state or program.symshape):
+                outcome = _deployed(tm, twin, inputs)
+                if outcome != "ok":
+                    return outcome
     except TracedMismatch as e:
         if program.dyn and any(seen != twin.sizes_seen[0] for seen in twin.sizes_seen):
             # Python read a size that data decides (int(v.shape[0]), a branch on it), which
