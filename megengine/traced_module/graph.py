@@ -205,6 +205,29 @@ def _node_iter(graph, recursive, seen):
                 yield from _node_iter(sub, True, seen)
 
 
+def _writes_out(expr, seen=None):
+    """Whether ``expr`` writes in place into a tensor the call does not own (a graph input, an
+    attribute, a captured tensor, after any earlier writes), or calls a traced module whose
+    graph does: a change that outlives the call, kept by `InternalGraph.compile`."""
+    from .tracer import _in_place
+
+    if not isinstance(expr, CallMethod):
+        return False
+    if _in_place(expr.method) and expr.inputs:
+        root = expr.inputs[0]
+        while isinstance(root.expr, CallMethod) and _in_place(root.expr.method):
+            root = root.expr.inputs[0]
+        return isinstance(root.expr, (Input, GetAttr, Constant))
+    graph = expr.graph if expr.method == "__call__" else None
+    if graph is None:
+        return False
+    seen = set() if seen is None else seen
+    if id(graph) in seen:
+        return False
+    seen.add(id(graph))
+    return any(_writes_out(e, seen) for e in graph._exprs)
+
+
 class InternalGraph:
     """The graph of one traced forward (see the module docstring)."""
 
@@ -391,9 +414,15 @@ class InternalGraph:
                 repl.users.append(user)
 
     def compile(self):
-        """Merge repeated getattrs and delete exprs nothing in the outputs depends on."""
+        """Merge repeated getattrs and delete exprs that neither the outputs nor a write the
+        call makes outside itself depend on: ``self.calls += 1``, ``x[0] = v`` of an input,
+        ``self.w.set_value(v)``, and a traced submodule's call whose graph makes one, stay
+        (`_writes_out`; earlier versions of this fork deleted them, so the state stopped
+        changing)."""
         self._merge_getattr_exprs()
-        needed = set(id(e) for e in self.get_dep_exprs(self._outputs))
+        kept = list(self._outputs) + [e.outputs[0] for e in self._exprs
+                                      if e.outputs and _writes_out(e)]
+        needed = set(id(e) for e in self.get_dep_exprs(kept))
         kept = []
         for expr in self._exprs:
             if id(expr) in needed or expr._disable_remove:

@@ -684,3 +684,47 @@ def test_dtype_and_device_print_by_keyword_as_upstream_takes_them():
         "\t%6:\tarange_out = tensor.arange(0, 6, 2, device=None, dtype=float32)",
         "\t%7:\teye_out = tensor.eye(3, 2, device=None, dtype=float32)",
         "\t%8:\tones_out = tensor.ones((2, 3), device=None, dtype=float16)"]
+
+
+class _Counts(M.Module):
+    """Writes its own state each call, read by nothing in that call."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = Tensor(np.zeros((), np.float32))
+
+    def forward(self, x):
+        self.calls += 1
+        return x
+
+
+class _CountsCalls(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.inner = _Counts()
+        self.seen = Tensor(np.zeros((2,), np.float32))
+
+    def forward(self, x):
+        self.inner(x)                         # called for its write alone
+        y = x * 2.0
+        self.seen.set_value(x.sum(axis=0))    # the last input's column sums, for the next call
+        local = y * 3
+        local += 1                            # a write into a value of this call: dead
+        return y
+
+
+def test_compile_keeps_the_writes_a_call_leaves_behind():
+    # compile() deleted every expr the outputs did not depend on, so `self.calls += 1` and
+    # `set_value` went and the state stopped changing (optimize compiles too)
+    from megengine.traced_module import optimize
+
+    tm = trace_module(_CountsCalls(), Tensor(np.ones((3, 2), np.float32)))
+    graph = tm.graph
+    graph.compile()
+    methods = [e.method for e in graph._exprs if isinstance(e, CallMethod)]
+    assert "__iadd__" not in methods  # the dead local write went
+    for module in (tm, optimize(tm, ["FuseAddMul"]), pickle.loads(pickle.dumps(tm))):
+        before = float(module.inner.calls)
+        module(Tensor(np.array([[1.0, 2.0], [3.0, 4.0]], np.float32)))
+        assert float(module.inner.calls) == before + 1
+        np.testing.assert_array_equal(module.seen.numpy(), [4.0, 6.0])
