@@ -28,8 +28,9 @@ than at the tracing call, which froze it ("diverged": the state the program writ
 the mask), or when the traced module itself differs and a graph computes a float from sizes
 alone ("float sizes": a traced size is an int32 tensor, as upstream's, so ``h.shape[1] ** 2 *
 0.01`` is float32 arithmetic where the twin's is on Python numbers, one float32 step apart,
-which a mask may amplify). A failure prints the program (paste it into a test). Not run in CI beyond tests/fuzz/test_traced_fuzz.py's
-slice. Run it from the repository root with the checkout on PYTHONPATH."""
+which a mask may amplify). A failure prints the program (paste it into a test). Not run in
+CI beyond tests/fuzz/test_traced_fuzz.py's slice. Run it from the repository root with the
+checkout on PYTHONPATH."""
 import argparse
 import copy
 import io
