@@ -34,7 +34,7 @@ from ..module.adaptive_pooling import AdaptiveAvgPool2d, AdaptiveMaxPool2d
 from ..module.pooling import AvgPool2d, MaxPool2d
 from .expr import CallFunction, CallMethod, Constant, GetAttr, Input, ShapeOf, is_call_module
 from .node import TensorNode
-from .tracer import _in_place
+from .tracer import _in_place, _write_outlives_call, _written_root
 
 # ----- recognising steps -----
 
@@ -127,9 +127,7 @@ def written_values(graphs):
         for expr in graph._exprs:
             if not (isinstance(expr, CallMethod) and _in_place(expr.method) and expr.inputs):
                 continue
-            root = expr.inputs[0]  # back through earlier writes to what was read
-            while isinstance(root.expr, CallMethod) and _in_place(root.expr.method):
-                root = root.expr.inputs[0]
+            root = _written_root(expr.inputs[0])  # (what was read, before earlier writes)
             if isinstance(root.expr, (GetAttr, Constant)):
                 consts = consts or _Consts(graph)
                 value = consts.value(root)
@@ -182,10 +180,8 @@ def _rewritable_write(expr, graph):
     as it was: ``h`` is a value this graph computed (after any earlier writes) that no other
     step reads and the graph does not return. A graph input, an attribute or a captured tensor
     written so is seen by the caller or the next call."""
-    target = root = expr.inputs[0]
-    while isinstance(root.expr, CallMethod) and _in_place(root.expr.method):
-        root = root.expr.inputs[0]
-    return (not isinstance(root.expr, (Input, GetAttr, Constant)) and len(target.users) == 1
+    target = expr.inputs[0]
+    return (not _write_outlives_call(target) and len(target.users) == 1
             and target not in graph.outputs)
 
 

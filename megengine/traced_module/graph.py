@@ -209,15 +209,12 @@ def _writes_out(expr, seen=None):
     """Whether ``expr`` writes in place into a tensor the call does not own (a graph input, an
     attribute, a captured tensor, after any earlier writes), or calls a traced module whose
     graph does: a change that outlives the call, kept by `InternalGraph.compile`."""
-    from .tracer import _in_place
+    from .tracer import _in_place, _write_outlives_call
 
     if not isinstance(expr, CallMethod):
         return False
     if _in_place(expr.method) and expr.inputs:
-        root = expr.inputs[0]
-        while isinstance(root.expr, CallMethod) and _in_place(root.expr.method):
-            root = root.expr.inputs[0]
-        return isinstance(root.expr, (Input, GetAttr, Constant))
+        return _write_outlives_call(expr.inputs[0])
     graph = expr.graph if expr.method == "__call__" else None
     if graph is None:
         return False

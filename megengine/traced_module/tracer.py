@@ -883,6 +883,20 @@ def _in_place(method):
     return method in _IN_PLACE
 
 
+def _written_root(node):
+    """The node whose tensor a write into ``node`` changes: back through the in-place writes
+    that made ``node`` (``h += 1`` then ``h[0] = v`` both write the tensor ``h`` was)."""
+    while isinstance(node.expr, CallMethod) and _in_place(node.expr.method):
+        node = node.expr.inputs[0]
+    return node
+
+
+def _write_outlives_call(node):
+    """Whether a write into ``node`` changes a tensor the call does not own: a graph input, an
+    attribute or a captured tensor (the caller or the next call sees the write)."""
+    return isinstance(_written_root(node).expr, (Input, GetAttr, Constant))
+
+
 def _drop_dead_pure(graph):
     """Drop the side-effect-free steps nobody uses (``x.shape`` read for an assert, a
     comparison in an ``if``): what is left runs on every call. Module and function calls,
