@@ -1,8 +1,10 @@
 """The fuzzer's library: random valid arguments (shapes, dtypes, layouts, axes) and the runner
 that compares one drawn case in megengine against torch (values, dtypes, shapes, gradients,
 errors)."""
+import argparse
 import collections
 import os
+import time
 import traceback
 
 import numpy as np
@@ -34,6 +36,21 @@ def run_seeds(check, seeds, start, mismatch, describe):
             bad += 1
             print(f"=== {seed}: {type(e).__name__}: {e}\n{describe(seed)}", flush=True)
     return bad, outcomes
+
+
+def seeds_main(argv, prog, doc, unit, fuzz):
+    """The command line of a fuzzer of seeds: ``--seeds N [--start S]`` runs ``fuzz(seeds,
+    start)`` (-> failures, outcome counts, as `run_seeds`) and prints one summary line of
+    ``unit``; exit status 1 when something failed."""
+    p = argparse.ArgumentParser(prog=prog, description=doc)
+    p.add_argument("--seeds", type=int, default=100, help=f"{unit} (default 100)")
+    p.add_argument("--start", type=int, default=0, help="first seed (default 0)")
+    a = p.parse_args(argv)
+    t0 = time.time()
+    bad, outcomes = fuzz(a.seeds, a.start)
+    print(f"{a.seeds} {unit} ({bad} failing) in {time.time() - t0:.0f}s; outcomes: "
+          f"{dict(outcomes)}")
+    return 1 if bad else 0
 
 
 # ----- drawing arguments -----

@@ -20,11 +20,9 @@ batches, and ``len``, against an oracle written from the documented rules:
 
 A failure prints the drawn configuration. Not run in CI beyond tests/fuzz/test_loader_fuzz.py's
 slice. Run it from the repository root with the checkout on PYTHONPATH."""
-import argparse
 import collections
 import math
 import sys
-import time
 
 import numpy as np
 
@@ -35,7 +33,7 @@ from megengine.data.sampler import (Infinite, RandomSampler, ReplacementSampler,
                                     SequentialSampler, StreamSampler)
 from megengine.data.transform import Transform
 
-from .gen import run_seeds
+from .gen import run_seeds, seeds_main
 
 
 class LoaderMismatch(AssertionError):
@@ -388,15 +386,7 @@ def fuzz(seeds, start=0):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m tests.fuzz.loader", description=__doc__)
-    p.add_argument("--seeds", type=int, default=100, help="configurations (default 100)")
-    p.add_argument("--start", type=int, default=0, help="first seed (default 0)")
-    a = p.parse_args(argv)
-    t0 = time.time()
-    bad, outcomes = fuzz(a.seeds, a.start)
-    print(f"{a.seeds} configurations ({bad} failing) in {time.time() - t0:.0f}s; outcomes: "
-          f"{dict(outcomes)}")
-    return 1 if bad else 0
+    return seeds_main(argv, "python -m tests.fuzz.loader", __doc__, "configurations", fuzz)
 
 
 if __name__ == "__main__":

@@ -31,13 +31,11 @@ alone ("float sizes": a traced size is an int32 tensor, as upstream's, so ``h.sh
 which a mask may amplify). A failure prints the program (paste it into a test). Not run in
 CI beyond tests/fuzz/test_traced_fuzz.py's slice. Run it from the repository root with the
 checkout on PYTHONPATH."""
-import argparse
 import copy
 import io
 import logging
 import pickle
 import sys
-import time
 
 import numpy as np
 
@@ -47,7 +45,7 @@ from megengine.autodiff import GradManager
 from megengine.core._trace_option import set_symbolic_shape
 from megengine.traced_module import optimize, trace_module
 
-from .gen import run_seeds
+from .gen import flat, run_seeds, seeds_main
 from .jit_programs import TRACE_SHAPE, draw
 
 PASSES = (["FuseConvBn"], ["FuseAddMul"], ["BackwardFoldScale"],
@@ -86,9 +84,7 @@ def _module(program, probe=False):
 
 
 def _flat(out):
-    if isinstance(out, (tuple, list)):
-        return [a for o in out for a in _flat(o)]
-    return [np.asarray(out.numpy() if isinstance(out, mge.Tensor) else out)]
+    return [np.asarray(o.numpy() if isinstance(o, mge.Tensor) else o) for o in flat(out)]
 
 
 def _compare(got, want, what, tol=1e-5):
@@ -271,20 +267,13 @@ def fuzz(seeds, start=0):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m tests.fuzz.traced", description=__doc__)
-    p.add_argument("--seeds", type=int, default=100, help="programs (default 100)")
-    p.add_argument("--start", type=int, default=0, help="first seed (default 0)")
-    a = p.parse_args(argv)
     log = logging.getLogger("megengine")
-    level, t0 = log.level, time.time()
+    level = log.level
     log.setLevel(logging.ERROR)  # (optimize's "BackwardFoldScale requires FuseConvBn")
     try:
-        bad, outcomes = fuzz(a.seeds, a.start)
+        return seeds_main(argv, "python -m tests.fuzz.traced", __doc__, "programs", fuzz)
     finally:
         log.setLevel(level)
-    print(f"{a.seeds} programs ({bad} failing) in {time.time() - t0:.0f}s; outcomes: "
-          f"{dict(outcomes)}")
-    return 1 if bad else 0
 
 
 if __name__ == "__main__":
