@@ -134,8 +134,12 @@ class GradManager:
 
         ``callbacks``: a callable or a list of them, each ``cb(tensor, grad) -> grad``, run in
         order on the gradient before it is accumulated into ``tensor.grad``. A callback that
-        returns None drops the gradient: ``.grad`` is left as it is (as upstream, which sets
-        a missing ``.grad`` to the None the callbacks returned).
+        returns None drops the gradient: the callbacks after it are still called, given None
+        (as upstream's), and unless one of them returns a Tensor, ``.grad`` is left as it is
+        (as upstream, which sets a missing ``.grad`` to the None the callbacks returned).
+        Attaching a tensor again adds its callbacks after the ones it has; while recording,
+        a tensor this recording already differentiates keeps its gradient the one of the value
+        it had then (in-place writes since do not move it).
 
         Tensors' callbacks run in the order their gradients become complete, as upstream's and
         torch's hooks: the last op of the forward pass hands out its gradients first, a tensor's
@@ -185,6 +189,12 @@ class GradManager:
                 self._attached[id(t)] = (weakref.ref(t, self._forget(id(t))), list(callbacks))
             else:
                 entry[1].extend(callbacks)
+                if id(t) in self._entries:
+                    # attached again while this recording already differentiates it: more
+                    # callbacks only. Its gradient stays the one of the value it had when
+                    # first wanted (upstream 1.13 measured), not of what in-place writes
+                    # (`x *= y`, `x[...] = v`) made of it since.
+                    continue
             if self._recording:
                 self._light(t)
         if self._has_int and self._recording and not self._int_on:
@@ -386,7 +396,7 @@ class GradManager:
             claimed = {}
             for d in dys:
                 _claim(d._data if isinstance(d, Tensor) else d, claimed)
-            ready = []  # (tensor, gradient, whether callbacks made it)
+            ready = []  # (tensor, gradient, its shape before callbacks made it, or None)
             called = []  # (index in ready, callbacks) of the tensors with callbacks
             for key_, g in found.items():
                 _, r, callbacks = wanted[key_]
@@ -405,13 +415,13 @@ class GradManager:
                         flags = g.flags
                         if flags.writeable and flags.c_contiguous:
                             claimed[id(g)] = g
-                            ready.append((t, Tensor._wrap(g, t._device), False))
+                            ready.append((t, Tensor._wrap(g, t._device), None))
                             continue
-                    ready.append((t, Tensor._wrap(_exclusive(g, claimed), t._device), False))
+                    ready.append((t, Tensor._wrap(_exclusive(g, claimed), t._device), None))
                     continue
                 if callbacks:
                     called.append((len(ready), callbacks))
-                ready.append((t, _exclusive_grad(t, g, claimed), False))
+                ready.append((t, _exclusive_grad(t, g, claimed), None))
             # Callbacks run once every gradient is exclusive: a callback that edits its gradient
             # in place must not reach another tensor's gradient that is still to be copied out
             # of the same memory (y = a + b hands a and b one array).
@@ -422,17 +432,17 @@ class GradManager:
                     t, grad, _ = ready[i]
                     if scope is not None:
                         scope.enter(t._device)
-                    ready[i] = (t, _run_callbacks(t, grad, callbacks), True)
+                    ready[i] = (t, _run_callbacks(t, grad, callbacks), grad._data.shape)
                 for callback in self._after_backward_callbacks:
                     callback()
             finally:
                 _backwarding = None
             if called:
                 ready = [entry for entry in ready if entry[1] is not None]  # dropped ones
-            for t, grad, from_callback in ready:  # before any .grad changes
-                _check_grad_slot(t, grad, from_callback)
-            for t, grad, from_callback in ready:
-                if from_callback:  # a callback may keep (or share) the Tensor it returned
+            for t, grad, kept in ready:  # before any .grad changes
+                _check_grad_slot(t, grad, kept)
+            for t, grad, kept in ready:
+                if kept is not None:  # a callback may keep (or share) the Tensor it returned
                     grad = _own_tensor(grad)
                 if t.grad is None:  # the common case inline: the first gradient of a step
                     t.grad = grad
@@ -676,12 +686,12 @@ def _exclusive_grad(t, g, claimed):
 
 
 def _run_callbacks(t, grad, callbacks):
-    """``grad`` passed through ``t``'s callbacks (None when a callback dropped it)."""
+    """``grad`` passed through ``t``'s callbacks (None when the last callback returned None)."""
     capture = _callback_capture
     for cb in callbacks:
         grad = cb(t, grad) if capture is None else capture(cb, t, grad)
-        if grad is None:
-            return None  # the callback dropped this gradient
+        if grad is None:  # the callback dropped this gradient; the next ones still run and
+            continue  # are given None (upstream's loop: grad = cb(t, grad) for each)
         if not isinstance(grad, Tensor):
             raise TypeError(
                 f"a GradManager callback must return a Tensor (or None to drop the gradient), "
@@ -699,16 +709,18 @@ def _own_tensor(grad):
     return own
 
 
-def _check_grad_slot(t, grad, from_callback):
-    """Refuse, before backward changes any ``.grad``, a gradient a callback reshaped and a
-    ``.grad`` the user set that the gradient cannot be added to (torch refuses both; upstream
-    1.13 measured: the other tensors' ``.grad`` had grown when it raised, and a reshaped
-    gradient became ``.grad`` as it was)."""
-    shape = t._data.shape
-    if from_callback and grad._data.shape != shape:
+def _check_grad_slot(t, grad, kept):
+    """Refuse, before backward changes any ``.grad``, a gradient a callback reshaped (``kept``:
+    the shape it had before the callbacks, None when none ran) and a ``.grad`` the user set
+    that the gradient cannot be added to (torch refuses both; upstream 1.13 measured: the other
+    tensors' ``.grad`` had grown when it raised, and a reshaped gradient became ``.grad`` as it
+    was). The gradient has the shape of the value that was differentiated, which is ``t``'s
+    unless the program wrote a value of another shape into ``t`` (``t[...] = v``) since."""
+    shape = grad._data.shape
+    if kept is not None and shape != kept:
         raise ValueError(
             f"GradManager.backward: a callback returned a gradient of shape {grad.shape} for a "
-            f"tensor of shape {t.shape}; callbacks must keep the gradient's shape (no .grad "
+            f"gradient of shape {kept}; callbacks must keep the gradient's shape (no .grad "
             "was changed)")
     check_grad_is_tensor(t, "GradManager.backward", "no .grad was changed")
     held = t.grad
@@ -717,8 +729,8 @@ def _check_grad_slot(t, grad, from_callback):
     if held._data.shape != shape:
         raise ValueError(
             f"GradManager.backward: the .grad of a tensor of shape {t.shape} has shape "
-            f"{held.shape}, so its gradient cannot be added to it; set it to None or to a "
-            "Tensor of the tensor's shape (no .grad was changed)")
+            f"{held.shape}, so its gradient of shape {grad.shape} cannot be added to it; set "
+            "it to None or to a Tensor of the gradient's shape (no .grad was changed)")
 
 
 def _add_grad(t, grad):

@@ -1019,7 +1019,8 @@ def _add_arrays(a, b):
         out = _aten.binary("add", a, b)
         if out is not None:
             return out
-    return a + b
+    out = a + b
+    return np.asarray(out) if isinstance(out, np.generic) else out  # (0-d: see _backward)
 
 
 def _add_tensors(a, b):
@@ -1077,6 +1078,11 @@ def _backward(ys, dys, wanted, key, stop, order, step, add, free_early, scope):
         for parent, g, needed in zip(node.parents, in_grads, op.needs_input_grad):
             if parent is None or g is None or not needed:
                 continue
+            if type(g) is not np.ndarray and isinstance(g, np.generic):
+                # a numpy scalar (a ufunc of 0-d arrays gives one): an array, as forward's
+                # outputs (`_array`); as a scalar it read as a CuPy array in the tests of the
+                # CUDA paths (`type(g) is not np.ndarray`), e.g. exp(tanh(p)) of a 0-d p
+                g = np.asarray(g)
             pnode, pidx = parent
             pslot = grads.get(id(pnode))
             if pslot is None:

@@ -33,9 +33,10 @@ def fused_kernel(in_params, out_params, body, name):
 
 def use_fused(data, grad):
     """Whether a fused CUDA kernel serves ``data`` and ``grad``: CuPy arrays of one float32/float64
-    dtype. numpy arrays (and other dtypes, e.g. float16, on the GPU) take the array-module code,
-    which works on either module."""
-    return (type(data) is not np.ndarray and data.dtype in KERNEL_FLOATS
+    dtype. numpy arrays and scalars (and other dtypes, e.g. float16, on the GPU) take the
+    array-module code, which works on either module."""
+    return (type(data) is not np.ndarray and not isinstance(data, np.generic)
+            and data.dtype in KERNEL_FLOATS
             and grad.dtype == data.dtype and type(grad) is type(data))
 
 
@@ -48,5 +49,6 @@ def use_fused_with_half(*arrays):
     what torch's CUDA kernels compute: CuPy's float16 converts to float in every operation, so
     a body computes in float32 and rounds once, where its value is assigned."""
     first = arrays[0]
-    return (type(first) is not np.ndarray and first.dtype in _WITH_HALF
+    return (type(first) is not np.ndarray and not isinstance(first, np.generic)
+            and first.dtype in _WITH_HALF
             and all(type(a) is type(first) and a.dtype == first.dtype for a in arrays[1:]))

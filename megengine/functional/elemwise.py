@@ -232,7 +232,10 @@ class _Unary(Op):
     def _forward(self, x):
         """``f(x)`` in ``x``'s dtype, keeping what backward reads."""
         self.x = x
-        y = self.y = self.compute(xp_of(x), x)
+        y = self.compute(xp_of(x), x)
+        if isinstance(y, np.generic):  # numpy's ufuncs give 0-d input a scalar: kept as an
+            y = np.asarray(y)  # array, as the op's output (dispatch._array) and gradients
+        self.y = y
         if True in self.needs_input_grad:  # recorded: the other one only as its shape
             if "x" not in self.backward_reads:  # (exp, tanh, sqrt: x need not stay alive)
                 self.x = ShapeOnly(x)

@@ -109,7 +109,8 @@ class CallbackTape:
         self.entries = []
 
     def __call__(self, cb, tensor, grad):
-        if getattr(cb, "_runs_on_replay", False):
+        if grad is None or getattr(cb, "_runs_on_replay", False):
+            # (None: an earlier callback dropped the gradient; this one is still called)
             self.entries.append(None)
             return cb(tensor, grad)
         previous = dispatch._trace_hook
@@ -133,6 +134,7 @@ class CallbackReplay:
 
     def __call__(self, cb, tensor, grad):
         entry = next(self._entries, None)
-        if entry is None or entry.shape != grad.shape or entry.dtype != grad.dtype:
+        if entry is None or grad is None or entry.shape != grad.shape \
+                or entry.dtype != grad.dtype:
             return cb(tensor, grad)
         return entry.run(tensor, grad)

@@ -41,6 +41,23 @@ def test_unary_value_and_grad(name, torch_fn, low, high):
     check(getattr(F, name), torch_fn, rand(3, 4, low=low, high=high), rtol=2e-5, atol=2e-5)
 
 
+@pytest.mark.parametrize("name,torch_fn,low,high", UNARY, ids=[u[0] for u in UNARY])
+def test_unary_of_a_unary_of_a_0d_parameter_differentiates(name, torch_fn, low, high):
+    # numpy gives 0-d input a scalar (np.float32), not an array: the saved output and the
+    # gradients between the two ops were scalars, which read as CuPy arrays in the tests of the
+    # CUDA paths: `exp(tanh(p))` of a 0-d p imported CuPy on the CPU (autodiff fuzz program 532)
+    a = np.float32((low + high) / 2 + 0.123)
+    p = mge.Parameter(a)
+    gm = GradManager().attach(p)
+    with gm:
+        y = getattr(F, name)(F.tanh(p * 0.5) * 0.01 + p)
+        gm.backward(y * 3)
+    t = torch.tensor(a, requires_grad=True)
+    (torch_fn(torch.tanh(t * 0.5) * 0.01 + t) * 3).backward()
+    assert type(p.grad._data) is not np.float32
+    np.testing.assert_allclose(p.grad.numpy(), t.grad.numpy(), rtol=2e-5)
+
+
 def test_round_halves_go_away_from_zero():
     x = np.array([0.5, 1.5, 2.5, -0.5, -1.5, 0.49999997, -2.4, 3.7], np.float32)
     expect = np.sign(x) * np.floor(np.abs(x) + np.float64(0.5))  # computed in float64: exact
