@@ -50,9 +50,12 @@ class Leaf(Node):
     __slots__ = ()
 
 
-def _light(t, key, own):
+def _light(t, key, own, mid=False):
     """Make ops on ``t`` recorded for ``key`` (``own`` is the tuple ``(key,)``, shared so that
-    single-recording graphs compare key tuples by identity)."""
+    single-recording graphs compare key tuples by identity). ``mid``: while ``key`` records
+    (an attach), when ops it recorded may already have used ``t``: a node of another live
+    recording that ``key`` takes up is joined (`Key.join`), so those ops see a constant, as
+    they saw it when they ran (test: autodiff fuzz program 11005)."""
     entry = t._node
     if entry is not None and not isinstance(entry[0], Leaf):
         node = entry[0]
@@ -60,9 +63,12 @@ def _light(t, key, own):
         if live:  # computed in a live recording of another GradManager: it joins this one
             if key not in live:
                 node.keys = live + (key,)
+                if mid:
+                    key.join(node)
                 return node  # ... as a leaf: this backward stops there
             return None
         entry = None  # an output of a released graph: start afresh
+    used = mid and entry is not None  # (a leaf made now has no consumers yet)
     if entry is None:
         entry = t._node = (Leaf(None, (), ((t.shape, t.dtype),)), 0)
     leaf = entry[0]
@@ -71,12 +77,16 @@ def _light(t, key, own):
     ks = leaf.keys
     if not ks or (len(ks) == 1 and not ks[0].alive):  # the common case: a fresh recording
         leaf.keys = own
-        return None
-    live = dispatch._alive(ks)
-    if not live:
-        leaf.keys = own
-    elif key not in live:
-        leaf.keys = live + (key,)
+    else:
+        live = dispatch._alive(ks)
+        if not live:
+            leaf.keys = own
+        elif key not in live:
+            leaf.keys = live + (key,)
+        else:
+            return None
+    if used:  # ops this recording made may have used t already (with another recording's
+        key.join(leaf)  # key on the leaf, or through an op on it): constants for this one
     return None
 
 
@@ -205,7 +215,7 @@ class GradManager:
     def _light(self, t):
         if t.dtype.kind == "c":
             dispatch.note_complex(self._own)
-        joined = _light(t, self._key, self._own)
+        joined = _light(t, self._key, self._own, mid=True)
         if joined is not None:
             self._joined.add(id(joined))
         self._entries[id(t)] = t._node

@@ -275,13 +275,23 @@ class Key:
     its own GradManagerGroup, which share its level (upstream's visibility rules).
     """
 
-    __slots__ = ("alive", "level", "complex", "mark", "__weakref__")
+    __slots__ = ("alive", "level", "complex", "mark", "joined_at", "__weakref__")
 
     def __init__(self, level):
         self.alive = True
         self.level = level
         self.complex = False  # tracks a complex value: counted in _complex_grads
         self.mark = _next_seq()  # a number after which no node was made yet (holds_arrays)
+        # id(node) -> (node, seq) for nodes of other recordings this one took up while
+        # recording (GradManager.attach): ops made before seq treated them as constants
+        self.joined_at = None
+
+    def join(self, node):
+        """Track ``node``, made by another live recording, from now on: its gradient for this
+        recording comes from the ops made after this call only (`_backward`)."""
+        if self.joined_at is None:
+            self.joined_at = {}
+        self.joined_at.setdefault(id(node), (node, _next_seq()))
 
 
 def open_key(level=None):
@@ -1038,6 +1048,7 @@ def _backward(ys, dys, wanted, key, stop, order, step, add, free_early, scope):
         slot = grads.setdefault(id(node), [None] * len(node.out_meta))
         slot[idx] = dy if slot[idx] is None else add(slot[idx], dy)
     found = {}
+    joined_at = key.joined_at if key is not None else None
     for node in order:
         slot = grads.pop(id(node), None)
         if slot is None:
@@ -1084,6 +1095,8 @@ def _backward(ys, dys, wanted, key, stop, order, step, add, free_early, scope):
                 # CUDA paths (`type(g) is not np.ndarray`), e.g. exp(tanh(p)) of a 0-d p
                 g = np.asarray(g)
             pnode, pidx = parent
+            if joined_at and id(pnode) in joined_at and node.seq < joined_at[id(pnode)][1]:
+                continue  # used before this recording took pnode up: a constant for it
             pslot = grads.get(id(pnode))
             if pslot is None:
                 pslot = grads[id(pnode)] = [None] * len(pnode.out_meta)
