@@ -59,6 +59,7 @@ class _Draw:
     def __init__(self, seed):
         self.rng = np.random.default_rng([seed, 73])
         self.prog, self.shapes, self.params, self.attached = [], [], [], set()
+        self.torch = ()  # the slots of a PyTorchModule's weight and bias (when drawn)
 
     def r(self):
         return self.rng.random()
@@ -89,6 +90,15 @@ class _Draw:
             self.params.append(param)
             values = np.round(rng.uniform(-1, 1, shape), 3).astype(np.float32)
             self.prog.append(["leaf", s, list(shape), values.ravel().tolist(), param])
+        if self.r() < 0.35:  # a PyTorchModule (torch.nn.Linear(4, 4)): its weight and bias
+            # are leaves too (megengine Parameters sharing torch's memory)
+            w, b = self.new((4, 4)), self.new((4,))
+            self.params += [True, True]
+            self.torch = (w, b)
+            self.prog.append(["module", w, b,
+                              np.round(rng.uniform(-1, 1, 16), 3).tolist(),
+                              np.round(rng.uniform(-1, 1, 4), 3).tolist()])
+            n_leaves += 2
         n_gms = 1 if self.r() < 0.5 else 2
         self.prog.append(["gms", n_gms])
         for g in range(n_gms):
@@ -138,7 +148,7 @@ class _Draw:
                 self.prog.append(["scale_grad", s, float(self.pick((0.5, -2.0)))])
         if any(self.params) and self.r() < 0.4:
             self.prog.append(["sgd", float(self.pick((0.1, 0.5))), bool(self.r() < 0.5)])
-        if self.r() < 0.2:  # a write into a leaf outside any recording
+        if self.r() < 0.2:  # a write into a leaf outside any recording (the module's too)
             s = int(self.rng.integers(n_leaves))
             idx = self.index(self.shapes[s]) if self.shapes[s] else ["all"]
             if idx != ["all"]:
@@ -174,7 +184,9 @@ class _Draw:
                 self.attached.add(s)
                 continue
             if r < 0.22:  # a write into a value with a dimension, from another value
-                cands = [s for s in pool if self.shapes[s]]
+                # (not the module's parameters while recording: the wrapper refuses a write
+                # between its forward and the backward, as torch does)
+                cands = [s for s in pool if self.shapes[s] and s not in self.torch]
                 if not cands:
                     continue
                 s = self.pick(cands)
@@ -202,6 +214,8 @@ class _Draw:
                 continue
             if r < 0.3:  # v += w / v *= w
                 s = self.pick(pool)
+                if s in self.torch:
+                    continue
                 srcs = [t for t in pool if t != s and
                         _bshape(self.shapes[t], self.shapes[s]) == self.shapes[s]]
                 if srcs:
@@ -217,6 +231,13 @@ class _Draw:
         kind = self.r()
         a = self.pick(pool)
         sa = self.shapes[a]
+        if a in self.torch and 0.65 <= kind < 0.8 or a in self.torch and kind >= 0.94:
+            # (no reshape, transpose, index or detach of the module's weight or bias: a
+            # megengine view of torch's memory sees later in-place writes into it, a known
+            # limit, docs/pytorch_embedding.rst)
+            return None
+        if self.torch and sa[-1:] == (4,) and len(sa) <= 2 and self.r() < 0.25:
+            return self.emit("torch_linear", [a, *self.torch], [], sa)  # the module's forward
         if kind < 0.3:
             name = self.pick(UNARY)
             return self.emit(name, [a], [], sa)
@@ -304,6 +325,8 @@ def run_megengine(prog):
     from megengine.optimizer import SGD
 
     slots, gms, log, calls, attached = [], [], [], [], set()
+    leaves, params = _leaves(prog)
+    module = None
 
     def callback(g, s, kind, c):
         def cb(param, grad):
@@ -319,12 +342,11 @@ def run_megengine(prog):
 
     def entry(tag):
         grads = {}
-        for s in sorted(attached | {i for i, st in enumerate(prog) if st[0] == "leaf"}):
+        for s in sorted(attached | set(leaves)):
             if s < len(slots) and slots[s] is not None:
                 gr = slots[s].grad
                 grads[s] = None if gr is None else gr.numpy().astype(np.float64).tolist()
-        values = {st[1]: slots[st[1]].numpy().astype(np.float64).tolist()
-                  for st in prog if st[0] == "leaf"}
+        values = {s: slots[s].numpy().astype(np.float64).tolist() for s in leaves}
         log.append({"at": tag, "grads": grads, "values": values, "calls": list(calls)})
         calls.clear()
 
@@ -339,6 +361,11 @@ def run_megengine(prog):
             _, s, shape, values, param = st
             a = np.array(values, dtype=np.float32).reshape(shape)
             put(s, mge.Parameter(a) if param else mge.Tensor(a))
+        elif kind == "module":
+            module = _torch_module(mge, st)
+            named = dict(module.named_parameters())
+            put(st[1], named["weight"])
+            put(st[2], named["bias"])
         elif kind == "gms":
             gms = [GradManager() for _ in range(st[1])]
         elif kind == "attach":
@@ -352,7 +379,8 @@ def run_megengine(prog):
             gms[st[1]].release()
         elif kind == "op":
             _, out, name, ins, args = st
-            put(out, _mge_op(F, mge, name, [slots[i] for i in ins], args))
+            put(out, module(slots[ins[0]]) if name == "torch_linear" else
+                _mge_op(F, mge, name, [slots[i] for i in ins], args))
         elif kind == "write":
             _, s, idx, src, const = st
             slots[s][_key(idx)] = slots[src] if src is not None else const
@@ -390,8 +418,7 @@ def run_megengine(prog):
             if t.grad is not None:
                 t.grad *= st[2]
         elif kind == "sgd":
-            params = [slots[i] for i, s in enumerate(prog) if s[0] == "leaf" and s[4]]
-            opt = SGD(params, lr=st[1])
+            opt = SGD([slots[i] for i in params], lr=st[1])
             opt.step()
             if st[2]:
                 opt.clear_grad()
@@ -399,6 +426,43 @@ def run_megengine(prog):
             raise ValueError(f"unknown statement {st!r}")
     entry("end")
     return log
+
+
+class NoTorchDevice(Exception):
+    """The program has a PyTorchModule and megengine's default device is a GPU torch cannot
+    reach (a simulated GPU)."""
+
+
+def _leaves(prog):
+    """The program's leaf slots (its tensors and a module's weight and bias) and, of those, the
+    Parameters (what SGD steps)."""
+    leaves, params = [], []
+    for st in prog:
+        if st[0] == "leaf":
+            leaves.append(st[1])
+            if st[4]:
+                params.append(st[1])
+        elif st[0] == "module":
+            leaves += st[1:3]
+            params += st[1:3]
+    return leaves, params
+
+
+def _torch_module(mge, st):
+    """A PyTorchModule of ``torch.nn.Linear(4, 4)`` with the statement's weight and bias, on
+    megengine's default device."""
+    import torch
+
+    from megengine.module.pytorch import PyTorchModule
+
+    device = mge.get_default_device()
+    if not mge.Tensor(0.0).device.startswith("cpu") and not torch.cuda.is_available():
+        raise NoTorchDevice(device)
+    lin = torch.nn.Linear(4, 4)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor(st[3]).reshape(4, 4))
+        lin.bias.copy_(torch.tensor(st[4]))
+    return PyTorchModule(lin, device)
 
 
 def _mge_op(F, mge, name, xs, args):
@@ -460,11 +524,11 @@ def run_oracle(prog):
     # in tests/autodiff/test_grad_manager.py; docs/compatibility.rst, "GradManager"): a
     # backward(x) of an attached x itself, or of x and v after `x[...] = v` (one tensor there),
     # a detach while two GradManagers record, one GradManager attaching mid-recording what
-    # another one records, a callback dropping a gradient where .grad exists (it raises).
+    # another one records, a callback dropping a gradient where .grad exists (it raises),
+    # F.where of 0-d Parameters (its result has shape (1,)).
     log_quirk = [False]
     whole = {}  # slot -> the slot `slot[...] = v` last made it a copy of
-    leaves = [st[1] for st in prog if st[0] == "leaf"]
-    params = [st[1] for st in prog if st[0] == "leaf" and st[4]]
+    leaves, params = _leaves(prog)
     ever = set()
 
     def entry(tag):
@@ -491,6 +555,9 @@ def run_oracle(prog):
         if kind == "leaf":
             _, s, shape, values, _ = st
             val[s] = torch.tensor(values, dtype=torch.float32).reshape(shape)
+        elif kind == "module":
+            val[st[1]] = torch.tensor(st[3], dtype=torch.float32).reshape(4, 4)
+            val[st[2]] = torch.tensor(st[4], dtype=torch.float32)
         elif kind == "gms":
             attached = [{} for _ in range(st[1])]
             rec = [None] * st[1]
@@ -515,6 +582,8 @@ def run_oracle(prog):
                 val[out] = _torch_op(torch, name, [val[i] for i in ins], args)
             if name == "detach" and len(recording()) > 1:
                 log_quirk[0] = True  # upstream: detach while two record cuts one path only
+            if name == "where" and val[ins[0]].ndim == 0:
+                log_quirk[0] = True  # upstream: where of 0-d Parameters gives shape (1,)
             if name != "detach":
                 for r in recording():
                     if any(i in r["T"] for i in ins):
@@ -639,6 +708,8 @@ def _torch_op(torch, name, xs, args):
         return a.clone()
     if name == "detach":
         return a.detach()
+    if name == "torch_linear":
+        return torch.nn.functional.linear(a, xs[1], xs[2])
     raise ValueError(f"unknown op {name}")
 
 
@@ -688,9 +759,14 @@ def check(seed, upstream=None):
     with the program."""
     prog = draw(seed)
     try:
-        got = _canon(run_megengine(prog))
+        try:
+            got = _canon(run_megengine(prog))
+        except NoTorchDevice:
+            return "refused (a PyTorchModule on a GPU torch has not)"
         want = _canon(run_oracle(prog))
         compare(got, want, f"program {seed}")
+        if upstream is not None and any(st[0] == "module" for st in prog):
+            return "ok (a PyTorchModule: not compared with upstream)"
         if isinstance(upstream, str):
             if not any(e["quirk"] for e in want):
                 raise AutodiffMismatch(f"program {seed}: upstream raised {upstream}")

@@ -42,7 +42,7 @@ def test_the_slice_covers_every_kind():
                 kinds[f"op {st[2]}"] += 1
             else:
                 kinds[kind] += 1
-    for kind in ("record", "nested", "release", "backward loss", "backward dys", "attach",
+    for kind in ("module", "op torch_linear", "record", "nested", "release", "backward loss", "backward dys", "attach",
                  "attach while recording", "callback scale", "callback add", "callback none",
                  "write slice", "write int", "write list", "write all", "write slice number",
                  "inplace", "clear", "scale_grad", "sgd", "op detach", "op copy", "op max",
@@ -72,10 +72,11 @@ def test_callbacks_stopping_at_a_dropped_gradient_are_caught(monkeypatch):
 
 
 def test_ops_before_a_mid_recording_attach_counting_are_caught(monkeypatch):
-    # programs 3805 and 11005 (found offline) need the cut-off `Key.join` makes
-    assert check(3805) == check(11005) == "ok"
+    # programs that need the cut-off `Key.join` makes (found offline: the first 5,000 seeds
+    # hold one)
+    assert check(5144) == check(11003) == "ok"
     monkeypatch.setattr(dispatch.Key, "join", lambda self, node: None)
-    assert _first_failing([3805, 11005]) is not None
+    assert _first_failing([5144, 11003]) is not None
 
 
 def test_gradients_not_accumulating_are_caught(monkeypatch):
