@@ -465,30 +465,37 @@ def _torch_module(mge, st):
     return PyTorchModule(lin, device)
 
 
-def _mge_op(F, mge, name, xs, args):
+def _operators(name, xs):
+    """The ops both libraries spell with Python's operators (None for the others)."""
     a = xs[0]
-    if name == "relu":
-        return F.relu(a)
-    if name == "tanh":
-        return F.tanh(a)
-    if name == "sigmoid":
-        return F.sigmoid(a)
-    if name == "sin":
-        return F.sin(a)
-    if name == "exp_tanh":
-        return F.exp(F.tanh(a))
     if name == "square":
         return a ** 2
     if name == "neg":
         return -a
-    if name == "clip":
-        return F.clip(a, -0.5, 0.5)
-    if name in ("add", "sub", "mul", "maximum"):
-        b = xs[1]
-        return {"add": a + b, "sub": a - b, "mul": a * b}[name] if name != "maximum" \
-            else F.maximum(a, b)
+    if name == "add":
+        return a + xs[1]
+    if name == "sub":
+        return a - xs[1]
+    if name == "mul":
+        return a * xs[1]
     if name == "div":
         return a / (1.5 + xs[1] * xs[1])
+    return None
+
+
+def _mge_op(F, mge, name, xs, args):
+    out = _operators(name, xs)
+    if out is not None:
+        return out
+    a = xs[0]
+    if name in ("relu", "tanh", "sigmoid", "sin"):
+        return getattr(F, name)(a)
+    if name == "exp_tanh":
+        return F.exp(F.tanh(a))
+    if name == "clip":
+        return F.clip(a, -0.5, 0.5)
+    if name == "maximum":
+        return F.maximum(a, xs[1])
     if name in ("sum", "mean", "max"):
         return getattr(F, name)(a, axis=args[0], keepdims=args[1])
     if name == "transpose":
@@ -667,23 +674,18 @@ def run_oracle(prog):
 
 
 def _torch_op(torch, name, xs, args):
+    out = _operators(name, xs)
+    if out is not None:
+        return out
     a = xs[0]
     if name in ("relu", "tanh", "sigmoid", "sin"):
         return getattr(torch, name)(a)
     if name == "exp_tanh":
         return torch.exp(torch.tanh(a))
-    if name == "square":
-        return a ** 2
-    if name == "neg":
-        return -a
     if name == "clip":
         return torch.clamp(a, -0.5, 0.5)
     if name == "maximum":  # upstream: a tie's gradient goes to the first operand
         return torch.where(a >= xs[1], a, xs[1])
-    if name in ("add", "sub", "mul"):
-        return {"add": torch.add, "sub": torch.sub, "mul": torch.mul}[name](a, xs[1])
-    if name == "div":
-        return a / (1.5 + xs[1] * xs[1])
     if name in ("sum", "mean"):
         return getattr(torch, name)(a, dim=args[0], keepdim=args[1])
     if name == "max":  # upstream: every tied element gets the whole gradient
