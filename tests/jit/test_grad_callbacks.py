@@ -26,7 +26,8 @@ def _train(wrap, callback_factory, steps=4):
     mge.random.seed(0)  # the layer's initial weights
     net = M.Linear(4, 3)
     calls = [0]
-    gm = GradManager().attach(net.parameters(), callbacks=[callback_factory(calls)])
+    cbs = callback_factory(calls)  # one callback, or a list of them
+    gm = GradManager().attach(net.parameters(), callbacks=cbs if isinstance(cbs, list) else [cbs])
     opt = SGD(net.parameters(), lr=0.5)
 
     def step(model, opt, x, y):
@@ -110,6 +111,27 @@ def test_a_callback_that_drops_gradients_drops_them_on_replays():
     eager_losses, _, eager_w = _train(None, drop_bias)
     losses, counts, w = _train(REPLAYING["without_host"], drop_bias)
     assert counts == [2, 2, 2, 2]
+    np.testing.assert_allclose(losses, eager_losses, rtol=1e-6)
+    np.testing.assert_allclose(w, eager_w, rtol=1e-6, atol=1e-7)
+
+
+def test_callbacks_after_a_dropped_gradient_get_none_on_replays_too():
+    # the callbacks after one returning None are called with None (upstream's loop); such a
+    # call has no gradient to record ops on, so it runs in Python on every replay
+    def drop_bias_then_clip(calls):
+        def drop(tensor, grad):
+            return None if tensor.ndim == 1 else grad
+
+        def clip(tensor, grad):
+            calls[0] += 1
+            return None if grad is None else F.clip(grad, -0.02, 0.02)
+
+        return [drop, clip]
+
+    eager_losses, eager_counts, eager_w = _train(None, drop_bias_then_clip)
+    losses, counts, w = _train(REPLAYING["without_host"], drop_bias_then_clip)
+    assert eager_counts == [2, 4, 6, 8]
+    assert counts == [2, 3, 4, 5]  # the weight's clip replays; the bias's None call runs
     np.testing.assert_allclose(losses, eager_losses, rtol=1e-6)
     np.testing.assert_allclose(w, eager_w, rtol=1e-6, atol=1e-7)
 
