@@ -357,6 +357,59 @@ def release_cached(array):
     return True
 
 
+# Arrays that are torch's memory (a PyTorchModule mirror's, `pin_root`): id -> weak references
+# to the megengine tensors made since whose arrays view that memory (a slice, a reshape, a
+# transpose, `detach()`: `_note_view`). A write into the memory in place first gives them
+# copies (`keep_values_of_views`): their values are megengine values, which upstream never
+# changes. (A plain Parameter moves to new memory instead when viewed, `Tensor._shared`; a
+# mirror cannot move.) Empty, and one test per op, without PyTorchModules.
+_pinned_roots = {}
+
+
+def pin_root(array):
+    """Register ``array`` (a mirror's) as torch's memory; forgotten when the array dies."""
+    key = id(array)
+    if key not in _pinned_roots:
+        _pinned_roots[key] = []
+        try:
+            weakref.finalize(array, _pinned_roots.pop, key, None)
+        except TypeError:  # an array type without weak references: the entry stays
+            pass
+
+
+def _note_view(t):
+    """Remember ``t`` when its array is, or views, an array `pin_root` registered."""
+    a = t._data
+    views = _pinned_roots.get(id(a))
+    if views is None:
+        base = a.base
+        if base is None:
+            return
+        views = _pinned_roots.get(id(base))
+        if views is None:
+            return
+    if len(views) >= 64:  # (dead ones go now and then)
+        views[:] = [r for r in views if r() is not None]
+    views.append(weakref.ref(t))
+
+
+def keep_values_of_views(array):
+    """Before a write into pinned ``array`` in place: each megengine tensor made as a view of it
+    (`_note_view`) that still views it takes a copy of its value."""
+    views = _pinned_roots.get(id(array))
+    if not views:
+        return
+    for ref in views:
+        t = ref()
+        if t is None:
+            continue
+        a = t._data
+        if a is array or a.base is array:
+            with on_device(t._device):
+                t._data = a.copy()
+    views.clear()
+
+
 # Pinned storage (a PyTorchModule mirror's memory, torch's) written in place while a recorded
 # op may hold it: id(array) -> (array, seq of its last such write). Torch's graph checks its
 # own saved tensors (version counters); for megengine's ops, a backward looks for one recorded
@@ -656,10 +709,20 @@ def apply_unhooked(op, inputs):
         else:
             out = op.forward(*arrays)
         if type(out) is np.ndarray:  # the common case: no scalar to turn into an array
-            return Tensor._wrap(out, device)
+            t = Tensor._wrap(out, device)
+            if _pinned_roots:
+                _note_view(t)
+            return t
         if isinstance(out, tuple):
-            return tuple([Tensor._wrap(_array(o, arrays), device) for o in out])
-        return Tensor._wrap(_array(out, arrays), device)
+            outs = tuple([Tensor._wrap(_array(o, arrays), device) for o in out])
+            if _pinned_roots:
+                for t in outs:
+                    _note_view(t)
+            return outs
+        t = Tensor._wrap(_array(out, arrays), device)
+        if _pinned_roots:
+            _note_view(t)
+        return t
 
     parents = tuple([
         e if (e := t._node) is not None and (e[0].keys is keys or _alive(e[0].keys)) else None
@@ -681,6 +744,8 @@ def apply_unhooked(op, inputs):
         if _recording > 1:  # a gradient of this op may itself be differentiated: keep its values
             node.saved = (tuple(arrays), (out,), device)
         t = Tensor._wrap(out, device)
+        if _pinned_roots:
+            _note_view(t)
         if out.dtype.kind == "f":
             t._node = (node, 0)
         elif out.dtype.kind == "c":  # a complex result of float inputs (F.complex, x * 1j)
@@ -695,6 +760,8 @@ def apply_unhooked(op, inputs):
     complex_out = False
     for i, o in enumerate(outs):
         t = Tensor._wrap(o, device)
+        if _pinned_roots:
+            _note_view(t)
         if _is_float(o.dtype):
             t._node = (node, i)
         elif o.dtype.kind == "c":
@@ -827,6 +894,8 @@ def _apply_wide(op, arrays, parents, keys, run_on, device):
     results = []
     for i, o in enumerate(outs):
         t = Tensor._wrap(o, device)
+        if _pinned_roots:
+            _note_view(t)
         kind = o.dtype.kind
         if kind == "f" or kind == "c" or (track_int and kind in "iu"):
             t._node = (node, i)

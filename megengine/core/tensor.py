@@ -721,6 +721,8 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
         """A tensor with the same storage (and format label), cut off from autodiff. As
         upstream's, a later write into either gives the writer a new array (`_shared`)."""
         t = Tensor._wrap(self._data, self._device)
+        if dispatch._pinned_roots:  # torch's memory (a PyTorchModule's): t keeps its value
+            dispatch._note_view(t)
         hook = dispatch._trace_hook
         if hook is not None and hasattr(hook, "detached"):  # megengine.jit.trace records it
             hook.detached(self, t)
@@ -793,6 +795,8 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
                      or value.dtype == self._data.dtype and not (held or self._shared()))):
             if held:
                 self._wrote_pinned()
+            if self._pinned_storage:  # megengine tensors viewing torch's memory keep values
+                dispatch.keep_values_of_views(self._data)
             if dispatch._switcher is not None:  # several GPUs: write on this tensor's device
                 with dispatch.on_device(self._device):
                     self._data[...] = value
@@ -894,6 +898,8 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
                 # a quantized parameter keeps values: p /= 2 quantizes the float quotient (a
                 # cast of the array would store it as the integers)
                 op_result = op_result.astype(self.dtype)
+            if self._pinned_storage:  # megengine tensors viewing torch's memory keep values
+                dispatch.keep_values_of_views(self._data)
             if dispatch._switcher is not None:  # several GPUs: write on this tensor's device
                 with dispatch.on_device(self._device):
                     self._data[...] = op_result._data.astype(self.dtype, copy=False)

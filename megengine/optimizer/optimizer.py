@@ -224,8 +224,11 @@ class Optimizer:
                     grad = g._data
                     if scope is not None:
                         scope.enter(p._device)
-                    if not p._pinned_storage and p._shared():  # an alias keeps the old value
-                        p._unshare()
+                    if not p._pinned_storage:
+                        if p._shared():  # an alias keeps the old value
+                            p._unshare()
+                    elif dispatch._pinned_roots:  # torch's memory stays; megengine views of
+                        dispatch.keep_values_of_views(p._data)  # it keep their values
                     state = states.get(p)
                     if state is None:
                         state = states[p] = {}

@@ -231,11 +231,6 @@ class _Draw:
         kind = self.r()
         a = self.pick(pool)
         sa = self.shapes[a]
-        if a in self.torch and 0.65 <= kind < 0.8 or a in self.torch and kind >= 0.94:
-            # (no reshape, transpose, index or detach of the module's weight or bias: a
-            # megengine view of torch's memory sees later in-place writes into it, a known
-            # limit, docs/pytorch_embedding.rst)
-            return None
         if self.torch and sa[-1:] == (4,) and len(sa) <= 2 and self.r() < 0.25:
             return self.emit("torch_linear", [a, *self.torch], [], sa)  # the module's forward
         if kind < 0.3:

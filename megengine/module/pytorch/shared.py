@@ -125,6 +125,7 @@ def mirror_of(tensor, device, parameter=True):
             )
         cls = TorchParameter if parameter else TorchBuffer
         mirror = cls._wrap(_bridge.from_torch(tensor.detach()), device)
+        dispatch.pin_root(mirror._data)  # its megengine views keep values across writes
         mirror._torch_tensor = tensor
         mirror._torch_address = tensor.data_ptr()  # `tensor.data = ...` would move it
         tensor_ref = weakref.ref(tensor, lambda ref, key=key: _forget(key, ref))

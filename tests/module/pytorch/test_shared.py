@@ -840,13 +840,47 @@ def test_mirror_written_after_an_add_used_it_keeps_the_gradient():
     np.testing.assert_array_equal(host(x.grad), expected)
 
 
-def test_detached_alias_of_a_mirror_sees_writes_as_torchs_detach_does():
-    # a mirror's memory is torch's and a write goes there; torch's detach() shares it too
+def test_detached_alias_of_a_mirror_keeps_its_value_as_upstreams():
+    # a mirror's memory is torch's and a write goes there (torch's own detach() sees it); a
+    # megengine alias is a megengine value, which takes a copy first (upstream's values never
+    # change; earlier versions of this fork let it follow the write, as torch's detach)
     lin, wrap, w = _mirrored_linear()
     t_alias, alias = lin.weight.detach(), w.detach()
+    before = host(alias).copy()
     w.set_value(np.full((1, 2), 7.0, np.float32))
     np.testing.assert_array_equal(torch_host(t_alias), [[7.0, 7.0]])
-    np.testing.assert_array_equal(host(alias), torch_host(t_alias))
+    np.testing.assert_array_equal(host(alias), before)
+    assert address(w) == address(lin.weight)
+
+
+@pytest.mark.parametrize("write", ["sgd", "set_value", "+=", "setitem"])
+def test_megengine_views_of_a_mirror_keep_their_values_through_writes(write):
+    # autodiff fuzz: b[...] (and slices, reshapes, detach) held across an optimizer step
+    # followed it; a view of a plain Parameter keeps its value (the parameter moves), a mirror
+    # cannot move, so the views take copies before the write
+    from megengine.autodiff import GradManager
+    from megengine.optimizer import SGD
+
+    lin = nn.Linear(4, 3).to(torch_device())
+    wrap = PyTorchModule(lin)
+    w = dict(wrap.named_parameters())["weight"]
+    views = [w[...], w[1:], w.reshape(-1), w.transpose(1, 0), w.detach(), w[1:].reshape(-1)[2:],
+             w.detach()[0]]
+    before = [host(v).copy() for v in views]
+    if write == "sgd":
+        gm = GradManager().attach(wrap.parameters())
+        with gm:
+            gm.backward(wrap(mge.tensor(np.ones((2, 4), np.float32))).sum())
+        SGD(wrap.parameters(), lr=0.5).step()
+    elif write == "set_value":
+        w.set_value(np.zeros((3, 4), np.float32))
+    elif write == "+=":
+        w += 1.0
+    else:
+        w[0] = 5.0
+    assert not np.array_equal(torch_host(lin.weight), before[0])  # torch saw the write
+    for v, b in zip(views, before):
+        np.testing.assert_array_equal(host(v), b)
     assert address(w) == address(lin.weight)
 
 
