@@ -377,17 +377,23 @@ def pin_root(array):
             pass
 
 
+def _root_views(a):
+    """The list `_pinned_roots` keeps for the registered array ``a`` is or views, else None.
+    (numpy's ``base`` of a view of a view is the first array; CuPy's may be the view between,
+    so the chain is walked.)"""
+    while a is not None:
+        views = _pinned_roots.get(id(a))
+        if views is not None:
+            return views
+        a = getattr(a, "base", None)
+    return None
+
+
 def _note_view(t):
     """Remember ``t`` when its array is, or views, an array `pin_root` registered."""
-    a = t._data
-    views = _pinned_roots.get(id(a))
+    views = _root_views(t._data)
     if views is None:
-        base = a.base
-        if base is None:
-            return
-        views = _pinned_roots.get(id(base))
-        if views is None:
-            return
+        return
     if len(views) >= 64:  # (dead ones go now and then)
         views[:] = [r for r in views if r() is not None]
     views.append(weakref.ref(t))
@@ -404,7 +410,10 @@ def keep_values_of_views(array):
         if t is None:
             continue
         a = t._data
-        if a is array or a.base is array:
+        base = a
+        while base is not None and base is not array:  # (still a view of it?)
+            base = getattr(base, "base", None)
+        if base is array:
             with on_device(t._device):
                 t._data = a.copy()
     views.clear()
