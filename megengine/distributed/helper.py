@@ -19,6 +19,7 @@ from typing import Callable
 import numpy as np
 
 from ..autodiff.grad_manager import GradManager, get_backwarding_grad_manager
+from ..core import dispatch
 from ..core.dispatch import xp_of
 from ..core.tensor import Tensor, _note_write
 from .group import (WORLD, Group, _check_ranks, _group_of, _is_int, _not_initialized,
@@ -216,8 +217,11 @@ def bcast_list_(inps: list, group: Group = WORLD):
     tensors = _tensor_list(inps, "bcast_list_", "inps")
     group = fd._prepare(tensors[0], group, "bcast_list_") if tensors else None
     for t in tensors:
-        if not t._pinned_storage and t._aliased():  # a view, its source, an alias keep values
-            t._unshare()
+        if not t._pinned_storage:
+            if t._aliased():  # a view, its source, an alias keep values
+                t._unshare()
+        elif dispatch._pinned_roots:  # torch's memory: its megengine views take copies
+            dispatch.keep_values_of_views(t._data)
         data = t._data if t._data.flags.c_contiguous else xp_of(t._data).ascontiguousarray(t._data)
         # the tensor's own storage is the receive buffer: Parameters shared with torch modules
         # (PyTorchModule) stay shared
