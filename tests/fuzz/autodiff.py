@@ -423,6 +423,9 @@ def run_megengine(prog):
     return log
 
 
+NO_TORCH_DEVICE = "refused (a PyTorchModule on a GPU torch has not)"  # (simulated GPUs)
+
+
 class NoTorchDevice(Exception):
     """The program has a PyTorchModule and megengine's default device is a GPU torch cannot
     reach (a simulated GPU)."""
@@ -759,7 +762,7 @@ def check(seed, upstream=None):
         try:
             got = _canon(run_megengine(prog))
         except NoTorchDevice:
-            return "refused (a PyTorchModule on a GPU torch has not)"
+            return NO_TORCH_DEVICE
         want = _canon(run_oracle(prog))
         compare(got, want, f"program {seed}")
         if upstream is not None and any(st[0] == "module" for st in prog):
