@@ -746,6 +746,27 @@ def test_where_upstream_loses_or_leaks_gradients_the_rules_hold():
     np.testing.assert_array_equal(x.grad.numpy(), [5.0, 5.0])
 
 
+def test_a_function_input_written_after_forward_keeps_its_forward_value_for_backward():
+    # autodiff fuzz program 904: upstream 1.13's backward reads the written value (torch's
+    # save_for_backward raises); the gradient needs the value forward saw
+    class Cube(Function):
+        def forward(self, x):
+            self.x = x
+            return x * x * x
+
+        def backward(self, dy):
+            return dy * 3 * self.x * self.x
+
+    a = np.array([1.0, -2.0, 0.5], np.float32)
+    x = Parameter(a)
+    gm = GradManager().attach(x)
+    with gm:
+        y = Cube()(x)
+        x *= 2.0
+        gm.backward(y.sum())
+    np.testing.assert_allclose(x.grad.numpy(), 3 * a * a, rtol=1e-6)
+
+
 def test_attach_errors_are_assertion_errors_as_upstream():
     with pytest.raises(AssertionError):
         GradManager().attach(Tensor([True, False]))

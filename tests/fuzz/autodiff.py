@@ -35,7 +35,7 @@ import sys
 import numpy as np
 
 SHAPES = [(3, 4), (4,), (3, 1), (1, 4), ()]
-UNARY = ("relu", "tanh", "sigmoid", "sin", "exp_tanh", "square", "neg", "clip")
+UNARY = ("relu", "tanh", "sigmoid", "sin", "exp_tanh", "square", "neg", "clip", "cube_function")
 BINARY = ("add", "sub", "mul", "div", "maximum")
 
 
@@ -463,6 +463,22 @@ def _torch_module(mge, st):
     return PyTorchModule(lin, device)
 
 
+def _cube_function():
+    """A `megengine.autodiff.Function` computing x ** 3, its backward reading the input it
+    kept (what an outer GradManager differentiates through)."""
+    from megengine.autodiff import Function
+
+    class Cube(Function):
+        def forward(self, x):
+            self.x = x
+            return x * x * x
+
+        def backward(self, dy):  # (upstream passes None for an output without a gradient)
+            return None if dy is None else dy * 3 * self.x * self.x
+
+    return Cube()
+
+
 def _operators(name, xs):
     """The ops both libraries spell with Python's operators (None for the others)."""
     a = xs[0]
@@ -494,6 +510,8 @@ def _mge_op(F, mge, name, xs, args):
         return F.clip(a, -0.5, 0.5)
     if name == "maximum":
         return F.maximum(a, xs[1])
+    if name == "cube_function":  # a user's autodiff.Function, its backward written by hand
+        return _cube_function()(a)
     if name in ("sum", "mean", "max"):
         return getattr(F, name)(a, axis=args[0], keepdims=args[1])
     if name == "transpose":
@@ -530,9 +548,11 @@ def run_oracle(prog):
     # backward(x) of an attached x itself, or of x and v after `x[...] = v` (one tensor there),
     # a detach while two GradManagers record, one GradManager attaching mid-recording what
     # another one records, a callback dropping a gradient where .grad exists (it raises),
-    # F.where of 0-d Parameters (its result has shape (1,)).
+    # F.where of 0-d Parameters (its result has shape (1,)), a write into a tensor a Function
+    # kept for its backward (upstream's backward reads the written value; torch raises).
     log_quirk = [False]
     whole = {}  # slot -> the slot `slot[...] = v` last made it a copy of
+    kept_by_function = set()  # slots a Function's forward kept (self.x = x)
     leaves, params = _leaves(prog)
     ever = set()
 
@@ -589,6 +609,8 @@ def run_oracle(prog):
                 log_quirk[0] = True  # upstream: detach while two record cuts one path only
             if name == "where" and val[ins[0]].ndim == 0:
                 log_quirk[0] = True  # upstream: where of 0-d Parameters gives shape (1,)
+            if name == "cube_function":
+                kept_by_function.add(ins[0])
             if name != "detach":
                 for r in recording():
                     if any(i in r["T"] for i in ins):
@@ -596,6 +618,8 @@ def run_oracle(prog):
                                                 [r["T"].get(i, val[i]) for i in ins], args)
         elif kind in ("write", "inplace"):
             s, src = st[1], st[3]
+            if s in kept_by_function:
+                log_quirk[0] = True  # upstream: the Function's backward reads the written value
             whole.pop(s, None)
             if kind == "write" and st[2] == ["all"]:
                 whole[s] = src
@@ -682,6 +706,8 @@ def _torch_op(torch, name, xs, args):
         return torch.exp(torch.tanh(a))
     if name == "clip":
         return torch.clamp(a, -0.5, 0.5)
+    if name == "cube_function":
+        return a ** 3
     if name == "maximum":  # upstream: a tie's gradient goes to the first operand
         return torch.where(a >= xs[1], a, xs[1])
     if name in ("sum", "mean"):
