@@ -1,8 +1,10 @@
 """Offline fuzzing of ``GradManager``'s rules: ``python -m tests.fuzz.autodiff --seeds 300
 [--start S] [--upstream PYTHON]`` draws programs over a few leaf tensors (Parameters and plain
-Tensors of broadcast-compatible shapes) and one or two GradManagers, and checks every gradient
-they leave against an oracle written from upstream's documented (and measured) rules, computed
-with ``torch.autograd.grad``:
+Tensors of broadcast-compatible shapes; in a third of them also a ``PyTorchModule`` of
+``torch.nn.Linear``, its weight and bias leaves, its forward an op, and among the ops a user's
+``autodiff.Function``) and one or two GradManagers, and checks every gradient they leave
+against an oracle written from upstream's documented (and measured) rules, computed with
+``torch.autograd.grad``:
 
 * a GradManager differentiates what it recorded: ops run while it records, on a tensor attached
   to it or computed so in this recording (values from an earlier recording, or from before a
@@ -17,13 +19,16 @@ with ``torch.autograd.grad``:
   gradient it got (none for tensors it never reached; a callback returning None drops it) and
   adds the result into ``.grad``, accumulating across backwards and GradManagers until the
   program sets ``.grad = None``; ``t.grad *= c`` scales that same gradient; nested
-  GradManagers record the same ops and each backward sees only its own;
+  GradManagers record the same ops and each backward sees only its own, and an inner one's
+  backward is recorded by the outer one (its gradients in the outer loss: second order);
 * ``optimizer.SGD`` steps each Parameter with a gradient; ``clear_grad`` drops them.
 
 The programs run one after another in one process: nothing of a program survives into the
 next. ``--upstream PYTHON`` also runs each program under that interpreter (one with upstream
 MegEngine installed: it checks the oracle's rules against upstream itself) and compares the
-gradients, values and the order of callback calls with this checkout's. A failure prints the
+gradients, values and the order of callback calls with this checkout's (where upstream has
+differences of its own, listed in `run_oracle`, up to the first of them; programs with a
+PyTorchModule are not compared). A failure prints the
 program. Not run in CI beyond tests/fuzz/test_autodiff_fuzz.py's slice. Run it from the
 repository root with the checkout on PYTHONPATH.
 
