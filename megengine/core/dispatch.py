@@ -1108,7 +1108,7 @@ def _add_arrays(a, b):
         if out is not None:
             return out
     out = a + b
-    return np.asarray(out) if isinstance(out, np.generic) else out  # (0-d: see _backward)
+    return _array(out) if isinstance(out, np.generic) else out  # (0-d: see _backward)
 
 
 def _add_tensors(a, b):
@@ -1168,10 +1168,10 @@ def _backward(ys, dys, wanted, key, stop, order, step, add, free_early, scope):
             if parent is None or g is None or not needed:
                 continue
             if type(g) is not np.ndarray and isinstance(g, np.generic):
-                # a numpy scalar (a ufunc of 0-d arrays gives one): an array, as forward's
-                # outputs (`_array`); as a scalar it read as a CuPy array in the tests of the
+                # a numpy scalar (a ufunc of 0-d arrays gives one) becomes an array, as
+                # forward's outputs; as a scalar it read as a CuPy array in the tests of the
                 # CUDA paths (`type(g) is not np.ndarray`), e.g. exp(tanh(p)) of a 0-d p
-                g = np.asarray(g)
+                g = _array(g)
             pnode, pidx = parent
             if joined_at and id(pnode) in joined_at and node.seq < joined_at[id(pnode)][1]:
                 continue  # used before this recording took pnode up: a constant for it

@@ -6,7 +6,7 @@ import numpy as np
 from ..core import amp as _amp
 from ..core._caller import public_argument, public_function
 from ..core._trace_option import is_sym
-from ..core.dispatch import FLOAT16, KERNEL_FLOATS, Op, apply
+from ..core.dispatch import FLOAT16, KERNEL_FLOATS, Op, _array, apply
 from ..core.dtype import float_value, no_quantized_form
 from ..core.fused import fused_kernel, use_fused_with_half
 from ..core.dtype_rules import (_NARROW, complex_error, no_order, numpy_scalar_is_weak,
@@ -234,7 +234,7 @@ class _Unary(Op):
         self.x = x
         y = self.compute(xp_of(x), x)
         if isinstance(y, np.generic):  # numpy's ufuncs give 0-d input a scalar: kept as an
-            y = np.asarray(y)  # array, as the op's output (dispatch._array) and gradients
+            y = _array(y)  # array, as the op's output and gradients
         self.y = y
         if True in self.needs_input_grad:  # recorded: the other one only as its shape
             if "x" not in self.backward_reads:  # (exp, tanh, sqrt: x need not stay alive)
