@@ -957,20 +957,11 @@ def fuzz(seeds, start=0, upstream=None):
 
 
 def main(argv=None):
-    import argparse
-    import time
+    from .gen import seeds_main
 
-    p = argparse.ArgumentParser(prog="python -m tests.fuzz.autodiff", description=__doc__)
-    p.add_argument("--seeds", type=int, default=100, help="programs (default 100)")
-    p.add_argument("--start", type=int, default=0, help="first seed (default 0)")
-    p.add_argument("--upstream", metavar="PYTHON",
-                   help="also compare with each program's run under this interpreter")
-    a = p.parse_args(argv)
-    t0 = time.time()
-    bad, outcomes = fuzz(a.seeds, a.start, a.upstream)
-    print(f"{a.seeds} programs ({bad} failing) in {time.time() - t0:.0f}s; outcomes: "
-          f"{dict(outcomes)}")
-    return 1 if bad else 0
+    return seeds_main(argv, "python -m tests.fuzz.autodiff", __doc__, "programs", fuzz, [(
+        "--upstream", dict(metavar="PYTHON", help="also compare with each program's run under "
+                           "this interpreter"))])
 
 
 if __name__ == "__main__":

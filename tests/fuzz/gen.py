@@ -38,16 +38,20 @@ def run_seeds(check, seeds, start, mismatch, describe):
     return bad, outcomes
 
 
-def seeds_main(argv, prog, doc, unit, fuzz):
+def seeds_main(argv, prog, doc, unit, fuzz, options=()):
     """The command line of a fuzzer of seeds: ``--seeds N [--start S]`` runs ``fuzz(seeds,
     start)`` (-> failures, outcome counts, as `run_seeds`) and prints one summary line of
-    ``unit``; exit status 1 when something failed."""
+    ``unit``; exit status 1 when something failed. ``options``: more (flag, add_argument
+    keywords), passed to ``fuzz`` as keyword arguments."""
     p = argparse.ArgumentParser(prog=prog, description=doc)
     p.add_argument("--seeds", type=int, default=100, help=f"{unit} (default 100)")
     p.add_argument("--start", type=int, default=0, help="first seed (default 0)")
+    for flag, kwargs in options:
+        p.add_argument(flag, **kwargs)
     a = p.parse_args(argv)
+    extra = {k: v for k, v in vars(a).items() if k not in ("seeds", "start")}
     t0 = time.time()
-    bad, outcomes = fuzz(a.seeds, a.start)
+    bad, outcomes = fuzz(a.seeds, a.start, **extra)
     print(f"{a.seeds} {unit} ({bad} failing) in {time.time() - t0:.0f}s; outcomes: "
           f"{dict(outcomes)}")
     return 1 if bad else 0
