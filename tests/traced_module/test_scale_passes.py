@@ -28,6 +28,13 @@ def _x(*shape):
     return Tensor(np.random.randn(*shape).astype(np.float32))
 
 
+def _assert_outputs(got, expect, atol=1e-6):
+    """Each output of an optimized module against the unoptimized module's (numpy arrays)."""
+    assert len(got) == len(expect)
+    for g, want in zip(got, expect):
+        np.testing.assert_allclose(g.numpy(), want, rtol=1e-5, atol=atol)
+
+
 class Chain(M.Module):
     def __init__(self):
         super().__init__()
@@ -50,8 +57,7 @@ def test_fuse_add_mul_merges_adjacent_constants():
     opt = optimize(tm, "FuseAddMul")
     assert _arith(opt) == [("__add__", 3.0), ("__mul__", -3.0), ("__sub__", 1),
                            ("__truediv__", 4)]
-    for got, want in zip(opt(x), expect):
-        np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
+    _assert_outputs(opt(x), expect)
     assert len(_arith(tm)) == 10  # the module optimize was given is unchanged
 
 
@@ -122,8 +128,7 @@ def test_backward_fold_scale_keeps_what_cannot_move():
     x = _x(1, 2, 3, 3)
     expect = [t.numpy() for t in net(x)]
     opt = optimize(trace_module(net, x), ["FuseConvBn", "BackwardFoldScale"])
-    for got, want in zip(opt(x), expect):
-        np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-5)
+    _assert_outputs(opt(x), expect, atol=1e-5)
     muls = [c for name, c in _arith(opt) if name in ("__mul__", "__rmul__")]
     # the last scale of `both` (3) moved into r, the first is now 2 / 3
     assert muls[0] == -2 and muls[-1] == 4 and len(muls) == 3
@@ -183,8 +188,7 @@ def test_backward_fold_scale_leaves_zero_and_non_finite_scales():
     x = _x(1, 2, 3, 3)
     expect = [t.numpy() for t in net(x)]
     opt = optimize(trace_module(net, x), ["FuseConvBn", "BackwardFoldScale"])
-    for got, want in zip(opt(x), expect):
-        np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
+    _assert_outputs(opt(x), expect)
     muls = [c for name, c in _arith(opt) if name in ("__mul__", "__rmul__")]
     assert 0 in muls and float("inf") in muls  # both stay where they were
 
@@ -217,8 +221,7 @@ def test_passes_keep_a_scale_whose_output_is_written_in_place():
     tm = trace_module(net, Tensor(xa))
     for passes in ("FuseAddMul", ["FuseConvBn", "BackwardFoldScale"]):
         x = Tensor(xa)
-        for got, want in zip(optimize(tm, passes)(x), expect):
-            np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
+        _assert_outputs(optimize(tm, passes)(x), expect)
         np.testing.assert_array_equal(x.numpy(), xa)  # the caller's input as it was
 
 
