@@ -126,19 +126,28 @@ def test_guide_code_blocks_run(page, monkeypatch):
 
 @pytest.mark.parametrize("page", ["pytorch_embedding.rst", "distributed.rst"])
 def test_chinese_pages_mirror_the_english_ones(page):
-    """docs/zh/ translates the guide pages: the same sections, tables and code (comments aside)."""
+    """docs/zh/ translates the guide pages: the same sections, tables, code (comments aside)
+    and, section by section, the same list items, those that lead with a bold phrase (the
+    guarantees and limits) among them: an item added to one page only fails here."""
     def shape(path):
         text = path.read_text(encoding="utf-8")
         underlines = [u[0] for u in re.findall(r"^\S.*\n([=\-~^]{3,})$", text, re.M)]
         code = [(kind, "\n".join(re.sub(r"\s*#.*$", "", line) for line in c.splitlines()
                                  if line.strip() and not line.lstrip().startswith("#")))
                 for kind, c in blocks(path)]
-        return underlines, text.count("\n   * - "), code
+        sections = re.split(r"^\S.*\n[=\-~^]{3,}$", text, flags=re.M)
+        items = [(len(re.findall(r"^\s*[*-] ", s, re.M)), len(re.findall(r"^\s*[*-] \*\*", s, re.M)))
+                 for s in sections]
+        return underlines, text.count("\n   * - "), code, items
 
     en, zh = shape(DOCS / page), shape(DOCS / "zh" / page)
     assert en[0] == zh[0], "the same section structure"
     assert en[1] == zh[1], "the same table rows"
     assert en[2] == zh[2], "the same code"
+    differ = [i for i, (a, b) in enumerate(zip(en[3], zh[3])) if a != b]
+    assert not differ, (f"sections {differ} (counted from the page's top) hold other numbers of "
+                        f"list items (all, bold-led): {[en[3][i] for i in differ]} in English, "
+                        f"{[zh[3][i] for i in differ]} in Chinese")
 
 
 def _front_page_code(path):
