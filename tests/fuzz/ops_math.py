@@ -297,7 +297,11 @@ def _reduce_gen(name):
             t = lambda a: fn(a, dim=ax, keepdim=keep) if ndim else a  # noqa: E731
         elif name in ("var", "std"):
             fn = torch.var if name == "var" else torch.std
-            t = lambda a: fn(a, dim=ax, keepdim=keep, correction=0)  # noqa: E731
+            # in float64, rounded once: torch's float32 mean of a broadcast (equal) row is
+            # rounded, giving a std of ~1e-7 and a gradient of rounding noise of size 1 where
+            # the exact one is 0 (var_std_equal, below, says more)
+            t = lambda a: fn(a.double() if a.dtype == torch.float32 else a, dim=ax,  # noqa
+                             keepdim=keep, correction=0).to(a.dtype)
         elif name == "logsumexp":
             if axis is None:
                 axis = ax = tuple(range(ndim))
