@@ -436,11 +436,22 @@ class TrueDiv(_Binary):
 
 
 class FloorDiv(_Binary):
+    """``x // y``. Floats: the quotient as divided, rounded down (``floor(x / y)``), as
+    upstream documents ("rounds the result of dividing") and its kernel computes: ``1.0 //
+    0.1`` is 10 (the quotient rounds to 10.0) and ``inf // 2`` is inf, where numpy's and
+    torch's floor division, which round the exact quotient down, give 9 and NaN (measured with
+    upstream 1.13 by tests/fuzz/upstream_calls.py). float16 divides in float32, rounded
+    once. Integers: Python's ``//``, as both."""
     backward_reads = ()  # (no gradient)
+    half_in_float32 = True
 
     def compute(self, a, b):
-        if a.dtype.kind == "c":  # (numpy's error names ufuncs and casting rules)
+        kind = a.dtype.kind
+        if kind == "c":  # (numpy's error names ufuncs and casting rules)
             raise complex_error("floor_div", a.dtype)
+        if kind == "f":
+            q = a / b
+            return xp_of(a).floor(q, out=q) if q.ndim else xp_of(a).floor(q)  # (0-d: a scalar)
         return a // b
 
     def grads(self, g):

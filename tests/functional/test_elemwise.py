@@ -227,11 +227,30 @@ def test_pow_value_and_grad():
 def test_floor_div_value():
     a, b = rand(3, 4, low=-5, high=5), rand(3, 4, low=0.5, high=2)
     np.testing.assert_allclose(F.floor_div(mge.tensor(a), mge.tensor(b)).numpy(),
-                               torch.floor_divide(torch.tensor(a), torch.tensor(b)).numpy())
+                               torch.floor(torch.tensor(a) / torch.tensor(b)).numpy())
     ia, ib = np.array([7, -7, 9], np.int32), np.array([2, 2, -4], np.int32)
     out = F.floor_div(mge.tensor(ia), mge.tensor(ib))
     assert out.dtype == np.int32
     np.testing.assert_array_equal(out.numpy(), ia // ib)
+
+
+def test_float_floor_div_rounds_the_quotient_down_as_upstream():
+    # upstream 1.13 measured (its documentation: "rounds the result of dividing"): the quotient
+    # as divided, then floor; numpy and torch round the exact quotient down (9, NaN, NaN, -1)
+    inf = float("inf")
+    a = np.array([1.0, inf, -inf, 5.0, -5.0, 7.0, -7.5, 0.3], np.float32)
+    b = np.array([0.1, 1.0, 1.0, inf, inf, 0.7, 2.0, 0.1], np.float32)
+    want = [10.0, inf, -inf, 0.0, -0.0, 10.0, -4.0, 3.0]
+    for dtype in ("float32", "float16"):
+        x, y = mge.tensor(a, dtype=dtype), mge.tensor(b, dtype=dtype)
+        for out in (x // y, F.floor_div(x, y)):
+            assert out.dtype == np.dtype(dtype)
+            np.testing.assert_array_equal(out.numpy(), np.array(want, dtype))
+            assert np.signbit(out.numpy()[4])  # -5 // inf is -0.0
+    assert float(mge.tensor(1.0) // 0.1) == 10.0 and (mge.tensor(1.0) // 0.1).shape == ()
+    assert (2.0 // mge.tensor([0.2])).numpy().tolist() == [10.0]  # (__rfloordiv__)
+    np.testing.assert_array_equal((mge.tensor([7, -7]) // mge.tensor([0.7, 0.7])).numpy(),
+                                  [10.0, -10.0])  # (int meeting float: float32, the same rule)
 
 
 def test_scalar_operands_follow_operator_rules():

@@ -96,7 +96,7 @@ _ARITH = {
     "sub": (F.sub, operator.sub, torch.sub),
     "mul": (F.mul, operator.mul, torch.mul),
     "div": (F.div, operator.truediv, torch.true_divide),
-    "floor_div": (F.floor_div, operator.floordiv, torch.floor_divide),
+    "floor_div": (F.floor_div, operator.floordiv, lambda a, b: _torch_floor_div(a, b)),
     "mod": (F.mod, operator.mod, torch.remainder),
     "pow": (F.pow, operator.pow, torch.pow),
     "maximum": (F.maximum, None, torch.maximum),
@@ -213,6 +213,18 @@ def _binary_gen(name, alias=None):
                     diff=[i for i, a in enumerate(inputs) if a.dtype == np.float32
                           and name not in ("floor_div", "mod") + _COMPARE])
     return gen
+
+
+def _torch_floor_div(a, b):
+    """upstream's ``//``: floats divided, the quotient rounded down (float16 divided in float32,
+    rounded once); integers as Python's. (torch's floor_divide rounds the exact quotient down:
+    ``1.0 // 0.1`` 9 for upstream's 10, ``inf // 2`` NaN for its inf.)"""
+    dtype = torch.result_type(a, b)
+    if not dtype.is_floating_point:
+        return torch.floor_divide(a, b)
+    wide = torch.float32 if dtype == torch.float16 else dtype
+    a, b = (v.to(wide) if isinstance(v, torch.Tensor) else v for v in (a, b))
+    return torch.floor(torch.true_divide(a, b)).to(dtype)
 
 
 def _promoted(a, b):
