@@ -975,6 +975,31 @@ def test_float16_pair_losses_compute_in_float32_rounded_once(monkeypatch, fn, to
     within_a_float16_step(y.grad.numpy(), ty.grad.numpy())
 
 
+@pytest.mark.parametrize("fn, torch_fn", [
+    (F.nn.l1_loss, TF.l1_loss), (F.nn.square_loss, TF.mse_loss),
+    (F.nn.smooth_l1_loss, TF.smooth_l1_loss),
+    (F.nn.binary_cross_entropy, TF.binary_cross_entropy_with_logits),
+], ids=["l1", "square", "smooth_l1", "bce"])
+@pytest.mark.parametrize("pred, label", [
+    ([3.973], [0.9595]),  # (BCE's x - x * y cancels: float16 steps gave 0.1788, 6.7 steps off)
+    (np.linspace(-4, 4, 12).reshape(3, 4), np.linspace(0.1, 0.9, 12).reshape(3, 4)),
+], ids=["one", "3x4"])
+def test_float16_pair_losses_of_few_values_compute_in_float32_too(monkeypatch, fn, torch_fn,
+                                                                  pred, label):
+    # below _aten.HALF_MIN values too (element-wise ops keep numpy's float16 loops there):
+    # within a float16 step of the exact loss (torch in float64 on the same float16 values)
+    from megengine.core import ops
+
+    pred, label = np.float16(pred), np.float16(label)
+    taken, real = [], ops.cast
+    monkeypatch.setattr(ops, "cast", lambda a, d: taken.append(np.dtype(d)) or real(a, d))
+    out = fn(mge.tensor(pred, device="cpu0"), mge.tensor(label, device="cpu0"))
+    assert out.dtype == np.float16 and taken[:2] == [np.float32, np.float32]
+    want = torch_fn(torch.tensor(pred, dtype=torch.float64),
+                    torch.tensor(label, dtype=torch.float64))
+    within_a_float16_step(out.numpy(), want.numpy())
+
+
 @pytest.mark.parametrize("call, upstream, match", [
     pytest.param(lambda x: F.nn.hinge_loss(x, F.ones((3, 4)), norm="L3"),
                  AssertionError, "norm must be 'L1' or 'L2', got 'L3'", id="hinge_loss"),
