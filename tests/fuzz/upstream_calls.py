@@ -5,7 +5,7 @@ Each seed draws one call: an element-wise function, an operator with Tensor or P
 operands, a reduction, a shape or indexing operation (``x[idx]``, ``x[idx] = v``), a creation
 function, a layer function or a loss, a Tensor method or property, ``mge.tensor`` of Python
 values, or a layer of ``megengine.module`` built with drawn arguments and loaded with drawn
-weights; in a fifth of the seeds a call of the differentiable kinds runs under a GradManager
+weights; in one seed of seven a call of the differentiable kinds runs under a GradManager
 attached to its float32 inputs, and each input's gradient of a weighted sum of the outputs
 joins the result (compared to 10x the tolerance), over the dtypes upstream programs use (float32 mostly, float16, int8/16/32, uint8,
 bool), shapes 0-d to 4-d (empty ones now and then) and values that include zeros, NaN and
