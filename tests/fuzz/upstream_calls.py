@@ -1079,6 +1079,9 @@ def known(call, mine, theirs):
     name = call[0]
     if name.startswith("grad:"):
         return _known_with_gradients(call, mine, theirs)
+    if name == "F.diag" and mine[0] and theirs[0] and mine[1][0] == "t" and _differ_value(
+            mine[1], enc_array(np.diag(dec_array(call[1][0]), call[2].get("k", 0)))) is None:
+        return "as numpy's diag"  # (upstream's of an empty vector: uninitialised memory)
     if name == "F.vision.interpolate" and call[2].get("align_corners") and mine[0] and \
             theirs[0] and np.isnan(dec_array(theirs[1])).any() and \
             1 in dec_array(mine[1]).shape[2:]:
@@ -1198,6 +1201,13 @@ def _known_with_gradients(call, mine, theirs):
             continue
         if gm[0] == "t" and gt[0] == "t" and gm[2] == x.shape != gt[2]:
             return "a broadcast operand's gradient has its shape"  # (upstream's: the output's)
+        if name in ("op.pow", "F.pow") and (leaves[0] == 0).any():
+            return "the exponent's gradient at base 0 is 0, as torch's"  # (upstream: -inf)
+        if name in ("F.nn.max_pool2d", "F.nn.adaptive_max_pool2d") and _overlapping(call):
+            return "overlapping max windows give the first maximum, as torch's"
+        if name in ("F.group_norm", "F.instance_norm", "F.nn.layer_norm") and \
+                _close_values(call):
+            return "normalising nearly equal values: rounding"
         if name == "F.hswish" and (np.abs(x) == 3).any():
             return "hswish's kinks on ATen's kernel, as torch's"
         if name in ("F.nn.prelu", "F.nn.leaky_relu") and (x == 0).any():
@@ -1214,6 +1224,32 @@ def _known_with_gradients(call, mine, theirs):
             return "an infinite derivative at the domain's edge, as torch's"
         return None
     return None
+
+
+def _overlapping(call):
+    """Whether a max pooling call's windows overlap (kernel larger than stride)."""
+    name, args, kw = call[0][5:], call[1], call[2]
+    if name.endswith("adaptive_max_pool2d"):
+        h, w = dec_array(args[0]).shape[2:]
+        o = args[1][1]
+        oh, ow = (o, o) if isinstance(o, int) else o
+        return h - (oh - 1) * (h // oh) > h // oh or w - (ow - 1) * (w // ow) > w // ow
+    k, stride = args[1][1], kw.get("stride", args[1][1])
+    return k > stride
+
+
+def _close_values(call):
+    """Whether a normalisation call's groups hold nearly equal values (a standard deviation
+    under 0.05), where dividing by it multiplies the roundings."""
+    name, args = call[0][5:], call[1]
+    x = dec_array(args[0]).astype(np.float64)
+    if name == "F.group_norm":
+        groups = x.reshape(x.shape[0], args[1][1], -1)
+    elif name == "F.instance_norm":
+        groups = x.reshape(x.shape[0] * x.shape[1], -1)
+    else:
+        groups = x.reshape(-1, int(np.prod(args[1][1])))
+    return groups.shape[-1] > 1 and bool((groups.std(-1) < 0.05).any())
 
 
 def _broadcasts(shape, to):
