@@ -914,21 +914,27 @@ def _decode(mge, e):
     if kind == "L":
         return [_decode(mge, x) for x in e[1]]
     if kind == "I":
-        out = []
-        for it in e[1]:
-            tag = it[0]
-            if tag == "i":
-                out.append(it[1])
-            elif tag == "s":
-                out.append(slice(it[1], it[2], it[3]))
-            elif tag == "n":
-                out.append(None)
-            elif tag == "e":
-                out.append(Ellipsis)
-            else:
-                out.append(mge.tensor(dec_array(it[1])))
-        return tuple(out)
+        return _index_of(e[1], mge.tensor)
     raise ValueError(f"unknown encoded value {kind!r}")
+
+
+def _index_of(items, array=lambda a: a):
+    """The index an "I" payload's ``items`` encode (`_index`), its arrays passed to ``array``
+    (numpy arrays by default; the call's side makes them Tensors)."""
+    out = []
+    for it in items:
+        tag = it[0]
+        if tag == "i":
+            out.append(it[1])
+        elif tag == "s":
+            out.append(slice(it[1], it[2], it[3]))
+        elif tag == "n":
+            out.append(None)
+        elif tag == "e":
+            out.append(Ellipsis)
+        else:
+            out.append(array(dec_array(it[1])))
+    return tuple(out)
 
 
 def _encode(out):
@@ -1097,11 +1103,8 @@ def known(call, mine, theirs):
         return "an empty mask beside index arrays it does not broadcast with"
     if name == "getitem" and mine[0] and mine[1][0] == "t":
         x = dec_array(call[1][0])
-        idx = tuple(dec_array(it[1]) if it[0] in "ab" else it[1] if it[0] == "i" else
-                    slice(*it[1:]) if it[0] == "s" else None if it[0] == "n" else Ellipsis
-                    for it in call[1][1][1])
         try:
-            want = x[idx]
+            want = x[_index_of(call[1][1][1])]
         except IndexError:
             want = None
         if want is not None and _differ_value(mine[1], enc_array(want)) is None:
