@@ -45,8 +45,12 @@ def _check_prec_dtype(dtype, which):
 
 
 def cast_for_compute(*tensors):
-    """Under autocast, floating tensors cast to the low-precision dtype (for speed and memory);
-    ``None`` and integer tensors pass unchanged. Without autocast: the tensors as given.
+    """Under autocast, the tensors cast to the low-precision dtype (for speed and memory):
+    floating ones and, as upstream's autocast casts every input of the ops that compute in
+    low precision (upstream 1.13 measured: ``int32 @ float32``, ``int8 @ int8``, a convolution
+    or ``linear`` of int or bool operands and ``batch_norm`` of an int input give float16),
+    integer and bool ones; ``None`` and complex tensors pass unchanged. Without autocast: the
+    tensors as given.
 
     The cast is an op, so gradients flow back through it and arrive at float32 parameters as
     float32: the parameters stay float32 master weights.
@@ -55,8 +59,14 @@ def cast_for_compute(*tensors):
         return tensors
     dtype = _engine_dtype(_low_prec_dtype, "low_prec_dtype")
     _refuse_complex_with_real(tensors)
-    return tuple(t if t is None or t.dtype.kind != "f" or t.dtype == dtype else t.astype(dtype)
+    return tuple(t if t is None or not _casts_low(t.dtype, dtype) else t.astype(dtype)
                  for t in tensors)
+
+
+def _casts_low(dtype, low):
+    """Whether autocast casts an input of ``dtype`` to the low precision dtype ``low``: every
+    real dtype but ``low`` itself (quantized ones, which carry metadata, never)."""
+    return dtype.kind in "fiub" and dtype != low and dtype.metadata is None
 
 
 def _refuse_complex_with_real(tensors):
@@ -90,17 +100,15 @@ def _cast_inputs(op, inputs):
     """`dispatch.apply`'s hook while autocast is on, for an op whose class sets ``autocast``:
     upstream's dtype-promote rules. "high" (exp, log, sqrt, true division, pow, layer norm, ...):
     floating inputs to the high precision dtype, so float16 operands give float32 (integer ones
-    compute in float32 anyway); "low" (the ``@`` operator's matrix product): floating inputs to
-    the low precision dtype."""
+    compute in float32 anyway); "low" (the ``@`` operator's matrix product): every real input
+    to the low precision dtype, integers and bools too (`cast_for_compute`)."""
     if op.autocast == "high":
         dtype = _engine_dtype(_high_prec_dtype, "high_prec_dtype")
-    elif all(t.ndim == 1 for t in inputs):  # two vectors: upstream's dot, which it leaves alone
+        return tuple(t.astype(dtype) if t.dtype.kind == "f" and t.dtype != dtype else t
+                     for t in inputs)
+    if all(t.ndim == 1 for t in inputs):  # two vectors: upstream's dot, which it leaves alone
         return inputs
-    else:
-        dtype = _engine_dtype(_low_prec_dtype, "low_prec_dtype")
-        _refuse_complex_with_real(inputs)
-    return tuple(t.astype(dtype) if t.dtype.kind == "f" and t.dtype != dtype else t
-                 for t in inputs)
+    return cast_for_compute(*inputs)
 
 
 def autocasts(op):

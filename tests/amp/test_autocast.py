@@ -125,7 +125,6 @@ def test_outside_autocast_nothing_is_cast():
     assert F.linear(x, w).dtype == np.float32
     with amp.autocast(enabled=False):
         assert F.matmul(x, w.T).dtype == np.float32
-    with amp.autocast():  # integer operands are left alone
         assert F.matmul(mge.tensor([[1, 2]]), mge.tensor([[3], [4]])).dtype == np.int32
 
 
@@ -334,6 +333,34 @@ def test_the_matmul_operator_computes_in_float16_and_a_dot_product_is_left_alone
         assert F.matmul(mge.tensor(u), mge.tensor(v)).dtype == np.float32
     expected = a.astype("float16").astype("float32") @ b.astype("float16").astype("float32")
     np.testing.assert_allclose(y.numpy().astype("float32"), expected, rtol=2e-3, atol=2e-3)
+
+
+_INT_OPERANDS = {
+    "int32 @ float32": lambda i, f: i @ f,
+    "matmul(float32, int8)": lambda i, f: F.matmul(f.T, i.astype("int8").T),
+    "int16 @ int16": lambda i, f: i.astype("int16") @ i.astype("int16").T,
+    "bool @ float32": lambda i, f: (i > 1) @ f,
+    "linear(int32, float32, int32 bias)": lambda i, f: F.linear(i, f.T, mge.tensor([3, -1])),
+    "conv2d(uint8, float32)": lambda i, f: F.conv2d(i.astype("uint8").reshape(1, 1, 2, 3),
+                                                    f.reshape(1, 1, 2, 3)),
+    "batch_norm(int32)": lambda i, f: F.batch_norm(
+        i.reshape(1, 2, 3, 1), mge.tensor(np.zeros((1, 2, 1, 1), "float32")),
+        mge.tensor(np.full((1, 2, 1, 1), 4.0, "float32")), training=False),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_INT_OPERANDS))
+def test_integer_and_bool_operands_of_low_precision_ops_compute_in_float16(case):
+    # upstream's autocast casts every input of the ops it computes in low precision, integers
+    # and bools too (upstream 1.13 measured: float16 out for each case here, where earlier
+    # versions of this fork left them and gave float32, or int32 for int16 @ int16)
+    i = mge.tensor(np.array([[1, 2, 3], [4, 0, 2]], "int32"))
+    f = mge.tensor(np.array([[0.5, -1.5], [2.0, 1.0], [-0.25, 3.0]], "float32"))
+    want = _INT_OPERANDS[case](i, f).astype("float32").numpy()  # exact: small integers, halves
+    with amp.autocast():
+        got = _INT_OPERANDS[case](i, f)
+    assert got.dtype == np.float16
+    np.testing.assert_allclose(got.numpy().astype("float32"), want, rtol=1e-3, atol=1e-3)
 
 
 @pytest.mark.parametrize("real_dtype", ["float32", "float16"])

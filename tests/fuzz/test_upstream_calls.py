@@ -70,6 +70,59 @@ def test_a_documented_difference_is_told_apart_and_another_is_not():
     assert uc.known(call, _value(np.float32([-5.5])), _value(np.float32([-5.0]))) is None
 
 
+def _state(momentum):
+    return ("D", [("param_groups", ("L", [("D", [("lr", ("v", 0.1))])])),
+                  ("state", ("D", [(0, ("D", [("momentum_buffer", ("np", uc.enc_array(
+                      np.float32(momentum))))]))]))])
+
+
+def test_a_state_dict_is_compared_by_its_names_and_values():
+    assert uc.differ((True, _state([1, 2])), (True, _state([1, 2]))) is None
+    assert uc.differ((True, _state([1, 2])), (True, _state([1, 3]))) == \
+        "['state']: [0]: ['momentum_buffer']: values"
+    renamed = ("D", [("param_groups", _state(0)[1][0][1]), ("states", _state(0)[1][1][1])])
+    assert uc.differ((True, _state([0])), (True, renamed)).startswith("keys ['param_groups', 's")
+
+
+def _augmented(name, x, y, out, alias_out):
+    call = ("op." + name, [uc.enc_array(np.float32(x)), uc.enc_array(np.float32(y))], {})
+    return call, ("L", [uc.enc_array(np.float32(out)), uc.enc_array(np.float32(alias_out))])
+
+
+def test_augmented_assignment_names_what_a_second_name_for_x_sees():
+    # x %= y: the documented sign rule of float % still names the value's difference...
+    call, ours = _augmented("imod", [-7.5], [2.0], [0.5], [0.5])
+    _, upstreams = _augmented("imod", [-7.5], [2.0], [-1.5], [-1.5])
+    assert uc.differ((True, ours), (True, upstreams)) == "item 0: values"
+    assert uc.known(call, (True, ours), (True, upstreams)) == "float % with Python's sign rule"
+    # ... but x's other name keeping the old value on one side only is no documented difference
+    _, untouched = _augmented("imod", [-7.5], [2.0], [-1.5], [-7.5])
+    assert uc.known(call, (True, ours), (True, untouched)) is None
+    # and a plain difference of an augmented add is none either
+    call, ours = _augmented("iadd", [1.0], [2.0], [3.0], [3.0])
+    _, upstreams = _augmented("iadd", [1.0], [2.0], [4.0], [4.0])
+    assert uc.known(call, (True, ours), (True, upstreams)) is None
+
+
+def test_augmented_assignment_writes_x_in_place_as_upstream():
+    call = ("op.iadd", [uc.enc_array(np.float32([1, 2])), uc.enc_array(np.float32([3, 4]))], {})
+    ok, (kind, (value, alias)) = uc.run_call(call)
+    assert ok and kind == "L"
+    np.testing.assert_array_equal(uc.dec_array(value), [4, 6])
+    np.testing.assert_array_equal(uc.dec_array(alias), [4, 6])  # (upstream: measured)
+
+
+def test_the_record_holds_each_kind_of_call_upstream_answered():
+    _, calls, theirs = uc.load_record(RECORD)
+    kinds = {"optimizers": (lambda n: n.startswith("Opt."), 5),
+             "transforms": (lambda n: n == "Tr", 5), "loaders": (lambda n: n == "DL", 5),
+             "autocast": (lambda n: n.startswith("amp:"), 5),
+             "augmented": (lambda n: n in uc.AUGMENTED_NAMES, 2)}  # (a rarer draw)
+    for kind, (of_kind, least) in kinds.items():
+        answered = [t for c, t in zip(calls, theirs) if of_kind(c[0]) and t[0]]
+        assert len(answered) >= least, (kind, len(answered))
+
+
 def test_calls_cross_to_another_process_and_back():
     # the protocol upstream's side runs, here with a second process of this checkout: every
     # result comes back and equals this process's
