@@ -263,6 +263,13 @@ class HistogramObserver(MinMaxObserver):
             new_min, new_max = min(new_min, old_min), max(new_max, old_max)
             if new_min == old_min and new_max == old_max:
                 new_hist = np.histogram(x, self.bins, (new_min, new_max))[0] + hist
+            elif old_min == old_max:
+                # every value so far was one number (a ReLU that gave zeros): its count lands
+                # in the bin of the new range that holds it (upstream 1.13 divides by the old
+                # range's width, 0, and raises)
+                new_hist = np.histogram(x, self.bins, (new_min, new_max))[0].astype(np.float64)
+                at = int((old_min - new_min) / (new_max - new_min) * self.bins)
+                new_hist[min(at, self.bins - 1)] += hist.sum()
             else:
                 new_min, new_max, downsample_rate, start_idx = self._adjust_min_max(new_min,
                                                                                     new_max)

@@ -117,6 +117,7 @@ def test_the_record_holds_each_kind_of_call_upstream_answered():
     kinds = {"optimizers": (lambda n: n.startswith("Opt."), 5),
              "transforms": (lambda n: n == "Tr", 5), "loaders": (lambda n: n == "DL", 5),
              "autocast": (lambda n: n.startswith("amp:"), 5),
+             "quantized networks": (lambda n: n.startswith("Q."), 5),
              "augmented": (lambda n: n in uc.AUGMENTED_NAMES, 2)}  # (a rarer draw)
     for kind, (of_kind, least) in kinds.items():
         answered = [t for c, t in zip(calls, theirs) if of_kind(c[0]) and t[0]]

@@ -5,19 +5,22 @@ Each seed draws one call: an element-wise function, an operator with Tensor or P
 operands (or its augmented assignment, ``x += y``, with what a second name for ``x`` sees), a
 reduction, a shape or indexing operation (``x[idx]``, ``x[idx] = v``), a creation function, a
 layer function or a loss, a Tensor method or property, ``mge.tensor`` of Python values, a layer
-of ``megengine.module`` built with drawn arguments and loaded with drawn weights, an optimizer
-stepped a few times on drawn gradients (with gradient clipping, ``MultiStepLR`` and a
-``state_dict`` round trip now and then: the parameters after each step and the final state
-dict), or a ``megengine.data.transform`` (or a ``Compose`` of some) applied to a drawn image
-with a mask, boxes or keypoints, NumPy's global generator seeded alike on both sides for the
-random ones; in one seed of seven a call of the differentiable kinds runs under a GradManager
-attached to its float32 inputs, and each input's gradient of a weighted sum of the outputs
-joins the result (compared to 10x the tolerance), over the dtypes upstream programs use
-(float32 mostly, float16, int8/16/32, uint8, bool), shapes 0-d to 4-d (empty ones now and then)
-and values that include zeros, NaN and infinities. The call runs here and under ``PYTHON``, an
-interpreter with upstream installed (docs/measurements.rst), and the results must agree: the
-same dtype, shape and values (NaN where NaN; float32 to 1e-5 and float16 to 1e-2 of the larger
-of 1 and the result's largest magnitude), or an error on both sides. Upstream is the oracle:
+of ``megengine.module`` built with drawn arguments and loaded with drawn weights, a small
+network through ``quantize_qat`` (a preset QConfig), training and eval passes and ``quantize``,
+an optimizer stepped a few times on drawn gradients (with gradient clipping, ``MultiStepLR``
+and a ``state_dict`` round trip now and then: the parameters after each step and the final
+state dict), a ``megengine.data.transform`` (or a ``Compose`` of some) applied to a drawn
+image with a mask, boxes or keypoints (NumPy's global generator seeded alike on both sides for
+the random ones), a seeded sampler's ``DataLoader`` batches, or a call under
+``amp.autocast()``; in one seed of seven a call of the differentiable kinds runs under a
+GradManager attached to its float32 inputs, and each input's gradient of a weighted sum of
+the outputs joins the result (compared to 10x the tolerance), over the dtypes upstream
+programs use (float32 mostly, float16, int8/16/32, uint8, bool), shapes 0-d to 4-d (empty ones
+now and then) and values that include zeros, NaN and infinities. The call runs here and
+under ``PYTHON``, an interpreter with upstream installed (docs/measurements.rst), and the
+results must agree: the same dtype, shape and values (NaN where NaN; float32 to 1e-5 and
+float16 to 1e-2 of the larger of 1 and the result's largest magnitude), or an error on both
+sides. Upstream is the oracle:
 what a MegEngine program computes with these calls. A call that only upstream refuses is
 counted, not failed (no upstream program makes it); a difference that docs/compatibility.rst
 documents is named by `known` and counted; what upstream computes in ways this fork does not
@@ -709,6 +712,167 @@ def _more_nn(d):
                                                                                   0.7]))], kw)
 
 
+def _more_nn2(d):
+    """The rarer layer functions: 3-d convolutions, CTC loss, deformable and local
+    convolutions, ``scatter``, ``sliding_window_transpose``, ``svd``'s singular values and
+    ``general_norm``."""
+    kind = d.pick(["conv3d", "conv_transpose3d", "ctc_loss", "deformable_conv2d",
+                   "local_conv2d", "scatter", "sliding_window_transpose", "svd",
+                   "general_norm"])
+    n, c, o, k = d.int(1, 2), d.int(1, 2), d.int(1, 2), d.int(1, 2)
+    if kind == "conv3d":
+        g = d.pick([1, 1, 2])
+        x = d.tensor((n, c * g) + (d.int(k, 4),) * 3, "float32", special=False)
+        # (a grouped weight has the groups first, (groups, out, in, k, k, k), as upstream's)
+        wshape = (o * g, c) if g == 1 else (g, o, c)
+        args = [x, d.tensor(wshape + (k, k, k), "float32", special=False)]
+        if d.r() < 0.5:
+            args.append(d.tensor((1, o * g, 1, 1, 1), "float32", special=False))
+        return ("F.conv3d", args, {"stride": d.int(1, 2), "padding": d.int(0, k - 1),
+                                   "groups": g})
+    if kind == "conv_transpose3d":
+        stride = d.int(1, 2)
+        x = d.tensor((n, c) + (d.int(1, 3),) * 3, "float32", special=False)
+        args = [x, d.tensor((c, o, k, k, k), "float32", special=False)]
+        if d.r() < 0.5:
+            args.append(d.tensor((1, o, 1, 1, 1), "float32", special=False))
+        return ("F.conv_transpose3d", args, {"stride": stride, "padding": d.int(0, k - 1)})
+    if kind == "ctc_loss":
+        t, classes, s = d.int(2, 6), d.int(2, 4), d.int(1, 3)
+        logits = d.rng.normal(size=(t, n, classes))
+        probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)  # (upstream: probabilities)
+        lengths = [d.int(1, t) for _ in range(n)]
+        label_lengths = [d.int(1, min(s, length)) for length in lengths]
+        labels = d.rng.integers(1, classes, size=(n, s))  # (0 is the blank)
+        return ("F.nn.ctc_loss", [enc_array(probs.astype("float32")),
+                                  enc_array(np.array(lengths, "int32")),
+                                  enc_array(labels.astype("int32")),
+                                  enc_array(np.array(label_lengths, "int32"))],
+                {"reduction": d.pick(["mean", "sum", "none"])})
+    if kind == "deformable_conv2d":
+        h, w = d.int(k, 4), d.int(k, 4)
+        oh, ow = h - k + 1, w - k + 1
+        args = [d.tensor((n, c, h, w), "float32", special=False),
+                d.tensor((o, c, k, k), "float32", special=False),
+                d.tensor((n, 2 * k * k, oh, ow), "float32", special=False, lo=-1.5, hi=1.5),
+                d.tensor((n, k * k, oh, ow), "float32", special=False, lo=0.0, hi=1.0)]
+        if d.r() < 0.5:
+            args.append(d.tensor((1, o, 1, 1), "float32", special=False))
+        return ("F.deformable_conv2d", args, {})
+    if kind == "local_conv2d":
+        h, w, stride, g = d.int(k, 4), d.int(k, 4), d.int(1, 2), d.pick([1, 1, 2])
+        oh, ow = (h - k) // stride + 1, (w - k) // stride + 1
+        # (upstream's weight: (groups, out_h, out_w, in / groups, k, k, out / groups))
+        return ("F.local_conv2d",
+                [d.tensor((n, c * g, h, w), "float32", special=False),
+                 d.tensor((g, oh, ow, c, k, k, o), "float32", special=False)],
+                {"stride": stride})
+    if kind == "scatter":
+        shape = d.shape(1, 3, empty=False)
+        axis = d.int(0, len(shape) - 1)
+        m = d.int(1, shape[axis])
+        # distinct positions along the axis (a repeated one: which write lands is the kernel's)
+        index = np.argsort(d.rng.random(shape), axis=axis).take(range(m), axis=axis)
+        source = d.tensor(index.shape, "float32")
+        return ("F.scatter", [d.tensor(shape, "float32"), ("v", axis),
+                              enc_array(index.astype("int32")), source], {})
+    if kind == "sliding_window_transpose":
+        h, w, stride, pad = d.int(k, 5), d.int(k, 5), d.int(1, 2), d.int(0, 1)
+        oh, ow = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+        return ("F.sliding_window_transpose",
+                [d.tensor((n, c, oh, ow, k, k), "float32", special=False), ("v", (h, w)),
+                 ("v", k)], {"padding": pad, "stride": stride})
+    if kind == "svd":
+        shape = d.pick([(), (d.int(1, 2),)]) + (d.int(1, 4), d.int(1, 4))
+        # (upstream 1.13's compute_uv=False fails to unpack its own result: measured)
+        return ("F.svd", [d.tensor(shape, "float32", special=False, ties=False)], {})
+    shape = (n, c + 1, d.int(1, 3))
+    axes = d.pick([(-1,), (1, 2), (1,), (0, 2)])
+    args = [d.tensor(shape, "float32", special=False, ties=False), ("v", axes)]
+    if d.r() < 0.6:  # affine, its weight and bias shaped as the normalised axes
+        norm_shape = tuple(shape[a] for a in axes)
+        args += [("v", True), d.tensor(norm_shape, "float32", special=False),
+                 d.tensor(norm_shape, "float32", special=False)]
+    else:
+        args.append(("v", False))
+    return ("F.nn.general_norm", args, {})
+
+
+QCONFIGS = ("min_max_fakequant_qconfig", "ema_fakequant_qconfig",
+            "ema_lowbit_fakequant_qconfig", "calibration_qconfig", "tqt_qconfig")
+QLAYERS = ("Conv2d", "ConvBn2d", "ConvBnRelu2d", "ConvRelu2d", "Linear", "LinearBn1d",
+           "LinearBnRelu1d", "LinearRelu")
+
+
+def _quantized(d):
+    """A small network (``QuantStub``, one or two quantizable layers, ``DequantStub``) built with
+    drawn weights, converted by ``quantize_qat`` with a drawn preset ``QConfig``, run in
+    training mode on 1-3 batches (the observers and TQT scales start from them), then in eval
+    mode, then converted by ``quantize`` and run on a batch: the result is every output, each
+    a dequantized float32 tensor."""
+    import megengine.module as M  # (drawing runs on this side only)
+
+    qconfig = d.pick(QCONFIGS)
+    first = d.pick(QLAYERS)
+    conv = first.startswith("Conv")
+    c, o = d.int(1, 3), d.int(1, 3)
+    layers = []
+    if conv:
+        k = d.int(1, 3)
+        layers.append((first, (c, o, k), {"padding": d.int(0, k - 1), "stride": d.int(1, 2)}))
+        if d.r() < 0.4:
+            layers.append((d.pick(["Conv2d", "ConvRelu2d"]), (o, d.int(1, 2), 1), {}))
+        shape = (d.int(1, 2) + (1 if "Bn" in first else 0), c, d.int(k, 4), d.int(k, 4))
+    else:
+        layers.append((first, (c, o), {}))
+        if d.r() < 0.4:
+            layers.append((d.pick(["Linear", "LinearRelu"]), (o, d.int(1, 2)), {}))
+        shape = (d.int(2, 3), c)
+    net = _quantizable(M, layers)
+    state = {}
+    for key, value in net.state_dict().items():
+        value = np.asarray(value)
+        lo = 0.5 if "var" in key or "bn.weight" in key else -1.0
+        drawn = d.values(value.shape, value.dtype.name, lo=lo, hi=1.5, special=False)
+        if "bn.weight" in key:  # (a BatchNorm scale of 0 folds to 0 / 0: NaN on both sides)
+            drawn = drawn * d.rng.choice([-1, 1], size=drawn.shape).astype(drawn.dtype)
+        state[key] = enc_array(drawn)
+    batches = [d.tensor(shape, "float32", special=False) for _ in range(d.int(2, 4))]
+    return ("Q." + qconfig, [("v", layers), ("S", state)] + batches, {})
+
+
+def _quantizable(M, layers):
+    class Net(M.Module):
+        def __init__(self):
+            super().__init__()
+            self.quant = M.QuantStub()
+            self.body = M.Sequential(*[getattr(M, name)(*args, **kw) for name, args, kw in layers])
+            self.dequant = M.DequantStub()
+
+        def forward(self, x):
+            return self.dequant(self.body(self.quant(x)))
+    return Net()
+
+
+def _run_quantized(qconfig):
+    def run(layers, state, *batches):
+        import megengine.module as M
+        import megengine.quantization as Q
+
+        net = _quantizable(M, layers)
+        net.load_state_dict(state, strict=True)
+        qat = Q.quantize_qat(net, qconfig=getattr(Q, qconfig))
+        qat.train()
+        outs = [qat(x) for x in batches[:-1]]
+        qat.eval()
+        outs.append(qat(batches[-1]))
+        quantized = Q.quantize(qat, inplace=False)
+        quantized.eval()  # (upstream's quantized modules refuse to run in training mode)
+        outs.append(quantized(batches[-1]))
+        return outs
+    return run
+
+
 def _module(d):
     """A layer (``megengine.module``) built with drawn arguments, every parameter and buffer
     loaded from drawn values (``load_state_dict``, strict: the names must be upstream's), called
@@ -1130,7 +1294,7 @@ def _gradient(d):
     sum of the float32 outputs (None where there is none)."""
     for _ in range(20):
         name, args, kwargs = d.pick([_unary, _binary, _operator, _reduction, _shape_op, _nn,
-                                     _more_nn, _vision, _indexing])(d)
+                                     _more_nn, _more_nn2, _vision, _indexing])(d)
         if name != "setitem" and any(a[0] == "t" and a[1] == "float32" for a in args):
             return ("grad:" + name, args, kwargs)
     return ("grad:F.exp", [d.tensor(None, "float32")], {})
@@ -1179,7 +1343,8 @@ def _with_gradients(mge, fn):
 KINDS = ((_unary, 3), (_binary, 3), (_operator, 3), (_reduction, 3), (_shape_op, 5),
          (_creation, 1), (_nn, 4), (_indexing, 3), (_methods, 3), (_construct, 1),
          (_more_nn, 2), (_module, 3), (_vision, 2), (_gradient, 6),
-         (_optimizer, 2), (_transform, 2), (_data, 1), (_autocast, 2))
+         (_optimizer, 2), (_transform, 2), (_data, 1), (_autocast, 2),
+         (_more_nn2, 2), (_quantized, 2))
 
 
 def draw(seed):
@@ -1276,6 +1441,8 @@ def _function(mge, F, name):
         return _run_module(attr)
     if space == "Opt":
         return _run_optimizer(attr)
+    if space == "Q":
+        return _run_quantized(attr)
     if name == "Tr":
         return _run_transform
     if name == "DL":
@@ -1396,6 +1563,10 @@ def known(call, mine, theirs):
         ours, t = dec_array(mine[1]), dec_array(theirs[1])
         if _close((ours.astype(np.float32) - bias + bias[:, :1]).astype(ours.dtype), t):
             return "conv_transpose2d's bias under autocast"
+    if name.startswith("Q.") and mine[0] and theirs[0] and _one_step_apart(mine[1], theirs[1]):
+        # (float32 rounding before a quantization, in another order, decides a value that
+        # lies at a rounding boundary: 1.5 exact here, 1.4999 upstream)
+        return "a quantized value at a rounding boundary: one step apart"
     if name.startswith("amp:"):  # (under autocast: the call's own documented differences)
         return known((name[4:],) + tuple(call[1:]), mine, theirs)
     if name in AUGMENTED_NAMES and mine[0] and theirs[0]:  # x OP= y: [value, x's other name]
@@ -1448,6 +1619,13 @@ def known(call, mine, theirs):
             if ((x == kth).sum(1) > 1).any():  # a tie at the k-th place: which gets in differs
                 return "order among ties"
         return None
+    if name == "F.svd" and mine[0] and theirs[0] and mine[1][0] == theirs[1][0] == "L":
+        (u_m, s_m, v_m), (u_t, s_t, v_t) = mine[1][1], theirs[1][1]
+        if _differ_value(s_m, s_t) is None and all(
+                a[2] == b[2] and _close(np.abs(dec_array(a)), np.abs(dec_array(b)))
+                for a, b in ((u_m, u_t), (v_m, v_t))):
+            return "singular vectors' signs"  # (each is one up to its sign)
+        return None
     if name in ("F.sort", "F.topk") and mine[0] and theirs[0] and mine[1][0] == "L":
         # (values, indices): the values agree (else no "known"), the indices may differ
         if _differ_value(mine[1][1][0], theirs[1][1][0]) is None:
@@ -1461,6 +1639,25 @@ def known(call, mine, theirs):
         a, b = dec_array(mine[1]), dec_array(theirs[1]).astype(np.float16)
         if _close(a, b):
             return "float16 kept"
+    if name == "F.nn.general_norm" and s1 == s2:
+        x, axes = dec_array(call[1][0]).astype(np.float64), call[1][1][1]
+        mean = x.mean(axis=axes, keepdims=True)
+        want = (x - mean) / np.sqrt(((x - mean) ** 2).mean(axis=axes, keepdims=True) + 1e-5)
+        if len(call[1]) > 3:  # affine: weight and bias shaped as the normalised axes
+            keep = [slice(None) if a % x.ndim in [b % x.ndim for b in axes] else None
+                    for a in range(x.ndim)]
+            want = want * dec_array(call[1][3])[tuple(keep)] + dec_array(call[1][4])[tuple(keep)]
+        if _close(dec_array(mine[1]), want.astype(np.float32)):
+            # (upstream's differs by more than float32 rounding where the values are close
+            # compared to their size: its variance loses digits)
+            return "normalising values close to each other: upstream's rounding"
+    if name == "F.scatter" and s1 == s2:
+        x, axis, idx, src = (dec_array(call[1][0]), call[1][1][1], dec_array(call[1][2]),
+                             dec_array(call[1][3]))
+        want = x.copy()
+        np.put_along_axis(want, idx.astype(np.intp), src, axis)
+        if np.array_equal(dec_array(mine[1]), want, equal_nan=True):
+            return "scatter by its formula"  # (upstream 1.13's misplaces some writes)
     if name in ("F.mod", "op.mod") and d1 == d2 and d1 in FLOATS and s1 == s2:
         return "float % with Python's sign rule"
     if name in ZERO_D_KEPT and s1 == () and s2 == (1,) and d1 == d2:
@@ -1513,6 +1710,29 @@ def known(call, mine, theirs):
         if np.isposinf(x).any() and np.isnan(dec_array(theirs[1])).any():
             return "logsumexp of a row holding +inf is inf"  # (upstream's: inf - inf, NaN)
     return None
+
+
+def _one_step_apart(mine, theirs):
+    """Whether two lists of dequantized outputs differ only where a value moved by one step
+    of its output's grid (the smallest gap between the values there), some values of each
+    differing output still agreeing (a wrong scale or zero point moves them all)."""
+    if mine[0] != "L" or theirs[0] != "L" or len(mine[1]) != len(theirs[1]):
+        return False
+    for x, y in zip(mine[1], theirs[1]):
+        if x[0] != "t" or y[0] != "t" or x[2] != y[2]:
+            return False
+        a, b = dec_array(x).astype(np.float64), dec_array(y).astype(np.float64)
+        apart = ~np.isclose(a, b, rtol=1e-5, atol=1e-5, equal_nan=True)
+        if not apart.any():
+            continue
+        if apart.all() or not (np.isfinite(a) & np.isfinite(b))[apart].all():
+            return False
+        values = np.unique(np.concatenate([a[np.isfinite(a)], b[np.isfinite(b)]]))
+        gaps = np.diff(values)
+        gaps = gaps[gaps > 1e-5 * max(1.0, np.abs(values).max())]
+        if not gaps.size or not np.allclose(np.abs(a - b)[apart], gaps.min(), rtol=1e-3):
+            return False
+    return True
 
 
 def _known_with_gradients(call, mine, theirs):

@@ -176,6 +176,22 @@ def test_histogram_observer_rebins_its_history_when_the_range_grows():
     assert np.abs(got - expected).sum() < 0.05 * 8000
 
 
+@pytest.mark.parametrize("first", [np.zeros(50, "float32"), np.full(50, 2.0, "float32")])
+def test_histogram_observer_after_batches_of_one_value_keeps_their_count(first):
+    # a first batch of one value (a ReLU that gave zeros) has a histogram of no width; the next
+    # batch's range holds it, and its count lands in that value's bin (upstream 1.13 divided by
+    # the old width, 0, and raised; earlier versions of this fork raised ZeroDivisionError)
+    second = np.random.RandomState(2).uniform(-1.0, 3.0, 400).astype("float32")
+    h = ob.HistogramObserver(bins=64)
+    h(mge.tensor(first))
+    h(mge.tensor(second))
+    lo, hi = float(h.min_val.numpy()), float(h.max_val.numpy())
+    assert (lo, hi) == (min(second.min(), first[0]), max(second.max(), first[0]))
+    expected = np.histogram(np.concatenate([first, second]), 64, (lo, hi))[0]
+    np.testing.assert_array_equal(h.histogram.numpy(), expected)
+    assert float(h.get_qparams().scale.numpy()) > 0
+
+
 def test_histogram_quantization_error_matches_numeric_integration():
     h = ob.HistogramObserver(bins=8, dtype="qint2")  # 4 destination levels
     hist = np.array([0, 1, 3, 2, 0, 5, 1, 0], np.float64)
