@@ -11,8 +11,10 @@ an optimizer stepped a few times on drawn gradients (with gradient clipping, ``M
 and a ``state_dict`` round trip now and then: the parameters after each step and the final
 state dict), a ``megengine.data.transform`` (or a ``Compose`` of some) applied to a drawn
 image with a mask, boxes or keypoints (NumPy's global generator seeded alike on both sides for
-the random ones), a seeded sampler's ``DataLoader`` batches, or a call under
-``amp.autocast()``; in one seed of seven a call of the differentiable kinds runs under a
+the random ones), a seeded sampler's ``DataLoader`` batches, a call under
+``amp.autocast()``, or a few training steps of a small network (a loss, a GradManager, an
+optimizer: each step's loss and the final state, compared to 10x the tolerance); in one seed
+of seven a call of the differentiable kinds runs under a
 GradManager attached to its float32 inputs, and each input's gradient of a weighted sum of
 the outputs joins the result (compared to 10x the tolerance), over the dtypes upstream
 programs use (float32 mostly, float16, int8/16/32, uint8, bool), shapes 0-d to 4-d (empty ones
@@ -873,6 +875,113 @@ def _run_quantized(qconfig):
     return run
 
 
+def _training(d):
+    """A few training steps of a small network (convolution or linear layers, batch norm,
+    activations, dropout of 0, pooling) with drawn weights: a loss (cross entropy, square,
+    binary cross entropy), a GradManager and an optimizer; the result is each step's loss and
+    every parameter and buffer after the last step."""
+    import megengine.module as M  # (drawing runs on this side only)
+
+    conv = d.r() < 0.5
+    c, n = d.int(1, 3), d.int(2, 4)
+    layers = []
+    if conv:
+        # (a bias right before a batch norm has a gradient of rounding noise, which Adam and
+        # Adagrad scale to a full step: no bias there, as networks are built)
+        width, bn = d.int(1, 3), d.r() < 0.5
+        layers.append(("Conv2d", (c, width, d.pick([1, 3])), {"padding": "same_1",
+                                                               "bias": not bn}))
+        if bn:
+            layers.append(("BatchNorm2d", (width,), {"momentum": d.pick([0.9, 0.5])}))
+        layers.append((d.pick(["ReLU", "Sigmoid", "LeakyReLU", "GELU"]), (), {}))
+        layers.append((d.pick(["AvgPool2d", "MaxPool2d"]), (2,), {}))
+        layers.append(("Flatten", (), {}))
+        feat, shape = width * 2 * 2, (n, c, 4, 4)
+    else:
+        width, bn = d.int(2, 4), d.r() < 0.5
+        layers.append(("Linear", (c, width), {"bias": not bn and d.r() < 0.8}))
+        if bn:
+            layers.append(("BatchNorm1d", (width,), {}))
+        layers.append((d.pick(["ReLU", "SiLU", "Sigmoid", "PReLU"]), (), {}))
+        feat, shape = width, (n, c)
+    if d.r() < 0.3:
+        layers.append(("Dropout", (0.0,), {}))
+    classes = d.int(2, 3)
+    layers.append(("Linear", (feat, classes), {}))
+    loss = d.pick(["cross_entropy", "square_loss", "binary_cross_entropy"])
+    optimizer = d.pick([("SGD", {"lr": 0.1, "momentum": d.pick([0.0, 0.9])}),
+                        ("Adam", {"lr": 0.01}), ("AdamW", {"lr": 0.01}),
+                        ("Adagrad", {"lr": 0.1})])
+    if bn:  # (batch norm makes the weights before it scale-free: their gradients are nearly 0
+        # along each row, rounding noise that Adam and Adagrad scale up to a step; SGD does not)
+        optimizer = ("SGD", {"lr": 0.1, "momentum": d.pick([0.0, 0.9])})
+    net = _network(M, layers)
+    state = {}
+    for key, value in net.state_dict().items():
+        value = np.asarray(value)
+        lo = 0.5 if "var" in key else -1.0
+        state[key] = enc_array(d.values(value.shape, value.dtype.name, lo=lo, hi=1.5,
+                                        special=False, ties=False))
+    steps = []
+    for _ in range(d.int(1, 3)):
+        x = d.tensor(shape, "float32", special=False, ties=False)
+        if loss == "cross_entropy":
+            y = enc_array(d.rng.integers(0, classes, size=n).astype("int32"))
+        else:
+            y = d.tensor((n, classes), "float32", lo=0.0, hi=1.0, special=False)
+        steps.append(("L", [x, y]))
+    return ("Train." + loss, [("v", (layers, optimizer)), ("S", state), ("L", steps)], {})
+
+
+def _network(M, layers):
+    built = []
+    for name, args, kw in layers:
+        if name == "Flatten":
+            built.append(_Flatten(M))
+            continue
+        if kw.get("padding") == "same_1":
+            kw = dict(kw, padding=args[2] // 2)
+        built.append(getattr(M, name)(*args, **kw))
+    return M.Sequential(*built)
+
+
+def _Flatten(M):
+    class Flatten(M.Module):
+        def forward(self, x):
+            return x.reshape(x.shape[0], -1)
+    return Flatten()
+
+
+def _run_training(loss_name):
+    def run(spec, state, steps):
+        import megengine.functional as F
+        import megengine.module as M
+        import megengine.optimizer as optim
+        from megengine.autodiff import GradManager
+
+        layers, (opt_name, opt_kw) = spec
+        net = _network(M, layers)
+        net.load_state_dict(state, strict=True)
+        net.train()
+        gm = GradManager().attach(net.parameters())
+        opt = getattr(optim, opt_name)(net.parameters(), **opt_kw)
+        losses = []
+        for x, y in steps:
+            with gm:
+                out = net(x)
+                if loss_name == "cross_entropy":
+                    loss = F.nn.cross_entropy(out, y)
+                elif loss_name == "square_loss":
+                    loss = F.nn.square_loss(out, y)
+                else:
+                    loss = F.nn.binary_cross_entropy(out, y)
+                gm.backward(loss)
+            opt.step().clear_grad()
+            losses.append(loss)
+        return [losses, [v for _, v in sorted(net.state_dict().items())]]
+    return run
+
+
 def _module(d):
     """A layer (``megengine.module``) built with drawn arguments, every parameter and buffer
     loaded from drawn values (``load_state_dict``, strict: the names must be upstream's), called
@@ -1344,7 +1453,7 @@ KINDS = ((_unary, 3), (_binary, 3), (_operator, 3), (_reduction, 3), (_shape_op,
          (_creation, 1), (_nn, 4), (_indexing, 3), (_methods, 3), (_construct, 1),
          (_more_nn, 2), (_module, 3), (_vision, 2), (_gradient, 6),
          (_optimizer, 2), (_transform, 2), (_data, 1), (_autocast, 2),
-         (_more_nn2, 2), (_quantized, 2))
+         (_more_nn2, 2), (_quantized, 2), (_training, 2))
 
 
 def draw(seed):
@@ -1443,6 +1552,8 @@ def _function(mge, F, name):
         return _run_optimizer(attr)
     if space == "Q":
         return _run_quantized(attr)
+    if space == "Train":
+        return _run_training(attr)
     if name == "Tr":
         return _run_transform
     if name == "DL":
@@ -1767,8 +1878,8 @@ def _known_with_gradients(call, mine, theirs):
             return "batch_norm's weight gradient in inference mode"
         if name in ("F.nn.max_pool2d", "F.nn.adaptive_max_pool2d") and _overlapping(call):
             return "overlapping max windows give the first maximum, as torch's"
-        if name in ("F.group_norm", "F.instance_norm", "F.nn.layer_norm") and \
-                _close_values(call):
+        if name in ("F.group_norm", "F.instance_norm", "F.nn.layer_norm",
+                    "F.nn.general_norm") and _close_values(call):
             return "normalising nearly equal values: rounding"
         if name == "F.hswish" and (np.abs(x) == 3).any():
             return "hswish's kinks on ATen's kernel, as torch's"
@@ -1817,6 +1928,10 @@ def _close_values(call):
         groups = x.reshape(x.shape[0], args[1][1], -1)
     elif name == "F.instance_norm":
         groups = x.reshape(x.shape[0] * x.shape[1], -1)
+    elif name == "F.nn.general_norm":  # (the normalised axes last, each group a row)
+        axes = [a % x.ndim for a in call[1][1][1]]
+        rest = [a for a in range(x.ndim) if a not in axes]
+        groups = x.transpose(rest + axes).reshape(-1, int(np.prod([x.shape[a] for a in axes])))
     else:
         groups = x.reshape(-1, int(np.prod(args[1][1])))
     return groups.shape[-1] > 1 and bool((groups.std(-1) < 0.05).any())
@@ -1826,12 +1941,15 @@ def _broadcasts(shape, to):
     return len(shape) <= len(to) and all(m in (1, n) for m, n in zip(shape[::-1], to[::-1]))
 
 
-def differ(mine, theirs, gradients=False):
-    """None when two encoded results agree, else what differs."""
+def differ(mine, theirs, gradients=False, loose=False):
+    """None when two encoded results agree, else what differs; ``loose``: to 10x the
+    tolerance (a few training steps, whose updates add up the roundings of every op)."""
     if mine[0] != theirs[0]:
         return "a value here, an error there" if mine[0] else "an error here, a value there"
     if not mine[0]:
         return None  # both raised (the messages and types are each engine's own)
+    if loose:
+        return _differ_value(mine[1], theirs[1], loose=True)
     if gradients:  # [outputs, [gradients]]: the gradients to 10x the tolerance (they add up
         # more roundings, and a normalisation of close values multiplies them)
         (out_m, grads_m), (out_t, grads_t) = mine[1][1], theirs[1][1]
@@ -1921,7 +2039,8 @@ def compare_all(seeds, calls, theirs, show=print):
         if not t[0] and t[1] == "missing":
             outcomes["not in upstream"] += 1
             continue
-        why = differ(m, t, gradients=call[0].startswith("grad:") and m[0] and t[0])
+        why = differ(m, t, gradients=call[0].startswith("grad:") and m[0] and t[0],
+                     loose=call[0].startswith("Train."))
         if why is None:
             outcomes["same value" if m[0] else "both raise"] += 1
             continue
