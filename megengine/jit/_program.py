@@ -507,7 +507,7 @@ class _Slot:
     """Where one value of the program comes from (see the module docstring)."""
 
     __slots__ = ("kind", "what", "tensor", "owner", "owner_slot", "const", "device", "step",
-                 "fresh")
+                 "fresh", "fed")
 
     def __init__(self, kind, what=None):
         self.kind = kind  # "arg", "op", "alias", "event", "ext", "grad" or "const" ("written":
@@ -517,6 +517,10 @@ class _Slot:
         self.owner = None  # "grad": the tensor whose .grad this is
         self.owner_slot = None  # "grad" of an argument: the argument's slot (each call's own)
         self.const = None  # "const": the captured array
+        # "const" of a tensor the function made with the Tensor constructor (``mge.tensor(a)``)
+        # outside capture_as_const: upstream's trace takes its value afresh on every call, so a
+        # checked call computes with the value it has then (the recorded one: replays, dumps)
+        self.fed = False
         self.device = None
         self.step = None  # index of the step that makes it ("op", "alias", "event")
         # "ext" of a tensor the function made and then wrote into: the value it had before the
@@ -627,6 +631,10 @@ class _Program:
         self.first_reads = ()  # guards read before the first step
         self.out_refs = ()  # the slots of the output tensors, in `_tensors_in` order
         self.optimized = None  # the program with `arith_opt`'s rewrites: replays and dump run it
+        # traced without capture_as_const: host data the function hands to a write (``w._reset(
+        # np_array)``, ``w[...] = a``) is this call's, as upstream's trace takes it; checked calls
+        # then accept another value of the recorded shape and dtype there
+        self.feeds_host = False
         # symbolic shapes (see `shape_guards`): whether sizes were recorded as expressions
         # (a dumpable trace with symbolic_shape), the guards (tree, value, kind, source line)
         # of the sizes used otherwise, and whether runs check them (a loaded program)

@@ -126,7 +126,8 @@ class _Builder:
         """The value of slot ``s`` when it is a one-element constant, else None."""
         info = self.prog.slots[s]
         c = info.const
-        if info.kind != "const" or c is None or c.size != 1 or c.dtype.metadata is not None:
+        if info.kind != "const" or c is None or c.size != 1 or c.dtype.metadata is not None \
+                or info.fed:  # (a value of each call: see `_program._Slot`)
             return None
         return _host(c).reshape(()).item()
 

@@ -851,6 +851,7 @@ class _Recorder(_Hook):
     def finish_recording(self, outputs):
         prog = self.prog
         prog.dyn_slots = frozenset(self.dyn)
+        prog.feeds_host = not self.const_mode
         prog.out = self._encode(outputs)
         self._resolve_grads()
         if self.const_mode and self.replays:
@@ -869,7 +870,8 @@ class _Recorder(_Hook):
             # in place, which a tensor from before the call that the call then let go of is
             # not expected to be; made in the call, its first array is kept: `source`)
             weak.append((s, weakref.ref(info.tensor),
-                         info.tensor._data if info.const is None else info.const))
+                         info.tensor._data if info.const is None else info.const,
+                         self._made_here(info.tensor)))
             info.tensor, info.const = None, None
         names = self.names
         for s in list(self.slot_tensor):
@@ -888,11 +890,14 @@ class _Recorder(_Hook):
         self.grads_seen.clear()
         self.detached_from.clear()
         self.made_here.clear()
-        for s, ref, value in weak:
+        for s, ref, value, made in weak:
             info = prog.slots[s]
             t = ref()
             if t is None or s in self.made_read:  # (made from Python data: the value it had,
                 info.kind, info.const = "const", value  # on every call)
+                # made by the Tensor constructor and read by ops only: a value of each call, as
+                # upstream's trace feeds ``mge.tensor(a)`` (not a Python number an op takes)
+                info.fed = made and not self.const_mode and s not in self.made_read
             else:
                 info.tensor = t
         self._sort_reads()

@@ -18,7 +18,10 @@ slots of the outputs. A value's source ("slot") is one of
 - the ``.grad`` of a tensor (read live: gradients are new tensors on every backward);
 - a constant: a tensor made inside the function from Python data (``x * 2``,
   ``mge.tensor(np_array)``), told apart from externals because nothing outside the function
-  holds it once the call returns. Its value is captured;
+  holds it once the call returns. Its value is captured; one the Tensor constructor made
+  (``mge.tensor(a)``) outside ``capture_as_const`` is *fed*: checked calls compute with the
+  value it has in that call, as upstream's trace takes host data afresh (replays and dumps use
+  the captured one), and so are host arrays written into tensors (``w.set_value(a)``);
 - an output of an event (below).
 
 Besides ops, the record holds *events*: calls that change state without being ops. The engine

@@ -119,6 +119,7 @@ def test_the_record_holds_each_kind_of_call_upstream_answered():
              "autocast": (lambda n: n.startswith("amp:"), 5),
              "quantized networks": (lambda n: n.startswith("Q."), 5),
              "training steps": (lambda n: n.startswith("Train."), 5),
+             "traced calls": (lambda n: n.startswith(("jit:", "jitsym:", "jitconst:")), 5),
              "augmented": (lambda n: n in uc.AUGMENTED_NAMES, 2)}  # (a rarer draw)
     for kind, (of_kind, least) in kinds.items():
         answered = [t for c, t in zip(calls, theirs) if of_kind(c[0]) and t[0]]

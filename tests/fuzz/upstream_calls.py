@@ -12,9 +12,9 @@ and a ``state_dict`` round trip now and then: the parameters after each step and
 state dict), a ``megengine.data.transform`` (or a ``Compose`` of some) applied to a drawn
 image with a mask, boxes or keypoints (NumPy's global generator seeded alike on both sides for
 the random ones), a seeded sampler's ``DataLoader`` batches, a call under
-``amp.autocast()``, or a few training steps of a small network (a loss, a GradManager, an
-optimizer: each step's loss and the final state, compared to 10x the tolerance); in one seed
-of seven a call of the differentiable kinds runs under a
+``amp.autocast()`` or by ``jit.trace`` (the second, checked call), or a few training steps
+of a small network (a loss, a GradManager, an optimizer: each step's loss and the final
+state, compared to 10x the tolerance); in one seed of seven a call of the differentiable kinds runs under a
 GradManager attached to its float32 inputs, and each input's gradient of a weighted sum of
 the outputs joins the result (compared to 10x the tolerance), over the dtypes upstream
 programs use (float32 mostly, float16, int8/16/32, uint8, bool), shapes 0-d to 4-d (empty ones
@@ -1421,6 +1421,37 @@ def _autocast(d):
     return ("amp:F.exp", [d.tensor(None, "float32")], {})
 
 
+def _traced(d):
+    """A call of the element-wise, operator, reduction, shape, layer or module kinds run by
+    ``megengine.jit.trace`` (symbolic or not, now and then ``capture_as_const``): the result
+    is the second call's, which the trace checks against what the first recorded."""
+    for _ in range(20):
+        name, args, kwargs = d.pick([_unary, _binary, _operator, _reduction, _shape_op, _nn,
+                                     _more_nn, _module])(d)
+        if any(a[0] == "t" for a in args):
+            return (d.pick(["jit:", "jit:", "jitsym:", "jitconst:"]) + name, args, kwargs)
+    return ("jit:F.exp", [d.tensor(None, "float32")], {})
+
+
+def _under_trace(mge, fn, mode):
+    def run(*values, **kwargs):
+        from megengine.jit import trace
+
+        slots = [i for i, v in enumerate(values) if isinstance(v, mge.Tensor)]
+
+        def inner(*tensors):
+            args = list(values)
+            for i, t in zip(slots, tensors):
+                args[i] = t
+            return fn(*args, **kwargs)
+
+        traced = trace(inner, symbolic=mode != "jit", capture_as_const=mode == "jitconst")
+        tensors = [values[i] for i in slots]
+        traced(*tensors)
+        return traced(*tensors)
+    return run
+
+
 def _under_autocast(mge, fn):
     def run(*values, **kwargs):
         with mge.amp.autocast():
@@ -1453,7 +1484,7 @@ KINDS = ((_unary, 3), (_binary, 3), (_operator, 3), (_reduction, 3), (_shape_op,
          (_creation, 1), (_nn, 4), (_indexing, 3), (_methods, 3), (_construct, 1),
          (_more_nn, 2), (_module, 3), (_vision, 2), (_gradient, 6),
          (_optimizer, 2), (_transform, 2), (_data, 1), (_autocast, 2),
-         (_more_nn2, 2), (_quantized, 2), (_training, 2))
+         (_more_nn2, 2), (_quantized, 2), (_training, 2), (_traced, 2))
 
 
 def draw(seed):
@@ -1523,6 +1554,9 @@ def _function(mge, F, name):
         return _with_gradients(mge, _function(mge, F, name[5:]))
     if name.startswith("amp:"):
         return _under_autocast(mge, _function(mge, F, name[4:]))
+    if name.startswith(("jit:", "jitsym:", "jitconst:")):
+        mode, _, inner = name.partition(":")
+        return _under_trace(mge, _function(mge, F, inner), mode)
     space, _, attr = name.partition(".")
     if space == "F":
         obj = F
@@ -1653,12 +1687,18 @@ def run_elsewhere(python, calls, workdir, cwd=None, timeout=600, env=None):
 def _close(a, b, loose=False):
     if a.dtype.kind in "iub":
         return np.array_equal(a, b)
+    return not _apart(a, b, loose).any()
+
+
+def _apart(a, b, loose=False):
+    """Where float arrays ``a`` and ``b`` differ beyond `_close`'s tolerance (or in where
+    +inf stands)."""
     tol = (1e-2 if a.dtype == np.float16 else 1e-5) * (10 if loose else 1)
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
     finite = np.abs(b64[np.isfinite(b64)])
     scale = max(1.0, float(finite.max())) if finite.size else 1.0  # (rounding of its terms)
-    return np.allclose(a64, b64, rtol=tol, atol=tol * scale, equal_nan=True) and \
-        np.array_equal(np.isinf(a64) & (a64 > 0), np.isinf(b64) & (b64 > 0))
+    return ~np.isclose(a64, b64, rtol=tol, atol=tol * scale, equal_nan=True) | \
+        ((np.isinf(a64) & (a64 > 0)) != (np.isinf(b64) & (b64 > 0)))
 
 
 def known(call, mine, theirs):
@@ -1678,8 +1718,9 @@ def known(call, mine, theirs):
         # (float32 rounding before a quantization, in another order, decides a value that
         # lies at a rounding boundary: 1.5 exact here, 1.4999 upstream)
         return "a quantized value at a rounding boundary: one step apart"
-    if name.startswith("amp:"):  # (under autocast: the call's own documented differences)
-        return known((name[4:],) + tuple(call[1:]), mine, theirs)
+    if name.startswith(("amp:", "jit:", "jitsym:", "jitconst:")):
+        # (under autocast or a trace: the call's own documented differences)
+        return known((name.partition(":")[2],) + tuple(call[1:]), mine, theirs)
     if name in AUGMENTED_NAMES and mine[0] and theirs[0]:  # x OP= y: [value, x's other name]
         (value_m, alias_m), (value_t, alias_t) = mine[1][1], theirs[1][1]
         why = _differ_value(alias_m, alias_t) and (_differ_value(value_m, alias_m) or
@@ -1733,9 +1774,11 @@ def known(call, mine, theirs):
     if name == "F.svd" and mine[0] and theirs[0] and mine[1][0] == theirs[1][0] == "L":
         (u_m, s_m, v_m), (u_t, s_t, v_t) = mine[1][1], theirs[1][1]
         if _differ_value(s_m, s_t) is None and all(
-                a[2] == b[2] and _close(np.abs(dec_array(a)), np.abs(dec_array(b)))
+                a[2] == b[2] and _close(np.abs(dec_array(a)), np.abs(dec_array(b)), True)
                 for a, b in ((u_m, u_t), (v_m, v_t))):
-            return "singular vectors' signs"  # (each is one up to its sign)
+            # (each is one up to its sign; to 10x the tolerance: a vector's rounding grows
+            # as its singular value nears another)
+            return "singular vectors' signs"
         return None
     if name in ("F.sort", "F.topk") and mine[0] and theirs[0] and mine[1][0] == "L":
         # (values, indices): the values agree (else no "known"), the indices may differ
@@ -1806,7 +1849,7 @@ def known(call, mine, theirs):
                 odd = ~np.isfinite(dec_array(arg))
                 odd_in |= np.broadcast_to(odd, a.shape) if _broadcasts(odd.shape, a.shape) \
                     else False
-        apart = ~((a == b) | (np.isnan(a) & np.isnan(b)))
+        apart = _apart(a, b)
         if apart.any() and (odd_in & ~np.isfinite(a))[apart].all():
             # (upstream's relu, relu6, clip, maximum and minimum hide a NaN operand, its exp
             # of +inf saturates at 2.4e38)

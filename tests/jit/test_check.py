@@ -80,16 +80,76 @@ def test_ops_with_array_parameters_are_compared_in_full(slow_calls):
     assert "parameters differ" in info.value.detail
 
 
-def test_constants_made_in_the_function_are_compared_by_value():
+@pytest.mark.parametrize("symbolic", MODES)
+def test_constants_made_in_the_function_are_compared_by_value(symbolic):
+    # a Python number an op takes (x * c) and F.full's value are constants of the program: a
+    # new value raises, as upstream 1.13's trace does (measured)
     state = {"c": 2.0}
-    f = trace(lambda x: x * mge.tensor(state["c"]), symbolic=True)
-    x = mge.tensor([1.0, 2.0])
-    f(x)
-    np.testing.assert_array_equal(f(x).numpy(), [2.0, 4.0])
-    state["c"] = 3.0
-    with pytest.raises(TraceMismatchError) as info:
+    for fn in (lambda x: x * state["c"], lambda x: x * F.full((2,), state["c"])):
+        state["c"] = 2.0
+        f = trace(fn, symbolic=symbolic)
+        x = mge.tensor([1.0, 2.0])
         f(x)
-    assert str(info.value) == "trace error because tensors not equals"
+        np.testing.assert_array_equal(f(x).numpy(), [2.0, 4.0])
+        state["c"] = 3.0
+        with pytest.raises(TraceMismatchError) as info:
+            f(x)
+        assert str(info.value) == "trace error because tensors not equals"
+
+
+@pytest.mark.parametrize("symbolic", MODES)
+def test_a_tensor_made_in_the_function_takes_its_value_of_each_call(symbolic):
+    # ``mge.tensor(a)`` in the function is a value of each call, as upstream 1.13's trace
+    # takes it (measured: x * mge.tensor(m) gave 0.25 then 2.0 as m changed, symbolic or not;
+    # earlier versions of this fork raised "tensors not equals"); under capture_as_const it
+    # is a constant of the program, and a new value raises as upstream's does
+    state = {"c": np.float32([2.0, 0.5])}
+    f = trace(lambda x: x * mge.tensor(state["c"]), symbolic=symbolic)
+    x = mge.tensor([1.0, 2.0])
+    for c in ([2.0, 0.5], [2.0, 0.5], [3.0, -1.0], [0.25, 4.0]):
+        state["c"] = np.float32(c)
+        np.testing.assert_array_equal(f(x).numpy(), np.float32(c) * [1.0, 2.0])
+    g = trace(lambda x: x * mge.tensor(state["c"]), symbolic=symbolic, capture_as_const=True)
+    g(x)
+    state["c"] = np.float32([5.0, 5.0])
+    with pytest.raises(TraceMismatchError, match="tensors not equals"):
+        g(x)
+    # another shape or dtype is another program's value: refused
+    state["c"] = np.float32([1.0, 2.0, 3.0])
+    with pytest.raises(TraceMismatchError):
+        f(mge.tensor([1.0, 2.0, 3.0])[:2])
+
+
+@pytest.mark.parametrize("symbolic", MODES)
+def test_host_data_written_in_the_function_is_each_calls(symbolic):
+    # a write of host data (set_value, setitem, an init function, a layer made in the call)
+    # writes this call's value, as upstream 1.13's trace does (measured: each call returned
+    # x * its own draw; earlier versions of this fork raised "tensors not equals" at the
+    # second call); a capture_as_const trace compares it and raises, as upstream's
+    buf = mge.Parameter(np.zeros(3, "float32"))
+    made = []
+
+    def f(x):
+        a = np.random.rand(3).astype("float32")
+        made.append(a)
+        buf.set_value(a)
+        w = mge.Parameter(np.zeros(3, "float32"))
+        M.init.normal_(w)  # (a random init, then a write of this call's value)
+        w[...] = a * 2
+        lin = M.Linear(3, 1)  # a layer made in the call: its own random init
+        lin.load_state_dict({"weight": a[None], "bias": np.zeros(1, "float32")})
+        return x * buf + w, lin(x[None])
+
+    tr = trace(f, symbolic=symbolic)
+    x = mge.tensor(np.ones(3, "float32"))
+    for k in range(3):
+        y, z = tr(x)
+        np.testing.assert_allclose(y.numpy(), made[k] * 3, rtol=1e-6)
+        np.testing.assert_allclose(z.numpy(), [[made[k].sum()]], rtol=1e-6)
+    captured = trace(f, symbolic=symbolic, capture_as_const=True)
+    captured(x)
+    with pytest.raises(TraceMismatchError, match="tensors not equals"):
+        captured(x)
 
 
 # the fast path compares bytes of constants in host memory; a GPU's take check_source
@@ -127,7 +187,8 @@ def test_constants_holding_nan_match_on_every_device_and_size(symbolic, size):
     # NaN as the fast path does; NaN == NaN is False, which made every checked call mismatch
     value = np.full(size, np.nan, np.float32)
     value[0] = 1.0
-    tr = trace(lambda x: x + mge.tensor(value), symbolic=symbolic)
+    # (captured: mge.tensor(value) is a constant of the program only under capture_as_const)
+    tr = trace(lambda x: x + mge.tensor(value), symbolic=symbolic, capture_as_const=True)
     x = mge.tensor(np.ones(size, np.float32))
     for _ in range(3):
         out = tr(x).numpy()
