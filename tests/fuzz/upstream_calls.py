@@ -1930,6 +1930,9 @@ def _known_with_gradients(call, mine, theirs):
             return "the gradient at 0 is the negative slope, as torch's"
         if name in ("F.norm", "F.abs", "F.nn.l1_loss", "F.normalize") and (x == 0).any():
             return "the gradient of |x| at 0 is 0, as torch's"
+        if name in ("F.prod", "T.prod") and not np.isfinite(x).all() and gt[0] == "t" and \
+                np.isnan(dec_array(gt)).any():
+            return "prod's gradient: the product of the other elements"  # (upstream: NaN)
         if name in ("F.std", "F.norm", "F.normalize") and gt[0] == "t" and \
                 np.isnan(dec_array(gt)).any():
             return "no NaN gradient where the value is 0, as torch's"
