@@ -1731,6 +1731,8 @@ def known(call, mine, theirs):
         if _differ_value(value_m, value_t) is None:
             return None
         return known(plain, (True, value_m), (True, value_t))
+    if name.startswith("Q.") and not mine[0] and "CPU devices only" in mine[2] and _on_gpu():
+        return "quantized networks run on the CPU only"  # (compatibility.rst: the limits)
     if name in ("F.vision.warp_affine", "F.vision.warp_perspective", "F.vision.remap") and \
             _on_gpu():  # (the CPU's kernels round sample points to 1/32 pixel, as upstream's)
         return "warps on a GPU sample at the exact points"
