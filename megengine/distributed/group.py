@@ -54,8 +54,15 @@ _sd = None  # the _State once init_process_group has run
 _rendezvous_prefix = ""
 
 
+class _NotInitializedError(RuntimeError, AssertionError):
+    """A collective (or what needs the process group) before `init_process_group` ran. Also an
+    AssertionError: upstream 1.13 asserts there ("please call init_process_group first":
+    measured with ``F.distributed.all_reduce_sum``), and programs that run in one process or
+    many catch that."""
+
+
 def _not_initialized(what):
-    return RuntimeError(
+    return _NotInitializedError(
         f"megengine.distributed.{what}: the process group is not initialized; call "
         "dist.init_process_group(...) first (or run the function under @dist.launcher)"
     )

@@ -172,6 +172,13 @@ def test_not_distributed_defaults_and_errors():
         fd.all_reduce_sum(mge.tensor([1.0]))
     with pytest.raises(RuntimeError, match="not initialized"):
         dist.new_group([0])
+    # also an AssertionError, as upstream 1.13 asserts there (measured: all_reduce_sum,
+    # all_gather and reduce_sum before init_process_group)
+    for collective in (fd.all_reduce_sum, fd.all_gather, fd.reduce_sum, fd.broadcast):
+        with pytest.raises(AssertionError, match="not initialized"):
+            collective(mge.tensor([1.0]))
+    with pytest.raises(AssertionError):
+        dist.make_allreduce_cb("mean")
 
 
 @pytest.mark.parametrize("kwargs,error,message", [
