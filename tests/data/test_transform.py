@@ -380,6 +380,22 @@ def test_hsv_conversions_are_opencvs_to_the_level():
     np.testing.assert_array_equal(F.hsv_to_bgr(hsv), [[[103, 170, 63]]])
 
 
+def test_hue_of_a_bgra_image_is_that_of_its_colour_and_returns_bgr():
+    # OpenCV's BGR2HSV takes 3 or 4 channels (the alpha is dropped), and upstream's
+    # HueTransform of a BGRA image returns BGR (upstream 1.13 measured: (1, 7, 4) in, (1, 7, 3)
+    # out); earlier versions of this fork refused 4 channels
+    rng = np.random.RandomState(5)
+    bgra = rng.randint(0, 256, (3, 4, 4)).astype(np.uint8)
+    np.testing.assert_array_equal(F.bgr_to_hsv(bgra), F.bgr_to_hsv(bgra[..., :3]))
+    np.random.seed(11)
+    out = T.HueTransform(0.2).apply(bgra)
+    np.random.seed(11)
+    np.testing.assert_array_equal(out, T.HueTransform(0.2).apply(bgra[..., :3].copy()))
+    assert out.shape == (3, 4, 3)
+    with pytest.raises(ValueError, match="3\) BGR or .* BGRA image"):
+        F.bgr_to_hsv(bgra[..., :2])
+
+
 def test_hue_rotates_colors_and_keeps_grays():
     bgr = np.array([[[0, 0, 255], [255, 0, 0], [90, 90, 90]]], dtype=np.uint8)  # red, blue, gray
     out = T.HueTransform((0.25, 0.25)).apply(bgr)
@@ -393,10 +409,10 @@ def test_hue_rotates_colors_and_keeps_grays():
     assert T.HueTransform(0).apply(bgr) is bgr
 
 
-def test_hue_refuses_images_without_three_channels():
+def test_hue_refuses_images_without_three_or_four_channels():
     # upstream's cv2.cvtColor(BGR2HSV_FULL) refuses them too (cv2.error, "Bad number of channels")
     gray = np.zeros((4, 5, 1), np.uint8)
-    with pytest.raises(ValueError, match=r"\(H, W, 3\) BGR image, but got shape \(4, 5, 1\)"):
+    with pytest.raises(ValueError, match=r"\(H, W, 4\) BGRA image, but got shape \(4, 5, 1\)"):
         T.HueTransform(0.2).apply(gray)
 
 

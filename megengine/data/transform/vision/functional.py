@@ -241,11 +241,14 @@ _HDIV = np.array([0] + [int(np.rint((256 << _HSV_SHIFT) / (6.0 * i))) for i in r
 
 def bgr_to_hsv(image):
     r"""uint8 BGR (H, W, 3) to full-range HSV: H, S, V all in [0, 255] (OpenCV's
-    COLOR_BGR2HSV_FULL, its integer algorithm)."""
-    bgr = np.asarray(image).astype(np.int64)
-    if bgr.ndim != 3 or bgr.shape[2] != 3:
-        raise ValueError("bgr_to_hsv needs an (H, W, 3) BGR image, but got shape {}; hue "
-                         "applies to colour images only".format(bgr.shape))
+    COLOR_BGR2HSV_FULL, its integer algorithm). A BGRA image (H, W, 4) gives the HSV of its
+    colour, as OpenCV's conversion takes 3 or 4 channels (upstream's HueTransform of a BGRA
+    image returns BGR)."""
+    bgr = np.asarray(image)
+    if bgr.ndim != 3 or bgr.shape[2] not in (3, 4):
+        raise ValueError("bgr_to_hsv needs an (H, W, 3) BGR or (H, W, 4) BGRA image, but got "
+                         "shape {}; hue applies to colour images only".format(bgr.shape))
+    bgr = bgr[..., :3].astype(np.int64)
     b, g, r = bgr[..., 0], bgr[..., 1], bgr[..., 2]
     v = bgr.max(axis=-1)
     diff = v - bgr.min(axis=-1)
