@@ -325,14 +325,14 @@ class _Plan:
                 for m, r in edges.get(n, ()):
                     want = factor[n] * r
                     if m in factor:
-                        if not math.isclose(factor[m], want, rel_tol=1e-6):
+                        if not math.isclose(factor[m], want, rel_tol=1e-12):
                             return None
                         continue
                     factor[m] = want
                     comp.append(m)
                     stack.append(m)
             if any(n in self.fixed for n in comp):
-                if any(not math.isclose(factor[n], 1.0, rel_tol=1e-6)
+                if any(not math.isclose(factor[n], 1.0, rel_tol=1e-12)
                        for n in comp if n in self.fixed):
                     return None
             else:

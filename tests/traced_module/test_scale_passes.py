@@ -280,3 +280,23 @@ def test_backward_fold_scale_skips_the_steps_its_rewrites_dropped():
     expect = net(x).numpy()
     opt = optimize(trace_module(net, x), ["FuseConvBn", "BackwardFoldScale"])
     np.testing.assert_allclose(opt(x).numpy(), expect, rtol=1e-5, atol=1e-6)
+
+
+class _NearOneScale(M.Module):
+    def forward(self, x):
+        c = x.mean(axis=1)
+        # a scale within 1e-6 of 1 on a value a comparison also reads: it must stay
+        return (c >= c.max() * 0.9999995).astype("float32") + c * 0
+
+
+def test_backward_fold_scale_keeps_a_scale_close_to_one():
+    # found by tests/fuzz/traced.py (seed 6432): the planner matched factors to 1e-6, so a
+    # scale of 0.9999995 moved back into a value a comparison reads, and vanished there; the
+    # mask then lost the elements within 5e-7 of the maximum
+    x = Tensor(np.array([[1.0, 1.0], [0.9999997, 0.9999997]], np.float32))
+    net = _NearOneScale()
+    expect = net(x).numpy()
+    assert expect.tolist() == [1.0, 1.0]  # (0.9999997 >= 0.9999995: kept by the scale)
+    tm = optimize(trace_module(net, x), enabled_pass=["BackwardFoldScale"])
+    np.testing.assert_array_equal(tm(x).numpy(), expect)
+    assert ("__mul__", 0.9999995) in _arith(tm)
