@@ -26,9 +26,9 @@ shapes depend on data, a difference is no failure when the twin's Python read su
 (``int(v.shape[0])``, a branch on it: the program's probe copy logs them) with another value
 than at the tracing call, which froze it ("diverged": the state the program writes changed
 the mask); in any program, a difference of the traced module itself is none where a graph
-computes a float from sizes alone ("float sizes": a traced size is an int32 tensor, as upstream's, so ``h.shape[1] ** 2 *
-0.01`` is float32 arithmetic where the twin's is on Python numbers, one float32 step apart,
-which a mask may amplify). A failure prints the program (paste it into a test). Not run in
+computes a float from sizes alone ("float sizes": a traced size is an int32 tensor, as
+upstream's, so ``h.shape[1] ** 2 * 0.01`` is float32 arithmetic where the twin's is on Python
+numbers, one float32 step apart, which a mask may amplify). A failure prints the program (paste it into a test). Not run in
 CI beyond tests/fuzz/test_traced_fuzz.py's slice. Run it from the repository root with the
 checkout on PYTHONPATH."""
 import copy
