@@ -103,9 +103,7 @@ def _cast_inputs(op, inputs):
     compute in float32 anyway); "low" (the ``@`` operator's matrix product): every real input
     to the low precision dtype, integers and bools too (`cast_for_compute`)."""
     if op.autocast == "high":
-        dtype = _engine_dtype(_high_prec_dtype, "high_prec_dtype")
-        return tuple(t.astype(dtype) if t.dtype.kind == "f" and t.dtype != dtype else t
-                     for t in inputs)
+        return cast_for_precision(*inputs)
     if all(t.ndim == 1 for t in inputs):  # two vectors: upstream's dot, which it leaves alone
         return inputs
     return cast_for_compute(*inputs)

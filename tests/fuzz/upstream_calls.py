@@ -831,17 +831,10 @@ def _quantized(d):
             layers.append((d.pick(["Linear", "LinearRelu"]), (o, d.int(1, 2)), {}))
         shape = (d.int(2, 3), c)
     net = _quantizable(M, layers)
-    state = {}
-    for key, value in net.state_dict().items():
-        value = np.asarray(value)
-        lo = 0.5 if "var" in key or "bn.weight" in key else -1.0
-        # (no ties: an all-zero weight has a scale at its 1e-5 floor, and a bias over the
-        # product of two such scales overflows upstream's int32: documented, not drawn)
-        drawn = d.values(value.shape, value.dtype.name, lo=lo, hi=1.5, special=False,
-                         ties="weight" not in key)
-        if "bn.weight" in key:  # (a BatchNorm scale of 0 folds to 0 / 0: NaN on both sides)
-            drawn = drawn * d.rng.choice([-1, 1], size=drawn.shape).astype(drawn.dtype)
-        state[key] = enc_array(drawn)
+    # (no ties in weights: an all-zero weight has a scale at its 1e-5 floor, and a bias over
+    # the product of two such scales overflows upstream's int32: documented, not drawn; no
+    # BatchNorm scale of 0, which folds to 0 / 0: NaN on both sides)
+    state = _drawn_state(d, net, ties=lambda key: "weight" not in key, signed_bn_scales=True)
     batches = [d.tensor(shape, "float32", special=False) for _ in range(d.int(2, 4))]
     return ("Q." + qconfig, [("v", layers), ("S", state)] + batches, {})
 
@@ -919,12 +912,7 @@ def _training(d):
         # along each row, rounding noise that Adam and Adagrad scale up to a step; SGD does not)
         optimizer = ("SGD", {"lr": 0.1, "momentum": d.pick([0.0, 0.9])})
     net = _network(M, layers)
-    state = {}
-    for key, value in net.state_dict().items():
-        value = np.asarray(value)
-        lo = 0.5 if "var" in key else -1.0
-        state[key] = enc_array(d.values(value.shape, value.dtype.name, lo=lo, hi=1.5,
-                                        special=False, ties=False))
+    state = _drawn_state(d, net, ties=lambda key: False)
     steps = []
     for _ in range(d.int(1, 3)):
         x = d.tensor(shape, "float32", special=False, ties=False)
@@ -1070,13 +1058,29 @@ def _module(d):
         inputs = [d.tensor((n, c + 1), "float32", special=False)]
     training = bool(d.r() < 0.5) and kind != "Dropout"
     module = getattr(M, kind)(*args, **kw)
+    state = _drawn_state(d, module)
+    return ("Mod." + kind, [("v", (args, kw)), ("S", state), ("v", training)] + inputs, {})
+
+
+def _drawn_state(d, module, ties=lambda key: True, signed_bn_scales=False):
+    """Drawn values for every float parameter and buffer of ``module`` under its names (other
+    dtypes as they are), for a strict ``load_state_dict``: in [-1, 1.5), variances in
+    [0.5, 1.5); ``ties(key)`` says whether that one may hold halves and integers
+    (`Draw.values`); ``signed_bn_scales``: batch-norm scales in +-[0.5, 1.5), never 0."""
     state = {}
     for key, value in module.state_dict().items():
         value = np.asarray(value)
-        lo = 0.5 if "var" in key else -1.0
-        state[key] = enc_array(d.values(value.shape, value.dtype.name, lo=lo, hi=1.5,
-                                        special=False) if value.dtype.kind == "f" else value)
-    return ("Mod." + kind, [("v", (args, kw)), ("S", state), ("v", training)] + inputs, {})
+        if value.dtype.kind != "f":
+            state[key] = value
+            continue
+        bn_scale = signed_bn_scales and "bn.weight" in key
+        lo = 0.5 if "var" in key or bn_scale else -1.0
+        drawn = d.values(value.shape, value.dtype.name, lo=lo, hi=1.5, special=False,
+                         ties=ties(key))
+        if bn_scale:
+            drawn = drawn * d.rng.choice([-1, 1], size=drawn.shape).astype(drawn.dtype)
+        state[key] = enc_array(drawn)
+    return state
 
 
 def _run_module(name):
