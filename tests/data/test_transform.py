@@ -392,7 +392,7 @@ def test_hue_of_a_bgra_image_is_that_of_its_colour_and_returns_bgr():
     np.random.seed(11)
     np.testing.assert_array_equal(out, T.HueTransform(0.2).apply(bgra[..., :3].copy()))
     assert out.shape == (3, 4, 3)
-    with pytest.raises(ValueError, match="3\) BGR or .* BGRA image"):
+    with pytest.raises(ValueError, match=r"3\) BGR or .* BGRA image"):
         F.bgr_to_hsv(bgra[..., :2])
 
 
