@@ -450,7 +450,8 @@ class GradManager:
             if called:
                 ready = [entry for entry in ready if entry[1] is not None]  # dropped ones
             for t, grad, kept in ready:  # before any .grad changes
-                _check_grad_slot(t, grad, kept)
+                if kept is not None or t.grad is not None:  # (else nothing to refuse)
+                    _check_grad_slot(t, grad, kept)
             for t, grad, kept in ready:
                 if kept is not None:  # a callback may keep (or share) the Tensor it returned
                     grad = _own_tensor(grad)

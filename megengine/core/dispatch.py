@@ -719,8 +719,8 @@ def apply_unhooked(op, inputs):
             out = op.forward(*arrays)
         if type(out) is np.ndarray:  # the common case: no scalar to turn into an array
             t = Tensor._wrap(out, device)
-            if _pinned_roots:
-                _note_view(t)
+            if _pinned_roots and (out.base is not None or id(out) in _pinned_roots):
+                _note_view(t)  # (an array of its own, base None, views nothing pinned)
             return t
         if isinstance(out, tuple):
             outs = tuple([Tensor._wrap(_array(o, arrays), device) for o in out])
@@ -753,8 +753,8 @@ def apply_unhooked(op, inputs):
         if _recording > 1:  # a gradient of this op may itself be differentiated: keep its values
             node.saved = (tuple(arrays), (out,), device)
         t = Tensor._wrap(out, device)
-        if _pinned_roots:
-            _note_view(t)
+        if _pinned_roots and (out.base is not None or id(out) in _pinned_roots):
+            _note_view(t)  # (as above)
         if out.dtype.kind == "f":
             t._node = (node, 0)
         elif out.dtype.kind == "c":  # a complex result of float inputs (F.complex, x * 1j)
@@ -953,12 +953,16 @@ def _referent(key):
     CuPy memory object (which takes no weak reference), the torch tensor that owns the memory
     and lives exactly as long as it (the bridge's views: ``UnownedMemory._owner``, a tensor made
     for that view alone); a function returning ``key`` for other objects (held to the end)."""
-    for target in (key, getattr(key, "_owner", None)):
-        if target is not None:
-            try:
-                return weakref.ref(target)
-            except TypeError:
-                pass
+    try:
+        return weakref.ref(key)  # (a numpy array: the usual case)
+    except TypeError:
+        pass
+    owner = getattr(key, "_owner", None)
+    if owner is not None:
+        try:
+            return weakref.ref(owner)
+        except TypeError:
+            pass
     return lambda: key
 
 

@@ -1776,6 +1776,18 @@ def known(call, mine, theirs):
         return "a cvt_color mode refused for float images"
     if name == "DL" and "indices" in call[1][1][1] and mine[0] and theirs[0]:
         return "a sampler given indices counts them"  # (upstream's counts the whole dataset)
+    if name.startswith("Train.") and mine[0] and theirs[0] and \
+            call[1][0][1][1][0] in ("Adam", "AdamW", "Adagrad"):
+        # a step whose loss both sides give within rounding of 0 (logits far apart: 3e-7
+        # here, 0.0 upstream, 5.6e-7 in float64) has gradients of rounding size, each side's
+        # own, which Adam and Adagrad normalise to steps of the learning rate: the sides part
+        # there. Only where the losses agree up to that step.
+        for m, t in zip(mine[1][1][0][1], theirs[1][1][0][1]):
+            a, b = float(dec_array(m)), float(dec_array(t))
+            if max(abs(a), abs(b)) < 1e-5:
+                return "a loss within rounding of 0: Adam and Adagrad normalise its gradients"
+            if not _close(np.array(a, np.float32), np.array(b, np.float32), True):
+                break
     if name in ("Mod.RNNCell", "Mod.LSTMCell") and not call[1][0][1][1].get("bias", True):
         return "cells without bias add no bias"  # (upstream's cells add the buffers)
     if name == "F.topk_accuracy" and mine[0] and theirs[0]:
@@ -1856,7 +1868,8 @@ def known(call, mine, theirs):
         return "a NaN or infinite input gives NaN, as torch's"  # (upstream: 0 and 1)
     if name == "F.gather" and s1 == s2:
         x, axis, idx = dec_array(call[1][0]), call[1][1][1], dec_array(call[1][2])
-        if np.array_equal(dec_array(mine[1]), np.take_along_axis(x, idx.astype(np.intp), axis)):
+        if np.array_equal(dec_array(mine[1]), np.take_along_axis(x, idx.astype(np.intp), axis),
+                          equal_nan=True):
             return "gather by its formula"  # (upstream 1.13's 3-d gather reads wrong elements)
     if name in ("F.max", "F.min", "T.max", "T.min") and s1 == s2:
         x, a, b = dec_array(call[1][0]), dec_array(mine[1]), dec_array(theirs[1])

@@ -22,6 +22,7 @@ import copy
 import dataclasses
 import functools
 import numbers
+import operator
 
 import numpy as np
 import torch
@@ -54,6 +55,10 @@ class _Mirror(Module):
     def __setattr__(self, name, value):
         _refuse_replacing_a_mirror(self, name, value)
         super().__setattr__(name, value)
+
+
+_DATA_PTR = torch.Tensor.data_ptr
+_VERSION = operator.attrgetter("_version")
 
 
 class _Hidden:
@@ -284,12 +289,19 @@ class PyTorchModule(Module):
             t = tmod._parameters[name] if name in tmod._parameters else tmod._buffers[name]
             held.items.append((tmod, name, t, address, t.detach()))
         self._held = held
+        # what each call compares, as two lists (one C-level map per call)
+        self._held_at = _Hidden()
+        self._held_at.items = ([t for _, _, t, _, _ in held.items],
+                               [address for _, _, _, address, _ in held.items])
 
     def _check_not_moved(self):
         """After the torch forward: raise when it moved a shared tensor to new memory
         (``self.w.data = ...``, ``set_``), having put the shared memory, with its value from
         before, back. Else megengine's optimizer would update memory torch no longer reads,
         and this call's gradient would belong to the new memory. One address per tensor."""
+        tensors, addresses = self._held_at.items
+        if list(map(_DATA_PTR, tensors)) == addresses:  # the usual case: none moved
+            return
         moved = [(tmod, name, t, alias) for tmod, name, t, address, alias in self._held.items
                  if t.data_ptr() != address]
         for _, _, t, alias in moved:
@@ -931,7 +943,7 @@ class _TorchCall(Op):
         # the rows it looks up, a clamp_ under no_grad): a megengine op recorded before may
         # have kept the old value for its backward, which must then raise, as torch's does
         params = w._torch_params.items
-        param_versions = [p._version for p in params] if _dispatch._recording > 0 else None
+        param_versions = list(map(_VERSION, params)) if _dispatch._recording > 0 else None
         try:
             if _amp._enabled:  # megengine.amp.autocast reaches torch as torch.autocast, same dtype
                 with torch.set_grad_enabled(want_grad), \
@@ -969,7 +981,7 @@ class _TorchCall(Op):
         if w._added.items:  # the module made new state in this forward (_watch.py)
             _watch.refuse_added_state(w)
         w._check_not_moved()
-        if param_versions is not None and [p._version for p in params] != param_versions:
+        if param_versions is not None and list(map(_VERSION, params)) != param_versions:
             for mp, p, version in zip(w._mge_params.items, params, param_versions):
                 if p._version != version:
                     _dispatch.note_pinned_write(mp._data)
@@ -977,11 +989,14 @@ class _TorchCall(Op):
             outs, self.structure = [out], None
         else:
             outs, self.structure = _flatten_outputs(out, w.output_cnt)
-        outs = _amp.torch_outputs(outs)  # under autocast: bfloat16 (no numpy dtype) -> float32
+        if _amp._enabled:  # under autocast: bfloat16 (no numpy dtype) -> float32
+            outs = _amp.torch_outputs(outs)
         on_gpu = w._device[0] == "g"
-        if any(o.is_cuda != on_gpu for o in outs):  # made on the other side (torch.arange(n)
-            where = _torch_device(w._device)  # in a module on a GPU): the engine array must
-            outs = [o if o.is_cuda == on_gpu else o.to(where) for o in outs]  # match its label
+        for o in outs:
+            if o.is_cuda != on_gpu:  # made on the other side (torch.arange(n) in a module on
+                where = _torch_device(w._device)  # a GPU): the engine array must match its
+                outs = [o if o.is_cuda == on_gpu else o.to(where) for o in outs]  # label
+                break
         written = [i for i in range(n) if given[i]._version != versions[i]]
         if learned is None:
             # A module that writes into its inputs would corrupt megengine's tensors through
