@@ -332,6 +332,33 @@ def test_binary_cross_entropy_logits_gradient_at_extreme_logits(monkeypatch, lab
         assert y.grad is None
 
 
+@pytest.mark.usefixtures("host_default_device")  # the ATen path is the one of numpy arrays
+@pytest.mark.parametrize("aten_from", [0, None], ids=["aten", "default"])
+@pytest.mark.parametrize("graph", [False, True], ids=["raw", "recorded"])
+def test_binary_cross_entropy_logits_gradient_of_confident_predictions(monkeypatch, graph,
+                                                                      aten_from):
+    # a confident prediction that meets its label (x = 15 for label 1, -15 for 0): the
+    # gradient, -sigmoid(-x) or sigmoid(x), is about 3e-7, and sigmoid(x) - y computed in
+    # float32 cancels to a multiple of 6e-8 (-2.38e-7 for -2.40e-7 at x = 15, 0 at x = 20:
+    # rounding noise that Adam and Adagrad turn into whole steps). Oracle: the derivative
+    # (1 - y) sigmoid(x) - y sigmoid(-x) in float64 by hand, to float32's relative precision
+    # (torch's kernel computes sigmoid(x) - y and cancels too). "recorded": under an outer
+    # GradManager the gradient is computed with recorded ops (graph_grads).
+    if aten_from is not None:
+        monkeypatch.setattr(loss_module._BinaryCrossEntropy, "aten_forward_min", aten_from)
+    pred = np.array([15.0, 17.3, 20.0, 30.0, -15.0, -20.0, 4.0, -16.0], "float32")
+    label = np.array([1, 1, 1, 1, 0, 0, 0.25, 0.75], "float32")
+    x, y = pred.astype(np.float64), label.astype(np.float64)
+    want = ((1 - y) / (1 + np.exp(-x)) - y / (1 + np.exp(x))) * 1.5
+    p = mge.tensor(pred)
+    outer = GradManager().attach([p])
+    with outer if graph else contextlib.nullcontext():
+        with GradManager().attach([p]) as gm:
+            loss = F.nn.binary_cross_entropy(p, mge.tensor(label), reduction="sum")
+            gm.backward(loss * 1.5)
+    np.testing.assert_allclose(p.grad.numpy(), want, rtol=2e-6, atol=0)
+
+
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_binary_cross_entropy_probabilities(reduction):
     pred, label = rand(6, 5, low=0.05, high=0.95), rand(6, 5, low=0, high=1)
