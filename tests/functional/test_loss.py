@@ -16,6 +16,7 @@ from megengine.functional.loss import _CrossEntropy
 
 from devices import (host, host_default_device, requires_cuda,  # noqa: F401  (a fixture)
                      requires_torch_cuda, skip_unless_aten_serves_the_default_device)
+from cuda_kernels import emulate
 from oracle import (check_against_torch, check_float16_against_torch, within_a_float16_step,
                     raises_as_upstream)
 from oracle import check_second_order_against_torch as check_second_order
@@ -357,6 +358,40 @@ def test_binary_cross_entropy_logits_gradient_of_confident_predictions(monkeypat
             loss = F.nn.binary_cross_entropy(p, mge.tensor(label), reduction="sum")
             gm.backward(loss * 1.5)
     np.testing.assert_allclose(p.grad.numpy(), want, rtol=2e-6, atol=0)
+
+
+@pytest.mark.usefixtures("host_default_device")
+@pytest.mark.parametrize("aten_from", [0, None], ids=["aten", "default"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shapes", [((3, 4), (3, 4)), ((1, 4), (3, 4)), ((3, 4), (1, 4))], ids=str)
+def test_binary_cross_entropy_logits_kernel_body_gives_the_array_codes_values(
+        tmp_path, monkeypatch, shapes, dtype, aten_from):
+    """On CUDA the gradient with logits is one kernel (`_logits_grad_kernel`): its body,
+    compiled as C++ in the kernel's place, gives the array code's values (exp from the C++
+    library, numpy's or ATen's there: within an ulp or two), past exp's range and broadcast
+    either way included."""
+    if aten_from is not None:
+        monkeypatch.setattr(loss_module._BinaryCrossEntropy, "aten_forward_min", aten_from)
+    rs = np.random.RandomState(3)
+    pred = rs.choice([-1e4, -90.0, -15.0, -3.0, 0.0, 2.5, 15.0, 95.0, 1e4], shapes[0])
+    pred, label = pred.astype(dtype), rs.uniform(0, 1, shapes[1]).astype(dtype)
+    label.flat[0] = 1.0
+
+    def run():
+        p = mge.tensor(pred, dtype=dtype)
+        with GradManager().attach([p]) as gm:
+            loss = F.nn.binary_cross_entropy(p, mge.tensor(label, dtype=dtype), reduction="sum")
+            gm.backward(loss, mge.tensor(np.asarray(1.5, dtype), dtype=dtype))
+        return p.grad.numpy()
+
+    expected = run()
+    kernel = emulate(loss_module._logits_grad_kernel, tmp_path)
+    used = []
+    monkeypatch.setattr(loss_module, "_logits_grad_kernel", lambda: (used.append(1), kernel)[1])
+    monkeypatch.setattr(loss_module, "_use_logits_kernel", lambda *arrays: True)
+    got = run()
+    assert used == [1]
+    np.testing.assert_allclose(got, expected, rtol=1e-6 if dtype == "float32" else 1e-14, atol=0)
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
