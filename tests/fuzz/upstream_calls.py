@@ -905,9 +905,14 @@ def _training(d):
     classes = d.int(2, 3)
     layers.append(("Linear", (feat, classes), {}))
     loss = d.pick(["cross_entropy", "square_loss", "binary_cross_entropy"])
+    # (Adam's and Adagrad's eps raised from 1e-8 and 1e-10: a gradient element near eps is
+    # normalised to a step that its rounding decides, each engine's own, which parts the
+    # two sides by up to the learning rate; seeds 39,835 (a loss within rounding of 0, so
+    # every gradient that small) and 68,119 (one conv weight). With eps 1e-4 (Adagrad's under a
+    # square root: 1e-3) a rounding-size error moves a step by 1e-3 of it at most)
     optimizer = d.pick([("SGD", {"lr": 0.1, "momentum": d.pick([0.0, 0.9])}),
-                        ("Adam", {"lr": 0.01}), ("AdamW", {"lr": 0.01}),
-                        ("Adagrad", {"lr": 0.1})])
+                        ("Adam", {"lr": 0.01, "eps": 1e-4}), ("AdamW", {"lr": 0.01, "eps": 1e-4}),
+                        ("Adagrad", {"lr": 0.1, "eps": 1e-6})])
     if bn:  # (batch norm makes the weights before it scale-free: their gradients are nearly 0
         # along each row, rounding noise that Adam and Adagrad scale up to a step; SGD does not)
         optimizer = ("SGD", {"lr": 0.1, "momentum": d.pick([0.0, 0.9])})
@@ -1776,18 +1781,6 @@ def known(call, mine, theirs):
         return "a cvt_color mode refused for float images"
     if name == "DL" and "indices" in call[1][1][1] and mine[0] and theirs[0]:
         return "a sampler given indices counts them"  # (upstream's counts the whole dataset)
-    if name.startswith("Train.") and mine[0] and theirs[0] and \
-            call[1][0][1][1][0] in ("Adam", "AdamW", "Adagrad"):
-        # a step whose loss both sides give within rounding of 0 (logits far apart: 3e-7
-        # here, 0.0 upstream, 5.6e-7 in float64) has gradients of rounding size, each side's
-        # own, which Adam and Adagrad normalise to steps of the learning rate: the sides part
-        # there. Only where the losses agree up to that step.
-        for m, t in zip(mine[1][1][0][1], theirs[1][1][0][1]):
-            a, b = float(dec_array(m)), float(dec_array(t))
-            if max(abs(a), abs(b)) < 1e-5:
-                return "a loss within rounding of 0: Adam and Adagrad normalise its gradients"
-            if not _close(np.array(a, np.float32), np.array(b, np.float32), True):
-                break
     if name in ("Mod.RNNCell", "Mod.LSTMCell") and not call[1][0][1][1].get("bias", True):
         return "cells without bias add no bias"  # (upstream's cells add the buffers)
     if name == "F.topk_accuracy" and mine[0] and theirs[0]:
