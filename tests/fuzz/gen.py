@@ -259,9 +259,14 @@ def _torch_call(fn, ts):
         if any(getattr(t, "dtype", None) is torch.float16 for t in ts):
             # torch 2.13's oneDNN float16 convolution kills the process on CPUs with AVX512-FP16
             # (measured, Sapphire Rapids: conv2d of (1, 6, 4, 1) by (6, 2, 3, 1), stride
-            # (1, 2), dilation 2, a segmentation fault); torch's own kernels serve float16
-            with torch.backends.mkldnn.flags(enabled=False):
+            # (1, 2), dilation 2, a segmentation fault); torch's own kernels serve float16.
+            # (The switch alone: torch.backends.mkldnn.flags() also sets TF32, with a warning.)
+            before = torch.backends.mkldnn.enabled
+            torch.backends.mkldnn.enabled = False
+            try:
                 return fn(*ts), None
+            finally:
+                torch.backends.mkldnn.enabled = before
         return fn(*ts), None
     except Exception as e:  # noqa: BLE001 (the oracle's refusal is information)
         return None, e
