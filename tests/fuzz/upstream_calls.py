@@ -1948,8 +1948,9 @@ def _known_with_gradients(call, mine, theirs):
         if name in ("op.pow", "F.pow") and (base == 0).any():
             return "the exponent's gradient at base 0 is 0, as torch's"  # (upstream: -inf)
         if name == "F.batch_norm" and not call[2].get("training", False) and \
-                x is leaves[3] and gt[0] == "t" and not dec_array(gt).any():  # (x, mean, var, w, b)
-            # (upstream 1.13's, now and then: 6 of 300 repeats of one call gave zeros)
+                x is leaves[3] and gm[0] == gt[0] == "t" and _unset_apart(gm, gt):
+            # (x, mean, var, w, b; upstream 1.13's, now and then: 6 of 300 repeats of one call
+            # gave zeros, seed 89,324 [2.6e22, 0] for [2.98, 28.6], and its rerun agrees)
             return "batch_norm's weight gradient in inference mode"
         if name in ("F.nn.max_pool2d", "F.nn.adaptive_max_pool2d") and _overlapping(call):
             return "overlapping max windows give the first maximum, as torch's"
@@ -2003,6 +2004,14 @@ def _overlapping(call):
         return h - (oh - 1) * (h // oh) > h // oh or w - (ow - 1) * (w // ow) > w // ow
     k, stride = args[1][1], kw.get("stride", args[1][1])
     return k > stride
+
+
+def _unset_apart(mine, theirs):
+    """Whether encoded arrays ``mine`` and ``theirs`` agree wherever ``theirs`` holds a value
+    that memory left unset gives: 0, or one a million times larger than ours."""
+    a, b = dec_array(mine).astype(np.float64), dec_array(theirs).astype(np.float64)
+    unset = (b == 0) | ~np.isfinite(b) | (np.abs(b) > 1e6 * np.maximum(1.0, np.abs(a)))
+    return bool(np.all(unset | np.isclose(a, b, 1e-4, 1e-5)))
 
 
 def _close_values(call, single=False):
