@@ -258,7 +258,7 @@ def _torch_call(fn, ts):
     try:
         if any(getattr(t, "dtype", None) is torch.float16 for t in ts):
             # torch 2.13's oneDNN float16 convolution kills the process on CPUs with AVX512-FP16
-            # (measured, Sapphire Rapids: conv2d of (1, 6, 4, 1) by (6, 2, 3, 1), stride
+            # and AMX (measured on an Intel Xeon VM: conv2d of (1, 6, 4, 1) by (6, 2, 3, 1), stride
             # (1, 2), dilation 2, a segmentation fault); torch's own kernels serve float16.
             # (The switch alone: torch.backends.mkldnn.flags() also sets TF32, with a warning.)
             before = torch.backends.mkldnn.enabled
