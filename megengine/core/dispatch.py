@@ -970,6 +970,8 @@ def declare_fresh_gradient(a):
     """Declare that gradient ``a``, a view of foreign memory (numpy: its ``base`` is not an
     array; CuPy: see `foreign_memory`), owns that memory alone for the rest of this backward
     pass; returns ``a``."""
+    if type(a) is np.ndarray and a.base is None:  # numpy's own memory: nothing foreign
+        return a
     key = _foreign_key(a)
     if key is not None:
         _fresh_owners[id(key)] = _referent(key)

@@ -1828,10 +1828,7 @@ def grad_matmul(a, b):
     """`matmul` for a backward: its result is a new buffer, declared so
     (`dispatch.declare_fresh_gradient`), so that a GradManager hands an ATen product (a view of
     torch's memory) to ``.grad`` without a copy, as numpy's own."""
-    out = matmul(a, b)
-    if type(out) is np.ndarray and out.base is None:  # numpy's own memory: nothing to declare
-        return out
-    return dispatch.declare_fresh_gradient(out)
+    return dispatch.declare_fresh_gradient(matmul(a, b))
 
 
 def _load_aten():

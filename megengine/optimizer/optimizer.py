@@ -214,7 +214,6 @@ class Optimizer:
             self._run_updates()
             groups = ()
         batched = type(self)._update_batch is not Optimizer._update_batch
-        used_views = False
         try:
             for group in groups:
                 batches = None  # (device, dtype) -> [(param, grad, state)] for _update_batch
@@ -242,7 +241,6 @@ class Optimizer:
                     else:
                         update(p, grad, state, group)
                 if batches:
-                    used_views = True
                     for (device, _), items in batches.items():
                         if scope is not None:
                             scope.enter(device)
@@ -250,8 +248,9 @@ class Optimizer:
         finally:
             if scope is not None:
                 scope.close()
-        if used_views or batched and self.__dict__.get("_views") is not None:
-            self._torch_views().done()  # (a step without batches lets the kept views go)
+        views = self.__dict__.get("_views")  # (made by the first multi-tensor update)
+        if views is not None:
+            views.done()
         if self._gm is not None and self._gm._recording:
             # zero_grad() was used as a synonym of clear_grad() next to the user's own
             # GradManager (a PyTorch habit): stop the recording it started, which no
@@ -277,11 +276,7 @@ class Optimizer:
             if not isinstance(g, Tensor):
                 check_grad_is_tensor(p, f"{type(self).__name__}.step", "nothing was updated",
                                      owner=f"parameter {i}'s")
-            data, grad = p._data, g._data
-            if grad.shape == data.shape and data.dtype.kind == "f" and grad.dtype.kind == "f" \
-                    and g._device == p._device:
-                continue  # the usual case, passing every test below
-            if grad.shape != data.shape:
+            if g._data.shape != p._data.shape:
                 raise ValueError(
                     f"{type(self).__name__}.step: gradient of shape {g.shape} for parameter {i} "
                     f"of shape {p.shape}; nothing was updated (set its .grad to a Tensor of "

@@ -2,7 +2,7 @@
 from ..core.fused import fused_kernel, use_fused
 from ..core.ops import ArgumentError
 from ..functional import _aten
-from .optimizer import _ATEN_UPDATE_MIN, Optimizer, _check_non_negative, update_on_aten
+from .optimizer import Optimizer, _check_non_negative, update_on_aten
 
 __all__ = ["SGD"]
 
@@ -47,7 +47,7 @@ class SGD(Optimizer):
             else:
                 _sgd_kernel()(grad, lr, weight_decay, data)
             return
-        if data.size >= _ATEN_UPDATE_MIN and update_on_aten(data, grad):
+        if update_on_aten(data, grad):
             self._update_aten(param, data, grad, state, group)
             return
         if weight_decay != 0:

@@ -1954,17 +1954,19 @@ def _known_with_gradients(call, mine, theirs):
             return "batch_norm's weight gradient in inference mode"
         if name in ("F.nn.max_pool2d", "F.nn.adaptive_max_pool2d") and _overlapping(call):
             return "overlapping max windows give the first maximum, as torch's"
-        if name in ("F.group_norm", "F.instance_norm", "F.nn.layer_norm",
-                    "F.nn.general_norm") and _close_values(call):
-            return "normalising nearly equal values: rounding"
-        if name in ("F.group_norm", "F.instance_norm", "F.nn.layer_norm",
-                    "F.nn.general_norm") and _close_values(call, single=True) and \
-                gm[0] == gt[0] == "t" and np.abs(dec_array(gm) - dec_array(gt)).max() <= \
-                1e-3 * max(1.0, float(np.abs(dec_array(gt)).max())):
-            # a group of one value normalises to 0, whose rounding (x - mean, 1e-7 here and
-            # there, torch's kernel too) times 1 / sqrt(eps) = 316 makes the gradients
-            # (seeds 80,662 and 82,466: a weight gradient of -6.5e-5 here, 0 upstream)
-            return "normalising single values: rounding times 1 / sqrt(eps)"
+        if name in ("F.group_norm", "F.instance_norm", "F.nn.layer_norm", "F.nn.general_norm"):
+            groups = _norm_groups(call)
+            if groups.shape[-1] > 1 and (groups.std(-1) < 0.1).any():
+                # (values nearly equal: a standard deviation under 0.1, where dividing by it
+                # multiplies the roundings)
+                return "normalising nearly equal values: rounding"
+            if groups.shape[-1] == 1 and gm[0] == gt[0] == "t" and \
+                    np.abs(dec_array(gm) - dec_array(gt)).max() <= \
+                    1e-3 * max(1.0, float(np.abs(dec_array(gt)).max())):
+                # a group of one value normalises to 0, whose rounding (x - mean, 1e-7 here and
+                # there, torch's kernel too) times 1 / sqrt(eps) = 316 makes the gradients
+                # (seeds 80,662 and 82,466: a weight gradient of -6.5e-5 here, 0 upstream)
+                return "normalising single values: rounding times 1 / sqrt(eps)"
         if name == "F.hswish" and (np.abs(x) == 3).any():
             return "hswish's kinks on ATen's kernel, as torch's"
         if name in ("F.nn.prelu", "F.nn.leaky_relu") and (x == 0).any():
@@ -2014,10 +2016,8 @@ def _unset_apart(mine, theirs):
     return bool(np.all(unset | np.isclose(a, b, 1e-4, 1e-5)))
 
 
-def _close_values(call, single=False):
-    """Whether a normalisation call's groups hold nearly equal values (a standard deviation
-    under 0.1), where dividing by it multiplies the roundings; ``single``: whether they hold
-    one value each instead."""
+def _norm_groups(call):
+    """A normalisation call's input (float64) as its groups, one a row."""
     name, args = call[0][5:], call[1]
     x = dec_array(args[0]).astype(np.float64)
     if name == "F.group_norm":
@@ -2030,9 +2030,7 @@ def _close_values(call, single=False):
         groups = x.transpose(rest + axes).reshape(-1, int(np.prod([x.shape[a] for a in axes])))
     else:
         groups = x.reshape(-1, int(np.prod(args[1][1])))
-    if single:
-        return groups.shape[-1] == 1
-    return groups.shape[-1] > 1 and bool((groups.std(-1) < 0.1).any())
+    return groups.reshape(-1, groups.shape[-1])
 
 
 def _broadcasts(shape, to):
