@@ -9,7 +9,13 @@ the median microseconds of each phase for both and their difference:
   ``record``; torch: ``zero_grad`` and the forward);
 * linear, cross entropy: the classifier and the loss;
 * backward: ``gm.backward`` against ``loss.backward()``;
-* step: ``opt.step().clear_grad()`` against ``opt.step()``; loss value: ``float(loss)``.
+* step: ``opt.step().clear_grad()`` against ``opt.step()``;
+* loss value: ``float(loss)``, then the step's tensors dropped (``del``). torch frees the
+  autograd graph it kept for the loss there (~12 us at batch 8: its nodes; the saved tensors went
+  during ``backward``), where the fork freed its graph in backward (`_TorchCall.backward` drops
+  the torch graph of the extractor). In a training loop both are paid every step, as the whole
+  step of ``bench_pytorch_module.py`` pays them (its step function returns); left out, torch's
+  share went untimed.
 
 and, per repeat, the whole step's ratio (the median of fork step / torch step over adjacent
 pairs, as ``_timing.paired_ratio``), summarised as median, quartiles and range over the repeats.
@@ -45,7 +51,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 import _timing  # noqa: E402
 import bench_pytorch_module as bench  # noqa: E402  (the same network, weights and data)
 
-PHASES = ("extractor", "linear", "cross entropy", "backward", "step", "loss value")
+PHASES = ("extractor", "linear", "cross entropy", "backward", "step", "loss, free")
 
 
 def _clock(device):
@@ -95,6 +101,7 @@ def fork_phases(init, data, device="cpu0"):
         opt.step().clear_grad()
         t.append(clock())
         float(loss.numpy())
+        del h, logits, loss  # (as torch's step below)
         t.append(clock())
         return np.diff(t)
 
@@ -135,6 +142,7 @@ def torch_phases(init, data, device="cpu0"):
         opt.step()
         t.append(clock())
         float(loss.detach())
+        del h, logits, loss  # torch frees the loss's graph here (in a loop: every step)
         t.append(clock())
         return np.diff(t)
 
