@@ -10,7 +10,7 @@
 //   cuda_to_torch(owner, cai, device) -> Tensor      view of a CUDA array from its __cuda_array_interface__
 //                                                    dict, for the handler; stream ordering is its job
 //   set_cuda_handlers(to_torch, from_torch)          registers the two Python CUDA handlers
-//   hand_over(grads, slots, result, taken, min_numel, declare)
+//   hand_over(grads, slots, result, taken, min_numel, fresh)
 //                                                    PyTorchModule's backward: torch's CPU gradients
 //                                                    as arrays megengine may keep (see the function)
 //
@@ -406,7 +406,7 @@ PyObject* copy_to_array(const at::Tensor& t, PyObject* obj) {
   return array;
 }
 
-// hand_over(grads, slots, result, taken, min_numel, declare): what PyTorchModule's backward does with
+// hand_over(grads, slots, result, taken, min_numel, fresh): what PyTorchModule's backward does with
 // the gradients torch.autograd returned, for all of them in one call (a Python loop paid ~4 us per
 // gradient in view, copy and storage checks). For each CPU tensor grads[k] (None is skipped), result[
 // slots[k]] becomes an engine array megengine may keep as a .grad:
@@ -414,14 +414,20 @@ PyObject* copy_to_array(const at::Tensor& t, PyObject* obj) {
 // * its memory is one of the tensors in `taken` (the output gradients and inputs handed to torch,
 //   which torch may return unchanged, e.g. through an add) or an earlier gradient's: a view of a clone,
 //   declared fresh;
-// * otherwise a view, declared fresh (declare(array)) when the tensor owns its storage alone.
+// * otherwise a view, declared fresh when the tensor owns its storage alone.
+// Declared fresh: fresh[id(array)] = a weak reference to the array, the entry core/dispatch.py's
+// declare_fresh_gradient makes for such a view (the array is its own foreign key: its base is the storage
+// capsule, no array); `fresh` is that registry (dispatch.fresh_registry()). Written here, not by calling
+// declare_fresh_gradient: a Python call per gradient cost ~3 us of a batch-8 LeNet step's backward.
 // A sparse gradient is made dense first.
 // Never are two results views of one memory: megengine must not give two tensors one gradient array,
 // or an in-place edit (clip_grad_norm) would apply twice.
 PyObject* hand_over(PyObject* grads, PyObject* slots, PyObject* result, PyObject* taken, Py_ssize_t min_numel,
-                    PyObject* declare) {
-  if (!PySequence_Check(grads) || !PyList_Check(slots) || !PyList_Check(result) || !PyTuple_Check(taken)) {
-    throw PyError(PyExc_TypeError, "hand_over(grads, slots: list, result: list, taken: tuple, min_numel, declare)");
+                    PyObject* fresh_registry) {
+  if (!PySequence_Check(grads) || !PyList_Check(slots) || !PyList_Check(result) || !PyTuple_Check(taken) ||
+      !PyDict_Check(fresh_registry)) {
+    throw PyError(PyExc_TypeError,
+                  "hand_over(grads, slots: list, result: list, taken: tuple, min_numel, fresh: dict)");
   }
   OwnedRef seq(PySequence_Fast(grads, "hand_over: grads must be a sequence"));
   const Py_ssize_t n = PySequence_Fast_GET_SIZE(seq.ptr);
@@ -464,12 +470,15 @@ PyObject* hand_over(PyObject* grads, PyObject* slots, PyObject* result, PyObject
       seen.push_back(t.const_data_ptr());
       array = cpu_tensor_to_array(t, numpy_typenum_of(t.scalar_type(), obj));
       if (fresh) {
-        PyObject* r = PyObject_CallOneArg(declare, array);
-        if (r == nullptr) {
+        PyObject* id = PyLong_FromVoidPtr(array);  // (Python's id())
+        PyObject* ref = id == nullptr ? nullptr : PyWeakref_NewRef(array, nullptr);
+        const bool failed = ref == nullptr || PyDict_SetItem(fresh_registry, id, ref) < 0;
+        Py_XDECREF(ref);
+        Py_XDECREF(id);
+        if (failed) {
           Py_DECREF(array);
           throw PyErrorSet{};
         }
-        Py_DECREF(r);
       }
     }
     PyList_SetItem(result, slot, array);  // steals `array`, drops what was there
@@ -534,12 +543,12 @@ PyObject* set_cuda_handlers_py(PyObject* /*module*/, PyObject* args) {
 }
 
 PyObject* hand_over_py(PyObject* /*module*/, PyObject* args) {
-  PyObject *grads, *slots, *result, *taken, *declare;
+  PyObject *grads, *slots, *result, *taken, *fresh;
   Py_ssize_t min_numel;
-  if (!PyArg_ParseTuple(args, "OOOOnO:hand_over", &grads, &slots, &result, &taken, &min_numel, &declare)) {
+  if (!PyArg_ParseTuple(args, "OOOOnO:hand_over", &grads, &slots, &result, &taken, &min_numel, &fresh)) {
     return nullptr;
   }
-  return guarded([&] { return hand_over(grads, slots, result, taken, min_numel, declare); });
+  return guarded([&] { return hand_over(grads, slots, result, taken, min_numel, fresh); });
 }
 
 PyMethodDef methods[] = {
@@ -550,7 +559,7 @@ PyMethodDef methods[] = {
     {"set_cuda_handlers", set_cuda_handlers_py, METH_VARARGS,
      "set_cuda_handlers(to_torch, from_torch): Python callables for CUDA arrays / CUDA tensors"},
     {"hand_over", hand_over_py, METH_VARARGS,
-     "hand_over(grads, slots, result, taken, min_numel, declare): torch's CPU gradients as arrays megengine "
+     "hand_over(grads, slots, result, taken, min_numel, fresh): torch's CPU gradients as arrays megengine "
      "may keep, written into result[slot]"},
     {nullptr, nullptr, 0, nullptr},
 };

@@ -978,6 +978,13 @@ def declare_fresh_gradient(a):
     return a
 
 
+def fresh_registry():
+    """The registry `declare_fresh_gradient` writes (``id(key)`` -> a weak reference to the
+    key), for the bridge's C++ ``hand_over``, which declares its views of torch's gradients
+    there itself (a view it made is its own key), instead of a Python call per gradient."""
+    return _fresh_owners
+
+
 def fresh_owner(a):
     """``a``'s foreign key (`_foreign_key`) when an op declared it fresh
     (`declare_fresh_gradient`), else None."""

@@ -728,7 +728,7 @@ def test_cpp_hand_over_equals_the_python_hand_over():
         dispatch.forget_fresh_gradients()
         if run == "c++":
             ext.hand_over(grads, slots, result, taken, _FRESH_MIN_NUMEL,
-                          dispatch.declare_fresh_gradient)
+                          dispatch.fresh_registry())
         else:
             _TorchCall._hand_over(ext, grads, slots, result, taken[:1], taken[1:],
                                   _FRESH_MIN_NUMEL)
@@ -795,9 +795,11 @@ def test_hand_over_without_copies_keeps_gradients_apart():
 def test_cpp_hand_over_refuses_bad_arguments():
 
     ext = bridge.load_extension()
-    declare = lambda a: a  # noqa: E731
+    declare = {}  # (the registry of fresh gradients)
     with pytest.raises(TypeError, match="hand_over"):
         ext.hand_over((torch.zeros(3),), (0,), [None], (), 2048, declare)  # slots: not a list
+    with pytest.raises(TypeError, match="fresh: dict"):  # (the former callable)
+        ext.hand_over((torch.zeros(3),), [0], [None], (), 2048, lambda a: a)
     with pytest.raises(ValueError, match="one slot per gradient"):
         ext.hand_over((torch.zeros(3),), [0, 1], [None], (), 2048, declare)
     with pytest.raises(IndexError, match="slot out of range"):

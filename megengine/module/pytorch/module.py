@@ -31,7 +31,7 @@ from torch.overrides import TorchFunctionMode
 from ...core import amp as _amp
 from ...core import dispatch as _dispatch
 from ...core import torch_bridge as _bridge
-from ...core.dispatch import Op, apply, declare_fresh_gradient
+from ...core.dispatch import Op, apply, declare_fresh_gradient, fresh_registry
 from ...core.tensor import Parameter, Tensor
 from ...device import canonical_device
 from ..module import Module
@@ -1089,7 +1089,7 @@ class _TorchCall(Op):
             # one is kept when torch's storage counts say nothing else can see it.
             if self.device.startswith("cpu"):  # all gradients in one C++ call (csrc: hand_over)
                 ext.hand_over(got, slots, result, (*out_grads, *inputs), _FRESH_MIN_NUMEL,
-                              declare_fresh_gradient)
+                              fresh_registry())
             else:  # CUDA: no copies for small gradients (a copy is a kernel launch there)
                 self._hand_over(ext, got, slots, result, out_grads, inputs, 0)
         self.inputs = self.outs = None  # drop the torch graph
