@@ -290,6 +290,26 @@ def test_a_value_where_an_error_is_due_is_caught_unless_eager_overflowed():
                               rewrites=True) == "followed"
 
 
+
+def test_a_refusal_or_a_count_from_an_overflow_is_no_finding_under_rewrites():
+    # programs 96277 and 96215: eager's mask of NaN (log(exp(h)) overflowed) is empty, the
+    # rewritten program's is not; so a Python value made from its count differs from the one
+    # recorded (a refusal where none was due), or the count it returns differs from eager's
+    finite, nan = [np.array([1.0, 2.0])], [np.array([np.nan, 2.0])]
+
+    def refuses():
+        raise TraceMismatchError("tensors not equals")
+    assert jit_check._outcome("x", refuses, nan, (None, None), None, rewrites=True) == "refused"
+    for want, rewrites in ((finite, True), (nan, False)):  # (no overflow, or no rewrites)
+        with pytest.raises(JitMismatch, match="TraceMismatchError"):
+            jit_check._outcome("x", refuses, want, (None, None), None, rewrites=rewrites)
+    jit_check._close([np.array(1.0), np.array(2)], [np.array(np.nan), np.array(0)], "x",
+                     rewrites=True)
+    for want, rewrites in (([np.array(1.0), np.array(0)], True),
+                           ([np.array(np.nan), np.array(0)], False)):
+        with pytest.raises(JitMismatch, match="differs from eager"):
+            jit_check._close([np.array(1.0), np.array(2)], want, "x", rewrites=rewrites)
+
 # writes (`jit_programs._with_writes`): a captured Parameter read, written with a value computed
 # from the input, indexed, with a numpy array and a number, and read again; the argument and a
 # computed value written in place and read again; and a training step that writes its argument
