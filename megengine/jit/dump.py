@@ -97,7 +97,8 @@ class DumpInfo(namedtuple("DumpInfo", ["nr_opr", "tot_bytes", "tensor_value_byte
 
 # upstream's dump options: those of its serialized graph (names, priorities, strip info) change
 # nothing in this file format; the optimizer's float16 options rewrite the graph and the others
-# are recorded (megengine.utils.network_optimize says what each does here)
+# are recorded (megengine.utils.network_optimize says what each does here); dump_format
+# "FBS_V2" writes upstream's format instead (`dump_program`, `upstream_mge_write`)
 _NO_EFFECT = frozenset({
     "append", "keep_var_name", "keep_opr_name", "keep_param_name", "keep_opr_priority",
     "no_change_graph", "strip_info_file", "append_json", "optimize_for_inference",
@@ -126,8 +127,20 @@ def _input_dependent(prog):
 def dump_program(prog, file, **options):
     """Write ``prog`` (a recorded `_Program`) to ``file``; see the module docstring and
     `program_json` for the options. Returns upstream's dump result (`DumpInfo`)."""
+    if options.get("dump_format") not in (None, "FBS", "FBS_V2"):
+        raise DumpError(f"trace.dump: dump_format must be None or 'FBS' (this fork's format) "
+                        f"or 'FBS_V2' (upstream's mgv2), got {options['dump_format']!r}")
+    if options.get("dump_format") == "FBS_V2" and options.get("input_data") is not None:
+        raise DumpError("trace.dump: input_data (test cases) is not written with "
+                        "dump_format='FBS_V2' (upstream's format); dump the test cases "
+                        "without dump_format, or the model without input_data")
     graph, w = program_json(prog, **options)
-    data = write_file(graph, w, file)
+    if options.get("dump_format") == "FBS_V2":  # upstream's format, for its runtimes
+        from .upstream_mge_write import dump_upstream
+
+        data = dump_upstream(graph, w, file)
+    else:
+        data = write_file(graph, w, file)
     steps, consts = graph["steps"], graph["consts"]
     # upstream counts its input and constant operators too; an alias is no operator
     n_oprs = len(graph["inputs"]) + len(consts) + sum("alias" not in st for st in steps)

@@ -1,0 +1,123 @@
+"""Files this fork writes in upstream's format (``trace.dump(dump_format="FBS_V2")``), with the
+outputs a real upstream MegEngine 1.13 computes from them: tests/jit/test_upstream_mge_write.py
+checks that the fork still writes these bytes and that they give upstream's outputs.
+
+Two steps, two Pythons (upstream has no wheels for this fork's Python):
+
+    # 1. with this fork: writes written_NAME.mge and written_NAME.npz (inputs, the fork's outputs)
+    PYTHONPATH=/path/to/fork python tests/data/upstream_mge/written.py write DIR
+    # 2. with upstream 1.13 (Python 3.10), from a directory where the fork is not importable:
+    #    adds upstream's outputs (GraphInference of each file) to its .npz as up_<k>
+    cd /tmp && python3.10 /path/to/fork/tests/data/upstream_mge/written.py run DIR
+"""
+import os
+import sys
+
+import numpy as np
+
+
+def models():
+    """{name: (build() -> (module, inputs {name: array}))}: the networks written, each built
+    from fixed weights (megengine.random is seeded before each)."""
+    import megengine.functional as F
+    import megengine.module as M
+
+    class CNN(M.Module):  # convolutions (groups), BN in eval, pooling of each kind, linear
+        def __init__(self):
+            super().__init__()
+            self.c = M.Conv2d(1, 4, 3, padding=1)
+            self.bn = M.BatchNorm2d(4)
+            self.c2 = M.Conv2d(4, 4, 3, padding=1, groups=2)
+            self.c3 = M.Conv2d(4, 2, 3, stride=2, padding=2, dilation=2, bias=False)
+            self.l = M.Linear(4 * 4 * 4, 10)
+
+        def forward(self, x):
+            x = F.relu(self.bn(self.c(x)))
+            x = F.max_pool2d(x, 2)
+            x = F.avg_pool2d(self.c2(x), 3, stride=1, padding=1)
+            side = F.adaptive_avg_pool2d(self.c3(x), (1, 1))
+            return F.softmax(self.l(F.flatten(x, 1)), axis=1), side
+
+    class MLP(M.Module):  # elementwise modes, reductions, concat, indexing, batched matmul
+        def __init__(self):
+            super().__init__()
+            self.a = M.Linear(6, 8)
+            self.b = M.Linear(8, 4)
+
+        def forward(self, x):
+            h = F.gelu(self.a(x))
+            h = F.tanh(h) * F.sigmoid(h) - F.exp(-F.abs(h)) / 2.0
+            h = F.concat([h, F.relu(h)], axis=1)
+            s = h.sum(axis=1, keepdims=True) + h.max(axis=0, keepdims=True).mean()
+            t = F.transpose(h.reshape(2, 4, 4), (0, 2, 1))
+            q = F.squeeze(F.expand_dims(F.matmul(t, t).mean(axis=2), 1), 1)
+            y = self.b(F.relu(h[:, :8])) + q.astype("int32").astype("float32")
+            return F.softmax(y, axis=1), s, F.maximum(q, 0.5), h[1, 2:9:3]
+
+    def cnn():
+        net = CNN()
+        for k, p in enumerate(net.parameters()):
+            p.set_value(np.random.RandomState(k).randn(*p.shape).astype("float32") * 0.5)
+        rng = np.random.RandomState(10)
+        net.bn.running_mean.set_value(rng.randn(1, 4, 1, 1).astype("float32"))
+        net.bn.running_var.set_value(rng.rand(1, 4, 1, 1).astype("float32") + 0.5)
+        return net, {"x": rng.rand(2, 1, 8, 8).astype("float32")}
+
+    def mlp():
+        net = MLP()
+        for k, p in enumerate(net.parameters()):
+            p.set_value(np.random.RandomState(k).randn(*p.shape).astype("float32") * 0.5)
+        return net, {"x": np.random.RandomState(11).randn(2, 6).astype("float32")}
+
+    return {"cnn": cnn, "mlp": mlp}
+
+
+def write(name, build, file=None):
+    """Trace model ``name`` and dump it in upstream's format to ``file`` (None: only return
+    the bytes); returns (bytes, inputs, the traced outputs)."""
+    import io
+
+    import megengine as mge
+    from megengine.jit import trace
+
+    net, inputs = build()
+    net.eval()
+    names = list(inputs)
+
+    @trace(symbolic=True, capture_as_const=True)
+    def f(*xs):
+        out = net(*xs)
+        return out if isinstance(out, tuple) else (out,)
+
+    outs = [o.numpy() for o in f(*(mge.tensor(inputs[n]) for n in names))]
+    buf = io.BytesIO()
+    f.dump(buf, arg_names=names, dump_format="FBS_V2")
+    data = buf.getvalue()
+    if file is not None:
+        with open(file, "wb") as fh:
+            fh.write(data)
+    return data, inputs, outs
+
+
+def main(step, out_dir):
+    for name, build in models().items():
+        path = os.path.join(out_dir, f"written_{name}.mge")
+        if step == "write":
+            _, inputs, outs = write(name, build, path)
+            np.savez(path[:-4] + ".npz", **{f"in_{k}": v for k, v in inputs.items()},
+                     **{f"fork_{k}": v for k, v in enumerate(outs)})
+            continue
+        from megengine.utils.comp_graph_tools import GraphInference
+
+        ref = dict(np.load(path[:-4] + ".npz"))
+        got = GraphInference(path).run(
+            inp_dict={k[3:]: v for k, v in ref.items() if k.startswith("in_")})
+        ref.update({f"up_{k}": np.asarray(v) for k, v in enumerate(got.values())})
+        np.savez(path[:-4] + ".npz", **ref)
+        print(name, "upstream / fork max difference:",
+              [float(np.abs(ref[f"up_{k}"] - ref[f"fork_{k}"]).max()) for k in range(len(got))])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else os.path.dirname(
+        os.path.abspath(__file__)))

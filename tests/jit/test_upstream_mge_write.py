@@ -1,0 +1,131 @@
+"""Writing upstream MegEngine's .mge format (megengine/jit/upstream_mge_write.py,
+``trace.dump(dump_format="FBS_V2")``). The oracle is a real upstream MegEngine 1.13: the files
+tests/data/upstream_mge/written_*.mge were written by this fork and run by upstream
+(tests/data/upstream_mge/written.py, which stores upstream's outputs beside them); this test
+checks that the fork still writes those very bytes, and that they give upstream's outputs."""
+import importlib.util
+import io
+import os
+import struct
+
+import numpy as np
+import pytest
+
+import megengine as mge
+import megengine.functional as F
+import megengine.module as M
+from megengine.jit import trace
+from megengine.jit.dump import DumpError, load
+from megengine.jit.upstream_mge import _model
+from megengine.jit.upstream_mge_write import _Encoder, _type_id
+
+DATA = os.path.join(os.path.dirname(__file__), "..", "data", "upstream_mge")
+_spec = importlib.util.spec_from_file_location("written", os.path.join(DATA, "written.py"))
+written = importlib.util.module_from_spec(_spec)  # (the models, as written.py builds them)
+_spec.loader.exec_module(written)
+
+
+@pytest.mark.parametrize("name", sorted(written.models()))
+def test_written_files_are_what_upstream_ran(name):
+    data, inputs, outs = written.write(name, written.models()[name])
+    with open(os.path.join(DATA, f"written_{name}.mge"), "rb") as f:
+        assert data == f.read(), ("the writer's bytes changed: run tests/data/upstream_mge/"
+                                  "written.py (write, then run with upstream) to check them")
+    ref = np.load(os.path.join(DATA, f"written_{name}.npz"))
+    ups = [ref[f"up_{k}"] for k in range(sum(k.startswith("up_") for k in ref))]
+    assert len(ups) == len(outs)
+    for got, up in zip(outs, ups):  # upstream's outputs from these bytes: the traced values
+        assert got.dtype == up.dtype
+        np.testing.assert_allclose(got.reshape(up.shape), up, rtol=1e-5, atol=1e-6)
+        # (a 0-d value is a vector of one item in upstream's graph)
+    # this fork's loader reads the file it wrote (upstream's format) to the same values
+    prog = load(io.BytesIO(data))
+    got = [v.numpy() for v in prog.run(inputs).values()]
+    for g, up in zip(got, ups):
+        np.testing.assert_allclose(g.reshape(up.shape), up, rtol=1e-5, atol=1e-6)
+
+
+def test_operator_ids_are_upstreams():
+    # the ids upstream 1.13 wrote for these operators (tests/data/upstream_mge/cnn.mge):
+    # version 1 operators hash their name without the version suffix, version 2 with a NUL
+    with open(os.path.join(DATA, "cnn.mge"), "rb") as f:
+        model, _ = _model(f.read())
+    ids = {op.string(0): (op.scalar(1, "Q"), op.scalar(12, "I")) for op in model.tables(2)}
+    for name in ("MatrixMulV2", "Elemwise", "PoolingV1", "Convolution", "Softmax",
+                 "Host2DeviceCopy", "ImmutableTensor", "ReshapeV1", "Concat"):
+        type_id, version = ids[name]
+        assert _type_id(name, version) == type_id, name
+
+
+def test_encoder_lays_out_a_valid_buffer():
+    enc = _Encoder()
+    data = enc.finish({0: ("Q", 2 ** 63 + 5), 1: ("str", "ab"), 2: ("B", 7), 3: ("d", 0.5),
+                       4: ("tables", [{0: ("i", -3)}, {1: ("u32s", [1, 2, 3])}]),
+                       5: ("table", {0: ("Q", 9), 1: ("structs <Ii", [(1, -2), (0, 5)])})},
+                      b"mgv2")
+    assert struct.unpack_from("<I", data)[0] == len(data) - 4 and data[8:12] == b"mgv2"
+    assert len(data) % 8 == 0
+    root, _ = _model(data)
+    buf = root.buf
+    # (8-byte scalars at a multiple of 8 from the start of the size prefix: 4 before buf)
+    for table, field in ((root, 0), (root, 3), (root.table(5), 0)):
+        assert (table.pos + table.offsets[field] + 4) % 8 == 0
+    assert root.scalar(0, "Q") == 2 ** 63 + 5 and root.string(1) == "ab"
+    assert root.scalar(2, "B") == 7 and root.scalar(3, "d") == 0.5
+    first, second = root.tables(4)
+    assert first.scalar(0, "i") == -3 and second.scalars(1, "I") == [1, 2, 3]
+    assert root.table(5).scalar(0, "Q") == 9
+    assert root.table(5).structs(1, "<Ii") == [(1, -2), (0, 5)]
+    assert buf[root.pos + root.offsets[1] + struct.unpack_from(
+        "<I", buf, root.pos + root.offsets[1])[0] + 4 + 2] == 0  # (the string's NUL)
+    for table in (root, first, second, root.table(5)):  # (each vtable before its table)
+        vtable = table.pos - struct.unpack_from("<i", buf, table.pos)[0]
+        assert 0 <= vtable < table.pos and vtable % 2 == 0 and (table.pos + 4) % 4 == 0
+
+
+def _dumped(fn, *xs, **options):
+    traced = trace(fn, symbolic=True, capture_as_const=True)
+    traced(*(mge.tensor(x) for x in xs))
+    buf = io.BytesIO()
+    traced.dump(buf, dump_format="FBS_V2", **options)
+    return buf
+
+
+def test_what_has_no_writer_is_refused_by_name_before_writing():
+    x = np.random.RandomState(0).randn(2, 4).astype("float32")
+    with pytest.raises(DumpError, match=r"LeakyRelu.*no writer.*dump without dump_format"):
+        _dumped(lambda x: F.leaky_relu(x, 0.1), x)
+    with pytest.raises(DumpError, match=r"IndexingMultiAxisVec.*no writer"):
+        _dumped(lambda x: x[np.array([1, 0])], x)
+    with pytest.raises(DumpError, match=r"indexes with .*ints and slices are written"):
+        _dumped(lambda x: x[:, None, 1:], x)
+    with pytest.raises(DumpError, match="dtype int64|dtype float64"):
+        _dumped(lambda x: x.astype("float64") * 2, x)
+    bn = M.BatchNorm1d(4)  # (left in training mode: the batch's statistics)
+    with pytest.raises(DumpError, match=r"training mode.*eval\(\)"):  # (as every dump)
+        _dumped(bn, x)
+    # a refused dump writes nothing into the file
+    buf = io.BytesIO()
+    traced = trace(lambda x: F.leaky_relu(x, 0.1), symbolic=True, capture_as_const=True)
+    traced(mge.tensor(x))
+    with pytest.raises(DumpError):
+        traced.dump(buf, dump_format="FBS_V2")
+    assert buf.getvalue() == b""
+
+
+def test_test_cases_are_refused():
+    x = np.ones((2, 3), "float32")
+    with pytest.raises(DumpError, match="input_data.*FBS_V2"):
+        _dumped(lambda x: x * 2, x, input_data=["#rand(0,1,2,3)"])
+
+
+def test_this_forks_format_stays_the_default():
+    x = np.ones((2, 3), "float32")
+    traced = trace(lambda x: x * 2, symbolic=True, capture_as_const=True)
+    traced(mge.tensor(x))
+    for fmt in (None, "FBS"):
+        buf = io.BytesIO()
+        traced.dump(buf, dump_format=fmt) if fmt else traced.dump(buf)
+        assert buf.getvalue()[:7] == b"MGEFORK"
+    with pytest.raises(DumpError, match="dump_format must be.*'FBS_V2'.*got 'fbs2'"):
+        traced.dump(io.BytesIO(), dump_format="fbs2")
