@@ -80,19 +80,24 @@ def write(name, build, file=None):
     import megengine as mge
     from megengine.jit import trace
 
-    net, inputs = build()
-    net.eval()
-    names = list(inputs)
+    before = mge.get_default_device()
+    mge.set_default_device("xpux")  # (the device name the files record, whatever the machine's
+    try:  # default: MGE_DEFAULT_DEVICE=cpu0 would record cpu0)
+        net, inputs = build()
+        net.eval()
+        names = list(inputs)
 
-    @trace(symbolic=True, capture_as_const=True)
-    def f(*xs):
-        out = net(*xs)
-        return out if isinstance(out, tuple) else (out,)
+        @trace(symbolic=True, capture_as_const=True)
+        def f(*xs):
+            out = net(*xs)
+            return out if isinstance(out, tuple) else (out,)
 
-    outs = [o.numpy() for o in f(*(mge.tensor(inputs[n]) for n in names))]
-    buf = io.BytesIO()
-    f.dump(buf, arg_names=names, dump_format="FBS_V2")
-    data = buf.getvalue()
+        outs = [o.numpy() for o in f(*(mge.tensor(inputs[n]) for n in names))]
+        buf = io.BytesIO()
+        f.dump(buf, arg_names=names, dump_format="FBS_V2")
+        data = buf.getvalue()
+    finally:
+        mge.set_default_device(before)
     if file is not None:
         with open(file, "wb") as fh:
             fh.write(data)
