@@ -213,6 +213,33 @@ def _dimshuffle(p, ins, outs):
     return {0: ("i32s", list(p["pattern"])), 1: ("I", len(ins[0].shape))}
 
 
+_RESIZE_MODES = {"nearest": 0, "bilinear": 1}
+
+
+def _resize(p, ins, outs):
+    mode = p.get("mode")
+    if mode not in _RESIZE_MODES or p.get("align_corners"):
+        raise DumpError(f"trace.dump(dump_format='FBS_V2'): an interpolation of mode {mode!r} "
+                        f"(align_corners={p.get('align_corners')}); nearest and bilinear "
+                        "without align_corners are written")
+    return {0: ("I", _RESIZE_MODES[mode]), 1: ("I", 0)}  # (format NCHW: Resize's default NHWC)
+
+
+_PAD_MODES = {"edge": 0, "replicate": 0, "reflect": 1, "constant": 2}
+
+
+def _padding(p, ins, outs):
+    width, mode = p["pad_width"], p.get("mode", "constant")
+    if mode not in _PAD_MODES or len(width) > 7:
+        raise DumpError(f"trace.dump(dump_format='FBS_V2'): padding of mode {mode!r} over "
+                        f"{len(width)} axes; constant, reflect and edge padding of up to 7 axes "
+                        "are written")
+    fields = {15: ("I", _PAD_MODES[mode]), 14: ("f", float(p.get("value", 0.0)))}
+    for axis, (front, back) in enumerate(width):
+        fields[axis], fields[7 + axis] = ("I", int(front)), ("I", int(back))
+    return fields
+
+
 _OPERATORS = {
     "Elemwise": ("Elemwise", 1, 17, _elemwise),
     "MatrixMul": ("MatrixMulV2", 1, 20, _matmul),
@@ -232,16 +259,24 @@ _OPERATORS = {
     "Subtensor": ("Subtensor", 1, 66,
                   lambda p, ins, outs: {0: ("structs <b????", [
                       (d["axis"], d["begin"], d["end"], d["step"], d["idx"]) for d in p])}),
+    "ConvolutionBackwardData": ("ConvolutionBackwardData", 2, 3, _convolution),
+    "Broadcast": ("Broadcast", 1, 1, lambda p, ins, outs: {}),
+    "ResizeForward": ("ResizeV2", 1, 40, _resize),
+    "Pad": ("Padding", 1, 82, _padding),
     "BatchNormForward": ("BatchNormV1", 1, 11,
                          lambda p, ins, outs: {0: ("I", 2), 1: ("I", 1),
                                                2: ("d", float(p["epsilon"]))}),
 }
+# the operators with an ExecutionPolicy as a second parameter (upstream's defaults: an empty
+# table)
+_WITH_POLICY = {"ConvolutionForward", "ConvolutionBackwardData"}
 # the operators whose comp node upstream's dump names (their config sets one)
 _WITH_COMP_NODE = {"MatrixMul", "BatchedMatrixMul", "Concat"}
 # the operators upstream's graph makes with a target shape as a second input
-_SHAPE_INPUT = {"Reshape", "AdaptivePoolingForward"}
+_SHAPE_INPUT = {"Reshape", "AdaptivePoolingForward", "Broadcast", "ResizeForward"}
 # what `trace.dump(dump_format="FBS_V2")` writes, by upstream's graph type (documentation)
-SUPPORTED = ("Host2DeviceCopy", "ImmutableTensor") + tuple(sorted(_OPERATORS))
+SUPPORTED = ("Host2DeviceCopy", "ImmutableTensor") + tuple(sorted(_OPERATORS)) + (
+    "LeakyRelu", "PRelu", "LogSoftmax", "Stack", "Split", "Normalize (layer_norm)")
 
 
 def _check(opr, t, p, ins):
@@ -261,98 +296,13 @@ def _check(opr, t, p, ins):
 # --------------------------------------------------------------------------------------------
 # the model
 # --------------------------------------------------------------------------------------------
-def write_upstream(net, metadata=None):
-    """The bytes of upstream's ``.mge`` file of `megengine.utils.network.Network` ``net``;
-    ``metadata``: upstream's metadata dict (``user_info``, ``graph_modified``,
-    ``optimize_options``), or None for none."""
-    from ..utils.network_node import _subtensor_items, graph_params, graph_type
-
-    ids, middle, ops = {}, [], []
-
-    def new_var(name, shape):
-        middle.append({0: ("str", name), 1: ("u32s", _shape(shape))})
-        return len(middle) - 1
-
-    def add_const(value, device, name):
-        k = new_var(name, value.shape)
-        ops.append(_operator("ImmutableTensor", 2, None, [], [k], tensors=[
-            _tensor(value.shape, value.dtype, device, f"constant {name!r}", value=value)]))
-        return k
-
-    for opr in net.all_oprs:
-        t = graph_type(opr)
-        outs = list(opr.outputs)
-        device = getattr(outs[0], "device", None) if outs else None
-        device = getattr(device, "logical_name", device)
-        if t == "Host2DeviceCopy":
-            v = outs[0]
-            ids[id(v)] = k = new_var(v.name, v.shape)
-            ops.append(_operator("Host2DeviceCopy", 2, (63, {}), [], [k], tensors=[
-                _tensor(v.shape, v.dtype, device, f"input {v.name!r}", name=v.name)]))
-            continue
-        if t == "ImmutableTensor":
-            v = outs[0]
-            ids[id(v)] = add_const(np.asarray(opr.numpy()), device, v.name)
-            continue
-        if t not in _OPERATORS:
-            raise DumpError(
-                f"trace.dump(dump_format='FBS_V2'): operator {opr.name!r} ({t}) has no writer "
-                f"for upstream's format here (written: {', '.join(SUPPORTED)}); dump without "
-                "dump_format to keep it in this fork's format")
-        ins = list(opr.inputs)
-        p, values = graph_params(opr), ()
-        if t == "Subtensor":  # ints and slices: upstream's items, their values as inputs
-            found = _subtensor_items(opr.params.get("index"), len(ins[0].shape))
-            if found is None:
-                raise DumpError(
-                    f"trace.dump(dump_format='FBS_V2'): operator {opr.name!r} indexes with "
-                    f"{opr.params.get('index')!r}; indices of ints and slices are written "
-                    "(index arrays, None and masks are not yet)")
-            p, values = found
-        _check(opr, t, p, ins)
-        missing = [v.name for v in ins if id(v) not in ids]
-        if missing:  # pragma: no cover (Network lists operators in dependency order)
-            raise DumpError(f"trace.dump(dump_format='FBS_V2'): {opr.name!r} reads {missing} "
-                            "before they are computed")
-        inputs = [ids[id(v)] for v in ins]
-        inputs += [add_const(np.array([v], np.int32), device, f"{opr.name}:index{k}")
-                   for k, v in enumerate(values)]
-        if t == "Reduce" and p["axis"] == _EVERY_AXIS:  # (upstream's: a target shape input)
-            inputs.append(add_const(np.array([1], np.int32), device, f"{opr.name}:shape"))
-        if t == "Reshape":
-            inputs.append(add_const(np.array(outs[0].shape, np.int32), device,
-                                    f"{opr.name}:shape"))
-        elif t == "AdaptivePoolingForward":
-            inputs.append(add_const(np.array(outs[0].shape[2:], np.int32), device,
-                                    f"{opr.name}:shape"))
-        name, version, ptype, params = _OPERATORS[t]
-        outputs = []
-        if t == "BatchNormForward":  # (upstream's four: the statistics, a reserve, then y)
-            outputs = [new_var(f"{opr.name}:{part}", shape) for part, shape in
-                       (("mean", ins[3].shape), ("variance", ins[4].shape), ("reserve", (0,)))]
-        for v in outs:
-            ids[id(v)] = k = new_var(v.name, v.shape)
-            outputs.append(k)
-        extra = [(55, {})] if t == "ConvolutionForward" else []  # (an ExecutionPolicy: defaults)
-        ops.append(_operator(name, version, (ptype, params(p, ins, outs)), inputs, outputs,
-                             comp_node=device if t in _WITH_COMP_NODE else None, extra=extra))
-    model = {0: ("I", _MGE_VERSION), 1: ("I", 2), 2: ("tables", ops), 3: ("tables", middle),
-             4: ("tables", [{0: ("I", ids[id(v)]), 1: ("I", ids[id(v)])}
-                            for v in net.output_vars]),
-             5: ("tables", [])}
-    if metadata is not None:
-        model[7] = ("table", {
-            0: ("?", True), 1: ("?", bool(metadata.get("graph_modified", False))),
-            2: ("Q", int(metadata.get("optimize_options", 0))),
-            3: ("str", pickle.dumps(metadata.get("user_info"), protocol=4))})
-    return _Encoder().finish(model, b"mgv2")
-
-
 def _operator(name, version, param, inputs, outputs, tensors=(), comp_node=None, extra=()):
+    """An Operator table: upstream's registered ``name`` and ``version``, ``param`` (its union
+    type, its table) or None, the var numbers it reads and makes."""
     op = {0: ("str", name), 1: ("Q", _type_id(name, version)), 12: ("I", version)}
     if param is not None:
         op[3], op[4] = ("B", param[0]), ("table", param[1])
-    if extra:
+    if extra:  # (more parameters: their union types, their tables)
         op[5] = ("u8s", bytes(ptype for ptype, _ in extra))
         op[6] = ("tables", [table for _, table in extra])
     if inputs:
@@ -363,6 +313,225 @@ def _operator(name, version, param, inputs, outputs, tensors=(), comp_node=None,
     if tensors:
         op[11] = ("tables", list(tensors))
     return op
+
+
+class _Graph:
+    """The operators and vars of the file being written: upstream numbers the vars (its
+    middle tensors) in the order the operators make them."""
+
+    def __init__(self):
+        self.ids, self.middle, self.ops = {}, [], []  # ids: id(a Network var) -> var number
+
+    def var(self, name, shape):
+        self.middle.append({0: ("str", name), 1: ("u32s", _shape(shape))})
+        return len(self.middle) - 1
+
+    def const(self, value, device, name):
+        """A constant (an ImmutableTensor) of ``value``; returns its var."""
+        value = np.asarray(value)
+        k = self.var(name, value.shape)
+        self.ops.append(_operator("ImmutableTensor", 2, None, [], [k], tensors=[
+            _tensor(value.shape, value.dtype, device, f"constant {name!r}", value=value)]))
+        return k
+
+    def shape_const(self, shape, device, name):
+        return self.const(np.array(shape, np.int32), device, f"{name}:shape")
+
+    def op(self, name, version, ptype, params, inputs, outputs, comp_node=None, extra=()):
+        """An operator of registered ``name``; ``outputs``: (name, shape) per output var.
+        Returns the output vars."""
+        made = [self.var(n, shape) for n, shape in outputs]
+        self.ops.append(_operator(name, version, (ptype, params), inputs, made, comp_node=comp_node,
+                                  extra=extra))
+        return made
+
+    def elemwise(self, mode, inputs, name, shape):
+        return self.op("Elemwise", 1, 17, {0: ("I", _ELEMWISE_MODES.index(mode))}, inputs,
+                       [(name, shape)])[0]
+
+    def reduce(self, mode, x, axis, name, shape):
+        return self.op("ReduceV2", 1, 23, {0: ("I", _REDUCE_MODES[mode]), 1: ("i", axis)},
+                       [x], [(name, shape)])[0]
+
+
+# Operators of this fork's program that upstream's graph computes with several operators: each
+# writes them as upstream's functional code builds them (megengine/functional/nn.py and
+# tensor.py of 1.13), and gives the Network's output var the last one's number.
+def _leaky_relu(g, opr, ins, outs, p, device, slope=None):
+    """``maximum(x, 0) + slope * minimum(x, 0)`` (upstream's leaky_relu and prelu)."""
+    x, y = g.ids[id(ins[0])], outs[0]
+    shape, name = tuple(y.shape), y.name
+    zero = g.const(np.zeros(1, y.dtype), device, f"{name}:zero")
+    if slope is None:
+        slope = g.const(np.array([p["slope"]], y.dtype), device, f"{name}:slope")
+    high = g.elemwise("MAX", [x, zero], f"{name}:max", shape)
+    low = g.elemwise("MIN", [x, zero], f"{name}:min", shape)
+    scaled = g.elemwise("MUL", [slope, low], f"{name}:scaled", shape)
+    g.ids[id(y)] = g.elemwise("ADD", [high, scaled], name, shape)
+
+
+def _prelu(g, opr, ins, outs, p, device):
+    w, x = ins[1], ins[0]
+    slope = g.ids[id(w)]
+    if w.shape and int(np.prod(w.shape)) > 1 and len(x.shape) > 2:  # (one per channel: axis 1)
+        view = (1, int(np.prod(w.shape))) + (1,) * (len(x.shape) - 2)
+        slope = g.op("ReshapeV1", 1, 54, {0: ("i", _NO_AXIS)},
+                     [slope, g.shape_const(view, device, f"{outs[0].name}:w")],
+                     [(f"{outs[0].name}:w", view)])[0]
+    _leaky_relu(g, opr, ins, outs, p, device, slope=slope)
+
+
+def _log_softmax(g, opr, ins, outs, p, device):
+    """``x - (log(sum(exp(x - m))) + m)`` with ``m`` the maximum along the axis (upstream's
+    logsoftmax: ``inp - logsumexp(inp, axis, keepdims=True)``)."""
+    x, y = g.ids[id(ins[0])], outs[0]
+    axes = p.get("axes")
+    if not isinstance(axes, (tuple, list)) or len(axes) != 1:
+        _refuse(opr, f"a log_softmax over axes {axes!r}; one axis is written")
+    shape, name = tuple(y.shape), y.name
+    axis = int(axes[0]) % len(shape)
+    kept = shape[:axis] + (1,) + shape[axis + 1:]
+    peak = g.reduce("MAX", x, axis, f"{name}:max", kept)
+    shifted = g.elemwise("SUB", [x, peak], f"{name}:shifted", shape)
+    total = g.reduce("SUM", g.elemwise("EXP", [shifted], f"{name}:exp", shape), axis,
+                     f"{name}:sum", kept)
+    lse = g.elemwise("ADD", [g.elemwise("LOG", [total], f"{name}:log", kept), peak],
+                     f"{name}:logsumexp", kept)
+    g.ids[id(y)] = g.elemwise("SUB", [x, lse], name, shape)
+
+
+def _stack(g, opr, ins, outs, p, device):
+    """Each input with a new axis (AxisAddRemove), then one Concat (upstream's stack)."""
+    y = outs[0]
+    axis = int(p["axis"]) % len(y.shape)
+    parts = [g.op("AxisAddRemove", 1, 65, {0: ("structs <Ii", [(0, axis)])}, [g.ids[id(v)]],
+                  [(f"{y.name}:part{k}", tuple(y.shape[:axis]) + (1,) + tuple(y.shape[axis + 1:]))])[0]
+             for k, v in enumerate(ins)]
+    g.ids[id(y)] = g.op("Concat", 1, 2, {0: ("i", axis)}, parts, [(y.name, y.shape)],
+                        comp_node=device)[0]
+
+
+def _split(g, opr, ins, outs, p, device):
+    """Upstream's Split: the input, then the size of each part, as inputs."""
+    bounds = list(p["bounds"])
+    sizes = [g.const(np.array([hi - lo], np.int32), device, f"{opr.name}:size{k}")
+             for k, (lo, hi) in enumerate(zip(bounds, bounds[1:]))]
+    made = g.op("Split", 1, 2, {0: ("i", int(p["axis"]))}, [g.ids[id(ins[0])]] + sizes,
+                [(v.name, v.shape) for v in outs])
+    for v, k in zip(outs, made):
+        g.ids[id(v)] = k
+
+
+def _layer_norm(g, opr, ins, outs, p, device):
+    """Upstream's LayerNorm operator: the normalized output, then the mean and 1 / std."""
+    if p.get("family") != "layer_norm" or p.get("has_weight") != p.get("has_bias"):
+        _refuse(opr, "a normalization other than layer_norm with both or neither of weight "
+                     "and bias")
+    x, y = ins[0], outs[0]
+    size = int(p["view"][-1])
+    nd, n = 0, 1
+    while n < size and nd < len(x.shape):
+        nd += 1
+        n *= int(x.shape[-nd])
+    if n != size:
+        _refuse(opr, f"a layer_norm over {size} values that are no trailing axes of {x.shape}")
+    lead = tuple(x.shape[:len(x.shape) - nd]) or (1,)
+    affine = bool(p["has_weight"])
+    made = g.op("LayerNorm", 1, 85, {0: ("?", affine), 1: ("f", float(p["eps"])), 2: ("Q", nd),
+                                     3: ("Q", size)},
+                [g.ids[id(v)] for v in ins[:3 if affine else 1]],
+                [(y.name, y.shape), (f"{y.name}:mean", lead), (f"{y.name}:rstd", lead)])
+    g.ids[id(y)] = made[0]
+
+
+_EXPANSIONS = {"LeakyRelu": _leaky_relu, "PRelu": _prelu, "LogSoftmax": _log_softmax,
+               "Stack": _stack, "Split": _split, "Normalize": _layer_norm}
+
+
+def _refuse(opr, what):
+    raise DumpError(f"trace.dump(dump_format='FBS_V2'): operator {opr.name!r}: {what}; dump "
+                    "without dump_format to keep it in this fork's format")
+
+
+def write_upstream(net, metadata=None):
+    """The bytes of upstream's ``.mge`` file of `megengine.utils.network.Network` ``net``;
+    ``metadata``: upstream's metadata dict (``user_info``, ``graph_modified``,
+    ``optimize_options``), or None for none."""
+    from ..utils.network_node import _subtensor_items, graph_params, graph_type
+
+    g = _Graph()
+    ids = g.ids
+    for opr in net.all_oprs:
+        t = graph_type(opr)
+        outs = list(opr.outputs)
+        device = getattr(outs[0], "device", None) if outs else None
+        device = getattr(device, "logical_name", device)
+        if t == "Host2DeviceCopy":
+            v = outs[0]
+            ids[id(v)] = k = g.var(v.name, v.shape)
+            g.ops.append(_operator("Host2DeviceCopy", 2, (63, {}), [], [k], tensors=[
+                _tensor(v.shape, v.dtype, device, f"input {v.name!r}", name=v.name)]))
+            continue
+        if t == "ImmutableTensor":
+            v = outs[0]
+            ids[id(v)] = g.const(opr.numpy(), device, v.name)
+            continue
+        if t not in _OPERATORS and t not in _EXPANSIONS:
+            raise DumpError(
+                f"trace.dump(dump_format='FBS_V2'): operator {opr.name!r} ({t}) has no writer "
+                f"for upstream's format here (written: {', '.join(SUPPORTED)}); dump without "
+                "dump_format to keep it in this fork's format")
+        ins = list(opr.inputs)
+        missing = [v.name for v in ins if id(v) not in ids]
+        if missing:  # pragma: no cover (Network lists operators in dependency order)
+            raise DumpError(f"trace.dump(dump_format='FBS_V2'): {opr.name!r} reads {missing} "
+                            "before they are computed")
+        for v in outs:  # (dtypes the writer has no code for are refused before any use)
+            _dtype(v.dtype, f"operator {opr.name!r}'s output")
+        p, values = graph_params(opr), ()
+        if t in _EXPANSIONS:
+            _EXPANSIONS[t](g, opr, ins, outs, p if isinstance(p, dict) else {}, device)
+            continue
+        if t == "Subtensor":  # ints and slices: upstream's items, their values as inputs
+            found = _subtensor_items(opr.params.get("index"), len(ins[0].shape))
+            if found is None:
+                _refuse(opr, f"it indexes with {opr.params.get('index')!r}; indices of ints and "
+                             "slices are written (index arrays, None and masks are not yet)")
+            p, values = found
+        _check(opr, t, p, ins)
+        inputs = [ids[id(v)] for v in ins]
+        if t == "ConvolutionBackwardData":  # (upstream's inputs: the weight, then the data)
+            inputs.reverse()
+        inputs += [g.const(np.array([v], np.int32), device, f"{opr.name}:index{k}")
+                   for k, v in enumerate(values)]
+        if t == "Reduce" and p["axis"] == _EVERY_AXIS:  # (upstream's: a target shape input)
+            inputs.append(g.shape_const([1], device, opr.name))
+        elif t in ("Reshape", "Broadcast"):
+            inputs.append(g.shape_const(outs[0].shape, device, opr.name))
+        elif t in ("AdaptivePoolingForward", "ResizeForward"):
+            inputs.append(g.shape_const(outs[0].shape[2:], device, opr.name))
+        name, version, ptype, params = _OPERATORS[t]
+        outputs = []
+        if t == "BatchNormForward":  # (upstream's four: the statistics, a reserve, then y)
+            outputs = [(f"{opr.name}:{part}", shape) for part, shape in
+                       (("mean", ins[3].shape), ("variance", ins[4].shape), ("reserve", (0,)))]
+        made = g.op(name, version, ptype, params(p, ins, outs), inputs,
+                    outputs + [(v.name, v.shape) for v in outs],
+                    comp_node=device if t in _WITH_COMP_NODE else None,
+                    extra=[(55, {})] if t in _WITH_POLICY else [])
+        for v, k in zip(outs, made[len(outputs):]):
+            ids[id(v)] = k
+    model = {0: ("I", _MGE_VERSION), 1: ("I", 2), 2: ("tables", g.ops),
+             3: ("tables", g.middle),
+             4: ("tables", [{0: ("I", ids[id(v)]), 1: ("I", ids[id(v)])}
+                            for v in net.output_vars]),
+             5: ("tables", [])}
+    if metadata is not None:
+        model[7] = ("table", {
+            0: ("?", True), 1: ("?", bool(metadata.get("graph_modified", False))),
+            2: ("Q", int(metadata.get("optimize_options", 0))),
+            3: ("str", pickle.dumps(metadata.get("user_info"), protocol=4))})
+    return _Encoder().finish(model, b"mgv2")
 
 
 def dump_upstream(graph, w, file):

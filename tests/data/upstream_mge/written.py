@@ -54,6 +54,35 @@ def models():
             y = self.b(F.relu(h[:, :8])) + q.astype("int32").astype("float32")
             return F.softmax(y, axis=1), s, F.maximum(q, 0.5), h[1, 2:9:3]
 
+    class More(M.Module):  # operators written as several of upstream's, and the rest
+        def __init__(self):
+            super().__init__()
+            self.ln = M.LayerNorm(6)
+            self.c = M.Conv2d(3, 4, 3, padding=1)
+            self.pr = M.PReLU(4)
+            self.up = M.ConvTranspose2d(4, 2, 3, stride=2, padding=1)
+
+        def forward(self, x, img):
+            h = F.leaky_relu(self.ln(x), 0.1)  # x: (2, 5, 6)
+            a, b = F.split(h, [2], axis=2)
+            s = F.logsoftmax(F.stack([a.sum(axis=2), b.mean(axis=2)], axis=1), axis=2)
+            c = self.pr(self.c(img))  # img: (2, 3, 6, 6)
+            big = F.nn.interpolate(c, scale_factor=2) + F.nn.interpolate(
+                c, size=(12, 12), mode="nearest")
+            padded = F.nn.pad(c, ((0, 0), (0, 0), (1, 2), (2, 1)), mode="reflect") + F.nn.pad(
+                c, ((0, 0), (0, 0), (2, 1), (1, 2)), constant_value=0.5)
+            wide = F.broadcast_to(c[:, :1], (2, 4, 6, 6)) + F.nn.pad(c, ((0, 0), (0, 0), (0, 0),
+                                                                        (0, 0)), mode="edge")
+            return s, big, self.up(padded), wide
+
+    def more():
+        net = More()
+        for k, p in enumerate(net.parameters()):
+            p.set_value(np.random.RandomState(k).randn(*p.shape).astype("float32") * 0.5)
+        rng = np.random.RandomState(12)
+        return net, {"x": rng.randn(2, 5, 6).astype("float32"),
+                     "img": rng.randn(2, 3, 6, 6).astype("float32")}
+
     def cnn():
         net = CNN()
         for k, p in enumerate(net.parameters()):
@@ -69,7 +98,7 @@ def models():
             p.set_value(np.random.RandomState(k).randn(*p.shape).astype("float32") * 0.5)
         return net, {"x": np.random.RandomState(11).randn(2, 6).astype("float32")}
 
-    return {"cnn": cnn, "mlp": mlp}
+    return {"cnn": cnn, "mlp": mlp, "more": more}
 
 
 def write(name, build, file=None):
