@@ -8,9 +8,10 @@ The program is written at upstream's operator granularity: the operators
 reduction per axis, ...; `megengine.utils.network_node.graph_type` / ``graph_params``), each
 as the operator upstream registers for it, with its parameter table (upstream's published
 schema: ``schema_v2.fbs``, ``opr_param_defs.fbs``, ``dtype.fbs``; the field positions are
-those `upstream_mge` reads). Values keep the traced shapes: a reshape or an adaptive pooling
-gets its target shape as a constant, as the program recorded it, and a scalar is a vector of
-one item, as in upstream's graphs. What has no writer here (an operator not in `SUPPORTED`,
+those `upstream_mge` reads). A reshape target computed from shapes (symbolic shapes) is
+computed in the file too (`_target_shape`), so the file follows the input's batch; other
+target shapes are the traced constants, and a scalar is a vector of one item, as in
+upstream's graphs. What has no writer here (an operator not in `SUPPORTED`,
 indexing by arrays, a dtype beyond float32/float16 and 8-32 bit integers and bool, a
 quantized one, test cases) raises `DumpError` naming it, before anything is written.
 
@@ -248,7 +249,7 @@ _OPERATORS = {
     "PoolingForward": ("PoolingV1", 1, 9, _pooling),
     "AdaptivePoolingForward": ("AdaptivePoolingV1", 1, 70,
                                lambda p, ins, outs: {0: ("I", _POOL_MODES[p["mode"]])}),
-    "Reshape": ("ReshapeV1", 1, 54, lambda p, ins, outs: {0: ("i", _NO_AXIS)}),
+    "Reshape": ("ReshapeV1", 1, 54, lambda p, ins, outs: {0: ("i", p["axis"])}),
     "Dimshuffle": ("Dimshuffle", 1, 64, _dimshuffle),
     "AxisAddRemove": ("AxisAddRemove", 1, 65, _axis_add_remove),
     "Reduce": ("ReduceV2", 1, 23, _reduce),
@@ -444,6 +445,47 @@ def _layer_norm(g, opr, ins, outs, p, device):
     g.ids[id(y)] = made[0]
 
 
+_SIZE_MODES = {"+": "ADD", "-": "SUB", "*": "MUL", "//": "FLOOR_DIV", "%": "MOD"}
+
+
+def _size(g, opr, tree, device, name):
+    """The var of a size computed from shapes (a `megengine.jit._program._DimExpr` tree), as
+    upstream's graph computes it: GetVarShape of the value, then int32 arithmetic on vectors
+    of one item."""
+    if type(tree) is not tuple:
+        return g.const(np.array([tree], np.int32), device, f"{name}:{tree}")
+    if tree[0] == "dim":
+        var = opr._dyn_vars[tree[1]]
+        return g.op("GetVarShapeV1", 1, 54, {0: ("i", int(tree[2]))}, [g.ids[id(var)]],
+                    [(f"shape_of({var.name})[{tree[2]}]", (1,))])[0]
+    if tree[0] == "neg":
+        return g.elemwise("NEGATE", [_size(g, opr, tree[1], device, name)], f"{name}:neg", (1,))
+    if tree[0] not in _SIZE_MODES:
+        _refuse(opr, f"its shape is computed with {tree[0]!r} of sizes, which this writer does "
+                     "not write (+, -, *, // and % are); trace with symbolic_shape=False")
+    a, b = (_size(g, opr, x, device, name) for x in tree[1:])
+    return g.elemwise(_SIZE_MODES[tree[0]], [a, b], f"{name}:{tree[0]}", (1,))
+
+
+def _target_shape(g, opr, out, device):
+    """A reshape's target shape: a constant, or, where the program computes sizes from
+    shapes (traced with symbolic shapes: ``x.reshape(x.shape[0], -1)``, ``flatten``), one
+    item per axis, concatenated; the axis whose size upstream infers holds a placeholder."""
+    from ..jit._program import _DimExpr
+
+    frozen = dict(opr._dyn or ()).get("shape")
+    if frozen is None:
+        return g.shape_const(out.shape, device, opr.name)
+    kind, items = frozen
+    if kind not in (tuple, list) or any(type(x) not in (int, _DimExpr) for x in items):
+        _refuse(opr, f"its target shape {items!r} is not written; trace with "
+                     "symbolic_shape=False")
+    parts = [_size(g, opr, x.tree if type(x) is _DimExpr else (1 if x == -1 else x), device,
+                   f"{opr.name}:shape{k}") for k, x in enumerate(items)]
+    return g.op("Concat", 1, 2, {0: ("i", 0)}, parts, [(f"{opr.name}:shape", (len(parts),))],
+                comp_node=device)[0]
+
+
 _EXPANSIONS = {"LeakyRelu": _leaky_relu, "PRelu": _prelu, "LogSoftmax": _log_softmax,
                "Stack": _stack, "Split": _split, "Normalize": _layer_norm}
 
@@ -506,7 +548,10 @@ def write_upstream(net, metadata=None):
                    for k, v in enumerate(values)]
         if t == "Reduce" and p["axis"] == _EVERY_AXIS:  # (upstream's: a target shape input)
             inputs.append(g.shape_const([1], device, opr.name))
-        elif t in ("Reshape", "Broadcast"):
+        elif t == "Reshape":
+            inputs.append(_target_shape(g, opr, outs[0], device))
+            p = dict(p, axis=p["axis"] if opr._dyn else _NO_AXIS)
+        elif t == "Broadcast":
             inputs.append(g.shape_const(outs[0].shape, device, opr.name))
         elif t in ("AdaptivePoolingForward", "ResizeForward"):
             inputs.append(g.shape_const(outs[0].shape[2:], device, opr.name))
