@@ -127,20 +127,13 @@ def _input_dependent(prog):
 def dump_program(prog, file, **options):
     """Write ``prog`` (a recorded `_Program`) to ``file``; see the module docstring and
     `program_json` for the options. Returns upstream's dump result (`DumpInfo`)."""
-    if options.get("dump_format") not in (None, "FBS", "FBS_V2"):
-        raise DumpError(f"trace.dump: dump_format must be None or 'FBS' (this fork's format) "
-                        f"or 'FBS_V2' (upstream's mgv2), got {options['dump_format']!r}")
-    if options.get("dump_format") == "FBS_V2" and options.get("input_data") is not None:
+    upstream = writes_upstream(options, "trace.dump")
+    if upstream and options.get("input_data") is not None:
         raise DumpError("trace.dump: input_data (test cases) is not written with "
                         "dump_format='FBS_V2' (upstream's format); dump the test cases "
                         "without dump_format, or the model without input_data")
     graph, w = program_json(prog, **options)
-    if options.get("dump_format") == "FBS_V2":  # upstream's format, for its runtimes
-        from .upstream_mge_write import dump_upstream
-
-        data = dump_upstream(graph, w, file)
-    else:
-        data = write_file(graph, w, file)
+    data = write_file(graph, w, file, upstream)
     steps, consts = graph["steps"], graph["consts"]
     # upstream counts its input and constant operators too; an alias is no operator
     n_oprs = len(graph["inputs"]) + len(consts) + sum("alias" not in st for st in steps)
@@ -365,9 +358,23 @@ def metadata_json(w, user_info, graph_modified, options):
     return meta
 
 
-def write_file(graph, w, file):
-    """Write graph.json and ``w``'s arrays as the zip archive; ``file`` None: only return the
-    bytes."""
+def writes_upstream(options, where):
+    """Whether dump ``options`` ask for upstream's format (``dump_format="FBS_V2"``); None
+    and "FBS" keep this fork's format, anything else is refused."""
+    fmt = options.get("dump_format")
+    if fmt not in (None, "FBS", "FBS_V2"):
+        raise DumpError(f"{where}: dump_format must be None or 'FBS' (this fork's format) "
+                        f"or 'FBS_V2' (upstream's mgv2), got {fmt!r}")
+    return fmt == "FBS_V2"
+
+
+def write_file(graph, w, file, upstream=False):
+    """Write graph.json and ``w``'s arrays as the zip archive (``upstream``: as upstream's
+    ``.mge`` file instead, `upstream_mge_write`); ``file`` None: only return the bytes."""
+    if upstream:
+        from .upstream_mge_write import dump_upstream
+
+        return dump_upstream(graph, w, file)
     _note_quantized(graph, w)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:

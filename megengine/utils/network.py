@@ -20,7 +20,7 @@ from ..core._trace_option import set_symbolic_shape as _set_symbolic_shape
 from ..jit._program import _DimExpr, _Ref
 from ..jit.dump import (_NO_EFFECT, DumpError, DumpInfo, _Writer, metadata_json, op_step_json,
                         placed, read_file, read_metadata, read_op, read_shapes, shapes_json,
-                        write_file, FORMAT, VERSION)
+                        write_file, writes_upstream, FORMAT, VERSION)
 from ..jit.dump_devices import device_mapper, recorded_name
 from ..logger import get_logger
 from .network_node import (Host2DeviceCopy, ImmutableTensor, NetworkNode, OpNode, VarNode,
@@ -198,9 +198,10 @@ class Network:
                              "fork's format; dump each program to its own file")
         if not self.output_vars:
             raise ValueError("Network.dump: the network has no outputs; add_output() first")
+        upstream = writes_upstream(kwargs, "Network.dump")
         options = dict(kwargs, optimize_for_inference=optimize_for_inference)
         graph, w = self._graph_json(options, user_info, enable_metadata, True)
-        data = write_file(graph, w, file)
+        data = write_file(graph, w, file, upstream)
         return _dump_info(graph, w, data)
 
     def _graph_json(self, options, user_info, enable_metadata, graph_modified):

@@ -137,3 +137,21 @@ def test_this_forks_format_stays_the_default():
         assert buf.getvalue()[:7] == b"MGEFORK"
     with pytest.raises(DumpError, match="dump_format must be.*'FBS_V2'.*got 'fbs2'"):
         traced.dump(io.BytesIO(), dump_format="fbs2")
+
+
+def test_network_dump_writes_upstreams_format_too(tmp_path):
+    # Network.load of a dump, then dump(dump_format="FBS_V2"), as upstream's Network.dump
+    from megengine.utils.network import Network
+
+    name = "cnn"
+    data, inputs, outs = written.write(name, written.models()[name])
+    net = Network.load(io.BytesIO(data))
+    path = tmp_path / "again.mge"
+    net.dump(str(path), dump_format="FBS_V2")
+    again = path.read_bytes()
+    assert again[8:12] == b"mgv2"
+    got = [v.numpy() for v in load(str(path)).run(inputs).values()]
+    for g, w in zip(got, outs):
+        np.testing.assert_allclose(g.reshape(w.shape), w, rtol=1e-5, atol=1e-6)
+    with pytest.raises(DumpError, match="Network.dump: dump_format must be"):
+        net.dump(str(path), dump_format="FBS3")
