@@ -262,6 +262,7 @@ _OPERATORS = {
                       (d["axis"], d["begin"], d["end"], d["step"], d["idx"]) for d in p])}),
     "ConvolutionBackwardData": ("ConvolutionBackwardData", 2, 3, _convolution),
     "Broadcast": ("Broadcast", 1, 1, lambda p, ins, outs: {}),
+    "Identity": ("Identity", 1, 1, lambda p, ins, outs: {}),
     "ResizeForward": ("ResizeV2", 1, 40, _resize),
     "Pad": ("Padding", 1, 82, _padding),
     "BatchNormForward": ("BatchNormV1", 1, 11,

@@ -61,12 +61,13 @@ def models():
             self.c = M.Conv2d(3, 4, 3, padding=1)
             self.pr = M.PReLU(4)
             self.up = M.ConvTranspose2d(4, 2, 3, stride=2, padding=1)
+            self.same = M.Identity()
 
         def forward(self, x, img):
             h = F.leaky_relu(self.ln(x), 0.1)  # x: (2, 5, 6)
             a, b = F.split(h, [2], axis=2)
             s = F.logsoftmax(F.stack([a.sum(axis=2), b.mean(axis=2)], axis=1), axis=2)
-            c = self.pr(self.c(img))  # img: (2, 3, 6, 6)
+            c = self.pr(self.same(self.c(img)))  # img: (2, 3, 6, 6)
             big = F.nn.interpolate(c, scale_factor=2) + F.nn.interpolate(
                 c, size=(12, 12), mode="nearest")
             padded = F.nn.pad(c, ((0, 0), (0, 0), (1, 2), (2, 1)), mode="reflect") + F.nn.pad(
