@@ -9,6 +9,10 @@ Two steps, two Pythons (upstream has no wheels for this fork's Python):
     # 2. with upstream 1.13 (Python 3.10), from a directory where the fork is not importable:
     #    adds upstream's outputs (GraphInference of each file) to its .npz as up_<k>
     cd /tmp && python3.10 /path/to/fork/tests/data/upstream_mge/written.py run DIR
+
+``write-big DIR`` (run from the fork's root) writes ResNet-18 and ShuffleNetV2 of
+benchmarks/bench_models.py at 224x224 instead (47 and 9 MB: not kept in the repository); ``run``
+then runs them too.
 """
 import os
 import sys
@@ -154,8 +158,29 @@ def write(name, build, file=None):
     return data, inputs, outs
 
 
+def big_models():
+    """ResNet-18 and ShuffleNetV2 (benchmarks/bench_models.py), eval mode, at 224x224."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..",
+                                    "benchmarks"))
+    import bench_models
+
+    def build(cls):
+        return lambda: (cls(), {"x": np.random.RandomState(0).rand(2, 3, 224, 224).astype(
+            "float32")})
+
+    return {"resnet18": build(bench_models.MgeResNet18),
+            "shufflenet": build(bench_models.MgeShuffleNetV2)}
+
+
 def main(step, out_dir):
-    for name, build in models().items():
+    if step == "run":  # (every file written to out_dir)
+        names = sorted(f[8:-4] for f in os.listdir(out_dir)
+                       if f.startswith("written_") and f.endswith(".npz"))
+        todo = {name: None for name in names}
+    else:
+        todo = big_models() if step == "write-big" else models()
+        step = "write"
+    for name, build in todo.items():
         path = os.path.join(out_dir, f"written_{name}.mge")
         if step == "write":
             _, inputs, outs = write(name, build, path)
