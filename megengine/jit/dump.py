@@ -372,18 +372,19 @@ def write_file(graph, w, file, upstream=False):
     """Write graph.json and ``w``'s arrays as the zip archive (``upstream``: as upstream's
     ``.mge`` file instead, `upstream_mge_write`); ``file`` None: only return the bytes."""
     if upstream:
-        from .upstream_mge_write import dump_upstream
+        from .upstream_mge_write import upstream_bytes
 
-        return dump_upstream(graph, w, file)
-    _note_quantized(graph, w)
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        z.writestr("graph.json", json.dumps(graph))
-        for i, a in enumerate(w.arrays):
-            with z.open(f"arrays/{i}.npy", "w") as f:
-                np.save(f, a, allow_pickle=False)
-    archive = buf.getvalue()
-    data = _MAGIC + len(archive).to_bytes(8, "little") + archive
+        data = upstream_bytes(graph, w)
+    else:
+        _note_quantized(graph, w)
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+            z.writestr("graph.json", json.dumps(graph))
+            for i, a in enumerate(w.arrays):
+                with z.open(f"arrays/{i}.npy", "w") as f:
+                    np.save(f, a, allow_pickle=False)
+        archive = buf.getvalue()
+        data = _MAGIC + len(archive).to_bytes(8, "little") + archive
     if file is None:
         return data
     if isinstance(file, (str, bytes)) or hasattr(file, "__fspath__"):

@@ -580,24 +580,15 @@ def write_upstream(net, metadata=None):
     return _Encoder().finish(model, b"mgv2")
 
 
-def dump_upstream(graph, w, file):
-    """Write the program of ``graph`` and ``w`` (`megengine.jit.dump.program_json`) to
-    ``file`` in upstream's format; returns the bytes."""
+def upstream_bytes(graph, w):
+    """Upstream's ``.mge`` file of the program of ``graph`` and ``w``
+    (`megengine.jit.dump.program_json`), as bytes."""
     from ..utils.network import Network
     from .dump import write_file
 
-    buf = io.BytesIO(write_file(graph, w, None))
-    net = Network.load(buf)
+    net = Network.load(io.BytesIO(write_file(graph, w, None)))
     meta = net.metadata
     if meta is not None:
         meta = dict(meta)
         meta.setdefault("optimize_options", 0)
-    data = write_upstream(net, meta)
-    if file is None:
-        return data
-    if isinstance(file, (str, bytes)) or hasattr(file, "__fspath__"):
-        with open(file, "wb") as f:
-            f.write(data)
-    else:
-        file.write(data)
-    return data
+    return write_upstream(net, meta)
