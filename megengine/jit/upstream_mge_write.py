@@ -34,6 +34,7 @@ __all__ = ["write_upstream", "SUPPORTED"]
 
 _MGE_VERSION = 101300  # the version upstream 1.13's files carry (its loader warns on newer)
 _NO_AXIS = 7  # megdnn's OptionalAxisV1 "no axis": a reshape target without an inferred size
+_MAX_NDIM = 7  # upstream's TensorShape::MAX_NDIM
 _EVERY_AXIS = 2 ** 31 - 1  # megdnn's Reduce over every axis (the result: a (1,) value)
 
 
@@ -257,11 +258,7 @@ _OPERATORS = {
     "TypeCvt": ("TypeCvtV2", 1, 67,
                 lambda p, ins, outs: _dtype(outs[0].dtype, "a TypeCvt's output")),
     "SoftmaxForward": ("Softmax", 2, 90, lambda p, ins, outs: {0: ("i", p["axis"])}),
-    "Subtensor": ("Subtensor", 1, 66,
-                  lambda p, ins, outs: {0: ("structs <b????", [
-                      (d["axis"], d["begin"], d["end"], d["step"], d["idx"]) for d in p])}),
     "ConvolutionBackwardData": ("ConvolutionBackwardData", 2, 3, _convolution),
-    "Broadcast": ("Broadcast", 1, 1, lambda p, ins, outs: {}),
     "Identity": ("Identity", 1, 1, lambda p, ins, outs: {}),
     "ResizeForward": ("ResizeV2", 1, 40, _resize),
     "Pad": ("Padding", 1, 82, _padding),
@@ -275,10 +272,11 @@ _WITH_POLICY = {"ConvolutionForward", "ConvolutionBackwardData"}
 # the operators whose comp node upstream's dump names (their config sets one)
 _WITH_COMP_NODE = {"MatrixMul", "BatchedMatrixMul", "Concat"}
 # the operators upstream's graph makes with a target shape as a second input
-_SHAPE_INPUT = {"Reshape", "AdaptivePoolingForward", "Broadcast", "ResizeForward"}
+_SHAPE_INPUT = {"Reshape", "AdaptivePoolingForward", "ResizeForward"}
 # what `trace.dump(dump_format="FBS_V2")` writes, by upstream's graph type (documentation)
 SUPPORTED = ("Host2DeviceCopy", "ImmutableTensor") + tuple(sorted(_OPERATORS)) + (
-    "LeakyRelu", "PRelu", "LogSoftmax", "Stack", "Split", "Normalize (layer_norm)")
+    "Subtensor", "LeakyRelu", "PRelu", "LogSoftmax", "Stack", "Split", "Normalize (layer_norm)",
+    "Sizes", "Fill", "Broadcast")
 
 
 def _check(opr, t, p, ins):
@@ -347,6 +345,14 @@ class _Graph:
                                   extra=extra))
         return made
 
+    def concat(self, parts, axis, name, shape, device):
+        """Concat of ``parts`` (var numbers); one part is that var itself (upstream's
+        Concat::make of one input gives the input: its loader then finds no Concat)."""
+        if len(parts) == 1:
+            return parts[0]
+        return self.op("Concat", 1, 2, {0: ("i", axis)}, parts, [(name, shape)],
+                       comp_node=device)[0]
+
     def elemwise(self, mode, inputs, name, shape):
         return self.op("Elemwise", 1, 17, {0: ("I", _ELEMWISE_MODES.index(mode))}, inputs,
                        [(name, shape)])[0]
@@ -409,8 +415,7 @@ def _stack(g, opr, ins, outs, p, device):
     parts = [g.op("AxisAddRemove", 1, 65, {0: ("structs <Ii", [(0, axis)])}, [g.ids[id(v)]],
                   [(f"{y.name}:part{k}", tuple(y.shape[:axis]) + (1,) + tuple(y.shape[axis + 1:]))])[0]
              for k, v in enumerate(ins)]
-    g.ids[id(y)] = g.op("Concat", 1, 2, {0: ("i", axis)}, parts, [(y.name, y.shape)],
-                        comp_node=device)[0]
+    g.ids[id(y)] = g.concat(parts, axis, y.name, y.shape, device)
 
 
 def _split(g, opr, ins, outs, p, device):
@@ -431,8 +436,8 @@ def _layer_norm(g, opr, ins, outs, p, device):
                      "and bias")
     x, y = ins[0], outs[0]
     size = int(p["view"][-1])
-    nd, n = 0, 1
-    while n < size and nd < len(x.shape):
+    nd, n = 0, 1  # the fewest trailing axes holding `size` values (one axis at least; trailing
+    while (nd == 0 or n < size) and nd < len(x.shape):  # axes of 1 normalize alike either way)
         nd += 1
         n *= int(x.shape[-nd])
     if n != size:
@@ -446,25 +451,34 @@ def _layer_norm(g, opr, ins, outs, p, device):
     g.ids[id(y)] = made[0]
 
 
-_SIZE_MODES = {"+": "ADD", "-": "SUB", "*": "MUL", "//": "FLOOR_DIV", "%": "MOD"}
+_SIZE_MODES = {"+": "ADD", "-": "SUB", "*": "MUL", "//": "FLOOR_DIV", "%": "MOD",
+               "/": "TRUE_DIV"}
 
 
-def _size(g, opr, tree, device, name):
+def _size(g, opr, tree, device, name, dtype=np.int32):
     """The var of a size computed from shapes (a `megengine.jit._program._DimExpr` tree), as
-    upstream's graph computes it: GetVarShape of the value, then int32 arithmetic on vectors
-    of one item."""
+    upstream's graph computes it: GetVarShape of the value, then arithmetic on vectors of one
+    item, in int32 (``dtype`` float32: a value made from sizes, ``x.shape[1] / 100``: the
+    sizes converted with TypeCvt, as upstream's graph converts them)."""
+    dtype = np.dtype(dtype)
     if type(tree) is not tuple:
-        return g.const(np.array([tree], np.int32), device, f"{name}:{tree}")
+        return g.const(np.array([tree], dtype), device, f"{name}:{tree}")
     if tree[0] == "dim":
         var = opr._dyn_vars[tree[1]]
-        return g.op("GetVarShapeV1", 1, 54, {0: ("i", int(tree[2]))}, [g.ids[id(var)]],
-                    [(f"shape_of({var.name})[{tree[2]}]", (1,))])[0]
+        k = g.op("GetVarShapeV1", 1, 54, {0: ("i", int(tree[2]))}, [g.ids[id(var)]],
+                 [(f"shape_of({var.name})[{tree[2]}]", (1,))])[0]
+        if dtype != np.int32:
+            k = g.op("TypeCvtV2", 1, 67, _dtype(dtype, "a size"), [k],
+                     [(f"{name}:{dtype}", (1,))])[0]
+        return k
     if tree[0] == "neg":
-        return g.elemwise("NEGATE", [_size(g, opr, tree[1], device, name)], f"{name}:neg", (1,))
-    if tree[0] not in _SIZE_MODES:
-        _refuse(opr, f"its shape is computed with {tree[0]!r} of sizes, which this writer does "
-                     "not write (+, -, *, // and % are); trace with symbolic_shape=False")
-    a, b = (_size(g, opr, x, device, name) for x in tree[1:])
+        return g.elemwise("NEGATE", [_size(g, opr, tree[1], device, name, dtype)],
+                          f"{name}:neg", (1,))
+    if tree[0] not in _SIZE_MODES or (tree[0] == "/" and dtype.kind != "f"):
+        _refuse(opr, f"a size computed with {tree[0]!r} of sizes, which this writer does not "
+                     "write (+, -, *, //, % and, for float values, / are); trace with "
+                     "symbolic_shape=False")
+    a, b = (_size(g, opr, x, device, name, dtype) for x in tree[1:])
     return g.elemwise(_SIZE_MODES[tree[0]], [a, b], f"{name}:{tree[0]}", (1,))
 
 
@@ -475,19 +489,116 @@ def _target_shape(g, opr, out, device):
     from ..jit._program import _DimExpr
 
     frozen = dict(opr._dyn or ()).get("shape")
-    if frozen is None:
-        return g.shape_const(out.shape, device, opr.name)
+    if frozen is None or frozen == (tuple, ()):  # (a scalar: a vector of one item there)
+        return g.shape_const(_shape(out.shape), device, opr.name)
     kind, items = frozen
     if kind not in (tuple, list) or any(type(x) not in (int, _DimExpr) for x in items):
         _refuse(opr, f"its target shape {items!r} is not written; trace with "
                      "symbolic_shape=False")
     parts = [_size(g, opr, x.tree if type(x) is _DimExpr else (1 if x == -1 else x), device,
                    f"{opr.name}:shape{k}") for k, x in enumerate(items)]
-    return g.op("Concat", 1, 2, {0: ("i", 0)}, parts, [(f"{opr.name}:shape", (len(parts),))],
-                comp_node=device)[0]
+    return g.concat(parts, 0, f"{opr.name}:shape", (len(parts),), device)
 
 
-_EXPANSIONS = {"LeakyRelu": _leaky_relu, "PRelu": _prelu, "LogSoftmax": _log_softmax,
+def _bound(g, opr, v, device, name):
+    """The var of an index value: a constant, or a size computed from shapes."""
+    from ..jit._program import _DimExpr
+
+    if type(v) is _DimExpr:
+        return _size(g, opr, v.tree, device, name)
+    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+        return g.const(np.array([v], np.int32), device, name)
+    _refuse(opr, f"it indexes with {v!r}; ints, slices and sizes computed from shapes are "
+                 "written (index arrays, None and masks are not yet)")
+
+
+def _subtensor(g, opr, ins, outs, p, device):
+    """``x[...]`` of ints and slices (their bounds constants, or sizes computed from shapes):
+    upstream's Subtensor, items (axis, has begin, has end, has step, is an index), the values
+    as inputs in that order."""
+    frozen = dict(opr._dyn or ()).get("index")
+    index = opr.params.get("index") if frozen is None else frozen
+    if type(index) is tuple and index and index[0] is tuple:  # (`_freeze`'s form of a tuple)
+        index = index[1]
+    index = index if isinstance(index, tuple) else (index,)
+    ndim = len(ins[0].shape)
+    if any(e is Ellipsis for e in index):
+        k = index.index(Ellipsis)
+        index = index[:k] + (slice(None),) * (ndim - len(index) + 1) + index[k + 1:]
+    items, values = [], []
+    for axis, e in enumerate(index):
+        if type(e) is tuple and e and e[0] is slice:  # (a frozen slice)
+            e = slice(*e[1:])
+        if type(e) is slice:
+            if e == slice(None):
+                continue
+            parts = [(e.start, "begin"), (e.stop, "end"), (e.step, "step")]
+            items.append((axis,) + tuple(v is not None for v, _ in parts) + (False,))
+            values += [v for v, _ in parts if v is not None]
+        else:
+            items.append((axis, False, False, False, True))
+            values.append(e)
+    inputs = [g.ids[id(ins[0])]] + [_bound(g, opr, v, device, f"{opr.name}:index{k}")
+                                   for k, v in enumerate(values)]
+    y = outs[0]
+    g.ids[id(y)] = g.op("Subtensor", 1, 66, {0: ("structs <b????", items)}, inputs,
+                        [(y.name, y.shape)])[0]
+
+
+def _sizes(g, opr, ins, outs, p, device):
+    """A vector of sizes computed from shapes (``Tensor(x.shape)`` arithmetic): int32."""
+    from ..jit._program import _DimExpr
+
+    frozen = dict(opr._dyn or ()).get("values")
+    y = outs[0]
+    if np.dtype(y.dtype) != np.int32 or frozen is None:
+        _refuse(opr, f"sizes of dtype {y.dtype}; int32 sizes computed from shapes are written")
+    items = frozen[1] if type(frozen) is tuple and frozen and frozen[0] in (tuple, list) \
+        else (frozen,)
+    parts = [_size(g, opr, x.tree if type(x) is _DimExpr else x, device, f"{y.name}:{k}")
+             for k, x in enumerate(items)]
+    g.ids[id(y)] = g.concat(parts, 0, y.name, y.shape, device)
+
+
+def _broadcast(g, opr, ins, outs, p, device):
+    """``broadcast_to`` (its target shape a constant, or the var of its second input); with
+    no input, ``full``/``zeros``: its value (a constant, or a size computed from shapes) broadcast
+    to its shape, as upstream's Fill builds it."""
+    from ..jit._program import _DimExpr
+
+    y = outs[0]
+    if ins:
+        shape = g.ids[id(ins[1])] if len(ins) > 1 else g.shape_const(y.shape, device, opr.name)
+        g.ids[id(y)] = g.op("Broadcast", 1, 1, {}, [g.ids[id(ins[0])], shape],
+                            [(y.name, y.shape)])[0]
+        return
+    value = dict(opr._dyn or ()).get("value", getattr(opr._op, "value", None))
+    if type(value) is _DimExpr:
+        if np.dtype(y.dtype) not in (np.dtype(np.int32), np.dtype(np.float32)):
+            _refuse(opr, f"a {y.dtype} value computed from sizes; int32 and float32 ones are "
+                         "written")
+        value = _size(g, opr, value.tree, device, f"{y.name}:value", y.dtype)
+    elif isinstance(value, (int, float, np.number, bool)):
+        value = g.const(np.array([value], y.dtype), device, f"{y.name}:value")
+    else:
+        _refuse(opr, f"its value {value!r} is not written")
+    g.ids[id(y)] = g.op("Broadcast", 1, 1, {}, [value, _target_shape(g, opr, y, device)],
+                        [(y.name, y.shape)])[0]
+
+
+def _fill(g, opr, ins, outs, p, device):
+    """A tensor of one value in a shape computed from shapes (``zeros_like`` under symbolic
+    shapes): the value broadcast to it, as upstream's Fill builds it."""
+    y = outs[0]
+    value = g.const(np.array([opr._op.value], y.dtype), device, f"{y.name}:value")
+    g.ids[id(y)] = g.op("Broadcast", 1, 1, {}, [value, _target_shape(g, opr, y, device)],
+                        [(y.name, y.shape)])[0]
+
+
+_EXPANSIONS = {"LeakyRelu": _leaky_relu, "Subtensor": _subtensor,
+               "IndexingMultiAxisVec": _subtensor,  # (a bound computed from shapes; arrays:
+               # refused by `_bound`)
+               "Sizes": _sizes, "Fill": _fill, "Broadcast": _broadcast, "PRelu": _prelu, "LogSoftmax": _log_softmax,
                "Stack": _stack, "Split": _split, "Normalize": _layer_norm}
 
 
@@ -500,7 +611,7 @@ def write_upstream(net, metadata=None):
     """The bytes of upstream's ``.mge`` file of `megengine.utils.network.Network` ``net``;
     ``metadata``: upstream's metadata dict (``user_info``, ``graph_modified``,
     ``optimize_options``), or None for none."""
-    from ..utils.network_node import _subtensor_items, graph_params, graph_type
+    from ..utils.network_node import graph_params, graph_type
 
     g = _Graph()
     ids = g.ids
@@ -531,29 +642,25 @@ def write_upstream(net, metadata=None):
                             "before they are computed")
         for v in outs:  # (dtypes the writer has no code for are refused before any use)
             _dtype(v.dtype, f"operator {opr.name!r}'s output")
-        p, values = graph_params(opr), ()
+            if len(v.shape) > _MAX_NDIM:
+                _refuse(opr, f"its output has {len(v.shape)} axes, more than upstream's graphs "
+                             f"hold ({_MAX_NDIM}; F.tile of a 4-d value makes 8 here)")
+        p = graph_params(opr)
         if t in _EXPANSIONS:
             _EXPANSIONS[t](g, opr, ins, outs, p if isinstance(p, dict) else {}, device)
             continue
-        if t == "Subtensor":  # ints and slices: upstream's items, their values as inputs
-            found = _subtensor_items(opr.params.get("index"), len(ins[0].shape))
-            if found is None:
-                _refuse(opr, f"it indexes with {opr.params.get('index')!r}; indices of ints and "
-                             "slices are written (index arrays, None and masks are not yet)")
-            p, values = found
         _check(opr, t, p, ins)
+        if t == "Concat" and len(ins) == 1:  # (see `_Graph.concat`)
+            ids[id(outs[0])] = ids[id(ins[0])]
+            continue
         inputs = [ids[id(v)] for v in ins]
         if t == "ConvolutionBackwardData":  # (upstream's inputs: the weight, then the data)
             inputs.reverse()
-        inputs += [g.const(np.array([v], np.int32), device, f"{opr.name}:index{k}")
-                   for k, v in enumerate(values)]
         if t == "Reduce" and p["axis"] == _EVERY_AXIS:  # (upstream's: a target shape input)
             inputs.append(g.shape_const([1], device, opr.name))
         elif t == "Reshape":
             inputs.append(_target_shape(g, opr, outs[0], device))
             p = dict(p, axis=p["axis"] if opr._dyn else _NO_AXIS)
-        elif t == "Broadcast":
-            inputs.append(g.shape_const(outs[0].shape, device, opr.name))
         elif t in ("AdaptivePoolingForward", "ResizeForward"):
             inputs.append(g.shape_const(outs[0].shape[2:], device, opr.name))
         name, version, ptype, params = _OPERATORS[t]
