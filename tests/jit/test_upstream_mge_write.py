@@ -159,16 +159,20 @@ def test_network_dump_writes_upstreams_format_too(tmp_path):
         net.dump(str(path), dump_format="FBS3")
 
 
-def test_a_concat_of_one_part_is_the_part():
+def test_a_concat_of_one_part_or_a_broadcast_to_its_own_shape_is_its_input():
     # upstream's Concat::make of one input gives the input itself, and its loader then asserts
     # ("got_type=Subtensor expected_type=Concat", measured with upstream 1.13): the file holds
     # no Concat of one input, whether the program made one or a shape of one item needs one
     x = np.random.RandomState(0).randn(2, 3).astype("float32")
-    for fn in (lambda x: F.concat([x * 2]) + 1, lambda x: x.reshape(x.shape[0] * x.shape[1])):
+    # Broadcast::make of a value of the target shape gives the value: no such Broadcast either
+    # ("got_type=Reduce expected_type=Broadcast", tests.fuzz.upstream_write seed 1506)
+    for fn in (lambda x: F.concat([x * 2]) + 1, lambda x: x.reshape(x.shape[0] * x.shape[1]),
+               lambda x: F.broadcast_to(x.mean(1, keepdims=True), (2, 1)) + x):
         data = _dumped(fn, x).getvalue()
         model, _ = _model(data)
         concats = [op for op in model.tables(2) if op.string(0) == "Concat"]
         assert all(len(op.scalars(7, "I")) > 1 for op in concats)
+        assert not any(op.string(0) == "Broadcast" for op in model.tables(2))
         want = fn(mge.tensor(x)).numpy()
         got = list(load(io.BytesIO(data)).run({"arg_0": x}).values())[0].numpy()
         np.testing.assert_allclose(got.reshape(want.shape), want, rtol=1e-6)

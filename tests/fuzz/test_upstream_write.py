@@ -1,0 +1,22 @@
+"""CI slice of tests.fuzz.upstream_write: random inference programs dumped in upstream's format
+read back here to eager's values (the upstream side runs offline, with ``--upstream``)."""
+from tests.fuzz import upstream_write
+
+
+def test_written_programs_read_back_to_eager_values(tmp_path, capsys):
+    stats, refused, wrong = upstream_write.write(range(1000, 1012), str(tmp_path))
+    assert wrong == []
+    assert stats.get("written", 0) >= 6  # (most of these programs have writers)
+    assert len(list(tmp_path.glob("w*.mge"))) == stats["written"]
+    assert upstream_write.main(["--seeds", "2", "--start", "1000"]) == 0
+    assert "read back here to other values: none" in capsys.readouterr().out
+
+
+def test_a_value_off_by_more_than_the_tolerance_is_a_finding():
+    import numpy as np
+
+    w = [np.array([1.0, 2.0])]
+    assert upstream_write._close([np.array([1.0, 2.00001])], w)
+    assert not upstream_write._close([np.array([1.0, 2.01])], w)
+    assert not upstream_write._close([np.array([1.0])], w)  # (a size of its own)
+    assert not upstream_write._close([], w)

@@ -1,0 +1,152 @@
+"""Random inference programs (the jit fuzzer's, `jit_programs.draw`) dumped in upstream's format
+(``trace.dump(dump_format="FBS_V2")``, megengine/jit/upstream_mge_write.py), read back here and,
+with ``--upstream PYTHON`` (an interpreter with upstream MegEngine 1.13), run by upstream's
+``GraphInference``::
+
+    python -m tests.fuzz.upstream_write [--seeds N] [--start S] [--upstream PYTHON] [--keep DIR]
+
+Each program is traced (symbolic, capture_as_const) at the jit fuzzer's input shape and dumped;
+a refusal (`DumpError`, an operator or value the writer does not write) is counted by what it
+names. A written file must give eager's outputs (to 1e-4) when this fork loads it, and when
+upstream runs it. Upstream 1.13's runtime computes wrong values where an elementwise operator
+adds into a ``broadcast_to`` result or into zeros made from another value (``acc = h * 0;
+acc = acc + h[i]``), for its own dumps of those programs alike (measured: garbage of 1e28 or
+NaN, ``tests.fuzz.upstream_write`` reports them apart); what such a program computes there is
+no finding. ``--keep DIR`` keeps the written files and their inputs and eager outputs.
+
+This file's upstream side runs it by path (``--serve DIR``): it imports only numpy at its top.
+"""
+import glob
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+TOL = 1e-4
+# program lines after which upstream 1.13's runtime writes into a broadcast value (see above)
+UPSTREAM_BROADCAST_WRITES = ("acc = h * 0", "F.broadcast_to(h.sum(0, keepdims=True)",
+                             "F.broadcast_to(h[:1]")
+
+
+def _close(got, want):
+    return len(got) == len(want) and all(
+        np.size(g) == np.size(w) and np.allclose(np.reshape(g, np.shape(w)), w, rtol=TOL,
+                                                 atol=TOL, equal_nan=True)
+        for g, w in zip(got, want))
+
+
+def write(seeds, out_dir):
+    """Dump programs ``seeds`` to ``out_dir``; returns ({outcome: count}, {refused: count},
+    [seeds whose file this fork reads to other values])."""
+    import io
+    import re
+    import warnings
+
+    import megengine as mge
+    from megengine.jit import trace
+    from megengine.jit.dump import DumpError, load
+
+    from .jit_programs import TRACE_SHAPE, draw
+
+    stats, refused, wrong = {}, {}, []
+    for seed in seeds:
+        p = draw(seed, train=False, dyn=False, writes=False)
+        prog, m = p.build()
+        x = np.random.default_rng(seed).uniform(-2, 2, TRACE_SHAPE).astype("float32")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                out = p.eager(prog, m, mge.tensor(x))
+        except Exception:  # noqa: BLE001 (invalid at this shape)
+            stats["invalid"] = stats.get("invalid", 0) + 1
+            continue
+        want = [np.asarray(w.numpy() if hasattr(w, "numpy") else w)
+                for w in (out if isinstance(out, (tuple, list)) else [out])]
+        f = trace(lambda x: prog(x, m), symbolic=True, capture_as_const=True)
+        buf = io.BytesIO()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                f(mge.tensor(x))
+            f.dump(buf, arg_names=["x"], dump_format="FBS_V2")
+        except DumpError as e:
+            named = re.search(r"\((\w+)\) has no writer", str(e))
+            key = named.group(1) if named else re.sub(r"'[^']*'", "'.'", str(e))[:90]
+            refused[key] = refused.get(key, 0) + 1
+            continue
+        got = [v.numpy() for v in load(io.BytesIO(buf.getvalue())).run({"x": x}).values()]
+        if not _close(got, want):
+            wrong.append(seed)
+        stats["written"] = stats.get("written", 0) + 1
+        with open(os.path.join(out_dir, f"w{seed}.mge"), "wb") as fh:
+            fh.write(buf.getvalue())
+        np.savez(os.path.join(out_dir, f"w{seed}.npz"), x=x,
+                 **{f"want{i}": w for i, w in enumerate(want)})
+    return stats, refused, wrong
+
+
+def serve(out_dir):
+    """Upstream's side: run each written file of ``out_dir``; prints the seeds it computes
+    other values for (or fails to run), one per line."""
+    from megengine.utils.comp_graph_tools import GraphInference
+
+    for path in sorted(glob.glob(os.path.join(out_dir, "w*.mge"))):
+        ref = np.load(path[:-4] + ".npz")
+        want = [ref[f"want{i}"] for i in range(sum(k.startswith("want") for k in ref))]
+        try:
+            got = [np.asarray(v) for v in GraphInference(path).run(inp_dict={"x": ref["x"]})
+                   .values()]
+            ok = _close(got, want)
+        except Exception:  # noqa: BLE001 (an assertion of upstream's runtime)
+            ok = False
+        if not ok:
+            print("FAILS", os.path.basename(path)[1:-4], flush=True)
+
+
+def main(argv=None):
+    import argparse
+    import tempfile
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, default=200)
+    parser.add_argument("--start", type=int, default=0)
+    parser.add_argument("--upstream", metavar="PYTHON")
+    parser.add_argument("--keep", metavar="DIR")
+    parser.add_argument("--serve", metavar="DIR", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve:
+        serve(args.serve)
+        return 0
+    from .jit_programs import draw
+
+    out_dir = args.keep or tempfile.mkdtemp(prefix="upstream_write_")
+    os.makedirs(out_dir, exist_ok=True)
+    seeds = range(args.start, args.start + args.seeds)
+    stats, refused, wrong = write(seeds, out_dir)
+    print(f"programs {args.start}-{seeds[-1]}: {stats}")
+    print("refused:", sorted(refused.items(), key=lambda kv: -kv[1]))
+    print("read back here to other values:", wrong or "none")
+    failures = list(wrong)
+    if args.upstream:
+        env = dict(os.environ, PYTHONPATH="")
+        out = subprocess.run([args.upstream, os.path.abspath(__file__), "--serve", out_dir],
+                             capture_output=True, text=True, env=env, cwd=tempfile.gettempdir())
+        bad = [int(line.split()[1]) for line in out.stdout.splitlines()
+               if line.startswith("FAILS")]
+        theirs = [s for s in bad if any(
+            pat in draw(s, train=False, dyn=False, writes=False).source
+            for pat in UPSTREAM_BROADCAST_WRITES)]
+        mine = [s for s in bad if s not in theirs]
+        print(f"upstream ran {stats.get('written', 0) - len(bad)} of "
+              f"{stats.get('written', 0)} to eager's values; writes into a broadcast value "
+              f"(upstream's runtime): {len(theirs)}; other: {mine or 'none'}")
+        failures += mine
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    if "--serve" in sys.argv:  # (upstream's interpreter: by path, no package around it)
+        serve(sys.argv[sys.argv.index("--serve") + 1])
+    else:
+        sys.exit(main())
