@@ -18,5 +18,8 @@ def test_a_value_off_by_more_than_the_tolerance_is_a_finding():
     w = [np.array([1.0, 2.0])]
     assert upstream_write._close([np.array([1.0, 2.00001])], w)
     assert not upstream_write._close([np.array([1.0, 2.01])], w)
+    big = [np.array([0.0, 100.0])]  # (to 1e-4 of the output's largest magnitude)
+    assert upstream_write._close([np.array([0.005, 100.0])], big)
+    assert not upstream_write._close([np.array([0.02, 100.0])], big)
     assert not upstream_write._close([np.array([1.0])], w)  # (a size of its own)
     assert not upstream_write._close([], w)
