@@ -52,9 +52,9 @@ class _Encoder:
     def __init__(self):
         self.buf = bytearray(4)  # the size prefix, set by `finish`
 
-    def _pad(self, align, ahead=0):
-        """Pad so that the next ``ahead`` bytes end at a multiple of ``align`` from the start."""
-        self.buf += bytes(-(len(self.buf) + ahead) % align)
+    def _pad(self, align):
+        """Pad to a multiple of ``align`` from the start of the file."""
+        self.buf += bytes(-len(self.buf) % align)
 
     def _point(self, slot, target):
         struct.pack_into("<I", self.buf, slot, target - slot)
@@ -173,10 +173,6 @@ def _type_id(name, version):
 # --------------------------------------------------------------------------------------------
 # operators: graph type -> (registered name, version, param union type, params(opr, ins, outs))
 # --------------------------------------------------------------------------------------------
-def _pair(v):
-    return (v, v) if isinstance(v, (int, np.integer)) else tuple(v)
-
-
 def _elemwise(p, ins, outs):
     return {0: ("I", _ELEMWISE_MODES.index(p["mode"]))}
 
@@ -273,17 +269,13 @@ _WITH_POLICY = {"ConvolutionForward", "ConvolutionBackwardData"}
 _WITH_COMP_NODE = {"MatrixMul", "BatchedMatrixMul", "Concat"}
 # the operators upstream's graph makes with a target shape as a second input
 _SHAPE_INPUT = {"Reshape", "AdaptivePoolingForward", "ResizeForward"}
-# what `trace.dump(dump_format="FBS_V2")` writes, by upstream's graph type (documentation)
-SUPPORTED = ("Host2DeviceCopy", "ImmutableTensor") + tuple(sorted(_OPERATORS)) + (
-    "Subtensor", "LeakyRelu", "PRelu", "LogSoftmax", "Stack", "Split", "Normalize (layer_norm)",
-    "Sizes", "Fill", "Broadcast")
 
 
 def _check(opr, t, p, ins):
     """Refuse what the table above would write wrong."""
     where = f"operator {opr.name!r} ({t})"
-    if t == "ConvolutionForward" and (p.get("format", "NCHW") != "NCHW"
-                                       or p.get("mode") != "CROSS_CORRELATION"):
+    if t in _WITH_POLICY and (p.get("format", "NCHW") != "NCHW"
+                              or p.get("mode") != "CROSS_CORRELATION"):
         raise DumpError(f"trace.dump(dump_format='FBS_V2'): {where} has format "
                         f"{p.get('format')} / mode {p.get('mode')}; NCHW cross-correlation "
                         "is written")
@@ -341,8 +333,8 @@ class _Graph:
         """An operator of registered ``name``; ``outputs``: (name, shape) per output var.
         Returns the output vars."""
         made = [self.var(n, shape) for n, shape in outputs]
-        self.ops.append(_operator(name, version, (ptype, params), inputs, made, comp_node=comp_node,
-                                  extra=extra))
+        self.ops.append(_operator(name, version, (ptype, params), inputs, made,
+                                  comp_node=comp_node, extra=extra))
         return made
 
     def concat(self, parts, axis, name, shape, device):
@@ -412,9 +404,9 @@ def _stack(g, opr, ins, outs, p, device):
     """Each input with a new axis (AxisAddRemove), then one Concat (upstream's stack)."""
     y = outs[0]
     axis = int(p["axis"]) % len(y.shape)
+    part = tuple(y.shape[:axis]) + (1,) + tuple(y.shape[axis + 1:])
     parts = [g.op("AxisAddRemove", 1, 65, {0: ("structs <Ii", [(0, axis)])}, [g.ids[id(v)]],
-                  [(f"{y.name}:part{k}", tuple(y.shape[:axis]) + (1,) + tuple(y.shape[axis + 1:]))])[0]
-             for k, v in enumerate(ins)]
+                  [(f"{y.name}:part{k}", part)])[0] for k, v in enumerate(ins)]
     g.ids[id(y)] = g.concat(parts, axis, y.name, y.shape, device)
 
 
@@ -598,11 +590,15 @@ def _fill(g, opr, ins, outs, p, device):
                         [(y.name, y.shape)])[0]
 
 
-_EXPANSIONS = {"LeakyRelu": _leaky_relu, "Subtensor": _subtensor,
-               "IndexingMultiAxisVec": _subtensor,  # (a bound computed from shapes; arrays:
-               # refused by `_bound`)
-               "Sizes": _sizes, "Fill": _fill, "Broadcast": _broadcast, "PRelu": _prelu, "LogSoftmax": _log_softmax,
-               "Stack": _stack, "Split": _split, "Normalize": _layer_norm}
+_EXPANSIONS = {
+    "LeakyRelu": _leaky_relu, "PRelu": _prelu, "LogSoftmax": _log_softmax, "Stack": _stack,
+    "Split": _split, "Normalize": _layer_norm, "Subtensor": _subtensor, "Sizes": _sizes,
+    "Fill": _fill, "Broadcast": _broadcast,
+    "IndexingMultiAxisVec": _subtensor}  # (a slice bound computed from shapes; index arrays
+# are refused by `_bound`)
+# what `trace.dump(dump_format="FBS_V2")` writes, by the graph type `megengine.utils.network`
+# gives each operator (Normalize: layer_norm only)
+SUPPORTED = ("Host2DeviceCopy", "ImmutableTensor") + tuple(sorted({*_OPERATORS, *_EXPANSIONS}))
 
 
 def _refuse(opr, what):

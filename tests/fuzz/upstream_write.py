@@ -3,16 +3,17 @@
 with ``--upstream PYTHON`` (an interpreter with upstream MegEngine 1.13), run by upstream's
 ``GraphInference``::
 
-    python -m tests.fuzz.upstream_write [--seeds N] [--start S] [--upstream PYTHON] [--keep DIR]
+    python -m tests.fuzz.upstream_write [--seeds N] [--start S] [--upstream PYTHON]
+                                        [--keep DIR]
 
 Each program is traced (symbolic, capture_as_const) at the jit fuzzer's input shape and dumped;
 a refusal (`DumpError`, an operator or value the writer does not write) is counted by what it
 names. A written file must give eager's outputs (to 1e-4 of the larger of 1 and an output's
-largest magnitude) when this fork loads it, and when upstream runs it. Upstream 1.13's runtime computes wrong values where an elementwise operator
-adds into a ``broadcast_to`` result or into zeros made from another value (``acc = h * 0;
-acc = acc + h[i]``), for its own dumps of those programs alike (measured: garbage of 1e28 or
-NaN, ``tests.fuzz.upstream_write`` reports them apart); what such a program computes there is
-no finding. ``--keep DIR`` keeps the written files and their inputs and eager outputs.
+largest magnitude) when this fork loads it, and when upstream runs it. Upstream 1.13's
+runtime computes wrong values where an elementwise operator adds into a ``broadcast_to``
+result or into zeros made from another value (``acc = h * 0; acc = acc + h[i]``), for its own
+dumps of those programs alike (measured: garbage of 1e28 or NaN; reported apart, by the lines
+in `UPSTREAM_BROADCAST_WRITES`); what such a program computes there is no finding. ``--keep DIR`` keeps the written files and their inputs and eager outputs.
 
 This file's upstream side runs it by path (``--serve DIR``): it imports only numpy at its top.
 """
