@@ -507,7 +507,8 @@ def _bound(g, opr, v, device, name):
 def _subtensor(g, opr, ins, outs, p, device):
     """``x[...]`` of ints and slices (their bounds constants, or sizes computed from shapes):
     upstream's Subtensor, items (axis, has begin, has end, has step, is an index), the values
-    as inputs in that order."""
+    as inputs in that order; ``x[...] = v`` (SetSubtensor) and ``x[...] += v`` (IncrSubtensor)
+    take ``v`` as their second input."""
     frozen = dict(opr._dyn or ()).get("index")
     index = opr.params.get("index") if frozen is None else frozen
     if type(index) is tuple and index and index[0] is tuple:  # (`_freeze`'s form of a tuple)
@@ -517,10 +518,10 @@ def _subtensor(g, opr, ins, outs, p, device):
     if any(e is Ellipsis for e in index):
         k = index.index(Ellipsis)
         index = index[:k] + (slice(None),) * (ndim - len(index) + 1) + index[k + 1:]
+    index = tuple(slice(*e[1:]) if type(e) is tuple and e and e[0] is slice else e  # (frozen
+                  for e in index)  # slices: their form in op state)
     items, values = [], []
     for axis, e in enumerate(index):
-        if type(e) is tuple and e and e[0] is slice:  # (a frozen slice)
-            e = slice(*e[1:])
         if type(e) is slice:
             if e == slice(None):
                 continue
@@ -530,11 +531,35 @@ def _subtensor(g, opr, ins, outs, p, device):
         else:
             items.append((axis, False, False, False, True))
             values.append(e)
-    inputs = [g.ids[id(ins[0])]] + [_bound(g, opr, v, device, f"{opr.name}:index{k}")
-                                   for k, v in enumerate(values)]
+    name = {"SetSubtensor": "SetSubtensor", "IncrSubtensor": "IncrSubtensor"}.get(
+        type(opr).__name__, "Subtensor")
+    inputs = [g.ids[id(ins[0])]]
+    if name != "Subtensor":  # the value: upstream's takes one of the region's shape exactly
+        value = g.ids[id(ins[1])]
+        region = _region_shape(opr, ins[0].shape, index)
+        if tuple(_shape(ins[1].shape)) != region:  # (a number, a row broadcast: as upstream's
+            value = g.op("Broadcast", 1, 1, {}, [value, g.shape_const(  # __setitem__ makes it)
+                region, device, f"{opr.name}:value")], [(f"{opr.name}:value", region)])[0]
+        inputs.append(value)
+    inputs += [_bound(g, opr, v, device, f"{opr.name}:index{k}") for k, v in enumerate(values)]
     y = outs[0]
-    g.ids[id(y)] = g.op("Subtensor", 1, 66, {0: ("structs <b????", items)}, inputs,
+    g.ids[id(y)] = g.op(name, 1, 66, {0: ("structs <b????", items)}, inputs,
                         [(y.name, y.shape)])[0]
+
+
+def _region_shape(opr, shape, index):
+    """The traced shape of ``x[index]`` (sizes computed from shapes evaluated at the traced
+    shapes), as upstream's graph holds it (a scalar: a vector of one item)."""
+    from ..core._trace_option import evaluate
+    from ..jit._program import _DimExpr
+
+    def value(v):
+        return evaluate(v.tree, lambda k, axis: opr._dyn_vars[k].shape[axis]) \
+            if type(v) is _DimExpr else v
+
+    index = tuple(slice(*(value(v) for v in (e.start, e.stop, e.step))) if type(e) is slice
+                  else value(e) for e in index)
+    return tuple(_shape(np.broadcast_to(np.empty((), np.int8), tuple(shape))[index].shape))
 
 
 def _sizes(g, opr, ins, outs, p, device):
@@ -593,7 +618,8 @@ def _fill(g, opr, ins, outs, p, device):
 _EXPANSIONS = {
     "LeakyRelu": _leaky_relu, "PRelu": _prelu, "LogSoftmax": _log_softmax, "Stack": _stack,
     "Split": _split, "Normalize": _layer_norm, "Subtensor": _subtensor, "Sizes": _sizes,
-    "Fill": _fill, "Broadcast": _broadcast,
+    "Fill": _fill, "Broadcast": _broadcast, "SetSubtensor": _subtensor,
+    "IncrSubtensor": _subtensor,
     "IndexingMultiAxisVec": _subtensor}  # (a slice bound computed from shapes; index arrays
 # are refused by `_bound`)
 # what `trace.dump(dump_format="FBS_V2")` writes, by the graph type `megengine.utils.network`

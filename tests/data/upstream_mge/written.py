@@ -78,7 +78,11 @@ def models():
                 c, ((0, 0), (0, 0), (2, 1), (1, 2)), constant_value=0.5)
             wide = F.broadcast_to(c[:, :1], (2, 4, 6, 6)) + F.nn.pad(c, ((0, 0), (0, 0), (0, 0),
                                                                         (0, 0)), mode="edge")
-            return s, big, self.up(padded), wide
+            w = x * 1  # writes into a part of a value: set, a number set, and added
+            w[:, 1:3] = x[:, :2] * 0.5
+            w[0] = 7.0
+            w[:, ::2] += 3.0
+            return s, big, self.up(padded), wide, w
 
     def more():
         net = More()
