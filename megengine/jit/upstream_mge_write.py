@@ -421,6 +421,42 @@ def _split(g, opr, ins, outs, p, device):
         g.ids[id(v)] = k
 
 
+def _roll(g, opr, ins, outs, p, device):
+    """``roll`` as upstream builds it: per shifted axis, a Split into the parts before and
+    after the cut and a Concat of them swapped; over every axis (``axis=None``), of the
+    flattened value, reshaped back."""
+    x, y = g.ids[id(ins[0])], outs[0]
+    shape = tuple(ins[0].shape)
+    shifts, axes = p["shift"], p["axis"]
+    flat = axes is None
+    if flat:
+        size = int(np.prod(shape))
+        x = g.op("ReshapeV1", 1, 54, {0: ("i", _NO_AXIS)},
+                 [x, g.shape_const([size], device, f"{y.name}:flat")],
+                 [(f"{y.name}:flat", (size,))])[0]
+        now, shifts, axes = (size,), (shifts,), (0,)
+    else:
+        now = shape
+        if isinstance(shifts, (int, np.integer)):
+            shifts, axes = (shifts,), (axes,)
+    for k, (shift, axis) in enumerate(zip(shifts, axes)):
+        axis = int(axis) % len(now)
+        size = now[axis]
+        cut = size - int(shift) % size if size else 0
+        if cut in (0, size):  # (a whole turn: nothing moves)
+            continue
+        part = lambda n: now[:axis] + (n,) + now[axis + 1:]  # noqa: E731
+        sizes = [g.const(np.array([n], np.int32), device, f"{y.name}:size{k}{j}")
+                 for j, n in enumerate((cut, size - cut))]
+        a, b = g.op("Split", 1, 2, {0: ("i", axis)}, [x] + sizes,
+                    [(f"{y.name}:head{k}", part(cut)), (f"{y.name}:tail{k}", part(size - cut))])
+        x = g.concat([b, a], axis, f"{y.name}:{k}", now, device)
+    if flat:
+        x = g.op("ReshapeV1", 1, 54, {0: ("i", _NO_AXIS)},
+                 [x, g.shape_const(_shape(shape), device, y.name)], [(y.name, shape)])[0]
+    g.ids[id(y)] = x
+
+
 def _layer_norm(g, opr, ins, outs, p, device):
     """Upstream's LayerNorm operator: the normalized output, then the mean and 1 / std."""
     if p.get("family") != "layer_norm" or p.get("has_weight") != p.get("has_bias"):
@@ -619,7 +655,7 @@ _EXPANSIONS = {
     "LeakyRelu": _leaky_relu, "PRelu": _prelu, "LogSoftmax": _log_softmax, "Stack": _stack,
     "Split": _split, "Normalize": _layer_norm, "Subtensor": _subtensor, "Sizes": _sizes,
     "Fill": _fill, "Broadcast": _broadcast, "SetSubtensor": _subtensor,
-    "IncrSubtensor": _subtensor,
+    "IncrSubtensor": _subtensor, "Roll": _roll,
     "IndexingMultiAxisVec": _subtensor}  # (a slice bound computed from shapes; index arrays
 # are refused by `_bound`)
 # what `trace.dump(dump_format="FBS_V2")` writes, by the graph type `megengine.utils.network`
