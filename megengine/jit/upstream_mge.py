@@ -929,7 +929,7 @@ def _op_elemwise_multi_type(op, *xs):
 _HOST_UNARY = {"FLOOR": math.floor, "CEIL": math.ceil, "NEGATE": operator.neg}
 _HOST_ELEMWISE = {"ADD": lambda a, b: a + b, "SUB": lambda a, b: a - b, "MOD": lambda a, b: a % b,
                   "MUL": lambda a, b: a * b, "FLOOR_DIV": lambda a, b: a // b,
-                  "TRUE_DIV": lambda a, b: a / b}
+                  "TRUE_DIV": lambda a, b: a / b, "MAX": max, "MIN": min}
 
 
 # upstream's registered operator name -> the function computing its outputs from its inputs

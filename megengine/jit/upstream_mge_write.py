@@ -421,6 +421,30 @@ def _split(g, opr, ins, outs, p, device):
         g.ids[id(v)] = k
 
 
+def _linspace(g, opr, ins, outs, p, device):
+    """Upstream's Linspace of start, stop and count (inputs of one item each: the program's
+    values, or its constants and a count computed from shapes), float32, then cast."""
+    from ..jit._program import _DimExpr
+
+    y = outs[0]
+    if ins:
+        inputs = [g.ids[id(v)] for v in ins]
+    else:
+        num = dict(opr._dyn or ()).get("num", getattr(opr._op, "num", None))
+        count = _size(g, opr, num.tree, device, f"{y.name}:num") if type(num) is _DimExpr \
+            else g.const(np.array([num], np.int32), device, f"{y.name}:num")
+        inputs = [g.const(np.array([getattr(opr._op, k)], np.float32), device, f"{y.name}:{k}")
+                  for k in ("start", "stop")] + [count]
+    f32 = np.dtype(np.float32)
+    made = g.op("Linspace", 1, 29, {0: ("?", bool(p.get("endpoint", True)))}, inputs,
+                [(y.name if y.dtype == f32 else f"{y.name}:float32", y.shape)],
+                comp_node=device)[0]
+    if np.dtype(y.dtype) != f32:
+        made = g.op("TypeCvtV2", 1, 67, _dtype(y.dtype, f"{y.name}"), [made],
+                    [(y.name, y.shape)])[0]
+    g.ids[id(y)] = made
+
+
 def _roll(g, opr, ins, outs, p, device):
     """``roll`` as upstream builds it: per shifted axis, a Split into the parts before and
     after the cut and a Concat of them swapped; over every axis (``axis=None``), of the
@@ -604,12 +628,13 @@ def _sizes(g, opr, ins, outs, p, device):
 
     frozen = dict(opr._dyn or ()).get("values")
     y = outs[0]
-    if np.dtype(y.dtype) != np.int32 or frozen is None:
-        _refuse(opr, f"sizes of dtype {y.dtype}; int32 sizes computed from shapes are written")
+    if np.dtype(y.dtype) not in (np.dtype(np.int32), np.dtype(np.float32)) or frozen is None:
+        _refuse(opr, f"sizes of dtype {y.dtype}; int32 and float32 sizes computed from shapes "
+                     "are written")
     items = frozen[1] if type(frozen) is tuple and frozen and frozen[0] in (tuple, list) \
         else (frozen,)
-    parts = [_size(g, opr, x.tree if type(x) is _DimExpr else x, device, f"{y.name}:{k}")
-             for k, x in enumerate(items)]
+    parts = [_size(g, opr, x.tree if type(x) is _DimExpr else x, device, f"{y.name}:{k}",
+                   y.dtype) for k, x in enumerate(items)]
     g.ids[id(y)] = g.concat(parts, 0, y.name, y.shape, device)
 
 
@@ -655,7 +680,7 @@ _EXPANSIONS = {
     "LeakyRelu": _leaky_relu, "PRelu": _prelu, "LogSoftmax": _log_softmax, "Stack": _stack,
     "Split": _split, "Normalize": _layer_norm, "Subtensor": _subtensor, "Sizes": _sizes,
     "Fill": _fill, "Broadcast": _broadcast, "SetSubtensor": _subtensor,
-    "IncrSubtensor": _subtensor, "Roll": _roll,
+    "IncrSubtensor": _subtensor, "Roll": _roll, "Linspace": _linspace,
     "IndexingMultiAxisVec": _subtensor}  # (a slice bound computed from shapes; index arrays
 # are refused by `_bound`)
 # what `trace.dump(dump_format="FBS_V2")` writes, by the graph type `megengine.utils.network`

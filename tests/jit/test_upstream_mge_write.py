@@ -176,3 +176,20 @@ def test_a_concat_of_one_part_or_a_broadcast_to_its_own_shape_is_its_input():
         want = fn(mge.tensor(x)).numpy()
         got = list(load(io.BytesIO(data)).run({"arg_0": x}).values())[0].numpy()
         np.testing.assert_allclose(got.reshape(want.shape), want, rtol=1e-6)
+
+
+def test_sizes_computed_from_shapes_are_computed_in_the_file():
+    # F.arange of a size from x.shape (a count clipped at 0 by MAX: the loader computes it on
+    # the shapes), linspace of such a count, a value scaled by a size, a roll: this fork's
+    # loader reads what the writer wrote to eager's values (upstream 1.13 ran the arange, the
+    # scale and the rolls to them too, measured)
+    x = np.random.RandomState(0).randn(2, 5).astype("float32")
+    fns = (lambda x: x + F.arange(x.shape[1]).astype("float32"),
+           lambda x: x * (x.shape[1] / 2),
+           lambda x: x[:, : x.shape[1] // 2] + F.linspace(0, 5, x.shape[1] // 2),
+           lambda x: F.roll(x, (1, -2), (0, 1)) + F.roll(x, 3))
+    for fn in fns:
+        data = _dumped(fn, x).getvalue()
+        want = fn(mge.tensor(x)).numpy()
+        got = list(load(io.BytesIO(data)).run({"arg_0": x}).values())[0].numpy()
+        np.testing.assert_allclose(got.reshape(want.shape), want, rtol=1e-6, atol=1e-6)
