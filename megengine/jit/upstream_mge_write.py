@@ -23,6 +23,7 @@ buffer with its size prefix, so alignment counts from there).
 import io
 import pickle
 import struct
+import warnings
 
 import numpy as np
 
@@ -779,6 +780,22 @@ def upstream_bytes(graph, w):
     from ..utils.network import Network
     from .dump import write_file
 
+    # sizes the traced code turned into Python values (int(), float(), an index, text): this
+    # fork's loaders check them (ShapeGuardError at other shapes), upstream's format cannot.
+    # (Comparisons, e.g. the library's own checks of a layer's input, decide a branch the way
+    # upstream's own dumps decide it, at trace time: not named)
+    guards = [g for g in graph.get("shape_guards") or () if not g["kind"].startswith("a comp")]
+    if guards:
+        uses = "; ".join(f"{g['kind']} of a size at {g['where']} (traced {g['value']})"
+                         for g in guards[:3])
+        warnings.warn(
+            f"trace.dump(dump_format='FBS_V2'): the traced code used sizes of its inputs as "
+            f"Python values ({uses}{'; ...' if len(guards) > 3 else ''}), which the program "
+            "holds as constants. This fork's format checks them when it runs (ShapeGuardError "
+            "at other shapes); upstream's format has no such check, so upstream's runtime "
+            "computes with the traced values at any input shape: run the file at the traced "
+            "input shapes, or compute the value with ops (x.reshape(x.shape[0], -1), "
+            "F.linspace(0, 1, n) * x.shape[1]) before tracing", stacklevel=4)
     net = Network.load(io.BytesIO(write_file(graph, w, None)))
     meta = net.metadata
     if meta is not None:

@@ -7,6 +7,7 @@ import importlib.util
 import io
 import os
 import struct
+import warnings
 
 import numpy as np
 import pytest
@@ -193,3 +194,15 @@ def test_sizes_computed_from_shapes_are_computed_in_the_file():
         want = fn(mge.tensor(x)).numpy()
         got = list(load(io.BytesIO(data)).run({"arg_0": x}).values())[0].numpy()
         np.testing.assert_allclose(got.reshape(want.shape), want, rtol=1e-6, atol=1e-6)
+
+
+def test_sizes_used_as_python_values_are_named_in_a_warning():
+    # this fork's format guards them (ShapeGuardError at other shapes); upstream's cannot, so
+    # the file would compute with the traced value at any shape there: say so when writing
+    x = np.zeros((2, 5), "float32")
+    with pytest.warns(UserWarning, match=r"float\(\) of a size at .* \(traced 5\).*traced input "
+                                         r"shapes"):
+        _dumped(lambda x: x * float(x.shape[1]), x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (sizes the program computes with ops: no warning)
+        _dumped(lambda x: x.reshape(x.shape[0], -1) * 2, x)
