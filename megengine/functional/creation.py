@@ -292,7 +292,7 @@ class _Arange(Op):
 
 
 class _Linspace(Op):
-    """``linspace`` of a count computed from traced shapes (see `linspace`)."""
+    """``linspace`` whose count or bounds are computed from traced shapes (see `linspace`)."""
 
     def __init__(self, start, stop, num, dtype, device):
         self.start, self.stop, self.num = start, stop, num
@@ -301,7 +301,7 @@ class _Linspace(Op):
     def forward(self):
         xp = _device.array_module_on(self.device)
         with on_device(self.device):
-            return xp.linspace(self.start, self.stop, self.num).astype(self.dtype)
+            return xp.linspace(float(self.start), float(self.stop), self.num).astype(self.dtype)
 
     def backward(self, *gs):
         return ()
@@ -362,12 +362,14 @@ def linspace(start, stop, num, dtype="float32", device=None):
         return _from_tensors(_LinspaceOf, (start, stop, num), _dtype(dtype, "linspace"),
                              device)
     num = _count(num)
-    # (float() took a string, "1", which upstream refuses, and named neither for a list)
-    start, stop = (float(_one_number(v, name, "linspace"))
+    # (float() took a string, "1", which upstream refuses, and named neither for a list; a
+    # bound from x.shape in a dumpable trace stays a size, which the op reads at each run, as
+    # upstream's graph computes its Tensor bounds: float() would make it a guarded constant)
+    start, stop = (v if is_dim(v) else float(_one_number(v, name, "linspace"))
                    for v, name in ((start, "start"), (stop, "stop")))
     dev, xp = _place(device)
-    if is_dim(num):  # a count from x.shape in a dumpable trace: an op, made at the run's shapes
-        return apply(_Linspace(start, stop, num, _dtype(dtype, "linspace"), dev))
+    if is_dim(num) or is_dim(start) or is_dim(stop):  # sizes from x.shape in a dumpable trace:
+        return apply(_Linspace(start, stop, num, _dtype(dtype, "linspace"), dev))  # an op
     with on_device(dev):  # astype allocates on the current GPU
         values = xp.linspace(start, stop, num)
         return Tensor._wrap(values.astype(_dtype(dtype, "linspace")), dev)

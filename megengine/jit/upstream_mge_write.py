@@ -430,12 +430,14 @@ def _linspace(g, opr, ins, outs, p, device):
     y = outs[0]
     if ins:
         inputs = [g.ids[id(v)] for v in ins]
-    else:
-        num = dict(opr._dyn or ()).get("num", getattr(opr._op, "num", None))
-        count = _size(g, opr, num.tree, device, f"{y.name}:num") if type(num) is _DimExpr \
-            else g.const(np.array([num], np.int32), device, f"{y.name}:num")
-        inputs = [g.const(np.array([getattr(opr._op, k)], np.float32), device, f"{y.name}:{k}")
-                  for k in ("start", "stop")] + [count]
+    else:  # (numbers, or sizes computed from shapes: a count in int32, bounds in float32)
+        dyn = dict(opr._dyn or ())
+        inputs = []
+        for k, dtype in (("start", np.float32), ("stop", np.float32), ("num", np.int32)):
+            v = dyn.get(k, getattr(opr._op, k, None))
+            inputs.append(_size(g, opr, v.tree, device, f"{y.name}:{k}", dtype)
+                          if type(v) is _DimExpr else
+                          g.const(np.array([v], dtype), device, f"{y.name}:{k}"))
     f32 = np.dtype(np.float32)
     made = g.op("Linspace", 1, 29, {0: ("?", bool(p.get("endpoint", True)))}, inputs,
                 [(y.name if y.dtype == f32 else f"{y.name}:float32", y.shape)],

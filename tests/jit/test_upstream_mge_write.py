@@ -188,6 +188,7 @@ def test_sizes_computed_from_shapes_are_computed_in_the_file():
     fns = (lambda x: x + F.arange(x.shape[1]).astype("float32"),
            lambda x: x * (x.shape[1] / 2),
            lambda x: x[:, : x.shape[1] // 2] + F.linspace(0, 5, x.shape[1] // 2),
+           lambda x: F.linspace(1, x.shape[1], 3) + x[:, :3],
            lambda x: F.roll(x, (1, -2), (0, 1)) + F.roll(x, 3))
     for fn in fns:
         data = _dumped(fn, x).getvalue()
