@@ -127,14 +127,26 @@ _DTYPE_ENUM = {np.dtype(k): v for k, v in (("float32", 0), ("uint8", 1), ("int8"
                                            ("bool", 18))}
 
 
+# upstream's quantized dtypes (DTypeEnum), by the name `megengine.core.dtype` gives them
+_QUANTIZED_ENUM = {"Quantized8Asymm": 11, "QuantizedS32": 12, "QuantizedS8": 13}
+
+
 def _dtype(dtype, where):
-    """Upstream's DType table of ``dtype``."""
+    """Upstream's DType table of ``dtype``: its DTypeEnum, and for a quantized one its
+    LinearQuantizationParam (the DTypeParam union's type 1: scale, zero point)."""
     dtype = np.dtype(dtype)
+    q = (dtype.metadata or {}).get("mgb_dtype")
+    if q is not None and q.get("name") in _QUANTIZED_ENUM:
+        param = {0: ("f", float(q["scale"]))}
+        if "zero_point" in q:
+            param[1] = ("B", int(q["zero_point"]))
+        return {0: ("b", _QUANTIZED_ENUM[q["name"]]), 1: ("B", 1), 2: ("table", param)}
     if dtype.metadata is not None or dtype not in _DTYPE_ENUM:
         raise DumpError(
-            f"trace.dump(dump_format='FBS_V2'): {where} has dtype {dtype}, which this writer "
-            f"does not write ({', '.join(str(d) for d in _DTYPE_ENUM)} are written; "
-            "quantized dtypes are not yet); dump without dump_format to keep it")
+            f"trace.dump(dump_format='FBS_V2'): {where} has dtype {dtype}"
+            f"{'' if q is None else ' (' + str(q.get('name')) + ')'}, which this writer does "
+            f"not write ({', '.join(str(d) for d in _DTYPE_ENUM)} and the 8-bit and qint32 "
+            "quantized dtypes are written); dump without dump_format to keep it")
     return {0: ("b", _DTYPE_ENUM[dtype])} if _DTYPE_ENUM[dtype] else {}
 
 
@@ -254,6 +266,10 @@ _OPERATORS = {
     "Concat": ("Concat", 1, 2, lambda p, ins, outs: {0: ("i", p["axis"])}),
     "TypeCvt": ("TypeCvtV2", 1, 67,
                 lambda p, ins, outs: _dtype(outs[0].dtype, "a TypeCvt's output")),
+    # (a quantized element-wise op here: dequantized inputs, the float op, then this rounding
+    # to the output's quantized dtype; upstream's TypeCvt rounds float to it likewise)
+    "Requantize": ("TypeCvtV2", 1, 67,
+                   lambda p, ins, outs: _dtype(outs[0].dtype, "a requantized output")),
     "SoftmaxForward": ("Softmax", 2, 90, lambda p, ins, outs: {0: ("i", p["axis"])}),
     "ConvolutionBackwardData": ("ConvolutionBackwardData", 2, 3, _convolution),
     "Identity": ("Identity", 1, 1, lambda p, ins, outs: {}),
@@ -289,10 +305,14 @@ def _check(opr, t, p, ins):
 # --------------------------------------------------------------------------------------------
 # the model
 # --------------------------------------------------------------------------------------------
-def _operator(name, version, param, inputs, outputs, tensors=(), comp_node=None, extra=()):
+def _operator(name, version, param, inputs, outputs, tensors=(), comp_node=None, extra=(),
+              output_dtype=None):
     """An Operator table: upstream's registered ``name`` and ``version``, ``param`` (its union
-    type, its table) or None, the var numbers it reads and makes."""
+    type, its table) or None, the var numbers it reads and makes, and the DType table its
+    output takes where upstream's operator is told one (a quantized convolution's)."""
     op = {0: ("str", name), 1: ("Q", _type_id(name, version)), 12: ("I", version)}
+    if output_dtype is not None:
+        op[10] = ("table", output_dtype)
     if param is not None:
         op[3], op[4] = ("B", param[0]), ("table", param[1])
     if extra:  # (more parameters: their union types, their tables)
@@ -330,12 +350,13 @@ class _Graph:
     def shape_const(self, shape, device, name):
         return self.const(np.array(shape, np.int32), device, f"{name}:shape")
 
-    def op(self, name, version, ptype, params, inputs, outputs, comp_node=None, extra=()):
+    def op(self, name, version, ptype, params, inputs, outputs, comp_node=None, extra=(),
+           output_dtype=None):
         """An operator of registered ``name``; ``outputs``: (name, shape) per output var.
         Returns the output vars."""
         made = [self.var(n, shape) for n, shape in outputs]
         self.ops.append(_operator(name, version, (ptype, params), inputs, made,
-                                  comp_node=comp_node, extra=extra))
+                                  comp_node=comp_node, extra=extra, output_dtype=output_dtype))
         return made
 
     def concat(self, parts, axis, name, shape, device):
@@ -420,6 +441,27 @@ def _split(g, opr, ins, outs, p, device):
                 [(v.name, v.shape) for v in outs])
     for v, k in zip(outs, made):
         g.ids[id(v)] = k
+
+
+_NONLINEAR = {"identity": 0, "relu": 1, "sigmoid": 2, "h_swish": 3}
+
+
+def _conv_bias(g, opr, ins, outs, p, device):
+    """A quantized convolution (`megengine.functional.quantized`'s, what ``quantize`` makes of
+    Conv2d, ConvBn2d, ConvBnRelu2d): upstream's ConvBiasForward, its nonlinearity a parameter
+    and its output's quantized dtype the operator's output dtype."""
+    transposed, stride, padding, dilation, _, groups = p["geometry"]
+    y = outs[0]
+    if transposed or p.get("mode") not in _NONLINEAR or len(stride) != 2:
+        _refuse(opr, f"a quantized {'transposed ' if transposed else ''}convolution of "
+                     f"nonlinearity {p.get('mode')!r}; 2-d ones of identity, relu, sigmoid and "
+                     "h_swish are written")
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    params = {0: ("I", _NONLINEAR[p["mode"]]), 2: ("I", int(groups != 1)), 4: ("I", ph),
+              5: ("I", pw), 6: ("I", sh), 7: ("I", sw), 8: ("I", dh), 9: ("I", dw)}
+    g.ids[id(y)] = g.op("ConvBiasForward", 2, 6, params, [g.ids[id(v)] for v in ins],
+                        [(y.name, y.shape)], extra=[(55, {})],
+                        output_dtype=_dtype(y.dtype, f"{y.name}"))[0]
 
 
 def _linspace(g, opr, ins, outs, p, device):
@@ -684,6 +726,7 @@ _EXPANSIONS = {
     "Split": _split, "Normalize": _layer_norm, "Subtensor": _subtensor, "Sizes": _sizes,
     "Fill": _fill, "Broadcast": _broadcast, "SetSubtensor": _subtensor,
     "IncrSubtensor": _subtensor, "Roll": _roll, "Linspace": _linspace,
+    "ConvBiasForward": _conv_bias,
     "IndexingMultiAxisVec": _subtensor}  # (a slice bound computed from shapes; index arrays
 # are refused by `_bound`)
 # what `trace.dump(dump_format="FBS_V2")` writes, by the graph type `megengine.utils.network`

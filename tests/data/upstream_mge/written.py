@@ -107,8 +107,58 @@ def models():
             p.set_value(np.random.RandomState(k).randn(*p.shape).astype("float32") * 0.5)
         return net, {"x": np.random.RandomState(11).randn(2, 6).astype("float32")}
 
-    return {"cnn": cnn, "mlp": mlp, "more": more}
+    def quantized(qconfig):
+        """tests/data/upstream_mge/make.py's quantized conv-bn-relu network and residual block
+        (quantize_qat, calibration, quantize), as upstream users deploy them; one input."""
+        def build():
+            import importlib.util
 
+            spec = importlib.util.spec_from_file_location("make", os.path.join(
+                os.path.dirname(os.path.abspath(__file__)), "make.py"))
+            make = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(make)
+
+            class Both(M.Module):
+                def __init__(self, rng):
+                    super().__init__()
+                    self.cbr = make.quantized(make.QCBR(), qconfig(), rng, (2, 3, 8, 8))
+                    self.block = make.quantized(make.QBlock(), qconfig(), rng, (2, 4, 8, 8))
+
+                def forward(self, x):
+                    return (self.cbr(x[:, :3]), *self.block(x))
+
+            import megengine as mge
+
+            mge.random.seed(13)  # (the layers' initial weights)
+            rng = np.random.RandomState(13)
+            return Both(rng), {"x": rng.randn(2, 4, 8, 8).astype("float32")}
+        return build
+
+    def qint8():
+        from megengine.quantization import ema_fakequant_qconfig
+
+        return ema_fakequant_qconfig
+
+    def quint8():  # (asymmetric: a zero point in the dtype)
+        from functools import partial
+
+        from megengine.quantization import QConfig
+        from megengine.quantization.fake_quant import FakeQuantize
+        from megengine.quantization.observer import (ExponentialMovingAverageObserver,
+                                                     MinMaxObserver)
+        from megengine.quantization.utils import QuantMode
+
+        asym = {"dtype": "quint8", "mode": QuantMode.ASYMMERTIC}
+        return QConfig(weight_observer=partial(MinMaxObserver, **asym),
+                       act_observer=partial(ExponentialMovingAverageObserver, **asym),
+                       weight_fake_quant=partial(FakeQuantize, dtype="quint8"),
+                       act_fake_quant=partial(FakeQuantize, dtype="quint8"))
+
+    return {"cnn": cnn, "mlp": mlp, "more": more, "qint8": quantized(qint8),
+            "quint8": quantized(quint8)}
+
+
+QUANTIZED = {"qint8", "quint8"}  # (built and traced on cpu0)
 
 # the files whose shapes follow the input's batch (a flatten traced with symbolic shapes: its
 # target shape is computed from the input's), run at this batch too (in2_*, fork2_*, up2_*)
@@ -138,9 +188,16 @@ def write(name, build, file=None):
     import megengine as mge
     from megengine.jit import trace
 
-    before = mge.get_default_device()
-    mge.set_default_device("xpux")  # (the device name the files record, whatever the machine's
-    try:  # default: MGE_DEFAULT_DEVICE=cpu0 would record cpu0)
+    import torch
+
+    before, threads = mge.get_default_device(), torch.get_num_threads()
+    # the device name the files record, whatever the machine's default (MGE_DEFAULT_DEVICE=cpu0
+    # would record cpu0); quantized networks run on the CPU (their dtypes live in numpy's
+    # metadata); one torch thread, as the tests run:
+    # a calibration's sums on torch's pool round by the thread count, and the scales with them
+    mge.set_default_device("cpu0" if name in QUANTIZED else "xpux")
+    torch.set_num_threads(1)
+    try:
         net, inputs = build()
         net.eval()
         names = list(inputs)
@@ -156,6 +213,7 @@ def write(name, build, file=None):
         data = buf.getvalue()
     finally:
         mge.set_default_device(before)
+        torch.set_num_threads(threads)
     if file is not None:
         with open(file, "wb") as fh:
             fh.write(data)
