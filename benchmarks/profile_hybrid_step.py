@@ -51,7 +51,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 import _timing  # noqa: E402
 import bench_pytorch_module as bench  # noqa: E402  (the same network, weights and data)
 
-PHASES = ("extractor", "linear", "cross entropy", "backward", "step", "loss, free")
+PHASES = ("extractor", "linear", "cross entropy", "backward", "step", "loss value")
 
 
 def _clock(device):
