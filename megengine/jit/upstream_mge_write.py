@@ -186,10 +186,6 @@ def _type_id(name, version):
 # --------------------------------------------------------------------------------------------
 # operators: graph type -> (registered name, version, param union type, params(opr, ins, outs))
 # --------------------------------------------------------------------------------------------
-def _elemwise(p, ins, outs):
-    return {0: ("I", _ELEMWISE_MODES.index(p["mode"]))}
-
-
 def _matmul(p, ins, outs):
     return {0: ("?", bool(p["transposeA"])), 1: ("?", bool(p["transposeB"]))}
 
@@ -252,7 +248,6 @@ def _padding(p, ins, outs):
 
 
 _OPERATORS = {
-    "Elemwise": ("Elemwise", 1, 17, _elemwise),
     "MatrixMul": ("MatrixMulV2", 1, 20, _matmul),
     "BatchedMatrixMul": ("BatchedMatrixMulV2", 1, 20, _matmul),
     "ConvolutionForward": ("Convolution", 2, 3, _convolution),
@@ -462,6 +457,69 @@ def _conv_bias(g, opr, ins, outs, p, device):
     g.ids[id(y)] = g.op("ConvBiasForward", 2, 6, params, [g.ids[id(v)] for v in ins],
                         [(y.name, y.shape)], extra=[(55, {})],
                         output_dtype=_dtype(y.dtype, f"{y.name}"))[0]
+
+
+# comparisons upstream's Elemwise has the other way round: ``a > b`` is ``LT(b, a)``
+_SWAPPED = {"GT": "LT", "GEQ": "LEQ"}
+
+
+def _elemwise(g, opr, ins, outs, p, device):
+    """An Elemwise of upstream's modes (`_ELEMWISE_MODES`), ``>`` and ``>=`` with their
+    operands swapped, as upstream's operators build them."""
+    mode, inputs = p["mode"], [g.ids[id(v)] for v in ins]
+    if mode in _SWAPPED:
+        mode, inputs = _SWAPPED[mode], inputs[::-1]
+    if mode not in _ELEMWISE_MODES:
+        _refuse(opr, f"an element-wise mode {mode} upstream's Elemwise does not have")
+    y = outs[0]
+    if np.dtype(y.dtype) == np.bool_ and any(np.dtype(v.dtype) != np.bool_ for v in ins):
+        # a comparison: upstream's Elemwise gives 0/1 in its operands' dtype, and its files
+        # hold a TypeCvt to bool after it
+        made = g.elemwise(mode, inputs, f"{y.name}:{ins[0].dtype}", y.shape)
+        g.ids[id(y)] = g.op("TypeCvtV2", 1, 67, _dtype(np.bool_, y.name), [made],
+                            [(y.name, y.shape)])[0]
+        return
+    g.ids[id(y)] = g.elemwise(mode, inputs, y.name, y.shape)
+
+
+def _topk(g, opr, ins, outs, p, device):
+    """Upstream's TopK (the k smallest; ``descending``: of the negated input, the values
+    negated back, as upstream's topk builds it): its k as an input, values and indices out."""
+    op = opr._op
+    if op.kth_only:
+        _refuse(opr, "topk(kth_only=True) is not written (the k largest or smallest are)")
+    x, (values, indices) = g.ids[id(ins[0])], outs
+    if op.descending:
+        x = g.elemwise("NEGATE", [x], f"{values.name}:negated", ins[0].shape)
+    k = g.const(np.array([op.k], np.int32), device, f"{opr.name}:k")
+    v, i = g.op("TopK", 1, 44, {0: ("I", 1 if op.no_sort else 2)}, [x, k],
+                [(f"{values.name}:top" if op.descending else values.name, values.shape),
+                 (indices.name, indices.shape)])
+    if op.descending:
+        v = g.elemwise("NEGATE", [v], values.name, values.shape)
+    g.ids[id(values)], g.ids[id(indices)] = v, i
+
+
+def _compute(g, opr, ins, outs, p, device):
+    """This fork's ops computed by a function (``Compute``): argmax and argmin, as upstream's
+    Argmax / Argmin per axis (keeping it, highest axis first), each followed by an
+    AxisAddRemove dropping it unless ``keepdims``."""
+    op, y = opr._op, outs[0]
+    if getattr(op.fn, "__name__", "") != "_arg_reduce_fn":
+        _refuse(opr, f"it computes {getattr(op.fn, '__name__', op.fn)!r}, which has no writer")
+    kind, axes, keepdims = op.args
+    if axes is None:
+        _refuse(opr, f"{kind} over every axis (a flattened value) is not written; give an axis")
+    x, shape = g.ids[id(ins[0])], list(ins[0].shape)
+    name = "Argmax" if kind == "argmax" else "Argmin"
+    for k, a in enumerate(sorted((int(a) % len(shape) for a in axes), reverse=True)):
+        shape[a] = 1
+        x = g.op(name, 1, 2, {0: ("i", a)}, [x], [(f"{y.name}:{k}", tuple(shape))])[0]
+        if not keepdims:
+            del shape[a]
+            x = g.op("AxisAddRemove", 1, 65, {0: ("structs <Ii", [(1, a)])}, [x],
+                     [(f"{y.name}:{k}:dropped", tuple(shape))])[0]
+    g.ids[id(y)] = x
 
 
 def _linspace(g, opr, ins, outs, p, device):
@@ -726,7 +784,7 @@ _EXPANSIONS = {
     "Split": _split, "Normalize": _layer_norm, "Subtensor": _subtensor, "Sizes": _sizes,
     "Fill": _fill, "Broadcast": _broadcast, "SetSubtensor": _subtensor,
     "IncrSubtensor": _subtensor, "Roll": _roll, "Linspace": _linspace,
-    "ConvBiasForward": _conv_bias,
+    "ConvBiasForward": _conv_bias, "TopK": _topk, "Compute": _compute, "Elemwise": _elemwise,
     "IndexingMultiAxisVec": _subtensor}  # (a slice bound computed from shapes; index arrays
 # are refused by `_bound`)
 # what `trace.dump(dump_format="FBS_V2")` writes, by the graph type `megengine.utils.network`
@@ -782,8 +840,10 @@ def write_upstream(net, metadata=None):
             _EXPANSIONS[t](g, opr, ins, outs, p if isinstance(p, dict) else {}, device)
             continue
         _check(opr, t, p, ins)
-        if t == "Concat" and len(ins) == 1:  # (see `_Graph.concat`)
-            ids[id(outs[0])] = ids[id(ins[0])]
+        if (t == "Concat" and len(ins) == 1) or (  # (see `_Graph.concat`; a cast to the same
+                t in ("TypeCvt", "Requantize")  # dtype, scale included: upstream's
+                and _dtype(ins[0].dtype, "") == _dtype(outs[0].dtype, "")):  # TypeCvt::make
+            ids[id(outs[0])] = ids[id(ins[0])]  # gives its input then too)
             continue
         inputs = [ids[id(v)] for v in ins]
         if t == "ConvolutionBackwardData":  # (upstream's inputs: the weight, then the data)

@@ -56,7 +56,8 @@ def models():
             t = F.transpose(h.reshape(2, 4, 4), (0, 2, 1))
             q = F.squeeze(F.expand_dims(F.matmul(t, t).mean(axis=2), 1), 1)
             y = self.b(F.relu(h[:, :8])) + q.astype("int32").astype("float32")
-            return F.softmax(y, axis=1), s, F.maximum(q, 0.5), h[1, 2:9:3]
+            flags = (h > 0.1).astype("float32") + (h[0] <= h).astype("float32") * 2
+            return F.softmax(y, axis=1), s, F.maximum(q, 0.5), h[1, 2:9:3], flags
 
     class More(M.Module):  # operators written as several of upstream's, and the rest
         def __init__(self):
@@ -82,7 +83,9 @@ def models():
             w[:, 1:3] = x[:, :2] * 0.5
             w[0] = 7.0
             w[:, ::2] += 3.0
-            return s, big, self.up(padded), wide, F.roll(w, (1, -2), (1, 2)) + F.roll(w, 7)
+            top = F.topk(big.reshape(2, -1), 3, descending=True)
+            return (s, big, self.up(padded), wide, F.roll(w, (1, -2), (1, 2)) + F.roll(w, 7),
+                    F.argmax(c, 1), F.argmin(s, 2, keepdims=True), top[0], top[1])
 
     def more():
         net = More()
