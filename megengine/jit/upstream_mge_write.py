@@ -21,8 +21,10 @@ scalar sits at a multiple of its size from the start of the file (upstream verif
 buffer with its size prefix, so alignment counts from there).
 """
 import io
+import os
 import pickle
 import struct
+import sys
 import warnings
 
 import numpy as np
@@ -879,6 +881,16 @@ def write_upstream(net, metadata=None):
     return _Encoder().finish(model, b"mgv2")
 
 
+def _user_stacklevel():
+    """The ``stacklevel`` of the first caller outside this package, for a warning of the
+    function that calls this (trace.dump and Network.dump reach it at different depths)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # (megengine/)
+    frame, level = sys._getframe(2), 2
+    while frame is not None and frame.f_code.co_filename.startswith(root + os.sep):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def upstream_bytes(graph, w):
     """Upstream's ``.mge`` file of the program of ``graph`` and ``w``
     (`megengine.jit.dump.program_json`), as bytes."""
@@ -900,7 +912,7 @@ def upstream_bytes(graph, w):
             "at other shapes); upstream's format has no such check, so upstream's runtime "
             "computes with the traced values at any input shape: run the file at the traced "
             "input shapes, or compute the value with ops (x.reshape(x.shape[0], -1), "
-            "F.linspace(0, 1, n) * x.shape[1]) before tracing", stacklevel=4)
+            "F.linspace(0, 1, n) * x.shape[1]) before tracing", stacklevel=_user_stacklevel())
     net = Network.load(io.BytesIO(write_file(graph, w, None)))
     meta = net.metadata
     if meta is not None:

@@ -73,10 +73,10 @@ def write(seeds, out_dir):
         f = trace(lambda x: prog(x, m), symbolic=True, capture_as_const=True)
         buf = io.BytesIO()
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings():  # (and the dump's note of sizes used as numbers)
                 warnings.simplefilter("ignore")
                 f(mge.tensor(x))
-            f.dump(buf, arg_names=["x"], dump_format="FBS_V2")
+                f.dump(buf, arg_names=["x"], dump_format="FBS_V2")
         except DumpError as e:
             named = re.search(r"\((\w+)\) has no writer", str(e))
             key = named.group(1) if named else re.sub(r"'[^']*'", "'.'", str(e))[:90]

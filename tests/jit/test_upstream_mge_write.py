@@ -202,8 +202,9 @@ def test_sizes_used_as_python_values_are_named_in_a_warning():
     # the file would compute with the traced value at any shape there: say so when writing
     x = np.zeros((2, 5), "float32")
     with pytest.warns(UserWarning, match=r"float\(\) of a size at .* \(traced 5\).*traced input "
-                                         r"shapes"):
+                                         r"shapes") as record:
         _dumped(lambda x: x * float(x.shape[1]), x)
+    assert record[0].filename == __file__  # (the caller's line: `_dumped` here)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # (sizes the program computes with ops: no warning)
         _dumped(lambda x: x.reshape(x.shape[0], -1) * 2, x)
