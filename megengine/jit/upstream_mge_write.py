@@ -541,7 +541,7 @@ def _linspace(g, opr, ins, outs, p, device):
                           if type(v) is _DimExpr else
                           g.const(np.array([v], dtype), device, f"{y.name}:{k}"))
     f32 = np.dtype(np.float32)
-    made = g.op("Linspace", 1, 29, {0: ("?", bool(p.get("endpoint", True)))}, inputs,
+    made = g.op("Linspace", 1, 29, {} if p.get("endpoint", True) else {0: ("?", False)}, inputs,
                 [(y.name if y.dtype == f32 else f"{y.name}:float32", y.shape)],
                 comp_node=device)[0]
     if np.dtype(y.dtype) != f32:
