@@ -484,6 +484,34 @@ def _elemwise(g, opr, ins, outs, p, device):
     g.ids[id(y)] = g.elemwise(mode, inputs, y.name, y.shape)
 
 
+def _where(g, opr, ins, outs, p, device):
+    """``where(mask, x, y)`` as upstream's builds it: the mask cast to the values' dtype,
+    ``SWITCH_GT0(m, x) + SWITCH_GT0(1 - m, y)`` (a value not chosen is never read: inf and NaN
+    stay where they are not chosen)."""
+    y = outs[0]
+    mask, a, b = (g.ids[id(v)] for v in ins)
+    shape = tuple(ins[0].shape)
+    m = g.op("TypeCvtV2", 1, 67, _dtype(y.dtype, y.name), [mask],
+             [(f"{y.name}:mask", shape)])[0]
+    one = g.const(np.ones(1, y.dtype), device, f"{y.name}:one")
+    rest = g.elemwise("SUB", [one, m], f"{y.name}:other", shape)
+    g.ids[id(y)] = g.elemwise(
+        "ADD", [g.elemwise("SWITCH_GT0", [m, a], f"{y.name}:x", y.shape),
+                g.elemwise("SWITCH_GT0", [rest, b], f"{y.name}:y", y.shape)], y.name, y.shape)
+
+
+def _broadcast_as(g, opr, ins, outs, p, device):
+    """This fork's ``a + 0`` of another shape or dtype: Broadcast, then TypeCvt."""
+    x, y = ins[0], outs[0]
+    k = g.ids[id(x)]
+    if tuple(x.shape) != tuple(y.shape):
+        k = g.op("Broadcast", 1, 1, {}, [k, _target_shape(g, opr, y, device)],
+                 [(f"{y.name}:shape" if x.dtype != y.dtype else y.name, y.shape)])[0]
+    if _dtype(x.dtype, "") != _dtype(y.dtype, ""):
+        k = g.op("TypeCvtV2", 1, 67, _dtype(y.dtype, y.name), [k], [(y.name, y.shape)])[0]
+    g.ids[id(y)] = k
+
+
 def _topk(g, opr, ins, outs, p, device):
     """Upstream's TopK (the k smallest; ``descending``: of the negated input, the values
     negated back, as upstream's topk builds it): its k as an input, values and indices out."""
@@ -787,6 +815,7 @@ _EXPANSIONS = {
     "Fill": _fill, "Broadcast": _broadcast, "SetSubtensor": _subtensor,
     "IncrSubtensor": _subtensor, "Roll": _roll, "Linspace": _linspace,
     "ConvBiasForward": _conv_bias, "TopK": _topk, "Compute": _compute, "Elemwise": _elemwise,
+    "Where": _where, "BroadcastAs": _broadcast_as,
     "IndexingMultiAxisVec": _subtensor}  # (a slice bound computed from shapes; index arrays
 # are refused by `_bound`)
 # what `trace.dump(dump_format="FBS_V2")` writes, by the graph type `megengine.utils.network`
