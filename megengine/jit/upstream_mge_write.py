@@ -713,6 +713,9 @@ def _subtensor(g, opr, ins, outs, p, device):
         index = index[:k] + (slice(None),) * (ndim - len(index) + 1) + index[k + 1:]
     index = tuple(slice(*e[1:]) if type(e) is tuple and e and e[0] is slice else e  # (frozen
                   for e in index)  # slices: their form in op state)
+    if any(_is_index_array(e) for e in index):
+        _indexing(g, opr, ins, outs, index, device)
+        return
     items, values = [], []
     for axis, e in enumerate(index):
         if type(e) is slice:
@@ -724,8 +727,7 @@ def _subtensor(g, opr, ins, outs, p, device):
         else:
             items.append((axis, False, False, False, True))
             values.append(e)
-    name = {"SetSubtensor": "SetSubtensor", "IncrSubtensor": "IncrSubtensor"}.get(
-        type(opr).__name__, "Subtensor")
+    name = _WRITES.get(type(opr).__name__, ("Subtensor",))[0]
     inputs = [g.ids[id(ins[0])]]
     if name != "Subtensor":  # the value: upstream's takes one of the region's shape exactly
         value = g.ids[id(ins[1])]
@@ -738,6 +740,61 @@ def _subtensor(g, opr, ins, outs, p, device):
     y = outs[0]
     g.ids[id(y)] = g.op(name, 1, 66, {0: ("structs <b????", items)}, inputs,
                         [(y.name, y.shape)])[0]
+
+
+def _is_index_array(e):
+    from ..jit._program import _ArrayValue, _Ref
+
+    return type(e) in (_Ref, _ArrayValue) or isinstance(e, np.ndarray)
+
+
+# the Network's operator of an index write or an index add (its class named by the index's
+# kind) -> upstream's operators for an index of ints and slices, and for an index array
+_WRITES = {k: v for keys, v in (
+    (("SetSubtensor", "IndexingSetMultiAxisVec"), ("SetSubtensor", "IndexingSetMultiAxisVec")),
+    (("IncrSubtensor", "IndexingIncrMultiAxisVec"),
+     ("IncrSubtensor", "IndexingIncrMultiAxisVec"))) for k in keys}
+
+
+def _indexing(g, opr, ins, outs, index, device):
+    """``x[idx]`` (or its write, its add) along one axis by a 1-d integer array (a constant,
+    or a value of the program), the other axes whole: upstream's IndexingMultiAxisVec, an item
+    (axis, is an index) and the array as an int32 input; a constant's negative entries are
+    made positive, as numpy reads them."""
+    from ..jit._program import _ArrayValue, _Ref
+
+    arrays = [(axis, e) for axis, e in enumerate(index) if _is_index_array(e)]
+    others = [e for e in index if not _is_index_array(e)]
+    if len(arrays) != 1 or any(e != slice(None) for e in others):
+        _refuse(opr, "it indexes by arrays with more than one array, or beside ints or slices "
+                     "with bounds; one 1-d index array beside whole axes is written")
+    (axis, e), = arrays
+    shape = tuple(ins[0].shape)
+    if type(e) is _Ref:  # (a value of the program)
+        var = opr._dyn_vars[e.slot]
+        if np.dtype(var.dtype) != np.int32 or len(var.shape) != 1:
+            _refuse(opr, f"it indexes by a {var.dtype} value of shape {tuple(var.shape)}; a 1-d "
+                         "int32 one is written")
+        idx, n = g.ids[id(var)], int(var.shape[0])
+    else:
+        a = np.asarray(e.array if type(e) is _ArrayValue else e)
+        if a.ndim != 1 or a.dtype.kind not in "iu":
+            _refuse(opr, f"it indexes by a {a.dtype} array of shape {a.shape}; a 1-d integer one "
+                         "is written")
+        idx = g.const((a % shape[axis]).astype(np.int32), device, f"{opr.name}:index")
+        n = len(a)
+    name = _WRITES.get(type(opr).__name__, (None, "IndexingMultiAxisVec"))[1]
+    inputs = [g.ids[id(ins[0])]]
+    if name != "IndexingMultiAxisVec":  # (the value: broadcast to the part, as upstream's)
+        region = shape[:axis] + (n,) + shape[axis + 1:]
+        value = g.ids[id(ins[1])]
+        if tuple(_shape(ins[1].shape)) != region:
+            value = g.op("Broadcast", 1, 1, {}, [value, g.shape_const(
+                region, device, f"{opr.name}:value")], [(f"{opr.name}:value", region)])[0]
+        inputs.append(value)
+    y = outs[0]
+    g.ids[id(y)] = g.op(name, 1, 66, {0: ("structs <b????", [(axis, False, False, False, True)])},
+                        inputs + [idx], [(y.name, y.shape)])[0]
 
 
 def _region_shape(opr, shape, index):
@@ -815,7 +872,8 @@ _EXPANSIONS = {
     "Fill": _fill, "Broadcast": _broadcast, "SetSubtensor": _subtensor,
     "IncrSubtensor": _subtensor, "Roll": _roll, "Linspace": _linspace,
     "ConvBiasForward": _conv_bias, "TopK": _topk, "Compute": _compute, "Elemwise": _elemwise,
-    "Where": _where, "BroadcastAs": _broadcast_as,
+    "Where": _where, "BroadcastAs": _broadcast_as, "IndexingSetMultiAxisVec": _subtensor,
+    "IndexingIncrMultiAxisVec": _subtensor,
     "IndexingMultiAxisVec": _subtensor}  # (a slice bound computed from shapes; index arrays
 # are refused by `_bound`)
 # what `trace.dump(dump_format="FBS_V2")` writes, by the graph type `megengine.utils.network`
