@@ -729,17 +729,24 @@ def _subtensor(g, opr, ins, outs, p, device):
             values.append(e)
     name = _WRITES.get(type(opr).__name__, ("Subtensor",))[0]
     inputs = [g.ids[id(ins[0])]]
-    if name != "Subtensor":  # the value: upstream's takes one of the region's shape exactly
-        value = g.ids[id(ins[1])]
-        region = _region_shape(opr, ins[0].shape, index)
-        if tuple(_shape(ins[1].shape)) != region:  # (a number, a row broadcast: as upstream's
-            value = g.op("Broadcast", 1, 1, {}, [value, g.shape_const(  # __setitem__ makes it)
-                region, device, f"{opr.name}:value")], [(f"{opr.name}:value", region)])[0]
-        inputs.append(value)
+    if name != "Subtensor":
+        inputs.append(_part_value(g, opr, ins[1], _region_shape(opr, ins[0].shape, index),
+                                  device))
     inputs += [_bound(g, opr, v, device, f"{opr.name}:index{k}") for k, v in enumerate(values)]
     y = outs[0]
     g.ids[id(y)] = g.op(name, 1, 66, {0: ("structs <b????", items)}, inputs,
                         [(y.name, y.shape)])[0]
+
+
+def _part_value(g, opr, value, region, device):
+    """The var of the value written into a part of shape ``region``: upstream's writes take
+    one of the part's shape exactly, so a number or a row is broadcast first, as upstream's
+    ``__setitem__`` does."""
+    k = g.ids[id(value)]
+    if tuple(_shape(value.shape)) == tuple(region):
+        return k
+    return g.op("Broadcast", 1, 1, {}, [k, g.shape_const(region, device, f"{opr.name}:value")],
+                [(f"{opr.name}:value", region)])[0]
 
 
 def _is_index_array(e):
@@ -785,13 +792,9 @@ def _indexing(g, opr, ins, outs, index, device):
         n = len(a)
     name = _WRITES.get(type(opr).__name__, (None, "IndexingMultiAxisVec"))[1]
     inputs = [g.ids[id(ins[0])]]
-    if name != "IndexingMultiAxisVec":  # (the value: broadcast to the part, as upstream's)
-        region = shape[:axis] + (n,) + shape[axis + 1:]
-        value = g.ids[id(ins[1])]
-        if tuple(_shape(ins[1].shape)) != region:
-            value = g.op("Broadcast", 1, 1, {}, [value, g.shape_const(
-                region, device, f"{opr.name}:value")], [(f"{opr.name}:value", region)])[0]
-        inputs.append(value)
+    if name != "IndexingMultiAxisVec":
+        inputs.append(_part_value(g, opr, ins[1], shape[:axis] + (n,) + shape[axis + 1:],
+                                  device))
     y = outs[0]
     g.ids[id(y)] = g.op(name, 1, 66, {0: ("structs <b????", [(axis, False, False, False, True)])},
                         inputs + [idx], [(y.name, y.shape)])[0]
