@@ -41,6 +41,7 @@ import struct
 import numpy as np
 
 from ..core._imperative_rt.ops import NO_AXIS as _NO_AXIS  # (OptionalAxisV1's "no axis")
+from ..core._trace_option import is_int
 
 __all__ = ["UpstreamFormatError", "is_upstream", "read_upstream"]
 
@@ -531,8 +532,8 @@ def _index(op, args, vector):
             index[axis] = _tensor(args.pop(0), op)
         elif idx:  # (a position given as a tensor of one item: a 0-d index removes the axis)
             index[axis] = take(True)
-            if not isinstance(index[axis], (int, np.integer)) and not _is_host(index[axis]):
-                index[axis] = index[axis].reshape(())
+            if not is_int(index[axis]) and not _is_host(index[axis]):  # (a size from a shape,
+                index[axis] = index[axis].reshape(())  # SymDim, is an int here: kept)
         else:
             index[axis] = slice(take(begin), take(end), take(step))
     if args:
