@@ -31,7 +31,7 @@ import numpy as np
 
 from ..core._imperative_rt.ops import _ELEMWISE_MODES
 from .dump_format import DumpError
-from .upstream_mge import _xxh64
+from .upstream_mge import _LAYOUTS, _OPTION_BITS, _xxh64
 
 __all__ = ["write_upstream", "SUPPORTED"]
 
@@ -1005,7 +1005,9 @@ def upstream_bytes(graph, w):
             "F.linspace(0, 1, n) * x.shape[1]) before tracing", stacklevel=_user_stacklevel())
     net = Network.load(io.BytesIO(write_file(graph, w, None)))
     meta = net.metadata
-    if meta is not None:
-        meta = dict(meta)
-        meta.setdefault("optimize_options", 0)
+    if meta is not None:  # (the optimizer's options as upstream's bits: `upstream_mge` reads
+        meta = dict(meta)  # them back into these names)
+        bits = sum(1 << bit for bit, name in _OPTION_BITS.items() if meta.get(name))
+        bits |= sum(layout << 32 for layout, name in _LAYOUTS.items() if meta.get(name))
+        meta["optimize_options"] = bits
     return write_upstream(net, meta)

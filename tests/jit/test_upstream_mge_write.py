@@ -224,3 +224,14 @@ def test_sizes_used_as_python_values_are_named_in_a_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # (sizes the program computes with ops: no warning)
         _dumped(lambda x: x.reshape(x.shape[0], -1) * 2, x)
+
+
+def test_metadata_reaches_upstreams_fields():
+    # user_info pickled, the optimizer's options as upstream's bits (read back by name)
+    x = np.ones((2, 3), "float32")
+    buf = _dumped(lambda x: F.relu(x) * 2, x, user_info={"mean": [0.5, 0.25]},
+                  enable_fuse_conv_bias_nonlinearity=True, enable_nchw44=True)
+    meta = load(io.BytesIO(buf.getvalue())).metadata
+    assert meta["user_info"] == {"mean": [0.5, 0.25]}
+    assert meta["optimized_for_inference"] and meta["enable_fuse_conv_bias_nonlinearity"]
+    assert meta["enable_nchw44"]
