@@ -365,6 +365,10 @@ def writes_upstream(options, where):
     if fmt not in (None, "FBS", "FBS_V2"):
         raise DumpError(f"{where}: dump_format must be None or 'FBS' (this fork's format) "
                         f"or 'FBS_V2' (upstream's mgv2), got {fmt!r}")
+    if fmt == "FBS_V2" and options.get("model_version", 2) != 2:
+        raise DumpError(f"{where}: dump_format='FBS_V2' writes model_version 2 (upstream's "
+                        f"default), not {options['model_version']!r}; dump without "
+                        "model_version (a runtime of upstream 1.13 reads version 2)")
     return fmt == "FBS_V2"
 
 

@@ -149,6 +149,8 @@ def test_this_forks_format_stays_the_default():
         assert buf.getvalue()[:7] == b"MGEFORK"
     with pytest.raises(DumpError, match="dump_format must be.*'FBS_V2'.*got 'fbs2'"):
         traced.dump(io.BytesIO(), dump_format="fbs2")
+    with pytest.raises(DumpError, match="writes model_version 2.*not 1"):
+        traced.dump(io.BytesIO(), dump_format="FBS_V2", model_version=1)
 
 
 def test_network_dump_writes_upstreams_format_too(tmp_path):
