@@ -447,13 +447,23 @@ def _conv_bias(g, opr, ins, outs, p, device):
     """A quantized convolution (`megengine.functional.quantized`'s, what ``quantize`` makes of
     Conv2d, ConvBn2d, ConvBnRelu2d): upstream's ConvBiasForward, its nonlinearity a parameter
     and its output's quantized dtype the operator's output dtype."""
-    transposed, stride, padding, dilation, _, groups = p["geometry"]
+    transposed, stride, padding, dilation, out_pad, groups = p["geometry"]
     y = outs[0]
-    if transposed or p.get("mode") not in _NONLINEAR or len(stride) != 2:
-        _refuse(opr, f"a quantized {'transposed ' if transposed else ''}convolution of "
-                     f"nonlinearity {p.get('mode')!r}; 2-d ones of identity, relu, sigmoid and "
-                     "h_swish are written")
+    if p.get("mode") not in _NONLINEAR or len(stride) != 2 or transposed and (
+            p["mode"] != "identity" or len(ins) != 2 or any(out_pad)):
+        what = "transposed convolution" if transposed else "convolution"
+        _refuse(opr, f"a quantized {what} of nonlinearity {p.get('mode')!r} over "
+                     f"{len(stride)} axes with {len(ins) - 2} bias inputs; 2-d ones of "
+                     "identity, relu, sigmoid and h_swish are written, transposed ones of "
+                     "identity without bias and output padding")
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    if transposed:  # (upstream's ConvolutionBackwardData: the weight, then the data)
+        params = {1: ("I", ph), 2: ("I", pw), 3: ("I", sh), 4: ("I", sw), 5: ("I", dh),
+                  6: ("I", dw), 7: ("I", int(groups != 1))}
+        g.ids[id(y)] = g.op("ConvolutionBackwardData", 2, 3, params,
+                            [g.ids[id(ins[1])], g.ids[id(ins[0])]], [(y.name, y.shape)],
+                            extra=[(55, {})], output_dtype=_dtype(y.dtype, f"{y.name}"))[0]
+        return
     params = {0: ("I", _NONLINEAR[p["mode"]]), 2: ("I", int(groups != 1)), 4: ("I", ph),
               5: ("I", pw), 6: ("I", sh), 7: ("I", sw), 8: ("I", dh), 9: ("I", dw)}
     g.ids[id(y)] = g.op("ConvBiasForward", 2, 6, params, [g.ids[id(v)] for v in ins],

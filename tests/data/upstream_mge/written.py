@@ -114,8 +114,9 @@ def models():
         return net, {"x": np.random.RandomState(11).randn(2, 6).astype("float32")}
 
     def quantized(qconfig):
-        """tests/data/upstream_mge/make.py's quantized conv-bn-relu network and residual block
-        (quantize_qat, calibration, quantize), as upstream users deploy them; one input."""
+        """tests/data/upstream_mge/make.py's quantized conv-bn-relu network, residual block and
+        network of quantized outputs (quantize_qat, calibration, quantize), as upstream users
+        deploy them; one input."""
         def build():
             import importlib.util
 
@@ -124,14 +125,21 @@ def models():
             make = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(make)
 
+            from megengine.quantization import passive_qconfig
+
             class Both(M.Module):
                 def __init__(self, rng):
                     super().__init__()
                     self.cbr = make.quantized(make.QCBR(), qconfig(), rng, (2, 3, 8, 8))
                     self.block = make.quantized(make.QBlock(), qconfig(), rng, (2, 4, 8, 8))
+                    # (quantized outputs, a transposed convolution, h_swish, add-sigmoid, sub;
+                    # make.py's qint8 scales kept by passive_qconfig: qint8 only)
+                    self.out = make.quantized(make.QOut(), qconfig(), rng, (2, 2, 2, 2),
+                                              passive_qconfig) if qconfig is qint8 else None
 
                 def forward(self, x):
-                    return (self.cbr(x[:, :3]), *self.block(x))
+                    outs = (self.cbr(x[:, :3]), *self.block(x))
+                    return outs if self.out is None else outs + self.out(x[:, :2, :2, :2])
 
             import megengine as mge
 
