@@ -20,7 +20,6 @@ before it, its strings, vectors and child tables after it; offsets point forward
 scalar sits at a multiple of its size from the start of the file (upstream verifies the
 buffer with its size prefix, so alignment counts from there).
 """
-import io
 import os
 import pickle
 import struct
@@ -995,7 +994,7 @@ def upstream_bytes(graph, w):
     """Upstream's ``.mge`` file of the program of ``graph`` and ``w``
     (`megengine.jit.dump.program_json`), as bytes."""
     from ..utils.network import Network
-    from .dump import write_file
+    from .dump import in_memory
 
     # sizes the traced code turned into Python values (int(), float(), an index, text): this
     # fork's loaders check them (ShapeGuardError at other shapes), upstream's format cannot.
@@ -1013,7 +1012,7 @@ def upstream_bytes(graph, w):
             "computes with the traced values at any input shape: run the file at the traced "
             "input shapes, or compute the value with ops (x.reshape(x.shape[0], -1), "
             "F.linspace(0, 1, n) * x.shape[1]) before tracing", stacklevel=_user_stacklevel())
-    net = Network.load(io.BytesIO(write_file(graph, w, None)))
+    net = Network._of_program(*in_memory(graph, w))  # (no archive written and read back)
     meta = net.metadata
     if meta is not None:  # (the optimizer's options as upstream's bits: `upstream_mge` reads
         meta = dict(meta)  # them back into these names)

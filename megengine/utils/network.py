@@ -86,8 +86,13 @@ class Network:
     def load(cls, model_path, outspec=None):
         """Load a program dumped by ``trace.dump`` (or `Network.dump`) from a path or a binary
         file object. ``outspec``: names of vars to take as the outputs instead of the file's."""
+        return cls._of_program(*read_file(model_path), outspec)
+
+    @classmethod
+    def _of_program(cls, graph, arrays, outspec=None):
+        """The network of a program as `read_file` gives it (graph.json as a dict, {array
+        index: host array}), or as `megengine.jit.dump.in_memory` hands one over unwritten."""
         self = cls()
-        graph, arrays = read_file(model_path)
         place = device_mapper(None, graph["version"])  # xpux: a GPU if there is one, else cpu0
         slot_var = {}
         unnamed_consts = []  # constants the file gives no name: named here, see below
