@@ -363,6 +363,15 @@ class _Graph:
         return self.op("Concat", 1, 2, {0: ("i", axis)}, parts, [(name, shape)],
                        comp_node=device)[0]
 
+    def broadcast(self, k, shape, target, name, make_shape):
+        """Var ``k`` (a value of ``shape``) broadcast to ``target`` by a Broadcast to the shape
+        var ``make_shape()`` makes; ``k`` itself where upstream's shapes already agree (a scalar
+        is a vector of one item there): upstream's Broadcast::make gives its input then, and its
+        loader asserts on the type."""
+        if _shape(shape) == _shape(target):
+            return k
+        return self.op("Broadcast", 1, 1, {}, [k, make_shape()], [(name, target)])[0]
+
     def elemwise(self, mode, inputs, name, shape):
         return self.op("Elemwise", 1, 17, {0: ("I", _ELEMWISE_MODES.index(mode))}, inputs,
                        [(name, shape)])[0]
@@ -512,11 +521,10 @@ def _where(g, opr, ins, outs, p, device):
 def _broadcast_as(g, opr, ins, outs, p, device):
     """This fork's ``a + 0`` of another shape or dtype: Broadcast, then TypeCvt."""
     x, y = ins[0], outs[0]
-    k = g.ids[id(x)]
-    if tuple(x.shape) != tuple(y.shape):
-        k = g.op("Broadcast", 1, 1, {}, [k, _target_shape(g, opr, y, device)],
-                 [(f"{y.name}:shape" if x.dtype != y.dtype else y.name, y.shape)])[0]
-    if _dtype(x.dtype, "") != _dtype(y.dtype, ""):
+    cast = _dtype(x.dtype, "") != _dtype(y.dtype, "")
+    k = g.broadcast(g.ids[id(x)], x.shape, y.shape, f"{y.name}:shape" if cast else y.name,
+                    lambda: _target_shape(g, opr, y, device))
+    if cast:
         k = g.op("TypeCvtV2", 1, 67, _dtype(y.dtype, y.name), [k], [(y.name, y.shape)])[0]
     g.ids[id(y)] = k
 
@@ -751,11 +759,8 @@ def _part_value(g, opr, value, region, device):
     """The var of the value written into a part of shape ``region``: upstream's writes take
     one of the part's shape exactly, so a number or a row is broadcast first, as upstream's
     ``__setitem__`` does."""
-    k = g.ids[id(value)]
-    if tuple(_shape(value.shape)) == tuple(region):
-        return k
-    return g.op("Broadcast", 1, 1, {}, [k, g.shape_const(region, device, f"{opr.name}:value")],
-                [(f"{opr.name}:value", region)])[0]
+    return g.broadcast(g.ids[id(value)], value.shape, region, f"{opr.name}:value",
+                       lambda: g.shape_const(region, device, f"{opr.name}:value"))
 
 
 def _is_index_array(e):
@@ -847,13 +852,9 @@ def _broadcast(g, opr, ins, outs, p, device):
     from ..jit._program import _DimExpr
 
     y = outs[0]
-    if ins and tuple(ins[0].shape) == tuple(y.shape):  # (upstream's Broadcast::make gives the
-        g.ids[id(y)] = g.ids[id(ins[0])]  # input itself then, and its loader asserts)
-        return
     if ins:
-        shape = g.ids[id(ins[1])] if len(ins) > 1 else g.shape_const(y.shape, device, opr.name)
-        g.ids[id(y)] = g.op("Broadcast", 1, 1, {}, [g.ids[id(ins[0])], shape],
-                            [(y.name, y.shape)])[0]
+        g.ids[id(y)] = g.broadcast(g.ids[id(ins[0])], ins[0].shape, y.shape, y.name, lambda: (
+            g.ids[id(ins[1])] if len(ins) > 1 else g.shape_const(y.shape, device, opr.name)))
         return
     value = dict(opr._dyn or ()).get("value", getattr(opr._op, "value", None))
     if type(value) is _DimExpr:
@@ -865,8 +866,8 @@ def _broadcast(g, opr, ins, outs, p, device):
         value = g.const(np.array([value], y.dtype), device, f"{y.name}:value")
     else:
         _refuse(opr, f"its value {value!r} is not written")
-    g.ids[id(y)] = g.op("Broadcast", 1, 1, {}, [value, _target_shape(g, opr, y, device)],
-                        [(y.name, y.shape)])[0]
+    g.ids[id(y)] = g.broadcast(value, (1,), y.shape, y.name,
+                               lambda: _target_shape(g, opr, y, device))
 
 
 def _fill(g, opr, ins, outs, p, device):
@@ -874,8 +875,8 @@ def _fill(g, opr, ins, outs, p, device):
     shapes): the value broadcast to it, as upstream's Fill builds it."""
     y = outs[0]
     value = g.const(np.array([opr._op.value], y.dtype), device, f"{y.name}:value")
-    g.ids[id(y)] = g.op("Broadcast", 1, 1, {}, [value, _target_shape(g, opr, y, device)],
-                        [(y.name, y.shape)])[0]
+    g.ids[id(y)] = g.broadcast(value, (1,), y.shape, y.name,
+                               lambda: _target_shape(g, opr, y, device))
 
 
 _EXPANSIONS = {
