@@ -286,16 +286,14 @@ _SHAPE_INPUT = {"Reshape", "AdaptivePoolingForward", "ResizeForward"}
 
 def _check(opr, t, p, ins):
     """Refuse what the table above would write wrong."""
-    where = f"operator {opr.name!r} ({t})"
     if t in _WITH_POLICY and (p.get("format", "NCHW") != "NCHW"
                               or p.get("mode") != "CROSS_CORRELATION"):
-        raise DumpError(f"trace.dump(dump_format='FBS_V2'): {where} has format "
-                        f"{p.get('format')} / mode {p.get('mode')}; NCHW cross-correlation "
-                        "is written")
+        _refuse(opr, f"a {t} of format {p.get('format')} / mode {p.get('mode')}; NCHW "
+                     "cross-correlation is written")
     if t in _SHAPE_INPUT and len(ins) != 1:
-        raise DumpError(f"trace.dump(dump_format='FBS_V2'): {where} takes its shape from "
-                        "other values of the program (traced with symbolic shapes), which "
-                        "this writer does not write; trace with symbolic_shape=False")
+        _refuse(opr, f"its {t} takes its shape from other values of the program (traced with "
+                     "symbolic shapes), which this writer does not write (traced with "
+                     "symbolic_shape=False, the shape is a constant it writes)")
 
 
 # --------------------------------------------------------------------------------------------
