@@ -708,8 +708,10 @@ def _bound(g, opr, v, device, name):
         return _size(g, opr, v.tree, device, name)
     if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
         return g.const(np.array([v], np.int32), device, name)
-    _refuse(opr, f"it indexes with {v!r}; ints, slices and sizes computed from shapes are "
-                 "written (index arrays, None and masks are not yet)")
+    if _is_index_array(v):  # (of no axes: an int; a scalar is a vector of one item upstream)
+        return _index_var(g, opr, v, device, name)[0]
+    _refuse(opr, f"it indexes with {v!r}; ints, slices, sizes computed from shapes and integer "
+                 "index arrays are written (None and masks are not)")
 
 
 def _subtensor(g, opr, ins, outs, p, device):
@@ -728,7 +730,7 @@ def _subtensor(g, opr, ins, outs, p, device):
         index = index[:k] + (slice(None),) * (ndim - len(index) + 1) + index[k + 1:]
     index = tuple(slice(*e[1:]) if type(e) is tuple and e and e[0] is slice else e  # (frozen
                   for e in index)  # slices: their form in op state)
-    if any(_is_index_array(e) for e in index):
+    if any(_is_index_array(e) and _index_shape(opr, e) for e in index):  # (0-d: ints)
         _indexing(g, opr, ins, outs, index, device)
         return
     items, values = [], []
@@ -775,41 +777,82 @@ _WRITES = {k: v for keys, v in (
      ("IncrSubtensor", "IndexingIncrMultiAxisVec"))) for k in keys}
 
 
-def _indexing(g, opr, ins, outs, index, device):
-    """``x[idx]`` (or its write, its add) along one axis by a 1-d integer array (a constant,
-    or a value of the program), the other axes whole: upstream's IndexingMultiAxisVec, an item
-    (axis, is an index) and the array as an int32 input; a constant's negative entries are
-    made positive, as numpy reads them."""
+def _index_shape(opr, e):
+    """The shape of index array ``e`` (a constant, or a value of the program)."""
     from ..jit._program import _ArrayValue, _Ref
 
-    arrays = [(axis, e) for axis, e in enumerate(index) if _is_index_array(e)]
-    others = [e for e in index if not _is_index_array(e)]
-    if len(arrays) != 1 or any(e != slice(None) for e in others):
-        _refuse(opr, "it indexes by arrays with more than one array, or beside ints or slices "
-                     "with bounds; one 1-d index array beside whole axes is written")
-    (axis, e), = arrays
-    shape = tuple(ins[0].shape)
+    if type(e) is _Ref:
+        return tuple(opr._dyn_vars[e.slot].shape)
+    return np.shape(e.array if type(e) is _ArrayValue else e)
+
+
+def _index_var(g, opr, e, device, name, size=None):
+    """(the int32 var, the shape) of index array ``e``: a value of the program (cast to int32
+    when it is of another integer dtype), or a constant (its negative entries made positive
+    against ``size``, the indexed axis's, as numpy reads them)."""
+    from ..jit._program import _ArrayValue, _Ref
+
     if type(e) is _Ref:  # (a value of the program)
         var = opr._dyn_vars[e.slot]
-        if np.dtype(var.dtype) != np.int32 or len(var.shape) != 1:
-            _refuse(opr, f"it indexes by a {var.dtype} value of shape {tuple(var.shape)}; a 1-d "
-                         "int32 one is written")
-        idx, n = g.ids[id(var)], int(var.shape[0])
-    else:
-        a = np.asarray(e.array if type(e) is _ArrayValue else e)
-        if a.ndim != 1 or a.dtype.kind not in "iu":
-            _refuse(opr, f"it indexes by a {a.dtype} array of shape {a.shape}; a 1-d integer one "
-                         "is written")
-        idx = g.const((a % shape[axis]).astype(np.int32), device, f"{opr.name}:index")
-        n = len(a)
+        dtype = np.dtype(var.dtype)
+        if dtype.kind not in "iu" or dtype.metadata is not None:
+            _refuse(opr, f"it indexes by a {dtype} value (a mask); integer index arrays are "
+                         "written")
+        k = g.ids[id(var)]
+        if dtype != np.int32:
+            k = g.op("TypeCvtV2", 1, 67, _dtype(np.int32, name), [k],
+                     [(f"{name}:int32", var.shape)])[0]
+        return k, tuple(var.shape)
+    a = np.asarray(e.array if type(e) is _ArrayValue else e)
+    if a.dtype.kind not in "iu":
+        _refuse(opr, f"it indexes by a {a.dtype} array of shape {a.shape} (a mask); integer "
+                     "index arrays are written")
+    if size:
+        a = a % size
+    return g.const(a.astype(np.int32), device, name), a.shape
+
+
+def _indexing(g, opr, ins, outs, index, device):
+    """``x[idx]`` (or its write, its add) with integer index arrays (constants, or values of
+    the program; of any number of axes, several broadcast together) beside ints, slices and
+    whole axes: upstream's IndexingMultiAxisVec (IndexingSetMultiAxisVec,
+    IndexingIncrMultiAxisVec), as upstream's own indexing writes it: an item per axis indexed,
+    the highest axis first, each with its inputs (a slice's bounds, as Subtensor's; an int as
+    an index array of one item). Upstream's operator broadcasts the arrays and places their
+    axes as numpy does, ints counted among them (where the arrays and ints are not side by
+    side, in front): checked on upstream 1.13 for every mix of 1-d, 2-d and broadcast arrays,
+    ints, slices and whole axes over four axes."""
+    for e in index:  # (None adds an axis: refused before the axes are counted)
+        if e is None or isinstance(e, bool):
+            _bound(g, opr, e, device, opr.name)
+    items, inputs = [], []
+    shape = tuple(ins[0].shape)
+    one = sum(type(e) is not slice or e != slice(None) for e in index) == 1
+    for axis in range(len(index) - 1, -1, -1):
+        e, name = index[axis], f"{opr.name}:index{'' if one else axis}"
+        if type(e) is slice:
+            if e == slice(None):
+                continue
+            parts = [v for v in (e.start, e.stop, e.step)]
+            items.append((axis,) + tuple(v is not None for v in parts) + (False,))
+            inputs += [_bound(g, opr, v, device, f"{name}:{k}")
+                       for k, v in enumerate(parts) if v is not None]
+            continue
+        if not _is_index_array(e):  # (an int, or a size computed from shapes)
+            inputs.append(_bound(g, opr, e, device, name))
+        else:
+            k, ishape = _index_var(g, opr, e, device, name, shape[axis])
+            if 0 in ishape:
+                _refuse(opr, f"it indexes by an empty index array (of shape {ishape})")
+            inputs.append(k)
+        items.append((axis, False, False, False, True))
     name = _WRITES.get(type(opr).__name__, (None, "IndexingMultiAxisVec"))[1]
-    inputs = [g.ids[id(ins[0])]]
+    data = [g.ids[id(ins[0])]]
     if name != "IndexingMultiAxisVec":
-        inputs.append(_part_value(g, opr, ins[1], shape[:axis] + (n,) + shape[axis + 1:],
-                                  device))
+        data.append(_part_value(g, opr, ins[1], _region_shape(opr, shape, index), device))
     y = outs[0]
-    g.ids[id(y)] = g.op(name, 1, 66, {0: ("structs <b????", [(axis, False, False, False, True)])},
-                        inputs + [idx], [(y.name, y.shape)])[0]
+    g.ids[id(y)] = g.op(name, 1, 66, {0: ("structs <b????", items)}, data + inputs,
+                        [(y.name, y.shape)])[0]
 
 
 def _region_shape(opr, shape, index):
@@ -819,6 +862,8 @@ def _region_shape(opr, shape, index):
     from ..jit._program import _DimExpr
 
     def value(v):
+        if _is_index_array(v):  # (its values do not decide the shape: zeros of its shape)
+            return np.zeros(_index_shape(opr, v), np.intp)
         return evaluate(v.tree, lambda k, axis: opr._dyn_vars[k].shape[axis]) \
             if type(v) is _DimExpr else v
 

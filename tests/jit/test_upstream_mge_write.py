@@ -111,12 +111,16 @@ def test_what_has_no_writer_is_refused_by_name_before_writing():
     x = np.random.RandomState(0).randn(2, 4).astype("float32")
     with pytest.raises(DumpError, match=r"CondTake.*no writer.*dump without dump_format"):
         _dumped(lambda x: F.cond_take(x > 0, x)[0], x)
-    with pytest.raises(DumpError, match=r"indexes by a int64 array of shape \(1, 2\); a 1-d"):
-        _dumped(lambda x: x[np.array([[1, 0]])], x)
-    with pytest.raises(DumpError, match=r"more than one array"):
-        _dumped(lambda x: x[np.array([1, 0]), np.array([2, 3])], x)
-    with pytest.raises(DumpError, match=r"indexes with None; ints, slices and sizes"):
+    with pytest.raises(DumpError, match=r"indexes by a bool array of shape \(2,\) \(a mask\)"):
+        _dumped(lambda x: x[np.array([True, False])], x)
+    with pytest.raises(DumpError, match=r"indexes by a bool value \(a mask\)"):
+        _dumped(lambda x: x[x > 0], x)
+    with pytest.raises(DumpError, match=r"indexes by an empty index array"):
+        _dumped(lambda x: x[np.array([], "int32"), 1:], x)
+    with pytest.raises(DumpError, match=r"indexes with None; ints, slices, sizes"):
         _dumped(lambda x: x[:, None, 1:], x)
+    with pytest.raises(DumpError, match=r"indexes with None; ints, slices, sizes"):
+        _dumped(lambda x: x[np.array([1, 0]), None], x)  # (beside an index array)
     with pytest.raises(DumpError, match="8 axes, more than upstream's graphs hold"):
         _dumped(lambda x: F.tile(x.reshape(1, 2, 1, 4), (1, 2, 1, 1)), x)
     with pytest.raises(DumpError, match="dtype int64|dtype float64"):
