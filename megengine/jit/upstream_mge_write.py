@@ -328,6 +328,7 @@ class _Graph:
 
     def __init__(self):
         self.ids, self.middle, self.ops = {}, [], []  # ids: id(a Network var) -> var number
+        self.dynamic = set()  # ids of the Network vars whose shapes data decides (cond_take's)
 
     def var(self, name, shape):
         self.middle.append({0: ("str", name), 1: ("u32s", _shape(shape))})
@@ -550,6 +551,9 @@ def _compute(g, opr, ins, outs, p, device):
     Argmax / Argmin per axis (keeping it, highest axis first), each followed by an
     AxisAddRemove dropping it unless ``keepdims``."""
     op, y = opr._op, outs[0]
+    if getattr(op.fn, "__name__", "") in _COMPUTES:  # (one_hot, argsort)
+        _COMPUTES[op.fn.__name__](g, opr, ins, outs, p, device)
+        return
     if getattr(op.fn, "__name__", "") != "_arg_reduce_fn":
         _refuse(opr, f"it computes {getattr(op.fn, '__name__', op.fn)!r}, which has no writer")
     kind, axes, keepdims = op.args
@@ -787,8 +791,8 @@ def _index_shape(opr, e):
 
 
 def _index_var(g, opr, e, device, name, size=None):
-    """(the int32 var, the shape) of index array ``e``: a value of the program (cast to int32
-    when it is of another integer dtype), or a constant (its negative entries made positive
+    """(the int32 var, the shape or None where the data decides it) of index array ``e``: a
+    value of the program (cast to int32 when it is of another integer dtype), or a constant (its negative entries made positive
     against ``size``, the indexed axis's, as numpy reads them)."""
     from ..jit._program import _ArrayValue, _Ref
 
@@ -802,7 +806,7 @@ def _index_var(g, opr, e, device, name, size=None):
         if dtype != np.int32:
             k = g.op("TypeCvtV2", 1, 67, _dtype(np.int32, name), [k],
                      [(f"{name}:int32", var.shape)])[0]
-        return k, tuple(var.shape)
+        return k, None if id(var) in g.dynamic else tuple(var.shape)  # (None: data decides)
     a = np.asarray(e.array if type(e) is _ArrayValue else e)
     if a.dtype.kind not in "iu":
         _refuse(opr, f"it indexes by a {a.dtype} array of shape {a.shape} (a mask); integer "
@@ -842,7 +846,7 @@ def _indexing(g, opr, ins, outs, index, device):
             inputs.append(_bound(g, opr, e, device, name))
         else:
             k, ishape = _index_var(g, opr, e, device, name, shape[axis])
-            if 0 in ishape:
+            if ishape is not None and 0 in ishape:
                 _refuse(opr, f"it indexes by an empty index array (of shape {ishape})")
             inputs.append(k)
         items.append((axis, False, False, False, True))
@@ -922,6 +926,213 @@ def _fill(g, opr, ins, outs, p, device):
                                lambda: _target_shape(g, opr, y, device))
 
 
+# --------------------------------------------------------------------------------------------
+# gather, scatter, one_hot, embedding, cond_take, cumsum, sort, diag, matinv
+# --------------------------------------------------------------------------------------------
+def _as_int32(g, v, name):
+    """The var of the program's integer value ``v`` in int32 (upstream's index dtype)."""
+    k = g.ids[id(v)]
+    if np.dtype(v.dtype) != np.int32:
+        k = g.op("TypeCvtV2", 1, 67, _dtype(np.int32, name), [k],
+                 [(f"{name}:int32", v.shape)])[0]
+    return k
+
+
+def _along_axis(g, index, axis, device, name):
+    """The items and inputs of upstream's IndexingMultiAxisVec that pick, for each position of
+    ``index`` (a value of the program), the place ``index`` names along ``axis``: the index on
+    ``axis`` and, on each other axis, an arange of the index's size there, shaped to broadcast
+    against it (upstream's gather makes those with Linspace, flattened, and reshapes the result
+    back; its operator broadcasts them as they are: checked on upstream 1.13)."""
+    shape = tuple(index.shape)
+    items, inputs = [], []
+    for d in range(len(shape) - 1, -1, -1):
+        items.append((d, False, False, False, True))
+        if d == axis:
+            inputs.append(_as_int32(g, index, f"{name}:index"))
+        else:
+            grid = np.arange(shape[d], dtype=np.int32).reshape(
+                [shape[d] if j == d else 1 for j in range(len(shape))])
+            inputs.append(g.const(grid, device, f"{name}:grid{d}"))
+    return {0: ("structs <b????", items)}, inputs
+
+
+def _take_along_axis(g, opr, ins, outs, p, device):
+    """``gather(x, axis, index)``: IndexingMultiAxisVec (`_along_axis`);
+    ``indexing_one_hot`` (an index without ``axis``): upstream's IndexingOneHot, whose output
+    keeps the axis (of 1), then an AxisAddRemove removing it, as upstream's writes it."""
+    x, index, y = ins[0], ins[1], outs[0]
+    axis = int(opr._op.axis)
+    if not opr._op.dropped:
+        params, inputs = _along_axis(g, index, axis, device, y.name)
+        g.ids[id(y)] = g.op("IndexingMultiAxisVec", 1, 66, params, [g.ids[id(x)]] + inputs,
+                            [(y.name, y.shape)])[0]
+        return
+    if not y.shape:
+        _refuse(opr, "an indexing_one_hot of a 1-d value (a 0-d result) is not written")
+    kept = tuple(y.shape[:axis]) + (1,) + tuple(y.shape[axis:])
+    k = g.op("IndexingOneHot", 1, 2, {0: ("i", axis)},
+             [g.ids[id(x)], _as_int32(g, index, y.name)], [(f"{y.name}:kept", kept)])[0]
+    g.ids[id(y)] = g.op("AxisAddRemove", 1, 65, {0: ("structs <Ii", [(1, axis)])}, [k],
+                        [(y.name, y.shape)])[0]
+
+
+def _scatter(g, opr, ins, outs, p, device):
+    """``scatter(x, axis, index, source)``: upstream's IndexingSetMultiAxisVec of ``source``
+    at the places `_along_axis` names (where several sources hit one place, which one wins is
+    unspecified here and upstream alike)."""
+    x, index, source = ins
+    y = outs[0]
+    params, inputs = _along_axis(g, index, int(opr._op.axis), device, y.name)
+    g.ids[id(y)] = g.op("IndexingSetMultiAxisVec", 1, 66, params,
+                        [g.ids[id(x)], g.ids[id(source)]] + inputs, [(y.name, y.shape)])[0]
+
+
+def _embedding(g, opr, ins, outs, p, device):
+    """``embedding(index, weight)``: upstream's IndexingMultiAxisVec of the weight's rows
+    (upstream's embedding flattens the index and reshapes the rows back; its operator takes the
+    index's axes as they are)."""
+    index, weight = ins
+    y = outs[0]
+    if not index.shape:
+        _refuse(opr, "an embedding of a 0-d index is not written (index with a vector)")
+    g.ids[id(y)] = g.op("IndexingMultiAxisVec", 1, 66,
+                        {0: ("structs <b????", [(0, False, False, False, True)])},
+                        [g.ids[id(weight)], _as_int32(g, index, y.name)],
+                        [(y.name, y.shape)])[0]
+
+
+def _one_hot(g, opr, ins, outs, p, device):
+    """``one_hot(x, n)``: upstream's IndexingSetOneHot of ones (x's shape and an axis of 1)
+    into zeros of the output's shape along the new last axis, as upstream's one_hot builds
+    it."""
+    x, y = ins[0], outs[0]
+    (classes,) = opr._op.args
+    if not isinstance(classes, (int, np.integer)) or np.dtype(y.dtype) != np.int32 \
+            or not x.shape:
+        _refuse(opr, f"a one_hot of a {x.dtype} value of shape {tuple(x.shape)} into "
+                     f"{classes!r} classes; int32 values of 1 or more axes into a number of "
+                     "classes are written")
+    dtype = np.dtype(y.dtype)
+
+    def filled(value, shape, name):
+        k = g.const(np.array([value], dtype), device, f"{y.name}:{name}")
+        return g.broadcast(k, (1,), shape, f"{y.name}:{name}s",
+                           lambda: g.shape_const(shape, device, f"{y.name}:{name}s"))
+
+    ones_shape = tuple(x.shape) + (1,)
+    zeros, ones = filled(0, tuple(y.shape), "zero"), filled(1, ones_shape, "one")
+    g.ids[id(y)] = g.op("IndexingSetOneHot", 1, 2, {0: ("i", len(x.shape))},
+                        [zeros, _as_int32(g, x, y.name), ones], [(y.name, y.shape)])[0]
+
+
+def _cond_take(g, opr, ins, outs, p, device):
+    """``cond_take(mask, x)``: upstream's CondTake of x where the (bool) mask equals 1 (mode
+    EQ, value 1, as upstream's cond_take writes it); its outputs' shapes are decided by the
+    data, so the file gives them none, and what reads them must not need them (see
+    `_SHAPE_FREE`)."""
+    mask, x = ins
+    made = g.op("CondTake", 1, 25, {1: ("f", 1.0)}, [g.ids[id(x)], g.ids[id(mask)]],
+                [(v.name, ()) for v in outs])
+    for v, k in zip(outs, made):
+        del g.middle[k][1]
+        g.ids[id(v)] = k
+        g.dynamic.add(id(v))
+
+
+# the graph types that may read a value whose shape data decides (a cond_take's): their
+# writers take no shape from the traced one (which is not the shape at run time)
+_SHAPE_FREE = {"Elemwise", "TypeCvt", "Reduce", "Subtensor", "IndexingMultiAxisVec", "Concat",
+               "AxisAddRemove", "Identity"}
+
+
+def _cumsum(g, opr, ins, outs, p, device):
+    """``cumsum(x, axis)``: upstream's Cumsum (inclusive, forward); bools counted in int32, as
+    this fork's cumsum counts them. Float16 is refused: upstream sums it in float16, and summed
+    in float32 its sums would be rounded by upstream's TypeCvt, which rounds a tie away from
+    zero where this fork (numpy) rounds it to even (measured on upstream 1.13: 59 of 3,200
+    sums of float16 values one float16 step apart)."""
+    x, y = ins[0], outs[0]
+    dtype = np.dtype(x.dtype)
+    if not x.shape or dtype == np.float16:
+        _refuse(opr, f"a cumsum of a {dtype} value of shape {tuple(x.shape)} is not written "
+                     "(values of 1 or more axes, not float16, are: cast to float32 first)")
+    work = np.dtype(np.int32) if dtype == np.bool_ else dtype
+    k = g.ids[id(x)]
+    if work != dtype:
+        k = g.op("TypeCvtV2", 1, 67, _dtype(work, y.name), [k], [(f"{y.name}:{work}", x.shape)])[0]
+    k = g.op("CumsumV1", 1, 24, {0: ("i", int(p["axis"]) % len(x.shape)), 1: ("?", False)},
+             [k], [(y.name if work == y.dtype else f"{y.name}:{work}", y.shape)])[0]
+    if work != np.dtype(y.dtype):
+        k = g.op("TypeCvtV2", 1, 67, _dtype(y.dtype, y.name), [k], [(y.name, y.shape)])[0]
+    g.ids[id(y)] = k
+
+
+def _argsort(g, opr, x, descending, names, device):
+    """(values, indices) of upstream's Argsort along the last axis of the program's value
+    ``x``: rows of a 2-d value (another value reshaped to them and back); ``descending``: the
+    ascending order of the negated values, the values negated back (upstream's descending
+    order of equal values is not the stable one this fork's is; its ascending one is)."""
+    dtype, shape = np.dtype(x.dtype), tuple(x.shape)
+    if dtype == np.bool_ or dtype.metadata is not None or descending and dtype.kind == "u":
+        _refuse(opr, f"a{' descending' if descending else 'n ascending'} sort of {dtype} values "
+                     "is not written (numbers are, unsigned ones ascending)")
+    rows = (int(np.prod(shape[:-1], dtype=np.int64)), shape[-1])
+    k = g.ids[id(x)]
+    if shape != rows:
+        k = g.op("ReshapeV1", 1, 54, {0: ("i", _NO_AXIS)},
+                 [k, g.shape_const(rows, device, f"{names[0]}:rows")],
+                 [(f"{names[0]}:rows", rows)])[0]
+    if descending:
+        k = g.elemwise("NEGATE", [k], f"{names[0]}:negated", rows)
+    made = list(g.op("Argsort", 1, 26, {}, [k], [(f"{n}:sorted", rows) for n in names]))
+    if descending:
+        made[0] = g.elemwise("NEGATE", [made[0]], f"{names[0]}:values", rows)
+    if shape != rows:
+        made = [g.op("ReshapeV1", 1, 54, {0: ("i", _NO_AXIS)},
+                     [k, g.shape_const(shape, device, n)], [(n, shape)])[0]
+                for k, n in zip(made, names)]
+    return made
+
+
+def _sort(g, opr, ins, outs, p, device):
+    """``sort(x, descending)``: `_argsort`'s values and indices."""
+    made = _argsort(g, opr, ins[0], bool(p["descending"]), [v.name for v in outs], device)
+    for v, k in zip(outs, made):
+        g.ids[id(v)] = k
+
+
+def _argsort_compute(g, opr, ins, outs, p, device):
+    """``argsort(x, descending)``: `_argsort`'s indices."""
+    y = outs[0]
+    g.ids[id(y)] = _argsort(g, opr, ins[0], bool(opr._op.args[0]),
+                            [f"{y.name}:values", y.name], device)[1]
+
+
+def _no_quantized(opr, ins, what):
+    if any(np.dtype(v.dtype).metadata is not None for v in ins):
+        _refuse(opr, f"a {what} of a quantized value is not written")
+
+
+def _diag(g, opr, ins, outs, p, device):
+    """``diag(x, k)``: upstream's Diag."""
+    _no_quantized(opr, ins, "diag")
+    y = outs[0]
+    g.ids[id(y)] = g.op("Diag", 1, 91, {0: ("i", int(p["k"]))}, [g.ids[id(ins[0])]],
+                        [(y.name, y.shape)])[0]
+
+
+def _matinv(g, opr, ins, outs, p, device):
+    """``matinv(x)``: upstream's MatrixInverse."""
+    _no_quantized(opr, ins, "matinv")
+    y = outs[0]
+    g.ids[id(y)] = g.op("MatrixInverse", 1, 1, {}, [g.ids[id(ins[0])]], [(y.name, y.shape)])[0]
+
+
+# this fork's functions computed by `Compute` that `_compute` hands on, by the function's name
+_COMPUTES = {"_one_hot": _one_hot, "_argsort": _argsort_compute}
+
+
 _EXPANSIONS = {
     "LeakyRelu": _leaky_relu, "PRelu": _prelu, "LogSoftmax": _log_softmax, "Stack": _stack,
     "Split": _split, "Normalize": _layer_norm, "Subtensor": _subtensor, "Sizes": _sizes,
@@ -932,6 +1143,10 @@ _EXPANSIONS = {
     "IndexingIncrMultiAxisVec": _subtensor,
     "IndexingMultiAxisVec": _subtensor}  # (a slice bound computed from shapes; index arrays
 # are refused by `_bound`)
+_EXPANSIONS.update({
+    "TakeAlongAxis": _take_along_axis, "Scatter": _scatter, "Embedding": _embedding,
+    "CondTake": _cond_take, "Cumsum": _cumsum, "ArgsortForward": _sort, "Diag": _diag,
+    "MatrixInverse": _matinv})
 # what `trace.dump(dump_format="FBS_V2")` writes, by the graph type `megengine.utils.network`
 # gives each operator (Normalize: layer_norm only)
 SUPPORTED = ("Host2DeviceCopy", "ImmutableTensor") + tuple(sorted({*_OPERATORS, *_EXPANSIONS}))
@@ -981,6 +1196,13 @@ def write_upstream(net, metadata=None):
                 _refuse(opr, f"its output has {len(v.shape)} axes, more than upstream's graphs "
                              f"hold ({_MAX_NDIM}; F.tile of a 4-d value makes 8 here)")
         p = graph_params(opr)
+        if g.dynamic and any(id(v) in g.dynamic for v in ins):  # (a cond_take's result)
+            if t not in _SHAPE_FREE:
+                _refuse(opr, f"its {t} reads a value whose shape the data decides (a "
+                             "cond_take's), and its writer here takes the traced shape; "
+                             "element-wise operators, casts, reductions, indexing and concat "
+                             "of such values are written")
+            g.dynamic.update(id(v) for v in outs)
         if t in _EXPANSIONS:
             _EXPANSIONS[t](g, opr, ins, outs, p if isinstance(p, dict) else {}, device)
             continue
@@ -1056,11 +1278,18 @@ def upstream_bytes(graph, w):
             "computes with the traced values at any input shape: run the file at the traced "
             "input shapes, or compute the value with ops (x.reshape(x.shape[0], -1), "
             "F.linspace(0, 1, n) * x.shape[1]) before tracing", stacklevel=_user_stacklevel())
-    net = Network._of_program(*in_memory(graph, w))  # (no archive written and read back)
-    meta = net.metadata
-    if meta is not None:  # (the optimizer's options as upstream's bits: `upstream_mge` reads
-        meta = dict(meta)  # them back into these names)
-        bits = sum(1 << bit for bit, name in _OPTION_BITS.items() if meta.get(name))
-        bits |= sum(layout << 32 for layout, name in _LAYOUTS.items() if meta.get(name))
-        meta["optimize_options"] = bits
-    return write_upstream(net, meta)
+    from ..functional.math import MatInv
+
+    # (the Network's shapes come from zero samples, of which a matinv's matrices are singular)
+    MatInv.singular_ok = True
+    try:
+        net = Network._of_program(*in_memory(graph, w))  # (no archive written and read back)
+        meta = net.metadata
+        if meta is not None:  # (the optimizer's options as upstream's bits: `upstream_mge` reads
+            meta = dict(meta)  # them back into these names)
+            bits = sum(1 << bit for bit, name in _OPTION_BITS.items() if meta.get(name))
+            bits |= sum(layout << 32 for layout, name in _LAYOUTS.items() if meta.get(name))
+            meta["optimize_options"] = bits
+        return write_upstream(net, meta)
+    finally:
+        MatInv.singular_ok = False

@@ -109,8 +109,8 @@ def _dumped(fn, *xs, **options):
 
 def test_what_has_no_writer_is_refused_by_name_before_writing():
     x = np.random.RandomState(0).randn(2, 4).astype("float32")
-    with pytest.raises(DumpError, match=r"CondTake.*no writer.*dump without dump_format"):
-        _dumped(lambda x: F.cond_take(x > 0, x)[0], x)
+    with pytest.raises(DumpError, match=r"_non_zero.*no writer.*dump without dump_format"):
+        _dumped(lambda x: F.non_zero(x > 0), x)
     with pytest.raises(DumpError, match=r"indexes by a bool array of shape \(2,\) \(a mask\)"):
         _dumped(lambda x: x[np.array([True, False])], x)
     with pytest.raises(DumpError, match=r"indexes by a bool value \(a mask\)"):
@@ -130,11 +130,38 @@ def test_what_has_no_writer_is_refused_by_name_before_writing():
         _dumped(bn, x)
     # a refused dump writes nothing into the file
     buf = io.BytesIO()
-    traced = trace(lambda x: F.cond_take(x > 0, x)[0], symbolic=True, capture_as_const=True)
+    traced = trace(lambda x: F.non_zero(x > 0), symbolic=True, capture_as_const=True)
     traced(mge.tensor(x))
     with pytest.raises(DumpError):
         traced.dump(buf, dump_format="FBS_V2")
     assert buf.getvalue() == b""
+
+
+def test_what_upstream_would_compute_otherwise_is_refused():
+    x = np.random.RandomState(0).randn(2, 4).astype("float32")
+    # a cond_take's values have the shape the data gives them: a writer that takes the traced
+    # shape (a reshape's target, a sort's rows) would write that one
+    with pytest.raises(DumpError, match=r"Reshape reads a value whose shape the data decides"):
+        _dumped(lambda x: F.cond_take(x > 0, x)[0].reshape(-1, 1), x)
+    with pytest.raises(DumpError, match=r"ArgsortForward reads a value whose shape the data"):
+        _dumped(lambda x: F.sort(F.cond_take(x > 0, x)[0]), x)
+    # upstream sums float16 in float16 (and rounds float32 to float16 ties away from zero)
+    with pytest.raises(DumpError, match=r"cumsum of a float16 value.*cast to float32"):
+        _dumped(lambda x: F.cumsum(x.astype("float16"), 1), x)
+    # the descending order of unsigned values is that of their negation (an int64 here)
+    with pytest.raises(DumpError, match=r"descending sort of uint8 values"):
+        _dumped(lambda x: F.sort(x.astype("uint8"), descending=True), x)
+    with pytest.raises(DumpError, match=r"ascending sort of bool values"):
+        _dumped(lambda x: F.argsort(x > 0), x)
+    with pytest.raises(DumpError, match=r"one_hot of a int32 value of shape \(\) into 4"):
+        _dumped(lambda x: F.one_hot(F.argmax(x, axis=(0, 1)), 4), x)
+    # (a cond_take's values through element-wise operators, reductions and indexing: written)
+    buf = _dumped(lambda x: (lambda t: (t[0] * 2, t[0].sum(), x.reshape(-1)[t[1]]))(
+        F.cond_take(x > 0, x)), x)
+    got = [v.numpy() for v in load(io.BytesIO(buf.getvalue())).run({"arg_0": x}).values()]
+    taken = x[x > 0]
+    for g, w in zip(got, (taken * 2, taken.sum(), taken)):
+        np.testing.assert_allclose(g.reshape(np.shape(w)), w, rtol=1e-6)
 
 
 def test_test_cases_are_refused():
