@@ -732,6 +732,17 @@ def _op_set_indexing(op, x, value, *args):
     return y
 
 
+def _op_incr_indexing(op, x, value, *args):
+    """IndexingIncrMultiAxisVec: ``value`` added at the places of ``x`` the index arrays name,
+    a place named twice added to twice (upstream's operator; numpy's ``add.at``)."""
+    from ..core._imperative_rt.core2 import apply
+    from ..core._imperative_rt.ops import IndexingIncrMultiAxisVec
+
+    items = [tuple(item) for item in _structs(op, 0, "<b????")]
+    return apply(IndexingIncrMultiAxisVec(items=items), _tensor(x, op), _tensor(value, op),
+                 *(_tensor(a, op) for a in args))[0]
+
+
 # megdnn's WarpPerspective interpolation and border modes this engine samples with
 _WARP_INTERP = {0: "nearest", 1: "linear"}
 _WARP_BORDER = {0: "replicate", 1: "reflect", 2: "reflect_101", 3: "wrap", 4: "constant"}
@@ -957,6 +968,7 @@ _OPERATORS = {
     "ResizeV2": _op_resize, "IndexingOneHot": _op_one_hot,
     "IndexingSetOneHot": _op_set_one_hot,
     "IndexingSetMultiAxisVec": _op_set_indexing, "CondTake": _op_cond_take,
+    "IndexingIncrMultiAxisVec": _op_incr_indexing,
     "SetSubtensor": _op_set_subtensor, "IncrSubtensor": _op_incr_subtensor,
     "WarpPerspectiveV2": _op_warp_perspective, "MatrixInverse": lambda op, x: _F().matinv(x),
     "WarpAffineV2": _op_warp_affine, "RemapV1": _op_remap, "ROIAlignV1": _op_roi_align,
@@ -968,6 +980,7 @@ _OPERATORS = {
 # how many leading inputs are data (Tensors); the rest are shapes or sizes, kept as host values.
 # None: the operator takes host values too (arithmetic on shapes)
 _DATA_INPUTS = {"TypeCvtV2": None, "Identity": None, "ResizeV2": 1, "IndexingSetMultiAxisVec": 2,
+                "IndexingIncrMultiAxisVec": 2,
                 "SetSubtensor": 2, "IncrSubtensor": 2, "WarpPerspectiveV2": 1,
                 "WarpAffineV2": 1, "ROIPooling": 2, "Resize3D": 1,
                 "ReshapeV1": 1, "Broadcast": 1, "AdaptivePoolingV1": 1, "ReduceV2": 0,

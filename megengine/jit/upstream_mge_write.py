@@ -723,6 +723,9 @@ def _subtensor(g, opr, ins, outs, p, device):
     upstream's Subtensor, items (axis, has begin, has end, has step, is an index), the values
     as inputs in that order; ``x[...] = v`` (SetSubtensor) and ``x[...] += v`` (IncrSubtensor)
     take ``v`` as their second input."""
+    if type(opr._op).__name__ in ("_IndexOp", "IndexAdd"):  # (upstream's descriptors)
+        _index_descriptor(g, opr, ins, outs, device)
+        return
     frozen = dict(opr._dyn or ()).get("index")
     index = opr.params.get("index") if frozen is None else frozen
     if type(index) is tuple and index and index[0] is tuple:  # (`_freeze`'s form of a tuple)
@@ -792,8 +795,9 @@ def _index_shape(opr, e):
 
 def _index_var(g, opr, e, device, name, size=None):
     """(the int32 var, the shape or None where the data decides it) of index array ``e``: a
-    value of the program (cast to int32 when it is of another integer dtype), or a constant (its negative entries made positive
-    against ``size``, the indexed axis's, as numpy reads them)."""
+    value of the program (cast to int32 when it is of another integer dtype), or a constant
+    (its negative entries made positive against ``size``, the indexed axis's, as numpy reads
+    them)."""
     from ..jit._program import _ArrayValue, _Ref
 
     if type(e) is _Ref:  # (a value of the program)
@@ -856,6 +860,27 @@ def _indexing(g, opr, ins, outs, index, device):
         data.append(_part_value(g, opr, ins[1], _region_shape(opr, shape, index), device))
     y = outs[0]
     g.ids[id(y)] = g.op(name, 1, 66, {0: ("structs <b????", items)}, data + inputs,
+                        [(y.name, y.shape)])[0]
+
+
+def _index_descriptor(g, opr, ins, outs, device):
+    """Upstream's indexing descriptors applied as they are (`megengine.core.ops.builtin`'s
+    Subtensor, IndexingMultiAxisVec and their Set / Incr forms): the same operator, its items
+    (axes made non-negative), its inputs (the index inputs in int32)."""
+    op, x, y = opr._op, ins[0], outs[0]
+    if type(op).__name__ != "_IndexOp" or op.kind not in ("subtensor", "vec"):
+        _refuse(opr, f"{op!r} is not written (upstream's Subtensor and IndexingMultiAxisVec "
+                     "descriptors and their Set / Incr forms are)")
+    ndim, data = len(x.shape), 1 if op.mode == "get" else 2
+    index = ins[data:]
+    is_idx = [k == 3 for item in op.items for k, flag in enumerate(item[1:]) if flag]
+    if op.kind == "vec" and any(not v.shape for v, idx in zip(index, is_idx) if idx):
+        _refuse(opr, "an IndexingMultiAxisVec index of 0 axes (this fork reads it as an int, "
+                     "upstream's operator as an index array of one item) is not written")
+    items = [(int(item[0]) % ndim,) + tuple(bool(f) for f in item[1:]) for item in op.items]
+    inputs = [g.ids[id(v)] for v in ins[:data]]
+    inputs += [_as_int32(g, v, f"{y.name}:index{k}") for k, v in enumerate(index)]
+    g.ids[id(y)] = g.op(type(opr).__name__, 1, 66, {0: ("structs <b????", items)}, inputs,
                         [(y.name, y.shape)])[0]
 
 

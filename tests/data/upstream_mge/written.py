@@ -90,6 +90,48 @@ def models():
             return (s, big, self.up(padded), wide, F.roll(w, (1, -2), (1, 2)) + F.roll(w, 7),
                     F.argmax(c, 1), F.argmin(s, 2, keepdims=True), top[0], top[1])
 
+    class Indexing(M.Module):  # index arrays, gather/scatter, one-hot, sorting, cond_take
+        def __init__(self):
+            super().__init__()
+            self.emb = M.Embedding(6, 3)
+
+        def forward(self, x, idx, labels, mats):  # x (4, 5), idx (3,), labels (4,), mats
+            from megengine.core._imperative_rt.core2 import apply
+            from megengine.core.ops import builtin
+
+            # several index arrays (a value of the program, constants of 1 and 2 axes), ints,
+            # slices with bounds, arrays apart (their axis in front, as numpy places it)
+            cube = x.reshape(4, 5, 1) * F.arange(1, 3).reshape(1, 1, 2)  # (4, 5, 2)
+            picked = (x[idx, np.array([4, 0, -2])], x[np.array([[3], [0]]), 1:4],
+                      cube[idx, 2:, 1], cube[np.array([1, 3]), :, np.array([0, 1])],
+                      x[:, np.array([[0, 4], [2, 2]])])
+            w = x * 1  # writes through index arrays: set, += (duplicates add once, as numpy)
+            w[idx, np.array([1, 2, 3])] = 0.5
+            w[np.array([0, 0, 2]), 1:] += x[1:, :4].sum(0) * 0.25
+            incr = builtin.IndexingIncrMultiAxisVec(items=[(0, False, False, False, True)])
+            w = apply(incr, w, x[:2] * 0.5, idx[:2])[0]  # (upstream's; duplicates add twice)
+            perm = F.argsort(x, descending=True)  # (distinct places per row: a scatter's)
+            gathered = F.gather(x, 1, perm[:, :3]) + F.indexing_one_hot(x, labels, 1, True)
+            scattered = F.scatter(x, 1, perm[:, 1:4], gathered * 2)
+            steps = F.floor(x * 2)  # (equal values: the stable order)
+            values, order = F.sort(steps, descending=True)
+            taken, where = F.cond_take(x > 0.3, x)
+            return (*picked, w, gathered, scattered, F.one_hot(labels, 5), self.emb(labels),
+                    self.emb(idx.reshape(3, 1) + labels[2:]), values, order,
+                    F.argsort(steps), F.sort(steps[0])[0], F.cumsum(x, 1),
+                    F.cumsum(labels, 0), F.cumsum(x > 0, 0), taken * 2, where,
+                    taken.sum() + x.reshape(-1)[where].sum(), F.diag(x[0], 1),
+                    F.diag(x, -1), F.matinv(mats))
+
+    def indexing():
+        net = Indexing()
+        net.emb.weight.set_value(np.random.RandomState(0).randn(6, 3).astype("float32"))
+        rng = np.random.RandomState(14)
+        return net, {"x": rng.randn(4, 5).astype("float32"),
+                     "idx": np.array([2, 0, 2], "int32"),
+                     "labels": np.array([1, 4, 0, 2], "int32"),
+                     "mats": (rng.randn(2, 3, 3) + 3 * np.eye(3)).astype("float32")}
+
     def more():
         net = More()
         for k, p in enumerate(net.parameters()):
@@ -169,7 +211,7 @@ def models():
                        act_fake_quant=partial(FakeQuantize, dtype="quint8"))
 
     return {"cnn": cnn, "mlp": mlp, "more": more, "qint8": quantized(qint8),
-            "quint8": quantized(quint8)}
+            "quint8": quantized(quint8), "indexing": indexing}
 
 
 QUANTIZED = {"qint8", "quint8"}  # (built and traced on cpu0)
