@@ -714,8 +714,8 @@ def _bound(g, opr, v, device, name):
         return g.const(np.array([v], np.int32), device, name)
     if _is_index_array(v):  # (of no axes: an int; a scalar is a vector of one item upstream)
         return _index_var(g, opr, v, device, name)[0]
-    _refuse(opr, f"it indexes with {v!r}; ints, slices, sizes computed from shapes and integer "
-                 "index arrays are written (None and masks are not)")
+    _refuse(opr, f"it indexes with {v!r}; ints, slices, sizes computed from shapes, integer "
+                 "index arrays and masks are written (None is not)")
 
 
 def _subtensor(g, opr, ins, outs, p, device):
@@ -820,6 +820,72 @@ def _index_var(g, opr, e, device, name, size=None):
     return g.const(a.astype(np.int32), device, name), a.shape
 
 
+class _Made:
+    """An index array this writer computes (a mask's places): its var; its shape is the
+    data's."""
+
+    __slots__ = ("k",)
+
+    def __init__(self, k):
+        self.k = k
+
+
+def _unshaped(g, made):
+    """The vars ``made``, their shapes left out of the file (the data decides them)."""
+    for k in made:
+        del g.middle[k][1]
+    return made
+
+
+def _index_value(opr, e):
+    """Index array ``e``: the Network var of a value of the program, or the constant."""
+    from ..jit._program import _ArrayValue, _Ref
+
+    if type(e) is _Ref:
+        return opr._dyn_vars[e.slot]
+    return np.asarray(e.array if type(e) is _ArrayValue else e)
+
+
+def _unmask(g, opr, ins, outs, index, device):
+    """``index`` with each bool mask as the int index arrays of its True places (numpy's
+    reading of a mask): a constant's computed here, a 1-d value's by upstream's CondTake of the
+    mask (its places), as upstream's indexing writes them. A mask of every axis alone
+    (``x[x > 0]``) is written as upstream's CondTake of ``x``, as upstream writes it; None is
+    returned then."""
+    from ..jit._program import _Ref
+
+    if not any(_is_index_array(e) and np.dtype(_index_value(opr, e).dtype) == np.bool_
+               for e in index):
+        return index
+    out, x, y = [], ins[0], outs[0]
+    for e in index:
+        v = _index_value(opr, e) if _is_index_array(e) else None
+        if v is None or np.dtype(v.dtype) != np.bool_:
+            out.append(e)
+        elif type(e) is not _Ref:  # (a constant: its places, one array per axis it covers)
+            out += [a.astype(np.int32) for a in np.nonzero(v)]
+        elif (len(v.shape) == len(x.shape) and type(opr).__name__ == "IndexingMultiAxisVec"
+              and all(type(f) is slice and f == slice(None) for f in index if f is not e)):
+            made = _unshaped(g, g.op("CondTake", 1, 25, {1: ("f", 1.0)},
+                                     [g.ids[id(x)], g.ids[id(v)]],
+                                     [(y.name, ()), (f"{y.name}:places", ())]))
+            g.ids[id(y)] = made[0]
+            g.dynamic.add(id(y))
+            return None
+        elif len(v.shape) == 1:
+            k = g.ids[id(v)]
+            out.append(_Made(_unshaped(g, g.op(
+                "CondTake", 1, 25, {1: ("f", 1.0)}, [k, k],
+                [(f"{v.name}:true", ()), (f"{v.name}:places", ())]))[1]))
+        else:
+            _refuse(opr, f"it indexes a value of {len(x.shape)} axes by a mask of "
+                         f"{len(v.shape)} axes computed by the program; such a mask of one axis, "
+                         "or of every axis alone, is written (a constant mask of any axes too)")
+    if len(out) > len(x.shape):  # (an Ellipsis was widened for the mask as one axis)
+        _refuse(opr, "it indexes by a mask of several axes beside an Ellipsis")
+    return tuple(out)
+
+
 def _indexing(g, opr, ins, outs, index, device):
     """``x[idx]`` (or its write, its add) with integer index arrays (constants, or values of
     the program; of any number of axes, several broadcast together) beside ints, slices and
@@ -833,7 +899,11 @@ def _indexing(g, opr, ins, outs, index, device):
     for e in index:  # (None adds an axis: refused before the axes are counted)
         if e is None or isinstance(e, bool):
             _bound(g, opr, e, device, opr.name)
-    items, inputs = [], []
+    index = _unmask(g, opr, ins, outs, index, device)
+    if index is None:  # (written)
+        return
+    items, inputs, dynamic = [], [], False
+
     shape = tuple(ins[0].shape)
     one = sum(type(e) is not slice or e != slice(None) for e in index) == 1
     for axis in range(len(index) - 1, -1, -1):
@@ -846,21 +916,37 @@ def _indexing(g, opr, ins, outs, index, device):
             inputs += [_bound(g, opr, v, device, f"{name}:{k}")
                        for k, v in enumerate(parts) if v is not None]
             continue
-        if not _is_index_array(e):  # (an int, or a size computed from shapes)
+        if type(e) is _Made:
+            inputs.append(e.k)
+            dynamic = True
+        elif not _is_index_array(e):  # (an int, or a size computed from shapes)
             inputs.append(_bound(g, opr, e, device, name))
         else:
             k, ishape = _index_var(g, opr, e, device, name, shape[axis])
             if ishape is not None and 0 in ishape:
                 _refuse(opr, f"it indexes by an empty index array (of shape {ishape})")
             inputs.append(k)
+            dynamic = dynamic or ishape is None
         items.append((axis, False, False, False, True))
     name = _WRITES.get(type(opr).__name__, (None, "IndexingMultiAxisVec"))[1]
+    params = {0: ("structs <b????", items)}
     data = [g.ids[id(ins[0])]]
-    if name != "IndexingMultiAxisVec":
-        data.append(_part_value(g, opr, ins[1], _region_shape(opr, shape, index), device))
     y = outs[0]
-    g.ids[id(y)] = g.op(name, 1, 66, {0: ("structs <b????", items)}, data + inputs,
-                        [(y.name, y.shape)])[0]
+    if name != "IndexingMultiAxisVec" and dynamic:  # (the part's shape is the data's: the
+        # value broadcast to it where the file runs, as upstream's indexing writes it)
+        part = g.op("IndexingMultiAxisVec", 1, 66, params, data + inputs,
+                    [(f"{y.name}:part", ())])
+        size = g.op("GetVarShapeV1", 1, 54, {}, _unshaped(g, part), [(f"{y.name}:part:shape",
+                                                                   ())])
+        data += _unshaped(g, g.op("Broadcast", 1, 1, {}, [g.ids[id(ins[1])]] + _unshaped(
+            g, size), [(f"{y.name}:value", ())]))
+    elif name != "IndexingMultiAxisVec":
+        data.append(_part_value(g, opr, ins[1], _region_shape(opr, shape, index), device))
+    made = g.op(name, 1, 66, params, data + inputs, [(y.name, y.shape)])
+    if dynamic and name == "IndexingMultiAxisVec":
+        g.dynamic.add(id(y))
+        _unshaped(g, made)
+    g.ids[id(y)] = made[0]
 
 
 def _index_descriptor(g, opr, ins, outs, device):
@@ -1222,12 +1308,15 @@ def write_upstream(net, metadata=None):
                              f"hold ({_MAX_NDIM}; F.tile of a 4-d value makes 8 here)")
         p = graph_params(opr)
         if g.dynamic and any(id(v) in g.dynamic for v in ins):  # (a cond_take's result)
-            if t not in _SHAPE_FREE:
+            write = t in ("IndexingSetMultiAxisVec", "IndexingIncrMultiAxisVec")
+            if t not in _SHAPE_FREE and not (write and id(ins[0]) not in g.dynamic):
                 _refuse(opr, f"its {t} reads a value whose shape the data decides (a "
                              "cond_take's), and its writer here takes the traced shape; "
-                             "element-wise operators, casts, reductions, indexing and concat "
-                             "of such values are written")
-            g.dynamic.update(id(v) for v in outs)
+                             "element-wise operators, casts, reductions, indexing, writes "
+                             "through index arrays and concat of such values are written")
+            if not write and (t != "Reduce" or p["axis"] != _EVERY_AXIS
+                              and len(ins[0].shape) > 1):  # (a sum of all: one item)
+                g.dynamic.update(id(v) for v in outs)
         if t in _EXPANSIONS:
             _EXPANSIONS[t](g, opr, ins, outs, p if isinstance(p, dict) else {}, device)
             continue

@@ -116,6 +116,10 @@ def models():
             steps = F.floor(x * 2)  # (equal values: the stable order)
             values, order = F.sort(steps, descending=True)
             taken, where = F.cond_take(x > 0.3, x)
+            masked = x * 1  # masks: of every axis, of one axis; a write through one
+            masked[:, x.mean(0) > 0] = 0.25
+            picked += (x[x > 0.5] * 2, x[x[:, 0] > 0], masked,
+                       x[np.array([[True, False] * 2 + [True]] * 4)])
             return (*picked, w, gathered, scattered, F.one_hot(labels, 5), self.emb(labels),
                     self.emb(idx.reshape(3, 1) + labels[2:]), values, order,
                     F.argsort(steps), F.sort(steps[0])[0], F.cumsum(x, 1),
