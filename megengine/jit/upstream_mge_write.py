@@ -12,8 +12,11 @@ those `upstream_mge` reads). A reshape target computed from shapes (symbolic sha
 computed in the file too (`_target_shape`), so the file follows the input's batch; other
 target shapes are the traced constants, and a scalar is a vector of one item, as in
 upstream's graphs. What has no writer here (an operator not in `SUPPORTED`,
-indexing by arrays, a dtype beyond float32/float16 and 8-32 bit integers and bool, a
-quantized one, test cases) raises `DumpError` naming it, before anything is written.
+indexing with None, a dtype beyond float32/float16 and 8-32 bit integers and bool, a
+quantized one, test cases), or what upstream's operator would compute otherwise, raises
+`DumpError` naming it, before anything is written. A value whose shape the data decides
+(a cond_take's, a mask's) holds no shape in the file, and only operators whose writers take
+no traced shape may read it (`_SHAPE_FREE`).
 
 The FlatBuffers buffer is laid out front to back (`_Encoder`): each table's vtable just
 before it, its strings, vectors and child tables after it; offsets point forward, and every
@@ -880,7 +883,8 @@ def _unmask(g, opr, ins, outs, index, device):
         else:
             _refuse(opr, f"it indexes a value of {len(x.shape)} axes by a mask of "
                          f"{len(v.shape)} axes computed by the program; such a mask of one axis, "
-                         "or of every axis alone, is written (a constant mask of any axes too)")
+                         "or of every axis alone read from, is written (a constant mask of any "
+                         "axes too)")
     if len(out) > len(x.shape):  # (an Ellipsis was widened for the mask as one axis)
         _refuse(opr, "it indexes by a mask of several axes beside an Ellipsis")
     return tuple(out)
@@ -903,15 +907,15 @@ def _indexing(g, opr, ins, outs, index, device):
     if index is None:  # (written)
         return
     items, inputs, dynamic = [], [], False
-
     shape = tuple(ins[0].shape)
+    sizes = id(ins[0]) not in g.dynamic  # (else the traced sizes are not those of a run)
     one = sum(type(e) is not slice or e != slice(None) for e in index) == 1
     for axis in range(len(index) - 1, -1, -1):
         e, name = index[axis], f"{opr.name}:index{'' if one else axis}"
         if type(e) is slice:
             if e == slice(None):
                 continue
-            parts = [v for v in (e.start, e.stop, e.step)]
+            parts = [e.start, e.stop, e.step]
             items.append((axis,) + tuple(v is not None for v in parts) + (False,))
             inputs += [_bound(g, opr, v, device, f"{name}:{k}")
                        for k, v in enumerate(parts) if v is not None]
@@ -922,7 +926,7 @@ def _indexing(g, opr, ins, outs, index, device):
         elif not _is_index_array(e):  # (an int, or a size computed from shapes)
             inputs.append(_bound(g, opr, e, device, name))
         else:
-            k, ishape = _index_var(g, opr, e, device, name, shape[axis])
+            k, ishape = _index_var(g, opr, e, device, name, shape[axis] if sizes else None)
             if ishape is not None and 0 in ishape:
                 _refuse(opr, f"it indexes by an empty index array (of shape {ishape})")
             inputs.append(k)
