@@ -877,6 +877,180 @@ def _fill(g, opr, ins, outs, p, device):
                                lambda: _target_shape(g, opr, y, device))
 
 
+# --------------------------------------------------------------------------------------------
+# vision: warps, remap, ROI pooling, NMS, 3-d convolution, sliding windows, interpolation
+# --------------------------------------------------------------------------------------------
+# megdnn's WarpPerspective / WarpAffine / Remap modes (`upstream_mge._WARP_BORDER`)
+_WARP_BORDERS = {"replicate": 0, "reflect": 1, "reflect_101": 2, "wrap": 3, "constant": 4}
+_WARP_INTERPS = {"nearest": 0, "linear": 1}
+
+
+def _perspective_points(g, opr, ins, outs, p, device):
+    """The source points of a warp (this fork's PerspectivePoints): not written; the Sample
+    reading them writes upstream's WarpPerspective or WarpAffine of their matrices
+    (`_sample`). (Only a Sample reads them: warp_perspective and warp_affine make both.)"""
+    g.ids[id(outs[0])] = None
+
+
+def _float32_only(opr, what, v):
+    if np.dtype(v.dtype) != np.float32:
+        _refuse(opr, f"{what} of dtype {v.dtype}; float32 ones are written (upstream's "
+                     "warps and remap compute in the image's dtype)")
+
+
+def _sample(g, opr, ins, outs, p, device):
+    """remap (upstream's RemapV1), warp_perspective (WarpPerspectiveV2: image, matrices, the
+    optional mat_idx, the output size) and warp_affine (WarpAffineV2), NCHW: this fork's
+    Sample of the points its PerspectivePoints computes from the matrices. Where this fork's
+    CPU sampled on OpenCV's grid (NHWC float32 images of few channels: upstream's CPU kernel
+    for them), the image is written NHWC, as the function was called, between transposes."""
+    img, points, y = ins[0], ins[1], outs[0]
+    mode, border = p.get("interp"), p.get("border")
+    if mode not in _WARP_INTERPS or border not in _WARP_BORDERS:
+        _refuse(opr, f"a sampling of interpolation {mode!r}, border {border!r}")  # (unreachable)
+    _float32_only(opr, "an image", img)
+    _float32_only(opr, "an output", y)
+    owner = getattr(points, "owner", None)
+    warp = owner is not None and _graph_type_of(owner) == "PerspectivePoints"
+    if p.get("order") == "remap" and not warp:
+        if len(ins) != 2:
+            _refuse(opr, "a remap of chosen images")
+        _float32_only(opr, "a remap's map_xy", points)
+        params = {0: ("I", _WARP_INTERPS[mode]), 1: ("I", _WARP_BORDERS[border]),
+                  2: ("I", 0), 3: ("f", float(p.get("border_val", 0.0)))}
+        g.ids[id(y)] = g.op("RemapV1", 1, 68, params, [g.ids[id(img)], g.ids[id(points)]],
+                            [(y.name, y.shape)])[0]
+        return
+    if not warp or p.get("order") not in ("warp", "table"):
+        _refuse(opr, "a sampling at points other than a warp's or a remap's")
+    mat = owner.inputs[0]
+    pp = _graph_params_of(owner)
+    _float32_only(opr, "a warp's matrices", mat)
+    affine = int(mat.shape[1]) == 2
+    cv = pp.get("cv_grid") is not None
+    if cv != (p.get("order") == "table") or (cv and pp.get("cv_grid") != mode):
+        _refuse(opr, "a warp whose points and sampling disagree on OpenCV's grid")
+    if mode == "nearest" and not cv:
+        _refuse(opr, "a warp of nearest interpolation sampled NCHW (upstream's NCHW "
+                     "WarpPerspective and WarpAffine interpolate linearly only: its kernels "
+                     "assert it); linear ones, and nearest ones of the NHWC images upstream's "
+                     "CPU samples on OpenCV's grid (1-3 channels, float32), are written")
+    if affine and len(ins) != 2:
+        _refuse(opr, "a warp_affine of chosen images (mat_idx)")
+    size = (int(pp["out_h"]), int(pp["out_w"]))
+    x = g.ids[id(img)]
+    n, c = int(y.shape[0]), int(y.shape[1])
+    if cv:  # (upstream's CPU kernel samples NHWC images of few channels on OpenCV's grid)
+        x = g.op("Dimshuffle", 1, 64, {0: ("i32s", [0, 2, 3, 1]), 1: ("I", 4)}, [x],
+                 [(f"{y.name}:nhwc", tuple(img.shape[i] for i in (0, 2, 3, 1)))])[0]
+    inputs = [x, g.ids[id(mat)]]
+    if len(ins) == 3:  # mat_idx: the image of each matrix
+        idx = ins[2]
+        if np.dtype(idx.dtype) != np.int32:
+            _refuse(opr, f"a mat_idx of dtype {idx.dtype}; int32 is written")
+        inputs.append(g.ids[id(idx)])
+    inputs.append(g.shape_const(size, device, opr.name))
+    layout = 1 if cv else 0
+    interp, bmode = _WARP_INTERPS[mode], _WARP_BORDERS[border]
+    value = float(p.get("border_val", 0.0))
+    if affine:
+        name, ptype, params = "WarpAffineV2", 38, {0: ("I", interp), 1: ("I", bmode),
+                                                    2: ("f", value), 3: ("I", layout)}
+    else:
+        name, ptype, params = "WarpPerspectiveV2", 13, {0: ("I", interp), 1: ("I", bmode),
+                                                         2: ("I", layout), 3: ("f", value)}
+    shape = (n,) + size + (c,) if cv else tuple(y.shape)
+    made = g.op(name, 1, ptype, params, inputs, [(f"{y.name}:nhwc" if cv else y.name, shape)])[0]
+    if cv:
+        made = g.op("Dimshuffle", 1, 64, {0: ("i32s", [0, 3, 1, 2]), 1: ("I", 4)}, [made],
+                    [(y.name, y.shape)])[0]
+    g.ids[id(y)] = made
+
+
+def _graph_type_of(opr):
+    from ..utils.network_node import graph_type
+
+    return graph_type(opr)
+
+
+def _graph_params_of(opr):
+    from ..utils.network_node import graph_params
+
+    p = graph_params(opr)
+    return p if isinstance(p, dict) else {}
+
+
+_ROI_MODES = {"max": 0, "average": 1}
+
+
+def _roi_align(g, opr, ins, outs, p, device):
+    """Upstream's ROIAlignV1 (NCHW): the features, then the argmax indices its backward
+    reads (int32, not part of this fork's result: a var no one reads)."""
+    x, rois, y = ins[0], ins[1], outs[0]
+    for what, v in (("an image", x), ("rois", rois), ("an output", y)):
+        _float32_only(opr, what, v)
+    (ph, pw), (sh, sw) = p["pooled"], p["samples"]
+    params = {0: ("I", _ROI_MODES[p["mode"]]), 1: ("I", 0), 2: ("f", float(p["scale"])),
+              3: ("f", float(p["offset"])), 4: ("I", int(ph)), 5: ("I", int(pw)),
+              6: ("I", int(sh)), 7: ("I", int(sw))}
+    g.ids[id(y)] = g.op("ROIAlignV1", 1, 48, params, [g.ids[id(x)], g.ids[id(rois)]],
+                        [(y.name, y.shape), (f"{y.name}:argmax", y.shape)])[0]
+
+
+def _roi_pooling(g, opr, ins, outs, p, device):
+    """Upstream's ROIPooling: (features, rois, the output size), the features, then the
+    argmax indices its backward reads (not part of this fork's result)."""
+    x, rois, y = ins[0], ins[1], outs[0]
+    for what, v in (("an image", x), ("rois", rois), ("an output", y)):
+        _float32_only(opr, what, v)
+    size = g.shape_const([int(v) for v in p["pooled"]], device, opr.name)
+    params = {0: ("I", _ROI_MODES[p["mode"]]), 1: ("f", float(p["scale"]))}
+    g.ids[id(y)] = g.op("ROIPooling", 1, 12, params, [g.ids[id(x)], g.ids[id(rois)], size],
+                        [(y.name, y.shape), (f"{y.name}:argmax", y.shape)])[0]
+
+
+def _convolution3d(g, opr, ins, outs, p, device):
+    """Upstream's Convolution3D (NCDHW cross-correlation; a grouped one's weight (G, O/G,
+    I/G, KD, KH, KW), reshaped to that from this fork's (O, I/G, KD, KH, KW))."""
+    x, w, y = ins[0], ins[1], outs[0]
+    for what, v in (("an input", x), ("a weight", w), ("an output", y)):
+        _float32_only(opr, what, v)
+    groups = int(p.get("groups", 1))
+    weight = g.ids[id(w)]
+    if groups > 1 and len(w.shape) == 5:
+        o = int(w.shape[0])
+        shape = (groups, o // groups) + tuple(int(d) for d in w.shape[1:])
+        weight = g.op("ReshapeV1", 1, 54, {0: ("i", _NO_AXIS)},
+                      [weight, g.shape_const(shape, device, f"{y.name}:w")],
+                      [(f"{y.name}:w", shape)])[0]
+    (sd, sh, sw), (pd, ph, pw), (dd, dh, dw) = (tuple(int(v) for v in p[k]) for k in (
+        "stride", "padding", "dilation"))
+    params = {0: ("I", 0), 1: ("I", pd), 2: ("I", ph), 3: ("I", pw), 4: ("I", sd),
+              5: ("I", sh), 6: ("I", sw), 7: ("I", dd), 8: ("I", dh), 9: ("I", dw),
+              10: ("I", int(groups > 1)), 12: ("I", 0)}
+    g.ids[id(y)] = g.op("Convolution3D", 2, 41, params, [g.ids[id(x)], weight],
+                        [(y.name, y.shape)], extra=[(55, {})])[0]
+
+
+def _im2col(g, opr, ins, outs, p, device):
+    """``sliding_window``: upstream's Images2Neibs ((N, C, OH, OW, KH, KW) windows)."""
+    x, y = ins[0], outs[0]
+    if p.get("what") != "sliding_window" or len(y.shape) != 6:
+        _refuse(opr, f"windows of {p.get('what')!r} of shape {tuple(y.shape)}; "
+                     "sliding_window's (N, C, OH, OW, KH, KW) are written")
+    _float32_only(opr, "an input", x)
+    (ph, pw), (sh, sw), (dh, dw), (kh, kw) = (tuple(int(v) for v in p[k])
+                                              for k in ("p", "s", "d", "k"))
+    params = {0: ("I", ph), 1: ("I", pw), 2: ("I", sh), 3: ("I", sw), 4: ("I", dh),
+              5: ("I", dw), 6: ("I", kh), 7: ("I", kw)}
+    g.ids[id(y)] = g.op("Images2Neibs", 1, 8, params, [g.ids[id(x)]], [(y.name, y.shape)])[0]
+
+
+_VISION = {"PerspectivePoints": _perspective_points, "Sample": _sample,
+           "ROIAlignForward": _roi_align, "ROIPoolingForward": _roi_pooling,
+           "Convolution3DForward": _convolution3d, "Im2Col": _im2col}
+
+
 _EXPANSIONS = {
     "LeakyRelu": _leaky_relu, "PRelu": _prelu, "LogSoftmax": _log_softmax, "Stack": _stack,
     "Split": _split, "Normalize": _layer_norm, "Subtensor": _subtensor, "Sizes": _sizes,
@@ -887,6 +1061,7 @@ _EXPANSIONS = {
     "IndexingIncrMultiAxisVec": _subtensor,
     "IndexingMultiAxisVec": _subtensor}  # (a slice bound computed from shapes; index arrays
 # are refused by `_bound`)
+_EXPANSIONS.update(_VISION)
 # what `trace.dump(dump_format="FBS_V2")` writes, by the graph type `megengine.utils.network`
 # gives each operator (Normalize: layer_norm only)
 SUPPORTED = ("Host2DeviceCopy", "ImmutableTensor") + tuple(sorted({*_OPERATORS, *_EXPANSIONS}))
