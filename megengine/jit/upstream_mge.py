@@ -706,14 +706,14 @@ def _op_batch_norm(op, x, scale, bias, mean, var):
     return extra[:len(op.outputs) - 1] + (y,)
 
 
-_RESIZE_MODES = {0: "nearest", 1: "bilinear"}
+_RESIZE_MODES = {0: "nearest", 1: "bilinear", 3: "bicubic"}  # (megdnn's NEAREST, LINEAR, CUBIC)
 
 
 def _op_resize(op, x, size):
     mode = op.require(0, "I", tuple(_RESIZE_MODES), "interpolation mode", default=1)
     _nchw(op, 1, default=1)  # (Resize's default is NHWC)
     return _F().vision.interpolate(x, _ints(size, op, "output size"), mode=_RESIZE_MODES[mode],
-                                   align_corners=False if mode else None)
+                                   align_corners=False if mode == 1 else None)
 
 
 def _op_one_hot(op, x, index):

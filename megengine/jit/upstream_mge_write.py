@@ -1046,9 +1046,73 @@ def _im2col(g, opr, ins, outs, p, device):
     g.ids[id(y)] = g.op("Images2Neibs", 1, 8, params, [g.ids[id(x)]], [(y.name, y.shape)])[0]
 
 
+def _interpolate(g, opr, ins, outs, p, device):
+    """``interpolate``: nearest and bilinear (corners not aligned) as upstream's ResizeV2 of
+    the output size, as before; the other modes as upstream's interpolate computes them:
+    bicubic: ResizeV2 of cubic interpolation; linear (N, C, L): of the input with a width of
+    1 (AxisAddRemove), removed after; align_corners (bilinear, linear): WarpPerspectiveV2 by
+    the matrix scaling each axis by (in - 1) / (out - 1) (0 for an output of 1: this fork's
+    corner; upstream's own divides by 0 there), broadcast to the batch; trilinear: Resize3D
+    (NCDHW, align_corners as given)."""
+    _check(opr, "ResizeForward", p, ins)
+    x, y = ins[0], outs[0]
+    mode, aligned = p.get("mode"), bool(p.get("align_corners"))
+    if mode in _RESIZE_MODES and not aligned and len(x.shape) == 4:  # (as `_OPERATORS` has it)
+        g.ids[id(y)] = g.op("ResizeV2", 1, 40, _resize(p, ins, outs),
+                            [g.ids[id(x)], g.shape_const(y.shape[2:], device, opr.name)],
+                            [(y.name, y.shape)])[0]
+        return
+    if mode not in ("bicubic", "linear", "bilinear", "trilinear"):  # pragma: no cover
+        _resize(p, ins, outs)  # (refuses by name)
+    for what, v in (("an image", x), ("an output", y)):
+        if np.dtype(v.dtype) != np.float32:
+            _refuse(opr, f"an interpolation of mode {mode!r} of {what} of dtype {v.dtype}; "
+                         "float32 ones are written (nearest and bilinear of others too)")
+    sizes = tuple(int(v) for v in y.shape[2:])
+    k = g.ids[id(x)]
+    if mode == "trilinear":
+        g.ids[id(y)] = g.op("Resize3D", 1, 96, {0: ("I", 1), 1: ("I", 0), 2: ("?", aligned)},
+                            [k, g.shape_const(sizes, device, opr.name)],
+                            [(y.name, y.shape)])[0]
+        return
+    shape = tuple(int(v) for v in x.shape)
+    if mode == "linear":  # (N, C, L) as (N, C, L, 1)
+        shape, sizes = shape + (1,), sizes + (1,)
+        k = g.op("AxisAddRemove", 1, 65, {0: ("structs <Ii", [(0, 3)])}, [k],
+                 [(f"{y.name}:2d", shape)])[0]
+    out = shape[:2] + sizes
+    name = f"{y.name}:2d" if mode == "linear" else y.name
+    if not aligned:
+        k = g.op("ResizeV2", 1, 40, {0: ("I", 3 if mode == "bicubic" else 1), 1: ("I", 0)},
+                 [k, g.shape_const(sizes, device, opr.name)], [(name, out)])[0]
+    else:
+        (ih, iw), (oh, ow) = shape[2:], sizes
+        scale = [np.float32((n - 1.0) / (m - 1.0)) if m > 1 else np.float32(0)
+                 for n, m in ((iw, ow), (ih, oh))]
+        mat = g.const(np.array([[[scale[0], 0, 0], [0, scale[1], 0], [0, 0, 1]]], np.float32),
+                      device, f"{y.name}:mat")
+
+        def batch_shape():
+            n = g.op("GetVarShapeV1", 1, 54, {0: ("i", 0)}, [g.ids[id(x)]],
+                     [(f"shape_of({x.name})[0]", (1,))])[0]
+            return g.concat([n, g.shape_const([3, 3], device, f"{y.name}:mat")], 0,
+                            f"{y.name}:mat:shape", (3,), device)
+
+        mat = g.broadcast(mat, (1, 3, 3), (shape[0], 3, 3), f"{y.name}:mats", batch_shape)
+        k = g.op("WarpPerspectiveV2", 1, 13, {0: ("I", 1), 1: ("I", 0), 2: ("I", 0),
+                                              3: ("f", 0.0)},
+                 [k, mat, g.shape_const(sizes, device, opr.name)], [(name, out)])[0]
+    if mode == "linear":
+        k = g.op("AxisAddRemove", 1, 65, {0: ("structs <Ii", [(1, 3)])}, [k],
+                 [(y.name, y.shape)])[0]
+    g.ids[id(y)] = k
+
+
 _VISION = {"PerspectivePoints": _perspective_points, "Sample": _sample,
            "ROIAlignForward": _roi_align, "ROIPoolingForward": _roi_pooling,
-           "Convolution3DForward": _convolution3d, "Im2Col": _im2col}
+           "Convolution3DForward": _convolution3d, "Im2Col": _im2col,
+           "ResizeForward": _interpolate}  # (before `_OPERATORS`' entry: nearest and bilinear
+# as that writes them)
 
 
 _EXPANSIONS = {
