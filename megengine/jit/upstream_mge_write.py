@@ -550,6 +550,9 @@ def _compute(g, opr, ins, outs, p, device):
     Argmax / Argmin per axis (keeping it, highest axis first), each followed by an
     AxisAddRemove dropping it unless ``keepdims``."""
     op, y = opr._op, outs[0]
+    writer = _COMPUTED.get(getattr(op.fn, "__name__", ""))
+    if writer is not None:
+        return writer(g, opr, ins, outs, p, device)
     if getattr(op.fn, "__name__", "") != "_arg_reduce_fn":
         _refuse(opr, f"it computes {getattr(op.fn, '__name__', op.fn)!r}, which has no writer")
     kind, axes, keepdims = op.args
@@ -1106,6 +1109,63 @@ def _interpolate(g, opr, ins, outs, p, device):
         k = g.op("AxisAddRemove", 1, 65, {0: ("structs <Ii", [(1, 3)])}, [k],
                  [(y.name, y.shape)])[0]
     g.ids[id(y)] = k
+
+
+def _traced_args(opr):
+    """A Compute's arguments, a size computed from shapes (nms' default max_output, the
+    number of boxes) at its traced value (the file holds the traced shapes there)."""
+    from ..core._trace_option import evaluate
+    from ..jit._program import _DimExpr
+
+    frozen = dict(opr._dyn or ()).get("args")
+    if frozen is None:
+        return opr._op.args
+    return tuple(evaluate(v.tree, lambda k, axis: opr._dyn_vars[k].shape[axis])
+                 if type(v) is _DimExpr else v for v in frozen[1])
+
+
+def _nms(g, opr, ins, outs, p, device):
+    """``nms`` as upstream's builds it: the boxes sorted by descending score (an Argsort of
+    the negated scores, ascending: stable on upstream's CPU as this fork's order of equal
+    scores, where its descending one takes the last of them first), NMSKeep of them (kept
+    positions padded to max_output, and their count), the first count of the positions
+    (a size that follows the data), mapped back to the boxes' indices."""
+    boxes, scores, y = ins[0], ins[1], outs[0]
+    for what, v in (("boxes", boxes), ("scores", scores)):
+        _float32_only(opr, what, v)
+    iou, limit = _traced_args(opr)
+    n = int(boxes.shape[0])
+    if n == 0:
+        _refuse(opr, "nms of no boxes")
+    name = y.name
+    row = g.op("ReshapeV1", 1, 54, {0: ("i", _NO_AXIS)},
+               [g.elemwise("NEGATE", [g.ids[id(scores)]], f"{name}:negated", (n,)),
+                g.shape_const((1, n), device, f"{name}:row")], [(f"{name}:row", (1, n))])[0]
+    order = g.op("Argsort", 1, 26, {0: ("I", 0)}, [row],
+                 [(f"{name}:sorted", (1, n)), (f"{name}:order", (1, n))])[1]
+    zero = g.const(np.zeros(1, np.int32), device, f"{name}:0")
+    first = {0: ("structs <b????", [(0, False, False, False, True)])}
+    order = g.op("Subtensor", 1, 66, first, [order, zero], [(f"{name}:order0", (n,))])[0]
+    sorted_boxes = g.op("IndexingMultiAxisVec", 1, 66, first, [g.ids[id(boxes)], order],
+                        [(f"{name}:boxes", (n, 4))])[0]
+    sorted_boxes = g.op("ReshapeV1", 1, 54, {0: ("i", _NO_AXIS)},
+                        [sorted_boxes, g.shape_const((1, n, 4), device, f"{name}:boxes")],
+                        [(f"{name}:boxes3", (1, n, 4))])[0]
+    keep, count = g.op("NMSKeepMGB", 1, 69, {0: ("f", float(iou)), 1: ("I", int(limit))},
+                       [sorted_boxes], [(f"{name}:keep", (1, int(limit))),
+                                        (f"{name}:count", (1,))])
+    keep = g.op("Subtensor", 1, 66, first, [keep, zero], [(f"{name}:keep0", (int(limit),))])[0]
+    count = g.op("Subtensor", 1, 66, first, [count, zero], [(f"{name}:count0", (1,))])[0]
+    kept = g.op("Subtensor", 1, 66, {0: ("structs <b????", [(0, False, True, False, False)])},
+                [keep, count], [(f"{name}:kept", y.shape)])[0]
+    made = g.op("IndexingMultiAxisVec", 1, 66, first, [order, kept], [(name, y.shape)])[0]
+    for k in (kept, made):  # (sizes that follow the data: no shape, as upstream's own files)
+        g.middle[k][1] = ("u32s", [])
+    g.ids[id(y)] = made
+
+
+# this fork's Compute functions written here (`_compute` writes argmax and argmin)
+_COMPUTED = {"_nms_keep": _nms}
 
 
 _VISION = {"PerspectivePoints": _perspective_points, "Sample": _sample,
