@@ -90,6 +90,47 @@ def models():
             return (s, big, self.up(padded), wide, F.roll(w, (1, -2), (1, 2)) + F.roll(w, 7),
                     F.argmax(c, 1), F.argmin(s, 2, keepdims=True), top[0], top[1])
 
+    class Vision(M.Module):  # warps, remap, ROI align/pooling, nms, conv3d, sliding windows,
+        # interpolation modes beyond nearest and bilinear
+        def __init__(self):
+            super().__init__()
+            self.c3 = M.Conv3d(2, 4, (2, 3, 2), padding=(1, 0, 1), groups=2)
+
+        def forward(self, img, mat, rois, map_xy, boxes, scores, vol):
+            V = F.vision  # img: (2, 3, 6, 7), mat: (3, 3, 3)
+            warped = V.warp_perspective(img, mat, (5, 8), mat_idx=np.array([1, 0, 1], "int32"),
+                                        border_mode="constant", border_val=0.5)
+            affine = V.warp_affine(img, mat[:2, :2] * 1, (4, 6), border_mode="reflect",
+                                   format="NCHW")
+            remapped = V.remap(img, map_xy, border_mode="wrap", interp_mode="nearest")
+            aligned = V.roi_align(img, rois, (2, 3), spatial_scale=0.9, sample_points=(2, 1))
+            pooled = V.roi_pooling(img, rois, (3, 2), mode="average", scale=0.8)
+            keep = V.nms(boxes, scores, 0.3, max_output=6)
+            windows = F.sliding_window(img, (2, 3), padding=(1, 0), stride=(2, 1))
+            corners = F.nn.interpolate(img, size=(9, 4), align_corners=True)
+            cubic = F.nn.interpolate(img, scale_factor=1.5, mode="bicubic")
+            line = F.nn.interpolate(img[:, 0], size=11, mode="linear")
+            tri = F.nn.interpolate(vol, size=(3, 5, 2), mode="trilinear", align_corners=True)
+            return (warped, affine, remapped, aligned, pooled, keep, self.c3(vol), windows,
+                    corners, cubic, line, tri)
+
+    def vision():
+        net = Vision()
+        for k, p in enumerate(net.parameters()):
+            p.set_value(np.random.RandomState(k).randn(*p.shape).astype("float32") * 0.5)
+        rng = np.random.RandomState(14)
+        mat = np.array([[[1.1, 0.1, 0.5], [0.05, 0.9, -0.3], [0.01, 0.02, 1.0]],
+                        [[0.7, -0.2, 2.5], [0.3, 1.3, -1.3], [-0.02, 0.03, 1.1]],
+                        [[0.9, 0.3, -1.0], [-0.1, 1.2, 0.4], [0.0, -0.01, 0.95]]], "float32")
+        boxes = rng.rand(12, 4).astype("float32") * 10
+        boxes[:, 2:] += boxes[:, :2] + 1
+        return net, {"img": rng.randn(2, 3, 6, 7).astype("float32"), "mat": mat,
+                     "rois": np.array([[0, 0.5, 0.5, 4, 3], [1, 1, 0, 5, 5.5],
+                                       [1, -1, 2, 3.3, 9]], "float32"),
+                     "map_xy": (rng.rand(2, 4, 5, 2) * 10 - 2).astype("float32"),
+                     "boxes": boxes, "scores": rng.rand(12).astype("float32"),
+                     "vol": rng.randn(1, 2, 3, 4, 5).astype("float32")}
+
     def more():
         net = More()
         for k, p in enumerate(net.parameters()):
@@ -169,7 +210,7 @@ def models():
                        act_fake_quant=partial(FakeQuantize, dtype="quint8"))
 
     return {"cnn": cnn, "mlp": mlp, "more": more, "qint8": quantized(qint8),
-            "quint8": quantized(quint8)}
+            "quint8": quantized(quint8), "vision": vision}
 
 
 QUANTIZED = {"qint8", "quint8"}  # (built and traced on cpu0)
