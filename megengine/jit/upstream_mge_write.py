@@ -492,6 +492,16 @@ def _elemwise(g, opr, ins, outs, p, device):
         inputs.append(g.const(np.ones(1, outs[0].dtype), device, f"{outs[0].name}:one"))
     if mode == "CLIP" and len(ins) == 1:  # (F.clip's numbers: upstream's CLIP of three
         return _clip(g, opr, ins, outs, p, device)  # inputs, or MAX / MIN of one bound)
+    if mode == "TRUNC":  # (this fork's F.trunc: sign(x) * floor(|x|); integers as they are)
+        y = outs[0]
+        if np.dtype(y.dtype).kind != "f":
+            g.ids[id(y)] = inputs[0]
+            return
+        sign = g.elemwise("SIGN", inputs, f"{y.name}:sign", y.shape)
+        low = g.elemwise("FLOOR", [g.elemwise("ABS", inputs, f"{y.name}:abs", y.shape)],
+                         f"{y.name}:floor", y.shape)
+        g.ids[id(y)] = g.elemwise("MUL", [sign, low], y.name, y.shape)
+        return
     if mode not in _ELEMWISE_MODES:
         _refuse(opr, f"an element-wise mode {mode} upstream's Elemwise does not have")
     y = outs[0]

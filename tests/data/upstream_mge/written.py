@@ -111,7 +111,7 @@ def models():
                     + F.loss.smooth_l1_loss(v, ln, reduction="none"))
             norms = F.norm(x, axis=(2, 3)) + F.logsumexp(x, (2, 3))
             scaled = F.norm(x, 3, axis=1, keepdims=True) * x + F.logsumexp(x, 3, keepdims=True)
-            unit = F.normalize(v, axis=1) + F.clip(v, lower=0.1) + F.atan(v)
+            unit = F.normalize(v, axis=1) + F.clip(v, lower=0.1) + F.atan(v) + F.trunc(v * 3)
             checks = F.isinf(F.log(F.relu(v))).astype("int32") + F.isnan(
                 F.sqrt(v)).astype("int32") * 2
             kth = F.topk(v, 2, descending=True, kth_only=True)
