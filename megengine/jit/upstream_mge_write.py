@@ -1020,7 +1020,7 @@ def _normalization(g, opr, ins, outs, p, device):
     return _layer_norm(g, opr, ins, outs, p, device)
 
 
-class _Stand_in:
+class _StandIn:
     """A Network var's stand-in for a constant the writer adds (its shape and dtype)."""
 
     def __init__(self, shape, dtype):
@@ -1034,7 +1034,7 @@ def _layer_norm_one_param(g, opr, ins, outs, p, device):
     x, param = ins[0], ins[1]
     missing = "bias" if p["has_weight"] else "weight"
     fill = np.zeros if p["has_weight"] else np.ones
-    stand_in = _Stand_in(param.shape, param.dtype)
+    stand_in = _StandIn(param.shape, param.dtype)
     g.ids[id(stand_in)] = g.const(fill(tuple(param.shape), param.dtype), device,
                                   f"{outs[0].name}:{missing}")
     pair = [param, stand_in] if p["has_weight"] else [stand_in, param]
