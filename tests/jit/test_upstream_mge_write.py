@@ -279,3 +279,27 @@ def test_nms_written_follows_the_data_when_read_back():
         got = list(prog.run({"arg_0": b, "arg_1": s}).values())[0].numpy()
         want = fn(mge.tensor(b), mge.tensor(s)).numpy()
         np.testing.assert_array_equal(got, want)
+def test_norms_losses_and_checks_refuse_what_they_cannot_write():
+    # (their writers: tests/data/upstream_mge/written.py's "norms", run by upstream 1.13)
+    x = np.random.RandomState(0).randn(3, 4).astype("float32")
+    label = np.array([1.0, 0.0, 3.0], "float32")
+    with pytest.raises(DumpError, match=r"cross_entropy of float32 labels.*integer labels"):
+        _dumped(lambda x, y: F.loss.cross_entropy(x, y), x, label)
+    with pytest.raises(DumpError, match=r"isinf of a bool value; numbers are written"):
+        _dumped(lambda x: F.isinf(x > 0), x)
+    with pytest.raises(DumpError, match=r"a norm of a 2-d value over axes \(\)"):
+        _dumped(lambda x: F.norm(x, 3, axis=()), x)
+
+
+def test_logsumexp_of_infinite_rows_and_checks_of_both_infinities():
+    # hand-computed: a row of -inf gives -inf, a row holding +inf gives +inf (not the NaN of
+    # inf - inf); isinf finds -inf too (upstream's own dump of F.isinf compares with +inf only)
+    x = np.array([[0.0, -np.inf, 1.0], [-np.inf] * 3, [np.inf, 2.0, -np.inf], [1.0, np.nan, 0]],
+                 "float32")
+    fn = lambda x: (F.logsumexp(x, 1), F.isinf(x), F.isnan(x))  # noqa: E731
+    data = _dumped(fn, x).getvalue()
+    got = [v.numpy() for v in load(io.BytesIO(data)).run({"arg_0": x}).values()]
+    np.testing.assert_allclose(got[0].ravel(), [np.log(1 + np.e), -np.inf, np.inf, np.nan],
+                               rtol=1e-6)
+    np.testing.assert_array_equal(got[1], np.isinf(x))
+    np.testing.assert_array_equal(got[2], np.isnan(x))

@@ -25,6 +25,7 @@ def models():
     from fixed weights (megengine.random is seeded before each)."""
     import megengine.functional as F
     import megengine.module as M
+    from megengine import Parameter
 
     class CNN(M.Module):  # convolutions (groups), BN in eval, pooling of each kind, linear
         def __init__(self):
@@ -130,6 +131,40 @@ def models():
                      "map_xy": (rng.rand(2, 4, 5, 2) * 10 - 2).astype("float32"),
                      "boxes": boxes, "scores": rng.rand(12).astype("float32"),
                      "vol": rng.randn(1, 2, 3, 4, 5).astype("float32")}
+    class Norms(M.Module):  # normalizations, norms, log-sum-exp, losses, checks, k-th values
+        def __init__(self):
+            super().__init__()
+            self.gn = M.GroupNorm(2, 4)
+            self.inorm = M.InstanceNorm(4, affine=False)
+            self.w = Parameter(np.ones(5, "float32"))  # (a layer_norm's, without a bias)
+
+        def forward(self, x, v):  # x: (2, 4, 3, 3), v: (6, 5)
+            g = self.gn(x) + self.inorm(x * 2)
+            ln = F.nn.layer_norm(v, (5,), True, self.w, None)
+            label = F.argmax(v, axis=1)
+            ce = F.loss.cross_entropy(v, label, label_smooth=0.1) + F.loss.cross_entropy(
+                F.softmax(v, 1), label, with_logits=False)
+            p = F.sigmoid(v * 2)
+            bce = F.loss.binary_cross_entropy(v, p) + F.loss.binary_cross_entropy(
+                F.sigmoid(v), p, with_logits=False, reduction="sum")
+            pair = (F.loss.l1_loss(v, ln) + F.loss.square_loss(v, ln)
+                    + F.loss.smooth_l1_loss(v, ln, reduction="none"))
+            norms = F.norm(x, axis=(2, 3)) + F.logsumexp(x, (2, 3))
+            scaled = F.norm(x, 3, axis=1, keepdims=True) * x + F.logsumexp(x, 3, keepdims=True)
+            unit = F.normalize(v, axis=1) + F.clip(v, lower=0.1) + F.atan(v) + F.trunc(v * 3)
+            checks = F.isinf(F.log(F.relu(v))).astype("int32") + F.isnan(
+                F.sqrt(v)).astype("int32") * 2
+            kth = F.topk(v, 2, descending=True, kth_only=True)
+            return (g, ln, ce, bce, pair, norms, scaled, unit, checks, kth[0], kth[1],
+                    F.argmax(x), F.argmin(v))
+
+    def norms():
+        net = Norms()
+        for k, p in enumerate(net.parameters()):
+            p.set_value(np.random.RandomState(k).randn(*p.shape).astype("float32") * 0.5)
+        rng = np.random.RandomState(14)
+        return net, {"x": rng.randn(2, 4, 3, 3).astype("float32"),
+                     "v": rng.randn(6, 5).astype("float32")}
 
     def more():
         net = More()
@@ -209,7 +244,7 @@ def models():
                        weight_fake_quant=partial(FakeQuantize, dtype="quint8"),
                        act_fake_quant=partial(FakeQuantize, dtype="quint8"))
 
-    return {"cnn": cnn, "mlp": mlp, "more": more, "qint8": quantized(qint8),
+    return {"cnn": cnn, "mlp": mlp, "more": more, "norms": norms, "qint8": quantized(qint8),
             "quint8": quantized(quint8), "vision": vision}
 
 
@@ -217,7 +252,7 @@ QUANTIZED = {"qint8", "quint8"}  # (built and traced on cpu0)
 
 # the files whose shapes follow the input's batch (a flatten traced with symbolic shapes: its
 # target shape is computed from the input's), run at this batch too (in2_*, fork2_*, up2_*)
-OTHER_BATCH = {"cnn": 3}
+OTHER_BATCH = {"cnn": 3, "norms": 3}
 
 
 def other_batch(name, build):
