@@ -26,7 +26,9 @@ def _check_rois(what, inp, rois):
     if rois.dtype.kind != "f":
         rois = _astype_real(rois, np.float32, what)
     batch = rois._peek()[:, 0].astype(np.int64)  # a check only: unseen by jit.trace
-    if batch.size and (batch.min() < 0 or batch.max() >= inp.shape[0]):
+    # (the size on the left: jit.trace's comparison of a size, not a numpy value of one,
+    # which trace.dump(dump_format="FBS_V2") would warn of)
+    if batch.size and (batch.min() < 0 or inp.shape[0] <= batch.max()):
         raise ValueError(f"{what}: roi batch indices must be in [0, {inp.shape[0]}), got "
                          f"{sorted(set(batch.tolist()))}")
     return rois

@@ -650,7 +650,7 @@ def _warp(what, inp, mat, out_shape, mat_idx, border_mode, border_val, format, i
                                         f"got {batch.dtype} values")
             batch = batch.astype(np.int32).reshape(-1)
         idx = batch._peek().reshape(-1)  # a check only: unseen by jit.trace
-        if idx.shape[0] != mat.shape[0] or (idx.size and (idx.min() < 0 or idx.max() >= n)):
+        if idx.shape[0] != mat.shape[0] or (idx.size and (idx.min() < 0 or n <= idx.max())):
             raise ValueError(f"{what}: mat_idx must give one image index in [0, {n}) per matrix "
                              f"({mat.shape[0]}), got {idx.tolist()}")
     elif mat.shape[0] != n:

@@ -547,11 +547,32 @@ def _op_indexing(op, x, *args):
 
 def _op_subtensor(op, x, *args):
     full = _index(op, args, False)
+    if any(type(e) is slice and any(_is_data(b) for b in (e.start, e.stop, e.step))
+           for e in full):
+        return _data_slice(op, x, full)
     if type(x) is _Shape:  # a size taken from a shape stays a vector (upstream's scalars are
         if len(full) != 1:  # vectors of one item)
             op.refuse("indexing a shape with more than one axis")
         return _Shape(x[full[0]] if type(full[0]) is slice else (x[full[0]],))
     return x[full]
+
+
+def _is_data(v):
+    """Whether an index value is a value of the program (a Tensor), not a number or size."""
+    return v is not None and not _is_host(v) and not is_int(v)
+
+
+def _data_slice(op, x, index):
+    """``x[:n]`` of a 1-d ``x`` with ``n`` a value of the program (upstream's nms takes the
+    first ``count`` of NMSKeep's positions so): the items before ``n`` (counted from the end
+    where negative), a size that follows the data."""
+    (e,) = index if len(index) == 1 else (None,)
+    if e is None or e.start is not None or e.step is not None or _tensor(x, op).ndim != 1:
+        op.refuse("a slice bound computed by the program, other than the end of a 1-d slice")
+    F = _F()
+    x, end = _tensor(x, op), e.stop.reshape(-1)
+    end = F.where(end < 0, end + x.shape[0], end)
+    return F.cond_take(F.arange(x.shape[0], dtype=end.dtype) < end, x)[0]
 
 
 def _scalar(v, op):
@@ -706,14 +727,14 @@ def _op_batch_norm(op, x, scale, bias, mean, var):
     return extra[:len(op.outputs) - 1] + (y,)
 
 
-_RESIZE_MODES = {0: "nearest", 1: "bilinear"}
+_RESIZE_MODES = {0: "nearest", 1: "bilinear", 3: "bicubic"}  # (megdnn's NEAREST, LINEAR, CUBIC)
 
 
 def _op_resize(op, x, size):
     mode = op.require(0, "I", tuple(_RESIZE_MODES), "interpolation mode", default=1)
     _nchw(op, 1, default=1)  # (Resize's default is NHWC)
     return _F().vision.interpolate(x, _ints(size, op, "output size"), mode=_RESIZE_MODES[mode],
-                                   align_corners=False if mode else None)
+                                   align_corners=False if mode == 1 else None)
 
 
 def _op_one_hot(op, x, index):
@@ -856,6 +877,35 @@ def _op_roi_pooling(op, x, rois, shape):
     return (y, _NotComputed()) if len(op.outputs) == 2 else y
 
 
+def _nms_keep_padded(xp, boxes, iou_thresh, max_output):
+    """Upstream's NMSKeep of (B, N, 4) boxes sorted by descending score: per batch, the kept
+    positions (greedy, as `F.vision.nms`), padded to ``max_output`` with the last of them,
+    (B, max_output) int32, and their count (B,) int32."""
+    from ..functional.vision import _nms_keep_rows
+
+    host = boxes.get() if hasattr(boxes, "get") else np.asarray(boxes)
+    b, n = host.shape[:2]
+    indices, counts = np.zeros((b, max_output), np.int32), np.zeros(b, np.int32)
+    for k in range(b):
+        keep = _nms_keep_rows(host[k], np.arange(n), iou_thresh, max_output)
+        counts[k] = len(keep)
+        if len(keep):
+            indices[k, :len(keep)], indices[k, len(keep):] = keep, keep[-1]
+    return xp.asarray(indices), xp.asarray(counts)
+
+
+def _op_nms_keep(op, boxes):
+    """NMSKeep (its name in files: NMSKeepMGB): params iou_thresh, max_output; the kept
+    positions of boxes sorted by score (padded), and their count."""
+    from ..core.dispatch import apply
+    from ..functional.indexing import Compute
+
+    limit = op.p(1, "I", 0)
+    if boxes.ndim != 3 or boxes.shape[2] != 4 or limit < 1:
+        op.refuse(f"boxes of shape {tuple(boxes.shape)} with max_output {limit}")
+    return tuple(apply(Compute(_nms_keep_padded, op.p(0, "f", 0.0), limit), boxes))
+
+
 def _op_set_subtensor(op, x, value, *args):
     """``y[1:n] = v`` of single positions and slices (upstream's SetSubtensor: a new tensor)."""
     y = _F().copy(x)
@@ -976,6 +1026,7 @@ _OPERATORS = {
     "Diag": lambda op, x: _F().diag(x, op.p(0, "i", 0)), "CorrelationForward": _op_correlation,
     "Resize3D": _op_resize3d, "SVD": _op_svd,
     "Convolution3D": _op_convolution3d, "Identity": lambda op, x: x,
+    "NMSKeepMGB": _op_nms_keep,
 }
 # how many leading inputs are data (Tensors); the rest are shapes or sizes, kept as host values.
 # None: the operator takes host values too (arithmetic on shapes)

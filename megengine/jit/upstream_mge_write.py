@@ -491,6 +491,21 @@ def _elemwise(g, opr, ins, outs, p, device):
     mode, inputs = p["mode"], [g.ids[id(v)] for v in ins]
     if mode in _SWAPPED:
         mode, inputs = _SWAPPED[mode], inputs[::-1]
+    if mode == "ATAN":  # (upstream's F.atan: ATAN2 of x and 1)
+        mode = "ATAN2"
+        inputs.append(g.const(np.ones(1, outs[0].dtype), device, f"{outs[0].name}:one"))
+    if mode == "CLIP" and len(ins) == 1:  # (F.clip's numbers: upstream's CLIP of three
+        return _clip(g, opr, ins, outs, p, device)  # inputs, or MAX / MIN of one bound)
+    if mode == "TRUNC":  # (this fork's F.trunc: sign(x) * floor(|x|); integers as they are)
+        y = outs[0]
+        if np.dtype(y.dtype).kind != "f":
+            g.ids[id(y)] = inputs[0]
+            return
+        sign = g.elemwise("SIGN", inputs, f"{y.name}:sign", y.shape)
+        low = g.elemwise("FLOOR", [g.elemwise("ABS", inputs, f"{y.name}:abs", y.shape)],
+                         f"{y.name}:floor", y.shape)
+        g.ids[id(y)] = g.elemwise("MUL", [sign, low], y.name, y.shape)
+        return
     if mode not in _ELEMWISE_MODES:
         _refuse(opr, f"an element-wise mode {mode} upstream's Elemwise does not have")
     y = outs[0]
@@ -502,6 +517,25 @@ def _elemwise(g, opr, ins, outs, p, device):
                             [(y.name, y.shape)])[0]
         return
     g.ids[id(y)] = g.elemwise(mode, inputs, y.name, y.shape)
+
+
+def _clip(g, opr, ins, outs, p, device):
+    """``clip(x, lower, upper)`` of number bounds, as upstream's F.clip builds it: Elemwise
+    CLIP of x and both bounds, or MAX with the lower / MIN with the upper one alone; the
+    bounds in the output's dtype (float16: rounded to it first, as here)."""
+    op, y = opr._op, outs[0]
+    x = g.ids[id(ins[0])]
+    if _dtype(ins[0].dtype, "") != _dtype(y.dtype, ""):
+        x = g.op("TypeCvtV2", 1, 67, _dtype(y.dtype, y.name), [x],
+                 [(f"{y.name}:{y.dtype}", ins[0].shape)])[0]
+    bounds = [(g.const(np.array([b], y.dtype), device, f"{y.name}:{what}"), mode)
+              for b, what, mode in ((op.lower, "lower", "MAX"), (op.upper, "upper", "MIN"))
+              if b is not None]
+    if len(bounds) == 2:
+        g.ids[id(y)] = g.elemwise("CLIP", [x] + [k for k, _ in bounds], y.name, y.shape)
+    else:
+        (k, mode), = bounds
+        g.ids[id(y)] = g.elemwise(mode, [x, k], y.name, y.shape)
 
 
 def _where(g, opr, ins, outs, p, device):
@@ -536,7 +570,7 @@ def _topk(g, opr, ins, outs, p, device):
     negated back, as upstream's topk builds it): its k as an input, values and indices out."""
     op = opr._op
     if op.kth_only:
-        _refuse(opr, "topk(kth_only=True) is not written (the k largest or smallest are)")
+        return _topk_kth(g, opr, ins, outs, p, device)
     x, (values, indices) = g.ids[id(ins[0])], outs
     if op.descending:
         x = g.elemwise("NEGATE", [x], f"{values.name}:negated", ins[0].shape)
@@ -554,14 +588,14 @@ def _compute(g, opr, ins, outs, p, device):
     Argmax / Argmin per axis (keeping it, highest axis first), each followed by an
     AxisAddRemove dropping it unless ``keepdims``."""
     op, y = opr._op, outs[0]
-    if getattr(op.fn, "__name__", "") in _COMPUTES:  # (one_hot, argsort)
-        _COMPUTES[op.fn.__name__](g, opr, ins, outs, p, device)
-        return
+    writer = _COMPUTED.get(getattr(op.fn, "__name__", ""))
+    if writer is not None:
+        return writer(g, opr, ins, outs, p, device)
     if getattr(op.fn, "__name__", "") != "_arg_reduce_fn":
         _refuse(opr, f"it computes {getattr(op.fn, '__name__', op.fn)!r}, which has no writer")
     kind, axes, keepdims = op.args
-    if axes is None:
-        _refuse(opr, f"{kind} over every axis (a flattened value) is not written; give an axis")
+    if axes is None:  # (over every axis: of the flattened value)
+        return _arg_reduce_flat(g, opr, ins, outs, p, device)
     x, shape = g.ids[id(ins[0])], list(ins[0].shape)
     name = "Argmax" if kind == "argmax" else "Argmin"
     for k, a in enumerate(sorted((int(a) % len(shape) for a in axes), reverse=True)):
@@ -1244,13 +1278,702 @@ def _matinv(g, opr, ins, outs, p, device):
     g.ids[id(y)] = g.op("MatrixInverse", 1, 1, {}, [g.ids[id(ins[0])]], [(y.name, y.shape)])[0]
 
 
-# this fork's functions computed by `Compute` that `_compute` hands on, by the function's name
-_COMPUTES = {"_one_hot": _one_hot, "_argsort": _argsort_compute}
+# --------------------------------------------------------------------------------------------
+# vision: warps, remap, ROI pooling, NMS, 3-d convolution, sliding windows, interpolation
+# --------------------------------------------------------------------------------------------
+# megdnn's WarpPerspective / WarpAffine / Remap modes (`upstream_mge._WARP_BORDER`)
+_WARP_BORDERS = {"replicate": 0, "reflect": 1, "reflect_101": 2, "wrap": 3, "constant": 4}
+_WARP_INTERPS = {"nearest": 0, "linear": 1}
+
+
+def _perspective_points(g, opr, ins, outs, p, device):
+    """The source points of a warp (this fork's PerspectivePoints): not written; the Sample
+    reading them writes upstream's WarpPerspective or WarpAffine of their matrices
+    (`_sample`). (Only a Sample reads them: warp_perspective and warp_affine make both.)"""
+    g.ids[id(outs[0])] = None
+
+
+def _float32_only(opr, what, v):
+    if np.dtype(v.dtype) != np.float32:
+        _refuse(opr, f"{what} of dtype {v.dtype}; float32 ones are written (upstream's "
+                     "warps and remap compute in the image's dtype)")
+
+
+def _sample(g, opr, ins, outs, p, device):
+    """remap (upstream's RemapV1), warp_perspective (WarpPerspectiveV2: image, matrices, the
+    optional mat_idx, the output size) and warp_affine (WarpAffineV2), NCHW: this fork's
+    Sample of the points its PerspectivePoints computes from the matrices. Where this fork's
+    CPU sampled on OpenCV's grid (NHWC float32 images of few channels: upstream's CPU kernel
+    for them), the image is written NHWC, as the function was called, between transposes."""
+    img, points, y = ins[0], ins[1], outs[0]
+    mode, border = p.get("interp"), p.get("border")
+    if mode not in _WARP_INTERPS or border not in _WARP_BORDERS:
+        _refuse(opr, f"a sampling of interpolation {mode!r}, border {border!r}")  # (unreachable)
+    _float32_only(opr, "an image", img)
+    _float32_only(opr, "an output", y)
+    owner = getattr(points, "owner", None)
+    warp = owner is not None and _graph_type_of(owner) == "PerspectivePoints"
+    if p.get("order") == "remap" and not warp:
+        if len(ins) != 2:
+            _refuse(opr, "a remap of chosen images")
+        _float32_only(opr, "a remap's map_xy", points)
+        params = {0: ("I", _WARP_INTERPS[mode]), 1: ("I", _WARP_BORDERS[border]),
+                  2: ("I", 0), 3: ("f", float(p.get("border_val", 0.0)))}
+        g.ids[id(y)] = g.op("RemapV1", 1, 68, params, [g.ids[id(img)], g.ids[id(points)]],
+                            [(y.name, y.shape)])[0]
+        return
+    if not warp or p.get("order") not in ("warp", "table"):
+        _refuse(opr, "a sampling at points other than a warp's or a remap's")
+    mat = owner.inputs[0]
+    pp = _graph_params_of(owner)
+    _float32_only(opr, "a warp's matrices", mat)
+    affine = int(mat.shape[1]) == 2
+    cv = pp.get("cv_grid") is not None
+    if cv != (p.get("order") == "table") or (cv and pp.get("cv_grid") != mode):
+        _refuse(opr, "a warp whose points and sampling disagree on OpenCV's grid")
+    if mode == "nearest" and not cv:
+        _refuse(opr, "a warp of nearest interpolation sampled NCHW (upstream's NCHW "
+                     "WarpPerspective and WarpAffine interpolate linearly only: its kernels "
+                     "assert it); linear ones, and nearest ones of the NHWC images upstream's "
+                     "CPU samples on OpenCV's grid (1-3 channels, float32), are written")
+    if affine and len(ins) != 2:
+        _refuse(opr, "a warp_affine of chosen images (mat_idx)")
+    size = (int(pp["out_h"]), int(pp["out_w"]))
+    x = g.ids[id(img)]
+    n, c = int(y.shape[0]), int(y.shape[1])
+    if cv:  # (upstream's CPU kernel samples NHWC images of few channels on OpenCV's grid)
+        x = g.op("Dimshuffle", 1, 64, {0: ("i32s", [0, 2, 3, 1]), 1: ("I", 4)}, [x],
+                 [(f"{y.name}:nhwc", tuple(img.shape[i] for i in (0, 2, 3, 1)))])[0]
+    inputs = [x, g.ids[id(mat)]]
+    if len(ins) == 3:  # mat_idx: the image of each matrix
+        idx = ins[2]
+        if np.dtype(idx.dtype) != np.int32:
+            _refuse(opr, f"a mat_idx of dtype {idx.dtype}; int32 is written")
+        inputs.append(g.ids[id(idx)])
+    inputs.append(g.shape_const(size, device, opr.name))
+    layout = 1 if cv else 0
+    interp, bmode = _WARP_INTERPS[mode], _WARP_BORDERS[border]
+    value = float(p.get("border_val", 0.0))
+    if affine:
+        name, ptype, params = "WarpAffineV2", 38, {0: ("I", interp), 1: ("I", bmode),
+                                                    2: ("f", value), 3: ("I", layout)}
+    else:
+        name, ptype, params = "WarpPerspectiveV2", 13, {0: ("I", interp), 1: ("I", bmode),
+                                                         2: ("I", layout), 3: ("f", value)}
+    shape = (n,) + size + (c,) if cv else tuple(y.shape)
+    made = g.op(name, 1, ptype, params, inputs, [(f"{y.name}:nhwc" if cv else y.name, shape)])[0]
+    if cv:
+        made = g.op("Dimshuffle", 1, 64, {0: ("i32s", [0, 3, 1, 2]), 1: ("I", 4)}, [made],
+                    [(y.name, y.shape)])[0]
+    g.ids[id(y)] = made
+
+
+def _graph_type_of(opr):
+    from ..utils.network_node import graph_type
+
+    return graph_type(opr)
+
+
+def _graph_params_of(opr):
+    from ..utils.network_node import graph_params
+
+    p = graph_params(opr)
+    return p if isinstance(p, dict) else {}
+
+
+_ROI_MODES = {"max": 0, "average": 1}
+
+
+def _roi_align(g, opr, ins, outs, p, device):
+    """Upstream's ROIAlignV1 (NCHW): the features, then the argmax indices its backward
+    reads (int32, not part of this fork's result: a var no one reads)."""
+    x, rois, y = ins[0], ins[1], outs[0]
+    for what, v in (("an image", x), ("rois", rois), ("an output", y)):
+        _float32_only(opr, what, v)
+    (ph, pw), (sh, sw) = p["pooled"], p["samples"]
+    params = {0: ("I", _ROI_MODES[p["mode"]]), 1: ("I", 0), 2: ("f", float(p["scale"])),
+              3: ("f", float(p["offset"])), 4: ("I", int(ph)), 5: ("I", int(pw)),
+              6: ("I", int(sh)), 7: ("I", int(sw))}
+    g.ids[id(y)] = g.op("ROIAlignV1", 1, 48, params, [g.ids[id(x)], g.ids[id(rois)]],
+                        [(y.name, y.shape), (f"{y.name}:argmax", y.shape)])[0]
+
+
+def _roi_pooling(g, opr, ins, outs, p, device):
+    """Upstream's ROIPooling: (features, rois, the output size), the features, then the
+    argmax indices its backward reads (not part of this fork's result)."""
+    x, rois, y = ins[0], ins[1], outs[0]
+    for what, v in (("an image", x), ("rois", rois), ("an output", y)):
+        _float32_only(opr, what, v)
+    size = g.shape_const([int(v) for v in p["pooled"]], device, opr.name)
+    params = {0: ("I", _ROI_MODES[p["mode"]]), 1: ("f", float(p["scale"]))}
+    g.ids[id(y)] = g.op("ROIPooling", 1, 12, params, [g.ids[id(x)], g.ids[id(rois)], size],
+                        [(y.name, y.shape), (f"{y.name}:argmax", y.shape)])[0]
+
+
+def _convolution3d(g, opr, ins, outs, p, device):
+    """Upstream's Convolution3D (NCDHW cross-correlation; a grouped one's weight (G, O/G,
+    I/G, KD, KH, KW), reshaped to that from this fork's (O, I/G, KD, KH, KW))."""
+    x, w, y = ins[0], ins[1], outs[0]
+    for what, v in (("an input", x), ("a weight", w), ("an output", y)):
+        _float32_only(opr, what, v)
+    groups = int(p.get("groups", 1))
+    weight = g.ids[id(w)]
+    if groups > 1 and len(w.shape) == 5:
+        o = int(w.shape[0])
+        shape = (groups, o // groups) + tuple(int(d) for d in w.shape[1:])
+        weight = g.op("ReshapeV1", 1, 54, {0: ("i", _NO_AXIS)},
+                      [weight, g.shape_const(shape, device, f"{y.name}:w")],
+                      [(f"{y.name}:w", shape)])[0]
+    (sd, sh, sw), (pd, ph, pw), (dd, dh, dw) = (tuple(int(v) for v in p[k]) for k in (
+        "stride", "padding", "dilation"))
+    params = {0: ("I", 0), 1: ("I", pd), 2: ("I", ph), 3: ("I", pw), 4: ("I", sd),
+              5: ("I", sh), 6: ("I", sw), 7: ("I", dd), 8: ("I", dh), 9: ("I", dw),
+              10: ("I", int(groups > 1)), 12: ("I", 0)}
+    g.ids[id(y)] = g.op("Convolution3D", 2, 41, params, [g.ids[id(x)], weight],
+                        [(y.name, y.shape)], extra=[(55, {})])[0]
+
+
+def _im2col(g, opr, ins, outs, p, device):
+    """``sliding_window``: upstream's Images2Neibs ((N, C, OH, OW, KH, KW) windows)."""
+    x, y = ins[0], outs[0]
+    if p.get("what") != "sliding_window" or len(y.shape) != 6:
+        _refuse(opr, f"windows of {p.get('what')!r} of shape {tuple(y.shape)}; "
+                     "sliding_window's (N, C, OH, OW, KH, KW) are written")
+    _float32_only(opr, "an input", x)
+    (ph, pw), (sh, sw), (dh, dw), (kh, kw) = (tuple(int(v) for v in p[k])
+                                              for k in ("p", "s", "d", "k"))
+    params = {0: ("I", ph), 1: ("I", pw), 2: ("I", sh), 3: ("I", sw), 4: ("I", dh),
+              5: ("I", dw), 6: ("I", kh), 7: ("I", kw)}
+    g.ids[id(y)] = g.op("Images2Neibs", 1, 8, params, [g.ids[id(x)]], [(y.name, y.shape)])[0]
+
+
+def _interpolate(g, opr, ins, outs, p, device):
+    """``interpolate``: nearest and bilinear (corners not aligned) as upstream's ResizeV2 of
+    the output size, as before; the other modes as upstream's interpolate computes them:
+    bicubic: ResizeV2 of cubic interpolation; linear (N, C, L): of the input with a width of
+    1 (AxisAddRemove), removed after; align_corners (bilinear, linear): WarpPerspectiveV2 by
+    the matrix scaling each axis by (in - 1) / (out - 1) (0 for an output of 1: this fork's
+    corner; upstream's own divides by 0 there), broadcast to the batch; trilinear: Resize3D
+    (NCDHW, align_corners as given)."""
+    _check(opr, "ResizeForward", p, ins)
+    x, y = ins[0], outs[0]
+    mode, aligned = p.get("mode"), bool(p.get("align_corners"))
+    if mode in _RESIZE_MODES and not aligned and len(x.shape) == 4:  # (as `_OPERATORS` has it)
+        g.ids[id(y)] = g.op("ResizeV2", 1, 40, _resize(p, ins, outs),
+                            [g.ids[id(x)], g.shape_const(y.shape[2:], device, opr.name)],
+                            [(y.name, y.shape)])[0]
+        return
+    if mode not in ("bicubic", "linear", "bilinear", "trilinear"):  # pragma: no cover
+        _resize(p, ins, outs)  # (refuses by name)
+    for what, v in (("an image", x), ("an output", y)):
+        if np.dtype(v.dtype) != np.float32:
+            _refuse(opr, f"an interpolation of mode {mode!r} of {what} of dtype {v.dtype}; "
+                         "float32 ones are written (nearest and bilinear of others too)")
+    sizes = tuple(int(v) for v in y.shape[2:])
+    k = g.ids[id(x)]
+    if mode == "trilinear":
+        g.ids[id(y)] = g.op("Resize3D", 1, 96, {0: ("I", 1), 1: ("I", 0), 2: ("?", aligned)},
+                            [k, g.shape_const(sizes, device, opr.name)],
+                            [(y.name, y.shape)])[0]
+        return
+    shape = tuple(int(v) for v in x.shape)
+    if mode == "linear":  # (N, C, L) as (N, C, L, 1)
+        shape, sizes = shape + (1,), sizes + (1,)
+        k = g.op("AxisAddRemove", 1, 65, {0: ("structs <Ii", [(0, 3)])}, [k],
+                 [(f"{y.name}:2d", shape)])[0]
+    out = shape[:2] + sizes
+    name = f"{y.name}:2d" if mode == "linear" else y.name
+    if not aligned:
+        k = g.op("ResizeV2", 1, 40, {0: ("I", 3 if mode == "bicubic" else 1), 1: ("I", 0)},
+                 [k, g.shape_const(sizes, device, opr.name)], [(name, out)])[0]
+    else:
+        (ih, iw), (oh, ow) = shape[2:], sizes
+        scale = [np.float32((n - 1.0) / (m - 1.0)) if m > 1 else np.float32(0)
+                 for n, m in ((iw, ow), (ih, oh))]
+        mat = g.const(np.array([[[scale[0], 0, 0], [0, scale[1], 0], [0, 0, 1]]], np.float32),
+                      device, f"{y.name}:mat")
+
+        def batch_shape():
+            n = g.op("GetVarShapeV1", 1, 54, {0: ("i", 0)}, [g.ids[id(x)]],
+                     [(f"shape_of({x.name})[0]", (1,))])[0]
+            return g.concat([n, g.shape_const([3, 3], device, f"{y.name}:mat")], 0,
+                            f"{y.name}:mat:shape", (3,), device)
+
+        mat = g.broadcast(mat, (1, 3, 3), (shape[0], 3, 3), f"{y.name}:mats", batch_shape)
+        k = g.op("WarpPerspectiveV2", 1, 13, {0: ("I", 1), 1: ("I", 0), 2: ("I", 0),
+                                              3: ("f", 0.0)},
+                 [k, mat, g.shape_const(sizes, device, opr.name)], [(name, out)])[0]
+    if mode == "linear":
+        k = g.op("AxisAddRemove", 1, 65, {0: ("structs <Ii", [(1, 3)])}, [k],
+                 [(y.name, y.shape)])[0]
+    g.ids[id(y)] = k
+
+
+def _traced_args(opr):
+    """A Compute's arguments, a size computed from shapes (nms' default max_output, the
+    number of boxes) at its traced value (the file holds the traced shapes there)."""
+    from ..core._trace_option import evaluate
+    from ..jit._program import _DimExpr
+
+    frozen = dict(opr._dyn or ()).get("args")
+    if frozen is None:
+        return opr._op.args
+    return tuple(evaluate(v.tree, lambda k, axis: opr._dyn_vars[k].shape[axis])
+                 if type(v) is _DimExpr else v for v in frozen[1])
+
+
+def _nms(g, opr, ins, outs, p, device):
+    """``nms`` as upstream's builds it: the boxes sorted by descending score (an Argsort of
+    the negated scores, ascending: stable on upstream's CPU as this fork's order of equal
+    scores, where its descending one takes the last of them first), NMSKeep of them (kept
+    positions padded to max_output, and their count), the first count of the positions
+    (a size that follows the data), mapped back to the boxes' indices."""
+    boxes, scores, y = ins[0], ins[1], outs[0]
+    for what, v in (("boxes", boxes), ("scores", scores)):
+        _float32_only(opr, what, v)
+    iou, limit = _traced_args(opr)
+    n = int(boxes.shape[0])
+    if n == 0:
+        _refuse(opr, "nms of no boxes")
+    name = y.name
+    row = g.op("ReshapeV1", 1, 54, {0: ("i", _NO_AXIS)},
+               [g.elemwise("NEGATE", [g.ids[id(scores)]], f"{name}:negated", (n,)),
+                g.shape_const((1, n), device, f"{name}:row")], [(f"{name}:row", (1, n))])[0]
+    order = g.op("Argsort", 1, 26, {0: ("I", 0)}, [row],
+                 [(f"{name}:sorted", (1, n)), (f"{name}:order", (1, n))])[1]
+    zero = g.const(np.zeros(1, np.int32), device, f"{name}:0")
+    first = {0: ("structs <b????", [(0, False, False, False, True)])}
+    order = g.op("Subtensor", 1, 66, first, [order, zero], [(f"{name}:order0", (n,))])[0]
+    sorted_boxes = g.op("IndexingMultiAxisVec", 1, 66, first, [g.ids[id(boxes)], order],
+                        [(f"{name}:boxes", (n, 4))])[0]
+    sorted_boxes = g.op("ReshapeV1", 1, 54, {0: ("i", _NO_AXIS)},
+                        [sorted_boxes, g.shape_const((1, n, 4), device, f"{name}:boxes")],
+                        [(f"{name}:boxes3", (1, n, 4))])[0]
+    keep, count = g.op("NMSKeepMGB", 1, 69, {0: ("f", float(iou)), 1: ("I", int(limit))},
+                       [sorted_boxes], [(f"{name}:keep", (1, int(limit))),
+                                        (f"{name}:count", (1,))])
+    keep = g.op("Subtensor", 1, 66, first, [keep, zero], [(f"{name}:keep0", (int(limit),))])[0]
+    count = g.op("Subtensor", 1, 66, first, [count, zero], [(f"{name}:count0", (1,))])[0]
+    kept = g.op("Subtensor", 1, 66, {0: ("structs <b????", [(0, False, True, False, False)])},
+                [keep, count], [(f"{name}:kept", y.shape)])[0]
+    made = g.op("IndexingMultiAxisVec", 1, 66, first, [order, kept], [(name, y.shape)])[0]
+    for k in (kept, made):  # (sizes that follow the data: no shape, as upstream's own files)
+        g.middle[k][1] = ("u32s", [])
+    g.ids[id(y)] = made
+    g.dynamic.add(id(y))  # (what reads it must take no traced shape: `_SHAPE_FREE`)
+
+
+
+_VISION = {"PerspectivePoints": _perspective_points, "Sample": _sample,
+           "ROIAlignForward": _roi_align, "ROIPoolingForward": _roi_pooling,
+           "Convolution3DForward": _convolution3d, "Im2Col": _im2col,
+           "ResizeForward": _interpolate}  # (before `_OPERATORS`' entry: nearest and bilinear
+# as that writes them)
+# normalizations, norms, log-sum-exp, losses and element-wise checks: this fork's fused ops
+# written as the reductions and element-wise operators upstream's functional code builds them
+# from (its own dumps of F.normalize, F.norm, F.logsumexp, F.loss.* hold those, not one
+# operator). Each computes in float32 where the fork's op does (integers, float16: cast in
+# and back) and gives its last var the fork's output name.
+# --------------------------------------------------------------------------------------------
+class _Steps:
+    """Helpers for one expansion: constants, element-wise steps, per-axis reductions (axes
+    kept), casts; `finish` gives the Network's output var the last var's number and name."""
+
+    def __init__(self, g, opr, device, y):
+        self.g, self.opr, self.device, self.y = g, opr, device, y
+        self.start = len(g.middle)  # (vars numbered from here are this expansion's)
+        self.n = 0
+
+    def name(self, what):
+        self.n += 1
+        return f"{self.y.name}:{what}{self.n}"
+
+    def const(self, value, dtype=np.float32):
+        return self.g.const(np.array([value], dtype), self.device, self.name("const"))
+
+    def ew(self, mode, inputs, shape):
+        return self.g.elemwise(mode, inputs, self.name(mode.lower()), tuple(shape))
+
+    def cast(self, k, shape, src, dst):
+        """Var ``k`` (of dtype ``src``) in dtype ``dst``."""
+        if _dtype(src, "") == _dtype(dst, ""):
+            return k
+        return self.g.op("TypeCvtV2", 1, 67, _dtype(dst, self.y.name), [k],
+                         [(self.name(str(np.dtype(dst))), tuple(shape))])[0]
+
+    def reduce(self, mode, k, shape, axes):
+        """``mode`` over each of ``axes`` in turn, keeping them (SUM_SQR: squares, then sums);
+        returns (var, kept shape)."""
+        shape = list(shape)
+        for a in sorted(axes):
+            shape[a] = 1
+            k = self.g.reduce(mode, k, a, self.name(mode.lower()), tuple(shape))
+            mode = "SUM" if mode == "SUM_SQR" else mode
+        return k, tuple(shape)
+
+    def reduce_all(self, mode, k, shape):
+        """``mode`` over every axis: a (1,) value (upstream's Reduce without an axis, its
+        target shape an input); a value of one item is itself."""
+        if _shape(shape) == [1]:
+            return k
+        return self.g.op("ReduceV2", 1, 23, {0: ("I", _REDUCE_MODES[mode]),
+                                             1: ("i", _EVERY_AXIS)},
+                         [k, self.g.shape_const([1], self.device, self.name("total"))],
+                         [(self.name(mode.lower()), (1,))])[0]
+
+    def drop(self, k, shape, axes):
+        """Var ``k`` of ``shape`` without ``axes`` (each of size 1): one AxisAddRemove, highest
+        axis first; all axes dropped leaves axis 0 (upstream's scalar: a vector of one item)."""
+        axes = sorted(axes, reverse=True)
+        if len(axes) == len(shape):
+            axes = axes[:-1]
+        if not axes:
+            return k
+        left = tuple(d for a, d in enumerate(shape) if a not in axes)
+        return self.g.op("AxisAddRemove", 1, 65, {0: ("structs <Ii", [(1, a) for a in axes])},
+                         [k], [(self.name("dropped"), left)])[0]
+
+    def finish(self, k, dtype=None):
+        """The output var: ``k`` (cast from ``dtype`` to the output's dtype), named as the
+        output where this expansion made it."""
+        y, g = self.y, self.g
+        if dtype is not None:
+            k = self.cast(k, y.shape, dtype, y.dtype)
+        if k >= self.start:
+            g.middle[k][0] = ("str", y.name)
+            g.middle[k][1] = ("u32s", _shape(y.shape))
+        g.ids[id(y)] = k
+
+
+_F32 = np.dtype(np.float32)
+
+
+def _float_var(s, v):
+    """The var of program value ``v`` in float32 (integers and float16 cast)."""
+    return s.cast(s.g.ids[id(v)], v.shape, v.dtype, _F32)
+
+
+def _axes_of(opr, axis, ndim, what):
+    from ..core.ops import _norm_axes
+
+    axes = _norm_axes(axis, ndim, what)
+    if not axes or not ndim:
+        _refuse(opr, f"a {what} of a {ndim}-d value over axes {axis!r}; one or more axes of a "
+                     "value of one or more axes are written")
+    return axes
+
+
+def _normalization(g, opr, ins, outs, p, device):
+    """"Normalize": F.normalize (upstream's reductions), group_norm / instance_norm (their
+    expansion), layer_norm (upstream's LayerNorm)."""
+    if type(opr._op).__name__ == "Normalize":  # (F.normalize's op, functional/math.py)
+        return _unit_norm(g, opr, ins, outs, p, device)
+    if p.get("family") != "layer_norm":
+        return _group_norm(g, opr, ins, outs, p, device)
+    if p.get("has_weight") != p.get("has_bias"):
+        return _layer_norm_one_param(g, opr, ins, outs, p, device)
+    return _layer_norm(g, opr, ins, outs, p, device)
+
+
+class _StandIn:
+    """A Network var's stand-in for a constant the writer adds (its shape and dtype)."""
+
+    def __init__(self, shape, dtype):
+        self.shape, self.dtype = shape, dtype
+
+
+def _layer_norm_one_param(g, opr, ins, outs, p, device):
+    """A layer_norm with a weight and no bias, or a bias and no weight: upstream's LayerNorm
+    takes both (its F.nn.layer_norm asserts so), so the missing one is a constant of zeros
+    (bias) or ones (weight): ``* 1`` and ``+ 0`` change no value."""
+    x, param = ins[0], ins[1]
+    missing = "bias" if p["has_weight"] else "weight"
+    fill = np.zeros if p["has_weight"] else np.ones
+    stand_in = _StandIn(param.shape, param.dtype)
+    g.ids[id(stand_in)] = g.const(fill(tuple(param.shape), param.dtype), device,
+                                  f"{outs[0].name}:{missing}")
+    pair = [param, stand_in] if p["has_weight"] else [stand_in, param]
+    _layer_norm(g, opr, [x] + pair, outs, dict(p, has_weight=True, has_bias=True), device)
+
+
+def _group_norm(g, opr, ins, outs, p, device):
+    """group_norm / instance_norm of an (N, C, ...) value: its view (N, groups, -1), the mean
+    and the biased variance over its last axis (Reduce MEAN of x and of (x - mean) ** 2, two
+    passes as here), ``(x - mean) / sqrt(var + eps)``, the value's shape again, then ``*
+    weight + bias`` per channel. Upstream 1.13 has GroupNorm and InstanceNorm operators, but
+    its own dump expands these into such steps (and with weight and bias fails: "bad input
+    shape for polyadic operator: {4}, {2,4,3,3}"), so they are written as an expansion; under
+    symbolic shapes the view and the shape back follow the input's."""
+    from ..jit._program import _DimExpr
+
+    x, y = ins[0], outs[0]
+    shape = tuple(int(d) for d in x.shape)
+    view = tuple(p.get("view") or ())
+    if (len(shape) < 2 or len(view) != 3 or not all(shape) or len(ins) > 3
+            or tuple(int(d) for d in p.get("affine_shape") or ()) != (1, shape[1], 1)
+            or shape[1] % int(view[1])):
+        _refuse(opr, f"a normalization of view {view} of a value of shape {shape}; layer_norm, "
+                     "and group_norm / instance_norm of non-empty (N, C, ...) values are written")
+    s = _Steps(g, opr, device, y)
+    groups = int(view[1])
+    grouped = (shape[0], groups, int(np.prod(shape)) // (shape[0] * groups))
+    k = _float_var(s, x)
+    dyn = dict(opr._dyn or ()).get("view")
+    if dyn is None or all(type(d) is not _DimExpr for d in dyn[1]):
+        target, unspec = g.shape_const(grouped, device, s.name("view")), _NO_AXIS
+        back = g.shape_const(_shape(shape), device, s.name("shape"))
+    else:  # (N, and C for instance_norm, from the input's shape; its shape back: GetVarShape,
+        items = dyn[1]  # as upstream's own expansion reshapes back)
+        unspec = next(a for a, d in enumerate(items) if type(d) is not _DimExpr and d == -1)
+        parts = [_size(g, opr, d.tree if type(d) is _DimExpr else (1 if d == -1 else d), device,
+                       s.name("view")) for d in items]
+        target = g.concat(parts, 0, s.name("view"), (3,), device)
+        back = g.op("GetVarShapeV1", 1, 54, {0: ("i", _NO_AXIS)}, [g.ids[id(x)]],
+                    [(s.name("shape"), (len(shape),))])[0]
+    k = g.op("ReshapeV1", 1, 54, {0: ("i", unspec)}, [k, target],
+             [(s.name("grouped"), grouped)])[0]
+    mean, kept = s.reduce("MEAN", k, grouped, [2])
+    d = s.ew("SUB", [k, mean], grouped)
+    var, _ = s.reduce("MEAN", s.ew("MUL", [d, d], grouped), grouped, [2])
+    std = s.ew("SQRT", [s.ew("ADD", [var, s.const(float(p["eps"]))], kept)], kept)
+    k = s.ew("TRUE_DIV", [d, std], grouped)
+    k = g.op("ReshapeV1", 1, 54, {0: ("i", _NO_AXIS)}, [k, back],
+             [(s.name("normalized"), shape)])[0]
+    per_channel = (1, shape[1]) + (1,) * (len(shape) - 2)
+    for v, mode in zip(ins[1:], ("MUL", "ADD") if p.get("has_weight") else ("ADD",)):
+        w = g.op("ReshapeV1", 1, 54, {0: ("i", _NO_AXIS)},
+                 [s.cast(g.ids[id(v)], v.shape, v.dtype, _F32),
+                  g.shape_const(per_channel, device, s.name("channels"))],
+                 [(s.name("channels"), per_channel)])[0]
+        k = s.ew(mode, [k, w], shape)
+    s.finish(k, _F32)
+
+
+def _unit_norm(g, opr, ins, outs, p, device):
+    """F.normalize: ``x / max(sqrt(sum(x * x)), eps)`` over its axes (upstream's: ABS, Reduce
+    SUM_SQR, POW 0.5, MAX with eps, TRUE_DIV; here SQRT, correctly rounded)."""
+    x, y = ins[0], outs[0]
+    axes = _axes_of(opr, opr._op.axis, len(x.shape), "normalize")
+    s = _Steps(g, opr, device, y)
+    k = _float_var(s, x)
+    total, kept = s.reduce("SUM_SQR", k, x.shape, axes)
+    c = s.ew("MAX", [s.ew("SQRT", [total], kept), s.const(float(opr._op.eps))], kept)
+    s.finish(s.ew("TRUE_DIV", [k, c], x.shape), _F32)
+
+
+def _p_norm(g, opr, ins, outs, p, device):
+    """F.norm of order p (0 and +-inf are reductions of their own): ``sqrt(sum(x * x))`` for
+    2 (Reduce SUM_SQR), else ``sum(|x| ** p) ** (1 / p)``, the axes dropped unless
+    ``keepdims`` (upstream's norm: ABS, POW, Reduce, AxisAddRemove, POW)."""
+    op, x, y = opr._op, ins[0], outs[0]
+    axes = _axes_of(opr, op.axis, len(x.shape), "norm")
+    s = _Steps(g, opr, device, y)
+    k = _float_var(s, x)
+    if op.p == 2:
+        total, kept = s.reduce("SUM_SQR", k, x.shape, axes)
+        k = s.ew("SQRT", [total], kept)
+    else:
+        k = s.ew("ABS", [k], x.shape)
+        if op.p != 1:
+            k = s.ew("POW", [k, s.const(float(op.p))], x.shape)
+        total, kept = s.reduce("SUM", k, x.shape, axes)
+        k = total if op.p == 1 else s.ew("POW", [total, s.const(1.0 / op.p)], kept)
+    s.finish(k if op.keepdims else s.drop(k, kept, axes), _F32)
+
+
+def _log_sum_exp(g, opr, ins, outs, p, device):
+    """F.logsumexp: ``log(sum(exp(x - m))) + m``, m the maximum over the axes clamped to
+    float32's finite range (here: 0 where it is infinite; either way a row of -inf gives -inf
+    and one holding +inf gives inf, where upstream's own logsumexp subtracts an infinite
+    maximum and gives NaN; a finite m is the same)."""
+    op, x, y = opr._op, ins[0], outs[0]
+    axes = _axes_of(opr, op.axis, len(x.shape), "logsumexp")
+    if not all(x.shape):
+        _refuse(opr, "a logsumexp of an empty value")
+    s = _Steps(g, opr, device, y)
+    k = _float_var(s, x)
+    m, kept = s.reduce("MAX", k, x.shape, axes)
+    big = float(np.finfo(np.float32).max)
+    m = s.ew("MIN", [s.ew("MAX", [m, s.const(-big)], kept), s.const(big)], kept)
+    total, _ = s.reduce("SUM", s.ew("EXP", [s.ew("SUB", [k, m], x.shape)], x.shape), x.shape,
+                        axes)
+    k = s.ew("ADD", [s.ew("LOG", [total], kept), m], kept)
+    s.finish(k if op.keepdims else s.drop(k, kept, axes), _F32)
+
+
+def _reduced_loss(s, k, shape, reduction, dtype):
+    """A loss of ``shape`` (var ``k`` of ``dtype``) reduced as asked: "mean" (of integers: in
+    float32) and "sum" over every axis, "none" as it is. Returns (var, dtype)."""
+    if reduction == "none":
+        return k, dtype
+    if reduction == "mean" and np.dtype(dtype).kind != "f":
+        k, dtype = s.cast(k, shape, dtype, _F32), _F32
+    return s.reduce_all("MEAN" if reduction == "mean" else "SUM", k, shape), dtype
+
+
+def _pair_loss(g, opr, ins, outs, p, device):
+    """l1_loss, square_loss, smooth_l1_loss and binary_cross_entropy: the element-wise loss of
+    the (broadcast) operands, as upstream's loss functions compute it, then its reduction.
+    The operands are promoted to one dtype; integers compute in float32 (l1's: in theirs),
+    float16 in float32 rounded once, as here."""
+    op, y = opr._op, outs[0]
+    kind = type(op).__name__
+    pred, label = ins
+    dtype = np.promote_types(pred.dtype, label.dtype)
+    if pred.dtype.metadata is not None or label.dtype.metadata is not None or dtype.kind == "b":
+        _refuse(opr, f"a {op.what} of {pred.dtype} and {label.dtype} operands; numbers are "
+                     "written")
+    compute = dtype if kind == "_L1" and dtype.kind in "iu" else _F32
+    s = _Steps(g, opr, device, y)
+    a, b = (s.cast(g.ids[id(v)], v.shape, v.dtype, compute) for v in ins)
+    shape = tuple(np.broadcast_shapes(tuple(pred.shape), tuple(label.shape)))
+
+    def ew(mode, *xs):
+        return s.ew(mode, list(xs), shape)
+
+    if kind == "_L1":
+        k = ew("ABS", ew("SUB", a, b))
+    elif kind == "_Square":
+        d = ew("SUB", a, b)
+        k = ew("MUL", d, d)
+    elif kind == "_SmoothL1":  # |d| - m + m * m * (0.5 / beta), m = min(|d|, beta)
+        k = ew("ABS", ew("SUB", a, b))
+        if op.beta:
+            m = ew("MIN", k, s.const(float(op.beta)))
+            k = ew("ADD", ew("SUB", k, m), ew("MUL", ew("MUL", m, m), s.const(0.5 / op.beta)))
+    elif kind == "_BinaryCrossEntropy" and op.with_logits:
+        # max(x, 0) - x * y + log1p(exp(-|x|))
+        k = ew("ADD", ew("SUB", ew("MAX", a, s.const(0.0)), ew("MUL", a, b)),
+               ew("LOG1P", ew("EXP", ew("NEGATE", ew("ABS", a)))))
+    elif kind == "_BinaryCrossEntropy":  # -(y * log(p) + (1 - y) * log(1 - p))
+        one = s.const(1.0)
+        k = ew("NEGATE", ew("ADD", ew("MUL", b, ew("LOG", a)),
+                            ew("MUL", ew("SUB", one, b), ew("LOG", ew("SUB", one, a)))))
+    else:  # pragma: no cover (a graph type of that name from another op)
+        _refuse(opr, f"its op {kind} has no writer")
+    k, dtype = _reduced_loss(s, k, shape, op.reduction, compute)
+    s.finish(k, dtype)
+
+
+def _cross_entropy(g, opr, ins, outs, p, device):
+    """F.loss.cross_entropy as upstream's builds it: the log-sum-exp over the class axis
+    (Reduce MAX, EXP, Reduce SUM, LOG) less the logit at each label (IndexingOneHot, the
+    class axis kept), with label smoothing ``(1 - a) * loss + a * (lse - mean logit)``;
+    without logits ``-(1 - a) * log(p[label]) - a / C * sum(log(p))``; then the reduction."""
+    op, (pred, label), y = opr._op, ins, outs[0]
+    shape, ax = tuple(int(d) for d in pred.shape), int(op.axis)
+    if np.dtype(label.dtype).kind not in "iu" or not all(shape):
+        _refuse(opr, f"a cross_entropy of {label.dtype} labels over a value of shape {shape}; "
+                     "integer labels of non-empty values are written")
+    s = _Steps(g, opr, device, y)
+    x = _float_var(s, pred)
+    idx = s.cast(g.ids[id(label)], label.shape, label.dtype, np.int32)
+    kept = shape[:ax] + (1,) + shape[ax + 1:]
+    picked = g.op("IndexingOneHot", 1, 2, {0: ("i", ax)}, [x, idx],
+                  [(s.name("picked"), kept)])[0]
+    ls, classes = float(op.ls), shape[ax]
+    if op.with_logits:
+        m, _ = s.reduce("MAX", x, shape, [ax])
+        total, _ = s.reduce("SUM", s.ew("EXP", [s.ew("SUB", [x, m], shape)], shape), shape,
+                            [ax])
+        lse = s.ew("ADD", [m, s.ew("LOG", [total], kept)], kept)
+        k = s.ew("SUB", [lse, picked], kept)
+        if ls:
+            mean = s.ew("TRUE_DIV", [s.reduce("SUM", x, shape, [ax])[0],
+                                     s.const(float(classes))], kept)
+            k = s.ew("ADD", [s.ew("MUL", [s.const(1 - ls), k], kept),
+                             s.ew("MUL", [s.const(ls), s.ew("SUB", [lse, mean], kept)], kept)],
+                     kept)
+    else:
+        k = s.ew("MUL", [s.const(-(1 - ls)), s.ew("LOG", [picked], kept)], kept)
+        if ls:
+            logs, _ = s.reduce("SUM", s.ew("LOG", [x], shape), shape, [ax])
+            k = s.ew("SUB", [k, s.ew("MUL", [s.const(ls / classes), logs], kept)], kept)
+    if op.reduction == "none":
+        k = s.drop(k, kept, [ax])
+    else:
+        k, _ = _reduced_loss(s, k, kept, op.reduction, _F32)
+    s.finish(k, _F32)
+
+
+def _compute_check(g, opr, ins, outs, p, device):
+    """F.isnan: ``NOT(x == x)``; F.isinf: ``|x| == inf``; each compared in x's dtype and cast
+    to bool (upstream's graph holds a comparison's 0/1 so, as its own dumps of these); an
+    integer is neither: ``NOT(x == x)``, false. (Upstream's own dump of F.isinf writes
+    ``x == inf``, which misses -inf.)"""
+    fn_name, x, y = opr._op.fn.__name__, ins[0], outs[0]
+    if np.dtype(x.dtype).kind not in "iuf":
+        _refuse(opr, f"{fn_name[1:]} of a {x.dtype} value; numbers are written")
+    s = _Steps(g, opr, device, y)
+    k, shape = g.ids[id(x)], tuple(x.shape)
+    if fn_name == "_isinf" and np.dtype(x.dtype).kind == "f":
+        inf = s.const(np.inf, x.dtype)
+        s.finish(s.cast(s.ew("EQ", [s.ew("ABS", [k], shape), inf], shape), shape, x.dtype,
+                        np.bool_))
+        return
+    same = s.cast(s.ew("EQ", [k, k], shape), shape, x.dtype, np.bool_)
+    s.finish(s.ew("NOT", [same], shape))
+
+
+def _arg_reduce_flat(g, opr, ins, outs, p, device):
+    """argmax / argmin over every axis: of the flattened value (a ReshapeV1 to one axis, its
+    size inferred, as upstream's own dump of F.argmax(x)), one Argmax / Argmin over axis 0: a
+    (1,) value, upstream's scalar."""
+    kind = opr._op.args[0]
+    x, y = ins[0], outs[0]
+    if not all(x.shape):
+        _refuse(opr, f"{kind} of an empty value")
+    s = _Steps(g, opr, device, y)
+    size = int(np.prod(x.shape))
+    k = g.ids[id(x)]
+    if len(x.shape) > 1:
+        k = g.op("ReshapeV1", 1, 54, {0: ("i", 0)},
+                 [k, g.shape_const([1], device, s.name("flat"))], [(s.name("flat"), (size,))])[0]
+    name = "Argmax" if kind == "argmax" else "Argmin"
+    s.finish(g.op(name, 1, 2, {0: ("i", 0)}, [k], [(s.name(kind), (1,))])[0])
+
+
+def _topk_kth(g, opr, ins, outs, p, device):
+    """topk(kth_only=True): upstream's TopK of mode KTH_ONLY (one output: each row's k-th
+    smallest; of the negated input for ``descending``, negated back) over the input's rows as
+    (rows, n); this fork's op gives it with a last axis of 1, and the index of the first
+    element of its row equal to it (upstream's topk finds its index so: Argmax of ``x ==
+    value``; the fork's index is one of the tied ones: the same where none tie)."""
+    op = opr._op
+    x, (values, indices) = ins[0], outs
+    shape = tuple(int(d) for d in x.shape)
+    if not shape or not all(shape):
+        _refuse(opr, f"a topk(kth_only=True) of a value of shape {shape}")
+    s = _Steps(g, opr, device, values)
+    rows, n = int(np.prod(shape[:-1])), shape[-1]
+    flat = g.ids[id(x)]
+    if len(shape) != 2:
+        flat = g.op("ReshapeV1", 1, 54, {0: ("i", _NO_AXIS)},
+                    [flat, g.shape_const((rows, n), device, s.name("rows"))],
+                    [(s.name("rows"), (rows, n))])[0]
+    k = s.ew("NEGATE", [flat], (rows, n)) if op.descending else flat
+    kth = g.op("TopK", 1, 44, {}, [k, g.const(np.array([op.k], np.int32), device,
+                                                     s.name("k"))],
+               [(s.name("kth"), (rows,))])[0]
+    if op.descending:
+        kth = s.ew("NEGATE", [kth], (rows,))
+    col = g.op("AxisAddRemove", 1, 65, {0: ("structs <Ii", [(0, 1)])}, [kth],
+               [(s.name("column"), (rows, 1))])[0]
+    where = g.op("Argmax", 1, 2, {0: ("i", 1)}, [s.ew("EQ", [flat, col], (rows, n))],
+                 [(s.name("argmax"), (rows, 1))])[0]
+    out_shape = shape[:-1] + (1,)
+    for v, var in ((values, col), (indices, where)):
+        if len(shape) != 2:
+            var = g.op("ReshapeV1", 1, 54, {0: ("i", _NO_AXIS)},
+                       [var, g.shape_const(out_shape, device, s.name("shape"))],
+                       [(s.name("shape"), out_shape)])[0]
+        g.middle[var][0] = ("str", v.name)
+        g.ids[id(v)] = var
 
 
 _EXPANSIONS = {
     "LeakyRelu": _leaky_relu, "PRelu": _prelu, "LogSoftmax": _log_softmax, "Stack": _stack,
-    "Split": _split, "Normalize": _layer_norm, "Subtensor": _subtensor, "Sizes": _sizes,
+    "Split": _split, "Normalize": _normalization, "Subtensor": _subtensor, "Sizes": _sizes,
     "Fill": _fill, "Broadcast": _broadcast, "SetSubtensor": _subtensor,
     "IncrSubtensor": _subtensor, "Roll": _roll, "Linspace": _linspace,
     "ConvBiasForward": _conv_bias, "TopK": _topk, "Compute": _compute, "Elemwise": _elemwise,
@@ -1258,12 +1981,21 @@ _EXPANSIONS = {
     "IndexingIncrMultiAxisVec": _subtensor,
     "IndexingMultiAxisVec": _subtensor}  # (a slice bound computed from shapes; index arrays
 # are refused by `_bound`)
-_EXPANSIONS.update({
+_EXPANSIONS.update(_VISION)
+# this fork's Compute functions written by a writer of their own (`_compute` writes argmax
+# and argmin)
+_COMPUTED = {"_nms_keep": _nms, "_isinf": _compute_check, "_isnan": _compute_check}
+_EXPANSIONS.update({  # (the fork's fused ops of the section above)
+    "PNorm": _p_norm, "LogSumExp": _log_sum_exp, "CrossEntropy": _cross_entropy,
+    "L1": _pair_loss, "Square": _pair_loss, "SmoothL1": _pair_loss,
+    "BinaryCrossEntropy": _pair_loss})
+_COMPUTED.update({"_one_hot": _one_hot, "_argsort": _argsort_compute})
+_EXPANSIONS.update({  # (gather, scatter, one_hot, embedding, cond_take, cumsum, sorting, ...)
     "TakeAlongAxis": _take_along_axis, "Scatter": _scatter, "Embedding": _embedding,
     "CondTake": _cond_take, "Cumsum": _cumsum, "ArgsortForward": _sort, "Diag": _diag,
     "MatrixInverse": _matinv})
 # what `trace.dump(dump_format="FBS_V2")` writes, by the graph type `megengine.utils.network`
-# gives each operator (Normalize: layer_norm only)
+# gives each operator
 SUPPORTED = ("Host2DeviceCopy", "ImmutableTensor") + tuple(sorted({*_OPERATORS, *_EXPANSIONS}))
 
 

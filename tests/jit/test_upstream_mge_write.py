@@ -266,3 +266,69 @@ def test_metadata_reaches_upstreams_fields():
     assert meta["user_info"] == {"mean": [0.5, 0.25]}
     assert meta["optimized_for_inference"] and meta["enable_fuse_conv_bias_nonlinearity"]
     assert meta["enable_nchw44"]
+
+
+def test_vision_operators_upstream_computes_otherwise_are_refused():
+    img = np.random.RandomState(0).rand(1, 3, 5, 6).astype("float32")
+    mat = np.array([[[1.1, 0.1, 0.5], [0.05, 0.9, -0.3], [0.01, 0.02, 1.0]]], "float32")
+    # upstream's NCHW warps interpolate linearly only (its kernels assert it)
+    with pytest.raises(DumpError, match="nearest interpolation sampled NCHW.*WarpAffine"):
+        _dumped(lambda x, m: F.vision.warp_perspective(x, m, (4, 4), interp_mode="nearest"),
+                img, mat)
+    with pytest.raises(DumpError, match="an image of dtype float16; float32 ones are written"):
+        _dumped(lambda x, m: F.vision.warp_perspective(x.astype("float16"), m, (4, 4)), img,
+                mat)
+    rois = np.array([[0, 0.5, 0.5, 4, 3]], "float32")
+    with pytest.raises(DumpError, match="ROIPooling.*an image of dtype float16"):
+        _dumped(lambda x, r: F.vision.roi_pooling(x.astype("float16"), r, 2), img, rois)
+    with pytest.raises(DumpError, match="Im2Col.*an input of dtype int32"):
+        _dumped(lambda x: F.sliding_window(x.astype("int32"), 2), img)
+    with pytest.raises(DumpError, match="interpolation of mode 'bicubic' of an image of dtype "
+                                        "float16"):
+        _dumped(lambda x: F.nn.interpolate(x.astype("float16"), scale_factor=2,
+                                           mode="bicubic"), img)
+    boxes = np.array([[0, 0, 2, 2], [1, 1, 3, 3]], "float32")
+    with pytest.raises(DumpError, match="scores of dtype float16"):
+        _dumped(lambda b, s: F.vision.nms(b, s.astype("float16"), 0.5), boxes,
+                np.array([0.5, 0.7], "float32"))
+
+
+def test_nms_written_follows_the_data_when_read_back():
+    # the file keeps the first `count` positions NMSKeep gives: a size that follows the
+    # data (this fork's loader reads upstream's NMSKeep and that slice back)
+    rng = np.random.RandomState(3)
+    boxes = rng.rand(10, 4).astype("float32") * 5
+    boxes[:, 2:] += boxes[:, :2] + 0.5
+    fn = lambda b, s: F.vision.nms(b, s, 0.2)  # noqa: E731
+    data = _dumped(fn, boxes, rng.rand(10).astype("float32")).getvalue()
+    prog = load(io.BytesIO(data))
+    for k in range(4):
+        b = boxes + rng.rand(10, 4).astype("float32") * k
+        s = np.round(rng.rand(10) * 3).astype("float32")  # (equal scores: the lower index first)
+        got = list(prog.run({"arg_0": b, "arg_1": s}).values())[0].numpy()
+        want = fn(mge.tensor(b), mge.tensor(s)).numpy()
+        np.testing.assert_array_equal(got, want)
+def test_norms_losses_and_checks_refuse_what_they_cannot_write():
+    # (their writers: tests/data/upstream_mge/written.py's "norms", run by upstream 1.13)
+    x = np.random.RandomState(0).randn(3, 4).astype("float32")
+    label = np.array([1.0, 0.0, 3.0], "float32")
+    with pytest.raises(DumpError, match=r"cross_entropy of float32 labels.*integer labels"):
+        _dumped(lambda x, y: F.loss.cross_entropy(x, y), x, label)
+    with pytest.raises(DumpError, match=r"isinf of a bool value; numbers are written"):
+        _dumped(lambda x: F.isinf(x > 0), x)
+    with pytest.raises(DumpError, match=r"a norm of a 2-d value over axes \(\)"):
+        _dumped(lambda x: F.norm(x, 3, axis=()), x)
+
+
+def test_logsumexp_of_infinite_rows_and_checks_of_both_infinities():
+    # hand-computed: a row of -inf gives -inf, a row holding +inf gives +inf (not the NaN of
+    # inf - inf); isinf finds -inf too (upstream's own dump of F.isinf compares with +inf only)
+    x = np.array([[0.0, -np.inf, 1.0], [-np.inf] * 3, [np.inf, 2.0, -np.inf], [1.0, np.nan, 0]],
+                 "float32")
+    fn = lambda x: (F.logsumexp(x, 1), F.isinf(x), F.isnan(x))  # noqa: E731
+    data = _dumped(fn, x).getvalue()
+    got = [v.numpy() for v in load(io.BytesIO(data)).run({"arg_0": x}).values()]
+    np.testing.assert_allclose(got[0].ravel(), [np.log(1 + np.e), -np.inf, np.inf, np.nan],
+                               rtol=1e-6)
+    np.testing.assert_array_equal(got[1], np.isinf(x))
+    np.testing.assert_array_equal(got[2], np.isnan(x))

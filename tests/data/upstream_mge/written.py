@@ -25,6 +25,7 @@ def models():
     from fixed weights (megengine.random is seeded before each)."""
     import megengine.functional as F
     import megengine.module as M
+    from megengine import Parameter
 
     class CNN(M.Module):  # convolutions (groups), BN in eval, pooling of each kind, linear
         def __init__(self):
@@ -136,6 +137,81 @@ def models():
                      "labels": np.array([1, 4, 0, 2], "int32"),
                      "mats": (rng.randn(2, 3, 3) + 3 * np.eye(3)).astype("float32")}
 
+    class Vision(M.Module):  # warps, remap, ROI align/pooling, nms, conv3d, sliding windows,
+        # interpolation modes beyond nearest and bilinear
+        def __init__(self):
+            super().__init__()
+            self.c3 = M.Conv3d(2, 4, (2, 3, 2), padding=(1, 0, 1), groups=2)
+
+        def forward(self, img, mat, rois, map_xy, boxes, scores, vol):
+            V = F.vision  # img: (2, 3, 6, 7), mat: (3, 3, 3)
+            warped = V.warp_perspective(img, mat, (5, 8), mat_idx=np.array([1, 0, 1], "int32"),
+                                        border_mode="constant", border_val=0.5)
+            affine = V.warp_affine(img, mat[:2, :2] * 1, (4, 6), border_mode="reflect",
+                                   format="NCHW")
+            remapped = V.remap(img, map_xy, border_mode="wrap", interp_mode="nearest")
+            aligned = V.roi_align(img, rois, (2, 3), spatial_scale=0.9, sample_points=(2, 1))
+            pooled = V.roi_pooling(img, rois, (3, 2), mode="average", scale=0.8)
+            keep = V.nms(boxes, scores, 0.3, max_output=6)
+            windows = F.sliding_window(img, (2, 3), padding=(1, 0), stride=(2, 1))
+            corners = F.nn.interpolate(img, size=(9, 4), align_corners=True)
+            cubic = F.nn.interpolate(img, scale_factor=1.5, mode="bicubic")
+            line = F.nn.interpolate(img[:, 0], size=11, mode="linear")
+            tri = F.nn.interpolate(vol, size=(3, 5, 2), mode="trilinear", align_corners=True)
+            return (warped, affine, remapped, aligned, pooled, keep, self.c3(vol), windows,
+                    corners, cubic, line, tri)
+
+    def vision():
+        net = Vision()
+        for k, p in enumerate(net.parameters()):
+            p.set_value(np.random.RandomState(k).randn(*p.shape).astype("float32") * 0.5)
+        rng = np.random.RandomState(14)
+        mat = np.array([[[1.1, 0.1, 0.5], [0.05, 0.9, -0.3], [0.01, 0.02, 1.0]],
+                        [[0.7, -0.2, 2.5], [0.3, 1.3, -1.3], [-0.02, 0.03, 1.1]],
+                        [[0.9, 0.3, -1.0], [-0.1, 1.2, 0.4], [0.0, -0.01, 0.95]]], "float32")
+        boxes = rng.rand(12, 4).astype("float32") * 10
+        boxes[:, 2:] += boxes[:, :2] + 1
+        return net, {"img": rng.randn(2, 3, 6, 7).astype("float32"), "mat": mat,
+                     "rois": np.array([[0, 0.5, 0.5, 4, 3], [1, 1, 0, 5, 5.5],
+                                       [1, -1, 2, 3.3, 9]], "float32"),
+                     "map_xy": (rng.rand(2, 4, 5, 2) * 10 - 2).astype("float32"),
+                     "boxes": boxes, "scores": rng.rand(12).astype("float32"),
+                     "vol": rng.randn(1, 2, 3, 4, 5).astype("float32")}
+    class Norms(M.Module):  # normalizations, norms, log-sum-exp, losses, checks, k-th values
+        def __init__(self):
+            super().__init__()
+            self.gn = M.GroupNorm(2, 4)
+            self.inorm = M.InstanceNorm(4, affine=False)
+            self.w = Parameter(np.ones(5, "float32"))  # (a layer_norm's, without a bias)
+
+        def forward(self, x, v):  # x: (2, 4, 3, 3), v: (6, 5)
+            g = self.gn(x) + self.inorm(x * 2)
+            ln = F.nn.layer_norm(v, (5,), True, self.w, None)
+            label = F.argmax(v, axis=1)
+            ce = F.loss.cross_entropy(v, label, label_smooth=0.1) + F.loss.cross_entropy(
+                F.softmax(v, 1), label, with_logits=False)
+            p = F.sigmoid(v * 2)
+            bce = F.loss.binary_cross_entropy(v, p) + F.loss.binary_cross_entropy(
+                F.sigmoid(v), p, with_logits=False, reduction="sum")
+            pair = (F.loss.l1_loss(v, ln) + F.loss.square_loss(v, ln)
+                    + F.loss.smooth_l1_loss(v, ln, reduction="none"))
+            norms = F.norm(x, axis=(2, 3)) + F.logsumexp(x, (2, 3))
+            scaled = F.norm(x, 3, axis=1, keepdims=True) * x + F.logsumexp(x, 3, keepdims=True)
+            unit = F.normalize(v, axis=1) + F.clip(v, lower=0.1) + F.atan(v) + F.trunc(v * 3)
+            checks = F.isinf(F.log(F.relu(v))).astype("int32") + F.isnan(
+                F.sqrt(v)).astype("int32") * 2
+            kth = F.topk(v, 2, descending=True, kth_only=True)
+            return (g, ln, ce, bce, pair, norms, scaled, unit, checks, kth[0], kth[1],
+                    F.argmax(x), F.argmin(v))
+
+    def norms():
+        net = Norms()
+        for k, p in enumerate(net.parameters()):
+            p.set_value(np.random.RandomState(k).randn(*p.shape).astype("float32") * 0.5)
+        rng = np.random.RandomState(14)
+        return net, {"x": rng.randn(2, 4, 3, 3).astype("float32"),
+                     "v": rng.randn(6, 5).astype("float32")}
+
     def more():
         net = More()
         for k, p in enumerate(net.parameters()):
@@ -214,15 +290,15 @@ def models():
                        weight_fake_quant=partial(FakeQuantize, dtype="quint8"),
                        act_fake_quant=partial(FakeQuantize, dtype="quint8"))
 
-    return {"cnn": cnn, "mlp": mlp, "more": more, "qint8": quantized(qint8),
-            "quint8": quantized(quint8), "indexing": indexing}
+    return {"cnn": cnn, "mlp": mlp, "more": more, "norms": norms, "qint8": quantized(qint8),
+            "quint8": quantized(quint8), "vision": vision, "indexing": indexing}
 
 
 QUANTIZED = {"qint8", "quint8"}  # (built and traced on cpu0)
 
 # the files whose shapes follow the input's batch (a flatten traced with symbolic shapes: its
 # target shape is computed from the input's), run at this batch too (in2_*, fork2_*, up2_*)
-OTHER_BATCH = {"cnn": 3}
+OTHER_BATCH = {"cnn": 3, "norms": 3}
 
 
 def other_batch(name, build):
