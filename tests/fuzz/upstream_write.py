@@ -4,7 +4,7 @@ with ``--upstream PYTHON`` (an interpreter with upstream MegEngine 1.13), run by
 ``GraphInference``::
 
     python -m tests.fuzz.upstream_write [--seeds N] [--start S] [--upstream PYTHON]
-                                        [--keep DIR]
+                                        [--keep DIR] [--dyn]
 
 Each program is traced (symbolic, capture_as_const) at the jit fuzzer's input shape and dumped;
 a refusal (`DumpError`, an operator or value the writer does not write) is counted by what it
@@ -13,7 +13,9 @@ largest magnitude) when this fork loads it, and when upstream runs it. Upstream 
 runtime computes wrong values where an elementwise operator adds into a ``broadcast_to``
 result or into zeros made from another value (``acc = h * 0; acc = acc + h[i]``), for its own
 dumps of those programs alike (measured: garbage of 1e28 or NaN; reported apart, by the lines
-in `UPSTREAM_BROADCAST_WRITES`); what such a program computes there is no finding. ``--keep DIR`` keeps the written files and their inputs and eager outputs.
+in `UPSTREAM_BROADCAST_WRITES`); what such a program computes there is no finding. ``--keep DIR`` keeps the written files and their inputs and eager outputs. ``--dyn`` draws
+programs with the jit fuzzer's blocks of values whose shapes data decides (masks,
+``cond_take``, ``nms``), which the file holds without a shape.
 
 This file's upstream side runs it by path (``--serve DIR``): it imports only numpy at its top.
 """
@@ -43,7 +45,7 @@ def _close(got, want):
         for g, w in zip(got, want))
 
 
-def write(seeds, out_dir):
+def write(seeds, out_dir, dyn=False):
     """Dump programs ``seeds`` to ``out_dir``; returns ({outcome: count}, {refused: count},
     [seeds whose file this fork reads to other values])."""
     import io
@@ -58,7 +60,7 @@ def write(seeds, out_dir):
 
     stats, refused, wrong = {}, {}, []
     for seed in seeds:
-        p = draw(seed, train=False, dyn=False, writes=False)
+        p = draw(seed, train=False, dyn=dyn, writes=False)
         prog, m = p.build()
         x = np.random.default_rng(seed).uniform(-2, 2, TRACE_SHAPE).astype("float32")
         try:
@@ -124,6 +126,9 @@ def main(argv=None):
     parser.add_argument("--start", type=int, default=0)
     parser.add_argument("--upstream", metavar="PYTHON")
     parser.add_argument("--keep", metavar="DIR")
+    parser.add_argument("--dyn", action="store_true",
+                        help="programs with values whose shapes data decides too (masks, "
+                             "cond_take, nms: the jit fuzzer's `jit_dyn` blocks)")
     parser.add_argument("--serve", metavar="DIR", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
@@ -134,7 +139,7 @@ def main(argv=None):
     out_dir = args.keep or tempfile.mkdtemp(prefix="upstream_write_")
     os.makedirs(out_dir, exist_ok=True)
     seeds = range(args.start, args.start + args.seeds)
-    stats, refused, wrong = write(seeds, out_dir)
+    stats, refused, wrong = write(seeds, out_dir, args.dyn)
     print(f"programs {args.start}-{seeds[-1]}: {stats}")
     print("refused:", sorted(refused.items(), key=lambda kv: -kv[1]))
     print("read back here to other values:", wrong or "none")
@@ -146,7 +151,7 @@ def main(argv=None):
         bad = [int(line.split()[1]) for line in out.stdout.splitlines()
                if line.startswith("FAILS")]
         theirs = [s for s in bad if any(
-            pat in draw(s, train=False, dyn=False, writes=False).source
+            pat in draw(s, train=False, dyn=args.dyn, writes=False).source
             for pat in UPSTREAM_BROADCAST_WRITES)]
         mine = [s for s in bad if s not in theirs]
         print(f"upstream ran {stats.get('written', 0) - len(bad)} of "
