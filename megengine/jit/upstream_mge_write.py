@@ -2037,6 +2037,12 @@ def write_upstream(net, metadata=None):
         if missing:  # pragma: no cover (Network lists operators in dependency order)
             raise DumpError(f"trace.dump(dump_format='FBS_V2'): {opr.name!r} reads {missing} "
                             "before they are computed")
+        try:  # (the Network knows a var's dtype and shape from a zero-valued sample)
+            outs[0].dtype
+        except Exception as e:  # noqa: BLE001 (what the op raises on samples: no dump bug)
+            _refuse(opr, f"it fails on the zero-valued samples the Network computes shapes "
+                         f"with ({type(e).__name__}: {e}), as an index into a value whose "
+                         "shape the data decides (a cond_take's, empty there) does")
         for v in outs:  # (dtypes the writer has no code for are refused before any use)
             _dtype(v.dtype, f"operator {opr.name!r}'s output")
             if len(v.shape) > _MAX_NDIM:

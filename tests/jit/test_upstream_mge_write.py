@@ -143,6 +143,10 @@ def test_what_upstream_would_compute_otherwise_is_refused():
         _dumped(lambda x: F.cond_take(x > 0, x)[0].reshape(-1, 1), x)
     with pytest.raises(DumpError, match=r"ArgsortForward reads a value whose shape the data"):
         _dumped(lambda x: F.sort(F.cond_take(x > 0, x)[0]), x)
+    # the Network knows shapes from zero-valued samples, where a cond_take's value is empty:
+    # an op that fails on that is refused by name (it raised the op's IndexingError before)
+    with pytest.raises(DumpError, match=r"fails on the zero-valued samples.*IndexingError"):
+        _dumped(lambda x: F.cond_take(x > 0, x)[0][np.array([-1])], x)
     # upstream sums float16 in float16 (and rounds float32 to float16 ties away from zero)
     with pytest.raises(DumpError, match=r"cumsum of a float16 value.*cast to float32"):
         _dumped(lambda x: F.cumsum(x.astype("float16"), 1), x)
