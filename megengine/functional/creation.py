@@ -363,12 +363,13 @@ def linspace(start, stop, num, dtype="float32", device=None):
                              device)
     num = _count(num)
     # (float() took a string, "1", which upstream refuses, and named neither for a list; a
-    # bound from x.shape in a dumpable trace stays a size, which the op reads at each run, as
-    # upstream's graph computes its Tensor bounds: float() would make it a guarded constant)
-    start, stop = (v if is_dim(v) else float(_one_number(v, name, "linspace"))
+    # bound computed from x.shape in a dumpable trace, an int or a float one (x.shape[0] *
+    # 0.5), stays a size, which the op reads at each run, as upstream's graph computes its
+    # Tensor bounds: float() would make it a guarded constant)
+    start, stop = (v if is_sym(v) else float(_one_number(v, name, "linspace"))
                    for v, name in ((start, "start"), (stop, "stop")))
     dev, xp = _place(device)
-    if is_dim(num) or is_dim(start) or is_dim(stop):  # sizes from x.shape in a dumpable trace:
+    if is_dim(num) or is_sym(start) or is_sym(stop):  # sizes from x.shape in a dumpable trace:
         return apply(_Linspace(start, stop, num, _dtype(dtype, "linspace"), dev))  # an op
     with on_device(dev):  # astype allocates on the current GPU
         values = xp.linspace(start, stop, num)

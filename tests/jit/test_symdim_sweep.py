@@ -121,6 +121,8 @@ CASES = {
     "linspace(num)": _case(lambda x: x + F.linspace(0, 1, x.shape[1]), (2, 3), (2, 5)),
     "linspace(start, stop)": _case(  # (bounds from sizes: computed at each run, not floats)
         lambda x: x + F.linspace(x.shape[0], x.shape[1] * 2, 4), (2, 4), (3, 4)),
+    "linspace(float bounds)": _case(  # (x.shape[0] * 0.5: a float size, computed too)
+        lambda x: x + F.linspace(x.shape[0] * 0.5, x.shape[1] / 4, 4), (2, 4), (3, 4)),
     "full(shape)": _case(lambda x: x + F.full((x.shape[0], 1), 2.0), (2, 3), (4, 3)),
     "zeros(n)": _case(lambda x: x + F.zeros(x.shape[1]), (2, 3), (2, 5)),
     "ones(x.shape)": _case(lambda x: x + F.ones(x.shape), (2, 3), (4, 5)),
