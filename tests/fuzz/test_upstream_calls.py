@@ -70,6 +70,17 @@ def test_a_documented_difference_is_told_apart_and_another_is_not():
     assert uc.known(call, _value(np.float32([-5.5])), _value(np.float32([-5.0]))) is None
 
 
+def test_tile_with_more_reps_than_axes_is_numpys():
+    # (fuzz seed 139169, measured on upstream 1.13: its reshape back to the input's shape
+    # drops the tiling of an empty tensor's axes; a non-empty one raises there)
+    x = uc.enc_array(np.zeros((4, 3, 0), np.float32))
+    call = ("F.tile", [x, ("v", (2, 1, 2, 1))], {})
+    ours, upstreams = _value(np.zeros((2, 4, 6, 0), np.float32)), \
+        _value(np.zeros((2, 4, 3, 0), np.float32))
+    assert uc.known(call, ours, upstreams) == "tile with more reps than axes, as numpy's"
+    assert uc.known(("F.tile", [x, ("v", (2, 1, 1, 1))], {}), ours, upstreams) is None
+
+
 def _state(momentum):
     return ("D", [("param_groups", ("L", [("D", [("lr", ("v", 0.1))])])),
                   ("state", ("D", [(0, ("D", [("momentum_buffer", ("np", uc.enc_array(

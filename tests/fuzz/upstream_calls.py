@@ -1756,6 +1756,13 @@ def known(call, mine, theirs):
     if name == "F.diag" and mine[0] and theirs[0] and mine[1][0] == "t" and _differ_value(
             mine[1], enc_array(np.diag(dec_array(call[1][0]), call[2].get("k", 0)))) is None:
         return "as numpy's diag"  # (upstream's of an empty vector: uninitialised memory)
+    if name == "F.tile" and mine[0] and theirs[0] and mine[1][0] == theirs[1][0] == "t":
+        x, reps = dec_array(call[1][0]), tuple(call[1][1][1])
+        if len(reps) > x.ndim and theirs[1][2] == reps[:len(reps) - x.ndim] + x.shape and \
+                _differ_value(mine[1], enc_array(np.tile(x, reps))) is None:
+            # (upstream reshapes the tiled value to the extra reps and the input's shape: an
+            # error where that size differs, the tiling dropped for an empty tensor)
+            return "tile with more reps than axes, as numpy's"
     if name == "F.vision.interpolate" and call[2].get("align_corners") and mine[0] and \
             theirs[0] and np.isnan(dec_array(theirs[1])).any() and \
             1 in dec_array(mine[1]).shape[2:]:
