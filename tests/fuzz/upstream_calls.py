@@ -835,6 +835,17 @@ def _quantized(d):
     # the product of two such scales overflows upstream's int32: documented, not drawn; no
     # BatchNorm scale of 0, which folds to 0 / 0: NaN on both sides)
     state = _drawn_state(d, net, ties=lambda key: "weight" not in key, signed_bn_scales=True)
+    # (and no weight of a layer before a batch norm within 0.1 of 0: beside the layer's bias
+    # it leaves a channel of nearly equal values, which the norm divides by their spread, so
+    # each side's float32 rounding of their mean grows by |mean| / std. Seed 149,363: weight
+    # -1.25e-3 and bias 1.5 gave the norm the same bits on both sides, [1.49812, 1.5025066,
+    # 1.5012534], std 1.8e-3; their exact batch norm is 1.60150931, 0.54887994, 0.84961075,
+    # this side's each 1.28e-5 above, upstream's 1.9e-5 below: 3.2e-5 apart, neither wrong)
+    for key in state:
+        if key.endswith(("conv.weight", "linear.weight")):
+            w = dec_array(state[key])
+            state[key] = enc_array(np.where(np.abs(w) < 0.1, w + np.copysign(
+                np.float32(0.1), w), w).astype(w.dtype))
     batches = [d.tensor(shape, "float32", special=False) for _ in range(d.int(2, 4))]
     return ("Q." + qconfig, [("v", layers), ("S", state)] + batches, {})
 
@@ -1730,6 +1741,18 @@ def known(call, mine, theirs):
         # (float32 rounding before a quantization, in another order, decides a value that
         # lies at a rounding boundary: 1.5 exact here, 1.4999 upstream)
         return "a quantized value at a rounding boundary: one step apart"
+    if name.startswith("Q.") and mine[0] and theirs[0] and any(
+            v[0] and (differ(v, theirs) is None or _one_step_apart(v[1], theirs[1]))
+            for v in _rounded_the_other_way(call)):
+        # (an observer's extreme lies at a boundary by construction: the negative one of a
+        # symmetric observer is -127.5 steps, -7.5 in 4 bits, up to float32 rounding of the
+        # layer's output, its sums' order. In training the step it moves by feeds the next
+        # layer's observer, and that layer's scale and every value after it differ: seeds
+        # 144,076 (a conv's minimum -16.223614 here, -16.223618 upstream: -8 and -7 steps of
+        # 4 bits) and 150,683 (a batch norm's -1.9927762 here, -1.992776 upstream, one float32
+        # step apart: -127 and -128 steps). The check reruns the call here with every value
+        # that close to a boundary rounded toward zero, then away: upstream's results then)
+        return "a quantized value at a rounding boundary, rounded the other way"
     if name.startswith("jitsym:") and mine[0] and theirs[0] and mine[1][0] == "t" and \
             theirs[1][0] == "t" and mine[1][2] == theirs[1][2] and 0 in mine[1][2]:
         # (an empty result: upstream's symbolic graph gives the input's dtype, even where its
@@ -1756,6 +1779,13 @@ def known(call, mine, theirs):
     if name == "F.diag" and mine[0] and theirs[0] and mine[1][0] == "t" and _differ_value(
             mine[1], enc_array(np.diag(dec_array(call[1][0]), call[2].get("k", 0)))) is None:
         return "as numpy's diag"  # (upstream's of an empty vector: uninitialised memory)
+    if name == "F.tile" and mine[0] and theirs[0] and mine[1][0] == theirs[1][0] == "t":
+        x, reps = dec_array(call[1][0]), tuple(call[1][1][1])
+        if len(reps) > x.ndim and theirs[1][2] == reps[:len(reps) - x.ndim] + x.shape and \
+                _differ_value(mine[1], enc_array(np.tile(x, reps))) is None:
+            # (upstream reshapes the tiled value to the extra reps and the input's shape: an
+            # error where that size differs, the tiling dropped for an empty tensor)
+            return "tile with more reps than axes, as numpy's"
     if name == "F.vision.interpolate" and call[2].get("align_corners") and mine[0] and \
             theirs[0] and np.isnan(dec_array(theirs[1])).any() and \
             1 in dec_array(mine[1]).shape[2:]:
@@ -1919,6 +1949,28 @@ def _one_step_apart(mine, theirs):
         if not gaps.size or not np.allclose(np.abs(a - b)[apart], gaps.min(), rtol=1e-3):
             return False
     return agreeing
+
+
+def _rounded_the_other_way(call):
+    """This side's results of a ``Q.`` call again, twice: fake quantization (`FakeQuant`, TQT)
+    rounding every value within 16 float32 steps of a half-step boundary toward zero, then
+    away from zero (exact halves go away from zero, as upstream's kernels round)."""
+    import megengine.quantization.utils as qu
+
+    plain, fused = qu._round_half_away, qu._use_fake_quant_kernel
+    results = []
+    for away in (False, True):
+        def nudged(xp, x, away=away):
+            a = xp.abs(x)
+            t = xp.floor(a)
+            near = xp.abs(a - t - 0.5) <= 16 * np.finfo(np.float32).eps * xp.maximum(a, 1)
+            return xp.where(near, xp.sign(x) * (t + 1 if away else t), plain(xp, x))
+        qu._round_half_away, qu._use_fake_quant_kernel = nudged, lambda x: False
+        try:
+            results.append(run_call(call))
+        finally:
+            qu._round_half_away, qu._use_fake_quant_kernel = plain, fused
+    return results
 
 
 def _known_with_gradients(call, mine, theirs):
