@@ -162,8 +162,11 @@ _UNARY = {"neg": lambda a: -a, "floor": math.floor, "ceil": math.ceil, "round": 
           "trunc": math.trunc, "abs": abs}
 _COMPARE = {"==": lambda a, b: a == b, "!=": lambda a, b: a != b, "<": lambda a, b: a < b,
             "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b}
-# ("bcast": two broadcast sizes, 1 or equal: the other one; `jit.arith_opt`'s rewrites use it)
-_BINARY = {**_ARITH, **_COMPARE, "bcast": lambda a, b: b if a == 1 else a}
+# ("bcast": two broadcast sizes, 1 or equal: the other one; `jit.arith_opt`'s rewrites use it;
+# "max" / "min": the larger / smaller of two, upstream's Elemwise MAX / MIN of sizes in a
+# loaded upstream file, `sym_max`)
+_BINARY = {**_ARITH, **_COMPARE, "bcast": lambda a, b: b if a == 1 else a, "max": max,
+           "min": min}
 
 
 def evaluate(tree, dim):
@@ -189,8 +192,9 @@ def render(tree, name):
         return f"-({render(tree[1], name)})"
     if op in _UNARY:
         return f"{op}({render(tree[1], name)})"
-    if op == "bcast":
-        return f"broadcast({render(tree[1], name)}, {render(tree[2], name)})"
+    if op in ("bcast", "max", "min"):
+        return (f"{'broadcast' if op == 'bcast' else op}({render(tree[1], name)}, "
+                f"{render(tree[2], name)})")
     return f"({render(tree[1], name)} {op} {render(tree[2], name)})"
 
 
@@ -485,6 +489,20 @@ def as_int(v):
     """``v`` (`is_int`) as a plain Python int: a `SymDim`'s value, which the recording keeps
     as a guard (the function's result is built from it)."""
     return operator.index(v)
+
+
+def sym_max(a, b, op="max"):
+    """``max(a, b)`` (``op`` "min": ``min``) of sizes, a `SymDim` where either is one: the
+    expression, not a comparison (which would guard the program to its traced outcome)."""
+    if type(a) is not SymDim and type(b) is not SymDim:
+        return _BINARY[op](a, b)
+    x, y = (v if type(v) is SymDim else None for v in (a, b))
+    src = (x or y).src
+    tree = tuple([op] + [v.tree if type(v) is SymDim else v for v in (a, b)])
+    value = _BINARY[op](*(v.value if type(v) is SymDim else v for v in (a, b)))
+    nonneg = (all if op == "min" else any)(
+        v.nonneg if type(v) is SymDim else v >= 0 for v in (a, b))
+    return SymDim(value, tree, src, nonneg)
 
 
 def is_sym(v):

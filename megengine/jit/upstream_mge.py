@@ -664,7 +664,9 @@ def _op_dot(op, a, b):
 
 def _op_linspace(op, start, stop, num):
     n = _scalar(num, op)
-    n = int(n) if type(n) is float else n  # (F.arange's count is a float32 constant)
+    # (F.arange's count is a float32 constant, or a float computed from sizes: an int size
+    # again by truncation, as upstream's TypeCvt to int32 makes it, not a guarded int())
+    n = math.trunc(n) if type(getattr(n, "value", n)) is float else n
     return _F().linspace(_scalar(start, op) if _is_host(start) else start,
                          _scalar(stop, op) if _is_host(stop) else stop,
                          n if bool(op.p(0, "B", 1)) else n + 1)[:n]
@@ -991,7 +993,15 @@ def _op_elemwise_multi_type(op, *xs):
 _HOST_UNARY = {"FLOOR": math.floor, "CEIL": math.ceil, "NEGATE": operator.neg}
 _HOST_ELEMWISE = {"ADD": lambda a, b: a + b, "SUB": lambda a, b: a - b, "MOD": lambda a, b: a % b,
                   "MUL": lambda a, b: a * b, "FLOOR_DIV": lambda a, b: a // b,
-                  "TRUE_DIV": lambda a, b: a / b, "MAX": max, "MIN": min}
+                  "TRUE_DIV": lambda a, b: a / b,
+                  # (sizes of a traced shape: their expression, not a guarded comparison)
+                  "MAX": lambda a, b: _sym_max(a, b), "MIN": lambda a, b: _sym_max(a, b, "min")}
+
+
+def _sym_max(a, b, op="max"):
+    from ..core._trace_option import sym_max
+
+    return sym_max(a, b, op)
 
 
 # upstream's registered operator name -> the function computing its outputs from its inputs

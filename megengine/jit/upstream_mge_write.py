@@ -693,7 +693,7 @@ def _layer_norm(g, opr, ins, outs, p, device):
 
 
 _SIZE_MODES = {"+": "ADD", "-": "SUB", "*": "MUL", "//": "FLOOR_DIV", "%": "MOD",
-               "/": "TRUE_DIV"}
+               "/": "TRUE_DIV", "max": "MAX", "min": "MIN"}
 
 
 def _size(g, opr, tree, device, name, dtype=np.int32):
@@ -717,7 +717,7 @@ def _size(g, opr, tree, device, name, dtype=np.int32):
                           f"{name}:neg", (1,))
     if tree[0] not in _SIZE_MODES or (tree[0] == "/" and dtype.kind != "f"):
         _refuse(opr, f"a size computed with {tree[0]!r} of sizes, which this writer does not "
-                     "write (+, -, *, //, % and, for float values, / are); trace with "
+                     "write (+, -, *, //, %, max, min and, for float values, / are); trace with "
                      "symbolic_shape=False")
     a, b = (_size(g, opr, x, device, name, dtype) for x in tree[1:])
     return g.elemwise(_SIZE_MODES[tree[0]], [a, b], f"{name}:{tree[0]}", (1,))
