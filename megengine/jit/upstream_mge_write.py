@@ -730,6 +730,9 @@ def _target_shape(g, opr, out, device):
     from ..jit._program import _DimExpr
 
     frozen = dict(opr._dyn or ()).get("shape")
+    if frozen is None and _inferred_axis(opr) is not None:  # (x.reshape(-1, 4): upstream's
+        return g.shape_const([1 if v == -1 else v for v in opr._op.shape], device,  # Reshape
+                             opr.name)  # infers that axis at each run, so the file follows it)
     if frozen is None or frozen == (tuple, ()):  # (a scalar: a vector of one item there)
         return g.shape_const(_shape(out.shape), device, opr.name)
     kind, items = frozen
@@ -739,6 +742,15 @@ def _target_shape(g, opr, out, device):
     parts = [_size(g, opr, x.tree if type(x) is _DimExpr else (1 if x == -1 else x), device,
                    f"{opr.name}:shape{k}") for k, x in enumerate(items)]
     return g.concat(parts, 0, f"{opr.name}:shape", (len(parts),), device)
+
+
+def _inferred_axis(opr):
+    """The axis a reshape's constant target leaves to be inferred (its -1), or None."""
+    target = getattr(opr._op, "shape", None)
+    if type(target) is tuple and target.count(-1) == 1 and all(
+            type(v) is int for v in target):
+        return target.index(-1)
+    return None
 
 
 def _bound(g, opr, v, device, name):
@@ -1100,10 +1112,29 @@ def _along_axis(g, index, axis, device, name):
         if d == axis:
             inputs.append(_as_int32(g, index, f"{name}:index"))
         else:
-            grid = np.arange(shape[d], dtype=np.int32).reshape(
-                [shape[d] if j == d else 1 for j in range(len(shape))])
-            inputs.append(g.const(grid, device, f"{name}:grid{d}"))
+            inputs.append(_grid(g, index, d, device, f"{name}:grid{d}"))
     return {0: ("structs <b????", items)}, inputs
+
+
+def _grid(g, v, d, device, name):
+    """``arange(v.shape[d])`` shaped to broadcast along axis ``d`` of ``v`` (int32), computed
+    from ``v``'s shape when the file runs (upstream's Linspace of the size, cast, reshaped with
+    that axis inferred), so the file follows the batch as upstream's gather does."""
+    shape, f32 = tuple(v.shape), np.dtype(np.float32)
+    n = g.op("GetVarShapeV1", 1, 54, {0: ("i", d)}, [g.ids[id(v)]],
+             [(f"shape_of({v.name})[{d}]", (1,))])[0]
+    last = g.elemwise("SUB", [g.op("TypeCvtV2", 1, 67, _dtype(f32, name), [n],
+                                   [(f"{name}:n", (1,))])[0],
+                              g.const(np.ones(1, f32), device, f"{name}:1")],
+                      f"{name}:last", (1,))
+    k = g.op("Linspace", 1, 29, {}, [g.const(np.zeros(1, f32), device, f"{name}:0"), last, n],
+             [(f"{name}:float32", (shape[d],))], comp_node=device)[0]
+    k = g.op("TypeCvtV2", 1, 67, _dtype(np.int32, name), [k], [(f"{name}:int32", (shape[d],))])[0]
+    if len(shape) == 1:
+        return k
+    target = [shape[d] if j == d else 1 for j in range(len(shape))]
+    return g.op("ReshapeV1", 1, 54, {0: ("i", d)},
+                [k, g.shape_const([1] * len(shape), device, name)], [(name, tuple(target))])[0]
 
 
 def _take_along_axis(g, opr, ins, outs, p, device):
@@ -1164,13 +1195,22 @@ def _one_hot(g, opr, ins, outs, p, device):
                      "classes are written")
     dtype = np.dtype(y.dtype)
 
-    def filled(value, shape, name):
+    def filled(value, shape, name, last):
+        # (x's shape, read when the file runs, and ``last`` along the new axis: the file
+        # follows x's batch)
         k = g.const(np.array([value], dtype), device, f"{y.name}:{name}")
-        return g.broadcast(k, (1,), shape, f"{y.name}:{name}s",
-                           lambda: g.shape_const(shape, device, f"{y.name}:{name}s"))
+
+        def target():
+            sizes = g.op("GetVarShapeV1", 1, 54, {0: ("i", _NO_AXIS)}, [g.ids[id(x)]],
+                         [(f"shape_of({x.name})", (len(x.shape),))])[0]
+            return g.concat([sizes, g.shape_const([last], device, f"{y.name}:{name}s")], 0,
+                            f"{y.name}:{name}s:shape", (len(shape),), device)
+
+        return g.broadcast(k, (1,), shape, f"{y.name}:{name}s", target)
 
     ones_shape = tuple(x.shape) + (1,)
-    zeros, ones = filled(0, tuple(y.shape), "zero"), filled(1, ones_shape, "one")
+    zeros = filled(0, tuple(y.shape), "zero", int(classes))
+    ones = filled(1, ones_shape, "one", 1)
     g.ids[id(y)] = g.op("IndexingSetOneHot", 1, 2, {0: ("i", len(x.shape))},
                         [zeros, _as_int32(g, x, y.name), ones], [(y.name, y.shape)])[0]
 
@@ -1532,13 +1572,21 @@ def _nms(g, opr, ins, outs, p, device):
     for what, v in (("boxes", boxes), ("scores", scores)):
         _float32_only(opr, what, v)
     iou, limit = _traced_args(opr)
+    frozen = dict(opr._dyn or ()).get("args")
+    if frozen is not None and type(frozen[1][1]).__name__ == "_DimExpr":
+        warnings.warn(
+            f"trace.dump(dump_format='FBS_V2'): nms without max_output keeps up to the number "
+            f"of boxes, which follows the input here; upstream's NMSKeep takes a fixed "
+            f"max_output, so the file keeps at most {int(limit)} (the traced number) at any "
+            "input: give nms a max_output", stacklevel=_user_stacklevel())
     n = int(boxes.shape[0])
     if n == 0:
         _refuse(opr, "nms of no boxes")
     name = y.name
-    row = g.op("ReshapeV1", 1, 54, {0: ("i", _NO_AXIS)},
+    # (the reshapes infer the count of boxes, axis 1: the file follows it, as upstream's)
+    row = g.op("ReshapeV1", 1, 54, {0: ("i", 1)},
                [g.elemwise("NEGATE", [g.ids[id(scores)]], f"{name}:negated", (n,)),
-                g.shape_const((1, n), device, f"{name}:row")], [(f"{name}:row", (1, n))])[0]
+                g.shape_const((1, 1), device, f"{name}:row")], [(f"{name}:row", (1, n))])[0]
     order = g.op("Argsort", 1, 26, {0: ("I", 0)}, [row],
                  [(f"{name}:sorted", (1, n)), (f"{name}:order", (1, n))])[1]
     zero = g.const(np.zeros(1, np.int32), device, f"{name}:0")
@@ -1546,8 +1594,8 @@ def _nms(g, opr, ins, outs, p, device):
     order = g.op("Subtensor", 1, 66, first, [order, zero], [(f"{name}:order0", (n,))])[0]
     sorted_boxes = g.op("IndexingMultiAxisVec", 1, 66, first, [g.ids[id(boxes)], order],
                         [(f"{name}:boxes", (n, 4))])[0]
-    sorted_boxes = g.op("ReshapeV1", 1, 54, {0: ("i", _NO_AXIS)},
-                        [sorted_boxes, g.shape_const((1, n, 4), device, f"{name}:boxes")],
+    sorted_boxes = g.op("ReshapeV1", 1, 54, {0: ("i", 1)},
+                        [sorted_boxes, g.shape_const((1, 1, 4), device, f"{name}:boxes")],
                         [(f"{name}:boxes3", (1, n, 4))])[0]
     keep, count = g.op("NMSKeepMGB", 1, 69, {0: ("f", float(iou)), 1: ("I", int(limit))},
                        [sorted_boxes], [(f"{name}:keep", (1, int(limit))),
@@ -2075,7 +2123,8 @@ def write_upstream(net, metadata=None):
             inputs.append(g.shape_const([1], device, opr.name))
         elif t == "Reshape":
             inputs.append(_target_shape(g, opr, outs[0], device))
-            p = dict(p, axis=p["axis"] if opr._dyn else _NO_AXIS)
+            p = dict(p, axis=p["axis"] if opr._dyn or _inferred_axis(opr) is not None
+                     else _NO_AXIS)
         elif t in ("AdaptivePoolingForward", "ResizeForward"):
             inputs.append(g.shape_const(outs[0].shape[2:], device, opr.name))
         name, version, ptype, params = _OPERATORS[t]

@@ -354,3 +354,20 @@ def test_a_range_over_a_size_the_data_decides_follows_the_data_when_read_back():
         want = [v.numpy() for v in fn(mge.tensor(x))]
         for g, w in zip(got, want):
             np.testing.assert_array_equal(g.reshape(w.shape), w)
+
+
+def test_nms_without_max_output_warns_that_the_file_keeps_the_traced_count():
+    # upstream's NMSKeep takes a fixed max_output; this fork's nms without one keeps up to
+    # the number of boxes, which follows the input
+    x = np.random.RandomState(1).rand(3, 5).astype("float32")
+
+    def fn(x, limit=None):
+        return F.vision.nms(F.concat([x[:, :2], x[:, :2] + 1], 1), x[:, 2], 0.5,
+                            max_output=limit)
+
+    with pytest.warns(UserWarning, match=r"nms without max_output.*at most 3.*give nms a "
+                                         r"max_output"):
+        _dumped(fn, x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _dumped(lambda x: fn(x, 4), x)

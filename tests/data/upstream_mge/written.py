@@ -161,6 +161,29 @@ def models():
             return (warped, affine, remapped, aligned, pooled, keep, self.c3(vol), windows,
                     corners, cubic, line, tri)
 
+    class Batch(M.Module):  # operators whose files follow the input's batch (run at 2 and 3)
+        def __init__(self):
+            super().__init__()
+            self.gn, self.inorm = M.GroupNorm(2, 4), M.InstanceNorm(4)
+            self.emb = M.Embedding(10, 3)
+
+        def forward(self, x):  # x: (N, 5)
+            order = F.argsort(x, descending=True)
+            top = F.argmax(x, 1)
+            square = F.concat([x, x[:, :3]], 1).reshape(-1, 4, 2, 1)
+            boxes = F.concat([x[:, :2], x[:, :2] + 1], 1)
+            return (x.reshape(-1, 1, 5) * 2, F.gather(x, 1, order[:, :2]),
+                    F.scatter(x, 1, order[:, 3:], x[:, :2] * 2), F.one_hot(top, 5),
+                    self.emb(top), self.gn(square) + self.inorm(square),
+                    F.nn.interpolate(x.reshape(-1, 1, 1, 5), size=(3, 7), align_corners=True),
+                    F.vision.nms(boxes, x[:, 2], 0.3, max_output=4))
+
+    def batch():
+        net = Batch()
+        for k, p in enumerate(net.parameters()):
+            p.set_value(np.random.RandomState(k).randn(*p.shape).astype("float32") * 0.5)
+        return net, {"x": np.random.RandomState(15).randn(2, 5).astype("float32")}
+
     def vision():
         net = Vision()
         for k, p in enumerate(net.parameters()):
@@ -291,14 +314,14 @@ def models():
                        act_fake_quant=partial(FakeQuantize, dtype="quint8"))
 
     return {"cnn": cnn, "mlp": mlp, "more": more, "norms": norms, "qint8": quantized(qint8),
-            "quint8": quantized(quint8), "vision": vision, "indexing": indexing}
+            "quint8": quantized(quint8), "vision": vision, "indexing": indexing, "batch": batch}
 
 
 QUANTIZED = {"qint8", "quint8"}  # (built and traced on cpu0)
 
 # the files whose shapes follow the input's batch (a flatten traced with symbolic shapes: its
 # target shape is computed from the input's), run at this batch too (in2_*, fork2_*, up2_*)
-OTHER_BATCH = {"cnn": 3, "norms": 3}
+OTHER_BATCH = {"cnn": 3, "norms": 3, "batch": 3}
 
 
 def other_batch(name, build):
