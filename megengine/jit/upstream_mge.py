@@ -706,15 +706,27 @@ def _op_argsort(op, x):
     return tuple(out)
 
 
-def _op_conv_backward_data(op, w, x):
+def _op_conv_backward_data(op, w, x, *like):
     op.require(0, "I", (0,), "convolution mode")
     _nchw(op, 8)
     stride, padding, dilation, groups = _conv_args(op, w, 1, 7)
     F = _F()
+    extra = _output_padding(x, w, like, stride, padding, dilation)
     if _quantized(x):  # (requantized to the dtype the file gives)
-        return F.quantized.conv_transpose2d(x, w, None, op.dtype(), stride, padding, 0,
+        return F.quantized.conv_transpose2d(x, w, None, op.dtype(), stride, padding, extra,
                                             dilation, groups)
-    return F.conv_transpose2d(x, w, None, stride, padding, 0, dilation, groups)
+    return F.conv_transpose2d(x, w, None, stride, padding, extra, dilation, groups)
+
+
+def _output_padding(x, w, like, stride, padding, dilation):
+    """The output padding of a transposed convolution given a third input (upstream's: a
+    value of the output's shape): its sizes beyond the ones the geometry gives; 0 without."""
+    if not like:
+        return 0
+    nd = len(stride)
+    return tuple(int(like[0].shape[2 + i]) - ((int(x.shape[2 + i]) - 1) * stride[i]
+                 - 2 * padding[i] + dilation[i] * (int(w.shape[w.ndim - nd + i]) - 1) + 1)
+                 for i in range(nd))
 
 
 def _op_batch_norm(op, x, scale, bias, mean, var):
@@ -944,6 +956,34 @@ def _op_convolution3d(op, x, w):
                        w.shape[0] if sparse else 1)
 
 
+def _op_conv3d_backward_data(op, w, x, *like):
+    """Convolution3DBackwardData (upstream's conv_transpose3d): the weight, the data and, with
+    output padding, a value of the output's shape."""
+    op.require(0, "I", (0,), "convolution mode")
+    _nchw(op, 12, layouts=("NCDHW", "NDHWC"))
+    sparse = op.require(10, "I", (0, 1), "sparse mode")
+    triple = lambda first, default: tuple(op.p(first + i, "I", default) for i in range(3))
+    stride, padding, dilation = triple(4, 1), triple(1, 0), triple(7, 1)
+    return _F().conv_transpose3d(x, w, None, stride, padding,
+                                 _output_padding(x, w, like, stride, padding, dilation),
+                                 dilation, w.shape[0] if sparse else 1)
+
+
+def _op_deformable_conv(op, x, w, offset, mask):
+    op.require(0, "I", (0,), "convolution mode")
+    _nchw(op, 8)
+    stride, padding, dilation, groups = _conv_args(op, w, 1, 7)
+    return _F().deformable_conv2d(x, w, offset, mask, None, stride, padding, dilation, groups)
+
+
+def _op_group_local(op, x, w):
+    """GroupLocalV2: a weight (groups, OH, OW, C/groups, KH, KW, O/groups) always."""
+    op.require(0, "I", (0,), "convolution mode")
+    _nchw(op, 8)
+    stride, padding, dilation, _ = _conv_args(op, w, 1, 7)
+    return _F().local_conv2d(x, w, None, stride, padding, dilation)
+
+
 def _op_arg(fn):
     def run(op, x):
         return getattr(_F(), fn)(x, axis=op.p(0, "i", 0), keepdims=True)
@@ -1038,6 +1078,9 @@ _OPERATORS = {
     "Convolution3D": _op_convolution3d, "Identity": lambda op, x: x,
     "NMSKeepMGB": _op_nms_keep,
 }
+_OPERATORS.update({"Convolution3DBackwardData": _op_conv3d_backward_data,
+                   "DeformableConvForward": _op_deformable_conv,
+                   "GroupLocalV2": _op_group_local})
 # how many leading inputs are data (Tensors); the rest are shapes or sizes, kept as host values.
 # None: the operator takes host values too (arithmetic on shapes)
 _DATA_INPUTS = {"TypeCvtV2": None, "Identity": None, "ResizeV2": 1, "IndexingSetMultiAxisVec": 2,

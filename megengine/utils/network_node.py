@@ -1062,6 +1062,8 @@ def graph_type(opr):
     after the C++ types, so that is the class name here too; an engine operator without an
     upstream class keeps its own type name."""
     cls = type(opr)
+    if cls is ConvolutionBackwardData and getattr(getattr(opr, "_op", None), "nd", 2) == 3:
+        return "Convolution3DBackwardData"  # (upstream's conv_transpose3d)
     if cls.__module__ == __name__ and not issubclass(cls, ReadOnlyOpNode) and cls is not OpNode:
         return cls.__name__
     return _GRAPH_TYPES.get(opr.type, opr.type)
@@ -1097,18 +1099,42 @@ def _subtensor_items(index, ndim):
     return items, values
 
 
+_CONVOLUTIONS = ("ConvolutionForward", "ConvolutionBackwardData", "Convolution3DForward",
+                 "Convolution3DBackwardData", "DeformableConvForward", "GroupLocalForward")
+
+
+def _convolution_params(t, p):
+    """`graph_params` of a convolution of any rank: a 1-d one as upstream's graph computes it
+    (a 2-d convolution of the input with an axis of 1 added last: stride, padding and dilation
+    of 1, 0 and 1 on that axis), a 2-d one in megdnn's ``_h`` / ``_w`` fields, a 3-d one (the
+    Convolution3D parameter of upstream's Convolution3D and Convolution3DBackwardData) in
+    ``_d`` / ``_h`` / ``_w`` fields."""
+    n = 3 if t.startswith("Convolution3D") else 2  # (the rank of a number given for all)
+    stride, padding, dilation = (tuple(int(v) for v in (
+        p[k] if isinstance(p[k], (tuple, list)) else (p[k],) * n)) for k in (
+        "stride", "padding", "dilation"))
+    if len(stride) == 1:
+        stride, padding, dilation = stride + (1,), padding + (0,), dilation + (1,)
+    out = {"mode": "CROSS_CORRELATION"}
+    axes = "dhw" if len(stride) == 3 else "hw"
+    for name, values in (("pad", padding), ("stride", stride), ("dilate", dilation)):
+        out.update({f"{name}_{a}": v for a, v in zip(axes, values)})
+    out["sparse"] = p.get("sparse", "GROUP" if p.get("groups", 1) != 1 else "DENSE")
+    if len(stride) == 3:
+        out.update(format="NCDHW", data_type="FLOAT")
+    else:
+        out.update(format="NCHW", compute_mode="DEFAULT")
+    return out
+
+
 def graph_params(opr):
     """The parameters of operator ``opr`` as upstream's C++ graph level has them (a dict of
     its JSON: megdnn's parameter names, enum values as upper-case strings): ``{"stride_h": 1,
     "pad_h": 0, ..., "sparse": "DENSE", "format": "NCHW"}`` for a convolution where ``params``
     (`megengine.utils.network`'s level) says ``{"stride": (1, 1), ...}``."""
     t, p = graph_type(opr), opr.params
-    if t in ("ConvolutionForward", "ConvolutionBackwardData"):
-        (sh, sw), (ph, pw), (dh, dw) = (_hw(p["stride"]), _hw(p["padding"]),
-                                        _hw(p["dilation"]))
-        return {"mode": "CROSS_CORRELATION", "pad_h": ph, "pad_w": pw, "stride_h": sh,
-                "stride_w": sw, "dilate_h": dh, "dilate_w": dw, "sparse": p["sparse"],
-                "format": "NCHW", "compute_mode": "DEFAULT"}
+    if t in _CONVOLUTIONS:
+        return _convolution_params(t, p)
     if t == "PoolingForward":
         (wh, ww), (sh, sw), (ph, pw) = _hw(p["kernel"]), _hw(p["stride"]), _hw(p["padding"])
         return {"mode": p["mode"], "pad_h": ph, "pad_w": pw, "stride_h": sh, "stride_w": sw,

@@ -371,3 +371,38 @@ def test_nms_without_max_output_warns_that_the_file_keeps_the_traced_count():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _dumped(lambda x: fn(x, 4), x)
+def test_recurrent_layers_are_refused_by_name():
+    # (upstream 1.13 writes its M.LSTM / M.RNN as LSTMForward / RNNForward of a flattened
+    # weight, its cells as LSTMCellForward / RNNCellForward: not written here)
+    seq = np.random.RandomState(0).randn(5, 2, 3).astype("float32")
+    for layer in (M.LSTM(3, 4), M.RNN(3, 4)):
+        layer.eval()
+        with pytest.raises(DumpError, match=r"M\.LSTM / M\.RNN .*LSTMForward / RNNForward"):
+            _dumped(lambda x: layer(x)[0], seq)
+    for cell in (M.LSTMCell(3, 4), M.RNNCell(3, 4)):
+        cell.eval()
+        with pytest.raises(DumpError, match=r"M\.LSTMCell / M\.RNNCell .*LSTMCellForward"):
+            _dumped(lambda x: cell(x)[0], seq[0])
+
+
+def test_batch_norm_refuses_other_dtypes_by_name():
+    x = np.random.RandomState(0).randn(2, 4, 3, 3).astype("float16")
+    stats = np.ones((1, 4, 1, 1), "float16")
+    with pytest.raises(DumpError, match=r"a batch norm of float16 values"):
+        _dumped(lambda x, m: F.nn.batch_norm(x, m, m, training=False), x, stats)
+
+
+def test_convolutions_of_every_rank_read_back_to_the_forks_values():
+    # (upstream 1.13 ran them: tests/data/upstream_mge/written.py's "layers"); here the
+    # fork's reader, against the fork's eager values, for what "layers" does not hold
+    rng = np.random.RandomState(3)
+    x2, x3 = rng.randn(1, 2, 4, 5).astype("float32"), rng.randn(1, 4, 3, 3, 3).astype("float32")
+    w2, w3 = rng.randn(2, 3, 3, 3).astype("float32"), rng.randn(2, 2, 3, 2, 2, 2).astype("float32")
+    cases = [(lambda x: F.conv_transpose2d(x, mge.tensor(w2), stride=2, padding=1,
+                                           output_padding=1), x2),
+             (lambda x: F.conv_transpose3d(x, mge.tensor(w3), groups=2), x3)]
+    for fn, x in cases:
+        want = fn(mge.tensor(x)).numpy()
+        got = list(load(io.BytesIO(_dumped(fn, x, arg_names=["x"]).getvalue())).run(
+            {"x": x}).values())
+        np.testing.assert_allclose(got[0].numpy(), want, rtol=1e-5, atol=1e-5)

@@ -264,3 +264,32 @@ def test_adaptive_pooling_is_upstreams_adaptive_pooling_operator():
     np.testing.assert_allclose(got[0], torch.nn.functional.adaptive_avg_pool2d(t, (2, 3)),
                                rtol=1e-6)
     np.testing.assert_allclose(got[1], torch.nn.functional.adaptive_max_pool2d(t, 2))
+
+
+def test_graph_params_of_convolutions_of_every_rank_are_upstreams():
+    # upstream 1.13's Network.load of its own dumps (op.params), measured: F.conv1d(x, w,
+    # stride=2, padding=1) is a Convolution of the input with an axis added; conv_transpose3d
+    # (stride 2, padding 1) is Convolution3DBackwardData
+    rng = np.random.RandomState(0)
+    w1, w3 = rng.randn(3, 4, 3).astype("float32"), rng.randn(2, 3, 2, 2, 2).astype("float32")
+    cases = [
+        (lambda x: F.conv1d(x, mge.tensor(w1), stride=2, padding=1), (2, 4, 8),
+         "ConvolutionForward",
+         {"compute_mode": "DEFAULT", "format": "NCHW", "sparse": "DENSE", "stride_w": 1,
+          "stride_h": 2, "pad_w": 0, "dilate_w": 1, "dilate_h": 1, "pad_h": 1,
+          "mode": "CROSS_CORRELATION"}),
+        (lambda x: F.conv_transpose3d(x, mge.tensor(w3), stride=2, padding=1), (1, 2, 4, 6, 6),
+         "Convolution3DBackwardData",
+         {"format": "NCDHW", "data_type": "FLOAT", "stride_h": 2, "dilate_h": 1, "dilate_d": 1,
+          "stride_d": 2, "stride_w": 2, "pad_w": 1, "sparse": "DENSE", "pad_h": 1,
+          "dilate_w": 1, "pad_d": 1, "mode": "CROSS_CORRELATION"})]
+    for fn, shape, t, want in cases:
+        f = trace(fn, symbolic=True, capture_as_const=True)
+        f(mge.tensor(rng.randn(*shape).astype("float32")))
+        file = io.BytesIO()
+        f.dump(file, arg_names=["x"])
+        file.seek(0)
+        net = Network.load(file)
+        (conv,) = [o for o in net.all_oprs if o.type in ("Convolution", "ConvTranspose")]
+        assert N.graph_type(conv) == t
+        assert N.graph_params(conv) == want

@@ -227,6 +227,45 @@ def models():
             return (g, ln, ce, bce, pair, norms, scaled, unit, checks, kth[0], kth[1],
                     F.argmax(x), F.argmin(v))
 
+    class Layers(M.Module):  # convolutions of every rank, batch norms, deformable and local
+        def __init__(self):
+            super().__init__()
+            self.c1 = M.Conv1d(4, 6, 3, padding=2, dilation=2, groups=2)
+            self.t3 = M.ConvTranspose3d(2, 3, 2, stride=2, padding=1, output_padding=1)
+            self.bn1 = M.BatchNorm1d(6)
+            self.local = M.LocalConv2d(2, 3, 4, 4, 3, padding=1)
+            self.w1 = Parameter(np.zeros((3, 4, 3), "float32"))
+            self.wd = Parameter(np.zeros((4, 2, 3, 3), "float32"))
+            self.wt = Parameter(np.zeros((2, 3, 2, 2, 2), "float32"))
+            self.stats = Parameter(np.zeros((2, 1, 2, 1, 1), "float32"))
+            self.off = Parameter(np.zeros((1, 18, 1, 1), "float32"))
+
+        def forward(self, s, v, img):  # s (2, 4, 8), v (1, 2, 3, 4, 4), img (1, 2, 4, 4)
+            a = self.bn1(self.c1(s))
+            b = F.conv1d(s, self.w1, stride=2, padding=1)
+            c = self.t3(v) + F.conv_transpose3d(v, self.wt)[:, :, :1, :1, :1]
+            mean, var = self.stats[0], F.abs(self.stats[1]) + 0.5
+            plain = F.nn.batch_norm(img, mean, var, training=False)
+            scaled = F.nn.batch_norm(img, mean, var, weight=var, training=False)
+            shifted = F.nn.batch_norm(img, mean, var, bias=mean, training=False)
+            flat = F.nn.batch_norm(F.flatten(img, 2), mean.reshape(1, 2, 1),
+                                   var.reshape(1, 2, 1), training=False)
+            offset = F.tanh(img.sum(axis=1, keepdims=True) * self.off)  # (1, 18, 4, 4)
+            mask = F.sigmoid(img.mean(axis=1, keepdims=True) + self.off[:, :9])
+            d = F.deformable_conv2d(img, self.wd, offset, mask, padding=1)
+            return a, b, c, plain, scaled, shifted, flat, d, self.local(img)
+
+    def layers():
+        net = Layers()
+        for k, p in enumerate(net.parameters()):
+            p.set_value(np.random.RandomState(k).randn(*p.shape).astype("float32") * 0.5)
+        rng = np.random.RandomState(15)
+        net.bn1.running_mean.set_value(rng.randn(1, 6, 1, 1).astype("float32"))
+        net.bn1.running_var.set_value(rng.rand(1, 6, 1, 1).astype("float32") + 0.5)
+        return net, {"s": rng.randn(2, 4, 8).astype("float32"),
+                     "v": rng.randn(1, 2, 3, 4, 4).astype("float32"),
+                     "img": rng.randn(1, 2, 4, 4).astype("float32")}
+
     def norms():
         net = Norms()
         for k, p in enumerate(net.parameters()):
@@ -314,7 +353,8 @@ def models():
                        act_fake_quant=partial(FakeQuantize, dtype="quint8"))
 
     return {"cnn": cnn, "mlp": mlp, "more": more, "norms": norms, "qint8": quantized(qint8),
-            "quint8": quantized(quint8), "vision": vision, "indexing": indexing, "batch": batch}
+            "quint8": quantized(quint8), "vision": vision, "indexing": indexing, "batch": batch,
+            "layers": layers}
 
 
 QUANTIZED = {"qint8", "quint8"}  # (built and traced on cpu0)
