@@ -2275,9 +2275,10 @@ def _flat_weight(g, opr, weights, bias, device):
     if all(a is not None for a in values):
         return g.const(np.concatenate([a.astype(np.float32).reshape(-1) for a in values])
                        .reshape(shape), device, name)
-    flat = [g.op("ReshapeV1", 1, 54, {0: ("i", _NO_AXIS)},
-                 [g.ids[id(v)], g.shape_const([int(np.prod(v.shape))], device, f"{name}{k}")],
-                 [(f"{name}{k}", (int(np.prod(v.shape)),))])[0] for k, v in enumerate(parts)]
+    flat = [g.ids[id(v)] if len(v.shape) == 1 else g.op(  # (a bias: as it is)
+        "ReshapeV1", 1, 54, {0: ("i", _NO_AXIS)},
+        [g.ids[id(v)], g.shape_const([int(np.prod(v.shape))], device, f"{name}{k}")],
+        [(f"{name}{k}", (int(np.prod(v.shape)),))])[0] for k, v in enumerate(parts)]
     k = g.concat(flat, 0, f"{name}:flat", (size,), device)
     return g.op("ReshapeV1", 1, 54, {0: ("i", _NO_AXIS)},
                 [k, g.shape_const(shape, device, name)], [(name, shape)])[0]
