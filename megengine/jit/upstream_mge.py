@@ -984,6 +984,105 @@ def _op_group_local(op, x, w):
     return _F().local_conv2d(x, w, None, stride, padding, dilation)
 
 
+_RNN_MODES = {1: "relu", 2: "tanh"}  # (megdnn's NonlineMode; IDENTITY, 0, is not read)
+
+
+def _rnn_weights(op, w, gates, inputs, hidden, layers, directions, bias):
+    """Upstream's flattened RNN / LSTM weight (gates * hidden, n) as this fork's w_ih, w_hh,
+    b_ih, b_hh per layer and direction, layer-major: in it they lie one after the other, each
+    row-major (biases only with ``bias``; zeros for them otherwise). A constant is cut here
+    (constants again); a computed weight by slices of the program."""
+    from ..core.tensor import Tensor
+
+    rows = gates * hidden
+    shapes = []
+    for layer in range(layers):
+        size = inputs if layer == 0 else directions * hidden
+        for d in range(directions):
+            shapes += [((rows, size), f"cells.{layer}.{d}.weight_ih"),
+                       ((rows, hidden), f"cells.{layer}.{d}.weight_hh")]
+            if bias:
+                shapes += [((rows,), f"cells.{layer}.{d}.bias_ih"),
+                           ((rows,), f"cells.{layer}.{d}.bias_hh")]
+    need = sum(int(np.prod(shape)) for shape, _ in shapes)
+    host = _is_host(w)
+    size = int(np.prod(np.shape(w) if host else w.shape))
+    if size != need:
+        op.refuse(f"a flattened weight of {size} values for {layers} layers of "
+                  f"{directions} direction(s), input {inputs}, hidden {hidden} (they take "
+                  f"{need})")
+    flat = np.asarray(w, np.float32).reshape(-1) if host else _tensor(w, op).reshape(-1)
+    parts, at = {}, 0
+    for shape, name in shapes:
+        n = int(np.prod(shape))
+        part = flat[at:at + n].reshape(shape)
+        parts[name] = Tensor(part, name=f"{op.name or op.type}:{name}") if host else part
+        at += n
+    zero = Tensor(np.zeros(rows, np.float32)) if not bias else None
+    out = []
+    for layer in range(layers):
+        for d in range(directions):
+            key = f"cells.{layer}.{d}."
+            out += [parts[key + "weight_ih"], parts[key + "weight_hh"]]
+            out += [parts[key + "bias_ih"], parts[key + "bias_hh"]] if bias else [zero, zero]
+    return out
+
+
+def _rnn_stack_args(op, x, w, gates, dropout_field):
+    """(layers, bidirectional, weights) of an LSTMForward / RNNForward; what this fork's
+    stack does not compute (a projection, dropout between layers in training) is refused."""
+    layers, bidirectional = op.p(0, "I", 1), bool(op.p(1, "B", 0))
+    bias, hidden = bool(op.p(2, "B", 1)), op.p(3, "I", 128)
+    if op.p(dropout_field, "f", 0.0) and layers > 1 and op.p(6, "I", 0) == 0:
+        op.refuse("dropout between layers in training mode")
+    if x.ndim != 3:
+        op.refuse(f"an input of {x.ndim} axes (a recurrent network reads (T, N, I))")
+    return layers, bidirectional, _rnn_weights(op, w, gates, x.shape[2], hidden, layers,
+                                               2 if bidirectional else 1, bias)
+
+
+def _op_lstm(op, x, hx, cx, w):
+    """LSTMForward: params num_layers, bidirectional, bias, hidden_size, proj_size, dropout,
+    fwd_mode; (x (T, N, I), h0, c0, the flattened weight); y, h_n, c_n and a reserve for the
+    backward (not computed)."""
+    from ..functional.rnn import rnn_stack
+
+    if op.p(4, "I", 0):
+        op.refuse(f"an LSTM of projection size {op.p(4, 'I', 0)}")
+    layers, bidirectional, weights = _rnn_stack_args(op, x, w, 4, 5)
+    y, h, c = rnn_stack("lstm", x, (hx, cx), weights, layers, bidirectional)
+    return y, h, c, _NotComputed()
+
+
+def _op_rnn(op, x, hx, w):
+    """RNNForward: params num_layers, bidirectional, bias, hidden_size, dropout, nonlineMode
+    (relu, tanh), fwd_mode; (x, h0, the flattened weight); y, h_n and a reserve (not
+    computed)."""
+    from ..functional.rnn import rnn_stack
+
+    mode = _RNN_MODES[op.require(5, "I", tuple(_RNN_MODES), "RNN nonlinearity")]
+    layers, bidirectional, weights = _rnn_stack_args(op, x, w, 1, 4)
+    y, h = rnn_stack(mode, x, hx, weights, layers, bidirectional)
+    return y, h, _NotComputed()
+
+
+def _op_lstm_cell(op, x, w_ih, b_ih, h, w_hh, b_hh, c):
+    """LSTMCellForward: (x, w_ih, b_ih, h, w_hh, b_hh, c); h', c' and the gates (not
+    computed)."""
+    from ..functional.rnn import rnn_layer
+
+    _, h1, c1 = rnn_layer("lstm", x, h, c, w_ih, w_hh, b_ih, b_hh)
+    return h1, c1, _NotComputed()
+
+
+def _op_rnn_cell(op, x, w_ih, b_ih, h, w_hh, b_hh):
+    """RNNCellForward: param nonlineMode (relu, tanh); (x, w_ih, b_ih, h, w_hh, b_hh); h'."""
+    from ..functional.rnn import rnn_layer
+
+    mode = _RNN_MODES[op.require(0, "I", tuple(_RNN_MODES), "RNN cell nonlinearity")]
+    return rnn_layer(mode, x, h, None, w_ih, w_hh, b_ih, b_hh)[1]
+
+
 def _op_arg(fn):
     def run(op, x):
         return getattr(_F(), fn)(x, axis=op.p(0, "i", 0), keepdims=True)
@@ -1081,6 +1180,8 @@ _OPERATORS = {
 _OPERATORS.update({"Convolution3DBackwardData": _op_conv3d_backward_data,
                    "DeformableConvForward": _op_deformable_conv,
                    "GroupLocalV2": _op_group_local})
+_OPERATORS.update({"LSTMForward": _op_lstm, "RNNForward": _op_rnn,
+                   "LSTMCellForward": _op_lstm_cell, "RNNCellForward": _op_rnn_cell})
 # how many leading inputs are data (Tensors); the rest are shapes or sizes, kept as host values.
 # None: the operator takes host values too (arithmetic on shapes)
 _DATA_INPUTS = {"TypeCvtV2": None, "Identity": None, "ResizeV2": 1, "IndexingSetMultiAxisVec": 2,
@@ -1091,6 +1192,7 @@ _DATA_INPUTS = {"TypeCvtV2": None, "Identity": None, "ResizeV2": 1, "IndexingSet
                 "Split": 1, "TopK": 1, "Linspace": None, "IndexingMultiAxisVec": None,
                 "GetVarShapeV1": None, "Concat": None, "Subtensor": None,
                 "AxisAddRemove": None, "Elemwise": None}
+_DATA_INPUTS.update({"LSTMForward": 3, "RNNForward": 2})  # (a constant weight: cut on the host)
 _SOURCES = ("Host2DeviceCopy", "ImmutableTensor", "MultipleDeviceTensorHolder")
 _KNOWN_IDS = {}
 for _name in list(_OPERATORS) + list(_SOURCES) + [
@@ -1213,6 +1315,7 @@ _NR_OUTPUTS = {"Argsort": 2, "CondTake": 2, "LayerNorm": 3, "BatchNormV1": 4,
                "TopK": lambda op: 1 if op.p(0, "I") == 0 else 2,  # (mode KTH_ONLY: one)
                "Split": lambda op: len(op.inputs) - 1,  # (the data, then a size each)
                "MultipleDeviceTensorHolder": lambda op: len(op.tensors)}
+_NR_OUTPUTS.update({"LSTMForward": 4, "RNNForward": 3, "LSTMCellForward": 3})
 
 
 def _nr_outputs(op):

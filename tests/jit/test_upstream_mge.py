@@ -18,7 +18,7 @@ DATA = os.path.join(os.path.dirname(__file__), "..", "data", "upstream_mge")
 MODELS = ["cnn", "resnet", "mobile", "mlp", "mlp_v1", "transformer", "misc", "ops", "convbias",
           "sizes", "onehot", "cnn_fbs", "mobile_fbs", "ops_fbs", "compare_fbs", "q_cbr",
           "q_block_fbs", "q_out", "q_batchconv", "setsub", "warp", "vision", "neighbours",
-          "volume"]
+          "volume", "recurrent"]
 
 
 def _files(name):
@@ -69,7 +69,7 @@ def test_load_runs_as_upstream(name):
 
 @pytest.mark.parametrize("name", ["resnet", "mobile", "mlp", "mlp_v1", "transformer", "ops",
                                   "sizes", "onehot", "cnn_fbs", "mobile_fbs", "ops_fbs",
-                                  "q_cbr", "q_block_fbs", "q_out", "setsub"])
+                                  "q_cbr", "q_block_fbs", "q_out", "setsub", "recurrent"])
 def test_runs_at_another_batch_size(name):
     path, ref = _files(name)
     prog = load(path)

@@ -371,18 +371,65 @@ def test_nms_without_max_output_warns_that_the_file_keeps_the_traced_count():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _dumped(lambda x: fn(x, 4), x)
-def test_recurrent_layers_are_refused_by_name():
-    # (upstream 1.13 writes its M.LSTM / M.RNN as LSTMForward / RNNForward of a flattened
-    # weight, its cells as LSTMCellForward / RNNCellForward: not written here)
-    seq = np.random.RandomState(0).randn(5, 2, 3).astype("float32")
-    for layer in (M.LSTM(3, 4), M.RNN(3, 4)):
-        layer.eval()
-        with pytest.raises(DumpError, match=r"M\.LSTM / M\.RNN .*LSTMForward / RNNForward"):
-            _dumped(lambda x: layer(x)[0], seq)
-    for cell in (M.LSTMCell(3, 4), M.RNNCell(3, 4)):
-        cell.eval()
-        with pytest.raises(DumpError, match=r"M\.LSTMCell / M\.RNNCell .*LSTMCellForward"):
-            _dumped(lambda x: cell(x)[0], seq[0])
+def test_recurrent_layers_upstream_has_no_operator_for_are_refused_by_name():
+    # (M.LSTM / M.RNN and the cells are written: written.py's "recurrent", run by upstream)
+    from megengine.functional.rnn import rnn_layer
+
+    rng = np.random.RandomState(0)
+    seq = rng.randn(5, 2, 3).astype("float32")
+    w_ih, w_hh = rng.randn(16, 3).astype("float32"), rng.randn(16, 4).astype("float32")
+    h, b = np.zeros((2, 4), "float32"), np.zeros(16, "float32")
+    # one direction of one layer over a sequence (M.LSTM in training with dropout between
+    # layers runs these): upstream's LSTMForward has no reverse-only direction
+    with pytest.raises(DumpError, match=r"a recurrent layer over a whole sequence .*eval mode"):
+        _dumped(lambda x: rnn_layer("lstm", x, mge.tensor(h), mge.tensor(h), mge.tensor(w_ih),
+                                    mge.tensor(w_hh), mge.tensor(b), mge.tensor(b))[0], seq)
+    layer = M.LSTM(3, 4)
+    layer.eval()
+    with pytest.raises(DumpError, match=r"'RecurrentStack'.*a recurrent network of float16"):
+        _dumped(lambda x: layer(x)[0], seq.astype("float16"))
+    cell = M.RNNCell(3, 4)
+    with pytest.raises(DumpError, match=r"'RecurrentLayer'.*a recurrent cell of float16"):
+        _dumped(lambda x: cell(x), seq[0].astype("float16"))
+
+
+def test_recurrent_weights_are_one_flattened_weight_constant_or_computed():
+    # upstream 1.13 ran these files too (outputs equal to the fork's, <= 1.2e-7): here the
+    # fork's reader against the fork's eager values, and the constants the file holds
+    from megengine.functional.rnn import rnn_stack
+    from megengine.jit.upstream_mge import _read_v2
+
+    rng = np.random.RandomState(4)
+    m = M.LSTM(3, 4)
+    m.eval()
+    x, w = rng.randn(5, 2, 3).astype("float32"), rng.randn(4, 3).astype("float32")
+    w_hh = mge.tensor(rng.randn(4, 4).astype("float32"))
+
+    def shared(x):  # a module called twice, one of its weights read elsewhere too
+        y1, (h1, _) = m(x)
+        return y1, m(x * 2)[0], F.matmul(x[0], m.cells[0][0].weight_ih.transpose(1, 0)), h1
+
+    def computed(x, w):  # a weight the program computes: flattened in the file
+        b = F.ones((4,))
+        return rnn_stack("tanh", x, None, [w * 2, w_hh, b, b + w.sum()], 1, False)
+
+    for fn, xs in ((shared, (x,)), (computed, (x, w))):
+        names = ["x", "w"][:len(xs)]
+        want = [v.numpy() for v in fn(*map(mge.tensor, xs))]
+        data = _dumped(fn, *xs, arg_names=names).getvalue()
+        got = list(load(io.BytesIO(data)).run(dict(zip(names, xs))).values())
+        for g, v in zip(got, want):
+            np.testing.assert_allclose(g.numpy(), v, rtol=1e-5, atol=1e-6)
+        ops, *_ = _read_v2(data)
+        consts = [tuple(t.scalars(1, "I")) for op in ops if op.type == "ImmutableTensor"
+                  for t in op.tensors]
+        kinds = [op.type for op in ops if op.type.endswith("Forward")]
+        if fn is shared:  # (each call's weight one constant, as upstream's; weight_ih kept)
+            assert kinds == ["LSTMForward"] * 2
+            assert consts.count((16, 9)) == 2 and consts.count((16, 3)) == 1
+            assert (16, 4) not in consts and (16,) not in consts
+        else:
+            assert kinds == ["RNNForward"]
 
 
 def test_batch_norm_refuses_other_dtypes_by_name():
@@ -406,3 +453,42 @@ def test_convolutions_of_every_rank_read_back_to_the_forks_values():
         got = list(load(io.BytesIO(_dumped(fn, x, arg_names=["x"]).getvalue())).run(
             {"x": x}).values())
         np.testing.assert_allclose(got[0].numpy(), want, rtol=1e-5, atol=1e-5)
+
+
+def _upstream_file(kind, params, n_out):
+    """An upstream file of one recurrent operator ``kind`` of ``params`` over an input x of
+    (5, 2, 3), a state of (1, 2, 4) and a weight of (gates * 4, 9) (written with the writer's
+    parts, as upstream's dump lays them out)."""
+    from megengine.jit.upstream_mge_write import _Graph, _operator, _tensor
+
+    g = _Graph()
+    x = g.var("x", (5, 2, 3))
+    g.ops.append(_operator("Host2DeviceCopy", 2, (63, {}), [], [x], tensors=[
+        _tensor((5, 2, 3), np.float32, None, "x", name="x")]))
+    rows = 16 if kind == "LSTMForward" else 4
+    h = g.const(np.zeros((1, 2, 4), np.float32), None, "h")
+    w = g.const(np.ones((rows, 9), np.float32), None, "w")
+    states = [h, h] if kind == "LSTMForward" else [h]
+    out = g.op(kind, 1, 89 if kind == "LSTMForward" else 88, params, [x] + states + [w],
+               [(f"o{k}", (1,)) for k in range(n_out)])
+    model = {0: ("I", 101300), 1: ("I", 2), 2: ("tables", g.ops), 3: ("tables", g.middle),
+             4: ("tables", [{0: ("I", out[0]), 1: ("I", out[0])}]), 5: ("tables", [])}
+    return _Encoder().finish(model, b"mgv2")
+
+
+def test_reader_refuses_recurrent_operators_this_fork_does_not_compute():
+    from megengine.jit.upstream_mge import UpstreamFormatError
+
+    base = {3: ("I", 4), 6: ("I", 1)}
+    x = {"x": np.zeros((5, 2, 3), "float32")}
+    got = load(io.BytesIO(_upstream_file("RNNForward", {**base, 5: ("I", 2)}, 3))).run(x)
+    assert list(got.values())[0].shape == (5, 2, 4)  # (tanh of the ones weight: read)
+    cases = [("RNNForward", {**base, 5: ("I", 0)}, 3, r"RNN nonlinearity 0"),  # (IDENTITY)
+             ("LSTMForward", {**base, 4: ("I", 2)}, 4, r"an LSTM of projection size 2"),
+             ("RNNForward", {**base, 0: ("I", 2), 5: ("I", 1)}, 3,
+              r"a flattened weight of 36 values for 2 layers"),
+             ("LSTMForward", {**base, 0: ("I", 2), 5: ("f", 0.5), 6: ("I", 0)}, 4,
+              r"dropout between layers in training mode")]
+    for kind, params, n, match in cases:
+        with pytest.raises(UpstreamFormatError, match=match):
+            load(io.BytesIO(_upstream_file(kind, params, n))).run(x)

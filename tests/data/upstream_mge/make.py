@@ -479,6 +479,33 @@ def make_setsub():
     make("neighbours", Neighbours(), {"x": rng.rand(2, 3, 6, 7).astype("float32")}, {})
     make("volume", Volume(), {"x": rng.rand(2, 2, 4, 4, 3).astype("float32")}, {})
     make_roi_index()
+    make_recurrent()
+
+
+class Recurrent(M.Module):  # upstream's LSTMForward / RNNForward and cells, as its dump writes
+    def __init__(self):     # them (every input batch first: the file runs at another batch)
+        super().__init__()
+        self.lstm = M.LSTM(3, 4, num_layers=2, bidirectional=True, batch_first=True)
+        self.lstm1 = M.LSTM(3, 4, bias=False)
+        self.rnn = M.RNN(3, 4, nonlinearity="relu", bias=False, batch_first=True)
+        self.lcell = M.LSTMCell(3, 4)
+        self.rcell = M.RNNCell(3, 4)
+
+    def forward(self, x, h):  # x: (N, T, 3), h: (N, 4, 4)
+        hs = h.transpose(1, 0, 2)
+        y, (hn, cn) = self.lstm(x, (hs, hs * 0.5))
+        y1, (hn1, cn1) = self.lstm1(x.transpose(1, 0, 2))
+        y2, hn2 = self.rnn(x)
+        hc, cc = self.lcell(x[:, 0])
+        return y, hn, cn, y1, hn1, cn1, y2, hn2, hc, cc, self.rcell(x[:, 1], h[:, 0])
+
+
+def make_recurrent():
+    """recurrent.mge (its own weights and inputs)."""
+    mge.random.seed(7)
+    rng = np.random.RandomState(7)
+    make("recurrent", Recurrent(), {"x": rng.randn(2, 5, 3).astype("float32"),
+                                    "h": rng.randn(2, 4, 4).astype("float32")}, {}, batch2=3)
 
 
 if __name__ == "__main__":

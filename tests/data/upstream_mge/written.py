@@ -255,6 +255,35 @@ def models():
             d = F.deformable_conv2d(img, self.wd, offset, mask, padding=1)
             return a, b, c, plain, scaled, shifted, flat, d, self.local(img)
 
+    class Recurrent(M.Module):  # M.LSTM / M.RNN of every kind, the cells (inference)
+        def __init__(self):
+            super().__init__()
+            self.lstm = M.LSTM(3, 4, num_layers=2, bidirectional=True, batch_first=True)
+            self.lstm1 = M.LSTM(3, 4, bias=False)
+            self.rnn = M.RNN(3, 4, num_layers=2, nonlinearity="relu", batch_first=True)
+            self.rnn1 = M.RNN(3, 4, bidirectional=True, bias=False)
+            self.lcell = M.LSTMCell(3, 4)
+            self.rcell = M.RNNCell(3, 4, nonlinearity="relu", bias=False)
+            self.tcell = M.RNNCell(3, 4)
+
+        def forward(self, x, h):  # x: (N, T, 3), h: (N, 2, 4) (every input batch first)
+            seq, hs = x.transpose(1, 0, 2), h.transpose(1, 0, 2)
+            y, (hn, cn) = self.lstm(x)  # (zero states)
+            y1, (hn1, cn1) = self.lstm1(seq, (hs[:1], hs[1:]))
+            y2, hn2 = self.rnn(x, hs)
+            y3, hn3 = self.rnn1(seq)
+            hc, cc = self.lcell(x[:, 0], (h[:, 0], h[:, 1]))
+            return (y, hn, cn, y1, hn1, cn1, y2, hn2, y3, hn3, hc, cc,
+                    self.rcell(x[:, 1], h[:, 0]), self.tcell(x[:, 2]))
+
+    def recurrent():
+        net = Recurrent()
+        for k, p in enumerate(net.parameters()):
+            p.set_value(np.random.RandomState(k).randn(*p.shape).astype("float32") * 0.5)
+        rng = np.random.RandomState(16)
+        return net, {"x": rng.randn(2, 5, 3).astype("float32"),
+                     "h": rng.randn(2, 2, 4).astype("float32")}
+
     def layers():
         net = Layers()
         for k, p in enumerate(net.parameters()):
@@ -354,14 +383,14 @@ def models():
 
     return {"cnn": cnn, "mlp": mlp, "more": more, "norms": norms, "qint8": quantized(qint8),
             "quint8": quantized(quint8), "vision": vision, "indexing": indexing, "batch": batch,
-            "layers": layers}
+            "layers": layers, "recurrent": recurrent}
 
 
 QUANTIZED = {"qint8", "quint8"}  # (built and traced on cpu0)
 
 # the files whose shapes follow the input's batch (a flatten traced with symbolic shapes: its
 # target shape is computed from the input's), run at this batch too (in2_*, fork2_*, up2_*)
-OTHER_BATCH = {"cnn": 3, "norms": 3, "batch": 3}
+OTHER_BATCH = {"cnn": 3, "norms": 3, "batch": 3, "recurrent": 3}
 
 
 def other_batch(name, build):
