@@ -12,7 +12,7 @@ those `upstream_mge` reads). A reshape target computed from shapes (symbolic sha
 computed in the file too (`_target_shape`), so the file follows the input's batch; other
 target shapes are the traced constants, and a scalar is a vector of one item, as in
 upstream's graphs. What has no writer here (an operator not in `SUPPORTED`,
-indexing with None, a dtype beyond float32/float16 and 8-32 bit integers and bool, a
+indexing with None, a dtype beyond float32/float16 and 8-32 bit integers and bool, a 4-bit
 quantized one, test cases), or what upstream's operator would compute otherwise, raises
 `DumpError` naming it, before anything is written. A value whose shape the data decides
 (a cond_take's, a mask's) holds no shape in the file, and only operators whose writers take
@@ -254,7 +254,6 @@ def _padding(p, ins, outs):
 _OPERATORS = {
     "MatrixMul": ("MatrixMulV2", 1, 20, _matmul),
     "BatchedMatrixMul": ("BatchedMatrixMulV2", 1, 20, _matmul),
-    "ConvolutionForward": ("Convolution", 2, 3, _convolution),
     "PoolingForward": ("PoolingV1", 1, 9, _pooling),
     "AdaptivePoolingForward": ("AdaptivePoolingV1", 1, 70,
                                lambda p, ins, outs: {0: ("I", _POOL_MODES[p["mode"]])}),
@@ -270,17 +269,10 @@ _OPERATORS = {
     "Requantize": ("TypeCvtV2", 1, 67,
                    lambda p, ins, outs: _dtype(outs[0].dtype, "a requantized output")),
     "SoftmaxForward": ("Softmax", 2, 90, lambda p, ins, outs: {0: ("i", p["axis"])}),
-    "ConvolutionBackwardData": ("ConvolutionBackwardData", 2, 3, _convolution),
     "Identity": ("Identity", 1, 1, lambda p, ins, outs: {}),
-    "ResizeForward": ("ResizeV2", 1, 40, _resize),
     "Pad": ("Padding", 1, 82, _padding),
-    "BatchNormForward": ("BatchNormV1", 1, 11,
-                         lambda p, ins, outs: {0: ("I", 2), 1: ("I", 1),
-                                               2: ("d", float(p["epsilon"]))}),
 }
-# the operators with an ExecutionPolicy as a second parameter (upstream's defaults: an empty
-# table)
-_WITH_POLICY = {"ConvolutionForward", "ConvolutionBackwardData"}
+# (convolutions, batch norms and interpolation have writers of their own: `_EXPANSIONS`)
 # the operators whose comp node upstream's dump names (their config sets one)
 _WITH_COMP_NODE = {"MatrixMul", "BatchedMatrixMul", "Concat"}
 # the operators upstream's graph makes with a target shape as a second input
@@ -289,10 +281,6 @@ _SHAPE_INPUT = {"Reshape", "AdaptivePoolingForward", "ResizeForward"}
 
 def _check(opr, t, p, ins):
     """Refuse what the table above would write wrong."""
-    if t in _WITH_POLICY and (p.get("format", "NCHW") != "NCHW"
-                              or p.get("mode") != "CROSS_CORRELATION"):
-        _refuse(opr, f"a {t} of format {p.get('format')} / mode {p.get('mode')}; NCHW "
-                     "cross-correlation is written")
     if t in _SHAPE_INPUT and len(ins) != 1:
         _refuse(opr, f"its {t} takes its shape from other values of the program (traced with "
                      "symbolic shapes), which this writer does not write (traced with "
@@ -1334,9 +1322,24 @@ def _perspective_points(g, opr, ins, outs, p, device):
 
 
 def _float32_only(opr, what, v):
+    """Refuse ``what`` (an image, rois, an output) of a dtype other than float32: what these
+    writers write, and upstream 1.13 was checked to compute (its kernels compute in their
+    inputs' dtype)."""
     if np.dtype(v.dtype) != np.float32:
         _refuse(opr, f"{what} of dtype {v.dtype}; float32 ones are written (upstream's "
-                     "warps and remap compute in the image's dtype)")
+                     "operator computes in its input's dtype)")
+
+
+def _grouped_weight(g, w, groups, rank, device, name):
+    """The var of weight ``w`` as upstream's grouped operators take it: this fork's
+    (O, I/G, k...) of ``rank`` axes reshaped to (G, O/G, I/G, k...); ``w`` itself otherwise."""
+    weight = g.ids[id(w)]
+    if groups > 1 and len(w.shape) == rank:
+        o = int(w.shape[0])
+        shape = (groups, o // groups) + tuple(int(d) for d in w.shape[1:])
+        weight = g.op("ReshapeV1", 1, 54, {0: ("i", _NO_AXIS)},
+                      [weight, g.shape_const(shape, device, name)], [(name, shape)])[0]
+    return weight
 
 
 def _sample(g, opr, ins, outs, p, device):
@@ -1457,13 +1460,7 @@ def _convolution3d(g, opr, ins, outs, p, device):
     for what, v in (("an input", x), ("a weight", w), ("an output", y)):
         _float32_only(opr, what, v)
     groups = int(opr.params.get("groups", 1))
-    weight = g.ids[id(w)]
-    if groups > 1 and len(w.shape) == 5:
-        o = int(w.shape[0])
-        shape = (groups, o // groups) + tuple(int(d) for d in w.shape[1:])
-        weight = g.op("ReshapeV1", 1, 54, {0: ("i", _NO_AXIS)},
-                      [weight, g.shape_const(shape, device, f"{y.name}:w")],
-                      [(f"{y.name}:w", shape)])[0]
+    weight = _grouped_weight(g, w, groups, 5, device, f"{y.name}:w")
     (sd, sh, sw), (pd, ph, pw), (dd, dh, dw) = (tuple(int(p[f"{k}_{a}"]) for a in "dhw")
                                                 for k in ("stride", "pad", "dilate"))
     params = {0: ("I", 0), 1: ("I", pd), 2: ("I", ph), 3: ("I", pw), 4: ("I", sd),
@@ -1615,8 +1612,7 @@ def _nms(g, opr, ins, outs, p, device):
 _VISION = {"PerspectivePoints": _perspective_points, "Sample": _sample,
            "ROIAlignForward": _roi_align, "ROIPoolingForward": _roi_pooling,
            "Convolution3DForward": _convolution3d, "Im2Col": _im2col,
-           "ResizeForward": _interpolate}  # (before `_OPERATORS`' entry: nearest and bilinear
-# as that writes them)
+           "ResizeForward": _interpolate}
 # normalizations, norms, log-sum-exp, losses and element-wise checks: this fork's fused ops
 # written as the reductions and element-wise operators upstream's functional code builds them
 # from (its own dumps of F.normalize, F.norm, F.logsumexp, F.loss.* hold those, not one
@@ -2167,13 +2163,7 @@ def _deformable_conv(g, opr, ins, outs, p, device):
     y = outs[0]
     _float32_values(opr, list(ins) + [y], "deformable convolution")
     groups = int(opr.params.get("groups", 1))
-    weight = g.ids[id(w)]
-    if groups > 1 and len(w.shape) == 4:
-        o = int(w.shape[0])
-        shape = (groups, o // groups) + tuple(int(d) for d in w.shape[1:])
-        weight = g.op("ReshapeV1", 1, 54, {0: ("i", _NO_AXIS)},
-                      [weight, g.shape_const(shape, device, f"{y.name}:w")],
-                      [(f"{y.name}:w", shape)])[0]
+    weight = _grouped_weight(g, w, groups, 4, device, f"{y.name}:w")
     g.ids[id(y)] = g.op("DeformableConvForward", 2, 3, _convolution(p, ins, outs),
                         [g.ids[id(x)], weight, g.ids[id(offset)], g.ids[id(mask)]],
                         [(y.name, y.shape)], extra=[(55, {})])[0]
@@ -2470,26 +2460,19 @@ def write_upstream(net, metadata=None):
             ids[id(outs[0])] = ids[id(ins[0])]  # gives its input then too)
             continue
         inputs = [ids[id(v)] for v in ins]
-        if t == "ConvolutionBackwardData":  # (upstream's inputs: the weight, then the data)
-            inputs.reverse()
         if t == "Reduce" and p["axis"] == _EVERY_AXIS:  # (upstream's: a target shape input)
             inputs.append(g.shape_const([1], device, opr.name))
         elif t == "Reshape":
             inputs.append(_target_shape(g, opr, outs[0], device))
             p = dict(p, axis=p["axis"] if opr._dyn or _inferred_axis(opr) is not None
                      else _NO_AXIS)
-        elif t in ("AdaptivePoolingForward", "ResizeForward"):
+        elif t == "AdaptivePoolingForward":
             inputs.append(g.shape_const(outs[0].shape[2:], device, opr.name))
         name, version, ptype, params = _OPERATORS[t]
-        outputs = []
-        if t == "BatchNormForward":  # (upstream's four: the statistics, a reserve, then y)
-            outputs = [(f"{opr.name}:{part}", shape) for part, shape in
-                       (("mean", ins[3].shape), ("variance", ins[4].shape), ("reserve", (0,)))]
         made = g.op(name, version, ptype, params(p, ins, outs), inputs,
-                    outputs + [(v.name, v.shape) for v in outs],
-                    comp_node=device if t in _WITH_COMP_NODE else None,
-                    extra=[(55, {})] if t in _WITH_POLICY else [])
-        for v, k in zip(outs, made[len(outputs):]):
+                    [(v.name, v.shape) for v in outs],
+                    comp_node=device if t in _WITH_COMP_NODE else None)
+        for v, k in zip(outs, made):
             ids[id(v)] = k
     model = {0: ("I", _MGE_VERSION), 1: ("I", 2), 2: ("tables", g.ops),
              3: ("tables", g.middle),

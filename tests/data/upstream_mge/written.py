@@ -27,6 +27,11 @@ def models():
     import megengine.module as M
     from megengine import Parameter
 
+    def seeded(net):  # fixed weights: parameter k drawn from RandomState(k), times 0.5
+        for k, p in enumerate(net.parameters()):
+            p.set_value(np.random.RandomState(k).randn(*p.shape).astype("float32") * 0.5)
+        return net
+
     class CNN(M.Module):  # convolutions (groups), BN in eval, pooling of each kind, linear
         def __init__(self):
             super().__init__()
@@ -179,15 +184,11 @@ def models():
                     F.vision.nms(boxes, x[:, 2], 0.3, max_output=4))
 
     def batch():
-        net = Batch()
-        for k, p in enumerate(net.parameters()):
-            p.set_value(np.random.RandomState(k).randn(*p.shape).astype("float32") * 0.5)
+        net = seeded(Batch())
         return net, {"x": np.random.RandomState(15).randn(2, 5).astype("float32")}
 
     def vision():
-        net = Vision()
-        for k, p in enumerate(net.parameters()):
-            p.set_value(np.random.RandomState(k).randn(*p.shape).astype("float32") * 0.5)
+        net = seeded(Vision())
         rng = np.random.RandomState(14)
         mat = np.array([[[1.1, 0.1, 0.5], [0.05, 0.9, -0.3], [0.01, 0.02, 1.0]],
                         [[0.7, -0.2, 2.5], [0.3, 1.3, -1.3], [-0.02, 0.03, 1.1]],
@@ -277,17 +278,13 @@ def models():
                     self.rcell(x[:, 1], h[:, 0]), self.tcell(x[:, 2]))
 
     def recurrent():
-        net = Recurrent()
-        for k, p in enumerate(net.parameters()):
-            p.set_value(np.random.RandomState(k).randn(*p.shape).astype("float32") * 0.5)
+        net = seeded(Recurrent())
         rng = np.random.RandomState(16)
         return net, {"x": rng.randn(2, 5, 3).astype("float32"),
                      "h": rng.randn(2, 2, 4).astype("float32")}
 
     def layers():
-        net = Layers()
-        for k, p in enumerate(net.parameters()):
-            p.set_value(np.random.RandomState(k).randn(*p.shape).astype("float32") * 0.5)
+        net = seeded(Layers())
         rng = np.random.RandomState(15)
         net.bn1.running_mean.set_value(rng.randn(1, 6, 1, 1).astype("float32"))
         net.bn1.running_var.set_value(rng.rand(1, 6, 1, 1).astype("float32") + 0.5)
@@ -296,34 +293,26 @@ def models():
                      "img": rng.randn(1, 2, 4, 4).astype("float32")}
 
     def norms():
-        net = Norms()
-        for k, p in enumerate(net.parameters()):
-            p.set_value(np.random.RandomState(k).randn(*p.shape).astype("float32") * 0.5)
+        net = seeded(Norms())
         rng = np.random.RandomState(14)
         return net, {"x": rng.randn(2, 4, 3, 3).astype("float32"),
                      "v": rng.randn(6, 5).astype("float32")}
 
     def more():
-        net = More()
-        for k, p in enumerate(net.parameters()):
-            p.set_value(np.random.RandomState(k).randn(*p.shape).astype("float32") * 0.5)
+        net = seeded(More())
         rng = np.random.RandomState(12)
         return net, {"x": rng.randn(2, 5, 6).astype("float32"),
                      "img": rng.randn(2, 3, 6, 6).astype("float32")}
 
     def cnn():
-        net = CNN()
-        for k, p in enumerate(net.parameters()):
-            p.set_value(np.random.RandomState(k).randn(*p.shape).astype("float32") * 0.5)
+        net = seeded(CNN())
         rng = np.random.RandomState(10)
         net.bn.running_mean.set_value(rng.randn(1, 4, 1, 1).astype("float32"))
         net.bn.running_var.set_value(rng.rand(1, 4, 1, 1).astype("float32") + 0.5)
         return net, {"x": rng.rand(2, 1, 8, 8).astype("float32")}
 
     def mlp():
-        net = MLP()
-        for k, p in enumerate(net.parameters()):
-            p.set_value(np.random.RandomState(k).randn(*p.shape).astype("float32") * 0.5)
+        net = seeded(MLP())
         return net, {"x": np.random.RandomState(11).randn(2, 6).astype("float32")}
 
     def quantized(qconfig):
