@@ -1,5 +1,5 @@
 """Random inference programs (the jit fuzzer's, `jit_programs.draw`) dumped in upstream's format
-(``trace.dump(dump_format="FBS_V2")``, megengine/jit/upstream_mge_write.py), read back here and,
+(``trace.dump(dump_format="FBS_V2")``, megengine/jit/upstream_mge_write/), read back here and,
 with ``--upstream PYTHON`` (an interpreter with upstream MegEngine 1.13), run by upstream's
 ``GraphInference``::
 

@@ -1,4 +1,4 @@
-"""Writing upstream MegEngine's .mge format (megengine/jit/upstream_mge_write.py,
+"""Writing upstream MegEngine's .mge format (megengine/jit/upstream_mge_write/,
 ``trace.dump(dump_format="FBS_V2")``). The oracle is a real upstream MegEngine 1.13: the files
 tests/data/upstream_mge/written_*.mge were written by this fork and run by upstream
 (tests/data/upstream_mge/written.py, which stores upstream's outputs beside them); this test

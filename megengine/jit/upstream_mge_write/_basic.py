@@ -1,0 +1,395 @@
+"""Writers of this fork's basic operators that upstream computes with several operators:
+leaky_relu, prelu, log_softmax, stack, split, element-wise modes (comparisons, atan, trunc,
+clip), where, broadcasts and fills, topk (kth_only too), argmax / argmin (`_compute`, which
+hands other Compute functions to `_COMPUTED`), linspace, roll, layer_norm (upstream's
+LayerNorm) and vectors of sizes computed from shapes."""
+import numpy as np
+
+from ...core._imperative_rt.ops import _ELEMWISE_MODES
+from ._base import _NO_AXIS, _dtype, _refuse, _shape, _size, _Steps, _target_shape
+
+
+# Operators of this fork's program that upstream's graph computes with several operators: each
+# writes them as upstream's functional code builds them (megengine/functional/nn.py and
+# tensor.py of 1.13), and gives the Network's output var the last one's number.
+def _leaky_relu(g, opr, ins, outs, p, device, slope=None):
+    """``maximum(x, 0) + slope * minimum(x, 0)`` (upstream's leaky_relu and prelu)."""
+    x, y = g.ids[id(ins[0])], outs[0]
+    shape, name = tuple(y.shape), y.name
+    zero = g.const(np.zeros(1, y.dtype), device, f"{name}:zero")
+    if slope is None:
+        slope = g.const(np.array([p["slope"]], y.dtype), device, f"{name}:slope")
+    high = g.elemwise("MAX", [x, zero], f"{name}:max", shape)
+    low = g.elemwise("MIN", [x, zero], f"{name}:min", shape)
+    scaled = g.elemwise("MUL", [slope, low], f"{name}:scaled", shape)
+    g.ids[id(y)] = g.elemwise("ADD", [high, scaled], name, shape)
+
+
+def _prelu(g, opr, ins, outs, p, device):
+    w, x = ins[1], ins[0]
+    slope = g.ids[id(w)]
+    if w.shape and int(np.prod(w.shape)) > 1 and len(x.shape) > 2:  # (one per channel: axis 1)
+        view = (1, int(np.prod(w.shape))) + (1,) * (len(x.shape) - 2)
+        slope = g.op("ReshapeV1", 1, 54, {0: ("i", _NO_AXIS)},
+                     [slope, g.shape_const(view, device, f"{outs[0].name}:w")],
+                     [(f"{outs[0].name}:w", view)])[0]
+    _leaky_relu(g, opr, ins, outs, p, device, slope=slope)
+
+
+def _log_softmax(g, opr, ins, outs, p, device):
+    """``x - (log(sum(exp(x - m))) + m)`` with ``m`` the maximum along the axis (upstream's
+    logsoftmax: ``inp - logsumexp(inp, axis, keepdims=True)``)."""
+    x, y = g.ids[id(ins[0])], outs[0]
+    axes = p.get("axes")
+    if not isinstance(axes, (tuple, list)) or len(axes) != 1:
+        _refuse(opr, f"a log_softmax over axes {axes!r}; one axis is written")
+    shape, name = tuple(y.shape), y.name
+    axis = int(axes[0]) % len(shape)
+    kept = shape[:axis] + (1,) + shape[axis + 1:]
+    peak = g.reduce("MAX", x, axis, f"{name}:max", kept)
+    shifted = g.elemwise("SUB", [x, peak], f"{name}:shifted", shape)
+    total = g.reduce("SUM", g.elemwise("EXP", [shifted], f"{name}:exp", shape), axis,
+                     f"{name}:sum", kept)
+    lse = g.elemwise("ADD", [g.elemwise("LOG", [total], f"{name}:log", kept), peak],
+                     f"{name}:logsumexp", kept)
+    g.ids[id(y)] = g.elemwise("SUB", [x, lse], name, shape)
+
+
+def _stack(g, opr, ins, outs, p, device):
+    """Each input with a new axis (AxisAddRemove), then one Concat (upstream's stack)."""
+    y = outs[0]
+    axis = int(p["axis"]) % len(y.shape)
+    part = tuple(y.shape[:axis]) + (1,) + tuple(y.shape[axis + 1:])
+    parts = [g.op("AxisAddRemove", 1, 65, {0: ("structs <Ii", [(0, axis)])}, [g.ids[id(v)]],
+                  [(f"{y.name}:part{k}", part)])[0] for k, v in enumerate(ins)]
+    g.ids[id(y)] = g.concat(parts, axis, y.name, y.shape, device)
+
+
+def _split(g, opr, ins, outs, p, device):
+    """Upstream's Split: the input, then the size of each part, as inputs."""
+    bounds = list(p["bounds"])
+    sizes = [g.const(np.array([hi - lo], np.int32), device, f"{opr.name}:size{k}")
+             for k, (lo, hi) in enumerate(zip(bounds, bounds[1:]))]
+    made = g.op("Split", 1, 2, {0: ("i", int(p["axis"]))}, [g.ids[id(ins[0])]] + sizes,
+                [(v.name, v.shape) for v in outs])
+    for v, k in zip(outs, made):
+        g.ids[id(v)] = k
+
+
+# comparisons upstream's Elemwise has the other way round: ``a > b`` is ``LT(b, a)``
+_SWAPPED = {"GT": "LT", "GEQ": "LEQ"}
+
+
+def _elemwise(g, opr, ins, outs, p, device):
+    """An Elemwise of upstream's modes (`_ELEMWISE_MODES`), ``>`` and ``>=`` with their
+    operands swapped, as upstream's operators build them."""
+    mode, inputs = p["mode"], [g.ids[id(v)] for v in ins]
+    if mode in _SWAPPED:
+        mode, inputs = _SWAPPED[mode], inputs[::-1]
+    if mode == "ATAN":  # (upstream's F.atan: ATAN2 of x and 1)
+        mode = "ATAN2"
+        inputs.append(g.const(np.ones(1, outs[0].dtype), device, f"{outs[0].name}:one"))
+    if mode == "CLIP" and len(ins) == 1:  # (F.clip's numbers: upstream's CLIP of three
+        return _clip(g, opr, ins, outs, p, device)  # inputs, or MAX / MIN of one bound)
+    if mode == "TRUNC":  # (this fork's F.trunc: sign(x) * floor(|x|); integers as they are)
+        y = outs[0]
+        if np.dtype(y.dtype).kind != "f":
+            g.ids[id(y)] = inputs[0]
+            return
+        sign = g.elemwise("SIGN", inputs, f"{y.name}:sign", y.shape)
+        low = g.elemwise("FLOOR", [g.elemwise("ABS", inputs, f"{y.name}:abs", y.shape)],
+                         f"{y.name}:floor", y.shape)
+        g.ids[id(y)] = g.elemwise("MUL", [sign, low], y.name, y.shape)
+        return
+    if mode not in _ELEMWISE_MODES:
+        _refuse(opr, f"an element-wise mode {mode} upstream's Elemwise does not have")
+    y = outs[0]
+    if np.dtype(y.dtype) == np.bool_ and any(np.dtype(v.dtype) != np.bool_ for v in ins):
+        # a comparison: upstream's Elemwise gives 0/1 in its operands' dtype, and its files
+        # hold a TypeCvt to bool after it
+        made = g.elemwise(mode, inputs, f"{y.name}:{ins[0].dtype}", y.shape)
+        g.ids[id(y)] = g.op("TypeCvtV2", 1, 67, _dtype(np.bool_, y.name), [made],
+                            [(y.name, y.shape)])[0]
+        return
+    g.ids[id(y)] = g.elemwise(mode, inputs, y.name, y.shape)
+
+
+def _clip(g, opr, ins, outs, p, device):
+    """``clip(x, lower, upper)`` of number bounds, as upstream's F.clip builds it: Elemwise
+    CLIP of x and both bounds, or MAX with the lower / MIN with the upper one alone; the
+    bounds in the output's dtype (float16: rounded to it first, as here)."""
+    op, y = opr._op, outs[0]
+    x = g.ids[id(ins[0])]
+    if _dtype(ins[0].dtype, "") != _dtype(y.dtype, ""):
+        x = g.op("TypeCvtV2", 1, 67, _dtype(y.dtype, y.name), [x],
+                 [(f"{y.name}:{y.dtype}", ins[0].shape)])[0]
+    bounds = [(g.const(np.array([b], y.dtype), device, f"{y.name}:{what}"), mode)
+              for b, what, mode in ((op.lower, "lower", "MAX"), (op.upper, "upper", "MIN"))
+              if b is not None]
+    if len(bounds) == 2:
+        g.ids[id(y)] = g.elemwise("CLIP", [x] + [k for k, _ in bounds], y.name, y.shape)
+    else:
+        (k, mode), = bounds
+        g.ids[id(y)] = g.elemwise(mode, [x, k], y.name, y.shape)
+
+
+def _where(g, opr, ins, outs, p, device):
+    """``where(mask, x, y)`` as upstream's builds it: the mask cast to the values' dtype,
+    ``SWITCH_GT0(m, x) + SWITCH_GT0(1 - m, y)`` (a value not chosen is never read: inf and NaN
+    stay where they are not chosen)."""
+    y = outs[0]
+    mask, a, b = (g.ids[id(v)] for v in ins)
+    shape = tuple(ins[0].shape)
+    m = g.op("TypeCvtV2", 1, 67, _dtype(y.dtype, y.name), [mask],
+             [(f"{y.name}:mask", shape)])[0]
+    one = g.const(np.ones(1, y.dtype), device, f"{y.name}:one")
+    rest = g.elemwise("SUB", [one, m], f"{y.name}:other", shape)
+    g.ids[id(y)] = g.elemwise(
+        "ADD", [g.elemwise("SWITCH_GT0", [m, a], f"{y.name}:x", y.shape),
+                g.elemwise("SWITCH_GT0", [rest, b], f"{y.name}:y", y.shape)], y.name, y.shape)
+
+
+def _broadcast_as(g, opr, ins, outs, p, device):
+    """This fork's ``a + 0`` of another shape or dtype: Broadcast, then TypeCvt."""
+    x, y = ins[0], outs[0]
+    cast = _dtype(x.dtype, "") != _dtype(y.dtype, "")
+    k = g.broadcast(g.ids[id(x)], x.shape, y.shape, f"{y.name}:shape" if cast else y.name,
+                    lambda: _target_shape(g, opr, y, device))
+    if cast:
+        k = g.op("TypeCvtV2", 1, 67, _dtype(y.dtype, y.name), [k], [(y.name, y.shape)])[0]
+    g.ids[id(y)] = k
+
+
+def _topk(g, opr, ins, outs, p, device):
+    """Upstream's TopK (the k smallest; ``descending``: of the negated input, the values
+    negated back, as upstream's topk builds it): its k as an input, values and indices out."""
+    op = opr._op
+    if op.kth_only:
+        return _topk_kth(g, opr, ins, outs, p, device)
+    x, (values, indices) = g.ids[id(ins[0])], outs
+    if op.descending:
+        x = g.elemwise("NEGATE", [x], f"{values.name}:negated", ins[0].shape)
+    k = g.const(np.array([op.k], np.int32), device, f"{opr.name}:k")
+    v, i = g.op("TopK", 1, 44, {0: ("I", 1 if op.no_sort else 2)}, [x, k],
+                [(f"{values.name}:top" if op.descending else values.name, values.shape),
+                 (indices.name, indices.shape)])
+    if op.descending:
+        v = g.elemwise("NEGATE", [v], values.name, values.shape)
+    g.ids[id(values)], g.ids[id(indices)] = v, i
+
+
+def _compute(g, opr, ins, outs, p, device):
+    """This fork's ops computed by a function (``Compute``): argmax and argmin, as upstream's
+    Argmax / Argmin per axis (keeping it, highest axis first), each followed by an
+    AxisAddRemove dropping it unless ``keepdims``."""
+    from . import _COMPUTED
+
+    op, y = opr._op, outs[0]
+    writer = _COMPUTED.get(getattr(op.fn, "__name__", ""))
+    if writer is not None:
+        return writer(g, opr, ins, outs, p, device)
+    if getattr(op.fn, "__name__", "") != "_arg_reduce_fn":
+        _refuse(opr, f"it computes {getattr(op.fn, '__name__', op.fn)!r}, which has no writer")
+    kind, axes, keepdims = op.args
+    if axes is None:  # (over every axis: of the flattened value)
+        return _arg_reduce_flat(g, opr, ins, outs, p, device)
+    x, shape = g.ids[id(ins[0])], list(ins[0].shape)
+    name = "Argmax" if kind == "argmax" else "Argmin"
+    for k, a in enumerate(sorted((int(a) % len(shape) for a in axes), reverse=True)):
+        shape[a] = 1
+        x = g.op(name, 1, 2, {0: ("i", a)}, [x], [(f"{y.name}:{k}", tuple(shape))])[0]
+        if not keepdims:
+            del shape[a]
+            x = g.op("AxisAddRemove", 1, 65, {0: ("structs <Ii", [(1, a)])}, [x],
+                     [(f"{y.name}:{k}:dropped", tuple(shape))])[0]
+    g.ids[id(y)] = x
+
+
+def _linspace(g, opr, ins, outs, p, device):
+    """Upstream's Linspace of start, stop and count (inputs of one item each: the program's
+    values, or its constants and a count computed from shapes), float32, then cast."""
+    from ...jit._program import _DimExpr
+
+    y = outs[0]
+    if ins:
+        inputs = [g.ids[id(v)] for v in ins]
+    else:  # (numbers, or sizes computed from shapes: a count in int32, bounds in float32)
+        dyn = dict(opr._dyn or ())
+        inputs = []
+        for k, dtype in (("start", np.float32), ("stop", np.float32), ("num", np.int32)):
+            v = dyn.get(k, getattr(opr._op, k, None))
+            inputs.append(_size(g, opr, v.tree, device, f"{y.name}:{k}", dtype)
+                          if type(v) is _DimExpr else
+                          g.const(np.array([v], dtype), device, f"{y.name}:{k}"))
+    f32 = np.dtype(np.float32)
+    made = g.op("Linspace", 1, 29, {} if p.get("endpoint", True) else {0: ("?", False)}, inputs,
+                [(y.name if y.dtype == f32 else f"{y.name}:float32", y.shape)],
+                comp_node=device)[0]
+    if np.dtype(y.dtype) != f32:
+        made = g.op("TypeCvtV2", 1, 67, _dtype(y.dtype, f"{y.name}"), [made],
+                    [(y.name, y.shape)])[0]
+    g.ids[id(y)] = made
+
+
+def _roll(g, opr, ins, outs, p, device):
+    """``roll`` as upstream builds it: per shifted axis, a Split into the parts before and
+    after the cut and a Concat of them swapped; over every axis (``axis=None``), of the
+    flattened value, reshaped back."""
+    x, y = g.ids[id(ins[0])], outs[0]
+    shape = tuple(ins[0].shape)
+    shifts, axes = p["shift"], p["axis"]
+    flat = axes is None
+    if flat:
+        size = int(np.prod(shape))
+        x = g.op("ReshapeV1", 1, 54, {0: ("i", _NO_AXIS)},
+                 [x, g.shape_const([size], device, f"{y.name}:flat")],
+                 [(f"{y.name}:flat", (size,))])[0]
+        now, shifts, axes = (size,), (shifts,), (0,)
+    else:
+        now = shape
+        if isinstance(shifts, (int, np.integer)):
+            shifts, axes = (shifts,), (axes,)
+    for k, (shift, axis) in enumerate(zip(shifts, axes)):
+        axis = int(axis) % len(now)
+        size = now[axis]
+        cut = size - int(shift) % size if size else 0
+        if cut in (0, size):  # (a whole turn: nothing moves)
+            continue
+        part = lambda n: now[:axis] + (n,) + now[axis + 1:]  # noqa: E731
+        sizes = [g.const(np.array([n], np.int32), device, f"{y.name}:size{k}{j}")
+                 for j, n in enumerate((cut, size - cut))]
+        a, b = g.op("Split", 1, 2, {0: ("i", axis)}, [x] + sizes,
+                    [(f"{y.name}:head{k}", part(cut)), (f"{y.name}:tail{k}", part(size - cut))])
+        x = g.concat([b, a], axis, f"{y.name}:{k}", now, device)
+    if flat:
+        x = g.op("ReshapeV1", 1, 54, {0: ("i", _NO_AXIS)},
+                 [x, g.shape_const(_shape(shape), device, y.name)], [(y.name, shape)])[0]
+    g.ids[id(y)] = x
+
+
+def _layer_norm(g, opr, ins, outs, p, device):
+    """Upstream's LayerNorm operator: the normalized output, then the mean and 1 / std."""
+    if p.get("family") != "layer_norm" or p.get("has_weight") != p.get("has_bias"):
+        _refuse(opr, "a normalization other than layer_norm with both or neither of weight "
+                     "and bias")
+    x, y = ins[0], outs[0]
+    size = int(p["view"][-1])
+    nd, n = 0, 1  # the fewest trailing axes holding `size` values (one axis at least; trailing
+    while (nd == 0 or n < size) and nd < len(x.shape):  # axes of 1 normalize alike either way)
+        nd += 1
+        n *= int(x.shape[-nd])
+    if n != size:
+        _refuse(opr, f"a layer_norm over {size} values that are no trailing axes of {x.shape}")
+    lead = tuple(x.shape[:len(x.shape) - nd]) or (1,)
+    affine = bool(p["has_weight"])
+    made = g.op("LayerNorm", 1, 85, {0: ("?", affine), 1: ("f", float(p["eps"])), 2: ("Q", nd),
+                                     3: ("Q", size)},
+                [g.ids[id(v)] for v in ins[:3 if affine else 1]],
+                [(y.name, y.shape), (f"{y.name}:mean", lead), (f"{y.name}:rstd", lead)])
+    g.ids[id(y)] = made[0]
+
+
+def _sizes(g, opr, ins, outs, p, device):
+    """A vector of sizes computed from shapes (``Tensor(x.shape)`` arithmetic): int32."""
+    from ...jit._program import _DimExpr
+
+    frozen = dict(opr._dyn or ()).get("values")
+    y = outs[0]
+    if np.dtype(y.dtype) not in (np.dtype(np.int32), np.dtype(np.float32)) or frozen is None:
+        _refuse(opr, f"sizes of dtype {y.dtype}; int32 and float32 sizes computed from shapes "
+                     "are written")
+    items = frozen[1] if type(frozen) is tuple and frozen and frozen[0] in (tuple, list) \
+        else (frozen,)
+    parts = [_size(g, opr, x.tree if type(x) is _DimExpr else x, device, f"{y.name}:{k}",
+                   y.dtype) for k, x in enumerate(items)]
+    g.ids[id(y)] = g.concat(parts, 0, y.name, y.shape, device)
+
+
+def _broadcast(g, opr, ins, outs, p, device):
+    """``broadcast_to`` (its target shape a constant, or the var of its second input); with
+    no input, ``full``/``zeros``: its value (a constant, or a size computed from shapes) broadcast
+    to its shape, as upstream's Fill builds it."""
+    from ...jit._program import _DimExpr
+
+    y = outs[0]
+    if ins:
+        g.ids[id(y)] = g.broadcast(g.ids[id(ins[0])], ins[0].shape, y.shape, y.name, lambda: (
+            g.ids[id(ins[1])] if len(ins) > 1 else g.shape_const(y.shape, device, opr.name)))
+        return
+    value = dict(opr._dyn or ()).get("value", getattr(opr._op, "value", None))
+    if type(value) is _DimExpr:
+        if np.dtype(y.dtype) not in (np.dtype(np.int32), np.dtype(np.float32)):
+            _refuse(opr, f"a {y.dtype} value computed from sizes; int32 and float32 ones are "
+                         "written")
+        value = _size(g, opr, value.tree, device, f"{y.name}:value", y.dtype)
+    elif isinstance(value, (int, float, np.number, bool)):
+        value = g.const(np.array([value], y.dtype), device, f"{y.name}:value")
+    else:
+        _refuse(opr, f"its value {value!r} is not written")
+    g.ids[id(y)] = g.broadcast(value, (1,), y.shape, y.name,
+                               lambda: _target_shape(g, opr, y, device))
+
+
+def _fill(g, opr, ins, outs, p, device):
+    """A tensor of one value in a shape computed from shapes (``zeros_like`` under symbolic
+    shapes): the value broadcast to it, as upstream's Fill builds it."""
+    y = outs[0]
+    value = g.const(np.array([opr._op.value], y.dtype), device, f"{y.name}:value")
+    g.ids[id(y)] = g.broadcast(value, (1,), y.shape, y.name,
+                               lambda: _target_shape(g, opr, y, device))
+
+
+def _arg_reduce_flat(g, opr, ins, outs, p, device):
+    """argmax / argmin over every axis: of the flattened value (a ReshapeV1 to one axis, its
+    size inferred, as upstream's own dump of F.argmax(x)), one Argmax / Argmin over axis 0: a
+    (1,) value, upstream's scalar."""
+    kind = opr._op.args[0]
+    x, y = ins[0], outs[0]
+    if not all(x.shape):
+        _refuse(opr, f"{kind} of an empty value")
+    s = _Steps(g, opr, device, y)
+    size = int(np.prod(x.shape))
+    k = g.ids[id(x)]
+    if len(x.shape) > 1:
+        k = g.op("ReshapeV1", 1, 54, {0: ("i", 0)},
+                 [k, g.shape_const([1], device, s.name("flat"))], [(s.name("flat"), (size,))])[0]
+    name = "Argmax" if kind == "argmax" else "Argmin"
+    s.finish(g.op(name, 1, 2, {0: ("i", 0)}, [k], [(s.name(kind), (1,))])[0])
+
+
+def _topk_kth(g, opr, ins, outs, p, device):
+    """topk(kth_only=True): upstream's TopK of mode KTH_ONLY (one output: each row's k-th
+    smallest; of the negated input for ``descending``, negated back) over the input's rows as
+    (rows, n); this fork's op gives it with a last axis of 1, and the index of the first
+    element of its row equal to it (upstream's topk finds its index so: Argmax of ``x ==
+    value``; the fork's index is one of the tied ones: the same where none tie)."""
+    op = opr._op
+    x, (values, indices) = ins[0], outs
+    shape = tuple(int(d) for d in x.shape)
+    if not shape or not all(shape):
+        _refuse(opr, f"a topk(kth_only=True) of a value of shape {shape}")
+    s = _Steps(g, opr, device, values)
+    rows, n = int(np.prod(shape[:-1])), shape[-1]
+    flat = g.ids[id(x)]
+    if len(shape) != 2:
+        flat = g.op("ReshapeV1", 1, 54, {0: ("i", _NO_AXIS)},
+                    [flat, g.shape_const((rows, n), device, s.name("rows"))],
+                    [(s.name("rows"), (rows, n))])[0]
+    k = s.ew("NEGATE", [flat], (rows, n)) if op.descending else flat
+    kth = g.op("TopK", 1, 44, {}, [k, g.const(np.array([op.k], np.int32), device,
+                                                     s.name("k"))],
+               [(s.name("kth"), (rows,))])[0]
+    if op.descending:
+        kth = s.ew("NEGATE", [kth], (rows,))
+    col = g.op("AxisAddRemove", 1, 65, {0: ("structs <Ii", [(0, 1)])}, [kth],
+               [(s.name("column"), (rows, 1))])[0]
+    where = g.op("Argmax", 1, 2, {0: ("i", 1)}, [s.ew("EQ", [flat, col], (rows, n))],
+                 [(s.name("argmax"), (rows, 1))])[0]
+    out_shape = shape[:-1] + (1,)
+    for v, var in ((values, col), (indices, where)):
+        if len(shape) != 2:
+            var = g.op("ReshapeV1", 1, 54, {0: ("i", _NO_AXIS)},
+                       [var, g.shape_const(out_shape, device, s.name("shape"))],
+                       [(s.name("shape"), out_shape)])[0]
+        g.middle[var][0] = ("str", v.name)
+        g.ids[id(v)] = var
