@@ -10,6 +10,7 @@ import tempfile
 import numpy as np
 import pytest
 
+from devices import host_default_device  # noqa: F401  (the fixture below)
 from tests.fuzz import upstream_calls as uc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -81,6 +82,7 @@ def test_tile_with_more_reps_than_axes_is_numpys():
     assert uc.known(("F.tile", [x, ("v", (2, 1, 1, 1))], {}), ours, upstreams) is None
 
 
+@pytest.mark.usefixtures("host_default_device")  # (quantized tensors live on CPU devices)
 def test_a_quantized_value_at_a_boundary_rounded_the_other_way_is_told_apart():
     # fuzz seed 150683: the batch norm gives the same input bits 1 float32 step apart here
     # (-1.9927762, upstream -1.992776: there the float32 nearest the exact -1.99277601), the
