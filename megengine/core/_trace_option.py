@@ -496,8 +496,7 @@ def sym_max(a, b, op="max"):
     expression, not a comparison (which would guard the program to its traced outcome)."""
     if type(a) is not SymDim and type(b) is not SymDim:
         return _BINARY[op](a, b)
-    x, y = (v if type(v) is SymDim else None for v in (a, b))
-    src = (x or y).src
+    src = (a if type(a) is SymDim else b).src  # (not `a or b`: truth of a SymDim guards it)
     tree = tuple([op] + [v.tree if type(v) is SymDim else v for v in (a, b)])
     value = _BINARY[op](*(v.value if type(v) is SymDim else v for v in (a, b)))
     nonneg = (all if op == "min" else any)(

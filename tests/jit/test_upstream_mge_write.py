@@ -348,8 +348,8 @@ def test_a_range_over_a_size_the_data_decides_follows_the_data_when_read_back():
 
     rng = np.random.RandomState(0)
     prog = load(io.BytesIO(_dumped(fn, rng.randn(3, 4).astype("float32")).getvalue()))
-    for _ in range(3):
-        x = rng.randn(3, 4).astype("float32")
+    for k in range(4):  # (the last: no value taken, a count of 0)
+        x = rng.randn(3, 4).astype("float32") if k < 3 else -np.ones((3, 4), "float32")
         got = [v.numpy() for v in prog.run({"arg_0": x}).values()]
         want = [v.numpy() for v in fn(mge.tensor(x))]
         for g, w in zip(got, want):
