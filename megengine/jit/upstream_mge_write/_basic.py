@@ -313,8 +313,15 @@ def _broadcast(g, opr, ins, outs, p, device):
 
     y = outs[0]
     if ins:
-        g.ids[id(y)] = g.broadcast(g.ids[id(ins[0])], ins[0].shape, y.shape, y.name, lambda: (
-            g.ids[id(ins[1])] if len(ins) > 1 else g.shape_const(y.shape, device, opr.name)))
+        def target():  # (a target computed from shapes is computed in the file: it follows)
+            if len(ins) > 1:
+                return g.ids[id(ins[1])]
+            frozen = dict(opr._dyn or ()).get("shape")
+            if frozen is not None and not any(type(v) is int and v == -1 for v in frozen[1]):
+                return _target_shape(g, opr, y, device)
+            return g.shape_const(y.shape, device, opr.name)
+
+        g.ids[id(y)] = g.broadcast(g.ids[id(ins[0])], ins[0].shape, y.shape, y.name, target)
         return
     value = dict(opr._dyn or ()).get("value", getattr(opr._op, "value", None))
     if type(value) is _DimExpr:
