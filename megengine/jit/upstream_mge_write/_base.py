@@ -380,12 +380,28 @@ def _size(g, opr, tree, device, name, dtype=np.int32):
     if tree[0] == "neg":
         return g.elemwise("NEGATE", [_size(g, opr, tree[1], device, name, dtype)],
                           f"{name}:neg", (1,))
+    if tree[0] in ("floor", "ceil"):  # (of a float value: math.floor(h * 1.5), an
+        # interpolation's scale_factor; upstream's FLOOR / CEIL in float32, then a cast)
+        k = g.elemwise(tree[0].upper(), [_size(g, opr, tree[1], device, name, np.float32)],
+                       f"{name}:{tree[0]}", (1,))
+        if dtype != np.float32:
+            k = g.op("TypeCvtV2", 1, 67, _dtype(dtype, "a size"), [k],
+                     [(f"{name}:{tree[0]}:{dtype}", (1,))])[0]
+        return k
     if tree[0] not in _SIZE_MODES or (tree[0] == "/" and dtype.kind != "f"):
         _refuse(opr, f"a size computed with {tree[0]!r} of sizes, which this writer does not "
-                     "write (+, -, *, //, %, max, min and, for float values, / are); trace with "
-                     "symbolic_shape=False")
+                     "write (+, -, *, //, %, max, min, floor, ceil and, for float values, / are); "
+                     "trace with symbolic_shape=False")
     a, b = (_size(g, opr, x, device, name, dtype) for x in tree[1:])
     return g.elemwise(_SIZE_MODES[tree[0]], [a, b], f"{name}:{tree[0]}", (1,))
+
+
+def _size_written(tree):
+    """Whether `_size` writes size expression ``tree`` (its operators all upstream's)."""
+    if type(tree) is not tuple or tree[0] == "dim":
+        return True
+    return (tree[0] in _SIZE_MODES or tree[0] in ("neg", "floor", "ceil")) and all(
+        _size_written(v) for v in tree[1:])
 
 
 def _target_shape(g, opr, out, device):

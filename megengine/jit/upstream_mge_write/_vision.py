@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 
 from ._base import (_RESIZE_MODES, _check, _float32_only, _graph_params_of, _graph_type_of,
-                    _refuse, _resize, _user_stacklevel)
+                    _refuse, _resize, _size, _size_written, _user_stacklevel)
 
 
 # --------------------------------------------------------------------------------------------
@@ -144,13 +144,30 @@ def _interpolate(g, opr, ins, outs, p, device):
     the matrix scaling each axis by (in - 1) / (out - 1) (0 for an output of 1: this fork's
     corner; upstream's own divides by 0 there), broadcast to the batch; trilinear: Resize3D
     (NCDHW, align_corners as given)."""
+    from ...jit._program import _DimExpr
+
     _check(opr, "ResizeForward", p, ins)
     x, y = ins[0], outs[0]
     mode, aligned = p.get("mode"), bool(p.get("align_corners"))
+    frozen = dict(opr._dyn or ()).get("sizes")  # (an output size computed from shapes; one
+    # this writer cannot compute (round() of sizes) stays the traced constant, as before)
+    computed = frozen is not None and any(type(v) is _DimExpr for v in frozen[1]) and all(
+        _size_written(v.tree) for v in frozen[1] if type(v) is _DimExpr)
+
+    def size_var(extra=()):
+        """The output size: computed in the file from shapes where the program computes it
+        (``size=lateral.shape[2:]``, an FPN's: the file follows its inputs, as upstream's
+        own), else the traced constant; ``extra`` sizes appended (linear's width of 1)."""
+        if not computed:
+            return g.shape_const(tuple(int(v) for v in y.shape[2:]) + extra, device, opr.name)
+        parts = [_size(g, opr, v.tree if type(v) is _DimExpr else int(v), device,
+                       f"{opr.name}:size{k}") for k, v in enumerate(frozen[1])]
+        parts += [g.shape_const(list(extra), device, f"{opr.name}:extra")] if extra else []
+        return g.concat(parts, 0, f"{opr.name}:size", (len(parts),), device)
+
     if mode in _RESIZE_MODES and not aligned and len(x.shape) == 4:  # (as `_OPERATORS` has it)
         g.ids[id(y)] = g.op("ResizeV2", 1, 40, _resize(p, ins, outs),
-                            [g.ids[id(x)], g.shape_const(y.shape[2:], device, opr.name)],
-                            [(y.name, y.shape)])[0]
+                            [g.ids[id(x)], size_var()], [(y.name, y.shape)])[0]
         return
     if mode not in ("bicubic", "linear", "bilinear", "trilinear"):  # pragma: no cover
         _resize(p, ins, outs)  # (refuses by name)
@@ -162,8 +179,7 @@ def _interpolate(g, opr, ins, outs, p, device):
     k = g.ids[id(x)]
     if mode == "trilinear":
         g.ids[id(y)] = g.op("Resize3D", 1, 96, {0: ("I", 1), 1: ("I", 0), 2: ("?", aligned)},
-                            [k, g.shape_const(sizes, device, opr.name)],
-                            [(y.name, y.shape)])[0]
+                            [k, size_var()], [(y.name, y.shape)])[0]
         return
     shape = tuple(int(v) for v in x.shape)
     if mode == "linear":  # (N, C, L) as (N, C, L, 1)
@@ -174,8 +190,14 @@ def _interpolate(g, opr, ins, outs, p, device):
     name = f"{y.name}:2d" if mode == "linear" else y.name
     if not aligned:
         k = g.op("ResizeV2", 1, 40, {0: ("I", 3 if mode == "bicubic" else 1), 1: ("I", 0)},
-                 [k, g.shape_const(sizes, device, opr.name)], [(name, out)])[0]
+                 [k, size_var((1,) if mode == "linear" else ())], [(name, out)])[0]
     else:
+        if computed:  # (the scaling matrix holds the traced sizes)
+            warnings.warn(
+                f"trace.dump(dump_format='FBS_V2'): an interpolation with align_corners whose "
+                f"output size the program computes from shapes is written at its traced size "
+                f"{tuple(int(v) for v in y.shape[2:])} (its scaling matrix holds it); run the "
+                "file at the traced input shapes", stacklevel=_user_stacklevel())
         (ih, iw), (oh, ow) = shape[2:], sizes
         scale = [np.float32((n - 1.0) / (m - 1.0)) if m > 1 else np.float32(0)
                  for n, m in ((iw, ow), (ih, oh))]

@@ -182,7 +182,8 @@ def models():
                     self.emb(top), self.gn(square) + self.inorm(square),
                     F.nn.interpolate(x.reshape(-1, 1, 1, 5), size=(3, 7), align_corners=True),
                     F.vision.nms(boxes, x[:, 2], 0.3, max_output=4),
-                    F.broadcast_to(x.sum(1, keepdims=True), (x.shape[0], 3)))
+                    F.broadcast_to(x.sum(1, keepdims=True), (x.shape[0], 3)),
+                    F.nn.interpolate(square, size=(square.shape[2] * 2, square.shape[3])))
 
     def batch():
         net = seeded(Batch())
