@@ -492,3 +492,25 @@ def test_reader_refuses_recurrent_operators_this_fork_does_not_compute():
     for kind, params, n, match in cases:
         with pytest.raises(UpstreamFormatError, match=match):
             load(io.BytesIO(_upstream_file(kind, params, n))).run(x)
+
+
+def test_interpolation_sizes_computed_from_shapes_follow_the_input():
+    # an FPN's upsampling to its lateral's size, and a scale_factor's floor(h * 2): computed
+    # in the file (upstream 1.13 ran such a file traced at 8x8 at 16x12 to these values too)
+    def fpn(x):
+        top = F.max_pool2d(x, 2) * 2
+        return (x + F.nn.interpolate(top, size=x.shape[2:]),
+                F.nn.interpolate(top, scale_factor=2.0, mode="bilinear"),
+                F.nn.interpolate(x[:, 0], size=x.shape[2], mode="linear"))
+
+    rng = np.random.RandomState(2)
+    prog = load(io.BytesIO(_dumped(fpn, rng.rand(2, 3, 8, 8).astype("float32")).getvalue()))
+    x = rng.rand(3, 3, 16, 12).astype("float32")
+    got = [v.numpy() for v in prog.run({"arg_0": x}).values()]
+    for g, w in zip(got, fpn(mge.tensor(x))):
+        np.testing.assert_allclose(g, w.numpy(), rtol=1e-6, atol=1e-6)
+    # with align_corners the scaling matrix holds the traced sizes: written so, with a warning
+    with pytest.warns(UserWarning, match=r"align_corners.*traced size \(8, 8\)"):
+        _dumped(lambda x: F.nn.interpolate(x[:, :, ::2, ::2], size=x.shape[2:],
+                                           align_corners=True),
+                rng.rand(2, 3, 8, 8).astype("float32"))
