@@ -501,7 +501,13 @@ def test_interpolation_sizes_computed_from_shapes_follow_the_input():
         top = F.max_pool2d(x, 2) * 2
         return (x + F.nn.interpolate(top, size=x.shape[2:]),
                 F.nn.interpolate(top, scale_factor=2.0, mode="bilinear"),
-                F.nn.interpolate(x[:, 0], size=x.shape[2], mode="linear"))
+                F.nn.interpolate(x[:, 0], size=x.shape[2], mode="linear"),
+                # align_corners: its scaling matrix computed in the file too (an output of 1
+                # scales by 0), as upstream's interpolate builds it
+                F.nn.interpolate(top, size=x.shape[2:], align_corners=True),
+                F.nn.interpolate(top, size=(1, x.shape[3]), align_corners=True),
+                F.nn.interpolate(x[:, 0], size=x.shape[3] * 2 - 1, mode="linear",
+                                 align_corners=True))
 
     rng = np.random.RandomState(2)
     prog = load(io.BytesIO(_dumped(fpn, rng.rand(2, 3, 8, 8).astype("float32")).getvalue()))
@@ -509,8 +515,3 @@ def test_interpolation_sizes_computed_from_shapes_follow_the_input():
     got = [v.numpy() for v in prog.run({"arg_0": x}).values()]
     for g, w in zip(got, fpn(mge.tensor(x))):
         np.testing.assert_allclose(g, w.numpy(), rtol=1e-6, atol=1e-6)
-    # with align_corners the scaling matrix holds the traced sizes: written so, with a warning
-    with pytest.warns(UserWarning, match=r"align_corners.*traced size \(8, 8\)"):
-        _dumped(lambda x: F.nn.interpolate(x[:, :, ::2, ::2], size=x.shape[2:],
-                                           align_corners=True),
-                rng.rand(2, 3, 8, 8).astype("float32"))

@@ -6,7 +6,8 @@ import warnings
 import numpy as np
 
 from ._base import (_RESIZE_MODES, _check, _float32_only, _graph_params_of, _graph_type_of,
-                    _refuse, _resize, _size, _size_written, _user_stacklevel)
+                    _NO_AXIS, _dtype, _refuse, _resize, _size, _size_written,
+                    _user_stacklevel)
 
 
 # --------------------------------------------------------------------------------------------
@@ -192,17 +193,15 @@ def _interpolate(g, opr, ins, outs, p, device):
         k = g.op("ResizeV2", 1, 40, {0: ("I", 3 if mode == "bicubic" else 1), 1: ("I", 0)},
                  [k, size_var((1,) if mode == "linear" else ())], [(name, out)])[0]
     else:
-        if computed:  # (the scaling matrix holds the traced sizes)
-            warnings.warn(
-                f"trace.dump(dump_format='FBS_V2'): an interpolation with align_corners whose "
-                f"output size the program computes from shapes is written at its traced size "
-                f"{tuple(int(v) for v in y.shape[2:])} (its scaling matrix holds it); run the "
-                "file at the traced input shapes", stacklevel=_user_stacklevel())
-        (ih, iw), (oh, ow) = shape[2:], sizes
-        scale = [np.float32((n - 1.0) / (m - 1.0)) if m > 1 else np.float32(0)
-                 for n, m in ((iw, ow), (ih, oh))]
-        mat = g.const(np.array([[[scale[0], 0, 0], [0, scale[1], 0], [0, 0, 1]]], np.float32),
-                      device, f"{y.name}:mat")
+        if computed:  # (sizes computed from shapes: the scaling matrix too, in the file)
+            mat, size = _aligned_matrix(g, opr, k, frozen[1], mode == "linear", y, device)
+        else:
+            (ih, iw), (oh, ow) = shape[2:], sizes
+            scale = [np.float32((n - 1.0) / (m - 1.0)) if m > 1 else np.float32(0)
+                     for n, m in ((iw, ow), (ih, oh))]
+            mat = g.const(np.array([[[scale[0], 0, 0], [0, scale[1], 0], [0, 0, 1]]],
+                                   np.float32), device, f"{y.name}:mat")
+            size = None  # (the traced constant, made after the matrix's broadcast)
 
         def batch_shape():
             n = g.op("GetVarShapeV1", 1, 54, {0: ("i", 0)}, [g.ids[id(x)]],
@@ -213,11 +212,47 @@ def _interpolate(g, opr, ins, outs, p, device):
         mat = g.broadcast(mat, (1, 3, 3), (shape[0], 3, 3), f"{y.name}:mats", batch_shape)
         k = g.op("WarpPerspectiveV2", 1, 13, {0: ("I", 1), 1: ("I", 0), 2: ("I", 0),
                                               3: ("f", 0.0)},
-                 [k, mat, g.shape_const(sizes, device, opr.name)], [(name, out)])[0]
+                 [k, mat, size if size is not None else g.shape_const(sizes, device, opr.name)],
+                 [(name, out)])[0]
     if mode == "linear":
         k = g.op("AxisAddRemove", 1, 65, {0: ("structs <Ii", [(1, 3)])}, [k],
                  [(y.name, y.shape)])[0]
     g.ids[id(y)] = k
+
+
+def _aligned_matrix(g, opr, k, items, linear, y, device):
+    """(the (1, 3, 3) matrix, the output size) of an align_corners interpolation of var ``k``
+    (N, C, H, W) to output sizes ``items`` (sizes computed from shapes, or ints; ``linear``: a
+    width of 1 added), both computed in the file: each axis scaled by (in - 1) / (out - 1),
+    0 for an output of 1 (``(in - 1) / max(out - 1, 1) * min(out - 1, 1)`` in float32), so
+    the file follows its input's sizes as upstream's interpolate does."""
+    from ...jit._program import _DimExpr
+
+    f32, name = np.dtype(np.float32), y.name
+    one = g.const(np.ones(1, f32), device, f"{name}:1")
+    zero = g.const(np.zeros(1, f32), device, f"{name}:0")
+    outs = [_size(g, opr, v.tree if type(v) is _DimExpr else int(v), device,
+                  f"{name}:out{j}", f32) for j, v in enumerate(items)] + ([one] if linear else [])
+
+    def scale(axis, out, tag):
+        n = g.op("GetVarShapeV1", 1, 54, {0: ("i", axis)}, [k], [(f"{name}:in{axis}", (1,))])[0]
+        n = g.op("TypeCvtV2", 1, 67, _dtype(f32, name), [n], [(f"{name}:in{axis}:f", (1,))])[0]
+        den = g.elemwise("SUB", [out, one], f"{name}:{tag}:out-1", (1,))
+        q = g.elemwise("TRUE_DIV", [g.elemwise("SUB", [n, one], f"{name}:{tag}:in-1", (1,)),
+                                    g.elemwise("MAX", [den, one], f"{name}:{tag}:den", (1,))],
+                       f"{name}:{tag}:q", (1,))
+        return g.elemwise("MUL", [q, g.elemwise("MIN", [den, one], f"{name}:{tag}:gate", (1,))],
+                          f"{name}:{tag}", (1,))
+
+    sx, sy = scale(3, outs[1], "sx"), scale(2, outs[0], "sy")
+    flat = g.concat([sx, zero, zero, zero, sy, zero, zero, zero, one], 0, f"{name}:mat9", (9,),
+                    device)
+    mat = g.op("ReshapeV1", 1, 54, {0: ("i", _NO_AXIS)},
+               [flat, g.shape_const([1, 3, 3], device, f"{name}:mat")],
+               [(f"{name}:mat", (1, 3, 3))])[0]
+    sizes = [g.op("TypeCvtV2", 1, 67, _dtype(np.int32, name), [v],
+                  [(f"{name}:size{j}", (1,))])[0] for j, v in enumerate(outs)]
+    return mat, g.concat(sizes, 0, f"{name}:size", (2,), device)
 
 
 def _traced_args(opr):
