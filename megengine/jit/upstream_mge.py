@@ -41,7 +41,7 @@ import struct
 import numpy as np
 
 from ..core._imperative_rt.ops import NO_AXIS as _NO_AXIS  # (OptionalAxisV1's "no axis")
-from ..core._trace_option import is_int
+from ..core._trace_option import is_int, sym_max
 
 __all__ = ["UpstreamFormatError", "is_upstream", "read_upstream"]
 
@@ -1134,13 +1134,7 @@ _HOST_ELEMWISE = {"ADD": lambda a, b: a + b, "SUB": lambda a, b: a - b, "MOD": l
                   "MUL": lambda a, b: a * b, "FLOOR_DIV": lambda a, b: a // b,
                   "TRUE_DIV": lambda a, b: a / b,
                   # (sizes of a traced shape: their expression, not a guarded comparison)
-                  "MAX": lambda a, b: _sym_max(a, b), "MIN": lambda a, b: _sym_max(a, b, "min")}
-
-
-def _sym_max(a, b, op="max"):
-    from ..core._trace_option import sym_max
-
-    return sym_max(a, b, op)
+                  "MAX": sym_max, "MIN": lambda a, b: sym_max(a, b, "min")}
 
 
 # upstream's registered operator name -> the function computing its outputs from its inputs
@@ -1175,13 +1169,11 @@ _OPERATORS = {
     "Diag": lambda op, x: _F().diag(x, op.p(0, "i", 0)), "CorrelationForward": _op_correlation,
     "Resize3D": _op_resize3d, "SVD": _op_svd,
     "Convolution3D": _op_convolution3d, "Identity": lambda op, x: x,
-    "NMSKeepMGB": _op_nms_keep,
+    "NMSKeepMGB": _op_nms_keep, "Convolution3DBackwardData": _op_conv3d_backward_data,
+    "DeformableConvForward": _op_deformable_conv, "GroupLocalV2": _op_group_local,
+    "LSTMForward": _op_lstm, "RNNForward": _op_rnn, "LSTMCellForward": _op_lstm_cell,
+    "RNNCellForward": _op_rnn_cell,
 }
-_OPERATORS.update({"Convolution3DBackwardData": _op_conv3d_backward_data,
-                   "DeformableConvForward": _op_deformable_conv,
-                   "GroupLocalV2": _op_group_local})
-_OPERATORS.update({"LSTMForward": _op_lstm, "RNNForward": _op_rnn,
-                   "LSTMCellForward": _op_lstm_cell, "RNNCellForward": _op_rnn_cell})
 # how many leading inputs are data (Tensors); the rest are shapes or sizes, kept as host values.
 # None: the operator takes host values too (arithmetic on shapes)
 _DATA_INPUTS = {"TypeCvtV2": None, "Identity": None, "ResizeV2": 1, "IndexingSetMultiAxisVec": 2,
@@ -1191,8 +1183,8 @@ _DATA_INPUTS = {"TypeCvtV2": None, "Identity": None, "ResizeV2": 1, "IndexingSet
                 "ReshapeV1": 1, "Broadcast": 1, "AdaptivePoolingV1": 1, "ReduceV2": 0,
                 "Split": 1, "TopK": 1, "Linspace": None, "IndexingMultiAxisVec": None,
                 "GetVarShapeV1": None, "Concat": None, "Subtensor": None,
-                "AxisAddRemove": None, "Elemwise": None}
-_DATA_INPUTS.update({"LSTMForward": 3, "RNNForward": 2})  # (a constant weight: cut on the host)
+                "AxisAddRemove": None, "Elemwise": None,
+                "LSTMForward": 3, "RNNForward": 2}  # (a constant weight: cut on the host)
 _SOURCES = ("Host2DeviceCopy", "ImmutableTensor", "MultipleDeviceTensorHolder")
 _KNOWN_IDS = {}
 for _name in list(_OPERATORS) + list(_SOURCES) + [
@@ -1314,8 +1306,8 @@ def _metadata(md, info=3, opts=2):
 _NR_OUTPUTS = {"Argsort": 2, "CondTake": 2, "LayerNorm": 3, "BatchNormV1": 4,
                "TopK": lambda op: 1 if op.p(0, "I") == 0 else 2,  # (mode KTH_ONLY: one)
                "Split": lambda op: len(op.inputs) - 1,  # (the data, then a size each)
-               "MultipleDeviceTensorHolder": lambda op: len(op.tensors)}
-_NR_OUTPUTS.update({"LSTMForward": 4, "RNNForward": 3, "LSTMCellForward": 3})
+               "MultipleDeviceTensorHolder": lambda op: len(op.tensors),
+               "LSTMForward": 4, "RNNForward": 3, "LSTMCellForward": 3}
 
 
 def _nr_outputs(op):

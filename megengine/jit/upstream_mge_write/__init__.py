@@ -58,44 +58,38 @@ __all__ = ["write_upstream", "SUPPORTED"]
 
 # the writers of operators upstream computes with several (or written with their own
 # checks), by graph type: writer(g, opr, ins, outs, params, device)
-_VISION = {"PerspectivePoints": _perspective_points, "Sample": _sample,
-           "ROIAlignForward": _roi_align, "ROIPoolingForward": _roi_pooling,
-           "Convolution3DForward": _convolution3d, "Im2Col": _im2col,
-           "ResizeForward": _interpolate}
 _EXPANSIONS = {
+    # `_basic`, `_indexing`'s x[...] (index arrays are refused by `_bound` where not written)
     "LeakyRelu": _leaky_relu, "PRelu": _prelu, "LogSoftmax": _log_softmax, "Stack": _stack,
-    "Split": _split, "Normalize": _normalization, "Subtensor": _subtensor, "Sizes": _sizes,
-    "Fill": _fill, "Broadcast": _broadcast, "SetSubtensor": _subtensor,
-    "IncrSubtensor": _subtensor, "Roll": _roll, "Linspace": _linspace,
-    "ConvBiasForward": _conv_bias, "TopK": _topk, "Compute": _compute, "Elemwise": _elemwise,
-    "Where": _where, "BroadcastAs": _broadcast_as, "IndexingSetMultiAxisVec": _subtensor,
-    "IndexingIncrMultiAxisVec": _subtensor,
-    "IndexingMultiAxisVec": _subtensor}  # (a slice bound computed from shapes; index arrays
-# are refused by `_bound`)
-_EXPANSIONS.update(_VISION)
-# this fork's Compute functions written by a writer of their own (`_compute` writes argmax
-# and argmin)
-_COMPUTED = {"_nms_keep": _nms, "_isinf": _compute_check, "_isnan": _compute_check}
-_EXPANSIONS.update({  # (the fork's fused ops: `_norms`)
-    "PNorm": _p_norm, "LogSumExp": _log_sum_exp, "CrossEntropy": _cross_entropy,
-    "L1": _pair_loss, "Square": _pair_loss, "SmoothL1": _pair_loss,
-    "BinaryCrossEntropy": _pair_loss})
-_COMPUTED.update({"_one_hot": _one_hot, "_argsort": _argsort_compute})
-_EXPANSIONS.update({  # (gather, scatter, one_hot, embedding, cond_take, cumsum, sorting, ...: `_indexing`)
+    "Split": _split, "Subtensor": _subtensor, "Sizes": _sizes, "Fill": _fill,
+    "Broadcast": _broadcast, "SetSubtensor": _subtensor, "IncrSubtensor": _subtensor,
+    "Roll": _roll, "Linspace": _linspace, "TopK": _topk, "Compute": _compute,
+    "Elemwise": _elemwise, "Where": _where, "BroadcastAs": _broadcast_as,
+    "IndexingSetMultiAxisVec": _subtensor, "IndexingIncrMultiAxisVec": _subtensor,
+    "IndexingMultiAxisVec": _subtensor,
+    # `_indexing`: gather, scatter, embedding, cond_take, cumsum, sorting, ...
     "TakeAlongAxis": _take_along_axis, "Scatter": _scatter, "Embedding": _embedding,
     "CondTake": _cond_take, "Cumsum": _cumsum, "ArgsortForward": _sort, "Diag": _diag,
-    "MatrixInverse": _matinv})
-
-
-_EXPANSIONS.update({
+    "MatrixInverse": _matinv,
+    # `_vision`
+    "PerspectivePoints": _perspective_points, "Sample": _sample, "ROIAlignForward": _roi_align,
+    "ROIPoolingForward": _roi_pooling, "Im2Col": _im2col, "ResizeForward": _interpolate,
+    # `_norms`: normalizations and this fork's fused ops
+    "Normalize": _normalization, "PNorm": _p_norm, "LogSumExp": _log_sum_exp,
+    "CrossEntropy": _cross_entropy, "L1": _pair_loss, "Square": _pair_loss,
+    "SmoothL1": _pair_loss, "BinaryCrossEntropy": _pair_loss,
+    # `_layers`
     "ConvolutionForward": _convolution_any, "ConvolutionBackwardData": _convolution_any,
-    "Convolution3DBackwardData": _convolution_any, "BatchNormForward": _batch_norm,
-    "DeformableConvForward": _deformable_conv, "GroupLocalForward": _group_local})
-
-
-_EXPANSIONS.update({"RecurrentStack": _recurrent_stack, "RecurrentLayer": _recurrent_cell})
-# operators refused with their reason (graph type -> why)
-_REFUSED = {}
+    "Convolution3DForward": _convolution3d, "Convolution3DBackwardData": _convolution_any,
+    "ConvBiasForward": _conv_bias, "BatchNormForward": _batch_norm,
+    "DeformableConvForward": _deformable_conv, "GroupLocalForward": _group_local,
+    # `_recurrent`
+    "RecurrentStack": _recurrent_stack, "RecurrentLayer": _recurrent_cell,
+}
+# this fork's Compute functions written by a writer of their own (`_compute` writes argmax
+# and argmin)
+_COMPUTED = {"_nms_keep": _nms, "_isinf": _compute_check, "_isnan": _compute_check,
+             "_one_hot": _one_hot, "_argsort": _argsort_compute}
 # what `trace.dump(dump_format="FBS_V2")` writes, by the graph type `megengine.utils.network`
 # gives each operator
 SUPPORTED = ("Host2DeviceCopy", "ImmutableTensor") + tuple(sorted({*_OPERATORS, *_EXPANSIONS}))
@@ -126,8 +120,6 @@ def write_upstream(net, metadata=None):
             if id(v) not in folded:
                 ids[id(v)] = g.const(opr.numpy(), device, v.name)
             continue
-        if t in _REFUSED:
-            _refuse(opr, _REFUSED[t])
         if t not in _OPERATORS and t not in _EXPANSIONS:
             raise DumpError(
                 f"trace.dump(dump_format='FBS_V2'): operator {opr.name!r} ({t}) has no writer "
