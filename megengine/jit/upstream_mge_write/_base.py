@@ -340,6 +340,10 @@ class _Graph:
             return k
         return self.op("Broadcast", 1, 1, {}, [k, make_shape()], [(name, target)])[0]
 
+    def cast(self, k, dtype, name, shape):
+        """Var ``k`` converted to ``dtype`` (upstream's TypeCvt), named ``name``."""
+        return self.op("TypeCvtV2", 1, 67, _dtype(dtype, name), [k], [(name, shape)])[0]
+
     def elemwise(self, mode, inputs, name, shape):
         return self.op("Elemwise", 1, 17, {0: ("I", _ELEMWISE_MODES.index(mode))}, inputs,
                        [(name, shape)])[0]
@@ -374,8 +378,7 @@ def _size(g, opr, tree, device, name, dtype=np.int32):
         k = g.op("GetVarShapeV1", 1, 54, {0: ("i", int(tree[2]))}, [g.ids[id(var)]],
                  [(f"shape_of({var.name})[{tree[2]}]", (1,))])[0]
         if dtype != np.int32:
-            k = g.op("TypeCvtV2", 1, 67, _dtype(dtype, "a size"), [k],
-                     [(f"{name}:{dtype}", (1,))])[0]
+            k = g.cast(k, dtype, f"{name}:{dtype}", (1,))
         return k
     if tree[0] == "neg":
         return g.elemwise("NEGATE", [_size(g, opr, tree[1], device, name, dtype)],
@@ -385,8 +388,7 @@ def _size(g, opr, tree, device, name, dtype=np.int32):
         k = g.elemwise(tree[0].upper(), [_size(g, opr, tree[1], device, name, np.float32)],
                        f"{name}:{tree[0]}", (1,))
         if dtype != np.float32:
-            k = g.op("TypeCvtV2", 1, 67, _dtype(dtype, "a size"), [k],
-                     [(f"{name}:{tree[0]}:{dtype}", (1,))])[0]
+            k = g.cast(k, dtype, f"{name}:{tree[0]}:{dtype}", (1,))
         return k
     if tree[0] not in _SIZE_MODES or (tree[0] == "/" and dtype.kind != "f"):
         _refuse(opr, f"a size computed with {tree[0]!r} of sizes, which this writer does not "
@@ -460,8 +462,7 @@ class _Steps:
         """Var ``k`` (of dtype ``src``) in dtype ``dst``."""
         if _dtype(src, "") == _dtype(dst, ""):
             return k
-        return self.g.op("TypeCvtV2", 1, 67, _dtype(dst, self.y.name), [k],
-                         [(self.name(str(np.dtype(dst))), tuple(shape))])[0]
+        return self.g.cast(k, dst, self.name(str(np.dtype(dst))), tuple(shape))
 
     def reduce(self, mode, k, shape, axes):
         """``mode`` over each of ``axes`` in turn, keeping them (SUM_SQR: squares, then sums);

@@ -108,8 +108,7 @@ def _elemwise(g, opr, ins, outs, p, device):
         # a comparison: upstream's Elemwise gives 0/1 in its operands' dtype, and its files
         # hold a TypeCvt to bool after it
         made = g.elemwise(mode, inputs, f"{y.name}:{ins[0].dtype}", y.shape)
-        g.ids[id(y)] = g.op("TypeCvtV2", 1, 67, _dtype(np.bool_, y.name), [made],
-                            [(y.name, y.shape)])[0]
+        g.ids[id(y)] = g.cast(made, np.bool_, y.name, y.shape)
         return
     g.ids[id(y)] = g.elemwise(mode, inputs, y.name, y.shape)
 
@@ -121,8 +120,7 @@ def _clip(g, opr, ins, outs, p, device):
     op, y = opr._op, outs[0]
     x = g.ids[id(ins[0])]
     if _dtype(ins[0].dtype, "") != _dtype(y.dtype, ""):
-        x = g.op("TypeCvtV2", 1, 67, _dtype(y.dtype, y.name), [x],
-                 [(f"{y.name}:{y.dtype}", ins[0].shape)])[0]
+        x = g.cast(x, y.dtype, f"{y.name}:{y.dtype}", ins[0].shape)
     bounds = [(g.const(np.array([b], y.dtype), device, f"{y.name}:{what}"), mode)
               for b, what, mode in ((op.lower, "lower", "MAX"), (op.upper, "upper", "MIN"))
               if b is not None]
@@ -140,8 +138,7 @@ def _where(g, opr, ins, outs, p, device):
     y = outs[0]
     mask, a, b = (g.ids[id(v)] for v in ins)
     shape = tuple(ins[0].shape)
-    m = g.op("TypeCvtV2", 1, 67, _dtype(y.dtype, y.name), [mask],
-             [(f"{y.name}:mask", shape)])[0]
+    m = g.cast(mask, y.dtype, f"{y.name}:mask", shape)
     one = g.const(np.ones(1, y.dtype), device, f"{y.name}:one")
     rest = g.elemwise("SUB", [one, m], f"{y.name}:other", shape)
     g.ids[id(y)] = g.elemwise(
@@ -156,7 +153,7 @@ def _broadcast_as(g, opr, ins, outs, p, device):
     k = g.broadcast(g.ids[id(x)], x.shape, y.shape, f"{y.name}:shape" if cast else y.name,
                     lambda: _target_shape(g, opr, y, device))
     if cast:
-        k = g.op("TypeCvtV2", 1, 67, _dtype(y.dtype, y.name), [k], [(y.name, y.shape)])[0]
+        k = g.cast(k, y.dtype, y.name, y.shape)
     g.ids[id(y)] = k
 
 
@@ -226,8 +223,7 @@ def _linspace(g, opr, ins, outs, p, device):
                 [(y.name if y.dtype == f32 else f"{y.name}:float32", y.shape)],
                 comp_node=device)[0]
     if np.dtype(y.dtype) != f32:
-        made = g.op("TypeCvtV2", 1, 67, _dtype(y.dtype, f"{y.name}"), [made],
-                    [(y.name, y.shape)])[0]
+        made = g.cast(made, y.dtype, y.name, y.shape)
     g.ids[id(y)] = made
 
 

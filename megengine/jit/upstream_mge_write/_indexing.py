@@ -5,7 +5,7 @@ cond_take (and `_SHAPE_FREE`, what may read its data-shaped values), cumsum, sor
 argsort, diag and matinv."""
 import numpy as np
 
-from ._base import _NO_AXIS, _dtype, _refuse, _shape, _size
+from ._base import _NO_AXIS, _refuse, _shape, _size
 
 
 def _bound(g, opr, v, device, name):
@@ -112,8 +112,7 @@ def _index_var(g, opr, e, device, name, size=None):
                          "written")
         k = g.ids[id(var)]
         if dtype != np.int32:
-            k = g.op("TypeCvtV2", 1, 67, _dtype(np.int32, name), [k],
-                     [(f"{name}:int32", var.shape)])[0]
+            k = g.cast(k, np.int32, f"{name}:int32", var.shape)
         return k, None if id(var) in g.dynamic else tuple(var.shape)  # (None: data decides)
     a = np.asarray(e.array if type(e) is _ArrayValue else e)
     if a.dtype.kind not in "iu":
@@ -299,8 +298,7 @@ def _as_int32(g, v, name):
     """The var of the program's integer value ``v`` in int32 (upstream's index dtype)."""
     k = g.ids[id(v)]
     if np.dtype(v.dtype) != np.int32:
-        k = g.op("TypeCvtV2", 1, 67, _dtype(np.int32, name), [k],
-                 [(f"{name}:int32", v.shape)])[0]
+        k = g.cast(k, np.int32, f"{name}:int32", v.shape)
     return k
 
 
@@ -328,13 +326,12 @@ def _grid(g, v, d, device, name):
     shape, f32 = tuple(v.shape), np.dtype(np.float32)
     n = g.op("GetVarShapeV1", 1, 54, {0: ("i", d)}, [g.ids[id(v)]],
              [(f"shape_of({v.name})[{d}]", (1,))])[0]
-    last = g.elemwise("SUB", [g.op("TypeCvtV2", 1, 67, _dtype(f32, name), [n],
-                                   [(f"{name}:n", (1,))])[0],
+    last = g.elemwise("SUB", [g.cast(n, f32, f"{name}:n", (1,)),
                               g.const(np.ones(1, f32), device, f"{name}:1")],
                       f"{name}:last", (1,))
     k = g.op("Linspace", 1, 29, {}, [g.const(np.zeros(1, f32), device, f"{name}:0"), last, n],
              [(f"{name}:float32", (shape[d],))], comp_node=device)[0]
-    k = g.op("TypeCvtV2", 1, 67, _dtype(np.int32, name), [k], [(f"{name}:int32", (shape[d],))])[0]
+    k = g.cast(k, np.int32, f"{name}:int32", (shape[d],))
     if len(shape) == 1:
         return k
     target = [shape[d] if j == d else 1 for j in range(len(shape))]
@@ -454,11 +451,11 @@ def _cumsum(g, opr, ins, outs, p, device):
     work = np.dtype(np.int32) if dtype == np.bool_ else dtype
     k = g.ids[id(x)]
     if work != dtype:
-        k = g.op("TypeCvtV2", 1, 67, _dtype(work, y.name), [k], [(f"{y.name}:{work}", x.shape)])[0]
+        k = g.cast(k, work, f"{y.name}:{work}", x.shape)
     k = g.op("CumsumV1", 1, 24, {0: ("i", int(p["axis"]) % len(x.shape)), 1: ("?", False)},
              [k], [(y.name if work == y.dtype else f"{y.name}:{work}", y.shape)])[0]
     if work != np.dtype(y.dtype):
-        k = g.op("TypeCvtV2", 1, 67, _dtype(y.dtype, y.name), [k], [(y.name, y.shape)])[0]
+        k = g.cast(k, y.dtype, y.name, y.shape)
     g.ids[id(y)] = k
 
 

@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 
 from ._base import (_RESIZE_MODES, _check, _float32_only, _graph_params_of, _graph_type_of,
-                    _NO_AXIS, _dtype, _refuse, _resize, _size, _size_written,
+                    _NO_AXIS, _refuse, _resize, _size, _size_written,
                     _user_stacklevel)
 
 
@@ -236,7 +236,7 @@ def _aligned_matrix(g, opr, k, items, linear, y, device):
 
     def scale(axis, out, tag):
         n = g.op("GetVarShapeV1", 1, 54, {0: ("i", axis)}, [k], [(f"{name}:in{axis}", (1,))])[0]
-        n = g.op("TypeCvtV2", 1, 67, _dtype(f32, name), [n], [(f"{name}:in{axis}:f", (1,))])[0]
+        n = g.cast(n, f32, f"{name}:in{axis}:f", (1,))
         den = g.elemwise("SUB", [out, one], f"{name}:{tag}:out-1", (1,))
         q = g.elemwise("TRUE_DIV", [g.elemwise("SUB", [n, one], f"{name}:{tag}:in-1", (1,)),
                                     g.elemwise("MAX", [den, one], f"{name}:{tag}:den", (1,))],
@@ -250,8 +250,7 @@ def _aligned_matrix(g, opr, k, items, linear, y, device):
     mat = g.op("ReshapeV1", 1, 54, {0: ("i", _NO_AXIS)},
                [flat, g.shape_const([1, 3, 3], device, f"{name}:mat")],
                [(f"{name}:mat", (1, 3, 3))])[0]
-    sizes = [g.op("TypeCvtV2", 1, 67, _dtype(np.int32, name), [v],
-                  [(f"{name}:size{j}", (1,))])[0] for j, v in enumerate(outs)]
+    sizes = [g.cast(v, np.int32, f"{name}:size{j}", (1,)) for j, v in enumerate(outs)]
     return mat, g.concat(sizes, 0, f"{name}:size", (2,), device)
 
 
