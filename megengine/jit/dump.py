@@ -128,10 +128,6 @@ def dump_program(prog, file, **options):
     """Write ``prog`` (a recorded `_Program`) to ``file``; see the module docstring and
     `program_json` for the options. Returns upstream's dump result (`DumpInfo`)."""
     upstream = writes_upstream(options, "trace.dump")
-    if upstream and options.get("input_data") is not None:
-        raise DumpError("trace.dump: input_data (test cases) is not written with "
-                        "dump_format='FBS_V2' (upstream's format); dump the test cases "
-                        "without dump_format, or the model without input_data")
     graph, w = program_json(prog, **options)
     data = write_file(graph, w, file, upstream)
     steps, consts = graph["steps"], graph["consts"]

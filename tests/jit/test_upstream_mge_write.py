@@ -166,10 +166,99 @@ def test_what_upstream_would_compute_otherwise_is_refused():
         np.testing.assert_allclose(g.reshape(np.shape(w)), w, rtol=1e-6)
 
 
-def test_test_cases_are_refused():
-    x = np.ones((2, 3), "float32")
-    with pytest.raises(DumpError, match="input_data.*FBS_V2"):
-        _dumped(lambda x: x * 2, x, input_data=["#rand(0,1,2,3)"])
+def _layout(data):
+    """What upstream's test-case layout fixes of a file: the count, each AssertEqual's
+    parameters, its inputs' names and the operators computing its error (type, mode), and
+    each case's operators, comp nodes, shared-tensor count and values' names (by dtype)."""
+    from megengine.core._imperative_rt.ops import _ELEMWISE_MODES
+    from megengine.jit.upstream_mge import _Op
+
+    assert data[:8] == b"mgbtest0"
+    count, data = struct.unpack_from("<I", data, 8)[0], data[12:]
+    model, end = _model(data)
+    ops = [_Op(t, k) for k, t in enumerate(model.tables(2))]
+    names = [t.string(0) for t in model.tables(3)]
+    made = {v: op for op in ops for v in op.outputs}
+    checks = []
+    for a in (op for op in ops if op.type == "AssertEqual"):
+        todo, error, seen = [a.inputs[2]], [], set()
+        while todo:  # (the operators from the error back to the compared values)
+            op = made[todo.pop()]
+            if op.type == "Host2DeviceCopy" or op.outputs[0] == a.inputs[1] or op.index in seen:
+                continue
+            seen.add(op.index)
+            mode = op.p(0, "I") if op.type in ("Elemwise", "ReduceV2") else None
+            error.append((op.type, _ELEMWISE_MODES[mode] if op.type == "Elemwise" else mode))
+            todo += op.inputs
+        checks.append((round(a.p(0, "f"), 6), a.p(1, "B"), [names[v] for v in a.inputs[:2]],
+                       sorted(error, key=str)))
+    cases = []
+    for _ in range(count):
+        data = data[end:]
+        case, end = _model(data)
+        cases.append((case.scalar(6, "I"), [
+            (op.string(0), [t.table(2).string(0) for t in op.tables(11)])
+            for op in case.tables(2)], len(case.tables(4))))
+    return checks, cases
+
+
+def test_test_cases_are_written_in_upstreams_layout():
+    # upstream 1.13's own dump(input_data=["#rand(0,1,2,4)"], maxerr=1e-3, silent=True) of
+    # Linear(4, 3) + ReLU (testcase.mge): the output checked by an AssertEqual of its
+    # expected value (an input "<output>:expect"), its error computed as upstream's
+    # AssertEqual::make does; the case a model of SharedDeviceTensor values on cpux, one per
+    # input. (The model itself is written as every FBS_V2 file here: upstream fuses more)
+    net = M.Sequential(M.Linear(4, 3), M.ReLU())
+    net.eval()
+    x = np.random.RandomState(0).rand(2, 4).astype("float32")
+    buf = _dumped(net, x, arg_names=["data"], input_data=[x], maxerr=1e-3, silent=True)
+    got = _layout(buf.getvalue())
+    with open(os.path.join(DATA, "testcase.mge"), "rb") as f:
+        want = _layout(f.read())
+    (maxerr, verbose, compared, error), = want[0]
+    # (upstream's names: the expected value named after the output's name before fusion)
+    assert compared == ["1.RELU:expect", "FUSE_ADD_RELU(0.bias,0.MatrixMul)[90]"]
+    assert got[0] == [(maxerr, verbose, ["1.RELU:expect", "1.RELU"], error)]
+    assert got[1] == want[1] == [(2, [("SharedDeviceTensor", ["cpux:0"])] * 2, 2)]
+    # this fork reads it back: the case's input and the traced network's output
+    prog = load(io.BytesIO(buf.getvalue()))
+    assert prog.outputs == ["1.RELU"]
+    assert prog.testcase_options == {"maxerr": pytest.approx(1e-3), "no_assert": False,
+                                     "silent": True}
+    (inputs, expected), = prog.testcases
+    np.testing.assert_array_equal(inputs["data"], x)
+    np.testing.assert_array_equal(expected["1.RELU"], net(mge.tensor(x)).numpy())
+
+
+def test_test_cases_of_other_dtypes_and_without_checks():
+    # upstream 1.13 ran these files' checks (tests/data/upstream_mge/check_testcases.py) and
+    # failed them with any expected value changed: int32 divides with FLOOR_DIV (as upstream's
+    # dump), bool compares as int32 (upstream's own dump writes ABS of bool, which its runtime
+    # refuses), the error given as bool (AssertEqual's three inputs share a dtype)
+    rng = np.random.RandomState(1)
+    x, x2 = rng.rand(2, 4).astype("float32"), rng.rand(3, 4).astype("float32")
+    fn = lambda x: ((x * 3).astype("int32"), x > 0.5, F.relu(x).astype("float16"))  # noqa
+    data = _dumped(fn, x, arg_names=["data"], input_data=[x, x2]).getvalue()
+    checks, cases = _layout(data)
+    assert [c[2] for c in checks] == [[f"{n}:expect", n] for n in ("TypeCvt[0]", "GT",
+                                                                      "TypeCvt[1]")]
+    assert ("Elemwise", "FLOOR_DIV") in checks[0][3] and ("TypeCvtV2", None) in checks[1][3]
+    assert ("Elemwise", "TRUE_DIV") in checks[2][3]
+    assert [c[0] for c in cases] == [4, 4]  # (data and three expected values each)
+    prog = load(io.BytesIO(data))
+    for (inputs, expected), given in zip(prog.testcases, (x, x2)):
+        np.testing.assert_array_equal(inputs["data"], given)
+        for n, want in zip(prog.outputs, fn(mge.tensor(given))):
+            np.testing.assert_array_equal(expected[n], want.numpy(), strict=True)
+    # no_assert: the model as without test cases, the cases its inputs only
+    data = _dumped(fn, x, arg_names=["data"], input_data=[x, x2], no_assert=True).getvalue()
+    assert _layout(data) == ([], [(1, [("SharedDeviceTensor", ["cpux:0"])], 1)] * 2)
+    assert data[12:12 + 4 + struct.unpack_from("<I", data, 12)[0]] == _dumped(
+        fn, x, arg_names=["data"]).getvalue()
+    # a quantized output: upstream's element-wise operators cannot compare it
+    q = mge.core.tensor.dtype.qint8(0.1)
+    with pytest.raises(DumpError, match=r"output .* is quantized.*no_assert=True"):
+        _dumped(lambda x: x.astype(q), x, input_data=[x])
 
 
 def test_this_forks_format_stays_the_default():

@@ -13,7 +13,7 @@ computed in the file too (`_target_shape`), so the file follows the input's batc
 target shapes are the traced constants, and a scalar is a vector of one item, as in
 upstream's graphs. What has no writer here (an operator not in `SUPPORTED`,
 indexing with None, a dtype beyond float32/float16 and 8-32 bit integers and bool, a 4-bit
-quantized one, test cases), or what upstream's operator would compute otherwise, raises
+quantized one), or what upstream's operator would compute otherwise, raises
 `DumpError` naming it, before anything is written. A value whose shape the data decides
 (a cond_take's, a mask's) holds no shape in the file, and only operators whose writers take
 no traced shape may read it (`_SHAPE_FREE`).
@@ -29,7 +29,8 @@ one: `_OPERATORS`, the graph being written, sizes computed from shapes, shared h
 scatter, one_hot, cond_take, cumsum, sort, ...), `._vision` (warps, remap, ROI pooling,
 interpolate, nms), `._norms` (fused normalizations, norms, losses, isinf / isnan),
 `._layers` (convolutions of every rank, batch norm, deformable and local convolutions),
-`._recurrent` (LSTM / RNN and their cells); this module holds the tables of them
+`._recurrent` (LSTM / RNN and their cells), `._testcases` (the test cases of ``input_data``:
+upstream's ``mgbtest0`` layout); this module holds the tables of them
 (`_EXPANSIONS`, `_COMPUTED`, `SUPPORTED`) and `write_upstream` / `upstream_bytes`.
 """
 import pickle
@@ -51,6 +52,7 @@ from ._layers import (_batch_norm, _conv_bias, _convolution3d, _convolution_any,
 from ._norms import (_compute_check, _cross_entropy, _log_sum_exp, _normalization, _p_norm,
                      _pair_loss)
 from ._recurrent import _folded_constants, _recurrent_cell, _recurrent_stack
+from ._testcases import assert_outputs, testcase_bytes
 from ._vision import (_im2col, _interpolate, _nms, _perspective_points, _roi_align,
                       _roi_pooling, _sample)
 
@@ -95,10 +97,11 @@ _COMPUTED = {"_nms_keep": _nms, "_isinf": _compute_check, "_isnan": _compute_che
 SUPPORTED = ("Host2DeviceCopy", "ImmutableTensor") + tuple(sorted({*_OPERATORS, *_EXPANSIONS}))
 
 
-def write_upstream(net, metadata=None):
+def write_upstream(net, metadata=None, testcases=None):
     """The bytes of upstream's ``.mge`` file of `megengine.utils.network.Network` ``net``;
     ``metadata``: upstream's metadata dict (``user_info``, ``graph_modified``,
-    ``optimize_options``), or None for none."""
+    ``optimize_options``), or None for none; ``testcases``: graph.json's (`program_json`), whose
+    checks of the outputs the model then holds (`._testcases`; its cases follow the model)."""
     from ...utils.network_node import graph_params, graph_type
 
     g = _Graph()
@@ -176,10 +179,11 @@ def write_upstream(net, metadata=None):
                     comp_node=device if t in _WITH_COMP_NODE else None)
         for v, k in zip(outs, made):
             ids[id(v)] = k
+    outs = ([ids[id(v)] for v in net.output_vars] if testcases is None
+            else assert_outputs(g, net, testcases))
     model = {0: ("I", _MGE_VERSION), 1: ("I", 2), 2: ("tables", g.ops),
              3: ("tables", g.middle),
-             4: ("tables", [{0: ("I", ids[id(v)]), 1: ("I", ids[id(v)])}
-                            for v in net.output_vars]),
+             4: ("tables", [{0: ("I", k), 1: ("I", k)} for k in outs]),
              5: ("tables", [])}
     if metadata is not None:
         model[7] = ("table", {
@@ -223,6 +227,8 @@ def upstream_bytes(graph, w):
             bits = sum(1 << bit for bit, name in _OPTION_BITS.items() if meta.get(name))
             bits |= sum(layout << 32 for layout, name in _LAYOUTS.items() if meta.get(name))
             meta["optimize_options"] = bits
-        return write_upstream(net, meta)
+        tc = graph.get("testcases")
+        model = write_upstream(net, meta, tc)
+        return model if tc is None else testcase_bytes(model, graph, w.arrays)
     finally:
         MatInv.singular_ok = False
