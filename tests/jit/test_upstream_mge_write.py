@@ -604,3 +604,16 @@ def test_interpolation_sizes_computed_from_shapes_follow_the_input():
     got = [v.numpy() for v in prog.run({"arg_0": x}).values()]
     for g, w in zip(got, fpn(mge.tensor(x))):
         np.testing.assert_allclose(g, w.numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_quantized_transposed_convolution_with_a_bias_to_qint32_is_refused():
+    # (written_qtranspose: a bias to an 8-bit output, which upstream computed to the last bit;
+    # the qint32 accumulator plus a bias has no operator of upstream's that sums integers)
+    from megengine.core.tensor import dtype
+
+    x = np.random.RandomState(0).randn(1, 2, 3, 3).astype("float32")
+    w = mge.tensor(np.ones((2, 3, 2, 2), "float32")).astype(dtype.qint8(0.5))
+    b = mge.tensor(np.ones((1, 3, 1, 1), "int32")).astype(dtype.qint32(0.05))
+    with pytest.raises(DumpError, match=r"transposed convolution .*1 bias inputs to int32.*"
+                                        r"with a bias to an 8-bit quantized output"):
+        _dumped(lambda x: F.quantized.conv_transpose2d(x.astype(dtype.qint8(0.1)), w, b), x)

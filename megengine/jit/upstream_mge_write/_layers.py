@@ -180,26 +180,65 @@ _NONLINEAR = {"identity": 0, "relu": 1, "sigmoid": 2, "h_swish": 3}
 def _conv_bias(g, opr, ins, outs, p, device):
     """A quantized convolution (`megengine.functional.quantized`'s, what ``quantize`` makes of
     Conv2d, ConvBn2d, ConvBnRelu2d): upstream's ConvBiasForward, its nonlinearity a parameter
-    and its output's quantized dtype the operator's output dtype."""
+    and its output's quantized dtype the operator's output dtype. A transposed one (of
+    identity: ConvTranspose2d) is upstream's ConvolutionBackwardData, output padding a third
+    input of the output's shape (upstream's Alloc of it); with a bias, which upstream 1.13's
+    quantized conv_transpose2d refuses, it writes the qint32 accumulator, then what this fork
+    computes of it as upstream's ConvBias does: the accumulator and the bias each in float32,
+    summed, quantized to the output's dtype (TypeCvt, ADD, TypeCvt)."""
+    from ...core import dtype as qd
+
     transposed, stride, padding, dilation, out_pad, groups = p["geometry"]
     y = outs[0]
+    bias = len(ins) == 3
     if p.get("mode") not in _NONLINEAR or len(stride) != 2 or transposed and (
-            p["mode"] != "identity" or len(ins) != 2 or any(out_pad)):
+            p["mode"] != "identity" or len(ins) not in (2, 3) or bias and not _requantized(y)):
         what = "transposed convolution" if transposed else "convolution"
         _refuse(opr, f"a quantized {what} of nonlinearity {p.get('mode')!r} over "
-                     f"{len(stride)} axes with {len(ins) - 2} bias inputs; 2-d ones of "
-                     "identity, relu, sigmoid and h_swish are written, transposed ones of "
-                     "identity without bias and output padding")
+                     f"{len(stride)} axes with {len(ins) - 2} bias inputs to {y.dtype}; 2-d "
+                     "ones of identity, relu, sigmoid and h_swish are written, transposed ones "
+                     "of identity, with a bias to an 8-bit quantized output")
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
     if transposed:  # (upstream's ConvolutionBackwardData: the weight, then the data)
         params = {1: ("I", ph), 2: ("I", pw), 3: ("I", sh), 4: ("I", sw), 5: ("I", dh),
                   6: ("I", dw), 7: ("I", int(groups != 1))}
-        g.ids[id(y)] = g.op("ConvolutionBackwardData", 2, 3, params,
-                            [g.ids[id(ins[1])], g.ids[id(ins[0])]], [(y.name, y.shape)],
-                            extra=[(55, {})], output_dtype=_dtype(y.dtype, f"{y.name}"))[0]
+        x, w = ins[0], ins[1]
+        acc = y.dtype if not bias else qd.qint32(float(
+            np.float32(qd.get_scale(x.dtype)) * np.float32(qd.get_scale(w.dtype))))
+        inputs = [g.ids[id(w)], g.ids[id(x)]]
+        name = f"{y.name}:accumulator" if bias else y.name
+        if any(out_pad):
+            inputs.append(_like(g, inputs[1], y, acc, device))
+        made = g.op("ConvolutionBackwardData", 2, 3, params, inputs, [(name, y.shape)],
+                    extra=[(55, {})], output_dtype=_dtype(acc, f"{y.name}"))[0]
+        if bias:
+            f32 = np.dtype(np.float32)
+            value = g.cast(made, f32, f"{y.name}:float", y.shape)
+            b = g.cast(g.ids[id(ins[2])], f32, f"{y.name}:bias", ins[2].shape)
+            made = g.cast(g.elemwise("ADD", [value, b], f"{y.name}:sum", y.shape), y.dtype,
+                          y.name, y.shape)
+        g.ids[id(y)] = made
         return
     params = {0: ("I", _NONLINEAR[p["mode"]]), 2: ("I", int(groups != 1)), 4: ("I", ph),
               5: ("I", pw), 6: ("I", sh), 7: ("I", sw), 8: ("I", dh), 9: ("I", dw)}
     g.ids[id(y)] = g.op("ConvBiasForward", 2, 6, params, [g.ids[id(v)] for v in ins],
                         [(y.name, y.shape)], extra=[(55, {})],
                         output_dtype=_dtype(y.dtype, f"{y.name}"))[0]
+
+
+def _requantized(y):
+    """Whether ``y``'s dtype is an 8-bit quantized one (a transposed convolution's output with
+    a bias is written as the sum of floats quantized to it)."""
+    name = (np.dtype(y.dtype).metadata or {}).get("mgb_dtype", {}).get("name")
+    return name in ("QuantizedS8", "Quantized8Asymm")
+
+
+def _like(g, data, y, dtype, device):
+    """A value of ``y``'s shape (its batch that of var ``data``), the third input giving a
+    transposed convolution its output size: a zero of ``dtype`` broadcast to it, as
+    `_convolution_any` writes it (upstream's own: an Alloc of that shape)."""
+    batch = g.op("GetVarShapeV1", 1, 54, {0: ("i", 0)}, [data], [(f"{y.name}:batch", (1,))])[0]
+    rest = g.shape_const([int(d) for d in y.shape[1:]], device, f"{y.name}:size")
+    shape = g.concat([batch, rest], 0, f"{y.name}:shape", (len(y.shape),), device)
+    zero = g.const(np.zeros(1, dtype), device, f"{y.name}:zero")
+    return g.op("Broadcast", 1, 1, {}, [zero, shape], [(f"{y.name}:like", y.shape)])[0]

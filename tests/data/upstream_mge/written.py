@@ -372,16 +372,44 @@ def models():
                        weight_fake_quant=partial(FakeQuantize, dtype="quint8"),
                        act_fake_quant=partial(FakeQuantize, dtype="quint8"))
 
-    return {"cnn": cnn, "mlp": mlp, "more": more, "norms": norms, "qint8": quantized(qint8),
+    def qtranspose():
+        """Quantized transposed convolutions with a bias (upstream 1.13's quantized
+        conv_transpose2d refuses one) and output padding; qint8, calibrated as `quantized`."""
+        import megengine as mge
+        from megengine.quantization import ema_fakequant_qconfig, quantize, quantize_qat
+
+        class QTranspose(M.Module):
+            def __init__(self):
+                super().__init__()
+                self.quant = M.QuantStub()
+                self.a = M.ConvTranspose2d(2, 3, 3, stride=2, padding=1, output_padding=1)
+                self.b = M.ConvTranspose2d(3, 2, 2, stride=1, groups=1)
+                self.dequant = M.DequantStub()
+
+            def forward(self, x):
+                a = self.a(self.quant(x))
+                return self.dequant(self.b(a)), a
+
+        mge.random.seed(17)
+        rng = np.random.RandomState(17)
+        net = seeded(QTranspose())
+        qat = quantize_qat(net, qconfig=ema_fakequant_qconfig)
+        qat.train()
+        for _ in range(3):
+            qat(mge.tensor(rng.randn(2, 2, 4, 4).astype("float32")))
+        qat.eval()
+        return quantize(qat), {"x": rng.randn(2, 2, 4, 4).astype("float32") * 2}
+
+    return {"cnn": cnn, "mlp": mlp, "qtranspose": qtranspose, "more": more, "norms": norms, "qint8": quantized(qint8),
             "quint8": quantized(quint8), "vision": vision, "indexing": indexing, "batch": batch,
             "layers": layers, "recurrent": recurrent}
 
 
-QUANTIZED = {"qint8", "quint8"}  # (built and traced on cpu0)
+QUANTIZED = {"qint8", "quint8", "qtranspose"}  # (built and traced on cpu0)
 
 # the files whose shapes follow the input's batch (a flatten traced with symbolic shapes: its
 # target shape is computed from the input's), run at this batch too (in2_*, fork2_*, up2_*)
-OTHER_BATCH = {"cnn": 3, "norms": 3, "batch": 3, "recurrent": 3}
+OTHER_BATCH = {"cnn": 3, "norms": 3, "batch": 3, "recurrent": 3, "qtranspose": 3}
 
 
 def other_batch(name, build):
