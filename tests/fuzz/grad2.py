@@ -111,11 +111,24 @@ def _bcast(s, t):
         return False
 
 
-def _execute(prog, xs, side, weights):
+# unary ops whose Hessian does not exist where their input is exactly zero (a row of zeros for
+# norm1): such inputs arise exactly however the draw avoids them (logsoftmax0 of one row is 0,
+# var0 of one row is 0, sub(a, a)), and there torch's second derivative is NaN (0 / 0) where
+# megengine's is a finite one-sided value (seed 115927: norm1 of logsoftmax0 of a (1, 1) input)
+_KINKED_AT_ZERO = {"norm1": lambda x: bool((x == 0).all(1).any()),
+                   "abs_pow": lambda x: bool((x == 0).any())}
+
+
+def _execute(prog, xs, side, weights, kinks=None):
     """Run ``prog`` on ``xs``; ``side`` 0 is megengine, 1 torch. The loss weighs every node
-    that no later step uses (so each drawn branch matters) by a fixed random array."""
+    that no later step uses (so each drawn branch matters) by a fixed random array. ``kinks``,
+    a list, receives the names of the steps whose input sits where their Hessian is undefined
+    (`_KINKED_AT_ZERO`)."""
     nodes = list(xs)
     for kind, name, args in prog:
+        if kinks is not None and name in _KINKED_AT_ZERO and kind == "unary" \
+                and _KINKED_AT_ZERO[name](nodes[args[0]].detach()):
+            kinks.append(name)
         if kind == "unary":  # (the nn family's "unary" ops take several inputs)
             nodes.append(UNARY[name][side](*[nodes[i] for i in args]))
         elif kind == "binary":
@@ -151,7 +164,8 @@ def _check(desc, prog, inputs, weights, vs, tol):
         if isinstance(hv_loss, mge.Tensor):
             outer.backward(hv_loss)
     ts = [torch.tensor(a, requires_grad=True) for a in inputs]
-    tg = torch.autograd.grad(_execute(prog, ts, 1, weights), ts, create_graph=True,
+    kinks = []
+    tg = torch.autograd.grad(_execute(prog, ts, 1, weights, kinks), ts, create_graph=True,
                              allow_unused=True)
     terms = [(g * torch.tensor(v)).sum() for g, v in zip(tg, vs) if g is not None]
     hv = [None] * len(ts)
@@ -161,6 +175,8 @@ def _check(desc, prog, inputs, weights, vs, tol):
         want = np.zeros(inputs[k].shape, np.float32) if t is None else t.detach().numpy()
         got = np.zeros(inputs[k].shape, np.float32) if g is None else g.numpy()
         close(got, want, _scaled(tol, want), f"{desc}: first-order grad of input {k}")
+    if kinks:
+        return "undefined Hessian"  # (the first-order gradients exist there and were compared)
     for k, (p, h) in enumerate(zip(ps, hv)):
         want = np.zeros(inputs[k].shape, np.float32) if h is None else h.numpy()
         got = np.zeros(inputs[k].shape, np.float32) if p.grad is None else p.grad.numpy()
