@@ -82,6 +82,23 @@ def test_tile_with_more_reps_than_axes_is_numpys():
     assert uc.known(("F.tile", [x, ("v", (2, 1, 1, 1))], {}), ours, upstreams) is None
 
 
+def test_normalising_nearly_equal_values_is_told_apart_against_float64():
+    # fuzz seed 179810, measured on upstream 1.13: InstanceNorm(2) of an instance [2.4636068,
+    # 2.4644897] (weight 1.5): this side -0.3099388 / 0.1048199, upstream -0.3099365 /
+    # 0.1048584; torch in float64 gives this side's to 2.5e-6
+    x = np.float32([[[[2.463606834411621, 2.464489698410034]]]])
+    state = {"weight": uc.enc_array(np.float32([1.5])),
+             "bias": uc.enc_array(np.float32([-0.1025594]))}
+    call = ("Mod.InstanceNorm", [("v", ((1,), {"affine": True})), ("S", state), ("v", False),
+                                 uc.enc_array(x)], {})
+    ours = _value(np.float32([[[[-0.3099388, 0.1048199]]]]))
+    upstreams = _value(np.float32([[[[-0.3099365, 0.1048584]]]]))
+    assert uc.known(call, ours, upstreams).startswith("normalising nearly equal values")
+    # a wrong result here (the weight left out) is no rounding
+    wrong = _value(np.float32([[[[-0.2408107, 0.0356919]]]]))
+    assert uc.known(call, wrong, upstreams) is None
+
+
 @pytest.mark.usefixtures("host_default_device")  # (quantized tensors live on CPU devices)
 def test_a_quantized_value_at_a_boundary_rounded_the_other_way_is_told_apart():
     # fuzz seed 150683: the batch norm gives the same input bits 1 float32 step apart here

@@ -1811,6 +1811,15 @@ def known(call, mine, theirs):
         return "a cvt_color mode refused for float images"
     if name == "DL" and "indices" in call[1][1][1] and mine[0] and theirs[0]:
         return "a sampler given indices counts them"  # (upstream's counts the whole dataset)
+    if name in ("Mod.GroupNorm", "Mod.InstanceNorm", "Mod.LayerNorm") and mine[0] and \
+            theirs[0] and mine[1][0] == theirs[1][0] == "t":
+        exact = _norm_module_exact(call)
+        if _close(dec_array(mine[1]), exact) and not _close(dec_array(theirs[1]), exact):
+            # (a group of nearly equal values: each side's float32 rounding of x - mean is
+            # divided by their small spread. Seed 179,810: an instance of [2.4636068,
+            # 2.4644897], std 4.4e-4: this side 2.5e-6 off the float64 result, upstream 8.7e-5)
+            return "normalising nearly equal values: upstream's rounding, this side's within " \
+                   "the tolerance of the float64 result"
     if name in ("Mod.RNNCell", "Mod.LSTMCell") and not call[1][0][1][1].get("bias", True):
         return "cells without bias add no bias"  # (upstream's cells add the buffers)
     if name == "F.topk_accuracy" and mine[0] and theirs[0]:
@@ -2066,6 +2075,29 @@ def _unset_apart(mine, theirs):
     a, b = dec_array(mine).astype(np.float64), dec_array(theirs).astype(np.float64)
     unset = (b == 0) | ~np.isfinite(b) | (np.abs(b) > 1e6 * np.maximum(1.0, np.abs(a)))
     return bool(np.all(unset | np.isclose(a, b, 1e-4, 1e-5)))
+
+
+def _norm_module_exact(call):
+    """A GroupNorm / InstanceNorm / LayerNorm module call's output computed by torch in float64
+    (megengine's defaults: eps 1e-5, affine weight and bias from the call's state)."""
+    import torch
+    import torch.nn.functional as TF
+
+    kind = call[0][4:]
+    (args, kw), state = call[1][0][1], call[1][1][1]
+    x = torch.from_numpy(dec_array(call[1][3]).astype(np.float64))
+    w, b = (torch.from_numpy(dec_array(state[k]).astype(np.float64)) if k in state else None
+            for k in ("weight", "bias"))
+    eps = kw.get("eps", 1e-5)
+    if kind == "LayerNorm":
+        shape = (args[0],) if isinstance(args[0], int) else tuple(args[0])
+        out = TF.layer_norm(x, shape, None if w is None else w.reshape(shape),
+                            None if b is None else b.reshape(shape), eps)
+    else:
+        groups = x.shape[1] if kind == "InstanceNorm" else args[0]
+        out = TF.group_norm(x, groups, None if w is None else w.reshape(-1),
+                            None if b is None else b.reshape(-1), eps)
+    return out.numpy()
 
 
 def _norm_groups(call):
