@@ -407,6 +407,7 @@ class GradManager:
             for d in dys:
                 _claim(d._data if isinstance(d, Tensor) else d, claimed)
             ready = []  # (tensor, gradient, its shape before callbacks made it, or None)
+            fresh = dispatch.fresh_registry()
             called = []  # (index in ready, callbacks) of the tensors with callbacks
             for key_, g in found.items():
                 _, r, callbacks = wanted[key_]
@@ -420,8 +421,13 @@ class GradManager:
                     # the common case inline: a CPU gradient, no callbacks, no format
                     # label (_exclusive_grad passes the label on); an array that
                     # owns its memory, unclaimed, writable and C-contiguous is kept as is
-                    # (what _exclusive decides, without its call and foreign-memory tests)
-                    if g.base is None and id(g) not in claimed:
+                    # (what _exclusive decides, without its call), and so is a view of foreign
+                    # memory that an op declared fresh (a torch gradient from the bridge's
+                    # hand_over: fresh_owner's test inline)
+                    base = g.base
+                    if (base is None or type(base) is not np.ndarray
+                            and (ref := fresh.get(id(g))) is not None and ref() is g) \
+                            and id(g) not in claimed:
                         flags = g.flags
                         if flags.writeable and flags.c_contiguous:
                             claimed[id(g)] = g

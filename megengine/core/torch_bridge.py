@@ -92,7 +92,9 @@ __all__ = ["to_torch", "from_torch", "load_extension", "build", "cache_dir", "ca
 
 _NAME = "megengine_torch_bridge"
 _SOURCES = ("torch_bridge.cpp",)
-_CFLAGS = ("-O2",)
+# -ffp-contract=off: no fused multiply-add, so that sgd_step rounds as numpy does (an FMA is one
+# rounding where numpy's `p -= lr * g` has two; GCC fuses across statements where the target has FMA)
+_CFLAGS = ("-O2", "-ffp-contract=off")
 
 _ext = None  # the compiled module, once loaded
 _load_lock = threading.Lock()

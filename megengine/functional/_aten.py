@@ -23,7 +23,7 @@ import numpy as np
 
 from ..core import dispatch as _dispatch
 
-__all__ = ["aten", "op", "ops", "view", "memory_view", "exclusive_views", "array", "written",
+__all__ = ["aten", "bridge", "op", "ops", "view", "memory_view", "exclusive_views", "array", "written",
            "fresh_gradient", "torch_module", "set_num_threads", "get_num_threads", "use_aten",
            "forced", "is_forced", "avoided", "LayerViews", "layer_views", "binary",
            "pooled_concat", "pooled_reshape", "half_cast"]
@@ -32,11 +32,12 @@ _torch = None
 _aten = None
 _to_torch = None
 _from_torch = None
+_bridge = None
 
 
 def _load():
     """Import torch and the bridge once; afterwards every helper is a global read."""
-    global _torch, _aten, _to_torch, _from_torch
+    global _torch, _aten, _to_torch, _from_torch, _bridge
     try:
         import torch
     except ImportError as exc:  # say which feature needs torch and the usual cause, not only a missing .so
@@ -55,8 +56,15 @@ def _load():
     if threads:  # an explicit engine setting wins over torch's default (all cores)
         torch.set_num_threads(_check_threads(threads, "MGE_NUM_THREADS"))
     _aten, _to_torch, _from_torch = torch.ops.aten, ext.to_torch, ext.from_torch
-    _torch = torch
+    _torch, _bridge = torch, ext
     return torch
+
+
+def bridge():
+    """The torch bridge's compiled module (`megengine.core.torch_bridge`) for its host kernels
+    (``sgd_step``), once something has loaded it; None before (a caller with array code of its
+    own does not make a program that never needed torch import it, or compile the bridge)."""
+    return _bridge
 
 
 def _check_threads(n, what):

@@ -214,9 +214,11 @@ class Optimizer:
             self._run_updates()
             groups = ()
         batched = type(self)._update_batch is not Optimizer._update_batch
+        host = type(self)._update_host is not Optimizer._update_host
         try:
             for group in groups:
                 batches = None  # (device, dtype) -> [(param, grad, state)] for _update_batch
+                on_host = []  # [(param, grad, state)] for _update_host
                 for p in group["params"]:
                     g = p.grad
                     if g is None:
@@ -236,10 +238,14 @@ class Optimizer:
                         if batches is None:
                             batches = {}
                         batches.setdefault((p._device, grad.dtype), []).append((p, grad, state))
+                    elif host and type(grad) is np.ndarray and grad.dtype.kind == "f":
+                        on_host.append((p, grad, state))
                     elif grad.dtype.kind == "c":
                         _update_as_real(update, p, grad, state, group)
                     else:
                         update(p, grad, state, group)
+                if on_host:
+                    self._update_host(on_host, group)
                 if batches:
                     for (device, _), items in batches.items():
                         if scope is not None:
@@ -313,6 +319,13 @@ class Optimizer:
         where each kernel launch costs host time. A subclass that overrides it (`step` batches
         only then) updates them with a multi-tensor kernel, and calls this where it cannot:
         one `_update` each."""
+        for param, grad, state in items:
+            self._update(param, grad, state, group)
+
+    def _update_host(self, items, group):
+        """`_update` of the group's numpy parameters of a float dtype, ``items`` a list of
+        ``(param, grad, state)``. A subclass that overrides it (`step` collects them only then)
+        updates them in one call, and calls this where it cannot: one `_update` each."""
         for param, grad, state in items:
             self._update(param, grad, state, group)
 
@@ -597,7 +610,8 @@ def _batchable(data, grad):
     (`Optimizer._update_batch`): CuPy arrays of one float32/float64 dtype, C-contiguous (the
     multi-tensor kernels walk each tensor's memory as one flat run), on a GPU whose torch has
     CUDA (the kernels are ATen's). Empty ones have nothing to update, and no memory to view."""
-    return use_fused(data, grad) and data.size > 0 and data.flags.c_contiguous \
+    return type(data) is not np.ndarray and use_fused(data, grad) and data.size > 0 \
+        and data.flags.c_contiguous \
         and grad.flags.c_contiguous and _aten.use_aten(data, "update")
 
 
