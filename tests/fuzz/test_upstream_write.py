@@ -23,3 +23,14 @@ def test_a_value_off_by_more_than_the_tolerance_is_a_finding():
     assert not upstream_write._close([np.array([0.02, 100.0])], big)
     assert not upstream_write._close([np.array([1.0])], w)  # (a size of its own)
     assert not upstream_write._close([], w)
+
+
+def test_only_an_exp_that_overflowed_eagerly_is_set_apart(tmp_path):
+    import numpy as np
+
+    # program 3518: log(exp(h) + 1) of h near 368, inf eagerly, upstream's exp 2.4e38 (mostly)
+    np.savez(tmp_path / "w1.npz", want0=np.float32([np.nan, 1.0]), want1=np.int32(2))
+    np.savez(tmp_path / "w2.npz", want0=np.float32([0.5, 1.0]))
+    assert upstream_write._overflows("h = F.log(F.exp(h) + 1.0)", str(tmp_path), 1)
+    assert not upstream_write._overflows("h = F.log(h + 1.0)", str(tmp_path), 1)
+    assert not upstream_write._overflows("h = F.exp(h)", str(tmp_path), 2)
