@@ -1198,6 +1198,33 @@ def test_replacing_a_torch_buffer_breaks_sharing_loudly():
         wrap.load_torch_state_dict(tmod.state_dict())
 
 
+@pytest.mark.parametrize("change", ["buffer replaced", "parameter replaced", "parameter moved",
+                                    "buffer moved", "parameter made a buffer", "parameter deleted"])
+def test_each_call_refuses_a_shared_tensor_that_is_not_where_it_was(change):
+    # _check_shared's fast path (C-level maps over each tensor's table) must hand every such
+    # change to the loop that raises, whichever table the tensor sat in
+    tmod = nn.BatchNorm1d(2)
+    wrap = PyTorchModule(tmod)
+    x = mge.tensor(np.arange(6, dtype="float32").reshape(3, 2))
+    wrap(x)
+    if change == "buffer replaced":
+        tmod.running_var = torch.ones(2)
+    elif change == "parameter replaced":
+        tmod.weight = nn.Parameter(torch.ones(2))
+    elif change == "parameter moved":
+        tmod.bias.data = torch.zeros(2)
+    elif change == "buffer moved":
+        tmod.running_mean.set_(torch.zeros(2))
+    elif change == "parameter made a buffer":
+        del tmod.weight
+        tmod.register_buffer("weight", torch.ones(2))
+    else:
+        del tmod.bias
+        tmod.bias = None
+    with pytest.raises(RuntimeError, match="PyTorchModule"):
+        wrap(x)
+
+
 @pytest.mark.parametrize("spoil", ["shape", "last key's shape", "unexpected key", "missing key",
                                    "dtype"])
 def test_a_torch_state_dict_that_fails_to_load_loads_nothing(spoil):
