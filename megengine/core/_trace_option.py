@@ -162,11 +162,25 @@ _UNARY = {"neg": lambda a: -a, "floor": math.floor, "ceil": math.ceil, "round": 
           "trunc": math.trunc, "abs": abs}
 _COMPARE = {"==": lambda a, b: a == b, "!=": lambda a, b: a != b, "<": lambda a, b: a < b,
             "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b}
+
+
+def _extreme(pick):
+    """``max`` / ``min`` of two sizes, a float where either is one (as ``a + b`` would be):
+    Python's own gives whichever operand comes first among equals, so ``max(0.0, n)`` was an
+    int or a float depending on n, and a count rounded only where the traced value was a float
+    (upstream's Linspace of MAX(CEIL(...), 0.0), `upstream_mge._op_linspace`) stayed 0.0 where
+    the data made n 0 (fuzz program 3795)."""
+    def extreme(a, b):
+        out = pick(a, b)
+        return float(out) if type(a) is float or type(b) is float else out
+    return extreme
+
+
 # ("bcast": two broadcast sizes, 1 or equal: the other one; `jit.arith_opt`'s rewrites use it;
 # "max" / "min": the larger / smaller of two, upstream's Elemwise MAX / MIN of sizes in a
 # loaded upstream file, `sym_max`)
-_BINARY = {**_ARITH, **_COMPARE, "bcast": lambda a, b: b if a == 1 else a, "max": max,
-           "min": min}
+_BINARY = {**_ARITH, **_COMPARE, "bcast": lambda a, b: b if a == 1 else a,
+           "max": _extreme(max), "min": _extreme(min)}
 
 
 def evaluate(tree, dim):

@@ -34,3 +34,12 @@ def test_only_an_exp_that_overflowed_eagerly_is_set_apart(tmp_path):
     assert upstream_write._overflows("h = F.log(F.exp(h) + 1.0)", str(tmp_path), 1)
     assert not upstream_write._overflows("h = F.log(h + 1.0)", str(tmp_path), 1)
     assert not upstream_write._overflows("h = F.exp(h)", str(tmp_path), 2)
+
+
+def test_a_count_of_a_data_decided_size_that_the_data_makes_zero_reads_back(tmp_path):
+    # program 3795 (--dyn): upstream's graph counts arange(v.shape[0]) as MAX(CEIL(n), 0.0);
+    # read back here, max(0.0, n) was an int where n was, so the count was rounded only where
+    # the traced value was a float, and the data's n of 0 gave linspace a count of 0.0
+    # (TypeError)
+    stats, refused, wrong = upstream_write.write([3795], str(tmp_path), dyn=True)
+    assert stats == {"written": 1} and wrong == []
