@@ -336,7 +336,12 @@ def _conv_gen(nd, transposed=False):
             mfn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[nd]
             tfn = {1: TF.conv1d, 2: TF.conv2d, 3: TF.conv3d}[nd]
             mf = lambda a, ww, bb: mfn(a, ww, bb, one(s), one(p), one(d), groups)  # noqa
-            tf = lambda a, ww, bb: tfn(a, ww, bb.reshape(-1), s, p, d, groups)  # noqa
+            # (the weight with fresh strides: torch 2.13's CPU conv1d of a (2, 2, 1) input by a
+            # (2, 2, 1) weight of strides (2, 1, 2), a transposed view, with stride 2, padding
+            # 1 and dilation 2 crashed the process (segmentation fault; .contiguous() keeps
+            # those strides: a size-1 axis): --int seed 101475. This side computes it.)
+            tf = lambda a, ww, bb: tfn(a, ww.clone(memory_format=torch.contiguous_format),  # noqa
+                                       bb.reshape(-1), s, p, d, groups)
             name = f"conv{nd}d"
         return Case(f"{name}(x{x.shape} {dt}, w{wshape}, stride={s}, padding={p}, "
                     f"dilation={d}, groups={groups})", [x, w, b], mf, tf,
