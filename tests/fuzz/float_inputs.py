@@ -97,8 +97,15 @@ def run_float64(case, rng):
 
 
 def run_float16(case, rng):
-    """Run ``case`` with its float32 inputs as float16 (`run_converted`)."""
-    return run_converted(case, rng, FLOAT16)
+    """Run ``case`` with its float32 inputs as float16 (`run_converted`), its constants
+    (`gen.like`) as float16 values too, also for the exact result."""
+    from . import gen
+
+    gen.CONSTANTS_ROUNDED_TO = np.float16
+    try:
+        return run_converted(case, rng, FLOAT16)
+    finally:
+        gen.CONSTANTS_ROUNDED_TO = None
 
 
 def _close_float16(got, exact, native, what):

@@ -113,3 +113,10 @@ def test_float16_mode_compares_infinite_results_without_warning():
         assert run_seed("sort_nan", 100430, "float16") == "ok"
         x = np.array([[np.inf, 1.0, -np.inf], [2.0, -np.inf, np.inf]], np.float32)
         assert _run(run_float16, lambda a: F.sort(a)[0], lambda v: torch.sort(v)[0], x) == "ok"
+
+
+def test_float16_mode_gives_the_exact_result_the_constants_the_engines_see():
+    # seed 112278: a running mean of 0.9 * rm + 0.1 * mean cancels to -0.00435; the exact
+    # update of the float32 rm0 lies 4.5 float16 steps from that of its float16 value, which
+    # both engines update (this side to 0.2 steps)
+    assert run_seed("batch_norm2d", 112278, "float16") == "ok"
