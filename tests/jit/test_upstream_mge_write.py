@@ -20,6 +20,8 @@ from megengine.jit.dump import DumpError, load
 from megengine.jit.upstream_mge import _model
 from megengine.jit.upstream_mge_write import _Encoder, _type_id
 
+from devices import host_default_device  # noqa: F401  (the fixture: quantized tests on cpu0)
+
 DATA = os.path.join(os.path.dirname(__file__), "..", "data", "upstream_mge")
 _spec = importlib.util.spec_from_file_location("written", os.path.join(DATA, "written.py"))
 written = importlib.util.module_from_spec(_spec)  # (the models, as written.py builds them)
@@ -227,7 +229,8 @@ def test_test_cases_are_written_in_upstreams_layout():
                                      "silent": True}
     (inputs, expected), = prog.testcases
     np.testing.assert_array_equal(inputs["data"], x)
-    np.testing.assert_array_equal(expected["1.RELU"], net(mge.tensor(x)).numpy())
+    # (on a GPU the traced program's product may round otherwise than eager's: 1 ulp)
+    np.testing.assert_allclose(expected["1.RELU"], net(mge.tensor(x)).numpy(), rtol=1e-6)
 
 
 def test_test_cases_of_other_dtypes_and_without_checks():
@@ -255,10 +258,16 @@ def test_test_cases_of_other_dtypes_and_without_checks():
     assert _layout(data) == ([], [(1, [("SharedDeviceTensor", ["cpux:0"])], 1)] * 2)
     assert data[12:12 + 4 + struct.unpack_from("<I", data, 12)[0]] == _dumped(
         fn, x, arg_names=["data"]).getvalue()
-    # a quantized output: upstream's element-wise operators cannot compare it
+
+
+@pytest.mark.usefixtures("host_default_device")  # (quantized tensors live on CPU devices)
+def test_test_cases_of_a_quantized_output_are_refused_with_checks():
+    # upstream's element-wise operators cannot compare a quantized output
+    x = np.random.RandomState(1).rand(2, 4).astype("float32")
     q = mge.core.tensor.dtype.qint8(0.1)
     with pytest.raises(DumpError, match=r"output .* is quantized.*no_assert=True"):
         _dumped(lambda x: x.astype(q), x, input_data=[x])
+    _dumped(lambda x: x.astype(q), x, input_data=[x], no_assert=True)  # (the inputs alone)
 
 
 def test_this_forks_format_stays_the_default():
@@ -606,6 +615,7 @@ def test_interpolation_sizes_computed_from_shapes_follow_the_input():
         np.testing.assert_allclose(g, w.numpy(), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.usefixtures("host_default_device")  # (quantized tensors live on CPU devices)
 def test_quantized_transposed_convolution_with_a_bias_to_qint32_is_refused():
     # (written_qtranspose: a bias to an 8-bit output, which upstream computed to the last bit;
     # the qint32 accumulator plus a bias has no operator of upstream's that sums integers)

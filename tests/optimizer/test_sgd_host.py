@@ -9,6 +9,12 @@ from megengine.functional import _aten
 from megengine.optimizer import SGD
 from megengine.optimizer.optimizer import _ATEN_UPDATE_MIN, Optimizer
 
+from devices import host_default_device  # noqa: F401  (the fixture: the update of host arrays)
+
+# the parameters on the CPU, where their arrays are numpy's, also where the default device is a
+# GPU (MGE_SIM_CUDA, a CUDA machine)
+pytestmark = pytest.mark.usefixtures("host_default_device")
+
 
 @pytest.fixture
 def bridge():

@@ -14,6 +14,7 @@ Two steps, two Pythons (upstream has no wheels for this fork's Python):
 benchmarks/bench_models.py at 224x224 instead (47 and 9 MB: not kept in the repository); ``run``
 then runs them too.
 """
+import contextlib
 import os
 import sys
 
@@ -418,13 +419,35 @@ def other_batch(name, build):
 
     if name not in OTHER_BATCH:
         return None
-    net, inputs = build()
-    net.eval()
-    rng = np.random.RandomState(20)
-    inputs = {k: rng.randn(OTHER_BATCH[name], *v.shape[1:]).astype(v.dtype)
-              for k, v in inputs.items()}
-    out = net(*(mge.tensor(v) for v in inputs.values()))
-    return inputs, [o.numpy() for o in (out if isinstance(out, tuple) else (out,))]
+    with _building(name):
+        net, inputs = build()
+        net.eval()
+        rng = np.random.RandomState(20)
+        inputs = {k: rng.randn(OTHER_BATCH[name], *v.shape[1:]).astype(v.dtype)
+                  for k, v in inputs.items()}
+        out = net(*(mge.tensor(v) for v in inputs.values()))
+        return inputs, [o.numpy() for o in (out if isinstance(out, tuple) else (out,))]
+
+
+@contextlib.contextmanager
+def _building(name):
+    """Model ``name``'s device and thread count while it is built and run: the device name the
+    files record, whatever the machine's default (MGE_DEFAULT_DEVICE=cpu0 would record cpu0);
+    quantized networks run on the CPU (their dtypes live in numpy's metadata); one torch
+    thread, as the tests run: a calibration's sums on torch's pool round by the thread count,
+    and the scales with them."""
+    import megengine as mge
+
+    import torch
+
+    before, threads = mge.get_default_device(), torch.get_num_threads()
+    mge.set_default_device("cpu0" if name in QUANTIZED else "xpux")
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        mge.set_default_device(before)
+        torch.set_num_threads(threads)
 
 
 def write(name, build, file=None):
@@ -435,16 +458,7 @@ def write(name, build, file=None):
     import megengine as mge
     from megengine.jit import trace
 
-    import torch
-
-    before, threads = mge.get_default_device(), torch.get_num_threads()
-    # the device name the files record, whatever the machine's default (MGE_DEFAULT_DEVICE=cpu0
-    # would record cpu0); quantized networks run on the CPU (their dtypes live in numpy's
-    # metadata); one torch thread, as the tests run:
-    # a calibration's sums on torch's pool round by the thread count, and the scales with them
-    mge.set_default_device("cpu0" if name in QUANTIZED else "xpux")
-    torch.set_num_threads(1)
-    try:
+    with _building(name):
         net, inputs = build()
         net.eval()
         names = list(inputs)
@@ -458,9 +472,6 @@ def write(name, build, file=None):
         buf = io.BytesIO()
         f.dump(buf, arg_names=names, dump_format="FBS_V2")
         data = buf.getvalue()
-    finally:
-        mge.set_default_device(before)
-        torch.set_num_threads(threads)
     if file is not None:
         with open(file, "wb") as fh:
             fh.write(data)
