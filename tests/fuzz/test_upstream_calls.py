@@ -99,6 +99,26 @@ def test_normalising_nearly_equal_values_is_told_apart_against_float64():
     assert uc.known(call, wrong, upstreams) is None
 
 
+def test_a_normalisations_gradient_is_told_apart_against_float64():
+    # fuzz seed 206626, measured on upstream 1.13: general_norm over an axis of two values,
+    # whose input gradients are what is left of cancelling terms; torch in float64 gives
+    # 3.6106e-3 for the third, this side 3.6011e-3, upstream 3.357e-3
+    call = uc.draw(206626)
+    assert call[0] == "grad:F.nn.general_norm"
+    ours = uc.run_call(call)
+    out, grads = ours[1][1]
+    up_gx = np.float32([9.393692e-05, 1.926422e-04, 3.356934e-03, -9.346008e-05, -1.907349e-04,
+                        -3.387451e-03, 1.115799e-04, 7.820129e-05, 1.626760e-04, -1.115799e-04,
+                        -7.820129e-05, -1.630038e-04]).reshape(2, 2, 3)
+    upstreams = (True, ("L", [out, ("L", [uc.enc_array(up_gx)] + list(grads[1][1:]))]))
+    assert uc.differ(ours, upstreams, gradients=True) is not None
+    assert uc.known(call, ours, upstreams).startswith("a normalisation's gradient")
+    # a gradient of this side's 10 % off is no rounding
+    wrong = (True, ("L", [out, ("L", [uc.enc_array(uc.dec_array(grads[1][0]) * 1.1)] +
+                                list(grads[1][1:]))]))
+    assert uc.known(call, wrong, upstreams) is None
+
+
 @pytest.mark.usefixtures("host_default_device")  # (quantized tensors live on CPU devices)
 def test_a_quantized_value_at_a_boundary_rounded_the_other_way_is_told_apart():
     # fuzz seed 150683: the batch norm gives the same input bits 1 float32 step apart here

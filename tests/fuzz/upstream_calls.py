@@ -2015,6 +2015,15 @@ def _known_with_gradients(call, mine, theirs):
             return "batch_norm's weight gradient in inference mode"
         if name in ("F.nn.max_pool2d", "F.nn.adaptive_max_pool2d") and _overlapping(call):
             return "overlapping max windows give the first maximum, as torch's"
+        if name == "F.nn.general_norm" and gm[0] == gt[0] == "t" and gm[2] == gt[2]:
+            exact = _general_norm_gradients(call)[[id(v) for v in leaves].index(id(x))]
+            if _close(dec_array(gm), exact.astype(np.float32), True) and \
+                    not _close(dec_array(gt), exact.astype(np.float32), True):
+                # (a group of two values: their gradients are what is left of terms of size 1
+                # that cancel. Seed 206,626: an input gradient of 3.6106e-3 in float64, here
+                # 3.6011e-3, upstream 3.357e-3)
+                return "a normalisation's gradient: upstream's rounding, this side's within " \
+                       "the tolerance of the float64 result"
         if name in ("F.group_norm", "F.instance_norm", "F.nn.layer_norm", "F.nn.general_norm"):
             groups = _norm_groups(call)
             if groups.shape[-1] > 1 and (groups.std(-1) < 0.1).any():
@@ -2098,6 +2107,28 @@ def _norm_module_exact(call):
         out = TF.group_norm(x, groups, None if w is None else w.reshape(-1),
                             None if b is None else b.reshape(-1), eps)
     return out.numpy()
+
+
+def _general_norm_gradients(call):
+    """The gradients of a ``grad:F.nn.general_norm`` call's float32 tensors (x, then weight
+    and bias when given), computed by torch in float64 with `_with_gradients`' output weights."""
+    import torch
+
+    args = call[1]
+    x = torch.tensor(dec_array(args[0]).astype(np.float64), requires_grad=True)
+    axes = [a % x.ndim for a in args[1][1]]
+    mean = x.mean(dim=axes, keepdim=True)
+    y = (x - mean) / torch.sqrt(((x - mean) ** 2).mean(dim=axes, keepdim=True) + 1e-5)
+    leaves = [x]
+    if len(args) > 4 and args[3][0] == "t":  # weight and bias, shaped as the normalised axes
+        keep = [x.shape[a] if a in axes else 1 for a in range(x.ndim)]
+        w, b = (torch.tensor(dec_array(a).astype(np.float64), requires_grad=True)
+                for a in args[3:5])
+        y = y * w.reshape(keep) + b.reshape(keep)
+        leaves += [w, b]
+    weights = np.linspace(0.5, 1.5, y.numel(), dtype=np.float32).reshape(tuple(y.shape))
+    (y * torch.from_numpy(weights.astype(np.float64))).sum().backward()
+    return [v.grad.numpy() for v in leaves]
 
 
 def _norm_groups(call):
