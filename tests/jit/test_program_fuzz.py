@@ -252,6 +252,18 @@ def test_values_eager_computes_as_finite_are_still_compared_under_rewrites():
         jit_check._close([np.array([0.0, 2.0])], [np.array([nan, 1.0])], "x", rewrites=True)
 
 
+def test_values_are_compared_to_the_rounding_of_the_outputs_magnitude():
+    # program 97763 (opt_level 2): -0.0435505 for eager's -0.0435801 in an output up to 12.1,
+    # a value a centring left of terms of that size
+    want = [np.array([12.121447, -0.043580055], np.float32)]
+    jit_check._close([np.array([12.121447, -0.04355049], np.float32)], want, "x")
+    with pytest.raises(JitMismatch, match="differs from eager"):
+        jit_check._close([np.array([12.121447, -0.0432], np.float32)], want, "x")
+    with pytest.raises(JitMismatch, match="differs from eager"):  # (small outputs: as before)
+        jit_check._close([np.array([0.5, -0.04355049], np.float32)],
+                         [np.array([0.5, -0.043580055], np.float32)], "x")
+
+
 # program 92119 minimised: log(exp(h)) overflows to inf eagerly for all-negative data, the
 # softmax of it is NaN and the mask of it empty, so eager's branch on the mask's size is not the
 # one the trace recorded; opt_level=2 computes h (upstream's log(exp(a)) -> a rewrite) and its
