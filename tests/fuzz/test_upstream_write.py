@@ -43,3 +43,16 @@ def test_a_count_of_a_data_decided_size_that_the_data_makes_zero_reads_back(tmp_
     # (TypeError)
     stats, refused, wrong = upstream_write.write([3795], str(tmp_path), dyn=True)
     assert stats == {"written": 1} and wrong == []
+
+
+def test_the_traces_rewrites_of_what_overflowed_eagerly_are_not_findings(tmp_path):
+    import numpy as np
+
+    # program 4153: F.log(F.exp(h)) of h near 500 is h in the file (the trace's rewrite, as
+    # upstream's), inf eagerly
+    stats, refused, wrong = upstream_write.write([4153], str(tmp_path))
+    assert stats == {"written": 1} and wrong == []
+    w = [np.float32([np.inf, 1.0])]
+    assert upstream_write._close([np.float32([502.0, 1.0])], w, rewrites=True)
+    assert not upstream_write._close([np.float32([502.0, 1.0])], w)
+    assert not upstream_write._close([np.float32([502.0, 1.5])], w, rewrites=True)
