@@ -99,6 +99,38 @@ def test_normalising_nearly_equal_values_is_told_apart_against_float64():
     assert uc.known(call, wrong, upstreams) is None
 
 
+def test_a_kth_only_topk_among_ties_is_told_apart():
+    # fuzz seed 226849, measured on upstream 1.13: the second smallest of a row [2, 2, -1.5,
+    # -1.5] is either -1.5 (index 3 here, 2 upstream); another value's index is no tie
+    x = uc.enc_array(np.float32([[0.5, 2.5, -1.5, -0.5], [2.0, 2.0, -1.5, -1.5]]))
+    call = ("F.topk", [x, ("v", 2)], {"descending": False, "kth_only": True})
+    values = uc.enc_array(np.float32([-0.5, -1.5]))
+
+    def result(index):
+        return True, ("L", [values, uc.enc_array(np.int32(index))])
+
+    assert uc.known(call, result([3, 3]), result([3, 2])) == "order among ties"
+    assert uc.known(call, result([3, 0]), result([3, 2])) is None
+
+
+def test_normalising_very_close_values_is_told_apart_by_the_nearer_float64_result():
+    # fuzz seed 222256, measured on upstream 1.13: a group [2.2885666, 2.3015435] (std 6.5e-3)
+    # of general_norm over axes (0, 2): float64 gives 0.3797092 and 0.1661291, this side
+    # 2.6e-5 off (float32 rounding times |x| / std ~ 350: past the tolerance), upstream 3.3e-3
+    x = np.float32([[[-2.253385066986084, 2.277038812637329],
+                     [2.2885665893554688, 2.3015434741973877]]])
+    w, b = np.float32([[-1.1352429, 2.0746312]]), np.float32([[-0.64078575, -1.6988028]])
+    call = ("F.nn.general_norm", [uc.enc_array(x), ("v", (0, 2)), ("v", True), uc.enc_array(w),
+                                  uc.enc_array(b)], {})
+    ours = _value(np.float32([[[0.4944561, 0.37582615], [0.37968287, 0.1661494]]]))
+    upstreams = _value(np.float32([[[0.4944561, 0.37582648], [0.37639028, 0.16013205]]]))
+    assert uc.known(call, ours, upstreams) == \
+        "normalising values close to each other: upstream's rounding"
+    # this side as far off as upstream is no rounding of its own
+    worse = _value(np.float32([[[0.4944561, 0.37582615], [0.38300000, 0.1661494]]]))
+    assert uc.known(call, worse, upstreams) is None
+
+
 def test_a_normalisations_gradient_is_told_apart_against_float64():
     # fuzz seed 206626, measured on upstream 1.13: general_norm over an axis of two values,
     # whose input gradients are what is left of cancelling terms; torch in float64 gives

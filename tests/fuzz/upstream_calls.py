@@ -1868,9 +1868,14 @@ def known(call, mine, theirs):
             keep = [slice(None) if a % x.ndim in [b % x.ndim for b in axes] else None
                     for a in range(x.ndim)]
             want = want * dec_array(call[1][3])[tuple(keep)] + dec_array(call[1][4])[tuple(keep)]
-        if _close(dec_array(mine[1]), want.astype(np.float32)):
+        here, there = dec_array(mine[1]), dec_array(theirs[1])
+        if _close(here, want.astype(np.float32)) or \
+                10 * np.abs(here - want).max() <= np.abs(there - want).max():
             # (upstream's differs by more than float32 rounding where the values are close
-            # compared to their size: its variance loses digits)
+            # compared to their size: its variance loses digits. Where they are very close
+            # float32 rounding grows past the tolerance here too, but stays far nearer the
+            # float64 result: seed 222256, a group [2.2885666, 2.3015435], std 6.5e-3: this
+            # side 2.6e-5 off, upstream 3.3e-3)
             return "normalising values close to each other: upstream's rounding"
     if name == "F.scatter" and s1 == s2:
         x, axis, idx, src = (dec_array(call[1][0]), call[1][1][1], dec_array(call[1][2]),
@@ -1889,6 +1894,8 @@ def known(call, mine, theirs):
         return "norm of ord +-inf over an axis"  # (upstream's is over every element)
     if name in ("F.argsort", "F.topk", "F.sort") and d1 == d2 and s1 == s2:
         x, i1, i2 = dec_array(call[1][0]), dec_array(mine[1]), dec_array(theirs[1])
+        if x.ndim == i1.ndim + 1 and x.ndim:  # (topk kth_only: one index a row; seed 226849)
+            i1, i2 = i1[..., None], i2[..., None]
         if x.ndim == i1.ndim and i1.dtype.kind == "i" and np.array_equal(
                 np.take_along_axis(x, i1, -1), np.take_along_axis(x, i2, -1)):
             return "order among ties"
