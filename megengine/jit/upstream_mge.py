@@ -624,13 +624,11 @@ def _op_typecvt(op, x):
             return _Shape(v * 1.0 for v in x)
         is_int = lambda v: type(v) is int or type(v) is SymDim and type(v.value) is int
         return _Shape(v if is_int(v) else math.trunc(v) for v in x)
-    from ..core.dtype import is_quantize
+    from ..core.dtype import dequantize_array, is_quantize
     if _is_host(x) and is_quantize(x.dtype) and not is_quantize(dtype):
         # a quantized constant (a bias): upstream's TypeCvt dequantizes it, as this fork's
-        # astype does a tensor's, (q - zero point) * scale in float32
-        q = x.dtype.metadata["mgb_dtype"]
-        x = ((x.astype(np.float32) - np.float32(q.get("zero_point", 0))) *
-             np.float32(q["scale"]))
+        # astype does a tensor's (a file's constant, a _Constant, as the ndarray it is)
+        x = dequantize_array(x.view(np.ndarray))
     return x.astype(dtype)
 
 
