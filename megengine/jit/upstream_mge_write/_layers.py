@@ -58,13 +58,7 @@ def _convolution_any(g, opr, ins, outs, p, device):
         weight, _ = _add_axes(g, weight, w.shape, [len(w.shape)], f"{y.name}:weight4d")
     inputs = [weight, data] if transposed else [data, weight]
     if transposed and any(int(v) for v in op.output_padding):
-        batch = g.op("GetVarShapeV1", 1, 54, {0: ("i", 0)}, [data],
-                     [(f"{y.name}:batch", (1,))])[0]
-        rest = g.shape_const([int(d) for d in y.shape[1:]], device, f"{y.name}:size")
-        shape = g.concat([batch, rest], 0, f"{y.name}:shape", (len(y.shape),), device)
-        zero = g.const(np.zeros(1, y.dtype), device, f"{y.name}:zero")
-        inputs.append(g.op("Broadcast", 1, 1, {}, [zero, shape],
-                           [(f"{y.name}:like", y.shape)])[0])
+        inputs.append(_like(g, data, y, y.dtype, device))
     if nd == 3:
         params = {0: ("I", 0), 1: ("I", p["pad_d"]), 2: ("I", p["pad_h"]),
                   3: ("I", p["pad_w"]), 4: ("I", p["stride_d"]), 5: ("I", p["stride_h"]),
@@ -235,8 +229,8 @@ def _requantized(y):
 
 def _like(g, data, y, dtype, device):
     """A value of ``y``'s shape (its batch that of var ``data``), the third input giving a
-    transposed convolution its output size: a zero of ``dtype`` broadcast to it, as
-    `_convolution_any` writes it (upstream's own: an Alloc of that shape)."""
+    transposed convolution with output padding its output size: a zero of ``dtype`` broadcast
+    to it (upstream's own: an Alloc of that shape)."""
     batch = g.op("GetVarShapeV1", 1, 54, {0: ("i", 0)}, [data], [(f"{y.name}:batch", (1,))])[0]
     rest = g.shape_const([int(d) for d in y.shape[1:]], device, f"{y.name}:size")
     shape = g.concat([batch, rest], 0, f"{y.name}:shape", (len(y.shape),), device)
