@@ -39,9 +39,9 @@ import warnings
 from ..dump_format import DumpError
 from ..upstream_mge import _LAYOUTS, _OPTION_BITS
 # (_Encoder, _Graph, _operator, _tensor and _type_id are imported from here by the tests too)
-from ._base import (_EVERY_AXIS, _MAX_NDIM, _MGE_VERSION, _NO_AXIS, _OPERATORS,
-                    _WITH_COMP_NODE, _check, _dtype, _Encoder, _Graph, _inferred_axis,
-                    _operator, _refuse, _target_shape, _tensor, _type_id, _user_stacklevel)
+from ._base import (_EVERY_AXIS, _MAX_NDIM, _NO_AXIS, _OPERATORS, _WITH_COMP_NODE, _check,
+                    _dtype, _Encoder, _Graph, _inferred_axis, _model_bytes, _operator, _refuse,
+                    _target_shape, _tensor, _type_id, _user_stacklevel)
 from ._basic import (_broadcast, _broadcast_as, _compute, _elemwise, _fill, _leaky_relu,
                      _linspace, _log_softmax, _prelu, _roll, _sizes, _split, _stack, _topk,
                      _where)
@@ -181,16 +181,13 @@ def write_upstream(net, metadata=None, testcases=None):
             ids[id(v)] = k
     outs = ([ids[id(v)] for v in net.output_vars] if testcases is None
             else assert_outputs(g, net, testcases))
-    model = {0: ("I", _MGE_VERSION), 1: ("I", 2), 2: ("tables", g.ops),
-             3: ("tables", g.middle),
-             4: ("tables", [{0: ("I", k), 1: ("I", k)} for k in outs]),
-             5: ("tables", [])}
+    more = None
     if metadata is not None:
-        model[7] = ("table", {
+        more = {7: ("table", {
             0: ("?", True), 1: ("?", bool(metadata.get("graph_modified", False))),
             2: ("Q", int(metadata.get("optimize_options", 0))),
-            3: ("str", pickle.dumps(metadata.get("user_info"), protocol=4))})
-    return _Encoder().finish(model, b"mgv2")
+            3: ("str", pickle.dumps(metadata.get("user_info"), protocol=4))})}
+    return _model_bytes(g, outs, more)
 
 
 def upstream_bytes(graph, w):

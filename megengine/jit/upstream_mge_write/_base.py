@@ -353,6 +353,17 @@ class _Graph:
                        [x], [(name, shape)])[0]
 
 
+def _model_bytes(g, outputs, more=None):
+    """The encoded Model table of graph ``g`` (its operators and vars) whose outputs are the
+    vars ``outputs``; ``more``: further fields ({field: value}: metadata, a count)."""
+    model = {0: ("I", _MGE_VERSION), 1: ("I", 2), 2: ("tables", g.ops),
+             3: ("tables", g.middle),
+             4: ("tables", [{0: ("I", k), 1: ("I", k)} for k in outputs]),
+             5: ("tables", [])}
+    model.update(more or {})
+    return _Encoder().finish(model, b"mgv2")
+
+
 def _refuse(opr, what):
     raise DumpError(f"trace.dump(dump_format='FBS_V2'): operator {opr.name!r}: {what}; dump "
                     "without dump_format to keep it in this fork's format")

@@ -21,7 +21,7 @@ import struct
 import numpy as np
 
 from ..dump_format import DumpError
-from ._base import _EVERY_AXIS, _REDUCE_MODES, _Encoder, _operator, _shape, _tensor
+from ._base import _EVERY_AXIS, _REDUCE_MODES, _Graph, _model_bytes, _operator, _tensor
 
 _MAGIC = b"mgbtest0"
 
@@ -90,16 +90,10 @@ def testcase_bytes(model, graph, arrays):
 def _case_model(values):
     """A case's model: SharedDeviceTensor operators of ``values`` ([(name, array)]), each an
     output, on cpux as upstream's are."""
-    from ._base import _MGE_VERSION
-
-    ops, middle = [], []
-    for k, (name, value) in enumerate(values):
+    g = _Graph()
+    for name, value in values:
         value = np.asarray(value)
-        middle.append({0: ("str", name), 1: ("u32s", _shape(value.shape))})
-        ops.append(_operator("SharedDeviceTensor", 1, None, [], [k], tensors=[
-            _tensor(value.shape, value.dtype, "cpux", f"test case value {name!r}",
-                    value=value)]))
-    model = {0: ("I", _MGE_VERSION), 1: ("I", 2), 2: ("tables", ops), 3: ("tables", middle),
-             4: ("tables", [{0: ("I", k), 1: ("I", k)} for k in range(len(values))]),
-             5: ("tables", []), 6: ("I", len(values))}
-    return _Encoder().finish(model, b"mgv2")
+        g.ops.append(_operator("SharedDeviceTensor", 1, None, [], [g.var(name, value.shape)],
+                               tensors=[_tensor(value.shape, value.dtype, "cpux",
+                                                f"test case value {name!r}", value=value)]))
+    return _model_bytes(g, range(len(values)), {6: ("I", len(values))})
