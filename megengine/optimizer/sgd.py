@@ -75,8 +75,7 @@ class SGD(Optimizer):
             left = bridge.sgd_step([p._data for p, _, _ in items], [g for _, g, _ in items], lr,
                                    _ATEN_UPDATE_MIN)
             items = [items[i] for i in left]
-        for param, grad, state in items:
-            self._update(param, grad, state, group)
+        super()._update_host(items, group)
 
     def _update_batch(self, items, group):
         """CUDA: `_update` of the group's parameters of one device and dtype in one multi-tensor
