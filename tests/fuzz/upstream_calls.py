@@ -1861,13 +1861,7 @@ def known(call, mine, theirs):
             if np.array_equal(dec_array(mine[1]).reshape(np.shape(want)), want):
                 return "argmax / argmin of NaN: the first NaN, as numpy's"  # (upstream: another)
     if name == "F.nn.general_norm" and s1 == s2:
-        x, axes = dec_array(call[1][0]).astype(np.float64), call[1][1][1]
-        mean = x.mean(axis=axes, keepdims=True)
-        want = (x - mean) / np.sqrt(((x - mean) ** 2).mean(axis=axes, keepdims=True) + 1e-5)
-        if len(call[1]) > 3:  # affine: weight and bias shaped as the normalised axes
-            keep = [slice(None) if a % x.ndim in [b % x.ndim for b in axes] else None
-                    for a in range(x.ndim)]
-            want = want * dec_array(call[1][3])[tuple(keep)] + dec_array(call[1][4])[tuple(keep)]
+        want = _general_norm_exact(call)[0]
         here, there = dec_array(mine[1]), dec_array(theirs[1])
         if _close(here, want.astype(np.float32)) or \
                 10 * np.abs(here - want).max() <= np.abs(there - want).max():
@@ -2023,7 +2017,7 @@ def _known_with_gradients(call, mine, theirs):
         if name in ("F.nn.max_pool2d", "F.nn.adaptive_max_pool2d") and _overlapping(call):
             return "overlapping max windows give the first maximum, as torch's"
         if name == "F.nn.general_norm" and gm[0] == gt[0] == "t" and gm[2] == gt[2]:
-            exact = _general_norm_gradients(call)[[id(v) for v in leaves].index(id(x))]
+            exact = _general_norm_exact(call)[1][[id(v) for v in leaves].index(id(x))]
             if _close(dec_array(gm), exact.astype(np.float32), True) and \
                     not _close(dec_array(gt), exact.astype(np.float32), True):
                 # (a group of two values: their gradients are what is left of terms of size 1
@@ -2116,9 +2110,9 @@ def _norm_module_exact(call):
     return out.numpy()
 
 
-def _general_norm_gradients(call):
-    """The gradients of a ``grad:F.nn.general_norm`` call's float32 tensors (x, then weight
-    and bias when given), computed by torch in float64 with `_with_gradients`' output weights."""
+def _general_norm_exact(call):
+    """A general_norm call's output and the gradients of its float32 tensors (x, then weight
+    and bias when given; `_with_gradients`' output weights), computed by torch in float64."""
     import torch
 
     args = call[1]
@@ -2135,7 +2129,7 @@ def _general_norm_gradients(call):
         leaves += [w, b]
     weights = np.linspace(0.5, 1.5, y.numel(), dtype=np.float32).reshape(tuple(y.shape))
     (y * torch.from_numpy(weights.astype(np.float64))).sum().backward()
-    return [v.grad.numpy() for v in leaves]
+    return y.detach().numpy(), [v.grad.numpy() for v in leaves]
 
 
 def _norm_groups(call):
