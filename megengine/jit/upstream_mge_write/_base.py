@@ -352,6 +352,12 @@ class _Graph:
         return self.op("ReduceV2", 1, 23, {0: ("I", _REDUCE_MODES[mode]), 1: ("i", axis)},
                        [x], [(name, shape)])[0]
 
+    def reduce_all(self, mode, x, name, device, target_name):
+        """``mode`` over every axis of var ``x``: a (1,) value named ``name`` (upstream's Reduce
+        without an axis takes its target shape as an input, named ``target_name``)."""
+        return self.op("ReduceV2", 1, 23, {0: ("I", _REDUCE_MODES[mode]), 1: ("i", _EVERY_AXIS)},
+                       [x, self.shape_const([1], device, target_name)], [(name, (1,))])[0]
+
 
 def _model_bytes(g, outputs, more=None):
     """The encoded Model table of graph ``g`` (its operators and vars) whose outputs are the
@@ -490,10 +496,8 @@ class _Steps:
         target shape an input); a value of one item is itself."""
         if _shape(shape) == [1]:
             return k
-        return self.g.op("ReduceV2", 1, 23, {0: ("I", _REDUCE_MODES[mode]),
-                                             1: ("i", _EVERY_AXIS)},
-                         [k, self.g.shape_const([1], self.device, self.name("total"))],
-                         [(self.name(mode.lower()), (1,))])[0]
+        target = self.name("total")  # (named before the output, as the file numbers them)
+        return self.g.reduce_all(mode, k, self.name(mode.lower()), self.device, target)
 
     def drop(self, k, shape, axes):
         """Var ``k`` of ``shape`` without ``axes`` (each of size 1): one AxisAddRemove, highest

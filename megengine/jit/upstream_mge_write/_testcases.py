@@ -21,7 +21,7 @@ import struct
 import numpy as np
 
 from ..dump_format import DumpError
-from ._base import _EVERY_AXIS, _REDUCE_MODES, _Graph, _model_bytes, _operator, _tensor
+from ._base import _Graph, _model_bytes, _operator, _tensor
 
 _MAGIC = b"mgbtest0"
 
@@ -69,9 +69,7 @@ def _error(g, expect, real, name, shape, dtype):
     div = "TRUE_DIV" if dtype.kind == "f" else "FLOOR_DIV"
     rel = g.elemwise(div, [diff, g.elemwise("MAX", [low, one], f"{name}:max", shape)],
                      f"{name}:relative", shape)
-    return g.op("ReduceV2", 1, 23, {0: ("I", _REDUCE_MODES["MAX"]), 1: ("i", _EVERY_AXIS)},
-                [rel, g.shape_const([1], "xpux", f"{name}:error")],
-                [(f"{name}:error", (1,))])[0]
+    return g.reduce_all("MAX", rel, f"{name}:error", "xpux", f"{name}:error")
 
 
 def testcase_bytes(model, graph, arrays):
