@@ -88,25 +88,44 @@ def _aten_softmax_backward(y, axes):
     return y.shape[axes[0]] >= 32 and y.size >= 4096
 
 
-class _Softmax(Op):
-    """Softmax along ``axes``. Over one axis on CUDA, and over the last axis (or float16) on
-    the CPU: ATen's forward kernel (`_aten_softmax`), and its backward kernel where
-    `_aten_softmax_backward` says; else array code."""
+class _SoftmaxFamily(Op):
+    """What softmax and log_softmax share: ATen's forward kernel where `_aten_softmax` takes it,
+    and its backward kernel where `_aten_softmax_backward` says; the subclass names the two
+    kernels and computes with array code elsewhere."""
     format_rule = "keep"  # how a tensor format label passes (megengine.core.format)
+    kernel = backward_kernel = None  # ATen's names (``torch.ops.aten``)
 
     def __init__(self, axes):
         self.axes = axes
         self.ty = None  # ATen's output, when the backward takes ATen's kernel
 
+    def _aten_forward(self, x):
+        """The output of ATen's forward kernel for ``x``, or None where array code computes it."""
+        grad = _grad_wanted(self)
+        if not _aten_softmax(x, self.axes, grad):
+            return None
+        ty = getattr(_aten.ops, self.kernel)(_aten.view(x), self.axes[0], False)
+        self.y = _aten.array(ty)
+        if grad and _aten_softmax_backward(self.y, self.axes):  # (no backward: no test)
+            self.ty = ty
+        return self.y
+
+    def _aten_backward(self, g):
+        ty = self.ty
+        return _aten.fresh_gradient(getattr(_aten.aten(), self.backward_kernel)(
+            _aten.view(g.astype(self.y.dtype, copy=False)), ty, self.axes[0], ty.dtype))
+
+
+class _Softmax(_SoftmaxFamily):
+    """Softmax along ``axes``. Over one axis on CUDA, and over the last axis (or float16) on
+    the CPU: ATen's kernels (`_SoftmaxFamily`); else array code."""
+    kernel, backward_kernel = "_softmax", "_softmax_backward_data"
+
     def forward(self, x):
         x = _as_float(x, self)
-        grad = _grad_wanted(self)
-        if _aten_softmax(x, self.axes, grad):
-            ty = _aten.ops._softmax(_aten.view(x), self.axes[0], False)
-            self.y = _aten.array(ty)
-            if grad and _aten_softmax_backward(self.y, self.axes):  # (no backward: no test)
-                self.ty = ty
-            return self.y
+        y = self._aten_forward(x)
+        if y is not None:
+            return y
         e = xp_of(x).exp(x - _shift(x, self.axes))
         e /= acc_sum(e, self.axes, keepdims=True)
         self.y = e
@@ -114,9 +133,7 @@ class _Softmax(Op):
 
     def backward(self, g):
         if self.ty is not None:
-            ty = self.ty
-            return _aten.fresh_gradient(_aten.aten()._softmax_backward_data(
-                _aten.view(g.astype(self.y.dtype, copy=False)), ty, self.axes[0], ty.dtype))
+            return self._aten_backward(g)
         y = self.y
         return y * (g - acc_sum(g * y, self.axes, keepdims=True))
 
@@ -125,25 +142,17 @@ class _Softmax(Op):
         return (y * (g - (g * y).sum(self.axes, keepdims=True)),)
 
 
-class _LogSoftmax(Op):
+class _LogSoftmax(_SoftmaxFamily):
     """``x - logsumexp(x)`` along ``axes``; ATen's kernels where softmax takes them
-    (`_aten_softmax`, `_aten_softmax_backward`)."""
+    (`_SoftmaxFamily`)."""
     autocast = "high"  # megengine.amp.autocast: float32, as upstream's exp and log
-    format_rule = "keep"  # how a tensor format label passes (megengine.core.format)
-
-    def __init__(self, axes):
-        self.axes = axes
-        self.ty = None  # ATen's output, when the backward takes ATen's kernel
+    kernel, backward_kernel = "_log_softmax", "_log_softmax_backward_data"
 
     def forward(self, x):
         x = _as_float(x, self)
-        grad = _grad_wanted(self)
-        if _aten_softmax(x, self.axes, grad):
-            ty = _aten.ops._log_softmax(_aten.view(x), self.axes[0], False)
-            self.y = _aten.array(ty)
-            if grad and _aten_softmax_backward(self.y, self.axes):  # (no backward: no test)
-                self.ty = ty
-            return self.y
+        y = self._aten_forward(x)
+        if y is not None:
+            return y
         xp = xp_of(x)
         shifted = x - _shift(x, self.axes)
         if not x.size:  # no output (and the log of an empty sum would warn)
@@ -154,9 +163,7 @@ class _LogSoftmax(Op):
 
     def backward(self, g):
         if self.ty is not None:
-            ty = self.ty
-            return _aten.fresh_gradient(_aten.aten()._log_softmax_backward_data(
-                _aten.view(g.astype(self.y.dtype, copy=False)), ty, self.axes[0], ty.dtype))
+            return self._aten_backward(g)
         acc = acc_dtype(g.dtype)
         if acc is None:
             return g - xp_of(g).exp(self.y) * g.sum(self.axes, keepdims=True)
