@@ -229,13 +229,14 @@ def _padding(p, ins, outs):
     return fields
 
 
+_RESHAPE = ("ReshapeV1", 1, 54)  # (upstream's Reshape: also `_Graph.reshape`)
 _OPERATORS = {
     "MatrixMul": ("MatrixMulV2", 1, 20, _matmul),
     "BatchedMatrixMul": ("BatchedMatrixMulV2", 1, 20, _matmul),
     "PoolingForward": ("PoolingV1", 1, 9, _pooling),
     "AdaptivePoolingForward": ("AdaptivePoolingV1", 1, 70,
                                lambda p, ins, outs: {0: ("I", _POOL_MODES[p["mode"]])}),
-    "Reshape": ("ReshapeV1", 1, 54, lambda p, ins, outs: {0: ("i", p["axis"])}),
+    "Reshape": (*_RESHAPE, lambda p, ins, outs: {0: ("i", p["axis"])}),
     "Dimshuffle": ("Dimshuffle", 1, 64, _dimshuffle),
     "AxisAddRemove": ("AxisAddRemove", 1, 65, _axis_add_remove),
     "Reduce": ("ReduceV2", 1, 23, _reduce),
@@ -339,6 +340,12 @@ class _Graph:
         if _shape(shape) == _shape(target):
             return k
         return self.op("Broadcast", 1, 1, {}, [k, make_shape()], [(name, target)])[0]
+
+    def reshape(self, k, target, name, shape, axis=_NO_AXIS):
+        """Var ``k`` reshaped to ``shape`` (upstream's Reshape, registered ReshapeV1) by its
+        target shape var ``target``; ``axis``: the axis whose size upstream infers at each run
+        (``target`` holds a placeholder there), or `_NO_AXIS` for none."""
+        return self.op(*_RESHAPE, {0: ("i", axis)}, [k, target], [(name, shape)])[0]
 
     def cast(self, k, dtype, name, shape):
         """Var ``k`` converted to ``dtype`` (upstream's TypeCvt), named ``name``."""

@@ -6,7 +6,7 @@ LayerNorm) and vectors of sizes computed from shapes."""
 import numpy as np
 
 from ...core._imperative_rt.ops import _ELEMWISE_MODES
-from ._base import _NO_AXIS, _dtype, _refuse, _shape, _size, _Steps, _target_shape
+from ._base import _dtype, _refuse, _shape, _size, _Steps, _target_shape
 
 
 # Operators of this fork's program that upstream's graph computes with several operators: each
@@ -30,9 +30,8 @@ def _prelu(g, opr, ins, outs, p, device):
     slope = g.ids[id(w)]
     if w.shape and int(np.prod(w.shape)) > 1 and len(x.shape) > 2:  # (one per channel: axis 1)
         view = (1, int(np.prod(w.shape))) + (1,) * (len(x.shape) - 2)
-        slope = g.op("ReshapeV1", 1, 54, {0: ("i", _NO_AXIS)},
-                     [slope, g.shape_const(view, device, f"{outs[0].name}:w")],
-                     [(f"{outs[0].name}:w", view)])[0]
+        slope = g.reshape(slope, g.shape_const(view, device, f"{outs[0].name}:w"),
+                          f"{outs[0].name}:w", view)
     _leaky_relu(g, opr, ins, outs, p, device, slope=slope)
 
 
@@ -237,9 +236,8 @@ def _roll(g, opr, ins, outs, p, device):
     flat = axes is None
     if flat:
         size = int(np.prod(shape))
-        x = g.op("ReshapeV1", 1, 54, {0: ("i", _NO_AXIS)},
-                 [x, g.shape_const([size], device, f"{y.name}:flat")],
-                 [(f"{y.name}:flat", (size,))])[0]
+        x = g.reshape(x, g.shape_const([size], device, f"{y.name}:flat"), f"{y.name}:flat",
+                      (size,))
         now, shifts, axes = (size,), (shifts,), (0,)
     else:
         now = shape
@@ -258,8 +256,7 @@ def _roll(g, opr, ins, outs, p, device):
                     [(f"{y.name}:head{k}", part(cut)), (f"{y.name}:tail{k}", part(size - cut))])
         x = g.concat([b, a], axis, f"{y.name}:{k}", now, device)
     if flat:
-        x = g.op("ReshapeV1", 1, 54, {0: ("i", _NO_AXIS)},
-                 [x, g.shape_const(_shape(shape), device, y.name)], [(y.name, shape)])[0]
+        x = g.reshape(x, g.shape_const(_shape(shape), device, y.name), y.name, shape)
     g.ids[id(y)] = x
 
 
@@ -354,8 +351,8 @@ def _arg_reduce_flat(g, opr, ins, outs, p, device):
     size = int(np.prod(x.shape))
     k = g.ids[id(x)]
     if len(x.shape) > 1:
-        k = g.op("ReshapeV1", 1, 54, {0: ("i", 0)},
-                 [k, g.shape_const([1], device, s.name("flat"))], [(s.name("flat"), (size,))])[0]
+        k = g.reshape(k, g.shape_const([1], device, s.name("flat")), s.name("flat"), (size,),
+                      axis=0)
     name = "Argmax" if kind == "argmax" else "Argmin"
     s.finish(g.op(name, 1, 2, {0: ("i", 0)}, [k], [(s.name(kind), (1,))])[0])
 
@@ -375,9 +372,8 @@ def _topk_kth(g, opr, ins, outs, p, device):
     rows, n = int(np.prod(shape[:-1])), shape[-1]
     flat = g.ids[id(x)]
     if len(shape) != 2:
-        flat = g.op("ReshapeV1", 1, 54, {0: ("i", _NO_AXIS)},
-                    [flat, g.shape_const((rows, n), device, s.name("rows"))],
-                    [(s.name("rows"), (rows, n))])[0]
+        flat = g.reshape(flat, g.shape_const((rows, n), device, s.name("rows")),
+                         s.name("rows"), (rows, n))
     k = s.ew("NEGATE", [flat], (rows, n)) if op.descending else flat
     kth = g.op("TopK", 1, 44, {}, [k, g.const(np.array([op.k], np.int32), device,
                                                      s.name("k"))],
@@ -391,8 +387,7 @@ def _topk_kth(g, opr, ins, outs, p, device):
     out_shape = shape[:-1] + (1,)
     for v, var in ((values, col), (indices, where)):
         if len(shape) != 2:
-            var = g.op("ReshapeV1", 1, 54, {0: ("i", _NO_AXIS)},
-                       [var, g.shape_const(out_shape, device, s.name("shape"))],
-                       [(s.name("shape"), out_shape)])[0]
+            var = g.reshape(var, g.shape_const(out_shape, device, s.name("shape")),
+                            s.name("shape"), out_shape)
         g.middle[var][0] = ("str", v.name)
         g.ids[id(v)] = var

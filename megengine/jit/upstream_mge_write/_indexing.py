@@ -335,8 +335,8 @@ def _grid(g, v, d, device, name):
     if len(shape) == 1:
         return k
     target = [shape[d] if j == d else 1 for j in range(len(shape))]
-    return g.op("ReshapeV1", 1, 54, {0: ("i", d)},
-                [k, g.shape_const([1] * len(shape), device, name)], [(name, tuple(target))])[0]
+    return g.reshape(k, g.shape_const([1] * len(shape), device, name), name, tuple(target),
+                     axis=d)
 
 
 def _take_along_axis(g, opr, ins, outs, p, device):
@@ -471,17 +471,15 @@ def _argsort(g, opr, x, descending, names, device):
     rows = (int(np.prod(shape[:-1], dtype=np.int64)), shape[-1])
     k = g.ids[id(x)]
     if shape != rows:
-        k = g.op("ReshapeV1", 1, 54, {0: ("i", _NO_AXIS)},
-                 [k, g.shape_const(rows, device, f"{names[0]}:rows")],
-                 [(f"{names[0]}:rows", rows)])[0]
+        k = g.reshape(k, g.shape_const(rows, device, f"{names[0]}:rows"), f"{names[0]}:rows",
+                      rows)
     if descending:
         k = g.elemwise("NEGATE", [k], f"{names[0]}:negated", rows)
     made = list(g.op("Argsort", 1, 26, {}, [k], [(f"{n}:sorted", rows) for n in names]))
     if descending:
         made[0] = g.elemwise("NEGATE", [made[0]], f"{names[0]}:values", rows)
     if shape != rows:
-        made = [g.op("ReshapeV1", 1, 54, {0: ("i", _NO_AXIS)},
-                     [k, g.shape_const(shape, device, n)], [(n, shape)])[0]
+        made = [g.reshape(k, g.shape_const(shape, device, n), n, shape)
                 for k, n in zip(made, names)]
     return made
 

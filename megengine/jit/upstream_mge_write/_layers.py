@@ -4,8 +4,8 @@ convolution, quantized convolutions (ConvBiasForward), batch norm of any input, 
 convolution and local convolution (GroupLocal)."""
 import numpy as np
 
-from ._base import (_NO_AXIS, _convolution, _dtype, _float32_only, _float32_values,
-                    _graph_type_of, _refuse, _shape)
+from ._base import (_convolution, _dtype, _float32_only, _float32_values, _graph_type_of,
+                    _refuse, _shape)
 
 
 # --------------------------------------------------------------------------------------------
@@ -19,8 +19,7 @@ def _grouped_weight(g, w, groups, rank, device, name):
     if groups > 1 and len(w.shape) == rank:
         o = int(w.shape[0])
         shape = (groups, o // groups) + tuple(int(d) for d in w.shape[1:])
-        weight = g.op("ReshapeV1", 1, 54, {0: ("i", _NO_AXIS)},
-                      [weight, g.shape_const(shape, device, name)], [(name, shape)])[0]
+        weight = g.reshape(weight, g.shape_const(shape, device, name), name, shape)
     return weight
 
 
@@ -103,25 +102,21 @@ def _batch_norm(g, opr, ins, outs, p, device):
             continue
         k_v = g.ids[id(v)]
         if tuple(v.shape) != stats:
-            k_v = g.op("ReshapeV1", 1, 54, {0: ("i", _NO_AXIS)},
-                       [k_v, g.shape_const(stats, device, f"{opr.name}:param{k}")],
-                       [(f"{opr.name}:param{k}", stats)])[0]
+            k_v = g.reshape(k_v, g.shape_const(stats, device, f"{opr.name}:param{k}"),
+                            f"{opr.name}:param{k}", stats)
         inputs.append(k_v)
     data, shape = g.ids[id(x)], tuple(x.shape)
     if len(shape) != 4:
         shape = (n, c, int(np.prod(shape[2:], dtype=np.int64)), 1)
-        data = g.op("ReshapeV1", 1, 54, {0: ("i", _NO_AXIS)},
-                    [data, g.shape_const(shape, device, f"{y.name}:4d")],
-                    [(f"{y.name}:input4d", shape)])[0]
+        data = g.reshape(data, g.shape_const(shape, device, f"{y.name}:4d"),
+                         f"{y.name}:input4d", shape)
     made = g.op("BatchNormV1", 1, 11, {0: ("I", 2), 1: ("I", 1), 2: ("d", float(p["epsilon"]))},
                 [data] + inputs,
                 [(f"{opr.name}:mean", stats), (f"{opr.name}:variance", stats),
                  (f"{opr.name}:reserve", (0,)),
                  (y.name if shape == tuple(x.shape) else f"{y.name}:4d", shape)])[3]
     if shape != tuple(x.shape):
-        made = g.op("ReshapeV1", 1, 54, {0: ("i", _NO_AXIS)},
-                    [made, g.shape_const(_shape(y.shape), device, y.name)],
-                    [(y.name, y.shape)])[0]
+        made = g.reshape(made, g.shape_const(_shape(y.shape), device, y.name), y.name, y.shape)
     g.ids[id(y)] = made
 
 

@@ -99,21 +99,18 @@ def _group_norm(g, opr, ins, outs, p, device):
         target = g.concat(parts, 0, s.name("view"), (3,), device)
         back = g.op("GetVarShapeV1", 1, 54, {0: ("i", _NO_AXIS)}, [g.ids[id(x)]],
                     [(s.name("shape"), (len(shape),))])[0]
-    k = g.op("ReshapeV1", 1, 54, {0: ("i", unspec)}, [k, target],
-             [(s.name("grouped"), grouped)])[0]
+    k = g.reshape(k, target, s.name("grouped"), grouped, axis=unspec)
     mean, kept = s.reduce("MEAN", k, grouped, [2])
     d = s.ew("SUB", [k, mean], grouped)
     var, _ = s.reduce("MEAN", s.ew("MUL", [d, d], grouped), grouped, [2])
     std = s.ew("SQRT", [s.ew("ADD", [var, s.const(float(p["eps"]))], kept)], kept)
     k = s.ew("TRUE_DIV", [d, std], grouped)
-    k = g.op("ReshapeV1", 1, 54, {0: ("i", _NO_AXIS)}, [k, back],
-             [(s.name("normalized"), shape)])[0]
+    k = g.reshape(k, back, s.name("normalized"), shape)
     per_channel = (1, shape[1]) + (1,) * (len(shape) - 2)
     for v, mode in zip(ins[1:], ("MUL", "ADD") if p.get("has_weight") else ("ADD",)):
-        w = g.op("ReshapeV1", 1, 54, {0: ("i", _NO_AXIS)},
-                 [s.cast(g.ids[id(v)], v.shape, v.dtype, _F32),
-                  g.shape_const(per_channel, device, s.name("channels"))],
-                 [(s.name("channels"), per_channel)])[0]
+        w = g.reshape(s.cast(g.ids[id(v)], v.shape, v.dtype, _F32),
+                      g.shape_const(per_channel, device, s.name("channels")),
+                      s.name("channels"), per_channel)
         k = s.ew(mode, [k, w], shape)
     s.finish(k, _F32)
 

@@ -4,7 +4,7 @@ LSTMCellForward / RNNCellForward, and `_folded_constants` (the constant weights 
 inside a stack's flattened weight only)."""
 import numpy as np
 
-from ._base import _NO_AXIS, _float32_values, _graph_type_of, _refuse
+from ._base import _float32_values, _graph_type_of, _refuse
 
 
 # --------------------------------------------------------------------------------------------
@@ -84,13 +84,11 @@ def _flat_weight(g, opr, weights, bias, device):
     if all(a is not None for a in values):
         return g.const(np.concatenate([a.astype(np.float32).reshape(-1) for a in values])
                        .reshape(shape), device, name)
-    flat = [g.ids[id(v)] if len(v.shape) == 1 else g.op(  # (a bias: as it is)
-        "ReshapeV1", 1, 54, {0: ("i", _NO_AXIS)},
-        [g.ids[id(v)], g.shape_const([int(np.prod(v.shape))], device, f"{name}{k}")],
-        [(f"{name}{k}", (int(np.prod(v.shape)),))])[0] for k, v in enumerate(parts)]
+    flat = [g.ids[id(v)] if len(v.shape) == 1 else g.reshape(  # (a bias: as it is)
+        g.ids[id(v)], g.shape_const([int(np.prod(v.shape))], device, f"{name}{k}"),
+        f"{name}{k}", (int(np.prod(v.shape)),)) for k, v in enumerate(parts)]
     k = g.concat(flat, 0, f"{name}:flat", (size,), device)
-    return g.op("ReshapeV1", 1, 54, {0: ("i", _NO_AXIS)},
-                [k, g.shape_const(shape, device, name)], [(name, shape)])[0]
+    return g.reshape(k, g.shape_const(shape, device, name), name, shape)
 
 
 def _zero_states(g, opr, x, batch_axis, states_shape, device):

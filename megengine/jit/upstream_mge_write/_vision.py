@@ -6,8 +6,7 @@ import warnings
 import numpy as np
 
 from ._base import (_RESIZE_MODES, _check, _float32_only, _graph_params_of, _graph_type_of,
-                    _NO_AXIS, _refuse, _resize, _size, _size_written,
-                    _user_stacklevel)
+                    _refuse, _resize, _size, _size_written, _user_stacklevel)
 
 
 # --------------------------------------------------------------------------------------------
@@ -247,9 +246,8 @@ def _aligned_matrix(g, opr, k, items, linear, y, device):
     sx, sy = scale(3, outs[1], "sx"), scale(2, outs[0], "sy")
     flat = g.concat([sx, zero, zero, zero, sy, zero, zero, zero, one], 0, f"{name}:mat9", (9,),
                     device)
-    mat = g.op("ReshapeV1", 1, 54, {0: ("i", _NO_AXIS)},
-               [flat, g.shape_const([1, 3, 3], device, f"{name}:mat")],
-               [(f"{name}:mat", (1, 3, 3))])[0]
+    mat = g.reshape(flat, g.shape_const([1, 3, 3], device, f"{name}:mat"), f"{name}:mat",
+                    (1, 3, 3))
     sizes = [g.cast(v, np.int32, f"{name}:size{j}", (1,)) for j, v in enumerate(outs)]
     return mat, g.concat(sizes, 0, f"{name}:size", (2,), device)
 
@@ -289,9 +287,8 @@ def _nms(g, opr, ins, outs, p, device):
         _refuse(opr, "nms of no boxes")
     name = y.name
     # (the reshapes infer the count of boxes, axis 1: the file follows it, as upstream's)
-    row = g.op("ReshapeV1", 1, 54, {0: ("i", 1)},
-               [g.elemwise("NEGATE", [g.ids[id(scores)]], f"{name}:negated", (n,)),
-                g.shape_const((1, 1), device, f"{name}:row")], [(f"{name}:row", (1, n))])[0]
+    row = g.reshape(g.elemwise("NEGATE", [g.ids[id(scores)]], f"{name}:negated", (n,)),
+                    g.shape_const((1, 1), device, f"{name}:row"), f"{name}:row", (1, n), axis=1)
     order = g.op("Argsort", 1, 26, {0: ("I", 0)}, [row],
                  [(f"{name}:sorted", (1, n)), (f"{name}:order", (1, n))])[1]
     zero = g.const(np.zeros(1, np.int32), device, f"{name}:0")
@@ -299,9 +296,8 @@ def _nms(g, opr, ins, outs, p, device):
     order = g.op("Subtensor", 1, 66, first, [order, zero], [(f"{name}:order0", (n,))])[0]
     sorted_boxes = g.op("IndexingMultiAxisVec", 1, 66, first, [g.ids[id(boxes)], order],
                         [(f"{name}:boxes", (n, 4))])[0]
-    sorted_boxes = g.op("ReshapeV1", 1, 54, {0: ("i", 1)},
-                        [sorted_boxes, g.shape_const((1, 1, 4), device, f"{name}:boxes")],
-                        [(f"{name}:boxes3", (1, n, 4))])[0]
+    sorted_boxes = g.reshape(sorted_boxes, g.shape_const((1, 1, 4), device, f"{name}:boxes"),
+                             f"{name}:boxes3", (1, n, 4), axis=1)
     keep, count = g.op("NMSKeepMGB", 1, 69, {0: ("f", float(iou)), 1: ("I", int(limit))},
                        [sorted_boxes], [(f"{name}:keep", (1, int(limit))),
                                         (f"{name}:count", (1,))])
