@@ -347,6 +347,14 @@ class _Graph:
         (``target`` holds a placeholder there), or `_NO_AXIS` for none."""
         return self.op(*_RESHAPE, {0: ("i", axis)}, [k, target], [(name, shape)])[0]
 
+    def shape_of(self, k, axis, name, shape=(1,)):
+        """The shape of var ``k`` as the file runs (upstream's GetVarShape, registered
+        GetVarShapeV1), an int32 var named ``name`` of ``shape``: ``axis`` the one axis whose
+        size it gives (a (1,) var), or `_NO_AXIS` for every axis's (an (ndim,) var); None: the
+        same, its parameter table left empty (upstream's default axis is `_NO_AXIS`)."""
+        params = {} if axis is None else {0: ("i", axis)}
+        return self.op("GetVarShapeV1", 1, 54, params, [k], [(name, shape)])[0]
+
     def cast(self, k, dtype, name, shape):
         """Var ``k`` converted to ``dtype`` (upstream's TypeCvt), named ``name``."""
         return self.op("TypeCvtV2", 1, 67, _dtype(dtype, name), [k], [(name, shape)])[0]
@@ -399,8 +407,7 @@ def _size(g, opr, tree, device, name, dtype=np.int32):
         return g.const(np.array([tree], dtype), device, f"{name}:{tree}")
     if tree[0] == "dim":
         var = opr._dyn_vars[tree[1]]
-        k = g.op("GetVarShapeV1", 1, 54, {0: ("i", int(tree[2]))}, [g.ids[id(var)]],
-                 [(f"shape_of({var.name})[{tree[2]}]", (1,))])[0]
+        k = g.shape_of(g.ids[id(var)], int(tree[2]), f"shape_of({var.name})[{tree[2]}]")
         if dtype != np.int32:
             k = g.cast(k, dtype, f"{name}:{dtype}", (1,))
         return k

@@ -240,10 +240,9 @@ def _indexing(g, opr, ins, outs, index, device):
         # value broadcast to it where the file runs, as upstream's indexing writes it)
         part = g.op("IndexingMultiAxisVec", 1, 66, params, data + inputs,
                     [(f"{y.name}:part", ())])
-        size = g.op("GetVarShapeV1", 1, 54, {}, _unshaped(g, part), [(f"{y.name}:part:shape",
-                                                                   ())])
+        size = g.shape_of(_unshaped(g, part)[0], None, f"{y.name}:part:shape", ())
         data += _unshaped(g, g.op("Broadcast", 1, 1, {}, [g.ids[id(ins[1])]] + _unshaped(
-            g, size), [(f"{y.name}:value", ())]))
+            g, [size]), [(f"{y.name}:value", ())]))
     elif name != "IndexingMultiAxisVec":
         data.append(_part_value(g, opr, ins[1], _region_shape(opr, shape, index), device))
     made = g.op(name, 1, 66, params, data + inputs, [(y.name, y.shape)])
@@ -324,8 +323,7 @@ def _grid(g, v, d, device, name):
     from ``v``'s shape when the file runs (upstream's Linspace of the size, cast, reshaped with
     that axis inferred), so the file follows the batch as upstream's gather does."""
     shape, f32 = tuple(v.shape), np.dtype(np.float32)
-    n = g.op("GetVarShapeV1", 1, 54, {0: ("i", d)}, [g.ids[id(v)]],
-             [(f"shape_of({v.name})[{d}]", (1,))])[0]
+    n = g.shape_of(g.ids[id(v)], d, f"shape_of({v.name})[{d}]")
     last = g.elemwise("SUB", [g.cast(n, f32, f"{name}:n", (1,)),
                               g.const(np.ones(1, f32), device, f"{name}:1")],
                       f"{name}:last", (1,))
@@ -403,8 +401,7 @@ def _one_hot(g, opr, ins, outs, p, device):
         k = g.const(np.array([value], dtype), device, f"{y.name}:{name}")
 
         def target():
-            sizes = g.op("GetVarShapeV1", 1, 54, {0: ("i", _NO_AXIS)}, [g.ids[id(x)]],
-                         [(f"shape_of({x.name})", (len(x.shape),))])[0]
+            sizes = g.shape_of(g.ids[id(x)], _NO_AXIS, f"shape_of({x.name})", (len(x.shape),))
             return g.concat([sizes, g.shape_const([last], device, f"{y.name}:{name}s")], 0,
                             f"{y.name}:{name}s:shape", (len(shape),), device)
 

@@ -226,7 +226,7 @@ def _like(g, data, y, dtype, device):
     """A value of ``y``'s shape (its batch that of var ``data``), the third input giving a
     transposed convolution with output padding its output size: a zero of ``dtype`` broadcast
     to it (upstream's own: an Alloc of that shape)."""
-    batch = g.op("GetVarShapeV1", 1, 54, {0: ("i", 0)}, [data], [(f"{y.name}:batch", (1,))])[0]
+    batch = g.shape_of(data, 0, f"{y.name}:batch")
     rest = g.shape_const([int(d) for d in y.shape[1:]], device, f"{y.name}:size")
     shape = g.concat([batch, rest], 0, f"{y.name}:shape", (len(y.shape),), device)
     zero = g.const(np.zeros(1, dtype), device, f"{y.name}:zero")

@@ -97,8 +97,7 @@ def _group_norm(g, opr, ins, outs, p, device):
         parts = [_size(g, opr, d.tree if type(d) is _DimExpr else (1 if d == -1 else d), device,
                        s.name("view")) for d in items]
         target = g.concat(parts, 0, s.name("view"), (3,), device)
-        back = g.op("GetVarShapeV1", 1, 54, {0: ("i", _NO_AXIS)}, [g.ids[id(x)]],
-                    [(s.name("shape"), (len(shape),))])[0]
+        back = g.shape_of(g.ids[id(x)], _NO_AXIS, s.name("shape"), (len(shape),))
     k = g.reshape(k, target, s.name("grouped"), grouped, axis=unspec)
     mean, kept = s.reduce("MEAN", k, grouped, [2])
     d = s.ew("SUB", [k, mean], grouped)

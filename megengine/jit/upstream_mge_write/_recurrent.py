@@ -99,8 +99,7 @@ def _zero_states(g, opr, x, batch_axis, states_shape, device):
     zero = g.const(np.zeros(1, np.float32), device, f"{name}:value")
 
     def shape():
-        batch = g.op("GetVarShapeV1", 1, 54, {0: ("i", batch_axis)}, [g.ids[id(x)]],
-                     [(f"shape_of({x.name})[{batch_axis}]", (1,))])[0]
+        batch = g.shape_of(g.ids[id(x)], batch_axis, f"shape_of({x.name})[{batch_axis}]")
         return g.concat([g.shape_const([states_shape[0]], device, f"{name}:layers"), batch,
                          g.shape_const([states_shape[2]], device, f"{name}:hidden")], 0,
                         f"{name}:shape", (3,), device)

@@ -203,8 +203,7 @@ def _interpolate(g, opr, ins, outs, p, device):
             size = None  # (the traced constant, made after the matrix's broadcast)
 
         def batch_shape():
-            n = g.op("GetVarShapeV1", 1, 54, {0: ("i", 0)}, [g.ids[id(x)]],
-                     [(f"shape_of({x.name})[0]", (1,))])[0]
+            n = g.shape_of(g.ids[id(x)], 0, f"shape_of({x.name})[0]")
             return g.concat([n, g.shape_const([3, 3], device, f"{y.name}:mat")], 0,
                             f"{y.name}:mat:shape", (3,), device)
 
@@ -234,7 +233,7 @@ def _aligned_matrix(g, opr, k, items, linear, y, device):
                   f"{name}:out{j}", f32) for j, v in enumerate(items)] + ([one] if linear else [])
 
     def scale(axis, out, tag):
-        n = g.op("GetVarShapeV1", 1, 54, {0: ("i", axis)}, [k], [(f"{name}:in{axis}", (1,))])[0]
+        n = g.shape_of(k, axis, f"{name}:in{axis}")
         n = g.cast(n, f32, f"{name}:in{axis}:f", (1,))
         den = g.elemwise("SUB", [out, one], f"{name}:{tag}:out-1", (1,))
         q = g.elemwise("TRUE_DIV", [g.elemwise("SUB", [n, one], f"{name}:{tag}:in-1", (1,)),

@@ -228,8 +228,11 @@ def models():
             checks = F.isinf(F.log(F.relu(v))).astype("int32") + F.isnan(
                 F.sqrt(v)).astype("int32") * 2
             kth = F.topk(v, 2, descending=True, kth_only=True)
+            # (of more axes: written over its rows, reshaped back; of x[0], whose shape the
+            # other batch keeps: those reshapes hold the traced sizes)
+            kth3 = F.topk(x[0], 2, kth_only=True)
             return (g, ln, ce, bce, pair, norms, scaled, unit, checks, kth[0], kth[1],
-                    F.argmax(x), F.argmin(v))
+                    F.argmax(x), F.argmin(v), kth3[0], kth3[1])
 
     class Layers(M.Module):  # convolutions of every rank, batch norms, deformable and local
         def __init__(self):
@@ -243,6 +246,10 @@ def models():
             self.wt = Parameter(np.zeros((2, 3, 2, 2, 2), "float32"))
             self.stats = Parameter(np.zeros((2, 1, 2, 1, 1), "float32"))
             self.off = Parameter(np.zeros((1, 18, 1, 1), "float32"))
+            # grouped ones of this fork's weight layout (O, I/G, k...), which the file
+            # reshapes to upstream's (G, O/G, I/G, k...)
+            self.w3g = Parameter(np.zeros((4, 1, 2, 2, 2), "float32"))
+            self.wdg = Parameter(np.zeros((4, 1, 3, 3), "float32"))
 
         def forward(self, s, v, img):  # s (2, 4, 8), v (1, 2, 3, 4, 4), img (1, 2, 4, 4)
             a = self.bn1(self.c1(s))
@@ -257,7 +264,9 @@ def models():
             offset = F.tanh(img.sum(axis=1, keepdims=True) * self.off)  # (1, 18, 4, 4)
             mask = F.sigmoid(img.mean(axis=1, keepdims=True) + self.off[:, :9])
             d = F.deformable_conv2d(img, self.wd, offset, mask, padding=1)
-            return a, b, c, plain, scaled, shifted, flat, d, self.local(img)
+            dg = F.deformable_conv2d(img, self.wdg, offset, mask, padding=1, groups=2)
+            return (a, b, c, plain, scaled, shifted, flat, d, self.local(img),
+                    F.conv3d(v, self.w3g, padding=(0, 1, 0), groups=2), dg)
 
     class Recurrent(M.Module):  # M.LSTM / M.RNN of every kind, the cells (inference)
         def __init__(self):
