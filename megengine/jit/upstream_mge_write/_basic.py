@@ -372,8 +372,12 @@ def _topk_kth(g, opr, ins, outs, p, device):
     rows, n = int(np.prod(shape[:-1])), shape[-1]
     flat = g.ids[id(x)]
     if len(shape) != 2:
-        flat = g.reshape(flat, g.shape_const((rows, n), device, s.name("rows")),
-                         s.name("rows"), (rows, n))
+        # as (rows, n), the sizes taken where the file runs (the leading ones may be another
+        # batch's): n the input's last, the rows inferred by Reshape
+        last = g.shape_of(flat, len(shape) - 1, s.name("n"))
+        target = g.concat([g.shape_const([1], device, s.name("rows")), last], 0,
+                          s.name("rows"), (2,), device)
+        flat = g.reshape(flat, target, s.name("rows"), (rows, n), axis=0)
     k = s.ew("NEGATE", [flat], (rows, n)) if op.descending else flat
     kth = g.op("TopK", 1, 44, {}, [k, g.const(np.array([op.k], np.int32), device,
                                                      s.name("k"))],
@@ -385,9 +389,13 @@ def _topk_kth(g, opr, ins, outs, p, device):
     where = g.op("Argmax", 1, 2, {0: ("i", 1)}, [s.ew("EQ", [flat, col], (rows, n))],
                  [(s.name("argmax"), (rows, 1))])[0]
     out_shape = shape[:-1] + (1,)
+    if len(shape) != 2:  # back to the input's leading sizes where the file runs, and a 1
+        target = g.concat([g.shape_of(g.ids[id(x)], i, s.name("size"))
+                           for i in range(len(shape) - 1)]
+                          + [g.shape_const([1], device, s.name("one"))], 0, s.name("shape"),
+                          (len(shape),), device)
     for v, var in ((values, col), (indices, where)):
         if len(shape) != 2:
-            var = g.reshape(var, g.shape_const(out_shape, device, s.name("shape")),
-                            s.name("shape"), out_shape)
+            var = g.reshape(var, target, s.name("shape"), out_shape)
         g.middle[var][0] = ("str", v.name)
         g.ids[id(v)] = var

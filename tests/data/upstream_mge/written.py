@@ -228,9 +228,9 @@ def models():
             checks = F.isinf(F.log(F.relu(v))).astype("int32") + F.isnan(
                 F.sqrt(v)).astype("int32") * 2
             kth = F.topk(v, 2, descending=True, kth_only=True)
-            # (of more axes: written over its rows, reshaped back; of x[0], whose shape the
-            # other batch keeps: those reshapes hold the traced sizes)
-            kth3 = F.topk(x[0], 2, kth_only=True)
+            # (of more axes: written over its rows and reshaped back, each size taken where
+            # the file runs: the other batch runs it with x's)
+            kth3 = F.topk(x, 2, kth_only=True)
             return (g, ln, ce, bce, pair, norms, scaled, unit, checks, kth[0], kth[1],
                     F.argmax(x), F.argmin(v), kth3[0], kth3[1])
 
