@@ -32,6 +32,7 @@ def _close(got, up):
     """Upstream's values to 1e-5 of the larger of 1 and their largest magnitude (measured on
     this machine: 3e-6 at most; quantized outputs equal), in upstream's shape (a 0-d value is
     a vector of one item there)."""
+    assert up.shape == (got.shape or (1,)), f"upstream's shape {up.shape}, here {got.shape}"
     scale = max(1.0, float(np.max(np.abs(up)))) if up.size else 1.0
     np.testing.assert_allclose(got.reshape(up.shape), up, rtol=0, atol=1e-5 * scale)
 
