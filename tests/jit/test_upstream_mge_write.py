@@ -347,6 +347,22 @@ def test_sizes_computed_from_shapes_are_computed_in_the_file():
         np.testing.assert_allclose(got.reshape(want.shape), want, rtol=1e-6, atol=1e-6)
 
 
+def test_rolls_cut_where_the_file_runs():
+    # each cut is computed from the axis's size where the file runs (upstream's own dump does
+    # so): traced at batch 2, where a shift of 2 along the batch is a whole turn, run at other
+    # batches by this fork's loader against eager (the file kept the traced cuts: it raised
+    # at batch 3 for the flattened roll and, without it, returned x unrolled along the batch)
+    fn = lambda x: F.roll(x, (2, -1), (0, 1)) + F.roll(x, -7)  # noqa: E731
+    r = np.random.RandomState(0)
+    prog = load(io.BytesIO(_dumped(fn, r.randn(2, 5).astype("float32")).getvalue()))
+    for n in (3, 2, 4):
+        x = r.randn(n, 5).astype("float32")
+        got = list(prog.run({"arg_0": x}).values())[0].numpy()
+        np.testing.assert_array_equal(got, fn(mge.tensor(x)).numpy())
+    with pytest.raises(DumpError, match=r"a roll along an axis of size 0 \(shape \(0, 5\)\)"):
+        _dumped(lambda x: F.roll(x, 1, 0), np.zeros((0, 5), "float32"))
+
+
 def test_sizes_used_as_python_values_are_named_in_a_warning():
     # this fork's format guards them (ShapeGuardError at other shapes); upstream's cannot, so
     # the file would compute with the traced value at any shape there: say so when writing

@@ -6,7 +6,7 @@ LayerNorm) and vectors of sizes computed from shapes."""
 import numpy as np
 
 from ...core._imperative_rt.ops import _ELEMWISE_MODES
-from ._base import _dtype, _refuse, _shape, _size, _Steps, _target_shape
+from ._base import _NO_AXIS, _dtype, _refuse, _size, _Steps, _target_shape
 
 
 # Operators of this fork's program that upstream's graph computes with several operators: each
@@ -228,35 +228,42 @@ def _linspace(g, opr, ins, outs, p, device):
 
 def _roll(g, opr, ins, outs, p, device):
     """``roll`` as upstream builds it: per shifted axis, a Split into the parts before and
-    after the cut and a Concat of them swapped; over every axis (``axis=None``), of the
-    flattened value, reshaped back."""
+    after the cut and a Concat of them swapped, the cut computed where the file runs from the
+    axis's size (``n - shift mod n``, int32 ``MOD`` rounding to the floor, as Python's), so
+    the file follows the batch; over every axis (``axis=None``), of the flattened value (its
+    size inferred), reshaped back to the input's shape."""
     x, y = g.ids[id(ins[0])], outs[0]
     shape = tuple(ins[0].shape)
     shifts, axes = p["shift"], p["axis"]
     flat = axes is None
     if flat:
         size = int(np.prod(shape))
-        x = g.reshape(x, g.shape_const([size], device, f"{y.name}:flat"), f"{y.name}:flat",
-                      (size,))
+        x = g.reshape(x, g.shape_const([1], device, f"{y.name}:flat"), f"{y.name}:flat",
+                      (size,), axis=0)
         now, shifts, axes = (size,), (shifts,), (0,)
     else:
         now = shape
         if isinstance(shifts, (int, np.integer)):
             shifts, axes = (shifts,), (axes,)
     for k, (shift, axis) in enumerate(zip(shifts, axes)):
-        axis = int(axis) % len(now)
-        size = now[axis]
-        cut = size - int(shift) % size if size else 0
-        if cut in (0, size):  # (a whole turn: nothing moves)
+        axis, shift = int(axis) % len(now), int(shift)
+        if shift == 0:  # (at every size: nothing moves)
             continue
-        part = lambda n: now[:axis] + (n,) + now[axis + 1:]  # noqa: E731
-        sizes = [g.const(np.array([n], np.int32), device, f"{y.name}:size{k}{j}")
-                 for j, n in enumerate((cut, size - cut))]
-        a, b = g.op("Split", 1, 2, {0: ("i", axis)}, [x] + sizes,
-                    [(f"{y.name}:head{k}", part(cut)), (f"{y.name}:tail{k}", part(size - cut))])
+        size = now[axis]
+        if not size:  # (the cut would be a remainder of a division by the traced 0)
+            _refuse(opr, f"a roll along an axis of size 0 (shape {shape})")
+        n = g.shape_of(x, axis, f"{y.name}:n{k}")
+        turn = g.elemwise("MOD", [g.const(np.array([shift], np.int32), device,
+                                          f"{y.name}:shift{k}"), n], f"{y.name}:turn{k}", (1,))
+        cut = g.elemwise("SUB", [n, turn], f"{y.name}:cut{k}", (1,))
+        part = lambda m: now[:axis] + (m,) + now[axis + 1:]  # noqa: E731
+        at = size - shift % size  # (the traced sizes, for the vars' shapes)
+        a, b = g.op("Split", 1, 2, {0: ("i", axis)}, [x, cut, turn],
+                    [(f"{y.name}:head{k}", part(at)), (f"{y.name}:tail{k}", part(size - at))])
         x = g.concat([b, a], axis, f"{y.name}:{k}", now, device)
     if flat:
-        x = g.reshape(x, g.shape_const(_shape(shape), device, y.name), y.name, shape)
+        x = g.reshape(x, g.shape_of(g.ids[id(ins[0])], _NO_AXIS, f"{y.name}:shape",
+                                    (len(shape),)), y.name, shape)
     g.ids[id(y)] = x
 
 

@@ -184,7 +184,9 @@ def models():
                     F.nn.interpolate(x.reshape(-1, 1, 1, 5), size=(3, 7), align_corners=True),
                     F.vision.nms(boxes, x[:, 2], 0.3, max_output=4),
                     F.broadcast_to(x.sum(1, keepdims=True), (x.shape[0], 3)),
-                    F.nn.interpolate(square, size=(square.shape[2] * 2, square.shape[3])))
+                    F.nn.interpolate(square, size=(square.shape[2] * 2, square.shape[3])),
+                    # (rolls along the batch, a whole turn at batch 2, and of the flattened x)
+                    F.roll(x, (2, -1), (0, 1)) + F.roll(x, -7))
 
     def batch():
         net = seeded(Batch())
