@@ -355,6 +355,35 @@ class _Graph:
         params = {} if axis is None else {0: ("i", axis)}
         return self.op("GetVarShapeV1", 1, 54, params, [k], [(name, shape)])[0]
 
+    def rows(self, k, shape, name, device):
+        """Var ``k``, a value of ``shape``, as the rows of its last axis (upstream's TopK and
+        Argsort take 2-d values only): ``k`` itself when 2-d, else reshaped with the row count
+        inferred and the last size read where the file runs, so that the file follows the
+        batch (the leading sizes may be another's than the traced)."""
+        if len(shape) == 2:
+            return k
+        rows = (int(np.prod(shape[:-1], dtype=np.int64)), shape[-1])
+        last = self.shape_of(k, len(shape) - 1, f"{name}:n")
+        target = self.concat([self.shape_const([1], device, name), last], 0,
+                             f"{name}:rows", (2,), device)
+        return self.reshape(k, target, name, rows, axis=0)
+
+    def unrows(self, ks, like, shape, last, names, device):
+        """Vars ``ks`` of `rows` of var ``like`` (a value of ``shape``) back to its leading
+        sizes where the file runs, with a last axis of ``last`` items (None: ``like``'s);
+        ``ks`` themselves when ``like`` is 2-d. ``names``: one per var."""
+        if len(shape) == 2:
+            return list(ks)
+        out = tuple(shape[:-1]) + (shape[-1] if last is None else last,)
+        if last is None:
+            target = self.shape_of(like, _NO_AXIS, f"{names[0]}:shape", (len(shape),))
+        else:
+            target = self.concat([self.shape_of(like, i, f"{names[0]}:size{i}")
+                                  for i in range(len(shape) - 1)]
+                                 + [self.shape_const([last], device, f"{names[0]}:last")], 0,
+                                 f"{names[0]}:shape", (len(shape),), device)
+        return [self.reshape(k, target, n, out) for k, n in zip(ks, names)]
+
     def cast(self, k, dtype, name, shape):
         """Var ``k`` converted to ``dtype`` (upstream's TypeCvt), named ``name``."""
         return self.op("TypeCvtV2", 1, 67, _dtype(dtype, name), [k], [(name, shape)])[0]

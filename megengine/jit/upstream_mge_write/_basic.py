@@ -163,14 +163,26 @@ def _topk(g, opr, ins, outs, p, device):
     if op.kth_only:
         return _topk_kth(g, opr, ins, outs, p, device)
     x, (values, indices) = g.ids[id(ins[0])], outs
+    shape = tuple(int(d) for d in ins[0].shape)
+    if not shape:
+        _refuse(opr, "a topk of a 0-d value")
+    two_d = len(shape) == 2  # (else of its rows, and back: `_Graph.rows`)
+    rows = g.rows(x, shape, f"{values.name}:rows", device)
+    vshape = ishape = (int(np.prod(shape[:-1], dtype=np.int64)), op.k)
+    if two_d:
+        vshape, ishape = values.shape, indices.shape
     if op.descending:
-        x = g.elemwise("NEGATE", [x], f"{values.name}:negated", ins[0].shape)
+        rows = g.elemwise("NEGATE", [rows], f"{values.name}:negated",
+                          shape if two_d else (vshape[0], shape[-1]))
     k = g.const(np.array([op.k], np.int32), device, f"{opr.name}:k")
-    v, i = g.op("TopK", 1, 44, {0: ("I", 1 if op.no_sort else 2)}, [x, k],
-                [(f"{values.name}:top" if op.descending else values.name, values.shape),
-                 (indices.name, indices.shape)])
+    names = (values.name, indices.name) if two_d else (f"{values.name}:top2d",
+                                                        f"{indices.name}:top2d")
+    v, i = g.op("TopK", 1, 44, {0: ("I", 1 if op.no_sort else 2)}, [rows, k],
+                [(f"{values.name}:top" if op.descending else names[0], vshape),
+                 (names[1], ishape)])
     if op.descending:
-        v = g.elemwise("NEGATE", [v], values.name, values.shape)
+        v = g.elemwise("NEGATE", [v], names[0], vshape)
+    v, i = g.unrows((v, i), x, shape, op.k, (values.name, indices.name), device)
     g.ids[id(values)], g.ids[id(indices)] = v, i
 
 
@@ -379,12 +391,7 @@ def _topk_kth(g, opr, ins, outs, p, device):
     rows, n = int(np.prod(shape[:-1])), shape[-1]
     flat = g.ids[id(x)]
     if len(shape) != 2:
-        # as (rows, n), the sizes taken where the file runs (the leading ones may be another
-        # batch's): n the input's last, the rows inferred by Reshape
-        last = g.shape_of(flat, len(shape) - 1, s.name("n"))
-        target = g.concat([g.shape_const([1], device, s.name("rows")), last], 0,
-                          s.name("rows"), (2,), device)
-        flat = g.reshape(flat, target, s.name("rows"), (rows, n), axis=0)
+        flat = g.rows(flat, shape, s.name("rows"), device)
     k = s.ew("NEGATE", [flat], (rows, n)) if op.descending else flat
     kth = g.op("TopK", 1, 44, {}, [k, g.const(np.array([op.k], np.int32), device,
                                                      s.name("k"))],
@@ -395,14 +402,10 @@ def _topk_kth(g, opr, ins, outs, p, device):
                [(s.name("column"), (rows, 1))])[0]
     where = g.op("Argmax", 1, 2, {0: ("i", 1)}, [s.ew("EQ", [flat, col], (rows, n))],
                  [(s.name("argmax"), (rows, 1))])[0]
-    out_shape = shape[:-1] + (1,)
-    if len(shape) != 2:  # back to the input's leading sizes where the file runs, and a 1
-        target = g.concat([g.shape_of(g.ids[id(x)], i, s.name("size"))
-                           for i in range(len(shape) - 1)]
-                          + [g.shape_const([1], device, s.name("one"))], 0, s.name("shape"),
-                          (len(shape),), device)
-    for v, var in ((values, col), (indices, where)):
-        if len(shape) != 2:
-            var = g.reshape(var, target, s.name("shape"), out_shape)
+    made = (col, where)
+    if len(shape) != 2:
+        made = g.unrows(made, g.ids[id(x)], shape, 1, [s.name("shape"), s.name("shape")],
+                        device)
+    for v, var in zip((values, indices), made):
         g.middle[var][0] = ("str", v.name)
         g.ids[id(v)] = var

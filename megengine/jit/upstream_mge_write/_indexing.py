@@ -466,19 +466,13 @@ def _argsort(g, opr, x, descending, names, device):
         _refuse(opr, f"a{' descending' if descending else 'n ascending'} sort of {dtype} values "
                      "is not written (numbers are, unsigned ones ascending)")
     rows = (int(np.prod(shape[:-1], dtype=np.int64)), shape[-1])
-    k = g.ids[id(x)]
-    if shape != rows:
-        k = g.reshape(k, g.shape_const(rows, device, f"{names[0]}:rows"), f"{names[0]}:rows",
-                      rows)
+    k = g.rows(g.ids[id(x)], shape, f"{names[0]}:rows", device)
     if descending:
         k = g.elemwise("NEGATE", [k], f"{names[0]}:negated", rows)
     made = list(g.op("Argsort", 1, 26, {}, [k], [(f"{n}:sorted", rows) for n in names]))
     if descending:
         made[0] = g.elemwise("NEGATE", [made[0]], f"{names[0]}:values", rows)
-    if shape != rows:
-        made = [g.reshape(k, g.shape_const(shape, device, n), n, shape)
-                for k, n in zip(made, names)]
-    return made
+    return g.unrows(made, g.ids[id(x)], shape, None, names, device)
 
 
 def _sort(g, opr, ins, outs, p, device):

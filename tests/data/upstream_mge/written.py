@@ -186,7 +186,9 @@ def models():
                     F.broadcast_to(x.sum(1, keepdims=True), (x.shape[0], 3)),
                     F.nn.interpolate(square, size=(square.shape[2] * 2, square.shape[3])),
                     # (rolls along the batch, a whole turn at batch 2, and of the flattened x)
-                    F.roll(x, (2, -1), (0, 1)) + F.roll(x, -7))
+                    F.roll(x, (2, -1), (0, 1)) + F.roll(x, -7),
+                    # (topk of 3 axes and of 1: over rows, upstream's TopK takes 2-d values)
+                    F.topk(x.reshape(-1, 1, 5), 2, descending=True)[0], F.topk(x[:, 0], 2)[1])
 
     def batch():
         net = seeded(Batch())
