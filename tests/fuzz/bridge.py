@@ -22,7 +22,8 @@ GradManager (the rest must stay unchanged), accumulate two backward passes per s
 loss with ``amp.GradScaler``, or change the learning rate through ``param_groups`` midway. A
 float32 family (SGD only) runs at tolerances measured for it, widened by what a float64 twin
 says the network amplifies (`AMPLIFIED`), some of it under ``amp.autocast`` against the twin
-under ``torch.autocast``. Every ``DP_EVERY``-th network also
+under ``torch.autocast`` (widened by that twin's float16 distance from float64,
+`AMPLIFIED_FLOAT16`). Every ``DP_EVERY``-th network also
 trains data-parallel on 2 CPU ranks with the all-reduce callback (`check_dp`), against the twin on
 both ranks' batches together. Every float64 network is also differentiated to the second or third
 order with nested GradManagers (`check_higher_order`: a gradient penalty, or a penalty on the
@@ -81,6 +82,12 @@ TOLERANCES = {"float64": (1e-7, 1e-9), "float32": (8e-6, 8e-7), "autocast": (5e-
 # leaves room for machines whose rounding falls apart as differently. A lost or doubled
 # update differs by orders more (test_a_wrong_update_on_the_torch_side_is_caught).
 AMPLIFIED = 6
+# Under autocast the slack is how far torch's twin under torch.autocast strays from the float64
+# twin: its own float16 rounding, which megengine's side has as much of, so the two sides may be
+# twice that apart (the three networks in `_Float64Twin` needed 0.01-0.58 times it beyond the
+# tolerance; over the 34 autocast networks of seeds 0-399 twice it is a median 0.7 % of
+# |want| + 0.1, at most 2.9 %)
+AMPLIFIED_FLOAT16 = 2
 CLASSES = 5
 DP_EVERY = 10  # every DP_EVERY-th network also trains on 2 ranks (check_dp: seconds each)
 
@@ -363,15 +370,17 @@ _worst = None
 
 
 def _compare(what, got, want, tolerance="float64", slack=0.0):
-    """``slack``: how far torch's float32 twin strayed from its float64 twin (`_Float64Twin`)."""
+    """``slack``: how far torch's float32 twin (under autocast: its twin under torch.autocast)
+    strayed from its float64 twin (`_Float64Twin`)."""
     rtol, atol = TOLERANCES[tolerance]
+    amplified = AMPLIFIED_FLOAT16 if tolerance == "autocast" else AMPLIFIED
     if _worst is not None and np.size(want):
         diff = np.abs(np.asarray(got, np.float64) - want)
-        for key, d in (("beyond", diff - AMPLIFIED * slack), ("raw", diff)):
+        for key, d in (("beyond", diff - amplified * slack), ("raw", diff)):
             ratio = float((d / (np.abs(want) + 0.1)).max())
             _worst[key] = max(_worst[key], (ratio, what, _worst["seed"]))
     try:
-        np.testing.assert_allclose(got, want, rtol=rtol, atol=atol + AMPLIFIED * slack)
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=atol + amplified * slack)
     except AssertionError as e:
         raise BridgeMismatch(f"{what}: {e}") from None
 
@@ -417,19 +426,22 @@ def _compare_state(got, want, when, tolerance, slack=None):
 
 
 class _Float64Twin:
-    """For the float32 family (autocast aside): the twin in float64 from the same weights, fed
+    """For the float32 family: the twin in float64 (outside autocast) from the same weights, fed
     the same float32 batches. How far the float32 twin strays from it is how much float32
-    rounding this network amplifies (see AMPLIFIED)."""
+    rounding this network amplifies (see AMPLIFIED); under autocast, how far the twin under
+    torch.autocast strays, how much float16 rounding it amplifies: LayerNorm over a few
+    features and batch norm over a few samples in float16 took both sides apart by up to 30 %
+    of a weight (networks 111821, 113677, 115501: 0.0116 of 0.05 after ten SGD steps, each
+    side's float16 arithmetic as good as the other's)."""
 
     def __init__(self, twin, plan):
         self.twin, self.plan = copy.deepcopy(twin).double(), plan
         self.opt = _twin_optimizer(self.twin, plan)
-        self.opts = dict(plan[4], dtype="float64")
+        self.opts = dict(plan[4], dtype="float64", autocast=False)
 
     @classmethod
     def of(cls, twin, plan):
-        return cls(twin, plan) if plan[4]["dtype"] == "float32" and not plan[4]["autocast"] \
-            else None
+        return cls(twin, plan) if plan[4]["dtype"] == "float32" else None
 
     def step(self, k, batches, tlosses, want):
         """Step ``k`` of the float64 twin; the slack of each of the float32 twin's losses
