@@ -4,8 +4,8 @@ convolution, quantized convolutions (ConvBiasForward), batch norm of any input, 
 convolution and local convolution (GroupLocal)."""
 import numpy as np
 
-from ._base import (_convolution, _dtype, _float32_only, _float32_values, _graph_type_of,
-                    _refuse, _shape)
+from ._base import (_NO_AXIS, _convolution, _dtype, _float32_only, _float32_values,
+                    _graph_type_of, _refuse)
 
 
 # --------------------------------------------------------------------------------------------
@@ -106,17 +106,20 @@ def _batch_norm(g, opr, ins, outs, p, device):
                             f"{opr.name}:param{k}", stats)
         inputs.append(k_v)
     data, shape = g.ids[id(x)], tuple(x.shape)
-    if len(shape) != 4:
+    if len(shape) != 4:  # (N, C, rest, 1): N read and rest inferred where the file runs
         shape = (n, c, int(np.prod(shape[2:], dtype=np.int64)), 1)
-        data = g.reshape(data, g.shape_const(shape, device, f"{y.name}:4d"),
-                         f"{y.name}:input4d", shape)
+        target = g.concat([g.shape_of(data, 0, f"{y.name}:n"),
+                           g.shape_const([c, 1, 1], device, f"{y.name}:4d")], 0,
+                          f"{y.name}:4d:shape", (4,), device)
+        data = g.reshape(data, target, f"{y.name}:input4d", shape, axis=2)
     made = g.op("BatchNormV1", 1, 11, {0: ("I", 2), 1: ("I", 1), 2: ("d", float(p["epsilon"]))},
                 [data] + inputs,
                 [(f"{opr.name}:mean", stats), (f"{opr.name}:variance", stats),
                  (f"{opr.name}:reserve", (0,)),
                  (y.name if shape == tuple(x.shape) else f"{y.name}:4d", shape)])[3]
-    if shape != tuple(x.shape):
-        made = g.reshape(made, g.shape_const(_shape(y.shape), device, y.name), y.name, y.shape)
+    if shape != tuple(x.shape):  # (back to the input's shape where the file runs)
+        made = g.reshape(made, g.shape_of(g.ids[id(x)], _NO_AXIS, f"{y.name}:shape",
+                                          (len(x.shape),)), y.name, y.shape)
     g.ids[id(y)] = made
 
 

@@ -172,6 +172,7 @@ def models():
             super().__init__()
             self.gn, self.inorm = M.GroupNorm(2, 4), M.InstanceNorm(4)
             self.emb = M.Embedding(10, 3)
+            self.stats = (F.linspace(-1, 1, 5), F.linspace(0.5, 2, 5))  # (not parameters)
 
         def forward(self, x):  # x: (N, 5)
             order = F.argsort(x, descending=True)
@@ -188,7 +189,11 @@ def models():
                     # (rolls along the batch, a whole turn at batch 2, and of the flattened x)
                     F.roll(x, (2, -1), (0, 1)) + F.roll(x, -7),
                     # (topk of 3 axes and of 1: over rows, upstream's TopK takes 2-d values)
-                    F.topk(x.reshape(-1, 1, 5), 2, descending=True)[0], F.topk(x[:, 0], 2)[1])
+                    F.topk(x.reshape(-1, 1, 5), 2, descending=True)[0], F.topk(x[:, 0], 2)[1],
+                    # (a batch norm of 2 and 3 axes: as (N, C, rest, 1), and back)
+                    F.batch_norm(x, *self.stats) + F.batch_norm(
+                        x.reshape(-1, 5, 1), *[v.reshape(1, 5, 1) for v in self.stats]).reshape(
+                        -1, 5))
 
     def batch():
         net = seeded(Batch())
