@@ -363,6 +363,37 @@ def test_rolls_cut_where_the_file_runs():
         _dumped(lambda x: F.roll(x, 1, 0), np.zeros((0, 5), "float32"))
 
 
+def test_matrix_products_are_written_as_upstreams_kernels_take_them():
+    # upstream's MatrixMul takes two matrices and its BatchedMatrixMul two 3-d values of one
+    # batch (its kernels assert so, measured: "matmul requires input to be 2-dimensional"),
+    # where this fork's loader computes numpy's matmul of any ranks: a linear layer of a 3-d
+    # input, 4-d batches, a vector or a matrix beside a batch, broadcast batches were written
+    # as one such operator, which upstream refused to load. Every product in the file is of
+    # the shapes upstream takes, and the file gives eager's values at another batch too.
+    from megengine.utils.network import Network
+
+    r = np.random.RandomState(0)
+    w, mats = mge.tensor(r.randn(6, 3).astype("float32")), mge.tensor(
+        r.randn(2, 6, 3).astype("float32"))
+    lin = M.Linear(6, 3)
+    fns = (lambda x: lin(x), lambda x: F.matmul(x, w), lambda x: F.matmul(x, w[:, 0]),
+           lambda x: F.matmul(w[:4, 0], x), lambda x: F.matmul(w.T, x.transpose(0, 2, 1)),
+           lambda x: F.matmul(x.reshape(-1, 2, 2, 6), x.reshape(-1, 2, 6, 2)),
+           lambda x: F.matmul(x.reshape(-1, 1, 4, 6), mats),
+           lambda x: F.matmul(x, x, transpose_b=True))
+    for fn in fns:
+        data = _dumped(fn, r.randn(2, 4, 6).astype("float32")).getvalue()
+        for op in Network.load(io.BytesIO(data)).all_oprs:
+            shapes = [tuple(v.shape) for v in op.inputs]
+            if type(op).__name__ == "MatrixMul":
+                assert [len(s) for s in shapes] == [2, 2], shapes
+            elif type(op).__name__ == "BatchedMatrixMul":
+                assert [len(s) for s in shapes] == [3, 3] and shapes[0][0] == shapes[1][0]
+        x = r.randn(3, 4, 6).astype("float32")
+        got = list(load(io.BytesIO(data)).run({"arg_0": x}).values())[0].numpy()
+        np.testing.assert_allclose(got, fn(mge.tensor(x)).numpy(), rtol=1e-5, atol=1e-5)
+
+
 def test_sizes_used_as_python_values_are_named_in_a_warning():
     # this fork's format guards them (ShapeGuardError at other shapes); upstream's cannot, so
     # the file would compute with the traced value at any shape there: say so when writing

@@ -48,7 +48,7 @@ from ._basic import (_broadcast, _broadcast_as, _compute, _elemwise, _fill, _lea
 from ._indexing import (_SHAPE_FREE, _argsort_compute, _cond_take, _cumsum, _diag, _embedding,
                         _matinv, _one_hot, _scatter, _sort, _subtensor, _take_along_axis)
 from ._layers import (_batch_norm, _conv_bias, _convolution3d, _convolution_any,
-                      _deformable_conv, _group_local)
+                      _deformable_conv, _group_local, _matrix_mul)
 from ._norms import (_compute_check, _cross_entropy, _log_sum_exp, _normalization, _p_norm,
                      _pair_loss)
 from ._recurrent import _folded_constants, _recurrent_cell, _recurrent_stack
@@ -85,6 +85,7 @@ _EXPANSIONS = {
     "Convolution3DForward": _convolution3d, "Convolution3DBackwardData": _convolution_any,
     "ConvBiasForward": _conv_bias, "BatchNormForward": _batch_norm,
     "DeformableConvForward": _deformable_conv, "GroupLocalForward": _group_local,
+    "MatrixMul": _matrix_mul, "BatchedMatrixMul": _matrix_mul,
     # `_recurrent`
     "RecurrentStack": _recurrent_stack, "RecurrentLayer": _recurrent_cell,
 }

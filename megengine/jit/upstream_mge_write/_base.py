@@ -231,8 +231,6 @@ def _padding(p, ins, outs):
 
 _RESHAPE = ("ReshapeV1", 1, 54)  # (upstream's Reshape: also `_Graph.reshape`)
 _OPERATORS = {
-    "MatrixMul": ("MatrixMulV2", 1, 20, _matmul),
-    "BatchedMatrixMul": ("BatchedMatrixMulV2", 1, 20, _matmul),
     "PoolingForward": ("PoolingV1", 1, 9, _pooling),
     "AdaptivePoolingForward": ("AdaptivePoolingV1", 1, 70,
                                lambda p, ins, outs: {0: ("I", _POOL_MODES[p["mode"]])}),
@@ -253,7 +251,7 @@ _OPERATORS = {
 }
 # (convolutions, batch norms and interpolation have writers of their own: `_EXPANSIONS`)
 # the operators whose comp node upstream's dump names (their config sets one)
-_WITH_COMP_NODE = {"MatrixMul", "BatchedMatrixMul", "Concat"}
+_WITH_COMP_NODE = {"Concat"}
 # the operators upstream's graph makes with a target shape as a second input
 _SHAPE_INPUT = {"Reshape", "AdaptivePoolingForward", "ResizeForward"}
 

@@ -5,7 +5,7 @@ convolution and local convolution (GroupLocal)."""
 import numpy as np
 
 from ._base import (_NO_AXIS, _convolution, _dtype, _float32_only, _float32_values,
-                    _graph_type_of, _refuse)
+                    _graph_type_of, _matmul, _refuse)
 
 
 # --------------------------------------------------------------------------------------------
@@ -234,3 +234,112 @@ def _like(g, data, y, dtype, device):
     shape = g.concat([batch, rest], 0, f"{y.name}:shape", (len(y.shape),), device)
     zero = g.const(np.zeros(1, dtype), device, f"{y.name}:zero")
     return g.op("Broadcast", 1, 1, {}, [zero, shape], [(f"{y.name}:like", y.shape)])[0]
+
+
+# --------------------------------------------------------------------------------------------
+# matrix products
+# --------------------------------------------------------------------------------------------
+def _matrix_mul(g, opr, ins, outs, p, device):
+    """This fork's matmul (MatrixMul, BatchedMatrixMul: numpy's rules, a 1-d operand a vector,
+    batch axes broadcast) as upstream's operators, which take two matrices (MatrixMul) or two
+    3-d values of one batch (BatchedMatrixMul): those as they are; else as upstream's F.matmul
+    builds it: a vector gets an axis, removed from the result; a batch times a matrix is the
+    batch's rows times the matrix (a linear layer of a 3-d input), a matrix times a batch the
+    same transposed; batches broadcast to each other, then flattened to one axis. Each batch
+    size is read where the file runs, so the file follows the batch."""
+    (a, b), y = ins, outs[0]
+    ka, kb, sa, sb = g.ids[id(a)], g.ids[id(b)], tuple(a.shape), tuple(b.shape)
+    name = y.name
+    matmul = g.op  # (the products take the comp node)
+    if len(sa) == len(sb) == 2 or len(sa) == len(sb) == 3 and sa[0] == sb[0]:
+        kind = "MatrixMulV2" if len(sa) == 2 else "BatchedMatrixMulV2"  # (upstream's own)
+        g.ids[id(y)] = matmul(kind, 1, 20, _matmul(p, ins, outs), [ka, kb], [(name, y.shape)],
+                              comp_node=device)[0]
+        return
+    if a.dtype.metadata is not None or b.dtype.metadata is not None:
+        _refuse(opr, f"a quantized matmul of shapes {sa} and {sb}; two matrices or two 3-d "
+                     "values of one batch are written")
+
+    def swap(k, s, tag):  # the last two axes exchanged
+        t = s[:-2] + (s[-1], s[-2])
+        pattern = list(range(len(s) - 2)) + [len(s) - 1, len(s) - 2]
+        return g.op("Dimshuffle", 1, 64, {0: ("i32s", pattern), 1: ("I", len(s))}, [k],
+                    [(f"{name}:{tag}", t)])[0], t
+
+    def axis_op(k, method, axis, shape, tag):  # AxisAddRemove: method 0 adds, 1 removes
+        return g.op("AxisAddRemove", 1, 65, {0: ("structs <Ii", [(method, axis)])}, [k],
+                    [(f"{name}:{tag}", shape)])[0]
+
+    def product(x, w, shape, tag, transpose_w=False):
+        return matmul("MatrixMulV2", 1, 20, {0: ("?", False), 1: ("?", transpose_w)},
+                      [x, w], [(f"{name}:{tag}", shape)], comp_node=device)[0]
+
+    if p.get("transposeA") and len(sa) > 1:
+        ka, sa = swap(ka, sa, "a:t")
+    if p.get("transposeB") and len(sb) > 1:
+        kb, sb = swap(kb, sb, "b:t")
+    drop = []  # the result's axes a vector operand added
+    if len(sa) == 1:
+        ka, sa = axis_op(ka, 0, 0, (1,) + sa, "a:row"), (1,) + sa
+        drop.append(-2)
+    if len(sb) == 1:
+        kb, sb = axis_op(kb, 0, 1, sb + (1,), "b:column"), sb + (1,)
+        drop.append(-1)
+    if len(sa) == 2 and len(sb) == 2:
+        shape = (sa[0], sb[1])
+        k = product(ka, kb, shape, "2d")
+    elif len(sb) == 2:  # the batch's rows times the matrix
+        rows = g.rows(ka, sa, f"{name}:rows", device)
+        k = product(rows, kb, (int(np.prod(sa[:-1])), sb[1]), "rows:product")
+        shape = sa[:-1] + (sb[1],)
+        k = g.unrows([k], ka, sa, sb[1], [f"{name}:batched"], device)[0]
+    elif len(sa) == 2:  # (b^T a^T)^T: the rows of b^T times a^T
+        kbt, sbt = swap(kb, sb, "b:t")
+        rows = g.rows(kbt, sbt, f"{name}:rows", device)
+        k = product(rows, ka, (int(np.prod(sbt[:-1])), sa[0]), "rows:product", True)
+        k = g.unrows([k], kbt, sbt, sa[0], [f"{name}:batched"], device)[0]
+        k, shape = swap(k, sbt[:-1] + (sa[0],), "t")
+    else:  # batches of more axes, or broadcast to each other
+        batch = tuple(np.broadcast_shapes(sa[:-2], sb[:-2]))
+        sizes = []  # the batch's sizes where the file runs: of an operand that has them
+        for i, n in enumerate(batch):
+            for k_, s in ((ka, sa), (kb, sb)):
+                j = i - (len(batch) - (len(s) - 2))
+                if j >= 0 and s[j] == n:
+                    sizes.append(g.shape_of(k_, j, f"{name}:batch{i}"))
+                    break
+            else:  # (1 in both)
+                sizes.append(g.shape_const([1], device, f"{name}:batch{i}"))
+
+        def batched(k, s, tag):  # the operand with the whole batch, flattened to one axis
+            last = [g.shape_of(k, len(s) - 2, f"{name}:{tag}:m"),
+                    g.shape_of(k, len(s) - 1, f"{name}:{tag}:n")]
+            if s[:-2] != batch:
+                target = g.concat(sizes + last, 0, f"{name}:{tag}:whole", (len(batch) + 2,),
+                                  device)
+                k = g.op("Broadcast", 1, 1, {}, [k, target],
+                         [(f"{name}:{tag}:broadcast", batch + s[-2:])])[0]
+            if len(batch) == 1:
+                return k, last
+            target = g.concat([g.shape_const([1], device, f"{name}:{tag}:flat")] + last, 0,
+                              f"{name}:{tag}:flat:shape", (3,), device)
+            return g.reshape(k, target, f"{name}:{tag}:flat", (int(np.prod(batch)),)
+                             + s[-2:], axis=0), last
+
+        (ka, (m, _)), (kb, (_, n)) = batched(ka, sa, "a"), batched(kb, sb, "b")
+        shape = batch + (sa[-2], sb[-1])
+        k = matmul("BatchedMatrixMulV2", 1, 20, {0: ("?", False), 1: ("?", False)},
+                   [ka, kb], [(f"{name}:3d", (int(np.prod(batch)),) + shape[-2:])],
+                   comp_node=device)[0]
+        if len(batch) > 1:
+            target = g.concat(sizes + [m, n], 0, f"{name}:shape", (len(shape),), device)
+            k = g.reshape(k, target, f"{name}:batched", shape)
+    if -1 in drop:  # (a vector b: its column axis)
+        shape = shape[:-1]
+        k = axis_op(k, 1, len(shape), shape, "drop:n")
+    if -2 in drop:  # (a vector a: its row axis, now the last if b's went)
+        at = len(shape) - (1 if -1 in drop else 2)
+        shape = shape[:at] + shape[at + 1:]
+        k = axis_op(k, 1, at, shape, "drop:m")
+    g.middle[k][0] = ("str", name)
+    g.ids[id(y)] = k

@@ -173,6 +173,8 @@ def models():
             self.gn, self.inorm = M.GroupNorm(2, 4), M.InstanceNorm(4)
             self.emb = M.Embedding(10, 3)
             self.stats = (F.linspace(-1, 1, 5), F.linspace(0.5, 2, 5))  # (not parameters)
+            self.l3 = M.Linear(5, 3)
+            self.mats = Parameter(np.zeros((2, 5, 3), "float32"))
 
         def forward(self, x):  # x: (N, 5)
             order = F.argsort(x, descending=True)
@@ -193,7 +195,15 @@ def models():
                     # (a batch norm of 2 and 3 axes: as (N, C, rest, 1), and back)
                     F.batch_norm(x, *self.stats) + F.batch_norm(
                         x.reshape(-1, 5, 1), *[v.reshape(1, 5, 1) for v in self.stats]).reshape(
-                        -1, 5))
+                        -1, 5),
+                    # (products of other than two matrices or two 3-d batches: a linear layer
+                    # of a 3-d input, 4-d batches, a matrix or a vector beside a batch, batch
+                    # axes broadcast)
+                    self.l3(x.reshape(-1, 1, 5)),
+                    F.matmul(x.reshape(-1, 1, 5, 1), x.reshape(-1, 1, 1, 5)),
+                    F.matmul(self.mats[0].T, x.reshape(-1, 5, 1)),
+                    F.matmul(x.reshape(-1, 1, 5), self.stats[0]),
+                    F.matmul(x.reshape(-1, 1, 1, 5), self.mats))
 
     def batch():
         net = seeded(Batch())
