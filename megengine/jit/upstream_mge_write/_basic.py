@@ -65,10 +65,22 @@ def _stack(g, opr, ins, outs, p, device):
 
 
 def _split(g, opr, ins, outs, p, device):
-    """Upstream's Split: the input, then the size of each part, as inputs."""
-    bounds = list(p["bounds"])
-    sizes = [g.const(np.array([hi - lo], np.int32), device, f"{opr.name}:size{k}")
-             for k, (lo, hi) in enumerate(zip(bounds, bounds[1:]))]
+    """Upstream's Split: the input, then the size of each part, as inputs; a part's size
+    computed where the file runs where the program computed its bounds from shapes (the last
+    part of sections, every part of a count: F.split's bounds follow the input's size), so
+    the file follows the batch, as upstream's own split does."""
+    from ...jit._program import _DimExpr
+
+    frozen = dict(opr._dyn or ()).get("bounds")
+    bounds = list(p["bounds"] if frozen is None else frozen[1])
+    sizes = []
+    for k, (lo, hi) in enumerate(zip(bounds, bounds[1:])):
+        name = f"{opr.name}:size{k}"
+        if type(lo) is _DimExpr or type(hi) is _DimExpr:
+            sizes.append(_size(g, opr, ("-", getattr(hi, "tree", hi), getattr(lo, "tree", lo)),
+                               device, name))
+        else:
+            sizes.append(g.const(np.array([hi - lo], np.int32), device, name))
     made = g.op("Split", 1, 2, {0: ("i", int(p["axis"]))}, [g.ids[id(ins[0])]] + sizes,
                 [(v.name, v.shape) for v in outs])
     for v, k in zip(outs, made):

@@ -203,7 +203,9 @@ def models():
                     F.matmul(x.reshape(-1, 1, 5, 1), x.reshape(-1, 1, 1, 5)),
                     F.matmul(self.mats[0].T, x.reshape(-1, 5, 1)),
                     F.matmul(x.reshape(-1, 1, 5), self.stats[0]),
-                    F.matmul(x.reshape(-1, 1, 1, 5), self.mats))
+                    F.matmul(x.reshape(-1, 1, 1, 5), self.mats),
+                    # (splits along the batch: the last of sections, every part of a count)
+                    F.split(x, [1], axis=0)[1] * 2, F.split(x, 2, axis=0)[0].sum(0))
 
     def batch():
         net = seeded(Batch())
