@@ -347,18 +347,39 @@ def test_sizes_computed_from_shapes_are_computed_in_the_file():
         np.testing.assert_allclose(got.reshape(want.shape), want, rtol=1e-6, atol=1e-6)
 
 
-def test_rolls_cut_where_the_file_runs():
-    # each cut is computed from the axis's size where the file runs (upstream's own dump does
-    # so): traced at batch 2, where a shift of 2 along the batch is a whole turn, run at other
-    # batches by this fork's loader against eager (the file kept the traced cuts: it raised
-    # at batch 3 for the flattened roll and, without it, returned x unrolled along the batch)
-    fn = lambda x: F.roll(x, (2, -1), (0, 1)) + F.roll(x, -7)  # noqa: E731
+def _number_writes(x):
+    y = x * 1.0
+    y[:, :2] = 0.5
+    y[:, mge.tensor([4, 2], dtype="int32")] += 1.0
+    y[y > 1.2] = 3.0  # (a mask of every axis: through the flattened value)
+    return y
+
+
+def _roll_whole_turn_at_batch_2(x):  # (and of the flattened x)
+    return F.roll(x, (2, -1), (0, 1)) + F.roll(x, -7)
+
+
+@pytest.mark.parametrize("fn", [
+    _roll_whole_turn_at_batch_2, _number_writes,
+    lambda x: F.split(x, [1], axis=0)[1] + F.split(x, 2, axis=0)[0].sum(0),
+    lambda x: F.batch_norm(x, F.linspace(-1, 1, 5), F.linspace(0.5, 2, 5)),
+    lambda x: F.topk(x.reshape(-1, 1, 5), 2)[0].sum(2) + F.sort(x.reshape(-1, 1, 5))[0][:, 0],
+    lambda x: F.topk(x[:, 0], 2)[1]])
+def test_files_follow_the_batch(fn):
+    # sizes taken where the file runs (upstream's own dumps do so): traced at batch 2 (where a
+    # shift of 2 along the batch is a whole turn), run at other batches by this fork's loader
+    # against eager. The files kept traced sizes: they raised at batch 3 or, for the whole
+    # turn, returned x unrolled; a write through a mask of every axis was refused
     r = np.random.RandomState(0)
     prog = load(io.BytesIO(_dumped(fn, r.randn(2, 5).astype("float32")).getvalue()))
     for n in (3, 2, 4):
         x = r.randn(n, 5).astype("float32")
         got = list(prog.run({"arg_0": x}).values())[0].numpy()
-        np.testing.assert_array_equal(got, fn(mge.tensor(x)).numpy())
+        np.testing.assert_allclose(got, fn(mge.tensor(x)).numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_a_roll_along_an_empty_axis_is_refused():
+    # (its cut is a remainder of a division by the traced 0)
     with pytest.raises(DumpError, match=r"a roll along an axis of size 0 \(shape \(0, 5\)\)"):
         _dumped(lambda x: F.roll(x, 1, 0), np.zeros((0, 5), "float32"))
 

@@ -56,22 +56,27 @@ def _subtensor(g, opr, ins, outs, p, device):
             items.append((axis, False, False, False, True))
             values.append(e)
     name = _WRITES.get(type(opr).__name__, ("Subtensor",))[0]
+    bounds = [_bound(g, opr, v, device, f"{opr.name}:index{k}") for k, v in enumerate(values)]
     inputs = [g.ids[id(ins[0])]]
     if name != "Subtensor":
-        inputs.append(_part_value(g, opr, ins[1], _region_shape(opr, ins[0].shape, index),
-                                  device))
-    inputs += [_bound(g, opr, v, device, f"{opr.name}:index{k}") for k, v in enumerate(values)]
+        region = _region_shape(opr, ins[0].shape, index)
+        inputs.append(_part_value(g, opr, ins[1], region, device, lambda: g.op(
+            "Subtensor", 1, 66, {0: ("structs <b????", items)}, inputs[:1] + bounds,
+            [(f"{opr.name}:part", region)])[0]))
+    inputs += bounds
     y = outs[0]
     g.ids[id(y)] = g.op(name, 1, 66, {0: ("structs <b????", items)}, inputs,
                         [(y.name, y.shape)])[0]
 
 
-def _part_value(g, opr, value, region, device):
+def _part_value(g, opr, value, region, device, part):
     """The var of the value written into a part of shape ``region``: upstream's writes take
     one of the part's shape exactly, so a number or a row is broadcast first, as upstream's
-    ``__setitem__`` does."""
+    ``__setitem__`` does, to the part's shape where the file runs (GetVarShape of ``part()``,
+    the part read), so that the file follows the batch."""
     return g.broadcast(g.ids[id(value)], value.shape, region, f"{opr.name}:value",
-                       lambda: g.shape_const(region, device, f"{opr.name}:value"))
+                       lambda: g.shape_of(part(), _NO_AXIS, f"{opr.name}:value:shape",
+                                          (max(len(region), 1),)))
 
 
 def _is_index_array(e):
@@ -180,6 +185,10 @@ def _unmask(g, opr, ins, outs, index, device):
             out.append(_Made(_unshaped(g, g.op(
                 "CondTake", 1, 25, {1: ("f", 1.0)}, [k, k],
                 [(f"{v.name}:true", ()), (f"{v.name}:places", ())]))[1]))
+        elif (len(v.shape) == len(x.shape) and type(opr).__name__ in _WRITES
+              and all(type(f) is slice and f == slice(None) for f in index if f is not e)):
+            _masked_write(g, opr, ins, outs, v, device)
+            return None
         else:
             _refuse(opr, f"it indexes a value of {len(x.shape)} axes by a mask of "
                          f"{len(v.shape)} axes computed by the program; such a mask of one axis, "
@@ -188,6 +197,38 @@ def _unmask(g, opr, ins, outs, index, device):
     if len(out) > len(x.shape):  # (an Ellipsis was widened for the mask as one axis)
         _refuse(opr, "it indexes by a mask of several axes beside an Ellipsis")
     return tuple(out)
+
+
+def _masked_write(g, opr, ins, outs, mask, device):
+    """``y[mask] = value`` (or ``+=``) of a mask of every axis the program computes, as upstream
+    writes it: the value and the mask flattened (their size inferred), the places of the
+    mask's True items (CondTake), the write into them (a number broadcast to the part's shape
+    where the file runs, or one value per place), reshaped back to the input's shape."""
+    x, value, y = ins[0], ins[1], outs[0]
+    size = int(np.prod(x.shape, dtype=np.int64))
+
+    def flat(k, tag):
+        return g.reshape(k, g.shape_const([1], device, f"{y.name}:{tag}"), f"{y.name}:{tag}",
+                         (size,), axis=0)
+
+    data, where = flat(g.ids[id(x)], "flat"), flat(g.ids[id(mask)], "mask")
+    places = _unshaped(g, g.op("CondTake", 1, 25, {1: ("f", 1.0)}, [where, where],
+                               [(f"{y.name}:true", ()), (f"{y.name}:places", ())]))[1]
+    params = {0: ("structs <b????", [(0, False, False, False, True)])}
+    k = g.ids[id(value)]
+    if int(np.prod(value.shape, dtype=np.int64)) == 1:  # (a number: to the part's shape)
+        part = _unshaped(g, g.op("IndexingMultiAxisVec", 1, 66, params, [data, places],
+                                 [(f"{y.name}:part", ())]))[0]
+        size_k = g.shape_of(part, None, f"{y.name}:part:shape", ())
+        k = _unshaped(g, g.op("Broadcast", 1, 1, {}, [k] + _unshaped(g, [size_k]),
+                              [(f"{y.name}:value", ())]))[0]
+    elif len(value.shape) != 1:
+        _refuse(opr, f"it writes a value of shape {tuple(value.shape)} through a mask of every "
+                     "axis; a number or one value per True place is written")
+    made = g.op(_WRITES[type(opr).__name__][1], 1, 66, params, [data, k, places],
+                [(f"{y.name}:written", (size,))])[0]
+    g.ids[id(y)] = g.reshape(made, g.shape_of(g.ids[id(x)], _NO_AXIS, f"{y.name}:shape",
+                                              (max(len(x.shape), 1),)), y.name, y.shape)
 
 
 def _indexing(g, opr, ins, outs, index, device):
@@ -244,7 +285,10 @@ def _indexing(g, opr, ins, outs, index, device):
         data += _unshaped(g, g.op("Broadcast", 1, 1, {}, [g.ids[id(ins[1])]] + _unshaped(
             g, [size]), [(f"{y.name}:value", ())]))
     elif name != "IndexingMultiAxisVec":
-        data.append(_part_value(g, opr, ins[1], _region_shape(opr, shape, index), device))
+        region = _region_shape(opr, shape, index)
+        data.append(_part_value(g, opr, ins[1], region, device, lambda: g.op(
+            "IndexingMultiAxisVec", 1, 66, params, data + inputs,
+            [(f"{y.name}:part", region)])[0]))
     made = g.op(name, 1, 66, params, data + inputs, [(y.name, y.shape)])
     if dynamic and name == "IndexingMultiAxisVec":
         g.dynamic.add(id(y))

@@ -24,6 +24,7 @@ import numpy as np
 def models():
     """{name: (build() -> (module, inputs {name: array}))}: the networks written, each built
     from fixed weights (megengine.random is seeded before each)."""
+    import megengine as mge
     import megengine.functional as F
     import megengine.module as M
     from megengine import Parameter
@@ -205,7 +206,18 @@ def models():
                     F.matmul(x.reshape(-1, 1, 5), self.stats[0]),
                     F.matmul(x.reshape(-1, 1, 1, 5), self.mats),
                     # (splits along the batch: the last of sections, every part of a count)
-                    F.split(x, [1], axis=0)[1] * 2, F.split(x, 2, axis=0)[0].sum(0))
+                    F.split(x, [1], axis=0)[1] * 2, F.split(x, 2, axis=0)[0].sum(0),
+                    # (writes of a number into parts of the batch's size, and through a mask)
+                    _writes(x))
+
+    def _writes(x):
+        y = x * 1.0
+        y[:, :2] = 0.5
+        y[:, mge.tensor([4, 2], dtype="int32")] += 1.0
+        y[x.shape[0] - 1] = -1.0
+        y[y > 1.2] = 3.0
+        y[F.abs(y) < 0.2] += 2.0
+        return y
 
     def batch():
         net = seeded(Batch())
