@@ -5,7 +5,8 @@ updates, Python scalars and layers with parameters. A program is Python source, 
 prints as a reproducer that can be pasted into a test. Blocks of `jit_dyn` add values whose shapes
 data decides (masks, ``cond_take``, ``nms``) to most programs; blocks of writes
 (`_write_steps`) make some programs write into a captured Parameter (``m.w``), into the argument
-``x`` and into computed values, and read what they wrote."""
+``x`` and into computed values, and read what they wrote; lines of `SORTS` (sort, topk, roll:
+`_with_sorts`) go into a third of the programs."""
 import linecache
 import math
 
@@ -402,18 +403,43 @@ def _with_writes(wrng, steps, layers, train):
     return steps, layers
 
 
+# ----- sorts (inserted by `_with_sorts` after the other steps and the writes are drawn) -----
+
+# sort, topk and roll, whose FBS_V2 writers once kept traced sizes (a file traced at batch 2
+# raised at batch 3, or for a whole turn of a roll silently gave x unrolled): each line keeps
+# ``h``'s shape at any rank (the last axis's size is at least 1: k is 1, or 2 of a concat that
+# doubles it), so it fits anywhere
+SORTS = ["h = F.sort(h)[0]", "h = F.sort(h, descending=True)[0]", "h = h + F.topk(h, 1)[0]",
+         "h = h - F.topk(h, 1, descending=True)[0] * 0.5",
+         "h = h + F.expand_dims(F.topk(h, 1, kth_only=True)[0], -1)",
+         "h = h * 0.5 + F.expand_dims(F.topk(F.concat([h, h * 0.5], axis=-1), 2, "
+         "kth_only=True)[0], -1)",
+         "h = F.roll(h, 1)", "h = F.roll(h, 1, 0)"]
+
+
+def _with_sorts(srng, steps, train):
+    """``steps`` with 1-2 lines of `SORTS` inserted at drawn places (after a training step's
+    first convolution, as `_with_writes`)."""
+    steps = list(steps)
+    for _ in range(int(srng.integers(1, 3))):
+        steps.insert(int(srng.integers(1 if train else 0, len(steps) + 1)), pick(srng, SORTS))
+    return steps
+
+
 STEPS = [_shape_ops, _shape_ops, _shape_ops, _shape_values, _unary, _unary, _scalar_of_shape, _inplace, _conv, _conv, _bn, _pool, _interp,
          _adaptive, _softmax, _reduce_bcast, _zeros, _concat, _split, _stack, _slice, _branch,
          _loop, _to_rank2, _linear, _linear, _matmul]
 
 
-def draw(seed, train=None, dyn=None, writes=None):
+def draw(seed, train=None, dyn=None, writes=None, sorts=None):
     """Program ``seed``: 3-15 steps; a training step (parameters, GradManager, optimizer) when
     ``train`` (drawn when None); with blocks that make values whose shapes data decides
     (`jit_dyn`) when ``dyn`` (drawn when None, from a stream of its own: the other steps of
     program ``seed`` are those it had before such blocks existed); with write blocks
     (`_with_writes`) when ``writes`` (drawn when None, from a stream of its own, and inserted
-    among the steps drawn without them)."""
+    among the steps drawn without them); with lines of `SORTS` when ``sorts`` (drawn when None,
+    in a third of the programs, from a stream of its own, inserted among all the others: the
+    other programs are those of before)."""
     rng = np.random.default_rng([seed, 7])
     drng = np.random.default_rng([seed, 13])
     if dyn is None:
@@ -458,4 +484,9 @@ def draw(seed, train=None, dyn=None, writes=None):
         writes = wrng.random() < 0.5
     if writes:
         steps, layers = _with_writes(wrng, steps, layers, train)
+    srng = np.random.default_rng([seed, 19])  # (its own stream: see ``dyn``)
+    if sorts is None:
+        sorts = srng.random() < 1 / 3
+    if sorts:
+        steps = _with_sorts(srng, steps, train)
     return Program(steps, layers, outputs, seed, bool(symshape), train, dyn)

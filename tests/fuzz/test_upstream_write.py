@@ -1,15 +1,24 @@
 """CI slice of tests.fuzz.upstream_write: random inference programs dumped in upstream's format
-read back here to eager's values (the upstream side runs offline, with ``--upstream``)."""
+read back here to eager's values, at the traced input shape and at the batch one larger (the
+upstream side runs offline, with ``--upstream``)."""
+import subprocess
+
+import numpy as np
+
+import megengine as mge
 from tests.fuzz import upstream_write
 
 
 def test_written_programs_read_back_to_eager_values(tmp_path, capsys):
-    stats, refused, wrong = upstream_write.write(range(1000, 1012), str(tmp_path))
-    assert wrong == []
+    stats, refused, wrong, batch = upstream_write.write(range(1000, 1012), str(tmp_path))
+    assert wrong == [] and batch["wrong"] == []
+    assert len(batch["right"]) >= 4  # (the others hold traced sizes, or raise: see below)
     assert stats.get("written", 0) >= 6  # (most of these programs have writers)
     assert len(list(tmp_path.glob("w*.mge"))) == stats["written"]
     assert upstream_write.main(["--seeds", "2", "--start", "1000"]) == 0
-    assert "read back here to other values: none" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "read back here to other values: none" in out
+    assert "batch+1, read back here: " in out and "0 wrong: none" in out
 
 
 def test_a_value_off_by_more_than_the_tolerance_is_a_finding():
@@ -41,7 +50,7 @@ def test_a_count_of_a_data_decided_size_that_the_data_makes_zero_reads_back(tmp_
     # read back here, max(0.0, n) was an int where n was, so the count was rounded only where
     # the traced value was a float, and the data's n of 0 gave linspace a count of 0.0
     # (TypeError)
-    stats, refused, wrong = upstream_write.write([3795], str(tmp_path), dyn=True)
+    stats, refused, wrong, _ = upstream_write.write([3795], str(tmp_path), dyn=True)
     assert stats == {"written": 1} and wrong == []
 
 
@@ -50,9 +59,116 @@ def test_the_traces_rewrites_of_what_overflowed_eagerly_are_not_findings(tmp_pat
 
     # program 4153: F.log(F.exp(h)) of h near 500 is h in the file (the trace's rewrite, as
     # upstream's), inf eagerly
-    stats, refused, wrong = upstream_write.write([4153], str(tmp_path))
+    stats, refused, wrong, _ = upstream_write.write([4153], str(tmp_path))
     assert stats == {"written": 1} and wrong == []
     w = [np.float32([np.inf, 1.0])]
     assert upstream_write._close([np.float32([502.0, 1.0])], w, rewrites=True)
     assert not upstream_write._close([np.float32([502.0, 1.0])], w)
     assert not upstream_write._close([np.float32([502.0, 1.5])], w, rewrites=True)
+
+
+def _off_at_other_batches(monkeypatch, how):
+    """This fork's reader of written files, changed to compute other values (``how`` "values")
+    or raise ("raise") at any batch but the traced 2."""
+    from megengine.jit import dump
+
+    real = dump.load
+
+    def load(file, device=None):
+        prog = real(file, device)
+        run = prog.run
+
+        def run_off(feed):
+            out = run(feed)
+            if feed["x"].shape[0] == 2:
+                return out
+            if how == "raise":
+                raise RuntimeError("the batch changed")
+            return {k: mge.tensor(v.numpy() + 1) for k, v in out.items()}
+
+        prog.run = run_off
+        return prog
+
+    monkeypatch.setattr(dump, "load", load)
+
+
+def test_a_file_that_gives_other_values_at_the_batch_one_larger_is_a_finding(
+        tmp_path, monkeypatch, capsys):
+    # program 1000 follows the batch (read back right at batch 3 as written)
+    stats, _, wrong, batch = upstream_write.write([1000], str(tmp_path))
+    assert wrong == [] and batch["right"] == [1000]
+    _off_at_other_batches(monkeypatch, "values")
+    stats, _, wrong, batch = upstream_write.write([1000], str(tmp_path))
+    assert wrong == [] and batch["wrong"] == [1000] and batch["right"] == []
+    assert upstream_write.main(["--seeds", "1", "--start", "1000", "--keep",
+                                str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "1 wrong: [1000]" in out
+    assert "program 1000: other values at batch+1 (read back here)" in out
+    assert "def prog(x, m):" in out  # (the program, to reproduce it)
+
+
+def test_a_file_that_raises_at_the_batch_one_larger_is_no_finding(tmp_path, monkeypatch,
+                                                                    capsys):
+    _off_at_other_batches(monkeypatch, "raise")
+    stats, _, wrong, batch = upstream_write.write([1000], str(tmp_path))
+    assert wrong == [] and batch["wrong"] == []
+    assert batch["raised"] == {1000: "RuntimeError: the batch changed"}
+    assert upstream_write.main(["--seeds", "1", "--start", "1000", "--keep",
+                                str(tmp_path)]) == 0
+    assert "0 right, 1 raised" in capsys.readouterr().out
+
+
+def test_sizes_the_traced_code_fixed_skip_the_second_shape(tmp_path):
+    # program 1005 loops over the batch (range(h.shape[0]), warned of by the dump); program
+    # 5016 (--dyn) branches on a size that data decides (if g.shape[1] > 1), which the file
+    # decides as traced (as upstream's own dumps do: not warned of), where eager at batch 3
+    # takes the other branch
+    batch = upstream_write.write([1005], str(tmp_path))[3]
+    assert batch["traced size"] == [1005] and batch["right"] == batch["wrong"] == []
+    batch = upstream_write.write([5016], str(tmp_path), dyn=True)[3]
+    assert batch["traced decision"] == [5016] and batch["right"] == batch["wrong"] == []
+    ref = np.load(tmp_path / "w5016.npz")
+    assert "bx" not in ref and "x" in ref  # (upstream's side runs it at the traced shape only)
+
+
+def test_upstream_side_at_the_batch_one_larger(tmp_path, monkeypatch):
+    # `_run_upstream` with this fork's GraphInference (it reads upstream's format), changed to
+    # give other values or raise at batch 3
+    from megengine.utils import comp_graph_tools
+
+    upstream_write.write([1000], str(tmp_path))
+    ref = np.load(tmp_path / "w1000.npz")
+    want = [ref[k] for k in sorted(ref.files) if k.startswith("bwant")]
+    path = str(tmp_path / "w1000.mge")
+    assert upstream_write._run_upstream(path, ref["bx"], want, raises=True) == "right"
+    real = comp_graph_tools.GraphInference.run
+    for how in ("values", "raise"):
+        def run(self, *args, inp_dict=None, how=how):
+            out = real(self, *args, inp_dict=inp_dict)
+            if how == "raise":
+                raise RuntimeError("assertion `m_layout.eq_shape(src.layout())' failed")
+            return {k: np.asarray(v) + 1 for k, v in out.items()}
+
+        monkeypatch.setattr(comp_graph_tools.GraphInference, "run", run)
+        got = upstream_write._run_upstream(path, ref["bx"], want, raises=True)
+        assert got == "wrong" if how == "values" else got.startswith("raised RuntimeError")
+
+
+def test_main_reports_upstreams_other_values_at_the_batch_one_larger(tmp_path, monkeypatch,
+                                                                      capsys):
+    # what `serve` prints, as upstream's interpreter would
+    def fake(stdout):
+        return lambda *a, **k: subprocess.CompletedProcess(a, 0, stdout=stdout, stderr="")
+
+    argv = ["--seeds", "1", "--start", "1000", "--upstream", "python", "--keep", str(tmp_path)]
+    monkeypatch.setattr(upstream_write.subprocess, "run", fake("BATCH 1000 wrong\n"))
+    assert upstream_write.main(argv) == 1
+    out = capsys.readouterr().out
+    assert "program 1000: other values at batch+1 (upstream)" in out and "def prog(" in out
+    monkeypatch.setattr(upstream_write.subprocess, "run",
+                        fake("BATCH 1000 raised RuntimeError: assertion failed\n"))
+    assert upstream_write.main(argv) == 0
+    assert "0 right, 1 raised" in capsys.readouterr().out
+    monkeypatch.setattr(upstream_write.subprocess, "run", fake("BATCH 1000 right\n"))
+    assert upstream_write.main(argv) == 0

@@ -27,9 +27,27 @@ vectorised loop and inf in the loop's scalar remainder (measured eagerly too: 20
 program that overflows an ``exp`` where eager's outputs hold inf or NaN (program 3518:
 ``F.log(F.exp(h) + 1.0)`` of h near 368) is reported apart too (`_overflows`).
 
-``--keep DIR`` keeps the written files and their inputs and eager outputs. ``--dyn`` draws
-programs with the jit fuzzer's blocks of values whose shapes data decides (masks,
-``cond_take``, ``nms``), which the file holds without a shape.
+Each written file also runs at a second input shape, the batch one larger (axis 0 of the
+programs' one input, ``x``: (3, C, H, W) of a file traced at (2, C, H, W); a file is meant to
+follow the batch wherever upstream's own dumps do, docs/api/jit.rst's "Shapes"), against
+eager's values of the same program on a new input of that shape. On each side (read back
+here, run by upstream) the file must give eager's values there (the same tolerance and the
+same cases set apart as at the traced shape) or raise; other values or other shapes are a
+finding, printed with the program. The second shape is skipped where eager fails there, and
+where the file holds a value of the trace by design: a size the traced code used as a Python
+value (``int(n)``, ``range(n)``, an index; the dump warns of these) or in a branch's
+comparison (``if g.shape[1] > 1`` of a size that data decides: decided as traced, as in
+upstream's own dumps, not warned of) that has another value there (this fork's own format
+checks such sizes: its ``ShapeGuardError`` at the second shape says so, `_guarded`), and
+``nms`` without ``max_output`` (the dump warns: the traced count is kept). The outcomes there
+are counted apart ("batch+1: ... right, ... raised, ... skipped, ... wrong"), raises grouped
+by their error: a raise is no finding, but where upstream's own dump of the program follows
+the batch, the written file should too (worth a look).
+
+``--keep DIR`` keeps the written files and their inputs and eager outputs (``bx``, ``bwant*``:
+those of the second shape, where it is not skipped). ``--dyn`` draws programs with the jit
+fuzzer's blocks of values whose shapes data decides (masks, ``cond_take``, ``nms``), which
+the file holds without a shape.
 
 This file's upstream side runs it by path (``--serve DIR``): it imports only numpy at its top.
 """
@@ -45,16 +63,21 @@ TOL = 1e-4
 # keeping every value does not mend (see above)
 UPSTREAM_BROADCAST_WRITES = ("acc = h * 0", "F.broadcast_to(h.sum(0, keepdims=True)",
                              "F.broadcast_to(h[:1]")
+# the dump's warnings where the file holds a value of the trace as a constant by design: sizes
+# the traced code used as Python values (`SIZES_WARNING`; the second shape is skipped where
+# such a size differs there), and a count kept at its traced value (skipped always)
+SIZES_WARNING = "used sizes of its inputs as Python values"
+COUNT_WARNINGS = ("(the traced number)",)  # (nms without max_output)
 
 
-def _overflows(source, out_dir, seed):
+def _overflows(source, out_dir, seed, want="want"):
     """Whether program ``seed`` (its ``source``) takes an ``exp`` and eager's outputs, kept in
-    ``out_dir``, hold inf or NaN: an overflow, which upstream's exp computes otherwise (see
-    above)."""
+    ``out_dir`` (``want``: those at the traced shape; ``"bwant"``: at the second), hold inf or
+    NaN: an overflow, which upstream's exp computes otherwise (see above)."""
     if "F.exp(" not in source:
         return False
     ref = np.load(os.path.join(out_dir, f"w{seed}.npz"))
-    return any(k.startswith("want") and ref[k].dtype.kind == "f" and
+    return any(k.startswith(want) and ref[k].dtype.kind == "f" and
                not np.isfinite(ref[k]).all() for k in ref.files)
 
 
@@ -79,9 +102,49 @@ def _close(got, want, rewrites=False):
     return len(got) == len(want) and all(agree(g, w) for g, w in zip(got, want))
 
 
+def _batch_shape(shape):
+    """The second input shape: the batch (axis 0) one larger (the programs have one input)."""
+    return (shape[0] + 1,) + tuple(shape[1:])
+
+
+def _values(out):
+    return [np.asarray(w.numpy() if hasattr(w, "numpy") else w)
+            for w in (out if isinstance(out, (tuple, list)) else [out])]
+
+
+def _why(e):
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:160]
+
+
+def _guarded(f, x2):
+    """Whether trace ``f``'s Python code used a size as a Python value (an int, an index, a
+    branch's comparison) that is another at input ``x2``: this fork's own format checks such
+    values (`megengine.jit.shape_guards`), and raises ShapeGuardError for it there."""
+    import io
+    import warnings
+
+    from megengine.jit import ShapeGuardError
+    from megengine.jit.dump import load
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        f.dump(buf, arg_names=["x"])
+    try:
+        load(io.BytesIO(buf.getvalue())).run({"x": x2})
+    except ShapeGuardError:
+        return True
+    except Exception:  # noqa: BLE001 (another error of this fork's own format is the jit
+        return False  # fuzzer's to find: the written file is run there)
+    return False
+
+
 def write(seeds, out_dir, dyn=False):
     """Dump programs ``seeds`` to ``out_dir``; returns ({outcome: count}, {refused: count},
-    [seeds whose file this fork reads to other values])."""
+    [seeds whose file this fork reads to other values], {outcome: seeds} of this fork's reading
+    at the second shape: "right", "raised" (a dict: seed -> the error), "wrong", and the skips
+    (see the module's docstring): "eager fails", "traced size" (the dump warned of it),
+    "traced decision" (a comparison: not warned), "traced count"."""
     import io
     import re
     import warnings
@@ -93,6 +156,8 @@ def write(seeds, out_dir, dyn=False):
     from .jit_programs import TRACE_SHAPE, draw
 
     stats, refused, wrong = {}, {}, []
+    batch = {"right": [], "raised": {}, "wrong": [], "eager fails": [], "traced size": [],
+             "traced decision": [], "traced count": []}
     for seed in seeds:
         p = draw(seed, train=False, dyn=dyn, writes=False)
         prog, m = p.build()
@@ -104,13 +169,22 @@ def write(seeds, out_dir, dyn=False):
         except Exception:  # noqa: BLE001 (invalid at this shape)
             stats["invalid"] = stats.get("invalid", 0) + 1
             continue
-        want = [np.asarray(w.numpy() if hasattr(w, "numpy") else w)
-                for w in (out if isinstance(out, (tuple, list)) else [out])]
+        want = _values(out)
+        # the second shape's input and eager's values there (None: eager fails, the program
+        # fixes a size)
+        x2 = np.random.default_rng([seed, 1]).uniform(
+            -2, 2, _batch_shape(TRACE_SHAPE)).astype("float32")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                want2 = _values(p.eager(prog, m, mge.tensor(x2)))
+        except Exception:  # noqa: BLE001
+            want2 = None
         f = trace(lambda x: prog(x, m), symbolic=True, capture_as_const=True)
         buf = io.BytesIO()
         try:
-            with warnings.catch_warnings():  # (and the dump's note of sizes used as numbers)
-                warnings.simplefilter("ignore")
+            with warnings.catch_warnings(record=True) as caught:  # (and the dump's notes of
+                warnings.simplefilter("always")  # a size kept as its traced value)
                 f(mge.tensor(x))
                 f.dump(buf, arg_names=["x"], dump_format="FBS_V2")
         except DumpError as e:
@@ -118,6 +192,7 @@ def write(seeds, out_dir, dyn=False):
             key = named.group(1) if named else re.sub(r"'[^']*'", "'.'", str(e))[:90]
             refused[key] = refused.get(key, 0) + 1
             continue
+        said = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
         try:
             got = [v.numpy() for v in load(io.BytesIO(buf.getvalue())).run({"x": x}).values()]
         except Exception as e:  # noqa: BLE001 (this fork's reader refused what it wrote)
@@ -126,11 +201,28 @@ def write(seeds, out_dir, dyn=False):
         if got is None or not _close(got, want, rewrites=True):
             wrong.append(seed)
         stats["written"] = stats.get("written", 0) + 1
+        more = {}
+        if want2 is None:
+            batch["eager fails"].append(seed)
+        elif any(t in w for w in said for t in COUNT_WARNINGS):
+            batch["traced count"].append(seed)
+        elif _guarded(f, x2):
+            warned = any(SIZES_WARNING in w for w in said)
+            batch["traced size" if warned else "traced decision"].append(seed)
+        else:
+            more = {"bx": x2, **{f"bwant{i}": w for i, w in enumerate(want2)}}
+            try:
+                got2 = [v.numpy() for v in
+                        load(io.BytesIO(buf.getvalue())).run({"x": x2}).values()]
+            except Exception as e:  # noqa: BLE001 (no value given: accepted)
+                batch["raised"][seed] = _why(e)
+            else:
+                batch["right" if _close(got2, want2, rewrites=True) else "wrong"].append(seed)
         with open(os.path.join(out_dir, f"w{seed}.mge"), "wb") as fh:
             fh.write(buf.getvalue())
         np.savez(os.path.join(out_dir, f"w{seed}.npz"), x=x,
-                 **{f"want{i}": w for i, w in enumerate(want)})
-    return stats, refused, wrong
+                 **{f"want{i}": w for i, w in enumerate(want)}, **more)
+    return stats, refused, wrong, batch
 
 
 def serve(out_dir):
@@ -138,30 +230,54 @@ def serve(out_dir):
     other values for (or fails to run), one per line: ``FAILS seed``, or ``PLANS seed`` where
     the same file gives eager's values once upstream keeps every value it computes (each var
     an output of the run): the file computes the program, and upstream's memory plan of the
-    run that keeps its outputs only is what goes wrong."""
+    run that keeps its outputs only is what goes wrong. A file with a second input (``bx``) is
+    run there too: ``BATCH seed right``, ``raised`` (then the error), ``plans`` or ``wrong``."""
+    for path in sorted(glob.glob(os.path.join(out_dir, "w*.mge"))):
+        ref = np.load(path[:-4] + ".npz")
+        seed = os.path.basename(path)[1:-4]
+        want = [ref[f"want{i}"] for i in range(sum(k.startswith("want") for k in ref))]
+        how = _run_upstream(path, ref["x"], want)
+        if how != "right":
+            print("PLANS" if how == "plans" else "FAILS", seed, flush=True)
+        if "bx" in ref:
+            want = [ref[f"bwant{i}"] for i in range(sum(k.startswith("bwant") for k in ref))]
+            print("BATCH", seed, _run_upstream(path, ref["bx"], want, raises=True), flush=True)
+
+
+def _run_upstream(path, x, want, raises=False):
+    """How upstream's ``GraphInference`` runs file ``path`` on input ``x``: "right" (eager's
+    values ``want``), "plans" (eager's values only when it keeps every value), "wrong" (also
+    where it raises, unless ``raises``: then "raised" and the error)."""
     from megengine.utils.comp_graph_tools import GraphInference
     from megengine.utils.network import Network
 
-    for path in sorted(glob.glob(os.path.join(out_dir, "w*.mge"))):
-        ref = np.load(path[:-4] + ".npz")
-        want = [ref[f"want{i}"] for i in range(sum(k.startswith("want") for k in ref))]
-        feed = {"x": ref["x"]}
-        try:
-            got = [np.asarray(v) for v in GraphInference(path).run(inp_dict=feed).values()]
-            ok = _close(got, want)
-        except Exception:  # noqa: BLE001 (an assertion of upstream's runtime)
-            ok = False
-        if ok:
-            continue
-        try:
-            net = Network.load(path)
-            names = [v.name for v in net.output_vars]
-            every = GraphInference(path, outputs=[v.name for v in net.all_vars]).run(
-                inp_dict=feed)
-            kept = _close([np.asarray(every[n]) for n in names], want)
-        except Exception:  # noqa: BLE001
-            kept = False
-        print("PLANS" if kept else "FAILS", os.path.basename(path)[1:-4], flush=True)
+    feed = {"x": x}
+    try:
+        got = [np.asarray(v) for v in GraphInference(path).run(inp_dict=feed).values()]
+    except Exception as e:  # noqa: BLE001 (an assertion of upstream's runtime)
+        if raises:
+            return "raised " + _why(e)
+        got = None
+    if got is not None and _close(got, want):
+        return "right"
+    try:
+        net = Network.load(path)
+        names = [v.name for v in net.output_vars]
+        every = GraphInference(path, outputs=[v.name for v in net.all_vars]).run(inp_dict=feed)
+        kept = _close([np.asarray(every[n]) for n in names], want)
+    except Exception:  # noqa: BLE001
+        kept = False
+    return "plans" if kept else "wrong"
+
+
+def _raises(raised):
+    """Lines of ``{seed: error}``, the seeds grouped by their error (its numbers elided)."""
+    import re
+
+    groups = {}
+    for seed, why in sorted(raised.items()):
+        groups.setdefault(re.sub(r"\d+", "#", why)[:120], []).append(seed)
+    return [f"    {why}: {seeds}" for why, seeds in groups.items()]
 
 
 def main(argv=None):
@@ -183,14 +299,27 @@ def main(argv=None):
         return 0
     from .jit_programs import draw
 
+    def source(seed):
+        return draw(seed, train=False, dyn=args.dyn, writes=False).source
+
     out_dir = args.keep or tempfile.mkdtemp(prefix="upstream_write_")
     os.makedirs(out_dir, exist_ok=True)
     seeds = range(args.start, args.start + args.seeds)
-    stats, refused, wrong = write(seeds, out_dir, args.dyn)
+    stats, refused, wrong, batch = write(seeds, out_dir, args.dyn)
     print(f"programs {args.start}-{seeds[-1]}: {stats}")
     print("refused:", sorted(refused.items(), key=lambda kv: -kv[1]))
     print("read back here to other values:", wrong or "none")
+    skips = ("eager fails", "traced size", "traced decision", "traced count")
+    skipped = (f"{sum(len(batch[k]) for k in skips)} skipped (eager fails there: "
+               f"{len(batch['eager fails'])}; a size the traced code used as a Python value "
+               f"is another there: {len(batch['traced size'])} warned of, "
+               f"{len(batch['traced decision'])} a branch's comparison; nms's traced count: "
+               f"{len(batch['traced count'])})")
+    print(f"batch+1, read back here: {len(batch['right'])} right, {len(batch['raised'])} "
+          f"raised, {skipped}, {len(batch['wrong'])} wrong: {batch['wrong'] or 'none'}")
+    print("\n".join(_raises(batch["raised"])) or "    (none raised)")
     failures = list(wrong)
+    batch_wrong = [(s, "read back here") for s in batch["wrong"]]
     if args.upstream:
         env = dict(os.environ, PYTHONPATH="")
         out = subprocess.run([args.upstream, os.path.abspath(__file__), "--serve", out_dir],
@@ -198,21 +327,41 @@ def main(argv=None):
         lines = [line.split() for line in out.stdout.splitlines()]
         planned = [int(w[1]) for w in lines if w[:1] == ["PLANS"]]
         failed = [int(w[1]) for w in lines if w[:1] == ["FAILS"]]
-        theirs = [s for s in failed if any(
-            pat in draw(s, train=False, dyn=args.dyn, writes=False).source
-            for pat in UPSTREAM_BROADCAST_WRITES)]
-        overflows = [s for s in failed if s not in theirs and _overflows(
-            draw(s, train=False, dyn=args.dyn, writes=False).source, out_dir, s)]
+        theirs = [s for s in failed if any(pat in source(s) for pat in UPSTREAM_BROADCAST_WRITES)]
+        overflows = [s for s in failed if s not in theirs and _overflows(source(s), out_dir, s)]
         bad = [s for s in failed if s not in theirs and s not in overflows]
         print(f"upstream ran {stats.get('written', 0) - len(failed) - len(planned)} of "
               f"{stats.get('written', 0)} to eager's values; {len(planned)} more when it keeps "
               f"every value (its memory plan, see above); writes into a broadcast value "
               f"(upstream's runtime): {len(theirs)}; an exp that overflows (upstream's "
               f"saturates): {len(overflows)}; other: {bad or 'none'}")
+        # the second shape, with the same cases set apart
+        up = {"right": [], "raised": {}, "plans": [], "wrong": []}
+        for w in lines:
+            if w[:1] == ["BATCH"] and w[2] == "raised":
+                up["raised"][int(w[1])] = " ".join(w[3:])
+            elif w[:1] == ["BATCH"]:
+                up[w[2]].append(int(w[1]))
+        btheirs = [s for s in up["wrong"]
+                   if any(pat in source(s) for pat in UPSTREAM_BROADCAST_WRITES)]
+        bover = [s for s in up["wrong"]
+                 if s not in btheirs and _overflows(source(s), out_dir, s, "bwant")]
+        bbad = [s for s in up["wrong"] if s not in btheirs and s not in bover]
+        print(f"batch+1, upstream: {len(up['right'])} right, {len(up['raised'])} raised, "
+              f"{skipped}, {len(up['plans'])} right when it keeps every value; writes into a "
+              f"broadcast value: {len(btheirs)}; an exp that overflows: {len(bover)}; "
+              f"{len(bbad)} wrong: {bbad or 'none'}")
+        print("\n".join(_raises(up["raised"])) or "    (none raised)")
         if out.returncode:
             print(out.stderr[-2000:])
             failures.append("upstream's side")
         failures += bad
+        batch_wrong += [(s, "upstream") for s in bbad]
+    for s, side in batch_wrong:
+        print(f"\nprogram {s}: other values at batch+1 ({side}), eager's inputs and values in "
+              f"{out_dir}/w{s}.npz (bx, bwant*):\n"
+              f"{draw(s, train=False, dyn=args.dyn, writes=False)}")
+    failures += [s for s, _ in batch_wrong]
     return 1 if failures else 0
 
 

@@ -375,6 +375,18 @@ def test_the_drawer_draws_writes():
     assert "s = Tensor(h.shape)" in p.source
 
 
+def test_the_drawer_draws_sorts_into_programs_it_otherwise_keeps():
+    from tests.fuzz.jit_programs import SORTS
+
+    progs = [draw(s) for s in range(60)]
+    drawn = [[st for st in p.steps if st in SORTS] for p in progs]
+    assert {st for d in drawn for st in d} == set(SORTS)
+    assert 10 < sum(map(bool, drawn)) < 40  # (a third of the programs)
+    for seed, p, d in zip(range(60), progs, drawn):
+        # the other steps, as drawn without sorts (their own stream)
+        assert [st for st in p.steps if st not in d] == draw(seed, sorts=False).steps
+
+
 def test_a_trace_that_loses_a_write_is_caught(monkeypatch):
     # traced calls whose write into the captured Parameter does not stay (undone after each
     # call) give eager's value at the first call and a stale state after it: caught there
