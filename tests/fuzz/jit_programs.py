@@ -406,7 +406,8 @@ def _with_writes(wrng, steps, layers, train):
 # ----- sorts (inserted by `_with_sorts` after the other steps and the writes are drawn) -----
 
 # sort, topk and roll, whose FBS_V2 writers once kept traced sizes (a file traced at batch 2
-# raised at batch 3, or for a whole turn of a roll silently gave x unrolled): each line keeps
+# raised at batch 3, or for a whole turn of a roll silently gave x unrolled), and matrix
+# products of batches, whose files upstream once refused to load: each line keeps
 # ``h``'s shape at any rank (the last axis's size is at least 1: k is 1, or 2 of a concat that
 # doubles it), so it fits anywhere
 SORTS = ["h = F.sort(h)[0]", "h = F.sort(h, descending=True)[0]", "h = h + F.topk(h, 1)[0]",
@@ -414,7 +415,13 @@ SORTS = ["h = F.sort(h)[0]", "h = F.sort(h, descending=True)[0]", "h = h + F.top
          "h = h + F.expand_dims(F.topk(h, 1, kth_only=True)[0], -1)",
          "h = h * 0.5 + F.expand_dims(F.topk(F.concat([h, h * 0.5], axis=-1), 2, "
          "kth_only=True)[0], -1)",
-         "h = F.roll(h, 1)", "h = F.roll(h, 1, 0)"]
+         "h = F.roll(h, 1)", "h = F.roll(h, 1, 0)",
+         # matrix products whose FBS_V2 files upstream could not load (one MatrixMul /
+         # BatchedMatrixMul of a 4-d batch, of a batch and a matrix or a vector)
+         "h = F.matmul(F.softmax(F.matmul(h, F.transpose(h, tuple(range(h.ndim - 2)) + "
+         "(h.ndim - 1, h.ndim - 2))) * 0.1, -1), h)",
+         "h = F.matmul(h, F.ones((h.shape[-1], h.shape[-1])) * 0.25) - h",
+         "h = h + F.expand_dims(F.matmul(h, F.ones(h.shape[-1])), -1) * 0.1"]
 
 
 def _with_sorts(srng, steps, train):
