@@ -125,38 +125,14 @@ def test_autocast_networks_allow_the_float16_rounding_they_amplify():
         bridge.check(seed)
 
 
-def test_a_wrong_update_under_autocast_is_caught(monkeypatch):
-    # the float16 slack leaves a lost or doubled update visible: a nudge of 1e-2 a step (an
-    # SGD step of lr 0.05 on a gradient of 0.2) on the first wrapped parameter
-    seed = _seed(autocast=True, midway="none")
-    bridge.check(seed)
-    real = bridge._mge_step
-
-    def nudged(net, make_opt, plan):
-        step, opt = real(net, make_opt, plan)
-
-        def run(*batches):
-            losses = step(*batches)
-            with torch.no_grad():
-                next(iter(net.wraps[0].torch_module.parameters())).add_(1e-2)
-            return losses
-
-        return run, opt
-
-    monkeypatch.setattr(bridge, "_mge_step", nudged)
-    with pytest.raises(bridge.BridgeMismatch, match="wrapper 0"):
-        bridge.check(seed)
-
-
 def _seed(**want):
     return next(s for s in range(300)
                 if all(bridge.draw(s)[4][k] == v for k, v in want.items()))
 
 
-def test_a_wrong_update_on_the_torch_side_is_caught(monkeypatch):
-    # a bridge whose update missed or doubled a torch parameter must be found: here the first
-    # wrapped parameter of the hybrid gets an extra nudge of 1e-3 after every step
-    seed = _seed(midway="none")
+def _nudge_after_each_step(monkeypatch, amount):
+    """The first wrapped parameter of the hybrid gets an extra ``amount`` after every step: a
+    bridge whose update missed or doubled a torch parameter, which the check must find."""
     real = bridge._mge_step
 
     def nudged(net, make_opt, plan):
@@ -165,14 +141,28 @@ def test_a_wrong_update_on_the_torch_side_is_caught(monkeypatch):
         def run(*batches):
             losses = step(*batches)
             with torch.no_grad():
-                next(iter(net.wraps[0].torch_module.parameters())).add_(1e-3)
+                next(iter(net.wraps[0].torch_module.parameters())).add_(amount)
             return losses
 
         return run, opt
 
     monkeypatch.setattr(bridge, "_mge_step", nudged)
+
+
+def test_a_wrong_update_under_autocast_is_caught(monkeypatch):
+    # the float16 slack leaves a lost or doubled update visible: a nudge of 1e-2 a step (an
+    # SGD step of lr 0.05 on a gradient of 0.2)
+    seed = _seed(autocast=True, midway="none")
+    bridge.check(seed)
+    _nudge_after_each_step(monkeypatch, 1e-2)
     with pytest.raises(bridge.BridgeMismatch, match="wrapper 0"):
         bridge.check(seed)
+
+
+def test_a_wrong_update_on_the_torch_side_is_caught(monkeypatch):
+    _nudge_after_each_step(monkeypatch, 1e-3)
+    with pytest.raises(bridge.BridgeMismatch, match="wrapper 0"):
+        bridge.check(_seed(midway="none"))
 
 
 def test_a_wrong_loss_is_caught(monkeypatch):

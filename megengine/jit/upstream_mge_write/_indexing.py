@@ -60,7 +60,7 @@ def _subtensor(g, opr, ins, outs, p, device):
     inputs = [g.ids[id(ins[0])]]
     if name != "Subtensor":
         region = _region_shape(opr, ins[0].shape, index)
-        inputs.append(_part_value(g, opr, ins[1], region, device, lambda: g.op(
+        inputs.append(_part_value(g, opr, ins[1], region, lambda: g.op(
             "Subtensor", 1, 66, {0: ("structs <b????", items)}, inputs[:1] + bounds,
             [(f"{opr.name}:part", region)])[0]))
     inputs += bounds
@@ -69,7 +69,7 @@ def _subtensor(g, opr, ins, outs, p, device):
                         [(y.name, y.shape)])[0]
 
 
-def _part_value(g, opr, value, region, device, part):
+def _part_value(g, opr, value, region, part):
     """The var of the value written into a part of shape ``region``: upstream's writes take
     one of the part's shape exactly, so a number or a row is broadcast first, as upstream's
     ``__setitem__`` does, to the part's shape where the file runs (GetVarShape of ``part()``,
@@ -199,6 +199,15 @@ def _unmask(g, opr, ins, outs, index, device):
     return tuple(out)
 
 
+def _to_unshaped_part(g, k, params, inputs, name):
+    """Var ``k`` broadcast to the shape that the part ``inputs`` index (IndexingMultiAxisVec
+    of ``params``) has where the file runs, which the data decides: vars without a shape."""
+    part = _unshaped(g, g.op("IndexingMultiAxisVec", 1, 66, params, inputs,
+                             [(f"{name}:part", ())]))[0]
+    size = _unshaped(g, [g.shape_of(part, None, f"{name}:part:shape", ())])[0]
+    return _unshaped(g, g.op("Broadcast", 1, 1, {}, [k, size], [(f"{name}:value", ())]))[0]
+
+
 def _masked_write(g, opr, ins, outs, mask, device):
     """``y[mask] = value`` (or ``+=``) of a mask of every axis the program computes, as upstream
     writes it: the value and the mask flattened (their size inferred), the places of the
@@ -217,11 +226,7 @@ def _masked_write(g, opr, ins, outs, mask, device):
     params = {0: ("structs <b????", [(0, False, False, False, True)])}
     k = g.ids[id(value)]
     if int(np.prod(value.shape, dtype=np.int64)) == 1:  # (a number: to the part's shape)
-        part = _unshaped(g, g.op("IndexingMultiAxisVec", 1, 66, params, [data, places],
-                                 [(f"{y.name}:part", ())]))[0]
-        size_k = g.shape_of(part, None, f"{y.name}:part:shape", ())
-        k = _unshaped(g, g.op("Broadcast", 1, 1, {}, [k] + _unshaped(g, [size_k]),
-                              [(f"{y.name}:value", ())]))[0]
+        k = _to_unshaped_part(g, k, params, [data, places], y.name)
     elif len(value.shape) != 1:
         _refuse(opr, f"it writes a value of shape {tuple(value.shape)} through a mask of every "
                      "axis; a number or one value per True place is written")
@@ -279,14 +284,10 @@ def _indexing(g, opr, ins, outs, index, device):
     y = outs[0]
     if name != "IndexingMultiAxisVec" and dynamic:  # (the part's shape is the data's: the
         # value broadcast to it where the file runs, as upstream's indexing writes it)
-        part = g.op("IndexingMultiAxisVec", 1, 66, params, data + inputs,
-                    [(f"{y.name}:part", ())])
-        size = g.shape_of(_unshaped(g, part)[0], None, f"{y.name}:part:shape", ())
-        data += _unshaped(g, g.op("Broadcast", 1, 1, {}, [g.ids[id(ins[1])]] + _unshaped(
-            g, [size]), [(f"{y.name}:value", ())]))
+        data.append(_to_unshaped_part(g, g.ids[id(ins[1])], params, data + inputs, y.name))
     elif name != "IndexingMultiAxisVec":
         region = _region_shape(opr, shape, index)
-        data.append(_part_value(g, opr, ins[1], region, device, lambda: g.op(
+        data.append(_part_value(g, opr, ins[1], region, lambda: g.op(
             "IndexingMultiAxisVec", 1, 66, params, data + inputs,
             [(f"{y.name}:part", region)])[0]))
     made = g.op(name, 1, 66, params, data + inputs, [(y.name, y.shape)])
