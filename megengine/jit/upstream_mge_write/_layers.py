@@ -250,11 +250,10 @@ def _matrix_mul(g, opr, ins, outs, p, device):
     (a, b), y = ins, outs[0]
     ka, kb, sa, sb = g.ids[id(a)], g.ids[id(b)], tuple(a.shape), tuple(b.shape)
     name = y.name
-    matmul = g.op  # (the products take the comp node)
     if len(sa) == len(sb) == 2 or len(sa) == len(sb) == 3 and sa[0] == sb[0]:
         kind = "MatrixMulV2" if len(sa) == 2 else "BatchedMatrixMulV2"  # (upstream's own)
-        g.ids[id(y)] = matmul(kind, 1, 20, _matmul(p, ins, outs), [ka, kb], [(name, y.shape)],
-                              comp_node=device)[0]
+        g.ids[id(y)] = g.op(kind, 1, 20, _matmul(p, ins, outs), [ka, kb], [(name, y.shape)],
+                            comp_node=device)[0]
         return
     if a.dtype.metadata is not None or b.dtype.metadata is not None:
         _refuse(opr, f"a quantized matmul of shapes {sa} and {sb}; two matrices or two 3-d "
@@ -270,8 +269,8 @@ def _matrix_mul(g, opr, ins, outs, p, device):
         return g.op("AxisAddRemove", 1, 65, {0: ("structs <Ii", [(method, axis)])}, [k],
                     [(f"{name}:{tag}", shape)])[0]
 
-    def product(x, w, shape, tag, transpose_w=False):
-        return matmul("MatrixMulV2", 1, 20, {0: ("?", False), 1: ("?", transpose_w)},
+    def product(x, w, shape, tag, transpose_w=False):  # (products take the comp node)
+        return g.op("MatrixMulV2", 1, 20, {0: ("?", False), 1: ("?", transpose_w)},
                       [x, w], [(f"{name}:{tag}", shape)], comp_node=device)[0]
 
     if p.get("transposeA") and len(sa) > 1:
@@ -302,10 +301,10 @@ def _matrix_mul(g, opr, ins, outs, p, device):
     else:  # batches of more axes, or broadcast to each other
         batch = tuple(np.broadcast_shapes(sa[:-2], sb[:-2]))
         sizes = []  # the batch's sizes where the file runs: of an operand that has them
-        for i, n in enumerate(batch):
+        for i, size in enumerate(batch):
             for k_, s in ((ka, sa), (kb, sb)):
                 j = i - (len(batch) - (len(s) - 2))
-                if j >= 0 and s[j] == n:
+                if j >= 0 and s[j] == size:
                     sizes.append(g.shape_of(k_, j, f"{name}:batch{i}"))
                     break
             else:  # (1 in both)
@@ -328,7 +327,7 @@ def _matrix_mul(g, opr, ins, outs, p, device):
 
         (ka, (m, _)), (kb, (_, n)) = batched(ka, sa, "a"), batched(kb, sb, "b")
         shape = batch + (sa[-2], sb[-1])
-        k = matmul("BatchedMatrixMulV2", 1, 20, {0: ("?", False), 1: ("?", False)},
+        k = g.op("BatchedMatrixMulV2", 1, 20, {0: ("?", False), 1: ("?", False)},
                    [ka, kb], [(f"{name}:3d", (int(np.prod(batch)),) + shape[-2:])],
                    comp_node=device)[0]
         if len(batch) > 1:
