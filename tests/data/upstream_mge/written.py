@@ -452,7 +452,8 @@ QUANTIZED = {"qint8", "quint8", "qtranspose"}  # (built and traced on cpu0)
 
 # the files whose shapes follow the input's batch (a flatten traced with symbolic shapes: its
 # target shape is computed from the input's), run at this batch too (in2_*, fork2_*, up2_*)
-OTHER_BATCH = {"cnn": 3, "norms": 3, "batch": 3, "recurrent": 3, "qtranspose": 3}
+OTHER_BATCH = {"cnn": 3, "norms": 3, "batch": 3, "recurrent": 3, "qtranspose": 3, "layers": 3,
+               "qint8": 3, "quint8": 3}
 
 
 def other_batch(name, build):
