@@ -138,12 +138,31 @@ def test_what_has_no_writer_is_refused_by_name_before_writing():
     assert buf.getvalue() == b""
 
 
+def test_targets_computed_from_a_data_sized_value_are_computed_in_the_file():
+    # a reshape with an inferred axis or sizes from the value's shape, a fill and a broadcast
+    # of a cond_take's values take their targets where the file runs (upstream's own dumps
+    # compute them so), so the file follows the count; they were refused as traced shapes
+    def fn(x):
+        v = F.cond_take(x > 0, x)[0]
+        rows = v.reshape(v.shape[0], 1) * F.ones((1, 2)) + F.zeros_like(v).reshape(-1, 1)
+        return rows.sum(0) + F.broadcast_to(v.reshape(-1, 1), (v.shape[0], 2)).mean(0)
+
+    r = np.random.RandomState(0)
+    prog = load(io.BytesIO(_dumped(fn, r.randn(2, 5).astype("float32")).getvalue()))
+    for n in (2, 3, 4):
+        x = r.randn(n, 5).astype("float32")
+        got = list(prog.run({"arg_0": x}).values())[0].numpy()
+        np.testing.assert_allclose(got, fn(mge.tensor(x)).numpy(), rtol=1e-5)
+
+
 def test_what_upstream_would_compute_otherwise_is_refused():
     x = np.random.RandomState(0).randn(2, 4).astype("float32")
     # a cond_take's values have the shape the data gives them: a writer that takes the traced
-    # shape (a reshape's target, a sort's rows) would write that one
-    with pytest.raises(DumpError, match=r"Reshape reads a value whose shape the data decides"):
-        _dumped(lambda x: F.cond_take(x > 0, x)[0].reshape(-1, 1), x)
+    # shape (a reshape's constant target, a sort's rows) would write that one
+    four = np.array([[1, -1, 2, -2], [3, -3, 4, -4]], "float32")  # (four values taken)
+    with pytest.raises(DumpError, match=r"operator 'Reshape': it fails on the zero-valued "
+                                         r"samples .* a value whose shape the data decides"):
+        _dumped(lambda x: F.cond_take(x > 0, x)[0].reshape(2, 2), four)
     with pytest.raises(DumpError, match=r"ArgsortForward reads a value whose shape the data"):
         _dumped(lambda x: F.sort(F.cond_take(x > 0, x)[0]), x)
     # the Network knows shapes from zero-valued samples, where a cond_take's value is empty:

@@ -148,7 +148,8 @@ def write_upstream(net, metadata=None, testcases=None):
         p = graph_params(opr)
         if g.dynamic and any(id(v) in g.dynamic for v in ins):  # (a cond_take's result)
             write = t in ("IndexingSetMultiAxisVec", "IndexingIncrMultiAxisVec")
-            if t not in _SHAPE_FREE and not (write and id(ins[0]) not in g.dynamic):
+            if t not in _SHAPE_FREE and not (write and id(ins[0]) not in g.dynamic) \
+                    and not _target_follows(opr, t):
                 _refuse(opr, f"its {t} reads a value whose shape the data decides (a "
                              "cond_take's), and its writer here takes the traced shape; "
                              "element-wise operators, casts, reductions, indexing, writes "
@@ -189,6 +190,22 @@ def write_upstream(net, metadata=None, testcases=None):
             2: ("Q", int(metadata.get("optimize_options", 0))),
             3: ("str", pickle.dumps(metadata.get("user_info"), protocol=4))})}
     return _model_bytes(g, outs, more)
+
+
+def _target_follows(opr, t):
+    """Whether operator ``opr`` of graph type ``t`` (a Reshape, Fill or Broadcast) takes its
+    target shape where the file runs (sizes computed from shapes, a Reshape's inferred axis, a
+    shape input), so that it may read a value whose shape the data decides (``v.reshape(-1,
+    1)``, ``F.ones(v.shape)`` of a cond_take's ``v``), as upstream's own dumps compute them."""
+    frozen = dict(opr._dyn or ()).get("shape")
+    if t == "Reshape":
+        return frozen is not None or _inferred_axis(opr) is not None
+    if t == "Fill":
+        return frozen is not None
+    if t == "Broadcast":  # (as `_basic._broadcast` takes its target)
+        return len(opr.inputs) > 1 or frozen is not None and not any(
+            type(v) is int and v == -1 for v in frozen[1])
+    return False
 
 
 def upstream_bytes(graph, w):

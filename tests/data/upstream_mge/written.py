@@ -208,7 +208,9 @@ def models():
                     # (splits along the batch: the last of sections, every part of a count)
                     F.split(x, [1], axis=0)[1] * 2, F.split(x, 2, axis=0)[0].sum(0),
                     # (writes of a number into parts of the batch's size, and through a mask)
-                    _writes(x))
+                    _writes(x),
+                    # (reshapes, fills and broadcasts of a value whose size the data decides)
+                    _data_sized(F.cond_take(x > 0, x)[0]))
 
     def _writes(x):
         y = x * 1.0
@@ -218,6 +220,10 @@ def models():
         y[y > 1.2] = 3.0
         y[F.abs(y) < 0.2] += 2.0
         return y
+
+    def _data_sized(v):
+        rows = v.reshape(v.shape[0], 1) * F.ones((1, 2)) + F.zeros_like(v).reshape(-1, 1)
+        return rows.sum(0) + F.broadcast_to(v.reshape(-1, 1), (v.shape[0], 2)).mean(0)
 
     def batch():
         net = seeded(Batch())
