@@ -112,8 +112,9 @@ def _dumped(fn, *xs, **options):
 
 def test_what_has_no_writer_is_refused_by_name_before_writing():
     x = np.random.RandomState(0).randn(2, 4).astype("float32")
-    with pytest.raises(DumpError, match=r"_non_zero.*no writer.*dump without dump_format"):
-        _dumped(lambda x: F.non_zero(x > 0), x)
+    with pytest.raises(DumpError, match=r"_cvt_uint8.*no writer.*dump without dump_format"):
+        _dumped(lambda x: F.vision.cvt_color(x, "RGB2GRAY"),
+                np.zeros((1, 2, 2, 3), "uint8"))  # (of uint8 images: this fork's own kernel)
     with pytest.raises(DumpError, match=r"indexes a value of 3 axes by a mask of 2 axes comp"):
         _dumped(lambda x: (lambda c: c[c[:, :, 0] > 0])(x.reshape(2, 2, 2)), x)
     with pytest.raises(DumpError, match=r"indexes by an empty index array"):
@@ -131,7 +132,7 @@ def test_what_has_no_writer_is_refused_by_name_before_writing():
         _dumped(bn, x)
     # a refused dump writes nothing into the file
     buf = io.BytesIO()
-    traced = trace(lambda x: F.non_zero(x > 0), symbolic=True, capture_as_const=True)
+    traced = trace(lambda x: F.svd(x)[1], symbolic=True, capture_as_const=True)
     traced(mge.tensor(x))
     with pytest.raises(DumpError):
         traced.dump(buf, dump_format="FBS_V2")
@@ -153,6 +154,24 @@ def test_targets_computed_from_a_data_sized_value_are_computed_in_the_file():
         x = r.randn(n, 5).astype("float32")
         got = list(prog.run({"arg_0": x}).values())[0].numpy()
         np.testing.assert_allclose(got, fn(mge.tensor(x)).numpy(), rtol=1e-5)
+
+
+def test_non_zero_is_written_as_places_of_the_flattened_value():
+    # this fork's non_zero and one-argument where (upstream 1.13 has neither) as upstream's
+    # operators give them: CondTake's flat places turned into coordinates with the sizes read
+    # where the file runs (upstream ran such files at batches 2 and 3 to eager's values,
+    # measured); they were refused. -0.0 is zero and NaN is not, as numpy's nonzero
+    fns = (lambda x: F.non_zero(x > 0.3), lambda x: F.non_zero(F.relu(x - 0.5)),
+           lambda x: F.where(x[:, 0] > 0)[0] * 2,
+           lambda x: F.non_zero((x * 3).astype("int32")))
+    r = np.random.RandomState(0)
+    for fn in fns:
+        prog = load(io.BytesIO(_dumped(fn, r.randn(2, 5).astype("float32")).getvalue()))
+        for n in (3, 2):
+            x = r.randn(n, 5).astype("float32")
+            x[0, :3] = (-0.0, np.nan, 1e-30)
+            got = list(prog.run({"arg_0": x}).values())[0].numpy()
+            np.testing.assert_array_equal(got, fn(mge.tensor(x)).numpy())
 
 
 def test_what_upstream_would_compute_otherwise_is_refused():

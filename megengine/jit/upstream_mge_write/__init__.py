@@ -46,7 +46,8 @@ from ._basic import (_broadcast, _broadcast_as, _compute, _elemwise, _fill, _lea
                      _linspace, _log_softmax, _prelu, _roll, _sizes, _split, _stack, _topk,
                      _where)
 from ._indexing import (_SHAPE_FREE, _argsort_compute, _cond_take, _cumsum, _diag, _embedding,
-                        _matinv, _one_hot, _scatter, _sort, _subtensor, _take_along_axis)
+                        _matinv, _non_zero, _one_hot, _scatter, _sort, _subtensor,
+                        _take_along_axis)
 from ._layers import (_batch_norm, _conv_bias, _convolution3d, _convolution_any,
                       _deformable_conv, _group_local, _matrix_mul)
 from ._norms import (_compute_check, _cross_entropy, _log_sum_exp, _normalization, _p_norm,
@@ -92,7 +93,7 @@ _EXPANSIONS = {
 # this fork's Compute functions written by a writer of their own (`_compute` writes argmax
 # and argmin)
 _COMPUTED = {"_nms_keep": _nms, "_isinf": _compute_check, "_isnan": _compute_check,
-             "_one_hot": _one_hot, "_argsort": _argsort_compute}
+             "_one_hot": _one_hot, "_argsort": _argsort_compute, "_non_zero": _non_zero}
 # what `trace.dump(dump_format="FBS_V2")` writes, by the graph type `megengine.utils.network`
 # gives each operator
 SUPPORTED = ("Host2DeviceCopy", "ImmutableTensor") + tuple(sorted({*_OPERATORS, *_EXPANSIONS}))

@@ -473,6 +473,48 @@ def _cond_take(g, opr, ins, outs, p, device):
         g.dynamic.add(id(v))
 
 
+def _non_zero(g, opr, ins, outs, p, device):
+    """``non_zero(x)`` (and one-argument ``where``: this fork's, upstream 1.13 has neither):
+    the (n, ndim) int32 coordinates of x's non-zero items, as upstream's operators give them:
+    the flat places of x's non-zero items (CondTake of x != 0, flattened, its size inferred),
+    each axis's coordinate the place divided by the sizes after that axis, modulo that axis's
+    size (sizes read where the file runs), side by side; n is decided by the data."""
+    x, y = ins[0], outs[0]
+    shape, dtype = tuple(x.shape), np.dtype(x.dtype)
+    if not shape or dtype.metadata is not None:
+        _refuse(opr, f"a non_zero of a {'quantized' if shape else '0-d'} value; non_zero of "
+                     "values of one or more axes is written")
+    k, name = g.ids[id(x)], y.name
+    size = int(np.prod(shape, dtype=np.int64))
+    flat = k if len(shape) == 1 else g.reshape(k, g.shape_const([1], device, f"{name}:flat"),
+                                               f"{name}:flat", (size,), axis=0)
+    true = 1.0  # (what CondTake keeps: a bool mask's True)
+    if dtype != np.bool_:  # (x == 0 as 1 / 0 in x's dtype, whose 0s CondTake keeps exactly:
+        # upstream's Elemwise has no NEQ kernel)
+        flat = g.elemwise("EQ", [flat, g.const(np.zeros(1, dtype), device, f"{name}:zero")],
+                          f"{name}:zeros", (size,))
+        true = 0.0
+    places = _unshaped(g, g.op("CondTake", 1, 25, {1: ("f", true)}, [flat, flat],
+                               [(f"{name}:true", ()), (f"{name}:places", ())]))[1]
+    columns, after = [], None  # (the product of the sizes after the axis)
+    for d in range(len(shape) - 1, -1, -1):
+        n = g.shape_of(k, d, f"{name}:size{d}")
+        c = places if after is None else _unshaped(g, [g.elemwise(
+            "FLOOR_DIV", [places, after], f"{name}:over{d}", ())])[0]
+        if d:
+            c = _unshaped(g, [g.elemwise("MOD", [c, n], f"{name}:at{d}", ())])[0]
+            after = n if after is None else g.elemwise("MUL", [after, n], f"{name}:after{d}",
+                                                        (1,))
+        columns.insert(0, _unshaped(g, g.op("AxisAddRemove", 1, 65, {0: ("structs <Ii",
+                                                                           [(0, 1)])},
+                                            [c], [(f"{name}:column{d}", ())]))[0])
+    made = columns[0] if len(columns) == 1 else _unshaped(g, [g.concat(
+        columns, 1, f"{name}:coordinates", (), device)])[0]
+    g.middle[made][0] = ("str", name)
+    g.ids[id(y)] = made
+    g.dynamic.add(id(y))
+
+
 # the graph types that may read a value whose shape data decides (a cond_take's): their
 # writers take no shape from the traced one (which is not the shape at run time)
 _SHAPE_FREE = {"Elemwise", "TypeCvt", "Reduce", "Subtensor", "IndexingMultiAxisVec", "Concat",

@@ -210,7 +210,9 @@ def models():
                     # (writes of a number into parts of the batch's size, and through a mask)
                     _writes(x),
                     # (reshapes, fills and broadcasts of a value whose size the data decides)
-                    _data_sized(F.cond_take(x > 0, x)[0]))
+                    _data_sized(F.cond_take(x > 0, x)[0]),
+                    # (this fork's non_zero: coordinates of CondTake's flat places)
+                    F.non_zero(x > 0.5))
 
     def _writes(x):
         y = x * 1.0
