@@ -225,16 +225,21 @@ def write(seeds, out_dir, dyn=False):
     return stats, refused, wrong, batch
 
 
-def serve(out_dir):
-    """Upstream's side: run each written file of ``out_dir``; prints the seeds it computes
-    other values for (or fails to run), one per line: ``FAILS seed``, or ``PLANS seed`` where
-    the same file gives eager's values once upstream keeps every value it computes (each var
-    an output of the run): the file computes the program, and upstream's memory plan of the
-    run that keeps its outputs only is what goes wrong. A file with a second input (``bx``) is
-    run there too: ``BATCH seed right``, ``raised`` (then the error), ``plans`` or ``wrong``."""
+def serve(out_dir, first=0, last=None):
+    """Upstream's side: run each written file of ``out_dir`` (of seeds ``first`` to ``last``);
+    prints the seeds it computes other values for (or fails to run), one per line: ``FAILS
+    seed``, or ``PLANS seed`` where the same file gives eager's values once upstream keeps
+    every value it computes (each var an output of the run): the file computes the program,
+    and upstream's memory plan of the run that keeps its outputs only is what goes wrong. A
+    file with a second input (``bx``) is run there too: ``BATCH seed right``, ``raised`` (then
+    the error), ``plans`` or ``wrong``. ``START seed`` before each file and ``DONE`` at the end
+    tell the caller where a crash of upstream's process happened (`_serve`)."""
     for path in sorted(glob.glob(os.path.join(out_dir, "w*.mge"))):
         ref = np.load(path[:-4] + ".npz")
         seed = os.path.basename(path)[1:-4]
+        if int(seed) < first or last is not None and int(seed) > last:
+            continue
+        print("START", seed, flush=True)
         want = [ref[f"want{i}"] for i in range(sum(k.startswith("want") for k in ref))]
         how = _run_upstream(path, ref["x"], want)
         if how != "right":
@@ -242,6 +247,39 @@ def serve(out_dir):
         if "bx" in ref:
             want = [ref[f"bwant{i}"] for i in range(sum(k.startswith("bwant") for k in ref))]
             print("BATCH", seed, _run_upstream(path, ref["bx"], want, raises=True), flush=True)
+    print("DONE", flush=True)
+
+
+def _serve(python, out_dir):
+    """`serve` in upstream's interpreter ``python``, restarted past a file its process crashed
+    on: upstream 1.13's runtime segfaults on some sequences of files that it runs alone (each
+    alone, and each five times in one process: measured on --dyn programs 5101-5103, whose
+    three together crash it, at the third file or at exit). Returns (the result lines, the
+    seeds it crashed on with whether it also crashes on that file alone, the error output of a
+    run that failed otherwise or None)."""
+    import tempfile
+
+    env = dict(os.environ, PYTHONPATH="")
+
+    def run(*bounds):
+        out = subprocess.run([python, os.path.abspath(__file__), "--serve", out_dir,
+                              *map(str, bounds)], capture_output=True, text=True, env=env,
+                             cwd=tempfile.gettempdir())
+        return out, [line.split() for line in out.stdout.splitlines()]
+
+    lines, crashed, first = [], {}, 0
+    while True:
+        out, got = run(first)
+        started = [int(w[1]) for w in got if w[:1] == ["START"]]
+        if out.returncode == 0 or ["DONE"] in got:  # (a crash at exit: every file was run)
+            lines += got
+            return lines, crashed, None
+        if not started or started[-1] < first:  # (not at a file: the interpreter or the
+            return lines, crashed, out.stderr[-2000:]  # import failed)
+        seed = started[-1]  # (the file it was running: its lines, if any, are left out)
+        lines += [w for w in got if len(w) < 2 or w[1] != str(seed)]
+        crashed[seed] = run(seed, seed)[0].returncode != 0
+        first = seed + 1
 
 
 def _run_upstream(path, x, want, raises=False):
@@ -321,20 +359,21 @@ def main(argv=None):
     failures = list(wrong)
     batch_wrong = [(s, "read back here") for s in batch["wrong"]]
     if args.upstream:
-        env = dict(os.environ, PYTHONPATH="")
-        out = subprocess.run([args.upstream, os.path.abspath(__file__), "--serve", out_dir],
-                             capture_output=True, text=True, env=env, cwd=tempfile.gettempdir())
-        lines = [line.split() for line in out.stdout.splitlines()]
+        lines, crashed, error = _serve(args.upstream, out_dir)
         planned = [int(w[1]) for w in lines if w[:1] == ["PLANS"]]
         failed = [int(w[1]) for w in lines if w[:1] == ["FAILS"]]
         theirs = [s for s in failed if any(pat in source(s) for pat in UPSTREAM_BROADCAST_WRITES)]
         overflows = [s for s in failed if s not in theirs and _overflows(source(s), out_dir, s)]
         bad = [s for s in failed if s not in theirs and s not in overflows]
-        print(f"upstream ran {stats.get('written', 0) - len(failed) - len(planned)} of "
+        ran = sorted({int(w[1]) for w in lines if w[:1] == ["START"]})
+        alone = [s for s, again in crashed.items() if again]  # (a crash on the file itself)
+        print(f"upstream ran {len(ran) - len(failed) - len(planned)} of "
               f"{stats.get('written', 0)} to eager's values; {len(planned)} more when it keeps "
               f"every value (its memory plan, see above); writes into a broadcast value "
               f"(upstream's runtime): {len(theirs)}; an exp that overflows (upstream's "
-              f"saturates): {len(overflows)}; other: {bad or 'none'}")
+              f"saturates): {len(overflows)}; its process crashed on {len(crashed)} after other "
+              f"files ({sorted(crashed) or 'none'}; on the file alone too: {alone or 'none'}); "
+              f"other: {bad or 'none'}")
         # the second shape, with the same cases set apart
         up = {"right": [], "raised": {}, "plans": [], "wrong": []}
         for w in lines:
@@ -352,10 +391,11 @@ def main(argv=None):
               f"broadcast value: {len(btheirs)}; an exp that overflows: {len(bover)}; "
               f"{len(bbad)} wrong: {bbad or 'none'}")
         print("\n".join(_raises(up["raised"])) or "    (none raised)")
-        if out.returncode:
-            print(out.stderr[-2000:])
+        if error is not None or len(ran) + len(crashed) != stats.get("written", 0):
+            print(error or f"upstream's side ran {len(ran)} files of "
+                           f"{stats.get('written', 0)}")
             failures.append("upstream's side")
-        failures += bad
+        failures += bad + alone
         batch_wrong += [(s, "upstream") for s in bbad]
     for s, side in batch_wrong:
         print(f"\nprogram {s}: other values at batch+1 ({side}), eager's inputs and values in "
@@ -367,6 +407,7 @@ def main(argv=None):
 
 if __name__ == "__main__":
     if "--serve" in sys.argv:  # (upstream's interpreter: by path, no package around it)
-        serve(sys.argv[sys.argv.index("--serve") + 1])
+        at = sys.argv.index("--serve")
+        serve(sys.argv[at + 1], *map(int, sys.argv[at + 2:at + 4]))
     else:
         sys.exit(main())
