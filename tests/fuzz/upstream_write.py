@@ -49,6 +49,10 @@ those of the second shape, where it is not skipped). ``--dyn`` draws programs wi
 fuzzer's blocks of values whose shapes data decides (masks, ``cond_take``, ``nms``), which
 the file holds without a shape.
 
+Upstream 1.13's runtime also segfaults on some sequences of files that it runs right one by
+one (--dyn programs 5101-5103: the three in one process crash it): its side is restarted past
+the file it crashed on, which is then run alone; only a crash on a file alone is a finding.
+
 This file's upstream side runs it by path (``--serve DIR``): it imports only numpy at its top.
 """
 import glob
