@@ -42,9 +42,9 @@ from ..upstream_mge import _LAYOUTS, _OPTION_BITS
 from ._base import (_EVERY_AXIS, _MAX_NDIM, _NO_AXIS, _OPERATORS, _WITH_COMP_NODE, _check,
                     _dtype, _Encoder, _Graph, _inferred_axis, _model_bytes, _operator, _refuse,
                     _target_shape, _tensor, _type_id, _user_stacklevel)
-from ._basic import (_broadcast, _broadcast_as, _compute, _elemwise, _fill, _leaky_relu,
-                     _linspace, _log_softmax, _prelu, _roll, _sizes, _split, _stack, _topk,
-                     _where)
+from ._basic import (_broadcast, _broadcast_as, _compute, _computed_target, _elemwise, _fill,
+                     _leaky_relu, _linspace, _log_softmax, _prelu, _roll, _sizes, _split,
+                     _stack, _topk, _where)
 from ._indexing import (_SHAPE_FREE, _argsort_compute, _cond_take, _cumsum, _diag, _embedding,
                         _matinv, _non_zero, _one_hot, _scatter, _sort, _subtensor,
                         _take_along_axis)
@@ -204,8 +204,7 @@ def _target_follows(opr, t):
     if t == "Fill":
         return frozen is not None
     if t == "Broadcast":  # (as `_basic._broadcast` takes its target)
-        return len(opr.inputs) > 1 or frozen is not None and not any(
-            type(v) is int and v == -1 for v in frozen[1])
+        return len(opr.inputs) > 1 or _computed_target(opr)
     return False
 
 

@@ -353,6 +353,11 @@ class _Graph:
         params = {} if axis is None else {0: ("i", axis)}
         return self.op("GetVarShapeV1", 1, 54, params, [k], [(name, shape)])[0]
 
+    def flatten(self, k, size, name, device):
+        """Var ``k`` as one axis of ``size`` items, its size inferred where the file runs
+        (upstream's Reshape of one axis left to infer)."""
+        return self.reshape(k, self.shape_const([1], device, name), name, (size,), axis=0)
+
     def rows(self, k, shape, name, device):
         """Var ``k``, a value of ``shape``, as the rows of its last axis (upstream's TopK and
         Argsort take 2-d values only): ``k`` itself when 2-d, else reshaped with the row count

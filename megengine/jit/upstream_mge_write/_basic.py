@@ -262,8 +262,7 @@ def _roll(g, opr, ins, outs, p, device):
     flat = axes is None
     if flat:
         size = int(np.prod(shape))
-        x = g.reshape(x, g.shape_const([1], device, f"{y.name}:flat"), f"{y.name}:flat",
-                      (size,), axis=0)
+        x = g.flatten(x, size, f"{y.name}:flat", device)
         now, shifts, axes = (size,), (shifts,), (0,)
     else:
         now = shape
@@ -340,8 +339,7 @@ def _broadcast(g, opr, ins, outs, p, device):
         def target():  # (a target computed from shapes is computed in the file: it follows)
             if len(ins) > 1:
                 return g.ids[id(ins[1])]
-            frozen = dict(opr._dyn or ()).get("shape")
-            if frozen is not None and not any(type(v) is int and v == -1 for v in frozen[1]):
+            if _computed_target(opr):
                 return _target_shape(g, opr, y, device)
             return g.shape_const(y.shape, device, opr.name)
 
@@ -359,6 +357,13 @@ def _broadcast(g, opr, ins, outs, p, device):
         _refuse(opr, f"its value {value!r} is not written")
     g.ids[id(y)] = g.broadcast(value, (1,), y.shape, y.name,
                                lambda: _target_shape(g, opr, y, device))
+
+
+def _computed_target(opr):
+    """Whether a broadcast's target shape, given as sizes, is computed from shapes (written as
+    `_target_shape` computes it where the file runs); a target holding -1 is the traced one."""
+    frozen = dict(opr._dyn or ()).get("shape")
+    return frozen is not None and not any(type(v) is int and v == -1 for v in frozen[1])
 
 
 def _fill(g, opr, ins, outs, p, device):

@@ -215,12 +215,8 @@ def _masked_write(g, opr, ins, outs, mask, device):
     where the file runs, or one value per place), reshaped back to the input's shape."""
     x, value, y = ins[0], ins[1], outs[0]
     size = int(np.prod(x.shape, dtype=np.int64))
-
-    def flat(k, tag):
-        return g.reshape(k, g.shape_const([1], device, f"{y.name}:{tag}"), f"{y.name}:{tag}",
-                         (size,), axis=0)
-
-    data, where = flat(g.ids[id(x)], "flat"), flat(g.ids[id(mask)], "mask")
+    data = g.flatten(g.ids[id(x)], size, f"{y.name}:flat", device)
+    where = g.flatten(g.ids[id(mask)], size, f"{y.name}:mask", device)
     places = _unshaped(g, g.op("CondTake", 1, 25, {1: ("f", 1.0)}, [where, where],
                                [(f"{y.name}:true", ()), (f"{y.name}:places", ())]))[1]
     params = {0: ("structs <b????", [(0, False, False, False, True)])}
@@ -486,8 +482,7 @@ def _non_zero(g, opr, ins, outs, p, device):
                      "values of one or more axes is written")
     k, name = g.ids[id(x)], y.name
     size = int(np.prod(shape, dtype=np.int64))
-    flat = k if len(shape) == 1 else g.reshape(k, g.shape_const([1], device, f"{name}:flat"),
-                                               f"{name}:flat", (size,), axis=0)
+    flat = k if len(shape) == 1 else g.flatten(k, size, f"{name}:flat", device)
     true = 1.0  # (what CondTake keeps: a bool mask's True)
     if dtype != np.bool_:  # (x == 0 as 1 / 0 in x's dtype, whose 0s CondTake keeps exactly:
         # upstream's Elemwise has no NEQ kernel)
