@@ -493,10 +493,10 @@ def _non_zero(g, opr, ins, outs, p, device):
                                [(f"{name}:true", ()), (f"{name}:places", ())]))[1]
     columns, after = [], None  # (the product of the sizes after the axis)
     for d in range(len(shape) - 1, -1, -1):
-        n = g.shape_of(k, d, f"{name}:size{d}")
         c = places if after is None else _unshaped(g, [g.elemwise(
             "FLOOR_DIV", [places, after], f"{name}:over{d}", ())])[0]
-        if d:
+        if d:  # (the first axis's coordinate is below its size: no modulo, no size read)
+            n = g.shape_of(k, d, f"{name}:size{d}")
             c = _unshaped(g, [g.elemwise("MOD", [c, n], f"{name}:at{d}", ())])[0]
             after = n if after is None else g.elemwise("MUL", [after, n], f"{name}:after{d}",
                                                         (1,))
