@@ -19,7 +19,9 @@ between them. Any network may hold an nn.Embedding block fed int32 indices compu
 megengine side (under autocast fixed rows: see `draw`), and a block with a non-persistent buffer taking non-tensor arguments (a string,
 an int); training may switch to eval mode for a step, attach only some parameters to the
 GradManager (the rest must stay unchanged), accumulate two backward passes per step, scale the
-loss with ``amp.GradScaler``, or change the learning rate through ``param_groups`` midway. A
+loss with ``amp.GradScaler`` (an update it skips for inf/nan gradients, the twin skips where
+its own gradients scaled so overflow too: `_skipped`), or change the learning rate through
+``param_groups`` midway. A
 float32 family (SGD only) runs at tolerances measured for it, widened by what a float64 twin
 says the network amplifies (`AMPLIFIED`), some of it under ``amp.autocast`` against the twin
 under ``torch.autocast`` (widened by that twin's float16 distance from float64,
@@ -443,12 +445,12 @@ class _Float64Twin:
     def of(cls, twin, plan):
         return cls(twin, plan) if plan[4]["dtype"] == "float32" else None
 
-    def step(self, k, batches, tlosses, want):
-        """Step ``k`` of the float64 twin; the slack of each of the float32 twin's losses
-        ``tlosses`` and of each tensor of its state ``want``."""
+    def step(self, k, batches, tlosses, want, skip=False):
+        """Step ``k`` of the float64 twin (``skip``: its update left out); the slack of each of
+        the float32 twin's losses ``tlosses`` and of each tensor of its state ``want``."""
         _set_mode(([self.twin], [self.opt]), k, self.opts)
         losses = _twin_step(self.twin, self.opt, [(x.astype("float64"), y) for x, y in batches],
-                            self.opts)
+                            self.opts, skip)
         state = _twin_state(self.twin, self.plan[1])
         return ([abs(a - b) for a, b in zip(tlosses, losses)],
                 {name: float(np.abs(value - state[name]).max(initial=0.0))
@@ -468,7 +470,9 @@ def _attached(net, blocks_of_wrappers, opts):
 
 
 def _mge_step(net, make_opt, plan, callbacks=()):
-    """The megengine training step of a plan: ``step(*batches)`` -> the loss of each batch."""
+    """The megengine training step of a plan: ``step(*batches)`` -> the loss of each batch;
+    ``step.skipped()`` says whether the last step's ``amp.GradScaler`` found inf/nan gradients
+    and so skipped the update (it then backs its scale off)."""
     opts = plan[4]
     params = list(net.parameters())
     gm = GradManager().attach(_attached(net, plan[1], opts), callbacks=list(callbacks))
@@ -497,7 +501,24 @@ def _mge_step(net, make_opt, plan, callbacks=()):
 
     if opts["trace"] != "none":
         step = trace(step, symbolic=opts["trace"] == "symbolic")
-    return step, opt
+    return _Step(step, scaler), opt
+
+
+class _Step:
+    """A (traced) step and its scaler: ``skipped()`` after a call says whether the scaler
+    backed off, which it does exactly when it found inf/nan and dropped the gradients."""
+
+    def __init__(self, step, scaler):
+        self._step, self._scaler, self._skipped = step, scaler, False
+
+    def __call__(self, *batches):
+        self.scale = self._scaler.scale_factor if self._scaler else None
+        losses = self._step(*batches)
+        self._skipped = self._scaler is not None and self._scaler.scale_factor < self.scale
+        return losses
+
+    def skipped(self):
+        return self._skipped
 
 
 def _batches(plan, seed, k):
@@ -520,13 +541,17 @@ def _twin_logits(twin, x, opts):
         return twin(_to_torch(x)).to(getattr(torch, opts["dtype"]))
 
 
-def _twin_step(twin, topt, batches, opts):
+def _twin_step(twin, topt, batches, opts, skip=False):
+    """The twin's losses of one step; ``skip``: without its update (torch's GradScaler skips
+    ``optimizer.step()`` after inf/nan gradients as megengine's drops them)."""
     topt.zero_grad()
     losses = []
     for x, y in batches:
         loss = tF.cross_entropy(_twin_logits(twin, x, opts), _to_torch(y).long())
         loss.backward()
         losses.append(loss.item())
+    if skip:
+        return losses
     if opts["clip"]:
         torch.nn.utils.clip_grad_norm_([p for g in topt.param_groups for p in g["params"]],
                                        opts["clip"])
@@ -552,11 +577,30 @@ def _set_mode(modules, k, opts):
                 group["lr"] *= 0.5
 
 
+def _skipped(skipped, scale, twin, parts, opts, k, where=""):
+    """Whether the twin skips step ``k``'s update: where megengine's GradScaler found inf/nan
+    float16 gradients of the batches ``parts`` (network 116780: each data-parallel rank's
+    gradient, twice the whole batch's per sample, overflowed at scale 32768), or float32 ones of
+    a diverging training. Only if the twin's own gradients of those batches, scaled as torch's
+    GradScaler scales them, overflow too: where they do not, the skip is a mismatch."""
+    if not skipped:
+        return False
+    copy_ = copy.deepcopy(twin)  # its forward would move the twin's batch norm statistics
+    params = [p for p in copy_.parameters() if p.requires_grad]
+    for x, y in parts:
+        loss = tF.cross_entropy(_twin_logits(copy_, x, opts), _to_torch(y).long())
+        grads = torch.autograd.grad(loss * scale, params, allow_unused=True)
+        if not all(torch.isfinite(g).all() for g in grads if g is not None):
+            return True
+    raise BridgeMismatch(f"{where}step {k}: the GradScaler found inf/nan gradients at scale "
+                         f"{scale} and skipped the update, where the twin's gradients "
+                         f"scaled so are finite (autocast {opts['autocast']})")
+
+
 def _diverged(tlosses):
     """Whether the twin's training has diverged (a loss not finite): past it nothing compares.
     A draw can diverge (network 31130: SGD with nesterov at lr 0.05, the loss 2.8 to 4e25 in
-    eight steps on both sides alike, then overflowing), and megengine's ``amp.GradScaler`` then
-    skips the step that the twin, which has no scaler, takes into nan."""
+    eight steps on both sides alike, then overflowing to nan)."""
     return not np.isfinite(tlosses).all()
 
 
@@ -573,11 +617,12 @@ def check(seed):
         _set_mode(([net, twin], [opt, topt]), k, opts)
         batches = _batches(plan, seed, k)
         losses = step(*[(mge.tensor(x, dtype=dtype), mge.tensor(y)) for x, y in batches])
-        tlosses = _twin_step(twin, topt, batches, opts)
+        skip = _skipped(step.skipped(), step.scale, twin, batches, opts, k)
+        tlosses = _twin_step(twin, topt, batches, opts, skip)
         if _diverged(tlosses):
             return opts
         want = _twin_state(twin, plan[1])
-        loss_slack, slack = twin64.step(k, batches, tlosses, want) if twin64 else (
+        loss_slack, slack = twin64.step(k, batches, tlosses, want, skip) if twin64 else (
             [0.0] * len(tlosses), {})
         for loss, tloss, s in zip(losses, tlosses, loss_slack):
             _compare(f"step {k} loss", loss.numpy(), tloss, tol, s)
@@ -732,14 +777,15 @@ def _dp_rank(seed):
     opts, rank = plan[4], dist.get_rank()
     step, opt = _mge_step(net, _optimizers(opts)[0], plan, [dist.make_allreduce_cb("mean")])
     half = opts["batch"] // 2
-    losses, states = [], []
+    losses, states, skipped = [], [], []  # skipped: (whether, at which scale) per step
     for k in range(opts["steps"] * 2):
         _set_mode(([net], [opt]), k, opts)
         (x, y), = _batches(plan, seed, k)
         x, y = x[rank * half:(rank + 1) * half], y[rank * half:(rank + 1) * half]
         losses.append(float(step((mge.tensor(x, dtype=opts["dtype"]), mge.tensor(y)))[0]))
         states.append(_state(net))
-    return losses, states
+        skipped.append((step.skipped(), step.scale))
+    return losses, states, skipped
 
 
 def check_dp(seed):
@@ -757,14 +803,23 @@ def check_dp(seed):
     for k in range(opts["steps"] * 2):
         _set_mode(([twin], [topt]), k, opts)
         batches = _batches(plan, seed, k)
-        tloss, = _twin_step(twin, topt, batches, opts)
+        skips = {skipped[k] for _, _, skipped in ranks}
+        if len(skips) > 1:  # the all-reduced gradients are the same on both ranks
+            raise BridgeMismatch(f"data-parallel step {k}: the ranks' GradScalers differ "
+                                 f"(skipped, scale): {sorted(skips)}")
+        (x, y), = batches
+        half = opts["batch"] // 2
+        skip = _skipped(*skips.pop(), twin, [(x[:half], y[:half]), (x[half:], y[half:])], opts,
+                        k, "data-parallel ")
+        tloss, = _twin_step(twin, topt, batches, opts, skip)
         if _diverged([tloss]):
             break
         want = _twin_state(twin, plan[1])
-        (loss_slack,), slack = twin64.step(k, batches, [tloss], want) if twin64 else ((0.0,), {})
+        (loss_slack,), slack = twin64.step(k, batches, [tloss], want, skip) if twin64 else (
+            (0.0,), {})
         _compare(f"data-parallel step {k} mean loss of the ranks",
-                 np.mean([losses[k] for losses, _ in ranks]), tloss, tol, loss_slack)
-        for r, (_, states) in enumerate(ranks):
+                 np.mean([losses[k] for losses, _, _ in ranks]), tloss, tol, loss_slack)
+        for r, (_, states, _) in enumerate(ranks):
             _compare_state(states[k], want, f"data-parallel rank {r} after step {k}", tol, slack)
     return opts
 

@@ -70,6 +70,30 @@ def test_ranks_that_skip_the_gradient_all_reduce_are_caught(monkeypatch):
         bridge.check_dp(0)
 
 
+def test_a_step_the_gradscaler_skips_is_skipped_by_the_twin(monkeypatch):
+    # network 116780 failed so: under autocast, each rank's float16 gradient (twice the whole
+    # batch's per sample) overflowed at scale 32768 and megengine's GradScaler skipped step 9,
+    # which the twin, without a scaler, took; the twin's own scaled gradients overflow there too
+    if not torch.distributed.is_available():
+        pytest.skip("this torch build has no torch.distributed")
+    skip_if_forked_torch_autograd_fails()
+    seen = []
+    real = bridge._skipped
+    monkeypatch.setattr(bridge, "_skipped", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
+    bridge.check_dp(116780)
+    assert seen.index(True) == 9 and seen.count(True) == 1
+
+
+@pytest.mark.parametrize("seed", [136, 62])  # under autocast, and a float32 network
+def test_a_skip_where_the_twins_scaled_gradients_are_finite_is_caught(seed, monkeypatch):
+    opts = bridge.draw(seed)[4]
+    assert opts["scaler"] and opts["autocast"] == (seed == 136)
+    monkeypatch.setattr(bridge._Step, "skipped", lambda self: True)
+    with pytest.raises(bridge.BridgeMismatch, match="step 0: the GradScaler found inf/nan "
+                       f"gradients at scale {opts['scaler']}.*finite"):
+        bridge.check(seed)
+
+
 def test_draws_cover_the_bridge_features():
     # the first 100 plans reach every block kind and option the fuzzer knows
     kinds, options = set(), set()
@@ -137,14 +161,16 @@ def _nudge_after_each_step(monkeypatch, amount):
 
     def nudged(net, make_opt, plan):
         step, opt = real(net, make_opt, plan)
+        inner = step._step
 
         def run(*batches):
-            losses = step(*batches)
+            losses = inner(*batches)
             with torch.no_grad():
                 next(iter(net.wraps[0].torch_module.parameters())).add_(amount)
             return losses
 
-        return run, opt
+        step._step = run
+        return step, opt
 
     monkeypatch.setattr(bridge, "_mge_step", nudged)
 
