@@ -416,6 +416,43 @@ def test_files_follow_the_batch(fn):
         np.testing.assert_allclose(got, fn(mge.tensor(x)).numpy(), rtol=1e-6, atol=1e-6)
 
 
+def test_values_whose_shape_is_the_programs_again_after_a_mask_are_written():
+    # an element-wise op that broadcasts a data-decided axis away (to the size of another
+    # operand's) or a reduction over it gives a value of the program's shape: what reads it may
+    # take the traced shape. Each such program was refused (its convolution, softmax, ... "reads
+    # a value whose shape the data decides"). Read back where the mask keeps other counts
+    r = np.random.RandomState(0)
+    conv = M.Conv2d(4, 3, 3, padding=1)
+
+    def folded(x):  # (x's axis 1 masked, folded back into x's shape)
+        return x + x[:, x.mean(axis=(0, 2, 3)) > 0].mean(1, keepdims=True)
+
+    def rows(x):  # (2-d: a sum over the masked axis broadcast to (N, 4))
+        g = x[:, x.mean(axis=(0, 2, 3)) > 0]
+        return x.mean((2, 3)) * F.sigmoid(g.sum((1, 2, 3)).reshape(-1, 1))
+
+    for fn in (lambda x: conv(folded(x)), lambda x: F.softmax(folded(x), 1),
+               lambda x: F.topk(rows(x), 2)[0], lambda x: F.stack([rows(x), rows(x)], 2)):
+        prog = load(io.BytesIO(_dumped(fn, r.randn(2, 4, 3, 3).astype("float32")).getvalue()))
+        kept = set()
+        for n in (2, 3, 2, 2):
+            x = r.randn(n, 4, 3, 3).astype("float32")
+            kept.add(int((x.mean(axis=(0, 2, 3)) > 0).sum()))
+            got = list(prog.run({"arg_0": x}).values())[0].numpy()
+            np.testing.assert_allclose(got, fn(mge.tensor(x)).numpy(), rtol=1e-5, atol=1e-6)
+        assert len(kept) > 1
+
+
+def test_values_whose_axis_the_data_still_decides_are_refused_where_read_as_traced():
+    # broadcast against a size of 1 the axis stays the data's: a softmax of it is refused
+    with pytest.raises(DumpError, match=r"SoftmaxForward reads a value whose shape the data "):
+        _dumped(lambda x: F.softmax(x[x > 0].reshape(-1, 1) + F.zeros((1, 3)), 1),
+                np.random.RandomState(0).randn(2, 5).astype("float32"))
+    with pytest.raises(DumpError, match=r"SoftmaxForward reads a value whose shape the data "):
+        _dumped(lambda x: F.softmax(x[:, x.mean(0) > 0].mean(0, keepdims=True) * 2, 1),
+                np.random.RandomState(0).randn(2, 5).astype("float32"))
+
+
 def test_a_roll_along_an_empty_axis_is_refused():
     # (its cut is a remainder of a division by the traced 0)
     with pytest.raises(DumpError, match=r"a roll along an axis of size 0 \(shape \(0, 5\)\)"):

@@ -155,9 +155,8 @@ def write_upstream(net, metadata=None, testcases=None):
                              "cond_take's), and its writer here takes the traced shape; "
                              "element-wise operators, casts, reductions, indexing, writes "
                              "through index arrays and concat of such values are written")
-            if not write and (t != "Reduce" or p["axis"] != _EVERY_AXIS
-                              and len(ins[0].shape) > 1):  # (a sum of all: one item)
-                g.dynamic.update(id(v) for v in outs)
+            if not write:
+                _mark_data_sized(g, t, p, ins, outs)
         if t in _EXPANSIONS:
             _EXPANSIONS[t](g, opr, ins, outs, p if isinstance(p, dict) else {}, device)
             continue
@@ -191,6 +190,46 @@ def write_upstream(net, metadata=None, testcases=None):
             2: ("Q", int(metadata.get("optimize_options", 0))),
             3: ("str", pickle.dumps(metadata.get("user_info"), protocol=4))})}
     return _model_bytes(g, outs, more)
+
+
+def _mark_data_sized(g, t, p, ins, outs):
+    """Mark the outputs of an operator of graph type ``t`` that reads a value whose shape the
+    data decides with the axes whose sizes the data decides in them too (`_Graph.data_axes`):
+    by the operator's shape rule where it is one of these, element-wise broadcasting (``h +
+    g.mean(1, keepdims=True)`` of a mask's ``g = h[:, m]`` has ``h``'s shape) and a reduction
+    (a sum of all: one item), else all of their axes. An output with none stays unmarked: its
+    shape is the program's as traced, and so the writers after it may take it."""
+    if t in ("Elemwise", "TypeCvt", "Identity"):
+        y = outs[0]
+        n, axes = len(y.shape), set()
+        for i in range(n):  # (numpy's broadcasting: axes aligned from the last)
+            data = fixed = False
+            for v in ins:
+                j = i - (n - len(v.shape))
+                if j < 0:
+                    continue
+                if j in g.data_axes_of(v):
+                    data = True
+                elif v.shape[j] != 1:  # (a size of more than 1 there is the output's)
+                    fixed = True
+            if data and not fixed:
+                axes.add(i)
+        marked = {id(y): axes}
+    elif t == "Reduce":
+        x, y = ins[0], outs[0]
+        if p["axis"] == _EVERY_AXIS:
+            axes = set()
+        else:
+            axis = p["axis"] % len(x.shape)
+            kept = len(y.shape) == len(x.shape)  # (else the axis is dropped)
+            axes = {a if kept or a < axis else a - 1 for a in g.data_axes_of(x) if a != axis}
+        marked = {id(y): axes}
+    else:
+        marked = {id(v): set(range(len(v.shape))) for v in outs}
+    for k, axes in marked.items():
+        if axes:
+            g.dynamic.add(k)
+            g.data_axes[k] = frozenset(axes)
 
 
 def _target_follows(opr, t):

@@ -297,6 +297,14 @@ class _Graph:
     def __init__(self):
         self.ids, self.middle, self.ops = {}, [], []  # ids: id(a Network var) -> var number
         self.dynamic = set()  # ids of the Network vars whose shapes data decides (cond_take's)
+        self.data_axes = {}  # id -> the axes data decides of such a var, where known (else all)
+
+    def data_axes_of(self, v):
+        """The axes of Network var ``v`` whose sizes the data decides (none: its shape is the
+        program's; all of them where a writer marked it in `dynamic` without saying which)."""
+        if id(v) not in self.dynamic:
+            return frozenset()
+        return self.data_axes.get(id(v)) or frozenset(range(len(v.shape)))
 
     def var(self, name, shape):
         self.middle.append({0: ("str", name), 1: ("u32s", _shape(shape))})

@@ -214,6 +214,28 @@ def models():
                     # (this fork's non_zero: coordinates of CondTake's flat places)
                     F.non_zero(x > 0.5))
 
+    class Masked(M.Module):  # operators after a mask of channels folded back (run at 2 and 3)
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = M.Conv2d(4, 3, 3, padding=1), M.BatchNorm2d(4)
+            self.w = Parameter(np.zeros((4, 3), "float32"))
+
+        def forward(self, x):  # x: (N, 4, 3, 3)
+            # g's axis 1 the data decides (1 channel at the written input, 2 at the other
+            # batch's); h has x's shape again, so everything after it is written (an
+            # element-wise op broadcasting that axis away, or a reduction over it)
+            g = x[:, x.mean(axis=(0, 2, 3)) > 0]
+            h = x + g.mean(1, keepdims=True)
+            rows = h.mean((2, 3)) * F.sigmoid(g.sum((1, 2, 3)).reshape(-1, 1))
+            return (self.conv(h), self.bn(h), F.max_pool2d(h, 2), F.adaptive_avg_pool2d(h, 2),
+                    F.nn.interpolate(h, scale_factor=2), F.softmax(h, 1),
+                    F.logsoftmax(rows, 1), F.topk(rows, 2, descending=True)[0],
+                    F.argmax(rows, 1), F.matmul(rows, self.w), F.stack([rows, rows * 2], 1))
+
+    def masked():
+        return seeded(Masked()), {"x": np.random.RandomState(22).randn(2, 4, 3, 3).astype(
+            "float32")}
+
     def _writes(x):
         y = x * 1.0
         y[:, :2] = 0.5
@@ -452,7 +474,7 @@ def models():
         return quantize(qat), {"x": rng.randn(2, 2, 4, 4).astype("float32") * 2}
 
     return {"cnn": cnn, "mlp": mlp, "qtranspose": qtranspose, "more": more, "norms": norms, "qint8": quantized(qint8),
-            "quint8": quantized(quint8), "vision": vision, "indexing": indexing, "batch": batch,
+            "quint8": quantized(quint8), "vision": vision, "indexing": indexing, "batch": batch, "masked": masked,
             "layers": layers, "recurrent": recurrent}
 
 
@@ -461,7 +483,7 @@ QUANTIZED = {"qint8", "quint8", "qtranspose"}  # (built and traced on cpu0)
 # the files whose shapes follow the input's batch (a flatten traced with symbolic shapes: its
 # target shape is computed from the input's), run at this batch too (in2_*, fork2_*, up2_*)
 OTHER_BATCH = {"cnn": 3, "norms": 3, "batch": 3, "recurrent": 3, "qtranspose": 3, "layers": 3,
-               "qint8": 3, "quint8": 3}
+               "qint8": 3, "quint8": 3, "masked": 3}
 
 
 def other_batch(name, build):
