@@ -431,12 +431,18 @@ def test_values_whose_shape_is_the_programs_again_after_a_mask_are_written():
         g = x[:, x.mean(axis=(0, 2, 3)) > 0]
         return x.mean((2, 3)) * F.sigmoid(g.sum((1, 2, 3)).reshape(-1, 1))
 
-    for fn in (lambda x: conv(folded(x)), lambda x: F.softmax(folded(x), 1),
-               lambda x: F.topk(rows(x), 2)[0], lambda x: F.stack([rows(x), rows(x)], 2)):
-        prog = load(io.BytesIO(_dumped(fn, r.randn(2, 4, 3, 3).astype("float32")).getvalue()))
+    def pooled(x):  # (of (N, 4, 1, 1): only the mask's axis is the data's, not the 1s)
+        return F.relu(x + x[:, x.mean(axis=(0, 2, 3)) > 0].mean(1, keepdims=True))
+
+    for fn, size in ((lambda x: conv(folded(x)), 3), (lambda x: F.softmax(folded(x), 1), 3),
+                     (lambda x: F.topk(rows(x), 2)[0], 3),
+                     (lambda x: F.stack([rows(x), rows(x)], 2), 3),
+                     (lambda x: conv(pooled(x)), 1)):
+        x = r.randn(2, 4, size, size).astype("float32")
+        prog = load(io.BytesIO(_dumped(fn, x).getvalue()))
         kept = set()
         for n in (2, 3, 2, 2):
-            x = r.randn(n, 4, 3, 3).astype("float32")
+            x = r.randn(n, 4, size, size).astype("float32")
             kept.add(int((x.mean(axis=(0, 2, 3)) > 0).sum()))
             got = list(prog.run({"arg_0": x}).values())[0].numpy()
             np.testing.assert_allclose(got, fn(mge.tensor(x)).numpy(), rtol=1e-5, atol=1e-6)

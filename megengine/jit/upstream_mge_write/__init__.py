@@ -154,7 +154,9 @@ def write_upstream(net, metadata=None, testcases=None):
                 _refuse(opr, f"its {t} reads a value whose shape the data decides (a "
                              "cond_take's), and its writer here takes the traced shape; "
                              "element-wise operators, casts, reductions, indexing, writes "
-                             "through index arrays and concat of such values are written")
+                             "through index arrays and concat of such values are written, "
+                             "and any operator once the value has the program's shape again "
+                             "(x + g.mean(1, keepdims=True) of a mask's g = x[:, m])")
             if not write:
                 _mark_data_sized(g, t, p, ins, outs)
         if t in _EXPANSIONS:

@@ -289,6 +289,9 @@ def _indexing(g, opr, ins, outs, index, device):
     made = g.op(name, 1, 66, params, data + inputs, [(y.name, y.shape)])
     if dynamic and name == "IndexingMultiAxisVec":
         g.dynamic.add(id(y))
+        arrays = [axis for axis, e in enumerate(index) if type(e) is not slice]
+        if id(ins[0]) not in g.dynamic and len(arrays) == 1 and len(y.shape) == len(shape):
+            g.data_axes[id(y)] = frozenset(arrays)  # (x[:, mask]: the mask's axis alone)
         _unshaped(g, made)
     g.ids[id(y)] = made[0]
 
