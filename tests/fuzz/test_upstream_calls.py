@@ -187,6 +187,40 @@ def test_a_quantized_value_at_a_boundary_rounded_the_other_way_is_told_apart():
     assert uc.known(call, ours, scaled) is None
 
 
+def test_a_calibrated_output_scale_a_bin_apart_is_told_apart():
+    # fuzz seed 258217 (and 191071): calibration_qconfig's HistogramObserver chooses its range
+    # over bins that span the observed range; the earlier outputs agree to float32 rounding,
+    # and the quantized network's last output is upstream's times 1.00083: the same integers
+    # at another output scale. Upstream's outputs recorded from upstream 1.13 by ``python -m
+    # tests.fuzz.upstream_calls --upstream PYTHON --seeds 1 --start 258217``
+    f32 = np.float32
+    call = uc.draw(258217)
+    assert call[0] == "Q.calibration_qconfig"
+    upstream = [[[-1.5591943264007568, -0.5618777871131897],
+                 [1.3112225532531738, 1.9101998805999756]],
+                [[1.3112225532531738, 1.9101998805999756],
+                 [-1.5591943264007568, -0.5618777871131897]],
+                [[-1.5590039491653442, -0.5576933026313782],
+                 [1.3110321760177612, 1.9060173034667969]],
+                [[-0.49513378739356995, 0.976174533367157],
+                 [1.601725459098816, 1.4063646793365479]],
+                [[-0.44906020164489746, 0.972963809967041],
+                 [1.5417734384536743, 1.407055377960205]]]
+    theirs = (True, ("L", [uc.enc_array(f32(v)) for v in upstream]))
+    ours = uc.run_call(call)
+    assert uc.differ(ours, theirs) == "item 4: values"
+    assert uc.known(call, ours, theirs).startswith("calibration's histogram range")
+    # other integers (one value a step off), or an earlier output apart, are no such thing
+    moved = [list(map(list, v)) for v in upstream]
+    moved[4][0][0] += 0.0125
+    assert uc.known(call, ours, (True, ("L", [uc.enc_array(f32(v)) for v in moved]))) is None
+    moved = [list(map(list, v)) for v in upstream]
+    moved[3][0][0] += 1e-3
+    assert uc.known(call, ours, (True, ("L", [uc.enc_array(f32(v)) for v in moved]))) is None
+    other = ("Q.ema_fakequant_qconfig",) + call[1:]
+    assert uc.known(other, ours, theirs) is None
+
+
 def _state(momentum):
     return ("D", [("param_groups", ("L", [("D", [("lr", ("v", 0.1))])])),
                   ("state", ("D", [(0, ("D", [("momentum_buffer", ("np", uc.enc_array(
