@@ -463,6 +463,10 @@ def repeat(inp, repeats, axis=None):
     return wide.reshape(s[:axis] + (s[axis] * repeats,) + s[axis + 1:])
 
 
+# the most axes upstream's graphs hold (TensorShape::MAX_NDIM): what `tile` makes on the way
+_MAX_GRAPH_NDIM = 7
+
+
 def tile(inp, reps):
     """Repeat the whole tensor ``reps[i]`` times along each dim (reps may add leading dims)."""
     inp = _tensor(inp)
@@ -472,9 +476,16 @@ def tile(inp, reps):
     nd = max(len(reps), inp.ndim)
     reps = (1,) * (nd - len(reps)) + reps
     shape = (1,) * (nd - inp.ndim) + inp.shape
-    # (1, s0, 1, s1, ...) broadcast to (r0, s0, r1, s1, ...) then merged: one broadcast, no loop
-    inter = tuple(v for s in shape for v in (1, s))
-    wide = broadcast_to(inp.reshape(inter), tuple(v for r, s in zip(reps, shape) for v in (r, s)))
+    tiled = [i for i, r in enumerate(reps) if r != 1]
+    if nd + len(tiled) > _MAX_GRAPH_NDIM and len(tiled) > 1:  # an axis at a time (upstream's)
+        for i in tiled:
+            inp = tile(inp, tuple(r if k == i else 1 for k, r in enumerate(reps)))
+        return inp
+    # (.., 1, s, ..) of each repeated axis broadcast to (.., r, s, ..), then merged: one
+    # broadcast, no loop
+    inter = tuple(v for i, s in enumerate(shape) for v in ((1, s) if reps[i] != 1 else (s,)))
+    wide = broadcast_to(inp.reshape(inter), tuple(
+        v for r, s in zip(reps, shape) for v in ((r, s) if r != 1 else (s,))))
     return wide.reshape(tuple(r * s for r, s in zip(reps, shape)))
 
 

@@ -145,7 +145,7 @@ def write_upstream(net, metadata=None, testcases=None):
             _dtype(v.dtype, f"operator {opr.name!r}'s output")
             if len(v.shape) > _MAX_NDIM:
                 _refuse(opr, f"its output has {len(v.shape)} axes, more than upstream's graphs "
-                             f"hold ({_MAX_NDIM}; F.tile of a 4-d value makes 8 here)")
+                             f"hold ({_MAX_NDIM}): reshape to fewer axes before it")
         p = graph_params(opr)
         if g.dynamic and any(id(v) in g.dynamic for v in ins):  # (a cond_take's result)
             write = t in ("IndexingSetMultiAxisVec", "IndexingIncrMultiAxisVec")

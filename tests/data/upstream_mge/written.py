@@ -230,7 +230,10 @@ def models():
             return (self.conv(h), self.bn(h), F.max_pool2d(h, 2), F.adaptive_avg_pool2d(h, 2),
                     F.nn.interpolate(h, scale_factor=2), F.softmax(h, 1),
                     F.logsoftmax(rows, 1), F.topk(rows, 2, descending=True)[0],
-                    F.argmax(rows, 1), F.matmul(rows, self.w), F.stack([rows, rows * 2], 1))
+                    F.argmax(rows, 1), F.matmul(rows, self.w), F.stack([rows, rows * 2], 1),
+                    # (tiles: 7 axes in one broadcast, and an axis at a time where it would
+                    # take 8)
+                    F.tile(h, (1, 2, 2, 2)), F.tile(x, (2, 2, 2, 2)))
 
     def masked():
         return seeded(Masked()), {"x": np.random.RandomState(22).randn(2, 4, 3, 3).astype(
