@@ -25,7 +25,10 @@ Upstream 1.13's ``exp`` of a float32 value that overflows (above ~88.7) gives 2.
 vectorised loop and inf in the loop's scalar remainder (measured eagerly too: 20 values of
 ``exp(368)`` gave 16 of 2.4e38, then 4 of inf), where this fork, numpy and torch give inf: a
 program that overflows an ``exp`` where eager's outputs hold inf or NaN (program 3518:
-``F.log(F.exp(h) + 1.0)`` of h near 368) is reported apart too (`_overflows`).
+``F.log(F.exp(h) + 1.0)`` of h near 368) is reported apart too (`_overflows`). So is a
+program with a layer norm whose values upstream computes within 10x the tolerance
+(`_normalises`): upstream's LayerNorm kernel rounds more where a row's values lie close
+together (measured on its eager ``layer_norm`` of the same input).
 
 Each written file also runs at a second input shape, the batch one larger (axis 0 of the
 programs' one input, ``x``: (3, C, H, W) of a file traced at (2, C, H, W); a file is meant to
@@ -85,8 +88,8 @@ def _overflows(source, out_dir, seed, want="want"):
                not np.isfinite(ref[k]).all() for k in ref.files)
 
 
-def _close(got, want, rewrites=False):
-    """Each output within ``TOL`` of the larger of 1 and eager's largest finite magnitude (the
+def _close(got, want, rewrites=False, tol=TOL):
+    """Each output within ``tol`` of the larger of 1 and eager's largest finite magnitude (the
     engines sum in their own orders: program 1356's sums of 192 values near 97 part by 4e-4).
     ``rewrites``: the file holds the trace's arithmetic rewrites (``log(exp(h))`` is ``h``, as
     upstream's), so where eager's value overflowed (inf, then NaN) the file's is not compared
@@ -101,7 +104,7 @@ def _close(got, want, rewrites=False):
         g = np.reshape(g, np.shape(w))
         if rewrites and w.dtype.kind in "fc":
             g, w = g[np.isfinite(w)], w[np.isfinite(w)]
-        return np.allclose(g, w, rtol=0, atol=TOL * scale(w), equal_nan=True)
+        return np.allclose(g, w, rtol=0, atol=tol * scale(w), equal_nan=True)
 
     return len(got) == len(want) and all(agree(g, w) for g, w in zip(got, want))
 
@@ -247,7 +250,7 @@ def serve(out_dir, first=0, last=None):
         want = [ref[f"want{i}"] for i in range(sum(k.startswith("want") for k in ref))]
         how = _run_upstream(path, ref["x"], want)
         if how != "right":
-            print("PLANS" if how == "plans" else "FAILS", seed, flush=True)
+            print({"plans": "PLANS", "rounds": "ROUNDS"}.get(how, "FAILS"), seed, flush=True)
         if "bx" in ref:
             want = [ref[f"bwant{i}"] for i in range(sum(k.startswith("bwant") for k in ref))]
             print("BATCH", seed, _run_upstream(path, ref["bx"], want, raises=True), flush=True)
@@ -289,7 +292,8 @@ def _serve(python, out_dir):
 def _run_upstream(path, x, want, raises=False):
     """How upstream's ``GraphInference`` runs file ``path`` on input ``x``: "right" (eager's
     values ``want``), "plans" (eager's values only when it keeps every value), "wrong" (also
-    where it raises, unless ``raises``: then "raised" and the error)."""
+    where it raises, unless ``raises``: then "raised" and the error), "rounds" (other values,
+    within 10x the tolerance of eager's)."""
     from megengine.utils.comp_graph_tools import GraphInference
     from megengine.utils.network import Network
 
@@ -309,7 +313,18 @@ def _run_upstream(path, x, want, raises=False):
         kept = _close([np.asarray(every[n]) for n in names], want)
     except Exception:  # noqa: BLE001
         kept = False
-    return "plans" if kept else "wrong"
+    if kept:
+        return "plans"
+    return "rounds" if got is not None and _close(got, want, tol=10 * TOL) else "wrong"
+
+
+def _normalises(source):
+    """Whether a program takes a layer norm: upstream 1.13's LayerNorm kernel rounds more than
+    float32 needs where a row's values lie close together (program 6449: rows of std 0.0019
+    about 1.005, upstream's output 1.0e-4 off float64's layer norm of the same input, this
+    fork's and torch's 3.1e-5), and a program amplifies that past the tolerance: within 10x of
+    it, such a program is set apart (`_run_upstream`'s "rounds")."""
+    return "F.layer_norm(" in source
 
 
 def _raises(raised):
@@ -365,33 +380,40 @@ def main(argv=None):
     if args.upstream:
         lines, crashed, error = _serve(args.upstream, out_dir)
         planned = [int(w[1]) for w in lines if w[:1] == ["PLANS"]]
-        failed = [int(w[1]) for w in lines if w[:1] == ["FAILS"]]
+        rounds = [int(w[1]) for w in lines if w[:1] == ["ROUNDS"]]
+        normed = [s for s in rounds if _normalises(source(s))]
+        failed = [int(w[1]) for w in lines if w[:1] == ["FAILS"]] + [
+            s for s in rounds if s not in normed]
         theirs = [s for s in failed if any(pat in source(s) for pat in UPSTREAM_BROADCAST_WRITES)]
         overflows = [s for s in failed if s not in theirs and _overflows(source(s), out_dir, s)]
         bad = [s for s in failed if s not in theirs and s not in overflows]
         ran = sorted({int(w[1]) for w in lines if w[:1] == ["START"]})
         alone = [s for s, again in crashed.items() if again]  # (a crash on the file itself)
-        print(f"upstream ran {len(ran) - len(failed) - len(planned)} of "
+        print(f"upstream ran {len(ran) - len(failed) - len(planned) - len(normed)} of "
               f"{stats.get('written', 0)} to eager's values; {len(planned)} more when it keeps "
-              f"every value (its memory plan, see above); writes into a broadcast value "
+              f"every value (its memory plan, see above); a layer norm of close values "
+              f"(upstream's rounds): {len(normed)}; writes into a broadcast value "
               f"(upstream's runtime): {len(theirs)}; an exp that overflows (upstream's "
               f"saturates): {len(overflows)}; its process crashed on {len(crashed)} after other "
               f"files ({sorted(crashed) or 'none'}; on the file alone too: {alone or 'none'}); "
               f"other: {bad or 'none'}")
         # the second shape, with the same cases set apart
-        up = {"right": [], "raised": {}, "plans": [], "wrong": []}
+        up = {"right": [], "raised": {}, "plans": [], "wrong": [], "rounds": []}
         for w in lines:
             if w[:1] == ["BATCH"] and w[2] == "raised":
                 up["raised"][int(w[1])] = " ".join(w[3:])
             elif w[:1] == ["BATCH"]:
                 up[w[2]].append(int(w[1]))
+        bnormed = [s for s in up["rounds"] if _normalises(source(s))]
+        up["wrong"] += [s for s in up["rounds"] if s not in bnormed]
         btheirs = [s for s in up["wrong"]
                    if any(pat in source(s) for pat in UPSTREAM_BROADCAST_WRITES)]
         bover = [s for s in up["wrong"]
                  if s not in btheirs and _overflows(source(s), out_dir, s, "bwant")]
         bbad = [s for s in up["wrong"] if s not in btheirs and s not in bover]
         print(f"batch+1, upstream: {len(up['right'])} right, {len(up['raised'])} raised, "
-              f"{skipped}, {len(up['plans'])} right when it keeps every value; writes into a "
+              f"{skipped}, {len(up['plans'])} right when it keeps every value; a layer norm "
+              f"of close values: {len(bnormed)}; writes into a "
               f"broadcast value: {len(btheirs)}; an exp that overflows: {len(bover)}; "
               f"{len(bbad)} wrong: {bbad or 'none'}")
         print("\n".join(_raises(up["raised"])) or "    (none raised)")
