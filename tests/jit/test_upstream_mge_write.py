@@ -133,9 +133,11 @@ def test_what_has_no_writer_is_refused_by_name_before_writing():
         _dumped(bn, x)
     # a refused dump writes nothing into the file
     buf = io.BytesIO()
-    traced = trace(lambda x: F.svd(x)[1], symbolic=True, capture_as_const=True)
+    traced = trace(lambda x: F.svd(x, full_matrices=True)[0], symbolic=True,
+                   capture_as_const=True)
     traced(mge.tensor(x))
-    with pytest.raises(DumpError):
+    with pytest.raises(DumpError, match="full_matrices=True .upstream's SVD kernel computes "
+                                        "the reduced factors only"):
         traced.dump(buf, dump_format="FBS_V2")
     assert buf.getvalue() == b""
 
@@ -474,6 +476,20 @@ def test_a_tile_of_many_axes_is_written_an_axis_at_a_time():
         x = r.randn(2, 3, 2, 2).astype("float32")
         got = list(load(io.BytesIO(data.getvalue())).run({"arg_0": x}).values())[0].numpy()
         np.testing.assert_array_equal(got, np.tile(x, reps))
+
+
+def test_svd_is_written_as_upstreams_operator():
+    # (was refused: no writer) upstream's SVD, one output without compute_uv (upstream's
+    # loader refuses three there), integers cast to float32 first (its kernel takes float32
+    # only: measured); read back here at another batch
+    r = np.random.RandomState(0)
+    for fn in (lambda x: F.svd(x, compute_uv=False) * 2,
+               lambda x: F.svd((x * 3).astype("int32"), compute_uv=False),
+               lambda x: F.matmul(F.svd(x)[0] * F.expand_dims(F.svd(x)[1], 1), F.svd(x)[2])):
+        data = _dumped(fn, r.randn(2, 4, 3).astype("float32")).getvalue()
+        x = r.randn(3, 4, 3).astype("float32")
+        got = list(load(io.BytesIO(data)).run({"arg_0": x}).values())[0].numpy()
+        np.testing.assert_allclose(got, fn(mge.tensor(x)).numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_a_roll_along_an_empty_axis_is_refused():

@@ -46,7 +46,7 @@ from ._basic import (_broadcast, _broadcast_as, _compute, _computed_target, _ele
                      _leaky_relu, _linspace, _log_softmax, _prelu, _roll, _sizes, _split,
                      _stack, _topk, _where)
 from ._indexing import (_SHAPE_FREE, _argsort_compute, _cond_take, _cumsum, _diag, _embedding,
-                        _matinv, _non_zero, _one_hot, _scatter, _sort, _subtensor,
+                        _matinv, _non_zero, _one_hot, _scatter, _sort, _subtensor, _svd,
                         _take_along_axis)
 from ._layers import (_batch_norm, _conv_bias, _convolution3d, _convolution_any,
                       _deformable_conv, _group_local, _matrix_mul)
@@ -73,7 +73,7 @@ _EXPANSIONS = {
     # `_indexing`: gather, scatter, embedding, cond_take, cumsum, sorting, ...
     "TakeAlongAxis": _take_along_axis, "Scatter": _scatter, "Embedding": _embedding,
     "CondTake": _cond_take, "Cumsum": _cumsum, "ArgsortForward": _sort, "Diag": _diag,
-    "MatrixInverse": _matinv,
+    "MatrixInverse": _matinv, "SVD": _svd,
     # `_vision`
     "PerspectivePoints": _perspective_points, "Sample": _sample, "ROIAlignForward": _roi_align,
     "ROIPoolingForward": _roi_pooling, "Im2Col": _im2col, "ResizeForward": _interpolate,

@@ -2,7 +2,7 @@
 / Incr forms; IndexingMultiAxisVec for integer index arrays and masks; upstream's own index
 descriptors), gather (``gather``, ``indexing_one_hot``), scatter, one_hot, embedding,
 cond_take (and `_SHAPE_FREE`, what may read its data-shaped values), cumsum, sort /
-argsort, diag and matinv."""
+argsort, diag, matinv and svd."""
 import numpy as np
 
 from ._base import _NO_AXIS, _refuse, _shape, _size
@@ -585,6 +585,28 @@ def _diag(g, opr, ins, outs, p, device):
     y = outs[0]
     g.ids[id(y)] = g.op("Diag", 1, 91, {0: ("i", int(p["k"]))}, [g.ids[id(ins[0])]],
                         [(y.name, y.shape)])[0]
+
+
+def _svd(g, opr, ins, outs, p, device):
+    """``svd(x)``: upstream's SVD (U, S and Vh, or S alone without ``compute_uv``), which
+    computes float32 only (this fork's casts integers to float32 first: so does the file) and
+    the reduced factors only. Singular vectors are upstream's kernel's, whose signs may
+    differ from this fork's (docs/compatibility.rst)."""
+    _no_quantized(opr, ins, "svd")
+    op, x = opr._op, ins[0]
+    dtype = np.dtype(x.dtype)
+    if dtype.kind not in "iu" and dtype != np.float32:
+        _refuse(opr, f"an svd of {dtype} values (upstream's SVD computes float32 only)")
+    if op.full_matrices and op.compute_uv:
+        _refuse(opr, "an svd with full_matrices=True (upstream's SVD kernel computes the "
+                     "reduced factors only: its own F.svd fails so); use full_matrices=False")
+    k = g.ids[id(x)]
+    if dtype != np.float32:
+        k = g.cast(k, np.float32, f"{outs[0].name}:float32", x.shape)
+    made = g.op("SVD", 1, 22, {0: ("?", op.full_matrices and op.compute_uv),
+                               1: ("?", op.compute_uv)}, [k], [(v.name, v.shape) for v in outs])
+    for v, m in zip(outs, made):
+        g.ids[id(v)] = m
 
 
 def _matinv(g, opr, ins, outs, p, device):

@@ -95,8 +95,12 @@ def models():
             w[0] = 7.0
             w[:, ::2] += 3.0
             top = F.topk(big.reshape(2, -1), 3, descending=True)
+            # (singular values, and what the vectors give whatever their signs)
+            u, sv, vh = F.svd(x)
             return (s, big, self.up(padded), wide, F.roll(w, (1, -2), (1, 2)) + F.roll(w, 7),
-                    F.argmax(c, 1), F.argmin(s, 2, keepdims=True), top[0], top[1])
+                    F.argmax(c, 1), F.argmin(s, 2, keepdims=True), top[0], top[1],
+                    F.svd(x.transpose(0, 2, 1), compute_uv=False),
+                    F.matmul(u * F.expand_dims(sv, 1), vh) + F.abs(vh).sum(1, keepdims=True))
 
     class Indexing(M.Module):  # index arrays, gather/scatter, one-hot, sorting, cond_take
         def __init__(self):
