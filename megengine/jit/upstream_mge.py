@@ -854,6 +854,25 @@ def _op_resize3d(op, x, size):
                                    align_corners=bool(op.p(2, "B", 0)))
 
 
+# upstream's CvtColor modes, by their numbers in its files (learned from its own dumps of
+# F.vision.cvt_color in each mode)
+CVT_COLOR_MODES = (
+    "RGB2GRAY", "RGB2YUV", "YUV2RGB", "GRAY2RGB", "RGBA2RGB", "RGBA2BGR", "RGBA2GRAY",
+    "RGB2BGR", "BGR2GRAY", "BGR2RGB", "YUV2GRAY_NV21", "YUV2RGB_NV21", "YUV2BGR_NV21",
+    "YUV2GRAY_NV12", "YUV2RGB_NV12", "YUV2BGR_NV12", "YUV2GRAY_YV12", "YUV2RGB_YV12",
+    "YUV2BGR_YV12", "YUV2GRAY_YU12", "YUV2RGB_YU12", "YUV2BGR_YU12", "YCrCb2RGB", "YCrCb2BGR",
+    "BT601_YUV2RGB_NV21", "BT601_YUV2BGR_NV21", "BT601_YUV2RGB_NV12", "BT601_YUV2BGR_NV12",
+    "BT601_YUV2RGB_YV12", "BT601_YUV2BGR_YV12", "BT601_YUV2RGB_YU12", "BT601_YUV2BGR_YU12")
+
+
+def _op_cvt_color(op, x):
+    """CvtColor: param mode (`CVT_COLOR_MODES`); NHWC images, as F.vision.cvt_color takes."""
+    mode = op.p(0, "I", 0)
+    if mode >= len(CVT_COLOR_MODES):
+        op.refuse(f"CvtColor mode {mode}")
+    return _F().vision.cvt_color(x, CVT_COLOR_MODES[mode])
+
+
 def _op_svd(op, x):
     """SVD: params full_matrices, compute_uv; outputs U, S, Vh (U and Vh empty without
     compute_uv: not computed here)."""
@@ -1172,7 +1191,7 @@ _OPERATORS = {
     "WarpAffineV2": _op_warp_affine, "RemapV1": _op_remap, "ROIAlignV1": _op_roi_align,
     "ROIPooling": _op_roi_pooling, "LRN": _op_lrn, "Images2Neibs": _op_images2neibs,
     "Diag": lambda op, x: _F().diag(x, op.p(0, "i", 0)), "CorrelationForward": _op_correlation,
-    "Resize3D": _op_resize3d, "SVD": _op_svd,
+    "Resize3D": _op_resize3d, "SVD": _op_svd, "CvtColor": _op_cvt_color,
     "Convolution3D": _op_convolution3d, "Identity": lambda op, x: x,
     "NMSKeepMGB": _op_nms_keep, "Convolution3DBackwardData": _op_conv3d_backward_data,
     "DeformableConvForward": _op_deformable_conv, "GroupLocalV2": _op_group_local,

@@ -112,9 +112,14 @@ def _dumped(fn, *xs, **options):
 
 def test_what_has_no_writer_is_refused_by_name_before_writing():
     x = np.random.RandomState(0).randn(2, 4).astype("float32")
-    with pytest.raises(DumpError, match=r"_cvt_uint8.*no writer.*dump without dump_format"):
-        _dumped(lambda x: F.vision.cvt_color(x, "RGB2GRAY"),
-                np.zeros((1, 2, 2, 3), "uint8"))  # (of uint8 images: this fork's own kernel)
+    w = mge.tensor(np.ones((1, 2, 2, 3, 3), "float32"))
+    rin, rout = mge.tensor(np.zeros((1, 4, 4), "int32")), mge.tensor(np.zeros((1, 2, 2), "int32"))
+    with pytest.raises(DumpError, match=r"_dense_region_ids.*no writer.*dump without dump_fo"):
+        _dumped(lambda x: F.region_restricted_conv(x, w, rin, rout),
+                np.zeros((1, 2, 4, 4), "float32"))  # (this fork's computation of region ids)
+    with pytest.raises(DumpError, match=r"'CTC' \(CTC\) has no writer.*dump without dump_f"):
+        _dumped(lambda p: F.nn.ctc_loss(p, mge.tensor([3, 3]), mge.tensor([[1, 2], [2, 1]]),
+                                        mge.tensor([2, 2])), np.full((3, 2, 3), 1 / 3, "float32"))
     with pytest.raises(DumpError, match=r"indexes a value of 3 axes by a mask of 2 axes comp"):
         _dumped(lambda x: (lambda c: c[c[:, :, 0] > 0])(x.reshape(2, 2, 2)), x)
     with pytest.raises(DumpError, match=r"indexes by an empty index array"):
@@ -490,6 +495,27 @@ def test_svd_is_written_as_upstreams_operator():
         x = r.randn(3, 4, 3).astype("float32")
         got = list(load(io.BytesIO(data)).run({"arg_0": x}).values())[0].numpy()
         np.testing.assert_allclose(got, fn(mge.tensor(x)).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_cvt_color_of_uint8_images_is_written_as_upstreams_cvt_color():
+    # (was refused: this fork's integer kernel had no writer) upstream's CvtColor in each mode,
+    # which computes this fork's integers (every mode run by upstream 1.13 at two batches;
+    # tests/data/upstream_mge/colors.mge is upstream's own dump of some); read back here
+    from megengine.functional import vision
+    from megengine.jit import upstream_mge
+
+    r = np.random.RandomState(0)
+    for mode in vision._UINT8_MODES:
+        c = vision._IN_CHANNELS.get(mode, 1 if mode.startswith(
+            ("YUV2GRAY", "YUV2RGB_", "YUV2BGR_", "YCrCb", "BT601")) else 3)
+        data = _dumped(lambda x: F.vision.cvt_color(x, mode),
+                       r.randint(0, 256, (2, 6, 4, c)).astype("uint8")).getvalue()
+        model, _ = upstream_mge._model(data)
+        assert [t.string(0) for t in model.tables(2)] == ["Host2DeviceCopy", "CvtColor"]
+        x = r.randint(0, 256, (3, 6, 4, c)).astype("uint8")
+        got = list(load(io.BytesIO(data)).run({"arg_0": x}).values())[0].numpy()
+        np.testing.assert_array_equal(got, F.vision.cvt_color(mge.tensor(x), mode).numpy(),
+                                      strict=True)
 
 
 def test_a_roll_along_an_empty_axis_is_refused():

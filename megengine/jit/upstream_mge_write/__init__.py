@@ -54,8 +54,8 @@ from ._norms import (_compute_check, _cross_entropy, _log_sum_exp, _normalizatio
                      _pair_loss)
 from ._recurrent import _folded_constants, _recurrent_cell, _recurrent_stack
 from ._testcases import assert_outputs, testcase_bytes
-from ._vision import (_im2col, _interpolate, _nms, _perspective_points, _roi_align,
-                      _roi_pooling, _sample)
+from ._vision import (_cvt_color, _im2col, _interpolate, _nms, _perspective_points,
+                      _roi_align, _roi_pooling, _sample)
 
 __all__ = ["write_upstream", "SUPPORTED"]
 
@@ -93,7 +93,8 @@ _EXPANSIONS = {
 # this fork's Compute functions written by a writer of their own (`_compute` writes argmax
 # and argmin)
 _COMPUTED = {"_nms_keep": _nms, "_isinf": _compute_check, "_isnan": _compute_check,
-             "_one_hot": _one_hot, "_argsort": _argsort_compute, "_non_zero": _non_zero}
+             "_one_hot": _one_hot, "_argsort": _argsort_compute, "_non_zero": _non_zero,
+             "_cvt_uint8": _cvt_color}
 # what `trace.dump(dump_format="FBS_V2")` writes, by the graph type `megengine.utils.network`
 # gives each operator
 SUPPORTED = ("Host2DeviceCopy", "ImmutableTensor") + tuple(sorted({*_OPERATORS, *_EXPANSIONS}))

@@ -307,6 +307,14 @@ class QConv(M.Module):  # (dumped with 4-bit dtypes: refused)
         return self.dequant(self.conv(self.quant(x)))
 
 
+class Colors(M.Module):  # CvtColor of uint8 images (NHWC) and YUV 4:2:0 frames (N, 3H/2, W, 1)
+    def forward(self, img, yuv):
+        return tuple([F.vision.cvt_color(img, m) for m in (
+            "RGB2GRAY", "BGR2GRAY", "RGB2YUV", "YUV2RGB", "RGB2BGR")] + [
+            F.vision.cvt_color(yuv, m) for m in (
+                "YUV2GRAY_NV12", "YUV2RGB_NV21", "YUV2BGR_YV12", "BT601_YUV2RGB_YU12")])
+
+
 def quantized(net, qconfig, rng, shape, then=None):
     """``net`` with BatchNorm statistics from ``rng``, calibrated by ``qconfig`` (QAT in training
     mode on three batches of ``shape``), its qconfig reset to ``then`` if given (which keeps
@@ -417,6 +425,9 @@ def main(out_dir):
     y[0, 1:] += np.array([1, -1, 0], "float32")
     make("compare_fbs", Compare(), {"x": x, "y": y},
          {"dump_format": "FBS", "optimize_for_inference": False})
+    pixels = np.random.RandomState(8)
+    make("colors", Colors(), {"img": pixels.randint(0, 256, (2, 4, 6, 3)).astype("uint8"),
+                              "yuv": pixels.randint(0, 256, (2, 6, 6, 1)).astype("uint8")}, {})
     # quantized networks (quantize_qat, calibration, quantize), as upstream users deploy them
     from functools import partial
     from megengine.quantization import (QConfig, ema_fakequant_qconfig,
