@@ -317,3 +317,67 @@ def test_the_command_line_runs_calls_here_alone():
                          env=dict(os.environ, PYTHONPATH=ROOT))
     assert out.returncode == 0, out.stderr
     assert "50 calls (0 failing)" in out.stdout
+
+
+def test_the_layers_drawn_since_leave_earlier_seeds_calls_as_they_were():
+    # (MORE_MODULES come from a stream of their own: 35% of module calls; the others, and
+    # every call of another kind, are those drawn before: the records and seeds named above)
+    calls = [uc.draw(seed) for seed in range(2000)]
+    more = [c for c in calls if c[0].partition("Mod.")[2] in uc.MORE_MODULES]
+    first = [c for c in calls if "Mod." in c[0] and c not in more]
+    assert len(more) > 10 and len(first) > 2 * len(more) // 3
+
+
+def _as_upstream(values):
+    return (True, ("t", "float32", np.shape(values), np.float32(values).tobytes()))
+
+
+def test_batch_matmul_activations_bias_along_the_last_axis_is_told_apart():
+    # fuzz seed 13951: upstream 1.13's float layer adds its (out_features,) bias along the last
+    # axis (docs/compatibility.rst); upstream's output recorded from upstream 1.13
+    call = uc.draw(13951)
+    assert call[0] == "Mod.BatchMatMulActivation"
+    theirs = _as_upstream([[[0.0, 0.12545132637023926], [0.45152121782302856,
+                                                         0.9515212178230286]]])
+    ours = uc.run_call(call)
+    assert uc.differ(ours, theirs) == "shape (1, 2, 1) / (1, 2, 2)"
+    assert uc.known(call, ours, theirs) == "BatchMatMulActivation's bias per output row"
+    assert uc.known(call, ours, _as_upstream([[[0.0, 0.13], [0.45, 0.95]]])) is None
+
+
+def test_a_general_norm_modules_close_values_are_told_apart_against_float64():
+    # fuzz seed 18790: groups of values 0.1 apart about -2.6; upstream 1.13's output 2.5e-5
+    # off the float64 result, this side within float32 rounding of it
+    call = uc.draw(18790)
+    assert call[0] == "Mod.GeneralNorm"
+    upstream = [[[1.4085348844528198], [-0.6028181314468384], [-0.805719256401062]],
+                [[0.3865729868412018], [-1.3606610298156738], [0.9740832448005676]],
+                [[-1.39919114112854], [0.5217910408973694], [0.8774002194404602]],
+                [[-0.8393450379371643], [-0.5660181641578674], [1.405362844467163]]]
+    ours = uc.run_call(call)
+    assert uc.differ(ours, _as_upstream(upstream)) == "values"
+    assert uc.known(call, ours, _as_upstream(upstream)).startswith("normalising nearly equal")
+    wrong = np.float32(upstream) + np.float32(1e-3)  # (this side no nearer float64 then)
+    assert uc.known(call, (True, _as_upstream(wrong)[1]), _as_upstream(upstream)) is None
+
+
+def test_autocast_fused_convolutions_statistics_and_bias_are_told_apart():
+    # seeds 2043 (ConvBn2d) and 718 (ConvTransposeBnRelu2d) under autocast: the batch norm's
+    # float32 statistics of the float16 convolution's output, summed each engine's way, 1e-4
+    # apart; upstream 1.13's transposed convolution adds its first channel's bias to all
+    for seed in (2043, 718):
+        call = uc.draw(seed)
+        assert call[0] in ("amp:Mod.ConvBn2d", "amp:Mod.ConvTransposeBnRelu2d")
+        ours = uc.run_call(call)
+        out, (kind, stats) = ours[1][1]
+
+        def moved(by, out=out):
+            return (True, ("L", [out, (kind, [("np", uc.enc_array(
+                uc.dec_array(v[1]) + np.float32(by))) for v in stats])]))
+
+        assert uc.known(call, ours, moved(2e-4)) == \
+            "running statistics of float16 values under autocast"
+        assert uc.known(call, ours, moved(5e-2)) is None
+    theirs = uc.run_call(uc._first_channels_bias(call))
+    assert uc.differ(ours, theirs) is not None
+    assert uc.known(call, ours, theirs) == "conv_transpose2d's bias under autocast"

@@ -76,6 +76,7 @@ def dec_array(e):
 class Draw:
     def __init__(self, seed):
         self.rng = np.random.default_rng(seed)
+        self.seed = seed
 
     def r(self):
         return float(self.rng.random())
@@ -999,6 +1000,130 @@ def _module(d):
                    "LayerNorm", "GroupNorm", "InstanceNorm", "Embedding", "PReLU", "LSTM",
                    "RNN", "LSTMCell", "RNNCell", "MultiHeadAttention", "AvgPool2d",
                    "MaxPool2d", "AdaptiveAvgPool2d", "Dropout", "PixelShuffle", "Softmax"])
+    # the layers drawn since, in a third of the calls, by a stream of their own (the calls of
+    # the seeds that draw none are those drawn before they were added)
+    more = np.random.default_rng((d.seed, 1))
+    if more.random() < 0.35:
+        kind = str(more.choice(MORE_MODULES))
+        args, kw, inputs = _more_module(d, kind)
+    else:
+        args, kw, inputs = _first_module(d, kind)
+    training = bool(d.r() < 0.5) and kind != "Dropout"
+    module = getattr(M, kind)(*args, **kw)
+    state = _drawn_state(d, module)
+    return ("Mod." + kind, [("v", (args, kw)), ("S", state), ("v", training)] + inputs, {})
+
+
+MORE_MODULES = ("Conv3d", "ConvTranspose3d", "AdaptiveMaxPool2d", "LocalResponseNorm",
+                "GeneralNorm", "SlidingWindow", "SlidingWindowTranspose", "LocalConv2d",
+                "DeformableConv2d", "RegionRestrictedConv", "Identity", "Elemwise",
+                "BatchMatMulActivation", "ConvBn2d", "ConvBnRelu2d", "ConvRelu2d",
+                "ConvTransposeBn2d", "ConvTransposeBnRelu2d", "ConvTransposeRelu2d",
+                "LinearBn1d", "LinearBnRelu1d", "LinearRelu")
+
+
+def _more_module(d, kind):
+    """(args, kwargs, inputs) of a layer of `MORE_MODULES`."""
+    n, c = d.int(1, 3), d.int(1, 3)
+    args, kw = (), {}
+
+    def image(ch, size=(3, 5), nd=2):
+        return d.tensor((n, ch) + tuple(d.int(*size) for _ in range(nd)), "float32",
+                        special=False)
+
+    def conv_kw(k, transpose=False, dilate=True):
+        kw = {"stride": d.int(1, 2), "padding": d.int(0, k - 1)}
+        if transpose and kw["stride"] > 1 and d.r() < 0.5:
+            kw["output_padding"] = 1
+        elif dilate and k > 1 and d.r() < 0.3:
+            kw["dilation"] = 2
+        return kw
+
+    if kind in ("Conv3d", "ConvTranspose3d"):
+        g, k = d.pick([1, 1, 2]), d.int(1, 2)
+        args = (c * g, d.int(1, 2) * g, k)
+        kw = dict(conv_kw(k, kind == "ConvTranspose3d"), groups=g, bias=bool(d.r() < 0.7))
+        inputs = [image(c * g, (2, 3), 3)]
+    elif kind.startswith(("ConvBn", "ConvRelu", "ConvTranspose")):
+        transpose = kind.startswith("ConvTranspose")
+        k = d.int(1, 3)
+        args = (c, d.int(1, 3), k)
+        kw = dict(conv_kw(k, transpose, dilate=not transpose), bias=bool(d.r() < 0.7))
+        if "Bn" in kind:
+            kw["momentum"] = d.pick([0.9, 0.5])
+            n += 1  # (a batch norm in training takes more than one value per channel)
+        inputs = [image(c)]
+    elif kind.startswith("Linear"):
+        args = (c, d.int(1, 3))
+        kw = {"bias": bool(d.r() < 0.7)}
+        inputs = [d.tensor((n + 1, c), "float32", special=False, ties=False)]
+    elif kind == "AdaptiveMaxPool2d":
+        args = (d.pick([1, 2, (2, 1), (3, 2)]),)
+        inputs = [image(c, (2, 5))]
+    elif kind == "LocalResponseNorm":
+        kw = {"kernel_size": d.pick([3, 5]), "k": d.pick([1.0, 2.0]),
+              "alpha": d.pick([1e-4, 0.1]), "beta": d.pick([0.75, 0.5])}
+        inputs = [image(c + 2, (1, 3))]
+    elif kind == "GeneralNorm":
+        x = d.tensor((n + 1, c + 1, d.int(1, 3)), "float32", special=False, ties=False)
+        axes = d.pick([(1,), (2,), (1, 2), (0, 2)])
+        kw = {"normalized_shape": tuple(x[2][a] for a in axes),
+              "normalized_axis": axes[0] if len(axes) == 1 else axes,
+              "affine": bool(d.r() < 0.7)}
+        inputs = [x]
+    elif kind in ("SlidingWindow", "SlidingWindowTranspose"):
+        k = d.int(1, 3)
+        kw = {"kernel_size": k, "padding": d.int(0, k - 1), "stride": d.int(1, 2),
+              "dilation": d.pick([1, 1, 2])}
+        span = kw["dilation"] * (k - 1) + 1
+        h, w = d.int(span, span + 2), d.int(span, span + 2)
+        if kind == "SlidingWindow":
+            inputs = [d.tensor((n, c, h, w), "float32", special=False)]
+        else:
+            oh, ow = ((size + 2 * kw["padding"] - kw["dilation"] * (k - 1) - 1) // kw["stride"]
+                      + 1 for size in (h, w))
+            args = ((h, w),)
+            inputs = [d.tensor((n, c, oh, ow, k, k), "float32", special=False)]
+    elif kind == "LocalConv2d":
+        k, h, w = d.int(1, 3), d.int(3, 4), d.int(3, 4)
+        args = (c, d.int(1, 2), h, w, k)
+        kw = {"stride": d.int(1, 2), "padding": d.int(0, k - 1)}
+        inputs = [d.tensor((n, c, h, w), "float32", special=False)]
+    elif kind in ("DeformableConv2d", "RegionRestrictedConv"):
+        k, h, w = d.int(1, 3), d.int(3, 4), d.int(3, 4)
+        args = (c, d.int(1, 2), k)
+        pad = d.int(0, k - 1)
+        kw = {"padding": pad, "bias": bool(d.r() < 0.7)}
+        oh, ow = h + 2 * pad - k + 1, w + 2 * pad - k + 1
+        inputs = [d.tensor((n, c, h, w), "float32", special=False)]
+        if kind == "DeformableConv2d":
+            inputs += [d.tensor((n, 2 * k * k, oh, ow), "float32", lo=-1.0, hi=1.0,
+                                special=False),
+                       d.tensor((n, k * k, oh, ow), "float32", lo=0.0, hi=1.0, special=False)]
+        else:
+            inputs += [enc_array(d.rng.integers(0, 3, size=shape).astype("int32"))
+                       for shape in ((n, h, w), (n, oh, ow))]
+    elif kind == "Identity":
+        inputs = [d.tensor(d.shape(1, 3), d.pick(DTYPES))]
+    elif kind == "Elemwise":
+        method, arity = d.pick([("add", 2), ("sub", 2), ("mul", 2), ("true_div", 2),
+                                ("max", 2), ("min", 2), ("fuse_add_relu", 2),
+                                ("fuse_add_sigmoid", 2), ("fuse_add_tanh", 2), ("relu", 1),
+                                ("sigmoid", 1), ("tanh", 1), ("abs", 1), ("exp", 1),
+                                ("negate", 1), ("h_swish", 1), ("fuse_mul_add3", 3)])
+        args = (method,)
+        shape = d.shape(1, 3)
+        inputs = [d.tensor(shape, "float32") for _ in range(arity)]
+    else:  # BatchMatMulActivation
+        b = d.int(1, 3)
+        args = (b, c, d.int(1, 3))
+        kw = {"bias": bool(d.r() < 0.7), "nonlinear_mode": d.pick(["identity", "relu"])}
+        inputs = [d.tensor((b, n, c), "float32", special=False)]
+    return args, kw, inputs
+
+
+def _first_module(d, kind):
+    """(args, kwargs, inputs) of a layer of the first kinds `_module` draws."""
     n, c = d.int(1, 3), d.int(1, 3)
     args, kw, inputs = (), {}, None
     if kind == "Linear":
@@ -1072,10 +1197,7 @@ def _module(d):
     else:
         kw = {"axis": d.int(-2, 1)} if d.r() < 0.7 else {}
         inputs = [d.tensor((n, c + 1), "float32", special=False)]
-    training = bool(d.r() < 0.5) and kind != "Dropout"
-    module = getattr(M, kind)(*args, **kw)
-    state = _drawn_state(d, module)
-    return ("Mod." + kind, [("v", (args, kw)), ("S", state), ("v", training)] + inputs, {})
+    return args, kw, inputs
 
 
 def _drawn_state(d, module, ties=lambda key: True, signed_bn_scales=False):
@@ -1737,6 +1859,17 @@ def known(call, mine, theirs):
         ours, t = dec_array(mine[1]), dec_array(theirs[1])
         if _close((ours.astype(np.float32) - bias + bias[:, :1]).astype(ours.dtype), t):
             return "conv_transpose2d's bias under autocast"
+    if name.startswith("amp:Mod.Conv") and mine[0] and theirs[0]:
+        # (upstream 1.13 under autocast adds the first channel's bias to every channel: as
+        # "amp:Mod.ConvTranspose2d" above, here before the fused batch norm and ReLU)
+        biased = run_call(_first_channels_bias(call)) if "Transpose" in name else None
+        if biased is not None and differ(biased, theirs) is None:
+            return "conv_transpose2d's bias under autocast"
+        # (a fused batch norm's statistics, float32, of the float16 convolution's output:
+        # each engine sums those float16 values its own way, 1e-4 apart in a variance of 2)
+        if "Bn" in name and any(_stats_float16_apart(m, theirs[1])
+                                for m in (mine[1], biased and biased[1]) if m):
+            return "running statistics of float16 values under autocast"
     if name.startswith("Q.") and mine[0] and theirs[0] and _one_step_apart(mine[1], theirs[1]):
         # (float32 rounding before a quantization, in another order, decides a value that
         # lies at a rounding boundary: 1.5 exact here, 1.4999 upstream)
@@ -1819,7 +1952,8 @@ def known(call, mine, theirs):
         return "a cvt_color mode refused for float images"
     if name == "DL" and "indices" in call[1][1][1] and mine[0] and theirs[0]:
         return "a sampler given indices counts them"  # (upstream's counts the whole dataset)
-    if name in ("Mod.GroupNorm", "Mod.InstanceNorm", "Mod.LayerNorm") and mine[0] and \
+    if name in ("Mod.GroupNorm", "Mod.InstanceNorm", "Mod.LayerNorm", "Mod.GeneralNorm") and \
+            mine[0] and \
             theirs[0] and mine[1][0] == theirs[1][0] == "t":
         exact = _norm_module_exact(call)
         if _close(dec_array(mine[1]), exact) and not _close(dec_array(theirs[1]), exact):
@@ -1828,6 +1962,11 @@ def known(call, mine, theirs):
             # 2.4644897], std 4.4e-4: this side 2.5e-6 off the float64 result, upstream 8.7e-5)
             return "normalising nearly equal values: upstream's rounding, this side's within " \
                    "the tolerance of the float64 result"
+    if name.endswith("Mod.BatchMatMulActivation") and mine[0] and theirs[0] and \
+            _close(_upstream_bmma(call), dec_array(theirs[1])):
+        # (upstream 1.13's float layer adds its (out_features,) bias along the last axis:
+        # docs/compatibility.rst)
+        return "BatchMatMulActivation's bias per output row"
     if name in ("Mod.RNNCell", "Mod.LSTMCell") and not call[1][0][1][1].get("bias", True):
         return "cells without bias add no bias"  # (upstream's cells add the buffers)
     if name == "F.topk_accuracy" and mine[0] and theirs[0]:
@@ -2112,8 +2251,52 @@ def _unset_apart(mine, theirs):
     return bool(np.all(unset | np.isclose(a, b, 1e-4, 1e-5)))
 
 
+def _stats_float16_apart(mine, theirs):
+    """Whether two [output, [running statistics]] results agree in the output and within
+    float16 rounding (1e-3 of the larger of 1 and a value's magnitude) in the statistics."""
+    if mine[0] != "L" or theirs[0] != "L" or len(mine[1]) != 2 or len(theirs[1]) != 2 or \
+            _differ_value(mine[1][0], theirs[1][0]) is not None:
+        return False
+    ours, upstream = mine[1][1], theirs[1][1]
+    if ours[0] != "L" or upstream[0] != "L" or len(ours[1]) != len(upstream[1]):
+        return False
+    for a, b in zip(ours[1], upstream[1]):
+        a, b = (v[1] if v[0] == "np" else v for v in (a, b))  # (numpy arrays: their values)
+        if a[0] != "t" or b[0] != "t" or a[1:3] != b[1:3]:
+            return False
+        a, b = dec_array(a).astype(np.float64), dec_array(b).astype(np.float64)
+        if not np.allclose(a, b, rtol=0, atol=1e-3 * max(1.0, float(np.abs(b).max(initial=0)))):
+            return False
+    return True
+
+
+def _upstream_bmma(call):
+    """What upstream 1.13's float BatchMatMulActivation computes for a ``Mod.`` call:
+    ``weight @ x``, its bias added along the last axis, then the nonlinearity."""
+    (args, kw), state = call[1][0][1], call[1][1][1]
+    x = dec_array(call[1][3]).astype(np.float32)
+    out = dec_array(state["weight"]).astype(np.float32) @ x
+    if "bias" in state:
+        out = out + dec_array(state["bias"]).astype(np.float32)
+    return np.maximum(out, 0) if kw.get("nonlinear_mode", "identity") == "relu" else out
+
+
+def _first_channels_bias(call):
+    """A fused transposed convolution's call with every channel's bias its first channel's
+    (what upstream 1.13's conv_transpose2d adds under autocast)."""
+    name, args, kwargs = call
+    state = dict(args[1][1])
+    key = next((k for k in state if k.endswith("conv_transpose2d.bias")), None)
+    if key is None:  # (no bias)
+        return call
+    bias = dec_array(state[key])
+    state[key] = enc_array(np.broadcast_to(bias[:, :1], bias.shape).copy())
+    return (name, [args[0], ("S", state)] + list(args[2:]), kwargs)
+
+
 def _norm_module_exact(call):
-    """A GroupNorm / InstanceNorm / LayerNorm module call's output computed by torch in float64
+    """A GroupNorm / InstanceNorm / LayerNorm / GeneralNorm module call's output computed by
+    torch in float64
     (megengine's defaults: eps 1e-5, affine weight and bias from the call's state)."""
     import torch
     import torch.nn.functional as TF
@@ -2124,6 +2307,15 @@ def _norm_module_exact(call):
     w, b = (torch.from_numpy(dec_array(state[k]).astype(np.float64)) if k in state else None
             for k in ("weight", "bias"))
     eps = kw.get("eps", 1e-5)
+    if kind == "GeneralNorm":  # (the normalised axes' mean and biased variance)
+        axes = kw["normalized_axis"]
+        axes = [a % x.ndim for a in ((axes,) if isinstance(axes, int) else axes)]
+        keep = [x.shape[a] if a in axes else 1 for a in range(x.ndim)]
+        mean = x.mean(dim=axes, keepdim=True)
+        out = (x - mean) / torch.sqrt(((x - mean) ** 2).mean(dim=axes, keepdim=True) + eps)
+        if w is not None:
+            out = out * w.reshape(keep) + b.reshape(keep)
+        return out.numpy()
     if kind == "LayerNorm":
         shape = (args[0],) if isinstance(args[0], int) else tuple(args[0])
         out = TF.layer_norm(x, shape, None if w is None else w.reshape(shape),
