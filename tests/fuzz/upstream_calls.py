@@ -1052,14 +1052,14 @@ def _more_module(d, kind):
         if "Bn" in kind:
             kw["momentum"] = d.pick([0.9, 0.5])
             n += 1  # (a batch norm in training takes more than one value per channel)
-        inputs = [image(c)]
+        inputs = [image(c, (5, 6) if kw.get("dilation") else (3, 5))]
     elif kind.startswith("Linear"):
         args = (c, d.int(1, 3))
         kw = {"bias": bool(d.r() < 0.7)}
         inputs = [d.tensor((n + 1, c), "float32", special=False, ties=False)]
     elif kind == "AdaptiveMaxPool2d":
         args = (d.pick([1, 2, (2, 1), (3, 2)]),)
-        inputs = [image(c, (2, 5))]
+        inputs = [image(c, (3, 5))]
     elif kind == "LocalResponseNorm":
         kw = {"kernel_size": d.pick([3, 5]), "k": d.pick([1.0, 2.0]),
               "alpha": d.pick([1e-4, 0.1]), "beta": d.pick([0.75, 0.5])}
@@ -1118,7 +1118,7 @@ def _more_module(d, kind):
         b = d.int(1, 3)
         args = (b, c, d.int(1, 3))
         kw = {"bias": bool(d.r() < 0.7), "nonlinear_mode": d.pick(["identity", "relu"])}
-        inputs = [d.tensor((b, n, c), "float32", special=False)]
+        inputs = [d.tensor((b, c, n), "float32", special=False)]  # (batch, in_features, n)
     return args, kw, inputs
 
 
@@ -1859,13 +1859,13 @@ def known(call, mine, theirs):
         ours, t = dec_array(mine[1]), dec_array(theirs[1])
         if _close((ours.astype(np.float32) - bias + bias[:, :1]).astype(ours.dtype), t):
             return "conv_transpose2d's bias under autocast"
-    if name.startswith("amp:Mod.Conv") and mine[0] and theirs[0]:
+    if name.startswith(("amp:Mod.Conv", "amp:Mod.Linear")) and mine[0] and theirs[0]:
         # (upstream 1.13 under autocast adds the first channel's bias to every channel: as
         # "amp:Mod.ConvTranspose2d" above, here before the fused batch norm and ReLU)
         biased = run_call(_first_channels_bias(call)) if "Transpose" in name else None
         if biased is not None and differ(biased, theirs) is None:
             return "conv_transpose2d's bias under autocast"
-        # (a fused batch norm's statistics, float32, of the float16 convolution's output:
+        # (a fused batch norm's statistics, float32, of the float16 layer's output:
         # each engine sums those float16 values its own way, 1e-4 apart in a variance of 2)
         if "Bn" in name and any(_stats_float16_apart(m, theirs[1])
                                 for m in (mine[1], biased and biased[1]) if m):
@@ -2286,7 +2286,7 @@ def _first_channels_bias(call):
     (what upstream 1.13's conv_transpose2d adds under autocast)."""
     name, args, kwargs = call
     state = dict(args[1][1])
-    key = next((k for k in state if k.endswith("conv_transpose2d.bias")), None)
+    key = next((k for k in state if k in ("bias", "conv_transpose2d.bias")), None)
     if key is None:  # (no bias)
         return call
     bias = dec_array(state[key])
