@@ -836,6 +836,14 @@ def _op_images2neibs(op, x):
                                _param_pair(op, 2, 3, 1), _param_pair(op, 4, 5, 1))
 
 
+def _op_sliding_window_transpose(op, x):
+    """SlidingWindowTranspose (F.sliding_window_transpose): params output size, pad, stride,
+    dilate, window (h, w each)."""
+    return _F().sliding_window_transpose(
+        x, _param_pair(op, 0, 1, 0), _param_pair(op, 8, 9, 3), _param_pair(op, 2, 3, 0),
+        _param_pair(op, 4, 5, 1), _param_pair(op, 6, 7, 1))
+
+
 def _op_correlation(op, a, b):
     """CorrelationForward: params format, kernel_size, max_displacement, stride1, stride2,
     pad_size, is_multiply."""
@@ -1192,6 +1200,7 @@ _OPERATORS = {
     "ROIPooling": _op_roi_pooling, "LRN": _op_lrn, "Images2Neibs": _op_images2neibs,
     "Diag": lambda op, x: _F().diag(x, op.p(0, "i", 0)), "CorrelationForward": _op_correlation,
     "Resize3D": _op_resize3d, "SVD": _op_svd, "CvtColor": _op_cvt_color,
+    "SlidingWindowTranspose": _op_sliding_window_transpose,
     "Convolution3D": _op_convolution3d, "Identity": lambda op, x: x,
     "NMSKeepMGB": _op_nms_keep, "Convolution3DBackwardData": _op_conv3d_backward_data,
     "DeformableConvForward": _op_deformable_conv, "GroupLocalV2": _op_group_local,

@@ -54,7 +54,7 @@ from ._norms import (_compute_check, _cross_entropy, _log_sum_exp, _normalizatio
                      _pair_loss)
 from ._recurrent import _folded_constants, _recurrent_cell, _recurrent_stack
 from ._testcases import assert_outputs, testcase_bytes
-from ._vision import (_cvt_color, _im2col, _interpolate, _nms, _perspective_points,
+from ._vision import (_col2im, _cvt_color, _im2col, _interpolate, _nms, _perspective_points,
                       _roi_align, _roi_pooling, _sample)
 
 __all__ = ["write_upstream", "SUPPORTED"]
@@ -76,7 +76,8 @@ _EXPANSIONS = {
     "MatrixInverse": _matinv, "SVD": _svd,
     # `_vision`
     "PerspectivePoints": _perspective_points, "Sample": _sample, "ROIAlignForward": _roi_align,
-    "ROIPoolingForward": _roi_pooling, "Im2Col": _im2col, "ResizeForward": _interpolate,
+    "ROIPoolingForward": _roi_pooling, "Im2Col": _im2col, "Col2Im": _col2im,
+    "ResizeForward": _interpolate,
     # `_norms`: normalizations and this fork's fused ops
     "Normalize": _normalization, "PNorm": _p_norm, "LogSumExp": _log_sum_exp,
     "CrossEntropy": _cross_entropy, "L1": _pair_loss, "Square": _pair_loss,

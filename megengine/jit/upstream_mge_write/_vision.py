@@ -136,6 +136,20 @@ def _im2col(g, opr, ins, outs, p, device):
     g.ids[id(y)] = g.op("Images2Neibs", 1, 8, params, [g.ids[id(x)]], [(y.name, y.shape)])[0]
 
 
+def _col2im(g, opr, ins, outs, p, device):
+    """``sliding_window_transpose``: upstream's SlidingWindowTranspose ((N, C, OH, OW, KH,
+    KW) windows summed into the output size)."""
+    x, y = ins[0], outs[0]
+    if p.get("what") != "sliding_window_transpose":
+        _refuse(opr, f"windows summed back for {p.get('what')!r}; sliding_window_transpose's "
+                     "are written")
+    _float32_only(opr, "an input", x)
+    values = [int(v) for k in ("size", "p", "s", "d", "k") for v in p[k]]
+    params = {i: ("I", v) for i, v in enumerate(values)}
+    g.ids[id(y)] = g.op("SlidingWindowTranspose", 1, 81, params, [g.ids[id(x)]],
+                        [(y.name, y.shape)])[0]
+
+
 def _interpolate(g, opr, ins, outs, p, device):
     """``interpolate``: nearest and bilinear (corners not aligned) as upstream's ResizeV2 of
     the output size, as before; the other modes as upstream's interpolate computes them:

@@ -315,6 +315,13 @@ class Colors(M.Module):  # CvtColor of uint8 images (NHWC) and YUV 4:2:0 frames 
                 "YUV2GRAY_NV12", "YUV2RGB_NV21", "YUV2BGR_YV12", "BT601_YUV2RGB_YU12")])
 
 
+class Windows(M.Module):  # SlidingWindowTranspose (F.sliding_window_transpose)
+    def forward(self, x):
+        return (F.sliding_window_transpose(x, (7, 8), (2, 3), padding=(1, 2), stride=(3, 2),
+                                           dilation=(2, 1)),
+                F.sliding_window_transpose(x[:, :, :2, :2, :2, :2], 3, 2))
+
+
 def quantized(net, qconfig, rng, shape, then=None):
     """``net`` with BatchNorm statistics from ``rng``, calibrated by ``qconfig`` (QAT in training
     mode on three batches of ``shape``), its qconfig reset to ``then`` if given (which keeps
@@ -425,6 +432,8 @@ def main(out_dir):
     y[0, 1:] += np.array([1, -1, 0], "float32")
     make("compare_fbs", Compare(), {"x": x, "y": y},
          {"dump_format": "FBS", "optimize_for_inference": False})
+    make("windows", Windows(), {"x": np.random.RandomState(9).rand(2, 3, 3, 5, 2, 3).astype(
+        "float32")}, {})
     pixels = np.random.RandomState(8)
     make("colors", Colors(), {"img": pixels.randint(0, 256, (2, 4, 6, 3)).astype("uint8"),
                               "yuv": pixels.randint(0, 256, (2, 6, 6, 1)).astype("uint8")}, {})

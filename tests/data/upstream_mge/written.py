@@ -304,7 +304,8 @@ def models():
             return (g, ln, ce, bce, pair, norms, scaled, unit, checks, kth[0], kth[1],
                     F.argmax(x), F.argmin(v), kth3[0], kth3[1])
 
-    class Layers(M.Module):  # convolutions of every rank, batch norms, deformable and local
+    class Layers(M.Module):  # convolutions of every rank (deformable, local), batch norms, windows
+                             # summed back
         def __init__(self):
             super().__init__()
             self.c1 = M.Conv1d(4, 6, 3, padding=2, dilation=2, groups=2)
@@ -335,8 +336,11 @@ def models():
             mask = F.sigmoid(img.mean(axis=1, keepdims=True) + self.off[:, :9])
             d = F.deformable_conv2d(img, self.wd, offset, mask, padding=1)
             dg = F.deformable_conv2d(img, self.wdg, offset, mask, padding=1, groups=2)
+            # (windows summed back: SlidingWindowTranspose)
+            back = F.sliding_window_transpose(F.sliding_window(img, 2, padding=1) * 0.5, (4, 4),
+                                              2, padding=1)
             return (a, b, c, plain, scaled, shifted, flat, d, self.local(img),
-                    F.conv3d(v, self.w3g, padding=(0, 1, 0), groups=2), dg)
+                    F.conv3d(v, self.w3g, padding=(0, 1, 0), groups=2), dg, back)
 
     class Recurrent(M.Module):  # M.LSTM / M.RNN of every kind, the cells (inference)
         def __init__(self):
