@@ -146,3 +146,17 @@ def test_integer_mode_takes_bool_sums_that_torchs_bool_op_gives():
     # _run's rng, counts in int64)
     with pytest.raises(Mismatch, match="an integer result must be exact"):
         _run(lambda x: F.sum(x).astype("bool"), torch.sum, np.array([[1, 1]], np.float32))
+
+
+def test_torchs_answer_is_taken_on_contiguous_copies_of_the_views():
+    # int seed 101629: torch 2.13's CPU conv_transpose2d of a channels-last input and a
+    # permuted weight (grouped, dilated) computes other values than on contiguous copies of
+    # them; megengine (no memory formats) gave the copies' values and was reported
+    assert run_seed("conv_transpose2d", 101629, "int") == "ok"
+    x = torch.arange(20.0).reshape(2, 2, 5, 1).permute(0, 3, 1, 2) % 5 - 2  # (2, 1, 2, 5)
+    x = torch.cat([x, x.flip(3)], 1).contiguous(memory_format=torch.channels_last)
+    w = (torch.arange(12.0).reshape(2, 3, 2, 1) % 4 - 1).permute(0, 2, 3, 1)  # (2, 2, 1, 3)
+    kw = dict(stride=(2, 1), padding=(0, 2), dilation=(2, 1), groups=2)
+    got = F.conv_transpose2d(mge.tensor(x.numpy()), mge.tensor(w.numpy()), **kw).numpy()
+    want = torch.nn.functional.conv_transpose2d(x.contiguous(), w.contiguous(), **kw).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5)
