@@ -653,6 +653,19 @@ def _op_layer_norm(op, x, *wb):
     return y, F.squeeze(mean, axes), rstd
 
 
+def _op_general_norm(op, x, *wb):
+    """GeneralNorm (M.GeneralNorm / F.nn.general_norm): params affine, eps, the normalised
+    axes [axis_start, axis_end); outputs the normalised value, the mean and 1 / std (which
+    only its backward reads: not computed here)."""
+    affine = bool(op.p(0, "B", 1))
+    start, end = op.p(2, "I", 0), op.p(3, "I", None)
+    if end is None or not start < end <= x.ndim:
+        op.refuse(f"GeneralNorm over axes [{start}, {end}) of a {x.ndim}-d value")
+    y = _F().nn.general_norm(x, tuple(range(start, end)), affine, *(wb if affine else ()),
+                             eps=op.p(1, "f", 1e-5))
+    return y, _NotComputed(), _NotComputed()
+
+
 def _op_split(op, x, *sizes):
     axis = op.p(0, "i", 0)
     sizes = [_scalar(s, op) for s in sizes]
@@ -1184,6 +1197,7 @@ _OPERATORS = {
     "Dimshuffle": _op_dimshuffle, "AxisAddRemove": _op_axis_add_remove, "Concat": _op_concat,
     "Subtensor": _op_subtensor, "ReduceV2": _op_reduce, "TypeCvtV2": _op_typecvt,
     "PowC": _op_powc, "Softmax": _op_softmax, "LayerNorm": _op_layer_norm, "Split": _op_split,
+    "GeneralNorm": _op_general_norm,
     "Argmax": _op_arg("argmax"), "Argmin": _op_arg("argmin"), "Elemwise": _op_elemwise,
     "ElemwiseMultiType": _op_elemwise_multi_type,
     "IndexingMultiAxisVec": _op_indexing, "Dot": _op_dot, "Linspace": _op_linspace,
@@ -1336,7 +1350,7 @@ def _metadata(md, info=3, opts=2):
 
 
 # how many vars the operators of more than one output compute (upstream 1.13 measured)
-_NR_OUTPUTS = {"Argsort": 2, "CondTake": 2, "LayerNorm": 3, "BatchNormV1": 4,
+_NR_OUTPUTS = {"Argsort": 2, "CondTake": 2, "LayerNorm": 3, "GeneralNorm": 3, "BatchNormV1": 4,
                "TopK": lambda op: 1 if op.p(0, "I") == 0 else 2,  # (mode KTH_ONLY: one)
                "Split": lambda op: len(op.inputs) - 1,  # (the data, then a size each)
                "MultipleDeviceTensorHolder": lambda op: len(op.tensors),

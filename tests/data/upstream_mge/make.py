@@ -322,6 +322,19 @@ class Windows(M.Module):  # SlidingWindowTranspose (F.sliding_window_transpose)
                 F.sliding_window_transpose(x[:, :, :2, :2, :2, :2], 3, 2))
 
 
+class General(M.Module):  # GeneralNorm (M.GeneralNorm: affine over two axes; not, over one)
+    def __init__(self):
+        super().__init__()
+        self.a = M.GeneralNorm((4, 6), (1, 2))
+        self.b = M.GeneralNorm((3,), (3,), eps=1e-3, affine=False)
+        rng = np.random.RandomState(10)
+        self.a.weight[...] = rng.randn(4, 6).astype("float32")
+        self.a.bias[...] = rng.randn(4, 6).astype("float32")
+
+    def forward(self, x):
+        return self.a(x), self.b(x)
+
+
 def quantized(net, qconfig, rng, shape, then=None):
     """``net`` with BatchNorm statistics from ``rng``, calibrated by ``qconfig`` (QAT in training
     mode on three batches of ``shape``), its qconfig reset to ``then`` if given (which keeps
@@ -433,6 +446,8 @@ def main(out_dir):
     make("compare_fbs", Compare(), {"x": x, "y": y},
          {"dump_format": "FBS", "optimize_for_inference": False})
     make("windows", Windows(), {"x": np.random.RandomState(9).rand(2, 3, 3, 5, 2, 3).astype(
+        "float32")}, {})
+    make("general", General(), {"x": np.random.RandomState(11).randn(2, 4, 6, 3).astype(
         "float32")}, {})
     pixels = np.random.RandomState(8)
     make("colors", Colors(), {"img": pixels.randint(0, 256, (2, 4, 6, 3)).astype("uint8"),
