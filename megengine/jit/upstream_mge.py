@@ -666,6 +666,34 @@ def _op_general_norm(op, x, *wb):
     return y, _NotComputed(), _NotComputed()
 
 
+def _op_multi_head_attn(op, q, k, v, weight_bias, *mask):
+    """MultiHeadAttn (M.MultiHeadAttention in eval mode): params the head count, the embedding,
+    key and value sizes, the four projections' sizes and whether each has a bias, the softmax
+    scale (1 / sqrt(the head's size) here), whether the attention weights are an output, and
+    an additive float mask (0 / -inf, (L, S) or (N * heads, L, S)) as a fifth input; outputs
+    the attention, its weights (where asked for) and two spaces only its backward reads (not
+    computed here). Learned from upstream 1.13's own dumps of M.MultiHeadAttention and
+    F.nn.multi_head_attention (with masks, weights, biases or not, other key / value sizes)."""
+    heads, embed = op.p(0, "I", 0), op.p(1, "I", 0)
+    qp, kp, vp, oproj = (op.p(i, "I", 0) for i in range(4, 8))
+    biases = [bool(op.p(i, "B", 0)) for i in range(8, 12)]
+    unknown = [i for i in (13, 16, 18) if op.p(i, "B", 0)]
+    masked = (op.p(14, "B", 0), op.p(15, "B", 0))
+    if unknown or len(mask) > 1 or masked != ((3, 1) if mask else (0, 0)) or not heads \
+            or not qp or qp % heads:
+        op.refuse(f"MultiHeadAttn with params #{unknown}, mask kind {masked} and "
+                  f"{len(mask)} mask inputs, {heads} heads of a projection of {qp}")
+    scale = op.p(12, "f", 1.0)
+    if abs(scale * math.sqrt(qp // heads) - 1) > 1e-6:
+        op.refuse(f"MultiHeadAttn with a softmax scale of {scale} (1 / sqrt({qp // heads}) "
+                  "is computed)")
+    need = bool(op.p(17, "B", 0))
+    out, weights = _F().nn.multi_head_attention(
+        q, k, v, embed, heads, 0.0, 0.0, weight_bias, qp, kp, vp, oproj, *biases,
+        attn_mask=mask[0] if mask else None, need_weights=need, training=False)
+    return out, weights if need else _NotComputed(), _NotComputed(), _NotComputed()
+
+
 def _op_split(op, x, *sizes):
     axis = op.p(0, "i", 0)
     sizes = [_scalar(s, op) for s in sizes]
@@ -1197,7 +1225,7 @@ _OPERATORS = {
     "Dimshuffle": _op_dimshuffle, "AxisAddRemove": _op_axis_add_remove, "Concat": _op_concat,
     "Subtensor": _op_subtensor, "ReduceV2": _op_reduce, "TypeCvtV2": _op_typecvt,
     "PowC": _op_powc, "Softmax": _op_softmax, "LayerNorm": _op_layer_norm, "Split": _op_split,
-    "GeneralNorm": _op_general_norm,
+    "GeneralNorm": _op_general_norm, "MultiHeadAttn": _op_multi_head_attn,
     "Argmax": _op_arg("argmax"), "Argmin": _op_arg("argmin"), "Elemwise": _op_elemwise,
     "ElemwiseMultiType": _op_elemwise_multi_type,
     "IndexingMultiAxisVec": _op_indexing, "Dot": _op_dot, "Linspace": _op_linspace,
@@ -1351,6 +1379,7 @@ def _metadata(md, info=3, opts=2):
 
 # how many vars the operators of more than one output compute (upstream 1.13 measured)
 _NR_OUTPUTS = {"Argsort": 2, "CondTake": 2, "LayerNorm": 3, "GeneralNorm": 3, "BatchNormV1": 4,
+               "MultiHeadAttn": 4,
                "TopK": lambda op: 1 if op.p(0, "I") == 0 else 2,  # (mode KTH_ONLY: one)
                "Split": lambda op: len(op.inputs) - 1,  # (the data, then a size each)
                "MultipleDeviceTensorHolder": lambda op: len(op.tensors),

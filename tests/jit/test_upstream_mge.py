@@ -18,7 +18,7 @@ DATA = os.path.join(os.path.dirname(__file__), "..", "data", "upstream_mge")
 MODELS = ["cnn", "resnet", "mobile", "mlp", "mlp_v1", "transformer", "misc", "ops", "convbias",
           "sizes", "onehot", "cnn_fbs", "mobile_fbs", "ops_fbs", "compare_fbs", "q_cbr",
           "q_block_fbs", "q_out", "q_batchconv", "setsub", "warp", "vision", "neighbours",
-          "volume", "recurrent", "colors", "windows", "general"]
+          "volume", "recurrent", "colors", "windows", "general", "attention"]
 
 
 def _files(name):

@@ -335,6 +335,18 @@ class General(M.Module):  # GeneralNorm (M.GeneralNorm: affine over two axes; no
         return self.a(x), self.b(x)
 
 
+class Attention(M.Module):  # MultiHeadAttn: M.MultiHeadAttention, other key / value sizes, a
+    def __init__(self):      # mask, the weights asked for
+        super().__init__()
+        self.a = M.MultiHeadAttention(8, 2)
+        self.b = M.MultiHeadAttention(8, 4, kdim=6, vdim=4, bias=False)
+        self.mask = mge.tensor(np.triu(np.ones((5, 5), bool), 1))
+
+    def forward(self, x, k, v):
+        return (self.a(x, x, x)[0], self.b(x, k, v)[0], self.a(x, x, x, attn_mask=self.mask)[0],
+                self.a(x, x, x, need_weights=True)[1])
+
+
 def quantized(net, qconfig, rng, shape, then=None):
     """``net`` with BatchNorm statistics from ``rng``, calibrated by ``qconfig`` (QAT in training
     mode on three batches of ``shape``), its qconfig reset to ``then`` if given (which keeps
@@ -449,6 +461,10 @@ def main(out_dir):
         "float32")}, {})
     make("general", General(), {"x": np.random.RandomState(11).randn(2, 4, 6, 3).astype(
         "float32")}, {})
+    words = np.random.RandomState(12)
+    make("attention", Attention(), {"x": words.randn(2, 5, 8).astype("float32"),
+                                    "k": words.randn(2, 3, 6).astype("float32"),
+                                    "v": words.randn(2, 3, 4).astype("float32")}, {})
     pixels = np.random.RandomState(8)
     make("colors", Colors(), {"img": pixels.randint(0, 256, (2, 4, 6, 3)).astype("uint8"),
                               "yuv": pixels.randint(0, 256, (2, 6, 6, 1)).astype("uint8")}, {})
