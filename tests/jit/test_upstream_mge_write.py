@@ -368,6 +368,25 @@ def test_a_concat_of_one_part_or_a_broadcast_to_its_own_shape_is_its_input():
         np.testing.assert_allclose(got.reshape(want.shape), want, rtol=1e-6)
 
 
+def test_a_reshape_to_its_own_shape_is_its_input():
+    # upstream's Reshape::make of a constant target equal to its input's shape gives the
+    # input, and its loader then asserts ("got_type=Split expected_type=Reshape", measured:
+    # M.MultiHeadAttention's biases, split from its packed weights and reshaped to their own
+    # shape, made every file of it unloadable there): no such Reshape in the file
+    from megengine.utils.network import Network
+
+    x = np.random.RandomState(0).randn(2, 5, 8).astype("float32")
+    mha = M.MultiHeadAttention(8, 2)
+    mha.eval()
+    for fn in (lambda x: mha(x, x, x)[0], lambda x: (x * 2).reshape(2, 5, 8) + 1):
+        data = _dumped(fn, x).getvalue()
+        for op in Network.load(io.BytesIO(data)).all_oprs:
+            if type(op).__name__ == "Reshape":
+                assert tuple(op.inputs[0].shape) != tuple(op.outputs[0].shape)
+        got = list(load(io.BytesIO(data)).run({"arg_0": x}).values())[0].numpy()
+        np.testing.assert_allclose(got, fn(mge.tensor(x)).numpy(), rtol=1e-5, atol=1e-6)
+
+
 def _write_last_row(x):
     y = x * 1
     y[x.shape[0] - 1] = 0.5  # (the row a size from a shape names: the loader read it as a

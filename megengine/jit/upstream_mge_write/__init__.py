@@ -167,8 +167,9 @@ def write_upstream(net, metadata=None, testcases=None):
         _check(opr, t, p, ins)
         if (t == "Concat" and len(ins) == 1) or (  # (see `_Graph.concat`; a cast to the same
                 t in ("TypeCvt", "Requantize")  # dtype, scale included: upstream's
-                and _dtype(ins[0].dtype, "") == _dtype(outs[0].dtype, "")):  # TypeCvt::make
-            ids[id(outs[0])] = ids[id(ins[0])]  # gives its input then too)
+                and _dtype(ins[0].dtype, "") == _dtype(outs[0].dtype, "")) or (  # TypeCvt::make
+                t == "Reshape" and _same_shape_reshape(opr, g)):  # gives its input then too)
+            ids[id(outs[0])] = ids[id(ins[0])]
             continue
         inputs = [ids[id(v)] for v in ins]
         if t == "Reduce" and p["axis"] == _EVERY_AXIS:  # (upstream's: a target shape input)
@@ -234,6 +235,16 @@ def _mark_data_sized(g, t, p, ins, outs):
         if axes:
             g.dynamic.add(k)
             g.data_axes[k] = frozenset(axes)
+
+
+def _same_shape_reshape(opr, g):
+    """Whether reshape ``opr`` has a constant target equal to its input's shape: upstream's
+    Reshape::make gives its input then, and its loader refuses a file holding such a Reshape
+    ("got_type=Split expected_type=Reshape": M.MultiHeadAttention's biases, split from its
+    packed weights and reshaped to their own shape, made its files unloadable there)."""
+    x, y = opr.inputs[0], opr.outputs[0]
+    return (not dict(opr._dyn or ()).get("shape") and id(x) not in g.dynamic
+            and tuple(x.shape) == tuple(y.shape))
 
 
 def _target_follows(opr, t):

@@ -243,6 +243,20 @@ def models():
         return seeded(Masked()), {"x": np.random.RandomState(22).randn(2, 4, 3, 3).astype(
             "float32")}
 
+    class Attention(M.Module):  # M.MultiHeadAttention (its biases, split from the packed
+        def __init__(self):       # weights, reshaped to their own shape: no Reshape written)
+            super().__init__()
+            self.a, self.b = M.MultiHeadAttention(8, 2), M.MultiHeadAttention(8, 4, bias=False)
+            self.mask = mge.tensor(np.triu(np.ones((5, 5), bool), 1))
+
+        def forward(self, x):  # x: (N, 5, 8)
+            return (self.a(x, x, x)[0], self.a(x, x, x, attn_mask=self.mask)[0],
+                    self.a(x, x, x, need_weights=True)[1], self.b(x, x * 0.5, x)[0])
+
+    def attention():
+        return seeded(Attention()), {"x": np.random.RandomState(17).randn(2, 5, 8).astype(
+            "float32")}
+
     def _writes(x):
         y = x * 1.0
         y[:, :2] = 0.5
@@ -485,7 +499,7 @@ def models():
         return quantize(qat), {"x": rng.randn(2, 2, 4, 4).astype("float32") * 2}
 
     return {"cnn": cnn, "mlp": mlp, "qtranspose": qtranspose, "more": more, "norms": norms, "qint8": quantized(qint8),
-            "quint8": quantized(quint8), "vision": vision, "indexing": indexing, "batch": batch, "masked": masked,
+            "quint8": quantized(quint8), "vision": vision, "indexing": indexing, "batch": batch, "masked": masked, "attention": attention,
             "layers": layers, "recurrent": recurrent}
 
 
@@ -494,7 +508,7 @@ QUANTIZED = {"qint8", "quint8", "qtranspose"}  # (built and traced on cpu0)
 # the files whose shapes follow the input's batch (a flatten traced with symbolic shapes: its
 # target shape is computed from the input's), run at this batch too (in2_*, fork2_*, up2_*)
 OTHER_BATCH = {"cnn": 3, "norms": 3, "batch": 3, "recurrent": 3, "qtranspose": 3, "layers": 3,
-               "qint8": 3, "quint8": 3, "masked": 3}
+               "qint8": 3, "quint8": 3, "masked": 3, "attention": 3}
 
 
 def other_batch(name, build):
