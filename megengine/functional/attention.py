@@ -11,7 +11,7 @@ from typing import Optional
 import numpy as np
 
 from ..core import amp as _amp
-from ..core._trace_option import dumpable
+from ..core._trace_option import concrete, dumpable
 from ..core.dispatch import Op, apply
 from ..core.ops import xp_of
 from ..core.tensor import Tensor
@@ -344,8 +344,12 @@ def multi_head_attention(query: Tensor, key: Tensor, value: Tensor, embed_dim: i
     # an unprojected input is repeated for every head (upstream's reference in its 1.13 test:
     # each head sees the whole width), so the heads' outputs join to num_heads * vdim
     o_in = vproj if vproj else v_in * int(num_heads)
+    # (the widths cut the packed constant: a trace keeps them as they are, unguarded, since
+    # another width would not fit the weights and fails in the projections, never silently;
+    # a dump of an attention layer then warns of no size used as a Python value)
+    widths = [concrete(w) for w in (q_in, k_in, v_in, o_in)]
     (wq, wk, wv, wo), (bq, bk, bv, bo) = _split_io_weight_bias(
-        io_weight_bias, [(q_in, qproj), (k_in, kproj), (v_in, vproj), (o_in, oproj)],
+        io_weight_bias, list(zip(widths, (qproj, kproj, vproj, oproj))),
         [qbias, kbias, vbias, obias])
 
     def project(x, w, b):  # (w is (out, in): linear's one op for the product and the bias)
