@@ -401,3 +401,21 @@ def test_import_megengine_does_not_load_the_reader():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_attention_settings_not_read_are_refused_by_name(monkeypatch):
+    # (MultiHeadAttn's params beyond those upstream's dumps were seen to set: a file setting
+    # one is refused, naming it, before anything runs)
+    from megengine.jit import upstream_mge
+
+    real = upstream_mge._Op.p
+
+    def p(self, i, fmt, default=0):
+        if self.type == "MultiHeadAttn" and i == 13:
+            return 1
+        return real(self, i, fmt, default)
+
+    monkeypatch.setattr(upstream_mge._Op, "p", p)
+    path, ref = _files("attention")
+    with pytest.raises(UpstreamFormatError, match=r"MultiHeadAttn with params #\[13\]"):
+        load(path).run({n: ref["in_" + n] for n in ("x", "k", "v")})
