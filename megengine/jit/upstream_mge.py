@@ -592,7 +592,16 @@ _NO_AXIS_GIVEN = 2147483647
 
 def _op_reduce(op, x, *target):
     mode = op.require(0, "I", tuple(_REDUCE), "reduce mode")
-    op.require(2, "I", (0,), "reduce data_type")
+    # data_type 3: float16 in and out, computed in float32 (the reductions of dumps with
+    # enable_io16xc32, measured); the default computes in the input's dtype
+    wide = op.require(2, "I", (0, 3), "reduce data_type") == 3
+    if wide:
+        y = _op_reduce_default(op, mode, _tensor(x, op).astype("float32"), target)
+        return y.astype("float16")
+    return _op_reduce_default(op, mode, x, target)
+
+
+def _op_reduce_default(op, mode, x, target):
     axis = op.p(1, "i", _NO_AXIS_GIVEN)
     if type(x) is _Shape and axis in (0, -1) and _REDUCE[mode] in ("sum", "prod"):
         total = 0 if mode == 0 else 1  # a size computed from a shape (flatten's product)

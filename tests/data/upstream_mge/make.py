@@ -347,6 +347,16 @@ class Attention(M.Module):  # MultiHeadAttn: M.MultiHeadAttention, other key / v
                 self.a(x, x, x, need_weights=True)[1])
 
 
+class Half(M.Module):  # a dump with enable_io16xc32: float16 values, reductions summed in float32
+    def __init__(self):  # (upstream 1.13 computes NaN for CNN's softmax and pooling so)
+        super().__init__()
+        self.c1, self.bn = M.Conv2d(4, 8, 3, padding=1), M.BatchNorm2d(8)
+        self.c2 = M.Conv2d(8, 8, 3, padding=1, groups=2)
+
+    def forward(self, x):
+        return F.relu(self.c2(F.relu(self.bn(self.c1(x))))).mean((2, 3))
+
+
 def quantized(net, qconfig, rng, shape, then=None):
     """``net`` with BatchNorm statistics from ``rng``, calibrated by ``qconfig`` (QAT in training
     mode on three batches of ``shape``), its qconfig reset to ``then`` if given (which keeps
@@ -465,6 +475,8 @@ def main(out_dir):
     make("attention", Attention(), {"x": words.randn(2, 5, 8).astype("float32"),
                                     "k": words.randn(2, 3, 6).astype("float32"),
                                     "v": words.randn(2, 3, 4).astype("float32")}, {})
+    make("io16", Half(), {"x": np.random.RandomState(13).randn(2, 4, 8, 8).astype("float32")},
+         {"enable_io16xc32": True})  # (float16 values, float32 sums)
     pixels = np.random.RandomState(8)
     make("colors", Colors(), {"img": pixels.randint(0, 256, (2, 4, 6, 3)).astype("uint8"),
                               "yuv": pixels.randint(0, 256, (2, 6, 6, 1)).astype("uint8")}, {})
