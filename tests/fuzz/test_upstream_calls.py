@@ -187,6 +187,7 @@ def test_a_quantized_value_at_a_boundary_rounded_the_other_way_is_told_apart():
     assert uc.known(call, ours, scaled) is None
 
 
+@pytest.mark.usefixtures("host_default_device")  # (quantized tensors live on CPU devices)
 def test_a_calibrated_output_scale_a_bin_apart_is_told_apart():
     # fuzz seed 258217 (and 191071): calibration_qconfig's HistogramObserver chooses its range
     # over bins that span the observed range; the earlier outputs agree to float32 rounding,
