@@ -914,7 +914,7 @@ def _op_resize3d(op, x, size):
 
 # upstream's CvtColor modes, by their numbers in its files (learned from its own dumps of
 # F.vision.cvt_color in each mode)
-CVT_COLOR_MODES = (
+_CVT_COLOR_MODES = (
     "RGB2GRAY", "RGB2YUV", "YUV2RGB", "GRAY2RGB", "RGBA2RGB", "RGBA2BGR", "RGBA2GRAY",
     "RGB2BGR", "BGR2GRAY", "BGR2RGB", "YUV2GRAY_NV21", "YUV2RGB_NV21", "YUV2BGR_NV21",
     "YUV2GRAY_NV12", "YUV2RGB_NV12", "YUV2BGR_NV12", "YUV2GRAY_YV12", "YUV2RGB_YV12",
@@ -924,11 +924,11 @@ CVT_COLOR_MODES = (
 
 
 def _op_cvt_color(op, x):
-    """CvtColor: param mode (`CVT_COLOR_MODES`); NHWC images, as F.vision.cvt_color takes."""
+    """CvtColor: param mode (`_CVT_COLOR_MODES`); NHWC images, as F.vision.cvt_color takes."""
     mode = op.p(0, "I", 0)
-    if mode >= len(CVT_COLOR_MODES):
+    if mode >= len(_CVT_COLOR_MODES):
         op.refuse(f"CvtColor mode {mode}")
-    return _F().vision.cvt_color(x, CVT_COLOR_MODES[mode])
+    return _F().vision.cvt_color(x, _CVT_COLOR_MODES[mode])
 
 
 def _op_svd(op, x):

@@ -282,10 +282,10 @@ def _cvt_color(g, opr, ins, outs, p, device):
     """``cvt_color`` of uint8 images (this fork's integer kernel): upstream's CvtColor in the
     mode of that name, which computes the same integers (each mode measured on upstream 1.13);
     float images are written as the matrix product this fork computes."""
-    from ..upstream_mge import CVT_COLOR_MODES
+    from ..upstream_mge import _CVT_COLOR_MODES
 
     y = outs[0]
-    mode = CVT_COLOR_MODES.index(opr._op.args[0])
+    mode = _CVT_COLOR_MODES.index(opr._op.args[0])
     g.ids[id(y)] = g.op("CvtColor", 1, 37, {0: ("I", mode)}, [g.ids[id(ins[0])]],
                         [(y.name, y.shape)])[0]
 
