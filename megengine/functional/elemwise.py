@@ -824,6 +824,14 @@ def _nn(name):
     return call
 
 
+def _select(cond, value):
+    """``value`` where ``cond``, else 0 (upstream's SWITCH_GT0 / COND_*_MOV: a select, so that
+    an inf or NaN value where the condition fails gives 0, not the NaN of a product by 0)."""
+    from .indexing import where  # (indexing imports this module: resolved at call time)
+
+    return where(cond, _tensor(value), 0)
+
+
 def _math(name):
     def call(*args):
         from . import math  # math imports this module: resolved at call time
@@ -867,9 +875,10 @@ _MODES = {
     "FUSE_ADD_TANH": _fuse_add(tanh), "FUSE_ADD_H_SWISH": _fuse_add(_nn("hswish")),
     "FUSE_MUL_ADD3": lambda x, y, z: add(mul(x, y), z),
     "FUSE_MUL_ADD4": lambda a, b, c, d: add(mul(a, b), mul(c, d)),
-    "SWITCH_GT0": lambda x, g: mul(greater(x, 0).astype(_tensor(g).dtype), g),
-    "COND_LEQ_MOV": lambda a, b, c: mul(less_equal(a, b).astype(_tensor(c).dtype), c),
-    "COND_LT_MOV": lambda a, b, c: mul(less(a, b).astype(_tensor(c).dtype), c),
+    # (selects, as upstream's kernels: 0 where the condition fails, an inf or NaN value too)
+    "SWITCH_GT0": lambda x, g: _select(greater(x, 0), g),
+    "COND_LEQ_MOV": lambda a, b, c: _select(less_equal(a, b), c),
+    "COND_LT_MOV": lambda a, b, c: _select(less(a, b), c),
     "SIGN": _math("sign"), "ISNAN": _math("isnan"), "ISINF": _math("isinf"),
     # upstream's kernel is this rational approximation of tanh, not tanh itself (one mode, which
     # autocast leaves in its input's dtype: its division is not cast)

@@ -177,6 +177,23 @@ def test_ternary_and_fused_modes_match_numpy():
         one(builtin.Elemwise("safe_div"), mge.tensor(n), mge.tensor(d)).numpy(), [0.5, 0, -0.5])
 
 
+def test_select_modes_give_zero_where_the_condition_fails_whatever_the_value():
+    # upstream's SWITCH_GT0 / COND_LT_MOV / COND_LEQ_MOV are selects (upstream 1.13, measured:
+    # switch_gt0([-1, 0, 1, 2], [inf, nan, inf, nan]) is [0, 0, inf, nan]); as products by
+    # the condition they gave NaN (0 * inf) where it fails
+    # where the condition fails (the builtin op's and megengine.module.Elemwise's, which
+    # runs megengine.functional.elemwise's modes)
+    import megengine.module as M
+
+    x, g = mge.tensor([-1.0, 0.0, 1.0, 2.0]), mge.tensor([np.inf, np.nan, np.inf, np.nan])
+    a, b = mge.tensor([1.0, 2.0, 0.0, 3.0]), mge.tensor([0.5, 2.0, 1.0, 1.0])
+    for mode, args, want in (("switch_gt0", (x, g), [0, 0, np.inf, np.nan]),
+                             ("cond_lt_mov", (a, b, g), [0, 0, np.inf, 0]),
+                             ("cond_leq_mov", (a, b, g), [0, np.nan, np.inf, 0])):
+        np.testing.assert_array_equal(one(builtin.Elemwise(mode), *args).numpy(), want)
+        np.testing.assert_array_equal(M.Elemwise(mode)(*args).numpy(), want)
+
+
 def test_modes_are_upstreams_enum_and_descriptors_compare_by_value():
     E = builtin.Elemwise
     assert E("add") == E("ADD") == E(E.Mode.ADD) == E(mode="Add")

@@ -539,6 +539,26 @@ def test_cvt_color_of_uint8_images_is_written_as_upstreams_cvt_color():
                                       strict=True)
 
 
+def test_float_mod_is_written_with_pythons_sign_rule():
+    # upstream's MOD kernel computes C's fmod in its files (measured: 12 of 20 values of x % 0.7
+    # of negative x were fmod's); the file adds the divisor where fmod and it differ in sign
+    # (an inf divisor too: no 0 * inf); integers keep one MOD (upstream's rule is Python's)
+    x = np.array([-7.5, -1.2, -0.0, 0.35, 7.5, 1e-30, -1e-30, np.inf, np.nan, 3.0, -3.0],
+                 "float32")
+    d = mge.tensor(np.array([2, 0.7, -0.7, -2, 0.5, 1e-20, 1e-20, 2, 1, np.inf, np.inf],
+                            "float32"))
+    for fn, modes in ((lambda x: x % 0.7, 6), (lambda x: F.mod(x, d), 6),  # (MOD, 2 SIGN,
+                      (lambda x: (F.floor(x[:5]).astype("int32") % 3).astype("float32"), 2)):
+        with np.errstate(all="ignore"):
+            data = _dumped(fn, x).getvalue()
+            want = fn(mge.tensor(x)).numpy()
+        model, _ = _model(data)
+        assert sum(op.string(0) == "Elemwise" for op in model.tables(2)) == modes  # MUL,
+        # COND_LT_MOV, ADD; the int: FLOOR, MOD)
+        got = list(load(io.BytesIO(data)).run({"arg_0": x}).values())[0].numpy()
+        np.testing.assert_array_equal(got, want)
+
+
 def test_a_roll_along_an_empty_axis_is_refused():
     # (its cut is a remainder of a division by the traced 0)
     with pytest.raises(DumpError, match=r"a roll along an axis of size 0 \(shape \(0, 5\)\)"):

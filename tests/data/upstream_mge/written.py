@@ -100,7 +100,9 @@ def models():
             return (s, big, self.up(padded), wide, F.roll(w, (1, -2), (1, 2)) + F.roll(w, 7),
                     F.argmax(c, 1), F.argmin(s, 2, keepdims=True), top[0], top[1],
                     F.svd(x.transpose(0, 2, 1), compute_uv=False),
-                    F.matmul(u * F.expand_dims(sv, 1), vh) + F.abs(vh).sum(1, keepdims=True))
+                    F.matmul(u * F.expand_dims(sv, 1), vh) + F.abs(vh).sum(1, keepdims=True),
+                    # (float % with Python's sign rule: upstream's MOD kernel gives fmod)
+                    x % 0.7 + F.mod(x, -0.3) + F.mod(x, F.flip(x, 2) + 0.1))
 
     class Indexing(M.Module):  # index arrays, gather/scatter, one-hot, sorting, cond_take
         def __init__(self):
