@@ -1635,13 +1635,18 @@ class Reduce(Op):
             if x.dtype.kind == "c":
                 raise no_order(mode, x.dtype)
             empty = [a for a in (axes if ndim else ()) if x.shape[a] == 0] if not x.size else ()
-            if empty:
-                # only an empty reduced axis is undefined; (0, 3) over axis 1 gives shape (0,)
-                # (named: F.norm of order -inf or inf computes with min or max)
+            kept = [n for a, n in enumerate(x.shape) if a not in axes]
+            if empty and all(kept):
+                # only an empty reduced axis is undefined; (0, 3) over axis 1 gives shape (0,),
+                # and so does (0, 0) over axis 0, as upstream's and torch's (an answer of no
+                # values) (named: F.norm of order -inf or inf computes with min or max)
                 raise ValueError(f"{public_function() or mode}: cannot reduce over axis "
                                  f"{empty[0]} of an empty tensor (shape {tuple(x.shape)}): the "
                                  f"{mode} of no elements is undefined")
-        if x.dtype is _F16 and ndim and type(x) is np.ndarray:
+        if not x.size and mode in _ORDERED and ndim:  # (numpy's min / max refuse even an
+            out = xp_of(x).empty(tuple(1 if a in axes else n  # answer of no values: that
+                                       for a, n in enumerate(x.shape)), x.dtype)  # answer)
+        elif x.dtype is _F16 and ndim and type(x) is np.ndarray:
             # float16 on the CPU reduces in float32, rounded once: numpy's float16 loops convert
             # one value at a time (one thread, (512, 512) over rows: max 67 ms against 0.19 in
             # float32); the same values for max and min, and sums added in float32 as before

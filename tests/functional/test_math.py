@@ -67,6 +67,22 @@ def test_small_integer_sums_keep_their_dtype_and_wrap():
     assert b.dtype == np.int32 and b.item() == 2
 
 
+@pytest.mark.parametrize("name", ["max", "min"])
+def test_an_empty_reduced_axis_with_an_answer_of_no_values_gives_that_answer(name):
+    # (0, 0) over axis 0 is (0,): upstream 1.13 gives it (upstream_calls 291321), where earlier
+    # versions of this fork refused as torch does; an answer with values still raises
+    x = mge.tensor(np.zeros((0, 0), np.int8))
+    for axis, keepdims, shape in ((0, False, (0,)), (1, True, (0, 1)), ((0, 1), False, ())):
+        if shape == ():
+            with pytest.raises(ValueError, match=f"{name}: cannot reduce over axis 0"):
+                getattr(F, name)(x, axis, keepdims)
+            continue
+        y = getattr(F, name)(x, axis, keepdims)
+        assert y.shape == shape and y.dtype == np.int8
+    with pytest.raises(ValueError, match=f"{name}: cannot reduce over axis 0 of an empty "):
+        getattr(x.reshape(0, 3), name)(axis=0)  # ((3,): three values of no elements)
+
+
 @pytest.mark.parametrize("name", ["argmax", "argmin"])
 def test_argmax_argmin(name):
     x = rand(3, 4, 5)

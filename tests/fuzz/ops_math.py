@@ -306,7 +306,18 @@ def _reduce_gen(name):
                 dtypes = ["int32"]
         elif name in ("max", "min"):
             fn = torch.amax if name == "max" else torch.amin
-            t = lambda a: fn(a, dim=ax, keepdim=keep) if ndim else a  # noqa: E731
+
+            def t(a):
+                if not ndim:
+                    return a
+                # torch refuses an empty reduced axis even where the answer holds no values
+                # ((0, 0) over axis 0: shape (0,)); upstream's gives that empty answer
+                # (upstream_calls 291321), and so does megengine: the empty answer here
+                axes = {d % ndim for d in ax if -ndim <= d < ndim}
+                if len(axes) == len(ax) and not a.numel() and not all(
+                        n for d, n in enumerate(a.shape) if d not in axes):
+                    return (a * 0).sum(dim=ax, keepdim=keep, dtype=a.dtype)
+                return fn(a, dim=ax, keepdim=keep)
         elif name in ("var", "std"):
             fn = torch.var if name == "var" else torch.std
             # in float64, rounded once: torch's float32 mean of a broadcast (equal) row is
