@@ -344,6 +344,17 @@ def test_batch_matmul_activations_bias_along_the_last_axis_is_told_apart():
     assert uc.differ(ours, theirs) == "shape (1, 2, 1) / (1, 2, 2)"
     assert uc.known(call, ours, theirs) == "BatchMatMulActivation's bias per output row"
     assert uc.known(call, ours, _as_upstream([[[0.0, 0.13], [0.45, 0.95]]])) is None
+    # seed 299456, under autocast: the product in float16 (upstream's values recorded)
+    call = uc.draw(299456)
+    assert call[0] == "amp:Mod.BatchMatMulActivation"
+    upstream = [[[0.0, 0.0], [2.03995680809021, 2.1188368797302246]], [[0.0, 0.0], [0.0, 0.0]],
+                [[0.0, 0.0], [0.0, 0.00982801616191864]]]
+    ours = uc.run_call(call)
+    assert uc.differ(ours, _as_upstream(upstream)) == "shape (3, 2, 1) / (3, 2, 2)"
+    assert uc.known(call, ours, _as_upstream(upstream)) == \
+        "BatchMatMulActivation's bias per output row"
+    upstream[0][1][0] += 0.1
+    assert uc.known(call, ours, _as_upstream(upstream)) is None
 
 
 def test_a_general_norm_modules_close_values_are_told_apart_against_float64():
