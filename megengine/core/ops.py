@@ -1637,9 +1637,10 @@ class Reduce(Op):
             empty = [a for a in (axes if ndim else ()) if x.shape[a] == 0] if not x.size else ()
             kept = [n for a, n in enumerate(x.shape) if a not in axes]
             if empty and all(kept):
-                # only an empty reduced axis is undefined; (0, 3) over axis 1 gives shape (0,),
-                # and so does (0, 0) over axis 0, as upstream's and torch's (an answer of no
-                # values) (named: F.norm of order -inf or inf computes with min or max)
+                # only an empty reduced axis with values to give is undefined; (0, 3) over
+                # axis 1 gives shape (0,), and so does (0, 0) over axis 0, as upstream's (an
+                # answer of no values; torch refuses it) (named: F.norm of order -inf or inf
+                # computes with min or max)
                 raise ValueError(f"{public_function() or mode}: cannot reduce over axis "
                                  f"{empty[0]} of an empty tensor (shape {tuple(x.shape)}): the "
                                  f"{mode} of no elements is undefined")

@@ -603,8 +603,8 @@ def _svd(g, opr, ins, outs, p, device):
     k = g.ids[id(x)]
     if dtype != np.float32:
         k = g.cast(k, np.float32, f"{outs[0].name}:float32", x.shape)
-    made = g.op("SVD", 1, 22, {0: ("?", op.full_matrices and op.compute_uv),
-                               1: ("?", op.compute_uv)}, [k], [(v.name, v.shape) for v in outs])
+    made = g.op("SVD", 1, 22, {0: ("?", False), 1: ("?", op.compute_uv)}, [k],
+                [(v.name, v.shape) for v in outs])  # (full_matrices: S alone is the same)
     for v, m in zip(outs, made):
         g.ids[id(v)] = m
 

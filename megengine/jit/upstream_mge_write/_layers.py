@@ -271,7 +271,7 @@ def _matrix_mul(g, opr, ins, outs, p, device):
 
     def product(x, w, shape, tag, transpose_w=False):  # (products take the comp node)
         return g.op("MatrixMulV2", 1, 20, {0: ("?", False), 1: ("?", transpose_w)},
-                      [x, w], [(f"{name}:{tag}", shape)], comp_node=device)[0]
+                    [x, w], [(f"{name}:{tag}", shape)], comp_node=device)[0]
 
     if p.get("transposeA") and len(sa) > 1:
         ka, sa = swap(ka, sa, "a:t")
@@ -328,8 +328,8 @@ def _matrix_mul(g, opr, ins, outs, p, device):
         (ka, (m, _)), (kb, (_, n)) = batched(ka, sa, "a"), batched(kb, sb, "b")
         shape = batch + (sa[-2], sb[-1])
         k = g.op("BatchedMatrixMulV2", 1, 20, {0: ("?", False), 1: ("?", False)},
-                   [ka, kb], [(f"{name}:3d", (int(np.prod(batch)),) + shape[-2:])],
-                   comp_node=device)[0]
+                 [ka, kb], [(f"{name}:3d", (int(np.prod(batch)),) + shape[-2:])],
+                 comp_node=device)[0]
         if len(batch) > 1:
             target = g.concat(sizes + [m, n], 0, f"{name}:shape", (len(shape),), device)
             k = g.reshape(k, target, f"{name}:batched", shape)
