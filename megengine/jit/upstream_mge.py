@@ -24,7 +24,8 @@ result is requantized to, is the ``output_dtype`` the file gives it (ConvBias,
 ElemwiseMultiType's quantized modes, ConvolutionBackwardData).
 
 What a file holds that this reader does not provide (an operator type, a parameter value such
-as a non-NCHW format, a 4-bit quantized dtype) raises `UpstreamFormatError` at load time,
+as a layout other than NCHW and the channel-blocked NCHW4 / NCHW44 / NCHW44_DOT / NCHW88 of
+upstream's deployment dumps, a 4-bit quantized dtype) raises `UpstreamFormatError` at load time,
 naming the operator and what to do; nothing is guessed.
 
 The layout of the tables (field order, enum values, defaults) follows upstream's published
@@ -356,18 +357,126 @@ def _param_pair(op, h, w, default):
 
 # upstream's tensor layouts by their number in its param enum Convolution.Format, which ConvBias,
 # Pooling, AdaptivePooling and Resize share (its legacy ConvolutionV0.Format numbers the first
-# nine alike); this reader computes NCHW only
+# nine alike); this reader computes NCHW and the channel-blocked layouts below
 _LAYOUTS = ("NCHW", "NHWC", "NHWCD4", "NCHW4", "NCHW8", "NCHW32", "NCHW88", "NCHW44",
             "NCHW44_DOT", "NCHW4_NCHW32", "NCHW32_NCHW4", "NCHW4_NCHW", "NHWC_NCHW",
             "NHWC_NCHW4_IC_SMALL", "NCHW_NCHW4_IC_SMALL", "CHWN4", "NCHW64", "NCHW4_NHWC")
+# the channel-blocked layouts of upstream's deployment dumps (enable_nchw44 for ARM,
+# enable_nchw44_dot for ARMv8.2 int8, enable_nchw88 for x86 AVX, enable_nchw4 for CUDA int8):
+# a value (N, C, H, W) is held as (N, C/k, H, W, k); number -> k
+_BLOCKED = {3: 4, 6: 8, 7: 4, 8: 4}
+_NCHW4, _DOT = 3, 8
 
 
-def _nchw(op, field, default=0, layouts=_LAYOUTS):
+def _nchw(op, field, default=0, layouts=_LAYOUTS, read=None):
     """Refuse a layout (param field ``field``) other than the first of ``layouts``, by name."""
     v = op.p(field, "I", default)
     if v != 0:
         name = layouts[v] if v < len(layouts) else "unknown"
-        op.refuse(f"the {name} layout (format {v}; only {layouts[0]} is read)")
+        op.refuse(f"the {name} layout (format {v}; {read or f'only {layouts[0]} is'} read)")
+
+
+def _layout(op, field, default=0):
+    """The layout number in param field ``field``: NCHW's (0) or a channel-blocked one; others
+    refused by name."""
+    v = op.p(field, "I", default)
+    if v not in _BLOCKED:
+        _nchw(op, field, default, read="NCHW, NCHW4, NCHW44, NCHW44_DOT and NCHW88 are")
+        return 0
+    return v
+
+
+def _relayout(v, perm, shape):
+    """``v`` transposed by ``perm``, then reshaped to ``shape``: a constant of the file on the
+    host (named as upstream names it), a Tensor by this fork's functional code."""
+    if type(v) is _Constant:
+        out = np.ascontiguousarray(v.view(np.ndarray).transpose(perm)).reshape(shape)
+        out = out.view(_Constant)
+        out.name = v.name
+        return out
+    F = _F()
+    return F.reshape(F.transpose(_tensor(v, None), perm), shape)
+
+
+def _unblocked(x, layout):
+    """A value of a blocked layout, (N, C/k, H, W, k), as NCHW (as it is for NCHW)."""
+    k = _BLOCKED.get(layout, 1)
+    if k == 1:
+        return x
+    if x.ndim != 5 or x.shape[4] != k:
+        raise ValueError(f"a value of shape {tuple(x.shape)} in a channel-blocked layout, "
+                         f"(N, C/{k}, H, W, {k})")
+    if _is_host(x):
+        n, c, h, w, _ = x.shape
+        return _relayout(x, (0, 1, 4, 2, 3), (n, c * k, h, w))
+    F = _F()  # (flatten: the batch and image sizes may be traced ones)
+    return F.flatten(F.transpose(x, (0, 1, 4, 2, 3)), 1, 2)
+
+
+def _blocked(y, layout):
+    """An NCHW result in a blocked layout (as it is for NCHW)."""
+    k = _BLOCKED.get(layout, 1)
+    if k == 1:
+        return y
+    n, _, h, w = y.shape
+    F = _F()
+    return F.transpose(F.reshape(y, (n, -1, k, h, w)), (0, 1, 3, 4, 2))
+
+
+def _nchw_conv(op, x, w, layout, group):
+    """A convolution's input and filter (Tensors) in NCHW's layout, the filter (O, I, FH, FW)
+    or, of a ``group`` convolution, (G, O, I, FH, FW), from those of ``layout``, whose filters
+    upstream holds as commented below (k: the channel block; ki, ko: input and output
+    channels inside one)."""
+    if layout == 0:
+        return x, _tensor(w, op)
+    k, s, dot = _BLOCKED[layout], tuple(w.shape), layout == _DOT
+    perm = None
+    if layout == _NCHW4:
+        if not group and len(s) == 5:  # (O, I/4, FH, FW, 4)
+            perm, shape = (0, 1, 4, 2, 3), (s[0], s[1] * k, s[2], s[3])
+        elif group and len(s) == 6:  # (G, O, I/4, FH, FW, 4)
+            perm, shape = (0, 1, 2, 5, 3, 4), (s[0], s[1], s[2] * k, s[3], s[4])
+    elif not group and len(s) == 5:  # a network's first: (O/k, FH, FW, I, ko), its input NCHW
+        return x, _tensor(_relayout(w, (0, 4, 3, 1, 2), (s[0] * k, s[3], s[1], s[2])), op)
+    elif not group and len(s) == 6:  # (O/k, I/k, FH, FW, ki, ko); NCHW44_DOT: ko, ki
+        perm = (0, 4, 1, 5, 2, 3) if dot else (0, 5, 1, 4, 2, 3)
+        shape = (s[0] * k, s[1] * k, s[2], s[3])
+    elif group and len(s) == 6 and s[1:3] == (1, 1):  # channel-wise: (G/k, 1, 1, FH, FW, k)
+        perm, shape = (0, 5, 1, 2, 3, 4), (s[0] * k, 1, 1, s[3], s[4])
+    elif group and len(s) == 7:  # (G, O/k, I/k, FH, FW, ki, ko); NCHW44_DOT: ko, ki
+        perm = (0, 1, 5, 2, 6, 3, 4) if dot else (0, 1, 6, 2, 5, 3, 4)
+        shape = (s[0], s[1] * k, s[2] * k, s[3], s[4])
+    if perm is None:
+        op.refuse(f"a {'group ' if group else ''}filter of shape {s} in the "
+                  f"{_LAYOUTS[layout]} layout")
+    return _unblocked(x, layout), _tensor(_relayout(w, perm, shape), op)
+
+
+# upstream's RelayoutFormat.Mode by number
+_RELAYOUT_MODES = (
+    "NHWC_NHWCD4", "NHWCD4_NHWC", "NHWC_NHWCD4I", "NCHW_NHWCD4", "NCHW_NHWCD4I", "NHWCD4I_NCHW",
+    "NHWCD4_NCHW", "INTER_WEIGHT_DENSE", "INTER_WEIGHT_DENSEI", "INTER_WEIGHT_GROUP",
+    "INTER_WEIGHT_GROUPI", "INTER_WEIGHT_CHAN", "INTER_WEIGHT_CHANI", "INTER_WEIGHT_DENSEI_DOT",
+    "INTER_WEIGHT_GROUPI_DOT", "NCHW4_CHWN4", "CHWN4_NCHW4", "NCHW_NCHW88_CONV_DENSE_WEIGHT",
+    "NCHW_NCHW88_CONV_CHAN_WEIGHT", "NCHW_NCHW88_CONV_GROUP_WEIGHT", "NCHW_NCHW88", "NCHW88_NCHW",
+    "NCHW_NCHW4", "NCHW_NCHW4_WEIGHT", "NCHW_NCHW64", "NCHW64_NCHW", "NCHW_NHWC", "NHWCD4I_NHWC")
+_NCHW_NCHW4 = 22
+
+
+def _op_relayout_format(op, x):
+    """RelayoutFormatV1 as enable_nchw4 dumps hold it before a network's first convolution:
+    mode NCHW_NCHW4, the channels padded with zeros to a multiple of 4, then blocked."""
+    mode = op.p(0, "I")
+    if mode != _NCHW_NCHW4:
+        name = _RELAYOUT_MODES[mode] if mode < len(_RELAYOUT_MODES) else "unknown"
+        op.refuse(f"RelayoutFormat mode {name} ({mode}; only NCHW_NCHW4 is read)")
+    if x.ndim != 4:
+        raise ValueError(f"an NCHW value of shape {tuple(x.shape)}")
+    pad = -int(x.shape[1]) % 4
+    if pad:
+        x = _F().nn.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0)))
+    return _blocked(x, _NCHW4)
 
 
 def _conv_args(op, w, pad, sparse):
@@ -381,8 +490,9 @@ def _conv_args(op, w, pad, sparse):
 
 def _op_convolution(op, x, w):
     op.require(0, "I", (0,), "convolution mode")
-    _nchw(op, 8)
-    return _F().conv2d(x, w, None, *_conv_args(op, w, 1, 7))
+    layout = _layout(op, 8)
+    x, w = _nchw_conv(op, x, w, layout, op.p(7, "I") == 1)
+    return _blocked(_F().conv2d(x, w, None, *_conv_args(op, w, 1, 7)), layout)
 
 
 # ConvBias's nonlinearities by upstream's names (F.quantized's; F's without the "_")
@@ -392,10 +502,14 @@ _NONLINEAR = {0: "identity", 1: "relu", 2: "sigmoid", 3: "h_swish"}
 def _op_conv_bias(op, x, w, b, *z):
     nonline = op.require(0, "I", tuple(_NONLINEAR), "nonlinearity")
     op.require(1, "I", (0,), "convolution mode")
-    _nchw(op, 3)
+    layout = _layout(op, 3)
+    x, w = _nchw_conv(op, x, w, layout, op.p(2, "I") == 1)
+    b = _tensor(_unblocked(b, layout), op)
+    z = tuple(_tensor(_unblocked(v, layout), op) for v in z)
     F, args, quantized = _F(), _conv_args(op, w, 4, 2), _quantized(x)
     if quantized and not z:  # the integer kernel, requantized to the dtype the file gives
-        return F.quantized.conv_bias_activation(x, w, b, op.dtype(), *args, _NONLINEAR[nonline])
+        y = F.quantized.conv_bias_activation(x, w, b, op.dtype(), *args, _NONLINEAR[nonline])
+        return _blocked(y, layout)
     if quantized:  # a fused residual (enable_fuse_conv_bias_with_z), as upstream's reference
         # kernel adds it: the accumulator's value plus z's in float32, activated, quantized
         y = (F.quantized.conv_bias_activation(x, w, b, None, *args).astype("float32") +
@@ -405,7 +519,7 @@ def _op_conv_bias(op, x, w, b, *z):
         y = y + z[0] if z else y
     if nonline:
         y = getattr(F, _NONLINEAR[nonline].replace("_", ""))(y)
-    return y.astype(op.dtype()) if quantized else y
+    return _blocked(y.astype(op.dtype()) if quantized else y, layout)
 
 
 def _op_batch_conv_bias(op, x, w, b):
@@ -427,22 +541,23 @@ def _quantized(x):
 
 def _op_pooling(op, x):
     mode = op.require(0, "I", (0, 1, 2), "pooling mode")
-    _nchw(op, 7)
-    F = _F()
+    layout = _layout(op, 7)
+    F, x = _F(), _unblocked(x, layout)
     window, stride = _param_pair(op, 5, 6, 2), _param_pair(op, 3, 4, 2)
     padding = _param_pair(op, 1, 2, 0)
     if mode == 0:
-        return F.max_pool2d(x, window, stride, padding)
-    return F.avg_pool2d(x, window, stride, padding,
-                        "average" if mode == 1 else "average_count_exclude_padding")
+        return _blocked(F.max_pool2d(x, window, stride, padding), layout)
+    return _blocked(F.avg_pool2d(x, window, stride, padding, "average" if mode == 1 else
+                                 "average_count_exclude_padding"), layout)
 
 
 def _op_adaptive_pooling(op, x, shape):
     mode = op.require(0, "I", (0, 1, 2), "pooling mode")
-    _nchw(op, 1)
+    layout = _layout(op, 1)
     oshp = _ints(shape, op, "output size")
-    F = _F()
-    return F.adaptive_max_pool2d(x, oshp) if mode == 0 else F.adaptive_avg_pool2d(x, oshp)
+    F, x = _F(), _unblocked(x, layout)
+    return _blocked(F.adaptive_max_pool2d(x, oshp) if mode == 0 else
+                    F.adaptive_avg_pool2d(x, oshp), layout)
 
 
 def _op_matmul(op, a, b):
@@ -801,9 +916,10 @@ _RESIZE_MODES = {0: "nearest", 1: "bilinear", 3: "bicubic"}  # (megdnn's NEAREST
 
 def _op_resize(op, x, size):
     mode = op.require(0, "I", tuple(_RESIZE_MODES), "interpolation mode", default=1)
-    _nchw(op, 1, default=1)  # (Resize's default is NHWC)
-    return _F().vision.interpolate(x, _ints(size, op, "output size"), mode=_RESIZE_MODES[mode],
-                                   align_corners=False if mode == 1 else None)
+    layout = _layout(op, 1, default=1)  # (Resize's default is NHWC)
+    y = _F().vision.interpolate(_unblocked(x, layout), _ints(size, op, "output size"),
+                                mode=_RESIZE_MODES[mode], align_corners=False if mode == 1 else None)
+    return _blocked(y, layout)
 
 
 def _op_one_hot(op, x, index):
@@ -1242,6 +1358,7 @@ _OPERATORS = {
     "ConvolutionBackwardData": _op_conv_backward_data,
     "ConvolutionBackwardDataV2": _op_conv_backward_data, "BatchNormV1": _op_batch_norm,
     "ResizeV2": _op_resize, "IndexingOneHot": _op_one_hot,
+    "RelayoutFormatV1": _op_relayout_format,
     "IndexingSetOneHot": _op_set_one_hot,
     "IndexingSetMultiAxisVec": _op_set_indexing, "CondTake": _op_cond_take,
     "IndexingIncrMultiAxisVec": _op_incr_indexing,
@@ -1260,7 +1377,9 @@ _OPERATORS = {
 }
 # how many leading inputs are data (Tensors); the rest are shapes or sizes, kept as host values.
 # None: the operator takes host values too (arithmetic on shapes)
-_DATA_INPUTS = {"TypeCvtV2": None, "Identity": None, "ResizeV2": 1, "IndexingSetMultiAxisVec": 2,
+_DATA_INPUTS = {"Convolution": 1, "ConvolutionV2": 1, "ConvBiasForward": 1,
+                "ConvBiasForwardV4": 1,  # (constant filters and biases: relaid on the host)
+                "TypeCvtV2": None, "Identity": None, "ResizeV2": 1, "IndexingSetMultiAxisVec": 2,
                 "IndexingIncrMultiAxisVec": 2,
                 "SetSubtensor": 2, "IncrSubtensor": 2, "WarpPerspectiveV2": 1,
                 "WarpAffineV2": 1, "ROIPooling": 2, "Resize3D": 1,
@@ -1349,7 +1468,8 @@ def _testcases(data, count):
 _OPTION_BITS = {0: "enable_io16xc32", 1: "enable_ioc16", 2: "enable_fuse_conv_bias_nonlinearity",
                 3: "enable_fuse_conv_bias_with_z", 5: "enable_fuse_preprocess",
                 6: "enable_fuse_grain"}
-_LAYOUTS = {1: "enable_nchw4", 4: "enable_nchw44", 6: "enable_nchw32", 7: "enable_chwn4"}
+_LAYOUT_OPTIONS = {1: "enable_nchw4", 2: "enable_hwcd4", 3: "enable_nchw88", 4: "enable_nchw44",
+                   5: "enable_nchw44_dot", 6: "enable_nchw32", 7: "enable_chwn4"}
 
 
 # what upstream's pickled user_info may name: numpy arrays, dtypes and scalars (no code from a
@@ -1380,8 +1500,8 @@ def _metadata(md, info=3, opts=2):
     options = md.scalar(opts, "Q", 0)
     meta = {"user_info": user_info, "graph_modified": bool(md.scalar(1, "?", False)),
             "optimized_for_inference": bool(options)}
-    if options >> 32 in _LAYOUTS:
-        meta[_LAYOUTS[options >> 32]] = True
+    if options >> 32 in _LAYOUT_OPTIONS:
+        meta[_LAYOUT_OPTIONS[options >> 32]] = True
     meta.update({name: True for bit, name in _OPTION_BITS.items() if options >> bit & 1})
     return meta
 

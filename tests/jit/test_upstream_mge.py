@@ -18,7 +18,8 @@ DATA = os.path.join(os.path.dirname(__file__), "..", "data", "upstream_mge")
 MODELS = ["cnn", "resnet", "mobile", "mlp", "mlp_v1", "transformer", "misc", "ops", "convbias",
           "sizes", "onehot", "cnn_fbs", "mobile_fbs", "ops_fbs", "compare_fbs", "q_cbr",
           "q_block_fbs", "q_out", "q_batchconv", "setsub", "warp", "vision", "neighbours",
-          "volume", "recurrent", "colors", "windows", "general", "attention", "io16"]
+          "volume", "recurrent", "colors", "windows", "general", "attention", "io16",
+          "nchw44", "nchw88", "q_nchw44_dot", "q_nchw4"]
 
 
 def _files(name):
@@ -69,7 +70,8 @@ def test_load_runs_as_upstream(name):
 
 @pytest.mark.parametrize("name", ["resnet", "mobile", "mlp", "mlp_v1", "transformer", "ops",
                                   "sizes", "onehot", "cnn_fbs", "mobile_fbs", "ops_fbs",
-                                  "q_cbr", "q_block_fbs", "q_out", "setsub", "recurrent"])
+                                  "q_cbr", "q_block_fbs", "q_out", "setsub", "recurrent",
+                                  "nchw44", "nchw88", "q_nchw44_dot", "q_nchw4"])
 def test_runs_at_another_batch_size(name):
     path, ref = _files(name)
     prog = load(path)
@@ -348,14 +350,32 @@ def test_unsupported_parameter_is_named():
 
 def test_other_layout_is_named():
     # ResizeV2 stores its format (NCHW = 0 differs from its default, NHWC); upstream's enum
-    # Convolution.Format numbers NCHW4 3 and NCHW44 7
+    # Convolution.Format numbers NCHW32 5, NCHW88 6 and NCHW44 7
     data = bytearray(_data("ops"))
     at = _first_param_field(data, "ResizeV2", 1)
-    for number, name in [(3, "NCHW4"), (7, "NCHW44"), (1, "NHWC"), (99, "unknown")]:
+    read = "NCHW, NCHW4, NCHW44, NCHW44_DOT and NCHW88 are read"
+    for number, name in [(5, "NCHW32"), (1, "NHWC"), (99, "unknown")]:
         data[at:at + 4] = number.to_bytes(4, "little")
         with pytest.raises(UpstreamFormatError, match=rf"\(ResizeV2\b.*: the {name} layout "
-                                                      rf"\(format {number}; only NCHW is read\)"):
+                                                      rf"\(format {number}; {read}\)"):
             load(io.BytesIO(bytes(data)))
+    # a blocked layout given a 4-d value: the file is inconsistent
+    data[at:at + 4] = (7).to_bytes(4, "little")
+    with pytest.raises(UpstreamFormatError, match=r"\(ResizeV2\b.*cannot be computed.*shape "
+                                                  r"\(2, 2, 3, 3\) in a channel-blocked layout"):
+        load(io.BytesIO(bytes(data)))
+    data = bytearray(_data("nchw88"))  # (its convolutions are NCHW88 and one NCHW)
+    at = _first_param_field(data, "Convolution", 8)
+    data[at:at + 4] = (5).to_bytes(4, "little")
+    with pytest.raises(UpstreamFormatError, match=rf"\(Convolution\b.*: the NCHW32 layout "
+                                                  rf"\(format 5; {read}\)"):
+        load(io.BytesIO(bytes(data)))
+    data = bytearray(_data("q_nchw4"))  # RelayoutFormat NCHW_NCHW4 (22) -> NCHW_NHWCD4I (4)
+    at = _first_param_field(data, "RelayoutFormatV1", 0)
+    data[at:at + 4] = (4).to_bytes(4, "little")
+    with pytest.raises(UpstreamFormatError, match=r"\(RelayoutFormatV1\b.*: RelayoutFormat mode "
+                                                  r"NCHW_NHWCD4I \(4; only NCHW_NCHW4 is read\)"):
+        load(io.BytesIO(bytes(data)))
 
 
 def test_corrupt_graph_is_refused():

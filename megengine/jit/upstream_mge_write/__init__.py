@@ -37,7 +37,7 @@ import pickle
 import warnings
 
 from ..dump_format import DumpError
-from ..upstream_mge import _LAYOUTS, _OPTION_BITS
+from ..upstream_mge import _LAYOUT_OPTIONS, _OPTION_BITS
 # (_Encoder, _Graph, _operator, _tensor and _type_id are imported from here by the tests too)
 from ._base import (_EVERY_AXIS, _MAX_NDIM, _NO_AXIS, _OPERATORS, _WITH_COMP_NODE, _check,
                     _dtype, _Encoder, _Graph, _inferred_axis, _model_bytes, _operator, _refuse,
@@ -294,7 +294,7 @@ def upstream_bytes(graph, w):
         if meta is not None:  # (the optimizer's options as upstream's bits: `upstream_mge` reads
             meta = dict(meta)  # them back into these names)
             bits = sum(1 << bit for bit, name in _OPTION_BITS.items() if meta.get(name))
-            bits |= sum(layout << 32 for layout, name in _LAYOUTS.items() if meta.get(name))
+            bits |= sum(layout << 32 for layout, name in _LAYOUT_OPTIONS.items() if meta.get(name))
             meta["optimize_options"] = bits
         tc = graph.get("testcases")
         model = write_upstream(net, meta, tc)

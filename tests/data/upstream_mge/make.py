@@ -357,6 +357,44 @@ class Half(M.Module):  # a dump with enable_io16xc32: float16 values, reductions
         return F.relu(self.c2(F.relu(self.bn(self.c1(x))))).mean((2, 3))
 
 
+class Blocked(M.Module):  # dumped with enable_nchw44 / enable_nchw88 (ARM / x86 deployment):
+    # values (N, C/k, H, W, k); the first convolution's input NCHW, channel-wise and group
+    # filters, a residual fused as ConvBias's bias, a transposed conv (left NCHW by upstream)
+    def __init__(self):
+        super().__init__()
+        self.c1, self.bn = M.Conv2d(3, 8, 3, padding=1), M.BatchNorm2d(8)
+        self.c0 = M.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.dw = M.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.g = M.Conv2d(8, 16, 3, stride=2, padding=1, groups=2)
+        self.up = M.ConvTranspose2d(16, 8, 2, stride=2)
+        self.c3 = M.Conv2d(16, 8, 1)
+
+    def forward(self, x):
+        a = F.relu(self.bn(self.c1(x)))
+        a = self.dw(self.c0(a)) + a
+        b = F.sigmoid(self.g(a))
+        c = F.hswish(self.up(b))
+        r = F.vision.interpolate(b, scale_factor=2, mode="bilinear")
+        y = self.c3(F.concat([c, r[:, :8]], 1)) * 2 + 1
+        return (F.adaptive_avg_pool2d(y, (2, 2)), F.max_pool2d(y, 3, 2, 1),
+                F.avg_pool2d(y, 2, mode="average"))
+
+
+class QBlocked(M.Module):  # quantized, dumped with enable_nchw44_dot (ARMv8.2 int8) and
+    # enable_nchw4 (CUDA int8: its input's 3 channels padded to 4 by a RelayoutFormat)
+    def __init__(self):
+        super().__init__()
+        self.quant, self.dequant = M.QuantStub(), M.DequantStub()
+        self.c1 = M.ConvBnRelu2d(3, 8, 3, padding=1)
+        self.c2 = M.ConvBnRelu2d(8, 8, 3, padding=1, groups=8)
+        self.c3 = M.ConvBn2d(8, 16, 3, padding=1, groups=2)
+        self.c4 = M.ConvRelu2d(16, 8, 1)
+        self.pool = M.MaxPool2d(2)
+
+    def forward(self, x):
+        return self.dequant(self.pool(self.c4(self.c3(self.c2(self.c1(self.quant(x)))))))
+
+
 def quantized(net, qconfig, rng, shape, then=None):
     """``net`` with BatchNorm statistics from ``rng``, calibrated by ``qconfig`` (QAT in training
     mode on three batches of ``shape``), its qconfig reset to ``then`` if given (which keeps
@@ -507,6 +545,7 @@ def main(out_dir):
     make("q_batchconv", QBatchConv(img(2, 3, 2, 3, 3) * 0.1, img(1, 3, 1, 1) * 0.2),
          {"data": img(2, 2, 4, 4)}, {})
     make_setsub()
+    make_blocked()
 
 
 def make_roi_index():
@@ -524,6 +563,24 @@ def make_roi_index():
       mge.tensor(np.array([[0, 0, 0, 3, 3]], "float32")))
     f.dump("roi_index.mge", arg_names=["x", "rois"])
     print("roi_index", os.path.getsize("roi_index.mge"), "bytes")
+
+
+def make_blocked():
+    """The channel-blocked layouts of upstream's deployment options, float and int8 (run alone:
+    ``make.make_blocked()``)."""
+    from megengine.quantization import ema_fakequant_qconfig
+
+    mge.random.seed(14)
+    np.random.seed(14)
+    rng = np.random.RandomState(14)
+    fused = {"enable_fuse_conv_bias_nonlinearity": True}
+    x = rng.randn(2, 3, 8, 8).astype("float32")
+    make("nchw44", Blocked(), {"data": x}, {"enable_nchw44": True, **fused}, batch2=3)
+    make("nchw88", Blocked(), {"data": x}, {"enable_nchw88": True}, batch2=3)
+    make("q_nchw44_dot", quantized(QBlocked(), ema_fakequant_qconfig, rng, (2, 3, 8, 8)),
+         {"data": x}, {"enable_nchw44_dot": True, **fused}, batch2=3)
+    make("q_nchw4", quantized(QBlocked(), ema_fakequant_qconfig, rng, (2, 3, 8, 8)),
+         {"data": x}, {"enable_nchw4": True, **fused}, batch2=3)  # (CUDA int8's layout)
 
 
 def make_setsub():
