@@ -574,7 +574,14 @@ def _op_reshape(op, x, shape):
 
 
 def _op_broadcast(op, x, shape):
-    return _F().broadcast_to(x, _ints(shape, op, "target shape"))
+    target = _ints(shape, op, "target shape")
+    if (_is_host(x) and len(target) == 1 and type(target[0]) is int and
+            (type(x) is _Shape or x.ndim <= 1)):  # (a vector of shape arithmetic: upstream's
+        # optimizer broadcasts a constant so; it stays on the host)
+        items = _items(x)
+        return _Shape(items * target[0] if len(items) == 1 else items) if type(x) is _Shape \
+            else np.broadcast_to(x, target).copy()
+    return _F().broadcast_to(_tensor(x, op), target)
 
 
 def _broadcast_size(a, b):
@@ -592,7 +599,7 @@ def _broadcast_size(a, b):
 def _op_get_var_shape(op, *xs):
     shape = ()
     for x in xs:  # several inputs: the shape they broadcast to
-        s = tuple(x.shape)
+        s = (len(x),) if type(x) is _Shape else tuple(x.shape)
         n = max(len(shape), len(s))
         shape, s = (1,) * (n - len(shape)) + shape, (1,) * (n - len(s)) + s
         shape = tuple(_broadcast_size(a, b) for a, b in zip(shape, s))
@@ -1296,7 +1303,8 @@ def _op_elemwise(op, *xs):
         f"Elemwise mode #{code}")
     if len(xs) == 1 and type(xs[0]) is _Shape and mode in _HOST_UNARY:
         return _Shape(_HOST_UNARY[mode](v) for v in xs[0])
-    if any(type(x) is _Shape for x in xs) and all(_is_host(x) for x in xs):
+    if any(type(x) is _Shape for x in xs) and all(type(x) is _Shape or _is_host(x) and x.ndim <= 1
+                                                  for x in xs):
         if mode not in _HOST_ELEMWISE:
             op.refuse(f"Elemwise mode {mode} on shapes")
         items = [_items(x) for x in xs]  # arithmetic on shapes (vectors, or one item each)
@@ -1332,7 +1340,10 @@ _HOST_ELEMWISE = {"ADD": lambda a, b: a + b, "SUB": lambda a, b: a - b, "MOD": l
                   "MUL": lambda a, b: a * b, "FLOOR_DIV": lambda a, b: a // b,
                   "TRUE_DIV": lambda a, b: a / b,
                   # (sizes of a traced shape: their expression, not a guarded comparison)
-                  "MAX": sym_max, "MIN": lambda a, b: sym_max(a, b, "min")}
+                  "MAX": sym_max, "MIN": lambda a, b: sym_max(a, b, "min"),
+                  # (upstream's optimizer fuses shape arithmetic too: a Network.load + dump)
+                  "FUSE_MUL_ADD3": lambda a, b, c: a * b + c,
+                  "FUSE_MUL_ADD4": lambda a, b, c, d: a * b + c * d}
 
 
 # upstream's registered operator name -> the function computing its outputs from its inputs
@@ -1383,7 +1394,7 @@ _DATA_INPUTS = {"Convolution": 1, "ConvolutionV2": 1, "ConvBiasForward": 1,
                 "IndexingIncrMultiAxisVec": 2,
                 "SetSubtensor": 2, "IncrSubtensor": 2, "WarpPerspectiveV2": 1,
                 "WarpAffineV2": 1, "ROIPooling": 2, "Resize3D": 1,
-                "ReshapeV1": 1, "Broadcast": 1, "AdaptivePoolingV1": 1, "ReduceV2": 0,
+                "ReshapeV1": 1, "Broadcast": 0, "AdaptivePoolingV1": 1, "ReduceV2": 0,
                 "Split": 1, "TopK": 1, "Linspace": None, "IndexingMultiAxisVec": None,
                 "GetVarShapeV1": None, "Concat": None, "Subtensor": None,
                 "AxisAddRemove": None, "Elemwise": None,

@@ -241,3 +241,31 @@ def test_a_layer_norm_upstream_rounds_within_ten_times_the_tolerance_is_set_apar
         out = capsys.readouterr().out
         assert f"a layer norm of close values (upstream's rounds): {1 - result}" in out
         assert f"other: {[seed] if result else 'none'}" in out
+
+
+def test_files_upstream_optimized_are_judged_against_eager_then_upstreams_file(tmp_path):
+    import os
+    import shutil
+
+    import pytest
+
+    # reopt_batch.mge: upstream 1.13's Network.load + dump of this fork's written_batch.mge
+    data = os.path.join(os.path.dirname(__file__), "..", "data", "upstream_mge")
+    ref = np.load(os.path.join(data, "written_batch.npz"))
+    values = [ref[f"fork_{i}"] for i in range(sum(k.startswith("fork_") for k in ref))]
+    off = [v + 1 if v.dtype.kind == "f" else v for v in values]
+    cases = {1: (values, values), 2: (off, values), 3: (off, off), 4: (values, values)}
+    for seed, (want, theirs) in cases.items():
+        shutil.copy(os.path.join(data, "reopt_batch.mge"), tmp_path / f"r{seed}.mge")
+        np.savez(tmp_path / f"w{seed}.npz", x=ref["in_x"],
+                 **{f"want{i}": w for i, w in enumerate(want)})
+        np.savez(tmp_path / f"r{seed}.npz", **{f"up{i}": w for i, w in enumerate(theirs)})
+    (tmp_path / "r4.mge").write_bytes(b"mgv2 not a graph")
+    lines = [["START", "1"], ["REOPT", "1", "written"], ["REOPT", "2", "written"],
+             ["REOPT", "3", "written"], ["REOPT", "4", "written"], ["REOPT", "5", "unoptimized"],
+             ["REOPT", "6", "unrun"]]
+    got = upstream_write._read_reoptimized(str(tmp_path), lines)
+    assert got["right"] == [1] and got["theirs"] == [2] and got["wrong"] == [3]
+    assert list(got["refused"]) == [4] and got["unoptimized"] == [5] and got["unrun"] == [6]
+    with pytest.raises(SystemExit):  # (upstream's optimizer makes the files)
+        upstream_write.main(["--seeds", "1", "--reoptimize", "plain"])

@@ -4,7 +4,7 @@ with ``--upstream PYTHON`` (an interpreter with upstream MegEngine 1.13), run by
 ``GraphInference``::
 
     python -m tests.fuzz.upstream_write [--seeds N] [--start S] [--upstream PYTHON]
-                                        [--keep DIR] [--dyn]
+                                        [--keep DIR] [--dyn] [--reoptimize HOW]
 
 Each program is traced (symbolic, capture_as_const) at the jit fuzzer's input shape and dumped;
 a refusal (`DumpError`, an operator or value the writer does not write) is counted by what it
@@ -55,6 +55,14 @@ the file holds without a shape.
 Upstream 1.13's runtime also segfaults on some sequences of files that it runs right one by
 one (--dyn programs 5101-5103: the three in one process crash it): its side is restarted past
 the file it crashed on, which is then run alone; only a crash on a file alone is a finding.
+
+``--reoptimize HOW`` (with ``--upstream``) also has upstream optimize each written file as its
+users edit deployed models, ``Network.load(f).dump(g)`` (``plain``: optimize_for_inference's
+defaults; ``enable_nchw44`` / ``enable_nchw88``: that layout too, with conv-bias fusion), and
+reads upstream's file back here: it must give eager's values, or, where upstream's optimizer
+made a file computing other values, the values upstream's runtime computes from that file
+keeping every value (reported apart). A file upstream's optimizer or runtime fails on is
+counted apart; a refusal here is a finding.
 
 This file's upstream side runs it by path (``--serve DIR``): it imports only numpy at its top.
 """
@@ -240,7 +248,8 @@ def serve(out_dir, first=0, last=None):
     and upstream's memory plan of the run that keeps its outputs only is what goes wrong. A
     file with a second input (``bx``) is run there too: ``BATCH seed right``, ``raised`` (then
     the error), ``plans`` or ``wrong``. ``START seed`` before each file and ``DONE`` at the end
-    tell the caller where a crash of upstream's process happened (`_serve`)."""
+    tell the caller where a crash of upstream's process happened (`_serve`). With ``--reoptimize``
+    (its environment variable set): ``REOPT seed`` and what `_reoptimize` says."""
     for path in sorted(glob.glob(os.path.join(out_dir, "w*.mge"))):
         ref = np.load(path[:-4] + ".npz")
         seed = os.path.basename(path)[1:-4]
@@ -254,10 +263,71 @@ def serve(out_dir, first=0, last=None):
         if "bx" in ref:
             want = [ref[f"bwant{i}"] for i in range(sum(k.startswith("bwant") for k in ref))]
             print("BATCH", seed, _run_upstream(path, ref["bx"], want, raises=True), flush=True)
+        if os.environ.get(REOPTIMIZE):
+            print("REOPT", seed, _reoptimize(path, ref["x"], os.environ[REOPTIMIZE]),
+                  flush=True)
     print("DONE", flush=True)
 
 
-def _serve(python, out_dir):
+REOPTIMIZE = "UPSTREAM_WRITE_REOPTIMIZE"  # (how --reoptimize reaches upstream's side)
+
+
+def _reoptimize(path, x, how):
+    """Upstream's side of ``--reoptimize``: ``Network.load(path).dump`` optimized as ``how``
+    says to r<seed>.mge beside it, and the values upstream computes from that file keeping
+    every value to r<seed>.npz (``up<i>``). Returns "written", "unoptimized" (upstream's
+    optimizer failed) or "unrun" (its runtime failed on the file)."""
+    from megengine.utils.comp_graph_tools import GraphInference
+    from megengine.utils.network import Network
+
+    out = os.path.join(os.path.dirname(path), "r" + os.path.basename(path)[1:])
+    options = {} if how == "plain" else {how: True, "enable_fuse_conv_bias_nonlinearity": True}
+    try:
+        Network.load(path).dump(out, **options)
+    except Exception:  # noqa: BLE001 (an assertion of upstream's optimizer)
+        return "unoptimized"
+    try:
+        net = Network.load(out)
+        names = [v.name for v in net.output_vars]
+        every = GraphInference(out, outputs=[v.name for v in net.all_vars]).run(
+            inp_dict={"x": x})
+    except Exception:  # noqa: BLE001
+        return "unrun"
+    np.savez(out[:-4] + ".npz", **{f"up{i}": np.asarray(every[n]) for i, n in enumerate(names)})
+    return "written"
+
+
+def _read_reoptimized(out_dir, lines):
+    """This fork's side of ``--reoptimize``: {outcome: seeds} of reading upstream's optimized
+    files: "right" (eager's values), "theirs" (upstream's values of that file, not eager's: its
+    optimizer's), "wrong", "refused" (a dict: seed -> the error), and upstream's
+    "unoptimized" and "unrun" (see `_reoptimize`)."""
+    from megengine.jit.dump import load
+
+    out = {"right": [], "theirs": [], "wrong": [], "refused": {}, "unoptimized": [], "unrun": []}
+    for w in lines:
+        if w[:1] != ["REOPT"]:
+            continue
+        seed, how = int(w[1]), w[2]
+        if how != "written":
+            out[how].append(seed)
+            continue
+        ref = np.load(os.path.join(out_dir, f"w{seed}.npz"))
+        want = [ref[f"want{i}"] for i in range(sum(k.startswith("want") for k in ref))]
+        theirs = np.load(os.path.join(out_dir, f"r{seed}.npz"))
+        theirs = [theirs[f"up{i}"] for i in range(len(theirs.files))]
+        try:
+            got = [v.numpy() for v in
+                   load(os.path.join(out_dir, f"r{seed}.mge")).run({"x": ref["x"]}).values()]
+        except Exception as e:  # noqa: BLE001
+            out["refused"][seed] = _why(e)
+            continue
+        out["right" if _close(got, want) else "theirs" if _close(got, theirs)
+            else "wrong"].append(seed)
+    return out
+
+
+def _serve(python, out_dir, reoptimize=None):
     """`serve` in upstream's interpreter ``python``, restarted past a file its process crashed
     on: upstream 1.13's runtime segfaults on some sequences of files that it runs alone (each
     alone, and each five times in one process: measured on --dyn programs 5101-5103, whose
@@ -267,6 +337,8 @@ def _serve(python, out_dir):
     import tempfile
 
     env = dict(os.environ, PYTHONPATH="")
+    if reoptimize:
+        env[REOPTIMIZE] = reoptimize
 
     def run(*bounds):
         out = subprocess.run([python, os.path.abspath(__file__), "--serve", out_dir,
@@ -349,8 +421,13 @@ def main(argv=None):
     parser.add_argument("--dyn", action="store_true",
                         help="programs with values whose shapes data decides too (masks, "
                              "cond_take, nms: the jit fuzzer's `jit_dyn` blocks)")
+    parser.add_argument("--reoptimize", choices=["plain", "enable_nchw44", "enable_nchw88"],
+                        help="with --upstream: upstream's Network.load + dump of each written "
+                             "file (optimized so), read back here")
     parser.add_argument("--serve", metavar="DIR", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.reoptimize and not args.upstream:
+        parser.error("--reoptimize needs --upstream (upstream's optimizer makes the files)")
     if args.serve:
         serve(args.serve)
         return 0
@@ -378,7 +455,7 @@ def main(argv=None):
     failures = list(wrong)
     batch_wrong = [(s, "read back here") for s in batch["wrong"]]
     if args.upstream:
-        lines, crashed, error = _serve(args.upstream, out_dir)
+        lines, crashed, error = _serve(args.upstream, out_dir, args.reoptimize)
         planned = [int(w[1]) for w in lines if w[:1] == ["PLANS"]]
         rounds = [int(w[1]) for w in lines if w[:1] == ["ROUNDS"]]
         normed = [s for s in rounds if _normalises(source(s))]
@@ -423,6 +500,15 @@ def main(argv=None):
             failures.append("upstream's side")
         failures += bad + alone
         batch_wrong += [(s, "upstream") for s in bbad]
+        if args.reoptimize:
+            r = _read_reoptimized(out_dir, lines)
+            print(f"optimized by upstream ({args.reoptimize}), read back here: "
+                  f"{len(r['right'])} right, {len(r['theirs'])} as upstream's "
+                  f"file computes them (its optimizer's values), {len(r['wrong'])} wrong: "
+                  f"{r['wrong'] or 'none'}; refused: {len(r['refused'])}; upstream's optimizer "
+                  f"failed on {len(r['unoptimized'])}, its runtime on {len(r['unrun'])}")
+            print("\n".join(_raises(r["refused"])) or "    (none refused)")
+            failures += r["wrong"] + sorted(r["refused"])
     for s, side in batch_wrong:
         print(f"\nprogram {s}: other values at batch+1 ({side}), eager's inputs and values in "
               f"{out_dir}/w{s}.npz (bx, bwant*):\n"

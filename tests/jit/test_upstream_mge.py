@@ -19,7 +19,7 @@ MODELS = ["cnn", "resnet", "mobile", "mlp", "mlp_v1", "transformer", "misc", "op
           "sizes", "onehot", "cnn_fbs", "mobile_fbs", "ops_fbs", "compare_fbs", "q_cbr",
           "q_block_fbs", "q_out", "q_batchconv", "setsub", "warp", "vision", "neighbours",
           "volume", "recurrent", "colors", "windows", "general", "attention", "io16",
-          "nchw44", "nchw88", "q_nchw44_dot", "q_nchw4"]
+          "nchw44", "nchw88", "q_nchw44_dot", "q_nchw4", "reopt", "reopt_batch"]
 
 
 def _files(name):
@@ -71,7 +71,8 @@ def test_load_runs_as_upstream(name):
 @pytest.mark.parametrize("name", ["resnet", "mobile", "mlp", "mlp_v1", "transformer", "ops",
                                   "sizes", "onehot", "cnn_fbs", "mobile_fbs", "ops_fbs",
                                   "q_cbr", "q_block_fbs", "q_out", "setsub", "recurrent",
-                                  "nchw44", "nchw88", "q_nchw44_dot", "q_nchw4"])
+                                  "nchw44", "nchw88", "q_nchw44_dot", "q_nchw4", "reopt",
+                                  "reopt_batch"])
 def test_runs_at_another_batch_size(name):
     path, ref = _files(name)
     prog = load(path)
@@ -95,7 +96,7 @@ def test_names_as_upstream():
         "stem.bias", "stem.weight"]
 
 
-@pytest.mark.parametrize("name", ["cnn", "mobile", "mobile_fbs", "q_cbr"])
+@pytest.mark.parametrize("name", ["cnn", "mobile", "mobile_fbs", "q_cbr", "nchw44", "q_nchw4"])
 def test_other_entry_points(name):
     from megengine.core.tensor.megbrain_graph import load_graph
     from megengine.utils.comp_graph_tools import GraphInference, load_and_inference

@@ -395,6 +395,23 @@ class QBlocked(M.Module):  # quantized, dumped with enable_nchw44_dot (ARMv8.2 i
         return self.dequant(self.pool(self.c4(self.c3(self.c2(self.c1(self.quant(x)))))))
 
 
+class Reopt(M.Module):  # dumped, loaded and dumped again: upstream's optimizer folds the
+    # batch norm and the division into constants (1, C, 1, 1) beside the batch size
+    def __init__(self):
+        super().__init__()
+        self.c, self.bn = M.Conv2d(3, 4, 1), M.BatchNorm2d(4)
+
+    def forward(self, x):
+        h = self.c(x)
+        h = h + h.shape[3] * 0.1
+        a, b = F.split(h, [h.shape[2] // 2], axis=2)
+        h = self.bn(F.concat([b, a], axis=2) / h.shape[0])
+        a, b = F.split(h, 2, axis=1)
+        n, c, hh, ww = h.shape
+        h = a * b + F.full((n, c // 2, hh, ww), 0.25)
+        return h, h.mean()
+
+
 def quantized(net, qconfig, rng, shape, then=None):
     """``net`` with BatchNorm statistics from ``rng``, calibrated by ``qconfig`` (QAT in training
     mode on three batches of ``shape``), its qconfig reset to ``then`` if given (which keeps
@@ -416,7 +433,7 @@ def quantized(net, qconfig, rng, shape, then=None):
     return quantize(qat)
 
 
-def make(name, net, inputs, options, batch2=None, eager=False):
+def make(name, net, inputs, options, batch2=None, eager=False, reoptimize=False):
     net.eval()
 
     @trace(symbolic=True, capture_as_const=True)
@@ -427,7 +444,22 @@ def make(name, net, inputs, options, batch2=None, eager=False):
     outs = f(*arrays)
     outs = outs if isinstance(outs, (tuple, list)) else (outs,)
     f.dump(f"{name}.mge", arg_names=list(inputs), **options)
-    data = {f"in_{k}": v for k, v in inputs.items()}
+    if reoptimize:  # loaded and dumped again (Network.dump optimizes for inference)
+        Network.load(f"{name}.mge").dump(f"{name}.mge")
+    data = {}
+    if eager:  # the network's own outputs (on q_z.mge, upstream's CPU kernel of the fused
+        # ConvBias leaves the residual out)
+        out = net(*arrays)
+        data.update({f"eager_{i}": v.numpy() for i, v in
+                     enumerate(out if isinstance(out, (tuple, list)) else (out,))})
+    record(name, inputs, batch2, data)
+
+
+def record(name, inputs, batch2=None, data=None):
+    """NAME.npz for NAME.mge: its inputs, the outputs upstream's loader computes from the file,
+    at ``batch2`` too if given, and upstream's reading of its metadata."""
+    data = dict(data or {})
+    data.update({f"in_{k}": v for k, v in inputs.items()})
     # the file is the reference: upstream's loader runs it (on "misc", upstream's trace of
     # F.clip differs from the eager call; the file's value is what a loader must give)
     got = GraphInference(f"{name}.mge").run(inp_dict=inputs)
@@ -435,11 +467,6 @@ def make(name, net, inputs, options, batch2=None, eager=False):
     for i, v in enumerate(got.values()):  # (.npy keeps no dtype metadata: the scales)
         if v.dtype.metadata:
             data[f"dtype_{i}"] = np.array(repr(dict(v.dtype.metadata["mgb_dtype"])))
-    if eager:  # the network's own outputs (on q_z.mge, upstream's CPU kernel of the fused
-        # ConvBias leaves the residual out)
-        out = net(*arrays)
-        data.update({f"eager_{i}": v.numpy() for i, v in
-                     enumerate(out if isinstance(out, (tuple, list)) else (out,))})
     if batch2 is not None:
         inp2 = {k: np.random.RandomState(1).randn(batch2, *v.shape[1:]).astype(v.dtype)
                 for k, v in inputs.items()}
@@ -546,6 +573,7 @@ def main(out_dir):
          {"data": img(2, 2, 4, 4)}, {})
     make_setsub()
     make_blocked()
+    make_reoptimized()
 
 
 def make_roi_index():
@@ -581,6 +609,20 @@ def make_blocked():
          {"data": x}, {"enable_nchw44_dot": True, **fused}, batch2=3)
     make("q_nchw4", quantized(QBlocked(), ema_fakequant_qconfig, rng, (2, 3, 8, 8)),
          {"data": x}, {"enable_nchw4": True, **fused}, batch2=3)  # (CUDA int8's layout)
+
+
+def make_reoptimized():
+    """Files of upstream's Network.load + dump (optimize_for_inference on a loaded file, as
+    users edit deployed models): of upstream's own dump, and of this fork's written_batch.mge
+    (upstream's optimizer fuses its shape arithmetic: FUSE_MUL_ADD3 of sizes)."""
+    mge.random.seed(15)
+    np.random.seed(15)
+    rng = np.random.RandomState(15)
+    make("reopt", Reopt(), {"x": rng.randn(2, 3, 8, 8).astype("float32")}, {}, batch2=3,
+         reoptimize=True)
+    Network.load("written_batch.mge").dump("reopt_batch.mge")
+    ref = np.load("written_batch.npz")
+    record("reopt_batch", {"x": ref["in_x"]}, batch2=3)
 
 
 def make_setsub():
