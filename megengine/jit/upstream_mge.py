@@ -576,11 +576,13 @@ def _op_reshape(op, x, shape):
 def _op_broadcast(op, x, shape):
     target = _ints(shape, op, "target shape")
     if (_is_host(x) and len(target) == 1 and type(target[0]) is int and
-            (type(x) is _Shape or x.ndim <= 1)):  # (a vector of shape arithmetic: upstream's
-        # optimizer broadcasts a constant so; it stays on the host)
-        items = _items(x)
-        return _Shape(items * target[0] if len(items) == 1 else items) if type(x) is _Shape \
-            else np.broadcast_to(x, target).copy()
+            (type(x) is _Shape or x.ndim <= 1)):  # (a vector of sizes: upstream's optimizer
+        # broadcasts a constant so for shape arithmetic; kept on the host)
+        if type(x) is not _Shape:
+            return np.broadcast_to(x, target).copy()
+        if len(x) not in (1, target[0]):
+            raise ValueError(f"{len(x)} sizes broadcast to {target[0]}")
+        return _Shape(_items(x) * (target[0] // len(x)))
     return _F().broadcast_to(_tensor(x, op), target)
 
 
@@ -925,7 +927,8 @@ def _op_resize(op, x, size):
     mode = op.require(0, "I", tuple(_RESIZE_MODES), "interpolation mode", default=1)
     layout = _layout(op, 1, default=1)  # (Resize's default is NHWC)
     y = _F().vision.interpolate(_unblocked(x, layout), _ints(size, op, "output size"),
-                                mode=_RESIZE_MODES[mode], align_corners=False if mode == 1 else None)
+                                mode=_RESIZE_MODES[mode],
+                                align_corners=False if mode == 1 else None)
     return _blocked(y, layout)
 
 
