@@ -327,21 +327,22 @@ def _read_reoptimized(out_dir, lines):
     return out
 
 
-def _serve(python, out_dir, reoptimize=None):
+def _serve(python, out_dir, reoptimize=None, script=None, env=None):
     """`serve` in upstream's interpreter ``python``, restarted past a file its process crashed
     on: upstream 1.13's runtime segfaults on some sequences of files that it runs alone (each
     alone, and each five times in one process: measured on --dyn programs 5101-5103, whose
     three together crash it, at the third file or at exit). Returns (the result lines, the
     seeds it crashed on with whether it also crashes on that file alone, the error output of a
-    run that failed otherwise or None)."""
+    run that failed otherwise or None). ``script`` (default: this file) serves another
+    fuzzer's files the same way (`upstream_read`), with ``env`` added to its environment."""
     import tempfile
 
-    env = dict(os.environ, PYTHONPATH="")
+    env = dict(os.environ, PYTHONPATH="", **(env or {}))
     if reoptimize:
         env[REOPTIMIZE] = reoptimize
 
     def run(*bounds):
-        out = subprocess.run([python, os.path.abspath(__file__), "--serve", out_dir,
+        out = subprocess.run([python, script or os.path.abspath(__file__), "--serve", out_dir,
                               *map(str, bounds)], capture_output=True, text=True, env=env,
                              cwd=tempfile.gettempdir())
         return out, [line.split() for line in out.stdout.splitlines()]

@@ -1,0 +1,60 @@
+"""CI slice of tests.fuzz.upstream_read: this fork's sides (the programs handed over, the
+judging of upstream's files); upstream's side runs offline, with ``--upstream``."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+import megengine as mge
+from tests.fuzz import upstream_read
+from tests.fuzz.jit_programs import draw
+
+DATA = os.path.join(os.path.dirname(__file__), "..", "data", "upstream_mge")
+
+
+def test_programs_are_handed_over_with_their_state_and_eager_values(tmp_path):
+    stats = upstream_read.hand_over(range(1000, 1004), str(tmp_path))
+    assert stats == {"handed over": 4}
+    for seed in range(1000, 1004):
+        spec = json.loads((tmp_path / f"p{seed}.json").read_text())
+        p = draw(seed, train=False, dyn=False, writes=False)
+        assert spec == {"source": p.source, "layers": [list(kv) for kv in p.layers]}
+        ref = np.load(tmp_path / f"p{seed}.npz")
+        prog, m = p.build()  # (the same seeded weights: the same eager values)
+        for name, v in [*m.named_parameters(), *m.named_buffers()]:
+            np.testing.assert_array_equal(ref[f"state:{name}"], v.numpy())
+        out = p.eager(prog, m, mge.tensor(ref["x"]))
+        out = out if isinstance(out, (tuple, list)) else [out]
+        for i, v in enumerate(out):
+            np.testing.assert_array_equal(ref[f"want{i}"], np.asarray(v))
+
+
+def test_upstreams_files_are_judged_against_eager_then_its_own_values(tmp_path):
+    # reopt.mge: a file upstream 1.13 dumped (its input x), with upstream's outputs
+    ref = np.load(os.path.join(DATA, "reopt.npz"))
+    values = [ref[f"out_{i}"] for i in range(sum(k.startswith("out_") for k in ref))]
+    off = [v + 1 for v in values]
+    cases = {1: (values, values), 2: (off, values), 3: (off, off), 4: (values, values)}
+    for seed, (want, every) in cases.items():
+        shutil.copy(os.path.join(DATA, "reopt.mge"), tmp_path / f"u{seed}.mge")
+        np.savez(tmp_path / f"p{seed}.npz", x=ref["in_x"],
+                 **{f"want{i}": w for i, w in enumerate(want)})
+        np.savez(tmp_path / f"u{seed}.npz", **{f"up{i}": w for i, w in enumerate(every)},
+                 **{f"every{i}": w for i, w in enumerate(every)})
+    # (a model_version upstream never wrote: refused by name)
+    (tmp_path / "u4.mge").write_bytes(b"\x10\x00\x00\x00" + bytes(4) + b"mgv2" + bytes(8))
+    lines = [["START", "1"], ["DUMPED", "1"], ["DUMPED", "2"], ["DUMPED", "3"],
+             ["DUMPED", "4"], ["UNDUMPED", "5", "TypeError:", "ndim", "is", "3"],
+             ["UNRUN", "6"], ["DONE"]]
+    got = upstream_read.read(str(tmp_path), lines)
+    assert got["right"] == [1] and got["theirs"] == [2] and got["wrong"] == [3]
+    assert list(got["refused"]) == [4] and "model_version 0" in got["refused"][4]
+    assert got["failed"] == {} and got["undumped"] == {5: "TypeError: ndim is 3"}
+    assert got["unrun"] == [6]
+
+
+def test_the_upstream_interpreter_is_required():
+    with pytest.raises(SystemExit):
+        upstream_read.main(["--seeds", "1"])

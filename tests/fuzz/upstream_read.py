@@ -1,0 +1,225 @@
+"""Random inference programs (the jit fuzzer's, `jit_programs.draw`) traced and dumped by upstream
+MegEngine 1.13 itself, read here (megengine/jit/upstream_mge.py)::
+
+    python -m tests.fuzz.upstream_read --upstream PYTHON [--seeds N] [--start S] [--dyn]
+                                       [--options plain|fbs|fused|nchw44|nchw88] [--keep DIR]
+
+Each program is run eagerly here (the oracle, at the jit fuzzer's input shape) and handed to
+upstream's interpreter as its source, its layers' source and its parameters by name. Upstream
+builds the same module tree, traces the program (symbolic, capture_as_const), dumps it with
+the options named (``plain``: trace.dump's defaults; ``fbs``: its older format,
+``dump_format="FBS"``; ``fused``: ``enable_fuse_conv_bias_nonlinearity``; ``nchw44`` /
+``nchw88``: that layout too) and runs its file (``GraphInference``). This fork then loads
+upstream's file and must give eager's values (tests.fuzz.upstream_write's tolerance and its
+rule for the trace's rewrites of what overflowed), or, where upstream's file computes other
+values than eager's (its trace or optimizer: see below), the values upstream's runtime computes
+from that file keeping every value (its memory plan of a run that keeps only the outputs goes
+wrong on some files, as tests.fuzz.upstream_write measures). A refusal by name is reported,
+grouped by what it names; other values, or any other error, are findings (exit status 1).
+Programs upstream cannot trace or dump, or whose file its runtime cannot run, are counted
+apart.
+
+This file's upstream side runs it by path (``--serve DIR``, its options in the environment): it
+imports only numpy at its top.
+"""
+import glob
+import json
+import os
+import sys
+
+import numpy as np
+
+OPTIONS = {"plain": {}, "fbs": {"dump_format": "FBS"},
+           "fused": {"enable_fuse_conv_bias_nonlinearity": True},
+           "nchw44": {"enable_nchw44": True, "enable_fuse_conv_bias_nonlinearity": True},
+           "nchw88": {"enable_nchw88": True, "enable_fuse_conv_bias_nonlinearity": True}}
+_ENV = "UPSTREAM_READ_OPTIONS"  # (how --options reaches upstream's side)
+
+
+def hand_over(seeds, out_dir, dyn=False):
+    """This fork's side, first: each program of ``seeds`` that runs eagerly at the traced shape,
+    as p<seed>.json (its source and its layers' source) and p<seed>.npz (the input ``x``, the
+    parameters and buffers by name, eager's outputs ``want<i>``). Returns {outcome: count}."""
+    import warnings
+
+    import megengine as mge
+
+    from .jit_programs import TRACE_SHAPE, draw
+    from .upstream_write import _values
+
+    stats = {}
+    for seed in seeds:
+        p = draw(seed, train=False, dyn=dyn, writes=False)
+        prog, m = p.build()
+        x = np.random.default_rng(seed).uniform(-2, 2, TRACE_SHAPE).astype("float32")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                want = _values(p.eager(prog, m, mge.tensor(x)))
+        except Exception:  # noqa: BLE001 (invalid at this shape)
+            stats["invalid"] = stats.get("invalid", 0) + 1
+            continue
+        state = {f"state:{k}": v.numpy() for k, v in
+                 [*m.named_parameters(), *m.named_buffers()]}
+        with open(os.path.join(out_dir, f"p{seed}.json"), "w") as fh:
+            json.dump({"source": p.source, "layers": p.layers}, fh)
+        np.savez(os.path.join(out_dir, f"p{seed}.npz"), x=x, **state,
+                 **{f"want{i}": w for i, w in enumerate(want)})
+        stats["handed over"] = stats.get("handed over", 0) + 1
+    return stats
+
+
+def serve(out_dir, first=0, last=None):
+    """Upstream's side: trace, dump (the options in the environment) and run each handed-over
+    program of ``out_dir`` (of seeds ``first`` to ``last``): u<seed>.mge, and u<seed>.npz with
+    its outputs (``up<i>``) and, where they are not eager's, those of a run keeping every value
+    (``every<i>``). Prints ``START seed`` before each program, then ``DUMPED seed`` or ``UNDUMPED
+    seed`` (tracing or dumping failed) or ``UNRUN seed`` (its runtime failed on the file), and
+    ``DONE`` at the end (tests.fuzz.upstream_write's protocol: a crash restarts past it)."""
+    import math
+
+    import megengine as mge
+    import megengine.functional as F
+    import megengine.module as M
+    from megengine.jit import trace
+    from megengine.utils.comp_graph_tools import GraphInference
+    from megengine.utils.network import Network
+
+    options = OPTIONS[os.environ.get(_ENV, "plain")]
+    for path in sorted(glob.glob(os.path.join(out_dir, "p*.json"))):
+        seed = os.path.basename(path)[1:-5]
+        if int(seed) < first or last is not None and int(seed) > last:
+            continue
+        print("START", seed, flush=True)
+        with open(path) as fh:
+            spec = json.load(fh)
+        ref = np.load(path[:-5] + ".npz")
+        out = os.path.join(out_dir, f"u{seed}.mge")
+        try:
+            ns = {"math": math, "mge": mge, "F": F, "M": M, "Tensor": mge.Tensor, "np": np}
+            exec(spec["source"], ns)  # noqa: S102 (the fuzzer's own generated test code)
+            m = _layers(M)
+            for name, ctor in spec["layers"]:
+                setattr(m, name, eval(ctor, ns))  # noqa: S307
+            for name, v in [*m.named_parameters(), *m.named_buffers()]:
+                v._reset(mge.tensor(ref[f"state:{name}"]))
+            m.eval()
+            prog = ns["prog"]
+            f = trace(lambda x: prog(x, m), symbolic=True, capture_as_const=True)
+            f(mge.tensor(ref["x"]))
+            f.dump(out, arg_names=["x"], **options)
+        except Exception as e:  # noqa: BLE001 (upstream's trace or dump fails on it)
+            why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:120]
+            print("UNDUMPED", seed, why, flush=True)
+            continue
+        try:
+            up = [np.asarray(v) for v in GraphInference(out).run(inp_dict={"x": ref["x"]})
+                  .values()]
+            net = Network.load(out)
+            names = [v.name for v in net.output_vars]
+            every = GraphInference(out, outputs=[v.name for v in net.all_vars]).run(
+                inp_dict={"x": ref["x"]})
+            every = [np.asarray(every[n]) for n in names]
+        except Exception:  # noqa: BLE001
+            print("UNRUN", seed, flush=True)
+            continue
+        np.savez(out[:-4] + ".npz", **{f"up{i}": v for i, v in enumerate(up)},
+                 **{f"every{i}": v for i, v in enumerate(every)})
+        print("DUMPED", seed, flush=True)
+    print("DONE", flush=True)
+
+
+def _layers(M):
+    """An empty module to hold a program's layers (upstream's Module is abstract)."""
+    class Layers(M.Module):
+        def forward(self, x):
+            return x
+
+    return Layers()
+
+
+def read(out_dir, lines):
+    """This fork's side, last: {outcome: seeds} of loading and running each file upstream
+    dumped: "right" (eager's values), "theirs" (upstream's values of its own file, kept every
+    value, where those are not eager's), "wrong", "refused" and "failed" (dicts: seed -> the
+    error; "refused": an `UpstreamFormatError` naming what this reader does not provide), and
+    upstream's "undumped" (a dict: seed -> its error) and "unrun"."""
+    from megengine.jit.dump import load
+    from megengine.jit.upstream_mge import UpstreamFormatError
+
+    from .upstream_write import _close, _why
+
+    out = {"right": [], "theirs": [], "wrong": [], "refused": {}, "failed": {},
+           "undumped": {}, "unrun": []}
+    for w in lines:
+        if w[:1] not in (["DUMPED"], ["UNDUMPED"], ["UNRUN"]):
+            continue
+        seed = int(w[1])
+        if w[0] == "UNDUMPED":
+            out["undumped"][seed] = " ".join(w[2:])
+            continue
+        if w[0] == "UNRUN":
+            out["unrun"].append(seed)
+            continue
+        ref = np.load(os.path.join(out_dir, f"p{seed}.npz"))
+        want = [ref[f"want{i}"] for i in range(sum(k.startswith("want") for k in ref))]
+        theirs = np.load(os.path.join(out_dir, f"u{seed}.npz"))
+        every = [theirs[f"every{i}"] for i in range(sum(k.startswith("every") for k in theirs))]
+        try:
+            got = [v.numpy() for v in
+                   load(os.path.join(out_dir, f"u{seed}.mge")).run({"x": ref["x"]}).values()]
+        except UpstreamFormatError as e:
+            out["refused"][seed] = _why(e)
+            continue
+        except Exception as e:  # noqa: BLE001
+            out["failed"][seed] = _why(e)
+            continue
+        out["right" if _close(got, want, rewrites=True) else
+            "theirs" if _close(got, every) else "wrong"].append(seed)
+    return out
+
+
+def main(argv=None):
+    import argparse
+    import tempfile
+
+    from .upstream_write import _raises, _serve
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--upstream", metavar="PYTHON", required=True,
+                        help="an interpreter with upstream MegEngine 1.13")
+    parser.add_argument("--seeds", type=int, default=200)
+    parser.add_argument("--start", type=int, default=0)
+    parser.add_argument("--dyn", action="store_true",
+                        help="programs with values whose shapes data decides too")
+    parser.add_argument("--options", choices=sorted(OPTIONS), default="plain",
+                        help="how upstream dumps (default: plain, trace.dump's defaults)")
+    parser.add_argument("--keep", metavar="DIR")
+    args = parser.parse_args(argv)
+    out_dir = args.keep or tempfile.mkdtemp(prefix="upstream_read_")
+    os.makedirs(out_dir, exist_ok=True)
+    seeds = range(args.start, args.start + args.seeds)
+    stats = hand_over(seeds, out_dir, args.dyn)
+    lines, crashed, error = _serve(args.upstream, out_dir, script=os.path.abspath(__file__),
+                                   env={_ENV: args.options})
+    r = read(out_dir, lines)
+    print(f"programs {args.start}-{seeds[-1]} ({args.options}): {stats}; upstream could not "
+          f"trace or dump {len(r['undumped'])}, run {len(r['unrun'])}, crashed on "
+          f"{sorted(crashed) or 'none'}")
+    print(f"read here: {len(r['right'])} right, {len(r['theirs'])} as upstream's file computes "
+          f"them (not eager's), {len(r['wrong'])} wrong: {r['wrong'] or 'none'}; refused "
+          f"{len(r['refused'])}, failed {len(r['failed'])}")
+    print("\n".join(_raises({**r["refused"], **r["failed"]})) or "    (none refused)")
+    print("upstream's trace or dump failed:")
+    print("\n".join(_raises(r["undumped"])) or "    (none)")
+    if error is not None:
+        print(error)
+    return 1 if r["wrong"] or r["failed"] or error is not None else 0
+
+
+if __name__ == "__main__":
+    if "--serve" in sys.argv:  # (upstream's interpreter: by path, no package around it)
+        at = sys.argv.index("--serve")
+        serve(sys.argv[at + 1], *map(int, sys.argv[at + 2:at + 4]))
+    else:
+        sys.exit(main())
