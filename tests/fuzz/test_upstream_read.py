@@ -48,11 +48,22 @@ def test_upstreams_files_are_judged_against_eager_then_its_own_values(tmp_path):
     lines = [["START", "1"], ["DUMPED", "1"], ["DUMPED", "2"], ["DUMPED", "3"],
              ["DUMPED", "4"], ["UNDUMPED", "5", "TypeError:", "ndim", "is", "3"],
              ["UNRUN", "6"], ["DONE"]]
+    for seed in (5, 6):  # (programs upstream did not dump: eager values compared still)
+        np.savez(tmp_path / f"p{seed}.npz", x=ref["in_x"],
+                 **{f"want{i}": w for i, w in enumerate(values)})
+    # upstream's eager values: this fork's (1), others (2; 3 slices an inner axis: set apart)
+    for seed, v in [(1, values), (2, values), (3, values)]:
+        np.savez(tmp_path / f"e{seed}.npz", **{f"eager{i}": w for i, w in enumerate(v)})
+    for seed in range(1, 7):
+        source = "def prog(x, m):\n    h = x[:, :2]\n" if seed == 3 else "def prog(x, m):\n"
+        (tmp_path / f"p{seed}.json").write_text(json.dumps({"source": source, "layers": []}))
     got = upstream_read.read(str(tmp_path), lines)
     assert got["right"] == [1] and got["theirs"] == [2] and got["wrong"] == [3]
     assert list(got["refused"]) == [4] and "model_version 0" in got["refused"][4]
     assert got["failed"] == {} and got["undumped"] == {5: "TypeError: ndim is 3"}
     assert got["unrun"] == [6]
+    assert got["eager compared"] == 3 and got["eager differs"] == [2]
+    assert got["eager differs, sliced"] == [3]
 
 
 def test_the_upstream_interpreter_is_required():

@@ -17,7 +17,9 @@ from that file keeping every value (its memory plan of a run that keeps only the
 wrong on some files, as tests.fuzz.upstream_write measures). A refusal by name is reported,
 grouped by what it names; other values, or any other error, are findings (exit status 1).
 Programs upstream cannot trace or dump, or whose file its runtime cannot run, are counted
-apart.
+apart. Upstream's eager values of each program (where its eager code runs) are compared with
+this fork's too: a difference is a finding, but where the program slices an inner axis
+(upstream computes an elementwise operator of such a slice wrong: `_inner_slice`).
 
 This file's upstream side runs it by path (``--serve DIR``, its options in the environment): it
 imports only numpy at its top.
@@ -75,7 +77,9 @@ def serve(out_dir, first=0, last=None):
     its outputs (``up<i>``) and, where they are not eager's, those of a run keeping every value
     (``every<i>``). Prints ``START seed`` before each program, then ``DUMPED seed`` or ``UNDUMPED
     seed`` (tracing or dumping failed) or ``UNRUN seed`` (its runtime failed on the file), and
-    ``DONE`` at the end (tests.fuzz.upstream_write's protocol: a crash restarts past it)."""
+    ``DONE`` at the end (tests.fuzz.upstream_write's protocol: a crash restarts past it).
+    Upstream's eager values of the program, where its eager code runs, go to e<seed>.npz
+    (``eager<i>``)."""
     import math
 
     import megengine as mge
@@ -105,6 +109,14 @@ def serve(out_dir, first=0, last=None):
                 v._reset(mge.tensor(ref[f"state:{name}"]))
             m.eval()
             prog = ns["prog"]
+            try:  # (upstream's eager values: the fork's eager ones are compared with them)
+                eager = prog(mge.tensor(ref["x"]), m)
+                eager = eager if isinstance(eager, (tuple, list)) else [eager]
+                np.savez(os.path.join(out_dir, f"e{seed}.npz"),
+                         **{f"eager{i}": np.asarray(v.numpy() if hasattr(v, "numpy") else v)
+                            for i, v in enumerate(eager)})
+            except Exception:  # noqa: BLE001 (upstream's eager code fails: not compared)
+                pass
             f = trace(lambda x: prog(x, m), symbolic=True, capture_as_const=True)
             f(mge.tensor(ref["x"]))
             f.dump(out, arg_names=["x"], **options)
@@ -138,31 +150,55 @@ def _layers(M):
     return Layers()
 
 
+def _inner_slice(source):
+    """Whether a program slices an axis other than the first (``h[:, :, :k]``): upstream 1.13
+    computes an elementwise operator of such a slice and a broadcast value wrong, eagerly too
+    (program 9122: ``h[:, :, :4] * F.linspace(0.5, 1.5, 8)``, 160 of 192 values off, right on a
+    contiguous copy of the slice; measured), so a difference of eager values there is set
+    apart."""
+    import re
+
+    return re.search(r"\[:, [^\]]*:", source) is not None
+
+
 def read(out_dir, lines):
     """This fork's side, last: {outcome: seeds} of loading and running each file upstream
     dumped: "right" (eager's values), "theirs" (upstream's values of its own file, kept every
     value, where those are not eager's), "wrong", "refused" and "failed" (dicts: seed -> the
     error; "refused": an `UpstreamFormatError` naming what this reader does not provide), and
-    upstream's "undumped" (a dict: seed -> its error) and "unrun"."""
+    upstream's "undumped" (a dict: seed -> its error) and "unrun"; and, of every program whose
+    eager code upstream ran ("eager compared": how many), those where upstream's eager values
+    are not this fork's ("eager differs"; "eager differs, sliced" where the program slices an
+    inner axis, see `_inner_slice`)."""
     from megengine.jit.dump import load
     from megengine.jit.upstream_mge import UpstreamFormatError
 
     from .upstream_write import _close, _why
 
     out = {"right": [], "theirs": [], "wrong": [], "refused": {}, "failed": {},
-           "undumped": {}, "unrun": []}
+           "undumped": {}, "unrun": [], "eager compared": 0, "eager differs": [],
+           "eager differs, sliced": []}
     for w in lines:
         if w[:1] not in (["DUMPED"], ["UNDUMPED"], ["UNRUN"]):
             continue
         seed = int(w[1])
+        ref = np.load(os.path.join(out_dir, f"p{seed}.npz"))
+        want = [ref[f"want{i}"] for i in range(sum(k.startswith("want") for k in ref))]
+        path = os.path.join(out_dir, f"e{seed}.npz")
+        if os.path.exists(path):
+            ueager = np.load(path)
+            ueager = [ueager[f"eager{i}"] for i in range(len(ueager.files))]
+            out["eager compared"] += 1
+            if not _close(ueager, want):
+                with open(os.path.join(out_dir, f"p{seed}.json")) as fh:
+                    sliced = _inner_slice(json.load(fh)["source"])
+                out["eager differs, sliced" if sliced else "eager differs"].append(seed)
         if w[0] == "UNDUMPED":
             out["undumped"][seed] = " ".join(w[2:])
             continue
         if w[0] == "UNRUN":
             out["unrun"].append(seed)
             continue
-        ref = np.load(os.path.join(out_dir, f"p{seed}.npz"))
-        want = [ref[f"want{i}"] for i in range(sum(k.startswith("want") for k in ref))]
         theirs = np.load(os.path.join(out_dir, f"u{seed}.npz"))
         every = [theirs[f"every{i}"] for i in range(sum(k.startswith("every") for k in theirs))]
         try:
@@ -210,11 +246,14 @@ def main(argv=None):
           f"them (not eager's), {len(r['wrong'])} wrong: {r['wrong'] or 'none'}; refused "
           f"{len(r['refused'])}, failed {len(r['failed'])}")
     print("\n".join(_raises({**r["refused"], **r["failed"]})) or "    (none refused)")
+    print(f"eager, upstream's against this fork's: {r['eager compared']} compared, "
+          f"{len(r['eager differs'])} differ: {r['eager differs'] or 'none'}; set apart (a "
+          f"slice of an inner axis, upstream's): {r['eager differs, sliced'] or 'none'}")
     print("upstream's trace or dump failed:")
     print("\n".join(_raises(r["undumped"])) or "    (none)")
     if error is not None:
         print(error)
-    return 1 if r["wrong"] or r["failed"] or error is not None else 0
+    return 1 if r["wrong"] or r["failed"] or r["eager differs"] or error is not None else 0
 
 
 if __name__ == "__main__":
