@@ -275,7 +275,8 @@ REOPTIMIZE = "UPSTREAM_WRITE_REOPTIMIZE"  # (how --reoptimize reaches upstream's
 def _reoptimize(path, x, how):
     """Upstream's side of ``--reoptimize``: ``Network.load(path).dump`` optimized as ``how``
     says to r<seed>.mge beside it, and the values upstream computes from that file keeping
-    every value to r<seed>.npz (``up<i>``). Returns "written", "unoptimized" (upstream's
+    every value to r<seed>.npz (``up<i>``), with the output shapes its Network declares
+    (``shape<i>``: see `upstream_read._as_declared`). Returns "written", "unoptimized" (upstream's
     optimizer failed) or "unrun" (its runtime failed on the file)."""
     from megengine.utils.comp_graph_tools import GraphInference
     from megengine.utils.network import Network
@@ -291,9 +292,12 @@ def _reoptimize(path, x, how):
         names = [v.name for v in net.output_vars]
         every = GraphInference(out, outputs=[v.name for v in net.all_vars]).run(
             inp_dict={"x": x})
+        declared = [np.array(v.shape if v.shape is not None else [-1], dtype=np.int64)
+                    for v in net.output_vars]
     except Exception:  # noqa: BLE001
         return "unrun"
-    np.savez(out[:-4] + ".npz", **{f"up{i}": np.asarray(every[n]) for i, n in enumerate(names)})
+    np.savez(out[:-4] + ".npz", **{f"up{i}": np.asarray(every[n]) for i, n in enumerate(names)},
+             **{f"shape{i}": v for i, v in enumerate(declared)})
     return "written"
 
 
@@ -303,6 +307,8 @@ def _read_reoptimized(out_dir, lines):
     optimizer's), "wrong", "refused" (a dict: seed -> the error), and upstream's
     "unoptimized" and "unrun" (see `_reoptimize`)."""
     from megengine.jit.dump import load
+
+    from .upstream_read import _as_declared
 
     out = {"right": [], "theirs": [], "wrong": [], "refused": {}, "unoptimized": [], "unrun": []}
     for w in lines:
@@ -315,7 +321,8 @@ def _read_reoptimized(out_dir, lines):
         ref = np.load(os.path.join(out_dir, f"w{seed}.npz"))
         want = [ref[f"want{i}"] for i in range(sum(k.startswith("want") for k in ref))]
         theirs = np.load(os.path.join(out_dir, f"r{seed}.npz"))
-        theirs = [theirs[f"up{i}"] for i in range(len(theirs.files))]
+        theirs = [_as_declared(theirs[f"up{i}"], theirs[f"shape{i}"]) if f"shape{i}" in theirs
+                  else theirs[f"up{i}"] for i in range(sum(k.startswith("up") for k in theirs))]
         try:
             got = [v.numpy() for v in
                    load(os.path.join(out_dir, f"r{seed}.mge")).run({"x": ref["x"]}).values()]
