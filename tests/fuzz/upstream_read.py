@@ -42,23 +42,12 @@ def hand_over(seeds, out_dir, dyn=False):
     """This fork's side, first: each program of ``seeds`` that runs eagerly at the traced shape,
     as p<seed>.json (its source and its layers' source) and p<seed>.npz (the input ``x``, the
     parameters and buffers by name, eager's outputs ``want<i>``). Returns {outcome: count}."""
-    import warnings
-
-    import megengine as mge
-
-    from .jit_programs import TRACE_SHAPE, draw
-    from .upstream_write import _values
+    from .upstream_write import drawn
 
     stats = {}
     for seed in seeds:
-        p = draw(seed, train=False, dyn=dyn, writes=False)
-        prog, m = p.build()
-        x = np.random.default_rng(seed).uniform(-2, 2, TRACE_SHAPE).astype("float32")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                want = _values(p.eager(prog, m, mge.tensor(x)))
-        except Exception:  # noqa: BLE001 (invalid at this shape)
+        p, _, m, x, want = drawn(seed, dyn)
+        if want is None:
             stats["invalid"] = stats.get("invalid", 0) + 1
             continue
         state = {f"state:{k}": v.numpy() for k, v in

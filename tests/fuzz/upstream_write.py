@@ -154,6 +154,27 @@ def _guarded(f, x2):
     return False
 
 
+def drawn(seed, dyn=False):
+    """The jit fuzzer's inference program ``seed`` (no writes into its state), built: (the
+    program, its function, its module tree, its input at the traced shape, eager's values
+    there or None where eager fails: the program is invalid at that shape)."""
+    import warnings
+
+    import megengine as mge
+
+    from .jit_programs import TRACE_SHAPE, draw
+
+    p = draw(seed, train=False, dyn=dyn, writes=False)
+    prog, m = p.build()
+    x = np.random.default_rng(seed).uniform(-2, 2, TRACE_SHAPE).astype("float32")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return p, prog, m, x, _values(p.eager(prog, m, mge.tensor(x)))
+    except Exception:  # noqa: BLE001 (invalid at this shape)
+        return p, prog, m, x, None
+
+
 def write(seeds, out_dir, dyn=False):
     """Dump programs ``seeds`` to ``out_dir``; returns ({outcome: count}, {refused: count},
     [seeds whose file this fork reads to other values], {outcome: seeds} of this fork's reading
@@ -168,23 +189,16 @@ def write(seeds, out_dir, dyn=False):
     from megengine.jit import trace
     from megengine.jit.dump import DumpError, load
 
-    from .jit_programs import TRACE_SHAPE, draw
+    from .jit_programs import TRACE_SHAPE
 
     stats, refused, wrong = {}, {}, []
     batch = {"right": [], "raised": {}, "wrong": [], "eager fails": [], "traced size": [],
              "traced decision": [], "traced count": []}
     for seed in seeds:
-        p = draw(seed, train=False, dyn=dyn, writes=False)
-        prog, m = p.build()
-        x = np.random.default_rng(seed).uniform(-2, 2, TRACE_SHAPE).astype("float32")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                out = p.eager(prog, m, mge.tensor(x))
-        except Exception:  # noqa: BLE001 (invalid at this shape)
+        p, prog, m, x, want = drawn(seed, dyn)
+        if want is None:
             stats["invalid"] = stats.get("invalid", 0) + 1
             continue
-        want = _values(out)
         # the second shape's input and eager's values there (None: eager fails, the program
         # fixes a size)
         x2 = np.random.default_rng([seed, 1]).uniform(
