@@ -89,4 +89,6 @@ def test_known_differences_of_eager_values_are_named():
     assert known("    h = h[:, :, : max(1, k // 2)]\n") == "a slice of an inner axis (upstream's)"
     assert known("    a = F.topk(h, 2, kth_only=True)[0]\n") == "topk's default order (documented)"
     assert known("    a = F.topk(h, 2, descending=True)[0]\n") is None
+    assert known("    h = F.broadcast_to(h[:1] * 0.5, Tensor(h.shape))\n    h = h + (h - h)\n") == (
+        "a write into a broadcast value (upstream's)")
     assert known("    h = h[:2] + h[:, 0]\n") is None

@@ -147,13 +147,18 @@ def _known_difference(source):
     upstream's error, or None: the program slices an axis other than the first (upstream 1.13
     computes an elementwise operator of such a slice and a broadcast value wrong, eagerly too:
     program 9122's ``h[:, :, :4] * F.linspace(0.5, 1.5, 8)``, 160 of 192 values off, right on a
-    contiguous copy of the slice; measured), or calls ``F.topk`` without ``descending`` (1.13's
-    default is the largest, this fork's the smallest, as up to 1.12: docs/compatibility.rst;
-    programs 9284, 9292)."""
+    contiguous copy of the slice; measured), adds into a broadcast value (upstream's runtime,
+    eagerly too: `upstream_write.UPSTREAM_BROADCAST_WRITES`; program 9985's second row twice
+    what it is), or calls ``F.topk`` without ``descending`` (1.13's default is the largest, this
+    fork's the smallest, as up to 1.12: docs/compatibility.rst; programs 9284, 9292)."""
     import re
+
+    from .upstream_write import UPSTREAM_BROADCAST_WRITES
 
     if re.search(r"\[:, [^\]]*:", source):
         return "a slice of an inner axis (upstream's)"
+    if any(pat in source for pat in UPSTREAM_BROADCAST_WRITES):
+        return "a write into a broadcast value (upstream's)"
     if re.search(r"F\.topk\((?![^\n]*descending)", source):
         return "topk's default order (documented)"
     return None
