@@ -119,16 +119,25 @@ _KINKED_AT_ZERO = {"norm1": lambda x: bool((x == 0).all(1).any()),
                    "abs_pow": lambda x: bool((x == 0).any())}
 
 
+# a row's maximum held by several elements (a row broadcast from one value: maximum(x, y) of a
+# column x above every y): upstream gives each tied element the whole gradient, as this fork
+# does (docs/compatibility.rst), torch shares it (seed 117360: max1 of maximum((3, 1), (1, 2)))
+_TIED = {"max1": lambda x: bool(((x == x.max(1, keepdim=True)[0]).sum(1) > 1).any())}
+
+
 def _execute(prog, xs, side, weights, kinks=None):
     """Run ``prog`` on ``xs``; ``side`` 0 is megengine, 1 torch. The loss weighs every node
     that no later step uses (so each drawn branch matters) by a fixed random array. ``kinks``,
     a list, receives the names of the steps whose input sits where their Hessian is undefined
-    (`_KINKED_AT_ZERO`)."""
+    (`_KINKED_AT_ZERO`), and "tied " + the name of those whose maximum is tied (`_TIED`)."""
     nodes = list(xs)
     for kind, name, args in prog:
         if kinks is not None and name in _KINKED_AT_ZERO and kind == "unary" \
                 and _KINKED_AT_ZERO[name](nodes[args[0]].detach()):
             kinks.append(name)
+        if kinks is not None and name in _TIED and kind == "unary" \
+                and _TIED[name](nodes[args[0]].detach()):
+            kinks.append("tied " + name)
         if kind == "unary":  # (the nn family's "unary" ops take several inputs)
             nodes.append(UNARY[name][side](*[nodes[i] for i in args]))
         elif kind == "binary":
@@ -167,6 +176,8 @@ def _check(desc, prog, inputs, weights, vs, tol):
     kinks = []
     tg = torch.autograd.grad(_execute(prog, ts, 1, weights, kinks), ts, create_graph=True,
                              allow_unused=True)
+    if any(k.startswith("tied ") for k in kinks):
+        return "tied maximum"  # (torch's rule for ties is not upstream's: nothing to compare)
     terms = [(g * torch.tensor(v)).sum() for g, v in zip(tg, vs) if g is not None]
     hv = [None] * len(ts)
     if terms and any(t.requires_grad for t in terms):

@@ -195,6 +195,12 @@ def test_second_order_runner_sets_aside_hessians_undefined_at_a_kink():
     assert run_seed("second_order_chain", 115927) == "undefined Hessian"
 
 
+def test_second_order_runner_sets_aside_a_maximum_torch_shares_among_ties():
+    # seed 117360: max1 of maximum((3, 1) column, (1, 2) row below it): each row's two equal
+    # maxima take the whole gradient each, upstream's rule (twice torch's, which shares it)
+    assert run_seed("second_order_chain", 117360) == "tied maximum"
+
+
 # ----- the third round's oracles must fail where megengine is wrong -----
 
 def test_numpy_oracle_catches_a_wrong_gradient():
