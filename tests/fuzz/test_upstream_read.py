@@ -41,8 +41,7 @@ def test_upstreams_files_are_judged_against_eager_then_its_own_values(tmp_path):
         shutil.copy(os.path.join(DATA, "reopt.mge"), tmp_path / f"u{seed}.mge")
         np.savez(tmp_path / f"p{seed}.npz", x=ref["in_x"],
                  **{f"want{i}": w for i, w in enumerate(want)})
-        np.savez(tmp_path / f"u{seed}.npz", **{f"up{i}": w for i, w in enumerate(every)},
-                 **{f"every{i}": w for i, w in enumerate(every)},
+        np.savez(tmp_path / f"u{seed}.npz", **{f"every{i}": w for i, w in enumerate(every)},
                  **{f"shape{i}": np.array(w.shape) for i, w in enumerate(every)})
     # (a model_version upstream never wrote: refused by name)
     (tmp_path / "u4.mge").write_bytes(b"\x10\x00\x00\x00" + bytes(4) + b"mgv2" + bytes(8))

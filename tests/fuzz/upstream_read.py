@@ -63,10 +63,11 @@ def hand_over(seeds, out_dir, dyn=False):
 def serve(out_dir, first=0, last=None):
     """Upstream's side: trace, dump (the options in the environment) and run each handed-over
     program of ``out_dir`` (of seeds ``first`` to ``last``): u<seed>.mge, and u<seed>.npz with
-    its outputs (``up<i>``), those of a run keeping every value (``every<i>``) and the output
-    shapes its Network declares (``shape<i>``). Prints ``START seed`` before each program, then ``DUMPED seed`` or ``UNDUMPED
-    seed`` (tracing or dumping failed) or ``UNRUN seed`` (its runtime failed on the file), and
-    ``DONE`` at the end (tests.fuzz.upstream_write's protocol: a crash restarts past it).
+    its outputs of a run keeping every value (``every<i>``) and the output shapes its Network
+    declares (``shape<i>``). Prints ``START seed`` before each program, then ``DUMPED seed``,
+    ``UNDUMPED seed why`` (tracing or dumping failed) or ``UNRUN seed`` (its runtime failed on
+    the file), and ``DONE`` at the end (tests.fuzz.upstream_write's protocol: a crash restarts
+    past it).
     Upstream's eager values of the program, where its eager code runs, go to e<seed>.npz
     (``eager<i>``)."""
     import math
@@ -114,8 +115,6 @@ def serve(out_dir, first=0, last=None):
             print("UNDUMPED", seed, why, flush=True)
             continue
         try:
-            up = [np.asarray(v) for v in GraphInference(out).run(inp_dict={"x": ref["x"]})
-                  .values()]
             net = Network.load(out)
             names = [v.name for v in net.output_vars]
             every = GraphInference(out, outputs=[v.name for v in net.all_vars]).run(
@@ -126,8 +125,7 @@ def serve(out_dir, first=0, last=None):
         except Exception:  # noqa: BLE001
             print("UNRUN", seed, flush=True)
             continue
-        np.savez(out[:-4] + ".npz", **{f"up{i}": v for i, v in enumerate(up)},
-                 **{f"every{i}": v for i, v in enumerate(every)},
+        np.savez(out[:-4] + ".npz", **{f"every{i}": v for i, v in enumerate(every)},
                  **{f"shape{i}": v for i, v in enumerate(declared)})
         print("DUMPED", seed, flush=True)
     print("DONE", flush=True)
