@@ -71,7 +71,8 @@ def load_network(path):
 
 def add_float16(parser):
     """Upstream's float16 options of its inference optimizer, which this fork applies too
-    (`megengine.utils.network_optimize`): the program is converted before it is used."""
+    (`megengine.utils.network_optimize`): the program is converted before it is used. Returns
+    the argument group (a tool adds its other optimizer options to it)."""
     group = parser.add_argument_group("inference optimizer (upstream's optimize_for_inference)")
     one = group.add_mutually_exclusive_group()
     one.add_argument("--enable-io16xc32", action="store_true",
@@ -79,6 +80,7 @@ def add_float16(parser):
                           "inputs and outputs stay float32")
     one.add_argument("--enable-ioc16", action="store_true",
                      help="float16 values and computation; inputs and outputs stay float32")
+    return group
 
 
 def float16_option(args):

@@ -18,12 +18,15 @@ import numpy as np
 
 from ._common import (ToolError, add_float16, add_unsupported, converted, float16_option,
                       load_program, print_out, reject_unsupported, run_tool, tool_parser)
-from .load_network_and_run import UNSUPPORTED as _RUN_UNSUPPORTED
+from .load_network_and_run import KERNEL_LAYOUTS
 
-_OPTIMIZER = ["--optimize-for-inference", "--enable-hwcd4", "--enable-nchw4", "--enable-nchw88",
-              "--enable-nchw44", "--enable-nchw44-dot", "--enable-nchw32", "--enable-chwn4",
-              "--enable-fuse-conv-bias-nonlinearity", "--enable-fuse-conv-bias-with-z"]
-UNSUPPORTED = {flag: _RUN_UNSUPPORTED[flag] for flag in _OPTIMIZER}
+# (load_network_and_run accepts these: a run's values are the same; a file written here would
+# not hold the graph upstream's optimizer converts, so they are refused rather than ignored)
+_CPP_OPTIMIZER = ("a pass of upstream's C++ graph optimizer, which this fork does not have: the "
+                  "file would not hold the graph it converts")
+UNSUPPORTED = {"--optimize-for-inference": (False, _CPP_OPTIMIZER + " (see docs/api/network.rst)")}
+UNSUPPORTED.update({flag: (False, "this layout or fusion is " + _CPP_OPTIMIZER)
+                    for flag in KERNEL_LAYOUTS})
 UNSUPPORTED.update({
     "--enable-fuse-preprocess": (False, "this fusion is a pass of upstream's C++ graph "
                                         "optimizer, which this fork does not have"),

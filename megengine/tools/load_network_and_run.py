@@ -5,11 +5,14 @@ check the stored test cases' outputs, and write a profile with ``--profile``.
 
 The file is one `megengine.jit.trace.dump` wrote, or an upstream MegEngine ``.mge`` file
 (`megengine.jit.upstream_mge`).
-``--enable-io16xc32`` / ``--enable-ioc16`` run it converted to float16, as upstream's optimizer
-does. ``--fast-run``, ``--reproducible`` and ``--weight-preprocess``, which choose among upstream's
-kernels for the same values, are accepted with a note that they have nothing to do here. Other
-options of upstream's C++ graph runtime (the ``--enable-*`` layout and fusion passes,
-``--dump-cpp-model``, ...) are refused with the reason, never ignored.
+``--optimize-for-inference`` runs it through the inference optimizer with the ``--enable-*``
+options, as upstream's tool (which ignores them without it): ``--enable-io16xc32`` /
+``--enable-ioc16`` convert it to float16; the layout and fusion passes (``--enable-nchw44``,
+...) change only how upstream's kernels run and are accepted with a note. ``--fast-run``,
+``--reproducible`` and ``--weight-preprocess``, which choose among upstream's kernels for the
+same values, are accepted with a note that they have nothing to do here. Other options of
+upstream's C++ graph runtime (``--dump-cpp-model``, ``--embed-input``, ...) are refused with the
+reason, never ignored.
 """
 import io
 import os
@@ -25,7 +28,6 @@ from ._common import (ToolError, add_float16, add_unsupported, converted, float1
                       format_table, load_network, load_program, positive_int, print_out,
                       reject_unsupported, run_tool, tool_parser)
 
-_CPP_OPTIMIZER = "a pass of upstream's C++ graph optimizer, which this fork does not have"
 # Upstream's options that only choose which MegDNN kernel computes the same values. Scripts pass
 # them for speed (a deployment check's `load_network_and_run m.mge --fast-run --profile p.json`),
 # so they are accepted; a note says there is nothing to choose here
@@ -37,17 +39,13 @@ SPEED_ONLY = {
     "--weight-preprocess": "it preprocesses weights for upstream's winograd/im2col MegDNN "
                            "kernels, which this fork does not have",
 }
+# upstream's optimizer options that change how its C++ kernels run, not the values: with
+# --optimize-for-inference upstream converts the graph; here they are accepted with a note
+# (megengine.utils.network_optimize.NO_EFFECT says why each has nothing to do)
+KERNEL_LAYOUTS = ("--enable-hwcd4", "--enable-nchw4", "--enable-nchw88", "--enable-nchw44",
+                  "--enable-nchw44-dot", "--enable-nchw32", "--enable-chwn4",
+                  "--enable-fuse-conv-bias-nonlinearity", "--enable-fuse-conv-bias-with-z")
 UNSUPPORTED = {
-    "--optimize-for-inference": (False, _CPP_OPTIMIZER + " (see docs/api/network.rst)"),
-    "--enable-hwcd4": (False, "the NHWCD4 layout is " + _CPP_OPTIMIZER),
-    "--enable-nchw4": (False, "the NCHW4 layout is " + _CPP_OPTIMIZER),
-    "--enable-nchw88": (False, "the NCHW88 layout is " + _CPP_OPTIMIZER),
-    "--enable-nchw44": (False, "the NCHW44 layout is " + _CPP_OPTIMIZER),
-    "--enable-nchw44-dot": (False, "the NCHW44_DOT layout is " + _CPP_OPTIMIZER),
-    "--enable-nchw32": (False, "the NCHW32 layout is " + _CPP_OPTIMIZER),
-    "--enable-chwn4": (False, "the CHWN4 layout is " + _CPP_OPTIMIZER),
-    "--enable-fuse-conv-bias-nonlinearity": (False, "this fusion is " + _CPP_OPTIMIZER),
-    "--enable-fuse-conv-bias-with-z": (False, "this fusion is " + _CPP_OPTIMIZER),
     "--dump-cpp-model": (True, "it writes upstream's binary graph for MegEngine Lite's "
                                "load_and_run, a format this fork cannot write"),
     "--embed-input": (False, "it makes inputs SharedDeviceTensor operators of upstream's C++ "
@@ -101,7 +99,14 @@ def build_parser():
                              "'label:randint(low=0,high=1000,size={})'")
     parser.add_argument("--no-check-testcases", action="store_true",
                         help="run the file's stored test cases without comparing the outputs")
-    add_float16(parser)
+    optimizer = add_float16(parser)
+    optimizer.add_argument("--optimize-for-inference", action="store_true",
+                           help="run the program through the inference optimizer with the "
+                                "--enable-* options below, as upstream (without it they have "
+                                "no effect, as upstream's)")
+    for flag in KERNEL_LAYOUTS:
+        optimizer.add_argument(flag, action="store_true",
+                               help="accepted, no effect here: " + _no_effect(flag))
     speed = parser.add_argument_group("options of upstream's C++ runtime that only choose its "
                                       "kernels (accepted: nothing to do here)")
     for flag, reason in SPEED_ONLY.items():
@@ -263,7 +268,7 @@ def _select_outputs(args, graph):
     outputs)."""
     from ..utils.comp_graph_tools import GraphInference
 
-    option = float16_option(args)
+    option = float16_option(args) if args.optimize_for_inference else None
     wanted = list(args.output_name or graph.output_names)
     if all(n in graph.output_names for n in wanted):
         if option is None:
@@ -338,6 +343,25 @@ def run(args):
         set_default_device(previous)
 
 
+def _no_effect(flag):
+    from ..utils.network_optimize import NO_EFFECT
+    return NO_EFFECT[flag[2:].replace("-", "_")]
+
+
+def _optimizer_notes(args, logger):
+    """Log what the --enable-* options do here: nothing without --optimize-for-inference (as
+    upstream's tool, which applies them only with it); with it, the float16 ones convert the
+    program and the others change only how upstream's kernels would run."""
+    given = [f for f in ("--enable-io16xc32", "--enable-ioc16", *KERNEL_LAYOUTS)
+             if getattr(args, f.lstrip("-").replace("-", "_"))]
+    for flag in given:
+        if not args.optimize_for_inference:
+            logger.warning("%s has no effect without --optimize-for-inference (as upstream's "
+                           "load_network_and_run)", flag)
+        elif flag in KERNEL_LAYOUTS:
+            logger.info("%s has no effect here: %s", flag, _no_effect(flag))
+
+
 def _run(args):
     reject_unsupported(args, UNSUPPORTED)
     from ..logger import enable_debug_log, get_logger, set_log_file
@@ -350,6 +374,7 @@ def _run(args):
     for flag, reason in SPEED_ONLY.items():
         if getattr(args, flag.lstrip("-").replace("-", "_")):
             logger.info("%s has no effect here: %s", flag, reason)
+    _optimizer_notes(args, logger)
     if args.device:
         from ..device import canonical_device, set_default_device
 

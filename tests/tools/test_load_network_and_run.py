@@ -127,18 +127,24 @@ def float16_oracle(a, b):
 
 
 @pytest.mark.parametrize("flag", ["--enable-ioc16", "--enable-io16xc32"])
-def test_float16_options_run_the_program_in_float16(two_inputs, tmp_path, flag):
+def test_float16_options_run_the_program_in_float16(two_inputs, tmp_path, flag, caplog):
     rng = np.random.RandomState(0)
     a, b = (rng.uniform(-3, 3, (2, 3)).astype("float32") for _ in range(2))
     mge.save({"a": a, "b": b}, str(tmp_path / "ab.pkl"))
+    # without --optimize-for-inference upstream's tool ignores them (its run_model applies the
+    # --enable-* options only with it): the float32 program, and a warning says so
     out = lnr.main([two_inputs, "--load-input-data", str(tmp_path / "ab.pkl"), flag])
+    np.testing.assert_array_equal(out["s"], a * 2 + b)
+    assert f"{flag} has no effect without --optimize-for-inference" in caplog.text
+    flag = ["--optimize-for-inference", flag]
+    out = lnr.main([two_inputs, "--load-input-data", str(tmp_path / "ab.pkl"), *flag])
     want_s, want_d = float16_oracle(a, b)
     assert out["s"].dtype == np.float32 and out["d"].dtype == np.float32  # outputs as dumped
     np.testing.assert_array_equal(out["s"], want_s)
     np.testing.assert_array_equal(out["d"], want_d)
     assert not np.array_equal(out["s"], a * 2 + b)  # not the float32 program
     # other outputs by name are converted too
-    out = lnr.main([two_inputs, "--load-input-data", str(tmp_path / "ab.pkl"), flag,
+    out = lnr.main([two_inputs, "--load-input-data", str(tmp_path / "ab.pkl"), *flag,
                     "--output-name", "d"])
     np.testing.assert_array_equal(out["d"], want_d)
 
@@ -149,8 +155,23 @@ def test_float16_options_exclude_each_other(two_inputs, capsys):
     assert e.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("flag", [["--embed-input"], ["--enable-nchw4"], ["--dump-cpp-model", "x"],
-                                  ["--optimize-for-inference"]])
+def test_layout_and_fusion_options_are_accepted_with_a_note(tiny, caplog):
+    # upstream's `load_network_and_run m.mge --optimize-for-inference --enable-nchw44
+    # --enable-fuse-conv-bias-nonlinearity` converts the graph for its ARM kernels, same values
+    _, plain, _ = tiny
+    want = lnr.main([plain])
+    got = lnr.main([plain, "--optimize-for-inference", "--enable-nchw44",
+                    "--enable-fuse-conv-bias-nonlinearity"])
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k])
+    assert "--enable-nchw44 has no effect here: a memory layout of upstream's ARM" in caplog.text
+    caplog.clear()
+    lnr.main([plain, "--enable-nchw4"])
+    assert "--enable-nchw4 has no effect without --optimize-for-inference" in caplog.text
+
+
+@pytest.mark.parametrize("flag", [["--embed-input"], ["--dump-cpp-model", "x"],
+                                  ["--get-static-mem-info", "x"]])
 def test_cpp_runtime_options_are_refused(tiny, capsys, flag):
     _, plain, _ = tiny
     with pytest.raises(SystemExit) as e:
@@ -229,8 +250,8 @@ def test_module_entry_point(tiny):
     assert run.returncode == 0, run.stderr
     assert "iter 1: duration=" in run.stdout and "logits" in run.stdout
     run = subprocess.run([sys.executable, "-m", "megengine.tools.load_network_and_run", plain,
-                          "--enable-nchw4"], capture_output=True, text=True, env=env, timeout=120)
-    assert run.returncode == 2 and "--enable-nchw4 is not supported" in run.stderr
+                          "--embed-input"], capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 2 and "--embed-input is not supported" in run.stderr
 
 
 def test_device_option(tiny, capsys):
