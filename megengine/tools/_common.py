@@ -69,22 +69,50 @@ def load_network(path):
         raise _readable(e, path) from e
 
 
-def add_float16(parser):
-    """Upstream's float16 options of its inference optimizer, which this fork applies too
-    (`megengine.utils.network_optimize`): the program is converted before it is used. Returns
-    the argument group (a tool adds its other optimizer options to it)."""
+# upstream's optimizer options that change how its C++ kernels run (layouts, fusions), not the
+# values; megengine.utils.network_optimize.NO_EFFECT says why each has nothing to do here
+KERNEL_LAYOUTS = ("--enable-hwcd4", "--enable-nchw4", "--enable-nchw88", "--enable-nchw44",
+                  "--enable-nchw44-dot", "--enable-nchw32", "--enable-chwn4",
+                  "--enable-fuse-conv-bias-nonlinearity", "--enable-fuse-conv-bias-with-z")
+
+
+def no_effect(flag):
+    """Why the layout or fusion ``flag`` (of `KERNEL_LAYOUTS`) has nothing to do here."""
+    from ..utils.network_optimize import NO_EFFECT
+    return NO_EFFECT[flag[2:].replace("-", "_")]
+
+
+def add_optimizer(parser):
+    """Upstream's inference-optimizer options, as its tools take them: ``--optimize-for-inference``
+    and the ``--enable-*`` options, which act only with it. The float16 ones convert the
+    program (`megengine.utils.network_optimize`) before it is used; the layout and fusion
+    passes are accepted with a note (`optimizer_flags`, `no_effect`)."""
     group = parser.add_argument_group("inference optimizer (upstream's optimize_for_inference)")
+    group.add_argument("--optimize-for-inference", action="store_true",
+                       help="run the program through the inference optimizer with the "
+                            "--enable-* options below, which act only with it (as upstream)")
     one = group.add_mutually_exclusive_group()
     one.add_argument("--enable-io16xc32", action="store_true",
                      help="float16 values between operators, float32 computation inside them; "
                           "inputs and outputs stay float32")
     one.add_argument("--enable-ioc16", action="store_true",
                      help="float16 values and computation; inputs and outputs stay float32")
-    return group
+    for flag in KERNEL_LAYOUTS:
+        group.add_argument(flag, action="store_true",
+                           help="accepted, no effect here: " + no_effect(flag))
+
+
+def optimizer_flags(args):
+    """The ``--enable-*`` options of `add_optimizer` given."""
+    return [f for f in ("--enable-io16xc32", "--enable-ioc16", *KERNEL_LAYOUTS)
+            if getattr(args, f[2:].replace("-", "_"), False)]
 
 
 def float16_option(args):
-    """The optimizer option the float16 flags of `add_float16` ask for, or None."""
+    """The optimizer option the float16 flags of `add_optimizer` ask for (with
+    ``--optimize-for-inference`` only), or None."""
+    if not getattr(args, "optimize_for_inference", False):
+        return None
     if getattr(args, "enable_io16xc32", False):
         return "enable_io16xc32"
     if getattr(args, "enable_ioc16", False):

@@ -7,27 +7,22 @@ them elsewhere and checks the outputs within ``--maxerr``.
 Upstream inserts ``AssertEqual`` operators into its C++ graph; this fork's dump format keeps
 test cases beside the program (what ``trace.dump(input_data=...)`` writes, see
 ``docs/api/network.rst``), so the program's operators are unchanged. Test cases the file held
-are replaced. ``--enable-io16xc32`` / ``--enable-ioc16`` write the float16 program (with test
-cases it computes), as upstream; the other options of upstream's C++ graph optimizer and binary
-format are refused.
+are replaced. ``--optimize-for-inference`` takes upstream's ``--enable-*`` options (which, as
+upstream's tool, need it): ``--enable-io16xc32`` / ``--enable-ioc16`` write the float16 program
+(with test cases it computes); the layout and fusion passes change how upstream's kernels run,
+not the values, and are accepted with a note. The other options of upstream's binary format
+are refused.
 """
 import os
 import tempfile
 
 import numpy as np
 
-from ._common import (ToolError, add_float16, add_unsupported, converted, float16_option,
-                      load_program, print_out, reject_unsupported, run_tool, tool_parser)
-from .load_network_and_run import KERNEL_LAYOUTS
+from ._common import (KERNEL_LAYOUTS, ToolError, add_optimizer, add_unsupported, converted,
+                      float16_option, load_program, no_effect, optimizer_flags, print_out,
+                      reject_unsupported, run_tool, tool_parser)
 
-# (load_network_and_run accepts these: a run's values are the same; a file written here would
-# not hold the graph upstream's optimizer converts, so they are refused rather than ignored)
-_CPP_OPTIMIZER = ("a pass of upstream's C++ graph optimizer, which this fork does not have: the "
-                  "file would not hold the graph it converts")
-UNSUPPORTED = {"--optimize-for-inference": (False, _CPP_OPTIMIZER + " (see docs/api/network.rst)")}
-UNSUPPORTED.update({flag: (False, "this layout or fusion is " + _CPP_OPTIMIZER)
-                    for flag in KERNEL_LAYOUTS})
-UNSUPPORTED.update({
+UNSUPPORTED = {
     "--enable-fuse-preprocess": (False, "this fusion is a pass of upstream's C++ graph "
                                         "optimizer, which this fork does not have"),
     "--resize-input": (False, "resizing images needs OpenCV, which this fork does not use; "
@@ -36,7 +31,7 @@ UNSUPPORTED.update({
                                   "format may drop them)"),
     "--output-strip-info": (False, "it lists the operators for a stripped MegEngine Lite "
                                    "build"),
-})
+}
 
 
 def add_testcases(src, dst, data, repeat=1, silent=False, no_assert=False, maxerr=1e-4,
@@ -104,7 +99,7 @@ def build_parser():
     parser.add_argument("--input-transform",
                         help="a Python expression of `data` (and `np`) applied to each input, "
                              "e.g. 'data / np.std(data)'")
-    add_float16(parser)
+    add_optimizer(parser)
     add_unsupported(parser, UNSUPPORTED)
     return parser
 
@@ -113,6 +108,13 @@ def _run(args):
     reject_unsupported(args, UNSUPPORTED)
     if args.repeat < 1:
         raise ToolError(f"--repeat {args.repeat}: expected a number >= 1")
+    given = optimizer_flags(args)
+    if given and not args.optimize_for_inference:  # (upstream's tool asserts so too)
+        raise ToolError(f"{given[0]} needs --optimize-for-inference, as upstream's "
+                        "dump_with_testcase_mge: the --enable-* options act only with it")
+    for flag in given:
+        if flag in KERNEL_LAYOUTS:
+            print_out(f"{flag} has no effect here: {no_effect(flag)}")
     option = float16_option(args)
     with tempfile.TemporaryDirectory() as tmp:
         src = args.input

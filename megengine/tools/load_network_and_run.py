@@ -24,9 +24,10 @@ from collections import OrderedDict
 import numpy as np
 
 from ..jit.dump_testcases import parse_rand
-from ._common import (ToolError, add_float16, add_unsupported, converted, float16_option,
-                      format_table, load_network, load_program, positive_int, print_out,
-                      reject_unsupported, run_tool, tool_parser)
+from ._common import (KERNEL_LAYOUTS, ToolError, add_optimizer, add_unsupported, converted,
+                      float16_option, format_table, load_network, load_program, no_effect,
+                      optimizer_flags, positive_int, print_out, reject_unsupported, run_tool,
+                      tool_parser)
 
 # Upstream's options that only choose which MegDNN kernel computes the same values. Scripts pass
 # them for speed (a deployment check's `load_network_and_run m.mge --fast-run --profile p.json`),
@@ -39,12 +40,6 @@ SPEED_ONLY = {
     "--weight-preprocess": "it preprocesses weights for upstream's winograd/im2col MegDNN "
                            "kernels, which this fork does not have",
 }
-# upstream's optimizer options that change how its C++ kernels run, not the values: with
-# --optimize-for-inference upstream converts the graph; here they are accepted with a note
-# (megengine.utils.network_optimize.NO_EFFECT says why each has nothing to do)
-KERNEL_LAYOUTS = ("--enable-hwcd4", "--enable-nchw4", "--enable-nchw88", "--enable-nchw44",
-                  "--enable-nchw44-dot", "--enable-nchw32", "--enable-chwn4",
-                  "--enable-fuse-conv-bias-nonlinearity", "--enable-fuse-conv-bias-with-z")
 UNSUPPORTED = {
     "--dump-cpp-model": (True, "it writes upstream's binary graph for MegEngine Lite's "
                                "load_and_run, a format this fork cannot write"),
@@ -99,14 +94,7 @@ def build_parser():
                              "'label:randint(low=0,high=1000,size={})'")
     parser.add_argument("--no-check-testcases", action="store_true",
                         help="run the file's stored test cases without comparing the outputs")
-    optimizer = add_float16(parser)
-    optimizer.add_argument("--optimize-for-inference", action="store_true",
-                           help="run the program through the inference optimizer with the "
-                                "--enable-* options below, as upstream (without it they have "
-                                "no effect, as upstream's)")
-    for flag in KERNEL_LAYOUTS:
-        optimizer.add_argument(flag, action="store_true",
-                               help="accepted, no effect here: " + _no_effect(flag))
+    add_optimizer(parser)
     speed = parser.add_argument_group("options of upstream's C++ runtime that only choose its "
                                       "kernels (accepted: nothing to do here)")
     for flag, reason in SPEED_ONLY.items():
@@ -268,7 +256,7 @@ def _select_outputs(args, graph):
     outputs)."""
     from ..utils.comp_graph_tools import GraphInference
 
-    option = float16_option(args) if args.optimize_for_inference else None
+    option = float16_option(args)
     wanted = list(args.output_name or graph.output_names)
     if all(n in graph.output_names for n in wanted):
         if option is None:
@@ -343,23 +331,16 @@ def run(args):
         set_default_device(previous)
 
 
-def _no_effect(flag):
-    from ..utils.network_optimize import NO_EFFECT
-    return NO_EFFECT[flag[2:].replace("-", "_")]
-
-
 def _optimizer_notes(args, logger):
     """Log what the --enable-* options do here: nothing without --optimize-for-inference (as
     upstream's tool, which applies them only with it); with it, the float16 ones convert the
     program and the others change only how upstream's kernels would run."""
-    given = [f for f in ("--enable-io16xc32", "--enable-ioc16", *KERNEL_LAYOUTS)
-             if getattr(args, f.lstrip("-").replace("-", "_"))]
-    for flag in given:
+    for flag in optimizer_flags(args):
         if not args.optimize_for_inference:
             logger.warning("%s has no effect without --optimize-for-inference (as upstream's "
                            "load_network_and_run)", flag)
         elif flag in KERNEL_LAYOUTS:
-            logger.info("%s has no effect here: %s", flag, _no_effect(flag))
+            logger.info("%s has no effect here: %s", flag, no_effect(flag))
 
 
 def _run(args):

@@ -40,7 +40,7 @@ def test_float16_option_writes_the_float16_program_and_its_cases(two_inputs, tmp
     np.save(tmp_path / "b.npy", b)
     out = tmp_path / "f16.mge"
     tool.main([two_inputs, "-o", str(out), "-d", f"a:{tmp_path / 'a.npy'};b:{tmp_path / 'b.npy'}",
-               "--enable-ioc16"])
+               "--optimize-for-inference", "--enable-ioc16"])
     h = np.float16
     want_s = (a.astype(h) * h(2) + b.astype(h)).astype("float32")  # numpy's float16 arithmetic
     (ins, outs), = GraphInference(str(out)).testcases
@@ -89,7 +89,9 @@ def test_errors(tiny, two_inputs, tmp_path, capsys):
             ([plain, "-o", out, "-d", "#rand(0,1)", "--resize-input"],
              "--resize-input is not supported"),
             ([plain, "-o", out, "-d", "#rand(0,1)", "--enable-nchw4"],
-             "--enable-nchw4 is not supported"),
+             "--enable-nchw4 needs --optimize-for-inference"),  # (upstream's tool asserts so)
+            ([plain, "-o", out, "-d", "#rand(0,1)", "--enable-ioc16"],
+             "--enable-ioc16 needs --optimize-for-inference"),
             ([str(tmp_path / "none.mge"), "-o", out, "-d", "#rand(0,1)"], "no such model file"),
             ([plain, "-o", out, "-d", f"data:{tmp_path / 'none.npy'}"], "No such file")):
         with pytest.raises(SystemExit) as e:
@@ -97,3 +99,13 @@ def test_errors(tiny, two_inputs, tmp_path, capsys):
         assert e.value.code == 2
         assert message in capsys.readouterr().err, argv
     assert not os.path.exists(out)
+
+
+def test_layout_options_are_accepted_with_the_optimizer_and_a_note(two_inputs, tmp_path, capsys):
+    out = tmp_path / "nchw44.mge"
+    tool.main([two_inputs, "-o", str(out), "-d", "#rand(0,1)", "--optimize-for-inference",
+               "--enable-nchw44", "--enable-fuse-conv-bias-nonlinearity"])
+    said = capsys.readouterr().out
+    assert "--enable-nchw44 has no effect here: a memory layout of upstream's ARM" in said
+    (ins, outs), = GraphInference(str(out)).testcases  # (the program as it was: float32)
+    np.testing.assert_array_equal(outs["s"], ins["a"] * 2 + ins["b"])
