@@ -98,6 +98,12 @@ def test_pad_fills_a_bool_tensor_with_its_constant_cast_to_bool():
     assert run_seed("pad", 70081, "int") == "ok"
 
 
+def test_remap_of_an_integer_image_rounds_its_border_value():
+    # seed 101977: an int64 image remapped with border value 1.5 reads 2 outside, as upstream
+    # 1.13's remap of a uint8 / int8 image (measured), where torch's float path keeps 1.5
+    assert run_seed("remap_modes", 101977, "int") == "ok"
+
+
 def test_scatter_cases_draw_no_duplicate_positions():
     # a broadcast layout of the index repeats its positions, where torch's write is unspecified
     # (int8 seed 90015: torch took another source value than megengine)
