@@ -166,13 +166,14 @@ def _remap(rng):
     def mge_fn(a, m):
         with _config._override(conv_format="NHWC" if nhwc else "default"):
             return F.vision.remap(a, m, border_mode=border, scalar=scalar, interp_mode=interp)
+    # (rounds: an integer image's values, the border's 1.5 too, are rounded as upstream 1.13's
+    # remap rounds them: 2 for a uint8 / int8 image, measured; seed 101977)
     return Case(f"remap(x{x.shape}{' NHWC' if nhwc else ''}, map{xy.shape}, {border}, "
                 f"scalar={scalar}, {interp})", [x, xy], mge_fn,
                 numpy_oracle(lambda a, m: _from_nchw(_sample(_to_nchw(a, nhwc), m, batch,
                                                              border, scalar, interp), nhwc)),
                 tol=(2e-4, 2e-4), bcast=False, diff=[0, 1] if interp == "linear" else [0],
-                rounds=True)  # (an integer image's values, the border's 1.5 too, rounded as
-    # upstream 1.13's remap rounds them: 2 for a uint8 / int8 image, measured; seed 101977)
+                rounds=True)
 
 
 # ----- warps: the source point of each output pixel, then the sampling above -----
