@@ -259,7 +259,8 @@ def test_files_upstream_optimized_are_judged_against_eager_then_upstreams_file(t
         shutil.copy(os.path.join(data, "reopt_batch.mge"), tmp_path / f"r{seed}.mge")
         np.savez(tmp_path / f"w{seed}.npz", x=ref["in_x"],
                  **{f"want{i}": w for i, w in enumerate(want)})
-        np.savez(tmp_path / f"r{seed}.npz", **{f"up{i}": w for i, w in enumerate(theirs)})
+        np.savez(tmp_path / f"r{seed}.npz", **{f"every{i}": w for i, w in enumerate(theirs)},
+                 **{f"shape{i}": np.array(w.shape) for i, w in enumerate(theirs)})
     (tmp_path / "r4.mge").write_bytes(b"mgv2 not a graph")
     lines = [["START", "1"], ["REOPT", "1", "written"], ["REOPT", "2", "written"],
              ["REOPT", "3", "written"], ["REOPT", "4", "written"], ["REOPT", "5", "unoptimized"],

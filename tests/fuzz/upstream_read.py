@@ -76,8 +76,9 @@ def serve(out_dir, first=0, last=None):
     import megengine.functional as F
     import megengine.module as M
     from megengine.jit import trace
-    from megengine.utils.comp_graph_tools import GraphInference
-    from megengine.utils.network import Network
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # (run by path: no package)
+    from upstream_write import _every_value
 
     options = OPTIONS[os.environ.get(_ENV, "plain")]
     for path in sorted(glob.glob(os.path.join(out_dir, "p*.json"))):
@@ -115,13 +116,7 @@ def serve(out_dir, first=0, last=None):
             print("UNDUMPED", seed, why, flush=True)
             continue
         try:
-            net = Network.load(out)
-            names = [v.name for v in net.output_vars]
-            every = GraphInference(out, outputs=[v.name for v in net.all_vars]).run(
-                inp_dict={"x": ref["x"]})
-            every = [np.asarray(every[n]) for n in names]
-            declared = [np.array(v.shape if v.shape is not None else [-1], dtype=np.int64)
-                        for v in net.output_vars]
+            every, declared = _every_value(out, ref["x"])
         except Exception:  # noqa: BLE001
             print("UNRUN", seed, flush=True)
             continue
@@ -178,6 +173,24 @@ def _as_declared(v, shape):
     return v
 
 
+def judged(out_dir, name, x, want, rewrites=False):
+    """How this fork reads upstream's file <name>.mge of ``out_dir`` on input ``x``: "right"
+    (eager's values ``want``; ``rewrites``: `upstream_write._close`'s rule for the trace's
+    rewrites), "theirs" (the values upstream's runtime computes from that file keeping every
+    value, <name>.npz's ``every<i>`` at the shapes ``shape<i>`` it declares: `_as_declared`) or
+    "wrong". An error loading or running the file is raised."""
+    from megengine.jit.dump import load
+
+    from .upstream_write import _close
+
+    theirs = np.load(os.path.join(out_dir, f"{name}.npz"))
+    every = [_as_declared(theirs[f"every{i}"], theirs[f"shape{i}"])
+             for i in range(sum(k.startswith("every") for k in theirs))]
+    got = [v.numpy() for v in load(os.path.join(out_dir, f"{name}.mge")).run({"x": x}).values()]
+    return ("right" if _close(got, want, rewrites=rewrites) else
+            "theirs" if _close(got, every) else "wrong")
+
+
 def read(out_dir, lines):
     """This fork's side, last: {outcome: seeds} of loading and running each file upstream
     dumped: "right" (eager's values), "theirs" (upstream's values of its own file, kept every
@@ -187,7 +200,6 @@ def read(out_dir, lines):
     eager code upstream ran ("eager compared": how many), those where upstream's eager values
     are not this fork's ("eager differs"; "eager differs, known": a dict, seed -> the reason
     `_known_difference` gives)."""
-    from megengine.jit.dump import load
     from megengine.jit.upstream_mge import UpstreamFormatError
 
     from .upstream_write import _close, _why
@@ -219,20 +231,12 @@ def read(out_dir, lines):
         if w[0] == "UNRUN":
             out["unrun"].append(seed)
             continue
-        theirs = np.load(os.path.join(out_dir, f"u{seed}.npz"))
-        every = [_as_declared(theirs[f"every{i}"], theirs[f"shape{i}"])
-                 for i in range(sum(k.startswith("every") for k in theirs))]
         try:
-            got = [v.numpy() for v in
-                   load(os.path.join(out_dir, f"u{seed}.mge")).run({"x": ref["x"]}).values()]
+            out[judged(out_dir, f"u{seed}", ref["x"], want, rewrites=True)].append(seed)
         except UpstreamFormatError as e:
             out["refused"][seed] = _why(e)
-            continue
         except Exception as e:  # noqa: BLE001
             out["failed"][seed] = _why(e)
-            continue
-        out["right" if _close(got, want, rewrites=True) else
-            "theirs" if _close(got, every) else "wrong"].append(seed)
     return out
 
 

@@ -286,13 +286,27 @@ def serve(out_dir, first=0, last=None):
 REOPTIMIZE = "UPSTREAM_WRITE_REOPTIMIZE"  # (how --reoptimize reaches upstream's side)
 
 
+def _every_value(path, x):
+    """Upstream's side: (the outputs of file ``path`` on input ``x`` from a run keeping every
+    value it computes, each var an output of the run: its memory plan of a run keeping only
+    the outputs goes wrong on some files, see above; the output shapes its Network declares,
+    [-1] where it declares none)."""
+    from megengine.utils.comp_graph_tools import GraphInference
+    from megengine.utils.network import Network
+
+    net = Network.load(path)
+    every = GraphInference(path, outputs=[v.name for v in net.all_vars]).run(inp_dict={"x": x})
+    return ([np.asarray(every[v.name]) for v in net.output_vars],
+            [np.array(v.shape if v.shape is not None else [-1], dtype=np.int64)
+             for v in net.output_vars])
+
+
 def _reoptimize(path, x, how):
     """Upstream's side of ``--reoptimize``: ``Network.load(path).dump`` optimized as ``how``
     says to r<seed>.mge beside it, and the values upstream computes from that file keeping
-    every value to r<seed>.npz (``up<i>``), with the output shapes its Network declares
+    every value to r<seed>.npz (``every<i>``), with the output shapes its Network declares
     (``shape<i>``: see `upstream_read._as_declared`). Returns "written", "unoptimized" (upstream's
     optimizer failed) or "unrun" (its runtime failed on the file)."""
-    from megengine.utils.comp_graph_tools import GraphInference
     from megengine.utils.network import Network
 
     out = os.path.join(os.path.dirname(path), "r" + os.path.basename(path)[1:])
@@ -302,15 +316,10 @@ def _reoptimize(path, x, how):
     except Exception:  # noqa: BLE001 (an assertion of upstream's optimizer)
         return "unoptimized"
     try:
-        net = Network.load(out)
-        names = [v.name for v in net.output_vars]
-        every = GraphInference(out, outputs=[v.name for v in net.all_vars]).run(
-            inp_dict={"x": x})
-        declared = [np.array(v.shape if v.shape is not None else [-1], dtype=np.int64)
-                    for v in net.output_vars]
+        every, declared = _every_value(out, x)
     except Exception:  # noqa: BLE001
         return "unrun"
-    np.savez(out[:-4] + ".npz", **{f"up{i}": np.asarray(every[n]) for i, n in enumerate(names)},
+    np.savez(out[:-4] + ".npz", **{f"every{i}": v for i, v in enumerate(every)},
              **{f"shape{i}": v for i, v in enumerate(declared)})
     return "written"
 
@@ -320,9 +329,7 @@ def _read_reoptimized(out_dir, lines):
     files: "right" (eager's values), "theirs" (upstream's values of that file, not eager's: its
     optimizer's), "wrong", "refused" (a dict: seed -> the error), and upstream's
     "unoptimized" and "unrun" (see `_reoptimize`)."""
-    from megengine.jit.dump import load
-
-    from .upstream_read import _as_declared
+    from .upstream_read import judged
 
     out = {"right": [], "theirs": [], "wrong": [], "refused": {}, "unoptimized": [], "unrun": []}
     for w in lines:
@@ -334,17 +341,10 @@ def _read_reoptimized(out_dir, lines):
             continue
         ref = np.load(os.path.join(out_dir, f"w{seed}.npz"))
         want = [ref[f"want{i}"] for i in range(sum(k.startswith("want") for k in ref))]
-        theirs = np.load(os.path.join(out_dir, f"r{seed}.npz"))
-        theirs = [_as_declared(theirs[f"up{i}"], theirs[f"shape{i}"]) if f"shape{i}" in theirs
-                  else theirs[f"up{i}"] for i in range(sum(k.startswith("up") for k in theirs))]
         try:
-            got = [v.numpy() for v in
-                   load(os.path.join(out_dir, f"r{seed}.mge")).run({"x": ref["x"]}).values()]
+            out[judged(out_dir, f"r{seed}", ref["x"], want)].append(seed)
         except Exception as e:  # noqa: BLE001
             out["refused"][seed] = _why(e)
-            continue
-        out["right" if _close(got, want) else "theirs" if _close(got, theirs)
-            else "wrong"].append(seed)
     return out
 
 
@@ -389,7 +389,6 @@ def _run_upstream(path, x, want, raises=False):
     where it raises, unless ``raises``: then "raised" and the error), "rounds" (other values,
     within 10x the tolerance of eager's)."""
     from megengine.utils.comp_graph_tools import GraphInference
-    from megengine.utils.network import Network
 
     feed = {"x": x}
     try:
@@ -401,10 +400,7 @@ def _run_upstream(path, x, want, raises=False):
     if got is not None and _close(got, want):
         return "right"
     try:
-        net = Network.load(path)
-        names = [v.name for v in net.output_vars]
-        every = GraphInference(path, outputs=[v.name for v in net.all_vars]).run(inp_dict=feed)
-        kept = _close([np.asarray(every[n]) for n in names], want)
+        kept = _close(_every_value(path, x)[0], want)
     except Exception:  # noqa: BLE001
         kept = False
     if kept:
