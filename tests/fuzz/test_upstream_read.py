@@ -86,8 +86,34 @@ def test_upstreams_output_is_brought_to_the_shape_its_file_declares():
 def test_known_differences_of_eager_values_are_named():
     known = upstream_read._known_difference
     assert known("    h = h[:, :, : max(1, k // 2)]\n") == "a slice of an inner axis (upstream's)"
-    assert known("    a = F.topk(h, 2, kth_only=True)[0]\n") == "topk's default order (documented)"
-    assert known("    a = F.topk(h, 2, descending=True)[0]\n") is None
+    assert known("    a = F.topk(h, 2, kth_only=True)[0]\n") is None  # (named: _spellings)
     assert known("    h = F.broadcast_to(h[:1] * 0.5, Tensor(h.shape))\n    h = h + (h - h)\n") == (
         "a write into a broadcast value (upstream's)")
     assert known("    h = h[:2] + h[:, 0]\n") is None
+
+
+def test_upstream_spellings_compute_what_the_programs_mean():
+    # the spellings handed to upstream (its API refuses the programs' own) give the values this
+    # fork's functions give the programs' calls: rows of a 4-d value sorted, topk in this
+    # fork's order, layer_norm over a size held as a 0-d Tensor (as a symbolic trace holds
+    # h.shape[-1]), np.prod of a shape Tensor
+    import megengine.functional as F
+
+    ns = upstream_read._spellings(mge, F, np)
+    sF, snp = ns["F"], ns["np"]
+    rng = np.random.RandomState(0)
+    h = mge.tensor(rng.randn(2, 3, 4, 5).astype("float32"))
+    for got, want in [(sF.sort(h), F.sort(h)), (sF.sort(h, True), F.sort(h, descending=True)),
+                      (sF.topk(h, 2), F.topk(h, 2, descending=False)),
+                      (sF.topk(h, 2, descending=True), F.topk(h, 2, descending=True)),
+                      (sF.topk(h, 2, kth_only=True), F.topk(h, 2, kth_only=True))]:
+        for g, w in zip(got, want):
+            assert g.shape == w.shape
+            np.testing.assert_array_equal(g.numpy(), w.numpy())
+    np.testing.assert_array_equal(sF.sort(h[0, 0])[0].numpy(), np.sort(h[0, 0].numpy()))
+    want = F.layer_norm(h, h.shape[-1], affine=False).numpy()
+    np.testing.assert_allclose(sF.layer_norm(h, h.shape[-1]).numpy(), want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(sF.layer_norm(h, mge.tensor(5)).numpy(), want,
+                               rtol=1e-5, atol=1e-5)
+    assert snp.prod(mge.tensor([3, 4, 5])).item() == 60 and snp.prod((3, 4, 5)) == 60
+    assert sF.relu is F.relu and snp.float32 is np.float32
