@@ -95,8 +95,8 @@ def test_known_differences_of_eager_values_are_named():
 def test_upstream_spellings_compute_what_the_programs_mean():
     # the spellings handed to upstream (its API refuses the programs' own) give the values this
     # fork's functions give the programs' calls: rows of a 4-d value sorted, topk in this
-    # fork's order, layer_norm over a size held as a 0-d Tensor (as a symbolic trace holds
-    # h.shape[-1]), np.prod of a shape Tensor
+    # fork's order, layer_norm and roll by a size held as a 0-d Tensor (as a symbolic trace
+    # holds h.shape[-1]), np.prod of a shape Tensor
     import megengine.functional as F
 
     ns = upstream_read._spellings(mge, F, np)
@@ -115,5 +115,7 @@ def test_upstream_spellings_compute_what_the_programs_mean():
     np.testing.assert_allclose(sF.layer_norm(h, h.shape[-1]).numpy(), want, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(sF.layer_norm(h, mge.tensor(5)).numpy(), want,
                                rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(sF.roll(h, mge.tensor(2), 1).numpy(), F.roll(h, 2, 1).numpy())
+    np.testing.assert_array_equal(sF.roll(h, 2).numpy(), F.roll(h, 2).numpy())
     assert snp.prod(mge.tensor([3, 4, 5])).item() == 60 and snp.prod((3, 4, 5)) == 60
     assert sF.relu is F.relu and snp.float32 is np.float32

@@ -135,8 +135,9 @@ def _spellings(mge, F, np):
     over a size a symbolic trace holds as a Tensor, written out: upstream's op wants ints),
     ``F.sort`` and ``F.topk`` of more than two axes (upstream sorts rows of a matrix: the
     leading axes are merged and split again; ``topk`` gets this fork's default order,
-    ascending, named), ``np.prod`` of a shape, which under a symbolic trace is a Tensor
-    (numpy's call hands it ``out=``)."""
+    ascending, named), ``F.roll`` by a size a symbolic trace holds as a 0-d Tensor (upstream
+    takes its length; in a list it takes it), ``np.prod`` of a shape, which under a symbolic
+    trace is a Tensor (numpy's call hands it ``out=``)."""
     import types
 
     def rows(inp, fn):  # fn on the rows of inp's last axis; its outputs' leading axes restored
@@ -161,12 +162,17 @@ def _spellings(mge, F, np):
         return rows(inp, lambda v: F.topk(v, k, descending=descending, kth_only=kth_only,
                                           no_sort=no_sort))
 
+    def roll(inp, shift, axis=None):
+        if isinstance(shift, mge.Tensor) and shift.ndim == 0 and axis is not None:
+            shift, axis = [shift], [axis] if isinstance(axis, int) else axis
+        return F.roll(inp, shift, axis)
+
     def prod(a, *args, **kwargs):
         return a.prod() if isinstance(a, mge.Tensor) else np.prod(a, *args, **kwargs)
 
     public = {k: v for k, v in vars(F).items() if not k.startswith("__")}
     return {"F": types.SimpleNamespace(**{**public, "layer_norm": layer_norm, "sort": sort,
-                                          "topk": topk}),
+                                          "topk": topk, "roll": roll}),
             "np": types.SimpleNamespace(**{**vars(np), "prod": prod})}
 
 
