@@ -90,6 +90,11 @@ def test_known_differences_of_eager_values_are_named():
     assert known("    h = F.broadcast_to(h[:1] * 0.5, Tensor(h.shape))\n    h = h + (h - h)\n") == (
         "a write into a broadcast value (upstream's)")
     assert known("    h = h[:2] + h[:, 0]\n") is None
+    nan, ours = np.array([np.nan, 0.5]), np.array([0.5, 0.5])
+    softmax = "    h = F.softmax(h, axis=1)\n"
+    assert known(softmax, [nan], [ours]) == "NaN of upstream's eager softmax (upstream's)"
+    assert known(softmax, [ours + 1], [ours]) is None  # other numbers: a finding
+    assert known(softmax, [nan], [nan]) is None and known("    h = h * 2\n", [nan], [ours]) is None
 
 
 def test_upstream_spellings_compute_what_the_programs_mean():

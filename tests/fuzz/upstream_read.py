@@ -185,19 +185,26 @@ def _layers(M):
     return Layers()
 
 
-def _known_difference(source):
-    """Why upstream's eager values of a program may be other than this fork's, by design or by
-    upstream's error, or None: the program slices an axis other than the first (upstream 1.13
-    computes an elementwise operator of such a slice and a broadcast value wrong, eagerly too:
-    program 9122's ``h[:, :, :4] * F.linspace(0.5, 1.5, 8)``, 160 of 192 values off, right on a
-    contiguous copy of the slice; measured), adds into a broadcast value (upstream's runtime,
-    eagerly too: `upstream_write.UPSTREAM_BROADCAST_WRITES`; program 9985's second row twice
-    what it is). (``F.topk``'s default order, 1.13's the largest, this fork's the smallest as
-    up to 1.12, is named for upstream by `_spellings`.)"""
+def _known_difference(source, theirs=(), ours=()):
+    """Why upstream's eager values ``theirs`` of a program may be other than this fork's,
+    ``ours``, by design or by upstream's error, or None: upstream's eager softmax gives NaN
+    where this fork's values are numbers (1.13's eager ``F.softmax`` does not shift a row by
+    its maximum: a row whose values are all below about -88 is 0 / 0; measured, and programs
+    11827, 12637; its traced graph is right), the program slices an axis other than the first
+    (upstream 1.13 computes an elementwise operator of such a slice and a broadcast value wrong,
+    eagerly too: program 9122's ``h[:, :, :4] * F.linspace(0.5, 1.5, 8)``, 160 of 192 values
+    off, right on a contiguous copy of the slice; measured), or adds into a broadcast value
+    (upstream's runtime, eagerly too: `upstream_write.UPSTREAM_BROADCAST_WRITES`; program
+    9985's second row twice what it is). (``F.topk``'s default order, 1.13's the largest, this
+    fork's the smallest as up to 1.12, is named for upstream by `_spellings`.)"""
     import re
 
     from .upstream_write import UPSTREAM_BROADCAST_WRITES
 
+    if "F.softmax(" in source and any(
+            np.shape(t) == np.shape(o) and (np.isnan(t) & ~np.isnan(o)).any()
+            for t, o in zip(theirs, ours)):
+        return "NaN of upstream's eager softmax (upstream's)"
     if re.search(r"\[:, [^\]]*:", source):
         return "a slice of an inner axis (upstream's)"
     if any(pat in source for pat in UPSTREAM_BROADCAST_WRITES):
@@ -268,7 +275,7 @@ def read(out_dir, lines):
             out["eager compared"] += 1
             if not _close(ueager, want):
                 with open(os.path.join(out_dir, f"p{seed}.json")) as fh:
-                    known = _known_difference(json.load(fh)["source"])
+                    known = _known_difference(json.load(fh)["source"], ueager, want)
                 if known:
                     out["eager differs, known"][seed] = known
                 else:
