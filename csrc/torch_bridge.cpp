@@ -15,6 +15,8 @@
 //                                                    as arrays megengine may keep (see the function)
 //   sgd_step(params, grads, lr, max_numel) -> list   optimizer.SGD's plain update of numpy arrays,
 //                                                    numpy's rounding (see the function)
+//   ce_rows(pred, label) -> (e, s, loss) or None     F.nn.cross_entropy's mean over narrow (N, C) rows
+//   ce_rows_grad(e, s, label, g) -> grad or None     and its gradient, on the host (see the functions)
 //
 // Why it is written against the plain CPython and numpy C APIs rather than pybind11 and torch's Python
 // headers: build time. torch/csrc/autograd/python_variable.h alone takes ~26 s to compile on a 2-core
@@ -38,6 +40,7 @@
 #include <torch/version.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -550,6 +553,133 @@ PyObject* sgd_step(PyObject* params, PyObject* grads, double lr, Py_ssize_t max_
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// F.nn.cross_entropy's training case on the host: (N, C) logits, integer labels, the mean
+
+// The arrays ce_rows takes: a C-contiguous, aligned, native (N, C) float32 / float64 `pred` with N, C >= 1,
+// and an aligned native 1-d int32 / int64 `label` of N entries (any stride); its dtype number or -1.
+int ce_rows_types(PyObject* pred_obj, PyObject* label_obj) {
+  if (!PyArray_Check(pred_obj) || !PyArray_Check(label_obj)) return -1;
+  auto* pred = reinterpret_cast<PyArrayObject*>(pred_obj);
+  auto* label = reinterpret_cast<PyArrayObject*>(label_obj);
+  const int type = PyArray_TYPE(pred), ltype = PyArray_TYPE(label);
+  const bool ok = (type == NPY_FLOAT32 || type == NPY_FLOAT64) && PyArray_NDIM(pred) == 2 &&
+                  PyArray_DIM(pred, 0) > 0 && PyArray_DIM(pred, 1) > 0 && PyArray_IS_C_CONTIGUOUS(pred) &&
+                  PyArray_ISALIGNED(pred) && PyArray_ISNBO(PyArray_DESCR(pred)->byteorder) &&
+                  (ltype == NPY_INT32 || ltype == NPY_INT64) && PyArray_NDIM(label) == 1 &&
+                  PyArray_DIM(label, 0) == PyArray_DIM(pred, 0) && PyArray_ISALIGNED(label) &&
+                  PyArray_ISNBO(PyArray_DESCR(label)->byteorder);
+  return ok ? type : -1;
+}
+
+template <class L>
+int64_t label_at(PyArrayObject* label, npy_intp i) {
+  return *reinterpret_cast<const L*>(PyArray_BYTES(label) + i * PyArray_STRIDE(label, 0));
+}
+
+int64_t ce_label(PyArrayObject* label, npy_intp i) {
+  return PyArray_TYPE(label) == NPY_INT32 ? label_at<int32_t>(label, i) : label_at<int64_t>(label, i);
+}
+
+// Each row shifted by its maximum (NaN when it holds one, as numpy's maximum), e = exp(shifted) and its
+// sum s, and the mean over rows of log(s) - shifted[label]; false (nothing written) when a label is
+// outside [0, C).
+template <class T>
+bool ce_rows_loop(const T* x, PyArrayObject* label, npy_intp n, npy_intp c, T* e, T* s, T* loss) {
+  for (npy_intp i = 0; i < n; ++i) {
+    const int64_t k = ce_label(label, i);
+    if (k < 0 || k >= c) return false;
+  }
+  T total = 0;
+  for (npy_intp i = 0; i < n; ++i) {
+    const T* row = x + i * c;
+    T* out = e + i * c;
+    T m = row[0];
+    for (npy_intp j = 1; j < c; ++j) {
+      if (row[j] > m || std::isnan(row[j])) m = std::isnan(m) ? m : row[j];
+    }
+    T sum = 0;
+    for (npy_intp j = 0; j < c; ++j) {
+      out[j] = std::exp(row[j] - m);
+      sum += out[j];
+    }
+    s[i] = sum;
+    const T at_label = row[ce_label(label, i)] - m;
+    total += std::log(sum) - at_label;
+  }
+  *loss = total / static_cast<T>(n);
+  return true;
+}
+
+// ce_rows(pred, label) -> (e, s, loss) or None: the forward above, in new arrays (e (N, C), s (N,),
+// loss 0-d, pred's dtype); None leaves the case to the caller's array code (other arrays, or a label
+// out of range, which the caller reports).
+PyObject* ce_rows(PyObject* pred_obj, PyObject* label_obj) {
+  const int type = ce_rows_types(pred_obj, label_obj);
+  if (type < 0) Py_RETURN_NONE;
+  auto* pred = reinterpret_cast<PyArrayObject*>(pred_obj);
+  auto* label = reinterpret_cast<PyArrayObject*>(label_obj);
+  const npy_intp n = PyArray_DIM(pred, 0), c = PyArray_DIM(pred, 1);
+  OwnedRef e(PyArray_SimpleNew(2, PyArray_DIMS(pred), type));
+  OwnedRef s(PyArray_SimpleNew(1, PyArray_DIMS(pred), type));
+  OwnedRef loss(PyArray_SimpleNew(0, nullptr, type));
+  auto data = [](const OwnedRef& a) { return PyArray_BYTES(reinterpret_cast<PyArrayObject*>(a.ptr)); };
+  const bool done =
+      type == NPY_FLOAT32
+          ? ce_rows_loop(reinterpret_cast<const float*>(PyArray_BYTES(pred)), label, n, c,
+                         reinterpret_cast<float*>(data(e)), reinterpret_cast<float*>(data(s)),
+                         reinterpret_cast<float*>(data(loss)))
+          : ce_rows_loop(reinterpret_cast<const double*>(PyArray_BYTES(pred)), label, n, c,
+                         reinterpret_cast<double*>(data(e)), reinterpret_cast<double*>(data(s)),
+                         reinterpret_cast<double*>(data(loss)));
+  if (!done) Py_RETURN_NONE;
+  return PyTuple_Pack(3, e.ptr, s.ptr, loss.ptr);
+}
+
+// ce_rows_grad(e, s, label, g) -> grad or None: the gradient of that mean for a 0-d gradient g of e's
+// dtype, (e / s - onehot(label)) * (g / N), rounded as numpy's array code rounds it (each operation in
+// the dtype: the quotient, the difference at the label, the product).
+template <class T>
+void ce_rows_grad_loop(const T* e, const T* s, PyArrayObject* label, npy_intp n, npy_intp c, T g, T* grad) {
+  const T scale = g / static_cast<T>(n);
+  for (npy_intp i = 0; i < n; ++i) {
+    const T* row = e + i * c;
+    T* out = grad + i * c;
+    for (npy_intp j = 0; j < c; ++j) out[j] = row[j] / s[i];
+    out[ce_label(label, i)] -= T(1);
+    for (npy_intp j = 0; j < c; ++j) out[j] = out[j] * scale;
+  }
+}
+
+PyObject* ce_rows_grad(PyObject* e_obj, PyObject* s_obj, PyObject* label_obj, PyObject* g_obj) {
+  const int type = ce_rows_types(e_obj, label_obj);
+  if (type < 0 || !PyArray_Check(s_obj) || !PyArray_Check(g_obj)) Py_RETURN_NONE;
+  auto* e = reinterpret_cast<PyArrayObject*>(e_obj);
+  auto* s = reinterpret_cast<PyArrayObject*>(s_obj);
+  auto* g = reinterpret_cast<PyArrayObject*>(g_obj);
+  auto* label = reinterpret_cast<PyArrayObject*>(label_obj);
+  const npy_intp n = PyArray_DIM(e, 0), c = PyArray_DIM(e, 1);
+  const auto native = [](PyArrayObject* a) { return PyArray_ISNBO(PyArray_DESCR(a)->byteorder); };
+  if (PyArray_TYPE(s) != type || PyArray_NDIM(s) != 1 || PyArray_DIM(s, 0) != n || !PyArray_IS_C_CONTIGUOUS(s) ||
+      !PyArray_ISALIGNED(s) || !native(s) || PyArray_TYPE(g) != type || PyArray_NDIM(g) != 0 ||
+      !PyArray_ISALIGNED(g) || !native(g)) {
+    Py_RETURN_NONE;
+  }
+  OwnedRef grad(PyArray_SimpleNew(2, PyArray_DIMS(e), type));
+  char* out = PyArray_BYTES(reinterpret_cast<PyArrayObject*>(grad.ptr));
+  if (type == NPY_FLOAT32) {
+    ce_rows_grad_loop(reinterpret_cast<const float*>(PyArray_BYTES(e)),
+                      reinterpret_cast<const float*>(PyArray_BYTES(s)), label, n, c,
+                      *reinterpret_cast<const float*>(PyArray_BYTES(g)), reinterpret_cast<float*>(out));
+  } else {
+    ce_rows_grad_loop(reinterpret_cast<const double*>(PyArray_BYTES(e)),
+                      reinterpret_cast<const double*>(PyArray_BYTES(s)), label, n, c,
+                      *reinterpret_cast<const double*>(PyArray_BYTES(g)), reinterpret_cast<double*>(out));
+  }
+  Py_INCREF(grad.ptr);
+  return grad.ptr;
+}
+
+// ---------------------------------------------------------------------------------------------------------
 // Python entry points
 
 // Runs `body`, turning C++ exceptions into the matching Python exception.
@@ -622,6 +752,18 @@ PyObject* sgd_step_py(PyObject* /*module*/, PyObject* args) {
   return guarded([&] { return sgd_step(params, grads, lr, max_numel); });
 }
 
+PyObject* ce_rows_py(PyObject* /*module*/, PyObject* args) {
+  PyObject *pred, *label;
+  if (!PyArg_ParseTuple(args, "OO:ce_rows", &pred, &label)) return nullptr;
+  return guarded([&] { return ce_rows(pred, label); });
+}
+
+PyObject* ce_rows_grad_py(PyObject* /*module*/, PyObject* args) {
+  PyObject *e, *s, *label, *g;
+  if (!PyArg_ParseTuple(args, "OOOO:ce_rows_grad", &e, &s, &label, &g)) return nullptr;
+  return guarded([&] { return ce_rows_grad(e, s, label, g); });
+}
+
 PyMethodDef methods[] = {
     {"to_torch", to_torch_py, METH_O, "to_torch(ndarray) -> torch.Tensor viewing the array's memory"},
     {"from_torch", from_torch_py, METH_O, "from_torch(tensor) -> numpy.ndarray viewing a CPU tensor's memory"},
@@ -635,6 +777,10 @@ PyMethodDef methods[] = {
     {"sgd_step", sgd_step_py, METH_VARARGS,
      "sgd_step(params, grads, lr, max_numel) -> list: params[k] -= lr * grads[k] in numpy's rounding, the "
      "indices of the pairs left to the caller"},
+    {"ce_rows", ce_rows_py, METH_VARARGS,
+     "ce_rows(pred, label) -> (e, s, loss) or None: cross entropy's (N, C) mean forward on the host"},
+    {"ce_rows_grad", ce_rows_grad_py, METH_VARARGS,
+     "ce_rows_grad(e, s, label, g) -> grad or None: its gradient, in numpy's rounding"},
     {nullptr, nullptr, 0, nullptr},
 };
 

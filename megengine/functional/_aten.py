@@ -276,7 +276,9 @@ _forced = set()
 # "cross_entropy": (N, C) float32/float64 logits (`functional/loss.py`), log-softmax on ATen;
 # forward 256 x 1000 178 us against numpy's 285, 64 x 32000 1.57 ms against 2.08 (other layouts,
 # probabilities and float16 stay on the array code, or on ATen's general path when forced);
-# without a gradient ATen's fused loss at any row width (`loss.py` _ATEN_MAX_NARROW).
+# without a gradient ATen's fused loss at any row width (`loss.py` _ATEN_MAX_NARROW); the
+# training case of narrow rows (fewer than 16 classes, the mean) one call of the bridge's host
+# kernel each way (`loss.py` _forward_rows_bridge).
 # "pair_loss": squared error and smooth L1 of two float32/float64 arrays of one shape, ATen's
 # fused loss and backward: 512K values, forward 144 us against numpy's 267 (square), 148
 # against 531 (smooth L1); binary cross entropy with logits from 1024 values, its backward's

@@ -841,13 +841,14 @@ def test_cross_entropy_rows_path_without_gradient_is_one_fused_call(monkeypatch,
 def test_cross_entropy_of_narrow_rows_without_gradient_is_one_fused_call(monkeypatch, reduction,
                                                                         rows, classes):
     # narrow rows of more than 320 values: evaluation takes ATen's fused call, a training step
-    # the array code; both give torch's values, and an out-of-range label raises on both
-    fused, mean_2d = _spy(monkeypatch, "_loss_rows_aten"), _spy(monkeypatch, "_forward_mean_2d")
+    # the bridge's kernel; both give torch's values, and an out-of-range label raises on both
+    fused = _spy(monkeypatch, "_loss_rows_aten")
+    bridge = _spy(monkeypatch, "_forward_rows_bridge")
     pred, label = rand(rows, classes), labels(rows, classes)
     want = TF.cross_entropy(torch.tensor(pred.astype(np.float64)), torch.tensor(label).long(),
                             reduction=reduction)
     loss = F.nn.cross_entropy(mge.tensor(pred), mge.tensor(label), reduction=reduction)
-    assert fused and not mean_2d
+    assert fused and not bridge
     assert loss.dtype == np.float32 and loss.shape == tuple(want.shape)
     np.testing.assert_allclose(loss.numpy(), want.numpy(), rtol=1e-6, atol=1e-6)
     fused.clear()
@@ -855,13 +856,93 @@ def test_cross_entropy_of_narrow_rows_without_gradient_is_one_fused_call(monkeyp
     with GradManager().attach(x) as gm:
         loss = F.nn.cross_entropy(x, mge.tensor(label))
         gm.backward(loss)
-    assert not fused and mean_2d
+    assert not fused and bridge
     np.testing.assert_allclose(loss.numpy(), TF.cross_entropy(
         torch.tensor(pred.astype(np.float64)), torch.tensor(label).long()).numpy(), rtol=1e-6)
     label[rows // 2] = classes
-    with pytest.raises(ValueError, match=rf"labels must be in \[0, {classes}\)") as info:
-        F.nn.cross_entropy(mge.tensor(pred), mge.tensor(label), reduction=reduction)
-    assert info.value.__cause__ is None and info.value.__context__ is None
+    for attached in ([], [x]):  # (training: the kernel declines, the array code raises)
+        with GradManager().attach(attached):
+            with pytest.raises(ValueError, match=rf"labels must be in \[0, {classes}\)") as info:
+                F.nn.cross_entropy(x, mge.tensor(label), reduction=reduction)
+        assert info.value.__cause__ is None and info.value.__context__ is None
+
+
+def _torch_ce(pred, label, dy):
+    """torch's mean cross entropy of ``pred`` in float64, and its gradient for output gradient
+    ``dy``."""
+    x = torch.tensor(pred.astype(np.float64), requires_grad=True)
+    loss = TF.cross_entropy(x, torch.tensor(label.astype(np.int64)))
+    loss.backward(torch.tensor(float(dy), dtype=torch.float64))
+    return loss.detach().numpy(), x.grad.numpy()
+
+
+@pytest.mark.usefixtures("host_default_device")  # the path of numpy arrays
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("label_dtype", ["int32", "int64", "uint8"])
+@pytest.mark.parametrize("layout", ["c", "t", "s"])
+@pytest.mark.parametrize("rows,classes", [(8, 10), (1, 1), (5, 2), (333, 15), (2000, 3)], ids=str)
+def test_cross_entropy_training_on_narrow_rows_takes_the_bridges_kernel(
+        monkeypatch, rows, classes, layout, label_dtype, dtype):
+    # (N, C) logits of fewer than 16 classes, the mean, a gradient wanted: one call of the
+    # bridge's ce_rows forward and one of ce_rows_grad backward, for C-contiguous float32 /
+    # float64 logits and int32 / int64 labels; other logits and labels take the array code.
+    # Either way torch's values in float64, for an output gradient other than one.
+    calls = _spy(monkeypatch, "_forward_rows_bridge")
+    taken = []
+    forward = _CrossEntropy._forward_rows_bridge
+    monkeypatch.setattr(_CrossEntropy, "_forward_rows_bridge",
+                        lambda self, *a: taken.append(forward(self, *a)) or taken[-1])
+    rs = np.random.RandomState(rows * 100 + classes)
+    stored, view, _ = _rows_case(dtype, layout, n=rows, c=classes, seed=rows)
+    label = rs.randint(0, classes, rows).astype(label_dtype)
+    dy = rs.uniform(0.5, 2.0)
+    x = mge.tensor(stored, dtype=dtype)
+    with GradManager().attach(x) as gm:
+        loss = F.nn.cross_entropy(view(x), mge.tensor(label))
+        gm.backward(loss, mge.tensor(dy, dtype=dtype))
+    kernel = view(stored).flags.c_contiguous and label_dtype != "uint8"  # (1 x 1: any layout)
+    assert [t is not None for t in taken] == ([True] if kernel else [False] if calls else [])
+    want, grad = _torch_ce(view(stored), label, dy)
+    tol = 1e-6 if dtype == "float32" else 1e-12
+    assert loss.dtype == np.dtype(dtype) and loss.shape == () and x.grad.dtype == np.dtype(dtype)
+    np.testing.assert_allclose(loss.numpy(), want, rtol=tol, atol=tol)
+    np.testing.assert_allclose(view(x.grad.numpy()), grad, rtol=tol * 10, atol=tol)
+
+
+@pytest.mark.usefixtures("host_default_device")  # the path of numpy arrays
+def test_cross_entropy_bridge_kernel_at_nan_inf_and_large_logits(monkeypatch):
+    # rows holding NaN or +inf give NaN loss and NaN gradients in their rows, as torch's; large
+    # and -inf logits stay finite; the other rows' gradients are torch's
+    calls = _spy(monkeypatch, "_forward_rows_bridge")
+    pred = np.random.RandomState(3).randn(6, 4).astype(np.float32)
+    pred[1, 2], pred[3, 0], pred[4] = np.nan, np.inf, [3e4, -3e4, 1e4, -np.inf]
+    label = np.array([0, 1, 2, 3, 0, 1], dtype=np.int32)
+    for rows in ([0, 1, 2, 3, 4, 5], [0, 2, 4, 5]):
+        x = mge.tensor(pred[rows])
+        with GradManager().attach(x) as gm:
+            loss = F.nn.cross_entropy(x, mge.tensor(label[rows]))
+            gm.backward(loss)
+        want, grad = _torch_ce(pred[rows], label[rows], 1.0)
+        np.testing.assert_allclose(loss.numpy(), want, rtol=1e-6)
+        np.testing.assert_allclose(x.grad.numpy(), grad, rtol=1e-5, atol=1e-7)
+        assert np.isnan(loss.numpy()) == (len(rows) == 6)
+    assert len(calls) == 2
+
+
+@pytest.mark.usefixtures("host_default_device")  # the path of numpy arrays
+def test_cross_entropy_bridge_kernel_gradient_of_another_dtype(monkeypatch):
+    # an output gradient of another dtype than the loss's: ce_rows_grad leaves it to the array
+    # code, which gives the same gradient (float32, as the logits)
+    pred, label = rand(8, 10), labels(8, 10)
+    grads = []
+    for dy in (mge.tensor(1.5, dtype="float64"), mge.tensor(1.5, dtype="float32")):
+        x = mge.tensor(pred)
+        with GradManager().attach(x) as gm:
+            gm.backward(F.nn.cross_entropy(x, mge.tensor(label)), dy)
+        assert x.grad.dtype == np.float32
+        grads.append(x.grad.numpy())
+    np.testing.assert_allclose(grads[0], _torch_ce(pred, label, 1.5)[1], rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(grads[0], grads[1])
 
 
 @pytest.mark.usefixtures("host_default_device")  # the path of numpy arrays
