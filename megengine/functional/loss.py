@@ -562,6 +562,7 @@ class _CrossEntropy(Op):
                 and shape[0] and "cross_entropy" not in _aten._forced):  # is_forced inline
             # evaluation, the loss alone: ATen's fused cross entropy at any row width
             fused = not self.needs_input_grad[0] and not ls and label.dtype.itemsize <= 4
+            # training on narrow rows: the bridge's host kernel, one call each way
             if (classes < _ATEN_MIN_CLASSES and not fused and not ls and self.reduction == "mean"
                     and pred.dtype in KERNEL_FLOATS and _aten.use_aten(pred, "cross_entropy")):
                 loss = self._forward_rows_bridge(pred, label, expected)
@@ -839,7 +840,7 @@ class _CrossEntropy(Op):
         # a new buffer nothing else sees: .grad may take it without a copy
         return _aten.fresh_gradient(grad.reshape(self.pred_shape)), None
 
-    fused = False  # set by _forward_mean_2d
+    fused = False  # set by _forward_mean_2d (True) and _forward_rows_bridge ("bridge")
     logp = None  # set by _forward_aten (a torch tensor) and _forward_rows_aten (an array)
     label_k = None  # the labels with a size-1 class axis; not made by the CPU's (N, C) path
 
