@@ -122,5 +122,14 @@ def test_upstream_spellings_compute_what_the_programs_mean():
                                rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(sF.roll(h, mge.tensor(2), 1).numpy(), F.roll(h, 2, 1).numpy())
     np.testing.assert_array_equal(sF.roll(h, 2).numpy(), F.roll(h, 2).numpy())
+    mask = h > 0.5
+    for got, want in [(sF.where(mask), F.where(mask)), (sF.non_zero(mask, as_tuple=True),
+                                                         F.non_zero(mask, as_tuple=True)),
+                      ((sF.non_zero(mask[0, 0, 0]),), (F.non_zero(mask[0, 0, 0]),))]:
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            assert g.shape == w.shape
+            np.testing.assert_array_equal(g.numpy(), w.numpy())
+    np.testing.assert_array_equal(sF.where(mask, h, -h).numpy(), F.where(mask, h, -h).numpy())
     assert snp.prod(mge.tensor([3, 4, 5])).item() == 60 and snp.prod((3, 4, 5)) == 60
     assert sF.relu is F.relu and snp.float32 is np.float32

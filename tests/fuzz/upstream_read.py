@@ -137,7 +137,9 @@ def _spellings(mge, F, np):
     leading axes are merged and split again; ``topk`` gets this fork's default order,
     ascending, named), ``F.roll`` by a size a symbolic trace holds as a 0-d Tensor (upstream
     takes its length; in a list it takes it), ``np.prod`` of a shape, which under a symbolic
-    trace is a Tensor (numpy's call hands it ``out=``)."""
+    trace is a Tensor (numpy's call hands it ``out=``), ``F.non_zero`` and one-argument
+    ``F.where`` (later upstreams' names, which 1.13 lacks: the flat indices of ``F.cond_take``
+    unravelled)."""
     import types
 
     def rows(inp, fn):  # fn on the rows of inp's last axis; its outputs' leading axes restored
@@ -167,12 +169,23 @@ def _spellings(mge, F, np):
             shift, axis = [shift], [axis] if isinstance(axis, int) else axis
         return F.roll(inp, shift, axis)
 
+    def non_zero(condition, as_tuple=False):  # (upstream 1.13 has none: cond_take's indices)
+        rest, idx = F.cond_take(condition != 0, condition)[1], []
+        for d in reversed(range(condition.ndim)):  # flat indices unravelled, last axis first
+            idx.insert(0, rest % condition.shape[d])
+            rest = F.floor_div(rest, condition.shape[d])
+        return tuple(idx) if as_tuple else F.stack(idx, axis=1)
+
+    def where(mask, x=None, y=None):
+        return non_zero(mask, as_tuple=True) if x is None and y is None else F.where(mask, x, y)
+
     def prod(a, *args, **kwargs):
         return a.prod() if isinstance(a, mge.Tensor) else np.prod(a, *args, **kwargs)
 
     public = {k: v for k, v in vars(F).items() if not k.startswith("__")}
     return {"F": types.SimpleNamespace(**{**public, "layer_norm": layer_norm, "sort": sort,
-                                          "topk": topk, "roll": roll}),
+                                          "topk": topk, "roll": roll, "non_zero": non_zero,
+                                          "where": where}),
             "np": types.SimpleNamespace(**{**vars(np), "prod": prod})}
 
 
