@@ -252,6 +252,27 @@ def test_values_eager_computes_as_finite_are_still_compared_under_rewrites():
         jit_check._close([np.array([0.0, 2.0])], [np.array([nan, 1.0])], "x", rewrites=True)
 
 
+def test_a_state_eager_left_nan_is_compared_as_the_outputs_are():
+    # program 98899: a state written from F.log(F.exp(h)) overflowed eagerly: NaN equals NaN;
+    # under opt_level's rewrites (log(exp(h)) is h) a finite state where eager's is not
+    # finite is not compared, and a finite eager value still is
+    nan = float("nan")
+
+    def m_of(values):
+        m = mge.module.Module()
+        m.w = mge.Parameter(np.array(values, np.float32))
+        return m
+
+    m_nan, m_mixed = m_of([nan, 2.0]), m_of([3.0, 2.0])
+    jit_check._check_state("x", m_nan, {"w": np.array([nan, 2.0], np.float32)})
+    jit_check._check_state("x", m_mixed, {"w": np.array([nan, 2.0], np.float32)}, rewrites=True)
+    with pytest.raises(JitMismatch, match="parameter w"):
+        jit_check._check_state("x", m_mixed, {"w": np.array([nan, 2.0], np.float32)})
+    with pytest.raises(JitMismatch, match="parameter w"):
+        jit_check._check_state("x", m_mixed, {"w": np.array([nan, 2.5], np.float32)},
+                               rewrites=True)
+
+
 def test_values_are_compared_to_the_rounding_of_the_outputs_magnitude():
     # program 97763 (opt_level 2): -0.0435505 for eager's -0.0435801 in an output up to 12.1,
     # a value a centring left of terms of that size
