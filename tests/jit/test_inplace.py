@@ -250,6 +250,34 @@ def test_writes_into_a_parameter_and_an_external_stay_side_effects_and_dump(mode
         np.testing.assert_allclose(out, _writer()[0](mge.tensor(INPUTS[1])).numpy())
 
 
+@pytest.mark.parametrize("value", ["array", "tensor", "computed"])
+@pytest.mark.parametrize("mode", MODES + [dict(symbolic=False, capture_as_const=True)],
+                         ids=MODE_IDS + ["capture_as_const"])
+def test_set_value_of_a_value_of_the_call_before_a_parameters_set_value(mode, value):
+    # program 98985 (jit fuzzer) minimised: the first write is dataflow, the second an event;
+    # checked calls took the first for the recorded event (the next step was a set_value() too)
+    # and refused every call after the first ("expect external node, got internal")
+    def make():
+        w = mge.Parameter(np.zeros(3, np.float32))
+
+        def f(x):
+            y = x * 0.5
+            y.set_value(y + x)
+            new = {"array": lambda: np.array([0.5, -1.0, 2.0], np.float32),
+                   "tensor": lambda: mge.tensor([0.5, -1.0, 2.0]),
+                   "computed": lambda: x * 3}[value]
+            w.set_value(new())
+            return y * w
+
+        return f, w
+
+    (f, w), (eager, eager_w) = make(), make()
+    g = trace(f, **mode)
+    for v in INPUTS + INPUTS:
+        np.testing.assert_allclose(g(mge.tensor(v)).numpy(), eager(mge.tensor(v)).numpy())
+        np.testing.assert_allclose(w.numpy(), eager_w.numpy())
+
+
 @pytest.mark.parametrize("size", [3, 8192])
 @pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
 def test_a_parameter_written_into_is_read_through_detach(mode, size):
