@@ -878,12 +878,14 @@ class _Checker(_Hook):
         return step
 
     # ----- events -----
-    def _wrote_outside(self, step):
-        """Whether the recorded write event ``step`` wrote a tensor from outside the call (an
-        argument, an external, a constant): then a write into a value of this call is not
-        that event."""
-        target = step.args[0] if step.args else None
-        return type(target) is _Ref and self.prog.slots[target.slot].kind not in _COMPUTED
+    def _not_dataflow(self, step):
+        """Whether the recorded write event ``step`` is no write of a value of the call into a
+        value of the call (it wrote a tensor from outside the call: an argument, an external,
+        a constant; or it wrote a value from outside: an array, a number): then a write that
+        is such dataflow now is not that event."""
+        slots = self.prog.slots
+        return len(step.args) != 2 or any(
+            type(a) is not _Ref or slots[a.slot].kind not in _COMPUTED for a in step.args)
 
     def event(self, fn, *args, **kwargs):
         """Check the call ``fn(*args, **kwargs)`` against the next recorded event, then run it
@@ -906,10 +908,10 @@ class _Checker(_Hook):
         # (a set_value() the recording took as an event, as batch norm's statistics writes,
         # reaches its event step without the question, also past the detach() steps taken up
         # above: an internal write takes no detach() that holds no slot yet; but not where
-        # that event wrote a tensor from outside the call: a set_value() into a value of this
-        # call before it is dataflow, program 98985's wv.set_value(wv + x); w.set_value(c))
+        # that event was no such write: a set_value() into a value of this call before it is
+        # dataflow, program 98985's y.set_value(y + x); w.set_value(c), or y.set_value(c))
         if not compared and (fn is _INPLACE or fn is _RESET and (
-                step.fn is not fn or self._wrote_outside(step))):
+                step.fn is not fn or self._not_dataflow(step))):
             written = self._internal_write(fn, args, kwargs)
             if written is not None:
                 return self._write_internal(fn, args[0], args[1], *written)

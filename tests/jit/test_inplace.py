@@ -250,13 +250,16 @@ def test_writes_into_a_parameter_and_an_external_stay_side_effects_and_dump(mode
         np.testing.assert_allclose(out, _writer()[0](mge.tensor(INPUTS[1])).numpy())
 
 
+@pytest.mark.parametrize("target", ["parameter", "itself"])
 @pytest.mark.parametrize("value", ["array", "tensor", "computed"])
 @pytest.mark.parametrize("mode", MODES + [dict(symbolic=False, capture_as_const=True)],
                          ids=MODE_IDS + ["capture_as_const"])
-def test_set_value_of_a_value_of_the_call_before_a_parameters_set_value(mode, value):
-    # program 98985 (jit fuzzer) minimised: the first write is dataflow, the second an event;
-    # checked calls took the first for the recorded event (the next step was a set_value() too)
-    # and refused every call after the first ("expect external node, got internal")
+def test_set_value_of_a_value_of_the_call_before_another_set_value(mode, value, target):
+    # program 98985 (jit fuzzer) minimised: the first write is dataflow, the second an event
+    # (into a Parameter, or a value from outside into the same value of the call); checked
+    # calls took the first for the recorded event (the next step was a set_value() too) and
+    # refused every call after the first ("expect external node, got internal", "input id
+    # mismatch"); upstream 1.13 runs them
     def make():
         w = mge.Parameter(np.zeros(3, np.float32))
 
@@ -266,8 +269,8 @@ def test_set_value_of_a_value_of_the_call_before_a_parameters_set_value(mode, va
             new = {"array": lambda: np.array([0.5, -1.0, 2.0], np.float32),
                    "tensor": lambda: mge.tensor([0.5, -1.0, 2.0]),
                    "computed": lambda: x * 3}[value]
-            w.set_value(new())
-            return y * w
+            (w if target == "parameter" else y).set_value(new())
+            return y * (w + 1)
 
         return f, w
 
