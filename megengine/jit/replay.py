@@ -43,7 +43,6 @@ def _run(prog, leaves, profile):
     for s, owner, o in prog.grads:
         values[s] = (owner if o is None else values[o]).grad
     apply, wrap = dispatch.apply, Tensor._wrap
-    rebound = {}  # slot -> the outside tensor an in-place write rebound to its value
     clock = time.perf_counter if profile is not None else None
     if prog.first_reads:
         _check_reads(prog, prog.first_reads, values)
@@ -102,14 +101,15 @@ def _run(prog, leaves, profile):
             v = values[step.src]
             values[step.out] = wrap(v._data, v._device)
         elif step.fn is _INPLACE:
-            # a write into a tensor from outside the call (an argument, an external): the
-            # recorded target slot may be one an earlier write rebound that tensor to; the
-            # write goes to the tensor object itself, as when the function ran
+            # a write into a tensor from outside the call (an argument, an external). Where it
+            # rebinds that tensor to the value (not a Parameter's storage write), the value's
+            # slot is that tensor object from now on, as when the function ran: a later write
+            # recorded into the slot (x += 1; x[0] = 0; x.set_value(c)) goes to the tensor,
+            # and a later read reads what it holds then
             target, value = _decode(step.args, values)
-            target = rebound.get(step.args[0].slot, target)
             step.fn(target, value)
-            if target._data is value._data:  # rebound (not a Parameter's storage write)
-                rebound[step.args[1].slot] = target
+            if target._data is value._data:
+                values[step.args[1].slot] = target
         elif step.callbacks is not None:  # a backward whose callbacks' ops were recorded
             result = _call_with_callbacks(step, values)
             for path, s in step.out_paths:
