@@ -166,11 +166,16 @@ class _Hook:
         slot from then on), not an event, so replays, checked calls and `dump` go on from the
         result. (``self._outside(t)``, which the recorder and the checker each define, tells
         the tensors from outside the call: arguments, externals, constants made from Python
-        data, even once a write rebound them.)"""
+        data, even once a write rebound them.) A value from outside is written as an event
+        too, also once a write rebound it to a value of the call: ``x += 1; y.set_value(x);
+        x += 1`` of an argument gives y a copy of x's value then, which x's later writes do not
+        reach (as dataflow, y would follow x's slot, which a replay's later write into x changes
+        with it: tests.fuzz.trace_writes)."""
         if (fn is not _INPLACE and fn is not _RESET) or kwargs or len(args) != 2:
             return None
         t, result = args
-        if isinstance(t, Parameter) or not isinstance(result, Tensor) or self._outside(t):
+        if (isinstance(t, Parameter) or not isinstance(result, Tensor) or self._outside(t)
+                or self._outside(result)):
             return None  # (a tensor from outside keeps its identity even once rebound)
         s, alias = self._internal(t)
         if s is None or alias or self.prog.slots[s].kind not in _COMPUTED:
