@@ -878,14 +878,12 @@ class _Checker(_Hook):
         return step
 
     # ----- events -----
-    def _not_dataflow(self, step):
-        """Whether the recorded write event ``step`` is no write of a value of the call into a
-        value of the call (it wrote a tensor from outside the call: an argument, an external,
-        a constant; or it wrote a value from outside: an array, a number): then a write that
-        is such dataflow now is not that event."""
-        slots = self.prog.slots
-        return len(step.args) != 2 or any(
-            type(a) is not _Ref or slots[a.slot].kind not in _COMPUTED for a in step.args)
+    def _other_target(self, step, t):
+        """Whether the recorded write event ``step`` wrote into another value than the one
+        tensor ``t`` holds now (a write into ``t`` is then not that event)."""
+        target = step.args[0] if step.args else None
+        s = self._internal(t)[0]
+        return type(target) is _Ref and s is not None and s != target.slot
 
     def event(self, fn, *args, **kwargs):
         """Check the call ``fn(*args, **kwargs)`` against the next recorded event, then run it
@@ -908,10 +906,11 @@ class _Checker(_Hook):
         # (a set_value() the recording took as an event, as batch norm's statistics writes,
         # reaches its event step without the question, also past the detach() steps taken up
         # above: an internal write takes no detach() that holds no slot yet; but not where
-        # that event was no such write: a set_value() into a value of this call before it is
-        # dataflow, program 98985's y.set_value(y + x); w.set_value(c), or y.set_value(c))
+        # that event wrote into another value: a set_value() into a value of this call before
+        # it is dataflow, program 98985's y.set_value(y + x); w.set_value(c), or b.set_value(y)
+        # of a b rebound to a value of the call, or y.set_value(c))
         if not compared and (fn is _INPLACE or fn is _RESET and (
-                step.fn is not fn or self._not_dataflow(step))):
+                step.fn is not fn or self._other_target(step, args[0]))):
             written = self._internal_write(fn, args, kwargs)
             if written is not None:
                 return self._write_internal(fn, args[0], args[1], *written)

@@ -73,6 +73,15 @@ KINDS = {
     # into x, the argument
     "x_iadd": lambda s: s["x"].__iadd__(1.0),
     "x_set": lambda s: _set(s["x"], s["x"] * 2),
+    "x_item": lambda s: s["x"].__setitem__(2, -5.0),
+    # one tensor's value into another
+    "y_imul": _rebind("y", lambda s: s["y"].__imul__(s["x"])),
+    "y_set_b": lambda s: _set(s["y"], s["b"]),
+    "y_set_w": lambda s: _set(s["y"], s["w"]),
+    "b_set_x": lambda s: _set(s["b"], s["x"]),
+    "b_set_y": lambda s: _set(s["b"], s["y"]),
+    "w_set_y": lambda s: _set(s["w"], s["y"]),
+    "w_set_b": lambda s: _set(s["w"], s["b"]),
     # reads
     "y_reads_w": _rebind("y", lambda s: s["y"] + s["w"]),
     "y_reads_w_detached": _rebind("y", lambda s: s["y"] + s["w"].detach()),
