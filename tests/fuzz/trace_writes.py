@@ -20,10 +20,12 @@ path on the same sequences (``--serve``), and a refusal here that upstream does 
 finding too; the refusals upstream alone makes are counted (its ``without_host`` refuses most
 functions that write a tensor from outside the call).
 
-Found with it: a set_value() into a value of the call before another set_value() (checked calls
-refused every call after the first: `megengine.jit.check`), and an in-place write then a
-set_value() into a tensor from outside the call (a without_host replay's state missed the
-set_value, silently: `megengine.jit.replay`).
+Found with it (all fixed): a set_value() into a value of the call before another set_value()
+(checked calls refused every call after the first: `megengine.jit.check`); an in-place write
+then a set_value() into a tensor from outside the call (a without_host replay's state missed the
+set_value, silently: `megengine.jit.replay`); ``x += 1; y.set_value(x); x += 1`` of an argument
+(y followed x's later value in without_host replays: `megengine.jit.record`); ``b += x;
+y.set_value(y + x); b.set_value(y)`` of an external (refused by checked calls).
 """
 import itertools
 import json
