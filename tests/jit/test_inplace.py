@@ -250,6 +250,19 @@ def test_writes_into_a_parameter_and_an_external_stay_side_effects_and_dump(mode
         np.testing.assert_allclose(out, _writer()[0](mge.tensor(INPUTS[1])).numpy())
 
 
+def _follows_eager(make, mode):
+    """``make()`` gives a function and the tensors from outside it that it writes; traced in
+    ``mode``, it gives an eager copy's outputs call after call, and leaves those tensors and
+    its argument as the copy leaves its own."""
+    (f, *state), (eager, *eager_state) = make(), make()
+    g = trace(f, **mode)
+    for v in INPUTS + INPUTS:
+        x, ex = mge.tensor(v), mge.tensor(v)
+        np.testing.assert_allclose(g(x).numpy(), eager(ex).numpy())
+        for t, e in zip([x, *state], [ex, *eager_state]):
+            np.testing.assert_allclose(t.numpy(), e.numpy())
+
+
 @pytest.mark.parametrize("target", ["parameter", "itself"])
 @pytest.mark.parametrize("value", ["array", "tensor", "computed"])
 @pytest.mark.parametrize("mode", MODES + [dict(symbolic=False, capture_as_const=True)],
@@ -274,11 +287,7 @@ def test_set_value_of_a_value_of_the_call_before_another_set_value(mode, value, 
 
         return f, w
 
-    (f, w), (eager, eager_w) = make(), make()
-    g = trace(f, **mode)
-    for v in INPUTS + INPUTS:
-        np.testing.assert_allclose(g(mge.tensor(v)).numpy(), eager(mge.tensor(v)).numpy())
-        np.testing.assert_allclose(w.numpy(), eager_w.numpy())
+    _follows_eager(make, mode)
 
 
 _WRITE_THEN_SET = {
@@ -310,13 +319,7 @@ def test_an_in_place_write_then_a_set_value_into_a_tensor_from_outside(mode, tar
 
         return f, b
 
-    (f, b), (eager, eager_b) = make(), make()
-    g = trace(f, **mode)
-    for v in INPUTS + INPUTS:
-        x, ex = mge.tensor(v), mge.tensor(v)
-        np.testing.assert_allclose(g(x).numpy(), eager(ex).numpy())
-        np.testing.assert_allclose(b.numpy(), eager_b.numpy())
-        np.testing.assert_allclose(x.numpy(), ex.numpy())
+    _follows_eager(make, mode)
 
 
 @pytest.mark.parametrize("last", ["b_gets_y", "y_gets_b"])
@@ -345,11 +348,7 @@ def test_a_set_value_into_a_value_of_the_call_between_writes_into_an_external(mo
 
         return f, b
 
-    (f, b), (eager, eager_b) = make(), make()
-    g = trace(f, **mode)
-    for v in INPUTS + INPUTS:
-        np.testing.assert_allclose(g(mge.tensor(v)).numpy(), eager(mge.tensor(v)).numpy())
-        np.testing.assert_allclose(b.numpy(), eager_b.numpy())
+    _follows_eager(make, mode)
 
 
 @pytest.mark.parametrize("then", ["iadd", "set_value"])
@@ -368,11 +367,7 @@ def test_a_value_of_the_call_set_to_a_rebound_argument_keeps_that_value(mode, th
             x.set_value(x * 2)
         return y * 3 + x
 
-    g = trace(f, **mode)
-    for v in INPUTS + INPUTS:
-        x, ex = mge.tensor(v), mge.tensor(v)
-        np.testing.assert_allclose(g(x).numpy(), f(ex).numpy())
-        np.testing.assert_allclose(x.numpy(), ex.numpy())
+    _follows_eager(lambda: (f,), mode)
 
 
 @pytest.mark.parametrize("size", [3, 8192])
