@@ -152,7 +152,8 @@ def _check_state(what, m, want, rewrites=False):
     for name, v in _param_values(m).items():
         w = want[name]
         if v.shape == w.shape and rewrites:
-            v, w = v[np.isfinite(w)], w[np.isfinite(w)]
+            finite = np.isfinite(w)
+            v, w = v[finite], w[finite]
         if v.shape != w.shape or not np.allclose(v, w, rtol=RTOL, atol=ATOL, equal_nan=True):
             raise JitMismatch(f"{what}: parameter {name} is {v}, eager leaves {want[name]}")
 
