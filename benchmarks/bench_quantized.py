@@ -62,6 +62,7 @@ def main():
     qat_net(x)  # calibrate the observers once
     qat_net.eval()
     q_net = quantize(qat_net, inplace=False)
+    q_net.eval()  # (new layers start in training mode, as upstream's)
     # the same work: the integer network computes what the QAT network does
     step = float(qat_net.fc.act_observer.get_qparams().scale.numpy())
     diff = np.abs(q_net(x).numpy() - qat_net(x).numpy()).max()
@@ -96,7 +97,9 @@ def _q_linear(n_in, n_out):
                        qconfig=ema_fakequant_qconfig)
     net(mge.tensor(np.random.RandomState(1).randn(BATCH, n_in).astype(np.float32)))
     net.eval()
-    return quantize(net, inplace=False)[1]
+    q_net = quantize(net, inplace=False)
+    q_net.eval()  # (new layers start in training mode, as upstream's)
+    return q_net[1]
 
 
 def _linear_against_conv_bias(name, fc, n_in, args):

@@ -65,8 +65,9 @@ def quantize(module: Module, inplace: bool = True, mapping: dict = None):
     adds or overrides ``{QAT class: quantized class}`` pairs. ``inplace=False`` converts a deep
     copy. Returns the converted module (a new one when ``module`` itself is a QAT layer).
 
-    The new layers take the training mode of the QAT layers they replace; quantized layers
-    run only in evaluation mode, so call ``.eval()`` first (or on the result).
+    The new layers start in training mode, as any new Module (upstream's rule, whatever mode
+    the QAT layers were in); quantized layers run only in evaluation mode, so call ``.eval()``
+    on the result.
     """
     if not inplace:
         module = deepcopy(module)
@@ -79,9 +80,7 @@ def quantize(module: Module, inplace: bool = True, mapping: dict = None):
         if cls is None:
             raise TypeError(f"quantize: no quantized layer for {type(qat_module).__name__}; "
                             "pass mapping={QATClass: QuantizedClass}")
-        new_mod = cls.from_qat_module(qat_module)
-        new_mod.train(qat_module.training)
-        return new_mod
+        return cls.from_qat_module(qat_module)
 
     if _is_qat(module):
         return convert(module)
@@ -102,7 +101,10 @@ def quantize_qat(module: Module, inplace: bool = True, qconfig: QConfig = ema_fa
     give every QAT layer ``qconfig``. ``mapping`` adds or overrides ``{float class: QAT
     class}`` pairs; layers with ``quantize_disabled`` (``Module.disable_quantize``) are kept.
     ``inplace=False`` converts a deep copy. Returns the converted module (a new one when
-    ``module`` itself is quantizable, e.g. a lone ConvBn2d)."""
+    ``module`` itself is quantizable, e.g. a lone ConvBn2d). The QAT layers start in training
+    mode, as any new Module (upstream's rule: a float network in eval mode gives QAT layers
+    in training mode around its shared batch norms, still in eval mode); set the mode after.
+    """
     if not isinstance(qconfig, QConfig):
         raise TypeError(f"quantize_qat: qconfig must be a QConfig, got {type(qconfig).__name__} "
                         "(pass it by keyword: quantize_qat(net, qconfig=...))")
@@ -120,7 +122,6 @@ def quantize_qat(module: Module, inplace: bool = True, qconfig: QConfig = ema_fa
         # a quantizable root cannot replace itself in its caller's hands: the QAT version is
         # returned (upstream returns the float root unchanged, which silently does nothing)
         new_mod = convert_dict[type(module)].from_float_module(module)
-        new_mod.train(module.training)
         propagate_qconfig(new_mod, qconfig)
         return new_mod
     # every layer is converted before any is replaced: replacing while walking would change
@@ -133,9 +134,7 @@ def quantize_qat(module: Module, inplace: bool = True, qconfig: QConfig = ema_fa
         # ConvBn2d keeps), so that converting again changes nothing
         if is_quantable(parent) or _is_qat(parent) or submodule.quantize_disabled:
             continue
-        new_mod = convert_dict[type(submodule)].from_float_module(submodule)
-        new_mod.train(submodule.training)
-        converted.append((key, new_mod))
+        converted.append((key, convert_dict[type(submodule)].from_float_module(submodule)))
     for key, new_mod in converted:
         set_expand_structure(module, key, new_mod)
     propagate_qconfig(module, qconfig)

@@ -390,6 +390,7 @@ def _qat_network_case(rng):
         want, step, y = reference(test_x, False)
         check_steps(qat_out, want, step, y, f"{desc}: eval")
         q_net = quantize(net, inplace=False)
+        q_net.eval()  # (new layers start in training mode, as upstream's)
         inner = q_net.layer(q_net.quant(mge.tensor(test_x)))
         if not mdtype.is_quantize(inner.dtype):
             raise Mismatch(f"{desc}: the quantized layer's output is {inner.dtype}, not quantized")

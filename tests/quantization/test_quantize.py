@@ -223,7 +223,9 @@ def test_a_quantizable_root_is_returned_converted():
     conv = Float.ConvBn2d(2, 2, 3)
     conv.eval()
     qat = quantize_qat(conv)
-    assert isinstance(qat, QAT.ConvBn2d) and not qat.training
+    # a new layer starts in training mode (upstream 1.13 measured), around the float layer's
+    # own batch norm, which keeps its mode
+    assert isinstance(qat, QAT.ConvBn2d) and qat.training and not qat.bn.training
     assert qat.conv.weight is conv.conv.weight and qat.bn is conv.bn
 
 
@@ -239,7 +241,8 @@ def test_quantize_converts_every_qat_layer_in_place_or_on_a_copy():
     assert isinstance(qat_net.linear, QAT.Linear)  # the original is untouched
     assert isinstance(q_net.quant, Q.QuantStub) and isinstance(q_net.linear, Q.Linear)
     assert isinstance(q_net.dequant, Q.DequantStub)
-    assert not q_net.linear.training  # the QAT layer's mode is kept
+    # new layers start in training mode, whatever the QAT layers' (upstream 1.13 measured)
+    assert q_net.linear.training and not qat_net.linear.training
     # the weight holds integers in the weight observer's dtype (qint8_narrow, [-127, 127]):
     # scale max(|min|, |max|) / 127
     w_scale = dtype.get_scale(q_net.linear.weight.dtype)
@@ -370,6 +373,7 @@ def test_a_quantized_network_computes_what_the_qat_network_does():
     qat_net = _calibrated_mixed(x)
     expected = qat_net(x).numpy()
     q_net = quantize(qat_net, inplace=False)
+    q_net.eval()
     got = q_net(x)
     assert got.dtype == np.float32
     # same formulas in integers: at most one step of the output scale apart (float sums in
@@ -416,6 +420,7 @@ def test_a_quantized_network_survives_save_load_and_trace_dump(tmp_path):
 
     x = mge.tensor(np.random.RandomState(2).randn(4, 2, 5, 5).astype(np.float32))
     q_net = quantize(_calibrated_mixed(x))
+    q_net.eval()
     expected = q_net(x).numpy()
     mge.save(q_net, tmp_path / "q.pkl")
     loaded = mge.load(tmp_path / "q.pkl")
@@ -648,6 +653,7 @@ def test_models_resnet_shape_quantizes_with_pooling_and_a_float_head():
         net(x)
     net.eval()
     q_net = quantize(net, inplace=False)
+    q_net.eval()
     assert type(q_net.fc) is Float.Linear
     feats = {}
     for name, model in (("qat", net), ("q", q_net)):
@@ -665,6 +671,7 @@ def test_a_quantized_state_dict_loads_into_a_fresh_quantized_network_with_its_sc
     # quantized checkpoint, whose integer weights carry their own scales
     x = mge.tensor(np.random.RandomState(4).randn(4, 2, 5, 5).astype(np.float32))
     q_net = quantize(_calibrated_mixed(x))
+    q_net.eval()
     fresh = quantize(quantize_qat(Mixed(), qconfig=ema_fakequant_qconfig))
     fresh.eval()
     assert not dtype.is_dtype_equal(fresh.conv1.weight.dtype, q_net.conv1.weight.dtype)

@@ -348,6 +348,7 @@ def test_quantize_qat_converts_the_megengine_layers_and_keeps_the_torch_part_flo
     qat.eval()
     fake = host(qat(x))
     quantized = Q.quantize(qat, inplace=False)
+    quantized.eval()
     assert type(quantized.body) is PyTorchModule
     assert isinstance(quantized.head, M.quantized.Linear)
     # the quantized layers compute what their fake-quantized twins did, to a rounding step of

@@ -1,0 +1,634 @@
+"""Module trees drawn at random, queried and changed on this checkout and on upstream MegEngine
+1.13::
+
+    python -m tests.fuzz.upstream_modules [--seeds N] [--start S] [--upstream PYTHON] [--show S]
+
+Each seed writes a small program (Python source; ``--show S`` prints seed S's): it builds a
+tree of ``megengine.module`` objects (``Node``, a plain Module, holding layers, Parameters and
+Tensors, other nodes, lists, tuples and dicts of them, ``Sequential`` of a list or an
+``OrderedDict``, numbers and arrays; some objects held twice, attribute names and dict keys whose
+sorted order is not their assignment order, nodes and Parameters named by the user) and gives
+every tensor distinct values. Then it runs drawn steps, each returning something to compare:
+the ``named_*`` / ``parameters`` / ``buffers`` / ``tensors`` / ``children`` / ``modules``
+listings (prefix, recursive, with_parent), ``state_dict`` (prefix, keep_var),
+``load_state_dict`` of changed dicts (values, a missing, extra or None entry, another shape, Tensors,
+closures; strict or not) with the state after it, ``train`` / ``eval`` / ``apply`` /
+``disable_quantize``, ``repr``, attributes set and deleted afterwards, ``Sequential`` indexing,
+slicing, item assignment and deletion, tensor names, ``replace_param`` and ``copy.deepcopy``.
+Every object a program makes is labelled as it is made, so a listing is compared as labels,
+names, shapes and values, not by identity.
+
+Each program runs here and, with ``--upstream``, in upstream's interpreter (this file by path,
+``--serve``). Upstream is the oracle: a step whose result differs, or that raises on one side
+only, is a finding, and the rest of that program is not compared (its state differs). Steps that
+only upstream refuses are counted, not failed; so are steps both refuse (with the error types when
+they differ). Without ``--upstream`` the programs run here only (each must build).
+
+This file imports only numpy at its top: the upstream side runs it by path."""
+import json
+import sys
+
+import numpy as np
+
+NAMES = ("a", "b", "z", "A", "_p", "x1", "x10", "x2", "fc", "blocks", "m", "head")
+KEYS = ("k", "a", "B", "_x", "k10", "k2")
+LEAVES = ("M.Linear({n}, {n2})", "M.Linear({n}, {n2}, bias=False)", "M.Conv2d({n}, {n2}, 1)",
+          "M.BatchNorm1d({n})", "M.BatchNorm2d({n}, affine=False)", "M.ReLU()",
+          "M.Identity()", "M.Embedding({n}, {n2})", "M.LayerNorm({n})", "M.Dropout(0.5)",
+          "M.GroupNorm(1, {n})", "Leaf({n})", "Leaf({n}, name='lf')")
+TENSORS = ("mge.Parameter(seq({shape}))", "mge.Tensor(seq({shape}))",
+           "mge.Parameter(seq({shape}), name='pn')", "mge.Tensor(seq({shape}, 'int32'))")
+SHAPES = ("(2,)", "(2, 3)", "(1,)", "()", "(3, 1, 2)")
+
+PRELUDE = '''
+import copy
+import io
+import sys
+import types
+from collections import OrderedDict
+import numpy as np
+import megengine as mge
+import megengine.module as M
+import megengine.quantization as Q
+
+LABELS = {}
+LABELLED = []  # (keeps every labelled object alive: ids stay theirs)
+COUNT = [0]
+
+
+def seq(shape, dtype="float32"):
+    n = int(np.prod(shape))
+    COUNT[0] += n
+    return (np.arange(COUNT[0] - n, COUNT[0]) % 97).astype(dtype).reshape(shape)
+
+
+def label(obj, name):
+    if id(obj) not in LABELS:
+        LABELS[id(obj)] = name
+        LABELLED.append(obj)
+        if isinstance(obj, mge.Tensor):  # (distinct values: layers draw theirs at random)
+            obj.set_value(seq(tuple(obj.shape), obj.dtype))
+    if isinstance(obj, M.Module) and not isinstance(obj, (Node, M.Sequential)):
+        for key, value in sorted(vars(obj).items()):
+            if isinstance(value, mge.Tensor):
+                label(value, name + "." + key)
+    return obj
+
+
+def who(obj):
+    return "None" if obj is None else LABELS.get(id(obj), "new " + type(obj).__name__)
+
+
+def desc(t):
+    return [who(t), list(t.shape), t.dtype.name if hasattr(t.dtype, "name") else str(t.dtype)]
+
+
+def values(state):
+    return [[k, float(np.asarray(v, "float64").sum())] for k, v in state.items()]
+
+
+def state():
+    return values(net.state_dict())
+
+
+def owner(path):
+    """The object at dotted ``path`` under net, found by this program's own walk."""
+    obj = net
+    for part in path.split(".") if path else []:
+        if isinstance(obj, (list, tuple)):
+            obj = obj[int(part)]
+        elif isinstance(obj, dict):
+            obj = obj[part]
+        else:
+            obj = getattr(obj, part)
+    return obj
+
+
+def twice():
+    """Whether a tensor of the state is under two keys (a module or Parameter held twice)."""
+    keys = list(net.state_dict())
+    return len({id(owner(k)) for k in keys}) < len(keys)
+
+
+NORMS = (M.BatchNorm1d, M.BatchNorm2d, M.GroupNorm, M.LayerNorm)
+
+
+def kept(k, v):
+    """An entry of state_dict(keep_var=True): a norm layer's is compared by its 1-d values
+    (upstream gives 1-d copies, this fork the layer's tensors: docs/compatibility.rst)."""
+    if isinstance(owner(k.rpartition(".")[0]), NORMS):
+        return [k, "norm", v.numpy().reshape(-1).tolist()]
+    return [k, type(v).__name__, who(v)]
+
+
+class Node(M.Module):
+    def forward(self, x):
+        return x
+
+
+class Leaf(M.Module):
+    def __init__(self, n, name=None):
+        super().__init__(name)
+        self.w = mge.Parameter(np.zeros(n, "float32"))
+        self.s = mge.Tensor(np.zeros((n, 1), "float32"))
+        self.k = 3
+
+    def forward(self, x):
+        return x * self.w
+
+
+# (a module of their own, so that pickles find the two classes)
+sys.modules[__name__] = types.ModuleType(__name__)
+sys.modules[__name__].Node, sys.modules[__name__].Leaf = Node, Leaf
+
+
+def qat_types(m):
+    return [[k, type(v).__name__, "qat" in type(v).__module__.split("."),
+             "quantized" in type(v).__module__.split("."), v.training]
+            for k, v in m.named_modules()]
+'''
+
+
+class Draw:
+    def __init__(self, seed):
+        self.rng = np.random.default_rng(seed)
+        self.lines = []
+        self.objs = []  # (variable, kind): kind "leaf", "tensor", "node" or "seq"
+        self.used = set()
+
+    def pick(self, items):
+        return items[int(self.rng.integers(len(items)))]
+
+    def chance(self, p):
+        return self.rng.random() < p
+
+    def new(self, expr, kind):
+        var = f"o{len(self.objs)}"
+        self.lines.append(f"{var} = label({expr}, {var!r})")
+        self.objs.append((var, kind))
+        return var
+
+    def leaf(self):
+        n = int(self.rng.integers(1, 4))
+        return self.new(self.pick(LEAVES).format(n=n, n2=int(self.rng.integers(1, 4))), "leaf")
+
+    def tensor(self):
+        return self.new(self.pick(TENSORS).format(shape=self.pick(SHAPES)), "tensor")
+
+    def ref(self, modules_only=False, outside=None):
+        """An object made before (not ``outside``): mostly one not held yet, now and then one
+        held already."""
+        pool = [v for v, k in self.objs if (not modules_only or k != "tensor") and v != outside]
+        fresh = [v for v in pool if v not in self.used]
+        var = self.pick(fresh if fresh and not self.chance(0.15) else pool)
+        self.used.add(var)
+        return var
+
+    def value(self, depth=0, outside=None):
+        """An attribute's value, as source."""
+        r = self.rng.random()
+        if r < 0.55 or depth > 1:
+            return self.ref(outside=outside)
+        if r < 0.7:
+            items = [self.value(depth + 1, outside) for _ in range(int(self.rng.integers(0, 4)))]
+            if self.chance(0.3):
+                return "(" + "".join(i + ", " for i in items) + ")"
+            return "[" + ", ".join(items) + "]"
+        if r < 0.85:
+            keys = [str(k) for k in self.rng.permutation(KEYS)[:int(self.rng.integers(1, 4))]]
+            if self.chance(0.08):
+                keys[0] = int(self.rng.integers(0, 3))  # (upstream: keys must be str)
+            return "{" + ", ".join(f"{k!r}: {self.value(depth + 1, outside)}" for k in keys) + "}"
+        return self.pick(("3", "'text'", "None", "np.ones(2)", "[1, 2]", "{'k': 1}"))
+
+    def node(self):
+        name = ", name='blk'" if self.chance(0.15) else ""
+        var = self.new(f"Node({name.lstrip(', ')})", "node")
+        for attr in map(str, self.rng.permutation(NAMES)[:int(self.rng.integers(1, 5))]):
+            self.lines.append(f"{var}.{attr} = {self.value(outside=var)}")
+        return var
+
+    def sequential(self):
+        items = [self.ref(modules_only=True) for _ in range(int(self.rng.integers(1, 4)))]
+        if self.chance(0.3):
+            keys = [str(k) for k in self.rng.permutation(KEYS)[:len(items)]]
+            pairs = ", ".join(f"({k!r}, {v})" for k, v in zip(keys, items))
+            return self.new(f"M.Sequential(OrderedDict([{pairs}]))", "seq")
+        return self.new(f"M.Sequential({', '.join(items)})", "seq")
+
+    def build(self):
+        for _ in range(int(self.rng.integers(3, 9))):
+            r = self.rng.random()
+            if r < 0.35 or not self.objs:
+                self.leaf()
+            elif r < 0.6:
+                self.tensor()
+            elif r < 0.85:
+                self.node()
+            else:
+                self.sequential()
+        root = self.new("Node()", "node")
+        left = [v for v, _ in self.objs[:-1] if v not in self.used]
+        attrs = [str(a) for a in self.rng.permutation(NAMES)]
+        for var in left:
+            self.lines.append(f"{root}.{attrs.pop() if attrs else 'rest_' + var} = {var}")
+        self.lines.append(f"net = {root}")
+
+    # ----- steps -----
+    def listing(self):
+        what = self.pick(("parameters", "buffers", "tensors"))
+        args = self.pick(("", "prefix='pre'", "recursive=False", "prefix='', recursive=False"))
+        if self.chance(0.3):
+            return f"out = [who(t) for t in net.{what}({self.pick(('', 'recursive=False'))})]"
+        if self.chance(0.2):
+            return (f"out = [[k, who(t), who(p)] for k, t, p in "
+                    f"net.named_{what}({args + ', ' if args else ''}with_parent=True)]")
+        return f"out = [[k, desc(t)] for k, t in net.named_{what}({args})]"
+
+    def modules_listing(self):
+        return self.pick((
+            "out = [[k, who(m)] for k, m in net.named_modules()]",
+            "out = [[k, who(m)] for k, m in net.named_modules(prefix='root')]",
+            "out = [[k, who(m), who(p)] for k, m, p in net.named_modules(with_parent=True)]",
+            "out = [who(m) for m in net.modules()]",
+            "out = [[k, who(m)] for k, m in net.named_children()]",
+            "out = [who(m) for m in net.children()]",
+            "out = [[k, who(m)] for k, m in {s}.named_modules()]",
+        ))
+
+    def state_listing(self):
+        return self.pick((
+            "out = [[k, type(v).__name__, list(np.shape(v)), str(v.dtype)] "
+            "for k, v in net.state_dict().items()]",
+            "out = [kept(k, v) for k, v in net.state_dict(keep_var=True).items()]",
+            "out = [k for k in net.state_dict(prefix='p.')]",
+            "out = state()",
+        ))
+
+    def load(self):
+        change = self.pick((
+            "sd = {k: v + 1 for k, v in sd.items()}",
+            "sd.pop(sorted(sd)[0], None)",
+            "sd['extra.w'] = np.ones(2, 'float32')",
+            "k = sorted(sd)[-1]; sd[k] = np.ones((7,), 'float32')",
+            "k = sorted(sd)[0]; sd[k] = np.asarray(sd[k]).reshape(-1) + 2",
+            "k = sorted(sd)[0]; sd[k] = None",
+            "sd = {k: mge.tensor(v) * 2 for k, v in sd.items()}",
+            "sd = {k: np.asarray(v, 'float64') for k, v in sd.items()}",
+            "src = dict(sd); sd = lambda k, v: None if k.startswith('a') else src[k] * 3",
+            "sd = lambda k, v: v.numpy() + 5",
+        ))
+        strict = self.pick(("True", "False"))
+        return (f"before = None\nsd = net.state_dict()\n{change}\nbefore = state()\n"
+                f"out = net.load_state_dict(sd, strict={strict})")
+
+    def modes(self):
+        act = self.pick(("net.eval()", "net.train()", "net.train(False, recursive=False)",
+                         "{s}.eval()", "{s}.train(False)", "net.disable_quantize()",
+                         "{s}.disable_quantize(False)", "net.apply(lambda m: m.eval())"))
+        return (f"{act}\nout = [[k, m.training, m.quantize_disabled] for k, m in "
+                "net.named_modules()]")
+
+    def change(self):
+        attr = self.pick(NAMES + ("new_attr",))
+        r = self.rng.random()
+        if r < 0.25:
+            return f"del net.{attr}\nout = [k for k, _ in net.named_tensors()]"
+        value = self.pick(("label(Leaf(2), 'late')", "label(M.Linear(2, 2), 'late')",
+                           "None", "3", "[label(M.ReLU(), 'late')]", "{s}",
+                           "label(mge.Parameter(seq((2,))), 'late')",
+                           "{'q': label(mge.Tensor(seq((1,))), 'late')}"))
+        return (f"net.{attr} = {value}\nout = [[k, who(m)] for k, m in net.named_modules()] + "
+                "[k for k, _ in net.named_tensors()]")
+
+    def sequential_step(self):
+        return self.pick((
+            "out = [len({q}), [who(m) for m in {q}]]",
+            "out = [who({q}[-1]), who({q}[0])]",
+            "out = [type({q}[1:]).__name__, [who(m) for m in {q}[1:]]]",
+            "{q}[0] = label(M.ReLU(), 'late')\nout = [[k, who(m)] for k, m in net.named_modules()]",
+            "del {q}[0]\nout = [[k, who(m)] for k, m in net.named_modules()]",
+            "del {q}" + SLICE_DEL + "\nout = [len({q}), [k for k, _ in net.named_tensors()]]",
+            "del {q}[-1:]\nout = [len({q}), [k for k, _ in net.named_tensors()]]",
+            "out = [[k, who(m)] for k, m in {q}.named_children()]",
+            "out = [k for k in {q}.state_dict()]",
+        ))
+
+    def other(self):
+        return self.pick((
+            "out = repr(net)",
+            "out = [[k, t.name] for k, t in net.named_tensors()]",
+            "out = [[k, m.name] for k, m in net.named_modules()]",
+            "seen = []\nnet.apply(lambda m: seen.append(who(m)))\nout = seen",
+            "before = None\nparams = {i: mge.Parameter(seq(tuple(p.shape))) "
+            "for i, p in enumerate(net.parameters()) if i % 2 == 0}\nbefore = state()\n"
+            "out = net.replace_param(params, 0)",
+            "twin = copy.deepcopy(net)\nout = [[k, list(t.shape)] for k, t in twin.named_tensors()] "
+            "+ [len(set(map(id, twin.tensors())) & set(map(id, net.tensors())))] + values(twin.state_dict())",
+        ))
+
+    def calls(self):
+        """Hooks on a node, the node called; or the tree converted to QAT and quantized."""
+        return self.pick((
+            "log = []\nh1 = {n}.register_forward_pre_hook(lambda m, i: log.append(['pre', who(m)]) "
+            "or (i[0] * 2,))\nh2 = {n}.register_forward_hook(lambda m, i, o: o + 1)\n"
+            "h3 = {n}.register_forward_hook(lambda m, i, o: log.append(['post', who(m)]))\n"
+            "y = {n}(mge.tensor([1.0, 2.0]))\nh1.remove()\nz = {n}(mge.tensor([1.0]))\n"
+            "out = [log, y.numpy().tolist(), z.numpy().tolist()]",
+            "qnet = Q.quantize_qat(net, inplace=False)\nout = [qat_types(qnet), qat_types(net), "
+            "[k for k, _ in qnet.named_tensors()]]",
+            "Q.quantize_qat(net)\nout = [qat_types(net), [k for k, _ in net.named_parameters()]]",
+            "Q.quantize(Q.quantize_qat(net))\nout = [qat_types(net), "
+            "[k for k, _ in net.named_tensors()]]",
+        ))
+
+    def mutate(self):
+        """A container attribute changed after it was set, or the tree saved and loaded."""
+        return self.pick((
+            "box = getattr(net, {a!r}, None)\nif isinstance(box, list):\n"
+            "    box.append(label(M.Linear(1, 2), 'late'))\nelif isinstance(box, dict):\n"
+            "    box['new'] = label(mge.Parameter(seq((2,))), 'late')\n"
+            "out = [[k, desc(t)] for k, t in net.named_tensors()] + [repr(net)]",
+            "f = io.BytesIO()\nmge.save(net, f)\nf.seek(0)\ntwin = mge.load(f)\n"
+            "out = [[k, list(t.shape)] for k, t in twin.named_tensors()] + values(twin.state_dict())"
+            " + [[k, m.training] for k, m in twin.named_modules()]",
+        )).replace("{a!r}", repr(self.pick(NAMES)))
+
+    def steps(self):
+        kinds = (self.listing, self.modules_listing, self.state_listing, self.load, self.modes,
+                 self.change, self.sequential_step, self.other, self.calls, self.mutate)
+        seqs = [v for v, k in self.objs if k == "seq"]
+        modules = [v for v, k in self.objs if k != "tensor"]
+        nodes = [v for v, k in self.objs if k == "node"]
+        out = []
+        for _ in range(int(self.rng.integers(4, 11))):
+            step = self.pick(kinds)()
+            if "{q}" in step and not seqs:
+                continue
+            out.append(step.replace("{q}", self.pick(seqs) if seqs else "")
+                       .replace("{s}", self.pick(modules)).replace("{n}", self.pick(nodes)))
+            if "before = state()" in step:  # (the state after it, also where it raised)
+                out.append(AFTER_LOAD)
+        return out
+
+
+AFTER_LOAD = "out = [before, state(), twice()]"
+SLICE_DEL = "[::2]"  # (a Sequential's slice of several layers, deleted)
+
+
+def draw(seed):
+    """The program of ``seed``: (build source, [step sources])."""
+    d = Draw(seed)
+    d.build()
+    return "\n".join(d.lines), d.steps()
+
+
+def _plain(v):
+    """``v`` as JSON-able lists, numbers and strings."""
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return [[_plain(k), _plain(x)] for k, x in v.items()]
+    if isinstance(v, (bool, int, str)) or v is None:
+        return v
+    if isinstance(v, float):
+        return v if np.isfinite(v) else repr(v)
+    return repr(v)
+
+
+def run(program, seconds=30):
+    """The outcomes of ``program`` here: ["ok", value] or ["raise", error type, message] for
+    the build and each step, stopping after the build if it raised."""
+    import signal
+    import warnings
+
+    build, steps = program
+    ns = {"__name__": "fuzzed_program"}
+    results = []
+    signal.alarm(seconds)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for i, source in enumerate([PRELUDE + build] + steps):
+                ns["out"] = None
+                try:
+                    exec(compile(source, f"<step {i}>", "exec"), ns)
+                    results.append(["ok", _plain(ns["out"])])
+                except Exception as e:  # noqa: BLE001  (an error is a result to compare)
+                    results.append(["raise", type(e).__name__, str(e)[:200],
+                                    [c.__name__ for c in type(e).__mro__]])
+                    if i == 0:
+                        break
+    finally:
+        signal.alarm(0)
+    return results
+
+
+class _QuietLogs:
+    """Both engines log renames and unused keys (as upstream); not while the programs run."""
+
+    def __enter__(self):
+        import logging
+
+        logging.disable(logging.CRITICAL)
+
+    def __exit__(self, *exc):
+        import logging
+
+        logging.disable(logging.NOTSET)
+
+
+def serve():
+    programs = json.loads(sys.stdin.read())
+    with _QuietLogs():
+        results = [run(p) for p in programs]
+    print(json.dumps(results))
+
+
+def upstream_results(python, programs, cwd=None, env=None):
+    """The results of ``programs`` in ``python`` (this file run by path from ``cwd``, by default
+    a temporary directory, without PYTHONPATH, which names this checkout)."""
+    import os
+    import subprocess
+    import tempfile
+
+    if env is None:
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([python, os.path.abspath(__file__), "--serve"], input=json.dumps(programs),
+                         capture_output=True, text=True, cwd=cwd or tempfile.gettempdir(),
+                         env=env)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("[")]
+    if out.returncode != 0 or not lines:
+        raise RuntimeError(f"upstream's run failed: {out.stderr[-2000:]}")
+    return json.loads(lines[-1])
+
+
+def _digest(value):
+    import hashlib
+
+    return "#sha1:" + hashlib.sha1(json.dumps(value).encode()).hexdigest()[:16]
+
+
+def _same(m, t):
+    """Whether two "ok" outcomes hold one value (``t``'s may be a record's digest of it)."""
+    if m[0] != "ok" or t[0] != "ok":
+        return False
+    if isinstance(t[1], str) and t[1].startswith("#sha1:"):
+        return _digest(m[1]) == t[1]
+    return m[1] == t[1]
+
+
+def compare(program, mine, theirs):
+    """(index of the first differing outcome or None, what differs, Counter of step outcomes)
+    of one program's results on both sides. Two errors are alike where upstream's type is a
+    base of this fork's (a LoadStateDictError is a KeyError and a ValueError). Where both
+    refused a ``load_state_dict`` or ``replace_param``, this fork's state must be the one before
+    it (a refused call changes nothing here; upstream's writes what comes before the key it
+    refuses: not compared)."""
+    import collections
+
+    counts = collections.Counter()
+    sources = ["(build)"] + program[1]
+    for i, (m, t) in enumerate(zip(mine, theirs)):
+        where = "build" if i == 0 else f"step {i}"
+        same = _same(m, t)
+        if sources[i] == AFTER_LOAD and mine[i - 1][0] == theirs[i - 1][0] == "raise" \
+                and m[0] == "ok":
+            if m[1][0] is not None and m[1][0] != m[1][1]:
+                return i, f"{where}: a refused call changed the state", counts
+            if m[1][1:] != (t[1][1:] if t[0] == "ok" else None):
+                counts["state kept (upstream's partly written)"] += 1
+                return None, None, counts  # (the states now differ: the rest is not compared)
+            counts["same"] += 1
+            continue
+        if not same and sources[i] == AFTER_LOAD and "v.numpy()" in sources[i - 1] \
+                and m[0] == "ok" and m[1][2]:
+            # a closure is called with the values before the load; upstream 1.13 writes each
+            # key as it goes, so a tensor under two keys reaches the closure twice, the second
+            # time holding the first call's result (docs/compatibility.rst)
+            counts["closure of a tensor under two keys"] += 1
+            return None, None, counts
+        if not same and SLICE_DEL in sources[i] and not m[0] == t[0] == "raise":
+            # upstream 1.13's `del seq[a:b]` of several layers empties its key list and keeps
+            # the layers (measured: `del s[::2]` of 3 layers leaves len 0, layer "1" in place)
+            counts["upstream's del of a slice"] += 1
+            return None, None, counts
+        if m[0] == "ok" and t[0] == "ok":
+            if not same:
+                return i, f"{where}: values differ", counts
+            counts["same"] += 1
+        elif m[0] == "raise" and t[0] == "raise":
+            counts["both raise" if t[1] in m[3] else f"both raise ({m[1]} / {t[1]})"] += 1
+        elif m[0] == "ok":
+            counts["upstream raises"] += 1
+            return None, None, counts  # (the states now differ: the rest is not compared)
+        else:
+            return i, f"{where}: raises here only", counts
+    return None, None, counts
+
+
+def _show_diff(program, i, mine, theirs, show):
+    show("  " + (["(build)"] + program[1])[i].replace("\n", "\n  "))
+    show(f"    here:     {json.dumps(mine[i][:3])[:600]}")
+    show(f"    upstream: {json.dumps(theirs[i][:3])[:600]}")
+
+
+def fuzz(seeds, start, upstream=None, record=None, show=print):
+    import collections
+
+    seed_list = list(range(start, start + seeds))
+    programs = [draw(s) for s in seed_list]
+    if upstream is None:
+        with _QuietLogs():
+            mine = [run(p) for p in programs]
+        bad = [s for s, r in zip(seed_list, mine) if r[0][0] != "ok"]
+        for s in bad:
+            show(f"=== seed {s}: the build raises: {mine[s - start][0]}")
+        return len(bad), collections.Counter(r[0][0] for r in mine)
+    theirs = upstream_results(upstream, programs)
+    if record:
+        save_record(record, seed_list, programs, theirs)
+    return compare_all(seed_list, programs, theirs, show)
+
+
+def compare_all(seeds, programs, theirs, show=print):
+    """Run ``programs`` here and compare with ``theirs`` (upstream's results): (findings, a
+    Counter of step outcomes), each finding shown."""
+    import collections
+
+    total, bad = collections.Counter(), 0
+    for seed, program, t in zip(seeds, programs, theirs):
+        with _QuietLogs():
+            m = run(program)
+        i, finding, counts = compare(program, m, t)
+        total.update(counts)
+        if finding:
+            bad += 1
+            show(f"=== seed {seed}: {finding}")
+            _show_diff(program, i, m, t, show)
+    return bad, total
+
+
+# ----- a record of upstream's results (tests/fuzz/upstream_modules.json: CI compares with it) --
+
+def save_record(path, seeds, programs, results):
+    """Upstream's results, short: errors without their messages (only the types are compared),
+    values as digests (but the states after a load, which `compare` reads), and each program
+    as the digest of its source (the seed draws it again)."""
+    def short(source, r):
+        if r[0] == "raise":
+            return r[:2] + ["", r[3]]
+        return r if source == AFTER_LOAD else ["ok", _digest(r[1])]
+
+    results = [[short(src, r) for src, r in zip(["(build)"] + p[1], rs)]
+               for p, rs in zip(programs, results)]
+    with open(path, "w") as f:
+        json.dump({"upstream": "MegEngine 1.13.0 (python3.10, CPU)", "seeds": seeds,
+                   "programs": [_digest(p) for p in programs], "results": results}, f,
+                  separators=(",", ":"))
+        f.write("\n")
+
+
+def load_record(path):
+    """(seeds, programs, upstream's results) of a record; the programs are drawn again and
+    must be the ones recorded (a changed generator needs a new record)."""
+    with open(path) as f:
+        data = json.load(f)
+    programs = [draw(s) for s in data["seeds"]]
+    drawn = [_digest(list(p)) for p in programs]
+    if drawn != data["programs"]:
+        raise ValueError(f"{path} was recorded from other programs than draw() makes now: "
+                         "record it again (python -m tests.fuzz.upstream_modules --upstream "
+                         "PYTHON --seeds N --record FILE)")
+    return data["seeds"], programs, data["results"]
+
+
+def main(argv=None):
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, default=100)
+    parser.add_argument("--start", type=int, default=0)
+    parser.add_argument("--upstream", metavar="PYTHON",
+                        help="an interpreter with upstream MegEngine 1.13 installed")
+    parser.add_argument("--record", metavar="FILE",
+                        help="with --upstream: also write the programs and upstream's results "
+                             "to FILE (JSON)")
+    parser.add_argument("--show", type=int, metavar="SEED", help="print seed SEED's program")
+    args = parser.parse_args(argv)
+    if args.show is not None:
+        build, steps = draw(args.show)
+        print(build)
+        for i, step in enumerate(steps, 1):
+            print(f"# --- step {i}\n{step}")
+        return 0
+    bad, counts = fuzz(args.seeds, args.start, args.upstream, args.record)
+    print(f"{args.seeds} programs from {args.start}: {bad} findings; steps: {dict(counts)}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    if "--serve" in sys.argv:  # (upstream's interpreter: by path, no package around it)
+        serve()
+    else:
+        sys.exit(main())
