@@ -219,6 +219,26 @@ def test_disabled_modules_and_custom_mappings():
     assert isinstance(qat_net.example[0], QATExample)
 
 
+def test_a_linear_bn_keeps_its_own_unused_bias_as_upstreams_qat_layer_does():
+    # upstream's LinearBn1d carries a zero ``bias`` Parameter its forward never reads; its QAT
+    # version makes its own zeros and shares the rest (upstream 1.13 measured: a float layer's
+    # bias set to ones gave the QAT layer's state dict zeros there); earlier versions of this
+    # fork shared the float layer's
+    class Holder(Float.Module):
+        def __init__(self):
+            super().__init__()
+            self.fused = Float.LinearBn1d(2, 3)
+
+    net = Holder()
+    net.fused.bias[...] = np.ones(3, np.float32)
+    float_fused = net.fused
+    quantize_qat(net)
+    assert isinstance(net.fused, QAT.LinearBn1d)
+    assert net.fused.bias is not float_fused.bias
+    np.testing.assert_array_equal(net.state_dict()["fused.bias"], np.zeros(3, np.float32))
+    assert net.fused.linear.weight is float_fused.linear.weight and net.fused.bn is float_fused.bn
+
+
 def test_a_quantizable_root_is_returned_converted():
     conv = Float.ConvBn2d(2, 2, 3)
     conv.eval()

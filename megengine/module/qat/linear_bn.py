@@ -31,7 +31,8 @@ class _LinearBnActivation1d(Float._LinearBnActivation1d, BnFoldQATModule):
                          linear.compute_mode, name=float_module.name)
         qat_module.linear.weight = linear.weight
         qat_module.linear.bias = linear.bias
-        qat_module.bias = float_module.bias  # upstream's unused extra Parameter, shared too
+        # (the float layer's unused extra ``bias`` Parameter is not shared: the QAT layer keeps
+        # the zeros its constructor made, as upstream's, also in its state dict)
         qat_module.bn = bn
         return qat_module
 
