@@ -11,24 +11,24 @@ sorted order is not their assignment order, nodes and Parameters named by the us
 every tensor distinct values. Then it runs drawn steps, each returning something to compare:
 the ``named_*`` / ``parameters`` / ``buffers`` / ``tensors`` / ``children`` / ``modules``
 listings (prefix, recursive, with_parent), ``state_dict`` (prefix, keep_var),
-``load_state_dict`` of changed dicts (values, a missing, extra or None entry, another shape, Tensors,
-closures; strict or not) with the state after it, ``train`` / ``eval`` / ``apply`` /
+``load_state_dict`` of changed dicts (values, a missing, extra or None entry, another shape,
+Tensors, closures; strict or not) with the state after it, ``train`` / ``eval`` / ``apply`` /
 ``disable_quantize``, ``repr``, attributes set and deleted afterwards, ``Sequential`` indexing,
-slicing, item assignment and deletion, tensor names, ``replace_param`` and ``copy.deepcopy``.
-Every object a program makes is labelled as it is made, so a listing is compared as labels,
-names, shapes and values, not by identity.
+slicing, item assignment and deletion, tensor names, ``replace_param``, ``copy.deepcopy``, hooks,
+``quantize_qat`` and ``quantize``, and ``mge.save`` / ``mge.load`` of the tree and its state
+dicts. Every object a program makes is labelled as it is made, so a listing is compared as
+labels, names, shapes and values, not by identity.
 
-Each program runs here and, with ``--upstream``, in upstream's interpreter (this file by path,
-``--serve``). Upstream is the oracle: a step whose result differs, or that raises on one side
-only, is a finding, and the rest of that program is not compared (its state differs). Steps that
-only upstream refuses are counted, not failed; so are steps both refuse (with the error types when
-they differ). Without ``--upstream`` the programs run here only (each must build).
-
-This file imports only numpy at its top: the upstream side runs it by path."""
-import json
+Each program runs here and, with ``--upstream``, in upstream's interpreter
+(tests/fuzz/both_engines.py by path), which saves its trees and state dicts into a folder this
+side then loads them from (upstream's own pickles). Upstream is the oracle, compared as
+tests/fuzz/both_engines.py says; `rule` counts the documented differences. Without
+``--upstream`` the programs run here only (each must build)."""
 import sys
 
 import numpy as np
+
+from tests.fuzz import both_engines as be
 
 NAMES = ("a", "b", "z", "A", "_p", "x1", "x10", "x2", "fc", "blocks", "m", "head")
 KEYS = ("k", "a", "B", "_x", "k10", "k2")
@@ -142,6 +142,27 @@ class Leaf(M.Module):
 # (a module of their own, so that pickles find the two classes)
 sys.modules[__name__] = types.ModuleType(__name__)
 sys.modules[__name__].Node, sys.modules[__name__].Leaf = Node, Leaf
+
+
+def saved_twin(obj):
+    """``obj`` through mge.save and mge.load: in memory, or, where the fuzzer shares a
+    directory (MGE_FUZZ_PICKLES), through upstream's file: its side writes (MGE_FUZZ_WRITER),
+    this side loads what upstream wrote."""
+    import os
+    folder = os.environ.get("MGE_FUZZ_PICKLES")
+    if not folder:
+        f = io.BytesIO()
+        mge.save(obj, f)
+        f.seek(0)
+        return mge.load(f)
+    SAVED[0] += 1
+    path = os.path.join(folder, f"{TAG}_{SAVED[0]}.pkl")
+    if os.environ.get("MGE_FUZZ_WRITER"):
+        mge.save(obj, path)
+    return mge.load(path)
+
+
+SAVED = [0]
 
 
 def qat_types(m):
@@ -351,9 +372,13 @@ class Draw:
             "    box.append(label(M.Linear(1, 2), 'late'))\nelif isinstance(box, dict):\n"
             "    box['new'] = label(mge.Parameter(seq((2,))), 'late')\n"
             "out = [[k, desc(t)] for k, t in net.named_tensors()] + [repr(net)]",
-            "f = io.BytesIO()\nmge.save(net, f)\nf.seek(0)\ntwin = mge.load(f)\n"
+            "twin = saved_twin(net)\n"
             "out = [[k, list(t.shape)] for k, t in twin.named_tensors()] + values(twin.state_dict())"
             " + [[k, m.training] for k, m in twin.named_modules()]",
+            "sd = saved_twin(net.state_dict())\nout = [[k, type(v).__name__, str(v.dtype)] "
+            "for k, v in sd.items()] + values(sd)",
+            "sd = saved_twin(net.state_dict(keep_var=True))\nout = [kept(k, v) for k, v in "
+            "sd.items()] + [list(v.shape) for k, v in sd.items() if kept(k, v)[1] != 'norm']",
         )).replace("{a!r}", repr(self.pick(NAMES)))
 
     def steps(self):
@@ -386,177 +411,34 @@ def draw(seed):
     return "\n".join(d.lines), d.steps()
 
 
-def _plain(v):
-    """``v`` as JSON-able lists, numbers and strings."""
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    if isinstance(v, dict):
-        return [[_plain(k), _plain(x)] for k, x in v.items()]
-    if isinstance(v, (bool, int, str)) or v is None:
-        return v
-    if isinstance(v, float):
-        return v if np.isfinite(v) else repr(v)
-    return repr(v)
-
-
-def run(program, seconds=30):
-    """The outcomes of ``program`` here: ["ok", value] or ["raise", error type, message] for
-    the build and each step, stopping after the build if it raised."""
-    import signal
-    import warnings
-
-    build, steps = program
-    ns = {"__name__": "fuzzed_program"}
-    results = []
-    signal.alarm(seconds)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            for i, source in enumerate([PRELUDE + build] + steps):
-                ns["out"] = None
-                try:
-                    exec(compile(source, f"<step {i}>", "exec"), ns)
-                    results.append(["ok", _plain(ns["out"])])
-                except Exception as e:  # noqa: BLE001  (an error is a result to compare)
-                    results.append(["raise", type(e).__name__, str(e)[:200],
-                                    [c.__name__ for c in type(e).__mro__]])
-                    if i == 0:
-                        break
-    finally:
-        signal.alarm(0)
-    return results
-
-
-class _QuietLogs:
-    """Both engines log renames and unused keys (as upstream); not while the programs run."""
-
-    def __enter__(self):
-        import logging
-
-        logging.disable(logging.CRITICAL)
-
-    def __exit__(self, *exc):
-        import logging
-
-        logging.disable(logging.NOTSET)
-
-
-def serve():
-    programs = json.loads(sys.stdin.read())
-    with _QuietLogs():
-        results = [run(p) for p in programs]
-    print(json.dumps(results))
-
-
-def upstream_results(python, programs, cwd=None, env=None):
-    """The results of ``programs`` in ``python`` (this file run by path from ``cwd``, by default
-    a temporary directory, without PYTHONPATH, which names this checkout)."""
-    import os
-    import subprocess
-    import tempfile
-
-    if env is None:
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    out = subprocess.run([python, os.path.abspath(__file__), "--serve"], input=json.dumps(programs),
-                         capture_output=True, text=True, cwd=cwd or tempfile.gettempdir(),
-                         env=env)
-    lines = [line for line in out.stdout.splitlines() if line.startswith("[")]
-    if out.returncode != 0 or not lines:
-        raise RuntimeError(f"upstream's run failed: {out.stderr[-2000:]}")
-    return json.loads(lines[-1])
-
-
-def _digest(value):
-    import hashlib
-
-    return "#sha1:" + hashlib.sha1(json.dumps(value).encode()).hexdigest()[:16]
-
-
-def _same(m, t):
-    """Whether two "ok" outcomes hold one value (``t``'s may be a record's digest of it)."""
-    if m[0] != "ok" or t[0] != "ok":
-        return False
-    if isinstance(t[1], str) and t[1].startswith("#sha1:"):
-        return _digest(m[1]) == t[1]
-    return m[1] == t[1]
-
-
-def compare(program, mine, theirs):
-    """(index of the first differing outcome or None, what differs, Counter of step outcomes)
-    of one program's results on both sides. Two errors are alike where upstream's type is a
-    base of this fork's (a LoadStateDictError is a KeyError and a ValueError). Where both
-    refused a ``load_state_dict`` or ``replace_param``, this fork's state must be the one before
-    it (a refused call changes nothing here; upstream's writes what comes before the key it
-    refuses: not compared)."""
-    import collections
-
-    counts = collections.Counter()
-    sources = ["(build)"] + program[1]
-    for i, (m, t) in enumerate(zip(mine, theirs)):
-        where = "build" if i == 0 else f"step {i}"
-        same = _same(m, t)
-        if sources[i] == AFTER_LOAD and mine[i - 1][0] == theirs[i - 1][0] == "raise" \
-                and m[0] == "ok":
-            if m[1][0] is not None and m[1][0] != m[1][1]:
-                return i, f"{where}: a refused call changed the state", counts
-            if m[1][1:] != (t[1][1:] if t[0] == "ok" else None):
-                counts["state kept (upstream's partly written)"] += 1
-                return None, None, counts  # (the states now differ: the rest is not compared)
-            counts["same"] += 1
-            continue
-        if not same and sources[i] == AFTER_LOAD and "v.numpy()" in sources[i - 1] \
-                and m[0] == "ok" and m[1][2]:
-            # a closure is called with the values before the load; upstream 1.13 writes each
-            # key as it goes, so a tensor under two keys reaches the closure twice, the second
-            # time holding the first call's result (docs/compatibility.rst)
-            counts["closure of a tensor under two keys"] += 1
-            return None, None, counts
-        if not same and "quantize_qat" in sources[i] and any(
-                CONVERTS in src for src in sources[1:i]):
-            # quantize_qat of a network converted already changes nothing here; upstream 1.13
-            # converts the float layers inside its QAT fused layers (unused, their observers
-            # in the state dict) or raises KeyError (docs/compatibility.rst)
-            counts["quantize_qat again"] += 1
-            return None, None, counts
-        if not same and SLICE_DEL in sources[i] and not m[0] == t[0] == "raise":
-            # upstream 1.13's `del seq[a:b]` of several layers empties its key list and keeps
-            # the layers (measured: `del s[::2]` of 3 layers leaves len 0, layer "1" in place)
-            counts["upstream's del of a slice"] += 1
-            return None, None, counts
-        if m[0] == "ok" and t[0] == "ok":
-            if not same:
-                return i, f"{where}: values differ", counts
-            counts["same"] += 1
-        elif m[0] == "raise" and t[0] == "raise":
-            counts["both raise" if t[1] in m[3] else f"both raise ({m[1]} / {t[1]})"] += 1
-        elif m[0] == "ok":
-            counts["upstream raises"] += 1
-            return None, None, counts  # (the states now differ: the rest is not compared)
-        else:
-            return i, f"{where}: raises here only", counts
-    return None, None, counts
-
-
-def _first_apart(a, b):
-    """The first items where two lists part (a path of indices), or None."""
-    if not (isinstance(a, list) and isinstance(b, list)) or a == b:
-        return None if a == b else []
-    for j, (x, y) in enumerate(zip(a, b)):
-        if x != y:
-            return [j] + (_first_apart(x, y) or [])
-    return [min(len(a), len(b))]
-
-
-def _show_diff(program, i, mine, theirs, show):
-    show("  " + (["(build)"] + program[1])[i].replace("\n", "\n  "))
-    m, t = mine[i][:3], theirs[i][:3]
-    path = _first_apart(m, t) or []
-    for j in path[:-1]:  # (down to the list holding the first difference)
-        m, t = m[j], t[j]
-    if path:
-        show(f"    where they part: {path}")
-    show(f"    here:     {json.dumps(m)[:600]}")
-    show(f"    upstream: {json.dumps(t)[:600]}")
+def rule(sources, i, mine, theirs):
+    """The documented differences (docs/compatibility.rst), for `both_engines.compare`. Where
+    both refused a ``load_state_dict`` or ``replace_param``, this fork's state must be the one
+    before it (a refused call changes nothing here; upstream's writes what comes before the key
+    it refuses: not compared)."""
+    m, t, source = mine[i], theirs[i], sources[i]
+    if source == AFTER_LOAD and mine[i - 1][0] == theirs[i - 1][0] == "raise" and m[0] == "ok":
+        if m[1][0] is not None and m[1][0] != m[1][1]:
+            return "finding", "a refused call changed the state"
+        if m[1][1:] != (t[1][1:] if t[0] == "ok" else None):
+            return "stop", "state kept (upstream's partly written)"
+        return "count", "same"
+    if be.same(m, t) or m[0] == t[0] == "raise":
+        return None
+    if source == AFTER_LOAD and "v.numpy()" in sources[i - 1] and m[0] == "ok" and m[1][2]:
+        # a closure is called with the values before the load; upstream 1.13 writes each key
+        # as it goes, so a tensor under two keys reaches the closure twice, the second time
+        # holding the first call's result
+        return "stop", "closure of a tensor under two keys"
+    if "quantize_qat" in source and any(CONVERTS in src for src in sources[1:i]):
+        # quantize_qat of a network converted already changes nothing here; upstream 1.13
+        # converts the float layers inside its QAT fused layers or raises KeyError
+        return "stop", "quantize_qat again"
+    if SLICE_DEL in source:
+        # upstream 1.13's `del seq[a:b]` of several layers empties its key list and keeps the
+        # layers (measured: `del s[::2]` of 3 layers leaves len 0, layer "1" in place)
+        return "stop", "upstream's del of a slice"
+    return None
 
 
 def fuzz(seeds, start, upstream=None, record=None, show=print):
@@ -565,68 +447,30 @@ def fuzz(seeds, start, upstream=None, record=None, show=print):
     seed_list = list(range(start, start + seeds))
     programs = [draw(s) for s in seed_list]
     if upstream is None:
-        with _QuietLogs():
-            mine = [run(p) for p in programs]
+        mine = be.run_all(programs, PRELUDE)
         bad = [s for s, r in zip(seed_list, mine) if r[0][0] != "ok"]
         for s in bad:
             show(f"=== seed {s}: the build raises: {mine[s - start][0]}")
         return len(bad), collections.Counter(r[0][0] for r in mine)
-    theirs = upstream_results(upstream, programs)
-    if record:
-        save_record(record, seed_list, programs, theirs)
-    return compare_all(seed_list, programs, theirs, show)
+    import os
+    import tempfile
 
-
-def compare_all(seeds, programs, theirs, show=print):
-    """Run ``programs`` here and compare with ``theirs`` (upstream's results): (findings, a
-    Counter of step outcomes), each finding shown."""
-    import collections
-
-    total, bad = collections.Counter(), 0
-    for seed, program, t in zip(seeds, programs, theirs):
-        with _QuietLogs():
-            m = run(program)
-        i, finding, counts = compare(program, m, t)
-        total.update(counts)
-        if finding:
-            bad += 1
-            show(f"=== seed {seed}: {finding}")
-            _show_diff(program, i, m, t, show)
-    return bad, total
-
-
-# ----- a record of upstream's results (tests/fuzz/upstream_modules.json: CI compares with it) --
-
-def save_record(path, seeds, programs, results):
-    """Upstream's results, short: errors without their messages (only the types are compared),
-    values as digests (but the states after a load, which `compare` reads), and each program
-    as the digest of its source (the seed draws it again)."""
-    def short(source, r):
-        if r[0] == "raise":
-            return r[:2] + ["", r[3]]
-        return r if source == AFTER_LOAD else ["ok", _digest(r[1])]
-
-    results = [[short(src, r) for src, r in zip(["(build)"] + p[1], rs)]
-               for p, rs in zip(programs, results)]
-    with open(path, "w") as f:
-        json.dump({"upstream": "MegEngine 1.13.0 (python3.10, CPU)", "seeds": seeds,
-                   "programs": [_digest(p) for p in programs], "results": results}, f,
-                  separators=(",", ":"))
-        f.write("\n")
+    # upstream's side saves its trees and state dicts into a shared folder, this side loads them
+    with tempfile.TemporaryDirectory() as folder:
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        env.update(MGE_FUZZ_PICKLES=folder, MGE_FUZZ_WRITER="1")
+        theirs = be.upstream_results(upstream, programs, PRELUDE, env=env)
+        if record:
+            be.save_record(record, seed_list, programs, theirs, keep=lambda s: s == AFTER_LOAD)
+        os.environ["MGE_FUZZ_PICKLES"] = folder
+        try:
+            return be.compare_all(seed_list, programs, theirs, PRELUDE, rule, show)
+        finally:
+            del os.environ["MGE_FUZZ_PICKLES"]
 
 
 def load_record(path):
-    """(seeds, programs, upstream's results) of a record; the programs are drawn again and
-    must be the ones recorded (a changed generator needs a new record)."""
-    with open(path) as f:
-        data = json.load(f)
-    programs = [draw(s) for s in data["seeds"]]
-    drawn = [_digest(list(p)) for p in programs]
-    if drawn != data["programs"]:
-        raise ValueError(f"{path} was recorded from other programs than draw() makes now: "
-                         "record it again (python -m tests.fuzz.upstream_modules --upstream "
-                         "PYTHON --seeds N --record FILE)")
-    return data["seeds"], programs, data["results"]
+    return be.load_record(path, draw, "python -m tests.fuzz.upstream_modules")
 
 
 def main(argv=None):
@@ -654,7 +498,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    if "--serve" in sys.argv:  # (upstream's interpreter: by path, no package around it)
-        serve()
-    else:
-        sys.exit(main())
+    sys.exit(main())

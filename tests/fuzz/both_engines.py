@@ -1,0 +1,240 @@
+"""Programs run step by step on this checkout and on upstream MegEngine 1.13, and their results
+compared: the runner that tests/fuzz/upstream_modules.py and tests/fuzz/upstream_tensors.py
+share.
+
+A program is ``(build source, [step sources])``, run after a prelude (the fuzzer's helpers) in
+a fresh namespace; each step leaves what it computed in ``out``. Its results are ``["ok",
+value]`` (the value as JSON-able lists, numbers and strings) or ``["raise", error type,
+message, the type's bases]`` for the build and each step. Upstream's interpreter runs this file
+by path (``--serve``: prelude and programs as JSON on stdin, results on stdout), so it imports
+only numpy and the standard library at its top.
+
+`compare` walks two programs' results: the first value that differs, or a step that raises here
+only, is a finding; what upstream alone refuses, and what both refuse, is counted. A fuzzer's
+``rule`` may decide a step first (a documented difference): count it, count it and stop
+comparing (the two states differ from there), or make it a finding."""
+import json
+import sys
+
+import numpy as np
+
+
+def digest(value):
+    """A short stand-in for a JSON-able value (records hold these instead of the values)."""
+    import hashlib
+
+    return "#sha1:" + hashlib.sha1(json.dumps(value).encode()).hexdigest()[:16]
+
+
+def same(m, t):
+    """Whether two "ok" results hold one value (``t``'s may be a record's digest of it)."""
+    if m[0] != "ok" or t[0] != "ok":
+        return False
+    if isinstance(t[1], str) and t[1].startswith("#sha1:"):
+        return digest(m[1]) == t[1]
+    return m[1] == t[1]
+
+
+def plain(v):
+    """``v`` as JSON-able lists, numbers and strings."""
+    if isinstance(v, (list, tuple)):
+        return [plain(x) for x in v]
+    if isinstance(v, dict):
+        return [[plain(k), plain(x)] for k, x in v.items()]
+    if isinstance(v, (bool, int, str)) or v is None:
+        return v
+    if isinstance(v, float):
+        return v if np.isfinite(v) else repr(v)
+    return repr(v)
+
+
+class QuietLogs:
+    """Both engines log renames and unused keys (as upstream); not while the programs run."""
+
+    def __enter__(self):
+        import logging
+
+        logging.disable(logging.CRITICAL)
+
+    def __exit__(self, *exc):
+        import logging
+
+        logging.disable(logging.NOTSET)
+
+
+def run(program, prelude, seconds=30):
+    """The results of ``program`` here (after ``prelude``), stopping after the build if it
+    raised. ``TAG`` names the program in its namespace (the same on both sides)."""
+    import signal
+    import warnings
+
+    build, steps = program
+    ns = {"__name__": "fuzzed_program", "TAG": digest(list(program))[6:18]}
+    results = []
+    signal.alarm(seconds)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for i, source in enumerate([prelude + build] + list(steps)):
+                ns["out"] = None
+                try:
+                    exec(compile(source, f"<step {i}>", "exec"), ns)
+                    results.append(["ok", plain(ns["out"])])
+                except Exception as e:  # noqa: BLE001  (an error is a result to compare)
+                    results.append(["raise", type(e).__name__, str(e)[:200],
+                                    [c.__name__ for c in type(e).__mro__]])
+                    if i == 0:
+                        break
+    finally:
+        signal.alarm(0)
+    return results
+
+
+def run_all(programs, prelude):
+    with QuietLogs():
+        return [run(p, prelude) for p in programs]
+
+
+def serve():
+    """Each program's results as one line of JSON, as it ends (a crash loses one program)."""
+    job = json.loads(sys.stdin.read())
+    with QuietLogs():
+        for program in job["programs"]:
+            print("RESULT " + json.dumps(run(program, job["prelude"])), flush=True)
+
+
+def upstream_results(python, programs, prelude, cwd=None, env=None):
+    """The results of ``programs`` in ``python`` (this file run by path from ``cwd``, by default
+    a temporary directory, without PYTHONPATH, which names this checkout). A program that ends
+    the process (upstream crashes on some) gets ``["raise", "crash", ...]`` for its build, and
+    the rest run in a new process."""
+    import os
+    import subprocess
+    import tempfile
+
+    if env is None:
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    results = []
+    while len(results) < len(programs):
+        job = json.dumps({"prelude": prelude, "programs": programs[len(results):]})
+        out = subprocess.run([python, os.path.abspath(__file__), "--serve"], input=job,
+                             capture_output=True, text=True, cwd=cwd or tempfile.gettempdir(),
+                             env=env)
+        got = [json.loads(line[7:]) for line in out.stdout.splitlines()
+               if line.startswith("RESULT ")]
+        results.extend(got)
+        if len(results) < len(programs):
+            if out.returncode == 0 or (not results and "Traceback" in out.stderr):
+                raise RuntimeError(f"upstream's run failed: {out.stderr[-2000:]}")
+            results.append([["raise", "crash", f"exit status {out.returncode}", ["crash"]]])
+    return results
+
+
+def compare(program, mine, theirs, rule=None):
+    """(index of the first differing result or None, what differs, Counter of step outcomes)
+    of one program's results on both sides. Two errors are alike where upstream's type is a
+    base of this fork's (a LoadStateDictError is a KeyError and a ValueError). ``rule(sources,
+    i, mine, theirs)`` sees each step first: None, or ("count", label), ("stop", label) (count
+    it and compare no further) or ("finding", what)."""
+    import collections
+
+    counts = collections.Counter()
+    sources = ["(build)"] + list(program[1])
+    for i, (m, t) in enumerate(zip(mine, theirs)):
+        where = "build" if i == 0 else f"step {i}"
+        verdict = rule(sources, i, mine, theirs) if rule else None
+        if verdict:
+            action, label = verdict
+            if action == "finding":
+                return i, f"{where}: {label}", counts
+            counts[label] += 1
+            if action == "stop":
+                return None, None, counts
+            continue
+        if m[0] == "ok" and t[0] == "ok":
+            if not same(m, t):
+                return i, f"{where}: values differ", counts
+            counts["same"] += 1
+        elif m[0] == "raise" and t[0] == "raise":
+            counts["both raise" if t[1] in m[3] else f"both raise ({m[1]} / {t[1]})"] += 1
+        elif m[0] == "ok":
+            counts["upstream raises"] += 1
+            return None, None, counts  # (the states now differ: the rest is not compared)
+        else:
+            return i, f"{where}: raises here only", counts
+    return None, None, counts
+
+
+def first_apart(a, b):
+    """The first place where two results part (a path of list indices), or None."""
+    if not (isinstance(a, list) and isinstance(b, list)) or a == b:
+        return None if a == b else []
+    for j, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return [j] + (first_apart(x, y) or [])
+    return [min(len(a), len(b))]
+
+
+def show_diff(program, i, mine, theirs, show):
+    show("  " + (["(build)"] + list(program[1]))[i].replace("\n", "\n  "))
+    m, t = mine[i][:3], theirs[i][:3]
+    path = first_apart(m, t) or []
+    for j in path[:-1]:  # (down to the list holding the first difference)
+        m, t = m[j], t[j]
+    if path:
+        show(f"    where they part: {path}")
+    show(f"    here:     {json.dumps(m)[:600]}")
+    show(f"    upstream: {json.dumps(t)[:600]}")
+
+
+def compare_all(seeds, programs, theirs, prelude, rule=None, show=print):
+    """Run ``programs`` here and compare with ``theirs`` (upstream's results): (findings, a
+    Counter of step outcomes), each finding shown."""
+    import collections
+
+    total, bad = collections.Counter(), 0
+    for seed, program, t in zip(seeds, programs, theirs):
+        m = run_all([program], prelude)[0]
+        i, finding, counts = compare(program, m, t, rule)
+        total.update(counts)
+        if finding:
+            bad += 1
+            show(f"=== seed {seed}: {finding}")
+            show_diff(program, i, m, t, show)
+    return bad, total
+
+
+# ----- a record of upstream's results (CI compares this checkout with it) -----
+
+def save_record(path, seeds, programs, results, keep=lambda source: False):
+    """Upstream's results, short: errors without their messages (only the types are compared),
+    values as digests but those of steps ``keep`` names (a rule reads them), each program as
+    the digest of its source (the seed draws it again)."""
+    def short(source, r):
+        if r[0] == "raise":
+            return r[:2] + ["", r[3]]
+        return r if keep(source) else ["ok", digest(r[1])]
+
+    results = [[short(src, r) for src, r in zip(["(build)"] + list(p[1]), rs)]
+               for p, rs in zip(programs, results)]
+    with open(path, "w") as f:
+        json.dump({"upstream": "MegEngine 1.13.0 (python3.10, CPU)", "seeds": seeds,
+                   "programs": [digest(list(p)) for p in programs], "results": results}, f,
+                  separators=(",", ":"))
+        f.write("\n")
+
+
+def load_record(path, draw, command):
+    """(seeds, programs, upstream's results) of a record; the programs are drawn again and
+    must be the ones recorded (a changed generator needs a new record: ``command``)."""
+    with open(path) as f:
+        data = json.load(f)
+    programs = [draw(s) for s in data["seeds"]]
+    if [digest(list(p)) for p in programs] != data["programs"]:
+        raise ValueError(f"{path} was recorded from other programs than draw() makes now: "
+                         f"record it again ({command} --upstream PYTHON --seeds N --record FILE)")
+    return data["seeds"], programs, data["results"]
+
+
+if __name__ == "__main__" and "--serve" in sys.argv:
+    serve()  # (upstream's interpreter: by path, no package around it)
