@@ -26,13 +26,25 @@ def digest(value):
     return "#sha1:" + hashlib.sha1(json.dumps(value).encode()).hexdigest()[:16]
 
 
-def same(m, t):
-    """Whether two "ok" results hold one value (``t``'s may be a record's digest of it)."""
+def close(a, b, tol):
+    """Whether two JSON-able values agree, numbers within ``tol`` = (rtol, atol)."""
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(close(x, y, tol) for x, y in zip(a, b))
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return abs(a - b) <= tol[1] + tol[0] * max(abs(a), abs(b))
+    return a == b
+
+
+def same(m, t, tol=None):
+    """Whether two "ok" results hold one value (``t``'s may be a record's digest of it; numbers
+    within ``tol`` = (rtol, atol) where given)."""
     if m[0] != "ok" or t[0] != "ok":
         return False
     if isinstance(t[1], str) and t[1].startswith("#sha1:"):
         return digest(m[1]) == t[1]
-    return m[1] == t[1]
+    return m[1] == t[1] if tol is None else close(m[1], t[1], tol)
 
 
 def plain(v):
@@ -96,11 +108,41 @@ def run_all(programs, prelude):
 
 
 def serve():
-    """Each program's results as one line of JSON, as it ends (a crash loses one program)."""
+    """Each program's results as one line of JSON, as it ends. Each program runs in a child
+    process forked from this one, which imported megengine but made no tensor (upstream 1.13
+    refuses to run in a child of a process that used it): no program sees another's global
+    state (an upstream optimizer step that raises leaves its input conversion off for the
+    rest of the process), and a crash costs that program only."""
     job = json.loads(sys.stdin.read())
-    with QuietLogs():
-        for program in job["programs"]:
-            print("RESULT " + json.dumps(run(program, job["prelude"])), flush=True)
+    for name in ("megengine", "megengine.functional", "megengine.module", "megengine.optimizer",
+                 "megengine.autodiff", "megengine.quantization", "megengine.jit"):
+        __import__(name)  # (once, here: the children share it)
+    for program in job["programs"]:
+        print("RESULT " + json.dumps(_run_in_child(program, job["prelude"])), flush=True)
+
+
+def _run_in_child(program, prelude):
+    import os
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: run, hand the results over, leave without cleaning up
+        os.close(read)
+        try:
+            with QuietLogs():
+                data = json.dumps(run(program, prelude))
+        except BaseException as e:  # noqa: BLE001  (a timeout's alarm, say)
+            data = json.dumps([["raise", "crash", repr(e)[:200], ["crash"]]])
+        with os.fdopen(write, "w") as f:
+            f.write(data)
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        data = f.read()
+    _, status = os.waitpid(pid, 0)
+    if data:
+        return json.loads(data)
+    return [["raise", "crash", f"exit status {os.waitstatus_to_exitcode(status)}", ["crash"]]]
 
 
 def upstream_results(python, programs, prelude, cwd=None, env=None):
@@ -130,7 +172,7 @@ def upstream_results(python, programs, prelude, cwd=None, env=None):
     return results
 
 
-def compare(program, mine, theirs, rule=None):
+def compare(program, mine, theirs, rule=None, tol=None):
     """(index of the first differing result or None, what differs, Counter of step outcomes)
     of one program's results on both sides. Two errors are alike where upstream's type is a
     base of this fork's (a LoadStateDictError is a KeyError and a ValueError). ``rule(sources,
@@ -152,7 +194,7 @@ def compare(program, mine, theirs, rule=None):
                 return None, None, counts
             continue
         if m[0] == "ok" and t[0] == "ok":
-            if not same(m, t):
+            if not same(m, t, tol):
                 return i, f"{where}: values differ", counts
             counts["same"] += 1
         elif m[0] == "raise" and t[0] == "raise":
@@ -187,7 +229,7 @@ def show_diff(program, i, mine, theirs, show):
     show(f"    upstream: {json.dumps(t)[:600]}")
 
 
-def compare_all(seeds, programs, theirs, prelude, rule=None, show=print):
+def compare_all(seeds, programs, theirs, prelude, rule=None, show=print, tol=None):
     """Run ``programs`` here and compare with ``theirs`` (upstream's results): (findings, a
     Counter of step outcomes), each finding shown."""
     import collections
@@ -195,7 +237,7 @@ def compare_all(seeds, programs, theirs, prelude, rule=None, show=print):
     total, bad = collections.Counter(), 0
     for seed, program, t in zip(seeds, programs, theirs):
         m = run_all([program], prelude)[0]
-        i, finding, counts = compare(program, m, t, rule)
+        i, finding, counts = compare(program, m, t, rule, tol)
         total.update(counts)
         if finding:
             bad += 1
@@ -234,6 +276,78 @@ def load_record(path, draw, command):
         raise ValueError(f"{path} was recorded from other programs than draw() makes now: "
                          f"record it again ({command} --upstream PYTHON --seeds N --record FILE)")
     return data["seeds"], programs, data["results"]
+
+
+# ----- a fuzzer's command line -----
+
+class Fuzzer:
+    """What a fuzzer of programs gives `fuzz` and `main`: ``draw(seed)``, its ``prelude``, its
+    ``rule`` (documented differences), ``keep`` (steps whose values a record keeps whole: a rule
+    reads them), ``tol`` (numbers compared within (rtol, atol)), ``shared_folder`` (upstream's
+    side saves files there, named in MGE_FUZZ_PICKLES, with MGE_FUZZ_WRITER set, that this side
+    loads) and ``command`` (how to run it)."""
+
+    def __init__(self, command, draw, prelude, rule=None, keep=lambda source: False, tol=None,
+                 shared_folder=False):
+        self.command, self.draw, self.prelude, self.rule = command, draw, prelude, rule
+        self.keep, self.tol, self.shared_folder = keep, tol, shared_folder
+
+    def load_record(self, path):
+        return load_record(path, self.draw, self.command)
+
+    def compare_all(self, seeds, programs, theirs, show=print):
+        return compare_all(seeds, programs, theirs, self.prelude, self.rule, show, self.tol)
+
+    def fuzz(self, seeds, start, upstream=None, record=None, show=print):
+        """Seeds ``start`` ... run here, and against ``upstream``'s interpreter where given:
+        (findings, a Counter of outcomes). Without upstream a finding is a build that raises."""
+        import collections
+        import os
+        import tempfile
+
+        seed_list = list(range(start, start + seeds))
+        programs = [self.draw(s) for s in seed_list]
+        if upstream is None:
+            mine = run_all(programs, self.prelude)
+            bad = [s for s, r in zip(seed_list, mine) if r[0][0] != "ok"]
+            for s in bad:
+                show(f"=== seed {s}: the build raises: {mine[s - start][0]}")
+            return len(bad), collections.Counter(r[0][0] for r in mine)
+        with tempfile.TemporaryDirectory() as folder:
+            env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+            if self.shared_folder:
+                env.update(MGE_FUZZ_PICKLES=folder, MGE_FUZZ_WRITER="1")
+            theirs = upstream_results(upstream, programs, self.prelude, env=env)
+            if record:
+                save_record(record, seed_list, programs, theirs, self.keep)
+            if self.shared_folder:
+                os.environ["MGE_FUZZ_PICKLES"] = folder
+            try:
+                return self.compare_all(seed_list, programs, theirs, show)
+            finally:
+                os.environ.pop("MGE_FUZZ_PICKLES", None)
+
+    def main(self, argv, doc):
+        import argparse
+
+        parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+        parser.add_argument("--seeds", type=int, default=100)
+        parser.add_argument("--start", type=int, default=0)
+        parser.add_argument("--upstream", metavar="PYTHON",
+                            help="an interpreter with upstream MegEngine 1.13 installed")
+        parser.add_argument("--record", metavar="FILE",
+                            help="with --upstream: also write upstream's results to FILE (JSON)")
+        parser.add_argument("--show", type=int, metavar="SEED", help="print seed SEED's program")
+        args = parser.parse_args(argv)
+        if args.show is not None:
+            build, steps = self.draw(args.show)
+            print(build)
+            for i, step in enumerate(steps, 1):
+                print(f"# --- step {i}\n{step}")
+            return 0
+        bad, counts = self.fuzz(args.seeds, args.start, args.upstream, args.record)
+        print(f"{args.seeds} programs from {args.start}: {bad} findings; steps: {dict(counts)}")
+        return 1 if bad else 0
 
 
 if __name__ == "__main__" and "--serve" in sys.argv:

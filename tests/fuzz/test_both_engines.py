@@ -91,3 +91,12 @@ def test_the_other_interpreter_runs_the_file_by_path_and_a_crash_loses_one_progr
     assert got[0] == [OK, ["ok", [0, 1, 2]]]
     assert got[1] == [["raise", "crash", "exit status 3", ["crash"]]]
     assert got[2] == [OK, ["ok", 5]]
+
+
+def test_numbers_agree_within_a_tolerance_where_one_is_given():
+    assert be.close([1.0, [2.0, "a"]], [1.00001, [2.0, "a"]], (1e-4, 0))
+    assert not be.close([1.0, [2.0, "a"]], [1.0, [2.0, "b"]], (1e-4, 0))
+    assert not be.close([1.0], [1.001], (1e-4, 0)) and not be.close([1.0], [1.0, 2.0], (1, 1))
+    assert not be.close(True, 1, (1, 1)) and be.close(None, None, (0, 0))
+    assert be.same(["ok", [0.0]], ["ok", [1e-7]], (0, 1e-6)) and not be.same(["ok", [0.0]],
+                                                                               ["ok", [1e-7]])

@@ -19,19 +19,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 RECORD = os.path.join(ROOT, "tests", "fuzz", "upstream_modules.json")
 
 
-def _compare_record():
-    seeds, programs, theirs = um.load_record(RECORD)
-    shown = []
-    bad, outcomes = be.compare_all(seeds, programs, theirs, um.PRELUDE, um.rule, shown.append)
-    return len(programs), bad, outcomes, shown
-
-
 def test_this_checkout_gives_upstreams_recorded_results():
     # found with it before: quantize() and quantize_qat() gave the new layers the mode of the
     # layers they replaced (upstream's start in training mode), a QAT LinearBn1d shared the
     # float layer's unused bias: 11 programs of these 300 differed
-    n, bad, outcomes, shown = _compare_record()
-    assert n == 300
+    seeds, programs, theirs = um.FUZZER.load_record(RECORD)
+    shown = []
+    bad, outcomes = um.FUZZER.compare_all(seeds, programs, theirs, shown.append)
+    assert len(programs) == 300
     assert bad == 0, "\n".join(shown)
     assert outcomes["same"] >= 1800, outcomes
     # upstream's results, not this checkout's: what only upstream refuses (0-d values and

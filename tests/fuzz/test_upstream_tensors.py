@@ -13,10 +13,10 @@ RECORD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "upstream_tens
 
 
 def test_this_checkout_gives_upstreams_recorded_results():
-    seeds, programs, theirs = ut.load_record(RECORD)
+    seeds, programs, theirs = ut.FUZZER.load_record(RECORD)
     assert len(programs) == 400
     shown = []
-    bad, outcomes = be.compare_all(seeds, programs, theirs, ut.PRELUDE, ut.rule, shown.append)
+    bad, outcomes = ut.FUZZER.compare_all(seeds, programs, theirs, shown.append)
     assert bad == 0, "\n".join(shown)
     assert outcomes["same"] >= 2000, outcomes
     # upstream's results, not this checkout's: its documented differences are in it

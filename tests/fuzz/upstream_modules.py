@@ -441,61 +441,9 @@ def rule(sources, i, mine, theirs):
     return None
 
 
-def fuzz(seeds, start, upstream=None, record=None, show=print):
-    import collections
-
-    seed_list = list(range(start, start + seeds))
-    programs = [draw(s) for s in seed_list]
-    if upstream is None:
-        mine = be.run_all(programs, PRELUDE)
-        bad = [s for s, r in zip(seed_list, mine) if r[0][0] != "ok"]
-        for s in bad:
-            show(f"=== seed {s}: the build raises: {mine[s - start][0]}")
-        return len(bad), collections.Counter(r[0][0] for r in mine)
-    import os
-    import tempfile
-
-    # upstream's side saves its trees and state dicts into a shared folder, this side loads them
-    with tempfile.TemporaryDirectory() as folder:
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        env.update(MGE_FUZZ_PICKLES=folder, MGE_FUZZ_WRITER="1")
-        theirs = be.upstream_results(upstream, programs, PRELUDE, env=env)
-        if record:
-            be.save_record(record, seed_list, programs, theirs, keep=lambda s: s == AFTER_LOAD)
-        os.environ["MGE_FUZZ_PICKLES"] = folder
-        try:
-            return be.compare_all(seed_list, programs, theirs, PRELUDE, rule, show)
-        finally:
-            del os.environ["MGE_FUZZ_PICKLES"]
-
-
-def load_record(path):
-    return be.load_record(path, draw, "python -m tests.fuzz.upstream_modules")
-
-
-def main(argv=None):
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, default=100)
-    parser.add_argument("--start", type=int, default=0)
-    parser.add_argument("--upstream", metavar="PYTHON",
-                        help="an interpreter with upstream MegEngine 1.13 installed")
-    parser.add_argument("--record", metavar="FILE",
-                        help="with --upstream: also write the programs and upstream's results "
-                             "to FILE (JSON)")
-    parser.add_argument("--show", type=int, metavar="SEED", help="print seed SEED's program")
-    args = parser.parse_args(argv)
-    if args.show is not None:
-        build, steps = draw(args.show)
-        print(build)
-        for i, step in enumerate(steps, 1):
-            print(f"# --- step {i}\n{step}")
-        return 0
-    bad, counts = fuzz(args.seeds, args.start, args.upstream, args.record)
-    print(f"{args.seeds} programs from {args.start}: {bad} findings; steps: {dict(counts)}")
-    return 1 if bad else 0
+FUZZER = be.Fuzzer("python -m tests.fuzz.upstream_modules", draw, PRELUDE, rule,
+                   keep=lambda source: source == AFTER_LOAD, shared_folder=True)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(FUZZER.main(sys.argv[1:], __doc__))

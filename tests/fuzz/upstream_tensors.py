@@ -162,49 +162,8 @@ def draw(seed):
     return d.build(), d.steps()
 
 
-def fuzz(seeds, start, upstream=None, record=None, show=print):
-    import collections
-
-    seed_list = list(range(start, start + seeds))
-    programs = [draw(s) for s in seed_list]
-    if upstream is None:
-        mine = be.run_all(programs, PRELUDE)
-        bad = [s for s, r in zip(seed_list, mine) if r[0][0] != "ok"]
-        for s in bad:
-            show(f"=== seed {s}: the build raises: {mine[s - start][0]}")
-        return len(bad), collections.Counter(r[0][0] for r in mine)
-    theirs = be.upstream_results(upstream, programs, PRELUDE)
-    if record:
-        be.save_record(record, seed_list, programs, theirs)
-    return be.compare_all(seed_list, programs, theirs, PRELUDE, rule, show)
-
-
-def load_record(path):
-    return be.load_record(path, draw, "python -m tests.fuzz.upstream_tensors")
-
-
-def main(argv=None):
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, default=100)
-    parser.add_argument("--start", type=int, default=0)
-    parser.add_argument("--upstream", metavar="PYTHON",
-                        help="an interpreter with upstream MegEngine 1.13 installed")
-    parser.add_argument("--record", metavar="FILE",
-                        help="with --upstream: also write upstream's results to FILE (JSON)")
-    parser.add_argument("--show", type=int, metavar="SEED", help="print seed SEED's program")
-    args = parser.parse_args(argv)
-    if args.show is not None:
-        build, steps = draw(args.show)
-        print(build)
-        for i, step in enumerate(steps, 1):
-            print(f"# --- step {i}\n{step}")
-        return 0
-    bad, counts = fuzz(args.seeds, args.start, args.upstream, args.record)
-    print(f"{args.seeds} programs from {args.start}: {bad} findings; steps: {dict(counts)}")
-    return 1 if bad else 0
+FUZZER = be.Fuzzer("python -m tests.fuzz.upstream_tensors", draw, PRELUDE, rule)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(FUZZER.main(sys.argv[1:], __doc__))
