@@ -10,8 +10,10 @@ lr), then steps: gradients set by hand or by a GradManager's backward (some left
 ``param_groups``, ``add_param_group`` (the fourth Parameter, or one held already),
 ``state_dict`` and ``load_state_dict`` round trips (into the same optimizer, a new one, with a
 group's lr changed, through ``mge.save``), ``MultiStepLR``'s ``step`` and ``state_dict``,
-``clip_grad_norm`` and ``clip_grad_value``. After each step the Parameters, their gradients,
-the groups' hyper-parameters and the state dict are compared with upstream's.
+``clip_grad_norm`` and ``clip_grad_value``, and in a third of them an ``amp.GradScaler``
+(``backward`` with and without unscaling or updating, infinite gradients, several outputs;
+``unscale``, ``update``, its state dict). After each step the Parameters, their gradients, the
+groups' hyper-parameters, the state dict and the scaler's state are compared with upstream's.
 
 Each program runs here and, with ``--upstream``, in upstream's interpreter
 (tests/fuzz/both_engines.py by path); upstream is the oracle, compared as
@@ -30,7 +32,10 @@ import io
 import numpy as np
 import megengine as mge
 import megengine.optimizer as optim
+from megengine import amp
 from megengine.autodiff import GradManager
+
+scaler = None
 
 
 def r(a):
@@ -47,9 +52,10 @@ def snap():
     sd = opt.state_dict()
     state = sorted([int(i), sorted([k, r(np.asarray(v))] for k, v in st.items())]
                    for i, st in sd["state"].items())
+    scaling = None if scaler is None else sorted([k, r(v)] for k, v in scaler.state_dict().items())
     return [[r(p.numpy()), None if p.grad is None else r(p.grad.numpy())] for p in P + [q]] + [
         [hyper(g) for g in opt.param_groups], [list(g["params"]) for g in sd["param_groups"]],
-        state]
+        state, scaling]
 '''
 
 OPTIMIZERS = {
@@ -62,6 +68,7 @@ OPTIMIZERS = {
     "Adadelta": ["lr=1.0", "lr=1.0, rho=0.5", "lr=0.5, weight_decay=0.01"],
 }
 SHAPES = ((2,), (2, 3), ())
+LEAF_Y = "[P[0] * 2, P[2]]"  # (a backward whose outputs hold an attached tensor itself)
 
 
 class Draw:
@@ -84,6 +91,12 @@ class Draw:
                             "[{'params': P[:1]}, {'params': P[1:], 'lr': 0.05}]"])
         self.lone = groups == "P[1]"
         lines.append(f"opt = optim.{name}({groups}, {self.args})")
+        self.scaling = self.rng.random() < 0.3  # (a GradScaler in the program)
+        if self.scaling:
+            lines.append("scaler = amp.GradScaler(" + self.pick(
+                ["", "init_scale=4.0, growth_interval=2", "init_scale=2.0, growth_interval=0",
+                 "init_scale=8.0, growth_factor=4.0, backoff_factor=0.25, growth_interval=1"])
+                + ")")
         return "\n".join(lines)
 
     def grads(self):
@@ -123,7 +136,23 @@ class Draw:
                 "sd = opt.state_dict()\nsd['param_groups'] = sd['param_groups'][:1] * 2\n"
                 "opt.load_state_dict(sd)",
             ])
-        elif r < 0.93:
+        elif r < 0.86 + 0.1 * self.scaling:
+            form = self.pick([
+                "gm = GradManager().attach(P + [q])\nwith gm:\n"
+                "    scaler.backward(gm, (P[0] ** 2).sum() + (P[1] * 3).sum())",
+                "gm = GradManager().attach(P)\nwith gm:\n"
+                "    scaler.backward(gm, (P[0] * float('inf')).sum() + P[2])",
+                "gm = GradManager().attach(P)\nwith gm:\n"
+                "    scaler.backward(gm, (P[1] * 2).sum(), unscale_grad=False)",
+                "gm = GradManager().attach(P)\nwith gm:\n"
+                "    scaler.backward(gm, (P[1] * 2).sum(), update_scale=False)",
+                "gm = GradManager().attach(P)\nwith gm:\n"
+                "    scaler.backward(gm, " + LEAF_Y + ", [mge.tensor([1.0, 2.0]), "
+                "mge.tensor(3.0)])",
+                "scaler.unscale(P)", "scaler.update()", "scaler.update(8.0)",
+                "scaler.load_state_dict(scaler.state_dict())",
+            ])
+        elif r < 0.93 + 0.1 * self.scaling:
             form = self.pick(["sched = optim.MultiStepLR(opt, [1, 2], 0.5)",
                               "sched = optim.MultiStepLR(opt, [2], 0.1)\nsched.step()",
                               "sched.step()", "sched.load_state_dict(sched.state_dict())\n"
@@ -152,6 +181,10 @@ def rule(sources, i, mine, theirs):
     m, t = mine[i], theirs[i]
     if be.same(m, t, FUZZER.tol) or m[0] == t[0] == "raise":
         return None
+    if LEAF_Y in sources[i]:
+        # the attached tensor itself among the outputs gets its dy as gradient here, as torch;
+        # upstream 1.13 gives it none
+        return "stop", "backward of an attached tensor itself"
     if any("add_param_group" in source for source in sources[1:i + 1]):
         # the new group's parameters get their state here; upstream 1.13 makes none (its next
         # step of a stateful optimizer raises KeyError, its state dicts lack them)
