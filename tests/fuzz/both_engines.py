@@ -298,6 +298,14 @@ class Fuzzer:
     def compare_all(self, seeds, programs, theirs, show=print):
         return compare_all(seeds, programs, theirs, self.prelude, self.rule, show, self.tol)
 
+    def replay(self, path):
+        """This checkout against a record: (how many programs, the findings as shown, a
+        Counter of step outcomes)."""
+        seeds, programs, theirs = self.load_record(path)
+        shown = []
+        _, outcomes = self.compare_all(seeds, programs, theirs, shown.append)
+        return len(programs), shown, outcomes
+
     def fuzz(self, seeds, start, upstream=None, record=None, show=print):
         """Seeds ``start`` ... run here, and against ``upstream``'s interpreter where given:
         (findings, a Counter of outcomes). Without upstream a finding is a build that raises."""

@@ -23,11 +23,8 @@ def test_this_checkout_gives_upstreams_recorded_results():
     # found with it before: quantize() and quantize_qat() gave the new layers the mode of the
     # layers they replaced (upstream's start in training mode), a QAT LinearBn1d shared the
     # float layer's unused bias: 11 programs of these 300 differed
-    seeds, programs, theirs = um.FUZZER.load_record(RECORD)
-    shown = []
-    bad, outcomes = um.FUZZER.compare_all(seeds, programs, theirs, shown.append)
-    assert len(programs) == 300
-    assert bad == 0, "\n".join(shown)
+    n, shown, outcomes = um.FUZZER.replay(RECORD)
+    assert n == 300 and not shown, "\n".join(shown)
     assert outcomes["same"] >= 1800, outcomes
     # upstream's results, not this checkout's: what only upstream refuses (0-d values and
     # float64 arrays given to load_state_dict) and documented differences are in it
