@@ -41,3 +41,10 @@ def test_every_program_builds_here():
     results = be.run_all([uo.draw(s) for s in range(7000, 7040)], uo.PRELUDE)
     assert all(r[0] == OK for r in results)
     assert sum(len(r) for r in results) >= 200
+
+
+def test_zero_grad_of_an_overflowed_gradient_gives_zeros_where_upstream_leaves_nan():
+    program = ("opt = 1", ["opt.zero_grad()\nout = snap()"])
+    _, got, counts = be.compare(program, [OK, ["ok", [[1.0, [0.0, 0.0]]]]],
+                                [OK, ["ok", [[1.0, ["nan", "nan"]]]]], uo.rule, uo.FUZZER.tol)
+    assert got is None and counts["zero_grad of a non-finite gradient gives zeros"] == 1
