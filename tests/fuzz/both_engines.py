@@ -1,6 +1,6 @@
 """Programs run step by step on this checkout and on upstream MegEngine 1.13, and their results
-compared: the runner that tests/fuzz/upstream_modules.py and tests/fuzz/upstream_tensors.py
-share.
+compared: the runner that tests/fuzz/upstream_modules.py, upstream_tensors.py and
+upstream_optim.py share.
 
 A program is ``(build source, [step sources])``, run after a prelude (the fuzzer's helpers) in
 a fresh namespace; each step leaves what it computed in ``out``. Its results are ``["ok",
@@ -129,8 +129,7 @@ def _run_in_child(program, prelude):
     if pid == 0:  # the child: run, hand the results over, leave without cleaning up
         os.close(read)
         try:
-            with QuietLogs():
-                data = json.dumps(run(program, prelude))
+            data = json.dumps(run_all([program], prelude)[0])
         except BaseException as e:  # noqa: BLE001  (a timeout's alarm, say)
             data = json.dumps([["raise", "crash", repr(e)[:200], ["crash"]]])
         with os.fdopen(write, "w") as f:
@@ -147,28 +146,22 @@ def _run_in_child(program, prelude):
 
 def upstream_results(python, programs, prelude, cwd=None, env=None):
     """The results of ``programs`` in ``python`` (this file run by path from ``cwd``, by default
-    a temporary directory, without PYTHONPATH, which names this checkout). A program that ends
-    the process (upstream crashes on some) gets ``["raise", "crash", ...]`` for its build, and
-    the rest run in a new process."""
+    a temporary directory, without PYTHONPATH, which names this checkout). A program that
+    crashes its child process gets ``["raise", "crash", ...]`` for its build (`serve`)."""
     import os
     import subprocess
     import tempfile
 
     if env is None:
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    results = []
-    while len(results) < len(programs):
-        job = json.dumps({"prelude": prelude, "programs": programs[len(results):]})
-        out = subprocess.run([python, os.path.abspath(__file__), "--serve"], input=job,
-                             capture_output=True, text=True, cwd=cwd or tempfile.gettempdir(),
-                             env=env)
-        got = [json.loads(line[7:]) for line in out.stdout.splitlines()
+    job = json.dumps({"prelude": prelude, "programs": programs})
+    out = subprocess.run([python, os.path.abspath(__file__), "--serve"], input=job,
+                         capture_output=True, text=True, cwd=cwd or tempfile.gettempdir(),
+                         env=env)
+    results = [json.loads(line[7:]) for line in out.stdout.splitlines()
                if line.startswith("RESULT ")]
-        results.extend(got)
-        if len(results) < len(programs):
-            if out.returncode == 0 or (not results and "Traceback" in out.stderr):
-                raise RuntimeError(f"upstream's run failed: {out.stderr[-2000:]}")
-            results.append([["raise", "crash", f"exit status {out.returncode}", ["crash"]]])
+    if len(results) != len(programs):
+        raise RuntimeError(f"upstream's run failed: {out.stderr[-2000:]}")
     return results
 
 

@@ -51,9 +51,6 @@ def snap():
     return [[n, value(g[n])] for n in NAMES if n in g]
 '''
 
-SHAPES = {"a": (2, 3), "b": (3,), "p": (2, 3)}
-
-
 class Draw:
     def __init__(self, seed):
         self.rng = np.random.default_rng(seed)
@@ -155,12 +152,11 @@ def rule(sources, i, mine, theirs):
     m, t, source = mine[i], theirs[i], sources[i]
     if m[0] == t[0] == "raise" and "NAMES.append" in source:
         return "stop", "both refuse to make a name"  # (upstream's may exist, broken)
-    if "%" in source and m[0] == "ok" and "float" in str(m[1]) and not be.same(m, t):
-        return "stop", "float % takes the divisor's sign (Python's rule)"
     if "%" in source and m[0] == "ok" and "float" in str(m[1]):
-        # (upstream's float % also leaves -0.0 where Python's rule gives 0.0: the JSON
-        # values compare equal, a later repr does not)
-        return "stop", "float %: compared no further"
+        # (where the values agree, upstream's float % may still leave -0.0 where Python's rule
+        # gives 0.0: the JSON values compare equal, a later repr does not)
+        return "stop", ("float %: compared no further" if be.same(m, t) else
+                        "float % takes the divisor's sign (Python's rule)")
     if be.same(m, t) or (m[0] == t[0] == "raise"):
         return None
     if m[0] == "raise" and m[1] == "IndexingError" and "too many indices" in m[2]:
