@@ -53,6 +53,9 @@ def _output_values(result):
     return flat_outputs(result)[0]
 
 
+_EXTRA_KEYWORDS = ("older_names",)  # (F.prelu's: the names of its parameters in older versions)
+
+
 class Expr:
     """One step of a graph. ``inputs``/``outputs`` are lists of nodes."""
 
@@ -94,6 +97,66 @@ class Expr:
         self.inputs = []
         leaves, self.arg_def = tree_flatten((args, kwargs), _is_node)
         self.add_inputs(leaves)
+
+    # ----- arguments by name (CallFunction and CallMethod: the function they call) -----
+    def _get_func(self):
+        raise TypeError(f"a {type(self).__name__} expr calls no function: named_args and "
+                        f"set_arg are for CallFunction and CallMethod exprs")
+
+    @property
+    def named_args(self):
+        """The arguments by parameter name, defaults filled in (a CallMethod's object is its
+        ``self``), as upstream's ``Expr.named_args``."""
+        func, args, kwargs = self._get_func(), self.args, self.kwargs
+        try:
+            bound = inspect.signature(func).bind(*args, **kwargs)
+        except (TypeError, ValueError):
+            return dict(kwargs)
+        bound.apply_defaults()
+        named = dict(bound.arguments)
+        if (getattr(func, "__module__", None) or "").startswith("megengine.functional"):
+            # a parameter upstream's function lacks (F.pad's ``pad_witdth`` of older
+            # versions, ...) is left out where it has its default, as in the graph's print
+            from ._upstream import _UPSTREAM_LACKS
+
+            params = bound.signature.parameters
+            for name in _UPSTREAM_LACKS.get(func.__name__, ()) + _EXTRA_KEYWORDS:
+                if name in named and (named[name] is params[name].default or (
+                        params[name].kind == params[name].VAR_KEYWORD and not named[name])):
+                    del named[name]
+        return named
+
+    def set_arg(self, name, value):
+        """Set the argument called ``name`` (by parameter name) to ``value``."""
+        func = self._get_func()
+        named = self.named_args
+        if name not in named:
+            raise KeyError(f"{getattr(func, '__qualname__', func)} has no argument {name!r}: "
+                           f"its arguments are {sorted(named)}")
+        named[name] = value
+        params = inspect.signature(func).parameters
+        args, kwargs = [], {}
+        for pname, p in params.items():
+            if pname not in named:
+                continue
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+                args.append(named[pname])
+            elif p.kind == p.VAR_POSITIONAL:
+                args.extend(named[pname])
+            elif p.kind == p.VAR_KEYWORD:
+                kwargs.update(named[pname])
+            else:
+                kwargs[pname] = named[pname]
+        self.set_args_kwargs(*args, **kwargs)
+
+    # ----- kept by compile -----
+    def disable_remove(self):
+        """Keep this expr when ``graph.compile()`` removes what no output depends on."""
+        self._disable_remove = True
+
+    def enable_remove(self):
+        """Let ``graph.compile()`` remove this expr again where no output depends on it."""
+        self._disable_remove = False
 
     def replace_inputs(self, repl_dict):
         """Read each value node of ``{old input: new node}`` where this expr read the key
@@ -335,37 +398,8 @@ class CallFunction(Expr):
             result = args[0]  # (shuffle: its step gives the tensor it shuffled in place)
         return _output_values(result)
 
-    @property
-    def named_args(self):
-        """The arguments by parameter name (defaults filled in)."""
-        args, kwargs = self.args, self.kwargs
-        try:
-            bound = inspect.signature(self.func).bind(*args, **kwargs)
-        except (TypeError, ValueError):
-            return dict(kwargs)
-        bound.apply_defaults()
-        return dict(bound.arguments)
-
-    def set_arg(self, name, value):
-        """Set the argument called ``name`` (by parameter name) to ``value``."""
-        named = self.named_args
-        if name not in named:
-            raise KeyError(f"{self.func.__name__} has no argument {name!r}")
-        named[name] = value
-        params = inspect.signature(self.func).parameters
-        args, kwargs = [], {}
-        for pname, p in params.items():
-            if pname not in named:
-                continue
-            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
-                args.append(named[pname])
-            elif p.kind == p.VAR_POSITIONAL:
-                args.extend(named[pname])
-            elif p.kind == p.VAR_KEYWORD:
-                kwargs.update(named[pname])
-            else:
-                kwargs[pname] = named[pname]
-        self.set_args_kwargs(*args, **kwargs)
+    def _get_func(self):
+        return self.func
 
     def _body_text(self):
         func = self.func
@@ -458,6 +492,15 @@ class CallMethod(Expr):
         if self.method == "__setitem__":
             result = obj  # the tensor, written in place, is the output
         return _output_values(result)
+
+    def _get_func(self):
+        """The function called: a module call's ``forward`` (of the module's class), else the
+        tensor method (its object is the first argument, ``self``)."""
+        node = self.inputs[0] if self.inputs else None
+        if isinstance(node, ModuleNode):
+            cls = node.module_type or type(node.owner)
+            return getattr(cls, "forward" if self.method == "__call__" else self.method)
+        return getattr(Tensor, self.method)
 
     @property
     def graph(self):

@@ -326,19 +326,24 @@ class InternalGraph:
         return self.nodes(recursive).name(name, ignorecase)
 
     def get_dep_exprs(self, nodes) -> List[Expr]:
-        """The exprs that the values of ``nodes`` depend on (graph inputs excluded)."""
+        """The exprs that the values of ``nodes`` depend on, in upstream's order: nodes taken
+        from the end of a queue that holds each node once (until it is taken) and is never
+        given one taken already."""
         if isinstance(nodes, Node):
             nodes = [nodes]
-        result, seen, stack = [], set(), list(nodes)
-        while stack:
-            node = stack.pop()
-            if id(node) in seen:
-                continue
-            seen.add(id(node))
+        result, queue = [], list(nodes)
+        queued, taken = {id(n) for n in queue}, set()
+        while queue:
+            node = queue.pop()
+            queued.discard(id(node))
+            taken.add(id(node))
             expr = node.expr
             if expr not in result:
                 result.append(expr)
-            stack.extend(expr.inputs)
+            for i in expr.inputs:
+                if id(i) not in queued and id(i) not in taken:
+                    queue.append(i)
+                    queued.add(id(i))
         return result
 
     # ----- running -----

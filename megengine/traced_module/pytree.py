@@ -46,7 +46,18 @@ register_supported_type(Shape, lambda v: (list(v), None), lambda c, _: Shape(c))
 # size's node, so the traced module follows the input's shape
 register_supported_type(slice, lambda v: ([v.start, v.stop, v.step], None),
                         lambda c, _: slice(*c))
-register_supported_type(dict, lambda v: ([v[k] for k in v], list(v)),
+
+
+def _dict_keys(v):
+    """A dict's keys in upstream's order: sorted (an OrderedDict keeps its own order); keys
+    that do not sort (an int beside a str), which upstream refuses, in insertion order."""
+    try:
+        return sorted(v)
+    except TypeError:
+        return list(v)
+
+
+register_supported_type(dict, lambda v: ([v[k] for k in _dict_keys(v)], _dict_keys(v)),
                         lambda c, keys: dict(zip(keys, c)))
 register_supported_type(OrderedDict, lambda v: ([v[k] for k in v], list(v)),
                         lambda c, keys: OrderedDict(zip(keys, c)))

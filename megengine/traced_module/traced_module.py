@@ -18,7 +18,7 @@ from .expr import CallMethod, Constant, Expr, GetAttr, Input, is_call_module
 from .graph import InternalGraph, NameSpace  # (NameSpace: where upstream's pickles find it)
 from .node import ModuleNode, Node, TensorNode
 from .pytree import tree_flatten
-from .tracer import Tracer, _Scope, _assert_same, rng_state, set_rng_state
+from .tracer import Tracer, _Scope, _assert_same, _check_module, rng_state, set_rng_state
 from .utils import _convert_kwargs_to_args
 
 __all__ = ["TracedModule", "trace_module"]
@@ -124,6 +124,10 @@ class TracedModule(Module):
         from .serialization import run_loaders
 
         run_loaders(self)
+        # as upstream, a load numbers the exprs and nodes again, in graph order (an expr
+        # inserted by graph surgery takes its place's id)
+        for graph in self.argdef_graph_map.values():
+            graph._reset_ids()
 
     def __deepcopy__(self, memo):
         # a copy is no load: the loaders bring a pickle written by older code up to date and
@@ -476,7 +480,7 @@ def trace_module(mod: Module, *args, **kwargs) -> TracedModule:
     tm = _build(tracer, mod, True, memo)
     _update_ref(tm, tracer, memo)
     tm.graph._reset_ids()
-    if tracer.values is not None:  # enable_expr_checker: the whole module, too
+    if tracer.values is not None and _check_module[0]:  # enable_expr_checker: the whole module
         expected = tree_flatten(result, lambda x: isinstance(x, Tensor))[0]
         rng_end = rng_state()
         set_rng_state(rng_start)  # (its draws from where the traced forward's started)

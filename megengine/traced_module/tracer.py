@@ -57,6 +57,8 @@ TENSOR_METHODS = tuple(
 
 _builtin_types = set()  # registered by register_as_builtin
 _check_exprs = [False]  # enable_expr_checker
+_check_module = [True]  # the whole module too, under enable_expr_checker (disable_default_checker)
+_CONTAINER_READ = "(a read of a list or dict of modules)"  # a name it takes in a namespace
 _wrapper_of = {}  # original functional function -> its recording wrapper (made once)
 _wrappers = set()  # those wrappers, so a patched namespace is never wrapped twice
 
@@ -183,6 +185,15 @@ def enable_expr_checker(enable: bool = True):
     that does not reproduce (it reads Python state the graph cannot see) raises ValueError
     naming it. Costs a second run of every step, so it is off by default."""
     _check_exprs[0] = bool(enable)
+
+
+def disable_default_checker():
+    """Upstream's switch off for its check after tracing: the TracedModule run once more on the
+    traced arguments, which must return what ``forward`` returned. Here that check runs only
+    under `enable_expr_checker` (upstream runs it on every trace: a training-mode BatchNorm's
+    statistics then move twice); after this call it does not run there either, and the
+    per-expr checks stay."""
+    _check_module[0] = False
 
 
 def _copy_value(v):
@@ -480,6 +491,14 @@ class Tracer:
                 namespace.used_names[name] = node
             scope.call_names[id(value)] = name
 
+    def read_container(self, name):
+        """``self.<name>``, a list or dict holding modules: as upstream, each read takes a name
+        (upstream makes a node of the container, merged away later), so that its items'
+        getattrs are named as upstream names them (the second read's ``self.bs[1]`` is
+        ``bs_2``)."""
+        namespace = self.scope.graph._namespace
+        namespace.used_names[namespace.create_unique_name(name)] = _CONTAINER_READ
+
     def _read_submodule(self, module, name):
         """``self.<name>``, a submodule: a getattr of ``name`` the first time, which the call
         after it uses. A submodule under two names (``self.b = self.a``) has a getattr per name
@@ -747,6 +766,14 @@ class Tracer:
             self.bind(module, node)
         else:
             expr._callee_name = self.scope.call_names.get(id(module))
+            key = self.scope.attr_key(module)
+            if key and self.known(module) and isinstance(
+                    vars(self.scope.module).get(key.split(".")[0]), (list, dict)):
+                # a module of a list or dict attribute called again: a name of its own, as
+                # upstream names each read of it (``self.bs[0](self.bs[1](self.bs[0](x)))``)
+                namespace = self.scope.graph._namespace
+                expr._callee_name = namespace.create_unique_name(key.replace(".", "_"))
+                namespace.used_names[expr._callee_name] = _CONTAINER_READ
         # as upstream records a module call: forward's parameters positional, defaults filled
         # in (``self.mm(y, shift=4.0)`` is ``mm(y, 2.0, 4.0, )``)
         from .traced_module import _call_spec, _normalize_args
@@ -1234,16 +1261,25 @@ def _tensor_init_wrapper(orig):
     return __init__
 
 
+def _holds_module(container):
+    values = container.values() if isinstance(container, dict) else container
+    return any(isinstance(v, Module) or (isinstance(v, (list, dict)) and _holds_module(v))
+               for v in values)
+
+
 def _module_getattribute_wrapper(orig):
     def __getattribute__(self, name):
         value = orig(self, name)
-        if isinstance(value, (Tensor, Module)):
+        if isinstance(value, (Tensor, Module, list, dict)):
             tracer = _active
             # (an attribute the instance holds, as upstream: a property's value is read by
             # the property itself)
             if tracer is not None and not tracer.depth and tracer.scopes \
                     and name in orig(self, "__dict__"):
-                tracer.read_attribute(value, self, name)
+                if isinstance(value, (Tensor, Module)):
+                    tracer.read_attribute(value, self, name)
+                elif self is tracer.scope.module and _holds_module(value):
+                    tracer.read_container(name)
         return value
 
     return __getattribute__

@@ -64,7 +64,7 @@ def test_upstream_refusing_ends_the_comparison_and_a_rule_decides_first():
         return ("stop", "planted") if sources[i] == "a" else None
 
     _, got, counts = be.compare(_program("a", "b"), mine, [OK, ["ok", 9], ["ok", 9]], rule)
-    assert got is None and counts["planted"] == 1 and seen == ["(build)", "a"]
+    assert got is None and counts["planted"] == 1 and seen == ["x = np.arange(3)", "a"]
     _, got, _ = be.compare(_program("a"), mine[:2], mine[:2],
                            lambda *a: ("finding", "planted") if a[1] == 1 else None)
     assert got == "step 1: planted"

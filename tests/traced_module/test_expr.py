@@ -3,6 +3,7 @@ names (the graph-surgery steps of upstream's guide ``graphsurgeon-example``)."""
 import numpy as np
 import pytest
 
+import megengine.functional as F
 import megengine.module as M
 from megengine import Tensor
 from megengine.traced_module import trace_module
@@ -72,3 +73,67 @@ def test_a_dotted_name_that_is_an_attribute_itself_is_read_as_one():
     graph.compile()
     np.testing.assert_allclose(tm(x).numpy(), replacement(x).numpy(), rtol=1e-6)
     assert out.expr.inputs[0].expr.name == "body.0"
+
+
+class Scaled(M.Module):
+    def forward(self, x, scale=1.0):
+        return x * scale
+
+
+class Calls(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.b = Scaled()
+        self.act = M.LeakyReLU(0.1)
+
+    def forward(self, x):
+        y = F.leaky_relu(x, 0.2)
+        return y.sum(axis=0, keepdims=True) + self.b(self.act(y), scale=3.0)
+
+
+def _calls():
+    x = Tensor(np.arange(6, dtype=np.float32).reshape(3, 2) - 3)
+    return trace_module(Calls(), x), x
+
+
+def test_named_args_and_set_arg_of_functions_and_methods_as_upstream():
+    # upstream's Expr.named_args / set_arg: the arguments by the called function's parameter
+    # names, defaults filled in (a method's object is ``self``)
+    tm, x = _calls()
+    graph = tm.graph
+    relu = graph.get_function_by_type(F.leaky_relu).as_unique()
+    total = graph.get_method_by_type("sum").as_unique()
+    assert relu.named_args == {"inp": graph.inputs[1], "negative_slope": 0.2}
+    assert total.named_args == {"self": relu.outputs[0], "axis": 0, "keepdims": True}
+    call = next(e for e in graph.exprs(False) if str(e).endswith("b(act_out, 3.0, )"))
+    assert call.named_args["scale"] == 3.0 and call.named_args["x"] is call.inputs[1]
+    relu.set_arg("negative_slope", 0.5)
+    total.set_arg("axis", 1)
+    y = F.leaky_relu(x, 0.5)
+    want = y.sum(axis=1, keepdims=True) + F.leaky_relu(y, 0.1) * 3.0
+    np.testing.assert_allclose(tm(x).numpy(), want.numpy(), rtol=1e-6)
+    assert "nn.leaky_relu(x, 0.5, )" in str(graph)
+    with pytest.raises(KeyError, match="no argument 'slope'.*negative_slope"):
+        relu.set_arg("slope", 0.5)
+    assert relu.named_args["negative_slope"] == 0.5  # (refused: nothing changed)
+    with pytest.raises(TypeError, match="GetAttr expr calls no function"):
+        call.inputs[0].expr.named_args
+
+
+def test_disable_remove_keeps_an_expr_compile_would_drop():
+    tm, x = _calls()
+    graph = tm.graph
+    relu = graph.get_function_by_type(F.leaky_relu).as_unique()
+    total = graph.get_method_by_type("sum").as_unique()
+    with graph.insert_exprs():
+        mean = relu.outputs[0].mean(axis=0, keepdims=True)
+    graph.replace_node({total.outputs[0]: mean})
+    total.disable_remove()
+    graph.compile()
+    assert total in list(graph.exprs(False))  # (nothing reads it; kept)
+    y = F.leaky_relu(x, 0.2)
+    want = y.mean(axis=0, keepdims=True) + F.leaky_relu(y, 0.1) * 3.0
+    np.testing.assert_allclose(tm(x).numpy(), want.numpy(), rtol=1e-6)
+    total.enable_remove()
+    graph.compile()
+    assert total not in list(graph.exprs(False)) and relu in list(graph.exprs(False))

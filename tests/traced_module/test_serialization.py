@@ -188,3 +188,26 @@ def test_loaders_run_when_a_pickle_loads_not_on_copies(loaders):
         _users_agree(copied.graph)
     copied.graph.compile()
     np.testing.assert_allclose(loaded(x).numpy(), expected, rtol=1e-5)  # the original is left
+
+
+def test_a_load_numbers_exprs_and_nodes_again_in_graph_order_as_upstream():
+    # an expr inserted by graph surgery takes the next free id; upstream's load numbers every
+    # expr and node again, in the graph's order (measured with upstream 1.13)
+    class Net(M.Module):
+        def forward(self, x):
+            return F.relu(x) * 2
+
+    x = Tensor(np.array([-1.0, 2.0], dtype=np.float32))
+    tm = trace_module(Net(), x)
+    graph = tm.graph
+    relu = graph.get_function_by_type(F.relu).as_unique()
+    with graph.insert_exprs():
+        neg = F.neg(relu.outputs[0])
+    graph.replace_node({relu.outputs[0]: neg})
+    graph.compile()
+    assert [e._id for e in graph.exprs()] == [0, 1, 2, 4, 3]
+    back = pickle.loads(pickle.dumps(tm))
+    assert [e._id for e in back.graph.exprs()] == [0, 1, 2, 3, 4]
+    assert [n._id for n in back.graph.nodes()] == [0, 1, 2, 3, 4]
+    assert "%3:\tneg_out = elemwise.neg(relu_out, )" in str(back.graph)
+    np.testing.assert_allclose(back(x).numpy(), [0.0, -4.0])

@@ -1189,3 +1189,64 @@ def test_set_value_of_an_untraced_tensor_stands_for_the_traced_value():
 
     tm = trace_module(Net(), Tensor(np.ones((2,), np.float32)))
     np.testing.assert_allclose(tm(Tensor(np.full((2,), 2.0, np.float32))).numpy(), [7.0, 7.0])
+
+
+def test_disable_default_checker_skips_the_check_of_the_whole_module():
+    # upstream's disable_default_checker: no run of the traced module after tracing; here that
+    # run happens only under enable_expr_checker, and moves a training BatchNorm's statistics
+    # a second time (momentum 0.9: 0.1 * mean after one run, 0.19 * mean after two)
+    from megengine.traced_module import disable_default_checker, enable_expr_checker
+    from megengine.traced_module import tracer as tracer_module
+
+    x = Tensor(np.arange(24, dtype=np.float32).reshape(2, 3, 2, 2))
+    mean = x.numpy().mean(axis=(0, 2, 3))
+    enable_expr_checker()
+    try:
+        bn = M.BatchNorm2d(3)
+        trace_module(bn, x)
+        np.testing.assert_allclose(bn.running_mean.numpy().ravel(), 0.19 * mean, rtol=1e-5)
+        disable_default_checker()
+        bn = M.BatchNorm2d(3)
+        trace_module(bn, x)
+        np.testing.assert_allclose(bn.running_mean.numpy().ravel(), 0.1 * mean, rtol=1e-5)
+        with pytest.raises(ValueError, match="_counting"):  # (each expr is still checked)
+            trace_module(Counting(), _inp(3))
+    finally:
+        enable_expr_checker(False)
+        tracer_module._check_module[0] = True
+
+
+class Lists(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.bs = [M.Identity(), M.ReLU(), M.ReLU()]
+        self.d = {"k": M.Identity(), "a": M.ReLU()}
+
+    def forward(self, x):
+        h = self.bs[0](x)
+        h = self.bs[1](h)
+        bs = self.bs
+        h = bs[2](h) + bs[0](h)
+        h = self.d["k"](h)
+        return {"z": self.d["a"](h), "b": h}
+
+
+def test_modules_of_lists_and_dicts_are_named_as_upstream():
+    # measured with upstream 1.13: each read of a list or dict of modules takes a name (the
+    # container's node, merged away), so the second read's item is bs_2; an item called again
+    # takes a name of its own (bs_5_out); a result dict's keys come back sorted
+    x = _inp(2, 3)
+    tm = trace_module(Lists(), x)
+    lines = [line.split(":", 1)[1].strip() for line in str(tm.graph).splitlines()[1:-2]]
+    assert lines == [
+        'bs_0 = getattr(self, "bs.0") -> (Identity)', "bs_0_out = bs_0(x, )",
+        'bs_2 = getattr(self, "bs.1") -> (ReLU)', "bs_2_out = bs_2(bs_0_out, )",
+        'bs_4 = getattr(self, "bs.2") -> (ReLU)', "bs_4_out = bs_4(bs_2_out, )",
+        "bs_5_out = bs_0(bs_2_out, )", "add_out = bs_4_out.__add__(bs_5_out, )",
+        'd_k = getattr(self, "d.k") -> (Identity)', "d_k_out = d_k(add_out, )",
+        'd_a = getattr(self, "d.a") -> (ReLU)', "d_a_out = d_a(d_k_out, )"]
+    assert str(tm.graph).splitlines()[-2].strip() == "return d_k_out, d_a_out"
+    out = tm(x)
+    assert list(out) == ["b", "z"]
+    h = F.relu(x) * 2
+    np.testing.assert_allclose(out["z"].numpy(), F.relu(h).numpy(), rtol=1e-6)

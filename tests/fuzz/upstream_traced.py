@@ -1,0 +1,362 @@
+"""Networks drawn at random, traced with ``trace_module`` and then printed, searched, edited and
+run on this checkout and on upstream MegEngine 1.13::
+
+    python -m tests.fuzz.upstream_traced [--seeds N] [--start S] [--upstream PYTHON] [--show S]
+
+Each seed writes a program (Python source; ``--show S`` prints seed S's): classes of blocks
+(layers, fused layers, ``Sequential``, Parameters and buffers of their own, blocks of earlier
+classes) whose ``forward`` runs drawn steps on an (N, 4, H, H) tensor (functions, operators,
+tensor methods, slices, ``x.shape`` reads, in-place operators, a layer called twice; some
+take a keyword argument or a second tensor, some return a tuple), a network holding them
+directly, in a list, a dict or a ``Sequential`` and returning a tensor, a tuple, a list or a
+dict, its weights seeded, in eval mode, traced on one input. Then drawn steps compare: every
+graph's print, every expr and node (ids, kinds, names, qualified names, shapes, dtypes, what
+reads what), the searches (``get_function_by_type``, ``get_method_by_type``,
+``get_module_by_type``, ``get_node_by_name``, ``get_expr_by_id``, ``get_dep_exprs``), ``repr``,
+the state dict and module names, outputs on the traced input and on inputs of another batch
+and size, ``graph.eval``, a ``GradManager`` step's gradients, edits (an expr inserted after a
+drawn one with ``insert_exprs`` and put in its place with ``replace_node``, then
+``compile``; ``add_output_node``), ``flatten``, a ``pickle`` round trip and ``optimize``'s
+outputs.
+
+Each program runs here and, with ``--upstream``, in upstream's interpreter
+(tests/fuzz/both_engines.py by path); upstream is the oracle, compared as
+tests/fuzz/both_engines.py says (values to float32 rounding: `PRELUDE` rounds them), and `rule`
+counts the documented differences. Without ``--upstream`` the programs run here only (each must
+build). CI compares this checkout with upstream's recorded results
+(tests/fuzz/upstream_traced.json, ``--record FILE``)."""
+import sys
+
+import numpy as np
+
+from tests.fuzz import both_engines as be
+
+PRELUDE = '''
+import pickle
+import numpy as np
+import megengine as mge
+import megengine.functional as F
+import megengine.module as M
+from megengine.autodiff import GradManager
+from megengine.traced_module import optimize, trace_module
+from megengine.traced_module.node import ModuleNode, TensorNode
+from megengine.traced_module.traced_module import TracedModule
+
+
+def r(v):
+    """Values rounded to 5 significant digits, containers as lists (dicts by sorted key); an
+    array of more than 16 numbers as its shape, its first 8, the sum of its magnitudes and
+    their sum weighted by position (so records stay small)."""
+    if isinstance(v, dict):
+        return [[k, r(v[k])] for k in sorted(v)]
+    if isinstance(v, (list, tuple)):
+        return [r(x) for x in v]
+    if isinstance(v, mge.Tensor):
+        v = v.numpy()
+    if isinstance(v, (np.ndarray, float, int, np.generic)):
+        a = np.asarray(v, "float64")
+        if a.size > 16:
+            flat = np.abs(a.ravel())
+            return [list(a.shape), r(a.ravel()[:8]), r(flat.sum()),
+                    r((flat * (1 + np.arange(a.size) % 7)).sum())]
+        return np.vectorize(lambda x: float("%.5g" % x))(a).tolist()
+    return repr(v)
+
+
+def leaves(v):
+    if isinstance(v, dict):
+        return [x for k in sorted(v) for x in leaves(v[k])]
+    if isinstance(v, (list, tuple)):
+        return [x for item in v for x in leaves(item)]
+    return [v] if isinstance(v, mge.Tensor) else []
+
+
+def graphs(tm):
+    """Every graph's print, the top graph's first."""
+    return [str(tm.graph)] + [str(m.graph) for _, m in tm.named_modules()
+                              if isinstance(m, TracedModule) and m is not tm
+                              and m.argdef_graph_map]  # (a list or dict of modules has none)
+
+
+KINDS = ("Input", "GetAttr", "Constant", "CallFunction", "CallMethod", "Apply")
+
+
+def kind(e):
+    """An expr's class among upstream's (this fork's ``x.shape`` is an Apply's subclass)."""
+    return next(c.__name__ for c in type(e).__mro__ if c.__name__ in KINDS)
+
+
+def exprs(tm):
+    return [[e._id, kind(e), [n._id for n in e.inputs], [n._id for n in e.outputs],
+             str(e)] for e in tm.graph.exprs(recursive=True)]
+
+
+def node(n):
+    if isinstance(n, TensorNode):
+        return [n._id, n.name, n.qualname, "tensor", list(n.shape) if n.shape else n.shape,
+                str(n.dtype)]
+    return [n._id, n.name, n.qualname, type(n).__name__]
+
+
+def nodes(tm):
+    return [node(n) for n in tm.graph.nodes(recursive=True)]
+
+
+def shown(items):
+    return [str(x) for x in items]
+
+
+def calls(graph):
+    """The top graph's function and method calls that give one float32 tensor (no size)."""
+    return [e for e in graph.exprs(recursive=False)
+            if type(e).__name__ in ("CallFunction", "CallMethod") and len(e.outputs) == 1
+            and isinstance(e.outputs[0], TensorNode) and e.outputs[0].dtype == np.float32]
+
+
+def seeded(net, seed):
+    rng = np.random.default_rng(seed)
+    for _, p in sorted(net.named_parameters(), key=lambda kv: kv[0]):
+        p.set_value(rng.uniform(-0.5, 0.5, p.shape).astype("float32"))
+    for _, b in sorted(net.named_buffers(), key=lambda kv: kv[0]):
+        if b.dtype == np.float32:
+            b.set_value(rng.uniform(0.5, 1.5, b.shape).astype("float32"))
+
+
+def grads(tm):
+    """The largest gradient entry and each parameter's gradient divided by ten times it (sums
+    through normalizations cancel: their float32 noise is small beside the largest entry,
+    not beside each entry; compared within the fuzzer's 1e-5, 1e-4 of the largest entry)."""
+    gs = [[name, None if p.grad is None else p.grad.numpy()] for name, p in tm.named_parameters()]
+    top = max([float(np.abs(g).max()) for _, g in gs if g is not None and g.size] + [0.0]) or 1.0
+    return [r(top)] + [[name, None if g is None else r(g / (10 * top))] for name, g in gs]
+
+
+def data(seed, shape):
+    return mge.tensor(np.random.default_rng(seed).uniform(-1, 1, shape).astype("float32"))
+'''
+
+C = 4  # every block keeps (N, 4, H, H)
+LAYERS = ("M.Conv2d(4, 4, 3, padding=1)", "M.Conv2d(4, 4, 1, bias=False)", "M.BatchNorm2d(4)",
+          "M.ReLU()", "M.Sigmoid()", "M.Identity()", "M.GroupNorm(2, 4)", "M.LeakyReLU(0.1)",
+          "M.AvgPool2d(3, 1, 1)", "M.MaxPool2d(3, 1, 1)", "M.ConvBn2d(4, 4, 1)",
+          "M.ConvBnRelu2d(4, 4, 3, padding=1)", "M.Sequential(M.Conv2d(4, 4, 1), M.ReLU())",
+          "M.Dropout(0.3)", "M.ConvRelu2d(4, 4, 1)", "M.Conv2d(4, 4, 3, padding=1, groups=2)",
+          "M.InstanceNorm(4)", "M.PReLU(4)", "M.SiLU()", "M.GELU()")
+FUNCS = ("h = F.relu(h)", "h = F.sigmoid(h) * h", "h = h + x", "h = h * 0.5 + 1",
+         "h = F.clip(h, -1.0, 1.0)", "h = h - h.mean(axis=1, keepdims=True)",
+         "h = F.concat([h[:, :2], h[:, 2:] * 2], axis=1)", "h = h.transpose(0, 1, 3, 2)",
+         "h = F.leaky_relu(h, 0.2)", "h = h.reshape(h.shape[0], 4, -1).reshape(x.shape)",
+         "h = F.max(h, axis=1, keepdims=True) + h",
+         "a, b = F.split(h, 2, axis=1)\nh = F.concat([b, a], axis=1)",
+         "h = F.where(h > 0, h, h * 0.1)", "h = h ** 2", "h = -h", "h += 1", "h *= 0.5",
+         "h = F.softmax(h, axis=1)", "h = F.tanh(h)", "h = h.astype('float32') / 2",
+         "h = F.broadcast_to(h.mean(axis=1, keepdims=True), h.shape) * 0.5 + h",
+         "h = F.matmul(h, h.transpose(0, 1, 3, 2)) * 0.1", "h = F.abs(h) - F.exp(-F.abs(h))",
+         "h = h * F.expand_dims(h.mean(axis=(2, 3)), [2, 3])",
+         "h = F.flatten(h, 2).reshape(h.shape)", "h = h / (h.shape[2] * 1.0)",
+         "h = F.nn.pad(h, ((0, 0), (0, 0), (1, 1), (1, 1)))[:, :, 1:-1, 1:-1]",
+         "h = F.stack([h, x], axis=0).sum(axis=0)", "h = F.maximum(h, x) - F.minimum(h, 0.0)",
+         "h = h.flatten().reshape(x.shape[0], -1).reshape(h.shape)", "h = F.log(F.exp(h) + 1)",
+         "h = F.adaptive_avg_pool2d(h, (h.shape[2], h.shape[3]))", "h = h[:, ::-1]",
+         "h = F.nn.interpolate(h[:, :, ::2, ::2], size=(h.shape[2], h.shape[3]))",
+         "h = F.mean(h, axis=0, keepdims=True) + h")
+WITH_OWN = ("h = h * self.p", "h = h + self.buf", "h = F.conv2d(h, self.w)",
+            "h = h * self.p + self.buf")
+
+
+# (values kept in the domain of what reads them: a negated exp read by a log gives NaN, which
+# upstream 1.13's vectorised exp turns into 2.4e38, docs/compatibility.rst)
+INSERTS = ("F.neg(F.neg(n)) * 0.5", "n * 2.0", "F.relu(n) + n", "n.mean(axis=1, keepdims=True) + n")
+
+
+class Draw:
+    def __init__(self, seed):
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+        self.classes = []  # (name, how it is called: "plain", "kw", "two", "tuple")
+
+    def pick(self, items):
+        return items[int(self.rng.integers(len(items)))]
+
+    def block(self):
+        """A block class's source; its name and call kind go into self.classes."""
+        name = f"B{len(self.classes)}"
+        kind = self.pick(["plain", "plain", "kw", "two", "tuple"])
+        init, body, n = [], [], 0
+        own = self.rng.random() < 0.4
+        if own:
+            init += ["self.p = mge.Parameter(np.ones((1, 4, 1, 1), 'float32'))",
+                     "self.buf = mge.Tensor(np.ones((1, 4, 1, 1), 'float32'))",
+                     "self.w = mge.Parameter(np.ones((4, 4, 1, 1), 'float32'))"]
+        for _ in range(int(self.rng.integers(2, 7))):
+            r = self.rng.random()
+            if r < 0.35:
+                layer = f"l{n}"
+                n += 1
+                init.append(f"self.{layer} = {self.pick(LAYERS)}")
+                body.append(f"h = self.{layer}(h)" if self.rng.random() < 0.85
+                            else f"h = self.{layer}(self.{layer}(h))")
+            elif r < 0.5 and self.classes:
+                cls, ckind = self.pick(self.classes)
+                layer = f"l{n}"
+                n += 1
+                init.append(f"self.{layer} = {cls}()")
+                body.append(self.call(f"self.{layer}", ckind))
+            elif r < 0.6 and own:
+                body.append(self.pick(WITH_OWN))
+            else:
+                body.append(self.pick(FUNCS))
+        args = {"plain": "x", "kw": "x, scale=1.0", "two": "x, y", "tuple": "x"}[kind]
+        if kind == "kw":
+            body.append("h = h * scale")
+        elif kind == "two":
+            body.append("h = h + y")
+        ret = "h, h.mean()" if kind == "tuple" else "h"
+        lines = [f"class {name}(M.Module):", "    def __init__(self):",
+                 "        super().__init__()"] + ["        " + s for s in init]
+        lines += [f"    def forward(self, {args}):", "        h = x"]
+        lines += ["        " + s.replace("\n", "\n        ") for s in body]
+        lines.append(f"        return {ret}")
+        self.classes.append((name, kind))
+        return "\n".join(lines)
+
+    def call(self, obj, kind):
+        if kind == "kw":
+            return f"h = {obj}(h, scale={self.pick(['0.5', '2.0'])})"
+        if kind == "two":
+            return f"h = {obj}(h, x)"
+        if kind == "tuple":
+            return f"h, s = {obj}(h)\nh = h + s"
+        return f"h = {obj}(h)"
+
+    def net(self):
+        init, body = [], []
+        for i in range(int(self.rng.integers(1, 4))):
+            cls, kind = self.pick(self.classes)
+            how = self.rng.random()
+            if how < 0.5:
+                init.append(f"self.b{i} = {cls}()")
+                body.append(self.call(f"self.b{i}", kind))
+            elif how < 0.7:
+                plain = [c for c, k in self.classes if k == "plain"]
+                items = [f"{self.pick(plain)}()" if plain and self.rng.random() < 0.6 else
+                         self.pick(LAYERS) for _ in range(int(self.rng.integers(1, 4)))]
+                init.append(f"self.s{i} = M.Sequential({', '.join(items)})")
+                body.append(f"h = self.s{i}(h)")
+            elif how < 0.85:
+                init.append(f"self.bs{i} = [{cls}(), {self.pick(LAYERS)}]")
+                body.append(self.call(f"self.bs{i}[0]", kind) + f"\nh = self.bs{i}[1](h)")
+            else:
+                init.append(f"self.d{i} = {{'k': {cls}(), 'a': {self.pick(LAYERS)}}}")
+                body.append(self.call(f"self.d{i}['k']", kind) + f"\nh = self.d{i}['a'](h)")
+            if self.rng.random() < 0.3:
+                body.append(self.pick(FUNCS))
+        head = self.rng.random() < 0.4
+        if head:
+            init.append("self.fc = M.Linear(4, 3)")
+            body.append("h = self.fc(h.mean(axis=(2, 3)))")
+        ret = self.pick(["h", "h", "(h, x)", "[h, h.sum()]", "{'y': h, 'm': h.mean()}",
+                         "{'out': h, 'aux': {'x': x}}"])
+        lines = ["class Net(M.Module):", "    def __init__(self):",
+                 "        super().__init__()"] + ["        " + s for s in init]
+        lines += ["    def forward(self, x):", "        h = x"]
+        lines += ["        " + s.replace("\n", "\n        ") for s in body]
+        lines.append(f"        return {ret}")
+        return "\n".join(lines)
+
+    def build(self):
+        blocks = [self.block() for _ in range(int(self.rng.integers(1, 4)))]
+        size = self.pick([4, 6])
+        lines = blocks + [self.net(), "net = Net()", f"seeded(net, {self.seed})", "net.eval()",
+                          f"x = data({self.seed}, (2, 4, {size}, {size}))",
+                          "tm = trace_module(net, x)",
+                          f"x2 = data({self.seed + 1}, (3, 4, {size + 2}, {size + 2}))"]
+        return "\n".join(lines)
+
+    def step(self):
+        k = int(self.rng.integers(1000))
+        return self.pick([
+            "out = graphs(tm)", "out = exprs(tm)", "out = nodes(tm)", "out = r(tm(x))",
+            "out = r(tm(x2))", "out = r(tm.graph.eval(x))", "out = repr(tm)",
+            "out = [sorted(tm.state_dict()), [n for n, _ in tm.named_modules()]]",
+            "out = [shown(tm.graph.get_function_by_type(F.relu).as_list()), "
+            "shown(tm.graph.get_method_by_type('__add__').as_list()), "
+            "shown(tm.graph.get_module_by_type(M.Conv2d).as_list()), "
+            "shown(tm.graph.get_function_by_type().as_list())]",
+            "out = [node(n) for n in tm.graph.get_node_by_name('*out*').as_list()]",
+            f"out = shown(tm.graph.get_expr_by_id([{k % 7}, {k % 13}, {k % 29}]).as_list())",
+            "out = shown(tm.graph.get_dep_exprs(tm.graph.outputs[:1]))",
+            f"e = calls(tm.graph)[{k} % len(calls(tm.graph))]\nn = e.outputs[0]\n"
+            f"with tm.graph.insert_exprs():\n    y = {INSERTS[k % len(INSERTS)]}\n"
+            "tm.graph.replace_node({n: y})\ntm.graph.compile()\nout = [graphs(tm), r(tm(x))]",
+            f"e = calls(tm.graph)[{k} % len(calls(tm.graph))]\nn = e.outputs[0]\n"
+            "with tm.graph.insert_exprs():\n    y = F.abs(n) + n\n"
+            "tm.graph.replace_node({n: y})\ne.disable_remove()\ntm.graph.compile()\n"
+            "out = [graphs(tm), r(tm(x))]",
+            "out = [[str(e), sorted([k, str(v)] for k, v in e.named_args.items())]\n"
+            "       for e in tm.graph.exprs() if type(e).__name__ == 'CallFunction']",
+            f"e = calls(tm.graph)[{k} % len(calls(tm.graph))]\n"
+            "tm.graph.add_output_node(e.outputs[0])\nout = [graphs(tm), r(tm(x))]",
+            "f = tm.flatten()\nout = [graphs(f), exprs(f), r(f(x2))]",
+            "tm = pickle.loads(pickle.dumps(tm))\nout = [graphs(tm), nodes(tm), r(tm(x))]",
+            "out = r(optimize(tm, 'FuseConvBn')(x))",
+            "out = r(optimize(tm, ['FuseAddMul', 'FuseConvBn'])(x2))",
+            "gm = GradManager().attach(tm.parameters())\nwith gm:\n"
+            "    gm.backward(sum((t ** 2).sum() for t in leaves(tm(x))))\n"
+            "out = grads(tm)",
+        ])
+
+    def steps(self):
+        return [self.step() for _ in range(int(self.rng.integers(4, 10)))]
+
+
+def draw(seed):
+    """The program of ``seed``: (build source, [step sources])."""
+    d = Draw(seed)
+    return d.build(), d.steps()
+
+
+def rule(sources, i, mine, theirs):
+    """The documented differences (docs/compatibility.rst, docs/api/traced_module.rst)."""
+    m, t, source, build = mine[i], theirs[i], sources[i], sources[0]
+    if "FuseAddMul" in source and any(op in build for op in INPLACE):
+        # upstream 1.13's FuseAddMul turns an in-place ``h += 1`` into ``h + 1``: a write
+        # into the caller's tensor (the input) is lost, so the input holds other values on
+        # each side from here (also where this step's values agree)
+        return "stop", "upstream's FuseAddMul drops in-place writes"
+    if be.same(m, t, FUZZER.tol) or m[0] == t[0] == "raise":
+        return None
+    if "grads(tm)" in source and "MaxPool2d(3, 1, 1)" in build:
+        # overlapping max-pooling windows give a tied maximum's gradient to the first one
+        # (torch's); upstream 1.13 to every one (a stride-1 pool applied twice makes ties)
+        return "stop", "overlapping max pooling's ties"
+    if "grads(tm)" in source and m[0] == t[0] == "ok" and abs(t[1][0]) > 100 * abs(m[1][0]):
+        # upstream 1.13's backward of some of these networks gives a gradient of 1e10-1e34
+        # in some runs and not in others (measured: 4 runs of seed 63, eager and traced
+        # alike); this fork's gradients are the same in every run
+        return "stop", "upstream's gradient of another run"
+    return None
+
+
+INPLACE = ("h += 1", "h *= 0.5")
+
+
+def texts_as_digests(value):
+    """``value`` with its texts of over 40 characters (graph prints) as digests."""
+    if isinstance(value, list):
+        return [texts_as_digests(v) for v in value]
+    return be.digest(value) if isinstance(value, str) and len(value) > 40 else value
+
+
+def keep(source):
+    """What a record keeps of a step's value: numbers whole (compared within the tolerance),
+    long texts as digests; other steps' values are digests whole."""
+    return texts_as_digests if "r(" in source or "grads(" in source else False
+
+
+FUZZER = be.Fuzzer("python -m tests.fuzz.upstream_traced", draw, PRELUDE, rule, keep=keep,
+                   tol=(1e-3, 1e-5))
+
+
+if __name__ == "__main__":
+    sys.exit(FUZZER.main(sys.argv[1:], __doc__))
