@@ -259,6 +259,18 @@ class InternalGraph:
                     node.expr = expr
                 for node in expr.inputs:
                     node.users.append(expr)
+            self._order_self_users()
+
+    def _order_self_users(self):
+        """Put the getattrs of dotted names (``bs.0``, ``b0.l0``: a module read through a list,
+        a dict or another module) last among the module node's users, in graph order, where
+        upstream's tracer puts them (it merges their chains of getattrs after tracing and
+        appends each merged one)."""
+        if self._inputs and isinstance(self._inputs[0], ModuleNode):
+            users = self._inputs[0].users
+            dotted = [u for u in users if isinstance(u, GetAttr) and "." in u.name]
+            if dotted:
+                users[:] = [u for u in users if not any(u is d for d in dotted)] + dotted
 
     # ----- what it is -----
     @property

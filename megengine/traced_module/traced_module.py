@@ -127,6 +127,7 @@ class TracedModule(Module):
         # as upstream, a load numbers the exprs and nodes again, in graph order (an expr
         # inserted by graph surgery takes its place's id)
         for graph in self.argdef_graph_map.values():
+            graph._order_self_users()
             graph._reset_ids()
 
     def __deepcopy__(self, memo):
@@ -244,7 +245,8 @@ class TracedModule(Module):
 
     def flatten(self) -> "TracedModule":
         """A TracedModule with the same attributes whose graph has every traced submodule's
-        graph inlined (its getattrs read from the top: ``block0.conv1``)."""
+        graph inlined (its getattrs read from the top: ``block0.conv1``), compiled: steps no
+        output needs (and that write nothing another call reads) are left out, as upstream."""
         new = TracedModule.__new__(TracedModule)
         new.__dict__.update(self.__dict__)
         new.__dict__["_modules"] = list(self.__dict__.get("_modules", []))
@@ -256,6 +258,7 @@ class TracedModule(Module):
         object.__setattr__(new, "argdef_outdef_map", outdefs)
         object.__setattr__(new, "_is_top", True)
         for graph in graphs.values():
+            graph.compile()  # (as upstream's flatten: what no output needs goes)
             graph._reset_ids()
         return new
 
@@ -479,6 +482,9 @@ def trace_module(mod: Module, *args, **kwargs) -> TracedModule:
     memo = {}
     tm = _build(tracer, mod, True, memo)
     _update_ref(tm, tracer, memo)
+    for module in tm.modules():
+        for graph in getattr(module, "argdef_graph_map", {}).values():
+            graph._order_self_users()
     tm.graph._reset_ids()
     if tracer.values is not None and _check_module[0]:  # enable_expr_checker: the whole module
         expected = tree_flatten(result, lambda x: isinstance(x, Tensor))[0]

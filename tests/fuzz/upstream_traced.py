@@ -131,6 +131,42 @@ def grads(tm):
     return [r(top)] + [[name, None if g is None else r(g / (10 * top))] for name, g in gs]
 
 
+def saved_twin(obj):
+    """``obj`` through mge.save and mge.load: in memory, or, where the fuzzer shares a folder
+    (MGE_FUZZ_PICKLES), through upstream's file: its side writes (MGE_FUZZ_WRITER), this side
+    loads what upstream wrote."""
+    import io
+    import os
+    folder = os.environ.get("MGE_FUZZ_PICKLES")
+    if not folder:
+        f = io.BytesIO()
+        mge.save(obj, f)
+        f.seek(0)
+        return mge.load(f)
+    SAVED[0] += 1
+    path = os.path.join(folder, f"{TAG}_{SAVED[0]}.pkl")
+    if os.environ.get("MGE_FUZZ_WRITER"):
+        mge.save(obj, path)
+    return mge.load(path)
+
+
+SAVED = [0]
+
+
+def backward_twice(tm, x):
+    """`grads` of a GradManager backward through ``tm(x)`` from no gradients, and whether a
+    second such backward gave the same (upstream 1.13's does not always: `rule`)."""
+    runs = []
+    for _ in range(2):
+        for p in tm.parameters():
+            p.grad = None
+        gm = GradManager().attach(tm.parameters())
+        with gm:
+            gm.backward(sum((t ** 2).sum() for t in leaves(tm(x))))
+        runs.append(grads(tm))
+    return runs[0] + [runs[0] == runs[1]]
+
+
 def data(seed, shape):
     return mge.tensor(np.random.default_rng(seed).uniform(-1, 1, shape).astype("float32"))
 '''
@@ -299,11 +335,19 @@ class Draw:
             "tm.graph.add_output_node(e.outputs[0])\nout = [graphs(tm), r(tm(x))]",
             "f = tm.flatten()\nout = [graphs(f), exprs(f), r(f(x2))]",
             "tm = pickle.loads(pickle.dumps(tm))\nout = [graphs(tm), nodes(tm), r(tm(x))]",
+            "tm = saved_twin(tm)\nout = [graphs(tm), nodes(tm), r(tm(x2))]",
+            "out = [[node(n), shown(n.users)] for n in tm.graph.inputs]",
+            f"out = [node(n) for n in tm.graph.get_node_by_id([{k % 11}, {k % 23}]).as_list()]",
+            f"e = calls(tm.graph)[{k} % len(calls(tm.graph))]\n"
+            "tm.set_end_points([e.outputs[0]])\nout = r(tm(x))\ntm.clear_end_points()",
+            f"e = calls(tm.graph)[{k} % len(calls(tm.graph))]\n"
+            "tm.set_watch_points([e.outputs[0]])\ntm(x)\n"
+            "out = [[node(n), r(v)] for n, v in tm.watch_node_value.items()]\n"
+            "tm.clear_watch_points()",
+            "tm.graph.reset_outputs(tm.graph.outputs[0])\nout = [graphs(tm), r(tm(x))]",
             "out = r(optimize(tm, 'FuseConvBn')(x))",
             "out = r(optimize(tm, ['FuseAddMul', 'FuseConvBn'])(x2))",
-            "gm = GradManager().attach(tm.parameters())\nwith gm:\n"
-            "    gm.backward(sum((t ** 2).sum() for t in leaves(tm(x))))\n"
-            "out = grads(tm)",
+            "out = backward_twice(tm, x)",
         ])
 
     def steps(self):
@@ -326,14 +370,18 @@ def rule(sources, i, mine, theirs):
         return "stop", "upstream's FuseAddMul drops in-place writes"
     if be.same(m, t, FUZZER.tol) or m[0] == t[0] == "raise":
         return None
-    if "grads(tm)" in source and "MaxPool2d(3, 1, 1)" in build:
+    if "FuseConvBn" in source and "M.ConvRelu2d" in build:
+        # upstream 1.13's FuseConvBn folds a batch norm that follows a ConvRelu2d into it,
+        # across its ReLU (other values); here the batch norm stays (optimize makes a copy)
+        return "count", "upstream folds a batch norm across ConvRelu2d's ReLU"
+    if "backward_twice" in source and "MaxPool2d(3, 1, 1)" in build:
         # overlapping max-pooling windows give a tied maximum's gradient to the first one
         # (torch's); upstream 1.13 to every one (a stride-1 pool applied twice makes ties)
         return "stop", "overlapping max pooling's ties"
-    if "grads(tm)" in source and m[0] == t[0] == "ok" and abs(t[1][0]) > 100 * abs(m[1][0]):
-        # upstream 1.13's backward of some of these networks gives a gradient of 1e10-1e34
-        # in some runs and not in others (measured: 4 runs of seed 63, eager and traced
-        # alike); this fork's gradients are the same in every run
+    if "backward_twice" in source and m[0] == t[0] == "ok" and m[1][-1] and not t[1][-1]:
+        # upstream 1.13's backward of some of these networks gives other gradients in some
+        # runs (1e10-1e34 at times: 4 runs of seed 63, eager and traced alike; 20 % off at
+        # others: seed 27) where this fork's two runs agree
         return "stop", "upstream's gradient of another run"
     return None
 
@@ -351,11 +399,11 @@ def texts_as_digests(value):
 def keep(source):
     """What a record keeps of a step's value: numbers whole (compared within the tolerance),
     long texts as digests; other steps' values are digests whole."""
-    return texts_as_digests if "r(" in source or "grads(" in source else False
+    return texts_as_digests if "r(" in source or "backward_twice" in source else False
 
 
 FUZZER = be.Fuzzer("python -m tests.fuzz.upstream_traced", draw, PRELUDE, rule, keep=keep,
-                   tol=(1e-3, 1e-5))
+                   tol=(1e-3, 1e-5), shared_folder=True)
 
 
 if __name__ == "__main__":

@@ -1250,3 +1250,28 @@ def test_modules_of_lists_and_dicts_are_named_as_upstream():
     assert list(out) == ["b", "z"]
     h = F.relu(x) * 2
     np.testing.assert_allclose(out["z"].numpy(), F.relu(h).numpy(), rtol=1e-6)
+
+
+class Mixed(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.bs = [M.ReLU(), M.Identity()]
+        self.a = M.ReLU()
+        self.c = M.ReLU()
+
+    def forward(self, x):
+        h = self.bs[0](x)
+        h = self.a(h)
+        h = self.bs[1](h)
+        return self.c(h)
+
+
+def test_the_module_nodes_users_list_items_last_as_upstream():
+    # measured with upstream 1.13: its tracer merges a list item's chain of getattrs after
+    # tracing and appends the merged getattr to self's users; a pickle keeps that order
+    tm = trace_module(Mixed(), _inp(2))
+    want = ['a = getattr(self, "a") -> (ReLU)', 'c = getattr(self, "c") -> (ReLU)',
+            'bs_0 = getattr(self, "bs.0") -> (ReLU)', 'bs_2 = getattr(self, "bs.1") -> (Identity)']
+    for module in (tm, pickle.loads(pickle.dumps(tm))):
+        users = module.graph.inputs[0].users
+        assert [str(u).split("\t")[1] for u in users] == want
