@@ -37,6 +37,7 @@ import numpy as np
 import megengine as mge
 import megengine.functional as F
 import megengine.module as M
+import megengine.quantization as Q
 from megengine.autodiff import GradManager
 from megengine.traced_module import optimize, trace_module
 from megengine.traced_module.node import ModuleNode, TensorNode
@@ -303,10 +304,14 @@ class Draw:
     def build(self):
         blocks = [self.block() for _ in range(int(self.rng.integers(1, 4)))]
         size = self.pick([4, 6])
-        lines = blocks + [self.net(), "net = Net()", f"seeded(net, {self.seed})", "net.eval()",
-                          f"x = data({self.seed}, (2, 4, {size}, {size}))",
-                          "tm = trace_module(net, x)",
-                          f"x2 = data({self.seed + 1}, (3, 4, {size + 2}, {size + 2}))"]
+        # (a fifth of the networks converted to QAT first, drawn from a stream of its own: the
+        # other programs are those drawn before)
+        qat = np.random.default_rng([self.seed, 5]).random() < 0.2
+        lines = blocks + [self.net(), "net = Net()", f"seeded(net, {self.seed})"]
+        lines += ["Q.quantize_qat(net)"] if qat else []
+        lines += ["net.eval()", f"x = data({self.seed}, (2, 4, {size}, {size}))",
+                  "tm = trace_module(net, x)",
+                  f"x2 = data({self.seed + 1}, (3, 4, {size + 2}, {size + 2}))"]
         return "\n".join(lines)
 
     def step(self):
