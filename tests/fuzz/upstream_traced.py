@@ -94,7 +94,7 @@ def exprs(tm):
 
 def node(n):
     if isinstance(n, TensorNode):
-        return [n._id, n.name, n.qualname, "tensor", list(n.shape) if n.shape else n.shape,
+        return [n._id, n.name, n.qualname, "tensor", None if n.shape is None else list(n.shape),
                 str(n.dtype)]
     return [n._id, n.name, n.qualname, type(n).__name__]
 
@@ -108,10 +108,13 @@ def shown(items):
 
 
 def calls(graph):
-    """The top graph's function and method calls that give one float32 tensor (no size)."""
+    """The top graph's function and method calls that give one float32 tensor of one or more
+    dims (no size; upstream 1.13's insert_exprs fails on a 0-d node's steps, and its tracing
+    stays on after that error: the program's later steps hang there)."""
     return [e for e in graph.exprs(recursive=False)
             if type(e).__name__ in ("CallFunction", "CallMethod") and len(e.outputs) == 1
-            and isinstance(e.outputs[0], TensorNode) and e.outputs[0].dtype == np.float32]
+            and isinstance(e.outputs[0], TensorNode) and e.outputs[0].dtype == np.float32
+            and e.outputs[0].shape]
 
 
 def seeded(net, seed):

@@ -748,3 +748,28 @@ def test_flatten_leaves_out_what_no_output_needs_as_upstream():
     flat = trace_module(_SeqTwice(), x).flatten()
     np.testing.assert_allclose(flat(x)[0].numpy(), [0.0, 4.0])
     assert len(list(flat.graph.exprs(False))) == 7  # self, x, two getattrs, two calls, mul
+
+
+class _Summed(M.Module):
+    def forward(self, x):
+        return x.sum() * 2
+
+
+def test_insert_exprs_records_steps_on_a_0d_node_and_an_error_in_it_leaves_nothing_on():
+    # upstream 1.13 fails on steps of a 0-d node there (ret.ndim > 0) and, after any error
+    # inside insert_exprs, leaves its tracing on
+    x = Tensor(np.array([[1.0, -2.0], [3.0, 4.0]], dtype=np.float32))
+    tm = trace_module(_Summed(), x)
+    graph = tm.graph
+    total = graph.get_method_by_type("sum").as_unique().outputs[0]
+    with pytest.raises(ValueError, match="axis 1 is out of range"):
+        with graph.insert_exprs():
+            total.mean(axis=1)
+    assert len(list(graph.exprs(False))) == 4  # (nothing of the failed block went in)
+    np.testing.assert_allclose(F.relu(x).numpy(), [[1.0, 0.0], [3.0, 4.0]])  # (not traced)
+    with graph.insert_exprs():
+        y = F.abs(total) + total
+    graph.replace_node({total: y})
+    graph.compile()
+    np.testing.assert_allclose(tm(x).numpy(), 24.0)
+    np.testing.assert_allclose(tm(-x).numpy(), 0.0)
