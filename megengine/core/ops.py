@@ -1534,12 +1534,13 @@ def axis_of_array(axis):
     return axis
 
 
-def _norm_axes(axis, ndim, what):
+def _norm_axes(axis, ndim, what, dims=None):
     """``axis`` (None: every axis; an int or a sequence of ints) as a sorted tuple of
     non-negative axes below ``ndim``: out of range raises `AxisError`, an axis named twice
     `ArgumentError`, a value that is no int TypeError. Axis 0 of a 0-d tensor is taken
     (upstream reduces a 0-d tensor as one of shape (1,)). The errors name the public function
-    the user called (``F.normalize``, not the ``F.norm`` it computes with), else ``what``."""
+    the user called (``F.normalize``, not the ``F.norm`` it computes with), else ``what``;
+    ``dims`` says how many dims the tensor has where that is not ``ndim``."""
     if axis is None:
         return tuple(range(ndim))
     # one int in range, the common case: 0.3 us, where the general path below takes 3 (a
@@ -1559,7 +1560,7 @@ def _norm_axes(axis, ndim, what):
         a = as_int(a) if is_dim(a) else a  # (an axis from a dumpable trace's sizes: a guard)
         if not -ndim <= a < max(ndim, 1):
             raise AxisError(f"{public_function() or what}: axis {a} is out of range for a tensor "
-                            f"with {ndim} dims")
+                            f"with {dims or f'{ndim} dims'}")
         out.append(int(a) % max(ndim, 1))
     if len(set(out)) != len(out):
         raise ArgumentError(f"{public_function() or what}: axis {axis} names the same dim twice")
@@ -1626,7 +1627,7 @@ class Reduce(Op):
         elif not ndim and names_an_axis(axis):
             # upstream reduces a 0-d tensor over axis 0 or -1 as one of shape (1,), so keepdims
             # gives shape (1,) (below)
-            _norm_axes(axis, 1, mode)
+            _norm_axes(axis, 1, mode, "0 dims (a 0-d tensor takes axis 0 or -1)")
             axes = ()
         else:
             axes = _norm_axes(axis, ndim, mode)

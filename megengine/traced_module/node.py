@@ -135,7 +135,7 @@ class ModuleNode(Node):
         from . import tracer
 
         if tracer.in_surgery():
-            return tracer.surgery_getattr(self, name)
+            return tracer._surgery_getattr(self, name)
         raise AttributeError(
             f"ModuleNode {self._name!r} has no attribute {name!r} (attributes of the module it "
             f"stands for are reached inside `with graph.insert_exprs():`)"
@@ -154,7 +154,7 @@ class ModuleNode(Node):
         from . import tracer
 
         if tracer.in_surgery():
-            return tracer.surgery_call_module(self, args, kwargs)
+            return tracer._surgery_call_module(self, args, kwargs)
         raise TypeError("'ModuleNode' object is not callable outside graph.insert_exprs()")
 
 
@@ -230,7 +230,7 @@ def _surgery_method(name):
                 f"TensorNode.{name} is recorded only inside `with graph.insert_exprs():`; "
                 "a node outside it describes a value, it holds none"
             )
-        return tracer.surgery_call_method(name, self, args, kwargs)
+        return tracer._surgery_call_method(name, self, args, kwargs)
 
     method.__name__ = name
     return method

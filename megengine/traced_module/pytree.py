@@ -48,17 +48,18 @@ register_supported_type(slice, lambda v: ([v.start, v.stop, v.step], None),
                         lambda c, _: slice(*c))
 
 
-def _dict_keys(v):
-    """A dict's keys in upstream's order: sorted (an OrderedDict keeps its own order); keys
-    that do not sort (an int beside a str), which upstream refuses, in insertion order."""
+def _flatten_dict(v):
+    """A dict's values and keys in upstream's order: sorted keys (an OrderedDict keeps its own
+    order); keys that do not sort (an int beside a str), which upstream refuses, in insertion
+    order."""
     try:
-        return sorted(v)
+        keys = sorted(v)
     except TypeError:
-        return list(v)
+        keys = list(v)
+    return [v[k] for k in keys], keys
 
 
-register_supported_type(dict, lambda v: ([v[k] for k in _dict_keys(v)], _dict_keys(v)),
-                        lambda c, keys: dict(zip(keys, c)))
+register_supported_type(dict, _flatten_dict, lambda c, keys: dict(zip(keys, c)))
 register_supported_type(OrderedDict, lambda v: ([v[k] for k in v], list(v)),
                         lambda c, keys: OrderedDict(zip(keys, c)))
 

@@ -1302,12 +1302,12 @@ def _module_call_wrapper(orig):
 
 
 # ----- insert_exprs entry points (used by node.py) -----
-def surgery_call_method(name, node, args, kwargs):
+def _surgery_call_method(name, node, args, kwargs):
     orig = getattr(vars(Tensor)[name], "__wrapped__", vars(Tensor)[name])
     return _active.record_method(name, orig, node, args, kwargs)
 
 
-def surgery_call_module(node, args, kwargs):
+def _surgery_call_module(node, args, kwargs):
     tracer = _active
     tracer.bind(node.owner, node)
     args, kwargs = tracer._to_values(args, kwargs)
@@ -1315,7 +1315,7 @@ def surgery_call_module(node, args, kwargs):
     return tracer._to_nodes(result)
 
 
-def surgery_getattr(node, name):
+def _surgery_getattr(node, name):
     tracer = _active
     owner = node.owner
     value = getattr(owner, name)

@@ -1361,3 +1361,14 @@ def test_gpu_var_and_std_are_atens_var_mean_and_one_gradient_kernel(name):
     # no axes (axis=()): each value is its own variance, 0 (ATen's dim=[] means every axis)
     none = getattr(F, name)(x, axis=())
     assert none.shape == x.shape and (none.numpy() == 0).all()
+
+
+@pytest.mark.parametrize("fn", ["sum", "mean", "max", "prod"])
+def test_an_axis_a_0d_tensor_lacks_is_refused_naming_its_0_dims(fn):
+    # axis 0 or -1 of a 0-d tensor is taken, as upstream reduces it as one of shape (1,);
+    # another axis is refused (this fork's message said "a tensor with 1 dims")
+    x = mge.tensor(3.0)
+    np.testing.assert_allclose(getattr(x, fn)(axis=-1).numpy(), 3.0)
+    with pytest.raises(ValueError, match=f"^{fn}: axis 1 is out of range for a tensor with 0 "
+                                         r"dims \(a 0-d tensor takes axis 0 or -1\)"):
+        getattr(x, fn)(axis=1, keepdims=True)

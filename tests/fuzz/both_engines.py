@@ -75,6 +75,31 @@ class QuietLogs:
         logging.disable(logging.NOTSET)
 
 
+# Prelude source of fuzzers whose programs save objects: ``saved_twin(obj)`` is ``obj`` through
+# mge.save and mge.load, in memory, or, where the fuzzer shares a folder (`Fuzzer`'s
+# ``shared_folder``: MGE_FUZZ_PICKLES), through upstream's file: its side writes
+# (MGE_FUZZ_WRITER), this side loads what upstream wrote.
+SAVED_TWIN = '''
+def saved_twin(obj):
+    import io
+    import os
+    folder = os.environ.get("MGE_FUZZ_PICKLES")
+    if not folder:
+        f = io.BytesIO()
+        mge.save(obj, f)
+        f.seek(0)
+        return mge.load(f)
+    SAVED[0] += 1
+    path = os.path.join(folder, f"{TAG}_{SAVED[0]}.pkl")
+    if os.environ.get("MGE_FUZZ_WRITER"):
+        mge.save(obj, path)
+    return mge.load(path)
+
+
+SAVED = [0]
+'''
+
+
 def run(program, prelude, seconds=30):
     """The results of ``program`` here (after ``prelude``), stopping after the build if it
     raised. ``TAG`` names the program in its namespace (the same on both sides)."""

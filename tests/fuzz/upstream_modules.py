@@ -144,32 +144,11 @@ sys.modules[__name__] = types.ModuleType(__name__)
 sys.modules[__name__].Node, sys.modules[__name__].Leaf = Node, Leaf
 
 
-def saved_twin(obj):
-    """``obj`` through mge.save and mge.load: in memory, or, where the fuzzer shares a
-    directory (MGE_FUZZ_PICKLES), through upstream's file: its side writes (MGE_FUZZ_WRITER),
-    this side loads what upstream wrote."""
-    import os
-    folder = os.environ.get("MGE_FUZZ_PICKLES")
-    if not folder:
-        f = io.BytesIO()
-        mge.save(obj, f)
-        f.seek(0)
-        return mge.load(f)
-    SAVED[0] += 1
-    path = os.path.join(folder, f"{TAG}_{SAVED[0]}.pkl")
-    if os.environ.get("MGE_FUZZ_WRITER"):
-        mge.save(obj, path)
-    return mge.load(path)
-
-
-SAVED = [0]
-
-
 def qat_types(m):
     return [[k, type(v).__name__, "qat" in type(v).__module__.split("."),
              "quantized" in type(v).__module__.split("."), v.training]
             for k, v in m.named_modules()]
-'''
+''' + be.SAVED_TWIN
 
 
 class Draw:

@@ -9,15 +9,17 @@ classes) whose ``forward`` runs drawn steps on an (N, 4, H, H) tensor (functions
 tensor methods, slices, ``x.shape`` reads, in-place operators, a layer called twice; some
 take a keyword argument or a second tensor, some return a tuple), a network holding them
 directly, in a list, a dict or a ``Sequential`` and returning a tensor, a tuple, a list or a
-dict, its weights seeded, in eval mode, traced on one input. Then drawn steps compare: every
-graph's print, every expr and node (ids, kinds, names, qualified names, shapes, dtypes, what
-reads what), the searches (``get_function_by_type``, ``get_method_by_type``,
-``get_module_by_type``, ``get_node_by_name``, ``get_expr_by_id``, ``get_dep_exprs``), ``repr``,
-the state dict and module names, outputs on the traced input and on inputs of another batch
-and size, ``graph.eval``, a ``GradManager`` step's gradients, edits (an expr inserted after a
-drawn one with ``insert_exprs`` and put in its place with ``replace_node``, then
-``compile``; ``add_output_node``), ``flatten``, a ``pickle`` round trip and ``optimize``'s
-outputs.
+dict, its weights seeded, a fifth of them converted with ``quantize_qat``, in eval mode,
+traced on one input. Then drawn steps compare: every graph's print, every expr and node
+(ids, kinds, names, qualified names, shapes, dtypes, what reads what, the inputs' users), the
+searches (``get_function_by_type``, ``get_method_by_type``, ``get_module_by_type``,
+``get_node_by_name``, ``get_node_by_id``, ``get_expr_by_id``, ``get_dep_exprs``),
+``named_args``, ``repr``, the state dict and module names, outputs on the traced input and on
+inputs of another batch and size, ``graph.eval``, end and watch points, the gradients of a
+backward run twice, edits (an expr inserted after a drawn one with ``insert_exprs`` and put in
+its place with ``replace_node``, then ``compile``, the old one kept by ``disable_remove`` or
+not; ``add_output_node``, ``reset_outputs``), ``flatten``, ``pickle`` and ``mge.save`` round
+trips (live, this side loads the file upstream's side wrote) and ``optimize``'s outputs.
 
 Each program runs here and, with ``--upstream``, in upstream's interpreter
 (tests/fuzz/both_engines.py by path); upstream is the oracle, compared as
@@ -135,28 +137,6 @@ def grads(tm):
     return [r(top)] + [[name, None if g is None else r(g / (10 * top))] for name, g in gs]
 
 
-def saved_twin(obj):
-    """``obj`` through mge.save and mge.load: in memory, or, where the fuzzer shares a folder
-    (MGE_FUZZ_PICKLES), through upstream's file: its side writes (MGE_FUZZ_WRITER), this side
-    loads what upstream wrote."""
-    import io
-    import os
-    folder = os.environ.get("MGE_FUZZ_PICKLES")
-    if not folder:
-        f = io.BytesIO()
-        mge.save(obj, f)
-        f.seek(0)
-        return mge.load(f)
-    SAVED[0] += 1
-    path = os.path.join(folder, f"{TAG}_{SAVED[0]}.pkl")
-    if os.environ.get("MGE_FUZZ_WRITER"):
-        mge.save(obj, path)
-    return mge.load(path)
-
-
-SAVED = [0]
-
-
 def backward_twice(tm, x):
     """`grads` of a GradManager backward through ``tm(x)`` from no gradients, and whether a
     second such backward gave the same (upstream 1.13's does not always: `rule`)."""
@@ -173,9 +153,9 @@ def backward_twice(tm, x):
 
 def data(seed, shape):
     return mge.tensor(np.random.default_rng(seed).uniform(-1, 1, shape).astype("float32"))
-'''
+''' + be.SAVED_TWIN
 
-C = 4  # every block keeps (N, 4, H, H)
+# (every block keeps (N, 4, H, H))
 LAYERS = ("M.Conv2d(4, 4, 3, padding=1)", "M.Conv2d(4, 4, 1, bias=False)", "M.BatchNorm2d(4)",
           "M.ReLU()", "M.Sigmoid()", "M.Identity()", "M.GroupNorm(2, 4)", "M.LeakyReLU(0.1)",
           "M.AvgPool2d(3, 1, 1)", "M.MaxPool2d(3, 1, 1)", "M.ConvBn2d(4, 4, 1)",

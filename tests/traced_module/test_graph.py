@@ -773,3 +773,21 @@ def test_insert_exprs_records_steps_on_a_0d_node_and_an_error_in_it_leaves_nothi
     graph.compile()
     np.testing.assert_allclose(tm(x).numpy(), 24.0)
     np.testing.assert_allclose(tm(-x).numpy(), 0.0)
+
+
+class _PoolToShape(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.r = M.ReLU()
+
+    def forward(self, x):
+        h = self.r(x)
+        return F.adaptive_avg_pool2d(h, (h.shape[2], h.shape[3]))
+
+
+def test_get_dep_exprs_lists_in_upstreams_order():
+    # measured with upstream 1.13: nodes are taken from the end of a queue that holds each
+    # once (this fork's stack took r_out again before the first size's steps)
+    tm = trace_module(_PoolToShape(), Tensor(np.ones((1, 2, 4, 4), dtype=np.float32)))
+    ids = [e._id for e in tm.graph.get_dep_exprs(tm.graph.outputs)]
+    assert ids == [8, 7, 6, 5, 4, 3, 1, 2, 0]
