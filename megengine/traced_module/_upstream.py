@@ -32,6 +32,7 @@ from ..core._imperative_rt.ops import NO_AXIS as _NO_AXIS  # (None in this fork'
 from ..module.module import Module
 from .expr import (Apply, CallFunction, CallMethod, Constant, GetAttr, Input, ShapeOf, _is_node,
                    no_args_def)
+from .graph import TAKEN
 from .node import ModuleNode, Node, TensorNode
 from .pytree import SUPPORTED_TYPE, TreeDef, tree_flatten
 
@@ -215,9 +216,6 @@ def _convert_expr(expr, graph):
         raise _unpickling_error(f"the expr kind {type(expr).__name__}")
 
 
-_TAKEN_BY_UPSTREAM = "(a name upstream's graph holds)"
-
-
 def _convert_graph(graph):
     d = graph.__dict__
     for k in ("_watch_point", "_end_point", "_rst"):
@@ -229,7 +227,7 @@ def _convert_graph(graph):
         # a name upstream's namespace gives a graph (a submodule's, ``Net_b0``) stays taken,
         # without the graph: it is no node of this graph, and writing it again would write
         # that graph unconverted (a second pickle of a loaded file raised AttributeError)
-        ns["used_names"] = {k: v if v is None or isinstance(v, Node) else _TAKEN_BY_UPSTREAM
+        ns["used_names"] = {k: v if v is None or isinstance(v, Node) else TAKEN
                             for k, v in ns.pop("_used_names").items()}
     for node in graph._inputs:
         _convert_node(node, graph)

@@ -56,6 +56,12 @@ def _output_values(result):
 _EXTRA_KEYWORDS = ("older_names",)  # (F.prelu's: the names of its parameters in older versions)
 
 
+def _at_default(value, param):
+    """Whether ``value`` is ``param``'s default (a parameter upstream lacks is left out then)."""
+    default = param.default
+    return value is default or (type(value) is type(default) and value == default)
+
+
 class Expr:
     """One step of a graph. ``inputs``/``outputs`` are lists of nodes."""
 
@@ -121,7 +127,7 @@ class Expr:
 
             params = bound.signature.parameters
             for name in _UPSTREAM_LACKS.get(func.__name__, ()) + _EXTRA_KEYWORDS:
-                if name in named and (named[name] is params[name].default or (
+                if name in named and (_at_default(named[name], params[name]) or (
                         params[name].kind == params[name].VAR_KEYWORD and not named[name])):
                     del named[name]
         return named
@@ -434,17 +440,12 @@ class CallFunction(Expr):
         except (TypeError, ValueError):
             return args, kwargs
         names = list(params)
-
-        def at_default(value, name):
-            default = params[name].default
-            return value is default or (type(value) is type(default) and value == default)
-
         args, kwargs = list(args), dict(kwargs)
         for name in sorted((n for n in lacks if n in params), key=names.index, reverse=True):
             if name in kwargs:
-                if at_default(kwargs[name], name):
+                if _at_default(kwargs[name], params[name]):
                     del kwargs[name]
-            elif names.index(name) == len(args) - 1 and at_default(args[-1], name):
+            elif names.index(name) == len(args) - 1 and _at_default(args[-1], params[name]):
                 args.pop()  # (a trailing positional argument only: the others keep places)
         if keyword_only and "dtype" in names and len(args) > names.index("dtype"):
             first = names.index("dtype")  # (dtype and device are the last parameters)

@@ -24,6 +24,9 @@ __all__ = ["InternalGraph", "NameSpace", "ExprFilter", "NodeFilter"]
 _TAKEN = frozenset(vars(builtins)) | frozenset(keyword.kwlist) | {"inf", "nan", "NoneType"}
 
 
+TAKEN = "(taken by no node of this graph)"  # a used name's value where no node holds it
+
+
 class NameSpace:
     """The names used in one graph: each node's name is unique in its graph."""
 
@@ -48,6 +51,13 @@ class NameSpace:
             name = f"{numbered.group(1)}_{int(numbered.group(2)) + 1}" if numbered \
                 else f"{name}_1"
         self.used_names[name] = node
+        return name
+
+    def reserve(self, name: str) -> str:
+        """A unique name made from ``name``, taken from now on though no node of this graph
+        holds it (upstream's container reads and submodule graphs take names so)."""
+        name = self.create_unique_name(name)
+        self.used_names[name] = TAKEN
         return name
 
     def rename(self, node, new_name):

@@ -58,7 +58,6 @@ TENSOR_METHODS = tuple(
 _builtin_types = set()  # registered by register_as_builtin
 _check_exprs = [False]  # enable_expr_checker
 _check_module = [True]  # the whole module too, under enable_expr_checker (disable_default_checker)
-_CONTAINER_READ = "(a read of a list or dict of modules)"  # a name it takes in a namespace
 _wrapper_of = {}  # original functional function -> its recording wrapper (made once)
 _wrappers = set()  # those wrappers, so a patched namespace is never wrapped twice
 
@@ -496,8 +495,7 @@ class Tracer:
         (upstream makes a node of the container, merged away later), so that its items'
         getattrs are named as upstream names them (the second read's ``self.bs[1]`` is
         ``bs_2``)."""
-        namespace = self.scope.graph._namespace
-        namespace.used_names[namespace.create_unique_name(name)] = _CONTAINER_READ
+        self.scope.graph._namespace.reserve(name)
 
     def _read_submodule(self, module, name):
         """``self.<name>``, a submodule: a getattr of ``name`` the first time, which the call
@@ -771,9 +769,7 @@ class Tracer:
                     vars(self.scope.module).get(key.split(".")[0]), (list, dict)):
                 # a module of a list or dict attribute called again: a name of its own, as
                 # upstream names each read of it (``self.bs[0](self.bs[1](self.bs[0](x)))``)
-                namespace = self.scope.graph._namespace
-                expr._callee_name = namespace.create_unique_name(key.replace(".", "_"))
-                namespace.used_names[expr._callee_name] = _CONTAINER_READ
+                expr._callee_name = self.scope.graph._namespace.reserve(key.replace(".", "_"))
         # as upstream records a module call: forward's parameters positional, defaults filled
         # in (``self.mm(y, shift=4.0)`` is ``mm(y, 2.0, 4.0, )``)
         from .traced_module import _call_spec, _normalize_args

@@ -42,7 +42,7 @@ import megengine.module as M
 import megengine.quantization as Q
 from megengine.autodiff import GradManager
 from megengine.traced_module import optimize, trace_module
-from megengine.traced_module.node import ModuleNode, TensorNode
+from megengine.traced_module.node import TensorNode
 from megengine.traced_module.traced_module import TracedModule
 
 
