@@ -558,7 +558,15 @@ class _InsertExprs:
 
 
 def _inline(graph, owner):
-    """A copy of ``graph`` (for ``owner``) with the graphs of traced submodules inlined."""
+    """A copy of ``graph`` (for ``owner``) with the graphs of traced submodules inlined.
+
+    Names follow upstream's flatten, which inlines one level at a time: each step of an
+    inlined graph is renamed, in its caller's namespace, after the module node it was called
+    through (``b1_relu_out``); the caller's own results keep theirs but take a free name there
+    too (``l0_out_1`` where the callee already holds ``l0_out``). The namespaces are copies of
+    each graph's, one per call, as upstream's copy of the graph; a node is known in them by a
+    key: the node it stands for at the outermost level. Last, every node takes a unique name
+    in graph order."""
     flat = InternalGraph(graph._name, graph._qualname)
     self_expr = Input("self", ModuleNode, graph._qualname, owner=owner)
     node_map = {graph._inputs[0]: self_expr.outputs[0]}
@@ -575,12 +583,30 @@ def _inline(graph, owner):
         flat._inputs.append(e.outputs[0])
         node_map[node] = e.outputs[0]
 
-    def flat_name(node, prefix):
-        # as upstream, an inlined graph's nodes are named after the call's module node
-        # (``b1_relu_out``, ``seq__0``); the top graph's keep theirs (``a_1_out``)
-        return f"{prefix}_{node._name}" if prefix else node._name
+    keys, calls = {}, [0]  # (call number, id of a graph's node) -> its key; calls made
 
-    def copy_exprs(g, nmap, prefix=""):
+    def key_of(call, node):
+        return keys.setdefault((call, id(node)), object())
+
+    def namespace(g, call):
+        ns = NameSpace(g._namespace.name, g._namespace.qualname)
+        ns.used_names = {name: key_of(call, n) if isinstance(n, Node) else n
+                         for name, n in g._namespace.used_names.items()}
+        return ns
+
+    node_key = {id(n): key_of(0, o) for o, n in node_map.items()}
+
+    def copy_exprs(g, nmap, call, own, caller=None, prefix="", results=None, kept=()):
+        # g's steps into ``flat``; ``own``: g's namespace (this call's copy); ``caller``: the
+        # calling graph's, where the steps are renamed after ``prefix`` but for the call's
+        # results (``kept``); ``results``: id of a result of g -> (key, name) it stands for
+        results = results or {}
+
+        def rename(key, name):
+            if caller is None:
+                return name
+            return caller.create_unique_name(name if key in kept else f"{prefix}_{name}", key)
+
         for expr in g._exprs:
             sub = expr.graph if is_call_module(expr) else None
             if sub is not None and not getattr(expr.inputs[0].owner, "is_qat", False):
@@ -590,16 +616,19 @@ def _inline(graph, owner):
                 leaves = _graph_key(nargs, nkwargs)[0]
                 sub_map = {sub._inputs[0]: nmap[expr.inputs[0]]}
                 sub_map.update(zip(sub._inputs[1:], leaves))
-                made = len(flat._exprs)
-                copy_exprs(sub, sub_map, nmap[expr.inputs[0]].name)
-                made = set(id(n) for e in flat._exprs[made:] for n in e.outputs)
-                for o, so in zip(expr.outputs, sub._outputs):
+                outs = [results.get(id(o)) or (key_of(call, o), o._name) for o in expr.outputs]
+                sub_results = {id(so): out for so, out in zip(sub._outputs, outs)
+                               if so not in sub._inputs}
+                calls[0] += 1
+                copy_exprs(sub, sub_map, calls[0], namespace(sub, calls[0]), own,
+                           nmap[expr.inputs[0]]._name, sub_results,
+                           {k for k, _ in outs} | {node_key[id(nmap[i])] for i in expr.inputs})
+                for o, so, (key, name) in zip(expr.outputs, sub._outputs, outs):
                     nmap[o] = sub_map[so]
-                    # as upstream, a result the inlined graph made takes the call's output's
-                    # name (``conv_bn_out``); where it came from stays in ``_orig_name``
-                    if id(nmap[o]) in made:
-                        made.discard(id(nmap[o]))
-                        flat._namespace.rename(nmap[o], flat_name(o, prefix))
+                    if so in sub._inputs:  # the callee hands back its input: this result goes
+                        rename(key, name)   # (as upstream, after its name took a place)
+                    else:
+                        nmap[o]._name = rename(key, nmap[o]._name)
                 continue
             new = copy.copy(expr)
             new._id = Expr._next_id[0]
@@ -612,24 +641,33 @@ def _inline(graph, owner):
                 new.name = f"{base}.{expr.name}" if base else expr.name
                 inputs = [flat._inputs[0]]
             new.add_inputs(inputs)
+            names = []
             for o in expr.outputs:
                 n = copy.copy(o)
+                key, name = results.get(id(o)) or (key_of(call, o), o._name)
                 renamed = isinstance(expr, GetAttr) or is_call_module(expr)  # from the path
                 n.__dict__.update(_id=Node._next_id[0], expr=new, users=[], _top_graph=flat,
-                                  _name=flat_name(o, prefix),
-                                  _made_as=None if renamed else o._orig_name)
+                                  _name=name, _made_as=None if renamed else o._orig_name)
                 Node._next_id[0] += 1
                 if isinstance(n, TensorNode):
                     n.value = None
                 new.outputs.append(n)
                 nmap[o] = n
+                node_key[id(n)] = key
+                names.append(rename(key, name))
             if isinstance(expr, GetAttr) and isinstance(new.outputs[0], ModuleNode):
                 paths[id(new.outputs[0])] = new.name
             flat._exprs.append(new)
-            flat._namespace.auto_name(new)
+            flat._namespace.auto_name(new)  # (qualnames; the names are set below)
+            for n, name in zip(new.outputs, names):
+                n._name = name
 
-    copy_exprs(graph, node_map)
+    copy_exprs(graph, node_map, 0, namespace(graph, 0))
     flat._outputs = [node_map[o] for o in graph._outputs]
+    # as upstream, every node (inputs first) takes a unique name in graph order
+    flat._namespace.used_names = {}
+    for node in flat._inputs + [n for e in flat._exprs for n in e.outputs]:
+        node._name = flat._namespace.create_unique_name(node._name, node)
     # getattrs of inlined modules are used by nothing now: drop them (only getattrs, so no
     # call with side effects is ever removed)
     outputs = set(id(o) for o in flat._outputs)
