@@ -822,7 +822,16 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
 
     def set_value(self, value):
         """Set the value (upstream's ``set_value``, which returns None): the storage is kept
-        when it fits and no recorded op may hold it (see `_reset`)."""
+        when it fits and no recorded op may hold it (see `_reset`).
+
+        .. deprecated:: 1.0
+           please use ``tensor_name[...] = value``. Each call warns upstream 1.x's
+           DeprecationWarning in its words (engine code calls `_reset`)."""
+        import warnings
+
+        warnings.warn("Call to deprecated method set_value. (please use ``tensor_name[...] = "
+                      "value``) -- Deprecated since version 1.0.", DeprecationWarning,
+                      stacklevel=2)
         self._reset(value)
 
     def _before_recorded_write(self):

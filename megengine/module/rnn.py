@@ -223,7 +223,7 @@ class RNNBase(Module):
         if flat is not None:
             values = self._upstream_state("", {"_flatten_weights": flat})
             for key, cell, name in self._flat_pieces():
-                getattr(cell, name).set_value(values[key])
+                getattr(cell, name)._reset(values[key])
 
     def _layer_input_size(self, layer):
         return self.input_size if layer == 0 else self.num_directions * self.hidden_size

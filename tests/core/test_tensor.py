@@ -239,6 +239,19 @@ def test_set_value_keeps_storage():
     assert address(t) == addr and (t.numpy() == 3).all()
 
 
+def test_set_value_warns_upstreams_deprecation_at_the_callers_line():
+    # upstream 1.13's set_value is deprecated since 1.0 (measured: each call warns this,
+    # in these words); the value is set all the same
+    t = Tensor(np.zeros(3, np.float32))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        t.set_value(np.ones(3))
+    assert [(w.category, str(w.message), w.filename) for w in caught] == [
+        (DeprecationWarning, "Call to deprecated method set_value. (please use ``tensor_name"
+         "[...] = value``) -- Deprecated since version 1.0.", __file__)]
+    np.testing.assert_array_equal(t.numpy(), [1, 1, 1])
+
+
 def test_set_value_with_new_shape_replaces_storage():
     t = Tensor(np.zeros(2, np.float32))
     t.set_value(np.ones(5))
