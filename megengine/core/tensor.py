@@ -494,10 +494,13 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
         return self._data.__dlpack_device__()
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
-        """numpy's operators and ufuncs on tensors, as upstream: ``np.add(t, array)``,
-        ``array + t``, ``np.equal(t, array)`` apply this engine's op and give a Tensor on the
-        tensor's device (with autodiff). Other ufuncs, or calls with ``out=``/``where=``...,
-        run in numpy on the host values and give numpy results."""
+        """numpy's operators and ufuncs on tensors: ``array + t`` (as upstream's),
+        ``np.add(t, array)``, ``np.equal(t, array)`` apply this engine's op and give a Tensor on
+        the tensor's device (with autodiff; upstream 1.13 computes the ufunc calls on the host
+        values, a new tensor of ``t``'s type that is not differentiated). Other ufuncs (``np.sqrt(t)``, ``np.isnan(t)``,
+        ``np.add.reduce(t)``), or calls with ``dtype=``/``where=``..., run in numpy on the host
+        values and give new tensors (`__array_wrap__`; not differentiated, as upstream's);
+        with ``out=`` arrays they give numpy's results."""
         name = _UFUNC_OPS.get(ufunc)
         if method == "__call__" and not kwargs and name is not None:
             if len(inputs) == 1:
@@ -508,7 +511,22 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
         if any(isinstance(o, Tensor) for o in kwargs.get("out", ())):
             return NotImplemented  # numpy then raises: a Tensor is not a numpy output buffer
         arrays = [x.numpy() if isinstance(x, Tensor) else x for x in inputs]
-        return getattr(ufunc, method)(*arrays, **kwargs)
+        result = getattr(ufunc, method)(*arrays, **kwargs)
+        if "out" in kwargs or method == "at":
+            return result  # numpy's own buffers were written
+        like = next(x for x in inputs if isinstance(x, Tensor))
+        if isinstance(result, tuple):  # np.modf, np.divmod, np.frexp
+            return tuple(like.__array_wrap__(r) for r in result)
+        return like.__array_wrap__(result)
+
+    def __array_wrap__(self, array, context=None, return_scalar=False):
+        """What numpy makes of a tensor's host values comes back as a tensor of this one's type
+        on its device, as upstream's: ``np.clip(t, 0, 1)``, ``np.round(t)``, ``np.squeeze(t)``,
+        ``np.cumsum(t)`` (and the ufuncs above) give new tensors, not differentiated. (Upstream
+        1.13 raises RuntimeError for some, ``np.argmax(t, 1)``, ``np.transpose(t)``, ``np.sqrt``
+        of an int32 tensor; here they give tensors too, of numpy's dtype.)"""
+        array = np.asarray(array)
+        return type(self)(array, dtype=array.dtype, device=self.device)
 
     def item(self, *args):
         return self.numpy().item(*args)

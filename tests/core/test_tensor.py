@@ -252,6 +252,35 @@ def test_set_value_warns_upstreams_deprecation_at_the_callers_line():
     np.testing.assert_array_equal(t.numpy(), [1, 1, 1])
 
 
+@pytest.mark.parametrize("call", [
+    lambda t: np.sqrt(t), lambda t: np.isnan(t), lambda t: np.add.reduce(t),
+    lambda t: np.clip(t, 1.5, 3), lambda t: np.round(t / 3), lambda t: np.squeeze(t[None]),
+    lambda t: np.reshape(t, (3, 2)), lambda t: np.cumsum(t), lambda t: np.sqrt(t[0, 0]),
+    lambda t: np.exp(t, dtype="float32"), lambda t: np.argmax(t, axis=1)])
+def test_numpy_functions_on_a_tensor_give_tensors_as_upstream(call):
+    # upstream 1.13 measured: these give Tensors (its __array_wrap__), on the tensor's
+    # device, of numpy's values (np.argmax raised RuntimeError there; a tensor here)
+    a = np.arange(1, 7, dtype="float32").reshape(2, 3)
+    t = Tensor(a, device="cpu0")
+    got, want = call(t), call(a)
+    assert type(got) is Tensor and got.device == t.device
+    assert got.dtype == np.asarray(want).dtype
+    np.testing.assert_array_equal(got.numpy(), want)
+    p = Parameter(a)  # upstream's wraps in the tensor's own type
+    assert type(np.sqrt(p)) is Parameter
+
+
+def test_numpy_ufuncs_with_two_results_or_out_arrays():
+    a = np.array([1.5, -2.25], "float32")
+    frac, whole = np.modf(Tensor(a))
+    assert type(frac) is Tensor and type(whole) is Tensor
+    np.testing.assert_array_equal(frac.numpy(), [0.5, -0.25])
+    np.testing.assert_array_equal(whole.numpy(), [1.0, -2.0])
+    out = np.empty(2, "float32")
+    assert np.sqrt(Tensor(np.abs(a)), out=out) is out  # numpy's buffer, as numpy's own
+    np.testing.assert_allclose(out, np.sqrt(np.abs(a)))
+
+
 def test_set_value_with_new_shape_replaces_storage():
     t = Tensor(np.zeros(2, np.float32))
     t.set_value(np.ones(5))
