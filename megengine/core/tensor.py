@@ -497,10 +497,11 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
         """numpy's operators and ufuncs on tensors: ``array + t`` (as upstream's),
         ``np.add(t, array)``, ``np.equal(t, array)`` apply this engine's op and give a Tensor on
         the tensor's device (with autodiff; upstream 1.13 computes the ufunc calls on the host
-        values, a new tensor of ``t``'s type that is not differentiated). Other ufuncs (``np.sqrt(t)``, ``np.isnan(t)``,
-        ``np.add.reduce(t)``), or calls with ``dtype=``/``where=``..., run in numpy on the host
-        values and give new tensors (`__array_wrap__`; not differentiated, as upstream's);
-        with ``out=`` arrays they give numpy's results."""
+        values, a new tensor of ``t``'s type that is not differentiated). Other ufuncs
+        (``np.sqrt(t)``, ``np.isnan(t)``, ``np.add.reduce(t)``), or calls with
+        ``dtype=``/``where=``..., run in numpy on the host values and give new tensors
+        (`__array_wrap__`; not differentiated, as upstream's); with ``out=`` arrays they give
+        numpy's results."""
         name = _UFUNC_OPS.get(ufunc)
         if method == "__call__" and not kwargs and name is not None:
             if len(inputs) == 1:
