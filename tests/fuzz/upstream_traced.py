@@ -390,8 +390,11 @@ def keep(source):
     return texts_as_digests if "r(" in source or "backward_twice" in source else False
 
 
+# atol: a network's output summed (``h.sum()`` of a mean-centred h, hundreds of terms of
+# magnitude ~1) cancels to about 0 give or take float32 rounding, 2e-4 at worst for 768 terms
+# of magnitude 5 (seed 5360: 1.5e-5 here, -7.6e-6 upstream)
 FUZZER = be.Fuzzer("python -m tests.fuzz.upstream_traced", draw, PRELUDE, rule, keep=keep,
-                   tol=(1e-3, 1e-5), shared_folder=True)
+                   tol=(1e-3, 1e-4), shared_folder=True)
 
 
 if __name__ == "__main__":
