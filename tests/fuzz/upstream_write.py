@@ -28,7 +28,10 @@ program that overflows an ``exp`` where eager's outputs hold inf or NaN (program
 ``F.log(F.exp(h) + 1.0)`` of h near 368) is reported apart too (`_overflows`). So is a
 program with a layer norm whose values upstream computes within 10x the tolerance
 (`_normalises`): upstream's LayerNorm kernel rounds more where a row's values lie close
-together (measured on its eager ``layer_norm`` of the same input).
+together (measured on its eager ``layer_norm`` of the same input). So is a program whose eager run takes a
+softmax of a row whose largest value is below -87 (`_low_softmax`, program 9586): upstream
+1.13's softmax is wrong there, eagerly too (measured: ``F.softmax`` of ``[[-88, -87]]`` gives
+``[0, 1]``, of ``[[-89, -88]]`` NaN, where it should give ``[0.269, 0.731]``).
 
 Each written file also runs at a second input shape, the batch one larger (axis 0 of the
 programs' one input, ``x``: (3, C, H, W) of a file traced at (2, C, H, W); a file is meant to
@@ -94,6 +97,48 @@ def _overflows(source, out_dir, seed, want="want"):
     ref = np.load(os.path.join(out_dir, f"w{seed}.npz"))
     return any(k.startswith(want) and ref[k].dtype.kind == "f" and
                not np.isfinite(ref[k]).all() for k in ref.files)
+
+
+SOFTMAX_FLOOR = -87.0  # a row's largest value below it: upstream 1.13's softmax is wrong
+
+
+def _low_softmax(p, prog, m, x):
+    """Whether program ``p``'s eager run on ``x`` takes a softmax of a row whose largest value
+    is below `SOFTMAX_FLOOR` (see the module's docstring): each ``F.softmax`` input is looked
+    at while the run goes (a 0-d bool array, kept in the program's ``.npz``)."""
+    import megengine as mge
+    import megengine.functional as F
+
+    if "F.softmax(" not in p.source:
+        return np.array(False)
+    real, low = F.softmax, []
+
+    def watch(inp, axis=None):
+        a = np.asarray(inp.numpy() if isinstance(inp, mge.Tensor) else inp, "float32")
+        if a.size:
+            ax = (0 if a.ndim in (0, 1, 3) else 1) if axis is None else axis
+            low.append(bool((a.max(axis=ax) < SOFTMAX_FLOOR).any()))
+        return real(inp, axis)
+
+    F.softmax = watch
+    try:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            p.eager(prog, m, mge.tensor(x))
+    except Exception:  # noqa: BLE001 (the values were computed before; none low then)
+        pass
+    finally:
+        F.softmax = real
+    return np.array(any(low))
+
+
+def _softmax_low(out_dir, seed, which="softmax_low"):
+    """The flag `_low_softmax` kept for program ``seed`` (``"bsoftmax_low"``: at the second
+    shape)."""
+    ref = np.load(os.path.join(out_dir, f"w{seed}.npz"))
+    return which in ref.files and bool(ref[which])
 
 
 def _close(got, want, rewrites=False, tol=TOL):
@@ -239,7 +284,8 @@ def write(seeds, out_dir, dyn=False):
             warned = any(SIZES_WARNING in w for w in said)
             batch["traced size" if warned else "traced decision"].append(seed)
         else:
-            more = {"bx": x2, **{f"bwant{i}": w for i, w in enumerate(want2)}}
+            more = {"bx": x2, **{f"bwant{i}": w for i, w in enumerate(want2)},
+                    "bsoftmax_low": _low_softmax(p, prog, m, x2)}
             try:
                 got2 = [v.numpy() for v in
                         load(io.BytesIO(buf.getvalue())).run({"x": x2}).values()]
@@ -250,7 +296,8 @@ def write(seeds, out_dir, dyn=False):
         with open(os.path.join(out_dir, f"w{seed}.mge"), "wb") as fh:
             fh.write(buf.getvalue())
         np.savez(os.path.join(out_dir, f"w{seed}.npz"), x=x,
-                 **{f"want{i}": w for i, w in enumerate(want)}, **more)
+                 **{f"want{i}": w for i, w in enumerate(want)},
+                 softmax_low=_low_softmax(p, prog, m, x), **more)
     return stats, refused, wrong, batch
 
 
@@ -481,7 +528,9 @@ def main(argv=None):
             s for s in rounds if s not in normed]
         theirs = [s for s in failed if any(pat in source(s) for pat in UPSTREAM_BROADCAST_WRITES)]
         overflows = [s for s in failed if s not in theirs and _overflows(source(s), out_dir, s)]
-        bad = [s for s in failed if s not in theirs and s not in overflows]
+        lows = [s for s in failed if s not in theirs and s not in overflows
+                and _softmax_low(out_dir, s)]
+        bad = [s for s in failed if s not in theirs and s not in overflows and s not in lows]
         ran = sorted({int(w[1]) for w in lines if w[:1] == ["START"]})
         alone = [s for s, again in crashed.items() if again]  # (a crash on the file itself)
         print(f"upstream ran {len(ran) - len(failed) - len(planned) - len(normed)} of "
@@ -489,7 +538,8 @@ def main(argv=None):
               f"every value (its memory plan, see above); a layer norm of close values "
               f"(upstream's rounds): {len(normed)}; writes into a broadcast value "
               f"(upstream's runtime): {len(theirs)}; an exp that overflows (upstream's "
-              f"saturates): {len(overflows)}; its process crashed on {len(crashed)} after other "
+              f"saturates): {len(overflows)}; a softmax of a row below {SOFTMAX_FLOOR:g} "
+              f"(upstream's is wrong): {len(lows)}; its process crashed on {len(crashed)} after other "
               f"files ({sorted(crashed) or 'none'}; on the file alone too: {alone or 'none'}); "
               f"other: {bad or 'none'}")
         # the second shape, with the same cases set apart
@@ -505,11 +555,14 @@ def main(argv=None):
                    if any(pat in source(s) for pat in UPSTREAM_BROADCAST_WRITES)]
         bover = [s for s in up["wrong"]
                  if s not in btheirs and _overflows(source(s), out_dir, s, "bwant")]
-        bbad = [s for s in up["wrong"] if s not in btheirs and s not in bover]
+        blows = [s for s in up["wrong"] if s not in btheirs and s not in bover
+                 and _softmax_low(out_dir, s, "bsoftmax_low")]
+        bbad = [s for s in up["wrong"] if s not in btheirs and s not in bover and s not in blows]
         print(f"batch+1, upstream: {len(up['right'])} right, {len(up['raised'])} raised, "
               f"{skipped}, {len(up['plans'])} right when it keeps every value; a layer norm "
               f"of close values: {len(bnormed)}; writes into a "
               f"broadcast value: {len(btheirs)}; an exp that overflows: {len(bover)}; "
+              f"a softmax of a row below {SOFTMAX_FLOOR:g}: {len(blows)}; "
               f"{len(bbad)} wrong: {bbad or 'none'}")
         print("\n".join(_raises(up["raised"])) or "    (none raised)")
         if error is not None or len(ran) + len(crashed) != stats.get("written", 0):
