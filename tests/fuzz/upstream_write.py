@@ -28,10 +28,11 @@ program that overflows an ``exp`` where eager's outputs hold inf or NaN (program
 ``F.log(F.exp(h) + 1.0)`` of h near 368) is reported apart too (`_overflows`). So is a
 program with a layer norm whose values upstream computes within 10x the tolerance
 (`_normalises`): upstream's LayerNorm kernel rounds more where a row's values lie close
-together (measured on its eager ``layer_norm`` of the same input). So is a program whose eager run takes a
-softmax of a row whose largest value is below -87 (`_low_softmax`, program 9586): upstream
-1.13's softmax is wrong there, eagerly too (measured: ``F.softmax`` of ``[[-88, -87]]`` gives
-``[0, 1]``, of ``[[-89, -88]]`` NaN, where it should give ``[0.269, 0.731]``).
+together (measured on its eager ``layer_norm`` of the same input). So is a program whose
+eager run takes a softmax of a row whose largest value is below -87 (`_low_softmax`, program
+9586): upstream 1.13's softmax is wrong there, eagerly too (measured: ``F.softmax`` of
+``[[-88, -87]]`` gives ``[0, 1]``, of ``[[-89, -88]]`` NaN, where it should give ``[0.269,
+0.731]``).
 
 Each written file also runs at a second input shape, the batch one larger (axis 0 of the
 programs' one input, ``x``: (3, C, H, W) of a file traced at (2, C, H, W); a file is meant to
@@ -69,6 +70,7 @@ counted apart; a refusal here is a finding.
 
 This file's upstream side runs it by path (``--serve DIR``): it imports only numpy at its top.
 """
+import contextlib
 import glob
 import os
 import subprocess
@@ -102,40 +104,32 @@ def _overflows(source, out_dir, seed, want="want"):
 SOFTMAX_FLOOR = -87.0  # a row's largest value below it: upstream 1.13's softmax is wrong
 
 
-def _low_softmax(p, prog, m, x):
-    """Whether program ``p``'s eager run on ``x`` takes a softmax of a row whose largest value
-    is below `SOFTMAX_FLOOR` (see the module's docstring): each ``F.softmax`` input is looked
-    at while the run goes (a 0-d bool array, kept in the program's ``.npz``)."""
-    import megengine as mge
+@contextlib.contextmanager
+def _low_softmax():
+    """Watches ``F.softmax`` while the block runs (an eager run of a program): yields a list
+    that gets, for each call, whether a row's largest value is below `SOFTMAX_FLOOR` (see the
+    module's docstring; the flag is kept in the program's ``.npz``)."""
     import megengine.functional as F
+    from megengine.functional.nn import _get_softmax_axis
 
-    if "F.softmax(" not in p.source:
-        return np.array(False)
     real, low = F.softmax, []
 
     def watch(inp, axis=None):
-        a = np.asarray(inp.numpy() if isinstance(inp, mge.Tensor) else inp, "float32")
+        a = np.atleast_1d(np.asarray(inp.numpy() if hasattr(inp, "numpy") else inp, "float32"))
         if a.size:
-            ax = (0 if a.ndim in (0, 1, 3) else 1) if axis is None else axis
+            ax = _get_softmax_axis(a.ndim) if axis is None else axis
             low.append(bool((a.max(axis=ax) < SOFTMAX_FLOOR).any()))
         return real(inp, axis)
 
     F.softmax = watch
     try:
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            p.eager(prog, m, mge.tensor(x))
-    except Exception:  # noqa: BLE001 (the values were computed before; none low then)
-        pass
+        yield low
     finally:
         F.softmax = real
-    return np.array(any(low))
 
 
 def _softmax_low(out_dir, seed, which="softmax_low"):
-    """The flag `_low_softmax` kept for program ``seed`` (``"bsoftmax_low"``: at the second
+    """The flag `_low_softmax` gave for program ``seed`` (``"bsoftmax_low"``: at the second
     shape)."""
     ref = np.load(os.path.join(out_dir, f"w{seed}.npz"))
     return which in ref.files and bool(ref[which])
@@ -240,7 +234,8 @@ def write(seeds, out_dir, dyn=False):
     batch = {"right": [], "raised": {}, "wrong": [], "eager fails": [], "traced size": [],
              "traced decision": [], "traced count": []}
     for seed in seeds:
-        p, prog, m, x, want = drawn(seed, dyn)
+        with _low_softmax() as low:
+            p, prog, m, x, want = drawn(seed, dyn)
         if want is None:
             stats["invalid"] = stats.get("invalid", 0) + 1
             continue
@@ -249,7 +244,7 @@ def write(seeds, out_dir, dyn=False):
         x2 = np.random.default_rng([seed, 1]).uniform(
             -2, 2, _batch_shape(TRACE_SHAPE)).astype("float32")
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _low_softmax() as blow:
                 warnings.simplefilter("ignore")
                 want2 = _values(p.eager(prog, m, mge.tensor(x2)))
         except Exception:  # noqa: BLE001
@@ -285,7 +280,7 @@ def write(seeds, out_dir, dyn=False):
             batch["traced size" if warned else "traced decision"].append(seed)
         else:
             more = {"bx": x2, **{f"bwant{i}": w for i, w in enumerate(want2)},
-                    "bsoftmax_low": _low_softmax(p, prog, m, x2)}
+                    "bsoftmax_low": np.array(any(blow))}
             try:
                 got2 = [v.numpy() for v in
                         load(io.BytesIO(buf.getvalue())).run({"x": x2}).values()]
@@ -297,7 +292,7 @@ def write(seeds, out_dir, dyn=False):
             fh.write(buf.getvalue())
         np.savez(os.path.join(out_dir, f"w{seed}.npz"), x=x,
                  **{f"want{i}": w for i, w in enumerate(want)},
-                 softmax_low=_low_softmax(p, prog, m, x), **more)
+                 softmax_low=np.array(any(low)), **more)
     return stats, refused, wrong, batch
 
 
@@ -539,8 +534,9 @@ def main(argv=None):
               f"(upstream's rounds): {len(normed)}; writes into a broadcast value "
               f"(upstream's runtime): {len(theirs)}; an exp that overflows (upstream's "
               f"saturates): {len(overflows)}; a softmax of a row below {SOFTMAX_FLOOR:g} "
-              f"(upstream's is wrong): {len(lows)}; its process crashed on {len(crashed)} after other "
-              f"files ({sorted(crashed) or 'none'}; on the file alone too: {alone or 'none'}); "
+              f"(upstream's is wrong): {len(lows)}; its process crashed on {len(crashed)} "
+              f"after other files ({sorted(crashed) or 'none'}; on the file alone too: "
+              f"{alone or 'none'}); "
               f"other: {bad or 'none'}")
         # the second shape, with the same cases set apart
         up = {"right": [], "raised": {}, "plans": [], "wrong": [], "rounds": []}
