@@ -594,8 +594,6 @@ def _inline(graph, owner):
                          for name, n in g._namespace.used_names.items()}
         return ns
 
-    node_key = {id(n): key_of(0, o) for o, n in node_map.items()}
-
     def copy_exprs(g, nmap, call, own, caller=None, prefix="", results=None, kept=()):
         # g's steps into ``flat``; ``own``: g's namespace (this call's copy); ``caller``: the
         # calling graph's, where the steps are renamed after ``prefix`` but for the call's
@@ -621,8 +619,7 @@ def _inline(graph, owner):
                                if so not in sub._inputs}
                 calls[0] += 1
                 copy_exprs(sub, sub_map, calls[0], namespace(sub, calls[0]), own,
-                           nmap[expr.inputs[0]]._name, sub_results,
-                           {k for k, _ in outs} | {node_key[id(nmap[i])] for i in expr.inputs})
+                           nmap[expr.inputs[0]]._name, sub_results, {k for k, _ in outs})
                 for o, so, (key, name) in zip(expr.outputs, sub._outputs, outs):
                     nmap[o] = sub_map[so]
                     if so in sub._inputs:  # the callee hands back its input: this result goes
@@ -653,7 +650,6 @@ def _inline(graph, owner):
                     n.value = None
                 new.outputs.append(n)
                 nmap[o] = n
-                node_key[id(n)] = key
                 names.append(rename(key, name))
             if isinstance(expr, GetAttr) and isinstance(new.outputs[0], ModuleNode):
                 paths[id(new.outputs[0])] = new.name
