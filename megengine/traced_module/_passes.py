@@ -140,12 +140,12 @@ def _held_twice(owner, path):
 
 def replace_conv_module(graph, conv_expr, weight, bias):
     """Let the Conv2d call ``conv_expr`` use a copy of its layer with ``weight`` and
-    ``bias``."""
+    ``bias`` (None: a layer without bias stays without)."""
     conv_node = conv_expr.inputs[0]
     conv = conv_node.owner
     fused = copy.deepcopy(conv)
     fused.weight = Parameter(weight.numpy(), device=weight.device)
-    fused.bias = Parameter(bias.numpy(), device=bias.device)
+    fused.bias = None if bias is None else Parameter(bias.numpy(), device=bias.device)
     owner = graph.inputs[0].owner
     if not isinstance(conv_node.expr, GetAttr) or conv_node.expr.inputs[0] is not graph.inputs[0]:
         raise ValueError(f"{conv_expr!r}: the layer is no attribute of the graph's module")

@@ -110,6 +110,28 @@ def test_backward_fold_scale_moves_scales_into_the_conv(conv_cls, caplog):
     np.testing.assert_array_equal(net.conv.weight.numpy(), w)  # the original stays
 
 
+class NoBias(M.Module):
+    def __init__(self, conv_cls):
+        super().__init__()
+        self.conv = conv_cls(3, 4, 3, padding=1, bias=False)
+
+    def forward(self, x):
+        return F.relu(self.conv(x)) * 3
+
+
+@pytest.mark.parametrize("conv_cls", [M.Conv2d, SubConv])
+def test_backward_fold_scale_into_a_conv_without_bias_keeps_it_without(conv_cls):
+    net = NoBias(conv_cls)
+    x = _x(2, 3, 5, 5)
+    expect = net(x).numpy()
+    w = net.conv.weight.numpy().copy()
+    opt = optimize(trace_module(net, x).flatten(), "BackwardFoldScale")
+    np.testing.assert_allclose(opt(x).numpy(), expect, rtol=1e-5, atol=1e-5)
+    assert _arith(opt) == []  # the 3 went into the weight
+    np.testing.assert_allclose(opt.conv.weight.numpy(), w * 3, rtol=1e-6)
+    assert opt.conv.bias is None
+
+
 class NoFold(M.Module):
     def __init__(self):
         super().__init__()
