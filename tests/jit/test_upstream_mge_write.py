@@ -164,6 +164,23 @@ def test_targets_computed_from_a_data_sized_value_are_computed_in_the_file():
         np.testing.assert_allclose(got, fn(mge.tensor(x)).numpy(), rtol=1e-5)
 
 
+def test_one_hot_of_a_count_from_a_shape_computes_the_count_in_the_file():
+    # F.one_hot's number of classes from x.shape (a size expression of the trace) is read
+    # where the file runs (upstream 1.13 ran such a file at batches 2, 3 and 4 to eager's
+    # values, measured); the writer raised AttributeError ("'Compute' object has no attribute
+    # 'args'") before
+    def fn(x):
+        return F.one_hot(F.argmax(x[:, :2], axis=1), x.shape[0]) * 2 + x.shape[0]
+
+    r = np.random.RandomState(0)
+    prog = load(io.BytesIO(_dumped(fn, r.randn(2, 5).astype("float32")).getvalue()))
+    for n in (2, 3, 4):
+        x = r.randn(n, 5).astype("float32")
+        got = list(prog.run({"arg_0": x}).values())[0].numpy()
+        np.testing.assert_array_equal(got, fn(mge.tensor(x)).numpy())
+        assert got.shape == (n, n)
+
+
 def test_non_zero_is_written_as_places_of_the_flattened_value():
     # this fork's non_zero and one-argument where (upstream 1.13 has neither) as upstream's
     # operators give them: CondTake's flat places turned into coordinates with the sizes read

@@ -429,10 +429,15 @@ def _embedding(g, opr, ins, outs, p, device):
 def _one_hot(g, opr, ins, outs, p, device):
     """``one_hot(x, n)``: upstream's IndexingSetOneHot of ones (x's shape and an axis of 1)
     into zeros of the output's shape along the new last axis, as upstream's one_hot builds
-    it."""
+    it; a number of classes computed from shapes (``h.shape[-1]``) is computed where the file
+    runs."""
+    from ...jit._program import _DimExpr
+
     x, y = ins[0], outs[0]
-    (classes,) = opr._op.args
-    if not isinstance(classes, (int, np.integer)) or np.dtype(y.dtype) != np.int32 \
+    frozen = dict(opr._dyn or ()).get("args")  # (type, items) where a size is an expression
+    (classes,) = frozen[1] if frozen is not None else opr._op.args
+    sized = type(classes) is _DimExpr
+    if not (sized or isinstance(classes, (int, np.integer))) or np.dtype(y.dtype) != np.int32 \
             or not x.shape:
         _refuse(opr, f"a one_hot of a {x.dtype} value of shape {tuple(x.shape)} into "
                      f"{classes!r} classes; int32 values of 1 or more axes into a number of "
@@ -446,13 +451,14 @@ def _one_hot(g, opr, ins, outs, p, device):
 
         def target():
             sizes = g.shape_of(g.ids[id(x)], _NO_AXIS, f"shape_of({x.name})", (len(x.shape),))
-            return g.concat([sizes, g.shape_const([last], device, f"{y.name}:{name}s")], 0,
-                            f"{y.name}:{name}s:shape", (len(shape),), device)
+            tail = (_size(g, opr, last.tree, device, f"{y.name}:{name}s") if sized and last
+                    is classes else g.shape_const([last], device, f"{y.name}:{name}s"))
+            return g.concat([sizes, tail], 0, f"{y.name}:{name}s:shape", (len(shape),), device)
 
         return g.broadcast(k, (1,), shape, f"{y.name}:{name}s", target)
 
     ones_shape = tuple(x.shape) + (1,)
-    zeros = filled(0, tuple(y.shape), "zero", int(classes))
+    zeros = filled(0, tuple(y.shape), "zero", classes if sized else int(classes))
     ones = filled(1, ones_shape, "one", 1)
     g.ids[id(y)] = g.op("IndexingSetOneHot", 1, 2, {0: ("i", len(x.shape))},
                         [zeros, _as_int32(g, x, y.name), ones], [(y.name, y.shape)])[0]
