@@ -6,7 +6,8 @@ prints as a reproducer that can be pasted into a test. Blocks of `jit_dyn` add v
 data decides (masks, ``cond_take``, ``nms``) to most programs; blocks of writes
 (`_write_steps`) make some programs write into a captured Parameter (``m.w``), into the argument
 ``x`` and into computed values, and read what they wrote; lines of `SORTS` (sort, topk, roll:
-`_with_sorts`) go into a third of the programs."""
+`_with_sorts`) go into a third of the programs, lines of `LAYER_FNS` (activations, math,
+normalisations, padding, vision ops: `_with_layers`) into two fifths."""
 import linecache
 import math
 
@@ -433,12 +434,82 @@ def _with_sorts(srng, steps, train):
     return steps
 
 
+# ----- layer functions (inserted by `_with_layers` after the sorts are drawn) -----
+
+# the functions deployed models are made of beyond the steps above (activations, math,
+# normalisations, padding, up-sampling, depthwise and transposed convolutions, vision ops),
+# with weights and boxes built from sizes as real code builds them: each line keeps ``h``'s
+# shape, at any rank (rank 2 or 4 here), or only at rank 4 behind ``if h.ndim == 4``
+LAYER_FNS = [
+    "h = F.leaky_relu(h, 0.1)", "h = F.gelu(h)", "h = F.silu(h)", "h = F.hswish(h)",
+    "h = F.hsigmoid(h) * h", "h = F.relu6(h * 3.0)", "h = F.softplus(h)", "h = F.logsigmoid(h)",
+    "h = F.sqrt(F.abs(h) + 0.1)", "h = F.pow(F.abs(h) + 0.5, 1.5)",
+    "h = F.where(h > 0, h, h * 0.2)", "h = F.cumsum(h, axis=h.ndim - 1) * 0.1",
+    "h = F.sign(h) * F.sqrt(F.abs(h) + 0.25)", "h = F.floor(h * 4) / 4 + F.ceil(h) * 0.1",
+    "h = F.sin(h) + F.cos(h)", "h = F.log1p(F.abs(h)) + F.expm1(h * 0.1)",
+    # (upstream's argsort takes 1 or 2 axes: rows of the last axis, as real code makes them)
+    "h = F.gather(h, h.ndim - 1, F.argsort(h.reshape(-1, h.shape[-1])).reshape(h.shape))",
+    "h = F.scatter(h, h.ndim - 1, F.argsort(h.reshape(-1, h.shape[-1])).reshape(h.shape), "
+    "h * 2.0)",
+    "h = h + F.one_hot(F.argmax(h, axis=h.ndim - 1), h.shape[-1]) * 0.5",
+    "h = F.norm(h, axis=-1, keepdims=True) * 0.1 + h",
+    "h = h - F.logsumexp(h, axis=h.ndim - 1, keepdims=True)",
+    "h = h * F.std(h, axis=-1, keepdims=True)",
+    "h = F.mean(h, axis=1, keepdims=True) * F.var(h, axis=1, keepdims=True) + h",
+    "h = F.prod(F.clip(h, 0.9, 1.1), axis=-1, keepdims=True) * h",
+    "h = F.nn.dropout(h, 0.5, training=False)", "h = F.normalize(h, axis=-1)",
+    "h = F.round(h * 2) / 2", "h = F.tan(F.clip(h, -1, 1)) + F.atan2(h, h + 3.0)",
+    "h = F.nn.softmax(h, axis=-1) * F.nn.logsoftmax(h, axis=-1)",
+    "h = F.isinf(h).astype('float32') + F.isnan(h).astype('float32') + h",
+    "h = F.matmul(h, F.ones((h.shape[-1], h.shape[-1])) * 0.1, transpose_b=True)",
+    "h = F.nn.linear(h, F.ones((h.shape[-1], h.shape[-1])) * 0.1, F.ones(h.shape[-1]))",
+] + ["if h.ndim == 4:\n    " + line for line in [
+    "h = F.conv2d(h, F.ones((h.shape[1], 1, 1, 3, 3)) / 9.0, padding=1, groups=h.shape[1])",
+    "h = F.conv_transpose2d(h, F.ones((h.shape[1], h.shape[1], 2, 2)) * 0.1, "
+    "stride=2)[:, :, ::2, ::2]",
+    "h = F.pixel_shuffle(F.concat([h, h * 0.5, h * 0.25, -h], axis=1), 2)[:, :, ::2, ::2]",
+    "h = F.nn.pad(h, ((0, 0), (0, 0), (1, 1), (1, 1)), mode='reflect')[:, :, 1:-1, 1:-1] * 2",
+    "h = F.nn.pad(h, ((0, 0), (0, 0), (2, 0), (0, 2)), mode='edge')[:, :, :-2, 2:]",
+    "h = F.nn.pad(h, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_value=0.5)[:, :, 2:, :-2]",
+    "h = F.local_response_norm(h, 3)", "h = F.nn.instance_norm(h, affine=False)",
+    "h = F.nn.group_norm(h, 1, affine=False)",
+    "h = F.avg_pool2d(h, 3, stride=1, padding=1, mode='average')",
+    "h = F.max_pool2d(h, 3, stride=1, padding=1)",
+    "h = h * F.sigmoid(F.adaptive_avg_pool2d(h, 1))",
+    "h = F.warp_perspective(h, F.broadcast_to(mge.tensor([[1.0, 0.1, 0.5], [0.0, 1.0, -0.5], "
+    "[0.0, 0.0, 1.0]]), (h.shape[0], 3, 3)), h.shape[2:])",
+    "h = F.sliding_window(h, 3, padding=1).mean(axis=(4, 5))",
+    "h = F.vision.remap(h, F.broadcast_to(F.stack(F.meshgrid(F.arange(h.shape[3]) * 0.9, "
+    "F.arange(h.shape[2]) * 1.0), axis=-1), (h.shape[0], h.shape[2], h.shape[3], 2)))",
+    "h = F.vision.roi_align(h, F.concat([F.arange(h.shape[0]).reshape(-1, 1), F.broadcast_to("
+    "mge.tensor([[0.5, 0.5, 5.0, 6.0]]), (h.shape[0], 4))], axis=1), (h.shape[2], h.shape[3]))",
+    "h = h + F.nn.embedding(F.argmax(h, axis=1), F.ones((h.shape[1], h.shape[1])) * 0.1)"
+    ".transpose(0, 3, 1, 2)",
+    "h = F.nn.batch_norm(h, F.zeros((1, h.shape[1], 1, 1)), F.ones((1, h.shape[1], 1, 1)) * 2, "
+    "training=False)",
+    "h = F.deformable_conv2d(h, F.ones((h.shape[1], h.shape[1], 3, 3)) * 0.05, F.zeros(("
+    "h.shape[0], 18, h.shape[2], h.shape[3])), F.ones((h.shape[0], 9, h.shape[2], h.shape[3])), "
+    "padding=1)",
+    "h = F.swapaxes(h, 1, 2).transpose(0, 2, 1, 3) * 1.5",
+]]
+
+
+def _with_layers(lrng, steps, train):
+    """``steps`` with 1-2 lines of `LAYER_FNS` inserted at drawn places (after a training
+    step's first convolution, as `_with_writes`)."""
+    steps = list(steps)
+    for _ in range(int(lrng.integers(1, 3))):
+        steps.insert(int(lrng.integers(1 if train else 0, len(steps) + 1)),
+                     pick(lrng, LAYER_FNS))
+    return steps
+
+
 STEPS = [_shape_ops, _shape_ops, _shape_ops, _shape_values, _unary, _unary, _scalar_of_shape, _inplace, _conv, _conv, _bn, _pool, _interp,
          _adaptive, _softmax, _reduce_bcast, _zeros, _concat, _split, _stack, _slice, _branch,
          _loop, _to_rank2, _linear, _linear, _matmul]
 
 
-def draw(seed, train=None, dyn=None, writes=None, sorts=None):
+def draw(seed, train=None, dyn=None, writes=None, sorts=None, layer_fns=None):
     """Program ``seed``: 3-15 steps; a training step (parameters, GradManager, optimizer) when
     ``train`` (drawn when None); with blocks that make values whose shapes data decides
     (`jit_dyn`) when ``dyn`` (drawn when None, from a stream of its own: the other steps of
@@ -446,7 +517,8 @@ def draw(seed, train=None, dyn=None, writes=None, sorts=None):
     (`_with_writes`) when ``writes`` (drawn when None, from a stream of its own, and inserted
     among the steps drawn without them); with lines of `SORTS` when ``sorts`` (drawn when None,
     in a third of the programs, from a stream of its own, inserted among all the others: the
-    other programs are those of before)."""
+    other programs are those of before); with lines of `LAYER_FNS` when ``layer_fns`` (drawn
+    when None, in two fifths of the programs, the same way)."""
     rng = np.random.default_rng([seed, 7])
     drng = np.random.default_rng([seed, 13])
     if dyn is None:
@@ -496,4 +568,9 @@ def draw(seed, train=None, dyn=None, writes=None, sorts=None):
         sorts = srng.random() < 1 / 3
     if sorts:
         steps = _with_sorts(srng, steps, train)
+    lrng = np.random.default_rng([seed, 23])  # (its own stream: see ``dyn``)
+    if layer_fns is None:
+        layer_fns = lrng.random() < 0.4
+    if layer_fns:
+        steps = _with_layers(lrng, steps, train)
     return Program(steps, layers, outputs, seed, bool(symshape), train, dyn)

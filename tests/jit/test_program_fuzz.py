@@ -399,13 +399,26 @@ def test_the_drawer_draws_writes():
 def test_the_drawer_draws_sorts_into_programs_it_otherwise_keeps():
     from tests.fuzz.jit_programs import SORTS
 
-    progs = [draw(s) for s in range(60)]
+    progs = [draw(s, layer_fns=False) for s in range(60)]
     drawn = [[st for st in p.steps if st in SORTS] for p in progs]
     assert {st for d in drawn for st in d} == set(SORTS)
     assert 10 < sum(map(bool, drawn)) < 40  # (a third of the programs)
     for seed, p, d in zip(range(60), progs, drawn):
         # the other steps, as drawn without sorts (their own stream)
-        assert [st for st in p.steps if st not in d] == draw(seed, sorts=False).steps
+        assert [st for st in p.steps if st not in d] == \
+            draw(seed, sorts=False, layer_fns=False).steps
+
+
+def test_the_drawer_draws_layer_functions_into_programs_it_otherwise_keeps():
+    from tests.fuzz.jit_programs import LAYER_FNS
+
+    progs = [draw(s) for s in range(800)]
+    drawn = [[st for st in p.steps if st in LAYER_FNS] for p in progs]
+    assert {st for d in drawn for st in d} == set(LAYER_FNS)
+    assert 240 < sum(map(bool, drawn)) < 400  # (two fifths of the programs)
+    for seed, p, d in zip(range(800), progs, drawn):
+        # the other steps, as drawn without them (their own stream)
+        assert [st for st in p.steps if st not in d] == draw(seed, layer_fns=False).steps
 
 
 def test_a_trace_that_loses_a_write_is_caught(monkeypatch):
