@@ -125,8 +125,11 @@ class GeneralNorm(Module):
         super().__init__(**kwargs)
         self.eps = eps
         self.affine = affine
+        # (the attributes keep what was given, lists as lists and tuples as tuples, as
+        # upstream's and its repr show them; an axis given as an int becomes a list of it where
+        # the layer is affine, and stays an int where not)
         if is_int(normalized_axis):
-            normalized_axis = [as_int(normalized_axis)]
+            normalized_axis = [as_int(normalized_axis)] if affine else as_int(normalized_axis)
         if is_int(normalized_shape):
             normalized_shape = [as_int(normalized_shape)]
         if affine:
@@ -138,20 +141,21 @@ class GeneralNorm(Module):
             if len(set(normalized_axis)) != len(normalized_axis):
                 raise ValueError(f"GeneralNorm: normalized_axis {tuple(normalized_axis)} repeats "
                                  "an axis")
-        self.normalized_shape = None if normalized_shape is None else tuple(normalized_shape)
-        self.normalized_axis = tuple(normalized_axis)
+        self.normalized_shape = normalized_shape
+        self.normalized_axis = normalized_axis
         self.weight, self.bias = _affine_parameters(self.normalized_shape, affine)
 
     def reset_parameters(self) -> None:
         _reset_affine(self)
 
     def forward(self, x):
-        axes = [a + x.ndim if a < 0 else a for a in self.normalized_axis]
-        if self.normalized_shape is not None and \
-                tuple(x.shape[a] for a in axes if 0 <= a < x.ndim) != self.normalized_shape:
+        given = self.normalized_axis
+        axes = [a + x.ndim if a < 0 else a for a in ([given] if is_int(given) else given)]
+        if self.normalized_shape is not None and tuple(
+                x.shape[a] for a in axes if 0 <= a < x.ndim) != tuple(self.normalized_shape):
             raise ValueError(f"GeneralNorm: the input's sizes on axes {tuple(axes)} "
                              f"(input shape {tuple(x.shape)}) are not normalized_shape "
-                             f"{self.normalized_shape}")
+                             f"{tuple(self.normalized_shape)}")
         return F.nn.general_norm(x, axes, self.affine, self.weight, self.bias, self.eps)
 
     def _module_info_string(self) -> str:

@@ -416,3 +416,21 @@ def test_general_norm_layer_as_upstream_documents():
         bad(inp)
     with pytest.raises(ValueError, match="repeats"):
         M.GeneralNorm((3, 3), (1, 1))
+
+
+def test_general_norm_keeps_its_arguments_as_given_in_its_repr():
+    # upstream 1.13's reprs (measured): lists stay lists, tuples tuples, an int axis is a list
+    # of it where the layer is affine and stays an int where not (this fork printed tuples)
+    assert repr(M.GeneralNorm((2,))) == \
+        "GeneralNorm(normalized_shape=(2,), normalized_axis=[0], eps=1e-05, affine=True)"
+    assert repr(M.GeneralNorm([2], normalized_axis=[0])) == \
+        "GeneralNorm(normalized_shape=[2], normalized_axis=[0], eps=1e-05, affine=True)"
+    assert repr(M.GeneralNorm((2, 3), normalized_axis=(1, 2))) == \
+        "GeneralNorm(normalized_shape=(2, 3), normalized_axis=(1, 2), eps=1e-05, affine=True)"
+    plain = M.GeneralNorm(normalized_axis=1, affine=False)
+    assert repr(plain) == \
+        "GeneralNorm(normalized_shape=None, normalized_axis=1, eps=1e-05, affine=False)"
+    x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    want = (x - x.mean(1, keepdims=True)) / np.sqrt(x.var(1, keepdims=True) + 1e-5)
+    for m in (plain, M.GeneralNorm([3], normalized_axis=[1])):
+        np.testing.assert_allclose(m(mge.tensor(x)).numpy(), want, rtol=1e-5, atol=1e-5)
