@@ -451,8 +451,9 @@ def _one_hot(g, opr, ins, outs, p, device):
 
         def target():
             sizes = g.shape_of(g.ids[id(x)], _NO_AXIS, f"shape_of({x.name})", (len(x.shape),))
-            tail = (_size(g, opr, last.tree, device, f"{y.name}:{name}s") if sized and last
-                    is classes else g.shape_const([last], device, f"{y.name}:{name}s"))
+            tail = (_size(g, opr, last.tree, device, f"{y.name}:{name}s")
+                    if type(last) is _DimExpr else g.shape_const([last], device,
+                                                                  f"{y.name}:{name}s"))
             return g.concat([sizes, tail], 0, f"{y.name}:{name}s:shape", (len(shape),), device)
 
         return g.broadcast(k, (1,), shape, f"{y.name}:{name}s", target)
