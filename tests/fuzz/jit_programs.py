@@ -6,8 +6,8 @@ prints as a reproducer that can be pasted into a test. Blocks of `jit_dyn` add v
 data decides (masks, ``cond_take``, ``nms``) to most programs; blocks of writes
 (`_write_steps`) make some programs write into a captured Parameter (``m.w``), into the argument
 ``x`` and into computed values, and read what they wrote; lines of `SORTS` (sort, topk, roll:
-`_with_sorts`) go into a third of the programs, lines of `LAYER_FNS` (activations, math,
-normalisations, padding, vision ops: `_with_layers`) into two fifths."""
+`_with_lines`) go into a third of the programs, lines of `LAYER_FNS` (activations, math,
+normalisations, padding, vision ops) into two fifths."""
 import linecache
 import math
 
@@ -404,7 +404,7 @@ def _with_writes(wrng, steps, layers, train):
     return steps, layers
 
 
-# ----- sorts (inserted by `_with_sorts` after the other steps and the writes are drawn) -----
+# ----- sorts (inserted by `_with_lines` after the other steps and the writes are drawn) -----
 
 # sort, topk and roll, whose FBS_V2 writers once kept traced sizes (a file traced at batch 2
 # raised at batch 3, or for a whole turn of a roll silently gave x unrolled), and matrix
@@ -425,16 +425,16 @@ SORTS = ["h = F.sort(h)[0]", "h = F.sort(h, descending=True)[0]", "h = h + F.top
          "h = h + F.expand_dims(F.matmul(h, F.ones(h.shape[-1])), -1) * 0.1"]
 
 
-def _with_sorts(srng, steps, train):
-    """``steps`` with 1-2 lines of `SORTS` inserted at drawn places (after a training step's
-    first convolution, as `_with_writes`)."""
+def _with_lines(rng, steps, train, lines):
+    """``steps`` with 1-2 of ``lines`` (`SORTS`, `LAYER_FNS`) inserted at drawn places (after
+    a training step's first convolution, as `_with_writes`)."""
     steps = list(steps)
-    for _ in range(int(srng.integers(1, 3))):
-        steps.insert(int(srng.integers(1 if train else 0, len(steps) + 1)), pick(srng, SORTS))
+    for _ in range(int(rng.integers(1, 3))):
+        steps.insert(int(rng.integers(1 if train else 0, len(steps) + 1)), pick(rng, lines))
     return steps
 
 
-# ----- layer functions (inserted by `_with_layers` after the sorts are drawn) -----
+# ----- layer functions (inserted by `_with_lines` after the sorts are drawn) -----
 
 # the functions deployed models are made of beyond the steps above (activations, math,
 # normalisations, padding, up-sampling, depthwise and transposed convolutions, vision ops),
@@ -492,16 +492,6 @@ LAYER_FNS = [
     "padding=1)",
     "h = F.swapaxes(h, 1, 2).transpose(0, 2, 1, 3) * 1.5",
 ]]
-
-
-def _with_layers(lrng, steps, train):
-    """``steps`` with 1-2 lines of `LAYER_FNS` inserted at drawn places (after a training
-    step's first convolution, as `_with_writes`)."""
-    steps = list(steps)
-    for _ in range(int(lrng.integers(1, 3))):
-        steps.insert(int(lrng.integers(1 if train else 0, len(steps) + 1)),
-                     pick(lrng, LAYER_FNS))
-    return steps
 
 
 STEPS = [_shape_ops, _shape_ops, _shape_ops, _shape_values, _unary, _unary, _scalar_of_shape, _inplace, _conv, _conv, _bn, _pool, _interp,
@@ -567,10 +557,10 @@ def draw(seed, train=None, dyn=None, writes=None, sorts=None, layer_fns=None):
     if sorts is None:
         sorts = srng.random() < 1 / 3
     if sorts:
-        steps = _with_sorts(srng, steps, train)
+        steps = _with_lines(srng, steps, train, SORTS)
     lrng = np.random.default_rng([seed, 23])  # (its own stream: see ``dyn``)
     if layer_fns is None:
         layer_fns = lrng.random() < 0.4
     if layer_fns:
-        steps = _with_layers(lrng, steps, train)
+        steps = _with_lines(lrng, steps, train, LAYER_FNS)
     return Program(steps, layers, outputs, seed, bool(symshape), train, dyn)

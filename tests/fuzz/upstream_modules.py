@@ -42,7 +42,8 @@ LEAVES = ("M.Linear({n}, {n2})", "M.Linear({n}, {n2}, bias=False)", "M.Conv2d({n
 # of Conv1d and MultiHeadAttention raise, and its RNN and LSTM hold a _flatten_weights
 # Parameter this fork's do not (docs/compatibility.rst), so those are not drawn)
 LEAVES += ("M.Conv3d({n}, {n2}, 1)", "M.ConvTranspose2d({n}, {n2}, 2, stride=2)",
-           "M.ConvTranspose3d({n}, {n2}, 1)", "M.LSTMCell({n}, {n2})", "M.RNNCell({n}, {n2}, nonlinearity='relu')", "M.PReLU({n})",
+           "M.ConvTranspose3d({n}, {n2}, 1)", "M.LSTMCell({n}, {n2})",
+           "M.RNNCell({n}, {n2}, nonlinearity='relu')", "M.PReLU({n})",
            "M.InstanceNorm({n})", "M.LocalResponseNorm(3)", "M.AvgPool2d(2)",
            "M.MaxPool2d(3, 1, 1)", "M.AdaptiveAvgPool2d(2)", "M.AdaptiveMaxPool2d((1, 2))",
            "M.PixelShuffle(2)", "M.Softmax(1)", "M.SiLU()", "M.GELU()", "M.LeakyReLU(0.2)",
