@@ -52,7 +52,9 @@ class DataLoader:
     indices go through ``transform.apply_batch`` and ``collator.apply`` into a batch.
     For a :class:`~.StreamDataset`, consecutive samples of the stream are grouped into
     batches of ``sampler.batch_size`` (a :class:`~.StreamSampler`); a finite stream ends
-    with a possibly smaller last batch.
+    with a possibly smaller last batch. As upstream's, each stream sample goes through
+    ``transform.apply`` as it is read (a stream drawing from ``np.random`` and a random
+    transform take turns on it), and the batch through ``collator.apply``.
 
     Args:
         dataset: a :class:`~.Dataset` (or any object with ``__getitem__`` and ``__len__``)
@@ -334,13 +336,15 @@ def _unpack_stream_item(item):
     return [item]
 
 
-def _stream_batches(reader, batch_size):
-    """Lists of ``batch_size`` consecutive samples of the stream; the last may be shorter."""
+def _stream_batches(reader, batch_size, apply=None):
+    """Lists of ``batch_size`` consecutive samples of the stream, each through ``apply`` as
+    it is read where given; the last may be shorter."""
     while True:
         samples = []
         try:
             while len(samples) < batch_size:
-                samples.append(reader.next_sample())
+                sample = reader.next_sample()
+                samples.append(sample if apply is None else apply(sample))
         except StopIteration:
             if samples:
                 yield samples
@@ -353,15 +357,15 @@ class _SerialStreamIter:
 
     def __init__(self, loader):
         self._loader = loader
-        self._batches = _stream_batches(_StreamReader(loader), loader.sampler.batch_size)
+        self._batches = _stream_batches(_StreamReader(loader), loader.sampler.batch_size,
+                                        loader.transform.apply)
 
     def __iter__(self):
         return self
 
     def __next__(self):
         loader = self._loader
-        samples = next(self._batches)
-        return loader._finish(loader.collator.apply(loader.transform.apply_batch(samples)))
+        return loader._finish(loader.collator.apply(next(self._batches)))
 
 
 # --------------------------------------------------------------------------- workers
@@ -480,13 +484,14 @@ def _worker_loop(dataset, transform, collator, tasks, results, done, worker_id, 
         batch_id, piece, payload, collate = task
         try:
             if isinstance(payload, int):  # parallel_stream: up to `payload` samples of our own
-                samples = _own_stream_samples(dataset, payload)
-                if not samples:  # this worker's stream has ended
+                out = _own_stream_samples(dataset, payload, transform.apply)
+                if not out:  # this worker's stream has ended
                     results.put(pickle.dumps((batch_id, piece, None, worker_id)))
                     continue
+            elif datakind == "stream":  # (stream samples one by one, as upstream's)
+                out = [transform.apply(sample) for sample in payload]
             else:
-                samples = payload if datakind == "stream" else [dataset[i] for i in payload]
-            out = transform.apply_batch(samples)
+                out = transform.apply_batch([dataset[i] for i in payload])
             if collate:
                 out = collator.apply(out)
             message = pickle.dumps((batch_id, piece, True, out), pickle.HIGHEST_PROTOCOL)
@@ -498,8 +503,9 @@ def _worker_loop(dataset, transform, collator, tasks, results, done, worker_id, 
 _own_stream = None  # a worker's iterator over the dataset and the samples it has unpacked
 
 
-def _own_stream_samples(dataset, count):
-    """The next ``count`` samples (fewer at the end) of this worker's own stream."""
+def _own_stream_samples(dataset, count, apply):
+    """The next ``count`` samples (fewer at the end) of this worker's own stream, each
+    through ``apply`` as it is read."""
     global _own_stream
     if _own_stream is None:
         _own_stream = (iter(dataset), collections.deque())
@@ -512,7 +518,7 @@ def _own_stream_samples(dataset, count):
             except StopIteration:
                 break
             continue
-        samples.append(pending.popleft())
+        samples.append(apply(pending.popleft()))
     return samples
 
 
@@ -545,6 +551,7 @@ class _WorkerPool:
         ctx = _mp_context()
         n = loader.num_workers
         self.closed = False
+        self._owner = os.getpid()
         self._done = ctx.Event()
         self._results = ctx.Queue()
         self._tasks = [ctx.Queue() for _ in range(n)]
@@ -598,6 +605,10 @@ class _WorkerPool:
             return
         self.closed = True
         _live_pools.discard(self)
+        if os.getpid() != self._owner:
+            # a copy in a process forked from the owner (another loader's worker collecting
+            # it as garbage): the workers, queues and event are the owner's to stop
+            return
         self._done.set()
         for tasks in self._tasks:
             try:

@@ -32,7 +32,7 @@ from ..core._imperative_rt.ops import NO_AXIS as _NO_AXIS  # (None in this fork'
 from ..module.module import Module
 from .expr import (Apply, CallFunction, CallMethod, Constant, GetAttr, Input, ShapeOf, _is_node,
                    no_args_def)
-from .graph import TAKEN
+from .graph import TAKEN, order_users_as
 from .node import ModuleNode, Node, TensorNode
 from .pytree import SUPPORTED_TYPE, TreeDef, tree_flatten
 
@@ -229,6 +229,10 @@ def _convert_graph(graph):
         # that graph unconverted (a second pickle of a loaded file raised AttributeError)
         ns["used_names"] = {k: v if v is None or isinstance(v, Node) else TAKEN
                             for k, v in ns.pop("_used_names").items()}
+    # each node's users in the order the file keeps: upstream's in the node, this fork's in
+    # the graph (`_Writer._graph`)
+    pickled_users = d.pop("_users", None) or [
+        (n, list(n.__dict__.get("users") or ())) for n in graph._nodes_read()]
     for node in graph._inputs:
         _convert_node(node, graph)
         node.expr._top_graph = graph
@@ -244,6 +248,8 @@ def _convert_graph(graph):
             node.expr = expr
         for node in expr.inputs:
             node.users.append(expr)
+    for node, order in pickled_users:
+        order_users_as(node, order)
 
 
 def convert_module_state(state):
@@ -524,6 +530,12 @@ class _Writer:
                  "_name": graph._name, "_qualname": graph._qualname}
         if graph._total_ids:
             state["_total_ids"] = graph._total_ids
+        # the users lists, last (written in the nodes they would chain the whole graph into
+        # one deep recursion): this fork's reading keeps their order; upstream's ignores the
+        # key and recounts the users in graph order
+        present = {id(e) for e in graph._exprs}
+        state["_users"] = [(self.ref(n), self.refs([e for e in n.users if id(e) in present]))
+                           for n in graph._nodes_read()]
         return state
 
     def _node(self, node):

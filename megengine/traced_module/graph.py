@@ -235,6 +235,15 @@ def _writes_out(expr, seen=None):
     return any(_writes_out(e, seen) for e in graph._exprs)
 
 
+def order_users_as(node, order):
+    """``node.users`` sorted as ``order`` lists the same exprs (a pickle's list); users it
+    lacks keep their order after them."""
+    rank = {}
+    for k, e in enumerate(order):
+        rank.setdefault(id(e), k)
+    node.users.sort(key=lambda e: rank.get(id(e), len(order)))
+
+
 class InternalGraph:
     """The graph of one traced forward (see the module docstring)."""
 
@@ -258,10 +267,16 @@ class InternalGraph:
         self._total_ids = None
 
     def __getstate__(self):
-        return dict(self.__dict__, _relink=True)  # its nodes leave their links out
+        # its nodes leave their links out; the order of each node's users is kept as
+        # positions in the exprs (upstream pickles the users lists: programs read them so)
+        position = {id(e): k for k, e in enumerate(self._exprs)}
+        users = [(n, [position[id(e)] for e in n.users if id(e) in position])
+                 for n in self._nodes_read()]
+        return dict(self.__dict__, _relink=True, _users=users)
 
     def __setstate__(self, state):
         relink = state.pop("_relink", False)
+        users = state.pop("_users", None) if relink else None  # (else upstream's layout's)
         self.__dict__.update(state)
         if relink:  # each node's producing expr and its users, from the exprs in order
             for expr in self._exprs:
@@ -269,7 +284,19 @@ class InternalGraph:
                     node.expr = expr
                 for node in expr.inputs:
                     node.users.append(expr)
-            self._order_self_users()
+            if users is None:  # (pickles of earlier versions: the order upstream's tracer makes)
+                self._order_self_users()
+            for node, positions in users or ():
+                order_users_as(node, [self._exprs[k] for k in positions])
+
+    def _nodes_read(self):
+        """The graph's inputs and every node its exprs read, each once."""
+        seen, nodes = set(), []
+        for n in list(self._inputs) + [n for e in self._exprs for n in e.inputs]:
+            if id(n) not in seen:
+                seen.add(id(n))
+                nodes.append(n)
+        return nodes
 
     def _order_self_users(self):
         """Put the getattrs of dotted names (``bs.0``, ``b0.l0``: a module read through a list,

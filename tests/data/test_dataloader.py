@@ -372,6 +372,43 @@ def test_stream_batches(num_workers):
     assert_no_children()
 
 
+class RandomStream(StreamDataset):
+    """Samples drawn from numpy's global generator as they are read."""
+
+    def __iter__(self):
+        while True:
+            yield np.random.rand(1), 0
+
+
+class AddDraw(Transform):
+    """Adds a draw of numpy's global generator to each sample; no apply_batch of its own
+    that would read the batch at once (the base class's calls apply per sample)."""
+
+    def apply(self, input):
+        image, label = input
+        return image + np.random.rand(), label + 1
+
+    def apply_batch(self, inputs):
+        raise AssertionError("a stream's samples go through apply one by one")
+
+
+@pytest.mark.parametrize("num_workers, parallel_stream", [(0, False), (2, False), (2, True)])
+def test_stream_samples_are_transformed_one_by_one_as_read(num_workers, parallel_stream):
+    # upstream 1.13 reads a stream sample and applies the transform to it before reading the
+    # next (never apply_batch): with both drawing from numpy's generator they take turns, so
+    # a sample is read draw + transform draw = r[0] + r[1], then r[2] + r[3], ...
+    np.random.seed(3)
+    loader = DataLoader(RandomStream(), StreamSampler(batch_size=3), transform=AddDraw(),
+                        num_workers=num_workers, parallel_stream=parallel_stream)
+    first = next(iter(loader))
+    assert first[1].tolist() == [1, 1, 1]
+    if num_workers == 0:
+        np.random.seed(3)
+        r = np.random.rand(6)
+        np.testing.assert_allclose(first[0][:, 0], r[0::2] + r[1::2])
+    assert_no_children()
+
+
 @pytest.mark.parametrize("num_workers", [0, 2])
 @pytest.mark.parametrize("n, labels", [(8, [[0, 1, 2, 3], [4, 5, 6, 7]]),
                                        (9, [[0, 1, 2, 3], [4, 5, 6, 7], [8]]), (0, [])])
@@ -557,3 +594,33 @@ def test_workers_run_torch_kernels_after_the_main_process_ran_one():
         "dl = DataLoader(ds, SequentialSampler(ds, batch_size=2), num_workers=2, timeout=60)\n"
         "print([b[0].tolist() for b in dl] == [[want, want + 1], [want + 2, want + 3]])\n")
     assert run_python(code, MGE_NUM_THREADS="2") == ["True"]
+
+
+def test_a_worker_that_collects_another_loaders_iterator_leaves_its_workers_alone(tmp_path):
+    # a loader's workers are forked copies of the main process: one whose garbage collector
+    # finds an iterator of an earlier loader (a cycle not yet collected at the fork) must not
+    # stop that loader's workers (it printed "Exception ignored ... can only join a child
+    # process" for each, and signalled the owner's workers to stop)
+    log = tmp_path / "stderr.txt"
+    code = (
+        "import gc, os\n"
+        f"os.dup2(os.open({str(log)!r}, os.O_WRONLY | os.O_CREAT), 2)\n"
+        "import numpy as np\n"
+        "from megengine.data import DataLoader, SequentialSampler\n"
+        "from megengine.data.dataset import ArrayDataset\n"
+        "from megengine.data.transform import Transform\n"
+        "class Collect(Transform):\n"
+        "    def apply(self, input):\n"
+        "        gc.collect()\n"
+        "        return input\n"
+        "ds = ArrayDataset(np.arange(8, dtype='float32').reshape(8, 1), np.arange(8))\n"
+        "gc.disable()\n"
+        "it = iter(DataLoader(ds, SequentialSampler(ds, batch_size=2), num_workers=2))\n"
+        "next(it)\n"
+        "it.cycle = it\n"
+        "del it\n"
+        "second = DataLoader(ds, SequentialSampler(ds, batch_size=2), transform=Collect(),\n"
+        "                    num_workers=2, timeout=60)\n"
+        "print([b[1].tolist() for b in second] == [[0, 1], [2, 3], [4, 5], [6, 7]])\n")
+    assert run_python(code) == ["True"]
+    assert "Exception ignored" not in log.read_text(), log.read_text()

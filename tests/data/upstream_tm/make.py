@@ -4,7 +4,8 @@ This script runs only with upstream MegEngine 1.13 installed (it is the oracle, 
 the fork's tests): ``python make.py OUTDIR``. For each case it writes ``<case>.tm`` (the
 TracedModule saved with ``megengine.save``), ``<case>.npz`` (``inputs``: the call's tensor
 arguments ``in0``, ``in1``, ...; its outputs ``out0``, ...; a dict's values by sorted key; ``call``: how to call it, JSON) and ``<case>.txt`` (upstream's
-``print(tm.graph)``).
+``print(tm.graph)`` of the file loaded). ``python make.py OUTDIR CASE ...`` writes those cases
+only.
 """
 import json
 import os
@@ -178,38 +179,68 @@ class QNet(M.Module):
         return self.dequant(self.fc(F.flatten(x, 1)))
 
 
+class TwoCalls(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc, self.fc2 = M.Linear(4, 3), M.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(x) + self.fc2(x) * 2
+
+
+def flattened(tm):
+    return tm.flatten()
+
+
+def call_added_first(tm):
+    """A third call on x, put before the others in the graph (and last among x's users)."""
+    x = tm.graph.inputs[1]
+    tm.extra = M.Linear(4, 3)
+    with tm.graph.insert_exprs(tm.graph._exprs[0]):
+        y = tm.graph.inputs[0].extra(x)
+    out = tm.graph.outputs[0]
+    with tm.graph.insert_exprs():
+        z = out + y.sum()
+    tm.graph.replace_node({out: z})
+    tm.graph.compile()
+    return tm
+
+
 def rand(*shape):
     return mge.tensor(np.random.rand(*shape).astype("float32") - 0.5)
 
 
 def cases():
-    yield "convnet", ConvNet(), (rand(2, 3, 8, 8),), {}, False
-    yield "resblock", ResNetTiny(), (rand(2, 3, 8, 8),), {}, False
-    yield "mobile", MobileBlock(), (rand(1, 4, 6, 6),), {}, False
-    yield "attention", Attention(), (rand(2, 5, 8),), {}, False
-    yield "tensor_ops", TensorOps(), (rand(2, 4, 3), rand(2, 4, 3)), {}, False
-    yield "containers", Containers(), (rand(3, 4),), {}, False
-    yield "constants", Constants(), (rand(3, 4), 3.0), {"mode": "add"}, False
-    yield "kwargs", KwArgs(), (rand(2, 4),), {"bias": rand(3), "alpha": 2.0}, False
-    yield "lstm", Recurrent(), (rand(2, 5, 4),), {}, False
-    yield "nested", Outer(), (rand(3, 4),), {}, False
-    yield "nested_flat", Outer(), (rand(3, 4),), {}, True
+    yield "convnet", ConvNet(), (rand(2, 3, 8, 8),), {}, None
+    yield "resblock", ResNetTiny(), (rand(2, 3, 8, 8),), {}, None
+    yield "mobile", MobileBlock(), (rand(1, 4, 6, 6),), {}, None
+    yield "attention", Attention(), (rand(2, 5, 8),), {}, None
+    yield "tensor_ops", TensorOps(), (rand(2, 4, 3), rand(2, 4, 3)), {}, None
+    yield "containers", Containers(), (rand(3, 4),), {}, None
+    yield "constants", Constants(), (rand(3, 4), 3.0), {"mode": "add"}, None
+    yield "kwargs", KwArgs(), (rand(2, 4),), {"bias": rand(3), "alpha": 2.0}, None
+    yield "lstm", Recurrent(), (rand(2, 5, 4),), {}, None
+    yield "nested", Outer(), (rand(3, 4),), {}, None
+    yield "nested_flat", Outer(), (rand(3, 4),), {}, flattened
+    yield "edited", TwoCalls(), (rand(2, 4),), {}, call_added_first
     from megengine.quantization import quantize_qat, quantize
     qat = quantize_qat(QNet())
-    yield "qat", qat, (rand(2, 3, 6, 6),), {}, False
+    yield "qat", qat, (rand(2, 3, 6, 6),), {}, None
     q = quantize_qat(QNet())
-    yield "quantized", quantize(q), (rand(2, 3, 6, 6),), {}, False
+    yield "quantized", quantize(q), (rand(2, 3, 6, 6),), {}, None
 
 
-def main(outdir):
+def main(outdir, only=()):
     os.makedirs(outdir, exist_ok=True)
-    for name, net, args, kwargs, flat in cases():
+    for name, net, args, kwargs, after in cases():
+        if only and name not in only:
+            continue
         np.random.seed(1)
         net.eval()
         try:
             tm = trace_module(net, *args, **kwargs)
-            if flat:
-                tm = tm.flatten()
+            if after is not None:
+                tm = after(tm)
             out = tm(*args, **kwargs)
         except Exception as e:
             print(name, "FAILED", type(e).__name__, e)
@@ -226,10 +257,10 @@ def main(outdir):
         arrays.update({f"out{i}": o.numpy() for i, o in enumerate(outs)})
         mge.save(tm, os.path.join(outdir, name + ".tm"))
         np.savez(os.path.join(outdir, name + ".npz"), **arrays)
-        with open(os.path.join(outdir, name + ".txt"), "w") as f:
-            f.write(str(tm.graph) + "\n")
+        with open(os.path.join(outdir, name + ".txt"), "w") as f:  # (as loaded: ids renumbered)
+            f.write(str(mge.load(os.path.join(outdir, name + ".tm")).graph) + "\n")
         print(name, "ok", os.path.getsize(os.path.join(outdir, name + ".tm")))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else ".")
+    main(sys.argv[1] if len(sys.argv) > 1 else ".", sys.argv[2:])
