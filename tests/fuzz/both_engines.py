@@ -125,6 +125,10 @@ def run(program, prelude, seconds=30):
                         break
     finally:
         signal.alarm(0)
+        # (the prelude's functions hold the namespace as their globals, a cycle: cleared, what
+        # the program made goes now, a DataLoader's worker processes with it, not at some
+        # later garbage collection)
+        ns.clear()
     return results
 
 

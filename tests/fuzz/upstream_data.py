@@ -5,10 +5,11 @@
 Each seed writes a program (``--show S`` prints it): steps, each seeding numpy's global
 generator, the samples' and ``megengine.random`` first, then one of: a vision transform (any
 of upstream's but TorchTransformCompose, with drawn arguments: sizes as an int or a pair,
-OpenCV's five interpolations, pads, colour jitters, flips; a ``Compose`` of two to four of them
-with ``shuffle_indices`` or ``batch_compose``) applied to a drawn sample (a uint8 or float32
-image of one or three channels with boxes, coords, a mask, keypoints, polygons, categories or
-info, in a drawn ``order``) by ``apply`` or ``apply_batch``; a sampler (Sequential, Random,
+OpenCV's five interpolations, pads, colour jitters, flips; a ``Compose`` of two to four of them,
+one now and then a ``Compose`` itself, with ``shuffle_indices`` or ``batch_compose``) applied
+to a drawn sample (a uint8 or float32 image of one or three channels, bare or with boxes,
+coords, a mask, keypoints, polygons, categories or info, in a drawn ``order``) by ``apply`` or
+``apply_batch``; a sampler (Sequential, Random,
 Replacement with weights, Infinite, over ``indices`` or a share of ``world_size``, seeded) read
 batch by batch; a ``DataLoader`` over an ArrayDataset, a ConcatDataset or a StreamDataset with
 a sampler, a transform and the default collator (now and then with two workers,
@@ -162,9 +163,13 @@ class Draw:
             args = ""
         return f"T.{name}({args})"
 
-    def compose(self, c, order):
+    def compose(self, c, order, last=True, nested=True):
+        """A Compose of two to four transforms (now and then one of them a Compose itself,
+        whose order the outer one sets); ``last``: its last part may be ToMode."""
         n = self.i(2, 4)
-        parts = [self.transform(c, last=(k == n - 1)) for k in range(n)]
+        parts = [self.compose(c, None, last=False, nested=False)
+                 if nested and self.rng.random() < 0.15 else
+                 self.transform(c, last=last and k == n - 1) for k in range(n)]
         extra = self.pick(["", ", batch_compose=True",
                            f", shuffle_indices=[{tuple(range(1, n))}]",
                            ", shuffle_indices=[(1, 2)]"])
@@ -183,10 +188,12 @@ class Draw:
             t = t[:-1] + (", " if not t.endswith("()") else "") + f"order={order!r})"
             if t.startswith("T.PseudoTransform"):
                 t = "T.PseudoTransform()"
-        args = f"{order!r}, {h}, {w}, {c}, {dt!r}"
+        one = f"sample({order!r}, {h}, {w}, {c}, {dt!r})"
+        if order == ("image",) and self.rng.random() < 0.5:
+            one += "[0]"  # (a bare image, not a tuple)
         if self.rng.random() < 0.3:
-            return f"t = {t}\nout = snap(t.apply_batch([sample({args}), sample({args})]))"
-        return f"t = {t}\nout = snap(t.apply(sample({args})))"
+            return f"t = {t}\nout = snap(t.apply_batch([{one}, {one}]))"
+        return f"t = {t}\nout = snap(t.apply({one}))"
 
     def sampler(self, ds="ds", n=None):
         n = n or 0
