@@ -250,6 +250,8 @@ def _convert_graph(graph):
             node.users.append(expr)
     for node, order in pickled_users:
         order_users_as(node, order)
+    if not any(order for _, order in pickled_users):  # (a file of an earlier version of this
+        graph._order_self_users()  # fork: the order upstream's tracer makes)
 
 
 def convert_module_state(state):

@@ -125,9 +125,9 @@ class TracedModule(Module):
 
         run_loaders(self)
         # as upstream, a load numbers the exprs and nodes again, in graph order (an expr
-        # inserted by graph surgery takes its place's id)
+        # inserted by graph surgery takes its place's id); the users lists came in the order
+        # the file keeps
         for graph in self.argdef_graph_map.values():
-            graph._order_self_users()
             graph._reset_ids()
 
     def __deepcopy__(self, memo):

@@ -10,8 +10,9 @@ against an oracle written from upstream's documented (and measured) rules, compu
   to it or computed so in this recording (values from an earlier recording, or from before a
   mid-recording ``attach``, are constants);
 * ``attach`` while recording makes a tensor wanted from then on: an intermediate's gradient is
-  taken at its value then (later writes into it do not move it), gradients still flow through it
-  to what it came from, and callbacks chain over repeated attaches;
+  taken at its value then (later writes into it do not move it) and is the one of the ops made
+  after the attach (those made before still carry theirs to what it came from), gradients still
+  flow through it to what it came from, and callbacks chain over repeated attaches;
 * writes (``v[idx] = w``, ``v += w``) change the tensor's value in place, keep its identity, and
   are differentiated (a written leaf's gradient is the one of its value at the recording's
   start);
@@ -605,7 +606,8 @@ def run_oracle(prog):
     # a detach while two GradManagers record, one GradManager attaching mid-recording what
     # another one records, a callback dropping a gradient where .grad exists (it raises),
     # F.where of 0-d Parameters (its result has shape (1,)), a write into a tensor a Function
-    # kept for its backward (upstream's backward reads the written value; torch raises).
+    # kept for its backward (upstream's backward reads the written value; torch raises), a
+    # backward through a 1-d tensor summed to 0-d over its axis (upstream's raises).
     log_quirk = [False]
     whole = {}  # slot -> the slot `slot[...] = v` last made it a copy of
     started = []  # the recordings in the order they started
@@ -642,6 +644,10 @@ def run_oracle(prog):
             # (a node of its own over what an earlier recording tracks: r's gradient is the
             # one through r's ops alone, and a function of the earlier recording's values)
             r["T"][s] = base * 1 if base.requires_grad else base.clone().requires_grad_()
+        else:  # an intermediate r computed, attached now: a node of its own, so that its
+            # gradient is the one of the ops made from now on (upstream's); the ops made before
+            # keep theirs, through to what it came from
+            r["T"][s] = r["T"][s] * 1
         r["wanted"][s] = r["T"][s]
 
     def recording():
@@ -691,6 +697,8 @@ def run_oracle(prog):
                 log_quirk[0] = True  # upstream: detach while two record cuts one path only
             if name == "where" and val[ins[0]].ndim == 0:
                 log_quirk[0] = True  # upstream: where of 0-d Parameters gives shape (1,)
+            if name == "sum" and val[ins[0]].ndim == 1 and not args[1] and recording():
+                log_quirk[0] = True  # upstream: the backward of x.sum(0) of a 1-d x raises
             if name == "cube_function":
                 kept_by_function.add(ins[0])
             if name != "detach":

@@ -22,7 +22,7 @@ DATA = os.path.join(os.path.dirname(__file__), "..", "data", "upstream_tm")
 # (lstm: upstream's LSTM computes with its _flatten_weights, which its pickle holds besides
 # the cells' own, unused weights; qat: upstream pickles QParams as (None, {slot: value}))
 CASES = ["convnet", "attention", "tensor_ops", "containers", "constants", "kwargs", "lstm",
-         "nested", "qat", "edited"]
+         "nested", "qat", "edited", "edited_items"]
 
 
 def _case(name):
@@ -67,14 +67,19 @@ def test_upstream_file_loads_runs_and_names_as_upstream(name):
     assert str(tm.graph) == upstream_text.rstrip("\n")
 
 
-def test_users_of_an_upstream_file_keep_upstreams_order():
-    # edited: a call on x added before the others in the graph after tracing; upstream's
-    # users lists keep the order the exprs came in (measured with upstream 1.13: loading its
-    # own file it lists fc, fc2, extra), which its pickle holds; earlier versions of this fork
-    # recounted them in graph order
-    tm = mge.load(os.path.join(DATA, "edited.tm"))
-    users = [str(u).split("\t")[1] for u in tm.graph.inputs[1].users]
-    assert users == ["fc_out = fc(x, )", "fc2_out = fc2(x, )", "extra_out = extra(x, )"]
+@pytest.mark.parametrize("name, node, want", [
+    ("edited", 1, ["fc_out = fc(x, )", "fc2_out = fc2(x, )", "extra_out = extra(x, )"]),
+    ("edited_items", 0, ['d0_a = getattr(self, "d0.a") -> (Identity)',
+                         'd0_k = getattr(self, "d0.k") -> (ReLU)',
+                         'extra = getattr(self, "extra") -> (PReLU)'])])
+def test_users_of_an_upstream_file_keep_upstreams_order(name, node, want):
+    # graphs edited after tracing (edited: a call on x put before the others; edited_items: a
+    # layer added after the merged getattrs of dict items); upstream's users lists keep the
+    # order the exprs came in, which its pickle holds (measured with upstream 1.13, loading its
+    # own files); earlier versions of this fork recounted them in graph order, the merged
+    # getattrs last
+    tm = mge.load(os.path.join(DATA, name + ".tm"))
+    assert [str(u).split("\t")[1] for u in tm.graph.inputs[node].users] == want
 
 
 @pytest.mark.parametrize("name", ["convnet", "qat"])

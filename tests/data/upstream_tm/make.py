@@ -188,6 +188,27 @@ class TwoCalls(M.Module):
         return self.fc(x) + self.fc2(x) * 2
 
 
+class Items(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.d0 = {"k": M.ReLU(), "a": M.Identity()}
+
+    def forward(self, x):
+        return self.d0["a"](self.d0["k"](x)) * 2
+
+
+def layer_added_last(tm):
+    """A PReLU on the last result, added after tracing (self's users: the items' merged
+    getattrs, then the new layer's)."""
+    n = tm.graph._exprs[-1].outputs[0]
+    tm.extra = M.PReLU()
+    with tm.graph.insert_exprs():
+        y = tm.graph.inputs[0].extra(n) + n
+    tm.graph.replace_node({n: y})
+    tm.graph.compile()
+    return tm
+
+
 def flattened(tm):
     return tm.flatten()
 
@@ -223,6 +244,7 @@ def cases():
     yield "nested", Outer(), (rand(3, 4),), {}, None
     yield "nested_flat", Outer(), (rand(3, 4),), {}, flattened
     yield "edited", TwoCalls(), (rand(2, 4),), {}, call_added_first
+    yield "edited_items", Items(), (rand(2, 4),), {}, layer_added_last
     from megengine.quantization import quantize_qat, quantize
     qat = quantize_qat(QNet())
     yield "qat", qat, (rand(2, 3, 6, 6),), {}, None
