@@ -41,8 +41,9 @@ import sys
 import numpy as np
 
 SHAPES = [(3, 4), (4,), (3, 1), (1, 4), ()]
-UNARY = ("relu", "tanh", "sigmoid", "sin", "exp_tanh", "square", "neg", "clip", "cube_function")
-BINARY = ("add", "sub", "mul", "div", "maximum")
+UNARY = ("relu", "tanh", "sigmoid", "sin", "exp_tanh", "square", "neg", "clip", "cube_function",
+         "softplus", "log_abs1", "sqrt_sq1", "exp_neg_sq")
+BINARY = ("add", "sub", "mul", "div", "maximum", "minimum")
 
 
 class AutodiffMismatch(AssertionError):
@@ -567,6 +568,16 @@ def _mge_op(F, mge, name, xs, args):
         return F.clip(a, -0.5, 0.5)
     if name == "maximum":
         return F.maximum(a, xs[1])
+    if name == "minimum":
+        return F.minimum(a, xs[1])
+    if name == "softplus":
+        return F.softplus(a)
+    if name == "log_abs1":
+        return F.log(F.abs(a) + 1)
+    if name == "sqrt_sq1":
+        return F.sqrt(a * a + 1)
+    if name == "exp_neg_sq":
+        return F.exp(-(a * a))
     if name == "cube_function":  # a user's autodiff.Function, its backward written by hand
         return _cube_function()(a)
     if name in ("sum", "mean", "max"):
@@ -607,7 +618,8 @@ def run_oracle(prog):
     # another one records, a callback dropping a gradient where .grad exists (it raises),
     # F.where of 0-d Parameters (its result has shape (1,)), a write into a tensor a Function
     # kept for its backward (upstream's backward reads the written value; torch raises), a
-    # backward through a 1-d tensor summed to 0-d over its axis (upstream's raises).
+    # backward through a 1-d tensor summed to 0-d over its axis (upstream's raises), a second
+    # order through softplus (upstream's gradient of it raises), |x| at 0 (upstream: -1).
     log_quirk = [False]
     whole = {}  # slot -> the slot `slot[...] = v` last made it a copy of
     started = []  # the recordings in the order they started
@@ -699,6 +711,11 @@ def run_oracle(prog):
                 log_quirk[0] = True  # upstream: where of 0-d Parameters gives shape (1,)
             if name == "sum" and val[ins[0]].ndim == 1 and not args[1] and recording():
                 log_quirk[0] = True  # upstream: the backward of x.sum(0) of a 1-d x raises
+            if name == "softplus" and recording() and len(rec) > 1:
+                log_quirk[0] = True  # upstream: softplus's gradient has no gradient (raises
+                # where another GradManager differentiates a backward through it)
+            if name == "log_abs1" and bool((val[ins[0]] == 0).any()) and recording():
+                log_quirk[0] = True  # upstream: |x|'s gradient at 0 is -1 (torch's, here: 0)
             if name == "cube_function":
                 kept_by_function.add(ins[0])
             if name != "detach":
@@ -826,6 +843,16 @@ def _torch_op(torch, name, xs, args):
         return a ** 3
     if name == "maximum":  # upstream: a tie's gradient goes to the first operand
         return torch.where(a >= xs[1], a, xs[1])
+    if name == "minimum":  # (the same)
+        return torch.where(a <= xs[1], a, xs[1])
+    if name == "softplus":
+        return torch.nn.functional.softplus(a)
+    if name == "log_abs1":
+        return torch.log(torch.abs(a) + 1)
+    if name == "sqrt_sq1":
+        return torch.sqrt(a * a + 1)
+    if name == "exp_neg_sq":
+        return torch.exp(-(a * a))
     if name in ("sum", "mean"):
         return getattr(torch, name)(a, dim=args[0], keepdim=args[1])
     if name == "max":  # upstream: every tied element gets the whole gradient
