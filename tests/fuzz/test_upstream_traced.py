@@ -76,3 +76,19 @@ def test_upstreams_fold_across_a_relu_is_counted_where_the_program_has_one():
     _, got, _ = be.compare(("self.l0 = M.Conv2d(4, 4, 1)", step), mine, theirs, ut.rule,
                            ut.FUZZER.tol)
     assert got == "step 1: values differ"
+
+
+def test_an_edit_both_refuse_ends_the_comparison_but_a_read_does_not():
+    # upstream 1.13 stops an edit part way (seed 32757: its compile raised KeyError while
+    # removing exprs), so the graphs differ after both refuse it; both refusing a read leaves
+    # them alike, and later steps are still compared
+    raised = ["raise", "RuntimeError", "", ["RuntimeError"]]
+    later = [["ok", [1.0]], ["ok", [2.0]]]
+    edit = ("pass", ["e.disable_remove()\ntm.graph.compile()\nout = r(tm(x))", "out = r(tm(x))"])
+    _, got, counts = be.compare(edit, [OK, raised, later[0]], [OK, raised, later[1]], ut.rule,
+                                ut.FUZZER.tol)
+    assert got is None and counts["both refuse an edit, at other points"] == 1
+    read = ("pass", ["out = r(tm(x))", "out = r(tm(x))"])
+    _, got, _ = be.compare(read, [OK, raised, later[0]], [OK, raised, later[1]], ut.rule,
+                           ut.FUZZER.tol)
+    assert got == "step 2: values differ"

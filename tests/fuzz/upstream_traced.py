@@ -386,6 +386,11 @@ def rule(sources, i, mine, theirs):
         # the input holds other values on each side from here (also where this step's values
         # agree; seed 30259)
         return "stop", "upstream's FuseAddMul drops in-place writes"
+    if m[0] == t[0] == "raise" and any(edit in source for edit in EDITS):
+        # both refuse an edit, each at its own point: upstream 1.13 stops part way (seed
+        # 32757: its compile raised KeyError for a name while removing exprs, keeping some
+        # that this fork's finished compile removed), so the graphs differ from here
+        return "stop", "both refuse an edit, at other points"
     if be.same(m, t, FUZZER.tol) or m[0] == t[0] == "raise":
         return None
     if "F.exp(" in build and m[0] == t[0] == "ok" and _overflowed(m[1], t[1]):
@@ -417,6 +422,7 @@ def rule(sources, i, mine, theirs):
 
 
 INPLACE = ("h += 1", "h *= 0.5")
+EDITS = ("replace_node(", ".compile()", "insert_exprs(", "reset_outputs(", "add_output_node(")
 
 
 def _overflowed(mine, theirs):
