@@ -921,6 +921,12 @@ def compare(got, want, what, upstream=False):
     return reordered
 
 
+def _garbage(log):
+    """Whether a log's gradients hold a magnitude no program here computes (above 1e15)."""
+    return any(g is not None and np.nanmax(np.abs(np.asarray(g, np.float64)), initial=0) > 1e15
+               for e in log for g in e["grads"].values())
+
+
 def _canon(log):
     """JSON round trip: slot keys as strings on both sides of an upstream comparison."""
     return json.loads(json.dumps(log))
@@ -946,7 +952,16 @@ def check(seed, upstream=None):
             return "ok (upstream raised after a difference of its own)"
         if upstream is not None:
             n = next((i for i, e in enumerate(want) if e["quirk"]), len(want))
-            if compare(got[:n], upstream[:n], f"program {seed} against upstream", True):
+            try:
+                reordered = compare(got[:n], upstream[:n], f"program {seed} against upstream",
+                                    True)
+            except AutodiffMismatch:
+                if _garbage(upstream[:n]) and not _garbage(want[:n]):
+                    # upstream 1.13 now and then hands out uninitialised memory as a gradient
+                    # after nested recordings (programs 26344, 29828: -1.35e21 beside 1e-31)
+                    return "ok (upstream's gradient holds garbage)"
+                raise
+            if reordered:
                 # upstream's order differs where a leaf was also used by an op that does
                 # not reach the backward's outputs, or for an attached intermediate (see
                 # docs/compatibility.rst); counted, not a failure
