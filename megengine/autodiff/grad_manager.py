@@ -101,9 +101,9 @@ def _pass_through(t, node, idx):
     op = Identity()
     op.needs_input_grad = (True,)
     new = Node(op, ((node, idx),), (node.out_meta[idx],), node.keys, node.device)
-    if node.saved is not None:  # (several recordings: an outer one differentiates backward)
-        data = t._data
-        new.saved = ((data,), (data,), node.saved[2])
+    if dispatch._recording > 1:  # (the values an outer recording's backward reads, as `apply`
+        data = t._data  # keeps an op's while several GradManagers record)
+        new.saved = ((data,), (data,), t._device)
     t._node = (new, 0)
 
 

@@ -275,11 +275,13 @@ def _crop_pads_only_the_image(source):
     """Whether upstream pads only the image in the step's crop: a RandomCrop with a
     ``padding_size`` in a Compose of a sample of more than an image (its padding Pad keeps the
     order the crop was built with, ("image",), where the Compose sets the crop's own)."""
+    import ast
     import re
 
     order = re.search(r"order=(\(.*?\))\)", source)
     return ("T.Compose(" in source and re.search(r"padding_size=[1-9]", source) and order
-            and any(k not in ("image", "image_category", "info") for k in eval(order.group(1))))
+            and any(k not in ("image", "image_category", "info")
+                    for k in ast.literal_eval(order.group(1))))
 
 
 def _numbers_apart(a, b, tol):

@@ -18,6 +18,7 @@ from megengine.core.ops.builtin import GetVarShape
 from megengine.traced_module.pytree import tree_flatten
 from megengine.traced_module.expr import (Apply, CallFunction, CallMethod, Constant, GetAttr,
                                           Input, ShapeOf)
+from tests.data.upstream_tm import make as upstream_cases  # (its modules and graph edits)
 
 
 class Block(M.Module):
@@ -1278,35 +1279,21 @@ def test_the_module_nodes_users_list_items_last_as_upstream():
         assert [str(u).split("\t")[1] for u in users] == want
 
 
-class TwoCalls(Module):
-    def __init__(self, drawn=False):
-        super().__init__()
-        self.fc, self.fc2 = M.Linear(4, 3), M.Linear(4, 3)
-        self.drawn = drawn
-
-    def forward(self, x):
-        y = self.fc(x) + self.fc2(x) * 2
-        if self.drawn:  # (a step upstream cannot load: pickled in this fork's own layout)
-            y = y + mge_random.uniform(size=(1,)) * 0
-        return y
+class DrawnTwoCalls(upstream_cases.TwoCalls):
+    def forward(self, x):  # (a step upstream cannot load: pickled in this fork's own layout)
+        return super().forward(x) + mge_random.uniform(size=(1,)) * 0
 
 
 @pytest.mark.parametrize("drawn", [False, True], ids=["upstream's layout", "this fork's"])
 def test_users_keep_their_order_through_a_pickle_as_upstreams(drawn):
     # measured with upstream 1.13: a node's users are in the order they came (a call added
-    # before the others in the graph comes last), and its pickle keeps the lists as they are
+    # before the others in the graph comes last), and its pickle keeps the lists as they are;
+    # the edit is the one of upstream's file tests/data/upstream_tm/edited.tm
     from megengine.traced_module import _upstream
 
-    tm = trace_module(TwoCalls(drawn), _inp(2, 4))
+    net = DrawnTwoCalls() if drawn else upstream_cases.TwoCalls()
+    tm = upstream_cases.call_added_first(trace_module(net, _inp(2, 4)))
     x = tm.graph.inputs[1]
-    tm.extra = M.Linear(4, 3)
-    with tm.graph.insert_exprs(tm.graph._exprs[0]):
-        y = tm.graph.inputs[0].extra(x)
-    out = tm.graph.outputs[0]
-    with tm.graph.insert_exprs():
-        z = out + y.sum()
-    tm.graph.replace_node({out: z})
-    tm.graph.compile()
     if drawn:
         with pytest.raises(_upstream.NotExpressible):
             _upstream.module_state(tm)

@@ -1,7 +1,8 @@
 """Make the upstream TracedModule files of tests/data/upstream_tm (needs an upstream MegEngine).
 
-This script runs only with upstream MegEngine 1.13 installed (it is the oracle, not part of
-the fork's tests): ``python make.py OUTDIR``. For each case it writes ``<case>.tm`` (the
+This script writes the files with upstream MegEngine 1.13 installed (it is the oracle):
+``python make.py OUTDIR``; tests/traced_module/test_tracer.py imports its modules and graph
+edits to make the same graphs here. For each case it writes ``<case>.tm`` (the
 TracedModule saved with ``megengine.save``), ``<case>.npz`` (``inputs``: the call's tensor
 arguments ``in0``, ``in1``, ...; its outputs ``out0``, ...; a dict's values by sorted key; ``call``: how to call it, JSON) and ``<case>.txt`` (upstream's
 ``print(tm.graph)`` of the file loaded). ``python make.py OUTDIR CASE ...`` writes those cases
