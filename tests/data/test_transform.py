@@ -354,6 +354,19 @@ def test_color_transforms():
         T.HueTransform(0.7)
 
 
+def test_color_blends_round_as_upstreams_transforms_do():
+    # OpenCV's float gray level of (63, 63, 63) is 62.999996 (fma(63, 0.299, fma(63, 0.114,
+    # 63 * 0.587)) in float32, 0x427bffff), so a fully desaturated uint8 pixel is 62
+    pixel = np.full((1, 1, 3), 63, np.uint8)
+    assert T.SaturationTransform((0.0, 0.0)).apply(pixel).tolist() == [[[62, 62, 62]]]
+    # contrast 0.3 of gray levels 1 and 81 (mean 41): upstream's numpy 1.x takes
+    # 41 * (1 - 0.3) in float64, 28.7 -> float32 28.700001, and 1 * 0.3 + 28.700001 = 29.000001
+    # gives 29; a float32 product (28.699999) would give 28.999998, cast to 28
+    image = np.array([[[1, 1, 1], [81, 81, 81]]], np.uint8)
+    out = T.ContrastTransform((0.3, 0.3)).apply(image)
+    assert out.tolist() == [[[29, 29, 29], [53, 53, 53]]]
+
+
 def test_to_gray_of_integer_images_is_opencvs_fixed_point():
     # 0.114 * 244 + 0.587 * 47 + 0.299 * 7 = 57.498; OpenCV 4 (upstream's cv2) computes
     # (3735 * 244 + 19235 * 47 + 9798 * 7 + 2**14) >> 15 = 57; 14-bit weights (OpenCV 3) gave

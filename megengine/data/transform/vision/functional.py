@@ -56,8 +56,10 @@ def wrap_keepdims(func):
 
 @wrap_keepdims
 def to_gray(image):
-    r"""BGR image (H, W, 3) to a gray one (H, W, 1): ``0.114 B + 0.587 G + 0.299 R`` (uint8 and
-    uint16 in OpenCV 4's 15-bit fixed point: ``(3735 B + 19235 G + 9798 R + 2**14) >> 15``)."""
+    r"""BGR image (H, W, 3) to a gray one (H, W, 1): ``0.114 B + 0.587 G + 0.299 R`` as
+    ``cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)`` computes it (uint8 and uint16 in OpenCV 4's
+    15-bit fixed point: ``(3735 B + 19235 G + 9798 R + 2**14) >> 15``; float32 with its fused
+    multiply-adds)."""
     if image.shape[2] == 1:
         return image.copy()
     if image.shape[2] not in (3, 4):
@@ -68,9 +70,14 @@ def to_gray(image):
         b, g, r = (image[:, :, k].astype(np.int64) for k in range(3))
         gray = (b * 3735 + g * 19235 + r * 9798 + (1 << 14)) >> 15
         return gray.astype(image.dtype)[:, :, None]
-    weights = np.array([0.114, 0.587, 0.299], dtype=np.float32)
-    gray = image[:, :, :3].astype(np.float32) @ weights
-    return _saturate(gray, image.dtype)[:, :, None]
+    # OpenCV's float path (4.11 and 4.14 on x86-64, its vector loop and its tail alike):
+    # fma(R, 0.299, fma(B, 0.114, G * 0.587)) in float32; each fused step is computed in
+    # float64 (where a product of two float32 values is exact) and rounded to float32
+    b, g, r = (image[:, :, k].astype(np.float32) for k in range(3))
+    acc = g * np.float32(0.587)
+    for channel, weight in ((b, 0.114), (r, 0.299)):
+        acc = (channel.astype(np.float64) * np.float64(np.float32(weight)) + acc).astype(np.float32)
+    return _saturate(acc, image.dtype)[:, :, None]
 
 
 @wrap_keepdims
