@@ -30,3 +30,51 @@ def test_classes_sorted_samples_and_bgr(tmp_path):
     assert len(only_b) == 1
     with pytest.raises(ValueError, match="not a directory"):
         ImageFolder(str(tmp_path / "missing"))
+
+
+def _image_files(tmp_path):
+    """Files of the formats and modes datasets hold, each named by what it tests."""
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (13, 9, 3)).astype(np.uint8)  # sharp noise: rounding shows
+    files = {}
+
+    def save(name, image, **options):
+        files[name] = str(tmp_path / name)
+        image.save(files[name], **options)
+
+    for orientation in range(1, 9):  # every EXIF orientation: cv2.imread turns the image
+        im = Image.fromarray(rgb)
+        exif = im.getexif()
+        exif[0x0112] = orientation
+        save(f"o{orientation}.jpg", im, exif=exif, quality=90)
+    exif[0x0112] = 6
+    save("o6.png", Image.fromarray(rgb), exif=exif)
+    save("rgb.png", Image.fromarray(rgb))
+    save("rgba.png", Image.fromarray(np.concatenate([rgb, rgb[..., :1]], axis=2)))
+    save("palette.png", Image.fromarray(rgb).convert("P", palette=Image.ADAPTIVE, colors=16))
+    save("la.png", Image.fromarray(rgb[..., :2], "LA"))
+    save("gray.png", Image.fromarray(rgb[..., 0]))
+    save("gray.jpg", Image.fromarray(rgb[..., 0]), quality=80)
+    save("bits.png", Image.fromarray(rgb[..., 0] > 128))
+    save("gray16.png", Image.fromarray((rgb[..., 0].astype(np.uint16) * 257 + 100)))
+    save("rgb.bmp", Image.fromarray(rgb))
+    return files
+
+
+def test_images_read_without_opencv_are_what_opencv_reads(tmp_path, monkeypatch):
+    # OpenCV reads images for upstream; where it is not installed, Pillow reads them here and
+    # must give the same arrays: turned by their EXIF orientation, 16-bit gray by its high
+    # byte, color to gray as libjpeg (its gray output), libpng ((9797 R + 19234 G + 3737 B)
+    # >> 15) and OpenCV's BGR2GRAY (for other formats) compute it
+    cv2 = pytest.importorskip("cv2")
+    from megengine.data.dataset.vision.folder import imread, imread_grayscale
+
+    files = _image_files(tmp_path)
+    want = {name: (cv2.imread(path, cv2.IMREAD_COLOR), cv2.imread(path, cv2.IMREAD_GRAYSCALE))
+            for name, path in files.items()}
+    monkeypatch.setitem(__import__("sys").modules, "cv2", None)  # Pillow's path from here
+    for name, path in files.items():
+        color, gray = imread(path), imread_grayscale(path)
+        assert color.dtype == gray.dtype == np.uint8, name
+        np.testing.assert_array_equal(color, want[name][0], err_msg=name)
+        np.testing.assert_array_equal(gray, want[name][1], err_msg=name)

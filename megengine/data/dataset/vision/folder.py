@@ -18,7 +18,7 @@ def is_img(filename: str) -> bool:
 
 def _read(path, cv2_flag, from_pillow):
     """Read ``path`` with OpenCV (``cv2.imread(path, cv2_flag)``) when installed, else open it
-    with Pillow and hand the image to ``from_pillow``."""
+    with Pillow and hand the image to ``from_pillow``, which gives what OpenCV would."""
     try:
         import cv2
     except ImportError:
@@ -38,19 +38,57 @@ def _read(path, cv2_flag, from_pillow):
         return np.ascontiguousarray(from_pillow(im))
 
 
+_16_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def _upright(im):
+    """``im`` turned by its EXIF orientation, as ``cv2.imread`` turns it (OpenCV 4.14, JPEG,
+    PNG and WebP files; 4.11 leaves WebP as stored)."""
+    from PIL import ImageOps
+
+    return ImageOps.exif_transpose(im)
+
+
+def _bgr_from_pillow(im):
+    im = _upright(im)
+    if im.mode in _16_BIT:  # 16-bit gray: OpenCV keeps the high byte of each value
+        return np.repeat((np.asarray(im) >> 8).astype(np.uint8)[..., None], 3, axis=2)
+    return np.asarray(im.convert("RGB"))[..., ::-1]
+
+
+def _gray_from_pillow(im):
+    fmt = im.format
+    if fmt == "JPEG" and im.mode != "L":
+        im.draft("L", im.size)  # libjpeg's own gray output, which OpenCV asks for
+    im = _upright(im)
+    if im.mode == "L":
+        return np.asarray(im)
+    if im.mode in _16_BIT:
+        return (np.asarray(im) >> 8).astype(np.uint8)
+    # a palette ("P") image is converted through its colors, as OpenCV does
+    rgb = np.asarray(im.convert("RGB"))
+    if fmt != "PNG":  # OpenCV's own BGR2GRAY
+        from ...transform.vision.functional import to_gray
+
+        return to_gray(rgb[..., ::-1])[..., 0]
+    r, g, b = np.moveaxis(rgb.astype(np.int64), 2, 0)
+    # libpng's rgb_to_gray with OpenCV's weights 0.299 and 0.587, truncated
+    return ((9797 * r + 19234 * g + 3737 * b) >> 15).astype(np.uint8)
+
+
 def imread(path: str) -> np.ndarray:
     """An (H, W, 3) uint8 BGR image, as ``cv2.imread(path, cv2.IMREAD_COLOR)`` gives upstream;
-    read with OpenCV when installed, else with Pillow."""
-    return _read(path, "IMREAD_COLOR", lambda im: np.asarray(im.convert("RGB"))[..., ::-1])
+    read with OpenCV when installed, else with Pillow (turned by its EXIF orientation, 16-bit
+    gray by its high byte, as OpenCV reads them)."""
+    return _read(path, "IMREAD_COLOR", _bgr_from_pillow)
 
 
 def imread_grayscale(path: str) -> np.ndarray:
     """An (H, W) uint8 image, as ``cv2.imread(path, cv2.IMREAD_GRAYSCALE)`` gives upstream (label
     masks are stored this way); read with OpenCV when installed, else with Pillow. A single-channel
-    file keeps its values; a color one is converted to luma by both readers."""
-    # a palette ("P") image is converted through its colors, as OpenCV does
-    return _read(path, "IMREAD_GRAYSCALE",
-                 lambda im: np.asarray(im if im.mode == "L" else im.convert("L")))
+    file keeps its values; a color one is converted to luma as OpenCV's decoders do (libjpeg's
+    gray output, libpng's conversion, OpenCV's own for other formats)."""
+    return _read(path, "IMREAD_GRAYSCALE", _gray_from_pillow)
 
 
 class ImageFolder(VisionDataset):
