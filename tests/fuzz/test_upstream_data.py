@@ -4,6 +4,9 @@ recorded results of 60 drawn data pipelines (tests/fuzz/upstream_data.json, writ
 documented differences its rule counts."""
 import os
 
+import pytest
+
+import megengine.data.transform.vision.functional as VF
 from tests.fuzz import both_engines as be
 from tests.fuzz import upstream_data as ud
 
@@ -14,6 +17,12 @@ CROP = ("np.random.seed(1)\nDATA.seed(2)\nt = T.Compose([T.RandomCrop(3, padding
         "'uint8')))")
 SAMPLER = ("np.random.seed(1)\nDATA.seed(2)\ns = D.SequentialSampler(ArrayDataset(np.arange(9)), "
            "batch_size=2, indices=[1, 2, 4]{})\nit = iter(s)\nout = [len(s), list(it), list(it)]")
+
+
+@pytest.fixture(autouse=True)
+def _resize_as_before(monkeypatch):
+    # the programs turn off resize's Intel IPP path (upstream_data.PRELUDE): restored after
+    monkeypatch.setattr(VF, "_OPENCV_USES_IPP", VF._OPENCV_USES_IPP)
 
 
 def test_this_checkout_gives_upstreams_recorded_results():

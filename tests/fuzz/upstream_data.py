@@ -15,7 +15,9 @@ batch by batch; a ``DataLoader`` over an ArrayDataset, a ConcatDataset or a Stre
 a sampler, a transform and the default collator (now and then with two workers,
 ``parallel_stream``, ``preload``), read for two batches. The random transforms draw from
 numpy's global generator as upstream's do, so both sides must draw the same values in the
-same order: outputs are compared exactly (float32 images within float32 rounding).
+same order: outputs are compared exactly (float32 images within float32 rounding), with
+OpenCV's own resize code on both sides (Intel IPP, which OpenCV's x86 wheels hand some linear
+and cubic resizes to, is turned off for resizes on both sides).
 
 Each program runs here and, with ``--upstream``, in upstream's interpreter
 (tests/fuzz/both_engines.py by path); upstream is the oracle, and `rule` counts the documented
@@ -35,6 +37,25 @@ import megengine.data as D
 import megengine.data.transform as T
 import megengine.random as mr
 from megengine.data.dataset import ArrayDataset, ConcatDataset, StreamDataset
+import megengine.data.transform.vision.functional as VF
+
+# OpenCV's own resize code on both sides: upstream's cv2.resize without Intel IPP (whose
+# arithmetic is not published: this fork follows it within a level, tests/data/
+# test_transform_cv2.py), and this fork's resize following it (as OpenCV on ARM). Only resize:
+# IPP stays on for cv2.cvtColor, as OpenCV's x86 wheels have it, and this fork follows it.
+if hasattr(VF, "_OPENCV_USES_IPP"):
+    VF._OPENCV_USES_IPP = False
+else:
+    import cv2
+
+    def _resize_without_ipp(*args, _resize=cv2.resize, **kwargs):
+        cv2.ipp.setUseIPP(False)
+        try:
+            return _resize(*args, **kwargs)
+        finally:
+            cv2.ipp.setUseIPP(True)
+
+    cv2.resize = _resize_without_ipp
 
 
 def r(a):
