@@ -404,80 +404,87 @@ def run_megengine(prog):
             slots.append(None)
         slots[s] = t
 
-    for n, st in enumerate(prog):
-        kind = st[0]
-        if kind == "leaf":
-            _, s, shape, values, param = st
-            a = np.array(values, dtype=np.float32).reshape(shape)
-            put(s, mge.Parameter(a) if param else mge.Tensor(a))
-        elif kind == "module":
-            module = _torch_module(mge, st)
-            named = dict(module.named_parameters())
-            put(st[1], named["weight"])
-            put(st[2], named["bias"])
-        elif kind == "gms":
-            gms = [GradManager() for _ in range(st[1])]
-        elif kind == "attach":
-            _, g, ss, cbs = st
-            for s in ss:
-                gms[g].attach(slots[s], callbacks=[callback(g, s, k, c) for k, c in cbs])
-                attached.add(s)
-        elif kind == "record":
-            gms[st[1]].record()
-        elif kind == "release":
-            gms[st[1]].release()
-        elif kind == "op":
-            _, out, name, ins, args = st
-            put(out, module(slots[ins[0]]) if name == "torch_linear" else
-                _mge_op(F, mge, name, [slots[i] for i in ins], args))
-        elif kind == "write":
-            _, s, idx, src, const = st
-            slots[s][_key(idx)] = slots[src] if src is not None else const
-        elif kind == "inplace":
-            _, s, how, src = st
-            t = slots[s]
-            if how == "add":
-                t += slots[src]
-            else:
-                t *= slots[src]
-        elif kind == "backward":
-            _, g, ys, extra, how = st
-            if how == "loss":
-                loss = None
-                for y, w in zip(ys, extra):
-                    term = (slots[y] * mge.Tensor(np.array(w, np.float32).reshape(
-                        slots[y].shape))).sum()
-                    loss = term if loss is None else loss + term
-                gms[g].backward(loss)
-            else:
-                dys = [None if d is None else
-                       mge.Tensor(np.array(d, np.float32).reshape(slots[y].shape))
-                       for y, d in zip(ys, extra)]
-                if all(d is None for d in dys):
-                    gms[g].backward([slots[y] for y in ys])
+    try:
+        for n, st in enumerate(prog):
+            kind = st[0]
+            if kind == "leaf":
+                _, s, shape, values, param = st
+                a = np.array(values, dtype=np.float32).reshape(shape)
+                put(s, mge.Parameter(a) if param else mge.Tensor(a))
+            elif kind == "module":
+                module = _torch_module(mge, st)
+                named = dict(module.named_parameters())
+                put(st[1], named["weight"])
+                put(st[2], named["bias"])
+            elif kind == "gms":
+                gms = [GradManager() for _ in range(st[1])]
+            elif kind == "attach":
+                _, g, ss, cbs = st
+                for s in ss:
+                    gms[g].attach(slots[s], callbacks=[callback(g, s, k, c) for k, c in cbs])
+                    attached.add(s)
+            elif kind == "record":
+                gms[st[1]].record()
+            elif kind == "release":
+                gms[st[1]].release()
+            elif kind == "op":
+                _, out, name, ins, args = st
+                put(out, module(slots[ins[0]]) if name == "torch_linear" else
+                    _mge_op(F, mge, name, [slots[i] for i in ins], args))
+            elif kind == "write":
+                _, s, idx, src, const = st
+                slots[s][_key(idx)] = slots[src] if src is not None else const
+            elif kind == "inplace":
+                _, s, how, src = st
+                t = slots[s]
+                if how == "add":
+                    t += slots[src]
                 else:
-                    dys = [mge.Tensor(np.ones(slots[y].shape, np.float32)) if d is None else d
-                           for y, d in zip(ys, dys)]
-                    gms[g].backward([slots[y] for y in ys], dys)
-            entry(n)
-        elif kind == "gradop":
-            g = slots[st[2]].grad
-            put(st[1], (mge.Tensor(np.zeros(slots[st[2]].shape, np.float32)) if g is None
-                        else g) * 1.0)
-        elif kind == "clear":
-            slots[st[1]].grad = None
-        elif kind == "scale_grad":
-            t = slots[st[1]]
-            if t.grad is not None:
-                t.grad *= st[2]
-        elif kind == "sgd":
-            opt = SGD([slots[i] for i in params], lr=st[1])
-            opt.step()
-            if st[2]:
-                opt.clear_grad()
-        else:
-            raise ValueError(f"unknown statement {st!r}")
-    entry("end")
+                    t *= slots[src]
+            elif kind == "backward":
+                _, g, ys, extra, how = st
+                if how == "loss":
+                    loss = None
+                    for y, w in zip(ys, extra):
+                        term = (slots[y] * mge.Tensor(np.array(w, np.float32).reshape(
+                            slots[y].shape))).sum()
+                        loss = term if loss is None else loss + term
+                    gms[g].backward(loss)
+                else:
+                    dys = [None if d is None else
+                           mge.Tensor(np.array(d, np.float32).reshape(slots[y].shape))
+                           for y, d in zip(ys, extra)]
+                    if all(d is None for d in dys):
+                        gms[g].backward([slots[y] for y in ys])
+                    else:
+                        dys = [mge.Tensor(np.ones(slots[y].shape, np.float32)) if d is None else d
+                               for y, d in zip(ys, dys)]
+                        gms[g].backward([slots[y] for y in ys], dys)
+                entry(n)
+            elif kind == "gradop":
+                g = slots[st[2]].grad
+                put(st[1], (mge.Tensor(np.zeros(slots[st[2]].shape, np.float32)) if g is None
+                            else g) * 1.0)
+            elif kind == "clear":
+                slots[st[1]].grad = None
+            elif kind == "scale_grad":
+                t = slots[st[1]]
+                if t.grad is not None:
+                    t.grad *= st[2]
+            elif kind == "sgd":
+                opt = SGD([slots[i] for i in params], lr=st[1])
+                opt.step()
+                if st[2]:
+                    opt.clear_grad()
+            else:
+                raise ValueError(f"unknown statement {st!r}")
+        entry("end")
+    finally:
+        # a program that raised while recording leaves no GradManager recording into the
+        # next one (upstream's interpreter runs them all in one process: programs 48555 and
+        # 54394 of a 5,000 run met an earlier program's recording, which raised)
+        for gm in gms:
+            gm.release()
     return log
 
 
