@@ -35,7 +35,7 @@ def test_classes_sorted_samples_and_bgr(tmp_path):
 def _image_files(tmp_path):
     """Files of the formats and modes datasets hold, each named by what it tests."""
     rng = np.random.default_rng(3)
-    rgb = rng.integers(0, 256, (13, 9, 3)).astype(np.uint8)  # sharp noise: rounding shows
+    rgb = rng.integers(0, 256, (48, 64, 3)).astype(np.uint8)  # sharp noise: rounding shows
     files = {}
 
     def save(name, image, **options):
@@ -58,14 +58,24 @@ def _image_files(tmp_path):
     save("bits.png", Image.fromarray(rgb[..., 0] > 128))
     save("gray16.png", Image.fromarray((rgb[..., 0].astype(np.uint16) * 257 + 100)))
     save("rgb.bmp", Image.fromarray(rgb))
+    save("rgb.ppm", Image.fromarray(rgb))
+    save("rgb.tif", Image.fromarray(rgb), compression="tiff_lzw")
+    save("rgba.tif", Image.fromarray(np.concatenate([rgb, rgb[..., 1:2]], axis=2)))
+    save("rgba.webp", Image.fromarray(np.concatenate([rgb, rgb[..., :1]], axis=2)), lossless=True)
+    save("palette.gif", Image.fromarray(rgb).convert("P", palette=Image.ADAPTIVE))
+    cmyk = np.concatenate([rgb, rgb[..., 2:]], axis=2)  # an Adobe CMYK JPEG, K not 0
+    save("cmyk.jpg", Image.frombytes("CMYK", (64, 48), cmyk.tobytes()), quality=95)
     return files
 
 
 def test_images_read_without_opencv_are_what_opencv_reads(tmp_path, monkeypatch):
     # OpenCV reads images for upstream; where it is not installed, Pillow reads them here and
     # must give the same arrays: turned by their EXIF orientation, 16-bit gray by its high
-    # byte, color to gray as libjpeg (its gray output), libpng ((9797 R + 19234 G + 3737 B)
-    # >> 15) and OpenCV's BGR2GRAY (for other formats) compute it
+    # byte, a TIFF's alpha multiplied in (libtiff's RGBA reader), CMYK as OpenCV converts it,
+    # color to gray as each decoder computes it: libjpeg (its gray output), libpng ((9797 R +
+    # 19234 G + 3737 B) >> 15), imgcodecs for BMP, PPM, TIFF and CMYK JPEGs ((4899 R + 9617 G
+    # + 1868 B + 2**13) >> 14), cvtColor's BGR2GRAY for WebP and GIF ((9798 R + 19235 G +
+    # 3735 B + 2**14) >> 15)
     cv2 = pytest.importorskip("cv2")
     from megengine.data.dataset.vision.folder import imread, imread_grayscale
 

@@ -49,11 +49,31 @@ def _upright(im):
     return ImageOps.exif_transpose(im)
 
 
+def _rgb(im, fmt):
+    """An (H, W, 3) uint8 RGB array of Pillow image ``im`` as OpenCV's decoder of format ``fmt``
+    gives its colors: a palette through its colors, an alpha dropped, but a TIFF's alpha
+    multiplied in (libtiff's RGBA reader, which OpenCV uses, premultiplies it), and a CMYK
+    JPEG's colors by OpenCV's own conversion."""
+    if fmt == "TIFF" and im.mode in ("RGBA", "LA"):
+        rgba = np.asarray(im.convert("RGBA")).astype(np.int64)
+        return ((rgba[..., :3] * rgba[..., 3:] + 127) // 255).astype(np.uint8)
+    if fmt == "JPEG" and im.mode == "CMYK":
+        # OpenCV's CMYK -> BGR of the values libjpeg gives it: the file's, which Pillow
+        # un-inverts where an Adobe marker says they are inverted
+        cmyk = np.asarray(im).astype(np.int64)
+        if "adobe" in im.info:
+            cmyk = 255 - cmyk
+        k = cmyk[..., 3:]
+        return (k - ((255 - cmyk[..., :3]) * k >> 8)).astype(np.uint8)
+    return np.asarray(im.convert("RGB"))
+
+
 def _bgr_from_pillow(im):
+    fmt = im.format
     im = _upright(im)
     if im.mode in _16_BIT:  # 16-bit gray: OpenCV keeps the high byte of each value
         return np.repeat((np.asarray(im) >> 8).astype(np.uint8)[..., None], 3, axis=2)
-    return np.asarray(im.convert("RGB"))[..., ::-1]
+    return _rgb(im, fmt)[..., ::-1]
 
 
 def _gray_from_pillow(im):
@@ -65,15 +85,15 @@ def _gray_from_pillow(im):
         return np.asarray(im)
     if im.mode in _16_BIT:
         return (np.asarray(im) >> 8).astype(np.uint8)
-    # a palette ("P") image is converted through its colors, as OpenCV does
-    rgb = np.asarray(im.convert("RGB"))
-    if fmt != "PNG":  # OpenCV's own BGR2GRAY
-        from ...transform.vision.functional import to_gray
-
-        return to_gray(rgb[..., ::-1])[..., 0]
-    r, g, b = np.moveaxis(rgb.astype(np.int64), 2, 0)
-    # libpng's rgb_to_gray with OpenCV's weights 0.299 and 0.587, truncated
-    return ((9797 * r + 19234 * g + 3737 * b) >> 15).astype(np.uint8)
+    r, g, b = np.moveaxis(_rgb(im, fmt).astype(np.int64), 2, 0)
+    # each OpenCV decoder's own weights for 0.299 R + 0.587 G + 0.114 B
+    if fmt == "PNG":  # libpng's rgb_to_gray, truncated
+        gray = (9797 * r + 19234 * g + 3737 * b) >> 15
+    elif fmt in ("BMP", "PPM", "TIFF", "JPEG"):  # imgcodecs' own, 14-bit (a JPEG: CMYK)
+        gray = (4899 * r + 9617 * g + 1868 * b + (1 << 13)) >> 14
+    else:  # WebP, GIF, ...: cvtColor's BGR2GRAY, 15-bit
+        gray = (9798 * r + 19235 * g + 3735 * b + (1 << 14)) >> 15
+    return gray.astype(np.uint8)
 
 
 def imread(path: str) -> np.ndarray:
@@ -87,7 +107,8 @@ def imread_grayscale(path: str) -> np.ndarray:
     """An (H, W) uint8 image, as ``cv2.imread(path, cv2.IMREAD_GRAYSCALE)`` gives upstream (label
     masks are stored this way); read with OpenCV when installed, else with Pillow. A single-channel
     file keeps its values; a color one is converted to luma as OpenCV's decoders do (libjpeg's
-    gray output, libpng's conversion, OpenCV's own for other formats)."""
+    gray output, libpng's conversion, imgcodecs' for BMP, PPM and TIFF, cvtColor's for the
+    rest)."""
     return _read(path, "IMREAD_GRAYSCALE", _gray_from_pillow)
 
 
