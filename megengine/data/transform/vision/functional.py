@@ -70,7 +70,7 @@ def to_gray(image):
         b, g, r = (image[:, :, k].astype(np.int64) for k in range(3))
         gray = (b * 3735 + g * 19235 + r * 9798 + (1 << 14)) >> 15
         return gray.astype(image.dtype)[:, :, None]
-    # OpenCV's float path (4.11 and 4.14 on x86-64, its vector loop and its tail alike):
+    # OpenCV's float path on x86-64 (its Intel IPP kernel, on by default; 4.11 and 4.14):
     # fma(R, 0.299, fma(B, 0.114, G * 0.587)) in float32; each fused step is computed in
     # float64 (where a product of two float32 values is exact) and rounded to float32
     b, g, r = (image[:, :, k].astype(np.float32) for k in range(3))
