@@ -739,8 +739,8 @@ class ContrastTransform(_BlendTransform):
 
     def _degenerate(self, image):
         # a Python float: upstream's numpy 1.x scaled this float32 mean by (1 - alpha) in
-        # float64 and rounded the product to float32 once, where numpy 2 keeps a float32
-        # scalar float32 (a level apart now and then after the cast back to uint8)
+        # float64 and rounded the product to float32 once; numpy 2 would keep the product a
+        # float32 scalar (a level apart now and then after the cast back to uint8)
         return float(F.to_gray(image).mean())
 
 
