@@ -41,6 +41,11 @@ def _read(path, cv2_flag, from_pillow):
 _16_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
+def _high_byte(im):
+    """A 16-bit gray Pillow image as OpenCV reads it into 8 bits: the high byte of each value."""
+    return (np.asarray(im) >> 8).astype(np.uint8)
+
+
 def _upright(im):
     """``im`` turned by its EXIF orientation, as ``cv2.imread`` turns it (OpenCV 4.14, JPEG,
     PNG and WebP files; 4.11 leaves WebP as stored)."""
@@ -71,8 +76,8 @@ def _rgb(im, fmt):
 def _bgr_from_pillow(im):
     fmt = im.format
     im = _upright(im)
-    if im.mode in _16_BIT:  # 16-bit gray: OpenCV keeps the high byte of each value
-        return np.repeat((np.asarray(im) >> 8).astype(np.uint8)[..., None], 3, axis=2)
+    if im.mode in _16_BIT:
+        return np.repeat(_high_byte(im)[..., None], 3, axis=2)
     return _rgb(im, fmt)[..., ::-1]
 
 
@@ -84,15 +89,18 @@ def _gray_from_pillow(im):
     if im.mode == "L":
         return np.asarray(im)
     if im.mode in _16_BIT:
-        return (np.asarray(im) >> 8).astype(np.uint8)
-    r, g, b = np.moveaxis(_rgb(im, fmt).astype(np.int64), 2, 0)
+        return _high_byte(im)
+    rgb = _rgb(im, fmt)
     # each OpenCV decoder's own weights for 0.299 R + 0.587 G + 0.114 B
+    if fmt not in ("PNG", "BMP", "PPM", "TIFF", "JPEG"):  # WebP, GIF, ...: cvtColor's BGR2GRAY
+        from ...transform.vision.functional import to_gray
+
+        return to_gray(rgb[..., ::-1])[..., 0]
+    r, g, b = np.moveaxis(rgb.astype(np.int64), 2, 0)
     if fmt == "PNG":  # libpng's rgb_to_gray, truncated
         gray = (9797 * r + 19234 * g + 3737 * b) >> 15
-    elif fmt in ("BMP", "PPM", "TIFF", "JPEG"):  # imgcodecs' own, 14-bit (a JPEG: CMYK)
+    else:  # imgcodecs' own, 14-bit (a JPEG here: CMYK)
         gray = (4899 * r + 9617 * g + 1868 * b + (1 << 13)) >> 14
-    else:  # WebP, GIF, ...: cvtColor's BGR2GRAY, 15-bit
-        gray = (9798 * r + 19235 * g + 3735 * b + (1 << 14)) >> 15
     return gray.astype(np.uint8)
 
 
