@@ -67,6 +67,31 @@ def test_the_traces_rewrites_of_what_overflowed_eagerly_are_not_findings(tmp_pat
     assert not upstream_write._close([np.float32([502.0, 1.5])], w, rewrites=True)
 
 
+def test_a_file_computing_the_traces_rewrite_that_a_later_step_amplifies_is_set_apart(
+        tmp_path, monkeypatch):
+    # program 22132: F.sign(F.log(1 + h * h)) of a tiny h is 0 eagerly (1 + h * h rounds to 1)
+    # and 1 in the file, whose log1p is the trace's rewrite (upstream's own dump computes 1
+    # too): the file gives the trace's values, not eager's
+    stats, refused, wrong, _ = upstream_write.write([22132], str(tmp_path))
+    assert stats == {"written": 1, "the trace's rewrites": 1} and wrong == []
+    saved = np.load(tmp_path / "w22132.npz")
+    assert not upstream_write._close([saved["traced0"]], [saved["want0"]])
+    # a file that gives neither eager's nor the trace's values is still a finding
+    from megengine.jit import dump
+
+    real = dump.load
+
+    def load(file, device=None):
+        prog = real(file, device)
+        run = prog.run
+        prog.run = lambda feed: {k: mge.tensor(v.numpy() + 1) for k, v in run(feed).items()}
+        return prog
+
+    monkeypatch.setattr(dump, "load", load)
+    stats, refused, wrong, _ = upstream_write.write([22132], str(tmp_path))
+    assert stats == {"written": 1} and wrong == [22132]
+
+
 def _off_at_other_batches(monkeypatch, how):
     """This fork's reader of written files, changed to compute other values (``how`` "values")
     or raise ("raise") at any batch but the traced 2."""
