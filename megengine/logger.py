@@ -118,7 +118,7 @@ def set_log_level(level, update_existing=True):
     if isinstance(level, str):
         level = logging.getLevelName(level.upper())
         if not isinstance(level, int):
-            raise ValueError(f"set_log_level: unknown level name; use DEBUG, INFO, WARNING, "
+            raise ValueError("set_log_level: unknown level name; use DEBUG, INFO, WARNING, "
                              "ERROR or CRITICAL, or a number")
     previous, _default_level = _default_level, level
     if update_existing:

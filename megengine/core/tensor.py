@@ -760,9 +760,6 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
         dev = _device_mod.canonical_device(device)
         return self if dev == self._device else dispatch.apply(_ops.Copy(dev), self)
 
-    def _to_device_array(self, dev):
-        return _ops.move_array(self._data, dev)
-
     # ----- in-place value replacement -----
     # Upstream's values never change: `set_value`, `+=` and an optimizer's update give the tensor
     # a new value, so a recorded backward always computes with what its forward saw. Here a

@@ -113,9 +113,9 @@ class _ROIAlign(_RegionPooling):
         `image_grad`)."""
         xp = xp_of(img)
         c = img.shape[1]
-        (ph, pw), (sh, sw) = self.pooled, self.samples
+        (ph, pw), window = self.pooled, list(self.samples)
         out = xp.empty((self.k, c, ph, pw), img.dtype)
-        aten, window = _aten.aten(), [self.samples[0], self.samples[1]]
+        aten = _aten.aten()
         for b, idx, _, grid, _, arg in self.groups:
             samples = aten.grid_sampler_2d(_aten.view(img[b:b + 1]), _aten.view(grid), 0, 0,
                                            False)

@@ -35,10 +35,6 @@ def _is_node(x):
     return isinstance(x, Node)
 
 
-def _is_value_leaf(x):
-    return isinstance(x, (Tensor, Module))
-
-
 def flat_outputs(result):
     """(tensor leaves, TreeDef) of a call's result: tensors are its outputs."""
     return tree_flatten(result, lambda x: isinstance(x, Tensor))

@@ -180,14 +180,6 @@ def _as_ids(ids):
     return set([ids] if isinstance(ids, int) else ids)
 
 
-def _sub_graphs(graph):
-    for expr in graph._exprs:
-        if isinstance(expr, CallMethod):
-            sub = expr.graph
-            if sub is not None:
-                yield expr, sub
-
-
 def _expr_iter(graph, recursive, seen):
     # as upstream: each graph's Input exprs first (so ids and `_total_ids` agree)
     inputs = set()

@@ -350,7 +350,6 @@ class Tracer:
         self.surgery = surgery
         self._patched = []  # (namespace dict, name, original)
         self._patched_globals = set()
-        self._previous_hook = None
         self.values = {} if _check_exprs[0] else None  # node -> value copy, for the checker
 
     # ----- activation -----
