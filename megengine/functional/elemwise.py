@@ -488,6 +488,15 @@ class Clip(Op):
             # first (so x == float16(0.1) is inside [0.1, 1])
             self.lower, self.upper = (None if b is None else float(np.float16(b))
                                       for b in (self.lower, self.upper))
+            out = self._clip(x, True)
+            if 0 in (self.lower, self.upper):  # a signed zero equal to a zero bound stays x, as
+                # numpy's float16 loops keep it; float32 np.clip gives the bound's zero up to
+                # numpy 2.3 (its x from 2.4)
+                out = xp_of(x).where((out == 0) & (x == 0), x, out)
+            return out
+        return self._clip(x, False)
+
+    def _clip(self, x, half):
         if type(x) is np.ndarray and x.dtype.kind == "f" and self.lower is not None \
                 and self.upper is not None and not self.needs_input_grad[0]:
             # inference on a float numpy array: the clip ufunc itself. np.clip's Python wrapper
@@ -504,8 +513,8 @@ class Clip(Op):
             if self.upper is not None:
                 inside = inside & (x <= self.upper)
             self.inside = inside
-        if half:  # clip keeps x where it equals a bound, as numpy's float16 loops do (float32
-            # maximum and minimum take the CPU instruction's choice of two signed zeros)
+        if half:  # one clip pass, infinite bounds for None: float32 maximum and minimum take
+            # the CPU instruction's choice of two signed zeros (`forward` mends clip's)
             return _clip_keeping_nan(xp, x, -np.inf if self.lower is None else self.lower,
                                      np.inf if self.upper is None else self.upper)
         if self.lower is None:

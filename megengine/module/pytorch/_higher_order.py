@@ -7,6 +7,8 @@ stay alive) and whose backward differentiates those gradients once more with tor
 `TorchGrad` is itself a torch graph with leaves and outputs, so its own ``grad_graph`` applies
 the next `TorchGrad` over it: nested GradManagers reach the third order and beyond.
 """
+import re
+
 import torch
 
 from ...core import torch_bridge as _bridge
@@ -71,11 +73,22 @@ def _ordinal(k):
 
 def _torch_words(node):
     """What torch's ``node`` (an Error or NotImplemented node) raises when run: its own message,
-    which names the op (``derivative for aten::_ctc_loss_backward is not implemented``)."""
-    try:
-        node(torch.zeros(()))
-    except Exception as e:  # noqa: BLE001  (the message is all that is wanted)
-        return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    which names the op (``derivative for aten::_ctc_loss_backward is not implemented``, torch
+    2.14's ``batch_norm does not support 3rd+ order derivatives.``). A node of several inputs
+    first says how many it takes (``expected 3 arguments, got 1 instead``): it is run again
+    with that many."""
+    n = 1
+    for _ in range(2):
+        try:
+            node(*[torch.zeros(())] * n)
+        except Exception as e:  # noqa: BLE001  (the message is all that is wanted)
+            said = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            arity = re.fullmatch(r"expected (\d+) arguments, got \d+ instead", said)
+            if arity is None or int(arity.group(1)) == n:
+                return said
+            n = int(arity.group(1))
+        else:
+            return None
     return None
 
 
@@ -95,10 +108,12 @@ def _refuse_once_differentiable(call, ys, order):
             where = f"{call!r}: a {_ordinal(order)}-order gradient through this module passes "
             if kind == _ONCE_DIFFERENTIABLE:
                 raise RuntimeError(
-                    where + "through a torch.autograd.Function whose backward is marked "
-                    "@once_differentiable, which has no derivative; torch's backward() raises "
-                    f"there too{said}. Write that backward with differentiable torch operations "
-                    "(without @once_differentiable), or keep the module out of this gradient")
+                    where + f"through a torch node that has no derivative of this order{said}: "
+                    "a torch.autograd.Function whose backward is marked @once_differentiable, "
+                    "or a torch op differentiable only so far (torch 2.14's batch norm, to the "
+                    "second order); torch's backward() raises there too. Write such a backward "
+                    "with differentiable torch operations (without @once_differentiable), or "
+                    "keep the module out of this gradient")
             raise RuntimeError(
                 where + "through a torch op whose derivative of this order torch does not "
                 f"implement{said}, as torch.autograd.grad raises there; keep the module out of "

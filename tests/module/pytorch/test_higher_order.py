@@ -230,6 +230,38 @@ def test_second_order_through_a_once_differentiable_function_raises_where_torch_
         _second_order(PyTorchModule(net), xa)
 
 
+def test_a_refused_order_quotes_torchs_words_from_a_node_of_several_inputs():
+    # a @once_differentiable backward of two inputs leaves torch a node that takes two
+    # arguments: run with one, it only said "expected 2 arguments, got 1 instead" (so did torch
+    # 2.14's batch norm, third order: "expected 3 arguments", for its "batch_norm does not
+    # support 3rd+ order derivatives.")
+    class Mul(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, a, b):
+            ctx.save_for_backward(a, b)
+            return a * b
+
+        @staticmethod
+        @once_differentiable
+        def backward(ctx, g):
+            a, b = ctx.saved_tensors
+            return g * b, g * a
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 3)
+
+        def forward(self, x):
+            return Mul.apply(self.lin(x), x)
+
+    torch.manual_seed(0)
+    with pytest.raises(RuntimeError, match="second-order gradient") as e:
+        _second_order(PyTorchModule(Net()), np.random.randn(2, 3).astype(np.float32))
+    assert "torch: 'trying to differentiate twice" in str(e.value)
+    assert "expected 2 arguments" not in str(e.value)
+
+
 def _nested_grads(x, loss, next_loss, order):
     """The gradients w.r.t. ``x`` of ``order`` nested GradManagers (the innermost first): the
     innermost differentiates ``loss(x)``, each one out ``next_loss(k, g)`` of the gradient ``g``

@@ -1225,7 +1225,7 @@ def test_each_call_refuses_a_shared_tensor_that_is_not_where_it_was(change):
         wrap(x)
 
 
-@pytest.mark.parametrize("spoil", ["shape", "last key's shape", "unexpected key", "missing key",
+@pytest.mark.parametrize("spoil", ["shape", "a late key's shape", "unexpected key", "missing key",
                                    "dtype"])
 def test_a_torch_state_dict_that_fails_to_load_loads_nothing(spoil):
     # torch 2.13 measured: nn.Module.load_state_dict copies every entry that fits, then raises
@@ -1239,9 +1239,10 @@ def test_a_torch_state_dict_that_fails_to_load_loads_nothing(spoil):
     sd = {k: v + 100 for k, v in tmod.state_dict().items()}
     if spoil == "shape":
         sd["1.weight"] = torch.zeros(9)
-    elif spoil == "last key's shape":  # found after torch's copies of all the others
-        assert list(sd)[-1] == "2.num_batches_tracked"
-        sd["2.num_batches_tracked"] = torch.zeros(9, dtype=torch.int64)
+    elif spoil == "a late key's shape":  # found after torch's copies of all the others but
+        # num_batches_tracked (torch 2.8's batch norm loads one of another shape as 0, silently)
+        assert list(sd)[-2:] == ["2.running_var", "2.num_batches_tracked"]
+        sd["2.running_var"] = torch.zeros(9)
     elif spoil == "unexpected key":
         sd["zzz"] = torch.zeros(1)
     elif spoil == "dtype":
@@ -1254,7 +1255,7 @@ def test_a_torch_state_dict_that_fails_to_load_loads_nothing(spoil):
         np.testing.assert_array_equal(v, before[k])
     for k, v in tmod.state_dict().items():
         np.testing.assert_array_equal(torch_host(v), before[k])
-    if spoil not in ("shape", "last key's shape", "dtype"):  # without strict it loads, in place
+    if spoil not in ("shape", "a late key's shape", "dtype"):  # without strict it loads, in place
         wrap.load_torch_state_dict(sd, strict=False)
         np.testing.assert_array_equal(wrap.state_dict()["0.weight"], before["0.weight"] + 100)
         np.testing.assert_array_equal(torch_host(tmod[0].weight), before["0.weight"] + 100)
