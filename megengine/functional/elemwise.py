@@ -490,8 +490,8 @@ class Clip(Op):
                                       for b in (self.lower, self.upper))
             out = self._clip(x, True)
             if 0 in (self.lower, self.upper):  # a signed zero equal to a zero bound stays x, as
-                # numpy's float16 loops keep it; float32 np.clip gives the bound's zero up to
-                # numpy 2.3 (its x from 2.4)
+                # numpy's float16 loops keep it; numpy 2.0's float32 np.clip gives the bound's
+                # zero (2.1's on, x's)
                 out = xp_of(x).where((out == 0) & (x == 0), x, out)
             return out
         return self._clip(x, False)

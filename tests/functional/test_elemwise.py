@@ -467,7 +467,7 @@ def test_float16_clip_computes_in_float32_with_numpys_float16_values(monkeypatch
 def test_float16_clip_keeps_xs_signed_zero_at_a_zero_bound_whatever_numpys_float32_clip_gives(
         monkeypatch):
     # numpy's float16 clip keeps x = -0.0 at a bound 0 (and x = 0.0 at -0.0); its float32 clip,
-    # which the float16 op runs, gives the bound's zero there up to numpy 2.3 (x's from 2.4):
+    # which the float16 op runs, gives the bound's zero there in numpy 2.0 (x's from 2.1):
     # emulated here, so the mending is tested whatever numpy runs the suite
     def bounds_zero(clip):
         return lambda *a: (lambda x, out: np.where((out == 0) & (x == 0), np.float32(0), out))(
