@@ -327,7 +327,8 @@ def _clamp_passing_ties(x, lower=None, upper=None):
 def test_clip_value_and_grad(lower, upper):
     x = rand(4, 5)
     x[0, :3] = [-0.5, 0.5, 0.3]  # exactly on a bound: the gradient passes, as upstream's
-    got = check(lambda t: F.clip(t, lower, upper), lambda t: _clamp_passing_ties(t, lower, upper), x)
+    got = check(lambda t: F.clip(t, lower, upper),
+                lambda t: _clamp_passing_ties(t, lower, upper), x)
     np.testing.assert_array_equal(got.numpy(), torch.clamp(torch.tensor(x), lower, upper).numpy())
 
 
