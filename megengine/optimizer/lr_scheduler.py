@@ -13,9 +13,9 @@ class LRScheduler:
     Any other value resumes one, and the groups must already carry ``initial_lr`` (as they
     do after ``optimizer.load_state_dict`` of an optimizer that had a scheduler).
     The constructor calls ``step()`` once, so the first epoch's lr is set on creation.
-    A schedule started over an optimizer whose state was loaded first (its groups carry
-    ``initial_lr`` already) puts the loaded lrs back when its own state is loaded; see
-    `_keep_loaded_lrs`.
+    A schedule started over an optimizer whose state, saved with a schedule, was loaded first
+    (its groups carry ``initial_lr`` already) puts the loaded lrs back when its own state is
+    loaded; see `_keep_loaded_lrs`.
     """
 
     # attributes that are not the schedule's state (state_dict leaves them out)
@@ -30,10 +30,12 @@ class LRScheduler:
             raise TypeError(f"current_epoch must be an int, got {type(current_epoch).__name__}")
         self.optimizer = optimizer
         self.current_epoch = current_epoch
-        # The lrs of an optimizer whose state was loaded before this schedule started (its
-        # groups carry "initial_lr" already), which `_keep_loaded_lrs` puts back; upstream
-        # refuses such a state in a fresh optimizer, so there a schedule always starts first.
-        loaded = all("initial_lr" in group for group in optimizer.param_groups)
+        # The lrs of an optimizer whose state, saved with a schedule ("initial_lr" in its
+        # groups), was loaded before this schedule started, which `_keep_loaded_lrs` puts back;
+        # upstream refuses such a state in a fresh optimizer, so there a schedule always starts
+        # first. Groups that carry "initial_lr" because an earlier scheduler ran over this
+        # optimizer are not such a state (upstream's later schedule keeps its own first lrs).
+        loaded = optimizer.__dict__.pop("_schedule_loaded", False)
         loaded_lrs = ([group["lr"] for group in optimizer.param_groups]
                       if current_epoch == -1 and loaded else None)
         for i, group in enumerate(optimizer.param_groups):

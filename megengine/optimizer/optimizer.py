@@ -555,6 +555,9 @@ class Optimizer:
         for group, new_group in zip(self.param_groups, new_groups):
             group.update(new_group)  # in place: schedulers hold the group dicts
         self._state = new_state
+        # a schedule's lrs came with the state: the next scheduler built over this optimizer
+        # knows them from ones an earlier scheduler left (`LRScheduler._keep_loaded_lrs`)
+        self._schedule_loaded = all("initial_lr" in saved for saved in saved_groups)
 
 
 def _update_as_real(update, param, grad, state, group):

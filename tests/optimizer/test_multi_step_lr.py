@@ -209,3 +209,19 @@ def test_lrs_set_after_the_schedule_started_are_kept_by_a_load_as_upstreams():
         sched2.load_state_dict(saved["sched"])
         assert opt2.param_groups[0]["lr"] == want, change
         assert sched2.state_dict() == saved["sched"]
+
+
+def test_a_second_schedule_keeps_its_first_lr_when_its_own_state_is_loaded():
+    # upstream 1.13 measured (tests/fuzz/upstream_optim program 19405): a second MultiStepLR
+    # over an optimizer a first one ran over sets its first epoch's lr from "initial_lr" (0.5,
+    # not the 0.3 set by hand), and loading its own state keeps that; earlier versions of this
+    # fork took the groups' "initial_lr" for a loaded state and put 0.3 back
+    opt = SGD([mge.Parameter([1.0])], lr=0.5)
+    MultiStepLR(opt, [2], gamma=0.1).step()
+    opt.param_groups[0]["lr"] = 0.3
+    sched = MultiStepLR(opt, [1, 2], gamma=0.5)
+    assert opt.param_groups[0]["lr"] == 0.5
+    sched.load_state_dict(sched.state_dict())
+    assert opt.param_groups[0]["lr"] == 0.5
+    sched.step()
+    assert opt.param_groups[0]["lr"] == 0.25
