@@ -77,18 +77,17 @@ def _torch_words(node):
     2.14's ``batch_norm does not support 3rd+ order derivatives.``). A node of several inputs
     first says how many it takes (``expected 3 arguments, got 1 instead``): it is run again
     with that many."""
-    n = 1
-    for _ in range(2):
-        try:
-            node(*[torch.zeros(())] * n)
-        except Exception as e:  # noqa: BLE001  (the message is all that is wanted)
-            said = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            arity = re.fullmatch(r"expected (\d+) arguments, got \d+ instead", said)
-            if arity is None or int(arity.group(1)) == n:
-                return said
-            n = int(arity.group(1))
-        else:
-            return None
+    said = _raised(node, 1)
+    arity = said and re.fullmatch(r"expected (\d+) arguments, got 1 instead", said)
+    return _raised(node, int(arity.group(1))) if arity else said
+
+
+def _raised(node, n):
+    """The first line of what ``node`` raises when run on ``n`` zeros, or None."""
+    try:
+        node(*[torch.zeros(())] * n)
+    except Exception as e:  # noqa: BLE001  (the message is all that is wanted)
+        return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     return None
 
 
