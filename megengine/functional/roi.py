@@ -423,6 +423,9 @@ def deformable_psroi_pooling(inp, rois, trans, no_trans, part_size, pooled_h, po
     width and height, where ``cls`` numbers the ``trans.shape[1] // 2`` equal groups of
     channels; ``trans`` must be 4-d (any shape when ``no_trans``). As upstream, ``trans`` may
     have more than K rows: roi k reads row k, the others are unused (their gradient is zero).
+    Upstream itself accepts only ``trans`` of shape (K, 2, pooled_h, pooled_w), which its
+    kernel reads in memory order as (K, 2, part_size, part_size) rows: where the two differ,
+    that shape is read so here too (the values past the rows read get a zero gradient).
     Differentiable in ``inp`` and ``trans``. float32 only, as upstream.
     """
     what = "deformable_psroi_pooling"
@@ -444,6 +447,18 @@ def deformable_psroi_pooling(inp, rois, trans, no_trans, part_size, pooled_h, po
                          f"got shape {trans.shape}")
     if not no_trans:
         k = rois.shape[0]
+        if trans.shape[1:] == (2, pooled_h, pooled_w) and (pooled_h, pooled_w) != (part, part):
+            # upstream checks this shape, (K, 2, pooled_h, pooled_w), and its kernel reads the
+            # memory as (K, 2, part_size, part_size): read here as there
+            need = k * 2 * part * part
+            if trans.size < need:
+                raise ValueError(
+                    f"{what}: trans of shape {trans.shape} is read as upstream's kernel reads "
+                    f"it, {k} rows of (2, part_size={part}, part_size={part}) in memory order, "
+                    f"and holds {trans.size} values, fewer than the {need} that {k} rois read "
+                    f"(upstream reads past its end); give trans of shape ({k}, 2, {part}, "
+                    f"{part})")
+            trans = trans.reshape(-1)[:need].reshape(k, 2, part, part)
         if trans.shape[0] > k:  # upstream's kernel reads row k for roi k; later rows are unused
             trans = trans[:k]
         if (trans.shape[0] != k or trans.shape[1] < 2 or trans.shape[1] % 2

@@ -1011,6 +1011,29 @@ def test_deformable_psroi_pooling_reads_one_trans_row_per_roi():
         F.vision.deformable_psroi_pooling(img, rois, trans[:1], *args)
 
 
+def test_deformable_psroi_pooling_reads_upstreams_trans_shape_in_memory_order():
+    # upstream accepts only trans of shape (K, 2, pooled_h, pooled_w); its kernel reads
+    # trans[((k * classes + cls) * 2 + xy) * part * part + i * part + j]: part 2, pooled 3
+    img, rois = rand(2, 4, 9, 8), DPS_ROIS[:2]
+    trans = rand(2, 2, 3, 3, seed=9)
+    args = (False, 2, 3, 3, 2, 0.8, 0.3)
+    flat = trans.reshape(-1)
+    read = np.array([[[[flat[((k * 2 + xy) * 2 + i) * 2 + j] for j in range(2)] for i in range(2)]
+                      for xy in range(2)] for k in range(2)])
+    t = mge.tensor(trans)
+    with GradManager().attach([t]) as gm:
+        out = F.vision.deformable_psroi_pooling(img, rois, t, *args)
+        gm.backward(out.sum())
+    want = _dpsroi_loop(img, rois, read, False, 2, 3, 3, 2, 0.8, 0.3)
+    np.testing.assert_allclose(out.numpy(), want, rtol=1e-5, atol=1e-5)
+    g = t.grad.numpy().reshape(-1)
+    assert np.abs(g[:16]).sum() > 0 and (g[16:] == 0).all()  # 2 rois read 16 of 36 values
+    # too few values for the rois (upstream reads past the end of the buffer)
+    with pytest.raises(ValueError, match=r"holds 2 values, fewer than the 8 that 1 rois read"):
+        F.vision.deformable_psroi_pooling(img, rois[:1], rand(1, 2, 1, 1), False, 2, 1, 1, 2,
+                                          0.8)
+
+
 def test_deformable_psroi_pooling_bad_shapes_say_so():
     img, trans = rand(1, 2, 6, 6), rand(1, 2, 2, 2)
     rois = DPS_ROIS[:1]

@@ -103,7 +103,9 @@ def _dpsroi(inp, rois, trans, no_trans, part, ph, pw, spp, scale, tstd):
     """Upstream's DeformablePSROIPooling, vectorised over rois, channels, bins and samples:
     each bin of roi k averages the in-image samples of a spp x spp grid that starts at the
     bin's corner, shifted by trans[k, 2*cls:2*cls+2, part cell] * trans_std times the roi's
-    size; samples are clamped into the image and read bilinearly."""
+    size; samples are clamped into the image and read bilinearly. trans is read in memory
+    order as megdnn's kernel reads it, (K, 2 * classes, part, part) whatever its shape
+    (upstream accepts only (K, 2, ph, pw))."""
     _, c, hh, ww = inp.shape
     k = rois.shape[0]
     ncls = 1 if no_trans else trans.shape[1] // 2
@@ -120,8 +122,9 @@ def _dpsroi(inp, rois, trans, no_trans, part, ph, pw, spp, scale, tstd):
         kk = np.arange(k).reshape(sh)
         part_h = np.floor(py / ph * part).astype(int)
         part_w = np.floor(px / pw * part).astype(int)
-        tx = trans[kk, 2 * cls, part_h, part_w] * tstd
-        ty = trans[kk, 2 * cls + 1, part_h, part_w] * tstd
+        at = ((kk * ncls + cls) * 2 * part + part_h) * part + part_w
+        tx = trans.reshape(-1)[at] * tstd
+        ty = trans.reshape(-1)[at + part * part] * tstd
     ws = px * (rw / pw).reshape(sh) + x1.reshape(sh) + tx * rw.reshape(sh)
     hs = py * (rh / ph).reshape(sh) + y1.reshape(sh) + ty * rh.reshape(sh)
     step = np.arange(spp)
@@ -162,7 +165,11 @@ def _deformable_psroi(rng):
     rois = np.concatenate([rng.integers(0, n, size=(k, 1)), box], 1).astype(np.float32)
     x = values(rng, (n, c, hh, ww), "float32")
     extra = int(rng.random() < 0.2)  # upstream reads row k of trans for roi k; more rows: unused
-    trans = values(rng, (k + extra, 2 * ncls, part, part), "float32", -1, 1)
+    tshape = (k + extra, 2 * ncls, part, part)
+    if (ncls == 1 and (ph, pw) != (part, part) and (k + extra) * ph * pw >= k * part * part
+            and rng.random() < 0.5):
+        tshape = (k + extra, 2, ph, pw)  # upstream's own shape, read as the other in memory
+    trans = values(rng, tshape, "float32", -1, 1)
     args = (no_trans, part, ph, pw, spp, scale, tstd)
 
     def ref(a, r, t):
