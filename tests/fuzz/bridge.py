@@ -719,7 +719,10 @@ def check_higher_order(seed, order=None):
     one with respect to the parameters; against the twin's ``torch.autograd.grad(...,
     create_graph=True)`` chain. Where torch has no derivative of that order (torch 2.14's batch
     norm has none of the third: "does not support 3rd+ order derivatives"), the wrapper must
-    refuse it by name (`megengine.module.pytorch._higher_order`), and nothing is compared."""
+    refuse it by name (`megengine.module.pytorch._higher_order`), as torch's ``backward()``
+    (every leaf) raises there, also where ``torch.autograd.grad`` of the attached parameters
+    alone does not run that node (network 122128: the batch norm's block unattached), and
+    nothing is compared."""
     order = order or _higher_order_of(seed)
     net, twin, plan = build(seed)
     opts = plan[4]
@@ -761,15 +764,21 @@ def check_higher_order(seed, order=None):
         for _ in range(order - 1):
             g, = torch.autograd.grad(loss, tx, create_graph=True)
             loss = (g ** 2).sum()
-        want = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
+        want = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True,
+                                   retain_graph=refused is not None)
     except RuntimeError as e:
         if refused is None:
             raise BridgeMismatch(f"order {order}: torch has no such gradient ({e}), megengine "
                                  "computed one") from None
         return opts
     if refused is not None:
+        try:  # what torch's backward() differentiates: every leaf
+            torch.autograd.grad(loss, [tx] + [p for p in twin.parameters() if p.requires_grad],
+                                allow_unused=True)
+        except RuntimeError:
+            return opts
         raise BridgeMismatch(f"order {order}: megengine refused ({refused}), torch computed "
-                             "the gradients")
+                             "the gradients, of every leaf too")
     for (k, _), w in zip(named, want):
         what = f"order {order} gradient of {' '.join(map(str, k))}"
         if w is None:  # not reached by the loss: megengine's gradient is None or zeros
