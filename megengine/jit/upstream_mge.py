@@ -830,11 +830,29 @@ def _op_multi_head_attn(op, q, k, v, weight_bias, *mask):
 def _op_split(op, x, *sizes):
     axis = op.p(0, "i", 0)
     sizes = [_scalar(s, op) for s in sizes]
+    return tuple(_F().split(x, _split_cuts(sizes[:-1]), axis))
+
+
+def _split_cuts(sizes):
+    """The cuts of a Split: the sums of its parts' sizes. Sizes traced as ``hi_k - lo_k``
+    where each ``lo_k`` is the ``hi`` before it (this fork's writer writes them so: bounds that
+    follow the input) give the cuts ``hi_k - lo_0``, not sums: the sums of a split into
+    hundreds of parts nest hundreds deep, past Python's recursion limit where the program
+    reads them (fuzz program 23185: ``F.split(h, h.shape[1], axis=1)``, 776 parts)."""
+    trees = [getattr(s, "tree", None) for s in sizes]
+    if sizes and all(type(t) is tuple and t[0] == "-" for t in trees) and all(
+            b[2] == a[1] for a, b in zip(trees, trees[1:])):
+        from ..core._trace_option import SymDim
+        cuts, value = [], 0
+        for s, t in zip(sizes, trees):
+            value += s.value
+            cuts.append(SymDim(value, ("-", t[1], trees[0][2]), s.src, True))
+        return cuts
     cuts, total = [], 0
-    for s in sizes[:-1]:
+    for s in sizes:
         total = total + s
         cuts.append(total)
-    return tuple(_F().split(x, cuts, axis))
+    return cuts
 
 
 def _op_dot(op, a, b):

@@ -462,6 +462,21 @@ def test_files_follow_the_batch(fn):
         np.testing.assert_allclose(got, fn(mge.tensor(x)).numpy(), rtol=1e-6, atol=1e-6)
 
 
+def test_a_split_into_hundreds_of_parts_of_a_size_from_the_input_reads_back():
+    # each part's size is written as its two bounds' difference (the file follows the input),
+    # which the reader summed into cuts nested as deep as the parts: 600 parts read back past
+    # Python's recursion limit (fuzz program 23185); the cuts are the bounds again now
+    def fn(x):
+        return F.concat(F.split(x, x.shape[1], axis=1)[::-1], axis=1) * 2
+    r = np.random.RandomState(0)
+    data = _dumped(fn, r.randn(2, 600).astype("float32")).getvalue()
+    prog = load(io.BytesIO(data))
+    for n in (2, 3):
+        x = r.randn(n, 600).astype("float32")
+        got = list(prog.run({"arg_0": x}).values())[0].numpy()
+        np.testing.assert_array_equal(got, x[:, ::-1] * 2)
+
+
 def test_values_whose_shape_is_the_programs_again_after_a_mask_are_written():
     # an element-wise op that broadcasts a data-decided axis away (to the size of another
     # operand's) or a reduction over it gives a value of the program's shape: what reads it may

@@ -298,6 +298,7 @@ class _Graph:
         self.ids, self.middle, self.ops = {}, [], []  # ids: id(a Network var) -> var number
         self.dynamic = set()  # ids of the Network vars whose shapes data decides (cond_take's)
         self.data_axes = {}  # id -> the axes data decides of such a var, where known (else all)
+        self.sizes = {}  # (id(an op), a size's tree, dtype, device) -> its var (`_size`)
 
     def data_axes_of(self, v):
         """The axes of Network var ``v`` whose sizes the data decides (none: its shape is the
@@ -441,8 +442,17 @@ def _size(g, opr, tree, device, name, dtype=np.int32):
     """The var of a size computed from shapes (a `megengine.jit._program._DimExpr` tree), as
     upstream's graph computes it: GetVarShape of the value, then arithmetic on vectors of one
     item, in int32 (``dtype`` float32: a value made from sizes, ``x.shape[1] / 100``: the
-    sizes converted with TypeCvt, as upstream's graph converts them)."""
+    sizes converted with TypeCvt, as upstream's graph converts them). A size an op computes
+    twice is written once (a Split's bounds, each the end of one part and the start of the
+    next, share their terms: 776 parts wrote 8.5 MB)."""
     dtype = np.dtype(dtype)
+    key = (id(opr), tree, dtype.str, device)
+    if key not in g.sizes:
+        g.sizes[key] = _new_size(g, opr, tree, device, name, dtype)
+    return g.sizes[key]
+
+
+def _new_size(g, opr, tree, device, name, dtype):
     if type(tree) is not tuple:
         return g.const(np.array([tree], dtype), device, f"{name}:{tree}")
     if tree[0] == "dim":
