@@ -717,11 +717,15 @@ def _more_nn(d):
 
 def _more_nn2(d):
     """The rarer layer functions: 3-d convolutions, CTC loss, deformable and local
-    convolutions, ``scatter``, ``sliding_window_transpose``, ``svd``'s singular values and
-    ``general_norm``."""
+    convolutions, ``scatter``, ``sliding_window_transpose``, ``svd``'s singular values,
+    ``general_norm`` and ``deformable_psroi_pooling``."""
     kind = d.pick(["conv3d", "conv_transpose3d", "ctc_loss", "deformable_conv2d",
                    "local_conv2d", "scatter", "sliding_window_transpose", "svd",
                    "general_norm"])
+    # the functions drawn since, in a tenth of the calls, by a stream of their own (the calls
+    # of the seeds that draw none are those drawn before they were added)
+    if np.random.default_rng((d.seed, 2)).random() < 0.1:
+        kind = "deformable_psroi_pooling"
     n, c, o, k = d.int(1, 2), d.int(1, 2), d.int(1, 2), d.int(1, 2)
     if kind == "conv3d":
         g = d.pick([1, 1, 2])
@@ -785,6 +789,25 @@ def _more_nn2(d):
         return ("F.sliding_window_transpose",
                 [d.tensor((n, c, oh, ow, k, k), "float32", special=False), ("v", (h, w)),
                  ("v", k)], {"padding": pad, "stride": stride})
+    if kind == "deformable_psroi_pooling":
+        h, w, k = d.int(2, 6), d.int(2, 6), d.int(1, 3)
+        ph, pw, no_trans = d.int(1, 3), d.int(1, 3), bool(d.r() < 0.3)
+        scale = d.pick([1.0, 0.5])
+        # upstream's trans is (K or more, 2, ph, pw), read as (K, 2, part, part) rows in memory:
+        # a part larger than that reads past its end there (and crashes it now and then)
+        part = d.int(1, min(ph, pw))
+        lo = d.rng.uniform(-1, np.array([w, h]) / scale, size=(k, 2))
+        box = np.concatenate([lo, lo + d.rng.uniform(0, 1.5 * np.array([w, h]) / scale,
+                                                      size=(k, 2))], 1)
+        box = np.where(np.abs(box - np.round(box)) > 0.45, box + 0.2, box)  # (C's round)
+        rois = np.concatenate([d.rng.integers(0, n, size=(k, 1)), box], 1)
+        return ("F.nn.deformable_psroi_pooling",
+                [d.tensor((n, c, h, w), "float32", special=False),
+                 enc_array(rois.astype("float32")),
+                 d.tensor((k + d.int(0, 1), 2, ph, pw), "float32", special=False)],
+                {"no_trans": no_trans, "part_size": part, "pooled_h": ph, "pooled_w": pw,
+                 "sample_per_part": d.int(1, 3), "spatial_scale": scale,
+                 "trans_std": d.pick([0.1, 0.3])})
     if kind == "svd":
         shape = d.pick([(), (d.int(1, 2),)]) + (d.int(1, 4), d.int(1, 4))
         # (upstream 1.13's compute_uv=False fails to unpack its own result: measured)
