@@ -101,6 +101,16 @@ def test_bad_order_and_file(coco_dir, tmp_path):
     bad.write_text(json.dumps({"images": []}))
     with pytest.raises(ValueError, match="'annotations'"):
         COCO(root, str(bad), order=("image",))
+    # keypoints of a detection annotation (no "keypoints" field): named, where upstream's
+    # KeyError says only 'keypoints'
+    detection = json.loads(open(ann).read())
+    del detection["annotations"][1]["keypoints"]
+    det = tmp_path / "det.json"
+    det.write_text(json.dumps(detection))
+    ds = COCO(root, str(det), order=("keypoints",))
+    with pytest.raises(ValueError, match="image 2 has no 'keypoints'"):
+        ds[0]
+    assert ds[2][0].shape == (2, 17, 3)  # (image 9's annotations have theirs)
 
 
 def test_class_tables():

@@ -166,6 +166,11 @@ class COCO(CocoFormatDataset):
 
     def _field(self, key, img_id, anns):
         if key == "keypoints":
+            if any("keypoints" not in a for a in anns):
+                raise ValueError(
+                    "COCO: an annotation of image {} has no 'keypoints' (a detection "
+                    "annotation file?): use a keypoints file (person_keypoints_*.json), or "
+                    "leave \"keypoints\" out of order".format(img_id))
             points = [a["keypoints"] for a in anns]
             return np.array(points, dtype=np.float32).reshape(-1, len(self.keypoint_names), 3)
         return super()._field(key, img_id, anns)
