@@ -527,8 +527,8 @@ def module_stats(model: M.Module, inputs: Iterable[np.ndarray] = None, input_sha
     # its own: the watcher is installed on the class and deleted afterwards.
     def watching_getattribute(module, item):
         value = object.__getattribute__(module, item)
-        if (cal_params and (item == "weight" or item == "bias")
-                and id(module) in names and value is not None):
+        if ((item == "weight" or item == "bias")  # (also without cal_params, as upstream's:
+                and id(module) in names and value is not None):  # it only leaves them unsummed)
             note_param(module, item, value)
         return value
 

@@ -258,7 +258,13 @@ def test_older_upstream_spellings_of_the_shapes():
 def test_cal_switches_and_missing_inputs():
     net = M.Sequential(M.Linear(3, 2))
     total, details = stats(net, input_shapes=(1, 3), cal_params=False, cal_flops=False)
-    assert total.param_dims == 0 and total.flops == 0 and details.params == []
+    assert total.param_dims == 0 and total.flops == 0
+    # upstream 1.13 measured: the parameters the forward reads are still listed, unsummed (no
+    # total row, no sizes added)
+    assert [(r["name"], r["shape"], r["param_dim"]) for r in details.params] == [
+        ("0-w", (2, 3), 6), ("0-b", (2,), 2)]
+    assert sorted(details.params[0]) == ["dtype", "mean", "name", "nbits", "param_dim", "shape",
+                                         "size", "std"]
     assert total.act_dims == 2
     total, details = stats(net, input_shapes=(1, 3), cal_activations=False)
     assert total.act_dims == 0 and details.activations == []
