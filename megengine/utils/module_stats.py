@@ -483,11 +483,12 @@ def module_stats(model: M.Module, inputs: Iterable[np.ndarray] = None, input_sha
         add_rows(module, inps, outs_list, name, type(module).__name__, _flops_fn(module))
 
     def torch_layer_hook(tmod, inps, outs, name, formula, mirrors):
-        if cal_params:
-            for attr in ("weight", "bias"):
-                value = getattr(tmod, attr, None)
-                if value is not None:
-                    note_param(tmod, attr, mirrors.get(id(value)), module_name=name)
+        # (the parameters a forward reads are listed also without cal_params, as upstream
+        # lists a megengine layer's: see watching_getattribute)
+        for attr in ("weight", "bias"):
+            value = getattr(tmod, attr, None)
+            if value is not None:
+                note_param(tmod, attr, mirrors.get(id(value)), module_name=name)
         outs_list = list(outs) if isinstance(outs, (tuple, list)) else [outs]
         add_rows(tmod, inps, outs_list, name, "torch " + type(tmod).__name__, formula,
                  _torch_activation_stats)
@@ -496,10 +497,9 @@ def module_stats(model: M.Module, inputs: Iterable[np.ndarray] = None, input_sha
         # torch's forward reads the parameters through torch's attributes, out of the
         # watcher's sight: a called wrapper counts all of its own (those of counted torch
         # layers are counted already, in call order, as megengine layers' are)
-        if cal_params:
-            for mirror_name, mirror in wrapper.named_modules(prefix=name or None):
-                for attr, p in mirror.named_parameters(recursive=False):
-                    note_param(mirror, attr, p, module_name=mirror_name)
+        for mirror_name, mirror in wrapper.named_modules(prefix=name or None):
+            for attr, p in mirror.named_parameters(recursive=False):
+                note_param(mirror, attr, p, module_name=mirror_name)
 
     handles = []
     types = tuple(hook_modules)

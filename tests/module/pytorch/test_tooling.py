@@ -109,6 +109,13 @@ def test_module_stats_count_the_torch_part_as_its_megengine_port():
     assert [r["class_name"] for r in details.flops[:-1]] == [
         "Conv2d", "torch Conv2d", "torch BatchNorm2d", "torch MaxPool2d", "torch Linear",
         "Linear"]
+    # without cal_params the rows of the parameters the forward reads are listed all the same,
+    # unsummed, as upstream lists a megengine layer's
+    _, details = module_stats(_hybrid(), inputs=(x,), cal_params=False, logging_to_stdout=False)
+    _, want = module_stats(_Hybrid(_PortedBody()), inputs=(x,), cal_params=False,
+                           logging_to_stdout=False)
+    assert [r["name"] for r in details.params] == [r["name"] for r in want.params]
+    assert "body.conv-w" in [r["name"] for r in details.params]
 
 
 def test_module_stats_count_a_parameter_once_across_the_two_sides():
