@@ -42,7 +42,7 @@ import struct
 import numpy as np
 
 from ..core._imperative_rt.ops import NO_AXIS as _NO_AXIS  # (OptionalAxisV1's "no axis")
-from ..core._trace_option import is_int, sym_max
+from ..core._trace_option import SymDim, is_int, sym_max
 
 __all__ = ["UpstreamFormatError", "is_upstream", "read_upstream"]
 
@@ -593,7 +593,6 @@ def _broadcast_size(a, b):
         return a if b == 1 else b
     if type(a) is int:
         return b if a == 1 else a
-    from ..core._trace_option import SymDim
     return SymDim(b.value if a.value == 1 else a.value, ("bcast", a.tree, b.tree), a.src,
                   a.nonneg and b.nonneg)
 
@@ -752,7 +751,6 @@ def _op_reduce_default(op, mode, x, target):
 def _op_typecvt(op, x):
     dtype = _dtype(op.param, op.where())
     if type(x) is _Shape:  # sizes stay sizes (as floats for scale arithmetic: h * 2.0)
-        from ..core._trace_option import SymDim
         if dtype.kind == "f":
             return _Shape(v * 1.0 for v in x)
         is_int = lambda v: type(v) is int or type(v) is SymDim and type(v.value) is int
@@ -842,7 +840,6 @@ def _split_cuts(sizes):
     trees = [getattr(s, "tree", None) for s in sizes]
     if sizes and all(type(t) is tuple and t[0] == "-" for t in trees) and all(
             b[2] == a[1] for a, b in zip(trees, trees[1:])):
-        from ..core._trace_option import SymDim
         cuts, value = [], 0
         for s, t in zip(sizes, trees):
             value += s.value
