@@ -580,12 +580,12 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
     def __repr__(self):
         # _peek: printing decides no op, so a trace need not note the read. Upstream's layout:
         # numpy's str() at 4 decimals (a 0-d value prints in full, as numpy prints scalars),
-        # continuation lines indented by numpy alone -- what upstream's docstrings show.
+        # continuation lines indented by numpy alone -- what upstream's docstrings show. A
+        # quantized tensor names its storage dtype (int8), as upstream's; .dtype has the scale.
         with np.printoptions(precision=4, suppress=False):
             body = str(self._peek())
         dt = self._data.dtype
-        extra = "" if dt == np.float32 and dt.metadata is None else \
-            f", dtype={dtype.dtype_name(dt)}"
+        extra = "" if dt == np.float32 and dt.metadata is None else f", dtype={dt.name}"
         return f"Tensor({body}{extra}, device={self._device_label()})"
 
     def _device_label(self):
