@@ -1793,7 +1793,10 @@ def matmul(a, b, out=None):
     """``a @ b`` (numpy.matmul) of arrays of one dtype, on ATen where numpy's BLAS would run
     each product on threads of its own (above); ``a.dot(b)`` for 1-D / 2-D operands otherwise
     (equal there, with less dispatch: ~5 us less per call right after torch's convolutions,
-    benchmarks/profile_hybrid_step.py). ``out``: a C-contiguous array of the result's shape and
+    benchmarks/profile_hybrid_step.py), but for an inner dimension of 1: there numpy's dot runs
+    BLAS's gemv, which skips a column whose factor is 0, so a NaN or inf times 0 gave 0, not
+    NaN (``[[nan], [1]] @ [[0]]`` was ``[[0], [0]]``; numpy's matmul multiplies every pair, as
+    upstream's and torch's products). ``out``: a C-contiguous array of the result's shape and
     dtype to write to, which is returned.
 
     float16 operands are multiplied as float32 and the product rounded to float16 once: the
@@ -1828,7 +1831,7 @@ def matmul(a, b, out=None):
                 return out
     if out is not None:
         return xp_of(a).matmul(a, b, out=out)
-    return a.dot(b) if a.ndim < 3 and b.ndim < 3 else a @ b
+    return a.dot(b) if a.ndim < 3 and b.ndim < 3 and a.shape[-1] != 1 else a @ b
 
 
 def grad_matmul(a, b):

@@ -649,7 +649,7 @@ def _step_gemm(xp, w, h0, y, acc):
         return step
     if len(y) == 1:  # one step: no copy of W^T for one use
         def step(t, prev):
-            acc[t] += (h0 if prev is None else y[prev]).dot(w.T)
+            acc[t] += _matmul(h0 if prev is None else y[prev], w.T)
 
         return step
     w_t = xp.ascontiguousarray(w.T)

@@ -537,6 +537,53 @@ def test_matmul_strided_nd_by_matrix_and_float64():
     np.testing.assert_allclose(b.grad.numpy(), a0.reshape(6, 4).T @ np.ones((6, 5)), rtol=1e-13)
 
 
+# An inner dimension of 1 (an outer product): numpy's dot runs BLAS's gemv there, which skips
+# a zero factor, so NaN or inf times 0 gave 0 instead of NaN; torch (and upstream) multiply
+# every pair. Forward, the gradients, float32 and float64, a (m, 1) by (1,) product and a
+# (1, 1) by (1, n) one, F.linear, F.einsum and LSTMCell of hidden size 1 (its recurrent gemm).
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("a0,b0", [
+    ([[np.nan], [1.0], [2.0]], [[0.0]]), ([[np.nan], [1.0]], [0.0]), ([[np.inf], [1.0]], [[-0.0]]),
+    ([[0.0]], [[np.inf, 1.0, 2.0]]), ([0.0], [[1.0, -np.inf]])], ids=str)
+def test_matmul_of_an_inner_dimension_of_one_keeps_nan_of_zero_times_nan_or_inf(dtype, a0, b0):
+    a0, b0 = np.array(a0, dtype), np.array(b0, dtype)
+    want = torch.matmul(torch.tensor(a0), torch.tensor(b0)).numpy()
+    assert np.isnan(want).any()
+    np.testing.assert_array_equal(F.matmul(mge.tensor(a0), mge.tensor(b0)).numpy(), want)
+    if b0.ndim == 2:
+        np.testing.assert_array_equal(F.linear(mge.tensor(a0), mge.tensor(b0.T)).numpy(), want)
+        ein = "ik,kj->ij" if a0.ndim == 2 else "k,kj->j"
+        np.testing.assert_array_equal(F.einsum(ein, mge.tensor(a0), mge.tensor(b0)).numpy(), want)
+    # gradients: dy @ b.T and a.T @ dy, one of which is an inner-dimension-1 product too
+    ta, tb = (torch.tensor(v, requires_grad=True) for v in (a0, b0))
+    w = np.linspace(0.5, 1.5, want.size).reshape(want.shape).astype(dtype)
+    (torch.matmul(ta, tb) * torch.tensor(w)).sum().backward()
+    a, b = mge.tensor(a0), mge.tensor(b0)
+    gm = GradManager().attach([a, b])
+    with gm:
+        gm.backward((F.matmul(a, b) * mge.tensor(w)).sum())
+    np.testing.assert_array_equal(a.grad.numpy(), ta.grad.numpy())
+    np.testing.assert_array_equal(b.grad.numpy(), tb.grad.numpy())
+
+
+def test_an_lstm_cell_of_hidden_size_one_multiplies_every_recurrent_pair():
+    import megengine.module as M
+    cell = M.LSTMCell(1, 1)
+    for p in cell.parameters():
+        p[...] = np.ones(p.shape, np.float32)
+    cell.weight_hh[...] = np.array([[0.0], [np.inf], [0.0], [0.0]], np.float32)
+    x, h, c = (mge.tensor(np.zeros((1, 1), np.float32)) for _ in range(3))
+    tcell = torch.nn.LSTMCell(1, 1)
+    with torch.no_grad():
+        for name, p in tcell.named_parameters():
+            p.copy_(torch.tensor(getattr(cell, name).numpy()))
+        want = tcell(torch.zeros(1, 1), (torch.zeros(1, 1), torch.zeros(1, 1)))
+    got = cell(x, (h, c))
+    assert np.isnan(want[0].numpy()).all()  # 0 * inf in the forget gate's product
+    np.testing.assert_array_equal(got[0].numpy(), want[0].numpy())
+    np.testing.assert_array_equal(got[1].numpy(), want[1].numpy())
+
+
 def test_matmul_transpose_flags():
     a, b = rand(2, 4, 3), rand(2, 5, 4)
     check(lambda x, y: F.matmul(x, y, transpose_a=True, transpose_b=True),

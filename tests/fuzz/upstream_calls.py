@@ -1028,13 +1028,14 @@ def _module(d):
     more = np.random.default_rng((d.seed, 1))
     if more.random() < 0.35:
         kind = str(more.choice(MORE_MODULES))
-        args, kw, inputs = _more_module(d, kind)
+        (args, kw, inputs), forward = _more_module(d, kind), None
     else:
-        args, kw, inputs = _first_module(d, kind)
+        args, kw, inputs, forward = _first_module(d, kind)
     training = bool(d.r() < 0.5) and kind != "Dropout"
     module = getattr(M, kind)(*args, **kw)
     state = _drawn_state(d, module)
-    return ("Mod." + kind, [("v", (args, kw)), ("S", state), ("v", training)] + inputs, {})
+    init = (args, kw) if forward is None else (args, kw, forward)
+    return ("Mod." + kind, [("v", init), ("S", state), ("v", training)] + inputs, {})
 
 
 MORE_MODULES = ("Conv3d", "ConvTranspose3d", "AdaptiveMaxPool2d", "LocalResponseNorm",
@@ -1146,9 +1147,10 @@ def _more_module(d, kind):
 
 
 def _first_module(d, kind):
-    """(args, kwargs, inputs) of a layer of the first kinds `_module` draws."""
+    """(args, kwargs, inputs, forward's keyword arguments or None) of a layer of the first
+    kinds `_module` draws."""
     n, c = d.int(1, 3), d.int(1, 3)
-    args, kw, inputs = (), {}, None
+    args, kw, inputs, forward = (), {}, None, None
     if kind == "Linear":
         args, kw = (c, d.int(1, 3)), {"bias": bool(d.r() < 0.7)}
         inputs = [d.tensor((n, c), "float32", special=False)]
@@ -1200,9 +1202,12 @@ def _first_module(d, kind):
         heads = d.int(1, 2)
         e = heads * d.int(1, 2)
         args, kw = (e, heads), {"bias": bool(d.r() < 0.7)}
-        q = d.tensor((n, d.int(1, 3), e), "float32", special=False)  # (batch, length, embed)
-        kv = d.tensor((n, d.int(1, 3), e), "float32", special=False)
+        lq = d.int(1, 3)
+        q = d.tensor((n, lq, e), "float32", special=False)  # (batch, length, embed)
+        lk = d.int(1, 3)
+        kv = d.tensor((n, lk, e), "float32", special=False)
         inputs = [q, kv, kv]
+        inputs, forward = _attention_extras(d, kw, heads, n, lq, lk, inputs)
     elif kind in ("AvgPool2d", "MaxPool2d"):
         k = d.int(1, 3)
         args, kw = (k,), {"stride": d.int(1, 2), "padding": d.int(0, k // 2)}
@@ -1220,7 +1225,37 @@ def _first_module(d, kind):
     else:
         kw = {"axis": d.int(-2, 1)} if d.r() < 0.7 else {}
         inputs = [d.tensor((n, c + 1), "float32", special=False)]
-    return args, kw, inputs
+    return args, kw, inputs, forward
+
+
+def _attention_extras(d, kw, heads, n, lq, lk, inputs):
+    """MultiHeadAttention's other arguments, by a stream of their own (a seed that draws none
+    calls the layer as before they were added): ``kdim`` / ``vdim`` (into ``kw``), a 2-d or
+    3-d ``attn_mask`` of 0 and -inf (a row all -inf now and then), with ``is_causal`` now and
+    then (a hint that the mask is causal: the mask is applied), and the attention weights
+    (``need_weights``, ``average_attn_weights``). Returns the inputs and forward's keyword
+    arguments ([plain ones, names of the trailing tensor inputs]). Neither a
+    ``key_padding_mask`` (upstream 1.13's CPU kernel applies an earlier call's) nor
+    ``is_causal`` without a mask (its CPU kernel corrupts the heap: an AsyncError, then later
+    calls crash; docs/compatibility.rst): upstream's answers would depend on earlier calls."""
+    extra = np.random.default_rng((d.seed, 3))
+    if extra.random() >= 0.6:
+        return inputs, None
+    if extra.random() < 0.4:
+        kw["kdim"], kw["vdim"] = (int(extra.integers(1, 4)) for _ in range(2))
+        inputs = inputs[:1] + [d.tensor((n, lk, kw[k]), "float32", special=False)
+                               for k in ("kdim", "vdim")]
+    plain, names = {}, []
+    if extra.random() < 0.6:
+        shape = (lq, lk) if extra.random() < 0.6 else (n * heads, lq, lk)
+        mask = np.where(extra.random(shape) < 0.3, -np.inf, 0).astype("float32")
+        inputs, names = inputs + [enc_array(mask)], ["attn_mask"]
+        if extra.random() < 0.3:
+            plain["is_causal"] = True
+    if extra.random() < 0.5:
+        plain["need_weights"] = True
+        plain["average_attn_weights"] = bool(extra.random() < 0.5)
+    return inputs, [plain, names]
 
 
 def _drawn_state(d, module, ties=lambda key: True, signed_bn_scales=False):
@@ -1248,10 +1283,16 @@ def _run_module(name):
     def run(init, state, training, *inputs):
         import megengine.module as M
 
+        forward = {}
+        if len(init) == 3:  # (args, kwargs, [forward's plain keywords, its tensor keywords])
+            plain, names = init[2]
+            cut = len(inputs) - len(names)
+            forward = dict(plain, **dict(zip(names, inputs[cut:])))
+            inputs = inputs[:cut]
         module = getattr(M, name)(*init[0], **init[1])
         module.load_state_dict(state, strict=True)
         module.train(training)
-        out = module(*inputs)
+        out = module(*inputs, **forward)
         after = [np.asarray(v) for k, v in sorted(module.state_dict().items()) if "running" in k]
         return [out, after] if after else out
     return run
