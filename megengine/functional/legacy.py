@@ -18,7 +18,7 @@ from .elemwise import acos, asin, clip, div, maximum, mul, pow, sub
 from .math import matmul, topk
 from .nn import indexing_one_hot
 from .normalization import batch_norm
-from .tensor import _axis, transpose
+from .tensor import _axis, transpose, where, zeros_like
 from .utils import topk_accuracy
 
 __all__ = [
@@ -201,8 +201,10 @@ def nll_loss(pred, label, axis=1, ignore_index=-1):
         if error is None:
             raise
         raise error from None
-    mask = keep.astype(pred.dtype)
-    return -(picked * mask).sum() / maximum(mask.sum(), 1.0)
+    # an ignored label reads nothing: a NaN or infinity there (its class 0 is read) stays out,
+    # as torch's (a product by the mask made 0 * nan of it: the loss was NaN)
+    kept = where(keep, picked, zeros_like(picked))
+    return -kept.sum() / maximum(keep.astype(pred.dtype).sum(), 1.0)
 
 
 def _nll_loss_label_error(pred, label, keep, axis, ignore_index):

@@ -301,6 +301,21 @@ class _BinaryCrossEntropy(_PairLoss):
     def aten_call(self, tp, tl, reduction):
         return _aten.op(self.aten_loss)(tp, tl, None, None, reduction)  # (no weights)
 
+    def forward(self, pred, label):
+        out = super().forward(pred, label)
+        if self.tp is not None and self.with_logits and type(out) is np.ndarray and \
+                not math.isfinite(out.sum()):
+            # ATen's fused loss, torch's (1 - y) x + softplus(-x), gives NaN where an infinite
+            # logit meets the other label (x = -inf, y = 1); the array code weighs each side
+            # as upstream does (inf there): it computes a loss that is not finite again (on
+            # the CPU: on a GPU the check would wait for the device at every call)
+            pred, label = self.arrays
+            self.tp = self.tl = None
+            loss = self.elementwise(xp_of(pred), pred, label)
+            self.loss_shape = loss.shape
+            out = _reduce(loss, self.reduction)
+        return out
+
     def _backward_aten(self, g, needs):
         # the array code's gradients (`grads`) with sigmoid(x) from ATen's vectorised kernel;
         # it is 0 or 1 where numpy's exp under- or overflows, as the array code's limit
@@ -322,9 +337,13 @@ class _BinaryCrossEntropy(_PairLoss):
             pred, label = pred.astype(np.float32), label.astype(np.float32)
         self.pred, self.label = pred, label
         if self.with_logits:
-            # -(y log sigmoid(x) + (1 - y) log sigmoid(-x)), without overflow
+            # -(y log sigmoid(x) + (1 - y) log sigmoid(-x)), without overflow: y softplus(-x)
+            # + (1 - y) softplus(x), whose log1p(exp(-|x|)) parts are one. Each label weighs
+            # its own side, as upstream's: x = inf with y = 0 is inf (max(x, 0) - x y, the form
+            # before, gave inf - inf = NaN there; x = -inf with y = 1 inf too).
             # (log1p_array: ATen's where numpy's unvectorised float32 log1p would run)
-            return xp.maximum(pred, 0) - pred * label + log1p_array(xp, xp.exp(-abs(pred)))
+            return label * xp.maximum(-pred, 0) + (1 - label) * xp.maximum(pred, 0) + \
+                log1p_array(xp, xp.exp(-abs(pred)))
         self.log_p, self.log_q = xp.log(pred), xp.log(1 - pred)
         return -(label * self.log_p + (1 - label) * self.log_q)
 

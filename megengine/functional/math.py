@@ -63,7 +63,11 @@ class Sign(Op):
             raise no_quantized_form("sign", x.dtype)
         if x.dtype.kind == "b":  # (numpy has no bool sign; False and True are their signs)
             return x.copy()
-        return xp_of(x).sign(x)
+        xp = xp_of(x)
+        out = xp.sign(x)
+        if x.dtype.kind == "f":  # NaN's sign is 0, as upstream's and torch's (numpy's is NaN)
+            out = xp.nan_to_num(out, copy=out.ndim == 0, nan=0.0)  # (0-d: a numpy scalar)
+        return out
 
     def backward(self, g):
         return None  # piecewise constant: no gradient, as upstream's (see floor)

@@ -48,6 +48,63 @@ def _gpu_interp_matrix(n_in, n_out, mode, align_corners, dtype, device, stream):
     return cupy.asarray(_interp_matrix(n_in, n_out, mode, align_corners), dtype)
 
 
+@functools.lru_cache(maxsize=64)
+def _interp_taps(n_in, n_out, mode, align_corners):
+    """Four (n_out, n_in) 0/1 matrices of the source pixels upstream's kernel reads for each
+    output: all of them, those it reads with a positive weight, with a negative one, and with
+    a weight of exactly 0 (a NaN or infinity there still reaches the output, as ``0 * inf``);
+    a pixel read twice (clamped taps) may be in several. Nearest reads one pixel; bilinear two
+    (corners not aligned: the pair below the source position clamped into the image, the last
+    pair at the end; aligned: the pixel and the next, clamped: at the end, the last one
+    twice); trilinear, along each axis, the pixel and the next, clamped, and an axis of one
+    size the same pixel (torch's kernel, as upstream's 3-d one where it computes; so linear,
+    which upstream lacks); bicubic four (clamped). Read only."""
+    taps, pos, neg, zero = np.zeros((4, n_out, n_in), np.float64)
+    rows = np.arange(n_out)
+    if mode == "nearest":
+        taps[_make_interp_matrix(n_in, n_out, mode, align_corners) != 0] = 1
+        return tuple(_read_only(m) for m in (taps, taps.copy(), neg, zero))
+    if align_corners:
+        src = rows * ((n_in - 1) / (n_out - 1)) if n_out > 1 else np.zeros(n_out)
+    else:
+        src = (rows + 0.5) * (n_in / n_out) - 0.5
+    if mode == "bicubic":
+        i0 = np.floor(src).astype(np.int64)
+        t = src - i0
+        reads = [(i0 + k - 1, w) for k, w in enumerate(_cubic_weights(t))]
+    elif mode in ("linear", "trilinear") and n_in == n_out:  # (an axis kept: copied)
+        reads = [(rows, np.ones(n_out))]
+    else:
+        if align_corners or mode in ("linear", "trilinear"):
+            src = np.maximum(src, 0)
+            i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+        else:
+            src = np.clip(src, 0, n_in - 1)
+            i0 = np.minimum(np.floor(src).astype(np.int64), max(n_in - 2, 0))
+        t = src - i0
+        reads = [(i0, 1 - t), (i0 + 1, t)]
+    for cols, w in reads:
+        cols = np.clip(cols, 0, n_in - 1)
+        taps[rows, cols] = 1
+        for part, at in ((pos, w > 0), (neg, w < 0), (zero, w == 0)):
+            part[rows[at], cols[at]] = 1
+    return tuple(_read_only(m) for m in (taps, pos, neg, zero))
+
+
+def _read_only(a):
+    a.setflags(write=False)
+    return a
+
+
+def _cubic_weights(t):
+    """Keys' cubic weights (A = -0.75) of the four taps around a source position ``t`` past
+    the second one."""
+    a = -0.75
+    taps = (t + 1, t, 1 - t, 2 - t)
+    return [((a * d - 5 * a) * d + 8 * a) * d - 4 * a if k in (0, 3)
+            else ((a + 2) * d - (a + 3)) * d * d + 1 for k, d in enumerate(taps)]
+
+
 def _make_interp_matrix(n_in, n_out, mode, align_corners):
     dst = np.arange(n_out, dtype=np.float64)
     m = np.zeros((n_out, n_in), np.float64)
@@ -69,11 +126,7 @@ def _make_interp_matrix(n_in, n_out, mode, align_corners):
     i0 = np.floor(src).astype(np.int64)
     t = src - i0
     if mode == "bicubic":  # Keys' cubic with A = -0.75, edges replicated
-        a = -0.75
-        taps = (t + 1, t, 1 - t, 2 - t)
-        weights = [((a * d - 5 * a) * d + 8 * a) * d - 4 * a if k in (0, 3)
-                   else ((a + 2) * d - (a + 3)) * d * d + 1 for k, d in enumerate(taps)]
-        for k, wk in enumerate(weights):
+        for k, wk in enumerate(_cubic_weights(t)):
             np.add.at(m, (rows, np.clip(i0 - 1 + k, 0, n_in - 1)), wk)
         return m
     np.add.at(m, (rows, np.minimum(i0, n_in - 1)), 1 - t)
@@ -129,14 +182,32 @@ class _Resize(Op):
         # ms before, 7 after; float32 6-9)
         if acc is not None:
             x = cast(x, acc)
-        self.ah, self.aw, self.ad = self._matrices(x)
-        # (products on ATen where numpy's BLAS would thread them: core/ops.py matmul)
-        if self.aw is None:  # 1-d: (N, C, L)
-            return as_dtype(_mm(x, self.ah.T), dtype)
-        out = _mm(self.ah, _mm(x, self.aw.T))
-        if self.ad is not None:  # depth: contract axis 2, then put the new depth back there
-            out = xp.ascontiguousarray(xp.moveaxis(xp.tensordot(self.ad, out, ([1], [2])), 0, 2))
+        mats = self.ah, self.aw, self.ad = self._matrices(x)
+        out = _resampled(xp, x, mats)
+        # a NaN or infinity reaches only the outputs that read it (the products spread it over
+        # every output of its rows): a finite sum of x, or of the output where it is smaller,
+        # shows that x holds none, at one pass (a sum that overflowed takes the check of x)
+        if not math.isfinite((x if x.size <= out.size else out).sum()):
+            odd = ~xp.isfinite(x)
+            if odd.any():
+                out = _resampled_non_finite(xp, x, odd, mats, self._taps(x))
         return as_dtype(out, dtype)
+
+    def _taps(self, x):
+        """`_interp_taps` of each matrix of `_matrices` (None where absent), as arrays of
+        ``x``'s module and dtype; a program holding only the matrices reads its nonzero
+        weights, by their signs."""
+        xp = xp_of(x)
+        if self.sizes is None:
+            return [None if m is None else tuple(xp.asarray(t, x.dtype) for t in (
+                m != 0, m > 0, m < 0, np.zeros(m.shape))) for m in (self.mat_h, self.mat_w,
+                                                                     self.mat_d)]
+        taps = [tuple(xp.asarray(m, x.dtype) for m in
+                      _interp_taps(int(n_in), int(n_out), self.mode, self.align_corners))
+                for n_in, n_out in zip(x.shape[2:], self.sizes)]
+        if len(taps) == 3:
+            taps = [taps[1], taps[2], taps[0]]
+        return taps + [None] * (3 - len(taps))
 
     def backward(self, g):
         g = as_dtype(g, self.ah.dtype)  # (float16: in float32, as forward)
@@ -164,6 +235,55 @@ class _Resize(Op):
             g = g.transpose(0, 1, 4, 2, 3)
         g = (Tensor._wrap(self.ah.T.copy(), g._device) @ g) @ Tensor._wrap(self.aw, g._device)
         return (g.astype(dtype),)
+
+
+def _resampled(xp, x, mats):
+    """``x`` resampled by the separable matrices ``mats`` (A_h, A_w, A_d; None where absent):
+    ``A_h @ x @ A_w.T`` over the last two axes (1-d: ``x @ A_h.T``), then A_d along axis 2.
+    (Products on ATen where numpy's BLAS would thread them: core/ops.py matmul.)"""
+    ah, aw, ad = mats
+    if aw is None:  # 1-d: (N, C, L)
+        return _mm(x, ah.T)
+    out = _mm(ah, _mm(x, aw.T))
+    if ad is not None:  # depth: contract axis 2, then put the new depth back there
+        out = xp.ascontiguousarray(xp.moveaxis(xp.tensordot(ad, out, ([1], [2])), 0, 2))
+    return out
+
+
+def _resampled_non_finite(xp, x, odd, mats, taps):
+    """`_resampled` of ``x`` holding NaN or infinities (``odd``), as upstream's kernel, which
+    reads each output's few taps (``taps``, `_interp_taps`): a NaN makes NaN of the outputs
+    that read it, an infinity an infinity of its weight's sign there, NaN where its weight is
+    0 or both signs meet. The matrices' products would multiply it by every zero weight too:
+    one NaN or infinite pixel made the whole image NaN. The finite pixels are resampled as
+    they are (the others as 0); which outputs each kind of odd pixel reaches, and how, comes
+    from products of 0/1 indicators by the matrices' positive, negative and zero-weight taps."""
+    import itertools
+
+    dtype = x.dtype
+    axes = [i for i, m in enumerate(mats) if m is not None]
+
+    def reached(flags):
+        """Outputs that ``flags``' pixels reach with a positive weight, a negative one, 0."""
+        flags = flags.astype(dtype)
+        hits = [False, False, False]
+        for kinds in itertools.product((0, 1, 2), repeat=len(axes)):
+            picked = [None] * 3
+            for axis, kind in zip(axes, kinds):
+                picked[axis] = taps[axis][1 + kind]
+            how = 2 if 2 in kinds else sum(kinds) % 2
+            hits[how] = hits[how] | (_resampled(xp, flags, picked) > 0)
+        return hits
+
+    out = _resampled(xp, xp.where(odd, 0, x), mats)
+    nan = _resampled(xp, xp.isnan(x).astype(dtype), [t and t[0] for t in taps]) > 0
+    up_pos, up_neg, up_zero = reached(xp.isposinf(x))
+    down_pos, down_neg, down_zero = reached(xp.isneginf(x))
+    plus, minus = up_pos | down_neg, up_neg | down_pos
+    out[plus] = np.inf
+    out[minus] = -np.inf
+    out[nan | up_zero | down_zero | (plus & minus)] = np.nan
+    return out
 
 
 class _QuantizedResize(_Resize):

@@ -158,6 +158,24 @@ def test_nll_loss_matches_0x_example_and_torch():
     np.testing.assert_allclose(p.grad.numpy(), tp.grad.numpy(), rtol=1e-6)
 
 
+def test_nll_loss_ignores_a_nan_or_infinity_under_an_ignored_label():
+    # torch's nll_loss reads nothing for an ignored label (a product by a 0/1 mask made the
+    # loss NaN); the gradient there is 0
+    logp = np.log(np.full((4, 3), 1 / 3, np.float32))
+    logp[1] = [np.nan, -np.inf, np.inf]
+    lab = np.array([0, -1, 2, 1], np.int32)
+    p = mge.tensor(logp)
+    gm = GradManager().attach([p])
+    with gm:
+        loss = F.nll_loss(p, mge.tensor(lab))
+        gm.backward(loss)
+    tp = torch.tensor(logp, requires_grad=True)
+    tl = torch.nn.functional.nll_loss(tp, torch.tensor(lab, dtype=torch.long), ignore_index=-1)
+    tl.backward()
+    np.testing.assert_allclose(loss.numpy(), tl.item(), rtol=1e-6)
+    np.testing.assert_array_equal(p.grad.numpy(), tp.grad.numpy())
+
+
 def test_nll_loss_label_errors_name_nll_loss_and_its_arguments():
     # (indexing_one_hot, which picks the labels, named itself, its src and its index)
     logp = mge.tensor(np.log(np.full((2, 3), 1 / 3, "float32")))

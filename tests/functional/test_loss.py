@@ -394,6 +394,29 @@ def test_binary_cross_entropy_logits_kernel_body_gives_the_array_codes_values(
     np.testing.assert_allclose(got, expected, rtol=1e-6 if dtype == "float32" else 1e-14, atol=0)
 
 
+def test_binary_cross_entropy_logits_of_infinite_logits_is_upstreams():
+    # upstream 1.13 measured: -(y logsigmoid(x) + (1 - y) logsigmoid(-x)) gives inf where an
+    # infinite logit meets the other label (the limit; torch's fused loss: inf and NaN), NaN
+    # where it meets its own (0 * inf) or a label is infinite; max(x, 0) - x y gave NaN at
+    # x = inf, y = 0 (inf - inf)
+    xs, ys = [np.inf, -np.inf, np.inf, -np.inf, 3.0], [0.0, 1.0, 1.0, 0.0, np.inf]
+    for n in (1, 300):  # (300 x 5 values: ATen's fused loss, whose NaN is recomputed)
+        x = mge.tensor(np.tile(np.array(xs, np.float32), n))
+        y = mge.tensor(np.tile(np.array(ys, np.float32), n))
+        got = F.nn.binary_cross_entropy(x, y, with_logits=True, reduction="none").numpy()
+        want = [np.inf, np.inf, np.nan, np.nan, np.nan]
+        if "gpu" in str(x.device):  # (a GPU keeps torch's fused loss: no check waits there)
+            want = torch.nn.functional.binary_cross_entropy_with_logits(
+                torch.tensor(xs), torch.tensor(ys), reduction="none").numpy()
+        np.testing.assert_array_equal(got, np.tile(want, n))
+    want = torch.nn.functional.binary_cross_entropy_with_logits(
+        torch.tensor([np.inf, 20.0, -20.0]), torch.tensor([0.0, 0.25, 1.0]), reduction="none")
+    got = F.nn.binary_cross_entropy(mge.tensor(np.array([np.inf, 20.0, -20.0], np.float32)),
+                                    mge.tensor(np.array([0.0, 0.25, 1.0], np.float32)),
+                                    with_logits=True, reduction="none").numpy()
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-6)
+
+
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_binary_cross_entropy_probabilities(reduction):
     pred, label = rand(6, 5, low=0.05, high=0.95), rand(6, 5, low=0, high=1)

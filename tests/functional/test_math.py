@@ -800,6 +800,17 @@ def test_isnan_isinf_sign():
     np.testing.assert_array_equal(F.sign(mge.tensor(x[[0, 3, 4]])).numpy(), [1.0, 0.0, -1.0])
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16", "float64"])
+def test_sign_of_nan_is_zero_as_upstreams_and_torchs(dtype):
+    # numpy's sign of NaN is NaN; upstream 1.13 and torch give 0 (measured), the rest as numpy
+    x = np.array([np.nan, -np.nan, 0.0, -0.0, np.inf, -np.inf, 2.5, -1e-30], dtype)
+    got, want = F.sign(mge.tensor(x, dtype=dtype)), torch.sign(torch.tensor(x))
+    assert got.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(got.numpy(), want.numpy())
+    for v in (np.nan, -2.0):  # 0-d (numpy's sign gives a scalar there)
+        assert F.sign(mge.tensor(v, dtype=dtype)).item() == torch.sign(torch.tensor(v)).item()
+
+
 @pytest.mark.parametrize("dtype", ["bool", "uint8", "int8", "int64"])
 def test_sign_of_integers_and_bools_is_torchs_in_their_dtype(dtype):
     # earlier versions of this fork raised numpy's UFuncTypeError for bools
@@ -1274,7 +1285,7 @@ def test_large_float16_argmax_argmin_compare_in_float32_with_numpys_indices(monk
 
 
 def test_large_float16_sign_computes_in_float32_with_numpys_values(monkeypatch):
-    # numpy's float16 sign is the oracle, bit for bit (signed zeros, infinities, NaNs)
+    # numpy's float16 sign is the oracle, bit for bit (signed zeros, infinities), NaN's 0
     from megengine.core import ops  # (its cast: the float32 path, `Op.half_in_float32`)
 
     rng = np.random.default_rng(17)
@@ -1284,7 +1295,8 @@ def test_large_float16_sign_computes_in_float32_with_numpys_values(monkeypatch):
     monkeypatch.setattr(ops, "cast", lambda a, d: taken.append(np.dtype(d)) or real(a, d))
     got = F.sign(mge.tensor(x, device="cpu0")).numpy()
     assert got.dtype == np.float16 and taken[0] == np.float32  # the float32 path ran
-    np.testing.assert_array_equal(got.view(np.uint16), np.sign(x).view(np.uint16))
+    want = np.where(np.isnan(x), np.float16(0), np.sign(x))
+    np.testing.assert_array_equal(got.view(np.uint16), want.view(np.uint16))
 
 
 @pytest.mark.parametrize("descending", [False, True])

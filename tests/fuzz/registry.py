@@ -11,6 +11,7 @@ from .float_inputs import run_float16, run_float64
 from .gen import Mismatch, run
 from .integer_inputs import run_integer
 from .quantized_inputs import run_quantized
+from .special_inputs import run_special
 
 OPS = {}
 for _mod in (ops_math, ops_tensor, ops_nn, ops_vision, modules, optim, grad2, vision_warp,
@@ -20,7 +21,7 @@ for _mod in (ops_math, ops_tensor, ops_nn, ops_vision, modules, optim, grad2, vi
 
 
 MODES = {"quantized": run_quantized, "int": run_integer, "float64": run_float64,
-         "float16": run_float16}
+         "float16": run_float16, "special": run_special}
 
 
 def draw(name, seed, rng=None):

@@ -1,0 +1,51 @@
+"""CI slice of the fuzzer's special-values mode (`special_inputs`): one seed of every op with
+NaN, infinities and zeros among its float32 inputs against torch, and checks that the mode
+catches what it must."""
+import numpy as np
+import pytest
+import torch
+
+import megengine as mge
+import megengine.functional as F
+
+from .gen import Case, Mismatch
+from .registry import OPS, run_seed
+from .special_inputs import SPECIAL, run_special
+
+# what the mode still finds at seed 0, left for later (python -m tests.fuzz --special)
+KNOWN = {"ctc_loss_concat": "a -inf log-probability: 16.5 here where torch gives inf "
+                            "(untriaged against upstream 1.13)"}
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_fuzz_special_slice(name):
+    if name in KNOWN:
+        pytest.skip(KNOWN[name])
+    run_seed(name, 0, "special")  # raises Mismatch (with the drawn case)
+
+
+def _run(mge_fn, torch_fn, x):
+    return run_special(Case("probe", [x], mge_fn, torch_fn, layouts=False),
+                       np.random.default_rng(0))
+
+
+def test_special_values_replace_up_to_three_elements_distinct_and_reproducibly():
+    x = np.random.default_rng(2).standard_normal((4, 5)).astype(np.float32)
+    q = SPECIAL.convert(x, np.float32)
+    assert np.array_equal(q, SPECIAL.convert(x, np.float32), equal_nan=True)
+    changed = np.flatnonzero(~((q == x) | (np.isnan(q) & np.isnan(x))))
+    assert 1 <= changed.size <= 3
+    assert all(v == 0 or not np.isfinite(v) for v in q.flat[changed])
+    assert np.unique(q).size == x.size  # (no new ties)
+
+
+def test_the_mode_catches_a_nan_or_infinity_lost_or_made():
+    x = np.linspace(-2, 3, 12, dtype=np.float32).reshape(3, 4)
+    assert _run(F.exp, torch.exp, x) == "ok"
+    assert _run(F.sign, torch.sign, x) == "ok"  # (NaN's sign is 0 on both sides)
+    with pytest.raises(Mismatch, match="NaN"):  # a NaN lost (numpy's dot of an inner 1 did so)
+        _run(lambda a: F.where(F.isnan(a), F.zeros_like(a), a), lambda v: v, x)
+    with pytest.raises(Mismatch, match="where torch has"):  # an infinity clamped
+        _run(lambda a: F.clip(a, -1e30, 1e30), lambda v: v, x)
+    with pytest.raises(Mismatch, match="NaN"):  # a NaN made of a finite value
+        _run(lambda a: a * mge.tensor(np.float32(np.inf)) * 0, lambda v: v * 0, x)
