@@ -1,6 +1,7 @@
 """Image functions (F.vision): resizing, warping and remapping, ROI pooling/align, NMS,
 correlation and colour conversion, with upstream MegEngine's (megdnn's) semantics."""
 import functools
+import itertools
 import math
 
 import numpy as np
@@ -258,8 +259,6 @@ def _resampled_non_finite(xp, x, odd, mats, taps):
     one NaN or infinite pixel made the whole image NaN. The finite pixels are resampled as
     they are (the others as 0); which outputs each kind of odd pixel reaches, and how, comes
     from products of 0/1 indicators by the matrices' positive, negative and zero-weight taps."""
-    import itertools
-
     dtype = x.dtype
     axes = [i for i, m in enumerate(mats) if m is not None]
 
