@@ -440,12 +440,12 @@ def test_repr_names_int32_like_upstream():
 def test_repr_of_a_quantized_tensor_names_its_storage_dtype_as_upstream():
     # upstream 1.13 prints Tensor([ 2  4 -6], dtype=int8, device=xpux:0) for these (measured)
     from megengine.core.tensor.dtype import qint8, quint8, qint32
-    x = Tensor(np.array([1.0, 2.0, -3.0], np.float32)).astype(qint8(0.5))
+    x = Tensor(np.array([1.0, 2.0, -3.0], np.float32), device="cpu0").astype(qint8(0.5))
     assert repr(x).startswith("Tensor([ 2  4 -6], dtype=int8, device=")
     assert str(x) == repr(x)
-    y = Tensor(np.array([1.0, 2.0, 3.0], np.float32)).astype(quint8(0.5, 3))
+    y = Tensor(np.array([1.0, 2.0, 3.0], np.float32), device="cpu0").astype(quint8(0.5, 3))
     assert repr(y).startswith("Tensor([5 7 9], dtype=uint8, device=")
-    z = Tensor(np.array(3.0, np.float32)).astype(qint32(0.25))
+    z = Tensor(np.array(3.0, np.float32), device="cpu0").astype(qint32(0.25))
     assert repr(z).startswith("Tensor(12, dtype=int32, device=")
 
 
