@@ -188,7 +188,9 @@ class _Resize(Op):
         # a NaN or infinity reaches only the outputs that read it (the products spread it over
         # every output of its rows): a finite sum of x, or of the output where it is smaller,
         # shows that x holds none, at one pass (a sum that overflowed takes the check of x)
-        if not math.isfinite((x if x.size <= out.size else out).sum()):
+        with np.errstate(invalid="ignore", over="ignore"):  # (inf - inf: no numpy warning)
+            total = (x if x.size <= out.size else out).sum()
+        if not math.isfinite(total):
             odd = ~xp.isfinite(x)
             if odd.any():
                 out = _resampled_non_finite(xp, x, odd, mats, self._taps(x))
@@ -203,9 +205,15 @@ class _Resize(Op):
             return [None if m is None else tuple(xp.asarray(t, x.dtype) for t in (
                 m != 0, m > 0, m < 0, np.zeros(m.shape))) for m in (self.mat_h, self.mat_w,
                                                                      self.mat_d)]
+        sizes = [(int(n_in), int(n_out)) for n_in, n_out in zip(x.shape[2:], self.sizes)]
         taps = [tuple(xp.asarray(m, x.dtype) for m in
-                      _interp_taps(int(n_in), int(n_out), self.mode, self.align_corners))
-                for n_in, n_out in zip(x.shape[2:], self.sizes)]
+                      _interp_taps(n_in, n_out, self.mode, self.align_corners))
+                for n_in, n_out in sizes]
+        if self.mode == "bilinear" and not self.align_corners and \
+                all(n_out == 2 * n_in for n_in, n_out in sizes):
+            # upstream's kernel for an image doubled both ways reads no pixel of weight 0
+            # (measured: one NaN pixel of a 3 x 3 image reaches 16 of the 36 outputs)
+            taps = [(pos + neg, pos, neg, xp.zeros_like(zero)) for _, pos, neg, zero in taps]
         if len(taps) == 3:
             taps = [taps[1], taps[2], taps[0]]
         return taps + [None] * (3 - len(taps))
