@@ -130,6 +130,10 @@ class _PairLoss(Op):
             self.arrays = pred, label  # for a backward on numpy (fewer values)
             self.tp, self.tl = _aten.view(pred), _aten.view(label)
             return _aten.array(self.aten_call(self.tp, self.tl, _ATEN_REDUCTION[self.reduction]))
+        return self._array_forward(pred, label)
+
+    def _array_forward(self, pred, label):
+        """The loss of ``pred`` and ``label`` (of one float dtype) by the array code."""
         try:
             loss = self.elementwise(xp_of(pred), pred, label)
         except ValueError:  # (upstream's elementwise shape check raises RuntimeError)
@@ -309,11 +313,8 @@ class _BinaryCrossEntropy(_PairLoss):
             # logit meets the other label (x = -inf, y = 1); the array code weighs each side
             # as upstream does (inf there): it computes a loss that is not finite again (on
             # the CPU: on a GPU the check would wait for the device at every call)
-            pred, label = self.arrays
             self.tp = self.tl = None
-            loss = self.elementwise(xp_of(pred), pred, label)
-            self.loss_shape = loss.shape
-            out = _reduce(loss, self.reduction)
+            out = self._array_forward(*self.arrays)
         return out
 
     def _backward_aten(self, g, needs):

@@ -65,10 +65,7 @@ def _interp_taps(n_in, n_out, mode, align_corners):
     if mode == "nearest":
         taps[_make_interp_matrix(n_in, n_out, mode, align_corners) != 0] = 1
         return tuple(_read_only(m) for m in (taps, taps.copy(), neg, zero))
-    if align_corners:
-        src = rows * ((n_in - 1) / (n_out - 1)) if n_out > 1 else np.zeros(n_out)
-    else:
-        src = (rows + 0.5) * (n_in / n_out) - 0.5
+    src = _source_positions(n_in, n_out, align_corners)
     if mode == "bicubic":
         i0 = np.floor(src).astype(np.int64)
         t = src - i0
@@ -106,6 +103,15 @@ def _cubic_weights(t):
             else ((a + 2) * d - (a + 3)) * d * d + 1 for k, d in enumerate(taps)]
 
 
+def _source_positions(n_in, n_out, align_corners):
+    """Where each of ``n_out`` outputs samples the ``n_in`` inputs (float64, unclamped):
+    corners aligned, or pixel centres scaled."""
+    dst = np.arange(n_out, dtype=np.float64)
+    if align_corners:
+        return dst * ((n_in - 1) / (n_out - 1)) if n_out > 1 else np.zeros(n_out)
+    return (dst + 0.5) * (n_in / n_out) - 0.5
+
+
 def _make_interp_matrix(n_in, n_out, mode, align_corners):
     dst = np.arange(n_out, dtype=np.float64)
     m = np.zeros((n_out, n_in), np.float64)
@@ -118,12 +124,9 @@ def _make_interp_matrix(n_in, n_out, mode, align_corners):
         src = (dst.astype(np.float32) / scale).astype(np.int64)
         m[rows, np.minimum(src, n_in - 1)] = 1
         return m
-    if align_corners:
-        src = dst * ((n_in - 1) / (n_out - 1)) if n_out > 1 else np.zeros(n_out)
-    else:
-        src = (dst + 0.5) * (n_in / n_out) - 0.5
-        if mode != "bicubic":
-            src = np.maximum(src, 0)
+    src = _source_positions(n_in, n_out, align_corners)
+    if not align_corners and mode != "bicubic":
+        src = np.maximum(src, 0)
     i0 = np.floor(src).astype(np.int64)
     t = src - i0
     if mode == "bicubic":  # Keys' cubic with A = -0.75, edges replicated
