@@ -37,12 +37,35 @@ def _close(got, up):
     np.testing.assert_allclose(got.reshape(up.shape), up, rtol=0, atol=1e-5 * scale)
 
 
+def _differing_floats(data, stored):
+    """The float32 words (4-byte aligned) in which ``data`` differs from ``stored``, as pairs;
+    None where anything else differs (the length, or bytes outside such words)."""
+    if len(data) != len(stored):
+        return None
+    a, b = np.frombuffer(data, np.uint8), np.frombuffer(stored, np.uint8)
+    words = np.unique(np.flatnonzero(a != b) // 4) * 4
+    if words.size and words[-1] + 4 > len(data):
+        return None
+    return [(np.frombuffer(data, "<f4", 1, w)[0], np.frombuffer(stored, "<f4", 1, w)[0])
+            for w in words]
+
+
 @pytest.mark.parametrize("name", sorted(written.models()))
 def test_written_files_are_what_upstream_ran(name):
     data, inputs, outs = written.write(name, written.models()[name])
     with open(os.path.join(DATA, f"written_{name}.mge"), "rb") as f:
-        assert data == f.read(), ("the writer's bytes changed: run tests/data/upstream_mge/"
-                                  "written.py (write, then run with upstream) to check them")
+        stored = f.read()
+    # the same bytes, but for float32 values a few units in the last place apart: a quantized
+    # network's scales come from its calibration's sums, which another CPU's kernels round
+    # otherwise (an AMD EPYC's oneDNN against the Intel machine that wrote the files: 9 scales
+    # of the qint8 fixture one ulp apart); the outputs below still match upstream's
+    # (an int field read as float32 is a denormal, or NaN where it is huge: never taken)
+    floats = _differing_floats(data, stored)
+    assert floats is not None and all(
+        np.isfinite(y) and abs(y) > 1e-30 and
+        abs(int(x.view(np.int32)) - int(y.view(np.int32))) <= 4 for x, y in floats), (
+        "the writer's bytes changed: run tests/data/upstream_mge/written.py (write, then run "
+        "with upstream) to check them")
     ref = np.load(os.path.join(DATA, f"written_{name}.npz"))
     ups = [ref[f"up_{k}"] for k in range(sum(k.startswith("up_") for k in ref))]
     assert len(ups) == len(outs)
