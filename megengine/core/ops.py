@@ -363,6 +363,32 @@ def _product(a, b):
     return a * b
 
 
+_HALF_ONE = np.uint16(0x3C00)  # the bits of float16 1.0
+
+
+def masked_gradient(g, mask):
+    """``g`` where the bool array ``mask`` holds and 0 elsewhere (broadcast together): the
+    select of upstream's gradient kernels (ReLU's, maximum's and minimum's, clip's, max
+    pooling's and reductions'), so that a NaN or infinite gradient where the mask is false gives
+    0, not the NaN of a product by 0 (a loss scaler's overflow stays where it arose, as torch's
+    and upstream's). CuPy selects (no host sync). numpy multiplies by the mask, a branch-free
+    loop (float32 (512, 512) with a random mask: 89 us with the NaN check, np.where 1.2 ms), and
+    selects only where the product's min shows a NaN; float16 multiplies on ATen (`_product`:
+    numpy's float16 loop converts one element at a time), by a mask of float16 ones and zeros
+    made from its bytes."""
+    if type(g) is not np.ndarray:
+        return xp_of(g).where(mask, g, g.dtype.type(0))
+    mask = np.asarray(mask)
+    with np.errstate(invalid="ignore"):  # (NaN * 0: replaced just below)
+        if g.dtype is _F16:
+            out = _product(g, (mask.view(np.uint8).astype(np.uint16) * _HALF_ONE).view(_F16))
+        else:
+            out = np.multiply(g, mask, dtype=g.dtype)
+    if out.dtype.kind == "f" and out.size and np.isnan(out.min()):
+        out = np.where(mask, g, g.dtype.type(0))
+    return out
+
+
 class Mul(_Binary):
     holomorphic = True  # complex gradients: see Op
     pooled = "mul"
@@ -664,7 +690,8 @@ class Maximum(_Binary):
     def grads(self, g):
         first = self.a >= self.b if self.first is None else self.first
         na, nb = self.needs_input_grad  # (F.clip's bound: a constant, no gradient to build)
-        return g * first if na else None, g * ~first if nb else None
+        return (masked_gradient(g, first) if na else None,
+                masked_gradient(g, ~first) if nb else None)
 
     def grads_graph(self, a, b, out, g):
         first = _const((self.a >= self.b if self.first is None else self.first)
@@ -687,7 +714,8 @@ class Minimum(_Binary):
     def grads(self, g):
         first = self.a <= self.b if self.first is None else self.first
         na, nb = self.needs_input_grad  # (F.clip's bound: a constant, no gradient to build)
-        return g * first if na else None, g * ~first if nb else None
+        return (masked_gradient(g, first) if na else None,
+                masked_gradient(g, ~first) if nb else None)
 
     def grads_graph(self, a, b, out, g):
         first = _const((self.a <= self.b if self.first is None else self.first)
@@ -1701,8 +1729,8 @@ class Reduce(Op):
                 # float32 0.2-0.3)
                 tied = cast(x, np.float32) == cast(self.out_keep, np.float32) \
                     if half_operands(x) else x == self.out_keep
-                return cast(cast(g, np.float32) * tied, _F16)
-            return g * (x == self.out_keep)
+                return cast(masked_gradient(cast(g, np.float32), tied), _F16)
+            return masked_gradient(g, x == self.out_keep)
         return g * _exclusive_prod(x, axes)
 
     def backward_reads(self):

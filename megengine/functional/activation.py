@@ -12,7 +12,7 @@ from ..core import dtype as _dtype
 from ..core.dispatch import FLOAT16, KERNEL_FLOATS, Op, apply
 from ..core.dtype_rules import no_order
 from ..core.fused import fused_kernel, use_fused_with_half
-from ..core.ops import ShapeOnly, t_unbroadcast, unbroadcast, xp_of
+from ..core.ops import ShapeOnly, masked_gradient, t_unbroadcast, unbroadcast, xp_of
 from ..core.tensor import _operand, promote_types
 from . import _aten
 from ._args import _renamed, _tensor
@@ -74,16 +74,7 @@ class _Relu(Op):
         y = self.y
         if _use_relu_kernel(y, g):  # CUDA: one kernel, no boolean temporary
             return _relu_grad_kernel()(g, y)
-        xp = xp_of(g)
-        mask = y > 0
-        # a multiply by the mask is ~15x faster than np.where on the CPU (a branch-free loop);
-        # it differs from the select only where g is NaN or inf, which the min (a fast SIMD
-        # reduction that NaN propagates through) finds
-        with np.errstate(invalid="ignore"):  # NaN * 0 is replaced just below
-            gx = xp.multiply(g, mask, dtype=g.dtype)
-        if gx.dtype.kind == "f" and gx.size and xp.isnan(xp.min(gx)):
-            gx = xp.where(mask, g, g.dtype.type(0))
-        return gx
+        return masked_gradient(g, y > 0)
 
     def grad_graph(self, inputs, outputs, grads):
         from ..core.tensor import Tensor

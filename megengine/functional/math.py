@@ -11,7 +11,7 @@ from ..core.dtype_rules import complex_error, no_order, promote_types
 from ..core.fused import fused_kernel
 from ..core.ops import (BINARY, ArgumentTypeError, AxisError, IndexAdd, ShapeError, _norm_axes,
                         acc_dtype, acc_sum, as_dtype, cast, half_operands, names_an_axis,
-                        refuse_bool_product, xp_of)
+                        masked_gradient, refuse_bool_product, xp_of)
 from ..core.tensor import Tensor
 from . import _aten
 from ._args import _as_float, _not_int, _real, _size
@@ -664,20 +664,20 @@ class TopK(_PickLast):
         if self.needs_input_grad[0]:
             tied = x == values
             tied[self.grid] = True  # (a NaN k-th value equals nothing: it keeps its gradient)
-            self.tied = tied.astype(x.dtype)
-            self.count = self.tied.sum(axis=-1, keepdims=True)
+            self.tied = tied
+            self.count = tied.sum(axis=-1, keepdims=True, dtype=x.dtype)
         return values, idx
 
     def backward(self, g, _):
         if self.kth_only:  # (divided first, as upstream: 7 / 3 rounds once)
-            return (g / self.count) * self.tied
+            return masked_gradient(g / self.count, self.tied)
         return super().backward(g, _)
 
     def grad_graph(self, inputs, outputs, grads):
         if self.kth_only:
             device = grads[0]._device
             return ((grads[0] / Tensor._wrap(self.count, device))
-                    * Tensor._wrap(self.tied, device),)
+                    * Tensor._wrap(self.tied.astype(grads[0].dtype), device),)
         return super().grad_graph(inputs, outputs, grads)
 
     def _forward_aten(self, xp, x):

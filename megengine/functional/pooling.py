@@ -222,8 +222,14 @@ class _Pool2d(Op):
         oh, ow = out.shape[2:]
         tiled = (kh, kw) == (sh, sw) and x.shape[2:] == (oh * sh, ow * sw)
         gx = (np.empty if tiled else np.zeros)(x.shape, g.dtype)
+        # a product by the mask, unless g holds a NaN or an infinity, which the other taps of
+        # its window must not receive as NaN * 0: a select then (`core.ops.masked_gradient`)
+        finite = np.isfinite(g.sum())
         for si, sj, hit in self._disjoint_hits():
-            np.multiply(g, hit, out=gx[:, :, si, sj])
+            if finite:
+                np.multiply(g, hit, out=gx[:, :, si, sj])
+            else:
+                gx[:, :, si, sj] = np.where(hit, g, g.dtype.type(0))
         return gx
 
     def _tied_hits(self):
@@ -250,7 +256,7 @@ class _Pool2d(Op):
         n, c, h, w = self.tx.shape
         gx = tg.new_zeros((n, c, h + 2 * ph, w + 2 * pw))
         for si, sj, hit in self._tied_hits():
-            gx[:, :, si, sj].addcmul_(tg, hit.to(tg.dtype))
+            gx[:, :, si, sj] += tg.where(hit, 0.0)  # (a select: a NaN g reaches no other tap)
         return gx[:, :, ph:ph + h, pw:pw + w].contiguous()
 
     def _tiled_max_backward(self, g):

@@ -6,7 +6,7 @@ import numpy as np
 
 from ..core import _config
 from ..core.dispatch import Op, apply
-from ..core.ops import ArgumentError, LinearMap, ShapeError, xp_of
+from ..core.ops import ArgumentError, LinearMap, ShapeError, masked_gradient, xp_of
 from . import _aten
 from ._args import _astype_real, _int, _int_pair, _real, _tensor
 
@@ -267,14 +267,16 @@ class _ROIPooling(_RegionPooling):
         if self.mode == "average":
             batch, ysel, xsel, valid, count = self.index
             bh, bw = ysel.shape[3], xsel.shape[4]
-            share = (gl / xp.maximum(count, 1))[:, :, :, None, :] * valid  # (K,ph,pw,bh*bw,C)
+            # (K, ph, pw, bh * bw, C); selected, so that a NaN or inf gradient reaches no pad
+            # slot (`masked_gradient`)
+            share = masked_gradient((gl / xp.maximum(count, 1))[:, :, :, None, :], valid)
             share = share.reshape(k, ph, pw, bh, bw, c)
             ys = xp.broadcast_to(ysel[..., None], (k, ph, pw, bh, bw, 1))
             xs = xp.broadcast_to(xsel[..., None], (k, ph, pw, bh, bw, 1))
             bs = batch.reshape(k, 1, 1, 1, 1, 1)
         else:
             batch, ys, xs, has = self.index
-            share = gl * has  # ys, xs: (K, ph, pw, C), the source pixel of each output
+            share = masked_gradient(gl, has)  # ys, xs: (K, ph, pw, C), each output's source
             bs = batch.reshape(k, 1, 1, 1)
         flat = ((bs * c + cidx) * h + ys) * w + xs
         flat = xp.broadcast_to(flat, share.shape)

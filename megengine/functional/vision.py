@@ -197,12 +197,13 @@ class _Resize(Op):
             odd = ~xp.isfinite(x)
             if odd.any():
                 out = _resampled_non_finite(xp, x, odd, mats, self._taps(x))
+        self.in_shape = x.shape  # (for the taps of a NaN or infinite gradient)
         return as_dtype(out, dtype)
 
     def _taps(self, x):
         """`_interp_taps` of each matrix of `_matrices` (None where absent), as arrays of
-        ``x``'s module and dtype; a program holding only the matrices reads its nonzero
-        weights, by their signs."""
+        ``x``'s module and dtype (``x``: the input, or an array of its shape); a program
+        holding only the matrices reads its nonzero weights, by their signs."""
         xp = xp_of(x)
         if self.sizes is None:
             return [None if m is None else tuple(xp.asarray(t, x.dtype) for t in (
@@ -223,6 +224,17 @@ class _Resize(Op):
 
     def backward(self, g):
         g = as_dtype(g, self.ah.dtype)  # (float16: in float32, as forward)
+        with np.errstate(invalid="ignore", over="ignore"):
+            total = g.sum()
+        if not math.isfinite(total):
+            xp = xp_of(g)
+            odd = ~xp.isfinite(g)
+            if odd.any():  # each NaN or infinity reaches the pixels its output read, as the
+                # kernels' scatter (upstream's, torch's), not every pixel of its rows
+                mats = [None if m is None else m.T for m in (self.ah, self.aw, self.ad)]
+                like_x = xp.broadcast_to(xp.zeros((), g.dtype), self.in_shape)
+                taps = [None if t is None else tuple(m.T for m in t) for t in self._taps(like_x)]
+                return as_dtype(_resampled_non_finite(xp, g, odd, mats, taps), self.dtype)
         if self.aw is None:
             return as_dtype(_mm(g, self.ah), self.dtype)
         if self.ad is not None:

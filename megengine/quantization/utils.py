@@ -19,7 +19,7 @@ from .. import functional as F
 from ..autodiff.function import Function
 from ..core.dispatch import Op, apply, xp_of
 from ..core.fused import fused_kernel, use_fused
-from ..core.ops import unbroadcast
+from ..core.ops import masked_gradient, unbroadcast
 from ..core.dtype import (  # noqa: F401  (_builtin_quant_dtype: what older pickles name)
     QuantDtypeMeta, _builtin_quant_dtype, _builtin_quant_dtypes, create_quantized_dtype)
 from ..core.tensor import QParams, Tensor
@@ -233,7 +233,8 @@ class FakeQuant(Op):
         return ((xp.clip(q, self.qmin, self.qmax) - zero_point) * scale).astype(x.dtype, copy=False)
 
     def backward(self, g):
-        return (g * self.mask).astype(g.dtype, copy=False), None, None
+        # (a select, as upstream's kernel: a NaN or inf gradient where x was clipped gives 0)
+        return masked_gradient(g, self.mask).astype(g.dtype, copy=False), None, None
 
     def grad_graph(self, inputs, outputs, grads):
         # the mask is piecewise constant: the gradient is the output gradient times a constant

@@ -50,6 +50,10 @@ def main(argv=None):
     p.add_argument("--special", action="store_true",
                    help="rerun the cases with NaN, infinities and zeros among their float32 "
                         "inputs, against torch on the values (tests/fuzz/special_inputs.py)")
+    p.add_argument("--special-grad", action="store_true",
+                   help="rerun the cases with NaN, infinities and zeros among their output "
+                        "gradients, against torch's input gradients "
+                        "(tests/fuzz/special_inputs.py)")
     p.add_argument("--misuse", action="store_true",
                    help="replay the cases' calls with one argument broken at a time and "
                         "classify what the function did (tests/fuzz/misuse.py)")
@@ -69,7 +73,8 @@ def main(argv=None):
             p.error(f"no op matches {a.op}; see --list")
     if a.family:
         names = [n for n in names if OPS[n][0] == a.family]
-    modes = [m for m in ("quantized", "int", "float64", "float16", "special") if getattr(a, m)]
+    modes = [m for m in ("quantized", "int", "float64", "float16", "special", "special_grad")
+             if getattr(a, m)]
     if len(modes) > 1:
         p.error(f"--{' and --'.join(modes)} are {len(modes)} modes: choose one")
     mode = modes[0] if modes else None

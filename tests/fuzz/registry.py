@@ -11,7 +11,7 @@ from .float_inputs import run_float16, run_float64
 from .gen import Mismatch, run
 from .integer_inputs import run_integer
 from .quantized_inputs import run_quantized
-from .special_inputs import run_special
+from .special_inputs import run_special, run_special_gradients
 
 OPS = {}
 for _mod in (ops_math, ops_tensor, ops_nn, ops_vision, modules, optim, grad2, vision_warp,
@@ -21,7 +21,7 @@ for _mod in (ops_math, ops_tensor, ops_nn, ops_vision, modules, optim, grad2, vi
 
 
 MODES = {"quantized": run_quantized, "int": run_integer, "float64": run_float64,
-         "float16": run_float16, "special": run_special}
+         "float16": run_float16, "special": run_special, "special_grad": run_special_gradients}
 
 
 def draw(name, seed, rng=None):
@@ -34,7 +34,9 @@ def run_seed(name, seed, mode=None):
     """Draw and run case ``seed`` of op ``name``; returns "ok" or "error" (both refused), raises
     Mismatch on a discrepancy. ``mode`` "quantized", "int", "float64" or "float16": the case's
     float32 inputs quantized, integers or in the float dtype, checked against torch on their
-    values (`quantized_inputs`, `integer_inputs`, `float_inputs`; also "refused" or "skip")."""
+    values (`quantized_inputs`, `integer_inputs`, `float_inputs`; also "refused" or "skip");
+    "special" and "special_grad": NaN, infinities and zeros among the float32 inputs or the
+    output gradients (`special_inputs`)."""
     rng = np.random.default_rng([seed, sum(map(ord, name))])
     case = draw(name, seed, rng)
     if mode:

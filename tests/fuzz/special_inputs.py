@@ -10,19 +10,21 @@ runs it; the oracle is torch's op on the same float32 values:
 - where torch refuses the values (a probability of NaN for ``binary_cross_entropy``) there is
   nothing to compare: "torch refuses", accepted, whatever megengine does;
 - both raising is "error" (a matrix of NaN whose SVD does not converge: numpy's error here);
-  megengine alone raising is a Mismatch. Gradients are not compared;
+  megengine alone raising is a Mismatch. Gradients are not compared here: `run_special_gradients`
+  (``--special-grad``) puts the special values among the output gradients instead;
 - the ops whose float inputs are coordinates (`COORDINATE_OPS`: sampling maps, warp matrices,
   boxes, offsets) are skipped: a NaN position has no pixel to read, and each kernel reads
   another one.
 
 The values replaced are picked from the case's own values by a generator seeded with their
 bytes, so a seed reproduces its case."""
+import warnings
 import zlib
 
 import numpy as np
 
 from .converted_inputs import Mode, run_converted
-from .gen import Mismatch, _close
+from .gen import Check, Mismatch, _close, run
 
 SPECIALS = (np.nan, np.inf, -np.inf, 0.0, -0.0)
 COORDINATE_OPS = {"remap", "warp_affine", "warp_perspective", "roi_align", "roi_pooling",
@@ -87,3 +89,75 @@ def run_special(case, rng):
         if "megengine raised" in str(e) and "(torch: " in str(e):
             return "error"  # (both raise)
         raise
+
+
+# The ops whose gradients of a NaN or infinite output gradient follow a rule other than torch's,
+# judged (the mode below does not compare them):
+OTHER_GRADIENT_RULES = {
+    **dict.fromkeys(("max", "min"), "upstream 1.13 selects the extremes (F.max of [1, 2, 3, 4] "
+                    "with gradient NaN gives [0, 0, 0, NaN], measured); torch's amax and amin "
+                    "multiply by a mask, NaN everywhere"),
+    "norm": "ord=inf or -inf over an axis selects the extreme |x| as the max reduction does; "
+            "torch's vector_norm multiplies by a mask (other orders are compared)",
+    "pow": "an exponent of 0 times an infinite gradient is NaN, as upstream 1.13's (measured: "
+           "pow([0.5, 2], [0, 0]) with gradients [inf, NaN] gives [NaN, NaN]); torch's is 0",
+    **dict.fromkeys(("complex", "polar"), "torch's complex gradients multiply inf by an "
+                    "imaginary 0 (NaN); upstream has no complex numbers"),
+    "roi_pooling": "the oracle's empty bin is img[:, 0, 0] * 0, which sends a NaN to pixel (0, 0)",
+    "tqt_forward": "the oracle multiplies by the mask of the unclipped values (NaN * 0)",
+    "interpolate": "linear taps of weight 0 are upstream's kernel's (a clamped last pixel "
+                   "reads its neighbour at 0, as the forward: docs/compatibility.rst); "
+                   "torch's reads itself (nearest resizing is compared)",
+    "ctc_loss": "not judged: a NaN gradient of a sample reaches each of its (frame, label) "
+                "pairs here, the reachable ones in torch's, and more in upstream's (frames past "
+                "the sample's length too: measured)",
+    **dict.fromkeys(("warp_perspective", "warp_affine", "remap", "correlation", "roi_align",
+                     "deformable_conv2d", "deformable_psroi_pooling"),
+                    "not judged: sampling taps of weight 0, which torch's kernels multiply by "
+                    "the gradient and these skip; upstream's not measured"),
+}
+
+
+def _other_rule(desc):
+    """`OTHER_GRADIENT_RULES`' reason for the case ``desc``, or None where it is compared."""
+    op = desc.split("(")[0]
+    if op == "interpolate" and "mode=nearest" in desc or \
+            op == "norm" and "ord=inf" not in desc and "ord=-inf" not in desc:
+        return None
+    return OTHER_GRADIENT_RULES.get(op)
+
+
+def _special_gradient(d):
+    return SPECIAL.convert(d, np.float32) if d.dtype == np.float32 else d
+
+
+def _gradient_close(a, b, tol, what):
+    """`gen.close` of input gradients where an output gradient was NaN or infinite: NaN or
+    infinities where torch's are (NaN for inf or the reverse is arithmetic: inf - inf in one
+    formula, inf in another, as the normalisations' gradient, whose NaN upstream 1.13's
+    shares: measured), infinities that both have equal, the rest within tolerance."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.dtype.kind == "f" and b.dtype.kind == "f" and a.shape == b.shape:
+        odd_a, odd_b = ~np.isfinite(a), ~np.isfinite(b)
+        apart = (odd_a != odd_b) | (np.isinf(a) & np.isinf(b) & (a != b))
+        if apart.any():
+            i = tuple(np.argwhere(apart)[0])
+            raise Mismatch(f"{what}: {a[i]} where torch's gradient is {b[i]} at {i} (NaN "
+                           "or infinities lost or made)")
+        a, b = np.where(odd_a, 0, a), np.where(odd_b, 0, b)
+    _close(a, b, tol, what)
+
+
+def run_special_gradients(case, rng):
+    """Run ``case`` (its inputs as drawn) with NaN, infinities and zeros among its float32
+    output gradients (`SPECIAL`'s choice), against torch's input gradients (`_gradient_close`):
+    a NaN or infinite output gradient reaches the inputs that the output read, and no other (a
+    product by a 0/1 mask instead of a select makes NaN of every input a 0 meets; upstream's and
+    torch's kernels select). "other rule" for `OTHER_GRADIENT_RULES`."""
+    if isinstance(case, Check):
+        return "skip"
+    if _other_rule(getattr(case, "desc", "")):
+        return "other rule"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return run(case, rng, output_grad=_special_gradient, grad_close=_gradient_close)
