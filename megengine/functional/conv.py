@@ -108,6 +108,27 @@ def _compute_dtype(what, *dtypes):
     return dtype if dtype.kind == "f" else np.dtype(np.float32)
 
 
+def _nchw(a):
+    """``a`` C-contiguous (a copy where it is a strided view). ATen picks its convolution by
+    the operands' strides: a view with channels-last strides (a transposed NHWC image or
+    weight) takes oneDNN's channels-last kernels, which skip the padding, where the contiguous
+    3-d kernel multiplies it: an infinite weight times the padding gave inf where the same
+    values stored contiguously give NaN (special-values fuzz seed 189 of conv3d). Operands
+    holding NaN or infinities are convolved contiguous, so that the result does not depend on
+    their strides; finite ones keep the channels-last kernels, 1.8x faster than a copy and the
+    contiguous kernel (a (16, 64, 56, 56) view of an NHWC image, 3x3 to 64 channels, one
+    thread: 44 ms against 79)."""
+    return a if a.flags.c_contiguous else xp_of(a).ascontiguousarray(a)
+
+
+def _all_finite(x, w):
+    """Whether the operands ``x`` and ``w`` hold no NaN or infinity (a sum each; one that
+    overflows says no, and the operands are copied for nothing)."""
+    xp = xp_of(x)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(xp.isfinite(x.sum())) and bool(xp.isfinite(w.sum()))
+
+
 def _flat_weight(w, groups, nd, what, transposed):
     """The weight in ATen's flat layout: (out, in/groups, *k), or (in, out/groups, *k) transposed.
 
@@ -225,6 +246,8 @@ class _Convolution(Op):
     half = False
 
     def forward(self, x, w, b=None):
+        if not (x.flags.c_contiguous and w.flags.c_contiguous) and not _all_finite(x, w):
+            x, w = _nchw(x), _nchw(w)
         c = self.cache
         e = None if c is None else c.entry
         if e is not None and e[0] == (id(w), id(b), x.shape, x.dtype, w.shape, self.stride,

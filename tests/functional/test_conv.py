@@ -954,3 +954,21 @@ def test_a_whole_float_alone_is_both_ints_of_a_pair():
                                   TF.max_pool2d(torch.tensor(x), 2).numpy())
     with pytest.raises(TypeError, match="^max_pool2d: kernel_size must be an int or a pair"):
         F.max_pool2d(mge.tensor(x), 2.5)
+
+
+def test_a_channels_last_view_convolves_as_its_contiguous_copy():
+    # a transposed NDHWC volume has channels-last strides, with which ATen took oneDNN's
+    # channels-last kernels: an infinite weight times the padding gave inf there, NaN on the
+    # contiguous volume (torch's kernel; special-values fuzz seed 189 of conv3d, whose
+    # geometry this is)
+    rs = np.random.RandomState(0)
+    x = rs.randn(2, 2, 6, 1, 6).astype(np.float32)
+    w = rs.randn(2, 1, 2, 2, 2).astype(np.float32)
+    w[1, 0, 0, 0, 1], w[1, 0, 1, 0, 0] = -np.inf, np.inf
+    args = dict(stride=(2, 1, 2), padding=(1, 1, 0), dilation=(1, 1, 2), groups=2)
+    last = (0, 2, 3, 4, 1)  # NCDHW -> NDHWC
+    view = F.transpose(mge.tensor(np.ascontiguousarray(x.transpose(last))), np.argsort(last))
+    got = F.conv3d(view, mge.tensor(w), **args).numpy()
+    want = TF.conv3d(torch.tensor(x), torch.tensor(w), **args).numpy()
+    assert np.isnan(want).any()  # (the case holds padding times an infinity)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

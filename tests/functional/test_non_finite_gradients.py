@@ -174,3 +174,18 @@ def test_bilinear_resizing_sends_a_nan_gradient_to_the_pixels_its_output_read():
     want = np.zeros((5, 6), bool)
     want[1:3, 3:5] = True
     np.testing.assert_array_equal(np.isnan(gx[0, 0]), want)
+
+
+@pytest.mark.parametrize("equation,shape", [("ii->i", (4, 4)), ("bii,j->bj", (2, 3, 3)),
+                                            ("iji->ij", (3, 2, 3))])
+def test_einsum_puts_the_gradient_of_a_diagonal_on_the_diagonal_alone(equation, shape):
+    # (an identity matrix ties a repeated label back: its zeros times NaN were NaN)
+    rs = np.random.RandomState(10)
+    x = rs.randn(*shape).astype(np.float32)
+    extra = [rs.randn(2).astype(np.float32)] if "," in equation else []
+    out = np.einsum(equation, x, *extra)
+    dy = _dy(out.shape, 6)
+    gx = _grads(lambda *t: F.einsum(equation, *t), [x] + extra, dy)[0]
+    xt = torch.tensor(x, requires_grad=True)
+    torch.einsum(equation, xt, *map(torch.tensor, extra)).backward(torch.tensor(dy))
+    np.testing.assert_allclose(gx, xt.grad.numpy(), rtol=1e-6, atol=1e-6)
