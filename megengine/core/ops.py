@@ -389,6 +389,15 @@ def masked_gradient(g, mask):
     return out
 
 
+def masked_gradient_graph(g, mask):
+    """`masked_gradient` as recorded ops (the backward under an outer GradManager, ``g`` a
+    Tensor, ``mask`` a bool array): the same select, whose derivative in ``g`` is the select
+    again."""
+    from ..functional.tensor import where  # functional sits above core: load on use
+
+    return where(_const(mask, g), g, 0)
+
+
 class Mul(_Binary):
     holomorphic = True  # complex gradients: see Op
     pooled = "mul"
@@ -694,9 +703,8 @@ class Maximum(_Binary):
                 masked_gradient(g, ~first) if nb else None)
 
     def grads_graph(self, a, b, out, g):
-        first = _const((self.a >= self.b if self.first is None else self.first)
-                       .astype(g.dtype), g)
-        return g * first, g * (1 - first)
+        first = self.a >= self.b if self.first is None else self.first
+        return masked_gradient_graph(g, first), masked_gradient_graph(g, ~first)
 
 
 class Minimum(_Binary):
@@ -718,9 +726,8 @@ class Minimum(_Binary):
                 masked_gradient(g, ~first) if nb else None)
 
     def grads_graph(self, a, b, out, g):
-        first = _const((self.a <= self.b if self.first is None else self.first)
-                       .astype(g.dtype), g)
-        return g * first, g * (1 - first)
+        first = self.a <= self.b if self.first is None else self.first
+        return masked_gradient_graph(g, first), masked_gradient_graph(g, ~first)
 
 
 class MatMul(Op):
@@ -1747,7 +1754,7 @@ class Reduce(Op):
             count = int(np.prod([x.shape[i] for i in axes], dtype=np.int64)) if axes else 1
             return (t_expand(div_count(g, count), x.shape),)
         if self.mode in ("max", "min"):
-            return (g * _const((x == self.out_keep).astype(g.dtype), g),)
+            return (masked_gradient_graph(t_expand(g, x.shape), x == self.out_keep),)
         if not (x != 0).all():
             return (g * _exclusive_prod_graph(inputs[0], axes),)
         return (g * outputs[0].reshape(keep_shape) / inputs[0],)

@@ -12,8 +12,8 @@ from ..core.fused import fused_kernel, use_fused_with_half
 from ..core.dtype_rules import (_NARROW, complex_error, no_order, numpy_scalar_is_weak,
                                 promote_types)
 from ..core.ops import (BINARY, UNARY, ArgumentError, BroadcastError, ShapeOnly, _Binary,
-                        cast, half_operands, masked_gradient, raise_unbroadcastable,
-                        t_unbroadcast, unbroadcast, xp_of)
+                        cast, half_operands, masked_gradient, masked_gradient_graph,
+                        raise_unbroadcastable, t_unbroadcast, unbroadcast, xp_of)
 from ..core.operators import QuantizedNumberError, _int_range, _quantized_scalar, _wider_int
 from ..core.tensor import Tensor, _float_pow_operands, _operand
 from . import _aten
@@ -530,8 +530,7 @@ class Clip(Op):
         return masked_gradient(g, self.inside)
 
     def grad_graph(self, inputs, outputs, grads):
-        g = grads[0]
-        return (g * Tensor._wrap(xp_of(g._data).asarray(self.inside, g.dtype), g._device),)
+        return (masked_gradient_graph(grads[0], self.inside),)
 
 
 class ClipByTensors(Op):
@@ -581,14 +580,11 @@ class ClipByTensors(Op):
 
     def grad_graph(self, inputs, outputs, grads):
         (xs, ls, us), (nx, nl, nu) = self.shapes, self.needs_input_grad
-        g = grads[0]
-        xp = xp_of(g._data)
-        first, kept = (Tensor._wrap(xp.asarray(m, g.dtype), g._device)
-                       for m in (self.first, self.kept))
-        passed = g * kept
-        return (t_unbroadcast(passed * first, xs) if nx else None,
-                t_unbroadcast(passed * (1 - first), ls) if nl else None,
-                t_unbroadcast(g * (1 - kept), us) if nu else None)
+        g, first, kept = grads[0], self.first, self.kept
+        passed = masked_gradient_graph(g, kept)
+        return (t_unbroadcast(masked_gradient_graph(passed, first), xs) if nx else None,
+                t_unbroadcast(masked_gradient_graph(passed, ~first), ls) if nl else None,
+                t_unbroadcast(masked_gradient_graph(g, ~kept), us) if nu else None)
 
 
 def _clamp_on_aten(x, lower, upper):

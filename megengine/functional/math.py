@@ -11,7 +11,7 @@ from ..core.dtype_rules import complex_error, no_order, promote_types
 from ..core.fused import fused_kernel
 from ..core.ops import (BINARY, ArgumentTypeError, AxisError, IndexAdd, ShapeError, _norm_axes,
                         acc_dtype, acc_sum, as_dtype, cast, half_operands, names_an_axis,
-                        masked_gradient, refuse_bool_product, xp_of)
+                        masked_gradient, masked_gradient_graph, refuse_bool_product, xp_of)
 from ..core.tensor import Tensor
 from . import _aten
 from ._args import _as_float, _not_int, _real, _size
@@ -675,9 +675,8 @@ class TopK(_PickLast):
 
     def grad_graph(self, inputs, outputs, grads):
         if self.kth_only:
-            device = grads[0]._device
-            return ((grads[0] / Tensor._wrap(self.count, device))
-                    * Tensor._wrap(self.tied.astype(grads[0].dtype), device),)
+            shared = grads[0] / Tensor._wrap(self.count, grads[0]._device)
+            return (masked_gradient_graph(shared, self.tied),)
         return super().grad_graph(inputs, outputs, grads)
 
     def _forward_aten(self, xp, x):

@@ -19,7 +19,7 @@ from .. import functional as F
 from ..autodiff.function import Function
 from ..core.dispatch import Op, apply, xp_of
 from ..core.fused import fused_kernel, use_fused
-from ..core.ops import masked_gradient, unbroadcast
+from ..core.ops import masked_gradient, masked_gradient_graph, unbroadcast
 from ..core.dtype import (  # noqa: F401  (_builtin_quant_dtype: what older pickles name)
     QuantDtypeMeta, _builtin_quant_dtype, _builtin_quant_dtypes, create_quantized_dtype)
 from ..core.tensor import QParams, Tensor
@@ -237,9 +237,9 @@ class FakeQuant(Op):
         return masked_gradient(g, self.mask).astype(g.dtype, copy=False), None, None
 
     def grad_graph(self, inputs, outputs, grads):
-        # the mask is piecewise constant: the gradient is the output gradient times a constant
-        mask = Tensor._wrap(self.mask.astype(grads[0].dtype), grads[0]._device)
-        return grads[0] * mask, None, None
+        # the mask is piecewise constant: the gradient is the output gradient selected by a
+        # constant (the CUDA kernel's mask holds ones and zeros of x's dtype)
+        return masked_gradient_graph(grads[0], self.mask != 0), None, None
 
 
 def fake_quant_tensor(inp: Tensor, qparams: QParams) -> Tensor:

@@ -189,3 +189,54 @@ def test_einsum_puts_the_gradient_of_a_diagonal_on_the_diagonal_alone(equation, 
     xt = torch.tensor(x, requires_grad=True)
     torch.einsum(equation, xt, *map(torch.tensor, extra)).backward(torch.tensor(dy))
     np.testing.assert_allclose(gx, xt.grad.numpy(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("fn", ["warp_perspective", "remap"])
+def test_a_sample_outside_a_constant_border_sends_no_gradient(fn):
+    # output (0, 0) reads at x = -1.5: both of its corners lie outside the image, whose border
+    # value it blends; the pixel its index was clamped to took NaN * 0 from it (upstream 1.13:
+    # nothing; 300 drawn warps and remaps with NaN and infinite gradients now equal upstream's)
+    x = np.random.RandomState(11).randn(1, 1, 3, 4).astype(np.float32)
+    dy = np.ones((1, 1, 2, 3), np.float32)
+    dy[0, 0, 0, 0] = np.nan
+    if fn == "warp_perspective":
+        mat = mge.tensor(np.float32([[[1, 0, -1.5], [0, 1, 0], [0, 0, 1]]]))
+        gx, = _grads(lambda t: F.vision.warp_perspective(t, mat, (2, 3), border_mode="constant"),
+                     [x], dy)
+    else:
+        xs, ys = np.meshgrid(np.arange(3, dtype=np.float32) - 1.5, np.arange(2, dtype=np.float32))
+        map_xy = mge.tensor(np.stack([xs, ys], -1)[None])
+        gx, = _grads(lambda t: F.vision.remap(t, map_xy, border_mode="constant"), [x], dy)
+    assert np.isfinite(gx).all()
+
+
+_QP = None
+
+
+def _fake_quant(t):
+    global _QP
+    if _QP is None:
+        _QP = create_qparams(dtype_meta="qint8", scale=mge.tensor(np.float32(0.01)))
+    return fake_quant_tensor(t * 3, _QP)
+
+
+@pytest.mark.parametrize("fn", [
+    lambda t: F.maximum(t, 0.3), lambda t: F.minimum(t, t[::-1] * 0.5),
+    lambda t: F.clip(t, -0.5, 0.5), lambda t: F.clip(t, t[::-1] * 0.2, t[::-1] * 0.2 + 0.6),
+    lambda t: F.broadcast_to(F.max(t, axis=0, keepdims=True), t.shape),
+    lambda t: F.broadcast_to(F.topk(t, 3, kth_only=True)[0], t.shape), _fake_quant,
+], ids=["maximum", "minimum", "clip", "clip_by_tensors", "max", "topk_kth", "fake_quant"])
+def test_a_recorded_backward_selects_as_the_backward(fn):
+    # under an outer GradManager the backward runs as recorded ops (grad_graph): the same
+    # select, and its derivative in the incoming gradient is the same select
+    x = np.float32([-0.9, 0.4, 0.1, 0.7, -0.2, 0.55])
+    g = np.float32([np.nan, 1.5, np.inf, -np.inf, 2.0, np.nan])
+    plain, = _grads(lambda t: (fn(t) * mge.tensor(g)).sum(), [x], np.float32(1))
+    t, v = mge.Parameter(x), mge.Parameter(g)
+    gm_outer, gm_inner = GradManager().attach([v]), GradManager().attach([t])
+    with gm_outer:
+        with gm_inner:
+            gm_inner.backward((fn(t) * v).sum())
+        np.testing.assert_array_equal(t.grad.numpy(), plain)
+        gm_outer.backward(t.grad.sum())
+    assert np.isfinite(v.grad.numpy()).all()  # (a select's derivative: 0 or a finite factor)
