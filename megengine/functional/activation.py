@@ -12,7 +12,8 @@ from ..core import dtype as _dtype
 from ..core.dispatch import FLOAT16, KERNEL_FLOATS, Op, apply
 from ..core.dtype_rules import no_order
 from ..core.fused import fused_kernel, use_fused_with_half
-from ..core.ops import ShapeOnly, masked_gradient, t_unbroadcast, unbroadcast, xp_of
+from ..core.ops import (ShapeOnly, masked_gradient, masked_gradient_graph, t_unbroadcast,
+                        unbroadcast, xp_of)
 from ..core.tensor import _operand, promote_types
 from . import _aten
 from ._args import _renamed, _tensor
@@ -506,7 +507,9 @@ class _PRelu(Op):
         else:
             pos = self.x > 0
             gx = xp.where(pos, g, g * self.w) if needs[0] else None
-            gw = xp.where(pos, 0, g * self.x) if needs[1] else None
+            # (the slope's: a select of x < 0, as upstream's: x = 0 or NaN adds nothing, not a
+            # NaN or infinite g times 0)
+            gw = xp.where(self.x < 0, g * self.x, 0) if needs[1] else None
         # x may have been broadcast against w (upstream's rule): reduce back to x's shape
         return (unbroadcast(gx, self.x.shape) if needs[0] else None,
                 unbroadcast(gw, self.w.shape) if needs[1] else None)
@@ -517,7 +520,8 @@ class _PRelu(Op):
         pos = _mask(self.x > 0, g)
         gx = t_unbroadcast(g * pos + g * w * (1 - pos), self.x.shape) \
             if self.needs_input_grad[0] else None
-        gw = t_unbroadcast(g * x * (1 - pos), self.w.shape) if self.needs_input_grad[1] else None
+        gw = t_unbroadcast(masked_gradient_graph(g * x, self.x < 0), self.w.shape) \
+            if self.needs_input_grad[1] else None
         return gx, gw
 
 
@@ -583,7 +587,7 @@ _prelu_kernel = fused_kernel("T x, T w", "T y", "y = x > (T)0 ? x : (T)(x * w)",
                              "megengine_prelu")
 _prelu_grad_kernel = fused_kernel("T g, T x, T w", "T gx, T gw",
                                   "bool pos = x > (T)0; gx = pos ? g : (T)(g * w); "
-                                  "gw = pos ? (T)0 : (T)(g * x)", "megengine_prelu_grad")
+                                  "gw = x < (T)0 ? (T)(g * x) : (T)0", "megengine_prelu_grad")
 
 
 def prelu(x=None, y=None, **older_names):

@@ -200,20 +200,23 @@ class _Resize(Op):
         self.in_shape = x.shape  # (for the taps of a NaN or infinite gradient)
         return as_dtype(out, dtype)
 
-    def _taps(self, x):
+    def _taps(self, x, backward=False):
         """`_interp_taps` of each matrix of `_matrices` (None where absent), as arrays of
         ``x``'s module and dtype (``x``: the input, or an array of its shape); a program
-        holding only the matrices reads its nonzero weights, by their signs."""
+        holding only the matrices reads its nonzero weights, by their signs. ``backward``:
+        the taps upstream's backward kernel scatters to, its general bilinear ones (linear
+        mode's too) wherever the forward doubles an image."""
         xp = xp_of(x)
         if self.sizes is None:
             return [None if m is None else tuple(xp.asarray(t, x.dtype) for t in (
                 m != 0, m > 0, m < 0, np.zeros(m.shape))) for m in (self.mat_h, self.mat_w,
                                                                      self.mat_d)]
         sizes = [(int(n_in), int(n_out)) for n_in, n_out in zip(x.shape[2:], self.sizes)]
+        mode = "bilinear" if backward and self.mode == "linear" else self.mode
         taps = [tuple(xp.asarray(m, x.dtype) for m in
-                      _interp_taps(n_in, n_out, self.mode, self.align_corners))
+                      _interp_taps(n_in, n_out, mode, self.align_corners))
                 for n_in, n_out in sizes]
-        if self.mode == "bilinear" and not self.align_corners and \
+        if self.mode == "bilinear" and not self.align_corners and not backward and \
                 all(n_out == 2 * n_in for n_in, n_out in sizes):
             # upstream's kernel for an image doubled both ways reads no pixel of weight 0
             # (measured: one NaN pixel of a 3 x 3 image reaches 16 of the 36 outputs)
@@ -233,7 +236,8 @@ class _Resize(Op):
                 # kernels' scatter (upstream's, torch's), not every pixel of its rows
                 mats = [None if m is None else m.T for m in (self.ah, self.aw, self.ad)]
                 like_x = xp.broadcast_to(xp.zeros((), g.dtype), self.in_shape)
-                taps = [None if t is None else tuple(m.T for m in t) for t in self._taps(like_x)]
+                taps = [None if t is None else tuple(m.T for m in t)
+                        for t in self._taps(like_x, backward=True)]
                 return as_dtype(_resampled_non_finite(xp, g, odd, mats, taps), self.dtype)
         if self.aw is None:
             return as_dtype(_mm(g, self.ah), self.dtype)

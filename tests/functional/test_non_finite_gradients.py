@@ -240,3 +240,25 @@ def test_a_recorded_backward_selects_as_the_backward(fn):
         np.testing.assert_array_equal(t.grad.numpy(), plain)
         gm_outer.backward(t.grad.sum())
     assert np.isfinite(v.grad.numpy()).all()  # (a select's derivative: 0 or a finite factor)
+
+
+def test_prelu_slope_takes_nothing_from_where_x_is_not_negative():
+    # the slope's gradient sums g * x over x < 0: a NaN or inf g where x >= 0 adds nothing
+    # (upstream 1.13 measured: x = [0, 1] with gradients [inf, NaN] gives the slope 0)
+    x = np.float32([[-1.0, 0.0], [2.0, -0.5]])
+    dy = np.float32([[2.0, np.inf], [np.nan, 4.0]])
+    gx, gw = _grads(F.nn.prelu, [x, np.float32([0.25])], dy)
+    np.testing.assert_array_equal(gw, [-1.0 * 2.0 + -0.5 * 4.0])
+    np.testing.assert_array_equal(gx, [[0.5, np.inf], [np.nan, 1.0]])
+
+
+def test_a_doubled_image_scatters_its_gradient_by_upstreams_backward_taps():
+    # upstream 1.13's backward kernel reads the neighbours of weight 0 at the image's edge
+    # even where its forward for a doubled image does not (measured: this very pattern)
+    x = np.random.RandomState(0).randn(1, 1, 3, 3).astype(np.float32)
+    dy = np.ones((1, 1, 6, 6), np.float32)
+    dy[0, 0, 0, 0], dy[0, 0, 3, 3] = np.nan, np.inf
+    gx, = _grads(lambda t: F.vision.interpolate(t, scale_factor=2.0, mode="bilinear",
+                                                align_corners=False), [x], dy)
+    np.testing.assert_array_equal(np.isnan(gx[0, 0]), [[1, 1, 0], [1, 1, 0], [0, 0, 0]])
+    np.testing.assert_array_equal(np.isposinf(gx[0, 0]), [[0, 0, 0], [0, 0, 1], [0, 1, 1]])

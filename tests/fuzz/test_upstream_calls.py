@@ -1,7 +1,9 @@
 """CI's slice of tests/fuzz/upstream_calls.py: this checkout against upstream MegEngine 1.13's
 recorded answers to 500 drawn calls (tests/fuzz/upstream_calls.json, written by ``python -m
 tests.fuzz.upstream_calls --upstream PYTHON --seeds 500 --record FILE``: upstream itself is not
-installed in CI), and the comparison machinery on planted differences and across processes."""
+installed in CI), the same for calls whose outputs' gradients hold NaN and inf
+(tests/fuzz/upstream_odd_gradients.json: ``--odd-gradients --seeds 250 --start 500000``), and
+the comparison machinery on planted differences and across processes."""
 import os
 import subprocess
 import sys
@@ -15,6 +17,7 @@ from tests.fuzz import upstream_calls as uc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RECORD = os.path.join(ROOT, "tests", "fuzz", "upstream_calls.json")
+ODD_RECORD = os.path.join(ROOT, "tests", "fuzz", "upstream_odd_gradients.json")
 
 
 def test_this_checkout_answers_the_recorded_calls_as_upstream():
@@ -26,6 +29,19 @@ def test_this_checkout_answers_the_recorded_calls_as_upstream():
     # most calls give upstream's very values; the rest are refused by upstream alone (calls no
     # upstream program makes) or differ as docs/compatibility.rst says
     assert outcomes["same value"] + outcomes["both raise"] >= 440, outcomes
+
+
+def test_this_checkout_sends_nan_and_inf_gradients_where_upstream_does():
+    # a NaN or infinity among the outputs' gradients reaches the inputs upstream's reaches
+    # (maximum, clip, max pooling, resizing, warps: the selects of docs/compatibility.rst)
+    seeds, calls, theirs = uc.load_record(ODD_RECORD)
+    assert len(calls) >= 200 and all(c[0].startswith("gradodd:") for c in calls)
+    shown = []
+    bad, outcomes = uc.compare_all(seeds, calls, theirs, show=shown.append)
+    assert bad == 0, "\n".join(shown)
+    assert outcomes["same value"] >= 150, outcomes
+    # (upstream's answers, not this checkout's: its weight gradients lose some)
+    assert outcomes["known: upstream's weight and matrix gradients lose a NaN or infinity"]
 
 
 def test_the_record_holds_upstreams_own_differences():
