@@ -318,27 +318,33 @@ class _DeformablePSROIPooling(Op):
         self.no_trans, self.part, self.pooled = no_trans, part, pooled
         self.samples, self.scale, self.trans_std = samples, scale, trans_std
 
-    def _geometry(self, xp, rois, trans, h, w):
+    def _geometry(self, xp, rois, trans, h, w, dtype):
+        """The samples' positions, in upstream's float32 arithmetic and order (``dtype``): a
+        sample on the edge of the image, -0.5, is inside there and outside in float64 (roi
+        rows [-1, 0] in 3 bins of 2 samples: -1 + 1/3 + 1/6 is -0.49999994 in float32,
+        -0.5000000000000001 in float64; upstream 1.13 measured)."""
         (ph, pw), s, part = self.pooled, self.samples, self.part
-        r = _round_half_away(xp, rois[:, 1:5].astype(np.float64))
-        left, top = r[:, 0] * self.scale - 0.5, r[:, 1] * self.scale - 0.5
-        rw = xp.maximum((r[:, 2] + 1) * self.scale - 0.5 - left, 0.1)  # (K,)
-        rh = xp.maximum((r[:, 3] + 1) * self.scale - 0.5 - top, 0.1)
+        r = _round_half_away(xp, rois[:, 1:5].astype(dtype))
+        scale = dtype.type(self.scale)
+        left, top = r[:, 0] * scale - 0.5, r[:, 1] * scale - 0.5
+        rw = xp.maximum((r[:, 2] + 1) * scale - 0.5 - left, dtype.type(0.1))  # (K,)
+        rh = xp.maximum((r[:, 3] + 1) * scale - 0.5 - top, dtype.type(0.1))
         bw, bh = rw / pw, rh / ph
         # (K, classes, ph, pw): the bin's corner, moved by its part cell's offset
-        x0 = (left[:, None, None, None] + xp.arange(pw) * bw[:, None, None, None])
-        y0 = (top[:, None, None, None] + xp.arange(ph)[:, None] * bh[:, None, None, None])
+        x0 = (left[:, None, None, None] + xp.arange(pw, dtype=dtype) * bw[:, None, None, None])
+        y0 = (top[:, None, None, None]
+              + xp.arange(ph, dtype=dtype)[:, None] * bh[:, None, None, None])
         part_y = xp.asarray(np.floor(np.arange(ph) / ph * part).astype(np.int64))
         part_x = xp.asarray(np.floor(np.arange(pw) / pw * part).astype(np.int64))
         if self.no_trans:
-            tx = ty = xp.zeros((rois.shape[0], 1, ph, pw))
+            tx = ty = xp.zeros((rois.shape[0], 1, ph, pw), dtype)
         else:
-            cells = trans.astype(np.float64)[:, :, part_y[:, None], part_x[None, :]]
-            tx = cells[:, 0::2] * self.trans_std  # (K, classes, ph, pw)
-            ty = cells[:, 1::2] * self.trans_std
+            cells = trans.astype(dtype)[:, :, part_y[:, None], part_x[None, :]]
+            tx = cells[:, 0::2] * dtype.type(self.trans_std)  # (K, classes, ph, pw)
+            ty = cells[:, 1::2] * dtype.type(self.trans_std)
         x0 = x0 + tx * rw[:, None, None, None]
         y0 = y0 + ty * rh[:, None, None, None]
-        step = xp.arange(s)
+        step = xp.arange(s, dtype=dtype)
         # (K, classes, ph, pw, s, s): sample (i, j) is row i, column j of the bin's grid
         xs = x0[..., None, None] + (step * (bw / s)[:, None])[:, None, None, None, None, :]
         ys = y0[..., None, None] + (step * (bh / s)[:, None])[:, None, None, None, :, None]
@@ -350,7 +356,8 @@ class _DeformablePSROIPooling(Op):
         xp = xp_of(inp)
         n, c, h, w = self.shape = inp.shape
         classes = 1 if self.no_trans else trans.shape[1] // 2
-        xs, ys, valid, rw, rh, part_y, part_x = self._geometry(xp, rois, trans, h, w)
+        xs, ys, valid, rw, rh, part_y, part_x = self._geometry(xp, rois, trans, h, w,
+                                                               np.dtype(np.float32))
         x0, y0 = xp.floor(xs).astype(np.int64), xp.floor(ys).astype(np.int64)
         x1, y1 = xp.ceil(xs).astype(np.int64), xp.ceil(ys).astype(np.int64)
         fx, fy = (xs - x0)[..., None], (ys - y0)[..., None]

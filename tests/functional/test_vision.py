@@ -1412,3 +1412,17 @@ def test_interpolate_of_nan_and_infinity_counts_upstreams_outputs():
         F.vision.interpolate(mge.tensor(z), size=(7, 6), mode="bilinear").numpy(),
         torch.nn.functional.interpolate(torch.tensor(z), size=(7, 6), mode="bilinear",
                                         align_corners=False).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_deformable_psroi_pooling_takes_a_sample_on_the_edge_as_upstream():
+    # roi rows [-1, 0] in 3 bins of 2 samples: the second bin's second sample lies at
+    # -1 + 1/3 + 1/6, -0.49999994 in upstream's float32 (inside the image: it reads row 0) and
+    # -0.5000000000000001 in float64 (outside); upstream 1.13 measured: [0, -1.1133, -1.1133]
+    x = np.float32([[[[1.12, -2.07, 1.95, -1.1133], [-2.08, -0.06, 1.68, 2.26],
+                      [-2.89, -0.54, 2.49, -0.14]]]])
+    rois = np.float32([[0.0, 6.735788, -0.5972087, 15.917506, -0.29833096]])
+    out = F.vision.deformable_psroi_pooling(
+        mge.tensor(x), mge.tensor(rois), mge.tensor(np.zeros((1, 2, 3, 1), np.float32)),
+        no_trans=True, part_size=1, pooled_h=3, pooled_w=1, sample_per_part=2,
+        spatial_scale=0.5, trans_std=0.3)
+    np.testing.assert_allclose(out.numpy().ravel(), [0.0, -1.1133, -1.1133], rtol=1e-6)

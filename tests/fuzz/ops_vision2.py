@@ -1,6 +1,7 @@
 """Fuzz generators for F.vision.cvt_color (OpenCV and the colour formulas as oracles) and
 F.vision.deformable_psroi_pooling (a float64 numpy reference of upstream's documented kernel:
-megdnn's naive DeformablePSROIPooling, gradients by finite differences)."""
+megdnn's naive DeformablePSROIPooling, which samples lie inside decided in its float32,
+gradients by finite differences)."""
 import numpy as np
 import torch
 
@@ -109,29 +110,38 @@ def _dpsroi(inp, rois, trans, no_trans, part, ph, pw, spp, scale, tstd):
     _, c, hh, ww = inp.shape
     k = rois.shape[0]
     ncls = 1 if no_trans else trans.shape[1] // 2
-    r = _round_half_away(rois[:, 1:5])
-    x1, y1 = r[:, 0] * scale - 0.5, r[:, 1] * scale - 0.5
-    rw = np.maximum((r[:, 2] + 1) * scale - 0.5 - x1, 0.1)
-    rh = np.maximum((r[:, 3] + 1) * scale - 0.5 - y1, 0.1)
     sh = (k, 1, 1, 1)
     py, px = np.arange(ph).reshape(1, 1, ph, 1), np.arange(pw).reshape(1, 1, 1, pw)
     cls = (np.arange(c) // (c // ncls)).reshape(1, c, 1, 1)
-    if no_trans:
-        tx = ty = np.zeros((k, c, ph, pw))
-    else:
-        kk = np.arange(k).reshape(sh)
-        part_h = np.floor(py / ph * part).astype(int)
-        part_w = np.floor(px / pw * part).astype(int)
-        at = ((kk * ncls + cls) * 2 * part + part_h) * part + part_w
-        tx = trans.reshape(-1)[at] * tstd
-        ty = trans.reshape(-1)[at + part * part] * tstd
-    ws = px * (rw / pw).reshape(sh) + x1.reshape(sh) + tx * rw.reshape(sh)
-    hs = py * (rh / ph).reshape(sh) + y1.reshape(sh) + ty * rh.reshape(sh)
-    step = np.arange(spp)
-    x = ws[..., None, None] + step.reshape(1, spp) * (rw / pw / spp).reshape(k, 1, 1, 1, 1, 1)
-    y = hs[..., None, None] + step.reshape(spp, 1) * (rh / ph / spp).reshape(k, 1, 1, 1, 1, 1)
-    x, y = np.broadcast_arrays(x, y)
-    inside = (x >= -0.5) & (x <= ww - 0.5) & (y >= -0.5) & (y <= hh - 0.5)
+
+    def samples(dt):
+        """The samples' (x, y), computed in ``dt`` in the kernel's order."""
+        r = _round_half_away(rois[:, 1:5].astype(dt))
+        f = dt.type
+        x1, y1 = r[:, 0] * f(scale) - f(0.5), r[:, 1] * f(scale) - f(0.5)
+        rw = np.maximum((r[:, 2] + 1) * f(scale) - f(0.5) - x1, f(0.1))
+        rh = np.maximum((r[:, 3] + 1) * f(scale) - f(0.5) - y1, f(0.1))
+        if no_trans:
+            tx = ty = np.zeros((k, c, ph, pw), dt)
+        else:
+            kk = np.arange(k).reshape(sh)
+            part_h = np.floor(py / ph * part).astype(int)
+            part_w = np.floor(px / pw * part).astype(int)
+            at = ((kk * ncls + cls) * 2 * part + part_h) * part + part_w
+            tx = trans.reshape(-1)[at].astype(dt) * f(tstd)
+            ty = trans.reshape(-1)[at + part * part].astype(dt) * f(tstd)
+        ws = px.astype(dt) * (rw / pw).reshape(sh) + x1.reshape(sh) + tx * rw.reshape(sh)
+        hs = py.astype(dt) * (rh / ph).reshape(sh) + y1.reshape(sh) + ty * rh.reshape(sh)
+        step = np.arange(spp, dtype=dt)
+        x = ws[..., None, None] + step.reshape(1, spp) * (rw / pw / spp).reshape(k, 1, 1, 1, 1, 1)
+        y = hs[..., None, None] + step.reshape(spp, 1) * (rh / ph / spp).reshape(k, 1, 1, 1, 1, 1)
+        return np.broadcast_arrays(x, y)
+
+    x, y = samples(np.dtype(np.float64))
+    # which samples are inside, in the kernel's float32: a sample at the edge, -0.5, is inside
+    # there and may be just outside in float64 (-1 + 1/3 + 1/6: -0.49999994 and -0.5000000000000001)
+    x32, y32 = samples(np.dtype(np.float32))
+    inside = (x32 >= -0.5) & (x32 <= ww - 0.5) & (y32 >= -0.5) & (y32 <= hh - 0.5)
     x, y = np.clip(x, 0, ww - 1), np.clip(y, 0, hh - 1)
     x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
     x1i, y1i = np.ceil(x).astype(int), np.ceil(y).astype(int)

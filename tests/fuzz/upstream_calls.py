@@ -2183,9 +2183,10 @@ def known(call, mine, theirs):
 
 
 # the functions where upstream 1.13 loses a NaN or infinite operand (and the modules that end
-# in a ReLU): `known` accepts this fork's NaN or infinity there
+# in a ReLU; its vectorised sigmoid of a larger tensor gives 0 for NaN): `known` accepts this
+# fork's NaN or infinity there
 _NAN_HIDING = frozenset(("F.relu", "F.nn.relu", "F.relu6", "F.nn.relu6", "F.clip",
-                         "F.maximum", "F.minimum", "F.exp"))
+                         "F.maximum", "F.minimum", "F.exp", "F.sigmoid"))
 
 
 def _scaled_alike(mine, theirs):
@@ -2285,8 +2286,13 @@ def _odd_gradient_known(name, kwargs, i, leaves, outputs, gm, gt):
         # places where a NaN or infinite output gradient reaches them, measured; this side's
         # are NaN or inf there, as IEEE's products of every term)
         return "upstream's weight and matrix gradients lose a NaN or infinity"
-    if name == "F.std" and np.isnan(b).any() and not odd_a.any():
+    both = (odd_a & odd_b) | np.isclose(a, b, rtol=1e-4, atol=1e-4)
+    if name in ("F.std", "F.norm", "F.normalize") and (np.isnan(b) & (a == 0) | both).all():
         return "no NaN gradient where the value is 0, as torch's"
+    x = leaves[i] if i < len(leaves) else None
+    if name in ("F.prod", "T.prod") and x is not None and (x == 0).any() and \
+            (np.isnan(b) | both).all():
+        return "prod's gradient: the product of the other elements"  # (upstream: NaN)
     return None
 
 
