@@ -105,9 +105,9 @@ OTHER_GRADIENT_RULES = {
                     "imaginary 0 (NaN); upstream has no complex numbers"),
     "roi_pooling": "the oracle's empty bin is img[:, 0, 0] * 0, which sends a NaN to pixel (0, 0)",
     "tqt_forward": "the oracle multiplies by the mask of the unclipped values (NaN * 0)",
-    "interpolate": "linear taps of weight 0 are upstream's kernel's (a clamped last pixel "
-                   "reads its neighbour at 0, as the forward: docs/compatibility.rst); "
-                   "torch's reads itself (nearest resizing is compared)",
+    "interpolate": "linear taps of weight 0 are upstream's backward kernel's (a clamped last "
+                   "pixel's neighbour at weight 0 takes a NaN gradient too: upstream_calls "
+                   "--odd-gradients); torch's reads itself (nearest resizing is compared)",
     "ctc_loss": "not judged: a NaN gradient of a sample reaches each of its (frame, label) "
                 "pairs here, the reachable ones in torch's, and more in upstream's (frames past "
                 "the sample's length too: measured)",
