@@ -389,6 +389,14 @@ def masked_gradient(g, mask):
     return out
 
 
+def finite_sum(a):
+    """Whether array ``a`` holds no NaN or infinity, by one sum (a sum that overflows says no:
+    the caller's NaN path then finds nothing to do); CuPy reads the sum back to the host."""
+    with np.errstate(over="ignore", invalid="ignore"):  # (inf - inf: no numpy warning)
+        total = a.sum()  # (on CuPy one kernel; math.isfinite reads the scalar back)
+        return math.isfinite(abs(total) if a.dtype.kind == "c" else total)
+
+
 def masked_gradient_graph(g, mask):
     """`masked_gradient` as recorded ops (the backward under an outer GradManager, ``g`` a
     Tensor, ``mask`` a bool array): the same select, whose derivative in ``g`` is the select

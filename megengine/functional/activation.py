@@ -78,11 +78,8 @@ class _Relu(Op):
         return masked_gradient(g, y > 0)
 
     def grad_graph(self, inputs, outputs, grads):
-        from ..core.tensor import Tensor
-        from .tensor import where  # a select, so that a NaN gradient where y <= 0 gives 0
-
-        g = grads[0]
-        return (where(Tensor._wrap(self.y > 0, g._device), g, 0),)
+        # (a select, so that a NaN gradient where y <= 0 gives 0)
+        return (masked_gradient_graph(grads[0], self.y > 0),)
 
 
 # ReLU's backward on CUDA as one CuPy ElementwiseKernel: the array code above launches a

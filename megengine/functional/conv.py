@@ -21,7 +21,8 @@ from ..core import amp as _amp
 from ..core.dispatch import FLOAT16, Op, apply
 from ..core.dtype import _zero_point, no_quantized_form, refuse_quantized, saturated, stored
 from ..core.dtype_rules import complex_error
-from ..core.ops import ArgumentError, ArgumentTypeError, ShapeError, as_dtype, cast, xp_of
+from ..core.ops import (ArgumentError, ArgumentTypeError, ShapeError, as_dtype, cast,
+                        finite_sum, xp_of)
 from ..core.tensor import Tensor, promote_types
 from . import _aten
 from ._args import _bias_widened, _not_int, _tensor
@@ -119,14 +120,6 @@ def _nchw(a):
     contiguous kernel (a (16, 64, 56, 56) view of an NHWC image, 3x3 to 64 channels, one
     thread: 44 ms against 79)."""
     return a if a.flags.c_contiguous else xp_of(a).ascontiguousarray(a)
-
-
-def _all_finite(x, w):
-    """Whether the operands ``x`` and ``w`` hold no NaN or infinity (a sum each; one that
-    overflows says no, and the operands are copied for nothing)."""
-    xp = xp_of(x)
-    with np.errstate(over="ignore", invalid="ignore"):
-        return bool(xp.isfinite(x.sum())) and bool(xp.isfinite(w.sum()))
 
 
 def _flat_weight(w, groups, nd, what, transposed):
@@ -246,7 +239,8 @@ class _Convolution(Op):
     half = False
 
     def forward(self, x, w, b=None):
-        if not (x.flags.c_contiguous and w.flags.c_contiguous) and not _all_finite(x, w):
+        if not (x.flags.c_contiguous and w.flags.c_contiguous) and \
+                not (finite_sum(x) and finite_sum(w)):  # (see `_nchw`)
             x, w = _nchw(x), _nchw(w)
         c = self.cache
         e = None if c is None else c.entry

@@ -15,7 +15,7 @@ from ..core._trace_option import is_dim
 from ..core.dispatch import FLOAT16, KERNEL_FLOATS, Op, apply, xp_of
 from ..core.fused import fused_kernel
 from ..core.dtype_rules import no_order
-from ..core.ops import ArgumentError, ShapeError, cast
+from ..core.ops import ArgumentError, ShapeError, cast, finite_sum
 from ..core.tensor import Tensor
 from . import _aten
 from ._args import _as_float, _int_pair, _size, _tensor
@@ -224,7 +224,7 @@ class _Pool2d(Op):
         gx = (np.empty if tiled else np.zeros)(x.shape, g.dtype)
         # a product by the mask, unless g holds a NaN or an infinity, which the other taps of
         # its window must not receive as NaN * 0: a select then (`core.ops.masked_gradient`)
-        finite = np.isfinite(g.sum())
+        finite = finite_sum(g)
         for si, sj, hit in self._disjoint_hits():
             if finite:
                 np.multiply(g, hit, out=gx[:, :, si, sj])

@@ -12,7 +12,7 @@ from ..core._trace_option import as_int, is_int, is_sym, sizes_of
 from ..core.dispatch import Op, apply
 from ..core.dtype import refuse_quantized, round_half_away
 from ..core.ops import (ArgumentError, ArgumentTypeError, LinearMap, ShapeError, acc_dtype,
-                        as_dtype, cast, xp_of)
+                        as_dtype, cast, finite_sum, xp_of)
 from ..core.ops import matmul as _mm
 from ..core.tensor import Tensor, promote_types
 from ..core.dtype_rules import complex_error, no_order
@@ -187,16 +187,7 @@ class _Resize(Op):
         if acc is not None:
             x = cast(x, acc)
         mats = self.ah, self.aw, self.ad = self._matrices(x)
-        out = _resampled(xp, x, mats)
-        # a NaN or infinity reaches only the outputs that read it (the products spread it over
-        # every output of its rows): a finite sum of x, or of the output where it is smaller,
-        # shows that x holds none, at one pass (a sum that overflowed takes the check of x)
-        with np.errstate(invalid="ignore", over="ignore"):  # (inf - inf: no numpy warning)
-            total = (x if x.size <= out.size else out).sum()
-        if not math.isfinite(total):
-            odd = ~xp.isfinite(x)
-            if odd.any():
-                out = _resampled_non_finite(xp, x, odd, mats, self._taps(x))
+        out = _kept_to_taps(xp, x, _resampled(xp, x, mats), lambda: (mats, self._taps(x)))
         self.in_shape = x.shape  # (for the taps of a NaN or infinite gradient)
         return as_dtype(out, dtype)
 
@@ -227,24 +218,20 @@ class _Resize(Op):
 
     def backward(self, g):
         g = as_dtype(g, self.ah.dtype)  # (float16: in float32, as forward)
-        with np.errstate(invalid="ignore", over="ignore"):
-            total = g.sum()
-        if not math.isfinite(total):
-            xp = xp_of(g)
-            odd = ~xp.isfinite(g)
-            if odd.any():  # each NaN or infinity reaches the pixels its output read, as the
-                # kernels' scatter (upstream's, torch's), not every pixel of its rows
-                mats = [None if m is None else m.T for m in (self.ah, self.aw, self.ad)]
-                like_x = xp.broadcast_to(xp.zeros((), g.dtype), self.in_shape)
-                taps = [None if t is None else tuple(m.T for m in t)
-                        for t in self._taps(like_x, backward=True)]
-                return as_dtype(_resampled_non_finite(xp, g, odd, mats, taps), self.dtype)
+        xp = xp_of(g)
         if self.aw is None:
-            return as_dtype(_mm(g, self.ah), self.dtype)
-        if self.ad is not None:
-            xp = xp_of(g)
-            g = xp.moveaxis(xp.tensordot(self.ad.T, g, ([1], [2])), 0, 2)
-        return as_dtype(_mm(_mm(self.ah.T, g), self.aw), self.dtype)
+            gx = _mm(g, self.ah)
+        else:
+            gd = g if self.ad is None else xp.moveaxis(xp.tensordot(self.ad.T, g, ([1], [2])),
+                                                       0, 2)
+            gx = _mm(_mm(self.ah.T, gd), self.aw)
+
+        def reads():  # the transposed map, and the taps upstream's backward kernel scatters to
+            like_x = xp.broadcast_to(xp.zeros((), g.dtype), self.in_shape)
+            return ([None if m is None else m.T for m in (self.ah, self.aw, self.ad)],
+                    [None if t is None else tuple(m.T for m in t)
+                     for t in self._taps(like_x, backward=True)])
+        return as_dtype(_kept_to_taps(xp, g, gx, reads), self.dtype)
 
     # (dispatch runs it with autocast off, as every built-in op's: upstream 1.13 measured,
     # under autocast the gradient is float32's bit for bit)
@@ -276,6 +263,18 @@ def _resampled(xp, x, mats):
     if ad is not None:  # depth: contract axis 2, then put the new depth back there
         out = xp.ascontiguousarray(xp.moveaxis(xp.tensordot(ad, out, ([1], [2])), 0, 2))
     return out
+
+
+def _kept_to_taps(xp, x, out, reads):
+    """``out``, ``x`` resampled by separable matrices; where ``x`` holds NaN or infinities,
+    `_resampled_non_finite`'s result (``reads()``: the matrices and their taps): each reaches
+    only the outputs that read it, where the products spread it over every output of its rows.
+    A finite sum of ``x``, or of ``out`` where it is smaller, shows that ``x`` holds none, at
+    one pass (a sum that overflowed takes the check of ``x``)."""
+    if finite_sum(x if x.size <= out.size else out):
+        return out
+    odd = ~xp.isfinite(x)
+    return _resampled_non_finite(xp, x, odd, *reads()) if odd.any() else out
 
 
 def _resampled_non_finite(xp, x, odd, mats, taps):
@@ -541,11 +540,11 @@ class _Sample(Op):
         reps = len(self.saved)
         gimg = xp.empty(self.img_shape, self.dtype)
         outside = self.outside
-        if outside is not None and xp is np:
-            with np.errstate(over="ignore", invalid="ignore"):
-                if np.isfinite(g.sum()):  # (finite times the weight 0 of those corners is 0
-                    outside = None  # already: the masked copy, ~1/3 of a channel's bincount,
-                    # is spared; CuPy makes it, asynchronously, rather than read a sum)
+        if outside is not None and xp is np and finite_sum(g):
+            # (finite times the weight 0 of those corners is 0 already: the masked copy, ~1/3
+            # of a channel's bincount, is spared; CuPy makes it, asynchronously, rather than
+            # read a sum)
+            outside = None
         for ch in range(c):
             gc = xp.tile(g[:, ch].ravel(), reps) * weights
             if outside is not None:
