@@ -119,12 +119,14 @@ def fetch_git(git_host, repo_info, use_cache, commit, protocol, cache_dir, versi
     return repo_dir
 
 
-def download_from_url(url: str, dst: str):
-    """Download ``url`` (http, https or file) to the file ``dst``, atomically.
+def download_from_url(url: str, dst: str) -> str:
+    """Download ``url`` (http, https or file) to the file ``dst`` (``~`` expanded),
+    atomically, and return the MD5 of its bytes (hex), as upstream's.
 
     A failure raises :class:`HTTPDownloadError` naming the URL and ``dst``, where a copy
     fetched by other means can be put.
     """
+    dst = os.path.expanduser(dst)
     scheme = urllib.parse.urlparse(url).scheme
     if scheme not in ("http", "https", "file"):
         raise HTTPDownloadError(f"cannot download {url!r}: only http, https and file URLs are "
@@ -136,7 +138,7 @@ def download_from_url(url: str, dst: str):
                 timeout = HTTP_CONNECTION_TIMEOUT + HTTP_READ_TIMEOUT
                 with urllib.request.urlopen(url, timeout=timeout) as resp:
                     total = int(resp.headers.get("Content-Length") or 0)
-                    _copy(resp, out, total, url)
+                    md5 = _copy(resp, out, total, url)
             except (urllib.error.URLError, OSError, ValueError) as e:
                 reason = getattr(e, "reason", e)
                 raise HTTPDownloadError(
@@ -144,12 +146,15 @@ def download_from_url(url: str, dst: str):
                     f"file elsewhere and put it at {dst}"
                 ) from None
         os.replace(tmp, dst)
+        return md5
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
 def _copy(resp, out, total, url):
+    """Write ``resp``'s bytes to ``out``; their MD5 (hex)."""
+    md5 = hashlib.md5()
     bar = None
     if total > 8 * CHUNK_SIZE:  # a progress bar only for downloads that take a while
         try:
@@ -164,8 +169,10 @@ def _copy(resp, out, total, url):
             if not chunk:
                 break
             out.write(chunk)
+            md5.update(chunk)
             if bar is not None:
                 bar.update(len(chunk))
     finally:
         if bar is not None:
             bar.close()
+    return md5.hexdigest()

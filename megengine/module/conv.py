@@ -90,13 +90,18 @@ class _ConvNd(Module):
                              "'zeros', 'reflect' or 'replicate'")
         self.padding_mode = padding_mode
 
+    def get_pad_witdth(self):
+        """``F.pad``'s width for this layer's padding: ``((0, 0), (0, 0), (p, p), ...)``, one
+        pair a spatial axis (upstream's name, spelled so: a layer with ``padding_mode``
+        'reflect' or 'replicate' pads its input by it; a subclass may override it)."""
+        pads = self.padding if isinstance(self.padding, tuple) else (self.padding,)
+        return ((0, 0), (0, 0)) + tuple((p, p) for p in pads)
+
     def _padded(self, inp):
         """(input, padding for the conv): non-zero padding modes pad the input explicitly."""
         if self.padding_mode == "zeros":
             return inp, self.padding
-        pads = self.padding if isinstance(self.padding, tuple) else (self.padding,)
-        width = ((0, 0), (0, 0)) + tuple((p, p) for p in pads)
-        return F.pad(inp, width, self.padding_mode), 0
+        return F.pad(inp, self.get_pad_witdth(), self.padding_mode), 0
 
     def _kernel(self):
         return self.kernel_size if isinstance(self.kernel_size, tuple) else (self.kernel_size,)
@@ -195,7 +200,9 @@ class Conv2d(_ConvNd):
         if self.padding_mode != "zeros":  # (zero padding, nearly every layer: no call)
             inp, padding = self._padded(inp)
         hook = _dispatch._trace_hook
-        hold = True
+        # the op keeps the layer's views of its own weight and bias only (a QAT layer's
+        # fake-quantized weight, new every call, is not kept alive to the next)
+        hold = weight is self.weight and bias is self.bias
         if hook is not None or _dispatch._symbolic_hook is not None:
             if _dispatch._symbolic_hook is not None or not getattr(hook, "checking", False):
                 # traced (jit.trace's recording, trace_module, a loaded program's VarNodes):
@@ -237,10 +244,15 @@ class ConvTranspose2d(_ConvNd):
             groups, bias, conv_mode, compute_mode, **kwargs,
         )
 
-    def forward(self, inp):
-        return F.conv_transpose2d(inp, self.weight, self.bias, self.stride, self.padding,
+    def calc_conv_transpose2d(self, inp, weight, bias):
+        """This layer's transposed convolution with the given ``weight`` and ``bias``
+        (upstream's hook, as :meth:`Conv2d.calc_conv`)."""
+        return F.conv_transpose2d(inp, weight, bias, self.stride, self.padding,
                                   self.output_padding, self.dilation, self.groups,
                                   self.conv_mode, self.compute_mode)
+
+    def forward(self, inp):
+        return self.calc_conv_transpose2d(inp, self.weight, self.bias)
 
 
 class Conv3d(_ConvNd):
@@ -362,10 +374,15 @@ class DeformableConv2d(_ConvNd):
             groups, bias, conv_mode, compute_mode, **kwargs,
         )
 
-    def forward(self, inp, offset, mask):
-        return F.deformable_conv2d(inp, self.weight, offset, mask, self.bias, self.stride,
-                                   self.padding, self.dilation, self.groups, self.conv_mode,
+    def calc_conv(self, inp, weight, offset, mask, bias):
+        """This layer's deformable convolution with the given ``weight`` and ``bias``
+        (upstream's hook)."""
+        return F.deformable_conv2d(inp, weight, offset, mask, bias, self.stride, self.padding,
+                                   self.dilation, self.groups, self.conv_mode,
                                    self.compute_mode)
+
+    def forward(self, inp, offset, mask):
+        return self.calc_conv(inp, self.weight, offset, mask, self.bias)
 
 
 class RegionRestrictedConv(_ConvNd):
@@ -398,6 +415,11 @@ class RegionRestrictedConv(_ConvNd):
     def _infer_weight_shape(self):
         g = self.groups
         return (g, self.out_channels // g, self.in_channels // g) + self.kernel_size
+
+    def get_pad_width(self):
+        """Upstream's name on this layer for :meth:`~._ConvNd.get_pad_witdth` (the layer pads
+        with zeros only, inside the convolution)."""
+        return self.get_pad_witdth()
 
     def calc_conv(self, inp, weight, rin, rout, bias):
         return F.region_restricted_conv(inp, weight, rin, rout, bias, self.stride, self.padding,

@@ -34,8 +34,13 @@ class Linear(Module):
     def reset_parameters(self) -> None:
         _reset_linear(self)
 
+    def calc_linear(self, x, weight, bias):
+        """This layer's map with the given ``weight`` and ``bias`` in place of its own
+        (upstream's hook: QAT layers pass fake-quantized ones, user code transformed ones)."""
+        return F.linear(x, weight, bias, compute_mode=self.compute_mode)
+
     def forward(self, x):
-        return F.linear(x, self.weight, self.bias, compute_mode=self.compute_mode)
+        return self.calc_linear(x, self.weight, self.bias)
 
     def _module_info_string(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -47,4 +52,4 @@ class LinearRelu(Linear):
     mode (the batch norm folded away)."""
 
     def forward(self, inp):  # upstream's argument name
-        return F.relu(super().forward(inp))
+        return F.relu(self.calc_linear(inp, self.weight, self.bias))

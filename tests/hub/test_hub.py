@@ -259,3 +259,20 @@ def test_a_fetch_that_loses_the_race_uses_the_winners_copy(git_host, monkeypatch
     monkeypatch.setattr(fetcher.os, "replace", another_process_finished_first)
     assert "winner linear" in hub.help("megengine/models", "tiny", git_host=str(host),
                                        use_cache=False)
+
+
+def test_http_download_fetches_to_a_file_and_returns_its_md5(tmp_path, monkeypatch):
+    # upstream's megengine.utils.http_download: the hub's downloader, the MD5 hex of the bytes
+    from megengine.utils.http_download import HTTPDownloadError, download_from_url
+
+    data = bytes(range(256)) * 300  # (more than 8 chunks: the progress bar's path too)
+    src = tmp_path / "src.bin"
+    src.write_bytes(data)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    md5 = download_from_url(src.as_uri(), "~/copy.bin")
+    assert (tmp_path / "copy.bin").read_bytes() == data
+    assert md5 == hashlib.md5(data).hexdigest()
+    assert HTTPDownloadError is hub.HTTPDownloadError
+    with pytest.raises(HTTPDownloadError, match="put it at"):
+        download_from_url((tmp_path / "absent.bin").as_uri(), str(tmp_path / "copy2.bin"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy.bin", "src.bin"]

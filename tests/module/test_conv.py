@@ -145,6 +145,43 @@ def test_calc_conv_uses_the_given_weight_and_bias(dims):
                                conv.calc_conv(mge.tensor(x), conv.weight, conv.bias).numpy())
 
 
+def test_pad_width_hook_pads_the_input_of_non_zero_padding_modes():
+    # upstream's get_pad_witdth (its spelling): what F.pad gets; a subclass may pad otherwise
+    conv = M.Conv2d(2, 3, 3, padding=(1, 2), padding_mode="replicate")
+    assert conv.get_pad_witdth() == ((0, 0), (0, 0), (1, 1), (2, 2))
+    assert M.Conv1d(2, 3, 3, padding=2).get_pad_witdth() == ((0, 0), (0, 0), (2, 2))
+    region = M.RegionRestrictedConv(2, 2, 3, groups=2, padding=1)
+    assert region.get_pad_width() == ((0, 0), (0, 0), (1, 1), (1, 1))
+
+    class Causal(M.Conv2d):  # pads the top only, as a causal image model would
+        def get_pad_witdth(self):
+            return ((0, 0), (0, 0), (2, 0), (1, 1))
+
+    causal = Causal(2, 3, 3, padding_mode="reflect")
+    x, b = randn(1, 2, 5, 6), causal.bias.numpy().reshape(-1)
+    ref = TF.conv2d(TF.pad(torch.tensor(x), (1, 1, 2, 0), mode="reflect"),
+                    torch.tensor(causal.weight.numpy()), torch.tensor(b))
+    np.testing.assert_allclose(causal(mge.tensor(x)).numpy(), ref.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_transposed_and_deformable_calc_hooks_use_the_given_weight_and_bias():
+    deconv = M.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1, groups=2)
+    x, w, b = randn(2, 4, 5, 5), randn(*deconv.weight.shape), randn(*deconv.bias.shape)
+    y = deconv.calc_conv_transpose2d(mge.tensor(x), mge.tensor(w), mge.tensor(b)).numpy()
+    ref = TF.conv_transpose2d(torch.tensor(x), torch.tensor(w.reshape(4, 3, 3, 3)),
+                              torch.tensor(b.reshape(-1)), stride=2, padding=1,
+                              output_padding=1, groups=2)
+    np.testing.assert_allclose(y, ref.numpy(), rtol=1e-4, atol=1e-4)
+
+    # zero offsets and a unit mask: the deformable convolution is a plain one (the oracle)
+    dcn = M.DeformableConv2d(2, 3, 3, padding=1)
+    x, w, b = randn(1, 2, 4, 4), randn(3, 2, 3, 3), randn(1, 3, 1, 1)
+    offset, mask = np.zeros((1, 18, 4, 4), "float32"), np.ones((1, 9, 4, 4), "float32")
+    y = dcn.calc_conv(*(mge.tensor(a) for a in (x, w, offset, mask, b))).numpy()
+    ref = TF.conv2d(torch.tensor(x), torch.tensor(w), torch.tensor(b.reshape(-1)), padding=1)
+    np.testing.assert_allclose(y, ref.numpy(), rtol=1e-4, atol=1e-4)
+
+
 def test_region_restricted_conv_layer():
     # upstream's docstring example: groups and bias come right after kernel_size
     m = M.RegionRestrictedConv(in_channels=2, out_channels=2, kernel_size=2, groups=2)

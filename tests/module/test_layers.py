@@ -27,6 +27,24 @@ def test_linear_relu_takes_upstreams_keyword():
     np.testing.assert_allclose(m(inp=mge.tensor(x)).numpy(), expected, rtol=1e-5, atol=1e-6)
 
 
+def test_calc_linear_is_the_hook_forward_goes_through():
+    # upstream's calc_linear(x, weight, bias): a subclass's transformed weight reaches the map
+    class Tied(M.LinearRelu):  # a layer whose weight is kept row-normalized
+        def calc_linear(self, x, weight, bias):
+            return super().calc_linear(x, weight / (weight ** 2).sum(axis=1, keepdims=True) ** 0.5,
+                                       bias)
+
+    m = Tied(5, 3)
+    m.bias[...] = np.array([0.5, -0.5, 0.0], np.float32)
+    x, w = randn(4, 5), m.weight.numpy()
+    unit = w / np.linalg.norm(w, axis=1, keepdims=True)
+    expected = np.maximum(x @ unit.T + m.bias.numpy(), 0)
+    np.testing.assert_allclose(m(mge.tensor(x)).numpy(), expected, rtol=1e-5, atol=1e-6)
+    given = randn(3, 5)
+    np.testing.assert_allclose(M.Linear(5, 3).calc_linear(mge.tensor(x), mge.tensor(given),
+                                                          None).numpy(), x @ given.T, rtol=1e-5)
+
+
 def test_conv1d():
     m = M.Conv1d(4, 6, 3, stride=2, padding=1, dilation=1, groups=2)
     assert m.weight.shape == (2, 3, 2, 3)

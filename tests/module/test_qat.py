@@ -335,3 +335,32 @@ def test_qat_linearbnrelu1d_folded_evaluation_equals_torch_fake_quantize():
                                          _torch_fq(b, 0.5 / 16, -2 ** 31, QMAX32))), 1 / 8)
     diff = np.abs(out - ref.numpy())
     assert diff.max() <= 1 / 8 + 1e-6 and (diff > 1e-6).mean() < 0.1
+
+
+def test_qat_layers_compute_through_their_float_layers_hooks():
+    # as upstream's: a QAT conv calls calc_conv, a folded conv+bn its conv's calc_conv, ...,
+    # so what a program hangs on those hooks (megengine.experimental's weight scaling) applies
+    seen = []
+
+    def recorder(layer, name):
+        own = getattr(layer, name)
+
+        def hook(inp, weight, bias):
+            seen.append(name)
+            return own(inp, weight, bias)
+        setattr(layer, name, hook)
+
+    cases = [(Float.Conv2d(2, 2, 3), "calc_conv", (1, 2, 5, 5)),
+             (Float.ConvTranspose2d(2, 2, 3), "calc_conv_transpose2d", (1, 2, 5, 5)),
+             (Float.Linear(3, 2), "calc_linear", (1, 3)),
+             (Float.ConvBn2d(2, 2, 3), "conv.calc_conv", (2, 2, 5, 5)),
+             (Float.ConvTransposeBn2d(2, 2, 3), "conv_transpose2d.calc_conv_transpose2d",
+              (2, 2, 5, 5)),
+             (Float.LinearBn1d(3, 2), "linear.calc_linear", (4, 3))]
+    for float_layer, path, shape in cases:
+        qat = quantize_qat(Float.Sequential(float_layer))[0]
+        *owner, name = path.split(".")
+        recorder(getattr(qat, owner[0]) if owner else qat, name)
+        seen.clear()
+        qat(mge.tensor(np.random.randn(*shape).astype(np.float32)))
+        assert seen and set(seen) == {name}, path

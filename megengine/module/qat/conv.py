@@ -6,21 +6,13 @@ from .module import QATModule
 __all__ = ["Conv2d", "ConvRelu2d", "ConvTranspose2d", "ConvTransposeRelu2d"]
 
 
-def conv2d_with(conv: Float.Conv2d, inp, weight, bias):
-    """``conv``'s convolution (its stride, padding and padding mode, ...) with the given weight
-    and bias in place of its own: what QAT runs with fake-quantized parameters."""
-    inp, padding = conv._padded(inp)
-    return F.conv2d(inp, weight, bias, conv.stride, padding, conv.dilation, conv.groups,
-                    conv.conv_mode, conv.compute_mode)
-
-
 class Conv2d(Float.Conv2d, QATModule):
     """``act_fq(conv2d(x, weight_fq(W), bias_fq(b)))`` (see :class:`~.qat.Linear`)."""
 
     def calc_conv_qat(self, inp):
         w_qat = self.apply_quant_weight(self.weight)
         b_qat = self.apply_quant_bias(self.bias, inp, w_qat)
-        return conv2d_with(self, inp, w_qat, b_qat)
+        return self.calc_conv(inp, w_qat, b_qat)
 
     def forward(self, inp):
         return self.apply_quant_activation(self.calc_conv_qat(inp))
@@ -46,19 +38,13 @@ class ConvRelu2d(Conv2d):
         return self.apply_quant_activation(F.relu(self.calc_conv_qat(inp)))
 
 
-def conv_transpose2d_with(conv: Float.ConvTranspose2d, inp, weight, bias):
-    """``conv``'s transposed convolution with the given weight and bias in place of its own."""
-    return F.conv_transpose2d(inp, weight, bias, conv.stride, conv.padding, conv.output_padding,
-                              conv.dilation, conv.groups, conv.conv_mode, conv.compute_mode)
-
-
 class ConvTranspose2d(Float.ConvTranspose2d, QATModule):
     """``act_fq(conv_transpose2d(x, weight_fq(W), bias_fq(b)))``."""
 
     def calc_conv_transpose2d_qat(self, inp):
         w_qat = self.apply_quant_weight(self.weight)
         b_qat = self.apply_quant_bias(self.bias, inp, w_qat)
-        return conv_transpose2d_with(self, inp, w_qat, b_qat)
+        return self.calc_conv_transpose2d(inp, w_qat, b_qat)
 
     def forward(self, inp):
         return self.apply_quant_activation(self.calc_conv_transpose2d_qat(inp))

@@ -3,7 +3,6 @@ fake-quantized weight (see :class:`~.bn_fold.BnFoldQATModule`)."""
 from ... import functional as F
 from .. import conv_bn as Float
 from .bn_fold import BnFoldQATModule
-from .conv import conv2d_with
 
 __all__ = ["ConvBn2d", "ConvBnRelu2d"]
 
@@ -18,7 +17,7 @@ class _ConvBnActivation2d(Float._ConvBnActivation2d, BnFoldQATModule):
         return weight * scale.reshape(self.conv.groups, -1, 1, 1, 1)  # (g, out/g, in/g, ..)
 
     def _run(self, inp, weight, bias):
-        return conv2d_with(self.conv, inp, weight, bias)
+        return self.conv.calc_conv(inp, weight, bias)
 
     def calc_conv_bn_qat(self, inp, approx=True):
         """The folded conv + bn (upstream's name; see :meth:`calc_bn_fold_qat`)."""

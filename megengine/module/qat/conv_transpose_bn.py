@@ -3,7 +3,6 @@ norm folded into the fake-quantized weight (see :class:`~.bn_fold.BnFoldQATModul
 from ... import functional as F
 from .. import conv_transpose_bn as Float
 from .bn_fold import BnFoldQATModule
-from .conv import conv_transpose2d_with
 
 __all__ = ["ConvTransposeBn2d", "ConvTransposeBnRelu2d"]
 
@@ -19,7 +18,7 @@ class _ConvTransposeBnActivation2d(Float._ConvTransposeBnActivation2d, BnFoldQAT
         return weight * scale.reshape(groups, 1, -1, 1, 1)  # (g, in/g, out/g, kh, kw)
 
     def _run(self, inp, weight, bias):
-        return conv_transpose2d_with(self.conv_transpose2d, inp, weight, bias)
+        return self.conv_transpose2d.calc_conv_transpose2d(inp, weight, bias)
 
     def calc_conv_transpose2d_bn_qat(self, inp, approx=True):
         """The folded transposed conv + bn (see :meth:`calc_bn_fold_qat`)."""

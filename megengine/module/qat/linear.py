@@ -16,7 +16,7 @@ class Linear(Float.Linear, QATModule):
         """The linear map with the fake-quantized weight and bias (no output quantization)."""
         w_qat = self.apply_quant_weight(self.weight)
         b_qat = self.apply_quant_bias(self.bias, inp, w_qat)
-        return F.linear(inp, w_qat, b_qat, compute_mode=self.compute_mode)
+        return self.calc_linear(inp, w_qat, b_qat)
 
     def forward(self, inp):
         return self.apply_quant_activation(self.calc_linear_qat(inp))

@@ -18,7 +18,7 @@ class _LinearBnActivation1d(Float._LinearBnActivation1d, BnFoldQATModule):
         return (self.bn.num_features,)
 
     def _run(self, inp, weight, bias):
-        return F.linear(inp, weight, bias, compute_mode=self.linear.compute_mode)
+        return self.linear.calc_linear(inp, weight, bias)
 
     def calc_linear_bn_qat(self, inp, approx=True):
         """The folded linear + bn (upstream's name; see :meth:`calc_bn_fold_qat`)."""

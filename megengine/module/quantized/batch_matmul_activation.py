@@ -24,7 +24,8 @@ class BatchMatMulActivation(Float.BatchMatMulActivation, QuantizedModule):
         super().__init__(batch, in_features, out_features, bias, nonlinear_mode, **kwargs)
         self.output_dtype = dtype
 
-    def forward(self, inp):
+    def calc_bmm_quantized(self, inp):
+        """The layer's output for ``inp`` (upstream's name for what forward computes)."""
         if inp.ndim != 3 or inp.shape[0] != self.batch or inp.shape[1] != self.in_features:
             raise ValueError(f"BatchMatMulActivation: input must be (batch={self.batch}, "
                              f"in_features={self.in_features}, n), got shape {inp.shape}")
@@ -35,6 +36,9 @@ class BatchMatMulActivation(Float.BatchMatMulActivation, QuantizedModule):
                                          dtype=self.output_dtype,
                                          nonlinear_mode=self.nonlinear_mode)
         return out.reshape(out.shape[:3])
+
+    def forward(self, inp):
+        return self.calc_bmm_quantized(inp)
 
     def _upstream_state(self, prefix, state_dict):
         """Weights and biases of the other layout load (converted layers keep upstream's

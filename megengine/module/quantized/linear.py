@@ -27,12 +27,20 @@ class Linear(QuantizedModule):
         self.bias = None
         self.output_dtype = dtype
 
-    def forward(self, inp):
+    def calc_linear_quantized(self, inp, nonlinear_mode="identity"):
+        """The layer's output for ``inp`` with ``nonlinear_mode`` 'identity' or 'relu'
+        (upstream's name; forward passes the layer's own mode)."""
+        if nonlinear_mode not in ("identity", "relu"):
+            raise ValueError(f"{type(self).__name__}: nonlinear_mode must be 'identity' or "
+                             f"'relu', got {nonlinear_mode!r}")
         bias = None if self.bias is None else bias_as_qint32(self.bias, inp, self.weight)
         out = linear(inp, self.weight, bias)
-        if self._nonlinear_mode == "relu":  # (on the integers: exact, before requantization)
+        if nonlinear_mode == "relu":  # (on the integers: exact, before requantization)
             out = relu(out)
         return out if self.output_dtype is None else out.astype(self.output_dtype)
+
+    def forward(self, inp):
+        return self.calc_linear_quantized(inp, self._nonlinear_mode)
 
     @classmethod
     def from_qat_module(cls, qat_module: QAT.Linear):

@@ -14,8 +14,11 @@ def test_quantized_batch_matmul_matches_the_qat_layer(mode):
     qat = fixed_qat(qat)
     q = Q.BatchMatMulActivation.from_qat_module(qat)
     q.eval()
-    out = check_against_qat(qat, q, quantized_input((3, 4, 6)))
+    x = quantized_input((3, 4, 6))
+    out = check_against_qat(qat, q, x)
     assert out.shape == (3, 5, 6)
+    np.testing.assert_array_equal(q.calc_bmm_quantized(x[1]).astype("float32").numpy(),
+                                  out.astype("float32").numpy())  # (upstream's name for it)
 
 
 @pytest.mark.parametrize("bias", [True, False])

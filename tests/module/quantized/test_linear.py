@@ -33,6 +33,24 @@ def test_quantized_linear_matches_the_qat_linear(name, bias):
     assert repr(q) == f"Quantized.{name}()"  # upstream's: not a float Linear underneath
 
 
+def test_calc_linear_quantized_takes_the_nonlinear_mode_as_upstreams():
+    qat = fixed_qat(QAT.Linear(12, 5))
+    qat.bias._reset(np.random.RandomState(5).randn(5).astype(np.float32))
+    plain, fused = Q.Linear.from_qat_module(qat), Q.LinearRelu.from_qat_module(qat)
+    plain.eval()
+    fused.eval()
+    _, x = quantized_input((4, 12))
+    relu = fused(x).astype("float32").numpy()
+    assert (relu == 0).any() and (relu > 0).any()
+    def floats(t):
+        return t.astype("float32").numpy()
+
+    np.testing.assert_array_equal(floats(plain.calc_linear_quantized(x, "relu")), relu)
+    np.testing.assert_array_equal(floats(plain.calc_linear_quantized(x)), floats(plain(x)))
+    with pytest.raises(ValueError, match="'identity' or 'relu', got 'sigmoid'"):
+        plain.calc_linear_quantized(x, "sigmoid")
+
+
 @pytest.mark.parametrize("name", ["LinearBn1d", "LinearBnRelu1d"])
 def test_quantized_linear_bn_matches_the_qat_layer(name):
     qat = getattr(QAT, name)(6, 4)
