@@ -19,6 +19,10 @@ def get_norm_mod_value(weight, norm_value) -> Tensor:
     """The largest power of two ``s`` with ``s * ||weight|| <= norm_value`` (the 2-norm of all
     of ``weight``'s values), a 0-d float32 Tensor without gradient: the factor that brings the
     weight's norm into ``(norm_value / 2, norm_value]``. A zero weight gives inf."""
+    if not (isinstance(norm_value, (int, float, np.number)) and not isinstance(norm_value, bool)
+            and np.isfinite(norm_value) and norm_value > 0):
+        raise ValueError(f"get_norm_mod_value: norm_value must be a positive number (the norm "
+                         f"to bring the weight to), got {norm_value!r}")
     norm = F.norm(weight.reshape(-1)).detach()
     scale = (norm_value / norm).numpy()
     if np.isfinite(scale) and scale > 0:
@@ -64,15 +68,19 @@ def _checked_entries(model, scale_submodel):
                         f"(mode, value), got {type(scale_submodel).__name__}")
     for key, entry in scale_submodel.items():
         if key not in names:
-            known = ", ".join(repr(n) for n in list(names)[:8])
+            known = ", ".join(repr(n) for n in list(names)[:8]) + (", ..." if len(names) > 8
+                                                                   else "")
             raise ValueError(f"get_scaled_model: the model has no submodule named {key!r} "
-                             f"(named_modules() gives {known}, ...)")
+                             f"(named_modules() gives {known})")
         if not (isinstance(entry, (tuple, list)) and len(entry) == 2
                 and isinstance(entry[1], (int, float, np.number))
                 and not isinstance(entry[1], bool)):
             raise TypeError(f"get_scaled_model: scale_submodel[{key!r}] must be a pair (mode, "
                             "number): ('CONST', factor), or any other mode and the norm to "
                             f"scale weights to, got {entry!r}")
+        if entry[0] != "CONST" and not (np.isfinite(entry[1]) and entry[1] > 0):
+            raise ValueError(f"get_scaled_model: scale_submodel[{key!r}] asks for weights of "
+                             f"norm {entry[1]!r}; a norm to scale to must be a positive number")
     return names
 
 
@@ -81,8 +89,10 @@ def _factor(name, layer, mode, value):
         return float(value)
     factor = get_norm_mod_value(layer.weight, float(value))
     if not np.isfinite(factor.item()):
-        raise ValueError(f"get_scaled_model: {name!r}'s weight has norm 0, which no factor "
-                         f"brings to {value}; scale it with ('CONST', factor) or leave it out")
+        norm = float(np.linalg.norm(layer.weight.numpy().reshape(-1)))
+        raise ValueError(f"get_scaled_model: {name!r}'s weight has norm {norm:g}, which no "
+                         f"factor brings to {value}; scale it with ('CONST', factor) or leave "
+                         "it out")
     return factor
 
 
@@ -142,9 +152,12 @@ def get_scaled_model(model: M.Module, scale_submodel: dict, input_shape=None) ->
     forwards compute with the scaled weights and biases (gradients reach the stored
     parameters); eval-mode forwards with the stored ones.
 
-    Upstream 1.13 differs: its Linear layers cannot be scaled (it looks for ``_calc_linear``),
-    every layer of a norm-fitted block shares the block's last bias scale (an in-place ``*=``),
-    and a BatchNorm2d resets the activations' scale only where it ends a block.
+    Upstream 1.13 gives the same factors, and with constants alone the same bias scales and
+    training (measured), but differs: its Linear layers cannot be scaled (it looks for
+    ``_calc_linear``); once a norm-fitted factor has been taken, the bias scales of the layers
+    scaled since share one Tensor that each later layer multiplies in place (all end with the
+    product of all the factors); and a BatchNorm2d resets the activations' scale only where it
+    ends a block.
     """
     if input_shape is None:
         raise ValueError("get_scaled_model: input_shape is required: the model runs once on "

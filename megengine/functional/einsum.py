@@ -7,8 +7,8 @@ import numpy as np
 
 from ..core.dispatch import Op, apply
 from ..core.dtype import refuse_quantized
-from ..core.ops import (acc_dtype, acc_sum, masked_gradient, matmul, refuse_bool_product,
-                        xp_of)
+from ..core.ops import (acc_dtype, acc_sum, masked_gradient, masked_gradient_graph, matmul,
+                        refuse_bool_product, xp_of)
 from ..core.tensor import Tensor, promote_types
 from .elemwise import _tensor
 
@@ -255,16 +255,17 @@ def _bool_sum(xs):
     return (xs[0].astype(np.int32),)
 
 
-def _on_diagonals(xp, gk, labels, extras):
-    """The gradient ``gk`` (over ``labels``) of an operand with a repeated label, 0 off the
-    diagonals that the identity matrices of ``extras`` tie: their zeros times a NaN or infinite
-    gradient made NaN there (torch's gradient is put on the diagonal alone)."""
+def _diagonals(xp, labels, extras):
+    """Where the gradient (over ``labels``) of an operand with a repeated label may be other
+    than 0: on the diagonals that the identity matrices of ``extras`` tie. Off them it is
+    selected to 0 (the identities' zeros times a NaN or infinite gradient made NaN there;
+    torch's gradient is put on the diagonal alone)."""
     mask = True
     for kind, (c, f), n in (e for e in extras if e[0] == "eye"):
         at_c, at_f = [1] * len(labels), [1] * len(labels)
         at_c[labels.index(c)] = at_f[labels.index(f)] = n
         mask = mask & (xp.arange(n).reshape(at_c) == xp.arange(n).reshape(at_f))
-    return masked_gradient(gk, mask)
+    return mask
 
 
 class Einsum(Op):
@@ -314,7 +315,7 @@ class Einsum(Op):
             operands = [g, *others, *consts]
             gk = _contract(xp, eq, _wide(operands) or operands)
             if any(kind == "eye" for kind, _, _ in extras):
-                gk = _on_diagonals(xp, gk, eq.split("->")[1], extras)
+                gk = masked_gradient(gk, _diagonals(xp, eq.split("->")[1], extras))
             gk = self._unbroadcast(xp, gk, k)
             if gk.dtype.kind != "c":  # (a real input's complex gradient: the dispatcher takes
                 gk = gk.astype(self.dtypes[k], copy=False)  # its real part)
@@ -343,6 +344,8 @@ class Einsum(Op):
                                    else xp.ones(n, g.dtype), g._device)
                       for kind, _, n in extras]
             gk = apply(Einsum(eq), g, *others, *consts)
+            if any(kind == "eye" for kind, _, _ in extras):
+                gk = masked_gradient_graph(gk, _diagonals(xp, eq.split("->")[1], extras))
             axes = tuple(i for i, (n, full) in enumerate(zip(self.shapes[k], gk.shape))
                          if n != full)
             out.append(gk.sum(axis=axes, keepdims=True) if axes else gk)

@@ -170,6 +170,7 @@ class Profiler(ContextDecorator):
             raise RuntimeError("Profiler.start: the dispatcher's profile hook is already taken")
         self._pid = os.getpid()
         self._records = []
+        self._steps = 0
         self._blocks, self._finalizers = [], []
         self._watch_memory = Profiler.MEMORY_FLOW in self._formats
         self._local_time_us = time.time_ns() // 1000
@@ -190,6 +191,18 @@ class Profiler(ContextDecorator):
             f.detach()
         self._finalizers = []
         self.dump()
+
+    def step(self):
+        """Mark the end of a training step in the recording (a "step <n>" instant event on
+        the timeline, n counting from 1 each recording), as upstream's; returns the
+        profiler."""
+        if _running is not self:
+            raise RuntimeError("Profiler.step: this profiler is not recording; call it between "
+                               "start() and stop() (inside its with block)")
+        self._steps += 1
+        self._records.append(("step", f"step {self._steps}", threading.get_ident(), _clock(),
+                              None, None))
+        return self
 
     def __enter__(self):
         self.start()
@@ -294,6 +307,10 @@ class Profiler(ContextDecorator):
             if kind == "scopeB" or kind == "scopeE":
                 events.append({"name": name, "ph": kind[-1], "ts": ts, "pid": pid, "tid": tid,
                                "cat": "scope"})
+                continue
+            if kind == "step":  # an instant across the process's rows
+                events.append({"name": name, "ph": "i", "s": "p", "ts": ts, "pid": pid,
+                               "tid": tid, "cat": "step"})
                 continue
             event = {"name": name, "ph": "X", "ts": ts, "dur": (end - start) / 1000.0,
                      "pid": pid, "tid": tid, "cat": kind}

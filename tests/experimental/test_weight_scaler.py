@@ -61,6 +61,9 @@ def test_norm_mod_value_is_the_largest_power_of_two_within_the_norm():
         assert got.item() == want, target
     assert get_norm_mod_value(mge.tensor(np.ones((2, 3, 2), "float32")), 1.0).item() == 0.25
     assert np.isinf(get_norm_mod_value(mge.tensor([0.0, 0.0]), 1.0).item())
+    for bad in (0.0, -2.0, float("nan"), "1"):
+        with pytest.raises(ValueError, match="norm_value must be a positive number"):
+            get_norm_mod_value(w, bad)
 
 
 def test_factors_and_bias_scales_follow_the_activations_scale():
@@ -198,6 +201,7 @@ def test_blocks_without_a_batch_norm_and_names_not_run_are_left_with_a_warning(c
      "no submodule named 'head'"),
     ({"stem": 2.0}, (1, 3, 5, 5), TypeError, "must be a pair (mode, number)"),
     ({"stem": ("NORM", "1")}, (1, 3, 5, 5), TypeError, "must be a pair (mode, number)"),
+    ({"stem": ("NORM", -1.0)}, (1, 3, 5, 5), ValueError, "must be a positive number"),
     ([("stem", ("CONST", 2.0))], (1, 3, 5, 5), TypeError, "must be a dict"),
 ])
 def test_bad_arguments_raise_and_change_nothing(scales, shape, error, words):

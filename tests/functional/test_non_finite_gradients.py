@@ -225,7 +225,10 @@ def _fake_quant(t):
     lambda t: F.clip(t, -0.5, 0.5), lambda t: F.clip(t, t[::-1] * 0.2, t[::-1] * 0.2 + 0.6),
     lambda t: F.broadcast_to(F.max(t, axis=0, keepdims=True), t.shape),
     lambda t: F.broadcast_to(F.topk(t, 3, kth_only=True)[0], t.shape), _fake_quant,
-], ids=["maximum", "minimum", "clip", "clip_by_tensors", "max", "topk_kth", "fake_quant"])
+    lambda t: F.nn.prelu(t, mge.tensor(np.float32([0.25]))),
+    lambda t: F.einsum("ii->i", F.broadcast_to(t, (6, 6))),
+], ids=["maximum", "minimum", "clip", "clip_by_tensors", "max", "topk_kth", "fake_quant",
+        "prelu", "einsum_diagonal"])
 def test_a_recorded_backward_selects_as_the_backward(fn):
     # under an outer GradManager the backward runs as recorded ops (grad_graph): the same
     # select, and its derivative in the incoming gradient is the same select

@@ -171,6 +171,8 @@ def rule(sources, i, mine, theirs):
         return "stop", "F.copy of a 0-d tensor stays 0-d"
     if "gm.backward" in source and m[0] == "raise" and "cannot be added to it" in m[2]:
         return "stop", "a .grad of another shape is refused"
+    if "gm.backward" in source and m[0] == "raise" and "must be a Tensor or None" in m[2]:
+        return "stop", "a .grad that is no Tensor is refused (upstream adds into an ndarray)"
     if source.startswith("out = value(np.ones(") and m[0] == "ok" and m[1][2] == []:
         return "stop", "a 0-d numpy array operand keeps a 0-d result"
     if source.startswith("out = value(F.where(") and m[0] == "ok" and m[1][2] == []:

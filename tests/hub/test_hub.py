@@ -265,7 +265,7 @@ def test_http_download_fetches_to_a_file_and_returns_its_md5(tmp_path, monkeypat
     # upstream's megengine.utils.http_download: the hub's downloader, the MD5 hex of the bytes
     from megengine.utils.http_download import HTTPDownloadError, download_from_url
 
-    data = bytes(range(256)) * 300  # (more than 8 chunks: the progress bar's path too)
+    data = bytes(range(256)) * 300
     src = tmp_path / "src.bin"
     src.write_bytes(data)
     monkeypatch.setenv("HOME", str(tmp_path))

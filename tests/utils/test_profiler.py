@@ -112,6 +112,27 @@ def test_scope_marks_a_span(tmp_path):
         pass
 
 
+def test_step_marks_each_steps_end(tmp_path):
+    # upstream's Profiler.step(): a step boundary on the timeline, only while recording
+    profiler = Profiler(str(tmp_path))
+    x = mge.tensor(np.ones(3, "float32"))
+    with profiler:
+        for _ in range(2):
+            F.exp(x)
+            assert profiler.step() is profiler
+    events = load(profiler)
+    steps = [e for e in events if e.get("cat") == "step"]
+    assert [e["name"] for e in steps] == ["step 1", "step 2"]
+    assert all(e["ph"] == "i" for e in steps)
+    first, second = ops(events)  # the two exps, one a step
+    assert first["ts"] <= steps[0]["ts"] <= second["ts"] <= steps[1]["ts"]
+    with pytest.raises(RuntimeError, match="not recording"):
+        profiler.step()
+    with profiler:  # a new recording counts from 1 again
+        profiler.step()
+    assert [e["name"] for e in load(profiler) if e.get("cat") == "step"] == ["step 1"]
+
+
 @pytest.mark.parametrize("options", [{"without_host": True}, {"symbolic": True},
                                      {"symbolic": False}, None],
                          ids=["replayed", "symbolic", "checked", "eager"])
