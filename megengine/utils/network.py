@@ -13,6 +13,7 @@ import heapq
 import itertools
 import json
 import re
+import weakref
 from typing import Dict
 
 from ..core import ops as _ops
@@ -174,9 +175,13 @@ class Network:
         return self
 
     def _compile(self):
-        """Refresh the id maps (upstream keeps them; they are views here)."""
+        """Refresh the id maps (upstream keeps them; they are views here), and tell the vars
+        which network their ``users`` are read from."""
         self.all_oprs_map = collections.OrderedDict((o.id, o) for o in self.all_oprs)
         self.all_vars_map = collections.OrderedDict((v.id, v) for v in self.all_vars)
+        mine = weakref.ref(self)
+        for v in self.all_vars_map.values():
+            v._network = mine
 
     # ----- writing -----
     def dump(self, file, *, keep_var_name=1, keep_opr_name=False, keep_param_name=False,

@@ -143,6 +143,16 @@ class VarNode(Tensor, NetworkNode):
         return self.owner
 
     @property
+    def users(self):
+        """The operators that read this var in the `Network` it was last loaded into or edited
+        in (upstream's list, read from the network here, so edits keep it current: upstream's
+        ``replace_vars`` empties the replaced var's list even where an inserted operator still
+        reads it); [] for a var of no network."""
+        network = self.__dict__.get("_network")
+        network = network() if network is not None else None
+        return [] if network is None else network.get_var_receive_oprs(self)
+
+    @property
     def graph(self):
         """The `megengine.core.tensor.megbrain_graph.Graph` this var belongs to (None for a
         var of a loaded `Network`)."""

@@ -25,7 +25,7 @@ def test_this_checkout_gives_upstreams_recorded_results():
     # float layer's unused bias: 11 programs of these 300 differed
     n, shown, outcomes = um.FUZZER.replay(RECORD)
     assert n == 300 and not shown, "\n".join(shown)
-    assert outcomes["same"] >= 1800, outcomes
+    assert outcomes["same"] >= 1750, outcomes  # (steps after a refused load are not compared)
     # upstream's results, not this checkout's: what only upstream refuses (0-d values and
     # float64 arrays given to load_state_dict) and documented differences are in it
     assert outcomes["upstream raises"] >= 30, outcomes

@@ -66,6 +66,21 @@ def test_replace_vars_inserts_an_operator_after_a_var():
     np.testing.assert_array_equal(_run(net, A, B)["o"], np.maximum(A + B, 0) * 2)
 
 
+def test_a_vars_users_are_the_operators_that_read_it_also_after_edits():
+    # upstream's VarNode.users: hand-checked against the program (a + b) * 2
+    net = _add_mul_net()
+    a, b = net.input_vars
+    add, mul = net.opr_filter.type(Elemwise).as_list()
+    assert a.users == [add] and b.users == [add]
+    s = add.outputs[0]
+    assert s.users == [mul] and net.output_vars[0].users == []
+    r = F.relu(s)
+    net.replace_vars({s: r})
+    relu = r.owner
+    assert s.users == [relu] and r.users == [mul]  # (upstream's s.users is emptied here)
+    assert F.exp(a).users == []  # a var made by an op but in no network
+
+
 def test_replaced_inputs_leave_the_program_and_constants_take_their_place():
     net = _add_mul_net()
     b = net.var_filter.name("b").as_unique()
