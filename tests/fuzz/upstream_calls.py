@@ -2410,15 +2410,19 @@ def _overlapping(call):
 
 def _unset_apart(mine, theirs):
     """Whether encoded arrays ``mine`` and ``theirs`` agree wherever ``theirs`` holds a value
-    that memory left unset gives: 0, or one a million times larger than ours."""
+    that memory left unset gives: 0, or one a million times larger or smaller than ours
+    (call 491183: [0, 4.6e-15, 8.2e-19] for [-11.6, -6.5, -15.0])."""
     a, b = dec_array(mine).astype(np.float64), dec_array(theirs).astype(np.float64)
-    unset = (b == 0) | ~np.isfinite(b) | (np.abs(b) > 1e6 * np.maximum(1.0, np.abs(a)))
+    scale = np.maximum(1.0, np.abs(a))
+    unset = (b == 0) | ~np.isfinite(b) | (np.abs(b) > 1e6 * scale) | (np.abs(b) < 1e-6 * scale)
     return bool(np.all(unset | np.isclose(a, b, 1e-4, 1e-5)))
 
 
 def _stats_float16_apart(mine, theirs):
     """Whether two [output, [running statistics]] results agree in the output and within
-    float16 rounding (1e-3 of the larger of 1 and a value's magnitude) in the statistics."""
+    float16 rounding (2e-3 of the larger of 1 and the largest magnitude) in the statistics:
+    each engine rounds the float16 layer output its own way (call 484971: equal outputs,
+    running variances of 5.04 and 5.05)."""
     if mine[0] != "L" or theirs[0] != "L" or len(mine[1]) != 2 or len(theirs[1]) != 2 or \
             _differ_value(mine[1][0], theirs[1][0]) is not None:
         return False
@@ -2430,7 +2434,7 @@ def _stats_float16_apart(mine, theirs):
         if a[0] != "t" or b[0] != "t" or a[1:3] != b[1:3]:
             return False
         a, b = dec_array(a).astype(np.float64), dec_array(b).astype(np.float64)
-        if not np.allclose(a, b, rtol=0, atol=1e-3 * max(1.0, float(np.abs(b).max(initial=0)))):
+        if not np.allclose(a, b, rtol=0, atol=2e-3 * max(1.0, float(np.abs(b).max(initial=0)))):
             return False
     return True
 
