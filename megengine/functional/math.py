@@ -10,8 +10,9 @@ from ..core.dtype import float_value, no_quantized_form
 from ..core.dtype_rules import complex_error, no_order, promote_types
 from ..core.fused import fused_kernel
 from ..core.ops import (BINARY, ArgumentTypeError, AxisError, IndexAdd, ShapeError, _norm_axes,
-                        acc_dtype, acc_sum, as_dtype, cast, half_operands, names_an_axis,
-                        masked_gradient, masked_gradient_graph, refuse_bool_product, xp_of)
+                        acc_dtype, acc_sum, as_dtype, cast, finite_sum, half_operands,
+                        names_an_axis, masked_gradient, masked_gradient_graph,
+                        refuse_bool_product, xp_of)
 from ..core.tensor import Tensor
 from . import _aten
 from ._args import _as_float, _not_int, _real, _size
@@ -890,7 +891,9 @@ def _singular(x):
     n = x.shape[-1]
     where = "the matrix is"
     for i, m in enumerate(host.reshape(-1, n, n)):
-        if x.ndim > 2 and np.linalg.matrix_rank(m) < n:
+        # (a matrix holding NaN or inf is not the singular one: its rank is an SVD's of
+        # them, which LAPACK refuses, or never returns: `_not_finite`)
+        if x.ndim > 2 and np.isfinite(m).all() and np.linalg.matrix_rank(m) < n:
             index = tuple(int(j) for j in np.unravel_index(i, x.shape[:-2]))
             where = f"matrix {index[0] if len(index) == 1 else index} of the batch is"
             break
@@ -959,6 +962,8 @@ class SVD(Op):
         if x.ndim < 2:
             raise ShapeError(f"svd: input must be (..., M, N) matrices, got shape {x.shape}")
         x = _as_float(x, "svd")
+        if x.size and not finite_sum(x):  # (on a GPU: one sum read back, beside the solver's)
+            raise _not_finite(x)
         self.m, self.n = x.shape[-2:]
         full = self.full_matrices and self.compute_uv
         u, s, vh = xp.linalg.svd(x, full_matrices=full)
@@ -1000,6 +1005,22 @@ class SVD(Op):
             if self.n > k:
                 gx = gx + (u * inv_s[..., None, :]) @ xp.swapaxes(gv - v @ vtgv, -1, -2)
         return (u @ inner @ vh + gx).astype(s.dtype)
+
+
+def _not_finite(x):
+    """The error of `SVD` on NaN or infinity, raised before LAPACK sees them: its SVD does not
+    converge on NaN and may never return on an infinity (numpy's of a (1, 3, 4) matrix holding
+    one inf looped for good). A ``numpy.linalg.LinAlgError`` (a ``ValueError``), as numpy
+    raised for NaN."""
+    host = x.get() if hasattr(x, "get") else x  # (the error path: which matrix, on the host)
+    m, n = x.shape[-2:]
+    bad = int(np.flatnonzero(~np.isfinite(host.reshape(-1, m * n)).all(axis=1))[0])
+    index = tuple(int(j) for j in np.unravel_index(bad, x.shape[:-2]))
+    where = "the matrix holds" if x.ndim == 2 else \
+        f"matrix {index[0] if len(index) == 1 else index} of the batch holds"
+    return np.linalg.LinAlgError(
+        f"svd: {where} NaN or infinity, which has no singular value decomposition; find "
+        "them with F.isnan / F.isinf (a diverged value upstream of the call)")
 
 
 def svd(inp, full_matrices=False, compute_uv=True):

@@ -723,6 +723,11 @@ def test_matinv_of_a_singular_matrix_raises_as_upstream(dtype):
         F.matinv(mge.tensor(batch.reshape(1, 3, 2, 2)[0], dtype=dtype))
     with pytest.raises(RuntimeError, match=r"^matinv: matrix \(0, 1\) of the batch"):
         F.matinv(mge.tensor(batch.reshape(1, 3, 2, 2), dtype=dtype))
+    # a matrix holding an infinity before the singular one is not named (its rank was an SVD
+    # of the infinity's: LAPACK's error printed, rank 0, matrix 0 named)
+    batch[0, 0, 1] = np.inf
+    with pytest.raises(RuntimeError, match="^matinv: matrix 1 of the batch is singular"):
+        F.matinv(mge.tensor(batch, dtype=dtype))
 
 
 @requires_cuda
@@ -885,6 +890,38 @@ def test_svd_reconstructs_and_its_options():
     only_s = F.svd(a, compute_uv=False)
     np.testing.assert_allclose(only_s.numpy(), np.linalg.svd(a, compute_uv=False), rtol=1e-5)
     check(lambda t: F.svd(t, compute_uv=False), lambda t: torch.linalg.svdvals(t), a, rtol=1e-4)
+
+
+def test_svd_refuses_nan_and_infinity_before_lapack_hangs_on_them():
+    # LAPACK's SVD fails on NaN and may never return on an infinity: numpy's svd of this
+    # matrix (the special-values fuzzer's, one inf) looped for good, F.svd with it. A separate
+    # process, so that a regression fails by its timeout instead of hanging the suite
+    import subprocess
+    import sys
+
+    code = """if True:
+        import numpy as np, megengine as mge, megengine.functional as F
+        x = np.float32([[[-0.058425482362508774, np.inf, 0.7572893500328064, -2.019787311553955],
+                         [0.8236948847770691, -0.025540409609675407, 2.877866506576538,
+                          0.3305942118167877],
+                         [-2.6258654594421387, 1.155529260635376, -2.5644168853759766,
+                          0.5566294193267822]]])
+        for compute_uv in (False, True):
+            try:
+                F.svd(mge.tensor(x), compute_uv=compute_uv)
+            except np.linalg.LinAlgError as e:
+                print(e)
+        """
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("svd: matrix 0 of the batch holds NaN or infinity") == 2, out.stdout
+    nan = np.ones((2, 3, 3), np.float32)
+    nan[1, 2, 0] = np.nan
+    with pytest.raises(ValueError, match="matrix 1 of the batch holds NaN or infinity"):
+        F.svd(mge.tensor(nan))
+    np.testing.assert_allclose(F.svd(mge.tensor(nan[:1]), compute_uv=False).numpy(),
+                               np.linalg.svd(nan[:1], compute_uv=False), rtol=1e-5, atol=1e-6)
 
 
 def test_svd_full_matrices_gradient_through_the_unique_part():

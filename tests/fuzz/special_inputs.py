@@ -87,8 +87,8 @@ def _linear_resizing(desc):
 
 def run_special(case, rng):
     """Run ``case`` with special values among its float32 inputs (`run_converted`); "torch
-    refuses" where torch's op raises on them; "other rule" for linear resizing
-    (`_linear_resizing`)."""
+    refuses" where torch's op raises on them; "refused" where F.svd refuses them (LAPACK may
+    never return on an infinity); "other rule" for linear resizing (`_linear_resizing`)."""
     desc = getattr(case, "desc", "")
     if desc.split("(")[0] in COORDINATE_OPS:
         return "skip"
@@ -101,6 +101,8 @@ def run_special(case, rng):
             return "torch refuses"
         if "megengine raised" in str(e) and "(torch: " in str(e):
             return "error"  # (both raise)
+        if "megengine raised LinAlgError: svd:" in str(e) and "NaN or infinity" in str(e):
+            return "refused"  # (on purpose, before LAPACK hangs: docs/compatibility.rst)
         raise
 
 
