@@ -9,6 +9,7 @@ dtype, against torch's float64 op and the exact result (tests/fuzz/float_inputs.
 the errors that are clear, internal, accepted or hang (tests/fuzz/misuse.py)."""
 import argparse
 import collections
+import faulthandler
 import fnmatch
 import os
 import sys
@@ -60,6 +61,9 @@ def main(argv=None):
     p.add_argument("--accepted", action="store_true",
                    help="with --misuse, also list the broken calls that were accepted")
     p.add_argument("--max-messages", type=int, default=5, help="discrepancies shown per op")
+    p.add_argument("--hang-seconds", type=int, default=600,
+                   help="an op whose seeds take longer ends the run with the stacks (a call "
+                        "that never returns, as LAPACK's SVD of an infinity did; default 600)")
     p.add_argument("--list", action="store_true", help="list the ops and their families")
     a = p.parse_args(argv)
     names = sorted(OPS)
@@ -101,7 +105,14 @@ def _fuzz(names, a, mode):
     bad = 0
     for name in names:
         t0 = time.time()
+        # a call stuck in C code cannot be interrupted from Python: the stacks (the case's
+        # line among them) and an exit say where, where a silent run had stopped before the
+        # op's line; a terminal shows the op running
+        if sys.stdout.isatty():
+            print(f"{OPS[name][0]:10s} {name:16s} ...", end="\r", flush=True)
+        faulthandler.dump_traceback_later(a.hang_seconds, exit=True, file=sys.__stderr__)
         (outcomes, msgs), = fuzz([name], a.seeds, a.start, mode).values()
+        faulthandler.cancel_dump_traceback_later()
         bad += len(msgs)
         print(f"{OPS[name][0]:10s} {name:16s} {dict(outcomes)} ({time.time() - t0:.1f}s)",
               flush=True)
