@@ -132,10 +132,9 @@ def test_gradients_reach_the_stored_parameters_through_the_factor():
         loss = (layer(mge.tensor(x)) ** 2).sum()
         gm.backward(loss)
     tw, tb = torch.tensor(w, requires_grad=True), torch.zeros(2, requires_grad=True)
-    (torch.nn.functional.linear(torch.tensor(x), tw * 0.25, tb * 0.25) ** 2).sum().backward()
-    np.testing.assert_allclose(loss.item(), float(
-        (torch.nn.functional.linear(torch.tensor(x), tw * 0.25, tb * 0.25) ** 2).sum()),
-        rtol=1e-6)
+    tloss = (torch.nn.functional.linear(torch.tensor(x), tw * 0.25, tb * 0.25) ** 2).sum()
+    tloss.backward()
+    np.testing.assert_allclose(loss.item(), tloss.item(), rtol=1e-6)
     np.testing.assert_allclose(layer.weight.grad.numpy(), tw.grad.numpy(), rtol=1e-5)
     np.testing.assert_allclose(layer.bias.grad.numpy(), tb.grad.numpy(), rtol=1e-5)
 
