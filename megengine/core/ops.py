@@ -397,13 +397,13 @@ def finite_sum(a):
         return math.isfinite(abs(total) if a.dtype.kind == "c" else total)
 
 
-def masked_gradient_graph(g, mask):
+def masked_gradient_graph(g, mask, other=0):
     """`masked_gradient` as recorded ops (the backward under an outer GradManager, ``g`` a
     Tensor, ``mask`` a bool array): the same select, whose derivative in ``g`` is the select
-    again."""
+    again; ``other`` (0, or a Tensor: PReLU's ``g * w``) where ``mask`` is False."""
     from ..functional.tensor import where  # functional sits above core: load on use
 
-    return where(_const(mask, g), g, 0)
+    return where(_const(mask, g), g, other)
 
 
 class Mul(_Binary):

@@ -23,13 +23,12 @@ __all__ = ["gelu", "hsigmoid", "hswish", "leaky_relu", "logsigmoid", "prelu", "r
            "sigmoid", "silu", "softplus"]
 
 
-def _mask(a, like, dtype=None):
-    """A constant array (a mask or per-element factor) as a Tensor of ``like``'s dtype (or
-    ``dtype``: bool for a select's mask) on its device, for grad_graph rules: piecewise-linear
-    activations have constant slopes."""
+def _mask(a, like):
+    """A constant array (a mask or per-element factor) as a Tensor of ``like``'s dtype, for
+    grad_graph rules: piecewise-linear activations have constant slopes."""
     from ..core.tensor import Tensor
 
-    return Tensor._wrap(xp_of(like._data).asarray(a, dtype or like.dtype), like._device)
+    return Tensor._wrap(xp_of(like._data).asarray(a, like.dtype), like._device)
 
 
 def _float_t(t):
@@ -513,12 +512,10 @@ class _PRelu(Op):
                 unbroadcast(gw, self.w.shape) if needs[1] else None)
 
     def grad_graph(self, inputs, outputs, grads):
-        from .tensor import where  # (tensor.py's ops sit beside these: loaded on use)
-
         g = grads[0]
         x, w = inputs
         # a select, as the backward's: a NaN or inf g stays where x > 0 (0 * inf was NaN)
-        gx = t_unbroadcast(where(_mask(self.x > 0, g, bool), g, g * w), self.x.shape) \
+        gx = t_unbroadcast(masked_gradient_graph(g, self.x > 0, g * w), self.x.shape) \
             if self.needs_input_grad[0] else None
         gw = t_unbroadcast(masked_gradient_graph(g * x, self.x < 0), self.w.shape) \
             if self.needs_input_grad[1] else None

@@ -891,11 +891,10 @@ def _singular(x):
     n = x.shape[-1]
     where = "the matrix is"
     for i, m in enumerate(host.reshape(-1, n, n)):
-        # (a matrix holding NaN or inf is not the singular one: its rank is an SVD's of
-        # them, which LAPACK refuses, or never returns: `_not_finite`)
+        # (a matrix holding NaN or inf is not the singular one: its rank would take an SVD
+        # of them, which LAPACK refuses, or never returns: `_not_finite`)
         if x.ndim > 2 and np.isfinite(m).all() and np.linalg.matrix_rank(m) < n:
-            index = tuple(int(j) for j in np.unravel_index(i, x.shape[:-2]))
-            where = f"matrix {index[0] if len(index) == 1 else index} of the batch is"
+            where = f"{_batch_matrix(i, x.shape)} is"
             break
     return RuntimeError(f"matinv: {where} singular (a zero pivot in its LU factorization), so "
                         "it has no inverse; check the input (F.svd gives its singular values)")
@@ -1007,6 +1006,12 @@ class SVD(Op):
         return (u @ inner @ vh + gx).astype(s.dtype)
 
 
+def _batch_matrix(i, shape):
+    """How an error names matrix ``i`` (flat) of a batch of ``shape`` (..., M, N)."""
+    index = tuple(int(j) for j in np.unravel_index(i, shape[:-2]))
+    return f"matrix {index[0] if len(index) == 1 else index} of the batch"
+
+
 def _not_finite(x):
     """The error of `SVD` on NaN or infinity, raised before LAPACK sees them: its SVD does not
     converge on NaN and may never return on an infinity (numpy's of a (1, 3, 4) matrix holding
@@ -1015,9 +1020,7 @@ def _not_finite(x):
     host = x.get() if hasattr(x, "get") else x  # (the error path: which matrix, on the host)
     m, n = x.shape[-2:]
     bad = int(np.flatnonzero(~np.isfinite(host.reshape(-1, m * n)).all(axis=1))[0])
-    index = tuple(int(j) for j in np.unravel_index(bad, x.shape[:-2]))
-    where = "the matrix holds" if x.ndim == 2 else \
-        f"matrix {index[0] if len(index) == 1 else index} of the batch holds"
+    where = "the matrix holds" if x.ndim == 2 else f"{_batch_matrix(bad, x.shape)} holds"
     return np.linalg.LinAlgError(
         f"svd: {where} NaN or infinity, which has no singular value decomposition; find "
         "them with F.isnan / F.isinf (a diverged value upstream of the call)")
