@@ -115,6 +115,20 @@ def test_normalising_nearly_equal_values_is_told_apart_against_float64():
     assert uc.known(call, wrong, upstreams) is None
 
 
+def test_a_traced_power_of_a_negative_base_is_told_apart():
+    # fuzz seed 504278, measured on upstream 1.13: jit.trace of F.pow(x, 0.001) gave |x| ** e
+    # where x is negative (1.00067 for -1.947), eagerly NaN in both engines, as here
+    x = uc.enc_array(np.float32([[2.0, -1.947], [0.5, -2.0]]))
+    call = ("jit:F.pow", [x, ("v", 0.001)], {})
+    ours = _value(np.float32([[2.0 ** 0.001, np.nan], [0.5 ** 0.001, np.nan]]))
+    upstreams = _value(np.float32([[2.0 ** 0.001, 1.947 ** 0.001], [0.5 ** 0.001, 2.0 ** 0.001]]))
+    assert uc.known(call, ours, upstreams).startswith("a traced power of a negative base")
+    # eagerly, and a value off where the base is positive, are no such difference
+    assert uc.known(("F.pow",) + call[1:], ours, upstreams) is None
+    wrong = _value(np.float32([[1.5, np.nan], [0.5 ** 0.001, np.nan]]))
+    assert uc.known(call, wrong, upstreams) is None
+
+
 def test_a_kth_only_topk_among_ties_is_told_apart():
     # fuzz seed 226849, measured on upstream 1.13: the second smallest of a row [2, 2, -1.5,
     # -1.5] is either -1.5 (index 3 here, 2 upstream); another value's index is no tie
