@@ -87,6 +87,32 @@ def test_numpy_conversions_round_half_to_even_as_upstreams_helpers():
         dtype.convert_to_qint8([1.0], dtype.qint8(0.5))
 
 
+def test_the_4_bit_32_bit_and_1_bit_numpy_conversions_clip_to_their_ranges():
+    # hand-computed (upstream 1.13 measured the same): round(x / 0.5) half to even, + zero point,
+    # clipped to qint4 [-8, 7], quint4 [0, 15], qint32, qint1 [0, 1]
+    data = np.array([-1.3, 0.2, 0.9, 3.7, -9.0], np.float32)  # / 0.5: -2.6 0.4 1.8 7.4 -18
+    cases = [("qint4", dtype.qint4(0.5), [-3, 0, 2, 7, -8], np.int8),
+             ("quint4", dtype.quint4(0.5, 3), [0, 3, 5, 10, 0], np.uint8),
+             ("qint32", dtype.qint32(0.5), [-3, 0, 2, 7, -18], np.int32),
+             ("qint1", dtype.qint1(0.5), [0, 0, 1, 1, 0], np.int8)]
+    for name, qdt, want, storage in cases:
+        q = getattr(dtype, "convert_to_" + name)(data, qdt)
+        assert q.dtype == storage and dtype.is_dtype_equal(q.dtype, qdt), name
+        np.testing.assert_array_equal(q.astype(np.int64), want, err_msg=name)
+        zero = dtype.get_zero_point(qdt) if name == "quint4" else 0
+        np.testing.assert_array_equal(getattr(dtype, "convert_from_" + name)(q),
+                                      (np.array(want, np.float32) - zero) * 0.5, err_msg=name)
+    with pytest.raises(ValueError, match="qint4"):
+        dtype.convert_to_qint4(data, dtype.qint8(0.5))
+
+
+def test_is_differentible_dtype_names_the_float_dtypes():
+    assert dtype.is_differentible_dtype(np.float32)
+    assert dtype.is_differentible_dtype(np.dtype("float16"))
+    for other in (np.int32, np.uint8, np.bool_, dtype.qint8(0.1)):
+        assert not dtype.is_differentible_dtype(other), other
+
+
 @pytest.mark.parametrize("qdt, qmin, qmax, zp", [(dtype.qint8(0.37), -128, 127, 0),
                                                  (dtype.quint8(0.37, 100), 0, 255, 100),
                                                  (dtype.qint4(0.37), -8, 7, 0),

@@ -51,6 +51,10 @@ def test_cifar10_unpacks_and_reads_bgr_images(tmp_path):
     assert len(test) == 2 and test[1][1] == 2
     np.testing.assert_array_equal(test[0][0][..., 0], test_imgs[0][..., 2])
     assert test.meta[b"label_names"][0] == b"airplane"
+    # bytes2array, upstream's reader of batch files by name: BGR images and int32 labels
+    images, labels = test.bytes2array(["data_batch_2", "test_batch"])
+    assert len(images) == 5 and labels.dtype == np.int32 and labels.tolist() == [1, 1, 9, 4, 2]
+    np.testing.assert_array_equal(images[3], test_imgs[0][..., ::-1])
 
 
 def test_cifar100_gives_fine_and_coarse_labels(tmp_path):
@@ -63,6 +67,8 @@ def test_cifar100_gives_fine_and_coarse_labels(tmp_path):
     image, fine, coarse = train[2]
     np.testing.assert_array_equal(image, imgs[2][..., ::-1])
     assert (fine, coarse) == (7, 2)
+    images, fine, coarse = train.bytes2array(["test", "train"])
+    assert len(images) == 5 and fine.tolist() == [99, 5, 6, 7, 8] and coarse.tolist()[:2] == [19, 0]
     assert CIFAR100(root=str(tmp_path), train=False)[0][1:] == (99, 19)
 
 

@@ -32,6 +32,27 @@ def test_classes_sorted_samples_and_bgr(tmp_path):
         ImageFolder(str(tmp_path / "missing"))
 
 
+def test_collect_class_and_collect_samples_are_the_points_to_override(tmp_path):
+    # as upstream's, __init__ takes the classes and the samples from these two methods
+    write_png(tmp_path / "b" / "1.png", (1, 2, 3))
+    write_png(tmp_path / "a" / "2.png", (4, 5, 6))
+    ds = ImageFolder(str(tmp_path))
+    assert ds.collect_class() == {"a": 0, "b": 1}
+    assert [(p.split("/")[-2:], int(l)) for p, l in ds.collect_samples()] == \
+        [(["a", "2.png"], 0), (["b", "1.png"], 1)]
+
+    class Reversed(ImageFolder):
+        def collect_class(self):
+            return {"a": 1, "b": 0}
+
+        def collect_samples(self):
+            return super().collect_samples()[::-1]
+
+    mine = Reversed(str(tmp_path))
+    assert [int(label) for _, label in mine.samples] == [0, 1]
+    assert mine[0][0][0, 0].tolist() == [3, 2, 1] and int(mine[0][1]) == 0
+
+
 def _image_files(tmp_path):
     """Files of the formats and modes datasets hold, each named by what it tests."""
     rng = np.random.default_rng(3)

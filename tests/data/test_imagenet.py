@@ -95,6 +95,7 @@ def test_extract_raw_tars(tmp_path):
     assert [(int(img[0, 0, 0]), int(label)) for img, label in val] == [(11, 0), (10, 1), (12, 1)]
     train = TinyImageNet(str(tmp_path), train=True)
     assert [(int(img[0, 0, 0]), int(label)) for img, label in train] == [(20, 0), (21, 1)]
+    assert train.check_raw_file()  # all three archives are there
     assert not os.path.exists(tmp_path / "train" / "n01440764.tar")
 
     class Damaged(ImageNet):
@@ -104,6 +105,8 @@ def test_extract_raw_tars(tmp_path):
     with pytest.raises(RuntimeError, match="md5"):
         Damaged(str(tmp_path), train=True)
     assert not os.path.exists(tmp_path / "train")
+    (tmp_path / "ILSVRC2012_img_val.tar").unlink()
+    assert not train.check_raw_file()
 
 
 def test_missing_files(tmp_path):

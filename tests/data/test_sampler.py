@@ -295,3 +295,26 @@ def test_infinite_passes_other_attributes_to_the_wrapped_sampler():
         sampler.no_such
     # before __init__ (as copy and pickle make it) it has no sampler: no endless recursion
     assert not hasattr(Infinite.__new__(Infinite), "world_size")
+
+
+def test_the_abstract_sampler_is_the_base_of_a_hand_written_one():
+    from megengine.data import DataLoader, Sampler
+
+    with pytest.raises(TypeError, match="abstract"):
+        Sampler()
+
+    class Pairs(Sampler):  # (no MapSampler: upstream 1.13 asserts "types of dataset and
+        def __init__(self, n):  # sampler do not match" here; the fork takes its batches)
+            self.n = n
+
+        def __iter__(self):
+            return iter([i, i + 1] for i in range(0, self.n, 2))
+
+        def __len__(self):
+            return self.n // 2
+
+    ds = ArrayDataset(np.arange(6, dtype=np.float32).reshape(6, 1) * 10, np.arange(6))
+    for workers in (0, 2):
+        loader = DataLoader(ds, Pairs(6), num_workers=workers)
+        assert len(loader) == 3
+        assert [b[1].tolist() for b in loader] == [[0, 1], [2, 3], [4, 5]]

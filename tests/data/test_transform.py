@@ -53,6 +53,25 @@ def test_resize_keeps_2d_and_rejects_unknown_interpolation():
         F.resize(np.zeros((4, 4, 1)), (2,))
 
 
+def test_wrap_keepdims_gives_a_two_dimensional_result_a_channel_axis():
+    # upstream 1.13 measured: a decorated function's (H, W) result for an (H, W, C) image
+    # comes back as (H, W, 1)
+    first = F.wrap_keepdims(lambda image: image[:, :, 0])
+    image = np.arange(24, dtype=np.uint8).reshape(2, 4, 3)
+    out = first(image)
+    assert out.shape == (2, 4, 1)
+    np.testing.assert_array_equal(out[:, :, 0], image[:, :, 0])
+    # an (H, W) image (a fork extension) comes back with as many channels as the result has:
+    # one as (H, W), three as they are
+    gray = np.array([[10, 20], [30, 40]], np.uint8)
+    assert first(gray).shape == (2, 2) and F.flip(gray, 1).tolist() == [[20, 10], [40, 30]]
+    bgr = F.to_bgr(gray)
+    assert bgr.shape == (2, 2, 3)
+    np.testing.assert_array_equal(bgr, np.repeat(gray[:, :, None], 3, axis=2))
+    with pytest.raises(ValueError, match="shape"):
+        first(np.zeros((2, 2, 3, 1), np.uint8))
+
+
 def test_pad_and_flip_functions():
     image = np.array([[1, 2], [3, 4]], dtype=np.uint8)[:, :, None]
     out = F.pad(image, (1, 0, 2, 1), 9)  # top, bottom, left, right

@@ -364,3 +364,33 @@ def test_qat_layers_compute_through_their_float_layers_hooks():
         seen.clear()
         qat(mge.tensor(np.random.randn(*shape).astype(np.float32)))
         assert seen and set(seen) == {name}, path
+
+
+def test_calc_qat_hooks_are_the_forward_and_the_switches_reach_both_quantizers():
+    # upstream 1.13's QAT layers run forward as apply_quant_activation of calc_conv_qat /
+    # calc_linear_qat / calc_conv_transpose2d_qat (the layer with its weight and bias
+    # fake-quantized): so composed they give forward's value (itself checked against torch
+    # above; measured on upstream too), and an override of the hook is what forward runs
+    cases = [(Float.Conv2d(2, 3, 3), "calc_conv_qat", (1, 2, 5, 5)),
+             (Float.ConvTranspose2d(2, 3, 2), "calc_conv_transpose2d_qat", (1, 2, 4, 4)),
+             (Float.Linear(3, 2), "calc_linear_qat", (2, 3))]
+    rng = np.random.default_rng(0)
+    for float_layer, name, shape in cases:
+        qat = quantize_qat(Float.Sequential(float_layer), qconfig=min_max_fakequant_qconfig)[0]
+        x = mge.tensor(rng.standard_normal(shape).astype(np.float32))
+        disable_observer(qat)  # (the first call's observed ranges stay for the second)
+        qat(x)
+        hook = getattr(qat, name)(x)
+        np.testing.assert_array_equal(qat.apply_quant_activation(hook).numpy(), qat(x).numpy(),
+                                      name)
+        assert not np.array_equal(hook.numpy(), qat(x).numpy()), name  # (unquantized output)
+        setattr(qat, name, lambda inp: inp * 0)
+        assert not qat(x).numpy().any(), name
+    qat.set_fake_quant(False)
+    assert not qat.weight_fake_quant.enabled and not qat.act_fake_quant.enabled
+    qat.set_observer(True)
+    assert qat.weight_observer.enabled and qat.act_observer.enabled
+    qat.set_fake_quant(True)
+    qat.set_observer(False)
+    assert qat.weight_fake_quant.enabled and qat.act_fake_quant.enabled
+    assert not qat.weight_observer.enabled and not qat.act_observer.enabled

@@ -312,3 +312,18 @@ def test_reprs_are_upstreams():
                        bidirectional=True)) == (
         "LSTM(\n  (cells.0.0): LSTMCell()\n  (cells.0.1): LSTMCell()\n"
         "  (cells.1.0): LSTMCell()\n  (cells.1.1): LSTMCell()\n)")
+
+
+@pytest.mark.parametrize("cls, kw", [(M.LSTM, {}), (M.RNN, {"nonlinearity": "relu"}),
+                                     (M.RNN, {})])
+def test_create_cell_makes_the_cell_of_a_layer(cls, kw):
+    # upstream 1.13 measured: layer 0 reads the input, later layers both directions' hidden
+    # states; the cell takes the stack's bias and nonlinearity
+    m = cls(4, 3, num_layers=2, bidirectional=True, bias=False, **kw)
+    for layer, width in ((0, 4), (1, 6)):
+        cell = m.create_cell(layer)
+        assert type(cell) is (M.LSTMCell if cls is M.LSTM else M.RNNCell)
+        assert (cell.input_size, cell.hidden_size, cell.bias) == (width, 3, False)
+        assert sorted(n for n, _ in cell.named_parameters()) == ["weight_hh", "weight_ih"]
+        if cls is M.RNN:
+            assert cell.nonlinearity == kw.get("nonlinearity", "tanh")

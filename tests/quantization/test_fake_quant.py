@@ -114,3 +114,28 @@ def test_narrow_range_fake_quantize_matches_torch():
     ref = torch.fake_quantize_per_tensor_affine(torch.tensor(x), 0.25, 0, -127, 127).numpy()
     np.testing.assert_allclose(y, ref, atol=1e-6)
     assert y.min() == pytest.approx(-127 * 0.25)
+
+
+def test_fake_quant_forward_is_the_hook_forward_calls_when_enabled():
+    # hand-computed (upstream 1.13 measured the same values): scale 1, qint8, halves away
+    # from zero; TQT's scale is log2 of the step (0: a step of 1); LSQ's step is its own
+    # step_size plus eps (1 + 1e-5 here: the products show it)
+    v = mge.tensor(np.float32([-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 63.5, -64.5, 300.0]))
+    qparams = create_qparams(QuantMode.SYMMERTIC, "qint8", scale=mge.tensor(1.0))
+    halves_away = [-3, -2, -1, 1, 2, 3, 64, -65, 127]
+    np.testing.assert_array_equal(FakeQuantize(dtype="qint8").fake_quant_forward(v, qparams)
+                                  .numpy(), halves_away)
+    np.testing.assert_array_equal(TQT(dtype="qint8").fake_quant_forward(v).numpy(), halves_away)
+    lsq = LSQ(dtype="qint8")
+    step = float(np.abs(lsq.step_size.numpy()) + lsq.eps.numpy())
+    want = np.clip(np.round(v.numpy() / step), -128, 127) * step  # (no value lands on a half)
+    np.testing.assert_allclose(lsq.fake_quant_forward(v).numpy(), want, rtol=1e-6)
+
+    class Halved(FakeQuantize):
+        def fake_quant_forward(self, inp, qparams=None):
+            return inp / 2
+
+    fq = Halved(dtype="qint8")
+    np.testing.assert_array_equal(fq(v, qparams).numpy(), v.numpy() / 2)
+    fq.disable()
+    np.testing.assert_array_equal(fq(v, qparams).numpy(), v.numpy())

@@ -211,6 +211,28 @@ def test_filters():
     assert len(net.get_opr_by_type(Host2DeviceCopy, unique=False)) == 2
 
 
+def test_lookups_by_name_and_by_dependency():
+    # upstream 1.13 measured on the same program: names, types and order as here
+    net = _add_mul_net()
+    add = net.get_opr_by_type(Elemwise, unique=False)[0]
+    assert net.get_opr_by_name(add.name) is add
+    with pytest.raises(ValueError, match="0 operators named 'nope'"):
+        net.get_opr_by_name("nope")
+    (out,) = net.output_vars
+    order = [o.type for o in net.get_dep_oprs([out])]
+    assert order == ["Host2DeviceCopy", "Host2DeviceCopy", "Elemwise", "ImmutableTensor",
+                     "Elemwise"]
+    assert net.get_dep_oprs([out])[-1] is out.owner  # its owner last
+    assert net.get_dep_oprs(out) == net.get_dep_oprs([out])  # (upstream's wants a list)
+    assert [o.type for o in NodeFilter.make_all_deps(out)] == order
+    assert net.add_dep_oprs() == [out] and net.add_dep_oprs(out) == [out]
+    everything = net.opr_filter.as_dict()
+    assert list(everything) == [o.name for o in net.all_oprs]
+    assert everything[add.name] is add
+    assert [o.name for o in net.opr_filter.data_provider()] == ["a", "b"]
+    assert [o.type for o in net.opr_filter.param_provider()] == ["ImmutableTensor"]
+
+
 def test_symbolic_shape_is_a_var_the_program_computes():
     net = _add_mul_net()
     a = net.input_vars[0]

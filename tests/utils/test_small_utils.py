@@ -17,7 +17,7 @@ from megengine.utils import types as mtypes
 from megengine.utils.deprecation import deprecated, deprecated_func, deprecated_kwargs_default
 from megengine.utils.future import Future
 from megengine.utils.hook import HookHandler
-from megengine.utils.max_recursion_limit import max_recursion_limit
+from megengine.utils.max_recursion_limit import AlternativeRecursionLimit, max_recursion_limit
 from megengine.utils.profiler import Profiler
 from megengine.utils.tensor_sanity_check import TensorModifiedError, TensorSanityCheck
 from megengine.utils.tuple_function import _pair, _pair_nonzero, _triple, get_ndtuple
@@ -121,6 +121,26 @@ def test_max_recursion_limit_is_reentrant_and_restores():
             pass
         assert sys.getrecursionlimit() == 2 ** 31 - 1  # the inner exit keeps the raise
     assert sys.getrecursionlimit() == before
+
+
+def test_alternative_recursion_limit_sets_and_restores_both_limits():
+    # upstream 1.13 measured: the limit inside, the recursion and stack limits back after
+    resource = pytest.importorskip("resource")
+    before, stack = sys.getrecursionlimit(), resource.getrlimit(resource.RLIMIT_STACK)
+    limit = AlternativeRecursionLimit(before + 1234)
+    with limit:
+        assert sys.getrecursionlimit() == before + 1234
+        with limit:  # a nested entry keeps it, and its exit does not restore yet
+            pass
+        assert sys.getrecursionlimit() == before + 1234
+    assert sys.getrecursionlimit() == before
+    assert resource.getrlimit(resource.RLIMIT_STACK) == stack
+
+
+def test_profiler_names_its_files_by_process(tmp_path):
+    # upstream 1.13 measured: "<path>/<pid>.<format>"
+    p = Profiler(str(tmp_path))
+    assert p.format_path("/x/y", 123, "chrome_timeline.json") == "/x/y/123.chrome_timeline.json"
 
 
 # ----- hook -----

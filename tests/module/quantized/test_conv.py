@@ -36,3 +36,24 @@ def test_quantized_conv_transpose_matches_the_qat_layer(name):
 def test_the_repr_says_quantized_and_keeps_the_conv_settings():
     q = Q.ConvRelu2d.from_qat_module(fixed_qat(QAT.ConvRelu2d(3, 3, 3, stride=2)))
     assert repr(q) == "Quantized.ConvRelu2d(3, 3, kernel_size=(3, 3), stride=(2, 2))"
+
+
+@pytest.mark.parametrize("name, hook", [("Conv2d", "calc_conv_quantized"),
+                                        ("ConvTranspose2d", "calc_conv_transpose2d_quantized")])
+def test_calc_quantized_hooks_take_the_nonlinearity(name, hook):
+    # upstream 1.13's quantized Conv2d / ConvTranspose2d compute forward as
+    # calc_*_quantized(inp, nonlinear_mode="identity") and their Relu variants with "relu":
+    # the hook gives the plain layer's output, and with "relu" that output clipped at zero
+    qat = fixed_qat(getattr(QAT, name)(4, 3, 3, padding=1))
+    qat.bias._reset(np.random.RandomState(3).randn(*qat.bias.shape).astype(np.float32))
+    q = getattr(Q, name).from_qat_module(qat)
+    q.eval()
+    _, x = quantized_input((2, 4, 5, 5))
+    out = q(x)
+    plain = getattr(q, hook)(x, nonlinear_mode="identity")
+    relu = getattr(q, hook)(x, nonlinear_mode="relu")
+    assert dtype.is_dtype_equal(plain.dtype, out.dtype) and dtype.is_dtype_equal(relu.dtype,
+                                                                                out.dtype)
+    np.testing.assert_array_equal(plain.numpy(), out.numpy())
+    np.testing.assert_array_equal(relu.numpy(), np.maximum(out.numpy(), 0))
+    assert (out.numpy() < 0).any()  # (the relu had something to clip)

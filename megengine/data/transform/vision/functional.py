@@ -37,7 +37,10 @@ INTER_NEAREST_EXACT = 6
 
 
 def wrap_keepdims(func):
-    """Accept (H, W, C) or (H, W) images and give back as many dimensions as came in."""
+    """Decorate ``func(image, ...)``, written for (H, W, C) images, so that a result of two
+    dimensions comes back as (H, W, 1), as upstream's. An (H, W) image (which upstream refuses)
+    is given to ``func`` as (H, W, 1), and a one-channel result comes back as (H, W); a result
+    of more channels keeps them (``to_bgr`` of an (H, W) gray image is (H, W, 3))."""
 
     @functools.wraps(func)
     def wrapper(image, *args, **kwargs):
@@ -49,7 +52,9 @@ def wrap_keepdims(func):
                 )
             )
         ret = func(image if image.ndim == 3 else image[:, :, None], *args, **kwargs)
-        return ret if image.ndim == 3 else ret[:, :, 0]
+        if ret.ndim == 2:
+            return ret[:, :, None] if image.ndim == 3 else ret
+        return ret[:, :, 0] if image.ndim == 2 and ret.shape[2] == 1 else ret
 
     return wrapper
 
