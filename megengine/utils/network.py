@@ -25,7 +25,7 @@ from ..jit.dump import (_NO_EFFECT, DumpError, DumpInfo, _Writer, metadata_json,
 from ..jit.dump_devices import device_mapper, recorded_name
 from ..logger import get_logger
 from .network_node import (Host2DeviceCopy, ImmutableTensor, NetworkNode, OpNode, VarNode,
-                           make_opnode, renumber)
+                           at_first_use, make_opnode, renumber)
 
 __all__ = ["Network", "NodeFilter", "as_varnode", "as_oprnode", "set_symbolic_shape"]
 
@@ -170,7 +170,7 @@ class Network:
                               for tree, value, kind, where in guards]
         self._fixed_shapes = [(slot_var[s], shape) for s, shape in graph.get("fixed_shapes", ())
                               if s in slot_var]
-        renumber(self.all_oprs)
+        renumber(at_first_use(self.all_oprs))
         self._compile()
         return self
 

@@ -52,6 +52,31 @@ def _new_id():
     return i
 
 
+def at_first_use(oprs):
+    """``oprs``, a loaded program's operators in the file's order (its inputs first), with each
+    input (`Host2DeviceCopy`) and constant (`ImmutableTensor`) moved to just before the first
+    operator that reads it, as upstream's graph makes their operators where the traced code
+    first uses them (measured: ``(c * 3) + (a * b)`` lists c, 3, MUL, a, b, MUL, ADD). Each
+    gets its place as its priority, so that ``all_oprs`` keeps this order and operators made
+    by later edits come after."""
+    def lazy(opr):
+        return opr is not None and (opr._provides_input or isinstance(opr, ImmutableTensor))
+
+    order, placed = [], set()
+    for opr in oprs:
+        if lazy(opr):
+            continue
+        for v in opr.inputs + opr._dyn_vars:
+            if lazy(v.owner) and id(v.owner) not in placed:
+                placed.add(id(v.owner))
+                order.append(v.owner)
+        order.append(opr)
+    order[:0] = [o for o in oprs if lazy(o) and id(o) not in placed]  # (outputs themselves)
+    for opr in order:
+        opr._priority = next(_order)
+    return order
+
+
 def renumber(oprs):
     """Give ``oprs`` (a loaded graph's operators in order) and their output vars the ids
     upstream's loader gives: from 0, each operator before its outputs. Nodes made afterwards
@@ -178,6 +203,16 @@ class VarNode(Tensor, NetworkNode):
     def partial_shape(self):
         return self._data.shape
 
+    def shapeof(self, axis):
+        """The size of ``axis`` as a (1,) int32 VarNode of the program (upstream's
+        ``GetVarShape(axis)``): an edit that builds on it follows the input's shape."""
+        ndim = len(self._data.shape)
+        if not isinstance(axis, int) or not -ndim <= axis < ndim:
+            raise ValueError(f"VarNode.shapeof: axis {axis!r} is out of range for the "
+                             f"{ndim} dims of {self.name!r}")
+        axis %= ndim
+        return dispatch.apply(_ShapeOf(), self)[axis:axis + 1]
+
     @property
     def name(self):
         return self._name
@@ -188,7 +223,9 @@ class VarNode(Tensor, NetworkNode):
 
     @property
     def depends_on_input(self):
-        """True when the value is computed from a program input (its sample is not its value)."""
+        """True when the value is computed from a program input's values (its sample is not
+        its value). A shape (`GetVarShape`) reads the input's shape only, which the network
+        holds: its value is known, as in upstream's static inference."""
         seen = set()
         stack = [self]
         while stack:
@@ -199,6 +236,8 @@ class VarNode(Tensor, NetworkNode):
             seen.add(id(opr))
             if opr._provides_input or (isinstance(opr, ReadOnlyOpNode) and opr._random):
                 return True
+            if isinstance(opr, GetVarShape):
+                continue
             stack.extend(opr.inputs)
             stack.extend(opr._dyn_vars)
         return False
@@ -684,6 +723,14 @@ class OpNode(NetworkNode):
         self._dyn_vars = []  # ... the VarNodes those _Refs (their slot k) stand for
         self._opr = self  # upstream's underlying operator: the node itself here
         _oprs.add(self)
+
+    @property
+    def priority(self):
+        """Upstream's ``(priority, id)``: the key that orders operators where their dependencies
+        leave a choice (``all_oprs``, ``dump``). Here the first item is the order the operator
+        has among those of its network (the id after `set_priority_to_id`), where upstream's
+        is 0 unless set."""
+        return (self._priority, self.id)
 
     @property
     def _random(self):

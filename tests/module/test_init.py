@@ -167,6 +167,30 @@ def test_norm_and_embedding_default_init():
     assert M.PReLU(init=1).weight.dtype == np.float32
 
 
+def test_reset_parameters_draws_anew_as_upstream():
+    # upstream 1.13 measured (each layer's parameters set to 7, then reset_parameters()):
+    # norms back to weight 1 / bias 0; BatchMatMulActivation's N(0, 1 / fan_in) weight and
+    # zero bias; MultiHeadAttention's packed (1, 4 e^2 + 4 e) parameter Glorot-uniform over its
+    # (1, 288) shape (bound sqrt(6 / 289) = 0.144) with its 32 biases zero
+    def scrambled(m):
+        for p in m.parameters():
+            p._reset(np.full(p.shape, 7, np.float32))
+        m.reset_parameters()
+        return {n: p.numpy() for n, p in m.named_parameters()}
+
+    for m in (M.GroupNorm(2, 4), M.InstanceNorm(4), M.GeneralNorm((2, 3), (1, 2))):
+        got = scrambled(m)
+        assert (got["weight"] == 1).all() and (got["bias"] == 0).all(), type(m).__name__
+    got = scrambled(M.BatchMatMulActivation(64, 30, 20, bias=True))
+    assert (got["bias"] == 0).all()
+    assert abs(float(got["weight"].std()) - math.sqrt(1 / 30)) < 0.1 * math.sqrt(1 / 30)
+    got = scrambled(M.MultiHeadAttention(8, 2, bias=True))["io_weight_bias"].ravel()
+    weights, biases = got[:256], got[256:]
+    assert (biases == 0).all() and len(biases) == 32
+    bound = math.sqrt(6 / 289)
+    assert np.abs(weights).max() <= bound and np.abs(weights).max() > 0.9 * bound
+
+
 def test_normal_negative_std_mirrors_the_draws_as_upstream():
     # upstream 1.13 measured: seed(3); normal_(a, 1, 2) and seed(3); normal_(b, 1, -2) give
     # (a - 1) == -(b - 1) to 2.4e-7 (earlier versions of this fork raised numpy's "scale < 0")

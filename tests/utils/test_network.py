@@ -233,6 +233,23 @@ def test_lookups_by_name_and_by_dependency():
     assert [o.type for o in net.opr_filter.param_provider()] == ["ImmutableTensor"]
 
 
+@pytest.mark.parametrize("fn, want", [
+    (lambda a, b, c: c * 3 + a * b, ["c", "const", "MUL", "a", "b", "MUL", "ADD"]),
+    (lambda a, b, c: F.relu(a * 2 + b) - c, ["a", "const", "MUL", "b", "ADD", "RELU", "c",
+                                             "SUB"]),
+])
+def test_inputs_and_constants_come_where_first_used(fn, want):
+    # upstream 1.13 measured, Network.load of each engine's own dump of the same function
+    net = Network.load(_dumped(fn, A, B, A, arg_names=["a", "b", "c"]))
+    got = [o.params["mode"] if isinstance(o, Elemwise) else o.name if isinstance(
+        o, Host2DeviceCopy) else "const" for o in net.all_oprs]
+    assert got == want
+    assert sorted(net.all_oprs, key=lambda o: o.priority) == net.all_oprs
+    s = net.output_vars[0]  # an edit's operators come after
+    net.replace_vars({s: F.exp(s)})
+    assert [o.params["mode"] for o in net.all_oprs[-2:]] == [want[-1], "EXP"]
+
+
 def test_symbolic_shape_is_a_var_the_program_computes():
     net = _add_mul_net()
     a = net.input_vars[0]
@@ -247,6 +264,32 @@ def test_symbolic_shape_is_a_var_the_program_computes():
     net.reset_batch_size(4)
     got = _run(net, np.ones(4, "float32"), np.ones(4, "float32"))
     np.testing.assert_array_equal(got["shape"], [4])
+
+
+def test_shapeof_is_a_size_the_program_computes_and_its_value_is_known():
+    # upstream 1.13 measured: VarNode.shapeof(axis) is a (1,) VarNode whose value numpy()
+    # gives (static inference), as the symbolic shape's; a value computed from the input's
+    # values is refused; a dumped edit follows the input's new shape
+    net = _add_mul_net()
+    a = net.input_vars[0]
+    rows = a.shapeof(0)
+    assert isinstance(rows, VarNode) and rows.shape == (1,)
+    assert rows.numpy().tolist() == [3] and a.shapeof(-1).numpy().tolist() == [3]
+    old = set_symbolic_shape(True)
+    try:
+        assert a.shape.numpy().tolist() == [3]
+    finally:
+        set_symbolic_shape(old)
+    with pytest.raises(ValueError, match="computed from the program's inputs"):
+        (rows * a.sum()).numpy()
+    with pytest.raises(ValueError, match="axis 1 is out of range"):
+        a.shapeof(1)
+    rows.name = "rows"
+    net.add_output(rows)
+    net.reset_batch_size(4)
+    assert rows.numpy().tolist() == [4]
+    got = _run(net, np.ones(4, "float32"), np.ones(4, "float32"))
+    np.testing.assert_array_equal(got["rows"], [4])
 
 
 def test_metadata_of_a_network_dump():
