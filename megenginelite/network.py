@@ -3,7 +3,8 @@ writing outputs to LiteTensors (upstream's MegEngine Lite network API)."""
 import io
 import os
 
-from .struct import LiteBackend, LiteDeviceType, LiteIOType, LiteTensorPhase
+from .struct import (LiteAlgoSelectStrategy, LiteBackend, LiteDeviceType, LiteIOType,
+                     LiteTensorPhase)
 from .tensor import LiteLayout, LiteTensor, _host_only
 
 __all__ = ["LiteOptions", "LiteConfig", "LiteIO", "LiteNetworkIO", "LiteNetwork"]
@@ -134,6 +135,10 @@ class LiteNetwork:
         self._inplace = False
         self._stream_id = 0
         self._start_callback = self._finish_callback = self._async_callback = None
+        self._model = None  # the loaded model's bytes
+        self._algo_policy = (LiteAlgoSelectStrategy.LITE_ALGO_HEURISTIC, 0, False)
+        self._workspace_limit = None
+        self._layout_transform = False
 
     def __repr__(self):
         return repr({"config": self.config, "IOs": self.network_io})
@@ -152,7 +157,12 @@ class LiteNetwork:
         else:
             raise TypeError(f"load: expected a path or a binary file object, got "
                             f"{type(file).__name__}")
-        self._graph = GraphInference(io.BytesIO(data))
+        self._take(GraphInference(io.BytesIO(data)), data)
+
+    def _take(self, graph, data):
+        """Run ``graph`` (a GraphInference of the model ``data``) with this network's own input
+        and output tensors."""
+        self._graph, self._model = graph, data
         configured = {i.name: i for i in self.network_io.inputs}
         self._inputs = {}
         for name, shape, dtype in self._graph._program.inputs:
@@ -258,6 +268,60 @@ class LiteNetwork:
 
     def enable_cpu_inplace_mode(self):
         self._inplace = True
+
+    # Upstream's algorithm search (fast-run), workspace limit, layout transform and runtime
+    # memory sharing choose how its C++ runtime computes, not what: they are checked, kept and
+    # read back here, and the values computed are the same.
+    def set_network_algo_policy(self, policy, shared_batch_size=0,
+                                binary_equal_between_batch=False):
+        """Keep the algorithm search ``policy`` (`LiteAlgoSelectStrategy` flags combined
+        with ``|``) and its fast-run settings; kernels are not searched here."""
+        known = 0
+        for flag in LiteAlgoSelectStrategy:
+            known |= flag
+        if isinstance(policy, bool) or not isinstance(policy, int) or not 0 < policy <= known \
+                or policy & ~known:
+            raise ValueError(f"set_network_algo_policy: policy must be LiteAlgoSelectStrategy "
+                             f"flags (combined with |), got {policy!r}")
+        if isinstance(shared_batch_size, bool) or not isinstance(shared_batch_size, int) or \
+                shared_batch_size < 0:
+            raise ValueError(f"set_network_algo_policy: shared_batch_size must be an int >= 0, "
+                             f"got {shared_batch_size!r}")
+        self._algo_policy = (int(policy), shared_batch_size, bool(binary_equal_between_batch))
+
+    def set_network_algo_workspace_limit(self, size_limit):
+        """Keep the workspace limit in bytes (upstream's kernels' scratch memory)."""
+        if isinstance(size_limit, bool) or not isinstance(size_limit, int) or size_limit < 0:
+            raise ValueError(f"set_network_algo_workspace_limit: size_limit must be a number of "
+                             f"bytes >= 0, got {size_limit!r}")
+        self._workspace_limit = size_limit
+
+    def enable_global_layout_transform(self):
+        """Keep upstream's request to pick each operator's layout by profiling."""
+        self._layout_transform = True
+
+    def dump_layout_transform_model(self, model_file):
+        """Write the model to the path ``model_file``: as loaded, since no layout is
+        transformed here (upstream writes the transformed graph; both compute the same)."""
+        self._loaded("dump_layout_transform_model")
+        with open(model_file, "wb") as f:
+            f.write(self._model)
+
+    def share_weights_with(self, src_network):
+        """Run the model ``src_network`` loaded, sharing its weights, with this network's own
+        input and output tensors (as upstream's, in place of a `load`)."""
+        if not isinstance(src_network, LiteNetwork):
+            raise TypeError(f"share_weights_with: expected a LiteNetwork, got "
+                            f"{type(src_network).__name__}")
+        src_network._loaded("share_weights_with (the source network)")
+        self._take(src_network._graph, src_network._model)
+
+    def share_runtime_memroy(self, src_network):
+        """Upstream lets two networks that never run at once share scratch memory; each run
+        allocates its own here. (Upstream's spelling.)"""
+        if not isinstance(src_network, LiteNetwork):
+            raise TypeError(f"share_runtime_memroy: expected a LiteNetwork, got "
+                            f"{type(src_network).__name__}")
 
     def use_tensorrt(self):
         raise RuntimeError("use_tensorrt: TensorRT is not available in this engine; the "

@@ -104,3 +104,46 @@ def test_the_api_page_example_runs():
     from tests.test_docs import run_block
 
     run_block(Path(__file__).parents[2] / "docs" / "api" / "lite.rst", "network = LiteNetwork()")
+
+
+def test_weight_sharing_and_the_settings_that_choose_kernels(dumped, tmp_path):
+    # upstream's share_weights_with runs the source's model (no load) with this network's own
+    # tensors; its algorithm policy, workspace limit, layout transform and memory sharing choose
+    # how its runtime computes, and are accepted here with the same values computed
+    from megenginelite import LiteAlgoSelectStrategy as S
+
+    path, net = dumped
+    src = LiteNetwork()
+    with pytest.raises(RuntimeError, match="no model is loaded"):
+        LiteNetwork().share_weights_with(src)
+    src.load(path)
+    src.set_network_algo_policy(S.LITE_ALGO_PROFILE | S.LITE_ALGO_REPRODUCIBLE, 1, True)
+    src.set_network_algo_workspace_limit(1 << 20)
+    src.enable_global_layout_transform()
+    shared = LiteNetwork()
+    shared.share_weights_with(src)
+    shared.share_runtime_memroy(src)
+    xs = [np.random.RandomState(k).rand(1, 3, 5, 5).astype("float32") for k in (5, 6)]
+    for network, x in zip((src, shared), xs):
+        network.get_io_tensor("data").set_data_by_copy(x)
+    for network, x in zip((shared, src), xs[::-1]):
+        network.forward()
+        np.testing.assert_allclose(network.get_io_tensor("prob").to_numpy(),
+                                   net(mge.tensor(x)).numpy(), rtol=1e-6, atol=1e-7)
+    assert shared.get_io_tensor("data") is not src.get_io_tensor("data")
+    model = str(tmp_path / "transformed.mge")
+    src.dump_layout_transform_model(model)
+    again = LiteNetwork()
+    again.load(model)
+    again.get_io_tensor("data").set_data_by_copy(xs[0])
+    again.forward()
+    np.testing.assert_allclose(again.get_io_tensor("prob").to_numpy(),
+                               net(mge.tensor(xs[0])).numpy(), rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="LiteAlgoSelectStrategy"):
+        src.set_network_algo_policy(16)
+    with pytest.raises(ValueError, match="shared_batch_size"):
+        src.set_network_algo_policy(S.LITE_ALGO_HEURISTIC, -1)
+    with pytest.raises(ValueError, match="bytes >= 0"):
+        src.set_network_algo_workspace_limit(-5)
+    with pytest.raises(TypeError, match="LiteNetwork"):
+        shared.share_weights_with(path)
