@@ -49,6 +49,7 @@ class LiteConfig:
         self.bare_model_cryption_name = ""
         self.auto_optimize_inference = False
         self.discrete_input_name = ""
+        self.use_loader_dynamic_param = 0  # (upstream's loader option; kept, chooses nothing)
 
     @property
     def bare_model_cryption_name(self):

@@ -520,6 +520,34 @@ class InternalGraph:
         self._set_total_ids()
         return node
 
+    def reset_inputs(self, *args, **kwargs):
+        """Make the top graph take new arguments: one input node per tensor of ``args`` and
+        ``kwargs`` (example values: their shapes and dtypes), in that structure, in place of
+        the old inputs; returns the new nodes. The graph's exprs still read the old input
+        nodes: point them at the new ones (`replace_node`, then `compile`), as upstream's."""
+        from ..core.tensor import Tensor
+
+        module, key = self._owner_and_key("reset_inputs")
+        every, _ = tree_flatten((args, kwargs), lambda x: not isinstance(x, (tuple, list, dict)))
+        bad = [type(v).__name__ for v in every if not isinstance(v, Tensor)]
+        if bad:
+            raise TypeError(f"reset_inputs takes example Tensors (their shapes and dtypes make "
+                            f"the new inputs), got {', '.join(bad)}")
+        leaves, new_key = tree_flatten((args, kwargs), lambda x: isinstance(x, Tensor))
+        nodes = []
+        for value in leaves:
+            expr = Input("args", TensorNode, shape=tuple(value.shape), dtype=value.dtype)
+            node = expr.outputs[0]
+            node._name = self._namespace.create_unique_name("args", node)
+            node._qualname = f"{self._qualname}.[{node._name}]"
+            expr._top_graph = node._top_graph = self
+            nodes.append(node)
+        self._inputs[1:] = nodes
+        module.argdef_graph_map[new_key] = module.argdef_graph_map.pop(key)
+        module.argdef_outdef_map[new_key] = module.argdef_outdef_map.pop(key)
+        self._set_total_ids()
+        return nodes
+
     def reset_outputs(self, outputs):
         """Make ``outputs`` (nodes, possibly nested in tuples, lists, dicts) the result."""
         module, key = self._owner_and_key("reset_outputs")

@@ -156,6 +156,16 @@ class TracedModule(Module):
         return out
 
     @property
+    def watch_points(self):
+        """The nodes `set_watch_points` gave (a list, empty when none)."""
+        return [n for g in self._all_graphs() for n in g._watch_points]
+
+    @property
+    def end_points(self):
+        """The nodes `set_end_points` gave (a list, empty when none)."""
+        return [n for g in self.argdef_graph_map.values() for n in g._end_points]
+
+    @property
     def watch_node_value(self):
         """``{node: value}`` of the nodes given to `set_watch_points`, from the latest call."""
         return self.__dict__.setdefault("_watch_node_value", {})

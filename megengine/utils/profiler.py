@@ -127,6 +127,7 @@ class Profiler(ContextDecorator):
                                  f"{sorted(Profiler.valid_formats)}")
         self._path = os.fspath(path)
         self._formats = list(formats)
+        self.with_backtrace = with_backtrace  # (upstream's attribute; records nothing here)
         self._options = {}
         for opt, default in Profiler.valid_options.items():
             self._options[opt] = int(kwargs.pop(opt, default))

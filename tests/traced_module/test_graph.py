@@ -164,6 +164,26 @@ def test_inputs_and_outputs_of_the_top_graph():
         tm.b0.graph.add_output_node(extra)
 
 
+def test_reset_inputs_gives_the_top_graph_new_arguments():
+    # upstream 1.13 measured: new input nodes named args, args_1 from example tensors, which
+    # the graph's exprs read once the old input is replaced; the call takes the new arguments
+    m, tm, x = _traced()
+    g = tm.graph
+    old = g.inputs[1]
+    a, b = g.reset_inputs(x, x * 2)
+    assert [str(n) for n in g.inputs[1:]] == ["args", "args_1"] and a.shape == x.shape
+    with g.insert_exprs():
+        total = a + b
+    g.replace_node({old: total})
+    g.compile()
+    u, v = Tensor(np.random.rand(*x.shape).astype("float32")), x * 0.5
+    np.testing.assert_allclose(tm(u, v).numpy(), m(u + v).numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(TypeError, match="example Tensors"):
+        g.reset_inputs(x, 3)
+    with pytest.raises(ValueError, match="top graph"):
+        tm.b0.graph.reset_inputs(x)
+
+
 def test_rename_refuses_a_used_name():
     _, tm, _ = _traced()
     out = tm.graph.outputs[0]

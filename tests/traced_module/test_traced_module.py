@@ -228,7 +228,9 @@ def test_watch_points_keep_values_of_the_latest_call():
     tm = trace_module(net, x)
     relu = tm.graph.get_function_by_type(F.relu).as_unique()
     h_in, h_out = relu.inputs[0], relu.outputs[0]
+    assert tm.watch_points == []
     tm.set_watch_points([h_in, h_out])
+    assert tm.watch_points == [h_in, h_out]  # (upstream 1.13's attribute, a list)
     out = tm(x)
     want_in = net.a(x).numpy()
     np.testing.assert_allclose(tm.watch_node_value[h_in].numpy(), want_in, rtol=1e-6)
@@ -240,7 +242,7 @@ def test_watch_points_keep_values_of_the_latest_call():
     assert tm.watch_node_value[h_in].shape == (5, 4)  # overwritten by the new call
     tm.clear_watch_points()
     tm(x)
-    assert tm.watch_node_value == {}
+    assert tm.watch_node_value == {} and tm.watch_points == []
 
 
 def test_end_points_stop_the_call_early():
@@ -249,10 +251,12 @@ def test_end_points_stop_the_call_early():
     tm = trace_module(net, x)
     relu = tm.graph.get_function_by_type(F.relu).as_unique()
     tm.set_end_points([relu.inputs[0], relu.outputs[0]])
+    assert tm.end_points == [relu.inputs[0], relu.outputs[0]]
     before, after = tm(x)
     np.testing.assert_allclose(before.numpy(), net.a(x).numpy(), rtol=1e-6)
     np.testing.assert_allclose(after.numpy(), np.maximum(net.a(x).numpy(), 0), rtol=1e-6)
     tm.clear_end_points()
+    assert tm.end_points == []
     np.testing.assert_allclose(tm(x).numpy(), net(x).numpy(), rtol=1e-6)
     inner = trace_module(M.Sequential(_Stack()), x)
     sub_node = inner.graph.exprs().call_function(F.relu).as_unique().outputs[0]

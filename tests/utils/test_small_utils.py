@@ -141,6 +141,7 @@ def test_profiler_names_its_files_by_process(tmp_path):
     # upstream 1.13 measured: "<path>/<pid>.<format>"
     p = Profiler(str(tmp_path))
     assert p.format_path("/x/y", 123, "chrome_timeline.json") == "/x/y/123.chrome_timeline.json"
+    assert p.with_backtrace is False and Profiler(str(tmp_path), with_backtrace=True).with_backtrace
 
 
 # ----- hook -----
