@@ -137,9 +137,6 @@ class LiteNetwork:
         self._stream_id = 0
         self._start_callback = self._finish_callback = self._async_callback = None
         self._model = None  # the loaded model's bytes
-        self._algo_policy = (LiteAlgoSelectStrategy.LITE_ALGO_HEURISTIC, 0, False)
-        self._workspace_limit = None
-        self._layout_transform = False
 
     def __repr__(self):
         return repr({"config": self.config, "IOs": self.network_io})
@@ -271,35 +268,32 @@ class LiteNetwork:
         self._inplace = True
 
     # Upstream's algorithm search (fast-run), workspace limit, layout transform and runtime
-    # memory sharing choose how its C++ runtime computes, not what: they are checked, kept and
-    # read back here, and the values computed are the same.
+    # memory sharing choose how its C++ runtime computes, not what: here they check their
+    # arguments and change nothing, and the values computed are the same.
     def set_network_algo_policy(self, policy, shared_batch_size=0,
                                 binary_equal_between_batch=False):
-        """Keep the algorithm search ``policy`` (`LiteAlgoSelectStrategy` flags combined
+        """Upstream's algorithm search ``policy`` (`LiteAlgoSelectStrategy` flags combined
         with ``|``) and its fast-run settings; kernels are not searched here."""
         known = 0
         for flag in LiteAlgoSelectStrategy:
             known |= flag
-        if isinstance(policy, bool) or not isinstance(policy, int) or not 0 < policy <= known \
-                or policy & ~known:
+        if isinstance(policy, bool) or not isinstance(policy, int) or policy <= 0 or \
+                policy & ~known:
             raise ValueError(f"set_network_algo_policy: policy must be LiteAlgoSelectStrategy "
                              f"flags (combined with |), got {policy!r}")
         if isinstance(shared_batch_size, bool) or not isinstance(shared_batch_size, int) or \
                 shared_batch_size < 0:
             raise ValueError(f"set_network_algo_policy: shared_batch_size must be an int >= 0, "
                              f"got {shared_batch_size!r}")
-        self._algo_policy = (int(policy), shared_batch_size, bool(binary_equal_between_batch))
 
     def set_network_algo_workspace_limit(self, size_limit):
-        """Keep the workspace limit in bytes (upstream's kernels' scratch memory)."""
+        """Upstream's limit in bytes of its kernels' scratch memory."""
         if isinstance(size_limit, bool) or not isinstance(size_limit, int) or size_limit < 0:
             raise ValueError(f"set_network_algo_workspace_limit: size_limit must be a number of "
                              f"bytes >= 0, got {size_limit!r}")
-        self._workspace_limit = size_limit
 
     def enable_global_layout_transform(self):
-        """Keep upstream's request to pick each operator's layout by profiling."""
-        self._layout_transform = True
+        """Upstream's request to pick each operator's layout by profiling."""
 
     def dump_layout_transform_model(self, model_file):
         """Write the model to the path ``model_file``: as loaded, since no layout is
