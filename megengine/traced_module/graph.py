@@ -503,14 +503,20 @@ class InternalGraph:
                 return module, key
         raise ValueError(f"{what}: this graph is not one of its module's graphs")
 
-    def add_input_node(self, shape, dtype="float32", name="args") -> TensorNode:
-        """Append a tensor input (the last positional argument) and return its node."""
-        module, key = self._owner_and_key("add_input_node")
+    def _new_input_node(self, name, shape, dtype):
+        """A tensor input node of this graph, named ``name`` or a free variant of it (not yet
+        among the graph's inputs)."""
         expr = Input(name, TensorNode, shape=shape, dtype=dtype)
         node = expr.outputs[0]
         node._name = self._namespace.create_unique_name(name, node)
         node._qualname = f"{self._qualname}.[{node._name}]"
         expr._top_graph = node._top_graph = self
+        return node
+
+    def add_input_node(self, shape, dtype="float32", name="args") -> TensorNode:
+        """Append a tensor input (the last positional argument) and return its node."""
+        module, key = self._owner_and_key("add_input_node")
+        node = self._new_input_node(name, shape, dtype)
         args, kwargs = key.unflatten(self._inputs[1:])
         leaves, new_key = tree_flatten((tuple(args) + (node,), kwargs),
                                        lambda x: isinstance(x, TensorNode))
@@ -534,14 +540,7 @@ class InternalGraph:
             raise TypeError(f"reset_inputs takes example Tensors (their shapes and dtypes make "
                             f"the new inputs), got {', '.join(bad)}")
         leaves, new_key = tree_flatten((args, kwargs), lambda x: isinstance(x, Tensor))
-        nodes = []
-        for value in leaves:
-            expr = Input("args", TensorNode, shape=tuple(value.shape), dtype=value.dtype)
-            node = expr.outputs[0]
-            node._name = self._namespace.create_unique_name("args", node)
-            node._qualname = f"{self._qualname}.[{node._name}]"
-            expr._top_graph = node._top_graph = self
-            nodes.append(node)
+        nodes = [self._new_input_node("args", tuple(v.shape), v.dtype) for v in leaves]
         self._inputs[1:] = nodes
         module.argdef_graph_map[new_key] = module.argdef_graph_map.pop(key)
         module.argdef_outdef_map[new_key] = module.argdef_outdef_map.pop(key)
