@@ -71,3 +71,11 @@ def __getattr__(name):
     if name in device.__all__:
         return getattr(device, name)
     raise AttributeError(f"module 'megengine' has no attribute {name!r}")
+
+
+def __dir__():
+    # dir(megengine) and tab completion list what __getattr__ serves too, as upstream's eager
+    # imports do
+    from . import device
+
+    return sorted(set(globals()) | _SUBMODULES | {"save", "load", "cgtools"} | set(device.__all__))

@@ -12,9 +12,8 @@ Usage as upstream: ``mge.dtr.eviction_threshold = "2GB"; mge.dtr.enable()``.
 """
 import re
 import sys
-import types
 
-from .core._config import get_option, set_option
+from .core._config import PropertyModule, get_option, set_option
 
 __all__ = ["eviction_threshold", "evictee_minimum_size", "enable_sqrt_sampling", "enable",
            "disable"]
@@ -53,7 +52,7 @@ def disable():
     set_option("record_computing_path", 0)
 
 
-class _DTRModule(types.ModuleType):
+class _DTRModule(PropertyModule):
     """The switches are module properties, as upstream makes them."""
 
     @property

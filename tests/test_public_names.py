@@ -204,3 +204,29 @@ def test_submodules_hold_upstreams_module_level_functions(sub):
         value = getattr(module, name)
         # the same function as its home's (F.relu, mge.get_logger, ...)
         assert any(getattr(home, name, None) is value for home in homes), (sub, name)
+
+
+# upstream 1.13 measured: dir() of these modules lists these names, which this fork serves on
+# first use (a module __getattr__) or as module properties; dir() and tab completion list them
+LISTED_BY_DIR = {
+    "megengine": """amp autodiff cgtools config data distributed dtr functional hub jit load
+        module optimizer quantization random save serialization traced_module utils version
+        coalesce_free_memory get_cuda_compute_capability get_max_reserved_memory""",
+    "megengine.functional": "distributed external inplace debug_param",
+    "megengine.module": "qat quantized",
+    "megengine.config": """async_level benchmark_kernel benchmark_with_subprocess
+        deterministic_kernel disable_memory_forwarding""",
+    "megengine.amp": "enabled high_prec_dtype low_prec_dtype autocast GradScaler",
+    "megengine.dtr": "enable_sqrt_sampling evictee_minimum_size eviction_threshold enable",
+    "megengine.distributed": "backend functional launcher",
+}
+
+
+@pytest.mark.parametrize("name", sorted(LISTED_BY_DIR))
+def test_dir_lists_the_names_served_on_first_use(name):
+    module = importlib.import_module(name)
+    listed = dir(module)
+    assert listed == sorted(listed)
+    missing = [n for n in LISTED_BY_DIR[name].split() if n not in listed]
+    assert not missing, f"dir({name}) lacks {missing}"
+    assert all(hasattr(module, n) for n in listed if n != "backend")  # backend: after init

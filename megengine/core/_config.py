@@ -205,8 +205,18 @@ def set_auto_format_convert(option: bool) -> bool:
     return previous
 
 
-class ConfigModule(types.ModuleType):
-    """A module whose switches are properties (what upstream gets from ``mprop``)."""
+class PropertyModule(types.ModuleType):
+    """The class of a module whose switches are properties (what upstream gets from ``mprop``):
+    ``dir()`` and tab completion list the properties too, as upstream's do."""
+
+    def __dir__(self):
+        properties = {name for cls in type(self).__mro__ for name, value in vars(cls).items()
+                      if isinstance(value, property)}
+        return sorted(set(super().__dir__()) | properties)
+
+
+class ConfigModule(PropertyModule):
+    """`megengine.config`'s module class: its switches are properties."""
 
     benchmark_kernel = property(_get_benchmark_kernel, _set_benchmark_kernel)
     deterministic_kernel = property(_get_deterministic_kernel, _set_deterministic_kernel)

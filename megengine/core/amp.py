@@ -6,11 +6,11 @@ functional code reads it without importing upward."""
 import contextlib
 import functools
 import sys
-import types
 
 import numpy as np
 
 from . import dispatch
+from ._config import PropertyModule
 
 _enabled = False
 _high_prec_dtype = "float32"
@@ -215,7 +215,7 @@ def _set_amp_low_prec_dtype(dtype):
     _low_prec_dtype = _dtype_name(dtype)
 
 
-class AmpStateModule(types.ModuleType):
+class AmpStateModule(PropertyModule):
     """The class of the modules that show the autocast state as properties, as upstream's
     ``megengine.core.tensor.amp`` and ``megengine.amp`` do (``amp.enabled = True``)."""
 

@@ -5,7 +5,7 @@ collectives themselves are in ``megengine.functional.distributed`` (``megengine.
 re-exports them under upstream's older module name).
 """
 import sys
-import types
+from ..core._config import PropertyModule
 
 from . import group, helper  # noqa: F401
 from .group import (
@@ -55,7 +55,11 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-class _Package(types.ModuleType):
+def __dir__():
+    return sorted(set(globals()) | {"functional"})
+
+
+class _Package(PropertyModule):
     """This package's module type: gives it upstream's ``dist.backend`` property."""
 
     @property

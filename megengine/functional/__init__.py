@@ -16,11 +16,18 @@ from .legacy import *  # noqa: F401,F403  (0.x names 1.x removed: F.add_axis, F.
 from . import quantized  # noqa: F401,E402  (F.quantized.conv_bias_activation, ...)
 
 
+_LAZY = ("distributed", "inplace", "debug_param", "external")
+
+
 def __getattr__(name):
     # F.distributed (upstream's collectives) loads on first use: it pulls in megengine.distributed.
     # F.inplace, F.debug_param and F.external too: upstream's `import megengine` imports them.
-    if name in ("distributed", "inplace", "debug_param", "external"):
+    if name in _LAZY:
         import importlib
 
         return importlib.import_module("." + name, __name__)
     raise AttributeError(f"module 'megengine.functional' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

@@ -67,3 +67,7 @@ def __getattr__(name):
 
         return importlib.import_module("." + name, __name__)
     raise AttributeError(f"module 'megengine.module' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | {"qat", "quantized"})
