@@ -219,6 +219,8 @@ LISTED_BY_DIR = {
     "megengine.amp": "enabled high_prec_dtype low_prec_dtype autocast GradScaler",
     "megengine.dtr": "enable_sqrt_sampling evictee_minimum_size eviction_threshold enable",
     "megengine.distributed": "backend functional launcher",
+    "megengine.data.dataset": """cifar cityscapes coco folder imagenet meta_vision mnist
+        objects365 utils voc""",
 }
 
 

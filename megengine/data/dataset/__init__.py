@@ -12,3 +12,9 @@ from .vision import (
     PascalVOC,
     VisionDataset,
 )
+
+# upstream's `from .vision import *` also makes the vision modules attributes here
+# (megengine.data.dataset.coco is megengine.data.dataset.vision.coco)
+from .vision import (  # noqa: F401,E402
+    cifar, cityscapes, coco, folder, imagenet, meta_vision, mnist, objects365, utils, voc,
+)
