@@ -295,3 +295,19 @@ def test_files_upstream_optimized_are_judged_against_eager_then_upstreams_file(t
     assert list(got["refused"]) == [4] and got["unoptimized"] == [5] and got["unrun"] == [6]
     with pytest.raises(SystemExit):  # (upstream's optimizer makes the files)
         upstream_write.main(["--seeds", "1", "--reoptimize", "plain"])
+
+
+def test_a_normalize_of_rounding_residues_is_flagged_and_only_that(tmp_path):
+    # program 25095: h - mean(h) of rows of equal values is 3e-8 here (numpy's sum), 0 in
+    # upstream's file, and F.normalize makes the residues unit rows: flagged, set apart
+    stats, refused, wrong, _ = upstream_write.write([25095], str(tmp_path))
+    assert stats == {"written": 1} and wrong == []
+    assert upstream_write._flagged(str(tmp_path), 25095, "normalize_tiny")
+    assert not upstream_write._flagged(str(tmp_path), 25095, "softmax_low")
+    import megengine.functional as F
+
+    with upstream_write._ill_conditioned() as flags:
+        F.normalize(mge.tensor([[3e-8, -3e-8], [1.0, 2.0]]), axis=-1)
+        F.normalize(mge.tensor([[0.0, 0.0], [1e-3, 0.0]]), axis=1)  # (zero rows are exact)
+        F.softmax(mge.tensor([[-90.0, -88.0]]))
+    assert flags == {"normalize_tiny": [True, False], "softmax_low": [True]}

@@ -204,7 +204,7 @@ def _known_difference(source, theirs=(), ours=()):
     where this fork's values are numbers (1.13's eager ``F.softmax`` does not shift a row by
     its maximum: a row whose values are all below about -88 is 0 / 0; measured, and programs
     11827, 12637, whose traced graphs were right; its SoftmaxForward in a file is not:
-    `upstream_write._low_softmax`), the program slices an axis other than the first
+    `upstream_write._ill_conditioned`), the program slices an axis other than the first
     (upstream 1.13 computes an elementwise operator of such a slice and a broadcast value wrong,
     eagerly too: program 9122's ``h[:, :, :4] * F.linspace(0.5, 1.5, 8)``, 160 of 192 values
     off, right on a contiguous copy of the slice; measured), or adds into a broadcast value

@@ -32,7 +32,10 @@ together (measured on its eager ``layer_norm`` of the same input). So is a progr
 eager run takes a softmax of a row whose largest value is below -87 (`_low_softmax`, program
 9586): upstream 1.13's softmax is wrong there, eagerly too (measured: ``F.softmax`` of
 ``[[-88, -87]]`` gives ``[0, 1]``, of ``[[-89, -88]]`` NaN, where it should give ``[0.269,
-0.731]``).
+0.731]``). So is a program whose eager run normalizes a row of rounding residues, a norm
+below 1e-5 but not 0 (`NORMALIZE_FLOOR`, program 25095: ``h - mean(h)`` of a row of equal
+values is 3e-8 here, from numpy's sum, where upstream's sum gives 0 and torch's -1e-8):
+``F.normalize`` brings such a row to unit length, which any other rounding changes wholly.
 
 A file holds the trace's arithmetic rewrites (`megengine.jit.arith_opt`, upstream's level-1
 rules: ``log(1 + x)`` is ``log1p(x)``, ...), which round otherwise than eager's code; a later
@@ -111,35 +114,50 @@ def _overflows(source, out_dir, seed, want="want"):
 
 
 SOFTMAX_FLOOR = -87.0  # a row's largest value below it: upstream 1.13's softmax is wrong
+NORMALIZE_FLOOR = 1e-5  # a row's norm below it, not 0: normalize amplifies rounding residues
 
 
 @contextlib.contextmanager
-def _low_softmax():
-    """Watches ``F.softmax`` while the block runs (an eager run of a program): yields a list
-    that gets, for each call, whether a row's largest value is below `SOFTMAX_FLOOR` (see the
-    module's docstring; the flag is kept in the program's ``.npz``)."""
+def _ill_conditioned():
+    """Watches ``F.softmax`` and ``F.normalize`` while the block runs (an eager run of a
+    program): yields {"softmax_low": [...], "normalize_tiny": [...]}, whose lists get, for
+    each call, whether a softmax row's largest value is below `SOFTMAX_FLOOR` and whether a
+    normalized row's norm is below `NORMALIZE_FLOOR` but not 0 (see the module's docstring;
+    the flags are kept in the program's ``.npz``)."""
     import megengine.functional as F
     from megengine.functional.nn import _get_softmax_axis
 
-    real, low = F.softmax, []
+    softmax, normalize, flags = F.softmax, F.normalize, {"softmax_low": [], "normalize_tiny": []}
 
-    def watch(inp, axis=None):
-        a = np.atleast_1d(np.asarray(inp.numpy() if hasattr(inp, "numpy") else inp, "float32"))
+    def values(inp):
+        return np.atleast_1d(np.asarray(inp.numpy() if hasattr(inp, "numpy") else inp,
+                                        "float32"))
+
+    def watch_softmax(inp, axis=None):
+        a = values(inp)
         if a.size:
             ax = _get_softmax_axis(a.ndim) if axis is None else axis
-            low.append(bool((a.max(axis=ax) < SOFTMAX_FLOOR).any()))
-        return real(inp, axis)
+            flags["softmax_low"].append(bool((a.max(axis=ax) < SOFTMAX_FLOOR).any()))
+        return softmax(inp, axis)
 
-    F.softmax = watch
+    def watch_normalize(inp, ord=None, axis=None, eps=1e-12):
+        a = values(inp).astype("float64")
+        if a.size:
+            norm = (np.sum(np.abs(a) ** (2 if ord is None else ord), axis=axis)
+                    ** (1 / (2 if ord is None else ord)))
+            flags["normalize_tiny"].append(bool(((norm > 0) & (norm < NORMALIZE_FLOOR)).any()))
+        return normalize(inp, ord, axis, eps)
+
+    F.softmax, F.normalize = watch_softmax, watch_normalize
     try:
-        yield low
+        yield flags
     finally:
-        F.softmax = real
+        F.softmax, F.normalize = softmax, normalize
 
 
-def _softmax_low(out_dir, seed, which="softmax_low"):
-    """The flag `_low_softmax` gave for program ``seed`` (``"bsoftmax_low"``: at the second
-    shape)."""
+def _flagged(out_dir, seed, which):
+    """The flag `_ill_conditioned` gave for program ``seed`` (``"softmax_low"``,
+    ``"normalize_tiny"``; with a ``b`` before it, at the second shape)."""
     ref = np.load(os.path.join(out_dir, f"w{seed}.npz"))
     return which in ref.files and bool(ref[which])
 
@@ -243,7 +261,7 @@ def write(seeds, out_dir, dyn=False):
     batch = {"right": [], "raised": {}, "wrong": [], "eager fails": [], "traced size": [],
              "traced decision": [], "traced count": []}
     for seed in seeds:
-        with _low_softmax() as low:
+        with _ill_conditioned() as flags:
             p, prog, m, x, want = drawn(seed, dyn)
         if want is None:
             stats["invalid"] = stats.get("invalid", 0) + 1
@@ -253,7 +271,7 @@ def write(seeds, out_dir, dyn=False):
         x2 = np.random.default_rng([seed, 1]).uniform(
             -2, 2, _batch_shape(TRACE_SHAPE)).astype("float32")
         try:
-            with warnings.catch_warnings(), _low_softmax() as blow:
+            with warnings.catch_warnings(), _ill_conditioned() as bflags:
                 warnings.simplefilter("ignore")
                 want2 = _values(p.eager(prog, m, mge.tensor(x2)))
         except Exception:  # noqa: BLE001
@@ -293,7 +311,7 @@ def write(seeds, out_dir, dyn=False):
             batch["traced size" if warned else "traced decision"].append(seed)
         else:
             more = {**more, "bx": x2, **{f"bwant{i}": w for i, w in enumerate(want2)},
-                    "bsoftmax_low": np.array(any(blow))}
+                    **{"b" + k: np.array(any(v)) for k, v in bflags.items()}}
             try:
                 got2 = [v.numpy() for v in
                         load(io.BytesIO(buf.getvalue())).run({"x": x2}).values()]
@@ -305,7 +323,7 @@ def write(seeds, out_dir, dyn=False):
             fh.write(buf.getvalue())
         np.savez(os.path.join(out_dir, f"w{seed}.npz"), x=x,
                  **{f"want{i}": w for i, w in enumerate(want)},
-                 softmax_low=np.array(any(low)), **more)
+                 **{k: np.array(any(v)) for k, v in flags.items()}, **more)
     return stats, refused, wrong, batch
 
 
@@ -543,8 +561,10 @@ def main(argv=None):
         theirs = [s for s in failed if any(pat in source(s) for pat in UPSTREAM_BROADCAST_WRITES)]
         overflows = [s for s in failed if s not in theirs and _overflows(source(s), out_dir, s)]
         lows = [s for s in failed if s not in theirs and s not in overflows
-                and _softmax_low(out_dir, s)]
-        bad = [s for s in failed if s not in theirs and s not in overflows and s not in lows]
+                and _flagged(out_dir, s, "softmax_low")]
+        tiny = [s for s in failed if s not in theirs + overflows + lows
+                and _flagged(out_dir, s, "normalize_tiny")]
+        bad = [s for s in failed if s not in theirs + overflows + lows + tiny]
         ran = sorted({int(w[1]) for w in lines if w[:1] == ["START"]})
         alone = [s for s, again in crashed.items() if again]  # (a crash on the file itself)
         print(f"upstream ran {len(ran) - len(failed) - len(planned) - len(normed) - len(rewrites)}"
@@ -554,7 +574,8 @@ def main(argv=None):
               f"(upstream's rounds): {len(normed)}; writes into a broadcast value "
               f"(upstream's runtime): {len(theirs)}; an exp that overflows (upstream's "
               f"saturates): {len(overflows)}; a softmax of a row below {SOFTMAX_FLOOR:g} "
-              f"(upstream's is wrong): {len(lows)}; its process crashed on {len(crashed)} "
+              f"(upstream's is wrong): {len(lows)}; a normalize of rounding residues (norm "
+              f"below {NORMALIZE_FLOOR:g}): {len(tiny)}; its process crashed on {len(crashed)} "
               f"after other files ({sorted(crashed) or 'none'}; on the file alone too: "
               f"{alone or 'none'}); "
               f"other: {bad or 'none'}")
@@ -572,14 +593,16 @@ def main(argv=None):
         bover = [s for s in up["wrong"]
                  if s not in btheirs and _overflows(source(s), out_dir, s, "bwant")]
         blows = [s for s in up["wrong"] if s not in btheirs and s not in bover
-                 and _softmax_low(out_dir, s, "bsoftmax_low")]
-        bbad = [s for s in up["wrong"] if s not in btheirs and s not in bover and s not in blows]
+                 and _flagged(out_dir, s, "bsoftmax_low")]
+        btiny = [s for s in up["wrong"] if s not in btheirs + bover + blows
+                 and _flagged(out_dir, s, "bnormalize_tiny")]
+        bbad = [s for s in up["wrong"] if s not in btheirs + bover + blows + btiny]
         print(f"batch+1, upstream: {len(up['right'])} right, {len(up['raised'])} raised, "
               f"{skipped}, {len(up['plans'])} right when it keeps every value; a layer norm "
               f"of close values: {len(bnormed)}; writes into a "
               f"broadcast value: {len(btheirs)}; an exp that overflows: {len(bover)}; "
-              f"a softmax of a row below {SOFTMAX_FLOOR:g}: {len(blows)}; "
-              f"{len(bbad)} wrong: {bbad or 'none'}")
+              f"a softmax of a row below {SOFTMAX_FLOOR:g}: {len(blows)}; a normalize of "
+              f"rounding residues: {len(btiny)}; {len(bbad)} wrong: {bbad or 'none'}")
         print("\n".join(_raises(up["raised"])) or "    (none raised)")
         if error is not None or len(ran) + len(crashed) != stats.get("written", 0):
             print(error or f"upstream's side ran {len(ran)} files of "
