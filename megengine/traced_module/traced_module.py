@@ -492,7 +492,7 @@ def trace_module(mod: Module, *args, **kwargs) -> TracedModule:
     memo = {}
     tm = _build(tracer, mod, True, memo)
     _update_ref(tm, tracer, memo)
-    for module in tm.modules():
+    for module in Module.modules(tm):  # (a user's attribute may be named `modules`)
         for graph in getattr(module, "argdef_graph_map", {}).values():
             graph._order_self_users()
     tm.graph._reset_ids()

@@ -1326,5 +1326,8 @@ def _surgery_getattr(node, name):
     if isinstance(value, Tensor):
         out.value = value
     tracer.read_attrs.add(id(value))
+    # a read here keeps the attribute when ``owner``, a module first called here, is built
+    # (its build keeps only what forward read: ``node.neg.relu`` after ``node.neg(x)``)
+    tracer.read_order.setdefault(id(owner), {})[name] = None
     tracer.bind(value, out)
     return out

@@ -117,6 +117,33 @@ def test_insert_a_module_call():
     np.testing.assert_allclose(tm(x).numpy(), m(x).numpy() / 2, rtol=1e-6)
 
 
+def test_an_inserted_module_keeps_the_submodules_the_inserted_code_reads():
+    # upstream's test_modification.py (test_insert_module): a plain module set on the traced
+    # module and called inside insert_exprs becomes a TracedModule; one of its submodules its
+    # forward does not use, read through it in insert_exprs, stays (it was dropped, and the
+    # traced call of ``neg.relu`` raised AttributeError)
+    class Neg(M.Module):
+        def __init__(self):
+            super().__init__()
+            self.relu = M.ReLU()
+            self.spare = M.Sigmoid()
+
+        def forward(self, x):
+            return -x
+
+    m, tm, x = _traced()
+    g = tm.graph
+    tm.neg = Neg()
+    with g.insert_exprs():
+        y = g.inputs[0].neg.relu(g.inputs[0].neg(g.outputs[0]))
+    g.replace_node({g.outputs[0]: y})
+    g.compile()
+    assert isinstance(tm.neg.relu, M.ReLU) and not hasattr(tm.neg, "spare")
+    np.testing.assert_array_equal(tm(x).numpy(), np.maximum(-m(x).numpy(), 0))
+    tm = pickle.loads(pickle.dumps(tm))
+    np.testing.assert_array_equal(tm(x).numpy(), np.maximum(-m(x).numpy(), 0))
+
+
 def test_inserted_getattrs_keep_no_value_and_read_the_attribute_later():
     # upstream's test_modification.py (test_insert_module): after insert_exprs no TensorNode
     # of the graph holds a tensor; a later insert_exprs still computes with the attribute

@@ -210,6 +210,23 @@ def test_lists_and_dicts_of_modules_become_containers():
         tm.layers[2]
 
 
+def test_a_list_attribute_named_modules_traces_and_runs():
+    # upstream's test_trace_module: ``self.modules = [...]`` hides Module.modules(); tracing
+    # such a module called the container's TracedModule where it meant the method (TypeError)
+    class Net(M.Module):
+        def __init__(self):
+            super().__init__()
+            self.modules = [M.Elemwise("ADD"), M.Elemwise("RELU")]
+
+        def forward(self, a, b):
+            return self.modules[1](self.modules[0](a, b))
+
+    a, b = Tensor([1.0, -5.0]), Tensor([2.0, 1.0])
+    tm = trace_module(Net(), a, b)
+    np.testing.assert_array_equal(tm(a, b).numpy(), [3.0, 0.0])
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(tm))(a, b).numpy(), [3.0, 0.0])
+
+
 class _Stack(M.Module):
     def __init__(self):
         super().__init__()
