@@ -18,7 +18,8 @@ from .expr import CallMethod, Constant, Expr, GetAttr, Input, is_call_module
 from .graph import InternalGraph, NameSpace  # (NameSpace: where upstream's pickles find it)
 from .node import ModuleNode, Node, TensorNode
 from .pytree import tree_flatten
-from .tracer import Tracer, _Scope, _assert_same, _check_module, rng_state, set_rng_state
+from .tracer import (Tracer, _Scope, _assert_same, _check_module, is_builtin, rng_state,
+                     set_rng_state)
 from .utils import _convert_kwargs_to_args
 
 __all__ = ["TracedModule", "trace_module"]
@@ -387,10 +388,12 @@ def _set_leaf(module, key, value):
 
 
 def _build(tracer, module, is_top, memo):
-    """The TracedModule of a traced user module (shared modules give one TracedModule)."""
+    """The TracedModule of a traced user module (shared modules give one TracedModule); of
+    one never called (read through inside insert_exprs), a TracedModule without graphs
+    holding what was read of it, as upstream's."""
     if id(module) in memo:
         return memo[id(module)]
-    record = tracer.records[id(module)]
+    record = tracer.records.get(id(module))
     tm = TracedModule.__new__(TracedModule)
     memo[id(module)] = tm
     state = dict(vars(module))
@@ -419,8 +422,8 @@ def _build(tracer, module, is_top, memo):
     state["_modules"] = read + [k for k in modules if k not in read and k in state]
     tm.__dict__.update(state)
     spec = _call_spec(module)
-    object.__setattr__(tm, "argdef_graph_map", record.graphs)
-    object.__setattr__(tm, "argdef_outdef_map", record.outdefs)
+    object.__setattr__(tm, "argdef_graph_map", record.graphs if record else {})
+    object.__setattr__(tm, "argdef_outdef_map", record.outdefs if record else {})
     object.__setattr__(tm, "_is_top", is_top)
     object.__setattr__(tm, "_spec", spec)
     object.__setattr__(tm, "argspec", spec if is_top else None)
@@ -547,10 +550,11 @@ class _InsertExprs:
                     graph._namespace.release(n)
             return False
         memo = {}
-        for expr in self.pending:  # user modules called here become TracedModules
-            out = expr.outputs[0] if expr.outputs else None
+        for expr in self.pending:  # user modules called or read through here become
+            out = expr.outputs[0] if expr.outputs else None  # TracedModules, as upstream's
             if isinstance(expr, GetAttr) and isinstance(out, ModuleNode) \
-                    and id(out.owner) in tracer.records:
+                    and (id(out.owner) in tracer.records or not (
+                        is_builtin(out.owner) or isinstance(out.owner, TracedModule))):
                 built = _build(tracer, out.owner, False, memo)
                 _set_leaf(expr.inputs[0].owner, expr.name, built)
                 out._owner = built

@@ -378,9 +378,11 @@ class Tracer:
                   _tensor_init_wrapper(tensor_dict["__init__"]))
         self._set(Module, "__call__", vars(Module)["__call__"],
                   _module_call_wrapper(vars(Module)["__call__"]))
+        # (in insert_exprs too: the forward of a module called there reads its attributes as
+        # traced code does; the edit's own reads go through nodes, `_surgery_getattr`)
+        self._set(Module, "__getattribute__", vars(Module).get("__getattribute__"),
+                  _module_getattribute_wrapper(Module.__getattribute__))
         if not self.surgery:
-            self._set(Module, "__getattribute__", vars(Module).get("__getattribute__"),
-                      _module_getattribute_wrapper(Module.__getattribute__))
             shape = tensor_dict["shape"]
             self._set(Tensor, "shape", shape, property(_shape_wrapper(shape.fget)))
             self._set(Tensor, "__len__", tensor_dict["__len__"],
@@ -816,6 +818,7 @@ class Tracer:
 
         if forward is None:
             forward = module.forward
+        next_ids = (Node._get_next_id(), Expr._get_next_id())
         spec = _call_spec(module)
         parent = self.scopes[-1] if self.scopes else None
         # a traced x.shape given to the call is one input, its shape tensor (as the caller's
@@ -884,6 +887,9 @@ class Tracer:
         if key not in record.graphs:  # a second call with the same structure reuses the first
             record.graphs[key] = graph
             record.outdefs[key] = out_def
+        elif self.surgery:  # (its graph, dropped, takes no ids: upstream traces it once)
+            Node._set_next_id(next_ids[0])
+            Expr._set_next_id(next_ids[1])
         return result
 
 
@@ -1270,6 +1276,7 @@ def _module_getattribute_wrapper(orig):
             # (an attribute the instance holds, as upstream: a property's value is read by
             # the property itself)
             if tracer is not None and not tracer.depth and tracer.scopes \
+                    and not (tracer.surgery and len(tracer.scopes) == 1) \
                     and name in orig(self, "__dict__"):
                 if isinstance(value, (Tensor, Module)):
                     tracer.read_attribute(value, self, name)
@@ -1316,12 +1323,25 @@ def _surgery_getattr(node, name):
     value = getattr(owner, name)
     if not isinstance(value, (Tensor, Module)):
         return value
+    if isinstance(value, Module) and not is_builtin(value) and tracer.known(value):
+        return tracer.node_of(value)  # (a user module read again in this edit: its node, as
+        # upstream's; a layer read again gets a getattr of its own, as there)
+    # a chain of reads from the graph's self node is one getattr of the dotted path, as
+    # upstream records it (``self_node.w.a`` is ``getattr(self, "w.a")``, named w_a)
+    base, path, source = node, name, node.expr
+    if isinstance(source, GetAttr) and source.inputs[0] is tracer.scope.self_node:
+        base, path = source.inputs[0], f"{source.name}.{name}"
+    # upstream records a tensor read through a module node other than the graph's self node
+    # twice (its module builder's getattr, then the node's), and compile merges the second
+    # into the first: the same here, so ids and names follow upstream's
+    twice = isinstance(value, Tensor) and node is not tracer.scope.self_node
     tracer.depth += 1
     try:
-        expr = GetAttr(node, name, value)
+        for _ in range(1 + twice):
+            expr = GetAttr(base, path, value)
+            tracer.scope.emit(expr)
     finally:
         tracer.depth -= 1
-    tracer.scope.emit(expr)
     out = expr.outputs[0]
     if isinstance(value, Tensor):
         out.value = value

@@ -2,6 +2,7 @@
 run on this checkout and on upstream MegEngine 1.13::
 
     python -m tests.fuzz.upstream_traced [--seeds N] [--start S] [--upstream PYTHON] [--show S]
+                                         [--surgery]
 
 Each seed writes a program (Python source; ``--show S`` prints seed S's): classes of blocks
 (layers, fused layers, ``Sequential``, Parameters and buffers of their own, blocks of earlier
@@ -20,6 +21,8 @@ backward run twice, edits (an expr inserted after a drawn one with ``insert_expr
 its place with ``replace_node``, then ``compile``, the old one kept by ``disable_remove`` or
 not; ``add_output_node``, ``reset_outputs``), ``flatten``, ``pickle`` and ``mge.save`` round
 trips (live, this side loads the file upstream's side wrote) and ``optimize``'s outputs.
+``--surgery`` also draws edits that set a user module with submodules of its own on the
+traced module and call it, or read through it, inside ``insert_exprs`` (`SURGERY_INSERTS`).
 
 Each program runs here and, with ``--upstream``, in upstream's interpreter
 (tests/fuzz/both_engines.py by path); upstream is the oracle, compared as
@@ -209,9 +212,25 @@ WITH_OWN = ("h = h * self.p", "h = h + self.buf", "h = F.conv2d(h, self.w)",
 INSERTS = ("F.neg(F.neg(n)) * 0.5", "n * 2.0", "F.relu(n) + n", "n.mean(axis=1, keepdims=True) + n")
 
 
+# ``--surgery``: a user module with submodules of its own (one its forward never calls) set on
+# the traced module and called, or read through, inside insert_exprs (upstream's
+# test_insert_module reads ``self_node.neg.relu`` after calling ``self_node.neg``)
+WRAP = """class Wrap(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = M.PReLU()
+        self.b = M.Sigmoid()
+        self.c = M.ReLU()
+    def forward(self, x):
+        return self.a(x) * 0.5"""
+SURGERY_INSERTS = ("w(n)", "w.b(w(n))", "w.b(n) * 2.0", "w(n) * w.a.weight", "w.c(w.a(n))",
+                   "w(w.b(n))", "w(n) + w(n * 0.5)", "w.a(n) + w.a.weight + w.a.weight",
+                   "w.b(n) + w(n)")
+
+
 class Draw:
-    def __init__(self, seed):
-        self.seed = seed
+    def __init__(self, seed, surgery=False):
+        self.seed, self.surgery, self.wrapped = seed, surgery, set()
         self.rng = np.random.default_rng(seed)
         self.classes = []  # (name, how it is called: "plain", "kw", "two", "tuple")
 
@@ -310,7 +329,8 @@ class Draw:
         # (a fifth of the networks converted to QAT first, drawn from a stream of its own: the
         # other programs are those drawn before)
         qat = np.random.default_rng([self.seed, 5]).random() < 0.2
-        lines = blocks + [self.net(), "net = Net()", f"seeded(net, {self.seed})"]
+        lines = blocks + [WRAP] * self.surgery + [self.net(), "net = Net()",
+                                                   f"seeded(net, {self.seed})"]
         lines += ["Q.quantize_qat(net)"] if qat else []
         lines += ["net.eval()", f"x = data({self.seed}, (2, 4, {size}, {size}))",
                   "tm = trace_module(net, x)",
@@ -319,6 +339,19 @@ class Draw:
 
     def step(self):
         k = int(self.rng.integers(1000))
+        if self.surgery and self.rng.random() < 0.4:
+            # (a fresh attribute each time: upstream names the graph of a module set again
+            # under a name an earlier edit traced Net_wrap<k>_1, not followed here)
+            while k in self.wrapped:
+                k += 1
+            self.wrapped.add(k)
+            return (f"e = calls(tm.graph)[{k} % len(calls(tm.graph))]\nn = e.outputs[0]\n"
+                    f"tm.wrap{k} = Wrap()\nseeded(tm.wrap{k}, {k})\n"
+                    f"with tm.graph.insert_exprs():\n    w = tm.graph.inputs[0].wrap{k}\n"
+                    f"    y = {SURGERY_INSERTS[k % len(SURGERY_INSERTS)]} + n\n"
+                    "tm.graph.replace_node({n: y})\ntm.graph.compile()\n"
+                    "out = [graphs(tm), nodes(tm), r(tm(x)), sorted(tm.state_dict()),\n"
+                    "       [n for n, _ in tm.named_modules()]]")
         return self.pick([
             "out = graphs(tm)", "out = exprs(tm)", "out = nodes(tm)", "out = r(tm(x))",
             "out = r(tm(x2))", "out = r(tm.graph.eval(x))", "out = repr(tm)",
@@ -378,9 +411,12 @@ class Draw:
         return [self.step() for _ in range(int(self.rng.integers(4, 10)))]
 
 
+SURGERY = [False]  # (``--surgery``)
+
+
 def draw(seed):
     """The program of ``seed``: (build source, [step sources])."""
-    d = Draw(seed)
+    d = Draw(seed, SURGERY[0])
     return d.build(), d.steps()
 
 
@@ -467,4 +503,5 @@ FUZZER = be.Fuzzer("python -m tests.fuzz.upstream_traced", draw, PRELUDE, rule, 
 
 
 if __name__ == "__main__":
-    sys.exit(FUZZER.main(sys.argv[1:], __doc__))
+    SURGERY[0] = "--surgery" in sys.argv
+    sys.exit(FUZZER.main([a for a in sys.argv[1:] if a != "--surgery"], __doc__))

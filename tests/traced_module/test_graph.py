@@ -144,6 +144,86 @@ def test_an_inserted_module_keeps_the_submodules_the_inserted_code_reads():
     np.testing.assert_array_equal(tm(x).numpy(), np.maximum(-m(x).numpy(), 0))
 
 
+class _Wrap(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = M.PReLU()
+        self.b = M.Sigmoid()
+
+    def forward(self, x):
+        return self.a(x) * 0.5
+
+
+class _Doubled(M.Module):
+    def forward(self, x):
+        return F.relu(x) * 2
+
+
+# what upstream 1.13 prints (measured) after each edit of _Doubled's traced graph, a _Wrap set
+# on it as ``wrap``: chains of reads are one getattr of the dotted path, a user module read
+# again in the edit is the same node (one getattr, its graph traced once), a tensor read
+# through a module node takes two ids (upstream records it twice, compile merges the second)
+_EDITS = {
+    "n * s.wrap.a.weight": ["%6:\twrap_a_weight = getattr(self, \"wrap.a.weight\") -> (Tensor)",
+                            "%8:\tmul_out_1 = mul_out.__mul__(wrap_a_weight, )"],
+    "s.wrap(n) * s.wrap.a.weight": [
+        "%4:\twrap = getattr(self, \"wrap\") -> (Module)", "%5:\twrap_out = wrap(mul_out, )",
+        "%12:\twrap_a_weight = getattr(self, \"wrap.a.weight\") -> (Tensor)",
+        "%14:\tmul_out_1 = wrap_out.__mul__(wrap_a_weight, )"],
+    "s.wrap(n) + s.wrap(n)": [
+        "%4:\twrap = getattr(self, \"wrap\") -> (Module)", "%5:\twrap_out = wrap(mul_out, )",
+        "%11:\twrap_out_1 = wrap(mul_out, )", "%12:\tadd_out = wrap_out.__add__(wrap_out_1, )"],
+    "s.wrap.a(n) + s.wrap.a.weight + s.wrap.a.weight": [
+        "%5:\twrap_a = getattr(self, \"wrap.a\") -> (PReLU)", "%6:\twrap_a_out = wrap_a(mul_out, )",
+        "%8:\twrap_a_weight = getattr(self, \"wrap.a.weight\") -> (Tensor)",
+        "%10:\tadd_out = wrap_a_out.__add__(wrap_a_weight, )",
+        "%14:\tadd_out_1 = add_out.__add__(wrap_a_weight, )"],
+    "s.wrap.b(n) + s.wrap(n)": [
+        "%4:\twrap = getattr(self, \"wrap\") -> (Module)",
+        "%5:\twrap_b = getattr(self, \"wrap.b\") -> (Sigmoid)", "%6:\twrap_b_out = wrap_b(mul_out, )",
+        "%7:\twrap_out = wrap(mul_out, )", "%13:\tadd_out = wrap_b_out.__add__(wrap_out, )"],
+}
+
+
+@pytest.mark.parametrize("edit", sorted(_EDITS))
+def test_reads_through_an_inserted_module_are_recorded_as_upstreams(edit):
+    x = Tensor(np.arange(-3, 3, dtype="float32").reshape(2, 3))
+    tm = trace_module(_Doubled(), x)
+    tm.wrap = _Wrap()
+    g = tm.graph
+    n = g.outputs[0]
+    with g.insert_exprs():
+        s = g.inputs[0]  # noqa: F841 (read by the edit)
+        y = eval(edit)
+    g.replace_node({n: y})
+    g.compile()
+    lines = [line.strip() for line in str(g).splitlines() if line.startswith("\t%")]
+    assert lines[2:] == _EDITS[edit]
+    doubled, weight = np.maximum(x.numpy(), 0) * 2, tm.wrap.a.weight.numpy()
+    prelu = np.where(doubled > 0, doubled, doubled * weight)
+    want = {"n * s.wrap.a.weight": doubled * weight,
+            "s.wrap(n) * s.wrap.a.weight": prelu * 0.5 * weight,
+            "s.wrap(n) + s.wrap(n)": prelu,
+            "s.wrap.a(n) + s.wrap.a.weight + s.wrap.a.weight": prelu + 2 * weight,
+            "s.wrap.b(n) + s.wrap(n)": 1 / (1 + np.exp(-doubled)) + prelu * 0.5}[edit]
+    np.testing.assert_allclose(tm(x).numpy(), want, rtol=1e-6)
+
+
+def test_a_module_only_read_through_keeps_what_was_read_as_upstream():
+    # upstream 1.13 (measured): wrap, never called, becomes a TracedModule holding only b
+    x = Tensor(np.ones((2, 3), "float32"))
+    tm = trace_module(_Doubled(), x)
+    tm.wrap = _Wrap()
+    g = tm.graph
+    with g.insert_exprs():
+        y = g.inputs[0].wrap.b(g.outputs[0]) * 2.0
+    g.replace_node({g.outputs[0]: y})
+    g.compile()
+    assert [name for name, _ in tm.named_modules()] == ["", "wrap", "wrap.b"]
+    assert sorted(tm.state_dict()) == []  # (wrap.a and its weight dropped)
+    np.testing.assert_allclose(tm(x).numpy(), 2 / (1 + np.exp(-2.0)), rtol=1e-6)
+
+
 def test_inserted_getattrs_keep_no_value_and_read_the_attribute_later():
     # upstream's test_modification.py (test_insert_module): after insert_exprs no TensorNode
     # of the graph holds a tensor; a later insert_exprs still computes with the attribute
