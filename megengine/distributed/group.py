@@ -349,13 +349,15 @@ def init_process_group(master_ip: Optional[str] = None, port: Optional[int] = No
     from .. import random
     from ..device import is_cuda_available, set_default_device
 
+    # as upstream ("{device_type}{device}"): rank r's default device is its own, the device
+    # group.comp_node names (xpu{r} for the default device_type, which is gpu{r} with NCCL and
+    # cpu{r}, one host memory, elsewhere), so tensors a rank makes by that name and by default
+    # meet; on GPU machines a CPU group stays on the CPU
+    own = "xpu" if _sd.device_type == "xpu" else None
     if backend == "nccl":
-        set_default_device(f"gpu{device}")
+        set_default_device(f"{own or 'gpu'}{device}")
     elif str(device_type).lower().startswith("cpu") or not is_cuda_available():
-        # as upstream ("{device_type}{device}"): rank r's default device is its own CPU device
-        # cpu{r} (one host memory), the device group.comp_node names, so tensors a rank makes
-        # by that name and by default meet; also on GPU machines a CPU group stays on the CPU
-        set_default_device(f"cpu{device}")
+        set_default_device(f"{own or 'cpu'}{device}")
     # as upstream: each rank draws its own megengine.random numbers (parameters are made
     # equal with bcast_list_); numpy's global RNG stays the launching process's, as upstream
     # never reseeds it, so programs that make "the same" input on every rank with np.random get it

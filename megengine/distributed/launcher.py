@@ -70,8 +70,13 @@ def _worker(func, args, kwargs, rank, local_rank, options, results, forked=False
             os.environ["MGE_NUM_THREADS"] = "1"  # (what the engine's ATen kernels set at load)
         init_process_group(rank=rank, device=local_rank, **options)
         profiler = _own_profiler(profile)
+        ok = True
         try:
             value = func(*args, **kwargs)
+        except SystemExit as stop:  # exit() / sys.exit(0) in the function: as upstream's, the
+            if stop.code not in (None, 0):  # rank ends without a value (another code fails)
+                raise
+            ok, value = _EXITED, None
         finally:
             if profiler is not None:
                 profiler.stop()  # writes <pid>.<format> next to the launching process's
@@ -95,7 +100,7 @@ def _worker(func, args, kwargs, rank, local_rank, options, results, forked=False
         results.put((rank, False, traceback.format_exc()))
         status = 1
     else:
-        results.put((rank, True, value))
+        results.put((rank, ok, value))
     # flush the queue's feeder thread, then leave without running the parent's atexit handlers
     # (a forked child inherits pytest's and torch's)
     results.close()
@@ -103,6 +108,9 @@ def _worker(func, args, kwargs, rank, local_rank, options, results, forked=False
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)
+
+
+_EXITED = "exited"  # a worker's report: its function called exit(0), so it has no value
 
 
 def _running_profiler():
@@ -251,10 +259,10 @@ class launcher:
     def _collect(self, procs, results):
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         values, errors = {}, {}  # by rank, in the order the reports arrived
+        self._exited = set()  # ranks whose function called exit(0)
         while len(values) < len(procs):
             try:
-                rank, ok, value = results.get(timeout=0.05)
-                (values if ok else errors)[rank] = value
+                self._take(results.get(timeout=0.05), values, errors)
             except _queue.Empty:
                 pass
             # A worker that died without a report (a signal, os._exit) is the cause of whatever
@@ -275,7 +283,20 @@ class launcher:
                 waiting = sorted(r for r in procs if r not in values)
                 raise TimeoutError(f"megengine.distributed.launcher: ranks {waiting} did not finish "
                                    f"within timeout={self.timeout:g} s; all workers were stopped")
+        exited = sorted(rank for rank in values if rank in self._exited)
+        if exited:  # (upstream logs "subprocess exited with code 0 but did not return a value")
+            from ..logger import get_logger
+
+            get_logger().warning(f"megengine.distributed.launcher: ranks {exited} exited with "
+                                 "code 0 (exit() in the launched function) without returning a "
+                                 "value: their results are None")
         return values
+
+    def _take(self, report, values, errors):
+        rank, ok, value = report
+        (values if ok else errors)[rank] = value
+        if ok == _EXITED:
+            self._exited.add(rank)
 
     def _raise_if_one_died(self, procs, results, values, errors):
         for rank, p in procs.items():
@@ -286,14 +307,12 @@ class launcher:
                                       f"({_describe(p.exitcode)}) without returning; the other "
                                       "workers were stopped", rank)
 
-    @staticmethod
-    def _drain(results, values, errors, rank):
+    def _drain(self, results, values, errors, rank):
         """A worker exited: its report, if it sent one, is in the queue (give it a moment)."""
         end = time.monotonic() + 0.5
         while rank not in values and rank not in errors and time.monotonic() < end:
             try:
-                r, ok, value = results.get(timeout=0.05)
-                (values if ok else errors)[r] = value
+                self._take(results.get(timeout=0.05), values, errors)
             except _queue.Empty:
                 pass
 

@@ -61,9 +61,12 @@ class _BatchNorm(Module):
                              "construction and cannot be turned on later")
         x = self._as_4d(inp)
         weight, bias = self.weight, self.bias
-        if not self.training and self.track_running_stats and _dispatch._trace_hook is None \
+        if self.freeze:  # (upstream: in training and eval mode alike, nothing learns)
+            weight = None if weight is None else weight.detach()
+            bias = None if bias is None else bias.detach()
+        elif not self.training and self.track_running_stats and _dispatch._trace_hook is None \
                 and _dispatch._symbolic_hook is None and x._data.size:
-            # eval (frozen or not), not traced (tracers record F.batch_norm's calls; so the
+            # eval (not frozen), not traced (tracers record F.batch_norm's calls; so the
             # array's own size is the size), not empty: inference on the running statistics,
             # with the layer's kept views of its per-channel tensors (`_aten.LayerViews`)
             out = _batch_norm(x, self.running_mean, self.running_var, weight, bias, False,
@@ -71,15 +74,13 @@ class _BatchNorm(Module):
                               self.__dict__.get("_layer_views") or _layer_views(self))
             return out if x is inp else out.reshape(inp.shape)
         if x.size == 0:
-            return self._empty_forward(x, inp.shape)
+            return self._empty_forward(x, inp.shape, weight, bias)
         shape = inp.shape
-        if self.freeze and self.training:
-            # Frozen (upstream: in training mode): a fixed affine map from the running
+        if self.freeze:
+            # Frozen (upstream: in training and eval mode): a fixed affine map from the running
             # statistics, so nothing learns or updates: inference batch norm (one ATen kernel)
-            # on the detached weight and bias. In eval mode it is the plain inference below.
-            out = F.batch_norm(x, self.running_mean, self.running_var,
-                               None if weight is None else weight.detach(),
-                               None if bias is None else bias.detach(),
+            # on the detached weight and bias
+            out = F.batch_norm(x, self.running_mean, self.running_var, weight, bias,
                                training=False, eps=self.eps)
         else:
             track = self.track_running_stats
@@ -96,14 +97,14 @@ class _BatchNorm(Module):
         # (BatchNorm2d's input is its own 4-d view: nothing to reshape back)
         return out if x is inp or out.shape == shape else out.reshape(shape)
 
-    def _empty_forward(self, x, shape):
+    def _empty_forward(self, x, shape, weight, bias):
         # An empty batch has no statistics: upstream returns the (empty) input and leaves the
         # running statistics alone. The affine map still runs, so weight and bias get their
-        # (zero) gradients as after any other step.
+        # (zero) gradients as after any other step (none when frozen: detached).
         if x.shape[1] != self.num_features:
             raise ValueError(f"{type(self).__name__}: expected {self.num_features} channels, "
                              f"got input shape {shape}")
-        return _empty_batch_affine(x, self.num_features, self.weight, self.bias).reshape(shape)
+        return _empty_batch_affine(x, self.num_features, weight, bias).reshape(shape)
 
     def _module_info_string(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "

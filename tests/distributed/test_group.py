@@ -388,6 +388,12 @@ def test_a_cpu_rank_defaults_to_its_own_device_as_upstreams_launcher(run_ranks):
     # rank r a tensor made on xpu{r} (cpu r here) and one made by default meet in one op
     got = run_ranks(_own_device_meets_the_default, 2)
     assert got == [("cpu0", "cpu0:1", [4.0]), ("cpu1", "cpu1:1", [4.0])]
+    # the launcher's default device_type, "xpu": the default device is xpu{r} (cpu r on this
+    # machine), the device comp_node names, as upstream's test_new_group checks (earlier
+    # versions of this fork set cpu{r} there while comp_node said xpu{r})
+    if not mge.is_cuda_available():
+        got = dist.launcher(_own_device_meets_the_default, n_gpus=2, timeout=120)()
+        assert got == [("xpu0", "xpu0:1", [4.0]), ("xpu1", "xpu1:1", [4.0])]
 
 
 def _numpy_and_megengine_draws():

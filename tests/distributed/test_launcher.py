@@ -43,6 +43,28 @@ def test_a_worker_that_raises_is_reported_with_rank_and_traceback():
     assert time.monotonic() - start < 60
 
 
+def _exit_on_rank_1(code):
+    if dist.get_rank() == 1:
+        exit(code)  # (the builtin a script calls: SystemExit)
+    return dist.get_rank()
+
+
+def test_a_worker_that_exits_with_code_0_returns_none_and_another_code_fails(monkeypatch):
+    # upstream's test_collect_results (early_return): exit(0) in the function gives None for
+    # that rank, with a warning (earlier versions of this fork raised WorkerError)
+    import megengine.logger
+
+    warned = []
+    monkeypatch.setattr(megengine.logger, "get_logger",
+                        lambda *a: type("Log", (), {"warning": staticmethod(warned.append)}))
+    assert dist.launcher(_exit_on_rank_1, n_gpus=2, device_type="cpu", timeout=120)(0) \
+        == [0, None]
+    assert len(warned) == 1 and "ranks [1] exited with code 0" in warned[0]
+    with pytest.raises(dist.WorkerError, match="rank 1 raised") as info:
+        dist.launcher(_exit_on_rank_1, n_gpus=2, device_type="cpu", timeout=120)(3)
+    assert "SystemExit: 3" in str(info.value)
+
+
 def _train_then_die():
     from megengine.autodiff import GradManager
 
