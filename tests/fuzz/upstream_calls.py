@@ -2075,12 +2075,18 @@ def known(call, mine, theirs):
             mine[0] and \
             theirs[0] and mine[1][0] == theirs[1][0] == "t":
         exact = _norm_module_exact(call)
-        if _close(dec_array(mine[1]), exact) and not _close(dec_array(theirs[1]), exact):
+        here, there = dec_array(mine[1]), dec_array(theirs[1])
+        if not _close(there, exact) and (
+                _close(here, exact) or 10 * np.abs(here - exact).max()
+                <= np.abs(there - exact).max()):
             # (a group of nearly equal values: each side's float32 rounding of x - mean is
             # divided by their small spread. Seed 179,810: an instance of [2.4636068,
-            # 2.4644897], std 4.4e-4: this side 2.5e-6 off the float64 result, upstream 8.7e-5)
+            # 2.4644897], std 4.4e-4: this side 2.5e-6 off the float64 result, upstream 8.7e-5;
+            # where they are closer still, float32 rounding passes the tolerance here too, but
+            # stays far nearer: seed 539,334, a pair [2.8633783, 2.8577003] with eps 1e-5,
+            # this side 3.4e-5 off, upstream 7.9e-3)
             return "normalising nearly equal values: upstream's rounding, this side's within " \
-                   "the tolerance of the float64 result"
+                   "the tolerance of the float64 result or ten times nearer it"
     if name in ("Mod.LinearBn1d", "Mod.LinearBnRelu1d") and call[1][2][1] and mine[0] and \
             theirs[0]:
         exact = _linear_bn_exact(call)
@@ -2090,7 +2096,7 @@ def known(call, mine, theirs):
             # norm divides each side's rounding of x - mean by sqrt(eps). Call 361,245: this
             # side gives the float64 result, 0.8254082, upstream 0.8254414)
             return "normalising nearly equal values: upstream's rounding, this side's within " \
-                   "the tolerance of the float64 result"
+                   "the tolerance of the float64 result or ten times nearer it"
     if name in ("Mod.RNNCell", "Mod.LSTMCell") and not call[1][0][1][1].get("bias", True):
         return "cells without bias add no bias"  # (upstream's cells add the buffers)
     if name == "F.topk_accuracy" and mine[0] and theirs[0]:
@@ -2381,12 +2387,15 @@ def _known_with_gradients(call, mine, theirs):
                 # (values nearly equal: a standard deviation under 0.1, where dividing by it
                 # multiplies the roundings)
                 return "normalising nearly equal values: rounding"
-            if groups.shape[-1] == 1 and gm[0] == gt[0] == "t" and \
-                    np.abs(dec_array(gm) - dec_array(gt)).max() <= \
-                    1e-3 * max(1.0, float(np.abs(dec_array(gt)).max())):
+            a, b = (dec_array(gm), dec_array(gt)) if gm[0] == gt[0] == "t" else (None, None)
+            if groups.shape[-1] == 1 and a is not None and \
+                    np.array_equal(np.isnan(a), np.isnan(b)) and \
+                    np.nanmax(np.abs(a - b), initial=0) <= \
+                    1e-3 * max(1.0, float(np.nanmax(np.abs(b), initial=0))):
                 # a group of one value normalises to 0, whose rounding (x - mean, 1e-7 here and
                 # there, torch's kernel too) times 1 / sqrt(eps) = 316 makes the gradients
-                # (seeds 80,662 and 82,466: a weight gradient of -6.5e-5 here, 0 upstream)
+                # (seeds 80,662 and 82,466: a weight gradient of -6.5e-5 here, 0 upstream;
+                # NaN at the same elements on both sides, --odd-gradients seed 539,781)
                 return "normalising single values: rounding times 1 / sqrt(eps)"
         if name == "F.hswish" and (np.abs(x) == 3).any():
             return "hswish's kinks on ATen's kernel, as torch's"
