@@ -179,7 +179,8 @@ def _binary(op_name, reflected=False):
     op_cls = _ops.BINARY[op_name]
     values = getattr(op_cls, "quantized", None) == "values"  # a float function (see _Binary)
 
-    def method(self, other):
+    def method(self, value):  # (upstream's parameter name: expr.named_args, set_arg)
+        other = value
         if not isinstance(other, Tensor):  # (two tensors, the usual call: nothing to convert)
             if op_name == "pow" and type(other) in (bool, int) and self.dtype.kind in "iub":
                 other = float(other)  # a float constant, not a cast op: the trace sees `x ** 1`
@@ -191,6 +192,12 @@ def _binary(op_name, reflected=False):
         if op_name == "pow":
             a, b = _float_pow_operands(a, b)
         return dispatch.apply(op_cls(), a, b)
+
+    if op_name == "matmul":  # (upstream names this operand ``other``)
+        binary = method
+
+        def method(self, other):
+            return binary(self, other)
 
     method.__name__ = f"__{'r' if reflected else ''}{op_name}__"
     return method
@@ -210,7 +217,8 @@ def _augmented(op_name):
     op_cls = _ops.BINARY[op_name]
     values = getattr(op_cls, "quantized", None) == "values"  # a float function (see _Binary)
 
-    def method(self, other):
+    def method(self, value):
+        other = value
         if op_name == "pow" and type(other) in (bool, int) and self.dtype.kind in "iub":
             other = float(other)
         try:

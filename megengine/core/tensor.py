@@ -647,7 +647,8 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
             return dispatch.apply(_ops.AsType(dtype), self)
         return _astype_quantized(self, dtype)
 
-    def reshape(self, *shape):
+    def reshape(self, *args):  # (upstream's parameter names: expr.named_args, set_arg)
+        shape = args
         if len(shape) == 1 and isinstance(shape[0], (tuple, list, Tensor, np.ndarray,
                                                      _trace_option.ShapeArray)):
             shape = shape[0]
@@ -680,15 +681,17 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
         from ..functional.elemwise import ceil  # functional sits above core
         return ceil(self)
 
-    def _broadcast(self, *shape):
+    def _broadcast(self, *args):
         """Upstream's private ``Tensor._broadcast``: ``F.broadcast_to(self, shape)``, the shape
         given as one tuple, list or Tensor, or as separate sizes (as `reshape` takes it)."""
         from ..functional.tensor import broadcast_to  # functional sits above core: load on use
+        shape = args
         if len(shape) == 1 and isinstance(shape[0], (tuple, list, Tensor)):
             shape = shape[0]
         return broadcast_to(self, shape)
 
-    def transpose(self, *axes):
+    def transpose(self, *args):
+        axes = args
         if len(axes) == 1 and isinstance(axes[0], (Tensor, np.ndarray)):
             axes = (_ops.axis_of_array(axes[0]),)  # (an integer Tensor: its ints, as upstream)
             if isinstance(axes[0], (Tensor, np.ndarray)):

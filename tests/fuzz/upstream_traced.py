@@ -339,6 +339,29 @@ class Draw:
 
     def step(self):
         k = int(self.rng.integers(1000))
+        if self.surgery and self.rng.random() < 0.2:
+            return self.pick([
+                # an argument set by name (the first float one of a drawn call; not of a
+                # traced submodule's call, whose named_args here are its forward's, where
+                # upstream's are Module.forward's ``inputs``, or raise)
+                "cs = [c for c in calls(tm.graph)\n"
+                "      if not isinstance(getattr(c.inputs[0], 'owner', None), TracedModule)]\n"
+                f"e = cs[{k} % len(cs)] if cs else None\n"
+                "named = [k for k, v in e.named_args.items() if type(v) is float] if cs else []\n"
+                f"if named:\n    e.set_arg(named[0], {k % 5 / 4 + 0.25})\n"
+                "out = [graphs(tm), r(tm(x)), sorted(e.named_args) if cs else None]",
+                # steps inserted right after a drawn call, then read by its users
+                f"e = calls(tm.graph)[{k} % len(calls(tm.graph))]\nn = e.outputs[0]\n"
+                "with tm.graph.insert_exprs(e):\n    y = F.relu(n) * 0.5 + n\n"
+                "tm.graph.replace_node({n: y})\ntm.graph.compile()\n"
+                "out = [graphs(tm), nodes(tm), r(tm(x))]",
+                # a later call made to read an earlier call's result instead of its own input
+                f"cs = calls(tm.graph)\nlate = cs[{k} % len(cs)]\n"
+                "old = next(i for i in late.inputs if isinstance(i, TensorNode))\n"
+                "early = [c for c in cs[:cs.index(late)] if c.outputs[0].shape == old.shape]\n"
+                "if early:\n    late.replace_inputs({old: early[0].outputs[0]})\n"
+                "    tm.graph.compile()\nout = [graphs(tm), nodes(tm), r(tm(x))]",
+            ])
         if self.surgery and self.rng.random() < 0.4:
             # (a fresh attribute each time: upstream names the graph of a module set again
             # under a name an earlier edit traced Net_wrap<k>_1, not followed here)

@@ -120,6 +120,28 @@ def test_named_args_and_set_arg_of_functions_and_methods_as_upstream():
         call.inputs[0].expr.named_args
 
 
+class Methods(M.Module):
+    def forward(self, x):
+        return (x * 2.0).reshape(6) @ F.ones((6, 2)) + x.transpose(1, 0).flatten()[:2]
+
+
+def test_tensor_methods_name_their_parameters_as_upstreams():
+    # upstream 1.13 (measured): x * 2 is __mul__(self, value), a @ b __matmul__(self, other),
+    # reshape(self, *args), transpose(self, *args); named_args and set_arg go by these names
+    # (earlier versions of this fork said other, *shape and *axes)
+    x = Tensor(np.arange(6, dtype=np.float32).reshape(3, 2))
+    tm = trace_module(Methods(), x)
+    graph = tm.graph
+    by_method = {e.method: e for e in graph.exprs(False) if hasattr(e, "method")}
+    assert sorted(by_method["__mul__"].named_args) == ["self", "value"]
+    assert sorted(by_method["__matmul__"].named_args) == ["other", "self"]
+    assert sorted(by_method["reshape"].named_args) == ["args", "self"]
+    assert sorted(by_method["transpose"].named_args) == ["args", "self"]
+    by_method["__mul__"].set_arg("value", 3.0)
+    want = (x.numpy() * 3.0).reshape(6) @ np.ones((6, 2)) + x.numpy().T.flatten()[:2]
+    np.testing.assert_allclose(tm(x).numpy(), want, rtol=1e-6)
+
+
 def test_disable_remove_keeps_an_expr_compile_would_drop():
     tm, x = _calls()
     graph = tm.graph
