@@ -92,3 +92,35 @@ def test_an_edit_both_refuse_ends_the_comparison_but_a_read_does_not():
     _, got, _ = be.compare(read, [OK, raised, later[0]], [OK, raised, later[1]], ut.rule,
                            ut.FUZZER.tol)
     assert got == "step 2: values differ"
+
+
+def test_rounding_residues_of_normalizations_are_told_by_the_values_normalized():
+    # the program runs again here, its normalizations watched (`ut._normalised`): a group of
+    # equal values is normalized to rounding residues over sqrt(eps) (seeds 41818, 42956), a
+    # sum of normalized values cancels to residues (seed 33184); a group with spread, or a sum
+    # far from 0, is compared
+    flat = "x = mge.tensor(np.full((2, 4, 3, 3), 1.3, 'float32'))\n"
+    spread = "x = data(1, (2, 4, 3, 3))\n"
+    step = ["out = r(norm())"]
+    mine, theirs = [OK, ["ok", [0.0, 0.0]]], [OK, ["ok", [5.65e-5, 0.5]]]
+    norm = "norm = lambda: F.nn.instance_norm(x, False)"
+    _, got, counts = be.compare((flat + norm, step), mine, theirs, ut.rule, ut.FUZZER.tol)
+    assert got is None and counts["normalising nearly constant groups: rounding residues over "
+                                  "sqrt(eps)"] == 1
+    _, got, _ = be.compare((spread + norm, step), mine, theirs, ut.rule, ut.FUZZER.tol)
+    assert got == "step 1: values differ"
+    summed = ("x = data(1, (3, 4, 8, 8)) * 0.05 + 1\n"  # (|mean| / std 35: seed 34810's)
+              "norm = lambda: F.nn.group_norm(x, 2, False).sum()")
+    _, got, counts = be.compare((summed, step), [OK, ["ok", -1e-3]], [OK, ["ok", 1e-3]],
+                                ut.rule, ut.FUZZER.tol)
+    assert got is None and counts["sums of normalized values: rounding residues of their "
+                                  "cancellation"] == 1
+    _, got, _ = be.compare((summed, step), [OK, ["ok", -1e-3]], [OK, ["ok", 0.5]], ut.rule,
+                           ut.FUZZER.tol)
+    assert got == "step 1: values differ"
+    # F.normalize of a row of norm 4.9e-5 (seed 36600's)
+    rows = ("x = mge.tensor(np.eye(4, dtype='float32') * 4.9e-5)\n"
+            "norm = lambda: F.normalize(x, axis=1)")
+    _, got, counts = be.compare((rows, step), mine, theirs, ut.rule, ut.FUZZER.tol)
+    assert got is None and counts["normalising rows of tiny norm: rounding residues over the "
+                                  "norm"] == 1
