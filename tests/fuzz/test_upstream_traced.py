@@ -124,3 +124,19 @@ def test_rounding_residues_of_normalizations_are_told_by_the_values_normalized()
     _, got, counts = be.compare((rows, step), mine, theirs, ut.rule, ut.FUZZER.tol)
     assert got is None and counts["normalising rows of tiny norm: rounding residues over the "
                                   "norm"] == 1
+
+
+def test_subnormal_gradients_that_upstream_flushes_to_zero_are_set_apart():
+    # upstream 1.13's CPU kernels flush subnormal results to 0: where every gradient here is
+    # subnormal, upstream's are all 0 (its `grads` top is then 1.0)
+    step = ("pass", ["out = backward_twice(tm, x)"])
+    mine = [OK, ["ok", [1.8e-42, ["w", [0.1, 0.0]], True]]]
+    zeros = [OK, ["ok", [1.0, ["w", [0.0, 0.0]], True]]]
+    _, got, counts = be.compare(step, mine, zeros, ut.rule, ut.FUZZER.tol)
+    assert got is None and counts["subnormal gradients: upstream flushes them to 0"] == 1
+    _, got, _ = be.compare(step, mine, [OK, ["ok", [1.0, ["w", [0.1, 0.0]], True]]], ut.rule,
+                           ut.FUZZER.tol)
+    assert got == "step 1: values differ"  # (upstream's gradients are not 0)
+    normal = [OK, ["ok", [2e-30, ["w", [0.1, 0.0]], True]]]
+    _, got, _ = be.compare(step, normal, zeros, ut.rule, ut.FUZZER.tol)
+    assert got == "step 1: values differ"  # (this side's are normal numbers)

@@ -491,9 +491,22 @@ def rule(sources, i, mine, theirs):
         # runs (1e10-1e34 at times: 4 runs of seed 63, eager and traced alike; 20 % off at
         # others: seed 27) where this fork's two runs agree
         return "stop", "upstream's gradient of another run"
+    if "backward_twice" in source and m[0] == t[0] == "ok" and \
+            0 < abs(m[1][0]) < np.finfo(np.float32).tiny and _all_zero(t[1][1:-1]):
+        # every gradient here is subnormal (below 1.2e-38), which upstream 1.13's CPU kernels
+        # flush to 0 (measured: 1e-40 * 1.0 gives 0 there; numpy and torch keep it): its
+        # gradients are all 0 (surgery seed 50325 of f23c554a's draws: 1.8e-42 here)
+        return "stop", "subnormal gradients: upstream flushes them to 0"
     if m[0] == t[0] == "ok" and "norm" in build.lower():
         return _ill_conditioned(sources, i, m[1], t[1])
     return None
+
+
+def _all_zero(value):
+    """Whether every number in ``value`` (lists, [name, values] pairs) is 0."""
+    if isinstance(value, list):
+        return all(_all_zero(v) for v in value)
+    return isinstance(value, str) or value is None or value == 0
 
 
 INPLACE = ("h += 1", "h *= 0.5")
