@@ -1,7 +1,9 @@
 """CI's slice of tests/fuzz/upstream_traced.py: this checkout against upstream MegEngine 1.13's
 recorded results of 60 drawn traced networks (tests/fuzz/upstream_traced.json, written by
 ``python -m tests.fuzz.upstream_traced --upstream PYTHON --seeds 60 --record FILE``: upstream
-itself is not installed in CI), and the documented differences its rule counts."""
+itself is not installed in CI) and of 12 with ``--surgery``'s edits
+(tests/fuzz/upstream_traced_surgery.json, ``--surgery --seeds 12 --start 61000``), and the
+documented differences its rule counts."""
 import os
 
 from tests.fuzz import both_engines as be
@@ -18,6 +20,17 @@ def test_this_checkout_gives_upstreams_recorded_results():
     n, shown, outcomes = ut.FUZZER.replay(RECORD)
     assert n == 60 and not shown, "\n".join(shown)
     assert outcomes["same"] >= 350, outcomes
+
+
+def test_graph_edits_give_upstreams_recorded_results(monkeypatch):
+    # ``--surgery``'s edits (tests/fuzz/upstream_traced_surgery.json, 12 programs from 61000):
+    # a user module set on the traced module and called or read through in insert_exprs,
+    # set_arg, insert_exprs(expr), replace_inputs; found with them before: getattr chains,
+    # dropped submodules, ids of repeated reads, Tensor methods' parameter names
+    monkeypatch.setattr(ut, "SURGERY", [True])
+    n, shown, outcomes = ut.FUZZER.replay(RECORD.replace(".json", "_surgery.json"))
+    assert n == 12 and not shown, "\n".join(shown)
+    assert outcomes["same"] >= 80, outcomes
 
 
 def test_every_program_builds_and_traces_here():
