@@ -590,6 +590,11 @@ def _normalised(sources, i):
     return _WATCHED[key]
 
 
+def _host(array):
+    """A numpy or (on a GPU) CuPy array's values, float64, on the host."""
+    return np.asarray(array.get() if hasattr(array, "get") else array, "float64")
+
+
 def _watch(sources, i):
     import warnings
 
@@ -602,7 +607,7 @@ def _watch(sources, i):
     def groups(op, x, *params):
         if on[0]:
             try:
-                a = np.asarray(x, "float64")
+                a = _host(x)
                 g = a.reshape([int(v) for v in op.view])  # (N, groups, -1) or (rows, M)
                 top, var = np.abs(g).max(-1), g.var(-1)
                 seen["constant"] |= bool(((top > 0) & (np.sqrt(var) < NEAR_CONSTANT * top)).any())
@@ -616,7 +621,7 @@ def _watch(sources, i):
         y = rows_forward(op, x)
         if on[0]:
             try:
-                norm = np.sqrt((np.asarray(x, "float64") ** 2).sum(axis=tuple(op.axes)))
+                norm = np.sqrt((_host(x) ** 2).sum(axis=tuple(op.axes)))
                 seen["tiny_rows"] |= bool(((norm > 0) & (norm < TINY_NORM)).any())
             except Exception:  # noqa: BLE001
                 pass
