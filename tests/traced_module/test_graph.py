@@ -180,7 +180,8 @@ _EDITS = {
         "%14:\tadd_out_1 = add_out.__add__(wrap_a_weight, )"],
     "s.wrap.b(n) + s.wrap(n)": [
         "%4:\twrap = getattr(self, \"wrap\") -> (Module)",
-        "%5:\twrap_b = getattr(self, \"wrap.b\") -> (Sigmoid)", "%6:\twrap_b_out = wrap_b(mul_out, )",
+        "%5:\twrap_b = getattr(self, \"wrap.b\") -> (Sigmoid)",
+        "%6:\twrap_b_out = wrap_b(mul_out, )",
         "%7:\twrap_out = wrap(mul_out, )", "%13:\tadd_out = wrap_b_out.__add__(wrap_out, )"],
 }
 
