@@ -22,7 +22,8 @@ its place with ``replace_node``, then ``compile``, the old one kept by ``disable
 not; ``add_output_node``, ``reset_outputs``), ``flatten``, ``pickle`` and ``mge.save`` round
 trips (live, this side loads the file upstream's side wrote) and ``optimize``'s outputs.
 ``--surgery`` also draws edits that set a user module with submodules of its own on the
-traced module and call it, or read through it, inside ``insert_exprs`` (`SURGERY_INSERTS`).
+traced module and call it, or read through it, inside ``insert_exprs`` (`SURGERY_INSERTS`),
+``expr.set_arg``, ``insert_exprs(expr)`` and ``expr.replace_inputs``.
 
 Each program runs here and, with ``--upstream``, in upstream's interpreter
 (tests/fuzz/both_engines.py by path); upstream is the oracle, compared as
