@@ -111,6 +111,16 @@ def _worker(func, args, kwargs, rank, local_rank, options, results, forked=False
 
 
 _EXITED = "exited"  # a worker's report: its function called exit(0), so it has no value
+_NO_VALUE = object()  # (the launcher's mark of such a rank among the values, None at the end)
+
+
+def _take(report, values, errors):
+    """File a worker's report (rank, ok, value or traceback) by rank."""
+    rank, ok, value = report
+    if ok:
+        values[rank] = _NO_VALUE if ok == _EXITED else value
+    else:
+        errors[rank] = value
 
 
 def _running_profiler():
@@ -259,10 +269,9 @@ class launcher:
     def _collect(self, procs, results):
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         values, errors = {}, {}  # by rank, in the order the reports arrived
-        self._exited = set()  # ranks whose function called exit(0)
         while len(values) < len(procs):
             try:
-                self._take(results.get(timeout=0.05), values, errors)
+                _take(results.get(timeout=0.05), values, errors)
             except _queue.Empty:
                 pass
             # A worker that died without a report (a signal, os._exit) is the cause of whatever
@@ -283,20 +292,15 @@ class launcher:
                 waiting = sorted(r for r in procs if r not in values)
                 raise TimeoutError(f"megengine.distributed.launcher: ranks {waiting} did not finish "
                                    f"within timeout={self.timeout:g} s; all workers were stopped")
-        exited = sorted(rank for rank in values if rank in self._exited)
+        exited = sorted(rank for rank, value in values.items() if value is _NO_VALUE)
         if exited:  # (upstream logs "subprocess exited with code 0 but did not return a value")
             from ..logger import get_logger
 
             get_logger().warning(f"megengine.distributed.launcher: ranks {exited} exited with "
                                  "code 0 (exit() in the launched function) without returning a "
                                  "value: their results are None")
+            values.update(dict.fromkeys(exited))
         return values
-
-    def _take(self, report, values, errors):
-        rank, ok, value = report
-        (values if ok else errors)[rank] = value
-        if ok == _EXITED:
-            self._exited.add(rank)
 
     def _raise_if_one_died(self, procs, results, values, errors):
         for rank, p in procs.items():
@@ -307,12 +311,13 @@ class launcher:
                                       f"({_describe(p.exitcode)}) without returning; the other "
                                       "workers were stopped", rank)
 
-    def _drain(self, results, values, errors, rank):
+    @staticmethod
+    def _drain(results, values, errors, rank):
         """A worker exited: its report, if it sent one, is in the queue (give it a moment)."""
         end = time.monotonic() + 0.5
         while rank not in values and rank not in errors and time.monotonic() < end:
             try:
-                self._take(results.get(timeout=0.05), values, errors)
+                _take(results.get(timeout=0.05), values, errors)
             except _queue.Empty:
                 pass
 

@@ -499,7 +499,7 @@ def rule(sources, i, mine, theirs):
         # gradients are all 0 (surgery seed 50325 of f23c554a's draws: 1.8e-42 here)
         return "stop", "subnormal gradients: upstream flushes them to 0"
     if m[0] == t[0] == "ok" and "norm" in build.lower():
-        return _ill_conditioned(sources, i, m[1], t[1])
+        return _normalized_residues(sources, i, m[1], t[1])
     return None
 
 
@@ -556,7 +556,7 @@ SUM_RESIDUE = 1e-6
 _WATCHED = {}
 
 
-def _ill_conditioned(sources, i, mine, theirs):
+def _normalized_residues(sources, i, mine, theirs):
     seen = _normalised(sources, i)
     if seen["constant"]:
         return "stop", "normalising nearly constant groups: rounding residues over sqrt(eps)"
@@ -591,16 +591,12 @@ def _normalised(sources, i):
     return _WATCHED[key]
 
 
-def _host(array):
-    """A numpy or (on a GPU) CuPy array's values, float64, on the host."""
-    return np.asarray(array.get() if hasattr(array, "get") else array, "float64")
-
-
 def _watch(sources, i):
     import warnings
 
     from megengine.functional.math import Normalize
     from megengine.functional.normalization import _Normalize
+    from tests.devices import host  # (numpy or, on a GPU, CuPy arrays)
 
     seen, on = {"constant": False, "tiny_rows": False, "sum_bound": 0.0}, [False]
     groups_forward, rows_forward = _Normalize.forward, Normalize.forward
@@ -608,7 +604,7 @@ def _watch(sources, i):
     def groups(op, x, *params):
         if on[0]:
             try:
-                a = _host(x)
+                a = host(x).astype("float64")
                 g = a.reshape([int(v) for v in op.view])  # (N, groups, -1) or (rows, M)
                 top, var = np.abs(g).max(-1), g.var(-1)
                 seen["constant"] |= bool(((top > 0) & (np.sqrt(var) < NEAR_CONSTANT * top)).any())
@@ -622,7 +618,7 @@ def _watch(sources, i):
         y = rows_forward(op, x)
         if on[0]:
             try:
-                norm = np.sqrt((_host(x) ** 2).sum(axis=tuple(op.axes)))
+                norm = np.sqrt((host(x).astype("float64") ** 2).sum(axis=tuple(op.axes)))
                 seen["tiny_rows"] |= bool(((norm > 0) & (norm < TINY_NORM)).any())
             except Exception:  # noqa: BLE001
                 pass
