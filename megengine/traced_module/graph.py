@@ -207,24 +207,70 @@ def _node_iter(graph, recursive, seen):
                 yield from _node_iter(sub, True, seen)
 
 
-def _writes_out(expr, seen=None):
-    """Whether ``expr`` writes in place into a tensor the call does not own (a graph input, an
-    attribute, a captured tensor, after any earlier writes), or calls a traced module whose
-    graph does: a change that outlives the call, kept by `InternalGraph.compile`."""
-    from .tracer import _in_place, _write_outlives_call
+_STATE = "(a module's state or a captured tensor)"  # what `_written_roots` names so
+
+
+def _written_roots(expr, memo):
+    """The tensors ``expr`` writes in place: nodes of its graph (each back through the writes
+    that made it, `_written_root`), or `_STATE` where a traced submodule's call writes into
+    an attribute or a captured tensor. ``memo``: id of a graph -> `_graph_writes`."""
+    from .tracer import _in_place, _written_root
 
     if not isinstance(expr, CallMethod):
-        return False
+        return []
     if _in_place(expr.method) and expr.inputs:
-        return _write_outlives_call(expr.inputs[0])
+        return [_written_root(expr.inputs[0])]
     graph = expr.graph if expr.method == "__call__" else None
     if graph is None:
-        return False
-    seen = set() if seen is None else seen
-    if id(graph) in seen:
-        return False
-    seen.add(id(graph))
-    return any(_writes_out(e, seen) for e in graph._exprs)
+        return []
+    state, positions = _graph_writes(graph, memo)
+    if not positions:
+        return [_STATE] if state else []
+    from .traced_module import _call_arguments
+
+    args = _call_arguments(expr, expr.inputs)
+    return [_STATE] * state + [_written_root(args[k]) for k in positions
+                               if isinstance(args[k], Node)]
+
+
+def _graph_writes(graph, memo):
+    """(whether a call of ``graph`` writes into state or a captured tensor, the positions in
+    ``graph._inputs`` of the inputs it writes into)."""
+    if id(graph) not in memo:
+        memo[id(graph)] = False, ()  # (a graph that calls itself: nothing from the recursion)
+        roots = [r for e in graph._exprs for r in _written_roots(e, memo)]
+        state = any(r is _STATE or isinstance(r.expr, (GetAttr, Constant)) for r in roots)
+        inputs = {id(r) for r in roots if r is not _STATE and isinstance(r.expr, Input)}
+        memo[id(graph)] = state, [k for k, n in enumerate(graph._inputs) if id(n) in inputs]
+    return memo[id(graph)]
+
+
+def _writes_out(graph, expr, memo, position):
+    """Whether ``expr`` of ``graph`` makes a write that outlives it: into a tensor the call
+    does not own (a graph input, an attribute, a captured tensor, after any earlier writes),
+    also in the graph of a traced submodule it calls; there, also into a tensor of ``graph``'s
+    own that it returns or reads after the call (tracing reads the node the call was given,
+    through any later in-place writes into it). Kept by `InternalGraph.compile`;
+    ``position``: id of an expr of ``graph`` -> its index."""
+    from .tracer import _in_place
+
+    roots = _written_roots(expr, memo)
+    if any(r is _STATE or isinstance(r.expr, (Input, GetAttr, Constant)) for r in roots):
+        return True
+    if not roots or _in_place(expr.method):
+        return False  # (a direct write: tracing reads its result after it, as upstream)
+    outputs = set(id(n) for n in graph._outputs)
+    aliases = list(roots)
+    for node in aliases:
+        if id(node) in outputs:
+            return True
+        for user in node.users:
+            if isinstance(user, CallMethod) and _in_place(user.method) \
+                    and user.inputs[0] is node:
+                aliases.extend(user.outputs)
+            elif user is not expr and position.get(id(user), -1) > position[id(expr)]:
+                return True
+    return False
 
 
 def order_users_as(node, order):
@@ -463,8 +509,9 @@ class InternalGraph:
         (`_writes_out`; earlier versions of this fork deleted them, so the state stopped
         changing)."""
         self._merge_getattr_exprs()
+        memo, position = {}, {id(e): k for k, e in enumerate(self._exprs)}
         kept = list(self._outputs) + [e.outputs[0] for e in self._exprs
-                                      if e.outputs and _writes_out(e)]
+                                      if e.outputs and _writes_out(self, e, memo, position)]
         needed = set(id(e) for e in self.get_dep_exprs(kept))
         kept = []
         for expr in self._exprs:

@@ -53,6 +53,15 @@ def _graph_key(args, kwargs):
                         lambda x: isinstance(x, (Tensor, TensorNode)))
 
 
+def _call_arguments(expr, nodes):
+    """What a traced submodule's call ``expr`` hands its graph: for each of ``expr.graph``'s
+    inputs (the module, then the tensors), the value among ``nodes`` (``expr.inputs`` or
+    their copies, in their order) that it stands for."""
+    args, kwargs = expr.arg_def.unflatten(nodes)
+    spec = expr.inputs[0].owner.__dict__.get("_spec")
+    return [args[0]] + _graph_key(*_normalize_args(spec, args[1:], kwargs))[0]
+
+
 def _sorted_dicts(value):
     """``value`` with each plain dict in it (in tuples, lists and dicts) in sorted key order;
     keys that do not sort with each other (mixed types) keep their order."""
@@ -622,12 +631,8 @@ def _inline(graph, owner):
         for expr in g._exprs:
             sub = expr.graph if is_call_module(expr) else None
             if sub is not None and not getattr(expr.inputs[0].owner, "is_qat", False):
-                callee = expr.inputs[0].owner
-                args, kwargs = expr.arg_def.unflatten([nmap[i] for i in expr.inputs])
-                nargs, nkwargs = _normalize_args(callee.__dict__.get("_spec"), args[1:], kwargs)
-                leaves = _graph_key(nargs, nkwargs)[0]
-                sub_map = {sub._inputs[0]: nmap[expr.inputs[0]]}
-                sub_map.update(zip(sub._inputs[1:], leaves))
+                leaves = _call_arguments(expr, [nmap[i] for i in expr.inputs])
+                sub_map = dict(zip(sub._inputs, leaves))
                 outs = [results.get(id(o)) or (key_of(call, o), o._name) for o in expr.outputs]
                 sub_results = {id(so): out for so, out in zip(sub._outputs, outs)
                                if so not in sub._inputs}
