@@ -99,7 +99,7 @@ class _QuantizedConv(Op):
         xp = xp_of(acc)
         acc = xp.rint(acc).astype(np.int64)
         if b is not None:
-            _check_bias(b.dtype, acc_scale, what)
+            _check_bias(b.dtype, acc_scale, what, 1e-6)
             b = b.reshape(1, -1, *([1] * (acc.ndim - 2)))
         keeps = _keeps_integers(self.dtype, acc_scale)
         if not keeps and getattr(_qd.quant_meta(self.dtype), "cname", None) == "QuantizedS32":
@@ -110,7 +110,9 @@ class _QuantizedConv(Op):
         if self.mode in ("identity", "relu") and keeps:
             if b is not None:
                 acc = acc + b.astype(np.int64)
-            return _qd.requantize_array(acc, acc_scale, self.dtype, relu=self.mode == "relu")
+            out_scale = acc_scale if self.dtype is None else _qd.get_scale(self.dtype)
+            return _qd.requantize_array(acc, float(np.float32(out_scale)), self.dtype,
+                                        relu=self.mode == "relu")
         if self.dtype is None:
             raise ValueError(f"{what}: nonlinear_mode {self.mode!r} needs an output dtype")
         # upstream's kernel: the accumulator's and the bias's values, each in float32, summed,
@@ -129,20 +131,31 @@ class _QuantizedConv(Op):
         return (None,) * len(self.needs_input_grad)
 
 
+_SAME_SCALE = 2 * float(np.finfo(np.float32).eps)  # upstream's ConvBias, measured (below)
+
+
 def _keeps_integers(dtype, acc_scale):
-    """Whether output ``dtype`` is the qint32 accumulator itself (None, or qint32 of its scale)."""
+    """Whether output ``dtype`` is the qint32 accumulator itself: None, or qint32 of its scale
+    up to 2 float32 epsilons of the larger scale (upstream 1.13's ConvBias takes such an
+    output as the accumulator and refuses any other qint32, measured: ``qint32(sx * sw)`` of
+    float64 scales is one)."""
     meta = _qd.quant_meta(dtype) if dtype is not None else None
-    return dtype is None or (meta is not None and meta.cname == "QuantizedS32" and
-                             float(np.float32(_qd.get_scale(dtype))) == acc_scale)
+    if dtype is None or meta is None or meta.cname != "QuantizedS32":
+        return dtype is None
+    scale = float(np.float32(_qd.get_scale(dtype)))
+    return abs(scale - acc_scale) <= _SAME_SCALE * max(scale, acc_scale)
 
 
-def _check_bias(bias_dtype, acc_scale, what):
+def _check_bias(bias_dtype, acc_scale, what, tolerance):
     """A bias must be qint32 with the accumulator's scale, ``input scale * weight scale``, up to
-    the rounding of that product (``qint32(sx * sw)`` of float64 scales is accepted)."""
+    ``tolerance`` (absolute): upstream 1.13's ConvBias takes one within 1e-6 (measured), adding
+    its integers as they are to an integer result and its values to a requantized one;
+    ``F.linear`` takes one that differs by rounding only (``qint32(sx * sw)`` of float64
+    scales; upstream's refuses any other scale)."""
     meta = _qd.quant_meta(bias_dtype)
     info = bias_dtype.metadata["mgb_dtype"] if meta is not None else None
     if meta is None or meta.cname != "QuantizedS32" or info.get("zero_point", 0) or \
-            abs(info["scale"] - acc_scale) > 1e-6 * acc_scale:  # (np.isclose costs 25 us)
+            abs(float(np.float32(info["scale"])) - acc_scale) >= tolerance:
         raise TypeError(f"{what}: the bias must be qint32 with scale input scale * weight scale "
                         f"({acc_scale:g}), got {_qd.dtype_name(bias_dtype)}; pass "
                         f"bias.astype(dtype.qint32(input_scale * weight_scale))")
@@ -420,7 +433,8 @@ def _linear(inp: Tensor, weight: Tensor, bias: Tensor = None, compute_mode="defa
     if bias is None:
         return out
     bias = _tensor(bias)
-    _check_bias(bias.dtype, _qd.get_scale(out.dtype), "linear")
+    acc_scale = _qd.get_scale(out.dtype)
+    _check_bias(bias.dtype, acc_scale, "linear", 1e-6 * acc_scale)
     if not _qd.is_dtype_equal(bias.dtype, out.dtype):
         bias = apply(_AsAccumulator(out.dtype), bias)
     return out + bias

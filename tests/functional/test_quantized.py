@@ -155,6 +155,41 @@ def test_quantized_conv_transpose2d():
     np.testing.assert_array_equal(out.numpy(), _requantize(acc, S_OUT, bias=b))
 
 
+def test_conv_bias_takes_scales_as_upstreams_convbias_checks_them():
+    # measured on upstream 1.13: its ConvBias takes a qint32 output within 2 float32 epsilons
+    # of the accumulator's scale as the accumulator (this fork refused all but the float32
+    # product, so dtype=qint32(sx * sw) of float64 scales failed) and a qint32 bias within
+    # 1e-6 (absolute) of it: its integers added as they are to an integer result, its own
+    # values to a requantized one
+    sx, sw = 0.01, 0.001
+    acc = np.float32(sx) * np.float32(sw)
+    x = mge.tensor(np.array([[[[10, -20], [5, 30]]]], np.int8), dtype=dtype.qint8(sx))
+    w = mge.tensor(np.full((1, 1, 1, 1), 7, np.int8), dtype=dtype.qint8(sw))
+    conv = F.quantized.conv_bias_activation
+
+    def bias(scale):
+        return mge.tensor(np.full((1, 1, 1, 1), 1000, np.int32), dtype=dtype.qint32(scale))
+
+    two_steps = np.nextafter(np.nextafter(acc, np.float32(1)), np.float32(1))
+    for out_scale in (sx * sw, float(two_steps)):
+        out = conv(x, w, bias(float(acc)), dtype=dtype.qint32(out_scale))
+        np.testing.assert_array_equal(out.numpy().ravel(), [1070, 860, 1035, 1210])
+    with pytest.raises(TypeError, match="qint32 output must have the accumulator's scale"):
+        conv(x, w, bias(float(acc)), dtype=dtype.qint32(float(np.nextafter(two_steps, 1))))
+    off = float(acc) + 9e-7  # 9% off the accumulator's scale, within 1e-6
+    np.testing.assert_array_equal(conv(x, w, bias(off)).numpy().ravel(), [1070, 860, 1035, 1210])
+    # (70 * 1e-5 + 1000 * 1.09e-5) / 1e-3 = 11.6 -> 12, ...
+    np.testing.assert_array_equal(conv(x, w, bias(off), dtype=dtype.qint8(1e-3)).numpy().ravel(),
+                                  [12, 9, 11, 13])
+    with pytest.raises(TypeError, match="bias must be qint32 with scale"):
+        conv(x, w, bias(float(acc) + 1.1e-6), dtype=dtype.qint8(1e-3))
+    # F.linear keeps its own rule: a bias scale off by rounding only
+    with pytest.raises(TypeError, match="linear: the bias must be qint32 with scale"):
+        F.linear(mge.tensor(np.ones((1, 2), np.int8), dtype=dtype.qint8(sx)),
+                 mge.tensor(np.ones((1, 2), np.int8), dtype=dtype.qint8(sw)),
+                 mge.tensor(np.array([5], np.int32), dtype=dtype.qint32(off)))
+
+
 def test_quantized_conv_errors_name_the_fix():
     x = mge.tensor(np.ones((1, 1, 3, 3), np.int8), dtype=dtype.qint8(S_IN))
     w = mge.tensor(np.ones((1, 1, 1, 1), np.int8), dtype=dtype.qint8(S_W))
