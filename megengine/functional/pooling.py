@@ -447,6 +447,15 @@ def max_pool2d(inp, kernel_size, stride=None, padding=0):
 _AVG_MODES = ("average_count_exclude_padding", "average", "max")
 
 
+def _avg_mode(mode, what):
+    """``avg_pool2d``'s ``mode`` (a name in any case, or upstream's enum) as one of
+    `_AVG_MODES`; another raises `ArgumentError` naming ``what``."""
+    m = str(getattr(mode, "name", mode)).lower()
+    if m not in _AVG_MODES:
+        raise ArgumentError(f"{what}: mode must be one of {_AVG_MODES}, got {mode!r}")
+    return m
+
+
 def avg_pool2d(inp, kernel_size, stride=None, padding=0, mode="average_count_exclude_padding"):
     """2-d average pooling of NCHW ``inp``; ``stride`` defaults to ``kernel_size``.
 
@@ -454,9 +463,7 @@ def avg_pool2d(inp, kernel_size, stride=None, padding=0, mode="average_count_exc
     window; "average" divides by kh*kw, counting the zero padding; "max" is ``max_pool2d``, as
     upstream's mode (earlier versions of this fork refused it).
     """
-    m = str(getattr(mode, "name", mode)).lower()
-    if m not in _AVG_MODES:
-        raise ArgumentError(f"avg_pool2d: mode must be one of {_AVG_MODES}, got {mode!r}")
+    m = _avg_mode(mode, "avg_pool2d")
     _config._effective_conv_format("NCHW", "avg_pool2d", supported=("NCHW",))
     kernel = _int_pair(kernel_size, "kernel_size", "avg_pool2d")
     stride = kernel if stride is None else _int_pair(stride, "stride", "avg_pool2d")

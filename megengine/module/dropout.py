@@ -7,12 +7,13 @@ __all__ = ["Dropout"]
 
 class Dropout(Module):
     """Each element is zeroed with probability ``drop_prob`` in training mode; in eval mode
-    the input passes through unchanged."""
+    the input passes through unchanged. As upstream's, ``drop_prob`` is checked where it is
+    used: a training call outside ``[0, 1)`` raises `F.nn.dropout`'s error (a ``ValueError``
+    and upstream's ``AssertionError``), an eval call passes (earlier versions of this fork
+    refused the layer when built, a model upstream builds and evaluates)."""
 
     def __init__(self, drop_prob: float = 0.0, **kwargs):
         super().__init__(**kwargs)
-        if not 0.0 <= drop_prob < 1.0:
-            raise ValueError(f"Dropout: drop_prob must be in [0, 1), got {drop_prob}")
         self.drop_prob = drop_prob
 
     def forward(self, inputs):

@@ -2,6 +2,7 @@
 from typing import Tuple, Union
 
 from .. import functional as F
+from ..functional.pooling import _avg_mode
 from .module import Module
 
 __all__ = ["MaxPool2d", "AvgPool2d"]
@@ -36,9 +37,7 @@ class AvgPool2d(_PoolNd):
                  padding: Union[int, Tuple[int, int]] = 0,
                  mode: str = "average_count_exclude_padding", **kwargs):
         super().__init__(kernel_size, stride, padding, **kwargs)
-        if mode not in ("average", "average_count_exclude_padding"):
-            raise ValueError(f"AvgPool2d: mode {mode!r} is not 'average' or "
-                             "'average_count_exclude_padding'")
+        _avg_mode(mode, "AvgPool2d")  # (any F.avg_pool2d takes, as upstream's: "MAX", ...)
         self.mode = mode
 
     def forward(self, inp):

@@ -58,7 +58,7 @@ class Adam(Optimizer):
     def __init__(self, params, lr: float, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0):
         # upstream's key order, which printed param_groups and state dicts show
-        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, betas=tuple(betas),
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, betas=betas,
                                       eps=eps))
 
     def _check_group(self, group):

@@ -25,7 +25,7 @@ class LAMB(Optimizer):
     def __init__(self, params, lr: float, betas=(0.9, 0.999), eps: float = 1e-8,
                  bias_correction: bool = True, weight_decay: float = 0.0,
                  always_adapt: bool = False):
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps,
                                       weight_decay=weight_decay))
         self.bias_correction = bias_correction
         self.always_adapt = always_adapt

@@ -217,6 +217,7 @@ class Optimizer:
         host = type(self)._update_host is not Optimizer._update_host
         try:
             for group in groups:
+                group = _read_tensors(group)
                 batches = None  # (device, dtype) -> [(param, grad, state)] for _update_batch
                 on_host = []  # [(param, grad, state)] for _update_host
                 for p in group["params"]:
@@ -701,10 +702,32 @@ def passes_on_aten(data, grad, group):
 
 
 def _check_non_negative(value, name):
+    value = _number(value, name)
     if not isinstance(value, numbers.Real) or isinstance(value, bool):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     if value < 0:
         raise ArgumentError(f"invalid {name}: {value}; it must be >= 0")
+
+
+def _number(value, name):
+    """A hyperparameter given as a Tensor of one value (upstream's optimizers compute with a
+    Tensor ``lr``, ``mge.tensor(0.1)``) as a Python float; any other value as it is."""
+    if not isinstance(value, Tensor):
+        return value
+    if value.size != 1 or value.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must be a number or a Tensor of one real value, got a Tensor "
+                        f"of shape {value.shape} and dtype {value.dtype}")
+    return float(value.item())
+
+
+def _read_tensors(group):
+    """``group`` with its hyperparameters given as Tensors read as Python floats (`_number`:
+    the updates compute with numbers), or ``group`` itself when it holds none; read at each
+    step, so a Tensor set into ``param_groups`` later counts too."""
+    tensors = [k for k, v in group.items() if k != "params" and isinstance(v, Tensor)]
+    if not tensors:
+        return group
+    return dict(group, **{k: _number(group[k], k) for k in tensors})
 
 
 def _to_host(value):

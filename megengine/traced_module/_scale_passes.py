@@ -27,6 +27,7 @@ import numpy as np
 
 from .. import functional as F
 from ..core.tensor import Tensor
+from ..functional.pooling import _avg_mode
 from ..module.activation import LeakyReLU, ReLU
 from ..module.conv import Conv2d
 from ..module.identity import Identity
@@ -45,7 +46,8 @@ _METHOD_KIND = {"__add__": _ADD, "__iadd__": _ADD, "__radd__": _ADD,
                 "__truediv__": _DIV, "__itruediv__": _DIV, "__rtruediv__": _DIV}
 _FUNC_KIND = {F.add: _ADD, F.sub: _SUB, F.mul: _MUL, F.div: _DIV}
 
-# steps with f(a * x) = a * f(x) for every a (linear) or for a > 0 (max-like)
+# steps with f(a * x) = a * f(x) for every a (linear) or for a > 0 (max-like; an average
+# pooling in mode "max" too)
 _LINEAR_FUNCS = (F.reshape, F.transpose, F.flatten, F.expand_dims, F.squeeze, F.avg_pool2d,
                  F.adaptive_avg_pool2d, F.concat)
 _POSITIVE_FUNCS = (F.relu, F.leaky_relu, F.max_pool2d, F.adaptive_max_pool2d, F.max, F.min)
@@ -279,11 +281,14 @@ def _data_inputs(expr):
         if expr.func in _LINEAR_FUNCS or expr.func in _POSITIVE_FUNCS:
             first = next(iter(expr.named_args.values()), None)
             nodes = list(first) if isinstance(first, (list, tuple)) else [first]
-            return nodes, expr.func in _POSITIVE_FUNCS
+            pools_max = expr.func is F.avg_pool2d and \
+                _avg_mode(expr.named_args.get("mode", "average"), "avg_pool2d") == "max"
+            return nodes, expr.func in _POSITIVE_FUNCS or pools_max
     elif is_call_module(expr):
         owner = expr.inputs[0].owner
         if type(owner) in _LINEAR_MODULES + _POSITIVE_MODULES and len(expr.args) == 2:
-            return [expr.args[1]], type(owner) in _POSITIVE_MODULES
+            pools_max = type(owner) is AvgPool2d and _avg_mode(owner.mode, "AvgPool2d") == "max"
+            return [expr.args[1]], type(owner) in _POSITIVE_MODULES or pools_max
     elif isinstance(expr, CallMethod):
         if expr.method in _LINEAR_METHODS or expr.method in _POSITIVE_METHODS:
             return [expr.args[0]], expr.method in _POSITIVE_METHODS

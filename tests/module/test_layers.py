@@ -129,11 +129,28 @@ def test_max_pool2d():
 
 
 @pytest.mark.parametrize("mode,include_pad", [("average", True),
-                                               ("average_count_exclude_padding", False)])
+                                               ("average_count_exclude_padding", False),
+                                               ("AVERAGE", True),
+                                               ("Average_Count_Exclude_Padding", False)])
 def test_avg_pool2d(mode, include_pad):
+    # the layer takes every mode F.avg_pool2d takes, in any case, as upstream's (earlier
+    # versions of this fork refused all but the two lower-case averages when built)
     run_both(M.AvgPool2d(3, stride=2, padding=1, mode=mode),
              torch.nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=include_pad),
              randn(2, 3, 7, 8))
+
+
+@pytest.mark.parametrize("mode", ["max", "MAX"])
+def test_avg_pool2d_in_max_mode_is_a_max_pooling(mode):
+    # upstream 1.13's Pooling op reads the mode: "max" pools the maximum (measured)
+    run_both(M.AvgPool2d(3, stride=2, padding=1, mode=mode),
+             torch.nn.MaxPool2d(3, stride=2, padding=1), randn(2, 3, 7, 8))
+
+
+def test_avg_pool2d_refuses_an_unknown_mode_when_built():
+    with pytest.raises(ValueError, match=r"AvgPool2d: mode must be one of .*got 'sum'") as e:
+        M.AvgPool2d(2, mode="sum")
+    assert isinstance(e.value, (AssertionError, RuntimeError))  # (also upstream's types)
 
 
 def test_adaptive_pooling():
@@ -388,6 +405,19 @@ def test_dropout_statistics_and_modes():
     np.testing.assert_allclose(x.grad.numpy(), out)  # grad = mask / (1 - p)
     m.eval()
     assert np.array_equal(m(x).numpy(), x.numpy())
+
+
+@pytest.mark.parametrize("p", [1.0, -0.1, 1.5])
+def test_dropout_checks_drop_prob_where_a_training_call_uses_it(p):
+    # upstream 1.13 builds Dropout(1.0) and runs it in eval mode; its training call asserts
+    # (measured). Earlier versions of this fork refused the layer when built.
+    m = M.Dropout(p)
+    x = mge.tensor(np.arange(6, dtype=np.float32).reshape(2, 3))
+    with pytest.raises(ValueError, match=r"dropout: drop_prob must be in \[0, 1\)") as e:
+        m(x)
+    assert isinstance(e.value, AssertionError)
+    m.eval()
+    np.testing.assert_array_equal(m(x).numpy(), x.numpy())
 
 
 @pytest.mark.parametrize("ours,theirs", [

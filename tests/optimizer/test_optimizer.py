@@ -142,6 +142,45 @@ def test_param_groups_have_their_own_lr_and_can_be_changed_between_steps():
     np.testing.assert_allclose([p.item(), q.item()], [-0.5, 0.8], rtol=1e-6)
 
 
+@pytest.mark.parametrize("make", [lambda ps, lr: SGD(ps, lr=lr, momentum=0.9),
+                                  lambda ps, lr: Adam(ps, lr=lr),
+                                  lambda ps, lr: AdamW(ps, lr=lr),
+                                  lambda ps, lr: Adagrad(ps, lr=lr),
+                                  lambda ps, lr: Adadelta(ps, lr=lr)])
+def test_a_tensor_lr_updates_as_its_value(make):
+    # upstream 1.13's optimizers compute with a Tensor lr, given or set into param_groups
+    # between steps (measured: the same parameters as with the float); this fork's refused it
+    # ("lr must be a number")
+    def train(lr, later):
+        w, b = _model()
+        opt = make([w, b], lr)
+        gm = GradManager().attach([w, b])
+        for step in range(3):
+            if step == 2:
+                opt.param_groups[0]["lr"] = later
+            with gm:
+                gm.backward(_loss(w, b))
+            opt.step().clear_grad()
+        return w.numpy(), b.numpy()
+
+    want = train(0.05, 0.2)
+    got = train(mge.tensor(0.05), mge.tensor(np.float32(0.2)))
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7)
+    with pytest.raises(TypeError, match=r"lr must be a number or a Tensor of one real value"):
+        make([mge.Parameter([1.0])], mge.tensor([0.1, 0.2]))
+    with pytest.raises(ValueError, match="invalid lr: -0.5"):
+        make([mge.Parameter([1.0])], mge.tensor(-0.5))
+
+
+def test_adams_betas_stay_as_given():
+    # upstream keeps the list a program passed (its param_groups and state dict show it)
+    assert Adam([mge.Parameter([1.0])], lr=0.1, betas=[0.8, 0.9]).param_groups[0]["betas"] \
+        == [0.8, 0.9]
+    with pytest.raises(TypeError, match=r"Adam: betas must be a pair \(beta1, beta2\), got 0.9"):
+        Adam([mge.Parameter([1.0])], lr=0.1, betas=0.9)
+
+
 def test_add_param_group():
     # upstream 1.13 measured: its add_param_group makes no state for the new group, so the next
     # step of a stateful optimizer raises KeyError (AdamW: self._state[param]); torch's and this

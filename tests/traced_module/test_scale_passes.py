@@ -322,3 +322,25 @@ def test_backward_fold_scale_keeps_a_scale_close_to_one():
     tm = optimize(trace_module(net, x), enabled_pass=["BackwardFoldScale"])
     np.testing.assert_array_equal(tm(x).numpy(), expect)
     assert ("__mul__", 0.9999995) in _arith(tm)
+
+
+class _MaxByAvgPool(M.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = M.Conv2d(2, 2, 1)
+        self.pool = M.AvgPool2d(2, mode="MAX")
+
+    def forward(self, x):
+        y = self.pool(self.conv(x)) * -2.0  # max(-2 v) is not -2 max(v): the scale stays
+        return y, F.avg_pool2d(self.conv(x), 2, mode="max") * -3.0
+
+
+def test_backward_fold_scale_keeps_a_negative_scale_after_an_average_pooling_in_max_mode():
+    # avg_pool2d's mode "max" (upstream's, in any case) is a max pooling: only a positive scale
+    # passes it (this pass moved a negative one into the convolution as through an average)
+    net = _MaxByAvgPool()
+    x = _x(1, 2, 4, 4)
+    expect = [t.numpy() for t in net(x)]
+    opt = optimize(trace_module(net, x), ["BackwardFoldScale"])
+    _assert_outputs(opt(x), expect)
+    assert [c for name, c in _arith(opt) if name in ("__mul__", "__rmul__")] == [-2.0, -3.0]
