@@ -446,9 +446,13 @@ class _Embedding(Op):
         if w.ndim != 2:
             raise ShapeError(f"embedding: weight must be 2-d (num_embeddings, dim), "
                              f"got shape {w.shape}")
-        if _out_of_range(idx, w.shape[0]):
-            raise ValueError(f"embedding: indices must be in [0, {w.shape[0]}), got values in "
-                             f"[{int(idx.min())}, {int(idx.max())}]")
+        n = w.shape[0]
+        if _out_of_range(idx, n):  # (one reduction when every index is in [0, n))
+            low, high = int(idx.min()), int(idx.max())
+            if low < -n or high >= n:
+                raise ValueError(f"embedding: indices must be in [-{n}, {n}), got values in "
+                                 f"[{low}, {high}]")
+            idx = xp_of(idx).where(idx < 0, idx + n, idx)  # -1 is the last row, as upstream's
         self.idx, self.w_shape = idx, w.shape
         return w[idx]
 
@@ -481,7 +485,9 @@ class _Embedding(Op):
 
 
 def embedding(inp, weight, padding_idx=None, max_norm=None, norm_type=None):
-    """Rows of ``weight`` (num_embeddings, dim) picked by the integer indices ``inp``.
+    """Rows of ``weight`` (num_embeddings, dim) picked by the integer indices ``inp``, in
+    ``[-num_embeddings, num_embeddings)`` (a negative one counts from the end, as upstream's
+    indexing reads it).
 
     ``padding_idx``: that row gets no gradient. ``max_norm``/``norm_type`` are not supported
     (upstream does not support them either).

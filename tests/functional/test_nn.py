@@ -598,13 +598,22 @@ def test_large_embedding_gradients_take_aten_with_add_ats_values(dtype, threads)
             assert p.grad.numpy().tobytes() == want.tobytes()
 
 
+def test_embedding_reads_a_negative_index_from_the_end_as_upstream():
+    # upstream 1.13 indexes the weight: -1 is the last row (measured); this fork refused it
+    idx = np.array([[-1, 2, -4], [0, -1, 3]], np.int32)
+    w = rand(4, 3)
+    check(lambda i, a: F.embedding(i, a), lambda i, a: TF.embedding(i.long() % 4, a), idx, w)
+    check(lambda i, a: F.embedding(i, a, padding_idx=-1),
+          lambda i, a: TF.embedding(i.long() % 4, a, padding_idx=3), idx, w)
+
+
 def test_embedding_errors():
     w = mge.tensor(rand(4, 3))
-    with pytest.raises(ValueError, match=r"embedding: indices must be in \[0, 4\)"):
+    with pytest.raises(ValueError, match=r"embedding: indices must be in \[-4, 4\)"):
         F.embedding(mge.tensor([0, 4]), w)
-    for dtype in ("int8", "int32", "int64"):  # negatives: one unsigned reduction catches them
-        with pytest.raises(ValueError, match=r"indices must be in \[0, 4\), got values in \[-1, 3\]"):
-            F.embedding(mge.tensor(np.array([3, -1], dtype)), w)
+    for dtype in ("int8", "int32", "int64"):
+        with pytest.raises(ValueError, match=r"in \[-4, 4\), got values in \[-5, 3\]"):
+            F.embedding(mge.tensor(np.array([3, -5], dtype)), w)
     np.testing.assert_array_equal(  # uint8 indices up to the last row are fine
         F.embedding(mge.tensor(np.array([3, 0], "uint8")), w).numpy(), w.numpy()[[3, 0]])
     with pytest.raises(TypeError, match="embedding: indices must be integers"):
