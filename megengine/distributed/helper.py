@@ -133,10 +133,11 @@ def _numel(shape):
     return int(np.prod(shape, dtype=np.int64))
 
 
-def param_pack_split(inp: Tensor, offsets: list, shapes: list) -> list:
+def param_pack_split(inp: Tensor, offsets: list, shapes: list) -> tuple:
     """Split the flat tensor ``inp`` into tensors of ``shapes``: the i-th is
-    ``inp[offsets[2i]:offsets[2i+1]]`` reshaped to ``shapes[i]`` (``()`` makes a scalar).
-    The inverse of `param_pack_concat`; gradients flow back into ``inp``."""
+    ``inp[offsets[2i]:offsets[2i+1]]`` reshaped to ``shapes[i]`` (``()`` makes a scalar),
+    a tuple as upstream's. The inverse of `param_pack_concat`; gradients flow back into
+    ``inp``."""
     ranges = _pack_ranges(offsets, "param_pack_split")
     shapes = _shapes(shapes, "param_pack_split")
     if len(ranges) != len(shapes):
@@ -156,7 +157,7 @@ def param_pack_split(inp: Tensor, offsets: list, shapes: list) -> list:
             raise ValueError(f"param_pack_split: range [{begin}, {end}) holds {end - begin} "
                              f"elements, shapes[{i}] = {shape} needs {_numel(shape)}")
         outputs.append(inp[begin:end].reshape(shape))
-    return outputs
+    return tuple(outputs)
 
 
 def _tensor_list(tensors, what, name):

@@ -303,7 +303,9 @@ def test_param_pack_split_and_concat_against_numpy():
     np.testing.assert_allclose(b.grad.numpy(), w_np[8:12])
     np.testing.assert_allclose(s.grad.numpy(), w_np[12])
 
-    pa, pb, ps = param_pack_split(flat, offsets, [(2, 3), (4,), ()])
+    pieces = param_pack_split(flat, offsets, [(2, 3), (4,), ()])
+    assert type(pieces) is tuple  # (as upstream's: an op's outputs)
+    pa, pb, ps = pieces
     np.testing.assert_allclose(pa.numpy(), a_np, rtol=1e-6)
     np.testing.assert_allclose(pb.numpy(), b_np, rtol=1e-6)
     assert ps.shape == () and np.isclose(ps.item(), s_np, rtol=1e-6)

@@ -632,6 +632,14 @@ def test_interpolate_bilinear(size, align_corners):
           lambda a: TF.interpolate(a, size, mode="bilinear", align_corners=align_corners), x)
 
 
+def test_interpolate_an_int_size_resizes_every_spatial_axis():
+    # torch's reading, kept on purpose: upstream 1.13 reads size=7 of a 4-d input as (7, 1)
+    # (docs/compatibility.rst)
+    x = rand(2, 3, 5, 6)
+    check(lambda a: F.interpolate(a, 7, mode="bilinear", align_corners=False),
+          lambda a: TF.interpolate(a, 7, mode="bilinear", align_corners=False), x)
+
+
 @pytest.mark.parametrize("size", [(10, 12), (3, 4), (7, 5)])
 def test_interpolate_nearest(size):
     x = rand(2, 2, 5, 6)
