@@ -47,11 +47,15 @@ def test_a_third_order_gradient_that_only_one_side_refuses_is_caught(monkeypatch
         bridge.check_higher_order(30, 3)
 
 
-def test_a_diverging_network_is_compared_until_its_twin_overflows():
-    # network 31130's loss grows to 4e25 on both sides alike; then the twin steps into nan where
-    # megengine's GradScaler skips the step: the comparison stops there (`bridge._diverged`)
+@pytest.mark.parametrize("seed", [31130, 122447])
+def test_a_diverging_network_is_compared_until_its_twin_diverges(seed):
+    # network 31130's loss grows to 4e25 on both sides alike, then the twin steps into nan
+    # where megengine's GradScaler skips the step; 122447's parameters stray 2% from the
+    # float64 twin's on both sides by step 8 and its step 9 losses (5e30) were 2.2e-4 apart:
+    # the comparison stops once the twin's loss is 1e6 times its first (`bridge._diverged`)
     with np.errstate(over="ignore", invalid="ignore"):
-        bridge.check(31130)
+        bridge.check(seed)
+    assert bridge._diverged([3e6], 1.0) and not bridge._diverged([1.5e6], 1.0)  # (1e6 * (1 + 1))
 
 
 def test_an_embedding_under_autocast_takes_fixed_rows():
