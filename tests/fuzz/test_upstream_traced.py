@@ -80,6 +80,21 @@ def test_documented_differences_need_their_program():
     assert got == "step 1: values differ"
 
 
+def test_a_call_compile_keeps_for_its_write_into_the_input_ends_the_comparison():
+    # surgery seed 63947: this fork's compile keeps a submodule call that writes into the
+    # graph's input (`h += 1`) though no output needs it; upstream 1.13's drops it
+    kept = "Net.Graph (self, x) {\n\t%3:\ts0_out = s0(x, )\n\treturn x\n}"
+    dropped = "Net.Graph (self, x) {\n\t\n\treturn x\n}"
+    step = ["tm.graph.replace_node({n: y})\ntm.graph.compile()\nout = [graphs(tm), r(tm(x))]"]
+    mine, theirs = [OK, ["ok", [[kept], [2.0]]]], [OK, ["ok", [[dropped], [1.0]]]]
+    _, got, counts = be.compare(("h += 1", step), mine, theirs, ut.rule, ut.FUZZER.tol)
+    assert got is None and counts["compile keeps a call that writes into the graph's input"] == 1
+    _, got, _ = be.compare(("h = h + 1", step), mine, theirs, ut.rule, ut.FUZZER.tol)
+    assert got == "step 1: values differ"
+    _, got, _ = be.compare(("h += 1", step), theirs, mine, ut.rule, ut.FUZZER.tol)
+    assert got == "step 1: values differ"  # (upstream keeping more is no such case)
+
+
 def test_upstreams_fold_across_a_relu_is_counted_where_the_program_has_one():
     step = ["out = r(optimize(tm, 'FuseConvBn')(x))"]
     mine, theirs = [OK, ["ok", [0.198]]], [OK, ["ok", [0.202]]]
