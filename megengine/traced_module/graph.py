@@ -252,10 +252,10 @@ def _writes_out(graph, expr, memo, position):
     own that it returns or reads after the call (tracing reads the node the call was given,
     through any later in-place writes into it). Kept by `InternalGraph.compile`;
     ``position``: id of an expr of ``graph`` -> its index."""
-    from .tracer import _in_place
+    from .tracer import _in_place, _write_outlives_call
 
     roots = _written_roots(expr, memo)
-    if any(r is _STATE or isinstance(r.expr, (Input, GetAttr, Constant)) for r in roots):
+    if any(r is _STATE or _write_outlives_call(r) for r in roots):
         return True
     if not roots or _in_place(expr.method):
         return False  # (a direct write: tracing reads its result after it, as upstream)
