@@ -81,12 +81,15 @@ class MinMaxObserver(Observer):
         return x.min(), x.max()
 
     def forward(self, x_orig):
-        if self.enabled:
+        if self._records():
             x = x_orig.detach()  # statistics only: no gradient flows through the observer
             x_min, x_max = self._batch_min_max(x)
             self.min_val._reset(F.minimum(self.min_val, x_min))
             self.max_val._reset(F.maximum(self.max_val, x_max))
         return x_orig
+
+    def _records(self):
+        return self.enabled
 
 
 def _all_reduce_min_max(x):
@@ -103,10 +106,16 @@ def _all_reduce_min_max(x):
 
 class SyncMinMaxObserver(MinMaxObserver):
     """A :class:`MinMaxObserver` whose min and max are taken over all ranks (an all-reduce over
-    ``megengine.distributed``'s default group), so every rank gets the same qparams."""
+    ``megengine.distributed``'s default group), so every rank gets the same qparams. As
+    upstream 1.13's, it records every batch, also in eval mode and after ``disable()`` /
+    ``disable_observer`` (upstream's test reads ``self.enable``, the method, which is always
+    true), so ``sync_ema_fakequant_qconfig``'s weight scales are upstream's."""
 
     def _batch_min_max(self, x):
         return _all_reduce_min_max(x)
+
+    def _records(self):
+        return True
 
 
 class ExponentialMovingAverageObserver(MinMaxObserver):
@@ -258,28 +267,47 @@ class HistogramObserver(MinMaxObserver):
         hist = self.histogram.numpy()
         new_min, new_max = float(x.min()), float(x.max())
         if hist[0] == -1:
-            new_hist, _ = np.histogram(x, self.bins, (new_min, new_max))
+            new_hist = _histogram(x, self.bins, new_min, new_max)
         else:
             new_min, new_max = min(new_min, old_min), max(new_max, old_max)
             if new_min == old_min and new_max == old_max:
-                new_hist = np.histogram(x, self.bins, (new_min, new_max))[0] + hist
+                new_hist = _histogram(x, self.bins, new_min, new_max) + hist
             elif old_min == old_max:
                 # every value so far was one number (a ReLU that gave zeros): its count lands
                 # in the bin of the new range that holds it (upstream 1.13 divides by the old
                 # range's width, 0, and raises)
-                new_hist = np.histogram(x, self.bins, (new_min, new_max))[0].astype(np.float64)
+                new_hist = _histogram(x, self.bins, new_min, new_max).astype(np.float64)
                 at = int((old_min - new_min) / (new_max - new_min) * self.bins)
                 new_hist[min(at, self.bins - 1)] += hist.sum()
             else:
                 new_min, new_max, downsample_rate, start_idx = self._adjust_min_max(new_min,
                                                                                     new_max)
-                new_hist = np.histogram(x, self.bins, (new_min, new_max))[0].astype(np.float64)
+                new_hist = _histogram(x, self.bins, new_min, new_max).astype(np.float64)
                 new_hist = self._combine_histograms(new_hist, hist.astype(np.float64),
                                                     downsample_rate, start_idx)
         self.histogram = Tensor(np.asarray(new_hist, np.float32), device=x_orig.device)
         self.min_val = Tensor(np.float32(new_min), device=x_orig.device)
         self.max_val = Tensor(np.float32(new_max), device=x_orig.device)
         return x_orig
+
+
+def _histogram(x, bins, low, high):
+    """``np.histogram(x, bins, (low, high))``'s counts, also where the range is so narrow that
+    its float32 bins are narrower than float32's step there (a layer whose outputs lie within a
+    few steps of each other): numpy 1.25 and later refuse such bins, while earlier numpy,
+    upstream's, counts each value into the bin its float32 arithmetic gives, as done here."""
+    try:
+        return np.histogram(x, bins, (low, high))[0]
+    except ValueError:
+        if not low < high:
+            raise
+    edges = np.linspace(low, high, bins + 1, dtype=x.dtype)
+    kept = x[(x >= low) & (x <= high)]
+    at = ((kept - low) * (bins / (high - low))).astype(np.intp)  # (float32 as numpy's)
+    at[at == bins] -= 1
+    at[kept < edges[at]] -= 1
+    at[(kept >= edges[at + 1]) & (at != bins - 1)] += 1
+    return np.bincount(at, minlength=bins)
 
 
 class PassiveObserver(Observer):

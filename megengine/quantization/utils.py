@@ -106,6 +106,10 @@ class QParamsModuleMixin(abc.ABC):
         """The current quantization parameters."""
 
 
+# the keyword arguments some observer or fake quantizer takes (upstream 1.13's signatures)
+_SHARED_ARGUMENTS = frozenset({"mode", "eps", "momentum", "bins", "upsample_rate", "enable"})
+
+
 class _QuantDtypeMixin:
     """What observers and fake quantizers both hold: ``dtype`` (a QuantDtypeMeta, narrowed by
     upstream 1.2-1.3's ``narrow_range=True``), its ``qmin``/``qmax``, and the ``enabled``
@@ -113,8 +117,17 @@ class _QuantDtypeMixin:
     keyword arguments."""
 
     def __init__(self, dtype: Union[str, QuantDtypeMeta], enabled: bool, **kwargs):
-        meta = _dtype_with_narrow_range(dtype, kwargs, type(self).__name__)
-        super().__init__(**kwargs)
+        what = type(self).__name__
+        meta = _dtype_with_narrow_range(dtype, kwargs, what)
+        # the other observers' and fake quantizers' own arguments are taken and left unused,
+        # as upstream's (whose **kwargs take anything), so one set of keyword arguments may
+        # build every part of a QConfig; an unknown name is refused (upstream ignores it too)
+        unknown = sorted(set(kwargs) - _SHARED_ARGUMENTS - {"name"})
+        if unknown:
+            raise TypeError(f"{what}() got unexpected keyword arguments {unknown}: observers "
+                            f"and fake quantizers take dtype, name, narrow_range and "
+                            f"{sorted(_SHARED_ARGUMENTS)}")
+        super().__init__(**{k: v for k, v in kwargs.items() if k == "name"})
         self.dtype = meta
         self.qmin = self.dtype.qmin
         self.qmax = self.dtype.qmax

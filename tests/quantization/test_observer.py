@@ -79,6 +79,45 @@ def test_disabled_and_eval_observers_do_not_update_and_pass_the_input_through():
     assert not m.enabled and float(m.max_val.numpy()) == 1.0
 
 
+def test_sync_min_max_observer_records_in_eval_mode_and_when_disabled_as_upstream():
+    # upstream 1.13's SyncMinMaxObserver tests ``self.enable`` (the method: always true), so
+    # it records every batch; its EMA twin and the local observers test ``enabled`` (found by
+    # tests/fuzz/upstream_quant.py, seed 135: sync_ema_fakequant_qconfig's weight scale after
+    # an eval pass)
+    m, e = ob.SyncMinMaxObserver(), ob.SyncExponentialMovingAverageObserver()
+    for o in (m, e):
+        o(mge.tensor([1.0, -1.0]))
+        o.eval()
+        o(mge.tensor([3.0]))
+        o.train()
+        o.disable()
+        o(mge.tensor([-5.0]))
+    assert (float(m.min_val.numpy()), float(m.max_val.numpy())) == (-5.0, 3.0)
+    assert (float(e.min_val.numpy()), float(e.max_val.numpy())) == (-1.0, 1.0)
+    assert not m.enabled
+
+
+@pytest.mark.parametrize("cls", ["MinMaxObserver", "SyncMinMaxObserver",
+                                 "ExponentialMovingAverageObserver", "HistogramObserver",
+                                 "PassiveObserver", "FakeQuantize", "TQT", "LSQ"])
+def test_observers_and_fake_quantizers_take_each_others_arguments_as_upstream(cls):
+    # upstream 1.13's take **kwargs and leave unknown ones unused, so one set of arguments
+    # (a program's QConfig built by partial(cls, dtype=..., mode=...) for every part) builds
+    # each; here an argument no observer or fake quantizer takes is refused by name (found by
+    # tests/fuzz/upstream_quant.py: PassiveObserver(dtype="quint8", mode=...) raised
+    # "Module.__init__() got an unexpected keyword argument 'mode'")
+    import megengine.quantization as Q
+
+    shared = dict(mode=QuantMode.ASYMMERTIC, eps=1e-3, momentum=0.5, bins=16, upsample_rate=4,
+                  enable=True)
+    plain, given = getattr(Q, cls)(dtype="qint8"), getattr(Q, cls)(dtype="qint8", **{
+        k: v for k, v in shared.items() if k not in getattr(Q, cls).__init__.__code__.co_varnames})
+    assert (given.qmin, given.qmax, getattr(given, "mode", None)) == \
+        (plain.qmin, plain.qmax, getattr(plain, "mode", None))
+    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['momentm'\]"):
+        getattr(Q, cls)(dtype="qint8", momentm=0.5)
+
+
 def test_histogram_observer_records_in_eval_mode_and_when_disabled_as_upstream():
     # upstream's HistogramObserver records every batch (calibration runs the network in
     # eval()); earlier versions of this fork skipped them and quantize() then gave NaNs
@@ -190,6 +229,31 @@ def test_histogram_observer_after_batches_of_one_value_keeps_their_count(first):
     expected = np.histogram(np.concatenate([first, second]), 64, (lo, hi))[0]
     np.testing.assert_array_equal(h.histogram.numpy(), expected)
     assert float(h.get_qparams().scale.numpy()) > 0
+
+
+def test_histogram_observer_takes_a_range_narrower_than_its_float32_bins():
+    # a layer whose outputs lie within a few float32 steps of each other: numpy 1.25+ refuses
+    # 2048 float32 bins over that range ("Too many bins for data range"); upstream's numpy
+    # (1.23) counts each value into a bin whose float32 edges hold it, as done here (found by
+    # tests/fuzz/upstream_quant.py, seed 5: a layer's outputs in -0.22524913 .. -0.2252323)
+    c = np.float32(-0.22524913)
+    steps = np.random.RandomState(3).randint(0, 12, 60)
+    x = (c + steps.astype(np.float32) * np.spacing(c)).astype(np.float32)
+    h = ob.HistogramObserver()
+    h(mge.tensor(x))
+    lo, hi = x.min(), x.max()
+    assert (float(h.min_val.numpy()), float(h.max_val.numpy())) == (lo, hi)
+    edges = np.linspace(float(lo), float(hi), 2049, dtype=np.float32)
+    expected, last = np.zeros(2048), -1
+    for v in np.unique(x):  # each value alone: one bin whose edges hold it, bins in its order
+        (b,) = ob._histogram(np.array([v]), 2048, float(lo), float(hi)).nonzero()[0]
+        assert edges[b] <= v <= edges[b + 1] and b > last
+        expected[b], last = (x == v).sum(), b
+    np.testing.assert_array_equal(h.histogram.numpy(), expected)
+    scale = float(h.get_qparams().scale.numpy())
+    assert 0 < scale <= 2 * abs(float(lo)) / 255 * (1 + 1e-6)
+    h(mge.tensor(x[::-1] + np.spacing(c)))  # a second such batch, the range grown by a step
+    assert h.histogram.numpy().sum() == 120
 
 
 def test_histogram_quantization_error_matches_numeric_integration():
