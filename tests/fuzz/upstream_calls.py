@@ -33,6 +33,7 @@ checkout with such a record (tests/fuzz/test_upstream_calls.py). Without ``--ups
 calls run here only, which checks that each drawn call runs.
 
 This file imports only numpy at its top: the upstream side runs it by path (``--serve``)."""
+import contextlib
 import operator
 import pickle
 import struct
@@ -2265,25 +2266,34 @@ def _one_step_apart(mine, theirs):
 
 
 def _rounded_the_other_way(call):
-    """This side's results of a ``Q.`` call again, twice: fake quantization (`FakeQuant`, TQT)
-    rounding every value within 16 float32 steps of a half-step boundary toward zero, then
-    away from zero (exact halves go away from zero, as upstream's kernels round)."""
+    """This side's results of a ``Q.`` call again, twice: under `rounding_nudged` toward zero,
+    then away from zero."""
+    results = []
+    for away in (False, True):
+        with rounding_nudged(away):
+            results.append(run_call(call))
+    return results
+
+
+@contextlib.contextmanager
+def rounding_nudged(away):
+    """Fake quantization (`FakeQuant`, TQT) on this side rounding every value within 16
+    float32 steps of a half-step boundary toward zero (``away`` False) or away from zero
+    (exact halves go away from zero, as upstream's kernels round), while the block runs."""
     import megengine.quantization.utils as qu
 
     plain, fused = qu._round_half_away, qu._use_fake_quant_kernel
-    results = []
-    for away in (False, True):
-        def nudged(xp, x, away=away):
-            a = xp.abs(x)
-            t = xp.floor(a)
-            near = xp.abs(a - t - 0.5) <= 16 * np.finfo(np.float32).eps * xp.maximum(a, 1)
-            return xp.where(near, xp.sign(x) * (t + 1 if away else t), plain(xp, x))
-        qu._round_half_away, qu._use_fake_quant_kernel = nudged, lambda x: False
-        try:
-            results.append(run_call(call))
-        finally:
-            qu._round_half_away, qu._use_fake_quant_kernel = plain, fused
-    return results
+
+    def nudged(xp, x):
+        a = xp.abs(x)
+        t = xp.floor(a)
+        near = xp.abs(a - t - 0.5) <= 16 * np.finfo(np.float32).eps * xp.maximum(a, 1)
+        return xp.where(near, xp.sign(x) * (t + 1 if away else t), plain(xp, x))
+    qu._round_half_away, qu._use_fake_quant_kernel = nudged, lambda x: False
+    try:
+        yield
+    finally:
+        qu._round_half_away, qu._use_fake_quant_kernel = plain, fused
 
 
 _CONVOLUTIONS = frozenset(("F.conv1d", "F.nn.conv2d", "F.conv3d", "F.conv_transpose2d",
