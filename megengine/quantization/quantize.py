@@ -7,11 +7,14 @@ from typing import Callable
 import numpy as np
 
 from .. import module as Float
-from ..functional import norm
+from ..functional import concat, norm
 from ..core.tensor import Tensor
+from ..logger import get_logger
 from ..module import Module
 from ..utils.module_utils import set_expand_structure
 from .qconfig import QConfig, ema_fakequant_qconfig
+
+_logger = get_logger(__name__)
 
 __all__ = [
     "quantize", "quantize_qat", "reset_qconfig", "propagate_qconfig", "hook_qat_module",
@@ -220,85 +223,68 @@ def disable_observer(module: Module):
 
 def apply_easy_quant(module: Module, data: Tensor, start: float = 0.8, stop: float = 1.2,
                      num: int = 40):
-    """EasyQuant (Wu et al., arXiv:2006.16669): search each QAT layer's scales, one layer at a
-    time in the order the layers run, first every weight scale, then every activation scale.
+    """EasyQuant (Wu et al., arXiv:2006.16669) as upstream 1.13 runs it: two passes of the
+    network over ``data`` twice over (concatenated along the batch: a float half and a
+    fake-quantized half), the first searching every QAT layer's weight scale, the second its
+    activation scale, each layer at its first call in the pass.
 
-    The layers must hold PassiveObservers (``reset_qconfig(net, passive_qconfig)`` first). For a
-    layer, ``num`` scales evenly spaced in ``[start, stop] * its original scale`` are tried; the
-    one kept makes the layer's fake-quantized output on ``data`` closest, by cosine similarity
-    per sample averaged over the batch, to its float output. The float output comes from a pass
-    of the whole network with fake quantization off; the fake-quantized layer sees the inputs
-    of a pass with fake quantization on, so the scales already chosen for earlier layers count
-    (the sequential search of the paper). Fake quantization is on everywhere afterwards.
-    Returns the module.
+    There the layer runs again on the float half with its fake quantization off (its float
+    output), and on the fake-quantized half with each of ``num`` scales evenly spaced in
+    ``[start, stop] * its original scale``; the scale whose output is closest to the float
+    output, by cosine similarity per sample averaged over the batch, is kept. A scale must
+    reach a similarity above 0; where none does, a warning is logged and the last scale tried
+    stays, as upstream's. The layer then hands on its float output and the fake-quantized output
+    it had computed before the search, so later layers see the earlier ones at their original
+    scales; a layer without that observer (a QuantStub in the weight pass) hands on its output
+    as it is, both halves fake-quantized. Every searched layer's fake quantization is on
+    afterwards. The layers must hold PassiveObservers (``reset_qconfig(net, passive_qconfig)``
+    first). Returns the module.
     """
     if not stop >= start > 0 or int(num) < 1:
         raise ValueError(f"apply_easy_quant: need 0 < start <= stop and num >= 1, got "
                          f"start={start}, stop={stop}, num={num}")
-    layers = _qat_layers_in_call_order(module, data)
-    for where in ("weight_observer", "act_observer"):
-        for layer in layers:
+    layers = list(module._flatten(predicate=_is_qat))
+    for layer in layers:  # (before anything changes)
+        for where in ("weight_observer", "act_observer"):
             observer = getattr(layer, where, None)
-            if observer is None:
-                continue
-            if not hasattr(observer, "orig_scale"):
+            if observer is not None and not hasattr(observer, "orig_scale"):
                 raise TypeError(f"apply_easy_quant needs PassiveObservers ({type(layer).__name__}"
                                 f".{where} is a {type(observer).__name__}): reset_qconfig(module, "
                                 "passive_qconfig) first")
-            disable_fake_quant(module)
-            float_out = _output_of(layer, module, data)
-            enable_fake_quant(module)
-            quant_in = _inputs_of(layer, module, data)
-            best, best_scale = -np.inf, None
-            for scale in np.linspace(start, stop, int(num)) * observer.orig_scale:
+    batch = data.shape[0]
+    doubled = concat([data, data])
+    for where in ("weight_observer", "act_observer"):
+        handles = {}
+
+        def search(layer, inputs, outputs, where=where):
+            handles.pop(id(layer)).remove()  # (its first call in the pass only)
+            disable_fake_quant(layer)
+            float_out = layer(*[x[:batch] for x in inputs])
+            enable_fake_quant(layer)
+            observer = getattr(layer, where, None)
+            if observer is None:
+                return None
+            quant_in = [x[batch:] for x in inputs]
+            best, best_scale = 0.0, None
+            for scale in np.linspace(start * observer.orig_scale, stop * observer.orig_scale,
+                                     int(num)):
                 observer.scale = scale
                 similarity = float(_mean_cosine(float_out, layer(*quant_in)).numpy())
                 if similarity > best:
                     best, best_scale = similarity, scale
-            observer.scale = best_scale
-    enable_fake_quant(module)
+            if best_scale is None:
+                _logger.warning("EasyQuant finds no better scale")
+            else:
+                observer.scale = best_scale
+            return concat([float_out, outputs[batch:]])
+        for layer in layers:
+            handles[id(layer)] = layer.register_forward_hook(search)
+        try:
+            module(doubled)
+        finally:
+            for handle in handles.values():
+                handle.remove()
     return module
-
-
-def _capture(layer, module, data, pick):
-    """Run ``module(data)`` once with a hook on ``layer``; return ``pick(inputs, outputs)`` of
-    the layer's first call in that pass."""
-    seen = []
-
-    def hook(mod, inputs, outputs):
-        if not seen:
-            seen.append(pick(inputs, outputs))
-
-    handle = layer.register_forward_hook(hook)
-    try:
-        module(data)
-    finally:
-        handle.remove()
-    if not seen:
-        raise RuntimeError(f"apply_easy_quant: {type(layer).__name__} did not run on data")
-    return seen[0]
-
-
-def _inputs_of(layer, module, data):
-    return _capture(layer, module, data, lambda inputs, outputs: tuple(inputs))
-
-
-def _output_of(layer, module, data):
-    return _capture(layer, module, data,
-                    lambda inputs, outputs: outputs[0] if isinstance(outputs, tuple) else outputs)
-
-
-def _qat_layers_in_call_order(module, data):
-    order, handles = [], []
-    for layer in module._flatten(predicate=_is_qat):
-        handles.append(layer.register_forward_hook(
-            lambda mod, inputs, outputs: order.append(mod) if mod not in order else None))
-    try:
-        module(data)
-    finally:
-        for h in handles:
-            h.remove()
-    return order
 
 
 def _mean_cosine(x, y):

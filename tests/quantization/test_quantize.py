@@ -498,13 +498,14 @@ def test_apply_easy_quant_keeps_the_candidate_closest_to_the_float_output():
     net = reset_qconfig(net, passive_qconfig, inplace=False)
     layer, observer = net.linear, net.linear.weight_observer
     original = observer.orig_scale.copy()
-    candidates = np.linspace(0.5, 1.5, 7) * original
-    # by hand: the float output (fake quantization off everywhere), the layer's input with it
-    # on (the QuantStub's fake-quantized x), then the cosine of each candidate's output
-    disable_fake_quant(net)
-    reference = layer(net.quant(x)).numpy()
-    enable_fake_quant(net)
+    candidates = np.linspace(0.5 * original, 1.5 * original, 7)
+    # by hand, as upstream's search runs in the weight pass: the QuantStub (no weight scale to
+    # search) hands on its fake-quantized x; the layer's float output is its own fake
+    # quantization off on that input, and each candidate's output is compared with it
     quant_in = net.quant(x)
+    disable_fake_quant(layer)
+    reference = layer(quant_in).numpy()
+    enable_fake_quant(layer)
     scores = []
     for scale in candidates:
         observer.scale = scale
@@ -515,6 +516,38 @@ def test_apply_easy_quant_keeps_the_candidate_closest_to_the_float_output():
     np.testing.assert_allclose(observer.scale.numpy(), candidates[int(np.argmax(scores))],
                                rtol=1e-6)
     assert layer.weight_fake_quant.enabled  # fake quantization is on afterwards
+
+
+class _TwoLayers(Float.Module):
+    def __init__(self):
+        super().__init__()
+        self.q, self.l1, self.l2 = Float.QuantStub(), Float.LinearRelu(5, 6), Float.Linear(6, 2)
+        self.dq = Float.DequantStub()
+
+    def forward(self, x):
+        return self.dq(self.l2(self.l1(self.q(x))))
+
+
+def test_apply_easy_quant_chooses_upstreams_scales():
+    # upstream 1.13 searches a layer with the earlier layers at their original scales (each
+    # hands on the fake-quantized output it computed before its search), on the data twice
+    # over; earlier versions of this fork searched with the scales already chosen and gave
+    # other scales (the activation scales below: 0.0110977 and 0.00205949)
+    net, rs = _TwoLayers(), np.random.RandomState(3)
+    for _, p in sorted(net.named_parameters()):
+        p._reset(rs.uniform(-0.5, 0.5, p.shape).astype("float32"))
+    x = mge.tensor(rs.uniform(-1, 1, (6, 5)).astype("float32"))
+    qat = quantize_qat(net, qconfig=ema_fakequant_qconfig)
+    qat(x), qat(x * 0.8)
+    reset_qconfig(qat, passive_qconfig)
+    qat.eval()
+    apply_easy_quant(qat, x, 0.8, 1.2, 9)
+    got = [float(o.scale.numpy()) for o in (qat.l1.weight_observer, qat.l1.act_observer,
+                                            qat.l2.weight_observer, qat.l2.act_observer,
+                                            qat.q.act_observer)]
+    # upstream 1.13 measured on the same weights and data (RandomState's draws)
+    np.testing.assert_allclose(got, [0.00412299, 0.0100888, 0.00283885, 0.00187227, 0.00833719],
+                               rtol=2e-6)
 
 
 def test_apply_easy_quant_refuses_bad_ranges_and_non_passive_observers():
