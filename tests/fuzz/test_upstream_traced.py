@@ -168,3 +168,16 @@ def test_subnormal_gradients_that_upstream_flushes_to_zero_are_set_apart():
     normal = [OK, ["ok", [2e-30, ["w", [0.1, 0.0]], True]]]
     _, got, _ = be.compare(step, normal, zeros, ut.rule, ut.FUZZER.tol)
     assert got == "step 1: values differ"  # (this side's are normal numbers)
+
+
+def test_gradients_that_cancel_to_noise_are_counted_where_both_sides_are_that_small():
+    # a gradient that is 0 exactly (a softmax's outputs summed with equal weights) is float32
+    # noise of its terms on each side: 5.7e-7 here, 4.4e-7 upstream (seed 45322)
+    step = ("pass", ["out = backward_twice(tm, x)"])
+    mine = [OK, ["ok", [5.7e-07, ["w", [0.1, 0.08]], True]]]
+    theirs = [OK, ["ok", [4.4e-07, ["w", [0.1, -0.008]], True]]]
+    _, got, counts = be.compare(step, mine, theirs, ut.rule, ut.FUZZER.tol)
+    assert got is None and counts["gradients that cancel to float32 noise"] == 1
+    theirs = [OK, ["ok", [3e-05, ["w", [0.1, -0.008]], True]]]
+    _, got, _ = be.compare(step, mine, theirs, ut.rule, ut.FUZZER.tol)
+    assert got == "step 1: values differ"  # (upstream's are not that small)
