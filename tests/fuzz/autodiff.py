@@ -632,6 +632,7 @@ def run_oracle(prog):
     started = []  # the recordings in the order they started
     second_order = [False]  # a backward was recorded: None and zeros compare equal from then
     kept_by_function = set()  # slots a Function's forward kept (self.x = x)
+    recorded_inputs = set()  # slots a recorded op read
     leaves, params = _leaves(prog)
     ever = set()
 
@@ -730,10 +731,15 @@ def run_oracle(prog):
                     if any(i in r["T"] for i in ins):
                         r["T"][out] = _torch_op(torch, name,
                                                 [r["T"].get(i, const(r, i)) for i in ins], args)
+                        recorded_inputs.update(ins)
         elif kind in ("write", "inplace"):
             s, src = st[1], st[3]
             if s in kept_by_function:
                 log_quirk[0] = True  # upstream: the Function's backward reads the written value
+            if kind == "write" and st[2] == ["all"] and s in recorded_inputs and \
+                    val[src].shape != val[s].shape:
+                log_quirk[0] = True  # upstream: a recorded op's backward reads the new shape
+                # of an input ``t[...] = v`` gave another shape, and raises (program 111973)
             whole.pop(s, None)
             if kind == "write" and st[2] == ["all"]:
                 whole[s] = src
