@@ -258,6 +258,7 @@ def apply_easy_quant(module: Module, data: Tensor, start: float = 0.8, stop: flo
 
         def search(layer, inputs, outputs, where=where):
             handles.pop(id(layer)).remove()  # (its first call in the pass only)
+            # (upstream's order: a layer with nothing to search ends with fake quantization on)
             disable_fake_quant(layer)
             float_out = layer(*[x[:batch] for x in inputs])
             enable_fake_quant(layer)

@@ -113,8 +113,7 @@ _SHARED_ARGUMENTS = frozenset({"mode", "eps", "momentum", "bins", "upsample_rate
 class _QuantDtypeMixin:
     """What observers and fake quantizers both hold: ``dtype`` (a QuantDtypeMeta, narrowed by
     upstream 1.2-1.3's ``narrow_range=True``), its ``qmin``/``qmax``, and the ``enabled``
-    switch. Listed before ``Module`` among the bases, so that ``Module`` gets the other
-    keyword arguments."""
+    switch. Listed before ``Module`` among the bases, so that ``Module`` gets ``name``."""
 
     def __init__(self, dtype: Union[str, QuantDtypeMeta], enabled: bool, **kwargs):
         what = type(self).__name__

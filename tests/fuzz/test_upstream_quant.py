@@ -31,7 +31,7 @@ def test_this_checkout_gives_upstreams_recorded_results():
 
 def test_values_apart_beyond_rounding_are_findings():
     program = ("qat = 1", ["out = [1.0, 0.5, 2e-5]"])
-    # within 1e-3 of themselves and 1e-5 of the step's largest magnitude: the same
+    # within 1e-3 of themselves and 1e-4 of the step's largest magnitude: the same
     assert uq._apart([1.0, 0.5, 2e-5], [1.0009, 0.5004, 1.2e-5]) == set()
     _, got, counts = be.compare(program, [OK, ["ok", [1.0, 0.5, 2e-5]]],
                                 [OK, ["ok", [1.0009, 0.5004, 1.2e-5]]], uq.rule, uq.FUZZER.tol)
@@ -51,6 +51,13 @@ def test_a_reset_qconfig_that_raised_on_both_sides_ends_the_comparison():
     _, got, counts = be.compare(program, [OK, raised, ["ok", [1.0]]],
                                 [OK, raised, ["ok", [2.0]]], uq.rule, uq.FUZZER.tol)
     assert got is None and counts["a reset_qconfig that raised: the network as it was here"] == 1
+
+
+def test_a_difference_after_a_step_apart_within_rounding_ends_the_comparison():
+    program = ("qat = 1", ["out = [1.0]", "out = [2.0]"])
+    _, got, counts = be.compare(program, [OK, ["ok", [1.0]], ["ok", [2.0]]],
+                                [OK, ["ok", [1.0009]], ["ok", [2.1]]], uq.rule, uq.FUZZER.tol)
+    assert got is None and counts["states apart since an earlier step's float32 rounding"] == 1
 
 
 def test_every_program_builds_here():
