@@ -22,11 +22,13 @@ def test_this_checkout_gives_upstreams_recorded_results():
     # HistogramObserver refused a layer's outputs within a few float32 steps (seed 5)
     n, shown, outcomes = uq.FUZZER.replay(RECORD)
     assert n == 60 and not shown, "\n".join(shown)
-    assert outcomes["same"] >= 250, outcomes
-    # upstream's results, not this checkout's: the documented differences are in it
-    assert outcomes["quantized values at rounding boundaries, each rounded its own way"] >= 2
-    assert outcomes["a reset_qconfig that raised: the network as it was here"] >= 2
-    assert outcomes["a batch norm over nearly equal values"] >= 1
+    assert outcomes["same"] >= 230, outcomes
+    # upstream's results, not this checkout's: the documented difference is in it, and float32
+    # rounding's (which of them a change of this engine's sums meets may move)
+    assert outcomes["a reset_qconfig that raised: the network as it was here"] >= 5
+    assert sum(outcomes[k] for k in (
+        "quantized values at rounding boundaries, each rounded its own way",
+        "EasyQuant's candidates alike to float32 rounding", "same to float32 rounding")) >= 8
 
 
 def test_values_apart_beyond_rounding_are_findings():
@@ -58,6 +60,16 @@ def test_a_difference_after_a_step_apart_within_rounding_ends_the_comparison():
     _, got, counts = be.compare(program, [OK, ["ok", [1.0]], ["ok", [2.0]]],
                                 [OK, ["ok", [1.0009]], ["ok", [2.1]]], uq.rule, uq.FUZZER.tol)
     assert got is None and counts["states apart since an earlier step's float32 rounding"] == 1
+
+
+def test_a_batch_norm_over_a_channel_of_equal_values_is_told():
+    # a layer whose weights quantize to 0 hands the batch norm after it one value per channel
+    build = ("C = 1\nnet = M.ConvBn2d(1, 2, 1)\nnet.conv.weight.set_value(np.zeros((2, 1, 1, 1), "
+             "'float32'))\nqat = Q.quantize_qat(net, qconfig=Q.min_max_fakequant_qconfig)")
+    sources = [build, "out = r(qat(X(0)).numpy())"]
+    assert uq._flat_norms(sources, 1, 0)
+    sources[0] = build.replace("np.zeros(", "np.ones(")
+    assert not uq._flat_norms(sources, 1, 0)
 
 
 def test_every_program_builds_here():

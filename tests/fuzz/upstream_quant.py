@@ -13,7 +13,8 @@ and fake quantizers of other dtypes: ``qint8_narrow``, ``quint8``, ``qint4``, hi
 passive observers). Then drawn steps: forward passes in training and eval mode, SGD training
 steps under a ``GradManager`` (outputs, parameters with their gradients), the observers' and
 fake quantizers' switches (``enable_observer``, ``disable_fake_quant``, ...), each QAT layer's
-activation and weight qparams, the state dict, ``reset_qconfig``, and ``quantize`` (a copy)
+activation and weight qparams, the state dict, ``reset_qconfig``, EasyQuant's search
+(``apply_easy_quant`` after ``reset_qconfig(qat, passive_qconfig)``), and ``quantize`` (a copy)
 with its quantized network's output on the same input.
 
 Each program runs here and, with ``--upstream``, in upstream's interpreter
@@ -225,6 +226,10 @@ class Draw:
             return "out = state(qat)"
         if r < 0.88:
             return f"Q.reset_qconfig(qat, {self.pick(QCONFIGS)})\nout = qparams(qat)"
+        if r < 0.92:
+            bounds = self.pick(("0.8, 1.2, 5", "0.5, 1.5, 9", "0.9, 1.0, 3"))
+            return (f"Q.reset_qconfig(qat, Q.passive_qconfig)\nqat.{self.pick(('eval', 'train'))}()"
+                    f"\nQ.apply_easy_quant(qat, X({k}), {bounds})\nout = qparams(qat)")
         return (f"qm = Q.quantize(qat, inplace=False)\nqm.eval()\ny = qm(X({k}))\n"
                 "out = 'a scale at its floor' if floored(qat) else r(y.numpy())")
 
@@ -262,6 +267,11 @@ def rule(sources, i, mine, theirs):
         return None
     if not apart:
         return "count", "same to float32 rounding"
+    if "apply_easy_quant" in sources[i] and _near_ties(sources, i):
+        # (two candidate scales whose fake-quantized outputs are alike to float32 rounding:
+        # their cosine similarities 0.24619698 and 0.24619695 here, and upstream's rounding
+        # put the other first, seed 173)
+        return "stop", "EasyQuant's candidates alike to float32 rounding"
     batch = re.search(r"qat\(X\((\d+)\)\)", sources[i])
     if batch and _flat_norms(sources, i, batch.group(1)):
         # (a batch norm over a channel of nearly equal values, a layer whose weights all
@@ -337,6 +347,35 @@ def _flat_norms(sources, i, k):
     check = (sources[0], list(sources[1:i]) + [f"out = flat_norms(qat, X({k}))"])
     result = be.run_all([check], PRELUDE)[0]
     return len(result) > i and result[i] == ["ok", True]
+
+
+def _near_ties(sources, i):
+    """Whether a search of step ``i``'s ``apply_easy_quant``, run again here, found another
+    candidate within 1e-6 of its best similarity."""
+    import importlib
+
+    quantize = importlib.import_module("megengine.quantization.quantize")
+    num = int(re.search(r"apply_easy_quant\(qat, X\(\d+\), [\d.]+, [\d.]+, (\d+)\)",
+                        sources[i]).group(1))
+    seen, plain = [], quantize._mean_cosine
+
+    def spy(x, y):
+        value = plain(x, y)
+        seen.append(float(value.numpy()))
+        return value
+    quantize._mean_cosine = spy
+    try:
+        be.run_all([(sources[0], sources[1:i])], PRELUDE)
+        before = len(seen)  # (the searches of earlier steps)
+        be.run_all([(sources[0], sources[1:i + 1])], PRELUDE)
+    finally:
+        quantize._mean_cosine = plain
+    for k in range(2 * before, len(seen) - num + 1, num):
+        found = [v for v in seen[k:k + num] if v == v]
+        best = max(found, default=0.0)
+        if sum(abs(v - best) <= 1e-6 * abs(best) for v in found) > 1:
+            return True
+    return False
 
 
 def _step_again(sources, i, away):
