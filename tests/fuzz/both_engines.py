@@ -100,15 +100,25 @@ SAVED = [0]
 '''
 
 
+class Timeout(Exception):
+    """A program ran past its time (`run`)."""
+
+
 def run(program, prelude, seconds=30):
     """The results of ``program`` here (after ``prelude``), stopping after the build if it
-    raised. ``TAG`` names the program in its namespace (the same on both sides)."""
+    raised, and after a step that ran past ``seconds`` in all (that step raises `Timeout`; a
+    fuzzing process goes on to its next program). ``TAG`` names the program in its namespace
+    (the same on both sides)."""
     import signal
     import warnings
+
+    def alarm(signum, frame):
+        raise Timeout(f"the program ran past {seconds} s")
 
     build, steps = program
     ns = {"__name__": "fuzzed_program", "TAG": digest(list(program))[6:18]}
     results = []
+    handler = signal.signal(signal.SIGALRM, alarm)
     signal.alarm(seconds)
     try:
         with warnings.catch_warnings():
@@ -121,10 +131,11 @@ def run(program, prelude, seconds=30):
                 except Exception as e:  # noqa: BLE001  (an error is a result to compare)
                     results.append(["raise", type(e).__name__, str(e)[:200],
                                     [c.__name__ for c in type(e).__mro__]])
-                    if i == 0:
+                    if i == 0 or isinstance(e, Timeout):
                         break
     finally:
         signal.alarm(0)
+        signal.signal(signal.SIGALRM, handler)
         # (the prelude's functions hold the namespace as their globals, a cycle: cleared, what
         # the program made goes now, a DataLoader's worker processes with it, not at some
         # later garbage collection)

@@ -100,3 +100,17 @@ def test_numbers_agree_within_a_tolerance_where_one_is_given():
     assert not be.close(True, 1, (1, 1)) and be.close(None, None, (0, 0))
     assert be.same(["ok", [0.0]], ["ok", [1e-7]], (0, 1e-6)) and not be.same(["ok", [0.0]],
                                                                                ["ok", [1e-7]])
+
+
+def test_a_program_past_its_time_raises_there_and_the_run_goes_on():
+    # (the alarm's default action ended the whole fuzzing process, its report unwritten)
+    import signal
+    import time
+
+    slow = ("pass", ["out = 1", "import time\nwhile True:\n    time.sleep(0.01)", "out = 2"])
+    handler, start = signal.getsignal(signal.SIGALRM), time.time()
+    got = be.run(slow, "", seconds=1)
+    assert time.time() - start < 5
+    assert got[:2] == [OK, ["ok", 1]] and got[2][:2] == ["raise", "Timeout"] and len(got) == 3
+    assert signal.getsignal(signal.SIGALRM) is handler
+    assert be.run(_program("out = 5"), PRELUDE) == [OK, ["ok", 5]]
