@@ -238,15 +238,21 @@ class HistogramObserver(MinMaxObserver):
         return self._calculate_qparams(new_min, new_max)
 
     def _combine_histograms(self, new_hist, orig_hist, downsample_rate, start_idx):
-        # spread the old histogram over a grid upsample_rate times finer, place it at its
-        # offset in the combined range, then sum it back down to `bins` bins
-        upsampled = np.repeat(orig_hist, self.upsample_rate)
-        fine = np.zeros(self.bins * downsample_rate)
-        fine[start_idx:start_idx + self.bins * self.upsample_rate] = upsampled
-        integral = np.cumsum(fine)[downsample_rate - 1::downsample_rate]
+        # the old histogram spread over a grid upsample_rate times finer (each count repeated
+        # in its bin's fine bins), placed at its offset in the combined range and summed back
+        # down to `bins` bins of downsample_rate fine bins each, as upstream's: read off the
+        # old counts' cumulative sum at each new bin's end, without making the fine grid,
+        # which holds bins * downsample_rate numbers (gigabytes once a batch's range is
+        # thousands of times the earlier ones': upstream 1.13 runs out of memory there)
+        u = self.upsample_rate
+        ends = np.arange(1, self.bins + 1) * downsample_rate - start_idx  # (in fine bins)
+        ends = np.clip(ends, 0, self.bins * u)
+        at = np.minimum(ends // u, self.bins - 1)
+        before = np.concatenate([[0.0], np.cumsum(orig_hist)])[at] * u
+        integral = before + (ends - at * u) * orig_hist[at]
         shifted = np.zeros(self.bins)
         shifted[1:] = integral[:-1]
-        return new_hist + (integral - shifted) / self.upsample_rate
+        return new_hist + (integral - shifted) / u
 
     def _adjust_min_max(self, combined_min, combined_max):
         # widen the combined range so that it is a whole number of old-histogram fine bins

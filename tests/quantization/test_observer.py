@@ -215,6 +215,28 @@ def test_histogram_observer_rebins_its_history_when_the_range_grows():
     assert np.abs(got - expected).sum() < 0.05 * 8000
 
 
+def test_histogram_observer_rebins_without_the_fine_grid():
+    # by hand, upstream's way: each old count repeated over upsample_rate fine bins at its
+    # offset in the combined range, summed downsample_rate fine bins at a time
+    h = ob.HistogramObserver(bins=16, upsample_rate=4)
+    rs = np.random.RandomState(4)
+    for downsample, start in ((4, 0), (5, 10), (7, 40), (40, 500)):
+        old, new = rs.randint(0, 50, 16).astype(np.float64) * 0.37, rs.randint(0, 9, 16) * 1.0
+        fine = np.zeros(16 * downsample)
+        fine[start:start + 64] = np.repeat(old, 4)
+        expected = new + fine.reshape(16, downsample).sum(axis=1) / 4
+        np.testing.assert_allclose(h._combine_histograms(new, old, downsample, start), expected,
+                                   rtol=1e-12)
+    # a batch whose range is 1e6 times the earlier ones' (a diverged layer): the fine grid
+    # would hold ~2.6e11 numbers (upstream 1.13 raises MemoryError); here 2048 new bins
+    h = ob.HistogramObserver()
+    x = np.random.RandomState(5).uniform(-1, 1, 1000).astype("float32")
+    h(mge.tensor(x))
+    h(mge.tensor(x * 1e6))
+    assert float(h.histogram.numpy().sum()) == pytest.approx(2000, rel=1e-6)
+    assert float(h.get_qparams().scale.numpy()) > 1.0
+
+
 @pytest.mark.parametrize("first", [np.zeros(50, "float32"), np.full(50, 2.0, "float32")])
 def test_histogram_observer_after_batches_of_one_value_keeps_their_count(first):
     # a first batch of one value (a ReLU that gave zeros) has a histogram of no width; the next
