@@ -19,9 +19,10 @@ with its quantized network's output on the same input.
 
 Each program runs here and, with ``--upstream``, in upstream's interpreter
 (tests/fuzz/both_engines.py by path); upstream is the oracle, compared as
-tests/fuzz/both_engines.py says (values to 5 significant digits within (1e-4, 1e-6)); `rule`
-looks again at the values apart (float32 noise, quantization boundaries) and counts the
-documented differences. Without ``--upstream`` the programs run here only (each must build).
+tests/fuzz/both_engines.py says (values to 5 significant digits within 1e-4 of themselves:
+scales at their 1e-5 floor differ by less than any absolute bound, seed 892); `rule` looks again
+at the values apart (float32 noise, quantization boundaries) and counts the documented
+differences. Without ``--upstream`` the programs run here only (each must build).
 CI compares this checkout with upstream's recorded results
 (tests/fuzz/upstream_quant.json, ``--record FILE``)."""
 import re
@@ -390,7 +391,7 @@ def _step_again(sources, i, away):
 
 
 FUZZER = be.Fuzzer("python -m tests.fuzz.upstream_quant", draw, PRELUDE, rule,
-                   keep=lambda source: True, tol=(1e-4, 1e-6))
+                   keep=lambda source: True, tol=(1e-4, 0.0))
 
 
 if __name__ == "__main__":
