@@ -132,5 +132,8 @@ def test_objects365(coco_dir):
     assert len(ds) == 1
     _, boxes, cats, info = ds[0]
     assert boxes.tolist() == [[1, 2, 4, 3.5], [0, 0, 2, 2]] and cats.tolist() == [3, 1]
+    # upstream's Objects365 keeps every field of an image record (its COCO drops four)
+    assert Objects365(root, ann, order=("info",)).get_img_info(2)["coco_url"] == "u"
+    assert "coco_url" not in COCO(root, ann, order=("info",)).get_img_info(2)
     with pytest.raises(NotImplementedError, match="keypoints"):
         Objects365(root, ann, order=("image", "keypoints"))

@@ -38,6 +38,8 @@ class CocoFormatDataset(VisionDataset):
     """
 
     supported_order = ("image", "boxes", "boxes_category", "info")
+    # fields dropped from each image record (``get_img_info`` returns the rest)
+    dropped_image_fields = ()
 
     def __init__(self, root, ann_file, remove_images_without_annotations=False, *, order=None):
         super().__init__(root, order=order, supported_order=self.supported_order)
@@ -56,7 +58,7 @@ class CocoFormatDataset(VisionDataset):
         wants_boxes = "boxes" in self.order or "boxes_category" in self.order
         self.imgs = {}
         for img in dataset["images"]:
-            for key in _UNUSED_IMAGE_FIELDS:
+            for key in self.dropped_image_fields:
                 img.pop(key, None)
             self.imgs[img["id"]] = img
 
@@ -150,6 +152,7 @@ class COCO(CocoFormatDataset):
     """
 
     supported_order = ("image", "boxes", "boxes_category", "keypoints", "info")
+    dropped_image_fields = _UNUSED_IMAGE_FIELDS
 
     def _usable(self, anns) -> bool:
         if not anns:
