@@ -167,11 +167,16 @@ def quant_meta(dtype) -> QuantDtypeMeta:
     return None if info is None else _meta_by_cname.get(info.get("name"))
 
 
+class NotQuantizedError(ValueError, RuntimeError):
+    """``get_scale`` / ``get_zero_point`` of a dtype without that parameter (a RuntimeError
+    too, which upstream's raise)."""
+
+
 def get_scale(dtype) -> float:
     """The scale of a quantized dtype; an error names the dtype when it has none."""
     info = _info(np.dtype(dtype))
     if info is None or "scale" not in info:
-        raise ValueError(f"get_scale: dtype {dtype} is not a quantized dtype (make one with "
+        raise NotQuantizedError(f"get_scale: dtype {dtype} is not a quantized dtype (make one with "
                          "megengine.core.tensor.dtype.qint8(scale) and x.astype(it))")
     return info["scale"]
 
@@ -180,7 +185,7 @@ def get_zero_point(dtype) -> int:
     """The zero point of an asymmetric (unsigned) quantized dtype; an error for others."""
     info = _info(np.dtype(dtype))
     if info is None or "zero_point" not in info:
-        raise ValueError(f"get_zero_point: dtype {dtype} has no zero point (only quint8 and "
+        raise NotQuantizedError(f"get_zero_point: dtype {dtype} has no zero point (only quint8 and "
                          "quint4 dtypes are asymmetric)")
     return info["zero_point"]
 
@@ -236,6 +241,8 @@ def _convert_to(arr, dtype, meta, what):
     _check_kind(dtype, meta, what)
     info = _info(dtype)
     q = np.round(arr / info["scale"]) + info.get("zero_point", 0)
+    if q.dtype.kind == "f":  # clip in float64: float32 has no 2**31 - 1 (it would wrap qint32)
+        q = q.astype(np.float64)
     return q.clip(meta.qmin, meta.qmax).astype(dtype)
 
 

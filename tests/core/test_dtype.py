@@ -68,6 +68,11 @@ def test_signed_dtypes_refuse_a_zero_point_and_a_missing_scale_is_named():
         dtype.create_quantized_dtype(dtype._builtin_quant_dtypes["qint2"], 0.1, None)
     with pytest.raises(ValueError, match="not a quantized dtype"):
         dtype.get_scale(np.int8)
+    # upstream raises RuntimeError for both queries: the error is one too
+    with pytest.raises(RuntimeError, match="not a quantized dtype"):
+        dtype.get_scale(np.float32)
+    with pytest.raises(RuntimeError, match="has no zero point"):
+        dtype.get_zero_point(dtype.qint8(0.5))
 
 
 def test_numpy_conversions_round_half_to_even_as_upstreams_helpers():
@@ -104,6 +109,15 @@ def test_the_4_bit_32_bit_and_1_bit_numpy_conversions_clip_to_their_ranges():
                                       (np.array(want, np.float32) - zero) * 0.5, err_msg=name)
     with pytest.raises(ValueError, match="qint4"):
         dtype.convert_to_qint4(data, dtype.qint8(0.5))
+
+
+def test_numpy_conversion_to_qint32_saturates_float32_values_past_its_range():
+    # float32 has no 2**31 - 1: clipped in float32 it became 2**31 and wrapped to -2**31;
+    # upstream 1.13 gives the bounds (measured)
+    data = np.array([3e9, -3e9, 2147483520, 2 ** 31, np.inf, -np.inf], np.float32)
+    want = [2 ** 31 - 1, -2 ** 31, 2147483520, 2 ** 31 - 1, 2 ** 31 - 1, -2 ** 31]
+    for arr in (data, data.astype(np.float64)):
+        np.testing.assert_array_equal(dtype.convert_to_qint32(arr, dtype.qint32(1.0)), want)
 
 
 def test_is_differentible_dtype_names_the_float_dtypes():
