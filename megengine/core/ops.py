@@ -344,8 +344,10 @@ class Sub(_Binary):
         except TypeError:  # (numpy's or CuPy's refusal of bool - bool)
             if a.dtype.kind != "b" or b.dtype.kind != "b":
                 raise
-        raise TypeError("sub: bool tensors are not subtracted; use x ^ y (F.logical_xor) for "
-                        "where they differ, or x.astype('int32') - y.astype('int32')")
+        # (a TypeError, and the RuntimeError upstream's C++ op raises)
+        raise ArgumentTypeError("sub: bool tensors are not subtracted; use x ^ y "
+                                "(F.logical_xor) for where they differ, or "
+                                "x.astype('int32') - y.astype('int32')")
 
     def grads(self, g):
         return g, -g
@@ -916,8 +918,8 @@ class Neg(Op):
         except TypeError:  # (numpy's or CuPy's refusal of a bool negative)
             if x.dtype.kind != "b":
                 raise
-        raise TypeError("neg: a bool tensor has no negative; use ~x (F.logical_not) to invert "
-                        "it, or x.astype('int32') for -1 and 0")
+        raise ArgumentTypeError("neg: a bool tensor has no negative; use ~x (F.logical_not) "
+                                "to invert it, or x.astype('int32') for -1 and 0")
 
     def backward(self, g):
         return -g

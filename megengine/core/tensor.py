@@ -530,6 +530,10 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
         return type(self)(array, dtype=array.dtype, device=self.device)
 
     def item(self, *args):
+        if not args and self._data.size != 1:  # (upstream asserts: ArgumentError is both)
+            raise _ops.ArgumentError(
+                f"item(): can only convert a tensor of one element to a Python scalar, not one "
+                f"of {self._data.size}; index it first (x[i].item()) or use x.tolist()")
         return self.numpy().item(*args)
 
     def tolist(self):
@@ -546,7 +550,7 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
 
     def __bool__(self):
         if self._data.size != 1:  # (not self.size: a subclass may make it torch's size())
-            raise ValueError(
+            raise _ops.ArgumentError(  # (a ValueError, and upstream's AssertionError)
                 f"the truth value of a tensor with {self._data.size} elements is ambiguous; "
                 "use F.logical_and/any/all or .item()"
             )

@@ -560,6 +560,20 @@ def test_truth_value_does_not_use_a_subclass_size_method():
         bool(TorchStyle([1, 2]))
 
 
+def test_scalar_reads_of_many_elements_raise_upstreams_assertion_error_too():
+    # upstream 1.13 asserts one element (measured): bool(), item(), int() and float() of a
+    # tensor of 4 or 0 elements raise AssertionError there; here an error that is also the
+    # ValueError numpy raises
+    t, empty = Tensor([[1.0, 2.0], [3.0, 4.0]]), Tensor(np.zeros((0,), np.float32))
+    for read in (bool, int, float, Tensor.item):
+        for x in (t, empty):
+            with pytest.raises(AssertionError):
+                read(x)
+            with pytest.raises(ValueError, match="ambiguous|one element"):
+                read(x)
+    assert t.item(1, 0) == 3.0 and Tensor([[5]]).item() == 5  # (an index: numpy's item)
+
+
 def test_getnewargs_are_upstreams_value_dtype_device():
     p = Parameter(np.arange(4, dtype=np.int16).reshape(2, 2))
     value, dtype, device = p.__getnewargs__()
