@@ -11,6 +11,7 @@ import threading
 
 import numpy as np
 
+from .core.ops import ArgumentError
 from .core.tensor import Tensor
 from .device import _saved_device_here, canonical_device, parse_device_name
 
@@ -19,6 +20,11 @@ __all__ = ["save", "load"]
 # Tensor.dmap_callback is one class attribute (upstream's design): loads in two threads at once
 # would see each other's map_location, so they take turns.
 _load_lock = threading.RLock()
+
+
+class ArgumentKindError(TypeError, AssertionError):
+    """``save`` / ``load`` given an ``f`` or ``map_location`` of a type they do not take: a
+    TypeError, which is what the mistake is, and what upstream raises (it asserts)."""
 
 
 def save(obj, f, pickle_module=pickle, pickle_protocol=pickle.DEFAULT_PROTOCOL):
@@ -37,7 +43,7 @@ def save(obj, f, pickle_module=pickle, pickle_protocol=pickle.DEFAULT_PROTOCOL):
     if isinstance(f, (str, bytes)) or hasattr(f, "__fspath__"):
         return _save_to_path(obj, os.fsdecode(f), pickle_module, pickle_protocol)
     if not hasattr(f, "write"):
-        raise TypeError(
+        raise ArgumentKindError(
             f"save: f must be a file name or a writable binary file, got {type(f).__name__}"
         )
     pickler = getattr(pickle_module, "Pickler", None)
@@ -144,7 +150,7 @@ def load(f, map_location=None, pickle_module=pickle):
         with open(f, "rb") as fin:
             return load(fin, map_location, pickle_module)
     if not hasattr(f, "read"):
-        raise TypeError(
+        raise ArgumentKindError(
             f"load: f must be a file name or a readable binary file, got {type(f).__name__}"
         )
     mapper = _device_mapper(map_location)
@@ -176,7 +182,8 @@ def _device_key(name, what):
             raise ValueError(f"a device name is a str, got {type(name).__name__}")
         kind, number = parse_device_name(name)
     except ValueError as e:
-        raise ValueError(f"load: invalid device {name!r} in {what}: {e}") from None
+        # (an ArgumentError: upstream asserts a str and its parser raises RuntimeError)
+        raise ArgumentError(f"load: invalid device {name!r} in {what}: {e}") from None
     return kind + number
 
 
@@ -218,7 +225,7 @@ def _device_mapper(map_location):
         try:  # every tensor goes there: a device this machine lacks fails now, not midway
             canonical_device(map_location)
         except (RuntimeError, ValueError) as e:
-            raise ValueError(f"load: map_location={map_location!r} cannot be used here: {e}") \
+            raise ArgumentError(f"load: map_location={map_location!r} cannot be used here: {e}") \
                 from None
         return lambda dev: map_location
     if isinstance(map_location, dict):
@@ -229,7 +236,7 @@ def _device_mapper(map_location):
         return lambda dev: _mapped_by_table(table, dev)
     if callable(map_location):
         return map_location
-    raise TypeError(
+    raise ArgumentKindError(
         "load: map_location must be None, a device name, a dict {saved device: device} or a "
         f"callable, got {type(map_location).__name__}"
     )

@@ -533,6 +533,16 @@ def test_bad_arguments():
         mge.save(1, 42)
     with pytest.raises(TypeError, match="file"):
         mge.load(42)
+    # and upstream 1.13's types (measured): it asserts the kinds of f and map_location and a
+    # dict's values, and its device parser raises RuntimeError
+    with pytest.raises(AssertionError, match="file"):
+        mge.save(1, None)
+    with pytest.raises(AssertionError, match="map_location"):
+        mge.load(f, map_location=3)
+    with pytest.raises(AssertionError, match="invalid device"):
+        mge.load(f, map_location={"cpu0": 5})
+    with pytest.raises(RuntimeError, match="invalid device"):
+        mge.load(f, map_location="bogus")
 
 
 # ----- torch tensors in the object follow map_location too -----
