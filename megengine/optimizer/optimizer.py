@@ -48,6 +48,22 @@ def _record_0x(gm):
     gm._record(_legacy_level[0])
 
 
+class _ArgumentTypeError(TypeError, AssertionError):
+    """An argument of the wrong kind where upstream asserts (a group that is not a dict)."""
+
+
+class _MissingKeyError(TypeError, ValueError, KeyError):
+    """A dict without an entry the call needs (a group without 'params', a state dict without
+    'param_groups'): what the mistake is, and upstream's KeyError."""
+
+    def __str__(self):  # (KeyError's would quote the message)
+        return str(self.args[0])
+
+
+class _StateKindError(ValueError, TypeError):
+    """``load_state_dict`` of something that is not a dict (upstream raises TypeError)."""
+
+
 class Optimizer:
     """Base class of all optimizers (upstream's API).
 
@@ -142,9 +158,11 @@ class Optimizer:
     def add_param_group(self, param_group: dict):
         """Add a group of parameters with its own hyperparameters (missing ones from defaults)."""
         if not isinstance(param_group, dict) or "params" not in param_group:
-            raise TypeError(
+            error = _ArgumentTypeError if not isinstance(param_group, dict) else _MissingKeyError
+            raise error(
                 "add_param_group: expected a dict with a 'params' entry, got "
                 f"{type(param_group).__name__}"
+                + ("" if not isinstance(param_group, dict) else f" with {sorted(param_group)}")
             )
         group = dict(param_group)
         params = group["params"]
@@ -160,7 +178,8 @@ class Optimizer:
                 )
         seen = {id(p) for g in self.param_groups for p in g["params"]}
         if len({id(p) for p in params}) != len(params) or seen & {id(p) for p in params}:
-            raise ValueError("add_param_group: some parameters appear more than once")
+            # (an ArgumentError: upstream asserts)
+            raise ArgumentError("add_param_group: some parameters appear more than once")
         group["params"] = params
         for name, default in self._defaults.items():
             group.setdefault(name, default)
@@ -500,7 +519,11 @@ class Optimizer:
         if not isinstance(state, dict) or set(state) != {"param_groups", "state"} \
                 or not isinstance(state["param_groups"], (list, tuple)) \
                 or not isinstance(state["state"], dict):
-            raise ValueError(
+            # (also upstream's TypeError for a non-dict, KeyError for a missing entry)
+            error = (_StateKindError if not isinstance(state, dict) else
+                     _MissingKeyError if not {"param_groups", "state"} <= set(state) else
+                     ValueError)
+            raise error(
                 "load_state_dict: expected a dict with 'param_groups' and 'state' as made by "
                 "Optimizer.state_dict()"
             )

@@ -198,6 +198,25 @@ def test_add_param_group():
         opt.add_param_group({"params": [mge.Parameter([1.0])], "lr": -1.0})
 
 
+def test_bad_groups_and_state_dicts_raise_upstreams_error_types_too():
+    # upstream 1.13 measured: add_param_group asserts a dict and new parameters and raises
+    # KeyError for a dict without "params"; load_state_dict raises TypeError for a non-dict and
+    # KeyError for a missing entry
+    p = mge.Parameter([1.0])
+    opt = SGD([p], lr=1.0)
+    with pytest.raises(AssertionError, match="more than once"):
+        opt.add_param_group({"params": [p]})
+    with pytest.raises(AssertionError, match="expected a dict"):
+        opt.add_param_group([mge.Parameter([1.0])])
+    with pytest.raises(KeyError, match=r"'params' entry, got dict with \['lr'\]"):
+        opt.add_param_group({"lr": 1.0})
+    with pytest.raises(TypeError, match="expected a dict"):
+        opt.load_state_dict([1])
+    with pytest.raises(KeyError, match="expected a dict"):
+        opt.load_state_dict({"state": {}})
+    assert len(opt.param_groups) == 1
+
+
 # Upstream 1.13 asserts its SGD's, Adagrad's and Adadelta's hyperparameters (AssertionError) and
 # raises ValueError for Adam's, AdamW's and LAMB's (their sources' checks; measured); one error of
 # both types serves code written against either.
