@@ -1521,7 +1521,9 @@ class SetItem(Op):
                 # refuses, upstream broadcasts it to the element (and torch takes it)
                 out[self.index] = v.reshape(())
         except (IndexError, ValueError, TypeError) as e:  # (TypeError: numpy's, complex v)
-            raise (IndexingError if isinstance(e, IndexError) else type(e))(
+            # (a value that does not broadcast to the place: upstream's RuntimeError too)
+            raise (IndexingError if isinstance(e, IndexError) else
+                   BroadcastError if isinstance(e, ValueError) else type(e))(
                 f"setting a tensor of shape {x.shape} at an index with a value of shape "
                 f"{v.shape}: {e}"
             ) from None
