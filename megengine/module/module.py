@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterable, Optional, Tuple
 import numpy as np
 
 from ..core import dispatch as _dispatch
+from ..core.ops import ArgumentError
 from ..core.tensor import Parameter, Tensor
 from ..logger import get_logger
 from ..utils.deprecation import deprecated
@@ -479,7 +480,7 @@ class Module:
                   enumerate(numbered, start_pos) if params.get(i) is not None]
         for i, owner, key, value, new in chosen:
             if tuple(new.shape) != tuple(value.shape):
-                raise ValueError(
+                raise ArgumentError(  # (upstream asserts: both)
                     f"replace_param: parameter {key!r} (position {i}) has shape "
                     f"{tuple(value.shape)}, the replacement has {tuple(new.shape)}"
                 )
