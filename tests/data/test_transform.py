@@ -185,6 +185,19 @@ def test_center_crop():
         T.CenterCrop(5).apply(image)
 
 
+def test_bad_sizes_and_ranges_raise_upstreams_assertion_error_too():
+    # upstream 1.13 asserts these (measured: CenterCrop's size; the others are its asserts)
+    image = sample()[0]
+    with pytest.raises(AssertionError, match="bigger than the image"):
+        T.CenterCrop(5).apply(image)
+    with pytest.raises(AssertionError, match="mode='CHW' only"):
+        T.ToMode("HWC")
+    with pytest.raises(AssertionError, match="scale_range"):
+        T.RandomResizedCrop(3, scale_range=(0.9, 0.1))
+    with pytest.raises(AssertionError, match="ratio_range"):
+        T.RandomResizedCrop(3, ratio_range=(2.0, 1.0))
+
+
 def test_random_crop_is_consistent_across_elements():
     image = np.arange(10 * 10).reshape(10, 10, 1).astype(np.int32)
     coords = np.array([[5.0, 5.0]])

@@ -6,6 +6,7 @@ from typing import Sequence, Tuple
 
 import numpy as np
 
+from ....core.ops import ArgumentError  # (a ValueError, and the AssertionError upstream raises)
 from ...dataset.vision.meta_vision import OrderError
 from ..meta_transform import Transform
 from . import functional as F
@@ -159,7 +160,7 @@ class ToMode(VisionTransform):
     def __init__(self, mode="CHW", *, order=None):
         super().__init__(order)
         if mode != "CHW":
-            raise ValueError("ToMode supports mode='CHW' only, got mode={!r}".format(mode))
+            raise ArgumentError("ToMode supports mode='CHW' only, got mode={!r}".format(mode))
         self.mode = mode
 
     def _apply_image(self, image):
@@ -498,9 +499,9 @@ class RandomResizedCrop(VisionTransform):
             output_size = (output_size, output_size)
         self.output_size = tuple(output_size)
         if scale_range[0] > scale_range[1]:
-            raise ValueError("scale_range should be (min, max), got {!r}".format(scale_range))
+            raise ArgumentError("scale_range should be (min, max), got {!r}".format(scale_range))
         if ratio_range[0] > ratio_range[1]:
-            raise ValueError("ratio_range should be (min, max), got {!r}".format(ratio_range))
+            raise ArgumentError("ratio_range should be (min, max), got {!r}".format(ratio_range))
         self.scale_range = scale_range
         self.ratio_range = ratio_range
         self.interpolation = interpolation
@@ -585,7 +586,7 @@ class CenterCrop(VisionTransform):
         th, tw = self.output_size
         h, w = image.shape[:2]
         if th > h or tw > w:
-            raise ValueError(
+            raise ArgumentError(
                 "CenterCrop output size {} is bigger than the image ({}, {}); pad or resize "
                 "the image first".format(self.output_size, h, w)
             )
