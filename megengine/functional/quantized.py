@@ -22,6 +22,7 @@ import numpy as np
 
 from ..core import dtype as _qd
 from ..core.dispatch import Op, apply, xp_of
+from ..core.dtype_rules import ArgumentTypeError
 from ..core.tensor import Tensor
 from ._args import _tensor
 from .conv import _Convolution, _groups
@@ -402,9 +403,11 @@ def _matmul(a: Tensor, b: Tensor, transpose_a=False, transpose_b=False,
         raise TypeError(f"matmul: operands of dtypes {_qd.dtype_name(a.dtype)} and "
                         f"{_qd.dtype_name(b.dtype)}: both must be quantized or both not")
     if kinds[0] != kinds[1] or kinds[0] not in _MATMUL_KINDS:
-        raise TypeError(f"matmul: quantized operands must be both qint8, both quint8 or both "
-                        f"quint4 (upstream's MatrixMul), got {_qd.dtype_name(a.dtype)} and "
-                        f"{_qd.dtype_name(b.dtype)}; convert them with astype first")
+        # (a TypeError, and the RuntimeError upstream's MatrixMul raises)
+        raise ArgumentTypeError(f"matmul: quantized operands must be both qint8, both quint8 or "
+                                f"both quint4 (upstream's MatrixMul), got "
+                                f"{_qd.dtype_name(a.dtype)} and {_qd.dtype_name(b.dtype)}; "
+                                "convert them with astype first")
     _mode(compute_mode, ("default",), "compute_mode", "matmul of quantized tensors")
     return apply(_QuantizedMatmul(transpose_a, transpose_b), a, b)
 

@@ -7,6 +7,7 @@ from typing import Union
 import numpy as np
 
 from .. import functional as F
+from ..core.ops import ArgumentError  # (a ValueError, and upstream's AssertionError)
 from ..core.tensor import Parameter, Tensor
 from ..module import Module
 from .utils import (
@@ -54,7 +55,7 @@ class FakeQuantize(_FakeQuantize):
             raise ValueError("FakeQuantize needs qparams (from an observer): pair it with an "
                              "observer in the QConfig, or call it as fq(x, observer.get_qparams())")
         if qparams.dtype_meta is not self.dtype:
-            raise ValueError(f"input qparams' dtype is not equal to self.dtype: "
+            raise ArgumentError(f"input qparams' dtype is not equal to self.dtype: "
                              f"qparams.dtype_meta={qparams.dtype_meta}, self.dtype={self.dtype}; "
                              "give observer and fake quantizer the same dtype")
         return fake_quant_tensor(inp, qparams)

@@ -7,6 +7,7 @@ from typing import Union
 import numpy as np
 
 from .. import functional as F
+from ..core.ops import ArgumentError  # (a ValueError, and upstream's AssertionError)
 from ..core.tensor import Tensor
 from ..module import Module
 from .utils import (
@@ -351,7 +352,7 @@ class PassiveObserver(Observer):
             raise ValueError("PassiveObserver.set_qparams: Can not get an initialized scale "
                              "(the qparams have scale None)")
         if qparams.dtype_meta is not None and qparams.dtype_meta is not self.dtype:
-            raise ValueError(f"input qparams' dtype is not equal to self.dtype: "
+            raise ArgumentError(f"input qparams' dtype is not equal to self.dtype: "
                              f"qparams.dtype_meta={qparams.dtype_meta}, self.dtype={self.dtype}")
         self.qparams = deepcopy(qparams)
         if self.qparams.dtype_meta is None:

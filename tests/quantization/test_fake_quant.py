@@ -116,6 +116,20 @@ def test_narrow_range_fake_quantize_matches_torch():
     assert y.min() == pytest.approx(-127 * 0.25)
 
 
+def test_qparams_of_another_dtype_raise_upstreams_assertion_error_too():
+    # upstream 1.13 asserts the dtype (measured): the error is an AssertionError and a ValueError
+    from megengine.quantization.observer import PassiveObserver
+
+    q4 = create_qparams(QuantMode.SYMMERTIC, "qint4", scale=mge.tensor(1.0))
+    v = mge.tensor(np.float32([1.0]))
+    for call in (lambda: FakeQuantize(dtype="qint8").fake_quant_forward(v, q4),
+                 lambda: PassiveObserver(dtype="qint8").set_qparams(q4)):
+        with pytest.raises(AssertionError, match="dtype is not equal to self.dtype"):
+            call()
+        with pytest.raises(ValueError, match="dtype is not equal to self.dtype"):
+            call()
+
+
 def test_fake_quant_forward_is_the_hook_forward_calls_when_enabled():
     # hand-computed (upstream 1.13 measured the same values): scale 1, qint8, halves away
     # from zero; TQT's scale is log2 of the step (0: a step of 1); LSQ's step is its own
