@@ -12,8 +12,8 @@ from ..core import dtype as _dtype
 from ..core.dispatch import FLOAT16, KERNEL_FLOATS, Op, apply
 from ..core.dtype_rules import no_order
 from ..core.fused import fused_kernel, use_fused_with_half
-from ..core.ops import (ShapeOnly, masked_gradient, masked_gradient_graph, t_unbroadcast,
-                        unbroadcast, xp_of)
+from ..core.ops import (BroadcastError, ShapeOnly, masked_gradient, masked_gradient_graph,
+                        t_unbroadcast, unbroadcast, xp_of)
 from ..core.tensor import _operand, promote_types
 from . import _aten
 from ._args import _renamed, _tensor
@@ -491,8 +491,8 @@ class _PRelu(Op):
                 return _prelu_kernel()(x, w)
             return xp_of(x).where(x > 0, x, x * w)
         except ValueError:
-            raise ValueError(f"prelu: weight of shape {w.shape} does not broadcast to the input "
-                             f"of shape {x.shape}") from None
+            raise BroadcastError(f"prelu: weight of shape {w.shape} does not broadcast to the "
+                                 f"input of shape {x.shape}") from None
 
     def backward(self, g):
         xp = xp_of(g)

@@ -149,7 +149,7 @@ def _conv_out(size, k, s, p, d, what, axis):
         raise ArgumentError(f"{what}: stride must be a positive int, got {s} along {axis}")
     out = (size + 2 * p - d * (k - 1) - 1) // s + 1
     if out < 1:
-        raise ValueError(f"{what}: the input is too small along {axis} ({size}, padding {p}) "
+        raise ShapeError(f"{what}: the input is too small along {axis} ({size}, padding {p}) "
                          f"for a kernel of {k} with dilation {d}")
     return out
 
@@ -204,11 +204,12 @@ class _Convolution(Op):
         for i in range(nd):
             op, s, d = self.output_padding[i], self.stride[i], self.dilation[i]
             if op >= max(s, d):
-                raise ValueError(f"{what}: output_padding {self.output_padding} must be smaller "
-                                 f"than stride {self.stride} or dilation {self.dilation}")
+                raise ArgumentError(f"{what}: output_padding {self.output_padding} must be "
+                                    f"smaller than stride {self.stride} or dilation "
+                                    f"{self.dilation}")
             size = (x.shape[2 + i] - 1) * s - 2 * self.padding[i] + d * (k[i] - 1) + op + 1
             if size < 1:
-                raise ValueError(f"{what}: padding {self.padding} leaves no output for an input "
+                raise ShapeError(f"{what}: padding {self.padding} leaves no output for an input "
                                  f"of shape {x.shape} and a weight of shape {w.shape}")
         return out
 

@@ -9,9 +9,9 @@ from ..core.dispatch import FLOAT16, KERNEL_FLOATS, Op, apply, on_device
 from ..core.dtype import float_value, no_quantized_form
 from ..core.dtype_rules import complex_error, no_order, promote_types
 from ..core.fused import fused_kernel
-from ..core.ops import (BINARY, ArgumentTypeError, AxisError, IndexAdd, ShapeError, _norm_axes,
-                        acc_dtype, acc_sum, as_dtype, cast, finite_sum, half_operands,
-                        names_an_axis, masked_gradient, masked_gradient_graph,
+from ..core.ops import (BINARY, ArgumentError, ArgumentTypeError, AxisError, IndexAdd,
+                        ShapeError, _norm_axes, acc_dtype, acc_sum, as_dtype, cast, finite_sum,
+                        half_operands, names_an_axis, masked_gradient, masked_gradient_graph,
                         refuse_bool_product, xp_of)
 from ..core.tensor import Tensor
 from . import _aten
@@ -139,7 +139,7 @@ def _arg_reduce(inp, axis, keepdims, fn):
         raise no_order(fn, inp.dtype)
     if axis is None:
         if keepdims:
-            raise ValueError(f"{fn}: keepdims=True needs an axis, got axis=None")
+            raise ArgumentError(f"{fn}: keepdims=True needs an axis, got axis=None")
         axes = None
     elif inp.ndim == 0:  # (_norm_axes takes axis 0 of a 0-d tensor)
         raise ArgAxisError(f"{fn}: a 0-d tensor has no axis {axis}; call {fn}(x) without an axis")

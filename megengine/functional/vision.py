@@ -990,7 +990,7 @@ def correlation(data1, data2, kernel_size=1, max_displacement=1, stride1=1, stri
     out_h = -(-(h + 2 * pad_size - 2 * border) // stride1)
     out_w = -(-(w + 2 * pad_size - 2 * border) // stride1)
     if out_h < 1 or out_w < 1:
-        raise ValueError(f"correlation: an input of {h}x{w} with pad_size {pad_size} is too small "
+        raise ShapeError(f"correlation: an input of {h}x{w} with pad_size {pad_size} is too small "
                          f"for max_displacement {max_displacement} and kernel_size {kernel_size}")
     data1, data2 = (d if d.dtype.kind == "f" else _astype_real(d, np.float32, "correlation")
                     for d in (data1, data2))

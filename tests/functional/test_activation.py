@@ -313,6 +313,8 @@ def test_prelu_traces_as_upstreams():
 def test_prelu_bad_weight_shape_names_both():
     with pytest.raises(ValueError, match=r"prelu.*\(5,\).*\(2, 3, 4\)"):
         F.prelu(mge.tensor(rand(2, 3, 4)), mge.tensor(rand(5)))
+    with pytest.raises(RuntimeError, match="does not broadcast"):  # (upstream's broadcast's)
+        F.prelu(mge.tensor(rand(2, 3, 4)), mge.tensor(rand(5)))
 
 
 

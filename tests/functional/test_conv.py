@@ -885,6 +885,18 @@ def test_a_3d_input_is_a_valueerror_and_upstreams_runtimeerror(call):
                  id="local_conv2d-zero-dilation"),
     pytest.param(lambda x: F.conv2d(x, mge.tensor(np.ones((2, 2, 3, 3), "float32")), groups=0),
                  RuntimeError, "conv2d: groups must be positive, got 0", id="conv2d-zero-groups"),
+    # (megdnn's shape deduction asserts: an input too small for the kernel, a transposed
+    # convolution's padding that leaves no output, an output_padding not below the stride)
+    pytest.param(lambda x: F.conv2d(x, mge.tensor(np.ones((2, 2, 3, 3), "float32")), dilation=3),
+                 RuntimeError, "conv2d: the input is too small along H", id="conv2d-too-small"),
+    pytest.param(lambda x: F.conv_transpose2d(x, mge.tensor(np.ones((2, 2, 2, 2), "float32")),
+                                              padding=4),
+                 RuntimeError, "conv_transpose2d: padding .4, 4. leaves no output",
+                 id="deconv-no-output"),
+    pytest.param(lambda x: F.conv_transpose2d(x, mge.tensor(np.ones((2, 2, 2, 2), "float32")),
+                                              stride=2, output_padding=2),
+                 AssertionError, "output_padding .2, 2. must be smaller than stride",
+                 id="deconv-output-padding"),
 ])
 def test_bad_arguments_raise_what_upstream_raises(call, upstream, match):
     # upstream 1.13 measured: channel counts that do not match fail in its C++ checks

@@ -1262,6 +1262,10 @@ def test_argmax_over_an_axis_out_of_range_is_also_upstreams_assertionerror(fn, a
     for error in (ValueError, RuntimeError, AssertionError):
         with pytest.raises(error, match="out of range for a tensor with 2 dims"):
             getattr(F, fn)(x, axis)
+    # and keepdims without an axis, which upstream asserts against
+    for error in (ValueError, AssertionError):
+        with pytest.raises(error, match="keepdims=True needs an axis"):
+            getattr(F, fn)(x, keepdims=True)
 
 
 @pytest.mark.parametrize("fn", ["sum", "max", "var", "logsumexp", "norm"])
