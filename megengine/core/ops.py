@@ -1689,7 +1689,7 @@ class Reduce(Op):
                 # axis 1 gives shape (0,), and so does (0, 0) over axis 0, as upstream's (an
                 # answer of no values; torch refuses it) (named: F.norm of order -inf or inf
                 # computes with min or max)
-                raise ValueError(f"{public_function() or mode}: cannot reduce over axis "
+                raise ShapeError(f"{public_function() or mode}: cannot reduce over axis "
                                  f"{empty[0]} of an empty tensor (shape {tuple(x.shape)}): the "
                                  f"{mode} of no elements is undefined")
         if not x.size and mode in _ORDERED and ndim:  # (numpy's min / max refuse even an

@@ -76,7 +76,7 @@ class _Pool2d(Op):
         n, c, h, w = x.shape
         oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
         if oh < 1 or ow < 1:
-            raise ValueError(f"{what}: input of shape {x.shape} is smaller than the window "
+            raise ShapeError(f"{what}: input of shape {x.shape} is smaller than the window "
                              f"{self.kernel} (padding {self.padding})")
         aten = _aten.aten()
         is_max = self.mode == "max"

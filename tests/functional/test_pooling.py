@@ -552,6 +552,9 @@ def test_a_3d_input_is_a_valueerror_and_upstreams_runtimeerror(pool):
         pool(x, 2)
     with pytest.raises(RuntimeError, match="expected a 4-d input"):
         pool(x, 2)
+    # and an input smaller than the window (megdnn's shape deduction asserts)
+    with pytest.raises(RuntimeError, match="smaller than the window"):
+        pool(mge.tensor(np.zeros((1, 1, 2, 4), np.float32)), 3)
 
 
 @pytest.mark.parametrize("call, upstream, match", [
