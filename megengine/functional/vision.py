@@ -409,7 +409,8 @@ def interpolate(inp, size=None, scale_factor=None, mode="bilinear", align_corner
         sizes = tuple(math.floor(n * (s if is_sym(s) else float(s))) for n, s in zip(in_sizes,
                                                                                    scales))
     if len(sizes) != spatial or any(s < 1 for s in sizes):
-        raise ValueError(f"{what}: output size {sizes} must be {spatial} positive ints")
+        # (upstream's kernel fails: an AsyncError, a RuntimeError; ArgumentError is one)
+        raise ArgumentError(f"{what}: output size {sizes} must be {spatial} positive ints")
     if inp.dtype.metadata is not None:  # a quantized image stays quantized, as upstream's
         _refuse_unresizable(inp.dtype, what)
         return apply(_QuantizedResize(sizes, mode, align_corners), inp)

@@ -1097,6 +1097,7 @@ def test_roi_align_of_no_rois_is_empty_with_zero_gradient(mode):
     (lambda b, s, x, r: F.vision.roi_align(x, r, (2, 2), mode="min"), AssertionError),
     (lambda b, s, x, r: F.vision.roi_pooling(x, r, (2, 2), mode="min"), AssertionError),
     (lambda b, s, x, r: F.vision.correlation(x[:, :, :2, :2], x[:, :, :2, :2]), RuntimeError),
+    (lambda b, s, x, r: F.vision.interpolate(x, (2, 0)), RuntimeError),
 ])
 def test_input_errors_are_valueerrors_and_upstreams_types(call, upstream_type):
     # warp matrices of another shape or count fail megdnn's shape check too; a detector's
