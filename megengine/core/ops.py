@@ -758,7 +758,8 @@ class MatMul(Op):
             refuse_bool_product(dtype, "matmul")
         a, b = a.astype(dtype, copy=False), b.astype(dtype, copy=False)
         if a.ndim == 0 or b.ndim == 0:
-            raise ValueError("matmul: operands must be at least 1-D; use * for scalars")
+            # (an ArgumentError: upstream asserts)
+            raise ArgumentError("matmul: operands must be at least 1-D; use * for scalars")
         if a.shape[-1] != b.shape[-2 if b.ndim > 1 else 0]:
             raise ShapeError(  # (naming 0.x's F.matrix_mul where the user called that)
                 f"{public_function() or 'matmul'}: shapes {a.shape} and {b.shape} do not match: "

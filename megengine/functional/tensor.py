@@ -108,7 +108,7 @@ def transpose(inp, pattern):
     kept = [_axis(p, inp.ndim, "transpose") for p in pattern if p != "x"]
     dropped = [i for i in range(inp.ndim) if i not in kept]
     if len(set(kept)) != len(kept) or any(inp.shape[i] != 1 for i in dropped):
-        raise ValueError(
+        raise ShapeError(  # (upstream's RuntimeError too)
             f"transpose: pattern {pattern} must name each dim of shape {inp.shape} at most once "
             "and may leave out only dims of size 1"
         )

@@ -181,6 +181,10 @@ def test_matmul_of_vectors_of_two_lengths_names_matmul():
     with pytest.raises(ValueError, match=r"matmul: vectors must have one length, got shapes "
                                          r"\(4,\) and \(5,\)"):
         F.matmul(mge.tensor(rand(4)), mge.tensor(rand(5)))
+    # a 0-d operand: upstream asserts (measured), and the error is a ValueError too
+    for error in (ValueError, AssertionError):
+        with pytest.raises(error, match="operands must be at least 1-D"):
+            F.matmul(mge.tensor(2.0), mge.tensor(rand(3)))
 
 
 @pytest.mark.parametrize("ord", [math.inf, -math.inf, 0, 2])

@@ -44,6 +44,8 @@ def test_transpose_with_x_and_dropped_dims():
     check(lambda t: F.transpose(t, (0, "x", 2, "x")), lambda t: t[:, :, :, None], x)
     with pytest.raises(ValueError, match="transpose"):
         F.transpose(mge.tensor(x), (1, 0))  # drops dim 2 of size 3
+    with pytest.raises(RuntimeError, match="transpose"):  # (upstream's, measured)
+        F.transpose(mge.tensor(x), (1, 0))
 
 
 def test_expand_dims_squeeze():
