@@ -3,6 +3,7 @@ import numpy as np
 
 from .. import functional as F
 from ..core import dispatch as _dispatch
+from ..core.ops import ArgumentError  # (a ValueError, and upstream's AssertionError)
 from ..core.tensor import Tensor
 from ..functional._aten import layer_views as _layer_views
 from ..functional.normalization import (_batch_norm, _check_batch_stats, _empty_batch_affine,
@@ -30,7 +31,7 @@ class _BatchNorm(Module):
                  track_running_stats=True, freeze=False, **kwargs):
         super().__init__(**kwargs)
         if freeze and not track_running_stats:
-            raise ValueError(f"{type(self).__name__}: freeze=True needs track_running_stats=True")
+            raise ArgumentError(f"{type(self).__name__}: freeze=True needs track_running_stats=True")
         self.num_features = num_features
         self.eps = eps
         self.momentum = momentum

@@ -6,6 +6,7 @@ import numpy as np
 from .. import functional as F
 from ..core import dispatch as _dispatch
 from ..core._trace_option import as_int, is_dim, is_int
+from ..core.ops import ArgumentError  # (a ValueError, and upstream's AssertionError)
 from ..core.tensor import Parameter
 from ..functional._aten import layer_views as _layer_views
 from ..functional.conv import _check_conv_mode, _conv
@@ -27,7 +28,8 @@ def _sizes(value, n, what, allow_zero):
     if len(sizes) != n or not all(isinstance(v, (int, np.integer)) and v >= lowest
                                   for v in sizes):
         count = {2: "a pair", 3: "three"}[n]
-        raise ValueError(f"{what} must be an int >= {lowest} or {count} of them, got {value!r}")
+        raise ArgumentError(f"{what} must be an int >= {lowest} or {count} of them, got "
+                            f"{value!r}")
     return tuple(int(v) for v in sizes)
 
 
@@ -35,7 +37,7 @@ def _single(value, what, allow_zero):
     lowest = 0 if allow_zero else 1
     value = as_int(value) if is_dim(value) else value  # (a SymDim: a guard)
     if not isinstance(value, (int, np.integer)) or value < lowest:
-        raise ValueError(f"{what} must be an int >= {lowest}, got {value!r}")
+        raise ArgumentError(f"{what} must be an int >= {lowest}, got {value!r}")
     return int(value)
 
 

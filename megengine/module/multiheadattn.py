@@ -4,6 +4,7 @@ from typing import Optional
 import numpy as np
 
 from .. import functional as F
+from ..core.ops import ArgumentError  # (a ValueError, and upstream's AssertionError)
 from ..core.tensor import Parameter, Tensor
 from . import init
 from .module import Module
@@ -27,11 +28,11 @@ class MultiHeadAttention(Module):
                  add_bias_kv=False, add_zero_attn=False, kdim=None, vdim=None, **kwargs):
         super().__init__(**kwargs)
         if embed_dim % num_heads:
-            raise ValueError(f"MultiHeadAttention: embed_dim ({embed_dim}) must be divisible by "
-                             f"num_heads ({num_heads})")
+            raise ArgumentError(f"MultiHeadAttention: embed_dim ({embed_dim}) must be divisible "
+                                f"by num_heads ({num_heads})")
         if add_bias_kv or add_zero_attn:
-            raise ValueError("MultiHeadAttention: add_bias_kv and add_zero_attn are not "
-                             "supported (nor by upstream's layer); leave them False")
+            raise ArgumentError("MultiHeadAttention: add_bias_kv and add_zero_attn are not "
+                                "supported (nor by upstream's layer); leave them False")
         self.embed_dim = embed_dim
         self.kdim = embed_dim if kdim is None else kdim
         self.vdim = embed_dim if vdim is None else vdim

@@ -3,6 +3,7 @@ import numpy as np
 
 from .. import functional as F
 from ..core._trace_option import as_int, is_dim, is_int
+from ..core.ops import ArgumentError  # (a ValueError, and upstream's AssertionError)
 from ..core.tensor import Parameter
 from . import init
 from .module import Module
@@ -52,8 +53,8 @@ class GroupNorm(_ChannelNorm):
 
     def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, **kwargs):
         if num_groups < 1 or num_channels % num_groups:
-            raise ValueError(f"GroupNorm: num_channels ({num_channels}) must be divisible by "
-                             f"num_groups ({num_groups})")
+            raise ArgumentError(f"GroupNorm: num_channels ({num_channels}) must be divisible "
+                                f"by num_groups ({num_groups})")
         super().__init__(num_channels, eps, affine, **kwargs)
         self.num_groups = num_groups
 

@@ -231,3 +231,5 @@ def test_geometry_is_checked_and_kept_per_layer(layer, dims, make):
         lowest = 0 if name == "padding" else 1
         with pytest.raises(ValueError, match=rf"^{layer} {name} must be an int >= {lowest}"):
             make(**{"kernel_size": 3, name: bad})
+        with pytest.raises(AssertionError):  # (upstream's layers assert: measured, Conv2d)
+            make(**{"kernel_size": 3, name: bad})

@@ -490,3 +490,16 @@ def test_general_norm_keeps_its_arguments_as_given_in_its_repr():
     want = (x - x.mean(1, keepdims=True)) / np.sqrt(x.var(1, keepdims=True) + 1e-5)
     for m in (plain, M.GeneralNorm([3], normalized_axis=[1])):
         np.testing.assert_allclose(m(mge.tensor(x)).numpy(), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: M.BatchNorm2d(4, track_running_stats=False, freeze=True), "freeze=True needs"),
+    (lambda: M.MultiHeadAttention(16, 5), "must be divisible by num_heads"),
+    (lambda: M.MultiHeadAttention(16, 4, add_bias_kv=True), "add_bias_kv"),
+    (lambda: M.GroupNorm(3, 8), "must be divisible by num_groups"),
+])
+def test_bad_layer_arguments_raise_upstreams_assertion_error_too(make, match):
+    # upstream 1.13 asserts these in its constructors (measured); the error is a ValueError too
+    for error in (ValueError, AssertionError):
+        with pytest.raises(error, match=match):
+            make()
