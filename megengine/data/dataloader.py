@@ -135,7 +135,7 @@ class DataLoader:
                     "MapSampler such as SequentialSampler(dataset, batch_size=...) or RandomSampler"
                 )
             elif not isinstance(sampler, collections.abc.Iterable):
-                raise TypeError(
+                raise SamplerKindError(  # (upstream asserts a Sampler)
                     "sampler should be a Sampler yielding lists of indices, but got {!r}".format(sampler)
                 )
         else:

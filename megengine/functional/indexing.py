@@ -5,7 +5,8 @@ import numpy as np
 from ..core import dtype as _qd
 from ..core import ops as _ops
 from ..core.dispatch import KERNEL_FLOATS, Op, apply, on_device
-from ..core.ops import ArgumentError, ShapeError, raise_unbroadcastable, unbroadcast, xp_of
+from ..core.ops import (ArgumentError, ArgumentTypeError, ShapeError, raise_unbroadcastable,
+                        unbroadcast, xp_of)
 from ..core.tensor import Tensor, _operand, promote_types
 from . import _aten
 from ._args import _int, _out_of_range
@@ -121,7 +122,9 @@ def _aten_gather(x, index, axis, dropped, what):
 def _int_index(index, what):
     index = _tensor(index)
     if index.dtype.kind not in "iu":
-        raise TypeError(f"{what}: index must be an integer tensor, got dtype {index.dtype}")
+        # (also upstream's RuntimeError, its C++ op's dtype check)
+        raise ArgumentTypeError(f"{what}: index must be an integer tensor, got dtype "
+                                f"{index.dtype}")
     return index
 
 

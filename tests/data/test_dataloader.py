@@ -113,6 +113,9 @@ def test_a_sampler_of_the_wrong_kind_is_upstreams_assertion_too():
                              (ds, StreamSampler(batch_size=2))]:
         with pytest.raises(AssertionError):
             DataLoader(dataset, sampler)
+    for error in (TypeError, AssertionError):  # and something that is no sampler at all
+        with pytest.raises(error, match="sampler should be a Sampler"):
+            DataLoader(ds, sampler=3)
 
 
 def test_a_stream_read_for_several_workers_by_the_main_process_is_logged():

@@ -125,6 +125,10 @@ def test_one_hot():
     assert out.dtype == np.int32
     np.testing.assert_array_equal(
         out.numpy(), torch.nn.functional.one_hot(torch.tensor(labels, dtype=torch.int64), 4))
+    # a float index: upstream's op raises RuntimeError (measured); here a TypeError that is one
+    for error in (TypeError, RuntimeError):
+        with pytest.raises(error, match="one_hot: index must be an integer tensor"):
+            F.one_hot(mge.tensor([1.0, 2.0]), 3)
 
 
 def test_where():
