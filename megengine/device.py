@@ -198,8 +198,8 @@ def _device_kind(device_type, what):
             "unspec": "xpu", "rocm": "rocm", "amdgpu": "rocm", "cambricon": "cambricon",
             "atlas": "atlas"}.get(str(name).lower())
     if kind is None:
-        raise ValueError(f"{what}: unknown device type {device_type!r}; use 'gpu', 'cpu' or "
-                         "'xpu'")
+        raise DeviceNameError(f"{what}: unknown device type {device_type!r}; use 'gpu', 'cpu' "
+                              "or 'xpu'")
     return kind
 
 
@@ -223,10 +223,12 @@ def what_is_xpu() -> str:
     return "cuda" if is_cuda_available() else "cpu"
 
 
-class DeviceNameError(ValueError, RuntimeError):
+class DeviceNameError(ValueError, RuntimeError, AssertionError):
     """A device name this engine cannot read (``"cuda:0"``, ``"cpu"``, a GPU not visible): a
     ValueError saying which names it takes, and a RuntimeError, what upstream raises there (its
-    comp node locator's "invalid comp node id"), so code written for either catches it."""
+    comp node locator's "invalid comp node id"; ``set_default_device`` and
+    ``get_device_count`` assert first: an AssertionError too), so code written for any of
+    them catches it."""
 
 
 class DeviceTypeError(TypeError, RuntimeError):

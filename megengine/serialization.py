@@ -11,7 +11,7 @@ import threading
 
 import numpy as np
 
-from .core.ops import ArgumentError
+from .core.ops import ArgumentError, ArgumentKindError
 from .core.tensor import Tensor
 from .device import _saved_device_here, canonical_device, parse_device_name
 
@@ -20,11 +20,6 @@ __all__ = ["save", "load"]
 # Tensor.dmap_callback is one class attribute (upstream's design): loads in two threads at once
 # would see each other's map_location, so they take turns.
 _load_lock = threading.RLock()
-
-
-class ArgumentKindError(TypeError, AssertionError):
-    """``save`` / ``load`` given an ``f`` or ``map_location`` of a type they do not take: a
-    TypeError, which is what the mistake is, and what upstream raises (it asserts)."""
 
 
 def save(obj, f, pickle_module=pickle, pickle_protocol=pickle.DEFAULT_PROTOCOL):

@@ -10,6 +10,7 @@ import sys
 import numpy as np
 
 from . import dispatch
+from .dtype_rules import ArgumentKindError, ArgumentTypeError
 from ._config import PropertyModule
 
 _enabled = False
@@ -32,12 +33,14 @@ def _engine_dtype(name, which):
     return np.dtype(_dtype_name(name))
 
 
-def _check_prec_dtype(dtype, which):
+def _check_prec_dtype(dtype, which, error=ArgumentTypeError):
     """Refuse a ``low_prec_dtype`` or ``high_prec_dtype`` upstream refuses: anything but
     float16, bfloat16 and float32 (bfloat16 serves PyTorchModule calls, see `torch_autocast`;
     megengine's ops refuse it in `_engine_dtype`)."""
     if _dtype_name(dtype) not in _PREC_DTYPES:
-        raise TypeError(
+        # (upstream's autocast fails in its C++ setter: RuntimeError; its module's setters
+        # assert: the callers pick the error that is also that)
+        raise error(
             f"autocast: {which}={dtype!r} is not a precision autocast computes in: use "
             "'float16' or 'float32' (upstream accepts 'float16', 'bfloat16' and 'float32'; "
             "numpy has no bfloat16, so only a PyTorchModule runs under "
@@ -201,7 +204,7 @@ def _get_amp_high_prec_dtype():
 
 def _set_amp_high_prec_dtype(dtype):
     global _high_prec_dtype
-    _check_prec_dtype(dtype, "high_prec_dtype")
+    _check_prec_dtype(dtype, "high_prec_dtype", ArgumentKindError)
     _high_prec_dtype = _dtype_name(dtype)
 
 
@@ -211,7 +214,7 @@ def _get_amp_low_prec_dtype():
 
 def _set_amp_low_prec_dtype(dtype):
     global _low_prec_dtype
-    _check_prec_dtype(dtype, "low_prec_dtype")
+    _check_prec_dtype(dtype, "low_prec_dtype", ArgumentKindError)
     _low_prec_dtype = _dtype_name(dtype)
 
 

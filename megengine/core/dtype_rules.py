@@ -23,6 +23,12 @@ class ArgumentTypeError(TypeError, ValueError, RuntimeError):
     to cast Python instance") and for a tensor of strings. Caught as any of them."""
 
 
+class ArgumentKindError(TypeError, AssertionError):
+    """An argument of a kind the function does not take where upstream asserts it (a module
+    that is no Module, a mode that is no QuantMode, a file that is no file): a TypeError, which
+    is what the mistake is, and upstream's AssertionError."""
+
+
 class DTypeNameError(ValueError, TypeError, RuntimeError):
     """A dtype numpy cannot read (``astype('Float32')``). Upstream's ``astype`` raises
     ValueError for it, numpy a TypeError, upstream's F.zeros, F.ones and F.eye a RuntimeError

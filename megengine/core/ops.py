@@ -12,7 +12,8 @@ from ._caller import public_function
 from .dispatch import FLOAT16 as _F16
 from .dispatch import KERNEL_FLOATS, POOL_MIN, Op, xp_of
 from .dtype import _zero_point, dtype_name, float_value, no_quantized_form, saturated, stored
-from .dtype_rules import ArgumentTypeError, complex_error, no_order  # noqa: F401  (its old home)
+from .dtype_rules import (ArgumentKindError, ArgumentTypeError, complex_error,  # noqa: F401
+                          no_order)  # (ArgumentTypeError: its old home)
 from .fused import fused_kernel, use_fused
 from ._trace_option import as_int, dumpable, is_dim, is_int, sizes_of
 

@@ -428,6 +428,9 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
 
     @name.setter
     def name(self, value):
+        if value is not None and not isinstance(value, str):  # (upstream's C++ setter refuses)
+            raise _ops.ArgumentTypeError(f"a tensor's name must be a str or None, got "
+                                         f"{type(value).__name__}")
         self._name = value
         hook = dispatch._trace_hook
         if hook is not None and hasattr(hook, "named"):  # megengine.jit.trace notes it for
@@ -534,7 +537,10 @@ class Tensor(_InstanceDict, metaclass=_TensorType):
             raise _ops.ArgumentError(
                 f"item(): can only convert a tensor of one element to a Python scalar, not one "
                 f"of {self._data.size}; index it first (x[i].item()) or use x.tolist()")
-        return self.numpy().item(*args)
+        try:
+            return self.numpy().item(*args)
+        except IndexError as e:  # (upstream's kernel fails: a RuntimeError; IndexingError is one)
+            raise _ops.IndexingError(f"item{args}: {e}") from None
 
     def tolist(self):
         return self.numpy().tolist()

@@ -10,7 +10,7 @@ import numpy as np
 from ..autodiff import GradManager
 from ..core import dispatch
 from ..core.fused import use_fused
-from ..core.ops import ArgumentError
+from ..core.ops import ArgumentError, ArgumentKindError
 from ..core.tensor import Parameter, Tensor, _note_write, check_grad_is_tensor
 from ..device import get_array_module
 from ..functional import _aten
@@ -46,10 +46,6 @@ def _record_0x(gm):
     if not _legacy_level:
         _legacy_level.append(dispatch.new_level())
     gm._record(_legacy_level[0])
-
-
-class _ArgumentTypeError(TypeError, AssertionError):
-    """An argument of the wrong kind where upstream asserts (a group that is not a dict)."""
 
 
 class _MissingKeyError(TypeError, ValueError, KeyError):
@@ -158,7 +154,7 @@ class Optimizer:
     def add_param_group(self, param_group: dict):
         """Add a group of parameters with its own hyperparameters (missing ones from defaults)."""
         if not isinstance(param_group, dict) or "params" not in param_group:
-            error = _ArgumentTypeError if not isinstance(param_group, dict) else _MissingKeyError
+            error = ArgumentKindError if not isinstance(param_group, dict) else _MissingKeyError
             raise error(
                 "add_param_group: expected a dict with a 'params' entry, got "
                 f"{type(param_group).__name__}"

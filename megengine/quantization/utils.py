@@ -19,7 +19,7 @@ from .. import functional as F
 from ..autodiff.function import Function
 from ..core.dispatch import Op, apply, xp_of
 from ..core.fused import fused_kernel, use_fused
-from ..core.ops import masked_gradient, masked_gradient_graph, unbroadcast
+from ..core.ops import ArgumentKindError, masked_gradient, masked_gradient_graph, unbroadcast
 from ..core.dtype import (  # noqa: F401  (_builtin_quant_dtype: what older pickles name)
     QuantDtypeMeta, _builtin_quant_dtype, _builtin_quant_dtypes, create_quantized_dtype)
 from ..core.tensor import QParams, Tensor
@@ -154,7 +154,7 @@ def create_qparams(mode: QuantMode = QuantMode.SYMMERTIC,
     if mode is None:
         return QParams(mode, dtype_meta, scale, zero_point)
     if not isinstance(mode, QuantMode):
-        raise TypeError(f"create_qparams: mode must be a QuantMode, got {mode!r}")
+        raise ArgumentKindError(f"create_qparams: mode must be a QuantMode, got {mode!r}")
     return _builtin_qparams[mode](dtype_meta=dtype_meta, scale=scale, zero_point=zero_point)
 
 

@@ -7,7 +7,7 @@ from .. import device as _device
 from ..core import _rng as _core_rng
 from ..core._trace_option import is_dim, is_int, sizes_of
 from ..core.dispatch import Op, apply, xp_of
-from ..core.ops import _size_item, move_array
+from ..core.ops import ArgumentError, ArgumentTypeError, _size_item, move_array
 from ..core.tensor import Tensor
 from ..device import canonical_device, get_default_device
 
@@ -36,7 +36,8 @@ def seed(seed: int):
     global _global_seed
     # upstream's seed is a uint64 (programs seed with int(time.time() * 1000), beyond 2**32)
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not 0 <= seed < 2**64:
-        raise ValueError(f"seed: expected an int in [0, 2**64), got {seed!r}")
+        # (a TypeError / ValueError as upstream's: ArgumentTypeError is both)
+        raise ArgumentTypeError(f"seed: expected an int in [0, 2**64), got {seed!r}")
     seed = int(seed)
     _core_rng.generator = np.random.default_rng(seed)
     _core_rng.data_seeds = np.random.MT19937(seed)  # the DataLoader's worker seeds
@@ -264,7 +265,7 @@ class RNG:
                 n = n.reshape(1)
             return apply(_Shuffled(self), n)
         if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 0:
-            raise ValueError(f"permutation: n must be an int >= 0 or a Tensor, got {n!r}")
+            raise ArgumentError(f"permutation: n must be an int >= 0 or a Tensor, got {n!r}")
         try:
             ok = np.dtype(dtype) in (np.int32, np.int16, np.float32)
         except TypeError:  # (numpy: "data type 'x' not understood")

@@ -12,6 +12,7 @@ import copy
 import copyreg
 import inspect
 
+from ..core.ops import ArgumentKindError
 from ..core.tensor import Tensor
 from ..module.module import Module, _access_structure
 from .expr import CallMethod, Constant, Expr, GetAttr, Input, is_call_module
@@ -496,7 +497,8 @@ def _update_ref(top, tracer=None, memo=None):
 def trace_module(mod: Module, *args, **kwargs) -> TracedModule:
     """Trace ``mod``'s forward on ``args``/``kwargs`` into a `TracedModule`."""
     if not isinstance(mod, Module):
-        raise TypeError(f"trace_module expects a megengine Module, got {type(mod).__name__}")
+        raise ArgumentKindError(  # (upstream asserts)
+            f"trace_module expects a megengine Module, got {type(mod).__name__}")
     tracer = Tracer()
     rng_start = rng_state() if tracer.values is not None else None  # (for the checker)
     with tracer:

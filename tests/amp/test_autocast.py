@@ -52,6 +52,11 @@ def test_setting_a_non_float_precision_is_refused_and_changes_nothing(name, valu
     # bfloat16 and float32 (float64 too, 1.13 measured)
     with pytest.raises(TypeError, match=f"{name}="):
         setattr(amp, name, value)
+    with pytest.raises(AssertionError, match=f"{name}="):  # (upstream's assertion's type too)
+        setattr(amp, name, value)
+    # autocast itself: upstream's C++ setter raises RuntimeError when the block is entered
+    with pytest.raises(RuntimeError, match=f"{name}="):
+        amp.autocast(**{name: value})
     assert (amp.low_prec_dtype, amp.high_prec_dtype) == ("float16", "float32")
 
 

@@ -572,6 +572,21 @@ def test_scalar_reads_of_many_elements_raise_upstreams_assertion_error_too():
             with pytest.raises(ValueError, match="ambiguous|one element"):
                 read(x)
     assert t.item(1, 0) == 3.0 and Tensor([[5]]).item() == 5  # (an index: numpy's item)
+    # an index out of range: numpy's IndexError, and upstream's RuntimeError (its kernel's)
+    for error in (IndexError, RuntimeError):
+        with pytest.raises(error, match="out of bounds"):
+            t.item(5)
+
+
+def test_a_name_that_is_no_str_is_refused_as_upstream():
+    # upstream's C++ setter refuses it (RuntimeError, measured); here a TypeError that is one
+    t = Tensor([1.0])
+    for error in (TypeError, RuntimeError):
+        with pytest.raises(error, match="name must be a str or None, got int"):
+            t.name = 3
+    t.name = "x"
+    t.name = None
+    assert t.name == ""
 
 
 def test_getnewargs_are_upstreams_value_dtype_device():

@@ -392,3 +392,10 @@ def test_round_rounds_halves_away_from_zero_with_a_straight_through_gradient():
     np.testing.assert_array_equal(x.grad.numpy(), tx.grad.numpy())
     # halves away from zero, as upstream's F.round (hand-computed)
     np.testing.assert_array_equal(Round()(mge.tensor([0.5, -1.5, 2.5])).numpy(), [1, -2, 3])
+
+
+def test_create_qparams_of_a_mode_that_is_no_quantmode_is_upstreams_assertion_too():
+    # upstream asserts the mode (measured); the error is a TypeError and an AssertionError
+    for error in (TypeError, AssertionError):
+        with pytest.raises(error, match="create_qparams: mode must be a QuantMode"):
+            create_qparams("bogus", "qint8", mge.tensor(1.0))

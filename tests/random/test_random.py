@@ -117,6 +117,14 @@ def test_seeds_beyond_32_bits_are_accepted_as_upstream():
         np.testing.assert_array_equal(rand.uniform(size=(4,)).numpy(), a)
     with pytest.raises(ValueError, match="2\\*\\*64"):
         rand.seed(2**64)
+    # upstream 1.13 measured: TypeError for 2**64 and 1.5, ValueError for -1; AssertionError for
+    # a negative permutation size
+    for bad in (2**64, 1.5, -1):
+        with pytest.raises(TypeError, match="seed: expected an int"):
+            rand.seed(bad)
+    for error in (ValueError, AssertionError):
+        with pytest.raises(error, match="permutation: n must be an int >= 0"):
+            rand.permutation(-1)
 
 
 def test_permutation_and_shuffle_pass_gradients_back_to_the_rows_they_took():

@@ -433,3 +433,10 @@ def test_submodules_forward_never_reads_are_dropped_as_upstream():
     assert repr(tm) == ("TracedModule(\n"
                         "  (used): Linear(in_features=3, out_features=3, bias=True)\n)")
     assert not hasattr(tm, "unused") and not hasattr(tm, "unused_seq")
+
+
+def test_tracing_something_that_is_no_module_is_upstreams_assertion_too():
+    # upstream asserts a Module (measured); the error is a TypeError and an AssertionError
+    for error in (TypeError, AssertionError):
+        with pytest.raises(error, match="trace_module expects a megengine Module, got int"):
+            trace_module(3, mge.tensor([1.0]))
