@@ -79,6 +79,29 @@ def test_equal_results_and_two_errors_agree():
     assert uc.differ((True, ("v", 3)), (True, ("v", 3))) is None
 
 
+def test_two_errors_of_types_a_program_tells_apart_are_a_finding():
+    # an `except RuntimeError:` written for upstream must catch this side's error: its type
+    # is among this side's error's bases, or upstream's type is an accident of its code
+    call = ("F.nn.conv2d", [uc.enc_array(np.float32([1]))], {})
+    here = uc.run_call(("F.transpose", [uc.enc_array(np.zeros((1, 2, 3), np.float32)),
+                                        ("v", (1, 0))], {}))
+    assert not here[0] and "RuntimeError" in here[3] and "ValueError" in here[3]
+    seeds, calls, theirs = [1, 2, 3, 4], [call] * 4, [(False, "RuntimeError", "x"),
+                                                     (False, "AsyncError", "x"),
+                                                     (False, "AttributeError", "x"),
+                                                     (False, "AssertionError", "x")]
+    shown = []
+    real = uc.run_call
+    try:
+        uc.run_call = lambda c: here
+        bad, outcomes = uc.compare_all(seeds, calls, theirs, show=shown.append)
+    finally:
+        uc.run_call = real
+    assert bad == 1 and outcomes["both raise"] == 3
+    assert "an error of another type: here ShapeError" in shown[0] and \
+        "upstream AssertionError" in shown[0]
+
+
 def test_a_documented_difference_is_told_apart_and_another_is_not():
     call = ("F.mod", [uc.enc_array(np.float32([-7.5])), uc.enc_array(np.float32([2.0]))], {})
     ours, upstreams = _value(np.float32([0.5])), _value(np.float32([-1.5]))  # (measured)

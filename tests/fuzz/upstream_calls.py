@@ -1828,7 +1828,8 @@ def _function(mge, F, name):
 
 
 def run_call(call):
-    """(True, encoded result) or (False, error type name, message) of ``call`` here."""
+    """(True, encoded result) or (False, error type name, message, the names of its type's
+    bases) of ``call`` here."""
     import warnings
 
     import megengine as mge
@@ -1845,7 +1846,7 @@ def run_call(call):
             values = [_decode(mge, a) for a in args]
             return (True, _encode(fn(*values, **kwargs)))
     except Exception as e:  # noqa: BLE001  (an error is a result to compare)
-        return (False, type(e).__name__, str(e)[:300])
+        return (False, type(e).__name__, str(e)[:300], tuple(c.__name__ for c in type(e).__mro__))
 
 
 CALL_SECONDS = 20
@@ -1949,10 +1950,30 @@ def _traced_pow_of_abs(call, mine, theirs):
         _close(a[~odd], b[~odd])
 
 
+# upstream errors whose type is an accident of its code, not a choice a program relies on: a
+# missing attribute or name, an unbound local, OpenCV's own `cv2.error`, a crashed process
+_ACCIDENTAL_ERRORS = frozenset({"AttributeError", "NameError", "UnboundLocalError", "error",
+                                "crash"})
+
+
+def _other_error_type(mine, theirs):
+    """Where both raised: None when this side's error is of upstream's type too (an
+    ``except`` written for upstream catches it: docs/compatibility.rst's rule for bad
+    arguments), or upstream's is an accident of its code; else what differs."""
+    bases = mine[3] if len(mine) > 3 else (mine[1],)
+    if theirs[1] in bases or theirs[1] in _ACCIDENTAL_ERRORS or \
+            (theirs[1] == "AsyncError" and "RuntimeError" in bases):  # (upstream's AsyncError
+        return None  # is a RuntimeError: its kernels' failures reported later)
+    return f"an error of another type: here {mine[1]} {list(bases[1:-2])}, upstream {theirs[1]}"
+
+
 def known(call, mine, theirs):
     """Which documented difference (docs/compatibility.rst) two differing results show, or
     None."""
     name = call[0]
+    if not mine[0] and not theirs[0] and "can not infer value of this tensor under trace" in \
+            str(theirs[2]):  # (an error of another cause: upstream's trace fails first)
+        return "upstream's symbolic trace cannot read a value the call needs"
     if name.startswith(("grad:", "gradodd:")):
         return _known_with_gradients(call, mine, theirs)
     if name == "amp:Mod.ConvTranspose2d" and mine[0] and theirs[0] and \
@@ -2708,6 +2729,8 @@ def compare_all(seeds, calls, theirs, show=print):
             continue
         why = differ(m, t, loose=call[0].startswith("Train."),
                      gradients=call[0].startswith(("grad:", "gradodd:")) and m[0] and t[0])
+        if why is None and not m[0]:
+            why = _other_error_type(m, t)
         if why is None:
             outcomes["same value" if m[0] else "both raise"] += 1
             continue
