@@ -76,9 +76,11 @@ class TQT(_FakeQuantize, QParamsModuleMixin):
     def set_qparams(self, qparams: QParams):
         """Start from ``qparams``' scale (its log2 becomes ``self.scale``); symmetric only."""
         if qparams.mode != QuantMode.SYMMERTIC:
-            raise ValueError(f"only symmetric quantization is supported by TQT, got {qparams.mode}")
+            raise ArgumentError(f"only symmetric quantization is supported by TQT, got "
+                                f"{qparams.mode}")
         if qparams.scale is None:
-            raise ValueError("TQT.set_qparams: Can not get an initialized scale (scale is None)")
+            raise ArgumentError("TQT.set_qparams: Can not get an initialized scale (scale is "
+                                "None)")
         self.scale[...] = F.log(qparams.scale) / math.log(2)
 
     def get_qparams(self):
@@ -101,7 +103,8 @@ class LSQ(_FakeQuantize, QParamsModuleMixin):
 
     def set_qparams(self, qparams: QParams):
         if qparams.scale is None:
-            raise ValueError("LSQ.set_qparams: Can not get an initialized scale (scale is None)")
+            raise ArgumentError("LSQ.set_qparams: Can not get an initialized scale (scale is "
+                                "None)")
         self.mode = qparams.mode
         if qparams.mode == QuantMode.ASYMMERTIC:
             self.zero_point = Tensor(qparams.zero_point.numpy(), dtype="float32")

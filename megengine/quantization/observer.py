@@ -340,7 +340,7 @@ class PassiveObserver(Observer):
     def scale(self, value):
         value = np.asarray(value.numpy() if isinstance(value, Tensor) else value, np.float32)
         if not np.all(value > 0):
-            raise ValueError(f"PassiveObserver: a scale must be positive, got {value}")
+            raise ArgumentError(f"PassiveObserver: a scale must be positive, got {value}")
         self._need_qparams().scale._reset(value.reshape(self.qparams.scale.shape))
 
     def get_qparams(self):

@@ -33,6 +33,11 @@ OK = ["ok", None]
     ([OK, ["ok", [1, 2]]], [OK, ["ok", be.digest([1, 3])]], "step 1: values differ"),
     ([OK, ["raise", "KeyError", "", ["KeyError"]]], [OK, ["ok", 1]], "step 1: raises here only"),
     ([["raise", "TypeError", "", ["TypeError"]]], [OK], "build: raises here only"),
+    # (an `except AssertionError:` written for upstream would miss this side's ValueError)
+    ([OK, ["raise", "ValueError", "", ["ValueError", "Exception", "BaseException", "object"]]],
+     [OK, ["raise", "AssertionError", "", ["AssertionError"]]],
+     "step 1: an error of another type: here ValueError ['Exception'], upstream "
+     "AssertionError"),
 ])
 def test_findings_are_other_values_and_refusals_upstream_does_not_share(mine, theirs, finding):
     i, got, _ = be.compare(_program("out = 1"), mine, theirs)
@@ -44,9 +49,12 @@ def test_findings_are_other_values_and_refusals_upstream_does_not_share(mine, th
     ([OK, ["ok", 1]], [OK, ["raise", "AssertionError", "", []]], "upstream raises"),
     ([OK, ["raise", "LoadStateDictError", "", ["LoadStateDictError", "KeyError"]]],
      [OK, ["raise", "KeyError", "", ["KeyError"]]], "both raise"),
-    ([OK, ["raise", "ValueError", "", ["ValueError"]]],
-     [OK, ["raise", "AssertionError", "", ["AssertionError"]]],
-     "both raise (ValueError / AssertionError)"),
+    ([OK, ["raise", "ArgumentError", "", ["ArgumentError", "ValueError", "AssertionError"]]],
+     [OK, ["raise", "AssertionError", "", ["AssertionError"]]], "both raise"),
+    ([OK, ["raise", "ValueError", "", ["ValueError"]]],  # (upstream's type an accident of its
+     [OK, ["raise", "AttributeError", "", ["AttributeError"]]], "both raise"),  # code)
+    ([OK, ["raise", "ShapeError", "", ["ShapeError", "RuntimeError"]]],
+     [OK, ["raise", "AsyncError", "", ["AsyncError", "RuntimeError"]]], "both raise"),
 ])
 def test_what_is_counted_not_failed(mine, theirs, counted):
     _, got, counts = be.compare(_program("out = 1"), mine, theirs)

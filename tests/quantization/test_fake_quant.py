@@ -130,6 +130,22 @@ def test_qparams_of_another_dtype_raise_upstreams_assertion_error_too():
             call()
 
 
+def test_qparams_tqt_lsq_and_passive_observers_refuse_assert_as_upstream():
+    # upstream 1.13 asserts each (measured): the errors are AssertionErrors and ValueErrors
+    from megengine.quantization.observer import PassiveObserver
+
+    asym = create_qparams(QuantMode.ASYMMERTIC, "qint8", mge.tensor(1.0), mge.tensor(0.0))
+    unset = create_qparams(QuantMode.SYMMERTIC, "qint8", None)
+    for call, match in [(lambda: TQT(dtype="qint8").set_qparams(asym), "only symmetric"),
+                        (lambda: TQT(dtype="qint8").set_qparams(unset), "scale is None"),
+                        (lambda: LSQ(dtype="qint8").set_qparams(unset), "scale is None"),
+                        (lambda: setattr(PassiveObserver(dtype="qint8"), "scale", -1.0),
+                         "a scale must be positive")]:
+        for error in (ValueError, AssertionError):
+            with pytest.raises(error, match=match):
+                call()
+
+
 def test_fake_quant_forward_is_the_hook_forward_calls_when_enabled():
     # hand-computed (upstream 1.13 measured the same values): scale 1, qint8, halves away
     # from zero; TQT's scale is log2 of the step (0: a step of 1); LSQ's step is its own
