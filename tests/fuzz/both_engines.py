@@ -9,8 +9,10 @@ message, the type's bases]`` for the build and each step. Upstream's interpreter
 by path (``--serve``: prelude and programs as JSON on stdin, results on stdout), so it imports
 only numpy and the standard library at its top.
 
-`compare` walks two programs' results: the first value that differs, or a step that raises here
-only, is a finding; what upstream alone refuses, and what both refuse, is counted. A fuzzer's
+`compare` walks two programs' results: the first value that differs, a step that raises here
+only, or both raising where this side's error is not of upstream's type too (an ``except``
+written for upstream would miss it), is a finding; what upstream alone refuses, and what both
+refuse alike, is counted. A fuzzer's
 ``rule`` may decide a step first (a documented difference): count it, count it and stop
 comparing (the two states differ from there), or make it a finding."""
 import json
@@ -217,7 +219,9 @@ ACCIDENTAL_ERRORS = frozenset({"AttributeError", "NameError", "UnboundLocalError
 def compare(program, mine, theirs, rule=None, tol=None):
     """(index of the first differing result or None, what differs, Counter of step outcomes)
     of one program's results on both sides. Two errors are alike where upstream's type is a
-    base of this fork's (a LoadStateDictError is a KeyError and a ValueError). ``rule(sources,
+    base of this fork's (a LoadStateDictError is a KeyError and a ValueError; upstream's
+    AsyncError is a RuntimeError), or upstream's is an accident of its code
+    (`ACCIDENTAL_ERRORS`); other pairs are a finding. ``rule(sources,
     i, mine, theirs)`` sees each step first: None, or ("count", label), ("stop", label) (count
     it and compare no further) or ("finding", what); ``sources`` are the program's build and
     steps."""
