@@ -179,8 +179,9 @@ class _Convolution(Op):
         """Channels and spatial sizes as upstream requires; returns the output channels."""
         what, nd, g = self.what, self.nd, self.groups
         if x.ndim != nd + 2:
-            raise ValueError(f"{what}: expected a {nd + 2}-d input {_DIMS[nd]}, got shape "
-                             f"{x.shape}")
+            # (upstream's conv2d fails its C++ shape check, RuntimeError, its conv1d asserts)
+            raise ArgumentError(f"{what}: expected a {nd + 2}-d input {_DIMS[nd]}, got shape "
+                                f"{x.shape}")
         c = x.shape[1]
         if self.transposed:
             expect, out = wf.shape[0], wf.shape[1] * g

@@ -14,8 +14,9 @@ from ..core.dispatch import FLOAT16, KERNEL_FLOATS, Op, apply
 from ..core.dtype import dtype_name
 from ..core.dtype_rules import complex_error
 from ..core.fused import fused_kernel, use_fused
-from ..core.ops import (ArgumentError, ShapeError, ShapeOnly, _norm_axes, _product, acc_dtype, acc_sum, add_at, cast,
-                        gemm_dtype, grad_matmul, half_operands, xp_of)
+from ..core.ops import (ArgumentError, ArgumentTypeError, ShapeError, ShapeOnly, _norm_axes,
+                        _product, acc_dtype, acc_sum, add_at, cast, gemm_dtype, grad_matmul,
+                        half_operands, xp_of)
 from ..core.ops import matmul as _matmul
 from ..core.tensor import Tensor, promote_types
 from . import _aten
@@ -442,7 +443,8 @@ class _Embedding(Op):
 
     def forward(self, idx, w):
         if idx.dtype.kind not in "iu":
-            raise TypeError(f"embedding: indices must be integers, got dtype {idx.dtype}")
+            raise ArgumentTypeError(  # (upstream's RuntimeError too)
+                f"embedding: indices must be integers, got dtype {idx.dtype}")
         if w.ndim != 2:
             raise ShapeError(f"embedding: weight must be 2-d (num_embeddings, dim), "
                              f"got shape {w.shape}")

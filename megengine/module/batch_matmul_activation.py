@@ -2,6 +2,7 @@
 import numpy as np
 
 from .. import functional as F
+from ..core.ops import ShapeError
 from ..core.tensor import Parameter
 from .linear import _reset_linear
 from .module import Module
@@ -39,7 +40,7 @@ class BatchMatMulActivation(Module):
 
     def forward(self, x):
         if x.ndim != 3 or x.shape[0] != self.batch or x.shape[1] != self.in_features:
-            raise ValueError(
+            raise ShapeError(  # (upstream's RuntimeError too)
                 f"BatchMatMulActivation: input must be (batch={self.batch}, "
                 f"in_features={self.in_features}, n), got shape {x.shape}"
             )

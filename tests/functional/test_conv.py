@@ -76,6 +76,12 @@ def test_conv2d_bad_arguments():
     x = mge.tensor(rand(1, 4, 5, 5))
     with pytest.raises(ValueError, match="conv2d: expected a 4-d input"):
         F.conv2d(mge.tensor(rand(4, 5, 5)), mge.tensor(rand(2, 4, 3, 3)))
+    # upstream 1.13 measured: RuntimeError from conv2d's shape check, AssertionError from
+    # conv1d's (the error is both)
+    with pytest.raises(RuntimeError, match="conv2d: expected a 4-d input"):
+        F.conv2d(mge.tensor(rand(4, 5, 5)), mge.tensor(rand(2, 4, 3, 3)))
+    with pytest.raises(AssertionError, match="conv1d: expected a 3-d input"):
+        F.conv1d(mge.tensor(rand(1, 4, 5, 5)), mge.tensor(rand(2, 4, 3)))
     with pytest.raises(ValueError, match="has 2 groups, but groups=4"):
         F.conv2d(x, mge.tensor(rand(2, 3, 2, 3, 3)), groups=4)
     with pytest.raises(ValueError, match="too small"):

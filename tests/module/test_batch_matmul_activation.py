@@ -47,3 +47,5 @@ def test_init_repr_and_errors():
         M.BatchMatMulActivation(1, 1, 1, nonlinear_mode="tanh")
     with pytest.raises(ValueError, match="in_features=400"):
         m(mge.tensor(np.zeros((2, 5, 1), np.float32)))
+    with pytest.raises(RuntimeError, match="in_features=400"):  # (upstream's, measured)
+        m(mge.tensor(np.zeros((2, 5, 1), np.float32)))
