@@ -301,14 +301,15 @@ def compare_all(seeds, programs, theirs, prelude, rule=None, show=print, tol=Non
 # ----- a record of upstream's results (CI compares this checkout with it) -----
 
 def save_record(path, seeds, programs, results, keep=lambda source: False):
-    """Upstream's results, short: errors without their messages (only the types are compared),
+    """Upstream's results, short: errors with their messages' first 80 characters (only the
+    types are compared; a rule may read the message to tell an error of another cause),
     values as digests but those of steps ``keep`` names (a rule reads them, or numbers are
     compared within a tolerance; where ``keep`` gives a function, the value it makes of the
     whole: long texts as digests, say), each program as the digest of its source (the seed
     draws it again)."""
     def short(source, r):
         if r[0] == "raise":
-            return r[:2] + ["", r[3]]
+            return r[:2] + [str(r[2])[:80], r[3]]
         kept = keep(source)
         if callable(kept):
             return ["ok", kept(r[1])]

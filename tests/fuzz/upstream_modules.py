@@ -421,7 +421,17 @@ def rule(sources, i, mine, theirs):
         if m[1][1:] != (t[1][1:] if t[0] == "ok" else None):
             return "stop", "state kept (upstream's partly written)"
         return "stop", "state kept (upstream's may be partly written)"
-    if be.same(m, t) or m[0] == t[0] == "raise":
+    if m[0] == t[0] == "raise":  # (two errors of one cause: both_engines compares their types)
+        if t[1] == "PicklingError" and m[1] == "EOFError" and "saved_twin(" in source:
+            # upstream could not pickle the tree (a lambda in it): this side read the part of
+            # upstream's file it wrote
+            return "count", "upstream could not write the twin"
+        if t[1] == "AssertionError" and "closure should return" in t[2]:
+            # upstream asserts that a closure returns an ndarray (a 0-d parameter's `v * 3` is
+            # a numpy scalar) before it finds the missing keys this side reports
+            return "count", "upstream refuses a closure's numpy scalar first"
+        return None
+    if be.same(m, t):
         return None
     if source == AFTER_LOAD and "v.numpy()" in sources[i - 1] and m[0] == "ok" and m[1][2]:
         # a closure is called with the values before the load; upstream 1.13 writes each key

@@ -179,7 +179,13 @@ def rule(sources, i, mine, theirs):
     """The documented differences (docs/compatibility.rst), counted; the programs stop there,
     since the states differ from then on."""
     m, t = mine[i], theirs[i]
-    if be.same(m, t, FUZZER.tol) or m[0] == t[0] == "raise":
+    if m[0] == t[0] == "raise":  # (two errors of one cause: both_engines compares their types)
+        if t[1] == "KeyError" and str(t[2]).isdigit() and "load_state_dict" in sources[i]:
+            # upstream 1.13 looks a state entry up by a position the state dict lacks (its
+            # KeyError names the number) before it compares the groups' sizes, as here
+            return "count", "upstream misses a state entry first"
+        return None
+    if be.same(m, t, FUZZER.tol):
         return None
     if "opt.zero_grad()" in sources[i] and str(t[1]).count("nan") > str(m[1]).count("nan"):
         # (NaN elsewhere on both sides too: seed 13421's parameters)
