@@ -14,6 +14,7 @@ import re
 import sys
 
 from .core._config import PropertyModule, get_option, set_option
+from .core.dtype_rules import ArgumentTypeError
 
 __all__ = ["eviction_threshold", "evictee_minimum_size", "enable_sqrt_sampling", "enable",
            "disable"]
@@ -27,8 +28,8 @@ def _to_bytes(name, value):
         raise TypeError(f"megengine.dtr.{name} takes an int (bytes) or a string such as '2GB', "
                         f"got {type(value).__name__}")
     if isinstance(value, int):
-        if value < 0:
-            raise ValueError(f"megengine.dtr.{name} must be >= 0, got {value}")
+        if value < 0:  # (upstream's C++ setter raises TypeError: the error is both)
+            raise ArgumentTypeError(f"megengine.dtr.{name} must be >= 0, got {value}")
         return value
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmg]?b)\s*", value, re.IGNORECASE)
     if match is None:

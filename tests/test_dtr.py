@@ -43,6 +43,8 @@ def test_bad_values_say_what_to_write_and_change_nothing():
         mge.dtr.eviction_threshold = 2.5
     with pytest.raises(ValueError, match=">= 0"):
         mge.dtr.evictee_minimum_size = -1
+    with pytest.raises(TypeError, match=">= 0"):  # (upstream's C++ setter's type, measured)
+        mge.dtr.eviction_threshold = -5
     with pytest.raises(TypeError, match="True or False"):
         mge.dtr.enable_sqrt_sampling = "yes"
     assert mge.dtr.eviction_threshold == 1024 ** 3
