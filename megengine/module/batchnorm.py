@@ -31,7 +31,8 @@ class _BatchNorm(Module):
                  track_running_stats=True, freeze=False, **kwargs):
         super().__init__(**kwargs)
         if freeze and not track_running_stats:
-            raise ArgumentError(f"{type(self).__name__}: freeze=True needs track_running_stats=True")
+            raise ArgumentError(f"{type(self).__name__}: freeze=True needs "
+                                "track_running_stats=True")
         self.num_features = num_features
         self.eps = eps
         self.momentum = momentum
