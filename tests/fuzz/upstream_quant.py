@@ -260,6 +260,11 @@ def rule(sources, i, mine, theirs):
         # another dtype, leaves the network as it was here; upstream 1.13 has reset the layers
         # before that one when it raises: seed 187)
         return "stop", "a reset_qconfig that raised: the network as it was here"
+    if mine[i][0] == theirs[i][0] == "raise" and "nonlinear_mode shoule be" in \
+            str(theirs[i][2]):
+        # upstream 1.13 refuses a quantized ConvTransposeRelu2d first (docs/compatibility.rst:
+        # fused here); this side's network fails later, for another cause
+        return "count", "upstream refuses a quantized transposed convolution's ReLU first"
     m, t = mine[i], theirs[i]
     if m[0] != "ok" or t[0] != "ok" or be.same(m, t, FUZZER.tol):
         return None
