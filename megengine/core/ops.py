@@ -132,9 +132,9 @@ def int_tuple(shape, what):
         return (shape if is_dim(shape) else int(shape),)
     try:  # (a size from x.shape in a dumpable trace stays one: see core._trace_option)
         return tuple(s if type(s) is int or is_dim(s) else _size_item(_whole(s)) for s in shape)
-    except (TypeError, ValueError):
-        raise TypeError(f"{what}: a shape must be ints or a sequence of ints (a float only if "
-                        f"it is a whole number), got {shape!r}") from None
+    except (TypeError, ValueError):  # (also upstream's RuntimeError: pybind's "Unable to cast")
+        raise ArgumentTypeError(f"{what}: a shape must be ints or a sequence of ints (a float "
+                                f"only if it is a whole number), got {shape!r}") from None
 
 
 def _whole(s):
@@ -1099,6 +1099,9 @@ class Reshape(Op):
 
     def forward(self, x):
         self.in_shape = x.shape
+        if self.shape and min(self.shape) < -1:  # (numpy 2 reads any negative size as -1)
+            raise ShapeError(f"reshape: target shape {tuple(self.shape)} may hold at most one "
+                             "-1 and no other negative sizes")
         try:
             return x.reshape(self.shape)
         except ValueError:
@@ -1561,9 +1564,10 @@ class IndexingError(IndexError, RuntimeError):
     out of range), so code written for either catches it."""
 
 
-class AxisError(ValueError, RuntimeError):
+class AxisError(ValueError, RuntimeError, AssertionError):
     """An axis out of range. A ValueError as numpy's AxisError; also a RuntimeError, which is
-    what upstream raises (its C++ shape check) and its users catch."""
+    what upstream raises (its C++ shape check) and its users catch, and an AssertionError,
+    which its Python functions raise where they assert the axis (argmax, repeat)."""
 
 
 def names_an_axis(axis):

@@ -11,9 +11,10 @@ from ..core.dtype import float_value, no_quantized_form
 from ..core.fused import fused_kernel, use_fused_with_half
 from ..core.dtype_rules import (_NARROW, complex_error, no_order, numpy_scalar_is_weak,
                                 promote_types)
-from ..core.ops import (BINARY, UNARY, ArgumentError, BroadcastError, ShapeOnly, _Binary,
-                        cast, half_operands, masked_gradient, masked_gradient_graph,
-                        raise_unbroadcastable, t_unbroadcast, unbroadcast, xp_of)
+from ..core.ops import (BINARY, UNARY, ArgumentError, ArgumentTypeError, BroadcastError,
+                        ShapeOnly, _Binary, cast, half_operands, masked_gradient,
+                        masked_gradient_graph, raise_unbroadcastable, t_unbroadcast,
+                        unbroadcast, xp_of)
 from ..core.operators import QuantizedNumberError, _int_range, _quantized_scalar, _wider_int
 from ..core.tensor import Tensor, _float_pow_operands, _operand
 from . import _aten
@@ -642,9 +643,9 @@ def clip(x, lower=None, upper=None):
     for b in (lower, upper):
         if b is not None and not isinstance(b, (int, float, np.number, np.bool_)):
             func, arg = public_argument(b)  # (F.normalize's eps is its lower)
-            raise TypeError(f"{func or 'clip'}: {arg or 'a bound'} must be a number or a "
-                            f"Tensor (or a numpy array or list of numbers), got "
-                            f"{type(b).__name__}")
+            raise ArgumentTypeError(  # (upstream's RuntimeError too)
+                f"{func or 'clip'}: {arg or 'a bound'} must be a number or a Tensor (or a "
+                f"numpy array or list of numbers), got {type(b).__name__}")
         if isinstance(b, np.generic):
             # a numpy scalar is a typed operand, as in x + b (upstream's promotion): x takes
             # the dtype of x with Tensor(b)'s (which narrows float64 and int64 to 32 bits)

@@ -823,7 +823,8 @@ def dot(inp1, inp2):
     """Dot product of two vectors (1-D or scalars; a scalar is broadcast)."""
     a, b = _operands(inp1, inp2)
     if a.ndim > 1 or b.ndim > 1:
-        raise ValueError(f"dot: inputs must be 1-D or scalars, got shapes {a.shape} and {b.shape}")
+        raise ArgumentError(  # (upstream asserts)
+            f"dot: inputs must be 1-D or scalars, got shapes {a.shape} and {b.shape}")
     if a.ndim == 1 and b.ndim == 1 and a.shape != b.shape:
         raise ValueError(f"dot: vectors must have one length, got shapes {a.shape} and {b.shape}")
     # mul + sum rather than the core MatMul: its backward fails for two 1-D operands; float16

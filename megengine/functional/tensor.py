@@ -677,7 +677,7 @@ def pad(src, pad_width=None, mode="constant", constant_value=0.0, *, pad_witdth=
         raise TypeError(f"pad: pad_width must be (before, after) pairs, got {pad_width!r}") \
             from None
     if len(pairs) > src.ndim or any(b < 0 or a < 0 for b, a in pairs):
-        raise ValueError(
+        raise ArgumentError(  # (upstream's RuntimeError too)
             f"pad: pad_width {pad_width} needs at most {src.ndim} non-negative pairs for shape "
             f"{src.shape}"
         )

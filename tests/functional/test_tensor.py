@@ -362,6 +362,21 @@ def test_bad_shapes_say_so():
         F.ones(np.array([2.5]))
     with pytest.raises(ValueError, match="at most one -1"):
         F.reshape(F.arange(6), (-1, -1))
+    # a size below -1 (numpy 2 reads it as -1), through the method too: upstream's RuntimeError
+    for error in (ValueError, RuntimeError):
+        with pytest.raises(error, match="at most one -1"):
+            F.arange(6).reshape(-2, 3)
+
+
+@pytest.mark.parametrize("call, upstream", [
+    (lambda x: F.tile(x, "ab"), RuntimeError), (lambda x: F.clip(x, "a", 1), RuntimeError),
+    (lambda x: F.repeat(x, 2, 5), AssertionError), (lambda x: F.dot(x, x), AssertionError),
+    (lambda x: F.nn.pad(x, ((0, 0), (-5, 0))), RuntimeError),
+])
+def test_bad_arguments_raise_upstreams_error_types_too(call, upstream):
+    # upstream 1.13 measured: its C++ ops raise RuntimeError, its Python functions assert
+    with pytest.raises(upstream):
+        call(mge.tensor(np.ones((2, 3), np.float32)))
 
 
 # ----- empty tensors -----
