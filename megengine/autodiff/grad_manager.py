@@ -8,7 +8,7 @@ import numpy as np
 
 from ..core import dispatch
 from ..core.dispatch import Node
-from ..core.ops import Copy, Identity, move_array
+from ..core.ops import ArgumentError, Copy, Identity, move_array
 from ..core.tensor import Tensor, check_grad_is_tensor
 from ..device import get_array_module
 
@@ -573,7 +573,8 @@ def _pair_outputs(y, dy, what, scope=None):
     else:
         dys = list(dy) if isinstance(dy, (list, tuple)) else [dy]
     if len(dys) != len(ys):
-        raise ValueError(f"{what}: got {len(ys)} outputs but {len(dys)} output gradients")
+        # (an ArgumentError: upstream's RuntimeError too)
+        raise ArgumentError(f"{what}: got {len(ys)} outputs but {len(dys)} output gradients")
     arrays, given = [], []
     for t, d in zip(ys, dys):
         if not isinstance(t, Tensor):

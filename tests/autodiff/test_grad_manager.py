@@ -1357,6 +1357,7 @@ def test_a_backward_that_cannot_deliver_changes_no_grad(spoil):
 @pytest.mark.parametrize("bad_dy, error, match", [
     (np.ones(4, np.float32), ValueError, r"output gradient of shape \(4,\)"),
     ([np.ones(3, np.float32)] * 2, ValueError, "1 outputs but 2 output gradients"),
+    ([np.ones(3, np.float32)] * 2, RuntimeError, "1 outputs but 2"),  # (upstream's type too)
     ("x", TypeError, "must be a Tensor, an array or a number, got str"),
 ])
 def test_a_backward_refusing_its_arguments_keeps_the_recording(bad_dy, error, match):
