@@ -20,6 +20,7 @@ import numpy as np
 
 from .. import device as _device
 from ..core import _rng as _core_rng
+from ..core.dtype_rules import ArgumentKindError
 from ..logger import get_logger
 from .collator import Collator
 from .dataset import Dataset, StreamDataset
@@ -139,7 +140,7 @@ class DataLoader:
                     "sampler should be a Sampler yielding lists of indices, but got {!r}".format(sampler)
                 )
         else:
-            raise TypeError(
+            raise ArgumentKindError(  # (upstream asserts a Dataset: the error is both)
                 "dataset should be a Dataset with __getitem__ and __len__, or a StreamDataset "
                 "with __iter__, but got {}".format(type(dataset).__name__)
             )

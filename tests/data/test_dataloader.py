@@ -116,6 +116,8 @@ def test_a_sampler_of_the_wrong_kind_is_upstreams_assertion_too():
     for error in (TypeError, AssertionError):  # and something that is no sampler at all
         with pytest.raises(error, match="sampler should be a Sampler"):
             DataLoader(ds, sampler=3)
+        with pytest.raises(error, match="dataset should be a Dataset"):  # or no dataset
+            DataLoader(3)
 
 
 def test_a_stream_read_for_several_workers_by_the_main_process_is_logged():
