@@ -13,6 +13,7 @@ import keyword
 import re
 from typing import Dict, List, Optional, Sequence
 
+from ..core.ops import ArgumentError
 from .expr import CallFunction, CallMethod, Constant, Expr, GetAttr, Input, op_name
 from .node import ModuleNode, Node, TensorNode
 from .pytree import tree_flatten
@@ -131,8 +132,9 @@ class _Filter:
         return {x._id: x for x in self._items}
 
     def as_unique(self):
-        if len(self._items) != 1:
-            raise ValueError(f"as_unique: {len(self._items)} elements match, expected exactly 1")
+        if len(self._items) != 1:  # (upstream asserts: ArgumentError is both)
+            raise ArgumentError(f"as_unique: {len(self._items)} elements match, expected exactly "
+                                "1")
         return self._items[0]
 
 

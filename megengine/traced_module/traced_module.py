@@ -232,7 +232,7 @@ class TracedModule(Module):
         graph = self.argdef_graph_map.get(key)
         if graph is None:
             known = "; ".join(repr(k) for k in self.argdef_graph_map)
-            raise TypeError(
+            raise ArgumentKindError(  # (upstream asserts: the error is both)
                 f"this TracedModule was traced with the argument structure(s) {known}; it was "
                 f"called with {key!r}: trace it again with arguments of this structure"
             )
