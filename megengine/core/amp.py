@@ -10,8 +10,8 @@ import sys
 import numpy as np
 
 from . import dispatch
-from .dtype_rules import ArgumentKindError, ArgumentTypeError
 from ._config import PropertyModule
+from .dtype_rules import ArgumentKindError, ArgumentTypeError
 
 _enabled = False
 _high_prec_dtype = "float32"

@@ -176,8 +176,9 @@ def get_scale(dtype) -> float:
     """The scale of a quantized dtype; an error names the dtype when it has none."""
     info = _info(np.dtype(dtype))
     if info is None or "scale" not in info:
-        raise NotQuantizedError(f"get_scale: dtype {dtype} is not a quantized dtype (make one with "
-                         "megengine.core.tensor.dtype.qint8(scale) and x.astype(it))")
+        raise NotQuantizedError(f"get_scale: dtype {dtype} is not a quantized dtype (make one "
+                                "with megengine.core.tensor.dtype.qint8(scale) and "
+                                "x.astype(it))")
     return info["scale"]
 
 
@@ -185,8 +186,8 @@ def get_zero_point(dtype) -> int:
     """The zero point of an asymmetric (unsigned) quantized dtype; an error for others."""
     info = _info(np.dtype(dtype))
     if info is None or "zero_point" not in info:
-        raise NotQuantizedError(f"get_zero_point: dtype {dtype} has no zero point (only quint8 and "
-                         "quint4 dtypes are asymmetric)")
+        raise NotQuantizedError(f"get_zero_point: dtype {dtype} has no zero point (only quint8 "
+                                "and quint4 dtypes are asymmetric)")
     return info["zero_point"]
 
 
