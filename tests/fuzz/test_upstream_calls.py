@@ -27,8 +27,10 @@ def test_this_checkout_answers_the_recorded_calls_as_upstream():
     bad, outcomes = uc.compare_all(seeds, calls, theirs, show=shown.append)
     assert bad == 0, "\n".join(shown)
     # most calls give upstream's very values; the rest are refused by upstream alone (calls no
-    # upstream program makes) or differ as docs/compatibility.rst says
-    assert outcomes["same value"] + outcomes["both raise"] >= 440, outcomes
+    # upstream program makes) or differ as docs/compatibility.rst says (on a GPU, quantized
+    # calls are refused here, with an error upstream's CPU run need not share: counted apart)
+    alike = outcomes["same value"] + outcomes["both raise"]
+    assert alike + outcomes["known: quantized networks run on the CPU only"] >= 440, outcomes
 
 
 def test_this_checkout_sends_nan_and_inf_gradients_where_upstream_does():
