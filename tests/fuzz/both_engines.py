@@ -216,6 +216,14 @@ ACCIDENTAL_ERRORS = frozenset({"AttributeError", "NameError", "UnboundLocalError
                                "NotImplementedError"})
 
 
+def error_types_agree(theirs, bases, accidental=ACCIDENTAL_ERRORS):
+    """Whether an ``except`` written for upstream's error type ``theirs`` catches this side's
+    error (the names of its type's bases), or upstream's type is in ``accidental``. Upstream's
+    AsyncError is a RuntimeError (its kernels' failures, reported later)."""
+    return theirs in bases or theirs in accidental or \
+        (theirs == "AsyncError" and "RuntimeError" in bases)
+
+
 def compare(program, mine, theirs, rule=None, tol=None):
     """(index of the first differing result or None, what differs, Counter of step outcomes)
     of one program's results on both sides. Two errors are alike where upstream's type is a
@@ -245,8 +253,7 @@ def compare(program, mine, theirs, rule=None, tol=None):
                 return i, f"{where}: values differ", counts
             counts["same"] += 1
         elif m[0] == "raise" and t[0] == "raise":
-            if t[1] in m[3] or t[1] in ACCIDENTAL_ERRORS or \
-                    (t[1] == "AsyncError" and "RuntimeError" in m[3]):
+            if error_types_agree(t[1], m[3]):
                 counts["both raise"] += 1
             else:  # (an `except` written for upstream's error would miss this side's)
                 return i, f"{where}: an error of another type: here {m[1]} {m[3][1:-2]}, " \

@@ -1950,8 +1950,8 @@ def _traced_pow_of_abs(call, mine, theirs):
         _close(a[~odd], b[~odd])
 
 
-# upstream errors whose type is an accident of its code, not a choice a program relies on: a
-# missing attribute or name, an unbound local, OpenCV's own `cv2.error`, a crashed process
+# upstream errors whose type is an accident of its code (both_engines.ACCIDENTAL_ERRORS but
+# NotImplementedError, which no call has needed passed over), and a crashed process
 _ACCIDENTAL_ERRORS = frozenset({"AttributeError", "NameError", "UnboundLocalError", "error",
                                 "crash"})
 
@@ -1960,10 +1960,11 @@ def _other_error_type(mine, theirs):
     """Where both raised: None when this side's error is of upstream's type too (an
     ``except`` written for upstream catches it: docs/compatibility.rst's rule for bad
     arguments), or upstream's is an accident of its code; else what differs."""
+    from .both_engines import error_types_agree  # (this side only: upstream's runs us by path)
+
     bases = mine[3] if len(mine) > 3 else (mine[1],)
-    if theirs[1] in bases or theirs[1] in _ACCIDENTAL_ERRORS or \
-            (theirs[1] == "AsyncError" and "RuntimeError" in bases):  # (upstream's AsyncError
-        return None  # is a RuntimeError: its kernels' failures reported later)
+    if error_types_agree(theirs[1], bases, _ACCIDENTAL_ERRORS):
+        return None
     return f"an error of another type: here {mine[1]} {list(bases[1:-2])}, upstream {theirs[1]}"
 
 
