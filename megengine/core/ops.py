@@ -1099,9 +1099,11 @@ class Reshape(Op):
 
     def forward(self, x):
         self.in_shape = x.shape
-        if self.shape and min(self.shape) < -1:  # (numpy 2 reads any negative size as -1)
-            raise ShapeError(f"reshape: target shape {tuple(self.shape)} may hold at most one "
-                             "-1 and no other negative sizes")
+        if self.shape and min(self.shape) < 0:  # (a -1 to infer; numpy 2 reads any negative
+            # size as one, and its error for two of them names neither)
+            if min(self.shape) < -1 or sum(s == -1 for s in self.shape) > 1:
+                raise ShapeError(f"reshape: target shape {tuple(self.shape)} may hold at most "
+                                 "one -1 and no other negative sizes")
         try:
             return x.reshape(self.shape)
         except ValueError:

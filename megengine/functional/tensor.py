@@ -78,11 +78,8 @@ def reshape(inp, target_shape):
     target_shape = _shape_tensor(given)
     if _ops.by_shape_tensor(target_shape):  # (a dumpable trace: the shape is the op's input)
         return apply(_ops.ReshapeBy(_ops.unspec_axis(given)), inp, target_shape)
-    shape = _shape_arg(target_shape, "reshape")
-    if sum(s == -1 for s in shape) > 1 or any(s < -1 for s in shape):
-        raise ValueError(f"reshape: target shape {shape} may hold at most one -1 and no other "
-                         "negative sizes")
-    return Tensor.reshape(inp, shape)  # the engine's method, not a subclass's override
+    # (the op checks the sizes: at most one -1)
+    return Tensor.reshape(inp, _shape_arg(target_shape, "reshape"))  # the engine's method, not a subclass's override
 
 
 def flatten(inp, start_axis=0, end_axis=-1):
