@@ -10,7 +10,7 @@ import numpy as np
 from ..autodiff import GradManager
 from ..core import dispatch
 from ..core.fused import use_fused
-from ..core.ops import ArgumentError, ArgumentKindError
+from ..core.ops import ArgumentError, ArgumentKindError, ArgumentTypeError
 from ..core.tensor import Parameter, Tensor, _note_write, check_grad_is_tensor
 from ..device import get_array_module
 from ..functional import _aten
@@ -54,10 +54,6 @@ class _MissingKeyError(TypeError, ValueError, KeyError):
 
     def __str__(self):  # (KeyError's would quote the message)
         return str(self.args[0])
-
-
-class _StateKindError(ValueError, TypeError):
-    """``load_state_dict`` of something that is not a dict (upstream raises TypeError)."""
 
 
 class Optimizer:
@@ -516,7 +512,7 @@ class Optimizer:
                 or not isinstance(state["param_groups"], (list, tuple)) \
                 or not isinstance(state["state"], dict):
             # (also upstream's TypeError for a non-dict, KeyError for a missing entry)
-            error = (_StateKindError if not isinstance(state, dict) else
+            error = (ArgumentTypeError if not isinstance(state, dict) else
                      _MissingKeyError if not {"param_groups", "state"} <= set(state) else
                      ValueError)
             raise error(
