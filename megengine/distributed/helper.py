@@ -21,6 +21,7 @@ import numpy as np
 from ..autodiff.grad_manager import GradManager, get_backwarding_grad_manager
 from ..core import dispatch
 from ..core.dispatch import xp_of
+from ..core.ops import ArgumentError, ArgumentTypeError
 from ..core.tensor import Tensor, _note_write
 from .group import (WORLD, Group, _check_ranks, _group_of, _is_int, _not_initialized,
                     group_barrier, is_distributed)
@@ -75,31 +76,32 @@ def get_device_count_by_fork(device_type: str) -> int:
 
 def _pack_ranges(offsets, what):
     """``offsets`` ([begin0, end0, begin1, end1, ...]: a list, a tuple, an integer array or
-    Tensor) as [(begin, end)] pairs, each checked."""
+    Tensor) as [(begin, end)] pairs, each checked. The packing functions' errors are
+    ArgumentError / ArgumentTypeError: also RuntimeErrors, as upstream's C++ op raises."""
     if isinstance(offsets, Tensor):
         offsets = offsets.numpy()
     if isinstance(offsets, np.ndarray):
         if offsets.ndim != 1:
-            raise ValueError(f"{what}: offsets must be a flat list [begin0, end0, begin1, end1, "
-                             f"...], got an array of shape {offsets.shape}")
+            raise ArgumentError(f"{what}: offsets must be a flat list [begin0, end0, begin1, end1, "
+                                f"...], got an array of shape {offsets.shape}")
         offsets = list(offsets)
     if not isinstance(offsets, (list, tuple)):
-        raise TypeError(f"{what}: offsets must be a list [begin0, end0, begin1, end1, ...] of "
-                        f"ints, got {type(offsets).__name__}")
+        raise ArgumentTypeError(f"{what}: offsets must be a list [begin0, end0, begin1, end1, "
+                                f"...] of ints, got {type(offsets).__name__}")
     for o in offsets:
         if not _is_int(o):
-            raise TypeError(f"{what}: offsets must be ints, got {o!r} ({type(o).__name__}) in "
-                            f"{list(offsets)}")
+            raise ArgumentTypeError(f"{what}: offsets must be ints, got {o!r} "
+                                    f"({type(o).__name__}) in {list(offsets)}")
     offsets = [int(o) for o in offsets]
     if len(offsets) % 2:
-        raise ValueError(f"{what}: offsets must be [begin0, end0, begin1, end1, ...] pairs, "
-                         f"got {len(offsets)} numbers")
+        raise ArgumentError(f"{what}: offsets must be [begin0, end0, begin1, end1, ...] pairs, "
+                            f"got {len(offsets)} numbers")
     ranges = list(zip(offsets[0::2], offsets[1::2]))
     last = 0
     for begin, end in ranges:
         if not last <= begin <= end:
-            raise ValueError(f"{what}: offsets must be increasing, non-overlapping "
-                             f"[begin, end) pairs from 0, got {offsets}")
+            raise ArgumentError(f"{what}: offsets must be increasing, non-overlapping "
+                                f"[begin, end) pairs from 0, got {offsets}")
         last = end
     return ranges
 
@@ -108,23 +110,23 @@ def _shapes(shapes, what):
     """``shapes`` (a list of shapes, one per tensor) as a list of tuples of ints, each checked
     (upstream's op refuses anything else too, in C++ words)."""
     if isinstance(shapes, Tensor) or not isinstance(shapes, (list, tuple)):
-        raise TypeError(f"{what}: shapes must be a list of shapes, one per tensor, as "
-                        f"[(2, 3), (4,)]; got {type(shapes).__name__}")
+        raise ArgumentTypeError(f"{what}: shapes must be a list of shapes, one per tensor, as "
+                                f"[(2, 3), (4,)]; got {type(shapes).__name__}")
     out = []
     for i, shape in enumerate(shapes):
         if _is_int(shape):
-            raise TypeError(f"{what}: shapes[{i}] is the int {shape}; shapes is a list of shapes, "
-                            f"one tuple per tensor: write ({shape},) for a 1-D tensor of {shape} "
-                            "elements")
+            raise ArgumentTypeError(f"{what}: shapes[{i}] is the int {shape}; shapes is a list of "
+                                    f"shapes, one tuple per tensor: write ({shape},) for a 1-D "
+                                    f"tensor of {shape} elements")
         if not isinstance(shape, (list, tuple)):
-            raise TypeError(f"{what}: shapes[{i}] must be a shape (a tuple or list of ints), got "
-                            f"{type(shape).__name__} {shape!r}")
+            raise ArgumentTypeError(f"{what}: shapes[{i}] must be a shape (a tuple or list of "
+                                    f"ints), got {type(shape).__name__} {shape!r}")
         for d in shape:
             if not _is_int(d):
-                raise TypeError(f"{what}: shapes[{i}] = {tuple(shape)} must hold ints, got {d!r} "
-                                f"({type(d).__name__})")
+                raise ArgumentTypeError(f"{what}: shapes[{i}] = {tuple(shape)} must hold ints, "
+                                        f"got {d!r} ({type(d).__name__})")
             if d < 0:
-                raise ValueError(f"{what}: shapes[{i}] = {tuple(shape)} has a negative size")
+                raise ArgumentError(f"{what}: shapes[{i}] = {tuple(shape)} has a negative size")
         out.append(tuple(int(d) for d in shape))
     return out
 
@@ -141,20 +143,22 @@ def param_pack_split(inp: Tensor, offsets: list, shapes: list) -> tuple:
     ranges = _pack_ranges(offsets, "param_pack_split")
     shapes = _shapes(shapes, "param_pack_split")
     if len(ranges) != len(shapes):
-        raise ValueError(f"param_pack_split: {len(ranges)} offset pairs for {len(shapes)} shapes")
+        raise ArgumentError(f"param_pack_split: {len(ranges)} offset pairs for {len(shapes)} "
+                            "shapes")
     if isinstance(inp, np.ndarray):  # (as the functional ops take one)
         inp = Tensor(inp)
     if not isinstance(inp, Tensor):
-        raise TypeError(f"param_pack_split: inp must be a 1-D Tensor, got {type(inp).__name__}")
+        raise ArgumentTypeError("param_pack_split: inp must be a 1-D Tensor, got "
+                                f"{type(inp).__name__}")
     if inp.ndim != 1:
-        raise ValueError(f"param_pack_split: inp must be 1-D, got shape {inp.shape}")
+        raise ArgumentError(f"param_pack_split: inp must be 1-D, got shape {inp.shape}")
     if ranges and ranges[-1][1] > inp.shape[0]:
-        raise ValueError(f"param_pack_split: offsets end at {ranges[-1][1]}, past the "
-                         f"{inp.shape[0]} elements of inp")
+        raise ArgumentError(f"param_pack_split: offsets end at {ranges[-1][1]}, past the "
+                            f"{inp.shape[0]} elements of inp")
     outputs = []
     for i, ((begin, end), shape) in enumerate(zip(ranges, shapes)):
         if end - begin != _numel(shape):
-            raise ValueError(f"param_pack_split: range [{begin}, {end}) holds {end - begin} "
+            raise ArgumentError(f"param_pack_split: range [{begin}, {end}) holds {end - begin} "
                              f"elements, shapes[{i}] = {shape} needs {_numel(shape)}")
         outputs.append(inp[begin:end].reshape(shape))
     return tuple(outputs)
@@ -164,16 +168,16 @@ def _tensor_list(tensors, what, name):
     """``tensors`` (a list, tuple or other iterable of Tensors) as a list; a single Tensor is
     refused (iterating over it would take its rows)."""
     if isinstance(tensors, (Tensor, np.ndarray)):
-        raise TypeError(f"{what}: {name} must be a list of Tensors, got a single "
-                        f"{type(tensors).__name__}; pass [x] for one tensor")
+        raise ArgumentTypeError(f"{what}: {name} must be a list of Tensors, got a single "
+                                f"{type(tensors).__name__}; pass [x] for one tensor")
     try:
         tensors = list(tensors)
     except TypeError:
-        raise TypeError(f"{what}: {name} must be a list of Tensors, got "
-                        f"{type(tensors).__name__}") from None
+        raise ArgumentTypeError(f"{what}: {name} must be a list of Tensors, got "
+                                f"{type(tensors).__name__}") from None
     for i, t in enumerate(tensors):
         if not isinstance(t, Tensor):
-            raise TypeError(f"{what}: {name}[{i}] must be a Tensor, got {type(t).__name__}")
+            raise ArgumentTypeError(f"{what}: {name}[{i}] must be a Tensor, got {type(t).__name__}")
     return tensors
 
 
@@ -187,22 +191,22 @@ def param_pack_concat(inps: list, offsets: Tensor, offsets_val: list) -> Tensor:
     inps = _tensor_list(inps, "param_pack_concat", "inps")
     ranges = _pack_ranges(offsets_val, "param_pack_concat")
     if len(ranges) != len(inps):
-        raise ValueError(f"param_pack_concat: {len(ranges)} offset pairs for {len(inps)} inputs")
+        raise ArgumentError(f"param_pack_concat: {len(ranges)} offset pairs for {len(inps)} inputs")
     if offsets is not None and list(np.asarray(
             offsets.numpy() if isinstance(offsets, Tensor) else offsets).ravel()) != \
             [int(o) for o in offsets_val]:
-        raise ValueError("param_pack_concat: offsets and offsets_val disagree")
+        raise ArgumentError("param_pack_concat: offsets and offsets_val disagree")
     if not inps:
-        raise ValueError("param_pack_concat: no inputs to pack")
+        raise ArgumentError("param_pack_concat: no inputs to pack")
     dtype, device = inps[0].dtype, inps[0].device
     pieces, last = [], 0
     for t, (begin, end) in zip(inps, ranges):
         if t.dtype != dtype:
-            raise TypeError(f"param_pack_concat: all inputs must share one dtype, got {dtype} "
-                            f"and {t.dtype}")
+            raise ArgumentTypeError(f"param_pack_concat: all inputs must share one dtype, got "
+                                    f"{dtype} and {t.dtype}")
         if t.size != end - begin:
-            raise ValueError(f"param_pack_concat: input of shape {t.shape} does not fill "
-                             f"[{begin}, {end})")
+            raise ArgumentError(f"param_pack_concat: input of shape {t.shape} does not fill "
+                                f"[{begin}, {end})")
         if begin > last:
             pieces.append(F.zeros((begin - last,), dtype=dtype, device=device))
         pieces.append(t.reshape(-1))
@@ -244,8 +248,11 @@ def get_offsets(shapes) -> list:
 
 
 def _reduce_method(method, what):
-    if not isinstance(method, str) or method.lower() not in ("sum", "mean"):
-        raise ValueError(f"{what}: reduce_method must be 'sum' or 'mean', got {method!r}")
+    if not isinstance(method, str):  # (upstream: AttributeError, from method.lower())
+        raise ArgumentTypeError(f"{what}: reduce_method must be 'sum' or 'mean', got "
+                                f"{type(method).__name__} {method!r}")
+    if method.lower() not in ("sum", "mean"):  # (upstream asserts)
+        raise ArgumentError(f"{what}: reduce_method must be 'sum' or 'mean', got {method!r}")
     return method.lower()
 
 
@@ -260,16 +267,16 @@ def pack_allreduce_split(pack_list, shapes, group, reduce_method) -> list:
     pack_list = _tensor_list(pack_list, what, "pack_list")
     shapes = _shapes(shapes, what)
     if len(shapes) != len(pack_list):
-        raise ValueError(f"{what}: {len(shapes)} shapes for {len(pack_list)} tensors; give one "
-                         "shape per tensor of pack_list")
+        raise ArgumentError(f"{what}: {len(shapes)} shapes for {len(pack_list)} tensors; give one "
+                            "shape per tensor of pack_list")
     for i, (t, shape) in enumerate(zip(pack_list, shapes)):
         if t.size != _numel(shape):
-            raise ValueError(f"{what}: pack_list[{i}] has shape {t.shape} ({t.size} elements), "
-                             f"shapes[{i}] = {shape} has {_numel(shape)}")
+            raise ArgumentError(f"{what}: pack_list[{i}] has shape {t.shape} ({t.size} elements), "
+                                f"shapes[{i}] = {shape} has {_numel(shape)}")
         if t.dtype != pack_list[0].dtype:
-            raise TypeError(f"{what}: the tensors are packed into one buffer, so they must "
-                            f"share one dtype; pack_list[0] is {pack_list[0].dtype}, "
-                            f"pack_list[{i}] {t.dtype}")
+            raise ArgumentTypeError(f"{what}: the tensors are packed into one buffer, so they must "
+                                    f"share one dtype; pack_list[0] is {pack_list[0].dtype}, "
+                                    f"pack_list[{i}] {t.dtype}")
     group = fd._as_group(group, what)
     offsets = get_offsets(shapes)
     packed = fd.all_reduce_sum(param_pack_concat(pack_list, None, offsets), group)

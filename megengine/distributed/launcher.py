@@ -16,6 +16,7 @@ import traceback
 from . import group as _group
 from .group import (DEFAULT_TIMEOUT, destroy_process_group, group_barrier, init_process_group,
                     waiting_failure)
+from ..core.ops import ArgumentError, ArgumentTypeError
 from .server import Server
 
 __all__ = ["launcher", "WorkerError"]
@@ -198,12 +199,15 @@ class launcher:
         if n_gpus is None:
             gpus = 0 if device_type == "cpu" else _gpu_count()
             n_gpus = gpus or (os.cpu_count() or 1)
-        if not isinstance(n_gpus, int) or n_gpus < 1:
+        if not isinstance(n_gpus, int) or isinstance(n_gpus, bool):  # (upstream: TypeError)
+            raise ArgumentTypeError(f"launcher: n_gpus must be a positive int, got "
+                                    f"{type(n_gpus).__name__} {n_gpus!r}")
+        if n_gpus < 1:  # (upstream starts no process and returns [])
             raise ValueError(f"launcher: n_gpus must be a positive int, got {n_gpus!r}")
         world_size = n_gpus if world_size is None else world_size
         if rank_start + n_gpus > world_size:
-            raise ValueError(f"launcher: ranks {rank_start}..{rank_start + n_gpus - 1} do not fit "
-                             f"in world_size={world_size}")
+            raise ArgumentError(f"launcher: ranks {rank_start}..{rank_start + n_gpus - 1} do not "
+                                f"fit in world_size={world_size}")  # (upstream: a rank asserts)
         if port == 0 and rank_start != 0:
             raise ValueError(f"launcher: ranks from rank_start={rank_start} join the "
                              "rendezvous the launcher of rank 0 serves; give its port (that "

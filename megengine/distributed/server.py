@@ -21,6 +21,8 @@ import xmlrpc.client
 from xml.parsers.expat import ExpatError
 from typing import List
 
+from ..core.dtype_rules import ArgumentTypeError
+
 __all__ = ["Server", "Client", "get_free_ports"]
 
 
@@ -45,7 +47,10 @@ class Server:
     joined; it serves until it is garbage collected (or this process ends)."""
 
     def __init__(self, port: int = 0):
-        if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port < 65536:
+        if not isinstance(port, int) or isinstance(port, bool):  # (upstream: TypeError)
+            raise ArgumentTypeError(f"Server: port must be an int in [0, 65535], got "
+                                    f"{type(port).__name__} {port!r}")
+        if not 0 <= port < 65536:
             raise ValueError(f"Server: port must be an int in [0, 65535], got {port!r}")
         if not hasattr(os, "fork"):  # no fork, so no forked rank to deadlock: serve from here
             self._store = _listen(port)
@@ -143,7 +148,10 @@ def join_server(master_ip: str, port: int, timeout: float):
 def get_free_ports(num: int) -> List[int]:
     """``num`` distinct TCP ports that are free on this machine now (held together while they
     are picked, so they differ)."""
-    if not isinstance(num, int) or isinstance(num, bool) or num < 0:
+    if not isinstance(num, int) or isinstance(num, bool):
+        raise ArgumentTypeError(f"get_free_ports: num must be an int >= 0, got "
+                                f"{type(num).__name__} {num!r}")
+    if num < 0:
         raise ValueError(f"get_free_ports: num must be an int >= 0, got {num!r}")
     sockets = []
     try:

@@ -117,3 +117,16 @@ def test_a_port_a_server_cannot_listen_on_is_named_and_no_process_is_left():
     with pytest.raises(RuntimeError, match=f"Server: cannot listen on port "
                                            f"{first.py_server_port}"):
         Server(first.py_server_port)
+
+
+@pytest.mark.parametrize("port, kind, words", [
+    (1.5, TypeError, "got float 1.5"),  # upstream 1.13: TypeError (socket.bind's)
+    ("1234", TypeError, "got str '1234'"),
+    (70000, ValueError, "got 70000"),  # upstream 1.13: OverflowError (socket.bind's)
+    (-1, ValueError, "got -1"),
+])
+def test_a_bad_port_is_refused_before_any_process_starts(port, kind, words):
+    from megengine.distributed import Server
+
+    with pytest.raises(kind, match=r"Server: port must be an int in \[0, 65535\], " + words):
+        Server(port)
