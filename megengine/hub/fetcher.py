@@ -46,13 +46,15 @@ def _is_ipv4(s: str) -> bool:
     return len(nums) == 4 and all(n.isdigit() and 0 <= int(n) < 256 for n in nums)
 
 
-def git_url(git_host: str, owner: str, name: str, protocol: str) -> str:
-    """Where to clone ``owner/name`` from: a local directory, or the host over HTTPS/SSH."""
+def check_host(git_host: str, protocol: str):
+    """Raise unless ``protocol`` and ``git_host`` are valid (checked in upstream's order: the
+    protocol, then the host, before ``repo_info``); return the directory a local host names,
+    else None."""
     if protocol not in PROTOCOLS:
         raise InvalidProtocol(f"protocol {protocol!r} is invalid; use one of {PROTOCOLS}")
     local = _local_host(git_host)
     if local is not None:
-        return os.path.join(local, owner, name)
+        return local
     try:
         host_ok = bool(_DOMAIN.match(git_host.encode("idna").decode("ascii")))
     except UnicodeError:
@@ -62,6 +64,14 @@ def git_url(git_host: str, owner: str, name: str, protocol: str) -> str:
             f"git_host {git_host!r} is malformed: give a host name such as 'github.com', an "
             "IPv4 address, or the absolute path (or file:// URL) of a local directory"
         )
+    return None
+
+
+def git_url(git_host: str, owner: str, name: str, protocol: str) -> str:
+    """Where to clone ``owner/name`` from: a local directory, or the host over HTTPS/SSH."""
+    local = check_host(git_host, protocol)
+    if local is not None:
+        return os.path.join(local, owner, name)
     if protocol == "SSH":
         return f"git@{git_host}:{owner}/{name}.git"
     return f"https://{git_host}/{owner}/{name}.git"
@@ -79,6 +89,7 @@ def fetch_git(git_host, repo_info, use_cache, commit, protocol, cache_dir, versi
     """Clone ``repo_info`` into ``cache_dir`` (reusing a cached copy when ``use_cache``) and
     return the directory. The cache name depends on the version, repo, branch and commit,
     as upstream's does."""
+    check_host(git_host, protocol)
     owner, name, branch = parse_repo_info(repo_info)
     url = git_url(git_host, owner, name, protocol)
     raw = f"{owner}_{name}_{branch.replace('/', '_')}" + (f"_{commit}" if commit else "")

@@ -140,6 +140,11 @@ def test_git_errors_are_clear(git_host):
         hub.list("megengine/models", git_host=str(host), protocol="FTP")
     with pytest.raises(hub.InvalidGitHost, match="malformed"):
         hub.list("megengine/models", git_host="not a host!")
+    # upstream 1.13 measured: the protocol is checked first, then the host, then repo_info
+    with pytest.raises(hub.InvalidProtocol):
+        hub.list("just-a-name", git_host="not a host!", protocol="FTP")
+    with pytest.raises(hub.InvalidGitHost):
+        hub.list("just-a-name", git_host="not a host!")
 
 
 # ----- pretrained weights from a URL -----
