@@ -54,7 +54,7 @@ from collections import namedtuple
 import numpy as np
 
 from ..core.dispatch import Op
-from ..core.ops import move_array
+from ..core.ops import ArgumentTypeError, move_array
 from ..core.tensor import Tensor
 from ..utils.naming import COMMUTATIVE, default_output_names, program_names
 from ..utils.network_node import engine_steps, upstream_steps
@@ -64,8 +64,8 @@ from .dump_devices import device_mapper, recorded_name
 from ._program import (_AliasStep, _DimExpr, _OpStep, _Program, _Ref, _Struct, _TensorLeaf,  # noqa: F401
                        _holds, _host, _is_array, _made_by, _slots_used)
 # the file's value encoding, dump's naming and its test cases (this file re-exports their names)
-from .dump_format import (DumpError, _class_path, _import, _importable, _in_table,  # noqa: F401
-                          _qinfo, _read, _read_frozen, _Writer)
+from .dump_format import (DumpError, LoadError, _class_path, _import,  # noqa: F401
+                          _importable, _in_table, _qinfo, _read, _read_frozen, _Writer)
 from .dump_names import (_input_defaults, _leaves, _names, _output_slots,  # noqa: F401
                          _param_names)
 from .dump_testcases import (_RAND, _case_feeds, _repeat, _spec_data,  # noqa: F401
@@ -371,6 +371,11 @@ def writes_upstream(options, where):
 def write_file(graph, w, file, upstream=False):
     """Write graph.json and ``w``'s arrays as the zip archive (``upstream``: as upstream's
     ``.mge`` file instead, `upstream_mge_write`); ``file`` None: only return the bytes."""
+    if not (file is None or isinstance(file, (str, bytes)) or hasattr(file, "__fspath__")
+            or callable(getattr(file, "write", None))):  # (upstream: AttributeError, or
+        # pybind's RuntimeError for Network.dump)
+        raise ArgumentTypeError(f"dump: file must be a path or a binary file object, got "
+                                f"{type(file).__name__} {file!r}")
     if upstream:
         from .upstream_mge_write import upstream_bytes
 
@@ -495,13 +500,13 @@ def read_file(file):
         z = zipfile.ZipFile(io.BytesIO(data))
         graph = json.loads(z.read("graph.json"))
     except (zipfile.BadZipFile, KeyError, ValueError) as e:
-        raise ValueError("load: not a program written by megengine.jit.trace.dump of this fork "
-                         f"({e}), nor an upstream MegEngine .mge file of the mgv2 format (the "
-                         "default of upstream 1.13's trace.dump): dump the model again with "
-                         "this fork's trace.dump or upstream 1.13's") from e
+        raise LoadError("load: not a program written by megengine.jit.trace.dump of this fork "
+                        f"({e}), nor an upstream MegEngine .mge file of the mgv2 format (the "
+                        "default of upstream 1.13's trace.dump): dump the model again with "
+                        "this fork's trace.dump or upstream 1.13's") from e
     if graph.get("format") != FORMAT or graph.get("version") not in _READABLE_VERSIONS:
-        raise ValueError(f"load: unsupported file format {graph.get('format')!r} version "
-                         f"{graph.get('version')!r} (expected {FORMAT!r} version {VERSION})")
+        raise LoadError(f"load: unsupported file format {graph.get('format')!r} version "
+                        f"{graph.get('version')!r} (expected {FORMAT!r} version {VERSION})")
     arrays = {}
     for name in z.namelist():
         if name.startswith("arrays/"):
@@ -522,7 +527,7 @@ def read_op(s, arrays, k):
     """(op template, dyn) of step ``s`` (its dict in graph.json), the ``k``-th step."""
     cls = _import(s["op"])
     if not (isinstance(cls, type) and issubclass(cls, Op)):
-        raise ValueError(f"load: step {k} names {s['op']!r}, which is not a megengine op")
+        raise LoadError(f"load: step {k} names {s['op']!r}, which is not a megengine op")
     op = cls.__new__(cls)
     dyn = tuple((name, _read_frozen(s["state"][name], arrays)) for name in s["dyn"]) or None
     op.__dict__.update({name: _read(v, arrays) for name, v in s["state"].items()

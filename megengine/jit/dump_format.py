@@ -25,6 +25,17 @@ class DumpError(ValueError, RuntimeError):
     __firstlineno__ = None  # Python 3.13+'s inspect reads it in the file of __module__
 
 
+class LoadError(ValueError, RuntimeError):
+    """A file that is not a program this fork can read (not a dumped program at all, another
+    format version, a damaged file).
+
+    Also a RuntimeError: upstream's C++ loader raises one for a file it cannot read.
+    """
+
+    __module__ = "megengine.jit.dump"
+    __firstlineno__ = None
+
+
 class _Writer:
     def __init__(self):
         self.arrays = []
@@ -149,7 +160,7 @@ def _read(v, arrays):
     if tag == "tensor":
         a, device = arrays[x[0]], x[1]
         return Tensor(a, dtype=a.dtype, device=device if _resolves(device) else None)
-    raise ValueError(f"load: unknown value tag {tag!r} in the file")
+    raise LoadError(f"load: unknown value tag {tag!r} in the file")
 
 
 def _read_frozen(v, arrays):
@@ -195,11 +206,11 @@ def _import(path):
     except AttributeError as e:
         obj = _in_table(mod, qualname)
         if obj is None:
-            raise ValueError(f"load: the file names {path!r}, which cannot be imported here "
-                             f"({e}); was it dumped by another version of megengine?") from e
+            raise LoadError(f"load: the file names {path!r}, which cannot be imported here "
+                            f"({e}); was it dumped by another version of megengine?") from e
     except ImportError as e:
-        raise ValueError(f"load: the file names {path!r}, which cannot be imported here ({e}); "
-                         "was it dumped by another version of megengine?") from e
+        raise LoadError(f"load: the file names {path!r}, which cannot be imported here ({e}); "
+                        "was it dumped by another version of megengine?") from e
     return obj
 
 

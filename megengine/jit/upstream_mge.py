@@ -43,12 +43,14 @@ import numpy as np
 
 from ..core._imperative_rt.ops import NO_AXIS as _NO_AXIS  # (OptionalAxisV1's "no axis")
 from ..core._trace_option import SymDim, is_int, sym_max
+from .dump_format import LoadError
 
 __all__ = ["UpstreamFormatError", "is_upstream", "read_upstream"]
 
 
-class UpstreamFormatError(ValueError):
-    """An upstream ``.mge`` file this fork cannot read (its format, an operator, a value)."""
+class UpstreamFormatError(LoadError):
+    """An upstream ``.mge`` file this fork cannot read (its format, an operator, a value): a
+    ValueError, and a RuntimeError as upstream's loader raises for a file it cannot read."""
 
 
 _WHAT_TO_DO = ("re-dump the model with upstream MegEngine 1.13's trace.dump defaults "

@@ -17,11 +17,13 @@ import weakref
 from typing import Dict
 
 from ..core import ops as _ops
+from ..core._trace_option import is_int
 from ..core._trace_option import set_symbolic_shape as _set_symbolic_shape
+from ..core.ops import ArgumentError, ArgumentKindError, ArgumentTypeError
 from ..jit._program import _DimExpr, _Ref
-from ..jit.dump import (_NO_EFFECT, DumpError, DumpInfo, _Writer, metadata_json, op_step_json,
-                        placed, read_file, read_metadata, read_op, read_shapes, shapes_json,
-                        write_file, writes_upstream, FORMAT, VERSION)
+from ..jit.dump import (_NO_EFFECT, DumpError, DumpInfo, LoadError, _Writer, metadata_json,
+                        op_step_json, placed, read_file, read_metadata, read_op, read_shapes,
+                        shapes_json, write_file, writes_upstream, FORMAT, VERSION)
 from ..jit.dump_devices import device_mapper, recorded_name
 from ..logger import get_logger
 from .network_node import (Host2DeviceCopy, ImmutableTensor, NetworkNode, OpNode, VarNode,
@@ -113,8 +115,8 @@ class Network:
                     unnamed_consts.append(v)
                 slot_var[s] = v
             if v is None:
-                raise ValueError(f"load: the file's step reads slot {s} before any step makes "
-                                 "it; the file is damaged")
+                raise LoadError(f"load: the file's step reads slot {s} before any step makes "
+                                "it; the file is damaged")
             return v
 
         for k, s in enumerate(graph["steps"]):
@@ -355,8 +357,9 @@ class Network:
         if isinstance(modifier, str):
             prefix = modifier
             modifier = lambda name: f"{prefix}.{name}"  # noqa: E731
-        if not callable(modifier):
-            raise TypeError("modify_opr_names: give a string prefix or a function of the name")
+        if not callable(modifier):  # (upstream asserts)
+            raise ArgumentKindError("modify_opr_names: give a string prefix or a function of the "
+                                    "name")
         for opr in self.all_oprs:
             new = modifier(opr.name)
             if not isinstance(new, str):
@@ -372,6 +375,9 @@ class Network:
         a file that records fixed shapes (traced with ``symbolic_shape=False``, or written
         before format version 3) keeps its traced sizes in its operators' parameters, so a
         warning says to trace and dump the model at the new batch instead."""
+        if not is_int(batchsize) or batchsize < 1:  # (upstream: pybind's RuntimeError)
+            raise ArgumentTypeError(f"reset_batch_size: batchsize must be a positive int, got "
+                                    f"{type(batchsize).__name__} {batchsize!r}")
         if self._fixed_file:
             logger.warning("reset_batch_size: this program was dumped with fixed shapes (traced "
                            "with symbolic_shape=False, or by a version before dump format 3): "
@@ -430,9 +436,11 @@ class Network:
         ``new`` from then on (``new`` must have as many outputs); the VarNodes stay the same
         objects, so their readers need no change."""
         for old, new in repl_dict.items():
-            if len(old.outputs) != len(new.outputs):
-                raise ValueError(f"replace_oprs: can not replace {old!r} ({len(old.outputs)} "
-                                 f"outputs) with {new!r} ({len(new.outputs)} outputs)")
+            _check_opr(old, "replace_oprs")
+            _check_opr(new, "replace_oprs")
+            if len(old.outputs) != len(new.outputs):  # (upstream asserts)
+                raise ArgumentError(f"replace_oprs: can not replace {old!r} ({len(old.outputs)} "
+                                    f"outputs) with {new!r} ({len(new.outputs)} outputs)")
         for old, new in repl_dict.items():
             for i, var in enumerate(old.outputs):
                 made = new.outputs[i]
@@ -507,10 +515,17 @@ class Network:
 
 
 def _check_var(v, where):
-    if not isinstance(v, VarNode):
-        raise TypeError(f"{where}: expected a VarNode of a network, got {type(v).__name__} "
-                        "(ops applied to VarNodes give VarNodes; make constants with "
-                        "Network.make_const)")
+    if not isinstance(v, VarNode):  # (upstream asserts, or fails reading v.owner)
+        raise ArgumentKindError(f"{where}: expected a VarNode of a network, got "
+                                f"{type(v).__name__} (ops applied to VarNodes give VarNodes; "
+                                "make constants with Network.make_const)")
+
+
+def _check_opr(o, where):
+    if not isinstance(o, OpNode):  # (upstream ignores a key that is no operator of the network)
+        raise ArgumentKindError(f"{where}: expected an OpNode of a network, got "
+                                f"{type(o).__name__} (an operator: var.owner, "
+                                "Network.get_opr_by_name)")
 
 
 def _renamed(new, old):
@@ -523,8 +538,8 @@ def _renamed(new, old):
 def _unique(found, unique, what, kind="operators"):
     if not unique:
         return found
-    if len(found) != 1:
-        raise ValueError(f"{len(found)} {kind} {what} found, expected one")
+    if len(found) != 1:  # (upstream asserts)
+        raise ArgumentError(f"{len(found)} {kind} {what} found, expected one")
     return found[0]
 
 
@@ -712,8 +727,8 @@ class NodeFilter:
 
     def name(self, pattern, ignorecase=True):
         """Nodes whose name matches the glob ``pattern`` (``?``, ``*``)."""
-        if not isinstance(pattern, str):
-            raise TypeError(f"NodeFilter.name: bad pattern {pattern!r}")
+        if not isinstance(pattern, str):  # (upstream asserts)
+            raise ArgumentKindError(f"NodeFilter.name: bad pattern {pattern!r}")
         regex = re.compile(fnmatch.translate(pattern), re.IGNORECASE if ignorecase else 0)
         return _Where(self, lambda i: pattern == i.name or bool(regex.match(i.name or "")))
 

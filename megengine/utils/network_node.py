@@ -792,6 +792,12 @@ class ReadOnlyOpNode(OpNode):
         return type(self._op).__name__ in ("_Draw", "_Multinomial", "_Shuffled")
 
 
+def _input_shape(shape):
+    """A program input's shape as a tuple of Python ints (a shape of strings is refused: also
+    upstream's RuntimeError, pybind's "Unable to cast")."""
+    return tuple(int(d) for d in _engine_ops.int_tuple(shape, "make_input_node"))
+
+
 class Host2DeviceCopy(OpNode):
     """A program input (upstream's data provider): ``shape``, ``dtype``, ``name``, ``device``.
     Changing ``shape`` (``Network.reset_batch_size``) changes what the program is run with."""
@@ -801,7 +807,7 @@ class Host2DeviceCopy(OpNode):
 
     def __init__(self, shape=None, dtype=None, name=None, device=None):
         super().__init__(name)
-        self._shape = tuple(shape) if shape is not None else None
+        self._shape = _input_shape(shape) if shape is not None else None
         self._dtype = np.dtype(dtype) if dtype is not None else np.dtype(np.float32)
         self.device = canonical_device(device)
         self.outputs = [VarNode(self, name, self.device)]
@@ -812,7 +818,7 @@ class Host2DeviceCopy(OpNode):
 
     @shape.setter
     def shape(self, value):
-        self._shape = tuple(int(d) for d in value)
+        self._shape = _input_shape(value)
         _generation[0] += 1
 
     @property

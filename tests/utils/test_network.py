@@ -332,6 +332,42 @@ def test_clear_errors():
         net.replace_oprs({add: F.relu(add.outputs[0]).owner})
 
 
+def test_misuse_raises_what_it_is_and_upstreams_type():
+    """Upstream 1.13 measured on the same calls: a file that is no program, a shape, batch size
+    or file of the wrong type raise RuntimeError (its C++ loader, pybind's "Unable to cast"); a
+    lookup without one match, a pattern that is no str, a modifier that is no function and
+    add_dep_oprs of something that is no VarNode fail its asserts. Each is here also what the
+    mistake is (ValueError, TypeError)."""
+    with pytest.raises(ValueError, match=r"nor an upstream MegEngine \.mge file") as error:
+        Network.load(io.BytesIO(b"junk" * 10))
+    assert isinstance(error.value, RuntimeError)
+    net = _add_mul_net()
+    for call, kinds, words in [
+        (lambda: net.make_input_node("ab", "float32", "x"), (TypeError, RuntimeError),
+         "make_input_node: a shape must be ints"),
+        (lambda: net.reset_batch_size("x"), (TypeError, RuntimeError),
+         "reset_batch_size: batchsize must be a positive int, got str 'x'"),
+        (lambda: net.dump(3), (TypeError, RuntimeError),
+         "dump: file must be a path or a binary file object, got int 3"),
+        (lambda: net.get_var_by_name("nope"), (ValueError, AssertionError),
+         "0 vars named 'nope' found"),
+        (lambda: net.get_var_by_name(["a", "b"]), (TypeError, AssertionError),
+         "NodeFilter.name: bad pattern ['a', 'b']"),
+        (lambda: net.modify_opr_names(3), (TypeError, AssertionError),
+         "give a string prefix or a function"),
+        (lambda: net.add_dep_oprs(3), (TypeError, AssertionError),
+         "add_dep_oprs: expected a VarNode of a network, got int"),
+        # (upstream ignores a key that is no operator: refused here, naming it)
+        (lambda: net.replace_oprs({3: 4}), (TypeError,),
+         "replace_oprs: expected an OpNode of a network, got int"),
+    ]:
+        with pytest.raises(kinds[0]) as error:
+            call()
+        assert all(isinstance(error.value, k) for k in kinds) and words in str(error.value)
+    assert [v.name for v in net.input_vars] == ["a", "b"]  # nothing changed
+    np.testing.assert_array_equal(_run(net, A, B)["o"], (A + B) * 2)
+
+
 def test_constant_values_read_and_ops_on_plain_tensors_are_unchanged():
     net = _add_mul_net()
     (const,) = net.params_filter
