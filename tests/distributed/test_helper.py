@@ -248,7 +248,8 @@ def test_allreduce_callback_arguments_are_checked():
     with pytest.raises(ValueError, match="reduce_method must be 'sum' or 'mean'") as error:
         dist.make_allreduce_cb("max")
     assert isinstance(error.value, AssertionError)
-    with pytest.raises(TypeError, match="reduce_method must be 'sum' or 'mean', got int 3") as error:
+    with pytest.raises(TypeError, match="reduce_method must be 'sum' or 'mean', got int 3") \
+            as error:
         dist.make_allreduce_cb(3)
     assert isinstance(error.value, ValueError)
     with pytest.raises(ValueError, match="bucket_size must be a non-negative int"):
