@@ -12,6 +12,7 @@ into its bucket: one collective per bucket instead of one per parameter, and no 
 """
 import functools
 import multiprocessing as mp
+import warnings
 import weakref
 from collections import defaultdict
 from typing import Callable
@@ -56,8 +57,14 @@ def get_device_count_by_fork(device_type: str) -> int:
     """Number of devices of ``device_type`` ("gpu", "cpu", "xpu"), counted in a forked child
     process, as upstream: asking CUDA in this process would initialise it here, and a CUDA
     context does not survive the ``fork`` that `launcher` uses to start its workers. In a
-    process that has used CUDA already, it counts here (a forked child could not)."""
+    process that has used CUDA already, it counts here (a forked child could not).
+    Deprecated since 1.5 for `megengine.device.get_device_count`: each call warns, in
+    upstream's words."""
     from ..device import _cuda_touched, get_device_count
+
+    warnings.warn("Call to deprecated function get_device_count. (use "
+                  "megengine.device.get_device_count instead) -- Deprecated since version 1.5.",
+                  category=DeprecationWarning, stacklevel=2)
 
     # Windows: no fork. And a process that has used CUDA already loses nothing by counting
     # itself, while its forked child could not call CUDA at all (the count would fail).

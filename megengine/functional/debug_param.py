@@ -9,6 +9,7 @@ the ATen kernels (see ``megengine.core._config``). ``OPTIMIZED`` is accepted and
 nothing (this engine has one set of kernels).
 """
 from ..core import _config
+from ..utils.deprecation import deprecated
 
 __all__ = ["get_execution_strategy", "set_execution_strategy", "get_conv_execution_strategy",
            "set_conv_execution_strategy"]
@@ -51,9 +52,18 @@ def set_execution_strategy(option: str):
                                     deterministic_kernel="REPRODUCIBLE" in flags)
 
 
-# upstream 1.0-1.3 names: the strategy was documented for convolutions, and applied to all
-get_conv_execution_strategy = get_execution_strategy
-set_conv_execution_strategy = set_execution_strategy
+# upstream 1.0-1.3 names: the strategy was documented for convolutions, and applied to all;
+# deprecated since 1.3, each call warns as upstream's
+@deprecated(version="1.3", reason="use get_execution_strategy() instead")
+def get_conv_execution_strategy() -> str:
+    """`get_execution_strategy` under its 1.0-1.3 name."""
+    return get_execution_strategy()
+
+
+@deprecated(version="1.3", reason="use set_execution_strategy() instead")
+def set_conv_execution_strategy(option: str):
+    """`set_execution_strategy` under its 1.0-1.3 name."""
+    return set_execution_strategy(option)
 
 
 # Upstream's debug_param module also holds megengine.get_logger at module level

@@ -68,3 +68,14 @@ def test_tensor_shape_switch_keeps_its_upstream_1_0_names():
         assert set_symbolic_shape(True) is False and use_tensor_shape() is True
     finally:
         set_symbolic_shape(old)
+
+
+def test_the_conv_names_warn_as_upstreams_deprecated_aliases():
+    # upstream 1.13's words (measured), from the deprecated package's decorator
+    with pytest.warns(DeprecationWarning, match=r"^Call to deprecated function \(or staticmethod\) "
+                      r"set_conv_execution_strategy. \(use set_execution_strategy\(\) instead\) "
+                      r"-- Deprecated since version 1.3.$"):
+        set_conv_execution_strategy("HEURISTIC")
+    with pytest.warns(DeprecationWarning, match=r"get_conv_execution_strategy. \(use "
+                      r"get_execution_strategy\(\) instead\)"):
+        assert get_conv_execution_strategy() == get_execution_strategy() == "HEURISTIC"
