@@ -1,6 +1,5 @@
 """`Module`: the base of every layer: finds its tensors and submodules, saves/loads state, hooks."""
 import functools
-import warnings
 from collections import OrderedDict
 from collections.abc import Mapping
 from itertools import count
@@ -363,11 +362,12 @@ class Module:
 
     @staticmethod
     def _drop_requires_grad(kwargs):
-        # Upstream 1.x accepts and ignores it (tensors have no settable requires_grad).
+        # Upstream 1.x accepts and ignores it (tensors have no settable requires_grad), and
+        # logs so, in these words (no Python warning: -W error leaves such programs running)
         if "requires_grad" in kwargs:
             del kwargs["requires_grad"]
-            warnings.warn("the requires_grad argument is ignored: every Parameter is returned",
-                          DeprecationWarning, stacklevel=3)
+            logger.warning("Tensor currently has no requires_grad attribute so requires_grad "
+                           "argument is ignored here")
 
     def parameters(self, recursive: bool = True, **kwargs) -> Iterable[Parameter]:
         """The Parameters of this module (and of its submodules when ``recursive``)."""
