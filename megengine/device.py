@@ -231,9 +231,10 @@ class DeviceNameError(ValueError, RuntimeError, AssertionError):
     them catches it."""
 
 
-class DeviceTypeError(TypeError, RuntimeError):
+class DeviceTypeError(TypeError, RuntimeError, AssertionError):
     """A device given as something that is no name (``device=0``): a TypeError, and a
-    RuntimeError as upstream's (its C++ check asserts a CompNode)."""
+    RuntimeError as upstream's (its C++ check asserts a CompNode; ``set_default_device``
+    asserts in Python first: an AssertionError too)."""
 
 
 def parse_device_name(name: str):
@@ -653,17 +654,21 @@ def set_prealloc_config(alignment: int = 1, min_req: int = 32 * 1024 * 1024,
                         max_overhead: int = 0, growth_factor=2.0, device_type=DeviceType.CUDA):
     """How upstream's CUDA allocator grows its pool; checked as upstream, kept, and without
     effect here: CPU arrays come from the C heap, and CuPy's pool on GPUs grows per request and
-    has no such knobs."""
+    has no such knobs. Its errors are ValueErrors and upstream's AssertionErrors."""
+    from .core.ops import ArgumentError
+
     if not (isinstance(alignment, int) and alignment > 0):
-        raise ValueError("set_prealloc_config: alignment must be a positive int, "
-                         f"got {alignment!r}")
+        raise ArgumentError("set_prealloc_config: alignment must be a positive int, "
+                            f"got {alignment!r}")
     if not (isinstance(min_req, int) and min_req > 0):
-        raise ValueError(f"set_prealloc_config: min_req must be a positive int, got {min_req!r}")
+        raise ArgumentError(f"set_prealloc_config: min_req must be a positive int, got "
+                            f"{min_req!r}")
     if not (isinstance(max_overhead, int) and max_overhead >= 0):
-        raise ValueError("set_prealloc_config: max_overhead must be an int >= 0, "
-                         f"got {max_overhead!r}")
-    if not growth_factor >= 1:
-        raise ValueError(f"set_prealloc_config: growth_factor must be >= 1, got {growth_factor!r}")
+        raise ArgumentError("set_prealloc_config: max_overhead must be an int >= 0, "
+                            f"got {max_overhead!r}")
+    if not (isinstance(growth_factor, numbers.Real) and growth_factor >= 1):
+        raise ArgumentError(f"set_prealloc_config: growth_factor must be >= 1, got "
+                            f"{growth_factor!r}")
     _prealloc_config[_device_kind(device_type, "set_prealloc_config")] = dict(
         alignment=alignment, min_req=min_req, max_overhead=max_overhead,
         growth_factor=growth_factor)

@@ -131,6 +131,12 @@ def test_runtime_options_share_the_switches():
     assert mge.config.async_level == 0  # one state with the config switch
     with pytest.raises(ValueError, match="async_level"):
         set_option("async_level", 5)
+    # upstream 1.13 measured: config.async_level = 5 fails its assert, "x" a comparison
+    with pytest.raises(AssertionError, match="async_level must be 0, 1 or 2, got 5"):
+        mge.config.async_level = 5
+    with pytest.raises(TypeError, match="async_level must be 0, 1 or 2, got 'x'"):
+        mge.config.async_level = "x"
+    assert mge.config.async_level == 0  # unchanged
     before = get_option("enable_dtr_auto_drop")
     set_option("enable_dtr_auto_drop", 1)
     assert get_option("enable_dtr_auto_drop") == 1

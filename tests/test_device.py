@@ -82,6 +82,9 @@ def test_set_default_device_applies_to_new_tensors_and_is_checked_first():
         mge.set_default_device("nope")
     with pytest.raises(AssertionError):  # (upstream asserts the name: its error type too)
         mge.set_default_device("nope")
+    with pytest.raises(TypeError, match="a device must be a name") as error:
+        mge.set_default_device(3)
+    assert isinstance(error.value, AssertionError)  # upstream 1.13: "Invalid device name 3"
     assert mge.get_default_device() == "cpu0"  # a bad name changes nothing
 
 
@@ -143,8 +146,9 @@ def test_prealloc_config_is_checked():
     dev.set_prealloc_config(alignment=256, min_req=1 << 20, max_overhead=0, growth_factor=1.5)
     for bad in ({"alignment": 0}, {"min_req": -1}, {"max_overhead": -1},
                 {"growth_factor": 0.5}):
-        with pytest.raises(ValueError, match=next(iter(bad))):
+        with pytest.raises(ValueError, match=next(iter(bad))) as error:
             dev.set_prealloc_config(**bad)
+        assert isinstance(error.value, AssertionError)  # upstream 1.13 asserts (measured)
 
 
 @pytest.mark.skipif(mge.is_cuda_available(), reason="checks the messages without CUDA")

@@ -122,7 +122,10 @@ def _get_async_level(mod):
 def _set_async_level(mod, level):
     global _async_level
     if isinstance(level, bool) or level not in (0, 1, 2):
-        raise ValueError(f"megengine.config.async_level must be 0, 1 or 2, got {level!r}")
+        from .ops import ArgumentError, ArgumentTypeError  # (upstream: TypeError, assert)
+
+        raise (ArgumentError if isinstance(level, int) else ArgumentTypeError)(
+            f"megengine.config.async_level must be 0, 1 or 2, got {level!r}")
     _async_level = int(level)
 
 
@@ -243,7 +246,10 @@ def _reset_execution_config(benchmark_kernel=None, deterministic_kernel=None, as
         if value is not None:
             check(name, value)
     if async_level is not None and (isinstance(async_level, bool) or async_level not in (0, 1, 2)):
-        raise ValueError(f"async_level must be 0, 1 or 2, got {async_level!r}")
+        from .ops import ArgumentError, ArgumentTypeError  # (upstream: TypeError, assert)
+
+        raise (ArgumentError if isinstance(async_level, int) else ArgumentTypeError)(
+            f"async_level must be 0, 1 or 2, got {async_level!r}")
     if compute_mode is not None and str(getattr(compute_mode, "name", compute_mode)).lower() \
             not in _COMPUTE_MODES:
         raise ValueError(f"compute_mode must be one of {_COMPUTE_MODES}, got {compute_mode!r}")

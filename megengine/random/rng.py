@@ -165,7 +165,9 @@ class RNG:
 
     def __init__(self, seed: int = None, device: str = None):
         if seed is not None and (not isinstance(seed, (int, np.integer)) or seed < 0):
-            raise ValueError(f"RNG: seed must be a non-negative int or None, got {seed!r}")
+            # (upstream: pybind's TypeError, for a negative seed too)
+            raise ArgumentTypeError(f"RNG: seed must be a non-negative int or None, got "
+                                    f"{seed!r}")
         self._generator = None if seed is None else np.random.default_rng(int(seed))
         self._device = None if device is None else canonical_device(device)
 

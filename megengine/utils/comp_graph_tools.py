@@ -12,8 +12,9 @@ from collections import OrderedDict
 
 import numpy as np
 
+from ..core.ops import ArgumentKindError
 from ..jit.dump import load
-from .network_node import GraphOperator, graph_operator, graph_type
+from .network_node import GraphOperator, OpNode, graph_operator, graph_type
 
 __all__ = ["GraphInference", "load_and_inference", "get_dep_vars", "get_owner_opr_inputs",
            "get_owner_opr_type", "get_opr_type", "graph_traversal", "get_oprs_seq",
@@ -165,7 +166,11 @@ def get_opr_type(opr):
     ``"PoolingForward"``, ``"ImmutableTensor"``, ...), what its graph level calls it; a
     `megengine.utils.network` node's ``type`` is the name at that level (``"Convolution"``).
     An engine operator without an upstream counterpart keeps its own name."""
-    return graph_type(opr.opr if isinstance(opr, GraphOperator) else opr)
+    opr = opr.opr if isinstance(opr, GraphOperator) else opr
+    if not isinstance(opr, OpNode):  # (upstream asserts)
+        raise ArgumentKindError(f"get_opr_type: expected an operator (var.owner), got "
+                                f"{type(opr).__name__} {opr!r}")
+    return graph_type(opr)
 
 
 def get_oprs_seq(outputs, prune_reshape=False, prune_immtensor=True):

@@ -44,6 +44,7 @@ from contextlib import ContextDecorator, contextmanager
 from typing import List
 
 from ..core import dispatch
+from ..core.ops import ArgumentError
 from ..logger import get_logger
 
 __all__ = ["Profiler", "profile", "scope", "is_profiling", "merge_trace_events"]
@@ -122,9 +123,12 @@ class Profiler(ContextDecorator):
             raise TypeError(f"Profiler: formats must be a list of formats, got the string "
                             f"{formats!r} (use format=... for one)")
         for f in formats:
-            if f not in Profiler.valid_formats:
-                raise ValueError(f"Profiler: unsupported format {f!r}; valid: "
-                                 f"{sorted(Profiler.valid_formats)}")
+            if f not in Profiler.valid_formats:  # (upstream asserts)
+                raise ArgumentError(f"Profiler: unsupported format {f!r}; valid: "
+                                    f"{sorted(Profiler.valid_formats)}")
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"Profiler: path must be a directory's path (a str), got "
+                            f"{type(path).__name__} {path!r}")
         self._path = os.fspath(path)
         self._formats = list(formats)
         self.with_backtrace = with_backtrace  # (upstream's attribute; records nothing here)

@@ -208,6 +208,9 @@ def test_rng_objects_have_their_own_stream():
     rand.RNG(seed=9).normal(size=(3,))  # does not consume the global stream
     np.testing.assert_array_equal(rand.normal(size=(3,)).numpy(), before)
     assert rand.RNG(seed=1, device="cpu0").normal(size=(2,)).device == "cpu0"
+    for bad in (-1, 1.5, "x"):  # upstream 1.13: pybind's TypeError for each (measured)
+        with pytest.raises(TypeError, match="RNG: seed must be a non-negative int or None"):
+            rand.RNG(seed=bad)
 
 
 @pytest.mark.parametrize("call, error, match", [

@@ -350,6 +350,10 @@ def test_graph_level_views_in_replace_oprs():
     x, y = net.input_vars
     mul = cgtools.graph_traversal([o])[0][net.opr_filter.has_input(x).as_unique().id]
     assert mul.type == "Elemwise" and cgtools.get_opr_type(mul) == "Elemwise"
+    # upstream 1.13 asserts (measured); an AttributeError here before
+    with pytest.raises(TypeError, match="get_opr_type: expected an operator") as error:
+        cgtools.get_opr_type(3)
+    assert isinstance(error.value, AssertionError)
     (new,) = cgtools.replace_oprs([o], {mul: F.add(x, y).owner})
     np.testing.assert_allclose(_run_vars([new], X, Y)[0], np.maximum(X + Y, 0) - 3)
 

@@ -194,8 +194,11 @@ def test_only_the_latest_recording_is_kept_and_errors_unhook(tmp_path):
 def test_argument_checks(tmp_path):
     with pytest.raises(TypeError, match="unknown arguments"):
         Profiler(str(tmp_path), colour=True)
-    with pytest.raises(ValueError, match="unsupported format"):
+    with pytest.raises(ValueError, match="unsupported format") as error:
         Profiler(str(tmp_path), format="trace.txt")
+    assert isinstance(error.value, AssertionError)  # upstream 1.13 asserts (measured)
+    with pytest.raises(TypeError, match="path must be a directory's path"):
+        Profiler(3)
     with pytest.raises(TypeError, match="list"):
         Profiler(str(tmp_path), formats="chrome_timeline.json")
     both = Profiler(str(tmp_path), formats=["chrome_timeline.json", "memory_flow.svg"])
