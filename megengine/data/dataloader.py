@@ -20,7 +20,7 @@ import numpy as np
 
 from .. import device as _device
 from ..core import _rng as _core_rng
-from ..core.dtype_rules import ArgumentKindError
+from ..core.dtype_rules import ArgumentKindError, ArgumentTypeError
 from ..logger import get_logger
 from .collator import Collator
 from .dataset import Dataset, StreamDataset
@@ -99,13 +99,18 @@ class DataLoader:
         timeout_event: Callable = raise_timeout_error,
         divide: bool = False,
     ):
-        if not isinstance(num_workers, (int, np.integer)) or isinstance(num_workers, bool) or num_workers < 0:
-            raise ValueError(
+        # (of another type: also a TypeError, upstream's; negative: a ValueError, as upstream)
+        if not isinstance(num_workers, (int, np.integer)) or isinstance(num_workers, bool) \
+                or num_workers < 0:
+            raise (ValueError if isinstance(num_workers, (int, np.integer)) else
+                   ArgumentTypeError)(
                 "num_workers should be a non-negative integer (0 loads in the main process), "
                 "but got num_workers={!r}".format(num_workers)
             )
-        if not isinstance(timeout, (int, float, np.number)) or isinstance(timeout, bool) or timeout < 0:
-            raise ValueError(
+        if not isinstance(timeout, (int, float, np.number)) or isinstance(timeout, bool) \
+                or timeout < 0:
+            raise (ValueError if isinstance(timeout, (int, float, np.number)) else
+                   ArgumentTypeError)(
                 "timeout should be a non-negative number of seconds (0 waits forever), "
                 "but got timeout={!r}".format(timeout)
             )

@@ -89,6 +89,13 @@ def test_bad_arguments():
         DataLoader(ds, num_workers=-1)
     with pytest.raises(ValueError, match="timeout"):
         DataLoader(ds, timeout=-1)
+    # of another type: upstream 1.13's TypeError (measured), and a ValueError as a bad value
+    with pytest.raises(TypeError, match="num_workers should be a non-negative integer") as e:
+        DataLoader(ds, num_workers="2")
+    assert isinstance(e.value, ValueError)
+    with pytest.raises(TypeError, match="timeout should be a non-negative number") as e:
+        DataLoader(ds, timeout="1")
+    assert isinstance(e.value, ValueError)
     with pytest.raises(ValueError, match="divide"):
         DataLoader(ds, num_workers=0, divide=True)
     with pytest.raises(ValueError, match="batch_size >= num_workers"):
