@@ -199,8 +199,8 @@ class Module:
     def __init__(self, name: Optional[str] = None):
         # Assignment order of module-like attributes: what repr prints, in that order.
         self._modules = []
-        if name is not None and not (isinstance(name, str) and name.strip()):
-            raise ValueError(f"Module name must be a non-empty string, got {name!r}")
+        if name is not None and not (isinstance(name, str) and name.strip()):  # (upstream asserts)
+            raise ArgumentError(f"Module name must be a non-empty string, got {name!r}")
         self.name = name
         self.training = True
         self.quantize_disabled = False
