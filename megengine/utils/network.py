@@ -337,9 +337,14 @@ class Network:
         self._compile()
 
     def remove_output(self, *vars):
-        """Remove ``vars`` from the outputs."""
+        """Remove ``vars`` from the outputs; one that is not an output is named in a logged
+        warning, as upstream's."""
         for var in vars:
-            self.output_vars = [o for o in self.output_vars if o is not var]
+            kept = [o for o in self.output_vars if o is not var]
+            if len(kept) == len(self.output_vars):
+                logger.warning("Failed to remove %s(%d). Please check whether this node is in "
+                               "the output list.", getattr(var, "name", var), id(var))
+            self.output_vars = kept
         self._compile()
 
     def add_dep_oprs(self, *vars):
