@@ -134,8 +134,9 @@ class ImageFolder(VisionDataset):
 
     def __init__(self, root: str, check_valid_func=None, class_name: bool = False):
         super().__init__(root, order=("image", "image_category"))
-        if not os.path.isdir(self.root):
-            raise ValueError(f"ImageFolder: {self.root} is not a directory")
+        if not os.path.isdir(self.root):  # (upstream: os.listdir's FileNotFoundError)
+            raise FileNotFoundError(f"ImageFolder: {self.root} is not a directory; root should "
+                                    "hold one directory of images per class")
         self.check_valid = check_valid_func if check_valid_func is not None else is_img
         self.class_name = class_name
         self.class_dict = self.collect_class()
