@@ -1,11 +1,13 @@
 """LiteNetwork and its configuration: load a dumped model and run it, reading inputs from and
 writing outputs to LiteTensors (upstream's MegEngine Lite network API)."""
 import io
+import numbers
 import os
 
 from .struct import (LiteAlgoSelectStrategy, LiteBackend, LiteDeviceType, LiteIOType,
                      LiteTensorPhase)
-from .tensor import LiteLayout, LiteTensor, _host_only
+from .tensor import (LiteLayout, LiteTensor, _host_only, _LiteIndexError, _LiteKindError,
+                     _LiteValueError)
 
 __all__ = ["LiteOptions", "LiteConfig", "LiteIO", "LiteNetworkIO", "LiteNetwork"]
 
@@ -153,8 +155,8 @@ class LiteNetwork:
         elif hasattr(file, "read"):
             data = file.read()
         else:
-            raise TypeError(f"load: expected a path or a binary file object, got "
-                            f"{type(file).__name__}")
+            raise _LiteKindError(f"load: expected a path or a binary file object, got "
+                                 f"{type(file).__name__}")
         self._take(GraphInference(io.BytesIO(data)), data)
 
     def _take(self, graph, data):
@@ -207,9 +209,9 @@ class LiteNetwork:
             return self._inputs[name]
         if phase != LiteTensorPhase.LITE_INPUT and name in self._outputs:
             return self._outputs[name]
-        raise ValueError(f"get_io_tensor: the network has no {phase.name} tensor {name!r}; its "
-                         f"inputs are {list(self._inputs)} and its outputs "
-                         f"{list(self._outputs)}")
+        raise _LiteValueError(f"get_io_tensor: the network has no {phase.name} tensor {name!r}; "
+                              f"its inputs are {list(self._inputs)} and its outputs "
+                              f"{list(self._outputs)}")
 
     def get_input_name(self, index):
         return self._name_at(list(self._inputs), index, "input")
@@ -220,8 +222,8 @@ class LiteNetwork:
     def _name_at(self, names, index, kind):
         self._loaded(f"get_{kind}_name")
         if not 0 <= index < len(names):
-            raise IndexError(f"get_{kind}_name({index}): the network has {len(names)} "
-                             f"{kind}s {names}")
+            raise _LiteIndexError(f"get_{kind}_name({index}): the network has {len(names)} "
+                                  f"{kind}s {names}")
         return names[index]
 
     def get_all_input_name(self):
@@ -257,8 +259,10 @@ class LiteNetwork:
 
     @threads_number.setter
     def threads_number(self, nr_threads):
-        if int(nr_threads) < 1:
-            raise ValueError(f"threads_number must be at least 1, got {nr_threads}")
+        if not isinstance(nr_threads, numbers.Integral) or isinstance(nr_threads, bool):
+            raise _LiteKindError(f"threads_number must be an int, got {nr_threads!r}")
+        if nr_threads < 1:
+            raise _LiteValueError(f"threads_number must be at least 1, got {nr_threads}")
         self._threads = int(nr_threads)
 
     def is_cpu_inplace_mode(self):

@@ -10,6 +10,21 @@ __all__ = ["LiteLayout", "LiteTensor", "LiteTensorConcat", "lite_dtype_2_numpy"]
 
 MAX_DIM = 7  # upstream's layouts hold at most 7 dims
 
+
+# Errors: what the mistake is, and what upstream's Lite raises for it, so code written for
+# either catches them: its C++ library's RuntimeError ("Error: ..."), its Python asserts,
+# numpy's and ctypes' TypeErrors.
+class _LiteValueError(ValueError, RuntimeError):
+    """A value the Lite library refuses (a tensor name it lacks, a shape that does not fit)."""
+
+
+class _LiteIndexError(IndexError, RuntimeError):
+    """An index past a network's inputs or outputs."""
+
+
+class _LiteKindError(TypeError, ValueError, AssertionError):
+    """An argument of a kind Lite does not take (a file that is no file, a dtype it lacks)."""
+
 _LITE_TO_NUMPY = {
     LiteDataType.LITE_FLOAT: np.float32,
     LiteDataType.LITE_HALF: np.float16,
@@ -34,13 +49,16 @@ def _lite_dtype(dtype):
         key = None
     if key not in _NUMPY_TO_LITE:
         names = sorted(str(d) for d in _NUMPY_TO_LITE)
-        raise ValueError(f"MegEngine Lite has no data type for {dtype!r}; its tensors hold "
-                         f"{names} (convert the data first, e.g. data.astype('float32'))")
+        raise _LiteKindError(f"MegEngine Lite has no data type for {dtype!r}; its tensors hold "
+                             f"{names} (convert the data first, e.g. data.astype('float32'))")
     return _NUMPY_TO_LITE[key]
 
 
 def _shape_list(shape):
-    shape = [int(s) for s in shape]
+    try:
+        shape = [int(s) for s in shape]
+    except (TypeError, ValueError):
+        raise _LiteKindError(f"a Lite shape is a list of ints, got {shape!r}") from None
     if len(shape) > MAX_DIM:
         raise ValueError(f"a Lite layout has at most {MAX_DIM} dims, got shape {shape}")
     return shape
@@ -173,12 +191,12 @@ class LiteTensor:
 
     def reshape(self, shape):
         """The same data under a new shape (one dim may be -1)."""
-        shape = [int(s) for s in shape]
+        shape = _shape_list(shape)
         try:
             self._array = self._array.reshape(shape)
         except ValueError:
-            raise ValueError(f"reshape: {self._array.size} elements cannot take shape "
-                             f"{shape}") from None
+            raise _LiteValueError(f"reshape: {self._array.size} elements cannot take shape "
+                                  f"{shape}") from None
 
     def slice(self, start, end, step=None):
         """A tensor viewing ``[start:end:step]`` of each leading dim (it shares this memory)."""
@@ -231,8 +249,8 @@ class LiteTensor:
                                  f"{self._array.size} elements (layout {self.layout})")
             self._array.reshape(-1)[:flat.size] = flat
         else:
-            raise TypeError(f"set_data_by_copy: expected a numpy array or a list, got "
-                            f"{type(data).__name__}")
+            raise _LiteKindError(f"set_data_by_copy: expected a numpy array or a list, got "
+                                 f"{type(data).__name__}")
 
     def get_data_by_share(self):
         """The tensor's memory as a numpy array (no copy: valid until the next forward)."""
@@ -249,7 +267,7 @@ class LiteTensor:
 
 def _lite_tensor(t, what):
     if not isinstance(t, LiteTensor):
-        raise TypeError(f"{what}: expected a LiteTensor, got {type(t).__name__}")
+        raise _LiteKindError(f"{what}: expected a LiteTensor, got {type(t).__name__}")
     return t
 
 

@@ -10,7 +10,7 @@ import megengine.functional as F
 import megengine.module as M
 from megengine.jit import trace
 from megenginelite import (LiteConfig, LiteDeviceType, LiteIO, LiteLayout, LiteNetwork,
-                           LiteNetworkIO, LiteTensorPhase)
+                           LiteNetworkIO, LiteTensor, LiteTensorPhase)
 
 
 class _Net(M.Module):
@@ -94,6 +94,31 @@ def test_misuse_gets_clear_errors(dumped):
         LiteNetwork(LiteConfig(LiteDeviceType.LITE_CUDA))
     with pytest.raises(RuntimeError, match="TensorRT"):
         network.use_tensorrt()
+
+
+def test_misuse_errors_are_also_upstreams_types(dumped):
+    """Upstream 1.13's Lite (measured) raises its C++ library's RuntimeError for a name or
+    index it lacks and a shape that does not fit, asserts in Python that a file is a file
+    and a tensor is a tensor, and numpy raises TypeError for a dtype name it lacks."""
+    path, _ = dumped
+    network = LiteNetwork()
+    network.load(path)
+    t = network.get_io_tensor("data")
+    for call, kinds in [
+        (lambda: network.get_io_tensor("image"), (ValueError, RuntimeError)),
+        (lambda: network.get_input_name(5), (IndexError, RuntimeError)),
+        (lambda: t.reshape([7, 7, 7]), (ValueError, RuntimeError)),
+        (lambda: LiteNetwork().load(3), (TypeError, AssertionError)),
+        (lambda: t.set_data_by_copy("abc"), (TypeError, AssertionError)),
+        (lambda: t.copy_from(3), (TypeError, AssertionError)),
+        (lambda: LiteTensor(dtype="nodtype"), (TypeError, ValueError)),
+        (lambda: LiteTensor(shapes="ab"), (TypeError,)),  # (int("a") raised before)
+    ]:
+        with pytest.raises(kinds[0]) as error:
+            call()
+        assert all(isinstance(error.value, k) for k in kinds), (error.value, kinds)
+    with pytest.raises(TypeError, match="threads_number must be an int, got 'x'"):
+        network.threads_number = "x"
 
 
 def test_the_api_page_example_runs():
