@@ -96,7 +96,14 @@ class GradScaler:
         if dispatch._trace_hook is not None:  # megengine.jit.trace records this call as an event
             return dispatch._trace_hook.event(GradScaler.backward, self, gm, y, dy,
                                               unscale_grad=unscale_grad, update_scale=update_scale)
+        if not callable(getattr(gm, "backward", None)):
+            raise TypeError(f"GradScaler.backward: gm must be the GradManager that recorded "
+                            f"the forward pass, got {type(gm).__name__}")
         ys = [] if y is None else list(y) if isinstance(y, (tuple, list)) else [y]
+        for t in ys:  # (upstream: its op's "py_apply expects tensor as inputs", a TypeError)
+            if not isinstance(t, Tensor):
+                raise TypeError(f"GradScaler.backward: y must be a Tensor or a list of them (the "
+                                f"loss), got {type(t).__name__}")
         if dy is None:
             dys = [_full_like(t, self.scale_factor) for t in ys]
         elif isinstance(dy, (tuple, list)):

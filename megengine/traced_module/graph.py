@@ -13,7 +13,7 @@ import keyword
 import re
 from typing import Dict, List, Optional, Sequence
 
-from ..core.ops import ArgumentError
+from ..core.ops import ArgumentError, ArgumentKindError
 from .expr import CallFunction, CallMethod, Constant, Expr, GetAttr, Input, op_name
 from .node import ModuleNode, Node, TensorNode
 from .pytree import tree_flatten
@@ -284,6 +284,16 @@ def order_users_as(node, order):
     node.users.sort(key=lambda e: rank.get(id(e), len(order)))
 
 
+def _check_output_nodes(outputs, what):
+    """Raise unless every leaf of ``outputs`` is a TensorNode (or None); upstream asserts so
+    for every leaf that is no Node."""
+    bad = [x for x in tree_flatten(outputs)[0] if not (x is None or isinstance(x, TensorNode))]
+    if bad:
+        raise ArgumentKindError(f"{what}: doesn't support {type(bad[0]).__name__} {bad[0]!r} "
+                                "among the outputs; give TensorNodes of this graph (nested in "
+                                "tuples, lists, dicts)")
+
+
 class InternalGraph:
     """The graph of one traced forward (see the module docstring)."""
 
@@ -439,9 +449,9 @@ class InternalGraph:
     def interpret(self, *inputs):
         """Run the graph on ``inputs`` (the module first, then the tensors); returns the
         flat list of output values."""
-        if len(inputs) != len(self._inputs):
-            raise TypeError(f"graph {self._name} takes {len(self._inputs)} inputs (self and "
-                            f"{len(self._inputs) - 1} tensors), got {len(inputs)}")
+        if len(inputs) != len(self._inputs):  # (upstream's eval asserts)
+            raise ArgumentKindError(f"graph {self._name} takes {len(self._inputs)} inputs (self "
+                                    f"and {len(self._inputs) - 1} tensors), got {len(inputs)}")
         env = {}
         for n, v in zip(self._inputs, inputs):
             env[n] = v
@@ -599,6 +609,10 @@ class InternalGraph:
     def reset_outputs(self, outputs):
         """Make ``outputs`` (nodes, possibly nested in tuples, lists, dicts) the result."""
         module, key = self._owner_and_key("reset_outputs")
+        _check_output_nodes(outputs, "reset_outputs")
+        self._set_outputs(outputs, module, key)
+
+    def _set_outputs(self, outputs, module, key):
         leaves, out_def = tree_flatten(outputs, lambda x: isinstance(x, TensorNode))
         self._outputs[:] = leaves
         module.argdef_outdef_map[key] = out_def
@@ -606,8 +620,9 @@ class InternalGraph:
     def add_output_node(self, node: TensorNode):
         """The result becomes ``(previous result, node)``."""
         module, key = self._owner_and_key("add_output_node")
+        _check_output_nodes(node, "add_output_node")
         previous = module.argdef_outdef_map[key].unflatten(self._outputs)
-        self.reset_outputs((previous, node))
+        self._set_outputs((previous, node), module, key)  # (previous: a traced constant kept)
 
     # ----- ids -----
     def _reset_ids(self):

@@ -77,6 +77,22 @@ def _sorted_dicts(value):
     return value  # (no dict inside: as it is, the common case of every call)
 
 
+def _node_list(nodes, what):
+    """``nodes`` (a node, or an iterable of them) as a list of Nodes, or a TypeError naming
+    what is not one."""
+    if isinstance(nodes, Node):
+        return [nodes]
+    try:
+        nodes = list(nodes)
+    except TypeError:
+        nodes = [nodes]
+    for n in nodes:
+        if not isinstance(n, Node):
+            raise TypeError(f"{what}: expected nodes of the graph (get_node_by_id, ...), got "
+                            f"{type(n).__name__} {n!r}")
+    return nodes
+
+
 class TracedModule(Module):
     """A Module whose forward interprets a traced graph (``self.graph``)."""
 
@@ -184,7 +200,7 @@ class TracedModule(Module):
     def set_watch_points(self, nodes):
         """Keep the value each of ``nodes`` (of any graph of this module) takes while the
         module runs, in `watch_node_value`; a later call overwrites them."""
-        nodes = [nodes] if isinstance(nodes, Node) else list(nodes)
+        nodes = _node_list(nodes, "set_watch_points")
         graphs = {id(g): g for g in self._all_graphs()}
         for n in nodes:
             if n.top_graph is None or id(n.top_graph) not in graphs:
@@ -205,7 +221,7 @@ class TracedModule(Module):
     def set_end_points(self, nodes):
         """Stop a call as soon as all of ``nodes`` (tensor nodes of the top graph) are
         computed, and return their values as a list, in this order."""
-        nodes = [nodes] if isinstance(nodes, Node) else list(nodes)
+        nodes = _node_list(nodes, "set_end_points")
         tops = list(self.argdef_graph_map.values())
         for n in nodes:
             if not isinstance(n, TensorNode) or not any(n.top_graph is g for g in tops):

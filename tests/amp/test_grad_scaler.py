@@ -94,6 +94,15 @@ def test_unscale_refuses_a_grad_that_is_not_a_tensor_before_unscaling_any(growth
     assert a.grad.tolist() == [4.0]
 
 
+def test_backward_refuses_what_is_no_grad_manager_or_loss_saying_so():
+    # upstream 1.13: its op's TypeError "py_apply expects tensor as inputs" (measured); an
+    # AttributeError ('int' object has no attribute '_data') here before
+    with pytest.raises(TypeError, match="gm must be the GradManager"):
+        GradScaler().backward(3, mge.tensor(1.0))
+    with pytest.raises(TypeError, match="y must be a Tensor or a list of them .*got int"):
+        GradScaler().backward(GradManager(), 4)
+
+
 def test_state_dict_round_trip():
     a = GradScaler(init_scale=32.0, growth_interval=3)
     a._growth_tracker = 2

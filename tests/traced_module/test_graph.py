@@ -270,6 +270,19 @@ def test_inputs_and_outputs_of_the_top_graph():
     assert list(tm(x, x)) == ["main"]
     with pytest.raises(ValueError, match="top graph"):
         tm.b0.graph.add_output_node(extra)
+    # upstream 1.13 asserts for an output that is no node (measured); this graph kept 3 as a
+    # constant output before
+    for bad in (3, (g.outputs[0], "s")):
+        with pytest.raises(TypeError, match="reset_outputs: doesn't support") as error:
+            g.reset_outputs(bad)
+        assert isinstance(error.value, AssertionError)
+    with pytest.raises(TypeError, match="add_output_node: doesn.t support int 3"):
+        g.add_output_node(3)
+    assert list(tm(x, x)) == ["main"]  # unchanged
+    # a call with another number of inputs: upstream's eval asserts
+    with pytest.raises(TypeError, match="takes 3 inputs") as error:
+        g.eval(x)
+    assert isinstance(error.value, AssertionError)
 
 
 def test_reset_inputs_gives_the_top_graph_new_arguments():

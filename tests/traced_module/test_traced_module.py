@@ -279,6 +279,9 @@ def test_end_points_stop_the_call_early():
     sub_node = inner.graph.exprs().call_function(F.relu).as_unique().outputs[0]
     with pytest.raises(ValueError, match="top graph"):
         inner.set_end_points([sub_node])
+    for set_points in (tm.set_end_points, tm.set_watch_points):  # ('int' is not iterable)
+        with pytest.raises(TypeError, match="expected nodes of the graph .*, got int 3"):
+            set_points(3)
 
 
 class ConcatNet(M.Module):  # the guide's find_cat_inputs
