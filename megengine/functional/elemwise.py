@@ -960,8 +960,8 @@ class _Part(Op):
         self.part = part
 
     def forward(self, z):
-        if z.dtype.kind != "c":
-            raise TypeError(f"{self.part}: input must be complex, got dtype {z.dtype}")
+        if z.dtype.kind != "c":  # (upstream: RuntimeError, "no fallback implementation")
+            raise ArgumentTypeError(f"{self.part}: input must be complex, got dtype {z.dtype}")
         self.dtype = z.dtype
         return getattr(z, self.part).copy()
 

@@ -112,6 +112,15 @@ def test_sign_of_a_complex_number_is_refused():
         F.sign(ct())
 
 
+@pytest.mark.parametrize("part", ["real", "imag"])
+def test_the_parts_of_a_real_tensor_are_refused_as_upstreams(part):
+    # upstream 1.13 measured: RuntimeError "no fallback implementation for GetReal"
+    with pytest.raises(TypeError, match=f"^{part}: input must be complex, got dtype float32") \
+            as error:
+        getattr(F, part)(mge.tensor([1.0, 2.0]))
+    assert isinstance(error.value, RuntimeError)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float16", "int32", "uint8"])
 def test_casts_that_drop_the_imaginary_part_are_refused(dtype):
     z = ct()
