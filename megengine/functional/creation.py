@@ -95,8 +95,8 @@ def _shape_arg(shape, what):
     if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool) or _whole(shape):
         return (int(shape),)
     if not isinstance(shape, (list, tuple)):
-        raise TypeError(f"{what}: a shape must be an int, a sequence of ints, a 1-D integer "
-                        f"Tensor or None, got {type(shape).__name__}")
+        raise ArgumentTypeError(f"{what}: a shape must be an int, a sequence of ints, a 1-D "
+                                f"integer Tensor or None, got {type(shape).__name__}")
     out = []
     for s in shape:
         if isinstance(s, Tensor) and sizes_of(s) is not None and sizes_of(s).size == 1:

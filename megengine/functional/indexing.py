@@ -134,7 +134,7 @@ def _check_bounds(index, size, what):
     with on_device(None if type(index) is np.ndarray else f"gpu{index.device.id}"):
         if _out_of_range(index, size):  # (CuPy reduces on the current GPU)
             lo, hi = int(index.min()), int(index.max())
-            raise IndexError(
+            raise _ops.IndexingError(  # (upstream: its kernel's assertion, a RuntimeError)
                 f"{what}: index values must be in [0, {size}), got min {lo} and max {hi}"
             )
 

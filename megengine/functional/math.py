@@ -427,9 +427,9 @@ def norm(inp, ord=None, axis=None, keepdims=False):
     if isinstance(ord, (np.integer, np.floating)):
         ord = ord.item()  # (np.int64(2) as 2: upstream 1.13 refuses it by accident, its
         # float64 power failing to convert)
-    if not isinstance(ord, (int, float)):
-        raise TypeError(f"norm: ord must be a number (an int, a float or inf), got "
-                        f"{type(ord).__name__}")
+    if not isinstance(ord, (int, float)):  # (upstream: RuntimeError, from float(ord))
+        raise ArgumentTypeError(f"norm: ord must be a number (an int, a float or inf), got "
+                                f"{type(ord).__name__}")
     if axis is not None and ord in (0, _pymath.inf, -_pymath.inf):
         _norm_axes(axis, inp.ndim, "norm")  # (its errors name norm, not the sum, max, min)
     if ord == 0:

@@ -452,8 +452,8 @@ class _Embedding(Op):
         if _out_of_range(idx, n):  # (one reduction when every index is in [0, n))
             low, high = int(idx.min()), int(idx.max())
             if low < -n or high >= n:
-                raise ValueError(f"embedding: indices must be in [-{n}, {n}), got values in "
-                                 f"[{low}, {high}]")
+                raise ArgumentError(f"embedding: indices must be in [-{n}, {n}), got values "
+                                    f"in [{low}, {high}]")  # (upstream: its kernel asserts)
             idx = xp_of(idx).where(idx < 0, idx + n, idx)  # -1 is the last row, as upstream's
         self.idx, self.w_shape = idx, w.shape
         return w[idx]

@@ -322,7 +322,7 @@ def concat(inps, axis=0, device=None):
     tensors on other devices are copied there first (gradients flow back to each)."""
     inps = _joined_tensors(inps, "concat")
     if not inps:
-        raise ValueError("concat: got no tensors to join")
+        raise ArgumentTypeError("concat: got no tensors to join")  # (upstream: TypeError)
     if device is not None:
         inps = _onto(inps, device)
     ndims = [t._data.ndim for t in inps]
@@ -378,7 +378,7 @@ def stack(inps, axis=0, device=None):
     to shape ``(3, 1)``, or ``(1, 3)`` with ``axis=-1``."""
     inps = _joined_tensors(inps, "stack")
     if not inps:
-        raise ValueError("stack: got no tensors to join")
+        raise ArgumentTypeError("stack: got no tensors to join")  # (upstream: TypeError)
     if device is not None:
         inps = _onto(inps, device)
     inps = [t.reshape(1) if t._data.ndim == 0 else t for t in inps]

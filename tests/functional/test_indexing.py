@@ -362,8 +362,13 @@ def test_one_hot_refuses_a_class_out_of_range():
     assert F.one_hot(mge.tensor([0, 2]), 3).numpy().tolist() == [[1, 0, 0], [0, 0, 1]]
     for bad, lo, hi in [([-1, 1], -1, 1), ([0, 3], 0, 3)]:
         with pytest.raises(IndexError, match=rf"one_hot: index values must be in \[0, 3\), "
-                                             rf"got min {lo} and max {hi}"):
+                                             rf"got min {lo} and max {hi}") as error:
             F.one_hot(mge.tensor(bad), 3)
+        assert isinstance(error.value, RuntimeError)  # (upstream's kernel assertion's type)
+    # scatter's kernel asserts too (upstream 1.13 measured)
+    with pytest.raises(IndexError, match=r"scatter: index values must be in \[0, 3\)") as error:
+        F.scatter(F.zeros((2, 3)), 1, mge.tensor([[5], [0]]), F.ones((2, 1)))
+    assert isinstance(error.value, RuntimeError)
 
 
 @pytest.mark.parametrize("call, upstream, match", [

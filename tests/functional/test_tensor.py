@@ -372,9 +372,17 @@ def test_bad_shapes_say_so():
     (lambda x: F.tile(x, "ab"), RuntimeError), (lambda x: F.clip(x, "a", 1), RuntimeError),
     (lambda x: F.repeat(x, 2, 5), AssertionError), (lambda x: F.dot(x, x), AssertionError),
     (lambda x: F.nn.pad(x, ((0, 0), (-5, 0))), RuntimeError),
+    # its kernels' assertions; pybind's TypeError for no tensors; float("fro")'s RuntimeError
+    (lambda x: F.topk_accuracy(x, mge.tensor([0, 1]), topk=5), RuntimeError),
+    (lambda x: F.topk_accuracy(x, mge.tensor([0]), topk=1), RuntimeError),
+    (lambda x: F.embedding(mge.tensor([5]), x), RuntimeError),
+    (lambda x: F.norm(x, ord="fro", axis=1), RuntimeError),
+    (lambda x: F.zeros("ab"), RuntimeError),
+    (lambda x: F.concat([]), TypeError), (lambda x: F.stack([]), TypeError),
 ])
 def test_bad_arguments_raise_upstreams_error_types_too(call, upstream):
     # upstream 1.13 measured: its C++ ops raise RuntimeError, its Python functions assert
+    # (earlier versions of this fork raised the last seven as a plain ValueError or TypeError)
     with pytest.raises(upstream):
         call(mge.tensor(np.ones((2, 3), np.float32)))
 
