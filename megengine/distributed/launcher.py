@@ -47,16 +47,22 @@ def _gpu_count():
 
 
 def _worker(func, args, kwargs, rank, local_rank, options, results, forked=False, profile=None,
-            call=1):
+            call=1, cpu_only=None):
     """One launched process: join the group, run ``func``, report (rank, ok, value/traceback).
     ``call`` counts the launcher's calls: each one meets in keys of its own in the launcher's
-    long-lived rendezvous server (the keys of an earlier call would mislead this one)."""
+    long-lived rendezvous server (the keys of an earlier call would mislead this one).
+    ``cpu_only``: the workers run on the CPU (device_type "cpu", or "xpu" where the launching
+    process found no GPU), whatever CUDA state they inherit."""
     status = 0
+    if cpu_only is None:
+        cpu_only = options["device_type"] == "cpu"
     try:
         _group._rendezvous_prefix = f"megengine_launch_{call}/"
-        if forked and options["device_type"] == "cpu":
+        if forked and cpu_only:
             # a CPU worker forked from a process that may have used CUDA (CuPy initialises it
-            # with the first GPU array): CUDA calls would fail here, so tensors stay on the CPU
+            # with the first GPU array; a CUDA build of torch on a machine without a GPU marks
+            # forked children once it tried): CUDA calls would fail here, so tensors stay on
+            # the CPU
             from ..device import _forget_cuda
 
             _forget_cuda()
@@ -250,6 +256,8 @@ class launcher:
             from ..core.torch_bridge import load_extension
 
             load_extension()
+        # xpu is the CPU where this process finds no GPU: the workers then are CPU workers
+        cpu_only = self.device_type == "cpu" or (self.device_type == "xpu" and not _gpu_count())
         results = self.context.Queue()
         profile = _running_profiler()
         procs = {}
@@ -259,7 +267,7 @@ class launcher:
                 procs[rank] = self.context.Process(
                     target=_worker, args=(self.func, args, kwargs, rank, local, options, results,
                                           self.context.get_start_method() == "fork", profile,
-                                          self._calls),
+                                          self._calls, cpu_only),
                     # not daemonic: a daemonic process may not start children, and a rank's
                     # DataLoader(num_workers=k) starts k worker processes (upstream's launcher
                     # allows it); so no rank may outlive this call: _stop below.

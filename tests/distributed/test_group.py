@@ -396,6 +396,20 @@ def test_a_cpu_rank_defaults_to_its_own_device_as_upstreams_launcher(run_ranks):
         assert got == [("xpu0", "xpu0:1", [4.0]), ("xpu1", "xpu1:1", [4.0])]
 
 
+@pytest.mark.skipif(mge.is_cuda_available(), reason="a machine without a GPU")
+def test_xpu_workers_forked_after_a_cuda_attempt_on_a_machine_without_a_gpu_run_on_the_cpu(
+        monkeypatch):
+    # a CUDA build of torch on a machine without a GPU marks the children forked after it
+    # tried CUDA (Python 3.13's suite, torch+cu130, no GPU): the launcher's xpu workers were
+    # refused as GPU workers forked after CUDA use. The launching process knows there is no
+    # GPU, so they are CPU workers. Here: as if this process had used CUDA.
+    from megengine import device
+
+    monkeypatch.setattr(device, "_cuda_pid", os.getpid())
+    got = dist.launcher(_own_device_meets_the_default, n_gpus=2, timeout=120)()
+    assert got == [("xpu0", "xpu0:1", [4.0]), ("xpu1", "xpu1:1", [4.0])]
+
+
 def _numpy_and_megengine_draws():
     import megengine.random as mr
 
