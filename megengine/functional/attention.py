@@ -13,7 +13,7 @@ import numpy as np
 from ..core import amp as _amp
 from ..core._trace_option import concrete, dumpable
 from ..core.dispatch import Op, apply
-from ..core.ops import xp_of
+from ..core.ops import ShapeError, xp_of
 from ..core.tensor import Tensor
 from ._args import _tensor
 
@@ -64,20 +64,20 @@ def _merged_mask(attn_mask, key_padding_mask, is_causal, n, heads, q_len, k_len,
 def _check_shapes(query, key, value, key_padding_mask, attn_mask, heads):
     what = "multi_head_attention"
     if query.ndim != 3 or key.ndim != 3 or value.ndim != 3:
-        raise ValueError(f"{what}: query, key and value must all be batched (N, L, E) or all "
+        raise ShapeError(f"{what}: query, key and value must all be batched (N, L, E) or all "
                          f"unbatched (L, E), got shapes {query.shape}, {key.shape}, "
                          f"{value.shape}")
     n, q_len = query.shape[:2]
     if key.shape[0] != n or value.shape[0] != n or key.shape[1] != value.shape[1]:
-        raise ValueError(f"{what}: query {query.shape}, key {key.shape} and value "
+        raise ShapeError(f"{what}: query {query.shape}, key {key.shape} and value "
                          f"{value.shape} must share the batch size, key and value the length")
     k_len = key.shape[1]
     if key_padding_mask is not None and tuple(key_padding_mask.shape) != (n, k_len):
-        raise ValueError(f"{what}: key_padding_mask must be (N, S) = {(n, k_len)}, got "
+        raise ShapeError(f"{what}: key_padding_mask must be (N, S) = {(n, k_len)}, got "
                          f"{tuple(key_padding_mask.shape)}")
     if attn_mask is not None and tuple(attn_mask.shape) not in ((q_len, k_len),
                                                                 (n * heads, q_len, k_len)):
-        raise ValueError(f"{what}: attn_mask must be (L, S) = {(q_len, k_len)} or "
+        raise ShapeError(f"{what}: attn_mask must be (L, S) = {(q_len, k_len)} or "
                          f"(N * num_heads, L, S) = {(n * heads, q_len, k_len)}, got "
                          f"{tuple(attn_mask.shape)}")
 
@@ -98,7 +98,7 @@ def _extra_keys(k, v, bias_k, bias_v, add_zero_attn, attn_mask, key_padding_mask
         bias_k, bias_v = _tensor(bias_k), _tensor(bias_v)
         for name, b, t in (("bias_k", bias_k, k), ("bias_v", bias_v, v)):
             if b.size != t.shape[-1]:
-                raise ValueError(f"multi_head_attention: {name} must hold one value per "
+                raise ShapeError(f"multi_head_attention: {name} must hold one value per "
                                  f"projected width ({t.shape[-1]}), got shape {b.shape}")
         extra.append((broadcast_to(bias_k.reshape(1, 1, -1), (n, 1, k.shape[-1])),
                       broadcast_to(bias_v.reshape(1, 1, -1), (n, 1, v.shape[-1]))))
@@ -263,7 +263,7 @@ def _split_io_weight_bias(io_weight_bias, sizes, biases):
     shapes = [None if shape is None or shape[-1] == 0 else shape for shape in shapes]
     need = sum(math.prod(shape) for shape in shapes if shape is not None)
     if need != packed.size:
-        raise ValueError(f"multi_head_attention: io_weight_bias holds {packed.size} values, "
+        raise ShapeError(f"multi_head_attention: io_weight_bias holds {packed.size} values, "
                          f"the projections given need {need} (weights (in, out): {sizes}; "
                          f"biases q, k, v, o: {biases})")
     present = [shape for shape in shapes if shape is not None]
@@ -362,12 +362,12 @@ def multi_head_attention(query: Tensor, key: Tensor, value: Tensor, embed_dim: i
         is_causal = False  # the causal part is in attn_mask now, padded for the extra keys
     for name, t, projected in (("query", q, qproj), ("key", k, kproj), ("value", v, vproj)):
         if projected and t.shape[-1] % heads:
-            raise ValueError(f"{what}: the projected {name} width {t.shape[-1]} is not "
+            raise ShapeError(f"{what}: the projected {name} width {t.shape[-1]} is not "
                              f"divisible by num_heads={heads}")
     q_width = q.shape[-1] // heads if qproj else q.shape[-1]
     k_width = k.shape[-1] // heads if kproj else k.shape[-1]
     if q_width != k_width:
-        raise ValueError(f"{what}: query and key widths per head differ ({q_width} and "
+        raise ShapeError(f"{what}: query and key widths per head differ ({q_width} and "
                          f"{k_width}; an unprojected input gives every head its whole width)")
     # upstream's scale: the head width of embed_dim (all of it when the query is unprojected)
     head_dim = embed_dim if qproj == 0 else embed_dim // heads
@@ -392,7 +392,7 @@ def multi_head_attention(query: Tensor, key: Tensor, value: Tensor, embed_dim: i
         out = dropout(out, out_drop, training)
     if reslink:  # upstream's residual link: the query added to the output
         if tuple(out.shape) != tuple(query.shape):
-            raise ValueError(f"{what}: reslink adds the query {tuple(query.shape)} to the "
+            raise ShapeError(f"{what}: reslink adds the query {tuple(query.shape)} to the "
                              f"output {tuple(out.shape)}; their shapes must match")
         out = out + query
     if half:

@@ -130,16 +130,16 @@ def _flat_weight(w, groups, nd, what, transposed):
     """
     if w.ndim == nd + 3:
         if w.shape[0] != groups:
-            raise ValueError(f"{what}: a {nd + 3}-d weight of shape {w.shape} has {w.shape[0]} "
+            raise ShapeError(f"{what}: a {nd + 3}-d weight of shape {w.shape} has {w.shape[0]} "
                              f"groups, but groups={groups}")
         return w.reshape((w.shape[0] * w.shape[1],) + w.shape[2:])
     if w.ndim != nd + 2:
         k = ", ".join("kd kh kw".split()[3 - nd:]) if nd > 1 else "k"
         layout = f"(in, out/groups, {k})" if transposed else f"(out, in/groups, {k})"
-        raise ValueError(f"{what}: expected a {nd + 2}-d weight {layout} or a {nd + 3}-d grouped "
+        raise ShapeError(f"{what}: expected a {nd + 2}-d weight {layout} or a {nd + 3}-d grouped "
                          f"weight, got shape {w.shape}")
     if w.shape[0] % groups:
-        raise ValueError(f"{what}: weight of shape {w.shape}: dim 0 ({w.shape[0]}) is not "
+        raise ShapeError(f"{what}: weight of shape {w.shape}: dim 0 ({w.shape[0]}) is not "
                          f"divisible by groups={groups}")
     return w
 
@@ -299,7 +299,7 @@ class _Convolution(Op):
         tb = None
         if b is not None:
             if b.size != out:
-                raise ValueError(f"{self.what}: bias of shape {b.shape} does not match the {out} "
+                raise ShapeError(f"{self.what}: bias of shape {b.shape} does not match the {out} "
                                  f"output channels (expected (1, C{', 1' * self.nd}) or (C,))")
             tb = _aten.view(as_dtype(b.reshape(out), dtype))
         tx = _aten.view(as_dtype(x, dtype))
@@ -576,13 +576,13 @@ class _Col2Im(Op):
     def forward(self, x):
         what = self.what
         if x.ndim != 6:
-            raise ValueError(f"{what}: expected a 6-d input (N, C, OH, OW, KH, KW), got shape "
+            raise ShapeError(f"{what}: expected a 6-d input (N, C, OH, OW, KH, KW), got shape "
                              f"{x.shape}")
         n, c, oh, ow, kh, kw = x.shape
         expect = tuple(_conv_out(size, *args, what, axis) for size, args, axis in zip(
             self.size, zip(self.k, self.s, self.p, self.d), "HW"))
         if (kh, kw) != self.k or (oh, ow) != expect:
-            raise ValueError(f"{what}: input of shape {x.shape} does not match output_size "
+            raise ShapeError(f"{what}: input of shape {x.shape} does not match output_size "
                              f"{self.size} with kernel {self.k}, padding {self.p}, stride "
                              f"{self.s}, dilation {self.d} (expected windows {expect} of {self.k})")
         if x.dtype.metadata is not None:  # quantized: a sum, as add's (saturated; no zero point)
@@ -645,18 +645,18 @@ class _LocalConv2d(Op):
         elif w.ndim == 7:
             w7 = w
         else:
-            raise ValueError(f"{what}: expected a weight (OH, OW, C, KH, KW, O) or (groups, OH, "
+            raise ShapeError(f"{what}: expected a weight (OH, OW, C, KH, KW, O) or (groups, OH, "
                              f"OW, C/groups, KH, KW, O/groups), got shape {w.shape}")
         g, woh, wow, cg, kh, kw, og = w7.shape
         n, c, h, wd = x.shape
         if c != g * cg:
-            raise ValueError(f"{what}: input of shape {x.shape} has {c} channels but the weight "
+            raise ShapeError(f"{what}: input of shape {x.shape} has {c} channels but the weight "
                              f"of shape {w.shape} expects {g * cg} ({g} groups x {cg})")
         k = (kh, kw)
         oh, ow = (_conv_out(size, *args, what, axis) for size, args, axis in zip(
             (h, wd), zip(k, self.stride, self.padding, self.dilation), "HW"))
         if (oh, ow) != (woh, wow):
-            raise ValueError(f"{what}: the weight of shape {w.shape} has kernels for {woh}x{wow} "
+            raise ShapeError(f"{what}: the weight of shape {w.shape} has kernels for {woh}x{wow} "
                              f"output positions, but the input of shape {x.shape} gives {oh}x{ow}")
         dtype = _compute_dtype(what, x.dtype, w.dtype)
         self.dtypes, self.shapes = (x.dtype, w.dtype), (x.shape, w.shape, (g, og, oh, ow))
@@ -755,12 +755,12 @@ def region_restricted_conv(inp, weight, rin, rout, bias=None, stride=1, padding=
     inp, weight = _tensor(inp), _tensor(weight)
     rin, rout = _tensor(rin), _tensor(rout)
     if inp.ndim != 4 or weight.ndim != 5:
-        raise ValueError(f"{what}: expected an NCHW input and a (groups, O/groups, C/groups, KH, "
+        raise ShapeError(f"{what}: expected an NCHW input and a (groups, O/groups, C/groups, KH, "
                          f"KW) weight, got shapes {inp.shape} and {weight.shape}")
     n, c, h, w = inp.shape
     g, og, cg, kh, kw = weight.shape
     if g != groups or c != g * cg:
-        raise ValueError(f"{what}: weight {weight.shape} does not fit groups={groups} and "
+        raise ShapeError(f"{what}: weight {weight.shape} does not fit groups={groups} and "
                          f"{c} input channels (weight[0] must be groups, weight[2] C/groups)")
     if rin.dtype != rout.dtype or rin.dtype not in (np.int32, np.uint8):
         raise TypeError(f"{what}: rin and rout must hold region ids of one dtype, int32 or uint8 "
@@ -774,7 +774,7 @@ def region_restricted_conv(inp, weight, rin, rout, bias=None, stride=1, padding=
     oh, ow = ((size + 2 * pi - di * (k - 1) - 1) // si + 1
               for size, k, si, pi, di in zip((h, w), (kh, kw), s, p, d))
     if tuple(rin.shape) != (n, h, w) or tuple(rout.shape) != (n, oh, ow):
-        raise ValueError(f"{what}: rin must be (N, H, W) = {(n, h, w)} and rout (N, OH, OW) = "
+        raise ShapeError(f"{what}: rin must be (N, H, W) = {(n, h, w)} and rout (N, OH, OW) = "
                          f"{(n, oh, ow)}, got {tuple(rin.shape)} and {tuple(rout.shape)}")
     # Region ids become dense ranks, exact in float32, so the id windows can be cut by the same
     # sliding window as the input; a tap is kept where its id equals the output pixel's id.
@@ -863,12 +863,12 @@ class _DeformableConv2d(Op):
         if offset.ndim != 4 or offset.shape[0] != n or offset.shape[2:] != (oh, ow) \
                 or offset.shape[1] % (2 * taps) or c % max(offset.shape[1] // (2 * taps), 1) \
                 or offset.shape[1] == 0:
-            raise ValueError(f"{what}: offset of shape {offset.shape} must be (N, 2 * dg * KH * KW,"
+            raise ShapeError(f"{what}: offset of shape {offset.shape} must be (N, 2 * dg * KH * KW,"
                              f" OH, OW) = ({n}, 2 * dg * {taps}, {oh}, {ow}) with dg deformable "
                              f"groups dividing the {c} input channels")
         dg = offset.shape[1] // (2 * taps)
         if mask.shape != (n, dg * taps, oh, ow):
-            raise ValueError(f"{what}: mask of shape {mask.shape} must be (N, dg * KH * KW, OH, "
+            raise ShapeError(f"{what}: mask of shape {mask.shape} must be (N, dg * KH * KW, OH, "
                              f"OW) = {(n, dg * taps, oh, ow)}")
         torch = _aten.torch_module()
         self.dtype = _compute_dtype(what, x.dtype, w.dtype)

@@ -515,7 +515,7 @@ def _check_bn_args(what, inp, running_mean, running_var, weight, bias):
     """The channel count C of a batch norm's (N, C, ...) input, after checking that each
     per-channel tensor given has C values."""
     if inp.ndim < 2:
-        raise ValueError(f"{public_function() or what}: expected an input (N, C, ...) of 2 or "
+        raise ShapeError(f"{public_function() or what}: expected an input (N, C, ...) of 2 or "
                          f"more dims, got shape {inp.shape}")
     c = inp.shape[1]
     for t, name in ((running_mean, "running_mean"), (running_var, "running_var"),
@@ -798,7 +798,7 @@ def layer_norm(inp, normalized_shape, affine=True, weight=None, bias=None, eps=1
                                                             (shape,)))
     k = len(shape)
     if k == 0 or tuple(inp.shape[inp.ndim - k:]) != shape or inp.ndim < k:
-        raise ValueError(f"layer_norm: normalized_shape {shape} does not match the trailing "
+        raise ShapeError(f"layer_norm: normalized_shape {shape} does not match the trailing "
                          f"dims of the input of shape {inp.shape}")
     m = math.prod(shape)  # (of SymDims: an expression, the view below follows the input)
     view = (-1, m)
@@ -807,7 +807,7 @@ def layer_norm(inp, normalized_shape, affine=True, weight=None, bias=None, eps=1
     for t, name in ((weight, "weight"), (bias, "bias")):
         if t is not None and _tensor(t).size != m:
             # (named: F.nn.general_norm normalizes with this function)
-            raise ValueError(f"{public_function() or 'layer_norm'}: {name} of shape "
+            raise ShapeError(f"{public_function() or 'layer_norm'}: {name} of shape "
                              f"{_tensor(t).shape} does not match the normalized shape {shape}")
     op = _Normalize(view, view, (1, m), eps, weight is not None, bias is not None,
                     family="layer_norm")
@@ -824,12 +824,12 @@ def group_norm(inp, num_groups, affine=True, weight=None, bias=None, eps=1e-5):
 
 def _group_norm(inp, num_groups, affine, weight, bias, eps, what):
     if inp.ndim < 2:
-        raise ValueError(f"{what}: expected an input (N, C, ...), got shape {inp.shape}")
+        raise ShapeError(f"{what}: expected an input (N, C, ...), got shape {inp.shape}")
     n, c = inp.shape[:2]
     # (a TracedModule's size tensor gives its SymDim or value)
     num_groups = _int(num_groups, "num_groups", what)
     if num_groups < 1 or c % num_groups:
-        raise ValueError(f"{what}: {c} channels (input shape {inp.shape}) are not divisible "
+        raise ShapeError(f"{what}: {c} channels (input shape {inp.shape}) are not divisible "
                          f"into num_groups={num_groups}")
     if not affine:
         weight = bias = None
@@ -847,7 +847,7 @@ def instance_norm(inp, affine=True, weight=None, bias=None, eps=1e-5):
     and ``bias`` (C elements) scale and shift."""
     inp = _tensor(inp)
     if inp.ndim < 2:
-        raise ValueError(f"instance_norm: expected an input (N, C, ...), got shape {inp.shape}")
+        raise ShapeError(f"instance_norm: expected an input (N, C, ...), got shape {inp.shape}")
     # ATen's group norm kernel, not the batch norm one torch's F.instance_norm runs on (over
     # (1, N*C, ...)): forward + backward on one thread took 135 against 422 us on (8, 32, 16,
     # 16) float32 and 60 against 154 on (2, 3, 2); the latter keeps a few more bits of x's
@@ -901,7 +901,7 @@ def local_response_norm(inp, kernel_size: int = 5, k: float = 2.0, alpha: float 
         inp = _as_float(inp, "local_response_norm")  # upstream's); integers in float32, a
         # quantized tensor's values (its square has no quantized form)
     if inp.ndim < 3:
-        raise ValueError(f"local_response_norm: input must be (N, C, ...), got shape {inp.shape}")
+        raise ShapeError(f"local_response_norm: input must be (N, C, ...), got shape {inp.shape}")
     if not is_int(kernel_size) or as_int(kernel_size) < 1:  # (a SymDim: a guard)
         raise ValueError(f"local_response_norm: kernel_size must be an int >= 1, got "
                          f"{kernel_size!r}")

@@ -31,6 +31,7 @@ import numpy as np
 
 from ..core import dispatch as _dispatch
 from ..core.dispatch import KERNEL_FLOATS, Op, apply, xp_of
+from ..core.ops import ShapeError
 from ..core.ops import matmul as _matmul
 from ..core.tensor import promote_types
 from . import _aten
@@ -530,7 +531,7 @@ def rnn_stack(mode, x, hx, weights, num_layers=1, bidirectional=False, batch_fir
         raise ValueError(f"rnn_stack: mode must be one of {_MODES}, got {mode!r}")
     directions = 2 if bidirectional else 1
     if len(weights) != 4 * num_layers * directions:
-        raise ValueError(f"rnn_stack: {num_layers} layers of {directions} direction(s) take "
+        raise ShapeError(f"rnn_stack: {num_layers} layers of {directions} direction(s) take "
                          f"{4 * num_layers * directions} weights (w_ih, w_hh, b_ih, b_hh each), "
                          f"got {len(weights)}")
     if hx is None:
@@ -544,14 +545,14 @@ def rnn_stack(mode, x, hx, weights, num_layers=1, bidirectional=False, batch_fir
     if states:
         x = _tensor(x)
         if x.ndim != 3:
-            raise ValueError(f"rnn_stack: x must be (seq, batch, input) (batch first if "
+            raise ShapeError(f"rnn_stack: x must be (seq, batch, input) (batch first if "
                              f"batch_first), got shape {x.shape}")
         want = (num_layers * directions, x.shape[0 if batch_first else 1],
                 _tensor(weights[1]).shape[1])
         for name, state in zip(("h0", "c0"), states):
             state = _tensor(state)
             if state.shape != want:
-                raise ValueError(f"rnn_stack: {name} must be (layers * directions, batch, "
+                raise ShapeError(f"rnn_stack: {name} must be (layers * directions, batch, "
                                  f"hidden) = {want}, got shape {state.shape}")
     op = _RecurrentStack(mode, num_layers, bool(bidirectional), bool(batch_first), hx is None)
     inputs = [_tensor(t) for t in (x,) + states + tuple(weights)]

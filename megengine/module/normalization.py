@@ -3,7 +3,7 @@ import numpy as np
 
 from .. import functional as F
 from ..core._trace_option import as_int, is_dim, is_int
-from ..core.ops import ArgumentError  # (a ValueError, and upstream's AssertionError)
+from ..core.ops import ArgumentError, ShapeError  # (ValueErrors, and upstream's types)
 from ..core.tensor import Parameter
 from . import init
 from .module import Module
@@ -43,7 +43,7 @@ class _ChannelNorm(Module):
 
     def _normalize(self, x, groups):
         if x.ndim < 2 or x.shape[1] != self.num_channels:
-            raise ValueError(f"{type(self).__name__}: expected an (N, {self.num_channels}, ...) "
+            raise ShapeError(f"{type(self).__name__}: expected an (N, {self.num_channels}, ...) "
                              f"input, got shape {x.shape}")
         return F.group_norm(x, groups, self.affine, self.weight, self.bias, self.eps)
 
@@ -154,7 +154,7 @@ class GeneralNorm(Module):
         axes = [a + x.ndim if a < 0 else a for a in ([given] if is_int(given) else given)]
         if self.normalized_shape is not None and tuple(
                 x.shape[a] for a in axes if 0 <= a < x.ndim) != tuple(self.normalized_shape):
-            raise ValueError(f"GeneralNorm: the input's sizes on axes {tuple(axes)} "
+            raise ShapeError(f"GeneralNorm: the input's sizes on axes {tuple(axes)} "
                              f"(input shape {tuple(x.shape)}) are not normalized_shape "
                              f"{tuple(self.normalized_shape)}")
         return F.nn.general_norm(x, axes, self.affine, self.weight, self.bias, self.eps)

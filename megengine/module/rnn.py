@@ -8,6 +8,7 @@ import numpy as np
 
 from .. import functional as F
 from ..core._trace_option import as_int, is_dim
+from ..core.ops import ShapeError
 from ..functional.rnn import WeightViews, higher_order_possible, rnn_layer, rnn_stack
 from ..core.tensor import Parameter, Tensor
 from . import init
@@ -68,8 +69,19 @@ class RNNCellBase(Module):
 
     def _check_input(self, x):
         if x.ndim != 2 or x.shape[1] != self.input_size:
-            raise ValueError(f"{type(self).__name__}: input must be (batch, input_size="
+            raise ShapeError(f"{type(self).__name__}: input must be (batch, input_size="
                              f"{self.input_size}), got shape {x.shape}")
+
+    def _check_state(self, x, *states):
+        # (the batch sizes compared only as plain ints: a traced size stays unguarded)
+        n = x.shape[0] if type(x.shape[0]) is int else None
+        for name, t in zip(("h", "c"), states):
+            shape = tuple(getattr(t, "shape", ()))
+            if len(shape) != 2 or shape[1] != self.hidden_size or \
+                    (n is not None and type(shape[0]) is int and shape[0] != n):
+                raise ShapeError(f"{type(self).__name__}: the state {name} must be (batch, "
+                                 f"hidden_size={self.hidden_size}) for an input of shape "
+                                 f"{tuple(x.shape)}, got shape {getattr(t, 'shape', t)}")
 
     def _zeros(self, x):
         return F.zeros((x.shape[0], self.hidden_size), dtype=x.dtype, device=x.device)
@@ -90,6 +102,7 @@ class RNNCell(RNNCellBase):
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
         self._check_input(input)
         h = self._zeros(input) if hx is None else hx
+        self._check_state(input, h)
         if higher_order_possible():  # per-op steps: their gradient can be differentiated
             return _NONLINEARITIES[self.nonlinearity](self._gates(input, h))
         return rnn_layer(self.nonlinearity, input, h, None, self.weight_ih, self.weight_hh,
@@ -110,6 +123,7 @@ class LSTMCell(RNNCellBase):
             h, c = self._zeros(input), self._zeros(input)
         else:
             h, c = hx
+        self._check_state(input, h, c)
         if not higher_order_possible():
             return rnn_layer("lstm", input, h, c, self.weight_ih, self.weight_hh,
                              *self._biases())[1:]
@@ -235,7 +249,7 @@ class RNNBase(Module):
 
     def _check_input(self, input):
         if input.ndim != 3 or input.shape[2] != self.input_size:
-            raise ValueError(f"{type(self).__name__}: input must be (seq, batch, input_size="
+            raise ShapeError(f"{type(self).__name__}: input must be (seq, batch, input_size="
                              f"{self.input_size}) (batch first if batch_first), got shape "
                              f"{input.shape}")
 

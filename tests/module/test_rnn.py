@@ -116,6 +116,25 @@ def test_rnn_shapes_defaults_and_errors():
         M.RNNCell(2, 2, nonlinearity="sigmoid")
 
 
+@pytest.mark.parametrize("call, words", [
+    (lambda: M.LSTMCell(3, 4)(mge.tensor(np.zeros((2, 4), np.float32))), "input must be"),
+    (lambda: M.RNNCell(3, 4)(mge.tensor(np.zeros((2, 3), np.float32)),
+                             mge.tensor(np.zeros((2, 5), np.float32))),
+     r"the state h must be \(batch, hidden_size=4\)"),  # (numpy's "not aligned" before)
+    (lambda: M.LSTMCell(3, 4)(mge.tensor(np.zeros((2, 3), np.float32)),
+                              (mge.tensor(np.zeros((2, 4), np.float32)),
+                               mge.tensor(np.zeros((1, 4), np.float32)))),
+     "the state c must be"),
+    (lambda: M.LSTM(3, 4)(mge.tensor(np.zeros((5, 2, 4), np.float32))), "input_size=3"),
+])
+def test_shapes_a_cell_cannot_take_are_named_and_also_upstreams_runtime_error(call, words):
+    # upstream 1.13 measured: its kernels' AsyncError (a RuntimeError) for the cells; its LSTM
+    # computes with the mismatched weights (MKL's "Parameter 9 was incorrect")
+    with pytest.raises(ValueError, match=words) as error:
+        call()
+    assert isinstance(error.value, RuntimeError)
+
+
 def test_init_hidden_of_a_batch_size_alone():
     # upstream 1.13 measured: RNN(4, 3, num_layers=2, bidirectional=True).init_hidden(5) is float32
     # zeros of shape (4, 5, 3) on the default device; LSTM(4, 3).init_hidden(5) is a tuple of two
