@@ -903,8 +903,8 @@ def local_response_norm(inp, kernel_size: int = 5, k: float = 2.0, alpha: float 
     if inp.ndim < 3:
         raise ShapeError(f"local_response_norm: input must be (N, C, ...), got shape {inp.shape}")
     if not is_int(kernel_size) or as_int(kernel_size) < 1:  # (a SymDim: a guard)
-        raise ValueError(f"local_response_norm: kernel_size must be an int >= 1, got "
-                         f"{kernel_size!r}")
+        raise ArgumentError(f"local_response_norm: kernel_size must be an int >= 1, got "
+                            f"{kernel_size!r}")
     kernel_size = as_int(kernel_size)
     if kernel_size % 2 == 0:
         # upstream's LRN asserts an odd window (megdnn: kernel_size // 2 channels on each

@@ -153,7 +153,7 @@ class _ROIAlign(_RegionPooling):
 def _positive_pair(value, name, what):
     pair = _int_pair(value, name, what)
     if min(pair) < 1:
-        raise ValueError(f"{what}: {name} must be positive, got {value!r}")
+        raise ArgumentError(f"{what}: {name} must be positive, got {value!r}")
     return pair
 
 

@@ -761,7 +761,8 @@ def _out_hw(out_shape, what):
         shape = shape * 2
     # (each size against 1: min() of two sizes of a dumpable trace would guard h < w)
     if len(shape) != 2 or any(s < 1 for s in shape):
-        raise ValueError(f"{what}: out_shape must be (h, w) with positive sizes, got {out_shape!r}")
+        raise ArgumentError(f"{what}: out_shape must be (h, w) with positive sizes, got "
+                            f"{out_shape!r}")
     return shape
 
 
@@ -777,7 +778,7 @@ def remap(inp, map_xy, border_mode="replicate", scalar=0.0, interp_mode="linear"
     inp, map_xy = _tensor(inp), _tensor(map_xy)
     border_mode, interp_mode = _check_modes("remap", border_mode, interp_mode)
     if map_xy.ndim != 4 or map_xy.shape[-1] != 2 or map_xy.shape[0] != inp.shape[0]:
-        raise ValueError(f"remap: map_xy must be (N, OH, OW, 2) with N = {inp.shape[0]}, got "
+        raise ShapeError(f"remap: map_xy must be (N, OH, OW, 2) with N = {inp.shape[0]}, got "
                          f"shape {map_xy.shape}")
     map_xy = map_xy if map_xy.dtype.kind == "f" else _astype_real(map_xy, np.float32, "remap")
     scalar = _real(scalar, "scalar", "remap")
@@ -971,7 +972,7 @@ def correlation(data1, data2, kernel_size=1, max_displacement=1, stride1=1, stri
     _config._effective_conv_format("NCHW", "correlation", supported=("NCHW",))  # as upstream
     data1, data2 = _tensor(data1), _tensor(data2)
     if data1.ndim != 4 or data1.shape != data2.shape:
-        raise ValueError(f"correlation: data1 and data2 must be NCHW of one shape, got "
+        raise ShapeError(f"correlation: data1 and data2 must be NCHW of one shape, got "
                          f"{data1.shape} and {data2.shape}")
     checked = []
     for name, v, low in (("kernel_size", kernel_size, 1), ("max_displacement", max_displacement, 0),
@@ -1141,7 +1142,7 @@ def cvt_color(inp, mode=""):
     want = _IN_CHANNELS.get(mode, 1 if mode.startswith(("YUV2GRAY", "YUV2RGB_", "YUV2BGR_",
                                                         "YCrCb", "BT601")) else 3)
     if inp.shape[-1] != want:
-        raise ValueError(f"cvt_color: mode {mode} needs {want} channel(s) in the last axis, got "
+        raise ShapeError(f"cvt_color: mode {mode} needs {want} channel(s) in the last axis, got "
                          f"shape {inp.shape}")
     if not floating:
         if inp.dtype != np.uint8:

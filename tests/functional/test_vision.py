@@ -1242,6 +1242,16 @@ _MAP = np.zeros((1, 5, 5, 2), "float32")
                  AssertionError, "mode 'BOGUS' is not supported", id="cvt_color-mode"),
     pytest.param(lambda x: F.vision.nvof(x),
                  AssertionError, r"src must be \(n, t, h, w, 4\)", id="nvof-shape"),
+    # its kernels' assertions (an AsyncError, a RuntimeError); earlier versions of this fork
+    # raised a plain ValueError
+    pytest.param(lambda x: F.warp_perspective(x, mge.tensor(_PERSPECTIVE), (0, 5)),
+                 RuntimeError, "out_shape must be", id="warp_perspective-size"),
+    pytest.param(lambda x: F.remap(x, mge.tensor(np.zeros((1, 4, 4, 3), np.float32))),
+                 RuntimeError, r"map_xy must be \(N, OH, OW, 2\)", id="remap-map"),
+    pytest.param(lambda x: F.vision.correlation(x, x[:, :, :4, :4]),
+                 RuntimeError, "must be NCHW of one shape", id="correlation-shapes"),
+    pytest.param(lambda x: F.vision.cvt_color(x.transpose(0, 2, 3, 1), mode="RGB2GRAY"),
+                 RuntimeError, "needs 3 channel", id="cvt_color-channels"),
 ])
 def test_bad_arguments_raise_what_upstream_raises(call, upstream, match):
     # upstream 1.13 measured: RuntimeError for an unknown mode string (pybind's "Unable to
