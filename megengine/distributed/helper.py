@@ -166,7 +166,7 @@ def param_pack_split(inp: Tensor, offsets: list, shapes: list) -> tuple:
     for i, ((begin, end), shape) in enumerate(zip(ranges, shapes)):
         if end - begin != _numel(shape):
             raise ArgumentError(f"param_pack_split: range [{begin}, {end}) holds {end - begin} "
-                             f"elements, shapes[{i}] = {shape} needs {_numel(shape)}")
+                                f"elements, shapes[{i}] = {shape} needs {_numel(shape)}")
         outputs.append(inp[begin:end].reshape(shape))
     return tuple(outputs)
 

@@ -13,10 +13,10 @@ import sys
 import time
 import traceback
 
+from ..core.ops import ArgumentError, ArgumentTypeError
 from . import group as _group
 from .group import (DEFAULT_TIMEOUT, destroy_process_group, group_barrier, init_process_group,
                     waiting_failure)
-from ..core.ops import ArgumentError, ArgumentTypeError
 from .server import Server
 
 __all__ = ["launcher", "WorkerError"]

@@ -394,7 +394,7 @@ def _check_conv_mode(conv_mode, compute_mode, what):
     cmode = str(getattr(compute_mode, "name", compute_mode)).lower()
     if cmode not in ("default", "float32"):
         raise ArgumentError(f"{what}: compute_mode must be 'default' or 'float32', "
-                         f"got {compute_mode!r}")
+                            f"got {compute_mode!r}")
 
 
 def _conv(nd, transposed, what, inp, weight, bias, stride, padding, dilation, groups,

@@ -910,8 +910,8 @@ def local_response_norm(inp, kernel_size: int = 5, k: float = 2.0, alpha: float 
         # upstream's LRN asserts an odd window (megdnn: kernel_size // 2 channels on each
         # side of the centre); an even size has no centred window
         raise ArgumentError(f"local_response_norm: kernel_size must be odd (a window of "
-                         f"kernel_size // 2 channels on each side, as upstream's), got "
-                         f"{kernel_size}")
+                            f"kernel_size // 2 channels on each side, as upstream's), got "
+                            f"{kernel_size}")
     half = kernel_size // 2
     channels = inp.shape[1]
     # zero channels on both sides, then add the kernel_size shifted channel windows

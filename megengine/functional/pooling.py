@@ -495,7 +495,7 @@ def _adaptive(inp, oshp, mode, what):
     h, w = inp.shape[2:]
     if not (1 <= oh <= h and 1 <= ow <= w):
         raise ArgumentError(f"{what}: output size {(oh, ow)} must be between 1 and the input's "
-                         f"spatial size {(h, w)}")
+                            f"spatial size {(h, w)}")
     # upstream's rule: stride = in // out, window = in - (out - 1) * stride, no padding
     sh, sw = h // oh, w // ow
     kernel = (h - (oh - 1) * sh, w - (ow - 1) * sw)

@@ -387,7 +387,7 @@ def interpolate(inp, size=None, scale_factor=None, mode="bilinear", align_corner
     spatial = {"linear": 1, "trilinear": 3}.get(mode, 2)
     if inp.ndim != spatial + 2:
         raise ArgumentError(f"{what}: mode {mode!r} expects a {spatial + 2}-d input, "
-                         f"got shape {inp.shape}")
+                            f"got shape {inp.shape}")
     in_sizes = inp.shape[2:]
     if (size is None) == (scale_factor is None):
         raise ValueError(f"{what}: give exactly one of size and scale_factor")
@@ -942,7 +942,7 @@ def nms(boxes, scores, iou_thresh, max_output=None):
         raise ArgumentError(f"nms: boxes must be (N, 4), got shape {boxes.shape}")
     if scores.ndim != 1 or scores.shape[0] != boxes.shape[0]:
         raise ArgumentError(f"nms: scores must be (N,) with N = {boxes.shape[0]}, got shape "
-                         f"{scores.shape}")
+                            f"{scores.shape}")
     for t in (boxes, scores):
         if t.dtype.kind == "c":
             raise no_order("nms", t.dtype)
@@ -1138,7 +1138,7 @@ def cvt_color(inp, mode=""):
     modes = _FLOAT_MODES if floating else _UINT8_MODES
     if mode not in modes:
         raise ArgumentError(f"cvt_color: mode {mode!r} is not supported for {inp.dtype} images; "
-                         f"supported: {list(modes)}")
+                            f"supported: {list(modes)}")
     want = _IN_CHANNELS.get(mode, 1 if mode.startswith(("YUV2GRAY", "YUV2RGB_", "YUV2BGR_",
                                                         "YCrCb", "BT601")) else 3)
     if inp.shape[-1] != want:

@@ -56,8 +56,9 @@ class FakeQuantize(_FakeQuantize):
                              "observer in the QConfig, or call it as fq(x, observer.get_qparams())")
         if qparams.dtype_meta is not self.dtype:
             raise ArgumentError(f"input qparams' dtype is not equal to self.dtype: "
-                             f"qparams.dtype_meta={qparams.dtype_meta}, self.dtype={self.dtype}; "
-                             "give observer and fake quantizer the same dtype")
+                                f"qparams.dtype_meta={qparams.dtype_meta}, "
+                                f"self.dtype={self.dtype}; give observer and fake quantizer "
+                                "the same dtype")
         return fake_quant_tensor(inp, qparams)
 
 

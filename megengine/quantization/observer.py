@@ -353,7 +353,7 @@ class PassiveObserver(Observer):
                              "(the qparams have scale None)")
         if qparams.dtype_meta is not None and qparams.dtype_meta is not self.dtype:
             raise ArgumentError(f"input qparams' dtype is not equal to self.dtype: "
-                             f"qparams.dtype_meta={qparams.dtype_meta}, self.dtype={self.dtype}")
+                                f"qparams.dtype_meta={qparams.dtype_meta}, self.dtype={self.dtype}")
         self.qparams = deepcopy(qparams)
         if self.qparams.dtype_meta is None:
             self.qparams.dtype_meta = self.dtype
