@@ -265,6 +265,15 @@ class trace:
         if not isinstance(opt_level, int) or isinstance(opt_level, bool) or \
                 not 0 <= opt_level <= 3:
             raise ValueError(f"trace: opt_level must be an int from 0 to 3, got {opt_level!r}")
+        from . import DTRConfig, GraphOptimizationConfig, SublinearMemoryConfig
+
+        for name, value, kind in (("sublinear_memory_config", sublinear_memory_config,
+                                   SublinearMemoryConfig), ("dtr_config", dtr_config, DTRConfig),
+                                  ("graph_opt_config", graph_opt_config,
+                                   GraphOptimizationConfig)):
+            if value is not None and not isinstance(value, kind):  # (upstream: AttributeError)
+                raise TypeError(f"trace: {name} must be a {kind.__name__} or None, got "
+                                f"{type(value).__name__} {value!r}")
         self.__wrapped__ = function
         if inspect.isfunction(function) or inspect.ismethod(function):
             functools.update_wrapper(self, function, updated=())

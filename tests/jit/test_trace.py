@@ -447,6 +447,24 @@ def test_compiler_options_are_accepted():
     assert f(mge.tensor([1.0])).numpy().tolist() == [2.0]
 
 
+def test_compiler_options_are_checked_as_upstreams_constructors_assert():
+    # upstream 1.13 measured: AssertionError for a negative count, TypeError for a string
+    # (its comparison), AttributeError for a config of another type (accepted before)
+    from megengine.jit import DTRConfig, SublinearMemoryConfig
+
+    for make, words in [(lambda: SublinearMemoryConfig(thresh_nr_try=-1), "thresh_nr_try"),
+                        (lambda: SublinearMemoryConfig(num_worker=0), "num_worker"),
+                        (lambda: DTRConfig(eviction_threshold=-1), "eviction_threshold")]:
+        with pytest.raises(AssertionError, match=f"{words} must be >= ") as error:
+            make()
+        assert isinstance(error.value, ValueError)
+    with pytest.raises(TypeError, match="genetic_nr_iter must be a number, got str"):
+        SublinearMemoryConfig(genetic_nr_iter="x")
+    with pytest.raises(TypeError, match="dtr_config must be a DTRConfig or None, got int"):
+        trace(lambda x: x, dtr_config=3)
+    assert DTRConfig().eviction_threshold == 0  # (upstream refuses its own default)
+
+
 def test_recording_without_grad_manager_hooks_is_detected():
     # what the tracer sees when autodiff recording starts without an event telling it
     def g(x):
