@@ -23,6 +23,9 @@ def to_dlpack(tensor: Tensor, stream=None):
     consumer's CUDA stream, so the producer's pending work is ordered before it."""
     if not isinstance(tensor, Tensor):
         raise TypeError(f"to_dlpack: expected a megengine Tensor, got {type(tensor).__name__}")
+    if stream is not None and (isinstance(stream, bool) or not isinstance(stream, int)):
+        raise TypeError(f"to_dlpack: stream must be an int (a CUDA stream) or None, got "
+                        f"{type(stream).__name__} {stream!r}")  # (upstream's TypeError)
     array = tensor._data
     if stream is not None and stream != -1 and tensor._device[0] == "g":
         return array.__dlpack__(stream=stream)

@@ -97,6 +97,9 @@ def test_capsule_is_consumed_once_and_bad_input():
         to_dlpack(np.ones(2))
     with pytest.raises(ValueError, match="stream"):
         from_dlpack(torch.ones(2), stream=-2)
+    # upstream 1.13 measured: "stream must be ``int`` or ``none``" (a TypeError)
+    with pytest.raises(TypeError, match="stream must be an int .* or None, got str"):
+        mge.tensor([1.0]).__dlpack__(stream="x")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (torch built with CUDA)")
