@@ -46,7 +46,9 @@ def _coerce(enum_cls, value, what):
         if member is not None:
             return member
     names = ", ".join(enum_cls.__members__)
-    raise ValueError(f"{what}: unknown mode {value!r}; expected one of {names} (any case)")
+    from ..ops import ArgumentError  # (upstream: pybind's RuntimeError "Unable to cast")
+
+    raise ArgumentError(f"{what}: unknown mode {value!r}; expected one of {names} (any case)")
 
 
 def _freeze(v):
