@@ -25,6 +25,7 @@ from ..device import canonical_device
 from ..jit._program import _host
 from ..utils import network_node as _nn
 from ._imperative_rt import CompNode
+from .dtype_rules import ArgumentTypeError
 from .tensor import Tensor, as_array
 
 __all__ = ["Graph", "VarNode", "OpNode", "InputNode", "OutputNode", "ValueOutputNode",
@@ -135,6 +136,9 @@ class Graph:
                 raise ValueError("make_const: a DeviceTensorND keeps its dtype and device")
             data, device = data.numpy(), data._device
         data = np.asarray(_host(data._data) if isinstance(data, Tensor) else data, dtype=dtype)
+        if data.dtype.kind not in "biufc":  # (upstream: "unsupported numpy dtype", RuntimeError)
+            raise ArgumentTypeError(f"make_const: a constant holds numbers, got data of dtype "
+                                    f"{data.dtype}")
         node = _nn.ImmutableTensor(data, name, _device_name(device))
         node._graph = self
         return node.outputs[0]

@@ -28,6 +28,10 @@ def test_the_module_is_upstreams_path_and_nodes_are_their_own_views():
     assert G.VarNode(v) is v and v._node is v and v.op is v.owner
     assert isinstance(v.op, G.OpNode) and v.op._node is v.op and v.graph is g
     assert v.dtype == np.int32 and v.value.tolist() == [0, 1, 2]  # int64 -> int32 as upstream
+    # a constant of strings: upstream 1.13's "unsupported numpy dtype" (a RuntimeError)
+    with pytest.raises(TypeError, match="make_const: a constant holds numbers") as error:
+        g.make_const("abc")
+    assert isinstance(error.value, RuntimeError)
 
 
 def test_a_graph_of_functional_ops_runs_on_each_value_fed_to_its_input():
