@@ -12,8 +12,8 @@ from ..core import dtype as _dtype
 from ..core.dispatch import FLOAT16, KERNEL_FLOATS, Op, apply
 from ..core.dtype_rules import no_order
 from ..core.fused import fused_kernel, use_fused_with_half
-from ..core.ops import (BroadcastError, ShapeOnly, masked_gradient, masked_gradient_graph,
-                        t_unbroadcast, unbroadcast, xp_of)
+from ..core.ops import (ArgumentTypeError, BroadcastError, ShapeOnly, masked_gradient,
+                        masked_gradient_graph, t_unbroadcast, unbroadcast, xp_of)
 from ..core.tensor import _operand, promote_types
 from . import _aten
 from ._args import _renamed, _tensor
@@ -529,7 +529,12 @@ def relu(x):
 
 def leaky_relu(inp, negative_slope=0.01):
     """Element-wise ``x`` where positive, else ``negative_slope * x``."""
-    return apply(_LeakyRelu(float(negative_slope)), _tensor(inp))
+    try:
+        slope = float(negative_slope)
+    except (TypeError, ValueError):  # (upstream: RuntimeError, wrapping float()'s error)
+        raise ArgumentTypeError(f"leaky_relu: negative_slope must be a number, got "
+                                f"{negative_slope!r}") from None
+    return apply(_LeakyRelu(slope), _tensor(inp))
 
 
 def relu6(x):

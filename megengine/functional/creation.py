@@ -112,8 +112,8 @@ def _shape_arg(shape, what):
             out.append(s)
             continue
         if isinstance(s, bool) or not isinstance(s, (int, np.integer)) and not _whole(s):
-            raise TypeError(f"{what}: shape entries must be ints (or whole-number floats), "
-                            f"got {s!r} in {shape!r}")
+            raise ArgumentTypeError(f"{what}: shape entries must be ints (or whole-number "
+                                    f"floats), got {s!r} in {shape!r}")
         out.append(int(s))
     return tuple(out)
 
@@ -134,8 +134,8 @@ def _fill_value(value, dtype, what):
     zeros_like three times its ~2.5 us)"""
     if type(value) is int and 0 <= value <= 1 or type(value) is float and dtype.kind == "f":
         return value
-    if isinstance(value, (str, bytes)):  # (numpy parses "0.5" into a float dtype)
-        raise _bad_value(value, what)
+    if value is None or isinstance(value, (str, bytes)):  # (numpy parses "0.5" into a float
+        raise _bad_value(value, what)  # dtype, and None into NaN)
     try:
         value = as_array(_num(value), dtype, device="cpu0")[()]
     except (TypeError, ValueError):  # (a string, a many-valued Tensor: numpy's words)

@@ -452,7 +452,7 @@ def deformable_psroi_pooling(inp, rois, trans, no_trans, part_size, pooled_h, po
         raise ValueError(f"{what}: pooled_h, pooled_w, part_size and sample_per_part must be "
                          f"positive, got {pooled_h}, {pooled_w}, {part}, {samples}")
     if trans.ndim != 4:
-        raise ValueError(f"{what}: trans must be 4-d (K, 2 * classes, part_size, part_size), "
+        raise ShapeError(f"{what}: trans must be 4-d (K, 2 * classes, part_size, part_size), "
                          f"got shape {trans.shape}")
     if not no_trans:
         k = rois.shape[0]
@@ -472,7 +472,7 @@ def deformable_psroi_pooling(inp, rois, trans, no_trans, part_size, pooled_h, po
             trans = trans[:k]
         if (trans.shape[0] != k or trans.shape[1] < 2 or trans.shape[1] % 2
                 or trans.shape[2:] != (part, part) or inp.shape[1] % (trans.shape[1] // 2)):
-            raise ValueError(
+            raise ShapeError(
                 f"{what}: trans must be (K={k} or more, 2 * classes, part_size={part}, "
                 f"part_size={part}) with classes dividing the {inp.shape[1]} channels, got "
                 f"shape {trans.shape}")

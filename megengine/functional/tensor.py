@@ -9,8 +9,9 @@ from ..core import ops as _ops
 from ..core._trace_option import as_int, is_dim, is_int, same_sizes
 from ..core.dispatch import POOL_MIN, Op, apply
 from ..core.dtype import _zero_point, no_quantized_form, quantize_array, stored
-from ..core.ops import (ArgumentError, ArgumentTypeError, AxisError, BroadcastError,  # noqa: F401
-                        ShapeError, all_ints, int_tuple, unbroadcast, xp_of)
+from ..core.ops import (ArgumentError, ArgumentKindError, ArgumentTypeError,  # noqa: F401
+                        AxisError, BroadcastError, ShapeError, all_ints, int_tuple, unbroadcast,
+                        xp_of)
 from ..core.tensor import Tensor, _operand, as_array, promote_types  # noqa: F401
 from . import _aten
 from ._args import _int, _size
@@ -489,7 +490,7 @@ def tile(inp, reps):
 def meshgrid(*inputs, indexing="xy"):
     """Coordinate grids from 1-D tensors; ``"xy"`` swaps the first two output dims (numpy)."""
     if indexing not in ("xy", "ij"):
-        raise ValueError(f"meshgrid: indexing must be 'xy' or 'ij', got {indexing!r}")
+        raise ArgumentError(f"meshgrid: indexing must be 'xy' or 'ij', got {indexing!r}")
     inputs = [_tensor(t) for t in inputs]
     if any(t.ndim != 1 for t in inputs):
         raise ValueError(f"meshgrid: inputs must be 1-D, got shapes {[t.shape for t in inputs]}")
@@ -546,7 +547,8 @@ def roll(inp, shift, axis=None):
             raise TypeError(f"roll: with axis=None, shift must be an int, got {shift!r}")
         return apply(Roll(int(shift), None), inp)
     if isinstance(shift, (int, np.integer)) != isinstance(axis, (int, np.integer)):
-        raise TypeError(f"roll: shift {shift!r} and axis {axis!r} must both be ints or sequences")
+        raise ArgumentKindError(f"roll: shift {shift!r} and axis {axis!r} must both be ints or "
+                                "sequences")  # (upstream asserts)
     if isinstance(axis, (int, np.integer)):
         return apply(Roll(int(shift), _axis(axis, inp.ndim, "roll")), inp)
     shift = tuple(_int(s, "shift", "roll", follows=False) for s in shift)  # (int() parsed "1")
@@ -670,9 +672,13 @@ def pad(src, pad_width=None, mode="constant", constant_value=0.0, *, pad_witdth=
     mode = _PAD_MODES[mode.lower()]
     try:
         pairs = [(int(b), int(a)) for b, a in pad_width]
-    except (TypeError, ValueError):
-        raise TypeError(f"pad: pad_width must be (before, after) pairs, got {pad_width!r}") \
-            from None
+    except (TypeError, ValueError):  # (upstream: pybind's RuntimeError, "Unable to cast")
+        raise ArgumentTypeError(f"pad: pad_width must be (before, after) pairs, got "
+                                f"{pad_width!r}") from None
+    if isinstance(constant_value, (str, bytes)) or (
+            constant_value.ndim if isinstance(constant_value, Tensor) else np.ndim(constant_value)):
+        raise ArgumentTypeError(f"pad: constant_value must be a number, got "  # (upstream's
+                                f"{constant_value!r}")  # RuntimeError: "Unable to cast")
     if len(pairs) > src.ndim or any(b < 0 or a < 0 for b, a in pairs):
         raise ArgumentError(  # (upstream's RuntimeError too)
             f"pad: pad_width {pad_width} needs at most {src.ndim} non-negative pairs for shape "

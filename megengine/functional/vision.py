@@ -980,8 +980,9 @@ def correlation(data1, data2, kernel_size=1, max_displacement=1, stride1=1, stri
                          ("pad_size", pad_size, 0)):
         # (a size from a dumpable trace's shapes fixes the channel count and the windows: its
         # value, a guard)
-        if not is_int(v) or as_int(v) < low:
-            raise ValueError(f"correlation: {name} must be an int >= {low}, got {v!r}")
+        if not is_int(v) or as_int(v) < low:  # (upstream: pybind's or its kernel's RuntimeError)
+            raise (ArgumentError if is_int(v) else ArgumentTypeError)(
+                f"correlation: {name} must be an int >= {low}, got {v!r}")
         checked.append(as_int(v))
     kernel_size, max_displacement, stride1, stride2, pad_size = checked
     if kernel_size % 2 == 0:

@@ -379,10 +379,19 @@ def test_bad_shapes_say_so():
     (lambda x: F.norm(x, ord="fro", axis=1), RuntimeError),
     (lambda x: F.zeros("ab"), RuntimeError),
     (lambda x: F.concat([]), TypeError), (lambda x: F.stack([]), TypeError),
+    # (found by calls with one argument broken, run on both engines)
+    (lambda x: F.meshgrid(x, x, indexing=3), RuntimeError),
+    (lambda x: F.eye((2, [1, 2])), RuntimeError),
+    (lambda x: F.leaky_relu(x, negative_slope="x"), RuntimeError),
+    (lambda x: F.nn.pad(x, ((1, 1),), constant_value=[1, 2, 3]), RuntimeError),
+    (lambda x: F.full_like(x, None), RuntimeError),  # (filled with NaN before)
+    (lambda x: F.roll(x, 1, axis=1.5), AssertionError),
+    (lambda x: F.vision.correlation(x.reshape(1, 1, 2, 3), x.reshape(1, 1, 2, 3),
+                                    max_displacement=-1), RuntimeError),
 ])
 def test_bad_arguments_raise_upstreams_error_types_too(call, upstream):
     # upstream 1.13 measured: its C++ ops raise RuntimeError, its Python functions assert
-    # (earlier versions of this fork raised the last seven as a plain ValueError or TypeError)
+    # (earlier versions of this fork raised the last 14 as a plain ValueError or TypeError)
     with pytest.raises(upstream):
         call(mge.tensor(np.ones((2, 3), np.float32)))
 
