@@ -1263,6 +1263,9 @@ class Transpose(Op):
             return x.transpose(self.axes)
         except ValueError:  # (numpy's AxisError, an axis out of range, is one too)
             pass
+        except TypeError:  # (an axis that is no int: upstream's RuntimeError, pybind's cast)
+            raise ArgumentTypeError(f"transpose: axes must be ints (a permutation of the "
+                                    f"{x.ndim} dims), got {self.axes}") from None
         raise ShapeError(f"transpose: axes {self.axes} are not a permutation of the {x.ndim} "
                          f"dims of a tensor of shape {x.shape}")
 

@@ -386,7 +386,7 @@ def eye(N, M=None, dtype="float32", device=None):
             isinstance(N, Tensor) and N.ndim == 0):
         shape = _shape(N, "eye")
         if len(shape) not in (1, 2):
-            raise ValueError(f"eye: a shape must be (n,) or (n, m), got {shape}")
+            raise ArgumentError(f"eye: a shape must be (n,) or (n, m), got {shape}")
         N, M = shape[0], shape[-1]
     n, m = _shape((N, N if M is None else M), "eye")
     if is_dim(n) or is_dim(m):  # sizes from x.shape in a dumpable trace: made at the run's shapes

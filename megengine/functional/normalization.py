@@ -8,8 +8,8 @@ from ..core._trace_option import as_int, is_dim, is_int
 from ..core import amp as _amp
 from ..core.dispatch import FLOAT16, KERNEL_FLOATS, Op, apply
 from ..core.dtype import float_value, quantize_array
-from ..core.ops import (ArgumentError, ShapeError, acc_dtype, all_ints, half_operands,
-                        unbroadcast, xp_of)
+from ..core.ops import (ArgumentError, ArgumentTypeError, ShapeError, acc_dtype, all_ints,
+                        half_operands, unbroadcast, xp_of)
 from ..core import dispatch
 from ..core.tensor import Tensor, _note_write
 from . import _aten
@@ -782,6 +782,13 @@ def _concat_stats(sums, count):
     return concat([sums, count.astype(sums.dtype)])
 
 
+def _whole_int(s):
+    """``s`` as an int: a Python or numpy int, or a whole float (a string or 2.5 raises)."""
+    if isinstance(s, (str, bytes)) or (isinstance(s, (float, np.floating)) and s != int(s)):
+        raise TypeError(s)
+    return int(s)
+
+
 def layer_norm(inp, normalized_shape, affine=True, weight=None, bias=None, eps=1e-5):
     """Normalize over the trailing ``normalized_shape`` dims of ``inp`` (biased variance).
 
@@ -793,9 +800,13 @@ def layer_norm(inp, normalized_shape, affine=True, weight=None, bias=None, eps=1
     # runs at other widths; equal to the input's own sizes, the check below guards nothing)
     shape = normalized_shape
     if type(shape) is not tuple or not all_ints(shape):  # (a layer's tuple of ints: as it is)
-        shape = shape if is_int(shape) else tuple(shape)
-        shape = tuple(s if is_dim(s) else int(s) for s in (shape if type(shape) is tuple else
-                                                            (shape,)))
+        try:
+            shape = shape if is_int(shape) else tuple(shape)
+            shape = tuple(s if is_dim(s) else _whole_int(s) for s in (
+                shape if type(shape) is tuple else (shape,)))
+        except (TypeError, ValueError):  # (upstream: pybind's RuntimeError, "Unable to cast")
+            raise ArgumentTypeError(f"layer_norm: normalized_shape must be an int or a "
+                                    f"sequence of ints, got {normalized_shape!r}") from None
     k = len(shape)
     if k == 0 or tuple(inp.shape[inp.ndim - k:]) != shape or inp.ndim < k:
         raise ShapeError(f"layer_norm: normalized_shape {shape} does not match the trailing "
@@ -866,15 +877,15 @@ def general_norm(inp, normalized_axis, affine=True, weight=None, bias=None, eps=
     axes = [normalized_axis] if is_int(normalized_axis) or not hasattr(
         normalized_axis, "__iter__") else list(normalized_axis)
     if not all(is_int(a) or is_dim(a) for a in axes):
-        raise TypeError(f"general_norm: normalized_axis must be an int or a sequence of ints, "
-                        f"got {normalized_axis!r}")
+        raise ArgumentTypeError(f"general_norm: normalized_axis must be an int or a sequence "
+                                f"of ints, got {normalized_axis!r}")
     axes = [as_int(a) for a in axes]  # (a SymDim axis: its value, a guard)
     if not axes:
         raise ValueError("general_norm: normalized_axis names no axis")
     axes = [a + inp.ndim if a < 0 else a for a in axes]
     if any(a < 0 or a >= inp.ndim for a in axes) or len(set(axes)) != len(axes):
-        raise ValueError(f"general_norm: normalized_axis {normalized_axis!r} must name distinct "
-                         f"axes of the {inp.ndim}-d input")
+        raise ArgumentError(f"general_norm: normalized_axis {normalized_axis!r} must name "
+                            f"distinct axes of the {inp.ndim}-d input")
     if axes != sorted(axes):
         raise ValueError(f"general_norm: normalized_axis must be increasing, got {axes}; use "
                          f"{sorted(axes)} (weight and bias follow that order)")

@@ -403,7 +403,8 @@ def interpolate(inp, size=None, scale_factor=None, mode="bilinear", align_corner
         scales = (scale_factor,) * spatial if isinstance(scale_factor, (int, float)) or \
             is_sym(scale_factor) else tuple(scale_factor)
         if len(scales) != spatial:
-            raise ValueError(f"{what}: scale_factor {scale_factor!r} must have {spatial} values")
+            raise ArgumentError(f"{what}: scale_factor {scale_factor!r} must have {spatial} "
+                                "values")  # (upstream asserts)
         # math.floor, not int(): of a traced size it is the expression floor(h * s)
         # (a scale from a dumpable trace's sizes stays an expression too)
         sizes = tuple(math.floor(n * (s if is_sym(s) else float(s))) for n, s in zip(in_sizes,
