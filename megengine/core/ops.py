@@ -708,14 +708,16 @@ class Maximum(_Binary):
         return xp_of(a).maximum(a, b)
 
     def grads(self, g):
+        # the first operand on ties, the second where it is strictly larger: where a NaN
+        # meets a number neither takes the gradient (the result is neither), as upstream's
         first = self.a >= self.b if self.first is None else self.first
         na, nb = self.needs_input_grad  # (F.clip's bound: a constant, no gradient to build)
         return (masked_gradient(g, first) if na else None,
-                masked_gradient(g, ~first) if nb else None)
+                masked_gradient(g, self.b > self.a) if nb else None)
 
     def grads_graph(self, a, b, out, g):
         first = self.a >= self.b if self.first is None else self.first
-        return masked_gradient_graph(g, first), masked_gradient_graph(g, ~first)
+        return masked_gradient_graph(g, first), masked_gradient_graph(g, self.b > self.a)
 
 
 class Minimum(_Binary):
@@ -730,15 +732,15 @@ class Minimum(_Binary):
             return _half_extreme(self, np.minimum(a, b), a, b, np.less_equal)
         return xp_of(a).minimum(a, b)
 
-    def grads(self, g):
+    def grads(self, g):  # (ties and NaN as Maximum's)
         first = self.a <= self.b if self.first is None else self.first
         na, nb = self.needs_input_grad  # (F.clip's bound: a constant, no gradient to build)
         return (masked_gradient(g, first) if na else None,
-                masked_gradient(g, ~first) if nb else None)
+                masked_gradient(g, self.b < self.a) if nb else None)
 
     def grads_graph(self, a, b, out, g):
         first = self.a <= self.b if self.first is None else self.first
-        return masked_gradient_graph(g, first), masked_gradient_graph(g, ~first)
+        return masked_gradient_graph(g, first), masked_gradient_graph(g, self.b < self.a)
 
 
 class MatMul(Op):

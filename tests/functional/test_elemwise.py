@@ -737,6 +737,20 @@ def test_maximum_and_minimum_give_nan_where_either_operand_is_nan_as_torch():
             np.testing.assert_array_equal(got, want)  # (NaNs compare equal here)
 
 
+@pytest.mark.parametrize("name", ["maximum", "minimum"])
+def test_where_a_nan_meets_a_number_neither_operand_takes_the_gradient_as_upstreams(name):
+    # upstream 1.13 measured: zero gradients to both operands of maximum / minimum wherever
+    # one is NaN, on either side (torch gives it to both; this fork gave it to the second)
+    x = mge.tensor([np.nan, 1.0, 3.0, 2.0])
+    y = mge.tensor([1.0, np.nan, 2.0, 2.0])
+    gm = GradManager().attach([x, y])
+    with gm:
+        gm.backward(getattr(F, name)(x, y), F.ones((4,)))
+    big = 1.0 if name == "maximum" else 0.0
+    np.testing.assert_array_equal(x.grad.numpy(), [0, 0, big, 1])  # (a tie: the first)
+    np.testing.assert_array_equal(y.grad.numpy(), [0, 0, 1 - big, 0])
+
+
 def test_maximum_of_a_tensor_with_itself_has_gradient_one():
     # upstream's test_maximum_grad_consistency
     x = F.arange(10)
