@@ -881,7 +881,7 @@ def general_norm(inp, normalized_axis, affine=True, weight=None, bias=None, eps=
                                 f"of ints, got {normalized_axis!r}")
     axes = [as_int(a) for a in axes]  # (a SymDim axis: its value, a guard)
     if not axes:
-        raise ValueError("general_norm: normalized_axis names no axis")
+        raise ArgumentError("general_norm: normalized_axis names no axis")  # (upstream asserts)
     axes = [a + inp.ndim if a < 0 else a for a in axes]
     if any(a < 0 or a >= inp.ndim for a in axes) or len(set(axes)) != len(axes):
         raise ArgumentError(f"general_norm: normalized_axis {normalized_axis!r} must name "

@@ -449,8 +449,8 @@ def deformable_psroi_pooling(inp, rois, trans, no_trans, part_size, pooled_h, po
         (pooled_h, "pooled_h"), (pooled_w, "pooled_w"), (part_size, "part_size"),
         (sample_per_part, "sample_per_part")))
     if min(pooled_h, pooled_w, part, samples) < 1:
-        raise ValueError(f"{what}: pooled_h, pooled_w, part_size and sample_per_part must be "
-                         f"positive, got {pooled_h}, {pooled_w}, {part}, {samples}")
+        raise ArgumentError(f"{what}: pooled_h, pooled_w, part_size and sample_per_part must "
+                            f"be positive, got {pooled_h}, {pooled_w}, {part}, {samples}")
     if trans.ndim != 4:
         raise ShapeError(f"{what}: trans must be 4-d (K, 2 * classes, part_size, part_size), "
                          f"got shape {trans.shape}")

@@ -98,6 +98,9 @@ def transpose(inp, pattern):
     if isinstance(pattern, (Tensor, np.ndarray)):
         raise TypeError(f"transpose: pattern must be ints (a permutation of the dims, 'x' for a "
                         f"new dim), got a {type(pattern).__name__} of dtype {pattern.dtype}")
+    if not (is_int(pattern) or isinstance(pattern, (tuple, list, str))):  # (upstream: pybind's
+        raise ArgumentTypeError(f"transpose: pattern must be ints (a permutation of the "  # cast)
+                                f"dims, 'x' for a new dim), got {pattern!r}")
     pattern = (pattern,) if is_int(pattern) else tuple(pattern)
     if len(pattern) == inp.ndim and (all_ints(pattern) or all(map(is_int, pattern))):
         # (plain ints, or sizes from x.shape in a dumpable trace: Tensor.transpose keeps them
