@@ -197,7 +197,7 @@ class _BroadcastBy(Op):
         self.in_shape = x.shape
         target = _ops.shape_values(shape, "broadcast_to")
         if any(s < 0 for s in target):
-            raise ValueError(f"broadcast_to: negative size in {target}")
+            raise ArgumentError(f"broadcast_to: negative size in {target}")
         return BroadcastTo(target).forward(x)
 
     def backward(self, g):
@@ -217,16 +217,16 @@ def broadcast_to(inp, shape):
     if keep:  # (Tensor entries are not compared with None: `is`)
         extra = len(shape) - inp.ndim
         if keep[0] < extra:
-            raise ValueError(f"broadcast_to: None at dim {keep[0]} of a {len(shape)}-d target "
-                             f"names no dim of the input's shape {inp.shape}")
+            raise ArgumentError(f"broadcast_to: None at dim {keep[0]} of a {len(shape)}-d "
+                                f"target names no dim of the input's shape {inp.shape}")
         shape = [inp.shape[i - extra] if s is None else s for i, s in enumerate(shape)]
     shape = _shape_tensor(shape)
     if _ops.by_shape_tensor(shape):  # (a dumpable trace: the shape is the op's input)
         return apply(_BroadcastBy(), inp, shape)
     shape = _shape_arg(shape, "broadcast_to")
     if any(s < 0 for s in shape):
-        raise ValueError(f"broadcast_to: negative size in {shape}; write None at a dim to "
-                         "keep the input's size there")
+        raise ArgumentError(f"broadcast_to: negative size in {shape}; write None at a dim to "
+                            "keep the input's size there")  # (upstream: RuntimeError)
     if same_sizes(shape, inp.shape) and _trace_option.dumpable():
         # (a dumpable trace at equal sizes: no op, so no guard on their values; its graph
         # has no in-place writes). Elsewhere a new tensor, as upstream's Broadcast always

@@ -1129,6 +1129,9 @@ def cvt_color(inp, mode=""):
     YU12, "YCrCb2RGB"/"YCrCb2BGR" and the "BT601_YUV2RGB_*"/"BT601_YUV2BGR_*" ones.
     """
     inp = _tensor(inp)
+    if isinstance(mode, (int, float)):  # (upstream: TypeError, its `in` test on the mode)
+        raise ArgumentTypeError(f"cvt_color: mode must be a mode name such as 'RGB2GRAY', got "
+                                f"{mode!r}")
     mode = str(mode) if "YCrCb" in str(mode) else str(mode).upper()
     if inp.ndim != 4:
         raise ValueError(f"cvt_color: inp must be NHWC images, got shape {inp.shape}")

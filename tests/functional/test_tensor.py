@@ -395,10 +395,12 @@ def test_bad_shapes_say_so():
     (lambda x: F.vision.interpolate(x.reshape(1, 1, 2, 3), scale_factor="x"), AssertionError),
     (lambda x: F.transpose(x, 1.5), RuntimeError),  # ("'float' object is not iterable" before)
     (lambda x: F.nn.general_norm(x, ()), AssertionError),
+    (lambda x: F.broadcast_to(x, (-1, 3)), RuntimeError),
+    (lambda x: F.vision.cvt_color(x.reshape(1, 1, 2, 3), mode=-1), TypeError),
 ])
 def test_bad_arguments_raise_upstreams_error_types_too(call, upstream):
     # upstream 1.13 measured: its C++ ops raise RuntimeError, its Python functions assert
-    # (earlier versions of this fork raised the last 22 as a plain ValueError or TypeError)
+    # (earlier versions of this fork raised the last 24 as a plain ValueError or TypeError)
     with pytest.raises(upstream):
         call(mge.tensor(np.ones((2, 3), np.float32)))
 
