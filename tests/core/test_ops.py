@@ -425,8 +425,10 @@ def test_float16_maximum_minimum_compute_in_float32_with_numpys_values(monkeypat
         _same_values(out.numpy(), pick(x, y))
         first = (x >= y) if pick is np.maximum else (x <= y)
         first = np.broadcast_to(first, out.shape)
+        # (the second only where strictly beyond: where a NaN meets a number, neither)
+        second = np.broadcast_to((y > x) if pick is np.maximum else (y < x), out.shape)
         gx = g.reshape(out.shape) * first
-        gy = g.reshape(out.shape) * ~first
+        gy = g.reshape(out.shape) * second
         if y.shape != out.shape:  # a broadcast operand's gradient: summed in float32
             gy = gy.astype(np.float32).reshape(-1, *y.shape).sum(0).astype(np.float16)
         _same_values(wa.grad.numpy(), gx)
