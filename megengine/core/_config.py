@@ -69,6 +69,15 @@ def _check_bool(name, value):
     return bool(value)
 
 
+def _check_async_level(name, value):
+    if isinstance(value, bool) or value not in (0, 1, 2):
+        from .ops import ArgumentError, ArgumentTypeError  # (upstream: TypeError, assert)
+
+        raise (ArgumentError if isinstance(value, int) else ArgumentTypeError)(
+            f"megengine.config.{name} must be 0, 1 or 2, got {value!r}")
+    return int(value)
+
+
 def _sync_torch_backends(torch=None):
     """Hand the cuDNN switches to torch: now if it is loaded, else the bridge calls this."""
     torch = torch if torch is not None else sys.modules.get("torch")
@@ -121,12 +130,7 @@ def _get_async_level(mod):
 
 def _set_async_level(mod, level):
     global _async_level
-    if isinstance(level, bool) or level not in (0, 1, 2):
-        from .ops import ArgumentError, ArgumentTypeError  # (upstream: TypeError, assert)
-
-        raise (ArgumentError if isinstance(level, int) else ArgumentTypeError)(
-            f"megengine.config.async_level must be 0, 1 or 2, got {level!r}")
-    _async_level = int(level)
+    _async_level = _check_async_level("async_level", level)
 
 
 def _get_compute_mode(mod):
@@ -242,14 +246,10 @@ def _reset_execution_config(benchmark_kernel=None, deterministic_kernel=None, as
                 _get_conv_format(mod))
     # check every value before changing any, so a bad one changes nothing
     for name, value, check in (("benchmark_kernel", benchmark_kernel, _check_bool),
-                               ("deterministic_kernel", deterministic_kernel, _check_bool)):
+                               ("deterministic_kernel", deterministic_kernel, _check_bool),
+                               ("async_level", async_level, _check_async_level)):
         if value is not None:
             check(name, value)
-    if async_level is not None and (isinstance(async_level, bool) or async_level not in (0, 1, 2)):
-        from .ops import ArgumentError, ArgumentTypeError  # (upstream: TypeError, assert)
-
-        raise (ArgumentError if isinstance(async_level, int) else ArgumentTypeError)(
-            f"async_level must be 0, 1 or 2, got {async_level!r}")
     if compute_mode is not None and str(getattr(compute_mode, "name", compute_mode)).lower() \
             not in _COMPUTE_MODES:
         raise ValueError(f"compute_mode must be one of {_COMPUTE_MODES}, got {compute_mode!r}")
