@@ -67,9 +67,9 @@ def check_host(git_host: str, protocol: str):
     return None
 
 
-def git_url(git_host: str, owner: str, name: str, protocol: str) -> str:
-    """Where to clone ``owner/name`` from: a local directory, or the host over HTTPS/SSH."""
-    local = check_host(git_host, protocol)
+def git_url(git_host: str, local, owner: str, name: str, protocol: str) -> str:
+    """Where to clone ``owner/name`` from: the local directory ``local`` (what `check_host`
+    returned), or the host over HTTPS/SSH."""
     if local is not None:
         return os.path.join(local, owner, name)
     if protocol == "SSH":
@@ -89,9 +89,9 @@ def fetch_git(git_host, repo_info, use_cache, commit, protocol, cache_dir, versi
     """Clone ``repo_info`` into ``cache_dir`` (reusing a cached copy when ``use_cache``) and
     return the directory. The cache name depends on the version, repo, branch and commit,
     as upstream's does."""
-    check_host(git_host, protocol)
+    local = check_host(git_host, protocol)
     owner, name, branch = parse_repo_info(repo_info)
-    url = git_url(git_host, owner, name, protocol)
+    url = git_url(git_host, local, owner, name, protocol)
     raw = f"{owner}_{name}_{branch.replace('/', '_')}" + (f"_{commit}" if commit else "")
     repo_dir = os.path.join(cache_dir, "_".join(version.split(".")) + "_"
                             + hashlib.sha1(raw.encode()).hexdigest()[:16])
