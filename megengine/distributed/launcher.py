@@ -47,15 +47,13 @@ def _gpu_count():
 
 
 def _worker(func, args, kwargs, rank, local_rank, options, results, forked=False, profile=None,
-            call=1, cpu_only=None):
+            call=1, cpu_only=False):
     """One launched process: join the group, run ``func``, report (rank, ok, value/traceback).
     ``call`` counts the launcher's calls: each one meets in keys of its own in the launcher's
     long-lived rendezvous server (the keys of an earlier call would mislead this one).
     ``cpu_only``: the workers run on the CPU (device_type "cpu", or "xpu" where the launching
     process found no GPU), whatever CUDA state they inherit."""
     status = 0
-    if cpu_only is None:
-        cpu_only = options["device_type"] == "cpu"
     try:
         _group._rendezvous_prefix = f"megengine_launch_{call}/"
         if forked and cpu_only:
