@@ -8,8 +8,8 @@ from ..core._trace_option import as_int, is_dim, is_int
 from ..core import amp as _amp
 from ..core.dispatch import FLOAT16, KERNEL_FLOATS, Op, apply
 from ..core.dtype import float_value, quantize_array
-from ..core.ops import (ArgumentError, ArgumentTypeError, ShapeError, acc_dtype, all_ints,
-                        half_operands, unbroadcast, xp_of)
+from ..core.ops import (ArgumentError, ArgumentTypeError, ShapeError, acc_dtype,
+                        half_operands, int_tuple, unbroadcast, xp_of)
 from ..core import dispatch
 from ..core.tensor import Tensor, _note_write
 from . import _aten
@@ -782,13 +782,6 @@ def _concat_stats(sums, count):
     return concat([sums, count.astype(sums.dtype)])
 
 
-def _whole_int(s):
-    """``s`` as an int: a Python or numpy int, or a whole float (a string or 2.5 raises)."""
-    if isinstance(s, (str, bytes)) or (isinstance(s, (float, np.floating)) and s != int(s)):
-        raise TypeError(s)
-    return int(s)
-
-
 def layer_norm(inp, normalized_shape, affine=True, weight=None, bias=None, eps=1e-5):
     """Normalize over the trailing ``normalized_shape`` dims of ``inp`` (biased variance).
 
@@ -798,15 +791,9 @@ def layer_norm(inp, normalized_shape, affine=True, weight=None, bias=None, eps=1
     inp = _tensor(inp)
     # (sizes from x.shape in a dumpable trace stay expressions: F.layer_norm(x, x.shape[-1:])
     # runs at other widths; equal to the input's own sizes, the check below guards nothing)
-    shape = normalized_shape
-    if type(shape) is not tuple or not all_ints(shape):  # (a layer's tuple of ints: as it is)
-        try:
-            shape = shape if is_int(shape) else tuple(shape)
-            shape = tuple(s if is_dim(s) else _whole_int(s) for s in (
-                shape if type(shape) is tuple else (shape,)))
-        except (TypeError, ValueError):  # (upstream: pybind's RuntimeError, "Unable to cast")
-            raise ArgumentTypeError(f"layer_norm: normalized_shape must be an int or a "
-                                    f"sequence of ints, got {normalized_shape!r}") from None
+    # (a layer's tuple of ints comes back as it is; a shape of strings raises
+    # ArgumentTypeError, also upstream's RuntimeError: pybind's "Unable to cast")
+    shape = int_tuple(normalized_shape, "layer_norm: normalized_shape")
     k = len(shape)
     if k == 0 or tuple(inp.shape[inp.ndim - k:]) != shape or inp.ndim < k:
         raise ShapeError(f"layer_norm: normalized_shape {shape} does not match the trailing "
