@@ -64,6 +64,12 @@ _ATEN_REDUCTION = {"none": 0, "mean": 1, "sum": 2}
 _INT64 = np.dtype(np.int64)  # ATen's class index dtype
 
 
+class LabelRangeError(ValueError, RuntimeError):
+    """A ``cross_entropy`` label outside ``[0, C)``. A ValueError is what the mistake is;
+    upstream 1.13 refuses such labels with a RuntimeError (its one-hot lookup's assertion: a
+    negative label, an int64 one) or computes with them (an int32 label equal to ``C`` of a 4-d
+    input gave a negative loss, measured): this is both, so either ``except`` catches it."""
+
 class _PairLoss(Op):
     """An element-wise loss of (pred, label) with broadcasting, reduced in the same op.
 
@@ -776,8 +782,8 @@ class _CrossEntropy(Op):
 
     @staticmethod
     def _raise_out_of_range(label, classes):
-        raise ValueError(f"cross_entropy: labels must be in [0, {classes}), got values in "
-                         f"[{label.min()}, {label.max()}]")
+        raise LabelRangeError(f"cross_entropy: labels must be in [0, {classes}), got values in "
+                              f"[{label.min()}, {label.max()}]")
 
     def _backward_mean_2d(self, g):
         e = self.e

@@ -165,10 +165,16 @@ def test_cross_entropy_errors():
     for upstream_type in (ValueError, AssertionError):
         with pytest.raises(upstream_type, match="one dim less"):
             F.nn.cross_entropy(pred, mge.tensor(labels(4, 3, 2)))
-    with pytest.raises(ValueError, match=r"labels must be in \[0, 3\)"):
-        F.nn.cross_entropy(pred, mge.tensor([0, 1, 2, 3]))
-    with pytest.raises(ValueError, match=r"labels must be in \[0, 3\), got values in \[-1, 2\]"):
-        F.nn.cross_entropy(pred, mge.tensor([0, -1, 2, 1]))  # negatives, not wrapped around
+    for upstream_type in (ValueError, RuntimeError):
+        with pytest.raises(upstream_type, match=r"labels must be in \[0, 3\)"):
+            F.nn.cross_entropy(pred, mge.tensor([0, 1, 2, 3]))
+        with pytest.raises(upstream_type, match=r"labels must be in \[0, 3\), got values in "
+                                                r"\[-1, 2\]"):
+            F.nn.cross_entropy(pred, mge.tensor([0, -1, 2, 1]))  # negatives, not wrapped around
+        with pytest.raises(upstream_type, match=r"labels must be in \[0, 3\), got values in "
+                                                r"\[3, 3\]"):  # (a class per pixel)
+            F.nn.cross_entropy(mge.tensor(rand(2, 3, 2, 2)), mge.tensor(np.full((2, 2, 2), 3)),
+                               axis=1)
     with pytest.raises(ValueError, match="reduction must be one of"):
         F.nn.cross_entropy(pred, mge.tensor(labels(4, 3)), reduction="avg")
     with pytest.raises(ValueError, match=r"labels must be in \[0, 3\), got values in \[0, 3\]"):
