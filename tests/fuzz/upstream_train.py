@@ -172,6 +172,7 @@ class Draw:
             elif kind == 4 and w % 2 == 0 and self.r() < 0.3:
                 init.append(f"self.b{i} = M.GroupNorm(2, {w})")
                 fwd.append(f"x = self.b{i}(x)")
+                bn = True  # (scale-free weights before it too: SGD only, seed 1942)
             elif kind == 4 and w % 2 == 0:
                 fwd.append(f"n = x.shape[0]\n"
                            f"x = x.reshape(n, 2, {w // 2}, {h}, {h}).transpose(0, 2, 1, 3, 4)"
