@@ -16,10 +16,11 @@ penalty), and a train step (forward, backward, gradient clipping now and then, `
 ``clear_grad``; in a quarter of the programs under ``amp.autocast``, half of those with a
 ``GradScaler``) and an eval step, each run eagerly or under ``jit.trace`` (symbolic or not).
 Then drawn steps: train steps, eval steps (in eval mode or not), ``net.train()`` /
-``net.eval()``, a learning rate changed, ``sched.step()``, a checkpoint of the network's and the
-optimizer's state dicts through ``mge.save`` / ``mge.load`` loaded back, a batch of another
-size. After each step the loss, every parameter and buffer and every gradient are compared with
-upstream's (values within float32 rounding of a few steps).
+``net.eval()``, batch norms frozen (``eval()`` of each), a learning rate changed,
+``sched.step()``, a checkpoint of the network's and the optimizer's state dicts through
+``mge.save`` / ``mge.load`` loaded back, a batch of another size. After each step the loss,
+every parameter and buffer and every gradient are compared with upstream's (values within
+float32 rounding of a few steps).
 
 Each program runs here and, with ``--upstream``, in upstream's interpreter
 (tests/fuzz/both_engines.py by path); upstream is the oracle, compared as
@@ -367,8 +368,11 @@ class Draw:
             return f"loss = train_step({x}, {y})\nout = snap(loss)"
         if u < 0.62:
             return f"out = r(eval_step({x}).numpy())"
-        if u < 0.72:
-            return self.pick(["net.eval()\nout = snap()", "net.train()\nout = snap()"])
+        if u < 0.72:  # (or batch norms frozen, as fine-tuning does: the rest trains)
+            return self.pick(["net.eval()\nout = snap()", "net.train()\nout = snap()",
+                              "for m in net.modules():\n"
+                              "    if isinstance(m, (M.BatchNorm1d, M.BatchNorm2d)):\n"
+                              "        m.eval()\nout = snap()"])
         if u < 0.78:
             return self.pick(["opt.param_groups[0]['lr'] *= 0.5",
                               "opt.param_groups[-1]['lr'] = 0.01"]) + \
