@@ -6,6 +6,8 @@ import os
 
 import numpy as np
 
+import megengine as mge
+
 from tests.fuzz import both_engines as be
 from tests.fuzz import upstream_train as ut
 
@@ -16,6 +18,7 @@ CHECKPOINT = "net.load_state_dict(ck['net'])\nopt.load_state_dict(ck['opt'])\nou
 
 def test_this_checkout_gives_upstreams_recorded_results():
     n, shown, outcomes = ut.FUZZER.replay(RECORD)
+    assert mge.config.async_level == 2  # (the programs set it on upstream's side only)
     assert n == 40 and not shown, "\n".join(shown)
     assert outcomes["same"] >= 180 and outcomes["float16 rounding"] >= 5, outcomes
     # upstream's results, not this checkout's: its documented difference is in it
