@@ -567,6 +567,12 @@ def _col2im_in_window_order(x, size, k, p, s, d):
     return xp.ascontiguousarray(canvas[:, :, ph:ph + h, pw:pw + w])
 
 
+class WindowShapeError(ShapeError, AssertionError):
+    """``sliding_window_transpose``'s input of a shape its output size does not fit: a
+    ShapeError (ValueError and RuntimeError) and an AssertionError, what upstream's asserts
+    raise there, so an ``except`` written for either catches it."""
+
+
 class _Col2Im(Op):
     """(N, C, OH, OW, KH, KW) windows summed back into (N, C, H, W); its gradient is im2col."""
 
@@ -576,15 +582,19 @@ class _Col2Im(Op):
     def forward(self, x):
         what = self.what
         if x.ndim != 6:
-            raise ShapeError(f"{what}: expected a 6-d input (N, C, OH, OW, KH, KW), got shape "
-                             f"{x.shape}")
+            raise WindowShapeError(f"{what}: expected a 6-d input (N, C, OH, OW, KH, KW), got "
+                                   f"shape {x.shape}")
         n, c, oh, ow, kh, kw = x.shape
-        expect = tuple(_conv_out(size, *args, what, axis) for size, args, axis in zip(
-            self.size, zip(self.k, self.s, self.p, self.d), "HW"))
+        try:
+            expect = tuple(_conv_out(size, *args, what, axis) for size, args, axis in zip(
+                self.size, zip(self.k, self.s, self.p, self.d), "HW"))
+        except ShapeError as e:  # (an output size too small for one window)
+            raise WindowShapeError(str(e)) from None
         if (kh, kw) != self.k or (oh, ow) != expect:
-            raise ShapeError(f"{what}: input of shape {x.shape} does not match output_size "
-                             f"{self.size} with kernel {self.k}, padding {self.p}, stride "
-                             f"{self.s}, dilation {self.d} (expected windows {expect} of {self.k})")
+            raise WindowShapeError(f"{what}: input of shape {x.shape} does not match output_size "
+                                   f"{self.size} with kernel {self.k}, padding {self.p}, stride "
+                                   f"{self.s}, dilation {self.d} (expected windows {expect} of "
+                                   f"{self.k})")
         if x.dtype.metadata is not None:  # quantized: a sum, as add's (saturated; no zero point)
             if _zero_point(x.dtype):
                 raise no_quantized_form(what, x.dtype)
@@ -620,7 +630,6 @@ def sliding_window_transpose(inp, output_size, kernel_size, padding=0, stride=1,
     size = _ntuple(output_size, 2, "output_size", what)
     return apply(_Col2Im(size, *_window_args(kernel_size, padding, stride, dilation, what), what),
                  _tensor(inp))
-
 
 
 # ----- untied and deformable kernels -----

@@ -350,8 +350,16 @@ def test_sliding_window_transpose_adds_in_upstream_order(dtype):
 def test_sliding_window_errors():
     with pytest.raises(ValueError, match="sliding_window: expected a 4-d input"):
         F.sliding_window(mge.tensor(rand(3, 4, 4)), 2)
-    with pytest.raises(ValueError, match="sliding_window_transpose: input of shape"):
-        F.sliding_window_transpose(mge.tensor(rand(1, 1, 3, 3, 2, 2)), (5, 5), 2)
+    # each a ValueError and a RuntimeError (ShapeError) and upstream's AssertionError (its
+    # asserts there)
+    for upstream_type in (ValueError, RuntimeError, AssertionError):
+        with pytest.raises(upstream_type, match="sliding_window_transpose: input of shape"):
+            F.sliding_window_transpose(mge.tensor(rand(1, 1, 3, 3, 2, 2)), (5, 5), 2)
+        with pytest.raises(upstream_type, match="sliding_window_transpose: expected a 6-d"):
+            F.sliding_window_transpose(mge.tensor(rand(1, 3, 3, 2, 2)), (5, 5), 2)
+        with pytest.raises(upstream_type, match="sliding_window_transpose: the input is too "
+                                                "small along H"):
+            F.sliding_window_transpose(mge.tensor(rand(1, 1, 2, 2, 3, 3)), (2, 2), 5)
 
 
 # ----- local (untied) convolution -----
