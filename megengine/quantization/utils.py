@@ -39,13 +39,22 @@ class QuantMode(Enum):
     ASYMMERTIC = 2
 
 
+class QuantDtypeError(ValueError, KeyError):
+    """A quantized dtype name that is none of the builtin ones. Upstream's observers and fake
+    quantizers raise ValueError there, its ``create_qparams`` a KeyError (its table lookup):
+    this is both, so either ``except`` catches it."""
+
+    def __str__(self):  # KeyError would repr() the message, quoting it onto one line
+        return str(self.args[0])
+
+
 def get_quant_dtype_meta(dtype: Union[str, QuantDtypeMeta], what: str) -> QuantDtypeMeta:
     """``dtype`` as a QuantDtypeMeta: a meta passes through, a name is looked up."""
     if isinstance(dtype, QuantDtypeMeta):
         return dtype
     if isinstance(dtype, str) and dtype in _builtin_quant_dtypes:
         return _builtin_quant_dtypes[dtype]
-    raise ValueError(f"{what}: unknown dtype: {dtype!r}, only support "
+    raise QuantDtypeError(f"{what}: unknown dtype: {dtype!r}, only support "
                      f"{sorted(_builtin_quant_dtypes)} or a QuantDtypeMeta")
 
 
