@@ -119,3 +119,18 @@ def test_autocast_programs_leave_out_what_float16_sums_part():
         if "amp.autocast()" in build:
             assert not d.dense and "reduction='sum'" not in build and "MaxPool" not in build
             assert "AdaptiveAvgPool2d" not in build and "optim.SGD" in build
+
+
+def test_a_first_autocast_step_apart_at_a_kink_is_counted_but_a_left_scale_is_a_finding():
+    build = "    with gm:\n        with amp.autocast():\n            logits = net(x)"
+    train = ["loss = train_step(x, y)\nout = snap(loss)"]
+
+    def step(loss, weight):
+        return ["ok", [loss, [["w", weight], ["b", [1.0, 2.0]]], [["w", None], ["b", None]]]]
+    upstream = [OK, step(0.5, [0.2, -0.4])]
+    _, got, counts = be.compare((build, train), [OK, step(0.5001, [0.23, -0.4])], upstream,
+                                ut.rule, ut.FUZZER.tol)
+    assert got is None and counts["a float16 pre-activation at a ReLU's kink"] == 1
+    for mine in [step(0.5001, [0.2 * 16, -0.4 * 16]), step(0.6, [0.23, -0.4])]:
+        _, got, _ = be.compare((build, train), [OK, mine], upstream, ut.rule, ut.FUZZER.tol)
+        assert got == "step 1: values differ"

@@ -429,7 +429,28 @@ def rule(sources, i, mine, theirs):
         # the first train step agreed within float16 rounding; its differences grow with each
         # step (seeds 204, 306, 316: a few percent of a parameter after 3 to 5 steps)
         return "stop", "float16 rounding grown over steps"
+    if "train_step(" in sources[i] and _kink_apart(m, t):
+        # a pre-activation within float16 rounding of a ReLU's kink, on one side of it here and
+        # on the other upstream (and in float32): its element's gradient passes on one side
+        # only, and a batch norm before it spreads that over its channel (seed 5126: one
+        # element; this fork's float16 gradients off float32's by 8% of the largest there,
+        # upstream's by 1e-4, as a flipped rounding gives). The loss still agrees
+        return "stop", "a float16 pre-activation at a ReLU's kink"
     return None
+
+
+def _kink_apart(m, t):
+    """Whether a train step's results (loss, state, gradients) agree in the loss within float16
+    rounding and in every state tensor within a quarter of its largest value: not a scale
+    left on the gradients (16x at least) or a wrong formula."""
+    if not (m[0] == t[0] == "ok" and be.close(m[1][0], t[1][0], FLOAT16_TOL)):
+        return False
+    for (key, a), (key2, b) in zip(m[1][1], t[1][1]):
+        a, b = np.asarray(a, float), np.asarray(b, float)
+        if key != key2 or a.shape != b.shape or \
+                np.abs(a - b).max(initial=0) > 0.25 * np.abs(b).max(initial=0) + 1e-2:
+            return False
+    return True
 
 
 FUZZER = be.Fuzzer("python -m tests.fuzz.upstream_train", draw, PRELUDE, rule,
