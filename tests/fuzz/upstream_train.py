@@ -140,10 +140,10 @@ class Draw:
                         f"M.BatchNorm2d({w}{norm}), {self.pick(ACT_LAYERS)})")
             bn = True
         elif stem == 1:
-            init.append(f"self.stem = M.ConvBnRelu2d({c}, {w}, 3, padding=1)")
+            init.append(f"self.stem = M.ConvBnRelu2d({c}, {w}, 3, padding=1, bias=False)")
             bn = True
         elif stem == 2:
-            init.append(f"self.stem = M.ConvBn2d({c}, {w}, 3, stride=2, padding=1)")
+            init.append(f"self.stem = M.ConvBn2d({c}, {w}, 3, stride=2, padding=1, bias=False)")
             bn, h = True, (h + 1) // 2
         elif stem == 3:
             init.append(f"self.stem = M.ConvRelu2d({c}, {w}, 3, padding=1)")
@@ -226,8 +226,10 @@ class Draw:
             fwd.append("x = self.n0(self.l0(x))")
             bn = True
         elif first == 1:
-            init.append(f"self.l0 = M.LinearBnRelu1d({d}, {w})" if self.r() < 0.5 else
-                        f"self.l0 = M.LinearBn1d({d}, {w})")
+            # (no bias before a batch norm, as networks are built: its gradient is rounding
+            # noise, each engine's own, seed 5082)
+            init.append(f"self.l0 = M.LinearBnRelu1d({d}, {w}, bias=False)" if self.r() < 0.5
+                        else f"self.l0 = M.LinearBn1d({d}, {w}, bias=False)")
             fwd.append("x = self.l0(x)")
             bn = True
         elif first == 2:
