@@ -134,3 +134,16 @@ def test_a_first_autocast_step_apart_at_a_kink_is_counted_but_a_left_scale_is_a_
     for mine in [step(0.5001, [0.2 * 16, -0.4 * 16]), step(0.6, [0.23, -0.4])]:
         _, got, _ = be.compare((build, train), [OK, mine], upstream, ut.rule, ut.FUZZER.tol)
         assert got == "step 1: values differ"
+
+
+def test_float32_rounding_grown_over_steps_is_set_apart_only_after_a_first_strict_step():
+    train = "loss = train_step(x, y)\nout = snap(loss)"
+    mine, theirs = [OK, ["ok", [0.2]], ["ok", [0.2002]]], [OK, ["ok", [0.2]], ["ok", [0.19995]]]
+    _, got, counts = be.compare(("net = 1", [train, train]), mine, theirs, ut.rule, ut.FUZZER.tol)
+    assert got is None and counts["float32 rounding grown over steps"] == 1
+    _, got, _ = be.compare(("net = 1", [train]), mine[:1] + mine[2:], theirs[:1] + theirs[2:],
+                           ut.rule, ut.FUZZER.tol)
+    assert got == "step 1: values differ"
+    _, got, _ = be.compare(("net = 1", [train, train]), mine[:2] + [["ok", [0.21]]], theirs,
+                           ut.rule, ut.FUZZER.tol)
+    assert got == "step 2: values differ"

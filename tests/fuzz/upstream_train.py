@@ -404,6 +404,7 @@ def draw(seed):
 
 
 FLOAT16_TOL = (2e-2, 2e-3)
+GROWN_TOL = (1e-2, 1e-4)
 SCALED_TRACE = ("scaler.backward(gm, loss)", "train_step = trace(train_step, symbolic=False)")
 
 
@@ -415,12 +416,19 @@ def rule(sources, i, mine, theirs):
         # upstream 1.13's SGD without momentum keeps no state, and its load_state_dict looks
         # each parameter's up: it refuses the state dict it wrote itself (docs/compatibility.rst)
         return "stop", "upstream misses a parameter's state"
-    if "amp.autocast()" not in sources[0] or be.same(m, t, FUZZER.tol):
+    if be.same(m, t, FUZZER.tol):
+        return None
+    trained = m[0] == t[0] == "ok" and any("train_step(" in source for source in sources[1:i])
+    if "amp.autocast()" not in sources[0]:
+        if trained and be.same(m, t, GROWN_TOL):
+            # float32 rounding, each engine's own order of sums, grown over a few steps of
+            # momentum and batch norms past the first step's tolerance (seeds 5504, 6667, 10641:
+            # up to 1.5e-3 of a value after 4-5 steps); the first train step stays strict
+            return "stop", "float32 rounding grown over steps"
         return None
     if be.same(m, t, FLOAT16_TOL):
         # float16 ops: each engine's own rounding (upstream's kernels and torch's here)
         return "count", "float16 rounding"
-    trained = m[0] == t[0] == "ok" and any("train_step(" in source for source in sources[1:i])
     if trained and all(part in sources[0] for part in SCALED_TRACE) and \
             "train_step(" in sources[i]:
         # upstream 1.13's non-symbolic trace loses GradScaler's unscaling after its first call:
