@@ -70,6 +70,7 @@ class LabelRangeError(ValueError, RuntimeError):
     negative label, an int64 one) or computes with them (an int32 label equal to ``C`` of a 4-d
     input gave a negative loss, measured): this is both, so either ``except`` catches it."""
 
+
 class _PairLoss(Op):
     """An element-wise loss of (pred, label) with broadcasting, reduced in the same op.
 

@@ -55,7 +55,7 @@ def get_quant_dtype_meta(dtype: Union[str, QuantDtypeMeta], what: str) -> QuantD
     if isinstance(dtype, str) and dtype in _builtin_quant_dtypes:
         return _builtin_quant_dtypes[dtype]
     raise QuantDtypeError(f"{what}: unknown dtype: {dtype!r}, only support "
-                     f"{sorted(_builtin_quant_dtypes)} or a QuantDtypeMeta")
+                          f"{sorted(_builtin_quant_dtypes)} or a QuantDtypeMeta")
 
 
 def narrow_quant_dtype_meta(meta: QuantDtypeMeta, what: str) -> QuantDtypeMeta:
