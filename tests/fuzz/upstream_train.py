@@ -46,9 +46,9 @@ from megengine import amp
 from megengine.jit import trace
 
 # (upstream 1.13's asynchronous dispatch gives a train step after load_state_dict, or in eval
-# mode, other values now and then: seeds 448 and 8 gave 3 and 2 results in 30 runs; none with
-# ops run in order. Upstream's side only: this fork runs them in order, and the setting is
-# global, so a test process would keep it)
+# mode, other values now and then: two programs of an earlier generator gave 3 and 2 results in
+# 30 runs each; none with ops run in order. Upstream's side only: this fork runs them in order,
+# and the setting is global, so a test process would keep it)
 if importlib.util.find_spec("megengine.module.pytorch") is None:
     mge.config.async_level = 0
 
