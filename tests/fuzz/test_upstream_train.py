@@ -1,7 +1,7 @@
 """CI's slice of tests/fuzz/upstream_train.py: this checkout against upstream MegEngine 1.13's
 recorded results of 40 drawn training programs (tests/fuzz/upstream_train.json, written by
 ``python -m tests.fuzz.upstream_train --upstream PYTHON --seeds 40 --record FILE``), and the
-documented difference its rule counts."""
+documented differences and the rounding its rule counts."""
 import os
 
 import numpy as np
