@@ -101,8 +101,11 @@ class RNNCell(RNNCellBase):
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
         self._check_input(input)
-        h = self._zeros(input) if hx is None else hx
-        self._check_state(input, h)
+        if hx is None:
+            h = self._zeros(input)
+        else:
+            self._check_state(input, hx)  # (the zeros made above fit by construction)
+            h = hx
         if higher_order_possible():  # per-op steps: their gradient can be differentiated
             return _NONLINEARITIES[self.nonlinearity](self._gates(input, h))
         return rnn_layer(self.nonlinearity, input, h, None, self.weight_ih, self.weight_hh,
@@ -123,7 +126,7 @@ class LSTMCell(RNNCellBase):
             h, c = self._zeros(input), self._zeros(input)
         else:
             h, c = hx
-        self._check_state(input, h, c)
+            self._check_state(input, h, c)
         if not higher_order_possible():
             return rnn_layer("lstm", input, h, c, self.weight_ih, self.weight_hh,
                              *self._biases())[1:]
