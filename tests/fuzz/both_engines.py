@@ -77,6 +77,15 @@ class QuietLogs:
         logging.disable(logging.NOTSET)
 
 
+# Prelude source of fuzzers that compare float32 values across the engines: ``r(a)``, ``a``'s
+# values (an array, a number) as nested lists rounded to 5 significant digits, where the two
+# engines' float32 sums, in their own orders, may part in the last.
+ROUND = '''
+def r(a):
+    """Values rounded to 5 significant digits (the engines' float32 sums may part in the last)."""
+    return np.vectorize(lambda v: float("%.5g" % v))(np.asarray(a, "float64")).tolist()
+'''
+
 # Prelude source of fuzzers whose programs save objects: ``saved_twin(obj)`` is ``obj`` through
 # mge.save and mge.load, in memory, or, where the fuzzer shares a folder (`Fuzzer`'s
 # ``shared_folder``: MGE_FUZZ_PICKLES), through upstream's file: its side writes

@@ -37,11 +37,7 @@ from megengine.autodiff import GradManager
 
 scaler = None
 
-
-def r(a):
-    """Values rounded to 5 significant digits (the engines' float32 sums may part in the last)."""
-    return np.vectorize(lambda v: float("%.5g" % v))(np.asarray(a, "float64")).tolist()
-
+''' + be.ROUND + '''
 
 def hyper(group):
     return sorted([k, r(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else

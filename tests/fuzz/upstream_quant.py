@@ -43,11 +43,7 @@ import megengine.optimizer as optim
 import megengine.quantization as Q
 from megengine.autodiff import GradManager
 
-
-def r(a):
-    """Values rounded to 5 significant digits (the engines' float32 sums may part in the last)."""
-    return np.vectorize(lambda v: float("%.5g" % v))(np.asarray(a, "float64")).tolist()
-
+''' + be.ROUND + '''
 
 def X(k):
     """Input ``k``: 8 x C x 5 x 5 values in [-1, 1) (numpy's legacy generator: the same draws

@@ -52,12 +52,7 @@ from megengine.jit import trace
 if importlib.util.find_spec("megengine.module.pytorch") is None:
     mge.config.async_level = 0
 
-
-def r(a):
-    """Values rounded to 5 significant digits (the engines' float32 sums may part in the last)."""
-    a = np.asarray(a, "float64")
-    return np.vectorize(lambda v: float("%.5g" % v), otypes=[float])(a).tolist()
-
+''' + be.ROUND + '''
 
 def values(shape, seed, scale=1.0):
     """Values in [-1, 1), multiples of 1/4096, drawn by a generator of its own (the same in
