@@ -7,20 +7,22 @@ class (a convolutional one of stems, residual blocks, depthwise, branched and co
 convolutions, fused ``ConvBn*`` / ``LinearBn*`` layers, batch, group and layer norms, pooling, a
 channel shuffle through ``x.shape``, activations as layers and as functions, a head of adaptive
 pooling, a mean or a flatten, or a class per pixel upsampled by a transposed convolution or
-``interpolate``; or a multi-layer perceptron), its parameters set to drawn values, a
-``GradManager`` (attached to all the parameters, some only, twice, or with a callback), an
-optimizer (SGD with momentum, Nesterov and weight decay; with no batch norm also Adam, AdamW,
-Adagrad, Adadelta), now and then a ``MultiStepLR``, a loss (cross entropy, with label smoothing,
-summed or of probabilities, square, L1, binary cross entropy of logits, a sum with a weight
-penalty), and a train step (forward, backward, gradient clipping now and then, ``opt.step()``,
-``clear_grad``; in a quarter of the programs under ``amp.autocast``, half of those with a
-``GradScaler``) and an eval step, each run eagerly or under ``jit.trace`` (symbolic or not).
-Then drawn steps: train steps, eval steps (in eval mode or not), ``net.train()`` /
+``interpolate``; a multi-layer perceptron; or a sequence model of token ids through an
+``Embedding``, self-attention blocks of ``MultiHeadAttention`` with a layer norm before or after,
+feed-forward and ``Conv1d`` blocks, and a class per sequence or per token), its parameters set to
+drawn values, a ``GradManager`` (attached to all the parameters, some only, twice, or with a
+callback), an optimizer (SGD with momentum, Nesterov and weight decay; with no batch norm also
+Adam, AdamW, Adagrad, Adadelta), now and then a ``MultiStepLR``, a loss (cross entropy, with label
+smoothing, summed or of probabilities, square, L1, binary cross entropy of logits, a sum with a
+weight penalty), and a train step (forward, backward, gradient clipping now and then,
+``opt.step()``, ``clear_grad``; in a quarter of the programs under ``amp.autocast``, half of those
+with a ``GradScaler``) and an eval step, each run eagerly or under ``jit.trace`` (symbolic or
+not). Then drawn steps: train steps, eval steps (in eval mode or not), ``net.train()`` /
 ``net.eval()``, batch norms frozen (``eval()`` of each), a learning rate changed,
 ``sched.step()``, a checkpoint of the network's and the optimizer's state dicts through
-``mge.save`` / ``mge.load`` loaded back, a batch of another size. After each step the loss,
-every parameter and buffer and every gradient are compared with upstream's (values within
-float32 rounding of a few steps).
+``mge.save`` / ``mge.load`` loaded back, a batch of another size. After each step the loss, every
+parameter and buffer and every gradient are compared with upstream's (values within float32
+rounding of a few steps).
 
 Each program runs here and, with ``--upstream``, in upstream's interpreter
 (tests/fuzz/both_engines.py by path); upstream is the oracle, compared as
@@ -244,6 +246,42 @@ class Draw:
             fwd.append("x = self.drop(x)")
         return init, fwd, w, bn
 
+    def seq_net(self):
+        """Tokens through an embedding, then attention, feed-forward and convolution blocks; a
+        class per sequence or per token. (No RNN or LSTM: upstream 1.13's CPU backward of
+        theirs gives other values from call to call, docs/measurements.rst; no ``padding_idx``,
+        which both engines refuse.)"""
+        v, t, d = self.int(5, 12), self.int(3, 6), self.pick([4, 6, 8])
+        self.input, self.vocab, self.length = f"({t},)", v, t
+        init, fwd = [f"self.stem = M.Embedding({v}, {d})"], ["x = self.stem(x)"]
+        for i in range(self.int(1, 3)):
+            kind = self.int(0, 3)
+            if kind == 0:
+                heads = self.pick([h for h in (1, 2, 4) if d % h == 0])
+                init.append(f"self.b{i} = M.MultiHeadAttention({d}, {heads})")
+                init.append(f"self.n{i} = M.LayerNorm({d})")
+                fwd.append(self.pick([f"x = self.n{i}(x + self.b{i}(x, x, x)[0])",
+                                      f"y = self.n{i}(x)\nx = x + self.b{i}(y, y, y)[0]"]))
+            elif kind == 1:
+                init.append(f"self.b{i}a = M.Linear({d}, {2 * d})")
+                init.append(f"self.b{i}b = M.Linear({2 * d}, {d})")
+                act = self.pick(["F.relu", "F.gelu", "F.tanh", "F.sigmoid"])
+                fwd.append(f"x = x + self.b{i}b({act}(self.b{i}a(x)))")
+            elif kind == 2:
+                init.append(f"self.b{i} = M.Conv1d({d}, {d}, 3, padding=1)")
+                fwd.append(f"x = F.relu(self.b{i}(x.transpose(0, 2, 1))).transpose(0, 2, 1)")
+            else:
+                init.append(f"self.b{i} = {self.pick(ACT_LAYERS + [f'M.LayerNorm({d})'])}")
+                fwd.append(f"x = self.b{i}(x)")
+        if self.tokens:
+            self.classes = self.int(2, 4)
+            init.append(f"self.fc = M.Linear({d}, {self.classes})")
+            fwd.append("return self.fc(x)")
+            return init, fwd, None, False
+        head = self.int(0, 2)
+        fwd.append(["x = x.mean(axis=1)", "x = x[:, -1]", "x = F.flatten(x, 1)"][head])
+        return init, fwd, d * t if head == 2 else d, False
+
     # ----- the program -----
 
     def build(self):
@@ -251,12 +289,19 @@ class Draw:
         # programs stay as they were)
         side = np.random.default_rng([self.seed, 1])
         self.amp, self.dense = side.random() < 0.25, side.random() < 0.25
+        # (sequence models: a third draw; not under autocast)
+        self.seq = side.random() < 0.2
+        self.tokens = self.seq and side.random() < 0.4
+        self.amp = self.amp and not self.seq
         conv = self.r() < 0.65
         # (no per-pixel classes under autocast: float16 sums over every pixel part the engines'
         # first steps by more than float16 rounding of the result, seed 304)
-        self.dense = self.dense and conv and not self.amp
-        init, fwd, feat, bn = self.conv_net() if conv else self.mlp()
-        if self.dense:
+        self.dense = self.dense and conv and not self.amp and not self.seq
+        if self.seq:
+            init, fwd, feat, bn = self.seq_net()
+        else:
+            init, fwd, feat, bn = self.conv_net() if conv else self.mlp()
+        if self.dense or self.tokens:
             self.bn, self.n = bn, self.int(2, 4)
         else:
             self.bn, self.classes, self.n = bn, self.int(2, 4), self.int(2, 4)
@@ -267,7 +312,7 @@ class Draw:
         lines = [RES, "class Net(M.Module):\n    def __init__(self):\n        super().__init__()",
                  body, "\n    def forward(self, x):", forward, "",
                  f"net = Net()\ninit(net, {self.seed % 100000})"]
-        losses = ["ce", "ce_smooth", "ce_sum", "ce_penalty"] if self.dense else \
+        losses = ["ce", "ce_smooth", "ce_sum", "ce_penalty"] if self.dense or self.tokens else \
             ["ce", "ce_smooth", "ce_sum", "ce_probs", "ce_penalty", "square", "l1", "bce"]
         self.loss = self.pick([loss for loss in losses if not (self.amp and loss == "ce_sum")])
         lines.append(self.grad_manager())
@@ -329,8 +374,8 @@ class Draw:
             "bce": "F.nn.binary_cross_entropy(logits, y)",
             "ce_penalty": "F.nn.cross_entropy(logits, y) + 0.01 * (net.fc.weight ** 2).sum()",
         }[self.loss]
-        if self.dense:
-            loss = loss.replace("logits, y", "logits, y, axis=1")
+        if self.dense or self.tokens:
+            loss = loss.replace("logits, y", f"logits, y, axis={2 if self.tokens else 1}")
         clip = self.pick(["", "", "    optim.clip_grad_norm(net.parameters(), 1.0)\n",
                           "    optim.clip_grad_value(net.parameters(), -0.1, 0.1)\n"])
         update = self.pick(["    opt.step()\n    opt.clear_grad()\n",
@@ -347,8 +392,14 @@ class Draw:
 
     def batch(self, n, k):
         x = f"mge.tensor(values(({n},) + {self.input}, {1000 + k}))"
+        if self.seq:  # (token ids, in [0, vocab) as the labels below)
+            x = (f"mge.tensor((np.abs(values(({n},) + {self.input}, {1000 + k})) * "
+                 f"{self.vocab}).astype('int32') % {self.vocab})")
         # (labels in [0, classes): |v| * classes is classes itself where v is -1)
-        if self.dense:
+        if self.tokens:
+            y = (f"mge.tensor((np.abs(values(({n}, {self.length}), {2000 + k}))"
+                 f" * {self.classes}).astype('int32') % {self.classes})")
+        elif self.dense:
             y = (f"mge.tensor((np.abs(values(({n}, {self.out_hw}, {self.out_hw}), {2000 + k}))"
                  f" * {self.classes}).astype('int32') % {self.classes})")
         elif self.loss.startswith("ce"):
