@@ -8,18 +8,18 @@ convolutions, fused ``ConvBn*`` / ``LinearBn*`` layers, batch, group and layer n
 channel shuffle through ``x.shape``, activations as layers and as functions, a head of adaptive
 pooling, a mean or a flatten, or a class per pixel upsampled by a transposed convolution or
 ``interpolate``; a multi-layer perceptron; or a sequence model of token ids through an
-``Embedding``, self-attention blocks of ``MultiHeadAttention`` with a layer norm before or after,
-feed-forward and ``Conv1d`` blocks, and a class per sequence or per token), its parameters set to
-drawn values, a ``GradManager`` (attached to all the parameters, some only, twice, or with a
-callback), an optimizer (SGD with momentum, Nesterov and weight decay; with no batch norm also
-Adam, AdamW, Adagrad, Adadelta), now and then a ``MultiStepLR``, a loss (cross entropy, with label
-smoothing, summed or of probabilities, square, L1, binary cross entropy of logits, a sum with a
-weight penalty), and a train step (forward, backward, gradient clipping now and then,
-``opt.step()``, ``clear_grad``; in a quarter of the programs under ``amp.autocast``, half of those
-with a ``GradScaler``) and an eval step, each run eagerly or under ``jit.trace`` (symbolic or
-not). Then drawn steps: train steps, eval steps (in eval mode or not), ``net.train()`` /
-``net.eval()``, batch norms frozen (``eval()`` of each), a learning rate changed,
-``sched.step()``, a checkpoint of the network's and the optimizer's state dicts through
+``Embedding``, self-attention blocks of ``MultiHeadAttention`` (causal or not) with a layer norm
+before or after, feed-forward and ``Conv1d`` blocks, and a class per sequence or per token), its
+parameters set to drawn values, a ``GradManager`` (attached to all the parameters, some only,
+twice, or with a callback), an optimizer (SGD with momentum, Nesterov and weight decay; with no
+batch norm also Adam, AdamW, Adagrad, Adadelta), now and then a ``MultiStepLR``, a loss (cross
+entropy, with label smoothing, summed or of probabilities, square, L1, binary cross entropy of
+logits, a sum with a weight penalty), and a train step (forward, backward, gradient clipping now
+and then, ``opt.step()``, ``clear_grad``; in a quarter of the programs under ``amp.autocast``,
+half of those with a ``GradScaler``) and an eval step, each run eagerly or under ``jit.trace``
+(symbolic or not). Then drawn steps: train steps, eval steps (in eval mode or not),
+``net.train()`` / ``net.eval()``, batch norms frozen (``eval()`` of each), a learning rate
+changed, ``sched.step()``, a checkpoint of the network's and the optimizer's state dicts through
 ``mge.save`` / ``mge.load`` loaded back, a batch of another size. After each step the loss, every
 parameter and buffer and every gradient are compared with upstream's (values within float32
 rounding of a few steps).
@@ -260,8 +260,15 @@ class Draw:
                 heads = self.pick([h for h in (1, 2, 4) if d % h == 0])
                 init.append(f"self.b{i} = M.MultiHeadAttention({d}, {heads})")
                 init.append(f"self.n{i} = M.LayerNorm({d})")
-                fwd.append(self.pick([f"x = self.n{i}(x + self.b{i}(x, x, x)[0])",
-                                      f"y = self.n{i}(x)\nx = x + self.b{i}(y, y, y)[0]"]))
+                mask = ""
+                if self.r() < 0.3:  # (causal: each query sees the keys up to its own)
+                    mask = f", attn_mask=self.mask{i}"
+                    init.append(f"self.mask{i} = mge.tensor(np.triu(" + self.pick([
+                        f"np.full(({t}, {t}), -1e4, 'float32')",
+                        f"np.full(({t}, {t}), float('-inf'), 'float32')",
+                        f"np.ones(({t}, {t}), bool)"]) + ", 1))")
+                fwd.append(self.pick([f"x = self.n{i}(x + self.b{i}(x, x, x{mask})[0])",
+                                      f"y = self.n{i}(x)\nx = x + self.b{i}(y, y, y{mask})[0]"]))
             elif kind == 1:
                 init.append(f"self.b{i}a = M.Linear({d}, {2 * d})")
                 init.append(f"self.b{i}b = M.Linear({2 * d}, {d})")
