@@ -296,10 +296,9 @@ class Draw:
         # programs stay as they were)
         side = np.random.default_rng([self.seed, 1])
         self.amp, self.dense = side.random() < 0.25, side.random() < 0.25
-        # (sequence models: a third draw; not under autocast)
+        # (sequence models: a third draw)
         self.seq = side.random() < 0.2
         self.tokens = self.seq and side.random() < 0.4
-        self.amp = self.amp and not self.seq
         conv = self.r() < 0.65
         # (no per-pixel classes under autocast: float16 sums over every pixel part the engines'
         # first steps by more than float16 rounding of the result, seed 304)
