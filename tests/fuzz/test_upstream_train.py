@@ -32,7 +32,8 @@ def test_the_programs_cover_what_users_train_with():
                  "label_smooth", "net.eval()", "opt.load_state_dict", "sched.step()",
                  "amp.autocast()", "scaler.backward", "y, axis=1", "M.ConvTranspose2d",
                  "F.nn.interpolate", "x.shape[0]", "LinearBn", "m.eval()", "M.Embedding",
-                 "M.MultiHeadAttention", "attn_mask=", "M.Conv1d", "y, axis=2"]:
+                 "from_pretrained", "M.MultiHeadAttention", "attn_mask=", "M.Conv1d",
+                 "y, axis=2"]:
         assert part in sources, part
 
 

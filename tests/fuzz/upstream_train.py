@@ -8,21 +8,21 @@ convolutions, fused ``ConvBn*`` / ``LinearBn*`` layers, batch, group and layer n
 channel shuffle through ``x.shape``, activations as layers and as functions, a head of adaptive
 pooling, a mean or a flatten, or a class per pixel upsampled by a transposed convolution or
 ``interpolate``; a multi-layer perceptron; or a sequence model of token ids through an
-``Embedding``, self-attention blocks of ``MultiHeadAttention`` (causal or not) with a layer norm
-before or after, feed-forward and ``Conv1d`` blocks, and a class per sequence or per token), its
-parameters set to drawn values, a ``GradManager`` (attached to all the parameters, some only,
-twice, or with a callback), an optimizer (SGD with momentum, Nesterov and weight decay; with no
-batch norm also Adam, AdamW, Adagrad, Adadelta), now and then a ``MultiStepLR``, a loss (cross
-entropy, with label smoothing, summed or of probabilities, square, L1, binary cross entropy of
-logits, a sum with a weight penalty), and a train step (forward, backward, gradient clipping now
-and then, ``opt.step()``, ``clear_grad``; in a quarter of the programs under ``amp.autocast``,
-half of those with a ``GradScaler``) and an eval step, each run eagerly or under ``jit.trace``
-(symbolic or not). Then drawn steps: train steps, eval steps (in eval mode or not),
-``net.train()`` / ``net.eval()``, batch norms frozen (``eval()`` of each), a learning rate
-changed, ``sched.step()``, a checkpoint of the network's and the optimizer's state dicts through
-``mge.save`` / ``mge.load`` loaded back, a batch of another size. After each step the loss, every
-parameter and buffer and every gradient are compared with upstream's (values within float32
-rounding of a few steps).
+``Embedding`` (pretrained and frozen now and then; positions added now and then), self-attention
+blocks of ``MultiHeadAttention`` (causal or not) with a layer norm before or after, feed-forward
+and ``Conv1d`` blocks, and a class per sequence or per token), its parameters set to drawn values,
+a ``GradManager`` (attached to all the parameters, some only, twice, or with a callback), an
+optimizer (SGD with momentum, Nesterov and weight decay; with no batch norm also Adam, AdamW,
+Adagrad, Adadelta), now and then a ``MultiStepLR``, a loss (cross entropy, with label smoothing,
+summed or of probabilities, square, L1, binary cross entropy of logits, a sum with a weight
+penalty), and a train step (forward, backward, gradient clipping now and then, ``opt.step()``,
+``clear_grad``; in a quarter of the programs under ``amp.autocast``, half of those with a
+``GradScaler``) and an eval step, each run eagerly or under ``jit.trace`` (symbolic or not). Then
+drawn steps: train steps, eval steps (in eval mode or not), ``net.train()`` / ``net.eval()``,
+batch norms frozen (``eval()`` of each), a learning rate changed, ``sched.step()``, a checkpoint
+of the network's and the optimizer's state dicts through ``mge.save`` / ``mge.load`` loaded back,
+a batch of another size. After each step the loss, every parameter and buffer and every gradient
+are compared with upstream's (values within float32 rounding of a few steps).
 
 Each program runs here and, with ``--upstream``, in upstream's interpreter
 (tests/fuzz/both_engines.py by path); upstream is the oracle, compared as
@@ -253,7 +253,13 @@ class Draw:
         which both engines refuse.)"""
         v, t, d = self.int(5, 12), self.int(3, 6), self.pick([4, 6, 8])
         self.input, self.vocab, self.length = f"({t},)", v, t
-        init, fwd = [f"self.stem = M.Embedding({v}, {d})"], ["x = self.stem(x)"]
+        init = [self.pick([f"self.stem = M.Embedding({v}, {d})",
+                           f"self.stem = M.Embedding.from_pretrained(mge.tensor(values(({v}, {d}), "
+                           f"7)), freeze={self.r() < 0.5})"])]
+        fwd = ["x = self.stem(x)"]
+        if self.r() < 0.3:  # (positions: a Parameter of the network's own)
+            init.append(f"self.pos = mge.Parameter(np.zeros(({t}, {d}), 'float32'))")
+            fwd = ["x = self.stem(x) + self.pos"]
         for i in range(self.int(1, 3)):
             kind = self.int(0, 3)
             if kind == 0:
