@@ -154,6 +154,25 @@ def test_rounding_residues_of_normalizations_are_told_by_the_values_normalized()
                                   "norm"] == 1
 
 
+def test_residues_of_cancelled_huge_values_are_told_by_the_magnitudes_the_ops_saw():
+    # a step whose ops see values beyond ut.HUGE cancels to float32 residues of their size
+    # (surgery seed 66230: nested squares, centred, the channels summed: exactly 0); the same
+    # step on values near 1, or a number beyond EPS32 * n * the largest, is compared
+    step = ["out = r(centred())"]
+    mine, theirs = [OK, ["ok", [64.0, 3.0]]], [OK, ["ok", [-128.0, 3.0]]]
+    centred = "centred = lambda: (x - x.mean(axis=1, keepdims=True)).sum(axis=1)"
+    huge = "x = (data(1, (2, 4, 3, 3)) * 100) ** 4\n"
+    _, got, counts = be.compare((huge + centred, step), mine, theirs, ut.rule, ut.FUZZER.tol)
+    assert got is None and counts["values beyond 1e6 cancelled: float32 residues of their "
+                                  "size"] == 1
+    small = "x = data(1, (2, 4, 3, 3))\n"
+    _, got, _ = be.compare((small + centred, step), mine, theirs, ut.rule, ut.FUZZER.tol)
+    assert got == "step 1: values differ"
+    far = [OK, ["ok", [64.0, 3e9]]]  # (the bound here: 1.2e-7 * 72 * 1e8 = 860)
+    _, got, _ = be.compare((huge + centred, step), mine, far, ut.rule, ut.FUZZER.tol)
+    assert got == "step 1: values differ"
+
+
 def test_subnormal_gradients_that_upstream_flushes_to_zero_are_set_apart():
     # upstream 1.13's CPU kernels flush subnormal results to 0: where every gradient here is
     # subnormal, upstream's are all 0 (its `grads` top is then 1.0)
