@@ -353,7 +353,9 @@ def _torch_device():
 
 
 def _to_torch(array):
-    return torch.from_numpy(array).to(_torch_device())
+    """A torch copy of ``array`` on the twin's device (``Tensor.numpy()`` gives read-only
+    arrays, which ``torch.from_numpy`` warns of)."""
+    return torch.tensor(array, device=_torch_device())
 
 
 def _host(t):
