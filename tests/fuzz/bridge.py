@@ -5,13 +5,17 @@ against the same network in pure torch trained by ``torch.optim`` (the oracle), 
 1e-7 relative; the CI slice is
 `test_bridge_fuzz.py`. Run it from the repository root with the checkout on PYTHONPATH.
 
-What a draw combines: tied weights inside a block, one block in two wrappers or one wrapper called
-twice, a megengine layer that uses a wrapped parameter, batch norm buffers, frozen parameters,
-outputs in a tuple, list or dict, a non-contiguous output, a reversed (negative-stride) input,
-tensors inside list and dict arguments and keyword tensors; SGD (momentum, nesterov, weight
-decay), Adam or AdamW, gradient clipping, a traced step (``symbolic`` either way), and halfway a
-save and load through ``mge.save`` (with the optimizer's state) or a ``copy.deepcopy``, after
-which the copy trains on; at the end, eval-mode outputs.
+What a draw combines: torch blocks of linear layers, layer and batch norms, and in about one place
+in seven a sequence block of torch's own (an ``nn.LSTM`` or ``nn.GRU`` of one or two layers, one
+or two directions, whose tuple outputs stay inside the block, or an
+``nn.TransformerEncoderLayer``, pre- or post-norm, over the features read as a sequence); tied
+weights inside a block, one block in two wrappers or one wrapper called twice, a megengine layer
+that uses a wrapped parameter, batch norm buffers, frozen parameters, outputs in a tuple, list or
+dict, a non-contiguous output, a reversed (negative-stride) input, tensors inside list and dict
+arguments and keyword tensors; SGD (momentum, nesterov, weight decay), Adam or AdamW, gradient
+clipping, a traced step (``symbolic`` either way), and halfway a save and load through
+``mge.save`` (with the optimizer's state) or a ``copy.deepcopy``, after which the copy trains on;
+at the end, eval-mode outputs.
 
 Image networks (N, C, H, W) add torch blocks of Conv2d, BatchNorm2d and pooling that may return a
 channels-last or permuted (strided) output, with megengine's Conv2d, max_pool2d and flatten
@@ -101,6 +105,9 @@ def draw(seed):
     A megengine layer is ``(d_in, d_out)`` for a Linear, ``(c_in, c_out, "conv")`` for a
     Conv2d."""
     rng = np.random.default_rng(seed)
+    # (the sequence blocks, recurrent and transformer layers, drawn by a generator of their own
+    # in the place of a block drawn as before: the rest of every plan stays as it was)
+    side = np.random.default_rng([seed, 2])
     dp = seed % DP_EVERY == 0  # trained on 2 ranks too: no batch norm (it sees one rank's part)
     dtype = str(rng.choice(["float64", "float64", "float32"]))
     blocks, wrappers, lins, stages = [], [], [], []
@@ -169,10 +176,15 @@ def draw(seed):
                 "two_out": (d, str(rng.choice(["tuple", "list", "dict"]))),
                 "transposed": (d, out), "packed": (d,), "embed": (d, int(rng.integers(3, 12))),
                 "masked": (d, out), "modal": (d,)}[kind]
-        b = add_block(kind, *args)
         extra = {"packed": (str(rng.choice(["list", "dict"])),), "embed": args[1:],
                  "masked": (str(rng.choice(["tanh", "sigmoid"])), int(rng.integers(1, 3)))
                  }[kind] if kind in ("packed", "embed", "masked") else ()
+        if side.random() < 0.15:  # (a sequence block of torch's own in its place: `side`)
+            kind, extra = str(side.choice(["recurrent", "encoder"])), ()
+            args = (d, out, str(side.choice(["LSTM", "GRU"])), int(side.integers(1, 3)),
+                    bool(side.random() < 0.4)) if kind == "recurrent" else \
+                (d, out, bool(side.random() < 0.5))
+        b = add_block(kind, *args)
         stages.append(("call", len(wrappers) - 1, kind) + extra)
         if out == d:
             square.append((d, b, len(wrappers) - 1, stages[-1]))

@@ -152,8 +152,42 @@ class ConvBlock(nn.Module):
         return y.permute(0, 2, 3, 1) if self.layout == "nhwc" else y
 
 
+class Recurrent(nn.Module):
+    """A recurrent layer (``nn.LSTM`` or ``nn.GRU``, one or two layers, one or two directions)
+    over the features read as a sequence of ``d`` steps of one value (batch first); its output
+    sequence (a Linear to ``out``) and its final hidden state (inside the tuple an LSTM
+    returns) summed."""
+
+    def __init__(self, d, out, cell, layers, bidirectional):
+        super().__init__()
+        self.rnn = getattr(nn, cell)(1, 3, num_layers=layers, bidirectional=bidirectional,
+                                     batch_first=True)
+        self.fc = nn.Linear(d * 3 * (2 if bidirectional else 1), out)
+
+    def forward(self, x):
+        y, state = self.rnn(x.unsqueeze(-1))
+        h = state[0] if isinstance(state, tuple) else state
+        return self.fc(y.flatten(1)) + h.sum(0).sum(-1, keepdim=True)
+
+
+class Encoder(nn.Module):
+    """``nn.TransformerEncoderLayer`` (post- or pre-norm, no dropout) over the features read as
+    a sequence of ``d`` tokens, each embedded from its value; a Linear to ``out``."""
+
+    def __init__(self, d, out, norm_first):
+        super().__init__()
+        self.emb = nn.Linear(1, 4)
+        self.layer = nn.TransformerEncoderLayer(4, 2, dim_feedforward=8, dropout=0.0,
+                                                batch_first=True, norm_first=norm_first)
+        self.fc = nn.Linear(4 * d, out)
+
+    def forward(self, x):
+        return self.fc(self.layer(self.emb(x.unsqueeze(-1))).flatten(1))
+
+
 BLOCKS = {"mlp": Mlp, "bn": BnBlock, "ln": LnResidual, "tied": Tied, "frozen": Frozen,
           "two_out": TwoOut, "transposed": Transposed, "packed": Packed, "embed": Embed,
-          "masked": Masked, "modal": Modal, "conv": ConvBlock}
+          "masked": Masked, "modal": Modal, "conv": ConvBlock, "recurrent": Recurrent,
+          "encoder": Encoder}
 
 

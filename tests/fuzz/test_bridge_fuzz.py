@@ -121,6 +121,9 @@ def test_draws_cover_the_bridge_features():
         kinds |= {f"conv {stage[3]}" for stage in stages if stage[2:3] == ("conv",)}
         kinds |= {f"conv pool={args[3]} bn={args[2]}" for kind, args in blocks if kind == "conv"}
         kinds |= {"mge conv" for lin in lins if len(lin) == 3}
+        kinds |= {f"{args[2]} layers={args[3]} bidirectional={args[4]}" for kind, args in blocks
+                  if kind == "recurrent"}
+        kinds |= {f"encoder norm_first={args[2]}" for kind, args in blocks if kind == "encoder"}
         if len(set(wrappers)) < len(wrappers):
             kinds.add("one block, two wrappers")
         calls = [stage[1] for stage in stages if stage[0] == "call"]
@@ -135,7 +138,10 @@ def test_draws_cover_the_bridge_features():
                      "embed", "masked", "modal", "conv", "reverse", "mge", "mge_param",
                      "mge_pool", "flatten", "mge conv", "conv nchw", "conv channels_last",
                      "conv nhwc", "conv pool=max bn=True", "conv pool=avg bn=False",
-                     "one block, two wrappers", "one wrapper called twice"}
+                     "one block, two wrappers", "one wrapper called twice", "recurrent",
+                     "LSTM layers=1 bidirectional=True", "LSTM layers=2 bidirectional=False",
+                     "GRU layers=2 bidirectional=True", "GRU layers=1 bidirectional=False",
+                     "encoder norm_first=True", "encoder norm_first=False"}
     assert options >= {"opt=sgd", "opt=sgd_nesterov", "opt=adam", "opt=adamw", "trace=none",
                        "trace=eager", "trace=symbolic", "midway=save", "midway=deepcopy",
                        "dtype=float32", "dtype=float64", "accumulate=True", "dp=True",
