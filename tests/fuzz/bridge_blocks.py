@@ -172,13 +172,17 @@ class Recurrent(nn.Module):
 
 class Encoder(nn.Module):
     """``nn.TransformerEncoderLayer`` (post- or pre-norm, no dropout) over the features read as
-    a sequence of ``d`` tokens, each embedded from its value; a Linear to ``out``."""
+    a sequence of ``d`` tokens, each embedded from its value; a Linear to ``out``. Its attention
+    has no biases: the keys' bias adds one number to every score of a query, which softmax
+    ignores, so its gradient is rounding noise that Adam scales to steps of its own on each side
+    (networks 123826, 123869, 123900; see BnBlock)."""
 
     def __init__(self, d, out, norm_first):
         super().__init__()
         self.emb = nn.Linear(1, 4)
         self.layer = nn.TransformerEncoderLayer(4, 2, dim_feedforward=8, dropout=0.0,
                                                 batch_first=True, norm_first=norm_first)
+        self.layer.self_attn = nn.MultiheadAttention(4, 2, bias=False, batch_first=True)
         self.fc = nn.Linear(4 * d, out)
 
     def forward(self, x):
