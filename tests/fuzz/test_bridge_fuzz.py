@@ -163,6 +163,18 @@ def test_autocast_networks_pool_by_average():
     bridge.check(33641)
 
 
+def test_autocast_networks_recur_by_gru():
+    # torch's CPU LSTM has no float16 kernel under torch.autocast, pure torch raising alike
+    # (network 124107, whose LSTM block became a GRU): under autocast the recurrent blocks are
+    # GRUs, elsewhere either
+    cells = {True: set(), False: set()}
+    for seed in range(124000, 124300):
+        blocks, _, _, _, opts = bridge.draw(seed)
+        cells[opts["autocast"]] |= {args[2] for kind, args in blocks if kind == "recurrent"}
+    assert cells == {True: {"GRU"}, False: {"GRU", "LSTM"}}, cells
+    bridge.check(124107)
+
+
 def test_autocast_networks_allow_the_float16_rounding_they_amplify():
     # networks 115501 (batch norm of six samples) and 113677 (LayerNorm of 3 and 5 features)
     # in float16 took the sides apart past the fixed tolerance, each as near its float64 twin
