@@ -171,6 +171,10 @@ def test_residues_of_cancelled_huge_values_are_told_by_the_magnitudes_the_ops_sa
     far = [OK, ["ok", [64.0, 3e9]]]  # (the bound here: 1.2e-7 * 72 * 1e8 = 860)
     _, got, _ = be.compare((huge + centred, step), mine, far, ut.rule, ut.FUZZER.tol)
     assert got == "step 1: values differ"
+    # an infinity among the values bounds nothing: the finite ones set the bound
+    inf = "x = F.concat([data(1, (2, 4, 3, 3)), mge.tensor(np.full((1, 4, 3, 3), np.inf))])\n"
+    _, got, _ = be.compare((inf + centred, step), mine, theirs, ut.rule, ut.FUZZER.tol)
+    assert got == "step 1: values differ"
 
 
 def test_subnormal_gradients_that_upstream_flushes_to_zero_are_set_apart():

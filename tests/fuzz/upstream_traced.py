@@ -670,9 +670,10 @@ def _watch(sources, i):
         try:
             for t in inputs:
                 a = host(t._data)
-                if a.dtype.kind == "f" and a.size:
+                if a.dtype.kind == "f" and a.size:  # (finite values: an inf bounds nothing)
                     seen["size"] = max(seen["size"], a.size)
-                    seen["largest"] = max(seen["largest"], float(np.abs(a).max()))
+                    top = np.abs(a[np.isfinite(a)]).max(initial=0)
+                    seen["largest"] = max(seen["largest"], float(top))
             return dispatch.apply(op, *inputs)
         finally:
             dispatch._profile_hook = sizes if on[0] else None
