@@ -123,7 +123,7 @@ def test_an_edit_both_refuse_ends_the_comparison_but_a_read_does_not():
 
 
 def test_rounding_residues_of_normalizations_are_told_by_the_values_normalized():
-    # the program runs again here, its normalizations watched (`ut._normalised`): a group of
+    # the program runs again here, its normalizations watched (`ut._watched`): a group of
     # equal values is normalized to rounding residues over sqrt(eps) (seeds 41818, 42956), a
     # sum of normalized values cancels to residues (seed 33184); a group with spread, or a sum
     # far from 0, is compared

@@ -512,7 +512,7 @@ def rule(sources, i, mine, theirs):
         # exactly: its largest entry 5.7e-7 here and 4.4e-7 upstream beside a loss of 900)
         return "count", "gradients that cancel to float32 noise"
     if m[0] == t[0] == "ok":
-        return _normalized_residues(sources, i, m[1], t[1])
+        return _rounding_residues(sources, i, m[1], t[1])
     return None
 
 
@@ -548,7 +548,7 @@ def _overflowed(mine, theirs):
 
 
 # Normalizations amplify float32 rounding, which neither engine has wrong, where what they
-# divide by is small beside the values rounded: `rule` asks `_normalised` (this side runs the
+# divide by is small beside the values rounded: `rule` asks `_watched` (this side runs the
 # program again, watched) where a step's values differ. Measured on (3, 4, 8, 8) groups of
 # mean 0.1, 1 and 5 (20 draws each; group_norm and instance_norm against float64's):
 #
@@ -592,8 +592,10 @@ EPS32 = float(np.finfo(np.float32).eps)
 _WATCHED = {}
 
 
-def _normalized_residues(sources, i, mine, theirs):
-    seen = _normalised(sources, i)
+def _rounding_residues(sources, i, mine, theirs):
+    """The rule for a step whose values differ where its watched rerun (`_watched`) explains
+    them: rounding residues of normalizations, or of values beyond HUGE cancelled."""
+    seen = _watched(sources, i)
     if seen["constant"]:
         return "stop", "normalising nearly constant groups: rounding residues over sqrt(eps)"
     if seen["tiny_rows"]:
@@ -616,7 +618,7 @@ def _residues(a, b, bound):
         not isinstance(a, bool) and not isinstance(b, bool) and max(abs(a), abs(b)) <= bound
 
 
-def _normalised(sources, i):
+def _watched(sources, i):
     """What step ``i`` normalizes (`NEAR_CONSTANT`, `TINY_NORM`, `SUM_RESIDUE`) and how large
     its ops' inputs are (`HUGE`): {"constant": a group nearly constant, "tiny_rows": F.normalize
     of a row of tiny norm, "sum_bound": SUM_RESIDUE * N * kappa summed, "largest": the largest
