@@ -17,12 +17,16 @@ Adagrad, Adadelta), now and then a ``MultiStepLR``, a loss (cross entropy, with 
 summed or of probabilities, square, L1, binary cross entropy of logits, a sum with a weight
 penalty), and a train step (forward, backward, gradient clipping now and then, ``opt.step()``,
 ``clear_grad``; in a quarter of the programs under ``amp.autocast``, half of those with a
-``GradScaler``) and an eval step, each run eagerly or under ``jit.trace`` (symbolic or not). Then
-drawn steps: train steps, eval steps (in eval mode or not), ``net.train()`` / ``net.eval()``,
-batch norms frozen (``eval()`` of each), a learning rate changed, ``sched.step()``, a checkpoint
-of the network's and the optimizer's state dicts through ``mge.save`` / ``mge.load`` loaded back,
-a batch of another size. After each step the loss, every parameter and buffer and every gradient
-are compared with upstream's (values within float32 rounding of a few steps).
+``GradScaler``; now and then gradients of two batches added up before the update, or
+``gm.record()`` in place of ``with gm``) and an eval step, each run eagerly or under ``jit.trace``
+(symbolic or not); now and then a forward hook on the head, or a layer called twice (its weights
+shared; a token model's output layer adds its embedding's weight). Then drawn steps: train steps,
+eval steps (in eval mode or not), ``net.train()`` / ``net.eval()``, batch norms frozen (``eval()``
+of each), a learning rate changed, ``sched.step()``, a checkpoint of the network's and the
+optimizer's state dicts through ``mge.save`` / ``mge.load`` loaded back, a batch of another size,
+a parameter written in place (``M.init``, an index, ``set_value``), the hook taken off. After each
+step the loss, every parameter and buffer and every gradient are compared with upstream's (values
+within float32 rounding of a few steps).
 
 Each program runs here and, with ``--upstream``, in upstream's interpreter
 (tests/fuzz/both_engines.py by path); upstream is the oracle, compared as
@@ -181,6 +185,7 @@ class Draw:
             else:
                 init.append(f"self.b{i} = {self.pick(ACT_LAYERS)}")
                 fwd.append(f"x = self.b{i}(x)")
+        self.shared(init, fwd, f"M.Conv2d({w}, {w}, 3, padding=1)")
         if self.dense:  # (a class per pixel: upsampled back by one of three heads)
             self.classes, up = self.int(2, 4), self.int(0, 2)
             if up == 0:
@@ -241,6 +246,7 @@ class Draw:
             init.append(f"self.l{i} = M.Linear({w}, {w})")
             fwd.append(self.pick([f"x = x + self.l{i}(x)", f"x = self.l{i}(x)"]))
             fwd.append(self.pick(ACTS))
+        self.shared(init, fwd, f"M.Linear({w}, {w})")
         if self.r() < 0.3:
             init.append("self.drop = M.Dropout(0.0)")
             fwd.append("x = self.drop(x)")
@@ -288,12 +294,24 @@ class Draw:
                 fwd.append(f"x = self.b{i}(x)")
         if self.tokens:
             self.classes = self.int(2, 4)
+            if self.tied:  # (the output layer shares the embedding's weight: a class per token id)
+                self.classes = v
+                init.append(f"self.fc = M.Linear({d}, {v})")
+                fwd.append("return self.fc(x) + F.matmul(x, self.stem.weight, transpose_b=True)")
+                return init, fwd, None, False
             init.append(f"self.fc = M.Linear({d}, {self.classes})")
             fwd.append("return self.fc(x)")
             return init, fwd, None, False
+        self.shared(init, fwd, f"M.Linear({d}, {d})")
         head = self.int(0, 2)
         fwd.append(["x = x.mean(axis=1)", "x = x[:, -1]", "x = F.flatten(x, 1)"][head])
         return init, fwd, d * t if head == 2 else d, False
+
+    def shared(self, init, fwd, layer):
+        """A layer called twice, its weights shared by the two places (drawn programs only)."""
+        if self.tied:
+            init.append(f"self.tie = {layer}")
+            fwd.append("x = self.tie(F.relu(self.tie(x)))")
 
     # ----- the program -----
 
@@ -306,6 +324,14 @@ class Draw:
         self.seq = side.random() < 0.2
         self.tokens = self.seq and side.random() < 0.4
         conv = self.r() < 0.65
+        # (what users add around a network: a fourth generator, so that the programs without
+        # these stay as they were. Gradients accumulated over two backward passes, ``gm.record()``
+        # for ``with gm``, a forward hook, a layer called twice, parameters edited between steps)
+        self.extra = np.random.default_rng([self.seed, 3])
+        self.accum = self.extra.random() < 0.15 and not self.amp
+        self.record = self.extra.random() < 0.2
+        self.hook = self.extra.integers(3) if self.extra.random() < 0.15 else None
+        self.tied = self.extra.random() < 0.15
         # (no per-pixel classes under autocast: float16 sums over every pixel part the engines'
         # first steps by more than float16 rounding of the result, seed 304)
         self.dense = self.dense and conv and not self.amp and not self.seq
@@ -324,6 +350,13 @@ class Draw:
         lines = [RES, "class Net(M.Module):\n    def __init__(self):\n        super().__init__()",
                  body, "\n    def forward(self, x):", forward, "",
                  f"net = Net()\ninit(net, {self.seed % 100000})"]
+        if self.hook is not None:
+            lines.append("hook = net.fc." + [
+                "register_forward_hook(lambda m, inputs, out: out * 0.5)",
+                "register_forward_pre_hook(lambda m, inputs: (inputs[0] * 2,))",
+                "register_forward_hook(lambda m, inputs, out: seen.append(out.shape))"][
+                    self.hook])
+            lines.insert(-1, "seen = []")
         losses = ["ce", "ce_smooth", "ce_sum", "ce_penalty"] if self.dense or self.tokens else \
             ["ce", "ce_smooth", "ce_sum", "ce_probs", "ce_penalty", "square", "l1", "bce"]
         self.loss = self.pick([loss for loss in losses if not (self.amp and loss == "ce_sum")])
@@ -393,9 +426,16 @@ class Draw:
         update = self.pick(["    opt.step()\n    opt.clear_grad()\n",
                             "    opt.step().clear_grad()\n"])
         if not self.amp:
-            return (f"def train_step(x, y):\n    with gm:\n        logits = net(x)\n"
-                    f"        loss = {loss}\n        gm.backward(loss)\n{clip}{update}"
-                    f"    return loss")
+            body = ["logits = net(x)", f"loss = {loss}", "gm.backward(loss)"]
+            if self.record:
+                body = ["gm.record()"] + body + ["gm.release()"] * (self.extra.random() < 0.5)
+            else:
+                body = ["with gm:"] + ["    " + line for line in body]
+            if self.accum:  # (a second batch's gradients added to the first's)
+                second = f"(x + 1) % {self.vocab}" if self.seq else "x * 0.5"
+                body = [f"for x in (x, {second}):"] + ["    " + line for line in body]
+            body = "".join(f"    {line}\n" for line in body)
+            return f"def train_step(x, y):\n{body}{clip}{update}    return loss"
         backward = self.pick(["gm.backward(loss)", "scaler.backward(gm, loss)"])
         scaler = "scaler = amp.GradScaler()\n" if "scaler" in backward else ""
         return (f"{scaler}def train_step(x, y):\n    with gm:\n        with amp.autocast():\n"
@@ -450,9 +490,27 @@ class Draw:
         x, y = self.batch(self.n + 1, k)
         return f"loss = train_step({x}, {y})\nout = snap(loss)"
 
+    def edit(self, k):
+        """A step that changes the network in place between steps (drawn by the fourth
+        generator): a parameter written through ``M.init``, an index or ``set_value``, or the
+        hook taken off (in eager programs: a trace keeps the ops it recorded)."""
+        edits = ["M.init.zeros_(net.fc.bias)\nout = snap()",
+                 "M.init.fill_(net.fc.weight, 0.05)\nout = snap()",
+                 "net.fc.weight[0] = 0\nout = snap()",
+                 "net.fc.weight.set_value(net.fc.weight * 0.5)\nout = snap()"]
+        if self.hook is not None and self.modes == ["eager", "eager"] and \
+                self.extra.random() < 0.5:
+            x, _ = self.batch(self.n, k)
+            return f"hook.remove()\nout = r(eval_step({x}).numpy())"
+        return edits[int(self.extra.integers(len(edits)))]
+
     def steps(self):
-        self.trained = False
-        return [self.step(k) for k in range(self.int(3, 8))]
+        self.trained, out = False, []
+        for k in range(self.int(3, 8)):
+            out.append(self.step(k))
+            if self.extra.random() < 0.1:
+                out.append(self.edit(100 + k))
+        return out
 
 
 def draw(seed):
