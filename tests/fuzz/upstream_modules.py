@@ -56,6 +56,12 @@ LEAVES += ("M.Conv3d({n}, {n2}, 1)", "M.ConvTranspose2d({n}, {n2}, 2, stride=2)"
            "M.Conv2d({n}, {n2}, 3, padding=1, dilation=2, bias=False)",
            "M.BatchNorm2d({n}, eps=1e-3, momentum=0.5)", "M.LayerNorm(({n}, 4), eps=1e-6)",
            "M.GroupNorm(1, {n}, affine=False)", "M.Linear({n}, {n2}, compute_mode='float32')")
+# (and these, drawn by a side generator so that the programs without them stay as they were)
+MORE_LEAVES = ("M.ConvTransposeBnRelu2d({n}, {n2}, 1)", "M.Pad(((0, 0), (1, 2)))",
+               "M.Pad(((1, 1),), mode='reflect')", "M.Sigmoid()", "M.Concat()",
+               "M.DeformablePSROIPooling(False, 2, 2, 2, 2, 0.5)",
+               "M.RegionRestrictedConv({n}, {n}, 3, groups={n})",
+               "M.ConvTransposeBn2d({n}, {n2}, 3, stride=2, affine=False)")
 TENSORS = ("mge.Parameter(seq({shape}))", "mge.Tensor(seq({shape}))",
            "mge.Parameter(seq({shape}), name='pn')", "mge.Tensor(seq({shape}, 'int32'))")
 SHAPES = ("(2,)", "(2, 3)", "(1,)", "()", "(3, 1, 2)")
@@ -172,6 +178,7 @@ def qat_types(m):
 class Draw:
     def __init__(self, seed):
         self.rng = np.random.default_rng(seed)
+        self.side = np.random.default_rng([seed, 1])
         self.lines = []
         self.objs = []  # (variable, kind): kind "leaf", "tensor", "node" or "seq"
         self.used = set()
@@ -189,8 +196,10 @@ class Draw:
         return var
 
     def leaf(self):
-        n = int(self.rng.integers(1, 4))
-        return self.new(self.pick(LEAVES).format(n=n, n2=int(self.rng.integers(1, 4))), "leaf")
+        n, leaf, n2 = int(self.rng.integers(1, 4)), self.pick(LEAVES), int(self.rng.integers(1, 4))
+        if self.side.random() < 0.08:
+            leaf = MORE_LEAVES[int(self.side.integers(len(MORE_LEAVES)))]
+        return self.new(leaf.format(n=n, n2=n2), "leaf")
 
     def tensor(self):
         return self.new(self.pick(TENSORS).format(shape=self.pick(SHAPES)), "tensor")
