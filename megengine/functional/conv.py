@@ -728,22 +728,6 @@ def _dense_region_ids(xp, rin, rout):
     return ids[:rin.size].reshape(rin.shape), ids[rin.size:].reshape(rout.shape)
 
 
-class _NoUint8DataGrad(Op):
-    """Passes ``inp`` through; its backward refuses: upstream's region-restricted convolution has
-    no gradient with respect to its input for uint8 region ids (RegionRestrictedConvolution
-    BackwardData takes int32 only). The dispatcher writes no gradient when a backward raises."""
-
-    def forward(self, x):
-        return x
-
-    def backward(self, g):
-        raise TypeError("region_restricted_conv: the gradient with respect to inp needs int32 "
-                        "region ids (upstream has no uint8 kernel for it), got uint8 rin/rout; "
-                        "pass rin.astype('int32') and rout.astype('int32')")
-
-    def grad_graph(self, inputs, outputs, grads):
-        self.backward(None)
-
 
 def region_restricted_conv(inp, weight, rin, rout, bias=None, stride=1, padding=0, dilation=1,
                            groups=1, conv_mode="cross_correlation", compute_mode="default"):
@@ -755,9 +739,8 @@ def region_restricted_conv(inp, weight, rin, rout, bias=None, stride=1, padding=
     upstream's; ``rin`` (N, H, W) and ``rout`` (N, OH, OW) region ids, both int32 or both uint8;
     ``bias`` (if given) is added. Gradients reach ``inp``, ``weight`` and ``bias``.
 
-    As upstream's kernels: ``stride`` must be 1, and the gradient with respect to ``inp`` needs
-    int32 region ids (upstream has no uint8 kernel for it): a backward that asks for it with
-    uint8 ids raises, before any gradient is written.
+    As upstream's kernels, ``stride`` must be 1. Gradients are given for both id dtypes, as
+    upstream 1.13 gives them on the CPU (measured: uint8 ids' equal int32 ids').
     """
     what = "region_restricted_conv"
     _check_conv_mode(conv_mode, compute_mode, what)
@@ -792,8 +775,6 @@ def region_restricted_conv(inp, weight, rin, rout, bias=None, stride=1, padding=
     # padded taps get id -1, which no output pixel has (their input is 0 anyway)
     rin_win = sliding_window(rin_ids.reshape(n, 1, h, w) + 1, (kh, kw), p, s, d) - 1
     keep = (rin_win == rout_ids.reshape(n, 1, oh, ow, 1, 1)).astype(inp.dtype)
-    if rin.dtype == np.uint8:
-        inp = apply(_NoUint8DataGrad(), inp)
     win = sliding_window(inp, (kh, kw), p, s, d) * keep  # (N, C, OH, OW, KH, KW)
     from .einsum import einsum
 

@@ -448,3 +448,18 @@ def test_autocast_fused_convolutions_statistics_and_bias_are_told_apart():
     theirs = uc.run_call(uc._first_channels_bias(call))
     assert uc.differ(ours, theirs) is not None
     assert uc.known(call, ours, theirs) == "conv_transpose2d's bias under autocast"
+
+
+def test_a_nan_weight_gradient_through_region_restricted_masked_taps_is_told_apart():
+    # --odd-gradients: a tap outside its pixel's region is multiplied by 0 here (NaN * 0), and
+    # skipped by upstream's kernels; where both gradients are numbers they must agree
+    leaves, outputs = [np.ones((1, 1, 2, 2), np.float32)], _value(np.ones((1, 1, 2, 2)))[1]
+    ours = uc.enc_array(np.float32([[1.5, np.nan], [np.nan, -2.0]]))
+    for upstreams, want in [([[1.5, 0.25], [3.0, -2.0]], True),
+                            ([[1.5, 0.25], [3.0, -2.5]], False)]:
+        got = uc._odd_gradient_known("F.region_restricted_conv", {}, 1, leaves, outputs, ours,
+                                     uc.enc_array(np.float32(upstreams)))
+        assert (got == "a NaN gradient through region_restricted_conv's masked taps") == want
+    # (another op's NaN where upstream has a number is no masked tap)
+    assert uc._odd_gradient_known("F.conv2d", {}, 1, leaves, outputs, ours,
+                                  uc.enc_array(np.float32([[1.5, 0.25], [3.0, -2.0]]))) is None

@@ -719,7 +719,7 @@ def _more_nn(d):
 def _more_nn2(d):
     """The rarer layer functions: 3-d convolutions, CTC loss, deformable and local
     convolutions, ``scatter``, ``sliding_window_transpose``, ``svd``'s singular values,
-    ``general_norm`` and ``deformable_psroi_pooling``."""
+    ``general_norm``, ``deformable_psroi_pooling`` and ``region_restricted_conv``."""
     kind = d.pick(["conv3d", "conv_transpose3d", "ctc_loss", "deformable_conv2d",
                    "local_conv2d", "scatter", "sliding_window_transpose", "svd",
                    "general_norm"])
@@ -727,6 +727,8 @@ def _more_nn2(d):
     # of the seeds that draw none are those drawn before they were added)
     if np.random.default_rng((d.seed, 2)).random() < 0.1:
         kind = "deformable_psroi_pooling"
+    elif np.random.default_rng((d.seed, 3)).random() < 0.1:
+        kind = "region_restricted_conv"
     n, c, o, k = d.int(1, 2), d.int(1, 2), d.int(1, 2), d.int(1, 2)
     if kind == "conv3d":
         g = d.pick([1, 1, 2])
@@ -809,6 +811,20 @@ def _more_nn2(d):
                 {"no_trans": no_trans, "part_size": part, "pooled_h": ph, "pooled_w": pw,
                  "sample_per_part": d.int(1, 3), "spatial_scale": scale,
                  "trans_std": d.pick([0.1, 0.3])})
+    if kind == "region_restricted_conv":
+        # (a grouped weight, groups first; region ids of one dtype; stride 1: upstream's kernels)
+        g, dil, pad = d.int(1, 2), d.pick([1, 1, 2]), d.int(0, k - 1)
+        h, w = d.int(dil * (k - 1) + 1, 5), d.int(dil * (k - 1) + 1, 5)
+        oh, ow = h + 2 * pad - dil * (k - 1), w + 2 * pad - dil * (k - 1)
+        ids, regions = d.pick(["int32", "int32", "uint8"]), d.int(1, 3)
+        args = [d.tensor((n, g * c, h, w), "float32", special=False),
+                d.tensor((g, o, c, k, k), "float32", special=False),
+                enc_array(d.rng.integers(0, regions, (n, h, w)).astype(ids)),
+                enc_array(d.rng.integers(0, regions, (n, oh, ow)).astype(ids))]
+        if d.r() < 0.5:
+            args.append(d.tensor((1, g * o, 1, 1), "float32", special=False))
+        return ("F.region_restricted_conv", args, {"padding": pad, "dilation": dil,
+                                                   "groups": g})
     if kind == "svd":
         shape = d.pick([(), (d.int(1, 2),)]) + (d.int(1, 4), d.int(1, 4))
         # (upstream 1.13's compute_uv=False fails to unpack its own result: measured)
@@ -2344,6 +2360,11 @@ def _odd_gradient_known(name, kwargs, i, leaves, outputs, gm, gt):
     if gm[0] != "t" or gt[0] != "t" or gm[2] != gt[2]:
         return None
     a, b = dec_array(gm), dec_array(gt)
+    if name == "F.region_restricted_conv" and _close(np.where(np.isnan(a), b, a), b, True):
+        # (a tap outside its output pixel's region: upstream's kernels skip it, this fork
+        # multiplies it by 0, as a masked torch convolution does: NaN * 0 reaches the weight.
+        # Elsewhere the gradients agree)
+        return "a NaN gradient through region_restricted_conv's masked taps"
     odd_a, odd_b = ~np.isfinite(a), ~np.isfinite(b)
     if np.array_equal(odd_a, odd_b) and _close(np.where(odd_a, 0, a), np.where(odd_b, 0, b),
                                                True):
