@@ -67,6 +67,19 @@ def test_documented_differences_are_counted_and_end_the_comparison(steps, label)
     assert got is None and counts[label] == 1
 
 
+def test_upstreams_quantize_missing_a_layer_first_is_counted_only_there():
+    # (seeds 112974, 113111: a layer to replace inside a tuple, which this side refuses, and a
+    # layer upstream's quantize has no entry for, which it meets first)
+    mine = [["ok", None], ["raise", "TypeError", "cannot replace", ["TypeError", "Exception"]]]
+    theirs = [["ok", None], ["raise", "KeyError", "<class 'megengine.module.conv.LocalConv2d'>",
+                             ["KeyError", "LookupError", "Exception"]]]
+    step = "Q.quantize(Q.quantize_qat(net))\nout = 1"
+    _, got, counts = _rule(mine, theirs, step)
+    assert got is None and counts["upstream's quantize has no entry for a layer first"] == 1
+    _, got, _ = _rule(mine, theirs, "net.load_state_dict({})\nout = 1")
+    assert got.startswith("step 1: an error of another type")
+
+
 def test_a_first_quantize_qat_that_differs_is_a_finding():
     i, got, _ = _rule([["ok", None], ["ok", 1]], [["ok", None], ["ok", 2]],
                       "Q.quantize_qat(net)\nout = 1")
