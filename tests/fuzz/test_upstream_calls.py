@@ -463,3 +463,27 @@ def test_a_nan_weight_gradient_through_region_restricted_masked_taps_is_told_apa
     # (another op's NaN where upstream has a number is no masked tap)
     assert uc._odd_gradient_known("F.conv2d", {}, 1, leaves, outputs, ours,
                                   uc.enc_array(np.float32([[1.5, 0.25], [3.0, -2.0]]))) is None
+
+
+def test_a_layers_parameter_gradients_are_compared_and_its_differences_told_apart():
+    # call 7387: an RNNCell's gradients, each input's and then each parameter's by name
+    # (bias_hh, bias_ih, weight_hh, weight_ih); upstream 1.13's bias gradients keep the batch
+    # axis, (N, H), whose sum over the batch is this side's
+    call = uc.draw(7387)
+    assert call[0] == "grad:Mod.RNNCell"
+    mine = uc.run_call(call)
+    out, grads = mine[1][1]
+    n = uc.dec_array(call[1][3]).shape[0]
+
+    def upstreams(bias):
+        kept = [uc.enc_array(np.repeat(uc.dec_array(g)[None] / n, n, 0) + bias)
+                for g in grads[1][1:3]]
+        return (True, ("L", [out, ("L", grads[1][:1] + kept + grads[1][3:])]))
+
+    assert uc.known(call, mine, upstreams(0.0)) == \
+        "upstream's cell bias gradient keeps the batch axis"
+    assert uc.differ(mine, upstreams(0.5), gradients=True) is not None
+    assert uc.known(call, mine, upstreams(0.5)) is None
+    # a weight's gradient apart is a finding, not rounding: the float64 run agrees with ours
+    far = uc.enc_array(uc.dec_array(grads[1][-1]) + 0.5)
+    assert uc.known(call, mine, (True, ("L", [out, ("L", grads[1][:-1] + [far])]))) is None
