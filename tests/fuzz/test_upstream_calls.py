@@ -487,3 +487,22 @@ def test_a_layers_parameter_gradients_are_compared_and_its_differences_told_apar
     # a weight's gradient apart is a finding, not rounding: the float64 run agrees with ours
     far = uc.enc_array(uc.dec_array(grads[1][-1]) + 0.5)
     assert uc.known(call, mine, (True, ("L", [out, ("L", grads[1][:-1] + [far])]))) is None
+
+
+def test_a_batch_norms_parameter_gradients_upstream_leaves_in_inference_are_told_apart():
+    # call 37591 (ConvBn2d in eval mode; gradients: input, bn.bias, bn.weight, conv.bias,
+    # conv.weight): upstream 1.13 now and then gives the batch norm's bias gradient another
+    # gradient's values (its rerun agrees); this side's is the float64 run's. The input's
+    # gradient apart is a finding
+    call = uc.draw(37591)
+    assert call[0] == "grad:Mod.ConvBn2d" and call[1][2] == ("v", False)
+    mine = uc.run_call(call)
+    out, grads = mine[1][1]
+
+    def upstreams(j):
+        moved = list(grads[1])
+        moved[j] = uc.enc_array(uc.dec_array(moved[j]) * -1.5 + 7)
+        return (True, ("L", [out, ("L", moved)]))
+
+    assert uc.known(call, mine, upstreams(1)) == "batch_norm's weight gradient in inference mode"
+    assert uc.known(call, mine, upstreams(0)) is None
