@@ -728,7 +728,6 @@ def _dense_region_ids(xp, rin, rout):
     return ids[:rin.size].reshape(rin.shape), ids[rin.size:].reshape(rout.shape)
 
 
-
 def region_restricted_conv(inp, weight, rin, rout, bias=None, stride=1, padding=0, dilation=1,
                            groups=1, conv_mode="cross_correlation", compute_mode="default"):
     """Grouped 2D convolution in which each output pixel only sees input pixels of its own region:
