@@ -2309,7 +2309,8 @@ def known(call, mine, theirs):
 # in a ReLU; its vectorised sigmoid of a larger tensor gives 0 for NaN): `known` accepts this
 # fork's NaN or infinity there
 _NAN_HIDING = frozenset(("F.relu", "F.nn.relu", "F.relu6", "F.nn.relu6", "F.clip",
-                         "F.maximum", "F.minimum", "F.exp", "F.sigmoid"))
+                         "F.maximum", "F.minimum", "F.exp", "F.sigmoid",
+                         "F.fuse_add_relu"))  # (Elemwise's fused add and relu: call 625,409)
 
 
 def _scaled_alike(mine, theirs):
@@ -2509,16 +2510,16 @@ def _normalises(name):
     return name.startswith("Mod.") and ("Bn" in name or "Norm" in name)
 
 
-ROUNDING = "float32 rounding: this side's within the float64 result's tolerance or ten times " \
-           "nearer it"
+ROUNDING = "float32 rounding: this side's within the float64 result's tolerance, ten times " \
+           "nearer it, or a 0 each side's noise"
 
 
 def _float32_rounding(call, exact, i, mine, theirs):
     """Whether a layer's call's gradient ``i`` (or its outputs, ``i`` "out"), ``mine`` here, and
     upstream's ``theirs`` are apart by rounding's size only, and ``mine`` is within the tolerance
-    of the float64 result or ten times nearer it than ``theirs``: `_run_module` with float64
-    inputs, parameters and buffers, run here once (``exact`` keeps its results, rounded to
-    float32)."""
+    of the float64 result, or ten times nearer it than ``theirs``, or, where that result is 0,
+    both within 1e-3 of its largest value: `_run_module` with float64 inputs, parameters and
+    buffers, run here once (``exact`` keeps its results, rounded to float32)."""
     _float64_run(call, exact)
     flat = [_flat_values(x) for x in (mine, theirs, exact[i])]
     if any(f is None or f.shape != flat[2].shape for f in flat) or _holds_float16(mine):
@@ -2530,8 +2531,12 @@ def _float32_rounding(call, exact, i, mine, theirs):
         if v is not None)
     if np.abs(flat[0] - flat[1]).max(initial=0) > 1e-2 * max(1.0, scale):
         return False
-    return _differ_value(mine, exact[i], loose=True) is None or \
-        np.abs(flat[0] - flat[2]).max(initial=0) * 10 <= np.abs(flat[1] - flat[2]).max(initial=0)
+    # (a value that is 0 but for rounding, a bias's gradient before a batch norm in training, is
+    # each side's noise: call 624,129, [2e-7, -5.5e-4] here, [4e-7, 5.5e-4] upstream)
+    ours, theirs = (np.abs(f - flat[2]).max(initial=0) for f in flat[:2])
+    zero = np.abs(flat[2]).max(initial=0) <= 1e-6 * max(1.0, scale)
+    return _differ_value(mine, exact[i], loose=True) is None or ours * 10 <= theirs or \
+        zero and max(ours, theirs) <= 1e-3 * max(1.0, scale)
 
 
 def _float64_run(call, exact):
