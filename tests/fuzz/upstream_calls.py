@@ -2455,6 +2455,7 @@ def _module_gradients_known(call, mine, theirs):
     inputs = [dec_array(a) for a in call[1][3:] if a[0] == "t" and a[1] == "float32"]
     params = sorted(k for k, _ in getattr(M, name[4:])(*args, **kwargs).named_parameters())
     reasons, exact = set(), {}  # (exact: `_float32_rounding`'s float64 run)
+    weights_dropped = name == "Mod.MultiHeadAttention" and _attention_weights_dropped(call, theirs)
     for i, (key, gm, gt) in enumerate(zip([None] * len(inputs) + params, mine, theirs)):
         if _differ_value(gm, gt, loose=True) is None:
             continue
@@ -2480,15 +2481,15 @@ def _module_gradients_known(call, mine, theirs):
                                          "F.nn.adaptive_max_pool2d"),
                               [call[1][3], ("v", args[0])], kwargs)):
             reasons.add("overlapping max windows give the first maximum, as torch's")
-        elif name in NORM_FUNCTIONS and _nearly_equal_groups(
-                ("grad:" + NORM_FUNCTIONS[name], [call[1][3], ("v", args[0])], {})):
+        elif name in NORM_FUNCTIONS and _nearly_equal(_norm_groups(
+                ("grad:" + NORM_FUNCTIONS[name], [call[1][3], ("v", args[0])], {}))):
             reasons.add("normalising nearly equal values: rounding")  # (call 199304)
         elif name == "Mod.BatchMatMulActivation" and key == "bias":
             # (upstream's float layer adds its bias along the last axis, docs/compatibility.rst:
             # its gradient sums the other axis; here the outputs agreed all the same, call
             # 161664)
             reasons.add("BatchMatMulActivation's bias per output row")
-        elif name == "Mod.MultiHeadAttention" and _attention_weights_dropped(call, theirs):
+        elif weights_dropped:
             # (need_weights: upstream 1.13's backward drops what reaches the layer through the
             # attention weights it returns; its gradients are this side's of the first output
             # alone, calls 25579, 169583, 186456; this side's are the finite differences)
@@ -2585,10 +2586,9 @@ NORM_FUNCTIONS = {"Mod.LayerNorm": "F.nn.layer_norm", "Mod.GroupNorm": "F.group_
                   "Mod.InstanceNorm": "F.instance_norm"}
 
 
-def _nearly_equal_groups(call):
-    """Whether a normalisation call normalises a group of values whose standard deviation is
-    under 0.1, where dividing by it multiplies the roundings."""
-    groups = _norm_groups(call)
+def _nearly_equal(groups):
+    """Whether a normalisation's groups (`_norm_groups`) hold one of values whose standard
+    deviation is under 0.1, where dividing by it multiplies the roundings."""
     return groups.shape[-1] > 1 and bool((groups.std(-1) < 0.1).any())
 
 
@@ -2607,11 +2607,6 @@ def _attention_weights_dropped(call, theirs):
         _differ_value(a, t, loose=True) is None for a, t in zip(alone[1], theirs))
 
 
-def _first_operand(call):
-    first = call[1][0]
-    return dec_array(first) if first[0] == "t" else np.asarray(first[1])
-
-
 def _known_with_gradients(call, mine, theirs):
     """`known` for a call run with gradients: the outputs' reason, else the gradients'."""
     inner = (call[0].split(":", 1)[1],) + tuple(call[1:])
@@ -2619,8 +2614,7 @@ def _known_with_gradients(call, mine, theirs):
         return known(inner, mine, theirs)
     (out_m, grads_m), (out_t, grads_t) = mine[1][1], theirs[1][1]
     if _differ_value(out_m, out_t) is not None:
-        reason = known(inner, (True, out_m), (True, out_t))
-        return reason
+        return known(inner, (True, out_m), (True, out_t))
     name = _plain(inner[0])
     if name.startswith("Mod."):
         return _module_gradients_known(call, grads_m[1], grads_t[1])
@@ -2639,7 +2633,8 @@ def _known_with_gradients(call, mine, theirs):
             continue
         if gm[0] == "t" and gt[0] == "t" and gm[2] == x.shape != gt[2]:
             return "a broadcast operand's gradient has its shape"  # (upstream's: the output's)
-        if name in ("op.pow", "F.pow") and (_first_operand(call) == 0).any():
+        base = dec_array(call[1][0]) if call[1][0][0] == "t" else np.asarray(call[1][0][1])
+        if name in ("op.pow", "F.pow") and (base == 0).any():
             return "the exponent's gradient at base 0 is 0, as torch's"  # (upstream: -inf)
         if name == "F.batch_norm" and not call[2].get("training", False) and \
                 x is leaves[3] and gm[0] == gt[0] == "t" and _unset_apart(gm, gt):
@@ -2659,7 +2654,7 @@ def _known_with_gradients(call, mine, theirs):
                        "the tolerance of the float64 result"
         if name in ("F.group_norm", "F.instance_norm", "F.nn.layer_norm", "F.nn.general_norm"):
             groups = _norm_groups(call)
-            if _nearly_equal_groups(call):
+            if _nearly_equal(groups):
                 # (values nearly equal: a standard deviation under 0.1, where dividing by it
                 # multiplies the roundings)
                 return "normalising nearly equal values: rounding"
